@@ -1,0 +1,49 @@
+# Afterglow: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export UV_LINK_MODE ?= copy
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n",$$1,$$2}'
+
+.PHONY: uv
+uv: ## install uv when it is missing (through pip)
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || python3 -m pip install --user --quiet uv
+
+.PHONY: install
+install: uv ## install every package of the workspace from the lock
+	@$(UV) sync --all-packages --locked
+
+.PHONY: dev
+dev: install ## start PostgreSQL, the broker and every service; Ctrl-C stops all
+	@$(UV) run afterglow-stack up
+
+.PHONY: test
+test: install ## the whole suite on the embedded stack (PostgreSQL + Tansu)
+	@$(UV) run pytest $(PYTEST_ARGS)
+
+.PHONY: test-kafka
+test-kafka: install ## the broker-facing suite against Apache Kafka (KRaft) from Maven Central
+	@$(UV) run python -m afterglow.devstack.kafka_suite $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff (lint and format check) and mypy
+	@$(UV) run ruff check .
+	@$(UV) run ruff format --check .
+	@$(UV) run mypy libs/*/src services/*/src
+
+.PHONY: fmt
+fmt: install ## format and fix what ruff can
+	@$(UV) run ruff format .
+	@$(UV) run ruff check --fix .
+
+.PHONY: docs
+docs: install ## JSON Schema per event type and the AsyncAPI document into docs/
+	@$(UV) run python -m afterglow.events.docs docs
+
+.PHONY: bench
+bench: install ## benchmarks that print figures (see bench/README.md)
+	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run python $$b || exit 1; done

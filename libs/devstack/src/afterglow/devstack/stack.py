@@ -1,0 +1,89 @@
+"""The one launcher behind ``make dev`` and the pytest fixtures.
+
+It starts an embedded PostgreSQL unless ``DATABASE_URL`` is set and the embedded Tansu
+broker unless ``KAFKA_BOOTSTRAP_SERVERS`` is set, creates the topics, runs every
+installed service's migrations, and stops what it started on exit (Ctrl-C, a failing
+test, an exception). Child processes also die with their parent (PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from afterglow.devstack.brokers import TansuBroker
+from afterglow.devstack.postgres import EmbeddedPostgres
+from afterglow.events.topics import ensure_topics
+from afterglow.kit.migrations import upgrade
+from afterglow.kit.registry import discover_services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    database_url: str
+    kafka_bootstrap_servers: str
+    kafka_enable_idempotence: bool
+    embedded_broker: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The environment a service process (or a test) needs to find the stack."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.kafka_enable_idempotence else "false",
+        }
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def running_stack(state_dir: Path, *, ephemeral: bool, migrate: bool = True) -> Iterator[Stack]:
+    """Start (or reuse, from the environment) PostgreSQL and a broker; yield a Stack."""
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    postgres: EmbeddedPostgres | None = None
+    broker: TansuBroker | None = None
+    try:
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            t0 = time.monotonic()
+            suffix = f"-{os.getpid()}" if ephemeral else ""
+            postgres = EmbeddedPostgres(state_dir / f"pgdata{suffix}", ephemeral=ephemeral)
+            database_url = postgres.start()
+            timings["postgres_start_s"] = time.monotonic() - t0
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        embedded_broker = not bootstrap
+        if not bootstrap:
+            t0 = time.monotonic()
+            broker = TansuBroker(log_file=state_dir / "tansu.log")
+            bootstrap = broker.start()
+            timings["broker_start_s"] = time.monotonic() - t0
+        idempotence = False if embedded_broker else _env_flag("KAFKA_ENABLE_IDEMPOTENCE", True)
+        stack = Stack(database_url, bootstrap, idempotence, embedded_broker, timings)
+        t0 = time.monotonic()
+        asyncio.run(ensure_topics(bootstrap))
+        timings["topics_s"] = time.monotonic() - t0
+        if migrate:
+            t0 = time.monotonic()
+            for spec in discover_services().values():
+                upgrade(spec.migrations, database_url)
+            timings["migrations_s"] = time.monotonic() - t0
+        yield stack
+    finally:
+        if broker is not None:
+            broker.stop()
+        if postgres is not None:
+            postgres.stop()

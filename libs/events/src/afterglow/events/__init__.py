@@ -1,0 +1,53 @@
+"""afterglow.events: the catalog, envelope, topics, outbox and consumer runtime.
+
+Every service produces through :class:`Outbox` (inside its own transaction) and consumes
+through :class:`EventConsumer` (inbox, retries, DLQ). See DESIGN.md, "Delivery guarantees".
+"""
+
+from afterglow.events import catalog
+from afterglow.events.catalog import EVENT_TYPES, EventData, Money, topic_for
+from afterglow.events.consumer import EventConsumer, Handler, PermanentError, RetryPolicy
+from afterglow.events.envelope import (
+    CloudEvent,
+    InvalidEventData,
+    KafkaRecord,
+    MalformedEvent,
+    UnknownEventType,
+    derived_event_id,
+    from_record,
+    to_record,
+)
+from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
+from afterglow.events.outbox import Outbox, OutboxRelay
+from afterglow.events.tables import EventTables, event_tables
+from afterglow.events.topics import TOPICS, Topic, ensure_topics
+
+__all__ = [
+    "EVENT_TYPES",
+    "TOPICS",
+    "CloudEvent",
+    "EventConsumer",
+    "EventData",
+    "EventTables",
+    "Handler",
+    "InvalidEventData",
+    "KafkaConfig",
+    "KafkaRecord",
+    "MalformedEvent",
+    "Money",
+    "Outbox",
+    "OutboxRelay",
+    "PermanentError",
+    "RetryPolicy",
+    "Topic",
+    "UnknownEventType",
+    "build_consumer",
+    "build_producer",
+    "catalog",
+    "derived_event_id",
+    "ensure_topics",
+    "event_tables",
+    "from_record",
+    "to_record",
+    "topic_for",
+]

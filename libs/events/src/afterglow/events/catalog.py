@@ -1,0 +1,479 @@
+"""The event catalog: one frozen pydantic model per CloudEvents type.
+
+Rules that keep the catalog evolvable (DESIGN.md, "Events"):
+
+* a model's ``type`` is its CloudEvents type, ``afterglow.<noun>.<past_participle>.v<N>``;
+  commands are named as requests (``survey.requested``);
+* within a version, changes are additive and consumers ignore unknown fields
+  (``extra="ignore"``); a breaking change is a new type (``.v2``);
+* money is :class:`Money` (integer minor units and an ISO 4217 code), never a float;
+* every timestamp is timezone-aware.
+
+The envelope carries tenant (``tenantid``) and customer (``subject``); the data models
+do not repeat them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from afterglow.events.topics import TOPICS_BY_NOUN
+
+
+class EventData(BaseModel):
+    """Base of every catalog model."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    type: str
+
+
+class Money(BaseModel):
+    """An amount in minor units (cents) and its ISO 4217 currency."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    amount: int = Field(description="Minor units, e.g. cents. Negative only for adjustments.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["USD", "EUR"])
+
+
+class CustomerInfo(BaseModel):
+    """What the journey and messaging need to know about a customer, nothing more."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=32)
+    first_name: str | None = Field(default=None, max_length=100)
+    locale: str | None = Field(default=None, max_length=20)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA name")
+    accepts_marketing: bool | None = None
+    platform_customer_id: str | None = Field(default=None, max_length=100)
+    email_hash: str | None = Field(default=None, description="sha256 of the normalized email")
+    phone_hash: str | None = Field(default=None, description="sha256 of the normalized phone")
+
+
+class LineItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    sku: str | None = Field(default=None, max_length=200)
+    product_id: str | None = Field(default=None, max_length=100)
+    title: str | None = Field(default=None, max_length=500)
+    quantity: int = Field(ge=1)
+    unit_price: Money
+
+
+Platform = Literal[
+    "shopify",
+    "woocommerce",
+    "bigcommerce",
+    "api",
+    "standard_webhooks",
+    "aftership",
+    "zendesk",
+    "gorgias",
+    "helpdesk",
+]
+
+
+# --- orders -------------------------------------------------------------------------
+
+
+class OrderPlaced(EventData):
+    type: Literal["afterglow.order.placed.v1"] = "afterglow.order.placed.v1"
+    order_id: str = Field(max_length=100, description="Afterglow's order key: platform id")
+    order_number: str | None = Field(default=None, max_length=100)
+    platform: Platform
+    placed_at: AwareDatetime
+    customer: CustomerInfo
+    total: Money
+    subtotal: Money | None = None
+    line_items: list[LineItem] = Field(default_factory=list)
+    discount_codes: list[str] = Field(default_factory=list)
+    referral_code: str | None = Field(
+        default=None, description="From a landing-site referral parameter (ref=...)"
+    )
+    shipping_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    shipping_address_hash: str | None = None
+    customer_orders_count: int | None = Field(
+        default=None, ge=0, description="The platform's count including this order, if known"
+    )
+
+
+class OrderFulfilled(EventData):
+    type: Literal["afterglow.order.fulfilled.v1"] = "afterglow.order.fulfilled.v1"
+    order_id: str
+    fulfilled_at: AwareDatetime
+    tracking_number: str | None = None
+    carrier: str | None = None
+
+
+class OrderDelivered(EventData):
+    type: Literal["afterglow.order.delivered.v1"] = "afterglow.order.delivered.v1"
+    order_id: str
+    delivered_at: AwareDatetime
+    reported_by: Platform
+
+
+class OrderRefunded(EventData):
+    type: Literal["afterglow.order.refunded.v1"] = "afterglow.order.refunded.v1"
+    order_id: str
+    refund_id: str
+    refunded_at: AwareDatetime
+    amount: Money
+    order_total: Money | None = None
+    full: bool = Field(description="True when the whole order is refunded")
+
+
+class OrderCancelled(EventData):
+    type: Literal["afterglow.order.cancelled.v1"] = "afterglow.order.cancelled.v1"
+    order_id: str
+    cancelled_at: AwareDatetime
+    reason: str | None = None
+
+
+# --- tickets ------------------------------------------------------------------------
+
+
+class TicketOpened(EventData):
+    type: Literal["afterglow.ticket.opened.v1"] = "afterglow.ticket.opened.v1"
+    ticket_id: str
+    helpdesk: Platform
+    opened_at: AwareDatetime
+    subject: str | None = Field(default=None, max_length=500)
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    order_id: str | None = None
+
+
+class TicketUpdated(EventData):
+    type: Literal["afterglow.ticket.updated.v1"] = "afterglow.ticket.updated.v1"
+    ticket_id: str
+    updated_at: AwareDatetime
+    status: str
+
+
+class TicketResolved(EventData):
+    type: Literal["afterglow.ticket.resolved.v1"] = "afterglow.ticket.resolved.v1"
+    ticket_id: str
+    resolved_at: AwareDatetime
+
+
+# --- customers and tenants ----------------------------------------------------------
+
+
+class CustomerErasureRequested(EventData):
+    """Wipe a customer's personal data (GDPR). ``scope="tenant"`` wipes every customer
+    of the tenant (Shopify's shop/redact); its subject is then ``*``."""
+
+    type: Literal["afterglow.customer.erasure_requested.v1"] = (
+        "afterglow.customer.erasure_requested.v1"
+    )
+    requested_at: AwareDatetime
+    scope: Literal["customer", "tenant"] = "customer"
+    reason: str = "gdpr"
+
+
+class CustomerUnsubscribed(EventData):
+    type: Literal["afterglow.customer.unsubscribed.v1"] = "afterglow.customer.unsubscribed.v1"
+    unsubscribed_at: AwareDatetime
+    channel: Literal["email", "sms", "all"] = "all"
+
+
+class ApiKeyIssued(EventData):
+    """A tenant API key, announced to every service so each can verify it locally.
+
+    Only the SHA-256 of the key travels; the key itself is shown once to its creator."""
+
+    type: Literal["afterglow.tenant.api_key_issued.v1"] = "afterglow.tenant.api_key_issued.v1"
+    key_id: str
+    key_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[str]
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyRevoked(EventData):
+    type: Literal["afterglow.tenant.api_key_revoked.v1"] = "afterglow.tenant.api_key_revoked.v1"
+    key_id: str
+    revoked_at: AwareDatetime
+
+
+# --- journeys and messages ----------------------------------------------------------
+
+
+class JourneyStageChanged(EventData):
+    type: Literal["afterglow.journey.stage_changed.v1"] = "afterglow.journey.stage_changed.v1"
+    instance_id: str
+    journey: str
+    version: int
+    from_stage: str | None
+    to_stage: str
+    cause: str = Field(description="The event id or timer id that caused the transition")
+    changed_at: AwareDatetime
+    order_id: str | None = None
+
+
+MessageKind = Literal[
+    "welcome",
+    "thank_you",
+    "check_in",
+    "survey_invite",
+    "survey_reminder",
+    "review_request",
+    "review_reminder",
+    "referral_invite",
+    "referee_reward",
+    "loyalty_nudge",
+    "tier_up",
+    "reward_code",
+    "points_expiring",
+    "service_recovery",
+    "custom",
+]
+
+
+class MessageRequested(EventData):
+    """A request to send one message to a customer. Only the orchestrator's dispatcher
+    delivers it, after consent, quiet hours and frequency caps."""
+
+    type: Literal["afterglow.message.requested.v1"] = "afterglow.message.requested.v1"
+    request_id: str = Field(max_length=200, description="De-duplication key")
+    kind: MessageKind
+    template: str | None = Field(default=None, description="Template name; defaults to kind")
+    category: Literal["transactional", "marketing"] = "marketing"
+    priority: Literal["high", "normal", "low"] = "normal"
+    channel: Literal["email", "sms"] | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    order_id: str | None = None
+    not_before: AwareDatetime | None = None
+
+
+class SupportEscalationRequested(EventData):
+    type: Literal["afterglow.support.escalation_requested.v1"] = (
+        "afterglow.support.escalation_requested.v1"
+    )
+    reason: str
+    requested_at: AwareDatetime
+    priority: Literal["normal", "high", "urgent"] = "high"
+    order_id: str | None = None
+    survey_id: str | None = None
+    score: int | None = None
+    comment: str | None = Field(default=None, max_length=5000)
+
+
+# --- feedback -----------------------------------------------------------------------
+
+SurveyKind = Literal["nps", "csat", "ces"]
+
+
+class SurveyRequested(EventData):
+    type: Literal["afterglow.survey.requested.v1"] = "afterglow.survey.requested.v1"
+    request_id: str
+    kind: SurveyKind = "nps"
+    order_id: str | None = None
+    ticket_id: str | None = None
+    reminder: bool = Field(default=False, description="A reminder for an earlier request")
+    reminder_of: str | None = Field(default=None, description="The request_id reminded")
+    requested_at: AwareDatetime
+
+
+class SurveySent(EventData):
+    type: Literal["afterglow.survey.sent.v1"] = "afterglow.survey.sent.v1"
+    survey_id: str
+    request_id: str
+    kind: SurveyKind
+    sent_at: AwareDatetime
+    expires_at: AwareDatetime
+    order_id: str | None = None
+    reminder: bool = False
+
+
+NpsBand = Literal["promoter", "passive", "detractor"]
+
+
+class SurveyResponded(EventData):
+    type: Literal["afterglow.survey.responded.v1"] = "afterglow.survey.responded.v1"
+    survey_id: str
+    kind: SurveyKind
+    score: int = Field(ge=0, le=10)
+    band: str = Field(
+        description="nps: promoter|passive|detractor; csat/ces: satisfied|neutral|dissatisfied"
+    )
+    comment: str | None = Field(default=None, max_length=5000)
+    responded_at: AwareDatetime
+    is_update: bool = False
+    order_id: str | None = None
+    request_id: str | None = None
+
+
+class ReviewSubmitted(EventData):
+    type: Literal["afterglow.review.submitted.v1"] = "afterglow.review.submitted.v1"
+    review_id: str
+    rating: int = Field(ge=1, le=5, description="Never a condition for an incentive (FTC rule)")
+    sku: str | None = None
+    product_id: str | None = None
+    order_id: str | None = None
+    verified: bool
+    submitted_at: AwareDatetime
+
+
+class ReviewPublished(EventData):
+    type: Literal["afterglow.review.published.v1"] = "afterglow.review.published.v1"
+    review_id: str
+    rating: int = Field(ge=1, le=5)
+    sku: str | None = None
+    product_id: str | None = None
+    published_at: AwareDatetime
+
+
+# --- loyalty ------------------------------------------------------------------------
+
+
+class PointsEarned(EventData):
+    type: Literal["afterglow.points.earned.v1"] = "afterglow.points.earned.v1"
+    entry_id: str
+    points: int
+    status: Literal["pending", "available"]
+    reason: str
+    order_id: str | None = None
+    available_at: AwareDatetime | None = None
+    balance_available: int
+    balance_pending: int
+    earned_at: AwareDatetime
+
+
+class PointsRedeemed(EventData):
+    type: Literal["afterglow.points.redeemed.v1"] = "afterglow.points.redeemed.v1"
+    redemption_id: str
+    points: int = Field(gt=0)
+    reward_id: str
+    reward_code: str
+    balance_available: int
+    redeemed_at: AwareDatetime
+
+
+class PointsExpired(EventData):
+    type: Literal["afterglow.points.expired.v1"] = "afterglow.points.expired.v1"
+    points: int = Field(gt=0)
+    balance_available: int
+    expired_at: AwareDatetime
+
+
+class TierChanged(EventData):
+    type: Literal["afterglow.tier.changed.v1"] = "afterglow.tier.changed.v1"
+    from_tier: str | None
+    to_tier: str
+    direction: Literal["up", "down"]
+    changed_at: AwareDatetime
+
+
+# --- referrals ----------------------------------------------------------------------
+
+
+class ReferralInvited(EventData):
+    type: Literal["afterglow.referral.invited.v1"] = "afterglow.referral.invited.v1"
+    invited_at: AwareDatetime
+    reason: str = "promoter"
+    score: int | None = None
+    journey_instance_id: str | None = None
+
+
+class ReferralCodeIssued(EventData):
+    type: Literal["afterglow.referral.code_issued.v1"] = "afterglow.referral.code_issued.v1"
+    code: str
+    share_url: str
+    issued_at: AwareDatetime
+
+
+class ReferralConverted(EventData):
+    """Subject: the advocate, who is rewarded. Loyalty turns this into points."""
+
+    type: Literal["afterglow.referral.converted.v1"] = "afterglow.referral.converted.v1"
+    referral_id: str
+    code: str
+    referee_customer_id: str
+    order_id: str
+    order_total: Money
+    converted_at: AwareDatetime
+
+
+class ReferralRejected(EventData):
+    type: Literal["afterglow.referral.rejected.v1"] = "afterglow.referral.rejected.v1"
+    referral_id: str
+    code: str
+    reason: Literal[
+        "self_referral",
+        "existing_customer",
+        "advocate_cap",
+        "velocity_review",
+        "refunded",
+        "cancelled",
+        "outside_window",
+        "unknown_code",
+        "manual",
+    ]
+    detail: str | None = None
+    referee_customer_id: str | None = None
+    order_id: str | None = None
+    rejected_at: AwareDatetime
+
+
+ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
+    OrderPlaced, OrderFulfilled, OrderDelivered, OrderRefunded, OrderCancelled,
+    TicketOpened, TicketUpdated, TicketResolved,
+    CustomerErasureRequested, CustomerUnsubscribed, ApiKeyIssued, ApiKeyRevoked,
+    JourneyStageChanged, MessageRequested, SupportEscalationRequested,
+    SurveyRequested, SurveySent, SurveyResponded, ReviewSubmitted, ReviewPublished,
+    PointsEarned, PointsRedeemed, PointsExpired, TierChanged,
+    ReferralInvited, ReferralCodeIssued, ReferralConverted, ReferralRejected,
+)  # fmt: skip
+
+CatalogEvent = Annotated[
+    OrderPlaced
+    | OrderFulfilled
+    | OrderDelivered
+    | OrderRefunded
+    | OrderCancelled
+    | TicketOpened
+    | TicketUpdated
+    | TicketResolved
+    | CustomerErasureRequested
+    | CustomerUnsubscribed
+    | ApiKeyIssued
+    | ApiKeyRevoked
+    | JourneyStageChanged
+    | MessageRequested
+    | SupportEscalationRequested
+    | SurveyRequested
+    | SurveySent
+    | SurveyResponded
+    | ReviewSubmitted
+    | ReviewPublished
+    | PointsEarned
+    | PointsRedeemed
+    | PointsExpired
+    | TierChanged
+    | ReferralInvited
+    | ReferralCodeIssued
+    | ReferralConverted
+    | ReferralRejected,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(CatalogEvent)
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    m.model_fields["type"].default: m for m in ALL_EVENT_MODELS
+}
+
+
+def parse_data(body: dict[str, Any]) -> Any:
+    """Validate a body (with its ``type``) against the catalog. Raises ValidationError."""
+    return _ADAPTER.validate_python(body)
+
+
+def topic_for(event_type: str) -> str:
+    """``afterglow.order.placed.v1`` -> the topic of nouns ``order`` (``afterglow.orders``)."""
+    try:
+        noun = event_type.split(".")[1]
+        return TOPICS_BY_NOUN[noun].name
+    except (IndexError, KeyError) as exc:
+        raise KeyError(f"no topic for event type {event_type!r}") from exc

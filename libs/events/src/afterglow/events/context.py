@@ -1,0 +1,29 @@
+"""Context variables that put the event and trace ids on every log line."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+current_event_id: ContextVar[str | None] = ContextVar("afterglow_event_id", default=None)
+current_traceparent: ContextVar[str | None] = ContextVar("afterglow_traceparent", default=None)
+
+
+@contextlib.contextmanager
+def event_context(event_id: str | None, traceparent: str | None) -> Iterator[None]:
+    t1 = current_event_id.set(event_id)
+    t2 = current_traceparent.set(traceparent)
+    try:
+        yield
+    finally:
+        current_event_id.reset(t1)
+        current_traceparent.reset(t2)
+
+
+def trace_id() -> str | None:
+    """The W3C trace id of the current traceparent (``00-<trace>-<span>-<flags>``)."""
+    tp = current_traceparent.get()
+    if tp and tp.count("-") == 3:
+        return tp.split("-")[1]
+    return None

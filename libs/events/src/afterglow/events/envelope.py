@@ -1,0 +1,206 @@
+"""CloudEvents 1.0 envelope in Kafka binary mode.
+
+Attributes travel as ``ce_*`` headers, the JSON body is the event's ``data``, and the
+record key is ``{tenant}:{customer}`` so that one customer's events stay on one
+partition, in order. Parsing never trusts a record: anything that is not a well-formed
+event of a known type raises a :class:`MalformedEvent` subclass, which the consumer
+runtime sends to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from afterglow.events.catalog import EVENT_TYPES, CatalogEvent, EventData, parse_data, topic_for
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+# Tenants are the first half of every key, so they may not contain the separator.
+TENANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_SUBJECT_LENGTH = 200
+
+D = TypeVar("D", bound=EventData)
+
+
+class MalformedEvent(ValueError):
+    """A record that is not a valid Afterglow CloudEvent. Permanent: retrying cannot help."""
+
+
+class UnknownEventType(MalformedEvent):
+    """The ``ce_type`` is not in the catalog (a newer version, or a stranger)."""
+
+
+class InvalidEventData(MalformedEvent):
+    """The body does not satisfy the catalog model of its type."""
+
+
+class CloudEvent(BaseModel, Generic[D]):
+    """One event: CloudEvents attributes plus the typed ``data`` from the catalog."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=200)
+    type: str
+    time: AwareDatetime
+    subject: str = Field(min_length=1, max_length=MAX_SUBJECT_LENGTH)
+    tenantid: str
+    traceparent: str | None = None
+    specversion: str = SPEC_VERSION
+    data: D
+
+    @field_validator("tenantid")
+    @classmethod
+    def _tenant_shape(cls, value: str) -> str:
+        if not TENANT_ID_PATTERN.match(value):
+            raise ValueError("tenant id must match ^[a-z0-9][a-z0-9_-]{0,62}$")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_printable(cls, value: str) -> str:
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("subject must not contain control characters")
+        return value
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenantid}:{self.subject}"
+
+    @property
+    def topic(self) -> str:
+        return topic_for(self.type)
+
+    @classmethod
+    def new(
+        cls,
+        data: D,
+        *,
+        tenant_id: str,
+        subject: str,
+        source: str,
+        id: str | None = None,
+        time: datetime | None = None,
+        traceparent: str | None = None,
+    ) -> CloudEvent[D]:
+        """Build an event. Pass ``id`` when the cause has a stable id of its own (a
+        webhook delivery, an inbound event), so that a retried cause yields the same id
+        and downstream inboxes drop the repeat."""
+        return CloudEvent[D](
+            id=id or str(uuid.uuid4()),
+            source=source,
+            type=data.type,
+            time=time or datetime.now(UTC),
+            subject=subject,
+            tenantid=tenant_id,
+            traceparent=traceparent,
+            data=data,
+        )
+
+
+def derived_event_id(*parts: str) -> str:
+    """A deterministic event id from the ids of its cause (UUIDv5), stable across retries."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "afterglow:" + "\x1f".join(parts)))
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """What goes on the wire: topic, key, JSON value and ``ce_*`` headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def to_record(event: CloudEvent[Any]) -> KafkaRecord:
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", event.id.encode()),
+        ("ce_source", event.source.encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_time", event.time.isoformat().encode()),
+        ("ce_subject", event.subject.encode()),
+        ("ce_tenantid", event.tenantid.encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if event.traceparent:
+        headers.append(("ce_traceparent", event.traceparent.encode()))
+    body = event.data.model_dump_json(exclude={"type"}).encode()
+    return KafkaRecord(topic=event.topic, key=event.key.encode(), value=body, headers=headers)
+
+
+_REQUIRED = (
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_subject",
+    "ce_tenantid",
+)
+
+
+def from_record(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> CloudEvent[CatalogEvent]:
+    """Parse a Kafka record into a typed event, or raise :class:`MalformedEvent`."""
+    attrs: dict[str, str] = {}
+    try:
+        for name, raw in headers:
+            if name.startswith("ce_"):
+                attrs[name] = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent(f"header is not UTF-8: {exc}") from exc
+    missing = [h for h in _REQUIRED if h not in attrs]
+    if missing:
+        raise MalformedEvent(f"missing CloudEvents headers: {', '.join(missing)}")
+    if attrs["ce_specversion"] != SPEC_VERSION:
+        raise MalformedEvent(f"unsupported specversion {attrs['ce_specversion']!r}")
+    event_type = attrs["ce_type"]
+    if event_type not in EVENT_TYPES:
+        raise UnknownEventType(f"unknown event type {event_type!r}")
+    if value is None:
+        raise MalformedEvent("record has no body")
+    try:
+        body = json.loads(value)
+    except ValueError as exc:
+        raise MalformedEvent(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MalformedEvent("body must be a JSON object")
+    body["type"] = event_type
+    try:
+        data = parse_data(body)
+        event = CloudEvent[CatalogEvent](
+            id=attrs["ce_id"],
+            source=attrs["ce_source"],
+            type=event_type,
+            time=datetime.fromisoformat(attrs["ce_time"]),
+            subject=attrs["ce_subject"],
+            tenantid=attrs["ce_tenantid"],
+            traceparent=attrs.get("ce_traceparent"),
+            data=data,
+        )
+    except ValidationError as exc:
+        raise InvalidEventData(_describe(exc)) from exc
+    except ValueError as exc:  # datetime.fromisoformat
+        raise MalformedEvent(str(exc)) from exc
+    if key is not None and key.decode(errors="replace") != event.key:
+        raise MalformedEvent(f"record key {key!r} does not match {event.key!r}")
+    return event
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,53 @@
+"""Explicit Kafka client settings.
+
+aiokafka's defaults are unsafe for us (acks=1, auto-commit on, no idempotence): every
+client Afterglow builds comes from here, so the safe settings are written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str
+    # The embedded Tansu broker has no idempotent producer: off only there.
+    enable_idempotence: bool = True
+    client_id: str = "afterglow"
+    request_timeout_ms: int = 15000
+    send_timeout_s: float = 15.0
+    session_timeout_ms: int = 15000
+    heartbeat_interval_ms: int = 3000
+    max_poll_interval_ms: int = 120000
+    max_poll_records: int = 500
+
+
+def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=config.bootstrap_servers,
+        client_id=config.client_id,
+        acks="all",
+        enable_idempotence=config.enable_idempotence,
+        request_timeout_ms=config.request_timeout_ms,
+        linger_ms=5,
+    )
+
+
+def build_consumer(config: KafkaConfig, *topics: str, group_id: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=config.bootstrap_servers,
+        client_id=config.client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+        max_poll_interval_ms=config.max_poll_interval_ms,
+        max_poll_records=config.max_poll_records,
+        request_timeout_ms=config.request_timeout_ms,
+    )

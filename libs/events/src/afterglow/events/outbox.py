@@ -1,0 +1,226 @@
+"""The transactional outbox: events commit with the state change that causes them.
+
+``Outbox.add`` inserts into the caller's transaction (it never commits). The
+:class:`OutboxRelay` publishes committed rows and marks them sent:
+
+* it claims rows by state (``sent_at IS NULL``), never by "ids after the last one I
+  saw", so a transaction that commits late is still published;
+* rows are spread over shards by key, and a relay holds a shard's advisory lock for the
+  whole claim-publish-mark transaction, so with any number of replicas one key is
+  published by one relay at a time, in id order, and no row twice concurrently;
+* every send has a timeout; on failure the transaction rolls back and the rows stay
+  pending, so a broker outage delays events and never loses them;
+* a relay killed after publishing but before marking publishes again: the event id is
+  unchanged, and consumers' inboxes drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Table, bindparam, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from afterglow.events.envelope import CloudEvent, to_record
+from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("afterglow_outbox_published_total", "Events published by the relay", ["schema"])
+PUBLISH_FAILURES = Counter(
+    "afterglow_outbox_publish_failures_total", "Relay batches that failed", ["schema"]
+)
+LAST_PUBLISH = Gauge(
+    "afterglow_outbox_last_publish_timestamp", "Unix time of the last relay batch", ["schema"]
+)
+
+
+def shard_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % OUTBOX_SHARDS
+
+
+class Outbox:
+    """Adds events to a service's outbox inside the caller's transaction."""
+
+    def __init__(self, tables: EventTables) -> None:
+        self._table: Table = tables.outbox
+
+    async def add(self, session: AsyncSession, *events: CloudEvent[Any]) -> None:
+        if not events:
+            return
+        rows = []
+        for event in events:
+            record = to_record(event)
+            rows.append(
+                {
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "topic": record.topic,
+                    "key": record.key.decode(),
+                    "shard": shard_of(record.key.decode()),
+                    "headers": [[k, v.decode()] for k, v in record.headers],
+                    "value": record.value,
+                }
+            )
+        # A repeated event id is the same event: keep the first and say nothing.
+        stmt = (
+            pg_insert(self._table).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
+        )
+        await session.execute(stmt)
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in order per key and marks them sent."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tables: EventTables,
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+        send_timeout_s: float = 15.0,
+        max_backoff_s: float = 30.0,
+        sent_retention_s: float = 86_400.0,
+    ) -> None:
+        self._engine = engine
+        self._tables = tables
+        self._schema = tables.schema
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval_s
+        self._send_timeout = send_timeout_s
+        self._max_backoff = max_backoff_s
+        self._retention = sent_retention_s
+        self._wake = asyncio.Event()
+        # Namespaces the advisory locks per schema so services never contend.
+        self._lock_ns = zlib.crc32(f"outbox:{self._schema}".encode()) & 0x7FFFFFFF
+        self.last_success: float | None = None
+        t = f'"{self._schema}".outbox'
+        self._claim_shards = text(
+            "SELECT s FROM generate_series(0, :n - 1) AS s WHERE pg_try_advisory_xact_lock(:ns, s)"
+        )
+        self._claim_rows = text(
+            f"SELECT id, topic, key, headers, value FROM {t} "  # noqa: S608 - schema is ours
+            "WHERE sent_at IS NULL AND shard = ANY(:shards) "
+            "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        )
+        self._mark_sent = text(
+            f"UPDATE {t} SET sent_at = now(), attempts = attempts + 1 "  # noqa: S608
+            "WHERE id = ANY(:ids)"
+        ).bindparams(bindparam("ids"))
+        self._purge = text(
+            f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} "  # noqa: S608
+            "WHERE sent_at < now() - make_interval(secs => :secs) LIMIT 5000)"
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def publish_once(self) -> int:
+        """Claim, publish and mark one batch. Returns how many rows were published."""
+        async with self._engine.begin() as conn:
+            shards = [
+                r[0]
+                for r in await conn.execute(
+                    self._claim_shards, {"n": OUTBOX_SHARDS, "ns": self._lock_ns}
+                )
+            ]
+            if not shards:
+                return 0
+            rows = (
+                await conn.execute(self._claim_rows, {"shards": shards, "limit": self._batch_size})
+            ).all()
+            if not rows:
+                return 0
+            await self._publish(rows)
+            await conn.execute(self._mark_sent, {"ids": [r.id for r in rows]})
+        PUBLISHED.labels(self._schema).inc(len(rows))
+        return len(rows)
+
+    async def _publish(self, rows: Iterable[Any]) -> None:
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in row.headers]
+            futures.append(
+                await self._producer.send(
+                    row.topic, value=row.value, key=row.key.encode(), headers=headers
+                )
+            )
+        # Every send has a deadline: a dead broker must not hold the shard locks forever.
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=self._send_timeout)
+
+    async def run(self) -> None:
+        """Publish until cancelled: woken by NOTIFY, or by a short poll as a fallback."""
+        listener = asyncio.create_task(self._listen(), name=f"outbox-listen-{self._schema}")
+        backoff = 0.5
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    published = await self.publish_once()
+                    backoff = 0.5
+                    self.last_success = loop.time()
+                    LAST_PUBLISH.labels(self._schema).set_to_current_time()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    PUBLISH_FAILURES.labels(self._schema).inc()
+                    log.exception("outbox relay batch failed; rows stay pending")
+                    await asyncio.sleep(backoff * (1 + random.random()))
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                if published >= self._batch_size:
+                    continue  # a backlog: drain it without waiting
+                if loop.time() - last_purge > 60:
+                    last_purge = loop.time()
+                    await self._purge_sent()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _purge_sent(self) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(self._purge, {"secs": self._retention})
+        except Exception:
+            log.warning("outbox purge failed", exc_info=True)
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection; reconnect with backoff if it drops."""
+        channel = notify_channel(self._schema)
+        while True:
+            try:
+                async with self._engine.connect() as conn:
+                    await _add_listener(conn, channel, lambda *_: self._wake.set())
+                    self._wake.set()  # anything committed while we were away
+                    while True:
+                        await asyncio.sleep(30)
+                        await conn.execute(text("SELECT 1"))  # notice a dead connection
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("outbox LISTEN connection lost; polling meanwhile", exc_info=True)
+                await asyncio.sleep(2)
+
+
+async def _add_listener(conn: AsyncConnection, channel: str, callback: Any) -> None:
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.add_listener(channel, callback)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+sys.path.insert(0, str(Path(__file__).parent))  # schema.py is shared with worker.py
+
+import schema
+
+from afterglow.devstack.stack import Stack
+from afterglow.events import KafkaConfig, build_producer
+
+
+@pytest.fixture(scope="session")
+async def engine(stack: Stack) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(stack.database_url, pool_size=10)
+    await schema.install(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(scope="session")
+def kafka(stack: Stack) -> KafkaConfig:
+    return KafkaConfig(
+        stack.kafka_bootstrap_servers,
+        enable_idempotence=stack.kafka_enable_idempotence,
+        send_timeout_s=10,
+    )
+
+
+@pytest.fixture(scope="session")
+async def producer(kafka: KafkaConfig):
+    p = build_producer(kafka)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+def tables():
+    return schema.TABLES
+
+
+@pytest.fixture
+def applied():
+    return schema.applied
+
+
+@pytest.fixture
+def worker_script() -> Path:
+    return Path(__file__).parent / "worker.py"

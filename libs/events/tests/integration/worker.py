@@ -1,0 +1,74 @@
+"""A consumer or relay in a process of its own, so that tests can SIGKILL it.
+
+python worker.py consume <group> <tenant> <delay_s>
+python worker.py relay-crash   (publishes one batch, then dies before marking it sent)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from schema import TABLES, applied
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from afterglow.events import EventConsumer, KafkaConfig, OutboxRelay, build_producer
+
+
+def kafka() -> KafkaConfig:
+    return KafkaConfig(
+        bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+        enable_idempotence=os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "true") == "true",
+    )
+
+
+async def consume(group: str, tenant: str, delay: float) -> None:
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+    producer = build_producer(kafka())
+    await producer.start()
+
+    async def handle(session, event):
+        if event.tenantid != tenant:
+            return
+        await session.execute(
+            applied.insert().values(event_id=event.id, tenant_id=event.tenantid, consumer=group)
+        )
+        await asyncio.sleep(delay)  # slow enough to be killed in the middle of a batch
+
+    consumer = EventConsumer(
+        name=group,
+        kafka=kafka(),
+        sessionmaker=async_sessionmaker(engine),
+        tables=TABLES,
+        handlers={"afterglow.ticket.updated.v1": handle},
+        dlq_producer=producer,
+    )
+    print("consuming", flush=True)
+    await consumer.run()
+
+
+class CrashAfterPublish(OutboxRelay):
+    async def _publish(self, rows):
+        await super()._publish(rows)
+        await self._producer.flush()
+        print("published, dying before marking sent", flush=True)
+        os._exit(137)  # as abrupt as SIGKILL: the open transaction dies with us
+
+
+async def relay_crash() -> None:
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+    producer = build_producer(kafka())
+    await producer.start()
+    await CrashAfterPublish(engine, TABLES, producer).publish_once()
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "consume":
+        asyncio.run(consume(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    else:
+        asyncio.run(relay_crash())

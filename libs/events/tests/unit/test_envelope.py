@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from afterglow.events import (
+    EVENT_TYPES,
+    CloudEvent,
+    InvalidEventData,
+    MalformedEvent,
+    UnknownEventType,
+    from_record,
+    to_record,
+)
+from afterglow.events.catalog import OrderPlaced
+from afterglow.events.samples import sample_events
+
+
+def _event(data, tenant="acme", subject="cust-1"):
+    return CloudEvent.new(
+        data,
+        tenant_id=tenant,
+        subject=subject,
+        source="tests",
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+
+
+class TestRoundTrip:
+    def test_samples_cover_the_whole_catalog(self):
+        assert {s.type for s in sample_events()} == set(EVENT_TYPES)
+
+    @pytest.mark.parametrize("data", sample_events(), ids=lambda d: d.type)
+    def test_every_type_survives_the_wire(self, data):
+        event = _event(data)
+        record = to_record(event)
+        parsed = from_record(record.key, record.value, record.headers)
+        assert parsed == event
+        assert record.key == b"acme:cust-1"
+        assert record.topic == event.topic
+        headers = dict(record.headers)
+        assert headers["ce_type"] == data.type.encode()
+        assert headers["ce_specversion"] == b"1.0"
+        assert "type" not in json.loads(record.value)
+
+    def test_unknown_fields_are_ignored_so_producers_can_add_fields(self):
+        record = to_record(_event(sample_events()[0]))
+        body = json.loads(record.value) | {"loyalty_hint": "new-in-a-later-release"}
+        parsed = from_record(record.key, json.dumps(body).encode(), record.headers)
+        assert isinstance(parsed.data, OrderPlaced)
+
+
+class TestMalformed:
+    def _record(self):
+        return to_record(_event(sample_events()[0]))
+
+    def test_missing_header(self):
+        r = self._record()
+        headers = [(k, v) for k, v in r.headers if k != "ce_id"]
+        with pytest.raises(MalformedEvent, match="ce_id"):
+            from_record(r.key, r.value, headers)
+
+    def test_body_not_json(self):
+        r = self._record()
+        with pytest.raises(MalformedEvent, match="not JSON"):
+            from_record(r.key, b"{nope", r.headers)
+
+    def test_unknown_type(self):
+        r = self._record()
+        headers = [(k, b"afterglow.order.placed.v9" if k == "ce_type" else v) for k, v in r.headers]
+        with pytest.raises(UnknownEventType):
+            from_record(r.key, r.value, headers)
+
+    def test_invalid_data_names_the_field(self):
+        r = self._record()
+        body = json.loads(r.value)
+        body["total"]["amount"] = "12.99"
+        with pytest.raises(InvalidEventData, match=r"total\.amount"):
+            from_record(r.key, json.dumps(body).encode(), r.headers)
+
+    def test_money_is_never_a_float(self):
+        r = self._record()
+        body = json.loads(r.value)
+        body["total"]["amount"] = 12.5
+        with pytest.raises(InvalidEventData):
+            from_record(r.key, json.dumps(body).encode(), r.headers)
+
+    def test_naive_timestamp_is_rejected(self):
+        r = self._record()
+        body = json.loads(r.value)
+        body["placed_at"] = "2026-03-02T14:30:00"
+        with pytest.raises(InvalidEventData, match="placed_at"):
+            from_record(r.key, json.dumps(body).encode(), r.headers)
+
+    def test_key_must_match_tenant_and_subject(self):
+        r = self._record()
+        with pytest.raises(MalformedEvent, match="key"):
+            from_record(b"other:cust-1", r.value, r.headers)
+
+    def test_tenant_cannot_smuggle_the_key_separator(self):
+        with pytest.raises(ValueError, match="tenant id"):
+            _event(sample_events()[0], tenant="evil:tenant")

@@ -1,0 +1,282 @@
+"""The service app factory: one wiring for every service, API and workers alike.
+
+A service describes itself with a :class:`ServiceSpec` and builds its app with
+:func:`create_service_app`. The lifespan owns every client (engine, producer, consumer
+tasks, httpx client) and closes them on exit. ``SERVICE_ROLE`` decides what one process
+runs: ``all`` (dev), ``api`` (routes and the outbox relay) or ``worker`` (consumers,
+background loops and the relay); Kubernetes scales the two roles separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from sqlalchemy import Table, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from afterglow.events import (
+    EventConsumer,
+    EventTables,
+    Handler,
+    Outbox,
+    OutboxRelay,
+    RetryPolicy,
+    build_producer,
+    ensure_topics,
+)
+from afterglow.kit.auth import ApiKeyStore
+from afterglow.kit.clock import Clock, SystemClock
+from afterglow.kit.db import create_engine, create_sessionmaker
+from afterglow.kit.errors import install_error_handlers
+from afterglow.kit.logs import configure_logging
+from afterglow.kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+HTTP_LATENCY = Histogram(
+    "afterglow_http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "method", "route", "status"],
+)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How the launcher, the CLI and the deploy check find a service."""
+
+    name: str  # also the consumer group prefix and the Kafka client id
+    schema: str  # its PostgreSQL schema
+    app_factory: str  # "module:function" returning a FastAPI app
+    migrations: str  # Alembic script location, "package:folder"
+    default_port: int
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """One consumer group: its name (group id suffix) and handlers by event type."""
+
+    name: str
+    handlers: dict[str, Handler]
+
+
+@dataclass
+class Runtime:
+    """Every client of a running service, created and closed by the lifespan."""
+
+    spec: ServiceSpec
+    settings: ServiceSettings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    tables: EventTables
+    outbox: Outbox
+    api_keys: ApiKeyStore
+    clock: Clock
+    producer: AIOKafkaProducer | None = None
+    http: httpx.AsyncClient | None = None
+    relay: OutboxRelay | None = None
+    consumers: list[EventConsumer] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Worker = Callable[[Runtime], Awaitable[None]]
+
+
+def create_service_app(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    *,
+    tables: EventTables,
+    api_keys_table: Table,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter] = (),
+    consumers: Callable[[Runtime], list[ConsumerSpec]] | None = None,
+    workers: Callable[[Runtime], list[Worker]] | None = None,
+    on_start: Callable[[Runtime], Awaitable[None]] | None = None,
+    clock: Clock | None = None,
+    version: str = "0.1.0",
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    configure_logging(spec.name, settings.log_level, settings.log_json)
+    runs_api = settings.service_role in ("all", "api")
+    runs_workers = settings.service_role in ("all", "worker")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url,
+            application_name=spec.name,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
+        runtime = Runtime(
+            spec=spec,
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            tables=tables,
+            outbox=Outbox(tables),
+            api_keys=ApiKeyStore(api_keys_table),
+            clock=clock or SystemClock(),
+        )
+        app.state.runtime = runtime
+        kafka = settings.kafka(client_id=spec.name)
+        try:
+            if settings.ensure_topics:
+                await ensure_topics(settings.kafka_bootstrap_servers)
+            runtime.producer = build_producer(kafka)
+            await runtime.producer.start()
+            runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+            runtime.relay = OutboxRelay(
+                engine,
+                tables,
+                runtime.producer,
+                poll_interval_s=settings.relay_poll_interval_s,
+                send_timeout_s=kafka.send_timeout_s,
+            )
+            runtime.tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
+            if on_start is not None:
+                await on_start(runtime)
+            if runs_workers:
+                retry = RetryPolicy(
+                    attempts=settings.consumer_retry_attempts,
+                    base_delay_s=settings.consumer_retry_base_delay_s,
+                )
+                specs = [ConsumerSpec("tenants", runtime.api_keys.handlers())]
+                specs += consumers(runtime) if consumers else []
+                for cspec in specs:
+                    consumer = EventConsumer(
+                        name=f"{spec.name}.{cspec.name}",
+                        kafka=kafka,
+                        sessionmaker=runtime.sessionmaker,
+                        tables=tables,
+                        handlers=cspec.handlers,
+                        dlq_producer=runtime.producer,
+                        retry=retry,
+                    )
+                    await consumer.start()
+                    runtime.consumers.append(consumer)
+                    runtime.tasks.append(asyncio.create_task(consumer.run(), name=consumer.name))
+                for worker in workers(runtime) if workers else []:
+                    runtime.tasks.append(
+                        asyncio.create_task(
+                            _supervise(worker, runtime), name=getattr(worker, "__name__", "worker")
+                        )
+                    )
+            log.info("service started", extra={"role": settings.service_role})
+            yield
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            for task in runtime.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if runtime.producer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(runtime.producer.stop(), timeout=10)
+            if runtime.http is not None:
+                await runtime.http.aclose()
+            await engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        openapi_tags=openapi_tags,
+    )
+    install_error_handlers(app)
+    _install_metrics_middleware(app, spec.name)
+    app.include_router(_ops_router(settings))
+    if runs_api:
+        for router in routers:
+            app.include_router(router)
+    return app
+
+
+async def _supervise(worker: Worker, runtime: Runtime) -> None:
+    """Restart a background loop that crashed, with a bounded backoff."""
+    backoff = 0.5
+    while True:
+        try:
+            await worker(runtime)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background worker crashed; restarting")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30)
+
+
+def _install_metrics_middleware(app: FastAPI, service: str) -> None:
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_LATENCY.labels(service, request.method, path, response.status_code).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+
+def _ops_router(settings: ServiceSettings) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        # Liveness checks nothing shared: a database outage must not restart every pod.
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: database reachable and consumers progressing")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            async with asyncio.timeout(2):
+                async with runtime.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            ok = False
+            checks["database"] = f"error: {type(exc).__name__}"
+        now = time.time()
+        for consumer in runtime.consumers:
+            age = None if consumer.last_poll is None else round(now - consumer.last_poll, 1)
+            healthy = (
+                consumer.started and age is not None and age < settings.readiness_max_poll_age_s
+            )
+            ok = ok and healthy
+            checks[consumer.name] = {
+                "status": "ok" if healthy else "stalled",
+                "last_poll_age_s": age,
+                "last_commit_age_s": None
+                if consumer.last_commit is None
+                else round(now - consumer.last_commit, 1),
+            }
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

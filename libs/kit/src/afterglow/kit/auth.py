@@ -1,0 +1,194 @@
+"""Bearer API keys with scopes, verified by every service against its own table.
+
+Keys look like ``agk_<key id>_<secret>``. The tenant registry (orders-ingest) issues
+them and announces only their SHA-256 as ``tenant.api_key_issued`` events; every service
+keeps that hash in its own ``api_keys`` table (no cross-schema reads) and compares in
+constant time. The tenant of a request comes from its key, never from its body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events.catalog import ApiKeyIssued, ApiKeyRevoked
+from afterglow.events.envelope import CloudEvent
+from afterglow.kit.errors import Forbidden, Unauthorized
+
+KEY_PREFIX = "agk_"
+ALL_SCOPES = "*"
+
+
+def api_keys_table(metadata: MetaData) -> Table:
+    return Table(
+        "api_keys",
+        metadata,
+        Column("key_id", Text, primary_key=True),
+        Column("tenant_id", Text, nullable=False, index=True),
+        Column("key_hash", Text, nullable=False),
+        Column("scopes", ARRAY(Text), nullable=False),
+        Column("issued_at", DateTime(timezone=True), nullable=False),
+        Column("expires_at", DateTime(timezone=True)),
+        Column("revoked_at", DateTime(timezone=True)),
+    )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key_id: str
+    key: str  # shown once, never stored
+    key_hash: str
+
+
+def generate_key() -> NewKey:
+    key_id = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return NewKey(key_id=key_id, key=key, key_hash=hash_key(key))
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return ALL_SCOPES in self.scopes or scope in self.scopes
+
+
+class ApiKeyStore:
+    """This service's copy of the tenants' API keys."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    async def save(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_id: str,
+        key_id: str,
+        key_hash: str,
+        scopes: list[str],
+        issued_at: datetime,
+        expires_at: datetime | None = None,
+    ) -> None:
+        stmt = (
+            pg_insert(self.table)
+            .values(
+                key_id=key_id,
+                tenant_id=tenant_id,
+                key_hash=key_hash,
+                scopes=scopes,
+                issued_at=issued_at,
+                expires_at=expires_at,
+            )
+            .on_conflict_do_nothing(index_elements=["key_id"])
+        )
+        await session.execute(stmt)
+
+    async def revoke(
+        self, session: AsyncSession, *, tenant_id: str, key_id: str, revoked_at: datetime
+    ) -> None:
+        await session.execute(
+            update(self.table)
+            .where(self.table.c.key_id == key_id, self.table.c.tenant_id == tenant_id)
+            .values(revoked_at=revoked_at)
+        )
+
+    async def create(self, session: AsyncSession, tenant_id: str, scopes: list[str]) -> str:
+        """Issue a key directly into this service's table; returns the key (tests, CLI)."""
+        new = generate_key()
+        await self.save(
+            session,
+            tenant_id=tenant_id,
+            key_id=new.key_id,
+            key_hash=new.key_hash,
+            scopes=scopes,
+            issued_at=datetime.now(UTC),
+        )
+        return new.key
+
+    async def verify(self, session: AsyncSession, presented: str) -> Principal | None:
+        if not presented.startswith(KEY_PREFIX):
+            return None
+        key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
+        row = (
+            await session.execute(select(self.table).where(self.table.c.key_id == key_id))
+        ).first()
+        # Compare even when the row is missing, so timing says nothing about key ids.
+        expected = row.key_hash if row else hash_key("absent")
+        if not hmac.compare_digest(expected, hash_key(presented)) or row is None:
+            return None
+        now = datetime.now(UTC)
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        return Principal(tenant_id=row.tenant_id, key_id=row.key_id, scopes=frozenset(row.scopes))
+
+    def handlers(self) -> dict[str, Any]:
+        """Consumer handlers that keep this table in step with the tenant registry."""
+
+        async def issued(session: AsyncSession, event: CloudEvent[Any]) -> None:
+            data: ApiKeyIssued = event.data
+            await self.save(
+                session,
+                tenant_id=event.tenantid,
+                key_id=data.key_id,
+                key_hash=data.key_hash,
+                scopes=list(data.scopes),
+                issued_at=data.issued_at,
+                expires_at=data.expires_at,
+            )
+
+        async def revoked(session: AsyncSession, event: CloudEvent[Any]) -> None:
+            data: ApiKeyRevoked = event.data
+            await self.revoke(
+                session, tenant_id=event.tenantid, key_id=data.key_id, revoked_at=data.revoked_at
+            )
+
+        return {
+            "afterglow.tenant.api_key_issued.v1": issued,
+            "afterglow.tenant.api_key_revoked.v1": revoked,
+        }
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token.strip()
+
+
+def require_scope(scope: str) -> Any:
+    """A dependency that authenticates the request and checks one scope: 401 without a
+    valid key, 403 with a key that lacks the scope."""
+
+    async def dependency(request: Request) -> Principal:
+        token = bearer_token(request)
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if token is None:
+            raise Unauthorized("a bearer API key is required", headers=challenge)
+        runtime = request.app.state.runtime
+        async with runtime.sessionmaker() as session:
+            principal = await runtime.api_keys.verify(session, token)
+        if principal is None:
+            raise Unauthorized("the API key is not valid", headers=challenge)
+        if not principal.allows(scope):
+            raise Forbidden(f"the API key lacks the scope {scope!r}")
+        return principal
+
+    return dependency

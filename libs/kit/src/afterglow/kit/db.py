@@ -1,0 +1,73 @@
+"""Database plumbing: one MetaData per service schema, the async engine, the session.
+
+The entrypoint owns the transaction: the HTTP dependency :func:`get_session` (and the
+consumer runtime) begin and commit; domain and repository code may flush, never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def service_metadata(schema: str) -> MetaData:
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+def declarative_base(schema: str) -> type[DeclarativeBase]:
+    """A declarative base whose tables live in ``schema``."""
+
+    class Base(DeclarativeBase):
+        metadata = service_metadata(schema)
+
+    return Base
+
+
+def create_engine(
+    url: str, *, application_name: str, pool_size: int = 10, max_overflow: int = 10
+) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={
+            "server_settings": {"application_name": application_name},
+            "command_timeout": 30,
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
+    async with sessionmaker.begin() as session:
+        yield session
+
+
+# scope="function": the transaction commits when the route returns, before the
+# response is sent, so a 2xx always means "committed" (webhooks rely on it).
+get_session = Depends(_session, scope="function")
+Session = Annotated[AsyncSession, get_session]

@@ -1,0 +1,43 @@
+"""Settings every service shares, read from the environment (pydantic-settings).
+
+A service subclasses :class:`ServiceSettings` and adds its own fields, named with the
+service as prefix (``FEEDBACK_TOKEN_SECRET``), so one environment can hold them all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from afterglow.events.kafka import KafkaConfig
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str = "postgresql+asyncpg://postgres@localhost:5432/afterglow"
+    kafka_bootstrap_servers: str = "localhost:9092"
+    # On by default; off only for the embedded Tansu broker, which lacks it.
+    kafka_enable_idempotence: bool = True
+    # all: API and consumers in one process (dev); api or worker: one role (Kubernetes).
+    service_role: Literal["all", "api", "worker"] = "all"
+    ensure_topics: bool = True
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    consumer_retry_attempts: int = 5
+    consumer_retry_base_delay_s: float = 0.2
+    relay_poll_interval_s: float = 1.0
+    # A consumer that has not polled for this long makes /readyz fail: a stuck
+    # consumer is still a live process.
+    readiness_max_poll_age_s: float = 60.0
+    public_base_url: str = "http://localhost:8000"
+
+    def kafka(self, client_id: str) -> KafkaConfig:
+        return KafkaConfig(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            enable_idempotence=self.kafka_enable_idempotence,
+            client_id=client_id,
+        )
