@@ -78,8 +78,10 @@ def running_stack(state_dir: Path, *, ephemeral: bool, migrate: bool = True) -> 
         timings["topics_s"] = time.monotonic() - t0
         if migrate:
             t0 = time.monotonic()
+            only = {s for s in os.environ.get("AFTERGLOW_ONLY_SERVICES", "").split(",") if s}
             for spec in discover_services().values():
-                upgrade(spec.migrations, database_url)
+                if not only or spec.name in only:
+                    upgrade(spec.migrations, database_url)
             timings["migrations_s"] = time.monotonic() - t0
         yield stack
     finally:
