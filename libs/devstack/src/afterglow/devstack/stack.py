@@ -79,9 +79,8 @@ def running_stack(state_dir: Path, *, ephemeral: bool, migrate: bool = True) -> 
         if migrate:
             t0 = time.monotonic()
             only = {s for s in os.environ.get("AFTERGLOW_ONLY_SERVICES", "").split(",") if s}
-            for spec in discover_services().values():
-                if not only or spec.name in only:
-                    upgrade(spec.migrations, database_url)
+            for spec in discover_services(only or None).values():
+                upgrade(spec.migrations, database_url)
             timings["migrations_s"] = time.monotonic() - t0
         yield stack
     finally:

@@ -263,8 +263,9 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
                 consumer.started and age is not None and age < settings.readiness_max_poll_age_s
             )
             ok = ok and healthy
+            status = "ok" if healthy else "starting" if consumer.last_poll is None else "stalled"
             checks[consumer.name] = {
-                "status": "ok" if healthy else "stalled",
+                "status": status,
                 "last_poll_age_s": age,
                 "last_commit_age_s": None
                 if consumer.last_commit is None

@@ -1,0 +1,47 @@
+"""App factory of the journey orchestrator: the journey engine and the messaging
+dispatcher share one service, one schema and one wiring."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from afterglow.journeys import api, handlers, workers
+from afterglow.journeys.messaging import api as messaging_api
+from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
+from afterglow.journeys.messaging import handlers as messaging_handlers
+from afterglow.journeys.models import SCHEMA, api_keys, tables
+from afterglow.journeys.settings import Settings
+from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, Worker, create_service_app
+from afterglow.kit.clock import Clock
+
+SPEC = ServiceSpec(
+    name="journeys",
+    schema=SCHEMA,
+    app_factory="afterglow.journeys.app:create_app",
+    migrations="afterglow.journeys:migrations",
+    default_port=8002,
+)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    def consumers(runtime: Runtime) -> list[ConsumerSpec]:
+        return handlers.consumer_specs(runtime) + messaging_handlers.consumer_specs(runtime)
+
+    def background(runtime: Runtime) -> list[Worker]:
+        return workers.journey_workers(runtime) + messaging_dispatcher.messaging_workers(runtime)
+
+    return create_service_app(
+        SPEC,
+        settings,
+        tables=tables,
+        api_keys_table=api_keys,
+        title="Afterglow journey orchestrator",
+        description="Customer journeys (onboarding, check-in, survey, advocacy) and the one "
+        "door out for customer messages.",
+        routers=[api.router, messaging_api.router],
+        consumers=consumers,
+        workers=background,
+        clock=clock,
+    )

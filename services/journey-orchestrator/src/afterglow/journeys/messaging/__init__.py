@@ -1,0 +1,1 @@
+"""Customer messaging: templates, consent, quiet hours, frequency caps, signed delivery."""

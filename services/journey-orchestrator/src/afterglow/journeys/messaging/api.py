@@ -1,0 +1,5 @@
+"""Messaging routes (filled in by messaging)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,1 @@
+"""Messaging tables (filled in by messaging), on the journeys Base."""
