@@ -1,0 +1,1 @@
+"""Afterglow loyalty: points ledger, tiers and rewards."""
