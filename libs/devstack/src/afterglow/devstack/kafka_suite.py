@@ -136,16 +136,28 @@ def run(pytest_args: list[str]) -> int:
         print(f"kafka-suite: interrupted ({exc or 'SIGINT'}), stopping", file=sys.stderr)
         return 130
     finally:
-        if pytest_proc is not None and pytest_proc.poll() is None:
-            pytest_proc.terminate()
-            try:
-                pytest_proc.wait(30)  # its own finally stops PostgreSQL
-            except subprocess.TimeoutExpired:
-                pytest_proc.kill()
-                pytest_proc.wait()
+        if pytest_proc is not None:
+            _stop_pytest(pytest_proc)
         if broker is not None:
             broker.stop()
+            # Kept for a post-mortem: the state folder itself goes.
+            if broker.log_file.exists():
+                shutil.copyfile(broker.log_file, root / ".afterglow" / "kafka-last.log")
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _stop_pytest(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT first: pytest turns it into KeyboardInterrupt and tears its fixtures down
+    (PostgreSQL included); only a pytest that hangs is killed."""
+    for sig, grace in ((None, 5.0), (signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            return
+        if sig is not None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace)  # a Ctrl-C on a terminal reached pytest too: let it finish
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main() -> None:
