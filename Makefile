@@ -44,6 +44,10 @@ fmt: install ## format and fix what ruff can
 docs: install ## JSON Schema per event type and the AsyncAPI document into docs/
 	@$(UV) run python -m afterglow.events.docs docs
 
+.PHONY: deploy-check
+deploy-check: install ## render and validate deploy/ offline (kustomize, schemas, CRDs, hadolint)
+	@$(UV) run python deploy/check.py
+
 .PHONY: bench
 bench: install ## benchmarks that print figures (see bench/README.md)
 	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run python $$b || exit 1; done
