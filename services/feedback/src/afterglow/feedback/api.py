@@ -1,0 +1,388 @@
+"""REST routes: external answers, reviews and moderation, metrics, tenant settings."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import func, select
+
+from afterglow.feedback import domain, metrics, service
+from afterglow.feedback.models import Review, TenantSetting
+from afterglow.feedback.settings import FeedbackSettings
+from afterglow.kit.app import Runtime
+from afterglow.kit.auth import Principal, require_scope
+from afterglow.kit.db import Session
+from afterglow.kit.errors import NotFound, Unprocessable
+
+router = APIRouter(prefix="/v1")
+Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
+Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
+Id = Field(min_length=1, max_length=200)
+
+
+def _rt(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --- external answers -----------------------------------------------------------------
+
+
+class ExternalResponseIn(In):
+    external_id: str = Id
+    customer_id: str = Id
+    kind: Literal["nps", "csat", "ces"] = "nps"
+    score: int
+    comment: str | None = Field(default=None, max_length=5000)
+    order_id: str | None = Field(default=None, max_length=200)
+    responded_at: AwareDatetime | None = None
+
+
+@router.post("/survey-responses", tags=["surveys"], status_code=201)
+async def record_response(
+    body: ExternalResponseIn, request: Request, session: Session, who: Writer
+) -> JSONResponse:
+    """Record an answer collected by another tool. Repeating an ``external_id`` returns
+    the first answer (200) and changes nothing."""
+    runtime = _rt(request)
+    try:
+        domain.check_score(body.kind, body.score)
+    except domain.InvalidScore as exc:
+        raise Unprocessable(str(exc), field="score") from exc
+    response_id, created = await service.record_external(
+        session,
+        runtime.outbox,
+        who.tenant_id,
+        service.ExternalAnswer(
+            external_id=body.external_id,
+            customer_id=body.customer_id,
+            kind=body.kind,
+            score=body.score,
+            comment=body.comment,
+            order_id=body.order_id,
+            responded_at=body.responded_at or runtime.clock.now(),
+        ),
+    )
+    return JSONResponse(
+        {
+            "id": response_id,
+            "external_id": body.external_id,
+            "band": domain.band(body.kind, body.score),
+            "created": created,
+        },
+        status_code=201 if created else 200,
+    )
+
+
+# --- reviews --------------------------------------------------------------------------
+
+
+class ReviewIn(In):
+    customer_id: str = Id
+    rating: int = Field(ge=1, le=5)
+    title: str | None = Field(default=None, max_length=200)
+    body: str | None = Field(default=None, max_length=5000)
+    sku: str | None = Field(default=None, max_length=200)
+    product_id: str | None = Field(default=None, max_length=200)
+    order_id: str | None = Field(default=None, max_length=200)
+    external_id: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _product(self) -> ReviewIn:
+        if not self.sku and not self.product_id:
+            raise ValueError("sku or product_id is required")
+        return self
+
+
+def review_json(r: Review) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "customer_id": r.customer_id,
+        "order_id": r.order_id,
+        "sku": r.sku,
+        "product_id": r.product_id,
+        "rating": r.rating,
+        "title": r.title,
+        "body": r.body,
+        "status": r.status,
+        "moderation_reasons": r.moderation_reasons.split(",") if r.moderation_reasons else [],
+        "verified": r.verified,
+        "source": r.source,
+        "created_at": r.created_at.isoformat(),
+        "published_at": r.published_at.isoformat() if r.published_at else None,
+    }
+
+
+@router.post("/reviews", tags=["reviews"], status_code=201)
+async def create_review(
+    body: ReviewIn, request: Request, session: Session, who: Writer
+) -> JSONResponse:
+    """Store a review collected elsewhere. Verified when the order was seen for this
+    customer. Moderated on arrival; ``review.submitted`` always, ``review.published``
+    when it goes live. The rating never decides moderation or incentives."""
+    if body.sku is None and body.product_id is None:
+        raise Unprocessable("sku or product_id is required", field="sku")
+    runtime = _rt(request)
+    review, created = await service.submit_review(
+        session,
+        runtime.outbox,
+        who.tenant_id,
+        service.NewReview(
+            customer_id=body.customer_id,
+            rating=body.rating,
+            title=body.title or None,
+            body=body.body or None,
+            sku=body.sku,
+            product_id=body.product_id,
+            order_id=body.order_id,
+            source="api",
+            dedupe_key=f"ext:{body.external_id}" if body.external_id else None,
+        ),
+        runtime.clock.now(),
+    )
+    return JSONResponse(review_json(review), status_code=201 if created else 200)
+
+
+@router.get("/reviews", tags=["reviews"])
+async def list_reviews(
+    session: Session,
+    who: Reader,
+    status: Literal["pending", "published", "rejected"] = "pending",
+    limit: int = Query(50, ge=1, le=200),
+) -> dict[str, Any]:
+    """The moderation queue (``status=pending``) or any other state, newest first."""
+    rows = await session.execute(
+        select(Review)
+        .where(Review.tenant_id == who.tenant_id, Review.status == status)
+        .order_by(Review.created_at.desc())
+        .limit(limit)
+    )
+    return {"reviews": [review_json(r) for r in rows.scalars()]}
+
+
+@router.get("/reviews/{review_id}", tags=["reviews"])
+async def get_review(review_id: str, session: Session, who: Reader) -> dict[str, Any]:
+    review = (
+        await session.execute(
+            select(Review).where(Review.tenant_id == who.tenant_id, Review.id == review_id)
+        )
+    ).scalar_one_or_none()
+    if review is None:
+        raise NotFound("no such review", field="review_id")
+    return review_json(review)
+
+
+class ModerationIn(In):
+    status: Literal["pending", "published", "rejected"]
+    reason: str | None = Field(default=None, max_length=500)
+
+
+async def _moderate(
+    review_id: str, body: ModerationIn, request: Request, session: Any, who: Principal
+) -> dict[str, Any]:
+    runtime = _rt(request)
+    review = await service.moderate_review(
+        session,
+        runtime.outbox,
+        who.tenant_id,
+        review_id,
+        body.status,
+        body.reason,
+        runtime.clock.now(),
+    )
+    if review is None:
+        raise NotFound("no such review", field="review_id")
+    return review_json(review)
+
+
+@router.post("/reviews/{review_id}/moderation", tags=["reviews"])
+async def moderate_post(
+    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+) -> dict[str, Any]:
+    """Publish, reject or hold a review. Publishing emits ``review.published`` once."""
+    return await _moderate(review_id, body, request, session, who)
+
+
+@router.patch("/reviews/{review_id}/moderation", tags=["reviews"])
+async def moderate_patch(
+    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+) -> dict[str, Any]:
+    return await _moderate(review_id, body, request, session, who)
+
+
+@router.get("/products/{sku}/reviews", tags=["reviews"])
+async def product_reviews(
+    sku: str,
+    session: Session,
+    who: Reader,
+    limit: int = Query(20, ge=1, le=100),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    """Published reviews of a product with their average and 1-5 distribution."""
+    cond = (Review.tenant_id == who.tenant_id, Review.sku == sku, Review.status == "published")
+    counts = await session.execute(
+        select(Review.rating, func.count()).where(*cond).group_by(Review.rating)
+    )
+    average, distribution, total = domain.rating_summary({r: n for r, n in counts.all()})
+    rows = await session.execute(
+        select(Review)
+        .where(*cond)
+        .order_by(Review.published_at.desc(), Review.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return {
+        "sku": sku,
+        "count": total,
+        "average": average,
+        "distribution": distribution,
+        "reviews": [review_json(r) for r in rows.scalars()],
+    }
+
+
+class ReviewLinkIn(In):
+    customer_id: str = Id
+    order_id: str = Id
+
+
+@router.post("/review-links", tags=["reviews"], status_code=201)
+async def review_link(
+    body: ReviewLinkIn, request: Request, session: Session, who: Writer
+) -> dict[str, Any]:
+    """A signed link to the review page of one order (for a review-ask message)."""
+    runtime = _rt(request)
+    settings = runtime.settings
+    assert isinstance(settings, FeedbackSettings)
+    items = await service.order_items(session, who.tenant_id, body.customer_id, body.order_id)
+    if items is None:
+        raise NotFound("no such order for this customer", field="order_id")
+    token, expires = service.review_token(
+        settings, who.tenant_id, body.customer_id, body.order_id, runtime.clock.now()
+    )
+    return {
+        "url": f"{settings.public_base_url.rstrip('/')}/r/{token}",
+        "expires_at": expires.isoformat(),
+    }
+
+
+# --- metrics --------------------------------------------------------------------------
+
+Interval = Literal["day", "week", "month"]
+MAX_BUCKETS = {"day": 1000, "week": 520, "month": 240}
+
+
+async def _metrics(
+    kind: str,
+    request: Request,
+    session: Any,
+    who: Principal,
+    start: datetime | None,
+    end: datetime | None,
+    interval: str,
+    sku: str | None,
+) -> dict[str, Any]:
+    now = _rt(request).clock.now()
+    end = end or now
+    start = start or end - timedelta(days=30)
+    for name, value in (("from", start), ("to", end)):
+        if value.tzinfo is None:
+            raise Unprocessable("a timestamp with a timezone is required", field=name)
+    if start >= end:
+        raise Unprocessable("'from' must be before 'to'", field="from")
+    days = {"day": 1, "week": 7, "month": 28}[interval]
+    if (end - start).days / days > MAX_BUCKETS[interval]:
+        raise Unprocessable("too many buckets: widen the interval", field="interval")
+    return await metrics.series(
+        session, metrics.Window(who.tenant_id, kind, start, end, interval, sku)
+    )
+
+
+FromQ = Query(None, alias="from", description="ISO 8601 with offset; default to - 30 days")
+ToQ = Query(None, alias="to", description="ISO 8601 with offset, exclusive; default now")
+
+
+@router.get("/metrics/nps", tags=["metrics"])
+async def nps_metrics(
+    request: Request,
+    session: Session,
+    who: Reader,
+    start: datetime | None = FromQ,
+    end: datetime | None = ToQ,
+    interval: Interval = "week",
+    sku: str | None = None,
+) -> dict[str, Any]:
+    """NPS per bucket and in total over [from, to). ``nps`` is null for a window with no
+    answers (not 0, which would be a real, mediocre score)."""
+    return await _metrics("nps", request, session, who, start, end, interval, sku)
+
+
+@router.get("/metrics/csat", tags=["metrics"])
+async def csat_metrics(
+    request: Request,
+    session: Session,
+    who: Reader,
+    start: datetime | None = FromQ,
+    end: datetime | None = ToQ,
+    interval: Interval = "week",
+    sku: str | None = None,
+) -> dict[str, Any]:
+    """CSAT: percentage of 4-5 answers; null for an empty window."""
+    return await _metrics("csat", request, session, who, start, end, interval, sku)
+
+
+@router.get("/metrics/ces", tags=["metrics"])
+async def ces_metrics(
+    request: Request,
+    session: Session,
+    who: Reader,
+    start: datetime | None = FromQ,
+    end: datetime | None = ToQ,
+    interval: Interval = "week",
+    sku: str | None = None,
+) -> dict[str, Any]:
+    return await _metrics("ces", request, session, who, start, end, interval, sku)
+
+
+# --- tenant settings ------------------------------------------------------------------
+
+
+class SettingsIn(In):
+    name: str | None = Field(default=None, max_length=100)
+    # Validated strictly: the colour lands in a <style> block, where HTML autoescaping
+    # does not protect against CSS injection.
+    brand_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+    manual_moderation: bool = False
+
+
+@router.put("/settings", tags=["settings"])
+async def put_settings(
+    body: SettingsIn, request: Request, session: Session, who: Writer
+) -> dict[str, Any]:
+    row = await session.get(TenantSetting, who.tenant_id)
+    now = _rt(request).clock.now()
+    if row is None:
+        row = TenantSetting(tenant_id=who.tenant_id)
+        session.add(row)
+    row.name = body.name
+    row.brand_color = body.brand_color
+    row.manual_moderation = body.manual_moderation
+    row.updated_at = now
+    return body.model_dump()
+
+
+@router.get("/settings", tags=["settings"])
+async def get_settings(session: Session, who: Reader) -> dict[str, Any]:
+    brand = await service.branding(session, who.tenant_id)
+    return {
+        "name": brand.name,
+        "brand_color": brand.color,
+        "manual_moderation": brand.manual_moderation,
+    }

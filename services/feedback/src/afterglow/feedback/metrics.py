@@ -1,0 +1,142 @@
+"""NPS / CSAT / CES series computed in SQL: one pass over the last answer per survey
+(``NOT superseded``, covered by the partial index ix_responses_metrics), date_trunc
+buckets in UTC, FILTER clauses for the bands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.feedback import domain
+
+# (top band from, middle band from): the thresholds of domain.band, per kind.
+THRESHOLDS = {"nps": (9, 7), "csat": (4, 3), "ces": (5, 4)}
+BAND_NAMES = {
+    "nps": ("promoters", "passives", "detractors"),
+    "csat": ("satisfied", "neutral", "dissatisfied"),
+    "ces": ("satisfied", "neutral", "dissatisfied"),
+}
+
+_SKU_RESPONSES = (
+    " AND EXISTS (SELECT 1 FROM feedback.order_items oi WHERE oi.tenant_id = r.tenant_id"
+    " AND oi.order_id = r.order_id AND oi.sku = :sku)"
+)
+_SKU_SURVEYS = _SKU_RESPONSES.replace("r.", "s.")
+
+_QUERY = """
+WITH buckets AS (
+    SELECT b AT TIME ZONE 'UTC' AS bucket
+    FROM generate_series(
+        date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
+        CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
+        CAST('1 ' || :interval AS interval)
+    ) AS b
+), answers AS (
+    SELECT date_trunc(:interval, r.responded_at, 'UTC') AS bucket,
+           count(*) FILTER (WHERE r.score >= :top) AS top,
+           count(*) FILTER (WHERE r.score >= :mid AND r.score < :top) AS mid,
+           count(*) FILTER (WHERE r.score < :mid) AS low,
+           count(*) AS responses,
+           sum(r.score) AS score_sum
+    FROM feedback.responses r
+    WHERE r.tenant_id = :tenant AND r.kind = :kind AND NOT r.superseded
+      AND r.responded_at >= :start AND r.responded_at < :end {sku_r}
+    GROUP BY 1
+), sends AS (
+    SELECT date_trunc(:interval, s.sent_at, 'UTC') AS bucket,
+           count(*) AS sent,
+           count(s.first_answered_at) AS answered
+    FROM feedback.surveys s
+    WHERE s.tenant_id = :tenant AND s.kind = :kind
+      AND s.sent_at >= :start AND s.sent_at < :end {sku_s}
+    GROUP BY 1
+)
+SELECT b.bucket,
+       coalesce(a.top, 0) AS top, coalesce(a.mid, 0) AS mid, coalesce(a.low, 0) AS low,
+       coalesce(a.responses, 0) AS responses, coalesce(a.score_sum, 0) AS score_sum,
+       coalesce(s.sent, 0) AS sent, coalesce(s.answered, 0) AS answered
+FROM buckets b
+LEFT JOIN answers a ON a.bucket = b.bucket
+LEFT JOIN sends s ON s.bucket = b.bucket
+ORDER BY b.bucket
+"""
+
+
+def query_text(with_sku: bool) -> str:
+    return _QUERY.format(
+        sku_r=_SKU_RESPONSES if with_sku else "", sku_s=_SKU_SURVEYS if with_sku else ""
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    tenant_id: str
+    kind: str
+    start: datetime
+    end: datetime
+    interval: str
+    sku: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        top, mid = THRESHOLDS[self.kind]
+        p: dict[str, Any] = {
+            "tenant": self.tenant_id,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "interval": self.interval,
+            "top": top,
+            "mid": mid,
+        }
+        if self.sku is not None:
+            p["sku"] = self.sku
+        return p
+
+
+def _figures(kind: str, top: int, mid: int, low: int, score_sum: int, sent: int, answered: int):
+    names = BAND_NAMES[kind]
+    responses = top + mid + low
+    out: dict[str, Any] = {
+        names[0]: top,
+        names[1]: mid,
+        names[2]: low,
+        "responses": responses,
+        "average": round(score_sum / responses, 2) if responses else None,
+        "sent": sent,
+        "answered": answered,
+        # Of the surveys SENT in the period, the share answered so far (cohort rate):
+        # answers in a period may belong to surveys sent earlier, so responses/sent
+        # could exceed 100%.
+        "response_rate": domain.rate(answered, sent),
+    }
+    if kind == "nps":
+        out["nps"] = domain.nps(top, mid, low)
+    elif kind == "csat":
+        out["csat"] = domain.csat(top, responses)
+    else:
+        out["ces_satisfied_pct"] = domain.csat(top, responses)
+    return out
+
+
+async def series(session: AsyncSession, w: Window) -> dict[str, Any]:
+    rows = (await session.execute(text(query_text(w.sku is not None)), w.params())).all()
+    points = []
+    totals = [0, 0, 0, 0, 0, 0]
+    for r in rows:
+        vals = [r.top, r.mid, r.low, r.score_sum, r.sent, r.answered]
+        totals = [t + int(v) for t, v in zip(totals, vals, strict=True)]
+        start = r.bucket
+        points.append({"start": start.isoformat(), **_figures(w.kind, *map(int, vals))})
+    return {
+        "kind": w.kind,
+        "from": w.start.isoformat(),
+        "to": w.end.isoformat(),
+        "interval": w.interval,
+        "sku": w.sku,
+        "total": _figures(w.kind, *totals),
+        "series": points,
+    }

@@ -1,0 +1,286 @@
+"""The customer-facing pages: the survey (/s/{token}) and the review form (/r/{token}).
+
+Plain HTML forms, no JavaScript, Jinja2 with autoescaping. The signed token is the
+only credential: a bad or unknown one gets 404 (saying nothing about what exists),
+an authentic but expired one 410. A GET never stores anything, because mail scanners
+and link previewers fetch links; ``?score=N`` (a score clicked in the email) only
+pre-selects that score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from afterglow.feedback import domain, service
+from afterglow.feedback.settings import FeedbackSettings
+from afterglow.kit.app import Runtime
+from afterglow.kit.db import Session
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+_env = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+)
+_NEUTRAL = service.Branding(service.DEFAULT_NAME, service.DEFAULT_COLOR, False)
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # the token must not leak to linked sites
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _page(template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    ctx.setdefault("brand", _NEUTRAL)
+    return HTMLResponse(_env.get_template(template).render(**ctx), status, headers=_HEADERS)
+
+
+def _notice(status: int, heading: str, text: str, brand: Any = _NEUTRAL) -> HTMLResponse:
+    return _page("notice.html", status, heading=heading, text=text, brand=brand)
+
+
+def _not_found() -> HTMLResponse:
+    return _notice(
+        404,
+        "We could not find this page",
+        "The link may be incomplete. Please open it again from the message we sent you.",
+    )
+
+
+def _expired() -> HTMLResponse:
+    return _notice(
+        410, "This link has expired", "Thank you for your interest: this link is no longer open."
+    )
+
+
+def _runtime(request: Request) -> tuple[Runtime, FeedbackSettings]:
+    runtime: Runtime = request.app.state.runtime
+    assert isinstance(runtime.settings, FeedbackSettings)
+    return runtime, runtime.settings
+
+
+async def _form(request: Request, limit: int) -> dict[str, str] | None:
+    """A form-encoded body as a dict (first value of each field); None when too big.
+    Parsed here rather than with python-multipart: only urlencoded forms are expected."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
+
+
+# --- survey ---------------------------------------------------------------------------
+
+
+def _survey_page(
+    survey: Any, brand: service.Branding, action: str, status: int = 200, **extra: Any
+) -> HTMLResponse:
+    scale = domain.SCALES[survey.kind]
+    return _page(
+        "survey.html",
+        status,
+        brand=brand,
+        action=action,
+        question=scale.question.format(tenant=brand.name),
+        scores=list(range(scale.low, scale.high + 1)),
+        low_label=scale.low_label,
+        high_label=scale.high_label,
+        **extra,
+    )
+
+
+@router.get("/s/{token}", response_class=HTMLResponse)
+async def survey_form(request: Request, token: str, session: Session) -> HTMLResponse:
+    runtime, settings = _runtime(request)
+    try:
+        survey = await service.load_survey(
+            session, settings, token, runtime.clock.now(), lock=False
+        )
+    except domain.ExpiredToken:
+        return _expired()
+    except domain.BadToken:
+        return _not_found()
+    brand = await service.branding(session, survey.tenant_id)
+    current = await service.current_answer(session, survey)
+    selected: int | None = current.score if current else None
+    raw = request.query_params.get("score")
+    if raw is not None and raw.isdigit():
+        selected = int(raw)
+    return _survey_page(
+        survey,
+        brand,
+        request.url.path,
+        selected=selected,
+        comment=current.comment if current else None,
+    )
+
+
+@router.post("/s/{token}", response_class=HTMLResponse)
+async def survey_answer(request: Request, token: str, session: Session) -> HTMLResponse:
+    runtime, settings = _runtime(request)
+    now = runtime.clock.now()
+    try:
+        survey = await service.load_survey(session, settings, token, now, lock=True)
+    except domain.ExpiredToken:
+        return _expired()
+    except domain.BadToken:
+        return _not_found()
+    brand = await service.branding(session, survey.tenant_id)
+    form = await _form(request, settings.feedback_max_form_bytes)
+    if form is None:
+        return _notice(413, "That was a little long", "Please shorten your comment.", brand)
+    raw = form.get("score", "")
+    comment = (form.get("comment") or "").strip()[:5000] or None
+    try:
+        score = int(raw)
+        outcome = await service.answer_survey(
+            session, runtime.outbox, settings, survey, score, comment, now
+        )
+    except (ValueError, domain.InvalidScore):
+        return _survey_page(
+            survey,
+            brand,
+            request.url.path,
+            status=422,
+            error="Please choose a score before sending.",
+            comment=comment,
+        )
+    except domain.AnswerLocked:
+        return _notice(
+            409,
+            "You have already answered",
+            "Thank you! Your answer was recorded more than a day ago and can no longer be changed.",
+            brand,
+        )
+    referral = None
+    if outcome.band == "promoter":
+        referral = await service.referral_link(session, survey.tenant_id, survey.customer_id)
+    return _page(
+        "thanks.html",
+        brand=brand,
+        action=request.url.path,
+        can_change=True,
+        referral_url=referral,
+    )
+
+
+# --- reviews --------------------------------------------------------------------------
+
+
+def _product_key(item: Any) -> str:
+    return item.sku or item.product_id or f"line-{item.line_no}"
+
+
+async def _review_context(
+    request: Request, session: Any, token: str
+) -> tuple[list[str], list[Any]] | HTMLResponse:
+    runtime, settings = _runtime(request)
+    try:
+        parts, _ = domain.verify(settings.feedback_token_secret, "r", token, runtime.clock.now())
+    except domain.ExpiredToken:
+        return _expired()
+    except domain.BadToken:
+        return _not_found()
+    if len(parts) != 3:
+        return _not_found()
+    tenant, customer, order = parts
+    items = await service.order_items(session, tenant, customer, order)
+    if not items:
+        return _not_found()
+    return parts, items
+
+
+async def _render_reviews(
+    session: Any,
+    request: Request,
+    parts: list[str],
+    items: list[Any],
+    status: int = 200,
+    notice: str | None = None,
+    errors: dict[str, str] | None = None,
+) -> HTMLResponse:
+    tenant, _, order = parts
+    done = await service.reviewed_keys(session, tenant, order)
+    products = [
+        {
+            "index": i,
+            "key": _product_key(it),
+            "title": it.title or it.sku or "Your product",
+            "done": f"page:{order}:{_product_key(it)}" in done,
+            "error": (errors or {}).get(_product_key(it)),
+        }
+        for i, it in enumerate(items)
+    ]
+    brand = await service.branding(session, tenant)
+    return _page(
+        "review.html",
+        status,
+        brand=brand,
+        action=request.url.path,
+        products=products,
+        notice=notice,
+    )
+
+
+@router.get("/r/{token}", response_class=HTMLResponse)
+async def review_form(request: Request, token: str, session: Session) -> HTMLResponse:
+    ctx = await _review_context(request, session, token)
+    if isinstance(ctx, HTMLResponse):
+        return ctx
+    return await _render_reviews(session, request, *ctx)
+
+
+@router.post("/r/{token}", response_class=HTMLResponse)
+async def review_submit(request: Request, token: str, session: Session) -> HTMLResponse:
+    ctx = await _review_context(request, session, token)
+    if isinstance(ctx, HTMLResponse):
+        return ctx
+    parts, items = ctx
+    runtime, settings = _runtime(request)
+    form = await _form(request, settings.feedback_max_form_bytes)
+    if form is None:
+        return _notice(413, "That was a little long", "Please shorten your review.")
+    key = form.get("product", "")
+    item = next((it for it in items if _product_key(it) == key), None)
+    if item is None:
+        return await _render_reviews(
+            session, request, parts, items, 422, notice="Please pick a product from your order."
+        )
+    try:
+        rating = int(form.get("rating", ""))
+        if not 1 <= rating <= 5:
+            raise ValueError
+    except ValueError:
+        return await _render_reviews(
+            session, request, parts, items, 422, errors={key: "Please choose 1 to 5 stars."}
+        )
+    tenant, customer, order = parts
+    await service.submit_review(
+        session,
+        runtime.outbox,
+        tenant,
+        service.NewReview(
+            customer_id=customer,
+            rating=rating,
+            title=(form.get("title") or "").strip()[:200] or None,
+            body=(form.get("body") or "").strip()[:5000] or None,
+            sku=item.sku,
+            product_id=item.product_id,
+            order_id=order,
+            source="page",
+            dedupe_key=f"page:{order}:{key}",
+        ),
+        runtime.clock.now(),
+    )
+    return await _render_reviews(
+        session, request, parts, items, notice="Thank you for your review!"
+    )

@@ -1,0 +1,631 @@
+"""Use cases shared by the pages, the API and the event handlers. Each runs inside the
+caller's transaction (the entrypoint commits) and adds the events it causes to the
+outbox in that same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events.catalog import (
+    MessageRequested,
+    ReviewPublished,
+    ReviewSubmitted,
+    SurveyRequested,
+    SurveyResponded,
+    SurveySent,
+)
+from afterglow.feedback import domain
+from afterglow.feedback.models import (
+    Order,
+    OrderItem,
+    ReferralLink,
+    Response,
+    Review,
+    Survey,
+    SurveyReminder,
+    TenantSetting,
+)
+from afterglow.feedback.settings import FeedbackSettings
+
+SOURCE = "feedback"
+DEFAULT_NAME = "our shop"
+DEFAULT_COLOR = "#3b5bdb"
+
+
+@dataclass(frozen=True)
+class Branding:
+    name: str
+    color: str
+    manual_moderation: bool
+
+
+async def branding(session: AsyncSession, tenant_id: str) -> Branding:
+    row = await session.get(TenantSetting, tenant_id)
+    return Branding(
+        name=(row.name if row and row.name else DEFAULT_NAME),
+        color=(row.brand_color if row and row.brand_color else DEFAULT_COLOR),
+        manual_moderation=bool(row and row.manual_moderation),
+    )
+
+
+def survey_token(settings: FeedbackSettings, survey: Survey) -> str:
+    return domain.sign(
+        settings.feedback_token_secret, "s", [survey.tenant_id, survey.id], survey.expires_at
+    )
+
+
+def survey_url(settings: FeedbackSettings, token: str) -> str:
+    return f"{settings.public_base_url.rstrip('/')}/s/{token}"
+
+
+def review_token(
+    settings: FeedbackSettings, tenant_id: str, customer_id: str, order_id: str, now: datetime
+) -> tuple[str, datetime]:
+    expires = now + timedelta(days=settings.feedback_review_link_validity_days)
+    token = domain.sign(
+        settings.feedback_token_secret, "r", [tenant_id, customer_id, order_id], expires
+    )
+    return token, expires
+
+
+# --- surveys --------------------------------------------------------------------------
+
+
+async def handle_survey_requested(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    event: CloudEvent[Any],
+    now: datetime,
+) -> None:
+    data: SurveyRequested = event.data
+    tenant, customer = event.tenantid, event.subject
+    if data.reminder:
+        await _remind(session, outbox, settings, event, now)
+        return
+    survey = Survey(
+        id=str(uuid.uuid4()),
+        tenant_id=tenant,
+        customer_id=customer,
+        request_id=data.request_id,
+        kind=data.kind,
+        order_id=data.order_id,
+        ticket_id=data.ticket_id,
+        sent_at=now,
+        expires_at=now + timedelta(days=settings.feedback_survey_validity_days),
+    )
+    # One survey per request id, whatever the journey repeats under a new event id.
+    inserted = (
+        await session.execute(
+            pg_insert(Survey)
+            .values(
+                id=survey.id,
+                tenant_id=tenant,
+                customer_id=customer,
+                request_id=survey.request_id,
+                kind=survey.kind,
+                order_id=survey.order_id,
+                ticket_id=survey.ticket_id,
+                sent_at=survey.sent_at,
+                expires_at=survey.expires_at,
+            )
+            .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
+            .returning(Survey.id)
+        )
+    ).scalar_one_or_none()
+    if inserted is None:
+        return
+    await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
+
+
+async def _remind(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    event: CloudEvent[Any],
+    now: datetime,
+) -> None:
+    data: SurveyRequested = event.data
+    tenant = event.tenantid
+    original = None
+    if data.reminder_of:
+        original = (
+            await session.execute(
+                select(Survey)
+                .where(Survey.tenant_id == tenant, Survey.request_id == data.reminder_of)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+    if original is None:
+        # No survey to remind of (the original was lost or never requested): a reminder
+        # is then a plain request; the customer still gets one survey.
+        await handle_survey_requested(
+            session,
+            outbox,
+            settings,
+            event.model_copy(update={"data": data.model_copy(update={"reminder": False})}),
+            now,
+        )
+        return
+    first = (
+        await session.execute(
+            pg_insert(SurveyReminder)
+            .values(
+                tenant_id=tenant,
+                request_id=data.request_id,
+                survey_id=original.id,
+                requested_at=now,
+            )
+            .on_conflict_do_nothing()
+            .returning(SurveyReminder.request_id)
+        )
+    ).scalar_one_or_none()
+    # Answered or expired surveys get no reminder: nagging someone who answered is noise.
+    if first is None or original.first_answered_at is not None or original.expires_at <= now:
+        return
+    original.reminders_sent += 1
+    await _send(session, outbox, settings, original, data.request_id, reminder=True, now=now)
+
+
+async def _send(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    survey: Survey,
+    request_id: str,
+    *,
+    reminder: bool,
+    now: datetime,
+) -> None:
+    brand = await branding(session, survey.tenant_id)
+    token = survey_token(settings, survey)
+    scale = domain.SCALES[survey.kind]
+    message = MessageRequested(
+        # Derived from the survey request: a retried request asks for the same message.
+        request_id=f"feedback:survey:{request_id}",
+        kind="survey_reminder" if reminder else "survey_invite",
+        category="marketing",
+        variables={
+            "survey_url": survey_url(settings, token),
+            "survey_id": survey.id,
+            "survey_kind": survey.kind,
+            "question": scale.question.format(tenant=brand.name),
+            "scale_low": scale.low,
+            "scale_high": scale.high,
+            "expires_at": survey.expires_at.isoformat(),
+            "tenant_name": brand.name,
+        },
+        order_id=survey.order_id,
+    )
+    sent = SurveySent(
+        survey_id=survey.id,
+        request_id=request_id,
+        kind=survey.kind,
+        sent_at=now,
+        expires_at=survey.expires_at,
+        order_id=survey.order_id,
+        reminder=reminder,
+    )
+    common = {"tenant_id": survey.tenant_id, "subject": survey.customer_id, "source": SOURCE}
+    await outbox.add(
+        session,
+        CloudEvent.new(
+            message, id=derived_event_id(SOURCE, "message", survey.tenant_id, request_id), **common
+        ),
+        CloudEvent.new(
+            sent, id=derived_event_id(SOURCE, "sent", survey.tenant_id, request_id), **common
+        ),
+    )
+
+
+class SurveyNotFound(Exception):
+    pass
+
+
+async def load_survey(
+    session: AsyncSession, settings: FeedbackSettings, token: str, now: datetime, lock: bool
+) -> Survey:
+    """The survey a link names. Raises domain.BadToken (404) or domain.ExpiredToken (410)."""
+    parts, _ = domain.verify(settings.feedback_token_secret, "s", token, now)
+    if len(parts) != 2:
+        raise domain.BadToken("wrong shape")
+    tenant, survey_id = parts
+    stmt = select(Survey).where(Survey.tenant_id == tenant, Survey.id == survey_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    survey = (await session.execute(stmt)).scalar_one_or_none()
+    if survey is None:
+        raise domain.BadToken("unknown survey")
+    if survey.expires_at <= now:
+        raise domain.ExpiredToken("survey expired")
+    return survey
+
+
+async def current_answer(session: AsyncSession, survey: Survey) -> Response | None:
+    return (
+        await session.execute(
+            select(Response).where(
+                Response.tenant_id == survey.tenant_id,
+                Response.survey_id == survey.id,
+                Response.superseded.is_(False),
+            )
+        )
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    band: str
+    is_update: bool
+    changed: bool  # False for a repeated identical submission (double click)
+
+
+async def answer_survey(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    survey: Survey,
+    score: int,
+    comment: str | None,
+    now: datetime,
+) -> AnswerOutcome:
+    """Store the answer (the caller holds the survey row lock). Raises
+    domain.InvalidScore or domain.AnswerLocked."""
+    domain.check_score(survey.kind, score)
+    band = domain.band(survey.kind, score)
+    window = timedelta(hours=settings.feedback_change_window_hours)
+    previous = await current_answer(session, survey)
+    if previous is not None and previous.score == score and previous.comment == comment:
+        # The same answer again (double click, back button, resubmit): nothing changes.
+        return AnswerOutcome(band, is_update=False, changed=False)
+    if not domain.can_change(survey.first_answered_at, now, window):
+        raise domain.AnswerLocked("the answer can no longer be changed")
+    is_update = previous is not None
+    if previous is not None:
+        previous.superseded = True
+        await session.flush()
+    row = Response(
+        tenant_id=survey.tenant_id,
+        survey_id=survey.id,
+        customer_id=survey.customer_id,
+        kind=survey.kind,
+        score=score,
+        comment=comment,
+        order_id=survey.order_id,
+        source="page",
+        responded_at=now,
+    )
+    session.add(row)
+    if survey.first_answered_at is None:
+        survey.first_answered_at = now
+    survey.last_answered_at = now
+    await session.flush()
+    await outbox.add(
+        session,
+        CloudEvent.new(
+            SurveyResponded(
+                survey_id=survey.id,
+                kind=survey.kind,
+                score=score,
+                band=band,
+                comment=comment,
+                responded_at=now,
+                is_update=is_update,
+                order_id=survey.order_id,
+                request_id=survey.request_id,
+            ),
+            tenant_id=survey.tenant_id,
+            subject=survey.customer_id,
+            source=SOURCE,
+            id=derived_event_id(SOURCE, "responded", survey.tenant_id, str(row.id)),
+        ),
+    )
+    return AnswerOutcome(band, is_update=is_update, changed=True)
+
+
+async def referral_link(session: AsyncSession, tenant_id: str, customer_id: str) -> str | None:
+    row = await session.get(ReferralLink, (tenant_id, customer_id))
+    return row.share_url if row else None
+
+
+@dataclass(frozen=True)
+class ExternalAnswer:
+    external_id: str
+    customer_id: str
+    kind: str
+    score: int
+    comment: str | None
+    order_id: str | None
+    responded_at: datetime
+
+
+async def record_external(
+    session: AsyncSession, outbox: Outbox, tenant_id: str, answer: ExternalAnswer
+) -> tuple[int, bool]:
+    """Store an answer collected elsewhere; returns (response id, created). A repeated
+    external id returns the first answer untouched."""
+    band = domain.band(answer.kind, domain.check_score(answer.kind, answer.score))
+    new_id = (
+        await session.execute(
+            pg_insert(Response)
+            .values(
+                tenant_id=tenant_id,
+                customer_id=answer.customer_id,
+                kind=answer.kind,
+                score=answer.score,
+                comment=answer.comment,
+                order_id=answer.order_id,
+                source="api",
+                external_id=answer.external_id,
+                responded_at=answer.responded_at,
+            )
+            .on_conflict_do_nothing(
+                index_elements=["tenant_id", "external_id"],
+                index_where=Response.external_id.isnot(None),
+            )
+            .returning(Response.id)
+        )
+    ).scalar_one_or_none()
+    if new_id is None:
+        existing = (
+            await session.execute(
+                select(Response.id).where(
+                    Response.tenant_id == tenant_id, Response.external_id == answer.external_id
+                )
+            )
+        ).scalar_one()
+        return existing, False
+    await outbox.add(
+        session,
+        CloudEvent.new(
+            SurveyResponded(
+                survey_id=f"ext:{answer.external_id}",
+                kind=answer.kind,
+                score=answer.score,
+                band=band,
+                comment=answer.comment,
+                responded_at=answer.responded_at,
+                order_id=answer.order_id,
+            ),
+            tenant_id=tenant_id,
+            subject=answer.customer_id,
+            source=SOURCE,
+            id=derived_event_id(SOURCE, "responded-ext", tenant_id, answer.external_id),
+        ),
+    )
+    return new_id, True
+
+
+# --- reviews --------------------------------------------------------------------------
+
+
+async def order_items(
+    session: AsyncSession, tenant_id: str, customer_id: str, order_id: str
+) -> list[OrderItem] | None:
+    """The items of an order if it was seen for this customer, else None."""
+    order = await session.get(Order, (tenant_id, order_id))
+    if order is None or order.customer_id != customer_id:
+        return None
+    rows = await session.execute(
+        select(OrderItem)
+        .where(OrderItem.tenant_id == tenant_id, OrderItem.order_id == order_id)
+        .order_by(OrderItem.line_no)
+    )
+    return list(rows.scalars())
+
+
+@dataclass(frozen=True)
+class NewReview:
+    customer_id: str
+    rating: int
+    title: str | None
+    body: str | None
+    sku: str | None
+    product_id: str | None
+    order_id: str | None
+    source: str
+    dedupe_key: str | None
+
+
+async def submit_review(
+    session: AsyncSession, outbox: Outbox, tenant_id: str, new: NewReview, now: datetime
+) -> tuple[Review, bool]:
+    """Moderate, store and announce a review; returns (review, created)."""
+    if new.dedupe_key is not None:
+        existing = (
+            await session.execute(
+                select(Review).where(
+                    Review.tenant_id == tenant_id, Review.dedupe_key == new.dedupe_key
+                )
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing, False
+    verified = False
+    if new.order_id:
+        verified = await order_items(session, tenant_id, new.customer_id, new.order_id) is not None
+    brand = await branding(session, tenant_id)
+    verdict = domain.moderate(new.title, new.body, manual=brand.manual_moderation)
+    review = Review(
+        id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        customer_id=new.customer_id,
+        order_id=new.order_id,
+        sku=new.sku,
+        product_id=new.product_id,
+        rating=new.rating,
+        title=new.title,
+        body=new.body,
+        status=verdict.status,
+        moderation_reasons=",".join(verdict.reasons) or None,
+        verified=verified,
+        source=new.source,
+        dedupe_key=new.dedupe_key,
+        created_at=now,
+        moderated_at=now if verdict.status != "pending" else None,
+        published_at=now if verdict.status == "published" else None,
+    )
+    session.add(review)
+    # A concurrent submission with the same dedupe key fails here on the unique index
+    # and the whole transaction rolls back: no half-stored review.
+    await session.flush()
+    events: list[CloudEvent[Any]] = [
+        CloudEvent.new(
+            ReviewSubmitted(
+                review_id=review.id,
+                rating=review.rating,
+                sku=review.sku,
+                product_id=review.product_id,
+                order_id=review.order_id,
+                verified=verified,
+                submitted_at=now,
+            ),
+            tenant_id=tenant_id,
+            subject=review.customer_id,
+            source=SOURCE,
+            id=derived_event_id(SOURCE, "review-submitted", tenant_id, review.id),
+        )
+    ]
+    if review.status == "published":
+        events.append(_published_event(review, now))
+    await outbox.add(session, *events)
+    return review, True
+
+
+def _published_event(review: Review, now: datetime) -> CloudEvent[Any]:
+    return CloudEvent.new(
+        ReviewPublished(
+            review_id=review.id,
+            rating=review.rating,
+            sku=review.sku,
+            product_id=review.product_id,
+            published_at=now,
+        ),
+        tenant_id=review.tenant_id,
+        subject=review.customer_id,
+        source=SOURCE,
+        # One published event per review, however often a moderator flips it back.
+        id=derived_event_id(SOURCE, "review-published", review.tenant_id, review.id),
+    )
+
+
+async def moderate_review(
+    session: AsyncSession,
+    outbox: Outbox,
+    tenant_id: str,
+    review_id: str,
+    status: str,
+    reason: str | None,
+    now: datetime,
+) -> Review | None:
+    review = (
+        await session.execute(
+            select(Review)
+            .where(Review.tenant_id == tenant_id, Review.id == review_id)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if review is None:
+        return None
+    review.status = status
+    review.moderated_at = now
+    review.moderation_reasons = reason or f"manual:{status}"
+    if status == "published" and review.published_at is None:
+        review.published_at = now
+        await outbox.add(session, _published_event(review, now))
+    await session.flush()
+    return review
+
+
+# --- orders, referrals, erasure -------------------------------------------------------
+
+
+async def remember_order(
+    session: AsyncSession,
+    tenant_id: str,
+    customer_id: str,
+    order_id: str,
+    placed_at: datetime,
+    items: list[dict[str, str | None]],
+) -> None:
+    inserted = (
+        await session.execute(
+            pg_insert(Order)
+            .values(
+                tenant_id=tenant_id,
+                order_id=order_id,
+                customer_id=customer_id,
+                placed_at=placed_at,
+            )
+            .on_conflict_do_nothing()
+            .returning(Order.order_id)
+        )
+    ).scalar_one_or_none()
+    if inserted is None or not items:
+        return
+    await session.execute(
+        pg_insert(OrderItem).values(
+            [
+                {"tenant_id": tenant_id, "order_id": order_id, "line_no": i, **item}
+                for i, item in enumerate(items)
+            ]
+        )
+    )
+
+
+async def save_referral_link(
+    session: AsyncSession, tenant_id: str, customer_id: str, code: str, url: str, at: datetime
+) -> None:
+    stmt = pg_insert(ReferralLink).values(
+        tenant_id=tenant_id, customer_id=customer_id, code=code, share_url=url, issued_at=at
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "customer_id"],
+            set_={"code": code, "share_url": url, "issued_at": at},
+        )
+    )
+
+
+ERASED = "erased"
+
+
+async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None) -> None:
+    """Wipe what identifies or was written by the customer (comments, review text, the
+    link between customer and rows); keep scores and ratings so aggregates stay true.
+    ``customer_id=None`` erases the whole tenant."""
+
+    def who(model: Any) -> list[Any]:
+        conds = [model.tenant_id == tenant_id]
+        if customer_id is not None:
+            conds.append(model.customer_id == customer_id)
+        return conds
+
+    await session.execute(
+        update(Response).where(*who(Response)).values(comment=None, customer_id=ERASED)
+    )
+    await session.execute(update(Survey).where(*who(Survey)).values(customer_id=ERASED))
+    await session.execute(
+        update(Review).where(*who(Review)).values(title=None, body=None, customer_id=ERASED)
+    )
+    await session.execute(update(Order).where(*who(Order)).values(customer_id=ERASED))
+    await session.execute(ReferralLink.__table__.delete().where(*who(ReferralLink)))
+
+
+async def reviewed_keys(session: AsyncSession, tenant_id: str, order_id: str) -> set[str]:
+    rows = await session.execute(
+        select(Review.dedupe_key).where(
+            Review.tenant_id == tenant_id,
+            Review.order_id == order_id,
+            Review.dedupe_key.startswith(f"page:{order_id}:", autoescape=True),
+        )
+    )
+    return {r for r in rows.scalars() if r}

@@ -1,0 +1,17 @@
+"""Feedback settings (environment variables, prefixed FEEDBACK_)."""
+
+from __future__ import annotations
+
+from afterglow.kit.settings import ServiceSettings
+
+
+class FeedbackSettings(ServiceSettings):
+    # Signs survey and review links (HMAC-SHA256). Rotating it invalidates every link
+    # in flight; set a long random value in production.
+    feedback_token_secret: str = "dev-only-feedback-secret-change-me"  # noqa: S105
+    feedback_survey_validity_days: int = 14
+    feedback_review_link_validity_days: int = 60
+    # The customer may change an answer for this long after their first answer.
+    feedback_change_window_hours: int = 24
+    # Form bodies larger than this are refused (413): a comment is short.
+    feedback_max_form_bytes: int = 20_000
