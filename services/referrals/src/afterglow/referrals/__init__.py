@@ -1,0 +1,1 @@
+"""afterglow.referrals: referral codes, attribution, fraud checks, double-sided rewards."""

@@ -1,0 +1,296 @@
+"""REST routes: codes, advocates' referrals, explicit attribution, review, metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import distinct, func, select
+
+from afterglow.events import derived_event_id
+from afterglow.kit.auth import Principal, require_scope
+from afterglow.kit.db import Session
+from afterglow.kit.errors import Conflict, NotFound
+from afterglow.referrals import domain
+from afterglow.referrals.models import Code, Order, Referral
+from afterglow.referrals.service import ReferralService
+
+router = APIRouter(prefix="/v1", tags=["referrals"])
+
+Reader = Annotated[Principal, Depends(require_scope("referrals:read"))]
+Writer = Annotated[Principal, Depends(require_scope("referrals:write"))]
+CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def _svc(request: Request) -> ReferralService:
+    svc: ReferralService = request.app.state.runtime.extras["referrals"]
+    return svc
+
+
+Svc = Annotated[ReferralService, Depends(_svc)]
+
+
+class CodeOut(BaseModel):
+    code: str
+    advocate_customer_id: str
+    share_url: str
+    issued_at: datetime
+    invited_at: datetime
+    window_ends_at: datetime
+    active: bool
+
+
+class ReferralOut(BaseModel):
+    id: str
+    code: str
+    advocate_customer_id: str
+    referee_customer_id: str
+    order_id: str
+    order_total: int
+    currency: str
+    placed_at: datetime
+    via: str
+    state: Literal["pending", "held", "confirmed", "rejected"]
+    reason: str | None
+    detail: str | None
+    referee_reward_code: str | None
+    fulfilled_at: datetime | None
+    confirm_due_at: datetime | None
+    decided_at: datetime | None
+
+
+def _referral_out(r: Referral) -> ReferralOut:
+    return ReferralOut.model_validate(r, from_attributes=True)
+
+
+async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
+    ends = domain.window_ends_at(code.invited_at, svc.limits.attribution_days)
+    return CodeOut(
+        code=code.code,
+        advocate_customer_id=code.advocate_customer_id,
+        share_url=await svc.share_url(session, code.tenant_id, code.code),
+        issued_at=code.issued_at,
+        invited_at=code.invited_at,
+        window_ends_at=ends,
+        active=svc.clock.now() < ends,
+    )
+
+
+@router.get("/codes/{code}", summary="Look up a referral code")
+async def get_code(
+    code: Annotated[str, Path(min_length=1, max_length=40)],
+    principal: Reader,
+    session: Session,
+    svc: Svc,
+) -> CodeOut:
+    found = await svc.find_code(session, principal.tenant_id, code)
+    if found is None:
+        raise NotFound("no such referral code", field="code")
+    return await _code_out(session, svc, found)
+
+
+class IssueCodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    send_invite: bool = Field(
+        default=False, description="Also request the invitation message (once per code)"
+    )
+
+
+@router.post(
+    "/advocates/{customer}/code",
+    summary="Issue (or return) an advocate's code; idempotent",
+    responses={201: {"description": "created"}, 200: {"description": "already issued"}},
+)
+async def issue_code(
+    customer: CustomerId,
+    principal: Writer,
+    session: Session,
+    svc: Svc,
+    response: Response,
+    body: IssueCodeIn | None = None,
+) -> CodeOut:
+    now = svc.clock.now()
+    code, created = await svc.issue_code(
+        session,
+        principal.tenant_id,
+        customer,
+        invited_at=now,
+        source="api",
+        cause_id=derived_event_id("api", principal.tenant_id, customer),
+        send_invite=bool(body and body.send_invite),
+    )
+    response.status_code = 201 if created else 200
+    return await _code_out(session, svc, code)
+
+
+class AdvocateReferralsOut(BaseModel):
+    advocate_customer_id: str
+    code: CodeOut | None
+    referrals: list[ReferralOut]
+
+
+@router.get("/advocates/{customer}/referrals", summary="An advocate's code and referrals")
+async def advocate_referrals(
+    customer: CustomerId, principal: Reader, session: Session, svc: Svc
+) -> AdvocateReferralsOut:
+    t = principal.tenant_id
+    code = await svc.code_of_advocate(session, t, customer)
+    rows = (
+        await session.scalars(
+            select(Referral)
+            .where(Referral.tenant_id == t, Referral.advocate_customer_id == customer)
+            .order_by(Referral.placed_at)
+        )
+    ).all()
+    if code is None and not rows:
+        raise NotFound("this customer has no referral code", field="customer")
+    return AdvocateReferralsOut(
+        advocate_customer_id=customer,
+        code=await _code_out(session, svc, code) if code else None,
+        referrals=[_referral_out(r) for r in rows],
+    )
+
+
+class AttributionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: str = Field(min_length=1, max_length=100)
+    code: str = Field(min_length=1, max_length=40)
+
+
+@router.post("/attributions", status_code=201, summary="Attribute a known order to a code")
+async def attribute(
+    body: AttributionIn, principal: Writer, session: Session, svc: Svc
+) -> ReferralOut:
+    """For orders that arrived without the code (a phone order, a forgotten code). The
+    same checks apply as for an order carrying the code, including the window."""
+    t = principal.tenant_id
+    code = await svc.find_code(session, t, body.code)
+    if code is None:
+        raise NotFound("no such referral code", field="code")
+    order = await session.get(Order, (t, body.order_id))
+    if order is None:
+        raise NotFound("no order.placed seen for this order yet", field="order_id")
+    if await svc.referral_for_order(session, t, body.order_id) is not None:
+        raise Conflict("this order is already attributed", field="order_id")
+    result = await svc.attribute(session, code, order, via="api", platform_orders_count=None)
+    return _referral_out(result.referral)
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "reject"]
+    note: str | None = Field(default=None, max_length=1000)
+
+
+@router.post("/referrals/{referral_id}/review", summary="Approve or reject a held referral")
+async def review(
+    referral_id: Annotated[str, Path(max_length=100)],
+    body: ReviewIn,
+    principal: Writer,
+    session: Session,
+    svc: Svc,
+) -> ReferralOut:
+    referral = (
+        await session.scalars(
+            select(Referral)
+            .where(Referral.tenant_id == principal.tenant_id, Referral.id == referral_id)
+            .with_for_update()
+        )
+    ).first()
+    if referral is None:
+        raise NotFound("no such referral", field="referral_id")
+    if referral.state != "held":
+        raise Conflict(f"only a held referral can be reviewed; this one is {referral.state}")
+    await svc.review(session, referral, body.decision == "approve", body.note)
+    return _referral_out(referral)
+
+
+class SettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    share_base_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500)
+
+
+class SettingsOut(BaseModel):
+    share_base_url: str
+
+
+@router.get("/settings", summary="The tenant's referral settings")
+async def get_settings(principal: Reader, session: Session, svc: Svc) -> SettingsOut:
+    return SettingsOut(share_base_url=await svc.share_base_url(session, principal.tenant_id))
+
+
+@router.put("/settings", summary="Set the tenant's share base URL (its shop)")
+async def put_settings(
+    body: SettingsIn, principal: Writer, session: Session, svc: Svc
+) -> SettingsOut:
+    await svc.set_share_base_url(session, principal.tenant_id, body.share_base_url)
+    return SettingsOut(share_base_url=body.share_base_url)
+
+
+class MetricsOut(BaseModel):
+    invited: int = Field(description="Advocates with a code")
+    advocates_converting: int = Field(description="Advocates with at least one confirmed one")
+    conversions: int = Field(description="Confirmed conversions")
+    pending: int
+    held: int
+    rejected: int
+    rejection_reasons: dict[str, int]
+    referral_rate: float = Field(description="advocates_converting / invited")
+    revenue: dict[str, int] = Field(description="Confirmed referred orders, minor units")
+    pending_revenue: dict[str, int] = Field(description="Pending and held, minor units")
+
+
+@router.get("/metrics", summary="Program metrics")
+async def metrics(principal: Reader, session: Session) -> MetricsOut:
+    t = principal.tenant_id
+    invited = await session.scalar(select(func.count()).where(Code.tenant_id == t)) or 0
+    by_state: dict[str, int] = dict(
+        (
+            await session.execute(
+                select(Referral.state, func.count())
+                .where(Referral.tenant_id == t)
+                .group_by(Referral.state)
+            )
+        ).all()
+    )
+    converting = (
+        await session.scalar(
+            select(func.count(distinct(Referral.advocate_customer_id))).where(
+                Referral.tenant_id == t, Referral.state == "confirmed"
+            )
+        )
+        or 0
+    )
+    reasons: dict[str | None, int] = dict(
+        (
+            await session.execute(
+                select(Referral.reason, func.count())
+                .where(Referral.tenant_id == t, Referral.state == "rejected")
+                .group_by(Referral.reason)
+            )
+        ).all()
+    )
+    revenue: dict[str, dict[str, int]] = {"confirmed": {}, "open": {}}
+    for state, currency, amount in (
+        await session.execute(
+            select(Referral.state, Referral.currency, func.sum(Referral.order_total))
+            .where(Referral.tenant_id == t, Referral.state != "rejected")
+            .group_by(Referral.state, Referral.currency)
+        )
+    ).all():
+        bucket = revenue["confirmed" if state == "confirmed" else "open"]
+        bucket[currency] = bucket.get(currency, 0) + int(amount)
+    return MetricsOut(
+        invited=invited,
+        advocates_converting=converting,
+        conversions=by_state.get("confirmed", 0),
+        pending=by_state.get("pending", 0),
+        held=by_state.get("held", 0),
+        rejected=by_state.get("rejected", 0),
+        rejection_reasons={str(k): v for k, v in reasons.items()},
+        referral_rate=domain.referral_rate(converting, invited),
+        revenue=revenue["confirmed"],
+        pending_revenue=revenue["open"],
+    )

@@ -1,0 +1,61 @@
+"""The referrals service: app factory, consumers and the confirmation worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI
+
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
+from afterglow.kit.clock import Clock
+from afterglow.referrals.api import router
+from afterglow.referrals.handlers import consumers
+from afterglow.referrals.models import api_keys, tables
+from afterglow.referrals.service import ReferralService
+from afterglow.referrals.settings import ReferralsSettings
+
+SPEC = ServiceSpec(
+    name="referrals",
+    schema="referrals",
+    app_factory="afterglow.referrals.app:create_app",
+    migrations="afterglow.referrals:migrations",
+    default_port=8005,
+)
+
+
+async def _on_start(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, ReferralsSettings)
+    runtime.extras["referrals"] = ReferralService(settings, runtime.outbox, runtime.clock)
+
+
+async def confirm_conversions(runtime: Runtime) -> None:
+    """Confirm conversions whose return window has passed. Time comes from the runtime's
+    clock, so tests move a ManualClock instead of waiting 30 days."""
+    svc: ReferralService = runtime.extras["referrals"]
+    settings = svc.settings
+    while True:
+        async with runtime.sessionmaker.begin() as session:
+            confirmed = await svc.confirm_due(session, settings.referrals_confirm_batch)
+        if confirmed < settings.referrals_confirm_batch:  # else a backlog: keep draining
+            await asyncio.sleep(settings.referrals_confirm_interval_s)
+
+
+def _workers(runtime: Runtime) -> list[Worker]:
+    return [confirm_conversions]
+
+
+def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    return create_service_app(
+        SPEC,
+        settings or ReferralsSettings(),
+        tables=tables,
+        api_keys_table=api_keys,
+        title="Afterglow referrals",
+        description="Referral codes, attribution, fraud checks and double-sided rewards.",
+        routers=[router],
+        consumers=consumers,
+        workers=_workers,
+        on_start=_on_start,
+        clock=clock,
+    )

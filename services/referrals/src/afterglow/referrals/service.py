@@ -1,0 +1,550 @@
+"""Use cases shared by the event handlers, the API and the confirmation worker.
+
+Everything here runs inside the caller's transaction (the consumer's inbox transaction
+or the request's session) and adds the events it causes to the outbox in that same
+transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events.catalog import (
+    MessageRequested,
+    Money,
+    OrderPlaced,
+    ReferralCodeIssued,
+    ReferralConverted,
+    ReferralRejected,
+)
+from afterglow.kit.clock import Clock
+from afterglow.referrals import domain
+from afterglow.referrals.models import Code, Order, Referral, TenantSettings
+from afterglow.referrals.settings import ReferralsSettings
+
+SOURCE = "referrals"
+LIVE_STATES = ("pending", "held", "confirmed")
+OPEN_STATES = ("pending", "held")
+CODE_ATTEMPTS = 8
+
+
+class CodeCollision(Exception):
+    """Every attempt at a fresh code collided: the code space of the tenant is crowded."""
+
+
+@dataclass(frozen=True)
+class Attribution:
+    referral: Referral
+    created: bool
+
+
+class ReferralService:
+    def __init__(self, settings: ReferralsSettings, outbox: Outbox, clock: Clock) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.clock = clock
+        self.limits = domain.Limits(
+            attribution_days=settings.referrals_attribution_days,
+            advocate_cap=settings.referrals_advocate_cap,
+            advocate_cap_days=settings.referrals_advocate_cap_days,
+            velocity_limit=settings.referrals_velocity_limit,
+            velocity_window=timedelta(minutes=settings.referrals_velocity_window_minutes),
+        )
+
+    def _event(self, data: Any, *, tenant_id: str, subject: str, id: str) -> CloudEvent[Any]:
+        return CloudEvent.new(
+            data, tenant_id=tenant_id, subject=subject, source=SOURCE, id=id, time=self.clock.now()
+        )
+
+    # --- settings -----------------------------------------------------------------
+
+    async def share_base_url(self, session: AsyncSession, tenant_id: str) -> str:
+        row = await session.get(TenantSettings, tenant_id)
+        return row.share_base_url if row else self.settings.referrals_share_base_url
+
+    async def share_url(self, session: AsyncSession, tenant_id: str, code: str) -> str:
+        return domain.share_url(await self.share_base_url(session, tenant_id), code)
+
+    async def set_share_base_url(self, session: AsyncSession, tenant_id: str, url: str) -> None:
+        stmt = pg_insert(TenantSettings).values(
+            tenant_id=tenant_id, share_base_url=url, updated_at=self.clock.now()
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant_id"],
+                set_={"share_base_url": url, "updated_at": stmt.excluded.updated_at},
+            )
+        )
+
+    # --- codes --------------------------------------------------------------------
+
+    async def code_of_advocate(
+        self, session: AsyncSession, tenant_id: str, advocate: str
+    ) -> Code | None:
+        return (
+            await session.scalars(
+                select(Code).where(
+                    Code.tenant_id == tenant_id, Code.advocate_customer_id == advocate
+                )
+            )
+        ).first()
+
+    async def find_code(self, session: AsyncSession, tenant_id: str, raw: str) -> Code | None:
+        code = domain.normalize_code(raw)
+        if not domain.is_code_shaped(code):
+            return None
+        return (
+            await session.scalars(
+                select(Code).where(Code.tenant_id == tenant_id, Code.code == code)
+            )
+        ).first()
+
+    async def issue_code(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        advocate: str,
+        *,
+        invited_at: datetime,
+        source: str,
+        cause_id: str,
+        send_invite: bool,
+    ) -> tuple[Code, bool]:
+        """The advocate's code, created on first call. Idempotent per (tenant, advocate):
+        both the advocate and the code are unique per tenant in the database, so two
+        concurrent issuers cannot create two codes, and a colliding random code is
+        simply drawn again."""
+        created = False
+        for _ in range(CODE_ATTEMPTS):
+            existing = await self.code_of_advocate(session, tenant_id, advocate)
+            if existing is not None:
+                code = existing
+                break
+            candidate = domain.generate_code(self.settings.referrals_code_length)
+            inserted = await session.scalar(
+                pg_insert(Code)
+                .values(
+                    id=str(uuid.uuid4()),
+                    tenant_id=tenant_id,
+                    advocate_customer_id=advocate,
+                    code=candidate,
+                    source=source,
+                    issued_at=self.clock.now(),
+                    invited_at=invited_at,
+                    invitations=1 if source == "invited" else 0,
+                )
+                .on_conflict_do_nothing()
+                .returning(Code.id)
+            )
+            if inserted is not None:
+                code = await session.get_one(Code, inserted)
+                created = True
+                break
+            # Either another transaction issued this advocate's code (found by the next
+            # select) or the random code is taken (a new one is drawn).
+        else:
+            raise CodeCollision(f"no free code after {CODE_ATTEMPTS} attempts")
+
+        if not created and source == "invited":
+            # A new invitation re-opens the attribution window from today.
+            code.invitations += 1
+            code.invited_at = max(code.invited_at, invited_at)
+        url = await self.share_url(session, tenant_id, code.code)
+        events: list[CloudEvent[Any]] = []
+        if created:
+            events.append(
+                self._event(
+                    ReferralCodeIssued(code=code.code, share_url=url, issued_at=code.issued_at),
+                    tenant_id=tenant_id,
+                    subject=advocate,
+                    id=derived_event_id(SOURCE, "code_issued", code.id),
+                )
+            )
+        if send_invite and code.invite_requested_at is None:
+            code.invite_requested_at = self.clock.now()
+            events.append(
+                self._event(
+                    MessageRequested(
+                        request_id=f"referral_invite:{tenant_id}:{code.code}",
+                        kind="referral_invite",
+                        variables={"code": code.code, "share_url": url},
+                    ),
+                    tenant_id=tenant_id,
+                    subject=advocate,
+                    id=derived_event_id(SOURCE, "invite_message", code.id),
+                )
+            )
+        await session.flush()
+        await self.outbox.add(session, *events)
+        return code, created
+
+    # --- orders -------------------------------------------------------------------
+
+    async def remember_order(
+        self, session: AsyncSession, tenant_id: str, customer_id: str, data: OrderPlaced
+    ) -> Order:
+        await session.execute(
+            pg_insert(Order)
+            .values(
+                tenant_id=tenant_id,
+                order_id=data.order_id,
+                customer_id=customer_id,
+                placed_at=data.placed_at,
+                total_amount=data.total.amount,
+                currency=data.total.currency,
+                email_hash=data.customer.email_hash or domain.contact_hash(data.customer.email),
+                phone_hash=data.customer.phone_hash or domain.contact_hash(data.customer.phone),
+                shipping_address_hash=data.shipping_address_hash,
+            )
+            .on_conflict_do_nothing()
+        )
+        return await session.get_one(Order, (tenant_id, data.order_id))
+
+    async def code_for_order(
+        self, session: AsyncSession, tenant_id: str, data: OrderPlaced
+    ) -> tuple[Code, str] | None:
+        """The referral code an order carries: the landing-site parameter first, then
+        any discount code that is one of ours."""
+        if data.referral_code:
+            found = await self.find_code(session, tenant_id, data.referral_code)
+            if found is not None:
+                return found, "referral_code"
+        candidates = {domain.normalize_code(c) for c in data.discount_codes}
+        candidates = {c for c in candidates if domain.is_code_shaped(c)}
+        if candidates:
+            found = (
+                await session.scalars(
+                    select(Code)
+                    .where(Code.tenant_id == tenant_id, Code.code.in_(candidates))
+                    .order_by(Code.code)
+                )
+            ).first()
+            if found is not None:
+                return found, "discount_code"
+        return None
+
+    async def _identity(
+        self, session: AsyncSession, tenant_id: str, customer: str
+    ) -> domain.Identity:
+        rows = (
+            await session.execute(
+                select(Order.email_hash, Order.phone_hash, Order.shipping_address_hash).where(
+                    Order.tenant_id == tenant_id, Order.customer_id == customer
+                )
+            )
+        ).all()
+        return domain.Identity(
+            customer_id=customer,
+            email_hashes=frozenset(r.email_hash for r in rows if r.email_hash),
+            phone_hashes=frozenset(r.phone_hash for r in rows if r.phone_hash),
+            address_hashes=frozenset(
+                r.shipping_address_hash for r in rows if r.shipping_address_hash
+            ),
+        )
+
+    async def _facts(
+        self,
+        session: AsyncSession,
+        code: Code,
+        order: Order,
+        platform_orders_count: int | None,
+    ) -> domain.Facts:
+        t = code.tenant_id
+        same_person = Order.customer_id == order.customer_id
+        if order.email_hash:
+            same_person = or_(same_person, Order.email_hash == order.email_hash)
+        earlier = await session.scalar(
+            select(func.count()).where(
+                Order.tenant_id == t,
+                same_person,
+                Order.order_id != order.order_id,
+                Order.placed_at < order.placed_at,
+            )
+        )
+        in_period = await session.scalar(
+            select(func.count()).where(
+                Referral.tenant_id == t,
+                Referral.advocate_customer_id == code.advocate_customer_id,
+                Referral.state.in_(LIVE_STATES),
+                Referral.order_id != order.order_id,
+                Referral.placed_at
+                > order.placed_at - timedelta(days=self.limits.advocate_cap_days),
+                Referral.placed_at <= order.placed_at,
+            )
+        )
+        recent = await session.scalar(
+            select(func.count()).where(
+                Referral.tenant_id == t,
+                Referral.code_id == code.id,
+                Referral.state.in_(LIVE_STATES),
+                Referral.order_id != order.order_id,
+                Referral.placed_at > order.placed_at - self.limits.velocity_window,
+                Referral.placed_at <= order.placed_at,
+            )
+        )
+        referee = domain.Identity(
+            customer_id=order.customer_id,
+            email_hashes=frozenset([order.email_hash] if order.email_hash else []),
+            phone_hashes=frozenset([order.phone_hash] if order.phone_hash else []),
+            address_hashes=frozenset(
+                [order.shipping_address_hash] if order.shipping_address_hash else []
+            ),
+        )
+        return domain.Facts(
+            invited_at=code.invited_at,
+            placed_at=order.placed_at,
+            advocate=await self._identity(session, t, code.advocate_customer_id),
+            referee=referee,
+            platform_orders_count=platform_orders_count,
+            earlier_orders_seen=earlier or 0,
+            advocate_conversions_in_period=in_period or 0,
+            recent_from_code=recent or 0,
+        )
+
+    async def attribute(
+        self,
+        session: AsyncSession,
+        code: Code,
+        order: Order,
+        *,
+        via: str,
+        platform_orders_count: int | None,
+    ) -> Attribution:
+        """Decide and record one order's attribution to a code; emits what it causes."""
+        existing = await self.referral_for_order(session, code.tenant_id, order.order_id)
+        if existing is not None:
+            return Attribution(existing, created=False)
+        # Serialize attributions per code: the cap and velocity counts must see each
+        # other, or two orders processed at once could both slip under a limit.
+        await session.execute(select(Code.id).where(Code.id == code.id).with_for_update())
+        decision = domain.evaluate(
+            await self._facts(session, code, order, platform_orders_count), self.limits
+        )
+        now = self.clock.now()
+        state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
+        referral_id = str(uuid.uuid4())
+        inserted = await session.scalar(
+            pg_insert(Referral)
+            .values(
+                id=referral_id,
+                tenant_id=code.tenant_id,
+                code_id=code.id,
+                code=code.code,
+                advocate_customer_id=code.advocate_customer_id,
+                referee_customer_id=order.customer_id,
+                order_id=order.order_id,
+                order_total=order.total_amount,
+                currency=order.currency,
+                placed_at=order.placed_at,
+                via=via,
+                state=state,
+                reason=decision.reason,
+                detail=decision.detail,
+                attributed_at=now,
+                decided_at=now if state == "rejected" else None,
+            )
+            .on_conflict_do_nothing()
+            .returning(Referral.id)
+        )
+        if inserted is None:  # the same order attributed concurrently
+            again = await self.referral_for_order(session, code.tenant_id, order.order_id)
+            assert again is not None
+            return Attribution(again, created=False)
+        referral = await session.get_one(Referral, referral_id)
+        if state == "rejected":
+            assert decision.reason is not None
+            await self._emit_rejected(session, referral, decision.reason, decision.detail)
+        elif state == "pending":
+            await self._reward_referee(session, referral)
+        return Attribution(referral, created=True)
+
+    async def referral_for_order(
+        self, session: AsyncSession, tenant_id: str, order_id: str
+    ) -> Referral | None:
+        return (
+            await session.scalars(
+                select(Referral).where(
+                    Referral.tenant_id == tenant_id, Referral.order_id == order_id
+                )
+            )
+        ).first()
+
+    async def _reward_referee(self, session: AsyncSession, referral: Referral) -> None:
+        """The referee's half of a double-sided reward: a discount code for their next
+        order, requested as a message. The discount itself is created in the tenant's
+        shop by their integration, which receives the code in the message variables."""
+        referral.referee_reward_code = "RF" + domain.generate_code(8)
+        await session.flush()
+        await self.outbox.add(
+            session,
+            self._event(
+                MessageRequested(
+                    request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
+                    kind="referee_reward",
+                    variables={
+                        "reward_code": referral.referee_reward_code,
+                        "referral_code": referral.code,
+                    },
+                    order_id=referral.order_id,
+                ),
+                tenant_id=referral.tenant_id,
+                subject=referral.referee_customer_id,
+                id=derived_event_id(SOURCE, "referee_reward", referral.id),
+            ),
+        )
+
+    async def _emit_rejected(
+        self, session: AsyncSession, referral: Referral, reason: str, detail: str | None
+    ) -> None:
+        await self.outbox.add(
+            session,
+            self._event(
+                ReferralRejected(
+                    referral_id=referral.id,
+                    code=referral.code,
+                    reason=reason,
+                    detail=detail,
+                    referee_customer_id=referral.referee_customer_id,
+                    order_id=referral.order_id,
+                    rejected_at=referral.decided_at or self.clock.now(),
+                ),
+                tenant_id=referral.tenant_id,
+                subject=referral.advocate_customer_id,
+                id=derived_event_id(SOURCE, "rejected", referral.id),
+            ),
+        )
+
+    # --- lifecycle after attribution ------------------------------------------------
+
+    async def order_fulfilled(
+        self, session: AsyncSession, tenant_id: str, order_id: str, fulfilled_at: datetime
+    ) -> None:
+        due = domain.confirmation_due(fulfilled_at, self.settings.referrals_return_window_days)
+        await session.execute(
+            update(Referral)
+            .where(
+                Referral.tenant_id == tenant_id,
+                Referral.order_id == order_id,
+                Referral.state.in_(OPEN_STATES),
+                Referral.fulfilled_at.is_(None),  # the first fulfilment starts the window
+            )
+            .values(fulfilled_at=fulfilled_at, confirm_due_at=due)
+        )
+
+    async def reject_open(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        order_id: str,
+        reason: str,
+        detail: str | None,
+        at: datetime,
+        refunded: int = 0,
+        full: bool = True,
+    ) -> Referral | None:
+        """Reject an order's conversion that is not confirmed yet. A partial refund only
+        accumulates; the conversion is rejected once refunds reach the order total. A
+        confirmed conversion stays confirmed: its return window had passed."""
+        referral = (
+            await session.scalars(
+                select(Referral)
+                .where(
+                    Referral.tenant_id == tenant_id,
+                    Referral.order_id == order_id,
+                    Referral.state.in_(OPEN_STATES),
+                )
+                .with_for_update()
+            )
+        ).first()
+        if referral is None:
+            return None
+        referral.refunded_amount += refunded
+        if not full and referral.refunded_amount < referral.order_total:
+            return None
+        referral.state = "rejected"
+        referral.reason = reason
+        referral.detail = detail
+        referral.decided_at = at
+        await session.flush()
+        await self._emit_rejected(session, referral, reason, detail)
+        return referral
+
+    async def confirm_due(self, session: AsyncSession, limit: int) -> int:
+        """Confirm conversions whose return window has passed; the advocate's reward is
+        ``referral.converted``. Rows are claimed with SKIP LOCKED so replicas share."""
+        now = self.clock.now()
+        due = (
+            await session.scalars(
+                select(Referral)
+                .where(
+                    Referral.state == "pending",
+                    Referral.confirm_due_at.is_not(None),
+                    Referral.confirm_due_at <= now,
+                )
+                .order_by(Referral.confirm_due_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for referral in due:
+            referral.state = "confirmed"
+            referral.decided_at = now
+            await self.outbox.add(
+                session,
+                self._event(
+                    ReferralConverted(
+                        referral_id=referral.id,
+                        code=referral.code,
+                        referee_customer_id=referral.referee_customer_id,
+                        order_id=referral.order_id,
+                        order_total=Money(amount=referral.order_total, currency=referral.currency),
+                        converted_at=now,
+                    ),
+                    tenant_id=referral.tenant_id,
+                    subject=referral.advocate_customer_id,
+                    id=derived_event_id(SOURCE, "converted", referral.id),
+                ),
+            )
+        return len(due)
+
+    async def review(
+        self, session: AsyncSession, referral: Referral, approve: bool, note: str | None
+    ) -> None:
+        now = self.clock.now()
+        if approve:
+            referral.state = "pending"
+            referral.detail = (referral.detail or "") + (
+                f"; approved: {note}" if note else "; approved"
+            )
+            await session.flush()
+            await self._reward_referee(session, referral)
+        else:
+            referral.state = "rejected"
+            referral.decided_at = now
+            referral.detail = note or referral.detail
+            await session.flush()
+            await self._emit_rejected(session, referral, "velocity_review", referral.detail)
+
+    async def erase(self, session: AsyncSession, tenant_id: str, customer: str | None) -> None:
+        """GDPR erasure: hashes go, rows (and so every count and metric) stay."""
+        cond = [Order.tenant_id == tenant_id]
+        if customer is not None:
+            cond.append(Order.customer_id == customer)
+        await session.execute(
+            update(Order)
+            .where(and_(*cond))
+            .values(
+                email_hash=None,
+                phone_hash=None,
+                shipping_address_hash=None,
+                erased_at=self.clock.now(),
+            )
+        )

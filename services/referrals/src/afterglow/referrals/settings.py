@@ -1,0 +1,27 @@
+"""Referrals settings: service-wide defaults, each prefixed ``referrals_``.
+
+A tenant's share base URL can be overridden per tenant through ``PUT /v1/settings``.
+"""
+
+from __future__ import annotations
+
+from afterglow.kit.settings import ServiceSettings
+
+
+class ReferralsSettings(ServiceSettings):
+    # Where a share link points when the tenant has not set its own shop URL; the code
+    # travels as ``?ref=CODE``, the landing-site parameter ingest normalizes.
+    referrals_share_base_url: str = "http://localhost:8005/r"
+    referrals_code_length: int = 7
+    # Friendbuy's default: an order counts for 90 days after the invitation.
+    referrals_attribution_days: int = 90
+    # The advocate's reward waits until the referee can no longer return the order.
+    referrals_return_window_days: int = 30
+    referrals_advocate_cap: int = 10
+    referrals_advocate_cap_days: int = 30
+    # More than this many conversions from one code within the window: held for review.
+    referrals_velocity_limit: int = 3
+    referrals_velocity_window_minutes: int = 60
+    # How often the confirmation worker looks for conversions whose return window ended.
+    referrals_confirm_interval_s: float = 5.0
+    referrals_confirm_batch: int = 200
