@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from afterglow.events.envelope import CloudEvent, from_record
 
@@ -23,22 +22,31 @@ class TopicTap:
     """
 
     def __init__(self, bootstrap_servers: str, *topics: str) -> None:
+        # No consumer group: joining one costs seconds per tap, and a tap needs no offsets.
+        self._topics = topics
         self._consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=bootstrap_servers,
-            group_id=f"tap-{uuid.uuid4()}",
-            auto_offset_reset="latest",
+            group_id=None,
             enable_auto_commit=False,
         )
         self.records: list[ConsumerRecord] = []
 
     async def __aenter__(self) -> TopicTap:
         await self._consumer.start()
-        # Wait for the assignment, else "latest" is resolved after the action and misses it.
-        deadline = time.monotonic() + 30
-        while not self._consumer.assignment() and time.monotonic() < deadline:
-            await self._consumer.getmany(timeout_ms=200)
-        for tp in self._consumer.assignment():
+        partitions = []
+        for topic in self._topics:
+            found = self._consumer.partitions_for_topic(topic)
+            deadline = time.monotonic() + 30
+            while not found and time.monotonic() < deadline:
+                await self._consumer._client.force_metadata_update()
+                found = self._consumer.partitions_for_topic(topic)
+            if not found:
+                raise AssertionError(f"topic {topic} has no partitions")
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        self._consumer.assign(partitions)
+        # Resolve the end offsets now, else they are resolved after the action and miss it.
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
             await self._consumer.position(tp)
         return self
 
