@@ -31,9 +31,9 @@ import kubernetes_validate
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import generate  # noqa: E402
+import generate
 
-from afterglow.events.topics import TOPICS  # noqa: E402
+from afterglow.events.topics import TOPICS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
