@@ -61,9 +61,14 @@ class TestRules:
 class TestArithmetic:
     @pytest.mark.parametrize(
         ("mode", "total", "expected"),
-        [("down", 1_234, 61), ("nearest", 1_234, 62), ("up", 1_234, 62), ("nearest", 1_230, 61),
-         ("up", 1_220, 61)],
-    )  # fmt: skip
+        [
+            ("down", 1_234, 61),
+            ("nearest", 1_234, 62),
+            ("up", 1_234, 62),
+            ("nearest", 1_230, 62),
+            ("up", 1_220, 61),
+        ],
+    )
     def test_rounding_modes(self, mode, total, expected):
         # 1234 cents at 5 points per unit of 100 cents = 61.7 points
         assert order_points(ProgramRules(points_per_unit=5, rounding=mode), total) == expected
@@ -106,8 +111,9 @@ class TestTiers:
 
 
 def order_lot(oid: str, points: int, at: datetime) -> Lot:
-    return Lot(id=f"lot-{oid}", source="order", source_id=oid, order_id=oid, points=points,
-               earned_at=at)  # fmt: skip
+    return Lot(
+        id=f"lot-{oid}", source="order", source_id=oid, order_id=oid, points=points, earned_at=at
+    )
 
 
 class TestLedgerScenarios:
@@ -122,8 +128,9 @@ class TestLedgerScenarios:
         assert (w.available, w.debt) == (-800, 800)
         with pytest.raises(InsufficientPoints):
             w.redeem(1, now, "r2", "redeem")
-        bonus = Lot(id="b", source="review", source_id="rv", points=500, earned_at=now,
-                    available_at=now)  # fmt: skip
+        bonus = Lot(
+            id="b", source="review", source_id="rv", points=500, earned_at=now, available_at=now
+        )
         entries += w.add_lot(bonus, RULES, now)
         assert (w.available, w.debt, bonus.remaining) == (-300, 300, 0)
         w.check()
@@ -131,12 +138,19 @@ class TestLedgerScenarios:
 
     def test_oldest_points_expire_first(self):
         w, now = Wallet(), T0
-        old = Lot(id="old", source="review", source_id="a", points=100, earned_at=now,
-                  available_at=now)  # fmt: skip
+        old = Lot(
+            id="old", source="review", source_id="a", points=100, earned_at=now, available_at=now
+        )
         w.add_lot(old, RULES, now)
         later = now + timedelta(days=200)
-        new = Lot(id="new", source="review", source_id="b", points=100, earned_at=later,
-                  available_at=later)  # fmt: skip
+        new = Lot(
+            id="new",
+            source="review",
+            source_id="b",
+            points=100,
+            earned_at=later,
+            available_at=later,
+        )
         w.add_lot(new, RULES, later)
         w.redeem(50, later, "r", "redeem")  # spends the oldest lot first
         assert (old.remaining, new.remaining) == (50, 100)
@@ -186,8 +200,9 @@ class TestLedgerProperties:
                 o, lot = orders[step[1] % len(orders)]
                 for _ in range(2 if replay else 1):  # a redelivered refund changes nothing
                     o.record_refund(f"rf{i}", step[2], step[3])
-                    target = clawback_target(lot.points, o.refunded_minor, o.total_minor,
-                                             o.fully_refunded)  # fmt: skip
+                    target = clawback_target(
+                        lot.points, o.refunded_minor, o.total_minor, o.fully_refunded
+                    )
                     entries += w.clawback(lot, target, now, "refund")
             elif kind == "redeem":
                 try:
@@ -201,8 +216,14 @@ class TestLedgerProperties:
                     entries += w.release(lot, RULES, now)
                 entries += w.expire(now)
             elif kind == "bonus":
-                lot = Lot(id=f"b{i}", source="review", source_id=f"b{i}", points=step[1],
-                          earned_at=now, available_at=now)  # fmt: skip
+                lot = Lot(
+                    id=f"b{i}",
+                    source="review",
+                    source_id=f"b{i}",
+                    points=step[1],
+                    earned_at=now,
+                    available_at=now,
+                )
                 entries += w.add_lot(lot, RULES, now)
             elif kind == "adjust" and step[1] != 0:
                 try:

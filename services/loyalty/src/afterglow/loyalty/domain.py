@@ -87,11 +87,12 @@ def _default_tiers() -> list[Tier]:
 
 def _default_rewards() -> list[Reward]:
     return [
-        Reward(id="five-off", name="$5 off", kind="fixed_discount", points_price=500,
-               amount_minor=500),
+        Reward(
+            id="five-off", name="$5 off", kind="fixed_discount", points_price=500, amount_minor=500
+        ),
         Reward(id="ten-percent", name="10% off", kind="percentage", points_price=1000, percent=10),
         Reward(id="free-shipping", name="Free shipping", kind="free_shipping", points_price=400),
-    ]  # fmt: skip
+    ]
 
 
 class ProgramRules(_Strict):
@@ -103,7 +104,8 @@ class ProgramRules(_Strict):
     unit_minor: int = Field(default=100, gt=0, description="Minor units in one unit (cents)")
     rounding: Rounding = "down"
     earning_statuses: list[Literal["placed", "fulfilled", "delivered"]] = Field(
-        default_factory=lambda: ["placed"], min_length=1
+        default_factory=lambda: ["placed"],  # type: ignore[arg-type]
+        min_length=1,
     )
     bonuses: Bonuses = Field(default_factory=Bonuses)
     return_window_days: int = Field(default=30, ge=0, le=365)
@@ -114,9 +116,12 @@ class ProgramRules(_Strict):
     tiers: list[Tier] = Field(default_factory=_default_tiers, min_length=1)
     rewards: list[Reward] = Field(default_factory=_default_rewards)
     point_value_minor: Decimal = Field(
-        default=Decimal(1), ge=0, max_digits=10, decimal_places=4,
+        default=Decimal(1),
+        ge=0,
+        max_digits=10,
+        decimal_places=4,
         description="What one point costs the merchant, for the liability metric",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ProgramRules:
@@ -241,9 +246,7 @@ def tier_direction(rules: ProgramRules, old: str | None, new: str) -> Literal["u
 
 # --- the ledger -------------------------------------------------------------------
 
-EntryKind = Literal[
-    "earn_pending", "earn_available", "clawback", "redeem", "expire", "adjust"
-]  # fmt: skip
+EntryKind = Literal["earn_pending", "earn_available", "clawback", "redeem", "expire", "adjust"]
 LotState = Literal["pending", "available", "expired", "void"]
 
 
@@ -439,10 +442,15 @@ class Wallet:
             raise ValueError("points must not be zero")
         if points > 0:
             lot = Lot(
-                id=lot_id or new_id(), source="adjust", source_id=lot_id or new_id(),
-                points=points, earned_at=now, available_at=now, state="available",
+                id=lot_id or new_id(),
+                source="adjust",
+                source_id=lot_id or new_id(),
+                points=points,
+                earned_at=now,
+                available_at=now,
+                state="available",
                 expires_at=expires_at(rules, now),
-            )  # fmt: skip
+            )
             self.lots.append(lot)
             self._touch(lot)
             self._credit_available(lot, points)
@@ -532,9 +540,7 @@ class OrderRecord:
 
 def earns_at(rules: ProgramRules, status: str, order: OrderRecord) -> bool:
     """Whether an order reaching ``status`` should earn now (the first earning status)."""
-    if order.cancelled or status not in rules.earning_statuses:
-        return False
-    return True
+    return not order.cancelled and status in rules.earning_statuses
 
 
 def rule_snapshot(rules: ProgramRules, multiplier: Decimal, tier: str | None) -> dict[str, Any]:

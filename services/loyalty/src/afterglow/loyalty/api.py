@@ -1,0 +1,359 @@
+"""REST routes: accounts, history, redemptions, adjustments, rules, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import case, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from afterglow.events.catalog import MessageRequested, PointsRedeemed
+from afterglow.kit.app import Runtime
+from afterglow.kit.auth import Principal, require_scope
+from afterglow.kit.db import Session
+from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.loyalty import domain, store
+from afterglow.loyalty.models import Account, EntryRow, ProgramRulesRow, Redemption
+
+router = APIRouter(prefix="/v1", tags=["loyalty"])
+Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
+Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
+Customer = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class InsufficientPointsError(AppError):
+    status_code, code = 409, "insufficient_points"
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+class TierProgressOut(BaseModel):
+    basis: str
+    qualifying: int
+    next_tier: str | None
+    next_threshold: int | None
+    remaining: int | None
+
+
+class AccountOut(BaseModel):
+    customer_id: str
+    available: int = Field(description="Spendable points (never negative)")
+    pending: int = Field(description="Earned, waiting for the return window to end")
+    debt: int = Field(description="Points clawed back after they were spent; repaid first")
+    tier: str | None
+    tier_progress: TierProgressOut
+    lifetime_earned: int
+    currency_value_minor: int = Field(description="What the available points are worth")
+
+
+@router.get("/accounts/{customer}", response_model=AccountOut)
+async def get_account(customer: str, principal: Reader, session: Session) -> AccountOut:
+    account = await session.get(Account, (principal.tenant_id, customer))
+    if account is None:
+        raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+    rules = await store.load_rules(session, principal.tenant_id)
+    now = datetime.now().astimezone()
+    value, _ = await store.qualifying_value(session, rules, account, now)
+    p = domain.tier_progress(rules, value)
+    return AccountOut(
+        customer_id=customer,
+        available=max(0, account.available),
+        pending=account.pending,
+        debt=max(0, -account.available),
+        tier=account.tier,
+        tier_progress=TierProgressOut(
+            basis=p.basis,
+            qualifying=p.qualifying,
+            next_tier=p.next_tier,
+            next_threshold=p.next_threshold,
+            remaining=p.remaining,
+        ),
+        lifetime_earned=account.lifetime_earned,
+        currency_value_minor=int(max(0, account.available) * rules.point_value_minor),
+    )
+
+
+class EntryOut(BaseModel):
+    id: str
+    kind: str
+    pending_delta: int
+    available_delta: int
+    order_id: str | None
+    reason: str | None
+    actor: str | None
+    ref: str | None
+    created_at: datetime
+
+
+class HistoryOut(BaseModel):
+    entries: list[EntryOut]
+    next_cursor: str | None
+
+
+@router.get("/accounts/{customer}/history", response_model=HistoryOut)
+async def history(
+    customer: str,
+    principal: Reader,
+    session: Session,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+) -> HistoryOut:
+    """Newest first. ``next_cursor`` is opaque; pass it back to get the next page."""
+    stmt = select(EntryRow).where(
+        EntryRow.tenant_id == principal.tenant_id, EntryRow.customer_id == customer
+    )
+    if cursor is not None:
+        stmt = stmt.where(EntryRow.seq < int(cursor))
+    rows = list(
+        (await session.execute(stmt.order_by(EntryRow.seq.desc()).limit(limit + 1))).scalars()
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return HistoryOut(
+        entries=[
+            EntryOut(
+                id=r.id,
+                kind=r.kind,
+                pending_delta=r.pending_delta,
+                available_delta=r.available_delta,
+                order_id=r.order_id,
+                reason=r.reason,
+                actor=r.actor,
+                ref=r.ref,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ],
+        next_cursor=str(rows[-1].seq) if more and rows else None,
+    )
+
+
+class RedemptionIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    reward_id: str = Field(min_length=1, max_length=50)
+
+
+def _reward_code() -> str:
+    # 12 characters of an unambiguous alphabet: about 60 bits, unique by constraint too.
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+@router.post("/accounts/{customer}/redemptions", status_code=201)
+async def redeem(
+    customer: str,
+    body: RedemptionIn,
+    principal: Writer,
+    session: Session,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
+) -> dict[str, Any]:
+    """Spend points on a reward. The same Idempotency-Key returns the same answer and
+    deducts nothing twice; the same key with another body is a 422."""
+    rt = _runtime(request)
+    tenant = principal.tenant_id
+    now = rt.clock.now()
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(), sort_keys=True).encode()
+    ).hexdigest()
+    rules = await store.load_rules(session, tenant)
+    account = await store.lock_account(session, tenant, customer, now, rules, create=False)
+    if account is None:
+        raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+    # Checked after the lock: a concurrent request with the same key has committed by
+    # now, so we see its row instead of redeeming a second time.
+    prior = await session.scalar(
+        select(Redemption).where(
+            Redemption.tenant_id == tenant,
+            Redemption.customer_id == customer,
+            Redemption.idempotency_key == idempotency_key,
+        )
+    )
+    if prior is not None:
+        if prior.request_hash != request_hash:
+            raise Unprocessable(
+                "this Idempotency-Key was used with a different request body",
+                field="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        response.headers["Idempotent-Replayed"] = "true"
+        return prior.response
+    reward = rules.reward(body.reward_id)
+    if reward is None:
+        raise Unprocessable(f"unknown reward {body.reward_id!r}", field="reward_id")
+    wallet = await store.load_wallet(session, account)
+    redemption_id = domain.new_id()
+    try:
+        entries = wallet.redeem(reward.points_price, now, redemption_id, f"reward {reward.id}")
+    except domain.InsufficientPoints as exc:
+        raise InsufficientPointsError(str(exc), field="reward_id") from exc
+    await store.persist(session, rt.outbox, account, wallet, entries, now)
+    code = _reward_code()
+    result = {
+        "redemption_id": redemption_id,
+        "reward": reward.model_dump(mode="json"),
+        "points": reward.points_price,
+        "code": code,
+        "balance": {"available": wallet.spendable, "pending": wallet.pending},
+        "redeemed_at": now.isoformat(),
+    }
+    await session.execute(
+        pg_insert(Redemption).values(
+            id=redemption_id,
+            tenant_id=tenant,
+            customer_id=customer,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            reward_id=reward.id,
+            points=reward.points_price,
+            code=code,
+            response=result,
+            created_at=now,
+        )
+    )
+    redeemed = PointsRedeemed(
+        redemption_id=redemption_id,
+        points=reward.points_price,
+        reward_id=reward.id,
+        reward_code=code,
+        balance_available=wallet.spendable,
+        redeemed_at=now,
+    )
+    msg = MessageRequested(
+        request_id=f"loyalty:reward_code:{redemption_id}",
+        kind="reward_code",
+        category="transactional",
+        priority="high",
+        variables={
+            "code": code,
+            "reward": reward.name,
+            "reward_kind": reward.kind,
+            "amount_minor": reward.amount_minor,
+            "percent": reward.percent,
+            "currency": rules.currency,
+            "points": reward.points_price,
+        },
+    )
+    await rt.outbox.add(
+        session,
+        store._event(account, redeemed, redemption_id),
+        store._event(account, msg, msg.request_id),
+    )
+    return result
+
+
+class AdjustmentIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    points: int = Field(description="Positive credits, negative debits (never overdraws)")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/accounts/{customer}/adjustments", status_code=201)
+async def adjust(
+    customer: str, body: AdjustmentIn, principal: Writer, session: Session, request: Request
+) -> dict[str, Any]:
+    if body.points == 0:
+        raise Unprocessable("points must not be zero", field="points")
+    rt = _runtime(request)
+    now = rt.clock.now()
+    rules = await store.load_rules(session, principal.tenant_id)
+    account = await store.lock_account(session, principal.tenant_id, customer, now, rules)
+    assert account is not None
+    wallet = await store.load_wallet(session, account)
+    try:
+        entries = wallet.adjust(body.points, rules, now, body.reason, f"key:{principal.key_id}")
+    except domain.InsufficientPoints as exc:
+        raise InsufficientPointsError(str(exc), field="points") from exc
+    await store.persist(session, rt.outbox, account, wallet, entries, now)
+    return {
+        "entry_id": entries[0].id,
+        "points": body.points,
+        "balance": {"available": wallet.spendable, "pending": wallet.pending, "debt": wallet.debt},
+    }
+
+
+@router.get("/rules", response_model=domain.ProgramRules)
+async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
+    return await store.load_rules(session, principal.tenant_id)
+
+
+@router.put("/rules", response_model=domain.ProgramRules)
+async def put_rules(
+    body: domain.ProgramRules, principal: Writer, session: Session, request: Request
+) -> domain.ProgramRules:
+    """Replace the program. Points already earned keep the rule that earned them."""
+    now = _runtime(request).clock.now()
+    stmt = pg_insert(ProgramRulesRow).values(
+        tenant_id=principal.tenant_id, rules=body.model_dump(mode="json"), version=1, updated_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={
+                "rules": stmt.excluded.rules,
+                "updated_at": now,
+                "version": ProgramRulesRow.version + 1,
+            },
+        )
+    )
+    return body
+
+
+@router.get("/metrics")
+async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
+    """Program totals: issued (became spendable), redeemed, expired, clawed back, the
+    outstanding balance and what it is worth (the merchant's liability)."""
+    tenant = principal.tenant_id
+    rules = await store.load_rules(session, tenant)
+
+    def total(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, EntryRow.available_delta), else_=0)), 0)
+
+    row = (
+        await session.execute(
+            select(
+                total(
+                    (EntryRow.kind == "earn_available")
+                    | ((EntryRow.kind == "adjust") & (EntryRow.available_delta > 0))
+                ),
+                total(EntryRow.kind == "redeem"),
+                total(EntryRow.kind == "expire"),
+                total(EntryRow.kind == "clawback"),
+            ).where(EntryRow.tenant_id == tenant)
+        )
+    ).one()
+    issued, redeemed, expired, clawed = int(row[0]), -int(row[1]), -int(row[2]), -int(row[3])
+    acc = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(func.greatest(Account.available, 0)), 0),
+                func.coalesce(func.sum(func.greatest(-Account.available, 0)), 0),
+                func.coalesce(func.sum(Account.pending), 0),
+                func.count(),
+            ).where(Account.tenant_id == tenant)
+        )
+    ).one()
+    outstanding, debt, pending, accounts = (int(x) for x in acc)
+    liability = int(Decimal(outstanding) * rules.point_value_minor)
+    return {
+        "accounts": accounts,
+        "points_issued": issued,
+        "points_redeemed": redeemed,
+        "points_expired": expired,
+        "points_clawed_back": clawed,
+        "points_outstanding": outstanding,
+        "points_pending": pending,
+        "points_debt": debt,
+        "outstanding_liability": {"amount": liability, "currency": rules.currency},
+        "redemption_rate": round(redeemed / issued, 4) if issued else 0.0,
+    }

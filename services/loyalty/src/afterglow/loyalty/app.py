@@ -1,0 +1,36 @@
+"""The loyalty service: points ledger, tiers and rewards."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from afterglow.kit.app import ServiceSpec, create_service_app
+from afterglow.kit.clock import Clock
+from afterglow.loyalty.api import router
+from afterglow.loyalty.handlers import consumers
+from afterglow.loyalty.models import api_keys, tables
+from afterglow.loyalty.settings import LoyaltySettings
+from afterglow.loyalty.worker import workers
+
+SPEC = ServiceSpec(
+    name="loyalty",
+    schema="loyalty",
+    app_factory="afterglow.loyalty.app:create_app",
+    migrations="afterglow.loyalty:migrations",
+    default_port=8004,
+)
+
+
+def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = None) -> FastAPI:
+    return create_service_app(
+        SPEC,
+        settings or LoyaltySettings(),
+        tables=tables,
+        api_keys_table=api_keys,
+        title="Afterglow loyalty",
+        description="Points ledger, tiers and rewards.",
+        routers=[router],
+        consumers=consumers,
+        workers=workers,
+        clock=clock,
+    )

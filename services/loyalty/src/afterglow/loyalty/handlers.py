@@ -1,0 +1,316 @@
+"""Event handlers. Each runs in one transaction with the inbox insert (exactly once per
+event id); natural keys (order id, refund id, survey id, referral id) also make a
+re-sent business event with a new id change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent
+from afterglow.events.catalog import (
+    CustomerErasureRequested,
+    OrderCancelled,
+    OrderDelivered,
+    OrderFulfilled,
+    OrderPlaced,
+    OrderRefunded,
+    ReferralConverted,
+    ReviewSubmitted,
+    SurveyResponded,
+)
+from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.loyalty import domain, store
+from afterglow.loyalty.models import (
+    Account,
+    EntryRow,
+    LotRow,
+    OrderRow,
+    Redemption,
+)
+
+
+def _order_record(row: OrderRow) -> domain.OrderRecord:
+    return domain.OrderRecord(
+        order_id=row.order_id,
+        total_minor=row.total_minor,
+        currency=row.currency,
+        placed_at=row.placed_at,
+        refunded_minor=row.refunded_minor,
+        refund_ids=list(row.refund_ids or []),
+        fully_refunded=row.fully_refunded,
+        cancelled=row.cancelled,
+        fulfilled_at=row.fulfilled_at,
+        delivered_at=row.delivered_at,
+    )
+
+
+class Handlers:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def now(self) -> datetime:
+        return self.rt.clock.now()
+
+    async def _order(self, session: AsyncSession, tenant: str, order_id: str) -> OrderRow | None:
+        return await session.get(
+            OrderRow, (tenant, order_id), with_for_update=True, populate_existing=True
+        )
+
+    async def _earn_order(
+        self,
+        session: AsyncSession,
+        rules: domain.ProgramRules,
+        account: Account,
+        wallet: domain.Wallet,
+        order: OrderRow,
+        now: datetime,
+    ) -> list[domain.Entry]:
+        """Credit an order's points (and the first-order bonus) as pending lots, at the
+        rate and tier multiplier in force now; the snapshot goes on the lot."""
+        order.earned = True
+        multiplier = domain.tier_multiplier(rules, account.tier)
+        snapshot = domain.rule_snapshot(rules, multiplier, account.tier)
+        when = order.fulfilled_at or order.delivered_at
+        start = domain.available_at(rules, when) if when else None
+        entries: list[domain.Entry] = []
+        lots = [("order", domain.order_points(rules, order.total_minor, multiplier))]
+        if order.first_order and rules.bonuses.first_order:
+            lots.append(("first_order", rules.bonuses.first_order))
+        for source, points in lots:
+            lot = domain.Lot(
+                id=domain.new_id(),
+                source=source,
+                source_id=order.order_id,
+                order_id=order.order_id,
+                points=points,
+                earned_at=now,
+                available_at=start,
+                rule_snapshot={**snapshot, "order_total_minor": order.total_minor},
+            )
+            entries += wallet.add_lot(lot, rules, now, reason=f"order {order.order_id}")
+        return entries
+
+    async def _order_step(
+        self, session: AsyncSession, event: CloudEvent[Any], order: OrderRow, status: str
+    ) -> None:
+        """Earn when the order reaches an earning status; start the pending clock once
+        the order is fulfilled (or delivered, when no fulfilment came)."""
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account, order.order_id)
+        entries: list[domain.Entry] = []
+        if not order.earned and domain.earns_at(rules, status, _order_record(order)):
+            entries += await self._earn_order(session, rules, account, wallet, order, now)
+        when = order.fulfilled_at or order.delivered_at
+        if when is not None:
+            for lot in wallet.lots:
+                if lot.order_id == order.order_id and lot.state == "pending":
+                    wallet.schedule(lot, domain.available_at(rules, when))
+                    entries += wallet.release(lot, rules, now)
+        await store.persist(session, self.rt.outbox, account, wallet, entries, now)
+        await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
+
+    async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderPlaced = event.data
+        if await self._order(session, event.tenantid, data.order_id) is not None:
+            return  # the same order announced twice
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, event.subject, now, rules)
+        assert account is not None
+        # The platform's count knows orders from before the program started; ours does not.
+        first = (
+            data.customer_orders_count == 1
+            if data.customer_orders_count is not None
+            else account.orders_count == 0
+        )
+        account.orders_count += 1
+        order = OrderRow(
+            tenant_id=event.tenantid,
+            order_id=data.order_id,
+            customer_id=event.subject,
+            total_minor=data.total.amount,
+            currency=data.total.currency,
+            placed_at=data.placed_at,
+            refunded_minor=0,
+            refund_ids=[],
+            fully_refunded=False,
+            cancelled=False,
+            earned=False,
+            first_order=first,
+        )
+        session.add(order)
+        await session.flush()
+        await self._order_step(session, event, order, "placed")
+
+    async def order_fulfilled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderFulfilled = event.data
+        order = await self._order(session, event.tenantid, data.order_id)
+        if order is None or order.cancelled:
+            return  # an order we never saw placed earns nothing
+        order.fulfilled_at = order.fulfilled_at or data.fulfilled_at
+        await self._order_step(session, event, order, "fulfilled")
+
+    async def order_delivered(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderDelivered = event.data
+        order = await self._order(session, event.tenantid, data.order_id)
+        if order is None or order.cancelled:
+            return
+        order.delivered_at = order.delivered_at or data.delivered_at
+        await self._order_step(session, event, order, "delivered")
+
+    async def _claw_order(
+        self, session: AsyncSession, event: CloudEvent[Any], order: OrderRow, reason: str
+    ) -> None:
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account, order.order_id)
+        rec = _order_record(order)
+        entries: list[domain.Entry] = []
+        for lot in wallet.lots:
+            if lot.order_id != order.order_id:
+                continue
+            # The lot's own points and the order total it was earned on: the rule that
+            # earned the points decides, whatever the rules say today.
+            full = rec.fully_refunded or rec.cancelled
+            target = domain.clawback_target(lot.points, rec.refunded_minor, rec.total_minor, full)
+            entries += wallet.clawback(lot, target, now, reason)
+        await store.persist(session, self.rt.outbox, account, wallet, entries, now)
+        await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
+
+    async def order_refunded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderRefunded = event.data
+        order = await self._order(session, event.tenantid, data.order_id)
+        if order is None:
+            return
+        rec = _order_record(order)
+        if not rec.record_refund(data.refund_id, data.amount.amount, data.full):
+            return  # this refund was already applied
+        order.refund_ids = rec.refund_ids
+        order.refunded_minor = rec.refunded_minor
+        order.fully_refunded = rec.fully_refunded
+        await self._claw_order(session, event, order, f"refund {data.refund_id}")
+
+    async def order_cancelled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderCancelled = event.data
+        order = await self._order(session, event.tenantid, data.order_id)
+        if order is None or order.cancelled:
+            return
+        order.cancelled = True
+        await self._claw_order(session, event, order, "order cancelled")
+
+    async def _bonus(
+        self,
+        session: AsyncSession,
+        event: CloudEvent[Any],
+        source: str,
+        source_id: str,
+        points: int,
+    ) -> None:
+        if points <= 0 or await store.lot_exists(session, event.tenantid, source, source_id):
+            return
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, event.subject, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account)
+        lot = domain.Lot(
+            id=domain.new_id(),
+            source=source,
+            source_id=source_id,
+            points=points,
+            earned_at=now,
+            available_at=now,
+        )
+        entries = wallet.add_lot(lot, rules, now, reason=f"{source} bonus")
+        await store.persist(session, self.rt.outbox, account, wallet, entries, now)
+        if rules.tier_basis == "points":
+            await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
+
+    async def review_submitted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: ReviewSubmitted = event.data
+        rules = await store.load_rules(session, event.tenantid)
+        # data.rating is deliberately not read: no incentive may depend on it (FTC).
+        await self._bonus(session, event, "review", data.review_id, domain.review_bonus(rules))
+
+    async def survey_responded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: SurveyResponded = event.data
+        rules = await store.load_rules(session, event.tenantid)
+        # Once per survey: an updated answer (is_update) finds the lot already there.
+        await self._bonus(session, event, "survey", data.survey_id, rules.bonuses.survey)
+
+    async def referral_converted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: ReferralConverted = event.data
+        rules = await store.load_rules(session, event.tenantid)
+        # The subject is the advocate: the referrals service held the conversion until
+        # its own checks passed, so the bonus is available at once.
+        await self._bonus(session, event, "referral", data.referral_id, rules.bonuses.referral)
+
+    async def erasure_requested(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: CustomerErasureRequested = event.data
+        tenant = event.tenantid
+        if data.scope == "tenant":
+            customers = list(
+                (
+                    await session.execute(
+                        select(Account.customer_id).where(
+                            Account.tenant_id == tenant, ~Account.erased
+                        )
+                    )
+                ).scalars()
+            )
+        else:
+            customers = [event.subject]
+        for customer in customers:
+            await pseudonymize(session, tenant, customer)
+
+
+async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> None:
+    """Replace the customer key everywhere with a one-way pseudonym; balances, entries and
+    metrics stay (aggregates survive erasure). Free-text reasons may name the person."""
+    alias = "erased-" + hashlib.sha256(f"{tenant}:{customer}".encode()).hexdigest()[:24]
+    for model in (Account, LotRow, OrderRow, Redemption):
+        await session.execute(
+            update(model)
+            .where(model.tenant_id == tenant, model.customer_id == customer)
+            .values(customer_id=alias)
+        )
+    await session.execute(
+        update(EntryRow)
+        .where(EntryRow.tenant_id == tenant, EntryRow.customer_id == customer)
+        .values(customer_id=alias, reason=None)
+    )
+    await session.execute(
+        update(Account)
+        .where(Account.tenant_id == tenant, Account.customer_id == alias)
+        .values(erased=True)
+    )
+
+
+def consumers(runtime: Runtime) -> list[ConsumerSpec]:
+    h = Handlers(runtime)
+    return [
+        ConsumerSpec(
+            "ledger",
+            {
+                "afterglow.order.placed.v1": h.order_placed,
+                "afterglow.order.fulfilled.v1": h.order_fulfilled,
+                "afterglow.order.delivered.v1": h.order_delivered,
+                "afterglow.order.refunded.v1": h.order_refunded,
+                "afterglow.order.cancelled.v1": h.order_cancelled,
+                "afterglow.review.submitted.v1": h.review_submitted,
+                "afterglow.survey.responded.v1": h.survey_responded,
+                "afterglow.referral.converted.v1": h.referral_converted,
+                "afterglow.customer.erasure_requested.v1": h.erasure_requested,
+            },
+        )
+    ]

@@ -1,0 +1,322 @@
+"""The ledger on PostgreSQL: load an account's lots into a domain Wallet, apply one
+operation, and write entries, lots, balances and events in the caller's transaction.
+
+Concurrency: every operation on an account first locks its row (``SELECT ... FOR
+UPDATE``), so two redemptions, or a redemption and a refund, run one after the other
+and the second sees the first's balance. The worker uses ``SKIP LOCKED`` instead, so
+replicas share the due accounts without waiting on each other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
+from afterglow.loyalty import domain
+from afterglow.loyalty.models import Account, EntryRow, LotRow, OrderRow, ProgramRulesRow
+
+SOURCE = "loyalty"
+
+
+async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRules:
+    row = await session.get(ProgramRulesRow, tenant_id)
+    return domain.ProgramRules.model_validate(row.rules) if row else domain.ProgramRules()
+
+
+async def lock_account(
+    session: AsyncSession,
+    tenant_id: str,
+    customer_id: str,
+    now: datetime,
+    rules: domain.ProgramRules,
+    *,
+    create: bool = True,
+    skip_locked: bool = False,
+) -> Account | None:
+    if create:
+        await session.execute(
+            pg_insert(Account)
+            .values(
+                tenant_id=tenant_id,
+                customer_id=customer_id,
+                available=0,
+                pending=0,
+                lifetime_earned=0,
+                tier=rules.tiers[0].name,
+                orders_count=0,
+                erased=False,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+    stmt = (
+        select(Account)
+        .where(Account.tenant_id == tenant_id, Account.customer_id == customer_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def _to_lot(row: LotRow) -> domain.Lot:
+    return domain.Lot(
+        id=row.id,
+        source=row.source,
+        source_id=row.source_id,
+        points=row.points,
+        earned_at=row.earned_at,
+        order_id=row.order_id,
+        clawed=row.clawed,
+        remaining=row.remaining,
+        state=row.state,
+        available_at=row.available_at,
+        expires_at=row.expires_at,
+        rule_snapshot=row.rule_snapshot or {},
+    )
+
+
+async def load_wallet(
+    session: AsyncSession, account: Account, order_id: str | None = None
+) -> domain.Wallet:
+    """The account's live lots (pending, or available with points left), plus every lot
+    of ``order_id`` (a refund may claw back a lot that is already spent)."""
+    live = or_(LotRow.state == "pending", (LotRow.state == "available") & (LotRow.remaining > 0))
+    cond = or_(live, LotRow.order_id == order_id) if order_id else live
+    rows = (
+        await session.execute(
+            select(LotRow).where(
+                LotRow.tenant_id == account.tenant_id,
+                LotRow.customer_id == account.customer_id,
+                cond,
+            )
+        )
+    ).scalars()
+    return domain.Wallet(
+        available=account.available, pending=account.pending, lots=[_to_lot(r) for r in rows]
+    )
+
+
+async def lot_exists(session: AsyncSession, tenant_id: str, source: str, source_id: str) -> bool:
+    found = await session.scalar(
+        select(func.count()).where(
+            LotRow.tenant_id == tenant_id, LotRow.source == source, LotRow.source_id == source_id
+        )
+    )
+    return bool(found)
+
+
+async def persist(
+    session: AsyncSession,
+    outbox: Outbox,
+    account: Account,
+    wallet: domain.Wallet,
+    entries: list[domain.Entry],
+    now: datetime,
+) -> None:
+    """Write the touched lots, the new entries, the cached balances and the events."""
+    tenant, customer = account.tenant_id, account.customer_id
+    dirty = [lot for lot in wallet.lots if lot.id in wallet.dirty]
+    if dirty:
+        stmt = pg_insert(LotRow).values(
+            [
+                {
+                    "id": lot.id,
+                    "tenant_id": tenant,
+                    "customer_id": customer,
+                    "source": lot.source,
+                    "source_id": lot.source_id,
+                    "order_id": lot.order_id,
+                    "points": lot.points,
+                    "clawed": lot.clawed,
+                    "remaining": lot.remaining,
+                    "state": lot.state,
+                    "earned_at": lot.earned_at,
+                    "available_at": lot.available_at,
+                    "expires_at": lot.expires_at,
+                    "rule_snapshot": lot.rule_snapshot,
+                }
+                for lot in dirty
+            ]
+        )
+        ex = stmt.excluded
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={
+                    "clawed": ex.clawed,
+                    "remaining": ex.remaining,
+                    "state": ex.state,
+                    "available_at": ex.available_at,
+                    "expires_at": ex.expires_at,
+                },
+            )
+        )
+        wallet.dirty.clear()
+    if not entries:
+        return
+    await session.execute(
+        pg_insert(EntryRow).values(
+            [
+                {
+                    "id": e.id,
+                    "tenant_id": tenant,
+                    "customer_id": customer,
+                    "kind": e.kind,
+                    "pending_delta": e.pending_delta,
+                    "available_delta": e.available_delta,
+                    "lot_id": e.lot_id,
+                    "order_id": e.order_id,
+                    "reason": e.reason,
+                    "actor": e.actor,
+                    "ref": e.ref,
+                    "rule_snapshot": e.rule_snapshot,
+                    "created_at": e.at,
+                }
+                for e in entries
+            ]
+        )
+    )
+    earned = sum(e.pending_delta for e in entries if e.kind == "earn_pending") + sum(
+        e.available_delta for e in entries if e.kind == "earn_available" and e.pending_delta == 0
+    )
+    account.available = wallet.available
+    account.pending = wallet.pending
+    account.lifetime_earned += earned
+    account.updated_at = now
+    events: list[CloudEvent[Any]] = []
+    for e in entries:
+        if e.kind in ("earn_pending", "earn_available"):
+            lot = next((lot for lot in wallet.lots if lot.id == e.lot_id), None)
+            events.append(
+                _event(
+                    account,
+                    PointsEarned(
+                        entry_id=e.id,
+                        points=e.pending_delta if e.kind == "earn_pending" else e.available_delta,
+                        status="pending" if e.kind == "earn_pending" else "available",
+                        reason=lot.source if lot else (e.reason or "earn"),
+                        order_id=e.order_id,
+                        available_at=lot.available_at if lot else None,
+                        balance_available=wallet.spendable,
+                        balance_pending=wallet.pending,
+                        earned_at=now,
+                    ),
+                    e.id,
+                )
+            )
+    expired = sum(-e.available_delta for e in entries if e.kind == "expire")
+    if expired:
+        first = next(e for e in entries if e.kind == "expire")
+        events.append(
+            _event(
+                account,
+                PointsExpired(points=expired, balance_available=wallet.spendable, expired_at=now),
+                first.id,
+            )
+        )
+    await outbox.add(session, *events)
+
+
+def _event(account: Account, data: Any, *cause: str) -> CloudEvent[Any]:
+    return CloudEvent.new(
+        data,
+        tenant_id=account.tenant_id,
+        subject=account.customer_id,
+        source=SOURCE,
+        id=derived_event_id(SOURCE, data.type, *cause),
+        time=getattr(data, "earned_at", None) or None,
+    )
+
+
+def message(
+    account: Account,
+    kind: str,
+    request_id: str,
+    variables: dict[str, Any],
+    *,
+    transactional: bool = False,
+) -> CloudEvent[Any]:
+    data = MessageRequested(
+        request_id=request_id,
+        kind=kind,
+        category="transactional" if transactional else "marketing",
+        variables=variables,
+    )
+    return _event(account, data, request_id)
+
+
+async def qualifying_value(
+    session: AsyncSession, rules: domain.ProgramRules, account: Account, now: datetime
+) -> tuple[int, datetime | None]:
+    """The rolling-window figure the tier is based on, and when its oldest part ages out."""
+    since = domain.add_months(now, -rules.tier_window_months)
+    if rules.tier_basis == "spend":
+        stmt = select(
+            func.coalesce(
+                func.sum(func.greatest(OrderRow.total_minor - OrderRow.refunded_minor, 0)), 0
+            ),
+            func.min(OrderRow.placed_at),
+        ).where(
+            OrderRow.tenant_id == account.tenant_id,
+            OrderRow.customer_id == account.customer_id,
+            OrderRow.placed_at > since,
+            ~OrderRow.cancelled,
+            ~OrderRow.fully_refunded,
+        )
+    else:
+        stmt = select(
+            func.coalesce(func.sum(LotRow.points - LotRow.clawed), 0), func.min(LotRow.earned_at)
+        ).where(
+            LotRow.tenant_id == account.tenant_id,
+            LotRow.customer_id == account.customer_id,
+            LotRow.earned_at > since,
+            LotRow.state != "void",
+            LotRow.source != "adjust",
+        )
+    value, oldest = (await session.execute(stmt)).one()
+    return int(value), oldest
+
+
+async def refresh_tier(
+    session: AsyncSession,
+    outbox: Outbox,
+    rules: domain.ProgramRules,
+    account: Account,
+    now: datetime,
+    cause: str,
+) -> None:
+    value, oldest = await qualifying_value(session, rules, account, now)
+    account.tier_review_at = (
+        domain.add_months(oldest, rules.tier_window_months) if oldest is not None else None
+    )
+    new = domain.tier_for(rules, value).name
+    direction = domain.tier_direction(rules, account.tier, new)
+    if direction is None:
+        return
+    old, account.tier = account.tier, new
+    events = [
+        _event(
+            account,
+            TierChanged(from_tier=old, to_tier=new, direction=direction, changed_at=now),
+            cause,
+            new,
+        )
+    ]
+    if direction == "up":
+        key = derived_event_id(account.tenant_id, account.customer_id, cause, new)
+        request_id = f"loyalty:tier_up:{key}"
+        events.append(message(account, "tier_up", request_id, {"tier": new, "from_tier": old}))
+    await outbox.add(session, *events)
+
+
+async def mark_notified(session: AsyncSession, lot_ids: list[str], now: datetime) -> None:
+    await session.execute(
+        update(LotRow).where(LotRow.id.in_(lot_ids)).values(expiry_notified_at=now)
+    )

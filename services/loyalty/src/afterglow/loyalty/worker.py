@@ -1,0 +1,122 @@
+"""The background worker: pending -> available, expiry, expiry notices, tier reviews.
+
+Due accounts are found from partial indexes, then each is handled in its own short
+transaction that locks the account row with ``FOR UPDATE SKIP LOCKED``: replicas share
+the work, and an account busy with a redemption is simply picked up on the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, union
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import derived_event_id
+from afterglow.kit.app import Runtime, Worker
+from afterglow.loyalty import domain, store
+from afterglow.loyalty.models import Account, LotRow
+from afterglow.loyalty.settings import LoyaltySettings
+
+log = logging.getLogger(__name__)
+# Notices are looked up this far ahead, then filtered by each tenant's notice period.
+MAX_NOTICE = timedelta(days=90)
+
+
+async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
+    pending = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "pending", LotRow.available_at <= now
+    )
+    expiring = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "available",
+        LotRow.remaining > 0,
+        LotRow.expires_at <= now + MAX_NOTICE,
+        (LotRow.expires_at <= now) | LotRow.expiry_notified_at.is_(None),
+    )
+    tiers = select(Account.tenant_id, Account.customer_id).where(Account.tier_review_at <= now)
+    rows = await session.execute(union(pending, expiring, tiers).limit(limit))
+    return [(r[0], r[1]) for r in rows]
+
+
+async def process_account(runtime: Runtime, tenant: str, customer: str, now: datetime) -> bool:
+    """Bring one account up to ``now``. False when another replica holds it."""
+    async with runtime.sessionmaker.begin() as session:
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(
+            session, tenant, customer, now, rules, create=False, skip_locked=True
+        )
+        if account is None:
+            return False
+        wallet = await store.load_wallet(session, account)
+        entries: list[domain.Entry] = []
+        for lot in list(wallet.lots):
+            entries += wallet.release(lot, rules, now)
+        entries += wallet.expire(now)
+        await store.persist(session, runtime.outbox, account, wallet, entries, now)
+        soon = [
+            lot
+            for lot in wallet.expiring(now, rules.expiring_notice_days)
+            if lot.id in await _unnotified(session, [lot.id])
+        ]
+        if soon:
+            first = min(lot.expires_at for lot in soon if lot.expires_at)
+            # Derived from the lots, so a retried pass asks for the same message.
+            request_id = "loyalty:points_expiring:" + derived_event_id(
+                tenant, customer, *sorted(lot.id for lot in soon)
+            )
+            await runtime.outbox.add(
+                session,
+                store.message(
+                    account,
+                    "points_expiring",
+                    request_id,
+                    {
+                        "points": sum(lot.remaining for lot in soon),
+                        "expires_at": first.isoformat(),
+                        "balance": wallet.spendable,
+                    },
+                ),
+            )
+            await store.mark_notified(session, [lot.id for lot in soon], now)
+        if (account.tier_review_at is not None and account.tier_review_at <= now) or entries:
+            await store.refresh_tier(
+                session, runtime.outbox, rules, account, now, f"review:{now.isoformat()}"
+            )
+        return True
+
+
+async def _unnotified(session: AsyncSession, ids: list[str]) -> set[str]:
+    rows = await session.execute(
+        select(LotRow.id).where(LotRow.id.in_(ids), LotRow.expiry_notified_at.is_(None))
+    )
+    return set(rows.scalars())
+
+
+async def run_once(runtime: Runtime) -> int:
+    settings = runtime.settings
+    limit = settings.loyalty_worker_batch if isinstance(settings, LoyaltySettings) else 200
+    now = runtime.clock.now()
+    async with runtime.sessionmaker() as session:
+        due = await due_accounts(session, now, limit)
+    done = 0
+    for tenant, customer in due:
+        done += await process_account(runtime, tenant, customer, now)
+    return done
+
+
+def workers(runtime: Runtime) -> list[Worker]:
+    async def loyalty_worker(rt: Runtime) -> None:
+        settings = rt.settings
+        interval = (
+            settings.loyalty_worker_interval_s if isinstance(settings, LoyaltySettings) else 5.0
+        )
+        while True:
+            try:
+                await run_once(rt)
+            except Exception:
+                log.exception("loyalty worker pass failed")
+            await asyncio.sleep(interval)
+
+    return [loyalty_worker]
