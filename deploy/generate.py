@@ -149,7 +149,8 @@ def container(name: str, args: list[str], role: str | None, probes: bool) -> Doc
 
 def pod_spec(name: str, containers: list[Doc], restart: str = "Always") -> Doc:
     spec: Doc = {
-        "serviceAccountName": name,
+        # the Job runs before the service's own objects exist on a fresh install
+        "serviceAccountName": name if restart == "Always" else "default",
         "automountServiceAccountToken": False,
         "securityContext": SECURITY_POD,
         "containers": containers,
