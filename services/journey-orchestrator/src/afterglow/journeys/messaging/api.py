@@ -1,5 +1,325 @@
-"""Messaging routes (filled in by messaging)."""
+"""Messaging routes: templates, endpoint and policy settings, the message log, and the
+public unsubscribe link."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select
+
+from afterglow.journeys.messaging import policy, store
+from afterglow.journeys.messaging.models import (
+    Message,
+    MessageDecision,
+    MessageTemplate,
+    MessagingTenantSettings,
+)
+from afterglow.journeys.messaging.settings import messaging_settings
+from afterglow.journeys.messaging.templates import (
+    SAMPLE_CUSTOMER,
+    SAMPLE_VARIABLES,
+    Template,
+    TemplateRenderError,
+    all_kinds,
+    context,
+    default_template,
+    render,
+    validate,
+)
+from afterglow.kit.auth import Principal, require_scope
+from afterglow.kit.db import Session
+from afterglow.kit.errors import NotFound, Unprocessable
+
+router = APIRouter(tags=["messaging"])
+Channel = Literal["email", "sms"]
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+Write = Depends(require_scope("messages:write"))
+Read = Depends(require_scope("messages:read"))
+
+
+class TemplateIn(BaseModel):
+    subject: str | None = Field(default=None, max_length=1000)
+    html: str | None = Field(default=None, max_length=100_000)
+    text: str = Field(max_length=100_000)
+
+
+class PreviewIn(BaseModel):
+    template: TemplateIn | None = None  # a draft; default: the saved (or default) one
+    variables: dict[str, Any] = Field(default_factory=dict)
+    customer: dict[str, Any] = Field(default_factory=dict)
+
+
+class EndpointIn(BaseModel):
+    url: str = Field(max_length=2000, pattern=r"^https?://")
+    secret: str = Field(max_length=200)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: str) -> str:
+        if not value.startswith("whsec_"):
+            raise ValueError("must start with whsec_")
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("must be whsec_ followed by base64") from exc
+        if not 24 <= len(key) <= 64:
+            raise ValueError("the decoded key must be 24 to 64 bytes (Standard Webhooks)")
+        return value
+
+
+class PolicyIn(BaseModel):
+    quiet_hours_start: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    quiet_hours_end: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    frequency_cap: int = Field(default=3, ge=1, le=100)
+    frequency_window_days: int = Field(default=7, ge=1, le=90)
+    default_channel: Channel = "email"
+    default_timezone: str = "UTC"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("not an IANA time zone") from exc
+        return value
+
+
+def _template(name: str, channel: str, body: TemplateIn) -> Template:
+    if not NAME.match(name):
+        raise Unprocessable("template names are lowercase letters, digits, _ and -", field="kind")
+    if channel == "email" and not body.subject:
+        raise Unprocessable("an email template needs a subject", field="subject")
+    if channel == "sms" and (body.subject or body.html):
+        raise Unprocessable("an sms template has only text", field="html" if body.html else "subject")
+    return Template(channel=channel, text=body.text, subject=body.subject, html=body.html)
+
+
+def _render_error(name: str, channel: str, exc: TemplateRenderError) -> Unprocessable:
+    return Unprocessable(f"template {name}/{channel} does not render: {exc}", field=exc.part, code="template_error")
+
+
+def _template_out(name: str, channel: str, t: Template, source: str, updated_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "kind": name,
+        "channel": channel,
+        "subject": t.subject,
+        "html": t.html,
+        "text": t.text,
+        "source": source,
+        "updated_at": updated_at,
+    }
+
+
+@router.put("/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)")
+async def put_template(
+    kind: str, channel: Channel, body: TemplateIn, session: Session, principal: Principal = Write
+) -> dict[str, Any]:
+    template = _template(kind, channel, body)
+    try:
+        validate(template)
+    except TemplateRenderError as exc:
+        raise _render_error(kind, channel, exc) from exc
+    now = datetime.now().astimezone()
+    row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
+    if row is None:
+        row = MessageTemplate(tenant_id=principal.tenant_id, name=kind, channel=channel, updated_at=now)
+        session.add(row)
+    row.subject, row.html, row.text, row.updated_at = template.subject, template.html, template.text, now
+    return _template_out(kind, channel, template, "tenant", now)
+
+
+@router.delete("/v1/messaging/templates/{kind}/{channel}", summary="Revert to the default template")
+async def delete_template(kind: str, channel: Channel, session: Session, principal: Principal = Write) -> dict[str, Any]:
+    row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
+    if row is not None:
+        await session.delete(row)
+    return {"kind": kind, "channel": channel, "deleted": row is not None}
+
+
+@router.get("/v1/messaging/templates", summary="Effective templates: the tenant's and the defaults")
+async def list_templates(session: Session, principal: Principal = Read) -> dict[str, Any]:
+    rows = (
+        await session.execute(select(MessageTemplate).where(MessageTemplate.tenant_id == principal.tenant_id))
+    ).scalars()
+    own = {(r.name, r.channel): r for r in rows}
+    out = []
+    for kind in [k for k in all_kinds() if k != "custom"] + sorted({n for n, _ in own} - set(all_kinds())):
+        for channel in ("email", "sms"):
+            r = own.get((kind, channel))
+            if r is not None:
+                t = Template(channel=channel, text=r.text, subject=r.subject, html=r.html)
+                out.append(_template_out(kind, channel, t, "tenant", r.updated_at))
+            elif (d := default_template(kind, channel)) is not None:
+                out.append(_template_out(kind, channel, d, "default"))
+    return {"templates": out}
+
+
+@router.post("/v1/messaging/templates/{kind}/{channel}/preview", summary="Render a template against sample data")
+async def preview_template(
+    kind: str, channel: Channel, body: PreviewIn, session: Session, principal: Principal = Read
+) -> dict[str, Any]:
+    if body.template is not None:
+        template: Template | None = _template(kind, channel, body.template)
+    else:
+        template = await store.find_template(session, principal.tenant_id, kind, channel)
+    if template is None:
+        raise NotFound(f"no template {kind}/{channel}", field="kind")
+    ctx = context(
+        {**SAMPLE_CUSTOMER, **body.customer},
+        {**SAMPLE_VARIABLES, **body.variables},
+        unsubscribe_url="https://example.com/u/preview",
+        kind=kind,
+    )
+    try:
+        rendered = render(template, ctx)
+    except TemplateRenderError as exc:
+        raise _render_error(kind, channel, exc) from exc
+    return {"kind": kind, "channel": channel, "subject": rendered.subject, "html": rendered.html, "text": rendered.text}
+
+
+async def _settings_row(session: Any, tenant_id: str) -> MessagingTenantSettings:
+    row = await session.get(MessagingTenantSettings, tenant_id, with_for_update=True)
+    if row is None:
+        row = MessagingTenantSettings(
+            tenant_id=tenant_id,
+            quiet_hours_start="21:00",
+            quiet_hours_end="08:00",
+            frequency_cap=3,
+            frequency_window_days=7,
+            default_channel="email",
+            default_timezone="UTC",
+            updated_at=datetime.now().astimezone(),
+        )
+        session.add(row)
+    return row
+
+
+def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
+    if row is None:
+        return {"endpoint": None, **PolicyIn().model_dump()}
+    return {
+        "endpoint": {"url": row.endpoint_url, "secret_set": bool(row.endpoint_secret)} if row.endpoint_url else None,
+        "quiet_hours_start": row.quiet_hours_start,
+        "quiet_hours_end": row.quiet_hours_end,
+        "frequency_cap": row.frequency_cap,
+        "frequency_window_days": row.frequency_window_days,
+        "default_channel": row.default_channel,
+        "default_timezone": row.default_timezone,
+    }
+
+
+@router.put("/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)")
+async def put_endpoint(body: EndpointIn, session: Session, principal: Principal = Write) -> dict[str, Any]:
+    row = await _settings_row(session, principal.tenant_id)
+    row.endpoint_url, row.endpoint_secret = body.url, body.secret
+    row.updated_at = datetime.now().astimezone()
+    return _settings_out(row)
+
+
+@router.put("/v1/messaging/settings", summary="Quiet hours, frequency cap, default channel and time zone")
+async def put_settings(body: PolicyIn, session: Session, principal: Principal = Write) -> dict[str, Any]:
+    row = await _settings_row(session, principal.tenant_id)
+    for key, value in body.model_dump().items():
+        setattr(row, key, value)
+    row.updated_at = datetime.now().astimezone()
+    return _settings_out(row)
+
+
+@router.get("/v1/messaging/settings", summary="This tenant's messaging settings (secret never shown)")
+async def get_settings(session: Session, principal: Principal = Read) -> dict[str, Any]:
+    return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
+
+
+@router.get("/v1/customers/{customer_id}/messages", summary="The message log of one customer")
+async def customer_messages(
+    customer_id: str, session: Session, principal: Principal = Read, limit: int = 100
+) -> dict[str, Any]:
+    limit = max(1, min(limit, 500))
+    messages = list(
+        (
+            await session.execute(
+                select(Message)
+                .where(Message.tenant_id == principal.tenant_id, Message.customer_id == customer_id)
+                .order_by(Message.created_at.desc(), Message.id)
+                .limit(limit)
+            )
+        ).scalars()
+    )
+    ids = [m.id for m in messages]
+    decisions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for d in (
+            await session.execute(
+                select(MessageDecision)
+                .where(MessageDecision.tenant_id == principal.tenant_id, MessageDecision.message_id.in_(ids))
+                .order_by(MessageDecision.id)
+            )
+        ).scalars():
+            decisions[d.message_id].append({"at": d.at, "decision": d.decision, "reason": d.reason})
+    return {
+        "customer_id": customer_id,
+        "messages": [
+            {
+                "id": m.id,
+                "request_id": m.request_id,
+                "kind": m.kind,
+                "category": m.category,
+                "priority": m.priority,
+                "channel": m.channel,
+                "status": m.status,
+                "reason": m.reason,
+                "attempts": m.attempts,
+                "created_at": m.created_at,
+                "next_attempt_at": m.next_attempt_at if m.status in ("queued", "deferred") else None,
+                "last_attempt_at": m.last_attempt_at,
+                "sent_at": m.sent_at,
+                "updated_at": m.updated_at,
+                "decisions": decisions[m.id],
+            }
+            for m in messages
+        ],
+    }
+
+
+_PAGE = "<!doctype html><meta charset=utf-8><title>{title}</title><body style='font-family:sans-serif'><p>{text}</p>"
+
+
+async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLResponse:
+    runtime = request.app.state.runtime
+    settings = messaging_settings(runtime)
+    parsed = policy.verify_unsubscribe(settings.unsubscribe_secret, token)
+    if parsed is None:
+        return HTMLResponse(_PAGE.format(title="Invalid link", text="This unsubscribe link is not valid."), status_code=404)
+    tenant_id, customer_id, channel = parsed
+    await store.unsubscribe(
+        session,
+        runtime.outbox,
+        tenant_id=tenant_id,
+        customer_id=customer_id,
+        channel=channel,
+        at=runtime.clock.now(),
+        emit=True,
+    )
+    what = {"email": "emails", "sms": "text messages"}.get(channel, "messages")
+    return HTMLResponse(_PAGE.format(title="Unsubscribed", text=f"You will no longer receive marketing {what} from us."))
+
+
+# GET too: most people click the link. POST is RFC 8058 one-click from the mail client.
+@router.get("/u/{token}", include_in_schema=False)
+async def unsubscribe_get(token: str, request: Request, session: Session) -> HTMLResponse:
+    return await _unsubscribe(token, request, session)
+
+
+@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
+async def unsubscribe_post(token: str, request: Request, session: Session) -> HTMLResponse:
+    return await _unsubscribe(token, request, session)

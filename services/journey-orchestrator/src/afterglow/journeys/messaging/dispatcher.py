@@ -1,9 +1,332 @@
-"""The dispatcher loop (filled in by messaging)."""
+"""The dispatcher: claims due messages, applies the policy, renders, and POSTs each to
+the tenant's endpoint signed per Standard Webhooks.
+
+Why it looks like this:
+
+* Claims use ``FOR UPDATE SKIP LOCKED`` so any number of replicas share the work.
+* A claimed message is *leased*, not held in an open transaction: its
+  ``next_attempt_at`` moves to now + timeout + margin and the claim commits before the
+  HTTP call. A replica that dies mid-send leaves the message to be retried after the
+  lease (at-least-once; the receiver dedupes on ``webhook-id``, the message id).
+* Sends run as independent tasks, up to ``concurrency`` at once, each under a total
+  deadline. A hanging endpoint holds its own slots until the deadline, never the loop:
+  the loop keeps claiming for free slots, and a failing message's next try is its own
+  ``next_attempt_at``, so other customers' messages are never queued behind it.
+* Every policy time decision reads the injected clock; only the signature timestamp is
+  wall time, because the receiver compares it with its own clock.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events.topics import TOPICS_BY_NOUN
+from afterglow.journeys.messaging import policy, store
+from afterglow.journeys.messaging.models import Message, MessageContact, MessagingTenantSettings
+from afterglow.journeys.messaging.settings import MessagingSettings, messaging_settings
+from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
+
+log = logging.getLogger(__name__)
+
+DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
+PENDING = ("queued", "deferred")
+
+
+@dataclass(frozen=True)
+class Job:
+    message_id: str
+    tenant_id: str
+    url: str
+    secret: str
+    body: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    retryable: bool
+    reason: str
+    retry_after_s: float | None = None
 
 
 def messaging_workers(runtime: Runtime) -> list[Worker]:
-    return []
+    async def messaging_dispatcher(rt: Runtime) -> None:
+        await Dispatcher(rt).run()
+
+    return [messaging_dispatcher]
+
+
+def unsubscribe_url(settings: MessagingSettings, runtime: Runtime, tenant_id: str, customer_id: str, channel: str) -> str:
+    base = (settings.public_url or runtime.settings.public_base_url).rstrip("/")
+    return f"{base}/u/{policy.sign_unsubscribe(settings.unsubscribe_secret, tenant_id, customer_id, channel)}"
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.s = messaging_settings(runtime)
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                free = self.s.concurrency - len(self.inflight)
+                full_batch = False
+                if free > 0:
+                    limit = min(free, self.s.batch_size)
+                    seen, jobs = await self.claim(limit)
+                    for job in jobs:
+                        task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
+                        self.inflight.add(task)
+                        task.add_done_callback(self.inflight.discard)
+                    full_batch = seen == limit
+                if full_batch:
+                    continue
+                if self.inflight and free <= 0:
+                    await asyncio.wait(self.inflight, timeout=self.s.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(self.s.poll_interval_s)
+        finally:
+            for task in list(self.inflight):
+                task.cancel()
+            for task in list(self.inflight):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    # --- claim and policy ------------------------------------------------------------
+
+    async def claim(self, limit: int) -> tuple[int, list[Job]]:
+        now = self.rt.clock.now()
+        async with self.rt.sessionmaker.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Message)
+                    .where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
+                    .order_by(Message.next_attempt_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars().all()
+            tenants: dict[str, MessagingTenantSettings | None] = {}
+            jobs = []
+            for message in rows:
+                if message.tenant_id not in tenants:
+                    tenants[message.tenant_id] = await store.tenant_settings(session, message.tenant_id)
+                job = await self.evaluate(session, message, tenants[message.tenant_id], now)
+                if job is not None:
+                    jobs.append(job)
+        return len(rows), jobs
+
+    async def evaluate(
+        self, session: AsyncSession, m: Message, tenant: MessagingTenantSettings | None, now: datetime
+    ) -> Job | None:
+        rules = store.policy_settings(tenant, self.s.contact_wait_s, self.s.contact_recheck_s)
+        contact = await session.get(MessageContact, (m.tenant_id, m.customer_id))
+        counted: list[datetime] = []
+        if m.category == "marketing":
+            # Serialise one customer's cap checks across replicas: two dispatchers must
+            # not both see "2 of 3" and send two more.
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"msg-cap:{m.tenant_id}:{m.customer_id}"}
+            )
+            counted = list(
+                (
+                    await session.execute(
+                        select(Message.counted_at).where(
+                            Message.tenant_id == m.tenant_id,
+                            Message.customer_id == m.customer_id,
+                            Message.category == "marketing",
+                            Message.id != m.id,
+                            Message.status.in_(("queued", "deferred", "sent")),
+                            Message.counted_at > now - rules.window,
+                        )
+                    )
+                ).scalars()
+            )
+        facts = policy.MessageFacts(
+            category=m.category, priority=m.priority, channel=m.channel, not_before=m.not_before, created_at=m.created_at
+        )
+        decision = policy.decide(now, facts, store.contact_facts(contact), rules, counted)
+        if decision.action == "defer":
+            assert decision.until is not None
+            await self._set(session, m, now, "deferred", decision.reason, decision.until)
+            return None
+        if decision.action == "suppress":
+            await self._set(session, m, now, "suppressed", decision.reason)
+            return None
+        assert contact is not None and decision.channel is not None
+        if tenant is None or not tenant.endpoint_url or not tenant.endpoint_secret:
+            await self._set(session, m, now, "deferred", "no_endpoint", now + timedelta(seconds=self.s.endpoint_recheck_s))
+            return None
+        channel = decision.channel
+        template = await store.find_template(session, m.tenant_id, m.template, channel)
+        if template is None:
+            await self._fail(session, m, now, f"no template {m.template!r} for {channel}")
+            return None
+        unsub = unsubscribe_url(self.s, self.rt, m.tenant_id, m.customer_id, channel) if m.category == "marketing" else None
+        customer = {"first_name": contact.first_name, "email": contact.email, "phone": contact.phone}
+        extra: dict[str, Any] = {"kind": m.kind, "order_id": m.order_id or m.variables.get("order_id")}
+        if unsub:
+            extra["unsubscribe_url"] = unsub
+        try:
+            rendered = render(template, context(customer, m.variables, **extra))
+        except TemplateRenderError as exc:
+            await self._fail(session, m, now, f"template_error: {exc}")
+            return None
+        text_body, html = rendered.text, rendered.html
+        if unsub and unsub not in text_body:
+            # Every marketing message carries a way out, whatever the template says.
+            text_body += f"\n\nUnsubscribe: {unsub}" if channel == "email" else f" Stop: {unsub}"
+        if unsub and html is not None and unsub not in html:
+            html += f'\n<p style="font-size:12px"><a href="{unsub}">Unsubscribe</a></p>'
+        payload: dict[str, Any] = {
+            "type": "message.send",
+            "id": m.id,
+            "request_id": m.request_id,
+            "customer_id": m.customer_id,
+            "kind": m.kind,
+            "category": m.category,
+            "priority": m.priority,
+            "channel": channel,
+            "to": {"email": contact.email} if channel == "email" else {"phone": contact.phone},
+            "first_name": contact.first_name,
+            "subject": rendered.subject,
+            "html": html,
+            "text": text_body,
+            "order_id": extra["order_id"],
+            "unsubscribe_url": unsub,
+            "attempt": m.attempts + 1,
+        }
+        if unsub and channel == "email":
+            # RFC 8058 one-click unsubscribe, for the ESP to copy into the email headers.
+            payload["headers"] = {"List-Unsubscribe": f"<{unsub}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+        m.attempts += 1
+        m.last_attempt_at = now
+        if m.category == "marketing" and m.counted_at is None:
+            m.counted_at = now
+        m.channel = channel
+        lease = timedelta(seconds=self.s.request_timeout_s + self.s.lease_margin_s)
+        await self._set(session, m, now, "queued", f"sending (attempt {m.attempts})", now + lease, decision="attempt")
+        return Job(
+            message_id=m.id,
+            tenant_id=m.tenant_id,
+            url=tenant.endpoint_url,
+            secret=tenant.endpoint_secret,
+            body=json.dumps(payload, separators=(",", ":"), default=str).encode(),
+            attempt=m.attempts,
+        )
+
+    async def _set(
+        self,
+        session: AsyncSession,
+        m: Message,
+        now: datetime,
+        status: str,
+        reason: str | None,
+        next_at: datetime | None = None,
+        decision: str | None = None,
+    ) -> None:
+        # Record a decision only when it says something new: a message waiting out quiet
+        # hours is re-judged once, not logged every poll.
+        if (status, reason) != (m.status, m.reason) or decision is not None:
+            await store.record(session, m.tenant_id, m.id, now, decision or status, reason)
+        m.status, m.reason, m.updated_at = status, reason, now
+        if next_at is not None:
+            m.next_attempt_at = next_at
+
+    async def _fail(self, session: AsyncSession, m: Message, now: datetime, reason: str) -> None:
+        await self._set(session, m, now, "failed", reason)
+        await session.flush()
+        # Published before the transaction commits: if the broker is down the update
+        # rolls back and the message is tried again after its lease, so the DLQ record
+        # is never lost (it may repeat; its ce_id is the request's).
+        headers = [(k, v.encode()) for k, v in m.request_headers]
+        headers += [
+            ("x-error", reason.encode()),
+            ("x-error-type", b"MessageDeliveryFailed"),
+            ("x-error-attempts", str(m.attempts).encode()),
+            ("x-error-message-id", m.id.encode()),
+        ]
+        assert self.rt.producer is not None
+        await asyncio.wait_for(
+            self.rt.producer.send_and_wait(DLQ_TOPIC, value=m.request_value, key=m.request_key, headers=headers),
+            timeout=self.s.dlq_send_timeout_s,
+        )
+        log.warning("message failed", extra={"message_id": m.id, "tenant": m.tenant_id, "reason": reason})
+
+    # --- delivery --------------------------------------------------------------------
+
+    async def deliver(self, job: Job) -> None:
+        try:
+            outcome = await self.post(job)
+            await self.settle(job, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease expires and another pass retries it; nothing is lost.
+            log.exception("settling a message failed", extra={"message_id": job.message_id})
+
+    async def post(self, job: Job) -> Outcome:
+        assert self.rt.http is not None
+        ts = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "Afterglow-Messaging/1.0",
+            "webhook-id": job.message_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": policy.webhook_signature(job.secret, job.message_id, ts, job.body),
+        }
+        timeout = self.s.request_timeout_s
+        try:
+            # A total deadline: httpx's timeouts are per read, and a receiver trickling
+            # bytes could otherwise hold the slot forever.
+            async with asyncio.timeout(timeout):
+                response = await self.rt.http.post(
+                    job.url, content=job.body, headers=headers, timeout=httpx.Timeout(timeout), follow_redirects=False
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(False, True, f"timeout after {timeout:g}s")
+        except httpx.HTTPError as exc:
+            return Outcome(False, True, f"connection error: {type(exc).__name__}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(True, False, f"HTTP {status}")
+        retry_after = policy.parse_retry_after(response.headers.get("retry-after"), self.rt.clock.now())
+        return Outcome(False, policy.is_retryable_status(status), f"HTTP {status}", retry_after)
+
+    async def settle(self, job: Job, outcome: Outcome) -> None:
+        now = self.rt.clock.now()
+        async with self.rt.sessionmaker.begin() as session:
+            m = await session.get(Message, job.message_id, with_for_update=True)
+            if m is None or m.status != "queued" or m.attempts != job.attempt:
+                return  # erased meanwhile, or a later lease took over
+            if outcome.ok:
+                m.sent_at = now
+                await self._set(session, m, now, "sent", None, decision="sent")
+                await store.record(session, m.tenant_id, m.id, now, "delivered", outcome.reason)
+                return
+            if not outcome.retryable:
+                await self._fail(session, m, now, f"rejected: {outcome.reason}")
+                return
+            if m.attempts >= self.s.max_attempts:
+                await self._fail(session, m, now, f"{outcome.reason} after {m.attempts} attempts")
+                return
+            if outcome.retry_after_s is not None:
+                delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
+            else:
+                delay = policy.backoff_delay(m.attempts, self.s.backoff_base_s, self.s.backoff_max_s)
+            reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
+            await self._set(session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry")

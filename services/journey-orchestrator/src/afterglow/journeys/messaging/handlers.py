@@ -1,9 +1,115 @@
-"""Messaging event handlers (filled in by messaging)."""
+"""Messaging's own consumer group (``journeys.messaging``): requests to send, and the
+contact book (addresses, time zone, consent) kept from orders, unsubscribes and erasures."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent, to_record
+from afterglow.events.catalog import (
+    CustomerErasureRequested,
+    CustomerUnsubscribed,
+    MessageRequested,
+    OrderPlaced,
+)
+from afterglow.journeys.messaging import store
+from afterglow.journeys.messaging.models import Message
 from afterglow.kit.app import ConsumerSpec, Runtime
 
 
 def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
-    return []
+    clock = runtime.clock
+
+    async def message_requested(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        await accept_request(session, event, clock.now())
+
+    async def order_placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: OrderPlaced = event.data
+        c = data.customer
+        await store.upsert_contact(
+            session,
+            event.tenantid,
+            event.subject,
+            clock.now(),
+            email=c.email,
+            phone=c.phone,
+            first_name=c.first_name,
+            locale=c.locale,
+            timezone=c.timezone,
+            accepts_marketing=c.accepts_marketing,
+        )
+
+    async def unsubscribed(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: CustomerUnsubscribed = event.data
+        await store.unsubscribe(
+            session,
+            runtime.outbox,
+            tenant_id=event.tenantid,
+            customer_id=event.subject,
+            channel=data.channel,
+            at=data.unsubscribed_at,
+            emit=False,  # it is already the event
+        )
+
+    async def erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        data: CustomerErasureRequested = event.data
+        customer = None if data.scope == "tenant" else event.subject
+        await store.erase(session, event.tenantid, customer, clock.now())
+
+    return [
+        ConsumerSpec(
+            "messaging",
+            {
+                "afterglow.message.requested.v1": message_requested,
+                "afterglow.order.placed.v1": order_placed,
+                "afterglow.customer.unsubscribed.v1": unsubscribed,
+                "afterglow.customer.erasure_requested.v1": erasure,
+            },
+        )
+    ]
+
+
+async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any) -> bool:
+    """Queue a requested message; a repeated request id (per tenant) is a no-op.
+    Policy is applied when the message falls due, not here: consent and caps must be
+    judged at send time, which may be days later."""
+    data: MessageRequested = event.data
+    record = to_record(event)
+    message_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}"))
+    due = max(now, data.not_before) if data.not_before else now
+    stmt = (
+        pg_insert(Message)
+        .values(
+            id=message_id,
+            tenant_id=event.tenantid,
+            customer_id=event.subject,
+            request_id=data.request_id,
+            kind=data.kind,
+            template=data.template or data.kind,
+            category=data.category,
+            priority=data.priority,
+            channel=data.channel,
+            variables=data.variables,
+            order_id=data.order_id,
+            not_before=data.not_before,
+            status="queued",
+            reason=None,
+            attempts=0,
+            next_attempt_at=due,
+            created_at=now,
+            updated_at=now,
+            request_key=record.key,
+            request_value=record.value,
+            request_headers=[[k, v.decode()] for k, v in record.headers],
+        )
+        .on_conflict_do_nothing(constraint="uq_messages_tenant_request")
+        .returning(Message.id)
+    )
+    inserted = (await session.execute(stmt)).scalar_one_or_none()
+    if inserted is not None:
+        await store.record(session, event.tenantid, message_id, now, "queued", None)
+    return inserted is not None

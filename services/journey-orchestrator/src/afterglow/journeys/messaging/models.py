@@ -1,1 +1,130 @@
-"""Messaging tables (filled in by messaging), on the journeys Base."""
+"""Messaging tables, on the journeys Base. Messaging keeps its own contact book
+(``message_contacts``) fed by its own consumer, so it never reads the engine's tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from afterglow.journeys.models import Base
+
+TZ = DateTime(timezone=True)
+
+
+class MessageContact(Base):
+    """What messaging needs to reach one customer, and whether it may."""
+
+    __tablename__ = "message_contacts"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    email: Mapped[str | None] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(Text)
+    first_name: Mapped[str | None] = mapped_column(Text)
+    locale: Mapped[str | None] = mapped_column(Text)
+    timezone: Mapped[str | None] = mapped_column(Text)
+    # From the platform's accepts_marketing; None = never said.
+    accepts_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    email_unsubscribed_at: Mapped[datetime | None] = mapped_column(TZ)
+    sms_unsubscribed_at: Mapped[datetime | None] = mapped_column(TZ)
+    erased_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class MessageTemplate(Base):
+    """A tenant's override of a default template, per template name and channel."""
+
+    __tablename__ = "message_templates"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    channel: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class MessagingTenantSettings(Base):
+    """Where a tenant's messages go and the policy they follow."""
+
+    __tablename__ = "messaging_settings"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    endpoint_url: Mapped[str | None] = mapped_column(Text)
+    # whsec_<base64>: needed in clear to sign; never returned by the API.
+    endpoint_secret: Mapped[str | None] = mapped_column(Text)
+    quiet_hours_start: Mapped[str] = mapped_column(Text, default="21:00")
+    quiet_hours_end: Mapped[str] = mapped_column(Text, default="08:00")
+    frequency_cap: Mapped[int] = mapped_column(Integer, default=3)
+    frequency_window_days: Mapped[int] = mapped_column(Integer, default=7)
+    default_channel: Mapped[str] = mapped_column(Text, default="email")
+    default_timezone: Mapped[str] = mapped_column(Text, default="UTC")
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class Message(Base):
+    """One requested message and where it stands: the message log."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Duplicate requests (a retried producer, a replayed journey step) send once.
+        UniqueConstraint("tenant_id", "request_id", name="uq_messages_tenant_request"),
+        Index("ix_messages_due", "next_attempt_at", postgresql_where="status IN ('queued','deferred')"),
+        Index("ix_messages_customer", "tenant_id", "customer_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    customer_id: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    template: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(Text)
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    order_id: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[datetime | None] = mapped_column(TZ)
+    status: Mapped[str] = mapped_column(Text)  # queued deferred sent failed suppressed
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ)
+    # When the frequency cap started counting it (claimed for sending).
+    counted_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(TZ)
+    sent_at: Mapped[datetime | None] = mapped_column(TZ)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+    # The original message.requested record, republished as is to the DLQ.
+    request_key: Mapped[bytes] = mapped_column(LargeBinary)
+    request_value: Mapped[bytes] = mapped_column(LargeBinary)
+    request_headers: Mapped[list[list[str]]] = mapped_column(JSONB)
+
+
+class MessageDecision(Base):
+    """Every decision about a message (queued, deferred, suppressed, attempt, sent,
+    failed) with its reason: the history behind a message's current status."""
+
+    __tablename__ = "message_decisions"
+    __table_args__ = (Index("ix_message_decisions_message", "tenant_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TZ)
+    decision: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,45 @@
+"""Messaging settings (env: MESSAGING_*), read once per running app by the wiring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from afterglow.kit.app import Runtime
+
+
+class MessagingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESSAGING_", extra="ignore", frozen=True)
+
+    # Signs unsubscribe links. Set it in production: a changed secret breaks old links.
+    unsubscribe_secret: str = "dev-unsubscribe-secret-change-me"
+    # Base of unsubscribe links (this service's public URL); default: PUBLIC_BASE_URL.
+    public_url: str | None = None
+    poll_interval_s: float = 1.0
+    batch_size: int = 100
+    # Sends in flight at once; a hanging endpoint holds one slot, not the dispatcher.
+    concurrency: int = 32
+    request_timeout_s: float = 10.0
+    max_attempts: int = 6
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 3600.0
+    # A Retry-After beyond this is clamped: an endpoint may not park messages for days.
+    retry_after_max_s: float = 6 * 3600.0
+    # How long a claimed message is leased to one sender before another replica may
+    # retry it (a crash mid-send): request timeout plus this margin.
+    lease_margin_s: float = 60.0
+    # A request may overtake the customer's order event; wait this long for an address.
+    contact_wait_s: float = 600.0
+    contact_recheck_s: float = 30.0
+    # No endpoint configured yet: check again after this long.
+    endpoint_recheck_s: float = 60.0
+    dlq_send_timeout_s: float = 10.0
+
+
+def messaging_settings(runtime: Runtime) -> MessagingSettings:
+    settings: Any = runtime.extras.get("messaging_settings")
+    if settings is None:
+        settings = MessagingSettings()
+        runtime.extras["messaging_settings"] = settings
+    return settings  # type: ignore[no-any-return]
