@@ -8,30 +8,14 @@ afterglow-stack env       start the stack only and print its environment
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
 
-import httpx
-
-from afterglow.devstack.processes import spawn, stop
+from afterglow.devstack.services import running_services
 from afterglow.devstack.stack import running_stack
-from afterglow.kit.registry import discover_services
-
-
-def _wait_ready(url: str, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     state = Path(args.state_dir)
-    with running_stack(state, ephemeral=False) as stack:
+    only = set(args.only) if args.only else None
+    with running_stack(state, ephemeral=False, services=only) as stack:
         print(f"PostgreSQL: {stack.database_url}")
         print(
             f"Kafka:      {stack.kafka_bootstrap_servers}"
@@ -63,43 +48,20 @@ def main(argv: list[str] | None = None) -> int:
             while not stopping:
                 time.sleep(0.5)
             return 0
-        services = discover_services()
-        chosen = args.only or list(services)
-        procs = {}
-        env = {**os.environ, **stack.env(), "LOG_JSON": "false"}
-        for name in chosen:
-            spec = services[name]
-            procs[name] = spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "afterglow.kit.cli",
-                    "serve",
-                    name,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(spec.default_port),
-                ],
-                log=state / "logs" / f"{name}.log",
-                env={**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{spec.default_port}"},
-            )
-        for name in chosen:
-            url = f"http://127.0.0.1:{services[name].default_port}"
-            ok = _wait_ready(url)
-            status = "ready" if ok else f"NOT READY, see {state / 'logs' / name}.log"
-            print(f"{name:22} {url}/docs  {status}")
-        print("Afterglow is running. Logs in", state / "logs", "- Ctrl-C stops everything.")
-        try:
+        with running_services(stack, state / "logs", names=args.only, fixed_ports=True) as svc:
+            for name, procs in svc.processes.items():
+                print(f"{name:12} {procs[0].url}/docs   (log: {procs[0].log})")
+            print("Afterglow is running. Ctrl-C stops everything.", flush=True)
             while not stopping:
-                for name, proc in procs.items():
-                    if proc.poll() is not None:
-                        print(f"{name} exited with {proc.returncode}; see its log", file=sys.stderr)
-                        stopping = True
+                for procs in svc.processes.values():
+                    for p in procs:
+                        if p.proc.poll() is not None:
+                            print(
+                                f"{p.name} exited with {p.proc.returncode}; see {p.log}",
+                                file=sys.stderr,
+                            )
+                            stopping = True
                 time.sleep(0.5)
-        finally:
-            for proc in procs.values():
-                stop(proc, timeout=25)
     print("stopped")
     return 0
 

@@ -49,8 +49,13 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 @contextlib.contextmanager
-def running_stack(state_dir: Path, *, ephemeral: bool, migrate: bool = True) -> Iterator[Stack]:
-    """Start (or reuse, from the environment) PostgreSQL and a broker; yield a Stack."""
+def running_stack(
+    state_dir: Path, *, ephemeral: bool, migrate: bool = True, services: set[str] | None = None
+) -> Iterator[Stack]:
+    """Start (or reuse, from the environment) PostgreSQL and a broker; yield a Stack.
+
+    ``services`` limits the migrations (default: every installed service, or those named
+    in ``AFTERGLOW_ONLY_SERVICES``)."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -78,7 +83,9 @@ def running_stack(state_dir: Path, *, ephemeral: bool, migrate: bool = True) -> 
         timings["topics_s"] = time.monotonic() - t0
         if migrate:
             t0 = time.monotonic()
-            only = {s for s in os.environ.get("AFTERGLOW_ONLY_SERVICES", "").split(",") if s}
+            only = services or {
+                s for s in os.environ.get("AFTERGLOW_ONLY_SERVICES", "").split(",") if s
+            }
             for spec in discover_services(only or None).values():
                 upgrade(spec.migrations, database_url)
             timings["migrations_s"] = time.monotonic() - t0
