@@ -142,3 +142,12 @@ def test_a_missing_crd_folder_is_said_clearly(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AFTERGLOW_CRDS_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(check.CheckError, match=r"AFTERGLOW_CRDS_DIR.*cannot be validated"):
         check.crds_dir()
+
+
+def test_a_dockerfile_with_lint_findings_fails(tmp_path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN apt-get install -y curl\n")
+    report = check.Report()
+    check.lint_dockerfile(report, bad)
+    assert any("DL3006" in p for p in report.problems)  # untagged base image
+    assert any("DL3008" in p for p in report.problems)  # unpinned apt package
