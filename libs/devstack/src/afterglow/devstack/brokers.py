@@ -71,6 +71,7 @@ class ApacheKafkaBroker:
     controller_port: int = 0
     _proc: subprocess.Popen[bytes] | None = None
     java: str = field(default_factory=lambda: shutil.which("java") or "java")
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -98,6 +99,7 @@ class ApacheKafkaBroker:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
         (self.data_dir / "log4j2.yaml").write_text(_LOG4J)
+        t0 = time.monotonic()
         props = self.data_dir / "server.properties"
         props.write_text(
             "\n".join(
@@ -112,6 +114,10 @@ class ApacheKafkaBroker:
                     f"log.dirs={self.data_dir / 'logs'}",
                     "num.partitions=3",
                     "offsets.topic.replication.factor=1",
+                    # One partition instead of 50: __consumer_offsets is created by the
+                    # first consumer group, which otherwise waits seconds for it to load.
+                    "offsets.topic.num.partitions=1",
+                    "transaction.state.log.num.partitions=1",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
                     "share.coordinator.state.topic.replication.factor=1",
@@ -140,7 +146,9 @@ class ApacheKafkaBroker:
         if fmt.returncode != 0:
             out = (fmt.stdout + fmt.stderr).decode(errors="replace")[-2000:]
             raise RuntimeError(f"kafka-storage format failed ({fmt.returncode}):\n{out}")
+        self.timings["format_s"] = time.monotonic() - t0
         self.log_file.unlink(missing_ok=True)  # the readiness check reads this run's log
+        t0 = time.monotonic()
         deadline = time.monotonic() + timeout
         self._proc = spawn(self._java("kafka.Kafka", str(props)), log=self.log_file)
         wait_for_port("127.0.0.1", self.port, timeout, self._proc, self.log_file)
@@ -150,6 +158,7 @@ class ApacheKafkaBroker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Kafka did not start within {timeout}s: {self.log_file}")
             time.sleep(0.05)
+        self.timings["start_s"] = time.monotonic() - t0
         return self.bootstrap_servers
 
     def stop(self) -> None:
