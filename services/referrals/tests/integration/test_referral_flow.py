@@ -1,0 +1,345 @@
+"""Referrals on the real broker and PostgreSQL: events in, state and events out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from afterglow.events import to_record
+from afterglow.events.catalog import CustomerErasureRequested
+from afterglow.events.testing import TopicTap, eventually
+
+REFERRALS = "afterglow.referrals"
+MESSAGES = "afterglow.messages"
+
+
+def of_tenant(tenant: str, type_: str):
+    return lambda e: e.tenantid == tenant and e.type == type_
+
+
+class TestCodeIssuance:
+    async def test_invitation_issues_one_code_and_requests_the_invite(self, service, tenant_id):
+        advocate = "adv-1"
+        async with TopicTap(
+            service.runtime.settings.kafka_bootstrap_servers, REFERRALS, MESSAGES
+        ) as tap:
+            await service.publish(service.invited(), tenant=tenant_id, subject=advocate)
+            await service.publish(service.invited(), tenant=tenant_id, subject=advocate)
+            issued = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.code_issued.v1"))
+            invite = await tap.wait_for(of_tenant(tenant_id, "afterglow.message.requested.v1"))
+            r = await service.client.get(
+                f"/v1/advocates/{advocate}/referrals", headers=await service.headers(tenant_id)
+            )
+            # Both invitations are applied (the count proves it) before counting events.
+            await eventually(
+                lambda: service.client.post(
+                    f"/v1/advocates/{advocate}/code", headers=r.request.headers
+                ),
+                lambda resp: resp.status_code == 200,
+            )
+            events = await tap.events(settle=1.0)
+        code = issued[0].data.code
+        assert issued[0].subject == advocate
+        assert invite[0].data.kind == "referral_invite"
+        assert invite[0].data.variables["code"] == code
+        assert invite[0].data.variables["share_url"].endswith(f"ref={code}")
+        assert invite[0].data.request_id == f"referral_invite:{tenant_id}:{code}"
+        assert r.json()["code"]["code"] == code
+        mine = [e for e in events if e.tenantid == tenant_id]
+        assert [e.type for e in mine].count("afterglow.referral.code_issued.v1") == 1
+        assert [e.type for e in mine].count("afterglow.message.requested.v1") == 1
+
+
+class TestFullPath:
+    async def test_invitation_to_confirmed_conversion(self, service, tenant_id):
+        advocate, referee = "adv-1", "new-1"
+        bootstrap = service.runtime.settings.kafka_bootstrap_servers
+        async with TopicTap(bootstrap, REFERRALS, MESSAGES) as tap:
+            await service.publish(service.invited(), tenant=tenant_id, subject=advocate)
+            issued = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.code_issued.v1"))
+            code = issued[0].data.code
+
+            order = service.placed(referral_code=code.lower(), amount=12999)
+            await service.publish(order, tenant=tenant_id, subject=referee)
+            row = await service.wait_referral(tenant_id, advocate, order.order_id)
+            assert (row["state"], row["via"], row["reason"]) == ("pending", "referral_code", None)
+            reward = await tap.wait_for(
+                lambda e: (
+                    e.tenantid == tenant_id
+                    and e.type == "afterglow.message.requested.v1"
+                    and e.data.kind == "referee_reward"
+                )
+            )
+            assert reward[0].subject == referee
+            assert reward[0].data.variables["reward_code"] == row["referee_reward_code"]
+
+            await service.publish(
+                service.fulfilled(order.order_id), tenant=tenant_id, subject=referee
+            )
+            row = await service.wait_referral(
+                tenant_id, advocate, order.order_id, lambda r: r["confirm_due_at"] is not None
+            )
+            assert row["state"] == "pending"  # the return window is still open
+
+            service.clock.advance(timedelta(days=30, minutes=1))
+            converted = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.converted.v1"))
+        assert converted[0].subject == advocate
+        assert converted[0].data.order_id == order.order_id
+        assert converted[0].data.referee_customer_id == referee
+        assert converted[0].data.order_total.amount == 12999
+        row = await service.wait_referral(tenant_id, advocate, order.order_id)
+        assert row["state"] == "confirmed"
+
+        m = (
+            await service.client.get("/v1/metrics", headers=await service.headers(tenant_id))
+        ).json()
+        assert m["invited"] == 1
+        assert m["advocates_converting"] == 1
+        assert m["conversions"] == 1
+        assert m["referral_rate"] == 1.0
+        assert m["revenue"] == {"USD": 12999}
+
+
+class TestReturns:
+    async def test_refund_inside_the_return_window_rejects(self, service, tenant_id):
+        advocate, referee = "adv", "ref"
+        code = await service.issue_code(tenant_id, advocate)
+        bootstrap = service.runtime.settings.kafka_bootstrap_servers
+        async with TopicTap(bootstrap, REFERRALS) as tap:
+            order = service.placed(discount_codes=["WELCOME10", code])
+            await service.publish(order, tenant=tenant_id, subject=referee)
+            await service.publish(
+                service.fulfilled(order.order_id), tenant=tenant_id, subject=referee
+            )
+            row = await service.wait_referral(
+                tenant_id, advocate, order.order_id, lambda r: r["confirm_due_at"] is not None
+            )
+            assert row["via"] == "discount_code"
+            service.clock.advance(timedelta(days=10))  # inside the 30-day window
+            await service.publish(
+                service.refunded(order.order_id), tenant=tenant_id, subject=referee
+            )
+            rejected = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.rejected.v1"))
+            service.clock.advance(timedelta(days=25))  # past the window: nothing to confirm
+            events = await tap.events(settle=1.0)
+        assert rejected[0].data.reason == "refunded"
+        assert rejected[0].subject == advocate
+        row = await service.wait_referral(tenant_id, advocate, order.order_id)
+        assert (row["state"], row["reason"]) == ("rejected", "refunded")
+        assert not [e for e in events if of_tenant(tenant_id, "afterglow.referral.converted.v1")(e)]
+
+    async def test_partial_refund_keeps_the_conversion(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        order = service.placed(referral_code=code, amount=5000)
+        await service.publish(order, tenant=tenant_id, subject="ref")
+        await service.publish(
+            service.refunded(order.order_id, amount=1000, full=False),
+            tenant=tenant_id,
+            subject="ref",
+        )
+        await service.publish(service.fulfilled(order.order_id), tenant=tenant_id, subject="ref")
+        row = await service.wait_referral(
+            tenant_id, "adv", order.order_id, lambda r: r["fulfilled_at"] is not None
+        )
+        assert row["state"] == "pending"
+
+    async def test_cancellation_rejects(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        order = service.placed(referral_code=code)
+        await service.publish(order, tenant=tenant_id, subject="ref")
+        await service.publish(service.cancelled(order.order_id), tenant=tenant_id, subject="ref")
+        row = await service.wait_referral(
+            tenant_id, "adv", order.order_id, lambda r: r["state"] == "rejected"
+        )
+        assert row["reason"] == "cancelled"
+
+
+class TestDuplicates:
+    async def test_the_same_order_event_twice_makes_one_conversion(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        order = service.placed(referral_code=code)
+        bootstrap = service.runtime.settings.kafka_bootstrap_servers
+        async with TopicTap(bootstrap, MESSAGES) as tap:
+            event = await service.publish(order, tenant=tenant_id, subject="ref")
+            await service.send_record(to_record(event))  # the identical record again
+            # The same order under a new event id (a platform's repeated webhook).
+            await service.publish(order, tenant=tenant_id, subject="ref")
+            # Same key, same partition: once this is applied, the repeats were too.
+            await service.publish(
+                service.fulfilled(order.order_id), tenant=tenant_id, subject="ref"
+            )
+            await service.wait_referral(
+                tenant_id, "adv", order.order_id, lambda r: r["fulfilled_at"] is not None
+            )
+            events = await tap.events(settle=1.0)
+        rows = await service.referrals(tenant_id, "adv")
+        assert len(rows) == 1
+        rewards = [e for e in events if e.tenantid == tenant_id and e.data.kind == "referee_reward"]
+        assert len(rewards) == 1
+
+
+class TestFraud:
+    async def _attributed(self, service, tenant, advocate, referee, order):
+        await service.publish(order, tenant=tenant, subject=referee)
+        return await service.wait_referral(tenant, advocate, order.order_id)
+
+    async def test_self_referral_same_customer(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service, tenant_id, "adv", "adv", service.placed(referral_code=code)
+        )
+        assert (row["state"], row["reason"], row["detail"]) == (
+            "rejected",
+            "self_referral",
+            "same customer",
+        )
+
+    async def _advocate_ordered(self, service, tenant, **kw):
+        own = service.placed(**kw)
+        await service.publish(own, tenant=tenant, subject="adv")
+        await service.wait_order_seen(tenant, own.order_id)
+
+    async def test_self_referral_same_email(self, service, tenant_id):
+        await self._advocate_ordered(service, tenant_id, email="Ada@Example.com")
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service,
+            tenant_id,
+            "adv",
+            "alias",
+            service.placed(referral_code=code, email="ada@example.com "),
+        )
+        assert (row["state"], row["reason"], row["detail"]) == (
+            "rejected",
+            "self_referral",
+            "same email",
+        )
+
+    async def test_self_referral_same_phone(self, service, tenant_id):
+        await self._advocate_ordered(service, tenant_id, phone_hash="ph" * 32)
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service,
+            tenant_id,
+            "adv",
+            "alias",
+            service.placed(referral_code=code, phone_hash="ph" * 32),
+        )
+        assert (row["reason"], row["detail"]) == ("self_referral", "same phone")
+
+    async def test_self_referral_same_shipping_address(self, service, tenant_id):
+        await self._advocate_ordered(service, tenant_id, address_hash="ad" * 32)
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service,
+            tenant_id,
+            "adv",
+            "alias",
+            service.placed(referral_code=code, address_hash="ad" * 32),
+        )
+        assert (row["reason"], row["detail"]) == ("self_referral", "same shipping address")
+
+    async def test_existing_customer_by_platform_count(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service, tenant_id, "adv", "old", service.placed(referral_code=code, orders_count=4)
+        )
+        assert (row["state"], row["reason"]) == ("rejected", "existing_customer")
+
+    async def test_existing_customer_by_an_earlier_order_seen(self, service, tenant_id):
+        earlier = service.placed(at=service.clock.now() - timedelta(days=40), orders_count=None)
+        await service.publish(earlier, tenant=tenant_id, subject="old")
+        await service.wait_order_seen(tenant_id, earlier.order_id)
+        code = await service.issue_code(tenant_id, "adv")
+        row = await self._attributed(
+            service, tenant_id, "adv", "old", service.placed(referral_code=code, orders_count=None)
+        )
+        assert (row["state"], row["reason"]) == ("rejected", "existing_customer")
+
+    async def test_cap_on_conversions_per_advocate(self, service, tenant_id):
+        # The test app's cap is 4 per 30 days; orders 2 h apart stay clear of velocity.
+        code = await service.issue_code(tenant_id, "adv")
+        start = service.clock.now()
+        states = []
+        for i in range(5):
+            order = service.placed(referral_code=code, at=start + timedelta(hours=2 * i))
+            row = await self._attributed(service, tenant_id, "adv", f"ref-{i}", order)
+            states.append((row["state"], row["reason"]))
+        assert states[:4] == [("pending", None)] * 4
+        assert states[4] == ("rejected", "advocate_cap")
+        m = (
+            await service.client.get("/v1/metrics", headers=await service.headers(tenant_id))
+        ).json()
+        assert m["rejection_reasons"] == {"advocate_cap": 1}
+
+    async def test_velocity_holds_for_review(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        start = service.clock.now()
+        rows = []
+        bootstrap = service.runtime.settings.kafka_bootstrap_servers
+        async with TopicTap(bootstrap, REFERRALS) as tap:
+            for i in range(4):
+                order = service.placed(referral_code=code, at=start + timedelta(minutes=5 * i))
+                rows.append(await self._attributed(service, tenant_id, "adv", f"ref-{i}", order))
+            assert [r["state"] for r in rows] == ["pending"] * 3 + ["held"]
+            held = rows[3]
+            assert held["reason"] == "velocity_review"
+            assert held["referee_reward_code"] is None  # waits for the review
+
+            headers = await service.headers(tenant_id)
+            r = await service.client.post(
+                f"/v1/referrals/{rows[0]['id']}/review",
+                json={"decision": "approve"},
+                headers=headers,
+            )
+            assert r.status_code == 409
+            r = await service.client.post(
+                f"/v1/referrals/{held['id']}/review",
+                json={"decision": "reject", "note": "code posted on a coupon site"},
+                headers=headers,
+            )
+            assert r.status_code == 200, r.text
+            assert (r.json()["state"], r.json()["reason"]) == ("rejected", "velocity_review")
+            rejected = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.rejected.v1"))
+        assert rejected[0].data.referral_id == held["id"]
+        assert rejected[0].data.detail == "code posted on a coupon site"
+
+    async def test_an_approved_hold_rewards_the_referee(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        start = service.clock.now()
+        for i in range(4):
+            order = service.placed(referral_code=code, at=start + timedelta(minutes=i))
+            row = await self._attributed(service, tenant_id, "adv", f"ref-{i}", order)
+        assert row["state"] == "held"
+        r = await service.client.post(
+            f"/v1/referrals/{row['id']}/review",
+            json={"decision": "approve"},
+            headers=await service.headers(tenant_id),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "pending"
+        assert r.json()["referee_reward_code"]
+
+
+class TestErasure:
+    async def test_erasure_wipes_hashes_and_keeps_counts(self, service, tenant_id):
+        await TestFraud()._advocate_ordered(service, tenant_id, email="ada@example.com")
+        await service.publish(
+            CustomerErasureRequested(requested_at=service.clock.now()),
+            tenant=tenant_id,
+            subject="adv",
+        )
+        code = await service.issue_code(tenant_id, "adv")
+
+        # After erasure, the same email no longer links the alias to the advocate ...
+        async def alias_row():
+            order = service.placed(referral_code=code, email="ada@example.com")
+            await service.publish(order, tenant=tenant_id, subject=f"alias-{order.order_id}")
+            return await service.wait_referral(tenant_id, "adv", order.order_id)
+
+        row = await eventually(alias_row, lambda r: r["reason"] != "self_referral", timeout=20)
+        assert row["state"] == "pending"
+        # ... while a second order of the advocate still counts as an existing customer.
+        row = await TestFraud()._attributed(
+            service, tenant_id, "adv", "adv", service.placed(referral_code=code)
+        )
+        assert row["reason"] == "self_referral"
