@@ -1,0 +1,1 @@
+"""afterglow.ingest: signed webhooks and REST calls become canonical catalog events."""

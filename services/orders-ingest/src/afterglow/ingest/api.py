@@ -1,0 +1,971 @@
+"""Routes: webhook receivers, the internal REST API and the admin API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from afterglow.events.envelope import TENANT_ID_PATTERN
+from afterglow.ingest import domain, intake, registry
+from afterglow.ingest.models import Delivery, IdempotencyKey
+from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.app import Runtime
+from afterglow.kit.auth import Principal, bearer_token, require_scope
+from afterglow.kit.db import Session
+from afterglow.kit.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+)
+
+webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
+rest = APIRouter(prefix="/v1", tags=["orders and support events"])
+operators = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
+admin = APIRouter(prefix="/admin", tags=["admin"])
+
+# One answer for every authentication failure: which part failed is no business of
+# whoever is probing (unknown tenant, missing header, wrong secret, stale timestamp).
+BAD_SIGNATURE = "the webhook signature could not be verified"
+TENANT_RE = TENANT_ID_PATTERN.pattern
+# Headers worth keeping with the raw body (for operators and replay).
+_DROP_HEADERS = {"authorization", "cookie"}
+
+
+def runtime_of(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def settings_of(request: Request) -> IngestSettings:
+    s = runtime_of(request).settings
+    assert isinstance(s, IngestSettings)
+    return s
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused past ``limit`` before it is all read or parsed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+    return bytes(buf)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return payload
+
+
+# --- models for the OpenAPI document ------------------------------------------------
+
+
+class DeliveryOutcome(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "delivery_id": "6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11",
+                    "status": "processed",
+                    "events": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
+                }
+            ]
+        }
+    )
+    delivery_id: str
+    status: str = Field(description="processed, archived (unknown topic) or duplicate")
+    events: list[str] = Field(description="Ids of the events emitted by this call")
+
+
+_OUTCOMES: dict[int | str, dict[str, Any]] = {
+    200: {"model": DeliveryOutcome, "description": "Stored and processed, or a duplicate"},
+    202: {
+        "description": "Unknown topic: stored (archived), no event",
+        "content": {
+            "application/json": {
+                "example": {"delivery_id": "6f1c2b7e", "status": "archived", "events": []}
+            }
+        },
+    },
+    400: {
+        "description": "Malformed JSON",
+        "content": {
+            "application/json": {
+                "example": {"error": {"code": "malformed_json", "message": "the body is not..."}}
+            }
+        },
+    },
+    401: {
+        "description": "Signature not verified (unknown tenant, missing or bad signature, "
+        "stale timestamp)",
+        "content": {
+            "application/json": {
+                "example": {"error": {"code": "unauthorized", "message": BAD_SIGNATURE}}
+            }
+        },
+    },
+    413: {"description": "Body over 1 MiB"},
+    422: {
+        "description": "A required field is missing",
+        "content": {
+            "application/json": {
+                "example": {
+                    "error": {
+                        "code": "validation_error",
+                        "message": "total_price is required",
+                        "field": "total_price",
+                    }
+                }
+            }
+        },
+    },
+}
+
+
+def _webhook_doc(example: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}, "example": example}},
+            "description": "Signed raw body. Headers: "
+            + "; ".join(f"`{k}`: {v}" for k, v in headers.items()),
+        }
+    }
+
+
+# --- the receiver pipeline ----------------------------------------------------------
+
+Verifier = Callable[[list[str], bytes], bool]
+Parser = Callable[[dict[str, Any]], tuple[str, str]]  # -> (topic, dedupe key)
+
+
+async def receive(
+    request: Request,
+    session: Any,
+    *,
+    platform: str,
+    tenant_id: str | None,
+    verify: Verifier,
+    route: Parser,
+) -> JSONResponse:
+    """Size limit, signature, JSON, normalization, then one transaction for the raw
+    delivery and its events. Every failure before the insert writes nothing."""
+    rt = runtime_of(request)
+    settings = settings_of(request)
+    body = await read_body(request, settings.ingest_max_body_bytes)
+    now = rt.clock.now()
+    secrets = await registry.active_secrets(session, tenant_id, platform, now)
+    if not secrets or not verify(secrets, body):
+        raise Unauthorized(BAD_SIGNATURE)
+    assert tenant_id is not None
+    payload = parse_json(body)
+    try:
+        topic, dedupe_key = route(payload)
+        normalized = await intake.normalize(session, tenant_id, platform, topic, payload)
+    except domain.NormalizationError as exc:
+        raise Unprocessable(str(exc), field=exc.field) from exc
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    outcome = await intake.accept(
+        session,
+        rt.outbox,
+        rt.tables,
+        tenant_id=tenant_id,
+        platform=platform,
+        topic=topic,
+        dedupe_key=dedupe_key,
+        headers=headers,
+        body=body,
+        normalized=normalized,
+        received_at=now,
+    )
+    return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)
+
+
+def _body_digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+TenantPath = Annotated[str, Path(pattern=TENANT_RE, examples=["acme"])]
+
+SHOPIFY_EXAMPLE = {
+    "id": 820982911946154508,
+    "email": "jon@example.com",
+    "created_at": "2026-03-02T09:30:00-05:00",
+    "currency": "USD",
+    "total_price": "199.65",
+    "line_items": [{"product_id": 632910392, "sku": "IPOD2008", "quantity": 1, "price": "199.00"}],
+    "customer": {"id": 115310627314723954, "email": "jon@example.com"},
+}
+
+
+@webhooks.post(
+    "/shopify",
+    summary="Shopify webhooks (tenant from X-Shopify-Shop-Domain)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        SHOPIFY_EXAMPLE,
+        {
+            "X-Shopify-Hmac-Sha256": "base64 HMAC-SHA256 of the raw body",
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Shop-Domain": "acme.myshopify.com",
+            "X-Shopify-Webhook-Id": "de-duplication key",
+        },
+    ),
+)
+async def shopify_webhook(request: Request, session: Session) -> JSONResponse:
+    h = request.headers
+    domain_header = h.get("x-shopify-shop-domain", "")
+    tenant = await registry.tenant_by_shop_domain(session, domain_header) if domain_header else None
+
+    def route(_: dict[str, Any]) -> tuple[str, str]:
+        topic = h.get("x-shopify-topic", "")
+        key = h.get("x-shopify-webhook-id") or h.get("x-shopify-event-id")
+        if not topic:
+            raise domain.MissingField("X-Shopify-Topic")
+        if not key:
+            raise domain.MissingField("X-Shopify-Webhook-Id")
+        return topic, key
+
+    return await receive(
+        request,
+        session,
+        platform="shopify",
+        tenant_id=tenant,
+        verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-shopify-hmac-sha256")),
+        route=route,
+    )
+
+
+@webhooks.post(
+    "/woocommerce/{tenant_id}",
+    summary="WooCommerce webhooks (order.created, order.updated)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {"id": 727, "status": "processing", "currency": "USD", "total": "29.35"},
+        {
+            "X-WC-Webhook-Signature": "base64 HMAC-SHA256 of the raw body",
+            "X-WC-Webhook-Topic": "order.created",
+            "X-WC-Webhook-Source": "https://shop.example.com/",
+        },
+    ),
+)
+async def woocommerce_webhook(
+    request: Request, session: Session, tenant_id: TenantPath
+) -> JSONResponse:
+    h = request.headers
+    # Woo pings a new webhook with a form-encoded "webhook_id=N": answer it, or Woo
+    # counts a failure against the hook before any order is sent.
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        body = await read_body(request, 4096)
+        if body.startswith(b"webhook_id="):
+            return JSONResponse({"status": "ping"}, status_code=200)
+
+    def route(payload: dict[str, Any]) -> tuple[str, str]:
+        topic = h.get("x-wc-webhook-topic", "")
+        if not topic:
+            raise domain.MissingField("X-WC-Webhook-Topic")
+        if topic in domain.WOO_TOPICS:
+            return topic, domain.woo_dedupe_key(payload)
+        return topic, "delivery:" + h.get("x-wc-webhook-delivery-id", "")
+
+    return await receive(
+        request,
+        session,
+        platform="woocommerce",
+        tenant_id=tenant_id,
+        verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-wc-webhook-signature")),
+        route=route,
+    )
+
+
+@webhooks.post(
+    "/standard/{tenant_id}",
+    summary="Standard Webhooks carrying Afterglow's canonical order and ticket payloads",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {
+            "type": "order.delivered",
+            "customer_id": "cus_42",
+            "data": {
+                "order_id": "acme:1001",
+                "delivered_at": "2026-03-05T10:00:00Z",
+                "reported_by": "standard_webhooks",
+            },
+        },
+        {
+            "webhook-id": "msg_2b...",
+            "webhook-timestamp": "unix seconds, 5 minutes tolerance",
+            "webhook-signature": "v1,<base64> (space-separated when several)",
+        },
+    ),
+)
+async def standard_webhook(
+    request: Request, session: Session, tenant_id: TenantPath
+) -> JSONResponse:
+    h = request.headers
+    rt = runtime_of(request)
+    tolerance = settings_of(request).ingest_timestamp_tolerance_s
+
+    def verify(secrets: list[str], body: bytes) -> bool:
+        return domain.verify_standard(
+            secrets,
+            h.get("webhook-id"),
+            h.get("webhook-timestamp"),
+            h.get("webhook-signature"),
+            body,
+            rt.clock.now(),
+            tolerance,
+        )
+
+    def route(payload: dict[str, Any]) -> tuple[str, str]:
+        return str(payload.get("type") or ""), h.get("webhook-id", "")
+
+    return await receive(
+        request, session, platform="standard", tenant_id=tenant_id, verify=verify, route=route
+    )
+
+
+@webhooks.post(
+    "/zendesk/{tenant_id}",
+    summary="Zendesk ticket events (created, status changed, solved)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {
+            "type": "zen:event-type:ticket.created",
+            "id": "cbe4028c-7239-495d-b020-f22348516046",
+            "time": "2026-03-05T10:00:00Z",
+            "detail": {"id": "35436", "requester_id": "1111", "status": "NEW"},
+        },
+        {
+            "x-zendesk-webhook-signature": "base64 HMAC-SHA256 of timestamp + body",
+            "x-zendesk-webhook-signature-timestamp": "ISO 8601, 5 minutes tolerance",
+        },
+    ),
+)
+async def zendesk_webhook(
+    request: Request, session: Session, tenant_id: TenantPath
+) -> JSONResponse:
+    h = request.headers
+    rt = runtime_of(request)
+    tolerance = settings_of(request).ingest_timestamp_tolerance_s
+
+    def verify(secrets: list[str], body: bytes) -> bool:
+        ts = h.get("x-zendesk-webhook-signature-timestamp")
+        if not domain.timestamp_fresh(ts, rt.clock.now(), tolerance):
+            return False
+        assert ts is not None
+        return domain.verify_b64_hmac(
+            secrets, ts.encode() + body, h.get("x-zendesk-webhook-signature")
+        )
+
+    def route(payload: dict[str, Any]) -> tuple[str, str]:
+        key = payload.get("id") or h.get("x-zendesk-webhook-invocation-id")
+        if not key:
+            raise domain.MissingField("id")
+        return str(payload.get("type") or ""), str(key)
+
+    return await receive(
+        request, session, platform="zendesk", tenant_id=tenant_id, verify=verify, route=route
+    )
+
+
+@webhooks.post(
+    "/aftership/{tenant_id}",
+    summary="AfterShip tracking updates (Delivered becomes order.delivered)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {
+            "event": "tracking_update",
+            "event_id": "5b2c7a0e-4c1e-4f7e-9a51-7c2d1f3e4a5b",
+            "msg": {"tracking_number": "1Z999", "tag": "Delivered", "order_id": "1001"},
+        },
+        {"aftership-hmac-sha256": "base64 HMAC-SHA256 of the raw body"},
+    ),
+)
+async def aftership_webhook(
+    request: Request, session: Session, tenant_id: TenantPath
+) -> JSONResponse:
+    h = request.headers
+
+    def route(payload: dict[str, Any]) -> tuple[str, str]:
+        key = payload.get("event_id")
+        if not key:
+            raise domain.MissingField("event_id")
+        return str(payload.get("event") or "tracking_update"), str(key)
+
+    return await receive(
+        request,
+        session,
+        platform="aftership",
+        tenant_id=tenant_id,
+        verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("aftership-hmac-sha256")),
+        route=route,
+    )
+
+
+# --- internal REST ------------------------------------------------------------------
+
+
+class CanonicalEventIn(BaseModel):
+    """An order or ticket event in Afterglow's canonical shape."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "order.placed",
+                    "customer_id": "cus_42",
+                    "data": {
+                        "order_id": "pos:1001",
+                        "platform": "api",
+                        "placed_at": "2026-03-02T14:30:00Z",
+                        "customer": {"email": "ada@example.com"},
+                        "total": {"amount": 12999, "currency": "USD"},
+                    },
+                }
+            ]
+        }
+    )
+    type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
+    customer_id: str = Field(min_length=1, max_length=200, description="The envelope subject")
+    data: dict[str, Any] = Field(description="The catalog model's fields")
+
+
+IdempotencyHeader = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Same key and body: same answer. Same key, other body: 409.",
+        examples=["5f0c8a1e-order-1001"],
+    ),
+]
+
+
+async def _canonical_post(
+    request: Request,
+    session: Any,
+    principal: Principal,
+    key: str,
+    body: CanonicalEventIn,
+    allowed: frozenset[str],
+    route_name: str,
+) -> JSONResponse:
+    rt = runtime_of(request)
+    now = rt.clock.now()
+    raw = body.model_dump(mode="json")
+    digest = _body_digest(raw)
+    tenant = principal.tenant_id
+    claimed = (await session.execute(_claim_key(tenant, key, route_name, digest, now))).scalar()
+    if claimed is None:
+        prior = await session.get(IdempotencyKey, (tenant, key))
+        assert prior is not None
+        if prior.route != route_name or prior.body_hash != digest:
+            raise Conflict(
+                "this Idempotency-Key was used with a different request",
+                field="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return JSONResponse(prior.response, status_code=prior.status_code)
+    try:
+        normalized = domain.normalize_canonical(raw, allowed, "api")
+    except domain.NormalizationError as exc:
+        raise Unprocessable(str(exc), field=exc.field) from exc
+    if not normalized.known_topic:
+        raise Unprocessable(f"type must be one of {', '.join(sorted(allowed))}", field="type")
+    outcome = await intake.accept(
+        session,
+        rt.outbox,
+        rt.tables,
+        tenant_id=tenant,
+        platform="api",
+        topic=domain.canonical_type(body.type),
+        dedupe_key=f"idem:{route_name}:{key}",
+        headers={"idempotency-key": key, "api-key-id": principal.key_id},
+        body=json.dumps(raw).encode(),
+        normalized=normalized,
+        received_at=now,
+    )
+    response = outcome.body()
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.tenant_id == tenant, IdempotencyKey.key == key)
+        .values(status_code=201, response=response)
+    )
+    return JSONResponse(response, status_code=201)
+
+
+def _claim_key(tenant: str, key: str, route_name: str, digest: str, now: datetime) -> Any:
+    # A concurrent request with the same key waits on the primary key until the first
+    # commits, then finds its answer.
+    return (
+        pg_insert(IdempotencyKey)
+        .values(
+            tenant_id=tenant,
+            key=key,
+            route=route_name,
+            body_hash=digest,
+            status_code=0,
+            response={},
+            created_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    )
+
+
+_REST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"model": DeliveryOutcome, "description": "Accepted: events emitted"},
+    401: {"description": "No or invalid API key"},
+    403: {"description": "The key lacks the scope"},
+    409: {
+        "description": "Idempotency-Key reused with another body",
+        "content": {
+            "application/json": {
+                "example": {
+                    "error": {
+                        "code": "idempotency_key_reused",
+                        "message": "this Idempotency-Key was used with a different request",
+                        "field": "Idempotency-Key",
+                    }
+                }
+            }
+        },
+    },
+    422: {"description": "Invalid body; the error names the field"},
+}
+
+
+@rest.post(
+    "/orders",
+    summary="Post an order event (scope orders:write)",
+    status_code=201,
+    response_model=DeliveryOutcome,
+    responses=_REST_RESPONSES,
+)
+async def post_order(
+    request: Request,
+    session: Session,
+    body: CanonicalEventIn,
+    idempotency_key: IdempotencyHeader,
+    principal: Principal = Depends(require_scope("orders:write")),
+) -> JSONResponse:
+    return await _canonical_post(
+        request, session, principal, idempotency_key, body, domain.ORDER_TYPES, "orders"
+    )
+
+
+@rest.post(
+    "/support-events",
+    summary="Post a support ticket event (scope support:write)",
+    status_code=201,
+    response_model=DeliveryOutcome,
+    responses=_REST_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "type": "ticket.opened",
+                        "customer_id": "cus_42",
+                        "data": {
+                            "ticket_id": "gorgias:991",
+                            "helpdesk": "gorgias",
+                            "opened_at": "2026-03-06T08:00:00Z",
+                            "subject": "Where is my order?",
+                        },
+                    }
+                }
+            }
+        }
+    },
+)
+async def post_support_event(
+    request: Request,
+    session: Session,
+    body: CanonicalEventIn,
+    idempotency_key: IdempotencyHeader,
+    principal: Principal = Depends(require_scope("support:write")),
+) -> JSONResponse:
+    return await _canonical_post(
+        request, session, principal, idempotency_key, body, domain.TICKET_TYPES, "support"
+    )
+
+
+# --- deliveries (operators) ---------------------------------------------------------
+
+
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11",
+                    "platform": "shopify",
+                    "topic": "orders/create",
+                    "status": "processed",
+                    "dedupe_key": "b54557e4-bdd9-4b37-8a5f-bf7d70fcd043",
+                    "received_at": "2026-03-02T14:30:01Z",
+                    "event_ids": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
+                    "replays": 0,
+                }
+            ]
+        }
+    )
+    id: str
+    platform: str
+    topic: str
+    status: str
+    dedupe_key: str
+    received_at: datetime
+    event_ids: list[str]
+    replays: int
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+def _cursor(d: Delivery) -> str:
+    return base64.urlsafe_b64encode(f"{d.received_at.isoformat()}|{d.id}".encode()).decode()
+
+
+def _uncursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, _, did = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), did
+    except ValueError as exc:
+        raise BadRequest("the cursor is not valid", field="cursor") from exc
+
+
+@operators.get(
+    "",
+    summary="List stored deliveries (scope orders:read), newest first",
+    response_model=DeliveryPage,
+)
+async def list_deliveries(
+    session: Session,
+    principal: Principal = Depends(require_scope("orders:read")),
+    status: Annotated[str | None, Query(examples=["archived"])] = None,
+    topic: Annotated[str | None, Query(examples=["orders/create"])] = None,
+    platform: Annotated[str | None, Query(examples=["shopify"])] = None,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: Annotated[AwareDatetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query()] = None,
+) -> DeliveryPage:
+    q = select(Delivery).where(Delivery.tenant_id == principal.tenant_id)
+    if status:
+        q = q.where(Delivery.status == status)
+    if topic:
+        q = q.where(Delivery.topic == topic)
+    if platform:
+        q = q.where(Delivery.platform == platform)
+    if from_:
+        q = q.where(Delivery.received_at >= from_)
+    if to:
+        q = q.where(Delivery.received_at < to)
+    if cursor:
+        at, did = _uncursor(cursor)
+        q = q.where(
+            or_(Delivery.received_at < at, and_(Delivery.received_at == at, Delivery.id < did))
+        )
+    rows = list(
+        (
+            await session.execute(
+                q.order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit + 1)
+            )
+        ).scalars()
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DeliveryPage(
+        items=[DeliveryOut.model_validate(r, from_attributes=True) for r in rows],
+        next_cursor=_cursor(rows[-1]) if more and rows else None,
+    )
+
+
+@operators.post(
+    "/{delivery_id}/replay",
+    summary="Normalize a stored delivery again and publish its events (scope orders:write)",
+    description="Events keep their derived ids, so services that already applied them "
+    "drop the repeat; an archived delivery whose topic is now known emits for the "
+    "first time.",
+    response_model=DeliveryOutcome,
+    responses={404: {"description": "No such delivery for this tenant"}},
+)
+async def replay_delivery(
+    request: Request,
+    session: Session,
+    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    principal: Principal = Depends(require_scope("orders:write")),
+) -> DeliveryOutcome:
+    rt = runtime_of(request)
+    d = (
+        await session.execute(
+            select(Delivery)
+            .where(Delivery.tenant_id == principal.tenant_id, Delivery.id == delivery_id)
+            .with_for_update()
+        )
+    ).scalar()
+    if d is None:
+        raise NotFound("no such delivery", field="delivery_id")
+    if d.platform == "bigcommerce":
+        raise Conflict("BigCommerce deliveries are replayed by reconciliation, not here")
+    try:
+        normalized = await intake.normalize(
+            session, d.tenant_id, d.platform, d.topic, parse_json(d.body)
+        )
+    except domain.NormalizationError as exc:
+        raise Unprocessable(str(exc), field=exc.field) from exc
+    ids: list[str] = []
+    status = "archived"
+    if normalized.known_topic:
+        status = "processed"
+        ids = await intake.emit(
+            session,
+            rt.outbox,
+            rt.tables,
+            tenant_id=d.tenant_id,
+            delivery_id=d.id,
+            platform=d.platform,
+            dedupe_key=d.dedupe_key,
+            normalized=normalized,
+            received_at=d.received_at,
+            replay=True,
+        )
+    d.status = status
+    d.event_ids = ids
+    d.replays += 1
+    return DeliveryOutcome(delivery_id=d.id, status=status, events=ids)
+
+
+# --- admin --------------------------------------------------------------------------
+
+
+def require_admin(request: Request) -> None:
+    expected = settings_of(request).ingest_admin_token
+    presented = bearer_token(request) or ""
+    # An empty setting disables the admin API rather than accepting an empty token.
+    if not expected or not hmac.compare_digest(expected.encode(), presented.encode()):
+        raise Unauthorized("an admin token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+admin.dependencies.append(Depends(require_admin))
+
+PlatformPath = Annotated[
+    str,
+    Path(
+        pattern="^(shopify|woocommerce|bigcommerce|standard|zendesk|aftership)$",
+        examples=["shopify"],
+    ),
+]
+
+
+class TenantIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant_id": "acme",
+                    "name": "Acme Outdoor",
+                    "shopify_shop_domain": "acme.myshopify.com",
+                    "platforms": ["shopify", "aftership"],
+                }
+            ]
+        }
+    )
+    tenant_id: str = Field(pattern=TENANT_RE)
+    name: str = Field(min_length=1, max_length=200)
+    shopify_shop_domain: str | None = Field(default=None, max_length=255)
+    woocommerce_store_url: str | None = Field(default=None, max_length=500)
+    bigcommerce_store_hash: str | None = Field(default=None, max_length=100)
+    platforms: list[str] = Field(
+        default_factory=list, description="Generate a webhook secret for each of these"
+    )
+
+
+@admin.post("/tenants", status_code=201, summary="Register a tenant")
+async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
+    now = runtime_of(request).clock.now()
+    await registry.create_tenant(
+        session,
+        tenant_id=body.tenant_id,
+        name=body.name,
+        shopify_shop_domain=body.shopify_shop_domain,
+        woocommerce_store_url=body.woocommerce_store_url,
+        bigcommerce_store_hash=body.bigcommerce_store_hash,
+        now=now,
+    )
+    secrets = {}
+    for platform in body.platforms:
+        if platform not in registry.PLATFORMS:
+            raise Unprocessable(f"unknown platform {platform!r}", field="platforms")
+        secrets[platform] = await registry.rotate_secret(
+            session, tenant_id=body.tenant_id, platform=platform, secret=None, now=now, grace_s=0
+        )
+    return {"tenant_id": body.tenant_id, "secrets": secrets}
+
+
+class SecretIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
+    secret: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=500,
+        description="The platform's secret (Shopify's app secret); omitted: generated",
+    )
+
+
+@admin.post(
+    "/tenants/{tenant_id}/secrets/{platform}",
+    status_code=201,
+    summary="Rotate a webhook secret (the previous one stays valid for the grace period)",
+)
+async def rotate_secret(
+    request: Request,
+    session: Session,
+    tenant_id: TenantPath,
+    platform: PlatformPath,
+    body: SecretIn,
+) -> dict[str, Any]:
+    rt = runtime_of(request)
+    grace = settings_of(request).ingest_rotation_grace_s
+    secret = await registry.rotate_secret(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        secret=body.secret,
+        now=rt.clock.now(),
+        grace_s=grace,
+    )
+    return {"platform": platform, "secret": secret, "previous_valid_for_s": grace}
+
+
+@admin.delete(
+    "/tenants/{tenant_id}/secrets/{platform}/previous",
+    summary="End a rotation now: only the current secret stays valid",
+)
+async def expire_previous(
+    request: Request, session: Session, tenant_id: TenantPath, platform: PlatformPath
+) -> dict[str, Any]:
+    n = await registry.expire_previous_secrets(
+        session, tenant_id=tenant_id, platform=platform, now=runtime_of(request).clock.now()
+    )
+    return {"expired": n}
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"scopes": ["orders:write"]}]})
+    scopes: list[str] = Field(min_length=1)
+    expires_at: AwareDatetime | None = None
+
+
+@admin.post(
+    "/tenants/{tenant_id}/api-keys",
+    status_code=201,
+    summary="Issue an API key (shown once; announced to every service as its hash)",
+)
+async def create_api_key(
+    request: Request, session: Session, tenant_id: TenantPath, body: ApiKeyIn
+) -> dict[str, Any]:
+    rt = runtime_of(request)
+    return await registry.issue_api_key(
+        session,
+        rt.api_keys,
+        rt.outbox,
+        tenant_id=tenant_id,
+        scopes=body.scopes,
+        now=rt.clock.now(),
+        expires_at=body.expires_at,
+    )
+
+
+@admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
+async def revoke_api_key(
+    request: Request, session: Session, tenant_id: TenantPath, key_id: str
+) -> dict[str, Any]:
+    rt = runtime_of(request)
+    event_id = await registry.revoke_api_key(
+        session, rt.api_keys, rt.outbox, tenant_id=tenant_id, key_id=key_id, now=rt.clock.now()
+    )
+    return {"key_id": key_id, "revoked": True, "event_id": event_id}
+
+
+class ConnectionIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"api_base_url": "https://acme.myshopify.com", "access_token": "shpat_..."}
+            ]
+        }
+    )
+    api_base_url: str = Field(min_length=1, max_length=500)
+    access_token: str = Field(min_length=1, max_length=500)
+
+
+@admin.put(
+    "/tenants/{tenant_id}/connections/{platform}",
+    summary="Set the platform API credentials used by reconciliation and BigCommerce",
+)
+async def set_connection(
+    session: Session, tenant_id: TenantPath, platform: PlatformPath, body: ConnectionIn
+) -> dict[str, Any]:
+    await registry.set_connection(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        api_base_url=body.api_base_url.rstrip("/"),
+        access_token=body.access_token,
+    )
+    return {"tenant_id": tenant_id, "platform": platform}
+
+
+@admin.post(
+    "/tenants/{tenant_id}/reconcile/{platform}",
+    summary="Run one reconciliation pass now (the worker also runs it periodically)",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"seen": 3, "new_deliveries": 1, "events": 1, "error": None}
+                }
+            }
+        }
+    },
+)
+async def reconcile_now(
+    request: Request, tenant_id: TenantPath, platform: PlatformPath
+) -> dict[str, Any]:
+    from afterglow.ingest.reconcile import reconcile
+
+    return await reconcile(runtime_of(request), tenant_id, platform)

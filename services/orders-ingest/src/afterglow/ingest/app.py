@@ -1,0 +1,45 @@
+"""orders-ingest: the app factory and the service spec."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from afterglow.ingest import api
+from afterglow.ingest.models import api_keys, tables
+from afterglow.ingest.reconcile import reconciliation_worker
+from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
+from afterglow.kit.clock import Clock
+
+SPEC = ServiceSpec(
+    name="ingest",
+    schema="ingest",
+    app_factory="afterglow.ingest.app:create_app",
+    migrations="afterglow.ingest:migrations",
+    default_port=8001,
+)
+
+
+def _workers(runtime: Runtime) -> list[Worker]:
+    return [reconciliation_worker]
+
+
+def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    return create_service_app(
+        SPEC,
+        settings or IngestSettings(),
+        tables=tables,
+        api_keys_table=api_keys,
+        title="Afterglow orders-ingest",
+        description="Signed webhooks from commerce platforms, helpdesks and trackers, and "
+        "internal REST calls, become canonical order and ticket events.",
+        routers=[api.webhooks, api.rest, api.operators, api.admin],
+        workers=_workers,
+        clock=clock,
+        openapi_tags=[
+            {"name": "webhooks", "description": "Signed deliveries from platforms"},
+            {"name": "orders and support events", "description": "Internal REST (API keys)"},
+            {"name": "deliveries", "description": "Stored deliveries, for operators"},
+            {"name": "admin", "description": "Tenant registry (admin token)"},
+        ],
+    )

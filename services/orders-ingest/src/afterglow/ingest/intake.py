@@ -1,0 +1,262 @@
+"""Storing a delivery and emitting its events, in the caller's transaction.
+
+Every source (webhook receivers, reconciliation, REST, replay) ends here, so they share
+one de-duplication: a delivery is unique per (tenant, platform, dedupe key), and an
+order fact (placed, fulfilled, refund r1...) is emitted once per tenant whichever
+source reported it first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
+from afterglow.events import catalog as c
+from afterglow.ingest import domain
+from afterglow.ingest.models import Delivery, Order, OrderFact
+
+SOURCE = "afterglow/orders-ingest"
+
+
+@dataclass
+class Outcome:
+    delivery_id: str
+    status: str  # processed | archived | duplicate
+    event_ids: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {"delivery_id": self.delivery_id, "status": self.status, "events": self.event_ids}
+
+
+def delivery_id_for(tenant_id: str, platform: str, dedupe_key: str) -> str:
+    # Deterministic: the same delivery arriving twice has the same id.
+    return derived_event_id("ingest-delivery", tenant_id, platform, dedupe_key)
+
+
+async def store_delivery(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    platform: str,
+    topic: str,
+    dedupe_key: str,
+    headers: dict[str, str],
+    body: bytes,
+    received_at: datetime,
+) -> str | None:
+    """Insert the raw delivery; None when the same delivery was stored before.
+
+    A concurrent twin blocks on the unique index until the first commits, then finds
+    it: two retries racing each other still emit once."""
+    did = delivery_id_for(tenant_id, platform, dedupe_key)
+    stmt = (
+        pg_insert(Delivery)
+        .values(
+            id=did,
+            tenant_id=tenant_id,
+            platform=platform,
+            topic=topic,
+            dedupe_key=dedupe_key,
+            status="received",
+            received_at=received_at,
+            headers=headers,
+            body=body,
+            event_ids=[],
+            replays=0,
+        )
+        .on_conflict_do_nothing()
+        .returning(Delivery.id)
+    )
+    return (await session.execute(stmt)).scalar()
+
+
+async def resolve_order(
+    session: AsyncSession, tenant_id: str, order_id: str
+) -> tuple[str | None, c.Money | None]:
+    row = (
+        await session.execute(
+            select(Order.subject, Order.total_amount, Order.currency).where(
+                Order.tenant_id == tenant_id, Order.order_id == order_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None, None
+    total = (
+        c.Money(amount=row.total_amount, currency=row.currency)
+        if row.total_amount is not None and row.currency
+        else None
+    )
+    return row.subject, total
+
+
+async def order_id_by_platform_id(
+    session: AsyncSession, tenant_id: str, platform_order_id: str
+) -> str | None:
+    return (
+        await session.execute(
+            select(Order.order_id)
+            .where(Order.tenant_id == tenant_id, Order.platform_order_id == platform_order_id)
+            .limit(1)
+        )
+    ).scalar()
+
+
+async def emit(
+    session: AsyncSession,
+    outbox: Outbox,
+    tables: EventTables,
+    *,
+    tenant_id: str,
+    delivery_id: str,
+    platform: str,
+    dedupe_key: str,
+    normalized: domain.Normalized,
+    received_at: datetime,
+    replay: bool = False,
+) -> list[str]:
+    """Turn normalized output into outbox events; returns the ids added.
+
+    Event ids derive from the delivery and the position, so a replay (or a retried
+    transaction) yields the same ids and downstream inboxes drop repeats. On replay
+    the fact table is bypassed and already-sent rows are queued again: an operator
+    replays on purpose, and the unchanged ids make it harmless downstream."""
+    if normalized.order is not None:
+        o = normalized.order
+        stmt = pg_insert(Order).values(
+            tenant_id=tenant_id,
+            order_id=o.order_id,
+            platform_order_id=o.platform_order_id,
+            subject=o.subject,
+            total_amount=o.total.amount if o.total else None,
+            currency=o.total.currency if o.total else None,
+        )
+        await session.execute(stmt.on_conflict_do_nothing())
+    events: list[CloudEvent[Any]] = []
+    for index, item in enumerate(normalized.emits):
+        data = domain.stamp_requested_at(item.data, received_at)
+        subject = item.subject
+        order_id = getattr(data, "order_id", None)
+        if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
+            known_subject, total = await resolve_order(session, tenant_id, order_id)
+            subject = subject or known_subject
+            data = domain.complete_refund(data, total)
+        # An order we never saw (its creation predates us): key it by the order so its
+        # events still stay in order on one partition.
+        subject = subject or f"order:{order_id or delivery_id}"
+        event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, str(index))
+        fact = domain.fact_key(data)
+        if fact is not None and not replay:
+            inserted = (
+                await session.execute(
+                    pg_insert(OrderFact)
+                    .values(
+                        tenant_id=tenant_id,
+                        fact_key=fact,
+                        event_id=event_id,
+                        delivery_id=delivery_id,
+                        created_at=received_at,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(OrderFact.fact_key)
+                )
+            ).scalar()
+            if inserted is None:
+                continue  # already said by an earlier delivery or reconciliation
+        events.append(
+            CloudEvent.new(data, tenant_id=tenant_id, subject=subject, source=SOURCE, id=event_id)
+        )
+    await outbox.add(session, *events)
+    ids = [e.id for e in events]
+    if replay and ids:
+        await session.execute(
+            update(tables.outbox)
+            .where(tables.outbox.c.event_id.in_(ids), tables.outbox.c.sent_at.is_not(None))
+            .values(sent_at=None)
+        )
+    return ids
+
+
+async def accept(
+    session: AsyncSession,
+    outbox: Outbox,
+    tables: EventTables,
+    *,
+    tenant_id: str,
+    platform: str,
+    topic: str,
+    dedupe_key: str,
+    headers: dict[str, str],
+    body: bytes,
+    normalized: domain.Normalized,
+    received_at: datetime,
+) -> Outcome:
+    """Store a verified, parsed delivery and its events (one transaction: the caller's)."""
+    did = await store_delivery(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        topic=topic,
+        dedupe_key=dedupe_key,
+        headers=headers,
+        body=body,
+        received_at=received_at,
+    )
+    if did is None:
+        return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    if not normalized.known_topic:
+        await _finish(session, did, "archived", [])
+        return Outcome(did, "archived")
+    ids = await emit(
+        session,
+        outbox,
+        tables,
+        tenant_id=tenant_id,
+        delivery_id=did,
+        platform=platform,
+        dedupe_key=dedupe_key,
+        normalized=normalized,
+        received_at=received_at,
+    )
+    await _finish(session, did, "processed", ids)
+    return Outcome(did, "processed", ids)
+
+
+async def _finish(session: AsyncSession, did: str, status: str, ids: list[str]) -> None:
+    await session.execute(
+        update(Delivery).where(Delivery.id == did).values(status=status, event_ids=ids)
+    )
+
+
+async def normalize(
+    session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
+) -> domain.Normalized:
+    """The platform's normalizer; shared by the receivers and replay."""
+    if platform == "shopify":
+        return domain.normalize_shopify(topic, payload)
+    if platform == "woocommerce":
+        return domain.normalize_woocommerce(topic, payload)
+    if platform in ("standard", "api"):
+        return domain.normalize_canonical(
+            payload, domain.ORDER_TYPES | domain.TICKET_TYPES, platform
+        )
+    if platform == "zendesk":
+        return domain.normalize_zendesk(payload)
+    if platform == "aftership":
+        out, platform_order_id = domain.normalize_aftership(payload)
+        if platform_order_id and out.emits:
+            # Trackers know the shop's order id, not ours: find the order we stored.
+            order_id = await order_id_by_platform_id(session, tenant_id, platform_order_id)
+            order_id = order_id or f"aftership:{platform_order_id}"
+            out.emits = [
+                domain.Emit(e.data.model_copy(update={"order_id": order_id}), e.subject)
+                for e in out.emits
+            ]
+        return out
+    return domain.Normalized(known_topic=False)

@@ -1,0 +1,138 @@
+"""Tables of the ``ingest`` schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from afterglow.events import event_tables
+from afterglow.kit.auth import api_keys_table
+from afterglow.kit.db import service_metadata
+
+SCHEMA = "ingest"
+
+
+class Base(DeclarativeBase):
+    # Spelled out (not kit.db.declarative_base()) so that mypy sees a class.
+    metadata = service_metadata(SCHEMA)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    # What identifies the tenant in a webhook whose URL does not carry it.
+    shopify_shop_domain: Mapped[str | None] = mapped_column(Text, unique=True)
+    woocommerce_store_url: Mapped[str | None] = mapped_column(Text)
+    bigcommerce_store_hash: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookSecret(Base):
+    """A platform's signing secret. Stored in clear because HMAC needs it (see README)."""
+
+    __tablename__ = "webhook_secrets"
+    __table_args__ = (Index("ix_webhook_secrets_tenant_platform", "tenant_id", "platform"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    platform: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # NULL: current. Set by a rotation to the end of the grace period.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PlatformConnection(Base):
+    """Credentials for a platform's API (reconciliation, BigCommerce fetch) and the
+    reconciliation watermark."""
+
+    __tablename__ = "platform_connections"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    platform: Mapped[str] = mapped_column(Text, primary_key=True)
+    api_base_url: Mapped[str] = mapped_column(Text)
+    access_token: Mapped[str] = mapped_column(Text)
+    watermark: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """Every accepted delivery, raw, stored before it is acknowledged."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "platform", "dedupe_key", name="uq_deliveries_dedupe"),
+        Index("ix_deliveries_tenant_received", "tenant_id", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    platform: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str] = mapped_column(Text)
+    # processed: events emitted (maybe none); archived: unknown topic, kept for replay.
+    status: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    event_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    replays: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OrderFact(Base):
+    """One fact about an order (placed, fulfilled, refund r1...) emitted once, whichever
+    source told us first: webhook, reconciliation or REST."""
+
+    __tablename__ = "order_facts"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    fact_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text)
+    delivery_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Order(Base):
+    """What later webhooks (fulfilment, refund, tracking) need but do not carry."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_platform_id", "tenant_id", "platform_order_id"),)
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    order_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    platform_order_id: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    total_amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    route: Mapped[str] = mapped_column(Text)
+    body_hash: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+tables = event_tables(Base.metadata)
+api_keys = api_keys_table(Base.metadata)

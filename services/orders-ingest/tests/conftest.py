@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # ingest_support: signing helpers
+
+from afterglow.devstack.pytest_plugin import serve_app
+from afterglow.devstack.stack import Stack
+from afterglow.events.testing import TopicTap
+from afterglow.ingest.app import create_app
+from afterglow.ingest.settings import IngestSettings
+
+ADMIN_TOKEN = "admin-token-for-tests"
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> IngestSettings:
+    return IngestSettings(
+        database_url=stack.database_url,
+        kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
+        kafka_enable_idempotence=stack.kafka_enable_idempotence,
+        ingest_admin_token=ADMIN_TOKEN,
+        relay_poll_interval_s=0.2,
+        # The worker stays quiet in tests; they trigger passes through the admin route.
+        ingest_reconcile_interval_s=3600,
+        log_json=False,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+async def app_and_client(
+    settings: IngestSettings,
+) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with serve_app(app) as client:
+        yield app, client
+
+
+@pytest.fixture(scope="session")
+def client(app_and_client: tuple[object, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return app_and_client[1]
+
+
+@pytest.fixture(scope="session")
+def runtime(app_and_client: tuple[object, httpx.AsyncClient]):  # type: ignore[no-untyped-def]
+    return app_and_client[0].state.runtime  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+async def tap(stack: Stack) -> AsyncIterator[TopicTap]:
+    """One tap for the whole session: tests filter by their own fresh tenant."""
+    async with TopicTap(
+        stack.kafka_bootstrap_servers,
+        "afterglow.orders",
+        "afterglow.tickets",
+        "afterglow.customers",
+        "afterglow.tenants",
+    ) as t:
+        yield t
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
