@@ -528,6 +528,10 @@ def render(services: dict[str, Doc] | None = None) -> dict[str, str]:
                 "literals": [
                     f"KAFKA_BOOTSTRAP_SERVERS={KAFKA_CLUSTER}-kafka-bootstrap.kafka.svc:9092",
                     "KAFKA_ENABLE_IDEMPOTENCE=true",
+                    # SCRAM-SHA-512 as the Strimzi KafkaUsers define it; the listener of
+                    # the bootstrap address must have scram-sha-512 authentication.
+                    "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT",
+                    "KAFKA_SASL_MECHANISM=SCRAM-SHA-512",
                     # topics are KafkaTopic resources; the users may not create topics
                     "ENSURE_TOPICS=false",
                     "LOG_JSON=true",

@@ -7,8 +7,10 @@ client Afterglow builds comes from here, so the safe settings are written once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,33 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 3000
     max_poll_interval_ms: int = 120000
     max_poll_records: int = 500
+    # PLAINTEXT locally; SASL_SSL with SCRAM-SHA-512 against Strimzi KafkaUsers.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+
+    def connection_options(self) -> dict[str, Any]:
+        """Options every client (producer, consumer, admin) needs to reach the cluster."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        if self.security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return options
 
 
 def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=config.bootstrap_servers,
+        **config.connection_options(),
         client_id=config.client_id,
         acks="all",
         enable_idempotence=config.enable_idempotence,
@@ -39,7 +63,7 @@ def build_producer(config: KafkaConfig) -> AIOKafkaProducer:
 def build_consumer(config: KafkaConfig, *topics: str, group_id: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=config.bootstrap_servers,
+        **config.connection_options(),
         client_id=config.client_id,
         group_id=group_id,
         enable_auto_commit=False,

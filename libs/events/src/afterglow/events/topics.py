@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -58,6 +59,7 @@ def all_topic_names(with_dlq: bool = True) -> list[str]:
 async def ensure_topics(
     bootstrap_servers: str,
     *,
+    connection_options: dict[str, Any] | None = None,
     replication_factor: int = 1,
     max_partitions: int | None = None,
     timeout_ms: int = 15000,
@@ -67,7 +69,8 @@ async def ensure_topics(
     Safe to run from every replica at every start: "already exists" is success. In
     production the topics are Strimzi KafkaTopic resources and this finds nothing to do.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=timeout_ms)
+    options = connection_options or {"bootstrap_servers": bootstrap_servers}
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=timeout_ms)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -135,7 +135,9 @@ def create_service_app(
         kafka = settings.kafka(client_id=spec.name)
         try:
             if settings.ensure_topics:
-                await ensure_topics(settings.kafka_bootstrap_servers)
+                await ensure_topics(
+                    settings.kafka_bootstrap_servers, connection_options=kafka.connection_options()
+                )
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()
             runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))

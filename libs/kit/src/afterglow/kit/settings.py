@@ -20,6 +20,11 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     # On by default; off only for the embedded Tansu broker, which lacks it.
     kafka_enable_idempotence: bool = True
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
     # all: API and consumers in one process (dev); api or worker: one role (Kubernetes).
     service_role: Literal["all", "api", "worker"] = "all"
     ensure_topics: bool = True
@@ -40,4 +45,9 @@ class ServiceSettings(BaseSettings):
             bootstrap_servers=self.kafka_bootstrap_servers,
             enable_idempotence=self.kafka_enable_idempotence,
             client_id=client_id,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
         )
