@@ -13,7 +13,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events import Outbox
 from afterglow.events.catalog import MessageRequested, PointsRedeemed
 from afterglow.kit.app import Runtime
 from afterglow.kit.auth import Principal, require_scope
@@ -161,11 +163,31 @@ async def redeem(
     """Spend points on a reward. The same Idempotency-Key returns the same answer and
     deducts nothing twice; the same key with another body is a 422."""
     rt = _runtime(request)
-    tenant = principal.tenant_id
-    now = rt.clock.now()
-    request_hash = hashlib.sha256(
-        json.dumps(body.model_dump(), sort_keys=True).encode()
-    ).hexdigest()
+    result, replayed = await redeem_reward(
+        session,
+        rt.outbox,
+        principal.tenant_id,
+        customer,
+        body.reward_id,
+        idempotency_key,
+        rt.clock.now(),
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result
+
+
+async def redeem_reward(
+    session: AsyncSession,
+    outbox: Outbox,
+    tenant: str,
+    customer: str,
+    reward_id: str,
+    idempotency_key: str,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """Redeem in the caller's transaction; returns (response body, replayed)."""
+    request_hash = hashlib.sha256(json.dumps({"reward_id": reward_id}).encode()).hexdigest()
     rules = await store.load_rules(session, tenant)
     account = await store.lock_account(session, tenant, customer, now, rules, create=False)
     if account is None:
@@ -186,18 +208,17 @@ async def redeem(
                 field="Idempotency-Key",
                 code="idempotency_key_reused",
             )
-        response.headers["Idempotent-Replayed"] = "true"
-        return prior.response
-    reward = rules.reward(body.reward_id)
+        return prior.response, True
+    reward = rules.reward(reward_id)
     if reward is None:
-        raise Unprocessable(f"unknown reward {body.reward_id!r}", field="reward_id")
+        raise Unprocessable(f"unknown reward {reward_id!r}", field="reward_id")
     wallet = await store.load_wallet(session, account)
     redemption_id = domain.new_id()
     try:
         entries = wallet.redeem(reward.points_price, now, redemption_id, f"reward {reward.id}")
     except domain.InsufficientPoints as exc:
         raise InsufficientPointsError(str(exc), field="reward_id") from exc
-    await store.persist(session, rt.outbox, account, wallet, entries, now)
+    await store.persist(session, outbox, account, wallet, entries, now)
     code = _reward_code()
     result = {
         "redemption_id": redemption_id,
@@ -244,12 +265,12 @@ async def redeem(
             "points": reward.points_price,
         },
     )
-    await rt.outbox.add(
+    await outbox.add(
         session,
         store._event(account, redeemed, redemption_id),
         store._event(account, msg, msg.request_id),
     )
-    return result
+    return result, False
 
 
 class AdjustmentIn(BaseModel):
