@@ -49,7 +49,10 @@ class TestDurations:
 
 class TestDefinitionValidation:
     def test_error_points_at_the_offending_path(self) -> None:
-        body = {**d.DEFAULT_JOURNEY_BODY, "stages": [dict(s) for s in d.DEFAULT_JOURNEY_BODY["stages"]]}
+        body = {
+            **d.DEFAULT_JOURNEY_BODY,
+            "stages": [dict(s) for s in d.DEFAULT_JOURNEY_BODY["stages"]],
+        }
         body["stages"][2] = {
             **body["stages"][2],
             "actions": [{"type": "survey", "stop_after": "three days"}],
@@ -65,7 +68,9 @@ class TestDefinitionValidation:
 
     def test_unknown_anchor_event(self) -> None:
         with pytest.raises(d.DefinitionError) as err:
-            d.parse_journey({"name": "x", "stages": [{"name": "a", "wait": "P1D after order.shipped"}]})
+            d.parse_journey(
+                {"name": "x", "stages": [{"name": "a", "wait": "P1D after order.shipped"}]}
+            )
         assert err.value.path.startswith("stages[0].wait")
 
     def test_duplicate_stage_names(self) -> None:
@@ -87,14 +92,18 @@ class TestDefinitionValidation:
 
 
 class TestDefaultJourney:
-    def run(self, band: str | None, *, delivered: bool = True, extra: list[d.SimEvent] = ()) -> list[d.SimRecord]:  # type: ignore[assignment]
+    def run(
+        self, band: str | None, *, delivered: bool = True, extra: list[d.SimEvent] = ()
+    ) -> list[d.SimRecord]:  # type: ignore[assignment]
         evs = [placed()]
         if delivered:
             evs.append(ev("order.delivered", T0 + timedelta(days=2), order_id="o1"))
         else:
             evs.append(ev("order.fulfilled", T0 + timedelta(days=1), order_id="o1"))
         if band:
-            evs.append(ev("survey.responded", T0 + timedelta(days=10), kind="nps", score=5, band=band))
+            evs.append(
+                ev("survey.responded", T0 + timedelta(days=10), kind="nps", score=5, band=band)
+            )
         return d.simulate(d.DEFAULT_JOURNEY, [*evs, *extra])
 
     def test_promoter_is_asked_for_a_review_and_invited(self) -> None:
@@ -119,12 +128,16 @@ class TestDefaultJourney:
         acts = flat(recs)
         assert ("escalate_support", None) in acts
         assert ("invite_referral", None) not in acts
-        review = next(r for r in recs if any(a.params.get("kind") == "review_request" for a in r.actions))
+        review = next(
+            r for r in recs if any(a.params.get("kind") == "review_request" for a in r.actions)
+        )
         assert review.at == T0 + timedelta(days=25)  # not day 16: after the ticket is resolved
 
     def test_check_in_falls_back_to_fulfilled_plus_five_days(self) -> None:
         recs = self.run(None, delivered=False)
-        check_in = next(r for r in recs if any(a.params.get("kind") == "check_in" for a in r.actions))
+        check_in = next(
+            r for r in recs if any(a.params.get("kind") == "check_in" for a in r.actions)
+        )
         assert check_in.at == T0 + timedelta(days=6)
 
     def test_no_answer_gets_one_reminder_then_review_ask(self) -> None:
@@ -146,12 +159,16 @@ class TestDefaultJourney:
         assert len(surveys) == 1  # o1's survey on day 8; o2's (day 17) is inside 30 days
 
     def test_refund_exits_mid_delay(self) -> None:
-        recs = self.run(None, extra=[ev("order.refunded", T0 + timedelta(days=3), order_id="o1", full=True)])
+        recs = self.run(
+            None, extra=[ev("order.refunded", T0 + timedelta(days=3), order_id="o1", full=True)]
+        )
         assert flat(recs) == [("message", "welcome")]
         assert any(t.kind == "exit" and t.reason == "refunded" for r in recs for t in r.transitions)
 
     def test_partial_refund_does_not_exit(self) -> None:
-        recs = self.run(None, extra=[ev("order.refunded", T0 + timedelta(days=3), order_id="o1", full=False)])
+        recs = self.run(
+            None, extra=[ev("order.refunded", T0 + timedelta(days=3), order_id="o1", full=False)]
+        )
         assert ("message", "review_request") in flat(recs)
 
     def test_open_ticket_before_survey_pauses_then_resumes(self) -> None:
@@ -172,7 +189,9 @@ class TestDefaultJourney:
             d.DEFAULT_JOURNEY,
             [ev("order.delivered", T0 - timedelta(hours=1), order_id="o1"), placed()],
         )
-        check_in = next(r for r in recs if any(a.params.get("kind") == "check_in" for a in r.actions))
+        check_in = next(
+            r for r in recs if any(a.params.get("kind") == "check_in" for a in r.actions)
+        )
         assert check_in.at == T0 - timedelta(hours=1) + timedelta(days=3)
 
     def test_refund_before_placed_exits_at_start(self) -> None:
@@ -184,14 +203,35 @@ class TestDefaultJourney:
 
     def test_goal_is_a_repeat_order_within_the_window(self) -> None:
         st_ = d.InstanceState(id="i", journey="default", version=1, order_id="o1", started_at=T0)
-        assert d.goal_reached(d.DEFAULT_JOURNEY, st_, d.Occurrence("e", d.PLACED, T0 + timedelta(days=3), {"order_id": "o2"}))
-        assert not d.goal_reached(d.DEFAULT_JOURNEY, st_, d.Occurrence("e", d.PLACED, T0 + timedelta(days=31), {"order_id": "o2"}))
-        assert not d.goal_reached(d.DEFAULT_JOURNEY, st_, d.Occurrence("e", d.PLACED, T0, {"order_id": "o1"}))
+        assert d.goal_reached(
+            d.DEFAULT_JOURNEY,
+            st_,
+            d.Occurrence("e", d.PLACED, T0 + timedelta(days=3), {"order_id": "o2"}),
+        )
+        assert not d.goal_reached(
+            d.DEFAULT_JOURNEY,
+            st_,
+            d.Occurrence("e", d.PLACED, T0 + timedelta(days=31), {"order_id": "o2"}),
+        )
+        assert not d.goal_reached(
+            d.DEFAULT_JOURNEY, st_, d.Occurrence("e", d.PLACED, T0, {"order_id": "o1"})
+        )
 
 
 class TestConditionsAndTime:
     def test_send_at_time_of_day_in_customer_zone(self) -> None:
-        j = d.parse_journey({"name": "x", "stages": [{"name": "a", "wait": {"delay": "P1D", "at": "10:00"}, "actions": [{"type": "message", "kind": "custom"}]}]})
+        j = d.parse_journey(
+            {
+                "name": "x",
+                "stages": [
+                    {
+                        "name": "a",
+                        "wait": {"delay": "P1D", "at": "10:00"},
+                        "actions": [{"type": "message", "kind": "custom"}],
+                    }
+                ],
+            }
+        )
         prof = d.Profile(timezone="America/New_York")
         stt = d.InstanceState(id="i", journey="x", version=1, started_at=T0, waiting_since=T0)
         due = d.stage_due(j, j.stages[0], stt, prof)
@@ -202,7 +242,9 @@ class TestConditionsAndTime:
     def test_conditions_are_rechecked_before_each_action(self) -> None:
         j = d.parse_journey({"name": "x", "stages": [{"name": "a", "wait": "PT1H", "actions": [
             {"type": "message", "kind": "custom", "when": {"open_ticket": False}}]}]})  # fmt: skip
-        recs = d.simulate(j, [placed(), ev("ticket.opened", T0 + timedelta(minutes=10), ticket_id="k")])
+        recs = d.simulate(
+            j, [placed(), ev("ticket.opened", T0 + timedelta(minutes=10), ticket_id="k")]
+        )
         # Paused while the ticket is open; the message never goes while the ticket is open.
         assert flat(recs) == []
 
@@ -224,7 +266,16 @@ class TestConditionsAndTime:
         # every due timer fires at or after the moment its state was created.
         evs = [placed()]
         for minutes, t in zip(offsets, order, strict=False):
-            evs.append(ev(t, T0 + timedelta(minutes=minutes), order_id="o1", kind="nps", score=9, band="promoter"))
+            evs.append(
+                ev(
+                    t,
+                    T0 + timedelta(minutes=minutes),
+                    order_id="o1",
+                    kind="nps",
+                    score=9,
+                    band="promoter",
+                )
+            )
         recs = d.simulate(d.DEFAULT_JOURNEY, evs)
         steps = [(r.instance_id, a.step) for r in recs for a in r.actions]
         assert len(steps) == len(set(steps))
@@ -233,11 +284,15 @@ class TestConditionsAndTime:
 
     @settings(max_examples=40, deadline=None)
     @given(st.integers(min_value=0, max_value=30 * 24), st.integers(min_value=0, max_value=30 * 24))
-    def test_delivery_anchor_wins_over_fallback_whatever_the_order(self, f_h: int, d_h: int) -> None:
+    def test_delivery_anchor_wins_over_fallback_whatever_the_order(
+        self, f_h: int, d_h: int
+    ) -> None:
         a = [placed(), ev("order.fulfilled", T0 + timedelta(hours=f_h), order_id="o1"),
              ev("order.delivered", T0 + timedelta(hours=d_h), order_id="o1")]  # fmt: skip
         recs = d.simulate(d.DEFAULT_JOURNEY, a)
-        check_in = next(r for r in recs if any(x.params.get("kind") == "check_in" for x in r.actions))
+        check_in = next(
+            r for r in recs if any(x.params.get("kind") == "check_in" for x in r.actions)
+        )
         fallback = T0 + timedelta(hours=f_h, days=5)
         primary = T0 + timedelta(hours=d_h, days=3)
         # The fallback only fires if the delivery has not been reported by then.

@@ -413,7 +413,10 @@ DEFAULT_JOURNEY_BODY: dict[str, Any] = {
                 {
                     "type": "split",
                     "branches": [
-                        {"when": {"nps_band": ["promoter"]}, "actions": [{"type": "invite_referral"}]},
+                        {
+                            "when": {"nps_band": ["promoter"]},
+                            "actions": [{"type": "invite_referral"}],
+                        },
                         {
                             "when": {"nps_band": ["passive"]},
                             "actions": [{"type": "message", "kind": "loyalty_nudge"}],
@@ -594,7 +597,12 @@ class StepResult:
 
 
 def timer_id(instance_id: str, spec: TimerSpec) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:timer:{instance_id}:{spec.key}:{spec.due_at.isoformat()}"))
+    return str(
+        uuid.uuid5(
+            uuid.NAMESPACE_URL,
+            f"afterglow:timer:{instance_id}:{spec.key}:{spec.due_at.isoformat()}",
+        )
+    )
 
 
 def instance_id_for(journey: str, trigger_event_id: str) -> str:
@@ -681,7 +689,9 @@ def stage_due(j: Journey, stage: Stage, st: InstanceState, profile: Profile) -> 
 
 def _children(action: Any, branch: int) -> list[Any]:
     if isinstance(action, SplitAction):
-        return action.branches[branch].actions if branch < len(action.branches) else action.otherwise
+        return (
+            action.branches[branch].actions if branch < len(action.branches) else action.otherwise
+        )
     return []
 
 
@@ -748,13 +758,17 @@ def start(
             return res
     if j.pause_on_open_ticket and profile.open_tickets:
         st.status = "paused"
-        res.transitions.append(Transition("pause", None, None, trigger.id, "ticket open at start", now))
+        res.transitions.append(
+            Transition("pause", None, None, trigger.id, "ticket open at start", now)
+        )
         return res
     _advance(j, res, profile, trigger.id, now)
     return res
 
 
-def on_event(j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, now: datetime) -> StepResult:
+def on_event(
+    j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, now: datetime
+) -> StepResult:
     """Apply an event to a running or paused instance. ``profile`` already includes it."""
     res = StepResult(st.model_copy(deep=True))
     s = res.state
@@ -764,21 +778,34 @@ def on_event(j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, no
     if ev.type in j.exits and same_order:
         if ev.type == REFUNDED and ev.data.get("full") is False:
             res.transitions.append(
-                Transition("deferred", s.stage, s.stage, ev.id, "partial refund: journey continues", now)
+                Transition(
+                    "deferred", s.stage, s.stage, ev.id, "partial refund: journey continues", now
+                )
             )
         else:
             _exit(res, ev.id, ev.type.split(".")[2], now)
             return res
     if ev.order_id and ev.order_id == s.order_id and ev.type not in s.anchors:
         s.anchors[ev.type] = ev.at
-    if j.pause_on_open_ticket and ev.type == TICKET_OPENED and s.status == "running" and profile.open_tickets:
+    if (
+        j.pause_on_open_ticket
+        and ev.type == TICKET_OPENED
+        and s.status == "running"
+        and profile.open_tickets
+    ):
         s.status = "paused"
-        res.transitions.append(Transition("pause", s.stage, s.stage, ev.id, "support ticket opened", now))
+        res.transitions.append(
+            Transition("pause", s.stage, s.stage, ev.id, "support ticket opened", now)
+        )
     # The event a blocking action waits for (matched before a resume, so a resolution
     # both resumes the journey and satisfies "wait for ticket.resolved").
     if s.pc is not None:
         action = _resolve(_stage(j, s), s.pc)
-        if isinstance(action, SurveyAction) and ev.type == SURVEY_RESPONDED and ev.data.get("kind", "nps") == action.kind:
+        if (
+            isinstance(action, SurveyAction)
+            and ev.type == SURVEY_RESPONDED
+            and ev.data.get("kind", "nps") == action.kind
+        ):
             s.band = ev.data.get("band")
             s.score = ev.data.get("score")
             s.pc = _next_pc(_stage(j, s), s.pc)
@@ -797,12 +824,16 @@ def on_event(j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, no
         s.score = ev.data.get("score")
     if s.status == "paused" and ev.type == TICKET_RESOLVED and not profile.open_tickets:
         s.status = "running"
-        res.transitions.append(Transition("resume", s.stage, s.stage, ev.id, "support tickets resolved", now))
+        res.transitions.append(
+            Transition("resume", s.stage, s.stage, ev.id, "support tickets resolved", now)
+        )
     _advance(j, res, profile, ev.id, now)
     return res
 
 
-def on_timer(j: Journey, st: InstanceState, profile: Profile, timer: str, now: datetime) -> StepResult:
+def on_timer(
+    j: Journey, st: InstanceState, profile: Profile, timer: str, now: datetime
+) -> StepResult:
     """A timer fired: move on if something is due (a stale timer changes nothing)."""
     res = StepResult(st.model_copy(deep=True))
     if res.state.status == "paused":
@@ -848,7 +879,9 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
             return
         if s.stage_index >= len(j.stages):
             s.status = "completed"
-            res.transitions.append(Transition("complete", s.stage, None, cause, "last stage done", now))
+            res.transitions.append(
+                Transition("complete", s.stage, None, cause, "last stage done", now)
+            )
             return
         stage = _stage(j, s)
         if s.pc is None:
@@ -857,11 +890,27 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                 return
             if not holds(stage.when, profile, s, now):
                 res.transitions.append(
-                    Transition("skip", s.stage, stage.name, cause, f"conditions unmet: {describe(stage.when)}", now)
+                    Transition(
+                        "skip",
+                        s.stage,
+                        stage.name,
+                        cause,
+                        f"conditions unmet: {describe(stage.when)}",
+                        now,
+                    )
                 )
                 _finish_stage(j, res, cause, now)
                 continue
-            res.transitions.append(Transition("stage", s.stage, stage.name, cause, "wait over" if stage.wait else "entered", now))
+            res.transitions.append(
+                Transition(
+                    "stage",
+                    s.stage,
+                    stage.name,
+                    cause,
+                    "wait over" if stage.wait else "entered",
+                    now,
+                )
+            )
             s.stage = stage.name
             s.waiting_since = now
             s.pc = [0]
@@ -873,29 +922,57 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
         key = _step_key(s, s.pc)
         if not holds(action.when, profile, s, now):
             res.transitions.append(
-                Transition("skip", s.stage, s.stage, cause, f"{action.type} skipped: {describe(action.when)}", now)
+                Transition(
+                    "skip",
+                    s.stage,
+                    s.stage,
+                    cause,
+                    f"{action.type} skipped: {describe(action.when)}",
+                    now,
+                )
             )
         elif isinstance(action, SplitAction):
-            chosen = next((i for i, b in enumerate(action.branches) if holds(b.when, profile, s, now)), len(action.branches))
+            chosen = next(
+                (i for i, b in enumerate(action.branches) if holds(b.when, profile, s, now)),
+                len(action.branches),
+            )
             children = _children(action, chosen)
-            label = "otherwise" if chosen == len(action.branches) else describe(action.branches[chosen].when)
-            res.transitions.append(Transition("split", s.stage, s.stage, cause, f"branch {label}", now))
+            label = (
+                "otherwise"
+                if chosen == len(action.branches)
+                else describe(action.branches[chosen].when)
+            )
+            res.transitions.append(
+                Transition("split", s.stage, s.stage, cause, f"branch {label}", now)
+            )
             if children:
                 s.pc = [*s.pc, chosen, 0]
                 continue
         elif isinstance(action, SurveyAction):
             if not _blocked_here(s, key):
-                res.actions.append(ActionOut("survey", key, {"kind": action.kind, "order_id": s.order_id}))
+                res.actions.append(
+                    ActionOut("survey", key, {"kind": action.kind, "order_id": s.order_id})
+                )
                 _block(s, key, now)
                 return
             assert s.waiting_since is not None
             if now >= s.waiting_since + action.stop_after:
-                res.transitions.append(Transition("timeout", s.stage, s.stage, cause, "no survey answer", now))
+                res.transitions.append(
+                    Transition("timeout", s.stage, s.stage, cause, "no survey answer", now)
+                )
             else:
-                if action.reminder_after is not None and not s.reminded and now >= s.waiting_since + action.reminder_after:
+                if (
+                    action.reminder_after is not None
+                    and not s.reminded
+                    and now >= s.waiting_since + action.reminder_after
+                ):
                     s.reminded = True
                     res.actions.append(
-                        ActionOut("survey", key + ":reminder", {"kind": action.kind, "order_id": s.order_id, "reminder_of": key})
+                        ActionOut(
+                            "survey",
+                            key + ":reminder",
+                            {"kind": action.kind, "order_id": s.order_id, "reminder_of": key},
+                        )
                     )
                 return
         elif isinstance(action, WaitForAction):
@@ -904,7 +981,9 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                 return
             assert s.waiting_since is not None
             if now >= s.waiting_since + action.timeout:
-                res.transitions.append(Transition("timeout", s.stage, s.stage, cause, f"no {action.event}", now))
+                res.transitions.append(
+                    Transition("timeout", s.stage, s.stage, cause, f"no {action.event}", now)
+                )
             else:
                 return
         elif isinstance(action, ExitAction):
@@ -930,7 +1009,12 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                 ActionOut(
                     "escalate_support",
                     key,
-                    {"reason": action.reason, "priority": action.priority, "score": s.score, "order_id": s.order_id},
+                    {
+                        "reason": action.reason,
+                        "priority": action.priority,
+                        "score": s.score,
+                        "order_id": s.order_id,
+                    },
                 )
             )
         s.pc = _next_pc(stage, s.pc)
@@ -966,7 +1050,9 @@ def timers_for(j: Journey, st: InstanceState, profile: Profile) -> list[TimerSpe
     out = []
     if isinstance(action, SurveyAction):
         if action.reminder_after is not None and not st.reminded:
-            out.append(TimerSpec(f"{key}:reminder", "reminder", st.waiting_since + action.reminder_after))
+            out.append(
+                TimerSpec(f"{key}:reminder", "reminder", st.waiting_since + action.reminder_after)
+            )
         out.append(TimerSpec(f"{key}:timeout", "timeout", st.waiting_since + action.stop_after))
     elif isinstance(action, WaitForAction):
         out.append(TimerSpec(f"{key}:timeout", "timeout", st.waiting_since + action.timeout))
@@ -979,7 +1065,9 @@ def timers_for(j: Journey, st: InstanceState, profile: Profile) -> list[TimerSpe
 def note_actions(profile: Profile, results: list[StepResult], now: datetime) -> Profile:
     """Requesting a survey counts as surveying for the fatigue window at once, so a
     repeat order a minute later cannot survey the customer twice."""
-    if any(a.type == "survey" and "reminder_of" not in a.params for r in results for a in r.actions):
+    if any(
+        a.type == "survey" and "reminder_of" not in a.params for r in results for a in r.actions
+    ):
         profile = profile.model_copy(update={"last_surveyed_at": now})
     return profile
 
@@ -1038,7 +1126,11 @@ def handle_event(
         j = journeys[(name, version)]
         if not triggers(j, prof, ev, now):
             continue
-        running = [r for r in out.results if r.state.journey == name and r.state.status in ("running", "paused")]
+        running = [
+            r
+            for r in out.results
+            if r.state.journey == name and r.state.status in ("running", "paused")
+        ]
         if running and j.reentry == "ignore":
             continue
         if j.reentry == "restart":
@@ -1122,7 +1214,9 @@ def simulate(
     for n, e in enumerate(evs):
         fire_until(e.at)
         occ = Occurrence(e.id or f"sim-{n}", e.type, e.at, e.data)
-        outcome = handle_event(journeys, {j.name: version}, list(instances.values()), prof, occ, e.at)
+        outcome = handle_event(
+            journeys, {j.name: version}, list(instances.values()), prof, occ, e.at
+        )
         prof = outcome.profile
         for res in outcome.results:
             instances[res.state.id] = res.state
@@ -1130,3 +1224,27 @@ def simulate(
                 records.append(SimRecord(e.at, res.state.id, res.transitions, res.actions))
     fire_until(end)
     return records
+
+
+# --- migration between versions --------------------------------------------------------
+
+
+def migrate(
+    old: Journey, new: Journey, new_version: int, st: InstanceState
+) -> tuple[InstanceState | None, str]:
+    """Where ``st`` lands in ``new``, or None and why it cannot move."""
+    if st.stage_index >= len(old.stages):
+        return None, "already past the last stage"
+    names = [s.name for s in new.stages]
+    here = old.stages[st.stage_index].name
+    if here not in names:
+        return None, f"stage {here!r} does not exist in v{new_version}"
+    idx = names.index(here)
+    moved = st.model_copy(deep=True, update={"version": new_version, "stage_index": idx})
+    if st.pc is None:
+        return moved, f"waiting for {here!r}; delay recomputed from the same anchors"
+    a_old = _resolve(old.stages[st.stage_index], st.pc)
+    a_new = _resolve(new.stages[idx], st.pc)
+    if a_old is None or a_new is None or a_old.type != a_new.type:
+        return None, f"in the middle of {here!r} and its actions differ in v{new_version}"
+    return moved, f"in {here!r} at the same {a_new.type} step"

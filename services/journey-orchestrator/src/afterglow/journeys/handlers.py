@@ -1,9 +1,124 @@
-"""Journey event handlers (filled in by the journey engine)."""
+"""Journey event handlers: every event first updates the customer's profile, then moves
+the customer's instances through the pure engine (domain.handle_event), in the one
+transaction the consumer runtime opens (with the inbox insert and the outbox rows)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import CloudEvent
+from afterglow.journeys import domain as d
+from afterglow.journeys import store
+from afterglow.journeys.models import CustomerProfile, JourneyInstance
 from afterglow.kit.app import ConsumerSpec, Runtime
+
+JOURNEY_EVENTS = [
+    "afterglow.order.placed.v1",
+    "afterglow.order.fulfilled.v1",
+    "afterglow.order.delivered.v1",
+    "afterglow.order.refunded.v1",
+    "afterglow.order.cancelled.v1",
+    "afterglow.ticket.opened.v1",
+    "afterglow.ticket.updated.v1",
+    "afterglow.ticket.resolved.v1",
+    "afterglow.survey.sent.v1",
+    "afterglow.survey.responded.v1",
+    "afterglow.review.submitted.v1",
+    "afterglow.points.earned.v1",
+    "afterglow.points.redeemed.v1",
+    "afterglow.tier.changed.v1",
+    "afterglow.referral.code_issued.v1",
+    "afterglow.referral.converted.v1",
+    "afterglow.customer.unsubscribed.v1",
+]
+
+# The moment an event happened in the world (anchors use it, not the envelope time,
+# so a late delivery report still anchors the delay on the real delivery).
+_WHEN_FIELDS = (
+    "placed_at", "fulfilled_at", "delivered_at", "refunded_at", "cancelled_at", "opened_at",
+    "resolved_at", "updated_at", "sent_at", "responded_at", "submitted_at", "earned_at",
+    "redeemed_at", "changed_at", "issued_at", "converted_at", "unsubscribed_at",
+)  # fmt: skip
+
+
+def occurrence(event: CloudEvent[Any]) -> d.Occurrence:
+    data = event.data
+    at: datetime = event.time
+    for name in _WHEN_FIELDS:
+        value = getattr(data, name, None)
+        if isinstance(value, datetime):
+            at = value
+            break
+    return d.Occurrence(event.id, event.type, at, data.model_dump(mode="json", exclude={"type"}))
+
+
+async def apply_event(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+    now = runtime.clock.now()
+    tenant, customer = event.tenantid, event.subject
+    await store.ensure_default(session, tenant, now)
+    profile = await store.lock_profile(session, tenant, customer, now)
+    assert profile is not None
+    instances = await store.customer_instances(session, tenant, customer)
+    journeys, active = await store.load_journeys_for(session, tenant, instances)
+    occ = occurrence(event)
+    outcome = d.handle_event(journeys, active, instances, profile, occ, now)
+    writer = store.Writer(session, runtime.outbox, tenant, customer, now)
+    for res in outcome.results:
+        await writer.apply(journeys[(res.state.journey, res.state.version)], res, outcome.profile)
+    by_id = {i.id: i for i in instances}
+    for iid in outcome.goals:
+        await writer.goal(by_id[iid], event.id)
+    await store.save_profile(session, tenant, customer, outcome.profile, now)
+
+
+async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+    """GDPR: wipe what describes the person and stop every journey (no more messages);
+    counts and transitions (aggregates, no PII) remain."""
+    now = runtime.clock.now()
+    tenant = event.tenantid
+    whole_tenant = getattr(event.data, "scope", "customer") == "tenant"
+    customers = (
+        list(
+            (
+                await session.scalars(
+                    select(CustomerProfile.customer_id).where(CustomerProfile.tenant_id == tenant)
+                )
+            ).all()
+        )
+        if whole_tenant
+        else [event.subject]
+    )
+    for customer in customers:
+        profile = await store.lock_profile(session, tenant, customer, now)
+        assert profile is not None
+        instances = await store.customer_instances(session, tenant, customer)
+        writer = store.Writer(session, runtime.outbox, tenant, customer, now)
+        for inst in instances:
+            if inst.status not in ("running", "paused"):
+                continue
+            res = d.StepResult(inst.model_copy(deep=True))
+            d._exit(res, event.id, "erasure requested", now)
+            j = await store.journey_version(session, tenant, inst.journey, inst.version)
+            await writer.apply(j, res, profile)
+        await store.save_profile(session, tenant, customer, d.erase(profile), now)
+        await session.execute(
+            update(JourneyInstance)
+            .where(JourneyInstance.tenant_id == tenant, JourneyInstance.customer_id == customer)
+            .values(order_id=None, anchors={})
+        )
 
 
 def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
-    return []
+    async def on_event(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        await apply_event(session, runtime, event)
+
+    async def on_erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        await erase(session, runtime, event)
+
+    handlers: dict[str, Any] = {t: on_event for t in JOURNEY_EVENTS}
+    handlers["afterglow.customer.erasure_requested.v1"] = on_erasure
+    return [ConsumerSpec("engine", handlers)]

@@ -5,3 +5,8 @@ from afterglow.kit.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     """Journey and messaging settings (env: JOURNEYS_*, MESSAGING_*)."""
+
+    # How often the timer loop looks for due timers when the last round was not full.
+    journeys_timer_poll_interval_s: float = 1.0
+    # Timers claimed (and fired) per transaction.
+    journeys_timer_batch: int = 200
