@@ -28,6 +28,7 @@ def settings(stack: Stack) -> IngestSettings:
         relay_poll_interval_s=0.2,
         # The worker stays quiet in tests; they trigger passes through the admin route.
         ingest_reconcile_interval_s=3600,
+        ingest_reconcile_page_size=2,
         log_json=False,
         log_level="WARNING",
     )

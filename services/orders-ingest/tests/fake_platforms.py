@@ -1,0 +1,117 @@
+"""A local stand-in for the Shopify Admin REST and WooCommerce REST order APIs (third
+parties: the only fakes the house allows), served by uvicorn on 127.0.0.1 in a thread."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+class FakePlatforms:
+    def __init__(self) -> None:
+        # Orders by access token (one token per test tenant).
+        self.shopify: dict[str, list[dict[str, Any]]] = {}
+        self.woo: dict[str, list[dict[str, Any]]] = {}
+        self.bigcommerce: dict[str, dict[str, Any]] = {}
+        self.requests: list[str] = []
+        self.url = ""
+        self.app = self._build()
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/admin/api/{version}/orders.json")
+        async def shopify_orders(request: Request, version: str) -> JSONResponse:
+            self.requests.append(str(request.url))
+            token = request.headers.get("x-shopify-access-token", "")
+            if token not in self.shopify:
+                return JSONResponse({"errors": "[API] Invalid API key or access token"}, 401)
+            q = request.query_params
+            offset = int(q.get("page_info", "0"))
+            limit = int(q.get("limit", "50"))
+            since = datetime.fromisoformat(q.get("updated_at_min", "1970-01-01T00:00:00+00:00"))
+            matching = sorted(
+                (
+                    o
+                    for o in self.shopify[token]
+                    if datetime.fromisoformat(o["updated_at"]) >= since
+                ),
+                key=lambda o: o["updated_at"],
+            )
+            page = matching[offset : offset + limit]
+            headers = {}
+            if offset + limit < len(matching):
+                nxt = f"{self.url}/admin/api/{version}/orders.json?limit={limit}&page_info={offset + limit}"
+                headers["Link"] = f'<{nxt}>; rel="next"'
+            return JSONResponse({"orders": page}, headers=headers)
+
+        @app.get("/wp-json/wc/v3/orders")
+        async def woo_orders(request: Request) -> JSONResponse:
+            auth = request.headers.get("authorization", "")
+            user = (
+                base64.b64decode(auth.removeprefix("Basic ")).decode().split(":")[0] if auth else ""
+            )
+            if user not in self.woo:
+                return JSONResponse({"code": "woocommerce_rest_cannot_view"}, 401)
+            q = request.query_params
+            since = q.get("modified_after", "1970-01-01T00:00:00")
+            per_page, page = int(q.get("per_page", "10")), int(q.get("page", "1"))
+            matching = sorted(
+                (o for o in self.woo[user] if o["date_modified_gmt"] >= since),
+                key=lambda o: o["date_modified_gmt"],
+            )
+            pages = max(1, -(-len(matching) // per_page))
+            chunk = matching[(page - 1) * per_page : page * per_page]
+            return JSONResponse(
+                chunk, headers={"X-WP-TotalPages": str(pages), "X-WP-Total": str(len(matching))}
+            )
+
+        @app.get("/stores/{store_hash}/v2/orders/{order_id}")
+        async def bc_order(request: Request, store_hash: str, order_id: int) -> JSONResponse:
+            order = self.bigcommerce.get(f"{request.headers.get('x-auth-token')}:{order_id}")
+            if order is None:
+                return JSONResponse({"status": 404}, 404)
+            return JSONResponse(order)
+
+        @app.get("/stores/{store_hash}/v2/orders/{order_id}/products")
+        async def bc_products(request: Request, store_hash: str, order_id: int) -> JSONResponse:
+            order = self.bigcommerce.get(f"{request.headers.get('x-auth-token')}:{order_id}")
+            return JSONResponse((order or {}).get("_products", []))
+
+        return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_fake() -> Iterator[FakePlatforms]:
+    fake = FakePlatforms()
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
