@@ -1,0 +1,173 @@
+"""NPS over 1M answers: the metrics query of the feedback service against a bare count.
+
+Inserts 1,000,000 NPS answers (generate_series, one tenant, spread over a year, 10% of
+them superseded by a later change, plus 1M surveys sent and 200k rows of another tenant
+as noise), then times the exact query ``GET /v1/metrics/nps`` runs (weekly buckets over
+the year) and, as the floor, ``SELECT count(*)`` over the same rows. Prints the median
+of several runs, the plan summary and the ratio.
+
+Uses DATABASE_URL when set (it must already be migrated), else starts a throwaway
+embedded PostgreSQL and migrates it.
+
+    uv run python bench/feedback/run.py [--rows 1000000] [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from afterglow.feedback import metrics
+from afterglow.feedback.app import SPEC
+from afterglow.kit.migrations import upgrade
+
+TENANT = "bench-nps"
+START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2026, 1, 1, tzinfo=UTC)
+
+SEED = """
+INSERT INTO feedback.surveys (id, tenant_id, customer_id, request_id, kind, sent_at, expires_at,
+                              first_answered_at)
+SELECT 'bs-' || g, :tenant, 'c-' || (g % 50000), 'br-' || g, 'nps',
+       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))),
+       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))) + interval '14 days',
+       CASE WHEN g % 3 = 0 THEN NULL
+            ELSE CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))) + interval '1 day' END
+FROM generate_series(1, CAST(:n AS int)) AS g;
+
+INSERT INTO feedback.responses (tenant_id, survey_id, customer_id, kind, score, order_id, source,
+                                responded_at, superseded)
+SELECT :tenant, 'bs-' || g, 'c-' || (g % 50000), 'nps', (g::bigint * 7919) % 11, 'o-' || g, 'page',
+       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))), g % 10 = 0
+FROM generate_series(1, CAST(:n AS int)) AS g;
+
+INSERT INTO feedback.responses (tenant_id, customer_id, kind, score, source, responded_at)
+SELECT 'bench-other', 'c-' || g, 'nps', g % 11, 'api',
+       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / (CAST(:n AS int) / 5)))
+FROM generate_series(1, CAST(:n AS int) / 5) AS g;
+"""
+
+FLOOR = """
+SELECT count(*) FROM feedback.responses r
+WHERE r.tenant_id = :tenant AND r.kind = 'nps' AND NOT r.superseded
+  AND r.responded_at >= :start AND r.responded_at < :end
+"""
+
+
+def plan_summary(plan: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+
+    def walk(node: dict[str, Any], depth: int) -> None:
+        what = node["Node Type"]
+        if "Index Name" in node:
+            what += f" using {node['Index Name']}"
+        elif "Relation Name" in node:
+            what += f" on {node['Relation Name']}"
+        rows = node.get("Actual Rows")
+        ms = node.get("Actual Total Time")
+        heap = node.get("Heap Fetches")
+        extra = f" heap_fetches={heap}" if heap is not None else ""
+        out.append(f"{'  ' * depth}{what} rows={rows} time={ms}ms{extra}")
+        for child in node.get("Plans", []):
+            walk(child, depth + 1)
+
+    walk(plan["Plan"], 0)
+    return out
+
+
+async def bench(url: str, rows: int, runs: int) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM feedback.responses WHERE tenant_id LIKE 'bench-%'"))
+        await conn.execute(text("DELETE FROM feedback.surveys WHERE tenant_id LIKE 'bench-%'"))
+    t0 = time.perf_counter()
+    async with engine.begin() as conn:
+        for stmt in SEED.split(";"):
+            if stmt.strip():
+                await conn.execute(text(stmt), {"tenant": TENANT, "start": START, "n": rows})
+    seed_s = time.perf_counter() - t0
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE feedback.responses"))
+        await conn.execute(text("VACUUM ANALYZE feedback.surveys"))
+    print(f"seeded {rows:,} answers (+{rows:,} surveys, +{rows // 5:,} noise) in {seed_s:.1f}s")
+
+    window = metrics.Window(TENANT, "nps", START, END, "week")
+    query = text(metrics.query_text(with_sku=False))
+    floor = text(FLOOR)
+
+    async def timed(stmt: Any, params: dict[str, Any]) -> tuple[float, Any]:
+        async with engine.connect() as conn:
+            t = time.perf_counter()
+            result = (await conn.execute(stmt, params)).all()
+            return (time.perf_counter() - t) * 1000, result
+
+    await timed(query, window.params())  # warm the cache: we measure queries, not disks
+    await timed(floor, {"tenant": TENANT, "start": START, "end": END})
+    nps_ms, floor_ms = [], []
+    result: Any = None
+    for _ in range(runs):
+        ms, result = await timed(query, window.params())
+        nps_ms.append(ms)
+        ms, counted = await timed(floor, {"tenant": TENANT, "start": START, "end": END})
+        floor_ms.append(ms)
+    answered = sum(int(r.responses) for r in result)
+    top = sum(int(r.top) for r in result)
+    low = sum(int(r.low) for r in result)
+    print(f"answers counted (last per survey): {answered:,} = floor count {counted[0][0]:,}")
+    print(f"NPS over the year: {round(100 * (top - low) / answered, 1)} ({len(result)} weeks)")
+    med_nps, med_floor = statistics.median(nps_ms), statistics.median(floor_ms)
+    print(f"NPS query (weekly series + sends, response rate): median {med_nps:.1f} ms")
+    print(f"floor (bare SELECT count(*) over the same rows):  median {med_floor:.1f} ms")
+    print(f"ratio NPS / floor: {med_nps / med_floor:.2f}x")
+    async with engine.connect() as conn:
+        raw = (
+            await conn.execute(
+                text("EXPLAIN (ANALYZE, FORMAT JSON) " + metrics.query_text(with_sku=False)),
+                window.params(),
+            )
+        ).scalar_one()
+    plan = raw[0] if isinstance(raw, list) else json.loads(raw)[0]
+    print("plan:")
+    for line in plan_summary(plan):
+        print("  " + line)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM feedback.responses WHERE tenant_id LIKE 'bench-%'"))
+        await conn.execute(text("DELETE FROM feedback.surveys WHERE tenant_id LIKE 'bench-%'"))
+    await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        asyncio.run(bench(url, args.rows, args.runs))
+        return
+    from afterglow.devstack.postgres import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="afterglow-bench-") as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pgdata", ephemeral=True)
+        url = pg.start()
+        try:
+            upgrade(SPEC.migrations, url)
+            asyncio.run(bench(url, args.rows, args.runs))
+        finally:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
