@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import yaml
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
@@ -194,7 +195,10 @@ async def _body(request: Request) -> Any:
     raw = await request.body()
     ctype = request.headers.get("content-type", "")
     if "yaml" in ctype:
-        return raw.decode()
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise AppError(f"body is not YAML: {exc}", code="bad_request") from exc
     try:
         return json.loads(raw or b"null")
     except ValueError as exc:
