@@ -100,15 +100,21 @@ def _template(name: str, channel: str, body: TemplateIn) -> Template:
     if channel == "email" and not body.subject:
         raise Unprocessable("an email template needs a subject", field="subject")
     if channel == "sms" and (body.subject or body.html):
-        raise Unprocessable("an sms template has only text", field="html" if body.html else "subject")
+        raise Unprocessable(
+            "an sms template has only text", field="html" if body.html else "subject"
+        )
     return Template(channel=channel, text=body.text, subject=body.subject, html=body.html)
 
 
 def _render_error(name: str, channel: str, exc: TemplateRenderError) -> Unprocessable:
-    return Unprocessable(f"template {name}/{channel} does not render: {exc}", field=exc.part, code="template_error")
+    return Unprocessable(
+        f"template {name}/{channel} does not render: {exc}", field=exc.part, code="template_error"
+    )
 
 
-def _template_out(name: str, channel: str, t: Template, source: str, updated_at: datetime | None = None) -> dict[str, Any]:
+def _template_out(
+    name: str, channel: str, t: Template, source: str, updated_at: datetime | None = None
+) -> dict[str, Any]:
     return {
         "kind": name,
         "channel": channel,
@@ -120,7 +126,9 @@ def _template_out(name: str, channel: str, t: Template, source: str, updated_at:
     }
 
 
-@router.put("/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)")
+@router.put(
+    "/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)"
+)
 async def put_template(
     kind: str, channel: Channel, body: TemplateIn, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -132,14 +140,23 @@ async def put_template(
     now = datetime.now().astimezone()
     row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
     if row is None:
-        row = MessageTemplate(tenant_id=principal.tenant_id, name=kind, channel=channel, updated_at=now)
+        row = MessageTemplate(
+            tenant_id=principal.tenant_id, name=kind, channel=channel, updated_at=now
+        )
         session.add(row)
-    row.subject, row.html, row.text, row.updated_at = template.subject, template.html, template.text, now
+    row.subject, row.html, row.text, row.updated_at = (
+        template.subject,
+        template.html,
+        template.text,
+        now,
+    )
     return _template_out(kind, channel, template, "tenant", now)
 
 
 @router.delete("/v1/messaging/templates/{kind}/{channel}", summary="Revert to the default template")
-async def delete_template(kind: str, channel: Channel, session: Session, principal: Principal = Write) -> dict[str, Any]:
+async def delete_template(
+    kind: str, channel: Channel, session: Session, principal: Principal = Write
+) -> dict[str, Any]:
     row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
     if row is not None:
         await session.delete(row)
@@ -149,11 +166,15 @@ async def delete_template(kind: str, channel: Channel, session: Session, princip
 @router.get("/v1/messaging/templates", summary="Effective templates: the tenant's and the defaults")
 async def list_templates(session: Session, principal: Principal = Read) -> dict[str, Any]:
     rows = (
-        await session.execute(select(MessageTemplate).where(MessageTemplate.tenant_id == principal.tenant_id))
+        await session.execute(
+            select(MessageTemplate).where(MessageTemplate.tenant_id == principal.tenant_id)
+        )
     ).scalars()
     own = {(r.name, r.channel): r for r in rows}
     out = []
-    for kind in [k for k in all_kinds() if k != "custom"] + sorted({n for n, _ in own} - set(all_kinds())):
+    for kind in [k for k in all_kinds() if k != "custom"] + sorted(
+        {n for n, _ in own} - set(all_kinds())
+    ):
         for channel in ("email", "sms"):
             r = own.get((kind, channel))
             if r is not None:
@@ -164,7 +185,10 @@ async def list_templates(session: Session, principal: Principal = Read) -> dict[
     return {"templates": out}
 
 
-@router.post("/v1/messaging/templates/{kind}/{channel}/preview", summary="Render a template against sample data")
+@router.post(
+    "/v1/messaging/templates/{kind}/{channel}/preview",
+    summary="Render a template against sample data",
+)
 async def preview_template(
     kind: str, channel: Channel, body: PreviewIn, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
@@ -184,7 +208,13 @@ async def preview_template(
         rendered = render(template, ctx)
     except TemplateRenderError as exc:
         raise _render_error(kind, channel, exc) from exc
-    return {"kind": kind, "channel": channel, "subject": rendered.subject, "html": rendered.html, "text": rendered.text}
+    return {
+        "kind": kind,
+        "channel": channel,
+        "subject": rendered.subject,
+        "html": rendered.html,
+        "text": rendered.text,
+    }
 
 
 async def _settings_row(session: Any, tenant_id: str) -> MessagingTenantSettings:
@@ -208,7 +238,9 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
     if row is None:
         return {"endpoint": None, **PolicyIn().model_dump()}
     return {
-        "endpoint": {"url": row.endpoint_url, "secret_set": bool(row.endpoint_secret)} if row.endpoint_url else None,
+        "endpoint": {"url": row.endpoint_url, "secret_set": bool(row.endpoint_secret)}
+        if row.endpoint_url
+        else None,
         "quiet_hours_start": row.quiet_hours_start,
         "quiet_hours_end": row.quiet_hours_end,
         "frequency_cap": row.frequency_cap,
@@ -218,16 +250,24 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)")
-async def put_endpoint(body: EndpointIn, session: Session, principal: Principal = Write) -> dict[str, Any]:
+@router.put(
+    "/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)"
+)
+async def put_endpoint(
+    body: EndpointIn, session: Session, principal: Principal = Write
+) -> dict[str, Any]:
     row = await _settings_row(session, principal.tenant_id)
     row.endpoint_url, row.endpoint_secret = body.url, body.secret
     row.updated_at = datetime.now().astimezone()
     return _settings_out(row)
 
 
-@router.put("/v1/messaging/settings", summary="Quiet hours, frequency cap, default channel and time zone")
-async def put_settings(body: PolicyIn, session: Session, principal: Principal = Write) -> dict[str, Any]:
+@router.put(
+    "/v1/messaging/settings", summary="Quiet hours, frequency cap, default channel and time zone"
+)
+async def put_settings(
+    body: PolicyIn, session: Session, principal: Principal = Write
+) -> dict[str, Any]:
     row = await _settings_row(session, principal.tenant_id)
     for key, value in body.model_dump().items():
         setattr(row, key, value)
@@ -235,7 +275,9 @@ async def put_settings(body: PolicyIn, session: Session, principal: Principal = 
     return _settings_out(row)
 
 
-@router.get("/v1/messaging/settings", summary="This tenant's messaging settings (secret never shown)")
+@router.get(
+    "/v1/messaging/settings", summary="This tenant's messaging settings (secret never shown)"
+)
 async def get_settings(session: Session, principal: Principal = Read) -> dict[str, Any]:
     return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
 
@@ -261,7 +303,10 @@ async def customer_messages(
         for d in (
             await session.execute(
                 select(MessageDecision)
-                .where(MessageDecision.tenant_id == principal.tenant_id, MessageDecision.message_id.in_(ids))
+                .where(
+                    MessageDecision.tenant_id == principal.tenant_id,
+                    MessageDecision.message_id.in_(ids),
+                )
                 .order_by(MessageDecision.id)
             )
         ).scalars():
@@ -280,7 +325,9 @@ async def customer_messages(
                 "reason": m.reason,
                 "attempts": m.attempts,
                 "created_at": m.created_at,
-                "next_attempt_at": m.next_attempt_at if m.status in ("queued", "deferred") else None,
+                "next_attempt_at": m.next_attempt_at
+                if m.status in ("queued", "deferred")
+                else None,
                 "last_attempt_at": m.last_attempt_at,
                 "sent_at": m.sent_at,
                 "updated_at": m.updated_at,
@@ -299,7 +346,10 @@ async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLRespon
     settings = messaging_settings(runtime)
     parsed = policy.verify_unsubscribe(settings.unsubscribe_secret, token)
     if parsed is None:
-        return HTMLResponse(_PAGE.format(title="Invalid link", text="This unsubscribe link is not valid."), status_code=404)
+        return HTMLResponse(
+            _PAGE.format(title="Invalid link", text="This unsubscribe link is not valid."),
+            status_code=404,
+        )
     tenant_id, customer_id, channel = parsed
     await store.unsubscribe(
         session,
@@ -311,7 +361,11 @@ async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLRespon
         emit=True,
     )
     what = {"email": "emails", "sms": "text messages"}.get(channel, "messages")
-    return HTMLResponse(_PAGE.format(title="Unsubscribed", text=f"You will no longer receive marketing {what} from us."))
+    return HTMLResponse(
+        _PAGE.format(
+            title="Unsubscribed", text=f"You will no longer receive marketing {what} from us."
+        )
+    )
 
 
 # GET too: most people click the link. POST is RFC 8058 one-click from the mail client.

@@ -69,7 +69,9 @@ def messaging_workers(runtime: Runtime) -> list[Worker]:
     return [messaging_dispatcher]
 
 
-def unsubscribe_url(settings: MessagingSettings, runtime: Runtime, tenant_id: str, customer_id: str, channel: str) -> str:
+def unsubscribe_url(
+    settings: MessagingSettings, runtime: Runtime, tenant_id: str, customer_id: str, channel: str
+) -> str:
     base = (settings.public_url or runtime.settings.public_base_url).rstrip("/")
     return f"{base}/u/{policy.sign_unsubscribe(settings.unsubscribe_secret, tenant_id, customer_id, channel)}"
 
@@ -96,7 +98,11 @@ class Dispatcher:
                 if full_batch:
                     continue
                 if self.inflight and free <= 0:
-                    await asyncio.wait(self.inflight, timeout=self.s.poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        self.inflight,
+                        timeout=self.s.poll_interval_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 else:
                     await asyncio.sleep(self.s.poll_interval_s)
         finally:
@@ -112,26 +118,36 @@ class Dispatcher:
         now = self.rt.clock.now()
         async with self.rt.sessionmaker.begin() as session:
             rows = (
-                await session.execute(
-                    select(Message)
-                    .where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
-                    .order_by(Message.next_attempt_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
+                (
+                    await session.execute(
+                        select(Message)
+                        .where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
+                        .order_by(Message.next_attempt_at)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             tenants: dict[str, MessagingTenantSettings | None] = {}
             jobs = []
             for message in rows:
                 if message.tenant_id not in tenants:
-                    tenants[message.tenant_id] = await store.tenant_settings(session, message.tenant_id)
+                    tenants[message.tenant_id] = await store.tenant_settings(
+                        session, message.tenant_id
+                    )
                 job = await self.evaluate(session, message, tenants[message.tenant_id], now)
                 if job is not None:
                     jobs.append(job)
         return len(rows), jobs
 
     async def evaluate(
-        self, session: AsyncSession, m: Message, tenant: MessagingTenantSettings | None, now: datetime
+        self,
+        session: AsyncSession,
+        m: Message,
+        tenant: MessagingTenantSettings | None,
+        now: datetime,
     ) -> Job | None:
         rules = store.policy_settings(tenant, self.s.contact_wait_s, self.s.contact_recheck_s)
         contact = await session.get(MessageContact, (m.tenant_id, m.customer_id))
@@ -140,7 +156,8 @@ class Dispatcher:
             # Serialise one customer's cap checks across replicas: two dispatchers must
             # not both see "2 of 3" and send two more.
             await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"msg-cap:{m.tenant_id}:{m.customer_id}"}
+                text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                {"k": f"msg-cap:{m.tenant_id}:{m.customer_id}"},
             )
             counted = list(
                 (
@@ -157,7 +174,11 @@ class Dispatcher:
                 ).scalars()
             )
         facts = policy.MessageFacts(
-            category=m.category, priority=m.priority, channel=m.channel, not_before=m.not_before, created_at=m.created_at
+            category=m.category,
+            priority=m.priority,
+            channel=m.channel,
+            not_before=m.not_before,
+            created_at=m.created_at,
         )
         decision = policy.decide(now, facts, store.contact_facts(contact), rules, counted)
         if decision.action == "defer":
@@ -169,16 +190,34 @@ class Dispatcher:
             return None
         assert contact is not None and decision.channel is not None
         if tenant is None or not tenant.endpoint_url or not tenant.endpoint_secret:
-            await self._set(session, m, now, "deferred", "no_endpoint", now + timedelta(seconds=self.s.endpoint_recheck_s))
+            await self._set(
+                session,
+                m,
+                now,
+                "deferred",
+                "no_endpoint",
+                now + timedelta(seconds=self.s.endpoint_recheck_s),
+            )
             return None
         channel = decision.channel
         template = await store.find_template(session, m.tenant_id, m.template, channel)
         if template is None:
             await self._fail(session, m, now, f"no template {m.template!r} for {channel}")
             return None
-        unsub = unsubscribe_url(self.s, self.rt, m.tenant_id, m.customer_id, channel) if m.category == "marketing" else None
-        customer = {"first_name": contact.first_name, "email": contact.email, "phone": contact.phone}
-        extra: dict[str, Any] = {"kind": m.kind, "order_id": m.order_id or m.variables.get("order_id")}
+        unsub = (
+            unsubscribe_url(self.s, self.rt, m.tenant_id, m.customer_id, channel)
+            if m.category == "marketing"
+            else None
+        )
+        customer = {
+            "first_name": contact.first_name,
+            "email": contact.email,
+            "phone": contact.phone,
+        }
+        extra: dict[str, Any] = {
+            "kind": m.kind,
+            "order_id": m.order_id or m.variables.get("order_id"),
+        }
         if unsub:
             extra["unsubscribe_url"] = unsub
         try:
@@ -212,14 +251,25 @@ class Dispatcher:
         }
         if unsub and channel == "email":
             # RFC 8058 one-click unsubscribe, for the ESP to copy into the email headers.
-            payload["headers"] = {"List-Unsubscribe": f"<{unsub}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+            payload["headers"] = {
+                "List-Unsubscribe": f"<{unsub}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            }
         m.attempts += 1
         m.last_attempt_at = now
         if m.category == "marketing" and m.counted_at is None:
             m.counted_at = now
         m.channel = channel
         lease = timedelta(seconds=self.s.request_timeout_s + self.s.lease_margin_s)
-        await self._set(session, m, now, "queued", f"sending (attempt {m.attempts})", now + lease, decision="attempt")
+        await self._set(
+            session,
+            m,
+            now,
+            "queued",
+            f"sending (attempt {m.attempts})",
+            now + lease,
+            decision="attempt",
+        )
         return Job(
             message_id=m.id,
             tenant_id=m.tenant_id,
@@ -262,10 +312,14 @@ class Dispatcher:
         ]
         assert self.rt.producer is not None
         await asyncio.wait_for(
-            self.rt.producer.send_and_wait(DLQ_TOPIC, value=m.request_value, key=m.request_key, headers=headers),
+            self.rt.producer.send_and_wait(
+                DLQ_TOPIC, value=m.request_value, key=m.request_key, headers=headers
+            ),
             timeout=self.s.dlq_send_timeout_s,
         )
-        log.warning("message failed", extra={"message_id": m.id, "tenant": m.tenant_id, "reason": reason})
+        log.warning(
+            "message failed", extra={"message_id": m.id, "tenant": m.tenant_id, "reason": reason}
+        )
 
     # --- delivery --------------------------------------------------------------------
 
@@ -295,7 +349,11 @@ class Dispatcher:
             # bytes could otherwise hold the slot forever.
             async with asyncio.timeout(timeout):
                 response = await self.rt.http.post(
-                    job.url, content=job.body, headers=headers, timeout=httpx.Timeout(timeout), follow_redirects=False
+                    job.url,
+                    content=job.body,
+                    headers=headers,
+                    timeout=httpx.Timeout(timeout),
+                    follow_redirects=False,
                 )
         except (TimeoutError, httpx.TimeoutException):
             return Outcome(False, True, f"timeout after {timeout:g}s")
@@ -304,7 +362,9 @@ class Dispatcher:
         status = response.status_code
         if 200 <= status < 300:
             return Outcome(True, False, f"HTTP {status}")
-        retry_after = policy.parse_retry_after(response.headers.get("retry-after"), self.rt.clock.now())
+        retry_after = policy.parse_retry_after(
+            response.headers.get("retry-after"), self.rt.clock.now()
+        )
         return Outcome(False, policy.is_retryable_status(status), f"HTTP {status}", retry_after)
 
     async def settle(self, job: Job, outcome: Outcome) -> None:
@@ -327,6 +387,10 @@ class Dispatcher:
             if outcome.retry_after_s is not None:
                 delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
             else:
-                delay = policy.backoff_delay(m.attempts, self.s.backoff_base_s, self.s.backoff_max_s)
+                delay = policy.backoff_delay(
+                    m.attempts, self.s.backoff_base_s, self.s.backoff_max_s
+                )
             reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
-            await self._set(session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry")
+            await self._set(
+                session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry"
+            )

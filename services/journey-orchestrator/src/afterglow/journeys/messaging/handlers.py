@@ -79,7 +79,9 @@ async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any
     judged at send time, which may be days later."""
     data: MessageRequested = event.data
     record = to_record(event)
-    message_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}"))
+    message_id = str(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}")
+    )
     due = max(now, data.not_before) if data.not_before else now
     stmt = (
         pg_insert(Message)

@@ -83,7 +83,9 @@ class Message(Base):
     __table_args__ = (
         # Duplicate requests (a retried producer, a replayed journey step) send once.
         UniqueConstraint("tenant_id", "request_id", name="uq_messages_tenant_request"),
-        Index("ix_messages_due", "next_attempt_at", postgresql_where="status IN ('queued','deferred')"),
+        Index(
+            "ix_messages_due", "next_attempt_at", postgresql_where="status IN ('queued','deferred')"
+        ),
         Index("ix_messages_customer", "tenant_id", "customer_id", "created_at"),
     )
 

@@ -144,14 +144,20 @@ def decide(
         return Decision("defer", "not_before", until=message.not_before)
     if contact is not None and contact.erased:
         return Decision("suppress", "erased")
-    channel = None if contact is None else pick_channel(message.channel, settings.default_channel, contact)
+    channel = (
+        None
+        if contact is None
+        else pick_channel(message.channel, settings.default_channel, contact)
+    )
     if channel is None:
         if now < message.created_at + settings.contact_wait:
             return Decision("defer", "waiting_for_contact", until=now + settings.contact_recheck)
         return Decision("suppress", "no_address")
     assert contact is not None
     if message.category == "marketing":
-        unsubscribed = contact.email_unsubscribed if channel == "email" else contact.sms_unsubscribed
+        unsubscribed = (
+            contact.email_unsubscribed if channel == "email" else contact.sms_unsubscribed
+        )
         if unsubscribed:
             return Decision("suppress", "unsubscribed")
         if contact.accepts_marketing is False:
@@ -176,7 +182,9 @@ def decide(
 # --- retries ---------------------------------------------------------------------------
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with equal jitter: half the step fixed, half random, so
     retries of many messages that failed together spread out instead of stampeding."""
     step = min(max_s, base_s * (2 ** max(0, attempt - 1)))

@@ -38,13 +38,17 @@ def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode().lower(): v.decode() for k, v in scope["headers"]}
 
 
-async def respond(send: Send, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+async def respond(
+    send: Send, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+) -> None:
     raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(secret: str, out: Any = sys.stdout) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def build_app(
+    secret: str, out: Any = sys.stdout
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -70,7 +74,9 @@ def build_app(secret: str, out: Any = sys.stdout) -> Callable[[Scope, Receive, S
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--secret", help="whsec_... (one is generated and printed when omitted)")

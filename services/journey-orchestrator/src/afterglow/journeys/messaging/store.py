@@ -63,7 +63,9 @@ def contact_facts(row: MessageContact | None) -> ContactFacts | None:
     )
 
 
-async def find_template(session: AsyncSession, tenant_id: str, name: str, channel: str) -> Template | None:
+async def find_template(
+    session: AsyncSession, tenant_id: str, name: str, channel: str
+) -> Template | None:
     row = await session.get(MessageTemplate, (tenant_id, name, channel))
     if row is not None:
         return Template(channel=row.channel, text=row.text, subject=row.subject, html=row.html)
@@ -71,9 +73,18 @@ async def find_template(session: AsyncSession, tenant_id: str, name: str, channe
 
 
 async def record(
-    session: AsyncSession, tenant_id: str, message_id: str, at: datetime, decision: str, reason: str | None
+    session: AsyncSession,
+    tenant_id: str,
+    message_id: str,
+    at: datetime,
+    decision: str,
+    reason: str | None,
 ) -> None:
-    session.add(MessageDecision(tenant_id=tenant_id, message_id=message_id, at=at, decision=decision, reason=reason))
+    session.add(
+        MessageDecision(
+            tenant_id=tenant_id, message_id=message_id, at=at, decision=decision, reason=reason
+        )
+    )
 
 
 async def unsubscribe(
@@ -97,7 +108,9 @@ async def unsubscribe(
     if existing is None:
         # Unsubscribed before we saw an order: remember it, so a later order cannot
         # send marketing to someone who already said no.
-        session.add(MessageContact(tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **values))
+        session.add(
+            MessageContact(tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **values)
+        )
         changed = True
     else:
         changed = any(getattr(existing, k) is None for k in values)
@@ -119,9 +132,13 @@ async def unsubscribe(
     return changed
 
 
-async def upsert_contact(session: AsyncSession, tenant_id: str, customer_id: str, at: datetime, **fields: object) -> None:
+async def upsert_contact(
+    session: AsyncSession, tenant_id: str, customer_id: str, at: datetime, **fields: object
+) -> None:
     present = {k: v for k, v in fields.items() if v is not None}
-    stmt = pg_insert(MessageContact).values(tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **present)
+    stmt = pg_insert(MessageContact).values(
+        tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **present
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["tenant_id", "customer_id"],
         # A new order after an erasure is new data given anew: clear the erasure mark.
@@ -130,7 +147,9 @@ async def upsert_contact(session: AsyncSession, tenant_id: str, customer_id: str
     await session.execute(stmt)
 
 
-async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None, at: datetime) -> None:
+async def erase(
+    session: AsyncSession, tenant_id: str, customer_id: str | None, at: datetime
+) -> None:
     """Wipe personal data (one customer, or every customer of the tenant when None).
     Unsubscribe marks stay: they record a refusal, and forgetting them would let the
     next order re-enable marketing. Pending messages are suppressed, their variables wiped."""
@@ -140,7 +159,15 @@ async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None, 
         contacts = contacts.where(MessageContact.customer_id == customer_id)
         messages = messages.where(Message.customer_id == customer_id)
     await session.execute(
-        contacts.values(email=None, phone=None, first_name=None, locale=None, timezone=None, erased_at=at, updated_at=at)
+        contacts.values(
+            email=None,
+            phone=None,
+            first_name=None,
+            locale=None,
+            timezone=None,
+            erased_at=at,
+            updated_at=at,
+        )
     )
     pending = list(
         (
@@ -154,7 +181,9 @@ async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None, 
         ).scalars()
     )
     await session.execute(
-        messages.where(Message.status.in_(("queued", "deferred"))).values(status="suppressed", reason="erased", updated_at=at)
+        messages.where(Message.status.in_(("queued", "deferred"))).values(
+            status="suppressed", reason="erased", updated_at=at
+        )
     )
     await session.execute(messages.values(variables={}, request_value=b"{}", updated_at=at))
     for message_id in pending:

@@ -51,20 +51,72 @@ class TemplateRenderError(Exception):
 
 # kind -> (subject, sentence, (call-to-action label, variable holding its URL) or None)
 _COPY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
-    "welcome": ("Welcome to {{ shop_name }}", "Thanks for your first order with us. We're glad you're here.", None),
-    "thank_you": ("Thanks for ordering again", "Thanks for coming back to {{ shop_name }}. Your order is on its way.", None),
-    "check_in": ("How is your order?", "Your order should have arrived by now. Is everything as expected? Just reply if not.", None),
-    "survey_invite": ("A quick question from {{ shop_name }}", "How likely are you to recommend us to a friend? It takes ten seconds.", ("Answer the survey", "survey_url")),
-    "survey_reminder": ("Still a moment for our question?", "We'd still love to hear how we did.", ("Answer the survey", "survey_url")),
-    "review_request": ("How do you like it?", "Would you review what you bought? Every honest review helps other shoppers.", ("Write a review", "review_url")),
-    "review_reminder": ("A reminder: your review", "There is still time to review your purchase.", ("Write a review", "review_url")),
-    "referral_invite": ("Give your friends a treat", "Share your link: your friends get a reward on their first order, and so do you. Your code: {{ referral_code }}.", ("Share your link", "referral_url")),
-    "referee_reward": ("Your reward is here", "Thanks for referring a friend. Your reward code: {{ reward_code }}.", None),
-    "loyalty_nudge": ("You have {{ points_balance }} points", "You have {{ points_balance }} points to spend at {{ shop_name }}.", None),
-    "tier_up": ("You reached {{ tier }}", "Congratulations, you are now {{ tier }}. Enjoy the perks.", None),
+    "welcome": (
+        "Welcome to {{ shop_name }}",
+        "Thanks for your first order with us. We're glad you're here.",
+        None,
+    ),
+    "thank_you": (
+        "Thanks for ordering again",
+        "Thanks for coming back to {{ shop_name }}. Your order is on its way.",
+        None,
+    ),
+    "check_in": (
+        "How is your order?",
+        "Your order should have arrived by now. Is everything as expected? Just reply if not.",
+        None,
+    ),
+    "survey_invite": (
+        "A quick question from {{ shop_name }}",
+        "How likely are you to recommend us to a friend? It takes ten seconds.",
+        ("Answer the survey", "survey_url"),
+    ),
+    "survey_reminder": (
+        "Still a moment for our question?",
+        "We'd still love to hear how we did.",
+        ("Answer the survey", "survey_url"),
+    ),
+    "review_request": (
+        "How do you like it?",
+        "Would you review what you bought? Every honest review helps other shoppers.",
+        ("Write a review", "review_url"),
+    ),
+    "review_reminder": (
+        "A reminder: your review",
+        "There is still time to review your purchase.",
+        ("Write a review", "review_url"),
+    ),
+    "referral_invite": (
+        "Give your friends a treat",
+        "Share your link: your friends get a reward on their first order, and so do you. Your code: {{ referral_code }}.",
+        ("Share your link", "referral_url"),
+    ),
+    "referee_reward": (
+        "Your reward is here",
+        "Thanks for referring a friend. Your reward code: {{ reward_code }}.",
+        None,
+    ),
+    "loyalty_nudge": (
+        "You have {{ points_balance }} points",
+        "You have {{ points_balance }} points to spend at {{ shop_name }}.",
+        None,
+    ),
+    "tier_up": (
+        "You reached {{ tier }}",
+        "Congratulations, you are now {{ tier }}. Enjoy the perks.",
+        None,
+    ),
     "reward_code": ("Your reward code", "Here is your reward code: {{ reward_code }}.", None),
-    "points_expiring": ("Your points expire soon", "{{ points_expiring }} of your points expire on {{ expires_on }}. Use them before then.", None),
-    "service_recovery": ("We're sorry", "We're sorry your experience was not what it should have been. Our team will be in touch to put it right.", None),
+    "points_expiring": (
+        "Your points expire soon",
+        "{{ points_expiring }} of your points expire on {{ expires_on }}. Use them before then.",
+        None,
+    ),
+    "service_recovery": (
+        "We're sorry",
+        "We're sorry your experience was not what it should have been. Our team will be in touch to put it right.",
+        None,
+    ),
 }
 
 DEFAULT_KINDS: tuple[str, ...] = tuple(_COPY)
@@ -102,7 +154,9 @@ def default_template(kind: str, channel: str) -> Template | None:
     subject, sentence, cta = copy
     if channel == "sms":
         link = f" {{{{ {cta[1]} }}}}" if cta else ""
-        return Template(channel="sms", text=f"{{{{ shop_name }}}}: Hi {{{{ first_name }}}}, {sentence}{link}")
+        return Template(
+            channel="sms", text=f"{{{{ shop_name }}}}: Hi {{{{ first_name }}}}, {sentence}{link}"
+        )
     text = f"Hi {{{{ first_name }}}},\n\n{sentence}\n"
     html = f"<p>Hi {{{{ first_name }}}},</p>\n<p>{sentence}</p>\n"
     if cta:
@@ -146,7 +200,9 @@ def render(template: Template, ctx: dict[str, Any]) -> Rendered:
             raise TemplateRenderError("subject", "an email template needs a subject")
         subject = " ".join(_render(_TEXT_ENV, "subject", template.subject, ctx).split())
         html = _render(_HTML_ENV, "html", template.html, ctx) if template.html else None
-        return Rendered(text=_render(_TEXT_ENV, "text", template.text, ctx), subject=subject, html=html)
+        return Rendered(
+            text=_render(_TEXT_ENV, "text", template.text, ctx), subject=subject, html=html
+        )
     return Rendered(text=_render(_TEXT_ENV, "text", template.text, ctx))
 
 
@@ -154,7 +210,12 @@ def validate(template: Template) -> Rendered:
     """Render against sample data; raises :class:`TemplateRenderError`."""
     return render(
         template,
-        context(SAMPLE_CUSTOMER, SAMPLE_VARIABLES, unsubscribe_url="https://example.com/u/sample", kind="sample"),
+        context(
+            SAMPLE_CUSTOMER,
+            SAMPLE_VARIABLES,
+            unsubscribe_url="https://example.com/u/sample",
+            kind="sample",
+        ),
     )
 
 

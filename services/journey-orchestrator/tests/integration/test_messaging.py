@@ -1,0 +1,437 @@
+"""Messaging on the real stack: the real broker and PostgreSQL, the service's own
+dispatcher, and a real HTTP receiver on 127.0.0.1 standing in for the tenant's ESP. The
+receiver verifies every Standard Webhooks signature and answers per customer: 200, 500,
+429 with Retry-After, or hangs. Time for policy and retries is a ManualClock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from afterglow.devstack.pytest_plugin import new_id, serve_app
+from afterglow.events import CloudEvent, to_record
+from afterglow.events.catalog import CustomerInfo, MessageRequested, Money, OrderPlaced
+from afterglow.events.testing import TopicTap, eventually
+from afterglow.journeys.app import create_app
+from afterglow.journeys.messaging.policy import verify_webhook
+from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
+from afterglow.kit.clock import ManualClock
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SETTINGS_ENV = {
+    "MESSAGING_POLL_INTERVAL_S": "0.05",
+    "MESSAGING_REQUEST_TIMEOUT_S": "2",
+    "MESSAGING_MAX_ATTEMPTS": "3",
+    "MESSAGING_BACKOFF_BASE_S": "60",
+    "MESSAGING_PUBLIC_URL": "http://testserver",
+}
+
+
+class Receiver:
+    """A real HTTP server in a thread. ``plans[request_id]`` lists the answers to give
+    that request's deliveries in turn ("200", "500", "429:<retry-after>", "hang");
+    afterwards it answers 200."""
+
+    def __init__(self) -> None:
+        self.plans: dict[str, list[str]] = {}
+        self.received: list[dict[str, Any]] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/messages"
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        headers = headers_of(scope)
+        verified = verify_webhook(SECRET, headers, body, time.time())
+        msg = json.loads(body)
+        plan = self.plans.get(msg["request_id"], [])
+        answer = plan.pop(0) if plan else "200"
+        self.received.append(
+            {"verified": verified, "headers": headers, "body": msg, "answer": answer}
+        )
+        if not verified:
+            await respond(send, 401)
+        elif answer == "hang":
+            await asyncio.sleep(6)  # beyond the dispatcher's deadline
+            await respond(send, 200)
+        elif answer.startswith("429"):
+            await respond(send, 429, {"retry-after": answer.split(":")[1]})
+        else:
+            await respond(send, int(answer))
+
+    def of(self, tenant: Tenant, customer: str) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.received
+            if r["body"]["customer_id"] == customer and r["body"]["request_id"] in tenant.mine
+        ]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    server = uvicorn.Server(uvicorn.Config(r.app, interface="asgi3", log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [r.sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield r
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+async def service(stack, clock) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    previous = {k: os.environ.get(k) for k in SETTINGS_ENV}
+    os.environ.update(SETTINGS_ENV)
+    try:
+        app = create_app(clock=clock)
+        async with serve_app(app) as client:
+            await eventually(
+                lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60
+            )
+            yield app, client
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Tenant:
+    # The journey engine in the same service requests messages of its own (a welcome on
+    # every order); these tests look only at the requests they made (``mine``).
+    def __init__(
+        self, app: Any, client: httpx.AsyncClient, tenant_id: str, key: str, clock: ManualClock
+    ) -> None:
+        self.app, self.client, self.id, self.key, self.clock = app, client, tenant_id, key, clock
+        self.auth = {"authorization": f"Bearer {key}"}
+        self.mine: set[str] = set()
+
+    async def publish(self, data: Any, customer: str, id: str | None = None) -> None:
+        event = CloudEvent.new(data, tenant_id=self.id, subject=customer, source="tests", id=id)
+        record = to_record(event)
+        producer = self.app.state.runtime.producer
+        await producer.send_and_wait(record.topic, record.value, record.key, headers=record.headers)
+
+    async def customer(self, customer: str, **info: Any) -> None:
+        info.setdefault("email", f"{customer}@example.com")
+        info.setdefault("first_name", "Jo")
+        order = OrderPlaced(
+            order_id=new_id("o"),
+            platform="api",
+            placed_at=self.clock.now(),
+            customer=CustomerInfo(**info),
+            total=Money(amount=1000, currency="EUR"),
+        )
+        await self.publish(order, customer)
+
+    async def request(self, customer: str, request_id: str | None = None, **kw: Any) -> str:
+        request_id = request_id or new_id("req")
+        self.mine.add(request_id)
+        kw.setdefault("kind", "thank_you")
+        await self.publish(MessageRequested(request_id=request_id, **kw), customer)
+        return request_id
+
+    async def messages(self, customer: str) -> list[dict[str, Any]]:
+        r = await self.client.get(f"/v1/customers/{customer}/messages", headers=self.auth)
+        assert r.status_code == 200, r.text
+        return [m for m in r.json()["messages"] if m["request_id"] in self.mine]
+
+    async def wait(self, customer: str, check: Any, timeout: float = 20) -> list[dict[str, Any]]:
+        return await eventually(lambda: self.messages(customer), check, timeout=timeout)
+
+
+def statuses(*wanted: str) -> Any:
+    return lambda ms: sorted(m["status"] for m in ms) == sorted(wanted)
+
+
+@pytest.fixture
+async def tenant(service, tenant_id, receiver, clock) -> Tenant:
+    app, client = service
+    runtime = app.state.runtime
+    async with runtime.sessionmaker.begin() as session:
+        key = await runtime.api_keys.create(session, tenant_id, ["messages:read", "messages:write"])
+    t = Tenant(app, client, tenant_id, key, clock)
+    r = await client.put(
+        "/v1/messaging/endpoint", json={"url": receiver.url, "secret": SECRET}, headers=t.auth
+    )
+    assert r.status_code == 200, r.text
+    # Every test starts in the daytime (UTC), forward only: the clock is shared.
+    now = clock.now()
+    if not 9 <= now.hour < 17:
+        clock.set((now + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0))
+    return t
+
+
+class TestDelivery:
+    async def test_signed_message_reaches_the_receiver(self, tenant, receiver):
+        await tenant.customer("c-1", first_name="Ana")
+        await tenant.request(
+            "c-1", kind="welcome", category="transactional", variables={"shop_name": "Lumen"}
+        )
+        [msg] = await tenant.wait("c-1", statuses("sent"))
+        [got] = receiver.of(tenant, "c-1")
+        assert got["verified"] and got["headers"]["webhook-id"] == msg["id"]
+        body = got["body"]
+        assert body["to"] == {"email": "c-1@example.com"} and body["subject"] == "Welcome to Lumen"
+        assert "Hi Ana," in body["text"] and body["unsubscribe_url"] is None
+        assert msg["attempts"] == 1 and [d["decision"] for d in msg["decisions"]] == [
+            "queued",
+            "attempt",
+            "sent",
+            "delivered",
+        ]
+
+    async def test_duplicate_requests_send_once(self, tenant, receiver):
+        await tenant.customer("c-1")
+        rid = await tenant.request("c-1", category="transactional")
+        await tenant.request(
+            "c-1", request_id=rid, category="transactional"
+        )  # a new event, same request
+        await tenant.wait("c-1", statuses("sent"))
+        await asyncio.sleep(0.5)  # give a duplicate its chance to show up
+        assert len(await tenant.messages("c-1")) == 1 and len(receiver.of(tenant, "c-1")) == 1
+
+    async def test_retries_after_500_with_backoff(self, tenant, receiver, clock):
+        rid = new_id("req")
+        receiver.plans[rid] = ["500"]
+        await tenant.customer("c-500")
+        await tenant.request("c-500", request_id=rid, category="transactional")
+        [m] = await tenant.wait(
+            "c-500", lambda ms: ms and (ms[0]["reason"] or "").startswith("retry")
+        )
+        assert m["reason"] == "retry: HTTP 500 (attempt 1 of 3)" and m["status"] == "queued"
+        wait = datetime.fromisoformat(m["next_attempt_at"]) - datetime.fromisoformat(
+            m["last_attempt_at"]
+        )
+        assert timedelta(seconds=30) <= wait <= timedelta(seconds=60)  # base 60 s, equal jitter
+        clock.advance(wait)
+        [m] = await tenant.wait("c-500", statuses("sent"))
+        assert m["attempts"] == 2 and [r["answer"] for r in receiver.of(tenant, "c-500")] == ["500", "200"]
+
+    async def test_429_honours_retry_after(self, tenant, receiver, clock):
+        rid = new_id("req")
+        receiver.plans[rid] = ["429:120"]
+        await tenant.customer("c-429")
+        await tenant.request("c-429", request_id=rid, category="transactional")
+        [m] = await tenant.wait(
+            "c-429", lambda ms: ms and (ms[0]["reason"] or "").startswith("retry")
+        )
+        wait = datetime.fromisoformat(m["next_attempt_at"]) - datetime.fromisoformat(
+            m["last_attempt_at"]
+        )
+        assert wait == timedelta(seconds=120)
+        clock.advance(timedelta(seconds=119))
+        await asyncio.sleep(0.3)  # several dispatcher polls: still too early
+        assert len(receiver.of(tenant, "c-429")) == 1
+        clock.advance(timedelta(seconds=1))
+        await tenant.wait("c-429", statuses("sent"))
+        assert len(receiver.of(tenant, "c-429")) == 2
+
+    async def test_hanging_endpoint_times_out_without_blocking_others(self, tenant, receiver):
+        rid = new_id("req")
+        receiver.plans[rid] = ["hang"]
+        await tenant.customer("c-slow")
+        await tenant.customer("c-fast")
+        await tenant.request("c-slow", request_id=rid, category="transactional")
+        await eventually(lambda: asyncio.sleep(0, receiver.of(tenant, "c-slow")), bool)
+        await tenant.request("c-fast", category="transactional")
+        await tenant.wait("c-fast", statuses("sent"))
+        [slow] = await tenant.messages("c-slow")
+        assert slow["reason"] == "sending (attempt 1)"  # still waiting on its receiver
+        [slow] = await tenant.wait("c-slow", lambda ms: (ms[0]["reason"] or "").startswith("retry"))
+        assert slow["reason"] == "retry: timeout after 2s (attempt 1 of 3)"
+
+    async def test_exhausted_retries_fail_and_dead_letter(self, tenant, receiver, clock, stack):
+        rid = new_id("req")
+        receiver.plans[rid] = ["500", "503", "500"]
+        await tenant.customer("c-down")
+        async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.messages.dlq") as tap:
+            await tenant.request("c-down", request_id=rid, category="transactional")
+            for attempt in (1, 2):
+                await tenant.wait(
+                    "c-down",
+                    lambda ms, a=attempt: (
+                        ms and ms[0]["attempts"] == a and ms[0]["reason"].startswith("retry")
+                    ),
+                )
+                clock.advance(timedelta(hours=1))
+            [m] = await tenant.wait("c-down", statuses("failed"))
+            assert m["reason"] == "HTTP 500 after 3 attempts" and m["attempts"] == 3
+            [record] = await tap.wait_for_records(
+                lambda r: dict(r.headers).get("ce_tenantid") == tenant.id.encode()
+            )
+        headers = dict(record.headers)
+        assert headers["x-error"] == b"HTTP 500 after 3 attempts"
+        assert headers["ce_type"] == b"afterglow.message.requested.v1"
+        assert json.loads(record.value)["request_id"] == rid
+
+
+class TestPolicy:
+    async def test_quiet_hours_defer_to_local_morning(self, tenant, receiver, clock):
+        night = (clock.now() + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)  # 22:00 in New York
+        clock.set(night)
+        await tenant.customer("c-ny", timezone="America/New_York")
+        await tenant.request("c-ny")
+        [m] = await tenant.wait("c-ny", statuses("deferred"))
+        assert m["reason"] == "quiet_hours"
+        assert datetime.fromisoformat(m["next_attempt_at"]) == night.replace(hour=13)  # 08:00 EST
+        clock.set(night.replace(hour=12, minute=59))
+        await asyncio.sleep(0.3)
+        assert receiver.of(tenant, "c-ny") == []
+        clock.set(night.replace(hour=13))
+        await tenant.wait("c-ny", statuses("sent"))
+
+    async def test_frequency_cap_drops_low_and_defers_normal(self, tenant, receiver, clock):
+        r = await tenant.client.put(
+            "/v1/messaging/settings",
+            json={"frequency_cap": 2, "frequency_window_days": 7},
+            headers=tenant.auth,
+        )
+        assert r.status_code == 200 and r.json()["frequency_cap"] == 2
+        await tenant.customer("c-cap")
+        first = clock.now()
+        await tenant.request("c-cap", kind="loyalty_nudge", variables={"points_balance": 10})
+        await tenant.wait("c-cap", statuses("sent"))
+        clock.advance(timedelta(hours=1))
+        await tenant.request("c-cap", kind="loyalty_nudge", variables={"points_balance": 20})
+        await tenant.wait("c-cap", statuses("sent", "sent"))
+        await tenant.request(
+            "c-cap", kind="loyalty_nudge", priority="low", variables={"points_balance": 30}
+        )
+        await tenant.request(
+            "c-cap", kind="loyalty_nudge", priority="normal", variables={"points_balance": 40}
+        )
+        await tenant.request(
+            "c-cap", kind="reward_code", category="transactional", variables={"reward_code": "R1"}
+        )
+        ms = await tenant.wait("c-cap", statuses("sent", "sent", "sent", "suppressed", "deferred"))
+        by_status = {m["status"]: m for m in ms}
+        assert (
+            by_status["suppressed"]["priority"] == "low"
+            and by_status["suppressed"]["reason"] == "frequency_cap"
+        )
+        deferred = by_status["deferred"]
+        assert deferred["reason"] == "frequency_cap"
+        assert datetime.fromisoformat(deferred["next_attempt_at"]) == first + timedelta(days=7)
+        clock.set(first + timedelta(days=7))
+        await tenant.wait("c-cap", statuses("sent", "sent", "sent", "sent", "suppressed"))
+
+    async def test_unsubscribe_stops_marketing_but_not_transactional(self, tenant, receiver, stack):
+        await tenant.customer("c-unsub")
+        await tenant.request(
+            "c-unsub", kind="review_request", variables={"review_url": "https://x.test/r"}
+        )
+        await tenant.wait("c-unsub", statuses("sent"))
+        [got] = receiver.of(tenant, "c-unsub")
+        url = got["body"]["unsubscribe_url"]
+        assert (
+            url in got["body"]["text"] and got["body"]["headers"]["List-Unsubscribe"] == f"<{url}>"
+        )
+        async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.customers") as tap:
+            page = await tenant.client.get(url.removeprefix("http://testserver"))
+            assert page.status_code == 200 and "no longer receive" in page.text
+            [event] = await tap.wait_for(
+                lambda e: e.tenantid == tenant.id and e.type.endswith("unsubscribed.v1")
+            )
+        assert event.subject == "c-unsub" and event.data.channel == "email"
+        await tenant.request(
+            "c-unsub", kind="review_reminder", variables={"review_url": "https://x.test/r"}
+        )
+        await tenant.request(
+            "c-unsub", kind="reward_code", category="transactional", variables={"reward_code": "R1"}
+        )
+        ms = await tenant.wait("c-unsub", statuses("sent", "sent", "suppressed"))
+        suppressed = next(m for m in ms if m["status"] == "suppressed")
+        assert suppressed["kind"] == "review_reminder" and suppressed["reason"] == "unsubscribed"
+        assert [r["body"]["kind"] for r in receiver.of(tenant, "c-unsub")] == [
+            "review_request",
+            "reward_code",
+        ]
+
+    async def test_forged_unsubscribe_link_is_refused(self, tenant):
+        assert (await tenant.client.get("/u/abc.def")).status_code == 404
+
+
+class TestTemplatesApi:
+    async def test_template_error_at_save_time(self, tenant):
+        bad = {"subject": "Hi", "html": "<p>ok</p>", "text": "line one\n{% if %}"}
+        r = await tenant.client.put(
+            "/v1/messaging/templates/welcome/email", json=bad, headers=tenant.auth
+        )
+        assert r.status_code == 422
+        err = r.json()["error"]
+        assert (
+            err["field"] == "text"
+            and "welcome/email" in err["message"]
+            and "line 2" in err["message"]
+        )
+        undefined = {"subject": "Hi {{ frist_name }}", "text": "x"}
+        r = await tenant.client.put(
+            "/v1/messaging/templates/welcome/email", json=undefined, headers=tenant.auth
+        )
+        assert r.status_code == 422 and "frist_name" in r.json()["error"]["message"]
+        assert r.json()["error"]["field"] == "subject"
+        listed = (await tenant.client.get("/v1/messaging/templates", headers=tenant.auth)).json()[
+            "templates"
+        ]
+        welcome = next(t for t in listed if (t["kind"], t["channel"]) == ("welcome", "email"))
+        assert welcome["source"] == "default"  # nothing half-saved
+
+    async def test_saved_template_previews_and_is_used(self, tenant, receiver):
+        good = {
+            "subject": "Hey {{ first_name }}",
+            "html": "<b>{{ shop_name }}</b>",
+            "text": "Thanks, {{ first_name }}!",
+        }
+        r = await tenant.client.put(
+            "/v1/messaging/templates/thank_you/email", json=good, headers=tenant.auth
+        )
+        assert r.status_code == 200, r.text
+        r = await tenant.client.post(
+            "/v1/messaging/templates/thank_you/email/preview",
+            json={"variables": {"shop_name": "<Acme>"}},
+            headers=tenant.auth,
+        )
+        assert r.json()["subject"] == "Hey Jane" and r.json()["html"] == "<b>&lt;Acme&gt;</b>"
+        await tenant.customer("c-tpl", first_name="Lu")
+        await tenant.request("c-tpl", category="transactional")
+        await tenant.wait("c-tpl", statuses("sent"))
+        assert receiver.of(tenant, "c-tpl")[0]["body"]["text"] == "Thanks, Lu!"
+
+    async def test_scopes_and_secret_format(self, tenant, service):
+        app, client = service
+        runtime = app.state.runtime
+        async with runtime.sessionmaker.begin() as session:
+            key = await runtime.api_keys.create(session, tenant.id, ["journeys:read"])
+        r = await client.get(
+            "/v1/customers/c-1/messages", headers={"authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 403
+        r = await client.put(
+            "/v1/messaging/endpoint",
+            json={"url": "http://x.test", "secret": "nope"},
+            headers=tenant.auth,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "secret"
