@@ -51,7 +51,8 @@ class FakePlatforms:
             page = matching[offset : offset + limit]
             headers = {}
             if offset + limit < len(matching):
-                nxt = f"{self.url}/admin/api/{version}/orders.json?limit={limit}&page_info={offset + limit}"
+                path = f"/admin/api/{version}/orders.json"
+                nxt = f"{self.url}{path}?limit={limit}&page_info={offset + limit}"
                 headers["Link"] = f'<{nxt}>; rel="next"'
             return JSONResponse({"orders": page}, headers=headers)
 

@@ -110,3 +110,33 @@ class TestWooReconciliation:
         retry = await post_woo(client, tenant_id, secrets["woocommerce"], "order.created", order)
         assert retry.status_code == 200 and retry.json()["status"] == "duplicate"
         assert await outbox_count(runtime, tenant_id) == 1
+
+
+class TestBigCommerce:
+    async def test_order_fetched_then_normalized_and_deduped_on_hash(
+        self, client, tap, runtime, fake, tenant_id
+    ):
+        await register(client, tenant_id)
+        r = await client.post(
+            f"/admin/tenants/{tenant_id}/secrets/bigcommerce", headers=ADMIN, json={}
+        )
+        token = r.json()["secret"]
+        await connect(client, tenant_id, "bigcommerce", f"{fake.url}/stores/abc123", tenant_id)
+        fake.bigcommerce[f"{tenant_id}:250"] = fixture("bigcommerce_order")
+        hook = fixture("bigcommerce_order_created")
+        h = {"X-Afterglow-Webhook-Token": token}
+        first = await client.post(f"/webhooks/bigcommerce/{tenant_id}", json=hook, headers=h)
+        assert first.status_code == 200, first.text
+        [event] = await tap.wait_for(placed(tenant_id))
+        assert event.data.order_id == "bigcommerce:250" and event.subject == "11"
+        assert event.data.total.amount == 2200
+        assert event.data.line_items[0].sku == "SLCTBS"
+        again = await client.post(f"/webhooks/bigcommerce/{tenant_id}", json=hook, headers=h)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        assert await outbox_count(runtime, tenant_id) == 1
+        bad = await client.post(
+            f"/webhooks/bigcommerce/{tenant_id}",
+            json=hook,
+            headers={"X-Afterglow-Webhook-Token": "x"},
+        )
+        assert bad.status_code == 401

@@ -969,3 +969,81 @@ async def reconcile_now(
     from afterglow.ingest.reconcile import reconcile
 
     return await reconcile(runtime_of(request), tenant_id, platform)
+
+
+@webhooks.post(
+    "/bigcommerce/{tenant_id}",
+    summary="BigCommerce order webhooks (ids only: the order is fetched from its API)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {
+            "scope": "store/order/created",
+            "store_id": "1025646",
+            "data": {"type": "order", "id": 250},
+            "hash": "dd70c0976e06b67aaf671e73f49dcb79230ebf9d",
+            "created_at": 1561479335,
+            "producer": "stores/abc123",
+        },
+        {
+            "X-Afterglow-Webhook-Token": "the tenant's bigcommerce secret, set as a custom "
+            "header when the hook is created (BigCommerce does not sign payloads)"
+        },
+    ),
+)
+async def bigcommerce_webhook(
+    request: Request, session: Session, tenant_id: TenantPath
+) -> JSONResponse:
+    rt = runtime_of(request)
+    settings = settings_of(request)
+    body = await read_body(request, settings.ingest_max_body_bytes)
+    now = rt.clock.now()
+    secrets = await registry.active_secrets(session, tenant_id, "bigcommerce", now)
+    presented = request.headers.get("x-afterglow-webhook-token", "")
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(secret.encode(), presented.encode())
+    if not ok:
+        raise Unauthorized(BAD_SIGNATURE)
+    payload = parse_json(body)
+    scope = str(payload.get("scope") or "")
+    if not payload.get("hash"):
+        raise Unprocessable("hash is required", field="hash")
+    dedupe_key = str(payload["hash"])
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    if await intake.delivery_exists(session, tenant_id, "bigcommerce", dedupe_key):
+        did = intake.delivery_id_for(tenant_id, "bigcommerce", dedupe_key)
+        return JSONResponse(intake.Outcome(did, "duplicate").body(), status_code=200)
+    normalized = domain.Normalized(known_topic=False)
+    if scope in domain.BIGCOMMERCE_SCOPES:
+        data = payload.get("data") or {}
+        if not data.get("id"):
+            raise Unprocessable("data.id is required", field="data.id")
+        from afterglow.ingest.reconcile import fetch_bigcommerce_order
+
+        try:
+            order, products = await fetch_bigcommerce_order(rt, tenant_id, str(data["id"]))
+            normalized = domain.normalize_bigcommerce_order(order, products)
+        except domain.NormalizationError as exc:
+            raise Unprocessable(str(exc), field=exc.field) from exc
+        except Exception as exc:
+            # The store's API is down: a 503 makes BigCommerce retry (for about 48 h).
+            raise ServiceUnavailable("could not fetch the order from BigCommerce") from exc
+    outcome = await intake.accept(
+        session,
+        rt.outbox,
+        rt.tables,
+        tenant_id=tenant_id,
+        platform="bigcommerce",
+        topic=scope,
+        dedupe_key=dedupe_key,
+        headers=headers,
+        body=body,
+        normalized=normalized,
+        received_at=now,
+    )
+    return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)
+
+
+class ServiceUnavailable(Unprocessable):
+    status_code, code = 503, "upstream_unavailable"

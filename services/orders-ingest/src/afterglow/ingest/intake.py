@@ -260,3 +260,14 @@ async def normalize(
             ]
         return out
     return domain.Normalized(known_topic=False)
+
+
+async def delivery_exists(
+    session: AsyncSession, tenant_id: str, platform: str, dedupe_key: str
+) -> bool:
+    did = delivery_id_for(tenant_id, platform, dedupe_key)
+    return (
+        await session.execute(
+            select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.id == did)
+        )
+    ).first() is not None
