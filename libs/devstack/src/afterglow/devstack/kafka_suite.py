@@ -134,8 +134,9 @@ def run(pytest_args: list[str]) -> int:
             return 1
         return code
     except (KeyboardInterrupt, _Stopped) as exc:
-        print(f"kafka-suite: interrupted ({exc or 'SIGINT'}), stopping", file=sys.stderr)
-        return 130
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+        print(f"kafka-suite: {signal.Signals(signum).name}, stopping", file=sys.stderr)
+        return 128 + signum
     finally:
         if pytest_proc is not None:
             _stop_pytest(pytest_proc)
