@@ -1,0 +1,122 @@
+"""Redemptions per second one loyalty instance sustains, against floors in the same run.
+
+Real stack (embedded PostgreSQL + broker via running_stack), the app in-process over
+ASGI with its full lifespan (relay publishing the redemption events, consumers, worker).
+Prints:
+  * redemptions/s spread over many accounts, and on one hot account (row lock serializes);
+  * floor 1: GET /healthz through the same client and concurrency (framework overhead);
+  * floor 2: a bare "BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT" loop on the same DB;
+  * the ratios.
+Usage: uv run python bench/loyalty/run.py [--requests 2000] [--concurrency 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+
+from afterglow.devstack.stack import running_stack
+
+
+async def timed(n: int, concurrency: int, make) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await make(i)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def main(requests: int, concurrency: int) -> None:
+    from afterglow.loyalty.app import create_app
+    from afterglow.loyalty.settings import LoyaltySettings
+
+    app = create_app(LoyaltySettings(log_level="WARNING", db_pool_size=concurrency + 5))
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    accounts = 200
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        async with rt.sessionmaker.begin() as s:
+            key = await rt.api_keys.create(s, tenant, ["loyalty:read", "loyalty:write"])
+        h = {"Authorization": f"Bearer {key}"}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            per = (requests // accounts + 2) * 500 * 2
+            for a in range(accounts):
+                r = await client.post(
+                    f"/v1/accounts/c{a}/adjustments",
+                    json={"points": per, "reason": "bench"},
+                    headers=h,
+                )
+                assert r.status_code == 201, r.text
+            r = await client.post(
+                "/v1/accounts/hot/adjustments",
+                json={"points": 500 * requests, "reason": "bench"},
+                headers=h,
+            )
+
+            async def redeem(i: int, customer: str | None = None) -> None:
+                r = await client.post(
+                    f"/v1/accounts/{customer or f'c{i % accounts}'}/redemptions",
+                    json={"reward_id": "five-off"},
+                    headers={**h, "Idempotency-Key": f"b-{uuid.uuid4().hex}"},
+                )
+                assert r.status_code == 201, r.text
+
+            async def healthz(i: int) -> None:
+                assert (await client.get("/healthz")).status_code == 200
+
+            await timed(200, concurrency, redeem)  # warm-up: pool, plans
+            spread = await timed(requests, concurrency, redeem)
+            hot = await timed(requests // 2, concurrency, lambda i: redeem(i, "hot"))
+            floor_http = await timed(requests * 2, concurrency, healthz)
+
+        async def bare(i: int) -> None:
+            async with rt.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "SELECT available FROM loyalty.accounts WHERE tenant_id=:t AND "
+                        "customer_id=:c FOR UPDATE"
+                    ),
+                    {"t": tenant, "c": f"c{i % accounts}"},
+                )
+                await conn.execute(
+                    text(
+                        "UPDATE loyalty.accounts SET updated_at=now() WHERE tenant_id=:t "
+                        "AND customer_id=:c"
+                    ),
+                    {"t": tenant, "c": f"c{i % accounts}"},
+                )
+
+        floor_db = await timed(requests, concurrency, bare)
+
+    print(
+        f"requests={requests} concurrency={concurrency} accounts={accounts} cpus={os.cpu_count()}"
+    )
+    print(f"redemptions/s (spread over {accounts} accounts): {spread:8.1f}")
+    print(f"redemptions/s (one hot account):              {hot:8.1f}")
+    print(f"floor: GET /healthz/s:                        {floor_http:8.1f}")
+    print(f"floor: bare lock+update transactions/s:       {floor_db:8.1f}")
+    print(f"ratio redemptions / healthz:   {spread / floor_http:6.3f}")
+    print(f"ratio redemptions / bare DB:   {spread / floor_db:6.3f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=20)
+    args = p.parse_args()
+    os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "loyalty")
+    with running_stack(Path(".afterglow/bench-loyalty"), ephemeral=True, services={"loyalty"}) as s:
+        os.environ.update(s.env())
+        asyncio.run(main(args.requests, args.concurrency))
