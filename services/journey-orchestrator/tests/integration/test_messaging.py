@@ -83,7 +83,9 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
-    server = uvicorn.Server(uvicorn.Config(r.app, interface="asgi3", log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(r.app, interface="asgi3", log_level="warning", timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [r.sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -158,8 +160,8 @@ class Tenant:
         assert r.status_code == 200, r.text
         return [m for m in r.json()["messages"] if m["request_id"] in self.mine]
 
-    async def wait(self, customer: str, check: Any, timeout: float = 20) -> list[dict[str, Any]]:
-        return await eventually(lambda: self.messages(customer), check, timeout=timeout)
+    async def wait(self, customer: str, check: Any, within: float = 20) -> list[dict[str, Any]]:
+        return await eventually(lambda: self.messages(customer), check, timeout=within)
 
 
 def statuses(*wanted: str) -> Any:
@@ -228,7 +230,10 @@ class TestDelivery:
         assert timedelta(seconds=30) <= wait <= timedelta(seconds=60)  # base 60 s, equal jitter
         clock.advance(wait)
         [m] = await tenant.wait("c-500", statuses("sent"))
-        assert m["attempts"] == 2 and [r["answer"] for r in receiver.of(tenant, "c-500")] == ["500", "200"]
+        assert m["attempts"] == 2 and [r["answer"] for r in receiver.of(tenant, "c-500")] == [
+            "500",
+            "200",
+        ]
 
     async def test_429_honours_retry_after(self, tenant, receiver, clock):
         rid = new_id("req")
@@ -290,7 +295,9 @@ class TestDelivery:
 
 class TestPolicy:
     async def test_quiet_hours_defer_to_local_morning(self, tenant, receiver, clock):
-        night = (clock.now() + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)  # 22:00 in New York
+        night = (clock.now() + timedelta(days=1)).replace(
+            hour=3, minute=0, second=0, microsecond=0
+        )  # 22:00 in New York
         clock.set(night)
         await tenant.customer("c-ny", timezone="America/New_York")
         await tenant.request("c-ny")
@@ -419,6 +426,25 @@ class TestTemplatesApi:
         await tenant.request("c-tpl", category="transactional")
         await tenant.wait("c-tpl", statuses("sent"))
         assert receiver.of(tenant, "c-tpl")[0]["body"]["text"] == "Thanks, Lu!"
+
+    async def test_requested_over_http_is_delivered(self, tenant, receiver):
+        await tenant.customer("c-http")
+        tenant.mine.add("api-1")
+        body = {
+            "customer_id": "c-http",
+            "request_id": "api-1",
+            "kind": "check_in",
+            "category": "transactional",
+        }
+        for _ in range(2):  # a retried POST is the same request
+            r = await tenant.client.post("/v1/messages", json=body, headers=tenant.auth)
+            assert r.status_code == 202, r.text
+        await tenant.wait("c-http", statuses("sent"))
+        assert [r["body"]["kind"] for r in receiver.of(tenant, "c-http")] == ["check_in"]
+        r = await tenant.client.post(
+            "/v1/messages", json={**body, "kind": "nope"}, headers=tenant.auth
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "kind"
 
     async def test_scopes_and_secret_format(self, tenant, service):
         app, client = service

@@ -15,6 +15,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
+from afterglow.events import CloudEvent, derived_event_id
+from afterglow.events.catalog import MessageKind, MessageRequested
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -282,6 +284,41 @@ async def get_settings(session: Session, principal: Principal = Read) -> dict[st
     return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
 
 
+class MessageIn(BaseModel):
+    customer_id: str = Field(min_length=1, max_length=200)
+    request_id: str = Field(min_length=1, max_length=200)
+    kind: MessageKind
+    template: str | None = Field(default=None, max_length=64)
+    category: Literal["transactional", "marketing"] = "marketing"
+    priority: Literal["high", "normal", "low"] = "normal"
+    channel: Channel | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    order_id: str | None = Field(default=None, max_length=100)
+    not_before: datetime | None = None
+
+
+@router.post("/v1/messages", status_code=202, summary="Request a message (as message.requested)")
+async def request_message(
+    body: MessageIn, request: Request, session: Session, principal: Principal = Write
+) -> dict[str, Any]:
+    """For callers outside the event bus (and ``make dev``): the request goes out as
+    ``message.requested`` through the outbox, and comes back in through the same
+    consumer as every service's requests, so it gets the same de-duplication and policy."""
+    if body.not_before is not None and body.not_before.tzinfo is None:
+        raise Unprocessable("not_before needs a time zone", field="not_before")
+    runtime = request.app.state.runtime
+    data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
+    event = CloudEvent.new(
+        data,
+        tenant_id=principal.tenant_id,
+        subject=body.customer_id,
+        source=store.SOURCE,
+        id=derived_event_id("message-api", principal.tenant_id, body.request_id),
+    )
+    await runtime.outbox.add(session, event)
+    return {"request_id": body.request_id, "customer_id": body.customer_id, "status": "accepted"}
+
+
 @router.get("/v1/customers/{customer_id}/messages", summary="The message log of one customer")
 async def customer_messages(
     customer_id: str, session: Session, principal: Principal = Read, limit: int = 100
@@ -338,7 +375,10 @@ async def customer_messages(
     }
 
 
-_PAGE = "<!doctype html><meta charset=utf-8><title>{title}</title><body style='font-family:sans-serif'><p>{text}</p>"
+_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>{title}</title>"
+    "<body style='font-family:sans-serif'><p>{text}</p>"
+)
 
 
 async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLResponse:

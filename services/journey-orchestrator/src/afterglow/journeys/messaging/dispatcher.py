@@ -73,7 +73,8 @@ def unsubscribe_url(
     settings: MessagingSettings, runtime: Runtime, tenant_id: str, customer_id: str, channel: str
 ) -> str:
     base = (settings.public_url or runtime.settings.public_base_url).rstrip("/")
-    return f"{base}/u/{policy.sign_unsubscribe(settings.unsubscribe_secret, tenant_id, customer_id, channel)}"
+    token = policy.sign_unsubscribe(settings.unsubscribe_secret, tenant_id, customer_id, channel)
+    return f"{base}/u/{token}"
 
 
 class Dispatcher:

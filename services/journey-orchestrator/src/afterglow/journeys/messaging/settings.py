@@ -13,7 +13,7 @@ class MessagingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESSAGING_", extra="ignore", frozen=True)
 
     # Signs unsubscribe links. Set it in production: a changed secret breaks old links.
-    unsubscribe_secret: str = "dev-unsubscribe-secret-change-me"
+    unsubscribe_secret: str = "dev-unsubscribe-secret-change-me"  # noqa: S105 - dev default
     # Base of unsubscribe links (this service's public URL); default: PUBLIC_BASE_URL.
     public_url: str | None = None
     poll_interval_s: float = 1.0
@@ -42,4 +42,4 @@ def messaging_settings(runtime: Runtime) -> MessagingSettings:
     if settings is None:
         settings = MessagingSettings()
         runtime.extras["messaging_settings"] = settings
-    return settings  # type: ignore[no-any-return]
+    return settings

@@ -121,7 +121,7 @@ async def unsubscribe(
     await session.flush()
     if changed and emit:
         event = CloudEvent.new(
-            CustomerUnsubscribed(unsubscribed_at=at, channel=channel),  # type: ignore[arg-type]
+            CustomerUnsubscribed(unsubscribed_at=at, channel=channel),
             tenant_id=tenant_id,
             subject=customer_id,
             source=SOURCE,

@@ -88,7 +88,8 @@ _COPY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     ),
     "referral_invite": (
         "Give your friends a treat",
-        "Share your link: your friends get a reward on their first order, and so do you. Your code: {{ referral_code }}.",
+        "Share your link: your friends get a reward on their first order, and so do you."
+        " Your code: {{ referral_code }}.",
         ("Share your link", "referral_url"),
     ),
     "referee_reward": (
@@ -114,7 +115,8 @@ _COPY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     ),
     "service_recovery": (
         "We're sorry",
-        "We're sorry your experience was not what it should have been. Our team will be in touch to put it right.",
+        "We're sorry your experience was not what it should have been."
+        " Our team will be in touch to put it right.",
         None,
     ),
 }

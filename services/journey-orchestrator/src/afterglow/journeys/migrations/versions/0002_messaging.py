@@ -99,7 +99,12 @@ def upgrade() -> None:
         schema=SCHEMA,
         postgresql_where=sa.text("status IN ('queued','deferred')"),
     )
-    op.create_index("ix_messages_customer", "messages", ["tenant_id", "customer_id", "created_at"], schema=SCHEMA)
+    op.create_index(
+        "ix_messages_customer",
+        "messages",
+        ["tenant_id", "customer_id", "created_at"],
+        schema=SCHEMA,
+    )
     op.create_table(
         "message_decisions",
         sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
@@ -112,7 +117,10 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "ix_message_decisions_message", "message_decisions", ["tenant_id", "message_id"], schema=SCHEMA
+        "ix_message_decisions_message",
+        "message_decisions",
+        ["tenant_id", "message_id"],
+        schema=SCHEMA,
     )
 
 
