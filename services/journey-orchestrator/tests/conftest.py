@@ -32,7 +32,7 @@ OUT_TOPICS = (
 )
 
 
-def test_settings(**over: Any) -> Settings:
+def make_settings(**over: Any) -> Settings:
     return Settings(
         relay_poll_interval_s=0.1,
         consumer_retry_attempts=3,
@@ -107,7 +107,7 @@ class Orchestrator:
 @pytest.fixture(scope="session")
 async def orch(stack: Stack) -> AsyncIterator[Orchestrator]:
     clock = ManualClock(START)
-    app = create_app(test_settings(), clock)
+    app = create_app(make_settings(), clock)
     producer = build_producer(
         KafkaConfig(stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence)
     )

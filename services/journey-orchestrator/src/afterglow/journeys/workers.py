@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Any
 from datetime import datetime
 
 from prometheus_client import Counter
@@ -29,24 +30,30 @@ log = logging.getLogger(__name__)
 TIMERS_FIRED = Counter("afterglow_journey_timers_fired_total", "Journey timers fired")
 
 
+async def claim_due(
+    session: AsyncSession, now: datetime, batch: int, tenant_id: str | None = None
+) -> list[Any]:
+    """Lock up to ``batch`` due, pending timers; rows another transaction holds are
+    skipped, not waited for. The locks last until the caller's transaction ends."""
+    q = (
+        select(
+            JourneyTimer.id, JourneyTimer.tenant_id, JourneyTimer.customer_id, JourneyTimer.instance_id
+        )
+        .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
+        .order_by(JourneyTimer.due_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    if tenant_id is not None:
+        q = q.where(JourneyTimer.tenant_id == tenant_id)
+    return list((await session.execute(q)).all())
+
+
 async def fire_due_timers(runtime: Runtime, batch: int) -> int:
     """One round: returns how many timers were fired."""
     now = runtime.clock.now()
     async with runtime.sessionmaker.begin() as session:
-        rows = (
-            await session.execute(
-                select(
-                    JourneyTimer.id,
-                    JourneyTimer.tenant_id,
-                    JourneyTimer.customer_id,
-                    JourneyTimer.instance_id,
-                )
-                .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
-                .order_by(JourneyTimer.due_at)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+        rows = await claim_due(session, now, batch)
         by_customer: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         for r in rows:
             by_customer[(r.tenant_id, r.customer_id)].append((r.id, r.instance_id))
