@@ -122,7 +122,7 @@ async def bench(url: str, rows: int, runs: int) -> None:
         nps_ms.append(ms)
         ms, counted = await timed(floor, {"tenant": TENANT, "start": START, "end": END})
         floor_ms.append(ms)
-    answered = sum(int(r.responses) for r in result)
+    answered = sum(int(r.top) + int(r.mid) + int(r.low) for r in result)
     top = sum(int(r.top) for r in result)
     low = sum(int(r.low) for r in result)
     print(f"answers counted (last per survey): {answered:,} = floor count {counted[0][0]:,}")

@@ -27,6 +27,10 @@ _SKU_RESPONSES = (
 )
 _SKU_SURVEYS = _SKU_RESPONSES.replace("r.", "s.")
 
+# Rows are first grouped by UTC day with date_bin (plain arithmetic on the timestamp),
+# then the few hundred day rows are rolled up into day/week/month buckets. Calling
+# date_trunc(..., 'UTC') on every row instead costs a time zone conversion per row and
+# made the query 6x slower over 1M answers (see bench/feedback/run.py).
 _QUERY = """
 WITH buckets AS (
     SELECT b AT TIME ZONE 'UTC' AS bucket
@@ -35,29 +39,36 @@ WITH buckets AS (
         CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
         CAST('1 ' || :interval AS interval)
     ) AS b
-), answers AS (
-    SELECT date_trunc(:interval, r.responded_at, 'UTC') AS bucket,
+), answer_days AS (
+    SELECT date_bin('1 day', r.responded_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS day,
            count(*) FILTER (WHERE r.score >= :top) AS top,
            count(*) FILTER (WHERE r.score >= :mid AND r.score < :top) AS mid,
            count(*) FILTER (WHERE r.score < :mid) AS low,
-           count(*) AS responses,
            sum(r.score) AS score_sum
     FROM feedback.responses r
     WHERE r.tenant_id = :tenant AND r.kind = :kind AND NOT r.superseded
       AND r.responded_at >= :start AND r.responded_at < :end {sku_r}
     GROUP BY 1
-), sends AS (
-    SELECT date_trunc(:interval, s.sent_at, 'UTC') AS bucket,
+), answers AS (
+    SELECT date_trunc(:interval, day, 'UTC') AS bucket,
+           sum(top) AS top, sum(mid) AS mid, sum(low) AS low, sum(score_sum) AS score_sum
+    FROM answer_days GROUP BY 1
+), send_days AS (
+    SELECT date_bin('1 day', s.sent_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS day,
            count(*) AS sent,
            count(s.first_answered_at) AS answered
     FROM feedback.surveys s
     WHERE s.tenant_id = :tenant AND s.kind = :kind
       AND s.sent_at >= :start AND s.sent_at < :end {sku_s}
     GROUP BY 1
+), sends AS (
+    SELECT date_trunc(:interval, day, 'UTC') AS bucket,
+           sum(sent) AS sent, sum(answered) AS answered
+    FROM send_days GROUP BY 1
 )
 SELECT b.bucket,
        coalesce(a.top, 0) AS top, coalesce(a.mid, 0) AS mid, coalesce(a.low, 0) AS low,
-       coalesce(a.responses, 0) AS responses, coalesce(a.score_sum, 0) AS score_sum,
+       coalesce(a.score_sum, 0) AS score_sum,
        coalesce(s.sent, 0) AS sent, coalesce(s.answered, 0) AS answered
 FROM buckets b
 LEFT JOIN answers a ON a.bucket = b.bucket
