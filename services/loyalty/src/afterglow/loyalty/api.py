@@ -58,12 +58,15 @@ class AccountOut(BaseModel):
 
 
 @router.get("/accounts/{customer}", response_model=AccountOut)
-async def get_account(customer: str, principal: Reader, session: Session) -> AccountOut:
+async def get_account(
+    customer: str, principal: Reader, session: Session, request: Request
+) -> AccountOut:
+    """Balances, tier and progress. 404 until the customer earns or is credited once."""
     account = await session.get(Account, (principal.tenant_id, customer))
     if account is None:
         raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
     rules = await store.load_rules(session, principal.tenant_id)
-    now = datetime.now().astimezone()
+    now = _runtime(request).clock.now()
     value, _ = await store.qualifying_value(session, rules, account, now)
     p = domain.tier_progress(rules, value)
     return AccountOut(
