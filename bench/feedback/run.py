@@ -36,27 +36,29 @@ TENANT = "bench-nps"
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2026, 1, 1, tzinfo=UTC)
 
+# The n-th row lands n/N of the way through the year.
+AT = "CAST(:start AS timestamptz) + interval '1 second' * g * (31536000.0 / CAST(:n AS int))"
 SEED = """
 INSERT INTO feedback.surveys (id, tenant_id, customer_id, request_id, kind, sent_at, expires_at,
                               first_answered_at)
 SELECT 'bs-' || g, :tenant, 'c-' || (g % 50000), 'br-' || g, 'nps',
-       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))),
-       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))) + interval '14 days',
+       {at},
+       {at} + interval '14 days',
        CASE WHEN g % 3 = 0 THEN NULL
-            ELSE CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))) + interval '1 day' END
+            ELSE {at} + interval '1 day' END
 FROM generate_series(1, CAST(:n AS int)) AS g;
 
 INSERT INTO feedback.responses (tenant_id, survey_id, customer_id, kind, score, order_id, source,
                                 responded_at, superseded)
 SELECT :tenant, 'bs-' || g, 'c-' || (g % 50000), 'nps', (g::bigint * 7919) % 11, 'o-' || g, 'page',
-       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / CAST(:n AS int))), g % 10 = 0
+       {at}, g % 10 = 0
 FROM generate_series(1, CAST(:n AS int)) AS g;
 
 INSERT INTO feedback.responses (tenant_id, customer_id, kind, score, source, responded_at)
 SELECT 'bench-other', 'c-' || g, 'nps', g % 11, 'api',
-       CAST(:start AS timestamptz) + (interval '1 second' * g * (31536000.0 / (CAST(:n AS int) / 5)))
+       {at_noise}
 FROM generate_series(1, CAST(:n AS int) / 5) AS g;
-"""
+""".format(at=AT, at_noise=AT.replace("CAST(:n AS int)", "(CAST(:n AS int) / 5)"))
 
 FLOOR = """
 SELECT count(*) FROM feedback.responses r
