@@ -1,0 +1,105 @@
+"""Run services as real processes (uvicorn via ``afterglow serve``), as ``make dev``, the
+end-to-end tests and the demo do: one place that knows how to start, wait and stop them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from afterglow.devstack.processes import free_port, spawn, stop
+from afterglow.devstack.stack import Stack
+from afterglow.kit.registry import discover_services
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class RunningServices:
+    processes: dict[str, list[ServiceProcess]] = field(default_factory=dict)
+
+    def url(self, name: str, instance: int = 0) -> str:
+        return self.processes[name][instance].url
+
+    def kill(self, name: str, instance: int) -> None:
+        """SIGKILL one instance: no shutdown hook runs, as when a node dies."""
+        self.processes[name][instance].proc.kill()
+        self.processes[name][instance].proc.wait(10)
+
+
+def wait_ready(url: str, timeout: float = 90, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@contextlib.contextmanager
+def running_services(
+    stack: Stack,
+    log_dir: Path,
+    *,
+    names: list[str] | None = None,
+    instances: int = 1,
+    fixed_ports: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[RunningServices]:
+    """Start ``instances`` processes of each service and wait until all are ready.
+
+    With ``fixed_ports`` the first instance listens on the service's default port (dev);
+    otherwise every instance gets a free port (tests)."""
+    specs = discover_services(set(names) if names else None)
+    running = RunningServices()
+    env = {**os.environ, **stack.env(), "LOG_JSON": "false", **(extra_env or {})}
+    try:
+        for name, spec in specs.items():
+            for i in range(instances):
+                port = spec.default_port if fixed_ports and i == 0 else free_port()
+                url = f"http://127.0.0.1:{port}"
+                log = log_dir / f"{name}-{i}.log"
+                proc = spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "afterglow.kit.cli",
+                        "serve",
+                        name,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    log=log,
+                    env={**env, "PUBLIC_BASE_URL": url},
+                )
+                running.processes.setdefault(name, []).append(ServiceProcess(name, url, log, proc))
+        for procs in running.processes.values():
+            for p in procs:
+                if not wait_ready(p.url, proc=p.proc):
+                    tail = p.log.read_text()[-3000:] if p.log.exists() else ""
+                    raise RuntimeError(f"{p.name} at {p.url} did not become ready:\n{tail}")
+        yield running
+    finally:
+        for procs in running.processes.values():
+            for p in procs:
+                stop(p.proc, timeout=25)
