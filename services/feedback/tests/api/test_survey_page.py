@@ -136,6 +136,11 @@ class TestAnswerChanges:
         assert first.status_code == second.status_code == 200
         rows = await answers(fb, tenant_id)
         assert [(r.score, r.superseded) for r in rows] == [(8, False)]
+        responded = lambda e: (  # noqa: E731
+            e.tenantid == tenant_id and e.type == "afterglow.survey.responded.v1"
+        )
+        await fb.tap.wait_for(responded)
+        assert len([e for e in await fb.tap.events(settle=0.5) if responded(e)]) == 1
 
     async def test_change_within_24h_then_locked(self, fb, tenant_id, at_start):
         survey, path = await fb.survey_direct(tenant_id)

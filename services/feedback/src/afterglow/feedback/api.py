@@ -249,8 +249,9 @@ async def product_reviews(
 
 
 class ReviewLinkIn(In):
-    customer_id: str = Id
-    order_id: str = Id
+    # "|" separates the fields of a signed link.
+    customer_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
+    order_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
 
 
 @router.post("/review-links", tags=["reviews"], status_code=201)
