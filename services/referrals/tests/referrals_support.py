@@ -188,8 +188,10 @@ class Service:
         await eventually(seen)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def service(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[Service]:
+    # One app for the whole session: starting one costs seconds of consumer-group joins.
+    # Tests isolate by tenant; the clock only moves forward, so each test reads "now".
     clock = ManualClock(START)
     app = create_app(fast_settings(), clock=clock)
     async with serve_app(app) as client:

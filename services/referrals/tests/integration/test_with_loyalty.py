@@ -8,22 +8,18 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from referrals_support import START, Service, fast_settings
+from referrals_support import Service
 
 from afterglow.devstack.pytest_plugin import serve_app
-from afterglow.devstack.stack import Stack
 from afterglow.events.testing import TopicTap, eventually
-from afterglow.kit.clock import ManualClock
 from afterglow.loyalty.app import create_app as create_loyalty_app
 from afterglow.loyalty.settings import LoyaltySettings
-from afterglow.referrals.app import create_app as create_referrals_app
 
 
 @pytest.fixture(scope="module")
-async def both(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[tuple[Service, Service]]:
-    clock = ManualClock(START)  # one clock: both services live in the same moment
-    referrals = create_referrals_app(fast_settings(), clock=clock)
+async def both(service: Service) -> AsyncIterator[tuple[Service, Service]]:
+    """The session's referrals app and a loyalty app sharing its clock, so both services
+    live in the same moment when the test moves time past the return window."""
     loyalty = create_loyalty_app(
         LoyaltySettings(
             relay_poll_interval_s=0.2,
@@ -31,12 +27,12 @@ async def both(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[tuple[
             log_json=False,
             log_level="WARNING",
         ),
-        clock=clock,
+        clock=service.clock,
     )
-    async with serve_app(referrals) as rc, serve_app(loyalty) as lc:
+    async with serve_app(loyalty) as client:
         yield (
-            Service(app=referrals, client=rc, clock=clock, producer=producer),
-            Service(app=loyalty, client=lc, clock=clock, producer=producer),
+            service,
+            Service(app=loyalty, client=client, clock=service.clock, producer=service.producer),
         )
 
 

@@ -1,0 +1,167 @@
+"""The REST API on the real stack: auth, validation, idempotent issuance, attribution."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from afterglow.referrals import domain
+
+
+class TestAuth:
+    async def test_requires_a_key(self, service):
+        r = await service.client.get("/v1/metrics")
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthorized"
+
+    async def test_read_key_cannot_write(self, service, tenant_id):
+        headers = await service.headers(tenant_id, ["referrals:read"])
+        r = await service.client.post("/v1/advocates/a/code", headers=headers)
+        assert r.status_code == 403
+
+    async def test_tenants_do_not_see_each_other(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        other = await service.headers(tenant_id + "x")
+        assert (await service.client.get(f"/v1/codes/{code}", headers=other)).status_code == 404
+
+
+class TestCodes:
+    async def test_issue_is_idempotent(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        first = await service.client.post("/v1/advocates/adv/code", headers=headers)
+        again = await service.client.post("/v1/advocates/adv/code", headers=headers)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["code"] == again.json()["code"]
+
+    async def test_concurrent_issues_make_one_code(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        responses = await asyncio.gather(
+            *(service.client.post("/v1/advocates/busy/code", headers=headers) for _ in range(8))
+        )
+        assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+        assert len({r.json()["code"] for r in responses}) == 1
+
+    async def test_lookup_normalizes_what_people_type(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        headers = await service.headers(tenant_id)
+        typed = f" {code[:3].lower()}-{code[3:]} "
+        r = await service.client.get(f"/v1/codes/{typed}", headers=headers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["code"] == code
+        assert body["advocate_customer_id"] == "adv"
+        assert body["active"] is True
+        assert set(code) <= set(domain.CODE_ALPHABET)
+
+    async def test_unknown_code_is_404_naming_the_field(self, service, tenant_id):
+        r = await service.client.get("/v1/codes/ZZZZZZ", headers=await service.headers(tenant_id))
+        assert r.status_code == 404
+        assert r.json()["error"]["field"] == "code"
+
+    async def test_share_url_uses_the_tenant_setting(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        r = await service.client.put(
+            "/v1/settings", json={"share_base_url": "ftp://nope"}, headers=headers
+        )
+        assert r.status_code == 422
+        assert r.json()["error"]["field"] == "share_base_url"
+        r = await service.client.put(
+            "/v1/settings", json={"share_base_url": "https://shop.example/"}, headers=headers
+        )
+        assert r.status_code == 200
+        code = await service.issue_code(tenant_id, "adv")
+        r = await service.client.get(f"/v1/codes/{code}", headers=headers)
+        assert r.json()["share_url"] == f"https://shop.example/?ref={code}"
+
+
+class TestAttributions:
+    async def _order(self, service, tenant, customer, **kw):
+        order = service.placed(**kw)
+        await service.publish(order, tenant=tenant, subject=customer)
+        await service.wait_order_seen(tenant, order.order_id)
+        return order
+
+    async def test_explicit_attribution_inside_the_window(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        order = await self._order(
+            service, tenant_id, "ref", at=service.clock.now() + timedelta(days=5)
+        )
+        headers = await service.headers(tenant_id)
+        r = await service.client.post(
+            "/v1/attributions", json={"order_id": order.order_id, "code": code}, headers=headers
+        )
+        assert r.status_code == 201, r.text
+        assert (r.json()["state"], r.json()["via"]) == ("pending", "api")
+        again = await service.client.post(
+            "/v1/attributions", json={"order_id": order.order_id, "code": code}, headers=headers
+        )
+        assert again.status_code == 409
+        assert again.json()["error"]["field"] == "order_id"
+
+    async def test_an_order_before_the_invitation_is_outside_the_window(self, service, tenant_id):
+        order = await self._order(
+            service, tenant_id, "ref", at=service.clock.now() - timedelta(days=1)
+        )
+        code = await service.issue_code(tenant_id, "adv")
+        r = await service.client.post(
+            "/v1/attributions",
+            json={"order_id": order.order_id, "code": code},
+            headers=await service.headers(tenant_id),
+        )
+        assert r.status_code == 201
+        assert (r.json()["state"], r.json()["reason"]) == ("rejected", "outside_window")
+
+    async def test_an_order_after_the_window_is_rejected(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        order = await self._order(
+            service, tenant_id, "ref", at=service.clock.now() + timedelta(days=91)
+        )
+        r = await service.client.post(
+            "/v1/attributions",
+            json={"order_id": order.order_id, "code": code},
+            headers=await service.headers(tenant_id),
+        )
+        assert (r.json()["state"], r.json()["reason"]) == ("rejected", "outside_window")
+
+    async def test_unknown_order_or_code(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        code = await service.issue_code(tenant_id, "adv")
+        r = await service.client.post(
+            "/v1/attributions", json={"order_id": "nope", "code": code}, headers=headers
+        )
+        assert (r.status_code, r.json()["error"]["field"]) == (404, "order_id")
+        r = await service.client.post(
+            "/v1/attributions", json={"order_id": "nope", "code": "ZZZZZZ"}, headers=headers
+        )
+        assert (r.status_code, r.json()["error"]["field"]) == (404, "code")
+
+    async def test_validation_names_the_field(self, service, tenant_id):
+        r = await service.client.post(
+            "/v1/attributions", json={"code": "ABC234"}, headers=await service.headers(tenant_id)
+        )
+        assert r.status_code == 422
+        assert r.json()["error"]["field"] == "order_id"
+
+
+class TestReviewAndMetrics:
+    async def test_review_of_an_unknown_referral_is_404(self, service, tenant_id):
+        r = await service.client.post(
+            "/v1/referrals/nope/review",
+            json={"decision": "approve"},
+            headers=await service.headers(tenant_id),
+        )
+        assert r.status_code == 404
+
+    async def test_metrics_count_invited_and_pending(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        empty = (await service.client.get("/v1/metrics", headers=headers)).json()
+        assert empty["invited"] == 0 and empty["referral_rate"] == 0.0
+        code = await service.issue_code(tenant_id, "a1")
+        await service.issue_code(tenant_id, "a2")
+        order = service.placed(referral_code=code, amount=2500, currency="EUR")
+        await service.publish(order, tenant=tenant_id, subject="r1")
+        await service.wait_referral(tenant_id, "a1", order.order_id)
+        m = (await service.client.get("/v1/metrics", headers=headers)).json()
+        assert (m["invited"], m["pending"], m["conversions"]) == (2, 1, 0)
+        assert m["pending_revenue"] == {"EUR": 2500}
+        assert m["revenue"] == {}
