@@ -21,9 +21,16 @@ import uvicorn
 
 from afterglow.devstack.pytest_plugin import new_id, serve_app
 from afterglow.events import CloudEvent, to_record
-from afterglow.events.catalog import CustomerInfo, MessageRequested, Money, OrderPlaced
+from afterglow.events.catalog import (
+    CustomerErasureRequested,
+    CustomerInfo,
+    MessageRequested,
+    Money,
+    OrderPlaced,
+)
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.journeys.app import create_app
+from afterglow.journeys.messaging.models import MessageContact
 from afterglow.journeys.messaging.policy import verify_webhook
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
 from afterglow.kit.clock import ManualClock
@@ -376,6 +383,37 @@ class TestPolicy:
             "review_request",
             "reward_code",
         ]
+
+    async def test_erasure_wipes_the_contact_and_suppresses_pending(self, tenant, receiver, clock):
+        await tenant.customer("c-gone")
+        later = clock.now() + timedelta(hours=2)
+        await tenant.request("c-gone", category="transactional", not_before=later)
+        [m] = await tenant.wait("c-gone", statuses("deferred"))
+        assert m["reason"] == "not_before"
+        erasure = CustomerErasureRequested(requested_at=clock.now())
+        await tenant.publish(erasure, "c-gone")
+        [m] = await tenant.wait("c-gone", statuses("suppressed"))
+        assert m["reason"] == "erased"
+        runtime = tenant.app.state.runtime
+        async with runtime.sessionmaker() as session:
+            contact = await session.get(MessageContact, (tenant.id, "c-gone"))
+        assert contact.email is None and contact.first_name is None and contact.erased_at
+        clock.set(later)
+        await asyncio.sleep(0.3)
+        assert receiver.of(tenant, "c-gone") == []
+
+    async def test_missing_variable_fails_at_send_and_dead_letters(self, tenant, stack):
+        await tenant.customer("c-novar")
+        async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.messages.dlq") as tap:
+            rid = await tenant.request("c-novar", kind="survey_invite", category="transactional")
+            [m] = await tenant.wait("c-novar", statuses("failed"))
+            await tap.wait_for_records(
+                lambda r: dict(r.headers).get("ce_tenantid") == tenant.id.encode()
+            )
+        assert (
+            m["reason"].startswith("template_error:") and "'survey_url' is undefined" in m["reason"]
+        )
+        assert m["attempts"] == 0 and rid
 
     async def test_forged_unsubscribe_link_is_refused(self, tenant):
         assert (await tenant.client.get("/u/abc.def")).status_code == 404

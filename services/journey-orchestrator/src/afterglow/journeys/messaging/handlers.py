@@ -82,7 +82,8 @@ async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any
     message_id = str(
         uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}")
     )
-    due = max(now, data.not_before) if data.not_before else now
+    waits = data.not_before is not None and data.not_before > now
+    due = data.not_before if waits else now
     stmt = (
         pg_insert(Message)
         .values(
@@ -98,8 +99,8 @@ async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any
             variables=data.variables,
             order_id=data.order_id,
             not_before=data.not_before,
-            status="queued",
-            reason=None,
+            status="deferred" if waits else "queued",
+            reason="not_before" if waits else None,
             attempts=0,
             next_attempt_at=due,
             created_at=now,
@@ -113,5 +114,12 @@ async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any
     )
     inserted = (await session.execute(stmt)).scalar_one_or_none()
     if inserted is not None:
-        await store.record(session, event.tenantid, message_id, now, "queued", None)
+        await store.record(
+            session,
+            event.tenantid,
+            message_id,
+            now,
+            "deferred" if waits else "queued",
+            "not_before" if waits else None,
+        )
     return inserted is not None
