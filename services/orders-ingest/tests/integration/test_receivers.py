@@ -310,3 +310,15 @@ class TestSecretRotation:
         assert r_old.status_code == 401
         assert r_mid.status_code == 200
         assert json.loads(r_mid.content)["status"] == "processed"
+
+
+class TestWooPing:
+    async def test_webhook_creation_ping_is_acknowledged(self, client, runtime, tenant_id):
+        await register(client, tenant_id)
+        r = await client.post(
+            f"/webhooks/woocommerce/{tenant_id}",
+            content=b"webhook_id=15",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 200
+        assert await outbox_count(runtime, tenant_id) == 0

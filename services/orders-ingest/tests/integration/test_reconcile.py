@@ -140,3 +140,28 @@ class TestBigCommerce:
             headers={"X-Afterglow-Webhook-Token": "x"},
         )
         assert bad.status_code == 401
+
+
+class TestWorker:
+    async def test_background_worker_recovers_a_lost_webhook(
+        self, client, tap, runtime, fake, tenant_id
+    ):
+        import asyncio
+        import contextlib
+
+        from afterglow.ingest.reconcile import reconciliation_worker
+
+        await register(client, tenant_id)
+        await connect(client, tenant_id, "shopify", fake.url, tenant_id)
+        fake.shopify[tenant_id] = [fixture("shopify_order") | {"updated_at": recent(3)}]
+        # The app's own worker slept right after start-up (interval 1 h in tests); a
+        # second instance of the same loop makes its first pass now.
+        task = asyncio.create_task(reconciliation_worker(runtime))
+        try:
+            [event] = await tap.wait_for(placed(tenant_id))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert event.data.order_id == "shopify:820982911946154508"
+        assert await outbox_count(runtime, tenant_id) == 1

@@ -206,3 +206,22 @@ class TestShopifyContract:
         assert r.json()["error"]["field"] == "total_price"
         assert await delivery_count(runtime, tenant_id) == 0
         assert await outbox_count(runtime, tenant_id) == 0
+
+
+class TestConcurrentRetries:
+    async def test_racing_copies_of_one_delivery_emit_once(self, client, runtime, tenant_id):
+        import asyncio
+
+        secrets = await register(client, tenant_id)
+        order = fixture("shopify_order")
+        answers = await asyncio.gather(
+            *(
+                post_shopify(
+                    client, tenant_id, secrets["shopify"], "orders/create", order, webhook_id="race"
+                )
+                for _ in range(6)
+            )
+        )
+        assert {r.status_code for r in answers} == {200}
+        assert sorted(r.json()["status"] for r in answers).count("processed") == 1
+        assert await outbox_count(runtime, tenant_id) == 1
