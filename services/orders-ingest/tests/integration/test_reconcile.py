@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fake_platforms import FakePlatforms, running_fake
+from ingest_fakes import FakePlatforms, running_fake
 from ingest_support import ADMIN, fixture, outbox_count, post_shopify, post_woo, register
 
 
