@@ -135,6 +135,17 @@ class TestNps:
         assert (await nps(fb, h, *win, sku="Z"))["total"]["nps"] is None
         assert (await nps(fb, h, *win))["total"]["responses"] == 3
 
+    async def test_tenants_see_only_their_answers(self, fb, tenant_id):
+        h = await fb.key(tenant_id)
+        await answer(fb, h, 10, "2026-03-02T10:00:00Z")
+        other = await fb.key(f"o{tenant_id}")
+        win = ("2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z")
+        assert (await nps(fb, h, *win))["total"]["responses"] == 1
+        assert (await nps(fb, other, *win))["total"]["responses"] == 0
+        assert (await fb.client.get("/v1/metrics/nps")).status_code == 401
+        writer = await fb.key(tenant_id, ["feedback:write"])
+        assert (await fb.client.get("/v1/metrics/nps", headers=writer)).status_code == 403
+
     async def test_bad_parameters_name_the_field(self, fb, tenant_id):
         h = await fb.key(tenant_id)
         r = await fb.client.get(
