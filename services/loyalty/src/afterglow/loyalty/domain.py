@@ -274,7 +274,16 @@ class Lot:
     state: LotState = "pending"
     available_at: datetime | None = None
     expires_at: datetime | None = None
+    notify_at: datetime | None = None  # when to warn that the lot is about to expire
     rule_snapshot: dict[str, Any] = field(default_factory=dict)
+
+    def start_expiry(self, rules: ProgramRules, since: datetime) -> None:
+        self.expires_at = expires_at(rules, since)
+        self.notify_at = (
+            self.expires_at - timedelta(days=rules.expiring_notice_days)
+            if self.expires_at is not None
+            else None
+        )
 
     @property
     def effective(self) -> int:
@@ -362,7 +371,7 @@ class Wallet:
             return []
         if lot.available_at is not None and lot.available_at <= now:
             lot.state = "available"
-            lot.expires_at = expires_at(rules, lot.available_at)
+            lot.start_expiry(rules, lot.available_at)
             self._credit_available(lot, lot.points)
             return [self._entry("earn_available", 0, lot.points, now, lot, reason)]
         lot.state = "pending"
@@ -381,7 +390,7 @@ class Wallet:
             return []
         amount = lot.effective
         lot.state = "available"
-        lot.expires_at = expires_at(rules, lot.available_at)
+        lot.start_expiry(rules, lot.available_at)
         self._touch(lot)
         self.pending -= amount
         self._credit_available(lot, amount)
@@ -449,8 +458,8 @@ class Wallet:
                 earned_at=now,
                 available_at=now,
                 state="available",
-                expires_at=expires_at(rules, now),
             )
+            lot.start_expiry(rules, now)
             self.lots.append(lot)
             self._touch(lot)
             self._credit_available(lot, points)

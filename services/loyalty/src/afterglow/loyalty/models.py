@@ -71,6 +71,7 @@ class LotRow(Base):
     earned_at: Mapped[datetime] = mapped_column(TZ)
     available_at: Mapped[datetime | None] = mapped_column(TZ)
     expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    notify_at: Mapped[datetime | None] = mapped_column(TZ)
     expiry_notified_at: Mapped[datetime | None] = mapped_column(TZ)
     rule_snapshot: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     __table_args__ = (

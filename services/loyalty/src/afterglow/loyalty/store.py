@@ -78,6 +78,7 @@ def _to_lot(row: LotRow) -> domain.Lot:
         state=row.state,
         available_at=row.available_at,
         expires_at=row.expires_at,
+        notify_at=row.notify_at,
         rule_snapshot=row.rule_snapshot or {},
     )
 
@@ -140,6 +141,7 @@ async def persist(
                     "earned_at": lot.earned_at,
                     "available_at": lot.available_at,
                     "expires_at": lot.expires_at,
+                    "notify_at": lot.notify_at,
                     "rule_snapshot": lot.rule_snapshot,
                 }
                 for lot in dirty
@@ -155,6 +157,7 @@ async def persist(
                     "state": ex.state,
                     "available_at": ex.available_at,
                     "expires_at": ex.expires_at,
+                    "notify_at": ex.notify_at,
                 },
             )
         )

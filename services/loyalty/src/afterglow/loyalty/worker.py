@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select, union
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +21,6 @@ from afterglow.loyalty.models import Account, LotRow
 from afterglow.loyalty.settings import LoyaltySettings
 
 log = logging.getLogger(__name__)
-# Notices are looked up this far ahead, then filtered by each tenant's notice period.
-MAX_NOTICE = timedelta(days=90)
 
 
 async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
@@ -30,13 +28,18 @@ async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list
         LotRow.state == "pending", LotRow.available_at <= now
     )
     expiring = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "available", LotRow.remaining > 0, LotRow.expires_at <= now
+    )
+    # notify_at is fixed when the lot starts to expire, so an account is due for a
+    # notice only once, not on every pass until the lot expires.
+    notices = select(LotRow.tenant_id, LotRow.customer_id).where(
         LotRow.state == "available",
         LotRow.remaining > 0,
-        LotRow.expires_at <= now + MAX_NOTICE,
-        (LotRow.expires_at <= now) | LotRow.expiry_notified_at.is_(None),
+        LotRow.expiry_notified_at.is_(None),
+        LotRow.notify_at <= now,
     )
     tiers = select(Account.tenant_id, Account.customer_id).where(Account.tier_review_at <= now)
-    rows = await session.execute(union(pending, expiring, tiers).limit(limit))
+    rows = await session.execute(union(pending, expiring, notices, tiers).limit(limit))
     return [(r[0], r[1]) for r in rows]
 
 
@@ -55,10 +58,12 @@ async def process_account(runtime: Runtime, tenant: str, customer: str, now: dat
             entries += wallet.release(lot, rules, now)
         entries += wallet.expire(now)
         await store.persist(session, runtime.outbox, account, wallet, entries, now)
+        candidates = [lot for lot in wallet.lots if lot.notify_at and lot.notify_at <= now]
+        fresh = await _unnotified(session, [lot.id for lot in candidates])
         soon = [
             lot
-            for lot in wallet.expiring(now, rules.expiring_notice_days)
-            if lot.id in await _unnotified(session, [lot.id])
+            for lot in candidates
+            if lot.id in fresh and lot.state == "available" and lot.remaining > 0
         ]
         if soon:
             first = min(lot.expires_at for lot in soon if lot.expires_at)

@@ -68,6 +68,7 @@ def upgrade() -> None:
     sa.Column('earned_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('available_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('notify_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('expiry_notified_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('rule_snapshot', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_lots')),
@@ -120,9 +121,9 @@ def upgrade() -> None:
     op.create_index('ix_entries_account', 'entries', ['tenant_id', 'customer_id', 'seq'], unique=False, schema='loyalty')
     op.create_index('ix_lots_account', 'lots', ['tenant_id', 'customer_id', 'state'], unique=False, schema='loyalty')
     op.create_index('ix_lots_expiry', 'lots', ['expires_at'], unique=False, schema='loyalty', postgresql_where=sa.text("state = 'available' AND remaining > 0"))
+    op.create_index('ix_lots_notify', 'lots', ['notify_at'], unique=False, schema='loyalty', postgresql_where=sa.text("state = 'available' AND expiry_notified_at IS NULL"))
     op.create_index('ix_lots_due', 'lots', ['available_at'], unique=False, schema='loyalty', postgresql_where=sa.text("state = 'pending'"))
     op.create_index('ix_orders_customer', 'orders', ['tenant_id', 'customer_id', 'placed_at'], unique=False, schema='loyalty')
-    # ### end Alembic commands ###
 
 
 def downgrade() -> None:
