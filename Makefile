@@ -21,6 +21,10 @@ install: uv ## install every package of the workspace from the lock
 dev: install ## start PostgreSQL, the broker and every service; Ctrl-C stops all
 	@$(UV) run afterglow-stack up
 
+.PHONY: demo
+demo: install ## a shop, five customers, every service: prints messages and journeys (< 2 min)
+	@$(UV) run python -m afterglow.devstack.demo
+
 .PHONY: test
 test: install ## the whole suite on the embedded stack (PostgreSQL + Tansu)
 	@$(UV) run pytest $(PYTEST_ARGS)
