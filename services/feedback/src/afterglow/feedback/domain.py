@@ -36,7 +36,11 @@ SCALES: dict[str, Scale] = {
         "Extremely likely",
     ),
     "csat": Scale(
-        1, 5, "How satisfied are you with your order from {tenant}?", "Very unsatisfied", "Very"
+        1,
+        5,
+        "How satisfied are you with your order from {tenant}?",
+        "Very unsatisfied",
+        "Very satisfied",
     ),
     "ces": Scale(
         1, 7, "How easy was it to get what you needed from {tenant}?", "Very difficult", "Very easy"
