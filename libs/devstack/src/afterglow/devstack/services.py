@@ -63,6 +63,7 @@ def running_services(
     instances: int = 1,
     fixed_ports: bool = False,
     extra_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 90,
 ) -> Iterator[RunningServices]:
     """Start ``instances`` processes of each service and wait until all are ready.
 
@@ -95,7 +96,7 @@ def running_services(
                 running.processes.setdefault(name, []).append(ServiceProcess(name, url, log, proc))
         for procs in running.processes.values():
             for p in procs:
-                if not wait_ready(p.url, proc=p.proc):
+                if not wait_ready(p.url, timeout=ready_timeout, proc=p.proc):
                     tail = p.log.read_text()[-3000:] if p.log.exists() else ""
                     raise RuntimeError(f"{p.name} at {p.url} did not become ready:\n{tail}")
         yield running
