@@ -174,3 +174,21 @@ class TestDeliveries:
         )
         other = await client.post("/v1/deliveries/nope/replay", headers=auth)
         assert other.status_code == 404
+
+
+class TestTenantIsolation:
+    async def test_another_tenants_deliveries_are_invisible(self, client, tenant_id):
+        secrets = await register(client, tenant_id)
+        created = await post_shopify(
+            client, tenant_id, secrets["shopify"], "orders/create", fixture("shopify_order")
+        )
+        other = f"{tenant_id}-b"
+        await register(client, other)
+        key = await api_key(client, other, "orders:read", "orders:write")
+        auth = {"Authorization": f"Bearer {key}"}
+        listed = await client.get("/v1/deliveries", headers=auth)
+        assert listed.status_code == 200 and listed.json()["items"] == []
+        replay = await client.post(
+            f"/v1/deliveries/{created.json()['delivery_id']}/replay", headers=auth
+        )
+        assert replay.status_code == 404

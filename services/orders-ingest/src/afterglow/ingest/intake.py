@@ -170,7 +170,14 @@ async def emit(
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
         events.append(
-            CloudEvent.new(data, tenant_id=tenant_id, subject=subject, source=SOURCE, id=event_id)
+            CloudEvent.new(
+                data,
+                tenant_id=tenant_id,
+                subject=subject,
+                source=SOURCE,
+                id=event_id,
+                time=received_at,
+            )
         )
     await outbox.add(session, *events)
     ids = [e.id for e in events]
