@@ -99,3 +99,13 @@ class TestOrderRules:
         )
         await self.run(loyalty, h.order_refunded, full, tenant, c)
         assert await loyalty.consistent(tenant, c) == (0, 0)
+
+    async def test_tier_multiplier_applies_to_the_next_order(self, loyalty: Loyalty):
+        h, tenant, c = self.setup(loyalty)
+        big = loyalty.order("o1", 60_000, customer_orders_count=5)
+        await self.run(loyalty, h.order_placed, big, tenant, c)
+        assert await loyalty.consistent(tenant, c) == (0, 3_000)  # earned as bronze, x1
+        await self.run(
+            loyalty, h.order_placed, loyalty.order("o2", 10_000, customer_orders_count=6), tenant, c
+        )
+        assert await loyalty.consistent(tenant, c) == (0, 3_000 + 625)  # silver, x1.25
