@@ -322,3 +322,34 @@ class TestWooPing:
         )
         assert r.status_code == 200
         assert await outbox_count(runtime, tenant_id) == 0
+
+
+class TestWooBySource:
+    async def test_tenant_from_the_store_url(self, client, tap, tenant_id):
+        store = f"https://{tenant_id}.example.com"
+        r = await client.post(
+            "/admin/tenants",
+            headers=ADMIN,
+            json={
+                "tenant_id": tenant_id,
+                "name": "woo",
+                "woocommerce_store_url": store + "/",
+                "platforms": ["woocommerce"],
+            },
+        )
+        secret = r.json()["secrets"]["woocommerce"]
+        raw = dumps(fixture("woocommerce_order"))
+        headers = {
+            "Content-Type": "application/json",
+            "X-WC-Webhook-Topic": "order.created",
+            "X-WC-Webhook-Source": store.upper() + "/",
+            "X-WC-Webhook-Signature": b64hmac(secret, raw),
+        }
+        ok = await client.post("/webhooks/woocommerce", content=raw, headers=headers)
+        assert ok.status_code == 200, ok.text
+        [event] = await tap.wait_for(of(tenant_id, "order.placed"))
+        assert event.data.order_id == "woocommerce:727"
+        stranger = headers | {"X-WC-Webhook-Source": "https://elsewhere.example.com/"}
+        assert (
+            await client.post("/webhooks/woocommerce", content=raw, headers=stranger)
+        ).status_code == 401

@@ -225,3 +225,27 @@ class TestConcurrentRetries:
         assert {r.status_code for r in answers} == {200}
         assert sorted(r.json()["status"] for r in answers).count("processed") == 1
         assert await outbox_count(runtime, tenant_id) == 1
+
+
+class TestShopRedact:
+    async def test_shop_redact_blanks_stored_payloads(self, client, runtime, tenant_id):
+        from sqlalchemy import select
+
+        from afterglow.ingest.models import Delivery
+
+        secrets = await register(client, tenant_id)
+        s = secrets["shopify"]
+        await post_shopify(client, tenant_id, s, "orders/create", fixture("shopify_order"))
+        redact = await post_shopify(
+            client, tenant_id, s, "shop/redact", fixture("shopify_shop_redact")
+        )
+        assert redact.status_code == 200
+        async with runtime.sessionmaker() as session:
+            rows = (
+                (await session.execute(select(Delivery).where(Delivery.tenant_id == tenant_id)))
+                .scalars()
+                .all()
+            )
+        bodies = {r.topic: r.body for r in rows}
+        assert bodies["orders/create"] == b"{}"
+        assert b"shop_id" in bodies["shop/redact"]

@@ -276,6 +276,30 @@ async def shopify_webhook(request: Request, session: Session) -> JSONResponse:
 async def woocommerce_webhook(
     request: Request, session: Session, tenant_id: TenantPath
 ) -> JSONResponse:
+    return await _woocommerce(request, session, tenant_id)
+
+
+@webhooks.post(
+    "/woocommerce",
+    summary="WooCommerce webhooks, tenant from X-WC-Webhook-Source (the store URL)",
+    responses=_OUTCOMES,
+    response_model=DeliveryOutcome,
+    openapi_extra=_webhook_doc(
+        {"id": 727, "status": "processing", "currency": "USD", "total": "29.35"},
+        {
+            "X-WC-Webhook-Signature": "base64 HMAC-SHA256 of the raw body",
+            "X-WC-Webhook-Topic": "order.created",
+            "X-WC-Webhook-Source": "https://shop.example.com/ (the registered store URL)",
+        },
+    ),
+)
+async def woocommerce_webhook_by_source(request: Request, session: Session) -> JSONResponse:
+    source = request.headers.get("x-wc-webhook-source", "")
+    tenant = await registry.tenant_by_store_url(session, source) if source else None
+    return await _woocommerce(request, session, tenant)
+
+
+async def _woocommerce(request: Request, session: Any, tenant_id: str | None) -> JSONResponse:
     h = request.headers
     # Woo pings a new webhook with a form-encoded "webhook_id=N": answer it, or Woo
     # counts a failure against the hook before any order is sent.

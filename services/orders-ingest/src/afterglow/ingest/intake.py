@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -231,8 +231,24 @@ async def accept(
         normalized=normalized,
         received_at=received_at,
     )
+    if any(
+        isinstance(e.data, c.CustomerErasureRequested) and e.data.scope == "tenant"
+        for e in normalized.emits
+    ):
+        await forget_tenant_payloads(session, tenant_id, keep=did)
     await _finish(session, did, "processed", ids)
     return Outcome(did, "processed", ids)
+
+
+async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: str) -> None:
+    """shop/redact: the shop's raw deliveries hold its customers' personal data. Bodies
+    and headers are blanked (the rows stay, as the record of what was received)."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.tenant_id == tenant_id, Delivery.id != keep)
+        .values(body=b"{}", headers={"x-afterglow-redacted": "shop/redact"})
+    )
+    await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
 
 
 async def _finish(session: AsyncSession, did: str, status: str, ids: list[str]) -> None:

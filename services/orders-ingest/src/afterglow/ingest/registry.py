@@ -49,7 +49,9 @@ async def create_tenant(
             tenant_id=tenant_id,
             name=name,
             shopify_shop_domain=shopify_shop_domain.lower() if shopify_shop_domain else None,
-            woocommerce_store_url=woocommerce_store_url,
+            woocommerce_store_url=normalize_store_url(woocommerce_store_url)
+            if woocommerce_store_url
+            else None,
             bigcommerce_store_hash=bigcommerce_store_hash,
             created_at=now,
         )
@@ -74,6 +76,19 @@ async def tenant_by_shop_domain(session: AsyncSession, domain: str) -> str | Non
     return (
         await session.execute(
             select(Tenant.tenant_id).where(Tenant.shopify_shop_domain == domain.strip().lower())
+        )
+    ).scalar()
+
+
+def normalize_store_url(url: str) -> str:
+    """``https://Shop.example.com/`` and ``https://shop.example.com`` are one store."""
+    return url.strip().rstrip("/").lower()
+
+
+async def tenant_by_store_url(session: AsyncSession, url: str) -> str | None:
+    return (
+        await session.execute(
+            select(Tenant.tenant_id).where(Tenant.woocommerce_store_url == normalize_store_url(url))
         )
     ).scalar()
 
