@@ -58,89 +58,48 @@ FAST_ENV = {
 }
 
 
-def compressed_journey() -> dict[str, Any]:
-    """The default journey (journeys' DESIGN.md shape) with days turned into seconds."""
-    return {
-        "name": "default",
-        "description": "The default journey, compressed: a day is about a second.",
-        "trigger": {"events": ["order.placed"]},
-        "exits": ["order.refunded", "order.cancelled"],
-        "reentry": "restart",
-        "stages": [
-            {
-                "name": "onboarding",
-                "actions": [
-                    {
-                        "type": "split",
-                        "branches": [
-                            {
-                                "when": {"first_order": True},
-                                "actions": [
-                                    {
-                                        "type": "message",
-                                        "kind": "welcome",
-                                        "category": "transactional",
-                                    }
-                                ],
-                            }
-                        ],
-                        "otherwise": [
-                            {"type": "message", "kind": "thank_you", "category": "transactional"}
-                        ],
-                    }
-                ],
-            },
-            {
-                "name": "check_in",
-                "wait": "PT2S after order.delivered or PT4S after order.fulfilled",
-                "actions": [{"type": "message", "kind": "check_in"}],
-            },
-            {
-                "name": "survey",
-                "wait": "PT4S after order.delivered or PT6S after order.fulfilled",
-                "when": {"open_ticket": False, "not_surveyed_within": "P30D"},
-                "actions": [
-                    {"type": "survey", "kind": "nps", "stop_after": "PT90S"},
-                    {
-                        "type": "split",
-                        "branches": [
-                            {
-                                "when": {"nps_band": ["detractor"]},
-                                "actions": [
-                                    {"type": "escalate_support", "reason": "detractor"},
-                                    {
-                                        "type": "wait_for",
-                                        "event": "ticket.resolved",
-                                        "timeout": "PT90S",
-                                    },
-                                ],
-                            }
-                        ],
-                    },
-                ],
-            },
-            {
-                "name": "advocacy",
-                "wait": "PT6S after order.delivered or PT8S after order.fulfilled",
-                "actions": [
-                    {"type": "message", "kind": "review_request"},
-                    {
-                        "type": "split",
-                        "branches": [
-                            {
-                                "when": {"nps_band": ["promoter"]},
-                                "actions": [{"type": "invite_referral"}],
-                            },
-                            {
-                                "when": {"nps_band": ["passive"]},
-                                "actions": [{"type": "message", "kind": "loyalty_nudge"}],
-                            },
-                        ],
-                    },
-                ],
-            },
-        ],
-    }
+SECONDS_PER_DAY = 2.0
+_DURATION = re.compile(
+    r"\bP(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?\b"
+)
+
+
+def _compress_duration(text: str, seconds_per_day: float) -> str:
+    def one(m: re.Match[str]) -> str:
+        g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
+        if not any(g.values()):
+            return m.group(0)
+        days = g["w"] * 7 + g["d"] + g["h"] / 24 + g["m"] / 1440 + g["s"] / 86400
+        return f"PT{max(days * seconds_per_day, 0.1):g}S"
+
+    return _DURATION.sub(one, text)
+
+
+def compress_journey(
+    definition: dict[str, Any], seconds_per_day: float = SECONDS_PER_DAY
+) -> dict[str, Any]:
+    """The tenant's journey with every duration scaled from days to seconds (P3D ->
+    PT6S at 2 s a day). Times of day (``at``) are dropped: a rounded due time would
+    wait for tomorrow morning. Survey reminders are dropped too: the scenario answers
+    within seconds and a compressed reminder would race the answer."""
+    duration_keys = {
+        "wait", "delay", "stop_after", "timeout", "within",
+        "surveyed_within", "not_surveyed_within",
+    }  # fmt: skip
+
+    def walk(node: Any, key: str | None = None) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, k) for k, v in node.items() if k not in ("at", "reminder_after")}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and key in duration_keys:
+            return _compress_duration(node, seconds_per_day)
+        return node
+
+    out: dict[str, Any] = walk(copy.deepcopy(definition))
+    out["description"] = f"{out.get('name')}, compressed: a day lasts {seconds_per_day:g} s"
+    return out
 
 
 # --- the merchant's ESP stand-in ----------------------------------------------------------
@@ -293,6 +252,7 @@ class Scenario:
     key: str = ""
     customers: dict[str, Customer] = field(default_factory=dict)
     referral_code: str | None = None
+    journey_definition: dict[str, Any] = field(default_factory=dict)
     timeline: dict[str, float] = field(default_factory=dict)
     _http: httpx.AsyncClient | None = None
     _stages: dict[str, str] = field(default_factory=dict)
@@ -469,7 +429,11 @@ class Scenario:
             "/v1/messaging/settings",
             json={"quiet_hours_start": "00:00", "quiet_hours_end": "00:00", "frequency_cap": 20},
         )
-        await self.call("PUT", "journeys", "/v1/journeys/default", json=compressed_journey())
+        # A compressed copy of the tenant's default journey: the same stages, conditions
+        # and actions, with days turned into seconds.
+        default = await self.call("GET", "journeys", "/v1/journeys/default")
+        self.journey_definition = compress_journey(default["definition"])
+        await self.call("PUT", "journeys", "/v1/journeys/default", json=self.journey_definition)
         await self.call("POST", "journeys", "/v1/journeys/default/activate", json={})
         # Points become available as soon as an order is fulfilled (return window 0).
         rules = await self.call("GET", "loyalty", "/v1/rules")
@@ -833,6 +797,7 @@ def main() -> int:
                 state / "logs",
                 names=list(SERVICES),
                 extra_env={**FAST_ENV, "INGEST_ADMIN_TOKEN": DEMO_ADMIN_TOKEN},
+                ready_timeout=300,
             ) as svc,
         ):
             printer(f"stack and services ready in {time.monotonic() - t0:.0f} s")
