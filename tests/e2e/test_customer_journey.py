@@ -41,6 +41,8 @@ def services(
         names=list(SERVICES),
         instances=instances,
         extra_env={**FAST_ENV, "INGEST_ADMIN_TOKEN": ADMIN_TOKEN},
+        # A loaded CI machine can take minutes to import and join every consumer group.
+        ready_timeout=300,
     ) as svc:
         yield svc
 
