@@ -249,3 +249,41 @@ class TestShopRedact:
         bodies = {r.topic: r.body for r in rows}
         assert bodies["orders/create"] == b"{}"
         assert b"shop_id" in bodies["shop/redact"]
+
+    async def test_customers_redact_blanks_that_customers_payloads(
+        self, client, runtime, tenant_id
+    ):
+        from sqlalchemy import select
+
+        from afterglow.ingest.models import Delivery
+
+        secrets = await register(client, tenant_id)
+        s = secrets["shopify"]
+        mine = fixture("shopify_order")  # email Jon@Example.com
+        other = fixture("shopify_order") | {
+            "id": 42,
+            "email": "someone@else.org",
+            "contact_email": None,
+        }
+        other["customer"] = other["customer"] | {"email": "someone@else.org"}
+        await post_shopify(client, tenant_id, s, "orders/create", mine)
+        await post_shopify(client, tenant_id, s, "orders/create", other)
+        redact = fixture("shopify_customers_redact")
+        redact["customer"]["email"] = "JON@example.com"
+        assert (
+            await post_shopify(client, tenant_id, s, "customers/redact", redact)
+        ).status_code == 200
+        async with runtime.sessionmaker() as session:
+            rows = (
+                (
+                    await session.execute(
+                        select(Delivery).where(
+                            Delivery.tenant_id == tenant_id, Delivery.topic == "orders/create"
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        blanked = sorted(r.body == b"{}" for r in rows)
+        assert blanked == [False, True]

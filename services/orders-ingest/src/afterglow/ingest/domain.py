@@ -266,6 +266,8 @@ class Normalized:
     known_topic: bool = True
     emits: list[Emit] = field(default_factory=list)
     order: OrderRecord | None = None
+    # customers/redact: scrub stored raw payloads that mention these (normalized) emails.
+    forget_emails: list[str] = field(default_factory=list)
 
 
 def fact_key(data: c.EventData) -> str | None:
@@ -452,6 +454,8 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
         cust = require(p, "customer")
         subject = customer_subject(cust.get("id"), cust.get("email"), "none")
         out.emits.append(Emit(c.CustomerErasureRequested(requested_at=_epoch()), subject))
+        email = normalize_email(cust.get("email"))
+        out.forget_emails = [email] if email else []
     elif topic == "shop/redact":
         out.emits.append(
             Emit(c.CustomerErasureRequested(requested_at=_epoch(), scope="tenant"), "*")

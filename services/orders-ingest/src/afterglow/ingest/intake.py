@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -236,8 +236,26 @@ async def accept(
         for e in normalized.emits
     ):
         await forget_tenant_payloads(session, tenant_id, keep=did)
+    for email in normalized.forget_emails:
+        await forget_customer_payloads(session, tenant_id, email, keep=did)
     await _finish(session, did, "processed", ids)
     return Outcome(did, "processed", ids)
+
+
+async def forget_customer_payloads(
+    session: AsyncSession, tenant_id: str, email: str, keep: str
+) -> None:
+    """customers/redact: blank the stored raw deliveries that carry the customer's email
+    (a scan of one tenant's rows, acceptable for a rare request)."""
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.tenant_id == tenant_id,
+            Delivery.id != keep,
+            func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0,
+        )
+        .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
+    )
 
 
 async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: str) -> None:
