@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
-from afterglow.devstack.pytest_plugin import new_id, serve_app
+from afterglow.devstack.pytest_plugin import new_id
 from afterglow.events import CloudEvent, to_record
 from afterglow.events.catalog import (
     CustomerErasureRequested,
@@ -29,20 +28,22 @@ from afterglow.events.catalog import (
     OrderPlaced,
 )
 from afterglow.events.testing import TopicTap, eventually
-from afterglow.journeys.app import create_app
 from afterglow.journeys.messaging.models import MessageContact
 from afterglow.journeys.messaging.policy import verify_webhook
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
+from afterglow.journeys.messaging.settings import MessagingSettings
+from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-SETTINGS_ENV = {
-    "MESSAGING_POLL_INTERVAL_S": "0.05",
-    "MESSAGING_REQUEST_TIMEOUT_S": "2",
-    "MESSAGING_MAX_ATTEMPTS": "3",
-    "MESSAGING_BACKOFF_BASE_S": "60",
-    "MESSAGING_PUBLIC_URL": "http://testserver",
-}
+# Applied to the suite's shared orchestrator (tests/conftest.py) for this module only.
+TEST_SETTINGS = MessagingSettings(
+    poll_interval_s=0.05,
+    request_timeout_s=2,
+    max_attempts=3,
+    backoff_base_s=60,
+    public_url="http://testserver",
+)
 
 
 class Receiver:
@@ -104,43 +105,52 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+def clock(orch) -> ManualClock:
+    return orch.clock
 
 
 @pytest.fixture(scope="module")
-async def service(stack, clock) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    previous = {k: os.environ.get(k) for k in SETTINGS_ENV}
-    os.environ.update(SETTINGS_ENV)
+async def service(orch) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    """The suite's one orchestrator app: a second app here would run a second dispatcher
+    on the same tables with another clock. Its messaging settings are swapped for this
+    module's (the dispatcher reads them at every use) and restored afterwards."""
+    extras = orch.runtime.extras
+    previous = extras.get("messaging_settings")
+    extras["messaging_settings"] = TEST_SETTINGS
     try:
-        app = create_app(clock=clock)
-        async with serve_app(app) as client:
-            await eventually(
-                lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60
-            )
-            yield app, client
+        yield orch.runtime, orch.client
     finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if previous is None:
+            extras.pop("messaging_settings", None)
+        else:
+            extras["messaging_settings"] = previous
 
 
 class Tenant:
     # The journey engine in the same service requests messages of its own (a welcome on
     # every order); these tests look only at the requests they made (``mine``).
     def __init__(
-        self, app: Any, client: httpx.AsyncClient, tenant_id: str, key: str, clock: ManualClock
+        self,
+        runtime: Runtime,
+        client: httpx.AsyncClient,
+        tenant_id: str,
+        key: str,
+        clock: ManualClock,
     ) -> None:
-        self.app, self.client, self.id, self.key, self.clock = app, client, tenant_id, key, clock
+        self.runtime, self.client, self.id, self.key, self.clock = (
+            runtime,
+            client,
+            tenant_id,
+            key,
+            clock,
+        )
         self.auth = {"authorization": f"Bearer {key}"}
         self.mine: set[str] = set()
 
     async def publish(self, data: Any, customer: str, id: str | None = None) -> None:
         event = CloudEvent.new(data, tenant_id=self.id, subject=customer, source="tests", id=id)
         record = to_record(event)
-        producer = self.app.state.runtime.producer
+        producer = self.runtime.producer
         await producer.send_and_wait(record.topic, record.value, record.key, headers=record.headers)
 
     async def customer(self, customer: str, **info: Any) -> None:
@@ -177,11 +187,10 @@ def statuses(*wanted: str) -> Any:
 
 @pytest.fixture
 async def tenant(service, tenant_id, receiver, clock) -> Tenant:
-    app, client = service
-    runtime = app.state.runtime
+    runtime, client = service
     async with runtime.sessionmaker.begin() as session:
         key = await runtime.api_keys.create(session, tenant_id, ["messages:read", "messages:write"])
-    t = Tenant(app, client, tenant_id, key, clock)
+    t = Tenant(runtime, client, tenant_id, key, clock)
     r = await client.put(
         "/v1/messaging/endpoint", json={"url": receiver.url, "secret": SECRET}, headers=t.auth
     )
@@ -304,13 +313,15 @@ class TestPolicy:
     async def test_quiet_hours_defer_to_local_morning(self, tenant, receiver, clock):
         night = (clock.now() + timedelta(days=1)).replace(
             hour=3, minute=0, second=0, microsecond=0
-        )  # 22:00 in New York
+        )  # 22:00 in Bogota (UTC-5, no DST)
         clock.set(night)
-        await tenant.customer("c-ny", timezone="America/New_York")
+        await tenant.customer("c-ny", timezone="America/Bogota")
         await tenant.request("c-ny")
         [m] = await tenant.wait("c-ny", statuses("deferred"))
         assert m["reason"] == "quiet_hours"
-        assert datetime.fromisoformat(m["next_attempt_at"]) == night.replace(hour=13)  # 08:00 EST
+        assert datetime.fromisoformat(m["next_attempt_at"]) == night.replace(
+            hour=13
+        )  # 08:00 in Bogota
         clock.set(night.replace(hour=12, minute=59))
         await asyncio.sleep(0.3)
         assert receiver.of(tenant, "c-ny") == []
@@ -394,7 +405,7 @@ class TestPolicy:
         await tenant.publish(erasure, "c-gone")
         [m] = await tenant.wait("c-gone", statuses("suppressed"))
         assert m["reason"] == "erased"
-        runtime = tenant.app.state.runtime
+        runtime = tenant.runtime
         async with runtime.sessionmaker() as session:
             contact = await session.get(MessageContact, (tenant.id, "c-gone"))
         assert contact.email is None and contact.first_name is None and contact.erased_at
@@ -485,8 +496,7 @@ class TestTemplatesApi:
         assert r.status_code == 422 and r.json()["error"]["field"] == "kind"
 
     async def test_scopes_and_secret_format(self, tenant, service):
-        app, client = service
-        runtime = app.state.runtime
+        runtime, client = service
         async with runtime.sessionmaker.begin() as session:
             key = await runtime.api_keys.create(session, tenant.id, ["journeys:read"])
         r = await client.get(

@@ -80,8 +80,12 @@ def unsubscribe_url(
 class Dispatcher:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.s = messaging_settings(runtime)
         self.inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def s(self) -> MessagingSettings:
+        # Read at every use, not once: settings live on the runtime (runtime.extras).
+        return messaging_settings(self.rt)
 
     async def run(self) -> None:
         try:
