@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
-from afterglow.devstack.processes import _die_with_parent
+from afterglow.devstack.processes import _die_with_parent, pid_alive
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 _COMPLETE = ".complete"
@@ -140,6 +140,7 @@ def run(pytest_args: list[str]) -> int:
     finally:
         if pytest_proc is not None:
             _stop_pytest(pytest_proc)
+            _stop_orphaned_postgres(root, pytest_proc.pid)
         if broker is not None:
             broker.stop()
             # Kept for a post-mortem: the state folder itself goes.
@@ -150,8 +151,9 @@ def run(pytest_args: list[str]) -> int:
 
 def _stop_pytest(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT first: pytest turns it into KeyboardInterrupt and tears its fixtures down
-    (PostgreSQL included); only a pytest that hangs is killed."""
-    for sig, grace in ((None, 5.0), (signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+    (PostgreSQL included). An async test may swallow it (a cancelled task), so a pytest
+    still running after a short grace is killed and its PostgreSQL stopped for it."""
+    for sig, grace in ((None, 2.0), (signal.SIGINT, 10.0), (signal.SIGKILL, 10.0)):
         if proc.poll() is not None:
             return
         if sig is not None:
@@ -160,6 +162,31 @@ def _stop_pytest(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(grace)  # a Ctrl-C on a terminal reached pytest too: let it finish
         except subprocess.TimeoutExpired:
             continue
+
+
+def _stop_orphaned_postgres(root: Path, pytest_pid: int) -> None:
+    """The embedded PostgreSQL of a killed pytest outlives it (pg_ctl daemonises it):
+    find it by the data directory the test stack names after pytest's pid, and stop that
+    one postmaster by its pid."""
+    state = Path(os.environ.get("AFTERGLOW_TEST_STATE", root / ".afterglow" / "test"))
+    pgdata = (root / state).resolve() / f"pgdata-{pytest_pid}"
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.is_file():
+        return  # pytest stopped it (the normal case)
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        cmdline, pid = "", 0
+    if pid and str(pgdata) in cmdline:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        print(f"kafka-suite: stopped the PostgreSQL pytest left behind (pid {pid})", flush=True)
+    shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def main() -> None:
