@@ -1,0 +1,136 @@
+"""Referred orders per second one referrals instance attributes, against a floor.
+
+Real stack (embedded PostgreSQL + broker via running_stack), the app in-process with
+its full lifespan. N ``order.placed`` events carrying referral codes are produced to
+the broker; the figure is N / (time until all N referrals are recorded), i.e. broker ->
+consumer -> fraud checks -> referral row + outbox, committed.
+
+Floor: the same N records produced to a topic nobody consumes and read back by a bare
+aiokafka consumer (no database, no parsing): the broker's own round trip.
+Usage: uv run python bench/referrals/run.py [--orders 2000] [--codes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy import func, select
+
+from afterglow.devstack.stack import running_stack
+from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.events.catalog import CustomerInfo, Money, OrderPlaced
+
+FLOOR_TOPIC = "afterglow.support"  # not consumed by referrals
+
+
+async def main(orders: int, codes: int) -> None:
+    from afterglow.referrals.app import create_app
+    from afterglow.referrals.models import Referral
+    from afterglow.referrals.settings import ReferralsSettings
+
+    settings = ReferralsSettings(log_level="WARNING", relay_poll_interval_s=0.2)
+    app = create_app(settings)
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        svc = rt.extras["referrals"]
+        now = datetime.now(UTC)
+        code_list = []
+        async with rt.sessionmaker.begin() as s:
+            for i in range(codes):
+                code, _ = await svc.issue_code(
+                    s,
+                    tenant,
+                    f"adv-{i}",
+                    invited_at=now,
+                    source="api",
+                    cause_id=f"b{i}",
+                    send_invite=False,
+                )
+                code_list.append(code.code)
+        records = []
+        for i in range(orders):
+            data = OrderPlaced(
+                order_id=f"o-{i}",
+                platform="api",
+                # 2 h apart per code: clear of the velocity rule, a realistic spread.
+                placed_at=now + timedelta(hours=2 * (i // codes), seconds=i % codes),
+                customer=CustomerInfo(email=f"r{i}@example.com"),
+                total=Money(amount=5000, currency="USD"),
+                referral_code=code_list[i % codes],
+                shipping_address_hash=uuid.uuid4().hex,
+                customer_orders_count=1,
+            )
+            ev = CloudEvent.new(data, tenant_id=tenant, subject=f"ref-{i}", source="bench")
+            records.append(to_record(ev))
+
+        producer = build_producer(
+            KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        )
+        await producer.start()
+        try:
+            t0 = time.perf_counter()
+            futures = [
+                await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+            while True:
+                async with rt.sessionmaker() as s:
+                    done = await s.scalar(select(func.count()).where(Referral.tenant_id == tenant))
+                if done >= orders:
+                    break
+                await asyncio.sleep(0.05)
+            service_s = time.perf_counter() - t0
+
+            # Floor: the broker round trip for the same records, nothing else.
+            consumer = AIOKafkaConsumer(
+                FLOOR_TOPIC,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                group_id=f"bench-floor-{uuid.uuid4().hex[:6]}",
+                auto_offset_reset="latest",
+                enable_auto_commit=False,
+            )
+            await consumer.start()
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=200)
+            for tp in consumer.assignment():
+                await consumer.position(tp)
+            t0 = time.perf_counter()
+            futures = [
+                await producer.send(FLOOR_TOPIC, value=r.value, key=r.key, headers=r.headers)
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+            seen = 0
+            while seen < orders:
+                batch = await consumer.getmany(timeout_ms=200)
+                seen += sum(len(v) for v in batch.values())
+            floor_s = time.perf_counter() - t0
+            await consumer.stop()
+        finally:
+            await producer.stop()
+
+    svc_rate, floor_rate = orders / service_s, orders / floor_s
+    print(f"referred orders attributed: {orders} in {service_s:.2f}s = {svc_rate:,.0f}/s")
+    print(f"floor (broker produce+consume only): {orders} in {floor_s:.2f}s = {floor_rate:,.0f}/s")
+    print(f"ratio service/floor: {svc_rate / floor_rate:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--codes", type=int, default=200)
+    args = parser.parse_args()
+    os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "referrals")
+    state = Path(os.environ.get("AFTERGLOW_BENCH_STATE", ".afterglow/bench-referrals"))
+    with running_stack(state, ephemeral=True) as stack:
+        os.environ.update(stack.env())
+        asyncio.run(main(args.orders, args.codes))
