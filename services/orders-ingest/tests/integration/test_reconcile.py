@@ -165,3 +165,22 @@ class TestWorker:
                 await task
         assert event.data.order_id == "shopify:820982911946154508"
         assert await outbox_count(runtime, tenant_id) == 1
+
+    async def test_store_api_down_answers_503_and_stores_nothing(
+        self, client, runtime, fake, tenant_id
+    ):
+        from ingest_support import delivery_count
+
+        await register(client, tenant_id)
+        r = await client.post(
+            f"/admin/tenants/{tenant_id}/secrets/bigcommerce", headers=ADMIN, json={}
+        )
+        await connect(client, tenant_id, "bigcommerce", f"{fake.url}/stores/abc123", tenant_id)
+        hook = fixture("bigcommerce_order_created")  # order 250 is not in the fake store
+        resp = await client.post(
+            f"/webhooks/bigcommerce/{tenant_id}",
+            json=hook,
+            headers={"X-Afterglow-Webhook-Token": r.json()["secret"]},
+        )
+        assert resp.status_code == 503
+        assert await delivery_count(runtime, tenant_id) == 0

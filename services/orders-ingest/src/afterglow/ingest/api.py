@@ -24,6 +24,7 @@ from afterglow.kit.app import Runtime
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import (
+    AppError,
     BadRequest,
     Conflict,
     NotFound,
@@ -31,6 +32,13 @@ from afterglow.kit.errors import (
     Unauthorized,
     Unprocessable,
 )
+
+
+class ServiceUnavailable(AppError):
+    """A platform API we depend on is down: the sender should retry later."""
+
+    status_code, code = 503, "upstream_unavailable"
+
 
 webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
 rest = APIRouter(prefix="/v1", tags=["orders and support events"])
@@ -1067,7 +1075,3 @@ async def bigcommerce_webhook(
         received_at=now,
     )
     return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)
-
-
-class ServiceUnavailable(Unprocessable):
-    status_code, code = 503, "upstream_unavailable"

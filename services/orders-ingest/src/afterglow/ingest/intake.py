@@ -218,7 +218,7 @@ async def accept(
     if did is None:
         return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
     if not normalized.known_topic:
-        await _finish(session, did, "archived", [])
+        await finish(session, did, "archived", [])
         return Outcome(did, "archived")
     ids = await emit(
         session,
@@ -238,7 +238,7 @@ async def accept(
         await forget_tenant_payloads(session, tenant_id, keep=did)
     for email in normalized.forget_emails:
         await forget_customer_payloads(session, tenant_id, email, keep=did)
-    await _finish(session, did, "processed", ids)
+    await finish(session, did, "processed", ids)
     return Outcome(did, "processed", ids)
 
 
@@ -269,7 +269,7 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
     await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
 
 
-async def _finish(session: AsyncSession, did: str, status: str, ids: list[str]) -> None:
+async def finish(session: AsyncSession, did: str, status: str, ids: list[str]) -> None:
     await session.execute(
         update(Delivery).where(Delivery.id == did).values(status=status, event_ids=ids)
     )

@@ -118,7 +118,7 @@ async def _feed(
                 received_at=now,
             )
             if did:
-                await intake._finish(session, did, "failed", [])
+                await intake.finish(session, did, "failed", [])
             return None
         outcome = await intake.accept(
             session,
