@@ -3,6 +3,8 @@ idempotency keys, operators' deliveries listing and replay."""
 
 from __future__ import annotations
 
+import json
+
 from ingest_support import ADMIN, fixture, outbox_count, post_shopify, register
 
 ORDER = {
@@ -174,6 +176,10 @@ class TestDeliveries:
         )
         other = await client.post("/v1/deliveries/nope/replay", headers=auth)
         assert other.status_code == 404
+        detail = await client.get(f"/v1/deliveries/{created.json()['delivery_id']}", headers=auth)
+        assert detail.status_code == 200 and detail.json()["replays"] == 1
+        assert json.loads(detail.json()["body"])["id"] == 820982911946154508
+        assert detail.json()["headers"]["x-shopify-topic"] == "orders/create"
 
 
 class TestTenantIsolation:

@@ -746,6 +746,53 @@ async def list_deliveries(
     )
 
 
+class DeliveryDetail(DeliveryOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11",
+                    "platform": "shopify",
+                    "topic": "orders/create",
+                    "status": "processed",
+                    "dedupe_key": "b54557e4-bdd9-4b37-8a5f-bf7d70fcd043",
+                    "received_at": "2026-03-02T14:30:01Z",
+                    "event_ids": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
+                    "replays": 0,
+                    "headers": {"x-shopify-topic": "orders/create"},
+                    "body": '{"id": 820982911946154508}',
+                }
+            ]
+        }
+    )
+    headers: dict[str, Any]
+    body: str = Field(description="The raw body as received (UTF-8, invalid bytes replaced)")
+
+
+@operators.get(
+    "/{delivery_id}",
+    summary="One stored delivery with its raw body (scope orders:read)",
+    response_model=DeliveryDetail,
+    responses={404: {"description": "No such delivery for this tenant"}},
+)
+async def get_delivery(
+    session: Session,
+    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    principal: Principal = Depends(require_scope("orders:read")),
+) -> DeliveryDetail:
+    d = (
+        await session.execute(
+            select(Delivery).where(
+                Delivery.tenant_id == principal.tenant_id, Delivery.id == delivery_id
+            )
+        )
+    ).scalar()
+    if d is None:
+        raise NotFound("no such delivery", field="delivery_id")
+    base = DeliveryOut.model_validate(d, from_attributes=True).model_dump()
+    return DeliveryDetail(**base, headers=d.headers, body=d.body.decode(errors="replace"))
+
+
 @operators.post(
     "/{delivery_id}/replay",
     summary="Normalize a stored delivery again and publish its events (scope orders:write)",
