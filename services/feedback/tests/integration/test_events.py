@@ -14,6 +14,7 @@ from afterglow.events.catalog import (
     CustomerInfo,
     LineItem,
     OrderPlaced,
+    ReviewRequested,
     SurveyRequested,
 )
 from afterglow.events.testing import eventually
@@ -181,3 +182,32 @@ class TestOrdersAndErasure:
             headers=headers,
         )
         assert m.json()["total"]["detractors"] == 1
+
+
+class TestReviewRequested:
+    async def test_requests_the_review_message_with_a_link_to_the_order_review_page(
+        self, fb, tenant_id
+    ):
+        await fb.publish(order_placed(tenant_id, "cust-r", "o-r1", ["MUG", "CUP"]))
+        request_id = f"j-{uuid.uuid4().hex[:8]}"
+        ask = CloudEvent.new(
+            ReviewRequested(request_id=request_id, order_id="o-r1", requested_at=datetime.now(UTC)),
+            tenant_id=tenant_id,
+            subject="cust-r",
+            source="tests",
+        )
+        await fb.publish(ask)
+        await fb.publish(ask)  # a redelivery asks once
+        mine = lambda e: e.tenantid == tenant_id  # noqa: E731
+        [msg] = await fb.tap.wait_for(
+            lambda e: mine(e) and e.type == "afterglow.message.requested.v1"
+        )
+        assert msg.subject == "cust-r"
+        assert msg.data.kind == "review_request"
+        assert msg.data.request_id == f"feedback:review:{request_id}"
+        path = msg.data.variables["review_url"].removeprefix("http://testserver")
+        await eventually(lambda: fb.client.get(path), lambda r: r.status_code == 200)
+        page = (await fb.client.get(path)).text
+        assert "MUG" in page or "Product MUG" in page
+        extra = [e for e in await fb.tap.events(settle=0.5) if mine(e)]
+        assert len([e for e in extra if e.type == "afterglow.message.requested.v1"]) == 1

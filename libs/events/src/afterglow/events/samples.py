@@ -111,6 +111,7 @@ def sample_events() -> list[c.EventData]:
             comment="Love it",
             responded_at=T,
         ),
+        c.ReviewRequested(request_id="journey:ji-1:review", order_id="shopify:1", requested_at=T),
         c.ReviewSubmitted(
             review_id="rv-1",
             rating=5,

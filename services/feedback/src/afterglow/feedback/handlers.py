@@ -22,6 +22,11 @@ def build_handlers(runtime: Runtime) -> dict[str, Handler]:
             session, runtime.outbox, settings, event, runtime.clock.now()
         )
 
+    async def review_requested(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        await service.handle_review_requested(
+            session, runtime.outbox, settings, event, runtime.clock.now()
+        )
+
     async def order_placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderPlaced = event.data
         items = [
@@ -45,6 +50,7 @@ def build_handlers(runtime: Runtime) -> dict[str, Handler]:
 
     return {
         "afterglow.survey.requested.v1": survey_requested,
+        "afterglow.review.requested.v1": review_requested,
         "afterglow.order.placed.v1": order_placed,
         "afterglow.referral.code_issued.v1": code_issued,
         "afterglow.customer.erasure_requested.v1": erasure,

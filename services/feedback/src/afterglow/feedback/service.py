@@ -17,6 +17,7 @@ from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import (
     MessageRequested,
     ReviewPublished,
+    ReviewRequested,
     ReviewSubmitted,
     SurveyRequested,
     SurveyResponded,
@@ -124,6 +125,42 @@ async def handle_survey_requested(
     if inserted is None:
         return
     await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
+
+
+async def handle_review_requested(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    event: CloudEvent[Any],
+    now: datetime,
+) -> None:
+    """The journey asks for a review; feedback owns the signed link, so it requests the
+    message. Ids derive from the request, so a repeated request asks once."""
+    data: ReviewRequested = event.data
+    tenant, customer = event.tenantid, event.subject
+    brand = await branding(session, tenant)
+    token, expires = review_token(settings, tenant, customer, data.order_id, now)
+    message = MessageRequested(
+        request_id=f"feedback:review:{data.request_id}",
+        kind="review_reminder" if data.reminder else "review_request",
+        category="marketing",
+        variables={
+            "review_url": f"{settings.public_base_url.rstrip('/')}/r/{token}",
+            "expires_at": expires.isoformat(),
+            "tenant_name": brand.name,
+        },
+        order_id=data.order_id,
+    )
+    await outbox.add(
+        session,
+        CloudEvent.new(
+            message,
+            id=derived_event_id(SOURCE, "review-message", tenant, data.request_id),
+            tenant_id=tenant,
+            subject=customer,
+            source=SOURCE,
+        ),
+    )
 
 
 async def _remind(
