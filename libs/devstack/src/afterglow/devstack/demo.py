@@ -574,7 +574,7 @@ class Scenario:
             lambda: self.receiver.of(c.id, kind),
             timeout,
         )
-        return found[0]  # type: ignore[no-any-return]
+        return found[0]
 
     async def answer_survey(self, who: str) -> None:
         c = self.customers[who]
@@ -694,6 +694,7 @@ class Scenario:
             j = await self.journey(role)
             inst = (j or {}).get("instances") or [{}]
             acct = await self.account(role)
+            log = await self.messages(role) if j else []
             out["customers"][role] = {
                 "name": c.name,
                 "id": c.id,
@@ -701,6 +702,11 @@ class Scenario:
                 "status": inst[0].get("status"),
                 "band": inst[0].get("band"),
                 "messages": [m.kind for m in self.receiver.of(c.id)],
+                "not_sent": [
+                    f"{m['kind']} {m['status']}: {m.get('reason')}"
+                    for m in log
+                    if m["status"] not in ("sent", "queued")
+                ],
                 "points": None
                 if acct is None
                 else {k: acct.get(k) for k in ("available", "pending")},
@@ -719,6 +725,8 @@ def print_summary(s: dict[str, Any], elapsed: float) -> None:
             f" band {c['band'] or '-':9} points {pts.get('available', 0)} available"
             f" + {pts.get('pending', 0)} pending; messages: {', '.join(c['messages']) or '-'}"
         )
+        for line in c["not_sent"]:
+            print(f"        not sent: {line[:200]}")
     nps = s["nps"]
     print(f"  NPS: {json.dumps({k: v for k, v in nps.items() if k != 'series'})}")
     r = s["referrals"]
@@ -758,15 +766,21 @@ def show_message(m: Received) -> None:
         print(f"            | {line}", flush=True)
 
 
-async def _demo(urls: dict[str, list[str]], admin_token: str, *, fast: bool) -> None:
+async def _demo(urls: dict[str, list[str]], admin_token: str, *, fast: bool) -> bool:
     t0 = time.monotonic()
     with Receiver(on_message=show_message).running() as receiver:
         printer(f"ESP receiver listening on {receiver.url}")
         async with Scenario(
             urls, admin_token, receiver, say=printer, timeout=90, confirm_referral=fast
         ) as sc:
-            await sc.run()
+            ok = True
+            try:
+                await sc.run()
+            except ScenarioError as exc:
+                ok = False
+                printer(f"STOPPED: {exc}")
             print_summary(await sc.summary(), time.monotonic() - t0)
+            return ok
 
 
 def main() -> int:
@@ -783,7 +797,7 @@ def main() -> int:
             )
             return 2
         printer("using the services of `make dev` on ports 8001-8005")
-        asyncio.run(_demo(urls, token, fast=False))
+        ok = asyncio.run(_demo(urls, token, fast=False))
     else:
         from afterglow.devstack.services import running_services
         from afterglow.devstack.stack import running_stack
@@ -802,9 +816,9 @@ def main() -> int:
         ):
             printer(f"stack and services ready in {time.monotonic() - t0:.0f} s")
             urls = {n: [p.url for p in procs] for n, procs in svc.processes.items()}
-            asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN, fast=True))
-    printer(f"demo done in {time.monotonic() - t0:.0f} s")
-    return 0
+            ok = asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN, fast=True))
+    printer(f"demo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
