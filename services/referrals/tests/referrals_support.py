@@ -188,10 +188,12 @@ class Service:
         await eventually(seen)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def service(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[Service]:
-    # One app for the whole session: starting one costs seconds of consumer-group joins.
-    # Tests isolate by tenant; the clock only moves forward, so each test reads "now".
+    # One app for this package (tests/ has an __init__.py for that): starting one costs
+    # seconds of consumer-group joins. It stops when the package's last test is done, so
+    # it never lingers into another suite's consumer group. Tests isolate by tenant; the
+    # clock only moves forward, so each test reads "now".
     clock = ManualClock(START)
     app = create_app(fast_settings(), clock=clock)
     async with serve_app(app) as client:
