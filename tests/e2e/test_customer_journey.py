@@ -96,12 +96,24 @@ async def _assert_final_state(sc: Scenario, receiver: Receiver) -> None:
     def kinds(role: str) -> list[str]:
         return sorted(m.kind for m in receiver.of(ids[role]))
 
+    # Why a message did not arrive, from journeys' message log (status and reason).
+    not_sent = {
+        role: [
+            f"{m['kind']}: {m['status']} ({m.get('reason')})"
+            for m in await sc.messages(role)
+            if m["status"] != "sent"
+        ]
+        for role in ("promoter", "passive", "detractor", "refund")
+    }
+
     base = ["check_in", "review_request", "survey_invite", "welcome"]
-    assert kinds("promoter") == sorted([*base, "referral_invite"]), kinds("promoter")
-    assert kinds("passive") == sorted([*base, "loyalty_nudge"]), kinds("passive")
+    for role, extra in (("promoter", ["referral_invite"]), ("passive", ["loyalty_nudge"])):
+        got = kinds(role)
+        assert got == sorted([*base, *extra]), f"{role} got {got}; not sent: {not_sent[role]}"
     # The detractor is asked for a review too (no review gating), after recovery.
     detractor = [k for k in kinds("detractor") if k != "service_recovery"]
-    assert detractor == base, kinds("detractor")
+    assert detractor == base, f"detractor got {detractor}; not sent: {not_sent['detractor']}"
+    assert not sc.problems, sc.problems
     [review] = receiver.of(ids["detractor"], "review_request")
     assert review.at > sc.timeline["ticket_resolved"], "review ask left before the ticket closed"
     # The refunded customer left the journey at once: welcome only, no survey.

@@ -253,6 +253,9 @@ class Scenario:
     customers: dict[str, Customer] = field(default_factory=dict)
     referral_code: str | None = None
     journey_definition: dict[str, Any] = field(default_factory=dict)
+    # Steps that did not happen but did not stop the story (reported by the demo, failed
+    # by the test).
+    problems: list[str] = field(default_factory=list)
     timeline: dict[str, float] = field(default_factory=dict)
     _http: httpx.AsyncClient | None = None
     _stages: dict[str, str] = field(default_factory=dict)
@@ -668,11 +671,20 @@ class Scenario:
 
     async def _promoter(self) -> None:
         await self.answer_survey("promoter")
-        invite = await self.message("promoter", "referral_invite")
         adv = await self.until("the promoter's referral code", lambda: self.referrals("promoter"))
         self.referral_code = str(adv["code"]["code"])
-        if self.referral_code not in invite.text:
-            raise ScenarioError(f"the referral invite does not carry the code {self.referral_code}")
+        try:
+            invite = await self.message("promoter", "referral_invite", 20)
+        except ScenarioError as exc:
+            # The friend still gets the code (read from referrals' API) so the rest of the
+            # story runs; the missing message is reported, and the e2e test fails on it.
+            self.problems.append(str(exc))
+            self.say(f"PROBLEM: {exc}; the friend uses the code from the referrals API")
+        else:
+            if self.referral_code not in invite.text:
+                raise ScenarioError(
+                    f"the referral invite does not carry the code {self.referral_code}"
+                )
         await self.place_order("friend", ref=self.referral_code)
         await self.fulfil_and_deliver("friend")
 
@@ -713,6 +725,7 @@ class Scenario:
             }
         out["nps"] = await self.nps()
         out["referrals"] = await self.referral_metrics()
+        out["problems"] = list(self.problems)
         return out
 
 
@@ -734,6 +747,8 @@ def print_summary(s: dict[str, Any], elapsed: float) -> None:
         f"  referrals: {r.get('invited')} advocate(s) invited, {r.get('conversions')} confirmed"
         f" conversion(s), {r.get('pending')} pending, revenue {r.get('revenue')}"
     )
+    for problem in s.get("problems", []):
+        print(f"  PROBLEM: {problem}")
 
 
 # --- entry point ---------------------------------------------------------------------------
