@@ -138,6 +138,10 @@ def run(pytest_args: list[str]) -> int:
         print(f"kafka-suite: {signal.Signals(signum).name}, stopping", file=sys.stderr)
         return 128 + signum
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short (it is bounded);
+        # SIGKILL still ends everything, the children dying with us (PDEATHSIG).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         if pytest_proc is not None:
             _stop_pytest(pytest_proc)
             _stop_orphaned_postgres(root, pytest_proc.pid)
