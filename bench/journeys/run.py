@@ -59,7 +59,10 @@ async def seed_waiting(rt: Runtime, clock: ManualClock, tenant: str, n: int) -> 
                 res = d.start(j, 1, d.instance_id_for("default", occ.id), occ, prof, now)
                 await s.execute(
                     insert(CustomerProfile).values(
-                        tenant_id=tenant, customer_id=cust, state=prof.model_dump(mode="json"), updated_at=now
+                        tenant_id=tenant,
+                        customer_id=cust,
+                        state=prof.model_dump(mode="json"),
+                        updated_at=now,
                     )
                 )
                 await store.Writer(s, rt.outbox, tenant, cust, now).apply(j, res, prof)
@@ -73,18 +76,30 @@ async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
         await s.execute(
             insert(JourneyTimer),
             [
-                dict(id=f"f{i}-{tenant}", tenant_id=tenant, customer_id=f"c{i}", instance_id=f"i{i}",
-                     kind="stage_due", key="1:due", due_at=far, payload={}, state="pending", created_at=now)
+                dict(
+                    id=f"f{i}-{tenant}",
+                    tenant_id=tenant,
+                    customer_id=f"c{i}",
+                    instance_id=f"i{i}",
+                    kind="stage_due",
+                    key="1:due",
+                    due_at=far,
+                    payload={},
+                    state="pending",
+                    created_at=now,
+                )
                 for i in range(n)
             ],
-        )  # fmt: skip
+        )
     t0 = time.perf_counter()
     done = 0
     while done < n:
         async with rt.sessionmaker.begin() as s:
             rows = await claim_due(s, far, batch, tenant)
             await s.execute(
-                update(JourneyTimer).where(JourneyTimer.id.in_([r.id for r in rows])).values(state="fired", fired_at=now)
+                update(JourneyTimer)
+                .where(JourneyTimer.id.in_([r.id for r in rows]))
+                .values(state="fired", fired_at=now)
             )
             done += len(rows)
     return n / (time.perf_counter() - t0)
@@ -97,7 +112,12 @@ async def count(rt: Runtime, q: object) -> int:
 
 async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool) -> None:
     clock = ManualClock()
-    settings = Settings(log_json=False, log_level="WARNING", journeys_timer_poll_interval_s=0.05, relay_poll_interval_s=0.2)
+    settings = Settings(
+        log_json=False,
+        log_level="WARNING",
+        journeys_timer_poll_interval_s=0.05,
+        relay_poll_interval_s=0.2,
+    )
     app = create_app(settings, clock)
     async with serve_app(app) as client:
         await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=90)
@@ -107,12 +127,16 @@ async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool)
         floor = await timers_floor(rt, n_timers, batch)
         tenant = f"bench-{uuid.uuid4().hex[:6]}"
         await seed_waiting(rt, clock, tenant, n_timers)
-        fired_q = select(func.count()).select_from(JourneyTimer).where(
-            JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired"
+        fired_q = (
+            select(func.count())
+            .select_from(JourneyTimer)
+            .where(JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired")
         )
         t0 = time.perf_counter()
         clock.advance(timedelta(days=4))
-        await eventually(lambda: count(rt, fired_q), lambda v: v >= n_timers, timeout=600, interval=0.05)
+        await eventually(
+            lambda: count(rt, fired_q), lambda v: v >= n_timers, timeout=600, interval=0.05
+        )
         rate = n_timers / (time.perf_counter() - t0)
         print(f"timers: {n_timers} fired by one instance (batch {batch})")
         print(f"  engine      {rate:8.0f} timers/s")
@@ -123,28 +147,48 @@ async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool)
         await producer.start()
         try:
             tenant = f"bench-{uuid.uuid4().hex[:6]}"
-            inst_q = select(func.count()).select_from(JourneyInstance).where(JourneyInstance.tenant_id == tenant)
+            inst_q = (
+                select(func.count())
+                .select_from(JourneyInstance)
+                .where(JourneyInstance.tenant_id == tenant)
+            )
             records = []
             for i in range(n_events):
                 ev = CloudEvent.new(
-                    c.OrderPlaced(order_id=f"o{i}", platform="api", placed_at=clock.now(),
-                                  customer=c.CustomerInfo(), total=c.Money(amount=1000, currency="USD")),
-                    tenant_id=tenant, subject=f"c{i}", source="bench",
-                )  # fmt: skip
+                    c.OrderPlaced(
+                        order_id=f"o{i}",
+                        platform="api",
+                        placed_at=clock.now(),
+                        customer=c.CustomerInfo(),
+                        total=c.Money(amount=1000, currency="USD"),
+                    ),
+                    tenant_id=tenant,
+                    subject=f"c{i}",
+                    source="bench",
+                )
                 records.append(to_record(ev))
             t0 = time.perf_counter()
-            futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+            futures = [
+                await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
+            ]
             await asyncio.gather(*futures)
-            await eventually(lambda: count(rt, inst_q), lambda v: v >= n_events, timeout=600, interval=0.1)
+            await eventually(
+                lambda: count(rt, inst_q), lambda v: v >= n_events, timeout=600, interval=0.1
+            )
             ev_rate = n_events / (time.perf_counter() - t0)
         finally:
             await producer.stop()
 
         # Floor: read the same records back with a bare consumer (no DB, no handler).
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        )
         await consumer.start()
         try:
-            parts = [TopicPartition("afterglow.orders", p) for p in sorted(consumer.partitions_for_topic("afterglow.orders") or [])]
+            parts = [
+                TopicPartition("afterglow.orders", p)
+                for p in sorted(consumer.partitions_for_topic("afterglow.orders") or [])
+            ]
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             seen = 0
@@ -152,11 +196,15 @@ async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool)
             while seen < n_events:
                 batch_ = await consumer.getmany(timeout_ms=500, max_records=1000)
                 for recs in batch_.values():
-                    seen += sum(1 for r in recs if r.key and r.key.decode().startswith(tenant + ":"))
+                    seen += sum(
+                        1 for r in recs if r.key and r.key.decode().startswith(tenant + ":")
+                    )
             raw_rate = n_events / (time.perf_counter() - t0)
         finally:
             await consumer.stop()
-        print(f"events: {n_events} order.placed consumed by one instance (publish to instance rows)")
+        print(
+            f"events: {n_events} order.placed consumed by one instance (publish to instance rows)"
+        )
         print(f"  engine      {ev_rate:8.0f} events/s")
         print(f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic)")
         print(f"  ratio engine/floor: {ev_rate / raw_rate:.2f}")
@@ -170,7 +218,14 @@ def main() -> None:
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "journeys")
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), ephemeral=True) as stack:
         os.environ.update(stack.env())
-        asyncio.run(bench(args.timers, args.events, stack.kafka_bootstrap_servers, stack.kafka_enable_idempotence))
+        asyncio.run(
+            bench(
+                args.timers,
+                args.events,
+                stack.kafka_bootstrap_servers,
+                stack.kafka_enable_idempotence,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class Orchestrator:
         customer: str,
         headers: dict[str, str],
         check: Callable[[dict[str, Any]], bool],
-        timeout: float = 20,
+        timeout: float = 20,  # noqa: ASYNC109 - a deadline between polls
     ) -> dict[str, Any]:
         async def probe() -> dict[str, Any]:
             return await self.journey(tenant, customer, headers)
@@ -109,7 +109,9 @@ async def orch(stack: Stack) -> AsyncIterator[Orchestrator]:
     clock = ManualClock(START)
     app = create_app(make_settings(), clock)
     producer = build_producer(
-        KafkaConfig(stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence)
+        KafkaConfig(
+            stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
+        )
     )
     await producer.start()
     try:
@@ -117,7 +119,9 @@ async def orch(stack: Stack) -> AsyncIterator[Orchestrator]:
             TopicTap(stack.kafka_bootstrap_servers, *OUT_TOPICS) as tap,
             serve_app(app) as client,
         ):
-            await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60)
+            await eventually(
+                lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60
+            )
             yield Orchestrator(client, app.state.runtime, clock, producer, tap)
     finally:
         await producer.stop()

@@ -13,16 +13,29 @@ from ..conftest import Orchestrator, new_customer, order_placed
 
 VIP: dict[str, Any] = {
     "description": "Big spenders get a gift after delivery, then we wait for their review.",
-    "trigger": {"events": ["order.placed"], "filter": {"spend_above": {"amount": 10000, "currency": "USD"}}},
+    "trigger": {
+        "events": ["order.placed"],
+        "filter": {"spend_above": {"amount": 10000, "currency": "USD"}},
+    },
     "reentry": "ignore",
     "goal": {"event": "order.placed", "within": "P30D"},
     "stages": [
-        {"name": "hello", "actions": [{"type": "message", "kind": "vip_hello", "category": "transactional"}]},
-        {"name": "gift", "wait": "PT2S after order.delivered", "actions": [{"type": "message", "kind": "loyalty_nudge"}]},
-        {"name": "wait_review", "actions": [{"type": "wait_for", "event": "review.submitted", "timeout": "PT5S"}]},
+        {
+            "name": "hello",
+            "actions": [{"type": "message", "kind": "vip_hello", "category": "transactional"}],
+        },
+        {
+            "name": "gift",
+            "wait": "PT2S after order.delivered",
+            "actions": [{"type": "message", "kind": "loyalty_nudge"}],
+        },
+        {
+            "name": "wait_review",
+            "actions": [{"type": "wait_for", "event": "review.submitted", "timeout": "PT5S"}],
+        },
         {"name": "thanks", "actions": [{"type": "message", "kind": "vip_thanks"}]},
     ],
-}  # fmt: skip
+}
 
 
 def template(e: Any) -> str | None:
@@ -43,9 +56,22 @@ async def install_vip(orch: Orchestrator, h: dict[str, str], body: dict[str, Any
 
 
 class TestDefinitions:
-    async def test_invalid_definition_is_422_with_the_path(self, orch: Orchestrator, tenant_id: str) -> None:
+    async def test_invalid_definition_is_422_with_the_path(
+        self, orch: Orchestrator, tenant_id: str
+    ) -> None:
         h = await orch.headers(tenant_id)
-        bad = {**VIP, "stages": [*VIP["stages"][:2], {"name": "x", "actions": [{"type": "wait_for", "event": "review.submitted", "timeout": "soon"}]}]}
+        bad = {
+            **VIP,
+            "stages": [
+                *VIP["stages"][:2],
+                {
+                    "name": "x",
+                    "actions": [
+                        {"type": "wait_for", "event": "review.submitted", "timeout": "soon"}
+                    ],
+                },
+            ],
+        }
         r = await orch.client.put("/v1/journeys/vip", json=bad, headers=h)
         assert r.status_code == 422
         assert r.json()["error"]["field"] == "stages[2].actions[0].timeout"
@@ -54,12 +80,21 @@ class TestDefinitions:
 
     async def test_yaml_versions_and_activation(self, orch: Orchestrator, tenant_id: str) -> None:
         h = await orch.headers(tenant_id)
-        yaml_body = "stages:\n  - name: only\n    actions:\n      - {type: message, kind: check_in}\n"
+        yaml_body = (
+            "stages:\n  - name: only\n    actions:\n      - {type: message, kind: check_in}\n"
+        )
         for expected in (1, 2):
-            r = await orch.client.put("/v1/journeys/tiny", content=yaml_body, headers={**h, "content-type": "application/yaml"})
+            r = await orch.client.put(
+                "/v1/journeys/tiny",
+                content=yaml_body,
+                headers={**h, "content-type": "application/yaml"},
+            )
             assert r.status_code == 201 and r.json()["version"] == expected
         await orch.client.post("/v1/journeys/tiny/activate", json={"version": 1}, headers=h)
-        listed = {j["name"]: j for j in (await orch.client.get("/v1/journeys", headers=h)).json()["journeys"]}
+        listed = {
+            j["name"]: j
+            for j in (await orch.client.get("/v1/journeys", headers=h)).json()["journeys"]
+        }
         assert listed["tiny"]["active_version"] == 1 and listed["default"]["active_version"] == 1
         assert len(listed["tiny"]["versions"]) == 2
 
@@ -70,7 +105,9 @@ class TestDefinitions:
         assert (await orch.client.get("/v1/journeys", headers=ro)).status_code == 200
 
 
-async def test_tenant_journey_runs_live_and_simulate_agrees(orch: Orchestrator, tenant_id: str) -> None:
+async def test_tenant_journey_runs_live_and_simulate_agrees(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     h = await orch.headers(tenant_id)
     await install_vip(orch, h)
     customer = new_customer()
@@ -85,9 +122,13 @@ async def test_tenant_journey_runs_live_and_simulate_agrees(orch: Orchestrator, 
     await orch.out(tenant_id, customer, lambda e: template(e) == "loyalty_nudge")
     await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["stage"] == "wait_review")
     review_at = orch.clock.now()
-    review = c.ReviewSubmitted(review_id="rv1", rating=5, verified=True, submitted_at=review_at, order_id="vip-1")
+    review = c.ReviewSubmitted(
+        review_id="rv1", rating=5, verified=True, submitted_at=review_at, order_id="vip-1"
+    )
     await orch.publish(tenant_id, customer, review)
-    j = await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "completed")
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "completed"
+    )
     live = [(x["kind"], x["to_stage"]) for x in j["instances"][0]["history"]]
     assert [s for k, s in live if k == "stage"] == ["hello", "gift", "wait_review", "thanks"]
     await orch.out(tenant_id, customer, lambda e: template(e) == "vip_thanks")
@@ -97,9 +138,21 @@ async def test_tenant_journey_runs_live_and_simulate_agrees(orch: Orchestrator, 
         "/v1/journeys/vip/simulate",
         json={
             "events": [
-                {"type": "order.placed", "at": t0.isoformat(), "data": placed.model_dump(mode="json")},
-                {"type": "order.delivered", "at": t0.isoformat(), "data": delivered.model_dump(mode="json")},
-                {"type": "review.submitted", "at": review_at.isoformat(), "data": review.model_dump(mode="json")},
+                {
+                    "type": "order.placed",
+                    "at": t0.isoformat(),
+                    "data": placed.model_dump(mode="json"),
+                },
+                {
+                    "type": "order.delivered",
+                    "at": t0.isoformat(),
+                    "data": delivered.model_dump(mode="json"),
+                },
+                {
+                    "type": "review.submitted",
+                    "at": review_at.isoformat(),
+                    "data": review.model_dump(mode="json"),
+                },
             ]
         },
         headers=h,
@@ -114,8 +167,15 @@ async def test_tenant_journey_runs_live_and_simulate_agrees(orch: Orchestrator, 
     # A repeat purchase within 30 days is the journey's goal.
     await orch.publish(tenant_id, customer, order_placed("vip-2", orch.clock.now(), amount=30000))
     await orch.until(tenant_id, customer, h, lambda j: len(j["instances"]) == 2)
-    frm, to = (t0 - timedelta(days=1)).isoformat(), (orch.clock.now() + timedelta(days=1)).isoformat()
-    f = (await orch.client.get("/v1/metrics/funnel", params={"from": frm, "to": to, "journey": "vip"}, headers=h)).json()
+    frm, to = (
+        (t0 - timedelta(days=1)).isoformat(),
+        (orch.clock.now() + timedelta(days=1)).isoformat(),
+    )
+    f = (
+        await orch.client.get(
+            "/v1/metrics/funnel", params={"from": frm, "to": to, "journey": "vip"}, headers=h
+        )
+    ).json()
     assert f["goal_conversions"] == {"1": 1}
     entered = {s["stage"]: s["entered"] for s in f["stages"]}
     assert entered["hello"] == 2 and entered["thanks"] == 1
@@ -126,22 +186,43 @@ async def test_trigger_filter_keeps_small_orders_out(orch: Orchestrator, tenant_
     await install_vip(orch, h)
     customer = new_customer()
     await orch.publish(tenant_id, customer, order_placed("small", orch.clock.now(), amount=500))
-    j = await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["profile"]["orders_count"] == 1)
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["profile"]["orders_count"] == 1
+    )
     assert j["instances"] == []
 
 
-async def test_migrate_moves_waiting_instances_and_reports(orch: Orchestrator, tenant_id: str) -> None:
+async def test_migrate_moves_waiting_instances_and_reports(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     h = await orch.headers(tenant_id)
     await install_vip(orch, h)
     waiting, mid = new_customer(), new_customer()
     for cust in (waiting, mid):
-        await orch.publish(tenant_id, cust, order_placed(f"o-{cust}", orch.clock.now(), amount=20000))
-    await orch.publish(tenant_id, mid, c.OrderDelivered(order_id=f"o-{mid}", delivered_at=orch.clock.now(), reported_by="api"))
-    await orch.until(tenant_id, waiting, h, lambda j: bool(j) and j["instances"][0]["stage"] == "hello")
+        await orch.publish(
+            tenant_id, cust, order_placed(f"o-{cust}", orch.clock.now(), amount=20000)
+        )
+    await orch.publish(
+        tenant_id,
+        mid,
+        c.OrderDelivered(order_id=f"o-{mid}", delivered_at=orch.clock.now(), reported_by="api"),
+    )
+    await orch.until(
+        tenant_id, waiting, h, lambda j: bool(j) and j["instances"][0]["stage"] == "hello"
+    )
     orch.clock.advance(timedelta(seconds=2))
-    await orch.until(tenant_id, mid, h, lambda j: bool(j) and j["instances"][0]["stage"] == "wait_review")
+    await orch.until(
+        tenant_id, mid, h, lambda j: bool(j) and j["instances"][0]["stage"] == "wait_review"
+    )
     # v2: the gift waits longer; wait_review is gone.
-    v2 = {**VIP, "stages": [VIP["stages"][0], {**VIP["stages"][1], "wait": "PT30S after order.delivered"}, VIP["stages"][3]]}
+    v2 = {
+        **VIP,
+        "stages": [
+            VIP["stages"][0],
+            {**VIP["stages"][1], "wait": "PT30S after order.delivered"},
+            VIP["stages"][3],
+        ],
+    }
     r = await orch.client.put("/v1/journeys/vip", json=v2, headers=h)
     await orch.client.post("/v1/journeys/vip/activate", headers=h)
     r = await orch.client.post("/v1/journeys/vip/migrate", json={}, headers=h)

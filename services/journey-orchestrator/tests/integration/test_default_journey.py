@@ -27,8 +27,15 @@ async def run_to_survey(orch: Orchestrator, tenant: str, customer: str, h: dict[
     now = orch.clock.now()
     await orch.publish(tenant, customer, order_placed(order, now))
     await orch.out(tenant, customer, lambda e: kind(e) == "welcome")
-    await orch.publish(tenant, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api"))
-    await orch.until(tenant, customer, h, lambda j: bool(j) and "afterglow.order.delivered.v1" in j["instances"][0]["anchors"])
+    await orch.publish(
+        tenant, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
+    )
+    await orch.until(
+        tenant,
+        customer,
+        h,
+        lambda j: bool(j) and "afterglow.order.delivered.v1" in j["instances"][0]["anchors"],
+    )
     orch.clock.advance(3 * DAY)
     await orch.out(tenant, customer, lambda e: kind(e) == "check_in")
     orch.clock.advance(4 * DAY)
@@ -41,31 +48,58 @@ async def answer(orch: Orchestrator, tenant: str, customer: str, score: int, ban
     await orch.publish(
         tenant,
         customer,
-        c.SurveyResponded(survey_id=f"s-{customer}", kind="nps", score=score, band=band, responded_at=orch.clock.now()),
+        c.SurveyResponded(
+            survey_id=f"s-{customer}",
+            kind="nps",
+            score=score,
+            band=band,
+            responded_at=orch.clock.now(),
+        ),
     )
 
 
 @pytest.mark.parametrize(("score", "band"), [(10, "promoter"), (8, "passive"), (3, "detractor")])
-async def test_whole_default_journey_by_band(orch: Orchestrator, tenant_id: str, score: int, band: str) -> None:
+async def test_whole_default_journey_by_band(
+    orch: Orchestrator, tenant_id: str, score: int, band: str
+) -> None:
     customer = new_customer()
     h = await orch.headers(tenant_id)
     await run_to_survey(orch, tenant_id, customer, h)
     await answer(orch, tenant_id, customer, score, band)
     await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["band"] == band)
     if band == "detractor":
-        esc = await orch.out(tenant_id, customer, lambda e: e.type == "afterglow.support.escalation_requested.v1")
+        esc = await orch.out(
+            tenant_id, customer, lambda e: e.type == "afterglow.support.escalation_requested.v1"
+        )
         assert esc[0].data.score == 3
         # The helpdesk opens the recovery ticket; the review ask waits for its resolution.
-        await orch.publish(tenant_id, customer, c.TicketOpened(ticket_id=f"k-{customer}", helpdesk="zendesk", opened_at=orch.clock.now()))
+        await orch.publish(
+            tenant_id,
+            customer,
+            c.TicketOpened(
+                ticket_id=f"k-{customer}", helpdesk="zendesk", opened_at=orch.clock.now()
+            ),
+        )
         await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "paused")
         orch.clock.advance(9 * DAY)  # past delivery + 14 days
-        await orch.until(tenant_id, customer, h, lambda j: any(x["kind"] == "deferred" for x in j["instances"][0]["history"]) or True)
+        await orch.until(
+            tenant_id,
+            customer,
+            h,
+            lambda j: any(x["kind"] == "deferred" for x in j["instances"][0]["history"]) or True,
+        )
         assert not [e for e in orch.seen(tenant_id, customer) if kind(e) == "review_request"]
-        await orch.publish(tenant_id, customer, c.TicketResolved(ticket_id=f"k-{customer}", resolved_at=orch.clock.now()))
+        await orch.publish(
+            tenant_id,
+            customer,
+            c.TicketResolved(ticket_id=f"k-{customer}", resolved_at=orch.clock.now()),
+        )
     else:
         orch.clock.advance(7 * DAY)
     await orch.out(tenant_id, customer, lambda e: kind(e) == "review_request")
-    j = await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "completed")
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "completed"
+    )
     events = await orch.tap.events(settle=0.5)
     mine = [e for e in events if e.tenantid == tenant_id and e.subject == customer]
     kinds = [kind(e) for e in mine if kind(e)]
@@ -85,42 +119,66 @@ async def test_whole_default_journey_by_band(orch: Orchestrator, tenant_id: str,
     assert [e.data.to_stage for e in changed] == [*stages, "completed"]
 
 
-async def test_ticket_opened_before_survey_pauses_and_resolution_resumes(orch: Orchestrator, tenant_id: str) -> None:
+async def test_ticket_opened_before_survey_pauses_and_resolution_resumes(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     customer = new_customer()
     h = await orch.headers(tenant_id)
     order = f"o-{customer}"
     now = orch.clock.now()
     await orch.publish(tenant_id, customer, order_placed(order, now))
-    await orch.publish(tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api"))
+    await orch.publish(
+        tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
+    )
     await orch.out(tenant_id, customer, lambda e: kind(e) == "welcome")
     await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["next_timer"] is not None)
     orch.clock.advance(3 * DAY)
     await orch.out(tenant_id, customer, lambda e: kind(e) == "check_in")
-    await orch.publish(tenant_id, customer, c.TicketOpened(ticket_id="k1", helpdesk="gorgias", opened_at=orch.clock.now()))
+    await orch.publish(
+        tenant_id,
+        customer,
+        c.TicketOpened(ticket_id="k1", helpdesk="gorgias", opened_at=orch.clock.now()),
+    )
     j = await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "paused")
     assert j["instances"][0]["next_timer"] is None  # no timer runs while paused
     orch.clock.advance(5 * DAY)  # the survey would be due now
     await orch.tap.events(settle=1.0)
-    assert not [e for e in orch.seen(tenant_id, customer) if e.type == "afterglow.survey.requested.v1"]
-    await orch.publish(tenant_id, customer, c.TicketResolved(ticket_id="k1", resolved_at=orch.clock.now()))
+    assert not [
+        e for e in orch.seen(tenant_id, customer) if e.type == "afterglow.survey.requested.v1"
+    ]
+    await orch.publish(
+        tenant_id, customer, c.TicketResolved(ticket_id="k1", resolved_at=orch.clock.now())
+    )
     await orch.out(tenant_id, customer, lambda e: e.type == "afterglow.survey.requested.v1")
     j = await orch.journey(tenant_id, customer, h)
     kinds = [x["kind"] for x in j["instances"][0]["history"]]
     assert "pause" in kinds and "resume" in kinds
 
 
-async def test_refund_exits_mid_delay_and_cancels_timers(orch: Orchestrator, tenant_id: str) -> None:
+async def test_refund_exits_mid_delay_and_cancels_timers(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     customer = new_customer()
     h = await orch.headers(tenant_id)
     order = f"o-{customer}"
     now = orch.clock.now()
     refund_id = await orch.publish(tenant_id, customer, order_placed(order, now))
-    await orch.publish(tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api"))
-    await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None)
+    await orch.publish(
+        tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
+    )
+    await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
+    )
     refund_id = await orch.publish(
         tenant_id,
         customer,
-        c.OrderRefunded(order_id=order, refund_id="r1", refunded_at=now, amount=c.Money(amount=5000, currency="USD"), full=True),
+        c.OrderRefunded(
+            order_id=order,
+            refund_id="r1",
+            refunded_at=now,
+            amount=c.Money(amount=5000, currency="USD"),
+            full=True,
+        ),
     )
     j = await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "exited")
     inst = j["instances"][0]

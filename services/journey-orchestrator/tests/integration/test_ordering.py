@@ -15,59 +15,102 @@ async def test_duplicate_events_apply_once(orch: Orchestrator, tenant_id: str) -
     placed = order_placed("dup-1", orch.clock.now())
     for _ in range(3):  # the same event id, as a retrying producer would send it
         await orch.publish(tenant_id, customer, placed, id=f"evt-{customer}")
-    j = await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["stage"] == "onboarding")
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["stage"] == "onboarding"
+    )
     await orch.tap.events(settle=1.0)
     assert len(j["instances"]) == 1
     assert j["profile"]["orders_count"] == 1
-    welcomes = {e.id for e in orch.seen(tenant_id, customer) if getattr(e.data, "kind", None) == "welcome"}
+    welcomes = {
+        e.id for e in orch.seen(tenant_id, customer) if getattr(e.data, "kind", None) == "welcome"
+    }
     assert len(welcomes) == 1
 
 
-async def test_delivered_before_placed_anchors_the_check_in(orch: Orchestrator, tenant_id: str) -> None:
+async def test_delivered_before_placed_anchors_the_check_in(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     h = await orch.headers(tenant_id)
     customer = new_customer()
     delivered_at = orch.clock.now() - timedelta(hours=2)
-    await orch.publish(tenant_id, customer, c.OrderDelivered(order_id="ooo-1", delivered_at=delivered_at, reported_by="aftership"))
+    await orch.publish(
+        tenant_id,
+        customer,
+        c.OrderDelivered(order_id="ooo-1", delivered_at=delivered_at, reported_by="aftership"),
+    )
     await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["profile"] is not None)
-    await orch.publish(tenant_id, customer, order_placed("ooo-1", orch.clock.now() - timedelta(days=1)))
-    j = await orch.until(tenant_id, customer, h, lambda j: bool(j["instances"]) and j["instances"][0]["next_timer"] is not None)
+    await orch.publish(
+        tenant_id, customer, order_placed("ooo-1", orch.clock.now() - timedelta(days=1))
+    )
+    j = await orch.until(
+        tenant_id,
+        customer,
+        h,
+        lambda j: bool(j["instances"]) and j["instances"][0]["next_timer"] is not None,
+    )
     due = j["instances"][0]["next_timer"]["due_at"]
     assert due.startswith((delivered_at + 3 * DAY).isoformat()[:19])
 
 
-async def test_refund_before_placed_never_starts_messaging(orch: Orchestrator, tenant_id: str) -> None:
+async def test_refund_before_placed_never_starts_messaging(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     h = await orch.headers(tenant_id)
     customer = new_customer()
-    refund = c.OrderRefunded(order_id="r-1", refund_id="rf", refunded_at=orch.clock.now(), amount=c.Money(amount=100, currency="USD"), full=True)
+    refund = c.OrderRefunded(
+        order_id="r-1",
+        refund_id="rf",
+        refunded_at=orch.clock.now(),
+        amount=c.Money(amount=100, currency="USD"),
+        full=True,
+    )
     await orch.publish(tenant_id, customer, refund)
     await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["profile"] is not None)
     await orch.publish(tenant_id, customer, order_placed("r-1", orch.clock.now()))
     j = await orch.until(tenant_id, customer, h, lambda j: bool(j["instances"]))
     assert j["instances"][0]["status"] == "exited"
     await orch.tap.events(settle=0.5)
-    assert not [e for e in orch.seen(tenant_id, customer) if e.type == "afterglow.message.requested.v1"]
+    assert not [
+        e for e in orch.seen(tenant_id, customer) if e.type == "afterglow.message.requested.v1"
+    ]
 
 
-async def test_repeat_order_restarts_onboarding_without_a_second_survey(orch: Orchestrator, tenant_id: str) -> None:
+async def test_repeat_order_restarts_onboarding_without_a_second_survey(
+    orch: Orchestrator, tenant_id: str
+) -> None:
     h = await orch.headers(tenant_id)
     customer = new_customer()
     now = orch.clock.now()
     await orch.publish(tenant_id, customer, order_placed("first", now))
-    await orch.publish(tenant_id, customer, c.OrderDelivered(order_id="first", delivered_at=now, reported_by="api"))
-    await orch.until(tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None)
+    await orch.publish(
+        tenant_id, customer, c.OrderDelivered(order_id="first", delivered_at=now, reported_by="api")
+    )
+    await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
+    )
     orch.clock.advance(7 * DAY)
     await orch.out(tenant_id, customer, lambda e: e.type == "afterglow.survey.requested.v1")
     now = orch.clock.now()
     await orch.publish(tenant_id, customer, order_placed("second", now))
     await orch.out(tenant_id, customer, lambda e: getattr(e.data, "kind", None) == "thank_you")
-    await orch.publish(tenant_id, customer, c.OrderDelivered(order_id="second", delivered_at=now, reported_by="api"))
+    await orch.publish(
+        tenant_id,
+        customer,
+        c.OrderDelivered(order_id="second", delivered_at=now, reported_by="api"),
+    )
     j = await orch.until(tenant_id, customer, h, lambda j: len(j["instances"]) == 2)
     old = next(i for i in j["instances"] if i["order_id"] == "first")
     assert old["status"] == "exited" and old["exit_reason"] == "superseded by a new order"
     orch.clock.advance(8 * DAY)  # the second order's survey is due, inside the 30-day window
     j = await orch.until(
-        tenant_id, customer, h,
-        lambda j: any(x["kind"] == "skip" and x["to_stage"] == "survey" for x in j["instances"][0]["history"]),
-    )  # fmt: skip
-    surveys = {e.id for e in orch.seen(tenant_id, customer) if e.type == "afterglow.survey.requested.v1"}
+        tenant_id,
+        customer,
+        h,
+        lambda j: any(
+            x["kind"] == "skip" and x["to_stage"] == "survey" for x in j["instances"][0]["history"]
+        ),
+    )
+    surveys = {
+        e.id for e in orch.seen(tenant_id, customer) if e.type == "afterglow.survey.requested.v1"
+    }
     assert len(surveys) == 1

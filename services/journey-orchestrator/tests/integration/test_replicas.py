@@ -20,7 +20,7 @@ from afterglow.events.testing import eventually
 from afterglow.journeys.app import create_app
 from afterglow.journeys.models import JourneyTimer, JourneyTransition
 
-from ..conftest import DAY, Orchestrator, new_customer, order_placed, make_settings
+from ..conftest import DAY, Orchestrator, make_settings, new_customer, order_placed
 
 HOLDER = Path(__file__).parent / "hold_timers.py"
 
@@ -38,9 +38,9 @@ async def second(orch: Orchestrator) -> AsyncIterator[None]:
 async def transitions(orch: Orchestrator, tenant: str) -> list[tuple[str, str, str | None]]:
     async with orch.runtime.sessionmaker() as s:
         rows = await s.execute(
-            select(JourneyTransition.instance_id, JourneyTransition.kind, JourneyTransition.to_stage).where(
-                JourneyTransition.tenant_id == tenant
-            )
+            select(
+                JourneyTransition.instance_id, JourneyTransition.kind, JourneyTransition.to_stage
+            ).where(JourneyTransition.tenant_id == tenant)
         )
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
@@ -48,27 +48,37 @@ async def transitions(orch: Orchestrator, tenant: str) -> list[tuple[str, str, s
 async def timer_states(orch: Orchestrator, tenant: str) -> dict[str, int]:
     async with orch.runtime.sessionmaker() as s:
         rows = await s.execute(
-            select(JourneyTimer.state, func.count()).where(JourneyTimer.tenant_id == tenant).group_by(JourneyTimer.state)
+            select(JourneyTimer.state, func.count())
+            .where(JourneyTimer.tenant_id == tenant)
+            .group_by(JourneyTimer.state)
         )
         return {state: n for state, n in rows}
 
 
-async def test_two_replicas_never_double_apply(orch: Orchestrator, second: None, tenant_id: str) -> None:
+async def test_two_replicas_never_double_apply(
+    orch: Orchestrator, second: None, tenant_id: str
+) -> None:
     customers = [new_customer() for _ in range(24)]
     now = orch.clock.now()
     for cust in customers:
         await orch.publish(tenant_id, cust, order_placed(f"o-{cust}", now))
-        await orch.publish(tenant_id, cust, c.OrderDelivered(order_id=f"o-{cust}", delivered_at=now, reported_by="api"))
+        await orch.publish(
+            tenant_id,
+            cust,
+            c.OrderDelivered(order_id=f"o-{cust}", delivered_at=now, reported_by="api"),
+        )
 
     async def pending() -> dict[str, int]:
         return await timer_states(orch, tenant_id)
 
     await eventually(pending, lambda t: t.get("pending", 0) == len(customers), timeout=40)
-    for step in (3 * DAY, 4 * DAY):
+    for step, want in ((3 * DAY, 2), (4 * DAY, 3)):
         orch.clock.advance(step)
         await eventually(
             lambda: transitions(orch, tenant_id),
-            lambda ts: sum(1 for t in ts if t[1] == "stage") >= len(customers) * (2 if step == 3 * DAY else 3),
+            lambda ts: (
+                sum(1 for t in ts if t[1] == "stage") >= len(customers) * want  # noqa: B023 - awaited inside the loop
+            ),
             timeout=40,
         )
     await asyncio.sleep(1.0)  # let any double application show up
@@ -90,8 +100,14 @@ async def test_replica_killed_while_holding_due_timers_loses_nothing(
     now = orch.clock.now()
     for cust in customers:
         await orch.publish(tenant_id, cust, order_placed(f"o-{cust}", now))
-        await orch.publish(tenant_id, cust, c.OrderDelivered(order_id=f"o-{cust}", delivered_at=now, reported_by="api"))
-    await eventually(lambda: timer_states(orch, tenant_id), lambda t: t.get("pending", 0) == 5, timeout=40)
+        await orch.publish(
+            tenant_id,
+            cust,
+            c.OrderDelivered(order_id=f"o-{cust}", delivered_at=now, reported_by="api"),
+        )
+    await eventually(
+        lambda: timer_states(orch, tenant_id), lambda t: t.get("pending", 0) == 5, timeout=40
+    )
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(HOLDER), tenant_id, stdout=asyncio.subprocess.PIPE, env=dict(os.environ)
@@ -108,7 +124,9 @@ async def test_replica_killed_while_holding_due_timers_loses_nothing(
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
     # Its transaction died with it; the locks are gone and the live replicas fire each once.
-    await eventually(lambda: timer_states(orch, tenant_id), lambda t: t.get("fired", 0) == 5, timeout=40)
+    await eventually(
+        lambda: timer_states(orch, tenant_id), lambda t: t.get("fired", 0) == 5, timeout=40
+    )
     for cust in customers:
         await orch.out(tenant_id, cust, lambda e: getattr(e.data, "kind", None) == "check_in")
     ts = await transitions(orch, tenant_id)

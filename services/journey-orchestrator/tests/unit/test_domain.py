@@ -30,9 +30,14 @@ def stages(records: list[d.SimRecord]) -> list[str | None]:
 class TestDurations:
     @pytest.mark.parametrize(
         ("text", "td"),
-        [("P3D", timedelta(days=3)), ("PT1S", timedelta(seconds=1)), ("P1W", timedelta(days=7)),
-         ("P1DT2H30M", timedelta(days=1, hours=2, minutes=30)), ("PT0.5S", timedelta(seconds=0.5))],
-    )  # fmt: skip
+        [
+            ("P3D", timedelta(days=3)),
+            ("PT1S", timedelta(seconds=1)),
+            ("P1W", timedelta(days=7)),
+            ("P1DT2H30M", timedelta(days=1, hours=2, minutes=30)),
+            ("PT0.5S", timedelta(seconds=0.5)),
+        ],
+    )
     def test_parses_iso8601(self, text: str, td: timedelta) -> None:
         assert d.parse_duration(text) == td
 
@@ -108,8 +113,13 @@ class TestDefaultJourney:
 
     def test_promoter_is_asked_for_a_review_and_invited(self) -> None:
         acts = flat(self.run("promoter"))
-        assert acts == [("message", "welcome"), ("message", "check_in"), ("survey", "nps"),
-                        ("message", "review_request"), ("invite_referral", None)]  # fmt: skip
+        assert acts == [
+            ("message", "welcome"),
+            ("message", "check_in"),
+            ("survey", "nps"),
+            ("message", "review_request"),
+            ("invite_referral", None),
+        ]
 
     def test_passive_gets_review_ask_and_loyalty_nudge(self) -> None:
         acts = flat(self.run("passive"))
@@ -152,8 +162,12 @@ class TestDefaultJourney:
         assert exits and exits[0].reason == "superseded by a new order"
 
     def test_never_surveyed_twice_inside_the_fatigue_window(self) -> None:
-        evs = [placed(), ev("order.delivered", T0 + timedelta(days=1), order_id="o1"),
-               placed(T0 + timedelta(days=9), "o2"), ev("order.delivered", T0 + timedelta(days=10), order_id="o2")]  # fmt: skip
+        evs = [
+            placed(),
+            ev("order.delivered", T0 + timedelta(days=1), order_id="o1"),
+            placed(T0 + timedelta(days=9), "o2"),
+            ev("order.delivered", T0 + timedelta(days=10), order_id="o2"),
+        ]
         acts = flat(d.simulate(d.DEFAULT_JOURNEY, evs))
         surveys = [a for a in acts if a == ("survey", "nps")]
         assert len(surveys) == 1  # o1's survey on day 8; o2's (day 17) is inside 30 days
@@ -240,8 +254,20 @@ class TestConditionsAndTime:
         assert due >= T0 + timedelta(days=1)
 
     def test_conditions_are_rechecked_before_each_action(self) -> None:
-        j = d.parse_journey({"name": "x", "stages": [{"name": "a", "wait": "PT1H", "actions": [
-            {"type": "message", "kind": "custom", "when": {"open_ticket": False}}]}]})  # fmt: skip
+        j = d.parse_journey(
+            {
+                "name": "x",
+                "stages": [
+                    {
+                        "name": "a",
+                        "wait": "PT1H",
+                        "actions": [
+                            {"type": "message", "kind": "custom", "when": {"open_ticket": False}}
+                        ],
+                    }
+                ],
+            }
+        )
         recs = d.simulate(
             j, [placed(), ev("ticket.opened", T0 + timedelta(minutes=10), ticket_id="k")]
         )
@@ -287,8 +313,11 @@ class TestConditionsAndTime:
     def test_delivery_anchor_wins_over_fallback_whatever_the_order(
         self, f_h: int, d_h: int
     ) -> None:
-        a = [placed(), ev("order.fulfilled", T0 + timedelta(hours=f_h), order_id="o1"),
-             ev("order.delivered", T0 + timedelta(hours=d_h), order_id="o1")]  # fmt: skip
+        a = [
+            placed(),
+            ev("order.fulfilled", T0 + timedelta(hours=f_h), order_id="o1"),
+            ev("order.delivered", T0 + timedelta(hours=d_h), order_id="o1"),
+        ]
         recs = d.simulate(d.DEFAULT_JOURNEY, a)
         check_in = next(
             r for r in recs if any(x.params.get("kind") == "check_in" for x in r.actions)

@@ -320,9 +320,16 @@ async def simulate(
     for r in records:
         for t in r.transitions:
             transitions.append(
-                {"instance_id": r.instance_id, "kind": t.kind, "from_stage": t.from_stage,
-                 "to_stage": t.to_stage, "cause": t.cause, "reason": t.reason, "at": t.at}
-            )  # fmt: skip
+                {
+                    "instance_id": r.instance_id,
+                    "kind": t.kind,
+                    "from_stage": t.from_stage,
+                    "to_stage": t.to_stage,
+                    "cause": t.cause,
+                    "reason": t.reason,
+                    "at": t.at,
+                }
+            )
         for a in r.actions:
             actions.append(
                 {

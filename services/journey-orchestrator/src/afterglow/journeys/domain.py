@@ -86,11 +86,25 @@ Duration = Annotated[
 # Event types the engine can anchor on or wait for. Short names ("order.delivered") are
 # accepted and normalised to the catalog type.
 KNOWN_EVENTS = {
-    "order.placed", "order.fulfilled", "order.delivered", "order.refunded", "order.cancelled",
-    "ticket.opened", "ticket.updated", "ticket.resolved", "survey.sent", "survey.responded",
-    "review.submitted", "review.published", "points.earned", "points.redeemed", "tier.changed",
-    "referral.code_issued", "referral.converted", "customer.unsubscribed",
-}  # fmt: skip
+    "order.placed",
+    "order.fulfilled",
+    "order.delivered",
+    "order.refunded",
+    "order.cancelled",
+    "ticket.opened",
+    "ticket.updated",
+    "ticket.resolved",
+    "survey.sent",
+    "survey.responded",
+    "review.submitted",
+    "review.published",
+    "points.earned",
+    "points.redeemed",
+    "tier.changed",
+    "referral.code_issued",
+    "referral.converted",
+    "customer.unsubscribed",
+}
 
 
 def event_type(name: str) -> str:
@@ -248,7 +262,15 @@ Action = Annotated[
     | SplitAction,
     Field(discriminator="type"),
 ]
-ACTION_TAGS = {"message", "survey", "invite_referral", "escalate_support", "wait_for", "exit", "split"}  # fmt: skip
+ACTION_TAGS = {
+    "message",
+    "survey",
+    "invite_referral",
+    "escalate_support",
+    "wait_for",
+    "exit",
+    "split",
+}
 
 
 class Stage(_Strict):
@@ -509,7 +531,7 @@ def project(profile: Profile, ev: Occurrence) -> Profile:
         if tid in p.open_tickets:
             p.open_tickets.remove(tid)
         if tid not in p.resolved_tickets:
-            p.resolved_tickets = (p.resolved_tickets + [tid])[-MAX_REMEMBERED_TICKETS:]
+            p.resolved_tickets = [*p.resolved_tickets, tid][-MAX_REMEMBERED_TICKETS:]
     elif ev.type == SURVEY_SENT:
         p.last_surveyed_at = max(filter(None, [p.last_surveyed_at, ev.at]))
     elif ev.type == SURVEY_RESPONDED:

@@ -39,10 +39,24 @@ JOURNEY_EVENTS = [
 # The moment an event happened in the world (anchors use it, not the envelope time,
 # so a late delivery report still anchors the delay on the real delivery).
 _WHEN_FIELDS = (
-    "placed_at", "fulfilled_at", "delivered_at", "refunded_at", "cancelled_at", "opened_at",
-    "resolved_at", "updated_at", "sent_at", "responded_at", "submitted_at", "earned_at",
-    "redeemed_at", "changed_at", "issued_at", "converted_at", "unsubscribed_at",
-)  # fmt: skip
+    "placed_at",
+    "fulfilled_at",
+    "delivered_at",
+    "refunded_at",
+    "cancelled_at",
+    "opened_at",
+    "resolved_at",
+    "updated_at",
+    "sent_at",
+    "responded_at",
+    "submitted_at",
+    "earned_at",
+    "redeemed_at",
+    "changed_at",
+    "issued_at",
+    "converted_at",
+    "unsubscribed_at",
+)
 
 
 def occurrence(event: CloudEvent[Any]) -> d.Occurrence:

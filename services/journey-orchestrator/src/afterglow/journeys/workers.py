@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select, update
@@ -37,7 +37,10 @@ async def claim_due(
     skipped, not waited for. The locks last until the caller's transaction ends."""
     q = (
         select(
-            JourneyTimer.id, JourneyTimer.tenant_id, JourneyTimer.customer_id, JourneyTimer.instance_id
+            JourneyTimer.id,
+            JourneyTimer.tenant_id,
+            JourneyTimer.customer_id,
+            JourneyTimer.instance_id,
         )
         .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
         .order_by(JourneyTimer.due_at)
