@@ -188,12 +188,12 @@ class Service:
         await eventually(seen)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 async def service(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[Service]:
-    # One app for this package (tests/ has an __init__.py for that): starting one costs
-    # seconds of consumer-group joins. It stops when the package's last test is done, so
-    # it never lingers into another suite's consumer group. Tests isolate by tenant; the
-    # clock only moves forward, so each test reads "now".
+    # One app per module: starting one costs seconds of consumer-group joins. Not per
+    # session: a session-wide app would keep consuming in the "referrals.events" group
+    # while later suites (e2e) run their own referrals with other settings and clocks.
+    # Tests isolate by tenant; the clock only moves forward, so each test reads "now".
     clock = ManualClock(START)
     app = create_app(fast_settings(), clock=clock)
     async with serve_app(app) as client:
