@@ -185,6 +185,13 @@ def statuses(*wanted: str) -> Any:
     return lambda ms: sorted(m["status"] for m in ms) == sorted(wanted)
 
 
+def daytime(clock: ManualClock) -> None:
+    """Every test starts in the daytime (UTC), forward only: the clock is shared."""
+    now = clock.now()
+    if not 9 <= now.hour < 17:
+        clock.set((now + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0))
+
+
 @pytest.fixture
 async def tenant(service, tenant_id, receiver, clock) -> Tenant:
     runtime, client = service
@@ -195,10 +202,7 @@ async def tenant(service, tenant_id, receiver, clock) -> Tenant:
         "/v1/messaging/endpoint", json={"url": receiver.url, "secret": SECRET}, headers=t.auth
     )
     assert r.status_code == 200, r.text
-    # Every test starts in the daytime (UTC), forward only: the clock is shared.
-    now = clock.now()
-    if not 9 <= now.hour < 17:
-        clock.set((now + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0))
+    daytime(clock)
     return t
 
 
@@ -425,6 +429,20 @@ class TestPolicy:
             m["reason"].startswith("template_error:") and "'survey_url' is undefined" in m["reason"]
         )
         assert m["attempts"] == 0 and rid
+
+    async def test_no_endpoint_defers_then_gives_up(self, service, tenant_id, clock):
+        runtime, client = service
+        async with runtime.sessionmaker.begin() as session:
+            key = await runtime.api_keys.create(session, tenant_id, ["messages:read"])
+        t = Tenant(runtime, client, tenant_id, key, clock)  # no endpoint registered
+        daytime(clock)
+        await t.customer("c-noend")
+        await t.request("c-noend", category="transactional")
+        [m] = await t.wait("c-noend", statuses("deferred"))
+        assert m["reason"] == "no_endpoint"
+        clock.advance(timedelta(seconds=TEST_SETTINGS.endpoint_wait_s))
+        [m] = await t.wait("c-noend", statuses("suppressed"))
+        assert m["reason"] == "no_endpoint"
 
     async def test_forged_unsubscribe_link_is_refused(self, tenant):
         assert (await tenant.client.get("/u/abc.def")).status_code == 404

@@ -195,14 +195,13 @@ class Dispatcher:
             return None
         assert contact is not None and decision.channel is not None
         if tenant is None or not tenant.endpoint_url or not tenant.endpoint_secret:
-            await self._set(
-                session,
-                m,
-                now,
-                "deferred",
-                "no_endpoint",
-                now + timedelta(seconds=self.s.endpoint_recheck_s),
-            )
+            # Bounded: a tenant that never sets up messaging must not keep every
+            # message it was ever sent alive and re-judged forever.
+            if now >= m.created_at + timedelta(seconds=self.s.endpoint_wait_s):
+                await self._set(session, m, now, "suppressed", "no_endpoint")
+                return None
+            recheck = now + timedelta(seconds=self.s.endpoint_recheck_s)
+            await self._set(session, m, now, "deferred", "no_endpoint", recheck)
             return None
         channel = decision.channel
         template = await store.find_template(session, m.tenant_id, m.template, channel)

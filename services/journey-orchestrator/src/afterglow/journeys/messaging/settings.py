@@ -34,6 +34,8 @@ class MessagingSettings(BaseSettings):
     contact_recheck_s: float = 30.0
     # No endpoint configured yet: check again after this long.
     endpoint_recheck_s: float = 60.0
+    # ... and give up (suppressed, no_endpoint) after this long.
+    endpoint_wait_s: float = 3 * 86400.0
     dlq_send_timeout_s: float = 10.0
 
 
