@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,14 +38,23 @@ MESSAGE_KINDS = set(c.MessageKind.__args__)  # type: ignore[attr-defined]
 # --- definitions -----------------------------------------------------------------------
 
 
+_TENANTS_WITH_DEFINITIONS: set[str] = set()
+
+
 async def ensure_default(session: AsyncSession, tenant_id: str, now: datetime) -> None:
-    """Every tenant starts with DESIGN.md's journey as ``default`` v1, active."""
+    """Every tenant starts with DESIGN.md's journey as ``default`` v1, active.
+
+    Definitions are never deleted, so a tenant seen with one needs no further check
+    (saves a query per event)."""
+    if tenant_id in _TENANTS_WITH_DEFINITIONS:
+        return
     exists = await session.scalar(
         select(func.count())
         .select_from(JourneyDefinition)
         .where(JourneyDefinition.tenant_id == tenant_id)
     )
     if exists:
+        _TENANTS_WITH_DEFINITIONS.add(tenant_id)
         return
     await session.execute(
         pg_insert(JourneyDefinition)
@@ -73,9 +82,16 @@ async def active_journeys(
     return {r.name: (r.version, d.parse_journey(r.body)) for r in rows}
 
 
+_VERSIONS: dict[tuple[str, str, int], d.Journey] = {}
+
+
 async def journey_version(
     session: AsyncSession, tenant_id: str, name: str, version: int
 ) -> d.Journey:
+    # A stored version never changes, so it is read and validated once per process.
+    key = (tenant_id, name, version)
+    if key in _VERSIONS:
+        return _VERSIONS[key]
     body = await session.scalar(
         select(JourneyDefinition.body).where(
             JourneyDefinition.tenant_id == tenant_id,
@@ -85,7 +101,10 @@ async def journey_version(
     )
     if body is None:
         raise LookupError(f"journey {name!r} v{version} is not stored")
-    return d.parse_journey(body)
+    if len(_VERSIONS) > 10_000:
+        _VERSIONS.clear()
+    _VERSIONS[key] = d.parse_journey(body)
+    return _VERSIONS[key]
 
 
 # --- profile ---------------------------------------------------------------------------
@@ -190,22 +209,28 @@ class Writer:
         )
         await self.session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
         events: list[CloudEvent[Any]] = []
-        for t in res.transitions:
-            self.session.add(
-                JourneyTransition(
-                    tenant_id=self.tenant_id,
-                    customer_id=self.customer_id,
-                    instance_id=s.id,
-                    journey=s.journey,
-                    version=s.version,
-                    kind=t.kind,
-                    from_stage=t.from_stage,
-                    to_stage=t.to_stage,
-                    cause=t.cause,
-                    reason=t.reason,
-                    at=t.at,
-                )
+        if res.transitions:
+            # One multi-row INSERT per step, not one per transition.
+            await self.session.execute(
+                insert(JourneyTransition),
+                [
+                    dict(
+                        tenant_id=self.tenant_id,
+                        customer_id=self.customer_id,
+                        instance_id=s.id,
+                        journey=s.journey,
+                        version=s.version,
+                        kind=t.kind,
+                        from_stage=t.from_stage,
+                        to_stage=t.to_stage,
+                        cause=t.cause,
+                        reason=t.reason,
+                        at=t.at,
+                    )
+                    for t in res.transitions
+                ],
             )
+        for t in res.transitions:
             if t.kind in ("stage", "exit", "complete"):
                 to = (
                     t.to_stage
