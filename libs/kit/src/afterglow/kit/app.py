@@ -159,17 +159,20 @@ def create_service_app(
                 specs = [ConsumerSpec("tenants", runtime.api_keys.handlers())]
                 specs += consumers(runtime) if consumers else []
                 for cspec in specs:
-                    consumer = EventConsumer(
-                        name=f"{spec.name}.{cspec.name}",
-                        kafka=kafka,
-                        sessionmaker=runtime.sessionmaker,
-                        tables=tables,
-                        handlers=cspec.handlers,
-                        dlq_producer=runtime.producer,
-                        retry=retry,
+                    runtime.consumers.append(
+                        EventConsumer(
+                            name=f"{spec.name}.{cspec.name}",
+                            kafka=kafka,
+                            sessionmaker=runtime.sessionmaker,
+                            tables=tables,
+                            handlers=cspec.handlers,
+                            dlq_producer=runtime.producer,
+                            retry=retry,
+                        )
                     )
-                    await consumer.start()
-                    runtime.consumers.append(consumer)
+                # Joining a group takes seconds and the groups are independent: join at once.
+                await asyncio.gather(*(c.start() for c in runtime.consumers))
+                for consumer in runtime.consumers:
                     runtime.tasks.append(asyncio.create_task(consumer.run(), name=consumer.name))
                 for worker in workers(runtime) if workers else []:
                     runtime.tasks.append(
