@@ -114,3 +114,25 @@ async def test_repeat_order_restarts_onboarding_without_a_second_survey(
         e.id for e in orch.seen(tenant_id, customer) if e.type == "afterglow.survey.requested.v1"
     }
     assert len(surveys) == 1
+
+
+async def test_erasure_stops_the_journey_and_wipes_the_profile(
+    orch: Orchestrator, tenant_id: str
+) -> None:
+    h = await orch.headers(tenant_id)
+    customer = new_customer()
+    now = orch.clock.now()
+    await orch.publish(tenant_id, customer, order_placed("e-1", now))
+    await orch.publish(
+        tenant_id, customer, c.OrderDelivered(order_id="e-1", delivered_at=now, reported_by="api")
+    )
+    await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
+    )
+    await orch.publish(tenant_id, customer, c.CustomerErasureRequested(requested_at=now))
+    j = await orch.until(tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "exited")
+    inst = j["instances"][0]
+    assert inst["exit_reason"] == "erasure requested" and inst["next_timer"] is None
+    assert inst["order_id"] is None and inst["anchors"] == {}
+    assert j["profile"]["timezone"] is None and j["profile"]["consent"] is False
+    assert j["profile"]["orders_count"] == 1  # aggregates remain
