@@ -801,7 +801,7 @@ async def _demo(urls: dict[str, list[str]], admin_token: str, *, fast: bool) -> 
                 ok = False
                 printer(f"STOPPED: {exc}")
             print_summary(await sc.summary(), time.monotonic() - t0)
-            return ok
+            return ok and not sc.problems
 
 
 def main() -> int:
