@@ -25,6 +25,7 @@ from afterglow.kit.clock import ManualClock
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 OUT_TOPICS = (
     "afterglow.messages",
+    "afterglow.reviews",
     "afterglow.surveys",
     "afterglow.referrals",
     "afterglow.support",
@@ -104,7 +105,10 @@ class Orchestrator:
         return out
 
 
-@pytest.fixture(scope="session")
+# Package scope: one app for this service's tests, gone before other packages run, so
+# its consumers (and its ManualClock timer loop) never join the groups that later tests'
+# service processes use.
+@pytest.fixture(scope="package")
 async def orch(stack: Stack) -> AsyncIterator[Orchestrator]:
     clock = ManualClock(START)
     app = create_app(make_settings(), clock)

@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 
 from afterglow.events import catalog as c
-from afterglow.events.catalog import MessageRequested
+from afterglow.events.catalog import MessageRequested, ReviewRequested
 
 from ..conftest import DAY, Orchestrator, new_customer, order_placed
 
 
 def kind(e: Any) -> str | None:
+    """What the customer is asked: a message's kind, or the review ask, which feedback
+    turns into the message because it owns the review link."""
+    if isinstance(e.data, ReviewRequested):
+        return "review_request"
     return getattr(e.data, "kind", None) if isinstance(e.data, MessageRequested) else None
 
 
@@ -111,7 +115,8 @@ async def test_whole_default_journey_by_band(
     assert ("loyalty_nudge" in kinds) == (band == "passive")
     welcome = next(e for e in mine if kind(e) == "welcome")
     assert welcome.data.category == "transactional"
-    assert next(e for e in mine if kind(e) == "review_request").data.category == "marketing"
+    ask = next(e for e in mine if kind(e) == "review_request")
+    assert ask.data.order_id and ask.type == "afterglow.review.requested.v1"
     stages = [x["to_stage"] for x in j["instances"][0]["history"] if x["kind"] == "stage"]
     assert stages == ["onboarding", "check_in", "survey", "advocacy"]
     assert all(x["cause"] for x in j["instances"][0]["history"])

@@ -29,11 +29,11 @@ from afterglow.events.catalog import (
 )
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.journeys.messaging.models import MessageContact
-from afterglow.journeys.messaging.policy import verify_webhook
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
+from afterglow.kit.standard_webhooks import verify_headers
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Applied to the suite's shared orchestrator (tests/conftest.py) for this module only.
@@ -63,7 +63,7 @@ class Receiver:
             return
         body = await read_body(receive)
         headers = headers_of(scope)
-        verified = verify_webhook(SECRET, headers, body, time.time())
+        verified = verify_headers(SECRET, headers, body, time.time())
         msg = json.loads(body)
         plan = self.plans.get(msg["request_id"], [])
         answer = plan.pop(0) if plan else "200"

@@ -117,13 +117,13 @@ class TestDefaultJourney:
             ("message", "welcome"),
             ("message", "check_in"),
             ("survey", "nps"),
-            ("message", "review_request"),
+            ("request_review", None),
             ("invite_referral", None),
         ]
 
     def test_passive_gets_review_ask_and_loyalty_nudge(self) -> None:
         acts = flat(self.run("passive"))
-        assert ("message", "review_request") in acts
+        assert ("request_review", None) in acts
         assert ("message", "loyalty_nudge") in acts
         assert ("invite_referral", None) not in acts
 
@@ -138,9 +138,7 @@ class TestDefaultJourney:
         acts = flat(recs)
         assert ("escalate_support", None) in acts
         assert ("invite_referral", None) not in acts
-        review = next(
-            r for r in recs if any(a.params.get("kind") == "review_request" for a in r.actions)
-        )
+        review = next(r for r in recs if any(a.type == "request_review" for a in r.actions))
         assert review.at == T0 + timedelta(days=25)  # not day 16: after the ticket is resolved
 
     def test_check_in_falls_back_to_fulfilled_plus_five_days(self) -> None:
@@ -153,7 +151,7 @@ class TestDefaultJourney:
     def test_no_answer_gets_one_reminder_then_review_ask(self) -> None:
         acts = flat(self.run(None))
         assert acts.count(("survey", "nps")) == 2  # the request and one reminder
-        assert acts[-1] == ("message", "review_request")
+        assert acts[-1] == ("request_review", None)
 
     def test_repeat_customer_gets_thank_you(self) -> None:
         recs = d.simulate(d.DEFAULT_JOURNEY, [placed(), placed(T0 + timedelta(hours=1), "o2")])
@@ -183,7 +181,7 @@ class TestDefaultJourney:
         recs = self.run(
             None, extra=[ev("order.refunded", T0 + timedelta(days=3), order_id="o1", full=False)]
         )
-        assert ("message", "review_request") in flat(recs)
+        assert ("request_review", None) in flat(recs)
 
     def test_open_ticket_before_survey_pauses_then_resumes(self) -> None:
         recs = self.run(

@@ -220,6 +220,14 @@ class SurveyAction(_Action):
     stop_after: Duration = Field(description="stop waiting for an answer after this")
 
 
+class RequestReviewAction(_Action):
+    """Ask for a review of the order. Feedback owns the review link and sends the message
+    (``review.requested``), so the ask reaches every customer through one path."""
+
+    type: Literal["request_review"] = "request_review"
+    reminder: bool = False
+
+
 class InviteReferralAction(_Action):
     type: Literal["invite_referral"] = "invite_referral"
 
@@ -255,6 +263,7 @@ class SplitAction(_Action):
 Action = Annotated[
     MessageAction
     | SurveyAction
+    | RequestReviewAction
     | InviteReferralAction
     | EscalateSupportAction
     | WaitForAction
@@ -265,6 +274,7 @@ Action = Annotated[
 ACTION_TAGS = {
     "message",
     "survey",
+    "request_review",
     "invite_referral",
     "escalate_support",
     "wait_for",
@@ -431,7 +441,7 @@ DEFAULT_JOURNEY_BODY: dict[str, Any] = {
             "wait": "P14D after order.delivered or P16D after order.fulfilled",
             "actions": [
                 # Every customer is asked, whatever they answered: no review gating.
-                {"type": "message", "kind": "review_request"},
+                {"type": "request_review"},
                 {
                     "type": "split",
                     "branches": [
@@ -1022,6 +1032,12 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                         "category": action.category,
                         "order_id": s.order_id,
                     },
+                )
+            )
+        elif isinstance(action, RequestReviewAction):
+            res.actions.append(
+                ActionOut(
+                    "request_review", key, {"order_id": s.order_id, "reminder": action.reminder}
                 )
             )
         elif isinstance(action, InviteReferralAction):

@@ -358,6 +358,15 @@ class Writer:
                 else None,
                 requested_at=self.now,
             )
+        elif a.type == "request_review":
+            if not p.get("order_id"):
+                raise ValueError("a review is asked for an order; this instance has none")
+            data = c.ReviewRequested(
+                request_id=request_id,
+                order_id=p["order_id"],
+                requested_at=self.now,
+                reminder=bool(p.get("reminder")),
+            )
         elif a.type == "invite_referral":
             data = c.ReferralInvited(
                 invited_at=self.now,

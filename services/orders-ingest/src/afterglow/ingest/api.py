@@ -20,6 +20,7 @@ from afterglow.events.envelope import TENANT_ID_PATTERN
 from afterglow.ingest import domain, intake, registry
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
+from afterglow.kit import standard_webhooks
 from afterglow.kit.app import Runtime
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
@@ -364,13 +365,13 @@ async def standard_webhook(
     tolerance = settings_of(request).ingest_timestamp_tolerance_s
 
     def verify(secrets: list[str], body: bytes) -> bool:
-        return domain.verify_standard(
+        return standard_webhooks.verify(
             secrets,
             h.get("webhook-id"),
             h.get("webhook-timestamp"),
             h.get("webhook-signature"),
             body,
-            rt.clock.now(),
+            rt.clock.now().timestamp(),
             tolerance,
         )
 

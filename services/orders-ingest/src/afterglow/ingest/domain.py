@@ -5,7 +5,6 @@ platform's payload into catalog events. No I/O here: the time comes in as an arg
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -57,20 +56,6 @@ def verify_b64_hmac(secrets: Iterable[str], message: bytes, presented: str | Non
     return ok
 
 
-def standard_secret_bytes(secret: str) -> bytes:
-    """Standard Webhooks secrets are ``whsec_`` + base64 of the key."""
-    raw = secret.removeprefix("whsec_")
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        return raw.encode()
-
-
-def standard_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac_sha256(standard_secret_bytes(secret), signed)).decode()
-
-
 def timestamp_fresh(timestamp: str | None, now: datetime, tolerance_s: int) -> bool:
     """Unix seconds (Standard Webhooks) or ISO 8601 (Zendesk), within the tolerance."""
     if not timestamp:
@@ -86,29 +71,6 @@ def timestamp_fresh(timestamp: str | None, now: datetime, tolerance_s: int) -> b
     except (ValueError, OverflowError, OSError):
         return False
     return abs((now - sent).total_seconds()) <= tolerance_s
-
-
-def verify_standard(
-    secrets: Iterable[str],
-    msg_id: str | None,
-    timestamp: str | None,
-    signature_header: str | None,
-    body: bytes,
-    now: datetime,
-    tolerance_s: int,
-) -> bool:
-    """Standard Webhooks 1.0: several space-separated ``v1,<b64>`` signatures may come
-    (the sender's rotation); one match with one active secret is enough."""
-    if not msg_id or not signature_header or not timestamp_fresh(timestamp, now, tolerance_s):
-        return False
-    assert timestamp is not None
-    presented = [s for s in signature_header.split() if s.startswith("v1,")]
-    ok = False
-    for secret in secrets:
-        expected = standard_signature(secret, msg_id, timestamp, body).encode()
-        for sig in presented:
-            ok |= hmac.compare_digest(expected, sig.encode())
-    return ok
 
 
 # --- money, hashing, small parsers --------------------------------------------------

@@ -36,6 +36,7 @@ from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import Message, MessageContact, MessagingTenantSettings
 from afterglow.journeys.messaging.settings import MessagingSettings, messaging_settings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
+from afterglow.kit import standard_webhooks
 from afterglow.kit.app import Runtime, Worker
 
 log = logging.getLogger(__name__)
@@ -343,9 +344,7 @@ class Dispatcher:
         headers = {
             "content-type": "application/json",
             "user-agent": "Afterglow-Messaging/1.0",
-            "webhook-id": job.message_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": policy.webhook_signature(job.secret, job.message_id, ts, job.body),
+            **standard_webhooks.signed_headers(job.secret, job.message_id, ts, job.body),
         }
         timeout = self.s.request_timeout_s
         try:

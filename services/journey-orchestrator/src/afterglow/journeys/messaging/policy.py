@@ -248,27 +248,3 @@ def verify_unsubscribe(secret: str, token: str) -> tuple[str, str, str] | None:
     if channel not in (*CHANNELS, "all"):
         return None
     return str(tenant_id), str(customer_id), str(channel)
-
-
-# --- Standard Webhooks ------------------------------------------------------------------
-
-
-def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256(id.timestamp.body)>`` keyed by the decoded whsec secret."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def verify_webhook(
-    secret: str, headers: dict[str, str], body: bytes, now_s: float, tolerance_s: int = 300
-) -> bool:
-    """The receiver's side: signature among the space-separated ones, timestamp fresh."""
-    msg_id = headers.get("webhook-id", "")
-    ts = headers.get("webhook-timestamp", "")
-    if not msg_id or not ts.isdigit() or abs(now_s - int(ts)) > tolerance_s:
-        return False
-    expected = webhook_signature(secret, msg_id, int(ts), body)
-    return any(
-        hmac.compare_digest(expected, sig) for sig in headers.get("webhook-signature", "").split()
-    )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from afterglow.journeys.messaging.policy import verify_webhook
+from afterglow.kit.standard_webhooks import verify_headers
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -54,7 +54,7 @@ def build_app(
             return
         body = await read_body(receive)
         headers = headers_of(scope)
-        if not verify_webhook(secret, headers, body, time.time()):
+        if not verify_headers(secret, headers, body, time.time()):
             print(f"REJECTED {headers.get('webhook-id')}: bad signature", file=out, flush=True)
             await respond(send, 401)
             return
