@@ -26,7 +26,7 @@ from afterglow.events.topics import TOPICS
 
 ADMIN_TOKEN = "e2e-admin-token"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-instance", "two-instances"])
