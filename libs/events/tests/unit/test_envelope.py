@@ -101,3 +101,21 @@ class TestMalformed:
     def test_tenant_cannot_smuggle_the_key_separator(self):
         with pytest.raises(ValueError, match="tenant id"):
             _event(sample_events()[0], tenant="evil:tenant")
+
+
+class TestMessageVariables:
+    def test_a_request_must_carry_what_its_template_needs(self):
+        from afterglow.events.catalog import MessageRequested
+
+        with pytest.raises(ValueError, match="referral_code"):
+            MessageRequested(
+                request_id="r",
+                kind="referral_invite",
+                variables={"referral_url": "https://x.test/?ref=A"},
+            )
+        ok = MessageRequested(
+            request_id="r",
+            kind="referral_invite",
+            variables={"referral_url": "u", "referral_code": "A"},
+        )
+        assert ok.kind == "referral_invite"

@@ -418,15 +418,24 @@ class TestPolicy:
         assert receiver.of(tenant, "c-gone") == []
 
     async def test_missing_variable_fails_at_send_and_dead_letters(self, tenant, stack):
+        # The catalog makes requests carry what the DEFAULT templates need; a tenant's own
+        # template may use more (here order_number, which the sample data has, so saving
+        # it succeeds), and a request without it fails at send time, loudly.
+        own = {"subject": "About {{ order_number }}", "text": "Order {{ order_number }}"}
+        r = await tenant.client.put(
+            "/v1/messaging/templates/check_in/email", json=own, headers=tenant.auth
+        )
+        assert r.status_code == 200, r.text
         await tenant.customer("c-novar")
         async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.messages.dlq") as tap:
-            rid = await tenant.request("c-novar", kind="survey_invite", category="transactional")
+            rid = await tenant.request("c-novar", kind="check_in", category="transactional")
             [m] = await tenant.wait("c-novar", statuses("failed"))
             await tap.wait_for_records(
                 lambda r: dict(r.headers).get("ce_tenantid") == tenant.id.encode()
             )
         assert (
-            m["reason"].startswith("template_error:") and "'survey_url' is undefined" in m["reason"]
+            m["reason"].startswith("template_error:")
+            and "'order_number' is undefined" in m["reason"]
         )
         assert m["attempts"] == 0 and rid
 

@@ -9,13 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from afterglow.events.catalog import MESSAGE_VARIABLES
 from afterglow.journeys.messaging import policy
 from afterglow.journeys.messaging.policy import ContactFacts, MessageFacts, PolicySettings, decide
 from afterglow.journeys.messaging.templates import (
     DEFAULT_KINDS,
+    SAMPLE_CUSTOMER,
+    SAMPLE_VARIABLES,
     Template,
     TemplateRenderError,
     all_kinds,
+    context,
     default_template,
     render,
     validate,
@@ -188,6 +192,15 @@ class TestTemplates:
         for kind in DEFAULT_KINDS:
             for channel in ("email", "sms"):
                 validate(default_template(kind, channel))
+
+    def test_defaults_need_only_the_variables_the_catalog_promises(self):
+        """The contract with the services that request messages: a default template
+        renders with exactly MESSAGE_VARIABLES[kind] and what messaging adds itself."""
+        for kind in DEFAULT_KINDS:
+            promised = {k: SAMPLE_VARIABLES[k] for k in MESSAGE_VARIABLES[kind]}
+            ctx = context(SAMPLE_CUSTOMER, promised, unsubscribe_url="https://x.test/u", kind=kind)
+            for channel in ("email", "sms"):
+                render(default_template(kind, channel), ctx)
 
     def test_html_is_escaped_and_text_is_not(self):
         t = Template(

@@ -129,7 +129,7 @@ class TestRedemption:
         msgs = await loyalty.tap.wait_for(
             lambda e: of(tenant_id, "message.requested.v1")(e) and e.data.kind == "reward_code"
         )
-        assert msgs[0].data.variables["code"] == first.json()["code"]
+        assert msgs[0].data.variables["reward_code"] == first.json()["code"]
 
     async def test_hundred_parallel_redemptions_succeed_exactly_ten_times(
         self, loyalty: Loyalty, tenant_id
@@ -231,7 +231,7 @@ class TestExpiry:
         msg = await loyalty.tap.wait_for(
             lambda e: of(tenant_id, "message.requested.v1")(e) and e.data.kind == "points_expiring"
         )
-        assert msg[0].data.variables["points"] == 300
+        assert msg[0].data.variables["points_expiring"] == 300
         loyalty.clock.advance(timedelta(days=11))
         await loyalty.wait_account(tenant_id, c, lambda a: a["available"] == 0)
         expired = await loyalty.tap.wait_for(of(tenant_id, "points.expired.v1"))

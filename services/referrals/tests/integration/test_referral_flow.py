@@ -40,8 +40,8 @@ class TestCodeIssuance:
         code = issued[0].data.code
         assert issued[0].subject == advocate
         assert invite[0].data.kind == "referral_invite"
-        assert invite[0].data.variables["code"] == code
-        assert invite[0].data.variables["share_url"].endswith(f"ref={code}")
+        assert invite[0].data.variables["referral_code"] == code
+        assert invite[0].data.variables["referral_url"].endswith(f"ref={code}")
         assert invite[0].data.request_id == f"referral_invite:{tenant_id}:{code}"
         assert r.json()["code"]["code"] == code
         mine = [e for e in events if e.tenantid == tenant_id]

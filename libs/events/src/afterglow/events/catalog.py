@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from afterglow.events.topics import TOPICS_BY_NOUN
 
@@ -230,9 +230,33 @@ MessageKind = Literal[
 ]
 
 
+# The variables each kind of message must carry: the contract between the services that
+# request messages and the default templates that render them. A request that lacks one
+# is invalid when it is built, in the producer's own code and tests, not at send time.
+# Messaging adds what it knows itself (shop name, unsubscribe link, the contact's name).
+MESSAGE_VARIABLES: dict[str, frozenset[str]] = {
+    "welcome": frozenset(),
+    "thank_you": frozenset(),
+    "check_in": frozenset(),
+    "survey_invite": frozenset({"survey_url"}),
+    "survey_reminder": frozenset({"survey_url"}),
+    "review_request": frozenset({"review_url"}),
+    "review_reminder": frozenset({"review_url"}),
+    "referral_invite": frozenset({"referral_code", "referral_url"}),
+    "referee_reward": frozenset({"reward_code"}),
+    "loyalty_nudge": frozenset(),
+    "tier_up": frozenset({"tier"}),
+    "reward_code": frozenset({"reward_code"}),
+    "points_expiring": frozenset({"points_expiring", "expires_on"}),
+    "service_recovery": frozenset(),
+    "custom": frozenset(),
+}
+
+
 class MessageRequested(EventData):
     """A request to send one message to a customer. Only the orchestrator's dispatcher
-    delivers it, after consent, quiet hours and frequency caps."""
+    delivers it, after consent, quiet hours and frequency caps. ``variables`` must hold
+    what :data:`MESSAGE_VARIABLES` names for its kind."""
 
     type: Literal["afterglow.message.requested.v1"] = "afterglow.message.requested.v1"
     request_id: str = Field(max_length=200, description="De-duplication key")
@@ -244,6 +268,13 @@ class MessageRequested(EventData):
     variables: dict[str, Any] = Field(default_factory=dict)
     order_id: str | None = None
     not_before: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _carries_its_variables(self) -> MessageRequested:
+        missing = MESSAGE_VARIABLES[self.kind] - self.variables.keys()
+        if missing:
+            raise ValueError(f"a {self.kind} message needs variables {sorted(missing)}")
+        return self
 
 
 class SupportEscalationRequested(EventData):

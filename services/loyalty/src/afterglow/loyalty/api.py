@@ -259,7 +259,7 @@ async def redeem_reward(
         category="transactional",
         priority="high",
         variables={
-            "code": code,
+            "reward_code": code,
             "reward": reward.name,
             "reward_kind": reward.kind,
             "amount_minor": reward.amount_minor,

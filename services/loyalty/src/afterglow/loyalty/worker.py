@@ -78,9 +78,10 @@ async def process_account(runtime: Runtime, tenant: str, customer: str, now: dat
                     "points_expiring",
                     request_id,
                     {
-                        "points": sum(lot.remaining for lot in soon),
+                        "points_expiring": sum(lot.remaining for lot in soon),
+                        "expires_on": first.date().isoformat(),
                         "expires_at": first.isoformat(),
-                        "balance": wallet.spendable,
+                        "points_balance": wallet.spendable,
                     },
                 ),
             )

@@ -175,7 +175,7 @@ class ReferralService:
                     MessageRequested(
                         request_id=f"referral_invite:{tenant_id}:{code.code}",
                         kind="referral_invite",
-                        variables={"code": code.code, "share_url": url},
+                        variables={"referral_code": code.code, "referral_url": url},
                     ),
                     tenant_id=tenant_id,
                     subject=advocate,

@@ -93,13 +93,16 @@ _COPY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
         ("Share your link", "referral_url"),
     ),
     "referee_reward": (
-        "Your reward is here",
-        "Thanks for referring a friend. Your reward code: {{ reward_code }}.",
+        "A welcome gift from a friend",
+        "A friend of yours shops at {{ shop_name }} and sent you a reward."
+        " Your code: {{ reward_code }}.",
         None,
     ),
+    # The journey asks for the nudge but loyalty owns the balance: it is optional.
     "loyalty_nudge": (
-        "You have {{ points_balance }} points",
-        "You have {{ points_balance }} points to spend at {{ shop_name }}.",
+        "Your points are waiting",
+        "{% if points_balance is defined %}You have {{ points_balance }} points{% else %}"
+        "You have points{% endif %} to spend at {{ shop_name }}.",
         None,
     ),
     "tier_up": (
