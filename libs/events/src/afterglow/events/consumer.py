@@ -120,8 +120,10 @@ class EventConsumer:
     async def stop(self) -> None:
         if self._consumer is not None:
             async with self._batch_lock:  # let the batch in flight finish and commit
-                await self._consumer.stop()
-            self._consumer = None
+                consumer, self._consumer = self._consumer, None
+            # Not under the lock: stopping waits for aiokafka's coordination task, which
+            # may be in our revoke listener waiting for that very lock (a rebalance).
+            await consumer.stop()
         self.started = False
 
     async def run(self) -> None:
