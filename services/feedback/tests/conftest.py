@@ -80,7 +80,9 @@ class Feedback:
         return survey, f"/s/{service.survey_token(self.settings, survey)}"
 
 
-@pytest.fixture(scope="session")
+# Module scope: an app left running would keep consuming in its service's consumer
+# groups while later tests (other services, the e2e processes) use the same groups.
+@pytest.fixture(scope="module")
 async def fb(stack: Stack) -> AsyncIterator[Feedback]:
     clock = ManualClock(START)
     settings = FeedbackSettings(

@@ -89,7 +89,9 @@ class Loyalty:
         return acc.available, acc.pending
 
 
-@pytest.fixture(scope="session")
+# Module scope: an app left running would keep consuming in its service's consumer
+# groups while later tests (other services, the e2e processes) use the same groups.
+@pytest.fixture(scope="module")
 async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
     clock = ManualClock(START)
     settings = LoyaltySettings(

@@ -34,7 +34,9 @@ def settings(stack: Stack) -> IngestSettings:
     )
 
 
-@pytest.fixture(scope="session")
+# Module scope: an app left running would keep consuming in its service's consumer
+# groups while later tests (other services, the e2e processes) use the same groups.
+@pytest.fixture(scope="module")
 async def app_and_client(
     settings: IngestSettings,
 ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
@@ -43,12 +45,12 @@ async def app_and_client(
         yield app, client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(app_and_client: tuple[object, httpx.AsyncClient]) -> httpx.AsyncClient:
     return app_and_client[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def runtime(app_and_client: tuple[object, httpx.AsyncClient]):  # type: ignore[no-untyped-def]
     return app_and_client[0].state.runtime  # type: ignore[attr-defined]
 
