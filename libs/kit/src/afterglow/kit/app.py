@@ -136,7 +136,9 @@ def create_service_app(
         try:
             if settings.ensure_topics:
                 await ensure_topics(
-                    settings.kafka_bootstrap_servers, connection_options=kafka.connection_options()
+                    settings.kafka_bootstrap_servers,
+                    connection_options=kafka.connection_options(),
+                    replication_factor=settings.kafka_topic_replication_factor,
                 )
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()

@@ -27,7 +27,9 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     # all: API and consumers in one process (dev); api or worker: one role (Kubernetes).
     service_role: Literal["all", "api", "worker"] = "all"
+    # Create missing topics at start-up (dev, tests); in production Strimzi owns them.
     ensure_topics: bool = True
+    kafka_topic_replication_factor: int = 1
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = 10
