@@ -26,8 +26,8 @@ demo: install ## a shop, five customers, every service: prints messages and jour
 	@$(UV) run python -m afterglow.devstack.demo
 
 .PHONY: test
-test: install ## the whole suite on the embedded stack (PostgreSQL + Tansu)
-	@$(UV) run pytest $(PYTEST_ARGS)
+test: install ## the whole suite on the embedded stack (PostgreSQL + Tansu); e2e in its own run
+	@$(UV) run python -m afterglow.devstack.suite $(PYTEST_ARGS)
 
 .PHONY: test-kafka
 test-kafka: install ## the broker-facing suite against Apache Kafka (KRaft) from Maven Central

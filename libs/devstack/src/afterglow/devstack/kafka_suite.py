@@ -30,6 +30,7 @@ from types import FrameType
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
 from afterglow.devstack.processes import _die_with_parent, pid_alive
+from afterglow.devstack.suite import phases
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 _COMPLETE = ".complete"
@@ -121,18 +122,25 @@ def run(pytest_args: list[str]) -> int:
             "KAFKA_ENABLE_IDEMPOTENCE": "true",
             "AFTERGLOW_BROKER": "kafka",
         }
-        # Unit tests never reach a broker: running them again here would prove nothing.
-        args = [sys.executable, "-m", "pytest", "--ignore-glob=*/tests/unit/*", *pytest_args]
-        t0 = time.monotonic()
-        pytest_proc = subprocess.Popen(  # noqa: S603 - this interpreter's pytest
-            args, env=env, cwd=root, preexec_fn=_die_with_parent
-        )
-        code = pytest_proc.wait()
-        print(f"kafka-suite: pytest exited {code} after {time.monotonic() - t0:.1f}s", flush=True)
-        if code == _NO_TESTS:
-            print("kafka-suite: no tests collected: that is a failure here", file=sys.stderr)
-            return 1
-        return code
+        worst = 0
+        for phase in phases(pytest_args, root):
+            # Unit tests never reach a broker: running them again here would prove nothing.
+            args = [sys.executable, "-m", "pytest", "--ignore-glob=*/tests/unit/*", *phase]
+            t0 = time.monotonic()
+            pytest_proc = subprocess.Popen(  # noqa: S603 - this interpreter's pytest
+                args, env=env, cwd=root, preexec_fn=_die_with_parent
+            )
+            code = pytest_proc.wait()
+            print(
+                f"kafka-suite: pytest {' '.join(phase)} exited {code} after "
+                f"{time.monotonic() - t0:.1f}s",
+                flush=True,
+            )
+            if code == _NO_TESTS:
+                print("kafka-suite: no tests collected: that is a failure here", file=sys.stderr)
+                code = 1
+            worst = worst or code
+        return worst
     except (KeyboardInterrupt, _Stopped) as exc:
         signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
         print(f"kafka-suite: {signal.Signals(signum).name}, stopping", file=sys.stderr)

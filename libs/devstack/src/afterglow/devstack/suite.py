@@ -1,0 +1,53 @@
+"""``python -m afterglow.devstack.suite [pytest args]``: the whole suite, as ``make test``
+and ``make test-kafka`` run it.
+
+The end-to-end tests run every service as real processes in the services' own consumer
+groups, so they get a pytest process (and an embedded stack) of their own: an in-process
+test app still alive in the same session would share those groups with them. Without
+path arguments there are two runs, the suite without ``tests/e2e`` and then
+``tests/e2e``; with paths, one run of just those.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+E2E = "tests/e2e"
+NO_TESTS = 5
+
+
+def phases(pytest_args: list[str], root: Path) -> list[list[str]]:
+    named_paths = [a for a in pytest_args if not a.startswith("-") and (root / a).exists()]
+    if named_paths:
+        return [pytest_args]
+    return [[f"--ignore={E2E}", *pytest_args], [E2E, *pytest_args]]
+
+
+def run_phases(
+    pytest_args: list[str],
+    root: Path,
+    env: Mapping[str, str] | None = None,
+    extra: list[str] | None = None,
+) -> int:
+    """Run each phase to the end; return the first failing code (5, none ran, fails)."""
+    worst = 0
+    for phase in phases(pytest_args, root):
+        args = [sys.executable, "-m", "pytest", *(extra or []), *phase]
+        t0 = time.monotonic()
+        code = subprocess.run(args, cwd=root, env=env, check=False).returncode  # noqa: S603
+        print(
+            f"suite: pytest {' '.join(phase)} exited {code} after {time.monotonic() - t0:.0f}s",
+            flush=True,
+        )
+        if code == NO_TESTS:
+            code = 1
+        worst = worst or code
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(run_phases(sys.argv[1:], Path.cwd()))
