@@ -70,7 +70,7 @@ class Loyalty:
             r = await self.client.get(f"/v1/accounts/{customer}", headers=headers)
             return r.json() if r.status_code == 200 else None
 
-        return await eventually(probe, lambda a: a is not None and check(a), timeout=30)
+        return await eventually(probe, lambda a: a is not None and check(a), timeout=120)
 
     async def consistent(self, tenant: str, customer: str) -> tuple[int, int]:
         """Cached balances equal the sums of the entries; returns (available, pending)."""
