@@ -93,6 +93,12 @@ class Runtime:
 Worker = Callable[[Runtime], Awaitable[None]]
 
 
+def runtime_of(request: Request) -> Runtime:
+    """The running service's clients, for a route (the lifespan put them on the app)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
 def create_service_app(
     spec: ServiceSpec,
     settings: ServiceSettings,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from afterglow.feedback import domain, metrics, service
 from afterglow.feedback.models import Review, TenantSetting
 from afterglow.feedback.settings import FeedbackSettings
-from afterglow.kit.app import Runtime
+from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
@@ -22,11 +22,6 @@ router = APIRouter(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
 Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
 Id = Field(min_length=1, max_length=200)
-
-
-def _rt(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 class In(BaseModel):
@@ -52,7 +47,7 @@ async def record_response(
 ) -> JSONResponse:
     """Record an answer collected by another tool. Repeating an ``external_id`` returns
     the first answer (200) and changes nothing."""
-    runtime = _rt(request)
+    runtime = runtime_of(request)
     try:
         domain.check_score(body.kind, body.score)
     except domain.InvalidScore as exc:
@@ -130,7 +125,7 @@ async def create_review(
     when it goes live. The rating never decides moderation or incentives."""
     if body.sku is None and body.product_id is None:
         raise Unprocessable("sku or product_id is required", field="sku")
-    runtime = _rt(request)
+    runtime = runtime_of(request)
     review, created = await service.submit_review(
         session,
         runtime.outbox,
@@ -188,7 +183,7 @@ class ModerationIn(In):
 async def _moderate(
     review_id: str, body: ModerationIn, request: Request, session: Any, who: Principal
 ) -> dict[str, Any]:
-    runtime = _rt(request)
+    runtime = runtime_of(request)
     review = await service.moderate_review(
         session,
         runtime.outbox,
@@ -259,7 +254,7 @@ async def review_link(
     body: ReviewLinkIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     """A signed link to the review page of one order (for a review-ask message)."""
-    runtime = _rt(request)
+    runtime = runtime_of(request)
     settings = runtime.settings
     assert isinstance(settings, FeedbackSettings)
     items = await service.order_items(session, who.tenant_id, body.customer_id, body.order_id)
@@ -290,7 +285,7 @@ async def _metrics(
     interval: str,
     sku: str | None,
 ) -> dict[str, Any]:
-    now = _rt(request).clock.now()
+    now = runtime_of(request).clock.now()
     end = end or now
     start = start or end - timedelta(days=30)
     for name, value in (("from", start), ("to", end)):
@@ -368,7 +363,7 @@ async def put_settings(
     body: SettingsIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     row = await session.get(TenantSetting, who.tenant_id)
-    now = _rt(request).clock.now()
+    now = runtime_of(request).clock.now()
     if row is None:
         row = TenantSetting(tenant_id=who.tenant_id)
         session.add(row)

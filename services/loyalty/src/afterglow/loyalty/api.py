@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
 from afterglow.events.catalog import MessageRequested, PointsRedeemed
-from afterglow.kit.app import Runtime
+from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
@@ -32,10 +32,6 @@ Customer = Annotated[str, Field(min_length=1, max_length=200)]
 
 class InsufficientPointsError(AppError):
     status_code, code = 409, "insufficient_points"
-
-
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 class TierProgressOut(BaseModel):
@@ -66,7 +62,7 @@ async def get_account(
     if account is None:
         raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
     rules = await store.load_rules(session, principal.tenant_id)
-    now = _runtime(request).clock.now()
+    now = runtime_of(request).clock.now()
     value, _ = await store.qualifying_value(session, rules, account, now)
     p = domain.tier_progress(rules, value)
     return AccountOut(
@@ -165,7 +161,7 @@ async def redeem(
 ) -> dict[str, Any]:
     """Spend points on a reward. The same Idempotency-Key returns the same answer and
     deducts nothing twice; the same key with another body is a 422."""
-    rt = _runtime(request)
+    rt = runtime_of(request)
     result, replayed = await redeem_reward(
         session,
         rt.outbox,
@@ -288,7 +284,7 @@ async def adjust(
 ) -> dict[str, Any]:
     if body.points == 0:
         raise Unprocessable("points must not be zero", field="points")
-    rt = _runtime(request)
+    rt = runtime_of(request)
     now = rt.clock.now()
     rules = await store.load_rules(session, principal.tenant_id)
     account = await store.lock_account(session, principal.tenant_id, customer, now, rules)
@@ -316,7 +312,7 @@ async def put_rules(
     body: domain.ProgramRules, principal: Writer, session: Session, request: Request
 ) -> domain.ProgramRules:
     """Replace the program. Points already earned keep the rule that earned them."""
-    now = _runtime(request).clock.now()
+    now = runtime_of(request).clock.now()
     stmt = pg_insert(ProgramRulesRow).values(
         tenant_id=principal.tenant_id, rules=body.model_dump(mode="json"), version=1, updated_at=now
     )

@@ -21,7 +21,7 @@ from afterglow.ingest import domain, intake, registry
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit import standard_webhooks
-from afterglow.kit.app import Runtime
+from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import (
@@ -52,11 +52,6 @@ BAD_SIGNATURE = "the webhook signature could not be verified"
 TENANT_RE = TENANT_ID_PATTERN.pattern
 # Headers worth keeping with the raw body (for operators and replay).
 _DROP_HEADERS = {"authorization", "cookie"}
-
-
-def runtime_of(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 def settings_of(request: Request) -> IngestSettings:
