@@ -197,12 +197,18 @@ class TestRedemption:
 
 class TestTiers:
     async def test_tier_up_then_down_as_the_window_rolls(self, loyalty: Loyalty, tenant_id):
-        c = new_id("c")
-        await loyalty.publish(loyalty.event(loyalty.order("o-big", 60_000), tenant_id, c))
+        # Two customers, so that both tier down in the same review pass: each must get
+        # its own tier.changed even though the pass and its instant are shared.
+        c, twin = new_id("c"), new_id("c")
+        for customer, order in ((c, "o-big"), (twin, "o-twin")):
+            await loyalty.publish(loyalty.event(loyalty.order(order, 60_000), tenant_id, customer))
         acc = await loyalty.wait_account(tenant_id, c, lambda a: a["tier"] == "silver")
+        await loyalty.wait_account(tenant_id, twin, lambda a: a["tier"] == "silver")
         assert acc["tier_progress"]["next_tier"] == "gold"
         assert acc["tier_progress"]["remaining"] == 40_000
-        up = await loyalty.tap.wait_for(of(tenant_id, "tier.changed.v1"))
+        up = await loyalty.tap.wait_for(
+            lambda e: of(tenant_id, "tier.changed.v1")(e) and e.subject == c
+        )
         assert (up[0].data.from_tier, up[0].data.to_tier, up[0].data.direction) == (
             "bronze",
             "silver",
@@ -213,13 +219,16 @@ class TestTiers:
         )
         loyalty.clock.advance(timedelta(days=366))
         # A year on, every account of this module is due for review at once: the worker
-        # goes through that backlog before it reaches this one, hence the longer wait.
-        await loyalty.wait_account(tenant_id, c, lambda a: a["tier"] == "bronze")
+        # goes through that backlog before it reaches these, hence the longer waits.
+        for customer in (c, twin):
+            await loyalty.wait_account(tenant_id, customer, lambda a: a["tier"] == "bronze")
         down = await loyalty.tap.wait_for(
             lambda e: of(tenant_id, "tier.changed.v1")(e) and e.data.direction == "down",
+            count=2,
             timeout=120,
         )
-        assert down[0].data.to_tier == "bronze"
+        assert {e.subject for e in down} == {c, twin}
+        assert {e.data.to_tier for e in down} == {"bronze"}
 
 
 class TestExpiry:

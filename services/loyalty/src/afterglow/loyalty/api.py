@@ -266,8 +266,8 @@ async def redeem_reward(
     )
     await outbox.add(
         session,
-        store._event(account, redeemed, redemption_id),
-        store._event(account, msg, msg.request_id),
+        store.account_event(account, redeemed, redemption_id),
+        store.account_event(account, msg, msg.request_id),
     )
     return result, False
 

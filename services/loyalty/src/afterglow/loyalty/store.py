@@ -198,7 +198,7 @@ async def persist(
         if e.kind in ("earn_pending", "earn_available"):
             lot = next((lot for lot in wallet.lots if lot.id == e.lot_id), None)
             events.append(
-                _event(
+                account_event(
                     account,
                     PointsEarned(
                         entry_id=e.id,
@@ -218,7 +218,7 @@ async def persist(
     if expired:
         first = next(e for e in entries if e.kind == "expire")
         events.append(
-            _event(
+            account_event(
                 account,
                 PointsExpired(points=expired, balance_available=wallet.spendable, expired_at=now),
                 first.id,
@@ -227,13 +227,18 @@ async def persist(
     await outbox.add(session, *events)
 
 
-def _event(account: Account, data: Any, *cause: str) -> CloudEvent[Any]:
+def account_event(account: Account, data: Any, *cause: str) -> CloudEvent[Any]:
+    """An event about one account, its id derived from the account and its cause.
+
+    The account is part of the id because causes such as a tier review at one instant
+    are shared by many accounts; without it the outbox would keep only the first.
+    """
     return CloudEvent.new(
         data,
         tenant_id=account.tenant_id,
         subject=account.customer_id,
         source=SOURCE,
-        id=derived_event_id(SOURCE, data.type, *cause),
+        id=derived_event_id(SOURCE, data.type, account.tenant_id, account.customer_id, *cause),
         time=getattr(data, "earned_at", None) or None,
     )
 
@@ -252,7 +257,7 @@ def message(
         category="transactional" if transactional else "marketing",
         variables=variables,
     )
-    return _event(account, data, request_id)
+    return account_event(account, data, request_id)
 
 
 async def qualifying_value(
@@ -305,7 +310,7 @@ async def refresh_tier(
         return
     old, account.tier = account.tier, new
     events = [
-        _event(
+        account_event(
             account,
             TierChanged(from_tier=old, to_tier=new, direction=direction, changed_at=now),
             cause,
