@@ -536,6 +536,9 @@ def render(services: dict[str, Doc] | None = None) -> dict[str, str]:
                     "ENSURE_TOPICS=false",
                     "LOG_JSON=true",
                     "LOG_LEVEL=INFO",
+                    # tenant-chosen URLs (messaging endpoints) must be public addresses
+                    # (afterglow.kit.outbound); the egress policies are the second line
+                    "OUTBOUND_ALLOW_PRIVATE=false",
                     # only the ingress controller can reach the pods (NetworkPolicy)
                     "FORWARDED_ALLOW_IPS=*",
                 ],

@@ -89,6 +89,28 @@ class TestShopifyReconciliation:
         assert r.status_code == 200
         assert "401" in r.json()["error"]
 
+    async def test_private_api_base_is_refused_in_production(
+        self, client, runtime, fake, tenant_id
+    ):
+        # The suite allows private addresses (its fake is on 127.0.0.1); production not.
+        await register(client, tenant_id)
+        await connect(client, tenant_id, "shopify", fake.url, tenant_id)
+        allowed = runtime.settings
+        runtime.settings = allowed.model_copy(update={"outbound_allow_private": False})
+        try:
+            r = await client.put(
+                f"/admin/tenants/{tenant_id}/connections/shopify",
+                headers=ADMIN,
+                json={"api_base_url": "http://169.254.169.254", "access_token": "t"},
+            )
+            assert r.status_code == 422 and r.json()["error"]["field"] == "api_base_url"
+            # The connection saved while allowed is checked again before each pass.
+            r = await client.post(f"/admin/tenants/{tenant_id}/reconcile/shopify", headers=ADMIN)
+            # (refused before any request: the error is the check's, not the fake's 401)
+            assert "127.0.0.1 is not a public address" in r.json()["error"]
+        finally:
+            runtime.settings = allowed
+
 
 class TestWooReconciliation:
     async def test_lost_webhook_then_retry_is_duplicate(

@@ -40,6 +40,8 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.kafka_enable_idempotence else "false",
+            # Local receivers (the demo's, the tests') listen on 127.0.0.1.
+            "OUTBOUND_ALLOW_PRIVATE": "true",
         }
 
 

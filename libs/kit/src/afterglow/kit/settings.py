@@ -41,6 +41,10 @@ class ServiceSettings(BaseSettings):
     # consumer is still a live process.
     readiness_max_poll_age_s: float = 60.0
     public_base_url: str = "http://localhost:8000"
+    # Let tenant-chosen URLs (messaging endpoints, platform APIs) reach private,
+    # loopback and link-local addresses. Off in production (see kit.outbound); on for
+    # the dev stack and tests, whose receivers listen on 127.0.0.1.
+    outbound_allow_private: bool = False
 
     def kafka(self, client_id: str) -> KafkaConfig:
         return KafkaConfig(

@@ -33,6 +33,7 @@ from afterglow.kit.errors import (
     Unauthorized,
     Unprocessable,
 )
+from afterglow.kit.outbound import ForbiddenDestination, check_destination
 
 
 class ServiceUnavailable(AppError):
@@ -1013,8 +1014,19 @@ class ConnectionIn(BaseModel):
     summary="Set the platform API credentials used by reconciliation and BigCommerce",
 )
 async def set_connection(
-    session: Session, tenant_id: TenantPath, platform: PlatformPath, body: ConnectionIn
+    request: Request,
+    session: Session,
+    tenant_id: TenantPath,
+    platform: PlatformPath,
+    body: ConnectionIn,
 ) -> dict[str, Any]:
+    try:
+        await check_destination(
+            body.api_base_url,
+            allow_private=runtime_of(request).settings.outbound_allow_private,
+        )
+    except ForbiddenDestination as exc:
+        raise Unprocessable(f"api_base_url {exc}", field="api_base_url") from exc
     await registry.set_connection(
         session,
         tenant_id=tenant_id,

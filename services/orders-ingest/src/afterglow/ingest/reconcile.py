@@ -19,6 +19,7 @@ from afterglow.ingest import domain, intake
 from afterglow.ingest.models import PlatformConnection
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
+from afterglow.kit.outbound import check_destination
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ async def reconcile(runtime: Runtime, tenant_id: str, platform: str) -> dict[str
     newest = conn.watermark
     error = None
     try:
+        await check_destination(conn.api_base_url, allow_private=settings.outbound_allow_private)
         async for topic, dedupe_key, payload, changed_at in _changed_orders(
             runtime.http, conn, since, settings.ingest_reconcile_page_size
         ):
@@ -220,6 +222,9 @@ async def fetch_bigcommerce_order(
         conn = await session.get(PlatformConnection, (tenant_id, "bigcommerce"))
     if conn is None:
         raise LookupError("no BigCommerce connection for this tenant")
+    await check_destination(
+        conn.api_base_url, allow_private=runtime.settings.outbound_allow_private
+    )
     headers = {"X-Auth-Token": conn.access_token, "Accept": "application/json"}
     base = f"{conn.api_base_url}/v2/orders/{order_id}"
     order = await runtime.http.get(base, headers=headers)

@@ -38,6 +38,7 @@ from afterglow.journeys.messaging.settings import MessagingSettings, messaging_s
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit import standard_webhooks
 from afterglow.kit.app import Runtime, Worker
+from afterglow.kit.outbound import ForbiddenDestination, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,11 @@ class Dispatcher:
             **standard_webhooks.signed_headers(job.secret, job.message_id, ts, job.body),
         }
         timeout = self.s.request_timeout_s
+        try:
+            # Again at send time: the name may resolve elsewhere than when it was saved.
+            await check_destination(job.url, allow_private=self.rt.settings.outbound_allow_private)
+        except ForbiddenDestination as exc:
+            return Outcome(False, False, f"endpoint not allowed: {exc}")
         try:
             # A total deadline: httpx's timeouts are per read, and a receiver trickling
             # bytes could otherwise hold the slot forever.
