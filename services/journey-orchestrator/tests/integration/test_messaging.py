@@ -378,13 +378,22 @@ class TestPolicy:
         assert (
             url in got["body"]["text"] and got["body"]["headers"]["List-Unsubscribe"] == f"<{url}>"
         )
+        path = url.removeprefix("http://testserver")
         async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.customers") as tap:
-            page = await tenant.client.get(url.removeprefix("http://testserver"))
-            assert page.status_code == 200 and "no longer receive" in page.text
-            [event] = await tap.wait_for(
+            # Opening the link (as a mail scanner would) only asks for confirmation.
+            page = await tenant.client.get(path)
+            assert page.status_code == 200 and "<form method=post>" in page.text
+            assert page.headers["referrer-policy"] == "no-referrer"
+            async with tenant.runtime.sessionmaker() as session:
+                contact = await session.get(MessageContact, (tenant.id, "c-unsub"))
+            assert contact.email_unsubscribed_at is None
+            # The button, or the mail client's RFC 8058 one-click, POSTs to the same URL.
+            done = await tenant.client.post(path, data={"List-Unsubscribe": "One-Click"})
+            assert done.status_code == 200 and "no longer receive" in done.text
+            events = await tap.wait_for(
                 lambda e: e.tenantid == tenant.id and e.type.endswith("unsubscribed.v1")
             )
-        assert event.subject == "c-unsub" and event.data.channel == "email"
+        assert [(e.subject, e.data.channel) for e in events] == [("c-unsub", "email")]
         await tenant.request(
             "c-unsub", kind="review_reminder", variables={"review_url": "https://x.test/r"}
         )
@@ -455,6 +464,7 @@ class TestPolicy:
 
     async def test_forged_unsubscribe_link_is_refused(self, tenant):
         assert (await tenant.client.get("/u/abc.def")).status_code == 404
+        assert (await tenant.client.post("/u/abc.def")).status_code == 404
 
 
 class TestTemplatesApi:
@@ -536,3 +546,46 @@ class TestTemplatesApi:
             headers=tenant.auth,
         )
         assert r.status_code == 422 and r.json()["error"]["field"] == "secret"
+
+
+@pytest.fixture
+def private_blocked(service, tenant) -> Iterator[None]:
+    """The production setting: tenant endpoints must be public. The suite allows private
+    addresses (its receiver is on 127.0.0.1); this swaps that off after ``tenant`` has
+    registered its endpoint, and back on afterwards."""
+    runtime, _ = service
+    allowed = runtime.settings
+    runtime.settings = allowed.model_copy(update={"outbound_allow_private": False})
+    try:
+        yield
+    finally:
+        runtime.settings = allowed
+
+
+class TestPrivateDestinations:
+    async def test_private_endpoint_is_refused_when_saved(self, tenant, receiver, private_blocked):
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+            "http://[::ffff:10.0.0.1]/hook",  # an IPv4-mapped private address
+            "http://localhost:8080/hook",  # a name that resolves to loopback
+            "https://user:pw@93.184.216.34/hook",  # credentials in the URL
+            "ftp://93.184.216.34/hook",
+        ):
+            r = await tenant.client.put(
+                "/v1/messaging/endpoint", json={"url": url, "secret": SECRET}, headers=tenant.auth
+            )
+            assert r.status_code == 422, url
+            assert r.json()["error"]["field"] == "url", url
+        current = await tenant.client.get("/v1/messaging/settings", headers=tenant.auth)
+        assert current.json()["endpoint"]["url"] == receiver.url  # left as it was
+
+    async def test_private_endpoint_is_refused_at_send_time(
+        self, tenant, receiver, private_blocked
+    ):
+        # Saved while allowed (or a name that now resolves elsewhere): checked again.
+        await tenant.customer("c-ssrf")
+        await tenant.request("c-ssrf", category="transactional")
+        [m] = await tenant.wait("c-ssrf", statuses("failed"))
+        assert "127.0.0.1 is not a public address" in m["reason"]
+        assert receiver.of(tenant, "c-ssrf") == []

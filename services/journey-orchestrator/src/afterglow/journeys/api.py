@@ -22,6 +22,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
@@ -32,7 +33,7 @@ Write = Depends(require_scope("journeys:write"))
 
 
 def _now(request: Request) -> datetime:
-    now: datetime = request.app.state.runtime.clock.now()
+    now: datetime = runtime_of(request).clock.now()
     return now
 
 
@@ -411,9 +412,7 @@ async def migrate(
                 )
             ],
         )
-        writer = store.Writer(
-            session, request.app.state.runtime.outbox, tenant, inst.customer_id, now
-        )
+        writer = store.Writer(session, runtime_of(request).outbox, tenant, inst.customer_id, now)
         await writer.apply(target, res, profile)
     return {
         "journey": name,

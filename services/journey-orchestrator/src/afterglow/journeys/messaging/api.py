@@ -36,9 +36,11 @@ from afterglow.journeys.messaging.templates import (
     render,
     validate,
 )
+from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.outbound import ForbiddenDestination, check_destination
 
 router = APIRouter(tags=["messaging"])
 Channel = Literal["email", "sms"]
@@ -256,8 +258,13 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
     "/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)"
 )
 async def put_endpoint(
-    body: EndpointIn, session: Session, principal: Principal = Write
+    body: EndpointIn, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
+    settings = runtime_of(request).settings
+    try:
+        await check_destination(body.url, allow_private=settings.outbound_allow_private)
+    except ForbiddenDestination as exc:
+        raise Unprocessable(f"url {exc}", field="url") from exc
     row = await _settings_row(session, principal.tenant_id)
     row.endpoint_url, row.endpoint_secret = body.url, body.secret
     row.updated_at = datetime.now().astimezone()
@@ -306,7 +313,7 @@ async def request_message(
     consumer as every service's requests, so it gets the same de-duplication and policy."""
     if body.not_before is not None and body.not_before.tzinfo is None:
         raise Unprocessable("not_before needs a time zone", field="not_before")
-    runtime = request.app.state.runtime
+    runtime = runtime_of(request)
     data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
     event = CloudEvent.new(
         data,
@@ -376,21 +383,61 @@ async def customer_messages(
 
 
 _PAGE = (
-    "<!doctype html><meta charset=utf-8><title>{title}</title>"
-    "<body style='font-family:sans-serif'><p>{text}</p>"
+    "<!doctype html><html lang=en><meta charset=utf-8>"
+    "<meta name=viewport content='width=device-width,initial-scale=1'>"
+    "<meta name=robots content=noindex><title>{title}</title>"
+    "<body style='font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem'>"
+    "<h1 style='font-size:1.4rem'>{title}</h1><p>{text}</p>{form}</body></html>"
 )
+_CONFIRM_FORM = (
+    "<form method=post><button type=submit style='font-size:1.1rem;padding:.7rem 1.4rem'>"
+    "Unsubscribe</button></form>"
+)
+_WHAT = {"email": "emails", "sms": "text messages"}
 
 
-async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLResponse:
-    runtime = request.app.state.runtime
-    settings = messaging_settings(runtime)
-    parsed = policy.verify_unsubscribe(settings.unsubscribe_secret, token)
+def _page(title: str, text: str, status: int = 200, form: str = "") -> HTMLResponse:
+    return HTMLResponse(
+        _PAGE.format(title=title, text=text, form=form),
+        status_code=status,
+        # The token is in the URL: keep it out of referrers and shared caches.
+        headers={"referrer-policy": "no-referrer", "cache-control": "no-store"},
+    )
+
+
+def _parse_link(request: Request, token: str) -> tuple[str, str, str] | None:
+    settings = messaging_settings(runtime_of(request))
+    return policy.verify_unsubscribe(settings.unsubscribe_secret, token)
+
+
+_INVALID = ("Invalid link", "This unsubscribe link is not valid.")
+
+
+# GET only asks: mail security scanners and prefetchers follow every link in a message,
+# and must not unsubscribe the customer. The button POSTs to the same URL.
+@router.get("/u/{token}", include_in_schema=False)
+async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
+    parsed = _parse_link(request, token)
     if parsed is None:
-        return HTMLResponse(
-            _PAGE.format(title="Invalid link", text="This unsubscribe link is not valid."),
-            status_code=404,
-        )
+        return _page(*_INVALID, status=404)
+    what = _WHAT.get(parsed[2], "messages")
+    return _page(
+        "Unsubscribe?",
+        f"You will no longer receive marketing {what} from us. "
+        "Messages about your orders will still reach you.",
+        form=_CONFIRM_FORM,
+    )
+
+
+# POST acts: the page's button, and RFC 8058 one-click from the mail client
+# (List-Unsubscribe-Post). Repeating it is harmless.
+@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
+async def unsubscribe(token: str, request: Request, session: Session) -> HTMLResponse:
+    parsed = _parse_link(request, token)
+    if parsed is None:
+        return _page(*_INVALID, status=404)
     tenant_id, customer_id, channel = parsed
+    runtime = runtime_of(request)
     await store.unsubscribe(
         session,
         runtime.outbox,
@@ -400,20 +447,5 @@ async def _unsubscribe(token: str, request: Request, session: Any) -> HTMLRespon
         at=runtime.clock.now(),
         emit=True,
     )
-    what = {"email": "emails", "sms": "text messages"}.get(channel, "messages")
-    return HTMLResponse(
-        _PAGE.format(
-            title="Unsubscribed", text=f"You will no longer receive marketing {what} from us."
-        )
-    )
-
-
-# GET too: most people click the link. POST is RFC 8058 one-click from the mail client.
-@router.get("/u/{token}", include_in_schema=False)
-async def unsubscribe_get(token: str, request: Request, session: Session) -> HTMLResponse:
-    return await _unsubscribe(token, request, session)
-
-
-@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
-async def unsubscribe_post(token: str, request: Request, session: Session) -> HTMLResponse:
-    return await _unsubscribe(token, request, session)
+    what = _WHAT.get(channel, "messages")
+    return _page("Unsubscribed", f"You will no longer receive marketing {what} from us.")
