@@ -57,6 +57,10 @@ LAST_COMMIT = Gauge(
 )
 
 
+# How long stop() waits for aiokafka to commit and leave the group.
+STOP_TIMEOUT_S = 20.0
+
+
 class PermanentError(Exception):
     """A handler's verdict that retrying cannot help: the event goes to the DLQ now."""
 
@@ -123,7 +127,15 @@ class EventConsumer:
                 consumer, self._consumer = self._consumer, None
             # Not under the lock: stopping waits for aiokafka's coordination task, which
             # may be in our revoke listener waiting for that very lock (a rebalance).
-            await consumer.stop()
+            # Bounded: leaving the group can wait on a coordinator mid-rebalance, and a
+            # member that does not say goodbye is only dropped after its session
+            # timeout; its offsets are committed already, so nothing is lost.
+            try:
+                await asyncio.wait_for(consumer.stop(), timeout=STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "consumer did not leave its group in time", extra={"consumer": self.name}
+                )
         self.started = False
 
     async def run(self) -> None:
