@@ -271,9 +271,29 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
                         "topic": topic,
                         "lagThreshold": "100",
                         "offsetResetPolicy": "earliest",
+                        # the listener the services use: SCRAM over the cluster network
+                        "sasl": "scram_sha512",
+                        "tls": "disable",
                     },
+                    "authenticationRef": {"name": f"{name}-kafka"},
                 }
             )
+    # KEDA reads the group's lag as the service's own KafkaUser, whose ACLs already
+    # allow describing its groups and topics: the password from the Secret Strimzi
+    # writes for that user, the user name from the worker container's environment.
+    docs.append(
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "TriggerAuthentication",
+            "metadata": meta(f"{name}-kafka", labels(name, "worker")),
+            "spec": {
+                "secretTargetRef": [{"parameter": "password", "name": name, "key": "password"}],
+                "env": [
+                    {"parameter": "username", "name": "KAFKA_SASL_USERNAME", "containerName": name}
+                ],
+            },
+        }
+    )
     docs.append(
         {
             "apiVersion": "keda.sh/v1alpha1",

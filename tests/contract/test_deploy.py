@@ -113,6 +113,36 @@ def test_a_service_without_its_worker_deployment_fails(rendered) -> None:
     assert "no Deployment referrals-worker" in report.problems[0]
 
 
+def test_lag_scalers_authenticate_as_the_service_kafka_user(rendered) -> None:
+    docs = rendered["prod"]
+    report = check.Report()
+    check.check_scaler_auth(docs, report, "prod")
+    assert report.problems == []
+    auth = _one(docs, "TriggerAuthentication", "loyalty-kafka")["spec"]
+    assert auth["secretTargetRef"] == [
+        {"parameter": "password", "name": "loyalty", "key": "password"}
+    ]
+    # Broken on purpose: one trigger loses its authentication, another points at a
+    # Secret that no KafkaUser produces.
+    broken = copy.deepcopy(docs)
+    scaled = _one(broken, "ScaledObject", "loyalty-worker")["spec"]["triggers"]
+    del scaled[0]["authenticationRef"]
+    _one(broken, "TriggerAuthentication", "feedback-kafka")["spec"]["secretTargetRef"][0][
+        "name"
+    ] = "somebody-else"
+    report = check.Report()
+    check.check_scaler_auth(broken, report, "prod")
+    feedback_triggers = len(_one(broken, "ScaledObject", "feedback-worker")["spec"]["triggers"])
+    assert sorted(report.problems) == sorted(
+        [f"prod ScaledObject/loyalty-worker: trigger {scaled[0]['name']}: no SASL authentication"]
+        + [
+            "prod ScaledObject/feedback-worker: feedback-kafka: Secret somebody-else is not a "
+            "KafkaUser's"
+        ]
+        * feedback_triggers
+    )
+
+
 def test_kafka_users_may_touch_only_their_topics(rendered) -> None:
     user = _one(rendered["prod"], "KafkaUser", "loyalty")
     acls = {
