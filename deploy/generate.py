@@ -80,7 +80,7 @@ SECURITY_CONTAINER = {
 }
 
 
-def env(name: str, role: str | None) -> list[Doc]:
+def env(name: str, role: str | None, sealed: bool = False) -> list[Doc]:
     items: list[Doc] = []
     if role:
         items.append({"name": "SERVICE_ROLE", "value": role})
@@ -96,16 +96,26 @@ def env(name: str, role: str | None) -> list[Doc]:
             "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}},
         },
     ]
+    if sealed:
+        # the keys that seal the credentials this service stores (afterglow.kit.secretbox)
+        items.append(
+            {
+                "name": "SECRETS_KEYS",
+                "valueFrom": {"secretKeyRef": {"name": "afterglow-secrets-keys", "key": "keys"}},
+            }
+        )
     return items
 
 
-def container(name: str, args: list[str], role: str | None, probes: bool) -> Doc:
+def container(
+    name: str, args: list[str], role: str | None, probes: bool, sealed: bool = False
+) -> Doc:
     c: Doc = {
         "name": name,
         "image": IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
-        "env": env(name, role) if probes else env(name, None)[:1],
+        "env": env(name, role, sealed) if probes else env(name, None)[:1],
         "envFrom": [
             {"configMapRef": {"name": "afterglow-common"}},
             # service settings (<NAME>_*): plain ones in the ConfigMap, secret ones in
@@ -163,7 +173,7 @@ def pod_spec(name: str, containers: list[Doc], restart: str = "Always") -> Doc:
     return spec
 
 
-def deployment(name: str, role: str) -> Doc:
+def deployment(name: str, role: str, sealed: bool) -> Doc:
     lbl = labels(name, role)
     args = ["serve", name, "--port", str(HTTP_PORT)]
     return {
@@ -187,7 +197,7 @@ def deployment(name: str, role: str) -> Doc:
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": pod_spec(name, [container(name, args, role, probes=True)]),
+                "spec": pod_spec(name, [container(name, args, role, True, sealed)]),
             },
         },
     }
@@ -208,8 +218,8 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
             "metadata": meta(f"{name}-settings", labels(name, "service")),
             "data": {"PUBLIC_BASE_URL": f"https://{name}.afterglow.example.com"},
         },
-        deployment(name, "api"),
-        deployment(name, "worker"),
+        deployment(name, "api", bool(svc.get("sealed_secrets"))),
+        deployment(name, "worker", bool(svc.get("sealed_secrets"))),
         {
             "apiVersion": "v1",
             "kind": "Service",

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import text
 
 from afterglow.devstack.pytest_plugin import new_id
 from afterglow.events import CloudEvent, to_record
@@ -531,6 +532,19 @@ class TestTemplatesApi:
             "/v1/messages", json={**body, "kind": "nope"}, headers=tenant.auth
         )
         assert r.status_code == 422 and r.json()["error"]["field"] == "kind"
+
+    async def test_endpoint_secret_is_sealed_at_rest(self, tenant):
+        async with tenant.runtime.engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text(
+                        "SELECT endpoint_secret FROM journeys.messaging_settings"
+                        " WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant.id},
+                )
+            ).scalar_one()
+        assert stored.startswith("agsb1:") and SECRET not in stored
 
     async def test_scopes_and_secret_format(self, tenant, service):
         runtime, client = service

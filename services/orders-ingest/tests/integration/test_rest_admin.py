@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ingest_support import ADMIN, fixture, outbox_count, post_shopify, register
+from sqlalchemy import text
 
 ORDER = {
     "type": "order.placed",
@@ -41,6 +42,42 @@ class TestAdmin:
             "/admin/tenants", headers=ADMIN, json={"tenant_id": tenant_id, "name": "x"}
         )
         assert r.status_code == 409
+
+    async def test_credentials_are_sealed_at_rest(self, client, runtime, tenant_id):
+        secrets = await register(client, tenant_id)
+        r = await client.put(
+            f"/admin/tenants/{tenant_id}/connections/shopify",
+            headers=ADMIN,
+            json={"api_base_url": "https://shop.example.com", "access_token": "shpat_s3cret"},
+        )
+        assert r.status_code == 200, r.text
+        async with runtime.engine.connect() as conn:
+            stored = (
+                (
+                    await conn.execute(
+                        text("SELECT secret FROM ingest.webhook_secrets WHERE tenant_id = :t"),
+                        {"t": tenant_id},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            token = (
+                await conn.execute(
+                    text(
+                        "SELECT access_token FROM ingest.platform_connections WHERE tenant_id = :t"
+                    ),
+                    {"t": tenant_id},
+                )
+            ).scalar_one()
+        assert len(stored) == len(secrets) and all(v.startswith("agsb1:") for v in stored)
+        assert not set(stored) & set(secrets.values())
+        assert token.startswith("agsb1:") and "shpat_s3cret" not in token
+        # ... and the service still verifies with them (the sealed value opens).
+        ok = await post_shopify(
+            client, tenant_id, secrets["shopify"], "orders/create", fixture("shopify_order")
+        )
+        assert ok.status_code == 200, ok.text
 
     async def test_api_key_is_announced_and_revocation_too(self, client, tap, tenant_id):
         await register(client, tenant_id)

@@ -9,6 +9,7 @@ test, an exception). Child processes also die with their parent (PDEATHSIG).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -42,7 +43,12 @@ class Stack:
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.kafka_enable_idempotence else "false",
             # Local receivers (the demo's, the tests') listen on 127.0.0.1.
             "OUTBOUND_ALLOW_PRIVATE": "true",
+            # A fixed key for local databases only; production's comes from a Secret.
+            "SECRETS_KEYS": DEV_SECRETS_KEY,
         }
+
+
+DEV_SECRETS_KEY = "dev:" + base64.b64encode(b"afterglow-dev-key-not-for-prod!!").decode()
 
 
 def _env_flag(name: str, default: bool) -> bool:

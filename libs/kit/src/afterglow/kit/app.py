@@ -35,6 +35,7 @@ from afterglow.events import (
     build_producer,
     ensure_topics,
 )
+from afterglow.kit import secretbox
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -121,6 +122,7 @@ def create_service_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secretbox.configure(settings.secrets_keys)
         engine = create_engine(
             settings.database_url,
             application_name=spec.name,

@@ -2,6 +2,7 @@
 
 afterglow migrate <service>|all       run Alembic migrations (Kubernetes Job)
 afterglow serve <service> [--port N]  run the service with uvicorn
+afterglow secrets-key [--id ID]       print a new SECRETS_KEYS entry
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import uvicorn
 
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
+from afterglow.kit.secretbox import new_key
 from afterglow.kit.settings import ServiceSettings
 
 
@@ -28,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    keygen = sub.add_parser("secrets-key", help="print a new SECRETS_KEYS entry")
+    keygen.add_argument("--id", default=time.strftime("k%Y%m%d"), help="the key's id")
     args = parser.parse_args(argv)
+
+    if args.command == "secrets-key":
+        print(new_key(args.id))
+        return 0
 
     if args.command == "migrate":
         url = ServiceSettings().database_url

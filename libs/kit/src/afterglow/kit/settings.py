@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     # loopback and link-local addresses. Off in production (see kit.outbound); on for
     # the dev stack and tests, whose receivers listen on 127.0.0.1.
     outbound_allow_private: bool = False
+    # Keys that seal credentials stored in the database (afterglow.kit.secretbox):
+    # "<id>:<base64 32-byte key>,..."; the first seals, all open.
+    secrets_keys: str | None = None
 
     def kafka(self, client_id: str) -> KafkaConfig:
         return KafkaConfig(

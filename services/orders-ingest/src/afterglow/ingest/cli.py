@@ -25,6 +25,7 @@ from afterglow.events import Outbox
 from afterglow.ingest import registry
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.settings import IngestSettings
+from afterglow.kit import secretbox
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, settings: IngestSettings) -> dict[str, Any]:
+    secretbox.configure(settings.secrets_keys)
     engine = create_engine(settings.database_url, application_name="afterglow-ingest-cli")
     sessionmaker = create_sessionmaker(engine)
     now = SystemClock().now()

@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from afterglow.events import event_tables
 from afterglow.kit.auth import api_keys_table
 from afterglow.kit.db import service_metadata
+from afterglow.kit.secretbox import SealedText
 
 SCHEMA = "ingest"
 
@@ -43,7 +44,7 @@ class Tenant(Base):
 
 
 class WebhookSecret(Base):
-    """A platform's signing secret. Stored in clear because HMAC needs it (see README)."""
+    """A platform's signing secret: HMAC needs it whole, so it is sealed, not hashed."""
 
     __tablename__ = "webhook_secrets"
     __table_args__ = (Index("ix_webhook_secrets_tenant_platform", "tenant_id", "platform"),)
@@ -51,7 +52,7 @@ class WebhookSecret(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(Text)
     platform: Mapped[str] = mapped_column(Text)
-    secret: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(SealedText("ingest.webhook_secrets.secret"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # NULL: current. Set by a rotation to the end of the grace period.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -66,7 +67,9 @@ class PlatformConnection(Base):
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     platform: Mapped[str] = mapped_column(Text, primary_key=True)
     api_base_url: Mapped[str] = mapped_column(Text)
-    access_token: Mapped[str] = mapped_column(Text)
+    access_token: Mapped[str] = mapped_column(
+        SealedText("ingest.platform_connections.access_token")
+    )
     watermark: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)

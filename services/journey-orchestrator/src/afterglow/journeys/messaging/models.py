@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from afterglow.journeys.models import Base
+from afterglow.kit.secretbox import SealedText
 
 TZ = DateTime(timezone=True)
 
@@ -65,8 +66,10 @@ class MessagingTenantSettings(Base):
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     endpoint_url: Mapped[str | None] = mapped_column(Text)
-    # whsec_<base64>: needed in clear to sign; never returned by the API.
-    endpoint_secret: Mapped[str | None] = mapped_column(Text)
+    # whsec_<base64>: needed whole to sign, so sealed at rest; never returned by the API.
+    endpoint_secret: Mapped[str | None] = mapped_column(
+        SealedText("journeys.messaging_settings.endpoint_secret")
+    )
     quiet_hours_start: Mapped[str] = mapped_column(Text, default="21:00")
     quiet_hours_end: Mapped[str] = mapped_column(Text, default="08:00")
     frequency_cap: Mapped[int] = mapped_column(Integer, default=3)
