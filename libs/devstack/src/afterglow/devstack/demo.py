@@ -508,7 +508,7 @@ class Scenario:
             f"{c.name} ({c.role}) placed order {c.order_id}" + (f" with code {ref}" if ref else "")
         )
 
-    async def fulfil_and_deliver(self, who: str, *, deliver: bool = True) -> None:
+    async def fulfil_and_deliver(self, who: str) -> None:
         c = self.customers[who]
         fulfilment = {
             "id": c.order_id + 7,
@@ -520,9 +520,6 @@ class Scenario:
             "tracking_number": f"1Z{c.order_id}",
         }
         await self.shopify("fulfillments/create", fulfilment)
-        if not deliver:
-            self.say(f"{c.name}'s order was fulfilled")
-            return
         await self.shopify(
             "fulfillments/update",
             {**fulfilment, "shipment_status": "delivered", "updated_at": now_iso()},
@@ -632,9 +629,11 @@ class Scenario:
         stop = asyncio.Event()
         watcher = asyncio.create_task(self.watch(stop))
         try:
-            # Eve's order is refunded as soon as it ships, well before any check-in is due.
+            # Eve's order is refunded before it ships. Her check-in waits on the shipment,
+            # so no timer can race the refund: the journey must exit on the refund alone.
+            # (Refunded after shipping, the outcome would hang on whether the refund beats
+            # a check-in due seconds later, with seconds standing for days.)
             await self.place_order("refund")
-            await self.fulfil_and_deliver("refund", deliver=False)
             await self.refund("refund")
             for role in ("promoter", "passive", "detractor"):
                 await self.place_order(role)
