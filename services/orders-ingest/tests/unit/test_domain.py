@@ -96,6 +96,31 @@ class TestShopifyNormalization:
         out = domain.normalize_shopify("orders/create", order)
         assert out.emits[0].subject == "email:" + domain.email_hash("jon@example.com")[:32]
 
+    @pytest.mark.parametrize(
+        ("customer", "accepts"),
+        [
+            ({"email_marketing_consent": {"state": "subscribed"}}, True),
+            ({"email_marketing_consent": {"state": "unsubscribed"}}, False),
+            ({"email_marketing_consent": {"state": "redacted"}}, False),
+            # never ticked the box: not a refusal
+            ({"email_marketing_consent": {"state": "not_subscribed"}}, None),
+            ({"email_marketing_consent": {"state": "pending"}}, None),
+            ({"accepts_marketing": False}, None),
+            ({"accepts_marketing": True}, True),
+            # the consent object is the newer, precise field and wins
+            (
+                {"accepts_marketing": True, "email_marketing_consent": {"state": "unsubscribed"}},
+                False,
+            ),
+        ],
+    )
+    def test_marketing_consent(self, customer, accepts):
+        order = load("shopify_order")
+        order["customer"] = {k: v for k, v in order["customer"].items() if k != "accepts_marketing"}
+        order["customer"] |= customer
+        out = domain.normalize_shopify("orders/create", order)
+        assert out.emits[0].data.customer.accepts_marketing is accepts
+
     def test_in_transit_fulfilment_update_is_not_delivery(self):
         f = load("shopify_fulfillment") | {"shipment_status": "in_transit"}
         out = domain.normalize_shopify("fulfillments/update", f)

@@ -267,6 +267,24 @@ SHOPIFY_TOPICS = frozenset(
 )
 
 
+def shopify_marketing_consent(customer: Mapping[str, Any]) -> bool | None:
+    """True: opted in; False: opted out; None: never said.
+
+    Shopify's ``not_subscribed`` (and the legacy ``accepts_marketing: false``) means the
+    box was never ticked, not that the customer refused: most buyers are in that state.
+    Read as a refusal, it would silence every survey and review ask for them; messaging
+    treats None as soft opt-in for email (with an unsubscribe link) and as no consent
+    for SMS."""
+    state = (customer.get("email_marketing_consent") or {}).get("state")
+    if state == "subscribed":
+        return True
+    if state in ("unsubscribed", "redacted"):
+        return False
+    if state is None and customer.get("accepts_marketing") is True:
+        return True
+    return None
+
+
 def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
     oid = str(require(p, "id"))
     order_id = f"shopify:{oid}"
@@ -275,10 +293,7 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
     email = p.get("email") or p.get("contact_email") or cust.get("email")
     ship = p.get("shipping_address") or {}
     phone = p.get("phone") or cust.get("phone") or ship.get("phone")
-    consent = cust.get("email_marketing_consent") or {}
-    accepts = cust.get("accepts_marketing")
-    if accepts is None and consent:
-        accepts = consent.get("state") == "subscribed"
+    accepts = shopify_marketing_consent(cust)
     items = []
     for i, li in enumerate(p.get("line_items") or []):
         items.append(
