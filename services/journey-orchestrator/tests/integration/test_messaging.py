@@ -427,26 +427,34 @@ class TestPolicy:
         await asyncio.sleep(0.3)
         assert receiver.of(tenant, "c-gone") == []
 
-    async def test_missing_variable_fails_at_send_and_dead_letters(self, tenant, stack):
-        # The catalog makes requests carry what the DEFAULT templates need; a tenant's own
-        # template may use more (here order_number, which the sample data has, so saving
-        # it succeeds), and a request without it fails at send time, loudly.
-        own = {"subject": "About {{ order_number }}", "text": "Order {{ order_number }}"}
+    async def test_template_failing_at_send_is_dead_lettered(self, tenant, stack):
+        # Saving renders against what the kind is sure to carry, so a missing variable is
+        # refused then (422). A value can still break a template that saved fine (here a
+        # division by the points about to expire, which is 300 in the sample data and 0
+        # in this request): the message fails loudly rather than half-rendered.
+        missing = {"subject": "About {{ order_number }}", "text": "Order {{ order_number }}"}
         r = await tenant.client.put(
-            "/v1/messaging/templates/check_in/email", json=own, headers=tenant.auth
+            "/v1/messaging/templates/check_in/email", json=missing, headers=tenant.auth
+        )
+        assert r.status_code == 422 and "order_number" in r.json()["error"]["message"]
+        own = {"subject": "Points", "text": "{{ 600 // points_expiring }} x"}
+        r = await tenant.client.put(
+            "/v1/messaging/templates/points_expiring/email", json=own, headers=tenant.auth
         )
         assert r.status_code == 200, r.text
         await tenant.customer("c-novar")
         async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.messages.dlq") as tap:
-            rid = await tenant.request("c-novar", kind="check_in", category="transactional")
+            rid = await tenant.request(
+                "c-novar",
+                kind="points_expiring",
+                category="transactional",
+                variables={"points_expiring": 0, "expires_on": "2026-12-31"},
+            )
             [m] = await tenant.wait("c-novar", statuses("failed"))
             await tap.wait_for_records(
                 lambda r: dict(r.headers).get("ce_tenantid") == tenant.id.encode()
             )
-        assert (
-            m["reason"].startswith("template_error:")
-            and "'order_number' is undefined" in m["reason"]
-        )
+        assert m["reason"].startswith("template_error:") and "ZeroDivisionError" in m["reason"]
         assert m["attempts"] == 0 and rid
 
     async def test_no_endpoint_defers_then_gives_up(self, service, tenant_id, clock):

@@ -191,7 +191,7 @@ class TestTemplates:
         assert set(all_kinds()) - set(DEFAULT_KINDS) == {"custom"}
         for kind in DEFAULT_KINDS:
             for channel in ("email", "sms"):
-                validate(default_template(kind, channel))
+                validate(default_template(kind, channel), kind)
 
     def test_defaults_need_only_the_variables_the_catalog_promises(self):
         """The contract with the services that request messages: a default template
@@ -219,8 +219,21 @@ class TestTemplates:
 
     def test_errors_name_the_line_and_the_variable(self):
         with pytest.raises(TemplateRenderError) as err:
-            validate(Template(channel="sms", text="ok\n{% if %}"))
+            validate(Template(channel="sms", text="ok\n{% if %}"), "welcome")
         assert err.value.line == 2 and "syntax error" in str(err.value)
         with pytest.raises(TemplateRenderError) as err:
-            validate(Template(channel="sms", text="{{ no_such_thing }}"))
+            validate(Template(channel="sms", text="{{ no_such_thing }}"), "welcome")
         assert "no_such_thing" in str(err.value) and "undefined" in str(err.value)
+
+    def test_saving_checks_against_what_the_kind_is_sure_to_carry(self):
+        needs_survey_url = Template(channel="sms", text="Tell us: {{ survey_url }}")
+        validate(needs_survey_url, "survey_invite")  # the catalog promises survey_url
+        with pytest.raises(TemplateRenderError) as err:
+            validate(needs_survey_url, "check_in")  # ... but not to a check-in
+        assert "survey_url" in err.value.message and "default('')" in err.value.message
+        optional = Template(channel="sms", text="{{ survey_url | default('') }}")
+        validate(optional, "check_in")
+        # A template under a name of its own may be used by any kind: base context only.
+        with pytest.raises(TemplateRenderError):
+            validate(Template(channel="sms", text="{{ reward_code }}"), "spring-promo")
+        assert set().union(*MESSAGE_VARIABLES.values()) <= SAMPLE_VARIABLES.keys()

@@ -138,7 +138,7 @@ async def put_template(
 ) -> dict[str, Any]:
     template = _template(kind, channel, body)
     try:
-        validate(template)
+        validate(template, kind)
     except TemplateRenderError as exc:
         raise _render_error(kind, channel, exc) from exc
     now = datetime.now().astimezone()

@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from afterglow.events.catalog import MessageKind
+from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind
 
 MAX_TEMPLATE_CHARS = 100_000
 
@@ -211,17 +211,38 @@ def render(template: Template, ctx: dict[str, Any]) -> Rendered:
     return Rendered(text=_render(_TEXT_ENV, "text", template.text, ctx))
 
 
-def validate(template: Template) -> Rendered:
-    """Render against sample data; raises :class:`TemplateRenderError`."""
-    return render(
-        template,
-        context(
-            SAMPLE_CUSTOMER,
-            SAMPLE_VARIABLES,
-            unsubscribe_url="https://example.com/u/sample",
-            kind="sample",
-        ),
+def guaranteed_variables(name: str) -> frozenset[str]:
+    """The request variables every message rendered with template ``name`` carries: the
+    catalog's contract for that kind (MessageRequested refuses a request without them);
+    nothing for a template of another name, which any kind may use."""
+    return MESSAGE_VARIABLES.get(name, frozenset())
+
+
+def validate(template: Template, name: str) -> Rendered:
+    """Render as a send would, with only what is sure to be there: a template that needs
+    more fails now, when it is saved, instead of failing its messages later. Raises
+    :class:`TemplateRenderError`."""
+    guaranteed = guaranteed_variables(name)
+    variables = {k: SAMPLE_VARIABLES[k] for k in guaranteed}
+    ctx = context(
+        SAMPLE_CUSTOMER,
+        variables,
+        unsubscribe_url="https://example.com/u/sample",
+        kind=name,
+        order_id=SAMPLE_VARIABLES["order_id"],
     )
+    try:
+        return render(template, ctx)
+    except TemplateRenderError as exc:
+        if not exc.message.startswith("undefined variable"):
+            raise
+        sure = ", ".join(sorted({*guaranteed, *ctx})) or "none"
+        raise TemplateRenderError(
+            exc.part,
+            f"{exc.message}. A {name} message always has: {sure}; for a variable only some "
+            "requests carry, write {{ name | default('') }} or {% if name is defined %}",
+            exc.line,
+        ) from exc
 
 
 def all_kinds() -> tuple[str, ...]:
