@@ -78,6 +78,25 @@ class TestDefinitions:
         listed = (await orch.client.get("/v1/journeys", headers=h)).json()["journeys"]
         assert [j["name"] for j in listed] == ["default"]  # nothing stored
 
+    async def test_review_gating_is_refused(self, orch: Orchestrator, tenant_id: str) -> None:
+        h = await orch.headers(tenant_id)
+        gated = {
+            "stages": [
+                {
+                    "name": "advocacy",
+                    "actions": [
+                        {"type": "request_review", "when": {"nps_band": ["promoter", "passive"]}}
+                    ],
+                }
+            ]
+        }
+        r = await orch.client.put("/v1/journeys/happy-only", json=gated, headers=h)
+        assert r.status_code == 422
+        assert r.json()["error"]["field"] == "stages[0].actions[0]"
+        assert "review gating" in r.json()["error"]["message"]
+        listed = (await orch.client.get("/v1/journeys", headers=h)).json()["journeys"]
+        assert "happy-only" not in [j["name"] for j in listed]
+
     async def test_yaml_versions_and_activation(self, orch: Orchestrator, tenant_id: str) -> None:
         h = await orch.headers(tenant_id)
         yaml_body = (

@@ -96,6 +96,71 @@ class TestDefinitionValidation:
         assert again == d.DEFAULT_JOURNEY
 
 
+def _advocacy(*actions: dict, when: dict | None = None) -> d.Journey:
+    stage: dict = {"name": "advocacy", "actions": list(actions)}
+    if when:
+        stage["when"] = when
+    return d.parse_journey({"name": "x", "stages": [{"name": "survey"}, stage]})
+
+
+class TestReviewGating:
+    """Asking only happy customers for reviews is refused (FTC rule, platform policies)."""
+
+    PROMOTERS = {"nps_band": ["promoter"]}
+    ASK = {"type": "request_review"}
+
+    @pytest.mark.parametrize(
+        ("journey", "path"),
+        [
+            (_advocacy({**ASK, "when": PROMOTERS}), "stages[1].actions[0]"),
+            (_advocacy(ASK, when=PROMOTERS), "stages[1].actions[0]"),
+            (
+                _advocacy({"type": "split", "branches": [{"when": PROMOTERS, "actions": [ASK]}]}),
+                "stages[1].actions[0].branches[0].actions[0]",
+            ),
+            # detractors take the branch, everyone else is asked: still gating
+            (
+                _advocacy(
+                    {
+                        "type": "split",
+                        "branches": [{"when": {"nps_band": ["detractor"]}, "actions": []}],
+                        "otherwise": [ASK],
+                    }
+                ),
+                "stages[1].actions[0].otherwise[0]",
+            ),
+            # a review ask as a plain message is a review ask too
+            (
+                _advocacy({"type": "message", "kind": "review_request", "when": PROMOTERS}),
+                "stages[1].actions[0]",
+            ),
+            # unhappy customers leave before the ask
+            (
+                _advocacy(
+                    {"type": "exit", "reason": "unhappy", "when": {"nps_band": ["detractor"]}},
+                    ASK,
+                ),
+                "stages[1].actions[0]",
+            ),
+        ],
+    )
+    def test_gated_asks_are_refused_at_their_path(self, journey: d.Journey, path: str) -> None:
+        with pytest.raises(d.DefinitionError, match="review gating") as err:
+            d.check_review_gating(journey)
+        assert err.value.path == path
+
+    def test_asking_everyone_with_a_band_only_delaying_it_is_fine(self) -> None:
+        d.check_review_gating(d.DEFAULT_JOURNEY)  # detractors wait for their ticket first
+        every_band = {"nps_band": ["promoter", "passive", "detractor", "none"]}
+        d.check_review_gating(_advocacy({**self.ASK, "when": every_band}))
+        # an exit on a band AFTER the ask drops nobody from it
+        d.check_review_gating(
+            _advocacy(self.ASK, {"type": "exit", "when": {"nps_band": ["detractor"]}})
+        )
+        # conditions that are not about sentiment are the tenant's business
+        d.check_review_gating(_advocacy({**self.ASK, "when": {"first_order": True}}))
+
+
 class TestDefaultJourney:
     def run(
         self, band: str | None, *, delivered: bool = True, extra: list[d.SimEvent] = ()

@@ -215,6 +215,7 @@ async def put_journey(
         body.setdefault("name", name)
     try:
         j = d.parse_journey(body)
+        d.check_review_gating(j)
     except d.DefinitionError as exc:
         raise _invalid(exc) from exc
     if j.name != name:
@@ -309,6 +310,7 @@ async def simulate(
     if body.definition is not None:
         try:
             j = d.parse_journey({"name": name, **body.definition})
+            d.check_review_gating(j)
         except d.DefinitionError as exc:
             raise _invalid(exc, "definition.") from exc
         version = body.version or 0
