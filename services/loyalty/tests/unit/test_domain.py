@@ -19,6 +19,9 @@ from afterglow.loyalty.domain import (
     add_months,
     balances,
     clawback_target,
+    earning_basis,
+    earns_at,
+    order_clawback_target,
     order_points,
     review_bonus,
     tier_direction,
@@ -108,6 +111,61 @@ class TestTiers:
         assert tier_direction(RULES, "gold", "silver") == "down"
         assert tier_direction(RULES, None, "bronze") == "up"
         assert tier_direction(RULES, "gold", "gold") is None
+
+
+class TestOrderEarning:
+    FULFILLED = ProgramRules(earning_statuses=["fulfilled"])
+
+    def test_a_voided_order_never_earns(self):
+        cancelled = OrderRecord("o1", 10_000, "USD", T0, cancelled=True)
+        flagged = OrderRecord("o2", 10_000, "USD", T0)
+        flagged.record_refund("rf1", 1, full=True)
+        summed = OrderRecord("o3", 10_000, "USD", T0)
+        summed.record_refund("rf1", 6_000, full=False)
+        summed.record_refund("rf2", 4_000, full=False)
+        for order in (cancelled, flagged, summed):
+            assert order.voided and order.net_minor == 0
+            assert not earns_at(self.FULFILLED, "fulfilled", order)
+
+    def test_a_partly_refunded_order_earns_on_the_rest(self):
+        order = OrderRecord("o1", 10_000, "USD", T0)
+        order.record_refund("rf1", 4_000, full=False)
+        assert earns_at(self.FULFILLED, "fulfilled", order)
+        assert not earns_at(self.FULFILLED, "placed", order)
+        assert order_points(RULES, order.net_minor) == 300
+
+    def test_a_free_order_still_earns_its_bonus(self):
+        assert earns_at(RULES, "placed", OrderRecord("o1", 0, "USD", T0))
+
+    def test_a_lot_without_basis_claws_back_on_the_total(self):
+        order = OrderRecord("o1", 10_000, "USD", T0)
+        order.record_refund("rf1", 2_500, full=False)
+        assert order_clawback_target(order_lot("o1", 500, T0), order) == 125
+
+    @given(
+        total=st.integers(1, 1_000_000),
+        before=st.lists(st.integers(0, 300_000), max_size=3),
+        after=st.lists(st.integers(0, 300_000), max_size=4),
+    )
+    def test_refunds_before_earning_are_never_clawed_back(self, total, before, after):
+        order = OrderRecord("o1", total, "USD", T0)
+        for i, amount in enumerate(before):
+            order.record_refund(f"b{i}", amount, full=False)
+        if not earns_at(RULES, "placed", order):
+            return
+        lot = order_lot("o1", order_points(RULES, order.net_minor), T0)
+        lot.rule_snapshot = earning_basis(order)
+        assert order_clawback_target(lot, order) == 0
+        last = 0
+        for i, amount in enumerate(after):
+            order.record_refund(f"a{i}", amount, full=False)
+            target = order_clawback_target(lot, order)
+            assert last <= target <= lot.points
+            last = target
+        if order.refunded_minor >= total:
+            assert last == lot.points
+        order.record_refund("full", 0, full=True)
+        assert order_clawback_target(lot, order) == lot.points
 
 
 def order_lot(oid: str, points: int, at: datetime) -> Lot:

@@ -16,6 +16,10 @@ Ledger model
 * A refund claws back ``floor(points * refunded / total)`` of each of the order's lots,
   computed cumulatively, with the points the lot was *earned* with (the rule snapshot is
   stored on the lot), so a rule change after the purchase changes nothing.
+* An order earns on its amount net of the refunds already recorded when it earns (a
+  program may earn at fulfilment, after a refund came in); those refunds are kept on the
+  lot and do not count again in its clawback. A cancelled or fully refunded order never
+  earns, first-order bonus included.
 * A clawback of points already spent leaves the available balance negative: a debt.
   New available points repay the debt first. Redemptions and negative adjustments never
   take the balance below zero.
@@ -541,15 +545,44 @@ class OrderRecord:
         return True
 
     @property
+    def voided(self) -> bool:
+        """Cancelled, or refunded in full (flagged so, or refunds reaching the total)."""
+        refunded_all = self.refunded_minor > 0 and self.refunded_minor >= self.total_minor
+        return self.cancelled or self.fully_refunded or refunded_all
+
+    @property
     def net_minor(self) -> int:
-        if self.cancelled or self.fully_refunded:
+        if self.voided:
             return 0
         return max(0, self.total_minor - self.refunded_minor)
 
 
 def earns_at(rules: ProgramRules, status: str, order: OrderRecord) -> bool:
-    """Whether an order reaching ``status`` should earn now (the first earning status)."""
-    return not order.cancelled and status in rules.earning_statuses
+    """Whether an order reaching ``status`` should earn now (the first earning status).
+
+    A voided order never earns, not even its first-order bonus: with earning at
+    fulfilment or delivery the refund or cancellation may come first, when there is
+    nothing to claw back yet, and a void order keeps no points."""
+    return not order.voided and status in rules.earning_statuses
+
+
+def earning_basis(order: OrderRecord) -> dict[str, int]:
+    """What an order's lots are earned on, for their rule snapshot: the total, the refunds
+    recorded before it earned (never earned, so never clawed back) and the net earned on."""
+    return {
+        "order_total_minor": order.total_minor,
+        "refunded_before_minor": order.refunded_minor,
+        "earned_on_minor": order.net_minor,
+    }
+
+
+def order_clawback_target(lot: Lot, order: OrderRecord) -> int:
+    """How many of an order lot's points its order's refunds take back: the refunds after
+    the lot earned, as a share of the amount it earned on. Lots from before the basis was
+    kept earned on the whole total with nothing refunded."""
+    before = int(lot.rule_snapshot.get("refunded_before_minor", 0))
+    basis = int(lot.rule_snapshot.get("earned_on_minor", order.total_minor))
+    return clawback_target(lot.points, order.refunded_minor - before, basis, order.voided)
 
 
 def rule_snapshot(rules: ProgramRules, multiplier: Decimal, tier: str | None) -> dict[str, Any]:

@@ -71,14 +71,19 @@ class Handlers:
         now: datetime,
     ) -> list[domain.Entry]:
         """Credit an order's points (and the first-order bonus) as pending lots, at the
-        rate and tier multiplier in force now; the snapshot goes on the lot."""
+        rate and tier multiplier in force now, on the order's amount net of the refunds
+        already recorded; the snapshot (rule and basis) goes on the lot."""
         order.earned = True
+        rec = _order_record(order)
         multiplier = domain.tier_multiplier(rules, account.tier)
-        snapshot = domain.rule_snapshot(rules, multiplier, account.tier)
+        snapshot = {
+            **domain.rule_snapshot(rules, multiplier, account.tier),
+            **domain.earning_basis(rec),
+        }
         when = order.fulfilled_at or order.delivered_at
         start = domain.available_at(rules, when) if when else None
         entries: list[domain.Entry] = []
-        lots = [("order", domain.order_points(rules, order.total_minor, multiplier))]
+        lots = [("order", domain.order_points(rules, rec.net_minor, multiplier))]
         if order.first_order and rules.bonuses.first_order:
             lots.append(("first_order", rules.bonuses.first_order))
         for source, points in lots:
@@ -90,7 +95,7 @@ class Handlers:
                 points=points,
                 earned_at=now,
                 available_at=start,
-                rule_snapshot={**snapshot, "order_total_minor": order.total_minor},
+                rule_snapshot=snapshot,
             )
             entries += wallet.add_lot(lot, rules, now, reason=f"order {order.order_id}")
         return entries
@@ -179,10 +184,9 @@ class Handlers:
         for lot in wallet.lots:
             if lot.order_id != order.order_id:
                 continue
-            # The lot's own points and the order total it was earned on: the rule that
-            # earned the points decides, whatever the rules say today.
-            full = rec.fully_refunded or rec.cancelled
-            target = domain.clawback_target(lot.points, rec.refunded_minor, rec.total_minor, full)
+            # The lot's own points and the amount it was earned on: the rule that earned
+            # the points decides, whatever the rules say today.
+            target = domain.order_clawback_target(lot, rec)
             entries += wallet.clawback(lot, target, now, reason)
         await store.persist(session, self.rt.outbox, account, wallet, entries, now)
         await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
