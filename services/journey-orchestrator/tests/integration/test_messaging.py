@@ -193,16 +193,23 @@ def daytime(clock: ManualClock) -> None:
         clock.set((now + timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0))
 
 
-@pytest.fixture
-async def tenant(service, tenant_id, receiver, clock) -> Tenant:
-    runtime, client = service
+async def registered_tenant(
+    runtime: Runtime, client: httpx.AsyncClient, tenant_id: str, url: str, clock: ManualClock
+) -> Tenant:
     async with runtime.sessionmaker.begin() as session:
         key = await runtime.api_keys.create(session, tenant_id, ["messages:read", "messages:write"])
     t = Tenant(runtime, client, tenant_id, key, clock)
     r = await client.put(
-        "/v1/messaging/endpoint", json={"url": receiver.url, "secret": SECRET}, headers=t.auth
+        "/v1/messaging/endpoint", json={"url": url, "secret": SECRET}, headers=t.auth
     )
     assert r.status_code == 200, r.text
+    return t
+
+
+@pytest.fixture
+async def tenant(service, tenant_id, receiver, clock) -> Tenant:
+    runtime, client = service
+    t = await registered_tenant(runtime, client, tenant_id, receiver.url, clock)
     daytime(clock)
     return t
 
@@ -456,6 +463,37 @@ class TestPolicy:
             )
         assert m["reason"].startswith("template_error:") and "ZeroDivisionError" in m["reason"]
         assert m["attempts"] == 0 and rid
+
+    async def test_a_hanging_tenant_cannot_take_every_slot(self, service, tenant, receiver, clock):
+        # Three slots, two per tenant: the hanging tenant's five messages hold two slots
+        # while they hang (6 s; the deadline is 10 s), and the other tenant's message
+        # goes out through the third meanwhile. Without the per-tenant cap it would wait
+        # for a hanging send to end.
+        runtime, client = service
+        extras = runtime.extras
+        extras["messaging_settings"] = TEST_SETTINGS.model_copy(
+            update={"concurrency": 3, "per_tenant_concurrency": 2, "request_timeout_s": 10}
+        )
+        try:
+            await tenant.customer("c-hang")
+            hanging = []
+            for _ in range(5):
+                rid = new_id("req")
+                receiver.plans[rid] = ["hang"]
+                hanging.append(
+                    await tenant.request("c-hang", request_id=rid, category="transactional")
+                )
+            await tenant.wait("c-hang", lambda ms: sum(m["attempts"] == 1 for m in ms) >= 2)
+            other = await registered_tenant(runtime, client, new_id("t"), receiver.url, clock)
+            await other.customer("c-fine")
+            await other.request("c-fine", category="transactional")
+            await other.wait("c-fine", statuses("sent"))
+            # Meanwhile no hanging send has ended, and only two of them were started.
+            log = await tenant.messages("c-hang")
+            assert all(m["status"] == "queued" for m in log)
+            assert sorted(m["attempts"] for m in log) == [0, 0, 0, 1, 1]
+        finally:
+            extras["messaging_settings"] = TEST_SETTINGS
 
     async def test_no_endpoint_defers_then_gives_up(self, service, tenant_id, clock):
         runtime, client = service

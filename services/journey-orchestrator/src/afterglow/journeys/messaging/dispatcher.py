@@ -8,8 +8,9 @@ Why it looks like this:
   ``next_attempt_at`` moves to now + timeout + margin and the claim commits before the
   HTTP call. A replica that dies mid-send leaves the message to be retried after the
   lease (at-least-once; the receiver dedupes on ``webhook-id``, the message id).
-* Sends run as independent tasks, up to ``concurrency`` at once, each under a total
-  deadline. A hanging endpoint holds its own slots until the deadline, never the loop:
+* Sends run as independent tasks, up to ``concurrency`` at once (``per_tenant_concurrency``
+  for one tenant), each under a total deadline. A hanging endpoint holds its tenant's
+  slots until the deadline, never the loop nor the other tenants' slots:
   the loop keeps claiming for free slots, and a failing message's next try is its own
   ``next_attempt_at``, so other customers' messages are never queued behind it.
 * Every policy time decision reads the injected clock; only the signature timestamp is
@@ -23,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +85,7 @@ class Dispatcher:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.inflight: set[asyncio.Task[None]] = set()
+        self.tenant_inflight: Counter[str] = Counter()
 
     @property
     def s(self) -> MessagingSettings:
@@ -98,9 +101,7 @@ class Dispatcher:
                     limit = min(free, self.s.batch_size)
                     seen, jobs = await self.claim(limit)
                     for job in jobs:
-                        task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
-                        self.inflight.add(task)
-                        task.add_done_callback(self.inflight.discard)
+                        self._start(job)
                     full_batch = seen == limit
                 if full_batch:
                     continue
@@ -119,17 +120,34 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
+        self.inflight.add(task)
+        self.tenant_inflight[job.tenant_id] += 1
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.inflight.discard(t)
+            self.tenant_inflight[job.tenant_id] -= 1
+            if self.tenant_inflight[job.tenant_id] <= 0:
+                del self.tenant_inflight[job.tenant_id]
+
+        task.add_done_callback(done)
+
     # --- claim and policy ------------------------------------------------------------
 
     async def claim(self, limit: int) -> tuple[int, list[Job]]:
         now = self.rt.clock.now()
+        cap = self.s.per_tenant_concurrency
+        busy = dict(self.tenant_inflight)
+        full = [t for t, n in busy.items() if n >= cap]
+        query = select(Message).where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
+        if full:
+            query = query.where(Message.tenant_id.not_in(full))
         async with self.rt.sessionmaker.begin() as session:
             rows = (
                 (
                     await session.execute(
-                        select(Message)
-                        .where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
-                        .order_by(Message.next_attempt_at)
+                        query.order_by(Message.next_attempt_at)
                         .limit(limit)
                         .with_for_update(skip_locked=True)
                     )
@@ -140,6 +158,9 @@ class Dispatcher:
             tenants: dict[str, MessagingTenantSettings | None] = {}
             jobs = []
             for message in rows:
+                if busy.get(message.tenant_id, 0) >= cap:
+                    # Left as it is, still due: claimed again once a slot frees up.
+                    continue
                 if message.tenant_id not in tenants:
                     tenants[message.tenant_id] = await store.tenant_settings(
                         session, message.tenant_id
@@ -147,6 +168,7 @@ class Dispatcher:
                 job = await self.evaluate(session, message, tenants[message.tenant_id], now)
                 if job is not None:
                     jobs.append(job)
+                    busy[job.tenant_id] = busy.get(job.tenant_id, 0) + 1
         return len(rows), jobs
 
     async def evaluate(

@@ -20,7 +20,11 @@ class MessagingSettings(BaseSettings):
     batch_size: int = 100
     # Sends in flight at once; a hanging endpoint holds one slot, not the dispatcher.
     concurrency: int = 32
-    request_timeout_s: float = 10.0
+    # ... and at most this many for one tenant (per replica), so a tenant whose endpoint
+    # hangs cannot take every slot and hold back everyone else's messages.
+    per_tenant_concurrency: int = 8
+    # Standard Webhooks suggests 15-30 s; the lease below covers it.
+    request_timeout_s: float = 15.0
     max_attempts: int = 6
     backoff_base_s: float = 10.0
     backoff_max_s: float = 3600.0
