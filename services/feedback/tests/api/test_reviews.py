@@ -166,6 +166,14 @@ class TestReviewApi:
         assert len(body["reviews"]) == 4
         empty = await fb.client.get("/v1/products/none/reviews", headers=h)
         assert empty.json()["average"] is None and empty.json()["count"] == 0
+        # A review that names the product by its platform id only is found by that id.
+        pid = f"gid-{uuid.uuid4().hex[:6]}"
+        r = await fb.client.post(
+            "/v1/reviews", json=review(sku=None, product_id=pid, rating=4), headers=h
+        )
+        assert r.status_code == 201, r.text
+        by_id = (await fb.client.get(f"/v1/products/{pid}/reviews", headers=h)).json()
+        assert (by_id["count"], by_id["average"], by_id["product"]) == (1, 4.0, pid)
         # Another tenant sees nothing of these.
         other = await fb.key(f"x{tenant_id}")
         assert (await fb.client.get(f"/v1/products/{sku}/reviews", headers=other)).json()[

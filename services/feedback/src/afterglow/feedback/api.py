@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from afterglow.feedback import domain, metrics, service
 from afterglow.feedback.models import Review, TenantSetting
@@ -213,16 +213,24 @@ async def moderate_patch(
     return await _moderate(review_id, body, request, session, who)
 
 
-@router.get("/products/{sku}/reviews", tags=["reviews"])
+@router.get("/products/{product}/reviews", tags=["reviews"])
 async def product_reviews(
-    sku: str,
+    product: str,
     session: Session,
     who: Reader,
     limit: int = Query(20, ge=1, le=100),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
-    """Published reviews of a product with their average and 1-5 distribution."""
-    cond = (Review.tenant_id == who.tenant_id, Review.sku == sku, Review.status == "published")
+    """Published reviews of a product with their average and 1-5 distribution.
+
+    ``product`` is its SKU or its platform product id: a review may carry either (a
+    variant without SKU, a review imported from a platform), and a shop asks by the one
+    it has."""
+    cond = (
+        Review.tenant_id == who.tenant_id,
+        or_(Review.sku == product, Review.product_id == product),
+        Review.status == "published",
+    )
     counts = await session.execute(
         select(Review.rating, func.count()).where(*cond).group_by(Review.rating)
     )
@@ -235,7 +243,7 @@ async def product_reviews(
         .offset(offset)
     )
     return {
-        "sku": sku,
+        "product": product,
         "count": total,
         "average": average,
         "distribution": distribution,
