@@ -150,17 +150,26 @@ async def _check_final_state(sc: Scenario, receiver: Receiver, failures: list[st
         all(r.at > sc.timeline["ticket_resolved"] for r in reviews),
         "the detractor's review ask left before the ticket was resolved",
     )
-    # The refunded customer left the journey at once: welcome only, no survey.
-    check(kinds("refund") == ["welcome"], f"refunded customer got {kinds('refund')}")
+    # The refunded customer left the journey at once: welcome only, no survey; then the
+    # shop's win-back email, whose link she used to unsubscribe.
+    check(
+        kinds("refund") == ["loyalty_nudge", "welcome"], f"refunded customer got {kinds('refund')}"
+    )
     check("referral_invite" not in kinds("friend"), f"friend got {kinds('friend')}")
-    # journeys' message log agrees with the ESP: what arrived is `sent`; the refunded
-    # customer has nothing else queued, deferred or suppressed.
+    # journeys' message log agrees with the ESP: what arrived is `sent`.
     for role, log in logs.items():
         sent = sorted(m["kind"] for m in log if m["status"] == "sent")
         check(sent == kinds(role), f"{role}: log says sent {sent}, ESP got {kinds(role)}")
+    # ... and the shop's second win-back email, after she unsubscribed, was held back.
+    eve = sorted((m["kind"], m["status"], m.get("reason")) for m in logs["refund"])
     check(
-        [m["kind"] for m in logs["refund"]] == ["welcome"],
-        f"refunded customer's log: {[(m['kind'], m['status']) for m in logs['refund']]}",
+        eve
+        == [
+            ("loyalty_nudge", "sent", None),
+            ("loyalty_nudge", "suppressed", "unsubscribed"),
+            ("welcome", "sent", None),
+        ],
+        f"refunded customer's log: {eve}",
     )
 
     # --- journeys: stages and the cause of every transition ---------------------------

@@ -5,7 +5,8 @@ tenant is registered through orders-ingest's admin API, a local receiver stands 
 the merchant's ESP (it verifies the Standard Webhooks signature and prints every message
 a customer would get), signed Shopify webhooks are posted for a promoter, a passive, a
 detractor whose recovery ticket is opened and resolved, a friend referred by the
-promoter and a customer whose order is refunded; surveys are answered through the survey
+promoter and a customer whose order is refunded (she then unsubscribes from the shop's
+win-back email, and its next one is suppressed); surveys are answered through the survey
 page as a browser would. Days become seconds through the tenant's own journey definition
 (a compressed copy of the default journey): no special code path anywhere.
 
@@ -639,7 +640,9 @@ class Scenario:
                 await self.place_order(role)
             for role in ("promoter", "passive", "detractor"):
                 await self.fulfil_and_deliver(role)
-            await asyncio.gather(self._promoter(), self._respond("passive"), self._detractor())
+            await asyncio.gather(
+                self._promoter(), self._respond("passive"), self._detractor(), self._win_back()
+            )
             await self.until(
                 "every journey but the friend's to end",
                 self._all_done,
@@ -673,6 +676,44 @@ class Scenario:
         await asyncio.sleep(1.0)  # the review ask must not leave while the ticket is open
         self.timeline["ticket_resolved"] = time.monotonic()
         await self.ticket("detractor", "ticket.resolved", ticket)
+
+    async def _win_back(self) -> None:
+        """The shop tries to win Eve back with a marketing email; she unsubscribes from
+        its link (one click, as her mail client would), and the shop's next marketing
+        email to her is suppressed, with the reason in the message log."""
+        c = self.customers["refund"]
+
+        async def exited() -> bool:
+            j = await self.journey("refund")
+            return bool(j and j["instances"][0]["status"] == "exited")
+
+        await self.until(f"{c.name}'s journey to exit on the refund", exited)
+
+        async def nudge(n: int) -> str:
+            request_id = f"demo-win-back-{n}-{c.id}"
+            body = {"customer_id": c.id, "request_id": request_id, "kind": "loyalty_nudge"}
+            await self.call("POST", "journeys", "/v1/messages", json=body, expect=(202,))
+            return request_id
+
+        await nudge(1)
+        got = await self.message("refund", "loyalty_nudge")
+        link = got.body.get("unsubscribe_url")
+        if not link:
+            raise ScenarioError("a marketing message reached the ESP without an unsubscribe link")
+        r = await self.http.post(str(link), data={"List-Unsubscribe": "One-Click"})
+        if r.status_code != 200:
+            raise ScenarioError(f"unsubscribing answered {r.status_code}: {r.text[:300]}")
+        self.say(f"{c.name} unsubscribed from the shop's win-back email")
+        second = await nudge(2)
+
+        async def suppressed() -> bool:
+            return any(
+                m["request_id"] == second and m["status"] == "suppressed"
+                for m in await self.messages("refund")
+            )
+
+        await self.until(f"the shop's next marketing email to {c.name} to be held back", suppressed)
+        self.say(f"the shop's next marketing email to {c.name} was suppressed: unsubscribed")
 
     async def _promoter(self) -> None:
         await self.answer_survey("promoter")
