@@ -14,7 +14,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
@@ -23,6 +23,7 @@ from afterglow.events.catalog import (
     CustomerInfo,
     Money,
     OrderCancelled,
+    OrderDelivered,
     OrderFulfilled,
     OrderPlaced,
     OrderRefunded,
@@ -31,7 +32,7 @@ from afterglow.events.catalog import (
 from afterglow.events.testing import eventually
 from afterglow.kit.clock import ManualClock
 from afterglow.referrals.app import create_app
-from afterglow.referrals.models import Order
+from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.settings import ReferralsSettings
 
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -133,6 +134,11 @@ class Service:
     def fulfilled(self, order_id: str, at: datetime | None = None) -> OrderFulfilled:
         return OrderFulfilled(order_id=order_id, fulfilled_at=at or self.clock.now())
 
+    def delivered(self, order_id: str, at: datetime | None = None) -> OrderDelivered:
+        return OrderDelivered(
+            order_id=order_id, delivered_at=at or self.clock.now(), reported_by="shopify"
+        )
+
     def refunded(self, order_id: str, amount: int = 5000, full: bool = True) -> OrderRefunded:
         return OrderRefunded(
             order_id=order_id,
@@ -175,17 +181,52 @@ class Service:
         rows = await eventually(lambda: self.referrals(tenant, advocate), match)
         return next(r for r in rows if r["order_id"] == order_id)
 
-    async def wait_order_seen(self, tenant: str, order_id: str) -> None:
-        async def seen() -> bool:
-            async with self.runtime.sessionmaker() as s:
-                found = await s.scalar(
+    async def order_row(self, tenant: str, order_id: str) -> Order | None:
+        async with self.runtime.sessionmaker() as s:
+            row: Order | None = await s.get(Order, (tenant, order_id))
+            return row
+
+    async def wait_order_seen(self, tenant: str, order_id: str, check: Any = None) -> Order:
+        """The order's row once it exists (and ``check`` holds on it)."""
+        row = await eventually(
+            lambda: self.order_row(tenant, order_id),
+            lambda o: o is not None and (check is None or check(o)),
+        )
+        assert row is not None
+        return row
+
+    async def rows_naming(self, tenant: str, customer: str) -> list[str]:
+        """Every orders/codes/referrals row of the tenant that still holds the id."""
+        async with self.runtime.sessionmaker() as s:
+            found = [
+                f"orders:{o}"
+                for o in await s.scalars(
                     select(Order.order_id).where(
-                        Order.tenant_id == tenant, Order.order_id == order_id
+                        Order.tenant_id == tenant, Order.customer_id == customer
                     )
                 )
-                return found is not None
-
-        await eventually(seen)
+            ]
+            found += [
+                f"codes:{c}"
+                for c in await s.scalars(
+                    select(Code.code).where(
+                        Code.tenant_id == tenant, Code.advocate_customer_id == customer
+                    )
+                )
+            ]
+            found += [
+                f"referrals:{r}"
+                for r in await s.scalars(
+                    select(Referral.order_id).where(
+                        Referral.tenant_id == tenant,
+                        or_(
+                            Referral.advocate_customer_id == customer,
+                            Referral.referee_customer_id == customer,
+                        ),
+                    )
+                )
+            ]
+        return found
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import pytest
+
+from afterglow.events.catalog import OrderRefunded
+from afterglow.events.testing import TopicTap
 from afterglow.referrals import domain
+
+REFERRALS = "afterglow.referrals"
+MESSAGES = "afterglow.messages"
+
+
+def is_reward(event, tenant):
+    return (
+        event.tenantid == tenant
+        and event.type == "afterglow.message.requested.v1"
+        and event.data.kind == "referee_reward"
+    )
 
 
 class TestAuth:
@@ -122,6 +137,89 @@ class TestAttributions:
             headers=await service.headers(tenant_id),
         )
         assert (r.json()["state"], r.json()["reason"]) == ("rejected", "outside_window")
+
+    @pytest.mark.parametrize("event", ["fulfilled", "delivered"])
+    async def test_an_order_shipped_before_its_attribution_confirms(
+        self, service, tenant_id, event
+    ):
+        # "delivered": platforms that report the delivery and never the fulfilment.
+        code = await service.issue_code(tenant_id, "adv")
+        order = await self._order(service, tenant_id, "ref")
+        shipped_at = service.clock.now()
+        shipped = getattr(service, event)(order.order_id, at=shipped_at)
+        await service.publish(shipped, tenant=tenant_id, subject="ref")
+        await service.wait_order_seen(tenant_id, order.order_id, lambda o: o.fulfilled_at)
+        async with TopicTap(service.runtime.settings.kafka_bootstrap_servers, REFERRALS) as tap:
+            r = await service.client.post(
+                "/v1/attributions",
+                json={"order_id": order.order_id, "code": code},
+                headers=await service.headers(tenant_id),
+            )
+            assert r.status_code == 201, r.text
+            body = r.json()
+            assert body["state"] == "pending"  # the return window is still open
+            assert datetime.fromisoformat(body["fulfilled_at"]) == shipped_at
+            assert datetime.fromisoformat(body["confirm_due_at"]) == shipped_at + timedelta(days=30)
+            service.clock.advance(timedelta(days=30, minutes=1))
+            converted = await tap.wait_for(
+                lambda e: e.tenantid == tenant_id and e.type == "afterglow.referral.converted.v1"
+            )
+        assert converted[0].data.order_id == order.order_id
+        row = await service.wait_referral(tenant_id, "adv", order.order_id)
+        assert row["state"] == "confirmed"
+
+    @pytest.mark.parametrize(
+        ("history", "state", "reason"),
+        [
+            ("cancelled", "rejected", "cancelled"),
+            ("refunded", "rejected", "refunded"),
+            ("two halves refunded", "rejected", "refunded"),
+            ("half refunded", "pending", None),  # a partial refund leaves the customer
+        ],
+    )
+    async def test_an_order_refunded_or_cancelled_before_its_attribution(
+        self, service, tenant_id, history, state, reason
+    ):
+        code = await service.issue_code(tenant_id, "adv")
+        order = await self._order(service, tenant_id, "ref", amount=5000)
+        events = {
+            "cancelled": [service.cancelled(order.order_id)],
+            "refunded": [service.refunded(order.order_id)],
+            "two halves refunded": [
+                service.refunded(order.order_id, amount=2500, full=False) for _ in range(2)
+            ],
+            "half refunded": [service.refunded(order.order_id, amount=2500, full=False)],
+        }[history]
+        for event in events:
+            await service.publish(event, tenant=tenant_id, subject="ref")
+        refunded = sum(e.amount.amount for e in events if isinstance(e, OrderRefunded))
+        await service.wait_order_seen(
+            tenant_id,
+            order.order_id,
+            lambda o: o.cancelled_at if history == "cancelled" else o.refunded_amount == refunded,
+        )
+        bootstrap = service.runtime.settings.kafka_bootstrap_servers
+        async with TopicTap(bootstrap, REFERRALS, MESSAGES) as tap:
+            r = await service.client.post(
+                "/v1/attributions",
+                json={"order_id": order.order_id, "code": code},
+                headers=await service.headers(tenant_id),
+            )
+            assert r.status_code == 201, r.text
+            assert (r.json()["state"], r.json()["reason"]) == (state, reason)
+            if state == "rejected":
+                rejected = await tap.wait_for(
+                    lambda e: e.tenantid == tenant_id and e.type == "afterglow.referral.rejected.v1"
+                )
+                assert (rejected[0].data.referral_id, rejected[0].data.reason) == (
+                    r.json()["id"],
+                    reason,
+                )
+            else:
+                await tap.wait_for(lambda e: is_reward(e, tenant_id))
+            events_out = await tap.events(settle=1.0)
+        rewards = [e for e in events_out if is_reward(e, tenant_id)]
+        assert len(rewards) == (1 if state == "pending" else 0)
 
     async def test_unknown_order_or_code(self, service, tenant_id):
         headers = await service.headers(tenant_id)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from referrals_support import new_id
+from sqlalchemy import select
+
 from afterglow.events import to_record
 from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.testing import TopicTap, eventually
+from afterglow.referrals import domain
+from afterglow.referrals.models import Order
 
 REFERRALS = "afterglow.referrals"
 MESSAGES = "afterglow.messages"
@@ -328,11 +333,8 @@ class TestErasure:
         await service.publish(earlier, tenant=tenant_id, subject="old")
         await service.wait_order_seen(tenant_id, earlier.order_id)
         for customer in ("adv", "old"):
-            await service.publish(
-                CustomerErasureRequested(requested_at=service.clock.now()),
-                tenant=tenant_id,
-                subject=customer,
-            )
+            await erase(service, tenant_id, customer)
+        # Issued after the erasure applied: an erasure deactivates the advocate's code.
         code = await service.issue_code(tenant_id, "adv")
 
         # After erasure the advocate's email no longer links an alias to them (erasure
@@ -349,3 +351,100 @@ class TestErasure:
             service, tenant_id, "adv", "old", service.placed(referral_code=code, orders_count=None)
         )
         assert (row["state"], row["reason"]) == ("rejected", "existing_customer")
+
+    async def _program(self, service, tenant, advocate, referees):
+        """A code with one confirmed conversion (the first referee) and rejections."""
+        code = await service.issue_code(tenant, advocate)
+        first = service.placed(referral_code=code, amount=7000)
+        await service.publish(first, tenant=tenant, subject=referees[0])
+        await service.publish(service.fulfilled(first.order_id), tenant=tenant, subject=referees[0])
+        await service.wait_referral(
+            tenant, advocate, first.order_id, lambda r: r["confirm_due_at"] is not None
+        )
+        for referee in referees[1:]:
+            order = service.placed(referral_code=code, orders_count=3)
+            await service.publish(order, tenant=tenant, subject=referee)
+            await service.wait_referral(tenant, advocate, order.order_id)
+        service.clock.advance(timedelta(days=30, minutes=1))
+        await service.wait_referral(
+            tenant, advocate, first.order_id, lambda r: r["state"] == "confirmed"
+        )
+        return code
+
+    async def _code_is_dead(self, service, tenant, code):
+        headers = await service.headers(tenant)
+        assert (await service.client.get(f"/v1/codes/{code}", headers=headers)).status_code == 404
+        carrying = service.placed(referral_code=code)
+        await service.publish(carrying, tenant=tenant, subject=new_id("c"))
+        # The order is remembered and attributed in one transaction: seen means decided.
+        await service.wait_order_seen(tenant, carrying.order_id)
+        async with service.runtime.sessionmaker() as s:
+            svc = service.runtime.extras["referrals"]
+            assert await svc.referral_for_order(s, tenant, carrying.order_id) is None
+        r = await service.client.post(
+            "/v1/attributions",
+            json={"order_id": carrying.order_id, "code": code},
+            headers=headers,
+        )
+        assert (r.status_code, r.json()["error"]["field"]) == (404, "code")
+
+    async def test_erasure_pseudonymizes_the_customer_and_retires_the_code(
+        self, service, tenant_id
+    ):
+        code = await self._program(service, tenant_id, "adv", ["ref-1", "ref-2"])
+        headers = await service.headers(tenant_id)
+        before = (await service.client.get("/v1/metrics", headers=headers)).json()
+        assert (before["conversions"], before["rejected"], before["invited"]) == (1, 1, 1)
+        assert await service.rows_naming(tenant_id, "adv")  # the test can fail
+
+        await erase(service, tenant_id, "adv")
+        await erase(service, tenant_id, "ref-1")
+
+        assert await service.rows_naming(tenant_id, "ref-2")  # only the requested go
+        alias = domain.pseudonym(tenant_id, "adv")
+        assert len(await service.rows_naming(tenant_id, alias)) == 3  # code, two referrals
+        after = (await service.client.get("/v1/metrics", headers=headers)).json()
+        assert after == before
+        r = await service.client.get("/v1/advocates/adv/referrals", headers=headers)
+        assert r.status_code == 404
+        await self._code_is_dead(service, tenant_id, code)
+
+    async def test_a_tenant_erasure_pseudonymizes_every_customer(self, service, tenant_id):
+        code = await self._program(service, tenant_id, "adv-a", ["ref-a", "ref-b"])
+        other = await service.issue_code(tenant_id, "adv-b")
+        headers = await service.headers(tenant_id)
+        before = (await service.client.get("/v1/metrics", headers=headers)).json()
+
+        await erase(service, tenant_id, "*", scope="tenant")
+        for customer in ("adv-a", "ref-a", "adv-b"):
+            assert await service.rows_naming(tenant_id, customer) == []
+            alias = domain.pseudonym(tenant_id, customer)
+            assert await service.rows_naming(tenant_id, alias), customer
+        after = (await service.client.get("/v1/metrics", headers=headers)).json()
+        assert after == before
+        await self._code_is_dead(service, tenant_id, code)
+        await self._code_is_dead(service, tenant_id, other)
+
+
+async def erase(service, tenant, customer, scope="customer"):
+    """Request an erasure and wait until no orders/codes/referrals row names the
+    customer (every customer of the tenant when the scope is the tenant)."""
+    await service.publish(
+        CustomerErasureRequested(requested_at=service.clock.now(), scope=scope),
+        tenant=tenant,
+        subject=customer,
+    )
+
+    async def named() -> list[str]:
+        async with service.runtime.sessionmaker() as s:
+            if scope == "tenant":
+                return [
+                    c
+                    for c in await s.scalars(
+                        select(Order.customer_id).where(Order.tenant_id == tenant)
+                    )
+                    if not domain.is_pseudonym(c)
+                ]
+        return await service.rows_naming(tenant, customer)
+
+    await eventually(named, lambda rows: rows == [])

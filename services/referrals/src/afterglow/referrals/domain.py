@@ -65,6 +65,22 @@ def contact_hash(value: str | None) -> str | None:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
 
+ERASED_PREFIX = "erased-"
+
+
+def pseudonym(tenant_id: str, customer_id: str) -> str:
+    """The one-way stand-in for an erased customer's id. Deterministic, so one customer
+    maps to one alias in every table (distinct counts in the metrics stay right) and a
+    returning customer's id still finds their erased history (they are not "new").
+    Same formula as loyalty's, so both services agree; it belongs in libs once shared."""
+    digest = hashlib.sha256(f"{tenant_id}:{customer_id}".encode()).hexdigest()
+    return ERASED_PREFIX + digest[:24]
+
+
+def is_pseudonym(customer_id: str) -> bool:
+    return customer_id.startswith(ERASED_PREFIX)
+
+
 # --- attribution window -------------------------------------------------------------
 
 
@@ -86,6 +102,8 @@ def confirmation_due(fulfilled_at: datetime, return_window_days: int) -> datetim
 
 Outcome = Literal["accept", "reject", "hold"]
 Reason = Literal[
+    "refunded",
+    "cancelled",
     "self_referral",
     "existing_customer",
     "advocate_cap",
@@ -133,6 +151,16 @@ def check_window(invited_at: datetime, placed_at: datetime, days: int) -> Decisi
     if placed_at < invited_at:
         return Decision("reject", "outside_window", "order placed before the invitation")
     return Decision("reject", "outside_window", f"order placed more than {days} days after")
+
+
+def check_order_standing(refunded_at: datetime | None, cancelled_at: datetime | None) -> Decision:
+    """An order already cancelled or fully refunded before it was attributed brings no
+    customer: it is rejected exactly as a cancellation or refund after attribution is."""
+    if cancelled_at is not None:
+        return Decision("reject", "cancelled", "order cancelled before it was attributed")
+    if refunded_at is not None:
+        return Decision("reject", "refunded", "order fully refunded before it was attributed")
+    return ACCEPT
 
 
 def check_self_referral(advocate: Identity, referee: Identity) -> Decision:
@@ -194,13 +222,18 @@ class Facts:
     earlier_orders_seen: int
     advocate_conversions_in_period: int
     recent_from_code: int
+    # What already happened to the order (an explicit attribution can come late).
+    refunded_at: datetime | None = None
+    cancelled_at: datetime | None = None
 
 
 def evaluate(facts: Facts, limits: Limits) -> Decision:
-    """Run the checks in order of severity; the first that objects decides. Window and
+    """Run the checks in order of severity; the first that objects decides. An order
+    that no longer stands is rejected first (nothing else about it matters). Window and
     fraud rejections come before the velocity hold, so a held conversion is one a
     reviewer can approve in good conscience."""
     checks: Sequence[Callable[[], Decision]] = (
+        lambda: check_order_standing(facts.refunded_at, facts.cancelled_at),
         lambda: check_window(facts.invited_at, facts.placed_at, limits.attribution_days),
         lambda: check_self_referral(facts.advocate, facts.referee),
         lambda: check_new_customer(facts.platform_orders_count, facts.earlier_orders_seen),

@@ -11,6 +11,7 @@ from afterglow.events import CloudEvent
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
+    OrderDelivered,
     OrderFulfilled,
     OrderPlaced,
     OrderRefunded,
@@ -52,24 +53,19 @@ def consumers(runtime: Runtime) -> list[ConsumerSpec]:
         data: OrderFulfilled = event.data
         await svc.order_fulfilled(session, event.tenantid, data.order_id, data.fulfilled_at)
 
+    async def delivered(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        # Some platforms report the delivery and never the fulfilment; a delivered order
+        # was fulfilled by then, so its return window starts at the latest there.
+        data: OrderDelivered = event.data
+        await svc.order_fulfilled(session, event.tenantid, data.order_id, data.delivered_at)
+
     async def refunded(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderRefunded = event.data
-        await svc.reject_open(
-            session,
-            event.tenantid,
-            data.order_id,
-            "refunded",
-            f"refund {data.refund_id} inside the return window",
-            data.refunded_at,
-            refunded=data.amount.amount,
-            full=data.full,
-        )
+        await svc.order_refunded(session, event.tenantid, data)
 
     async def cancelled(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderCancelled = event.data
-        await svc.reject_open(
-            session, event.tenantid, data.order_id, "cancelled", data.reason, data.cancelled_at
-        )
+        await svc.order_cancelled(session, event.tenantid, data)
 
     async def erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: CustomerErasureRequested = event.data
@@ -85,6 +81,7 @@ def consumers(runtime: Runtime) -> list[ConsumerSpec]:
                 "afterglow.referral.invited.v1": invited,
                 "afterglow.order.placed.v1": placed,
                 "afterglow.order.fulfilled.v1": fulfilled,
+                "afterglow.order.delivered.v1": delivered,
                 "afterglow.order.refunded.v1": refunded,
                 "afterglow.order.cancelled.v1": cancelled,
                 "afterglow.customer.erasure_requested.v1": erasure,

@@ -42,12 +42,18 @@ class Code(Base):
     invitations: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     # Set when the invitation message was requested, so it is requested once per code.
     invite_requested_at: Mapped[datetime | None] = mapped_column(TS)
+    # Set when the advocate is erased: the row stays (metrics count it), the code no
+    # longer attributes or resolves.
+    deactivated_at: Mapped[datetime | None] = mapped_column(TS)
 
 
 class Order(Base):
-    """Every order seen, so that "new customer" and self-referral can be decided.
+    """Every order seen, so that "new customer" and self-referral can be decided, and
+    what happened to it since, so that an attribution made later (the API) starts from
+    the order's real state.
 
-    Only hashes are kept; an erasure request nulls them and keeps the row (counts)."""
+    Only hashes are kept; an erasure request nulls them, replaces the customer id with
+    a pseudonym and keeps the row (counts)."""
 
     __tablename__ = "orders"
     __table_args__ = (
@@ -65,6 +71,12 @@ class Order(Base):
     phone_hash: Mapped[str | None] = mapped_column(Text)
     shipping_address_hash: Mapped[str | None] = mapped_column(Text)
     erased_at: Mapped[datetime | None] = mapped_column(TS)
+    # First fulfilment, or delivery when no fulfilment was reported: starts the window.
+    fulfilled_at: Mapped[datetime | None] = mapped_column(TS)
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Set once refunds are full (flagged so, or adding up to the total).
+    refunded_at: Mapped[datetime | None] = mapped_column(TS)
+    cancelled_at: Mapped[datetime | None] = mapped_column(TS)
 
 
 class Referral(Base):

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Text, column, func, or_, select, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import (
     MessageRequested,
     Money,
+    OrderCancelled,
     OrderPlaced,
+    OrderRefunded,
     ReferralCodeIssued,
     ReferralConverted,
     ReferralRejected,
@@ -34,6 +37,8 @@ SOURCE = "referrals"
 LIVE_STATES = ("pending", "held", "confirmed")
 OPEN_STATES = ("pending", "held")
 CODE_ATTEMPTS = 8
+# Customers pseudonymized per statement in a tenant-wide erasure (two binds each).
+ERASE_BATCH = 1000
 
 
 class CodeCollision(Exception):
@@ -103,7 +108,9 @@ class ReferralService:
             return None
         return (
             await session.scalars(
-                select(Code).where(Code.tenant_id == tenant_id, Code.code == code)
+                select(Code).where(
+                    Code.tenant_id == tenant_id, Code.code == code, Code.deactivated_at.is_(None)
+                )
             )
         ).first()
 
@@ -223,7 +230,11 @@ class ReferralService:
             found = (
                 await session.scalars(
                     select(Code)
-                    .where(Code.tenant_id == tenant_id, Code.code.in_(candidates))
+                    .where(
+                        Code.tenant_id == tenant_id,
+                        Code.code.in_(candidates),
+                        Code.deactivated_at.is_(None),
+                    )
                     .order_by(Code.code)
                 )
             ).first()
@@ -258,7 +269,7 @@ class ReferralService:
         platform_orders_count: int | None,
     ) -> domain.Facts:
         t = code.tenant_id
-        same_person = Order.customer_id == order.customer_id
+        same_person = _is_customer(Order.customer_id, t, order.customer_id)
         if order.email_hash:
             same_person = or_(same_person, Order.email_hash == order.email_hash)
         earlier = await session.scalar(
@@ -272,7 +283,7 @@ class ReferralService:
         in_period = await session.scalar(
             select(func.count()).where(
                 Referral.tenant_id == t,
-                Referral.advocate_customer_id == code.advocate_customer_id,
+                _is_customer(Referral.advocate_customer_id, t, code.advocate_customer_id),
                 Referral.state.in_(LIVE_STATES),
                 Referral.order_id != order.order_id,
                 Referral.placed_at
@@ -307,6 +318,8 @@ class ReferralService:
             earlier_orders_seen=earlier or 0,
             advocate_conversions_in_period=in_period or 0,
             recent_from_code=recent or 0,
+            refunded_at=order.refunded_at,
+            cancelled_at=order.cancelled_at,
         )
 
     async def attribute(
@@ -325,11 +338,16 @@ class ReferralService:
         # Serialize attributions per code: the cap and velocity counts must see each
         # other, or two orders processed at once could both slip under a limit.
         await session.execute(select(Code.id).where(Code.id == code.id).with_for_update())
+        # Then the order, as its fulfilment, refund and cancellation handlers do before
+        # touching its referral: whichever commits first, the other sees its effect.
+        order = await self._locked_order(session, order.tenant_id, order.order_id) or order
         decision = domain.evaluate(
             await self._facts(session, code, order, platform_orders_count), self.limits
         )
         now = self.clock.now()
         state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
+        # An order fulfilled before its attribution starts its return window at once.
+        fulfilled_at = order.fulfilled_at if state != "rejected" else None
         referral_id = str(uuid.uuid4())
         inserted = await session.scalar(
             pg_insert(Referral)
@@ -350,6 +368,9 @@ class ReferralService:
                 detail=decision.detail,
                 attributed_at=now,
                 decided_at=now if state == "rejected" else None,
+                fulfilled_at=fulfilled_at,
+                confirm_due_at=self._confirmation_due(fulfilled_at) if fulfilled_at else None,
+                refunded_amount=order.refunded_amount,
             )
             .on_conflict_do_nothing()
             .returning(Referral.id)
@@ -423,11 +444,35 @@ class ReferralService:
         )
 
     # --- lifecycle after attribution ------------------------------------------------
+    #
+    # Each of these records the event on the order first (locking its row), then on the
+    # order's referral if there is one yet: an attribution made later reads the order.
+
+    async def _locked_order(
+        self, session: AsyncSession, tenant_id: str, order_id: str
+    ) -> Order | None:
+        return (
+            await session.scalars(
+                select(Order)
+                .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        ).first()
+
+    def _confirmation_due(self, fulfilled_at: datetime) -> datetime:
+        return domain.confirmation_due(fulfilled_at, self.settings.referrals_return_window_days)
 
     async def order_fulfilled(
         self, session: AsyncSession, tenant_id: str, order_id: str, fulfilled_at: datetime
     ) -> None:
-        due = domain.confirmation_due(fulfilled_at, self.settings.referrals_return_window_days)
+        """order.fulfilled, and order.delivered (a delivered order was fulfilled, even when
+        the platform never said so). The first of them starts the return window."""
+        order = await self._locked_order(session, tenant_id, order_id)
+        if order is not None and order.fulfilled_at is None:
+            order.fulfilled_at = fulfilled_at
+            await session.flush()
+        due = self._confirmation_due(fulfilled_at)
         await session.execute(
             update(Referral)
             .where(
@@ -437,6 +482,38 @@ class ReferralService:
                 Referral.fulfilled_at.is_(None),  # the first fulfilment starts the window
             )
             .values(fulfilled_at=fulfilled_at, confirm_due_at=due)
+        )
+
+    async def order_refunded(
+        self, session: AsyncSession, tenant_id: str, data: OrderRefunded
+    ) -> None:
+        order = await self._locked_order(session, tenant_id, data.order_id)
+        if order is not None:
+            order.refunded_amount += data.amount.amount
+            full = data.full or order.refunded_amount >= order.total_amount
+            if full and order.refunded_at is None:
+                order.refunded_at = data.refunded_at
+            await session.flush()
+        await self.reject_open(
+            session,
+            tenant_id,
+            data.order_id,
+            "refunded",
+            f"refund {data.refund_id} inside the return window",
+            data.refunded_at,
+            refunded=data.amount.amount,
+            full=data.full,
+        )
+
+    async def order_cancelled(
+        self, session: AsyncSession, tenant_id: str, data: OrderCancelled
+    ) -> None:
+        order = await self._locked_order(session, tenant_id, data.order_id)
+        if order is not None and order.cancelled_at is None:
+            order.cancelled_at = data.cancelled_at
+            await session.flush()
+        await self.reject_open(
+            session, tenant_id, data.order_id, "cancelled", data.reason, data.cancelled_at
         )
 
     async def reject_open(
@@ -534,17 +611,69 @@ class ReferralService:
             await self._emit_rejected(session, referral, "velocity_review", referral.detail)
 
     async def erase(self, session: AsyncSession, tenant_id: str, customer: str | None) -> None:
-        """GDPR erasure: hashes go, rows (and so every count and metric) stay."""
-        cond = [Order.tenant_id == tenant_id]
-        if customer is not None:
-            cond.append(Order.customer_id == customer)
+        """GDPR erasure: the customer's id becomes a pseudonym in every row, order hashes
+        go and the advocate's code stops attributing. Rows stay, so every count and
+        metric stays; the pseudonym is one per customer, so distinct counts stay too.
+        ``customer=None`` erases every customer of the tenant."""
+        customers = (
+            [customer] if customer is not None else await self._customers(session, tenant_id)
+        )
+        for start in range(0, len(customers), ERASE_BATCH):
+            await self._pseudonymize(session, tenant_id, customers[start : start + ERASE_BATCH])
+
+    async def _customers(self, session: AsyncSession, tenant_id: str) -> list[str]:
+        """Every customer id of the tenant not pseudonymized yet."""
+        ids = (
+            select(Order.customer_id.label("id"))
+            .where(Order.tenant_id == tenant_id)
+            .union(
+                select(Code.advocate_customer_id).where(Code.tenant_id == tenant_id),
+                select(Referral.advocate_customer_id).where(Referral.tenant_id == tenant_id),
+                select(Referral.referee_customer_id).where(Referral.tenant_id == tenant_id),
+            )
+            .subquery()
+        )
+        return [c for c in (await session.scalars(select(ids.c.id))) if not domain.is_pseudonym(c)]
+
+    async def _pseudonymize(
+        self, session: AsyncSession, tenant_id: str, customers: list[str]
+    ) -> None:
+        now = self.clock.now()
+        alias = values(column("id", Text), column("alias", Text), name="alias").data(
+            [(c, domain.pseudonym(tenant_id, c)) for c in customers]
+        )
         await session.execute(
             update(Order)
-            .where(and_(*cond))
+            .where(Order.tenant_id == tenant_id, Order.customer_id == alias.c.id)
             .values(
+                customer_id=alias.c.alias,
                 email_hash=None,
                 phone_hash=None,
                 shipping_address_hash=None,
-                erased_at=self.clock.now(),
+                erased_at=now,
             )
         )
+        await session.execute(
+            update(Code)
+            .where(Code.tenant_id == tenant_id, Code.advocate_customer_id == alias.c.id)
+            .values(
+                advocate_customer_id=alias.c.alias,
+                deactivated_at=func.coalesce(Code.deactivated_at, now),
+            )
+        )
+        # A referral's detail can hold a reviewer's free-text note, which may name the
+        # person; the machine-readable reason (what the metrics count) stays.
+        for role in (Referral.advocate_customer_id, Referral.referee_customer_id):
+            await session.execute(
+                update(Referral)
+                .where(Referral.tenant_id == tenant_id, role == alias.c.id)
+                .values({role.key: alias.c.alias, "detail": None})
+            )
+
+
+def _is_customer(
+    col: InstrumentedAttribute[str], tenant_id: str, customer: str
+) -> ColumnElement[bool]:
+    """The customer's rows, including those pseudonymized by an earlier erasure: erasing
+    someone must not make them a "new customer" again, nor reset an advocate's cap."""
+    return col.in_((customer, domain.pseudonym(tenant_id, customer)))
