@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from afterglow.events import catalog as c
+from afterglow.events.money import currency_exponent
 from afterglow.ingest import domain
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -31,7 +32,7 @@ class TestMoney:
 
     @given(st.integers(min_value=0, max_value=10**12), st.sampled_from(["USD", "JPY", "KWD"]))
     def test_round_trip_is_exact(self, minor, currency):
-        exp = domain.currency_exponent(currency)
+        exp = currency_exponent(currency)
         text = str(Decimal(minor).scaleb(-exp))
         assert domain.to_minor(text, currency) == minor
 

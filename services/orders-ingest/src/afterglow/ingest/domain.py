@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from afterglow.events import catalog as c
+from afterglow.events.money import currency_exponent
 
 # --- errors -------------------------------------------------------------------------
 
@@ -74,37 +75,6 @@ def timestamp_fresh(timestamp: str | None, now: datetime, tolerance_s: int) -> b
 
 
 # --- money, hashing, small parsers --------------------------------------------------
-
-# ISO 4217 currencies whose minor unit is not 2 (the rest are cents).
-_EXPONENTS = {
-    **dict.fromkeys(
-        [
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ],
-        0,
-    ),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-}
-
-
-def currency_exponent(currency: str) -> int:
-    return _EXPONENTS.get(currency.upper(), 2)
 
 
 def to_minor(amount: Any, currency: str, field: str = "amount") -> int:
