@@ -24,6 +24,7 @@ from afterglow.events import CloudEvent, to_record
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     CustomerInfo,
+    LineItem,
     MessageRequested,
     Money,
     OrderPlaced,
@@ -559,6 +560,54 @@ class TestTemplatesApi:
         await tenant.request("c-tpl", category="transactional")
         await tenant.wait("c-tpl", statuses("sent"))
         assert receiver.of(tenant, "c-tpl")[0]["body"]["text"] == "Thanks, Lu!"
+
+    async def test_templates_see_the_order_the_customer_and_the_shop(self, tenant, receiver):
+        settings = await tenant.client.get("/v1/messaging/settings", headers=tenant.auth)
+        policy_fields = {k: v for k, v in settings.json().items() if k != "endpoint"}
+        r = await tenant.client.put(
+            "/v1/messaging/settings",
+            json={**policy_fields, "shop_name": "Lumen Ceramics"},
+            headers=tenant.auth,
+        )
+        assert r.status_code == 200 and r.json()["shop_name"] == "Lumen Ceramics"
+        own = {
+            "subject": "{{ shop_name }}: order {{ order.number if order else '' }}",
+            "text": "{% if order %}{{ order.total }}:{% for i in order.lines %}"
+            " {{ i.quantity }}x {{ i.title }}{% endfor %}{% endif %}"
+            " / {{ customer.orders_count }} orders, {{ customer.total_spent }}",
+        }
+        r = await tenant.client.put(
+            "/v1/messaging/templates/thank_you/email", json=own, headers=tenant.auth
+        )
+        assert r.status_code == 200, r.text
+        first, second = new_id("o"), new_id("o")
+        for order_id, number, amount in ((first, "#1001", 1250), (second, "#1002", 4030)):
+            order = OrderPlaced(
+                order_id=order_id,
+                order_number=number,
+                platform="api",
+                placed_at=tenant.clock.now(),
+                customer=CustomerInfo(email="c-ord@example.com", first_name="Ana"),
+                total=Money(amount=amount, currency="EUR"),
+                line_items=[
+                    LineItem(title="Mug", quantity=2, unit_price=Money(amount=625, currency="EUR"))
+                ],
+            )
+            await tenant.publish(order, "c-ord")
+            await tenant.publish(order, "c-ord")  # a redelivery counts once
+
+        async def recorded() -> MessageContact | None:
+            async with tenant.runtime.sessionmaker() as session:
+                return await session.get(MessageContact, (tenant.id, "c-ord"))
+
+        # A message that overtakes its order renders with order = None (templates must
+        # guard it); here the orders are in first.
+        await eventually(recorded, lambda c: c is not None and c.orders_count == 2)
+        await tenant.request("c-ord", category="transactional", order_id=second)
+        await tenant.wait("c-ord", statuses("sent"))
+        [got] = receiver.of(tenant, "c-ord")
+        assert got["body"]["subject"] == "Lumen Ceramics: order #1002"
+        assert got["body"]["text"] == "40.30 EUR: 2x Mug / 2 orders, 52.80 EUR"
 
     async def test_requested_over_http_is_delivered(self, tenant, receiver):
         await tenant.customer("c-http")

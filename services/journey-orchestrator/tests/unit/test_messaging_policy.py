@@ -225,6 +225,20 @@ class TestTemplates:
             validate(Template(channel="sms", text="{{ no_such_thing }}"), "welcome")
         assert "no_such_thing" in str(err.value) and "undefined" in str(err.value)
 
+    def test_order_may_be_missing_and_templates_must_say_what_then(self):
+        unguarded = Template(channel="sms", text="Order {{ order.number }}")
+        with pytest.raises(TemplateRenderError) as err:
+            validate(unguarded, "check_in")
+        assert "{% if order %}" in err.value.message
+        guarded = Template(
+            channel="sms",
+            text="{% if order %}Order {{ order.number }}: {{ order.total }}"
+            "{% for i in order.lines %} {{ i.quantity }}x {{ i.title }}{% endfor %}"
+            "{% else %}Thanks{% endif %} ({{ customer.orders_count }} orders)",
+        )
+        out = validate(guarded, "check_in")
+        assert out.text == "Order #1001: 59.90 EUR 2x Ceramic mug (3 orders)"
+
     def test_saving_checks_against_what_the_kind_is_sure_to_carry(self):
         needs_survey_url = Template(channel="sms", text="Tell us: {{ survey_url }}")
         validate(needs_survey_url, "survey_invite")  # the catalog promises survey_url

@@ -431,7 +431,12 @@ class Scenario:
             "PUT",
             "journeys",
             "/v1/messaging/settings",
-            json={"quiet_hours_start": "00:00", "quiet_hours_end": "00:00", "frequency_cap": 20},
+            json={
+                "quiet_hours_start": "00:00",
+                "quiet_hours_end": "00:00",
+                "frequency_cap": 20,
+                "shop_name": "Afterglow Demo Shop",
+            },
         )
         # A compressed copy of the tenant's default journey: the same stages, conditions
         # and actions, with days turned into seconds.

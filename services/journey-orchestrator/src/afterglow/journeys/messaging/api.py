@@ -27,6 +27,7 @@ from afterglow.journeys.messaging.models import (
 from afterglow.journeys.messaging.settings import messaging_settings
 from afterglow.journeys.messaging.templates import (
     SAMPLE_CUSTOMER,
+    SAMPLE_ORDER,
     SAMPLE_VARIABLES,
     Template,
     TemplateRenderError,
@@ -60,6 +61,8 @@ class PreviewIn(BaseModel):
     template: TemplateIn | None = None  # a draft; default: the saved (or default) one
     variables: dict[str, Any] = Field(default_factory=dict)
     customer: dict[str, Any] = Field(default_factory=dict)
+    # the order the preview is about (default: a sample one); null previews "no order"
+    order: dict[str, Any] | None = Field(default_factory=lambda: dict(SAMPLE_ORDER))
 
 
 class EndpointIn(BaseModel):
@@ -87,6 +90,8 @@ class PolicyIn(BaseModel):
     frequency_window_days: int = Field(default=7, ge=1, le=90)
     default_channel: Channel = "email"
     default_timezone: str = "UTC"
+    # {{ shop_name }} in every message unless its request says otherwise
+    shop_name: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("default_timezone")
     @classmethod
@@ -202,11 +207,14 @@ async def preview_template(
         template = await store.find_template(session, principal.tenant_id, kind, channel)
     if template is None:
         raise NotFound(f"no template {kind}/{channel}", field="kind")
+    settings = await store.tenant_settings(session, principal.tenant_id)
     ctx = context(
         {**SAMPLE_CUSTOMER, **body.customer},
         {**SAMPLE_VARIABLES, **body.variables},
+        shop_name=settings.shop_name if settings else None,
         unsubscribe_url="https://example.com/u/preview",
         kind=kind,
+        order=body.order,
     )
     try:
         rendered = render(template, ctx)
@@ -251,6 +259,7 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
         "frequency_window_days": row.frequency_window_days,
         "default_channel": row.default_channel,
         "default_timezone": row.default_timezone,
+        "shop_name": row.shop_name,
     }
 
 

@@ -237,19 +237,22 @@ class Dispatcher:
             if m.category == "marketing"
             else None
         )
-        customer = {
-            "first_name": contact.first_name,
-            "email": contact.email,
-            "phone": contact.phone,
-        }
+        order_id = m.order_id or m.variables.get("order_id")
         extra: dict[str, Any] = {
             "kind": m.kind,
-            "order_id": m.order_id or m.variables.get("order_id"),
+            "order_id": order_id,
+            "order": await store.order_for_template(session, m.tenant_id, order_id),
         }
         if unsub:
             extra["unsubscribe_url"] = unsub
+        ctx = context(
+            store.customer_for_template(contact),
+            m.variables,
+            shop_name=tenant.shop_name if tenant else None,
+            **extra,
+        )
         try:
-            rendered = render(template, context(customer, m.variables, **extra))
+            rendered = render(template, ctx)
         except TemplateRenderError as exc:
             await self._fail(session, m, now, f"template_error: {exc}")
             return None

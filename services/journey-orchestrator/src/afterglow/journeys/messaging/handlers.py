@@ -42,6 +42,7 @@ def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
             timezone=c.timezone,
             accepts_marketing=c.accepts_marketing,
         )
+        await store.record_order(session, event.tenantid, event.subject, data)
 
     async def unsubscribed(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: CustomerUnsubscribed = event.data

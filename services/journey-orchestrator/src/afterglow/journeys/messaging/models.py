@@ -43,6 +43,28 @@ class MessageContact(Base):
     sms_unsubscribed_at: Mapped[datetime | None] = mapped_column(TZ)
     erased_at: Mapped[datetime | None] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ)
+    # What templates show as the customer's history (customer.orders_count, ...).
+    orders_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # In the currency of their first order; orders in another currency are not added.
+    total_spent_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    currency: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageOrder(Base):
+    """The order a message is about, as templates show it (``order.number``, items...).
+    Kept from order.placed by messaging's own consumer, like the contact book."""
+
+    __tablename__ = "message_orders"
+    __table_args__ = (Index("ix_message_orders_customer", "tenant_id", "customer_id"),)
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    order_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text)
+    order_number: Mapped[str | None] = mapped_column(Text)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(Text)
+    placed_at: Mapped[datetime] = mapped_column(TZ)
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
 
 
 class MessageTemplate(Base):
@@ -76,6 +98,8 @@ class MessagingTenantSettings(Base):
     frequency_window_days: Mapped[int] = mapped_column(Integer, default=7)
     default_channel: Mapped[str] = mapped_column(Text, default="email")
     default_timezone: Mapped[str] = mapped_column(Text, default="UTC")
+    # {{ shop_name }} in every template unless a request says otherwise.
+    shop_name: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TZ)
 
 

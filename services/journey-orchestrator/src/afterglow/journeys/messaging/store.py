@@ -4,17 +4,20 @@ never commit: the entrypoint owns the transaction."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.catalog import CustomerUnsubscribed
+from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
+from afterglow.events.money import format_money
 from afterglow.journeys.messaging.models import (
     Message,
     MessageContact,
     MessageDecision,
+    MessageOrder,
     MessageTemplate,
     MessagingTenantSettings,
 )
@@ -147,6 +150,73 @@ async def upsert_contact(
     await session.execute(stmt)
 
 
+async def record_order(
+    session: AsyncSession, tenant_id: str, customer_id: str, order: OrderPlaced
+) -> None:
+    """Keep what templates show of an order, and count it once into the customer's
+    totals (a redelivered or repeated order.placed changes nothing)."""
+    inserted = await session.scalar(
+        pg_insert(MessageOrder)
+        .values(
+            tenant_id=tenant_id,
+            order_id=order.order_id,
+            customer_id=customer_id,
+            order_number=order.order_number,
+            total_minor=order.total.amount,
+            currency=order.total.currency,
+            placed_at=order.placed_at,
+            items=[
+                {"title": li.title, "quantity": li.quantity, "sku": li.sku}
+                for li in order.line_items
+            ],
+        )
+        .on_conflict_do_nothing()
+        .returning(MessageOrder.order_id)
+    )
+    if inserted is None:
+        return
+    contact = await session.get(MessageContact, (tenant_id, customer_id), with_for_update=True)
+    if contact is None:
+        return  # upsert_contact runs first; only an erased-and-gone contact lands here
+    contact.orders_count = (contact.orders_count or 0) + 1
+    if contact.currency in (None, order.total.currency):
+        contact.currency = order.total.currency
+        contact.total_spent_minor = (contact.total_spent_minor or 0) + order.total.amount
+
+
+async def order_for_template(
+    session: AsyncSession, tenant_id: str, order_id: str | None
+) -> dict[str, Any] | None:
+    """``order`` as templates see it, or None when the message is about no known order."""
+    if not order_id:
+        return None
+    row = await session.get(MessageOrder, (tenant_id, order_id))
+    if row is None:
+        return None
+    return {
+        "id": row.order_id,
+        "number": row.order_number or row.order_id,
+        "total": format_money(row.total_minor, row.currency),
+        "total_minor": row.total_minor,
+        "currency": row.currency,
+        "placed_at": row.placed_at.isoformat(),
+        # "lines", not "items": Jinja would find the dict's items() method first
+        "lines": row.items,
+    }
+
+
+def customer_for_template(contact: MessageContact) -> dict[str, Any]:
+    return {
+        "first_name": contact.first_name,
+        "email": contact.email,
+        "phone": contact.phone,
+        "orders_count": contact.orders_count or 0,
+        "total_spent": format_money(contact.total_spent_minor or 0, contact.currency)
+        if contact.currency
+        else None,
+    }
+
+
 async def erase(
     session: AsyncSession, tenant_id: str, customer_id: str | None, at: datetime
 ) -> None:
@@ -155,9 +225,13 @@ async def erase(
     next order re-enable marketing. Pending messages are suppressed, their variables wiped."""
     contacts = update(MessageContact).where(MessageContact.tenant_id == tenant_id)
     messages = update(Message).where(Message.tenant_id == tenant_id)
+    orders = delete(MessageOrder).where(MessageOrder.tenant_id == tenant_id)
     if customer_id is not None:
         contacts = contacts.where(MessageContact.customer_id == customer_id)
         messages = messages.where(Message.customer_id == customer_id)
+        orders = orders.where(MessageOrder.customer_id == customer_id)
+    # What they bought says who they are: the order rows go (the counts stay, as totals).
+    await session.execute(orders)
     await session.execute(
         contacts.values(
             email=None,

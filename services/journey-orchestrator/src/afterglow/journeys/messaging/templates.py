@@ -149,6 +149,20 @@ SAMPLE_CUSTOMER: dict[str, Any] = {
     "first_name": "Jane",
     "email": "jane@example.com",
     "phone": "+15555550100",
+    "orders_count": 3,
+    "total_spent": "129.90 EUR",
+}
+
+# ``order`` as the dispatcher gives it when a message is about a known order.
+SAMPLE_ORDER: dict[str, Any] = {
+    "id": "shopify:1001",
+    "number": "#1001",
+    "total": "59.90 EUR",
+    "total_minor": 5990,
+    "currency": "EUR",
+    "placed_at": "2026-03-02T10:00:00+00:00",
+    # "lines", not "items": Jinja would find the dict's items() method first
+    "lines": [{"title": "Ceramic mug", "quantity": 2, "sku": "MUG"}],
 }
 
 
@@ -173,10 +187,18 @@ def default_template(kind: str, channel: str) -> Template | None:
     return Template(channel="email", subject=subject, html=html, text=text)
 
 
-def context(customer: dict[str, Any], variables: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """What a template sees: the request's variables, the customer, and a friendly
-    ``first_name`` (never empty) and ``shop_name`` when the request gives none."""
-    ctx: dict[str, Any] = {"shop_name": "our shop"}
+def context(
+    customer: dict[str, Any],
+    variables: dict[str, Any],
+    *,
+    shop_name: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a template sees: the request's variables, the customer (with their order
+    count and total spent), ``order`` (None when the message is about no known order),
+    a friendly ``first_name`` (never empty) and ``shop_name`` (the tenant's, unless the
+    request gives one)."""
+    ctx: dict[str, Any] = {"shop_name": shop_name or "our shop", "order": None}
     ctx.update(variables)
     ctx["customer"] = customer
     ctx["first_name"] = customer.get("first_name") or "there"
@@ -224,25 +246,35 @@ def validate(template: Template, name: str) -> Rendered:
     :class:`TemplateRenderError`."""
     guaranteed = guaranteed_variables(name)
     variables = {k: SAMPLE_VARIABLES[k] for k in guaranteed}
-    ctx = context(
-        SAMPLE_CUSTOMER,
-        variables,
-        unsubscribe_url="https://example.com/u/sample",
-        kind=name,
-        order_id=SAMPLE_VARIABLES["order_id"],
-    )
-    try:
-        return render(template, ctx)
-    except TemplateRenderError as exc:
-        if not exc.message.startswith("undefined variable"):
-            raise
-        sure = ", ".join(sorted({*guaranteed, *ctx})) or "none"
-        raise TemplateRenderError(
-            exc.part,
-            f"{exc.message}. A {name} message always has: {sure}; for a variable only some "
-            "requests carry, write {{ name | default('') }} or {% if name is defined %}",
-            exc.line,
-        ) from exc
+    rendered = None
+    # Once about an order and once about none: ``order`` is None for a message that
+    # concerns no known order, and a template must say what to show then.
+    for order in (SAMPLE_ORDER, None):
+        ctx = context(
+            SAMPLE_CUSTOMER,
+            variables,
+            unsubscribe_url="https://example.com/u/sample",
+            kind=name,
+            order_id=order["id"] if order else None,
+            order=order,
+        )
+        try:
+            out = render(template, ctx)
+        except TemplateRenderError as exc:
+            if not exc.message.startswith("undefined variable"):
+                raise
+            if order is None:
+                hint = "a message about no known order has order = None: guard with {% if order %}"
+            else:
+                sure = ", ".join(sorted({*guaranteed, *ctx}))
+                hint = (
+                    f"a {name} message always has: {sure}; for a variable only some requests "
+                    "carry, write {{ name | default('') }} or {% if name is defined %}"
+                )
+            raise TemplateRenderError(exc.part, f"{exc.message}. {hint}", exc.line) from exc
+        rendered = rendered or out
+    assert rendered is not None
+    return rendered
 
 
 def all_kinds() -> tuple[str, ...]:
