@@ -4,7 +4,6 @@ re-sent business event with a new id change nothing."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from afterglow.events.catalog import (
     ReviewSubmitted,
     SurveyResponded,
 )
+from afterglow.events.privacy import pseudonym
 from afterglow.kit.app import ConsumerSpec, Runtime
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import (
@@ -281,7 +281,7 @@ class Handlers:
 async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> None:
     """Replace the customer key everywhere with a one-way pseudonym; balances, entries and
     metrics stay (aggregates survive erasure). Free-text reasons may name the person."""
-    alias = "erased-" + hashlib.sha256(f"{tenant}:{customer}".encode()).hexdigest()[:24]
+    alias = pseudonym(tenant, customer)
     for model in (Account, LotRow, OrderRow, Redemption):
         await session.execute(
             update(model)
