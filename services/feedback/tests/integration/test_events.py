@@ -211,3 +211,52 @@ class TestReviewRequested:
         assert "MUG" in page or "Product MUG" in page
         extra = [e for e in await fb.tap.events(settle=0.5) if mine(e)]
         assert len([e for e in extra if e.type == "afterglow.message.requested.v1"]) == 1
+
+    async def test_one_reminder_unless_the_order_was_reviewed(self, fb, tenant_id):
+        mine = lambda e: e.tenantid == tenant_id  # noqa: E731
+
+        def reminder(customer: str, order_id: str) -> CloudEvent:
+            return CloudEvent.new(
+                ReviewRequested(
+                    request_id=f"j-{uuid.uuid4().hex[:8]}",
+                    order_id=order_id,
+                    requested_at=datetime.now(UTC),
+                    reminder=True,
+                ),
+                tenant_id=tenant_id,
+                subject=customer,
+                source="tests",
+            )
+
+        # Someone who has not reviewed the order gets the reminder ...
+        await fb.publish(order_placed(tenant_id, "cust-quiet", "o-q1", ["MUG"]))
+        await fb.publish(reminder("cust-quiet", "o-q1"))
+        [msg] = await fb.tap.wait_for(
+            lambda e: mine(e) and e.type == "afterglow.message.requested.v1"
+        )
+        assert (msg.subject, msg.data.kind) == ("cust-quiet", "review_reminder")
+        # ... someone who has, does not.
+        await fb.publish(order_placed(tenant_id, "cust-done", "o-d1", ["MUG"]))
+        h = await fb.key(tenant_id)
+        r = await fb.client.post(
+            "/v1/reviews",
+            json={"customer_id": "cust-done", "order_id": "o-d1", "sku": "MUG", "rating": 2},
+            headers=h,
+        )
+        assert r.status_code == 201, r.text
+        await fb.publish(reminder("cust-done", "o-d1"))
+        # A marker behind it on the same key (so the same partition, consumed in order):
+        # a reminder for another order of theirs, not reviewed.
+        await fb.publish(order_placed(tenant_id, "cust-done", "o-d2", ["CUP"]))
+        await fb.publish(reminder("cust-done", "o-d2"))
+        await fb.tap.wait_for(
+            lambda e: (
+                mine(e) and e.subject == "cust-done" and e.type == "afterglow.message.requested.v1"
+            )
+        )
+        asked = [
+            e.data.order_id
+            for e in await fb.tap.events(settle=0.5)
+            if mine(e) and e.subject == "cust-done" and e.type == "afterglow.message.requested.v1"
+        ]
+        assert asked == ["o-d2"]

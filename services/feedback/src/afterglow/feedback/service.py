@@ -127,6 +127,17 @@ async def handle_survey_requested(
     await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
 
 
+async def _reviewed(session: AsyncSession, tenant: str, customer: str, order_id: str) -> bool:
+    found = await session.scalar(
+        select(Review.id)
+        .where(
+            Review.tenant_id == tenant, Review.customer_id == customer, Review.order_id == order_id
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def handle_review_requested(
     session: AsyncSession,
     outbox: Outbox,
@@ -138,6 +149,8 @@ async def handle_review_requested(
     message. Ids derive from the request, so a repeated request asks once."""
     data: ReviewRequested = event.data
     tenant, customer = event.tenantid, event.subject
+    if data.reminder and await _reviewed(session, tenant, customer, data.order_id):
+        return  # a reminder to someone who already reviewed the order is noise
     brand = await branding(session, tenant)
     token, expires = review_token(settings, tenant, customer, data.order_id, now)
     message = MessageRequested(
