@@ -110,7 +110,7 @@ async def _check_final_state(sc: Scenario, receiver: Receiver, failures: list[st
     def kinds(role: str) -> list[str]:
         return sorted(m.kind for m in receiver.of(ids[role]))
 
-    base = ["check_in", "review_request", "survey_invite", "welcome"]
+    base = ["check_in", "review_reminder", "review_request", "survey_invite", "welcome"]
     expected = {
         "promoter": sorted([*base, "referral_invite"]),
         "passive": sorted([*base, "loyalty_nudge"]),

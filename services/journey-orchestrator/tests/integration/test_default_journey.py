@@ -18,7 +18,7 @@ def kind(e: Any) -> str | None:
     """What the customer is asked: a message's kind, or the review ask, which feedback
     turns into the message because it owns the review link."""
     if isinstance(e.data, ReviewRequested):
-        return "review_request"
+        return "review_reminder" if e.data.reminder else "review_request"
     return getattr(e.data, "kind", None) if isinstance(e.data, MessageRequested) else None
 
 
@@ -101,6 +101,8 @@ async def test_whole_default_journey_by_band(
     else:
         orch.clock.advance(7 * DAY)
     await orch.out(tenant_id, customer, lambda e: kind(e) == "review_request")
+    orch.clock.advance(7 * DAY)  # no review came: the one reminder
+    await orch.out(tenant_id, customer, lambda e: kind(e) == "review_reminder")
     j = await orch.until(
         tenant_id, customer, h, lambda j: j["instances"][0]["status"] == "completed"
     )
@@ -110,6 +112,7 @@ async def test_whole_default_journey_by_band(
     invited = [e for e in mine if e.type == "afterglow.referral.invited.v1"]
     escalated = [e for e in mine if e.type == "afterglow.support.escalation_requested.v1"]
     assert kinds.count("review_request") == 1  # everyone is asked: no review gating
+    assert kinds.count("review_reminder") == 1
     assert (len(invited) == 1) == (band == "promoter")
     assert (len(escalated) == 1) == (band == "detractor")
     assert ("loyalty_nudge" in kinds) == (band == "passive")

@@ -184,7 +184,31 @@ class TestDefaultJourney:
             ("survey", "nps"),
             ("request_review", None),
             ("invite_referral", None),
+            ("request_review", None),  # the one reminder
         ]
+
+    def test_one_review_reminder_a_week_after_the_ask(self) -> None:
+        recs = self.run("promoter")
+        asks = [
+            (r.at, a.params.get("reminder"))
+            for r in recs
+            for a in r.actions
+            if a.type == "request_review"
+        ]
+        assert [reminder for _, reminder in asks] == [False, True]
+        assert asks[1][0] - asks[0][0] == timedelta(days=7)
+
+    def test_a_review_ends_the_wait_for_the_reminder(self) -> None:
+        # delivered day 2, asked day 16; reviewed day 18: the reminder request leaves at
+        # once, and feedback drops it for an order already reviewed.
+        recs = self.run("promoter", extra=[ev("review.submitted", T0 + timedelta(days=18))])
+        reminder = next(
+            r
+            for r in recs
+            for a in r.actions
+            if a.type == "request_review" and a.params.get("reminder")
+        )
+        assert reminder.at == T0 + timedelta(days=18)
 
     def test_passive_gets_review_ask_and_loyalty_nudge(self) -> None:
         acts = flat(self.run("passive"))

@@ -518,6 +518,10 @@ DEFAULT_JOURNEY_BODY: dict[str, Any] = {
                         },
                     ],
                 },
+                # One reminder a week later, as Yotpo, Stamped and Loox do; feedback does
+                # not send it to someone who has reviewed the order meanwhile.
+                {"type": "wait_for", "event": "review.submitted", "timeout": "P7D"},
+                {"type": "request_review", "reminder": True},
             ],
         },
     ],
