@@ -89,6 +89,100 @@ class TestCodes:
         assert r.json()["share_url"] == f"https://shop.example/?ref={code}"
 
 
+class TestSettings:
+    async def test_defaults_until_the_tenant_sets_its_own(self, service, tenant_id):
+        defaults = service.runtime.settings
+        r = await service.client.get("/v1/settings", headers=await service.headers(tenant_id))
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "share_base_url": defaults.referrals_share_base_url,
+            "return_window_days": defaults.referrals_return_window_days,
+            "attribution_window_days": defaults.referrals_attribution_days,
+            "sources": {
+                "share_base_url": "default",
+                "return_window_days": "default",
+                "attribution_window_days": "default",
+            },
+        }
+
+    async def test_a_put_sets_the_fields_it_names_and_null_restores_the_default(
+        self, service, tenant_id
+    ):
+        headers = await service.headers(tenant_id)
+        put = await service.client.put(
+            "/v1/settings", json={"share_base_url": "https://shop.example/"}, headers=headers
+        )
+        assert put.status_code == 200, put.text
+        put = await service.client.put(
+            "/v1/settings",
+            json={"return_window_days": 0, "attribution_window_days": 14},
+            headers=headers,
+        )
+        assert put.status_code == 200, put.text
+        body = put.json()
+        assert body["share_base_url"] == "https://shop.example/"  # not named: kept
+        assert (body["return_window_days"], body["attribution_window_days"]) == (0, 14)
+        assert set(body["sources"].values()) == {"tenant"}
+        assert (await service.client.get("/v1/settings", headers=headers)).json() == body
+
+        r = await service.client.put(
+            "/v1/settings", json={"return_window_days": None}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["return_window_days"] == service.runtime.settings.referrals_return_window_days
+        assert body["sources"] == {
+            "share_base_url": "tenant",
+            "return_window_days": "default",
+            "attribution_window_days": "tenant",
+        }
+        assert body["attribution_window_days"] == 14
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("return_window_days", -1),
+            ("return_window_days", 366),
+            ("return_window_days", "30"),
+            ("return_window_days", 1.5),
+            ("return_window_days", True),
+            ("attribution_window_days", 0),
+            ("attribution_window_days", 366),
+            ("attribution_window_days", "90"),
+        ],
+    )
+    async def test_a_bad_window_is_422_naming_the_field(self, service, tenant_id, field, value):
+        headers = await service.headers(tenant_id)
+        r = await service.client.put(
+            "/v1/settings",
+            json={"share_base_url": "https://shop.example/", field: value},
+            headers=headers,
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "validation_error"
+        assert r.json()["error"]["field"] == field
+        # Nothing of the rejected request was stored, not even its valid field.
+        after = (await service.client.get("/v1/settings", headers=headers)).json()
+        assert set(after["sources"].values()) == {"default"}
+
+    async def test_the_edges_of_the_ranges_are_accepted(self, service, tenant_id):
+        headers = await service.headers(tenant_id)
+        for return_days, attribution_days in ((0, 1), (365, 365)):
+            r = await service.client.put(
+                "/v1/settings",
+                json={
+                    "return_window_days": return_days,
+                    "attribution_window_days": attribution_days,
+                },
+                headers=headers,
+            )
+            assert r.status_code == 200, r.text
+            assert (r.json()["return_window_days"], r.json()["attribution_window_days"]) == (
+                return_days,
+                attribution_days,
+            )
+
+
 class TestAttributions:
     async def _order(self, service, tenant, customer, **kw):
         order = service.placed(**kw)

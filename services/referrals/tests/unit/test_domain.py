@@ -75,6 +75,44 @@ def identity(cid: str, email: str | None = None, phone: str | None = None, addr:
     )
 
 
+class TestPolicy:
+    DEFAULTS = domain.Policy(
+        share_base_url="https://default.example/r",
+        return_window_days=30,
+        attribution_window_days=90,
+    )
+
+    def test_a_tenant_that_set_nothing_gets_the_defaults(self) -> None:
+        policy = self.DEFAULTS.overridden_by({})
+        assert (policy.return_window_days, policy.attribution_window_days) == (30, 90)
+        assert set(policy.sources.values()) == {"default"}
+
+    def test_a_tenant_value_wins_and_a_null_falls_back(self) -> None:
+        policy = self.DEFAULTS.overridden_by(
+            {"share_base_url": None, "return_window_days": 0, "attribution_window_days": None}
+        )
+        assert policy.return_window_days == 0  # a zero is a choice, not "unset"
+        assert policy.share_base_url == "https://default.example/r"
+        assert dict(policy.sources) == {
+            "share_base_url": "default",
+            "return_window_days": "tenant",
+            "attribution_window_days": "default",
+        }
+
+    def test_the_tenant_windows_drive_due_time_and_attribution(self) -> None:
+        policy = self.DEFAULTS.overridden_by(
+            {"return_window_days": 14, "attribution_window_days": 7}
+        )
+        assert policy.confirmation_due(T0) == T0 + timedelta(days=14)
+        limits = policy.limits(Limits(attribution_days=90, advocate_cap=2))
+        assert (limits.attribution_days, limits.advocate_cap) == (7, 2)
+        late = domain.evaluate(facts(placed_at=T0 + timedelta(days=8)), limits)
+        assert (late.reason, late.detail) == (
+            "outside_window",
+            "order placed more than 7 days after",
+        )
+
+
 class TestSelfReferral:
     @pytest.mark.parametrize(
         ("referee", "detail"),

@@ -66,11 +66,12 @@ def _referral_out(r: Referral) -> ReferralOut:
 
 
 async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
-    ends = domain.window_ends_at(code.invited_at, svc.limits.attribution_days)
+    policy = await svc.policy(session, code.tenant_id)
+    ends = domain.window_ends_at(code.invited_at, policy.attribution_window_days)
     return CodeOut(
         code=code.code,
         advocate_customer_id=code.advocate_customer_id,
-        share_url=await svc.share_url(session, code.tenant_id, code.code),
+        share_url=domain.share_url(policy.share_base_url, code.code),
         issued_at=code.issued_at,
         invited_at=code.invited_at,
         window_ends_at=ends,
@@ -208,25 +209,58 @@ async def review(
 
 
 class SettingsIn(BaseModel):
+    """Fields left out keep their current value; ``null`` returns a field to the service
+    default. Day counts must be JSON integers: "30" or 30.5 is a mistake, not a 30."""
+
     model_config = ConfigDict(extra="forbid")
-    share_base_url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500)
+    share_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=500)
+    return_window_days: int | None = Field(
+        default=None,
+        ge=domain.RETURN_WINDOW_DAYS[0],
+        le=domain.RETURN_WINDOW_DAYS[1],
+        strict=True,
+        description="Days after fulfilment before a conversion is confirmed; 0: at once",
+    )
+    attribution_window_days: int | None = Field(
+        default=None,
+        ge=domain.ATTRIBUTION_WINDOW_DAYS[0],
+        le=domain.ATTRIBUTION_WINDOW_DAYS[1],
+        strict=True,
+        description="Days after the invitation during which an order counts",
+    )
 
 
 class SettingsOut(BaseModel):
     share_base_url: str
+    return_window_days: int
+    attribution_window_days: int
+    sources: dict[str, domain.Source] = Field(
+        description='Per field: "tenant" (set by the tenant) or "default" (the service\'s)'
+    )
 
 
-@router.get("/settings", summary="The tenant's referral settings")
+def _settings_out(policy: domain.Policy) -> SettingsOut:
+    return SettingsOut(
+        share_base_url=policy.share_base_url,
+        return_window_days=policy.return_window_days,
+        attribution_window_days=policy.attribution_window_days,
+        sources=dict(policy.sources),
+    )
+
+
+@router.get("/settings", summary="The tenant's effective referral settings")
 async def get_settings(principal: Reader, session: Session, svc: Svc) -> SettingsOut:
-    return SettingsOut(share_base_url=await svc.share_base_url(session, principal.tenant_id))
+    return _settings_out(await svc.policy(session, principal.tenant_id))
 
 
-@router.put("/settings", summary="Set the tenant's share base URL (its shop)")
+@router.put("/settings", summary="Set the tenant's share base URL (its shop) and its windows")
 async def put_settings(
     body: SettingsIn, principal: Writer, session: Session, svc: Svc
 ) -> SettingsOut:
-    await svc.set_share_base_url(session, principal.tenant_id, body.share_base_url)
-    return SettingsOut(share_base_url=body.share_base_url)
+    """A window applies to due times and attribution decisions made from now on: a
+    pending conversion keeps the confirmation time computed when its order shipped."""
+    changes = body.model_dump(include=body.model_fields_set)
+    return _settings_out(await svc.update_settings(session, principal.tenant_id, changes))
 
 
 class MetricsOut(BaseModel):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # No 0/O, 1/I/L: a code read aloud or copied from a printed card must survive.
@@ -96,6 +96,40 @@ def within_window(invited_at: datetime, placed_at: datetime, days: int) -> bool:
 def confirmation_due(fulfilled_at: datetime, return_window_days: int) -> datetime:
     """The advocate's reward is granted once the referee can no longer return the order."""
     return fulfilled_at + timedelta(days=return_window_days)
+
+
+# --- per-tenant policy ----------------------------------------------------------------
+
+# Inclusive bounds of what a tenant may set. A return window of 0 days is a final sale:
+# the conversion is confirmed as soon as the order is fulfilled.
+RETURN_WINDOW_DAYS = (0, 365)
+ATTRIBUTION_WINDOW_DAYS = (1, 365)
+
+Source = Literal["tenant", "default"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A tenant's effective settings: its own value where it set one, else the service's
+    default; ``sources`` says which, per field, so the API can show it."""
+
+    share_base_url: str
+    return_window_days: int
+    attribution_window_days: int
+    sources: Mapping[str, Source] = field(default_factory=dict)
+
+    def overridden_by(self, own: Mapping[str, Any]) -> Policy:
+        """This policy (the service's defaults) with the tenant's non-null values."""
+        names = [f.name for f in fields(self) if f.name != "sources"]
+        chosen = {n: own[n] for n in names if own.get(n) is not None}
+        sources: dict[str, Source] = {n: "tenant" if n in chosen else "default" for n in names}
+        return replace(self, **chosen, sources=sources)
+
+    def limits(self, base: Limits) -> Limits:
+        return replace(base, attribution_days=self.attribution_window_days)
+
+    def confirmation_due(self, fulfilled_at: datetime) -> datetime:
+        return confirmation_due(fulfilled_at, self.return_window_days)
 
 
 # --- fraud checks --------------------------------------------------------------------

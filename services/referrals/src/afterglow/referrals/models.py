@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from afterglow.events import event_tables
 from afterglow.kit.auth import api_keys_table
 from afterglow.kit.db import service_metadata
+from afterglow.referrals.domain import ATTRIBUTION_WINDOW_DAYS, RETURN_WINDOW_DAYS
 
 SCHEMA = "referrals"
 
@@ -117,11 +127,24 @@ class Referral(Base):
     refunded_amount: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
+def _between(column: str, bounds: tuple[int, int]) -> CheckConstraint:
+    return CheckConstraint(f"{column} BETWEEN {bounds[0]} AND {bounds[1]}", name=f"{column}_range")
+
+
 class TenantSettings(Base):
+    """A tenant's own settings; a null column means the service's default applies, so a
+    tenant that never chose a value follows a change of the default."""
+
     __tablename__ = "tenant_settings"
+    __table_args__ = (
+        _between("return_window_days", RETURN_WINDOW_DAYS),
+        _between("attribution_window_days", ATTRIBUTION_WINDOW_DAYS),
+    )
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    share_base_url: Mapped[str] = mapped_column(Text)
+    share_base_url: Mapped[str | None] = mapped_column(Text)
+    return_window_days: Mapped[int | None] = mapped_column(Integer)
+    attribution_window_days: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(TS)
 
 

@@ -39,6 +39,8 @@ OPEN_STATES = ("pending", "held")
 CODE_ATTEMPTS = 8
 # Customers pseudonymized per statement in a tenant-wide erasure (two binds each).
 ERASE_BATCH = 1000
+# The columns of tenant_settings a tenant sets; each null one falls back to the default.
+TENANT_SETTINGS = ("share_base_url", "return_window_days", "attribution_window_days")
 
 
 class CodeCollision(Exception):
@@ -71,23 +73,48 @@ class ReferralService:
 
     # --- settings -----------------------------------------------------------------
 
-    async def share_base_url(self, session: AsyncSession, tenant_id: str) -> str:
-        row = await session.get(TenantSettings, tenant_id)
-        return row.share_base_url if row else self.settings.referrals_share_base_url
+    @property
+    def defaults(self) -> domain.Policy:
+        """What a tenant that set nothing gets: the service's settings."""
+        s = self.settings
+        return domain.Policy(
+            share_base_url=s.referrals_share_base_url,
+            return_window_days=s.referrals_return_window_days,
+            attribution_window_days=s.referrals_attribution_days,
+        )
+
+    def _policy_of(self, row: TenantSettings | None) -> domain.Policy:
+        own = {} if row is None else {n: getattr(row, n) for n in TENANT_SETTINGS}
+        return self.defaults.overridden_by(own)
+
+    async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
+        return self._policy_of(await session.get(TenantSettings, tenant_id))
 
     async def share_url(self, session: AsyncSession, tenant_id: str, code: str) -> str:
-        return domain.share_url(await self.share_base_url(session, tenant_id), code)
+        return domain.share_url((await self.policy(session, tenant_id)).share_base_url, code)
 
-    async def set_share_base_url(self, session: AsyncSession, tenant_id: str, url: str) -> None:
+    async def update_settings(
+        self, session: AsyncSession, tenant_id: str, changes: dict[str, Any]
+    ) -> domain.Policy:
+        """Set the named fields (``None``: back to the service default), leave the others.
+        An upsert, so two first writes of one tenant cannot collide on its row."""
+        unknown = set(changes) - set(TENANT_SETTINGS)
+        if unknown:
+            raise ValueError(f"not tenant settings: {sorted(unknown)}")
+        if not changes:
+            return await self.policy(session, tenant_id)
         stmt = pg_insert(TenantSettings).values(
-            tenant_id=tenant_id, share_base_url=url, updated_at=self.clock.now()
+            tenant_id=tenant_id, updated_at=self.clock.now(), **changes
         )
-        await session.execute(
+        row = await session.scalar(
             stmt.on_conflict_do_update(
                 index_elements=["tenant_id"],
-                set_={"share_base_url": url, "updated_at": stmt.excluded.updated_at},
+                set_={name: stmt.excluded[name] for name in [*changes, "updated_at"]},
             )
+            .returning(TenantSettings)
+            .execution_options(populate_existing=True)
         )
+        return self._policy_of(row)
 
     # --- codes --------------------------------------------------------------------
 
@@ -341,8 +368,10 @@ class ReferralService:
         # Then the order, as its fulfilment, refund and cancellation handlers do before
         # touching its referral: whichever commits first, the other sees its effect.
         order = await self._locked_order(session, order.tenant_id, order.order_id) or order
+        policy = await self.policy(session, code.tenant_id)
         decision = domain.evaluate(
-            await self._facts(session, code, order, platform_orders_count), self.limits
+            await self._facts(session, code, order, platform_orders_count),
+            policy.limits(self.limits),
         )
         now = self.clock.now()
         state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
@@ -369,7 +398,7 @@ class ReferralService:
                 attributed_at=now,
                 decided_at=now if state == "rejected" else None,
                 fulfilled_at=fulfilled_at,
-                confirm_due_at=self._confirmation_due(fulfilled_at) if fulfilled_at else None,
+                confirm_due_at=policy.confirmation_due(fulfilled_at) if fulfilled_at else None,
                 refunded_amount=order.refunded_amount,
             )
             .on_conflict_do_nothing()
@@ -460,19 +489,17 @@ class ReferralService:
             )
         ).first()
 
-    def _confirmation_due(self, fulfilled_at: datetime) -> datetime:
-        return domain.confirmation_due(fulfilled_at, self.settings.referrals_return_window_days)
-
     async def order_fulfilled(
         self, session: AsyncSession, tenant_id: str, order_id: str, fulfilled_at: datetime
     ) -> None:
         """order.fulfilled, and order.delivered (a delivered order was fulfilled, even when
-        the platform never said so). The first of them starts the return window."""
+        the platform never said so). The first of them starts the return window, whose
+        length is the tenant's setting now: a due time once set is not recomputed."""
         order = await self._locked_order(session, tenant_id, order_id)
         if order is not None and order.fulfilled_at is None:
             order.fulfilled_at = fulfilled_at
             await session.flush()
-        due = self._confirmation_due(fulfilled_at)
+        due = (await self.policy(session, tenant_id)).confirmation_due(fulfilled_at)
         await session.execute(
             update(Referral)
             .where(

@@ -1,6 +1,7 @@
 """Referrals settings: service-wide defaults, each prefixed ``referrals_``.
 
-A tenant's share base URL can be overridden per tenant through ``PUT /v1/settings``.
+A tenant can override the share base URL, the attribution window and the return window
+through ``PUT /v1/settings``; these three are the defaults for tenants that did not.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ class ReferralsSettings(ServiceSettings):
     # travels as ``?ref=CODE``, the landing-site parameter ingest normalizes.
     referrals_share_base_url: str = "http://localhost:8005/r"
     referrals_code_length: int = 7
-    # Friendbuy's default: an order counts for 90 days after the invitation.
+    # Friendbuy's default: an order counts for 90 days after the invitation. A tenant's
+    # attribution_window_days overrides it.
     referrals_attribution_days: int = 90
-    # The advocate's reward waits until the referee can no longer return the order.
+    # The advocate's reward waits until the referee can no longer return the order. A
+    # tenant's return_window_days overrides it (shops' return policies differ).
     referrals_return_window_days: int = 30
     referrals_advocate_cap: int = 10
     referrals_advocate_cap_days: int = 30
