@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # ingest_support: signing helpers
+
+from ingest_fakes import FakePlatforms, running_fake
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
@@ -66,6 +68,13 @@ async def tap(stack: Stack) -> AsyncIterator[TopicTap]:
         "afterglow.tenants",
     ) as t:
         yield t
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakePlatforms]:
+    """The platforms' order APIs (Shopify, WooCommerce, BigCommerce), on 127.0.0.1."""
+    with running_fake() as f:
+        yield f
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""A local stand-in for the Shopify Admin REST and WooCommerce REST order APIs (third
-parties: the only fakes the house allows), served by uvicorn on 127.0.0.1 in a thread."""
+"""A local stand-in for the Shopify Admin REST, WooCommerce REST and BigCommerce V2
+order APIs (third parties: the only fakes the house allows), served by uvicorn on
+127.0.0.1 in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import socket
@@ -23,6 +25,12 @@ class FakePlatforms:
         self.shopify: dict[str, list[dict[str, Any]]] = {}
         self.woo: dict[str, list[dict[str, Any]]] = {}
         self.bigcommerce: dict[str, dict[str, Any]] = {}
+        # BigCommerce store behaviour by access token: a status every request gets (the
+        # store API down), and a gate requests wait on (a slow store) until it is set.
+        self.bc_status: dict[str, int] = {}
+        self.bc_gates: dict[str, threading.Event] = {}
+        # "<token> <path>" of every BigCommerce request, answered or not.
+        self.bc_requests: list[str] = []
         self.requests: list[str] = []
         self.url = ""
         self.app = self._build()
@@ -79,17 +87,35 @@ class FakePlatforms:
 
         @app.get("/stores/{store_hash}/v2/orders/{order_id}")
         async def bc_order(request: Request, store_hash: str, order_id: int) -> JSONResponse:
-            order = self.bigcommerce.get(f"{request.headers.get('x-auth-token')}:{order_id}")
+            token = await self._bc_arrive(request)
+            if token in self.bc_status:
+                return JSONResponse({"status": self.bc_status[token]}, self.bc_status[token])
+            order = self.bigcommerce.get(f"{token}:{order_id}")
             if order is None:
-                return JSONResponse({"status": 404}, 404)
-            return JSONResponse(order)
+                return JSONResponse({"status": 404, "title": "order not found"}, 404)
+            return JSONResponse({k: v for k, v in order.items() if k != "_products"})
 
         @app.get("/stores/{store_hash}/v2/orders/{order_id}/products")
         async def bc_products(request: Request, store_hash: str, order_id: int) -> JSONResponse:
-            order = self.bigcommerce.get(f"{request.headers.get('x-auth-token')}:{order_id}")
+            token = await self._bc_arrive(request)
+            if token in self.bc_status:
+                return JSONResponse({"status": self.bc_status[token]}, self.bc_status[token])
+            order = self.bigcommerce.get(f"{token}:{order_id}")
             return JSONResponse((order or {}).get("_products", []))
 
         return app
+
+    async def _bc_arrive(self, request: Request) -> str:
+        token = request.headers.get("x-auth-token", "")
+        self.bc_requests.append(f"{token} {request.url.path}")
+        gate = self.bc_gates.get(token)
+        if gate is not None:
+            # The test sets it from its own thread; bounded so a forgotten gate ends.
+            await asyncio.to_thread(gate.wait, 30)
+        return token
+
+    def bc_request_count(self, token: str) -> int:
+        return sum(r.startswith(f"{token} ") for r in self.bc_requests)
 
 
 def _free_port() -> int:

@@ -47,6 +47,26 @@ async def register(client: httpx.AsyncClient, tenant_id: str) -> dict[str, str]:
     return r.json()["secrets"]
 
 
+async def connect(
+    client: httpx.AsyncClient, tenant_id: str, platform: str, url: str, token: str
+) -> None:
+    """The tenant's platform API credentials (reconciliation, BigCommerce fetch)."""
+    r = await client.put(
+        f"/admin/tenants/{tenant_id}/connections/{platform}",
+        headers=ADMIN,
+        json={"api_base_url": url, "access_token": token},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def api_key(client: httpx.AsyncClient, tenant_id: str, *scopes: str) -> str:
+    r = await client.post(
+        f"/admin/tenants/{tenant_id}/api-keys", headers=ADMIN, json={"scopes": list(scopes)}
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
 def shop_domain(tenant_id: str) -> str:
     return f"{tenant_id}.myshopify.com"
 

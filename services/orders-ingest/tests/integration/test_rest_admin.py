@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ingest_support import ADMIN, fixture, outbox_count, post_shopify, register
+from ingest_support import ADMIN, api_key, fixture, outbox_count, post_shopify, register
 from sqlalchemy import text
 
 ORDER = {
@@ -19,14 +19,6 @@ ORDER = {
         "total": {"amount": 12999, "currency": "USD"},
     },
 }
-
-
-async def api_key(client, tenant_id: str, *scopes: str) -> str:
-    r = await client.post(
-        f"/admin/tenants/{tenant_id}/api-keys", headers=ADMIN, json={"scopes": list(scopes)}
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["key"]
 
 
 class TestAdmin:

@@ -158,3 +158,26 @@ class TestFacts:
         )
         assert domain.fact_key(refund) == "o:refund:r1"
         assert domain.fact_key(c.TicketResolved(ticket_id="t", resolved_at=t)) is None
+
+
+class TestBigCommerce:
+    def test_order_ref_names_the_missing_field(self):
+        hook = load("bigcommerce_order_created")
+        assert domain.bigcommerce_order_ref(hook) == "250"
+        for bad in ({}, {"data": "250"}, {"data": {"type": "order"}}, {"data": {"id": ""}}):
+            with pytest.raises(domain.NormalizationError) as err:
+                domain.bigcommerce_order_ref(bad)
+            assert err.value.field == "data.id"
+
+    def test_order_normalization_error_names_the_field(self):
+        order = load("bigcommerce_order")
+        del order["total_inc_tax"]
+        with pytest.raises(domain.NormalizationError) as err:
+            domain.normalize_bigcommerce_order(order, order["_products"])
+        assert err.value.field == "total_inc_tax"
+
+    def test_fetch_retry_delay_doubles_up_to_the_cap(self):
+        delays = [domain.retry_delay_s(n, 30, 3600) for n in range(1, 10)]
+        assert delays == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+        # Absurd attempt counts stay bounded (no float overflow).
+        assert domain.retry_delay_s(10_000, 30, 3600) == 3600

@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
-from afterglow.ingest import domain, intake, registry
+from afterglow.ingest import bigcommerce, domain, intake, registry
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit import standard_webhooks
@@ -25,7 +25,6 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import (
-    AppError,
     BadRequest,
     Conflict,
     NotFound,
@@ -34,13 +33,6 @@ from afterglow.kit.errors import (
     Unprocessable,
 )
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
-
-
-class ServiceUnavailable(AppError):
-    """A platform API we depend on is down: the sender should retry later."""
-
-    status_code, code = 503, "upstream_unavailable"
-
 
 webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
 rest = APIRouter(prefix="/v1", tags=["orders and support events"])
@@ -100,12 +92,18 @@ class DeliveryOutcome(BaseModel):
         }
     )
     delivery_id: str
-    status: str = Field(description="processed, archived (unknown topic) or duplicate")
+    status: str = Field(
+        description="processed, archived (unknown topic), duplicate, or fetch_pending "
+        "(BigCommerce: the order is fetched from the store's API in the background)"
+    )
     events: list[str] = Field(description="Ids of the events emitted by this call")
 
 
 _OUTCOMES: dict[int | str, dict[str, Any]] = {
-    200: {"model": DeliveryOutcome, "description": "Stored and processed, or a duplicate"},
+    200: {
+        "model": DeliveryOutcome,
+        "description": "Stored and processed (BigCommerce: stored, fetch pending), or a duplicate",
+    },
     202: {
         "description": "Unknown topic: stored (archived), no event",
         "content": {
@@ -665,6 +663,9 @@ class DeliveryOut(BaseModel):
                     "received_at": "2026-03-02T14:30:01Z",
                     "event_ids": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
                     "replays": 0,
+                    "attempts": 0,
+                    "next_attempt_at": None,
+                    "last_error": None,
                 }
             ]
         }
@@ -672,11 +673,17 @@ class DeliveryOut(BaseModel):
     id: str
     platform: str
     topic: str
-    status: str
+    status: str = Field(
+        description="processed, archived, fetch_pending (BigCommerce, waiting for its "
+        "fetch) or failed (the fetch gave up; last_error says why)"
+    )
     dedupe_key: str
     received_at: datetime
     event_ids: list[str]
     replays: int
+    attempts: int = Field(description="Fetches tried (BigCommerce); 0 elsewhere")
+    next_attempt_at: datetime | None = Field(description="When the next fetch is due")
+    last_error: str | None = Field(description="Why the last fetch failed")
 
 
 class DeliveryPage(BaseModel):
@@ -756,6 +763,9 @@ class DeliveryDetail(DeliveryOut):
                     "received_at": "2026-03-02T14:30:01Z",
                     "event_ids": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
                     "replays": 0,
+                    "attempts": 0,
+                    "next_attempt_at": None,
+                    "last_error": None,
                     "headers": {"x-shopify-topic": "orders/create"},
                     "body": '{"id": 820982911946154508}',
                 }
@@ -795,7 +805,9 @@ async def get_delivery(
     summary="Normalize a stored delivery again and publish its events (scope orders:write)",
     description="Events keep their derived ids, so services that already applied them "
     "drop the repeat; an archived delivery whose topic is now known emits for the "
-    "first time.",
+    "first time. A BigCommerce order delivery is queued for a fresh fetch of the order "
+    "(status fetch_pending, attempts reset); the worker then emits what no delivery "
+    "said yet and publishes again what this one said before, with the same ids.",
     response_model=DeliveryOutcome,
     responses={404: {"description": "No such delivery for this tenant"}},
 )
@@ -815,8 +827,11 @@ async def replay_delivery(
     ).scalar()
     if d is None:
         raise NotFound("no such delivery", field="delivery_id")
-    if d.platform == "bigcommerce":
-        raise Conflict("BigCommerce deliveries are replayed by reconciliation, not here")
+    if d.platform == bigcommerce.PLATFORM and d.topic in domain.BIGCOMMERCE_SCOPES:
+        # The body holds only ids: the replay is a new fetch, done by the worker.
+        bigcommerce.requeue(d, rt.clock.now())
+        d.replays += 1
+        return DeliveryOutcome(delivery_id=d.id, status=d.status, events=[])
     try:
         normalized = await intake.normalize(
             session, d.tenant_id, d.platform, d.topic, parse_json(d.body)
@@ -1060,7 +1075,8 @@ async def reconcile_now(
 
 @webhooks.post(
     "/bigcommerce/{tenant_id}",
-    summary="BigCommerce order webhooks (ids only: the order is fetched from its API)",
+    summary="BigCommerce order webhooks (ids only: stored and answered at once, the order "
+    "is fetched from the store's API in the background)",
     responses=_OUTCOMES,
     response_model=DeliveryOutcome,
     openapi_extra=_webhook_doc(
@@ -1098,24 +1114,22 @@ async def bigcommerce_webhook(
         raise Unprocessable("hash is required", field="hash")
     dedupe_key = str(payload["hash"])
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
-    if await intake.delivery_exists(session, tenant_id, "bigcommerce", dedupe_key):
-        did = intake.delivery_id_for(tenant_id, "bigcommerce", dedupe_key)
-        return JSONResponse(intake.Outcome(did, "duplicate").body(), status_code=200)
-    normalized = domain.Normalized(known_topic=False)
     if scope in domain.BIGCOMMERCE_SCOPES:
-        data = payload.get("data") or {}
-        if not data.get("id"):
-            raise Unprocessable("data.id is required", field="data.id")
-        from afterglow.ingest.reconcile import fetch_bigcommerce_order
-
         try:
-            order, products = await fetch_bigcommerce_order(rt, tenant_id, str(data["id"]))
-            normalized = domain.normalize_bigcommerce_order(order, products)
+            domain.bigcommerce_order_ref(payload)
         except domain.NormalizationError as exc:
             raise Unprocessable(str(exc), field=exc.field) from exc
-        except Exception as exc:
-            # The store's API is down: a 503 makes BigCommerce retry (for about 48 h).
-            raise ServiceUnavailable("could not fetch the order from BigCommerce") from exc
+        # No call to the store's API here: a slow store must not fail the webhook.
+        outcome = await bigcommerce.queue(
+            session,
+            tenant_id=tenant_id,
+            topic=scope,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            body=body,
+            received_at=now,
+        )
+        return JSONResponse(outcome.body(), status_code=200)
     outcome = await intake.accept(
         session,
         rt.outbox,
@@ -1126,7 +1140,7 @@ async def bigcommerce_webhook(
         dedupe_key=dedupe_key,
         headers=headers,
         body=body,
-        normalized=normalized,
+        normalized=domain.Normalized(known_topic=False),
         received_at=now,
     )
     return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)

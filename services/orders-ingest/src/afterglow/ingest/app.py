@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.ingest import api
+from afterglow.ingest import api, bigcommerce
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
@@ -21,7 +21,7 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker]
+    return [reconciliation_worker, bigcommerce.fetch_worker]
 
 
 def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:

@@ -675,6 +675,21 @@ _BC_PLACED = {2, 3, 7, 8, 9, 10, 11, 12}
 _BC_SHIPPED = {2, 3, 10}
 
 
+def bigcommerce_order_ref(payload: Mapping[str, Any]) -> str:
+    """The order id a BigCommerce order webhook names (its only content besides the
+    scope and the hash)."""
+    data = payload.get("data")
+    if not isinstance(data, Mapping):
+        raise MissingField("data.id")
+    return str(require(data, "id", "data."))
+
+
+def retry_delay_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff after the ``attempt``-th failure (1-based): base, 2 base,
+    4 base..., never more than ``max_s``."""
+    return float(min(max_s, base_s * 2 ** min(max(attempt - 1, 0), 32)))
+
+
 def normalize_bigcommerce_order(
     order: Mapping[str, Any], products: list[Mapping[str, Any]]
 ) -> Normalized:

@@ -27,7 +27,7 @@ SOURCE = "afterglow/orders-ingest"
 @dataclass
 class Outcome:
     delivery_id: str
-    status: str  # processed | archived | duplicate
+    status: str  # processed | archived | duplicate | fetch_pending
     event_ids: list[str] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
@@ -49,6 +49,8 @@ async def store_delivery(
     headers: dict[str, str],
     body: bytes,
     received_at: datetime,
+    status: str = "received",
+    next_attempt_at: datetime | None = None,
 ) -> str | None:
     """Insert the raw delivery; None when the same delivery was stored before.
 
@@ -63,12 +65,14 @@ async def store_delivery(
             platform=platform,
             topic=topic,
             dedupe_key=dedupe_key,
-            status="received",
+            status=status,
             received_at=received_at,
             headers=headers,
             body=body,
             event_ids=[],
             replays=0,
+            attempts=0,
+            next_attempt_at=next_attempt_at,
         )
         .on_conflict_do_nothing()
         .returning(Delivery.id)
@@ -120,13 +124,19 @@ async def emit(
     normalized: domain.Normalized,
     received_at: datetime,
     replay: bool = False,
+    ids_by_fact: bool = False,
 ) -> list[str]:
     """Turn normalized output into outbox events; returns the ids added.
 
     Event ids derive from the delivery and the position, so a replay (or a retried
     transaction) yields the same ids and downstream inboxes drop repeats. On replay
     the fact table is bypassed and already-sent rows are queued again: an operator
-    replays on purpose, and the unchanged ids make it harmless downstream."""
+    replays on purpose, and the unchanged ids make it harmless downstream.
+
+    ``ids_by_fact`` derives an order event's id from its fact instead of its position:
+    for a delivery whose content is fetched again (BigCommerce) and may have changed,
+    so that a later fetch's "cancelled" at position 0 is not taken for the first
+    fetch's "placed" at position 0."""
     if normalized.order is not None:
         o = normalized.order
         stmt = pg_insert(Order).values(
@@ -150,8 +160,9 @@ async def emit(
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
-        event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, str(index))
         fact = domain.fact_key(data)
+        part = fact if ids_by_fact and fact is not None else str(index)
+        event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, part)
         if fact is not None and not replay:
             inserted = (
                 await session.execute(
@@ -181,13 +192,21 @@ async def emit(
         )
     await outbox.add(session, *events)
     ids = [e.id for e in events]
-    if replay and ids:
-        await session.execute(
-            update(tables.outbox)
-            .where(tables.outbox.c.event_id.in_(ids), tables.outbox.c.sent_at.is_not(None))
-            .values(sent_at=None)
-        )
+    if replay:
+        await requeue_sent(session, tables, ids)
     return ids
+
+
+async def requeue_sent(session: AsyncSession, tables: EventTables, ids: list[str]) -> None:
+    """Publish these already-sent outbox rows again (replay): same ids, so downstream
+    inboxes drop what they already applied."""
+    if not ids:
+        return
+    await session.execute(
+        update(tables.outbox)
+        .where(tables.outbox.c.event_id.in_(ids), tables.outbox.c.sent_at.is_not(None))
+        .values(sent_at=None)
+    )
 
 
 async def accept(
@@ -301,14 +320,3 @@ async def normalize(
             ]
         return out
     return domain.Normalized(known_topic=False)
-
-
-async def delivery_exists(
-    session: AsyncSession, tenant_id: str, platform: str, dedupe_key: str
-) -> bool:
-    did = delivery_id_for(tenant_id, platform, dedupe_key)
-    return (
-        await session.execute(
-            select(Delivery.id).where(Delivery.tenant_id == tenant_id, Delivery.id == did)
-        )
-    ).first() is not None

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -82,6 +83,12 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "platform", "dedupe_key", name="uq_deliveries_dedupe"),
         Index("ix_deliveries_tenant_received", "tenant_id", "received_at"),
+        # The fetch worker's poll: only the few deliveries still waiting are indexed.
+        Index(
+            "ix_deliveries_fetch_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'fetch_pending'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -89,13 +96,20 @@ class Delivery(Base):
     platform: Mapped[str] = mapped_column(Text)
     topic: Mapped[str] = mapped_column(Text)
     dedupe_key: Mapped[str] = mapped_column(Text)
-    # processed: events emitted (maybe none); archived: unknown topic, kept for replay.
+    # processed: events emitted (maybe none); archived: unknown topic, kept for replay;
+    # fetch_pending: BigCommerce, waiting for the fetch worker; failed: the fetch gave up
+    # (last_error says why).
     status: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     headers: Mapped[dict[str, Any]] = mapped_column(JSONB)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     event_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     replays: Mapped[int] = mapped_column(Integer, default=0)
+    # The fetch worker's bookkeeping (BigCommerce): attempts made, when the next is due
+    # (or the claim's lease ends), and the last failure.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class OrderFact(Base):

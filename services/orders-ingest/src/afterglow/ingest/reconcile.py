@@ -211,24 +211,3 @@ async def _woocommerce(
             yield "order.updated", domain.woo_dedupe_key(order), order, changed
         if page >= int(resp.headers.get("x-wp-totalpages", "1") or 1) or not orders:
             return
-
-
-async def fetch_bigcommerce_order(
-    runtime: Runtime, tenant_id: str, order_id: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """BigCommerce webhooks carry ids only: read the order and its products."""
-    assert runtime.http is not None
-    async with runtime.sessionmaker() as session:
-        conn = await session.get(PlatformConnection, (tenant_id, "bigcommerce"))
-    if conn is None:
-        raise LookupError("no BigCommerce connection for this tenant")
-    await check_destination(
-        conn.api_base_url, allow_private=runtime.settings.outbound_allow_private
-    )
-    headers = {"X-Auth-Token": conn.access_token, "Accept": "application/json"}
-    base = f"{conn.api_base_url}/v2/orders/{order_id}"
-    order = await runtime.http.get(base, headers=headers)
-    order.raise_for_status()
-    products = await runtime.http.get(f"{base}/products", headers=headers)
-    products.raise_for_status()
-    return order.json(), products.json()

@@ -20,3 +20,13 @@ class IngestSettings(ServiceSettings):
     ingest_reconcile_interval_s: float = 300.0
     ingest_reconcile_overlap_s: float = 60.0
     ingest_reconcile_page_size: int = 50
+    # BigCommerce's deferred fetch: how often the worker looks for due deliveries, how
+    # many it fetches at once, the deadline of one fetch (the order and its products),
+    # and the retries: attempt n waits base * 2**(n-1) seconds, capped; 30 attempts with
+    # 30 s .. 1 h cover about a day of store API outage before a delivery is failed.
+    ingest_fetch_poll_interval_s: float = 1.0
+    ingest_fetch_batch: int = 8
+    ingest_fetch_timeout_s: float = 30.0
+    ingest_fetch_max_attempts: int = 30
+    ingest_fetch_retry_base_s: float = 30.0
+    ingest_fetch_retry_max_s: float = 3600.0
