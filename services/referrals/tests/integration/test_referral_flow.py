@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from afterglow.events import to_record
 from afterglow.events.catalog import CustomerErasureRequested
+from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.events.testing import TopicTap, eventually
-from afterglow.referrals import domain
 from afterglow.referrals.models import Order
 
 REFERRALS = "afterglow.referrals"
@@ -401,7 +401,7 @@ class TestErasure:
         await erase(service, tenant_id, "ref-1")
 
         assert await service.rows_naming(tenant_id, "ref-2")  # only the requested go
-        alias = domain.pseudonym(tenant_id, "adv")
+        alias = pseudonym(tenant_id, "adv")
         assert len(await service.rows_naming(tenant_id, alias)) == 3  # code, two referrals
         after = (await service.client.get("/v1/metrics", headers=headers)).json()
         assert after == before
@@ -418,7 +418,7 @@ class TestErasure:
         await erase(service, tenant_id, "*", scope="tenant")
         for customer in ("adv-a", "ref-a", "adv-b"):
             assert await service.rows_naming(tenant_id, customer) == []
-            alias = domain.pseudonym(tenant_id, customer)
+            alias = pseudonym(tenant_id, customer)
             assert await service.rows_naming(tenant_id, alias), customer
         after = (await service.client.get("/v1/metrics", headers=headers)).json()
         assert after == before
@@ -443,7 +443,7 @@ async def erase(service, tenant, customer, scope="customer"):
                     for c in await s.scalars(
                         select(Order.customer_id).where(Order.tenant_id == tenant)
                     )
-                    if not domain.is_pseudonym(c)
+                    if not is_pseudonym(c)
                 ]
         return await service.rows_naming(tenant, customer)
 

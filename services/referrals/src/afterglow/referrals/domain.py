@@ -65,22 +65,6 @@ def contact_hash(value: str | None) -> str | None:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
 
-ERASED_PREFIX = "erased-"
-
-
-def pseudonym(tenant_id: str, customer_id: str) -> str:
-    """The one-way stand-in for an erased customer's id. Deterministic, so one customer
-    maps to one alias in every table (distinct counts in the metrics stay right) and a
-    returning customer's id still finds their erased history (they are not "new").
-    Same formula as loyalty's, so both services agree; it belongs in libs once shared."""
-    digest = hashlib.sha256(f"{tenant_id}:{customer_id}".encode()).hexdigest()
-    return ERASED_PREFIX + digest[:24]
-
-
-def is_pseudonym(customer_id: str) -> bool:
-    return customer_id.startswith(ERASED_PREFIX)
-
-
 # --- attribution window -------------------------------------------------------------
 
 

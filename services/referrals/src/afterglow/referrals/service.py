@@ -28,6 +28,7 @@ from afterglow.events.catalog import (
     ReferralConverted,
     ReferralRejected,
 )
+from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.kit.clock import Clock
 from afterglow.referrals import domain
 from afterglow.referrals.models import Code, Order, Referral, TenantSettings
@@ -660,14 +661,14 @@ class ReferralService:
             )
             .subquery()
         )
-        return [c for c in (await session.scalars(select(ids.c.id))) if not domain.is_pseudonym(c)]
+        return [c for c in (await session.scalars(select(ids.c.id))) if not is_pseudonym(c)]
 
     async def _pseudonymize(
         self, session: AsyncSession, tenant_id: str, customers: list[str]
     ) -> None:
         now = self.clock.now()
         alias = values(column("id", Text), column("alias", Text), name="alias").data(
-            [(c, domain.pseudonym(tenant_id, c)) for c in customers]
+            [(c, pseudonym(tenant_id, c)) for c in customers]
         )
         await session.execute(
             update(Order)
@@ -703,4 +704,4 @@ def _is_customer(
 ) -> ColumnElement[bool]:
     """The customer's rows, including those pseudonymized by an earlier erasure: erasing
     someone must not make them a "new customer" again, nor reset an advocate's cap."""
-    return col.in_((customer, domain.pseudonym(tenant_id, customer)))
+    return col.in_((customer, pseudonym(tenant_id, customer)))
