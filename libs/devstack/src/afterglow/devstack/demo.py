@@ -44,8 +44,8 @@ DEMO_ADMIN_TOKEN = "demo-admin-token"  # noqa: S105 - only for the stack the dem
 
 # Settings that shorten the services' own polling so seconds-long delays are met on
 # time. They are ordinary settings (environment), used by the e2e test and the demo when
-# it starts the services itself. The referral return window is a service setting (days);
-# 0 confirms a referral as soon as the friend's order is fulfilled.
+# it starts the services itself. Business delays (journey waits, return windows) are the
+# demo tenant's own settings instead, so the story runs the same on top of `make dev`.
 FAST_ENV = {
     "RELAY_POLL_INTERVAL_S": "0.1",
     "JOURNEYS_TIMER_POLL_INTERVAL_S": "0.2",
@@ -55,7 +55,6 @@ FAST_ENV = {
     "MESSAGING_BACKOFF_BASE_S": "1",
     "LOYALTY_WORKER_INTERVAL_S": "0.5",
     "REFERRALS_CONFIRM_INTERVAL_S": "0.5",
-    "REFERRALS_RETURN_WINDOW_DAYS": "0",
 }
 
 
@@ -246,9 +245,6 @@ class Scenario:
     tenant_id: str = field(default_factory=lambda: f"demo-{uuid.uuid4().hex[:8]}")
     say: Callable[[str], None] = lambda _: None
     timeout: float = 60.0
-    # Services started with FAST_ENV confirm a referral at once (return window 0 days);
-    # under `make dev` the window is the default 30 days and the referral stays pending.
-    confirm_referral: bool = True
     shopify_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     key: str = ""
     customers: dict[str, Customer] = field(default_factory=dict)
@@ -451,6 +447,10 @@ class Scenario:
             rules.pop(k, None)
         rules["return_window_days"] = 0
         await self.call("PUT", "loyalty", "/v1/rules", json=rules)
+        # ... and a referral is confirmed as soon as the friend's order ships.
+        await self.call(
+            "PUT", "referrals", "/v1/settings", json={"return_window_days": 0}, expect=(200,)
+        )
         await self.call(
             "PUT", "feedback", "/v1/settings", json={"name": "Afterglow Demo Shop"}, expect=(200,)
         )
@@ -748,7 +748,7 @@ class Scenario:
         if not j or j["instances"][0]["status"] != "exited":
             return False
         adv = await self.referrals("promoter")
-        wanted = ("confirmed",) if self.confirm_referral else ("pending", "held", "confirmed")
+        wanted = ("confirmed",)
         return bool(adv and any(r["state"] in wanted for r in adv["referrals"]))
 
     async def summary(self) -> dict[str, Any]:
@@ -832,13 +832,11 @@ def show_message(m: Received) -> None:
         print(f"            | {line}", flush=True)
 
 
-async def _demo(urls: dict[str, list[str]], admin_token: str, *, fast: bool) -> bool:
+async def _demo(urls: dict[str, list[str]], admin_token: str) -> bool:
     t0 = time.monotonic()
     with Receiver(on_message=show_message).running() as receiver:
         printer(f"ESP receiver listening on {receiver.url}")
-        async with Scenario(
-            urls, admin_token, receiver, say=printer, timeout=90, confirm_referral=fast
-        ) as sc:
+        async with Scenario(urls, admin_token, receiver, say=printer, timeout=90) as sc:
             ok = True
             try:
                 await sc.run()
@@ -863,7 +861,7 @@ def main() -> int:
             )
             return 2
         printer("using the services of `make dev` on ports 8001-8005")
-        ok = asyncio.run(_demo(urls, token, fast=False))
+        ok = asyncio.run(_demo(urls, token))
     else:
         from afterglow.devstack.services import running_services
         from afterglow.devstack.stack import running_stack
@@ -882,7 +880,7 @@ def main() -> int:
         ):
             printer(f"stack and services ready in {time.monotonic() - t0:.0f} s")
             urls = {n: [p.url for p in procs] for n, procs in svc.processes.items()}
-            ok = asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN, fast=True))
+            ok = asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN))
     printer(f"demo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s")
     return 0 if ok else 1
 
