@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from afterglow.devstack.services import running_services
-from afterglow.devstack.stack import running_stack
+from afterglow.devstack.stack import ADMIN_TOKEN_FILE, dev_admin_token, running_stack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +48,17 @@ def main(argv: list[str] | None = None) -> int:
             while not stopping:
                 time.sleep(0.5)
             return 0
-        with running_services(stack, state / "logs", names=args.only, fixed_ports=True) as svc:
+        token = dev_admin_token(state, create=True)
+        with running_services(
+            stack,
+            state / "logs",
+            names=args.only,
+            fixed_ports=True,
+            extra_env={"INGEST_ADMIN_TOKEN": token or ""},
+        ) as svc:
             for name, procs in svc.processes.items():
                 print(f"{name:12} {procs[0].url}/docs   (log: {procs[0].log})")
+            print(f"orders-ingest admin token: in {state / ADMIN_TOKEN_FILE} (make demo reads it)")
             print("Afterglow is running. Ctrl-C stops everything.", flush=True)
             while not stopping:
                 for procs in svc.processes.values():

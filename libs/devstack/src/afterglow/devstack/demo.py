@@ -23,7 +23,6 @@ import copy
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import sys
@@ -851,12 +850,14 @@ def main() -> int:
     t0 = time.monotonic()
     urls = _dev_services_up()
     if urls is not None:
-        token = os.environ.get("INGEST_ADMIN_TOKEN", "")
+        from afterglow.devstack.stack import dev_admin_token
+
+        token = dev_admin_token(Path(".afterglow/dev"), create=False)
         if not token:
             print(
-                "Services from `make dev` are up: set INGEST_ADMIN_TOKEN to their admin token"
-                " (start `make dev` with INGEST_ADMIN_TOKEN=... exported), or stop them and"
-                " let the demo start its own.",
+                "Services from `make dev` are up but their admin token is not in"
+                " .afterglow/dev: set INGEST_ADMIN_TOKEN to it, or stop them and let the"
+                " demo start its own.",
                 file=sys.stderr,
             )
             return 2

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,3 +104,26 @@ def running_stack(
             broker.stop()
         if postgres is not None:
             postgres.stop()
+
+
+ADMIN_TOKEN_FILE = "ingest-admin-token"  # noqa: S105 - a file name, not the token
+
+
+def dev_admin_token(state_dir: Path, *, create: bool) -> str | None:
+    """orders-ingest's admin token for a local stack: INGEST_ADMIN_TOKEN when set, else
+    the one ``make dev`` keeps in its state folder (made on first start, owner-only), so
+    ``make demo`` and the CLI find it without anyone copying it around."""
+    token = os.environ.get("INGEST_ADMIN_TOKEN")
+    if token:
+        return token
+    path = state_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    if not create:
+        return None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
