@@ -181,3 +181,28 @@ class TestBigCommerce:
         assert delays == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
         # Absurd attempt counts stay bounded (no float overflow).
         assert domain.retry_delay_s(10_000, 30, 3600) == 3600
+
+
+class TestZendesk:
+    def test_status_change_short_of_solved_is_an_update(self):
+        created = load("zendesk_ticket_created")
+        pending = created | {
+            "type": "zen:event-type:ticket.status_changed",
+            "detail": created["detail"] | {"status": "PENDING"},
+            "event": {"current": "PENDING", "previous": "OPEN"},
+        }
+        [emit] = domain.normalize_zendesk(pending).emits
+        assert isinstance(emit.data, c.TicketUpdated)
+        assert (emit.data.ticket_id, emit.data.status) == ("zendesk:35436", "pending")
+        assert emit.subject == "zendesk:8447388090494"
+
+    def test_closed_resolves_and_other_resources_are_not_tickets(self):
+        created = load("zendesk_ticket_created")
+        closed = created | {
+            "type": "zen:event-type:ticket.status_changed",
+            "event": {"current": "CLOSED", "previous": "SOLVED"},
+        }
+        [emit] = domain.normalize_zendesk(closed).emits
+        assert isinstance(emit.data, c.TicketResolved)
+        user = created | {"type": "zen:event-type:user.created"}
+        assert not domain.normalize_zendesk(user).known_topic
