@@ -198,6 +198,8 @@ async def test_tenant_journey_runs_live_and_simulate_agrees(
     assert f["goal_conversions"] == {"1": 1}
     entered = {s["stage"]: s["entered"] for s in f["stages"]}
     assert entered["hello"] == 2 and entered["thanks"] == 1
+    # ... two journeys through "hello", but one customer
+    assert {s["stage"]: s["customers"] for s in f["stages"]}["hello"] == 1
 
 
 async def test_trigger_filter_keeps_small_orders_out(orch: Orchestrator, tenant_id: str) -> None:

@@ -440,24 +440,27 @@ async def funnel(
             "from/to need a time zone", field="from" if from_.tzinfo is None else "to"
         )
     tenant = principal.tenant_id
-    entered: dict[str | None, int] = dict(
-        (
-            await session.execute(
-                select(
-                    JourneyTransition.to_stage,
-                    func.count(func.distinct(JourneyTransition.instance_id)),
-                )
-                .where(
-                    JourneyTransition.tenant_id == tenant,
-                    JourneyTransition.journey == journey,
-                    JourneyTransition.kind == "stage",
-                    JourneyTransition.at >= from_,
-                    JourneyTransition.at < to,
-                )
-                .group_by(JourneyTransition.to_stage)
+    # Journeys (instances) and customers entering each stage: a repeat buyer's second
+    # journey is a second pass through the funnel, but the same customer.
+    counts = (
+        await session.execute(
+            select(
+                JourneyTransition.to_stage,
+                func.count(func.distinct(JourneyTransition.instance_id)),
+                func.count(func.distinct(JourneyTransition.customer_id)),
             )
-        ).all()
-    )
+            .where(
+                JourneyTransition.tenant_id == tenant,
+                JourneyTransition.journey == journey,
+                JourneyTransition.kind == "stage",
+                JourneyTransition.at >= from_,
+                JourneyTransition.at < to,
+            )
+            .group_by(JourneyTransition.to_stage)
+        )
+    ).all()
+    entered: dict[str | None, int] = {stage: n for stage, n, _ in counts}
+    customers: dict[str | None, int] = {stage: n for stage, _, n in counts}
     row = (
         await session.scalars(
             select(JourneyDefinition)
@@ -476,6 +479,7 @@ async def funnel(
             {
                 "stage": name,
                 "entered": n,
+                "customers": int(customers.get(name, 0)),
                 "conversion_from_previous": None if not prev else round(n / prev, 4),
             }
         )
