@@ -121,6 +121,13 @@ def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -
     )
 
 
+def instance(journey: dict[str, Any] | None) -> dict[str, Any]:
+    """A customer's latest journey instance, or {} while there is none yet: the profile
+    can be readable a moment before the order's journey has started."""
+    instances = (journey or {}).get("instances") or []
+    return dict(instances[0]) if instances else {}
+
+
 @dataclass
 class Received:
     webhook_id: str
@@ -665,7 +672,7 @@ class Scenario:
 
         async def escalated() -> bool:
             j = await self.journey("detractor")
-            return bool(j and j["instances"][0]["band"] == "detractor")
+            return instance(j).get("band") == "detractor"
 
         await self.until("the detractor's answer to reach the journey", escalated)
         # The helpdesk opens a recovery ticket for the escalation, then solves it.
@@ -674,7 +681,7 @@ class Scenario:
 
         async def paused() -> bool:
             j = await self.journey("detractor")
-            return bool(j and j["instances"][0]["status"] == "paused")
+            return instance(j).get("status") == "paused"
 
         await self.until("the detractor's journey to pause on the open ticket", paused)
         await asyncio.sleep(1.0)  # the review ask must not leave while the ticket is open
@@ -689,7 +696,7 @@ class Scenario:
 
         async def exited() -> bool:
             j = await self.journey("refund")
-            return bool(j and j["instances"][0]["status"] == "exited")
+            return instance(j).get("status") == "exited"
 
         await self.until(f"{c.name}'s journey to exit on the refund", exited)
 
@@ -741,10 +748,10 @@ class Scenario:
     async def _all_done(self) -> bool:
         for role in ("promoter", "passive", "detractor"):
             j = await self.journey(role)
-            if not j or j["instances"][0]["status"] != "completed":
+            if instance(j).get("status") != "completed":
                 return False
         j = await self.journey("refund")
-        if not j or j["instances"][0]["status"] != "exited":
+        if instance(j).get("status") != "exited":
             return False
         adv = await self.referrals("promoter")
         wanted = ("confirmed",)
