@@ -658,6 +658,16 @@ class Scenario:
                 "every journey but the friend's to end",
                 self._all_done,
             )
+            # A journey's last ask (the review reminder) still travels through feedback
+            # (which owns the review link) and the dispatcher when the journey completes.
+            await self.until(
+                "the review reminders to reach the ESP",
+                lambda: all(
+                    self.receiver.of(self.customers[role].id, "review_reminder")
+                    for role in ("promoter", "passive", "detractor")
+                ),
+                30,
+            )
         finally:
             stop.set()
             await watcher
