@@ -17,7 +17,7 @@ from afterglow.events.envelope import (
     from_record,
     to_record,
 )
-from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
+from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer, stop_within
 from afterglow.events.outbox import Outbox, OutboxRelay
 from afterglow.events.tables import EventTables, event_tables
 from afterglow.events.topics import TOPICS, Topic, ensure_topics
@@ -48,6 +48,7 @@ __all__ = [
     "ensure_topics",
     "event_tables",
     "from_record",
+    "stop_within",
     "to_record",
     "topic_for",
 ]

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from afterglow.events.catalog import topic_for
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent, MalformedEvent, from_record
-from afterglow.events.kafka import KafkaConfig, build_consumer
+from afterglow.events.kafka import KafkaConfig, build_consumer, stop_within
 from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
 
@@ -130,12 +130,7 @@ class EventConsumer:
             # Bounded: leaving the group can wait on a coordinator mid-rebalance, and a
             # member that does not say goodbye is only dropped after its session
             # timeout; its offsets are committed already, so nothing is lost.
-            try:
-                await asyncio.wait_for(consumer.stop(), timeout=STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.warning(
-                    "consumer did not leave its group in time", extra={"consumer": self.name}
-                )
+            await stop_within(consumer.stop, timeout_s=STOP_TIMEOUT_S, what=f"consumer {self.name}")
         self.started = False
 
     async def run(self) -> None:

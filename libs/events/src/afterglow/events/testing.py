@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from afterglow.events.envelope import CloudEvent, from_record
+from afterglow.events.kafka import stop_within
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ class TopicTap:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
+        await stop_within(self._consumer.stop, timeout_s=20, what="topic tap")
 
     async def _poll(self) -> None:
         batch = await self._consumer.getmany(timeout_ms=200)

@@ -34,6 +34,7 @@ from afterglow.events import (
     RetryPolicy,
     build_producer,
     ensure_topics,
+    stop_within,
 )
 from afterglow.kit import secretbox
 from afterglow.kit.auth import ApiKeyStore
@@ -199,8 +200,7 @@ def create_service_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if runtime.producer is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(runtime.producer.stop(), timeout=10)
+                await stop_within(runtime.producer.stop, timeout_s=10, what="producer")
             if runtime.http is not None:
                 await runtime.http.aclose()
             await engine.dispose()
