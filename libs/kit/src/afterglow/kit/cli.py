@@ -3,17 +3,25 @@
 afterglow migrate <service>|all       run Alembic migrations (Kubernetes Job)
 afterglow serve <service> [--port N]  run the service with uvicorn
 afterglow secrets-key [--id ID]       print a new SECRETS_KEYS entry
+afterglow customer-export CUSTOMER    one customer's data from every service, as JSON
+          [--url NAME=URL ...] [--out FILE]   (key in AFTERGLOW_API_KEY)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import uvicorn
 
+from afterglow.kit.app import ServiceSpec
+from afterglow.kit.export import ExportIncomplete, gather_exports
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
 from afterglow.kit.secretbox import new_key
@@ -33,8 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
     keygen = sub.add_parser("secrets-key", help="print a new SECRETS_KEYS entry")
     keygen.add_argument("--id", default=time.strftime("k%Y%m%d"), help="the key's id")
+    export = sub.add_parser(
+        "customer-export",
+        help="a customer's data from every service (data access request), as JSON",
+    )
+    export.add_argument("customer", help="the customer id, as the platform gives it")
+    export.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a service's base URL (default http://127.0.0.1:<its port>, as make dev runs it)",
+    )
+    export.add_argument("--out", type=Path, help="write here instead of stdout")
     args = parser.parse_args(argv)
 
+    if args.command == "customer-export":
+        return _customer_export(args, services)
     if args.command == "secrets-key":
         print(new_key(args.id))
         return 0
@@ -59,6 +82,38 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         timeout_graceful_shutdown=20,
     )
+    return 0
+
+
+def _customer_export(args: argparse.Namespace, services: dict[str, ServiceSpec]) -> int:
+    # The key comes from the environment, not argv: argv lands in shell history and ps.
+    key = os.environ.get("AFTERGLOW_API_KEY", "")
+    if not key:
+        print("set AFTERGLOW_API_KEY to a key with the customers:export scope", file=sys.stderr)
+        return 2
+    urls = {name: f"http://127.0.0.1:{spec.default_port}" for name, spec in services.items()}
+    for item in args.url:
+        name, sep, url = item.partition("=")
+        if not sep or name not in urls:
+            print(f"--url {item!r}: expected NAME=URL, NAME one of {sorted(urls)}", file=sys.stderr)
+            return 2
+        urls[name] = url
+
+    async def gather() -> dict[str, object]:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            return await gather_exports(http, urls, key, args.customer)
+
+    try:
+        merged = asyncio.run(gather())
+    except ExportIncomplete as exc:
+        # Nothing is written: a partial export must not be sent as the whole answer.
+        print(f"export incomplete: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(merged, indent=2, ensure_ascii=False)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text + "\n")
     return 0
 
 

@@ -14,14 +14,17 @@ not exported; secrets and token hashes are left out by each ``collect``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import httpx
 from fastapi import APIRouter, Depends, Path
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy import ColumnElement, FromClause, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.kit.auth import Principal, require_scope
@@ -49,16 +52,17 @@ class CustomerExport(BaseModel):
 
 async def rows(
     session: AsyncSession,
-    table: Table,
+    table: FromClause,
     *where: ColumnElement[bool],
     exclude: Collection[str] = (),
     order_by: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """The rows of ``table`` matching ``where``, as JSON-ready dicts without ``exclude``
-    (secrets, hashes), in ``order_by`` column order (stable exports diff well)."""
+    (secrets, hashes), in ``order_by`` column order (stable exports diff well).
+    ``table`` is a Table or a model's ``__table__``."""
     unknown = set(exclude) - set(table.c.keys())
     if unknown:  # a renamed secret column must not slip into exports silently
-        raise ValueError(f"{table.name} has no columns {sorted(unknown)}")
+        raise ValueError(f"{table.description} has no columns {sorted(unknown)}")
     columns = [c for c in table.c if c.name not in exclude]
     stmt = select(*columns).where(*where).order_by(*(table.c[name] for name in order_by))
     return [jsonable_encoder(dict(row._mapping)) for row in await session.execute(stmt)]
@@ -88,3 +92,44 @@ def export_router(service: str, collect: Collect) -> APIRouter:
         )
 
     return router
+
+
+class ExportIncomplete(Exception):
+    """Some service did not answer its share: a partial export must not pass for one."""
+
+
+async def gather_exports(
+    http: httpx.AsyncClient, urls: Mapping[str, str], key: str, customer_id: str
+) -> dict[str, Any]:
+    """Every service's export of one customer, merged under ``services``.
+
+    ``urls`` maps service names to base URLs. All of them must answer 200 for the same
+    tenant, else :class:`ExportIncomplete` names each one that did not."""
+    path = EXPORT_PATH.format(customer_id=quote(customer_id, safe=""))
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def one(base: str) -> dict[str, Any]:
+        r = await http.get(base.rstrip("/") + path, headers=headers)
+        if r.status_code != 200:
+            raise ExportIncomplete(f"answered {r.status_code}: {r.text[:300]}")
+        return dict(r.json())
+
+    names = list(urls)
+    answers = await asyncio.gather(*(one(urls[n]) for n in names), return_exceptions=True)
+    failed = [
+        f"{name} ({urls[name]}): {type(a).__name__}: {a}"
+        for name, a in zip(names, answers, strict=True)
+        if isinstance(a, BaseException)
+    ]
+    if failed:
+        raise ExportIncomplete("; ".join(failed))
+    exports = {n: a for n, a in zip(names, answers, strict=True) if isinstance(a, dict)}
+    tenants = {e["tenant_id"] for e in exports.values()}
+    if len(tenants) != 1:  # one key is one tenant everywhere; anything else is a bug
+        raise ExportIncomplete(f"the services answered for different tenants: {sorted(tenants)}")
+    return {
+        "tenant_id": tenants.pop(),
+        "customer_id": customer_id,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "services": {name: e["records"] for name, e in exports.items() if isinstance(e, dict)},
+    }

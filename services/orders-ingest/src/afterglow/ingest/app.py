@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.ingest import api, bigcommerce
+from afterglow.ingest import api, bigcommerce, export
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.export import export_router
 
 SPEC = ServiceSpec(
     name="ingest",
@@ -33,7 +34,13 @@ def create_app(settings: IngestSettings | None = None, clock: Clock | None = Non
         title="Afterglow orders-ingest",
         description="Signed webhooks from commerce platforms, helpdesks and trackers, and "
         "internal REST calls, become canonical order and ticket events.",
-        routers=[api.webhooks, api.rest, api.operators, api.admin],
+        routers=[
+            api.webhooks,
+            api.rest,
+            api.operators,
+            api.admin,
+            export_router("orders-ingest", export.collect),
+        ],
         workers=_workers,
         clock=clock,
         openapi_tags=[
@@ -41,5 +48,6 @@ def create_app(settings: IngestSettings | None = None, clock: Clock | None = Non
             {"name": "orders and support events", "description": "Internal REST (API keys)"},
             {"name": "deliveries", "description": "Stored deliveries, for operators"},
             {"name": "admin", "description": "Tenant registry (admin token)"},
+            {"name": "privacy", "description": "A customer's data export (customers:export)"},
         ],
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -149,6 +149,7 @@ async def emit(
         )
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
+    subjects: list[str] = []  # also those of facts already stated by an earlier delivery
     for index, item in enumerate(normalized.emits):
         data = domain.stamp_requested_at(item.data, received_at)
         subject = item.subject
@@ -160,6 +161,7 @@ async def emit(
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
+        subjects.append(subject)
         fact = domain.fact_key(data)
         part = fact if ids_by_fact and fact is not None else str(index)
         event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, part)
@@ -191,10 +193,29 @@ async def emit(
             )
         )
     await outbox.add(session, *events)
+    await record_subjects(session, delivery_id, subjects)
     ids = [e.id for e in events]
     if replay:
         await requeue_sent(session, tables, ids)
     return ids
+
+
+async def record_subjects(session: AsyncSession, delivery_id: str, subjects: list[str]) -> None:
+    """Add the customers a delivery spoke about to its row (a re-fetch may add one).
+
+    Core, not the ORM: callers may hold the delivery as an ORM object, whose other
+    columns they set themselves."""
+    if not subjects:
+        return
+    table = Delivery.__table__
+    await session.execute(
+        text(
+            f"UPDATE {table.schema}.{table.name} SET subjects = ARRAY("  # noqa: S608 (names)
+            "SELECT DISTINCT s FROM unnest(subjects || CAST(:new AS text[])) AS s ORDER BY s"
+            ") WHERE id = :id"
+        ),
+        {"new": subjects, "id": delivery_id},
+    )
 
 
 async def requeue_sent(session: AsyncSession, tables: EventTables, ids: list[str]) -> None:

@@ -104,6 +104,9 @@ class Delivery(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(JSONB)
     body: Mapped[bytes] = mapped_column(LargeBinary)
     event_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    # The customers (event subjects) this delivery spoke about: a data access request
+    # finds a customer's raw payloads by it (the outbox keeps event keys for a day only).
+    subjects: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     replays: Mapped[int] = mapped_column(Integer, default=0)
     # The fetch worker's bookkeeping (BigCommerce): attempts made, when the next is due
     # (or the claim's lease ends), and the last failure.
