@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, FromClause, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events.privacy import is_pseudonym
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 
@@ -46,7 +47,7 @@ class CustomerExport(BaseModel):
     records: Records = Field(
         description="Rows per table, as stored; a table with nothing on the customer is "
         "an empty list, so an empty export says the service holds nothing.",
-        examples=[{"accounts": [{"customer_id": "7390123", "balance": 120}], "ledger": []}],
+        examples=[{"accounts": [{"customer_id": "7390123", "balance": 120}], "entries": []}],
     )
 
 
@@ -83,6 +84,9 @@ def export_router(service: str, collect: Collect) -> APIRouter:
         session: Session,
     ) -> CustomerExport:
         records = await collect(session, principal.tenant_id, customer_id)
+        if is_pseudonym(customer_id):
+            # Erased rows carry the pseudonym; asking for it must not bring them back.
+            records = {table: [] for table in records}
         return CustomerExport(
             service=service,
             tenant_id=principal.tenant_id,
