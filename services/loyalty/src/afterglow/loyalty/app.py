@@ -6,7 +6,9 @@ from fastapi import FastAPI
 
 from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.export import export_router
 from afterglow.loyalty.api import router
+from afterglow.loyalty.export import collect
 from afterglow.loyalty.handlers import consumers
 from afterglow.loyalty.models import api_keys, tables
 from afterglow.loyalty.settings import LoyaltySettings
@@ -29,7 +31,7 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         api_keys_table=api_keys,
         title="Afterglow loyalty",
         description="Points ledger, tiers and rewards.",
-        routers=[router],
+        routers=[router, export_router(SPEC.name, collect)],
         consumers=consumers,
         workers=workers,
         clock=clock,
