@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.journeys import api, handlers, workers
+from afterglow.journeys import api, export, handlers, workers
 from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
 from afterglow.journeys.messaging import handlers as messaging_handlers
@@ -13,6 +13,7 @@ from afterglow.journeys.models import SCHEMA, api_keys, tables
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.export import export_router
 
 SPEC = ServiceSpec(
     name="journeys",
@@ -40,7 +41,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         title="Afterglow journey orchestrator",
         description="Customer journeys (onboarding, check-in, survey, advocacy) and the one "
         "door out for customer messages.",
-        routers=[api.router, messaging_api.router],
+        routers=[
+            api.router,
+            messaging_api.router,
+            export_router("journey-orchestrator", export.collect),
+        ],
         consumers=consumers,
         workers=background,
         clock=clock,

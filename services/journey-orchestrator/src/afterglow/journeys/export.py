@@ -1,0 +1,93 @@
+"""What the journey engine and messaging hold about one customer of one tenant, table by
+table, for ``GET /v1/customers/{id}/export`` (the route itself is afterglow.kit.export).
+
+Left out because they are the tenant's, not the customer's: ``journey_definitions``,
+``message_templates`` and ``messaging_settings`` (the tenant's endpoint with its sealed
+signing secret, quiet hours, caps). Left out as transport: the platform's ``outbox`` and
+``inbox`` (copies of events on their way, no tenant column; sent rows are purged within a
+day) and ``api_keys``. No column of an exported table is left out: none holds a secret.
+Unsubscribe links are signed when a message goes out and never stored (the signing key
+is a setting, not a row).
+
+Erasure here keeps the customer's own id: it wipes contact details, orders and message
+variables, and keeps counts, transitions and unsubscribe marks (``handlers.erase``,
+``messaging.store.erase``). Those rows are still keyed to the customer, so an erased
+customer's export shows what remains rather than nothing.
+
+Every table is exported whole for the customer: it grows with their orders and messages,
+and a right-of-access answer that stops at a limit would be wrong, not merely short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.journeys.messaging.models import (
+    Message,
+    MessageContact,
+    MessageDecision,
+    MessageOrder,
+)
+from afterglow.journeys.models import (
+    Base,
+    CustomerProfile,
+    GoalConversion,
+    JourneyInstance,
+    JourneyTimer,
+    JourneyTransition,
+)
+from afterglow.kit.export import Records, rows
+
+# Every table keyed by the customer's id, with a stable order (time, then a unique key).
+BY_CUSTOMER: tuple[tuple[type[Base], tuple[str, ...]], ...] = (
+    (CustomerProfile, ("customer_id",)),
+    (JourneyInstance, ("started_at", "id")),
+    (JourneyTransition, ("id",)),  # identity: the order the engine wrote the history in
+    (JourneyTimer, ("due_at", "id")),
+    (GoalConversion, ("converted_at", "instance_id")),
+    (MessageContact, ("customer_id",)),  # address, time zone, consent, unsubscribe marks
+    (MessageOrder, ("placed_at", "order_id")),
+    (Message, ("created_at", "id")),
+)
+
+
+def table_of(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)  # each declarative class here maps one Table
+    return table
+
+
+async def customer_rows(
+    session: AsyncSession,
+    model: type[Base],
+    tenant_id: str,
+    customer_id: str,
+    order_by: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    t = table_of(model)
+    where = (t.c.tenant_id == tenant_id, t.c.customer_id == customer_id)
+    return await rows(session, t, *where, order_by=order_by)
+
+
+async def message_decisions(
+    session: AsyncSession, tenant_id: str, customer_id: str
+) -> list[dict[str, Any]]:
+    """Decisions carry no customer id: they are the customer's through their messages."""
+    t, messages = table_of(MessageDecision), table_of(Message)
+    theirs = select(messages.c.id).where(
+        messages.c.tenant_id == tenant_id, messages.c.customer_id == customer_id
+    )
+    where = (t.c.tenant_id == tenant_id, t.c.message_id.in_(theirs))
+    return await rows(session, t, *where, order_by=["id"])
+
+
+async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
+    records: Records = {}
+    for model, order_by in BY_CUSTOMER:
+        name = table_of(model).name
+        records[name] = await customer_rows(session, model, tenant_id, customer_id, order_by)
+    records["message_decisions"] = await message_decisions(session, tenant_id, customer_id)
+    return records
