@@ -15,7 +15,7 @@ not exported; secrets and token hashes are left out by each ``collect``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -24,7 +24,7 @@ import httpx
 from fastapi import APIRouter, Depends, Path
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, FromClause, select
+from sqlalchemy import ColumnElement, FromClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.privacy import is_pseudonym
@@ -69,6 +69,26 @@ async def rows(
     return [jsonable_encoder(dict(row._mapping)) for row in await session.execute(stmt)]
 
 
+async def by_customer(
+    session: AsyncSession,
+    tenant_id: str,
+    customer_id: str,
+    tables: Sequence[tuple[FromClause, Sequence[str]]],
+) -> Records:
+    """Tables with ``tenant_id`` and ``customer_id`` columns, each read by both, each in
+    its own stable order, keyed by table name."""
+    return {
+        table.description: await rows(
+            session,
+            table,
+            table.c.tenant_id == tenant_id,
+            table.c.customer_id == customer_id,
+            order_by=order_by,
+        )
+        for table, order_by in tables
+    }
+
+
 def export_router(service: str, collect: Collect) -> APIRouter:
     """``GET /v1/customers/{customer_id}/export`` for ``service``, reading with ``collect``."""
     router = APIRouter(tags=["privacy"])
@@ -83,6 +103,9 @@ def export_router(service: str, collect: Collect) -> APIRouter:
         principal: Annotated[Principal, Depends(require_scope(EXPORT_SCOPE))],
         session: Session,
     ) -> CustomerExport:
+        # One snapshot for every table, read only: an order arriving mid-export shows
+        # in all of its tables or in none.
+        await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         records = await collect(session, principal.tenant_id, customer_id)
         if is_pseudonym(customer_id):
             # Erased rows carry the pseudonym; asking for it must not bring them back.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.journeys.messaging.models import (
@@ -32,51 +32,34 @@ from afterglow.journeys.messaging.models import (
     MessageOrder,
 )
 from afterglow.journeys.models import (
-    Base,
     CustomerProfile,
     GoalConversion,
     JourneyInstance,
     JourneyTimer,
     JourneyTransition,
 )
-from afterglow.kit.export import Records, rows
+from afterglow.kit.export import Records, by_customer, rows
 
 # Every table keyed by the customer's id, with a stable order (time, then a unique key).
-BY_CUSTOMER: tuple[tuple[type[Base], tuple[str, ...]], ...] = (
-    (CustomerProfile, ("customer_id",)),
-    (JourneyInstance, ("started_at", "id")),
-    (JourneyTransition, ("id",)),  # identity: the order the engine wrote the history in
-    (JourneyTimer, ("due_at", "id")),
-    (GoalConversion, ("converted_at", "instance_id")),
-    (MessageContact, ("customer_id",)),  # address, time zone, consent, unsubscribe marks
-    (MessageOrder, ("placed_at", "order_id")),
-    (Message, ("created_at", "id")),
+BY_CUSTOMER = (
+    (CustomerProfile.__table__, ("customer_id",)),
+    (JourneyInstance.__table__, ("started_at", "id")),
+    # identity: the order the engine wrote the history in
+    (JourneyTransition.__table__, ("id",)),
+    (JourneyTimer.__table__, ("due_at", "id")),
+    (GoalConversion.__table__, ("converted_at", "instance_id")),
+    # address, time zone, consent, unsubscribe marks
+    (MessageContact.__table__, ("customer_id",)),
+    (MessageOrder.__table__, ("placed_at", "order_id")),
+    (Message.__table__, ("created_at", "id")),
 )
-
-
-def table_of(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)  # each declarative class here maps one Table
-    return table
-
-
-async def customer_rows(
-    session: AsyncSession,
-    model: type[Base],
-    tenant_id: str,
-    customer_id: str,
-    order_by: tuple[str, ...],
-) -> list[dict[str, Any]]:
-    t = table_of(model)
-    where = (t.c.tenant_id == tenant_id, t.c.customer_id == customer_id)
-    return await rows(session, t, *where, order_by=order_by)
 
 
 async def message_decisions(
     session: AsyncSession, tenant_id: str, customer_id: str
 ) -> list[dict[str, Any]]:
     """Decisions carry no customer id: they are the customer's through their messages."""
-    t, messages = table_of(MessageDecision), table_of(Message)
+    t, messages = MessageDecision.__table__, Message.__table__
     theirs = select(messages.c.id).where(
         messages.c.tenant_id == tenant_id, messages.c.customer_id == customer_id
     )
@@ -85,9 +68,6 @@ async def message_decisions(
 
 
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
-    records: Records = {}
-    for model, order_by in BY_CUSTOMER:
-        name = table_of(model).name
-        records[name] = await customer_rows(session, model, tenant_id, customer_id, order_by)
+    records = await by_customer(session, tenant_id, customer_id, BY_CUSTOMER)
     records["message_decisions"] = await message_decisions(session, tenant_id, customer_id)
     return records
