@@ -309,7 +309,7 @@ class TestExport:
         assert instance["state"]["exit_reason"] == "erasure requested"
         assert rec["journey_transitions"][-1]["reason"] == "erasure requested"
         r = await export(orch, a, h)
-        for gone in ("ana@example.com", "+4915100000001", "Ana", "THANKS10", "Mug"):
+        for gone in ("ana@example.com", "+4915100000001", "Ana", "THANKS10", "Mug", f"{a}-1"):
             assert gone not in r.text
         # B, in the same tenant, keeps everything.
         theirs = (await export(orch, b, h)).json()["records"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import cast, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent
@@ -15,6 +16,9 @@ from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.models import CustomerProfile, JourneyInstance
 from afterglow.kit.app import ConsumerSpec, Runtime
+
+# Merged into an erased customer's instance state (JSONB ||): their order and its dates.
+ERASED_STATE_FIELDS = cast({"order_id": None, "anchors": {}}, JSONB)
 
 JOURNEY_EVENTS = [
     "afterglow.order.placed.v1",
@@ -122,7 +126,12 @@ async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any])
         await session.execute(
             update(JourneyInstance)
             .where(JourneyInstance.tenant_id == tenant, JourneyInstance.customer_id == customer)
-            .values(order_id=None, anchors={})
+            # The state keeps its own copy of both (domain.InstanceState): wiped too.
+            .values(
+                order_id=None,
+                anchors={},
+                state=JourneyInstance.state.op("||")(ERASED_STATE_FIELDS),
+            )
         )
 
 

@@ -259,6 +259,9 @@ async def erase(
             status="suppressed", reason="erased", updated_at=at
         )
     )
-    await session.execute(messages.values(variables={}, request_value=b"{}", updated_at=at))
+    # The order id too: the order rows are gone, its id in the log would still say it.
+    await session.execute(
+        messages.values(variables={}, request_value=b"{}", order_id=None, updated_at=at)
+    )
     for message_id in pending:
         await record(session, tenant_id, message_id, at, "suppressed", "erased")
