@@ -30,7 +30,7 @@ from afterglow.events.catalog import (
     OrderPlaced,
 )
 from afterglow.events.testing import TopicTap, eventually
-from afterglow.journeys.messaging.models import MessageContact
+from afterglow.journeys.messaging.models import MessageContact, MessageOrder
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.kit.app import Runtime
@@ -166,6 +166,14 @@ class Tenant:
             total=Money(amount=1000, currency="EUR"),
         )
         await self.publish(order, customer)
+        # Orders and message requests are different topics, consumed concurrently: a
+        # request that overtakes the order waits for the contact until a retry 30 s later
+        # on the test's clock, which does not move on its own. Wait for the order to land.
+        await eventually(lambda: self._order_recorded(order.order_id), timeout=20)
+
+    async def _order_recorded(self, order_id: str) -> bool:
+        async with self.runtime.sessionmaker() as session:
+            return await session.get(MessageOrder, (self.id, order_id)) is not None
 
     async def request(self, customer: str, request_id: str | None = None, **kw: Any) -> str:
         request_id = request_id or new_id("req")

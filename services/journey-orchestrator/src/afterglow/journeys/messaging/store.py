@@ -107,20 +107,23 @@ async def unsubscribe(
         values["email_unsubscribed_at"] = at
     if channel in ("sms", "all"):
         values["sms_unsubscribed_at"] = at
-    existing = await session.get(MessageContact, (tenant_id, customer_id), with_for_update=True)
-    if existing is None:
-        # Unsubscribed before we saw an order: remember it, so a later order cannot
-        # send marketing to someone who already said no.
-        session.add(
-            MessageContact(tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **values)
-        )
-        changed = True
-    else:
-        changed = any(getattr(existing, k) is None for k in values)
-        for k, v in values.items():
-            if getattr(existing, k) is None:
-                setattr(existing, k, v)
-        existing.updated_at = at
+    # Unsubscribed before we saw an order: the contact is created bare, so a later order
+    # cannot send marketing to someone who already said no. Insert-or-nothing, then lock:
+    # the order's own upsert (another topic, another consumer) may be creating it now.
+    await session.execute(
+        pg_insert(MessageContact)
+        .values(tenant_id=tenant_id, customer_id=customer_id, updated_at=at)
+        .on_conflict_do_nothing()
+    )
+    existing = await session.get(
+        MessageContact, (tenant_id, customer_id), with_for_update=True, populate_existing=True
+    )
+    assert existing is not None  # inserted above or already there, and now locked
+    changed = any(getattr(existing, k) is None for k in values)
+    for k, v in values.items():
+        if getattr(existing, k) is None:
+            setattr(existing, k, v)
+    existing.updated_at = at
     await session.flush()
     if changed and emit:
         event = CloudEvent.new(
