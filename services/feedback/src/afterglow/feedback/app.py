@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.feedback import api, handlers, pages
+from afterglow.feedback import api, export, handlers, pages
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.export import export_router
 
 SPEC = ServiceSpec(
     name="feedback",
@@ -31,7 +32,7 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
         api_keys_table=api_keys,
         title="Afterglow feedback",
         description="NPS/CSAT/CES surveys with a hosted page, product reviews, metrics.",
-        routers=[pages.router, api.router],
+        routers=[pages.router, api.router, export_router(SPEC.name, export.collect)],
         consumers=_consumers,
         clock=clock,
     )
