@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from afterglow.devstack.services import RunningServices, running_services
 from afterglow.devstack.stack import Stack
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.events.topics import TOPICS
+from afterglow.kit.export import ExportIncomplete, gather_exports
 
 ADMIN_TOKEN = "e2e-admin-token"
 
@@ -257,3 +258,47 @@ async def _check_final_state(sc: Scenario, receiver: Receiver, failures: list[st
         )
         # A full refund claws back the order's points (and its first-order bonus).
         check(b["refund"]["available"] == 0, f"refunded customer's points: {b['refund']}")
+
+    # Last: by now every service has settled what it holds about the promoter.
+    await _check_promoter_export(sc, ids, check)
+
+
+async def _check_promoter_export(
+    sc: Scenario, ids: dict[str, str], check: Callable[[Any, str], None]
+) -> None:
+    """The promoter's data access request: every service answers with its share."""
+    urls = {name: sc.url(name) for name in sc.urls}
+    try:
+        export = await gather_exports(sc.http, urls, sc.key, ids["promoter"])
+    except ExportIncomplete as exc:
+        check(False, f"customer export: {exc}")
+        return
+    s = export["services"]
+    check(set(s) == set(SERVICES), f"export from {sorted(s)}")
+    order = f"shopify:{sc.customers['promoter'].order_id}"
+    check(
+        [o["order_id"] for o in s["ingest"]["orders"]] == [order]
+        and {d["topic"] for d in s["ingest"]["deliveries"]} >= {"orders/create"},
+        f"ingest export: {s['ingest']['orders']}, {len(s['ingest']['deliveries'])} deliveries",
+    )
+    check(
+        len(s["journeys"]["journey_instances"]) == 1
+        and "referral_invite" in {m["kind"] for m in s["journeys"]["messages"]},
+        "journeys export lacks the promoter's journey or messages",
+    )
+    check(
+        [(r["kind"], r["score"]) for r in s["feedback"]["responses"]] == [("nps", 10)],
+        f"feedback export responses: {s['feedback']['responses']}",
+    )
+    check(
+        [a["customer_id"] for a in s["loyalty"]["accounts"]] == [ids["promoter"]]
+        and len(s["loyalty"]["entries"]) >= 2,
+        f"loyalty export: {s['loyalty']['accounts']}",
+    )
+    referrals = s["referrals"]["referrals"]
+    check(
+        [c["code"] for c in s["referrals"]["codes"]] == [sc.referral_code]
+        and len(referrals) == 1
+        and "referee_customer_id" not in referrals[0],
+        f"referrals export: {s['referrals']}",
+    )
