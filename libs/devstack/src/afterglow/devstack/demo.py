@@ -631,8 +631,9 @@ class Scenario:
                         last = inst["history"][-1] if inst["history"] else {}
                         why = last.get("reason") or last.get("kind") or ""
                         self.say(f"journey  {self.customers[role].name:5} -> {state}  [{why}]")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):  # not wait_for: see afterglow.events.shutdown
+                    await stop.wait()
 
     async def run(self) -> None:
         t0 = time.monotonic()

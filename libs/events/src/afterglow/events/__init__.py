@@ -17,8 +17,9 @@ from afterglow.events.envelope import (
     from_record,
     to_record,
 )
-from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer, stop_within
+from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
 from afterglow.events.outbox import Outbox, OutboxRelay
+from afterglow.events.shutdown import cancel_and_wait, stop_within
 from afterglow.events.tables import EventTables, event_tables
 from afterglow.events.topics import TOPICS, Topic, ensure_topics
 
@@ -43,6 +44,7 @@ __all__ = [
     "UnknownEventType",
     "build_consumer",
     "build_producer",
+    "cancel_and_wait",
     "catalog",
     "derived_event_id",
     "ensure_topics",

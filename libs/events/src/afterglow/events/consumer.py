@@ -40,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from afterglow.events.catalog import topic_for
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent, MalformedEvent, from_record
-from afterglow.events.kafka import KafkaConfig, build_consumer, stop_within
+from afterglow.events.kafka import KafkaConfig, build_consumer
+from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
 
@@ -260,10 +261,10 @@ class EventConsumer:
             extra={"dlq": topic, "error": error, "offset": record.offset},
         )
         try:
-            await asyncio.wait_for(
-                self._dlq.send_and_wait(topic, value=record.value, key=record.key, headers=headers),
-                timeout=self._kafka.send_timeout_s,
-            )
+            async with asyncio.timeout(self._kafka.send_timeout_s):
+                await self._dlq.send_and_wait(
+                    topic, value=record.value, key=record.key, headers=headers
+                )
         except (KafkaError, TimeoutError) as send_exc:
             raise RuntimeError(f"could not publish to {topic}") from send_exc
         EVENTS.labels(self.name, "dead_lettered").inc()

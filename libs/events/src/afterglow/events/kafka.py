@@ -6,19 +6,11 @@ client Afterglow builds comes from here, so the safe settings are written once.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
-
-log = logging.getLogger(__name__)
-
-# Stops that ran out of time, kept referenced so the loop does not collect them mid-run.
-_abandoned: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -83,30 +75,3 @@ def build_consumer(config: KafkaConfig, *topics: str, group_id: str) -> AIOKafka
         max_poll_records=config.max_poll_records,
         request_timeout_ms=config.request_timeout_ms,
     )
-
-
-async def stop_within(stop: Callable[[], Awaitable[None]], *, timeout_s: float, what: str) -> bool:
-    """Run a client's ``stop()`` for at most ``timeout_s``; True if it finished in time.
-
-    Not ``asyncio.wait_for``: on timeout it cancels the stop and then waits for it to
-    end, and aiokafka's stop awaits its group coordination task, which need not end
-    on cancellation, so that bound is no bound (a CI teardown once hung 300 s in a
-    service's shutdown). Here the stop runs as its own task and a late one is
-    cancelled and left behind.
-    A stop that fails is logged, not raised: shutdown goes on with the next client.
-    """
-
-    async def run() -> None:
-        await stop()
-
-    stopping = asyncio.ensure_future(run())
-    done, _ = await asyncio.wait({stopping}, timeout=timeout_s)
-    if stopping in done:
-        if stopping.exception() is not None:
-            log.warning("%s failed to stop cleanly", what, exc_info=stopping.exception())
-        return True
-    stopping.cancel()
-    _abandoned.add(stopping)
-    stopping.add_done_callback(_abandoned.discard)
-    log.warning("%s did not stop within %.0f s; left behind", what, timeout_s)
-    return False

@@ -158,7 +158,9 @@ class OutboxRelay:
                 )
             )
         # Every send has a deadline: a dead broker must not hold the shard locks forever.
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=self._send_timeout)
+        # asyncio.timeout, not wait_for: see afterglow.events.shutdown.
+        async with asyncio.timeout(self._send_timeout):
+            await asyncio.gather(*futures)
 
     async def run(self) -> None:
         """Publish until cancelled: woken by NOTIFY, or by a short poll as a fallback."""
@@ -187,8 +189,11 @@ class OutboxRelay:
                 if loop.time() - last_purge > 60:
                     last_purge = loop.time()
                     await self._purge_sent()
+                # asyncio.timeout, not wait_for: a NOTIFY landing with the shutdown's
+                # cancel made wait_for swallow the cancel (afterglow.events.shutdown).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await self._wake.wait()
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from afterglow.events.envelope import CloudEvent, from_record
-from afterglow.events.kafka import stop_within
+from afterglow.events.shutdown import stop_within
 
 T = TypeVar("T")
 

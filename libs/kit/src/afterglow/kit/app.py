@@ -33,6 +33,7 @@ from afterglow.events import (
     OutboxRelay,
     RetryPolicy,
     build_producer,
+    cancel_and_wait,
     ensure_topics,
     stop_within,
 )
@@ -194,11 +195,8 @@ def create_service_app(
             log.info("service started", extra={"role": settings.service_role})
             yield
         finally:
-            for task in runtime.tasks:
-                task.cancel()
-            for task in runtime.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Consumers leave their groups within their own 20 s bound.
+            await cancel_and_wait(runtime.tasks, timeout_s=30, what="service shutdown")
             if runtime.producer is not None:
                 await stop_within(runtime.producer.stop, timeout_s=10, what="producer")
             if runtime.http is not None:

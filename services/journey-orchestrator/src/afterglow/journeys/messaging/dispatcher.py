@@ -20,7 +20,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ import httpx
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events.shutdown import cancel_and_wait
 from afterglow.events.topics import TOPICS_BY_NOUN
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import Message, MessageContact, MessagingTenantSettings
@@ -114,11 +114,8 @@ class Dispatcher:
                 else:
                     await asyncio.sleep(self.s.poll_interval_s)
         finally:
-            for task in list(self.inflight):
-                task.cancel()
-            for task in list(self.inflight):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # A send cut short leaves its lease to expire; another pass retries it.
+            await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
@@ -342,12 +339,10 @@ class Dispatcher:
             ("x-error-message-id", m.id.encode()),
         ]
         assert self.rt.producer is not None
-        await asyncio.wait_for(
-            self.rt.producer.send_and_wait(
+        async with asyncio.timeout(self.s.dlq_send_timeout_s):
+            await self.rt.producer.send_and_wait(
                 DLQ_TOPIC, value=m.request_value, key=m.request_key, headers=headers
-            ),
-            timeout=self.s.dlq_send_timeout_s,
-        )
+            )
         log.warning(
             "message failed", extra={"message_id": m.id, "tenant": m.tenant_id, "reason": reason}
         )
