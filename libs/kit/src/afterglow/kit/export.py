@@ -89,8 +89,38 @@ async def by_customer(
     }
 
 
-def export_router(service: str, collect: Collect) -> APIRouter:
-    """``GET /v1/customers/{customer_id}/export`` for ``service``, reading with ``collect``."""
+async def through_parent(
+    session: AsyncSession,
+    tenant_id: str,
+    customer_id: str,
+    table: FromClause,
+    link: str,
+    parent: FromClause,
+    key: str,
+    order_by: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Rows of ``table``, which has no customer column, that are the customer's through
+    a parent row: ``table.<link>`` is the ``key`` of one of the customer's ``parent``
+    rows (a survey's reminders, an order's lines, a message's decisions)."""
+    theirs = select(parent.c[key]).where(
+        parent.c.tenant_id == tenant_id, parent.c.customer_id == customer_id
+    )
+    return await rows(
+        session,
+        table,
+        table.c.tenant_id == tenant_id,
+        table.c[link].in_(theirs),
+        order_by=order_by,
+    )
+
+
+def export_router(
+    service: str, collect: Collect, *, erased: Callable[[str], bool] = is_pseudonym
+) -> APIRouter:
+    """``GET /v1/customers/{customer_id}/export`` for ``service``, reading with ``collect``.
+
+    ``erased`` tells the ids that stand for erased customers (the shared pseudonym, or a
+    service's own marker): asked for as a customer, they export nothing."""
     router = APIRouter(tags=["privacy"])
 
     @router.get(
@@ -107,8 +137,8 @@ def export_router(service: str, collect: Collect) -> APIRouter:
         # in all of its tables or in none.
         await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         records = await collect(session, principal.tenant_id, customer_id)
-        if is_pseudonym(customer_id):
-            # Erased rows carry the pseudonym; asking for it must not bring them back.
+        if erased(customer_id):
+            # Erased rows carry the marker; asking for it must not bring them back.
             records = {table: [] for table in records}
         return CustomerExport(
             service=service,
@@ -158,5 +188,5 @@ async def gather_exports(
         "tenant_id": tenants.pop(),
         "customer_id": customer_id,
         "exported_at": datetime.now(UTC).isoformat(),
-        "services": {name: e["records"] for name, e in exports.items() if isinstance(e, dict)},
+        "services": {name: e["records"] for name, e in exports.items()},
     }

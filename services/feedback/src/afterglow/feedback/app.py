@@ -32,7 +32,11 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
         api_keys_table=api_keys,
         title="Afterglow feedback",
         description="NPS/CSAT/CES surveys with a hosted page, product reviews, metrics.",
-        routers=[pages.router, api.router, export_router(SPEC.name, export.collect)],
+        routers=[
+            pages.router,
+            api.router,
+            export_router(SPEC.name, export.collect, erased=export.erased),
+        ],
         consumers=_consumers,
         clock=clock,
     )

@@ -13,9 +13,9 @@ customer and are not exported.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events.privacy import is_pseudonym
 from afterglow.feedback import service
 from afterglow.feedback.models import (
     Order,
@@ -26,10 +26,9 @@ from afterglow.feedback.models import (
     Survey,
     SurveyReminder,
 )
-from afterglow.kit.export import Records, by_customer, rows
+from afterglow.kit.export import Records, by_customer, through_parent
 
 SURVEYS, ORDERS = Survey.__table__, Order.__table__
-SURVEY_REMINDERS, ORDER_ITEMS = SurveyReminder.__table__, OrderItem.__table__
 # Tables with the customer's id in their rows, each in a stable order.
 BY_CUSTOMER = (
     (SURVEYS, ("sent_at", "id")),
@@ -40,32 +39,34 @@ BY_CUSTOMER = (
 )
 
 
+def erased(customer_id: str) -> bool:
+    """``erased`` is every erased customer of the tenant at once, not a customer:
+    exporting it would hand out rows that belong to no one who can ask for them."""
+    return customer_id == service.ERASED or is_pseudonym(customer_id)
+
+
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
     records = await by_customer(session, tenant_id, customer_id, BY_CUSTOMER)
     # Reminders and order lines carry no customer id: they are the customer's through
     # their survey and their order.
-    own_surveys = select(SURVEYS.c.id).where(
-        SURVEYS.c.tenant_id == tenant_id, SURVEYS.c.customer_id == customer_id
-    )
-    own_orders = select(ORDERS.c.order_id).where(
-        ORDERS.c.tenant_id == tenant_id, ORDERS.c.customer_id == customer_id
-    )
-    records["survey_reminders"] = await rows(
+    records["survey_reminders"] = await through_parent(
         session,
-        SURVEY_REMINDERS,
-        SURVEY_REMINDERS.c.tenant_id == tenant_id,
-        SURVEY_REMINDERS.c.survey_id.in_(own_surveys),
+        tenant_id,
+        customer_id,
+        SurveyReminder.__table__,
+        "survey_id",
+        SURVEYS,
+        "id",
         order_by=["requested_at", "request_id"],
     )
-    records["order_items"] = await rows(
+    records["order_items"] = await through_parent(
         session,
-        ORDER_ITEMS,
-        ORDER_ITEMS.c.tenant_id == tenant_id,
-        ORDER_ITEMS.c.order_id.in_(own_orders),
+        tenant_id,
+        customer_id,
+        OrderItem.__table__,
+        "order_id",
+        ORDERS,
+        "order_id",
         order_by=["order_id", "line_no"],
     )
-    if customer_id == service.ERASED:
-        # ``erased`` is every erased customer of the tenant at once, not a customer:
-        # exporting it would hand out rows that belong to no one who can ask for them.
-        return {table: [] for table in records}
     return records

@@ -20,9 +20,6 @@ and a right-of-access answer that stops at a limit would be wrong, not merely sh
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.journeys.messaging.models import (
@@ -38,7 +35,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
-from afterglow.kit.export import Records, by_customer, rows
+from afterglow.kit.export import Records, by_customer, through_parent
 
 # Every table keyed by the customer's id, with a stable order (time, then a unique key).
 BY_CUSTOMER = (
@@ -55,19 +52,17 @@ BY_CUSTOMER = (
 )
 
 
-async def message_decisions(
-    session: AsyncSession, tenant_id: str, customer_id: str
-) -> list[dict[str, Any]]:
-    """Decisions carry no customer id: they are the customer's through their messages."""
-    t, messages = MessageDecision.__table__, Message.__table__
-    theirs = select(messages.c.id).where(
-        messages.c.tenant_id == tenant_id, messages.c.customer_id == customer_id
-    )
-    where = (t.c.tenant_id == tenant_id, t.c.message_id.in_(theirs))
-    return await rows(session, t, *where, order_by=["id"])
-
-
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
     records = await by_customer(session, tenant_id, customer_id, BY_CUSTOMER)
-    records["message_decisions"] = await message_decisions(session, tenant_id, customer_id)
+    # Decisions carry no customer id: they are the customer's through their messages.
+    records["message_decisions"] = await through_parent(
+        session,
+        tenant_id,
+        customer_id,
+        MessageDecision.__table__,
+        "message_id",
+        Message.__table__,
+        "id",
+        order_by=["id"],
+    )
     return records

@@ -842,7 +842,7 @@ async def replay_delivery(
     status = "archived"
     if normalized.known_topic:
         status = "processed"
-        ids = await intake.emit(
+        emitted = await intake.emit(
             session,
             rt.outbox,
             rt.tables,
@@ -854,6 +854,8 @@ async def replay_delivery(
             received_at=d.received_at,
             replay=True,
         )
+        ids = emitted.ids
+        d.subjects = intake.merge_subjects(d.subjects, emitted.subjects)
     d.status = status
     d.event_ids = ids
     d.replays += 1

@@ -236,7 +236,7 @@ async def _apply(runtime: Runtime, claim: Claim, normalized: domain.Normalized) 
         if d is None:
             log.info("fetch result dropped: lease lost", extra={"delivery": claim.id})
             return
-        ids = await intake.emit(
+        emitted = await intake.emit(
             session,
             runtime.outbox,
             runtime.tables,
@@ -249,7 +249,8 @@ async def _apply(runtime: Runtime, claim: Claim, normalized: domain.Normalized) 
             ids_by_fact=True,
         )
         await intake.requeue_sent(session, runtime.tables, list(d.event_ids))
-        d.event_ids = list(dict.fromkeys([*d.event_ids, *ids]))
+        d.event_ids = list(dict.fromkeys([*d.event_ids, *emitted.ids]))
+        d.subjects = intake.merge_subjects(d.subjects, emitted.subjects)
         d.status = "processed"
         d.next_attempt_at = None
         d.last_error = None

@@ -8,11 +8,12 @@ source reported it first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +23,21 @@ from afterglow.ingest import domain
 from afterglow.ingest.models import Delivery, Order, OrderFact
 
 SOURCE = "afterglow/orders-ingest"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """What :func:`emit` put in the outbox, and whom the delivery spoke about."""
+
+    ids: list[str]
+    # The event subjects, also of facts an earlier delivery stated first: a data access
+    # request finds the customer's raw deliveries by them. Sorted, distinct.
+    subjects: list[str]
+
+
+def merge_subjects(old: list[str], new: list[str]) -> list[str]:
+    """A delivery processed again (replay, re-fetch) keeps whom it spoke about before."""
+    return sorted({*old, *new})
 
 
 @dataclass
@@ -125,8 +141,8 @@ async def emit(
     received_at: datetime,
     replay: bool = False,
     ids_by_fact: bool = False,
-) -> list[str]:
-    """Turn normalized output into outbox events; returns the ids added.
+) -> Emitted:
+    """Turn normalized output into outbox events; returns their ids and subjects.
 
     Event ids derive from the delivery and the position, so a replay (or a retried
     transaction) yields the same ids and downstream inboxes drop repeats. On replay
@@ -193,29 +209,10 @@ async def emit(
             )
         )
     await outbox.add(session, *events)
-    await record_subjects(session, delivery_id, subjects)
     ids = [e.id for e in events]
     if replay:
         await requeue_sent(session, tables, ids)
-    return ids
-
-
-async def record_subjects(session: AsyncSession, delivery_id: str, subjects: list[str]) -> None:
-    """Add the customers a delivery spoke about to its row (a re-fetch may add one).
-
-    Core, not the ORM: callers may hold the delivery as an ORM object, whose other
-    columns they set themselves."""
-    if not subjects:
-        return
-    table = Delivery.__table__
-    await session.execute(
-        text(
-            f"UPDATE {table.schema}.{table.name} SET subjects = ARRAY("  # noqa: S608 (names)
-            "SELECT DISTINCT s FROM unnest(subjects || CAST(:new AS text[])) AS s ORDER BY s"
-            ") WHERE id = :id"
-        ),
-        {"new": subjects, "id": delivery_id},
-    )
+    return Emitted(ids, sorted(set(subjects)))
 
 
 async def requeue_sent(session: AsyncSession, tables: EventTables, ids: list[str]) -> None:
@@ -260,7 +257,7 @@ async def accept(
     if not normalized.known_topic:
         await finish(session, did, "archived", [])
         return Outcome(did, "archived")
-    ids = await emit(
+    emitted = await emit(
         session,
         outbox,
         tables,
@@ -278,8 +275,8 @@ async def accept(
         await forget_tenant_payloads(session, tenant_id, keep=did)
     for email in normalized.forget_emails:
         await forget_customer_payloads(session, tenant_id, email, keep=did)
-    await finish(session, did, "processed", ids)
-    return Outcome(did, "processed", ids)
+    await finish(session, did, "processed", emitted.ids, emitted.subjects)
+    return Outcome(did, "processed", emitted.ids)
 
 
 async def forget_customer_payloads(
@@ -309,9 +306,13 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
     await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
 
 
-async def finish(session: AsyncSession, did: str, status: str, ids: list[str]) -> None:
+async def finish(
+    session: AsyncSession, did: str, status: str, ids: list[str], subjects: Sequence[str] = ()
+) -> None:
     await session.execute(
-        update(Delivery).where(Delivery.id == did).values(status=status, event_ids=ids)
+        update(Delivery)
+        .where(Delivery.id == did)
+        .values(status=status, event_ids=ids, subjects=list(subjects))
     )
 
 

@@ -18,13 +18,12 @@ other's export).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.kit.export import Records, rows
+from afterglow.kit.export import Records, by_customer, rows
 from afterglow.referrals.models import Code, Order, Referral
 
 CODES = Code.__table__
@@ -53,32 +52,6 @@ FRIEND_SIDE = (
 # advocate's. The machine-readable reason of the decision stays.
 ADVOCATE_SIDE = ("advocate_customer_id", "detail")
 
-Reader = Callable[[AsyncSession, str, str], Awaitable[list[dict[str, Any]]]]
-
-
-async def _codes(session: AsyncSession, tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
-    c = CODES.c
-    return await rows(
-        session,
-        CODES,
-        c.tenant_id == tenant_id,
-        c.advocate_customer_id == customer_id,
-        order_by=["issued_at", "id"],
-    )
-
-
-async def _orders(session: AsyncSession, tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
-    # The email, phone and address hashes stay: they are hashes of this customer's own
-    # contact details, kept for fraud matching, i.e. personal data held about them.
-    c = ORDERS.c
-    return await rows(
-        session,
-        ORDERS,
-        c.tenant_id == tenant_id,
-        c.customer_id == customer_id,
-        order_by=["placed_at", "order_id"],
-    )
-
 
 async def _referrals(
     session: AsyncSession, tenant_id: str, customer_id: str
@@ -98,13 +71,18 @@ async def _referrals(
     return sorted(found, key=lambda row: (datetime.fromisoformat(row["placed_at"]), row["id"]))
 
 
-READERS: dict[str, Reader] = {
-    CODES.name: _codes,
-    ORDERS.name: _orders,
-    REFERRALS.name: _referrals,
-}
-
-
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
-    # A pseudonym asked for as an id exports nothing: kit.export_router sees to it.
-    return {table: await read(session, tenant_id, customer_id) for table, read in READERS.items()}
+    # The email, phone and address hashes of orders stay: they are hashes of this
+    # customer's own contact details, kept for fraud matching, i.e. data held about them.
+    records = await by_customer(
+        session, tenant_id, customer_id, [(ORDERS, ("placed_at", "order_id"))]
+    )
+    records[CODES.description] = await rows(
+        session,
+        CODES,
+        CODES.c.tenant_id == tenant_id,
+        CODES.c.advocate_customer_id == customer_id,
+        order_by=["issued_at", "id"],
+    )
+    records[REFERRALS.description] = await _referrals(session, tenant_id, customer_id)
+    return records
