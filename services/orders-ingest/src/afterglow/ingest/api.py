@@ -736,8 +736,9 @@ class DeliveryOut(BaseModel):
     platform: str
     topic: str
     status: str = Field(
-        description="processed, archived, fetch_pending (BigCommerce, waiting for its "
-        "fetch) or failed (the fetch gave up; last_error says why)"
+        description="processed, archived, quarantined (signed but not normalizable; "
+        "last_error says why; replay once fixed), fetch_pending (BigCommerce, waiting "
+        "for its fetch) or failed (the fetch gave up; last_error says why)"
     )
     dedupe_key: str
     received_at: datetime
@@ -745,7 +746,9 @@ class DeliveryOut(BaseModel):
     replays: int
     attempts: int = Field(description="Fetches tried (BigCommerce); 0 elsewhere")
     next_attempt_at: datetime | None = Field(description="When the next fetch is due")
-    last_error: str | None = Field(description="Why the last fetch failed")
+    last_error: str | None = Field(
+        description="Why the delivery is quarantined, or why the last fetch failed"
+    )
 
 
 class DeliveryPage(BaseModel):
