@@ -145,7 +145,8 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {
-        "description": "Malformed JSON",
+        "description": "Signed, but not a JSON object in UTF-8 nesting at most 64 deep "
+        "(code malformed_json or too_deep); nothing stored",
         "content": {
             "application/json": {
                 "example": {"error": {"code": "malformed_json", "message": "the body is not..."}}
