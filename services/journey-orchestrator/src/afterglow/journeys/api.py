@@ -118,6 +118,10 @@ async def customer_journey(
         profile = {
             "orders_count": prof.orders_count,
             "total_spent": {"amount": prof.total_spent, "currency": prof.currency},
+            # Every currency apart, never summed across currencies.
+            "spent_by_currency": [
+                {"currency": cur, "amount": amount} for cur, amount in sorted(prof.spent.items())
+            ],
             "first_order_at": prof.first_order_at,
             "last_order_at": prof.last_order_at,
             "open_tickets": prof.open_tickets,
