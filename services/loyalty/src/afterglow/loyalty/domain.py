@@ -632,14 +632,14 @@ def price_order(
                 rate_as_of=rate.as_of,
             )
     cur, minor = amounts[0]
-    stated = " or ".join(sorted({c for c, _ in amounts}))
+    stated = " or ".join(c for c, _ in amounts)
     return Pricing(
         currency,
         cur,
         minor,
         None,
         unpriced_reason=f"no exchange rate from {stated} to {currency}: the order earns no"
-        " points until it is priced (set one with PUT /v1/exchange-rates/{currency})",
+        f" points (a rate set with PUT /v1/exchange-rates/{cur} prices later orders)",
     )
 
 

@@ -146,7 +146,9 @@ class OrderRow(Base):
     # when one was used. fx_factor NULL: unpriced (no rate), ``unpriced_reason`` says so;
     # such an order earns no points and no tier spend.
     value_currency: Mapped[str | None] = mapped_column(Text)
-    fx_factor: Mapped[Decimal | None] = mapped_column(Numeric(30, 12))
+    # 16 places: a rate's 10 decimal places shifted by up to 3 minor-unit digits (KWD),
+    # stored exactly, so SQL (tier spend) and Python (points) convert alike.
+    fx_factor: Mapped[Decimal | None] = mapped_column(Numeric(36, 16))
     fx_rate: Mapped[Decimal | None] = mapped_column(Numeric(24, 10))
     fx_as_of: Mapped[date | None] = mapped_column(Date)
     unpriced_reason: Mapped[str | None] = mapped_column(Text)

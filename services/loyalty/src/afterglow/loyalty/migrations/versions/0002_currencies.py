@@ -36,7 +36,7 @@ def upgrade() -> None:
     op.add_column("orders", sa.Column("other_minor", sa.BigInteger()), schema=S)
     op.add_column("orders", sa.Column("other_currency", sa.Text()), schema=S)
     op.add_column("orders", sa.Column("value_currency", sa.Text()), schema=S)
-    op.add_column("orders", sa.Column("fx_factor", sa.Numeric(30, 12)), schema=S)
+    op.add_column("orders", sa.Column("fx_factor", sa.Numeric(36, 16)), schema=S)
     op.add_column("orders", sa.Column("fx_rate", sa.Numeric(24, 10)), schema=S)
     op.add_column("orders", sa.Column("fx_as_of", sa.Date()), schema=S)
     op.add_column("orders", sa.Column("unpriced_reason", sa.Text()), schema=S)
