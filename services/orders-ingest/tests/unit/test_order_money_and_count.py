@@ -113,3 +113,23 @@ class TestCompleteRefund:
         out = domain.complete_refund(refund(999999, "GBP"), c.Money(amount=100, currency="PLN"))
         assert out.shop_amount is None and out.full is False
         assert out.order_total == c.Money(amount=100, currency="PLN")
+
+
+class TestStatedCurrencies:
+    def test_woocommerce_states_the_orders_currency(self):
+        out = domain.normalize_woocommerce("order.created", load("woocommerce_order"))
+        data = out.emits[0].data
+        assert isinstance(data, c.OrderPlaced)
+        assert data.presentment_total == data.total == c.Money(amount=2935, currency="EUR")
+        assert data.shop_total is None  # the store's base currency is not in the payload
+
+    def test_bigcommerce_shop_money_only_when_the_store_currency_is_the_orders(self):
+        order = load("bigcommerce_order")
+        same = domain.normalize_bigcommerce_order(order, order["_products"]).emits[0].data
+        assert isinstance(same, c.OrderPlaced)
+        assert same.shop_total == same.presentment_total == same.total
+        foreign = order | {"currency_code": "PLN", "store_default_currency_code": "USD"}
+        other = domain.normalize_bigcommerce_order(foreign, order["_products"]).emits[0].data
+        assert isinstance(other, c.OrderPlaced)
+        assert other.presentment_total == c.Money(amount=2200, currency="PLN")
+        assert other.shop_total is None  # no rate is guessed
