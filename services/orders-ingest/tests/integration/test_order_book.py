@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from ingest_support import fixture, post_shopify, register
+from ingest_support import api_key, fixture, post_shopify, register
 
 from afterglow.events import catalog as c
 from afterglow.events.testing import TopicTap
@@ -90,6 +90,26 @@ class TestCustomerOrderCount:
             client, tenant_id, secrets["shopify"], "orders/create", shopify_order(9202, 888, 0)
         )
         [second] = await tap.wait_for(placed_of(tenant_id, "shopify:9202"))
+        assert second.data.customer_orders_count == 2
+
+    async def test_a_replayed_order_is_not_counted_again(self, client, tap: TopicTap, tenant_id):
+        secrets = await register(client, tenant_id)
+        auth = {"Authorization": f"Bearer {await api_key(client, tenant_id, 'orders:write')}"}
+        r = await post_shopify(
+            client, tenant_id, secrets["shopify"], "orders/create", shopify_order(9251, 889, 0)
+        )
+        [first] = await tap.wait_for(placed_of(tenant_id, "shopify:9251"))
+        replayed = await client.post(
+            f"/v1/deliveries/{r.json()['delivery_id']}/replay", headers=auth
+        )
+        assert replayed.status_code == 200, replayed.text
+        [_, again] = await tap.wait_for(placed_of(tenant_id, "shopify:9251"), count=2)
+        assert again.id == first.id  # the same event: downstream inboxes drop it
+        assert again.data.customer_orders_count == 1
+        await post_shopify(
+            client, tenant_id, secrets["shopify"], "orders/create", shopify_order(9252, 889, 0)
+        )
+        [second] = await tap.wait_for(placed_of(tenant_id, "shopify:9252"))
         assert second.data.customer_orders_count == 2
 
     async def test_concurrent_orders_of_one_customer_each_get_their_own_number(
