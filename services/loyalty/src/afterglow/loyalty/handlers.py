@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent
 from afterglow.events.catalog import (
     CustomerErasureRequested,
+    Money,
     OrderCancelled,
     OrderDelivered,
     OrderFulfilled,
@@ -50,7 +51,7 @@ def _order_record(row: OrderRow) -> domain.OrderRecord:
     )
 
 
-def _pairs(amounts: list[Any]) -> list[tuple[str, int]]:
+def _pairs(amounts: list[Money]) -> list[tuple[str, int]]:
     return [(m.currency, m.amount) for m in amounts]
 
 
@@ -246,20 +247,8 @@ class Handlers:
             order.currency, order.total_minor, other, _pairs(data.amounts())
         )
         if refunded is None and not data.full:
-            if data.refund_id in rec.refund_ids:
-                return
-            order.refund_ids = [*rec.refund_ids, data.refund_id]
-            now = self.now()
-            rules = await store.load_rules(session, event.tenantid)
-            account = await store.lock_account(
-                session, event.tenantid, order.customer_id, now, rules
-            )
-            assert account is not None
-            reason = (
-                f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
-                f" be related to the order's total in {order.currency}: no points taken back"
-            )
-            await self._note_unpriced(session, account, rules, order.order_id, reason, now)
+            if data.refund_id not in rec.refund_ids:
+                await self._flag_unrelated_refund(session, event, order, data)
             return
         amount = refunded if refunded is not None else order.total_minor
         if not rec.record_refund(data.refund_id, amount, data.full):
@@ -268,6 +257,23 @@ class Handlers:
         order.refunded_minor = rec.refunded_minor
         order.fully_refunded = rec.fully_refunded
         await self._claw_order(session, event, order, f"refund {data.refund_id}")
+
+    async def _flag_unrelated_refund(
+        self, session: AsyncSession, event: CloudEvent[Any], order: OrderRow, data: OrderRefunded
+    ) -> None:
+        """A partial refund in a currency the order does not state: no share of the order
+        can be computed without guessing a rate, so nothing is clawed back; the refund is
+        remembered (applied once) and flagged in the ledger with the reason."""
+        order.refund_ids = [*(order.refund_ids or []), data.refund_id]
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
+        assert account is not None
+        reason = (
+            f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
+            f" be related to the order's total in {order.currency}: no points taken back"
+        )
+        await self._note_unpriced(session, account, rules, order.order_id, reason, now)
 
     async def order_cancelled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderCancelled = event.data
