@@ -136,6 +136,49 @@ def money(amount: Any, currency: str, field: str = "amount") -> c.Money:
     return c.Money(amount=to_minor(amount, currency, field), currency=currency)
 
 
+def shopify_money_set(value: Any, field: str) -> tuple[c.Money | None, c.Money | None]:
+    """Shopify's ``*_set`` (a MoneyBag): ``{"shop_money": {"amount", "currency_code"},
+    "presentment_money": {...}}`` -> (shop money, presentment money), each None when
+    absent. Shopify states both because a shop sells in many currencies: the shop's own
+    is what the merchant's programme is defined in, the presentment one what the customer
+    paid; reading one as the other prices an order of 2,119.29 PLN as 2,119.29 USD."""
+    if not isinstance(value, Mapping):
+        return None, None
+    out: list[c.Money | None] = []
+    for side in ("shop_money", "presentment_money"):
+        bag = value.get(side)
+        if isinstance(bag, Mapping) and bag.get("amount") is not None:
+            out.append(
+                money(bag["amount"], str(bag.get("currency_code") or ""), f"{field}.{side}.amount")
+            )
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+def with_order_count(data: c.OrderPlaced, book_count: int) -> c.OrderPlaced:
+    """The one definition of a customer's order count (every service's "first order"
+    reads it through ``catalog.is_first_order``): the orders ingest's order book has
+    seen for this customer, this one included, or the platform's count when larger
+    (the platform knows orders from before the shop installed Afterglow).
+
+    The platform's count alone is not trusted: Shopify's ``customer.orders_count`` is
+    often stale (its own orders/create fixture says 0 for an order that exists) or
+    absent (guest checkouts, WooCommerce). What the normaliser or a canonical sender
+    stated is kept as ``platform_orders_count``."""
+    platform = (
+        data.platform_orders_count
+        if data.platform_orders_count is not None
+        else data.customer_orders_count
+    )
+    return data.model_copy(
+        update={
+            "platform_orders_count": platform,
+            "customer_orders_count": max(book_count, platform or 0),
+        }
+    )
+
+
 def normalize_email(email: str | None) -> str | None:
     if not email or "@" not in email:
         return None
@@ -384,6 +427,10 @@ class OrderRecord:
     platform_order_id: str
     subject: str
     total: c.Money | None
+    # The total in the customer's currency when it differs from ``total``'s: a later
+    # refund stated in it (Shopify refunds in the presentment currency) is compared
+    # with this one.
+    presentment: c.Money | None = None
 
 
 @dataclass
@@ -480,6 +527,12 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
             )
         )
     country = ship.get("country_code")
+    total = money(require(p, "total_price"), currency, "total_price")
+    # ``currency`` and ``total_price`` are the shop's money; the presentment side comes
+    # from total_price_set, or is the same when the customer paid in the shop's currency.
+    shop_total, presentment_total = shopify_money_set(p.get("total_price_set"), "total_price_set")
+    if presentment_total is None and (p.get("presentment_currency") or currency) == currency:
+        presentment_total = total
     data = fit(
         c.OrderPlaced,
         order_id=order_id,
@@ -497,7 +550,9 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
             email_hash=email_hash(email),
             phone_hash=phone_hash(phone),
         ),
-        total=money(require(p, "total_price"), currency, "total_price"),
+        total=total,
+        shop_total=shop_total or total,
+        presentment_total=presentment_total,
         subtotal=money(p["subtotal_price"], currency, "subtotal_price")
         if p.get("subtotal_price") is not None
         else None,
@@ -508,10 +563,11 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
         shipping_address_hash=address_hash(
             ship.get("address1"), ship.get("address2"), ship.get("city"), ship.get("zip"), country
         ),
-        customer_orders_count=cust.get("orders_count"),
+        # The platform's count as sent; ingest's intake sets customer_orders_count.
+        platform_orders_count=cust.get("orders_count"),
     )
     subject = customer_subject(cust.get("id"), email, order_id, phone)
-    return data, OrderRecord(order_id, oid, subject, data.total)
+    return data, OrderRecord(order_id, oid, subject, data.total, data.presentment_total)
 
 
 def _shopify_fulfilled(order_id: str, f: Mapping[str, Any], fallback: Any) -> c.OrderFulfilled:
@@ -566,11 +622,22 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
         ]
         if not txs:
             raise MissingField("transactions")
-        currency = str(require(txs[0], "currency", "transactions.0."))
+        currency = str(require(txs[0], "currency", "transactions.0.")).upper()
         total = sum(
             to_minor(require(t, "amount", f"transactions.{i}."), currency)
             for i, t in enumerate(txs)
         )
+        # Refund transactions are in the presentment currency; the shop's side is only
+        # known when every transaction states it (amount_set), else the caller derives
+        # it from the order book.
+        shop_sides = [shopify_money_set(t.get("amount_set"), "amount_set")[0] for t in txs]
+        shop_amount = (
+            c.Money(amount=sum(m.amount for m in shop_sides if m), currency=shop_sides[0].currency)
+            if shop_sides[0] is not None
+            and all(m is not None and m.currency == shop_sides[0].currency for m in shop_sides)
+            else None
+        )
+        amount = c.Money(amount=total, currency=currency)
         out.emits.append(
             Emit(
                 c.OrderRefunded(
@@ -579,7 +646,9 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
                     refunded_at=parse_time(
                         p.get("processed_at") or p.get("created_at"), "created_at"
                     ),
-                    amount=c.Money(amount=total, currency=currency.upper()),
+                    amount=amount,
+                    shop_amount=shop_amount,
+                    presentment_amount=amount,
                     full=False,  # completed by the caller, who knows the order total
                 ),
                 None,
@@ -633,15 +702,35 @@ def stamp_requested_at(data: c.EventData, received_at: datetime) -> c.EventData:
     return data
 
 
-def complete_refund(data: c.EventData, order_total: c.Money | None) -> c.EventData:
-    """A refund is full when it covers the order total we know of."""
+def complete_refund(
+    data: c.EventData, order_total: c.Money | None, presentment: c.Money | None = None
+) -> c.EventData:
+    """Complete a refund from the order book: the order total, the refund in the shop's
+    currency, and whether it is full (it covers the order total).
+
+    A refund stated in the customer's currency (Shopify refunds in the presentment one)
+    is never compared with a total in the shop's: its shop amount is its share of the
+    presentment total applied to the shop total (floored: never more than refunded)."""
     if not isinstance(data, c.OrderRefunded) or order_total is None:
         return data
-    if order_total.currency != data.amount.currency:
-        return data.model_copy(update={"order_total": order_total})
-    return data.model_copy(
-        update={"order_total": order_total, "full": data.amount.amount >= order_total.amount}
-    )
+    update: dict[str, Any] = {"order_total": order_total}
+    shop = c.amount_in(order_total.currency, data.amounts())
+    if (
+        shop is None
+        and presentment is not None
+        and presentment.amount > 0
+        and data.amount.currency == presentment.currency
+    ):
+        shop = c.Money(
+            amount=data.amount.amount * order_total.amount // presentment.amount,
+            currency=order_total.currency,
+        )
+        if data.presentment_amount is None:
+            update["presentment_amount"] = data.amount
+    if shop is not None:
+        update["shop_amount"] = shop
+        update["full"] = data.full or shop.amount >= order_total.amount
+    return data.model_copy(update=update)
 
 
 # --- WooCommerce --------------------------------------------------------------------
@@ -704,6 +793,9 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
             phone_hash=phone_hash(phone),
         ),
         total=money(require(p, "total"), currency, "total"),
+        # WooCommerce states the order's currency (a multi-currency plugin makes it the
+        # customer's); the store's base currency is not in the payload.
+        presentment_total=money(require(p, "total"), currency, "total"),
         line_items=items,
         discount_codes=discount_codes(p.get("coupon_lines")),
         referral_code=ref,
@@ -948,6 +1040,12 @@ def normalize_bigcommerce_order(
             phone_hash=phone_hash(phone),
         ),
         total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
+        # The order states its currency; it is the store's own only when the store's
+        # default currency says so (no rate is guessed here).
+        shop_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax")
+        if str(order.get("store_default_currency_code") or currency).upper() == currency.upper()
+        else None,
+        presentment_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
         line_items=items,
         shipping_country=(billing.get("country_iso2") or None),
         shipping_address_hash=address_hash(

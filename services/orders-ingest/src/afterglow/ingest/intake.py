@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
-from afterglow.ingest.models import Delivery, Order, OrderFact
+from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact
 
 SOURCE = "afterglow/orders-ingest"
 QUARANTINED = "quarantined"
@@ -119,24 +119,78 @@ async def store_delivery(
     return (await session.execute(stmt)).scalar()
 
 
-async def resolve_order(
-    session: AsyncSession, tenant_id: str, order_id: str
-) -> tuple[str | None, c.Money | None]:
+@dataclass(frozen=True)
+class KnownOrder:
+    """What the order book knows of an order that a later payload does not carry."""
+
+    subject: str | None = None
+    total: c.Money | None = None
+    presentment: c.Money | None = None
+
+
+async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
     row = (
         await session.execute(
-            select(Order.subject, Order.total_amount, Order.currency).where(
-                Order.tenant_id == tenant_id, Order.order_id == order_id
-            )
+            select(
+                Order.subject,
+                Order.total_amount,
+                Order.currency,
+                Order.presentment_amount,
+                Order.presentment_currency,
+            ).where(Order.tenant_id == tenant_id, Order.order_id == order_id)
         )
     ).first()
     if row is None:
-        return None, None
+        return KnownOrder()
     total = (
         c.Money(amount=row.total_amount, currency=row.currency)
         if row.total_amount is not None and row.currency
         else None
     )
-    return row.subject, total
+    presentment = (
+        c.Money(amount=row.presentment_amount, currency=row.presentment_currency)
+        if row.presentment_amount is not None and row.presentment_currency
+        else None
+    )
+    return KnownOrder(row.subject, total, presentment)
+
+
+async def count_customer_order(
+    session: AsyncSession, tenant_id: str, subject: str, order_id: str, *, replay: bool
+) -> int:
+    """This order's number among its customer's orders in the order book (1 = first).
+
+    Called once per order, when its order.placed is first emitted. The count is one
+    upsert on the customer's counter row: ``ON CONFLICT DO UPDATE`` locks that row, so
+    a concurrent order of the same customer waits for this transaction and counts
+    after it (two ``SELECT count(*)`` would each miss the other's uncommitted order and
+    both call themselves the first). The number is kept on the order, so a replay
+    re-emits the same one instead of counting the order again."""
+    if replay:
+        seq = (
+            await session.execute(
+                select(Order.customer_order_seq).where(
+                    Order.tenant_id == tenant_id, Order.order_id == order_id
+                )
+            )
+        ).scalar()
+        if seq is not None:
+            return int(seq)
+    bump = pg_insert(CustomerOrderCount).values(tenant_id=tenant_id, subject=subject, orders=1)
+    seq = (
+        await session.execute(
+            bump.on_conflict_do_update(
+                index_elements=["tenant_id", "subject"],
+                set_={"orders": CustomerOrderCount.orders + 1},
+            ).returning(CustomerOrderCount.orders)
+        )
+    ).scalar_one()
+    await session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
+        .values(customer_order_seq=seq)
+    )
+    return int(seq)
 
 
 async def order_id_by_platform_id(
@@ -185,6 +239,8 @@ async def emit(
             subject=o.subject,
             total_amount=o.total.amount if o.total else None,
             currency=o.total.currency if o.total else None,
+            presentment_amount=o.presentment.amount if o.presentment else None,
+            presentment_currency=o.presentment.currency if o.presentment else None,
         )
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
@@ -194,9 +250,9 @@ async def emit(
         subject = item.subject
         order_id = getattr(data, "order_id", None)
         if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
-            known_subject, total = await resolve_order(session, tenant_id, order_id)
-            subject = subject or known_subject
-            data = domain.complete_refund(data, total)
+            known = await resolve_order(session, tenant_id, order_id)
+            subject = subject or known.subject
+            data = domain.complete_refund(data, known.total, known.presentment)
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
@@ -221,6 +277,13 @@ async def emit(
             ).scalar()
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
+        if isinstance(data, c.OrderPlaced):
+            # The order book's count, in this transaction: every service's "first
+            # order" reads it (catalog.is_first_order).
+            seq = await count_customer_order(
+                session, tenant_id, subject, data.order_id, replay=replay
+            )
+            data = domain.with_order_count(data, seq)
         events.append(
             CloudEvent.new(
                 data,
@@ -376,6 +439,9 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
         .values(body=b"{}", headers={"x-afterglow-redacted": "shop/redact"})
     )
     await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
+    await session.execute(
+        delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
+    )
 
 
 async def finish(
