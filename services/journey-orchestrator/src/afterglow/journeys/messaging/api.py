@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
-from afterglow.events.catalog import MessageKind, MessageRequested
+from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -329,6 +329,15 @@ class MessageIn(BaseModel):
         None
     )
     not_before: Instant | None = None
+
+    @model_validator(mode="after")
+    def _carries_its_variables(self) -> MessageIn:
+        # The event's own rule, checked here: failing later, in MessageRequested(...),
+        # was a ValidationError inside the route (a 500) instead of a 422.
+        missing = MESSAGE_VARIABLES[self.kind] - self.variables.keys()
+        if missing:
+            raise ValueError(f"variables: a {self.kind} message needs {sorted(missing)}")
+        return self
 
 
 @router.post("/v1/messages", status_code=202, summary="Request a message (as message.requested)")
