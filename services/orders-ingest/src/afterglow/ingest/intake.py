@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
-from afterglow.ingest.models import Delivery, Order, OrderFact
+from afterglow.ingest.models import Delivery, Order, OrderFact, Tenant
 
 SOURCE = "afterglow/orders-ingest"
 
@@ -96,24 +96,49 @@ async def store_delivery(
     return (await session.execute(stmt)).scalar()
 
 
-async def resolve_order(
-    session: AsyncSession, tenant_id: str, order_id: str
-) -> tuple[str | None, c.Money | None]:
+@dataclass(frozen=True)
+class KnownOrder:
+    """What the order book knows of an order a later event names."""
+
+    subject: str | None
+    total: c.Money | None
+    refunded: int  # minor units, the sum of the refunds emitted so far
+
+
+async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
     row = (
         await session.execute(
-            select(Order.subject, Order.total_amount, Order.currency).where(
+            select(Order.subject, Order.total_amount, Order.currency, Order.refunded_amount).where(
                 Order.tenant_id == tenant_id, Order.order_id == order_id
             )
         )
     ).first()
     if row is None:
-        return None, None
+        return KnownOrder(None, None, 0)
     total = (
         c.Money(amount=row.total_amount, currency=row.currency)
         if row.total_amount is not None and row.currency
         else None
     )
-    return row.subject, total
+    return KnownOrder(row.subject, total, int(row.refunded_amount or 0))
+
+
+async def add_refunded(session: AsyncSession, tenant_id: str, refund: c.OrderRefunded) -> None:
+    """Count an emitted refund towards its order's refunded sum (same currency only)."""
+    await session.execute(
+        update(Order)
+        .where(
+            Order.tenant_id == tenant_id,
+            Order.order_id == refund.order_id,
+            Order.currency == refund.amount.currency,
+        )
+        .values(refunded_amount=Order.refunded_amount + refund.amount.amount)
+    )
+
+
+async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
+    days = await session.scalar(select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id))
+    return 30 if days is None else int(days)
 
 
 async def order_id_by_platform_id(
@@ -166,14 +191,20 @@ async def emit(
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
     subjects: list[str] = []  # also those of facts already stated by an earlier delivery
-    for index, item in enumerate(normalized.emits):
+    emits = normalized.emits
+    if any(isinstance(e.data, domain.ORDER_EVENT_TYPES) for e in emits):
+        # A live delivery about an old order (a re-sent webhook, a first sync) is
+        # history: recorded and counted, but it starts no journey, survey or bonus.
+        # Decided on the delivery's receive time, so a replay decides the same.
+        emits = domain.mark_late(emits, received_at, await late_order_days(session, tenant_id))
+    for index, item in enumerate(emits):
         data = domain.stamp_requested_at(item.data, received_at)
         subject = item.subject
         order_id = getattr(data, "order_id", None)
         if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
-            known_subject, total = await resolve_order(session, tenant_id, order_id)
-            subject = subject or known_subject
-            data = domain.complete_refund(data, total)
+            known = await resolve_order(session, tenant_id, order_id)
+            subject = subject or known.subject
+            data = domain.complete_refund(data, known.total, known.refunded)
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
@@ -198,6 +229,8 @@ async def emit(
             ).scalar()
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
+            if isinstance(data, c.OrderRefunded):
+                await add_refunded(session, tenant_id, data)
         events.append(
             CloudEvent.new(
                 data,
