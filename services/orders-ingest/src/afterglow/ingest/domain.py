@@ -780,7 +780,9 @@ BIGCOMMERCE_SCOPES = frozenset(
     {"store/order/created", "store/order/updated", "store/order/statusUpdated"}
 )
 # https://developer.bigcommerce.com/docs/store-operations/orders/order-statuses
-_BC_PLACED = {2, 3, 7, 8, 9, 10, 11, 12}
+# 14, Partially Refunded: a paid order some of whose money went back; still placed (its
+# refunds are events of their own), or the refund would name an order nobody saw.
+_BC_PLACED = {2, 3, 7, 8, 9, 10, 11, 12, 14}
 _BC_SHIPPED = {2, 3, 10}
 
 

@@ -138,11 +138,12 @@ async def import_history(
     since: datetime,
     *,
     earn_points: bool = False,
-    page_size: int = PAGE_SIZE,
+    page_size: int | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> ImportResult:
     """Import the orders created since ``since``. A platform error stops the import
-    with what was stored so far kept (``error`` says why); running it again resumes."""
+    with what was stored so far kept (``error`` says why); running it again resumes.
+    Pages are as large as reconciliation's (``ingest_reconcile_page_size``)."""
     if platform not in PLATFORMS:
         raise Unprocessable(f"history import supports {', '.join(PLATFORMS)}", field="platform")
     if since.tzinfo is None:
@@ -153,6 +154,9 @@ async def import_history(
     if conn is None:
         raise NotFound(f"no {platform} connection for this tenant", field="platform")
     result = ImportResult(platform, since, earn_points)
+    settings = runtime.settings
+    if page_size is None:
+        page_size = getattr(settings, "ingest_reconcile_page_size", PAGE_SIZE)
     try:
         await check_destination(
             conn.api_base_url, allow_private=runtime.settings.outbound_allow_private
