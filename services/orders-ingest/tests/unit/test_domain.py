@@ -127,6 +127,11 @@ class TestShopifyNormalization:
         out = domain.normalize_shopify("fulfillments/update", f)
         assert [type(e.data) for e in out.emits] == [c.OrderFulfilled]
 
+    def test_a_refund_without_money_is_no_event(self):
+        refund = load("shopify_refund") | {"transactions": []}
+        out = domain.normalize_shopify("refunds/create", refund)
+        assert out.known_topic and out.emits == []
+
     def test_full_refund_when_it_covers_the_total(self):
         out = domain.normalize_shopify("refunds/create", load("shopify_refund"))
         data = domain.complete_refund(out.emits[0].data, c.Money(amount=19900, currency="USD"))

@@ -361,7 +361,10 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
             if t.get("kind") == "refund" and t.get("status", "success") == "success"
         ]
         if not txs:
-            raise MissingField("transactions")
+            # A refund that returned no money (a restock, or its transaction failed) is
+            # no refund of the order: nothing to claw back. Refusing it (422) would make
+            # Shopify retry it for hours and count failures against the webhook.
+            return out
         currency = str(require(txs[0], "currency", "transactions.0."))
         total = sum(
             to_minor(require(t, "amount", f"transactions.{i}."), currency)
