@@ -511,10 +511,19 @@ class TestLateLiveOrder:
         )
         assert account["available"] + account["pending"] == 195
         async with shop.loyalty_rt.sessionmaker() as s:
-            sources = (
-                await s.scalars(select(LotRow.source).where(LotRow.tenant_id == tenant_id))
+            lots = (
+                await s.execute(
+                    select(LotRow.source, LotRow.state, LotRow.expires_at).where(
+                        LotRow.tenant_id == tenant_id
+                    )
+                )
             ).all()
-        assert list(sources) == ["order"]
+        # One lot, no first-order bonus; its return window ended two years ago, so it is
+        # spendable now, and its 12 months of life start now (not two years ago, which
+        # would have expired it in the second it was credited).
+        [(source, state, expires_at)] = lots
+        assert (source, state) == ("order", "available")
+        assert expires_at > datetime.now(UTC) + timedelta(days=360)
         assert await shop.asks(shop.loyalty_rt, tenant_id) == []
 
         (event,) = await shop.order_events(tenant_id, c.OrderPlaced)
