@@ -158,7 +158,37 @@ Platform = Literal[
 # --- orders -------------------------------------------------------------------------
 
 
-class OrderPlaced(EventData):
+class OrderEvent(EventData):
+    """Fields every order event carries: whether it tells of the past.
+
+    An order's events can reach us long after the fact: a history import of the shop's
+    past orders, a re-sent webhook, a first sync. Such an event is ``historical``: every
+    service records and counts it (order book, spend, tiers, metrics), but none starts a
+    journey, asks for a survey or sends a message because of it. Without the flag, an
+    order placed years ago ran its whole lifecycle in a second: points earned, cleared,
+    expired and clawed back, and the customer got a survey about it."""
+
+    historical: bool = Field(
+        default=False,
+        description="About the past: record and count it, start nothing and send nothing",
+    )
+    origin: Literal["live", "late", "import"] = Field(
+        default="live",
+        description="live: as it happened; late: a live delivery about an order older than "
+        "the tenant's limit; import: a history import",
+    )
+    historical_reason: str | None = Field(
+        default=None,
+        max_length=300,
+        description="Why the event is historical, for decision records",
+    )
+    earn_points: bool = Field(
+        default=True,
+        description="Whether loyalty credits this order (a history import may choose not to)",
+    )
+
+
+class OrderPlaced(OrderEvent):
     type: Literal["afterglow.order.placed.v1"] = "afterglow.order.placed.v1"
     order_id: str = Field(max_length=100, description="Afterglow's order key: platform id")
     order_number: str | None = Field(default=None, max_length=100)
@@ -214,7 +244,7 @@ class OrderPlaced(EventData):
         return distinct_amounts(self.shop_total, self.total, self.presentment_total)
 
 
-class OrderFulfilled(EventData):
+class OrderFulfilled(OrderEvent):
     type: Literal["afterglow.order.fulfilled.v1"] = "afterglow.order.fulfilled.v1"
     order_id: str
     fulfilled_at: AwareDatetime
@@ -222,14 +252,14 @@ class OrderFulfilled(EventData):
     carrier: str | None = None
 
 
-class OrderDelivered(EventData):
+class OrderDelivered(OrderEvent):
     type: Literal["afterglow.order.delivered.v1"] = "afterglow.order.delivered.v1"
     order_id: str
     delivered_at: AwareDatetime
     reported_by: Platform
 
 
-class OrderRefunded(EventData):
+class OrderRefunded(OrderEvent):
     type: Literal["afterglow.order.refunded.v1"] = "afterglow.order.refunded.v1"
     order_id: str
     refund_id: str
@@ -251,7 +281,7 @@ class OrderRefunded(EventData):
         return distinct_amounts(self.shop_amount, self.amount, self.presentment_amount)
 
 
-class OrderCancelled(EventData):
+class OrderCancelled(OrderEvent):
     type: Literal["afterglow.order.cancelled.v1"] = "afterglow.order.cancelled.v1"
     order_id: str
     cancelled_at: AwareDatetime

@@ -669,7 +669,8 @@ def _zone(name: str | None, strict: bool = False) -> ZoneInfo:
 
 # --- instance state --------------------------------------------------------------------
 
-Status = Literal["running", "paused", "exited", "completed"]
+# skipped: never started (a late order's trigger); kept as the record of that decision.
+Status = Literal["running", "paused", "exited", "completed", "skipped"]
 
 
 class InstanceState(BaseModel):
@@ -916,13 +917,33 @@ def start(
     return res
 
 
+def not_started(
+    j: Journey, version: int, instance_id: str, trigger: Occurrence, now: datetime
+) -> StepResult:
+    """The decision record of a trigger that starts nothing (a historical order): an
+    instance in ``skipped`` with one ``skip`` transition that says why. It has no
+    stage, no timer and no action, and counts in no funnel stage."""
+    st = InstanceState(
+        id=instance_id,
+        journey=j.name,
+        version=version,
+        order_id=trigger.order_id,
+        status="skipped",
+        started_at=now,
+        exit_reason="historical order",
+    )
+    why = trigger.data.get("historical_reason") or "historical order"
+    reason = f"not started: {why}; a past order gets no journey, survey or message"
+    return StepResult(st, [Transition("skip", None, None, trigger.id, reason, now)])
+
+
 def on_event(
     j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, now: datetime
 ) -> StepResult:
     """Apply an event to a running or paused instance. ``profile`` already includes it."""
     res = StepResult(st.model_copy(deep=True))
     s = res.state
-    if s.status in ("exited", "completed"):
+    if s.status in ("exited", "completed", "skipped"):
         return res
     same_order = ev.order_id is None or s.order_id is None or ev.order_id == s.order_id
     if ev.type in j.exits and same_order:
@@ -1273,16 +1294,29 @@ def handle_event(
     ``active`` maps name -> active version."""
     out = Outcome(project(profile, ev))
     prof = out.profile
+    # A historical event (a history import, or a live delivery about an order older
+    # than the tenant's limit) is counted in the profile above and may end or anchor a
+    # running journey of its own order, but it converts no goal and starts nothing:
+    # otherwise a two-year-old order would get a welcome, a check-in and a survey.
+    historical = bool(ev.data.get("historical"))
     live = [i for i in instances if i.status in ("running", "paused")]
     for inst in instances:
         j = journeys[(inst.journey, inst.version)]
-        if goal_reached(j, inst, ev):
+        # A skipped instance never ran: a later order is no conversion of it.
+        if not historical and inst.status != "skipped" and goal_reached(j, inst, ev):
             out.goals.append(inst.id)
     for inst in live:
         out.results.append(on_event(journeys[(inst.journey, inst.version)], inst, prof, ev, now))
     for name, version in sorted(active.items()):
         j = journeys[(name, version)]
         if not triggers(j, prof, ev, now):
+            continue
+        if historical:
+            # A late live order leaves a record of why nothing started; an import's
+            # hundreds of past orders do not (the import's own result says so).
+            iid = instance_id_for(name, ev.id)
+            if ev.data.get("origin") == "late" and not any(i.id == iid for i in instances):
+                out.results.append(not_started(j, version, iid, ev, now))
             continue
         running = [
             r

@@ -68,6 +68,17 @@ class Handlers:
             OrderRow, (tenant, order_id), with_for_update=True, populate_existing=True
         )
 
+    @staticmethod
+    def _available_at(
+        rules: domain.ProgramRules, when: datetime, now: datetime, historical: bool
+    ) -> datetime:
+        """When an order's points become spendable: the return window after fulfilment.
+        For a past order (historical) not before now: its window ended long ago, and
+        expiry counts from availability, so the points would otherwise be credited,
+        released and expired in the same second."""
+        start = domain.available_at(rules, when)
+        return max(start, now) if historical else start
+
     async def _earn_order(
         self,
         session: AsyncSession,
@@ -76,6 +87,7 @@ class Handlers:
         wallet: domain.Wallet,
         order: OrderRow,
         now: datetime,
+        historical: bool = False,
     ) -> list[domain.Entry]:
         """Credit an order's points (and the first-order bonus) as pending lots, at the
         rate and tier multiplier in force now, on the order's amount net of the refunds
@@ -88,7 +100,7 @@ class Handlers:
             **domain.earning_basis(rec),
         }
         when = order.fulfilled_at or order.delivered_at
-        start = domain.available_at(rules, when) if when else None
+        start = self._available_at(rules, when, now, historical) if when else None
         entries: list[domain.Entry] = []
         # Earned on the net amount in the program's currency (0 when the order is
         # unpriced: its amount is never read as if it were in the program's currency).
@@ -115,21 +127,28 @@ class Handlers:
         """Earn when the order reaches an earning status; start the pending clock once
         the order is fulfilled (or delivered, when no fulfilment came)."""
         now = self.now()
+        historical = bool(getattr(event.data, "historical", False))
         rules = await store.load_rules(session, event.tenantid)
         account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
         assert account is not None
         wallet = await store.load_wallet(session, account, order.order_id)
         entries: list[domain.Entry] = []
         if not order.earned and domain.earns_at(rules, status, _order_record(order)):
-            entries += await self._earn_order(session, rules, account, wallet, order, now)
+            entries += await self._earn_order(
+                session, rules, account, wallet, order, now, historical
+            )
         when = order.fulfilled_at or order.delivered_at
         if when is not None:
             for lot in wallet.lots:
                 if lot.order_id == order.order_id and lot.state == "pending":
-                    wallet.schedule(lot, domain.available_at(rules, when))
+                    wallet.schedule(lot, self._available_at(rules, when, now, historical))
                     entries += wallet.release(lot, rules, now)
         await store.persist(session, self.rt.outbox, account, wallet, entries, now)
-        await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
+        # A past order may still move the tier (spend is spend), but says nothing to
+        # the customer: no tier-up message for history.
+        await store.refresh_tier(
+            session, self.rt.outbox, rules, account, now, event.id, notify=not historical
+        )
 
     async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderPlaced = event.data
@@ -144,8 +163,12 @@ class Handlers:
         account = await store.lock_account(session, event.tenantid, event.subject, now, rules)
         assert account is not None
         # The one rule, on the count ingest's order book set (catalog.is_first_order);
-        # journeys' welcome branch applies the same rule to the same field.
-        first = data.is_first_order(earlier_orders_seen=account.orders_count)
+        # journeys' welcome branch applies the same rule to the same field. A past order
+        # (history import, late delivery) is never a first order: the first-order bonus
+        # welcomes a new customer, not one who bought years ago.
+        first = not data.historical and data.is_first_order(
+            earlier_orders_seen=account.orders_count
+        )
         account.orders_count += 1
         amounts = _pairs(data.amounts())
         rates = (
@@ -173,7 +196,9 @@ class Handlers:
             refund_ids=[],
             fully_refunded=False,
             cancelled=False,
-            earned=False,
+            # An imported order the tenant chose not to credit counts for spend and
+            # tiers only: its earning is settled (nothing), so no later status earns it.
+            earned=not data.earn_points,
             first_order=first,
         )
         session.add(order)

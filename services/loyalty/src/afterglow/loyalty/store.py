@@ -326,7 +326,11 @@ async def refresh_tier(
     account: Account,
     now: datetime,
     cause: str,
+    *,
+    notify: bool = True,
 ) -> None:
+    """Move the account to the tier its qualifying value earns; ``notify`` False (a
+    historical order moved it) records the change without a tier-up message."""
     value, oldest = await qualifying_value(session, rules, account, now)
     account.tier_review_at = (
         domain.add_months(oldest, rules.tier_window_months) if oldest is not None else None
@@ -344,7 +348,7 @@ async def refresh_tier(
             new,
         )
     ]
-    if direction == "up":
+    if direction == "up" and notify:
         key = derived_event_id(account.tenant_id, account.customer_id, cause, new)
         request_id = f"loyalty:tier_up:{key}"
         events.append(message(account, "tier_up", request_id, {"tier": new, "from_tier": old}))

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
-from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact
+from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
 
 SOURCE = "afterglow/orders-ingest"
 QUARANTINED = "quarantined"
@@ -126,6 +126,7 @@ class KnownOrder:
     subject: str | None = None
     total: c.Money | None = None
     presentment: c.Money | None = None
+    refunded: int = 0  # shop minor units, the sum of the refunds emitted so far
 
 
 async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
@@ -137,6 +138,7 @@ async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) ->
                 Order.currency,
                 Order.presentment_amount,
                 Order.presentment_currency,
+                Order.refunded_amount,
             ).where(Order.tenant_id == tenant_id, Order.order_id == order_id)
         )
     ).first()
@@ -152,7 +154,7 @@ async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) ->
         if row.presentment_amount is not None and row.presentment_currency
         else None
     )
-    return KnownOrder(row.subject, total, presentment)
+    return KnownOrder(row.subject, total, presentment, int(row.refunded_amount or 0))
 
 
 async def count_customer_order(
@@ -191,6 +193,26 @@ async def count_customer_order(
         .values(customer_order_seq=seq)
     )
     return int(seq)
+
+
+async def add_refunded(session: AsyncSession, tenant_id: str, refund: c.OrderRefunded) -> None:
+    """Count an emitted refund towards its order's refunded sum, in the shop's money
+    (the order total's currency; a refund with no amount in it is not counted)."""
+    shop = refund.shop_amount or refund.amount
+    await session.execute(
+        update(Order)
+        .where(
+            Order.tenant_id == tenant_id,
+            Order.order_id == refund.order_id,
+            Order.currency == shop.currency,
+        )
+        .values(refunded_amount=Order.refunded_amount + shop.amount)
+    )
+
+
+async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
+    days = await session.scalar(select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id))
+    return 30 if days is None else int(days)
 
 
 async def order_id_by_platform_id(
@@ -245,14 +267,20 @@ async def emit(
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
     subjects: list[str] = []  # also those of facts already stated by an earlier delivery
-    for index, item in enumerate(normalized.emits):
+    emits = normalized.emits
+    if any(isinstance(e.data, domain.ORDER_EVENT_TYPES) for e in emits):
+        # A live delivery about an old order (a re-sent webhook, a first sync) is
+        # history: recorded and counted, but it starts no journey, survey or bonus.
+        # Decided on the delivery's receive time, so a replay decides the same.
+        emits = domain.mark_late(emits, received_at, await late_order_days(session, tenant_id))
+    for index, item in enumerate(emits):
         data = domain.stamp_requested_at(item.data, received_at)
         subject = item.subject
         order_id = getattr(data, "order_id", None)
         if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
             known = await resolve_order(session, tenant_id, order_id)
             subject = subject or known.subject
-            data = domain.complete_refund(data, known.total, known.presentment)
+            data = domain.complete_refund(data, known.total, known.presentment, known.refunded)
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
@@ -277,6 +305,8 @@ async def emit(
             ).scalar()
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
+            if isinstance(data, c.OrderRefunded):
+                await add_refunded(session, tenant_id, data)
         if isinstance(data, c.OrderPlaced):
             # The order book's count, in this transaction: every service's "first
             # order" reads it (catalog.is_first_order).
