@@ -251,3 +251,14 @@ class TestTemplates:
         with pytest.raises(TemplateRenderError):
             validate(Template(channel="sms", text="{{ reward_code }}"), "spring-promo")
         assert set().union(*MESSAGE_VARIABLES.values()) <= SAMPLE_VARIABLES.keys()
+
+
+class TestHostileRetryAfter:
+    def test_a_unicode_digit_retry_after_is_ignored_not_raised(self):
+        from datetime import UTC, datetime
+
+        from afterglow.journeys.messaging.policy import parse_retry_after
+
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        assert parse_retry_after("\u00b2", now) is None
+        assert parse_retry_after("30", now) == 30.0

@@ -129,6 +129,17 @@ def to_minor(amount: Any, currency: str, field: str = "amount") -> int:
     return int(scaled.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
 
 
+def refund_minor(amount: Any, currency: str, field: str) -> int:
+    """A refund's amount as a magnitude: WooCommerce lists ``refunds[].total`` as a
+    negative string ("-10.00"), BigCommerce as a positive one; either way it is money
+    going back, never added to the order (``to_minor`` refuses a negative amount)."""
+    if isinstance(amount, str) and amount.startswith("-"):
+        amount = amount[1:]
+    elif isinstance(amount, int | float | Decimal) and not isinstance(amount, bool):
+        amount = abs(amount)
+    return to_minor(amount, currency, field)
+
+
 def money(amount: Any, currency: str, field: str = "amount") -> c.Money:
     currency = (currency or "").upper()
     if not re.fullmatch(r"[A-Z]{3}", currency):
@@ -953,14 +964,14 @@ def woo_refunds(
 
     def order_key(r: Mapping[str, Any]) -> tuple[int, str]:
         rid = str(r.get("id") or "")
-        return (int(rid), rid) if rid.isdigit() else (0, rid)
+        return (int(rid), rid) if rid.isascii() and rid.isdigit() else (0, rid)
 
     out = []
     refunded = 0
     ordered = sorted(entries, key=order_key)
     for i, r in enumerate(ordered):
         rid = str(require(r, "id", f"refunds.{i}."))
-        amount = abs(to_minor(require(r, "total", f"refunds.{i}."), currency, f"refunds.{i}.total"))
+        amount = refund_minor(require(r, "total", f"refunds.{i}."), currency, f"refunds.{i}.total")
         refunded += amount
         last = i == len(ordered) - 1
         out.append(
@@ -1220,8 +1231,8 @@ def bigcommerce_refunds(
     out = []
     refunded = 0
     for i, r in enumerate(ordered):
-        amount = abs(
-            to_minor(require(r, "total_amount", f"refunds.{i}."), total.currency, "total_amount")
+        amount = refund_minor(
+            require(r, "total_amount", f"refunds.{i}."), total.currency, f"refunds.{i}.total_amount"
         )
         refunded += amount
         out.append(

@@ -82,7 +82,12 @@ class PolicySettings:
 def parse_hhmm(value: str) -> time:
     """``"21:00"`` -> time(21, 0); raises ValueError on anything else."""
     hours, _, minutes = value.partition(":")
-    if len(hours) != 2 or len(minutes) != 2 or not (hours + minutes).isdigit():
+    if (
+        len(hours) != 2
+        or len(minutes) != 2
+        or not (hours + minutes).isascii()
+        or not (hours + minutes).isdigit()
+    ):
         raise ValueError(f"{value!r} is not HH:MM")
     return time(int(hours), int(minutes))
 
@@ -197,7 +202,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which float() refuses, and a
+    # receiver's header must not be able to crash the dispatcher.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
