@@ -64,7 +64,7 @@ def verify(
     presented = [s for s in signature_header.split() if s.startswith("v1,")]
     ok = False
     for secret in secrets:
-        expected = sign(secret, msg_id, timestamp.strip(), body).encode()
+        expected = sign(secret, msg_id, stamp, body).encode()
         for candidate in presented:
             # No early exit: timing says nothing about which secret or signature matched.
             ok |= hmac.compare_digest(expected, candidate.encode())
