@@ -219,6 +219,7 @@ class EventConsumer:
         self._suspects: set[TopicPartition] = set()
         self._next_offset_check = 0.0  # monotonic; 0: check before the next batch
         self.started = False
+        self.offset_resets = 0  # partitions reset to earliest since start
         self.last_poll: float | None = None
         self.last_commit: float | None = None
 
@@ -525,6 +526,7 @@ class EventConsumer:
                 extra={"partition": f"{tp.topic}[{tp.partition}]", "detail": detail},
             )
             OFFSET_RESETS.labels(self.name, tp.topic).inc()
+            self.offset_resets += 1
             async with self._batch_lock:
                 consumer.seek(tp, start)
                 self._stalls.pop(tp, None)
