@@ -270,6 +270,9 @@ class EventConsumer:
             await self.start()
         consumer = self._consumer
         assert consumer is not None
+        # Apart from the poll loop: getmany waits for an assignment, and a group
+        # subscribed to a missing topic never gets one.
+        watcher = asyncio.create_task(self._watch_topics(), name=f"{self.name}-topics")
         try:
             while True:
                 self._resume_due(consumer)
@@ -287,6 +290,9 @@ class EventConsumer:
                 if batch:
                     await self._process_batch(consumer, batch)
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await self.stop()
 
     def _poll_timeout(self) -> int:
@@ -474,11 +480,24 @@ class EventConsumer:
             return set()
         try:
             async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
-                await self._check_topics(consumer)
                 return await self._reset_offsets_ahead(consumer)
         except (KafkaError, TimeoutError, OSError) as exc:
             log.warning("offset check failed; will try again", extra={"error": repr(exc)})
             return set()
+
+    async def _watch_topics(self) -> None:
+        while True:
+            await asyncio.sleep(self._offset_check_interval)
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            try:
+                async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                    await self._check_topics(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away, an admin call refused: next time
+                log.warning("topic check failed; will try again", extra={"error": repr(exc)})
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         existing = await consumer.topics()
