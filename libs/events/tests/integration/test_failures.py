@@ -7,9 +7,9 @@ import asyncio
 import uuid
 
 import pytest
-from outages import PostgresOutage
 from support import applied_counts, make_consumer, running, ticket_event
 
+from afterglow.devstack.outages import PostgresOutage
 from afterglow.events import RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
 

