@@ -54,6 +54,35 @@ class Fault:
     name: str
     started: float = 0.0
     ended: float = 0.0
+    # service -> the first reason its /readyz gave for a 503 during the fault
+    unready: dict[str, str] = field(default_factory=dict)
+
+
+async def sample_readiness(
+    http: httpx.AsyncClient, urls: dict[str, str], fault: Fault, stop: asyncio.Event
+) -> None:
+    """Poll every service's /readyz each second and keep the first 503 reason of each."""
+    while not stop.is_set():
+        for name, url in urls.items():
+            try:
+                r = await http.get(f"{url}/readyz", timeout=3)
+            except httpx.HTTPError:
+                continue  # the process is down: nothing to say
+            if r.status_code == 503 and name not in fault.unready:
+                fault.unready[name] = _reason(r.json().get("checks", {}))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await stop.wait()
+
+
+def _reason(checks: dict[str, Any]) -> str:
+    for check, value in checks.items():
+        if isinstance(value, str) and value != "ok":
+            return f"{check}: {value}"
+        if isinstance(value, dict) and value.get("status") != "ok":
+            problems = value.get("problems") or []
+            return f"{check}: {value.get('status')}" + (f" ({problems[0]})" if problems else "")
+    return "?"
 
 
 class Driver:
@@ -220,6 +249,8 @@ def report(orders: list[Order], faults: list[Fault]) -> tuple[list[str], list[st
             f"{fault.name:<24} {len(mine):>8} {len(lost):>5} {len(doubled):>7} "
             f"{recover:>9.1f}  {dict(non_2xx) or '-'}"
         )
+        for service, reason in sorted(fault.unready.items()):
+            lines.append(f"{'':<24} /readyz 503 at {service}: {reason[:150]}")
         for o in lost[:5]:
             failures.append(f"{fault.name}: order {o.order_id} lost: {o.counts}")
         for o in doubled[:5]:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from harness import ADMIN_TOKEN, Checker, Driver, Fault, report
+from harness import ADMIN_TOKEN, Checker, Driver, Fault, report, sample_readiness
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
@@ -37,6 +37,7 @@ async def test_outages_and_restarts_lose_nothing(
     services: RunningServices, stack: Stack, kafka_broker: ApacheKafkaBroker
 ) -> None:
     urls = {n: [p.url for p in procs] for n, procs in services.processes.items()}
+    first_urls = {n: u[0] for n, u in urls.items()}
     engine = create_async_engine(stack.database_url)
     postgres = await PostgresOutage.of(engine)
     await engine.dispose()
@@ -90,14 +91,19 @@ async def test_outages_and_restarts_lose_nothing(
             watcher = asyncio.create_task(checker.watch(driver.orders, stop))
 
             async def inject(name: str, action: Callable[[], Awaitable[None]]) -> None:
-                fault = Fault(name)
+                fault, sampled = Fault(name), asyncio.Event()
                 async with driver.drive(name):
                     await asyncio.sleep(LEAD_S)
+                    sampler = asyncio.create_task(
+                        sample_readiness(sc.http, first_urls, fault, sampled)
+                    )
                     fault.started = time.monotonic()
                     await action()
                     fault.ended = time.monotonic()
                     print(f"faults: {name} took {fault.ended - fault.started:.1f}s", flush=True)
                     await asyncio.sleep(TAIL_S)
+                    sampled.set()
+                    await sampler
                 faults.append(fault)
 
             t0 = time.monotonic()
@@ -115,4 +121,6 @@ async def test_outages_and_restarts_lose_nothing(
     print(f"\nfaults: {len(driver.orders)} orders in {time.monotonic() - t0:.0f}s")
     print("\n".join(lines), flush=True)
     assert dead, "poison records are dead-lettered"
+    for outage in (f for f in faults if f.name.startswith(("postgres", "kafka"))):
+        assert outage.unready, f"/readyz said 503 somewhere during {outage.name}"
     assert not failures, "\n".join(failures)

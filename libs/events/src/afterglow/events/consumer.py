@@ -217,6 +217,9 @@ class EventConsumer:
         self._resets: dict[TopicPartition, _Reset] = {}
         self._missing_topics: list[str] = []
         self._suspects: set[TopicPartition] = set()
+        # Set while the broker does not answer (an offset check or a commit failed),
+        # cleared by the next one that succeeds: getmany itself says nothing.
+        self._broker_problem: str | None = None
         self._next_offset_check = 0.0  # monotonic; 0: check before the next batch
         self.started = False
         self.offset_resets = 0  # partitions reset to earliest since start
@@ -244,6 +247,8 @@ class EventConsumer:
             f"{tp.topic}[{tp.partition}] {r.detail}" for tp, r in sorted(self._resets.items())
         ]
         found += [f"topic {t} missing on the broker" for t in self._missing_topics]
+        if self._broker_problem:
+            found.append(self._broker_problem)
         return found
 
     async def start(self) -> None:
@@ -339,15 +344,17 @@ class EventConsumer:
             if offsets:
                 try:
                     await consumer.commit(offsets)
+                    self._broker_problem = None
                     self.last_commit = time.time()
                     LAST_COMMIT.labels(self.name).set(self.last_commit)
                 except CommitFailedError:
                     # The group rebalanced under us; the new owner re-reads these
                     # records and the inbox drops what was already applied.
                     log.warning("offset commit failed after rebalance", exc_info=True)
-                except KafkaError:
+                except KafkaError as exc:
                     # The broker is away: the records are applied (the inbox has them),
                     # so reading them again after a restart costs nothing but time.
+                    self._broker_problem = f"offset commit failed: {type(exc).__name__}"
                     log.warning("offset commit failed; records will be re-read", exc_info=True)
 
     def _stall(
@@ -480,10 +487,14 @@ class EventConsumer:
             return set()
         try:
             async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
-                return await self._reset_offsets_ahead(consumer)
+                reset = await self._reset_offsets_ahead(consumer)
         except (KafkaError, TimeoutError, OSError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._broker_problem = f"broker not answering: {detail}"[:300]
             log.warning("offset check failed; will try again", extra={"error": repr(exc)})
             return set()
+        self._broker_problem = None
+        return reset
 
     async def _watch_topics(self) -> None:
         while True:

@@ -164,9 +164,10 @@ class RetryPolicy:
     attempts: int = 5
     base_delay_s: float = 0.2
     max_delay_s: float = 5.0
-    # A transient outage backs off further than a bug does: a database restart takes
-    # tens of seconds, and every replica polling it each 5 s only slows the restart.
-    max_transient_delay_s: float = 30.0
+    # A transient outage backs off further than a bug does, but not much: each retry
+    # is one connection attempt per stalled partition, and with a 30 s cap the fault
+    # suite saw partitions idle up to half a minute after PostgreSQL was back.
+    max_transient_delay_s: float = 10.0
 
     def delay(self, attempt: int, *, transient: bool = False) -> float:
         """Capped exponential backoff with jitter (replicas do not retry in step)."""
