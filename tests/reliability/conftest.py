@@ -8,6 +8,7 @@ stops the broker and the database on purpose.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,10 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
 
 
 @pytest.fixture(scope="session")
-def stack(
-    kafka_broker: ApacheKafkaBroker, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(kafka_broker: ApacheKafkaBroker) -> Iterator[Stack]:
+    # Under the checkout, as the plugin's: the embedded PostgreSQL runs as a user of its
+    # own, which cannot enter pytest's owner-only temporary folders.
+    state = _repo_root() / ".afterglow" / f"faults-{os.getpid()}"
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
         "KAFKA_ENABLE_IDEMPOTENCE": "true",
@@ -65,13 +67,11 @@ def stack(
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        # Under the checkout, as the plugin's: the embedded PostgreSQL runs as a user of
-        # its own, which cannot enter pytest's owner-only temporary folders.
-        state = _repo_root() / ".afterglow" / f"faults-{os.getpid()}"
         with running_stack(state, ephemeral=True) as s:
             os.environ.update(s.env())
             yield s
     finally:
+        shutil.rmtree(state, ignore_errors=True)
         for k, v in previous.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -214,14 +214,18 @@ class Checker:
                 async with asyncio.timeout(0.5):
                     await stop.wait()
 
-    async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
-        """Wait (boundedly) for every accepted order to be complete, then count all."""
+    async def until_complete(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order of ``orders`` to be complete."""
         deadline = time.monotonic() + timeout
         pending = [o for o in orders if o.accepted_at]
         while pending and time.monotonic() < deadline:
             pending = await self._note_complete(pending)
             if pending:
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
+
+    async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order to be complete, then count all."""
+        await self.until_complete(orders, timeout)
         gate = asyncio.Semaphore(16)
 
         async def count(order: Order) -> None:

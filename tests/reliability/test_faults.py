@@ -5,7 +5,7 @@ answered 2xx must be exactly one order, one journey and one points award.
 
 Prints per fault: orders accepted, lost, doubled, answers that were not 2xx (the
 sender retried them) and the seconds from the end of the fault until the last of its
-orders had reached every service.
+orders had reached every service; the next fault waits for that.
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ async def test_outages_and_restarts_lose_nothing(
                     sampled.set()
                     await sampler
                 faults.append(fault)
+                # Recovered before the next fault, so that its time-to-recover is its own.
+                await driver.settle()
+                await checker.until_complete(
+                    [o for o in driver.orders if o.fault == name], timeout=240
+                )
 
             t0 = time.monotonic()
             for name in SERVICES:
