@@ -42,6 +42,10 @@ test: install ## the whole suite on the embedded stack (PostgreSQL + Tansu); e2e
 test-kafka: install ## the broker-facing suite against Apache Kafka (KRaft) from Maven Central
 	@$(UV) run python -m afterglow.devstack.kafka_suite $(PYTEST_ARGS)
 
+.PHONY: test-faults
+test-faults: install ## kill -9 each service, stop PostgreSQL 15 s and Kafka 30 s under load; nothing lost or doubled (~7 min)
+	@AFTERGLOW_FAULTS=1 $(UV) run pytest tests/reliability -p no:cacheprovider -s -q $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff (lint and format check) and mypy
 	@$(UV) run ruff check .

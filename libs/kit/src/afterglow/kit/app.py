@@ -159,13 +159,17 @@ def create_service_app(
         )
         app.state.runtime = runtime
         kafka = settings.kafka(client_id=spec.name)
+
+        async def recreate_topics() -> list[str]:
+            return await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                connection_options=kafka.connection_options(),
+                replication_factor=settings.kafka_topic_replication_factor,
+            )
+
         try:
             if settings.ensure_topics:
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    connection_options=kafka.connection_options(),
-                    replication_factor=settings.kafka_topic_replication_factor,
-                )
+                await recreate_topics()
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()
             runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
@@ -196,6 +200,7 @@ def create_service_app(
                             handlers=cspec.handlers,
                             dlq_producer=runtime.producer,
                             retry=retry,
+                            recreate_topics=recreate_topics if settings.ensure_topics else None,
                         )
                     )
                 # Joining a group takes seconds and the groups are independent: join at once.
@@ -321,10 +326,17 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
             healthy = (
                 consumer.started and age is not None and age < settings.readiness_max_poll_age_s
             )
-            ok = ok and healthy
+            # Polling is not progress: a partition parked on a database outage, an
+            # offset found past the log end or a missing topic is reported by the
+            # consumer itself, with the reason.
+            problems = consumer.problems()
             status = "ok" if healthy else "starting" if consumer.last_poll is None else "stalled"
+            if healthy and problems:
+                healthy, status = False, "blocked"
+            ok = ok and healthy
             checks[consumer.name] = {
                 "status": status,
+                "problems": problems,
                 "last_poll_age_s": age,
                 "last_commit_age_s": None
                 if consumer.last_commit is None

@@ -5,6 +5,10 @@ afterglow serve <service> [--port N]  run the service with uvicorn
 afterglow secrets-key [--id ID]       print a new SECRETS_KEYS entry
 afterglow customer-export CUSTOMER    one customer's data from every service, as JSON
           [--url NAME=URL ...] [--out FILE]   (key in AFTERGLOW_API_KEY)
+afterglow dlq list [TOPIC ...] [--all]   dead letters not redriven yet (or all retained)
+afterglow dlq show TOPIC OFFSET           one dead letter: headers, error and body
+afterglow dlq redrive TOPIC [--offset N ...] [--tenant T] [--dry-run]
+                                      put dead letters back on their topic (inbox dedupes)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import httpx
 import uvicorn
 
 from afterglow.kit.app import ServiceSpec
+from afterglow.kit.dlq_cli import add_dlq_commands, run_dlq_command
 from afterglow.kit.export import ExportIncomplete, gather_exports
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
@@ -55,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a service's base URL (default http://127.0.0.1:<its port>, as make dev runs it)",
     )
     export.add_argument("--out", type=Path, help="write here instead of stdout")
+    add_dlq_commands(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "dlq":
+        return run_dlq_command(args, ServiceSettings().kafka(client_id="afterglow-cli"))
 
     if args.command == "customer-export":
         return _customer_export(args, services)
