@@ -19,6 +19,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -109,13 +110,29 @@ def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]
     return base64.b64encode(mac.digest()).decode()
 
 
+def _port_variants(url: str) -> list[str]:
+    """The URL as called, without its default port and with it: Twilio's own validators
+    accept either, since a proxy in between may add or drop ``:443``."""
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if parts.port is not None and parts.port != default:
+        return [url]
+    bare = urlunsplit(parts._replace(netloc=host))
+    with_port = urlunsplit(parts._replace(netloc=f"{host}:{default}"))
+    return [url, bare, with_port]
+
+
 def verify_twilio(
     auth_token: str, url: str, params: Iterable[tuple[str, str]], signature: str | None
 ) -> bool:
     if not signature:
         return False
-    expected = twilio_signature(auth_token, url, params)
-    return hmac.compare_digest(expected.encode(), signature.encode())
+    pairs = list(params)
+    return any(
+        hmac.compare_digest(twilio_signature(auth_token, u, pairs).encode(), signature.encode())
+        for u in _port_variants(url)
+    )
 
 
 # Twilio's default opt-out, opt-in and help keywords (Advanced Opt-Out's defaults): the
