@@ -574,3 +574,22 @@ class TestProviderEvents:
         await mail.request("c-pm", kind="check_in", category="transactional")
         [m] = await mail.wait("c-pm", statuses("suppressed"))
         assert m["reason"] == "address_suppressed: hard_bounce"
+
+
+class TestRateLimit:
+    async def test_sends_at_most_the_channel_rate(self, mail, smtp, clock):
+        await mail_customer(mail, smtp, "c-rate")  # the journey's welcome is out first
+        r = await mail.client.get("/v1/messaging/channels", headers=mail.auth)
+        [current] = [c for c in r.json()["channels"] if c["channel"] == "email"]
+        body = {"provider": "smtp", **current["config"], "rate_per_s": 1}
+        r = await mail.client.put("/v1/messaging/channels/email", json=body, headers=mail.auth)
+        assert r.status_code == 200 and r.json()["rate_per_s"] == 1, r.text
+        for _ in range(3):
+            await mail.request("c-rate", category="transactional")
+        ms = await mail.wait("c-rate", statuses("sent", "deferred", "deferred"))
+        assert {m["reason"] for m in ms if m["status"] == "deferred"} == {"rate_limited"}
+        clock.advance(timedelta(seconds=1))
+        await mail.wait("c-rate", statuses("sent", "sent", "deferred"))
+        clock.advance(timedelta(seconds=1))
+        await mail.wait("c-rate", statuses("sent", "sent", "sent"))
+        assert len(await mails(mail, smtp, "c-rate")) == 3
