@@ -10,6 +10,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import html
 import json
 import socket
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import dkim
+import httpx
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import text
 
+from afterglow.devstack.mailcatcher import MailCatcher
 from afterglow.devstack.pytest_plugin import new_id
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.journeys.messaging.channels.provider_events import twilio_signature
@@ -593,3 +596,43 @@ class TestRateLimit:
         clock.advance(timedelta(seconds=1))
         await mail.wait("c-rate", statuses("sent", "sent", "sent"))
         assert len(await mails(mail, smtp, "c-rate")) == 3
+
+
+class TestDevMailCatcher:
+    async def test_catcher_keeps_eml_files_and_shows_the_html(
+        self, service, tenant_id, receiver, clock, tmp_path
+    ):
+        catcher = MailCatcher(tmp_path / "mail", smtp_port=free_port(), http_port=free_port())
+        with catcher.running():
+            runtime, client = service
+            t = await registered_tenant(runtime, client, tenant_id, receiver.url, clock)
+            daytime(clock)
+            body = {
+                "provider": "smtp",
+                "host": "127.0.0.1",
+                "port": catcher.smtp_port,
+                "security": "none",
+                "from_email": FROM,
+            }
+            r = await client.put("/v1/messaging/channels/email", json=body, headers=t.auth)
+            assert r.status_code == 200, r.text
+            await t.customer("c-dev", email=address(t, "c-dev"))
+            await t.request(
+                "c-dev", kind="review_request", variables={"review_url": "https://lumen.test/r"}
+            )
+            [m] = await t.wait("c-dev", statuses("sent"))
+            mid = f"<{m['id']}@lumen.test>"
+            [file] = [p for p in catcher.messages() if mid.encode() in p.read_bytes()]
+            assert file.suffix == ".eml"
+            async with httpx.AsyncClient(base_url=catcher.url) as web:
+                index = await web.get("/")
+                listed = (await web.get("/messages.json")).json()
+                page = await web.get(f"/m/{file.name}")
+                raw = await web.get(f"/m/{file.name}.raw")
+                missing = await web.get("/m/../../etc/passwd")
+            [entry] = [e for e in listed if e["message_id"] == mid]
+            assert index.status_code == 200 and f"/m/{file.name}" in index.text
+            assert html.escape(entry["subject"]) in index.text
+            assert page.status_code == 200 and "<iframe sandbox" in page.text
+            assert html.escape("https://lumen.test/r", quote=True) in page.text
+            assert raw.content == file.read_bytes() and missing.status_code == 404

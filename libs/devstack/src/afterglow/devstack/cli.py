@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from afterglow.devstack.mailcatcher import MailCatcher
 from afterglow.devstack.services import running_services
 from afterglow.devstack.stack import ADMIN_TOKEN_FILE, dev_admin_token, running_stack
 
@@ -49,15 +50,22 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             return 0
         token = dev_admin_token(state, create=True)
-        with running_services(
-            stack,
-            state / "logs",
-            names=args.only,
-            fixed_ports=True,
-            extra_env={"INGEST_ADMIN_TOKEN": token or ""},
-        ) as svc:
+        with (
+            MailCatcher(state / "mail").running() as catcher,
+            running_services(
+                stack,
+                state / "logs",
+                names=args.only,
+                fixed_ports=True,
+                extra_env={"INGEST_ADMIN_TOKEN": token or ""},
+            ) as svc,
+        ):
             for name, procs in svc.processes.items():
                 print(f"{name:12} {procs[0].url}/docs   (log: {procs[0].log})")
+            print(
+                f"mail catcher SMTP 127.0.0.1:{catcher.smtp_port}, read at {catcher.url}"
+                f" (files: {catcher.folder})"
+            )
             print(f"orders-ingest admin token: in {state / ADMIN_TOKEN_FILE} (make demo reads it)")
             print("Afterglow is running. Ctrl-C stops everything.", flush=True)
             while not stopping:
