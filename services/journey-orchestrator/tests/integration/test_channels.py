@@ -11,13 +11,16 @@ import base64
 import email
 import email.policy
 import html
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -27,8 +30,10 @@ import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
 from afterglow.devstack.mailcatcher import MailCatcher
@@ -68,7 +73,7 @@ class Mailbox:
     ("451" or "550" at RCPT; "hang": takes the DATA, keeps it, and answers only after
     the client gave up); afterwards it accepts."""
 
-    def __init__(self) -> None:
+    def __init__(self, **tls: Any) -> None:
         self.passwords: dict[str, str] = {}
         self.plans: dict[str, list[str]] = {}
         self.received: list[dict[str, Any]] = []
@@ -79,7 +84,9 @@ class Mailbox:
             port=self.port,
             authenticator=self.authenticate,
             auth_required=True,
-            auth_require_tls=False,
+            # aiosmtpd counts only STARTTLS as TLS for AUTH; implicit TLS is TLS too.
+            auth_require_tls="tls_context" in tls,
+            **tls,
         )
 
     def authenticate(
@@ -636,3 +643,87 @@ class TestDevMailCatcher:
             assert page.status_code == 200 and "<iframe sandbox" in page.text
             assert html.escape("https://lumen.test/r", quote=True) in page.text
             assert raw.content == file.read_bytes() and missing.status_code == 404
+
+
+def certificate_authority(folder: Path) -> tuple[str, ssl.SSLContext]:
+    """A private CA (PEM) and a server context whose certificate it signed for
+    127.0.0.1: what a merchant's own mail server may well present."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lumen test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), context
+
+
+class TestSmtpTls:
+    @pytest.mark.parametrize("security", ["starttls", "tls"])
+    async def test_delivers_over_verified_tls_with_auth(
+        self, service, tenant_id, receiver, clock, tmp_path, security
+    ):
+        ca_pem, context = certificate_authority(tmp_path)
+        tls = (
+            {"tls_context": context, "require_starttls": True}
+            if security == "starttls"
+            else {"ssl_context": context}
+        )
+        box = Mailbox(**tls)
+        box.controller.start()
+        try:
+            t = await email_tenant(
+                service, tenant_id, receiver, clock, box, security=security, tls_ca_pem=ca_pem
+            )
+            await mail_customer(t, box, "c-tls")
+            await t.request("c-tls", category="transactional")
+            await t.wait("c-tls", statuses("sent"))
+            [got] = await mails(t, box, "c-tls")
+            assert got["To"] == address(t, "c-tls")
+            # Without the merchant's CA the certificate does not verify: no mail goes out
+            # over an unverified connection; it is retried, the CA may be added meanwhile.
+            r = await t.client.get("/v1/messaging/channels", headers=t.auth)
+            [current] = [c for c in r.json()["channels"] if c["channel"] == "email"]
+            config = {k: v for k, v in current["config"].items() if k != "tls_ca_pem"}
+            r = await t.client.put(
+                "/v1/messaging/channels/email", json={"provider": "smtp", **config}, headers=t.auth
+            )
+            assert r.status_code == 200, r.text
+            await t.request("c-tls", category="transactional")
+            ms = await t.wait("c-tls", lambda ms: any(retrying([m]) for m in ms))
+            [retry] = [m for m in ms if retrying([m])]
+            assert "smtp" in retry["reason"] and len(await mails(t, box, "c-tls")) == 1
+        finally:
+            box.controller.stop()

@@ -849,7 +849,7 @@ def show_message(m: Received) -> None:
         print(f"            | {line}", flush=True)
 
 
-async def email_through_catcher(sc: Scenario, smtp_port: int, web_url: str) -> None:
+async def email_through_catcher(sc: Scenario, smtp_port: int, web_url: str, where: str) -> None:
     """After the story: the shop's email goes out over SMTP to the local mail catcher
     (``make dev`` runs one), and one thank-you shows it as a real email."""
     await sc.call(
@@ -889,42 +889,44 @@ async def email_through_catcher(sc: Scenario, smtp_port: int, web_url: str) -> N
 
     [mail, *_] = await sc.until("the thank-you email at the mail catcher", arrived, 30)
     printer(f"email over SMTP to {mail['to']}: {mail['subject']!r}")
-    printer(f"read the shop's emails at {web_url} (rendered HTML; .eml files alongside)")
+    printer(f"read the shop's emails {where}")
 
 
-def _catcher() -> contextlib.AbstractContextManager[tuple[int, str]]:
+def _catcher() -> contextlib.AbstractContextManager[tuple[int, str, str]]:
     """``make dev``'s mail catcher when it runs, else one of our own for this run."""
     from afterglow.devstack.mailcatcher import HTTP_PORT, SMTP_PORT, MailCatcher
 
     web = f"http://127.0.0.1:{HTTP_PORT}/"
     try:
         if httpx.get(web + "messages.json", timeout=1).status_code == 200:
-            return contextlib.nullcontext((SMTP_PORT, web))
+            where = f"at {web} (make dev's mail catcher; .eml files in .afterglow/dev/mail)"
+            return contextlib.nullcontext((SMTP_PORT, web, where))
     except httpx.HTTPError:
         pass
 
     @contextlib.contextmanager
-    def own() -> Iterator[tuple[int, str]]:
+    def own() -> Iterator[tuple[int, str, str]]:
         from afterglow.devstack.processes import free_port
 
-        catcher = MailCatcher(
-            Path(".afterglow/demo/mail"), smtp_port=free_port(), http_port=free_port()
-        )
+        folder = Path(".afterglow/demo/mail")
+        catcher = MailCatcher(folder, smtp_port=free_port(), http_port=free_port())
         with catcher.running():
-            yield catcher.smtp_port, catcher.url
+            # This catcher's page goes with the demo; its files stay.
+            yield catcher.smtp_port, catcher.url, f"as .eml files in {folder}/ (`make dev`"
+            " keeps a catcher running with a page at http://127.0.0.1:8025/)"
 
     return own()
 
 
 async def _demo(urls: dict[str, list[str]], admin_token: str) -> bool:
     t0 = time.monotonic()
-    with Receiver(on_message=show_message).running() as receiver, _catcher() as (smtp, web):
+    with Receiver(on_message=show_message).running() as receiver, _catcher() as (smtp, web, where):
         printer(f"ESP receiver listening on {receiver.url}; mail catcher at {web}")
         async with Scenario(urls, admin_token, receiver, say=printer, timeout=90) as sc:
             ok = True
             try:
                 await sc.run()
-                await email_through_catcher(sc, smtp, web)
+                await email_through_catcher(sc, smtp, web, where)
             except ScenarioError as exc:
                 ok = False
                 printer(f"STOPPED: {exc}")

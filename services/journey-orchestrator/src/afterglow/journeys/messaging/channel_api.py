@@ -18,6 +18,7 @@ when it verifies with that tenant's key (unknown tenant and bad signature are th
 from __future__ import annotations
 
 import html
+import ssl
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -99,7 +100,20 @@ class SmtpChannelIn(BaseModel):
     reply_to: str | None = Field(default=None, max_length=254, pattern=EMAIL)
     envelope_from: str | None = Field(default=None, max_length=254, pattern=EMAIL)
     dkim: DkimIn | None = None
+    # A private CA the merchant's server certificate comes from (PEM); public data.
+    tls_ca_pem: str | None = Field(default=None, max_length=20_000)
     rate_per_s: float | None = Field(default=None, gt=0, le=10_000)
+
+    @field_validator("tls_ca_pem")
+    @classmethod
+    def _ca(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ssl.create_default_context(cadata=value)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError("not a PEM CA certificate") from exc
+        return value
 
     @field_validator("from_name")
     @classmethod

@@ -5,7 +5,9 @@ Settings (``config``): ``host``, ``port``, ``security`` (``starttls``: upgrade o
 ``tls``: implicit TLS on 465; ``none``: plain, only for a local catcher), ``username``
 (the password is the route's sealed secret), ``from_email``, ``from_name`` (default: the
 shop's name), ``reply_to``, ``envelope_from`` (the bounce address, default
-``from_email``), ``dkim_domain`` and ``dkim_selector`` with the sealed ``dkim_key``.
+``from_email``), ``dkim_domain`` and ``dkim_selector`` with the sealed ``dkim_key``,
+``tls_ca_pem`` (a merchant's own server with a certificate from a private CA: that CA is
+trusted for this channel only; certificates are always verified, never switched off).
 
 Replies map onto the dispatcher's retry rules: 4xx (greylisting, a full queue, a rate
 limit) retries with backoff; 5xx fails at once with the server's reply as the reason; a
@@ -19,6 +21,7 @@ none left half-open after a timeout). A per-tenant pool is the next step for vol
 from __future__ import annotations
 
 import asyncio
+import ssl
 from datetime import UTC, datetime
 
 import aiosmtplib
@@ -86,6 +89,8 @@ class SmtpChannel:
         security = cfg.get("security", "starttls")
         timeout = self.s.timeout_s
         raw = render_bytes(job)
+        ca = cfg.get("tls_ca_pem")
+        tls_context = ssl.create_default_context(cadata=str(ca)) if ca else None
         client = aiosmtplib.SMTP(
             hostname=host,
             port=port,
@@ -93,6 +98,7 @@ class SmtpChannel:
             password=job.route.secret if cfg.get("username") else None,
             use_tls=security == "tls",
             start_tls=security == "starttls",
+            tls_context=tls_context,
             timeout=timeout,
         )
         try:
