@@ -114,6 +114,7 @@ class Mailbox:
                 "mail_from": envelope.mail_from,
                 "rcpt_tos": list(envelope.rcpt_tos),
                 "login": session.auth_data,
+                "peer": session.peer,
                 "data": envelope.original_content,
             }
         )
@@ -402,6 +403,21 @@ class TestSmtpEmail:
         [m] = await mail.wait("c-lost", statuses("sent"))
         first, second = await mails(mail, smtp, "c-lost")
         assert first["Message-ID"] == second["Message-ID"] == f"<{m['id']}@lumen.test>"
+
+    async def test_a_tenant_s_connection_is_reused(self, mail, smtp):
+        to = await mail_customer(mail, smtp, "c-pool")
+        peers = []
+        for _ in range(2):
+            rid = await mail.request("c-pool", category="transactional")
+            await mail.wait("c-pool", lambda ms, r=rid: any(
+                m["request_id"] == r and m["status"] == "sent" for m in ms
+            ))  # fmt: skip
+            [m] = [m for m in await mail.messages("c-pool") if m["request_id"] == rid]
+            mid = f"<{m['id']}@lumen.test>".encode()
+            [peer] = [r["peer"] for r in smtp.received if to in r["rcpt_tos"] and mid in r["data"]]
+            peers.append(peer)
+        # The second message went over the first one's connection: no new handshake.
+        assert peers[0] == peers[1]
 
     async def test_credentials_are_sealed_hidden_and_rotated_without_restart(self, mail, smtp):
         r = await mail.client.get("/v1/messaging/channels", headers=mail.auth)

@@ -37,6 +37,7 @@ from afterglow.events.topics import TOPICS_BY_NOUN
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.channels import Job, Outcome, Route, Senders, channel_for
 from afterglow.journeys.messaging.channels.rate import take
+from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
 from afterglow.journeys.messaging.models import (
     Message,
     MessageContact,
@@ -89,6 +90,7 @@ class Dispatcher:
         self.rt = runtime
         self.inflight: set[asyncio.Task[None]] = set()
         self.tenant_inflight: Counter[str] = Counter()
+        self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
 
     @property
     def s(self) -> MessagingSettings:
@@ -119,6 +121,7 @@ class Dispatcher:
         finally:
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
+            self.smtp_pool.close()
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
@@ -397,6 +400,7 @@ class Dispatcher:
             allow_private=self.rt.settings.outbound_allow_private,
             timeout_s=self.s.request_timeout_s,
             now=self.rt.clock.now,
+            smtp_pool=self.smtp_pool,
         )
         outcome = await channel_for(job, senders).send(job)
         result = "ok" if outcome.ok else "retry" if outcome.retryable else "failed"

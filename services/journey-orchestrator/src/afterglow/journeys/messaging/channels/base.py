@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
+
 
 @dataclass(frozen=True)
 class Route:
@@ -62,6 +64,7 @@ class Senders:
     allow_private: bool
     timeout_s: float
     now: Callable[[], datetime]  # the injected clock (Retry-After dates)
+    smtp_pool: SmtpPool | None = None  # idle SMTP connections, owned by the dispatcher
 
 
 class Channel(Protocol):

@@ -14,8 +14,9 @@ limit) retries with backoff; 5xx fails at once with the server's reply as the re
 5xx refusing the recipient itself (550-553 at RCPT) also marks the address a hard
 bounce. A connection refused, a timeout or a dropped connection retries.
 
-One connection per send: simple and correct (no connection shared between tenants,
-none left half-open after a timeout). A per-tenant pool is the next step for volume.
+Connections are reused per tenant and server (``smtp_pool``): a burst of one shop's mail
+pays the TCP, TLS and AUTH handshake once. Never shared between tenants, never reused
+after a failure.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import aiosmtplib
 
 from afterglow.journeys.messaging.channels.base import Job, Outcome, Senders
 from afterglow.journeys.messaging.channels.mime import build_email, dkim_sign
+from afterglow.journeys.messaging.channels.smtp_pool import pool_key
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 
 RECIPIENT_GONE = frozenset({550, 551, 553})
@@ -91,38 +93,82 @@ class SmtpChannel:
         raw = render_bytes(job)
         ca = cfg.get("tls_ca_pem")
         tls_context = ssl.create_default_context(cadata=str(ca)) if ca else None
-        client = aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            username=cfg.get("username") or None,
-            password=job.route.secret if cfg.get("username") else None,
-            use_tls=security == "tls",
-            start_tls=security == "starttls",
-            tls_context=tls_context,
-            timeout=timeout,
-        )
+
+        def connection() -> aiosmtplib.SMTP:
+            return aiosmtplib.SMTP(
+                hostname=host,
+                port=port,
+                username=cfg.get("username") or None,
+                password=job.route.secret if cfg.get("username") else None,
+                use_tls=security == "tls",
+                start_tls=security == "starttls",
+                tls_context=tls_context,
+                timeout=timeout,
+            )
+
+        pool = self.s.smtp_pool
+        key = pool_key(job.tenant_id, cfg, job.route.secret)
+        sender = str(cfg.get("envelope_from") or cfg["from_email"])
+        holder: list[aiosmtplib.SMTP] = []
+
+        async def deliver() -> str:
+            client = pool.take(key) if pool is not None else None
+            reused = client is not None
+            if client is None:
+                client = connection()
+                holder.append(client)
+                await client.connect()
+            else:
+                holder.append(client)
+            try:
+                _, reply = await client.sendmail(sender, [job.to], raw)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # An idle connection the server had already dropped: once more on a
+                # fresh one (nothing was accepted on the dead one).
+                client.close()
+                client = connection()
+                holder.append(client)
+                await client.connect()
+                _, reply = await client.sendmail(sender, [job.to], raw)
+            if pool is not None:
+                pool.give(key, client)
+            else:
+                client.close()
+            holder.clear()
+            return reply
+
         try:
             # A total deadline on top of aiosmtplib's per-command timeout: a server
             # trickling its replies must not hold the slot past the lease.
             async with asyncio.timeout(timeout):
-                await client.connect()
-                try:
-                    _, reply = await client.sendmail(
-                        str(cfg.get("envelope_from") or cfg["from_email"]), [job.to], raw
-                    )
-                finally:
-                    client.close()
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            return _response_outcome(first.code, first.message, at_rcpt=True)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            return _response_outcome(exc.code, exc.message, at_rcpt=True)
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected) as exc:
-            return Outcome(False, True, f"smtp connection error: {type(exc).__name__}")
-        except (TimeoutError, aiosmtplib.SMTPTimeoutError):
-            return Outcome(False, True, f"smtp timeout after {timeout:g}s")
-        except aiosmtplib.SMTPResponseException as exc:
-            return _response_outcome(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            return Outcome(False, True, f"smtp error: {type(exc).__name__}: {exc}"[:500])
+                reply = await deliver()
+        except BaseException as exc:
+            # Never given back after a failure (nor a cancellation): its state, a
+            # half-sent DATA or a refused RCPT, is not worth reasoning about.
+            for client in holder:
+                client.close()
+            outcome = failure(exc, timeout) if isinstance(exc, Exception) else None
+            if outcome is None:
+                raise
+            return outcome
         return Outcome(True, False, f"SMTP 250 {' '.join(reply.split())}"[:500])
+
+
+def failure(exc: Exception, timeout: float) -> Outcome | None:
+    """The outcome an SMTP exception stands for; None: not an SMTP matter (a bug)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        first = exc.recipients[0]
+        return _response_outcome(first.code, first.message, at_rcpt=True)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return _response_outcome(exc.code, exc.message, at_rcpt=True)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
+        return Outcome(False, True, f"smtp connection error: {type(exc).__name__}")
+    if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return Outcome(False, True, f"smtp timeout after {timeout:g}s")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _response_outcome(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPException | OSError):
+        return Outcome(False, True, f"smtp error: {type(exc).__name__}: {exc}"[:500])
+    return None
