@@ -38,6 +38,7 @@ from sqlalchemy import text
 
 from afterglow.devstack.mailcatcher import MailCatcher
 from afterglow.devstack.pytest_plugin import new_id
+from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.journeys.messaging.channels.provider_events import twilio_signature
 from afterglow.journeys.messaging.models import MessageContact
@@ -523,6 +524,18 @@ class TestSms:
         assert len(nudges(twilio, phone)) == 1
 
 
+async def suppression_details(t: Tenant) -> dict[str, str | None]:
+    async with t.runtime.sessionmaker() as session:
+        rows = await session.execute(
+            text(
+                "SELECT address_hash, detail FROM journeys.message_suppressions"
+                " WHERE tenant_id = :t"
+            ),
+            {"t": t.id},
+        )
+        return {k: v for k, v in rows.all()}
+
+
 def sendgrid_sign(key: ec.EllipticCurvePrivateKey, timestamp: str, body: bytes) -> str:
     signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return base64.b64encode(signature).decode()
@@ -581,6 +594,18 @@ class TestProviderEvents:
         assert "address_suppressed: complaint" in decisions
         metrics = await mail.client.get("/metrics")
         assert f'afterglow_messaging_complaint_rate{{tenant="{mail.id}"}}' in metrics.text
+        # The list keeps digests, not addresses; an erasure leaves the suppression in
+        # force and wipes the provider's words (which may quote the address).
+        details = await suppression_details(mail)
+        assert len(details) == 2 and "550 5.1.1 unknown user" in details.values()
+        assert not any(bounced in key or "@" in key for key in details)
+        await mail.publish(CustomerErasureRequested(requested_at=mail.clock.now()), "c-bounce")
+
+        async def scrubbed() -> bool:
+            return "550 5.1.1 unknown user" not in (await suppression_details(mail)).values()
+
+        await eventually(scrubbed, bool, timeout=20)
+        assert len(await suppression_details(mail)) == 2
 
     async def test_postmark_needs_its_basic_auth(self, mail, smtp):
         r = await mail.client.put(

@@ -138,17 +138,19 @@ class MessagingChannel(Base):
 
 class MessageSuppression(Base):
     """An address that must not be sent to: a hard bounce, a spam complaint, or an SMS
-    STOP. Keyed by the address (normalised: lower-case email, E.164 phone), not the
-    customer, because providers report addresses and one address may serve two customer
-    records. A hard bounce stops every message; a complaint or STOP stops marketing."""
+    STOP. Keyed by the address (the SHA-256 of the lower-case email or the E.164 phone),
+    not the customer, because providers report addresses and one address may serve two
+    customer records; a hash, because the list outlives an erasure. A hard bounce stops
+    every message; a complaint or STOP stops marketing."""
 
     __tablename__ = "message_suppressions"
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     channel: Mapped[str] = mapped_column(Text, primary_key=True)
-    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    address_hash: Mapped[str] = mapped_column(Text, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)  # hard_bounce | complaint | sms_stop
     source: Mapped[str] = mapped_column(Text)  # smtp | sendgrid | postmark | twilio
+    # The provider's words (an SMTP reply); wiped when the customer is erased.
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ)
 

@@ -3,6 +3,7 @@ never commit: the entrypoint owns the transaction."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -241,6 +242,7 @@ async def erase(
         orders = orders.where(MessageOrder.customer_id == customer_id)
     # What they bought says who they are: the order rows go (the counts stay, as totals).
     await session.execute(orders)
+    await scrub_suppression_details(session, tenant_id, customer_id)
     await session.execute(
         contacts.values(
             email=None,
@@ -279,13 +281,14 @@ async def erase(
 # --- channels and suppressed addresses ---------------------------------------------------
 
 
-def normal_address(channel: str, address: str | None) -> str | None:
-    """How an address is keyed in suppressions: a lower-case email, an E.164 phone."""
+def address_key(channel: str, address: str | None) -> str | None:
+    """How an address is keyed in suppressions: the SHA-256 of the lower-case email or
+    the E.164 phone (as events carry ``email_hash``), so the list keeps working after an
+    erasure without keeping the address itself."""
     if not address:
         return None
-    if channel == "email":
-        return address.strip().lower()
-    return e164(address.strip())
+    normal = address.strip().lower() if channel == "email" else e164(address.strip())
+    return hashlib.sha256(normal.encode()).hexdigest() if normal else None
 
 
 async def load_contacts(session: AsyncSession, keys: set[tuple[str, str]]) -> list[MessageContact]:
@@ -310,7 +313,7 @@ async def suppressions_for(
     wanted: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     for c in contacts:
         for channel, raw in (("email", c.email), ("sms", c.phone)):
-            address = normal_address(channel, raw)
+            address = address_key(channel, raw)
             if address:
                 wanted.setdefault((c.tenant_id, channel, address), []).append(
                     (c.tenant_id, c.customer_id)
@@ -322,11 +325,13 @@ async def suppressions_for(
         select(
             MessageSuppression.tenant_id,
             MessageSuppression.channel,
-            MessageSuppression.address,
+            MessageSuppression.address_hash,
             MessageSuppression.reason,
         ).where(
             tuple_(
-                MessageSuppression.tenant_id, MessageSuppression.channel, MessageSuppression.address
+                MessageSuppression.tenant_id,
+                MessageSuppression.channel,
+                MessageSuppression.address_hash,
             ).in_(sorted(wanted))
         )
     )
@@ -370,7 +375,7 @@ async def suppress(
     repeating it is harmless. Returns how many entries had a usable address."""
     rows: dict[str, dict[str, Any]] = {}
     for raw, reason, detail in entries:
-        address = normal_address(channel, raw)
+        address = address_key(channel, raw)
         if address is None:
             continue
         known = rows.get(address)
@@ -378,7 +383,7 @@ async def suppress(
             rows[address] = {
                 "tenant_id": tenant_id,
                 "channel": channel,
-                "address": address,
+                "address_hash": address,
                 "reason": reason,
                 "source": source,
                 "detail": detail,
@@ -391,7 +396,7 @@ async def suppress(
     new_rank = case(*((stmt.excluded.reason == r, n) for r, n in REASON_RANK.items()), else_=0)
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "channel", "address"],
+            index_elements=["tenant_id", "channel", "address_hash"],
             set_={
                 "reason": stmt.excluded.reason,
                 "source": stmt.excluded.source,
@@ -407,14 +412,14 @@ async def unsuppress(
     session: AsyncSession, tenant_id: str, channel: str, raw: str, reason: str
 ) -> bool:
     """Lift one kind of suppression (an SMS START lifts its STOP, never a hard bounce)."""
-    address = normal_address(channel, raw)
+    address = address_key(channel, raw)
     if address is None:
         return False
     result = await session.execute(
         delete(MessageSuppression).where(
             MessageSuppression.tenant_id == tenant_id,
             MessageSuppression.channel == channel,
-            MessageSuppression.address == address,
+            MessageSuppression.address_hash == address,
             MessageSuppression.reason == reason,
         )
     )
@@ -440,3 +445,27 @@ async def complaint_rate(session: AsyncSession, tenant_id: str, since: datetime)
         )
     )
     return int(complaints or 0), int(sent or 0)
+
+
+async def scrub_suppression_details(
+    session: AsyncSession, tenant_id: str, customer_id: str | None
+) -> None:
+    """Before an erasure wipes the contacts: their suppressions stay (a bounce or a STOP
+    must keep working) but lose the provider's detail, which may quote the address."""
+    scrub = update(MessageSuppression).where(MessageSuppression.tenant_id == tenant_id)
+    if customer_id is not None:
+        contact = await session.get(MessageContact, (tenant_id, customer_id))
+        keys = [
+            (channel, key)
+            for channel, raw in (
+                ("email", contact and contact.email),
+                ("sms", contact and contact.phone),
+            )
+            if (key := address_key(channel, raw))
+        ]
+        if not keys:
+            return
+        scrub = scrub.where(
+            tuple_(MessageSuppression.channel, MessageSuppression.address_hash).in_(keys)
+        )
+    await session.execute(scrub.values(detail=None))

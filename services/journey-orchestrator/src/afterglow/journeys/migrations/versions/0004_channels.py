@@ -39,13 +39,13 @@ def upgrade() -> None:
         "message_suppressions",
         sa.Column("tenant_id", sa.Text(), nullable=False),
         sa.Column("channel", sa.Text(), nullable=False),
-        sa.Column("address", sa.Text(), nullable=False),
+        sa.Column("address_hash", sa.Text(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("detail", sa.Text()),
         sa.Column("created_at", TZ, nullable=False),
         sa.PrimaryKeyConstraint(
-            "tenant_id", "channel", "address", name="pk_message_suppressions"
+            "tenant_id", "channel", "address_hash", name="pk_message_suppressions"
         ),
         schema=SCHEMA,
     )
