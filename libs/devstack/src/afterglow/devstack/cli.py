@@ -8,6 +8,7 @@ afterglow-stack env       start the stack only and print its environment
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -50,8 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             return 0
         token = dev_admin_token(state, create=True)
+        try:
+            catcher = MailCatcher(state / "mail")
+        except OSError as exc:
+            # A second stack on this machine: its catcher already has the ports.
+            print(f"mail catcher not started ({exc}); ports 1025/8025 are taken", file=sys.stderr)
+            catcher = None
         with (
-            MailCatcher(state / "mail").running() as catcher,
+            catcher.running() if catcher else contextlib.nullcontext(),
             running_services(
                 stack,
                 state / "logs",
@@ -62,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         ):
             for name, procs in svc.processes.items():
                 print(f"{name:12} {procs[0].url}/docs   (log: {procs[0].log})")
-            print(
-                f"mail catcher SMTP 127.0.0.1:{catcher.smtp_port}, read at {catcher.url}"
-                f" (files: {catcher.folder})"
-            )
+            if catcher is not None:
+                print(
+                    f"mail catcher SMTP 127.0.0.1:{catcher.smtp_port}, read at {catcher.url}"
+                    f" (files: {catcher.folder})"
+                )
             print(f"orders-ingest admin token: in {state / ADMIN_TOKEN_FILE} (make demo reads it)")
             print("Afterglow is running. Ctrl-C stops everything.", flush=True)
             while not stopping:

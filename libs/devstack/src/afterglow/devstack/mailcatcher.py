@@ -19,6 +19,7 @@ import email.policy
 import html
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -89,6 +90,8 @@ class MailCatcher:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.host = host
+        with socket.socket() as probe:
+            probe.bind((host, smtp_port))  # taken: an OSError here, not in a thread later
         self.smtp = Controller(_Keeper(folder), hostname=host, port=smtp_port)
         self.http = ThreadingHTTPServer((host, http_port), self._handler())
         self.smtp_port = smtp_port
