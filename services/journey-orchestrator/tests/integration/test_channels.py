@@ -522,6 +522,16 @@ class TestSms:
         await texting.request("c-stop", kind="loyalty_nudge", channel="sms")
         await texting.wait("c-stop", statuses("suppressed", "sent"))
         assert len(nudges(twilio, phone)) == 1
+        # HELP is answered in the reply (TwiML), naming the shop and the keywords.
+        r = await texting.client.put(
+            "/v1/messaging/settings", json={"shop_name": "Lumen & Co"}, headers=texting.auth
+        )
+        assert r.status_code == 200
+        form = {"From": phone, "To": SHOP_PHONE, "Body": "help", "MessageSid": "SM3"}
+        signed = {"x-twilio-signature": twilio_signature(AUTH_TOKEN, url, form.items())}
+        r = await texting.client.post(path, data=form, headers=signed)
+        assert r.status_code == 200
+        assert "<Message>Messages from Lumen &amp; Co. Reply STOP" in r.text
 
 
 async def suppression_details(t: Tenant) -> dict[str, str | None]:
