@@ -382,7 +382,12 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
                                     }
                                 }
                             ],
-                            "ports": [{"protocol": "TCP", "port": 443}],
+                            "ports": [
+                                {"protocol": "TCP", "port": port}
+                                # SMTP submission: 587 STARTTLS, 465 implicit TLS (port
+                                # 25 is for server-to-server relay, which tenants' relays do)
+                                for port in (443, *((587, 465) if svc.get("internet_smtp") else ()))
+                            ],
                         }
                     ],
                 },
