@@ -37,7 +37,7 @@ from afterglow.events import (
     ensure_topics,
     stop_within,
 )
-from afterglow.kit import secretbox
+from afterglow.kit import openapi, secretbox
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -212,6 +212,7 @@ def create_service_app(
         openapi_tags=openapi_tags,
     )
     install_error_handlers(app)
+    openapi.install(app)
     _install_metrics_middleware(app, spec.name)
     app.include_router(_ops_router(settings))
     if runs_api:

@@ -13,6 +13,7 @@ from sqlalchemy import func, or_, select
 from afterglow.feedback import domain, metrics, service
 from afterglow.feedback.models import Review, TenantSetting
 from afterglow.feedback.settings import FeedbackSettings
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -41,7 +42,39 @@ class ExternalResponseIn(In):
     responded_at: AwareDatetime | None = None
 
 
-@router.post("/survey-responses", tags=["surveys"], status_code=201)
+@router.post(
+    "/survey-responses",
+    tags=["surveys"],
+    status_code=201,
+    responses={
+        201: {
+            "description": "Recorded",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": 41,
+                        "external_id": "typeform-8812",
+                        "band": "promoter",
+                        "created": True,
+                    }
+                }
+            },
+        },
+        200: {
+            "description": "This external_id was recorded before: the first answer, unchanged",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": 41,
+                        "external_id": "typeform-8812",
+                        "band": "promoter",
+                        "created": False,
+                    }
+                }
+            },
+        },
+    },
+)
 async def record_response(
     body: ExternalResponseIn, request: Request, session: Session, who: Writer
 ) -> JSONResponse:
@@ -116,7 +149,12 @@ def review_json(r: Review) -> dict[str, Any]:
     }
 
 
-@router.post("/reviews", tags=["reviews"], status_code=201)
+@router.post(
+    "/reviews",
+    tags=["reviews"],
+    status_code=201,
+    responses={200: {"description": "This external_id was recorded before: that review"}},
+)
 async def create_review(
     body: ReviewIn, request: Request, session: Session, who: Writer
 ) -> JSONResponse:
@@ -163,7 +201,13 @@ async def list_reviews(
     return {"reviews": [review_json(r) for r in rows.scalars()]}
 
 
-@router.get("/reviews/{review_id}", tags=["reviews"])
+@router.get(
+    "/reviews/{review_id}",
+    tags=["reviews"],
+    responses=openapi.error(
+        404, "No such review for this tenant", "not_found", "no such review", field="review_id"
+    ),
+)
 async def get_review(review_id: str, session: Session, who: Reader) -> dict[str, Any]:
     review = (
         await session.execute(
@@ -257,7 +301,18 @@ class ReviewLinkIn(In):
     order_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
 
 
-@router.post("/review-links", tags=["reviews"], status_code=201)
+@router.post(
+    "/review-links",
+    tags=["reviews"],
+    status_code=201,
+    responses=openapi.error(
+        404,
+        "No order.placed seen for this customer and order",
+        "not_found",
+        "no such order for this customer",
+        field="order_id",
+    ),
+)
 async def review_link(
     body: ReviewLinkIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:

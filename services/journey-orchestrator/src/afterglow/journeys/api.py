@@ -22,6 +22,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -206,7 +207,40 @@ async def _body(request: Request) -> Any:
         raise AppError(f"body is not JSON: {exc}", code="bad_request") from exc
 
 
-@router.put("/v1/journeys/{name}", status_code=201, summary="Store a new version (JSON or YAML)")
+# The default journey: a definition the route accepts as it is.
+_DEFINITION_EXAMPLE = d.DEFAULT_JOURNEY_BODY
+
+
+@router.put(
+    "/v1/journeys/{name}",
+    status_code=201,
+    summary="Store a new version (JSON or YAML)",
+    responses=openapi.errors(
+        {
+            201: {
+                "content": {
+                    "application/json": {
+                        "example": {"name": "default", "version": 4, "active": False}
+                    }
+                }
+            }
+        },
+        openapi.error(
+            400, "The body is neither JSON nor YAML", "bad_request", "body is not JSON: ..."
+        ),
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A journey definition, as JSON or as YAML (Content-Type: "
+            "application/yaml); `name` defaults to the path's",
+            "content": {
+                "application/json": {"schema": {"type": "object"}, "example": _DEFINITION_EXAMPLE},
+                "application/yaml": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
 async def put_journey(
     name: str, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
 from afterglow.events.catalog import MessageRequested, PointsRedeemed
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -32,6 +33,15 @@ Customer = Annotated[str, Field(min_length=1, max_length=200)]
 
 class InsufficientPointsError(AppError):
     status_code, code = 409, "insufficient_points"
+
+
+_NO_ACCOUNT = openapi.error(
+    404,
+    "No account: the customer never earned nor was credited",
+    "not_found",
+    "no loyalty account for customer 'cus_42'",
+    field="customer",
+)
 
 
 class TierProgressOut(BaseModel):
@@ -53,7 +63,7 @@ class AccountOut(BaseModel):
     currency_value_minor: int = Field(description="What the available points are worth")
 
 
-@router.get("/accounts/{customer}", response_model=AccountOut)
+@router.get("/accounts/{customer}", response_model=AccountOut, responses=_NO_ACCOUNT)
 async def get_account(
     customer: str, principal: Reader, session: Session, request: Request
 ) -> AccountOut:
@@ -149,7 +159,27 @@ def _reward_code() -> str:
     return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
 
 
-@router.post("/accounts/{customer}/redemptions", status_code=201)
+@router.post(
+    "/accounts/{customer}/redemptions",
+    status_code=201,
+    responses=openapi.errors(
+        _NO_ACCOUNT,
+        openapi.error(
+            409,
+            "Not enough available points for the reward",
+            "insufficient_points",
+            "500 points requested, 120 available",
+            field="reward_id",
+        ),
+        openapi.error(
+            422,
+            "An unknown reward, an invalid body, or an Idempotency-Key used with another body",
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
+        ),
+    ),
+)
 async def redeem(
     customer: str,
     body: RedemptionIn,
@@ -278,7 +308,17 @@ class AdjustmentIn(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-@router.post("/accounts/{customer}/adjustments", status_code=201)
+@router.post(
+    "/accounts/{customer}/adjustments",
+    status_code=201,
+    responses=openapi.error(
+        409,
+        "A debit larger than the available points (an adjustment never overdraws)",
+        "insufficient_points",
+        "300 points requested, 120 available",
+        field="points",
+    ),
+)
 async def adjust(
     customer: str, body: AdjustmentIn, principal: Writer, session: Session, request: Request
 ) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from afterglow.events.envelope import TENANT_ID_PATTERN
 from afterglow.ingest import bigcommerce, domain, intake, registry
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
-from afterglow.kit import standard_webhooks
+from afterglow.kit import openapi, standard_webhooks
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
@@ -707,6 +707,13 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
     "",
     summary="List stored deliveries (scope orders:read), newest first",
     response_model=DeliveryPage,
+    responses=openapi.error(
+        400,
+        "The cursor is not one this API returned",
+        "bad_request",
+        "the cursor is not valid",
+        field="cursor",
+    ),
 )
 async def list_deliveries(
     session: Session,
@@ -865,6 +872,15 @@ async def replay_delivery(
 # --- admin --------------------------------------------------------------------------
 
 
+@openapi.answers(
+    openapi.error(
+        401,
+        "No admin token, or not the one configured (an empty setting disables the admin API)",
+        "unauthorized",
+        "an admin token is required",
+    ),
+    security=openapi.bearer("adminToken", "The operators' token (INGEST_ADMIN_TOKEN)"),
+)
 def require_admin(request: Request) -> None:
     expected = settings_of(request).ingest_admin_token
     presented = bearer_token(request) or ""
@@ -907,7 +923,18 @@ class TenantIn(BaseModel):
     )
 
 
-@admin.post("/tenants", status_code=201, summary="Register a tenant")
+@admin.post(
+    "/tenants",
+    status_code=201,
+    summary="Register a tenant",
+    responses=openapi.error(
+        409,
+        "The tenant id or the shop domain is already registered",
+        "conflict",
+        "the tenant id or shop domain is already registered",
+        field="tenant_id",
+    ),
+)
 async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
     now = runtime_of(request).clock.now()
     await registry.create_tenant(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
+from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound
@@ -79,7 +80,13 @@ async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
     )
 
 
-@router.get("/codes/{code}", summary="Look up a referral code")
+@router.get(
+    "/codes/{code}",
+    summary="Look up a referral code",
+    responses=openapi.error(
+        404, "No such code for this tenant", "not_found", "no such referral code", field="code"
+    ),
+)
 async def get_code(
     code: Annotated[str, Path(min_length=1, max_length=40)],
     principal: Reader,
@@ -132,7 +139,17 @@ class AdvocateReferralsOut(BaseModel):
     referrals: list[ReferralOut]
 
 
-@router.get("/advocates/{customer}/referrals", summary="An advocate's code and referrals")
+@router.get(
+    "/advocates/{customer}/referrals",
+    summary="An advocate's code and referrals",
+    responses=openapi.error(
+        404,
+        "The customer has no referral code yet",
+        "not_found",
+        "this customer has no referral code",
+        field="customer",
+    ),
+)
 async def advocate_referrals(
     customer: CustomerId, principal: Reader, session: Session, svc: Svc
 ) -> AdvocateReferralsOut:
@@ -160,7 +177,27 @@ class AttributionIn(BaseModel):
     code: str = Field(min_length=1, max_length=40)
 
 
-@router.post("/attributions", status_code=201, summary="Attribute a known order to a code")
+@router.post(
+    "/attributions",
+    status_code=201,
+    summary="Attribute a known order to a code",
+    responses=openapi.errors(
+        openapi.error(
+            404,
+            "No such code, or no order.placed seen for the order yet",
+            "not_found",
+            "no order.placed seen for this order yet",
+            field="order_id",
+        ),
+        openapi.error(
+            409,
+            "The order is already attributed",
+            "conflict",
+            "this order is already attributed",
+            field="order_id",
+        ),
+    ),
+)
 async def attribute(
     body: AttributionIn, principal: Writer, session: Session, svc: Svc
 ) -> ReferralOut:
@@ -185,7 +222,21 @@ class ReviewIn(BaseModel):
     note: str | None = Field(default=None, max_length=1000)
 
 
-@router.post("/referrals/{referral_id}/review", summary="Approve or reject a held referral")
+@router.post(
+    "/referrals/{referral_id}/review",
+    summary="Approve or reject a held referral",
+    responses=openapi.errors(
+        openapi.error(
+            404, "No such referral", "not_found", "no such referral", field="referral_id"
+        ),
+        openapi.error(
+            409,
+            "The referral is not held for review",
+            "conflict",
+            "only a held referral can be reviewed; this one is confirmed",
+        ),
+    ),
+)
 async def review(
     referral_id: Annotated[str, Path(max_length=100)],
     body: ReviewIn,

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
@@ -323,7 +323,14 @@ async def request_message(
     if body.not_before is not None and body.not_before.tzinfo is None:
         raise Unprocessable("not_before needs a time zone", field="not_before")
     runtime = runtime_of(request)
-    data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
+    try:
+        data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
+    except ValidationError as exc:
+        # The catalog's own rules (a points_expiring message needs its variables) are
+        # the caller's mistake: a 422 naming the rule, not a 500.
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "variables"
+        raise Unprocessable(first["msg"], field=field) from exc
     event = CloudEvent.new(
         data,
         tenant_id=principal.tenant_id,
@@ -440,7 +447,18 @@ async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
 
 # POST acts: the page's button, and RFC 8058 one-click from the mail client
 # (List-Unsubscribe-Post). Repeating it is harmless.
-@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
+@router.post(
+    "/u/{token}",
+    summary="Unsubscribe (signed link; one-click per RFC 8058)",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {"example": "<!doctype html>...<h1>Unsubscribed</h1>"}}},
+        404: {
+            "description": "The link is not valid (an HTML page), or the path matches no route",
+            "content": {"text/html": {"example": "<!doctype html>...<h1>Invalid link</h1>"}},
+        },
+    },
+)
 async def unsubscribe(token: str, request: Request, session: Session) -> HTMLResponse:
     parsed = _parse_link(request, token)
     if parsed is None:

@@ -1,0 +1,213 @@
+"""Every service's OpenAPI, fuzzed: what the document says is what the service answers.
+
+Schemathesis generates requests from each operation's schema (its documented examples,
+boundary and invalid values, then random ones) and sends them in-process to the
+service's app, running on the real stack with the API role (routes and relay; no
+consumers, which would join the groups other tests use). Each request carries one of
+three credentials, drawn per example: a key with the operation's scope, a key with
+another scope (403), or none (401); an admin route gets the admin token instead.
+
+Checks, on every answer:
+- not_a_server_error: no 5xx;
+- status_code_conformance: no status the operation does not document;
+- response_schema_conformance: the body matches the documented schema of its status.
+
+Nothing is excluded.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
+from sqlalchemy import Table
+
+from afterglow.devstack.stack import Stack
+from afterglow.feedback.app import create_app as feedback_app
+from afterglow.feedback.models import api_keys as feedback_keys
+from afterglow.feedback.settings import FeedbackSettings
+from afterglow.ingest.app import create_app as ingest_app
+from afterglow.ingest.models import api_keys as ingest_keys
+from afterglow.ingest.settings import IngestSettings
+from afterglow.journeys.app import create_app as journeys_app
+from afterglow.journeys.models import api_keys as journeys_keys
+from afterglow.journeys.settings import Settings as JourneysSettings
+from afterglow.kit.auth import ApiKeyStore
+from afterglow.kit.db import create_engine, create_sessionmaker
+from afterglow.kit.settings import ServiceSettings
+from afterglow.loyalty.app import create_app as loyalty_app
+from afterglow.loyalty.models import api_keys as loyalty_keys
+from afterglow.loyalty.settings import LoyaltySettings
+from afterglow.referrals.app import create_app as referrals_app
+from afterglow.referrals.models import api_keys as referrals_keys
+from afterglow.referrals.settings import ReferralsSettings
+
+# Generated examples per operation (the fuzzing phase); the documented examples and
+# the coverage phase's boundary and invalid values come on top.
+MAX_EXAMPLES = 25
+ADMIN_TOKEN = "fuzz-admin-token"
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+# Chosen per example from a digest of its data (schemathesis cannot draw extra values
+# beside the documented examples, and a replayed failure must get the same caller):
+# mostly a key that may call the operation, so that most requests reach the route's
+# code rather than stop at the door.
+CALLERS = ("entitled", "entitled", "entitled", "other_scope", "anonymous")
+
+
+def caller_of(case: Any) -> str:
+    data = repr((case.path_parameters, case.query, case.headers, case.body))
+    return CALLERS[zlib.crc32(data.encode()) % len(CALLERS)]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    create_app: Callable[..., FastAPI]
+    settings: Callable[..., ServiceSettings]
+    api_keys: Table
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def app(self) -> FastAPI:
+        # The API role: routes and the outbox relay, no consumers or workers.
+        return self.create_app(
+            self.settings(service_role="api", log_json=False, log_level="ERROR", **self.extra)
+        )
+
+    def document(self) -> dict[str, Any]:
+        return self.create_app(self.settings(**self.extra)).openapi()
+
+
+SERVICES = {
+    s.name: s
+    for s in (
+        Service(
+            "ingest", ingest_app, IngestSettings, ingest_keys, {"ingest_admin_token": ADMIN_TOKEN}
+        ),
+        Service("journeys", journeys_app, JourneysSettings, journeys_keys),
+        Service("feedback", feedback_app, FeedbackSettings, feedback_keys),
+        Service("loyalty", loyalty_app, LoyaltySettings, loyalty_keys),
+        Service("referrals", referrals_app, ReferralsSettings, referrals_keys),
+    )
+}
+
+
+def scopes_of(document: dict[str, Any]) -> set[str]:
+    return {
+        scope
+        for ops in document["paths"].values()
+        for op in ops.values()
+        for requirement in op.get("security", [])
+        for scopes in requirement.values()
+        for scope in scopes
+    }
+
+
+@dataclass
+class Keys:
+    """A fresh tenant's keys in one service: one per scope its document names."""
+
+    by_scope: dict[str, str]
+
+    def headers(self, case: Any, caller: str) -> dict[str, str]:
+        security = case.operation.definition.raw.get("security", [])
+        schemes = {name for requirement in security for name in requirement}
+        wanted = {s for requirement in security for scopes in requirement.values() for s in scopes}
+        if caller == "anonymous" or not schemes:
+            return {}  # a public route (health, a signed link): credentials change nothing
+        if "adminToken" in schemes:
+            token = ADMIN_TOKEN if caller == "entitled" else self.by_scope["unrelated:scope"]
+        elif caller == "entitled":
+            token = self.by_scope[sorted(wanted)[0]]
+        else:
+            token = self.by_scope["unrelated:scope"]
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+async def keys(stack: Stack) -> AsyncIterator[dict[str, Keys]]:
+    tenant = f"t-fuzz-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(stack.database_url, application_name="openapi-fuzz")
+    out: dict[str, Keys] = {}
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            for service in SERVICES.values():
+                store = ApiKeyStore(service.api_keys)
+                scopes = scopes_of(DOCUMENTS[service.name]) | {"unrelated:scope"}
+                out[service.name] = Keys(
+                    {s: await store.create(session, tenant, [s]) for s in sorted(scopes)}
+                )
+    finally:
+        await engine.dispose()
+    yield out
+
+
+@dataclass
+class Running:
+    """One service app at a time, its lifespan run by schemathesis's ASGI portal."""
+
+    name: str | None = None
+    client: asgi.ASGIClient | None = None
+
+    def client_for(self, name: str) -> asgi.ASGIClient:
+        if self.name != name:
+            self.stop()
+            client = asgi.ASGIClient(SERVICES[name].app())
+            client.__enter__()  # starts the lifespan
+            self.name, self.client = name, client
+        assert self.client is not None
+        return self.client
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.__exit__(None, None, None)
+            asgi.shutdown_lifespans()
+        self.name = self.client = None
+
+
+@pytest.fixture(scope="module")
+def running(stack: Stack) -> Iterator[Running]:
+    r = Running()
+    yield r
+    r.stop()
+
+
+DOCUMENTS = {name: s.document() for name, s in SERVICES.items()}
+
+
+def fuzz(name: str) -> Callable[..., None]:
+    schema = schemathesis.openapi.from_dict(DOCUMENTS[name])
+
+    @schema.parametrize()
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    def test(case: Any, keys: dict[str, Keys], running: Running) -> None:
+        client = running.client_for(name)
+        headers = keys[name].headers(case, caller_of(case))
+        response = case.call(session=client, base_url="http://testserver", headers=headers)
+        case.validate_response(response, checks=CHECKS)
+
+    return test
+
+
+test_ingest = fuzz("ingest")
+test_journeys = fuzz("journeys")
+test_feedback = fuzz("feedback")
+test_loyalty = fuzz("loyalty")
+test_referrals = fuzz("referrals")
