@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, or_, select
@@ -18,8 +18,9 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.routing import service_router
 
-router = APIRouter(prefix="/v1")
+router = service_router(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
 Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
 Id = Field(min_length=1, max_length=200)

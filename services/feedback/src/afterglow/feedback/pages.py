@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -21,8 +21,9 @@ from afterglow.feedback import domain, service
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.db import Session
+from afterglow.kit.routing import service_router
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
+router = service_router(tags=["pages"], include_in_schema=False)
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),

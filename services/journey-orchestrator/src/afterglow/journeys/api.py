@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
@@ -27,8 +27,9 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.routing import service_router
 
-router = APIRouter(tags=["journeys"])
+router = service_router(tags=["journeys"])
 Read = Depends(require_scope("journeys:read"))
 Write = Depends(require_scope("journeys:write"))
 

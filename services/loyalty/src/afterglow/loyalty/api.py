@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,10 +22,11 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.routing import service_router
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import Account, EntryRow, ProgramRulesRow, Redemption
 
-router = APIRouter(prefix="/v1", tags=["loyalty"])
+router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
 Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
 Customer = Annotated[str, Field(min_length=1, max_length=200)]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select, update
@@ -33,11 +33,12 @@ from afterglow.kit.errors import (
     Unprocessable,
 )
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
 
-webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
-rest = APIRouter(prefix="/v1", tags=["orders and support events"])
-operators = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
-admin = APIRouter(prefix="/admin", tags=["admin"])
+webhooks = service_router(prefix="/webhooks", tags=["webhooks"])
+rest = service_router(prefix="/v1", tags=["orders and support events"])
+operators = service_router(prefix="/v1/deliveries", tags=["deliveries"])
+admin = service_router(prefix="/admin", tags=["admin"])
 
 # One answer for every authentication failure: which part failed is no business of
 # whoever is probing (unknown tenant, missing header, wrong secret, stale timestamp).

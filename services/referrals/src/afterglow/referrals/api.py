@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import distinct, func, select
 
@@ -14,11 +14,12 @@ from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound
+from afterglow.kit.routing import service_router
 from afterglow.referrals import domain
 from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.service import ReferralService
 
-router = APIRouter(prefix="/v1", tags=["referrals"])
+router = service_router(prefix="/v1", tags=["referrals"])
 
 Reader = Annotated[Principal, Depends(require_scope("referrals:read"))]
 Writer = Annotated[Principal, Depends(require_scope("referrals:write"))]

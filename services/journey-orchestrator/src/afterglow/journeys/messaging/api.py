@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import select
@@ -42,8 +42,9 @@ from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
 
-router = APIRouter(tags=["messaging"])
+router = service_router(tags=["messaging"])
 Channel = Literal["email", "sms"]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
