@@ -15,29 +15,78 @@ do not repeat them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from afterglow.events.topics import TOPICS_BY_NOUN
 
+# C0 and C1 control characters and DEL; tab, newline and carriage return stay allowed
+# (comments are multi-line). The same rule as afterglow.kit.text, which depends on this
+# package and so cannot be imported here.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-class EventData(BaseModel):
+
+class CleanText(BaseModel):
+    """Refuses control characters in every string field (and list of strings).
+
+    PostgreSQL text cannot hold NUL: an event carrying one was accepted by its producer
+    (a REST call, a webhook) and then dead-lettered by every consumer. Refused when the
+    event is built, the producer answers 422 instead."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        for text in value if isinstance(value, list) else (value,):
+            if isinstance(text, str) and _CONTROL.search(text):
+                raise ValueError("must not contain control characters")
+        return value
+
+
+class EventData(CleanText):
     """Base of every catalog model."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     type: str
 
 
-class Money(BaseModel):
+# Minor units live in bigint columns everywhere (PostgreSQL's int8).
+MAX_MINOR_UNITS = 2**63 - 1
+
+
+class Money(CleanText):
     """An amount in minor units (cents) and its ISO 4217 currency."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
-    amount: int = Field(description="Minor units, e.g. cents. Negative only for adjustments.")
+    amount: int = Field(
+        ge=-MAX_MINOR_UNITS,
+        le=MAX_MINOR_UNITS,
+        description="Minor units, e.g. cents. Negative only for adjustments.",
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["USD", "EUR"])
 
 
-class CustomerInfo(BaseModel):
+# The subject of events about an order nobody can be reached or credited for (a POS
+# sale with no customer id, email or phone): ``order:<order id>``. orders-ingest gives
+# it; journeys and loyalty start nothing for it (no journey, message or points account).
+ANONYMOUS_SUBJECT_PREFIX = "order:"
+
+
+def is_anonymous_subject(subject: str) -> bool:
+    """True for the subject of an order without a customer (ANONYMOUS_SUBJECT_PREFIX)."""
+    return subject.startswith(ANONYMOUS_SUBJECT_PREFIX)
+
+
+class CustomerInfo(CleanText):
     """What the journey and messaging need to know about a customer, nothing more."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -52,7 +101,7 @@ class CustomerInfo(BaseModel):
     phone_hash: str | None = Field(default=None, description="sha256 of the normalized phone")
 
 
-class LineItem(BaseModel):
+class LineItem(CleanText):
     model_config = ConfigDict(frozen=True, extra="ignore")
     sku: str | None = Field(default=None, max_length=200)
     product_id: str | None = Field(default=None, max_length=100)

@@ -21,6 +21,7 @@ from afterglow.events.catalog import (
     ReferralConverted,
     ReviewSubmitted,
     SurveyResponded,
+    is_anonymous_subject,
 )
 from afterglow.events.privacy import pseudonym
 from afterglow.kit.app import ConsumerSpec, Runtime
@@ -124,6 +125,10 @@ class Handlers:
 
     async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderPlaced = event.data
+        if is_anonymous_subject(event.subject):
+            # An order without a customer (no id, email or phone): no points account
+            # for it; its later events find no order here and change nothing.
+            return
         if await self._order(session, event.tenantid, data.order_id) is not None:
             return  # the same order announced twice
         now = self.now()

@@ -6,7 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from afterglow.kit.errors import (
     Unauthorized,
     Unprocessable,
 )
+from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
 
@@ -54,10 +56,14 @@ def settings_of(request: Request) -> IngestSettings:
     return s
 
 
+# ASCII digits only: str.isdigit() also accepts "²", which int() then refuses (a 500).
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused past ``limit`` before it is all read or parsed."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"the body exceeds {limit} bytes")
     buf = bytearray()
     async for chunk in request.stream():
@@ -67,13 +73,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+def refuse_malformed_auth_headers(request: Request, names: Iterable[str]) -> None:
+    """First thing every receiver does: a signature, timestamp or token header that is
+    not printable ASCII of sane length is refused as unauthenticated, before any of it
+    is parsed ("²" or 5,000 nines in a timestamp answered 500)."""
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and not domain.well_formed_header(value):
+            raise Unauthorized(BAD_SIGNATURE)
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object in UTF-8, within the depth bound: 10,000 nested objects raised
+    RecursionError (a 500). Anything else is a 400, before anything is stored."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+        payload = loads_bounded(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the body is not UTF-8", code="malformed_json") from exc
+    except JsonBodyError as exc:
+        raise BadRequest(str(exc), code=exc.code) from exc
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return payload
+
+
+def parse_payload(body: bytes, platform: str) -> dict[str, Any]:
+    """The payload every normalizer reads: parsed, then cleaned in one pass (no NUL or
+    control character, NFC, HTML entities decoded where the platform encodes them)."""
+    payload: dict[str, Any] = domain.clean_payload(
+        parse_json(body), html_encoded=platform in domain.HTML_ENCODED_PLATFORMS
+    )
     return payload
 
 
@@ -94,7 +123,8 @@ class DeliveryOutcome(BaseModel):
     )
     delivery_id: str
     status: str = Field(
-        description="processed, archived (unknown topic), duplicate, or fetch_pending "
+        description="processed, archived (unknown topic), duplicate, quarantined (stored, "
+        "not normalized: see the delivery's last_error), or fetch_pending "
         "(BigCommerce: the order is fetched from the store's API in the background)"
     )
     events: list[str] = Field(description="Ids of the events emitted by this call")
@@ -106,7 +136,9 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         "description": "Stored and processed (BigCommerce: stored, fetch pending), or a duplicate",
     },
     202: {
-        "description": "Unknown topic: stored (archived), no event",
+        "description": "Unknown topic: stored (archived), no event; or a payload that "
+        "could not be normalized: stored (quarantined, with the reason in last_error), "
+        "no event, replayable once fixed",
         "content": {
             "application/json": {
                 "example": {"delivery_id": "6f1c2b7e", "status": "archived", "events": []}
@@ -131,20 +163,6 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         },
     },
     413: {"description": "Body over 1 MiB"},
-    422: {
-        "description": "A required field is missing",
-        "content": {
-            "application/json": {
-                "example": {
-                    "error": {
-                        "code": "validation_error",
-                        "message": "total_price is required",
-                        "field": "total_price",
-                    }
-                }
-            }
-        },
-    },
 }
 
 
@@ -173,24 +191,43 @@ async def receive(
     tenant_id: str | None,
     verify: Verifier,
     route: Parser,
+    auth_headers: tuple[str, ...],
+    body: bytes | None = None,
 ) -> JSONResponse:
-    """Size limit, signature, JSON, normalization, then one transaction for the raw
-    delivery and its events. Every failure before the insert writes nothing."""
+    """Header shapes, size limit, signature, JSON, normalization, then one transaction
+    for the raw delivery and its events. Every failure before the insert writes nothing
+    (401, 400, 413); a signed JSON object that cannot be normalized is stored as
+    quarantined and answered 202, never 422 or 5xx: senders disable failing webhooks."""
+    refuse_malformed_auth_headers(request, auth_headers)
     rt = runtime_of(request)
     settings = settings_of(request)
-    body = await read_body(request, settings.ingest_max_body_bytes)
+    if body is None:
+        body = await read_body(request, settings.ingest_max_body_bytes)
     now = rt.clock.now()
     secrets = await registry.active_secrets(session, tenant_id, platform, now)
     if not secrets or not verify(secrets, body):
         raise Unauthorized(BAD_SIGNATURE)
     assert tenant_id is not None
-    payload = parse_json(body)
+    payload = parse_payload(body, platform)
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    topic, dedupe_key = "", _body_key(body)
     try:
-        topic, dedupe_key = route(payload)
+        with domain.normalization_errors():
+            topic, dedupe_key = route(payload)
         normalized = await intake.normalize(session, tenant_id, platform, topic, payload)
     except domain.NormalizationError as exc:
-        raise Unprocessable(str(exc), field=exc.field) from exc
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+        outcome = await intake.quarantine(
+            session,
+            tenant_id=tenant_id,
+            platform=platform,
+            topic=topic,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            body=body,
+            reason=intake.quarantine_reason(exc),
+            received_at=now,
+        )
+        return JSONResponse(outcome.body(), status_code=202)
     outcome = await intake.accept(
         session,
         rt.outbox,
@@ -205,6 +242,12 @@ async def receive(
         received_at=now,
     )
     return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)
+
+
+def _body_key(body: bytes) -> str:
+    """The dedupe key of a delivery whose own key could not be read (a missing webhook
+    id): the same bytes sent again are the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def _body_digest(body: dict[str, Any]) -> str:
@@ -260,6 +303,7 @@ async def shopify_webhook(request: Request, session: Session) -> JSONResponse:
         tenant_id=tenant,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-shopify-hmac-sha256")),
         route=route,
+        auth_headers=("x-shopify-hmac-sha256",),
     )
 
 
@@ -305,12 +349,15 @@ async def woocommerce_webhook_by_source(request: Request, session: Session) -> J
 
 async def _woocommerce(request: Request, session: Any, tenant_id: str | None) -> JSONResponse:
     h = request.headers
+    refuse_malformed_auth_headers(request, ("x-wc-webhook-signature",))
+    # Read once: a form body that is not a ping goes on to the signature check (reading
+    # the stream a second time raised, a 500).
+    body = await read_body(request, settings_of(request).ingest_max_body_bytes)
     # Woo pings a new webhook with a form-encoded "webhook_id=N": answer it, or Woo
     # counts a failure against the hook before any order is sent.
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        body = await read_body(request, 4096)
-        if body.startswith(b"webhook_id="):
-            return JSONResponse({"status": "ping"}, status_code=200)
+    form = h.get("content-type", "").startswith("application/x-www-form-urlencoded")
+    if form and body.startswith(b"webhook_id=") and len(body) <= 4096:
+        return JSONResponse({"status": "ping"}, status_code=200)
 
     def route(payload: dict[str, Any]) -> tuple[str, str]:
         topic = h.get("x-wc-webhook-topic", "")
@@ -327,6 +374,8 @@ async def _woocommerce(request: Request, session: Any, tenant_id: str | None) ->
         tenant_id=tenant_id,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-wc-webhook-signature")),
         route=route,
+        auth_headers=("x-wc-webhook-signature",),
+        body=body,
     )
 
 
@@ -374,7 +423,13 @@ async def standard_webhook(
         return str(payload.get("type") or ""), h.get("webhook-id", "")
 
     return await receive(
-        request, session, platform="standard", tenant_id=tenant_id, verify=verify, route=route
+        request,
+        session,
+        platform="standard",
+        tenant_id=tenant_id,
+        verify=verify,
+        route=route,
+        auth_headers=("webhook-id", "webhook-timestamp", "webhook-signature"),
     )
 
 
@@ -419,7 +474,13 @@ async def zendesk_webhook(
         return str(payload.get("type") or ""), str(key)
 
     return await receive(
-        request, session, platform="zendesk", tenant_id=tenant_id, verify=verify, route=route
+        request,
+        session,
+        platform="zendesk",
+        tenant_id=tenant_id,
+        verify=verify,
+        route=route,
+        auth_headers=("x-zendesk-webhook-signature", "x-zendesk-webhook-signature-timestamp"),
     )
 
 
@@ -455,6 +516,7 @@ async def aftership_webhook(
         tenant_id=tenant_id,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("aftership-hmac-sha256")),
         route=route,
+        auth_headers=("aftership-hmac-sha256",),
     )
 
 
@@ -524,7 +586,7 @@ async def _canonical_post(
             )
         return JSONResponse(prior.response, status_code=prior.status_code)
     try:
-        normalized = domain.normalize_canonical(raw, allowed, "api")
+        normalized = domain.check_subjects(domain.normalize_canonical(raw, allowed, "api"))
     except domain.NormalizationError as exc:
         raise Unprocessable(str(exc), field=exc.field) from exc
     if not normalized.known_topic:
@@ -842,10 +904,13 @@ async def replay_delivery(
         return DeliveryOutcome(delivery_id=d.id, status=d.status, events=[])
     try:
         normalized = await intake.normalize(
-            session, d.tenant_id, d.platform, d.topic, parse_json(d.body)
+            session, d.tenant_id, d.platform, d.topic, parse_payload(d.body, d.platform)
         )
     except domain.NormalizationError as exc:
         raise Unprocessable(str(exc), field=exc.field) from exc
+    # A quarantined delivery never emitted: its facts go through the fact table like a
+    # first delivery's, so an order another delivery placed meanwhile is not placed twice.
+    first_time = d.status == intake.QUARANTINED
     ids: list[str] = []
     status = "archived"
     if normalized.known_topic:
@@ -860,12 +925,13 @@ async def replay_delivery(
             dedupe_key=d.dedupe_key,
             normalized=normalized,
             received_at=d.received_at,
-            replay=True,
+            replay=not first_time,
         )
         ids = emitted.ids
         d.subjects = intake.merge_subjects(d.subjects, emitted.subjects)
     d.status = status
     d.event_ids = ids
+    d.last_error = None
     d.replays += 1
     return DeliveryOutcome(delivery_id=d.id, status=status, events=ids)
 
@@ -1127,6 +1193,7 @@ async def reconcile_now(
 async def bigcommerce_webhook(
     request: Request, session: Session, tenant_id: TenantPath
 ) -> JSONResponse:
+    refuse_malformed_auth_headers(request, ("x-afterglow-webhook-token",))
     rt = runtime_of(request)
     settings = settings_of(request)
     body = await read_body(request, settings.ingest_max_body_bytes)
@@ -1138,17 +1205,30 @@ async def bigcommerce_webhook(
         ok |= hmac.compare_digest(secret.encode(), presented.encode())
     if not ok:
         raise Unauthorized(BAD_SIGNATURE)
-    payload = parse_json(body)
-    scope = str(payload.get("scope") or "")
-    if not payload.get("hash"):
-        raise Unprocessable("hash is required", field="hash")
-    dedupe_key = str(payload["hash"])
+    payload = parse_payload(body, "bigcommerce")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    scope, dedupe_key = "", _body_key(body)
+    try:
+        with domain.normalization_errors():
+            scope = str(payload.get("scope") or "")
+            dedupe_key = str(domain.require(payload, "hash"))
+            if scope in domain.BIGCOMMERCE_SCOPES:
+                domain.bigcommerce_order_ref(payload)
+    except domain.NormalizationError as exc:
+        # BigCommerce deactivates a hook that keeps failing: stored and answered 202.
+        outcome = await intake.quarantine(
+            session,
+            tenant_id=tenant_id,
+            platform="bigcommerce",
+            topic=scope,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            body=body,
+            reason=intake.quarantine_reason(exc),
+            received_at=now,
+        )
+        return JSONResponse(outcome.body(), status_code=202)
     if scope in domain.BIGCOMMERCE_SCOPES:
-        try:
-            domain.bigcommerce_order_ref(payload)
-        except domain.NormalizationError as exc:
-            raise Unprocessable(str(exc), field=exc.field) from exc
         # No call to the store's API here: a slow store must not fail the webhook.
         outcome = await bigcommerce.queue(
             session,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from prometheus_client import Counter
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,13 @@ from afterglow.ingest import domain
 from afterglow.ingest.models import Delivery, Order, OrderFact
 
 SOURCE = "afterglow/orders-ingest"
+QUARANTINED = "quarantined"
+
+QUARANTINED_TOTAL = Counter(
+    "afterglow_ingest_quarantined_total",
+    "Signed deliveries stored but not normalized (status quarantined), by platform",
+    ["platform"],
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ def merge_subjects(old: list[str], new: list[str]) -> list[str]:
 @dataclass
 class Outcome:
     delivery_id: str
-    status: str  # processed | archived | duplicate | fetch_pending
+    status: str  # processed | archived | duplicate | fetch_pending | quarantined
     event_ids: list[str] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
@@ -67,6 +75,7 @@ async def store_delivery(
     received_at: datetime,
     status: str = "received",
     next_attempt_at: datetime | None = None,
+    last_error: str | None = None,
 ) -> str | None:
     """Insert the raw delivery; None when the same delivery was stored before.
 
@@ -89,6 +98,7 @@ async def store_delivery(
             replays=0,
             attempts=0,
             next_attempt_at=next_attempt_at,
+            last_error=last_error,
         )
         .on_conflict_do_nothing()
         .returning(Delivery.id)
@@ -249,7 +259,8 @@ async def accept(
         topic=topic,
         dedupe_key=dedupe_key,
         headers=headers,
-        body=body,
+        # customers/redact: stored without the contact data it asks us to forget.
+        body=normalized.stored_body if normalized.stored_body is not None else body,
         received_at=received_at,
     )
     if did is None:
@@ -273,24 +284,72 @@ async def accept(
         for e in normalized.emits
     ):
         await forget_tenant_payloads(session, tenant_id, keep=did)
-    for email in normalized.forget_emails:
-        await forget_customer_payloads(session, tenant_id, email, keep=did)
+    erased = [
+        e.subject
+        for e in normalized.emits
+        if isinstance(e.data, c.CustomerErasureRequested) and e.data.scope == "customer"
+    ]
+    if erased or normalized.forget_emails:
+        await forget_customer_payloads(
+            session, tenant_id, normalized.forget_emails, [s for s in erased if s], keep=did
+        )
     await finish(session, did, "processed", emitted.ids, emitted.subjects)
     return Outcome(did, "processed", emitted.ids)
 
 
+async def quarantine(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    platform: str,
+    topic: str,
+    dedupe_key: str,
+    headers: dict[str, str],
+    body: bytes,
+    reason: str,
+    received_at: datetime,
+) -> Outcome:
+    """Store a verified delivery that could not be normalized, with the reason, and
+    emit nothing. The sender gets a 2xx (a 4xx or 5xx makes Shopify retry for hours and
+    WooCommerce or BigCommerce disable the hook); the operator lists quarantined
+    deliveries and replays them once the normalizer is fixed."""
+    did = await store_delivery(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        topic=topic,
+        dedupe_key=dedupe_key,
+        headers=headers,
+        body=body,
+        received_at=received_at,
+        status=QUARANTINED,
+        last_error=reason[:1000],
+    )
+    if did is None:
+        return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    QUARANTINED_TOTAL.labels(platform).inc()
+    return Outcome(did, QUARANTINED)
+
+
+def quarantine_reason(exc: domain.NormalizationError) -> str:
+    return f"{exc} (field {exc.field})" if exc.field else str(exc)
+
+
 async def forget_customer_payloads(
-    session: AsyncSession, tenant_id: str, email: str, keep: str
+    session: AsyncSession, tenant_id: str, emails: list[str], subjects: list[str], keep: str
 ) -> None:
-    """customers/redact: blank the stored raw deliveries that carry the customer's email
-    (a scan of one tenant's rows, acceptable for a rare request)."""
+    """customers/redact: blank body and headers of the stored raw deliveries about the
+    customer: those that spoke about them (their subject) and those that carry their
+    email anywhere, quarantined ones included (a scan of one tenant's rows, acceptable
+    for a rare request)."""
+    about = [Delivery.subjects.overlap(subjects)] if subjects else []
+    carries = [
+        func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0
+        for email in emails
+    ]
     await session.execute(
         update(Delivery)
-        .where(
-            Delivery.tenant_id == tenant_id,
-            Delivery.id != keep,
-            func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0,
-        )
+        .where(Delivery.tenant_id == tenant_id, Delivery.id != keep, or_(*about, *carries))
         .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
     )
 
@@ -319,7 +378,17 @@ async def finish(
 async def normalize(
     session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
 ) -> domain.Normalized:
-    """The platform's normalizer; shared by the receivers and replay."""
+    """The platform's normalizer, shared by the receivers and replay. Any failure, a
+    payload of the wrong shape included, is a NormalizationError (the caller
+    quarantines the delivery); every subject fits an envelope."""
+    with domain.normalization_errors():
+        out = await _normalize(session, tenant_id, platform, topic, payload)
+    return domain.check_subjects(out)
+
+
+async def _normalize(
+    session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
+) -> domain.Normalized:
     if platform == "shopify":
         return domain.normalize_shopify(topic, payload)
     if platform == "woocommerce":
