@@ -177,9 +177,15 @@ _NOT_FOUND = error(
 )
 _MALFORMED = error(
     400,
-    "The body is not JSON (or not UTF-8)",
-    "bad_request",
-    "There was an error parsing the body",
+    "The body is not JSON, or nests deeper than the bound (code too_deep)",
+    "malformed_json",
+    "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+)
+_TOO_LARGE = error(
+    413,
+    "The body is larger than the bound",
+    "payload_too_large",
+    "the body is larger than 1048576 bytes",
 )
 _INVALID = error(
     422,
@@ -211,8 +217,8 @@ def standard_responses(
     d = route.dependant
     if d.path_params:
         found.update(_NOT_FOUND)
-    if d.body_params:
-        found.update(_MALFORMED)
+    if d.body_params:  # parsed by kit.routing's bounded JSON route
+        found.update({**_MALFORMED, **_TOO_LARGE})
     if d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params:
         found.update(_INVALID)
     return found, security

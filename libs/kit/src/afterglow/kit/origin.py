@@ -40,13 +40,14 @@ def _origin(url: str) -> str | None:
 
 
 def cross_site_post(request: Request, public_base_url: str) -> str | None:
-    """Why this post must be refused as cross-site, or None when it may proceed."""
+    """Why this post must be refused as cross-site, or None when it may proceed. The
+    reason names the header, never its value (pages show it)."""
     allowed = {_origin(public_base_url), _origin(str(request.base_url))} - {None}
     origin = request.headers.get("origin")
     if origin is not None:
         if _origin(origin) in allowed:
             return None
-        return f"the form was posted from another site (Origin: {origin[:100]})"
+        return "the form was posted from another site (Origin)"
     referer = request.headers.get("referer")
     if referer is not None:
         if _origin(referer) in allowed:

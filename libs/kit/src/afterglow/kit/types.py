@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
 
@@ -60,6 +60,24 @@ def _clean_multiline(value: str) -> str:
         raise ValueError("must not contain control characters other than newline and tab")
     if _SURROGATE.search(value):
         raise ValueError("must be valid UTF-8 text")
+    return value
+
+
+def _jsonb_safe(value: dict[str, Any]) -> dict[str, Any]:
+    # Iterative: the value is already within the kit's depth bound, but a walk must not
+    # be the thing that recurses.
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and ("\x00" in node or _SURROGATE.search(node)):
+            raise ValueError("must not contain NUL characters or invalid UTF-8")
+        elif isinstance(node, int) and not isinstance(node, bool) and not INT64_MIN <= node < 2**63:
+            raise ValueError("holds an integer beyond 64 bits")
     return value
 
 
@@ -105,6 +123,11 @@ PositiveInt32 = Annotated[int, Field(ge=1, lt=2**31)]
 # Money in minor units and loyalty points: see AMOUNT_MAX.
 Amount = Annotated[int, Field(ge=0, le=AMOUNT_MAX)]
 SignedAmount = Annotated[int, Field(ge=-AMOUNT_MAX, le=AMOUNT_MAX)]
+
+# A free-form JSON object (template variables, a journey definition): PostgreSQL's jsonb
+# refuses "\u0000" in a string ("unsupported Unicode escape sequence") and numbers
+# beyond what the readers of the event can take.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_jsonb_safe)]
 
 # An instant with a time zone, within EARLIEST..LATEST.
 Instant = Annotated[AwareDatetime, AfterValidator(_within_range)]

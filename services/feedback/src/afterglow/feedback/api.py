@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import func, or_, select
 
 from afterglow.feedback import domain, metrics, service
@@ -19,11 +19,19 @@ from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
 from afterglow.kit.routing import service_router
+from afterglow.kit.types import (
+    Id,
+    Instant,
+    Int32,
+    LongText,
+    NoControls,
+    NoControlsMultiline,
+    ShortText,
+)
 
 router = service_router(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
 Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
-Id = Field(min_length=1, max_length=200)
 
 
 class In(BaseModel):
@@ -34,13 +42,13 @@ class In(BaseModel):
 
 
 class ExternalResponseIn(In):
-    external_id: str = Id
-    customer_id: str = Id
+    external_id: Id
+    customer_id: Id
     kind: Literal["nps", "csat", "ces"] = "nps"
-    score: int
-    comment: str | None = Field(default=None, max_length=5000)
-    order_id: str | None = Field(default=None, max_length=200)
-    responded_at: AwareDatetime | None = None
+    score: Int32
+    comment: LongText | None = None
+    order_id: ShortText | None = None
+    responded_at: Instant | None = None
 
 
 @router.post(
@@ -115,14 +123,14 @@ async def record_response(
 
 
 class ReviewIn(In):
-    customer_id: str = Id
+    customer_id: Id
     rating: int = Field(ge=1, le=5)
-    title: str | None = Field(default=None, max_length=200)
-    body: str | None = Field(default=None, max_length=5000)
-    sku: str | None = Field(default=None, max_length=200)
-    product_id: str | None = Field(default=None, max_length=200)
-    order_id: str | None = Field(default=None, max_length=200)
-    external_id: str | None = Field(default=None, max_length=200)
+    title: ShortText | None = None
+    body: LongText | None = None
+    sku: ShortText | None = None
+    product_id: ShortText | None = None
+    order_id: ShortText | None = None
+    external_id: ShortText | None = None
 
     @model_validator(mode="after")
     def _product(self) -> ReviewIn:
@@ -209,7 +217,7 @@ async def list_reviews(
         404, "No such review for this tenant", "not_found", "no such review", field="review_id"
     ),
 )
-async def get_review(review_id: str, session: Session, who: Reader) -> dict[str, Any]:
+async def get_review(review_id: Id, session: Session, who: Reader) -> dict[str, Any]:
     review = (
         await session.execute(
             select(Review).where(Review.tenant_id == who.tenant_id, Review.id == review_id)
@@ -222,11 +230,11 @@ async def get_review(review_id: str, session: Session, who: Reader) -> dict[str,
 
 class ModerationIn(In):
     status: Literal["pending", "published", "rejected"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str, StringConstraints(max_length=500), NoControlsMultiline] | None = None
 
 
 async def _moderate(
-    review_id: str, body: ModerationIn, request: Request, session: Any, who: Principal
+    review_id: Id, body: ModerationIn, request: Request, session: Any, who: Principal
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     review = await service.moderate_review(
@@ -245,7 +253,7 @@ async def _moderate(
 
 @router.post("/reviews/{review_id}/moderation", tags=["reviews"])
 async def moderate_post(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     """Publish, reject or hold a review. Publishing emits ``review.published`` once."""
     return await _moderate(review_id, body, request, session, who)
@@ -253,18 +261,19 @@ async def moderate_post(
 
 @router.patch("/reviews/{review_id}/moderation", tags=["reviews"])
 async def moderate_patch(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     return await _moderate(review_id, body, request, session, who)
 
 
 @router.get("/products/{product}/reviews", tags=["reviews"])
 async def product_reviews(
-    product: str,
+    product: Id,
     session: Session,
     who: Reader,
     limit: int = Query(20, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    # Bounded as the bigint OFFSET PostgreSQL takes (2**64 answered 500).
+    offset: int = Query(0, ge=0, lt=2**63),
 ) -> dict[str, Any]:
     """Published reviews of a product with their average and 1-5 distribution.
 
@@ -296,10 +305,15 @@ async def product_reviews(
     }
 
 
+# "|" separates the fields of a signed link.
+LinkPart = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]+$"), NoControls
+]
+
+
 class ReviewLinkIn(In):
-    # "|" separates the fields of a signed link.
-    customer_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
-    order_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
+    customer_id: LinkPart
+    order_id: LinkPart
 
 
 @router.post(
@@ -352,9 +366,6 @@ async def _metrics(
     now = runtime_of(request).clock.now()
     end = end or now
     start = start or end - timedelta(days=30)
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise Unprocessable("a timestamp with a timezone is required", field=name)
     if start >= end:
         raise Unprocessable("'from' must be before 'to'", field="from")
     days = {"day": 1, "week": 7, "month": 28}[interval]
@@ -374,10 +385,10 @@ async def nps_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """NPS per bucket and in total over [from, to). ``nps`` is null for a window with no
     answers (not 0, which would be a real, mediocre score)."""
@@ -389,10 +400,10 @@ async def csat_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """CSAT: percentage of 4-5 answers; null for an empty window."""
     return await _metrics("csat", request, session, who, start, end, interval, sku)
@@ -403,10 +414,10 @@ async def ces_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     return await _metrics("ces", request, session, who, start, end, interval, sku)
 
@@ -415,7 +426,7 @@ async def ces_metrics(
 
 
 class SettingsIn(In):
-    name: str | None = Field(default=None, max_length=100)
+    name: Annotated[str, StringConstraints(max_length=100), NoControls] | None = None
     # Validated strictly: the colour lands in a <style> block, where HTML autoescaping
     # does not protect against CSS injection.
     brand_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")

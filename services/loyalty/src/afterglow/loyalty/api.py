@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,13 +23,14 @@ from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
 from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmount
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import Account, EntryRow, ProgramRulesRow, Redemption
 
 router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
 Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
-Customer = Annotated[str, Field(min_length=1, max_length=200)]
+Customer = Id
 
 
 class InsufficientPointsError(AppError):
@@ -66,7 +67,7 @@ class AccountOut(BaseModel):
 
 @router.get("/accounts/{customer}", response_model=AccountOut, responses=_NO_ACCOUNT)
 async def get_account(
-    customer: str, principal: Reader, session: Session, request: Request
+    customer: Customer, principal: Reader, session: Session, request: Request
 ) -> AccountOut:
     """Balances, tier and progress. 404 until the customer earns or is credited once."""
     account = await session.get(Account, (principal.tenant_id, customer))
@@ -113,11 +114,11 @@ class HistoryOut(BaseModel):
 
 @router.get("/accounts/{customer}/history", response_model=HistoryOut)
 async def history(
-    customer: str,
+    customer: Customer,
     principal: Reader,
     session: Session,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> HistoryOut:
     """Newest first. ``next_cursor`` is opaque; pass it back to get the next page."""
     stmt = select(EntryRow).where(
@@ -151,7 +152,7 @@ async def history(
 
 class RedemptionIn(BaseModel):
     model_config = {"extra": "forbid"}
-    reward_id: str = Field(min_length=1, max_length=50)
+    reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
 def _reward_code() -> str:
@@ -182,7 +183,7 @@ def _reward_code() -> str:
     ),
 )
 async def redeem(
-    customer: str,
+    customer: Customer,
     body: RedemptionIn,
     principal: Writer,
     session: Session,
@@ -305,8 +306,8 @@ async def redeem_reward(
 
 class AdjustmentIn(BaseModel):
     model_config = {"extra": "forbid"}
-    points: int = Field(description="Positive credits, negative debits (never overdraws)")
-    reason: str = Field(min_length=1, max_length=500)
+    points: SignedAmount = Field(description="Positive credits, negative debits (never overdraws)")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
 
 @router.post(
@@ -321,7 +322,7 @@ class AdjustmentIn(BaseModel):
     ),
 )
 async def adjust(
-    customer: str, body: AdjustmentIn, principal: Writer, session: Session, request: Request
+    customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, request: Request
 ) -> dict[str, Any]:
     if body.points == 0:
         raise Unprocessable("points must not be zero", field="points")

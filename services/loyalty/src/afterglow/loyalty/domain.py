@@ -38,6 +38,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Rounding = Literal["down", "nearest", "up"]
+# Bound of any amount in minor units or points a rule may name: far beyond real money
+# (10^15 cents), far enough below 2**63 that sums of a few stay within a bigint column.
+AMOUNT_MAX = 10**15
 _ROUNDING = {"down": ROUND_FLOOR, "nearest": ROUND_HALF_UP, "up": ROUND_CEILING}
 
 # --- program rules ----------------------------------------------------------------
@@ -60,7 +63,9 @@ class Bonuses(_Strict):
 
 class Tier(_Strict):
     name: str = Field(min_length=1, max_length=50, pattern=r"^[a-z0-9_-]+$")
-    threshold: int = Field(ge=0, description="Minor units of spend, or points, in the window")
+    threshold: int = Field(
+        ge=0, le=AMOUNT_MAX, description="Minor units of spend, or points, in the window"
+    )
     multiplier: Decimal = Field(default=Decimal(1), ge=0, le=10, max_digits=6, decimal_places=3)
 
 
@@ -69,7 +74,7 @@ class Reward(_Strict):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["fixed_discount", "percentage", "free_shipping"]
     points_price: int = Field(gt=0, le=10_000_000)
-    amount_minor: int | None = Field(default=None, gt=0)
+    amount_minor: int | None = Field(default=None, gt=0, le=AMOUNT_MAX)
     percent: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -105,7 +110,9 @@ class ProgramRules(_Strict):
 
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     points_per_unit: int = Field(default=5, ge=0, le=10_000)
-    unit_minor: int = Field(default=100, gt=0, description="Minor units in one unit (cents)")
+    unit_minor: int = Field(
+        default=100, gt=0, le=1_000_000, description="Minor units in one unit (cents)"
+    )
     rounding: Rounding = "down"
     earning_statuses: list[Literal["placed", "fulfilled", "delivered"]] = Field(
         default_factory=lambda: ["placed"],  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -36,6 +36,8 @@ from afterglow.kit.errors import (
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
+from afterglow.kit.text import has_control_chars
+from afterglow.kit.types import Id, Instant, JsonObject, NoControls, ShortText
 
 webhooks = service_router(prefix="/webhooks", tags=["webhooks"])
 rest = service_router(prefix="/v1", tags=["orders and support events"])
@@ -544,8 +546,8 @@ class CanonicalEventIn(BaseModel):
         }
     )
     type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
-    customer_id: str = Field(min_length=1, max_length=200, description="The envelope subject")
-    data: dict[str, Any] = Field(description="The catalog model's fields")
+    customer_id: Id = Field(description="The envelope subject")
+    data: JsonObject = Field(description="The catalog model's fields")
 
 
 IdempotencyHeader = Annotated[
@@ -761,6 +763,8 @@ def _cursor(d: Delivery) -> str:
 def _uncursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, _, did = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        if has_control_chars(did):
+            raise ValueError("control characters in the id")
         return datetime.fromisoformat(at), did
     except ValueError as exc:
         raise BadRequest("the cursor is not valid", field="cursor") from exc
@@ -781,13 +785,13 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
 async def list_deliveries(
     session: Session,
     principal: Principal = Depends(require_scope("orders:read")),
-    status: Annotated[str | None, Query(examples=["archived"])] = None,
-    topic: Annotated[str | None, Query(examples=["orders/create"])] = None,
-    platform: Annotated[str | None, Query(examples=["shopify"])] = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: Annotated[AwareDatetime | None, Query()] = None,
+    status: Annotated[ShortText | None, Query(examples=["archived"])] = None,
+    topic: Annotated[ShortText | None, Query(examples=["orders/create"])] = None,
+    platform: Annotated[ShortText | None, Query(examples=["shopify"])] = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
+    cursor: Annotated[ShortText | None, Query()] = None,
 ) -> DeliveryPage:
     q = select(Delivery).where(Delivery.tenant_id == principal.tenant_id)
     if status:
@@ -854,7 +858,7 @@ class DeliveryDetail(DeliveryOut):
 )
 async def get_delivery(
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:read")),
 ) -> DeliveryDetail:
     d = (
@@ -884,7 +888,7 @@ async def get_delivery(
 async def replay_delivery(
     request: Request,
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:write")),
 ) -> DeliveryOutcome:
     rt = runtime_of(request)
@@ -981,10 +985,14 @@ class TenantIn(BaseModel):
         }
     )
     tenant_id: str = Field(pattern=TENANT_RE)
-    name: str = Field(min_length=1, max_length=200)
-    shopify_shop_domain: str | None = Field(default=None, max_length=255)
-    woocommerce_store_url: str | None = Field(default=None, max_length=500)
-    bigcommerce_store_hash: str | None = Field(default=None, max_length=100)
+    name: Annotated[ShortText, StringConstraints(min_length=1)]
+    shopify_shop_domain: Annotated[str, StringConstraints(max_length=255), NoControls] | None = None
+    woocommerce_store_url: Annotated[str, StringConstraints(max_length=500), NoControls] | None = (
+        None
+    )
+    bigcommerce_store_hash: Annotated[str, StringConstraints(max_length=100), NoControls] | None = (
+        None
+    )
     platforms: list[str] = Field(
         default_factory=list, description="Generate a webhook secret for each of these"
     )
@@ -1025,11 +1033,11 @@ async def create_tenant(request: Request, session: Session, body: TenantIn) -> d
 
 class SecretIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
-    secret: str | None = Field(
-        default=None,
-        min_length=8,
-        max_length=500,
-        description="The platform's secret (Shopify's app secret); omitted: generated",
+    secret: Annotated[str, StringConstraints(min_length=8, max_length=500), NoControls] | None = (
+        Field(
+            default=None,
+            description="The platform's secret (Shopify's app secret); omitted: generated",
+        )
     )
 
 
@@ -1073,8 +1081,10 @@ async def expire_previous(
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"scopes": ["orders:write"]}]})
-    scopes: list[str] = Field(min_length=1)
-    expires_at: AwareDatetime | None = None
+    scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]] = (
+        Field(min_length=1, max_length=50)
+    )
+    expires_at: Instant | None = None
 
 
 @admin.post(
@@ -1099,7 +1109,7 @@ async def create_api_key(
 
 @admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
 async def revoke_api_key(
-    request: Request, session: Session, tenant_id: TenantPath, key_id: str
+    request: Request, session: Session, tenant_id: TenantPath, key_id: Id
 ) -> dict[str, Any]:
     rt = runtime_of(request)
     event_id = await registry.revoke_api_key(
@@ -1116,8 +1126,8 @@ class ConnectionIn(BaseModel):
             ]
         }
     )
-    api_base_url: str = Field(min_length=1, max_length=500)
-    access_token: str = Field(min_length=1, max_length=500)
+    api_base_url: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
+    access_token: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
 
 
 @admin.put(
