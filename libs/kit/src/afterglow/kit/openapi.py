@@ -95,6 +95,34 @@ def errors(*parts: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str,
     return out
 
 
+# --- HTML pages and forms -------------------------------------------------------------
+
+
+def html(status: int, description: str, example: str) -> dict[int | str, dict[str, Any]]:
+    """One documented answer of a customer-facing HTML page."""
+    return {
+        status: {
+            "description": description,
+            "content": {"text/html": {"schema": {"type": "string"}, "example": example}},
+        }
+    }
+
+
+def form_body(fields: dict[str, dict[str, Any]], example: dict[str, str]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads an urlencoded form itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": fields},
+                    "example": example,
+                }
+            },
+        }
+    }
+
+
 # --- what a dependency answers ---------------------------------------------------------
 
 _ANSWERS = "__afterglow_openapi_answers__"

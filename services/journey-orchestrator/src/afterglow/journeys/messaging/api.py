@@ -37,6 +37,7 @@ from afterglow.journeys.messaging.templates import (
     render,
     validate,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -456,7 +457,19 @@ def _public_url(request: Request) -> str:
 
 # GET only asks: mail security scanners and prefetchers follow every link in a message,
 # and must not unsubscribe the customer. The button POSTs to the same URL.
-@router.get("/u/{token}", include_in_schema=False)
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe page: asks, changes nothing (scanners follow every link)",
+    responses=openapi.errors(
+        openapi.html(200, "The question and its button", "<!doctype html>...<h1>Unsubscribe?</h1>"),
+        openapi.html(
+            404,
+            "The link is not valid (also: a path that matches no route, JSON)",
+            "<!doctype html>...<h1>Invalid link</h1>",
+        ),
+    ),
+)
 async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
     parsed = _parse_link(request, token)
     if parsed is None:
