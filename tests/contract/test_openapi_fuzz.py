@@ -1,5 +1,12 @@
-"""Every service's OpenAPI, fuzzed: what the document says is what the service answers.
+"""Every service's OpenAPI, checked and fuzzed: what the document says is what the
+service answers.
 
+First the documents themselves: every operation shows an example of its request body and
+of its success answers, every example matches its schema (an example that rots misleads
+every reader and client generator), and every JSON error answer has the shared error
+schema.
+
+Then the fuzzing.
 Schemathesis generates requests from each operation's schema (its documented examples,
 boundary and invalid values, then random ones) and sends them in-process to the
 service's app, running on the real stack with the API role (routes and relay; no
@@ -23,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -185,6 +193,103 @@ def running(stack: Stack) -> Iterator[Running]:
 
 
 DOCUMENTS = {name: s.document() for name, s in SERVICES.items()}
+
+
+# --- the documents ---------------------------------------------------------------------
+
+
+def operations() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    for name, doc in DOCUMENTS.items():
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                yield name, method.upper(), path, op
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema and those it names (a $ref, each branch of anyOf/oneOf)."""
+    out = []
+    stack = [schema]
+    while stack:
+        s = stack.pop()
+        if "$ref" in s:
+            stack.append(doc["components"]["schemas"][s["$ref"].rsplit("/", 1)[1]])
+            continue
+        out.append(s)
+        stack.extend(s.get("anyOf", []) + s.get("oneOf", []))
+    return out
+
+
+def has_example(doc: dict[str, Any], media: dict[str, Any]) -> bool:
+    if "example" in media or "examples" in media:
+        return True
+    return any("examples" in s or "example" in s for s in resolve(doc, media.get("schema", {})))
+
+
+def test_every_operation_shows_its_request_and_answers() -> None:
+    missing = []
+    for name, method, path, op in operations():
+        doc = DOCUMENTS[name]
+        body = op.get("requestBody")
+        if body and not any(has_example(doc, m) for m in body["content"].values()):
+            missing.append(f"{name} {method} {path}: request body")
+        for status, response in op["responses"].items():
+            # A redirect has no body to show: its Location header is documented.
+            content = response.get("content")
+            if status.startswith("2") and not (
+                content and any(has_example(doc, m) for m in content.values())
+            ):
+                missing.append(f"{name} {method} {path}: {status}")
+    assert not missing, "\n".join(missing)
+
+
+def examples_of(media: dict[str, Any]) -> list[Any]:
+    if "example" in media:
+        return [media["example"]]
+    return [e.get("value") for e in media.get("examples", {}).values()]
+
+
+def test_every_example_matches_its_schema() -> None:
+    wrong = []
+    for name, method, path, op in operations():
+        doc = DOCUMENTS[name]
+        places = [("request", op.get("requestBody", {}).get("content", {}))]
+        places += [(status, r.get("content", {})) for status, r in op["responses"].items()]
+        for where, content in places:
+            media = content.get("application/json")
+            if not media or "schema" not in media:
+                continue
+            # The document's components ride along so that its $refs resolve.
+            schema = {**media["schema"], "components": doc["components"]}
+            validator = jsonschema.Draft202012Validator(schema)
+            for example in examples_of(media):
+                for error in validator.iter_errors(example):
+                    wrong.append(f"{name} {method} {path} {where}: {error.message[:200]}")
+    for name, doc in DOCUMENTS.items():
+        for model, schema in doc["components"]["schemas"].items():
+            validator = jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
+            for example in schema.get("examples", []):
+                for error in validator.iter_errors(example):
+                    wrong.append(f"{name} schema {model}: {error.message[:200]}")
+    assert not wrong, "\n".join(wrong)
+
+
+ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+def test_every_json_error_has_the_shared_schema() -> None:
+    other = []
+    for name, method, path, op in operations():
+        if path == "/readyz":  # its 503 is the readiness report, checks and all
+            continue
+        for status, response in op["responses"].items():
+            media = response.get("content", {}).get("application/json")
+            schema = (media or {}).get("schema", {})
+            if status[0] in "45" and media is not None and schema.get("$ref") != ERROR_REF:
+                other.append(f"{name} {method} {path} {status}")
+    assert not other, "\n".join(other)
+
+
+# --- the fuzzing ------------------------------------------------------------------------
 
 
 def fuzz(name: str) -> Callable[..., None]:

@@ -290,15 +290,39 @@ class NoSniffMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
+_READY = {
+    "status": "ok",
+    "checks": {
+        "database": "ok",
+        "loyalty.events": {"status": "ok", "last_poll_age_s": 0.4, "last_commit_age_s": 2.1},
+    },
+}
+
+
 def _ops_router(settings: ServiceSettings) -> APIRouter:
     router = service_router(tags=["operations"])
 
-    @router.get("/healthz", summary="Liveness: the process answers")
+    @router.get(
+        "/healthz",
+        summary="Liveness: the process answers",
+        responses=openapi.example(200, {"status": "ok"}),
+    )
     async def healthz() -> dict[str, str]:
         # Liveness checks nothing shared: a database outage must not restart every pod.
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: database reachable and consumers progressing")
+    @router.get(
+        "/readyz",
+        summary="Readiness: database reachable and consumers progressing",
+        responses=openapi.errors(
+            openapi.example(200, _READY),
+            openapi.example(
+                503,
+                {**_READY, "status": "unavailable", "checks": {"database": "error: OSError"}},
+                "The database is unreachable or a consumer has not polled lately",
+            ),
+        ),
+    )
     async def readyz(request: Request) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
         checks: dict[str, Any] = {}

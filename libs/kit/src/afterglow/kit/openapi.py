@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,6 +86,19 @@ def error(
             "content": {"application/json": {"example": {"error": err}}},
         }
     }
+
+
+def example(
+    status: int, body: Any, description: str | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A success answer's example (its schema comes from the route's response model)."""
+    media: dict[str, Any] = {"example": body}
+    if status >= 400:  # not the error schema: the body is the route's own (readiness)
+        media["schema"] = {"type": "object"}
+    response: dict[str, Any] = {"content": {"application/json": media}}
+    if description:
+        response["description"] = description
+    return {status: response}
 
 
 def errors(*parts: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
@@ -277,12 +291,15 @@ def document(app: FastAPI) -> dict[str, Any]:
     for name, schema in _error_schemas().items():
         schemas.setdefault(name, schema)
     schemes: dict[str, Any] = {}
+    models: set[type[BaseModel]] = set()
     for route in iter_route_contexts(app.routes):
         if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
             continue
         standard, security = standard_responses(route)
+        models.update(_models_of(route))
         for method in route.methods or ():
             op = doc["paths"][route.path_format][method.lower()]
+            _restore_examples(op, route)
             responses = op.setdefault("responses", {})
             for status, response in standard.items():
                 key = str(status)
@@ -300,10 +317,55 @@ def document(app: FastAPI) -> dict[str, Any]:
             op["responses"] = dict(sorted(responses.items()))
     if schemes:
         components.setdefault("securitySchemes", {}).update(schemes)
+    _restore_model_examples(schemas, models)
     for unused in ("HTTPValidationError", "ValidationError"):
         if f"#/components/schemas/{unused}" not in str(doc["paths"]):
             schemas.pop(unused, None)
     return doc
+
+
+# FastAPI drops every null from the document (exclude_none), examples included: an
+# example whose field is null lost that field and no longer matched its own schema (a
+# required, nullable field). The examples are put back from where they were written.
+
+
+def _restore_examples(op: dict[str, Any], route: Any) -> None:
+    for status, response in (route.responses or {}).items():
+        for media, body in response.get("content", {}).items():
+            if "example" in body:
+                target = op["responses"][str(status)]["content"][media]
+                target["example"] = jsonable_encoder(body["example"])
+    extra = (route.openapi_extra or {}).get("requestBody", {}).get("content", {})
+    for media, body in extra.items():
+        if "example" in body:
+            op["requestBody"]["content"][media]["example"] = jsonable_encoder(body["example"])
+
+
+def _models_of(route: Any) -> set[type[BaseModel]]:
+    roots: list[Any] = [route.response_model]
+    roots += [r.get("model") for r in (route.responses or {}).values()]
+    roots += [p.field_info.annotation for p in route.dependant.body_params]
+    found: set[type[BaseModel]] = set()
+    while roots:
+        t = roots.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            if t not in found:
+                found.add(t)
+                roots += [f.annotation for f in t.model_fields.values()]
+        else:
+            roots += list(get_args(t))
+    return found
+
+
+def _restore_model_examples(schemas: dict[str, Any], models: set[type[BaseModel]]) -> None:
+    by_title: dict[str, list[dict[str, Any]]] = {}
+    for name, schema in schemas.items():
+        by_title.setdefault(schema.get("title", name), []).append(schema)
+    for model in models:
+        extra = model.model_config.get("json_schema_extra")
+        if isinstance(extra, dict) and "examples" in extra:
+            for schema in by_title.get(model.__name__, []):
+                schema["examples"] = jsonable_encoder(extra["examples"])
 
 
 def _error_schemas() -> dict[str, Any]:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request, Response
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,6 +55,28 @@ class TierProgressOut(BaseModel):
 
 
 class AccountOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "available": 620,
+                    "pending": 65,
+                    "debt": 0,
+                    "tier": "silver",
+                    "tier_progress": {
+                        "basis": "spend",
+                        "qualifying": 64000,
+                        "next_tier": "gold",
+                        "next_threshold": 100000,
+                        "remaining": 36000,
+                    },
+                    "lifetime_earned": 1120,
+                    "currency_value_minor": 620,
+                }
+            ]
+        }
+    )
     customer_id: str
     available: int = Field(description="Spendable points (never negative)")
     pending: int = Field(description="Earned, waiting for the return window to end")
@@ -108,6 +130,28 @@ class EntryOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entries": [
+                        {
+                            "id": "en_5c2e9a1f",
+                            "kind": "adjust",
+                            "pending_delta": 0,
+                            "available_delta": 100,
+                            "order_id": None,
+                            "reason": "goodwill: late parcel",
+                            "actor": "key:3fa1c9d2e7b4",
+                            "ref": None,
+                            "created_at": "2026-03-10T11:00:00Z",
+                        }
+                    ],
+                    "next_cursor": "1841",
+                }
+            ]
+        }
+    )
     entries: list[EntryOut]
     next_cursor: str | None
 
@@ -151,7 +195,9 @@ async def history(
 
 
 class RedemptionIn(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reward_id": "five-off"}]}
+    )
     reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
@@ -165,6 +211,24 @@ def _reward_code() -> str:
     "/accounts/{customer}/redemptions",
     status_code=201,
     responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "redemption_id": "rd_91c4e2b7",
+                "reward": {
+                    "id": "five-off",
+                    "name": "$5 off",
+                    "kind": "fixed_discount",
+                    "points_price": 500,
+                    "amount_minor": 500,
+                    "percent": None,
+                },
+                "points": 500,
+                "code": "AG-7QK2M9XW4P3R",
+                "balance": {"available": 120, "pending": 65},
+                "redeemed_at": "2026-03-10T11:05:00+00:00",
+            },
+        ),
         _NO_ACCOUNT,
         openapi.error(
             409,
@@ -305,7 +369,10 @@ async def redeem_reward(
 
 
 class AdjustmentIn(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"points": 100, "reason": "goodwill: late parcel"}]},
+    )
     points: SignedAmount = Field(description="Positive credits, negative debits (never overdraws)")
     reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
@@ -313,12 +380,22 @@ class AdjustmentIn(BaseModel):
 @router.post(
     "/accounts/{customer}/adjustments",
     status_code=201,
-    responses=openapi.error(
-        409,
-        "A debit larger than the available points (an adjustment never overdraws)",
-        "insufficient_points",
-        "300 points requested, 120 available",
-        field="points",
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "entry_id": "en_5c2e9a1f",
+                "points": 100,
+                "balance": {"available": 720, "pending": 65, "debt": 0},
+            },
+        ),
+        openapi.error(
+            409,
+            "A debit larger than the available points (an adjustment never overdraws)",
+            "insufficient_points",
+            "300 points requested, 120 available",
+            field="points",
+        ),
     ),
 )
 async def adjust(
@@ -344,12 +421,23 @@ async def adjust(
     }
 
 
-@router.get("/rules", response_model=domain.ProgramRules)
+# The default program: what a tenant that never set one runs.
+_RULES_EXAMPLE = domain.ProgramRules().model_dump(mode="json")
+
+
+@router.get(
+    "/rules", response_model=domain.ProgramRules, responses=openapi.example(200, _RULES_EXAMPLE)
+)
 async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
     return await store.load_rules(session, principal.tenant_id)
 
 
-@router.put("/rules", response_model=domain.ProgramRules)
+@router.put(
+    "/rules",
+    response_model=domain.ProgramRules,
+    responses=openapi.example(200, _RULES_EXAMPLE),
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": _RULES_EXAMPLE}}}},
+)
 async def put_rules(
     body: domain.ProgramRules, principal: Writer, session: Session, request: Request
 ) -> domain.ProgramRules:
@@ -371,7 +459,24 @@ async def put_rules(
     return body
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    responses=openapi.example(
+        200,
+        {
+            "accounts": 412,
+            "points_issued": 181200,
+            "points_redeemed": 64500,
+            "points_expired": 9100,
+            "points_clawed_back": 1300,
+            "points_outstanding": 106300,
+            "points_pending": 22400,
+            "points_debt": 200,
+            "outstanding_liability": {"amount": 106300, "currency": "USD"},
+            "redemption_rate": 0.356,
+        },
+    ),
+)
 async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
     """Program totals: issued (became spendable), redeemed, expired, clawed back, the
     outstanding balance and what it is worth (the merchant's liability)."""

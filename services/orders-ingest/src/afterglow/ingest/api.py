@@ -752,6 +752,16 @@ class DeliveryOut(BaseModel):
 
 
 class DeliveryPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": DeliveryOut.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+                    "next_cursor": "MjAyNi0wMy0wMlQxNDozMDowMSswMDowMHw2ZjFjMmI3ZQ==",
+                }
+            ]
+        }
+    )
     items: list[DeliveryOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
@@ -1002,12 +1012,22 @@ class TenantIn(BaseModel):
     "/tenants",
     status_code=201,
     summary="Register a tenant",
-    responses=openapi.error(
-        409,
-        "The tenant id or the shop domain is already registered",
-        "conflict",
-        "the tenant id or shop domain is already registered",
-        field="tenant_id",
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "tenant_id": "acme",
+                "secrets": {"shopify": "shpss_6c1f...", "aftership": "as_0b7e..."},
+            },
+            "Registered; a webhook secret per platform asked for (shown once)",
+        ),
+        openapi.error(
+            409,
+            "The tenant id or the shop domain is already registered",
+            "conflict",
+            "the tenant id or shop domain is already registered",
+            field="tenant_id",
+        ),
     ),
 )
 async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
@@ -1045,6 +1065,9 @@ class SecretIn(BaseModel):
     "/tenants/{tenant_id}/secrets/{platform}",
     status_code=201,
     summary="Rotate a webhook secret (the previous one stays valid for the grace period)",
+    responses=openapi.example(
+        201, {"platform": "shopify", "secret": "shpss_9a2d...", "previous_valid_for_s": 3600}
+    ),
 )
 async def rotate_secret(
     request: Request,
@@ -1069,6 +1092,7 @@ async def rotate_secret(
 @admin.delete(
     "/tenants/{tenant_id}/secrets/{platform}/previous",
     summary="End a rotation now: only the current secret stays valid",
+    responses=openapi.example(200, {"expired": 1}),
 )
 async def expire_previous(
     request: Request, session: Session, tenant_id: TenantPath, platform: PlatformPath
@@ -1091,6 +1115,15 @@ class ApiKeyIn(BaseModel):
     "/tenants/{tenant_id}/api-keys",
     status_code=201,
     summary="Issue an API key (shown once; announced to every service as its hash)",
+    responses=openapi.example(
+        201,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "key": "agk_3fa1c9d2e7b4_Yk1...",
+            "scopes": ["orders:write"],
+            "event_id": "9c0d7a4e-2b1f-5e3c-8a6d-4f2e1b0c9d8e",
+        },
+    ),
 )
 async def create_api_key(
     request: Request, session: Session, tenant_id: TenantPath, body: ApiKeyIn
@@ -1107,7 +1140,18 @@ async def create_api_key(
     )
 
 
-@admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
+@admin.delete(
+    "/tenants/{tenant_id}/api-keys/{key_id}",
+    summary="Revoke an API key",
+    responses=openapi.example(
+        200,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "revoked": True,
+            "event_id": "1e5b3c7a-0d9f-5a2e-b4c8-7f6e2d1a0b3c",
+        },
+    ),
+)
 async def revoke_api_key(
     request: Request, session: Session, tenant_id: TenantPath, key_id: Id
 ) -> dict[str, Any]:
@@ -1133,6 +1177,7 @@ class ConnectionIn(BaseModel):
 @admin.put(
     "/tenants/{tenant_id}/connections/{platform}",
     summary="Set the platform API credentials used by reconciliation and BigCommerce",
+    responses=openapi.example(200, {"tenant_id": "acme", "platform": "shopify"}),
 )
 async def set_connection(
     request: Request,
