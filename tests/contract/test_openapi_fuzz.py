@@ -6,28 +6,37 @@ of its success answers, every example matches its schema (an example that rots m
 every reader and client generator), and every JSON error answer has the shared error
 schema.
 
-Then the fuzzing.
-Schemathesis generates requests from each operation's schema (its documented examples,
-boundary and invalid values, then random ones) and sends them in-process to the
-service's app, running on the real stack with the API role (routes and relay; no
-consumers, which would join the groups other tests use). Each request carries one of
-three credentials, drawn per example: a key with the operation's scope, a key with
-another scope (403), or none (401); an admin route gets the admin token instead.
+Then the fuzzing. Schemathesis generates requests from each operation's schema (its
+documented examples, boundary and invalid values, then random ones) and sends them
+in-process to the service's app, running on the real stack with the API role (routes
+and relay; no consumers, which would join the groups other tests use). Each request
+carries one of three credentials, chosen per example: a key with the operation's scope,
+a key with another scope (403), or none (401); an admin route gets the admin token
+instead, and a webhook route a body signed as its platform signs it (with the fuzz
+tenant's secret), so that generated bodies reach the parsing and normalising.
 
 Checks, on every answer:
 - not_a_server_error: no 5xx;
 - status_code_conformance: no status the operation does not document;
 - response_schema_conformance: the body matches the documented schema of its status.
 
-Nothing is excluded.
+Nothing is excluded: every operation of every document is fuzzed, the HTML pages too.
+What the fuzzing does not reach: a valid survey or review link (the pages answer 404 to
+generated tokens), and data the fresh tenant does not have (most ids answer 404).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -36,6 +45,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core import NotSet
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
@@ -49,10 +59,12 @@ from afterglow.feedback.models import api_keys as feedback_keys
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.ingest.app import create_app as ingest_app
 from afterglow.ingest.models import api_keys as ingest_keys
+from afterglow.ingest.registry import PLATFORMS
 from afterglow.ingest.settings import IngestSettings
 from afterglow.journeys.app import create_app as journeys_app
 from afterglow.journeys.models import api_keys as journeys_keys
 from afterglow.journeys.settings import Settings as JourneysSettings
+from afterglow.kit import standard_webhooks
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.db import create_engine, create_sessionmaker
 from afterglow.kit.settings import ServiceSettings
@@ -127,6 +139,7 @@ def scopes_of(document: dict[str, Any]) -> set[str]:
 class Keys:
     """A fresh tenant's keys in one service: one per scope its document names."""
 
+    tenant: str
     by_scope: dict[str, str]
 
     def headers(self, case: Any, caller: str) -> dict[str, str]:
@@ -155,7 +168,7 @@ async def keys(stack: Stack) -> AsyncIterator[dict[str, Keys]]:
                 store = ApiKeyStore(service.api_keys)
                 scopes = scopes_of(DOCUMENTS[service.name]) | {"unrelated:scope"}
                 out[service.name] = Keys(
-                    {s: await store.create(session, tenant, [s]) for s in sorted(scopes)}
+                    tenant, {s: await store.create(session, tenant, [s]) for s in sorted(scopes)}
                 )
     finally:
         await engine.dispose()
@@ -169,12 +182,16 @@ class Running:
     name: str | None = None
     client: asgi.ASGIClient | None = None
 
-    def client_for(self, name: str) -> asgi.ASGIClient:
+    senders: WebhookSenders | None = None
+
+    def client_for(self, name: str, tenant: str) -> asgi.ASGIClient:
         if self.name != name:
             self.stop()
             client = asgi.ASGIClient(SERVICES[name].app())
             client.__enter__()  # starts the lifespan
             self.name, self.client = name, client
+            if name == "ingest":
+                self.senders = WebhookSenders.register(client, tenant)
         assert self.client is not None
         return self.client
 
@@ -183,6 +200,108 @@ class Running:
             self.client.__exit__(None, None, None)
             asgi.shutdown_lifespans()
         self.name = self.client = None
+
+
+# Topics a platform sends, drawn per example like the caller: known ones reach the
+# normalisers, an unknown one is archived.
+TOPICS = {
+    "shopify": (
+        "orders/create",
+        "orders/updated",
+        "orders/fulfilled",
+        "orders/cancelled",
+        "refunds/create",
+        "customers/redact",
+        "app/uninstalled",
+    ),
+    "woocommerce": ("order.created", "order.updated", "order.deleted", "product.updated"),
+}
+
+
+@dataclass
+class WebhookSenders:
+    """Signs a generated body as each platform does, for the fuzz tenant, so that an
+    entitled example of a webhook route gets past the signature into the parsing and
+    normalising a platform's body goes through (an unsigned one stops at 401)."""
+
+    tenant: str
+    secrets: dict[str, str]
+
+    @classmethod
+    def register(cls, client: asgi.ASGIClient, tenant: str) -> WebhookSenders:
+        r = client.post(
+            "/admin/tenants",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            json={
+                "tenant_id": tenant,
+                "name": "Fuzz",
+                "shopify_shop_domain": f"{tenant}.myshopify.com",
+                "woocommerce_store_url": f"https://{tenant}.example.com/",
+                "platforms": sorted(PLATFORMS),
+            },
+        )
+        assert r.status_code == 201, r.text
+        return cls(tenant, r.json()["secrets"])
+
+    def receives(self, case: Any) -> bool:
+        return bool(case.operation.path.startswith("/webhooks/"))
+
+    def send(self, case: Any, client: asgi.ASGIClient) -> Any:
+        platform = case.operation.path.split("/")[2]
+        if "tenant_id" in case.path_parameters:
+            case.path_parameters["tenant_id"] = self.tenant
+        body = raw_body(case.body)
+        digest = zlib.crc32(body)
+        secret = self.secrets[platform]
+        headers = {"Content-Type": "application/json"}
+        if platform == "shopify":
+            headers |= {
+                "X-Shopify-Topic": TOPICS["shopify"][digest % len(TOPICS["shopify"])],
+                "X-Shopify-Shop-Domain": f"{self.tenant}.myshopify.com",
+                "X-Shopify-Webhook-Id": f"fuzz-{digest}",
+                "X-Shopify-Hmac-Sha256": b64hmac(secret, body),
+            }
+        elif platform == "woocommerce":
+            headers |= {
+                "X-WC-Webhook-Topic": TOPICS["woocommerce"][digest % len(TOPICS["woocommerce"])],
+                "X-WC-Webhook-Source": f"https://{self.tenant}.example.com/",
+                "X-WC-Webhook-Delivery-ID": str(digest),
+                "X-WC-Webhook-Signature": b64hmac(secret, body),
+            }
+        elif platform == "standard":
+            headers |= standard_webhooks.signed_headers(
+                secret, f"msg_{digest}", int(time.time()), body
+            )
+        elif platform == "zendesk":
+            stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            headers |= {
+                "x-zendesk-webhook-signature-timestamp": stamp,
+                "x-zendesk-webhook-signature": b64hmac(secret, stamp.encode() + body),
+            }
+        elif platform == "aftership":
+            headers["aftership-hmac-sha256"] = b64hmac(secret, body)
+        elif platform == "bigcommerce":
+            headers["X-Afterglow-Webhook-Token"] = secret
+        url = case.formatted_path
+        response = client.request(
+            case.method, f"http://testserver{url}", data=body, headers=headers
+        )
+        return response
+
+
+def raw_body(body: Any) -> bytes:
+    """The bytes to sign and send: as generated when raw, else its JSON."""
+    if isinstance(body, NotSet):
+        return b""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
+
+
+def b64hmac(secret: str, message: bytes) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +422,13 @@ def fuzz(name: str) -> Callable[..., None]:
         suppress_health_check=list(HealthCheck),
     )
     def test(case: Any, keys: dict[str, Keys], running: Running) -> None:
-        client = running.client_for(name)
-        headers = keys[name].headers(case, caller_of(case))
-        response = case.call(session=client, base_url="http://testserver", headers=headers)
+        client = running.client_for(name, keys[name].tenant)
+        caller = caller_of(case)
+        if running.senders is not None and running.senders.receives(case) and caller == "entitled":
+            response = running.senders.send(case, client)
+        else:
+            headers = keys[name].headers(case, caller)
+            response = case.call(session=client, base_url="http://testserver", headers=headers)
         case.validate_response(response, checks=CHECKS)
 
     return test
