@@ -149,7 +149,14 @@ def _survey_page(
     "/s/{token}",
     response_class=HTMLResponse,
     summary="The survey page (a GET stores nothing: scanners follow links)",
-    responses=openapi.errors(_SURVEY, _NOT_FOUND, _EXPIRED),
+    responses=openapi.errors(
+        _SURVEY,
+        _NOT_FOUND,
+        _EXPIRED,
+        openapi.html(
+            422, "A score not of the scale: the page, nothing selected", "<!doctype html>..."
+        ),
+    ),
     openapi_extra={
         "parameters": [
             {
@@ -177,17 +184,33 @@ async def survey_form(request: Request, token: str, session: Session) -> HTMLRes
     current = await service.current_answer(session, survey)
     selected: int | None = current.score if current else None
     raw = request.query_params.get("score")
-    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (a 500).
-    # Two at most: every scale ends at 10, and a 5,000-digit number int() refuses too.
-    if raw is not None and raw.isascii() and raw.isdigit() and len(raw) <= 2:
-        selected = int(raw)
+    status, error = 200, None
+    if raw is not None:
+        clicked = _score_on_scale(raw, domain.SCALES[survey.kind])
+        if clicked is None:
+            # Not a score our links carry: say so (422), and still let them answer.
+            status, error = 422, "Please choose a score below."
+        else:
+            selected = clicked
     return _survey_page(
         survey,
         brand,
         request.url.path,
+        status=status,
+        error=error,
         selected=selected,
         comment=current.comment if current else None,
     )
+
+
+def _score_on_scale(raw: str, scale: Any) -> int | None:
+    """``raw`` as a score of the scale, or None. ASCII digits only: str.isdigit() also
+    accepts "²", which int() refuses (that was a 500); two at most, as no scale goes
+    past 10 and int() refuses a 5,000-digit number too."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 2):
+        return None
+    score = int(raw)
+    return score if scale.low <= score <= scale.high else None
 
 
 @router.post(

@@ -17,13 +17,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     field_validator,
+    model_validator,
 )
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
-from afterglow.events.catalog import MessageKind, MessageRequested
+from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -447,6 +447,15 @@ class MessageIn(BaseModel):
     )
     not_before: Instant | None = None
 
+    @model_validator(mode="after")
+    def _carries_its_variables(self) -> MessageIn:
+        # The event's own rule, checked here: failing later, in MessageRequested(...),
+        # was a ValidationError inside the route (a 500) instead of a 422.
+        missing = MESSAGE_VARIABLES[self.kind] - self.variables.keys()
+        if missing:
+            raise ValueError(f"variables: a {self.kind} message needs {sorted(missing)}")
+        return self
+
 
 @router.post(
     "/v1/messages",
@@ -464,14 +473,7 @@ async def request_message(
     ``message.requested`` through the outbox, and comes back in through the same
     consumer as every service's requests, so it gets the same de-duplication and policy."""
     runtime = runtime_of(request)
-    try:
-        data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
-    except ValidationError as exc:
-        # The catalog's own rules (a points_expiring message needs its variables) are
-        # the caller's mistake: a 422 naming the rule, not a 500.
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "variables"
-        raise Unprocessable(first["msg"], field=field) from exc
+    data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
     event = CloudEvent.new(
         data,
         tenant_id=principal.tenant_id,
