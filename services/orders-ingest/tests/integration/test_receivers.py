@@ -18,6 +18,7 @@ from ingest_support import (
     post_woo,
     register,
     standard_headers,
+    zendesk_headers,
 )
 
 
@@ -176,17 +177,6 @@ class TestStandardWebhooks:
         again = await client.post(f"/webhooks/standard/{tenant_id}", content=body, headers=h)
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
         assert await outbox_count(runtime, tenant_id) == 1
-
-
-def zendesk_headers(secret: str, body: bytes, ts: str | None = None) -> dict[str, str]:
-    ts = ts or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "Content-Type": "application/json",
-        "x-zendesk-webhook-id": "01GZ",
-        "x-zendesk-webhook-invocation-id": str(uuid.uuid4().int % 10**9),
-        "x-zendesk-webhook-signature-timestamp": ts,
-        "x-zendesk-webhook-signature": b64hmac(secret, ts.encode() + body),
-    }
 
 
 class TestZendesk:

@@ -148,7 +148,8 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {
-        "description": "Malformed JSON",
+        "description": "Signed, but not a JSON object in UTF-8 nesting at most 64 deep "
+        "(code malformed_json or too_deep); nothing stored",
         "content": {
             "application/json": {
                 "example": {"error": {"code": "malformed_json", "message": "the body is not..."}}
@@ -739,8 +740,9 @@ class DeliveryOut(BaseModel):
     platform: str
     topic: str
     status: str = Field(
-        description="processed, archived, fetch_pending (BigCommerce, waiting for its "
-        "fetch) or failed (the fetch gave up; last_error says why)"
+        description="processed, archived, quarantined (signed but not normalizable; "
+        "last_error says why; replay once fixed), fetch_pending (BigCommerce, waiting "
+        "for its fetch) or failed (the fetch gave up; last_error says why)"
     )
     dedupe_key: str
     received_at: datetime
@@ -748,7 +750,9 @@ class DeliveryOut(BaseModel):
     replays: int
     attempts: int = Field(description="Fetches tried (BigCommerce); 0 elsewhere")
     next_attempt_at: datetime | None = Field(description="When the next fetch is due")
-    last_error: str | None = Field(description="Why the last fetch failed")
+    last_error: str | None = Field(
+        description="Why the delivery is quarantined, or why the last fetch failed"
+    )
 
 
 class DeliveryPage(BaseModel):

@@ -242,7 +242,9 @@ def clean_payload(value: Any, *, html_encoded: bool = False) -> Any:
     once, before any platform's normalizer reads it, covers every field of every
     platform, and the dedupe keys read from it. Depth is bounded by the JSON parser."""
     if isinstance(value, str):
-        return clean_text(html.unescape(value) if html_encoded else value)
+        # Cleaned before unescaping too: a NUL inside "&am\x00p;" must not keep the
+        # entity from being decoded.
+        return clean_text(html.unescape(clean_text(value))) if html_encoded else clean_text(value)
     if isinstance(value, dict):
         return {k: clean_payload(v, html_encoded=html_encoded) for k, v in value.items()}
     if isinstance(value, list):
@@ -328,13 +330,24 @@ def normalization_errors() -> Iterator[None]:
         raise NormalizationError(message[:500]) from exc
 
 
+# Ids become primary keys (orders, order facts): a btree cannot index a key past
+# about 2,700 bytes, so a 5,000-character order id failed the insert after the normalizer.
+MAX_ID_LENGTH = 200
+_ID_FIELDS = ("order_id", "refund_id", "ticket_id")
+
+
 def check_subjects(normalized: Normalized) -> Normalized:
-    """Subjects come from payloads too (customer ids, Zendesk external ids): one that
-    no envelope can carry is refused here, not when the event is built after storing."""
+    """Subjects and ids come from payloads too (customer ids, Zendesk external ids,
+    order ids): one that no envelope or key can carry is refused here, not when the
+    event is built or its key inserted after the delivery was stored."""
     for item in normalized.emits:
         s = item.subject
         if s is not None and (len(s) > MAX_SUBJECT_LENGTH or not s or has_control_chars(s)):
             raise NormalizationError("the customer id is not a valid subject", "customer_id")
+        for name in _ID_FIELDS:
+            value = getattr(item.data, name, None)
+            if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+                raise NormalizationError(f"{name} is too long", name)
     return normalized
 
 

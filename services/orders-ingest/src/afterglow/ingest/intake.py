@@ -8,6 +8,7 @@ source reported it first.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,9 +59,21 @@ class Outcome:
         return {"delivery_id": self.delivery_id, "status": self.status, "events": self.event_ids}
 
 
+MAX_DEDUPE_KEY = 200
+
+
+def stored_key(dedupe_key: str) -> str:
+    """The dedupe key as stored: a long one (a webhook id header can hold 8 KiB) is
+    replaced by its digest, which the unique index can hold (a btree refuses entries
+    past about 2,700 bytes: the insert failed, a 500)."""
+    if len(dedupe_key) <= MAX_DEDUPE_KEY:
+        return dedupe_key
+    return "sha256:" + hashlib.sha256(dedupe_key.encode()).hexdigest()
+
+
 def delivery_id_for(tenant_id: str, platform: str, dedupe_key: str) -> str:
     # Deterministic: the same delivery arriving twice has the same id.
-    return derived_event_id("ingest-delivery", tenant_id, platform, dedupe_key)
+    return derived_event_id("ingest-delivery", tenant_id, platform, stored_key(dedupe_key))
 
 
 async def store_delivery(
@@ -89,7 +102,7 @@ async def store_delivery(
             tenant_id=tenant_id,
             platform=platform,
             topic=topic,
-            dedupe_key=dedupe_key,
+            dedupe_key=stored_key(dedupe_key),
             status=status,
             received_at=received_at,
             headers=headers,
@@ -190,7 +203,7 @@ async def emit(
         subjects.append(subject)
         fact = domain.fact_key(data)
         part = fact if ids_by_fact and fact is not None else str(index)
-        event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, part)
+        event_id = derived_event_id("ingest", tenant_id, platform, stored_key(dedupe_key), part)
         if fact is not None and not replay:
             inserted = (
                 await session.execute(
