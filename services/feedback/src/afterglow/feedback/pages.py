@@ -10,10 +10,10 @@ pre-selects that score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -25,6 +25,7 @@ from afterglow.kit.db import Session
 from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.routing import service_router
 from afterglow.kit.text import clean_text
+from afterglow.kit.types import NoControls
 
 router = service_router(tags=["pages"])
 
@@ -157,20 +158,22 @@ def _survey_page(
             422, "A score not of the scale: the page, nothing selected", "<!doctype html>..."
         ),
     ),
-    openapi_extra={
-        "parameters": [
-            {
-                "name": "score",
-                "in": "query",
-                "required": False,
-                "description": "A score clicked in the email: pre-selected, not stored",
-                "schema": {"type": "string"},
-                "example": "9",
-            }
-        ]
-    },
 )
-async def survey_form(request: Request, token: str, session: Session) -> HTMLResponse:
+async def survey_form(
+    request: Request,
+    token: str,
+    session: Session,
+    # Declared (not only read) so that it is documented and validated like every query
+    # value: a control character is a 422 before the token is even looked at.
+    score: Annotated[
+        str | None,
+        Query(
+            description="A score clicked in the email: pre-selected, not stored",
+            examples=["9"],
+        ),
+        NoControls,
+    ] = None,
+) -> HTMLResponse:
     runtime, settings = _runtime(request)
     try:
         survey = await service.load_survey(
@@ -183,10 +186,9 @@ async def survey_form(request: Request, token: str, session: Session) -> HTMLRes
     brand = await service.branding(session, survey.tenant_id)
     current = await service.current_answer(session, survey)
     selected: int | None = current.score if current else None
-    raw = request.query_params.get("score")
     status, error = 200, None
-    if raw is not None:
-        clicked = _score_on_scale(raw, domain.SCALES[survey.kind])
+    if score is not None:
+        clicked = _score_on_scale(score, domain.SCALES[survey.kind])
         if clicked is None:
             # Not a score our links carry: say so (422), and still let them answer.
             status, error = 422, "Please choose a score below."
