@@ -190,6 +190,14 @@ class TestCleaning:
         info = domain.fit(c.CustomerInfo, first_name="A" * 300, email="a@" + "b" * 400)
         assert info.first_name == "A" * 100 and info.email is None
 
+    def test_fit_drops_an_optional_value_of_the_wrong_shape(self):
+        kept = domain.normalize_shopify("orders/create", load("shopify_order"))
+        order = load("shopify_order")
+        order["shipping_address"]["country_code"] = "USA"
+        out = domain.normalize_shopify("orders/create", order)
+        assert out.emits[0].data.shipping_country is None
+        assert kept.emits[0].data.shipping_country == "US"
+
     @pytest.mark.parametrize(("value", "expected"), [(2, 2), ("3", 3), (0, None), ("0", None)])
     def test_quantity(self, value, expected):
         assert domain.quantity(value, "q") == expected

@@ -267,14 +267,29 @@ def _max_length(model: type[Any], name: str) -> int | None:
     return None
 
 
+def _misfit_optional(model: type[Any], name: str, value: str) -> bool:
+    """An optional field's value that its pattern refuses (a shipping country "USA"
+    where the catalog holds ISO 3166 alpha-2): dropped rather than costing the order."""
+    info = model.model_fields.get(name)
+    if info is None or info.is_required():
+        return False
+    patterns = [getattr(m, "pattern", None) for m in info.metadata]
+    return any(isinstance(p, str) and not re.search(p, value) for p in patterns)
+
+
 def fit(model: type[M], **values: Any) -> M:
     """``model(**values)`` with text bounded to the catalog's lengths, which are what
     every consumer holds: free text (a name, a title, a SKU) is cut, contact data is
-    dropped. A 300-character first name then costs nothing but its tail."""
+    dropped, as is an optional value of the wrong shape. A 300-character first name
+    then costs nothing but its tail."""
     for name, value in values.items():
+        if not isinstance(value, str):
+            continue
         limit = _max_length(model, name)
-        if isinstance(value, str) and limit is not None and len(value) > limit:
+        if limit is not None and len(value) > limit:
             values[name] = None if name in _DROPPED_WHEN_TOO_LONG else value[:limit]
+        elif _misfit_optional(model, name, value):
+            values[name] = None
     return model(**values)
 
 
