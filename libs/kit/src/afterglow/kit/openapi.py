@@ -10,7 +10,11 @@ document does not list. FastAPI lists only a route's success and a 422 whose sch
   401 and 403 and the bearer security requirement; the database session: 503);
 - a path parameter adds 404: a value that matches nothing, or one whose slash makes the
   path match no route, is answered 404 before any code of the route runs;
+- a JSON body adds 400 (not JSON, or nested too deep) and 413 (too large), which the
+  bounded route of :mod:`afterglow.kit.routing` answers before FastAPI parses it;
 - any parameter or body adds 422 (validation), with the shared error schema.
+
+It also puts back what FastAPI's rendering loses: every null of every example.
 
 Route-specific errors (409 insufficient points, 410 expired link) stay next to their
 route, written with :func:`error` so that they share the schema and carry an example.
@@ -30,6 +34,7 @@ from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 
 from afterglow.kit import errors as errs
+from afterglow.kit.routing import MAX_JSON_BODY_BYTES
 
 SECURITY_SCHEME = "apiKey"
 ERROR_SCHEMA = "ErrorBody"
@@ -227,7 +232,7 @@ _TOO_LARGE = error(
     413,
     "The body is larger than the bound",
     "payload_too_large",
-    "the body is larger than 1048576 bytes",
+    f"the body is larger than {MAX_JSON_BODY_BYTES} bytes",
 )
 _INVALID = error(
     422,
