@@ -21,8 +21,10 @@ Checks, on every answer:
 - response_schema_conformance: the body matches the documented schema of its status.
 
 Nothing is excluded: every operation of every document is fuzzed, the HTML pages too.
-What the fuzzing does not reach: a valid survey or review link (the pages answer 404 to
-generated tokens), and data the fresh tenant does not have (most ids answer 404).
+A page gets, for those examples, a valid signed link of the fuzz tenant (a survey, an
+order to review, an unsubscribe link), so that generated forms reach the answering code.
+What the fuzzing does not reach: data the fresh tenant does not have (most ids of the
+REST routes answer 404).
 """
 
 from __future__ import annotations
@@ -51,17 +53,25 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy import Table
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.devstack.stack import Stack
+from afterglow.events import CloudEvent, Outbox
+from afterglow.events.catalog import SurveyRequested
+from afterglow.feedback import service as feedback_service
 from afterglow.feedback.app import create_app as feedback_app
+from afterglow.feedback.models import Survey
 from afterglow.feedback.models import api_keys as feedback_keys
+from afterglow.feedback.models import tables as feedback_tables
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.ingest.app import create_app as ingest_app
 from afterglow.ingest.models import api_keys as ingest_keys
 from afterglow.ingest.registry import PLATFORMS
 from afterglow.ingest.settings import IngestSettings
 from afterglow.journeys.app import create_app as journeys_app
+from afterglow.journeys.messaging import policy
+from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.models import api_keys as journeys_keys
 from afterglow.journeys.settings import Settings as JourneysSettings
 from afterglow.kit import standard_webhooks
@@ -141,6 +151,13 @@ class Keys:
 
     tenant: str
     by_scope: dict[str, str]
+    # A valid signed link per page path, for the examples that may open the page.
+    links: dict[str, str] = field(default_factory=dict)
+
+    def open_link(self, case: Any) -> None:
+        token = self.links.get(case.operation.path)
+        if token is not None:
+            case.path_parameters["token"] = token
 
     def headers(self, case: Any, caller: str) -> dict[str, str]:
         security = case.operation.definition.raw.get("security", [])
@@ -170,9 +187,50 @@ async def keys(stack: Stack) -> AsyncIterator[dict[str, Keys]]:
                 out[service.name] = Keys(
                     tenant, {s: await store.create(session, tenant, [s]) for s in sorted(scopes)}
                 )
+            out["feedback"].links = await feedback_links(session, tenant)
+            out["journeys"].links = {
+                "/u/{token}": policy.sign_unsubscribe(
+                    MessagingSettings().unsubscribe_secret, tenant, "cus-fuzz", "email"
+                )
+            }
     finally:
         await engine.dispose()
     yield out
+
+
+async def feedback_links(session: AsyncSession, tenant: str) -> dict[str, str]:
+    """A survey and an order of the fuzz tenant, made by the code the consumer runs, and
+    the signed links to their pages."""
+    settings = FeedbackSettings()
+    now = datetime.now(UTC)  # the app runs on the system clock
+    request_id = f"req-fuzz-{uuid.uuid4().hex[:8]}"
+    event = CloudEvent.new(
+        SurveyRequested(request_id=request_id, kind="nps", requested_at=now),  # type: ignore[call-arg]
+        tenant_id=tenant,
+        subject="cus-fuzz",
+        source="tests",
+    )
+    await feedback_service.handle_survey_requested(
+        session, Outbox(feedback_tables), settings, event, now
+    )
+    survey = (
+        await session.execute(
+            select(Survey).where(Survey.tenant_id == tenant, Survey.request_id == request_id)
+        )
+    ).scalar_one()
+    await feedback_service.remember_order(
+        session,
+        tenant,
+        "cus-fuzz",
+        "ord-fuzz",
+        now,
+        [{"sku": "TENT-2P", "product_id": None, "title": "Tent"}],
+    )
+    review, _ = feedback_service.review_token(settings, tenant, "cus-fuzz", "ord-fuzz", now)
+    return {
+        "/s/{token}": feedback_service.survey_token(settings, survey),
+        "/r/{token}": review,
+    }
 
 
 @dataclass
@@ -427,6 +485,8 @@ def fuzz(name: str) -> Callable[..., None]:
         if running.senders is not None and running.senders.receives(case) and caller == "entitled":
             response = running.senders.send(case, client)
         else:
+            if caller == "entitled":
+                keys[name].open_link(case)
             headers = keys[name].headers(case, caller)
             response = case.call(session=client, base_url="http://testserver", headers=headers)
         case.validate_response(response, checks=CHECKS)
