@@ -355,7 +355,21 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {
+                    CONTENT_TYPE_LATEST: {
+                        "schema": {"type": "string"},
+                        "example": "# TYPE afterglow_http_request_duration_seconds histogram\n...",
+                    }
+                }
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
