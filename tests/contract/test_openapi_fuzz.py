@@ -117,7 +117,9 @@ class Service:
         )
 
     def document(self) -> dict[str, Any]:
-        return self.create_app(self.settings(**self.extra)).openapi()
+        # Built at collection: quiet, plain logs (create_app configures logging).
+        settings = self.settings(log_json=False, log_level="WARNING", **self.extra)
+        return self.create_app(settings).openapi()
 
 
 SERVICES = {
