@@ -19,6 +19,7 @@ Checks, on every answer:
 - not_a_server_error: no 5xx;
 - status_code_conformance: no status the operation does not document;
 - response_schema_conformance: the body matches the documented schema of its status.
+- unsupported_method: a method the path does not have is a 405 with its Allow header.
 
 Nothing is excluded: every operation of every document is fuzzed, the HTML pages too.
 A page gets, for those examples, a valid signed link of the fuzz tenant (a survey, an
@@ -52,6 +53,7 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -89,7 +91,12 @@ from afterglow.referrals.settings import ReferralsSettings
 # the coverage phase's boundary and invalid values come on top.
 MAX_EXAMPLES = 25
 ADMIN_TOKEN = "fuzz-admin-token"
-CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+    unsupported_method,
+]
 # Chosen per example from a digest of its data (schemathesis cannot draw extra values
 # beside the documented examples, and a replayed failure must get the same caller):
 # mostly a key that may call the operation, so that most requests reach the route's
