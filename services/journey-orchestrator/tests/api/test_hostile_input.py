@@ -155,3 +155,33 @@ class TestUnsubscribePage:
         )
         assert r.status_code == 200
         assert await self._unsubscribed(orch, tenant_id, other)
+
+
+class TestHugeValuesInDefinitionsAndTemplates:
+    async def test_a_delay_beyond_ten_years_is_422_naming_it(
+        self, orch: Orchestrator, tenant_id: str
+    ):
+        h = await orch.headers(tenant_id, ALL)
+        for wait in ("P99999D after order.delivered", "PT99999999999999999999S after order.placed"):
+            body = {
+                "trigger": {"events": ["order.placed"]},
+                "stages": [
+                    {"name": "a", "wait": wait, "actions": [{"type": "message", "kind": "welcome"}]}
+                ],
+            }
+            r = await orch.client.put("/v1/journeys/far", json=body, headers=h)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["field"] == "stages[0].wait.delay"
+
+    async def test_a_template_that_would_build_a_gigabyte_is_422(
+        self, orch: Orchestrator, tenant_id: str
+    ):
+        h = await orch.headers(tenant_id, ALL)
+        for text in ("{{ 'x' * 999999999 }}", "{{ 2 ** 999 ** 999 ** 999 }}"):
+            r = await orch.client.put(
+                "/v1/messaging/templates/welcome/email",
+                json={"subject": "Hi", "text": text},
+                headers=h,
+            )
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["code"] == "template_error"

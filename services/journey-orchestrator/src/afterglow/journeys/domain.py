@@ -47,6 +47,11 @@ _DURATION = re.compile(
 )
 
 
+# A delay, window or timeout beyond ten years is a typo; unbounded, a few more digits
+# overflowed timedelta (or the datetime a timer adds it to) with a 500.
+MAX_DURATION = timedelta(days=3650)
+
+
 def parse_duration(value: Any) -> timedelta:
     """ISO-8601 duration limited to weeks, days, hours, minutes and seconds: months and
     years have no fixed length, and a delay must mean the same thing in every month."""
@@ -58,7 +63,13 @@ def parse_duration(value: Any) -> timedelta:
     if not m or value.strip().upper() in ("P", "PT"):
         raise ValueError(f"{value!r} is not an ISO-8601 duration (W, D, H, M, S units only)")
     g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    return timedelta(weeks=g["w"], days=g["d"], hours=g["h"], minutes=g["m"], seconds=g["s"])
+    try:
+        td = timedelta(weeks=g["w"], days=g["d"], hours=g["h"], minutes=g["m"], seconds=g["s"])
+    except OverflowError:
+        td = MAX_DURATION * 2  # beyond what timedelta holds: refused just below
+    if td > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION.days} days")
+    return td
 
 
 def format_duration(td: timedelta) -> str:
