@@ -126,10 +126,13 @@ class TestHeaders:
 
 
 class TestStartUp:
-    def test_service_refuses_to_start_without_secrets_keys(self, monkeypatch):
+    async def test_service_refuses_to_start_without_secrets_keys(self, monkeypatch):
         monkeypatch.delenv("SECRETS_KEYS", raising=False)
+        app = _app(ServiceSettings())
+        assert isinstance(app.state.missing_secrets, MissingSecrets)
         with pytest.raises(MissingSecrets, match=r"kit-test refuses to start: SECRETS_KEYS is not"):
-            _app(ServiceSettings())
+            async with app.router.lifespan_context(app):
+                pass
 
     def test_a_router_that_would_parse_unbounded_is_refused(self):
         plain = APIRouter()

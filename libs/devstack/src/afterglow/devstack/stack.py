@@ -53,7 +53,7 @@ class Stack:
 
 
 DEV_SECRETS_KEY = "dev:" + base64.b64encode(b"afterglow-dev-key-not-for-prod!!").decode()
-# The services refuse to start without these (afterglow.kit.settings.check_secrets); a
+# The services refuse to start without these (afterglow.kit.settings.missing_secrets); a
 # local stack makes its own instead of shipping a public default.
 SIGNING_SECRETS = ("FEEDBACK_TOKEN_SECRET", "MESSAGING_UNSUBSCRIBE_SECRET")
 SIGNING_SECRETS_FILE = "signing-secrets"

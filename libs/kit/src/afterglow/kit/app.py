@@ -45,7 +45,7 @@ from afterglow.kit.db import create_engine, create_sessionmaker
 from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
 from afterglow.kit.routing import service_router, unbounded_routes
-from afterglow.kit.settings import ServiceSettings, check_secrets
+from afterglow.kit.settings import ServiceSettings, missing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,12 @@ def create_service_app(
     version: str = "0.1.0",
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """The service's FastAPI app. Refuses (raises) when a secret the service needs is
-    missing (:func:`afterglow.kit.settings.check_secrets`) or when a router was not
-    built with :func:`afterglow.kit.routing.service_router`."""
-    check_secrets(spec.name, settings.required_secrets())
+    """The service's FastAPI app. Its start (the lifespan) fails when a secret the
+    service needs is missing (:func:`afterglow.kit.settings.missing_secrets`, also on
+    ``app.state.missing_secrets``); building it does not, so its OpenAPI document can be
+    read anywhere. Raises TypeError when a router was not built with
+    :func:`afterglow.kit.routing.service_router`."""
+    missing = missing_secrets(spec.name, settings.required_secrets())
     unbounded = unbounded_routes(list(routers))
     if unbounded:
         raise TypeError(
@@ -136,6 +138,8 @@ def create_service_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if missing is not None:
+            raise missing
         secretbox.configure(settings.secrets_keys)
         engine = create_engine(
             settings.database_url,
@@ -223,6 +227,7 @@ def create_service_app(
         lifespan=lifespan,
         openapi_tags=openapi_tags,
     )
+    app.state.missing_secrets = missing
     install_error_handlers(app)
     openapi.install(app)
     _install_metrics_middleware(app, spec.name)

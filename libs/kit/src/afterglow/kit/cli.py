@@ -26,7 +26,7 @@ from afterglow.kit.export import ExportIncomplete, gather_exports
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
 from afterglow.kit.secretbox import new_key
-from afterglow.kit.settings import MissingSecrets, ServiceSettings
+from afterglow.kit.settings import ServiceSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,13 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     spec = services[args.service]
-    try:
-        # Build the app once here: a missing secret is then one clear line and exit
-        # status 2, not a traceback from inside uvicorn's loader.
-        module, _, factory = spec.app_factory.partition(":")
-        getattr(importlib.import_module(module), factory)()
-    except MissingSecrets as exc:
-        print(str(exc), file=sys.stderr)
+    # Build the app once here: a missing secret is then one clear line and exit status
+    # 2, not a traceback from uvicorn's start-up.
+    module, _, factory = spec.app_factory.partition(":")
+    missing = getattr(importlib.import_module(module), factory)().state.missing_secrets
+    if missing is not None:
+        print(str(missing), file=sys.stderr)
         return 2
     uvicorn.run(
         spec.app_factory,

@@ -86,12 +86,30 @@ class _BoundedJsonRequest(Request):
 
 
 class BoundedJsonRoute(APIRoute):
-    """An APIRoute that parses its JSON body within bounds before FastAPI sees it."""
+    """An APIRoute that parses its JSON body within bounds before FastAPI sees it, and
+    documents the two answers that gives (a route's own documentation of them wins)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if self._parses_json():
+            self.responses.setdefault(
+                400,
+                {
+                    "description": "The body is not JSON (`malformed_json`) or nests too deep "
+                    "(`too_deep`)"
+                },
+            )
+            self.responses.setdefault(
+                413, {"description": f"The body is larger than {MAX_JSON_BODY_BYTES} bytes"}
+            )
+
+    def _parses_json(self) -> bool:
+        body_field = self.body_field
+        return body_field is not None and not isinstance(body_field.field_info, fastapi_params.Form)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        body_field = self.body_field
-        if body_field is None or isinstance(body_field.field_info, fastapi_params.Form):
+        if not self._parses_json():
             return handler
 
         async def bounded(request: Request) -> Response:

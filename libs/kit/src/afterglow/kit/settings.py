@@ -77,8 +77,9 @@ class MissingSecrets(RuntimeError):
     """A service was started without a secret it needs."""
 
 
-def check_secrets(service: str, secrets: Mapping[str, str | None]) -> None:
-    """Refuse to start without every secret, naming each one missing.
+def missing_secrets(service: str, secrets: Mapping[str, str | None]) -> MissingSecrets | None:
+    """The refusal to start when a secret is missing or too short, naming each one;
+    None when all are there.
 
     There are no default secrets: a default is public (it is in this repository), and
     a survey or review token signed with a public secret can be forged for any tenant's
@@ -89,10 +90,11 @@ def check_secrets(service: str, secrets: Mapping[str, str | None]) -> None:
         for name, value in secrets.items()
         if not value or len(value) < MIN_SECRET_LENGTH
     ]
-    if problems:
-        raise MissingSecrets(
-            f"{service} refuses to start: "
-            + "; ".join(problems)
-            + ". Set them in the environment (a long random value each; SECRETS_KEYS from "
-            "`afterglow secrets-key`). make dev and the tests set dev values themselves."
-        )
+    if not problems:
+        return None
+    return MissingSecrets(
+        f"{service} refuses to start: "
+        + "; ".join(problems)
+        + ". Set them in the environment (a long random value each; SECRETS_KEYS from "
+        "`afterglow secrets-key`). make dev and the tests set dev values themselves."
+    )
