@@ -177,9 +177,17 @@ async def customer_journey(
     current = next((i for i in instances if i["status"] in ("running", "paused")), None)
     profile = None
     if prof is not None:
+        projected = d.Profile.model_validate(prof.state or {})
+        spent = projected.spent or (
+            {projected.currency: projected.total_spent} if projected.currency else {}
+        )
         profile = {
             "orders_count": prof.orders_count,
             "total_spent": {"amount": prof.total_spent, "currency": prof.currency},
+            # Every currency apart, never summed across currencies.
+            "spent_by_currency": [
+                {"currency": cur, "amount": amount} for cur, amount in sorted(spent.items())
+            ],
             "first_order_at": prof.first_order_at,
             "last_order_at": prof.last_order_at,
             "open_tickets": prof.open_tickets,

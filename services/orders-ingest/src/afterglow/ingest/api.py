@@ -1228,6 +1228,77 @@ async def reconcile_now(
     return await reconcile(runtime_of(request), tenant_id, platform)
 
 
+class HistoryImportIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"since": "2024-01-01T00:00:00Z", "earn_points": False}]}
+    )
+    since: Instant = Field(description="Import the orders created since this moment")
+    earn_points: bool = Field(
+        default=False,
+        description="Whether loyalty credits the imported orders' points (never a "
+        "first-order bonus); false: the orders count for spend and tiers only",
+    )
+
+
+@admin.post(
+    "/tenants/{tenant_id}/import-history/{platform}",
+    summary="Import the shop's past orders: order book and metrics, no journey, no message",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "platform": "shopify",
+                        "since": "2024-01-01T00:00:00+00:00",
+                        "earn_points": False,
+                        "pages": 10,
+                        "orders": 500,
+                        "new_deliveries": 512,
+                        "events": 1012,
+                        "failed": 0,
+                        "throttled_waits": 1,
+                        "error": None,
+                        "failures": [],
+                    }
+                }
+            }
+        }
+    },
+)
+async def import_history_now(
+    request: Request, tenant_id: TenantPath, platform: PlatformPath, body: HistoryImportIn
+) -> dict[str, Any]:
+    from afterglow.ingest.history import import_history
+
+    result = await import_history(
+        runtime_of(request), tenant_id, platform, body.since, earn_points=body.earn_points
+    )
+    return result.body()
+
+
+class TenantSettingsIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"late_order_days": 30}]})
+    late_order_days: int = Field(
+        ge=0,
+        le=3650,
+        description="A live event about an order placed more than this many days before it "
+        "arrived is historical: recorded and counted, no journey, survey or message (0: never)",
+    )
+
+
+@admin.patch(
+    "/tenants/{tenant_id}",
+    summary="Change a tenant's settings",
+    responses=openapi.example(200, {"tenant_id": "acme", "late_order_days": 30}),
+)
+async def update_tenant(
+    session: Session, tenant_id: TenantPath, body: TenantSettingsIn
+) -> dict[str, Any]:
+    tenant = await registry.get_tenant(session, tenant_id)
+    tenant.late_order_days = body.late_order_days
+    return {"tenant_id": tenant_id, "late_order_days": tenant.late_order_days}
+
+
 @webhooks.post(
     "/bigcommerce/{tenant_id}",
     summary="BigCommerce order webhooks (ids only: stored and answered at once, the order "
