@@ -476,6 +476,43 @@ class TestSmtpEmail:
             if field:
                 assert r.json()["error"].get("field") == field, r.text
 
+    async def test_control_characters_are_refused_naming_the_field(self, mail):
+        # A NUL reached the jsonb config (or a text column) and failed there with a 500;
+        # a newline in a header field would let a merchant inject headers.
+        r = await mail.client.delete("/v1/messaging/channels/email", headers=mail.auth)
+        assert r.status_code == 200
+        smtp = {"provider": "smtp", "host": "h.test", "from_email": FROM}
+        twilio = {
+            "provider": "twilio",
+            "account_sid": ACCOUNT_SID,
+            "auth_token": "x" * 9,
+            "from_number": SHOP_PHONE,
+        }
+        bad = [
+            ("email", {**smtp, "from_email": "a\u0000b@lumen.test"}, "from_email"),
+            ("email", {**smtp, "from_name": "Lumen\u0000"}, "from_name"),
+            ("email", {**smtp, "from_name": "Lumen\r\nBcc: x@evil.test"}, "from_name"),
+            ("email", {**smtp, "username": "u\u0000", "password": "p"}, "username"),
+            ("email", {**smtp, "tls_ca_pem": "-----BEGIN\u0000"}, "tls_ca_pem"),
+            ("sms", {**twilio, "auth_token": "token\u0000-0123"}, "auth_token"),
+            ("sms", {**twilio, "api_base": "https://a\u0000b/"}, "api_base"),
+        ]  # fmt: skip
+        for channel, body, field in bad:
+            r = await mail.client.put(
+                f"/v1/messaging/channels/{channel}", json=body, headers=mail.auth
+            )
+            assert r.status_code == 422, (body, r.text)
+            assert r.json()["error"]["field"].split(".")[-1] == field, r.text
+        r = await mail.client.put(
+            "/v1/messaging/provider-events",
+            json={"postmark_username": "pm\u0000", "postmark_password": "pm-secret-0123"},
+            headers=mail.auth,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "postmark_username", r.text
+        # Nothing was stored: both channels are still the signed webhook.
+        r = await mail.client.get("/v1/messaging/channels", headers=mail.auth)
+        assert [c["provider"] for c in r.json()["channels"]] == ["webhook", "webhook"]
+
 
 class TestSms:
     async def test_ucs2_sms_counts_its_segments(self, texting, twilio):

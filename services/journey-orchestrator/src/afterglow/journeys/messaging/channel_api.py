@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import select
 
 from afterglow.journeys.messaging import store
@@ -36,6 +36,7 @@ from afterglow.journeys.messaging.channels.sms_text import e164
 from afterglow.journeys.messaging.channels.twilio import DEFAULT_API
 from afterglow.journeys.messaging.models import MessagingChannel, MessagingTenantSettings
 from afterglow.journeys.messaging.settings import messaging_settings
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -43,7 +44,7 @@ from afterglow.kit.errors import PayloadTooLarge, Unauthorized, Unprocessable
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
-from afterglow.kit.types import Id
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 
 router = service_router(tags=["messaging"])
 Write = Depends(require_scope("messages:write"))
@@ -67,16 +68,80 @@ COMPLAINT_RATE = Gauge(
 )
 
 
+_SMTP_EXAMPLE: dict[str, Any] = {
+    "provider": "smtp",
+    "host": "smtp.example.com",
+    "port": 587,
+    "security": "starttls",
+    "username": "afterglow@example.com",
+    "password": "app-password-1234",
+    "from_email": "hello@example.com",
+    "from_name": "Acme Outdoor",
+    "reply_to": "support@example.com",
+    "rate_per_s": 10,
+}
+_TWILIO_EXAMPLE: dict[str, Any] = {
+    "provider": "twilio",
+    "account_sid": "AC" + "0123456789abcdef" * 2,
+    "auth_token": "3f5e2c9a1b7d4e6f8a0c2e4b6d8f0a1c",
+    "from_number": "+14155550100",
+}
+_SMTP_OUT = {
+    "channel": "email",
+    "provider": "smtp",
+    "config": {
+        "host": "smtp.example.com",
+        "port": 587,
+        "security": "starttls",
+        "username": "afterglow@example.com",
+        "from_email": "hello@example.com",
+        "from_name": "Acme Outdoor",
+        "reply_to": "support@example.com",
+    },
+    "secret_set": True,
+    "dkim_key_set": False,
+    "rate_per_s": 10.0,
+    "updated_at": "2026-03-04T16:20:00Z",
+}
+_WEBHOOK_OUT = {"channel": "sms", "provider": "webhook", "config": {}, "secret_set": False}
+_SUPPRESSED_OUT = {"suppressed": 1, "hard_bounces": 1, "complaints": 0}
+_NOT_VERIFIED_DOC = "The tenant has no key for this provider, or the request does not verify"
+_EVENTS_TOO_LARGE = openapi.error(
+    413,
+    "The body is larger than the bound",
+    "payload_too_large",
+    f"bodies are limited to {MAX_EVENT_BODY} bytes",
+)
+_TWIML_OK = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+# Every string field carries NoControls (NoControlsMultiline for PEM): a NUL reached
+# the jsonb config or a text column and failed there with a 500 (asyncpg
+# UntranslatableCharacterError); a pattern alone does not refuse it ([^@\s] lets NUL
+# through). Refused here, it is a 422 naming the field.
+Email = Annotated[str, StringConstraints(max_length=254, pattern=EMAIL), NoControls]
+Pem = Annotated[str, StringConstraints(max_length=20_000), NoControlsMultiline]
+
+
 class WebhookChannelIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"provider": "webhook"}]})
     provider: Literal["webhook"]
     rate_per_s: float | None = Field(default=None, gt=0, le=10_000)
 
 
 class DkimIn(BaseModel):
-    domain: str = Field(min_length=3, max_length=253, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
-    selector: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    domain: Annotated[
+        str,
+        StringConstraints(min_length=3, max_length=253, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"),
+        NoControls,
+    ]
+    selector: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$"),
+        NoControls,
+    ]
     # PEM (RSA or Ed25519); may be left out of an update to keep the stored one.
-    private_key: str | None = Field(default=None, max_length=20_000)
+    private_key: Pem | None = None
 
     @field_validator("private_key")
     @classmethod
@@ -91,19 +156,24 @@ class DkimIn(BaseModel):
 
 
 class SmtpChannelIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SMTP_EXAMPLE]})
     provider: Literal["smtp"]
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    host: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$"),
+        NoControls,
+    ]
     port: int = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
-    username: str | None = Field(default=None, max_length=500)
-    password: str | None = Field(default=None, max_length=2000)
-    from_email: str = Field(max_length=254, pattern=EMAIL)
-    from_name: str | None = Field(default=None, max_length=200)
-    reply_to: str | None = Field(default=None, max_length=254, pattern=EMAIL)
-    envelope_from: str | None = Field(default=None, max_length=254, pattern=EMAIL)
+    username: Annotated[str, StringConstraints(max_length=500), NoControls] | None = None
+    password: Annotated[str, StringConstraints(max_length=2000), NoControls] | None = None
+    from_email: Email
+    from_name: Annotated[str, StringConstraints(max_length=200), NoControls] | None = None
+    reply_to: Email | None = None
+    envelope_from: Email | None = None
     dkim: DkimIn | None = None
     # A private CA the merchant's server certificate comes from (PEM); public data.
-    tls_ca_pem: str | None = Field(default=None, max_length=20_000)
+    tls_ca_pem: Pem | None = None
     rate_per_s: float | None = Field(default=None, gt=0, le=10_000)
 
     @field_validator("tls_ca_pem")
@@ -117,21 +187,21 @@ class SmtpChannelIn(BaseModel):
             raise ValueError("not a PEM CA certificate") from exc
         return value
 
-    @field_validator("from_name")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n"):
-            raise ValueError("must be one line")
-        return value
-
 
 class TwilioChannelIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_TWILIO_EXAMPLE]})
     provider: Literal["twilio"]
-    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
-    auth_token: str | None = Field(default=None, min_length=8, max_length=200)
-    from_number: str | None = Field(default=None, max_length=30)
-    messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
-    api_base: str = Field(default=DEFAULT_API, max_length=500, pattern=r"^https?://[^/?#]+/?$")
+    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$"), NoControls]
+    auth_token: (
+        Annotated[str, StringConstraints(min_length=8, max_length=200), NoControls] | None
+    ) = None
+    from_number: Annotated[str, StringConstraints(max_length=30), NoControls] | None = None
+    messaging_service_sid: (
+        Annotated[str, StringConstraints(pattern=r"^MG[0-9a-fA-F]{32}$"), NoControls] | None
+    ) = None
+    api_base: Annotated[
+        str, StringConstraints(max_length=500, pattern=r"^https?://[^/?#]+/?$"), NoControls
+    ] = DEFAULT_API
     rate_per_s: float | None = Field(default=None, gt=0, le=10_000)
 
     @field_validator("from_number")
@@ -151,11 +221,28 @@ ChannelIn = Annotated[
 
 
 class ProviderEventsIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sendgrid_public_key": None,
+                    "postmark_username": "postmark",
+                    "postmark_password": "kq3-vT9x-Lm2p",
+                }
+            ]
+        }
+    )
     # SendGrid's "Verification Key" (base64 DER, ECDSA P-256); null removes it.
-    sendgrid_public_key: str | None = Field(default=None, max_length=2000)
+    sendgrid_public_key: Annotated[str, StringConstraints(max_length=2000), NoControls] | None = (
+        None
+    )
     # The basic-auth user and password put in Postmark's webhook URL; null removes it.
-    postmark_username: str | None = Field(default=None, min_length=1, max_length=200)
-    postmark_password: str | None = Field(default=None, min_length=12, max_length=200)
+    postmark_username: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200), NoControls] | None
+    ) = None
+    postmark_password: (
+        Annotated[str, StringConstraints(min_length=12, max_length=200), NoControls] | None
+    ) = None
 
     @field_validator("sendgrid_public_key")
     @classmethod
@@ -181,7 +268,11 @@ def _default_out(channel: str) -> dict[str, Any]:
     return {"channel": channel, "provider": "webhook", "config": {}, "secret_set": False}
 
 
-@router.put("/v1/messaging/channels/{channel}", summary="How this channel kind is delivered")
+@router.put(
+    "/v1/messaging/channels/{channel}",
+    summary="How this channel kind is delivered",
+    responses=openapi.example(200, _SMTP_OUT),
+)
 async def put_channel(
     channel: ChannelKind,
     body: ChannelIn,
@@ -245,7 +336,11 @@ async def put_channel(
     return channel_out(row)
 
 
-@router.get("/v1/messaging/channels", summary="This tenant's channels (credentials never shown)")
+@router.get(
+    "/v1/messaging/channels",
+    summary="This tenant's channels (credentials never shown)",
+    responses=openapi.example(200, {"channels": [_SMTP_OUT, _WEBHOOK_OUT]}),
+)
 async def list_channels(session: Session, principal: Principal = Read) -> dict[str, Any]:
     rows = {
         r.channel: r
@@ -262,7 +357,11 @@ async def list_channels(session: Session, principal: Principal = Read) -> dict[s
     }
 
 
-@router.delete("/v1/messaging/channels/{channel}", summary="Back to the signed webhook")
+@router.delete(
+    "/v1/messaging/channels/{channel}",
+    summary="Back to the signed webhook",
+    responses=openapi.example(200, _WEBHOOK_OUT),
+)
 async def delete_channel(
     channel: ChannelKind, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -272,7 +371,11 @@ async def delete_channel(
     return _default_out(channel)
 
 
-@router.put("/v1/messaging/provider-events", summary="Keys of the bounce and complaint webhooks")
+@router.put(
+    "/v1/messaging/provider-events",
+    summary="Keys of the bounce and complaint webhooks",
+    responses=openapi.example(200, {"sendgrid_public_key": None, "postmark_auth_set": True}),
+)
 async def put_provider_events(
     body: ProviderEventsIn, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -319,6 +422,10 @@ def _json(body: bytes) -> Any:
 
 
 NOT_VERIFIED = "signature does not verify with this tenant's key"
+_POSTMARK_UNAUTHORIZED = openapi.error(401, _NOT_VERIFIED_DOC, "unauthorized", NOT_VERIFIED)
+_POSTMARK_UNAUTHORIZED[401]["headers"] = {
+    "WWW-Authenticate": {"description": 'Basic realm="events"', "schema": {"type": "string"}}
+}
 
 
 async def _apply_events(
@@ -343,6 +450,23 @@ async def _apply_events(
 @router.post(
     "/v1/messaging/events/sendgrid/{tenant_id}",
     summary="SendGrid Event Webhook (signed): hard bounces and spam reports",
+    description=(
+        "The JSON array SendGrid posts, signed with `X-Twilio-Email-Event-Webhook-Signature`"
+        " and `X-Twilio-Email-Event-Webhook-Timestamp`; `bounce` (type `bounce`) and"
+        " `spamreport` events suppress the address."
+    ),
+    responses=openapi.errors(
+        openapi.example(200, _SUPPRESSED_OUT),
+        openapi.error(401, _NOT_VERIFIED_DOC, "unauthorized", NOT_VERIFIED),
+        _EVENTS_TOO_LARGE,
+        openapi.error(
+            422,
+            "The verified body is not JSON, or not an array of events",
+            "validation_error",
+            "SendGrid sends a JSON array of events",
+            field="body",
+        ),
+    ),
 )
 async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
     body = await _body(request)
@@ -364,6 +488,23 @@ async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> 
 @router.post(
     "/v1/messaging/events/postmark/{tenant_id}",
     summary="Postmark bounce and spam complaint webhook (basic auth)",
+    description=(
+        "The JSON object Postmark posts (a Bounce or SpamComplaint record), authenticated"
+        " with the basic-auth user and password set in provider-events; a `HardBounce` and"
+        " a spam complaint suppress the address."
+    ),
+    responses=openapi.errors(
+        openapi.example(200, _SUPPRESSED_OUT),
+        _POSTMARK_UNAUTHORIZED,
+        _EVENTS_TOO_LARGE,
+        openapi.error(
+            422,
+            "The authenticated body is not JSON",
+            "validation_error",
+            "body is not JSON: Expecting value: line 1 column 1 (char 0)",
+            field="body",
+        ),
+    ),
 )
 async def postmark_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
     body = await _body(request)
@@ -386,6 +527,36 @@ def _twiml(message: str | None = None) -> Response:
 @router.post(
     "/v1/messaging/inbound/twilio/{tenant_id}",
     summary="Inbound SMS from Twilio (signed): STOP, START and HELP",
+    response_class=Response,
+    responses=openapi.errors(
+        {
+            200: {
+                "description": "TwiML: empty, or the HELP answer",
+                "content": {"text/xml": {"schema": {"type": "string"}, "example": _TWIML_OK}},
+            }
+        },
+        openapi.error(401, _NOT_VERIFIED_DOC, "unauthorized", NOT_VERIFIED),
+        _EVENTS_TOO_LARGE,
+        openapi.error(
+            422, "The form is not UTF-8", "validation_error", "the form is not UTF-8", field="body"
+        ),
+    ),
+    openapi_extra=openapi.form_body(
+        {
+            "From": {"type": "string"},
+            "To": {"type": "string"},
+            "Body": {"type": "string"},
+            "MessageSid": {"type": "string"},
+            "AccountSid": {"type": "string"},
+        },
+        {
+            "From": "+14155550123",
+            "To": "+14155550100",
+            "Body": "STOP",
+            "MessageSid": "SM" + "0123456789abcdef" * 2,
+            "AccountSid": "AC" + "0123456789abcdef" * 2,
+        },
+    ),
 )
 async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> Response:
     body = await _body(request)
