@@ -132,6 +132,17 @@ def standard_headers(
     }
 
 
+def zendesk_headers(secret: str, body: bytes, ts: str | None = None) -> dict[str, str]:
+    ts = ts or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "Content-Type": "application/json",
+        "x-zendesk-webhook-id": "01GZ",
+        "x-zendesk-webhook-invocation-id": str(uuid.uuid4().int % 10**9),
+        "x-zendesk-webhook-signature-timestamp": ts,
+        "x-zendesk-webhook-signature": b64hmac(secret, ts.encode() + body),
+    }
+
+
 async def outbox_count(runtime: Any, tenant_id: str) -> int:
     t = runtime.tables.outbox
     async with runtime.sessionmaker() as s:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from afterglow.events.catalog import (
+    ANONYMOUS_SUBJECT_PREFIX,
     Money,
     OrderCancelled,
     OrderDelivered,
@@ -18,7 +19,7 @@ from afterglow.events.catalog import (
 )
 from afterglow.loyalty.domain import ProgramRules
 from afterglow.loyalty.handlers import Handlers
-from afterglow.loyalty.models import EntryRow, ProgramRulesRow
+from afterglow.loyalty.models import Account, EntryRow, OrderRow, ProgramRulesRow
 
 
 async def set_rules(loyalty: Loyalty, tenant: str, **changes) -> None:
@@ -245,3 +246,28 @@ class TestRefundBeforeEarning:
         # 40% of each lot comes back: 200 of the order's 500, 40 of the bonus's 100.
         assert await loyalty.consistent(tenant, c) == (0, 360)
         assert await points_earned_events(loyalty, tenant) == 2
+
+
+class TestOrderWithoutCustomer:
+    async def test_order_without_customer_opens_no_points_account(self, loyalty: Loyalty):
+        """A POS sale with no customer id, email or phone has the subject
+        ``order:<order id>``: no account, no points, and its later events change nothing."""
+        h, tenant = Handlers(loyalty.runtime), f"t-{uuid.uuid4().hex[:12]}"
+        anonymous = f"{ANONYMOUS_SUBJECT_PREFIX}shopify:9001"
+        now = loyalty.clock.now()
+        for handler, data in (
+            (h.order_placed, loyalty.order("shopify:9001", 10_000, customer_orders_count=1)),
+            (h.order_fulfilled, OrderFulfilled(order_id="shopify:9001", fulfilled_at=now)),
+        ):
+            async with loyalty.runtime.sessionmaker.begin() as s:
+                await handler(s, loyalty.event(data, tenant, anonymous))
+        async with loyalty.runtime.sessionmaker() as s:
+            assert await s.get(Account, (tenant, anonymous)) is None
+            assert await s.get(OrderRow, (tenant, "shopify:9001")) is None
+        assert await points_earned_events(loyalty, tenant) == 0
+        # The same order with a customer earns: the rule is the subject's.
+        async with loyalty.runtime.sessionmaker.begin() as s:
+            await h.order_placed(
+                s, loyalty.event(loyalty.order("shopify:9002", 10_000), tenant, "c-1")
+            )
+        assert await points_earned_events(loyalty, tenant) >= 1

@@ -190,10 +190,11 @@ class TestReceiverAnswersAtOnce:
         )
         assert bad.status_code == 401
         no_id = await store.post(hook | {"data": {"type": "order"}, "hash": "h-no-id"})
-        assert no_id.status_code == 422 and no_id.json()["error"]["field"] == "data.id"
+        # Was 422: BigCommerce deactivates failing hooks, so it is stored as quarantined.
+        assert no_id.status_code == 202 and no_id.json()["status"] == "quarantined"
         other = await store.post(hook | {"scope": "store/product/updated", "hash": "h-product"})
         assert other.status_code == 202 and other.json()["status"] == "archived"
-        assert await delivery_count(runtime, tenant_id) == 1
+        assert await delivery_count(runtime, tenant_id) == 2
 
 
 class TestDeduplication:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest_support import ADMIN, connect, fixture, outbox_count, post_shopify, post_woo, register
+from ingest_support import (
+    ADMIN,
+    api_key,
+    connect,
+    fixture,
+    outbox_count,
+    post_shopify,
+    post_woo,
+    register,
+)
 
 
 def recent(minutes: int) -> str:
@@ -139,3 +148,31 @@ class TestWorker:
                 await task
         assert event.data.order_id == "shopify:820982911946154508"
         assert await outbox_count(runtime, tenant_id) == 1
+
+
+class TestReconciliationBoundary:
+    async def test_reconciled_nul_is_cleaned_and_a_bad_order_quarantined(
+        self, client, tap, fake, tenant_id
+    ):
+        """Polled orders go through the same cleaning and quarantine as webhooks: a NUL
+        costs nothing, a negative total is kept for the operator, not dropped."""
+        await register(client, tenant_id)
+        await connect(client, tenant_id, "shopify", fake.url, tenant_id)
+        good = fixture("shopify_order") | {"updated_at": recent(10)}
+        good["customer"] = good["customer"] | {"first_name": "Jo\u0000hn"}
+        bad = fixture("shopify_order") | {
+            "id": 4242,
+            "total_price": "-5.00",
+            "updated_at": recent(9),
+        }
+        fake.shopify[tenant_id] = [good, bad]
+        counts = await reconcile(client, tenant_id, "shopify")
+        assert counts["seen"] == 2 and counts["events"] == 1
+        [event] = await tap.wait_for(placed(tenant_id))
+        assert event.data.customer.first_name == "John"
+        key = await api_key(client, tenant_id, "orders:read")
+        listed = await client.get(
+            "/v1/deliveries?status=quarantined", headers={"Authorization": f"Bearer {key}"}
+        )
+        [quarantined] = listed.json()["items"]
+        assert quarantined["last_error"] == "total_price is negative (field total_price)"

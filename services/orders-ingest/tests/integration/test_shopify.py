@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from ingest_support import delivery_count, fixture, outbox_count, post_shopify, register
+from ingest_support import (
+    api_key,
+    delivery_count,
+    fixture,
+    outbox_count,
+    post_shopify,
+    register,
+)
 
 from afterglow.events.testing import TopicTap
 
@@ -197,14 +204,22 @@ class TestShopifyContract:
         assert r.json()["error"]["code"] == "malformed_json"
         assert await delivery_count(runtime, tenant_id) == 0
 
-    async def test_missing_required_field_is_422_naming_it(self, client, runtime, tenant_id):
+    async def test_missing_required_field_is_quarantined_naming_it(
+        self, client, runtime, tenant_id
+    ):
+        # Was 422: a signed delivery that fails is retried for hours, then the hook is
+        # disabled. It is stored, answered 202, and says why.
         secrets = await register(client, tenant_id)
         order = fixture("shopify_order")
         del order["total_price"]
         r = await post_shopify(client, tenant_id, secrets["shopify"], "orders/create", order)
-        assert r.status_code == 422
-        assert r.json()["error"]["field"] == "total_price"
-        assert await delivery_count(runtime, tenant_id) == 0
+        assert r.status_code == 202 and r.json()["status"] == "quarantined"
+        key = await api_key(client, tenant_id, "orders:read")
+        d = await client.get(
+            f"/v1/deliveries/{r.json()['delivery_id']}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert d.json()["last_error"] == "total_price is required (field total_price)"
+        assert await delivery_count(runtime, tenant_id) == 1
         assert await outbox_count(runtime, tenant_id) == 0
 
 

@@ -119,6 +119,14 @@ class TestShopifyNormalization:
         order = load("shopify_order")
         order["customer"] = {k: v for k, v in order["customer"].items() if k != "accepts_marketing"}
         order["customer"] |= customer
+        del order["buyer_accepts_marketing"]  # the order-level box: see the next test
+        out = domain.normalize_shopify("orders/create", order)
+        assert out.emits[0].data.customer.accepts_marketing is accepts
+
+    @pytest.mark.parametrize(("buyer", "accepts"), [(True, True), (False, None), (None, None)])
+    def test_buyer_accepts_marketing_is_the_checkout_box(self, buyer, accepts):
+        order = load("shopify_order") | {"buyer_accepts_marketing": buyer}
+        order["customer"] = {"id": 7, "accepts_marketing": False}
         out = domain.normalize_shopify("orders/create", order)
         assert out.emits[0].data.customer.accepts_marketing is accepts
 

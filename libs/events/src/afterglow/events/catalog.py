@@ -15,29 +15,110 @@ do not repeat them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from afterglow.events.topics import TOPICS_BY_NOUN
 
+# C0 and C1 control characters and DEL; tab, newline and carriage return stay allowed
+# (comments are multi-line). The same rule as afterglow.kit.text, which depends on this
+# package and so cannot be imported here.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-class EventData(BaseModel):
+
+class CleanText(BaseModel):
+    """Refuses control characters in every string field (and list of strings).
+
+    PostgreSQL text cannot hold NUL: an event carrying one was accepted by its producer
+    (a REST call, a webhook) and then dead-lettered by every consumer. Refused when the
+    event is built, the producer answers 422 instead."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        for text in value if isinstance(value, list) else (value,):
+            if isinstance(text, str) and _CONTROL.search(text):
+                raise ValueError("must not contain control characters")
+        return value
+
+
+class EventData(CleanText):
     """Base of every catalog model."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     type: str
 
 
-class Money(BaseModel):
+# Minor units live in bigint columns everywhere (PostgreSQL's int8).
+MAX_MINOR_UNITS = 2**63 - 1
+
+
+class Money(CleanText):
     """An amount in minor units (cents) and its ISO 4217 currency."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
-    amount: int = Field(description="Minor units, e.g. cents. Negative only for adjustments.")
+    amount: int = Field(
+        ge=-MAX_MINOR_UNITS,
+        le=MAX_MINOR_UNITS,
+        description="Minor units, e.g. cents. Negative only for adjustments.",
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$", examples=["USD", "EUR"])
 
 
-class CustomerInfo(BaseModel):
+# The subject of events about an order nobody can be reached or credited for (a POS
+# sale with no customer id, email or phone): ``order:<order id>``. orders-ingest gives
+# it; journeys and loyalty start nothing for it (no journey, message or points account).
+ANONYMOUS_SUBJECT_PREFIX = "order:"
+
+
+def is_anonymous_subject(subject: str) -> bool:
+    """True for the subject of an order without a customer (ANONYMOUS_SUBJECT_PREFIX)."""
+    return subject.startswith(ANONYMOUS_SUBJECT_PREFIX)
+
+
+def distinct_amounts(*amounts: Money | None) -> list[Money]:
+    """The given amounts without Nones and without a second amount in a currency already
+    listed (the first one of each currency wins)."""
+    out: list[Money] = []
+    for m in amounts:
+        if m is not None and all(o.currency != m.currency for o in out):
+            out.append(m)
+    return out
+
+
+def amount_in(currency: str, amounts: list[Money]) -> Money | None:
+    """The amount stated in ``currency``, if any: the only safe way to read a total in a
+    given currency (no conversion happens here)."""
+    return next((m for m in amounts if m.currency == currency), None)
+
+
+def is_first_order(customer_orders_count: int | None, earlier_orders_seen: int = 0) -> bool:
+    """Whether an order is the customer's first: the one rule every service applies to
+    ``OrderPlaced.customer_orders_count`` (loyalty's first-order bonus, the journey's
+    welcome branch), so that they agree.
+
+    Ingest sets the count from its order book (this order included, so at least 1) or
+    the platform's count when that is larger, so 0 and 1 both mean no earlier order is
+    known, 2 and more a repeat order. None appears only on events that did not come
+    through ingest's intake (emitted before it owned the count, or built by hand in a
+    dry run): then the consumer's own count of the customer's earlier orders decides,
+    the only history there is."""
+    if customer_orders_count is None:
+        return earlier_orders_seen == 0
+    return customer_orders_count <= 1
+
+
+class CustomerInfo(CleanText):
     """What the journey and messaging need to know about a customer, nothing more."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -52,7 +133,7 @@ class CustomerInfo(BaseModel):
     phone_hash: str | None = Field(default=None, description="sha256 of the normalized phone")
 
 
-class LineItem(BaseModel):
+class LineItem(CleanText):
     model_config = ConfigDict(frozen=True, extra="ignore")
     sku: str | None = Field(default=None, max_length=200)
     product_id: str | None = Field(default=None, max_length=100)
@@ -94,8 +175,43 @@ class OrderPlaced(EventData):
     shipping_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     shipping_address_hash: str | None = None
     customer_orders_count: int | None = Field(
-        default=None, ge=0, description="The platform's count including this order, if known"
+        default=None,
+        ge=0,
+        description=(
+            "The customer's orders including this one, as ingest's order book counts them"
+            " (the platform's count when that is larger). Set by orders-ingest; every"
+            " service decides 'first order' from it with is_first_order()"
+        ),
     )
+    # --- money in both currencies (additive, v1) -----------------------------------
+    # ``total`` keeps its meaning: the order total as the platform reports it (Shopify:
+    # the shop's currency). A consumer that prices the order in a programme currency
+    # picks the amount in that currency from these, or converts on purpose; it never
+    # reads an amount in one currency as if it were another.
+    shop_total: Money | None = Field(
+        default=None,
+        description="The total in the shop's own currency (Shopify total_price_set.shop_money)",
+    )
+    presentment_total: Money | None = Field(
+        default=None,
+        description=(
+            "The total in the currency the customer paid in (Shopify presentment_money;"
+            " WooCommerce and BigCommerce: the order's stated currency)"
+        ),
+    )
+    platform_orders_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="The platform's own count for the customer as it sent it (often stale)",
+    )
+
+    def is_first_order(self, earlier_orders_seen: int = 0) -> bool:
+        """The one rule for 'first order' (see :func:`is_first_order`)."""
+        return is_first_order(self.customer_orders_count, earlier_orders_seen)
+
+    def amounts(self) -> list[Money]:
+        """The total in every currency the order states, shop money first."""
+        return distinct_amounts(self.shop_total, self.total, self.presentment_total)
 
 
 class OrderFulfilled(EventData):
@@ -121,6 +237,18 @@ class OrderRefunded(EventData):
     amount: Money
     order_total: Money | None = None
     full: bool = Field(description="True when the whole order is refunded")
+    # Additive (v1): the refund in the shop's and in the customer's currency, where known.
+    # ``amount`` stays what the platform refunded (Shopify: the presentment currency).
+    shop_amount: Money | None = Field(
+        default=None, description="The refund in the shop's currency, when known"
+    )
+    presentment_amount: Money | None = Field(
+        default=None, description="The refund in the currency the customer paid in"
+    )
+
+    def amounts(self) -> list[Money]:
+        """The refund in every currency it states, shop money first."""
+        return distinct_amounts(self.shop_amount, self.amount, self.presentment_amount)
 
 
 class OrderCancelled(EventData):

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afterglow.events import (
     EventConsumer,
@@ -43,7 +44,8 @@ from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
 from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
-from afterglow.kit.settings import ServiceSettings
+from afterglow.kit.routing import service_router, unbounded_routes
+from afterglow.kit.settings import ServiceSettings, missing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +120,26 @@ def create_service_app(
     version: str = "0.1.0",
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
+    """The service's FastAPI app. Its start (the lifespan) fails when a secret the
+    service needs is missing (:func:`afterglow.kit.settings.missing_secrets`, also on
+    ``app.state.missing_secrets``); building it does not, so its OpenAPI document can be
+    read anywhere. Raises TypeError when a router was not built with
+    :func:`afterglow.kit.routing.service_router`."""
+    missing = missing_secrets(spec.name, settings.required_secrets())
+    unbounded = unbounded_routes(list(routers))
+    if unbounded:
+        raise TypeError(
+            "routes must be built with afterglow.kit.routing.service_router (their JSON "
+            f"bodies are then parsed within bounds): {', '.join(unbounded)}"
+        )
     configure_logging(spec.name, settings.log_level, settings.log_json)
     runs_api = settings.service_role in ("all", "api")
     runs_workers = settings.service_role in ("all", "worker")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if missing is not None:
+            raise missing
         secretbox.configure(settings.secrets_keys)
         engine = create_engine(
             settings.database_url,
@@ -216,8 +232,11 @@ def create_service_app(
         lifespan=lifespan,
         openapi_tags=openapi_tags,
     )
+    app.state.missing_secrets = missing
     install_error_handlers(app)
     _install_metrics_middleware(app, spec.name)
+    # Added last, so outermost: every response, the error handlers' included.
+    app.add_middleware(NoSniffMiddleware)
     app.include_router(_ops_router(settings))
     if runs_api:
         for router in routers:
@@ -253,8 +272,35 @@ def _install_metrics_middleware(app: FastAPI, service: str) -> None:
         return response
 
 
+class NoSniffMiddleware:
+    """``X-Content-Type-Options: nosniff`` on every response: a browser must not guess
+    that a JSON error echoing a customer's text, or a page, is something else (HTML or
+    a script) and run it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() != b"x-content-type-options"
+                ]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def _ops_router(settings: ServiceSettings) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = service_router(tags=["operations"])
 
     @router.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -80,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     spec = services[args.service]
+    # Build the app once here: a missing secret is then one clear line and exit status
+    # 2, not a traceback from uvicorn's start-up.
+    module, _, factory = spec.app_factory.partition(":")
+    missing = getattr(importlib.import_module(module), factory)().state.missing_secrets
+    if missing is not None:
+        print(str(missing), file=sys.stderr)
+        return 2
     uvicorn.run(
         spec.app_factory,
         factory=True,

@@ -29,7 +29,9 @@ def clean_text(value: str, *, max_len: int | None = None, multiline: bool = Fals
     Removing rather than refusing is right at a webhook boundary: the platform will
     not send a better name, and losing the order over one stray byte is worse."""
     pattern = _CONTROL_MULTILINE if multiline else _CONTROL
-    out = pattern.sub("", unicodedata.normalize("NFC", value))
+    # Controls out first, then NFC: "e\x00\u0301" must compose to "é", which it cannot
+    # while the NUL still stands between the letter and its accent.
+    out = unicodedata.normalize("NFC", pattern.sub("", value))
     if max_len is not None and len(out) > max_len:
         out = out[:max_len]
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import func, or_, select
 
 from afterglow.feedback import domain, metrics, service
@@ -17,11 +17,20 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import (
+    Id,
+    Instant,
+    Int32,
+    LongText,
+    NoControls,
+    NoControlsMultiline,
+    ShortText,
+)
 
-router = APIRouter(prefix="/v1")
+router = service_router(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
 Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
-Id = Field(min_length=1, max_length=200)
 
 
 class In(BaseModel):
@@ -32,13 +41,13 @@ class In(BaseModel):
 
 
 class ExternalResponseIn(In):
-    external_id: str = Id
-    customer_id: str = Id
+    external_id: Id
+    customer_id: Id
     kind: Literal["nps", "csat", "ces"] = "nps"
-    score: int
-    comment: str | None = Field(default=None, max_length=5000)
-    order_id: str | None = Field(default=None, max_length=200)
-    responded_at: AwareDatetime | None = None
+    score: Int32
+    comment: LongText | None = None
+    order_id: ShortText | None = None
+    responded_at: Instant | None = None
 
 
 @router.post("/survey-responses", tags=["surveys"], status_code=201)
@@ -81,14 +90,14 @@ async def record_response(
 
 
 class ReviewIn(In):
-    customer_id: str = Id
+    customer_id: Id
     rating: int = Field(ge=1, le=5)
-    title: str | None = Field(default=None, max_length=200)
-    body: str | None = Field(default=None, max_length=5000)
-    sku: str | None = Field(default=None, max_length=200)
-    product_id: str | None = Field(default=None, max_length=200)
-    order_id: str | None = Field(default=None, max_length=200)
-    external_id: str | None = Field(default=None, max_length=200)
+    title: ShortText | None = None
+    body: LongText | None = None
+    sku: ShortText | None = None
+    product_id: ShortText | None = None
+    order_id: ShortText | None = None
+    external_id: ShortText | None = None
 
     @model_validator(mode="after")
     def _product(self) -> ReviewIn:
@@ -164,7 +173,7 @@ async def list_reviews(
 
 
 @router.get("/reviews/{review_id}", tags=["reviews"])
-async def get_review(review_id: str, session: Session, who: Reader) -> dict[str, Any]:
+async def get_review(review_id: Id, session: Session, who: Reader) -> dict[str, Any]:
     review = (
         await session.execute(
             select(Review).where(Review.tenant_id == who.tenant_id, Review.id == review_id)
@@ -177,11 +186,11 @@ async def get_review(review_id: str, session: Session, who: Reader) -> dict[str,
 
 class ModerationIn(In):
     status: Literal["pending", "published", "rejected"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str, StringConstraints(max_length=500), NoControlsMultiline] | None = None
 
 
 async def _moderate(
-    review_id: str, body: ModerationIn, request: Request, session: Any, who: Principal
+    review_id: Id, body: ModerationIn, request: Request, session: Any, who: Principal
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     review = await service.moderate_review(
@@ -200,7 +209,7 @@ async def _moderate(
 
 @router.post("/reviews/{review_id}/moderation", tags=["reviews"])
 async def moderate_post(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     """Publish, reject or hold a review. Publishing emits ``review.published`` once."""
     return await _moderate(review_id, body, request, session, who)
@@ -208,14 +217,14 @@ async def moderate_post(
 
 @router.patch("/reviews/{review_id}/moderation", tags=["reviews"])
 async def moderate_patch(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     return await _moderate(review_id, body, request, session, who)
 
 
 @router.get("/products/{product}/reviews", tags=["reviews"])
 async def product_reviews(
-    product: str,
+    product: Id,
     session: Session,
     who: Reader,
     limit: int = Query(20, ge=1, le=100),
@@ -251,10 +260,15 @@ async def product_reviews(
     }
 
 
+# "|" separates the fields of a signed link.
+LinkPart = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]+$"), NoControls
+]
+
+
 class ReviewLinkIn(In):
-    # "|" separates the fields of a signed link.
-    customer_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
-    order_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
+    customer_id: LinkPart
+    order_id: LinkPart
 
 
 @router.post("/review-links", tags=["reviews"], status_code=201)
@@ -296,9 +310,6 @@ async def _metrics(
     now = runtime_of(request).clock.now()
     end = end or now
     start = start or end - timedelta(days=30)
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise Unprocessable("a timestamp with a timezone is required", field=name)
     if start >= end:
         raise Unprocessable("'from' must be before 'to'", field="from")
     days = {"day": 1, "week": 7, "month": 28}[interval]
@@ -318,10 +329,10 @@ async def nps_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """NPS per bucket and in total over [from, to). ``nps`` is null for a window with no
     answers (not 0, which would be a real, mediocre score)."""
@@ -333,10 +344,10 @@ async def csat_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """CSAT: percentage of 4-5 answers; null for an empty window."""
     return await _metrics("csat", request, session, who, start, end, interval, sku)
@@ -347,10 +358,10 @@ async def ces_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     return await _metrics("ces", request, session, who, start, end, interval, sku)
 
@@ -359,7 +370,7 @@ async def ces_metrics(
 
 
 class SettingsIn(In):
-    name: str | None = Field(default=None, max_length=100)
+    name: Annotated[str, StringConstraints(max_length=100), NoControls] | None = None
     # Validated strictly: the colour lands in a <style> block, where HTML autoescaping
     # does not protect against CSS injection.
     brand_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")

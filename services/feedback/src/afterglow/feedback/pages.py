@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -21,8 +21,11 @@ from afterglow.feedback import domain, service
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.db import Session
+from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
+from afterglow.kit.routing import service_router
+from afterglow.kit.text import clean_text
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
+router = service_router(tags=["pages"], include_in_schema=False)
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -31,7 +34,9 @@ _env = Environment(
 _NEUTRAL = service.Branding(service.DEFAULT_NAME, service.DEFAULT_COLOR, False)
 _HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the token must not leak to linked sites
+    # The token must not leak to linked sites; same-origin rather than no-referrer,
+    # under which browsers post our own forms with "Origin: null" (kit.origin).
+    "Referrer-Policy": REFERRER_POLICY,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     "X-Frame-Options": "DENY",
 }
@@ -66,16 +71,32 @@ def _runtime(request: Request) -> tuple[Runtime, FeedbackSettings]:
     return runtime, runtime.settings
 
 
+def _cross_site(request: Request) -> HTMLResponse | None:
+    """A 403 page for a post from another site's page (kit.origin), else None."""
+    _, settings = _runtime(request)
+    refused = cross_site_post(request, settings.public_base_url)
+    if refused is None:
+        return None
+    return _notice(
+        403,
+        "Please answer from our page",
+        "This form was sent from another website. Open the link in the message we sent you "
+        "and answer there.",
+    )
+
+
 async def _form(request: Request, limit: int) -> dict[str, str] | None:
     """A form-encoded body as a dict (first value of each field); None when too big.
-    Parsed here rather than with python-multipart: only urlencoded forms are expected."""
+    Parsed here rather than with python-multipart: only urlencoded forms are expected.
+    Control characters are removed (tab and newline kept): PostgreSQL refuses NUL, and
+    a customer's answer is not lost over a stray byte."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             return None
     parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
+    return {k: clean_text(v[0], multiline=True) for k, v in parsed.items()}
 
 
 # --- survey ---------------------------------------------------------------------------
@@ -113,19 +134,39 @@ async def survey_form(request: Request, token: str, session: Session) -> HTMLRes
     current = await service.current_answer(session, survey)
     selected: int | None = current.score if current else None
     raw = request.query_params.get("score")
-    if raw is not None and raw.isdigit():
-        selected = int(raw)
+    status, error = 200, None
+    if raw is not None:
+        clicked = _score_on_scale(raw, domain.SCALES[survey.kind])
+        if clicked is None:
+            # Not a score our links carry: say so (422), and still let them answer.
+            status, error = 422, "Please choose a score below."
+        else:
+            selected = clicked
     return _survey_page(
         survey,
         brand,
         request.url.path,
+        status=status,
+        error=error,
         selected=selected,
         comment=current.comment if current else None,
     )
 
 
+def _score_on_scale(raw: str, scale: Any) -> int | None:
+    """``raw`` as a score of the scale, or None. ASCII digits only: str.isdigit() also
+    accepts "²", which int() refuses (that was a 500); two at most, as no scale goes
+    past 10 and int() refuses a 5,000-digit number too."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 2):
+        return None
+    score = int(raw)
+    return score if scale.low <= score <= scale.high else None
+
+
 @router.post("/s/{token}", response_class=HTMLResponse)
 async def survey_answer(request: Request, token: str, session: Session) -> HTMLResponse:
+    if (refused := _cross_site(request)) is not None:
+        return refused
     runtime, settings = _runtime(request)
     now = runtime.clock.now()
     try:
@@ -241,6 +282,8 @@ async def review_form(request: Request, token: str, session: Session) -> HTMLRes
 
 @router.post("/r/{token}", response_class=HTMLResponse)
 async def review_submit(request: Request, token: str, session: Session) -> HTMLResponse:
+    if (refused := _cross_site(request)) is not None:
+        return refused
     ctx = await _review_context(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx

@@ -3,12 +3,11 @@ running instances, and the funnel."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
@@ -26,8 +25,11 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.jsonbody import MAX_DEPTH, depth_exceeds
+from afterglow.kit.routing import parse_json, read_body, service_router
+from afterglow.kit.types import BigInt, Id, Instant, Int32, PositiveInt32
 
-router = APIRouter(tags=["journeys"])
+router = service_router(tags=["journeys"])
 Read = Depends(require_scope("journeys:read"))
 Write = Depends(require_scope("journeys:write"))
 
@@ -48,7 +50,7 @@ def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
 
 @router.get("/v1/customers/{customer_id}/journey", summary="Stage, next timer and full history")
 async def customer_journey(
-    customer_id: str, session: Session, principal: Principal = Read
+    customer_id: Id, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
     tenant = principal.tenant_id
     prof = await session.get(CustomerProfile, (tenant, customer_id))
@@ -115,9 +117,17 @@ async def customer_journey(
     current = next((i for i in instances if i["status"] in ("running", "paused")), None)
     profile = None
     if prof is not None:
+        projected = d.Profile.model_validate(prof.state or {})
+        spent = projected.spent or (
+            {projected.currency: projected.total_spent} if projected.currency else {}
+        )
         profile = {
             "orders_count": prof.orders_count,
             "total_spent": {"amount": prof.total_spent, "currency": prof.currency},
+            # Every currency apart, never summed across currencies.
+            "spent_by_currency": [
+                {"currency": cur, "amount": amount} for cur, amount in sorted(spent.items())
+            ],
             "first_order_at": prof.first_order_at,
             "last_order_at": prof.last_order_at,
             "open_tickets": prof.open_tickets,
@@ -162,10 +172,10 @@ async def list_journeys(
 
 @router.get("/v1/journeys/{name}", summary="A journey definition (active or given version)")
 async def get_journey(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
-    version: int | None = None,
+    version: PositiveInt32 | None = None,
     principal: Principal = Read,
 ) -> dict[str, Any]:
     await store.ensure_default(session, principal.tenant_id, _now(request))
@@ -192,23 +202,37 @@ async def _definition(
     return row
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a few lines of nested aliases ("billion laughs") expand
+    to a structure too large to walk or store."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a journey definition")
+        return super().compose_node(parent, index)
+
+
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    """The definition as JSON or YAML, within the kit's size and depth bounds (a body of
+    10,000 nested lists made both parsers recurse out of stack: a 500)."""
+    raw = await read_body(request)
     ctype = request.headers.get("content-type", "")
-    if "yaml" in ctype:
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise AppError(f"body is not YAML: {exc}", code="bad_request") from exc
+    if "yaml" not in ctype:
+        return parse_json(raw or b"null")
     try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise AppError(f"body is not JSON: {exc}", code="bad_request") from exc
+        body = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+    except RecursionError as exc:
+        raise AppError("body nests too deep", code="too_deep") from exc
+    except yaml.YAMLError as exc:
+        raise AppError(f"body is not YAML: {exc}", code="bad_request") from exc
+    if depth_exceeds(body, MAX_DEPTH):
+        raise AppError(f"body nests deeper than {MAX_DEPTH} levels", code="too_deep")
+    return body
 
 
 @router.put("/v1/journeys/{name}", status_code=201, summary="Store a new version (JSON or YAML)")
 async def put_journey(
-    name: str, request: Request, session: Session, principal: Principal = Write
+    name: Id, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
     body = await _body(request)
     if isinstance(body, dict):
@@ -246,12 +270,12 @@ async def put_journey(
 
 class ActivateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(default=None, ge=1, description="default: the latest version")
+    version: PositiveInt32 | None = Field(default=None, description="default: the latest version")
 
 
 @router.post("/v1/journeys/{name}/activate", summary="Make a version the one new customers enter")
 async def activate(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
     body: ActivateIn | None = None,
@@ -283,7 +307,7 @@ async def activate(
 
 
 @router.post("/v1/journeys/{name}/deactivate", summary="Stop new entries (running instances go on)")
-async def deactivate(name: str, session: Session, principal: Principal = Write) -> dict[str, Any]:
+async def deactivate(name: Id, session: Session, principal: Principal = Write) -> dict[str, Any]:
     await _definition(session, principal.tenant_id, name, None)
     await session.execute(
         update(JourneyDefinition)
@@ -293,19 +317,34 @@ async def deactivate(name: str, session: Session, principal: Principal = Write) 
     return {"name": name, "active": False}
 
 
+class SimEventIn(d.SimEvent):
+    # Within the range a timer computed from it can reach (a delay after 9999-12-31
+    # overflows datetime).
+    at: Instant
+
+
+class ProfileIn(d.Profile):
+    first_order_at: Instant | None = None
+    last_order_at: Instant | None = None
+    last_surveyed_at: Instant | None = None
+    orders_count: Int32 = 0
+    total_spent: BigInt = 0
+    last_nps: Int32 | None = None
+
+
 class SimulateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     definition: dict[str, Any] | None = Field(default=None, description="inline; default: stored")
-    version: int | None = None
-    events: list[d.SimEvent] = Field(min_length=1, max_length=1000)
-    profile: d.Profile | None = None
+    version: Int32 | None = None
+    events: list[SimEventIn] = Field(min_length=1, max_length=1000)
+    profile: ProfileIn | None = None
 
 
 @router.post(
     "/v1/journeys/{name}/simulate", summary="Dry run: transitions and actions, no state touched"
 )
 async def simulate(
-    name: str, body: SimulateIn, session: Session, principal: Principal = Read
+    name: Id, body: SimulateIn, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
     if body.definition is not None:
         try:
@@ -317,7 +356,13 @@ async def simulate(
     else:
         row = await _definition(session, principal.tenant_id, name, body.version)
         j, version = d.parse_journey(row.body), row.version
-    records = d.simulate(j, body.events, version=version, profile=body.profile)
+    try:
+        records = d.simulate(j, body.events, version=version, profile=body.profile)
+    except OverflowError as exc:
+        # A delay that leaves datetime's range (an event late in 2199 and a long wait).
+        raise Unprocessable(
+            f"events: a step falls beyond year 9999 ({exc})", field="events"
+        ) from exc
     transitions = []
     actions = []
     for r in records:
@@ -348,13 +393,15 @@ async def simulate(
 
 class MigrateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to_version: int | None = Field(default=None, description="default: the active version")
+    to_version: PositiveInt32 | None = Field(
+        default=None, description="default: the active version"
+    )
     dry_run: bool = False
 
 
 @router.post("/v1/journeys/{name}/migrate", summary="Move waiting instances to a version")
 async def migrate(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
     body: MigrateIn | None = None,
@@ -430,15 +477,11 @@ async def migrate(
 @router.get("/v1/metrics/funnel", summary="Stage entries, conversion between stages, goals")
 async def funnel(
     session: Session,
-    from_: datetime = Query(alias="from"),
-    to: datetime = Query(),
-    journey: str = "default",
+    from_: Annotated[Instant, Query(alias="from")],
+    to: Annotated[Instant, Query()],
+    journey: Id = "default",
     principal: Principal = Read,
 ) -> dict[str, Any]:
-    if from_.tzinfo is None or to.tzinfo is None:
-        raise Unprocessable(
-            "from/to need a time zone", field="from" if from_.tzinfo is None else "to"
-        )
     tenant = principal.tenant_id
     # Journeys (instances) and customers entering each stage: a repeat buyer's second
     # journey is a second pass through the funnel, but the same customer.

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent
+from afterglow.events.catalog import is_anonymous_subject
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.models import CustomerProfile, JourneyInstance
@@ -75,6 +76,10 @@ def occurrence(event: CloudEvent[Any]) -> d.Occurrence:
 
 
 async def apply_event(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+    if is_anonymous_subject(event.subject):
+        # An order without a customer (a POS sale: no id, email or phone): no profile,
+        # no journey, so no message to nobody on an assumed consent.
+        return
     now = runtime.clock.now()
     tenant, customer = event.tenantid, event.subject
     await store.ensure_default(session, tenant, now)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import case, func, select
+from fastapi import Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,13 +21,22 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmount
 from afterglow.loyalty import domain, store
-from afterglow.loyalty.models import Account, EntryRow, ProgramRulesRow, Redemption
+from afterglow.loyalty.models import (
+    Account,
+    EntryRow,
+    ExchangeRateRow,
+    OrderRow,
+    ProgramRulesRow,
+    Redemption,
+)
 
-router = APIRouter(prefix="/v1", tags=["loyalty"])
+router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
 Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
-Customer = Annotated[str, Field(min_length=1, max_length=200)]
+Customer = Id
 
 
 class InsufficientPointsError(AppError):
@@ -36,10 +45,20 @@ class InsufficientPointsError(AppError):
 
 class TierProgressOut(BaseModel):
     basis: str
+    currency: str | None = Field(
+        default=None, description="The program's currency, when the basis is spend"
+    )
     qualifying: int
     next_tier: str | None
     next_threshold: int | None
     remaining: int | None
+
+
+class UnpricedOrderOut(BaseModel):
+    order_id: str
+    total: dict[str, Any] = Field(description="amount (minor units) and currency")
+    reason: str
+    placed_at: datetime
 
 
 class AccountOut(BaseModel):
@@ -51,11 +70,17 @@ class AccountOut(BaseModel):
     tier_progress: TierProgressOut
     lifetime_earned: int
     currency_value_minor: int = Field(description="What the available points are worth")
+    currency: str = Field(description="The program's currency (of every amount above)")
+    unpriced_orders: list[UnpricedOrderOut] = Field(
+        default_factory=list,
+        description="Orders that earned nothing because they could not be priced in the"
+        " program's currency (no exchange rate), with the reason",
+    )
 
 
 @router.get("/accounts/{customer}", response_model=AccountOut)
 async def get_account(
-    customer: str, principal: Reader, session: Session, request: Request
+    customer: Customer, principal: Reader, session: Session, request: Request
 ) -> AccountOut:
     """Balances, tier and progress. 404 until the customer earns or is credited once."""
     account = await session.get(Account, (principal.tenant_id, customer))
@@ -65,6 +90,18 @@ async def get_account(
     now = runtime_of(request).clock.now()
     value, _ = await store.qualifying_value(session, rules, account, now)
     p = domain.tier_progress(rules, value)
+    unpriced = (
+        await session.execute(
+            select(OrderRow)
+            .where(
+                OrderRow.tenant_id == principal.tenant_id,
+                OrderRow.customer_id == customer,
+                OrderRow.fx_factor.is_(None),
+            )
+            .order_by(OrderRow.placed_at.desc())
+            .limit(50)
+        )
+    ).scalars()
     return AccountOut(
         customer_id=customer,
         available=max(0, account.available),
@@ -73,6 +110,7 @@ async def get_account(
         tier=account.tier,
         tier_progress=TierProgressOut(
             basis=p.basis,
+            currency=rules.currency if p.basis == "spend" else None,
             qualifying=p.qualifying,
             next_tier=p.next_tier,
             next_threshold=p.next_threshold,
@@ -80,6 +118,16 @@ async def get_account(
         ),
         lifetime_earned=account.lifetime_earned,
         currency_value_minor=int(max(0, account.available) * rules.point_value_minor),
+        currency=rules.currency,
+        unpriced_orders=[
+            UnpricedOrderOut(
+                order_id=o.order_id,
+                total={"amount": o.total_minor, "currency": o.currency},
+                reason=o.unpriced_reason or "unpriced",
+                placed_at=o.placed_at,
+            )
+            for o in unpriced
+        ],
     )
 
 
@@ -102,11 +150,11 @@ class HistoryOut(BaseModel):
 
 @router.get("/accounts/{customer}/history", response_model=HistoryOut)
 async def history(
-    customer: str,
+    customer: Customer,
     principal: Reader,
     session: Session,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> HistoryOut:
     """Newest first. ``next_cursor`` is opaque; pass it back to get the next page."""
     stmt = select(EntryRow).where(
@@ -140,7 +188,7 @@ async def history(
 
 class RedemptionIn(BaseModel):
     model_config = {"extra": "forbid"}
-    reward_id: str = Field(min_length=1, max_length=50)
+    reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
 def _reward_code() -> str:
@@ -151,7 +199,7 @@ def _reward_code() -> str:
 
 @router.post("/accounts/{customer}/redemptions", status_code=201)
 async def redeem(
-    customer: str,
+    customer: Customer,
     body: RedemptionIn,
     principal: Writer,
     session: Session,
@@ -274,13 +322,13 @@ async def redeem_reward(
 
 class AdjustmentIn(BaseModel):
     model_config = {"extra": "forbid"}
-    points: int = Field(description="Positive credits, negative debits (never overdraws)")
-    reason: str = Field(min_length=1, max_length=500)
+    points: SignedAmount = Field(description="Positive credits, negative debits (never overdraws)")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
 
 @router.post("/accounts/{customer}/adjustments", status_code=201)
 async def adjust(
-    customer: str, body: AdjustmentIn, principal: Writer, session: Session, request: Request
+    customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, request: Request
 ) -> dict[str, Any]:
     if body.points == 0:
         raise Unprocessable("points must not be zero", field="points")
@@ -365,6 +413,21 @@ async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
     ).one()
     outstanding, debt, pending, accounts = (int(x) for x in acc)
     liability = int(Decimal(outstanding) * rules.point_value_minor)
+    # Order money per currency: each currency on its own row, never added to another.
+    priced = OrderRow.fx_factor.is_not(None)
+    by_currency = (
+        await session.execute(
+            select(
+                OrderRow.currency,
+                func.count(),
+                func.coalesce(func.sum(OrderRow.total_minor), 0),
+                func.count().filter(~priced),
+            )
+            .where(OrderRow.tenant_id == tenant)
+            .group_by(OrderRow.currency)
+            .order_by(OrderRow.currency)
+        )
+    ).all()
     return {
         "accounts": accounts,
         "points_issued": issued,
@@ -376,4 +439,123 @@ async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
         "points_debt": debt,
         "outstanding_liability": {"amount": liability, "currency": rules.currency},
         "redemption_rate": round(redeemed / issued, 4) if issued else 0.0,
+        "orders_by_currency": [
+            {
+                "currency": cur,
+                "orders": int(n),
+                "total_minor": int(total),
+                "unpriced_orders": int(unpriced),
+            }
+            for cur, n, total, unpriced in by_currency
+        ],
+        "unpriced_orders": sum(int(row[3]) for row in by_currency),
     }
+
+
+# --- exchange rates -----------------------------------------------------------------
+
+CurrencyCode = Annotated[str, Path(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+
+
+class ExchangeRateIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    rate: Decimal = Field(
+        gt=0,
+        max_digits=24,
+        decimal_places=10,
+        description="Units of the program's currency one unit of this currency is worth"
+        " (program in USD, 1 PLN = 0.25 USD: 0.25)",
+    )
+    as_of: date = Field(description="The date the rate was taken (shown with every use)")
+
+
+class ExchangeRateOut(BaseModel):
+    currency: str
+    quote: str = Field(description="The program currency the rate converts into")
+    rate: Decimal
+    as_of: date
+    updated_at: datetime
+
+
+def _rate_out(r: ExchangeRateRow) -> ExchangeRateOut:
+    return ExchangeRateOut(
+        currency=r.currency, quote=r.quote, rate=r.rate, as_of=r.as_of, updated_at=r.updated_at
+    )
+
+
+@router.get("/exchange-rates")
+async def list_exchange_rates(principal: Reader, session: Session) -> dict[str, Any]:
+    """The tenant's rates into its program's currency."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    rows = (
+        await session.execute(
+            select(ExchangeRateRow)
+            .where(
+                ExchangeRateRow.tenant_id == principal.tenant_id,
+                ExchangeRateRow.quote == rules.currency,
+            )
+            .order_by(ExchangeRateRow.currency)
+        )
+    ).scalars()
+    return {
+        "program_currency": rules.currency,
+        "rates": [_rate_out(r).model_dump(mode="json") for r in rows],
+    }
+
+
+@router.put("/exchange-rates/{currency}", response_model=ExchangeRateOut)
+async def put_exchange_rate(
+    currency: CurrencyCode,
+    body: ExchangeRateIn,
+    principal: Writer,
+    session: Session,
+    request: Request,
+) -> ExchangeRateOut:
+    """Set the rate at which orders in ``currency`` are priced in the program's currency
+    from now on. Orders already placed keep the price they were given (or stay unpriced:
+    credit them by adjustment if they should earn)."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    if currency == rules.currency:
+        raise Unprocessable(
+            f"{currency} is the program's currency: it needs no rate", field="currency"
+        )
+    now = runtime_of(request).clock.now()
+    stmt = pg_insert(ExchangeRateRow).values(
+        tenant_id=principal.tenant_id,
+        currency=currency,
+        quote=rules.currency,
+        rate=body.rate,
+        as_of=body.as_of,
+        updated_at=now,
+    )
+    row = (
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant_id", "currency", "quote"],
+                set_={"rate": body.rate, "as_of": body.as_of, "updated_at": now},
+            ).returning(ExchangeRateRow)
+        )
+    ).scalar_one()
+    return _rate_out(row)
+
+
+@router.delete("/exchange-rates/{currency}", status_code=204)
+async def delete_exchange_rate(
+    currency: CurrencyCode, principal: Writer, session: Session
+) -> Response:
+    """Forget a rate: later orders in ``currency`` are recorded unpriced."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    deleted = (
+        await session.execute(
+            delete(ExchangeRateRow)
+            .where(
+                ExchangeRateRow.tenant_id == principal.tenant_id,
+                ExchangeRateRow.currency == currency,
+                ExchangeRateRow.quote == rules.currency,
+            )
+            .returning(ExchangeRateRow.currency)
+        )
+    ).scalar()
+    if deleted is None:
+        raise NotFound(f"no exchange rate for {currency}", field="currency")
+    return Response(status_code=204)

@@ -6,13 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -32,12 +33,16 @@ from afterglow.kit.errors import (
     Unauthorized,
     Unprocessable,
 )
+from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
+from afterglow.kit.text import has_control_chars
+from afterglow.kit.types import Id, Instant, JsonObject, NoControls, ShortText
 
-webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
-rest = APIRouter(prefix="/v1", tags=["orders and support events"])
-operators = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
-admin = APIRouter(prefix="/admin", tags=["admin"])
+webhooks = service_router(prefix="/webhooks", tags=["webhooks"])
+rest = service_router(prefix="/v1", tags=["orders and support events"])
+operators = service_router(prefix="/v1/deliveries", tags=["deliveries"])
+admin = service_router(prefix="/admin", tags=["admin"])
 
 # One answer for every authentication failure: which part failed is no business of
 # whoever is probing (unknown tenant, missing header, wrong secret, stale timestamp).
@@ -53,10 +58,14 @@ def settings_of(request: Request) -> IngestSettings:
     return s
 
 
+# ASCII digits only: str.isdigit() also accepts "²", which int() then refuses (a 500).
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused past ``limit`` before it is all read or parsed."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"the body exceeds {limit} bytes")
     buf = bytearray()
     async for chunk in request.stream():
@@ -66,13 +75,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+def refuse_malformed_auth_headers(request: Request, names: Iterable[str]) -> None:
+    """First thing every receiver does: a signature, timestamp or token header that is
+    not printable ASCII of sane length is refused as unauthenticated, before any of it
+    is parsed ("²" or 5,000 nines in a timestamp answered 500)."""
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and not domain.well_formed_header(value):
+            raise Unauthorized(BAD_SIGNATURE)
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object in UTF-8, within the depth bound: 10,000 nested objects raised
+    RecursionError (a 500). Anything else is a 400, before anything is stored."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+        payload = loads_bounded(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the body is not UTF-8", code="malformed_json") from exc
+    except JsonBodyError as exc:
+        raise BadRequest(str(exc), code=exc.code) from exc
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return payload
+
+
+def parse_payload(body: bytes, platform: str) -> dict[str, Any]:
+    """The payload every normalizer reads: parsed, then cleaned in one pass (no NUL or
+    control character, NFC, HTML entities decoded where the platform encodes them)."""
+    payload: dict[str, Any] = domain.clean_payload(
+        parse_json(body), html_encoded=platform in domain.HTML_ENCODED_PLATFORMS
+    )
     return payload
 
 
@@ -93,7 +125,8 @@ class DeliveryOutcome(BaseModel):
     )
     delivery_id: str
     status: str = Field(
-        description="processed, archived (unknown topic), duplicate, or fetch_pending "
+        description="processed, archived (unknown topic), duplicate, quarantined (stored, "
+        "not normalized: see the delivery's last_error), or fetch_pending "
         "(BigCommerce: the order is fetched from the store's API in the background)"
     )
     events: list[str] = Field(description="Ids of the events emitted by this call")
@@ -105,7 +138,9 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         "description": "Stored and processed (BigCommerce: stored, fetch pending), or a duplicate",
     },
     202: {
-        "description": "Unknown topic: stored (archived), no event",
+        "description": "Unknown topic: stored (archived), no event; or a payload that "
+        "could not be normalized: stored (quarantined, with the reason in last_error), "
+        "no event, replayable once fixed",
         "content": {
             "application/json": {
                 "example": {"delivery_id": "6f1c2b7e", "status": "archived", "events": []}
@@ -113,7 +148,8 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {
-        "description": "Malformed JSON",
+        "description": "Signed, but not a JSON object in UTF-8 nesting at most 64 deep "
+        "(code malformed_json or too_deep); nothing stored",
         "content": {
             "application/json": {
                 "example": {"error": {"code": "malformed_json", "message": "the body is not..."}}
@@ -130,20 +166,6 @@ _OUTCOMES: dict[int | str, dict[str, Any]] = {
         },
     },
     413: {"description": "Body over 1 MiB"},
-    422: {
-        "description": "A required field is missing",
-        "content": {
-            "application/json": {
-                "example": {
-                    "error": {
-                        "code": "validation_error",
-                        "message": "total_price is required",
-                        "field": "total_price",
-                    }
-                }
-            }
-        },
-    },
 }
 
 
@@ -172,24 +194,43 @@ async def receive(
     tenant_id: str | None,
     verify: Verifier,
     route: Parser,
+    auth_headers: tuple[str, ...],
+    body: bytes | None = None,
 ) -> JSONResponse:
-    """Size limit, signature, JSON, normalization, then one transaction for the raw
-    delivery and its events. Every failure before the insert writes nothing."""
+    """Header shapes, size limit, signature, JSON, normalization, then one transaction
+    for the raw delivery and its events. Every failure before the insert writes nothing
+    (401, 400, 413); a signed JSON object that cannot be normalized is stored as
+    quarantined and answered 202, never 422 or 5xx: senders disable failing webhooks."""
+    refuse_malformed_auth_headers(request, auth_headers)
     rt = runtime_of(request)
     settings = settings_of(request)
-    body = await read_body(request, settings.ingest_max_body_bytes)
+    if body is None:
+        body = await read_body(request, settings.ingest_max_body_bytes)
     now = rt.clock.now()
     secrets = await registry.active_secrets(session, tenant_id, platform, now)
     if not secrets or not verify(secrets, body):
         raise Unauthorized(BAD_SIGNATURE)
     assert tenant_id is not None
-    payload = parse_json(body)
+    payload = parse_payload(body, platform)
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    topic, dedupe_key = "", _body_key(body)
     try:
-        topic, dedupe_key = route(payload)
+        with domain.normalization_errors():
+            topic, dedupe_key = route(payload)
         normalized = await intake.normalize(session, tenant_id, platform, topic, payload)
     except domain.NormalizationError as exc:
-        raise Unprocessable(str(exc), field=exc.field) from exc
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+        outcome = await intake.quarantine(
+            session,
+            tenant_id=tenant_id,
+            platform=platform,
+            topic=topic,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            body=body,
+            reason=intake.quarantine_reason(exc),
+            received_at=now,
+        )
+        return JSONResponse(outcome.body(), status_code=202)
     outcome = await intake.accept(
         session,
         rt.outbox,
@@ -204,6 +245,12 @@ async def receive(
         received_at=now,
     )
     return JSONResponse(outcome.body(), status_code=202 if outcome.status == "archived" else 200)
+
+
+def _body_key(body: bytes) -> str:
+    """The dedupe key of a delivery whose own key could not be read (a missing webhook
+    id): the same bytes sent again are the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def _body_digest(body: dict[str, Any]) -> str:
@@ -259,6 +306,7 @@ async def shopify_webhook(request: Request, session: Session) -> JSONResponse:
         tenant_id=tenant,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-shopify-hmac-sha256")),
         route=route,
+        auth_headers=("x-shopify-hmac-sha256",),
     )
 
 
@@ -304,12 +352,15 @@ async def woocommerce_webhook_by_source(request: Request, session: Session) -> J
 
 async def _woocommerce(request: Request, session: Any, tenant_id: str | None) -> JSONResponse:
     h = request.headers
+    refuse_malformed_auth_headers(request, ("x-wc-webhook-signature",))
+    # Read once: a form body that is not a ping goes on to the signature check (reading
+    # the stream a second time raised, a 500).
+    body = await read_body(request, settings_of(request).ingest_max_body_bytes)
     # Woo pings a new webhook with a form-encoded "webhook_id=N": answer it, or Woo
     # counts a failure against the hook before any order is sent.
-    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        body = await read_body(request, 4096)
-        if body.startswith(b"webhook_id="):
-            return JSONResponse({"status": "ping"}, status_code=200)
+    form = h.get("content-type", "").startswith("application/x-www-form-urlencoded")
+    if form and body.startswith(b"webhook_id=") and len(body) <= 4096:
+        return JSONResponse({"status": "ping"}, status_code=200)
 
     def route(payload: dict[str, Any]) -> tuple[str, str]:
         topic = h.get("x-wc-webhook-topic", "")
@@ -326,6 +377,8 @@ async def _woocommerce(request: Request, session: Any, tenant_id: str | None) ->
         tenant_id=tenant_id,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("x-wc-webhook-signature")),
         route=route,
+        auth_headers=("x-wc-webhook-signature",),
+        body=body,
     )
 
 
@@ -373,7 +426,13 @@ async def standard_webhook(
         return str(payload.get("type") or ""), h.get("webhook-id", "")
 
     return await receive(
-        request, session, platform="standard", tenant_id=tenant_id, verify=verify, route=route
+        request,
+        session,
+        platform="standard",
+        tenant_id=tenant_id,
+        verify=verify,
+        route=route,
+        auth_headers=("webhook-id", "webhook-timestamp", "webhook-signature"),
     )
 
 
@@ -418,7 +477,13 @@ async def zendesk_webhook(
         return str(payload.get("type") or ""), str(key)
 
     return await receive(
-        request, session, platform="zendesk", tenant_id=tenant_id, verify=verify, route=route
+        request,
+        session,
+        platform="zendesk",
+        tenant_id=tenant_id,
+        verify=verify,
+        route=route,
+        auth_headers=("x-zendesk-webhook-signature", "x-zendesk-webhook-signature-timestamp"),
     )
 
 
@@ -454,6 +519,7 @@ async def aftership_webhook(
         tenant_id=tenant_id,
         verify=lambda s, b: domain.verify_b64_hmac(s, b, h.get("aftership-hmac-sha256")),
         route=route,
+        auth_headers=("aftership-hmac-sha256",),
     )
 
 
@@ -481,8 +547,8 @@ class CanonicalEventIn(BaseModel):
         }
     )
     type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
-    customer_id: str = Field(min_length=1, max_length=200, description="The envelope subject")
-    data: dict[str, Any] = Field(description="The catalog model's fields")
+    customer_id: Id = Field(description="The envelope subject")
+    data: JsonObject = Field(description="The catalog model's fields")
 
 
 IdempotencyHeader = Annotated[
@@ -523,7 +589,7 @@ async def _canonical_post(
             )
         return JSONResponse(prior.response, status_code=prior.status_code)
     try:
-        normalized = domain.normalize_canonical(raw, allowed, "api")
+        normalized = domain.check_subjects(domain.normalize_canonical(raw, allowed, "api"))
     except domain.NormalizationError as exc:
         raise Unprocessable(str(exc), field=exc.field) from exc
     if not normalized.known_topic:
@@ -674,8 +740,9 @@ class DeliveryOut(BaseModel):
     platform: str
     topic: str
     status: str = Field(
-        description="processed, archived, fetch_pending (BigCommerce, waiting for its "
-        "fetch) or failed (the fetch gave up; last_error says why)"
+        description="processed, archived, quarantined (signed but not normalizable; "
+        "last_error says why; replay once fixed), fetch_pending (BigCommerce, waiting "
+        "for its fetch) or failed (the fetch gave up; last_error says why)"
     )
     dedupe_key: str
     received_at: datetime
@@ -683,7 +750,9 @@ class DeliveryOut(BaseModel):
     replays: int
     attempts: int = Field(description="Fetches tried (BigCommerce); 0 elsewhere")
     next_attempt_at: datetime | None = Field(description="When the next fetch is due")
-    last_error: str | None = Field(description="Why the last fetch failed")
+    last_error: str | None = Field(
+        description="Why the delivery is quarantined, or why the last fetch failed"
+    )
 
 
 class DeliveryPage(BaseModel):
@@ -698,6 +767,8 @@ def _cursor(d: Delivery) -> str:
 def _uncursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, _, did = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        if has_control_chars(did):
+            raise ValueError("control characters in the id")
         return datetime.fromisoformat(at), did
     except ValueError as exc:
         raise BadRequest("the cursor is not valid", field="cursor") from exc
@@ -711,13 +782,13 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
 async def list_deliveries(
     session: Session,
     principal: Principal = Depends(require_scope("orders:read")),
-    status: Annotated[str | None, Query(examples=["archived"])] = None,
-    topic: Annotated[str | None, Query(examples=["orders/create"])] = None,
-    platform: Annotated[str | None, Query(examples=["shopify"])] = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: Annotated[AwareDatetime | None, Query()] = None,
+    status: Annotated[ShortText | None, Query(examples=["archived"])] = None,
+    topic: Annotated[ShortText | None, Query(examples=["orders/create"])] = None,
+    platform: Annotated[ShortText | None, Query(examples=["shopify"])] = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
+    cursor: Annotated[ShortText | None, Query()] = None,
 ) -> DeliveryPage:
     q = select(Delivery).where(Delivery.tenant_id == principal.tenant_id)
     if status:
@@ -784,7 +855,7 @@ class DeliveryDetail(DeliveryOut):
 )
 async def get_delivery(
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:read")),
 ) -> DeliveryDetail:
     d = (
@@ -814,7 +885,7 @@ async def get_delivery(
 async def replay_delivery(
     request: Request,
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:write")),
 ) -> DeliveryOutcome:
     rt = runtime_of(request)
@@ -834,10 +905,13 @@ async def replay_delivery(
         return DeliveryOutcome(delivery_id=d.id, status=d.status, events=[])
     try:
         normalized = await intake.normalize(
-            session, d.tenant_id, d.platform, d.topic, parse_json(d.body)
+            session, d.tenant_id, d.platform, d.topic, parse_payload(d.body, d.platform)
         )
     except domain.NormalizationError as exc:
         raise Unprocessable(str(exc), field=exc.field) from exc
+    # A quarantined delivery never emitted: its facts go through the fact table like a
+    # first delivery's, so an order another delivery placed meanwhile is not placed twice.
+    first_time = d.status == intake.QUARANTINED
     ids: list[str] = []
     status = "archived"
     if normalized.known_topic:
@@ -852,12 +926,13 @@ async def replay_delivery(
             dedupe_key=d.dedupe_key,
             normalized=normalized,
             received_at=d.received_at,
-            replay=True,
+            replay=not first_time,
         )
         ids = emitted.ids
         d.subjects = intake.merge_subjects(d.subjects, emitted.subjects)
     d.status = status
     d.event_ids = ids
+    d.last_error = None
     d.replays += 1
     return DeliveryOutcome(delivery_id=d.id, status=status, events=ids)
 
@@ -898,10 +973,14 @@ class TenantIn(BaseModel):
         }
     )
     tenant_id: str = Field(pattern=TENANT_RE)
-    name: str = Field(min_length=1, max_length=200)
-    shopify_shop_domain: str | None = Field(default=None, max_length=255)
-    woocommerce_store_url: str | None = Field(default=None, max_length=500)
-    bigcommerce_store_hash: str | None = Field(default=None, max_length=100)
+    name: Annotated[ShortText, StringConstraints(min_length=1)]
+    shopify_shop_domain: Annotated[str, StringConstraints(max_length=255), NoControls] | None = None
+    woocommerce_store_url: Annotated[str, StringConstraints(max_length=500), NoControls] | None = (
+        None
+    )
+    bigcommerce_store_hash: Annotated[str, StringConstraints(max_length=100), NoControls] | None = (
+        None
+    )
     platforms: list[str] = Field(
         default_factory=list, description="Generate a webhook secret for each of these"
     )
@@ -931,11 +1010,11 @@ async def create_tenant(request: Request, session: Session, body: TenantIn) -> d
 
 class SecretIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
-    secret: str | None = Field(
-        default=None,
-        min_length=8,
-        max_length=500,
-        description="The platform's secret (Shopify's app secret); omitted: generated",
+    secret: Annotated[str, StringConstraints(min_length=8, max_length=500), NoControls] | None = (
+        Field(
+            default=None,
+            description="The platform's secret (Shopify's app secret); omitted: generated",
+        )
     )
 
 
@@ -979,8 +1058,10 @@ async def expire_previous(
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"scopes": ["orders:write"]}]})
-    scopes: list[str] = Field(min_length=1)
-    expires_at: AwareDatetime | None = None
+    scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]] = (
+        Field(min_length=1, max_length=50)
+    )
+    expires_at: Instant | None = None
 
 
 @admin.post(
@@ -1005,7 +1086,7 @@ async def create_api_key(
 
 @admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
 async def revoke_api_key(
-    request: Request, session: Session, tenant_id: TenantPath, key_id: str
+    request: Request, session: Session, tenant_id: TenantPath, key_id: Id
 ) -> dict[str, Any]:
     rt = runtime_of(request)
     event_id = await registry.revoke_api_key(
@@ -1022,8 +1103,8 @@ class ConnectionIn(BaseModel):
             ]
         }
     )
-    api_base_url: str = Field(min_length=1, max_length=500)
-    access_token: str = Field(min_length=1, max_length=500)
+    api_base_url: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
+    access_token: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
 
 
 @admin.put(
@@ -1099,6 +1180,7 @@ async def reconcile_now(
 async def bigcommerce_webhook(
     request: Request, session: Session, tenant_id: TenantPath
 ) -> JSONResponse:
+    refuse_malformed_auth_headers(request, ("x-afterglow-webhook-token",))
     rt = runtime_of(request)
     settings = settings_of(request)
     body = await read_body(request, settings.ingest_max_body_bytes)
@@ -1110,17 +1192,30 @@ async def bigcommerce_webhook(
         ok |= hmac.compare_digest(secret.encode(), presented.encode())
     if not ok:
         raise Unauthorized(BAD_SIGNATURE)
-    payload = parse_json(body)
-    scope = str(payload.get("scope") or "")
-    if not payload.get("hash"):
-        raise Unprocessable("hash is required", field="hash")
-    dedupe_key = str(payload["hash"])
+    payload = parse_payload(body, "bigcommerce")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_HEADERS}
+    scope, dedupe_key = "", _body_key(body)
+    try:
+        with domain.normalization_errors():
+            scope = str(payload.get("scope") or "")
+            dedupe_key = str(domain.require(payload, "hash"))
+            if scope in domain.BIGCOMMERCE_SCOPES:
+                domain.bigcommerce_order_ref(payload)
+    except domain.NormalizationError as exc:
+        # BigCommerce deactivates a hook that keeps failing: stored and answered 202.
+        outcome = await intake.quarantine(
+            session,
+            tenant_id=tenant_id,
+            platform="bigcommerce",
+            topic=scope,
+            dedupe_key=dedupe_key,
+            headers=headers,
+            body=body,
+            reason=intake.quarantine_reason(exc),
+            received_at=now,
+        )
+        return JSONResponse(outcome.body(), status_code=202)
     if scope in domain.BIGCOMMERCE_SCOPES:
-        try:
-            domain.bigcommerce_order_ref(payload)
-        except domain.NormalizationError as exc:
-            raise Unprocessable(str(exc), field=exc.field) from exc
         # No call to the store's API here: a slow store must not fail the webhook.
         outcome = await bigcommerce.queue(
             session,

@@ -162,7 +162,13 @@ async def _fetch_and_normalize(runtime: Runtime, claim: Claim) -> domain.Normali
         order_id = domain.bigcommerce_order_ref(_stored_payload(claim.body))
         async with asyncio.timeout(settings.ingest_fetch_timeout_s):
             order, products = await fetch_bigcommerce_order(runtime, claim.tenant_id, order_id)
-        return domain.normalize_bigcommerce_order(order, products)
+        # The same cleaning and error mapping as a webhook's payload: an order of the
+        # wrong shape fails for good, naming why, instead of being retried as an outage.
+        with domain.normalization_errors():
+            normalized = domain.normalize_bigcommerce_order(
+                domain.clean_payload(order), domain.clean_payload(products)
+            )
+        return domain.check_subjects(normalized)
     except domain.NormalizationError as exc:
         # The same order gives the same error on every attempt: fail now, naming the field.
         field = f" (field {exc.field})" if exc.field else ""

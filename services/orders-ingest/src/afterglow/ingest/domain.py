@@ -7,17 +7,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from annotated_types import MaxLen
+from pydantic import BaseModel
+
 from afterglow.events import catalog as c
+from afterglow.events.envelope import MAX_SUBJECT_LENGTH
 from afterglow.events.money import currency_exponent
+from afterglow.kit.text import clean_text, has_control_chars
 
 # --- errors -------------------------------------------------------------------------
 
@@ -57,13 +65,29 @@ def verify_b64_hmac(secrets: Iterable[str], message: bytes, presented: str | Non
     return ok
 
 
+# Authentication headers are parsed strictly, as ASCII within a length bound, before
+# anything else looks at them: ``str.isdigit()`` accepts "²" and 5,000 nines, which
+# ``int()`` then refuses or chokes on, and that answered an unauthenticated 500.
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}|[0-9T:.+\-Z ]{10,40}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,2048}")
+
+
+def well_formed_header(value: str) -> bool:
+    """Printable ASCII, not empty, at most 2 KiB: what any signature, timestamp or
+    token header we verify looks like. Anything else is refused as unauthenticated."""
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
 def timestamp_fresh(timestamp: str | None, now: datetime, tolerance_s: int) -> bool:
     """Unix seconds (Standard Webhooks) or ISO 8601 (Zendesk), within the tolerance."""
     if not timestamp:
         return False
     ts = timestamp.strip()
+    if not _TIMESTAMP.fullmatch(ts):
+        return False
     try:
-        if ts.isdigit():
+        if _UNIX_SECONDS.fullmatch(ts):
             sent = datetime.fromtimestamp(int(ts), UTC)
         else:
             sent = datetime.fromisoformat(ts.replace("Z", "+00:00"))
@@ -77,15 +101,30 @@ def timestamp_fresh(timestamp: str | None, now: datetime, tolerance_s: int) -> b
 # --- money, hashing, small parsers --------------------------------------------------
 
 
+# Minor units are stored in bigint columns (ours and every consumer's): "1e30", "1e309"
+# or 2**70 would overflow them at the insert, after the webhook was acknowledged.
+MAX_MINOR = 2**63 - 1
+
+
 def to_minor(amount: Any, currency: str, field: str = "amount") -> int:
-    """A decimal string (as platforms send it) to integer minor units, exactly."""
+    """A decimal string (as platforms send it) to integer minor units, exactly.
+
+    Every amount a platform sends us (totals, prices, refunds) is >= 0: a negative
+    total would show as negative spend and still earn a first-order bonus, a negative
+    refund would add to the order, so both are refused, naming the field."""
+    if isinstance(amount, bool) or not isinstance(amount, str | int | float | Decimal):
+        raise NormalizationError(f"{field} is not a decimal amount", field)
     try:
         value = Decimal(str(amount))
     except InvalidOperation as exc:
         raise NormalizationError(f"{field} is not a decimal amount", field) from exc
     if not value.is_finite():
         raise NormalizationError(f"{field} is not a decimal amount", field)
+    if value < 0:
+        raise NormalizationError(f"{field} is negative", field)
     scaled = value.scaleb(currency_exponent(currency))
+    if scaled > MAX_MINOR:
+        raise NormalizationError(f"{field} is too large", field)
     # Half-up: a sub-minor-unit remainder only appears in tax-inclusive edge cases.
     return int(scaled.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
 
@@ -95,6 +134,49 @@ def money(amount: Any, currency: str, field: str = "amount") -> c.Money:
     if not re.fullmatch(r"[A-Z]{3}", currency):
         raise NormalizationError("currency must be an ISO 4217 code", "currency")
     return c.Money(amount=to_minor(amount, currency, field), currency=currency)
+
+
+def shopify_money_set(value: Any, field: str) -> tuple[c.Money | None, c.Money | None]:
+    """Shopify's ``*_set`` (a MoneyBag): ``{"shop_money": {"amount", "currency_code"},
+    "presentment_money": {...}}`` -> (shop money, presentment money), each None when
+    absent. Shopify states both because a shop sells in many currencies: the shop's own
+    is what the merchant's programme is defined in, the presentment one what the customer
+    paid; reading one as the other prices an order of 2,119.29 PLN as 2,119.29 USD."""
+    if not isinstance(value, Mapping):
+        return None, None
+    out: list[c.Money | None] = []
+    for side in ("shop_money", "presentment_money"):
+        bag = value.get(side)
+        if isinstance(bag, Mapping) and bag.get("amount") is not None:
+            out.append(
+                money(bag["amount"], str(bag.get("currency_code") or ""), f"{field}.{side}.amount")
+            )
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+def with_order_count(data: c.OrderPlaced, book_count: int) -> c.OrderPlaced:
+    """The one definition of a customer's order count (every service's "first order"
+    reads it through ``catalog.is_first_order``): the orders ingest's order book has
+    seen for this customer, this one included, or the platform's count when larger
+    (the platform knows orders from before the shop installed Afterglow).
+
+    The platform's count alone is not trusted: Shopify's ``customer.orders_count`` is
+    often stale (its own orders/create fixture says 0 for an order that exists) or
+    absent (guest checkouts, WooCommerce). What the normaliser or a canonical sender
+    stated is kept as ``platform_orders_count``."""
+    platform = (
+        data.platform_orders_count
+        if data.platform_orders_count is not None
+        else data.customer_orders_count
+    )
+    return data.model_copy(
+        update={
+            "platform_orders_count": platform,
+            "customer_orders_count": max(book_count, platform or 0),
+        }
+    )
 
 
 def normalize_email(email: str | None) -> str | None:
@@ -142,6 +224,13 @@ def referral_from_landing_site(landing_site: str | None) -> str | None:
     return values[0].strip()[:64] if values and values[0].strip() else None
 
 
+def discount_codes(value: Any) -> list[str]:
+    """Shopify sends ``[{"code": "X", ...}]``, WooCommerce ``coupon_lines`` alike; a bare
+    list of codes is taken too."""
+    codes = (d.get("code") if isinstance(d, Mapping) else d for d in value or [])
+    return [str(code) for code in codes if code not in (None, "")]
+
+
 def parse_time(value: Any, field: str) -> datetime:
     """ISO 8601; a naive time is UTC (WooCommerce's ``*_gmt`` fields carry no offset)."""
     if value is None or value == "":
@@ -150,7 +239,7 @@ def parse_time(value: Any, field: str) -> datetime:
         if isinstance(value, int | float):
             return datetime.fromtimestamp(value, UTC)
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
+    except (ValueError, OverflowError, OSError) as exc:  # 9e99 seconds overflows
         raise NormalizationError(f"{field} is not an ISO 8601 time", field) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -162,15 +251,162 @@ def require(payload: Mapping[str, Any], key: str, prefix: str = "") -> Any:
     return value
 
 
-def customer_subject(platform_customer_id: Any, email: str | None, order_id: str) -> str:
+def customer_subject(
+    platform_customer_id: Any, email: str | None, order_id: str, phone: str | None = None
+) -> str:
     """The envelope subject: the platform's customer id; else a hash of the email (guest
-    checkouts), so that one guest's orders still line up; else the order itself."""
+    checkouts), or of the phone, so that one guest's orders still line up; else the
+    order itself: ``order:<order id>`` (c.ANONYMOUS_SUBJECT_PREFIX) says nobody can be
+    messaged or credited for it, and journeys and loyalty skip it."""
     if platform_customer_id not in (None, "", 0, "0"):
         return str(platform_customer_id)
     h = email_hash(email)
     if h:
         return f"email:{h[:32]}"
-    return f"order:{order_id}"
+    h = phone_hash(phone)
+    if h:
+        return f"phone:{h[:32]}"
+    return f"{c.ANONYMOUS_SUBJECT_PREFIX}{order_id}"
+
+
+# --- the boundary: one cleaning pass in, one error mapping out -----------------------
+
+# Platforms that HTML-encode text in their payloads: WooCommerce sends product names
+# as "Ship Your Idea &ndash; Color: Black" and "Fish &amp; Chips".
+HTML_ENCODED_PLATFORMS = frozenset({"woocommerce"})
+
+
+def clean_payload(value: Any, *, html_encoded: bool = False) -> Any:
+    """Every string of a parsed payload made clean (afterglow.kit.text): entities
+    unescaped where the platform encodes them, NFC, no NUL or other control character.
+
+    A NUL in a customer's name was acknowledged, then dead-lettered by every consumer
+    (PostgreSQL text cannot hold it): the order was lost. Cleaning the whole payload
+    once, before any platform's normalizer reads it, covers every field of every
+    platform, and the dedupe keys read from it. Depth is bounded by the JSON parser."""
+    if isinstance(value, str):
+        # Cleaned before unescaping too: a NUL inside "&am\x00p;" must not keep the
+        # entity from being decoded.
+        return clean_text(html.unescape(clean_text(value))) if html_encoded else clean_text(value)
+    if isinstance(value, dict):
+        return {k: clean_payload(v, html_encoded=html_encoded) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_payload(v, html_encoded=html_encoded) for v in value]
+    return value
+
+
+M = TypeVar("M", bound=BaseModel)
+
+# Contact data that long is not a real address, number or locale: dropped, not cut
+# (a cut email would be somebody else's).
+_DROPPED_WHEN_TOO_LONG = frozenset({"email", "phone", "locale", "timezone"})
+
+
+def _max_length(model: type[Any], name: str) -> int | None:
+    info = model.model_fields.get(name)
+    for meta in info.metadata if info is not None else ():
+        if isinstance(meta, MaxLen):
+            return int(meta.max_length)
+    return None
+
+
+def _misfit_optional(model: type[Any], name: str, value: str) -> bool:
+    """An optional field's value that its pattern refuses (a shipping country "USA"
+    where the catalog holds ISO 3166 alpha-2): dropped rather than costing the order."""
+    info = model.model_fields.get(name)
+    if info is None or info.is_required():
+        return False
+    patterns = [getattr(m, "pattern", None) for m in info.metadata]
+    return any(isinstance(p, str) and not re.search(p, value) for p in patterns)
+
+
+def fit(model: type[M], **values: Any) -> M:
+    """``model(**values)`` with text bounded to the catalog's lengths, which are what
+    every consumer holds: free text (a name, a title, a SKU) is cut, contact data is
+    dropped, as is an optional value of the wrong shape. A 300-character first name
+    then costs nothing but its tail."""
+    for name, value in values.items():
+        if not isinstance(value, str):
+            continue
+        limit = _max_length(model, name)
+        if limit is not None and len(value) > limit:
+            values[name] = None if name in _DROPPED_WHEN_TOO_LONG else value[:limit]
+        elif _misfit_optional(model, name, value):
+            values[name] = None
+    return model(**values)
+
+
+def quantity(value: Any, field: str) -> int | None:
+    """A line's quantity; None for 0 (a line an order edit removed: nothing to review
+    or earn on, so it is dropped), refused when negative, fractional or not a number."""
+    if value is None or value == "":
+        raise MissingField(field)
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise NormalizationError(f"{field} is not a whole number", field)
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise NormalizationError(f"{field} is not a whole number", field) from exc
+    if not number.is_finite() or number != number.to_integral_value():
+        raise NormalizationError(f"{field} is not a whole number", field)
+    if number < 0:
+        raise NormalizationError(f"{field} is negative", field)
+    if number > 1_000_000:
+        raise NormalizationError(f"{field} is too large", field)
+    return int(number) or None
+
+
+# What a payload of the wrong shape raises inside a normalizer: a string where an
+# object was expected (AttributeError), a list of numbers where objects were (TypeError),
+# a value the catalog refuses (pydantic's ValidationError is a ValueError), an
+# out-of-range number (OverflowError, ArithmeticError).
+_SHAPE_ERRORS = (
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    ArithmeticError,
+    OSError,
+)
+
+
+@contextmanager
+def normalization_errors() -> Iterator[None]:
+    """The one place where a signed payload of the wrong shape becomes a
+    NormalizationError, which the receivers turn into a quarantined delivery (never a
+    500, which Shopify retries for hours and WooCommerce answers by disabling the hook)."""
+    try:
+        yield
+    except NormalizationError:
+        raise
+    except RecursionError as exc:
+        raise NormalizationError("the payload nests too deeply") from exc
+    except _SHAPE_ERRORS as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        message = f"unexpected payload: {type(exc).__name__}: {detail}"
+        raise NormalizationError(message[:500]) from exc
+
+
+# Ids become primary keys (orders, order facts): a btree cannot index a key past
+# about 2,700 bytes, so a 5,000-character order id failed the insert after the normalizer.
+MAX_ID_LENGTH = 200
+_ID_FIELDS = ("order_id", "refund_id", "ticket_id")
+
+
+def check_subjects(normalized: Normalized) -> Normalized:
+    """Subjects and ids come from payloads too (customer ids, Zendesk external ids,
+    order ids): one that no envelope or key can carry is refused here, not when the
+    event is built or its key inserted after the delivery was stored."""
+    for item in normalized.emits:
+        s = item.subject
+        if s is not None and (len(s) > MAX_SUBJECT_LENGTH or not s or has_control_chars(s)):
+            raise NormalizationError("the customer id is not a valid subject", "customer_id")
+        for name in _ID_FIELDS:
+            value = getattr(item.data, name, None)
+            if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+                raise NormalizationError(f"{name} is too long", name)
+    return normalized
 
 
 # --- normalization output -----------------------------------------------------------
@@ -191,6 +427,10 @@ class OrderRecord:
     platform_order_id: str
     subject: str
     total: c.Money | None
+    # The total in the customer's currency when it differs from ``total``'s: a later
+    # refund stated in it (Shopify refunds in the presentment currency) is compared
+    # with this one.
+    presentment: c.Money | None = None
 
 
 @dataclass
@@ -200,6 +440,9 @@ class Normalized:
     order: OrderRecord | None = None
     # customers/redact: scrub stored raw payloads that mention these (normalized) emails.
     forget_emails: list[str] = field(default_factory=list)
+    # Stored instead of the raw body: the customers/redact request without the contact
+    # data it asks us to forget (a data export would otherwise hand it back).
+    stored_body: bytes | None = None
 
 
 def fact_key(data: c.EventData) -> str | None:
@@ -237,7 +480,9 @@ SHOPIFY_TOPICS = frozenset(
 )
 
 
-def shopify_marketing_consent(customer: Mapping[str, Any]) -> bool | None:
+def shopify_marketing_consent(
+    customer: Mapping[str, Any], buyer_accepts_marketing: Any = None
+) -> bool | None:
     """True: opted in; False: opted out; None: never said.
 
     Shopify's ``not_subscribed`` (and the legacy ``accepts_marketing: false``) means the
@@ -250,7 +495,7 @@ def shopify_marketing_consent(customer: Mapping[str, Any]) -> bool | None:
         return True
     if state in ("unsubscribed", "redacted"):
         return False
-    if state is None and customer.get("accepts_marketing") is True:
+    if state is None and True in (customer.get("accepts_marketing"), buyer_accepts_marketing):
         return True
     return None
 
@@ -263,27 +508,39 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
     email = p.get("email") or p.get("contact_email") or cust.get("email")
     ship = p.get("shipping_address") or {}
     phone = p.get("phone") or cust.get("phone") or ship.get("phone")
-    accepts = shopify_marketing_consent(cust)
+    accepts = shopify_marketing_consent(cust, p.get("buyer_accepts_marketing"))
     items = []
     for i, li in enumerate(p.get("line_items") or []):
+        qty = quantity(li.get("quantity"), f"line_items.{i}.quantity")
+        if qty is None:
+            continue
         items.append(
-            c.LineItem(
+            fit(
+                c.LineItem,
                 sku=li.get("sku") or None,
                 product_id=str(li["product_id"]) if li.get("product_id") else None,
                 title=li.get("title"),
-                quantity=int(require(li, "quantity", f"line_items.{i}.")),
+                quantity=qty,
                 unit_price=money(
                     require(li, "price", f"line_items.{i}."), currency, f"line_items.{i}.price"
                 ),
             )
         )
     country = ship.get("country_code")
-    data = c.OrderPlaced(
+    total = money(require(p, "total_price"), currency, "total_price")
+    # ``currency`` and ``total_price`` are the shop's money; the presentment side comes
+    # from total_price_set, or is the same when the customer paid in the shop's currency.
+    shop_total, presentment_total = shopify_money_set(p.get("total_price_set"), "total_price_set")
+    if presentment_total is None and (p.get("presentment_currency") or currency) == currency:
+        presentment_total = total
+    data = fit(
+        c.OrderPlaced,
         order_id=order_id,
         order_number=str(p.get("name") or p.get("order_number") or "") or None,
         platform="shopify",
         placed_at=parse_time(p.get("processed_at") or p.get("created_at"), "created_at"),
-        customer=c.CustomerInfo(
+        customer=fit(
+            c.CustomerInfo,
             email=normalize_email(email),
             phone=normalize_phone(phone),
             first_name=cust.get("first_name") or ship.get("first_name"),
@@ -293,21 +550,24 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
             email_hash=email_hash(email),
             phone_hash=phone_hash(phone),
         ),
-        total=money(require(p, "total_price"), currency, "total_price"),
+        total=total,
+        shop_total=shop_total or total,
+        presentment_total=presentment_total,
         subtotal=money(p["subtotal_price"], currency, "subtotal_price")
         if p.get("subtotal_price") is not None
         else None,
         line_items=items,
-        discount_codes=[d["code"] for d in p.get("discount_codes") or [] if d.get("code")],
+        discount_codes=discount_codes(p.get("discount_codes")),
         referral_code=referral_from_landing_site(p.get("landing_site")),
         shipping_country=country.upper() if isinstance(country, str) and country else None,
         shipping_address_hash=address_hash(
             ship.get("address1"), ship.get("address2"), ship.get("city"), ship.get("zip"), country
         ),
-        customer_orders_count=cust.get("orders_count"),
+        # The platform's count as sent; ingest's intake sets customer_orders_count.
+        platform_orders_count=cust.get("orders_count"),
     )
-    subject = customer_subject(cust.get("id"), email, order_id)
-    return data, OrderRecord(order_id, oid, subject, data.total)
+    subject = customer_subject(cust.get("id"), email, order_id, phone)
+    return data, OrderRecord(order_id, oid, subject, data.total, data.presentment_total)
 
 
 def _shopify_fulfilled(order_id: str, f: Mapping[str, Any], fallback: Any) -> c.OrderFulfilled:
@@ -362,11 +622,22 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
         ]
         if not txs:
             raise MissingField("transactions")
-        currency = str(require(txs[0], "currency", "transactions.0."))
+        currency = str(require(txs[0], "currency", "transactions.0.")).upper()
         total = sum(
             to_minor(require(t, "amount", f"transactions.{i}."), currency)
             for i, t in enumerate(txs)
         )
+        # Refund transactions are in the presentment currency; the shop's side is only
+        # known when every transaction states it (amount_set), else the caller derives
+        # it from the order book.
+        shop_sides = [shopify_money_set(t.get("amount_set"), "amount_set")[0] for t in txs]
+        shop_amount = (
+            c.Money(amount=sum(m.amount for m in shop_sides if m), currency=shop_sides[0].currency)
+            if shop_sides[0] is not None
+            and all(m is not None and m.currency == shop_sides[0].currency for m in shop_sides)
+            else None
+        )
+        amount = c.Money(amount=total, currency=currency)
         out.emits.append(
             Emit(
                 c.OrderRefunded(
@@ -375,7 +646,9 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
                     refunded_at=parse_time(
                         p.get("processed_at") or p.get("created_at"), "created_at"
                     ),
-                    amount=c.Money(amount=total, currency=currency.upper()),
+                    amount=amount,
+                    shop_amount=shop_amount,
+                    presentment_amount=amount,
                     full=False,  # completed by the caller, who knows the order total
                 ),
                 None,
@@ -399,10 +672,13 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
             )
     elif topic == "customers/redact":
         cust = require(p, "customer")
-        subject = customer_subject(cust.get("id"), cust.get("email"), "none")
+        subject = customer_subject(cust.get("id"), cust.get("email"), "none", cust.get("phone"))
         out.emits.append(Emit(c.CustomerErasureRequested(requested_at=_epoch()), subject))
         email = normalize_email(cust.get("email"))
         out.forget_emails = [email] if email else []
+        out.stored_body = json.dumps(
+            {**p, "customer": {"id": cust.get("id")} if cust.get("id") else {}}
+        ).encode()
     elif topic == "shop/redact":
         out.emits.append(
             Emit(c.CustomerErasureRequested(requested_at=_epoch(), scope="tenant"), "*")
@@ -426,15 +702,35 @@ def stamp_requested_at(data: c.EventData, received_at: datetime) -> c.EventData:
     return data
 
 
-def complete_refund(data: c.EventData, order_total: c.Money | None) -> c.EventData:
-    """A refund is full when it covers the order total we know of."""
+def complete_refund(
+    data: c.EventData, order_total: c.Money | None, presentment: c.Money | None = None
+) -> c.EventData:
+    """Complete a refund from the order book: the order total, the refund in the shop's
+    currency, and whether it is full (it covers the order total).
+
+    A refund stated in the customer's currency (Shopify refunds in the presentment one)
+    is never compared with a total in the shop's: its shop amount is its share of the
+    presentment total applied to the shop total (floored: never more than refunded)."""
     if not isinstance(data, c.OrderRefunded) or order_total is None:
         return data
-    if order_total.currency != data.amount.currency:
-        return data.model_copy(update={"order_total": order_total})
-    return data.model_copy(
-        update={"order_total": order_total, "full": data.amount.amount >= order_total.amount}
-    )
+    update: dict[str, Any] = {"order_total": order_total}
+    shop = c.amount_in(order_total.currency, data.amounts())
+    if (
+        shop is None
+        and presentment is not None
+        and presentment.amount > 0
+        and data.amount.currency == presentment.currency
+    ):
+        shop = c.Money(
+            amount=data.amount.amount * order_total.amount // presentment.amount,
+            currency=order_total.currency,
+        )
+        if data.presentment_amount is None:
+            update["presentment_amount"] = data.amount
+    if shop is not None:
+        update["shop_amount"] = shop
+        update["full"] = data.full or shop.amount >= order_total.amount
+    return data.model_copy(update=update)
 
 
 # --- WooCommerce --------------------------------------------------------------------
@@ -460,12 +756,15 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
     phone = billing.get("phone") or shipping.get("phone")
     items = []
     for i, li in enumerate(p.get("line_items") or []):
-        qty = int(require(li, "quantity", f"line_items.{i}."))
+        qty = quantity(li.get("quantity"), f"line_items.{i}.quantity")
+        if qty is None:
+            continue
         # Woo's "price" is a float; subtotal / quantity is the exact pre-discount price.
         subtotal = Decimal(str(li.get("subtotal") or li.get("total") or "0"))
-        unit = subtotal / qty if qty else Decimal(0)
+        unit = subtotal / qty
         items.append(
-            c.LineItem(
+            fit(
+                c.LineItem,
                 sku=li.get("sku") or None,
                 product_id=str(li["product_id"]) if li.get("product_id") else None,
                 title=li.get("name"),
@@ -478,12 +777,14 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
     for meta in p.get("meta_data") or []:
         if meta.get("key") in ("_afterglow_ref", "ref", "_ref"):
             ref = str(meta.get("value") or "") or None
-    data = c.OrderPlaced(
+    data = fit(
+        c.OrderPlaced,
         order_id=order_id,
         order_number=str(p.get("number") or oid),
         platform="woocommerce",
         placed_at=parse_time(p.get("date_created_gmt") or p.get("date_created"), "date_created"),
-        customer=c.CustomerInfo(
+        customer=fit(
+            c.CustomerInfo,
             email=normalize_email(email),
             phone=normalize_phone(phone),
             first_name=billing.get("first_name"),
@@ -492,8 +793,11 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
             phone_hash=phone_hash(phone),
         ),
         total=money(require(p, "total"), currency, "total"),
+        # WooCommerce states the order's currency (a multi-currency plugin makes it the
+        # customer's); the store's base currency is not in the payload.
+        presentment_total=money(require(p, "total"), currency, "total"),
         line_items=items,
-        discount_codes=[cl["code"] for cl in p.get("coupon_lines") or [] if cl.get("code")],
+        discount_codes=discount_codes(p.get("coupon_lines")),
         referral_code=ref,
         shipping_country=country.upper() if isinstance(country, str) and country else None,
         shipping_address_hash=address_hash(
@@ -505,7 +809,7 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
         ),
     )
     return data, OrderRecord(
-        order_id, oid, customer_subject(p.get("customer_id"), email, order_id), data.total
+        order_id, oid, customer_subject(p.get("customer_id"), email, order_id, phone), data.total
     )
 
 
@@ -614,7 +918,8 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
     if kind == "ticket.created":
         out.emits.append(
             Emit(
-                c.TicketOpened(
+                fit(
+                    c.TicketOpened,
                     ticket_id=ticket_id,
                     helpdesk="zendesk",
                     opened_at=parse_time(detail.get("created_at") or p.get("time"), "created_at"),
@@ -708,21 +1013,25 @@ def normalize_bigcommerce_order(
         placed_at = parse_time(created, "date_created")
     status_id = int(order.get("status_id") or 0)
     items = [
-        c.LineItem(
+        fit(
+            c.LineItem,
             sku=pr.get("sku") or None,
             product_id=str(pr["product_id"]) if pr.get("product_id") else None,
             title=pr.get("name"),
-            quantity=int(require(pr, "quantity", f"products.{i}.")),
+            quantity=qty,
             unit_price=money(pr.get("base_price") or "0", currency, f"products.{i}.base_price"),
         )
         for i, pr in enumerate(products)
+        if (qty := quantity(pr.get("quantity"), f"products.{i}.quantity")) is not None
     ]
-    placed = c.OrderPlaced(
+    placed = fit(
+        c.OrderPlaced,
         order_id=order_id,
         order_number=oid,
         platform="bigcommerce",
         placed_at=placed_at,
-        customer=c.CustomerInfo(
+        customer=fit(
+            c.CustomerInfo,
             email=normalize_email(email),
             phone=normalize_phone(phone),
             first_name=billing.get("first_name"),
@@ -731,13 +1040,19 @@ def normalize_bigcommerce_order(
             phone_hash=phone_hash(phone),
         ),
         total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
+        # The order states its currency; it is the store's own only when the store's
+        # default currency says so (no rate is guessed here).
+        shop_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax")
+        if str(order.get("store_default_currency_code") or currency).upper() == currency.upper()
+        else None,
+        presentment_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
         line_items=items,
         shipping_country=(billing.get("country_iso2") or None),
         shipping_address_hash=address_hash(
             billing.get("street_1"), billing.get("city"), billing.get("zip")
         ),
     )
-    subject = customer_subject(order.get("customer_id"), email, order_id)
+    subject = customer_subject(order.get("customer_id"), email, order_id, phone)
     out = Normalized(order=OrderRecord(order_id, oid, subject, placed.total))
     if status_id in _BC_PLACED:
         out.emits.append(Emit(placed, subject))

@@ -8,21 +8,30 @@ source reported it first.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from prometheus_client import Counter
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
-from afterglow.ingest.models import Delivery, Order, OrderFact
+from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact
 
 SOURCE = "afterglow/orders-ingest"
+QUARANTINED = "quarantined"
+
+QUARANTINED_TOTAL = Counter(
+    "afterglow_ingest_quarantined_total",
+    "Signed deliveries stored but not normalized (status quarantined), by platform",
+    ["platform"],
+)
 
 
 @dataclass(frozen=True)
@@ -43,16 +52,28 @@ def merge_subjects(old: list[str], new: list[str]) -> list[str]:
 @dataclass
 class Outcome:
     delivery_id: str
-    status: str  # processed | archived | duplicate | fetch_pending
+    status: str  # processed | archived | duplicate | fetch_pending | quarantined
     event_ids: list[str] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         return {"delivery_id": self.delivery_id, "status": self.status, "events": self.event_ids}
 
 
+MAX_DEDUPE_KEY = 200
+
+
+def stored_key(dedupe_key: str) -> str:
+    """The dedupe key as stored: a long one (a webhook id header can hold 8 KiB) is
+    replaced by its digest, which the unique index can hold (a btree refuses entries
+    past about 2,700 bytes: the insert failed, a 500)."""
+    if len(dedupe_key) <= MAX_DEDUPE_KEY:
+        return dedupe_key
+    return "sha256:" + hashlib.sha256(dedupe_key.encode()).hexdigest()
+
+
 def delivery_id_for(tenant_id: str, platform: str, dedupe_key: str) -> str:
     # Deterministic: the same delivery arriving twice has the same id.
-    return derived_event_id("ingest-delivery", tenant_id, platform, dedupe_key)
+    return derived_event_id("ingest-delivery", tenant_id, platform, stored_key(dedupe_key))
 
 
 async def store_delivery(
@@ -67,6 +88,7 @@ async def store_delivery(
     received_at: datetime,
     status: str = "received",
     next_attempt_at: datetime | None = None,
+    last_error: str | None = None,
 ) -> str | None:
     """Insert the raw delivery; None when the same delivery was stored before.
 
@@ -80,7 +102,7 @@ async def store_delivery(
             tenant_id=tenant_id,
             platform=platform,
             topic=topic,
-            dedupe_key=dedupe_key,
+            dedupe_key=stored_key(dedupe_key),
             status=status,
             received_at=received_at,
             headers=headers,
@@ -89,6 +111,7 @@ async def store_delivery(
             replays=0,
             attempts=0,
             next_attempt_at=next_attempt_at,
+            last_error=last_error,
         )
         .on_conflict_do_nothing()
         .returning(Delivery.id)
@@ -96,24 +119,78 @@ async def store_delivery(
     return (await session.execute(stmt)).scalar()
 
 
-async def resolve_order(
-    session: AsyncSession, tenant_id: str, order_id: str
-) -> tuple[str | None, c.Money | None]:
+@dataclass(frozen=True)
+class KnownOrder:
+    """What the order book knows of an order that a later payload does not carry."""
+
+    subject: str | None = None
+    total: c.Money | None = None
+    presentment: c.Money | None = None
+
+
+async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
     row = (
         await session.execute(
-            select(Order.subject, Order.total_amount, Order.currency).where(
-                Order.tenant_id == tenant_id, Order.order_id == order_id
-            )
+            select(
+                Order.subject,
+                Order.total_amount,
+                Order.currency,
+                Order.presentment_amount,
+                Order.presentment_currency,
+            ).where(Order.tenant_id == tenant_id, Order.order_id == order_id)
         )
     ).first()
     if row is None:
-        return None, None
+        return KnownOrder()
     total = (
         c.Money(amount=row.total_amount, currency=row.currency)
         if row.total_amount is not None and row.currency
         else None
     )
-    return row.subject, total
+    presentment = (
+        c.Money(amount=row.presentment_amount, currency=row.presentment_currency)
+        if row.presentment_amount is not None and row.presentment_currency
+        else None
+    )
+    return KnownOrder(row.subject, total, presentment)
+
+
+async def count_customer_order(
+    session: AsyncSession, tenant_id: str, subject: str, order_id: str, *, replay: bool
+) -> int:
+    """This order's number among its customer's orders in the order book (1 = first).
+
+    Called once per order, when its order.placed is first emitted. The count is one
+    upsert on the customer's counter row: ``ON CONFLICT DO UPDATE`` locks that row, so
+    a concurrent order of the same customer waits for this transaction and counts
+    after it (two ``SELECT count(*)`` would each miss the other's uncommitted order and
+    both call themselves the first). The number is kept on the order, so a replay
+    re-emits the same one instead of counting the order again."""
+    if replay:
+        seq = (
+            await session.execute(
+                select(Order.customer_order_seq).where(
+                    Order.tenant_id == tenant_id, Order.order_id == order_id
+                )
+            )
+        ).scalar()
+        if seq is not None:
+            return int(seq)
+    bump = pg_insert(CustomerOrderCount).values(tenant_id=tenant_id, subject=subject, orders=1)
+    seq = (
+        await session.execute(
+            bump.on_conflict_do_update(
+                index_elements=["tenant_id", "subject"],
+                set_={"orders": CustomerOrderCount.orders + 1},
+            ).returning(CustomerOrderCount.orders)
+        )
+    ).scalar_one()
+    await session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
+        .values(customer_order_seq=seq)
+    )
+    return int(seq)
 
 
 async def order_id_by_platform_id(
@@ -162,6 +239,8 @@ async def emit(
             subject=o.subject,
             total_amount=o.total.amount if o.total else None,
             currency=o.total.currency if o.total else None,
+            presentment_amount=o.presentment.amount if o.presentment else None,
+            presentment_currency=o.presentment.currency if o.presentment else None,
         )
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
@@ -171,16 +250,16 @@ async def emit(
         subject = item.subject
         order_id = getattr(data, "order_id", None)
         if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
-            known_subject, total = await resolve_order(session, tenant_id, order_id)
-            subject = subject or known_subject
-            data = domain.complete_refund(data, total)
+            known = await resolve_order(session, tenant_id, order_id)
+            subject = subject or known.subject
+            data = domain.complete_refund(data, known.total, known.presentment)
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
         subjects.append(subject)
         fact = domain.fact_key(data)
         part = fact if ids_by_fact and fact is not None else str(index)
-        event_id = derived_event_id("ingest", tenant_id, platform, dedupe_key, part)
+        event_id = derived_event_id("ingest", tenant_id, platform, stored_key(dedupe_key), part)
         if fact is not None and not replay:
             inserted = (
                 await session.execute(
@@ -198,6 +277,13 @@ async def emit(
             ).scalar()
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
+        if isinstance(data, c.OrderPlaced):
+            # The order book's count, in this transaction: every service's "first
+            # order" reads it (catalog.is_first_order).
+            seq = await count_customer_order(
+                session, tenant_id, subject, data.order_id, replay=replay
+            )
+            data = domain.with_order_count(data, seq)
         events.append(
             CloudEvent.new(
                 data,
@@ -249,7 +335,8 @@ async def accept(
         topic=topic,
         dedupe_key=dedupe_key,
         headers=headers,
-        body=body,
+        # customers/redact: stored without the contact data it asks us to forget.
+        body=normalized.stored_body if normalized.stored_body is not None else body,
         received_at=received_at,
     )
     if did is None:
@@ -273,24 +360,72 @@ async def accept(
         for e in normalized.emits
     ):
         await forget_tenant_payloads(session, tenant_id, keep=did)
-    for email in normalized.forget_emails:
-        await forget_customer_payloads(session, tenant_id, email, keep=did)
+    erased = [
+        e.subject
+        for e in normalized.emits
+        if isinstance(e.data, c.CustomerErasureRequested) and e.data.scope == "customer"
+    ]
+    if erased or normalized.forget_emails:
+        await forget_customer_payloads(
+            session, tenant_id, normalized.forget_emails, [s for s in erased if s], keep=did
+        )
     await finish(session, did, "processed", emitted.ids, emitted.subjects)
     return Outcome(did, "processed", emitted.ids)
 
 
+async def quarantine(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    platform: str,
+    topic: str,
+    dedupe_key: str,
+    headers: dict[str, str],
+    body: bytes,
+    reason: str,
+    received_at: datetime,
+) -> Outcome:
+    """Store a verified delivery that could not be normalized, with the reason, and
+    emit nothing. The sender gets a 2xx (a 4xx or 5xx makes Shopify retry for hours and
+    WooCommerce or BigCommerce disable the hook); the operator lists quarantined
+    deliveries and replays them once the normalizer is fixed."""
+    did = await store_delivery(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        topic=topic,
+        dedupe_key=dedupe_key,
+        headers=headers,
+        body=body,
+        received_at=received_at,
+        status=QUARANTINED,
+        last_error=reason[:1000],
+    )
+    if did is None:
+        return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    QUARANTINED_TOTAL.labels(platform).inc()
+    return Outcome(did, QUARANTINED)
+
+
+def quarantine_reason(exc: domain.NormalizationError) -> str:
+    return f"{exc} (field {exc.field})" if exc.field else str(exc)
+
+
 async def forget_customer_payloads(
-    session: AsyncSession, tenant_id: str, email: str, keep: str
+    session: AsyncSession, tenant_id: str, emails: list[str], subjects: list[str], keep: str
 ) -> None:
-    """customers/redact: blank the stored raw deliveries that carry the customer's email
-    (a scan of one tenant's rows, acceptable for a rare request)."""
+    """customers/redact: blank body and headers of the stored raw deliveries about the
+    customer: those that spoke about them (their subject) and those that carry their
+    email anywhere, quarantined ones included (a scan of one tenant's rows, acceptable
+    for a rare request)."""
+    about = [Delivery.subjects.overlap(subjects)] if subjects else []
+    carries = [
+        func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0
+        for email in emails
+    ]
     await session.execute(
         update(Delivery)
-        .where(
-            Delivery.tenant_id == tenant_id,
-            Delivery.id != keep,
-            func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0,
-        )
+        .where(Delivery.tenant_id == tenant_id, Delivery.id != keep, or_(*about, *carries))
         .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
     )
 
@@ -304,6 +439,9 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
         .values(body=b"{}", headers={"x-afterglow-redacted": "shop/redact"})
     )
     await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
+    await session.execute(
+        delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
+    )
 
 
 async def finish(
@@ -319,7 +457,17 @@ async def finish(
 async def normalize(
     session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
 ) -> domain.Normalized:
-    """The platform's normalizer; shared by the receivers and replay."""
+    """The platform's normalizer, shared by the receivers and replay. Any failure, a
+    payload of the wrong shape included, is a NormalizationError (the caller
+    quarantines the delivery); every subject fits an envelope."""
+    with domain.normalization_errors():
+        out = await _normalize(session, tenant_id, platform, topic, payload)
+    return domain.check_subjects(out)
+
+
+async def _normalize(
+    session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
+) -> domain.Normalized:
     if platform == "shopify":
         return domain.normalize_shopify(topic, payload)
     if platform == "woocommerce":

@@ -105,22 +105,24 @@ async def _feed(
 ) -> intake.Outcome | None:
     """One order change, one transaction: a bad order does not block the others."""
     body = json.dumps(payload, separators=(",", ":")).encode()
+    # The same cleaning pass as a webhook's payload (a NUL in a name must not cost the
+    # order here either), and the same quarantine when it cannot be normalized.
+    payload = domain.clean_payload(payload, html_encoded=platform in domain.HTML_ENCODED_PLATFORMS)
     async with runtime.sessionmaker.begin() as session:
         try:
             normalized = await intake.normalize(session, tenant_id, platform, topic, payload)
         except domain.NormalizationError as exc:
-            did = await intake.store_delivery(
+            await intake.quarantine(
                 session,
                 tenant_id=tenant_id,
                 platform=platform,
                 topic=topic,
                 dedupe_key=dedupe_key,
-                headers={"x-afterglow-source": "reconciliation", "x-afterglow-error": str(exc)},
+                headers={"x-afterglow-source": "reconciliation"},
                 body=body,
+                reason=intake.quarantine_reason(exc),
                 received_at=now,
             )
-            if did:
-                await intake.finish(session, did, "failed", [])
             return None
         outcome = await intake.accept(
             session,

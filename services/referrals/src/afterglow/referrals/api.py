@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 from afterglow.referrals import domain
 from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.service import ReferralService
 
-router = APIRouter(prefix="/v1", tags=["referrals"])
+router = service_router(prefix="/v1", tags=["referrals"])
 
 Reader = Annotated[Principal, Depends(require_scope("referrals:read"))]
 Writer = Annotated[Principal, Depends(require_scope("referrals:write"))]
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Id
+# What a code may look like on the way in (normalized and checked by find_code).
+CodeParam = Annotated[str, StringConstraints(min_length=1, max_length=40), NoControls]
 
 
 def _svc(request: Request) -> ReferralService:
@@ -81,7 +87,7 @@ async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
 
 @router.get("/codes/{code}", summary="Look up a referral code")
 async def get_code(
-    code: Annotated[str, Path(min_length=1, max_length=40)],
+    code: CodeParam,
     principal: Reader,
     session: Session,
     svc: Svc,
@@ -156,8 +162,8 @@ async def advocate_referrals(
 
 class AttributionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    order_id: str = Field(min_length=1, max_length=100)
-    code: str = Field(min_length=1, max_length=40)
+    order_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]
+    code: CodeParam
 
 
 @router.post("/attributions", status_code=201, summary="Attribute a known order to a code")
@@ -182,12 +188,12 @@ async def attribute(
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: Literal["approve", "reject"]
-    note: str | None = Field(default=None, max_length=1000)
+    note: Annotated[str, StringConstraints(max_length=1000), NoControlsMultiline] | None = None
 
 
 @router.post("/referrals/{referral_id}/review", summary="Approve or reject a held referral")
 async def review(
-    referral_id: Annotated[str, Path(max_length=100)],
+    referral_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls],
     body: ReviewIn,
     principal: Writer,
     session: Session,
@@ -213,7 +219,10 @@ class SettingsIn(BaseModel):
     default. Day counts must be JSON integers: "30" or 30.5 is a mistake, not a 30."""
 
     model_config = ConfigDict(extra="forbid")
-    share_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=500)
+    share_base_url: (
+        Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=500), NoControls]
+        | None
+    ) = None
     return_window_days: int | None = Field(
         default=None,
         ge=domain.RETURN_WINDOW_DAYS[0],
@@ -328,3 +337,53 @@ async def metrics(principal: Reader, session: Session) -> MetricsOut:
         revenue=revenue["confirmed"],
         pending_revenue=revenue["open"],
     )
+
+
+# --- the share link ---------------------------------------------------------------------
+
+share_links = service_router(tags=["share links"])
+
+_SHARE_PAGE = (
+    "<!doctype html><html lang=en><meta charset=utf-8>"
+    "<meta name=viewport content='width=device-width,initial-scale=1'>"
+    "<meta name=robots content=noindex><title>{title}</title>"
+    "<body style='font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem'>"
+    "<h1 style='font-size:1.4rem'>{title}</h1><p>{text}</p></body></html>"
+)
+# Nothing to cache (a tenant may set its shop URL later) and nothing to pass on.
+_SHARE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+@share_links.get(
+    "/r/{tenant_id}",
+    summary="Follow an advocate's share link: on to the shop, with the code",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={
+        302: {"description": "to the shop, with ?ref=CODE"},
+        200: {"description": "no shop URL is known: a page showing the code"},
+        404: {"description": "no such code"},
+    },
+)
+async def follow_share_link(tenant_id: Id, ref: CodeParam, session: Session, svc: Svc) -> Response:
+    """The default share link (``PUBLIC_BASE_URL/r/{tenant}?ref=CODE``, when the tenant
+    set no share URL of its own). The friend goes on to the shop the tenant set since,
+    or to REFERRALS_SHOP_URL, with the code as ``?ref=``, the landing-site parameter
+    ingest reads; without a known shop, a page shows the code to use at checkout."""
+    code = await svc.find_code(session, tenant_id, ref)
+    if code is None:
+        page = _SHARE_PAGE.format(
+            title="This invitation has ended",
+            text="The referral code in this link is no longer valid.",
+        )
+        return HTMLResponse(page, status_code=404, headers=_SHARE_HEADERS)
+    landing = await svc.landing_url(session, tenant_id)
+    if landing is not None:
+        return RedirectResponse(
+            domain.share_url(landing, code.code), status_code=302, headers=_SHARE_HEADERS
+        )
+    page = _SHARE_PAGE.format(
+        title="You were invited",
+        text=f"Use the code <strong>{html.escape(code.code)}</strong> at checkout.",
+    )
+    return HTMLResponse(page, headers=_SHARE_HEADERS)

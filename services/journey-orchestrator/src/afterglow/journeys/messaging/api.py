@@ -7,16 +7,16 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
-from afterglow.events.catalog import MessageKind, MessageRequested
+from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -41,33 +41,39 @@ from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, Instant, JsonObject, NoControls, NoControlsMultiline
 
-router = APIRouter(tags=["messaging"])
+router = service_router(tags=["messaging"])
 Channel = Literal["email", "sms"]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A template's name in a path or a request: what NAME accepts, refused with 422 before
+# it reaches a query.
+TemplateName = Annotated[str, StringConstraints(pattern=NAME.pattern)]
 
 Write = Depends(require_scope("messages:write"))
 Read = Depends(require_scope("messages:read"))
 
 
 class TemplateIn(BaseModel):
-    subject: str | None = Field(default=None, max_length=1000)
-    html: str | None = Field(default=None, max_length=100_000)
-    text: str = Field(max_length=100_000)
+    subject: Annotated[str, StringConstraints(max_length=1000), NoControls] | None = None
+    html: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline] | None = None
+    text: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline]
 
 
 class PreviewIn(BaseModel):
     template: TemplateIn | None = None  # a draft; default: the saved (or default) one
-    variables: dict[str, Any] = Field(default_factory=dict)
-    customer: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
+    customer: JsonObject = Field(default_factory=dict)
     # the order the preview is about (default: a sample one); null previews "no order"
-    order: dict[str, Any] | None = Field(default_factory=lambda: dict(SAMPLE_ORDER))
+    order: JsonObject | None = Field(default_factory=lambda: dict(SAMPLE_ORDER))
 
 
 class EndpointIn(BaseModel):
-    url: str = Field(max_length=2000, pattern=r"^https?://")
-    secret: str = Field(max_length=200)
+    url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://"), NoControls]
+    secret: Annotated[str, StringConstraints(max_length=200), NoControls]
 
     @field_validator("secret")
     @classmethod
@@ -89,9 +95,11 @@ class PolicyIn(BaseModel):
     frequency_cap: int = Field(default=3, ge=1, le=100)
     frequency_window_days: int = Field(default=7, ge=1, le=90)
     default_channel: Channel = "email"
-    default_timezone: str = "UTC"
+    default_timezone: Annotated[str, StringConstraints(max_length=100), NoControls] = "UTC"
     # {{ shop_name }} in every message unless its request says otherwise
-    shop_name: str | None = Field(default=None, min_length=1, max_length=200)
+    shop_name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200), NoControls] | None
+    ) = None
 
     @field_validator("default_timezone")
     @classmethod
@@ -139,7 +147,11 @@ def _template_out(
     "/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)"
 )
 async def put_template(
-    kind: str, channel: Channel, body: TemplateIn, session: Session, principal: Principal = Write
+    kind: TemplateName,
+    channel: Channel,
+    body: TemplateIn,
+    session: Session,
+    principal: Principal = Write,
 ) -> dict[str, Any]:
     template = _template(kind, channel, body)
     try:
@@ -164,7 +176,7 @@ async def put_template(
 
 @router.delete("/v1/messaging/templates/{kind}/{channel}", summary="Revert to the default template")
 async def delete_template(
-    kind: str, channel: Channel, session: Session, principal: Principal = Write
+    kind: TemplateName, channel: Channel, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
     row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
     if row is not None:
@@ -199,7 +211,11 @@ async def list_templates(session: Session, principal: Principal = Read) -> dict[
     summary="Render a template against sample data",
 )
 async def preview_template(
-    kind: str, channel: Channel, body: PreviewIn, session: Session, principal: Principal = Read
+    kind: TemplateName,
+    channel: Channel,
+    body: PreviewIn,
+    session: Session,
+    principal: Principal = Read,
 ) -> dict[str, Any]:
     if body.template is not None:
         template: Template | None = _template(kind, channel, body.template)
@@ -301,16 +317,27 @@ async def get_settings(session: Session, principal: Principal = Read) -> dict[st
 
 
 class MessageIn(BaseModel):
-    customer_id: str = Field(min_length=1, max_length=200)
-    request_id: str = Field(min_length=1, max_length=200)
+    customer_id: Id
+    request_id: Id
     kind: MessageKind
-    template: str | None = Field(default=None, max_length=64)
+    template: TemplateName | None = None
     category: Literal["transactional", "marketing"] = "marketing"
     priority: Literal["high", "normal", "low"] = "normal"
     channel: Channel | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-    order_id: str | None = Field(default=None, max_length=100)
-    not_before: datetime | None = None
+    variables: JsonObject = Field(default_factory=dict)
+    order_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls] | None = (
+        None
+    )
+    not_before: Instant | None = None
+
+    @model_validator(mode="after")
+    def _carries_its_variables(self) -> MessageIn:
+        # The event's own rule, checked here: failing later, in MessageRequested(...),
+        # was a ValidationError inside the route (a 500) instead of a 422.
+        missing = MESSAGE_VARIABLES[self.kind] - self.variables.keys()
+        if missing:
+            raise ValueError(f"variables: a {self.kind} message needs {sorted(missing)}")
+        return self
 
 
 @router.post("/v1/messages", status_code=202, summary="Request a message (as message.requested)")
@@ -320,8 +347,6 @@ async def request_message(
     """For callers outside the event bus (and ``make dev``): the request goes out as
     ``message.requested`` through the outbox, and comes back in through the same
     consumer as every service's requests, so it gets the same de-duplication and policy."""
-    if body.not_before is not None and body.not_before.tzinfo is None:
-        raise Unprocessable("not_before needs a time zone", field="not_before")
     runtime = runtime_of(request)
     data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
     event = CloudEvent.new(
@@ -337,9 +362,11 @@ async def request_message(
 
 @router.get("/v1/customers/{customer_id}/messages", summary="The message log of one customer")
 async def customer_messages(
-    customer_id: str, session: Session, principal: Principal = Read, limit: int = 100
+    customer_id: Id,
+    session: Session,
+    principal: Principal = Read,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    limit = max(1, min(limit, 500))
     messages = list(
         (
             await session.execute(
@@ -409,8 +436,10 @@ def _page(title: str, text: str, status: int = 200, form: str = "") -> HTMLRespo
     return HTMLResponse(
         _PAGE.format(title=title, text=text, form=form),
         status_code=status,
-        # The token is in the URL: keep it out of referrers and shared caches.
-        headers={"referrer-policy": "no-referrer", "cache-control": "no-store"},
+        # The token is in the URL: keep it out of other sites' referrers (same-origin,
+        # not no-referrer, under which the button would post "Origin: null") and out of
+        # shared caches.
+        headers={"referrer-policy": REFERRER_POLICY, "cache-control": "no-store"},
     )
 
 
@@ -420,6 +449,11 @@ def _parse_link(request: Request, token: str) -> tuple[str, str, str] | None:
 
 
 _INVALID = ("Invalid link", "This unsubscribe link is not valid.")
+
+
+def _public_url(request: Request) -> str:
+    runtime = runtime_of(request)
+    return messaging_settings(runtime).public_url or runtime.settings.public_base_url
 
 
 # GET only asks: mail security scanners and prefetchers follow every link in a message,
@@ -442,6 +476,14 @@ async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
 # (List-Unsubscribe-Post). Repeating it is harmless.
 @router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
 async def unsubscribe(token: str, request: Request, session: Session) -> HTMLResponse:
+    refused = cross_site_post(request, _public_url(request))
+    if refused is not None:
+        return _page(
+            "Not unsubscribed",
+            f"This request came from another site: {refused}. Please open the link in our "
+            "message and press the button there.",
+            status=403,
+        )
     parsed = _parse_link(request, token)
     if parsed is None:
         return _page(*_INVALID, status=404)

@@ -15,6 +15,7 @@ from afterglow.events.catalog import (
     CustomerUnsubscribed,
     MessageRequested,
     OrderPlaced,
+    is_anonymous_subject,
 )
 from afterglow.journeys.messaging import store
 from afterglow.journeys.messaging.models import Message
@@ -29,6 +30,8 @@ def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
 
     async def order_placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderPlaced = event.data
+        if is_anonymous_subject(event.subject):
+            return  # an order without a customer: no contact to keep
         c = data.customer
         await store.upsert_contact(
             session,
