@@ -382,18 +382,25 @@ class EventConsumer:
                     )
             STALLED.labels(self.name).set(len(self._stalls))
             if offsets:
-                try:
-                    await consumer.commit(offsets)
-                    self.last_commit = time.time()
-                    LAST_COMMIT.labels(self.name).set(self.last_commit)
-                except CommitFailedError:
-                    # The group rebalanced under us; the new owner re-reads these
-                    # records and the inbox drops what was already applied.
-                    log.warning("offset commit failed after rebalance", exc_info=True)
-                except KafkaError:
-                    # The broker is away: the records are applied (the inbox has them),
-                    # so reading them again after a restart costs nothing but time.
-                    log.warning("offset commit failed; records will be re-read", exc_info=True)
+                await self._commit_offsets(consumer, offsets)
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        """After the batch's transactions committed; a crash before this re-reads the
+        batch, and the inbox drops what it applied (the crash tests stop here)."""
+        try:
+            await consumer.commit(offsets)
+            self.last_commit = time.time()
+            LAST_COMMIT.labels(self.name).set(self.last_commit)
+        except CommitFailedError:
+            # The group rebalanced under us; the new owner re-reads these
+            # records and the inbox drops what was already applied.
+            log.warning("offset commit failed after rebalance", exc_info=True)
+        except KafkaError:
+            # The broker is away: the records are applied (the inbox has them),
+            # so reading them again after a restart costs nothing but time.
+            log.warning("offset commit failed; records will be re-read", exc_info=True)
 
     def _stall(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, cause: BaseException
