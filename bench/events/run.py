@@ -1,8 +1,9 @@
 """Throughput of the event runtime on the embedded stack, each against a floor in the
 same run (the machines are shared and noisy: the ratio is the figure that travels).
 
-* consumer: EventConsumer applying N events (inbox insert + handler, one transaction
-  each, offsets after commit) vs a bare aiokafka consumer reading the same N records;
+* consumer: EventConsumer applying N events (one transaction per partition per getmany:
+  one multi-row inbox claim + the handler for each new event, offsets after commit) vs
+  a bare aiokafka consumer reading the same N records;
 * relay: OutboxRelay publishing N committed outbox rows and marking them sent vs a bare
   producer sending the same N records.
 
@@ -139,7 +140,7 @@ async def bench(database_url: str, kafka: KafkaConfig, n: int) -> None:
     print(
         f"consumer {runtime_rate:8.0f} events/s   floor bare consumer {bare_read:8.0f}/s"
         f"   ratio {runtime_rate / bare_read:.3f}"
-        "   (each event: its own transaction with the inbox insert)"
+        "   (one transaction per partition per getmany, one inbox claim per batch)"
     )
 
 
