@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
 
-from afterglow.events import PermanentError, to_record
+from afterglow.events import BatchHandler, PermanentError, to_record
 from afterglow.events.testing import TopicTap, eventually
 
 
@@ -142,6 +142,43 @@ class TestOneTransactionPerBatch:
         assert dict(letter.headers)["ce_id"] == poison.id.encode()
         assert dict(letter.headers)["x-attempts"] == b"1", "poison is not retried"
         assert await applied_counts(sessionmaker, applied, tenant_id) == {}
+
+    async def test_a_batch_handler_gets_the_new_events_as_one_list_in_order(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        calls: list[list[str]] = []
+
+        async def apply_all(session, events):
+            ours = [e for e in events if e.tenantid == tenant_id]
+            if not ours:
+                return
+            calls.append([e.id for e in ours])
+            txid = await session.scalar(text("SELECT txid_current()"))
+            await session.execute(
+                applied_in_order.insert(),
+                [dict(tenant_id=tenant_id, event_id=e.id, txid=txid) for e in ours],
+            )
+
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=BatchHandler(apply_all),
+        )
+        a, b, c = (ticket_event(tenant_id, "c-1") for _ in range(3))
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            await publish_together(producer, *(to_record(e) for e in (a, b, marker, a, c)))
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: c.id in {e for e, _ in rows},
+                timeout=60,
+            )
+        assert [e for e, _ in rows] == [marker.id, a.id, b.id, c.id]
+        assert calls[-1] == [a.id, b.id, c.id], "one call, repeats left out, in order"
 
 
 def _spawn(script, *args):
