@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 
 from schema import applied_in_order, tally
 from sqlalchemy import select, text
@@ -179,6 +180,32 @@ class TestOneTransactionPerBatch:
             )
         assert [e for e, _ in rows] == [marker.id, a.id, b.id, c.id]
         assert calls[-1] == [a.id, b.id, c.id], "one call, repeats left out, in order"
+
+    async def test_max_records_bounds_the_records_of_one_transaction(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=recording(tenant_id),
+            max_records=2,
+        )
+        events = [ticket_event(tenant_id, "c-1") for _ in range(5)]
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            await publish_together(producer, *(to_record(e) for e in events))
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: events[-1].id in {e for e, _ in rows},
+                timeout=60,
+            )
+        assert [e for e, _ in rows] == [marker.id, *(e.id for e in events)]
+        per_transaction = Counter(tx for _, tx in rows[1:])
+        assert max(per_transaction.values()) == 2, per_transaction
 
 
 def _spawn(script, *args):
