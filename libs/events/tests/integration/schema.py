@@ -3,7 +3,7 @@ records every application of an event (duplicates would show as extra rows)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, MetaData, Table, Text, text
+from sqlalchemy import ARRAY, BigInteger, Column, Integer, MetaData, Table, Text, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from afterglow.events import event_tables
@@ -19,6 +19,25 @@ applied = Table(
     Column("tenant_id", Text, nullable=False),
     Column("consumer", Text, nullable=False),
 )
+# Each application with its order and its transaction (only committed ones remain).
+applied_in_order = Table(
+    "applied_in_order",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("txid", BigInteger, nullable=False),
+)
+# Per customer: how many events were applied and which, in order (a read-modify-write
+# that loses an update when two transactions apply one customer at once).
+tally = Table(
+    "tally",
+    metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("customer", Text, primary_key=True),
+    Column("n", Integer, nullable=False),
+    Column("seen", ARRAY(Text), nullable=False),
+)
 
 
 async def install(engine: AsyncEngine) -> None:
@@ -30,8 +49,8 @@ async def install(engine: AsyncEngine) -> None:
                 {"s": SCHEMA},
             )
         ).first()
-        if exists:
-            return
-        await conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
-        await conn.run_sync(lambda c: create_event_tables(c, TABLES))
-        await conn.run_sync(lambda c: applied.create(c))
+        if not exists:
+            await conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+            await conn.run_sync(lambda c: create_event_tables(c, TABLES))
+        for table in (applied, applied_in_order, tally):
+            await conn.run_sync(lambda c, t=table: t.create(c, checkfirst=True))

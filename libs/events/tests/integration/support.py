@@ -42,7 +42,17 @@ async def running(*coros_or_objects):
 
 
 def make_consumer(
-    tenant, sessionmaker, tables, kafka, producer, applied, *, handler=None, group=None, retry=None
+    tenant,
+    sessionmaker,
+    tables,
+    kafka,
+    producer,
+    applied,
+    *,
+    handler=None,
+    group=None,
+    retry=None,
+    max_records=None,
 ):
     group = group or f"test-{uuid.uuid4().hex[:8]}"
 
@@ -61,6 +71,7 @@ def make_consumer(
         handlers={EVENT_TYPE: handler or record},
         dlq_producer=producer,
         retry=retry or RetryPolicy(attempts=3, base_delay_s=0.05),
+        max_records=max_records,
     )
 
 

@@ -1,6 +1,8 @@
 """A consumer or relay in a process of its own, so that tests can SIGKILL it.
 
 python worker.py consume <group> <tenant> <delay_s>
+python worker.py consume-crash <group> <tenant>   (commits the first transaction that
+    applied one of the tenant's events, then dies before committing its offsets)
 python worker.py relay-crash   (publishes one batch, then dies before marking it sent)
 """
 
@@ -26,7 +28,19 @@ def kafka() -> KafkaConfig:
     )
 
 
-async def consume(group: str, tenant: str, delay: float) -> None:
+class CrashBeforeOffsetCommit(EventConsumer):
+    """Dies between a batch's committed transaction and its offset commit."""
+
+    applied_ours = False
+
+    async def _commit_offsets(self, consumer, offsets):  # type: ignore[no-untyped-def]
+        if self.applied_ours:
+            print("transaction committed, dying before the offset commit", flush=True)
+            os._exit(137)  # as abrupt as SIGKILL
+        await super()._commit_offsets(consumer, offsets)
+
+
+async def consume(group: str, tenant: str, delay: float, *, crash: bool = False) -> None:
     engine = create_async_engine(os.environ["DATABASE_URL"])
     producer = build_producer(kafka())
     await producer.start()
@@ -38,8 +52,10 @@ async def consume(group: str, tenant: str, delay: float) -> None:
             applied.insert().values(event_id=event.id, tenant_id=event.tenantid, consumer=group)
         )
         await asyncio.sleep(delay)  # slow enough to be killed in the middle of a batch
+        if crash:
+            consumer.applied_ours = True  # type: ignore[attr-defined]
 
-    consumer = EventConsumer(
+    consumer = (CrashBeforeOffsetCommit if crash else EventConsumer)(
         name=group,
         kafka=kafka(),
         sessionmaker=async_sessionmaker(engine),
@@ -70,5 +86,7 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "consume":
         asyncio.run(consume(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    elif mode == "consume-crash":
+        asyncio.run(consume(sys.argv[2], sys.argv[3], 0.0, crash=True))
     else:
         asyncio.run(relay_crash())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from afterglow.events import CloudEvent, to_record
 from afterglow.events import catalog as c
 
 from ..conftest import DAY, Orchestrator, new_customer, order_placed
@@ -136,3 +137,40 @@ async def test_erasure_stops_the_journey_and_wipes_the_profile(
     assert inst["order_id"] is None and inst["anchors"] == {}
     assert j["profile"]["timezone"] is None and j["profile"]["consent"] is False
     assert j["profile"]["orders_count"] == 1  # aggregates remain
+
+
+async def test_placed_and_refunded_in_one_batch_apply_in_order_and_exit(
+    orch: Orchestrator, tenant_id: str
+) -> None:
+    """One produce request, one fetch, one transaction for both: the refund sees the
+    instance its order started a moment earlier in the same transaction."""
+    h = await orch.headers(tenant_id)
+    customer = new_customer()
+    now = orch.clock.now()
+    events = [
+        CloudEvent.new(data, tenant_id=tenant_id, subject=customer, source="tests", time=now)
+        for data in (
+            order_placed("b-1", now),
+            c.OrderDelivered(order_id="b-1", delivered_at=now, reported_by="api"),
+            c.OrderRefunded(
+                order_id="b-1",
+                refund_id="rf-b-1",
+                refunded_at=now,
+                amount=c.Money(amount=5000, currency="USD"),
+                full=True,
+            ),
+        )
+    ]
+    for e in events:
+        r = to_record(e)
+        await orch.producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+    await orch.producer.flush()
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["status"] == "exited"
+    )
+    inst = j["instances"][0]
+    assert len(j["instances"]) == 1
+    assert inst["next_timer"] is None, "the check-in the delivery scheduled is cancelled"
+    assert inst["history"][0]["cause"] == events[0].id
+    assert inst["history"][-1]["cause"] == events[2].id
+    assert j["profile"]["orders_count"] == 1

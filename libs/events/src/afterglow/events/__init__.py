@@ -5,6 +5,7 @@ through :class:`EventConsumer` (inbox, retries, DLQ). See DESIGN.md, "Delivery g
 """
 
 from afterglow.events import catalog
+from afterglow.events.batch import BatchHandler, EventHandler
 from afterglow.events.catalog import EVENT_TYPES, EventData, Money, topic_for
 from afterglow.events.consumer import EventConsumer, Handler
 from afterglow.events.envelope import (
@@ -33,9 +34,11 @@ from afterglow.events.topics import TOPICS, Topic, ensure_topics
 __all__ = [
     "EVENT_TYPES",
     "TOPICS",
+    "BatchHandler",
     "CloudEvent",
     "EventConsumer",
     "EventData",
+    "EventHandler",
     "EventTables",
     "Handler",
     "InvalidEventData",

@@ -1,29 +1,48 @@
-"""The consumer runtime: inbox, retries that outlast outages, dead letters, offsets
-after commit.
+"""The consumer runtime: inbox, a batch at a time, retries that outlast outages, dead
+letters, offsets after commit.
 
-For every record of a batch (``getmany``), partitions in parallel, records of one
-partition in order:
+Every ``getmany`` returns records of several partitions; partitions are processed in
+parallel, and the records of one partition as ONE unit of work, in order:
 
-1. parse the envelope; a malformed record or an unknown type goes to ``<topic>.dlq``;
-2. types this consumer has no handler for are acknowledged and skipped;
-3. one database transaction inserts the event id into the service's inbox and runs the
-   handler; a duplicate id (a redelivery, a repeated webhook) is skipped, so every
-   event is applied once;
-4. a failure is judged by :func:`afterglow.events.failures.classify`:
+1. each record is parsed on its own; a malformed record or an unknown type is poison
+   and goes to ``<topic>.dlq`` without spoiling the rest of the batch; types this
+   consumer has no handler for are acknowledged and skipped;
+2. ONE database transaction claims the ids of the events in the service's inbox with
+   one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` and hands only the new
+   events to their handlers, in partition order (:mod:`afterglow.events.batch`: a
+   per-event handler ``handle(session, event)`` is called for each, a
+   :class:`~afterglow.events.batch.BatchHandler` gets the list). A repeated id (a
+   redelivery, a repeated webhook, twice in one batch) is applied once;
+3. a failure rolls the transaction back and is judged by
+   :func:`afterglow.events.failures.classify`:
 
-   * poison (bad schema, a deterministic rejection) goes to the DLQ at once;
-   * transient (PostgreSQL or the broker away, a deadlock) stalls the partition: it is
-     sought back to the failed record and paused for a capped exponential backoff,
-     then resumed where it stopped, for as long as the outage lasts; nothing is
-     dead-lettered and no offset moves past it. The other partitions, the poll loop
-     and rebalances carry on meanwhile, and ``/readyz`` reports the stall;
-   * unknown (a handler bug) is retried in place a bounded number of times
-     (:class:`RetryPolicy`), then dead-lettered, so a partition is never blocked for
-     ever and nothing is dropped silently;
-5. offsets are committed only after the transactions of the batch have committed.
+   * transient (PostgreSQL or the broker away, a deadlock, a serialization failure)
+     stalls the partition: it is sought back to the first record not committed and
+     paused for a capped exponential backoff, then the batch is tried again, for as
+     long as the outage lasts; nothing is dead-lettered and no offset moves past it.
+     The other partitions, the poll loop and rebalances carry on meanwhile, and
+     ``/readyz`` reports the stall;
+   * otherwise the batch is split in two and each half applied in order (each its
+     own transaction), down to the record that fails. That record alone is judged by
+     the per-record rule: poison (bad schema, a deterministic rejection) goes to the
+     DLQ at once; unknown (a handler bug) is retried in place a bounded number of times
+     (:class:`RetryPolicy`), then dead-lettered. The records before and after it
+     commit, in order, and the partition keeps flowing.
 
-A crash anywhere re-delivers from the last committed offset, and the inbox drops what
-was already applied: at-least-once delivery, exactly-once effect.
+   Later events of the same key as a dead-lettered one are still applied (a customer's
+   refund after their order was dead-lettered): that is what one-by-one consumption
+   always did, and holding a key back would need a parking lot per key that outlives
+   the batch. ``afterglow dlq redrive`` puts the letter back once its cause is fixed;
+4. offsets are committed only after the transactions that applied the records and the
+   DLQ sends of the poison ones; the committed offset never passes a record that is
+   neither.
+
+A crash anywhere re-delivers from the last committed offset (a batch whose transaction
+committed but whose offset did not is read again) and the inbox drops what was already
+applied: at-least-once delivery, exactly-once effect.
+
+A batch is at most ``max_records`` records (default ``KafkaConfig.max_poll_records``),
+which bounds both the transaction's size and the locks it holds.
 
 Offsets ahead of the log (a broker that came back empty, a topic deleted and created
 again) would make the consumer wait for records that already exist below its
@@ -50,9 +69,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from afterglow.events.batch import (
+    BatchHandler,
+    EventHandler,
+    Handler,
+    apply_in_one_transaction,
+    inbox_claim,
+)
 from afterglow.events.catalog import topic_for
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent, MalformedEvent, from_record
@@ -69,8 +94,6 @@ from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
 
 EVENTS = Counter(
     "afterglow_events_consumed_total", "Events seen by a consumer", ["consumer", "outcome"]
@@ -96,7 +119,9 @@ OFFSET_RESETS = Counter(
 )
 
 __all__ = [
+    "BatchHandler",
     "EventConsumer",
+    "EventHandler",
     "Handler",
     "PermanentError",
     "RetryPolicy",
@@ -140,9 +165,27 @@ class _Reset:
 
 
 @dataclass(frozen=True)
+class _Item:
+    """A parsed record with a handler: work for a transaction."""
+
+    record: ConsumerRecord
+    event: CloudEvent[Any]
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class _Dead:
+    """A poison record to dead-letter once the records before it are committed."""
+
+    record: ConsumerRecord
+    error: BaseException
+    attempts: int
+
+
+@dataclass(frozen=True)
 class _PartitionResult:
     tp: TopicPartition
-    next_offset: int | None  # to commit
+    next_offset: int  # to commit
     retry: tuple[int, BaseException] | None = None  # (offset, cause) to stall at
 
 
@@ -195,13 +238,14 @@ class EventConsumer:
         poll_timeout_ms: int = 500,
         offset_check_interval_s: float = 10.0,
         recreate_topics: Callable[[], Awaitable[object]] | None = None,
+        max_records: int | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
         self.name = name
         self._kafka = kafka
         self._sessionmaker = sessionmaker
-        self._inbox = tables.inbox
+        self._claim = inbox_claim(tables.inbox)
         self._handlers = dict(handlers)
         self._dlq = dlq_producer
         self._retry = retry or RetryPolicy()
@@ -209,6 +253,8 @@ class EventConsumer:
         self._poll_timeout_ms = poll_timeout_ms
         self._offset_check_interval = offset_check_interval_s
         self._recreate_topics = recreate_topics
+        # Records per getmany over all partitions: bounds a transaction and its locks.
+        self._max_records = max_records or kafka.max_poll_records
         self._consumer: AIOKafkaConsumer | None = None
         # Held while a batch is in flight; a rebalance waits for it, so the batch's
         # offsets are committed before its partitions move to another member.
@@ -283,7 +329,7 @@ class EventConsumer:
                 self._resume_due(consumer)
                 batch = await consumer.getmany(
                     timeout_ms=self._poll_timeout(),
-                    max_records=self._kafka.max_poll_records,
+                    max_records=self._max_records,
                 )
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
@@ -326,8 +372,7 @@ class EventConsumer:
             )
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for result in results:
-                if result.next_offset is not None:
-                    offsets[result.tp] = OffsetAndMetadata(result.next_offset, "")
+                offsets[result.tp] = OffsetAndMetadata(result.next_offset, "")
                 if result.retry is not None:
                     self._stall(consumer, result.tp, *result.retry)
                 elif result.tp in self._stalls:
@@ -342,20 +387,27 @@ class EventConsumer:
                     )
             STALLED.labels(self.name).set(len(self._stalls))
             if offsets:
-                try:
-                    await consumer.commit(offsets)
-                    self._broker_problem = None
-                    self.last_commit = time.time()
-                    LAST_COMMIT.labels(self.name).set(self.last_commit)
-                except CommitFailedError:
-                    # The group rebalanced under us; the new owner re-reads these
-                    # records and the inbox drops what was already applied.
-                    log.warning("offset commit failed after rebalance", exc_info=True)
-                except KafkaError as exc:
-                    # The broker is away: the records are applied (the inbox has them),
-                    # so reading them again after a restart costs nothing but time.
-                    self._broker_problem = f"offset commit failed: {type(exc).__name__}"
-                    log.warning("offset commit failed; records will be re-read", exc_info=True)
+                await self._commit_offsets(consumer, offsets)
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        """After the batch's transactions committed; a crash before this re-reads the
+        batch, and the inbox drops what it applied (the crash tests stop here)."""
+        try:
+            await consumer.commit(offsets)
+            self._broker_problem = None
+            self.last_commit = time.time()
+            LAST_COMMIT.labels(self.name).set(self.last_commit)
+        except CommitFailedError:
+            # The group rebalanced under us; the new owner re-reads these
+            # records and the inbox drops what was already applied.
+            log.warning("offset commit failed after rebalance", exc_info=True)
+        except KafkaError as exc:
+            # The broker is away: the records are applied (the inbox has them),
+            # so reading them again after a restart costs nothing but time.
+            self._broker_problem = f"offset commit failed: {type(exc).__name__}"
+            log.warning("offset commit failed; records will be re-read", exc_info=True)
 
     def _stall(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, cause: BaseException
@@ -386,66 +438,104 @@ class EventConsumer:
     async def _process_partition(
         self, tp: TopicPartition, records: list[ConsumerRecord]
     ) -> _PartitionResult:
-        next_offset = None
+        """Apply the records of one partition in one transaction (split on failure),
+        then dead-letter the poison ones; the offset to commit stops at the first
+        record that is neither applied nor parked in the DLQ."""
+        work: list[_Item] = []
+        dead: list[_Dead] = []
         for record in records:
             try:
-                await self._process_record(record)
-            except _RetryLater as retry:
-                return _PartitionResult(tp, next_offset, (record.offset, retry.cause))
-            except Exception as exc:  # a bug of ours: read it again rather than skip it
-                log.exception("could not apply or dead-letter a record; will re-read it")
-                return _PartitionResult(tp, next_offset, (record.offset, exc))
-            next_offset = record.offset + 1
-        return _PartitionResult(tp, next_offset)
-
-    async def _process_record(self, record: ConsumerRecord) -> None:
-        """Apply or dead-letter one record; raise :class:`_RetryLater` to stall here."""
+                event = from_record(record.key, record.value, record.headers)
+            except MalformedEvent as exc:
+                # Poison on its own: the batch goes on without it.
+                EVENTS.labels(self.name, "malformed").inc()
+                dead.append(_Dead(record, exc, attempts=0))
+                continue
+            handler = self._handlers.get(event.type)
+            if handler is None:
+                EVENTS.labels(self.name, "ignored").inc()
+                continue
+            work.append(_Item(record, event, handler))
         try:
-            event = from_record(record.key, record.value, record.headers)
-        except MalformedEvent as exc:
-            EVENTS.labels(self.name, "malformed").inc()
-            await self._dead_letter(record, exc, attempts=0)
-            return
-        handler = self._handlers.get(event.type)
-        if handler is None:
-            EVENTS.labels(self.name, "ignored").inc()
-            return
-        with event_context(event.id, event.traceparent):
-            attempt = 0
-            while True:
+            retry = await self._apply_span(work, dead)
+        except Exception as exc:  # a bug of ours: read it again rather than skip it
+            log.exception("could not apply a batch; will re-read it")
+            retry = (records[0].offset, exc)
+        limit = retry[0] if retry is not None else records[-1].offset + 1
+        for letter in sorted(dead, key=lambda d: d.record.offset):
+            if letter.record.offset >= limit:
+                break  # read again after the stall, judged again then
+            try:
+                await self._dead_letter(letter.record, letter.error, attempts=letter.attempts)
+            except _RetryLater as later:
+                # Applied records after it are in the inbox: re-reading them is free.
+                return _PartitionResult(
+                    tp, letter.record.offset, (letter.record.offset, later.cause)
+                )
+        return _PartitionResult(tp, limit, retry)
+
+    async def _apply_span(
+        self, items: list[_Item], dead: list[_Dead]
+    ) -> tuple[int, BaseException] | None:
+        """Apply ``items`` in one transaction; on failure split them in two and apply
+        each half in order, down to the record that fails. Returns where to stall on a
+        transient failure (everything before it is committed), else None."""
+        if not items:
+            return None
+        try:
+            await self._apply(items)
+            return None
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict is Verdict.TRANSIENT:
+                return (items[0].record.offset, exc)
+            if len(items) == 1:
+                return await self._retry_one(items[0], exc, verdict, dead)
+            log.info(
+                "batch failed; splitting it to find the record that fails",
+                extra={"records": len(items), "error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+        mid = len(items) // 2
+        retry = await self._apply_span(items[:mid], dead)
+        if retry is not None:
+            return retry
+        return await self._apply_span(items[mid:], dead)
+
+    async def _retry_one(
+        self, item: _Item, exc: BaseException, verdict: Verdict, dead: list[_Dead]
+    ) -> tuple[int, BaseException] | None:
+        """One record that failed alone: poison goes to the DLQ now, an unknown failure
+        is tried again a bounded number of times (:class:`RetryPolicy`)."""
+        attempt = 1
+        with event_context(item.event.id, item.event.traceparent):
+            while not self._retry.gives_up(verdict, attempt):
+                log.warning(
+                    "handler failed, retrying",
+                    extra={"attempt": attempt, "event_type": item.event.type},
+                    exc_info=exc,
+                )
+                await asyncio.sleep(self._retry.delay(attempt))
                 attempt += 1
                 try:
-                    applied = await self._apply(handler, event)
-                    EVENTS.labels(self.name, "applied" if applied else "duplicate").inc()
-                    return
-                except Exception as exc:
-                    verdict = classify(exc)
+                    await self._apply([item])
+                    return None
+                except Exception as again:
+                    exc, verdict = again, classify(again)
                     if verdict is Verdict.TRANSIENT:
-                        raise _RetryLater(exc) from exc
-                    if self._retry.gives_up(verdict, attempt):
-                        outcome = "rejected" if verdict is Verdict.POISON else "exhausted"
-                        EVENTS.labels(self.name, outcome).inc()
-                        await self._dead_letter(record, exc, attempts=attempt)
-                        return
-                    log.warning(
-                        "handler failed, retrying",
-                        extra={"attempt": attempt, "event_type": event.type},
-                        exc_info=True,
-                    )
-                    await asyncio.sleep(self._retry.delay(attempt))
+                        return (item.record.offset, exc)
+        EVENTS.labels(self.name, "rejected" if verdict is Verdict.POISON else "exhausted").inc()
+        dead.append(_Dead(item.record, exc, attempts=attempt))
+        return None
 
-    async def _apply(self, handler: Handler, event: CloudEvent[Any]) -> bool:
+    async def _apply(self, items: list[_Item]) -> None:
+        """One transaction: the inbox claim of ``items`` and their handlers."""
         async with self._sessionmaker.begin() as session:
-            claimed = await session.execute(
-                pg_insert(self._inbox)
-                .values(consumer=self.name, event_id=event.id, event_type=event.type)
-                .on_conflict_do_nothing()
-                .returning(self._inbox.c.event_id)
+            claimed = await apply_in_one_transaction(
+                session, self._claim, self.name, [(i.event, i.handler) for i in items]
             )
-            if claimed.first() is None:
-                return False
-            await handler(session, event)
-        return True
+        EVENTS.labels(self.name, "applied").inc(len(claimed.applied))
+        if claimed.duplicates:
+            EVENTS.labels(self.name, "duplicate").inc(claimed.duplicates)
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
         topic = record.topic + DLQ_SUFFIX

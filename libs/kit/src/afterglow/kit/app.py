@@ -201,6 +201,7 @@ def create_service_app(
                             dlq_producer=runtime.producer,
                             retry=retry,
                             recreate_topics=recreate_topics if settings.ensure_topics else None,
+                            max_records=settings.consumer_max_records,
                         )
                     )
                 # Joining a group takes seconds and the groups are independent: join at once.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from afterglow.events.kafka import KafkaConfig
@@ -37,6 +38,9 @@ class ServiceSettings(BaseSettings):
     db_max_overflow: int = 10
     consumer_retry_attempts: int = 5
     consumer_retry_base_delay_s: float = 0.2
+    # Records per poll over all partitions; the records of one partition are applied in
+    # one transaction, so this bounds a transaction's size and the locks it holds.
+    consumer_max_records: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_s: float = 1.0
     # A consumer that has not polled for this long makes /readyz fail: a stuck
     # consumer is still a live process.

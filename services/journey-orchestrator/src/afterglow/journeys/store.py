@@ -74,12 +74,17 @@ async def ensure_default(session: AsyncSession, tenant_id: str, now: datetime) -
 async def active_journeys(
     session: AsyncSession, tenant_id: str
 ) -> dict[str, tuple[int, d.Journey]]:
+    # Names and versions only: a stored version never changes, so its body is read and
+    # validated once per process (journey_version), not once per event.
     rows = await session.execute(
-        select(JourneyDefinition.name, JourneyDefinition.version, JourneyDefinition.body).where(
+        select(JourneyDefinition.name, JourneyDefinition.version).where(
             JourneyDefinition.tenant_id == tenant_id, JourneyDefinition.active.is_(True)
         )
     )
-    return {r.name: (r.version, d.parse_journey(r.body)) for r in rows}
+    return {
+        r.name: (r.version, await journey_version(session, tenant_id, r.name, r.version))
+        for r in rows.all()
+    }
 
 
 _VERSIONS: dict[tuple[str, str, int], d.Journey] = {}

@@ -1,0 +1,135 @@
+"""One transaction for the records of one partition: the inbox claim and the handlers.
+
+:func:`apply_in_one_transaction` is the unit of work of :class:`EventConsumer`: the
+events it is given (one partition, in order) are claimed in the service's inbox with
+ONE multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` and the new ones are
+handed to their handlers, all in one transaction. A statement per event and a commit
+per event capped a consumer near a hundred events a second (DESIGN.md, "Throughput").
+
+Two handler forms, both run inside that transaction, in partition order:
+
+* a per-event handler, ``async def handle(session, event)``: called once per new event.
+  Between two events the session is flushed and its identity map emptied, so every
+  event sees the database as a fresh session in the same transaction would (its
+  earlier events' writes included), never an ORM object left stale by a Core
+  ``UPDATE`` of the previous event. It must not commit, roll back or open savepoints:
+  the transaction is the batch's.
+* a :class:`BatchHandler`, ``BatchHandler(async def handle(session, events))``: called
+  with each run of consecutive new events that map to that same handler object, in
+  order (one handler registered for several types sees them interleaved as they came).
+  A set-based store reads what the run touches with one query per table and writes with
+  one statement per table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, Text, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import func
+
+from afterglow.events.context import event_context
+from afterglow.events.envelope import CloudEvent
+
+EventHandler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
+BatchHandlerFn = Callable[[AsyncSession, list[CloudEvent[Any]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BatchHandler:
+    """Marks a handler that takes a list of events (in partition order) at once."""
+
+    apply: BatchHandlerFn
+
+
+Handler = EventHandler | BatchHandler
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one transaction did: the events applied, and the repeats it skipped."""
+
+    applied: list[CloudEvent[Any]]
+    duplicates: int
+
+
+def inbox_claim(inbox: Table) -> Any:
+    """``INSERT INTO inbox SELECT ... FROM unnest(ids, types) ON CONFLICT DO NOTHING
+    RETURNING event_id``: one statement for any number of events, compiled once (a
+    ``VALUES`` list is a new statement for every batch size)."""
+    rows = (
+        func.unnest(bindparam("ids", type_=ARRAY(Text)), bindparam("types", type_=ARRAY(Text)))
+        .table_valued("event_id", "event_type")
+        .render_derived(name="claimed")
+    )
+    return (
+        pg_insert(inbox)
+        .from_select(
+            ["consumer", "event_id", "event_type"],
+            select(
+                bindparam("consumer", type_=Text),
+                rows.c.event_id,
+                rows.c.event_type,
+            ).select_from(rows),
+        )
+        .on_conflict_do_nothing()
+        .returning(inbox.c.event_id)
+    )
+
+
+async def apply_in_one_transaction(
+    session: AsyncSession,
+    claim: Any,
+    consumer: str,
+    events: Sequence[tuple[CloudEvent[Any], Handler]],
+) -> Claimed:
+    """Claim ``events`` in the inbox and run the handlers of the new ones, in order,
+    in the caller's transaction. An event id seen twice in ``events`` is applied once
+    (its first record)."""
+    unique: dict[str, tuple[CloudEvent[Any], Handler]] = {}
+    for event, handler in events:
+        unique.setdefault(event.id, (event, handler))
+    duplicates = len(events) - len(unique)
+    if not unique:
+        return Claimed([], duplicates)
+    result = await session.execute(
+        claim,
+        {
+            "consumer": consumer,
+            "ids": list(unique),
+            "types": [event.type for event, _ in unique.values()],
+        },
+    )
+    new_ids = set(result.scalars().all())
+    fresh = [(e, h) for e, h in unique.values() if e.id in new_ids]
+    for handler, run in _runs(fresh):
+        if isinstance(handler, BatchHandler):
+            first = run[0]
+            with event_context(first.id, first.traceparent):
+                await handler.apply(session, run)
+            continue
+        for event in run:
+            with event_context(event.id, event.traceparent):
+                await handler(session, event)
+            # The next event sees this one's writes, through fresh ORM objects.
+            await session.flush()
+            session.expunge_all()
+    return Claimed([e for e, _ in fresh], duplicates + len(unique) - len(fresh))
+
+
+def _runs(
+    items: list[tuple[CloudEvent[Any], Handler]],
+) -> list[tuple[Handler, list[CloudEvent[Any]]]]:
+    """Consecutive events grouped by handler object, order kept."""
+    runs: list[tuple[Handler, list[CloudEvent[Any]]]] = []
+    for event, handler in items:
+        if runs and runs[-1][0] is handler:
+            runs[-1][1].append(event)
+        else:
+            runs.append((handler, [event]))
+    return runs

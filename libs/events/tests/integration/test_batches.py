@@ -1,0 +1,331 @@
+"""A batch at a time (DESIGN.md, "Consuming"): the records of one partition that one
+getmany returned are applied in one transaction, each event once, in partition order;
+a poison record is split out of its batch alone; a crash between the transaction and
+the offset commit re-reads the batch and applies nothing twice; replicas of one group
+never apply one customer at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+
+from schema import applied_in_order, tally
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
+
+from afterglow.events import BatchHandler, PermanentError, to_record
+from afterglow.events.testing import TopicTap, eventually
+
+
+async def publish_together(producer, *records) -> None:
+    """One produce request, so the records share a record batch and reach a consumer
+    in one fetch: one getmany, one transaction."""
+    for r in records:
+        await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+    await producer.flush()
+
+
+async def in_order(sessionmaker, tenant):
+    """(event id, transaction id) of every committed application, in order."""
+    async with sessionmaker() as s:
+        rows = await s.execute(
+            select(applied_in_order.c.event_id, applied_in_order.c.txid)
+            .where(applied_in_order.c.tenant_id == tenant)
+            .order_by(applied_in_order.c.seq)
+        )
+        return [(r.event_id, r.txid) for r in rows]
+
+
+def recording(tenant, poison_status=None):
+    async def handle(session, event):
+        if event.tenantid != tenant:
+            return
+        if poison_status is not None and event.data.status == poison_status:
+            raise PermanentError("status cannot be applied")
+        txid = await session.scalar(text("SELECT txid_current()"))
+        await session.execute(
+            applied_in_order.insert().values(tenant_id=tenant, event_id=event.id, txid=txid)
+        )
+
+    return handle
+
+
+async def caught_up(consumer_sessionmaker, producer, tenant):
+    """Publish a marker and wait for it: the consumer has read the topic's history, so
+    what is published next arrives as a batch of its own."""
+    marker = ticket_event(tenant, "c-marker")
+    await publish_together(producer, to_record(marker))
+    await eventually(
+        lambda: in_order(consumer_sessionmaker, tenant),
+        lambda rows: marker.id in {e for e, _ in rows},
+        timeout=60,
+    )
+    return marker
+
+
+class TestOneTransactionPerBatch:
+    async def test_a_duplicate_in_the_batch_and_one_applied_before_are_applied_once(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        consumer = make_consumer(
+            tenant_id, sessionmaker, tables, kafka, producer, applied, handler=recording(tenant_id)
+        )
+        a, b = ticket_event(tenant_id, "c-1"), ticket_event(tenant_id, "c-1")
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            # The marker again (applied already), a twice, then b: one batch.
+            await publish_together(producer, *(to_record(e) for e in (a, marker, a, b)))
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: b.id in {e for e, _ in rows},
+                timeout=60,
+            )
+        # b is the last record of its partition and records apply in order: every
+        # record before it has been judged by now, repeats included.
+        assert [e for e, _ in rows] == [marker.id, a.id, b.id]
+        (_, tx_marker), (_, tx_a), (_, tx_b) = rows
+        assert tx_a == tx_b, "the records of one getmany are one transaction"
+        assert tx_marker != tx_a
+
+    async def test_a_poison_record_in_the_middle_alone_reaches_the_dlq(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        group = f"test-{uuid.uuid4().hex[:8]}"
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=recording(tenant_id, poison_status="poison"),
+            group=group,
+        )
+        customer = "c-poison"
+        e1, e2 = ticket_event(tenant_id, customer), ticket_event(tenant_id, customer)
+        poison = ticket_event(tenant_id, customer, status="poison")
+        e3, e4 = ticket_event(tenant_id, customer), ticket_event(tenant_id, customer)
+        records = [to_record(e) for e in (e1, e2, poison, e3, e4)]
+        async with (
+            TopicTap(kafka.bootstrap_servers, "afterglow.tickets.dlq") as dlq,
+            running(consumer.run()),
+        ):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            for r in records[:2]:
+                await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+            # Not an event at all, on the same key: parsed alone, poison alone.
+            await producer.send(
+                "afterglow.tickets",
+                b"{not json",
+                key=records[0].key,
+                headers=[("ce_type", EVENT_TYPE.encode())],
+            )
+            await publish_together(producer, *records[2:])
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: e4.id in {e for e, _ in rows},
+                timeout=60,
+            )
+            dead = await dlq.wait_for_records(
+                lambda r: dict(r.headers).get("x-consumer") == group.encode(), count=2, timeout=30
+            )
+        assert [e for e, _ in rows] == [marker.id, e1.id, e2.id, e3.id, e4.id]
+        assert sorted(dict(r.headers)["x-error-type"].decode() for r in dead) == [
+            "MalformedEvent",
+            "PermanentError",
+        ]
+        letter = next(r for r in dead if dict(r.headers)["x-error-type"] == b"PermanentError")
+        assert dict(letter.headers)["ce_id"] == poison.id.encode()
+        assert dict(letter.headers)["x-attempts"] == b"1", "poison is not retried"
+        assert await applied_counts(sessionmaker, applied, tenant_id) == {}
+
+    async def test_a_batch_handler_gets_the_new_events_as_one_list_in_order(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        calls: list[list[str]] = []
+
+        async def apply_all(session, events):
+            ours = [e for e in events if e.tenantid == tenant_id]
+            if not ours:
+                return
+            calls.append([e.id for e in ours])
+            txid = await session.scalar(text("SELECT txid_current()"))
+            await session.execute(
+                applied_in_order.insert(),
+                [dict(tenant_id=tenant_id, event_id=e.id, txid=txid) for e in ours],
+            )
+
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=BatchHandler(apply_all),
+        )
+        a, b, c = (ticket_event(tenant_id, "c-1") for _ in range(3))
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            await publish_together(producer, *(to_record(e) for e in (a, b, marker, a, c)))
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: c.id in {e for e, _ in rows},
+                timeout=60,
+            )
+        assert [e for e, _ in rows] == [marker.id, a.id, b.id, c.id]
+        assert calls[-1] == [a.id, b.id, c.id], "one call, repeats left out, in order"
+
+    async def test_max_records_bounds_the_records_of_one_transaction(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=recording(tenant_id),
+            max_records=2,
+        )
+        events = [ticket_event(tenant_id, "c-1") for _ in range(5)]
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            await publish_together(producer, *(to_record(e) for e in events))
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: events[-1].id in {e for e, _ in rows},
+                timeout=60,
+            )
+        assert [e for e, _ in rows] == [marker.id, *(e.id for e in events)]
+        per_transaction = Counter(tx for _, tx in rows[1:])
+        assert max(per_transaction.values()) == 2, per_transaction
+
+
+def _spawn(script, *args):
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+class TestCrashBetweenCommits:
+    async def test_a_batch_committed_but_not_its_offsets_is_read_again_and_applied_once(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied, worker_script
+    ):
+        events = [ticket_event(tenant_id, f"c-{i % 3}") for i in range(12)]
+        await publish_together(producer, *(to_record(e) for e in events))
+        group = f"test-crash-{uuid.uuid4().hex[:8]}"
+        crashed = _spawn(worker_script, "consume-crash", group, tenant_id)
+        out, _ = await asyncio.to_thread(crashed.communicate, timeout=120)
+        assert crashed.returncode == 137, out.decode()
+        first = await applied_counts(sessionmaker, applied, tenant_id)
+        assert first and set(first.values()) == {1}, "its transaction committed"
+
+        consumer = make_consumer(
+            tenant_id, sessionmaker, tables, kafka, producer, applied, group=group
+        )
+        async with running(consumer.run()):
+            # It joins once the dead member's session has expired, then re-reads.
+            replayed = await eventually(
+                lambda: asyncio.sleep(0, _duplicates(group)),
+                lambda n: n >= len(first),
+                timeout=120,
+            )
+            counts = await eventually(
+                lambda: applied_counts(sessionmaker, applied, tenant_id),
+                lambda c: len(c) == len(events),
+                timeout=90,
+            )
+        assert counts == {e.id: 1 for e in events}
+        assert replayed >= len(first), "the new member read the crashed batch again"
+
+
+def _duplicates(group: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return (
+        REGISTRY.get_sample_value(
+            "afterglow_events_consumed_total", {"consumer": group, "outcome": "duplicate"}
+        )
+        or 0.0
+    )
+
+
+class TestReplicas:
+    async def test_two_members_of_one_group_lose_no_update_and_apply_each_event_once(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        group = f"test-{uuid.uuid4().hex[:8]}"
+
+        async def read_modify_write(session, event):
+            # No lock on purpose: two transactions applying one customer at once would
+            # lose an update (or collide on the insert) and show here.
+            if event.tenantid != tenant_id:
+                return
+            row = (
+                await session.execute(
+                    select(tally.c.n, tally.c.seen).where(
+                        tally.c.tenant_id == tenant_id, tally.c.customer == event.subject
+                    )
+                )
+            ).first()
+            n, seen = (row.n, list(row.seen)) if row else (0, [])
+            await asyncio.sleep(0.005)  # widen the window a concurrent apply would need
+            await session.execute(
+                pg_insert(tally)
+                .values(
+                    tenant_id=tenant_id, customer=event.subject, n=n + 1, seen=[*seen, event.id]
+                )
+                .on_conflict_do_update(
+                    index_elements=["tenant_id", "customer"],
+                    set_={"n": n + 1, "seen": [*seen, event.id]},
+                )
+            )
+
+        def replica():
+            return make_consumer(
+                tenant_id,
+                sessionmaker,
+                tables,
+                kafka,
+                producer,
+                applied,
+                handler=read_modify_write,
+                group=group,
+            )
+
+        customers = [f"c-{i}" for i in range(8)]
+        events = [ticket_event(tenant_id, customers[i % 8]) for i in range(120)]
+        first, second = replica(), replica()
+        async with running(first.run()):
+            await publish_together(producer, *(to_record(e) for e in events[:60]))
+            # The second member joins mid-stream: partitions move between them.
+            async with running(second.run()):
+                await publish_together(producer, *(to_record(e) for e in events[60:]))
+                rows = await eventually(
+                    lambda: _tallies(sessionmaker, tenant_id),
+                    lambda t: sum(n for n, _ in t.values()) >= len(events),
+                    timeout=120,
+                )
+        for customer in customers:
+            mine = [e.id for e in events if e.subject == customer]
+            n, seen = rows[customer]
+            assert seen == mine, f"{customer}: each event once, in order"
+            assert n == len(mine)
+
+
+async def _tallies(sessionmaker, tenant):
+    async with sessionmaker() as s:
+        rows = await s.execute(
+            select(tally.c.customer, tally.c.n, tally.c.seen).where(tally.c.tenant_id == tenant)
+        )
+        return {r.customer: (r.n, list(r.seen)) for r in rows}
