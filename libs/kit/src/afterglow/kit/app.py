@@ -38,7 +38,7 @@ from afterglow.events import (
     ensure_topics,
     stop_within,
 )
-from afterglow.kit import secretbox
+from afterglow.kit import openapi, secretbox
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -238,6 +238,7 @@ def create_service_app(
     )
     app.state.missing_secrets = missing
     install_error_handlers(app)
+    openapi.install(app)
     _install_metrics_middleware(app, spec.name)
     # Added last, so outermost: every response, the error handlers' included.
     app.add_middleware(NoSniffMiddleware)
@@ -303,15 +304,39 @@ class NoSniffMiddleware:
         await self.app(scope, receive, send_with_header)
 
 
+_READY = {
+    "status": "ok",
+    "checks": {
+        "database": "ok",
+        "loyalty.events": {"status": "ok", "last_poll_age_s": 0.4, "last_commit_age_s": 2.1},
+    },
+}
+
+
 def _ops_router(settings: ServiceSettings) -> APIRouter:
     router = service_router(tags=["operations"])
 
-    @router.get("/healthz", summary="Liveness: the process answers")
+    @router.get(
+        "/healthz",
+        summary="Liveness: the process answers",
+        responses=openapi.example(200, {"status": "ok"}),
+    )
     async def healthz() -> dict[str, str]:
         # Liveness checks nothing shared: a database outage must not restart every pod.
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: database reachable and consumers progressing")
+    @router.get(
+        "/readyz",
+        summary="Readiness: database reachable and consumers progressing",
+        responses=openapi.errors(
+            openapi.example(200, _READY),
+            openapi.example(
+                503,
+                {**_READY, "status": "unavailable", "checks": {"database": "error: OSError"}},
+                "The database is unreachable or a consumer has not polled lately",
+            ),
+        ),
+    )
     async def readyz(request: Request) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
         checks: dict[str, Any] = {}
@@ -352,7 +377,21 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {
+                    CONTENT_TYPE_LATEST: {
+                        "schema": {"type": "string"},
+                        "example": "# TYPE afterglow_http_request_duration_seconds histogram\n...",
+                    }
+                }
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

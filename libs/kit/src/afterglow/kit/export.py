@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 from fastapi import APIRouter, Depends
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, FromClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +42,23 @@ Collect = Callable[[AsyncSession, str, str], Awaitable[Records]]
 
 
 class CustomerExport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service": "loyalty",
+                    "tenant_id": "acme",
+                    "customer_id": "7390123",
+                    "exported_at": "2026-03-09T10:00:00Z",
+                    "records": {
+                        "accounts": [{"customer_id": "7390123", "available": 120}],
+                        "entries": [],
+                    },
+                }
+            ]
+        }
+    )
+
     service: str = Field(examples=["loyalty"])
     tenant_id: str = Field(examples=["acme"])
     customer_id: str = Field(examples=["7390123"])

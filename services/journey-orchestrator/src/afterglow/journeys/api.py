@@ -21,6 +21,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -48,7 +49,66 @@ def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
 # --- customers -------------------------------------------------------------------------
 
 
-@router.get("/v1/customers/{customer_id}/journey", summary="Stage, next timer and full history")
+@router.get(
+    "/v1/customers/{customer_id}/journey",
+    summary="Stage, next timer and full history",
+    responses=openapi.errors(
+        openapi.example(
+            200,
+            {
+                "customer_id": "cus_42",
+                "profile": {
+                    "orders_count": 1,
+                    "total_spent": {"amount": 12999, "currency": "USD"},
+                    "first_order_at": "2026-03-02T14:30:00Z",
+                    "last_order_at": "2026-03-02T14:30:00Z",
+                    "open_tickets": 0,
+                    "consent": {"email": "granted"},
+                    "timezone": "America/New_York",
+                    "tier": None,
+                    "last_surveyed_at": None,
+                    "last_nps": None,
+                    "last_band": None,
+                },
+                "current": {
+                    "id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
+                    "journey": "default",
+                    "version": 1,
+                    "stage": "check_in",
+                    "status": "running",
+                    "order_id": "pos:1001",
+                    "started_at": "2026-03-02T14:30:00Z",
+                    "anchors": {"order.delivered": "2026-03-05T10:00:00Z"},
+                    "band": None,
+                    "exit_reason": None,
+                    "next_timer": {
+                        "id": 812,
+                        "due_at": "2026-03-08T10:00:00Z",
+                        "kind": "stage",
+                    },
+                    "history": [
+                        {
+                            "kind": "stage",
+                            "from_stage": None,
+                            "to_stage": "onboarding",
+                            "cause": "afterglow.order.placed.v1",
+                            "reason": None,
+                            "at": "2026-03-02T14:30:00Z",
+                        }
+                    ],
+                },
+                "instances": ["... every journey of the customer, newest first (as current)"],
+            },
+        ),
+        openapi.error(
+            404,
+            "No profile and no journey for this customer",
+            "not_found",
+            "customer 'cus_42' has no journey",
+            field="customer_id",
+        ),
+    ),
+)
 async def customer_journey(
     customer_id: Id, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
@@ -149,7 +209,25 @@ async def customer_journey(
 # --- definitions -----------------------------------------------------------------------
 
 
-@router.get("/v1/journeys", summary="Journeys of this tenant and their versions")
+@router.get(
+    "/v1/journeys",
+    summary="Journeys of this tenant and their versions",
+    responses=openapi.example(
+        200,
+        {
+            "journeys": [
+                {
+                    "name": "default",
+                    "active_version": 2,
+                    "versions": [
+                        {"version": 1, "active": False, "created_at": "2026-03-01T09:00:00Z"},
+                        {"version": 2, "active": True, "created_at": "2026-03-04T16:20:00Z"},
+                    ],
+                }
+            ]
+        },
+    ),
+)
 async def list_journeys(
     request: Request, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
@@ -170,7 +248,13 @@ async def list_journeys(
     return {"journeys": list(out.values())}
 
 
-@router.get("/v1/journeys/{name}", summary="A journey definition (active or given version)")
+@router.get(
+    "/v1/journeys/{name}",
+    summary="A journey definition (active or given version)",
+    responses=openapi.example(
+        200, {"name": "default", "version": 1, "active": True, "definition": d.DEFAULT_JOURNEY_BODY}
+    ),
+)
 async def get_journey(
     name: Id,
     request: Request,
@@ -230,7 +314,40 @@ async def _body(request: Request) -> Any:
     return body
 
 
-@router.put("/v1/journeys/{name}", status_code=201, summary="Store a new version (JSON or YAML)")
+# The default journey: a definition the route accepts as it is.
+_DEFINITION_EXAMPLE = d.DEFAULT_JOURNEY_BODY
+
+
+@router.put(
+    "/v1/journeys/{name}",
+    status_code=201,
+    summary="Store a new version (JSON or YAML)",
+    responses=openapi.errors(
+        {
+            201: {
+                "content": {
+                    "application/json": {
+                        "example": {"name": "default", "version": 4, "active": False}
+                    }
+                }
+            }
+        },
+        openapi.error(
+            400, "The body is neither JSON nor YAML", "bad_request", "body is not JSON: ..."
+        ),
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A journey definition, as JSON or as YAML (Content-Type: "
+            "application/yaml); `name` defaults to the path's",
+            "content": {
+                "application/json": {"schema": {"type": "object"}, "example": _DEFINITION_EXAMPLE},
+                "application/yaml": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
 async def put_journey(
     name: Id, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -269,11 +386,15 @@ async def put_journey(
 
 
 class ActivateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
     version: PositiveInt32 | None = Field(default=None, description="default: the latest version")
 
 
-@router.post("/v1/journeys/{name}/activate", summary="Make a version the one new customers enter")
+@router.post(
+    "/v1/journeys/{name}/activate",
+    summary="Make a version the one new customers enter",
+    responses=openapi.example(200, {"name": "default", "version": 2, "active": True}),
+)
 async def activate(
     name: Id,
     request: Request,
@@ -306,7 +427,11 @@ async def activate(
     return {"name": name, "version": row.version, "active": True}
 
 
-@router.post("/v1/journeys/{name}/deactivate", summary="Stop new entries (running instances go on)")
+@router.post(
+    "/v1/journeys/{name}/deactivate",
+    summary="Stop new entries (running instances go on)",
+    responses=openapi.example(200, {"name": "default", "active": False}),
+)
 async def deactivate(name: Id, session: Session, principal: Principal = Write) -> dict[str, Any]:
     await _definition(session, principal.tenant_id, name, None)
     await session.execute(
@@ -333,7 +458,23 @@ class ProfileIn(d.Profile):
 
 
 class SimulateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "type": "order.placed",
+                            "at": "2026-03-02T14:30:00Z",
+                            "data": {"order_id": "pos:1001"},
+                        },
+                        {"type": "order.delivered", "at": "2026-03-05T10:00:00Z"},
+                    ]
+                }
+            ]
+        },
+    )
     definition: dict[str, Any] | None = Field(default=None, description="inline; default: stored")
     version: Int32 | None = None
     events: list[SimEventIn] = Field(min_length=1, max_length=1000)
@@ -341,7 +482,35 @@ class SimulateIn(BaseModel):
 
 
 @router.post(
-    "/v1/journeys/{name}/simulate", summary="Dry run: transitions and actions, no state touched"
+    "/v1/journeys/{name}/simulate",
+    summary="Dry run: transitions and actions, no state touched",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "version": 1,
+            "transitions": [
+                {
+                    "instance_id": "sim-1",
+                    "kind": "stage",
+                    "from_stage": None,
+                    "to_stage": "onboarding",
+                    "cause": "afterglow.order.placed.v1",
+                    "reason": None,
+                    "at": "2026-03-02T14:30:00Z",
+                }
+            ],
+            "actions": [
+                {
+                    "instance_id": "sim-1",
+                    "type": "message",
+                    "step": "onboarding",
+                    "at": "2026-03-02T14:30:00Z",
+                    "kind": "welcome",
+                }
+            ],
+        },
+    ),
 )
 async def simulate(
     name: Id, body: SimulateIn, session: Session, principal: Principal = Read
@@ -392,14 +561,37 @@ async def simulate(
 
 
 class MigrateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to_version": 2, "dry_run": True}]}
+    )
     to_version: PositiveInt32 | None = Field(
         default=None, description="default: the active version"
     )
     dry_run: bool = False
 
 
-@router.post("/v1/journeys/{name}/migrate", summary="Move waiting instances to a version")
+@router.post(
+    "/v1/journeys/{name}/migrate",
+    summary="Move waiting instances to a version",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "to_version": 2,
+            "dry_run": True,
+            "instances": [
+                {
+                    "instance_id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
+                    "customer_id": "cus_42",
+                    "from_version": 1,
+                    "result": "migrated",
+                    "to_version": 2,
+                    "reason": "waiting for check_in, which v2 has",
+                }
+            ],
+        },
+    ),
+)
 async def migrate(
     name: Id,
     request: Request,
@@ -474,7 +666,35 @@ async def migrate(
 # --- metrics ---------------------------------------------------------------------------
 
 
-@router.get("/v1/metrics/funnel", summary="Stage entries, conversion between stages, goals")
+@router.get(
+    "/v1/metrics/funnel",
+    summary="Stage entries, conversion between stages, goals",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "from": "2026-03-01T00:00:00Z",
+            "to": "2026-04-01T00:00:00Z",
+            "stages": [
+                {
+                    "stage": "onboarding",
+                    "entered": 120,
+                    "customers": 114,
+                    "conversion_from_previous": None,
+                },
+                {
+                    "stage": "check_in",
+                    "entered": 96,
+                    "customers": 92,
+                    "conversion_from_previous": 0.8,
+                },
+            ],
+            "goal_conversions": {"1": 17},
+            "goal_conversions_total": 17,
+            "exits": {"order.refunded": 4},
+        },
+    ),
+)
 async def funnel(
     session: Session,
     from_: Annotated[Instant, Query(alias="from")],

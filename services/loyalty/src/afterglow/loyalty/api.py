@@ -10,13 +10,14 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
 from afterglow.events.catalog import MessageRequested, PointsRedeemed
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -43,6 +44,15 @@ class InsufficientPointsError(AppError):
     status_code, code = 409, "insufficient_points"
 
 
+_NO_ACCOUNT = openapi.error(
+    404,
+    "No account: the customer never earned nor was credited",
+    "not_found",
+    "no loyalty account for customer 'cus_42'",
+    field="customer",
+)
+
+
 class TierProgressOut(BaseModel):
     basis: str
     currency: str | None = Field(
@@ -62,6 +72,38 @@ class UnpricedOrderOut(BaseModel):
 
 
 class AccountOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "available": 620,
+                    "pending": 65,
+                    "debt": 0,
+                    "tier": "silver",
+                    "tier_progress": {
+                        "basis": "spend",
+                        "currency": "USD",
+                        "qualifying": 64000,
+                        "next_tier": "gold",
+                        "next_threshold": 100000,
+                        "remaining": 36000,
+                    },
+                    "lifetime_earned": 1120,
+                    "currency_value_minor": 620,
+                    "currency": "USD",
+                    "unpriced_orders": [
+                        {
+                            "order_id": "pos:1310",
+                            "total": {"amount": 24900, "currency": "PLN"},
+                            "reason": "no exchange rate PLN->USD",
+                            "placed_at": "2026-03-11T12:00:00Z",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     customer_id: str
     available: int = Field(description="Spendable points (never negative)")
     pending: int = Field(description="Earned, waiting for the return window to end")
@@ -78,7 +120,7 @@ class AccountOut(BaseModel):
     )
 
 
-@router.get("/accounts/{customer}", response_model=AccountOut)
+@router.get("/accounts/{customer}", response_model=AccountOut, responses=_NO_ACCOUNT)
 async def get_account(
     customer: Customer, principal: Reader, session: Session, request: Request
 ) -> AccountOut:
@@ -144,6 +186,28 @@ class EntryOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entries": [
+                        {
+                            "id": "en_5c2e9a1f",
+                            "kind": "adjust",
+                            "pending_delta": 0,
+                            "available_delta": 100,
+                            "order_id": None,
+                            "reason": "goodwill: late parcel",
+                            "actor": "key:3fa1c9d2e7b4",
+                            "ref": None,
+                            "created_at": "2026-03-10T11:00:00Z",
+                        }
+                    ],
+                    "next_cursor": "1841",
+                }
+            ]
+        }
+    )
     entries: list[EntryOut]
     next_cursor: str | None
 
@@ -187,7 +251,9 @@ async def history(
 
 
 class RedemptionIn(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reward_id": "five-off"}]}
+    )
     reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
@@ -197,7 +263,45 @@ def _reward_code() -> str:
     return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
 
 
-@router.post("/accounts/{customer}/redemptions", status_code=201)
+@router.post(
+    "/accounts/{customer}/redemptions",
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "redemption_id": "rd_91c4e2b7",
+                "reward": {
+                    "id": "five-off",
+                    "name": "$5 off",
+                    "kind": "fixed_discount",
+                    "points_price": 500,
+                    "amount_minor": 500,
+                    "percent": None,
+                },
+                "points": 500,
+                "code": "AG-7QK2M9XW4P3R",
+                "balance": {"available": 120, "pending": 65},
+                "redeemed_at": "2026-03-10T11:05:00+00:00",
+            },
+        ),
+        _NO_ACCOUNT,
+        openapi.error(
+            409,
+            "Not enough available points for the reward",
+            "insufficient_points",
+            "500 points requested, 120 available",
+            field="reward_id",
+        ),
+        openapi.error(
+            422,
+            "An unknown reward, an invalid body, or an Idempotency-Key used with another body",
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
+        ),
+    ),
+)
 async def redeem(
     customer: Customer,
     body: RedemptionIn,
@@ -321,12 +425,35 @@ async def redeem_reward(
 
 
 class AdjustmentIn(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"points": 100, "reason": "goodwill: late parcel"}]},
+    )
     points: SignedAmount = Field(description="Positive credits, negative debits (never overdraws)")
     reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
 
-@router.post("/accounts/{customer}/adjustments", status_code=201)
+@router.post(
+    "/accounts/{customer}/adjustments",
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "entry_id": "en_5c2e9a1f",
+                "points": 100,
+                "balance": {"available": 720, "pending": 65, "debt": 0},
+            },
+        ),
+        openapi.error(
+            409,
+            "A debit larger than the available points (an adjustment never overdraws)",
+            "insufficient_points",
+            "300 points requested, 120 available",
+            field="points",
+        ),
+    ),
+)
 async def adjust(
     customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, request: Request
 ) -> dict[str, Any]:
@@ -350,12 +477,23 @@ async def adjust(
     }
 
 
-@router.get("/rules", response_model=domain.ProgramRules)
+# The default program: what a tenant that never set one runs.
+_RULES_EXAMPLE = domain.ProgramRules().model_dump(mode="json")
+
+
+@router.get(
+    "/rules", response_model=domain.ProgramRules, responses=openapi.example(200, _RULES_EXAMPLE)
+)
 async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
     return await store.load_rules(session, principal.tenant_id)
 
 
-@router.put("/rules", response_model=domain.ProgramRules)
+@router.put(
+    "/rules",
+    response_model=domain.ProgramRules,
+    responses=openapi.example(200, _RULES_EXAMPLE),
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": _RULES_EXAMPLE}}}},
+)
 async def put_rules(
     body: domain.ProgramRules, principal: Writer, session: Session, request: Request
 ) -> domain.ProgramRules:
@@ -377,7 +515,24 @@ async def put_rules(
     return body
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    responses=openapi.example(
+        200,
+        {
+            "accounts": 412,
+            "points_issued": 181200,
+            "points_redeemed": 64500,
+            "points_expired": 9100,
+            "points_clawed_back": 1300,
+            "points_outstanding": 106300,
+            "points_pending": 22400,
+            "points_debt": 200,
+            "outstanding_liability": {"amount": 106300, "currency": "USD"},
+            "redemption_rate": 0.356,
+        },
+    ),
+)
 async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
     """Program totals: issued (became spendable), redeemed, expired, clawed back, the
     outstanding balance and what it is worth (the merchant's liability)."""
@@ -458,7 +613,9 @@ CurrencyCode = Annotated[str, Path(pattern=r"^[A-Z]{3}$", description="ISO 4217 
 
 
 class ExchangeRateIn(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"rate": "0.25", "as_of": "2026-03-09"}]}
+    )
     rate: Decimal = Field(
         gt=0,
         max_digits=24,
@@ -469,7 +626,17 @@ class ExchangeRateIn(BaseModel):
     as_of: date = Field(description="The date the rate was taken (shown with every use)")
 
 
+_RATE_EXAMPLE: dict[str, Any] = {
+    "currency": "PLN",
+    "quote": "USD",
+    "rate": "0.25",
+    "as_of": "2026-03-09",
+    "updated_at": "2026-03-09T08:00:00Z",
+}
+
+
 class ExchangeRateOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_RATE_EXAMPLE]})
     currency: str
     quote: str = Field(description="The program currency the rate converts into")
     rate: Decimal
@@ -483,7 +650,10 @@ def _rate_out(r: ExchangeRateRow) -> ExchangeRateOut:
     )
 
 
-@router.get("/exchange-rates")
+@router.get(
+    "/exchange-rates",
+    responses=openapi.example(200, {"program_currency": "USD", "rates": [_RATE_EXAMPLE]}),
+)
 async def list_exchange_rates(principal: Reader, session: Session) -> dict[str, Any]:
     """The tenant's rates into its program's currency."""
     rules = await store.load_rules(session, principal.tenant_id)
@@ -539,7 +709,13 @@ async def put_exchange_rate(
     return _rate_out(row)
 
 
-@router.delete("/exchange-rates/{currency}", status_code=204)
+@router.delete(
+    "/exchange-rates/{currency}",
+    status_code=204,
+    responses=openapi.error(
+        404, "No rate for this currency", "not_found", "no exchange rate for PLN", field="currency"
+    ),
+)
 async def delete_exchange_rate(
     currency: CurrencyCode, principal: Writer, session: Session
 ) -> Response:

@@ -21,7 +21,7 @@ from afterglow.events.envelope import TENANT_ID_PATTERN
 from afterglow.ingest import bigcommerce, domain, intake, registry
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
-from afterglow.kit import standard_webhooks
+from afterglow.kit import openapi, standard_webhooks
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
@@ -756,6 +756,16 @@ class DeliveryOut(BaseModel):
 
 
 class DeliveryPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": DeliveryOut.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+                    "next_cursor": "MjAyNi0wMy0wMlQxNDozMDowMSswMDowMHw2ZjFjMmI3ZQ==",
+                }
+            ]
+        }
+    )
     items: list[DeliveryOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
@@ -778,6 +788,13 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
     "",
     summary="List stored deliveries (scope orders:read), newest first",
     response_model=DeliveryPage,
+    responses=openapi.error(
+        400,
+        "The cursor is not one this API returned",
+        "bad_request",
+        "the cursor is not valid",
+        field="cursor",
+    ),
 )
 async def list_deliveries(
     session: Session,
@@ -940,6 +957,15 @@ async def replay_delivery(
 # --- admin --------------------------------------------------------------------------
 
 
+@openapi.answers(
+    openapi.error(
+        401,
+        "No admin token, or not the one configured (an empty setting disables the admin API)",
+        "unauthorized",
+        "an admin token is required",
+    ),
+    security=openapi.bearer("adminToken", "The operators' token (INGEST_ADMIN_TOKEN)"),
+)
 def require_admin(request: Request) -> None:
     expected = settings_of(request).ingest_admin_token
     presented = bearer_token(request) or ""
@@ -986,7 +1012,28 @@ class TenantIn(BaseModel):
     )
 
 
-@admin.post("/tenants", status_code=201, summary="Register a tenant")
+@admin.post(
+    "/tenants",
+    status_code=201,
+    summary="Register a tenant",
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "tenant_id": "acme",
+                "secrets": {"shopify": "shpss_6c1f...", "aftership": "as_0b7e..."},
+            },
+            "Registered; a webhook secret per platform asked for (shown once)",
+        ),
+        openapi.error(
+            409,
+            "The tenant id or the shop domain is already registered",
+            "conflict",
+            "the tenant id or shop domain is already registered",
+            field="tenant_id",
+        ),
+    ),
+)
 async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
     now = runtime_of(request).clock.now()
     await registry.create_tenant(
@@ -1022,6 +1069,9 @@ class SecretIn(BaseModel):
     "/tenants/{tenant_id}/secrets/{platform}",
     status_code=201,
     summary="Rotate a webhook secret (the previous one stays valid for the grace period)",
+    responses=openapi.example(
+        201, {"platform": "shopify", "secret": "shpss_9a2d...", "previous_valid_for_s": 3600}
+    ),
 )
 async def rotate_secret(
     request: Request,
@@ -1046,6 +1096,7 @@ async def rotate_secret(
 @admin.delete(
     "/tenants/{tenant_id}/secrets/{platform}/previous",
     summary="End a rotation now: only the current secret stays valid",
+    responses=openapi.example(200, {"expired": 1}),
 )
 async def expire_previous(
     request: Request, session: Session, tenant_id: TenantPath, platform: PlatformPath
@@ -1068,6 +1119,15 @@ class ApiKeyIn(BaseModel):
     "/tenants/{tenant_id}/api-keys",
     status_code=201,
     summary="Issue an API key (shown once; announced to every service as its hash)",
+    responses=openapi.example(
+        201,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "key": "agk_3fa1c9d2e7b4_Yk1...",
+            "scopes": ["orders:write"],
+            "event_id": "9c0d7a4e-2b1f-5e3c-8a6d-4f2e1b0c9d8e",
+        },
+    ),
 )
 async def create_api_key(
     request: Request, session: Session, tenant_id: TenantPath, body: ApiKeyIn
@@ -1084,7 +1144,18 @@ async def create_api_key(
     )
 
 
-@admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
+@admin.delete(
+    "/tenants/{tenant_id}/api-keys/{key_id}",
+    summary="Revoke an API key",
+    responses=openapi.example(
+        200,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "revoked": True,
+            "event_id": "1e5b3c7a-0d9f-5a2e-b4c8-7f6e2d1a0b3c",
+        },
+    ),
+)
 async def revoke_api_key(
     request: Request, session: Session, tenant_id: TenantPath, key_id: Id
 ) -> dict[str, Any]:
@@ -1110,6 +1181,7 @@ class ConnectionIn(BaseModel):
 @admin.put(
     "/tenants/{tenant_id}/connections/{platform}",
     summary="Set the platform API credentials used by reconciliation and BigCommerce",
+    responses=openapi.example(200, {"tenant_id": "acme", "platform": "shopify"}),
 )
 async def set_connection(
     request: Request,
@@ -1214,7 +1286,11 @@ class TenantSettingsIn(BaseModel):
     )
 
 
-@admin.patch("/tenants/{tenant_id}", summary="Change a tenant's settings")
+@admin.patch(
+    "/tenants/{tenant_id}",
+    summary="Change a tenant's settings",
+    responses=openapi.example(200, {"tenant_id": "acme", "late_order_days": 30}),
+)
 async def update_tenant(
     session: Session, tenant_id: TenantPath, body: TenantSettingsIn
 ) -> dict[str, Any]:

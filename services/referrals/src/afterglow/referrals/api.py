@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
+from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound
@@ -38,7 +39,37 @@ def _svc(request: Request) -> ReferralService:
 Svc = Annotated[ReferralService, Depends(_svc)]
 
 
+_CODE_EXAMPLE: dict[str, Any] = {
+    "code": "ADA7K2Q",
+    "advocate_customer_id": "cus_42",
+    "share_url": "https://shop.example.com/?ref=ADA7K2Q",
+    "issued_at": "2026-03-16T10:00:00Z",
+    "invited_at": "2026-03-16T10:00:00Z",
+    "window_ends_at": "2026-06-14T10:00:00Z",
+    "active": True,
+}
+_REFERRAL_EXAMPLE: dict[str, Any] = {
+    "id": "rf_3b9d2c71",
+    "code": "ADA7K2Q",
+    "advocate_customer_id": "cus_42",
+    "referee_customer_id": "cus_77",
+    "order_id": "pos:1207",
+    "order_total": 8900,
+    "currency": "USD",
+    "placed_at": "2026-03-20T17:45:00Z",
+    "via": "referral_code",
+    "state": "pending",
+    "reason": None,
+    "detail": None,
+    "referee_reward_code": "AG-7QK2M9XW4P3R",
+    "fulfilled_at": "2026-03-21T09:00:00Z",
+    "confirm_due_at": "2026-04-20T09:00:00Z",
+    "decided_at": None,
+}
+
+
 class CodeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_CODE_EXAMPLE]})
     code: str
     advocate_customer_id: str
     share_url: str
@@ -49,6 +80,7 @@ class CodeOut(BaseModel):
 
 
 class ReferralOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_REFERRAL_EXAMPLE]})
     id: str
     code: str
     advocate_customer_id: str
@@ -85,7 +117,13 @@ async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
     )
 
 
-@router.get("/codes/{code}", summary="Look up a referral code")
+@router.get(
+    "/codes/{code}",
+    summary="Look up a referral code",
+    responses=openapi.error(
+        404, "No such code for this tenant", "not_found", "no such referral code", field="code"
+    ),
+)
 async def get_code(
     code: CodeParam,
     principal: Reader,
@@ -99,7 +137,9 @@ async def get_code(
 
 
 class IssueCodeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"send_invite": True}]}
+    )
     send_invite: bool = Field(
         default=False, description="Also request the invitation message (once per code)"
     )
@@ -108,7 +148,10 @@ class IssueCodeIn(BaseModel):
 @router.post(
     "/advocates/{customer}/code",
     summary="Issue (or return) an advocate's code; idempotent",
-    responses={201: {"description": "created"}, 200: {"description": "already issued"}},
+    responses=openapi.errors(
+        openapi.example(201, _CODE_EXAMPLE, "Issued"),
+        openapi.example(200, _CODE_EXAMPLE, "Issued before: that code"),
+    ),
 )
 async def issue_code(
     customer: CustomerId,
@@ -133,12 +176,33 @@ async def issue_code(
 
 
 class AdvocateReferralsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "advocate_customer_id": "cus_42",
+                    "code": _CODE_EXAMPLE,
+                    "referrals": [_REFERRAL_EXAMPLE],
+                }
+            ]
+        }
+    )
     advocate_customer_id: str
     code: CodeOut | None
     referrals: list[ReferralOut]
 
 
-@router.get("/advocates/{customer}/referrals", summary="An advocate's code and referrals")
+@router.get(
+    "/advocates/{customer}/referrals",
+    summary="An advocate's code and referrals",
+    responses=openapi.error(
+        404,
+        "The customer has no referral code yet",
+        "not_found",
+        "this customer has no referral code",
+        field="customer",
+    ),
+)
 async def advocate_referrals(
     customer: CustomerId, principal: Reader, session: Session, svc: Svc
 ) -> AdvocateReferralsOut:
@@ -161,12 +225,35 @@ async def advocate_referrals(
 
 
 class AttributionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"order_id": "pos:1207", "code": "ADA7K2Q"}]},
+    )
     order_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]
     code: CodeParam
 
 
-@router.post("/attributions", status_code=201, summary="Attribute a known order to a code")
+@router.post(
+    "/attributions",
+    status_code=201,
+    summary="Attribute a known order to a code",
+    responses=openapi.errors(
+        openapi.error(
+            404,
+            "No such code, or no order.placed seen for the order yet",
+            "not_found",
+            "no order.placed seen for this order yet",
+            field="order_id",
+        ),
+        openapi.error(
+            409,
+            "The order is already attributed",
+            "conflict",
+            "this order is already attributed",
+            field="order_id",
+        ),
+    ),
+)
 async def attribute(
     body: AttributionIn, principal: Writer, session: Session, svc: Svc
 ) -> ReferralOut:
@@ -186,12 +273,29 @@ async def attribute(
 
 
 class ReviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"decision": "approve", "note": "same household, fine"}]},
+    )
     decision: Literal["approve", "reject"]
     note: Annotated[str, StringConstraints(max_length=1000), NoControlsMultiline] | None = None
 
 
-@router.post("/referrals/{referral_id}/review", summary="Approve or reject a held referral")
+@router.post(
+    "/referrals/{referral_id}/review",
+    summary="Approve or reject a held referral",
+    responses=openapi.errors(
+        openapi.error(
+            404, "No such referral", "not_found", "no such referral", field="referral_id"
+        ),
+        openapi.error(
+            409,
+            "The referral is not held for review",
+            "conflict",
+            "only a held referral can be reviewed; this one is confirmed",
+        ),
+    ),
+)
 async def review(
     referral_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls],
     body: ReviewIn,
@@ -218,7 +322,12 @@ class SettingsIn(BaseModel):
     """Fields left out keep their current value; ``null`` returns a field to the service
     default. Day counts must be JSON integers: "30" or 30.5 is a mistake, not a 30."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"share_base_url": "https://shop.example.com/", "return_window_days": 30}]
+        },
+    )
     share_base_url: (
         Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=500), NoControls]
         | None
@@ -240,6 +349,22 @@ class SettingsIn(BaseModel):
 
 
 class SettingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "share_base_url": "https://shop.example.com/",
+                    "return_window_days": 30,
+                    "attribution_window_days": 90,
+                    "sources": {
+                        "share_base_url": "tenant",
+                        "return_window_days": "tenant",
+                        "attribution_window_days": "default",
+                    },
+                }
+            ]
+        }
+    )
     share_base_url: str
     return_window_days: int
     attribution_window_days: int
@@ -273,6 +398,24 @@ async def put_settings(
 
 
 class MetricsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "invited": 40,
+                    "advocates_converting": 9,
+                    "conversions": 12,
+                    "pending": 3,
+                    "held": 1,
+                    "rejected": 2,
+                    "rejection_reasons": {"self_referral": 2},
+                    "referral_rate": 0.225,
+                    "revenue": {"USD": 106800},
+                    "pending_revenue": {"USD": 26700},
+                }
+            ]
+        }
+    )
     invited: int = Field(description="Advocates with a code")
     advocates_converting: int = Field(description="Advocates with at least one confirmed one")
     conversions: int = Field(description="Confirmed conversions")
@@ -359,11 +502,29 @@ _SHARE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     summary="Follow an advocate's share link: on to the shop, with the code",
     response_class=RedirectResponse,
     status_code=302,
-    responses={
-        302: {"description": "to the shop, with ?ref=CODE"},
-        200: {"description": "no shop URL is known: a page showing the code"},
-        404: {"description": "no such code"},
-    },
+    responses=openapi.errors(
+        {
+            302: {
+                "description": "To the shop, with ?ref=CODE",
+                "headers": {
+                    "Location": {
+                        "description": "https://shop.example.com/?ref=ADA7K2Q",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+        },
+        openapi.html(
+            200,
+            "No shop URL is known: a page showing the code",
+            "<!doctype html>...<h1>You were invited</h1>",
+        ),
+        openapi.html(
+            404,
+            "No such code (also: a path that matches no route, JSON)",
+            "<!doctype html>...<h1>This invitation has ended</h1>",
+        ),
+    ),
 )
 async def follow_share_link(tenant_id: Id, ref: CodeParam, session: Session, svc: Svc) -> Response:
     """The default share link (``PUBLIC_BASE_URL/r/{tenant}?ref=CODE``, when the tenant

@@ -12,7 +12,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
@@ -37,6 +44,7 @@ from afterglow.journeys.messaging.templates import (
     render,
     validate,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -58,12 +66,26 @@ Read = Depends(require_scope("messages:read"))
 
 
 class TemplateIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject": "Welcome to {{ shop_name }}",
+                    "html": "<p>Hi {{ customer.first_name }}, thank you for your order.</p>",
+                    "text": "Hi {{ customer.first_name }}, thank you for your order.",
+                }
+            ]
+        }
+    )
     subject: Annotated[str, StringConstraints(max_length=1000), NoControls] | None = None
     html: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline] | None = None
     text: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline]
 
 
 class PreviewIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"customer": {"first_name": "Ada"}, "variables": {}}]}
+    )
     template: TemplateIn | None = None  # a draft; default: the saved (or default) one
     variables: JsonObject = Field(default_factory=dict)
     customer: JsonObject = Field(default_factory=dict)
@@ -72,6 +94,16 @@ class PreviewIn(BaseModel):
 
 
 class EndpointIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://esp.example.com/afterglow",
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                }
+            ]
+        }
+    )
     url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://"), NoControls]
     secret: Annotated[str, StringConstraints(max_length=200), NoControls]
 
@@ -90,6 +122,21 @@ class EndpointIn(BaseModel):
 
 
 class PolicyIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "quiet_hours_start": "21:00",
+                    "quiet_hours_end": "08:00",
+                    "frequency_cap": 3,
+                    "frequency_window_days": 7,
+                    "default_channel": "email",
+                    "default_timezone": "Europe/Paris",
+                    "shop_name": "Acme Outdoor",
+                }
+            ]
+        }
+    )
     quiet_hours_start: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     quiet_hours_end: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     frequency_cap: int = Field(default=3, ge=1, le=100)
@@ -143,8 +190,31 @@ def _template_out(
     }
 
 
+_TEMPLATE_OUT = {
+    "kind": "welcome",
+    "channel": "email",
+    "subject": "Welcome to {{ shop_name }}",
+    "html": "<p>Hi {{ customer.first_name }}, thank you for your order.</p>",
+    "text": "Hi {{ customer.first_name }}, thank you for your order.",
+    "source": "tenant",
+    "updated_at": "2026-03-04T16:20:00Z",
+}
+_SETTINGS_OUT = {
+    "endpoint": {"url": "https://esp.example.com/afterglow", "secret_set": True},
+    "quiet_hours_start": "21:00",
+    "quiet_hours_end": "08:00",
+    "frequency_cap": 3,
+    "frequency_window_days": 7,
+    "default_channel": "email",
+    "default_timezone": "Europe/Paris",
+    "shop_name": "Acme Outdoor",
+}
+
+
 @router.put(
-    "/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)"
+    "/v1/messaging/templates/{kind}/{channel}",
+    summary="Save a template (validated by rendering)",
+    responses=openapi.example(200, _TEMPLATE_OUT),
 )
 async def put_template(
     kind: TemplateName,
@@ -174,7 +244,11 @@ async def put_template(
     return _template_out(kind, channel, template, "tenant", now)
 
 
-@router.delete("/v1/messaging/templates/{kind}/{channel}", summary="Revert to the default template")
+@router.delete(
+    "/v1/messaging/templates/{kind}/{channel}",
+    summary="Revert to the default template",
+    responses=openapi.example(200, {"kind": "welcome", "channel": "email", "deleted": True}),
+)
 async def delete_template(
     kind: TemplateName, channel: Channel, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -184,7 +258,11 @@ async def delete_template(
     return {"kind": kind, "channel": channel, "deleted": row is not None}
 
 
-@router.get("/v1/messaging/templates", summary="Effective templates: the tenant's and the defaults")
+@router.get(
+    "/v1/messaging/templates",
+    summary="Effective templates: the tenant's and the defaults",
+    responses=openapi.example(200, {"templates": [_TEMPLATE_OUT]}),
+)
 async def list_templates(session: Session, principal: Principal = Read) -> dict[str, Any]:
     rows = (
         await session.execute(
@@ -209,6 +287,25 @@ async def list_templates(session: Session, principal: Principal = Read) -> dict[
 @router.post(
     "/v1/messaging/templates/{kind}/{channel}/preview",
     summary="Render a template against sample data",
+    responses=openapi.errors(
+        openapi.example(
+            200,
+            {
+                "kind": "welcome",
+                "channel": "email",
+                "subject": "Welcome to Acme Outdoor",
+                "html": "<p>Hi Ada, thank you for your order.</p>",
+                "text": "Hi Ada, thank you for your order.",
+            },
+        ),
+        openapi.error(
+            404,
+            "No saved or default template",
+            "not_found",
+            "no template winback/sms",
+            field="kind",
+        ),
+    ),
 )
 async def preview_template(
     kind: TemplateName,
@@ -280,7 +377,9 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
 
 
 @router.put(
-    "/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)"
+    "/v1/messaging/endpoint",
+    summary="Where this tenant's messages are POSTed (Standard Webhooks)",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def put_endpoint(
     body: EndpointIn, request: Request, session: Session, principal: Principal = Write
@@ -297,7 +396,9 @@ async def put_endpoint(
 
 
 @router.put(
-    "/v1/messaging/settings", summary="Quiet hours, frequency cap, default channel and time zone"
+    "/v1/messaging/settings",
+    summary="Quiet hours, frequency cap, default channel and time zone",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def put_settings(
     body: PolicyIn, session: Session, principal: Principal = Write
@@ -310,13 +411,29 @@ async def put_settings(
 
 
 @router.get(
-    "/v1/messaging/settings", summary="This tenant's messaging settings (secret never shown)"
+    "/v1/messaging/settings",
+    summary="This tenant's messaging settings (secret never shown)",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def get_settings(session: Session, principal: Principal = Read) -> dict[str, Any]:
     return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
 
 
 class MessageIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "request_id": "crm:winback:cus_42:2026-03",
+                    "kind": "custom",
+                    "template": "winback",
+                    "category": "marketing",
+                    "variables": {"discount": "15%"},
+                }
+            ]
+        }
+    )
     customer_id: Id
     request_id: Id
     kind: MessageKind
@@ -340,7 +457,15 @@ class MessageIn(BaseModel):
         return self
 
 
-@router.post("/v1/messages", status_code=202, summary="Request a message (as message.requested)")
+@router.post(
+    "/v1/messages",
+    status_code=202,
+    summary="Request a message (as message.requested)",
+    responses=openapi.example(
+        202,
+        {"request_id": "crm:winback:cus_42:2026-03", "customer_id": "cus_42", "status": "accepted"},
+    ),
+)
 async def request_message(
     body: MessageIn, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
@@ -360,7 +485,37 @@ async def request_message(
     return {"request_id": body.request_id, "customer_id": body.customer_id, "status": "accepted"}
 
 
-@router.get("/v1/customers/{customer_id}/messages", summary="The message log of one customer")
+@router.get(
+    "/v1/customers/{customer_id}/messages",
+    summary="The message log of one customer",
+    responses=openapi.example(
+        200,
+        {
+            "customer_id": "cus_42",
+            "messages": [
+                {
+                    "id": "0f3a6c1e-51d2-4c7b-9a8e-6b2d1f0c3e47",
+                    "request_id": "journeys:welcome:pos:1001",
+                    "kind": "welcome",
+                    "category": "transactional",
+                    "priority": "normal",
+                    "channel": "email",
+                    "status": "sent",
+                    "reason": None,
+                    "attempts": 1,
+                    "created_at": "2026-03-02T14:30:01Z",
+                    "next_attempt_at": None,
+                    "last_attempt_at": "2026-03-02T14:30:02Z",
+                    "sent_at": "2026-03-02T14:30:02Z",
+                    "updated_at": "2026-03-02T14:30:02Z",
+                    "decisions": [
+                        {"at": "2026-03-02T14:30:01Z", "decision": "send", "reason": None}
+                    ],
+                }
+            ],
+        },
+    ),
+)
 async def customer_messages(
     customer_id: Id,
     session: Session,
@@ -458,7 +613,19 @@ def _public_url(request: Request) -> str:
 
 # GET only asks: mail security scanners and prefetchers follow every link in a message,
 # and must not unsubscribe the customer. The button POSTs to the same URL.
-@router.get("/u/{token}", include_in_schema=False)
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe page: asks, changes nothing (scanners follow every link)",
+    responses=openapi.errors(
+        openapi.html(200, "The question and its button", "<!doctype html>...<h1>Unsubscribe?</h1>"),
+        openapi.html(
+            404,
+            "The link is not valid (also: a path that matches no route, JSON)",
+            "<!doctype html>...<h1>Invalid link</h1>",
+        ),
+    ),
+)
 async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
     parsed = _parse_link(request, token)
     if parsed is None:
@@ -474,7 +641,22 @@ async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
 
 # POST acts: the page's button, and RFC 8058 one-click from the mail client
 # (List-Unsubscribe-Post). Repeating it is harmless.
-@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
+@router.post(
+    "/u/{token}",
+    summary="Unsubscribe (signed link; one-click per RFC 8058)",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {"example": "<!doctype html>...<h1>Unsubscribed</h1>"}}},
+        403: {
+            "description": "A cross-site post (its Origin is not this service's)",
+            "content": {"text/html": {"example": "<!doctype html>...<h1>Not unsubscribed</h1>"}},
+        },
+        404: {
+            "description": "The link is not valid (an HTML page), or the path matches no route",
+            "content": {"text/html": {"example": "<!doctype html>...<h1>Invalid link</h1>"}},
+        },
+    },
+)
 async def unsubscribe(token: str, request: Request, session: Session) -> HTMLResponse:
     refused = cross_site_post(request, _public_url(request))
     if refused is not None:

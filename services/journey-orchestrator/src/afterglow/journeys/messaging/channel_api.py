@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field, field_validator
@@ -42,8 +42,10 @@ from afterglow.kit.db import Session
 from afterglow.kit.errors import PayloadTooLarge, Unauthorized, Unprocessable
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id
 
-router = APIRouter(tags=["messaging"])
+router = service_router(tags=["messaging"])
 Write = Depends(require_scope("messages:write"))
 Read = Depends(require_scope("messages:read"))
 ChannelKind = Literal["email", "sms"]
@@ -342,7 +344,7 @@ async def _apply_events(
     "/v1/messaging/events/sendgrid/{tenant_id}",
     summary="SendGrid Event Webhook (signed): hard bounces and spam reports",
 )
-async def sendgrid_events(tenant_id: str, request: Request, session: Session) -> dict[str, Any]:
+async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
     body = await _body(request)
     settings = await session.get(MessagingTenantSettings, tenant_id)
     key = settings.sendgrid_public_key if settings else None
@@ -363,7 +365,7 @@ async def sendgrid_events(tenant_id: str, request: Request, session: Session) ->
     "/v1/messaging/events/postmark/{tenant_id}",
     summary="Postmark bounce and spam complaint webhook (basic auth)",
 )
-async def postmark_events(tenant_id: str, request: Request, session: Session) -> dict[str, Any]:
+async def postmark_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
     body = await _body(request)
     settings = await session.get(MessagingTenantSettings, tenant_id)
     expected = settings.postmark_auth if settings else None
@@ -385,7 +387,7 @@ def _twiml(message: str | None = None) -> Response:
     "/v1/messaging/inbound/twilio/{tenant_id}",
     summary="Inbound SMS from Twilio (signed): STOP, START and HELP",
 )
-async def twilio_inbound(tenant_id: str, request: Request, session: Session) -> Response:
+async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> Response:
     body = await _body(request)
     row = await session.get(MessagingChannel, (tenant_id, "sms"))
     token = row.secret if row is not None and row.provider == "twilio" else None
