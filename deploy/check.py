@@ -305,9 +305,7 @@ def check_pods(docs: list[Doc], report: Report, where: str) -> None:
             report.fail(label, "terminationGracePeriodSeconds must let consumers commit (>= 40)")
 
 
-def check_monitoring(
-    docs: list[Doc], services: dict[str, str], report: Report, where: str
-) -> None:
+def check_monitoring(docs: list[Doc], services: dict[str, str], report: Report, where: str) -> None:
     """Each service is scraped: a ServiceMonitor named after it selects a Service whose
     pods include its api and worker Deployments, on a port that Service names, at
     /metrics. A selector matching nothing is valid YAML and silently scrapes nothing."""

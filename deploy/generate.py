@@ -19,7 +19,7 @@ import yaml
 from afterglow.events.topics import TOPICS, TOPICS_BY_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import observability  # noqa: E402 - deploy/ is not a package
+import observability
 
 DEPLOY = Path(__file__).resolve().parent
 BASE = DEPLOY / "base"

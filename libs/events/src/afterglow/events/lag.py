@@ -16,7 +16,6 @@ poll, and nothing else here depends on how it processes a batch.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 
