@@ -10,13 +10,20 @@
    whose CRD is not there, against the subset of it written out below;
 5. every topic of afterglow.events.topics and its DLQ has a KafkaTopic, every service has
    an api and a worker Deployment, every pod is hardened and probed, and every KEDA Kafka
-   trigger authenticates as a KafkaUser.
+   trigger authenticates as a KafkaUser;
+6. monitoring: every service has a ServiceMonitor selecting a Service that covers both of
+   its Deployments on the metrics port and path; every PromQL expression of the
+   PrometheusRules and of the Grafana dashboards (ConfigMaps labelled grafana_dashboard)
+   parses (promql-parser), and every metric it names is one a service exports, as listed
+   in deploy/metrics-exported.txt (kept equal to the services' /metrics by
+   tests/contract/test_metrics_exported.py).
 
 Exit status 1 with one line per problem.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +37,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +54,13 @@ CRD_FILES = {
     ("kafka.strimzi.io", "KafkaTopic"): "strimzi-kafkatopic.crd.yaml",
     ("kafka.strimzi.io", "KafkaUser"): "strimzi-kafkauser.crd.yaml",
     ("keda.sh", "ScaledObject"): "keda-scaledobject.crd.yaml",
+    ("monitoring.coreos.com", "ServiceMonitor"): "prometheus-servicemonitor.crd.yaml",
+    ("monitoring.coreos.com", "PrometheusRule"): "prometheus-prometheusrule.crd.yaml",
 }
+# The sample names the services serve at /metrics (a histogram's _bucket, _count, _sum;
+# a counter's _total), one a line; written by tests/contract/test_metrics_exported.py.
+EXPORTED_METRICS = DEPLOY / "metrics-exported.txt"
+METRICS_PATH = "/metrics"
 Doc = dict[str, Any]
 # KEDA's TriggerAuthentication CRD is not among the published CRDs the check reads, so
 # the part of it these manifests use is written out here (keda.sh/v1alpha1: a list of
@@ -291,6 +305,112 @@ def check_pods(docs: list[Doc], report: Report, where: str) -> None:
             report.fail(label, "terminationGracePeriodSeconds must let consumers commit (>= 40)")
 
 
+def check_monitoring(docs: list[Doc], services: dict[str, str], report: Report, where: str) -> None:
+    """Each service is scraped: a ServiceMonitor named after it selects a Service whose
+    pods include its api and worker Deployments, on a port that Service names, at
+    /metrics. A selector matching nothing is valid YAML and silently scrapes nothing."""
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    k8s_services = [d for d in docs if d["kind"] == "Service"]
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    for name in services:
+        monitor = monitors.get(name)
+        if monitor is None:
+            report.fail(where, f"service {name} has no ServiceMonitor {name}")
+            continue
+        label = f"{where} ServiceMonitor/{name}"
+        wanted = monitor["spec"].get("selector", {}).get("matchLabels", {})
+        selected = [
+            s for s in k8s_services if wanted.items() <= s["metadata"].get("labels", {}).items()
+        ]
+        if len(selected) != 1:
+            report.fail(label, f"selects {len(selected)} Services, not one")
+            continue
+        svc = selected[0]
+        ports = {p.get("name") for p in svc["spec"].get("ports", [])}
+        for endpoint in monitor["spec"].get("endpoints", []):
+            if endpoint.get("port") not in ports:
+                report.fail(label, f"port {endpoint.get('port')} is not a port of {name_of(svc)}")
+            if endpoint.get("path") != METRICS_PATH:
+                report.fail(label, f"path {endpoint.get('path')} is not {METRICS_PATH}")
+        chooser = svc["spec"].get("selector", {})
+        for role in ("api", "worker"):
+            pod_labels = pods.get(f"{name}-{role}", {})
+            if not chooser or not chooser.items() <= pod_labels.items():
+                report.fail(label, f"{name_of(svc)} does not select the pods of {name}-{role}")
+        report.validated["services scraped"] += 1
+
+
+def promql_sources(docs: list[Doc]) -> list[tuple[str, str]]:
+    """(where, expression) of every alerting/recording rule and dashboard panel."""
+    found = []
+    for doc in docs:
+        if doc["kind"] == "PrometheusRule":
+            for group in doc["spec"].get("groups", []):
+                for rule in group.get("rules", []):
+                    rule_name = rule.get("alert") or rule.get("record")
+                    found.append((f"{name_of(doc)} rule {rule_name}", str(rule["expr"])))
+        labels = doc.get("metadata", {}).get("labels", {})
+        if doc["kind"] == "ConfigMap" and labels.get("grafana_dashboard") == "1":
+            for key, text in doc.get("data", {}).items():
+                for title, expr in dashboard_exprs(json.loads(text)):
+                    found.append((f"{name_of(doc)} {key} panel {title!r}", expr))
+    return found
+
+
+def dashboard_exprs(dashboard: Doc) -> list[tuple[str, str]]:
+    """(panel title, expression) of every target, panels inside rows included."""
+    out = []
+    stack = list(dashboard.get("panels", []))
+    while stack:
+        panel = stack.pop(0)
+        stack.extend(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            if "expr" in target:
+                out.append((panel.get("title", ""), target["expr"]))
+    return out
+
+
+def metric_names(expr: str) -> set[str | None]:
+    """The metric names an expression selects (None for a selector without one).
+    Raises ValueError, with the parser's message, when the expression does not parse."""
+    names: set[str | None] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            names.add(node.name)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def load_exported(path: Path = EXPORTED_METRICS) -> set[str]:
+    if not path.exists():
+        raise CheckError(
+            f"{path} is missing: run `uv run pytest tests/contract/test_metrics_exported.py` "
+            "with AFTERGLOW_WRITE_METRICS=1"
+        )
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def check_promql(sources: list[tuple[str, str]], exported: set[str], report: Report) -> None:
+    for where, expr in sources:
+        try:
+            names = metric_names(expr)
+        except ValueError as err:
+            report.fail(where, f"PromQL does not parse ({err}): {expr}")
+            continue
+        if None in names:
+            report.fail(where, "a selector without a metric name cannot be checked")
+        for name in sorted(n for n in names if n is not None and n not in exported):
+            report.fail(where, f"metric {name} is exported by no service")
+        report.validated["PromQL expressions"] += 1
+
+
 def check_generated(report: Report) -> None:
     for rel in generate.stale():
         report.fail(f"deploy/{rel}", "differs from deploy/generate.py: run it and commit")
@@ -317,6 +437,7 @@ def run() -> Report:
     check_generated(report)
     lint_dockerfile(report)
     services = expected_services()
+    exported = load_exported()
     for overlay in OVERLAYS:
         docs = render(overlay)
         report.validated["overlays rendered"] += 1
@@ -326,6 +447,8 @@ def run() -> Report:
             report.validated["topics covered"] += check_topics(docs, report, overlay)
             check_services(docs, services, report, overlay)
             check_scaler_auth(docs, report, overlay)
+            check_monitoring(docs, services, report, overlay)
+            check_promql(promql_sources(docs), exported, report)
     report.validated["services"] = len(services)
     return report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -64,6 +65,9 @@ def test_the_committed_manifests_pass_the_whole_check() -> None:
     assert report.validated["overlays rendered"] == len(check.OVERLAYS)
     assert report.validated["KafkaTopic (CRD schema)"] == 2 * 2 * len(TOPICS)  # dev, prod
     assert report.validated["Dockerfile (hadolint)"] == 1
+    assert report.validated["ServiceMonitor (CRD schema)"] == 2 * len(check.expected_services())
+    assert report.validated["PrometheusRule (CRD schema)"] == 2
+    assert report.validated["PromQL expressions"] > 0
 
 
 def test_every_catalog_topic_and_its_dlq_has_a_kafka_topic(rendered) -> None:
@@ -205,3 +209,106 @@ def test_crd_checks_skip_without_shared_folder(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CI", "true")
     with pytest.raises(check.CheckError, match=r"does not exist"):
         crds_or_skip()
+
+
+# ------------------------------------------------------------------------- monitoring
+
+
+def _rule(docs: list[dict[str, Any]], alert: str) -> dict[str, Any]:
+    rules = _one(docs, "PrometheusRule", "afterglow")["spec"]["groups"][0]["rules"]
+    return next(r for r in rules if r["alert"] == alert)
+
+
+def test_every_service_is_scraped_with_every_rule_and_panel_checked(rendered) -> None:
+    docs = rendered["prod"]
+    report = check.Report()
+    check.check_monitoring(docs, check.expected_services(), report, "prod")
+    sources = check.promql_sources(docs)
+    check.check_promql(sources, check.load_exported(), report)
+    assert report.problems == []
+    assert report.validated["services scraped"] == len(check.expected_services())
+    rules = [w for w, _ in sources if " rule " in w]
+    panels = [w for w, _ in sources if " panel " in w]
+    assert len(rules) == len(
+        _one(docs, "PrometheusRule", "afterglow")["spec"]["groups"][0]["rules"]
+    )
+    # an overview and one dashboard per service, each with panels
+    dashboards = {w.split(" ")[0] for w in panels}
+    assert dashboards == {"ConfigMap/grafana-dashboard-overview"} | {
+        f"ConfigMap/grafana-dashboard-{s}" for s in check.expected_services()
+    }
+    for rule in _one(docs, "PrometheusRule", "afterglow")["spec"]["groups"][0]["rules"]:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert "Check first" in rule["annotations"]["runbook"], rule["alert"]
+
+
+def test_a_rule_with_a_promql_syntax_error_fails(rendered) -> None:
+    docs = copy.deepcopy(rendered["prod"])
+    _rule(docs, "AfterglowOutboxBehind")["expr"] = (
+        "max by (namespace, schema) (afterglow_outbox_oldest_unsent_age_seconds > 60"
+    )
+    report = check.Report()
+    check.check_promql(check.promql_sources(docs), check.load_exported(), report)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(
+        "PrometheusRule/afterglow rule AfterglowOutboxBehind: PromQL does not parse ("
+    )
+
+
+def test_a_panel_naming_a_metric_no_service_exports_fails(rendered) -> None:
+    docs = copy.deepcopy(rendered["dev"])
+    dashboard_map = _one(docs, "ConfigMap", "grafana-dashboard-loyalty")
+    key = next(iter(dashboard_map["data"]))
+    dashboard = json.loads(dashboard_map["data"][key])
+    dashboard["panels"][0]["title"] = "Typo"
+    dashboard["panels"][0]["targets"][0]["expr"] = (
+        'sum(rate(afterglow_http_requests_total{job="loyalty"}[5m]))'
+    )
+    dashboard_map["data"][key] = json.dumps(dashboard)
+    report = check.Report()
+    check.check_promql(check.promql_sources(docs), check.load_exported(), report)
+    assert report.problems == [
+        f"ConfigMap/grafana-dashboard-loyalty {key} panel 'Typo': metric "
+        "afterglow_http_requests_total is exported by no service"
+    ]
+
+
+def test_metric_names_are_read_from_the_whole_expression() -> None:
+    assert check.metric_names(
+        "histogram_quantile(0.99, sum by (le) (rate(a_bucket[5m]))) > 300"
+        " and deriv(sum(b)[15m:1m]) > 0 unless time() - c offset 5m"
+    ) == {"a_bucket", "b", "c"}
+    assert check.metric_names('{__name__="a"}') == {None}
+
+
+def test_a_service_monitor_that_misses_the_workers_fails(rendered) -> None:
+    docs = copy.deepcopy(rendered["prod"])
+    metrics = _one(docs, "Service", "loyalty-metrics")
+    metrics["spec"]["selector"]["app.kubernetes.io/component"] = "api"
+    _one(docs, "ServiceMonitor", "feedback")["spec"]["endpoints"][0]["port"] = "metrics"
+    docs = [
+        d
+        for d in docs
+        if not (d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == "referrals")
+    ]
+    report = check.Report()
+    check.check_monitoring(docs, check.expected_services(), report, "prod")
+    assert sorted(report.problems) == [
+        "prod ServiceMonitor/feedback: port metrics is not a port of Service/feedback-metrics",
+        "prod ServiceMonitor/loyalty: Service/loyalty-metrics does not select the pods of "
+        "loyalty-worker",
+        "prod: service referrals has no ServiceMonitor referrals",
+    ]
+
+
+def test_monitoring_objects_are_validated_against_their_crds(rendered, schemas) -> None:
+    docs = copy.deepcopy(rendered["prod"])
+    monitor = _one(docs, "ServiceMonitor", "journeys")
+    monitor["spec"]["endpoints"] = {"port": "http"}  # a list in the CRD
+    rule = _one(docs, "PrometheusRule", "afterglow")
+    del rule["spec"]["groups"][0]["name"]
+    report = check.Report()
+    check.validate_objects([monitor, rule], schemas, report, "prod")
+    text = "\n".join(report.problems)
+    assert "ServiceMonitor/journeys: spec.endpoints" in text
+    assert "PrometheusRule/afterglow: spec.groups.0" in text and "'name'" in text

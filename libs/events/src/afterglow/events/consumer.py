@@ -89,6 +89,7 @@ from afterglow.events.failures import (
     classify,
 )
 from afterglow.events.kafka import KafkaConfig, build_consumer
+from afterglow.events.lag import observe_lag
 from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
@@ -333,6 +334,7 @@ class EventConsumer:
                 )
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
+                observe_lag(self.name, consumer, batch)  # afterglow.events.lag: no I/O
                 if time.monotonic() >= self._next_offset_check:
                     # Before the batch: a batch read from a position that is about to
                     # be reset would be applied, then read again from the start.

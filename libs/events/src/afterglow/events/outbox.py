@@ -43,6 +43,16 @@ PUBLISH_FAILURES = Counter(
 LAST_PUBLISH = Gauge(
     "afterglow_outbox_last_publish_timestamp", "Unix time of the last relay batch", ["schema"]
 )
+# What is waiting, measured by the relay every BACKLOG_INTERVAL_S even while it drains a
+# backlog: a relay that publishes (LAST_PUBLISH moves) but falls behind, or rows stuck
+# behind a poison row, show only here. Alerted on in deploy/ (oldest row > 1 minute).
+BACKLOG = Gauge("afterglow_outbox_backlog_rows", "Outbox rows not yet published", ["schema"])
+OLDEST_AGE = Gauge(
+    "afterglow_outbox_oldest_unsent_age_seconds",
+    "Age of the oldest outbox row not yet published (0 when none waits)",
+    ["schema"],
+)
+BACKLOG_INTERVAL_S = 15.0
 
 
 def shard_of(key: str) -> int:
@@ -126,6 +136,13 @@ class OutboxRelay:
             f"UPDATE {t} SET sent_at = now(), attempts = attempts + 1 "  # noqa: S608
             "WHERE id = ANY(:ids)"
         ).bindparams(bindparam("ids"))
+        # Served by the partial index ix_outbox_unsent: cheap while the backlog is small,
+        # and run at most every BACKLOG_INTERVAL_S when it is not.
+        self._backlog = text(
+            "SELECT count(*) AS n, "  # noqa: S608
+            "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_s "
+            f"FROM {t} WHERE sent_at IS NULL"
+        )
         self._purge = text(
             f"DELETE FROM {t} WHERE id IN (SELECT id FROM {t} "  # noqa: S608
             "WHERE sent_at < now() - make_interval(secs => :secs) LIMIT 5000)"
@@ -174,10 +191,14 @@ class OutboxRelay:
         listener = asyncio.create_task(self._listen(), name=f"outbox-listen-{self._schema}")
         backoff = 0.5
         last_purge = 0.0
+        last_measure = 0.0
         loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
+                if loop.time() - last_measure >= BACKLOG_INTERVAL_S:
+                    last_measure = loop.time()
+                    await self.measure_backlog()
                 try:
                     published = await self.publish_once()
                     backoff = 0.5
@@ -205,6 +226,18 @@ class OutboxRelay:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    async def measure_backlog(self) -> None:
+        """Set the backlog gauges; a failure leaves them as they were (the relay's own
+        failure is counted by PUBLISH_FAILURES)."""
+        try:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(self._backlog)).one()
+        except Exception:
+            log.warning("outbox backlog measurement failed", exc_info=True)
+            return
+        BACKLOG.labels(self._schema).set(row.n)
+        OLDEST_AGE.labels(self._schema).set(float(row.oldest_s))
 
     async def _purge_sent(self) -> None:
         try:

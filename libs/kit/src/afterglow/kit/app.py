@@ -21,7 +21,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,6 +54,10 @@ HTTP_LATENCY = Histogram(
     "HTTP request latency",
     ["service", "method", "route", "status"],
 )
+# The verdict of the last /readyz (kubelet asks every few seconds): 1 ready, 0 not. The
+# alert on readiness failing (deploy/) reads it from the pod itself, so it needs no
+# kube-state-metrics, and the metrics Service scrapes unready pods too.
+READY = Gauge("afterglow_ready", "1 if this pod's last /readyz answered ready, else 0")
 
 
 @dataclass(frozen=True)
@@ -368,6 +372,7 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
                 if consumer.last_commit is None
                 else round(now - consumer.last_commit, 1),
             }
+        READY.set(1 if ok else 0)
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
             status_code=200 if ok else 503,
