@@ -238,6 +238,8 @@ def spoil_shopify(change: str) -> dict[str, Any]:
         o["shipping_address"] = [1]
     elif change == "created_at_9e99":
         o["processed_at"] = o["created_at"] = 9e99
+    elif change == "created_at_year_9999":
+        o["processed_at"] = o["created_at"] = "9999-12-31T23:00:00-05:00"
     elif change == "customer_id_too_long":
         o["customer"]["id"] = "9" * 300
     return o
@@ -256,6 +258,7 @@ class TestOddValues:
             "line_items_numbers",
             "shipping_address_list",
             "created_at_9e99",
+            "created_at_year_9999",
             "customer_id_too_long",
         ],
     )
@@ -373,6 +376,23 @@ class TestOddValues:
         )
         assert r.status_code == 422, r.text
         assert r.json()["error"]["field"] == "data.customer.first_name"
+
+    @pytest.mark.parametrize("placed_at", ["9999-12-31T23:00:00Z", "1900-01-01T00:00:00Z"])
+    async def test_rest_order_in_year_9999_is_422_not_a_dead_letter(
+        self, client, runtime, tenant_id, placed_at
+    ):
+        # Accepted, it reached journeys, whose check-in timer (placed + days) overflowed
+        # datetime: the event was dead-lettered and the customer had no journey.
+        await register(client, tenant_id)
+        key = await api_key(client, tenant_id, "orders:write")
+        r = await client.post(
+            "/v1/orders",
+            json=canonical_order(placed_at=placed_at),
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == "data.placed_at"
+        assert await delivery_count(runtime, tenant_id) == 0
 
 
 # --- 6. wrong values accepted --------------------------------------------------------

@@ -16,6 +16,7 @@ do not repeat them.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -36,19 +37,30 @@ from afterglow.events.topics import TOPICS_BY_NOUN
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
+# Instants an event may carry: a timer or window computed from one (placed + 14 days,
+# a 24-month points expiry) must stay within Python's datetime and PostgreSQL's
+# timestamptz. The same range as afterglow.kit.types (which cannot be imported here).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 class CleanText(BaseModel):
-    """Refuses control characters in every string field (and list of strings).
+    """Refuses control characters in every string field (and list of strings), and
+    instants outside EARLIEST..LATEST.
 
     PostgreSQL text cannot hold NUL: an event carrying one was accepted by its producer
-    (a REST call, a webhook) and then dead-lettered by every consumer. Refused when the
-    event is built, the producer answers 422 instead."""
+    (a REST call, a webhook) and then dead-lettered by every consumer. An order placed in
+    the year 9999 went the same way (its check-in timer overflowed). Refused when the
+    event is built, the producer answers 422 or quarantines the delivery instead."""
 
     @field_validator("*", mode="after")
     @classmethod
     def _no_control_characters(cls, value: Any) -> Any:
-        for text in value if isinstance(value, list) else (value,):
-            if isinstance(text, str) and _CONTROL.search(text):
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and _CONTROL.search(item):
                 raise ValueError("must not contain control characters")
+            if isinstance(item, datetime) and item.tzinfo and not EARLIEST <= item < LATEST:
+                raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year} (exclusive)")
         return value
 
 
