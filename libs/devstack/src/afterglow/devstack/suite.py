@@ -4,8 +4,8 @@ and ``make test-kafka`` run it.
 The end-to-end tests run every service as real processes in the services' own consumer
 groups, so they get a pytest process (and an embedded stack) of their own: an in-process
 test app still alive in the same session would share those groups with them. Without
-path arguments there are two runs, the suite without ``tests/e2e`` and then
-``tests/e2e``; with paths, one run of just those.
+path arguments the suite runs without ``tests/e2e``, then
+``tests/e2e``, then each ``ISOLATED`` module alone; with paths, one run of just those.
 """
 
 from __future__ import annotations
@@ -18,13 +18,27 @@ from pathlib import Path
 
 E2E = "tests/e2e"
 NO_TESTS = 5
+# Modules that start in-process copies of several services in those services' own
+# consumer groups. Next to another live member of the same groups (the suite's shared
+# orchestrator app, or the e2e processes of the module before) the embedded broker held
+# their group join past the test timeout, so each gets a pytest process of its own.
+ISOLATED = (
+    "tests/integration/test_first_order_agreement.py",
+    "tests/e2e/test_refunds_and_history.py",
+)
 
 
 def phases(pytest_args: list[str], root: Path) -> list[list[str]]:
     named_paths = [a for a in pytest_args if not a.startswith("-") and (root / a).exists()]
     if named_paths:
         return [pytest_args]
-    return [[f"--ignore={E2E}", *pytest_args], [E2E, *pytest_args]]
+    apart = [m for m in ISOLATED if (root / m).exists()]
+    ignored = [f"--ignore={m}" for m in apart]
+    return [
+        [f"--ignore={E2E}", *ignored, *pytest_args],
+        [E2E, *ignored, *pytest_args],
+        *([m, *pytest_args] for m in apart),
+    ]
 
 
 def run_phases(

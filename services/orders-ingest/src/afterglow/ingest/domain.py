@@ -946,7 +946,12 @@ def woo_refunds(
     Oldest first (ids grow); a refund is full when the refunds up to it reach the order
     total. The ``refunded`` status with an empty list (a refund made outside
     WooCommerce) is one full refund of the total, keyed ``full``."""
-    entries = [r for r in p.get("refunds") or [] if isinstance(r, Mapping)]
+    listed = p.get("refunds") or []
+    if not isinstance(listed, list) or not all(isinstance(r, Mapping) for r in listed):
+        # Skipping an entry we cannot read would lose that refund for good: quarantine
+        # the delivery instead, so it can be replayed once understood.
+        raise NormalizationError("refunds is not a list of refund objects", "refunds")
+    entries = list(listed)
     if not entries:
         if not fully:
             return []
