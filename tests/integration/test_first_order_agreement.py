@@ -17,6 +17,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,10 @@ async def post_order(apps: Apps, tenant: str, secret: str, order: dict[str, Any]
 
 def order_of(customer_id: int, order_id: int, orders_count: int | None) -> dict[str, Any]:
     order = json.loads(SHOPIFY_ORDER.read_text())
-    order |= {"id": order_id, "name": f"#{order_id}"}
+    # Placed now: an order older than the tenant's late-order limit (30 days at
+    # arrival) is history and starts no journey, which is not what this test is about.
+    now = datetime.now(UTC).isoformat()
+    order |= {"id": order_id, "name": f"#{order_id}", "created_at": now, "processed_at": now}
     order["customer"] = dict(order["customer"], id=customer_id)
     if orders_count is None:
         order["customer"].pop("orders_count", None)
