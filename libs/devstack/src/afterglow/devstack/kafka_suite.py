@@ -125,17 +125,7 @@ def run(pytest_args: list[str]) -> int:
         worst = 0
         for phase in phases(pytest_args, root):
             # Unit tests never reach a broker: running them again here would prove nothing.
-            # The OpenAPI fuzz is an HTTP contract, run by make test; here it doubled the
-            # run's time and once failed on a journeys operation not yet diagnosed (see
-            # the closing note of 2026-12-03): it is to come back once that is understood.
-            args = [
-                sys.executable,
-                "-m",
-                "pytest",
-                "--ignore-glob=*/tests/unit/*",
-                "--ignore=tests/contract/test_openapi_fuzz.py",
-                *phase,
-            ]
+            args = [sys.executable, "-m", "pytest", "--ignore-glob=*/tests/unit/*", *phase]
             t0 = time.monotonic()
             pytest_proc = subprocess.Popen(  # noqa: S603 - this interpreter's pytest
                 args, env=env, cwd=root, preexec_fn=_die_with_parent
