@@ -175,3 +175,20 @@ class TestTokenBucket:
         assert idle.ok and idle.tokens == 13.0
         slow = take(0.5, 0.0, T0, T0 + timedelta(hours=1))
         assert slow.ok and slow.tokens == 0.0  # at least one token, never more than burst
+
+
+class TestCaCertificateField:
+    def test_a_non_ascii_ca_is_a_validation_error_not_a_500(self):
+        import pydantic
+        import pytest
+
+        from afterglow.journeys.messaging.channel_api import SmtpChannelIn
+
+        with pytest.raises(pydantic.ValidationError) as err:
+            SmtpChannelIn(
+                provider="smtp",
+                host="smtp.example.com",
+                from_email="a@example.com",
+                tls_ca_pem="-----BEGIN CERTIFICATE-----\u00e9",
+            )
+        assert err.value.errors()[0]["loc"] == ("tls_ca_pem",)
