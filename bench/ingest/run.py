@@ -158,8 +158,11 @@ class WrkResult:
             f"  {label:<34} {self.rate:7.0f} req/s  p50 {self.p50_ms:6.1f} ms  "
             f"p99 {self.p99_ms:7.1f} ms  max {self.max_ms:7.1f} ms  [{codes}]"
             + (f"  socket errors {self.socket_errors}" if errs else "")
-            + (f"  POOL WRAPPED {self.wrapped}x (ids repeated)" if self.wrapped and not
-               label.startswith("floor") else "")
+            + (
+                f"  POOL WRAPPED {self.wrapped}x (ids repeated)"
+                if self.wrapped and not label.startswith("floor")
+                else ""
+            )
         )
 
 
@@ -232,8 +235,12 @@ def register(url: str) -> str:
     r = httpx.post(
         f"{url}/admin/tenants",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        json={"tenant_id": TENANT, "name": "bench", "shopify_shop_domain": SHOP,
-              "platforms": ["shopify"]},
+        json={
+            "tenant_id": TENANT,
+            "name": "bench",
+            "shopify_shop_domain": SHOP,
+            "platforms": ["shopify"],
+        },
         timeout=30,
     )
     r.raise_for_status()
@@ -243,8 +250,10 @@ def register(url: str) -> str:
 def report_ingest(label: str, r: WrkResult, stored: int, settle_s: float | None) -> None:
     print(r.line(label))
     lost = r.ok - stored
-    drained = f"processed and drained {settle_s:.1f} s after" if settle_s is not None else (
-        "NOT processed/drained within 180 s"
+    drained = (
+        f"processed and drained {settle_s:.1f} s after"
+        if settle_s is not None
+        else ("NOT processed/drained within 180 s")
     )
     print(f"  {'':<34} answered 2xx {r.ok}, stored {stored}, lost {lost}; {drained}")
 

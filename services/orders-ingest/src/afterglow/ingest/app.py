@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 
-from afterglow.ingest import api, bigcommerce, export
+from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
@@ -22,7 +26,27 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker, bigcommerce.fetch_worker]
+    return [reconciliation_worker, bigcommerce.fetch_worker, processing.processing_worker]
+
+
+async def _start_receiving(runtime: Runtime) -> None:
+    """The webhook hot path's group commit (writer tasks) and tenant cache. The writer
+    wakes this process's processing worker after each commit."""
+    settings = runtime.settings
+    assert isinstance(settings, IngestSettings)
+    writer = DeliveryWriter(
+        runtime.engine,
+        max_waiting=settings.ingest_intake_max_waiting,
+        max_batch=settings.ingest_intake_max_batch,
+        retry_after_s=settings.ingest_intake_retry_after_s,
+        on_commit=processing.wakeup_of(runtime).set,
+    )
+    runtime.extras["delivery_writer"] = writer
+    runtime.extras["tenant_directory"] = TenantDirectory(
+        runtime.sessionmaker, settings.ingest_directory_ttl_s
+    )
+    for n in range(settings.ingest_intake_writers):
+        runtime.tasks.append(asyncio.create_task(writer.run(), name=f"delivery-writer-{n}"))
 
 
 def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -42,6 +66,7 @@ def create_app(settings: IngestSettings | None = None, clock: Clock | None = Non
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
+        on_start=_start_receiving,
         clock=clock,
         openapi_tags=[
             {"name": "webhooks", "description": "Signed deliveries from platforms"},
