@@ -91,9 +91,11 @@ class Settled:
 
 
 async def settled(
-    client: httpx.AsyncClient, tenant_id: str, answer: httpx.Response, timeout_s: float = 30
+    client: httpx.AsyncClient, tenant_id: str, answer: Any, timeout_s: float = 30
 ) -> Settled:
     """Wait (bounded) until the delivery ``answer`` names is no longer ``received``."""
+    if isinstance(answer, Settled):
+        return answer
     if answer.status_code >= 300 or answer.json().get("status") != "received":
         return Settled(answer, answer.json())
     if tenant_id not in _READ_KEYS:

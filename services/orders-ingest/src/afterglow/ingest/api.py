@@ -54,6 +54,7 @@ BAD_SIGNATURE = "the webhook signature could not be verified"
 TENANT_RE = TENANT_ID_PATTERN.pattern
 # Headers worth keeping with the raw body (for operators and replay).
 _DROP_HEADERS = {"authorization", "cookie"}
+ARCHIVED = "archived"
 
 
 def settings_of(request: Request) -> IngestSettings:
@@ -280,8 +281,14 @@ def kept_headers(request: Request) -> dict[str, str]:
 # What a delivery stored by the hot path is answered. 200 for a stored delivery, as
 # before processing moved off the request (senders and our clients check 200; the
 # body's status says "received": its events follow); 202 for a delivery quarantined at
-# once (no dedupe key or topic), as before.
-_STORED_STATUS = {RECEIVED: 200, intake.QUARANTINED: 202, bigcommerce.FETCH_PENDING: 200}
+# once (no dedupe key or topic) or archived at once (a BigCommerce scope we do not
+# read), as before.
+_STORED_STATUS = {
+    RECEIVED: 200,
+    intake.QUARANTINED: 202,
+    ARCHIVED: 202,
+    bigcommerce.FETCH_PENDING: 200,
+}
 
 
 async def store(request: Request, delivery: NewDelivery) -> JSONResponse:
@@ -1247,7 +1254,8 @@ async def bigcommerce_webhook(request: Request, tenant_id: TenantPath) -> JSONRe
             status=bigcommerce.FETCH_PENDING, next_attempt_at=now,
         )  # fmt: skip
         return await store(request, delivery)
-    # Any other scope: stored; the processing worker archives it (no normalizer).
-    return await store(
-        request, NewDelivery(tenant_id, "bigcommerce", scope, dedupe_key, headers, body, now)
+    # Any other scope has no normalizer: stored as archived, for an operator to replay.
+    delivery = NewDelivery(
+        tenant_id, "bigcommerce", scope, dedupe_key, headers, body, now, status=ARCHIVED
     )
+    return await store(request, delivery)
