@@ -1,16 +1,31 @@
 """The webhook hot path: group commit, then processing from the stored deliveries.
 
-A 2xx means stored; what is stored is processed once, whoever dies in between: the
-service killed mid-burst (SIGKILL, a real uvicorn process), or killed while its
-worker holds a batch half applied.
+A 2xx means stored, and what is stored is processed once (test_killed_ingest kills a
+real process in between); past the bound of waiting requests the answer is 503 with
+Retry-After; a client leaving mid-body is no server error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
 
-from hotpath_support import database, headers, order_body, post_order, until_processed
-from ingest_support import register, settled
+import pytest
+from hotpath_support import (
+    database,
+    headers,
+    order_body,
+    post_order,
+    tenant_state,
+    until_processed,
+)
+from ingest_support import delivery_count, register, settled
+
+from afterglow.devstack.pytest_plugin import serve_app
+from afterglow.ingest.app import create_app
+from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
 
 
 class TestGroupCommit:
@@ -45,3 +60,86 @@ class TestGroupCommit:
         stored = first if first.json()["status"] == "received" else second
         done = await settled(client, tenant_id, stored)
         assert done.json()["status"] == "processed" and len(done.json()["events"]) == 1
+
+
+class TestOverload:
+    async def test_past_the_bound_a_webhook_is_503_with_retry_after_and_nothing_stored(
+        self, settings, runtime, tenant_id
+    ):
+        # A process whose bound is reached at once: every webhook is turned away.
+        full = create_app(settings.model_copy(update={"ingest_intake_max_waiting": 0}))
+        async with serve_app(full) as c:
+            secret = (await register(c, tenant_id))["shopify"]
+            r = await post_order(c, tenant_id, secret, 1)
+        assert r.status_code == 503
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        assert await delivery_count(runtime, tenant_id) == 0
+
+    async def test_waiting_requests_are_bounded_and_released_by_the_commit(self, stack, tenant_id):
+        async with database(stack) as engine:
+            writer = DeliveryWriter(engine, max_waiting=2, max_batch=10, retry_after_s=3)
+            now = datetime.now(UTC)
+            new = [
+                NewDelivery(tenant_id, "shopify", "orders/create", f"k{n}", {}, b"{}", now)
+                for n in range(3)
+            ]
+            waiting = [asyncio.ensure_future(writer.store(d)) for d in new[:2]]
+            await asyncio.sleep(0)  # both are queued; no writer task runs yet
+            with pytest.raises(Overloaded) as refused:
+                await writer.store(new[2])
+            assert refused.value.headers == {"Retry-After": "3"}
+            task = asyncio.ensure_future(writer.run())
+            try:
+                assert await asyncio.gather(*waiting) == [True, True]
+            finally:
+                task.cancel()
+            state = await tenant_state(engine, tenant_id)
+        assert set(state["deliveries"]) == {d.id for d in new[:2]}
+
+
+class TestClientLeaves:
+    async def test_a_disconnect_mid_body_is_logged_at_info_without_traceback(
+        self, app_and_client, caplog
+    ):
+        app = app_and_client[0]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/webhooks/shopify",
+            "raw_path": b"/webhooks/shopify",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"5000"),
+                (b"x-shopify-hmac-sha256", b"c2ln"),
+                (b"x-shopify-shop-domain", b"nobody.myshopify.com"),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        messages = iter(
+            [
+                {"type": "http.request", "body": b'{"id": 1,', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with caplog.at_level(logging.INFO):
+            await app(scope, receive, send)
+        left = [r for r in caplog.records if "disconnected" in r.getMessage()]
+        assert [r.levelno for r in left] == [logging.INFO]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from fastapi import FastAPI
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from afterglow.ingest import api, bigcommerce, export, processing
 from afterglow.ingest.directory import TenantDirectory
@@ -14,7 +17,10 @@ from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.errors import error_response
 from afterglow.kit.export import export_router
+
+log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
     name="ingest",
@@ -50,6 +56,25 @@ async def _start_receiving(runtime: Runtime) -> None:
 
 
 def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    app = _create_app(settings, clock)
+    # Overload is never a 500: a pool that ran dry (QueuePool timeout) or a database
+    # out of reach is a 503 with Retry-After, which every sender retries.
+    for exc in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError):
+        app.add_exception_handler(exc, _unavailable)
+    return app
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("answered 503: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        "the service is overloaded or its database unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI:
     return create_service_app(
         SPEC,
         settings or IngestSettings(),

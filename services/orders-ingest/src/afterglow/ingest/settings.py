@@ -46,3 +46,6 @@ class IngestSettings(ServiceSettings):
     # the in-process wake-up, for deliveries another process stored).
     ingest_process_batch: int = 200
     ingest_process_poll_s: float = 1.0
+    # How long a round may wait while this process's webhook requests wait for their
+    # commit (answers first in a burst; 0 disables).
+    ingest_process_defer_s: float = 0.5
