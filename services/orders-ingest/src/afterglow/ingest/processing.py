@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.ingest import domain, intake
+from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
 from afterglow.ingest.settings import IngestSettings
@@ -119,8 +120,6 @@ async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
 
 
 async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> None:
-    from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
-
     d = row._mapping
     did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
     received_at: datetime = d["received_at"]
