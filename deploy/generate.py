@@ -80,7 +80,7 @@ SECURITY_CONTAINER = {
 }
 
 
-def env(name: str, role: str | None, sealed: bool = False) -> list[Doc]:
+def env(name: str, role: str | None, signing: list[str] | None = None) -> list[Doc]:
     items: list[Doc] = []
     if role:
         items.append({"name": "SERVICE_ROLE", "value": role})
@@ -96,32 +96,44 @@ def env(name: str, role: str | None, sealed: bool = False) -> list[Doc]:
             "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}},
         },
     ]
-    if sealed:
-        # the keys that seal the credentials this service stores (afterglow.kit.secretbox)
+    if signing is not None:
+        # Required, like every secret a service refuses to start without
+        # (afterglow.kit.settings.check_secrets): a missing one keeps the pod from
+        # starting with a clear event instead of running with a guessable default.
+        # The keys that seal stored credentials (afterglow.kit.secretbox):
         items.append(
             {
                 "name": "SECRETS_KEYS",
                 "valueFrom": {"secretKeyRef": {"name": "afterglow-secrets-keys", "key": "keys"}},
             }
         )
+        # ... and the service's signing secrets, from its Secret "<name>-settings".
+        items += [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": f"{name}-settings", "key": key}},
+            }
+            for key in signing
+        ]
     return items
 
 
 def container(
-    name: str, args: list[str], role: str | None, probes: bool, sealed: bool = False
+    name: str, args: list[str], role: str | None, probes: bool, signing: list[str] | None = None
 ) -> Doc:
     c: Doc = {
         "name": name,
         "image": IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
-        "env": env(name, role, sealed) if probes else env(name, None)[:1],
+        "env": env(name, role, signing or []) if probes else env(name, None)[:1],
         "envFrom": [
             {"configMapRef": {"name": "afterglow-common"}},
             # service settings (<NAME>_*): plain ones in the ConfigMap, secret ones in
-            # the optional Secret "<name>-settings" (see deploy/README.md)
+            # the Secret "<name>-settings" (see deploy/README.md), required where the
+            # service has signing secrets
             {"configMapRef": {"name": f"{name}-settings"}},
-            {"secretRef": {"name": f"{name}-settings", "optional": True}},
+            {"secretRef": {"name": f"{name}-settings", "optional": not signing}},
         ],
         "resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -173,7 +185,7 @@ def pod_spec(name: str, containers: list[Doc], restart: str = "Always") -> Doc:
     return spec
 
 
-def deployment(name: str, role: str, sealed: bool) -> Doc:
+def deployment(name: str, role: str, signing: list[str]) -> Doc:
     lbl = labels(name, role)
     args = ["serve", name, "--port", str(HTTP_PORT)]
     return {
@@ -197,7 +209,7 @@ def deployment(name: str, role: str, sealed: bool) -> Doc:
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": pod_spec(name, [container(name, args, role, True, sealed)]),
+                "spec": pod_spec(name, [container(name, args, role, True, signing)]),
             },
         },
     }
@@ -218,8 +230,8 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
             "metadata": meta(f"{name}-settings", labels(name, "service")),
             "data": {"PUBLIC_BASE_URL": f"https://{name}.afterglow.example.com"},
         },
-        deployment(name, "api", bool(svc.get("sealed_secrets"))),
-        deployment(name, "worker", bool(svc.get("sealed_secrets"))),
+        deployment(name, "api", list(svc.get("signing_secrets", []))),
+        deployment(name, "worker", list(svc.get("signing_secrets", []))),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -370,7 +382,12 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
                                     }
                                 }
                             ],
-                            "ports": [{"protocol": "TCP", "port": 443}],
+                            "ports": [
+                                {"protocol": "TCP", "port": port}
+                                # SMTP submission: 587 STARTTLS, 465 implicit TLS (port
+                                # 25 is for server-to-server relay, which tenants' relays do)
+                                for port in (443, *((587, 465) if svc.get("internet_smtp") else ()))
+                            ],
                         }
                     ],
                 },

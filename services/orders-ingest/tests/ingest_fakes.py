@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 
 class FakePlatforms:
@@ -74,16 +75,53 @@ class FakePlatforms:
                 return JSONResponse({"code": "woocommerce_rest_cannot_view"}, 401)
             q = request.query_params
             since = q.get("modified_after", "1970-01-01T00:00:00")
+            # after: created after (the history import); modified_after: reconciliation.
+            created_after = q.get("after", "1970-01-01T00:00:00")
             per_page, page = int(q.get("per_page", "10")), int(q.get("page", "1"))
             matching = sorted(
-                (o for o in self.woo[user] if o["date_modified_gmt"] >= since),
-                key=lambda o: o["date_modified_gmt"],
+                (
+                    o
+                    for o in self.woo[user]
+                    if o["date_modified_gmt"] >= since
+                    and o.get("date_created_gmt", "9999") >= created_after
+                ),
+                key=lambda o: (
+                    o["date_modified_gmt"] if "modified_after" in q else o["date_created_gmt"]
+                ),
             )
             pages = max(1, -(-len(matching) // per_page))
             chunk = matching[(page - 1) * per_page : page * per_page]
             return JSONResponse(
                 chunk, headers={"X-WP-TotalPages": str(pages), "X-WP-Total": str(len(matching))}
             )
+
+        @app.get("/stores/{store_hash}/v2/orders")
+        async def bc_orders(request: Request, store_hash: str) -> Response:
+            token = await self._bc_arrive(request)
+            q = request.query_params
+            since = datetime.fromisoformat(q.get("min_date_created", "1970-01-01T00:00:00+00:00"))
+            page, limit = int(q.get("page", "1")), int(q.get("limit", "50"))
+            mine = sorted(
+                (
+                    o
+                    for key, o in self.bigcommerce.items()
+                    if key.startswith(f"{token}:")
+                    and parsedate_to_datetime(o["date_created"]) >= since
+                ),
+                key=lambda o: parsedate_to_datetime(o["date_created"]),
+            )
+            chunk = mine[(page - 1) * limit : page * limit]
+            if not chunk:
+                return Response(status_code=204)  # as V2 answers a page past the end
+            return JSONResponse(
+                [{k: v for k, v in o.items() if not k.startswith("_")} for o in chunk]
+            )
+
+        @app.get("/stores/{store_hash}/v3/orders/{order_id}/payment_actions/refunds")
+        async def bc_refunds(request: Request, store_hash: str, order_id: int) -> JSONResponse:
+            token = await self._bc_arrive(request)
+            order = self.bigcommerce.get(f"{token}:{order_id}") or {}
+            return JSONResponse({"data": order.get("_refunds", []), "meta": {}})
 
         @app.get("/stores/{store_hash}/v2/orders/{order_id}")
         async def bc_order(request: Request, store_hash: str, order_id: int) -> JSONResponse:
@@ -93,7 +131,7 @@ class FakePlatforms:
             order = self.bigcommerce.get(f"{token}:{order_id}")
             if order is None:
                 return JSONResponse({"status": 404, "title": "order not found"}, 404)
-            return JSONResponse({k: v for k, v in order.items() if k != "_products"})
+            return JSONResponse({k: v for k, v in order.items() if not k.startswith("_")})
 
         @app.get("/stores/{store_hash}/v2/orders/{order_id}/products")
         async def bc_products(request: Request, store_hash: str, order_id: int) -> JSONResponse:

@@ -1,3 +1,5 @@
+import pytest
+
 from afterglow.kit import standard_webhooks as sw
 
 # The reference example of the Standard Webhooks specification.
@@ -39,3 +41,14 @@ class TestStandardWebhooks:
         assert not sw.verify([SECRET], MSG_ID, "not-a-number", EXPECTED, BODY, TS)
         assert not sw.verify([SECRET], MSG_ID, str(TS), None, BODY, TS)
         assert not sw.verify([SECRET], MSG_ID, str(TS), "v2,whatever", BODY, TS)
+
+
+class TestHostileTimestamps:
+    @pytest.mark.parametrize("stamp", ["\u00b2", "9" * 5000, "\uff11\uff12", " ", "-1"])
+    def test_a_timestamp_that_is_not_ascii_digits_is_refused_not_raised(self, stamp):
+        assert not sw.verify_headers(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            {"webhook-id": "m1", "webhook-timestamp": stamp, "webhook-signature": "v1,x"},
+            b"{}",
+            1_700_000_000,
+        )

@@ -254,3 +254,25 @@ async def test_migrate_moves_waiting_instances_and_reports(
     j = await orch.journey(tenant_id, waiting, h)
     assert j["instances"][0]["version"] == 2
     assert j["instances"][0]["history"][-1]["kind"] == "migrate"
+
+
+async def test_profile_spend_is_per_currency_and_spend_above_reads_its_own(
+    orch: Orchestrator, tenant_id: str
+) -> None:
+    """120 EUR is not above 100 USD, and 50 USD + 120 EUR are not 170 of anything."""
+    h = await orch.headers(tenant_id)
+    await install_vip(orch, h)
+    customer = new_customer()
+    eur = order_placed("eur-1", orch.clock.now(), amount=12_000).model_copy(
+        update={"total": c.Money(amount=12_000, currency="EUR")}
+    )
+    await orch.publish(tenant_id, customer, order_placed("usd-1", orch.clock.now(), amount=5_000))
+    await orch.publish(tenant_id, customer, eur)
+    j = await orch.until(
+        tenant_id, customer, h, lambda j: bool(j) and j["profile"]["orders_count"] == 2
+    )
+    assert j["profile"]["spent_by_currency"] == [
+        {"currency": "EUR", "amount": 12_000},
+        {"currency": "USD", "amount": 5_000},
+    ]
+    assert [i for i in j["instances"] if i["journey"] == "vip"] == []

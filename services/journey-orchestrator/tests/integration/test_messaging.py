@@ -400,7 +400,8 @@ class TestPolicy:
             # Opening the link (as a mail scanner would) only asks for confirmation.
             page = await tenant.client.get(path)
             assert page.status_code == 200 and "<form method=post>" in page.text
-            assert page.headers["referrer-policy"] == "no-referrer"
+            # same-origin: the token stays off other sites, and the button posts a real Origin
+            assert page.headers["referrer-policy"] == "same-origin"
             async with tenant.runtime.sessionmaker() as session:
                 contact = await session.get(MessageContact, (tenant.id, "c-unsub"))
             assert contact.email_unsubscribed_at is None

@@ -415,3 +415,51 @@ class TestConditionsAndTime:
         delivered_at = T0 + timedelta(hours=d_h)
         expected = fallback if fallback <= delivered_at else primary
         assert check_in.at == expected
+
+
+class TestHistoricalOrders:
+    """A past order (history import, late live delivery) is counted, never acted on."""
+
+    def occ(self, n: int, type_: str = d.PLACED, **data: object) -> d.Occurrence:
+        base = {"order_id": f"o{n}", "total": {"amount": 5000, "currency": "USD"}}
+        return d.Occurrence(f"e{n}", type_, T0 - timedelta(days=700), {**base, **data})
+
+    def handle(self, occ: d.Occurrence, instances: list[d.InstanceState] | None = None):
+        j = d.DEFAULT_JOURNEY
+        return d.handle_event({(j.name, 1): j}, {j.name: 1}, instances or [], d.Profile(), occ, T0)
+
+    def test_an_imported_order_counts_and_starts_nothing(self):
+        out = self.handle(self.occ(1, historical=True, origin="import"))
+        assert out.results == [] and out.started == []
+        assert out.profile.orders_count == 1 and out.profile.total_spent == 5000
+
+    def test_a_late_order_leaves_a_skipped_record_that_says_why(self):
+        why = "order placed 700 days before it arrived (the tenant's limit is 30 days)"
+        out = self.handle(self.occ(1, historical=True, origin="late", historical_reason=why))
+        (res,) = out.results
+        assert out.started == []
+        assert res.state.status == "skipped" and res.actions == []
+        assert d.timers_for(d.DEFAULT_JOURNEY, res.state, out.profile) == []
+        (t,) = res.transitions
+        assert t.kind == "skip" and why in t.reason and t.cause == "e1"
+
+    def test_a_historical_order_does_not_restart_a_running_journey(self):
+        live = self.handle(d.Occurrence("e9", d.PLACED, T0, {"order_id": "o9"}))
+        running = live.results[0].state
+        assert running.status == "running"
+        out = self.handle(self.occ(1, historical=True, origin="import"), [running])
+        assert [r.state.status for r in out.results] == ["running"]
+        assert all(t.kind != "exit" for r in out.results for t in r.transitions)
+
+    def test_a_partial_refund_continues_and_a_full_one_exits(self):
+        live = self.handle(d.Occurrence("e1", d.PLACED, T0, {"order_id": "o1"}))
+        running = live.results[0].state
+        partial = self.handle(
+            d.Occurrence("r1", d.REFUNDED, T0, {"order_id": "o1", "full": False}), [running]
+        )
+        assert partial.results[0].state.status == "running"
+        assert [t.kind for t in partial.results[0].transitions] == ["deferred"]
+        full = self.handle(
+            d.Occurrence("r2", d.REFUNDED, T0, {"order_id": "o1", "full": True}), [running]
+        )
+        assert full.results[0].state.status == "exited"

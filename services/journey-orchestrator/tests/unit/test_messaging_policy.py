@@ -86,6 +86,30 @@ class TestConsent:
         )
 
 
+class TestSuppressedAddresses:
+    def test_hard_bounce_stops_every_message(self):
+        c = contact(suppressed={"email": "hard_bounce"})
+        for category in ("marketing", "transactional"):
+            d = decide(NOON, message(category=category), c, RULES, [])
+            assert (d.action, d.reason) == ("suppress", "address_suppressed: hard_bounce")
+
+    def test_complaint_and_stop_refuse_marketing_only(self):
+        complained = contact(suppressed={"email": "complaint"})
+        d = decide(NOON, message(), complained, RULES, [])
+        assert (d.action, d.reason) == ("suppress", "address_suppressed: complaint")
+        d = decide(NOON, message(category="transactional"), complained, RULES, [])
+        assert d.action == "send"
+        stopped = contact(
+            email=None, phone="+14155550123", accepts_marketing=True, suppressed={"sms": "sms_stop"}
+        )
+        d = decide(NOON, message(channel="sms"), stopped, RULES, [])
+        assert d.reason == "address_suppressed: sms_stop"
+
+    def test_another_channel_s_suppression_does_not_count(self):
+        c = contact(phone="+14155550123", suppressed={"sms": "sms_stop"})
+        assert decide(NOON, message(), c, RULES, []).action == "send"
+
+
 class TestQuietHours:
     def test_defers_to_eight_local_time(self):
         # 03:00 UTC is 22:00 in New York (EST): quiet until 08:00 EST = 13:00 UTC.
@@ -251,3 +275,14 @@ class TestTemplates:
         with pytest.raises(TemplateRenderError):
             validate(Template(channel="sms", text="{{ reward_code }}"), "spring-promo")
         assert set().union(*MESSAGE_VARIABLES.values()) <= SAMPLE_VARIABLES.keys()
+
+
+class TestHostileRetryAfter:
+    def test_a_unicode_digit_retry_after_is_ignored_not_raised(self):
+        from datetime import UTC, datetime
+
+        from afterglow.journeys.messaging.policy import parse_retry_after
+
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        assert parse_retry_after("\u00b2", now) is None
+        assert parse_retry_after("30", now) == 30.0

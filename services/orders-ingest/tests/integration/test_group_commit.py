@@ -23,8 +23,6 @@ from hotpath_support import (
 )
 from ingest_support import delivery_count, register, settled
 
-from afterglow.devstack.pytest_plugin import serve_app
-from afterglow.ingest.app import create_app
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
 
 
@@ -64,13 +62,16 @@ class TestGroupCommit:
 
 class TestOverload:
     async def test_past_the_bound_a_webhook_is_503_with_retry_after_and_nothing_stored(
-        self, settings, runtime, tenant_id
+        self, client, runtime, tenant_id
     ):
-        # A process whose bound is reached at once: every webhook is turned away.
-        full = create_app(settings.model_copy(update={"ingest_intake_max_waiting": 0}))
-        async with serve_app(full) as c:
-            secret = (await register(c, tenant_id))["shopify"]
-            r = await post_order(c, tenant_id, secret, 1)
+        secret = (await register(client, tenant_id))["shopify"]
+        writer = runtime.extras["delivery_writer"]
+        bound = writer.max_waiting
+        writer.max_waiting = 0  # the bound reached: every webhook is turned away
+        try:
+            r = await post_order(client, tenant_id, secret, 1)
+        finally:
+            writer.max_waiting = bound
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "1"
         assert r.json()["error"]["code"] == "overloaded"

@@ -135,6 +135,11 @@ class TestShopifyNormalization:
         out = domain.normalize_shopify("fulfillments/update", f)
         assert [type(e.data) for e in out.emits] == [c.OrderFulfilled]
 
+    def test_a_refund_without_money_is_no_event(self):
+        refund = load("shopify_refund") | {"transactions": []}
+        out = domain.normalize_shopify("refunds/create", refund)
+        assert out.known_topic and out.emits == []
+
     def test_full_refund_when_it_covers_the_total(self):
         out = domain.normalize_shopify("refunds/create", load("shopify_refund"))
         data = domain.complete_refund(out.emits[0].data, c.Money(amount=19900, currency="USD"))
@@ -214,3 +219,200 @@ class TestZendesk:
         assert isinstance(emit.data, c.TicketResolved)
         user = created | {"type": "zen:event-type:user.created"}
         assert not domain.normalize_zendesk(user).known_topic
+
+
+def woo_with_refunds(*refunds: tuple[int, str], status: str = "completed") -> dict:
+    return load("woocommerce_order") | {
+        "status": status,
+        "total": "39.00",
+        "refunds": [{"id": rid, "reason": "", "total": total} for rid, total in refunds],
+    }
+
+
+def refunds_of(out: domain.Normalized) -> list[c.OrderRefunded]:
+    return [e.data for e in out.emits if isinstance(e.data, c.OrderRefunded)]
+
+
+class TestWooRefunds:
+    def test_each_refund_entry_is_one_event_keyed_by_its_id(self):
+        out = domain.normalize_woocommerce(
+            "order.updated", woo_with_refunds((727, "-9.00"), (726, "-10.00"))
+        )
+        refunds = refunds_of(out)
+        assert [(r.refund_id, r.amount.amount, r.full) for r in refunds] == [
+            ("726", 1000, False),
+            ("727", 900, False),
+        ]
+        oid = refunds[0].order_id
+        assert [domain.fact_key(r) for r in refunds] == [f"{oid}:refund:726", f"{oid}:refund:727"]
+        # The order is still placed and fulfilled: a partial refund ends nothing.
+        assert [type(e.data) for e in out.emits][:2] == [c.OrderPlaced, c.OrderFulfilled]
+
+    def test_the_refund_that_reaches_the_total_is_full(self):
+        out = domain.normalize_woocommerce(
+            "order.updated", woo_with_refunds((726, "-10.00"), (727, "-9.00"), (731, "-20.00"))
+        )
+        assert [r.full for r in refunds_of(out)] == [False, False, True]
+
+    def test_refunded_status_without_entries_is_one_full_refund(self):
+        out = domain.normalize_woocommerce("order.updated", woo_with_refunds(status="refunded"))
+        (refund,) = refunds_of(out)
+        assert (refund.refund_id, refund.amount.amount, refund.full) == ("full", 3900, True)
+
+    def test_a_refund_entry_without_an_amount_names_the_field(self):
+        order = woo_with_refunds((726, "-10.00"))
+        del order["refunds"][0]["total"]
+        with pytest.raises(domain.MissingField) as err:
+            domain.normalize_woocommerce("order.updated", order)
+        assert err.value.field == "refunds.0.total"
+
+    def test_earlier_refunds_count_towards_full(self):
+        refund = c.OrderRefunded(
+            order_id="woocommerce:1",
+            refund_id="731",
+            refunded_at=NOW,
+            amount=c.Money(amount=2000, currency="USD"),
+            full=False,
+        )
+        total = c.Money(amount=3900, currency="USD")
+        assert not domain.complete_refund(refund, total, refunded_before=1000).full
+        assert domain.complete_refund(refund, total, refunded_before=1900).full
+
+
+class TestBigCommerceRefunds:
+    def test_refunds_listed_by_the_api_become_events(self):
+        order = load("bigcommerce_order") | {"status_id": 14, "total_inc_tax": "39.0000"}
+        refunds = [
+            {"id": 2, "created": "2026-03-03T10:00:00Z", "total_amount": 9.0},
+            {"id": 1, "created": "2026-03-02T10:00:00Z", "total_amount": 30.0},
+        ]
+        out = domain.normalize_bigcommerce_order(order, order["_products"], refunds)
+        assert [(r.refund_id, r.amount.amount, r.full) for r in refunds_of(out)] == [
+            ("1", 3000, False),
+            ("2", 900, True),
+        ]
+
+
+class TestHistoricalMarks:
+    def placed_at(self, when: datetime) -> list[domain.Emit]:
+        order = load("woocommerce_order") | {
+            "status": "completed",
+            "date_created_gmt": when.replace(tzinfo=None).isoformat(),
+        }
+        return domain.normalize_woocommerce("order.updated", order).emits
+
+    def test_an_old_order_arriving_live_is_late_with_its_reason(self):
+        emits = domain.mark_late(self.placed_at(datetime(2024, 3, 1, tzinfo=UTC)), NOW, 30)
+        assert all(e.data.historical and e.data.origin == "late" for e in emits)
+        assert "731 days" in emits[0].data.historical_reason
+        assert all(e.data.earn_points for e in emits)
+
+    def test_a_recent_order_is_live(self):
+        emits = domain.mark_late(self.placed_at(datetime(2026, 2, 20, tzinfo=UTC)), NOW, 30)
+        assert not any(e.data.historical for e in emits)
+
+    def test_limit_zero_never_marks(self):
+        emits = domain.mark_late(self.placed_at(datetime(2020, 1, 1, tzinfo=UTC)), NOW, 0)
+        assert not any(e.data.historical for e in emits)
+
+    def test_imported_events_carry_the_tenants_choice(self):
+        emits = domain.mark_imported(
+            self.placed_at(datetime(2025, 1, 1, tzinfo=UTC)),
+            earn_points=False,
+            since=datetime(2024, 1, 1, tzinfo=UTC),
+        )
+        assert {(e.data.historical, e.data.origin, e.data.earn_points) for e in emits} == {
+            (True, "import", False)
+        }
+        # Already historical: a late check afterwards changes nothing.
+        assert domain.mark_late(emits, NOW, 30) == emits
+
+
+GRAPHQL_ORDER = {
+    "id": "gid://shopify/Order/450789469",
+    "legacyResourceId": "450789469",
+    "name": "#1001",
+    "createdAt": "2024-05-01T10:00:00Z",
+    "processedAt": "2024-05-01T10:00:00Z",
+    "updatedAt": "2024-05-09T10:00:00Z",
+    "cancelledAt": None,
+    "email": "Ada@Example.com",
+    "displayFulfillmentStatus": "FULFILLED",
+    "discountCodes": ["SPRING"],
+    "totalPriceSet": {"shopMoney": {"amount": "39.00", "currencyCode": "EUR"}},
+    "subtotalPriceSet": {"shopMoney": {"amount": "35.00", "currencyCode": "EUR"}},
+    "customer": {"legacyResourceId": "207119551", "email": "ada@example.com", "firstName": "Ada"},
+    "shippingAddress": {
+        "address1": "1 Rue",
+        "city": "Paris",
+        "zip": "75001",
+        "countryCodeV2": "FR",
+    },
+    "lineItems": {
+        "nodes": [
+            {
+                "sku": "MUG",
+                "title": "Mug",
+                "quantity": 2,
+                "originalUnitPriceSet": {"shopMoney": {"amount": "17.50"}},
+                "product": {"legacyResourceId": "632910392"},
+            }
+        ]
+    },
+    "fulfillments": [{"createdAt": "2024-05-02T10:00:00Z", "trackingInfo": []}],
+    "refunds": [
+        {
+            "legacyResourceId": "509562969",
+            "createdAt": "2024-05-09T10:00:00Z",
+            "totalRefundedSet": {"shopMoney": {"amount": "10.00", "currencyCode": "EUR"}},
+        }
+    ],
+}
+
+
+class TestShopifyGraphQLOrders:
+    def test_a_graphql_order_normalizes_like_its_webhook(self):
+        order = domain.shopify_graphql_order(GRAPHQL_ORDER)
+        deliveries = domain.shopify_order_deliveries(order, "import")
+        assert [(t, k) for t, k, _ in deliveries] == [
+            ("orders/fulfilled", "import:450789469@2024-05-09T10:00:00Z"),
+            ("refunds/create", "import:refund:509562969"),
+        ]
+        out = domain.normalize_shopify("orders/fulfilled", deliveries[0][2])
+        placed = out.emits[0].data
+        assert isinstance(placed, c.OrderPlaced)
+        assert placed.order_id == "shopify:450789469"
+        assert placed.total == c.Money(amount=3900, currency="EUR")
+        assert placed.customer.email == "ada@example.com"
+        assert placed.customer.platform_customer_id == "207119551"
+        assert placed.line_items[0].unit_price.amount == 1750
+        assert placed.discount_codes == ["SPRING"]
+        assert placed.shipping_country == "FR"
+        assert out.order is not None and out.order.subject == "207119551"
+        refund = domain.normalize_shopify("refunds/create", deliveries[1][2]).emits[0].data
+        assert isinstance(refund, c.OrderRefunded)
+        assert (refund.refund_id, refund.amount.amount) == ("509562969", 1000)
+
+    def test_the_bucket_decides_the_wait(self):
+        body = {
+            "extensions": {
+                "cost": {
+                    "requestedQueryCost": 202,
+                    "actualQueryCost": 150,
+                    "throttleStatus": {
+                        "maximumAvailable": 1000.0,
+                        "currentlyAvailable": 102,
+                        "restoreRate": 50.0,
+                    },
+                }
+            }
+        }
+        cost = domain.ShopifyCost.of(body)
+        assert cost is not None and cost.wait_s() == pytest.approx(2.0)
+        body["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] = 900
+        assert domain.ShopifyCost.of(body).wait_s() == 0.0
+
+    def test_throttled_is_an_error_code(self):
+        assert domain.shopify_throttled({"errors": [{"extensions": {"code": "THROTTLED"}}]})
+        assert not domain.shopify_throttled({"errors": [{"message": "Field 'x' doesn't exist"}]})
+        assert not domain.shopify_throttled({"data": {}})

@@ -95,7 +95,8 @@ class TestSettings:
         r = await service.client.get("/v1/settings", headers=await service.headers(tenant_id))
         assert r.status_code == 200, r.text
         assert r.json() == {
-            "share_base_url": defaults.referrals_share_base_url,
+            # No share URL anywhere: the service's own link, which forwards to the shop.
+            "share_base_url": f"{defaults.public_base_url}/r/{tenant_id}",
             "return_window_days": defaults.referrals_return_window_days,
             "attribution_window_days": defaults.referrals_attribution_days,
             "sources": {

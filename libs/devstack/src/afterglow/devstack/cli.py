@@ -8,12 +8,14 @@ afterglow-stack env       start the stack only and print its environment
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
 
+from afterglow.devstack.mailcatcher import MailCatcher
 from afterglow.devstack.services import running_services
 from afterglow.devstack.stack import ADMIN_TOKEN_FILE, dev_admin_token, running_stack
 
@@ -49,15 +51,29 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             return 0
         token = dev_admin_token(state, create=True)
-        with running_services(
-            stack,
-            state / "logs",
-            names=args.only,
-            fixed_ports=True,
-            extra_env={"INGEST_ADMIN_TOKEN": token or ""},
-        ) as svc:
+        try:
+            catcher = MailCatcher(state / "mail")
+        except OSError as exc:
+            # A second stack on this machine: its catcher already has the ports.
+            print(f"mail catcher not started ({exc}); ports 1025/8025 are taken", file=sys.stderr)
+            catcher = None
+        with (
+            catcher.running() if catcher else contextlib.nullcontext(),
+            running_services(
+                stack,
+                state / "logs",
+                names=args.only,
+                fixed_ports=True,
+                extra_env={"INGEST_ADMIN_TOKEN": token or ""},
+            ) as svc,
+        ):
             for name, procs in svc.processes.items():
                 print(f"{name:12} {procs[0].url}/docs   (log: {procs[0].log})")
+            if catcher is not None:
+                print(
+                    f"mail catcher SMTP 127.0.0.1:{catcher.smtp_port}, read at {catcher.url}"
+                    f" (files: {catcher.folder})"
+                )
             print(f"orders-ingest admin token: in {state / ADMIN_TOKEN_FILE} (make demo reads it)")
             print("Afterglow is running. Ctrl-C stops everything.", flush=True)
             while not stopping:

@@ -849,14 +849,84 @@ def show_message(m: Received) -> None:
         print(f"            | {line}", flush=True)
 
 
+async def email_through_catcher(sc: Scenario, smtp_port: int, web_url: str, where: str) -> None:
+    """After the story: the shop's email goes out over SMTP to the local mail catcher
+    (``make dev`` runs one), and one thank-you shows it as a real email."""
+    await sc.call(
+        "PUT",
+        "journeys",
+        "/v1/messaging/channels/email",
+        json={
+            "provider": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "security": "none",
+            "from_email": "hello@afterglow-demo.test",
+            "reply_to": "care@afterglow-demo.test",
+        },
+    )
+
+    async def listed() -> list[dict[str, Any]]:
+        return list((await sc.http.get(web_url + "messages.json", timeout=5)).json())
+
+    seen = {m["file"] for m in await listed()}
+    who = sc.customers["promoter"]
+    await sc.call(
+        "POST",
+        "journeys",
+        "/v1/messages",
+        json={
+            "customer_id": who.id,
+            "request_id": f"demo-smtp-{uuid.uuid4().hex[:8]}",
+            "kind": "thank_you",
+            "category": "transactional",
+        },
+        expect=(202,),
+    )
+
+    async def arrived() -> list[dict[str, Any]]:
+        return [m for m in await listed() if m["file"] not in seen]
+
+    [mail, *_] = await sc.until("the thank-you email at the mail catcher", arrived, 30)
+    printer(f"email over SMTP to {mail['to']}: {mail['subject']!r}")
+    printer(f"read the shop's emails {where}")
+
+
+def _catcher() -> contextlib.AbstractContextManager[tuple[int, str, str]]:
+    """``make dev``'s mail catcher when it runs, else one of our own for this run."""
+    from afterglow.devstack.mailcatcher import HTTP_PORT, SMTP_PORT, MailCatcher
+
+    web = f"http://127.0.0.1:{HTTP_PORT}/"
+    try:
+        if httpx.get(web + "messages.json", timeout=1).status_code == 200:
+            where = f"at {web} (make dev's mail catcher; .eml files in .afterglow/dev/mail)"
+            return contextlib.nullcontext((SMTP_PORT, web, where))
+    except httpx.HTTPError:
+        pass
+
+    @contextlib.contextmanager
+    def own() -> Iterator[tuple[int, str, str]]:
+        from afterglow.devstack.processes import free_port
+
+        folder = Path(".afterglow/demo/mail")
+        catcher = MailCatcher(folder, smtp_port=free_port(), http_port=free_port())
+        with catcher.running():
+            # This catcher's page goes with the demo; its files stay.
+            yield catcher.smtp_port, catcher.url, f"as .eml files in {folder}/ (`make dev`"
+            " keeps a catcher running with a page at http://127.0.0.1:8025/)"
+
+    return own()
+
+
 async def _demo(urls: dict[str, list[str]], admin_token: str) -> bool:
     t0 = time.monotonic()
-    with Receiver(on_message=show_message).running() as receiver:
-        printer(f"ESP receiver listening on {receiver.url}")
+    with Receiver(on_message=show_message).running() as receiver, _catcher() as (smtp, web, where):
+        printer(f"ESP receiver listening on {receiver.url}; mail catcher at {web}")
         async with Scenario(urls, admin_token, receiver, say=printer, timeout=90) as sc:
             ok = True
             try:
                 await sc.run()
+                await email_through_catcher(sc, smtp, web, where)
             except ScenarioError as exc:
                 ok = False
                 printer(f"STOPPED: {exc}")

@@ -17,9 +17,18 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from afterglow.devstack.stack import Stack, running_stack
+from afterglow.devstack.stack import DEV_SECRETS_KEY, Stack, dev_signing_secrets, running_stack
 
 _STATE_DIR = Path(os.environ.get("AFTERGLOW_TEST_STATE", ".afterglow/test"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The services refuse to start without their secrets. The tests supply them here,
+    # before any test module is imported (some build settings at import time): fresh
+    # signing secrets per session, so that no test passes by knowing a fixed one.
+    os.environ.setdefault("SECRETS_KEYS", DEV_SECRETS_KEY)
+    for name, value in dev_signing_secrets(None).items():
+        os.environ.setdefault(name, value)
 
 
 @pytest.fixture(scope="session")

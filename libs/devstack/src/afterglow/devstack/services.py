@@ -25,6 +25,8 @@ class ServiceProcess:
     url: str
     log: Path
     proc: subprocess.Popen[bytes]
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,6 +40,13 @@ class RunningServices:
         """SIGKILL one instance: no shutdown hook runs, as when a node dies."""
         self.processes[name][instance].proc.kill()
         self.processes[name][instance].proc.wait(10)
+
+    def restart(self, name: str, instance: int, ready_timeout: float = 300) -> None:
+        """Start a killed instance again, same port and settings, and wait until ready."""
+        p = self.processes[name][instance]
+        p.proc = spawn(p.argv, log=p.log, env=p.env)
+        if not wait_ready(p.url, timeout=ready_timeout, proc=p.proc):
+            raise RuntimeError(f"{name} at {p.url} did not become ready again: {p.log}")
 
 
 def wait_ready(url: str, timeout: float = 90, proc: subprocess.Popen[bytes] | None = None) -> bool:
@@ -78,22 +87,22 @@ def running_services(
                 port = spec.default_port if fixed_ports and i == 0 else free_port()
                 url = f"http://127.0.0.1:{port}"
                 log = log_dir / f"{name}-{i}.log"
-                proc = spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "afterglow.kit.cli",
-                        "serve",
-                        name,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                    ],
-                    log=log,
-                    env={**env, "PUBLIC_BASE_URL": url},
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "afterglow.kit.cli",
+                    "serve",
+                    name,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ]
+                proc_env = {**env, "PUBLIC_BASE_URL": url}
+                proc = spawn(argv, log=log, env=proc_env)
+                running.processes.setdefault(name, []).append(
+                    ServiceProcess(name, url, log, proc, argv, proc_env)
                 )
-                running.processes.setdefault(name, []).append(ServiceProcess(name, url, log, proc))
         for procs in running.processes.values():
             for p in procs:
                 if not wait_ready(p.url, timeout=ready_timeout, proc=p.proc):

@@ -35,6 +35,8 @@ class Stack:
     kafka_enable_idempotence: bool
     embedded_broker: bool
     timings: dict[str, float] = field(default_factory=dict)
+    # The services' signing secrets for this stack (dev_signing_secrets).
+    signing_secrets: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         """The environment a service process (or a test) needs to find the stack."""
@@ -45,11 +47,40 @@ class Stack:
             # Local receivers (the demo's, the tests') listen on 127.0.0.1.
             "OUTBOUND_ALLOW_PRIVATE": "true",
             # A fixed key for local databases only; production's comes from a Secret.
-            "SECRETS_KEYS": DEV_SECRETS_KEY,
+            "SECRETS_KEYS": os.environ.get("SECRETS_KEYS") or DEV_SECRETS_KEY,
+            **self.signing_secrets,
         }
 
 
 DEV_SECRETS_KEY = "dev:" + base64.b64encode(b"afterglow-dev-key-not-for-prod!!").decode()
+# The services refuse to start without these (afterglow.kit.settings.missing_secrets); a
+# local stack makes its own instead of shipping a public default.
+SIGNING_SECRETS = ("FEEDBACK_TOKEN_SECRET", "MESSAGING_UNSUBSCRIBE_SECRET")
+SIGNING_SECRETS_FILE = "signing-secrets"
+
+
+def dev_signing_secrets(state_dir: Path | None) -> dict[str, str]:
+    """Signing secrets for a local stack: the environment's when set, else random ones,
+    kept (owner-only) in ``state_dir`` when given, so that links in messages from
+    yesterday's ``make dev`` still open today; the tests pass no folder and get fresh
+    ones per session."""
+    saved: dict[str, str] = {}
+    path = state_dir / SIGNING_SECRETS_FILE if state_dir is not None else None
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and value:
+                saved[name] = value
+    out = {
+        name: os.environ.get(name) or saved.get(name) or secrets.token_urlsafe(32)
+        for name in SIGNING_SECRETS
+    }
+    if path is not None and {k: v for k, v in out.items() if k in saved} != out:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in out.items())
+    return out
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -86,7 +117,14 @@ def running_stack(
             bootstrap = broker.start()
             timings["broker_start_s"] = time.monotonic() - t0
         idempotence = False if embedded_broker else _env_flag("KAFKA_ENABLE_IDEMPOTENCE", True)
-        stack = Stack(database_url, bootstrap, idempotence, embedded_broker, timings)
+        stack = Stack(
+            database_url,
+            bootstrap,
+            idempotence,
+            embedded_broker,
+            timings,
+            signing_secrets=dev_signing_secrets(None if ephemeral else state_dir),
+        )
         t0 = time.monotonic()
         asyncio.run(ensure_topics(bootstrap))
         timings["topics_s"] = time.monotonic() - t0

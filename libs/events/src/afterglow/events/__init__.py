@@ -6,7 +6,7 @@ through :class:`EventConsumer` (inbox, retries, DLQ). See DESIGN.md, "Delivery g
 
 from afterglow.events import catalog
 from afterglow.events.catalog import EVENT_TYPES, EventData, Money, topic_for
-from afterglow.events.consumer import EventConsumer, Handler, PermanentError, RetryPolicy
+from afterglow.events.consumer import EventConsumer, Handler
 from afterglow.events.envelope import (
     CloudEvent,
     InvalidEventData,
@@ -16,6 +16,13 @@ from afterglow.events.envelope import (
     derived_event_id,
     from_record,
     to_record,
+)
+from afterglow.events.failures import (
+    PermanentError,
+    RetryPolicy,
+    TransientError,
+    Verdict,
+    classify,
 )
 from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
 from afterglow.events.outbox import Outbox, OutboxRelay
@@ -41,11 +48,14 @@ __all__ = [
     "PermanentError",
     "RetryPolicy",
     "Topic",
+    "TransientError",
     "UnknownEventType",
+    "Verdict",
     "build_consumer",
     "build_producer",
     "cancel_and_wait",
     "catalog",
+    "classify",
     "derived_event_id",
     "ensure_topics",
     "event_tables",

@@ -86,6 +86,38 @@ def is_anonymous_subject(subject: str) -> bool:
     return subject.startswith(ANONYMOUS_SUBJECT_PREFIX)
 
 
+def distinct_amounts(*amounts: Money | None) -> list[Money]:
+    """The given amounts without Nones and without a second amount in a currency already
+    listed (the first one of each currency wins)."""
+    out: list[Money] = []
+    for m in amounts:
+        if m is not None and all(o.currency != m.currency for o in out):
+            out.append(m)
+    return out
+
+
+def amount_in(currency: str, amounts: list[Money]) -> Money | None:
+    """The amount stated in ``currency``, if any: the only safe way to read a total in a
+    given currency (no conversion happens here)."""
+    return next((m for m in amounts if m.currency == currency), None)
+
+
+def is_first_order(customer_orders_count: int | None, earlier_orders_seen: int = 0) -> bool:
+    """Whether an order is the customer's first: the one rule every service applies to
+    ``OrderPlaced.customer_orders_count`` (loyalty's first-order bonus, the journey's
+    welcome branch), so that they agree.
+
+    Ingest sets the count from its order book (this order included, so at least 1) or
+    the platform's count when that is larger, so 0 and 1 both mean no earlier order is
+    known, 2 and more a repeat order. None appears only on events that did not come
+    through ingest's intake (emitted before it owned the count, or built by hand in a
+    dry run): then the consumer's own count of the customer's earlier orders decides,
+    the only history there is."""
+    if customer_orders_count is None:
+        return earlier_orders_seen == 0
+    return customer_orders_count <= 1
+
+
 class CustomerInfo(CleanText):
     """What the journey and messaging need to know about a customer, nothing more."""
 
@@ -126,7 +158,37 @@ Platform = Literal[
 # --- orders -------------------------------------------------------------------------
 
 
-class OrderPlaced(EventData):
+class OrderEvent(EventData):
+    """Fields every order event carries: whether it tells of the past.
+
+    An order's events can reach us long after the fact: a history import of the shop's
+    past orders, a re-sent webhook, a first sync. Such an event is ``historical``: every
+    service records and counts it (order book, spend, tiers, metrics), but none starts a
+    journey, asks for a survey or sends a message because of it. Without the flag, an
+    order placed years ago ran its whole lifecycle in a second: points earned, cleared,
+    expired and clawed back, and the customer got a survey about it."""
+
+    historical: bool = Field(
+        default=False,
+        description="About the past: record and count it, start nothing and send nothing",
+    )
+    origin: Literal["live", "late", "import"] = Field(
+        default="live",
+        description="live: as it happened; late: a live delivery about an order older than "
+        "the tenant's limit; import: a history import",
+    )
+    historical_reason: str | None = Field(
+        default=None,
+        max_length=300,
+        description="Why the event is historical, for decision records",
+    )
+    earn_points: bool = Field(
+        default=True,
+        description="Whether loyalty credits this order (a history import may choose not to)",
+    )
+
+
+class OrderPlaced(OrderEvent):
     type: Literal["afterglow.order.placed.v1"] = "afterglow.order.placed.v1"
     order_id: str = Field(max_length=100, description="Afterglow's order key: platform id")
     order_number: str | None = Field(default=None, max_length=100)
@@ -143,11 +205,46 @@ class OrderPlaced(EventData):
     shipping_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     shipping_address_hash: str | None = None
     customer_orders_count: int | None = Field(
-        default=None, ge=0, description="The platform's count including this order, if known"
+        default=None,
+        ge=0,
+        description=(
+            "The customer's orders including this one, as ingest's order book counts them"
+            " (the platform's count when that is larger). Set by orders-ingest; every"
+            " service decides 'first order' from it with is_first_order()"
+        ),
+    )
+    # --- money in both currencies (additive, v1) -----------------------------------
+    # ``total`` keeps its meaning: the order total as the platform reports it (Shopify:
+    # the shop's currency). A consumer that prices the order in a programme currency
+    # picks the amount in that currency from these, or converts on purpose; it never
+    # reads an amount in one currency as if it were another.
+    shop_total: Money | None = Field(
+        default=None,
+        description="The total in the shop's own currency (Shopify total_price_set.shop_money)",
+    )
+    presentment_total: Money | None = Field(
+        default=None,
+        description=(
+            "The total in the currency the customer paid in (Shopify presentment_money;"
+            " WooCommerce and BigCommerce: the order's stated currency)"
+        ),
+    )
+    platform_orders_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="The platform's own count for the customer as it sent it (often stale)",
     )
 
+    def is_first_order(self, earlier_orders_seen: int = 0) -> bool:
+        """The one rule for 'first order' (see :func:`is_first_order`)."""
+        return is_first_order(self.customer_orders_count, earlier_orders_seen)
 
-class OrderFulfilled(EventData):
+    def amounts(self) -> list[Money]:
+        """The total in every currency the order states, shop money first."""
+        return distinct_amounts(self.shop_total, self.total, self.presentment_total)
+
+
+class OrderFulfilled(OrderEvent):
     type: Literal["afterglow.order.fulfilled.v1"] = "afterglow.order.fulfilled.v1"
     order_id: str
     fulfilled_at: AwareDatetime
@@ -155,14 +252,14 @@ class OrderFulfilled(EventData):
     carrier: str | None = None
 
 
-class OrderDelivered(EventData):
+class OrderDelivered(OrderEvent):
     type: Literal["afterglow.order.delivered.v1"] = "afterglow.order.delivered.v1"
     order_id: str
     delivered_at: AwareDatetime
     reported_by: Platform
 
 
-class OrderRefunded(EventData):
+class OrderRefunded(OrderEvent):
     type: Literal["afterglow.order.refunded.v1"] = "afterglow.order.refunded.v1"
     order_id: str
     refund_id: str
@@ -170,9 +267,21 @@ class OrderRefunded(EventData):
     amount: Money
     order_total: Money | None = None
     full: bool = Field(description="True when the whole order is refunded")
+    # Additive (v1): the refund in the shop's and in the customer's currency, where known.
+    # ``amount`` stays what the platform refunded (Shopify: the presentment currency).
+    shop_amount: Money | None = Field(
+        default=None, description="The refund in the shop's currency, when known"
+    )
+    presentment_amount: Money | None = Field(
+        default=None, description="The refund in the currency the customer paid in"
+    )
+
+    def amounts(self) -> list[Money]:
+        """The refund in every currency it states, shop money first."""
+        return distinct_amounts(self.shop_amount, self.amount, self.presentment_amount)
 
 
-class OrderCancelled(EventData):
+class OrderCancelled(OrderEvent):
     type: Literal["afterglow.order.cancelled.v1"] = "afterglow.order.cancelled.v1"
     order_id: str
     cancelled_at: AwareDatetime

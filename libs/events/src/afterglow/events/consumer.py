@@ -1,4 +1,5 @@
-"""The consumer runtime: inbox, bounded retries, dead letters, offsets after commit.
+"""The consumer runtime: inbox, retries that outlast outages, dead letters, offsets
+after commit.
 
 For every record of a batch (``getmany``), partitions in parallel, records of one
 partition in order:
@@ -8,13 +9,30 @@ partition in order:
 3. one database transaction inserts the event id into the service's inbox and runs the
    handler; a duplicate id (a redelivery, a repeated webhook) is skipped, so every
    event is applied once;
-4. a :class:`PermanentError` (or a validation error) goes to the DLQ at once; anything
-   else is retried with exponential backoff and jitter, then dead-lettered, so a
-   partition is never blocked for ever and nothing is dropped silently;
+4. a failure is judged by :func:`afterglow.events.failures.classify`:
+
+   * poison (bad schema, a deterministic rejection) goes to the DLQ at once;
+   * transient (PostgreSQL or the broker away, a deadlock) stalls the partition: it is
+     sought back to the failed record and paused for a capped exponential backoff,
+     then resumed where it stopped, for as long as the outage lasts; nothing is
+     dead-lettered and no offset moves past it. The other partitions, the poll loop
+     and rebalances carry on meanwhile, and ``/readyz`` reports the stall;
+   * unknown (a handler bug) is retried in place a bounded number of times
+     (:class:`RetryPolicy`), then dead-lettered, so a partition is never blocked for
+     ever and nothing is dropped silently;
 5. offsets are committed only after the transactions of the batch have committed.
 
 A crash anywhere re-delivers from the last committed offset, and the inbox drops what
 was already applied: at-least-once delivery, exactly-once effect.
+
+Offsets ahead of the log (a broker that came back empty, a topic deleted and created
+again) would make the consumer wait for records that already exist below its
+position, silently. :meth:`EventConsumer.check_offsets` catches them after each
+assignment and every ``offset_check_interval_s``: it logs an error, counts it, fails
+readiness until the partition has been read again, and resumes from the earliest
+retained offset (the inbox drops what was applied already). A subscribed topic that
+is missing is created again through ``recreate_topics`` when the service may
+(``ENSURE_TOPICS``).
 """
 
 from __future__ import annotations
@@ -22,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,13 +50,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from afterglow.events.catalog import topic_for
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent, MalformedEvent, from_record
+from afterglow.events.failures import (
+    PermanentError,
+    RetryPolicy,
+    TransientError,
+    Verdict,
+    classify,
+)
 from afterglow.events.kafka import KafkaConfig, build_consumer
 from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import EventTables
@@ -56,25 +79,103 @@ LAST_POLL = Gauge("afterglow_consumer_last_poll_timestamp", "Unix time of last p
 LAST_COMMIT = Gauge(
     "afterglow_consumer_last_commit_timestamp", "Unix time of last offset commit", ["consumer"]
 )
+TRANSIENT_FAILURES = Counter(
+    "afterglow_consumer_transient_failures_total",
+    "Records that failed for a reason outside them (database, broker) and will be retried",
+    ["consumer"],
+)
+STALLED = Gauge(
+    "afterglow_consumer_stalled_partitions",
+    "Partitions waiting to retry a record that failed transiently",
+    ["consumer"],
+)
+OFFSET_RESETS = Counter(
+    "afterglow_consumer_offset_resets_total",
+    "Partitions whose position or committed offset was past the log end, reset to earliest",
+    ["consumer", "topic"],
+)
 
+__all__ = [
+    "EventConsumer",
+    "Handler",
+    "PermanentError",
+    "RetryPolicy",
+    "TransientError",
+    "offset_ahead",
+]
 
 # How long stop() waits for aiokafka to commit and leave the group.
 STOP_TIMEOUT_S = 20.0
+# A partition counts against readiness from its second failure in a row: one deadlock
+# retried at once is a blip, a retry that fails too is an outage.
+UNREADY_AFTER_FAILURES = 2
 
 
-class PermanentError(Exception):
-    """A handler's verdict that retrying cannot help: the event goes to the DLQ now."""
+class _RetryLater(Exception):
+    """A record failed transiently: stall its partition at this record."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass
+class _Stall:
+    """A partition paused at ``offset`` until ``retry_at`` (monotonic)."""
+
+    offset: int
+    failures: int
+    since: float
+    retry_at: float
+    error: str
+    resumed: bool = False
+
+
+@dataclass
+class _Reset:
+    """A partition that was reset to earliest; ready again once read up to ``end``."""
+
+    end: int
+    detail: str
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5
-    base_delay_s: float = 0.2
-    max_delay_s: float = 5.0
+class _PartitionResult:
+    tp: TopicPartition
+    next_offset: int | None  # to commit
+    retry: tuple[int, BaseException] | None = None  # (offset, cause) to stall at
 
-    def delay(self, attempt: int) -> float:
-        capped = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        return capped * (0.5 + random.random() / 2)  # jitter: replicas do not retry in step
+
+def offset_ahead(
+    *,
+    position: int,
+    committed: int | None,
+    end_offset: int,
+    highwater: int | None,
+    suspected_before: bool,
+) -> str | None:
+    """Whether a partition's position or committed offset is past its log's end.
+
+    Returns None (fine), ``"suspect"`` (look again at the next check) or the reason to
+    reset. Two brokers' quirks shape it:
+
+    * Tansu answers ListOffsets with the last batch's base offset + 1, short of the end
+      when that batch holds several records; the high watermark of the last fetch is
+      right. So the end is the larger of both, and with no fetch yet (no high
+      watermark) a position past the listed end is only a suspect until the next check.
+    * Apache Kafka's client resets an out-of-range position to earliest by itself, with
+      no error: a committed offset above the end with the position below it is that
+      reset, and the committed offset is still wrong.
+    """
+    end = max(end_offset, highwater or 0)
+    if committed is not None and committed > end and position < committed:
+        return f"committed offset {committed} was past the log end {end}"
+    ahead = max(position, committed or 0)
+    if ahead <= end:
+        return None
+    if highwater is None and not suspected_before:
+        return "suspect"
+    return f"offset {ahead} was past the log end {end}"
 
 
 class EventConsumer:
@@ -92,6 +193,8 @@ class EventConsumer:
         retry: RetryPolicy | None = None,
         topics: list[str] | None = None,
         poll_timeout_ms: int = 500,
+        offset_check_interval_s: float = 10.0,
+        recreate_topics: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
@@ -104,11 +207,22 @@ class EventConsumer:
         self._retry = retry or RetryPolicy()
         self._topics = topics or sorted({topic_for(t) for t in self._handlers})
         self._poll_timeout_ms = poll_timeout_ms
+        self._offset_check_interval = offset_check_interval_s
+        self._recreate_topics = recreate_topics
         self._consumer: AIOKafkaConsumer | None = None
         # Held while a batch is in flight; a rebalance waits for it, so the batch's
         # offsets are committed before its partitions move to another member.
         self._batch_lock = asyncio.Lock()
+        self._stalls: dict[TopicPartition, _Stall] = {}
+        self._resets: dict[TopicPartition, _Reset] = {}
+        self._missing_topics: list[str] = []
+        self._suspects: set[TopicPartition] = set()
+        # Set while the broker does not answer (an offset check or a commit failed),
+        # cleared by the next one that succeeds: getmany itself says nothing.
+        self._broker_problem: str | None = None
+        self._next_offset_check = 0.0  # monotonic; 0: check before the next batch
         self.started = False
+        self.offset_resets = 0  # partitions reset to earliest since start
         self.last_poll: float | None = None
         self.last_commit: float | None = None
 
@@ -116,9 +230,30 @@ class EventConsumer:
     def topics(self) -> list[str]:
         return list(self._topics)
 
+    def stalled(self) -> dict[TopicPartition, int]:
+        """Partitions waiting to retry a record, with the failures in a row so far."""
+        return {tp: s.failures for tp, s in self._stalls.items()}
+
+    def problems(self) -> list[str]:
+        """Why this consumer is not making progress, for readiness; empty when it is."""
+        now = time.monotonic()
+        found = [
+            f"{tp.topic}[{tp.partition}] stalled at offset {s.offset} for "
+            f"{now - s.since:.1f}s after {s.failures} transient failures: {s.error}"
+            for tp, s in sorted(self._stalls.items())
+            if s.failures >= UNREADY_AFTER_FAILURES
+        ]
+        found += [
+            f"{tp.topic}[{tp.partition}] {r.detail}" for tp, r in sorted(self._resets.items())
+        ]
+        found += [f"topic {t} missing on the broker" for t in self._missing_topics]
+        if self._broker_problem:
+            found.append(self._broker_problem)
+        return found
+
     async def start(self) -> None:
         self._consumer = build_consumer(self._kafka, group_id=self.name)
-        self._consumer.subscribe(self._topics, listener=_WaitForBatch(self._batch_lock))
+        self._consumer.subscribe(self._topics, listener=_Rebalance(self))
         await self._consumer.start()
         self.started = True
 
@@ -140,18 +275,47 @@ class EventConsumer:
             await self.start()
         consumer = self._consumer
         assert consumer is not None
+        # Apart from the poll loop: getmany waits for an assignment, and a group
+        # subscribed to a missing topic never gets one.
+        watcher = asyncio.create_task(self._watch_topics(), name=f"{self.name}-topics")
         try:
             while True:
+                self._resume_due(consumer)
                 batch = await consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms,
+                    timeout_ms=self._poll_timeout(),
                     max_records=self._kafka.max_poll_records,
                 )
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
+                if time.monotonic() >= self._next_offset_check:
+                    # Before the batch: a batch read from a position that is about to
+                    # be reset would be applied, then read again from the start.
+                    reset = await self.check_offsets()
+                    batch = {tp: rs for tp, rs in batch.items() if tp not in reset}
                 if batch:
                     await self._process_batch(consumer, batch)
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await self.stop()
+
+    def _poll_timeout(self) -> int:
+        """Poll no longer than until the next stalled partition is due."""
+        due = [s.retry_at for s in self._stalls.values() if not s.resumed]
+        if not due:
+            return self._poll_timeout_ms
+        wait_ms = int((min(due) - time.monotonic()) * 1000)
+        return max(0, min(self._poll_timeout_ms, wait_ms))
+
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        assigned = consumer.assignment()
+        for tp, stall in self._stalls.items():
+            if not stall.resumed and stall.retry_at <= now:
+                stall.resumed = True
+                if tp in assigned:
+                    consumer.resume(tp)
 
     async def _process_batch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
@@ -161,40 +325,81 @@ class EventConsumer:
                 *(self._process_partition(tp, records) for tp, records in batch.items())
             )
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            for tp, next_offset, failed in results:
-                if next_offset is not None:
-                    offsets[tp] = OffsetAndMetadata(next_offset, "")
-                if failed is not None:
-                    # Not applied and not dead-lettered (the DLQ itself failed): read it
-                    # again rather than skip it.
-                    consumer.seek(tp, failed)
+            for result in results:
+                if result.next_offset is not None:
+                    offsets[result.tp] = OffsetAndMetadata(result.next_offset, "")
+                if result.retry is not None:
+                    self._stall(consumer, result.tp, *result.retry)
+                elif result.tp in self._stalls:
+                    stall = self._stalls.pop(result.tp)
+                    log.info(
+                        "partition recovered",
+                        extra={
+                            "partition": f"{result.tp.topic}[{result.tp.partition}]",
+                            "stalled_s": round(time.monotonic() - stall.since, 1),
+                            "failures": stall.failures,
+                        },
+                    )
+            STALLED.labels(self.name).set(len(self._stalls))
             if offsets:
                 try:
                     await consumer.commit(offsets)
+                    self._broker_problem = None
                     self.last_commit = time.time()
                     LAST_COMMIT.labels(self.name).set(self.last_commit)
                 except CommitFailedError:
                     # The group rebalanced under us; the new owner re-reads these
                     # records and the inbox drops what was already applied.
                     log.warning("offset commit failed after rebalance", exc_info=True)
-            if any(failed is not None for _, _, failed in results):
-                await asyncio.sleep(1.0)
+                except KafkaError as exc:
+                    # The broker is away: the records are applied (the inbox has them),
+                    # so reading them again after a restart costs nothing but time.
+                    self._broker_problem = f"offset commit failed: {type(exc).__name__}"
+                    log.warning("offset commit failed; records will be re-read", exc_info=True)
+
+    def _stall(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, cause: BaseException
+    ) -> None:
+        """Park the partition at the failed record and wake it after a backoff."""
+        now = time.monotonic()
+        previous = self._stalls.get(tp)
+        failures = previous.failures + 1 if previous and previous.offset == offset else 1
+        since = previous.since if previous and previous.offset == offset else now
+        delay = self._retry.delay(failures, transient=True)
+        error = f"{type(cause).__name__}: {cause}"[:300]
+        self._stalls[tp] = _Stall(offset, failures, since, now + delay, error)
+        TRANSIENT_FAILURES.labels(self.name).inc()
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)  # the records after it in this batch come again
+            consumer.pause(tp)
+        log.warning(
+            "transient failure; partition paused, will retry",
+            extra={
+                "partition": f"{tp.topic}[{tp.partition}]",
+                "offset": offset,
+                "failures": failures,
+                "retry_in_s": round(delay, 2),
+                "error": error,
+            },
+        )
 
     async def _process_partition(
         self, tp: TopicPartition, records: list[ConsumerRecord]
-    ) -> tuple[TopicPartition, int | None, int | None]:
-        """Returns (next offset to commit, offset to re-read or None)."""
+    ) -> _PartitionResult:
         next_offset = None
         for record in records:
             try:
                 await self._process_record(record)
-            except Exception:
+            except _RetryLater as retry:
+                return _PartitionResult(tp, next_offset, (record.offset, retry.cause))
+            except Exception as exc:  # a bug of ours: read it again rather than skip it
                 log.exception("could not apply or dead-letter a record; will re-read it")
-                return tp, next_offset, record.offset
+                return _PartitionResult(tp, next_offset, (record.offset, exc))
             next_offset = record.offset + 1
-        return tp, next_offset, None
+        return _PartitionResult(tp, next_offset)
 
     async def _process_record(self, record: ConsumerRecord) -> None:
+        """Apply or dead-letter one record; raise :class:`_RetryLater` to stall here."""
         try:
             event = from_record(record.key, record.value, record.headers)
         except MalformedEvent as exc:
@@ -213,13 +418,13 @@ class EventConsumer:
                     applied = await self._apply(handler, event)
                     EVENTS.labels(self.name, "applied" if applied else "duplicate").inc()
                     return
-                except (PermanentError, ValidationError, MalformedEvent) as exc:
-                    EVENTS.labels(self.name, "rejected").inc()
-                    await self._dead_letter(record, exc, attempts=attempt)
-                    return
                 except Exception as exc:
-                    if attempt >= self._retry.attempts:
-                        EVENTS.labels(self.name, "exhausted").inc()
+                    verdict = classify(exc)
+                    if verdict is Verdict.TRANSIENT:
+                        raise _RetryLater(exc) from exc
+                    if self._retry.gives_up(verdict, attempt):
+                        outcome = "rejected" if verdict is Verdict.POISON else "exhausted"
+                        EVENTS.labels(self.name, outcome).inc()
                         await self._dead_letter(record, exc, attempts=attempt)
                         return
                     log.warning(
@@ -256,30 +461,130 @@ class EventConsumer:
             ("x-original-partition", str(record.partition).encode()),
             ("x-original-offset", str(record.offset).encode()),
         ]
-        log.error(
-            "event dead-lettered",
-            extra={"dlq": topic, "error": error, "offset": record.offset},
-        )
         try:
             async with asyncio.timeout(self._kafka.send_timeout_s):
                 await self._dlq.send_and_wait(
                     topic, value=record.value, key=record.key, headers=headers
                 )
         except (KafkaError, TimeoutError) as send_exc:
-            raise RuntimeError(f"could not publish to {topic}") from send_exc
+            # The broker is away: the record stays where it is until it can be parked.
+            raise _RetryLater(TransientError(f"could not publish to {topic}")) from send_exc
+        log.error(
+            "event dead-lettered",
+            extra={"dlq": topic, "error": error, "offset": record.offset},
+        )
         EVENTS.labels(self.name, "dead_lettered").inc()
 
+    async def check_offsets(self) -> set[TopicPartition]:
+        """Reset partitions whose position or committed offset is past the log end.
 
-class _WaitForBatch(ConsumerRebalanceListener):
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock = lock
+        Returns the partitions reset (their records in hand are stale). Runs between
+        batches; failures are logged and the check is tried again at the next interval.
+        """
+        consumer = self._consumer
+        self._next_offset_check = time.monotonic() + self._offset_check_interval
+        if consumer is None:
+            return set()
+        try:
+            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                reset = await self._reset_offsets_ahead(consumer)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._broker_problem = f"broker not answering: {detail}"[:300]
+            log.warning("offset check failed; will try again", extra={"error": repr(exc)})
+            return set()
+        self._broker_problem = None
+        return reset
+
+    async def _watch_topics(self) -> None:
+        while True:
+            await asyncio.sleep(self._offset_check_interval)
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            try:
+                async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                    await self._check_topics(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away, an admin call refused: next time
+                log.warning("topic check failed; will try again", extra={"error": repr(exc)})
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        existing = await consumer.topics()
+        missing = [t for t in self._topics if t not in existing]
+        if missing and not self._missing_topics:
+            log.error("subscribed topics missing on the broker", extra={"topics": missing})
+        self._missing_topics = missing
+        if missing and self._recreate_topics is not None:
+            await self._recreate_topics()
+            # aiokafka refreshes metadata every few minutes: ask now, so that the
+            # group rebalances onto the new partitions without waiting for that.
+            consumer._client.force_metadata_update()
+
+    async def _reset_offsets_ahead(self, consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return set()
+        ends = await consumer.end_offsets(assigned)
+        reset: set[TopicPartition] = set()
+        suspects: set[TopicPartition] = set()
+        for tp in assigned:
+            if tp not in ends:
+                continue
+            position = await consumer.position(tp)
+            if tp in self._resets and position >= self._resets[tp].end:
+                self._resets.pop(tp)  # read again up to where the log was: ready
+                log.info("partition caught up after offset reset", extra={"partition": str(tp)})
+            verdict = offset_ahead(
+                position=position,
+                committed=await consumer.committed(tp),
+                end_offset=ends[tp],
+                highwater=consumer.highwater(tp),
+                suspected_before=tp in self._suspects,
+            )
+            if verdict is None:
+                continue
+            if verdict == "suspect":
+                suspects.add(tp)
+                continue
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            detail = f"{verdict}; reset to {start}"
+            log.error(
+                "consumer offset ahead of the log (broker restored empty, topic recreated?); "
+                "re-reading from the earliest retained offset",
+                extra={"partition": f"{tp.topic}[{tp.partition}]", "detail": detail},
+            )
+            OFFSET_RESETS.labels(self.name, tp.topic).inc()
+            self.offset_resets += 1
+            async with self._batch_lock:
+                consumer.seek(tp, start)
+                self._stalls.pop(tp, None)
+                await consumer.commit({tp: OffsetAndMetadata(start, "")})
+            self._resets[tp] = _Reset(end=max(ends[tp], consumer.highwater(tp) or 0), detail=detail)
+            reset.add(tp)
+        self._suspects = suspects
+        return reset
+
+    def _forget(self, partitions: Any) -> None:
+        """Partitions another member owns now: their stalls are its business."""
+        for tp in partitions:
+            self._stalls.pop(tp, None)
+            self._resets.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # The batch in flight commits its offsets before it releases the lock.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(60):
-                async with self._lock:
+                async with self._consumer._batch_lock:
                     pass
+        self._consumer._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        # Check the new partitions' offsets against their logs before the first batch.
+        self._consumer._next_offset_check = 0.0

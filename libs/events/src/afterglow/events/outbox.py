@@ -24,11 +24,12 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Table, bindparam, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events.envelope import CloudEvent, to_record
 from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
@@ -92,6 +93,7 @@ class OutboxRelay:
         send_timeout_s: float = 15.0,
         max_backoff_s: float = 30.0,
         sent_retention_s: float = 86_400.0,
+        keepalive_interval_s: float = 30.0,
     ) -> None:
         self._engine = engine
         self._tables = tables
@@ -102,7 +104,12 @@ class OutboxRelay:
         self._send_timeout = send_timeout_s
         self._max_backoff = max_backoff_s
         self._retention = sent_retention_s
+        self._keepalive_interval = keepalive_interval_s
         self._wake = asyncio.Event()
+        # The listening connection's name in pg_stat_activity.
+        self.listener_name = f"afterglow-outbox-listen:{self._schema}"[:63]
+        self.keepalives = 0
+        self.notifications = 0
         # Namespaces the advisory locks per schema so services never contend.
         self._lock_ns = zlib.crc32(f"outbox:{self._schema}".encode()) & 0x7FFFFFFF
         self.last_success: float | None = None
@@ -207,25 +214,62 @@ class OutboxRelay:
             log.warning("outbox purge failed", exc_info=True)
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; reconnect with backoff if it drops."""
+        """LISTEN on a connection of its own; reconnect with backoff if it drops.
+
+        The connection is a bare asyncpg one, outside SQLAlchemy and its pool, and runs
+        nothing but LISTEN and the keepalive, never inside a transaction. PostgreSQL
+        delivers a notification only to a session outside any transaction: a keepalive
+        ``SELECT 1`` on an SQLAlchemy connection autobegan one that never ended, every
+        NOTIFY after it waited in the server's queue (relays fell back to their poll),
+        and when that queue filled every transaction that notifies, so every outbox
+        write, failed.
+        """
         channel = notify_channel(self._schema)
+        backoff = 0.5
         while True:
+            conn: asyncpg.Connection | None = None
             try:
-                async with self._engine.connect() as conn:
-                    await _add_listener(conn, channel, lambda *_: self._wake.set())
-                    self._wake.set()  # anything committed while we were away
-                    while True:
-                        await asyncio.sleep(30)
-                        await conn.execute(text("SELECT 1"))  # notice a dead connection
+                conn = await self._connect_listener()
+                await conn.add_listener(channel, self._on_notify)
+                backoff = 0.5
+                self._wake.set()  # anything committed while we were away
+                while True:
+                    await asyncio.sleep(self._keepalive_interval)
+                    await self.keepalive(conn)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("outbox LISTEN connection lost; polling meanwhile", exc_info=True)
-                await asyncio.sleep(2)
+                await asyncio.sleep(backoff * (1 + random.random()))
+                backoff = min(backoff * 2, self._max_backoff)
+            finally:
+                if conn is not None:
+                    conn.terminate()  # no goodbye round trip: it may be dead already
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        # The engine's own connection arguments (host, socket, credentials, TLS),
+        # minus the options only SQLAlchemy's adapter understands.
+        cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
+        options = {k: v for k, v in cparams.items() if k not in _SQLALCHEMY_ONLY_OPTIONS}
+        async with asyncio.timeout(self._send_timeout):
+            return await asyncpg.connect(
+                *cargs,
+                **options,
+                server_settings={"application_name": self.listener_name},
+            )
+
+    async def keepalive(self, conn: asyncpg.Connection) -> None:
+        """Notice a dead listening connection (a restarted server, a cut link)."""
+        async with asyncio.timeout(self._send_timeout):
+            await conn.execute("SELECT 1")
+        self.keepalives += 1
+
+    def _on_notify(self, *_: object) -> None:
+        self.notifications += 1
+        self._wake.set()
 
 
-async def _add_listener(conn: AsyncConnection, channel: str, callback: Any) -> None:
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    await driver.add_listener(channel, callback)
+# Keys SQLAlchemy's asyncpg dialect accepts in a URL that asyncpg.connect does not.
+_SQLALCHEMY_ONLY_OPTIONS = frozenset(
+    {"prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn"}
+)

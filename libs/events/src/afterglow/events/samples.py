@@ -40,6 +40,9 @@ def sample_events() -> list[c.EventData]:
             shipping_country="US",
             shipping_address_hash="9f" * 32,
             customer_orders_count=1,
+            platform_orders_count=0,
+            shop_total=money,
+            presentment_total=c.Money(amount=11050, currency="EUR"),
         ),
         c.OrderFulfilled(
             order_id="shopify:1", fulfilled_at=T, tracking_number="1Z999", carrier="UPS"
@@ -49,9 +52,11 @@ def sample_events() -> list[c.EventData]:
             order_id="shopify:1",
             refund_id="r1",
             refunded_at=T,
-            amount=c.Money(amount=5999, currency=USD),
+            amount=c.Money(amount=5525, currency="EUR"),
             order_total=money,
             full=False,
+            shop_amount=c.Money(amount=5999, currency=USD),
+            presentment_amount=c.Money(amount=5525, currency="EUR"),
         ),
         c.OrderCancelled(order_id="shopify:1", cancelled_at=T, reason="customer"),
         c.TicketOpened(

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afterglow.events import (
     EventConsumer,
@@ -37,13 +38,14 @@ from afterglow.events import (
     ensure_topics,
     stop_within,
 )
-from afterglow.kit import secretbox
+from afterglow.kit import openapi, secretbox
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
 from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
-from afterglow.kit.settings import ServiceSettings
+from afterglow.kit.routing import service_router, unbounded_routes
+from afterglow.kit.settings import ServiceSettings, missing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +120,26 @@ def create_service_app(
     version: str = "0.1.0",
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
+    """The service's FastAPI app. Its start (the lifespan) fails when a secret the
+    service needs is missing (:func:`afterglow.kit.settings.missing_secrets`, also on
+    ``app.state.missing_secrets``); building it does not, so its OpenAPI document can be
+    read anywhere. Raises TypeError when a router was not built with
+    :func:`afterglow.kit.routing.service_router`."""
+    missing = missing_secrets(spec.name, settings.required_secrets())
+    unbounded = unbounded_routes(list(routers))
+    if unbounded:
+        raise TypeError(
+            "routes must be built with afterglow.kit.routing.service_router (their JSON "
+            f"bodies are then parsed within bounds): {', '.join(unbounded)}"
+        )
     configure_logging(spec.name, settings.log_level, settings.log_json)
     runs_api = settings.service_role in ("all", "api")
     runs_workers = settings.service_role in ("all", "worker")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if missing is not None:
+            raise missing
         secretbox.configure(settings.secrets_keys)
         engine = create_engine(
             settings.database_url,
@@ -143,13 +159,17 @@ def create_service_app(
         )
         app.state.runtime = runtime
         kafka = settings.kafka(client_id=spec.name)
+
+        async def recreate_topics() -> list[str]:
+            return await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                connection_options=kafka.connection_options(),
+                replication_factor=settings.kafka_topic_replication_factor,
+            )
+
         try:
             if settings.ensure_topics:
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    connection_options=kafka.connection_options(),
-                    replication_factor=settings.kafka_topic_replication_factor,
-                )
+                await recreate_topics()
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()
             runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
@@ -180,6 +200,7 @@ def create_service_app(
                             handlers=cspec.handlers,
                             dlq_producer=runtime.producer,
                             retry=retry,
+                            recreate_topics=recreate_topics if settings.ensure_topics else None,
                         )
                     )
                 # Joining a group takes seconds and the groups are independent: join at once.
@@ -211,8 +232,12 @@ def create_service_app(
         lifespan=lifespan,
         openapi_tags=openapi_tags,
     )
+    app.state.missing_secrets = missing
     install_error_handlers(app)
+    openapi.install(app)
     _install_metrics_middleware(app, spec.name)
+    # Added last, so outermost: every response, the error handlers' included.
+    app.add_middleware(NoSniffMiddleware)
     app.include_router(_ops_router(settings))
     if runs_api:
         for router in routers:
@@ -248,15 +273,66 @@ def _install_metrics_middleware(app: FastAPI, service: str) -> None:
         return response
 
 
-def _ops_router(settings: ServiceSettings) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+class NoSniffMiddleware:
+    """``X-Content-Type-Options: nosniff`` on every response: a browser must not guess
+    that a JSON error echoing a customer's text, or a page, is something else (HTML or
+    a script) and run it."""
 
-    @router.get("/healthz", summary="Liveness: the process answers")
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() != b"x-content-type-options"
+                ]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+_READY = {
+    "status": "ok",
+    "checks": {
+        "database": "ok",
+        "loyalty.events": {"status": "ok", "last_poll_age_s": 0.4, "last_commit_age_s": 2.1},
+    },
+}
+
+
+def _ops_router(settings: ServiceSettings) -> APIRouter:
+    router = service_router(tags=["operations"])
+
+    @router.get(
+        "/healthz",
+        summary="Liveness: the process answers",
+        responses=openapi.example(200, {"status": "ok"}),
+    )
     async def healthz() -> dict[str, str]:
         # Liveness checks nothing shared: a database outage must not restart every pod.
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: database reachable and consumers progressing")
+    @router.get(
+        "/readyz",
+        summary="Readiness: database reachable and consumers progressing",
+        responses=openapi.errors(
+            openapi.example(200, _READY),
+            openapi.example(
+                503,
+                {**_READY, "status": "unavailable", "checks": {"database": "error: OSError"}},
+                "The database is unreachable or a consumer has not polled lately",
+            ),
+        ),
+    )
     async def readyz(request: Request) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
         checks: dict[str, Any] = {}
@@ -275,10 +351,17 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
             healthy = (
                 consumer.started and age is not None and age < settings.readiness_max_poll_age_s
             )
-            ok = ok and healthy
+            # Polling is not progress: a partition parked on a database outage, an
+            # offset found past the log end or a missing topic is reported by the
+            # consumer itself, with the reason.
+            problems = consumer.problems()
             status = "ok" if healthy else "starting" if consumer.last_poll is None else "stalled"
+            if healthy and problems:
+                healthy, status = False, "blocked"
+            ok = ok and healthy
             checks[consumer.name] = {
                 "status": status,
+                "problems": problems,
                 "last_poll_age_s": age,
                 "last_commit_age_s": None
                 if consumer.last_commit is None
@@ -289,7 +372,21 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {
+                    CONTENT_TYPE_LATEST: {
+                        "schema": {"type": "string"},
+                        "example": "# TYPE afterglow_http_request_duration_seconds histogram\n...",
+                    }
+                }
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.catalog import ApiKeyIssued, ApiKeyRevoked
 from afterglow.events.envelope import CloudEvent
+from afterglow.kit import openapi
 from afterglow.kit.errors import Forbidden, Unauthorized
 
 KEY_PREFIX = "agk_"
@@ -177,6 +178,10 @@ def require_scope(scope: str) -> Any:
     """A dependency that authenticates the request and checks one scope: 401 without a
     valid key, 403 with a key that lacks the scope."""
 
+    @openapi.answers(
+        {**openapi.UNAUTHORIZED, **openapi.forbidden(scope), **openapi.UNAVAILABLE},
+        security=openapi.api_key(scope),
+    )
     async def dependency(request: Request) -> Principal:
         token = bearer_token(request)
         challenge = {"WWW-Authenticate": "Bearer"}

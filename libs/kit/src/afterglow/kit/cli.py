@@ -5,12 +5,17 @@ afterglow serve <service> [--port N]  run the service with uvicorn
 afterglow secrets-key [--id ID]       print a new SECRETS_KEYS entry
 afterglow customer-export CUSTOMER    one customer's data from every service, as JSON
           [--url NAME=URL ...] [--out FILE]   (key in AFTERGLOW_API_KEY)
+afterglow dlq list [TOPIC ...] [--all]   dead letters not redriven yet (or all retained)
+afterglow dlq show TOPIC OFFSET           one dead letter: headers, error and body
+afterglow dlq redrive TOPIC [--offset N ...] [--tenant T] [--dry-run]
+                                      put dead letters back on their topic (inbox dedupes)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -21,6 +26,7 @@ import httpx
 import uvicorn
 
 from afterglow.kit.app import ServiceSpec
+from afterglow.kit.dlq_cli import add_dlq_commands, run_dlq_command
 from afterglow.kit.export import ExportIncomplete, gather_exports
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
@@ -54,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a service's base URL (default http://127.0.0.1:<its port>, as make dev runs it)",
     )
     export.add_argument("--out", type=Path, help="write here instead of stdout")
+    add_dlq_commands(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "dlq":
+        return run_dlq_command(args, ServiceSettings().kafka(client_id="afterglow-cli"))
 
     if args.command == "customer-export":
         return _customer_export(args, services)
@@ -71,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     spec = services[args.service]
+    # Build the app once here: a missing secret is then one clear line and exit status
+    # 2, not a traceback from uvicorn's start-up.
+    module, _, factory = spec.app_factory.partition(":")
+    missing = getattr(importlib.import_module(module), factory)().state.missing_secrets
+    if missing is not None:
+        print(str(missing), file=sys.stderr)
+        return 2
     uvicorn.run(
         spec.app_factory,
         factory=True,

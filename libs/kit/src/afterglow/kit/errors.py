@@ -6,12 +6,19 @@ the same classes to retry or dead-letter (a 4xx-class error is permanent).
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+# What a client should wait before retrying when the database cannot be reached.
+RETRY_AFTER_S = 5
 
 
 class AppError(Exception):
@@ -107,9 +114,37 @@ def install_error_handlers(app: FastAPI) -> None:
             422, "validation_error", f"{field}: {first['msg']}", field=field, details=details
         )
 
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unreachable(exc):
+            raise exc  # a bug stays a 500 with its traceback, not a retry hint
+        log.warning("database unreachable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "unavailable",
+            "the service cannot reach its database; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for cls in (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, socket.gaierror):
+        app.add_exception_handler(cls, _unavailable)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         return error_response(
             exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
         )
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True for the failures that say "no database right now", which a retry may cure:
+    the pool waited in vain (sqlalchemy TimeoutError), a connection was refused or
+    dropped. A constraint violation or a bad statement is a bug and stays a 500."""
+    if isinstance(exc, sa_exc.TimeoutError | ConnectionError | socket.gaierror):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)

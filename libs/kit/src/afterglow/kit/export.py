@@ -21,15 +21,17 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, FromClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.privacy import is_pseudonym
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id
 
 EXPORT_SCOPE = "customers:export"
 EXPORT_PATH = "/v1/customers/{customer_id}/export"
@@ -40,6 +42,23 @@ Collect = Callable[[AsyncSession, str, str], Awaitable[Records]]
 
 
 class CustomerExport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service": "loyalty",
+                    "tenant_id": "acme",
+                    "customer_id": "7390123",
+                    "exported_at": "2026-03-09T10:00:00Z",
+                    "records": {
+                        "accounts": [{"customer_id": "7390123", "available": 120}],
+                        "entries": [],
+                    },
+                }
+            ]
+        }
+    )
+
     service: str = Field(examples=["loyalty"])
     tenant_id: str = Field(examples=["acme"])
     customer_id: str = Field(examples=["7390123"])
@@ -121,7 +140,7 @@ def export_router(
 
     ``erased`` tells the ids that stand for erased customers (the shared pseudonym, or a
     service's own marker): asked for as a customer, they export nothing."""
-    router = APIRouter(tags=["privacy"])
+    router = service_router(tags=["privacy"])
 
     @router.get(
         EXPORT_PATH,
@@ -129,7 +148,7 @@ def export_router(
         summary="Everything this service holds about a customer (data access request)",
     )
     async def export_customer(
-        customer_id: Annotated[str, Path(min_length=1, max_length=200)],
+        customer_id: Id,
         principal: Annotated[Principal, Depends(require_scope(EXPORT_SCOPE))],
         session: Session,
     ) -> CustomerExport:

@@ -6,6 +6,7 @@ service as prefix (``FEEDBACK_TOKEN_SECRET``), so one environment can hold them 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,8 +47,14 @@ class ServiceSettings(BaseSettings):
     # the dev stack and tests, whose receivers listen on 127.0.0.1.
     outbound_allow_private: bool = False
     # Keys that seal credentials stored in the database (afterglow.kit.secretbox):
-    # "<id>:<base64 32-byte key>,..."; the first seals, all open.
+    # "<id>:<base64 32-byte key>,..."; the first seals, all open. Required: a service
+    # refuses to start without it (see required_secrets).
     secrets_keys: str | None = None
+
+    def required_secrets(self) -> dict[str, str | None]:
+        """The secrets this service cannot run without, by environment variable. A
+        service with signing secrets adds its own (FEEDBACK_TOKEN_SECRET ...)."""
+        return {"SECRETS_KEYS": self.secrets_keys}
 
     def kafka(self, client_id: str) -> KafkaConfig:
         return KafkaConfig(
@@ -60,3 +67,34 @@ class ServiceSettings(BaseSettings):
             sasl_password=self.kafka_sasl_password,
             ssl_cafile=self.kafka_ssl_cafile,
         )
+
+
+# Long enough that it was generated, not typed as a placeholder.
+MIN_SECRET_LENGTH = 16
+
+
+class MissingSecrets(RuntimeError):
+    """A service was started without a secret it needs."""
+
+
+def missing_secrets(service: str, secrets: Mapping[str, str | None]) -> MissingSecrets | None:
+    """The refusal to start when a secret is missing or too short, naming each one;
+    None when all are there.
+
+    There are no default secrets: a default is public (it is in this repository), and
+    a survey or review token signed with a public secret can be forged for any tenant's
+    customer. ``make dev`` and the test plugin supply dev values explicitly; deploy/
+    takes them from Kubernetes Secrets."""
+    problems = [
+        f"{name} is not set" if not value else f"{name} is shorter than {MIN_SECRET_LENGTH}"
+        for name, value in secrets.items()
+        if not value or len(value) < MIN_SECRET_LENGTH
+    ]
+    if not problems:
+        return None
+    return MissingSecrets(
+        f"{service} refuses to start: "
+        + "; ".join(problems)
+        + ". Set them in the environment (a long random value each; SECRETS_KEYS from "
+        "`afterglow secrets-key`). make dev and the tests set dev values themselves."
+    )

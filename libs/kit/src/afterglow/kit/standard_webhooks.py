@@ -53,14 +53,18 @@ def verify(
 ) -> bool:
     """True when one presented ``v1`` signature matches one of ``secrets`` (several are
     active during a rotation) and the timestamp is fresh."""
-    if not msg_id or not signature_header or not timestamp or not timestamp.strip().isdigit():
+    stamp = (timestamp or "").strip()
+    # ASCII digits within a bound: "²" passes str.isdigit() and then fails int().
+    if not msg_id or not signature_header or not (stamp.isascii() and stamp.isdigit()):
         return False
-    if abs(now_s - int(timestamp)) > tolerance_s:
+    if len(stamp) > 15:
+        return False
+    if abs(now_s - int(stamp)) > tolerance_s:
         return False
     presented = [s for s in signature_header.split() if s.startswith("v1,")]
     ok = False
     for secret in secrets:
-        expected = sign(secret, msg_id, timestamp.strip(), body).encode()
+        expected = sign(secret, msg_id, stamp, body).encode()
         for candidate in presented:
             # No early exit: timing says nothing about which secret or signature matched.
             ok |= hmac.compare_digest(expected, candidate.encode())

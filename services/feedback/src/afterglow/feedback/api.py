@@ -5,23 +5,33 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import func, or_, select
 
 from afterglow.feedback import domain, metrics, service
 from afterglow.feedback.models import Review, TenantSetting
 from afterglow.feedback.settings import FeedbackSettings
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import (
+    Id,
+    Instant,
+    Int32,
+    LongText,
+    NoControls,
+    NoControlsMultiline,
+    ShortText,
+)
 
-router = APIRouter(prefix="/v1")
+router = service_router(prefix="/v1")
 Reader = Annotated[Principal, Depends(require_scope("feedback:read"))]
 Writer = Annotated[Principal, Depends(require_scope("feedback:write"))]
-Id = Field(min_length=1, max_length=200)
 
 
 class In(BaseModel):
@@ -32,16 +42,63 @@ class In(BaseModel):
 
 
 class ExternalResponseIn(In):
-    external_id: str = Id
-    customer_id: str = Id
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "external_id": "typeform-8812",
+                    "customer_id": "cus_42",
+                    "kind": "nps",
+                    "score": 9,
+                    "comment": "Fast delivery",
+                    "order_id": "pos:1001",
+                    "responded_at": "2026-03-09T08:12:00Z",
+                }
+            ]
+        }
+    )
+    external_id: Id
+    customer_id: Id
     kind: Literal["nps", "csat", "ces"] = "nps"
-    score: int
-    comment: str | None = Field(default=None, max_length=5000)
-    order_id: str | None = Field(default=None, max_length=200)
-    responded_at: AwareDatetime | None = None
+    score: Int32
+    comment: LongText | None = None
+    order_id: ShortText | None = None
+    responded_at: Instant | None = None
 
 
-@router.post("/survey-responses", tags=["surveys"], status_code=201)
+@router.post(
+    "/survey-responses",
+    tags=["surveys"],
+    status_code=201,
+    responses={
+        201: {
+            "description": "Recorded",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": 41,
+                        "external_id": "typeform-8812",
+                        "band": "promoter",
+                        "created": True,
+                    }
+                }
+            },
+        },
+        200: {
+            "description": "This external_id was recorded before: the first answer, unchanged",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "id": 41,
+                        "external_id": "typeform-8812",
+                        "band": "promoter",
+                        "created": False,
+                    }
+                }
+            },
+        },
+    },
+)
 async def record_response(
     body: ExternalResponseIn, request: Request, session: Session, who: Writer
 ) -> JSONResponse:
@@ -81,20 +138,53 @@ async def record_response(
 
 
 class ReviewIn(In):
-    customer_id: str = Id
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "rating": 5,
+                    "title": "Dry all night",
+                    "body": "Easy to pitch, and dry after a night of rain.",
+                    "sku": "TENT-2P",
+                    "order_id": "pos:1001",
+                    "external_id": "yotpo-55120",
+                }
+            ]
+        }
+    )
+    customer_id: Id
     rating: int = Field(ge=1, le=5)
-    title: str | None = Field(default=None, max_length=200)
-    body: str | None = Field(default=None, max_length=5000)
-    sku: str | None = Field(default=None, max_length=200)
-    product_id: str | None = Field(default=None, max_length=200)
-    order_id: str | None = Field(default=None, max_length=200)
-    external_id: str | None = Field(default=None, max_length=200)
+    title: ShortText | None = None
+    body: LongText | None = None
+    sku: ShortText | None = None
+    product_id: ShortText | None = None
+    order_id: ShortText | None = None
+    external_id: ShortText | None = None
 
     @model_validator(mode="after")
     def _product(self) -> ReviewIn:
         if not self.sku and not self.product_id:
             raise ValueError("sku or product_id is required")
         return self
+
+
+REVIEW_EXAMPLE: dict[str, Any] = {
+    "id": "rv_8f2c1a7b",
+    "customer_id": "cus_42",
+    "order_id": "pos:1001",
+    "sku": "TENT-2P",
+    "product_id": None,
+    "rating": 5,
+    "title": "Dry all night",
+    "body": "Easy to pitch, and dry after a night of rain.",
+    "status": "published",
+    "moderation_reasons": [],
+    "verified": True,
+    "source": "api",
+    "created_at": "2026-03-12T18:04:00+00:00",
+    "published_at": "2026-03-12T18:04:00+00:00",
+}
 
 
 def review_json(r: Review) -> dict[str, Any]:
@@ -116,7 +206,15 @@ def review_json(r: Review) -> dict[str, Any]:
     }
 
 
-@router.post("/reviews", tags=["reviews"], status_code=201)
+@router.post(
+    "/reviews",
+    tags=["reviews"],
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(201, REVIEW_EXAMPLE, "Stored (and moderated)"),
+        openapi.example(200, REVIEW_EXAMPLE, "This external_id was recorded before: that review"),
+    ),
+)
 async def create_review(
     body: ReviewIn, request: Request, session: Session, who: Writer
 ) -> JSONResponse:
@@ -146,7 +244,9 @@ async def create_review(
     return JSONResponse(review_json(review), status_code=201 if created else 200)
 
 
-@router.get("/reviews", tags=["reviews"])
+@router.get(
+    "/reviews", tags=["reviews"], responses=openapi.example(200, {"reviews": [REVIEW_EXAMPLE]})
+)
 async def list_reviews(
     session: Session,
     who: Reader,
@@ -163,8 +263,17 @@ async def list_reviews(
     return {"reviews": [review_json(r) for r in rows.scalars()]}
 
 
-@router.get("/reviews/{review_id}", tags=["reviews"])
-async def get_review(review_id: str, session: Session, who: Reader) -> dict[str, Any]:
+@router.get(
+    "/reviews/{review_id}",
+    tags=["reviews"],
+    responses=openapi.errors(
+        openapi.example(200, REVIEW_EXAMPLE),
+        openapi.error(
+            404, "No such review for this tenant", "not_found", "no such review", field="review_id"
+        ),
+    ),
+)
+async def get_review(review_id: Id, session: Session, who: Reader) -> dict[str, Any]:
     review = (
         await session.execute(
             select(Review).where(Review.tenant_id == who.tenant_id, Review.id == review_id)
@@ -176,12 +285,15 @@ async def get_review(review_id: str, session: Session, who: Reader) -> dict[str,
 
 
 class ModerationIn(In):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "rejected", "reason": "shares a phone number"}]}
+    )
     status: Literal["pending", "published", "rejected"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[str, StringConstraints(max_length=500), NoControlsMultiline] | None = None
 
 
 async def _moderate(
-    review_id: str, body: ModerationIn, request: Request, session: Any, who: Principal
+    review_id: Id, body: ModerationIn, request: Request, session: Any, who: Principal
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
     review = await service.moderate_review(
@@ -198,28 +310,50 @@ async def _moderate(
     return review_json(review)
 
 
-@router.post("/reviews/{review_id}/moderation", tags=["reviews"])
+_MODERATED = openapi.errors(
+    openapi.example(200, REVIEW_EXAMPLE),
+    openapi.error(
+        404, "No such review for this tenant", "not_found", "no such review", field="review_id"
+    ),
+)
+
+
+@router.post("/reviews/{review_id}/moderation", tags=["reviews"], responses=_MODERATED)
 async def moderate_post(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     """Publish, reject or hold a review. Publishing emits ``review.published`` once."""
     return await _moderate(review_id, body, request, session, who)
 
 
-@router.patch("/reviews/{review_id}/moderation", tags=["reviews"])
+@router.patch("/reviews/{review_id}/moderation", tags=["reviews"], responses=_MODERATED)
 async def moderate_patch(
-    review_id: str, body: ModerationIn, request: Request, session: Session, who: Writer
+    review_id: Id, body: ModerationIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
     return await _moderate(review_id, body, request, session, who)
 
 
-@router.get("/products/{product}/reviews", tags=["reviews"])
+@router.get(
+    "/products/{product}/reviews",
+    tags=["reviews"],
+    responses=openapi.example(
+        200,
+        {
+            "product": "TENT-2P",
+            "count": 12,
+            "average": 4.6,
+            "distribution": {"1": 0, "2": 0, "3": 1, "4": 3, "5": 8},
+            "reviews": [REVIEW_EXAMPLE],
+        },
+    ),
+)
 async def product_reviews(
-    product: str,
+    product: Id,
     session: Session,
     who: Reader,
     limit: int = Query(20, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    # Bounded as the bigint OFFSET PostgreSQL takes (2**64 answered 500).
+    offset: int = Query(0, ge=0, lt=2**63),
 ) -> dict[str, Any]:
     """Published reviews of a product with their average and 1-5 distribution.
 
@@ -251,13 +385,41 @@ async def product_reviews(
     }
 
 
+# "|" separates the fields of a signed link.
+LinkPart = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]+$"), NoControls
+]
+
+
 class ReviewLinkIn(In):
-    # "|" separates the fields of a signed link.
-    customer_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
-    order_id: str = Field(min_length=1, max_length=200, pattern=r"^[^|]+$")
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"customer_id": "cus_42", "order_id": "pos:1001"}]}
+    )
+    customer_id: LinkPart
+    order_id: LinkPart
 
 
-@router.post("/review-links", tags=["reviews"], status_code=201)
+@router.post(
+    "/review-links",
+    tags=["reviews"],
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "url": "https://feedback.example.com/r/eyJ0IjoiYWNtZSJ9.c2ln",
+                "expires_at": "2026-05-11T10:00:00+00:00",
+            },
+        ),
+        openapi.error(
+            404,
+            "No order.placed seen for this customer and order",
+            "not_found",
+            "no such order for this customer",
+            field="order_id",
+        ),
+    ),
+)
 async def review_link(
     body: ReviewLinkIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
@@ -296,9 +458,6 @@ async def _metrics(
     now = runtime_of(request).clock.now()
     end = end or now
     start = start or end - timedelta(days=30)
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise Unprocessable("a timestamp with a timezone is required", field=name)
     if start >= end:
         raise Unprocessable("'from' must be before 'to'", field="from")
     days = {"day": 1, "week": 7, "month": 28}[interval]
@@ -313,44 +472,84 @@ FromQ = Query(None, alias="from", description="ISO 8601 with offset; default to 
 ToQ = Query(None, alias="to", description="ISO 8601 with offset, exclusive; default now")
 
 
-@router.get("/metrics/nps", tags=["metrics"])
+def _metrics_example(kind: str, bands: tuple[str, str, str], figure: str, value: float) -> Any:
+    totals = {
+        bands[0]: 61,
+        bands[1]: 22,
+        bands[2]: 17,
+        "responses": 100,
+        "average": 8.1,
+        "sent": 240,
+        "answered": 100,
+        "response_rate": 0.4167,
+        figure: value,
+    }
+    return openapi.example(
+        200,
+        {
+            "kind": kind,
+            "from": "2026-02-09T00:00:00+00:00",
+            "to": "2026-03-09T00:00:00+00:00",
+            "interval": "week",
+            "sku": None,
+            "total": totals,
+            "series": [{"start": "2026-02-09T00:00:00+00:00", **totals}],
+        },
+    )
+
+
+@router.get(
+    "/metrics/nps",
+    tags=["metrics"],
+    responses=_metrics_example("nps", ("promoters", "passives", "detractors"), "nps", 44),
+)
 async def nps_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """NPS per bucket and in total over [from, to). ``nps`` is null for a window with no
     answers (not 0, which would be a real, mediocre score)."""
     return await _metrics("nps", request, session, who, start, end, interval, sku)
 
 
-@router.get("/metrics/csat", tags=["metrics"])
+@router.get(
+    "/metrics/csat",
+    tags=["metrics"],
+    responses=_metrics_example("csat", ("satisfied", "neutral", "dissatisfied"), "csat", 61.0),
+)
 async def csat_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     """CSAT: percentage of 4-5 answers; null for an empty window."""
     return await _metrics("csat", request, session, who, start, end, interval, sku)
 
 
-@router.get("/metrics/ces", tags=["metrics"])
+@router.get(
+    "/metrics/ces",
+    tags=["metrics"],
+    responses=_metrics_example(
+        "ces", ("satisfied", "neutral", "dissatisfied"), "ces_satisfied_pct", 61.0
+    ),
+)
 async def ces_metrics(
     request: Request,
     session: Session,
     who: Reader,
-    start: datetime | None = FromQ,
-    end: datetime | None = ToQ,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
     interval: Interval = "week",
-    sku: str | None = None,
+    sku: ShortText | None = None,
 ) -> dict[str, Any]:
     return await _metrics("ces", request, session, who, start, end, interval, sku)
 
@@ -358,15 +557,23 @@ async def ces_metrics(
 # --- tenant settings ------------------------------------------------------------------
 
 
+_SETTINGS: dict[str, Any] = {
+    "name": "Acme Outdoor",
+    "brand_color": "#1f6f43",
+    "manual_moderation": False,
+}
+
+
 class SettingsIn(In):
-    name: str | None = Field(default=None, max_length=100)
+    model_config = ConfigDict(json_schema_extra={"examples": [_SETTINGS]})
+    name: Annotated[str, StringConstraints(max_length=100), NoControls] | None = None
     # Validated strictly: the colour lands in a <style> block, where HTML autoescaping
     # does not protect against CSS injection.
     brand_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
     manual_moderation: bool = False
 
 
-@router.put("/settings", tags=["settings"])
+@router.put("/settings", tags=["settings"], responses=openapi.example(200, _SETTINGS))
 async def put_settings(
     body: SettingsIn, request: Request, session: Session, who: Writer
 ) -> dict[str, Any]:
@@ -382,7 +589,7 @@ async def put_settings(
     return body.model_dump()
 
 
-@router.get("/settings", tags=["settings"])
+@router.get("/settings", tags=["settings"], responses=openapi.example(200, _SETTINGS))
 async def get_settings(session: Session, who: Reader) -> dict[str, Any]:
     brand = await service.branding(session, who.tenant_id)
     return {

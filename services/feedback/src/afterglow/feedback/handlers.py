@@ -28,6 +28,9 @@ def build_handlers(runtime: Runtime) -> dict[str, Handler]:
         )
 
     async def order_placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
+        # Historical orders (history import, late delivery) are remembered too: their
+        # buyers' reviews are verified purchases. Nothing here asks for anything: a
+        # survey or review ask comes only from a journey, which a past order never starts.
         data: OrderPlaced = event.data
         items = [
             {"sku": li.sku, "product_id": li.product_id, "title": li.title}

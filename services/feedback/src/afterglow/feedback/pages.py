@@ -10,19 +10,49 @@ pre-selects that score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from afterglow.feedback import domain, service
 from afterglow.feedback.settings import FeedbackSettings
+from afterglow.kit import openapi
 from afterglow.kit.app import Runtime
 from afterglow.kit.db import Session
+from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
+from afterglow.kit.routing import service_router
+from afterglow.kit.text import clean_text
+from afterglow.kit.types import NoControls
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
+router = service_router(tags=["pages"])
+
+# What the pages answer, for the OpenAPI document (every answer is an HTML page).
+_NOT_FOUND = openapi.html(
+    404,
+    "The link is not authentic, or names nothing (also: a path that matches no route, JSON)",
+    "<!doctype html>...<h1>We could not find this page</h1>",
+)
+_EXPIRED = openapi.html(
+    410, "The link has expired", "<!doctype html>...<h1>This link has expired</h1>"
+)
+_CROSS_SITE = openapi.html(
+    403,
+    "A post from another site's page (Origin)",
+    "<!doctype html>...<h1>Please answer from our page</h1>",
+)
+_TOO_LONG = openapi.html(
+    413, "The form is larger than the bound", "<!doctype html>...<h1>That was a little long</h1>"
+)
+_SURVEY = openapi.html(
+    200, "The survey's question, a score selected", "<!doctype html>...<form method=post>..."
+)
+_REVIEWS = openapi.html(
+    200, "The order's products, each with a review form", "<!doctype html>...<form method=post>..."
+)
+
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -31,7 +61,9 @@ _env = Environment(
 _NEUTRAL = service.Branding(service.DEFAULT_NAME, service.DEFAULT_COLOR, False)
 _HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the token must not leak to linked sites
+    # The token must not leak to linked sites; same-origin rather than no-referrer,
+    # under which browsers post our own forms with "Origin: null" (kit.origin).
+    "Referrer-Policy": REFERRER_POLICY,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     "X-Frame-Options": "DENY",
 }
@@ -66,16 +98,32 @@ def _runtime(request: Request) -> tuple[Runtime, FeedbackSettings]:
     return runtime, runtime.settings
 
 
+def _cross_site(request: Request) -> HTMLResponse | None:
+    """A 403 page for a post from another site's page (kit.origin), else None."""
+    _, settings = _runtime(request)
+    refused = cross_site_post(request, settings.public_base_url)
+    if refused is None:
+        return None
+    return _notice(
+        403,
+        "Please answer from our page",
+        "This form was sent from another website. Open the link in the message we sent you "
+        "and answer there.",
+    )
+
+
 async def _form(request: Request, limit: int) -> dict[str, str] | None:
     """A form-encoded body as a dict (first value of each field); None when too big.
-    Parsed here rather than with python-multipart: only urlencoded forms are expected."""
+    Parsed here rather than with python-multipart: only urlencoded forms are expected.
+    Control characters are removed (tab and newline kept): PostgreSQL refuses NUL, and
+    a customer's answer is not lost over a stray byte."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             return None
     parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
+    return {k: clean_text(v[0], multiline=True) for k, v in parsed.items()}
 
 
 # --- survey ---------------------------------------------------------------------------
@@ -98,8 +146,34 @@ def _survey_page(
     )
 
 
-@router.get("/s/{token}", response_class=HTMLResponse)
-async def survey_form(request: Request, token: str, session: Session) -> HTMLResponse:
+@router.get(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="The survey page (a GET stores nothing: scanners follow links)",
+    responses=openapi.errors(
+        _SURVEY,
+        _NOT_FOUND,
+        _EXPIRED,
+        openapi.html(
+            422, "A score not of the scale: the page, nothing selected", "<!doctype html>..."
+        ),
+    ),
+)
+async def survey_form(
+    request: Request,
+    token: str,
+    session: Session,
+    # Declared (not only read) so that it is documented and validated like every query
+    # value: a control character is a 422 before the token is even looked at.
+    score: Annotated[
+        str | None,
+        Query(
+            description="A score clicked in the email: pre-selected, not stored",
+            examples=["9"],
+        ),
+        NoControls,
+    ] = None,
+) -> HTMLResponse:
     runtime, settings = _runtime(request)
     try:
         survey = await service.load_survey(
@@ -112,20 +186,60 @@ async def survey_form(request: Request, token: str, session: Session) -> HTMLRes
     brand = await service.branding(session, survey.tenant_id)
     current = await service.current_answer(session, survey)
     selected: int | None = current.score if current else None
-    raw = request.query_params.get("score")
-    if raw is not None and raw.isdigit():
-        selected = int(raw)
+    status, error = 200, None
+    if score is not None:
+        clicked = _score_on_scale(score, domain.SCALES[survey.kind])
+        if clicked is None:
+            # Not a score our links carry: say so (422), and still let them answer.
+            status, error = 422, "Please choose a score below."
+        else:
+            selected = clicked
     return _survey_page(
         survey,
         brand,
         request.url.path,
+        status=status,
+        error=error,
         selected=selected,
         comment=current.comment if current else None,
     )
 
 
-@router.post("/s/{token}", response_class=HTMLResponse)
+def _score_on_scale(raw: str, scale: Any) -> int | None:
+    """``raw`` as a score of the scale, or None. ASCII digits only: str.isdigit() also
+    accepts "²", which int() refuses (that was a 500); two at most, as no scale goes
+    past 10 and int() refuses a 5,000-digit number too."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 2):
+        return None
+    score = int(raw)
+    return score if scale.low <= score <= scale.high else None
+
+
+@router.post(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="Answer the survey (the answer may be changed for a day)",
+    responses=openapi.errors(
+        openapi.html(200, "Thanks (a promoter also gets the referral link)", "<!doctype html>..."),
+        _CROSS_SITE,
+        _NOT_FOUND,
+        openapi.html(
+            409,
+            "Answered more than a day ago",
+            "<!doctype html>...<h1>You have already answered</h1>",
+        ),
+        _EXPIRED,
+        _TOO_LONG,
+        openapi.html(422, "No score, or one off the scale: the form again", "<!doctype html>..."),
+    ),
+    openapi_extra=openapi.form_body(
+        {"score": {"type": "string"}, "comment": {"type": "string"}},
+        {"score": "9", "comment": "Fast delivery"},
+    ),
+)
 async def survey_answer(request: Request, token: str, session: Session) -> HTMLResponse:
+    if (refused := _cross_site(request)) is not None:
+        return refused
     runtime, settings = _runtime(request)
     now = runtime.clock.now()
     try:
@@ -231,7 +345,12 @@ async def _render_reviews(
     )
 
 
-@router.get("/r/{token}", response_class=HTMLResponse)
+@router.get(
+    "/r/{token}",
+    response_class=HTMLResponse,
+    summary="The review page of an order",
+    responses=openapi.errors(_REVIEWS, _NOT_FOUND, _EXPIRED),
+)
 async def review_form(request: Request, token: str, session: Session) -> HTMLResponse:
     ctx = await _review_context(request, session, token)
     if isinstance(ctx, HTMLResponse):
@@ -239,8 +358,33 @@ async def review_form(request: Request, token: str, session: Session) -> HTMLRes
     return await _render_reviews(session, request, *ctx)
 
 
-@router.post("/r/{token}", response_class=HTMLResponse)
+@router.post(
+    "/r/{token}",
+    response_class=HTMLResponse,
+    summary="Review one product of the order",
+    responses=openapi.errors(
+        _REVIEWS,
+        _CROSS_SITE,
+        _NOT_FOUND,
+        _EXPIRED,
+        _TOO_LONG,
+        openapi.html(
+            422, "No product of the order, or no 1-5 rating: the form again", "<!doctype html>..."
+        ),
+    ),
+    openapi_extra=openapi.form_body(
+        {
+            "product": {"type": "string", "description": "SKU or product id of an order line"},
+            "rating": {"type": "string", "description": "1 to 5"},
+            "title": {"type": "string"},
+            "body": {"type": "string"},
+        },
+        {"product": "TENT-2P", "rating": "5", "title": "Dry all night", "body": "Easy to pitch."},
+    ),
+)
 async def review_submit(request: Request, token: str, session: Session) -> HTMLResponse:
+    if (refused := _cross_site(request)) is not None:
+        return refused
     ctx = await _review_context(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx

@@ -6,12 +6,16 @@ from afterglow.kit.settings import ServiceSettings
 
 
 class FeedbackSettings(ServiceSettings):
-    # Signs survey and review links (HMAC-SHA256). Rotating it invalidates every link
-    # in flight; set a long random value in production.
-    feedback_token_secret: str = "dev-only-feedback-secret-change-me"  # noqa: S105
+    # Signs survey and review links (HMAC-SHA256). Required, no default: a public
+    # default let anyone forge a review link for any tenant's customer. Rotating it
+    # invalidates every link in flight.
+    feedback_token_secret: str = ""
     feedback_survey_validity_days: int = 14
     feedback_review_link_validity_days: int = 60
     # The customer may change an answer for this long after their first answer.
     feedback_change_window_hours: int = 24
     # Form bodies larger than this are refused (413): a comment is short.
     feedback_max_form_bytes: int = 20_000
+
+    def required_secrets(self) -> dict[str, str | None]:
+        return {**super().required_secrets(), "FEEDBACK_TOKEN_SECRET": self.feedback_token_secret}

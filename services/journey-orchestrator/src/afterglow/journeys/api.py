@@ -3,12 +3,11 @@ running instances, and the funnel."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
@@ -22,12 +21,16 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.jsonbody import MAX_DEPTH, depth_exceeds
+from afterglow.kit.routing import parse_json, read_body, service_router
+from afterglow.kit.types import BigInt, Id, Instant, Int32, PositiveInt32
 
-router = APIRouter(tags=["journeys"])
+router = service_router(tags=["journeys"])
 Read = Depends(require_scope("journeys:read"))
 Write = Depends(require_scope("journeys:write"))
 
@@ -46,9 +49,68 @@ def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
 # --- customers -------------------------------------------------------------------------
 
 
-@router.get("/v1/customers/{customer_id}/journey", summary="Stage, next timer and full history")
+@router.get(
+    "/v1/customers/{customer_id}/journey",
+    summary="Stage, next timer and full history",
+    responses=openapi.errors(
+        openapi.example(
+            200,
+            {
+                "customer_id": "cus_42",
+                "profile": {
+                    "orders_count": 1,
+                    "total_spent": {"amount": 12999, "currency": "USD"},
+                    "first_order_at": "2026-03-02T14:30:00Z",
+                    "last_order_at": "2026-03-02T14:30:00Z",
+                    "open_tickets": 0,
+                    "consent": {"email": "granted"},
+                    "timezone": "America/New_York",
+                    "tier": None,
+                    "last_surveyed_at": None,
+                    "last_nps": None,
+                    "last_band": None,
+                },
+                "current": {
+                    "id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
+                    "journey": "default",
+                    "version": 1,
+                    "stage": "check_in",
+                    "status": "running",
+                    "order_id": "pos:1001",
+                    "started_at": "2026-03-02T14:30:00Z",
+                    "anchors": {"order.delivered": "2026-03-05T10:00:00Z"},
+                    "band": None,
+                    "exit_reason": None,
+                    "next_timer": {
+                        "id": 812,
+                        "due_at": "2026-03-08T10:00:00Z",
+                        "kind": "stage",
+                    },
+                    "history": [
+                        {
+                            "kind": "stage",
+                            "from_stage": None,
+                            "to_stage": "onboarding",
+                            "cause": "afterglow.order.placed.v1",
+                            "reason": None,
+                            "at": "2026-03-02T14:30:00Z",
+                        }
+                    ],
+                },
+                "instances": ["... every journey of the customer, newest first (as current)"],
+            },
+        ),
+        openapi.error(
+            404,
+            "No profile and no journey for this customer",
+            "not_found",
+            "customer 'cus_42' has no journey",
+            field="customer_id",
+        ),
+    ),
+)
 async def customer_journey(
-    customer_id: str, session: Session, principal: Principal = Read
+    customer_id: Id, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
     tenant = principal.tenant_id
     prof = await session.get(CustomerProfile, (tenant, customer_id))
@@ -115,9 +177,17 @@ async def customer_journey(
     current = next((i for i in instances if i["status"] in ("running", "paused")), None)
     profile = None
     if prof is not None:
+        projected = d.Profile.model_validate(prof.state or {})
+        spent = projected.spent or (
+            {projected.currency: projected.total_spent} if projected.currency else {}
+        )
         profile = {
             "orders_count": prof.orders_count,
             "total_spent": {"amount": prof.total_spent, "currency": prof.currency},
+            # Every currency apart, never summed across currencies.
+            "spent_by_currency": [
+                {"currency": cur, "amount": amount} for cur, amount in sorted(spent.items())
+            ],
             "first_order_at": prof.first_order_at,
             "last_order_at": prof.last_order_at,
             "open_tickets": prof.open_tickets,
@@ -139,7 +209,25 @@ async def customer_journey(
 # --- definitions -----------------------------------------------------------------------
 
 
-@router.get("/v1/journeys", summary="Journeys of this tenant and their versions")
+@router.get(
+    "/v1/journeys",
+    summary="Journeys of this tenant and their versions",
+    responses=openapi.example(
+        200,
+        {
+            "journeys": [
+                {
+                    "name": "default",
+                    "active_version": 2,
+                    "versions": [
+                        {"version": 1, "active": False, "created_at": "2026-03-01T09:00:00Z"},
+                        {"version": 2, "active": True, "created_at": "2026-03-04T16:20:00Z"},
+                    ],
+                }
+            ]
+        },
+    ),
+)
 async def list_journeys(
     request: Request, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
@@ -160,12 +248,18 @@ async def list_journeys(
     return {"journeys": list(out.values())}
 
 
-@router.get("/v1/journeys/{name}", summary="A journey definition (active or given version)")
+@router.get(
+    "/v1/journeys/{name}",
+    summary="A journey definition (active or given version)",
+    responses=openapi.example(
+        200, {"name": "default", "version": 1, "active": True, "definition": d.DEFAULT_JOURNEY_BODY}
+    ),
+)
 async def get_journey(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
-    version: int | None = None,
+    version: PositiveInt32 | None = None,
     principal: Principal = Read,
 ) -> dict[str, Any]:
     await store.ensure_default(session, principal.tenant_id, _now(request))
@@ -192,23 +286,70 @@ async def _definition(
     return row
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a few lines of nested aliases ("billion laughs") expand
+    to a structure too large to walk or store."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a journey definition")
+        return super().compose_node(parent, index)
+
+
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    """The definition as JSON or YAML, within the kit's size and depth bounds (a body of
+    10,000 nested lists made both parsers recurse out of stack: a 500)."""
+    raw = await read_body(request)
     ctype = request.headers.get("content-type", "")
-    if "yaml" in ctype:
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise AppError(f"body is not YAML: {exc}", code="bad_request") from exc
+    if "yaml" not in ctype:
+        return parse_json(raw or b"null")
     try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise AppError(f"body is not JSON: {exc}", code="bad_request") from exc
+        body = yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+    except RecursionError as exc:
+        raise AppError("body nests too deep", code="too_deep") from exc
+    except yaml.YAMLError as exc:
+        raise AppError(f"body is not YAML: {exc}", code="bad_request") from exc
+    if depth_exceeds(body, MAX_DEPTH):
+        raise AppError(f"body nests deeper than {MAX_DEPTH} levels", code="too_deep")
+    return body
 
 
-@router.put("/v1/journeys/{name}", status_code=201, summary="Store a new version (JSON or YAML)")
+# The default journey: a definition the route accepts as it is.
+_DEFINITION_EXAMPLE = d.DEFAULT_JOURNEY_BODY
+
+
+@router.put(
+    "/v1/journeys/{name}",
+    status_code=201,
+    summary="Store a new version (JSON or YAML)",
+    responses=openapi.errors(
+        {
+            201: {
+                "content": {
+                    "application/json": {
+                        "example": {"name": "default", "version": 4, "active": False}
+                    }
+                }
+            }
+        },
+        openapi.error(
+            400, "The body is neither JSON nor YAML", "bad_request", "body is not JSON: ..."
+        ),
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A journey definition, as JSON or as YAML (Content-Type: "
+            "application/yaml); `name` defaults to the path's",
+            "content": {
+                "application/json": {"schema": {"type": "object"}, "example": _DEFINITION_EXAMPLE},
+                "application/yaml": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
 async def put_journey(
-    name: str, request: Request, session: Session, principal: Principal = Write
+    name: Id, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
     body = await _body(request)
     if isinstance(body, dict):
@@ -245,13 +386,17 @@ async def put_journey(
 
 
 class ActivateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(default=None, ge=1, description="default: the latest version")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 2}]})
+    version: PositiveInt32 | None = Field(default=None, description="default: the latest version")
 
 
-@router.post("/v1/journeys/{name}/activate", summary="Make a version the one new customers enter")
+@router.post(
+    "/v1/journeys/{name}/activate",
+    summary="Make a version the one new customers enter",
+    responses=openapi.example(200, {"name": "default", "version": 2, "active": True}),
+)
 async def activate(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
     body: ActivateIn | None = None,
@@ -282,8 +427,12 @@ async def activate(
     return {"name": name, "version": row.version, "active": True}
 
 
-@router.post("/v1/journeys/{name}/deactivate", summary="Stop new entries (running instances go on)")
-async def deactivate(name: str, session: Session, principal: Principal = Write) -> dict[str, Any]:
+@router.post(
+    "/v1/journeys/{name}/deactivate",
+    summary="Stop new entries (running instances go on)",
+    responses=openapi.example(200, {"name": "default", "active": False}),
+)
+async def deactivate(name: Id, session: Session, principal: Principal = Write) -> dict[str, Any]:
     await _definition(session, principal.tenant_id, name, None)
     await session.execute(
         update(JourneyDefinition)
@@ -293,19 +442,78 @@ async def deactivate(name: str, session: Session, principal: Principal = Write) 
     return {"name": name, "active": False}
 
 
+class SimEventIn(d.SimEvent):
+    # Within the range a timer computed from it can reach (a delay after 9999-12-31
+    # overflows datetime).
+    at: Instant
+
+
+class ProfileIn(d.Profile):
+    first_order_at: Instant | None = None
+    last_order_at: Instant | None = None
+    last_surveyed_at: Instant | None = None
+    orders_count: Int32 = 0
+    total_spent: BigInt = 0
+    last_nps: Int32 | None = None
+
+
 class SimulateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "type": "order.placed",
+                            "at": "2026-03-02T14:30:00Z",
+                            "data": {"order_id": "pos:1001"},
+                        },
+                        {"type": "order.delivered", "at": "2026-03-05T10:00:00Z"},
+                    ]
+                }
+            ]
+        },
+    )
     definition: dict[str, Any] | None = Field(default=None, description="inline; default: stored")
-    version: int | None = None
-    events: list[d.SimEvent] = Field(min_length=1, max_length=1000)
-    profile: d.Profile | None = None
+    version: Int32 | None = None
+    events: list[SimEventIn] = Field(min_length=1, max_length=1000)
+    profile: ProfileIn | None = None
 
 
 @router.post(
-    "/v1/journeys/{name}/simulate", summary="Dry run: transitions and actions, no state touched"
+    "/v1/journeys/{name}/simulate",
+    summary="Dry run: transitions and actions, no state touched",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "version": 1,
+            "transitions": [
+                {
+                    "instance_id": "sim-1",
+                    "kind": "stage",
+                    "from_stage": None,
+                    "to_stage": "onboarding",
+                    "cause": "afterglow.order.placed.v1",
+                    "reason": None,
+                    "at": "2026-03-02T14:30:00Z",
+                }
+            ],
+            "actions": [
+                {
+                    "instance_id": "sim-1",
+                    "type": "message",
+                    "step": "onboarding",
+                    "at": "2026-03-02T14:30:00Z",
+                    "kind": "welcome",
+                }
+            ],
+        },
+    ),
 )
 async def simulate(
-    name: str, body: SimulateIn, session: Session, principal: Principal = Read
+    name: Id, body: SimulateIn, session: Session, principal: Principal = Read
 ) -> dict[str, Any]:
     if body.definition is not None:
         try:
@@ -317,7 +525,13 @@ async def simulate(
     else:
         row = await _definition(session, principal.tenant_id, name, body.version)
         j, version = d.parse_journey(row.body), row.version
-    records = d.simulate(j, body.events, version=version, profile=body.profile)
+    try:
+        records = d.simulate(j, body.events, version=version, profile=body.profile)
+    except OverflowError as exc:
+        # A delay that leaves datetime's range (an event late in 2199 and a long wait).
+        raise Unprocessable(
+            f"events: a step falls beyond year 9999 ({exc})", field="events"
+        ) from exc
     transitions = []
     actions = []
     for r in records:
@@ -347,14 +561,39 @@ async def simulate(
 
 
 class MigrateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    to_version: int | None = Field(default=None, description="default: the active version")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to_version": 2, "dry_run": True}]}
+    )
+    to_version: PositiveInt32 | None = Field(
+        default=None, description="default: the active version"
+    )
     dry_run: bool = False
 
 
-@router.post("/v1/journeys/{name}/migrate", summary="Move waiting instances to a version")
+@router.post(
+    "/v1/journeys/{name}/migrate",
+    summary="Move waiting instances to a version",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "to_version": 2,
+            "dry_run": True,
+            "instances": [
+                {
+                    "instance_id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
+                    "customer_id": "cus_42",
+                    "from_version": 1,
+                    "result": "migrated",
+                    "to_version": 2,
+                    "reason": "waiting for check_in, which v2 has",
+                }
+            ],
+        },
+    ),
+)
 async def migrate(
-    name: str,
+    name: Id,
     request: Request,
     session: Session,
     body: MigrateIn | None = None,
@@ -427,18 +666,42 @@ async def migrate(
 # --- metrics ---------------------------------------------------------------------------
 
 
-@router.get("/v1/metrics/funnel", summary="Stage entries, conversion between stages, goals")
+@router.get(
+    "/v1/metrics/funnel",
+    summary="Stage entries, conversion between stages, goals",
+    responses=openapi.example(
+        200,
+        {
+            "journey": "default",
+            "from": "2026-03-01T00:00:00Z",
+            "to": "2026-04-01T00:00:00Z",
+            "stages": [
+                {
+                    "stage": "onboarding",
+                    "entered": 120,
+                    "customers": 114,
+                    "conversion_from_previous": None,
+                },
+                {
+                    "stage": "check_in",
+                    "entered": 96,
+                    "customers": 92,
+                    "conversion_from_previous": 0.8,
+                },
+            ],
+            "goal_conversions": {"1": 17},
+            "goal_conversions_total": 17,
+            "exits": {"order.refunded": 4},
+        },
+    ),
+)
 async def funnel(
     session: Session,
-    from_: datetime = Query(alias="from"),
-    to: datetime = Query(),
-    journey: str = "default",
+    from_: Annotated[Instant, Query(alias="from")],
+    to: Annotated[Instant, Query()],
+    journey: Id = "default",
     principal: Principal = Read,
 ) -> dict[str, Any]:
-    if from_.tzinfo is None or to.tzinfo is None:
-        raise Unprocessable(
-            "from/to need a time zone", field="from" if from_.tzinfo is None else "to"
-        )
     tenant = principal.tenant_id
     # Journeys (instances) and customers entering each stage: a repeat buyer's second
     # journey is a second pass through the funnel, but the same customer.

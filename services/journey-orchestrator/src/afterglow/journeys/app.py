@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from afterglow.journeys import api, export, handlers, workers
 from afterglow.journeys.messaging import api as messaging_api
+from afterglow.journeys.messaging import channel_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
 from afterglow.journeys.messaging import handlers as messaging_handlers
 from afterglow.journeys.models import SCHEMA, api_keys, tables
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         routers=[
             api.router,
             messaging_api.router,
+            channel_api.router,
             export_router("journey-orchestrator", export.collect),
         ],
         consumers=consumers,

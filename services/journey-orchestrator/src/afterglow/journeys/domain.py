@@ -40,11 +40,18 @@ from pydantic import (
     model_validator,
 )
 
+from afterglow.events.catalog import is_first_order
+
 # --- durations and event names ---------------------------------------------------------
 
 _DURATION = re.compile(
     r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
+
+
+# A delay, window or timeout beyond ten years is a typo; unbounded, a few more digits
+# overflowed timedelta (or the datetime a timer adds it to) with a 500.
+MAX_DURATION = timedelta(days=3650)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -58,7 +65,13 @@ def parse_duration(value: Any) -> timedelta:
     if not m or value.strip().upper() in ("P", "PT"):
         raise ValueError(f"{value!r} is not an ISO-8601 duration (W, D, H, M, S units only)")
     g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    return timedelta(weeks=g["w"], days=g["d"], hours=g["h"], minutes=g["m"], seconds=g["s"])
+    try:
+        td = timedelta(weeks=g["w"], days=g["d"], hours=g["h"], minutes=g["m"], seconds=g["s"])
+    except OverflowError:
+        td = MAX_DURATION * 2  # beyond what timedelta holds: refused just below
+    if td > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION.days} days")
+    return td
 
 
 def format_duration(td: timedelta) -> str:
@@ -537,8 +550,11 @@ class Profile(BaseModel):
     """The projection of a customer the conditions read."""
 
     orders_count: int = 0
+    # The first currency the customer spent in and the spend in it (kept for the
+    # profile's columns and older readers); ``spent`` has every currency, each apart.
     total_spent: int = 0
     currency: str | None = None
+    spent: dict[str, int] = Field(default_factory=dict)
     first_order_at: datetime | None = None
     last_order_at: datetime | None = None
     open_tickets: list[str] = Field(default_factory=list)
@@ -552,6 +568,13 @@ class Profile(BaseModel):
     # order id -> {event type: when}; kept so an event that arrives before its order's
     # placed (out of order) still anchors the instance that placed starts later.
     orders: dict[str, dict[str, datetime]] = Field(default_factory=dict)
+
+    def spent_in(self, currency: str) -> int:
+        """Spend in one currency (minor units); amounts in others never count."""
+        if currency in self.spent:
+            return self.spent[currency]
+        # A profile projected before ``spent`` existed knows its first currency only.
+        return self.total_spent if self.currency == currency else 0
 
 
 MAX_REMEMBERED_TICKETS = 50
@@ -588,10 +611,17 @@ def project(profile: Profile, ev: Occurrence) -> Profile:
         p.orders_count += 1
         if isinstance(d.get("customer_orders_count"), int):
             p.orders_count = max(p.orders_count, d["customer_orders_count"])
-        total = d.get("total") or {}
-        if p.currency in (None, total.get("currency")):
-            p.currency = total.get("currency")
-            p.total_spent += int(total.get("amount", 0))
+        # Shop money when the order states it (the shop's own currency), each currency
+        # summed apart: 100 EUR and 100 USD are not 200 of anything.
+        total = d.get("shop_total") or d.get("total") or {}
+        cur, amount = total.get("currency"), int(total.get("amount", 0))
+        if cur:
+            if not p.spent and p.currency is not None:
+                p.spent = {p.currency: p.total_spent}  # a profile from before ``spent``
+            p.spent[cur] = p.spent.get(cur, 0) + amount
+            if p.currency in (None, cur):
+                p.currency = cur
+                p.total_spent += amount
         p.first_order_at = min(filter(None, [p.first_order_at, ev.at]))
         p.last_order_at = max(filter(None, [p.last_order_at, ev.at]))
         cust = d.get("customer") or {}
@@ -639,7 +669,8 @@ def _zone(name: str | None, strict: bool = False) -> ZoneInfo:
 
 # --- instance state --------------------------------------------------------------------
 
-Status = Literal["running", "paused", "exited", "completed"]
+# skipped: never started (a late order's trigger); kept as the record of that decision.
+Status = Literal["running", "paused", "exited", "completed", "skipped"]
 
 
 class InstanceState(BaseModel):
@@ -660,6 +691,22 @@ class InstanceState(BaseModel):
     reminded: bool = False
     blocked: str | None = None  # the step key of the survey / wait_for being waited on
     exit_reason: str | None = None
+    # Whether the order that started this instance is the customer's first, decided
+    # once from its order.placed by the catalog's rule (catalog.is_first_order), the
+    # same rule loyalty's first-order bonus applies. None: not started by an order.
+    first_order: bool | None = None
+
+
+def first_order_of(ev: Occurrence, profile: Profile) -> bool | None:
+    """The trigger's first-order decision: the one rule on the count ingest set.
+    ``profile`` already counts this order (it is projected first)."""
+    if ev.type != PLACED:
+        return None
+    count = ev.data.get("customer_orders_count")
+    return is_first_order(
+        count if isinstance(count, int) else None,
+        earlier_orders_seen=max(profile.orders_count - 1, 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -715,7 +762,10 @@ def instance_id_for(journey: str, trigger_event_id: str) -> str:
 def holds(cond: Condition | None, profile: Profile, st: InstanceState, now: datetime) -> bool:
     if cond is None:
         return True
-    first = profile.orders_count <= 1
+    # An order's instance carries its trigger's decision; loyalty decides with the same
+    # rule on the same field, so the welcome and the first-order bonus agree. Without
+    # one (a journey started by a ticket), the profile's count decides.
+    first = st.first_order if st.first_order is not None else profile.orders_count <= 1
     if cond.first_order is not None and cond.first_order != first:
         return False
     if cond.repeat_order is not None and cond.repeat_order == first:
@@ -726,9 +776,9 @@ def holds(cond: Condition | None, profile: Profile, st: InstanceState, now: date
         band = st.band or "none"
         if band not in cond.nps_band:
             return False
-    if cond.spend_above is not None and (
-        profile.currency != cond.spend_above.currency
-        or profile.total_spent <= cond.spend_above.amount
+    if (
+        cond.spend_above is not None
+        and profile.spent_in(cond.spend_above.currency) <= cond.spend_above.amount
     ):
         return False
     if cond.tier is not None and profile.tier not in cond.tier:
@@ -849,6 +899,7 @@ def start(
         started_at=now,
         waiting_since=now,
         anchors=anchors,
+        first_order=first_order_of(trigger, profile),
     )
     res = StepResult(st)
     # Out of order: the refund or cancellation of this order came before its placed.
@@ -866,13 +917,33 @@ def start(
     return res
 
 
+def not_started(
+    j: Journey, version: int, instance_id: str, trigger: Occurrence, now: datetime
+) -> StepResult:
+    """The decision record of a trigger that starts nothing (a historical order): an
+    instance in ``skipped`` with one ``skip`` transition that says why. It has no
+    stage, no timer and no action, and counts in no funnel stage."""
+    st = InstanceState(
+        id=instance_id,
+        journey=j.name,
+        version=version,
+        order_id=trigger.order_id,
+        status="skipped",
+        started_at=now,
+        exit_reason="historical order",
+    )
+    why = trigger.data.get("historical_reason") or "historical order"
+    reason = f"not started: {why}; a past order gets no journey, survey or message"
+    return StepResult(st, [Transition("skip", None, None, trigger.id, reason, now)])
+
+
 def on_event(
     j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, now: datetime
 ) -> StepResult:
     """Apply an event to a running or paused instance. ``profile`` already includes it."""
     res = StepResult(st.model_copy(deep=True))
     s = res.state
-    if s.status in ("exited", "completed"):
+    if s.status in ("exited", "completed", "skipped"):
         return res
     same_order = ev.order_id is None or s.order_id is None or ev.order_id == s.order_id
     if ev.type in j.exits and same_order:
@@ -1181,7 +1252,9 @@ def note_actions(profile: Profile, results: list[StepResult], now: datetime) -> 
 def triggers(j: Journey, profile: Profile, ev: Occurrence, now: datetime) -> bool:
     if ev.type not in j.trigger.events:
         return False
-    probe = InstanceState(id="-", journey=j.name, version=0, started_at=now)
+    probe = InstanceState(
+        id="-", journey=j.name, version=0, started_at=now, first_order=first_order_of(ev, profile)
+    )
     return holds(j.trigger.filter, profile, probe, now)
 
 
@@ -1221,16 +1294,29 @@ def handle_event(
     ``active`` maps name -> active version."""
     out = Outcome(project(profile, ev))
     prof = out.profile
+    # A historical event (a history import, or a live delivery about an order older
+    # than the tenant's limit) is counted in the profile above and may end or anchor a
+    # running journey of its own order, but it converts no goal and starts nothing:
+    # otherwise a two-year-old order would get a welcome, a check-in and a survey.
+    historical = bool(ev.data.get("historical"))
     live = [i for i in instances if i.status in ("running", "paused")]
     for inst in instances:
         j = journeys[(inst.journey, inst.version)]
-        if goal_reached(j, inst, ev):
+        # A skipped instance never ran: a later order is no conversion of it.
+        if not historical and inst.status != "skipped" and goal_reached(j, inst, ev):
             out.goals.append(inst.id)
     for inst in live:
         out.results.append(on_event(journeys[(inst.journey, inst.version)], inst, prof, ev, now))
     for name, version in sorted(active.items()):
         j = journeys[(name, version)]
         if not triggers(j, prof, ev, now):
+            continue
+        if historical:
+            # A late live order leaves a record of why nothing started; an import's
+            # hundreds of past orders do not (the import's own result says so).
+            iid = instance_id_for(name, ev.id)
+            if ev.data.get("origin") == "late" and not any(i.id == iid for i in instances):
+                out.results.append(not_started(j, version, iid, ev, now))
             continue
         running = [
             r

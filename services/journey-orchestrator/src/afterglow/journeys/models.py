@@ -84,7 +84,7 @@ class JourneyInstance(Base):
     journey: Mapped[str] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer)
     stage: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text)  # running, paused, exited, completed
+    status: Mapped[str] = mapped_column(Text)  # running, paused, exited, completed, skipped
     order_id: Mapped[str | None] = mapped_column(Text)
     anchors: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     state: Mapped[dict[str, Any]] = mapped_column(JSONB)  # domain.InstanceState

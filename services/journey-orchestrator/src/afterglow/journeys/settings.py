@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.kit.settings import ServiceSettings
 
 
@@ -10,3 +11,11 @@ class Settings(ServiceSettings):
     journeys_timer_poll_interval_s: float = 1.0
     # Timers claimed (and fired) per transaction.
     journeys_timer_batch: int = 200
+
+    def required_secrets(self) -> dict[str, str | None]:
+        # Messaging reads its settings (MESSAGING_*) on its own; its signing secret is
+        # checked with the others at start-up.
+        return {
+            **super().required_secrets(),
+            "MESSAGING_UNSUBSCRIBE_SECRET": MessagingSettings().unsubscribe_secret,
+        }

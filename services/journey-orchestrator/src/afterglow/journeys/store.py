@@ -195,7 +195,7 @@ class Writer:
             anchors={k: v.isoformat() for k, v in s.anchors.items()},
             state=s.model_dump(mode="json"),
             updated_at=self.now,
-            ended_at=self.now if s.status in ("exited", "completed") else None,
+            ended_at=self.now if s.status in ("exited", "completed", "skipped") else None,
             version=s.version,
         )
         stmt = pg_insert(JourneyInstance).values(

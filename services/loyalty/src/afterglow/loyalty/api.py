@@ -5,44 +5,105 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import case, func, select
+from fastapi import Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
 from afterglow.events.catalog import MessageRequested, PointsRedeemed
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmount
 from afterglow.loyalty import domain, store
-from afterglow.loyalty.models import Account, EntryRow, ProgramRulesRow, Redemption
+from afterglow.loyalty.models import (
+    Account,
+    EntryRow,
+    ExchangeRateRow,
+    OrderRow,
+    ProgramRulesRow,
+    Redemption,
+)
 
-router = APIRouter(prefix="/v1", tags=["loyalty"])
+router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
 Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
-Customer = Annotated[str, Field(min_length=1, max_length=200)]
+Customer = Id
 
 
 class InsufficientPointsError(AppError):
     status_code, code = 409, "insufficient_points"
 
 
+_NO_ACCOUNT = openapi.error(
+    404,
+    "No account: the customer never earned nor was credited",
+    "not_found",
+    "no loyalty account for customer 'cus_42'",
+    field="customer",
+)
+
+
 class TierProgressOut(BaseModel):
     basis: str
+    currency: str | None = Field(
+        default=None, description="The program's currency, when the basis is spend"
+    )
     qualifying: int
     next_tier: str | None
     next_threshold: int | None
     remaining: int | None
 
 
+class UnpricedOrderOut(BaseModel):
+    order_id: str
+    total: dict[str, Any] = Field(description="amount (minor units) and currency")
+    reason: str
+    placed_at: datetime
+
+
 class AccountOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "available": 620,
+                    "pending": 65,
+                    "debt": 0,
+                    "tier": "silver",
+                    "tier_progress": {
+                        "basis": "spend",
+                        "currency": "USD",
+                        "qualifying": 64000,
+                        "next_tier": "gold",
+                        "next_threshold": 100000,
+                        "remaining": 36000,
+                    },
+                    "lifetime_earned": 1120,
+                    "currency_value_minor": 620,
+                    "currency": "USD",
+                    "unpriced_orders": [
+                        {
+                            "order_id": "pos:1310",
+                            "total": {"amount": 24900, "currency": "PLN"},
+                            "reason": "no exchange rate PLN->USD",
+                            "placed_at": "2026-03-11T12:00:00Z",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     customer_id: str
     available: int = Field(description="Spendable points (never negative)")
     pending: int = Field(description="Earned, waiting for the return window to end")
@@ -51,11 +112,17 @@ class AccountOut(BaseModel):
     tier_progress: TierProgressOut
     lifetime_earned: int
     currency_value_minor: int = Field(description="What the available points are worth")
+    currency: str = Field(description="The program's currency (of every amount above)")
+    unpriced_orders: list[UnpricedOrderOut] = Field(
+        default_factory=list,
+        description="Orders that earned nothing because they could not be priced in the"
+        " program's currency (no exchange rate), with the reason",
+    )
 
 
-@router.get("/accounts/{customer}", response_model=AccountOut)
+@router.get("/accounts/{customer}", response_model=AccountOut, responses=_NO_ACCOUNT)
 async def get_account(
-    customer: str, principal: Reader, session: Session, request: Request
+    customer: Customer, principal: Reader, session: Session, request: Request
 ) -> AccountOut:
     """Balances, tier and progress. 404 until the customer earns or is credited once."""
     account = await session.get(Account, (principal.tenant_id, customer))
@@ -65,6 +132,18 @@ async def get_account(
     now = runtime_of(request).clock.now()
     value, _ = await store.qualifying_value(session, rules, account, now)
     p = domain.tier_progress(rules, value)
+    unpriced = (
+        await session.execute(
+            select(OrderRow)
+            .where(
+                OrderRow.tenant_id == principal.tenant_id,
+                OrderRow.customer_id == customer,
+                OrderRow.fx_factor.is_(None),
+            )
+            .order_by(OrderRow.placed_at.desc())
+            .limit(50)
+        )
+    ).scalars()
     return AccountOut(
         customer_id=customer,
         available=max(0, account.available),
@@ -73,6 +152,7 @@ async def get_account(
         tier=account.tier,
         tier_progress=TierProgressOut(
             basis=p.basis,
+            currency=rules.currency if p.basis == "spend" else None,
             qualifying=p.qualifying,
             next_tier=p.next_tier,
             next_threshold=p.next_threshold,
@@ -80,6 +160,16 @@ async def get_account(
         ),
         lifetime_earned=account.lifetime_earned,
         currency_value_minor=int(max(0, account.available) * rules.point_value_minor),
+        currency=rules.currency,
+        unpriced_orders=[
+            UnpricedOrderOut(
+                order_id=o.order_id,
+                total={"amount": o.total_minor, "currency": o.currency},
+                reason=o.unpriced_reason or "unpriced",
+                placed_at=o.placed_at,
+            )
+            for o in unpriced
+        ],
     )
 
 
@@ -96,17 +186,39 @@ class EntryOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entries": [
+                        {
+                            "id": "en_5c2e9a1f",
+                            "kind": "adjust",
+                            "pending_delta": 0,
+                            "available_delta": 100,
+                            "order_id": None,
+                            "reason": "goodwill: late parcel",
+                            "actor": "key:3fa1c9d2e7b4",
+                            "ref": None,
+                            "created_at": "2026-03-10T11:00:00Z",
+                        }
+                    ],
+                    "next_cursor": "1841",
+                }
+            ]
+        }
+    )
     entries: list[EntryOut]
     next_cursor: str | None
 
 
 @router.get("/accounts/{customer}/history", response_model=HistoryOut)
 async def history(
-    customer: str,
+    customer: Customer,
     principal: Reader,
     session: Session,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> HistoryOut:
     """Newest first. ``next_cursor`` is opaque; pass it back to get the next page."""
     stmt = select(EntryRow).where(
@@ -139,8 +251,10 @@ async def history(
 
 
 class RedemptionIn(BaseModel):
-    model_config = {"extra": "forbid"}
-    reward_id: str = Field(min_length=1, max_length=50)
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reward_id": "five-off"}]}
+    )
+    reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
 def _reward_code() -> str:
@@ -149,9 +263,47 @@ def _reward_code() -> str:
     return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
 
 
-@router.post("/accounts/{customer}/redemptions", status_code=201)
+@router.post(
+    "/accounts/{customer}/redemptions",
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "redemption_id": "rd_91c4e2b7",
+                "reward": {
+                    "id": "five-off",
+                    "name": "$5 off",
+                    "kind": "fixed_discount",
+                    "points_price": 500,
+                    "amount_minor": 500,
+                    "percent": None,
+                },
+                "points": 500,
+                "code": "AG-7QK2M9XW4P3R",
+                "balance": {"available": 120, "pending": 65},
+                "redeemed_at": "2026-03-10T11:05:00+00:00",
+            },
+        ),
+        _NO_ACCOUNT,
+        openapi.error(
+            409,
+            "Not enough available points for the reward",
+            "insufficient_points",
+            "500 points requested, 120 available",
+            field="reward_id",
+        ),
+        openapi.error(
+            422,
+            "An unknown reward, an invalid body, or an Idempotency-Key used with another body",
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            field="Idempotency-Key",
+        ),
+    ),
+)
 async def redeem(
-    customer: str,
+    customer: Customer,
     body: RedemptionIn,
     principal: Writer,
     session: Session,
@@ -273,14 +425,37 @@ async def redeem_reward(
 
 
 class AdjustmentIn(BaseModel):
-    model_config = {"extra": "forbid"}
-    points: int = Field(description="Positive credits, negative debits (never overdraws)")
-    reason: str = Field(min_length=1, max_length=500)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"points": 100, "reason": "goodwill: late parcel"}]},
+    )
+    points: SignedAmount = Field(description="Positive credits, negative debits (never overdraws)")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
 
-@router.post("/accounts/{customer}/adjustments", status_code=201)
+@router.post(
+    "/accounts/{customer}/adjustments",
+    status_code=201,
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "entry_id": "en_5c2e9a1f",
+                "points": 100,
+                "balance": {"available": 720, "pending": 65, "debt": 0},
+            },
+        ),
+        openapi.error(
+            409,
+            "A debit larger than the available points (an adjustment never overdraws)",
+            "insufficient_points",
+            "300 points requested, 120 available",
+            field="points",
+        ),
+    ),
+)
 async def adjust(
-    customer: str, body: AdjustmentIn, principal: Writer, session: Session, request: Request
+    customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, request: Request
 ) -> dict[str, Any]:
     if body.points == 0:
         raise Unprocessable("points must not be zero", field="points")
@@ -302,12 +477,23 @@ async def adjust(
     }
 
 
-@router.get("/rules", response_model=domain.ProgramRules)
+# The default program: what a tenant that never set one runs.
+_RULES_EXAMPLE = domain.ProgramRules().model_dump(mode="json")
+
+
+@router.get(
+    "/rules", response_model=domain.ProgramRules, responses=openapi.example(200, _RULES_EXAMPLE)
+)
 async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
     return await store.load_rules(session, principal.tenant_id)
 
 
-@router.put("/rules", response_model=domain.ProgramRules)
+@router.put(
+    "/rules",
+    response_model=domain.ProgramRules,
+    responses=openapi.example(200, _RULES_EXAMPLE),
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": _RULES_EXAMPLE}}}},
+)
 async def put_rules(
     body: domain.ProgramRules, principal: Writer, session: Session, request: Request
 ) -> domain.ProgramRules:
@@ -329,7 +515,24 @@ async def put_rules(
     return body
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    responses=openapi.example(
+        200,
+        {
+            "accounts": 412,
+            "points_issued": 181200,
+            "points_redeemed": 64500,
+            "points_expired": 9100,
+            "points_clawed_back": 1300,
+            "points_outstanding": 106300,
+            "points_pending": 22400,
+            "points_debt": 200,
+            "outstanding_liability": {"amount": 106300, "currency": "USD"},
+            "redemption_rate": 0.356,
+        },
+    ),
+)
 async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
     """Program totals: issued (became spendable), redeemed, expired, clawed back, the
     outstanding balance and what it is worth (the merchant's liability)."""
@@ -365,6 +568,21 @@ async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
     ).one()
     outstanding, debt, pending, accounts = (int(x) for x in acc)
     liability = int(Decimal(outstanding) * rules.point_value_minor)
+    # Order money per currency: each currency on its own row, never added to another.
+    priced = OrderRow.fx_factor.is_not(None)
+    by_currency = (
+        await session.execute(
+            select(
+                OrderRow.currency,
+                func.count(),
+                func.coalesce(func.sum(OrderRow.total_minor), 0),
+                func.count().filter(~priced),
+            )
+            .where(OrderRow.tenant_id == tenant)
+            .group_by(OrderRow.currency)
+            .order_by(OrderRow.currency)
+        )
+    ).all()
     return {
         "accounts": accounts,
         "points_issued": issued,
@@ -376,4 +594,144 @@ async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
         "points_debt": debt,
         "outstanding_liability": {"amount": liability, "currency": rules.currency},
         "redemption_rate": round(redeemed / issued, 4) if issued else 0.0,
+        "orders_by_currency": [
+            {
+                "currency": cur,
+                "orders": int(n),
+                "total_minor": int(total),
+                "unpriced_orders": int(unpriced),
+            }
+            for cur, n, total, unpriced in by_currency
+        ],
+        "unpriced_orders": sum(int(row[3]) for row in by_currency),
     }
+
+
+# --- exchange rates -----------------------------------------------------------------
+
+CurrencyCode = Annotated[str, Path(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+
+
+class ExchangeRateIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"rate": "0.25", "as_of": "2026-03-09"}]}
+    )
+    rate: Decimal = Field(
+        gt=0,
+        max_digits=24,
+        decimal_places=10,
+        description="Units of the program's currency one unit of this currency is worth"
+        " (program in USD, 1 PLN = 0.25 USD: 0.25)",
+    )
+    as_of: date = Field(description="The date the rate was taken (shown with every use)")
+
+
+_RATE_EXAMPLE: dict[str, Any] = {
+    "currency": "PLN",
+    "quote": "USD",
+    "rate": "0.25",
+    "as_of": "2026-03-09",
+    "updated_at": "2026-03-09T08:00:00Z",
+}
+
+
+class ExchangeRateOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_RATE_EXAMPLE]})
+    currency: str
+    quote: str = Field(description="The program currency the rate converts into")
+    rate: Decimal
+    as_of: date
+    updated_at: datetime
+
+
+def _rate_out(r: ExchangeRateRow) -> ExchangeRateOut:
+    return ExchangeRateOut(
+        currency=r.currency, quote=r.quote, rate=r.rate, as_of=r.as_of, updated_at=r.updated_at
+    )
+
+
+@router.get(
+    "/exchange-rates",
+    responses=openapi.example(200, {"program_currency": "USD", "rates": [_RATE_EXAMPLE]}),
+)
+async def list_exchange_rates(principal: Reader, session: Session) -> dict[str, Any]:
+    """The tenant's rates into its program's currency."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    rows = (
+        await session.execute(
+            select(ExchangeRateRow)
+            .where(
+                ExchangeRateRow.tenant_id == principal.tenant_id,
+                ExchangeRateRow.quote == rules.currency,
+            )
+            .order_by(ExchangeRateRow.currency)
+        )
+    ).scalars()
+    return {
+        "program_currency": rules.currency,
+        "rates": [_rate_out(r).model_dump(mode="json") for r in rows],
+    }
+
+
+@router.put("/exchange-rates/{currency}", response_model=ExchangeRateOut)
+async def put_exchange_rate(
+    currency: CurrencyCode,
+    body: ExchangeRateIn,
+    principal: Writer,
+    session: Session,
+    request: Request,
+) -> ExchangeRateOut:
+    """Set the rate at which orders in ``currency`` are priced in the program's currency
+    from now on. Orders already placed keep the price they were given (or stay unpriced:
+    credit them by adjustment if they should earn)."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    if currency == rules.currency:
+        raise Unprocessable(
+            f"{currency} is the program's currency: it needs no rate", field="currency"
+        )
+    now = runtime_of(request).clock.now()
+    stmt = pg_insert(ExchangeRateRow).values(
+        tenant_id=principal.tenant_id,
+        currency=currency,
+        quote=rules.currency,
+        rate=body.rate,
+        as_of=body.as_of,
+        updated_at=now,
+    )
+    row = (
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant_id", "currency", "quote"],
+                set_={"rate": body.rate, "as_of": body.as_of, "updated_at": now},
+            ).returning(ExchangeRateRow)
+        )
+    ).scalar_one()
+    return _rate_out(row)
+
+
+@router.delete(
+    "/exchange-rates/{currency}",
+    status_code=204,
+    responses=openapi.error(
+        404, "No rate for this currency", "not_found", "no exchange rate for PLN", field="currency"
+    ),
+)
+async def delete_exchange_rate(
+    currency: CurrencyCode, principal: Writer, session: Session
+) -> Response:
+    """Forget a rate: later orders in ``currency`` are recorded unpriced."""
+    rules = await store.load_rules(session, principal.tenant_id)
+    deleted = (
+        await session.execute(
+            delete(ExchangeRateRow)
+            .where(
+                ExchangeRateRow.tenant_id == principal.tenant_id,
+                ExchangeRateRow.currency == currency,
+                ExchangeRateRow.quote == rules.currency,
+            )
+            .returning(ExchangeRateRow.currency)
+        )
+    ).scalar()
+    if deleted is None:
+        raise NotFound(f"no exchange rate for {currency}", field="currency")
+    return Response(status_code=204)

@@ -24,20 +24,46 @@ Ledger model
   New available points repay the debt first. Redemptions and negative adjustments never
   take the balance below zero.
 * Invariant: ``sum(remaining of available lots) == max(0, available)``.
+
+Money and currencies
+--------------------
+* A program is defined in one currency (``ProgramRules.currency``): points rates, tier
+  spend thresholds, reward values and the liability are all in it.
+* An order is priced in that currency by :func:`price_order`: the amount it states in
+  the program's currency when it states one (shop money first, then the customer's),
+  else its shop total converted at the tenant's exchange rate for that currency (a
+  rate with its as-of date, set through ``PUT /v1/exchange-rates/{currency}``). With
+  neither, the order is *unpriced*: it earns no points and no tier spend, and the
+  ledger and the account show it with the reason. It is never priced as if its amount
+  were in the program's currency (2,119.29 PLN is not 2,119.29 USD).
+* Rounding: the converted amount is rounded once to the program currency's minor unit,
+  half up (as a price is), and that amount is what the points formula, the tier spend
+  and the ledger see; points are then rounded once more by the program's ``rounding``.
+  The conversion factor (minor unit to minor unit) is kept on the order, so a refund
+  or a later earning status converts with the rate the order was priced at.
+* Refunds are related to the order in the order's own currency (the refund's amount in
+  it, or its share of the order's presentment total), so a rate never enters a
+  clawback: it takes back the refunded share of the points.
 """
 
 from __future__ import annotations
 
 import calendar
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from afterglow.events.money import currency_exponent
+
 Rounding = Literal["down", "nearest", "up"]
+# Bound of any amount in minor units or points a rule may name: far beyond real money
+# (10^15 cents), far enough below 2**63 that sums of a few stay within a bigint column.
+AMOUNT_MAX = 10**15
 _ROUNDING = {"down": ROUND_FLOOR, "nearest": ROUND_HALF_UP, "up": ROUND_CEILING}
 
 # --- program rules ----------------------------------------------------------------
@@ -60,7 +86,9 @@ class Bonuses(_Strict):
 
 class Tier(_Strict):
     name: str = Field(min_length=1, max_length=50, pattern=r"^[a-z0-9_-]+$")
-    threshold: int = Field(ge=0, description="Minor units of spend, or points, in the window")
+    threshold: int = Field(
+        ge=0, le=AMOUNT_MAX, description="Minor units of spend, or points, in the window"
+    )
     multiplier: Decimal = Field(default=Decimal(1), ge=0, le=10, max_digits=6, decimal_places=3)
 
 
@@ -69,7 +97,7 @@ class Reward(_Strict):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["fixed_discount", "percentage", "free_shipping"]
     points_price: int = Field(gt=0, le=10_000_000)
-    amount_minor: int | None = Field(default=None, gt=0)
+    amount_minor: int | None = Field(default=None, gt=0, le=AMOUNT_MAX)
     percent: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -105,7 +133,9 @@ class ProgramRules(_Strict):
 
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     points_per_unit: int = Field(default=5, ge=0, le=10_000)
-    unit_minor: int = Field(default=100, gt=0, description="Minor units in one unit (cents)")
+    unit_minor: int = Field(
+        default=100, gt=0, le=1_000_000, description="Minor units in one unit (cents)"
+    )
     rounding: Rounding = "down"
     earning_statuses: list[Literal["placed", "fulfilled", "delivered"]] = Field(
         default_factory=lambda: ["placed"],  # type: ignore[arg-type]
@@ -250,7 +280,11 @@ def tier_direction(rules: ProgramRules, old: str | None, new: str) -> Literal["u
 
 # --- the ledger -------------------------------------------------------------------
 
-EntryKind = Literal["earn_pending", "earn_available", "clawback", "redeem", "expire", "adjust"]
+# ``unpriced``: a zero entry recording that an order (or a refund) could not be priced in
+# the program's currency, with the reason; it moves no points.
+EntryKind = Literal[
+    "earn_pending", "earn_available", "clawback", "redeem", "expire", "adjust", "unpriced"
+]
 LotState = Literal["pending", "available", "expired", "void"]
 
 
@@ -474,6 +508,19 @@ class Wallet:
         self.available += points
         return [self._entry("adjust", 0, points, now, None, reason, actor=actor)]
 
+    def note_unpriced(self, order_id: str, reason: str, now: datetime) -> Entry:
+        """A zero entry saying an order (or a refund of it) could not be priced in the
+        program's currency; it moves no points."""
+        return Entry(
+            id=new_id(),
+            kind="unpriced",
+            pending_delta=0,
+            available_delta=0,
+            at=now,
+            order_id=order_id,
+            reason=reason,
+        )
+
     def expiring(self, now: datetime, notice_days: int) -> list[Lot]:
         horizon = now + timedelta(days=notice_days)
         return [lot for lot in self._fifo() if lot.expires_at and lot.expires_at <= horizon]
@@ -517,6 +564,114 @@ def balances(entries: list[Entry]) -> tuple[int, int]:
     return (sum(e.available_delta for e in entries), sum(e.pending_delta for e in entries))
 
 
+# --- currencies -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExchangeRate:
+    """``1 currency = rate quote`` (the program's currency), as the tenant stated it on
+    ``as_of``."""
+
+    currency: str
+    quote: str
+    rate: Decimal
+    as_of: date
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """An order's value in the program's currency, or why it has none.
+
+    ``factor`` turns minor units of ``source_currency`` into minor units of ``currency``
+    (1 when the order states an amount in the program's currency); None when unpriced."""
+
+    currency: str
+    source_currency: str
+    source_minor: int
+    factor: Decimal | None
+    rate: Decimal | None = None
+    rate_as_of: date | None = None
+    unpriced_reason: str | None = None
+
+    @property
+    def priced(self) -> bool:
+        return self.factor is not None
+
+    @property
+    def value_minor(self) -> int | None:
+        return convert_minor(self.source_minor, self.factor) if self.factor is not None else None
+
+
+def minor_factor(rate: Decimal, source: str, quote: str) -> Decimal:
+    """Minor units of ``quote`` per minor unit of ``source`` at ``rate`` (1 source =
+    rate quote): JPY has no minor unit, KWD three, most currencies two."""
+    return rate.scaleb(currency_exponent(quote) - currency_exponent(source))
+
+
+def convert_minor(amount_minor: int, factor: Decimal) -> int:
+    """An amount converted with a minor-unit factor, rounded half up to the target's
+    minor unit (the one rounding of a conversion; see the module doc)."""
+    return int((Decimal(amount_minor) * factor).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def price_order(
+    currency: str, amounts: Sequence[tuple[str, int]], rates: Mapping[str, ExchangeRate]
+) -> Pricing:
+    """Price an order in the program's ``currency``.
+
+    ``amounts`` are the order's totals as (currency, minor units), shop money first.
+    An amount already in the program's currency wins; else the first amount with a rate
+    into it is converted; else the order is unpriced, with the reason."""
+    if not amounts:
+        return Pricing(currency, currency, 0, None, unpriced_reason="the order states no total")
+    for cur, minor in amounts:
+        if cur == currency:
+            return Pricing(currency, cur, minor, Decimal(1))
+    for cur, minor in amounts:
+        rate = rates.get(cur)
+        if rate is not None and rate.quote == currency:
+            return Pricing(
+                currency,
+                cur,
+                minor,
+                minor_factor(rate.rate, cur, currency),
+                rate=rate.rate,
+                rate_as_of=rate.as_of,
+            )
+    cur, minor = amounts[0]
+    stated = " or ".join(c for c, _ in amounts)
+    return Pricing(
+        currency,
+        cur,
+        minor,
+        None,
+        unpriced_reason=f"no exchange rate from {stated} to {currency}: the order earns no"
+        f" points (a rate set with PUT /v1/exchange-rates/{cur} prices later orders)",
+    )
+
+
+def refund_in_order_currency(
+    order_currency: str,
+    order_total_minor: int,
+    presentment: tuple[str, int] | None,
+    refund_amounts: Sequence[tuple[str, int]],
+) -> int | None:
+    """A refund's amount in the order's own currency, or None when it cannot be related.
+
+    The refund's amount in that currency when it states one; else its share of the
+    order's presentment total applied to the order total (floored: a clawback never
+    takes more than was refunded). No exchange rate is involved: a clawback takes back
+    the refunded share of the points, whatever the rates do meanwhile."""
+    for cur, minor in refund_amounts:
+        if cur == order_currency:
+            return minor
+    if presentment is not None and presentment[1] > 0:
+        for cur, minor in refund_amounts:
+            if cur == presentment[0]:
+                return minor * order_total_minor // presentment[1]
+    return None
+
+
 # --- orders -----------------------------------------------------------------------
 
 
@@ -534,6 +689,17 @@ class OrderRecord:
     cancelled: bool = False
     fulfilled_at: datetime | None = None
     delivered_at: datetime | None = None
+    # Minor units of the program's currency per minor unit of ``currency`` (see
+    # :class:`Pricing`); None: unpriced, the order earns no points.
+    fx_factor: Decimal | None = Decimal(1)
+
+    @property
+    def net_value_minor(self) -> int:
+        """What the order earns on, in the program's currency: its net amount converted
+        at the rate it was priced at (0 when unpriced)."""
+        if self.fx_factor is None:
+            return 0
+        return convert_minor(self.net_minor, self.fx_factor)
 
     def record_refund(self, refund_id: str, amount_minor: int, full: bool) -> bool:
         """Remember a refund once; False when this refund id was already applied."""
@@ -566,13 +732,18 @@ def earns_at(rules: ProgramRules, status: str, order: OrderRecord) -> bool:
     return not order.voided and status in rules.earning_statuses
 
 
-def earning_basis(order: OrderRecord) -> dict[str, int]:
+def earning_basis(order: OrderRecord) -> dict[str, Any]:
     """What an order's lots are earned on, for their rule snapshot: the total, the refunds
-    recorded before it earned (never earned, so never clawed back) and the net earned on."""
+    recorded before it earned (never earned, so never clawed back) and the net earned on,
+    all in the order's currency; and the value in the program's currency with the
+    conversion factor used (1 when no conversion)."""
     return {
         "order_total_minor": order.total_minor,
         "refunded_before_minor": order.refunded_minor,
         "earned_on_minor": order.net_minor,
+        "order_currency": order.currency,
+        "fx_factor": str(order.fx_factor) if order.fx_factor is not None else None,
+        "value_minor": order.net_value_minor,
     }
 
 

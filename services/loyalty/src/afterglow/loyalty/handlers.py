@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent
 from afterglow.events.catalog import (
     CustomerErasureRequested,
+    Money,
     OrderCancelled,
     OrderDelivered,
     OrderFulfilled,
@@ -47,7 +48,12 @@ def _order_record(row: OrderRow) -> domain.OrderRecord:
         cancelled=row.cancelled,
         fulfilled_at=row.fulfilled_at,
         delivered_at=row.delivered_at,
+        fx_factor=row.fx_factor,
     )
+
+
+def _pairs(amounts: list[Money]) -> list[tuple[str, int]]:
+    return [(m.currency, m.amount) for m in amounts]
 
 
 class Handlers:
@@ -62,6 +68,17 @@ class Handlers:
             OrderRow, (tenant, order_id), with_for_update=True, populate_existing=True
         )
 
+    @staticmethod
+    def _available_at(
+        rules: domain.ProgramRules, when: datetime, now: datetime, historical: bool
+    ) -> datetime:
+        """When an order's points become spendable: the return window after fulfilment.
+        For a past order (historical) not before now: its window ended long ago, and
+        expiry counts from availability, so the points would otherwise be credited,
+        released and expired in the same second."""
+        start = domain.available_at(rules, when)
+        return max(start, now) if historical else start
+
     async def _earn_order(
         self,
         session: AsyncSession,
@@ -70,6 +87,7 @@ class Handlers:
         wallet: domain.Wallet,
         order: OrderRow,
         now: datetime,
+        historical: bool = False,
     ) -> list[domain.Entry]:
         """Credit an order's points (and the first-order bonus) as pending lots, at the
         rate and tier multiplier in force now, on the order's amount net of the refunds
@@ -82,9 +100,11 @@ class Handlers:
             **domain.earning_basis(rec),
         }
         when = order.fulfilled_at or order.delivered_at
-        start = domain.available_at(rules, when) if when else None
+        start = self._available_at(rules, when, now, historical) if when else None
         entries: list[domain.Entry] = []
-        lots = [("order", domain.order_points(rules, rec.net_minor, multiplier))]
+        # Earned on the net amount in the program's currency (0 when the order is
+        # unpriced: its amount is never read as if it were in the program's currency).
+        lots = [("order", domain.order_points(rules, rec.net_value_minor, multiplier))]
         if order.first_order and rules.bonuses.first_order:
             lots.append(("first_order", rules.bonuses.first_order))
         for source, points in lots:
@@ -107,21 +127,28 @@ class Handlers:
         """Earn when the order reaches an earning status; start the pending clock once
         the order is fulfilled (or delivered, when no fulfilment came)."""
         now = self.now()
+        historical = bool(getattr(event.data, "historical", False))
         rules = await store.load_rules(session, event.tenantid)
         account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
         assert account is not None
         wallet = await store.load_wallet(session, account, order.order_id)
         entries: list[domain.Entry] = []
         if not order.earned and domain.earns_at(rules, status, _order_record(order)):
-            entries += await self._earn_order(session, rules, account, wallet, order, now)
+            entries += await self._earn_order(
+                session, rules, account, wallet, order, now, historical
+            )
         when = order.fulfilled_at or order.delivered_at
         if when is not None:
             for lot in wallet.lots:
                 if lot.order_id == order.order_id and lot.state == "pending":
-                    wallet.schedule(lot, domain.available_at(rules, when))
+                    wallet.schedule(lot, self._available_at(rules, when, now, historical))
                     entries += wallet.release(lot, rules, now)
         await store.persist(session, self.rt.outbox, account, wallet, entries, now)
-        await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
+        # A past order may still move the tier (spend is spend), but says nothing to
+        # the customer: no tier-up message for history.
+        await store.refresh_tier(
+            session, self.rt.outbox, rules, account, now, event.id, notify=not historical
+        )
 
     async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderPlaced = event.data
@@ -135,30 +162,67 @@ class Handlers:
         rules = await store.load_rules(session, event.tenantid)
         account = await store.lock_account(session, event.tenantid, event.subject, now, rules)
         assert account is not None
-        # The platform's count knows orders from before the program started; ours does not.
-        first = (
-            data.customer_orders_count == 1
-            if data.customer_orders_count is not None
-            else account.orders_count == 0
+        # The one rule, on the count ingest's order book set (catalog.is_first_order);
+        # journeys' welcome branch applies the same rule to the same field. A past order
+        # (history import, late delivery) is never a first order: the first-order bonus
+        # welcomes a new customer, not one who bought years ago.
+        first = not data.historical and data.is_first_order(
+            earlier_orders_seen=account.orders_count
         )
         account.orders_count += 1
+        amounts = _pairs(data.amounts())
+        rates = (
+            {}
+            if any(cur == rules.currency for cur, _ in amounts)
+            else await store.load_rates(session, event.tenantid, rules.currency)
+        )
+        pricing = domain.price_order(rules.currency, amounts, rates)
+        other = next(((c, m) for c, m in amounts if c != pricing.source_currency), None)
         order = OrderRow(
             tenant_id=event.tenantid,
             order_id=data.order_id,
             customer_id=event.subject,
-            total_minor=data.total.amount,
-            currency=data.total.currency,
+            total_minor=pricing.source_minor,
+            currency=pricing.source_currency,
+            other_currency=other[0] if other else None,
+            other_minor=other[1] if other else None,
+            value_currency=rules.currency,
+            fx_factor=pricing.factor,
+            fx_rate=pricing.rate,
+            fx_as_of=pricing.rate_as_of,
+            unpriced_reason=pricing.unpriced_reason,
             placed_at=data.placed_at,
             refunded_minor=0,
             refund_ids=[],
             fully_refunded=False,
             cancelled=False,
-            earned=False,
+            # An imported order the tenant chose not to credit counts for spend and
+            # tiers only: its earning is settled (nothing), so no later status earns it.
+            earned=not data.earn_points,
             first_order=first,
         )
         session.add(order)
         await session.flush()
+        if pricing.unpriced_reason is not None:
+            await self._note_unpriced(
+                session, account, rules, data.order_id, pricing.unpriced_reason, now
+            )
         await self._order_step(session, event, order, "placed")
+
+    async def _note_unpriced(
+        self,
+        session: AsyncSession,
+        account: Account,
+        rules: domain.ProgramRules,
+        order_id: str,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Record in the ledger (a zero entry) that an order or a refund could not be
+        priced, with the reason: visible in the account's history, never silent."""
+        wallet = await store.load_wallet(session, account)
+        entry = wallet.note_unpriced(order_id, reason, now)
+        await store.persist(session, self.rt.outbox, account, wallet, [entry], now)
 
     async def order_fulfilled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderFulfilled = event.data
@@ -202,12 +266,44 @@ class Handlers:
         if order is None:
             return
         rec = _order_record(order)
-        if not rec.record_refund(data.refund_id, data.amount.amount, data.full):
+        other = (
+            (order.other_currency, order.other_minor)
+            if order.other_currency and order.other_minor is not None
+            else None
+        )
+        # The refund in the order's own currency: never a refund in one currency
+        # compared with a total in another.
+        refunded = domain.refund_in_order_currency(
+            order.currency, order.total_minor, other, _pairs(data.amounts())
+        )
+        if refunded is None and not data.full:
+            if data.refund_id not in rec.refund_ids:
+                await self._flag_unrelated_refund(session, event, order, data)
+            return
+        amount = refunded if refunded is not None else order.total_minor
+        if not rec.record_refund(data.refund_id, amount, data.full):
             return  # this refund was already applied
         order.refund_ids = rec.refund_ids
         order.refunded_minor = rec.refunded_minor
         order.fully_refunded = rec.fully_refunded
         await self._claw_order(session, event, order, f"refund {data.refund_id}")
+
+    async def _flag_unrelated_refund(
+        self, session: AsyncSession, event: CloudEvent[Any], order: OrderRow, data: OrderRefunded
+    ) -> None:
+        """A partial refund in a currency the order does not state: no share of the order
+        can be computed without guessing a rate, so nothing is clawed back; the refund is
+        remembered (applied once) and flagged in the ledger with the reason."""
+        order.refund_ids = [*(order.refund_ids or []), data.refund_id]
+        now = self.now()
+        rules = await store.load_rules(session, event.tenantid)
+        account = await store.lock_account(session, event.tenantid, order.customer_id, now, rules)
+        assert account is not None
+        reason = (
+            f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
+            f" be related to the order's total in {order.currency}: no points taken back"
+        )
+        await self._note_unpriced(session, account, rules, order.order_id, reason, now)
 
     async def order_cancelled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
         data: OrderCancelled = event.data

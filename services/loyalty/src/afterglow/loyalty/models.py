@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,7 +135,38 @@ class OrderRow(Base):
     cancelled: Mapped[bool] = mapped_column(default=False)
     earned: Mapped[bool] = mapped_column(default=False)
     first_order: Mapped[bool] = mapped_column(default=False)
+    # ``total_minor``/``currency``: the order's total in the currency it was priced from
+    # (shop money, unless the customer's currency is the program's). ``other_*``: its
+    # total in the other currency it states, if any: a refund stated in that one (Shopify
+    # refunds in the customer's currency) is related to ``total_minor`` through it.
+    other_minor: Mapped[int | None] = mapped_column(BigInteger)
+    other_currency: Mapped[str | None] = mapped_column(Text)
+    # Its price in the program's currency (``value_currency``) when it was placed:
+    # minor units per minor unit of ``currency``, and the tenant's rate and its date
+    # when one was used. fx_factor NULL: unpriced (no rate), ``unpriced_reason`` says so;
+    # such an order earns no points and no tier spend.
+    value_currency: Mapped[str | None] = mapped_column(Text)
+    # 16 places: a rate's 10 decimal places shifted by up to 3 minor-unit digits (KWD),
+    # stored exactly, so SQL (tier spend) and Python (points) convert alike.
+    fx_factor: Mapped[Decimal | None] = mapped_column(Numeric(36, 16))
+    fx_rate: Mapped[Decimal | None] = mapped_column(Numeric(24, 10))
+    fx_as_of: Mapped[date | None] = mapped_column(Date)
+    unpriced_reason: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (Index("ix_orders_customer", "tenant_id", "customer_id", "placed_at"),)
+
+
+class ExchangeRateRow(Base):
+    """A tenant's rate from ``currency`` into a program currency (``quote``): 1 currency
+    = rate quote, as of a date. Kept by the tenant (no feed): loyalty converts an order
+    only at a rate the merchant chose, and says so when it has none."""
+
+    __tablename__ = "exchange_rates"
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    currency: Mapped[str] = mapped_column(Text, primary_key=True)
+    quote: Mapped[str] = mapped_column(Text, primary_key=True)
+    rate: Mapped[Decimal] = mapped_column(Numeric(24, 10))
+    as_of: Mapped[date] = mapped_column(Date)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
 
 
 class Redemption(Base):

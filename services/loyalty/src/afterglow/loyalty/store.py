@@ -19,7 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
 from afterglow.loyalty import domain
-from afterglow.loyalty.models import Account, EntryRow, LotRow, OrderRow, ProgramRulesRow
+from afterglow.loyalty.models import (
+    Account,
+    EntryRow,
+    ExchangeRateRow,
+    LotRow,
+    OrderRow,
+    ProgramRulesRow,
+)
 
 SOURCE = "loyalty"
 
@@ -27,6 +34,21 @@ SOURCE = "loyalty"
 async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRules:
     row = await session.get(ProgramRulesRow, tenant_id)
     return domain.ProgramRules.model_validate(row.rules) if row else domain.ProgramRules()
+
+
+async def load_rates(
+    session: AsyncSession, tenant_id: str, quote: str
+) -> dict[str, domain.ExchangeRate]:
+    """The tenant's rates into ``quote`` (the program currency), by currency: a handful
+    of rows, read only for an order that states no amount in the program's currency."""
+    rows = (
+        await session.execute(
+            select(ExchangeRateRow).where(
+                ExchangeRateRow.tenant_id == tenant_id, ExchangeRateRow.quote == quote
+            )
+        )
+    ).scalars()
+    return {r.currency: domain.ExchangeRate(r.currency, r.quote, r.rate, r.as_of) for r in rows}
 
 
 async def lock_account(
@@ -266,15 +288,20 @@ async def qualifying_value(
     """The rolling-window figure the tier is based on, and when its oldest part ages out."""
     since = domain.add_months(now, -rules.tier_window_months)
     if rules.tier_basis == "spend":
+        # Spend in the program's currency only: each order's net amount converted at the
+        # factor it was priced at, rounded half up like domain.convert_minor. Unpriced
+        # orders (no rate) and orders priced in another program currency do not count;
+        # amounts in different currencies are never added up.
+        net = func.greatest(OrderRow.total_minor - OrderRow.refunded_minor, 0)
         stmt = select(
-            func.coalesce(
-                func.sum(func.greatest(OrderRow.total_minor - OrderRow.refunded_minor, 0)), 0
-            ),
+            func.coalesce(func.sum(func.round(net * OrderRow.fx_factor)), 0),
             func.min(OrderRow.placed_at),
         ).where(
             OrderRow.tenant_id == account.tenant_id,
             OrderRow.customer_id == account.customer_id,
             OrderRow.placed_at > since,
+            OrderRow.value_currency == rules.currency,
+            OrderRow.fx_factor.is_not(None),
             ~OrderRow.cancelled,
             ~OrderRow.fully_refunded,
         )
@@ -299,7 +326,11 @@ async def refresh_tier(
     account: Account,
     now: datetime,
     cause: str,
+    *,
+    notify: bool = True,
 ) -> None:
+    """Move the account to the tier its qualifying value earns; ``notify`` False (a
+    historical order moved it) records the change without a tier-up message."""
     value, oldest = await qualifying_value(session, rules, account, now)
     account.tier_review_at = (
         domain.add_months(oldest, rules.tier_window_months) if oldest is not None else None
@@ -317,7 +348,7 @@ async def refresh_tier(
             new,
         )
     ]
-    if direction == "up":
+    if direction == "up" and notify:
         key = derived_event_id(account.tenant_id, account.customer_id, cause, new)
         request_id = f"loyalty:tier_up:{key}"
         events.append(message(account, "tier_up", request_id, {"tier": new, "from_tier": old}))

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.requests import ClientDisconnect
@@ -25,7 +25,7 @@ from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import RECEIVED, DeliveryWriter, NewDelivery
 from afterglow.ingest.models import Delivery, IdempotencyKey
 from afterglow.ingest.settings import IngestSettings
-from afterglow.kit import standard_webhooks
+from afterglow.kit import openapi, standard_webhooks
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, bearer_token, require_scope
 from afterglow.kit.db import Session
@@ -40,13 +40,16 @@ from afterglow.kit.errors import (
 )
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
+from afterglow.kit.text import has_control_chars
+from afterglow.kit.types import Id, Instant, JsonObject, NoControls, ShortText
 
 log = logging.getLogger(__name__)
 
-webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
-rest = APIRouter(prefix="/v1", tags=["orders and support events"])
-operators = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
-admin = APIRouter(prefix="/admin", tags=["admin"])
+webhooks = service_router(prefix="/webhooks", tags=["webhooks"])
+rest = service_router(prefix="/v1", tags=["orders and support events"])
+operators = service_router(prefix="/v1/deliveries", tags=["deliveries"])
+admin = service_router(prefix="/admin", tags=["admin"])
 
 # One answer for every authentication failure: which part failed is no business of
 # whoever is probing (unknown tenant, missing header, wrong secret, stale timestamp).
@@ -594,8 +597,8 @@ class CanonicalEventIn(BaseModel):
         }
     )
     type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
-    customer_id: str = Field(min_length=1, max_length=200, description="The envelope subject")
-    data: dict[str, Any] = Field(description="The catalog model's fields")
+    customer_id: Id = Field(description="The envelope subject")
+    data: JsonObject = Field(description="The catalog model's fields")
 
 
 IdempotencyHeader = Annotated[
@@ -803,6 +806,16 @@ class DeliveryOut(BaseModel):
 
 
 class DeliveryPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": DeliveryOut.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+                    "next_cursor": "MjAyNi0wMy0wMlQxNDozMDowMSswMDowMHw2ZjFjMmI3ZQ==",
+                }
+            ]
+        }
+    )
     items: list[DeliveryOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
 
@@ -814,6 +827,8 @@ def _cursor(d: Delivery) -> str:
 def _uncursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, _, did = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        if has_control_chars(did):
+            raise ValueError("control characters in the id")
         return datetime.fromisoformat(at), did
     except ValueError as exc:
         raise BadRequest("the cursor is not valid", field="cursor") from exc
@@ -823,17 +838,24 @@ def _uncursor(cursor: str) -> tuple[datetime, str]:
     "",
     summary="List stored deliveries (scope orders:read), newest first",
     response_model=DeliveryPage,
+    responses=openapi.error(
+        400,
+        "The cursor is not one this API returned",
+        "bad_request",
+        "the cursor is not valid",
+        field="cursor",
+    ),
 )
 async def list_deliveries(
     session: Session,
     principal: Principal = Depends(require_scope("orders:read")),
-    status: Annotated[str | None, Query(examples=["archived"])] = None,
-    topic: Annotated[str | None, Query(examples=["orders/create"])] = None,
-    platform: Annotated[str | None, Query(examples=["shopify"])] = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: Annotated[AwareDatetime | None, Query()] = None,
+    status: Annotated[ShortText | None, Query(examples=["archived"])] = None,
+    topic: Annotated[ShortText | None, Query(examples=["orders/create"])] = None,
+    platform: Annotated[ShortText | None, Query(examples=["shopify"])] = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
+    cursor: Annotated[ShortText | None, Query()] = None,
 ) -> DeliveryPage:
     q = select(Delivery).where(Delivery.tenant_id == principal.tenant_id)
     if status:
@@ -900,7 +922,7 @@ class DeliveryDetail(DeliveryOut):
 )
 async def get_delivery(
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:read")),
 ) -> DeliveryDetail:
     d = (
@@ -930,7 +952,7 @@ async def get_delivery(
 async def replay_delivery(
     request: Request,
     session: Session,
-    delivery_id: Annotated[str, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
+    delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:write")),
 ) -> DeliveryOutcome:
     rt = runtime_of(request)
@@ -985,6 +1007,15 @@ async def replay_delivery(
 # --- admin --------------------------------------------------------------------------
 
 
+@openapi.answers(
+    openapi.error(
+        401,
+        "No admin token, or not the one configured (an empty setting disables the admin API)",
+        "unauthorized",
+        "an admin token is required",
+    ),
+    security=openapi.bearer("adminToken", "The operators' token (INGEST_ADMIN_TOKEN)"),
+)
 def require_admin(request: Request) -> None:
     expected = settings_of(request).ingest_admin_token
     presented = bearer_token(request) or ""
@@ -1018,16 +1049,41 @@ class TenantIn(BaseModel):
         }
     )
     tenant_id: str = Field(pattern=TENANT_RE)
-    name: str = Field(min_length=1, max_length=200)
-    shopify_shop_domain: str | None = Field(default=None, max_length=255)
-    woocommerce_store_url: str | None = Field(default=None, max_length=500)
-    bigcommerce_store_hash: str | None = Field(default=None, max_length=100)
+    name: Annotated[ShortText, StringConstraints(min_length=1)]
+    shopify_shop_domain: Annotated[str, StringConstraints(max_length=255), NoControls] | None = None
+    woocommerce_store_url: Annotated[str, StringConstraints(max_length=500), NoControls] | None = (
+        None
+    )
+    bigcommerce_store_hash: Annotated[str, StringConstraints(max_length=100), NoControls] | None = (
+        None
+    )
     platforms: list[str] = Field(
         default_factory=list, description="Generate a webhook secret for each of these"
     )
 
 
-@admin.post("/tenants", status_code=201, summary="Register a tenant")
+@admin.post(
+    "/tenants",
+    status_code=201,
+    summary="Register a tenant",
+    responses=openapi.errors(
+        openapi.example(
+            201,
+            {
+                "tenant_id": "acme",
+                "secrets": {"shopify": "shpss_6c1f...", "aftership": "as_0b7e..."},
+            },
+            "Registered; a webhook secret per platform asked for (shown once)",
+        ),
+        openapi.error(
+            409,
+            "The tenant id or the shop domain is already registered",
+            "conflict",
+            "the tenant id or shop domain is already registered",
+            field="tenant_id",
+        ),
+    ),
+)
 async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
     now = runtime_of(request).clock.now()
     await registry.create_tenant(
@@ -1053,11 +1109,11 @@ async def create_tenant(request: Request, session: Session, body: TenantIn) -> d
 
 class SecretIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
-    secret: str | None = Field(
-        default=None,
-        min_length=8,
-        max_length=500,
-        description="The platform's secret (Shopify's app secret); omitted: generated",
+    secret: Annotated[str, StringConstraints(min_length=8, max_length=500), NoControls] | None = (
+        Field(
+            default=None,
+            description="The platform's secret (Shopify's app secret); omitted: generated",
+        )
     )
 
 
@@ -1065,6 +1121,9 @@ class SecretIn(BaseModel):
     "/tenants/{tenant_id}/secrets/{platform}",
     status_code=201,
     summary="Rotate a webhook secret (the previous one stays valid for the grace period)",
+    responses=openapi.example(
+        201, {"platform": "shopify", "secret": "shpss_9a2d...", "previous_valid_for_s": 3600}
+    ),
 )
 async def rotate_secret(
     request: Request,
@@ -1090,6 +1149,7 @@ async def rotate_secret(
 @admin.delete(
     "/tenants/{tenant_id}/secrets/{platform}/previous",
     summary="End a rotation now: only the current secret stays valid",
+    responses=openapi.example(200, {"expired": 1}),
 )
 async def expire_previous(
     request: Request, session: Session, tenant_id: TenantPath, platform: PlatformPath
@@ -1103,14 +1163,25 @@ async def expire_previous(
 
 class ApiKeyIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"scopes": ["orders:write"]}]})
-    scopes: list[str] = Field(min_length=1)
-    expires_at: AwareDatetime | None = None
+    scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]] = (
+        Field(min_length=1, max_length=50)
+    )
+    expires_at: Instant | None = None
 
 
 @admin.post(
     "/tenants/{tenant_id}/api-keys",
     status_code=201,
     summary="Issue an API key (shown once; announced to every service as its hash)",
+    responses=openapi.example(
+        201,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "key": "agk_3fa1c9d2e7b4_Yk1...",
+            "scopes": ["orders:write"],
+            "event_id": "9c0d7a4e-2b1f-5e3c-8a6d-4f2e1b0c9d8e",
+        },
+    ),
 )
 async def create_api_key(
     request: Request, session: Session, tenant_id: TenantPath, body: ApiKeyIn
@@ -1127,9 +1198,20 @@ async def create_api_key(
     )
 
 
-@admin.delete("/tenants/{tenant_id}/api-keys/{key_id}", summary="Revoke an API key")
+@admin.delete(
+    "/tenants/{tenant_id}/api-keys/{key_id}",
+    summary="Revoke an API key",
+    responses=openapi.example(
+        200,
+        {
+            "key_id": "3fa1c9d2e7b4",
+            "revoked": True,
+            "event_id": "1e5b3c7a-0d9f-5a2e-b4c8-7f6e2d1a0b3c",
+        },
+    ),
+)
 async def revoke_api_key(
-    request: Request, session: Session, tenant_id: TenantPath, key_id: str
+    request: Request, session: Session, tenant_id: TenantPath, key_id: Id
 ) -> dict[str, Any]:
     rt = runtime_of(request)
     event_id = await registry.revoke_api_key(
@@ -1146,13 +1228,14 @@ class ConnectionIn(BaseModel):
             ]
         }
     )
-    api_base_url: str = Field(min_length=1, max_length=500)
-    access_token: str = Field(min_length=1, max_length=500)
+    api_base_url: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
+    access_token: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
 
 
 @admin.put(
     "/tenants/{tenant_id}/connections/{platform}",
     summary="Set the platform API credentials used by reconciliation and BigCommerce",
+    responses=openapi.example(200, {"tenant_id": "acme", "platform": "shopify"}),
 )
 async def set_connection(
     request: Request,
@@ -1197,6 +1280,77 @@ async def reconcile_now(
     from afterglow.ingest.reconcile import reconcile
 
     return await reconcile(runtime_of(request), tenant_id, platform)
+
+
+class HistoryImportIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"since": "2024-01-01T00:00:00Z", "earn_points": False}]}
+    )
+    since: Instant = Field(description="Import the orders created since this moment")
+    earn_points: bool = Field(
+        default=False,
+        description="Whether loyalty credits the imported orders' points (never a "
+        "first-order bonus); false: the orders count for spend and tiers only",
+    )
+
+
+@admin.post(
+    "/tenants/{tenant_id}/import-history/{platform}",
+    summary="Import the shop's past orders: order book and metrics, no journey, no message",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "platform": "shopify",
+                        "since": "2024-01-01T00:00:00+00:00",
+                        "earn_points": False,
+                        "pages": 10,
+                        "orders": 500,
+                        "new_deliveries": 512,
+                        "events": 1012,
+                        "failed": 0,
+                        "throttled_waits": 1,
+                        "error": None,
+                        "failures": [],
+                    }
+                }
+            }
+        }
+    },
+)
+async def import_history_now(
+    request: Request, tenant_id: TenantPath, platform: PlatformPath, body: HistoryImportIn
+) -> dict[str, Any]:
+    from afterglow.ingest.history import import_history
+
+    result = await import_history(
+        runtime_of(request), tenant_id, platform, body.since, earn_points=body.earn_points
+    )
+    return result.body()
+
+
+class TenantSettingsIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"late_order_days": 30}]})
+    late_order_days: int = Field(
+        ge=0,
+        le=3650,
+        description="A live event about an order placed more than this many days before it "
+        "arrived is historical: recorded and counted, no journey, survey or message (0: never)",
+    )
+
+
+@admin.patch(
+    "/tenants/{tenant_id}",
+    summary="Change a tenant's settings",
+    responses=openapi.example(200, {"tenant_id": "acme", "late_order_days": 30}),
+)
+async def update_tenant(
+    session: Session, tenant_id: TenantPath, body: TenantSettingsIn
+) -> dict[str, Any]:
+    tenant = await registry.get_tenant(session, tenant_id)
+    tenant.late_order_days = body.late_order_days
+    return {"tenant_id": tenant_id, "late_order_days": tenant.late_order_days}
 
 
 @webhooks.post(

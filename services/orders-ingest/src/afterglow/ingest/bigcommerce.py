@@ -161,12 +161,16 @@ async def _fetch_and_normalize(runtime: Runtime, claim: Claim) -> domain.Normali
     try:
         order_id = domain.bigcommerce_order_ref(_stored_payload(claim.body))
         async with asyncio.timeout(settings.ingest_fetch_timeout_s):
-            order, products = await fetch_bigcommerce_order(runtime, claim.tenant_id, order_id)
+            order, products, refunds = await fetch_bigcommerce_order(
+                runtime, claim.tenant_id, order_id
+            )
         # The same cleaning and error mapping as a webhook's payload: an order of the
         # wrong shape fails for good, naming why, instead of being retried as an outage.
         with domain.normalization_errors():
             normalized = domain.normalize_bigcommerce_order(
-                domain.clean_payload(order), domain.clean_payload(products)
+                domain.clean_payload(order),
+                domain.clean_payload(products),
+                domain.clean_payload(refunds),
             )
         return domain.check_subjects(normalized)
     except domain.NormalizationError as exc:
@@ -194,8 +198,9 @@ def _stored_payload(body: bytes) -> dict[str, Any]:
 
 async def fetch_bigcommerce_order(
     runtime: Runtime, tenant_id: str, order_id: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """BigCommerce webhooks carry ids only: read the order and its products."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """BigCommerce webhooks carry ids only: read the order, its products and, when the
+    order says some money went back, its refunds (each one a refund event)."""
     assert runtime.http is not None
     async with runtime.sessionmaker() as session:
         conn = await session.get(PlatformConnection, (tenant_id, PLATFORM))
@@ -211,7 +216,33 @@ async def fetch_bigcommerce_order(
     order.raise_for_status()
     products = await runtime.http.get(f"{base}/products", headers=headers)
     products.raise_for_status()
-    return order.json(), products.json()
+    body = order.json()
+    return body, products.json(), await fetch_bigcommerce_refunds(runtime, conn, body)
+
+
+def has_refunds(order: dict[str, Any]) -> bool:
+    """Refunded (4), partially refunded (14), or a refunded amount: worth one more call.
+    Orders without refunds (most) cost no extra request."""
+    try:
+        refunded = float(order.get("refunded_amount") or 0)
+    except (TypeError, ValueError):
+        refunded = 0.0
+    return int(order.get("status_id") or 0) in (4, 14) or refunded > 0
+
+
+async def fetch_bigcommerce_refunds(
+    runtime: Runtime, conn: PlatformConnection, order: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The order's refunds from the V3 payment actions API (``{"data": [...]}``)."""
+    assert runtime.http is not None
+    if not has_refunds(order):
+        return []
+    headers = {"X-Auth-Token": conn.access_token, "Accept": "application/json"}
+    url = f"{conn.api_base_url}/v3/orders/{order.get('id')}/payment_actions/refunds"
+    resp = await runtime.http.get(url, headers=headers)
+    resp.raise_for_status()
+    data = resp.json().get("data")
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
 
 async def _leased(session: AsyncSession, claim: Claim) -> Delivery | None:

@@ -5,9 +5,13 @@
     afterglow-ingest tenants rotate-secret acme shopify [--secret S]
     afterglow-ingest tenants create-key acme --scope orders:write [--scope ...]
     afterglow-ingest tenants revoke-key acme <key id>
+    afterglow-ingest import-history acme shopify --since 2024-01-01 [--earn-points]
 
-It talks to the database named by DATABASE_URL; events (api_key_issued) go to the
-outbox and are published by the running service's relay.
+It talks to the database named by DATABASE_URL; events (api_key_issued, the imported
+orders' events) go to the outbox and are published by the running service's relay.
+``import-history`` reads the shop's past orders with the stored platform connection
+(history.py): they fill the order book and the metrics, and start no journey and send
+no message.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
@@ -26,6 +32,7 @@ from afterglow.ingest import registry
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit import secretbox
+from afterglow.kit.app import Runtime
 from afterglow.kit.auth import ApiKeyStore
 from afterglow.kit.clock import SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -54,7 +61,57 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("revoke-key", help="revoke an API key")
     v.add_argument("tenant_id")
     v.add_argument("key_id")
+    h = top.add_parser(
+        "import-history", help="import the shop's past orders (no journey, no message)"
+    )
+    h.add_argument("tenant_id")
+    h.add_argument("platform", choices=("shopify", "woocommerce", "bigcommerce"))
+    h.add_argument(
+        "--since", required=True, type=_since, help="ISO date or time (UTC when no offset)"
+    )
+    h.add_argument(
+        "--earn-points",
+        action="store_true",
+        help="let loyalty credit the imported orders (no first-order bonus)",
+    )
     return p
+
+
+def _since(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 date") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def _import_history(args: argparse.Namespace, settings: IngestSettings) -> dict[str, Any]:
+    """The admin route's import, from a shell: the same runtime pieces, built here."""
+    from afterglow.ingest.app import SPEC
+    from afterglow.ingest.history import import_history
+
+    secretbox.configure(settings.secrets_keys)
+    engine = create_engine(settings.database_url, application_name="afterglow-ingest-cli")
+    # The service's own client settings (app.py): 10 s a request, 3 s to connect.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0)) as http:
+        runtime = Runtime(
+            spec=SPEC,
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            tables=tables,
+            outbox=Outbox(tables),
+            api_keys=ApiKeyStore(api_keys),
+            clock=SystemClock(),
+            http=http,
+        )
+        try:
+            result = await import_history(
+                runtime, args.tenant_id, args.platform, args.since, earn_points=args.earn_points
+            )
+        finally:
+            await engine.dispose()
+    return result.body()
 
 
 async def _run(args: argparse.Namespace, settings: IngestSettings) -> dict[str, Any]:
@@ -117,8 +174,9 @@ async def _run(args: argparse.Namespace, settings: IngestSettings) -> dict[str, 
 
 def main(argv: list[str] | None = None, settings: IngestSettings | None = None) -> int:
     args = _parser().parse_args(argv)
+    run = _import_history if args.group == "import-history" else _run
     try:
-        result = asyncio.run(_run(args, settings or IngestSettings()))
+        result = asyncio.run(run(args, settings or IngestSettings()))
     except AppError as exc:
         print(json.dumps(exc.body()), file=sys.stderr)
         return 1

@@ -129,11 +129,65 @@ def to_minor(amount: Any, currency: str, field: str = "amount") -> int:
     return int(scaled.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
 
 
+def refund_minor(amount: Any, currency: str, field: str) -> int:
+    """A refund's amount as a magnitude: WooCommerce lists ``refunds[].total`` as a
+    negative string ("-10.00"), BigCommerce as a positive one; either way it is money
+    going back, never added to the order (``to_minor`` refuses a negative amount)."""
+    if isinstance(amount, str) and amount.startswith("-"):
+        amount = amount[1:]
+    elif isinstance(amount, int | float | Decimal) and not isinstance(amount, bool):
+        amount = abs(amount)
+    return to_minor(amount, currency, field)
+
+
 def money(amount: Any, currency: str, field: str = "amount") -> c.Money:
     currency = (currency or "").upper()
     if not re.fullmatch(r"[A-Z]{3}", currency):
         raise NormalizationError("currency must be an ISO 4217 code", "currency")
     return c.Money(amount=to_minor(amount, currency, field), currency=currency)
+
+
+def shopify_money_set(value: Any, field: str) -> tuple[c.Money | None, c.Money | None]:
+    """Shopify's ``*_set`` (a MoneyBag): ``{"shop_money": {"amount", "currency_code"},
+    "presentment_money": {...}}`` -> (shop money, presentment money), each None when
+    absent. Shopify states both because a shop sells in many currencies: the shop's own
+    is what the merchant's programme is defined in, the presentment one what the customer
+    paid; reading one as the other prices an order of 2,119.29 PLN as 2,119.29 USD."""
+    if not isinstance(value, Mapping):
+        return None, None
+    out: list[c.Money | None] = []
+    for side in ("shop_money", "presentment_money"):
+        bag = value.get(side)
+        if isinstance(bag, Mapping) and bag.get("amount") is not None:
+            out.append(
+                money(bag["amount"], str(bag.get("currency_code") or ""), f"{field}.{side}.amount")
+            )
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+def with_order_count(data: c.OrderPlaced, book_count: int) -> c.OrderPlaced:
+    """The one definition of a customer's order count (every service's "first order"
+    reads it through ``catalog.is_first_order``): the orders ingest's order book has
+    seen for this customer, this one included, or the platform's count when larger
+    (the platform knows orders from before the shop installed Afterglow).
+
+    The platform's count alone is not trusted: Shopify's ``customer.orders_count`` is
+    often stale (its own orders/create fixture says 0 for an order that exists) or
+    absent (guest checkouts, WooCommerce). What the normaliser or a canonical sender
+    stated is kept as ``platform_orders_count``."""
+    platform = (
+        data.platform_orders_count
+        if data.platform_orders_count is not None
+        else data.customer_orders_count
+    )
+    return data.model_copy(
+        update={
+            "platform_orders_count": platform,
+            "customer_orders_count": max(book_count, platform or 0),
+        }
+    )
 
 
 def normalize_email(email: str | None) -> str | None:
@@ -384,6 +438,10 @@ class OrderRecord:
     platform_order_id: str
     subject: str
     total: c.Money | None
+    # The total in the customer's currency when it differs from ``total``'s: a later
+    # refund stated in it (Shopify refunds in the presentment currency) is compared
+    # with this one.
+    presentment: c.Money | None = None
 
 
 @dataclass
@@ -480,6 +538,12 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
             )
         )
     country = ship.get("country_code")
+    total = money(require(p, "total_price"), currency, "total_price")
+    # ``currency`` and ``total_price`` are the shop's money; the presentment side comes
+    # from total_price_set, or is the same when the customer paid in the shop's currency.
+    shop_total, presentment_total = shopify_money_set(p.get("total_price_set"), "total_price_set")
+    if presentment_total is None and (p.get("presentment_currency") or currency) == currency:
+        presentment_total = total
     data = fit(
         c.OrderPlaced,
         order_id=order_id,
@@ -497,7 +561,9 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
             email_hash=email_hash(email),
             phone_hash=phone_hash(phone),
         ),
-        total=money(require(p, "total_price"), currency, "total_price"),
+        total=total,
+        shop_total=shop_total or total,
+        presentment_total=presentment_total,
         subtotal=money(p["subtotal_price"], currency, "subtotal_price")
         if p.get("subtotal_price") is not None
         else None,
@@ -508,10 +574,11 @@ def shopify_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderReco
         shipping_address_hash=address_hash(
             ship.get("address1"), ship.get("address2"), ship.get("city"), ship.get("zip"), country
         ),
-        customer_orders_count=cust.get("orders_count"),
+        # The platform's count as sent; ingest's intake sets customer_orders_count.
+        platform_orders_count=cust.get("orders_count"),
     )
     subject = customer_subject(cust.get("id"), email, order_id, phone)
-    return data, OrderRecord(order_id, oid, subject, data.total)
+    return data, OrderRecord(order_id, oid, subject, data.total, data.presentment_total)
 
 
 def _shopify_fulfilled(order_id: str, f: Mapping[str, Any], fallback: Any) -> c.OrderFulfilled:
@@ -565,12 +632,26 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
             if t.get("kind") == "refund" and t.get("status", "success") == "success"
         ]
         if not txs:
-            raise MissingField("transactions")
-        currency = str(require(txs[0], "currency", "transactions.0."))
+            # A refund that returned no money (a restock, or its transaction failed) is
+            # no refund of the order: nothing to claw back. Refusing it (422) would make
+            # Shopify retry it for hours and count failures against the webhook.
+            return out
+        currency = str(require(txs[0], "currency", "transactions.0.")).upper()
         total = sum(
             to_minor(require(t, "amount", f"transactions.{i}."), currency)
             for i, t in enumerate(txs)
         )
+        # Refund transactions are in the presentment currency; the shop's side is only
+        # known when every transaction states it (amount_set), else the caller derives
+        # it from the order book.
+        shop_sides = [shopify_money_set(t.get("amount_set"), "amount_set")[0] for t in txs]
+        shop_amount = (
+            c.Money(amount=sum(m.amount for m in shop_sides if m), currency=shop_sides[0].currency)
+            if shop_sides[0] is not None
+            and all(m is not None and m.currency == shop_sides[0].currency for m in shop_sides)
+            else None
+        )
+        amount = c.Money(amount=total, currency=currency)
         out.emits.append(
             Emit(
                 c.OrderRefunded(
@@ -579,7 +660,9 @@ def normalize_shopify(topic: str, p: Mapping[str, Any]) -> Normalized:
                     refunded_at=parse_time(
                         p.get("processed_at") or p.get("created_at"), "created_at"
                     ),
-                    amount=c.Money(amount=total, currency=currency.upper()),
+                    amount=amount,
+                    shop_amount=shop_amount,
+                    presentment_amount=amount,
                     full=False,  # completed by the caller, who knows the order total
                 ),
                 None,
@@ -633,15 +716,111 @@ def stamp_requested_at(data: c.EventData, received_at: datetime) -> c.EventData:
     return data
 
 
-def complete_refund(data: c.EventData, order_total: c.Money | None) -> c.EventData:
-    """A refund is full when it covers the order total we know of."""
+def complete_refund(
+    data: c.EventData,
+    order_total: c.Money | None,
+    presentment: c.Money | None = None,
+    refunded_before: int = 0,
+) -> c.EventData:
+    """Complete a refund from the order book: the order total, the refund in the shop's
+    currency, and whether it is full.
+
+    A refund stated in the customer's currency (Shopify refunds in the presentment one)
+    is never compared with a total in the shop's: its shop amount is its share of the
+    presentment total applied to the shop total (floored: never more than refunded).
+    It is full when it, with the refunds emitted before it (``refunded_before``, shop
+    minor units), covers the order total: two partial refunds of 19.50 on a 39.00 order
+    end the journey on the second. A refund the normalizer already knows is full stays
+    full."""
     if not isinstance(data, c.OrderRefunded) or order_total is None:
         return data
-    if order_total.currency != data.amount.currency:
-        return data.model_copy(update={"order_total": order_total})
-    return data.model_copy(
-        update={"order_total": order_total, "full": data.amount.amount >= order_total.amount}
-    )
+    update: dict[str, Any] = {"order_total": order_total}
+    shop = c.amount_in(order_total.currency, data.amounts())
+    if (
+        shop is None
+        and presentment is not None
+        and presentment.amount > 0
+        and data.amount.currency == presentment.currency
+    ):
+        shop = c.Money(
+            amount=data.amount.amount * order_total.amount // presentment.amount,
+            currency=order_total.currency,
+        )
+        if data.presentment_amount is None:
+            update["presentment_amount"] = data.amount
+    if shop is not None:
+        update["shop_amount"] = shop
+        update["full"] = data.full or refunded_before + shop.amount >= order_total.amount
+    return data.model_copy(update=update)
+
+
+# --- historical events (imports, late deliveries) -----------------------------------
+
+ORDER_EVENT_TYPES = (
+    c.OrderPlaced,
+    c.OrderFulfilled,
+    c.OrderDelivered,
+    c.OrderRefunded,
+    c.OrderCancelled,
+)
+
+
+def _occurred_at(data: c.EventData) -> datetime | None:
+    for name in ("placed_at", "fulfilled_at", "delivered_at", "refunded_at", "cancelled_at"):
+        value = getattr(data, name, None)
+        if isinstance(value, datetime):
+            return value
+    return None
+
+
+def mark_late(emits: list[Emit], received_at: datetime, late_order_days: int) -> list[Emit]:
+    """Mark a live delivery's order events historical when the order is older than the
+    tenant's limit at arrival (a re-sent webhook, a first sync): they are recorded and
+    counted, but start no journey or survey and earn no first-order bonus.
+
+    The order's age is its ``placed_at`` when the delivery carries it (every event of
+    the order then shares the decision), else the event's own time: a fulfilment that
+    happened two years ago is history too. ``late_order_days`` 0 turns it off."""
+    if late_order_days <= 0:
+        return emits
+    limit = timedelta(days=late_order_days)
+    placed = {e.data.order_id: e.data.placed_at for e in emits if isinstance(e.data, c.OrderPlaced)}
+    out = []
+    for e in emits:
+        data = e.data
+        if not isinstance(data, ORDER_EVENT_TYPES) or data.historical:
+            out.append(e)
+            continue
+        when = placed.get(data.order_id) or _occurred_at(data)
+        if when is None or received_at - when <= limit:
+            out.append(e)
+            continue
+        days = (received_at - when).days
+        reason = (
+            f"order placed {days} days before it arrived (the tenant's limit is "
+            f"{late_order_days} days)"
+        )
+        update = {"historical": True, "origin": "late", "historical_reason": reason}
+        out.append(Emit(data.model_copy(update=update), e.subject))
+    return out
+
+
+def mark_imported(emits: list[Emit], *, earn_points: bool, since: datetime) -> list[Emit]:
+    """Every order event of a history import is historical; ``earn_points`` is the
+    tenant's choice whether loyalty credits the past orders."""
+    reason = f"history import since {since.date().isoformat()}"
+    update = {
+        "historical": True,
+        "origin": "import",
+        "historical_reason": reason,
+        "earn_points": earn_points,
+    }
+    return [
+        Emit(e.data.model_copy(update=update), e.subject)
+        if isinstance(e.data, ORDER_EVENT_TYPES)
+        else e
+        for e in emits
+    ]
 
 
 # --- WooCommerce --------------------------------------------------------------------
@@ -704,6 +883,9 @@ def woo_order_placed(p: Mapping[str, Any]) -> tuple[c.OrderPlaced, OrderRecord]:
             phone_hash=phone_hash(phone),
         ),
         total=money(require(p, "total"), currency, "total"),
+        # WooCommerce states the order's currency (a multi-currency plugin makes it the
+        # customer's); the store's base currency is not in the payload.
+        presentment_total=money(require(p, "total"), currency, "total"),
         line_items=items,
         discount_codes=discount_codes(p.get("coupon_lines")),
         referral_code=ref,
@@ -748,23 +930,60 @@ def normalize_woocommerce(topic: str, p: Mapping[str, Any]) -> Normalized:
             out.emits.append(
                 Emit(c.OrderCancelled(order_id=placed.order_id, cancelled_at=modified), subject)
             )
-        elif status == "refunded":
-            refunds = p.get("refunds") or []
-            refund_id = str(refunds[0]["id"]) if refunds and refunds[0].get("id") else "full"
-            out.emits.append(
-                Emit(
-                    c.OrderRefunded(
-                        order_id=placed.order_id,
-                        refund_id=refund_id,
-                        refunded_at=modified,
-                        amount=placed.total,
-                        order_total=placed.total,
-                        full=True,
-                    ),
-                    subject,
-                )
-            )
+        for refund in woo_refunds(p, placed, modified, fully=status == "refunded"):
+            out.emits.append(Emit(refund, subject))
     # pending, failed, draft...: nothing happened that a journey cares about yet.
+    return out
+
+
+def woo_refunds(
+    p: Mapping[str, Any], placed: c.OrderPlaced, modified: datetime, *, fully: bool
+) -> list[c.OrderRefunded]:
+    """One refund event per entry of the order's ``refunds[]`` (``{"id", "total":
+    "-10.00", "reason"}``), keyed by the refund id: an order updated three times with a
+    growing list states each refund once (the fact table drops the ones already said).
+
+    Oldest first (ids grow); a refund is full when the refunds up to it reach the order
+    total. The ``refunded`` status with an empty list (a refund made outside
+    WooCommerce) is one full refund of the total, keyed ``full``."""
+    entries = [r for r in p.get("refunds") or [] if isinstance(r, Mapping)]
+    if not entries:
+        if not fully:
+            return []
+        return [
+            c.OrderRefunded(
+                order_id=placed.order_id,
+                refund_id="full",
+                refunded_at=modified,
+                amount=placed.total,
+                order_total=placed.total,
+                full=True,
+            )
+        ]
+    currency = placed.total.currency
+
+    def order_key(r: Mapping[str, Any]) -> tuple[int, str]:
+        rid = str(r.get("id") or "")
+        return (int(rid), rid) if rid.isascii() and rid.isdigit() else (0, rid)
+
+    out = []
+    refunded = 0
+    ordered = sorted(entries, key=order_key)
+    for i, r in enumerate(ordered):
+        rid = str(require(r, "id", f"refunds.{i}."))
+        amount = refund_minor(require(r, "total", f"refunds.{i}."), currency, f"refunds.{i}.total")
+        refunded += amount
+        last = i == len(ordered) - 1
+        out.append(
+            c.OrderRefunded(
+                order_id=placed.order_id,
+                refund_id=rid,
+                refunded_at=modified,
+                amount=c.Money(amount=amount, currency=currency),
+                order_total=placed.total,
+                full=refunded >= placed.total.amount or (fully and last),
+            )
+        )
     return out
 
 
@@ -884,7 +1103,9 @@ BIGCOMMERCE_SCOPES = frozenset(
     {"store/order/created", "store/order/updated", "store/order/statusUpdated"}
 )
 # https://developer.bigcommerce.com/docs/store-operations/orders/order-statuses
-_BC_PLACED = {2, 3, 7, 8, 9, 10, 11, 12}
+# 14, Partially Refunded: a paid order some of whose money went back; still placed (its
+# refunds are events of their own), or the refund would name an order nobody saw.
+_BC_PLACED = {2, 3, 7, 8, 9, 10, 11, 12, 14}
 _BC_SHIPPED = {2, 3, 10}
 
 
@@ -904,9 +1125,12 @@ def retry_delay_s(attempt: int, base_s: float, max_s: float) -> float:
 
 
 def normalize_bigcommerce_order(
-    order: Mapping[str, Any], products: list[Mapping[str, Any]]
+    order: Mapping[str, Any],
+    products: list[Mapping[str, Any]],
+    refunds: list[Mapping[str, Any]] | None = None,
 ) -> Normalized:
-    """An order as BigCommerce's V2 orders API returns it (with its products)."""
+    """An order as BigCommerce's V2 orders API returns it (with its products), and its
+    refunds as the V3 payment actions API lists them."""
 
     oid = str(require(order, "id"))
     order_id = f"bigcommerce:{oid}"
@@ -948,6 +1172,12 @@ def normalize_bigcommerce_order(
             phone_hash=phone_hash(phone),
         ),
         total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
+        # The order states its currency; it is the store's own only when the store's
+        # default currency says so (no rate is guessed here).
+        shop_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax")
+        if str(order.get("store_default_currency_code") or currency).upper() == currency.upper()
+        else None,
+        presentment_total=money(require(order, "total_inc_tax"), currency, "total_inc_tax"),
         line_items=items,
         shipping_country=(billing.get("country_iso2") or None),
         shipping_address_hash=address_hash(
@@ -969,7 +1199,223 @@ def normalize_bigcommerce_order(
         )
     if status_id == 5:
         out.emits.append(Emit(c.OrderCancelled(order_id=order_id, cancelled_at=placed_at), subject))
+    for refund in bigcommerce_refunds(placed, refunds or [], fully=status_id == _BC_REFUNDED):
+        out.emits.append(Emit(refund, subject))
     return out
+
+
+_BC_REFUNDED = 4  # 14 is "Partially Refunded": its refunds come from the refunds list
+
+
+def bigcommerce_refunds(
+    placed: c.OrderPlaced, refunds: list[Mapping[str, Any]], *, fully: bool
+) -> list[c.OrderRefunded]:
+    """One refund event per refund (``{"id", "created", "total_amount"}``), keyed by its
+    id, oldest first; full once the refunds up to it reach the order total. The
+    ``Refunded`` status with no refund listed is one full refund of the total."""
+    total = placed.total
+    if not refunds:
+        if not fully:
+            return []
+        return [
+            c.OrderRefunded(
+                order_id=placed.order_id,
+                refund_id="full",
+                refunded_at=placed.placed_at,
+                amount=total,
+                order_total=total,
+                full=True,
+            )
+        ]
+    ordered = sorted(refunds, key=lambda r: (str(r.get("created") or ""), str(r.get("id"))))
+    out = []
+    refunded = 0
+    for i, r in enumerate(ordered):
+        amount = refund_minor(
+            require(r, "total_amount", f"refunds.{i}."), total.currency, f"refunds.{i}.total_amount"
+        )
+        refunded += amount
+        out.append(
+            c.OrderRefunded(
+                order_id=placed.order_id,
+                refund_id=str(require(r, "id", f"refunds.{i}.")),
+                refunded_at=parse_time(r.get("created") or placed.placed_at.isoformat(), "created"),
+                amount=c.Money(amount=amount, currency=total.currency),
+                order_total=total,
+                full=refunded >= total.amount or (fully and i == len(ordered) - 1),
+            )
+        )
+    return out
+
+
+# --- history import: Shopify's GraphQL orders, as the REST payloads we normalize -------
+
+
+def _gid_number(value: Any) -> str | None:
+    """``gid://shopify/Order/450789469`` -> ``450789469`` (the REST id)."""
+    if value in (None, ""):
+        return None
+    return str(value).rsplit("/", 1)[-1]
+
+
+def _shop_money(money_set: Any) -> dict[str, Any]:
+    shop = (money_set or {}).get("shopMoney") if isinstance(money_set, Mapping) else None
+    return shop if isinstance(shop, Mapping) else {}  # type: ignore[return-value]
+
+
+def shopify_graphql_order(node: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``Order`` node of the Admin GraphQL ``orders`` connection, in the REST shape
+    the webhook normalizer reads, so that an imported order and a webhook become the
+    same events. Amounts are the shop's money (as REST's ``total_price``)."""
+    order_id = node.get("legacyResourceId") or _gid_number(node.get("id"))
+    if not order_id:
+        raise MissingField("orders.nodes.id")
+    cust = node.get("customer") or {}
+    ship = node.get("shippingAddress") or {}
+    total = _shop_money(node.get("totalPriceSet"))
+    subtotal = _shop_money(node.get("subtotalPriceSet"))
+    consent = ((cust.get("emailMarketingConsent") or {}).get("marketingState") or "").lower()
+    line_items = []
+    for li in (node.get("lineItems") or {}).get("nodes") or []:
+        product = li.get("product") or {}
+        line_items.append(
+            {
+                "sku": li.get("sku"),
+                "title": li.get("title"),
+                "quantity": li.get("quantity"),
+                "price": _shop_money(li.get("originalUnitPriceSet")).get("amount"),
+                "product_id": product.get("legacyResourceId") or _gid_number(product.get("id")),
+            }
+        )
+    fulfillments = []
+    for f in node.get("fulfillments") or []:
+        tracking = (f.get("trackingInfo") or [{}])[0] or {}
+        fulfillments.append(
+            {
+                "created_at": f.get("createdAt"),
+                "tracking_number": tracking.get("number"),
+                "tracking_company": tracking.get("company"),
+            }
+        )
+    refunds = []
+    for r in node.get("refunds") or []:
+        amount = _shop_money(r.get("totalRefundedSet"))
+        refunds.append(
+            {
+                "id": r.get("legacyResourceId") or _gid_number(r.get("id")),
+                "created_at": r.get("createdAt"),
+                "transactions": [
+                    {
+                        "kind": "refund",
+                        "status": "success",
+                        "amount": amount.get("amount"),
+                        "currency": amount.get("currencyCode"),
+                    }
+                ],
+            }
+        )
+    return {
+        "id": order_id,
+        "name": node.get("name"),
+        "created_at": node.get("createdAt"),
+        "processed_at": node.get("processedAt"),
+        "updated_at": node.get("updatedAt"),
+        "cancelled_at": node.get("cancelledAt"),
+        "cancel_reason": (node.get("cancelReason") or "").lower() or None,
+        "currency": total.get("currencyCode") or node.get("currencyCode"),
+        "total_price": total.get("amount"),
+        "subtotal_price": subtotal.get("amount"),
+        "email": node.get("email"),
+        "phone": node.get("phone"),
+        "customer_locale": node.get("customerLocale"),
+        "customer": {
+            "id": cust.get("legacyResourceId") or _gid_number(cust.get("id")),
+            "email": cust.get("email"),
+            "phone": cust.get("phone"),
+            "first_name": cust.get("firstName"),
+            "email_marketing_consent": {"state": consent} if consent else None,
+        }
+        if cust
+        else {},
+        "shipping_address": {
+            "first_name": ship.get("firstName"),
+            "address1": ship.get("address1"),
+            "address2": ship.get("address2"),
+            "city": ship.get("city"),
+            "zip": ship.get("zip"),
+            "country_code": ship.get("countryCodeV2"),
+            "phone": ship.get("phone"),
+        }
+        if ship
+        else {},
+        "line_items": line_items,
+        "discount_codes": [{"code": code} for code in node.get("discountCodes") or []],
+        "fulfillment_status": "fulfilled"
+        if node.get("displayFulfillmentStatus") == "FULFILLED"
+        else None,
+        "fulfillments": fulfillments,
+        "refunds": refunds,
+    }
+
+
+def shopify_order_deliveries(
+    order: Mapping[str, Any], key_prefix: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """A Shopify order as the webhook topics that would have told us about it: its
+    state (create, fulfilled or cancelled) and one ``refunds/create`` per refund, each
+    with a de-duplication key. Used by reconciliation and the history import."""
+    if order.get("cancelled_at"):
+        topic = "orders/cancelled"
+    elif order.get("fulfillment_status") == "fulfilled":
+        topic = "orders/fulfilled"
+    else:
+        topic = "orders/create"
+    out = [(topic, f"{key_prefix}:{order.get('id')}@{order.get('updated_at')}", dict(order))]
+    for refund in order.get("refunds") or []:
+        payload = {"order_id": order.get("id"), **refund}
+        out.append(("refunds/create", f"{key_prefix}:refund:{refund.get('id')}", payload))
+    return out
+
+
+@dataclass(frozen=True)
+class ShopifyCost:
+    """The cost extension of a GraphQL answer: what a query costs and the bucket."""
+
+    requested: float
+    available: float
+    restore_rate: float
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ShopifyCost | None:
+        cost = (body.get("extensions") or {}).get("cost")
+        if not isinstance(cost, Mapping):
+            return None
+        status = cost.get("throttleStatus") or {}
+        try:
+            return cls(
+                requested=float(cost.get("requestedQueryCost") or 0),
+                available=float(status.get("currentlyAvailable") or 0),
+                restore_rate=float(status.get("restoreRate") or 0),
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def wait_s(self, max_s: float = 60.0) -> float:
+        """How long until the bucket holds the query's cost again (0: now)."""
+        missing = self.requested - self.available
+        if missing <= 0:
+            return 0.0
+        if self.restore_rate <= 0:
+            return max_s
+        return min(max_s, missing / self.restore_rate)
+
+
+def shopify_throttled(body: Mapping[str, Any]) -> bool:
+    """Shopify answers a throttled query with 200 and an error coded THROTTLED."""
+    return any(
+        isinstance(e, Mapping) and (e.get("extensions") or {}).get("code") == "THROTTLED"
+        for e in body.get("errors") or []
+    )
 
 
 def reconcile_window_start(

@@ -137,7 +137,7 @@ class DeliveryWriter:
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
-        self._max_waiting = max_waiting
+        self.max_waiting = max_waiting
         self._max_batch = max_batch
         self._retry_after = str(retry_after_s)
         self._on_commit = on_commit
@@ -157,7 +157,7 @@ class DeliveryWriter:
         at once (503), so memory and waiting time stay bounded under overload. A
         request cancelled meanwhile (the client left) may still be stored: the
         sender's retry is then answered as a duplicate."""
-        if self.waiting >= self._max_waiting:
+        if self.waiting >= self.max_waiting:
             raise self.overloaded()
         waiting = _Waiting(delivery, asyncio.get_running_loop().create_future())
         self.waiting += 1

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
-from afterglow.ingest.models import Delivery, Order, OrderFact
+from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
 
 SOURCE = "afterglow/orders-ingest"
 QUARANTINED = "quarantined"
@@ -119,24 +119,100 @@ async def store_delivery(
     return (await session.execute(stmt)).scalar()
 
 
-async def resolve_order(
-    session: AsyncSession, tenant_id: str, order_id: str
-) -> tuple[str | None, c.Money | None]:
+@dataclass(frozen=True)
+class KnownOrder:
+    """What the order book knows of an order that a later payload does not carry."""
+
+    subject: str | None = None
+    total: c.Money | None = None
+    presentment: c.Money | None = None
+    refunded: int = 0  # shop minor units, the sum of the refunds emitted so far
+
+
+async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
     row = (
         await session.execute(
-            select(Order.subject, Order.total_amount, Order.currency).where(
-                Order.tenant_id == tenant_id, Order.order_id == order_id
-            )
+            select(
+                Order.subject,
+                Order.total_amount,
+                Order.currency,
+                Order.presentment_amount,
+                Order.presentment_currency,
+                Order.refunded_amount,
+            ).where(Order.tenant_id == tenant_id, Order.order_id == order_id)
         )
     ).first()
     if row is None:
-        return None, None
+        return KnownOrder()
     total = (
         c.Money(amount=row.total_amount, currency=row.currency)
         if row.total_amount is not None and row.currency
         else None
     )
-    return row.subject, total
+    presentment = (
+        c.Money(amount=row.presentment_amount, currency=row.presentment_currency)
+        if row.presentment_amount is not None and row.presentment_currency
+        else None
+    )
+    return KnownOrder(row.subject, total, presentment, int(row.refunded_amount or 0))
+
+
+async def count_customer_order(
+    session: AsyncSession, tenant_id: str, subject: str, order_id: str, *, replay: bool
+) -> int:
+    """This order's number among its customer's orders in the order book (1 = first).
+
+    Called once per order, when its order.placed is first emitted. The count is one
+    upsert on the customer's counter row: ``ON CONFLICT DO UPDATE`` locks that row, so
+    a concurrent order of the same customer waits for this transaction and counts
+    after it (two ``SELECT count(*)`` would each miss the other's uncommitted order and
+    both call themselves the first). The number is kept on the order, so a replay
+    re-emits the same one instead of counting the order again."""
+    if replay:
+        seq = (
+            await session.execute(
+                select(Order.customer_order_seq).where(
+                    Order.tenant_id == tenant_id, Order.order_id == order_id
+                )
+            )
+        ).scalar()
+        if seq is not None:
+            return int(seq)
+    bump = pg_insert(CustomerOrderCount).values(tenant_id=tenant_id, subject=subject, orders=1)
+    seq = (
+        await session.execute(
+            bump.on_conflict_do_update(
+                index_elements=["tenant_id", "subject"],
+                set_={"orders": CustomerOrderCount.orders + 1},
+            ).returning(CustomerOrderCount.orders)
+        )
+    ).scalar_one()
+    await session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
+        .values(customer_order_seq=seq)
+    )
+    return int(seq)
+
+
+async def add_refunded(session: AsyncSession, tenant_id: str, refund: c.OrderRefunded) -> None:
+    """Count an emitted refund towards its order's refunded sum, in the shop's money
+    (the order total's currency; a refund with no amount in it is not counted)."""
+    shop = refund.shop_amount or refund.amount
+    await session.execute(
+        update(Order)
+        .where(
+            Order.tenant_id == tenant_id,
+            Order.order_id == refund.order_id,
+            Order.currency == shop.currency,
+        )
+        .values(refunded_amount=Order.refunded_amount + shop.amount)
+    )
+
+
+async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
+    days = await session.scalar(select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id))
+    return 30 if days is None else int(days)
 
 
 async def order_id_by_platform_id(
@@ -185,18 +261,26 @@ async def emit(
             subject=o.subject,
             total_amount=o.total.amount if o.total else None,
             currency=o.total.currency if o.total else None,
+            presentment_amount=o.presentment.amount if o.presentment else None,
+            presentment_currency=o.presentment.currency if o.presentment else None,
         )
         await session.execute(stmt.on_conflict_do_nothing())
     events: list[CloudEvent[Any]] = []
     subjects: list[str] = []  # also those of facts already stated by an earlier delivery
-    for index, item in enumerate(normalized.emits):
+    emits = normalized.emits
+    if any(isinstance(e.data, domain.ORDER_EVENT_TYPES) for e in emits):
+        # A live delivery about an old order (a re-sent webhook, a first sync) is
+        # history: recorded and counted, but it starts no journey, survey or bonus.
+        # Decided on the delivery's receive time, so a replay decides the same.
+        emits = domain.mark_late(emits, received_at, await late_order_days(session, tenant_id))
+    for index, item in enumerate(emits):
         data = domain.stamp_requested_at(item.data, received_at)
         subject = item.subject
         order_id = getattr(data, "order_id", None)
         if order_id and (subject is None or isinstance(data, c.OrderRefunded)):
-            known_subject, total = await resolve_order(session, tenant_id, order_id)
-            subject = subject or known_subject
-            data = domain.complete_refund(data, total)
+            known = await resolve_order(session, tenant_id, order_id)
+            subject = subject or known.subject
+            data = domain.complete_refund(data, known.total, known.presentment, known.refunded)
         # An order we never saw (its creation predates us): key it by the order so its
         # events still stay in order on one partition.
         subject = subject or f"order:{order_id or delivery_id}"
@@ -221,6 +305,15 @@ async def emit(
             ).scalar()
             if inserted is None:
                 continue  # already said by an earlier delivery or reconciliation
+            if isinstance(data, c.OrderRefunded):
+                await add_refunded(session, tenant_id, data)
+        if isinstance(data, c.OrderPlaced):
+            # The order book's count, in this transaction: every service's "first
+            # order" reads it (catalog.is_first_order).
+            seq = await count_customer_order(
+                session, tenant_id, subject, data.order_id, replay=replay
+            )
+            data = domain.with_order_count(data, seq)
         events.append(
             CloudEvent.new(
                 data,
@@ -405,6 +498,9 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
         .values(body=b"{}", headers={"x-afterglow-redacted": "shop/redact"})
     )
     await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
+    await session.execute(
+        delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
+    )
 
 
 async def finish(

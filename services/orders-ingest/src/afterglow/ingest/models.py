@@ -41,6 +41,9 @@ class Tenant(Base):
     shopify_shop_domain: Mapped[str | None] = mapped_column(Text, unique=True)
     woocommerce_store_url: Mapped[str | None] = mapped_column(Text)
     bigcommerce_store_hash: Mapped[str | None] = mapped_column(Text)
+    # A live event about an order placed more than this many days before it arrived is
+    # historical (recorded and counted; no journey, survey or message). 0: never.
+    late_order_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -149,6 +152,32 @@ class Order(Base):
     subject: Mapped[str] = mapped_column(Text)
     total_amount: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str | None] = mapped_column(Text)
+    # The total in the customer's currency when it differs (a refund stated in it is
+    # related to the shop total through this).
+    presentment_amount: Mapped[int | None] = mapped_column(BigInteger)
+    presentment_currency: Mapped[str | None] = mapped_column(Text)
+    # This order's place in its customer's orders (1 = the first we saw), taken from
+    # CustomerOrderCount when its order.placed was first emitted; a replay re-emits it.
+    customer_order_seq: Mapped[int | None] = mapped_column(Integer)
+
+    # The sum of the refunds emitted so far (minor units of the order total's currency,
+    # the shop's): refunds that together reach the total make the last one a full refund.
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class CustomerOrderCount(Base):
+    """The order book's count per customer: orders placed that ingest has emitted.
+
+    A counter row, bumped with one upsert (``ON CONFLICT DO UPDATE ... RETURNING``): the
+    row lock makes a concurrent order of the same customer wait and count after this
+    one, where ``SELECT count(*)`` in two READ COMMITTED transactions would see one
+    order each and call both the first."""
+
+    __tablename__ = "customer_order_counts"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, primary_key=True)
+    orders: Mapped[int] = mapped_column(Integer)
 
 
 class IdempotencyKey(Base):

@@ -169,17 +169,10 @@ async def _shopify(
         resp.raise_for_status()
         for order in resp.json().get("orders", []):
             changed = domain.parse_time(order.get("updated_at"), "updated_at")
-            stamp = order.get("updated_at")
-            if order.get("cancelled_at"):
-                topic = "orders/cancelled"
-            elif order.get("fulfillment_status") == "fulfilled":
-                topic = "orders/fulfilled"
-            else:
-                topic = "orders/create"
-            yield topic, f"reconcile:{order.get('id')}@{stamp}", order, changed
-            for refund in order.get("refunds") or []:
-                refund = {"order_id": order.get("id"), **refund}
-                yield "refunds/create", f"reconcile:refund:{refund.get('id')}", refund, None
+            for i, (topic, key, payload) in enumerate(
+                domain.shopify_order_deliveries(order, "reconcile")
+            ):
+                yield topic, key, payload, changed if i == 0 else None
         # Cursor pagination: the next page's URL (with page_info) is in the Link header.
         match = _LINK_NEXT.search(resp.headers.get("link", ""))
         url, params = (match.group(1), None) if match else (None, None)

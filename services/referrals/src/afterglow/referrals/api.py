@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
+from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 from afterglow.referrals import domain
 from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.service import ReferralService
 
-router = APIRouter(prefix="/v1", tags=["referrals"])
+router = service_router(prefix="/v1", tags=["referrals"])
 
 Reader = Annotated[Principal, Depends(require_scope("referrals:read"))]
 Writer = Annotated[Principal, Depends(require_scope("referrals:write"))]
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Id
+# What a code may look like on the way in (normalized and checked by find_code).
+CodeParam = Annotated[str, StringConstraints(min_length=1, max_length=40), NoControls]
 
 
 def _svc(request: Request) -> ReferralService:
@@ -32,7 +39,37 @@ def _svc(request: Request) -> ReferralService:
 Svc = Annotated[ReferralService, Depends(_svc)]
 
 
+_CODE_EXAMPLE: dict[str, Any] = {
+    "code": "ADA7K2Q",
+    "advocate_customer_id": "cus_42",
+    "share_url": "https://shop.example.com/?ref=ADA7K2Q",
+    "issued_at": "2026-03-16T10:00:00Z",
+    "invited_at": "2026-03-16T10:00:00Z",
+    "window_ends_at": "2026-06-14T10:00:00Z",
+    "active": True,
+}
+_REFERRAL_EXAMPLE: dict[str, Any] = {
+    "id": "rf_3b9d2c71",
+    "code": "ADA7K2Q",
+    "advocate_customer_id": "cus_42",
+    "referee_customer_id": "cus_77",
+    "order_id": "pos:1207",
+    "order_total": 8900,
+    "currency": "USD",
+    "placed_at": "2026-03-20T17:45:00Z",
+    "via": "referral_code",
+    "state": "pending",
+    "reason": None,
+    "detail": None,
+    "referee_reward_code": "AG-7QK2M9XW4P3R",
+    "fulfilled_at": "2026-03-21T09:00:00Z",
+    "confirm_due_at": "2026-04-20T09:00:00Z",
+    "decided_at": None,
+}
+
+
 class CodeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_CODE_EXAMPLE]})
     code: str
     advocate_customer_id: str
     share_url: str
@@ -43,6 +80,7 @@ class CodeOut(BaseModel):
 
 
 class ReferralOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_REFERRAL_EXAMPLE]})
     id: str
     code: str
     advocate_customer_id: str
@@ -79,9 +117,15 @@ async def _code_out(session: Any, svc: ReferralService, code: Code) -> CodeOut:
     )
 
 
-@router.get("/codes/{code}", summary="Look up a referral code")
+@router.get(
+    "/codes/{code}",
+    summary="Look up a referral code",
+    responses=openapi.error(
+        404, "No such code for this tenant", "not_found", "no such referral code", field="code"
+    ),
+)
 async def get_code(
-    code: Annotated[str, Path(min_length=1, max_length=40)],
+    code: CodeParam,
     principal: Reader,
     session: Session,
     svc: Svc,
@@ -93,7 +137,9 @@ async def get_code(
 
 
 class IssueCodeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"send_invite": True}]}
+    )
     send_invite: bool = Field(
         default=False, description="Also request the invitation message (once per code)"
     )
@@ -102,7 +148,10 @@ class IssueCodeIn(BaseModel):
 @router.post(
     "/advocates/{customer}/code",
     summary="Issue (or return) an advocate's code; idempotent",
-    responses={201: {"description": "created"}, 200: {"description": "already issued"}},
+    responses=openapi.errors(
+        openapi.example(201, _CODE_EXAMPLE, "Issued"),
+        openapi.example(200, _CODE_EXAMPLE, "Issued before: that code"),
+    ),
 )
 async def issue_code(
     customer: CustomerId,
@@ -127,12 +176,33 @@ async def issue_code(
 
 
 class AdvocateReferralsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "advocate_customer_id": "cus_42",
+                    "code": _CODE_EXAMPLE,
+                    "referrals": [_REFERRAL_EXAMPLE],
+                }
+            ]
+        }
+    )
     advocate_customer_id: str
     code: CodeOut | None
     referrals: list[ReferralOut]
 
 
-@router.get("/advocates/{customer}/referrals", summary="An advocate's code and referrals")
+@router.get(
+    "/advocates/{customer}/referrals",
+    summary="An advocate's code and referrals",
+    responses=openapi.error(
+        404,
+        "The customer has no referral code yet",
+        "not_found",
+        "this customer has no referral code",
+        field="customer",
+    ),
+)
 async def advocate_referrals(
     customer: CustomerId, principal: Reader, session: Session, svc: Svc
 ) -> AdvocateReferralsOut:
@@ -155,12 +225,35 @@ async def advocate_referrals(
 
 
 class AttributionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    order_id: str = Field(min_length=1, max_length=100)
-    code: str = Field(min_length=1, max_length=40)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"order_id": "pos:1207", "code": "ADA7K2Q"}]},
+    )
+    order_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls]
+    code: CodeParam
 
 
-@router.post("/attributions", status_code=201, summary="Attribute a known order to a code")
+@router.post(
+    "/attributions",
+    status_code=201,
+    summary="Attribute a known order to a code",
+    responses=openapi.errors(
+        openapi.error(
+            404,
+            "No such code, or no order.placed seen for the order yet",
+            "not_found",
+            "no order.placed seen for this order yet",
+            field="order_id",
+        ),
+        openapi.error(
+            409,
+            "The order is already attributed",
+            "conflict",
+            "this order is already attributed",
+            field="order_id",
+        ),
+    ),
+)
 async def attribute(
     body: AttributionIn, principal: Writer, session: Session, svc: Svc
 ) -> ReferralOut:
@@ -180,14 +273,31 @@ async def attribute(
 
 
 class ReviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"decision": "approve", "note": "same household, fine"}]},
+    )
     decision: Literal["approve", "reject"]
-    note: str | None = Field(default=None, max_length=1000)
+    note: Annotated[str, StringConstraints(max_length=1000), NoControlsMultiline] | None = None
 
 
-@router.post("/referrals/{referral_id}/review", summary="Approve or reject a held referral")
+@router.post(
+    "/referrals/{referral_id}/review",
+    summary="Approve or reject a held referral",
+    responses=openapi.errors(
+        openapi.error(
+            404, "No such referral", "not_found", "no such referral", field="referral_id"
+        ),
+        openapi.error(
+            409,
+            "The referral is not held for review",
+            "conflict",
+            "only a held referral can be reviewed; this one is confirmed",
+        ),
+    ),
+)
 async def review(
-    referral_id: Annotated[str, Path(max_length=100)],
+    referral_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls],
     body: ReviewIn,
     principal: Writer,
     session: Session,
@@ -212,8 +322,16 @@ class SettingsIn(BaseModel):
     """Fields left out keep their current value; ``null`` returns a field to the service
     default. Day counts must be JSON integers: "30" or 30.5 is a mistake, not a 30."""
 
-    model_config = ConfigDict(extra="forbid")
-    share_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=500)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"share_base_url": "https://shop.example.com/", "return_window_days": 30}]
+        },
+    )
+    share_base_url: (
+        Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=500), NoControls]
+        | None
+    ) = None
     return_window_days: int | None = Field(
         default=None,
         ge=domain.RETURN_WINDOW_DAYS[0],
@@ -231,6 +349,22 @@ class SettingsIn(BaseModel):
 
 
 class SettingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "share_base_url": "https://shop.example.com/",
+                    "return_window_days": 30,
+                    "attribution_window_days": 90,
+                    "sources": {
+                        "share_base_url": "tenant",
+                        "return_window_days": "tenant",
+                        "attribution_window_days": "default",
+                    },
+                }
+            ]
+        }
+    )
     share_base_url: str
     return_window_days: int
     attribution_window_days: int
@@ -264,6 +398,24 @@ async def put_settings(
 
 
 class MetricsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "invited": 40,
+                    "advocates_converting": 9,
+                    "conversions": 12,
+                    "pending": 3,
+                    "held": 1,
+                    "rejected": 2,
+                    "rejection_reasons": {"self_referral": 2},
+                    "referral_rate": 0.225,
+                    "revenue": {"USD": 106800},
+                    "pending_revenue": {"USD": 26700},
+                }
+            ]
+        }
+    )
     invited: int = Field(description="Advocates with a code")
     advocates_converting: int = Field(description="Advocates with at least one confirmed one")
     conversions: int = Field(description="Confirmed conversions")
@@ -328,3 +480,71 @@ async def metrics(principal: Reader, session: Session) -> MetricsOut:
         revenue=revenue["confirmed"],
         pending_revenue=revenue["open"],
     )
+
+
+# --- the share link ---------------------------------------------------------------------
+
+share_links = service_router(tags=["share links"])
+
+_SHARE_PAGE = (
+    "<!doctype html><html lang=en><meta charset=utf-8>"
+    "<meta name=viewport content='width=device-width,initial-scale=1'>"
+    "<meta name=robots content=noindex><title>{title}</title>"
+    "<body style='font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem'>"
+    "<h1 style='font-size:1.4rem'>{title}</h1><p>{text}</p></body></html>"
+)
+# Nothing to cache (a tenant may set its shop URL later) and nothing to pass on.
+_SHARE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+@share_links.get(
+    "/r/{tenant_id}",
+    summary="Follow an advocate's share link: on to the shop, with the code",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses=openapi.errors(
+        {
+            302: {
+                "description": "To the shop, with ?ref=CODE",
+                "headers": {
+                    "Location": {
+                        "description": "https://shop.example.com/?ref=ADA7K2Q",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+        },
+        openapi.html(
+            200,
+            "No shop URL is known: a page showing the code",
+            "<!doctype html>...<h1>You were invited</h1>",
+        ),
+        openapi.html(
+            404,
+            "No such code (also: a path that matches no route, JSON)",
+            "<!doctype html>...<h1>This invitation has ended</h1>",
+        ),
+    ),
+)
+async def follow_share_link(tenant_id: Id, ref: CodeParam, session: Session, svc: Svc) -> Response:
+    """The default share link (``PUBLIC_BASE_URL/r/{tenant}?ref=CODE``, when the tenant
+    set no share URL of its own). The friend goes on to the shop the tenant set since,
+    or to REFERRALS_SHOP_URL, with the code as ``?ref=``, the landing-site parameter
+    ingest reads; without a known shop, a page shows the code to use at checkout."""
+    code = await svc.find_code(session, tenant_id, ref)
+    if code is None:
+        page = _SHARE_PAGE.format(
+            title="This invitation has ended",
+            text="The referral code in this link is no longer valid.",
+        )
+        return HTMLResponse(page, status_code=404, headers=_SHARE_HEADERS)
+    landing = await svc.landing_url(session, tenant_id)
+    if landing is not None:
+        return RedirectResponse(
+            domain.share_url(landing, code.code), status_code=302, headers=_SHARE_HEADERS
+        )
+    page = _SHARE_PAGE.format(
+        title="You were invited",
+        text=f"Use the code <strong>{html.escape(code.code)}</strong> at checkout.",
+    )
+    return HTMLResponse(page, headers=_SHARE_HEADERS)

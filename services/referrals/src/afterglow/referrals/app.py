@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
-from afterglow.referrals.api import router
+from afterglow.referrals.api import router, share_links
 from afterglow.referrals.export import collect
 from afterglow.referrals.handlers import consumers
 from afterglow.referrals.models import api_keys, tables
@@ -55,7 +55,7 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         api_keys_table=api_keys,
         title="Afterglow referrals",
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
-        routers=[router, export_router(SPEC.name, collect)],
+        routers=[router, share_links, export_router(SPEC.name, collect)],
         consumers=consumers,
         workers=_workers,
         on_start=_on_start,

@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from afterglow.events.catalog import is_first_order
+
 # No 0/O, 1/I/L: a code read aloud or copied from a printed card must survive.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 MIN_CODE_LENGTH = 6
@@ -195,8 +197,10 @@ def check_self_referral(advocate: Identity, referee: Identity) -> Decision:
 
 def check_new_customer(platform_orders_count: int | None, earlier_orders_seen: int) -> Decision:
     """A referral rewards acquiring a customer: the referee's order must be their first,
-    by the platform's count (which includes this order) and by what we have seen."""
-    if platform_orders_count is not None and platform_orders_count > 1:
+    by the order's count (``customer_orders_count``, which ingest's order book sets; read
+    with the catalog's one rule, as loyalty and journeys read it) and, stricter for
+    fraud's sake, by what referrals has seen itself."""
+    if platform_orders_count is not None and not is_first_order(platform_orders_count):
         return Decision(
             "reject", "existing_customer", f"platform counts {platform_orders_count} orders"
         )

@@ -41,6 +41,12 @@ def consumers(runtime: Runtime) -> list[ConsumerSpec]:
         # Every order is remembered, referred or not: it is how a later referee is
         # recognised as an existing customer, or as the advocate in disguise.
         order = await svc.remember_order(session, event.tenantid, event.subject, data)
+        if data.historical:
+            # A past order (history import, late delivery) is remembered, so a later
+            # referee is still recognised as an existing customer, but it converts no
+            # referral: rewarding an advocate, and messaging both sides, for an order
+            # from years ago (or one the import found with a code) is not a referral.
+            return
         found = await svc.code_for_order(session, event.tenantid, data)
         if found is None:
             return

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import ColumnElement, Text, column, func, or_, select, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -74,22 +75,38 @@ class ReferralService:
 
     # --- settings -----------------------------------------------------------------
 
-    @property
-    def defaults(self) -> domain.Policy:
+    def defaults(self, tenant_id: str) -> domain.Policy:
         """What a tenant that set nothing gets: the service's settings."""
         s = self.settings
         return domain.Policy(
-            share_base_url=s.referrals_share_base_url,
+            share_base_url=s.referrals_share_base_url or self.own_share_base_url(tenant_id),
             return_window_days=s.referrals_return_window_days,
             attribution_window_days=s.referrals_attribution_days,
         )
 
-    def _policy_of(self, row: TenantSettings | None) -> domain.Policy:
+    def own_share_base_url(self, tenant_id: str) -> str:
+        """This service's share link for a tenant (``GET /r/{tenant}``, which sends the
+        friend on to the shop): the default when neither the tenant nor the operator
+        named a share URL."""
+        base = self.settings.public_base_url.rstrip("/")
+        return f"{base}/r/{quote(tenant_id, safe='')}"
+
+    def _policy_of(self, tenant_id: str, row: TenantSettings | None) -> domain.Policy:
         own = {} if row is None else {n: getattr(row, n) for n in TENANT_SETTINGS}
-        return self.defaults.overridden_by(own)
+        return self.defaults(tenant_id).overridden_by(own)
 
     async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
-        return self._policy_of(await session.get(TenantSettings, tenant_id))
+        return self._policy_of(tenant_id, await session.get(TenantSettings, tenant_id))
+
+    async def landing_url(self, session: AsyncSession, tenant_id: str) -> str | None:
+        """Where a friend who followed this service's share link goes: the shop URL the
+        tenant set (links issued before it did still come here), else the operator's
+        REFERRALS_SHOP_URL; None when neither is known."""
+        row = await session.get(TenantSettings, tenant_id)
+        own = row.share_base_url if row is not None else None
+        if own and not own.startswith(self.own_share_base_url(tenant_id)):
+            return own
+        return self.settings.referrals_shop_url
 
     async def share_url(self, session: AsyncSession, tenant_id: str, code: str) -> str:
         return domain.share_url((await self.policy(session, tenant_id)).share_base_url, code)
@@ -115,7 +132,7 @@ class ReferralService:
             .returning(TenantSettings)
             .execution_options(populate_existing=True)
         )
-        return self._policy_of(row)
+        return self._policy_of(tenant_id, row)
 
     # --- codes --------------------------------------------------------------------
 

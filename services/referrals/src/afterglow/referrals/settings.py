@@ -11,8 +11,13 @@ from afterglow.kit.settings import ServiceSettings
 
 class ReferralsSettings(ServiceSettings):
     # Where a share link points when the tenant has not set its own shop URL; the code
-    # travels as ``?ref=CODE``, the landing-site parameter ingest normalizes.
-    referrals_share_base_url: str = "http://localhost:8005/r"
+    # travels as ``?ref=CODE``, the landing-site parameter ingest normalizes. Unset: this
+    # service's own link, PUBLIC_BASE_URL/r/{tenant}, which sends the friend on to the
+    # shop (below).
+    referrals_share_base_url: str | None = None
+    # The shop that link sends a friend to when the tenant set no share URL of its own
+    # (one shop per deployment). Unset: the link shows the code to use at checkout.
+    referrals_shop_url: str | None = None
     referrals_code_length: int = 7
     # Friendbuy's default: an order counts for 90 days after the invitation. A tenant's
     # attribution_window_days overrides it.

@@ -7,16 +7,23 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
-from afterglow.events.catalog import MessageKind, MessageRequested
+from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -37,37 +44,68 @@ from afterglow.journeys.messaging.templates import (
     render,
     validate,
 )
+from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.routing import service_router
+from afterglow.kit.types import Id, Instant, JsonObject, NoControls, NoControlsMultiline
 
-router = APIRouter(tags=["messaging"])
+router = service_router(tags=["messaging"])
 Channel = Literal["email", "sms"]
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A template's name in a path or a request: what NAME accepts, refused with 422 before
+# it reaches a query.
+TemplateName = Annotated[str, StringConstraints(pattern=NAME.pattern)]
 
 Write = Depends(require_scope("messages:write"))
 Read = Depends(require_scope("messages:read"))
 
 
 class TemplateIn(BaseModel):
-    subject: str | None = Field(default=None, max_length=1000)
-    html: str | None = Field(default=None, max_length=100_000)
-    text: str = Field(max_length=100_000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject": "Welcome to {{ shop_name }}",
+                    "html": "<p>Hi {{ customer.first_name }}, thank you for your order.</p>",
+                    "text": "Hi {{ customer.first_name }}, thank you for your order.",
+                }
+            ]
+        }
+    )
+    subject: Annotated[str, StringConstraints(max_length=1000), NoControls] | None = None
+    html: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline] | None = None
+    text: Annotated[str, StringConstraints(max_length=100_000), NoControlsMultiline]
 
 
 class PreviewIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"customer": {"first_name": "Ada"}, "variables": {}}]}
+    )
     template: TemplateIn | None = None  # a draft; default: the saved (or default) one
-    variables: dict[str, Any] = Field(default_factory=dict)
-    customer: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
+    customer: JsonObject = Field(default_factory=dict)
     # the order the preview is about (default: a sample one); null previews "no order"
-    order: dict[str, Any] | None = Field(default_factory=lambda: dict(SAMPLE_ORDER))
+    order: JsonObject | None = Field(default_factory=lambda: dict(SAMPLE_ORDER))
 
 
 class EndpointIn(BaseModel):
-    url: str = Field(max_length=2000, pattern=r"^https?://")
-    secret: str = Field(max_length=200)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://esp.example.com/afterglow",
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                }
+            ]
+        }
+    )
+    url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://"), NoControls]
+    secret: Annotated[str, StringConstraints(max_length=200), NoControls]
 
     @field_validator("secret")
     @classmethod
@@ -84,14 +122,31 @@ class EndpointIn(BaseModel):
 
 
 class PolicyIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "quiet_hours_start": "21:00",
+                    "quiet_hours_end": "08:00",
+                    "frequency_cap": 3,
+                    "frequency_window_days": 7,
+                    "default_channel": "email",
+                    "default_timezone": "Europe/Paris",
+                    "shop_name": "Acme Outdoor",
+                }
+            ]
+        }
+    )
     quiet_hours_start: str = Field(default="21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     quiet_hours_end: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     frequency_cap: int = Field(default=3, ge=1, le=100)
     frequency_window_days: int = Field(default=7, ge=1, le=90)
     default_channel: Channel = "email"
-    default_timezone: str = "UTC"
+    default_timezone: Annotated[str, StringConstraints(max_length=100), NoControls] = "UTC"
     # {{ shop_name }} in every message unless its request says otherwise
-    shop_name: str | None = Field(default=None, min_length=1, max_length=200)
+    shop_name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200), NoControls] | None
+    ) = None
 
     @field_validator("default_timezone")
     @classmethod
@@ -135,11 +190,38 @@ def _template_out(
     }
 
 
+_TEMPLATE_OUT = {
+    "kind": "welcome",
+    "channel": "email",
+    "subject": "Welcome to {{ shop_name }}",
+    "html": "<p>Hi {{ customer.first_name }}, thank you for your order.</p>",
+    "text": "Hi {{ customer.first_name }}, thank you for your order.",
+    "source": "tenant",
+    "updated_at": "2026-03-04T16:20:00Z",
+}
+_SETTINGS_OUT = {
+    "endpoint": {"url": "https://esp.example.com/afterglow", "secret_set": True},
+    "quiet_hours_start": "21:00",
+    "quiet_hours_end": "08:00",
+    "frequency_cap": 3,
+    "frequency_window_days": 7,
+    "default_channel": "email",
+    "default_timezone": "Europe/Paris",
+    "shop_name": "Acme Outdoor",
+}
+
+
 @router.put(
-    "/v1/messaging/templates/{kind}/{channel}", summary="Save a template (validated by rendering)"
+    "/v1/messaging/templates/{kind}/{channel}",
+    summary="Save a template (validated by rendering)",
+    responses=openapi.example(200, _TEMPLATE_OUT),
 )
 async def put_template(
-    kind: str, channel: Channel, body: TemplateIn, session: Session, principal: Principal = Write
+    kind: TemplateName,
+    channel: Channel,
+    body: TemplateIn,
+    session: Session,
+    principal: Principal = Write,
 ) -> dict[str, Any]:
     template = _template(kind, channel, body)
     try:
@@ -162,9 +244,13 @@ async def put_template(
     return _template_out(kind, channel, template, "tenant", now)
 
 
-@router.delete("/v1/messaging/templates/{kind}/{channel}", summary="Revert to the default template")
+@router.delete(
+    "/v1/messaging/templates/{kind}/{channel}",
+    summary="Revert to the default template",
+    responses=openapi.example(200, {"kind": "welcome", "channel": "email", "deleted": True}),
+)
 async def delete_template(
-    kind: str, channel: Channel, session: Session, principal: Principal = Write
+    kind: TemplateName, channel: Channel, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
     row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
     if row is not None:
@@ -172,7 +258,11 @@ async def delete_template(
     return {"kind": kind, "channel": channel, "deleted": row is not None}
 
 
-@router.get("/v1/messaging/templates", summary="Effective templates: the tenant's and the defaults")
+@router.get(
+    "/v1/messaging/templates",
+    summary="Effective templates: the tenant's and the defaults",
+    responses=openapi.example(200, {"templates": [_TEMPLATE_OUT]}),
+)
 async def list_templates(session: Session, principal: Principal = Read) -> dict[str, Any]:
     rows = (
         await session.execute(
@@ -197,9 +287,32 @@ async def list_templates(session: Session, principal: Principal = Read) -> dict[
 @router.post(
     "/v1/messaging/templates/{kind}/{channel}/preview",
     summary="Render a template against sample data",
+    responses=openapi.errors(
+        openapi.example(
+            200,
+            {
+                "kind": "welcome",
+                "channel": "email",
+                "subject": "Welcome to Acme Outdoor",
+                "html": "<p>Hi Ada, thank you for your order.</p>",
+                "text": "Hi Ada, thank you for your order.",
+            },
+        ),
+        openapi.error(
+            404,
+            "No saved or default template",
+            "not_found",
+            "no template winback/sms",
+            field="kind",
+        ),
+    ),
 )
 async def preview_template(
-    kind: str, channel: Channel, body: PreviewIn, session: Session, principal: Principal = Read
+    kind: TemplateName,
+    channel: Channel,
+    body: PreviewIn,
+    session: Session,
+    principal: Principal = Read,
 ) -> dict[str, Any]:
     if body.template is not None:
         template: Template | None = _template(kind, channel, body.template)
@@ -264,7 +377,9 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
 
 
 @router.put(
-    "/v1/messaging/endpoint", summary="Where this tenant's messages are POSTed (Standard Webhooks)"
+    "/v1/messaging/endpoint",
+    summary="Where this tenant's messages are POSTed (Standard Webhooks)",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def put_endpoint(
     body: EndpointIn, request: Request, session: Session, principal: Principal = Write
@@ -281,7 +396,9 @@ async def put_endpoint(
 
 
 @router.put(
-    "/v1/messaging/settings", summary="Quiet hours, frequency cap, default channel and time zone"
+    "/v1/messaging/settings",
+    summary="Quiet hours, frequency cap, default channel and time zone",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def put_settings(
     body: PolicyIn, session: Session, principal: Principal = Write
@@ -294,34 +411,67 @@ async def put_settings(
 
 
 @router.get(
-    "/v1/messaging/settings", summary="This tenant's messaging settings (secret never shown)"
+    "/v1/messaging/settings",
+    summary="This tenant's messaging settings (secret never shown)",
+    responses=openapi.example(200, _SETTINGS_OUT),
 )
 async def get_settings(session: Session, principal: Principal = Read) -> dict[str, Any]:
     return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
 
 
 class MessageIn(BaseModel):
-    customer_id: str = Field(min_length=1, max_length=200)
-    request_id: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_42",
+                    "request_id": "crm:winback:cus_42:2026-03",
+                    "kind": "custom",
+                    "template": "winback",
+                    "category": "marketing",
+                    "variables": {"discount": "15%"},
+                }
+            ]
+        }
+    )
+    customer_id: Id
+    request_id: Id
     kind: MessageKind
-    template: str | None = Field(default=None, max_length=64)
+    template: TemplateName | None = None
     category: Literal["transactional", "marketing"] = "marketing"
     priority: Literal["high", "normal", "low"] = "normal"
     channel: Channel | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-    order_id: str | None = Field(default=None, max_length=100)
-    not_before: datetime | None = None
+    variables: JsonObject = Field(default_factory=dict)
+    order_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControls] | None = (
+        None
+    )
+    not_before: Instant | None = None
+
+    @model_validator(mode="after")
+    def _carries_its_variables(self) -> MessageIn:
+        # The event's own rule, checked here: failing later, in MessageRequested(...),
+        # was a ValidationError inside the route (a 500) instead of a 422.
+        missing = MESSAGE_VARIABLES[self.kind] - self.variables.keys()
+        if missing:
+            raise ValueError(f"variables: a {self.kind} message needs {sorted(missing)}")
+        return self
 
 
-@router.post("/v1/messages", status_code=202, summary="Request a message (as message.requested)")
+@router.post(
+    "/v1/messages",
+    status_code=202,
+    summary="Request a message (as message.requested)",
+    responses=openapi.example(
+        202,
+        {"request_id": "crm:winback:cus_42:2026-03", "customer_id": "cus_42", "status": "accepted"},
+    ),
+)
 async def request_message(
     body: MessageIn, request: Request, session: Session, principal: Principal = Write
 ) -> dict[str, Any]:
     """For callers outside the event bus (and ``make dev``): the request goes out as
     ``message.requested`` through the outbox, and comes back in through the same
     consumer as every service's requests, so it gets the same de-duplication and policy."""
-    if body.not_before is not None and body.not_before.tzinfo is None:
-        raise Unprocessable("not_before needs a time zone", field="not_before")
     runtime = runtime_of(request)
     data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
     event = CloudEvent.new(
@@ -335,11 +485,43 @@ async def request_message(
     return {"request_id": body.request_id, "customer_id": body.customer_id, "status": "accepted"}
 
 
-@router.get("/v1/customers/{customer_id}/messages", summary="The message log of one customer")
+@router.get(
+    "/v1/customers/{customer_id}/messages",
+    summary="The message log of one customer",
+    responses=openapi.example(
+        200,
+        {
+            "customer_id": "cus_42",
+            "messages": [
+                {
+                    "id": "0f3a6c1e-51d2-4c7b-9a8e-6b2d1f0c3e47",
+                    "request_id": "journeys:welcome:pos:1001",
+                    "kind": "welcome",
+                    "category": "transactional",
+                    "priority": "normal",
+                    "channel": "email",
+                    "status": "sent",
+                    "reason": None,
+                    "attempts": 1,
+                    "created_at": "2026-03-02T14:30:01Z",
+                    "next_attempt_at": None,
+                    "last_attempt_at": "2026-03-02T14:30:02Z",
+                    "sent_at": "2026-03-02T14:30:02Z",
+                    "updated_at": "2026-03-02T14:30:02Z",
+                    "decisions": [
+                        {"at": "2026-03-02T14:30:01Z", "decision": "send", "reason": None}
+                    ],
+                }
+            ],
+        },
+    ),
+)
 async def customer_messages(
-    customer_id: str, session: Session, principal: Principal = Read, limit: int = 100
+    customer_id: Id,
+    session: Session,
+    principal: Principal = Read,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
-    limit = max(1, min(limit, 500))
     messages = list(
         (
             await session.execute(
@@ -409,8 +591,10 @@ def _page(title: str, text: str, status: int = 200, form: str = "") -> HTMLRespo
     return HTMLResponse(
         _PAGE.format(title=title, text=text, form=form),
         status_code=status,
-        # The token is in the URL: keep it out of referrers and shared caches.
-        headers={"referrer-policy": "no-referrer", "cache-control": "no-store"},
+        # The token is in the URL: keep it out of other sites' referrers (same-origin,
+        # not no-referrer, under which the button would post "Origin: null") and out of
+        # shared caches.
+        headers={"referrer-policy": REFERRER_POLICY, "cache-control": "no-store"},
     )
 
 
@@ -422,9 +606,26 @@ def _parse_link(request: Request, token: str) -> tuple[str, str, str] | None:
 _INVALID = ("Invalid link", "This unsubscribe link is not valid.")
 
 
+def _public_url(request: Request) -> str:
+    runtime = runtime_of(request)
+    return messaging_settings(runtime).public_url or runtime.settings.public_base_url
+
+
 # GET only asks: mail security scanners and prefetchers follow every link in a message,
 # and must not unsubscribe the customer. The button POSTs to the same URL.
-@router.get("/u/{token}", include_in_schema=False)
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe page: asks, changes nothing (scanners follow every link)",
+    responses=openapi.errors(
+        openapi.html(200, "The question and its button", "<!doctype html>...<h1>Unsubscribe?</h1>"),
+        openapi.html(
+            404,
+            "The link is not valid (also: a path that matches no route, JSON)",
+            "<!doctype html>...<h1>Invalid link</h1>",
+        ),
+    ),
+)
 async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
     parsed = _parse_link(request, token)
     if parsed is None:
@@ -440,8 +641,31 @@ async def unsubscribe_confirm(token: str, request: Request) -> HTMLResponse:
 
 # POST acts: the page's button, and RFC 8058 one-click from the mail client
 # (List-Unsubscribe-Post). Repeating it is harmless.
-@router.post("/u/{token}", summary="Unsubscribe (signed link; one-click per RFC 8058)")
+@router.post(
+    "/u/{token}",
+    summary="Unsubscribe (signed link; one-click per RFC 8058)",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {"example": "<!doctype html>...<h1>Unsubscribed</h1>"}}},
+        403: {
+            "description": "A cross-site post (its Origin is not this service's)",
+            "content": {"text/html": {"example": "<!doctype html>...<h1>Not unsubscribed</h1>"}},
+        },
+        404: {
+            "description": "The link is not valid (an HTML page), or the path matches no route",
+            "content": {"text/html": {"example": "<!doctype html>...<h1>Invalid link</h1>"}},
+        },
+    },
+)
 async def unsubscribe(token: str, request: Request, session: Session) -> HTMLResponse:
+    refused = cross_site_post(request, _public_url(request))
+    if refused is not None:
+        return _page(
+            "Not unsubscribed",
+            f"This request came from another site: {refused}. Please open the link in our "
+            "message and press the button there.",
+            status=403,
+        )
     parsed = _parse_link(request, token)
     if parsed is None:
         return _page(*_INVALID, status=404)

@@ -1,5 +1,5 @@
-"""The dispatcher: claims due messages, applies the policy, renders, and POSTs each to
-the tenant's endpoint signed per Standard Webhooks.
+"""The dispatcher: claims due messages, applies the policy, renders, and hands each to
+the tenant's channel for its kind (``channels``: the signed webhook, SMTP, Twilio).
 
 Why it looks like this:
 
@@ -15,55 +15,59 @@ Why it looks like this:
   ``next_attempt_at``, so other customers' messages are never queued behind it.
 * Every policy time decision reads the injected clock; only the signature timestamp is
   wall time, because the receiver compares it with its own clock.
+* The claim reads each tenant's channel settings (credentials opened then, so a rotated
+  one applies to the next send) and takes the channel's rate-limit token in the same
+  transaction; the batch's contacts and suppressed addresses come in one query each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
+from prometheus_client import Counter as Metric
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.shutdown import cancel_and_wait
 from afterglow.events.topics import TOPICS_BY_NOUN
 from afterglow.journeys.messaging import policy, store
-from afterglow.journeys.messaging.models import Message, MessageContact, MessagingTenantSettings
+from afterglow.journeys.messaging.channels import Job, Outcome, Route, Senders, channel_for
+from afterglow.journeys.messaging.channels.rate import take
+from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
+from afterglow.journeys.messaging.models import (
+    Message,
+    MessageContact,
+    MessagingChannel,
+    MessagingTenantSettings,
+)
 from afterglow.journeys.messaging.settings import MessagingSettings, messaging_settings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
-from afterglow.kit import standard_webhooks
 from afterglow.kit.app import Runtime, Worker
-from afterglow.kit.outbound import ForbiddenDestination, check_destination
 
 log = logging.getLogger(__name__)
 
 DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
 PENDING = ("queued", "deferred")
+__all__ = ["Dispatcher", "Job", "Outcome", "messaging_workers"]
+
+SENDS = Metric(
+    "afterglow_messages_sends_total",
+    "Message delivery attempts by channel, provider and result",
+    ["channel", "provider", "result"],
+)
 
 
-@dataclass(frozen=True)
-class Job:
-    message_id: str
-    tenant_id: str
-    url: str
-    secret: str
-    body: bytes
-    attempt: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    retryable: bool
-    reason: str
-    retry_after_s: float | None = None
+def route_of(tenant: MessagingTenantSettings | None, row: MessagingChannel | None) -> Route | None:
+    """The tenant's channel for a kind; without one, its signed webhook endpoint."""
+    if row is not None and row.provider != "webhook":
+        return Route(row.provider, row.config, row.secret, row.dkim_key)
+    if tenant is not None and tenant.endpoint_url and tenant.endpoint_secret:
+        return Route("webhook", {"url": tenant.endpoint_url}, tenant.endpoint_secret)
+    return None
 
 
 def messaging_workers(runtime: Runtime) -> list[Worker]:
@@ -86,6 +90,7 @@ class Dispatcher:
         self.rt = runtime
         self.inflight: set[asyncio.Task[None]] = set()
         self.tenant_inflight: Counter[str] = Counter()
+        self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
 
     @property
     def s(self) -> MessagingSettings:
@@ -116,6 +121,7 @@ class Dispatcher:
         finally:
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
+            self.smtp_pool.close()
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")
@@ -153,6 +159,11 @@ class Dispatcher:
                 .all()
             )
             tenants: dict[str, MessagingTenantSettings | None] = {}
+            channels = await store.channel_rows(session, {m.tenant_id for m in rows})
+            contacts = await store.load_contacts(
+                session, {(m.tenant_id, m.customer_id) for m in rows}
+            )
+            suppressed = await store.suppressions_for(session, contacts)
             jobs = []
             for message in rows:
                 if busy.get(message.tenant_id, 0) >= cap:
@@ -162,7 +173,14 @@ class Dispatcher:
                     tenants[message.tenant_id] = await store.tenant_settings(
                         session, message.tenant_id
                     )
-                job = await self.evaluate(session, message, tenants[message.tenant_id], now)
+                job = await self.evaluate(
+                    session,
+                    message,
+                    tenants[message.tenant_id],
+                    now,
+                    channels,
+                    suppressed.get((message.tenant_id, message.customer_id)),
+                )
                 if job is not None:
                     jobs.append(job)
                     busy[job.tenant_id] = busy.get(job.tenant_id, 0) + 1
@@ -174,6 +192,8 @@ class Dispatcher:
         m: Message,
         tenant: MessagingTenantSettings | None,
         now: datetime,
+        channels: dict[tuple[str, str], MessagingChannel] | None = None,
+        suppressed: dict[str, str] | None = None,
     ) -> Job | None:
         rules = store.policy_settings(tenant, self.s.contact_wait_s, self.s.contact_recheck_s)
         contact = await session.get(MessageContact, (m.tenant_id, m.customer_id))
@@ -206,7 +226,9 @@ class Dispatcher:
             not_before=m.not_before,
             created_at=m.created_at,
         )
-        decision = policy.decide(now, facts, store.contact_facts(contact), rules, counted)
+        decision = policy.decide(
+            now, facts, store.contact_facts(contact, suppressed), rules, counted
+        )
         if decision.action == "defer":
             assert decision.until is not None
             await self._set(session, m, now, "deferred", decision.reason, decision.until)
@@ -215,7 +237,9 @@ class Dispatcher:
             await self._set(session, m, now, "suppressed", decision.reason)
             return None
         assert contact is not None and decision.channel is not None
-        if tenant is None or not tenant.endpoint_url or not tenant.endpoint_secret:
+        channel_row = (channels or {}).get((m.tenant_id, decision.channel))
+        route = route_of(tenant, channel_row)
+        if route is None:
             # Bounded: a tenant that never sets up messaging must not keep every
             # message it was ever sent alive and re-judged forever.
             if now >= m.created_at + timedelta(seconds=self.s.endpoint_wait_s):
@@ -259,6 +283,14 @@ class Dispatcher:
             text_body += f"\n\nUnsubscribe: {unsub}" if channel == "email" else f" Stop: {unsub}"
         if unsub and html is not None and unsub not in html:
             html += f'\n<p style="font-size:12px"><a href="{unsub}">Unsubscribe</a></p>'
+        if channel_row is not None and channel_row.rate_per_s:
+            # Taken under the row lock of this claim: replicas share one budget.
+            token = take(channel_row.rate_per_s, channel_row.tokens, channel_row.tokens_at, now)
+            channel_row.tokens, channel_row.tokens_at = token.tokens, now
+            if not token.ok:
+                until = now + timedelta(seconds=token.wait_s)
+                await self._set(session, m, now, "deferred", "rate_limited", until)
+                return None
         payload: dict[str, Any] = {
             "type": "message.send",
             "id": m.id,
@@ -275,6 +307,8 @@ class Dispatcher:
             "text": text_body,
             "order_id": extra["order_id"],
             "unsubscribe_url": unsub,
+            # The sender's name (email From): the request's shop, else the tenant's.
+            "shop_name": m.variables.get("shop_name") or (tenant.shop_name if tenant else None),
             "attempt": m.attempts + 1,
         }
         if unsub and channel == "email":
@@ -301,10 +335,10 @@ class Dispatcher:
         return Job(
             message_id=m.id,
             tenant_id=m.tenant_id,
-            url=tenant.endpoint_url,
-            secret=tenant.endpoint_secret,
-            body=json.dumps(payload, separators=(",", ":"), default=str).encode(),
             attempt=m.attempts,
+            channel=channel,
+            route=route,
+            payload=payload,
         )
 
     async def _set(
@@ -351,7 +385,7 @@ class Dispatcher:
 
     async def deliver(self, job: Job) -> None:
         try:
-            outcome = await self.post(job)
+            outcome = await self.send(job)
             await self.settle(job, outcome)
         except asyncio.CancelledError:
             raise
@@ -359,42 +393,19 @@ class Dispatcher:
             # The lease expires and another pass retries it; nothing is lost.
             log.exception("settling a message failed", extra={"message_id": job.message_id})
 
-    async def post(self, job: Job) -> Outcome:
+    async def send(self, job: Job) -> Outcome:
         assert self.rt.http is not None
-        ts = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "Afterglow-Messaging/1.0",
-            **standard_webhooks.signed_headers(job.secret, job.message_id, ts, job.body),
-        }
-        timeout = self.s.request_timeout_s
-        try:
-            # Again at send time: the name may resolve elsewhere than when it was saved.
-            await check_destination(job.url, allow_private=self.rt.settings.outbound_allow_private)
-        except ForbiddenDestination as exc:
-            return Outcome(False, False, f"endpoint not allowed: {exc}")
-        try:
-            # A total deadline: httpx's timeouts are per read, and a receiver trickling
-            # bytes could otherwise hold the slot forever.
-            async with asyncio.timeout(timeout):
-                response = await self.rt.http.post(
-                    job.url,
-                    content=job.body,
-                    headers=headers,
-                    timeout=httpx.Timeout(timeout),
-                    follow_redirects=False,
-                )
-        except (TimeoutError, httpx.TimeoutException):
-            return Outcome(False, True, f"timeout after {timeout:g}s")
-        except httpx.HTTPError as exc:
-            return Outcome(False, True, f"connection error: {type(exc).__name__}")
-        status = response.status_code
-        if 200 <= status < 300:
-            return Outcome(True, False, f"HTTP {status}")
-        retry_after = policy.parse_retry_after(
-            response.headers.get("retry-after"), self.rt.clock.now()
+        senders = Senders(
+            http=self.rt.http,
+            allow_private=self.rt.settings.outbound_allow_private,
+            timeout_s=self.s.request_timeout_s,
+            now=self.rt.clock.now,
+            smtp_pool=self.smtp_pool,
         )
-        return Outcome(False, policy.is_retryable_status(status), f"HTTP {status}", retry_after)
+        outcome = await channel_for(job, senders).send(job)
+        result = "ok" if outcome.ok else "retry" if outcome.retryable else "failed"
+        SENDS.labels(job.channel, job.route.provider, result).inc()
+        return outcome
 
     async def settle(self, job: Job, outcome: Outcome) -> None:
         now = self.rt.clock.now()
@@ -402,6 +413,17 @@ class Dispatcher:
             m = await session.get(Message, job.message_id, with_for_update=True)
             if m is None or m.status != "queued" or m.attempts != job.attempt:
                 return  # erased meanwhile, or a later lease took over
+            if outcome.suppress:
+                # The provider said the address is gone (or refused us): no later
+                # message to it is tried, whichever customer record carries it.
+                await store.suppress(
+                    session,
+                    m.tenant_id,
+                    job.channel,
+                    [(job.to, outcome.suppress, outcome.reason)],
+                    source=job.route.provider,
+                    at=now,
+                )
             if outcome.ok:
                 m.sent_at = now
                 await self._set(session, m, now, "sent", None, decision="sent")

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -100,7 +101,58 @@ class MessagingTenantSettings(Base):
     default_timezone: Mapped[str] = mapped_column(Text, default="UTC")
     # {{ shop_name }} in every template unless a request says otherwise.
     shop_name: Mapped[str | None] = mapped_column(Text)
+    # Provider event webhooks (bounces, complaints): SendGrid signs with ECDSA, so only its
+    # public key is kept (base64 DER, as SendGrid shows it); Postmark sends basic auth
+    # ("user:password"), which must be compared whole, so it is sealed.
+    sendgrid_public_key: Mapped[str | None] = mapped_column(Text)
+    postmark_auth: Mapped[str | None] = mapped_column(
+        SealedText("journeys.messaging_settings.postmark_auth")
+    )
     updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class MessagingChannel(Base):
+    """How one tenant's messages of one channel kind (email, sms) leave: a provider
+    (``webhook``: the signed endpoint above; ``smtp``; ``twilio``) and its settings. No
+    row: the signed webhook. Credentials are sealed and read at every send, so a rotated
+    password takes effect on the next message without a restart."""
+
+    __tablename__ = "messaging_channels"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    channel: Mapped[str] = mapped_column(Text, primary_key=True)  # email | sms
+    provider: Mapped[str] = mapped_column(Text)  # webhook | smtp | twilio
+    # Everything but credentials: host, port, security, from address, account SID ...
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # SMTP password or Twilio auth token.
+    secret: Mapped[str | None] = mapped_column(SealedText("journeys.messaging_channels.secret"))
+    # PEM private key for DKIM signing (email only).
+    dkim_key: Mapped[str | None] = mapped_column(SealedText("journeys.messaging_channels.dkim_key"))
+    # Sending rate limit (messages per second) held across replicas; None: unlimited.
+    rate_per_s: Mapped[float | None] = mapped_column(Float)
+    # The token bucket behind rate_per_s, updated in the claim transaction.
+    tokens: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    tokens_at: Mapped[datetime | None] = mapped_column(TZ)
+    updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class MessageSuppression(Base):
+    """An address that must not be sent to: a hard bounce, a spam complaint, or an SMS
+    STOP. Keyed by the address (the SHA-256 of the lower-case email or the E.164 phone),
+    not the customer, because providers report addresses and one address may serve two
+    customer records; a hash, because the list outlives an erasure. A hard bounce stops
+    every message; a complaint or STOP stops marketing."""
+
+    __tablename__ = "message_suppressions"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    channel: Mapped[str] = mapped_column(Text, primary_key=True)
+    address_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)  # hard_bounce | complaint | sms_stop
+    source: Mapped[str] = mapped_column(Text)  # smtp | sendgrid | postmark | twilio
+    # The provider's words (an SMTP reply); wiped when the customer is erased.
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ)
 
 
 class Message(Base):

@@ -8,7 +8,9 @@ Decisions, in order:
 2. No contact, or no address on the channel: wait for the customer's order event a
    while (the request may overtake it on another topic), then suppress (``no_address``).
    An erased customer is suppressed (``erased``).
-3. Consent, marketing only (transactional messages are exempt): an unsubscribe on the
+3. A suppressed address (provider events: a hard bounce stops every message to it, a
+   spam complaint or an SMS STOP stops marketing): suppress (``address_suppressed: <why>``).
+   Consent, marketing only (transactional messages are exempt): an unsubscribe on the
    channel suppresses (``unsubscribed``); ``accepts_marketing = false`` suppresses
    (``no_marketing_consent``). SMS marketing needs an explicit ``accepts_marketing =
    true`` (TCPA-style express consent); email marketing is allowed unless the customer
@@ -29,7 +31,8 @@ import hashlib
 import hmac
 import json
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -37,6 +40,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Action = Literal["send", "defer", "suppress"]
 CHANNELS = ("email", "sms")
+# A hard bounce means the address does not exist: nothing goes there, not even a
+# receipt. A complaint or an SMS STOP refuses marketing only.
+SUPPRESSES_TRANSACTIONAL = frozenset({"hard_bounce"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class ContactFacts:
     email_unsubscribed: bool
     sms_unsubscribed: bool
     erased: bool
+    # Channel -> why its address is suppressed (hard_bounce, complaint, sms_stop).
+    suppressed: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,12 @@ class PolicySettings:
 def parse_hhmm(value: str) -> time:
     """``"21:00"`` -> time(21, 0); raises ValueError on anything else."""
     hours, _, minutes = value.partition(":")
-    if len(hours) != 2 or len(minutes) != 2 or not (hours + minutes).isdigit():
+    if (
+        len(hours) != 2
+        or len(minutes) != 2
+        or not (hours + minutes).isascii()
+        or not (hours + minutes).isdigit()
+    ):
         raise ValueError(f"{value!r} is not HH:MM")
     return time(int(hours), int(minutes))
 
@@ -154,6 +167,11 @@ def decide(
             return Decision("defer", "waiting_for_contact", until=now + settings.contact_recheck)
         return Decision("suppress", "no_address")
     assert contact is not None
+    suppression = contact.suppressed.get(channel)
+    if suppression is not None and (
+        message.category == "marketing" or suppression in SUPPRESSES_TRANSACTIONAL
+    ):
+        return Decision("suppress", f"address_suppressed: {suppression}")
     if message.category == "marketing":
         unsubscribed = (
             contact.email_unsubscribed if channel == "email" else contact.sms_unsubscribed
@@ -197,7 +215,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which float() refuses, and a
+    # receiver's header must not be able to crash the dispatcher.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -12,8 +12,10 @@ from afterglow.kit.app import Runtime
 class MessagingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESSAGING_", extra="ignore", frozen=True)
 
-    # Signs unsubscribe links. Set it in production: a changed secret breaks old links.
-    unsubscribe_secret: str = "dev-unsubscribe-secret-change-me"  # noqa: S105 - dev default
+    # Signs unsubscribe links. Required (the journeys app refuses to start without it):
+    # a public default let anyone unsubscribe any customer. A changed secret breaks
+    # old links.
+    unsubscribe_secret: str = ""
     # Base of unsubscribe links (this service's public URL); default: PUBLIC_BASE_URL.
     public_url: str | None = None
     poll_interval_s: float = 1.0

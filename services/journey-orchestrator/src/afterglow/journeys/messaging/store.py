@@ -3,22 +3,26 @@ never commit: the entrypoint owns the transaction."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
 from afterglow.events.money import format_money
+from afterglow.journeys.messaging.channels.sms_text import e164
 from afterglow.journeys.messaging.models import (
     Message,
     MessageContact,
     MessageDecision,
     MessageOrder,
+    MessageSuppression,
     MessageTemplate,
+    MessagingChannel,
     MessagingTenantSettings,
 )
 from afterglow.journeys.messaging.policy import ContactFacts, PolicySettings, parse_hhmm
@@ -52,10 +56,13 @@ def policy_settings(
     )
 
 
-def contact_facts(row: MessageContact | None) -> ContactFacts | None:
+def contact_facts(
+    row: MessageContact | None, suppressed: dict[str, str] | None = None
+) -> ContactFacts | None:
     if row is None:
         return None
     return ContactFacts(
+        suppressed=suppressed or {},
         email=row.email,
         phone=row.phone,
         timezone=row.timezone,
@@ -235,6 +242,7 @@ async def erase(
         orders = orders.where(MessageOrder.customer_id == customer_id)
     # What they bought says who they are: the order rows go (the counts stay, as totals).
     await session.execute(orders)
+    await scrub_suppression_details(session, tenant_id, customer_id)
     await session.execute(
         contacts.values(
             email=None,
@@ -268,3 +276,196 @@ async def erase(
     )
     for message_id in pending:
         await record(session, tenant_id, message_id, at, "suppressed", "erased")
+
+
+# --- channels and suppressed addresses ---------------------------------------------------
+
+
+def address_key(channel: str, address: str | None) -> str | None:
+    """How an address is keyed in suppressions: the SHA-256 of the lower-case email or
+    the E.164 phone (as events carry ``email_hash``), so the list keeps working after an
+    erasure without keeping the address itself."""
+    if not address:
+        return None
+    normal = address.strip().lower() if channel == "email" else e164(address.strip())
+    return hashlib.sha256(normal.encode()).hexdigest() if normal else None
+
+
+async def load_contacts(session: AsyncSession, keys: set[tuple[str, str]]) -> list[MessageContact]:
+    """One query for a batch's contacts; later ``session.get`` calls find them loaded."""
+    if not keys:
+        return []
+    return list(
+        (
+            await session.execute(
+                select(MessageContact).where(
+                    tuple_(MessageContact.tenant_id, MessageContact.customer_id).in_(sorted(keys))
+                )
+            )
+        ).scalars()
+    )
+
+
+async def suppressions_for(
+    session: AsyncSession, contacts: list[MessageContact]
+) -> dict[tuple[str, str], dict[str, str]]:
+    """(tenant, customer) -> {channel: reason} for the contacts' suppressed addresses."""
+    wanted: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    for c in contacts:
+        for channel, raw in (("email", c.email), ("sms", c.phone)):
+            address = address_key(channel, raw)
+            if address:
+                wanted.setdefault((c.tenant_id, channel, address), []).append(
+                    (c.tenant_id, c.customer_id)
+                )
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    if not wanted:
+        return out
+    rows = await session.execute(
+        select(
+            MessageSuppression.tenant_id,
+            MessageSuppression.channel,
+            MessageSuppression.address_hash,
+            MessageSuppression.reason,
+        ).where(
+            tuple_(
+                MessageSuppression.tenant_id,
+                MessageSuppression.channel,
+                MessageSuppression.address_hash,
+            ).in_(sorted(wanted))
+        )
+    )
+    for tenant_id, channel, address, reason in rows:
+        for key in wanted[(tenant_id, channel, address)]:
+            out.setdefault(key, {})[channel] = reason
+    return out
+
+
+async def channel_rows(
+    session: AsyncSession, tenant_ids: set[str]
+) -> dict[tuple[str, str], MessagingChannel]:
+    """The batch's channel settings, locked in tenant order: the rate limit's token
+    bucket is taken in this transaction, so replicas share one budget per channel."""
+    if not tenant_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(MessagingChannel)
+            .where(MessagingChannel.tenant_id.in_(sorted(tenant_ids)))
+            .order_by(MessagingChannel.tenant_id, MessagingChannel.channel)
+            .with_for_update()
+        )
+    ).scalars()
+    return {(r.tenant_id, r.channel): r for r in rows}
+
+
+# Stronger first: a complaint never downgrades a hard bounce into "marketing only".
+REASON_RANK = {"hard_bounce": 3, "complaint": 2, "sms_stop": 1}
+
+
+async def suppress(
+    session: AsyncSession,
+    tenant_id: str,
+    channel: str,
+    entries: list[tuple[str, str, str | None]],
+    source: str,
+    at: datetime,
+) -> int:
+    """Suppress addresses (``entries``: raw address, reason, detail) in one statement;
+    repeating it is harmless. Returns how many entries had a usable address."""
+    rows: dict[str, dict[str, Any]] = {}
+    for raw, reason, detail in entries:
+        address = address_key(channel, raw)
+        if address is None:
+            continue
+        known = rows.get(address)
+        if known is None or REASON_RANK[reason] > REASON_RANK[known["reason"]]:
+            rows[address] = {
+                "tenant_id": tenant_id,
+                "channel": channel,
+                "address_hash": address,
+                "reason": reason,
+                "source": source,
+                "detail": detail,
+                "created_at": at,
+            }
+    if not rows:
+        return 0
+    stmt = pg_insert(MessageSuppression).values(list(rows.values()))
+    rank = case(*((MessageSuppression.reason == r, n) for r, n in REASON_RANK.items()), else_=0)
+    new_rank = case(*((stmt.excluded.reason == r, n) for r, n in REASON_RANK.items()), else_=0)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "channel", "address_hash"],
+            set_={
+                "reason": stmt.excluded.reason,
+                "source": stmt.excluded.source,
+                "detail": stmt.excluded.detail,
+            },
+            where=new_rank > rank,
+        )
+    )
+    return len(rows)
+
+
+async def unsuppress(
+    session: AsyncSession, tenant_id: str, channel: str, raw: str, reason: str
+) -> bool:
+    """Lift one kind of suppression (an SMS START lifts its STOP, never a hard bounce)."""
+    address = address_key(channel, raw)
+    if address is None:
+        return False
+    result = await session.execute(
+        delete(MessageSuppression).where(
+            MessageSuppression.tenant_id == tenant_id,
+            MessageSuppression.channel == channel,
+            MessageSuppression.address_hash == address,
+            MessageSuppression.reason == reason,
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def complaint_rate(session: AsyncSession, tenant_id: str, since: datetime) -> tuple[int, int]:
+    """(complaints, emails sent) since ``since``: the ratio mailbox providers watch
+    (Gmail wants it under 0.3 %)."""
+    complaints = await session.scalar(
+        select(func.count()).where(
+            MessageSuppression.tenant_id == tenant_id,
+            MessageSuppression.reason == "complaint",
+            MessageSuppression.created_at >= since,
+        )
+    )
+    sent = await session.scalar(
+        select(func.count()).where(
+            Message.tenant_id == tenant_id,
+            Message.channel == "email",
+            Message.status == "sent",
+            Message.sent_at >= since,
+        )
+    )
+    return int(complaints or 0), int(sent or 0)
+
+
+async def scrub_suppression_details(
+    session: AsyncSession, tenant_id: str, customer_id: str | None
+) -> None:
+    """Before an erasure wipes the contacts: their suppressions stay (a bounce or a STOP
+    must keep working) but lose the provider's detail, which may quote the address."""
+    scrub = update(MessageSuppression).where(MessageSuppression.tenant_id == tenant_id)
+    if customer_id is not None:
+        contact = await session.get(MessageContact, (tenant_id, customer_id))
+        keys = [
+            (channel, key)
+            for channel, raw in (
+                ("email", contact and contact.email),
+                ("sms", contact and contact.phone),
+            )
+            if (key := address_key(channel, raw))
+        ]
+        if not keys:
+            return
+        scrub = scrub.where(
+            tuple_(MessageSuppression.channel, MessageSuppression.address_hash).in_(keys)
+        )
+    await session.execute(scrub.values(detail=None))

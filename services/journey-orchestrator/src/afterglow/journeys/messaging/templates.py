@@ -13,14 +13,48 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind
 
 MAX_TEMPLATE_CHARS = 100_000
 
-_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+# What one multiplication or power in a template may produce. The sandbox bounds
+# range() but not these: "{{ 'x' * 999999999 }}" built a gigabyte while the template was
+# validated, and "{{ 9 ** 9 ** 9 }}" computes for minutes.
+MAX_PRODUCT_LEN = MAX_TEMPLATE_CHARS
+MAX_EXPONENT = 1000
+MAX_POWER_BITS = 100_000
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _too_big_power(left, right):
+            raise SecurityError(f"a power beyond {MAX_POWER_BITS} bits")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_PRODUCT_LEN
+                ):
+                    raise SecurityError(f"a repetition longer than {MAX_PRODUCT_LEN}")
+        return super().call_binop(context, operator, left, right)
+
+
+def _too_big_power(base: Any, exponent: Any) -> bool:
+    if not isinstance(exponent, int | float) or isinstance(exponent, bool):
+        return False
+    if abs(exponent) > MAX_EXPONENT:
+        return True
+    return isinstance(base, int) and base.bit_length() * max(exponent, 0) > MAX_POWER_BITS
+
+
+_TEXT_ENV = _BoundedSandbox(undefined=StrictUndefined, autoescape=False)
+_HTML_ENV = _BoundedSandbox(undefined=StrictUndefined, autoescape=True)
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,16 @@ Webhook receivers store the raw delivery as ``received`` and answer; the process
 worker claims ``received`` deliveries oldest first. Only those few rows are indexed,
 so its claim stays cheap however many deliveries are kept.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,74 @@
+"""What the delivery tests share: an event factory, a consumer that records what it
+applies, and a way to run loops for the length of a block."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from afterglow.events import CloudEvent, EventConsumer, RetryPolicy
+from afterglow.events.catalog import TicketUpdated
+
+EVENT_TYPE = "afterglow.ticket.updated.v1"
+
+
+def ticket_event(tenant: str, customer: str = "c-1", status: str = "open", id: str | None = None):
+    return CloudEvent.new(
+        TicketUpdated(
+            ticket_id=f"tk-{uuid.uuid4().hex[:6]}", updated_at=datetime.now(UTC), status=status
+        ),
+        tenant_id=tenant,
+        subject=customer,
+        source="tests",
+        id=id,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(*coros_or_objects):
+    tasks = [asyncio.create_task(c) for c in coros_or_objects]
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def make_consumer(
+    tenant, sessionmaker, tables, kafka, producer, applied, *, handler=None, group=None, retry=None
+):
+    group = group or f"test-{uuid.uuid4().hex[:8]}"
+
+    async def record(session, event):
+        if event.tenantid != tenant:
+            return
+        await session.execute(
+            applied.insert().values(event_id=event.id, tenant_id=tenant, consumer=group)
+        )
+
+    return EventConsumer(
+        name=group,
+        kafka=kafka,
+        sessionmaker=sessionmaker,
+        tables=tables,
+        handlers={EVENT_TYPE: handler or record},
+        dlq_producer=producer,
+        retry=retry or RetryPolicy(attempts=3, base_delay_s=0.05),
+    )
+
+
+async def applied_counts(sessionmaker, applied, tenant) -> dict[str, int]:
+    async with sessionmaker() as s:
+        rows = await s.execute(
+            select(applied.c.event_id, func.count())
+            .where(applied.c.tenant_id == tenant)
+            .group_by(applied.c.event_id)
+        )
+        return {r[0]: r[1] for r in rows}

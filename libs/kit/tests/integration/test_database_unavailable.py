@@ -1,0 +1,64 @@
+"""A service whose database cannot be reached answers 503 with Retry-After (documented
+on every route that reads it), not a 500 that says "bug"."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import select
+
+from afterglow.devstack.pytest_plugin import serve_app
+from afterglow.devstack.stack import Stack
+from afterglow.events import event_tables
+from afterglow.kit.app import ServiceSpec, create_service_app
+from afterglow.kit.auth import Principal, api_keys_table, require_scope
+from afterglow.kit.db import Session, service_metadata
+from afterglow.kit.routing import service_router
+from afterglow.kit.settings import ServiceSettings
+
+# Nothing listens on port 1: every connection is refused at once.
+UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/afterglow"
+
+metadata = service_metadata("probe")
+router = service_router()
+
+
+@router.get("/v1/probe")
+async def probe(
+    principal: Annotated[Principal, Depends(require_scope("probe:read"))],
+) -> dict[str, str]:
+    return {"tenant": principal.tenant_id}
+
+
+@router.get("/v1/public")
+async def public(session: Session) -> dict[str, int]:
+    return {"one": int(await session.scalar(select(1)) or 0)}
+
+
+def app() -> object:
+    return create_service_app(
+        ServiceSpec("probe", "probe", "tests:app", "tests:migrations", 8999),
+        ServiceSettings(database_url=UNREACHABLE, service_role="api", log_json=False),
+        tables=event_tables(metadata),
+        api_keys_table=api_keys_table(metadata),
+        title="probe",
+        description="a service whose database is down",
+        routers=[router],
+    )
+
+
+class TestDatabaseUnreachable:
+    async def test_routes_answer_503_with_retry_after(self, stack: Stack) -> None:
+        async with serve_app(app()) as client:  # type: ignore[arg-type]
+            authenticated = await client.get(
+                "/v1/probe", headers={"Authorization": "Bearer agk_abc_secret"}
+            )
+            session_only = await client.get("/v1/public")
+            openapi = (await client.get("/openapi.json")).json()
+        for r in (authenticated, session_only):
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "5"
+            assert r.json()["error"]["code"] == "unavailable"
+        for path in ("/v1/probe", "/v1/public"):
+            assert "503" in openapi["paths"][path]["get"]["responses"]

@@ -1,0 +1,265 @@
+"""The fault suite's driver (signed webhooks at a steady rate) and checker (public APIs).
+
+The driver sends ``orders/create`` webhooks as Shopify does: one webhook id per order,
+resent after any answer that is not 2xx or no answer at all, for as long as it takes.
+An order counts as accepted when one of its deliveries was answered 2xx.
+
+The checker reconciles each accepted order through every service's customer export
+(the public ``/v1/customers/{id}/export``): exactly one order in ingest, one journey
+instance in journeys, one points lot for the order in loyalty (a first order also earns
+a first-order bonus lot, a cause of its own). Zero is a loss, two a double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from afterglow.devstack.demo import Scenario, b64hmac, now_iso
+from afterglow.kit.export import ExportIncomplete, gather_exports
+
+ADMIN_TOKEN = "faults-admin-token"
+# service -> (table of its export, which rows are "the" effect of an order)
+EFFECTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "ingest": ("orders", lambda row: True),
+    "journeys": ("journey_instances", lambda row: True),
+    "loyalty": ("lots", lambda row: row.get("source") == "order"),
+}
+
+
+@dataclass
+class Order:
+    customer: str
+    order_id: int
+    fault: str
+    webhook_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    attempts: int = 0
+    non_2xx: Counter[int] = field(default_factory=Counter)  # status -> answers
+    accepted_at: float | None = None
+    complete_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Fault:
+    name: str
+    started: float = 0.0
+    ended: float = 0.0
+    # service -> the first reason its /readyz gave for a 503 during the fault
+    unready: dict[str, str] = field(default_factory=dict)
+
+
+async def sample_readiness(
+    http: httpx.AsyncClient, urls: dict[str, str], fault: Fault, stop: asyncio.Event
+) -> None:
+    """Poll every service's /readyz each second and keep the first 503 reason of each."""
+    while not stop.is_set():
+        for name, url in urls.items():
+            try:
+                r = await http.get(f"{url}/readyz", timeout=3)
+            except httpx.HTTPError:
+                continue  # the process is down: nothing to say
+            if r.status_code == 503 and name not in fault.unready:
+                fault.unready[name] = _reason(r.json().get("checks", {}))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await stop.wait()
+
+
+def _reason(checks: dict[str, Any]) -> str:
+    for check, value in checks.items():
+        if isinstance(value, str) and value != "ok":
+            return f"{check}: {value}"
+        if isinstance(value, dict) and value.get("status") != "ok":
+            problems = value.get("problems") or []
+            return f"{check}: {value.get('status')}" + (f" ({problems[0]})" if problems else "")
+    return "?"
+
+
+class Driver:
+    """Places orders at ``rate`` per second while ``drive`` runs."""
+
+    def __init__(self, scenario: Scenario, rate: float) -> None:
+        self.sc = scenario
+        self.rate = rate
+        self.orders: list[Order] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._base = int(uuid.uuid4().int % 10**8) * 100
+
+    @contextlib.asynccontextmanager
+    async def drive(self, fault: str) -> AsyncIterator[None]:
+        loop = asyncio.create_task(self._loop(fault))
+        try:
+            yield
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+    async def _loop(self, fault: str) -> None:
+        while True:
+            n = len(self.orders)
+            order = Order(str(self._base + n), 9_000_000_000 + self._base + n, fault)
+            self.orders.append(order)
+            task = asyncio.create_task(self._deliver(order))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(1 / self.rate)
+
+    async def settle(self, timeout: float = 300) -> None:  # noqa: ASYNC109
+        """Wait for every order's delivery to be answered 2xx (Shopify retries for hours)."""
+        async with asyncio.timeout(timeout):
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+
+    async def _deliver(self, order: Order) -> None:
+        payload = {
+            "id": order.order_id,
+            "name": f"#{order.order_id % 1_000_000}",
+            "email": f"c{order.customer}@example.com",
+            "created_at": now_iso(),
+            "currency": "USD",
+            "total_price": "50.00",
+            "subtotal_price": "50.00",
+            "customer": {
+                "id": int(order.customer),
+                "email": f"c{order.customer}@example.com",
+                "first_name": "Fay",
+                "orders_count": 1,
+                "accepts_marketing": True,
+            },
+            "line_items": [
+                {"sku": "MUG-1", "product_id": 42, "title": "Mug", "quantity": 1, "price": "50.00"}
+            ],
+        }
+        raw = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Shop-Domain": self.sc.shop_domain,
+            "X-Shopify-Webhook-Id": order.webhook_id,
+            "X-Shopify-Hmac-Sha256": b64hmac(self.sc.shopify_secret, raw),
+            "X-Shopify-API-Version": "2025-01",
+        }
+        backoff = 0.5
+        while True:
+            order.attempts += 1
+            try:
+                r = await self.sc.http.post(
+                    f"{self.sc.url('ingest')}/webhooks/shopify", content=raw, headers=headers
+                )
+                if 200 <= r.status_code < 300:
+                    order.accepted_at = time.monotonic()
+                    return
+                order.non_2xx[r.status_code] += 1
+            except httpx.HTTPError:
+                pass  # the process is down: Shopify retries, so do we
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5)
+
+
+class Checker:
+    """Reconciles accepted orders through the services' public exports."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.sc = scenario
+        self.urls = {
+            name: scenario.url(service)
+            for service, name in (
+                ("ingest", "ingest"),
+                ("journeys", "journeys"),
+                ("loyalty", "loyalty"),
+            )
+        }
+
+    async def counts(self, order: Order) -> dict[str, int] | None:
+        try:
+            merged = await gather_exports(self.sc.http, self.urls, self.sc.key, order.customer)
+        except (ExportIncomplete, httpx.HTTPError):
+            return None  # a service is down: ask again later
+        return {
+            service: sum(1 for row in merged["services"][service].get(table, []) if effect(row))
+            for service, (table, effect) in EFFECTS.items()
+        }
+
+    async def _note_complete(self, orders: list[Order]) -> list[Order]:
+        """Check orders (a few at a time); stamp the complete ones; return the others."""
+        gate = asyncio.Semaphore(16)
+
+        async def one(order: Order) -> bool:
+            async with gate:
+                counts = await self.counts(order)
+            if counts and all(n >= 1 for n in counts.values()):
+                order.complete_at = order.complete_at or time.monotonic()
+                return True
+            return False
+
+        done = await asyncio.gather(*(one(o) for o in orders))
+        return [o for o, ok in zip(orders, done, strict=True) if not ok]
+
+    async def watch(self, orders: list[Order], stop: asyncio.Event) -> None:
+        """Note when each accepted order is first complete (for time-to-recover)."""
+        while not stop.is_set():
+            await self._note_complete([o for o in orders if o.accepted_at and not o.complete_at])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
+
+    async def until_complete(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order of ``orders`` to be complete."""
+        deadline = time.monotonic() + timeout
+        pending = [o for o in orders if o.accepted_at]
+        while pending and time.monotonic() < deadline:
+            pending = await self._note_complete(pending)
+            if pending:
+                await asyncio.sleep(0.5)
+
+    async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order to be complete, then count all."""
+        await self.until_complete(orders, timeout)
+        gate = asyncio.Semaphore(16)
+
+        async def count(order: Order) -> None:
+            async with gate:
+                order.counts = await self.counts(order) or {}
+
+        await asyncio.gather(*(count(o) for o in orders if o.accepted_at))
+
+
+def report(orders: list[Order], faults: list[Fault]) -> tuple[list[str], list[str]]:
+    """Lines of the per-fault table, and the failures (any loss or double)."""
+    lines = [
+        f"{'fault':<24} {'accepted':>8} {'lost':>5} {'doubled':>7} {'recover_s':>9}  "
+        "answers not 2xx (sender retried)"
+    ]
+    failures = []
+    for fault in faults:
+        mine = [o for o in orders if o.fault == fault.name and o.accepted_at]
+        lost = [o for o in mine if not o.counts or min(o.counts.values()) == 0]
+        doubled = [o for o in mine if o.counts and max(o.counts.values()) > 1]
+        done = [o.complete_at for o in mine if o.complete_at]
+        recover = max(0.0, max(done) - fault.ended) if done else float("nan")
+        non_2xx = sum((o.non_2xx for o in mine), Counter[int]())
+        lines.append(
+            f"{fault.name:<24} {len(mine):>8} {len(lost):>5} {len(doubled):>7} "
+            f"{recover:>9.1f}  {dict(non_2xx) or '-'}"
+        )
+        for service, reason in sorted(fault.unready.items()):
+            lines.append(f"{'':<24} /readyz 503 at {service}: {reason[:150]}")
+        for o in lost[:5]:
+            failures.append(f"{fault.name}: order {o.order_id} lost: {o.counts}")
+        for o in doubled[:5]:
+            failures.append(f"{fault.name}: order {o.order_id} doubled: {o.counts}")
+    unaccepted = [o for o in orders if not o.accepted_at]
+    if unaccepted:
+        failures.append(f"{len(unaccepted)} webhooks never answered 2xx")
+    return lines, failures
