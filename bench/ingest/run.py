@@ -1,13 +1,28 @@
-"""Signed Shopify webhooks per second through orders-ingest, against a bare endpoint.
+"""Signed Shopify webhooks per second through orders-ingest, against a bare HMAC endpoint.
+
+The load comes from ``wrk`` (a compiled load generator: a Python client saturates long
+before the service does and then measures itself). Install it with ``apt-get install
+wrk``. Every request is a distinct orders/create webhook (its own order id and webhook
+id), pre-signed here and replayed by ``webhooks.lua``.
 
 Starts the real stack (embedded PostgreSQL and broker unless DATABASE_URL /
 KAFKA_BOOTSTRAP_SERVERS are set), runs orders-ingest under uvicorn in its own process,
-registers a tenant, then posts N signed orders/create webhooks (each a new order and
-webhook id) with C concurrent clients and prints deliveries/s and p50/p99 latency. The
-floor is the same load against ``GET /healthz`` of the same process (HTTP + framework,
-no database). It also prints how long the outbox relay took to publish the backlog.
+registers a tenant, then, in one run:
 
-    uv run python bench/ingest/run.py [--requests 2000] [--concurrency 50]
+1. floor: the same load against ``floor.py`` (reads the body, checks the same HMAC,
+   answers 200) under the same uvicorn settings;
+2. orders-ingest, as fast as C connections allow: throughput, p50/p99/max, and then the
+   deliveries stored against wrk's count of 2xx answers (every delivery id answered
+   2xx is looked up: "lost" must be 0);
+3. orders-ingest at a constant offered rate (wrk's delay() hook paces each thread):
+   1,000/s (target p99 < 50 ms, no error) and 3,000/s (target: no 500; 503 with
+   Retry-After allowed);
+4. orders-ingest again with ``--workers 2`` (what a second process adds on this machine).
+
+After each ingest phase it waits until the stored deliveries are processed and the
+outbox is drained, and prints how long that took. Targets are printed, never asserted.
+
+    uv run python bench/ingest/run.py [--duration 15] [--connections 50] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -21,14 +36,15 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,10 +53,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.devstack.stack import running_stack
 
-FIXTURE = Path(__file__).parents[2] / "services/orders-ingest/tests/fixtures/shopify_order.json"
+HERE = Path(__file__).parent
+FIXTURE = HERE.parents[1] / "services/orders-ingest/tests/fixtures/shopify_order.json"
 ADMIN_TOKEN = uuid.uuid4().hex  # a throwaway admin token for this run
 TENANT = f"bench-{uuid.uuid4().hex[:6]}"
 SHOP = f"{TENANT}.myshopify.com"
+THREADS = 2  # the machine has 2 cores; wrk's threads share them with the service
 
 
 def free_port() -> int:
@@ -49,159 +67,266 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start")
+
+
 @contextlib.contextmanager
-def service(env: dict[str, str], port: int) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "afterglow.kit.cli", "serve", "ingest", "--port", str(port)]
-    cmd += ["--host", "127.0.0.1"]
+def process(cmd: list[str], env: dict[str, str], port: int, what: str) -> Iterator[str]:
     proc = subprocess.Popen(cmd, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("orders-ingest did not start")
+        wait_healthy(url, proc, what)
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
 
 
-def signed(secret: str, order: dict, i: int) -> tuple[bytes, dict[str, str]]:
-    body = copy.deepcopy(order)
-    body["id"] = 10_000_000 + i
-    body["customer"]["id"] = 500_000 + i % 5000
-    raw = json.dumps(body).encode()
-    sig = base64.b64encode(hmac.new(secret.encode(), raw, hashlib.sha256).digest()).decode()
-    return raw, {
-        "Content-Type": "application/json",
-        "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Shop-Domain": SHOP,
-        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
-        "X-Shopify-Hmac-Sha256": sig,
-    }
+def ingest(env: dict[str, str], workers: int) -> contextlib.AbstractContextManager[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "afterglow.kit.cli", "serve", "ingest", "--port", str(port)]
+    cmd += ["--host", "127.0.0.1", "--workers", str(workers)]
+    return process(cmd, env, port, "orders-ingest")
 
 
-async def load(
-    n: int, concurrency: int, call: Callable[[int], Awaitable[httpx.Response]]
-) -> tuple[float, list[float], int]:
-    """Runs n calls with `concurrency` workers; returns (wall s, latencies s, errors)."""
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(n))
-
-    async def worker() -> None:
-        nonlocal errors
-        for i in counter:
-            t0 = time.perf_counter()
-            r = await call(i)
-            latencies.append(time.perf_counter() - t0)
-            if r.status_code >= 300:
-                errors += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start, latencies, errors
+def floor(secret: str) -> contextlib.AbstractContextManager[str]:
+    """The bare HMAC endpoint, under uvicorn with the settings ``afterglow serve`` uses."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "floor:create_app", "--factory"]
+    cmd += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "20"]
+    return process(cmd, {"FLOOR_SECRET": secret}, port, "floor endpoint")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def bench(url: str, database_url: str, n: int, concurrency: int) -> None:
+def write_pool(directory: Path, tag: str, secret: str, size: int, offset: int) -> str:
+    """``size`` signed orders/create bodies, split over the wrk threads' files; order
+    ids start at ``offset`` so no two phases share one."""
     order = json.loads(FIXTURE.read_text())
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        r = await client.post(
-            "/admin/tenants",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            json={
-                "tenant_id": TENANT,
-                "name": "bench",
-                "shopify_shop_domain": SHOP,
-                "platforms": ["shopify"],
-            },
+    prefix = str(directory / f"pool-{tag}")
+    files = [open(f"{prefix}-{t}.tsv", "w") for t in range(THREADS)]  # noqa: SIM115
+    try:
+        for i in range(size):
+            body = copy.deepcopy(order)
+            body["id"] = offset + i
+            body["order_number"] = offset + i
+            body["customer"]["id"] = 500_000 + i % 5000
+            raw = json.dumps(body, separators=(",", ":")).encode()
+            sig = base64.b64encode(hmac.new(secret.encode(), raw, hashlib.sha256).digest())
+            line = f"{tag}-{i}-{uuid.uuid4().hex[:8]}\t{sig.decode()}\t{raw.decode()}\n"
+            files[i % THREADS].write(line)
+    finally:
+        for f in files:
+            f.close()
+    return prefix
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    statuses: dict[int, int]
+    socket_errors: dict[str, int]
+    wrapped: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    ids: list[str]
+
+    @property
+    def ok(self) -> int:
+        return sum(c for s, c in self.statuses.items() if 200 <= s < 300)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def line(self, label: str) -> str:
+        codes = " ".join(f"{s}:{c}" for s, c in sorted(self.statuses.items()))
+        errs = sum(self.socket_errors.values())
+        return (
+            f"  {label:<34} {self.rate:7.0f} req/s  p50 {self.p50_ms:6.1f} ms  "
+            f"p99 {self.p99_ms:7.1f} ms  max {self.max_ms:7.1f} ms  [{codes}]"
+            + (f"  socket errors {self.socket_errors}" if errs else "")
+            + (
+                f"  POOL WRAPPED {self.wrapped}x (ids repeated)"
+                if self.wrapped and not label.startswith("floor")
+                else ""
+            )
         )
-        r.raise_for_status()
-        secret = r.json()["secrets"]["shopify"]
-        bodies = [signed(secret, order, i) for i in range(n + 100)]
 
-        async def webhook(i: int) -> httpx.Response:
-            raw, headers = bodies[i]
-            return await client.post("/webhooks/shopify", content=raw, headers=headers)
 
-        async def warm(i: int) -> httpx.Response:
-            return await webhook(n + i)
+def wrk(
+    url: str, pool: str, workdir: Path, *, connections: int, duration: int, rate: int = 0
+) -> WrkResult:
+    out = workdir / f"wrk-{uuid.uuid4().hex[:6]}.json"
+    env = {
+        **os.environ,
+        "WRK_POOL": pool,
+        "WRK_SHOP": SHOP,
+        "WRK_RATE": str(rate),
+        "WRK_THREADS": str(THREADS),
+        "WRK_OUT": str(out),
+    }
+    cmd = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+    cmd += ["--latency", "-s", str(HERE / "webhooks.lua"), url]
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    data = json.loads(out.read_text())
+    ids = Path(f"{out}.ids").read_text().split()
+    return WrkResult(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        statuses={int(k): v for k, v in data["statuses"].items()},
+        socket_errors={k: v for k, v in data["errors"].items() if v},
+        wrapped=data["wrapped"],
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        ids=ids,
+    )
 
-        async def healthz(_: int) -> httpx.Response:
-            return await client.get("/healthz")
 
-        await load(100, concurrency, warm)
-        await load(200, concurrency, healthz)
-        # Floor first: afterwards the relay is still draining the webhooks' events and
-        # would slow the floor down.
-        floor_wall, floor_lat, _ = await load(n, concurrency, healthz)
-        wall, lat, errors = await load(n, concurrency, webhook)
-        sent_done = time.perf_counter()
-
+async def settle(database_url: str, ids: list[str]) -> tuple[int, float | None]:
+    """How many of ``ids`` are stored, and how long until every stored delivery of the
+    tenant is processed and its events are out of the outbox (None: not within 180 s)."""
     engine = create_async_engine(database_url)
-    drain_s = None
-    async with engine.connect() as conn:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            unsent = (
+    start = time.perf_counter()
+    try:
+        async with engine.connect() as conn:
+            stored = (
                 await conn.execute(
-                    text(
-                        "SELECT count(*) FROM ingest.outbox WHERE sent_at IS NULL AND key LIKE :k"
-                    ),
-                    {"k": f"{TENANT}:%"},
+                    text("SELECT count(*) FROM ingest.deliveries WHERE id = ANY(:ids)"),
+                    {"ids": ids},
                 )
             ).scalar_one()
             await conn.commit()
-            if unsent == 0:
-                drain_s = time.perf_counter() - sent_done
-                break
-            await asyncio.sleep(0.1)
-    await engine.dispose()
+            while time.perf_counter() - start < 180:
+                pending = (
+                    await conn.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM ingest.deliveries "
+                            "        WHERE tenant_id = :t AND status = 'received')"
+                            " + (SELECT count(*) FROM ingest.outbox "
+                            "    WHERE sent_at IS NULL AND key LIKE :k)"
+                        ),
+                        {"t": TENANT, "k": f"{TENANT}:%"},
+                    )
+                ).scalar_one()
+                await conn.commit()
+                if pending == 0:
+                    return int(stored), time.perf_counter() - start
+                await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+    return int(stored), None
 
-    rate, floor_rate = n / wall, n / floor_wall
-    print(f"orders-ingest bench: {n} requests, concurrency {concurrency}, 1 uvicorn worker")
-    print(
-        f"  signed Shopify webhooks: {rate:8.0f} deliveries/s  "
-        f"p50 {pct(lat, 0.50):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  errors {errors}"
+
+def register(url: str) -> str:
+    r = httpx.post(
+        f"{url}/admin/tenants",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={
+            "tenant_id": TENANT,
+            "name": "bench",
+            "shopify_shop_domain": SHOP,
+            "platforms": ["shopify"],
+        },
+        timeout=30,
     )
-    print(
-        f"  floor GET /healthz:      {floor_rate:8.0f} requests/s    "
-        f"p50 {pct(floor_lat, 0.50):6.1f} ms  p99 {pct(floor_lat, 0.99):6.1f} ms"
+    r.raise_for_status()
+    return str(r.json()["secrets"]["shopify"])
+
+
+def report_ingest(label: str, r: WrkResult, stored: int, settle_s: float | None) -> None:
+    print(r.line(label))
+    lost = r.ok - stored
+    drained = (
+        f"processed and drained {settle_s:.1f} s after"
+        if settle_s is not None
+        else ("NOT processed/drained within 180 s")
     )
-    print(f"  ratio webhook/floor throughput: {rate / floor_rate:.2f}")
-    print(f"  mean webhook latency {statistics.mean(lat) * 1000:.1f} ms")
-    if drain_s is not None:
-        print(f"  outbox drained to the broker {drain_s:.2f} s after the last 2xx")
-    else:
-        print("  outbox NOT drained within 120 s")
+    print(f"  {'':<34} answered 2xx {r.ok}, stored {stored}, lost {lost}; {drained}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per phase")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--pool", type=int, default=60_000, help="signed bodies per phase")
+    parser.add_argument("--workers", default="1,2", help="uvicorn worker counts to compare")
+    parser.add_argument("--rates", default="1000,3000", help="constant offered rates (req/s)")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "ingest")
-    with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), ephemeral=True) as stack:
+    workers = [int(w) for w in args.workers.split(",")]
+    rates = [int(r) for r in args.rates.split(",") if r]
+    conns, secs = args.connections, args.duration
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_stack(Path(tmp), ephemeral=True) as stack,
+    ):
+        work = Path(tmp)
         env = {
             **stack.env(),
             "INGEST_ADMIN_TOKEN": ADMIN_TOKEN,
             "LOG_LEVEL": "WARNING",
             "RELAY_POLL_INTERVAL_S": "0.2",
         }
-        with service(env, free_port()) as url:
-            asyncio.run(bench(url, stack.database_url, args.requests, args.concurrency))
+        offset = 10_000_000
+
+        def pool(tag: str, size: int) -> str:
+            nonlocal offset
+            prefix = write_pool(work, tag, secret, size, offset)
+            offset += size
+            return prefix
+
+        print(
+            f"orders-ingest bench: signed Shopify orders/create, wrk -t{THREADS} "
+            f"-c{conns} -d{secs}s, {os.cpu_count()} cores"
+        )
+        with ingest(env, workers[0]) as url:
+            secret = register(url)
+        with floor(secret) as furl:
+            fl = wrk(furl, pool("floor", args.pool), work, connections=conns, duration=secs)
+        print(fl.line("floor (bare HMAC endpoint)"))
+        for n in workers:
+            with ingest(env, n) as url:
+                r = wrk(url, pool(f"w{n}", args.pool), work, connections=conns, duration=secs)
+                stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                report_ingest(f"orders-ingest, {n} worker(s)", r, stored, settle_s)
+                print(
+                    f"  {'':<34} ratio to floor {r.ok / r.seconds / fl.rate:.3f} "
+                    "(target >= 0.40, zero lost)"
+                )
+                if n != workers[0]:
+                    continue
+                for rate in rates:
+                    r = wrk(
+                        url,
+                        pool(f"r{rate}", int(rate * secs * 1.2)),
+                        work,
+                        connections=max(conns, rate // 10),
+                        duration=secs,
+                        rate=rate,
+                    )
+                    stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                    report_ingest(f"orders-ingest at {rate}/s offered", r, stored, settle_s)
+                    server_errors = sum(c for s, c in r.statuses.items() if s >= 500 and s != 503)
+                    print(
+                        f"  {'':<34} 5xx other than 503: {server_errors}; targets: "
+                        + ("p99 < 50 ms, no error" if rate <= 1000 else "no 500")
+                    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -67,6 +68,50 @@ async def api_key(client: httpx.AsyncClient, tenant_id: str, *scopes: str) -> st
     return str(r.json()["key"])
 
 
+_READ_KEYS: dict[str, str] = {}
+
+
+class Settled:
+    """A webhook's answer, with the outcome of its processing.
+
+    Receivers answer 200 ``received`` once the raw delivery is stored; the worker then
+    normalizes it and emits its events. ``status_code`` and ``text`` are the answer's;
+    ``json()`` is the delivery's final status and event ids as GET /v1/deliveries/{id}
+    shows them (the answer itself when it was not ``received``: duplicate, quarantined
+    at once, fetch_pending, errors)."""
+
+    def __init__(self, answer: httpx.Response, outcome: dict[str, Any]) -> None:
+        self.answer = answer
+        self.status_code = answer.status_code
+        self.text = answer.text
+        self._outcome = outcome
+
+    def json(self) -> dict[str, Any]:
+        return self._outcome
+
+
+async def settled(
+    client: httpx.AsyncClient, tenant_id: str, answer: Any, timeout_s: float = 30
+) -> Settled:
+    """Wait (bounded) until the delivery ``answer`` names is no longer ``received``."""
+    if isinstance(answer, Settled):
+        return answer
+    if answer.status_code >= 300 or answer.json().get("status") != "received":
+        return Settled(answer, answer.json())
+    if tenant_id not in _READ_KEYS:
+        _READ_KEYS[tenant_id] = await api_key(client, tenant_id, "orders:read")
+    auth = {"Authorization": f"Bearer {_READ_KEYS[tenant_id]}"}
+    did = answer.json()["delivery_id"]
+    async with asyncio.timeout(timeout_s):
+        while True:
+            d = await client.get(f"/v1/deliveries/{did}", headers=auth)
+            assert d.status_code == 200, d.text
+            if d.json()["status"] != "received":
+                out = {"delivery_id": did, "status": d.json()["status"]}
+                return Settled(answer, out | {"events": d.json()["event_ids"]})
+            await asyncio.sleep(0.02)
+
+
 def shop_domain(tenant_id: str) -> str:
     return f"{tenant_id}.myshopify.com"
 
@@ -81,9 +126,12 @@ async def post_shopify(
     webhook_id: str | None = None,
     body: bytes | None = None,
     signature: str | None = None,
-) -> httpx.Response:
+    settle: bool = True,
+) -> Any:
+    """Post as Shopify does; with ``settle`` (default) wait for the delivery to be
+    processed and return a :class:`Settled`, else the raw answer."""
     raw = body if body is not None else dumps(payload)
-    return await client.post(
+    r = await client.post(
         "/webhooks/shopify",
         content=raw,
         headers={
@@ -95,13 +143,20 @@ async def post_shopify(
             "X-Shopify-API-Version": "2025-01",
         },
     )
+    return await settled(client, tenant_id, r) if settle else r
 
 
 async def post_woo(
-    client: httpx.AsyncClient, tenant_id: str, secret: str, topic: str, payload: Any
-) -> httpx.Response:
+    client: httpx.AsyncClient,
+    tenant_id: str,
+    secret: str,
+    topic: str,
+    payload: Any,
+    settle: bool = True,
+) -> Any:
+    """Post as WooCommerce does; ``settle`` as for :func:`post_shopify`."""
     raw = dumps(payload)
-    return await client.post(
+    r = await client.post(
         f"/webhooks/woocommerce/{tenant_id}",
         content=raw,
         headers={
@@ -113,6 +168,7 @@ async def post_woo(
             "X-WC-Webhook-Signature": b64hmac(secret, raw),
         },
     )
+    return await settled(client, tenant_id, r) if settle else r
 
 
 def standard_headers(

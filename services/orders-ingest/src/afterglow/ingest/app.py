@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import logging
 
-from afterglow.ingest import api, bigcommerce, export
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
+from afterglow.kit.errors import error_response
 from afterglow.kit.export import export_router
+
+log = logging.getLogger(__name__)
 
 SPEC = ServiceSpec(
     name="ingest",
@@ -22,10 +32,49 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker, bigcommerce.fetch_worker]
+    return [reconciliation_worker, bigcommerce.fetch_worker, processing.processing_worker]
+
+
+async def _start_receiving(runtime: Runtime) -> None:
+    """The webhook hot path's group commit (writer tasks) and tenant cache. The writer
+    wakes this process's processing worker after each commit."""
+    settings = runtime.settings
+    assert isinstance(settings, IngestSettings)
+    writer = DeliveryWriter(
+        runtime.engine,
+        max_waiting=settings.ingest_intake_max_waiting,
+        max_batch=settings.ingest_intake_max_batch,
+        retry_after_s=settings.ingest_intake_retry_after_s,
+        on_commit=processing.wakeup_of(runtime).set,
+    )
+    runtime.extras["delivery_writer"] = writer
+    runtime.extras["tenant_directory"] = TenantDirectory(
+        runtime.sessionmaker, settings.ingest_directory_ttl_s
+    )
+    for n in range(settings.ingest_intake_writers):
+        runtime.tasks.append(asyncio.create_task(writer.run(), name=f"delivery-writer-{n}"))
 
 
 def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    app = _create_app(settings, clock)
+    # Overload is never a 500: a pool that ran dry (QueuePool timeout) or a database
+    # out of reach is a 503 with Retry-After, which every sender retries.
+    for exc in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError):
+        app.add_exception_handler(exc, _unavailable)
+    return app
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("answered 503: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        "the service is overloaded or its database unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI:
     return create_service_app(
         SPEC,
         settings or IngestSettings(),
@@ -42,6 +91,7 @@ def create_app(settings: IngestSettings | None = None, clock: Clock | None = Non
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
+        on_start=_start_receiving,
         clock=clock,
         openapi_tags=[
             {"name": "webhooks", "description": "Signed deliveries from platforms"},

@@ -371,6 +371,35 @@ async def accept(
     )
     if did is None:
         return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    return await apply(
+        session,
+        outbox,
+        tables,
+        tenant_id=tenant_id,
+        delivery_id=did,
+        platform=platform,
+        dedupe_key=dedupe_key,
+        normalized=normalized,
+        received_at=received_at,
+    )
+
+
+async def apply(
+    session: AsyncSession,
+    outbox: Outbox,
+    tables: EventTables,
+    *,
+    tenant_id: str,
+    delivery_id: str,
+    platform: str,
+    dedupe_key: str,
+    normalized: domain.Normalized,
+    received_at: datetime,
+) -> Outcome:
+    """A stored delivery's events, erasures and final status (the caller's transaction):
+    right after storing it (:func:`accept`) or later, from the stored row (the webhook
+    receivers' processing worker)."""
+    did = delivery_id
     if not normalized.known_topic:
         await finish(session, did, "archived", [])
         return Outcome(did, "archived")

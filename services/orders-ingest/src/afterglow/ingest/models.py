@@ -92,6 +92,13 @@ class Delivery(Base):
             "next_attempt_at",
             postgresql_where=text("status = 'fetch_pending'"),
         ),
+        # The processing worker's claim, oldest first: only deliveries not yet applied.
+        Index(
+            "ix_deliveries_received",
+            "received_at",
+            "id",
+            postgresql_where=text("status = 'received'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -99,7 +106,9 @@ class Delivery(Base):
     platform: Mapped[str] = mapped_column(Text)
     topic: Mapped[str] = mapped_column(Text)
     dedupe_key: Mapped[str] = mapped_column(Text)
-    # processed: events emitted (maybe none); archived: unknown topic, kept for replay;
+    # received: stored by a webhook receiver, not yet normalized (the processing
+    # worker's queue); processed: events emitted (maybe none); archived: unknown topic,
+    # kept for replay; quarantined: not normalizable (last_error says why);
     # fetch_pending: BigCommerce, waiting for the fetch worker; failed: the fetch gave up
     # (last_error says why).
     status: Mapped[str] = mapped_column(Text)

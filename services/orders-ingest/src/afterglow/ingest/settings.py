@@ -30,3 +30,22 @@ class IngestSettings(ServiceSettings):
     ingest_fetch_max_attempts: int = 30
     ingest_fetch_retry_base_s: float = 30.0
     ingest_fetch_retry_max_s: float = 3600.0
+    # The webhook hot path (group_commit): requests admitted at once (waiting for
+    # their body, signature or commit); past it a webhook is answered 503 with
+    # Retry-After (seconds). At 1,000/s a commit round takes a few ms, so a few dozen
+    # wait at a time; 500 bounds the wait near half a second at full load.
+    ingest_intake_max_waiting: int = 500
+    ingest_intake_retry_after_s: int = 1
+    # Deliveries per group commit, and writer tasks (one gathers while one commits:
+    # they hold one pooled connection each, whatever the request rate).
+    ingest_intake_max_batch: int = 500
+    ingest_intake_writers: int = 2
+    # How long tenants and webhook secrets are cached by a receiving process.
+    ingest_directory_ttl_s: float = 2.0
+    # The processing worker: deliveries per transaction, and its poll (backstop of
+    # the in-process wake-up, for deliveries another process stored).
+    ingest_process_batch: int = 200
+    ingest_process_poll_s: float = 1.0
+    # How long a round may wait while this process's webhook requests wait for their
+    # commit (answers first in a burst; 0 disables).
+    ingest_process_defer_s: float = 0.5

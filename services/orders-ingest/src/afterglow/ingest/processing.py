@@ -1,0 +1,197 @@
+"""From stored deliveries to events, in batches, off the webhook's request path.
+
+The receivers store a verified delivery as ``received`` and answer (see
+:mod:`afterglow.ingest.group_commit`). This worker claims ``received`` deliveries with
+``FOR UPDATE SKIP LOCKED`` (two processes never take the same one), normalizes them
+and applies each (order book, order facts, outbox events, final status) in one
+transaction per batch: the batch's work commits together or not at all, so a worker
+killed midway leaves its deliveries ``received`` and they are claimed again. A payload
+that cannot be normalized turns the delivery ``quarantined`` here, with the reason,
+as the receivers did before.
+
+The writer wakes the worker after each commit (an in-process event); a poll is the
+backstop for deliveries stored by another process, or left by a crash.
+
+A batch that fails for an unexpected reason (a bug on one payload, a deadlock with a
+concurrent batch) is rolled back and its deliveries are applied one transaction each,
+so one bad delivery cannot hold back the others: that one is ``failed``, with the
+reason, for an operator to replay. A database error stops the round instead (the
+supervisor restarts the loop with backoff): an outage is not the deliveries' fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.ingest import domain, intake
+from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
+from afterglow.ingest.group_commit import RECEIVED
+from afterglow.ingest.models import Delivery
+from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.app import Runtime
+from afterglow.kit.errors import AppError
+
+log = logging.getLogger(__name__)
+
+FAILED = "failed"
+
+
+def wakeup_of(runtime: Runtime) -> asyncio.Event:
+    """Set by the writer after a commit; awaited by the worker between rounds."""
+    event = runtime.extras.setdefault("processing_wakeup", asyncio.Event())
+    assert isinstance(event, asyncio.Event)
+    return event
+
+
+async def processing_worker(runtime: Runtime) -> None:
+    """Background loop (create_service_app workers=): rounds until nothing is left,
+    then sleep until woken or the poll interval passes."""
+    settings = _settings(runtime)
+    wakeup = wakeup_of(runtime)
+    while True:
+        await _answers_first(runtime, settings.ingest_process_defer_s)
+        wakeup.clear()  # before the round: a commit during it wakes the next one
+        claimed = await process_received(runtime, settings.ingest_process_batch)
+        if claimed < settings.ingest_process_batch:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.ingest_process_poll_s):
+                    await wakeup.wait()
+
+
+async def _answers_first(runtime: Runtime, max_defer_s: float) -> None:
+    """While webhook requests of this process wait for their commit, the round waits
+    (at most ``max_defer_s``): the two share one CPU, and in a burst the senders'
+    answers matter more than events a moment sooner."""
+    writer = runtime.extras.get("delivery_writer")
+    if writer is None or max_defer_s <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_defer_s
+    while True:
+        if getattr(writer, "waiting", 0) == 0 or loop.time() >= deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def process_received(runtime: Runtime, batch: int) -> int:
+    """One round: claim up to ``batch`` received deliveries and apply them in one
+    transaction. Returns how many were claimed."""
+    try:
+        async with runtime.sessionmaker.begin() as session:
+            rows = await _claim(session, batch)
+            for row in rows:
+                await _apply_one(runtime, session, row)
+        return len(rows)
+    except DBAPIError as exc:
+        if not _is_conflict(exc):
+            raise
+        log.info("a batch met a concurrent one (%s); applying one by one", type(exc).__name__)
+    except Exception:
+        log.exception("a batch of deliveries failed; applying them one by one")
+    return await _one_by_one(runtime, batch)
+
+
+async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
+    # Oldest first, so what a shop said first (order created) is applied first.
+    rows = await session.execute(
+        select(
+            Delivery.id,
+            Delivery.tenant_id,
+            Delivery.platform,
+            Delivery.topic,
+            Delivery.dedupe_key,
+            Delivery.body,
+            Delivery.received_at,
+        )
+        .where(Delivery.status == RECEIVED)
+        .order_by(Delivery.received_at, Delivery.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows.all())  # type: ignore[arg-type]
+
+
+async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> None:
+    d = row._mapping
+    did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
+    received_at: datetime = d["received_at"]
+    try:
+        payload = parse_payload(bytes(d["body"]), platform)
+        normalized = await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
+    except (domain.NormalizationError, AppError) as exc:
+        reason = (
+            intake.quarantine_reason(exc)
+            if isinstance(exc, domain.NormalizationError)
+            else str(exc)
+        )
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id == did)
+            .values(status=intake.QUARANTINED, last_error=reason[:1000])
+        )
+        intake.QUARANTINED_TOTAL.labels(platform).inc()
+        return
+    if normalized.stored_body is not None:
+        # customers/redact: kept without the contact data it asks us to forget.
+        await session.execute(
+            update(Delivery).where(Delivery.id == did).values(body=normalized.stored_body)
+        )
+    await intake.apply(
+        session,
+        runtime.outbox,
+        runtime.tables,
+        tenant_id=tenant_id,
+        delivery_id=did,
+        platform=platform,
+        dedupe_key=str(d["dedupe_key"]),
+        normalized=normalized,
+        received_at=received_at,
+    )
+
+
+async def _one_by_one(runtime: Runtime, batch: int) -> int:
+    done = 0
+    for _ in range(batch):
+        row = None
+        try:
+            async with runtime.sessionmaker.begin() as session:
+                rows = await _claim(session, 1)
+                if not rows:
+                    return done
+                row = rows[0]
+                await _apply_one(runtime, session, row)
+        except DBAPIError as exc:
+            if not _is_conflict(exc):
+                raise
+            continue  # claimed again on a next round
+        except Exception as exc:
+            if row is None:
+                raise
+            log.exception("a delivery could not be applied; marked failed")
+            async with runtime.sessionmaker.begin() as session:
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id == row.id, Delivery.status == RECEIVED)
+                    .values(status=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:1000])
+                )
+        done += 1
+    return done
+
+
+def _is_conflict(exc: DBAPIError) -> bool:
+    """A deadlock or serialization failure with a concurrent batch: worth retrying."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001") or "deadlock" in str(exc)
+
+
+def _settings(runtime: Runtime) -> IngestSettings:
+    settings = runtime.settings
+    assert isinstance(settings, IngestSettings)
+    return settings

@@ -1,0 +1,146 @@
+"""The webhook hot path: group commit, then processing from the stored deliveries.
+
+A 2xx means stored, and what is stored is processed once (test_killed_ingest kills a
+real process in between); past the bound of waiting requests the answer is 503 with
+Retry-After; a client leaving mid-body is no server error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hotpath_support import (
+    database,
+    headers,
+    order_body,
+    post_order,
+    tenant_state,
+    until_processed,
+)
+from ingest_support import delivery_count, register, settled
+
+from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
+
+
+class TestGroupCommit:
+    async def test_200_concurrent_webhooks_all_stored_and_each_emits_once(
+        self, client, stack, tenant_id
+    ):
+        secret = (await register(client, tenant_id))["shopify"]
+        answers = await asyncio.gather(
+            *(post_order(client, tenant_id, secret, n) for n in range(200))
+        )
+        assert {r.status_code for r in answers} == {200}, {r.text for r in answers}
+        assert {r.json()["status"] for r in answers} == {"received"}
+        answered = {r.json()["delivery_id"] for r in answers}
+        assert len(answered) == 200
+        async with database(stack) as engine:
+            state = await until_processed(engine, tenant_id, 200)
+        assert set(state["deliveries"]) == answered
+        assert {s for s, _ in state["deliveries"].values()} == {"processed"}
+        events = [e for _, ids in state["deliveries"].values() for e in ids]
+        assert len(events) == 200 and sorted(events) == sorted(state["placed"])
+
+    async def test_a_retry_in_the_same_batch_is_its_duplicate(self, client, tenant_id):
+        secret = (await register(client, tenant_id))["shopify"]
+        body = order_body(1)
+        h = headers(tenant_id, secret, body, "wh-twice")
+        first, second = await asyncio.gather(
+            client.post("/webhooks/shopify", content=body, headers=h),
+            client.post("/webhooks/shopify", content=body, headers=h),
+        )
+        assert sorted(r.json()["status"] for r in (first, second)) == ["duplicate", "received"]
+        assert first.json()["delivery_id"] == second.json()["delivery_id"]
+        stored = first if first.json()["status"] == "received" else second
+        done = await settled(client, tenant_id, stored)
+        assert done.json()["status"] == "processed" and len(done.json()["events"]) == 1
+
+
+class TestOverload:
+    async def test_past_the_bound_a_webhook_is_503_with_retry_after_and_nothing_stored(
+        self, client, runtime, tenant_id
+    ):
+        secret = (await register(client, tenant_id))["shopify"]
+        writer = runtime.extras["delivery_writer"]
+        bound = writer.max_waiting
+        writer.max_waiting = 0  # the bound reached: every webhook is turned away
+        try:
+            r = await post_order(client, tenant_id, secret, 1)
+        finally:
+            writer.max_waiting = bound
+        assert r.status_code == 503
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+        assert await delivery_count(runtime, tenant_id) == 0
+
+    async def test_waiting_requests_are_bounded_and_released_by_the_commit(self, stack, tenant_id):
+        async with database(stack) as engine:
+            writer = DeliveryWriter(engine, max_waiting=2, max_batch=10, retry_after_s=3)
+            now = datetime.now(UTC)
+            new = [
+                NewDelivery(tenant_id, "shopify", "orders/create", f"k{n}", {}, b"{}", now)
+                for n in range(3)
+            ]
+            waiting = [asyncio.ensure_future(writer.store(d)) for d in new[:2]]
+            await asyncio.sleep(0)  # both are queued; no writer task runs yet
+            with pytest.raises(Overloaded) as refused:
+                await writer.store(new[2])
+            assert refused.value.headers == {"Retry-After": "3"}
+            task = asyncio.ensure_future(writer.run())
+            try:
+                assert await asyncio.gather(*waiting) == [True, True]
+            finally:
+                task.cancel()
+            state = await tenant_state(engine, tenant_id)
+        assert set(state["deliveries"]) == {d.id for d in new[:2]}
+
+
+class TestClientLeaves:
+    async def test_a_disconnect_mid_body_is_logged_at_info_without_traceback(
+        self, app_and_client, caplog
+    ):
+        app = app_and_client[0]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/webhooks/shopify",
+            "raw_path": b"/webhooks/shopify",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"5000"),
+                (b"x-shopify-hmac-sha256", b"c2ln"),
+                (b"x-shopify-shop-domain", b"nobody.myshopify.com"),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        messages = iter(
+            [
+                {"type": "http.request", "body": b'{"id": 1,', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with caplog.at_level(logging.INFO):
+            await app(scope, receive, send)
+        left = [r for r in caplog.records if "disconnected" in r.getMessage()]
+        assert [r.levelno for r in left] == [logging.INFO]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
