@@ -13,6 +13,7 @@ import email.policy
 import html
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -32,7 +33,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
@@ -672,6 +673,197 @@ class TestProviderEvents:
         await mail.request("c-pm", kind="check_in", category="transactional")
         [m] = await mail.wait("c-pm", statuses("suppressed"))
         assert m["reason"] == "address_suppressed: hard_bounce"
+
+
+class FakeSns:
+    """AWS's side of SNS as an endpoint sees it: the signing certificate served by URL,
+    and the SubscribeURL that confirms a subscription (it records the token). Messages
+    are signed here the way SNS documents it (SignatureVersion 2: SHA256withRSA over
+    "Name\\nvalue\\n" of the type's fields, in order)."""
+
+    TOPIC = "arn:aws:sns:eu-west-1:123456789012:lumen-ses-events"
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = cert.public_bytes(serialization.Encoding.PEM)
+        self.confirmed: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.cert_url = f"{self.base}/SimpleNotificationService-0123.pem"
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        query = dict(parse_qsl(scope["query_string"].decode()))
+        if scope["path"] == "/SimpleNotificationService-0123.pem":
+            return await respond(send, 200, {"content-type": "text/plain"}, self.pem)
+        if scope["path"] == "/" and query.get("Action") == "ConfirmSubscription":
+            self.confirmed.append(query["Token"])
+            return await respond(send, 200, {"content-type": "text/xml"}, b"<ok/>")
+        await respond(send, 404, {"content-type": "text/plain"}, b"not found")
+
+    def message(self, kind: str, key: Any = None, **fields: str) -> dict[str, str]:
+        m = {
+            "Type": kind,
+            "MessageId": new_id("sns"),
+            "TopicArn": self.TOPIC,
+            "Timestamp": "2026-12-03T12:00:00.000Z",
+            "SignatureVersion": "2",
+            "SigningCertURL": self.cert_url,
+            **fields,
+        }
+        signed = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+        if kind != "Notification":
+            signed = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token"]
+            signed += ["TopicArn", "Type"]
+        text_ = "".join(f"{k}\n{m[k]}\n" for k in signed if k in m)
+        signature = (key or self.key).sign(text_.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return {**m, "Signature": base64.b64encode(signature).decode()}
+
+
+@pytest.fixture(scope="module")
+def fake_sns() -> Iterator[FakeSns]:
+    fake = FakeSns()
+    server, thread = serve_in_thread(fake.app, fake.sock)
+    yield fake
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def ses(mail: Tenant, fake_sns: FakeSns) -> Iterator[Tenant]:
+    """The mail tenant, with this run's SNS standing in for AWS's hosts."""
+    extras = mail.runtime.extras
+    previous = extras["messaging_settings"]
+    prefix = re.escape(fake_sns.base) + "/"
+    extras["messaging_settings"] = previous.model_copy(update={"sns_url_prefix": prefix})
+    yield mail
+    extras["messaging_settings"] = previous
+
+
+class TestSesThroughSns:
+    async def post(self, t: Tenant, message: Any) -> httpx.Response:
+        # SNS posts JSON with a text/plain content type.
+        body = message if isinstance(message, bytes) else json.dumps(message).encode()
+        return await t.client.post(
+            f"/v1/messaging/events/ses/{t.id}",
+            content=body,
+            headers={"content-type": "text/plain; charset=UTF-8"},
+        )
+
+    async def test_confirms_its_topic_and_suppresses_bounces_and_complaints(
+        self, ses, fake_sns, smtp
+    ):
+        r = await ses.client.put(
+            "/v1/messaging/provider-events",
+            json={"ses_topic_arn": FakeSns.TOPIC},
+            headers=ses.auth,
+        )
+        assert r.status_code == 200 and r.json()["ses_topic_arn"] == FakeSns.TOPIC, r.text
+        token = "tok-" + new_id("t")
+        confirm = fake_sns.message(
+            "SubscriptionConfirmation",
+            Message="You have chosen to subscribe to the topic.",
+            Token=token,
+            SubscribeURL=f"{fake_sns.base}/?Action=ConfirmSubscription&TopicArn=x&Token={token}",
+        )
+        r = await self.post(ses, confirm)
+        assert r.status_code == 200 and r.json() == {"confirmed": True}, r.text
+        assert fake_sns.confirmed == [token]
+
+        bounced = await mail_customer(ses, smtp, "c-ses-bounce")
+        complained = await mail_customer(ses, smtp, "c-ses-spam")
+        full = await mail_customer(ses, smtp, "c-ses-full")
+        bounce = {
+            "notificationType": "Bounce",
+            "bounce": {
+                "bounceType": "Permanent",
+                "bounceSubType": "General",
+                "bouncedRecipients": [
+                    {"emailAddress": bounced, "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
+                ],
+            },
+            "mail": {"messageId": "0100018c-1"},
+        }
+        transient = {
+            "notificationType": "Bounce",
+            "bounce": {"bounceType": "Transient", "bouncedRecipients": [{"emailAddress": full}]},
+        }
+        complaint = {
+            "eventType": "Complaint",
+            "complaint": {
+                "complainedRecipients": [{"emailAddress": complained}],
+                "complaintFeedbackType": "abuse",
+            },
+        }
+        answers = [
+            (await self.post(ses, fake_sns.message("Notification", Message=json.dumps(m)))).json()
+            for m in (bounce, transient, complaint)
+        ]
+        assert answers == [
+            {"suppressed": 1, "hard_bounces": 1, "complaints": 0},
+            {"suppressed": 0, "hard_bounces": 0, "complaints": 0},
+            {"suppressed": 1, "hard_bounces": 0, "complaints": 1},
+        ]
+        await ses.request("c-ses-bounce", kind="check_in", category="transactional")
+        [m] = await ses.wait("c-ses-bounce", statuses("suppressed"))
+        assert m["reason"] == "address_suppressed: hard_bounce"
+        details = await suppression_details(ses)
+        assert "smtp; 550 5.1.1 user unknown" in details.values()
+
+    async def test_forgeries_are_refused(self, ses, fake_sns):
+        r = await ses.client.put(
+            "/v1/messaging/provider-events",
+            json={"ses_topic_arn": FakeSns.TOPIC},
+            headers=ses.auth,
+        )
+        assert r.status_code == 200
+        event = json.dumps(
+            {
+                "notificationType": "Complaint",
+                "complaint": {"complainedRecipients": [{"emailAddress": "a@b.test"}]},
+            }
+        )
+        stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        forged = fake_sns.message("Notification", key=stranger, Message=event)
+        other_topic = {
+            **fake_sns.message("Notification", Message=event),
+            "TopicArn": "arn:aws:sns:eu-west-1:999999999999:someone-else",
+        }
+        elsewhere = {
+            **fake_sns.message("Notification", Message=event),
+            "SigningCertURL": "http://169.254.169.254/latest/cert.pem",
+        }
+        tampered = {**fake_sns.message("Notification", Message=event), "Message": "{}"}
+        for message in (forged, other_topic, elsewhere, tampered):
+            r = await self.post(ses, message)
+            assert r.status_code == 401, (message, r.text)
+            assert r.json()["error"]["code"] == "unauthorized"
+        r = await self.post(ses, b"not json")
+        assert r.status_code == 422
+        r = await self.post(ses, {"Type": "Notification", "Message": "{}"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "MessageId"
+        r = await ses.client.put(
+            "/v1/messaging/provider-events",
+            json={"ses_topic_arn": "arn:aws:sns:eu-west-1:12:not-an-account"},
+            headers=ses.auth,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "ses_topic_arn"
+        assert await suppression_details(ses) == {}
 
 
 class TestRateLimit:

@@ -4,8 +4,9 @@
   signed webhook, SMTP for email, Twilio for SMS); credentials are sealed and never
   returned (``password_set``), and may be left out of an update to keep them.
 * ``PUT /v1/messaging/provider-events``: the keys of the bounce and complaint webhooks.
-* ``POST /v1/messaging/events/sendgrid/{tenant}`` and ``/events/postmark/{tenant}``: hard
-  bounces and complaints suppress the address.
+* ``POST /v1/messaging/events/sendgrid/{tenant}``, ``/events/postmark/{tenant}`` and
+  ``/events/ses/{tenant}`` (Amazon SES through SNS): hard bounces and complaints
+  suppress the address.
 * ``POST /v1/messaging/inbound/twilio/{tenant}``: inbound SMS; STOP suppresses the
   number for marketing, START lifts it, HELP answers with the shop's name.
 
@@ -23,6 +24,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
+import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from fastapi import Depends, Request
 from fastapi.responses import Response
@@ -32,6 +34,7 @@ from sqlalchemy import select
 
 from afterglow.journeys.messaging import store
 from afterglow.journeys.messaging.channels import provider_events as pe
+from afterglow.journeys.messaging.channels import sns
 from afterglow.journeys.messaging.channels.sms_text import e164
 from afterglow.journeys.messaging.channels.twilio import DEFAULT_API
 from afterglow.journeys.messaging.models import MessagingChannel, MessagingTenantSettings
@@ -40,7 +43,7 @@ from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import PayloadTooLarge, Unauthorized, Unprocessable
+from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized, Unprocessable
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
@@ -230,6 +233,7 @@ class ProviderEventsIn(BaseModel):
                     "sendgrid_public_key": None,
                     "postmark_username": "postmark",
                     "postmark_password": "kq3-vT9x-Lm2p",
+                    "ses_topic_arn": "arn:aws:sns:eu-west-1:123456789012:lumen-ses-events",
                 }
             ]
         }
@@ -245,6 +249,9 @@ class ProviderEventsIn(BaseModel):
     postmark_password: (
         Annotated[str, StringConstraints(min_length=12, max_length=200), NoControls] | None
     ) = None
+
+    # The SNS topic SES publishes the tenant's bounces and complaints to; null removes it.
+    ses_topic_arn: Annotated[str, StringConstraints(pattern=sns.TOPIC_ARN)] | None = None
 
     @field_validator("sendgrid_public_key")
     @classmethod
@@ -376,7 +383,9 @@ async def delete_channel(
 @router.put(
     "/v1/messaging/provider-events",
     summary="Keys of the bounce and complaint webhooks",
-    responses=openapi.example(200, {"sendgrid_public_key": None, "postmark_auth_set": True}),
+    responses=openapi.example(
+        200, {"sendgrid_public_key": None, "postmark_auth_set": True, "ses_topic_arn": None}
+    ),
 )
 async def put_provider_events(
     body: ProviderEventsIn, request: Request, session: Session, principal: Principal = Write
@@ -399,10 +408,12 @@ async def put_provider_events(
     row.postmark_auth = (
         f"{body.postmark_username}:{body.postmark_password}" if body.postmark_username else None
     )
+    row.ses_topic_arn = body.ses_topic_arn
     row.updated_at = runtime_of(request).clock.now()
     return {
         "sendgrid_public_key": row.sendgrid_public_key,
         "postmark_auth_set": row.postmark_auth is not None,
+        "ses_topic_arn": row.ses_topic_arn,
     }
 
 
@@ -598,3 +609,84 @@ async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> R
     settings = await session.get(MessagingTenantSettings, tenant_id)
     shop = (settings.shop_name if settings else None) or "us"
     return _twiml(f"Messages from {shop}. Reply STOP to unsubscribe, START to resubscribe.")
+
+
+class SnsUnavailable(AppError):
+    """AWS could not be reached to check or confirm an SNS message: SNS retries a 5xx
+    (and not a 4xx), so a transient failure here loses no bounce."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+_CERTIFICATES = sns.CertificateCache()
+
+
+@router.post(
+    "/v1/messaging/events/ses/{tenant_id}",
+    summary="Amazon SES bounces and complaints through Amazon SNS (signed by AWS)",
+    description=(
+        "The SNS message (JSON, posted as text/plain) from the topic set as"
+        " `ses_topic_arn` in provider-events. The signature is checked with AWS's signing"
+        " certificate; a `SubscriptionConfirmation` of that topic is confirmed; a"
+        " `Notification` carrying an SES `Bounce` (Permanent) or `Complaint` suppresses"
+        " the recipients."
+    ),
+    responses=openapi.errors(
+        openapi.example(200, _SUPPRESSED_OUT),
+        openapi.error(401, _NOT_VERIFIED_DOC, "unauthorized", NOT_VERIFIED),
+        _EVENTS_TOO_LARGE,
+        openapi.error(
+            422,
+            "The body is not an SNS message",
+            "validation_error",
+            "TopicArn is required and must be a string",
+            field="TopicArn",
+        ),
+        openapi.error(
+            503,
+            "AWS's certificate or confirmation URL could not be reached; SNS will retry",
+            "unavailable",
+            "the SNS signing certificate could not be fetched",
+        ),
+    ),
+)
+async def ses_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
+    body = await _body(request)
+    try:
+        envelope = sns.parse_envelope(_json(body))
+    except sns.EnvelopeError as exc:
+        raise Unprocessable(str(exc), field=exc.field) from exc
+    tenant = await session.get(MessagingTenantSettings, tenant_id)
+    if tenant is None or not tenant.ses_topic_arn or envelope.topic_arn != tenant.ses_topic_arn:
+        raise Unauthorized(NOT_VERIFIED)
+    config = messaging_settings(runtime_of(request))
+    if not sns.cert_url_allowed(envelope.cert_url, config.sns_url_prefix):
+        raise Unauthorized(NOT_VERIFIED)
+    pem = await _CERTIFICATES.get(envelope.cert_url, config.sns_timeout_s)
+    if pem is None:
+        raise SnsUnavailable("the SNS signing certificate could not be fetched")
+    if not sns.verify(envelope, pem):
+        raise Unauthorized(NOT_VERIFIED)
+    if envelope.kind == "SubscriptionConfirmation":
+        return {"confirmed": await _confirm(envelope, config.sns_url_prefix, config.sns_timeout_s)}
+    if envelope.kind == "UnsubscribeConfirmation":
+        return {"confirmed": False}
+    events = sns.ses_events(envelope.message)
+    return await _apply_events(request, session, tenant_id, events, "ses")
+
+
+async def _confirm(envelope: sns.Envelope, prefix: str, timeout_s: float) -> bool:
+    """Visit the SubscribeURL of a verified confirmation of the tenant's own topic. Only
+    AWS's hosts are allowed (the prefix), so this cannot be pointed inside our network."""
+    url = envelope.subscribe_url or ""
+    if not sns.subscribe_url_allowed(url, prefix):
+        raise Unprocessable("SubscribeURL is not an SNS confirmation URL", field="SubscribeURL")
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise SnsUnavailable("the subscription could not be confirmed with SNS") from exc
+    if response.status_code != 200:
+        raise SnsUnavailable(f"SNS answered {response.status_code} to the confirmation")
+    return True

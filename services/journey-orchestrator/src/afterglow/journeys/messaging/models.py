@@ -108,6 +108,9 @@ class MessagingTenantSettings(Base):
     postmark_auth: Mapped[str | None] = mapped_column(
         SealedText("journeys.messaging_settings.postmark_auth")
     )
+    # Amazon SES through SNS: AWS signs every message, so what is ours to check is that
+    # it comes from the tenant's own topic.
+    ses_topic_arn: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TZ)
 
 

@@ -43,6 +43,11 @@ class MessagingSettings(BaseSettings):
     # ... and give up (suppressed, no_endpoint) after this long.
     endpoint_wait_s: float = 3 * 86400.0
     dlq_send_timeout_s: float = 10.0
+    # Where SNS signing certificates and subscription confirmations may be fetched from
+    # (a regex prefix of the URL): AWS's own SNS hosts (commercial and China; GovCloud
+    # regions have the first form). Tests serve their own.
+    sns_url_prefix: str = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    sns_timeout_s: float = 5.0
 
 
 def messaging_settings(runtime: Runtime) -> MessagingSettings:
