@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from afterglow.devstack.demo import FAST_ENV, SERVICES, Receiver, Scenario
+from afterglow.devstack.demo import (
+    FAST_ENV,
+    SERVICES,
+    Receiver,
+    Scenario,
+    email_through_catcher,
+)
+from afterglow.devstack.mailcatcher import MailCatcher
+from afterglow.devstack.processes import free_port
 from afterglow.devstack.services import RunningServices, running_services
 from afterglow.devstack.stack import Stack
 from afterglow.events.testing import TopicTap, eventually
@@ -68,11 +76,16 @@ def stages(journey: dict[str, Any]) -> list[str]:
     return [h["to_stage"] for h in journey["instances"][0]["history"] if h["kind"] == "stage"]
 
 
-async def test_customer_journey_end_to_end(services: RunningServices, stack: Stack) -> None:
+async def test_customer_journey_end_to_end(
+    services: RunningServices, stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     urls = {n: [p.url for p in procs] for n, procs in services.processes.items()}
     dlq_topics = [t.dlq for t in TOPICS]
     failures: list[str] = []
-    with Receiver().running() as receiver:
+    mail = MailCatcher(
+        tmp_path_factory.mktemp("e2e-mail"), smtp_port=free_port(), http_port=free_port()
+    )
+    with Receiver().running() as receiver, mail.running():
         async with (
             TopicTap(stack.kafka_bootstrap_servers, *dlq_topics) as dlq,
             Scenario(urls, ADMIN_TOKEN, receiver, say=print, timeout=90) as sc,
@@ -84,6 +97,12 @@ async def test_customer_journey_end_to_end(services: RunningServices, stack: Sta
             # Every check runs and every failure is reported at once: one run shows
             # every gap between the services, not only the first.
             await _check_final_state(sc, receiver, failures)
+            # As the demo ends: the tenant's email channel switched to SMTP, a thank-you
+            # arrives at a real SMTP server (the dev mail catcher) as a MIME message.
+            await email_through_catcher(sc, mail.smtp_port, mail.url, str(mail.folder))
+            [eml] = mail.messages()
+            if "multipart/alternative" not in eml.read_text(errors="replace"):
+                failures.append("the email over SMTP has no text and HTML alternatives")
             dead = [e for e in await dlq.events(settle=1.0) if e.tenantid == sc.tenant_id]
             if dead:
                 failures.append(
