@@ -532,7 +532,9 @@ class TestSms:
         # 11 + 80 UTF-16 units (the emoji takes two): over 70, so 67 a segment.
         assert delivered["reason"].endswith("(2 segments, UCS-2)")
 
-    async def test_inbound_stop_suppresses_marketing_and_start_lifts_it(self, texting, twilio):
+    async def test_inbound_stop_suppresses_marketing_and_start_lifts_it(
+        self, texting, twilio, stack
+    ):
         phone = "+14155550124"
         own = {"text": "Nudge: you have points at {{ shop_name }}"}
         r = await texting.client.put(
@@ -548,8 +550,15 @@ class TestSms:
         forged = {"x-twilio-signature": twilio_signature("wrong-token", url, form.items())}
         assert (await texting.client.post(path, data=form, headers=forged)).status_code == 401
         signed = {"x-twilio-signature": twilio_signature(AUTH_TOKEN, url, form.items())}
-        r = await texting.client.post(path, data=form, headers=signed)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
+        async with TopicTap(stack.kafka_bootstrap_servers, "afterglow.customers") as tap:
+            r = await texting.client.post(path, data=form, headers=signed)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
+            events = await tap.wait_for(
+                lambda e: e.tenantid == texting.id and e.type.endswith("unsubscribed.v1")
+            )
+        # The rest of the platform hears it as it hears an unsubscribe link.
+        assert [(e.subject, e.data.channel) for e in events] == [("c-stop", "sms")]
+        assert (await sms_unsubscribed(texting, "c-stop")) is not None
         await texting.request("c-stop", kind="loyalty_nudge", channel="sms")
         [m] = await texting.wait("c-stop", statuses("suppressed"))
         assert m["reason"] == "address_suppressed: sms_stop"
@@ -557,6 +566,7 @@ class TestSms:
         form = {"From": phone, "To": SHOP_PHONE, "Body": "START", "MessageSid": "SM2"}
         signed = {"x-twilio-signature": twilio_signature(AUTH_TOKEN, url, form.items())}
         assert (await texting.client.post(path, data=form, headers=signed)).status_code == 200
+        assert (await sms_unsubscribed(texting, "c-stop")) is None
         await texting.request("c-stop", kind="loyalty_nudge", channel="sms")
         await texting.wait("c-stop", statuses("suppressed", "sent"))
         assert len(nudges(twilio, phone)) == 1
@@ -570,6 +580,12 @@ class TestSms:
         r = await texting.client.post(path, data=form, headers=signed)
         assert r.status_code == 200
         assert "<Message>Messages from Lumen &amp; Co. Reply STOP" in r.text
+
+
+async def sms_unsubscribed(t: Tenant, customer: str) -> datetime | None:
+    async with t.runtime.sessionmaker() as session:
+        contact = await session.get(MessageContact, (t.id, customer), populate_existing=True)
+        return contact.sms_unsubscribed_at if contact else None
 
 
 async def suppression_details(t: Tenant) -> dict[str, str | None]:

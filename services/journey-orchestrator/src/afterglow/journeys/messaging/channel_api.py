@@ -8,7 +8,8 @@
   ``/events/ses/{tenant}`` (Amazon SES through SNS): hard bounces and complaints
   suppress the address.
 * ``POST /v1/messaging/inbound/twilio/{tenant}``: inbound SMS; STOP suppresses the
-  number for marketing, START lifts it, HELP answers with the shop's name.
+  number for marketing and unsubscribes its customers from SMS (customer.unsubscribed),
+  START lifts both, HELP answers with the shop's name.
 
 The tenant in a provider URL only says whose key to check: a request is accepted only
 when it verifies with that tenant's key (unknown tenant and bad signature are the same
@@ -601,10 +602,20 @@ async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> R
     if word == "stop":
         stop = [(sender, "sms_stop", "STOP")]
         await store.suppress(session, tenant_id, "sms", stop, "twilio", now)
+        # The number's customers are unsubscribed from SMS as by a link, and the rest of
+        # the platform hears it (customer.unsubscribed, channel sms): a journey does not
+        # keep planning texts to someone who said STOP.
+        outbox = runtime_of(request).outbox
+        for customer_id in await store.customers_with_phone(session, tenant_id, sender):
+            await store.unsubscribe(
+                session, outbox, tenant_id=tenant_id, customer_id=customer_id,
+                channel="sms", at=now, emit=True,
+            )  # fmt: skip
         # Twilio answers STOP itself (Advanced Opt-Out), and carriers allow one reply.
         return _twiml()
     if word == "start":
         await store.unsuppress(session, tenant_id, "sms", sender, "sms_stop")
+        await store.resubscribe_sms(session, tenant_id, sender, now)
         return _twiml()
     settings = await session.get(MessagingTenantSettings, tenant_id)
     shop = (settings.shop_name if settings else None) or "us"

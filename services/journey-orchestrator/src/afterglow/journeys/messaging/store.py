@@ -97,6 +97,31 @@ async def record(
     )
 
 
+async def customers_with_phone(session: AsyncSession, tenant_id: str, phone: str) -> list[str]:
+    """The tenant's contacts that carry this E.164 number (an SMS reply names only it)."""
+    rows = await session.execute(
+        select(MessageContact.customer_id).where(
+            MessageContact.tenant_id == tenant_id, MessageContact.phone == phone
+        )
+    )
+    return list(rows.scalars())
+
+
+async def resubscribe_sms(session: AsyncSession, tenant_id: str, phone: str, at: datetime) -> int:
+    """An SMS START from this number: its contacts take texts again (the consent is the
+    reply itself). Email is untouched."""
+    result = await session.execute(
+        update(MessageContact)
+        .where(
+            MessageContact.tenant_id == tenant_id,
+            MessageContact.phone == phone,
+            MessageContact.sms_unsubscribed_at.is_not(None),
+        )
+        .values(sms_unsubscribed_at=None, updated_at=at)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def unsubscribe(
     session: AsyncSession,
     outbox: Outbox,
