@@ -4,8 +4,9 @@ sent again after its lease, with the same ``Message-ID`` (so the receiving side 
 recognise the repeat), and ends ``sent``.
 
 Its own pytest process (``afterglow.devstack.suite.ISOLATED``): the suite's in-process
-orchestrator app (tests/conftest.py ``orch``) runs a dispatcher of its own on the same
-tables, which would take the killed process's leased message and hide what this checks.
+orchestrator app (this service's tests/conftest.py ``orch``) runs a dispatcher of its
+own on the same tables, which would take the killed process's leased message and hide
+what this checks.
 Time is the real clock here, so the tenant's quiet hours are switched off.
 """
 
@@ -174,7 +175,7 @@ async def test_a_send_killed_after_the_server_took_it_is_retried_with_the_same_m
         # and recorded before the kill is armed, so the killed send is the test's.
         await eventually(
             lambda: messages(client, auth, customer),
-            lambda ms: [m["status"] for m in ms] == ["sent"],
+            lambda ms: bool(ms) and {m["status"] for m in ms} == {"sent"},
             timeout=60,
         )
         smtp.arm(first)
