@@ -194,7 +194,5 @@ def sample_events() -> list[c.EventData]:
         c.DiscountRevoked(
             code="AG-7QK2M9XW4P3R", reference="rd-1", reason="clawback", revoked_at=T
         ),
-        c.DiscountUsed(
-            code="AG-7QK2M9XW4P3R", reference="rd-1", order_id="shopify:4", used_at=T
-        ),
+        c.DiscountUsed(code="AG-7QK2M9XW4P3R", reference="rd-1", order_id="shopify:4", used_at=T),
     ]
