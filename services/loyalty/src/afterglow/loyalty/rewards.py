@@ -13,8 +13,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from afterglow.events.catalog import DiscountRequested, MessageRequested, Money
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import BatchHandler, CloudEvent
+from afterglow.events.catalog import DiscountFailed, DiscountRequested, MessageRequested, Money
+from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.loyalty import store
 from afterglow.loyalty.domain import Reward
+from afterglow.loyalty.models import LotRow, Redemption
 
 # How long a reward code stays valid in the shop; past it, ingest disables it there.
 REWARD_VALID_DAYS = 365
@@ -47,3 +54,61 @@ def shop_discount(
         reference=redemption_id,
         announce=announce,
     )
+
+
+# --- answers from the shop ------------------------------------------------------------
+
+
+class RewardAnswers:
+    """``discount.failed``: the code could not be created in the shop, so the member
+    never heard of it; the points spent on it go back (an ``adjust`` credit whose lot
+    id is derived from the code, so a repeated answer credits nothing more).
+
+    Rare (a shop refusing or unreachable for hours), so handled one event at a time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def discount_failed(
+        self, session: AsyncSession, events: list[CloudEvent[DiscountFailed]]
+    ) -> None:
+        now = self.rt.clock.now()
+        for e in events:
+            redemption = await session.scalar(
+                select(Redemption).where(
+                    Redemption.tenant_id == e.tenantid, Redemption.id == e.data.reference
+                )
+            )
+            if redemption is None or redemption.code.upper() != e.data.code.upper():
+                continue  # another issuer's code (a referral reward)
+            rules = await store.load_rules(session, e.tenantid)
+            account = await store.lock_account(
+                session, e.tenantid, redemption.customer_id, now, rules, create=False
+            )
+            if account is None:
+                continue
+            refund_lot = f"reward-refund:{redemption.id}"
+            if await session.get(LotRow, refund_lot) is not None:
+                continue  # given back already (the same answer under another event id)
+            wallet = await store.load_wallet(session, account)
+            entries = wallet.adjust(
+                redemption.points,
+                rules,
+                now,
+                f"reward {redemption.reward_id} could not be created in the shop: {e.data.reason}"[
+                    :500
+                ],
+                "system:discount.failed",
+                lot_id=refund_lot,
+            )
+            await store.persist(session, self.rt.outbox, account, wallet, entries, now)
+
+
+def consumers(runtime: Runtime) -> list[ConsumerSpec]:
+    answers = RewardAnswers(runtime)
+    return [
+        ConsumerSpec(
+            "rewards",
+            {"afterglow.discount.failed.v1": BatchHandler(answers.discount_failed)},
+        )
+    ]
