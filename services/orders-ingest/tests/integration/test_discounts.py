@@ -143,6 +143,12 @@ class TestShopifyDiscount:
         assert created.data.platform_discount_id == shop.discounts[code]["id"]
         [row] = await actions(client, tenant_id)
         assert (row["status"], row["platform"], row["last_error"]) == ("active", "shopify", None)
+        # The customer's data export lists the code created for them.
+        key = await api_key(client, tenant_id, "customers:export")
+        r = await client.get(
+            f"/v1/customers/{CUSTOMER}/export", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert [d["code"] for d in r.json()["records"]["shop_discounts"]] == [code]
 
     async def test_a_lost_answer_is_retried_without_creating_a_second_discount(
         self, client, shops, producer, taps, tenant_id
