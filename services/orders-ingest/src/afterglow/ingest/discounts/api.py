@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from afterglow.ingest.discounts import store
 from afterglow.ingest.models import ShopDiscount
@@ -21,30 +22,27 @@ router = service_router(prefix="/v1/platform-actions", tags=["platform actions"]
 State = Literal["creating", "active", "used", "disabling", "disabled", "failed"]
 
 
+_EXAMPLE: JsonDict = {
+    "kind": "discount",
+    "code": "AG-7QK2M9XW4P3R",
+    "customer_id": "115310627314723954",
+    "issuer": "loyalty",
+    "reference": "rd_91c4e2b7",
+    "platform": "shopify",
+    "platform_id": "gid://shopify/DiscountCodeNode/1057371",
+    "status": "active",
+    "pending_action": None,
+    "attempts": 0,
+    "next_attempt_at": None,
+    "last_error": None,
+    "ends_at": "2027-03-10T11:05:00Z",
+    "used_order_id": None,
+    "updated_at": "2026-03-10T11:05:02Z",
+}
+
+
 class PlatformActionOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "kind": "discount",
-                    "code": "AG-7QK2M9XW4P3R",
-                    "customer_id": "115310627314723954",
-                    "issuer": "afterglow/loyalty",
-                    "reference": "rd_91c4e2b7",
-                    "platform": "shopify",
-                    "platform_id": "gid://shopify/DiscountCodeNode/1057371",
-                    "status": "active",
-                    "pending_action": None,
-                    "attempts": 0,
-                    "next_attempt_at": None,
-                    "last_error": None,
-                    "ends_at": "2026-06-08T11:05:00Z",
-                    "used_order_id": None,
-                    "updated_at": "2026-03-10T11:05:02Z",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
     kind: Literal["discount"] = "discount"
     code: str
     customer_id: str
@@ -85,6 +83,7 @@ class PlatformActionOut(BaseModel):
 
 
 class PlatformActionPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_EXAMPLE]}]})
     items: list[PlatformActionOut]
 
 
