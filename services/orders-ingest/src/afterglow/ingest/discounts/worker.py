@@ -117,6 +117,12 @@ async def _run_one(
         )
     except PlatformError as exc:
         await _failed(runtime, claim, platform, exc)
+    except Exception as exc:
+        # An answer of an unexpected shape (or a bug): retried, and counted, so that it
+        # ends in discount.failed after the last attempt instead of retrying forever.
+        log.exception("discount call raised", extra={"code": claim.code})
+        reason = f"{type(exc).__name__}: {exc}"
+        await _failed(runtime, claim, platform, PlatformError(reason, permanent=False))
     else:
         await _succeeded(runtime, claim, platform or "", pid)
 
