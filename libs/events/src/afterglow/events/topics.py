@@ -45,6 +45,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic("afterglow.reviews", ("review",), 6, 14, "Product reviews"),
     Topic("afterglow.loyalty", ("points", "tier"), 6, 14, "Points and tiers"),
     Topic("afterglow.referrals", ("referral",), 6, 14, "Referral codes and conversions"),
+    Topic("afterglow.discounts", ("discount",), 6, 14, "Reward codes in the tenants' shops"),
 )
 
 TOPICS_BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}

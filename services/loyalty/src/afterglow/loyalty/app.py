@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
+from afterglow.loyalty import rewards
 from afterglow.loyalty.api import router
 from afterglow.loyalty.export import collect
 from afterglow.loyalty.handlers import consumers
@@ -32,7 +33,8 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         title="Afterglow loyalty",
         description="Points ledger, tiers and rewards.",
         routers=[router, export_router(SPEC.name, collect)],
-        consumers=consumers,
+        # The ledger's consumers, and the shop's answers about reward codes.
+        consumers=lambda runtime: [*consumers(runtime), *rewards.consumers(runtime)],
         workers=workers,
         clock=clock,
     )

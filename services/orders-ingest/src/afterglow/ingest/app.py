@@ -11,6 +11,9 @@ from fastapi.responses import JSONResponse
 
 from afterglow.ingest import api, bigcommerce, export, processing
 from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest.discounts import api as discounts_api
+from afterglow.ingest.discounts import handlers as discounts_handlers
+from afterglow.ingest.discounts.worker import discount_worker
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
@@ -32,7 +35,12 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker, bigcommerce.fetch_worker, processing.processing_worker]
+    return [
+        reconciliation_worker,
+        bigcommerce.fetch_worker,
+        processing.processing_worker,
+        discount_worker,
+    ]
 
 
 async def _start_receiving(runtime: Runtime) -> None:
@@ -88,8 +96,10 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             api.rest,
             api.operators,
             api.admin,
+            discounts_api.router,
             export_router("orders-ingest", export.collect),
         ],
+        consumers=discounts_handlers.consumers,
         workers=_workers,
         on_start=_start_receiving,
         clock=clock,
@@ -98,6 +108,10 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             {"name": "orders and support events", "description": "Internal REST (API keys)"},
             {"name": "deliveries", "description": "Stored deliveries, for operators"},
             {"name": "admin", "description": "Tenant registry (admin token)"},
+            {
+                "name": "platform actions",
+                "description": "Reward codes created and disabled in the tenant's shop",
+            },
             {"name": "privacy", "description": "A customer's data export (customers:export)"},
         ],
     )

@@ -1,4 +1,5 @@
-"""orders-ingest's share of a customer's data export: the order book and raw deliveries.
+"""orders-ingest's share of a customer's data export: the order book, raw deliveries
+and the reward codes created in the shop for them.
 
 Deliveries are found by the subjects they spoke about (recorded since migration 0003).
 Their headers are left out: signatures, webhook ids and the sender's user agent are
@@ -13,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import Delivery, Order
+from afterglow.ingest.models import Delivery, Order, ShopDiscount
 from afterglow.kit.export import Records, rows
 
 DELIVERY_COLUMNS_LEFT_OUT = ("headers", "dedupe_key")
@@ -22,6 +23,7 @@ DELIVERY_COLUMNS_LEFT_OUT = ("headers", "dedupe_key")
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
     orders = Order.__table__
     deliveries = Delivery.__table__
+    discounts = ShopDiscount.__table__
     return {
         "orders": await rows(
             session,
@@ -41,6 +43,16 @@ async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Re
                 order_by=["received_at", "id"],
             )
         ],
+        # Reward codes created in the shop for them (the announcement left out: it is
+        # the issuer's message, cleared once released).
+        "shop_discounts": await rows(
+            session,
+            discounts,
+            discounts.c.tenant_id == tenant_id,
+            discounts.c.customer_id == customer_id,
+            exclude=("announce",),
+            order_by=["created_at", "code"],
+        ),
     }
 
 

@@ -192,5 +192,56 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ShopDiscount(Base):
+    """A reward code in a tenant's shop, and the platform action it waits for.
+
+    ``state``: creating (the create call is due at ``next_attempt_at``, or leased until
+    it), active (exists in the shop), used (an order spent it), disabling (the disable
+    call is due), disabled, failed (never created; ``last_error`` says why). The code is
+    the key: a repeated request finds this row, a retried create first looks the code
+    up in the shop (discounts.platforms), so no shop ever holds it twice."""
+
+    __tablename__ = "shop_discounts"
+    __table_args__ = (
+        # The worker's claim: only rows with a platform call due are indexed.
+        Index(
+            "ix_shop_discounts_due",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('creating', 'disabling')"),
+        ),
+        # Expiry: active codes past their end are disabled in the shop.
+        Index("ix_shop_discounts_ends", "ends_at", postgresql_where=text("state = 'active'")),
+        Index("ix_shop_discounts_tenant_updated", "tenant_id", "updated_at"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    code: Mapped[str] = mapped_column(Text, primary_key=True)  # upper case
+    customer_id: Mapped[str] = mapped_column(Text)  # the event subject
+    issuer: Mapped[str] = mapped_column(Text)  # the requesting service (event source)
+    reference: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    value_kind: Mapped[str] = mapped_column(Text)
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(Text)
+    percent: Mapped[int | None] = mapped_column(Integer)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The message.requested data released when the code exists (then cleared).
+    announce: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(Text)
+    platform: Mapped[str | None] = mapped_column(Text)
+    platform_discount_id: Mapped[str | None] = mapped_column(Text)
+    # Set by a revoke that arrives while the code is still being created: the worker
+    # disables it as soon as it exists, and never announces it.
+    revoke_reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    used_order_id: Mapped[str | None] = mapped_column(Text)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 tables = event_tables(Base.metadata)
 api_keys = api_keys_table(Base.metadata)

@@ -49,3 +49,14 @@ class IngestSettings(ServiceSettings):
     # How long a round may wait while this process's webhook requests wait for their
     # commit (answers first in a burst; 0 disables).
     ingest_process_defer_s: float = 0.5
+    # Reward codes in shops (discounts/): how often the worker looks for due platform
+    # calls, how many it takes at once, the deadline of one call (a lost answer is then
+    # retried, and the retry looks the code up before creating), and the retries: attempt
+    # n waits base * 2**(n-1) s, capped; 12 attempts from 5 s to 15 min span about 1.5 h
+    # of shop API outage before a code fails and its issuer is told (discount.failed).
+    ingest_discount_poll_s: float = 1.0
+    ingest_discount_batch: int = 16
+    ingest_discount_timeout_s: float = 15.0
+    ingest_discount_max_attempts: int = 12
+    ingest_discount_retry_base_s: float = 5.0
+    ingest_discount_retry_max_s: float = 900.0

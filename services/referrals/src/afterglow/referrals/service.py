@@ -31,7 +31,7 @@ from afterglow.events.catalog import (
 )
 from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.kit.clock import Clock
-from afterglow.referrals import domain
+from afterglow.referrals import domain, rewards
 from afterglow.referrals.models import Code, Order, Referral, TenantSettings
 from afterglow.referrals.settings import ReferralsSettings
 
@@ -447,21 +447,24 @@ class ReferralService:
 
     async def _reward_referee(self, session: AsyncSession, referral: Referral) -> None:
         """The referee's half of a double-sided reward: a discount code for their next
-        order, requested as a message. The discount itself is created in the tenant's
-        shop by their integration, which receives the code in the message variables."""
+        order, created in the tenant's shop by orders-ingest, which then sends the
+        message announcing it (rewards.py)."""
         referral.referee_reward_code = "RF" + domain.generate_code(8)
         await session.flush()
+        announce = MessageRequested(
+            request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
+            kind="referee_reward",
+            variables={
+                "reward_code": referral.referee_reward_code,
+                "referral_code": referral.code,
+            },
+            order_id=referral.order_id,
+        )
         await self.outbox.add(
             session,
             self._event(
-                MessageRequested(
-                    request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
-                    kind="referee_reward",
-                    variables={
-                        "reward_code": referral.referee_reward_code,
-                        "referral_code": referral.code,
-                    },
-                    order_id=referral.order_id,
+                rewards.referee_discount(
+                    referral.referee_reward_code, referral.id, self.clock.now(), announce
                 ),
                 tenant_id=referral.tenant_id,
                 subject=referral.referee_customer_id,
@@ -489,6 +492,17 @@ class ReferralService:
                 id=derived_event_id(SOURCE, "rejected", referral.id),
             ),
         )
+        if referral.referee_reward_code:
+            # The friend's code was issued with the conversion: it goes with it.
+            await self.outbox.add(
+                session,
+                self._event(
+                    rewards.clawback(referral.referee_reward_code, self.clock.now()),
+                    tenant_id=referral.tenant_id,
+                    subject=referral.referee_customer_id,
+                    id=derived_event_id(SOURCE, "referee_reward_clawback", referral.id),
+                ),
+            )
 
     # --- lifecycle after attribution ------------------------------------------------
     #
