@@ -28,6 +28,7 @@ from afterglow.events.failures import (
 from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
 from afterglow.events.outbox import Outbox, OutboxRelay
 from afterglow.events.shutdown import cancel_and_wait, stop_within
+from afterglow.events.subscriptions import ConsumerGroup, Subscription, on, on_batch
 from afterglow.events.tables import EventTables, event_tables
 from afterglow.events.topics import TOPICS, Topic, ensure_topics
 
@@ -36,6 +37,7 @@ __all__ = [
     "TOPICS",
     "BatchHandler",
     "CloudEvent",
+    "ConsumerGroup",
     "EventConsumer",
     "EventData",
     "EventHandler",
@@ -50,6 +52,7 @@ __all__ = [
     "OutboxRelay",
     "PermanentError",
     "RetryPolicy",
+    "Subscription",
     "Topic",
     "TransientError",
     "UnknownEventType",
@@ -63,6 +66,8 @@ __all__ = [
     "ensure_topics",
     "event_tables",
     "from_record",
+    "on",
+    "on_batch",
     "stop_within",
     "to_record",
     "topic_for",

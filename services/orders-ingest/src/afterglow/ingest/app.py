@@ -9,6 +9,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from afterglow.events import catalog as c
 from afterglow.ingest import api, bigcommerce, export, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
@@ -28,6 +29,21 @@ SPEC = ServiceSpec(
     app_factory="afterglow.ingest.app:create_app",
     migrations="afterglow.ingest:migrations",
     default_port=8001,
+    # Ingest consumes nothing but API keys; it is where the world's events come in.
+    produces=(
+        c.OrderPlaced,
+        c.OrderFulfilled,
+        c.OrderDelivered,
+        c.OrderRefunded,
+        c.OrderCancelled,
+        c.TicketOpened,
+        c.TicketUpdated,
+        c.TicketResolved,
+        c.CustomerErasureRequested,
+        c.CustomerUnsubscribed,
+        c.ApiKeyIssued,
+        c.ApiKeyRevoked,
+    ),
 )
 
 
