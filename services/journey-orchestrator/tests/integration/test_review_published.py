@@ -8,8 +8,7 @@ from typing import Any
 
 from afterglow.events import catalog as c
 from afterglow.events.catalog import MessageRequested
-from afterglow.journeys import domain
-from afterglow.journeys import handlers
+from afterglow.journeys import domain, handlers
 from afterglow.journeys.handlers import ENGINE
 
 from ..conftest import Orchestrator, new_customer, order_placed
