@@ -30,7 +30,8 @@ from afterglow.events.outbox import Outbox, OutboxRelay
 from afterglow.events.shutdown import cancel_and_wait, stop_within
 from afterglow.events.subscriptions import ConsumerGroup, Subscription, on, on_batch
 from afterglow.events.tables import EventTables, event_tables
-from afterglow.events.topics import TOPICS, Topic, ensure_topics
+from afterglow.events.topic_admin import ensure_topics
+from afterglow.events.topics import TOPICS, Topic
 
 __all__ = [
     "EVENT_TYPES",
