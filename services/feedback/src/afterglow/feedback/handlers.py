@@ -78,8 +78,10 @@ CONSUMERS = (
     ConsumerGroup(
         "events",
         on(SurveyRequested, survey_requested),
+        # feedback owns the review link, so it requests the review message itself
         on(ReviewRequested, review_requested),
         on(OrderPlaced, order_placed),
+        # the customer's referral code is linked in feedback's messages
         on(ReferralCodeIssued, code_issued),
         on(CustomerErasureRequested, erasure),
         context=_runtime,
