@@ -25,7 +25,7 @@ SPEC = ServiceSpec(
     default_port=8002,
     # The engine and messaging keep separate groups: a backlog of messages to queue
     # must not hold up journeys, nor the other way round.
-    consumers=(handlers.ENGINE, messaging_handlers.MESSAGING),
+    consumers=(*handlers.CONSUMERS, *messaging_handlers.CONSUMERS),
     produces=(
         c.JourneyStageChanged,
         c.MessageRequested,

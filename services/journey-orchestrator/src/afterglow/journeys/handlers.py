@@ -145,3 +145,5 @@ ENGINE = ConsumerGroup(
     on(CustomerErasureRequested, on_erasure),
     context=_runtime,
 )
+
+CONSUMERS = (ENGINE,)

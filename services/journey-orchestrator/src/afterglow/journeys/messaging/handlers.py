@@ -84,6 +84,7 @@ MESSAGING = ConsumerGroup(
     on(CustomerErasureRequested, erasure),
     context=_runtime,
 )
+CONSUMERS = (MESSAGING,)
 
 
 async def accept_request(
