@@ -47,10 +47,11 @@ test-faults: install ## kill -9 each service, stop PostgreSQL 15 s and Kafka 30 
 	@AFTERGLOW_FAULTS=1 $(UV) run pytest tests/reliability -p no:cacheprovider -s -q $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff (lint and format check) and mypy
+lint: install ## ruff (lint and format check), mypy and the import contracts (.importlinter)
 	@$(UV) run ruff check .
 	@$(UV) run ruff format --check .
 	@$(UV) run mypy libs/*/src services/*/src
+	@$(UV) run lint-imports --no-cache
 
 .PHONY: fmt
 fmt: install ## format and fix what ruff can

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from afterglow.events import catalog as c
 from afterglow.feedback import api, export, handlers, pages
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
-from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, create_service_app
+from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 
@@ -17,11 +18,15 @@ SPEC = ServiceSpec(
     app_factory="afterglow.feedback.app:create_app",
     migrations="afterglow.feedback:migrations",
     default_port=8003,
+    consumers=handlers.CONSUMERS,
+    produces=(
+        c.SurveySent,
+        c.SurveyResponded,
+        c.ReviewSubmitted,
+        c.ReviewPublished,
+        c.MessageRequested,
+    ),
 )
-
-
-def _consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    return [ConsumerSpec("events", handlers.build_handlers(runtime))]
 
 
 def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -37,6 +42,5 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
             api.router,
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
-        consumers=_consumers,
         clock=clock,
     )

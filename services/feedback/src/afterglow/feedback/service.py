@@ -84,7 +84,7 @@ async def handle_survey_requested(
     session: AsyncSession,
     outbox: Outbox,
     settings: FeedbackSettings,
-    event: CloudEvent[Any],
+    event: CloudEvent[SurveyRequested],
     now: datetime,
 ) -> None:
     data: SurveyRequested = event.data
@@ -142,7 +142,7 @@ async def handle_review_requested(
     session: AsyncSession,
     outbox: Outbox,
     settings: FeedbackSettings,
-    event: CloudEvent[Any],
+    event: CloudEvent[ReviewRequested],
     now: datetime,
 ) -> None:
     """The journey asks for a review; feedback owns the signed link, so it requests the

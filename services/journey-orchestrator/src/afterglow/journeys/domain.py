@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from afterglow.events import catalog as c
 from afterglow.events.catalog import is_first_order
 
 # --- durations and event names ---------------------------------------------------------
@@ -96,27 +97,35 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 
-# Event types the engine can anchor on or wait for. Short names ("order.delivered") are
-# accepted and normalised to the catalog type.
+# The events the engine consumes: what a journey may be triggered by, anchor a wait on,
+# wait for, exit on or count as its goal, and what the dry run accepts. The one list:
+# the engine's consumer group subscribes to exactly these (handlers.py), so a journey
+# can never wait for an event that no handler delivers.
+ENGINE_EVENTS: tuple[type[c.EventData], ...] = (
+    c.OrderPlaced,
+    c.OrderFulfilled,
+    c.OrderDelivered,
+    c.OrderRefunded,
+    c.OrderCancelled,
+    c.TicketOpened,
+    c.TicketUpdated,
+    c.TicketResolved,
+    c.SurveySent,
+    c.SurveyResponded,
+    c.ReviewSubmitted,
+    c.ReviewPublished,
+    c.PointsEarned,
+    c.PointsRedeemed,
+    c.TierChanged,
+    c.ReferralCodeIssued,
+    c.ReferralConverted,
+    c.CustomerUnsubscribed,
+)
+
+# Short names ("order.delivered") are accepted and normalised to the catalog type.
 KNOWN_EVENTS = {
-    "order.placed",
-    "order.fulfilled",
-    "order.delivered",
-    "order.refunded",
-    "order.cancelled",
-    "ticket.opened",
-    "ticket.updated",
-    "ticket.resolved",
-    "survey.sent",
-    "survey.responded",
-    "review.submitted",
-    "review.published",
-    "points.earned",
-    "points.redeemed",
-    "tier.changed",
-    "referral.code_issued",
-    "referral.converted",
-    "customer.unsubscribed",
+    re.sub(r"\.v\d+$", "", cls.model_fields["type"].default.removeprefix("afterglow."))
+    for cls in ENGINE_EVENTS
 }
 
 

@@ -11,35 +11,15 @@ from sqlalchemy import cast, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
-from afterglow.events.catalog import is_anonymous_subject
+from afterglow.events import CloudEvent, ConsumerGroup, on
+from afterglow.events.catalog import CustomerErasureRequested, is_anonymous_subject
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.models import CustomerProfile, JourneyInstance
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 
 # Merged into an erased customer's instance state (JSONB ||): their order and its dates.
 ERASED_STATE_FIELDS = cast({"order_id": None, "anchors": {}}, JSONB)
-
-JOURNEY_EVENTS = [
-    "afterglow.order.placed.v1",
-    "afterglow.order.fulfilled.v1",
-    "afterglow.order.delivered.v1",
-    "afterglow.order.refunded.v1",
-    "afterglow.order.cancelled.v1",
-    "afterglow.ticket.opened.v1",
-    "afterglow.ticket.updated.v1",
-    "afterglow.ticket.resolved.v1",
-    "afterglow.survey.sent.v1",
-    "afterglow.survey.responded.v1",
-    "afterglow.review.submitted.v1",
-    "afterglow.points.earned.v1",
-    "afterglow.points.redeemed.v1",
-    "afterglow.tier.changed.v1",
-    "afterglow.referral.code_issued.v1",
-    "afterglow.referral.converted.v1",
-    "afterglow.customer.unsubscribed.v1",
-]
 
 # The moment an event happened in the world (anchors use it, not the envelope time,
 # so a late delivery report still anchors the delay on the real delivery).
@@ -55,6 +35,7 @@ _WHEN_FIELDS = (
     "sent_at",
     "responded_at",
     "submitted_at",
+    "published_at",
     "earned_at",
     "redeemed_at",
     "changed_at",
@@ -98,7 +79,9 @@ async def apply_event(session: AsyncSession, runtime: Runtime, event: CloudEvent
     await store.save_profile(session, tenant, customer, outcome.profile, now)
 
 
-async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+async def erase(
+    session: AsyncSession, runtime: Runtime, event: CloudEvent[CustomerErasureRequested]
+) -> None:
     """GDPR: wipe what describes the person and stop every journey (no more messages);
     counts and transitions (aggregates, no PII) remain."""
     now = runtime.clock.now()
@@ -140,13 +123,27 @@ async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any])
         )
 
 
-def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
-    async def on_event(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        await apply_event(session, runtime, event)
+async def on_event(runtime: Runtime, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    await apply_event(session, runtime, event)
 
-    async def on_erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        await erase(session, runtime, event)
 
-    handlers: dict[str, Any] = {t: on_event for t in JOURNEY_EVENTS}
-    handlers["afterglow.customer.erasure_requested.v1"] = on_erasure
-    return [ConsumerSpec("engine", handlers)]
+async def on_erasure(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+) -> None:
+    await erase(session, runtime, event)
+
+
+def _runtime(runtime: Runtime) -> Runtime:
+    return runtime
+
+
+# The engine's group: every event a journey can react to (domain.ENGINE_EVENTS), and
+# erasures.
+ENGINE = ConsumerGroup(
+    "engine",
+    *(on(cls, on_event) for cls in d.ENGINE_EVENTS),
+    on(CustomerErasureRequested, on_erasure),
+    context=_runtime,
+)
+
+CONSUMERS = (ENGINE,)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
+from afterglow.events import CloudEvent, ConsumerGroup, on
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     Money,
@@ -25,7 +25,7 @@ from afterglow.events.catalog import (
     is_anonymous_subject,
 )
 from afterglow.events.privacy import pseudonym
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import (
     Account,
@@ -150,7 +150,7 @@ class Handlers:
             session, self.rt.outbox, rules, account, now, event.id, notify=not historical
         )
 
-    async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_placed(self, session: AsyncSession, event: CloudEvent[OrderPlaced]) -> None:
         data: OrderPlaced = event.data
         if is_anonymous_subject(event.subject):
             # An order without a customer (no id, email or phone): no points account
@@ -224,7 +224,9 @@ class Handlers:
         entry = wallet.note_unpriced(order_id, reason, now)
         await store.persist(session, self.rt.outbox, account, wallet, [entry], now)
 
-    async def order_fulfilled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_fulfilled(
+        self, session: AsyncSession, event: CloudEvent[OrderFulfilled]
+    ) -> None:
         data: OrderFulfilled = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -232,7 +234,9 @@ class Handlers:
         order.fulfilled_at = order.fulfilled_at or data.fulfilled_at
         await self._order_step(session, event, order, "fulfilled")
 
-    async def order_delivered(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_delivered(
+        self, session: AsyncSession, event: CloudEvent[OrderDelivered]
+    ) -> None:
         data: OrderDelivered = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -260,7 +264,7 @@ class Handlers:
         await store.persist(session, self.rt.outbox, account, wallet, entries, now)
         await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
 
-    async def order_refunded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_refunded(self, session: AsyncSession, event: CloudEvent[OrderRefunded]) -> None:
         data: OrderRefunded = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None:
@@ -305,7 +309,9 @@ class Handlers:
         )
         await self._note_unpriced(session, account, rules, order.order_id, reason, now)
 
-    async def order_cancelled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_cancelled(
+        self, session: AsyncSession, event: CloudEvent[OrderCancelled]
+    ) -> None:
         data: OrderCancelled = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -341,26 +347,34 @@ class Handlers:
         if rules.tier_basis == "points":
             await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
 
-    async def review_submitted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def review_submitted(
+        self, session: AsyncSession, event: CloudEvent[ReviewSubmitted]
+    ) -> None:
         data: ReviewSubmitted = event.data
         rules = await store.load_rules(session, event.tenantid)
         # data.rating is deliberately not read: no incentive may depend on it (FTC).
         await self._bonus(session, event, "review", data.review_id, domain.review_bonus(rules))
 
-    async def survey_responded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def survey_responded(
+        self, session: AsyncSession, event: CloudEvent[SurveyResponded]
+    ) -> None:
         data: SurveyResponded = event.data
         rules = await store.load_rules(session, event.tenantid)
         # Once per survey: an updated answer (is_update) finds the lot already there.
         await self._bonus(session, event, "survey", data.survey_id, rules.bonuses.survey)
 
-    async def referral_converted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def referral_converted(
+        self, session: AsyncSession, event: CloudEvent[ReferralConverted]
+    ) -> None:
         data: ReferralConverted = event.data
         rules = await store.load_rules(session, event.tenantid)
         # The subject is the advocate: the referrals service held the conversion until
         # its own checks passed, so the bonus is available at once.
         await self._bonus(session, event, "referral", data.referral_id, rules.bonuses.referral)
 
-    async def erasure_requested(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def erasure_requested(
+        self, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+    ) -> None:
         data: CustomerErasureRequested = event.data
         tenant = event.tenantid
         if data.scope == "tenant":
@@ -401,21 +415,19 @@ async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> Non
     )
 
 
-def consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    h = Handlers(runtime)
-    return [
-        ConsumerSpec(
-            "ledger",
-            {
-                "afterglow.order.placed.v1": h.order_placed,
-                "afterglow.order.fulfilled.v1": h.order_fulfilled,
-                "afterglow.order.delivered.v1": h.order_delivered,
-                "afterglow.order.refunded.v1": h.order_refunded,
-                "afterglow.order.cancelled.v1": h.order_cancelled,
-                "afterglow.review.submitted.v1": h.review_submitted,
-                "afterglow.survey.responded.v1": h.survey_responded,
-                "afterglow.referral.converted.v1": h.referral_converted,
-                "afterglow.customer.erasure_requested.v1": h.erasure_requested,
-            },
-        )
-    ]
+# One group for every topic: on the embedded broker each group costs seconds to join.
+CONSUMERS = (
+    ConsumerGroup(
+        "ledger",
+        on(OrderPlaced, Handlers.order_placed),
+        on(OrderFulfilled, Handlers.order_fulfilled),
+        on(OrderDelivered, Handlers.order_delivered),
+        on(OrderRefunded, Handlers.order_refunded),
+        on(OrderCancelled, Handlers.order_cancelled),
+        on(ReviewSubmitted, Handlers.review_submitted),
+        on(SurveyResponded, Handlers.survey_responded),
+        on(ReferralConverted, Handlers.referral_converted),
+        on(CustomerErasureRequested, Handlers.erasure_requested),
+        context=Handlers,
+    ),
+)

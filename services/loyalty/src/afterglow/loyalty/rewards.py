@@ -16,9 +16,10 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import BatchHandler, CloudEvent
+from afterglow.events import CloudEvent
 from afterglow.events.catalog import DiscountFailed, DiscountRequested, MessageRequested, Money
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.events.subscriptions import ConsumerGroup, on_batch
+from afterglow.kit.app import Runtime
 from afterglow.loyalty import store
 from afterglow.loyalty.domain import Reward
 from afterglow.loyalty.models import LotRow, Redemption
@@ -104,11 +105,7 @@ class RewardAnswers:
             await store.persist(session, self.rt.outbox, account, wallet, entries, now)
 
 
-def consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    answers = RewardAnswers(runtime)
-    return [
-        ConsumerSpec(
-            "rewards",
-            {"afterglow.discount.failed.v1": BatchHandler(answers.discount_failed)},
-        )
-    ]
+# discount.failed: a reward code the shop could not create gives its points back.
+REWARDS = ConsumerGroup(
+    "rewards", on_batch(DiscountFailed, RewardAnswers.discount_failed), context=RewardAnswers
+)

@@ -9,6 +9,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from afterglow.events import catalog as c
 from afterglow.ingest import api, bigcommerce, export, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
@@ -31,6 +32,29 @@ SPEC = ServiceSpec(
     app_factory="afterglow.ingest.app:create_app",
     migrations="afterglow.ingest:migrations",
     default_port=8001,
+    # Where the world's events come in; it also consumes reward-code requests (it holds
+    # the shop credentials) and, for spent codes, orders.
+    consumers=discounts_handlers.CONSUMERS,
+    produces=(
+        c.OrderPlaced,
+        c.OrderFulfilled,
+        c.OrderDelivered,
+        c.OrderRefunded,
+        c.OrderCancelled,
+        c.TicketOpened,
+        c.TicketUpdated,
+        c.TicketResolved,
+        c.CustomerErasureRequested,
+        c.CustomerUnsubscribed,
+        c.ApiKeyIssued,
+        c.ApiKeyRevoked,
+        c.DiscountCreated,
+        c.DiscountFailed,
+        c.DiscountUsed,
+        c.DiscountRevoked,
+        # a reward code's announcement, released once the code exists
+        c.MessageRequested,
+    ),
 )
 
 
@@ -99,7 +123,6 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             discounts_api.router,
             export_router("orders-ingest", export.collect),
         ],
-        consumers=discounts_handlers.consumers,
         workers=_workers,
         on_start=_start_receiving,
         clock=clock,

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from afterglow.events import BatchHandler, CloudEvent, derived_event_id
+from afterglow.events import CloudEvent, derived_event_id
 from afterglow.events.catalog import (
     DiscountRequested,
     DiscountRevokeRequested,
     DiscountUsed,
     OrderPlaced,
 )
+from afterglow.events.subscriptions import ConsumerGroup, on_batch
 from afterglow.ingest.discounts import domain, store
 from afterglow.ingest.intake import SOURCE
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 
 
 class DiscountHandlers:
@@ -93,15 +94,12 @@ class DiscountHandlers:
         )
 
 
-def consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    h = DiscountHandlers(runtime)
-    return [
-        ConsumerSpec(
-            "discounts",
-            {
-                "afterglow.discount.requested.v1": BatchHandler(h.requested),
-                "afterglow.discount.revoke_requested.v1": BatchHandler(h.revoke_requested),
-                "afterglow.order.placed.v1": BatchHandler(h.order_placed),
-            },
-        )
-    ]
+CONSUMERS = (
+    ConsumerGroup(
+        "discounts",
+        on_batch(DiscountRequested, DiscountHandlers.requested),
+        on_batch(DiscountRevokeRequested, DiscountHandlers.revoke_requested),
+        on_batch(OrderPlaced, DiscountHandlers.order_placed),
+        context=DiscountHandlers,
+    ),
+)
