@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.requests import ClientDisconnect
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
-from afterglow.ingest import bigcommerce, domain, intake, registry
+from afterglow.ingest import bigcommerce, domain, identity, intake, registry
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import RECEIVED, DeliveryWriter, NewDelivery
 from afterglow.ingest.models import Delivery, IdempotencyKey
@@ -576,6 +576,11 @@ async def aftership_webhook(request: Request, tenant_id: TenantPath) -> JSONResp
 # --- internal REST ------------------------------------------------------------------
 
 
+class RequesterIn(BaseModel):
+    email: Annotated[str, StringConstraints(max_length=320), NoControls] | None = None
+    phone: Annotated[str, StringConstraints(max_length=32), NoControls] | None = None
+
+
 class CanonicalEventIn(BaseModel):
     """An order or ticket event in Afterglow's canonical shape."""
 
@@ -597,7 +602,15 @@ class CanonicalEventIn(BaseModel):
         }
     )
     type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
-    customer_id: Id = Field(description="The envelope subject")
+    customer_id: Id | None = Field(
+        default=None,
+        description="The envelope subject. A ticket event may name its requester instead",
+    )
+    requester: RequesterIn | None = Field(
+        default=None,
+        description="Ticket events: the requester, resolved to the customer whose orders "
+        "carried this email or phone (when customer_id is not given)",
+    )
     data: JsonObject = Field(description="The catalog model's fields")
 
 
@@ -983,6 +996,8 @@ async def replay_delivery(
     status = "archived"
     if normalized.known_topic:
         status = "processed"
+        # A ticket replays to the customer it was resolved to (pinned); orders relink.
+        await identity.link_and_resolve(session, [(d.tenant_id, normalized)], d.received_at)
         emitted = await intake.emit(
             session,
             rt.outbox,
