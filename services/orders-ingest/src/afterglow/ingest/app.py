@@ -9,13 +9,13 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.ingest import api, bigcommerce, escalations, export, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
-from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
+from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.errors import error_response
 from afterglow.kit.export import export_router
@@ -32,7 +32,17 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker, bigcommerce.fetch_worker, processing.processing_worker]
+    return [
+        reconciliation_worker,
+        bigcommerce.fetch_worker,
+        processing.processing_worker,
+        escalations.escalation_worker,
+    ]
+
+
+def _consumers(runtime: Runtime) -> list[ConsumerSpec]:
+    # Escalations to open in the tenant's helpdesk (ingest holds its credentials).
+    return [ConsumerSpec("escalations", escalations.build_handlers(runtime))]
 
 
 async def _start_receiving(runtime: Runtime) -> None:
@@ -90,6 +100,7 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             api.admin,
             export_router("orders-ingest", export.collect),
         ],
+        consumers=_consumers,
         workers=_workers,
         on_start=_start_receiving,
         clock=clock,

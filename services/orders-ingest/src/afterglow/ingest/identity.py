@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, delete, or_, select, tuple_
+from sqlalchemy import case, delete, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -152,8 +152,18 @@ async def forget(
     await session.execute(
         delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id, or_(*conditions))
     )
+    if subjects:
+        # What the customer wrote in their survey answer, copied for the helpdesk.
+        await session.execute(
+            update(Escalation)
+            .where(Escalation.tenant_id == tenant_id, Escalation.subject.in_(list(subjects)))
+            .values(comment=None)
+        )
 
 
 async def forget_tenant(session: AsyncSession, tenant_id: str) -> None:
     await session.execute(delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id))
     await session.execute(delete(TicketCustomer).where(TicketCustomer.tenant_id == tenant_id))
+    await session.execute(
+        update(Escalation).where(Escalation.tenant_id == tenant_id).values(comment=None)
+    )
