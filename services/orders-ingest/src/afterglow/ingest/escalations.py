@@ -47,13 +47,16 @@ ESCALATION_TYPE = "afterglow.support.escalation_requested.v1"
 
 def build_handlers(runtime: Runtime) -> dict[str, Any]:
     async def record(session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
-        await record_escalations(session, events)
+        await record_escalations(session, events, runtime.clock.now())
         runtime.extras.setdefault("escalation_wakeup", asyncio.Event()).set()
 
     return {ESCALATION_TYPE: BatchHandler(record)}
 
 
-async def record_escalations(session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+async def record_escalations(
+    session: AsyncSession, events: list[CloudEvent[Any]], now: datetime
+) -> None:
+    """Due at once, by this service's clock (the requester's clock may differ)."""
     rows = []
     for e in events:
         data: SupportEscalationRequested = e.data
@@ -71,7 +74,7 @@ async def record_escalations(session: AsyncSession, events: list[CloudEvent[Any]
                 "requested_at": data.requested_at,
                 "status": PENDING,
                 "attempts": 0,
-                "next_attempt_at": data.requested_at,
+                "next_attempt_at": now,
             }
         )
     if rows:
