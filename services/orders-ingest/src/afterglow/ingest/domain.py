@@ -1062,7 +1062,12 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
     event = p.get("event") or {}
     current = str(event.get("current") or "").lower()
     priority = str(detail.get("priority") or "normal").lower()
+    via = detail.get("via")
+    channel = (
+        str(via.get("channel"))[:50] if isinstance(via, Mapping) and via.get("channel") else None
+    )
     out = Normalized(requester=who)
+    replied = when if kind == "ticket.comment_added" and _agent_public_reply(event) else None
     if kind == "ticket.created":
         out.emits.append(
             Emit(
@@ -1075,6 +1080,7 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
                     priority=priority
                     if priority in ("low", "normal", "high", "urgent")
                     else "normal",
+                    channel=channel,
                 ),
                 subject,
             )
@@ -1084,11 +1090,27 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
     else:
         out.emits.append(
             Emit(
-                c.TicketUpdated(ticket_id=ticket_id, updated_at=when, status=current or status),
+                c.TicketUpdated(
+                    ticket_id=ticket_id,
+                    updated_at=when,
+                    status=current or status,
+                    agent_replied_at=replied,
+                ),
                 subject,
             )
         )
     return out
+
+
+def _agent_public_reply(event: Any) -> bool:
+    """A ``ticket.comment_added`` by an agent, public: the first one ends the ticket's
+    first-response time (a customer's comment or an internal note does not)."""
+    comment = event.get("comment") if isinstance(event, Mapping) else None
+    if not isinstance(comment, Mapping):
+        return False
+    author = comment.get("author")
+    staff = isinstance(author, Mapping) and author.get("is_staff") is True
+    return staff and comment.get("is_public", True) is not False
 
 
 # --- AfterShip ----------------------------------------------------------------------
