@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.feedback import api, export, handlers, pages
+from afterglow.feedback import api, export, handlers, pages, support
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
-from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, create_service_app
+from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 
@@ -24,6 +24,10 @@ def _consumers(runtime: Runtime) -> list[ConsumerSpec]:
     return [ConsumerSpec("events", handlers.build_handlers(runtime))]
 
 
+def _workers(runtime: Runtime) -> list[Worker]:
+    return [support.csat_worker]  # CSAT surveys 24 h after a ticket is solved
+
+
 def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = None) -> FastAPI:
     return create_service_app(
         SPEC,
@@ -38,5 +42,6 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
         consumers=_consumers,
+        workers=_workers,
         clock=clock,
     )

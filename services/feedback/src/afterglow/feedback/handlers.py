@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Handler
 from afterglow.events.catalog import CustomerErasureRequested, OrderPlaced, ReferralCodeIssued
-from afterglow.feedback import service
+from afterglow.feedback import service, support
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 
@@ -57,4 +57,6 @@ def build_handlers(runtime: Runtime) -> dict[str, Handler]:
         "afterglow.order.placed.v1": order_placed,
         "afterglow.referral.code_issued.v1": code_issued,
         "afterglow.customer.erasure_requested.v1": erasure,
+        # ticket.*: support times and the CSAT after a solve (afterglow.feedback.support)
+        **support.build_handlers(runtime),
     }
