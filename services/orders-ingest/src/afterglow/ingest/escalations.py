@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -203,10 +203,16 @@ async def claim_due(
     ):
         assert link.email is not None
         emails[(link.tenant_id, link.subject)] = link.email  # the latest seen wins
+    lease_until = now + timedelta(seconds=lease_s)
+    keys = [(r.tenant_id, r.escalation_id) for r in rows]
+    await session.execute(
+        update(Escalation)
+        .where(tuple_(Escalation.tenant_id, Escalation.escalation_id).in_(keys))
+        .values(attempts=Escalation.attempts + 1, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
     claims = []
     for r in rows:
-        r.attempts += 1
-        r.next_attempt_at = now + timedelta(seconds=lease_s)
         draft = helpdesk.TicketDraft(
             escalation_id=r.escalation_id,
             customer=r.subject,
@@ -218,10 +224,8 @@ async def claim_due(
             survey_id=r.survey_id,
             requester_email=emails.get((r.tenant_id, r.subject)),
         )
-        claims.append(
-            Claim(r.tenant_id, r.escalation_id, r.attempts, draft, conns.get(r.tenant_id))
-        )
-    await session.flush()
+        conn = conns.get(r.tenant_id)
+        claims.append(Claim(r.tenant_id, r.escalation_id, r.attempts + 1, draft, conn))
     return claims
 
 
