@@ -178,6 +178,21 @@ class TestTicketResolvesToCustomer:
         [second] = await ticket_events(tap, tenant_id, "zendesk:504")
         assert second.subject == CUSTOMER
 
+    async def test_an_erased_customer_is_no_longer_linked(self, app, tap, tenant_id):
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        redact = fixture("shopify_customers_redact")
+        redact["shop_domain"] = f"{tenant_id}.myshopify.com"
+        redact["customer"] = {"id": int(CUSTOMER), "email": EMAIL}
+        r = await post_shopify(client, tenant_id, secrets["shopify"], "customers/redact", redact)
+        assert r.json()["status"] == "processed", r.text
+        detail = {"id": "505", "requester": {"email": EMAIL}}
+        await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+        [opened] = await ticket_events(tap, tenant_id, "zendesk:505")
+        assert opened.subject != CUSTOMER
+        assert (await resolution(runtime, tenant_id, "zendesk:505")).resolved_by == "unresolved"
+
 
 class TestEscalationOpensTicket:
     async def test_zendesk_ticket_with_score_comment_and_order(
