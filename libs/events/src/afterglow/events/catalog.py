@@ -311,6 +311,12 @@ class TicketOpened(EventData):
     subject: str | None = Field(default=None, max_length=500)
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     order_id: str | None = None
+    channel: str | None = Field(
+        default=None,
+        max_length=50,
+        description="How the customer reached support (the helpdesk's own word: email, "
+        "web, chat, api...); support metrics are split by it",
+    )
 
 
 class TicketUpdated(EventData):
@@ -318,6 +324,11 @@ class TicketUpdated(EventData):
     ticket_id: str
     updated_at: AwareDatetime
     status: str
+    agent_replied_at: AwareDatetime | None = Field(
+        default=None,
+        description="Set when this update is an agent's public reply (the first one "
+        "ends the ticket's first-response time)",
+    )
 
 
 class TicketResolved(EventData):

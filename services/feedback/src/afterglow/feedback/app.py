@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.feedback import api, export, handlers, pages
+from afterglow.feedback import api, export, handlers, pages, support
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
-from afterglow.kit.app import ServiceSpec, create_service_app
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 
@@ -20,6 +20,9 @@ SPEC = ServiceSpec(
     default_port=8003,
     consumers=handlers.CONSUMERS,
     produces=(
+        # the CSAT after a solved ticket is requested here (afterglow.feedback.support),
+        # on the topic the journeys' requests and feedback's own survey events share
+        c.SurveyRequested,
         c.SurveySent,
         c.SurveyResponded,
         c.ReviewSubmitted,
@@ -27,6 +30,10 @@ SPEC = ServiceSpec(
         c.MessageRequested,
     ),
 )
+
+
+def _workers(runtime: Runtime) -> list[Worker]:
+    return [support.csat_worker]  # CSAT surveys 24 h after a ticket is solved
 
 
 def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -42,5 +49,6 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
             api.router,
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
+        workers=_workers,
         clock=clock,
     )

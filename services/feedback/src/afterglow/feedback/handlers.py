@@ -12,7 +12,7 @@ from afterglow.events.catalog import (
     ReviewRequested,
     SurveyRequested,
 )
-from afterglow.feedback import service
+from afterglow.feedback import service, support
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 
@@ -84,6 +84,7 @@ CONSUMERS = (
         # the customer's referral code is linked in feedback's messages
         on(ReferralCodeIssued, code_issued),
         on(CustomerErasureRequested, erasure),
+        *support.TICKET_SUBSCRIPTIONS,
         context=_runtime,
     ),
 )

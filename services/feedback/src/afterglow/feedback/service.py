@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,7 @@ from afterglow.feedback.models import (
     ReferralLink,
     Response,
     Review,
+    SupportTicket,
     Survey,
     SurveyReminder,
     TenantSetting,
@@ -668,6 +669,21 @@ async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None) 
     )
     await session.execute(update(Order).where(*who(Order)).values(customer_id=ERASED))
     await session.execute(ReferralLink.__table__.delete().where(*who(ReferralLink)))
+    # A ticket's times stay (support metrics); its CSAT is no longer asked of anyone.
+    await session.execute(
+        update(SupportTicket)
+        .where(*who(SupportTicket))
+        .values(
+            customer_id=ERASED,
+            csat_status=case(
+                (SupportTicket.csat_status == "due", "skipped"), else_=SupportTicket.csat_status
+            ),
+            csat_reason=case(
+                (SupportTicket.csat_status == "due", "the customer was erased"),
+                else_=SupportTicket.csat_reason,
+            ),
+        )
+    )
 
 
 async def reviewed_keys(session: AsyncSession, tenant_id: str, order_id: str) -> set[str]:

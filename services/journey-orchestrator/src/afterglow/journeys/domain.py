@@ -697,6 +697,9 @@ class InstanceState(BaseModel):
     anchors: dict[str, datetime] = Field(default_factory=dict)
     band: str | None = None
     score: int | None = None
+    # The NPS answer's comment and survey, carried into an escalation for the helpdesk.
+    comment: str | None = None
+    survey_id: str | None = None
     reminded: bool = False
     blocked: str | None = None  # the step key of the survey / wait_for being waited on
     exit_reason: str | None = None
@@ -988,6 +991,7 @@ def on_event(
         ):
             s.band = ev.data.get("band")
             s.score = ev.data.get("score")
+            s.comment, s.survey_id = ev.data.get("comment"), ev.data.get("survey_id")
             s.pc = _next_pc(_stage(j, s), s.pc)
             s.waiting_since = now
             s.reminded = False
@@ -1002,6 +1006,7 @@ def on_event(
         # An answer that comes after the survey wait gave up still informs advocacy.
         s.band = ev.data.get("band")
         s.score = ev.data.get("score")
+        s.comment, s.survey_id = ev.data.get("comment"), ev.data.get("survey_id")
     if s.status == "paused" and ev.type == TICKET_RESOLVED and not profile.open_tickets:
         s.status = "running"
         res.transitions.append(
@@ -1200,6 +1205,8 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                         "priority": action.priority,
                         "score": s.score,
                         "order_id": s.order_id,
+                        "comment": s.comment,
+                        "survey_id": s.survey_id,
                     },
                 )
             )

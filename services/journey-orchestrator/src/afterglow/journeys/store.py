@@ -386,6 +386,8 @@ class Writer:
                 priority=p["priority"],
                 order_id=p.get("order_id"),
                 score=p.get("score"),
+                comment=p.get("comment"),
+                survey_id=p.get("survey_id"),
             )
         else:  # pragma: no cover - the domain emits only the types above
             raise ValueError(f"unknown action {a.type}")

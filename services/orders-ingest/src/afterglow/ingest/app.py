@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from afterglow.events import catalog as c
-from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.ingest import api, bigcommerce, escalations, export, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
@@ -33,8 +33,9 @@ SPEC = ServiceSpec(
     migrations="afterglow.ingest:migrations",
     default_port=8001,
     # Where the world's events come in; it also consumes reward-code requests (it holds
-    # the shop credentials) and, for spent codes, orders.
-    consumers=discounts_handlers.CONSUMERS,
+    # the shop credentials), for spent codes orders, and escalations to open as helpdesk
+    # tickets (it holds the helpdesk credentials too).
+    consumers=(*discounts_handlers.CONSUMERS, escalations.ESCALATIONS),
     produces=(
         c.OrderPlaced,
         c.OrderFulfilled,
@@ -64,6 +65,7 @@ def _workers(runtime: Runtime) -> list[Worker]:
         bigcommerce.fetch_worker,
         processing.processing_worker,
         discount_worker,
+        escalations.escalation_worker,
     ]
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import Delivery, Order, ShopDiscount
+from afterglow.ingest.models import (
+    CustomerLink,
+    Delivery,
+    Escalation,
+    Order,
+    ShopDiscount,
+    TicketCustomer,
+)
 from afterglow.kit.export import Records, rows
 
 DELIVERY_COLUMNS_LEFT_OUT = ("headers", "dedupe_key")
@@ -32,6 +39,11 @@ async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Re
             orders.c.subject == customer_id,
             order_by=["order_id"],
         ),
+        # Support: the contacts linking them to helpdesk tickets, those tickets, and the
+        # escalations (their survey comment) sent to the helpdesk.
+        "customer_links": await _of(session, CustomerLink, tenant_id, customer_id),
+        "ticket_customers": await _of(session, TicketCustomer, tenant_id, customer_id),
+        "escalations": await _of(session, Escalation, tenant_id, customer_id),
         "deliveries": [
             _with_payload(row)
             for row in await rows(
@@ -54,6 +66,19 @@ async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Re
             order_by=["created_at", "code"],
         ),
     }
+
+
+async def _of(
+    session: AsyncSession, model: Any, tenant_id: str, customer_id: str
+) -> list[dict[str, Any]]:
+    table = model.__table__
+    return await rows(
+        session,
+        table,
+        table.c.tenant_id == tenant_id,
+        table.c.subject == customer_id,
+        order_by=[c.name for c in table.primary_key.columns],
+    )
 
 
 def _with_payload(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""orders-ingest is the source of order and ticket events. It consumes one thing of
-its own: reward-code requests for the shops whose credentials it holds
-(afterglow.ingest.discounts.handlers). (The kit's tenants consumer keeps its api_keys
-table in step.)"""
+"""orders-ingest is the source of order and ticket events. It consumes two things for
+the outside systems whose credentials it holds: reward-code requests for the shops
+(afterglow.ingest.discounts.handlers) and ``support.escalation_requested``, to open a
+ticket in the tenant's helpdesk (afterglow.ingest.escalations). (The kit's tenants
+consumer keeps its api_keys table in step.)"""

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
-from afterglow.ingest import domain
+from afterglow.ingest import domain, identity
 from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
 
 SOURCE = "afterglow/orders-ingest"
@@ -371,6 +371,7 @@ async def accept(
     )
     if did is None:
         return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    await identity.link_and_resolve(session, [(tenant_id, normalized)], received_at)
     return await apply(
         session,
         outbox,
@@ -487,6 +488,7 @@ async def forget_customer_payloads(
         .where(Delivery.tenant_id == tenant_id, Delivery.id != keep, or_(*about, *carries))
         .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
     )
+    await identity.forget(session, tenant_id, subjects, emails)
 
 
 async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: str) -> None:
@@ -501,6 +503,7 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
     await session.execute(
         delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
     )
+    await identity.forget_tenant(session, tenant_id)
 
 
 async def finish(

@@ -180,6 +180,89 @@ class CustomerOrderCount(Base):
     orders: Mapped[int] = mapped_column(Integer)
 
 
+class CustomerLink(Base):
+    """Who an email or phone belongs to, as the tenant's orders showed it: the link a
+    helpdesk ticket (which knows only its requester's email or phone) is resolved by to
+    the customer a journey is keyed by (the platform's customer id).
+
+    ``value_hash`` is the full sha256 of the normalized email or phone, as in
+    ``CustomerInfo``. ``email`` is kept (sealed) only so that an escalation can name the
+    ticket's requester to the helpdesk; an erasure deletes the row."""
+
+    __tablename__ = "customer_links"
+    __table_args__ = (Index("ix_customer_links_subject", "tenant_id", "subject"),)
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)  # email | phone
+    value_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(SealedText("ingest.customer_links.email"))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TicketCustomer(Base):
+    """Whom a helpdesk ticket was resolved to, decided on its first event and kept: its
+    later events go to the same customer (and partition), even if an order reveals a
+    better link meanwhile. ``resolved_by`` says how (escalation, external_id, email,
+    phone, customer_id) or ``unresolved``, with ``reason`` saying why."""
+
+    __tablename__ = "ticket_customers"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    resolved_by: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HelpdeskConnection(Base):
+    """Where a tenant's escalations open tickets: Zendesk (``username`` is the agent's
+    email, ``secret`` the API token), Gorgias (``username`` and API key) or a generic
+    receiver (``secret`` signs a Standard Webhook)."""
+
+    __tablename__ = "helpdesk_connections"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)  # zendesk | gorgias | webhook
+    api_base_url: Mapped[str] = mapped_column(Text)
+    username: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(SealedText("ingest.helpdesk_connections.secret"))
+
+
+class Escalation(Base):
+    """A detractor's ``support.escalation_requested``, to become one helpdesk ticket.
+
+    pending: waiting for the worker (``next_attempt_at``); created: the helpdesk has it
+    (``ticket_ref``); failed: gave up or permanently refused (``last_error``)."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (
+        Index(
+            "ix_escalations_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    escalation_id: Mapped[str] = mapped_column(Text, primary_key=True)  # the event id
+    subject: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    priority: Mapped[str] = mapped_column(Text)
+    order_id: Mapped[str | None] = mapped_column(Text)
+    survey_id: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    helpdesk: Mapped[str | None] = mapped_column(Text)
+    ticket_ref: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
 

@@ -31,7 +31,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest import domain, intake
+from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
@@ -87,8 +87,7 @@ async def process_received(runtime: Runtime, batch: int) -> int:
     try:
         async with runtime.sessionmaker.begin() as session:
             rows = await _claim(session, batch)
-            for row in rows:
-                await _apply_one(runtime, session, row)
+            await _apply_rows(runtime, session, rows)
         return len(rows)
     except DBAPIError as exc:
         if not _is_conflict(exc):
@@ -119,13 +118,31 @@ async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
     return list(rows.all())  # type: ignore[arg-type]
 
 
-async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> None:
+async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[Any]]) -> None:
+    """Normalize the claimed deliveries, record the customer links their orders show
+    and resolve their tickets to customers (one statement per table for the whole
+    batch), then apply each in order."""
+    ready: list[tuple[Row[Any], domain.Normalized]] = []
+    for row in rows:
+        normalized = await _normalize_one(session, row)
+        if normalized is not None:
+            ready.append((row, normalized))
+    await identity.link_and_resolve(
+        session,
+        [(str(row._mapping["tenant_id"]), n) for row, n in ready],
+        runtime.clock.now(),
+    )
+    for row, normalized in ready:
+        await _apply_one(runtime, session, row, normalized)
+
+
+async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normalized | None:
+    """The delivery's normalized content; None when it was quarantined instead."""
     d = row._mapping
     did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
-    received_at: datetime = d["received_at"]
     try:
         payload = parse_payload(bytes(d["body"]), platform)
-        normalized = await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
+        return await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
     except (domain.NormalizationError, AppError) as exc:
         reason = (
             intake.quarantine_reason(exc)
@@ -138,7 +155,15 @@ async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> 
             .values(status=intake.QUARANTINED, last_error=reason[:1000])
         )
         intake.QUARANTINED_TOTAL.labels(platform).inc()
-        return
+        return None
+
+
+async def _apply_one(
+    runtime: Runtime, session: AsyncSession, row: Row[Any], normalized: domain.Normalized
+) -> None:
+    d = row._mapping
+    did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
+    received_at: datetime = d["received_at"]
     if normalized.stored_body is not None:
         # customers/redact: kept without the contact data it asks us to forget.
         await session.execute(
@@ -167,7 +192,7 @@ async def _one_by_one(runtime: Runtime, batch: int) -> int:
                 if not rows:
                     return done
                 row = rows[0]
-                await _apply_one(runtime, session, row)
+                await _apply_rows(runtime, session, rows)
         except DBAPIError as exc:
             if not _is_conflict(exc):
                 raise

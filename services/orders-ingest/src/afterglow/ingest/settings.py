@@ -60,3 +60,13 @@ class IngestSettings(ServiceSettings):
     ingest_discount_max_attempts: int = 12
     ingest_discount_retry_base_s: float = 5.0
     ingest_discount_retry_max_s: float = 900.0
+    # Escalations to the tenant's helpdesk (afterglow.ingest.escalations): how often
+    # the worker looks for due ones, how many it sends at once, the deadline of one
+    # call, and the retries (attempt n waits base * 2**(n-1) s, capped): 12 attempts
+    # from 10 s to 30 min cover about two hours of helpdesk outage.
+    ingest_helpdesk_poll_s: float = 1.0
+    ingest_helpdesk_batch: int = 16
+    ingest_helpdesk_timeout_s: float = 10.0
+    ingest_helpdesk_max_attempts: int = 12
+    ingest_helpdesk_retry_base_s: float = 10.0
+    ingest_helpdesk_retry_max_s: float = 1800.0
