@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, Text, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -35,6 +35,8 @@ from sqlalchemy.sql import func
 
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent
+
+T = TypeVar("T")
 
 EventHandler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
 BatchHandlerFn = Callable[[AsyncSession, list[CloudEvent[Any]]], Awaitable[None]]
@@ -133,3 +135,38 @@ def _runs(
         else:
             runs.append((handler, [event]))
     return runs
+
+
+# asyncpg binds at most 32,767 parameters per statement; a batch may be 10,000 events.
+MAX_PARAMS = 30_000
+
+
+def chunks(rows: Sequence[T], columns: int) -> list[Sequence[T]]:
+    """``rows`` cut so that a multi-row statement of ``columns`` parameters per row stays
+    under the driver's parameter limit (a 10,000-event batch of 9-column rows is 90,000)."""
+    size = max(1, MAX_PARAMS // max(1, columns))
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+async def in_segments(
+    events: Sequence[CloudEvent[Any]],
+    *,
+    take: Callable[[CloudEvent[Any]], bool],
+    flush: Callable[[], Awaitable[None]],
+    one: Callable[[CloudEvent[Any]], Awaitable[None]],
+) -> None:
+    """Apply a batch handler's events in order, the common ones as sets.
+
+    ``take(event)`` collects an event into the pending set and says whether it did;
+    ``flush()`` writes the pending set with one statement per table. An event ``take``
+    refuses (a rare type, or one that must see every earlier write: an erasure, a
+    reminder of a survey the same batch created) is applied alone by ``one(event)``,
+    after the pending set is flushed, so the outcome is that of event-by-event order.
+    """
+    for event in events:
+        if take(event):
+            continue
+        await flush()
+        with event_context(event.id, event.traceparent):
+            await one(event)
+    await flush()
