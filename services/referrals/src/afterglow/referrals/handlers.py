@@ -1,13 +1,20 @@
-"""Event handlers. Each runs in the consumer's inbox transaction, so a redelivered event
-is skipped and the state change commits with the events it causes."""
+"""Event handlers. A batch runs in the consumer's inbox transaction, so a redelivered
+event is skipped and the state change commits with the events it causes.
+
+Lock order: a batch first locks every code it may touch with one statement, ordered by
+(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events one by
+one in partition order, each locking its order row (one customer's, in this partition
+only). Codes are shared across partitions (an advocate's code, many referees): taken in
+whatever order the events came, two batches deadlocked on them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
+from afterglow.events import BatchHandler, CloudEvent, Handler
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -17,6 +24,7 @@ from afterglow.events.catalog import (
     OrderRefunded,
     ReferralInvited,
 )
+from afterglow.events.context import event_context
 from afterglow.kit.app import ConsumerSpec, Runtime
 from afterglow.referrals.service import ReferralService
 
@@ -78,19 +86,35 @@ def consumers(runtime: Runtime) -> list[ConsumerSpec]:
         customer = None if data.scope == "tenant" else event.subject
         await svc.erase(session, event.tenantid, customer)
 
+    one_by_one: dict[str, Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]] = {
+        "afterglow.referral.invited.v1": invited,
+        "afterglow.order.placed.v1": placed,
+        "afterglow.order.fulfilled.v1": fulfilled,
+        "afterglow.order.delivered.v1": delivered,
+        "afterglow.order.refunded.v1": refunded,
+        "afterglow.order.cancelled.v1": cancelled,
+        "afterglow.customer.erasure_requested.v1": erasure,
+    }
+
+    async def apply(session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+        codes: set[tuple[str, str]] = set()
+        advocates: set[tuple[str, str]] = set()
+        for e in events:
+            if isinstance(e.data, OrderPlaced) and not e.data.historical:
+                codes.update((e.tenantid, c) for c in e.data.discount_codes)
+                if e.data.referral_code:
+                    codes.add((e.tenantid, e.data.referral_code))
+            elif isinstance(e.data, ReferralInvited):
+                advocates.add((e.tenantid, e.subject))
+        await svc.lock_codes(session, codes, advocates)
+        for e in events:
+            with event_context(e.id, e.traceparent):
+                await one_by_one[e.type](session, e)
+            # The next event sees this one's writes, through fresh ORM objects.
+            await session.flush()
+            session.expunge_all()
+
+    batch: Handler = BatchHandler(apply)
     # One consumer group for every topic: on the embedded broker each group costs
     # seconds to join at start-up, and ordering only matters within a partition anyway.
-    return [
-        ConsumerSpec(
-            "events",
-            {
-                "afterglow.referral.invited.v1": invited,
-                "afterglow.order.placed.v1": placed,
-                "afterglow.order.fulfilled.v1": fulfilled,
-                "afterglow.order.delivered.v1": delivered,
-                "afterglow.order.refunded.v1": refunded,
-                "afterglow.order.cancelled.v1": cancelled,
-                "afterglow.customer.erasure_requested.v1": erasure,
-            },
-        )
-    ]
+    return [ConsumerSpec("events", dict.fromkeys(one_by_one, batch))]
