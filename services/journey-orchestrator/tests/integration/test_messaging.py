@@ -336,12 +336,14 @@ class TestPace:
     ):
         # A tenant at its cap of 8 sends in flight used to wait out the whole poll
         # interval: at most 8 messages per interval (8/s at the default 1 s). With the
-        # poll at 5 s here, that pace would deliver at most 24 in 10 s; waking on each
-        # ended send and on each queued message delivers all 100, i.e. > 8 per second.
+        # poll at 30 s here, that pace would deliver at most 16 within 20 s of the first;
+        # waking on each ended send and on each queued message delivers all 100. The
+        # bound is loose on purpose (5/s): the shared 2-core test machine, busy, still
+        # delivered 86 within 10 s; idle, the pace is the receiver's.
         runtime, _ = service
         extras = runtime.extras
         extras["messaging_settings"] = TEST_SETTINGS.model_copy(
-            update={"poll_interval_s": 5.0, "per_tenant_concurrency": 8}
+            update={"poll_interval_s": 30.0, "per_tenant_concurrency": 8}
         )
         try:
             await tenant.customer("c-fast")
@@ -364,10 +366,14 @@ class TestPace:
                 return len(receiver.of(tenant, "c-fast"))
 
             await eventually(delivered, lambda n: n >= 1, timeout=30, interval=0.01)
-            # The bound starts at the first delivery: 100 within 10 s is 10/s or more.
-            n = await eventually(delivered, lambda n: n >= 100, timeout=10, interval=0.05)
+            # The bound starts at the first delivery.
+            await eventually(delivered, lambda n: n >= 100, timeout=20, interval=0.05)
         finally:
             extras["messaging_settings"] = TEST_SETTINGS
+            # The dispatcher may be waiting out the 30 s poll: the next test's message
+            # wakes it (NOTIFY); a retry falling due would wait, so wake it now.
+            async with runtime.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_notify('afterglow_messages_journeys', '')"))
         assert {m["body"]["request_id"] for m in receiver.of(tenant, "c-fast")} == tenant.mine
 
 

@@ -170,3 +170,18 @@ async def in_segments(
         with event_context(event.id, event.traceparent):
             await one(event)
     await flush()
+
+
+async def each_in_order(
+    session: AsyncSession,
+    events: Sequence[CloudEvent[Any]],
+    handle: Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]],
+) -> None:
+    """For a batch handler that prepared the batch in sets (locks taken in order, reads
+    cached) and then applies each event with per-event code: in order, each event seeing
+    the earlier ones' writes through fresh ORM objects, as the per-event form does."""
+    for event in events:
+        with event_context(event.id, event.traceparent):
+            await handle(session, event)
+        await session.flush()
+        session.expunge_all()

@@ -4,13 +4,15 @@ re-sent business event with a new id change nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
+from afterglow.events import BatchHandler, CloudEvent
+from afterglow.events.batch import each_in_order
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     Money,
@@ -403,19 +405,33 @@ async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> Non
 
 def consumers(runtime: Runtime) -> list[ConsumerSpec]:
     h = Handlers(runtime)
-    return [
-        ConsumerSpec(
-            "ledger",
-            {
-                "afterglow.order.placed.v1": h.order_placed,
-                "afterglow.order.fulfilled.v1": h.order_fulfilled,
-                "afterglow.order.delivered.v1": h.order_delivered,
-                "afterglow.order.refunded.v1": h.order_refunded,
-                "afterglow.order.cancelled.v1": h.order_cancelled,
-                "afterglow.review.submitted.v1": h.review_submitted,
-                "afterglow.survey.responded.v1": h.survey_responded,
-                "afterglow.referral.converted.v1": h.referral_converted,
-                "afterglow.customer.erasure_requested.v1": h.erasure_requested,
-            },
-        )
-    ]
+    one_by_one: dict[str, Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]] = {
+        "afterglow.order.placed.v1": h.order_placed,
+        "afterglow.order.fulfilled.v1": h.order_fulfilled,
+        "afterglow.order.delivered.v1": h.order_delivered,
+        "afterglow.order.refunded.v1": h.order_refunded,
+        "afterglow.order.cancelled.v1": h.order_cancelled,
+        "afterglow.review.submitted.v1": h.review_submitted,
+        "afterglow.survey.responded.v1": h.survey_responded,
+        "afterglow.referral.converted.v1": h.referral_converted,
+        "afterglow.customer.erasure_requested.v1": h.erasure_requested,
+    }
+
+    async def apply(session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+        """Lock order: the batch's existing accounts first, by (tenant, customer), in
+        one statement; then each event in partition order. The rules are read once per
+        tenant per batch."""
+        session.info[store.RULES_CACHE] = {}
+        try:
+            await store.lock_accounts(
+                session, {(e.tenantid, e.subject) for e in events if not _tenant_wide(e)}
+            )
+            await each_in_order(session, events, lambda s, e: one_by_one[e.type](s, e))
+        finally:
+            session.info.pop(store.RULES_CACHE, None)
+
+    return [ConsumerSpec("ledger", dict.fromkeys(one_by_one, BatchHandler(apply)))]
+
+
+def _tenant_wide(event: CloudEvent[Any]) -> bool:
+    return isinstance(event.data, CustomerErasureRequested) and event.data.scope == "tenant"

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import BatchHandler, CloudEvent, Handler
+from afterglow.events.batch import each_in_order
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -24,7 +25,6 @@ from afterglow.events.catalog import (
     OrderRefunded,
     ReferralInvited,
 )
-from afterglow.events.context import event_context
 from afterglow.kit.app import ConsumerSpec, Runtime
 from afterglow.referrals.service import ReferralService
 
@@ -107,12 +107,7 @@ def consumers(runtime: Runtime) -> list[ConsumerSpec]:
             elif isinstance(e.data, ReferralInvited):
                 advocates.add((e.tenantid, e.subject))
         await svc.lock_codes(session, codes, advocates)
-        for e in events:
-            with event_context(e.id, e.traceparent):
-                await one_by_one[e.type](session, e)
-            # The next event sees this one's writes, through fresh ORM objects.
-            await session.flush()
-            session.expunge_all()
+        await each_in_order(session, events, lambda s, e: one_by_one[e.type](s, e))
 
     batch: Handler = BatchHandler(apply)
     # One consumer group for every topic: on the embedded broker each group costs
