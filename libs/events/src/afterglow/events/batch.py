@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Table, Text, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -35,8 +35,6 @@ from sqlalchemy.sql import func
 
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent
-
-T = TypeVar("T")
 
 EventHandler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
 BatchHandlerFn = Callable[[AsyncSession, list[CloudEvent[Any]]], Awaitable[None]]
@@ -137,17 +135,6 @@ def _runs(
     return runs
 
 
-# asyncpg binds at most 32,767 parameters per statement; a batch may be 10,000 events.
-MAX_PARAMS = 30_000
-
-
-def chunks(rows: Sequence[T], columns: int) -> list[Sequence[T]]:
-    """``rows`` cut so that a multi-row statement of ``columns`` parameters per row stays
-    under the driver's parameter limit (a 10,000-event batch of 9-column rows is 90,000)."""
-    size = max(1, MAX_PARAMS // max(1, columns))
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
 async def in_segments(
     events: Sequence[CloudEvent[Any]],
     *,
@@ -185,3 +172,23 @@ async def each_in_order(
             await handle(session, event)
         await session.flush()
         session.expunge_all()
+
+
+def unnest_insert(table: Table, columns: Sequence[str]) -> Any:
+    """``INSERT INTO table (columns) SELECT ... FROM unnest(:c1, :c2, ...)``: a multi-row
+    insert that is ONE statement whatever the number of rows, so it is compiled and
+    prepared once (``insert().values([...])`` is a new statement, compiled again, for
+    every batch size; in a profile of the feedback consumer its compilation was the
+    largest cost). Execute it with one list per column, named after the column; add
+    ``on_conflict_do_nothing`` / ``returning`` as needed, once, where it is built."""
+    rows = (
+        func.unnest(*[bindparam(c, type_=ARRAY(table.c[c].type)) for c in columns])
+        .table_valued(*columns)
+        .render_derived(name="new_rows")
+    )
+    return pg_insert(table).from_select(list(columns), select(*[rows.c[c] for c in columns]))
+
+
+def as_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows as the per-column lists :func:`unnest_insert` takes."""
+    return {c: [r[c] for r in rows] for c in columns}

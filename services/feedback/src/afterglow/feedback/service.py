@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import chunks
+from afterglow.events.batch import as_columns, unnest_insert
 from afterglow.events.catalog import (
     MessageRequested,
     ReviewPublished,
@@ -38,6 +38,34 @@ from afterglow.feedback.models import (
 from afterglow.feedback.settings import FeedbackSettings
 
 SOURCE = "feedback"
+
+# The consumer's multi-row inserts, built (and so compiled and prepared) once.
+SURVEY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "customer_id",
+    "request_id",
+    "kind",
+    "order_id",
+    "ticket_id",
+    "sent_at",
+    "expires_at",
+)
+# One survey per request id, whatever the journey repeats under a new event id; a
+# repeat within the same statement keeps the first row.
+NEW_SURVEYS = (
+    unnest_insert(Survey.__table__, SURVEY_COLUMNS)
+    .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
+    .returning(Survey.id)
+)
+ORDER_COLUMNS = ("tenant_id", "order_id", "customer_id", "placed_at")
+NEW_ORDERS = (
+    unnest_insert(Order.__table__, ORDER_COLUMNS)
+    .on_conflict_do_nothing()
+    .returning(Order.tenant_id, Order.order_id)
+)
+ITEM_COLUMNS = ("tenant_id", "order_id", "line_no", "sku", "product_id", "title")
+NEW_ITEMS = unnest_insert(OrderItem.__table__, ITEM_COLUMNS)
 DEFAULT_NAME = "our shop"
 DEFAULT_COLOR = "#3b5bdb"
 
@@ -171,21 +199,9 @@ async def handle_survey_requests(
         )
         for e in events
     ]
-    columns = ("id", "tenant_id", "customer_id", "request_id", "kind", "order_id", "ticket_id")
-    inserted: set[str] = set()
-    for part in chunks(surveys, len(columns) + 2):
-        rows = [
-            {**{c: getattr(sv, c) for c in columns}, "sent_at": now, "expires_at": sv.expires_at}
-            for sv in part
-        ]
-        # One survey per request id, whatever the journey repeats under a new event id.
-        result = await session.execute(
-            pg_insert(Survey)
-            .values(rows)
-            .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
-            .returning(Survey.id)
-        )
-        inserted.update(result.scalars())
+    rows = [{c: getattr(sv, c) for c in SURVEY_COLUMNS} for sv in surveys]
+    result = await session.execute(NEW_SURVEYS, as_columns(rows, SURVEY_COLUMNS))
+    inserted = set(result.scalars())
     created = [sv for sv in surveys if sv.id in inserted]
     if not created:
         return
@@ -726,25 +742,17 @@ async def remember_orders(session: AsyncSession, orders: list[PlacedOrder]) -> N
     orders that were new."""
     if not orders:
         return
-    new: set[tuple[str, str]] = set()
-    for part in chunks(orders, 4):
-        result = await session.execute(
-            pg_insert(Order)
-            .values(
-                [
-                    {
-                        "tenant_id": o.tenant_id,
-                        "order_id": o.order_id,
-                        "customer_id": o.customer_id,
-                        "placed_at": o.placed_at,
-                    }
-                    for o in part
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(Order.tenant_id, Order.order_id)
-        )
-        new.update((r.tenant_id, r.order_id) for r in result)
+    rows = [
+        {
+            "tenant_id": o.tenant_id,
+            "order_id": o.order_id,
+            "customer_id": o.customer_id,
+            "placed_at": o.placed_at,
+        }
+        for o in orders
+    ]
+    result = await session.execute(NEW_ORDERS, as_columns(rows, ORDER_COLUMNS))
+    new = {(r.tenant_id, r.order_id) for r in result}
     items = []
     for o in orders:
         if (o.tenant_id, o.order_id) not in new:
@@ -754,8 +762,8 @@ async def remember_orders(session: AsyncSession, orders: list[PlacedOrder]) -> N
             {"tenant_id": o.tenant_id, "order_id": o.order_id, "line_no": i, **item}
             for i, item in enumerate(o.items)
         ]
-    for rows in chunks(items, 6):
-        await session.execute(pg_insert(OrderItem).values(list(rows)))
+    if items:
+        await session.execute(NEW_ITEMS, as_columns(items, ITEM_COLUMNS))
 
 
 async def save_referral_link(
