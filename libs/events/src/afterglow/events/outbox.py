@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events.envelope import CloudEvent, to_record
+from afterglow.events.listen import Listener
 from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,18 @@ class OutboxRelay:
         self._send_timeout = send_timeout_s
         self._max_backoff = max_backoff_s
         self._retention = sent_retention_s
-        self._keepalive_interval = keepalive_interval_s
         self._wake = asyncio.Event()
+        self._listener = Listener(
+            engine,
+            notify_channel(self._schema),
+            self._wake,
+            name=f"afterglow-outbox-listen:{self._schema}",
+            connect_timeout_s=send_timeout_s,
+            keepalive_interval_s=keepalive_interval_s,
+            max_backoff_s=max_backoff_s,
+        )
         # The listening connection's name in pg_stat_activity.
-        self.listener_name = f"afterglow-outbox-listen:{self._schema}"[:63]
-        self.keepalives = 0
-        self.notifications = 0
+        self.listener_name = self._listener.name
         # Namespaces the advisory locks per schema so services never contend.
         self._lock_ns = zlib.crc32(f"outbox:{self._schema}".encode()) & 0x7FFFFFFF
         self.last_success: float | None = None
@@ -188,7 +195,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled: woken by NOTIFY, or by a short poll as a fallback."""
-        listener = asyncio.create_task(self._listen(), name=f"outbox-listen-{self._schema}")
+        listener = asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self._schema}")
         backoff = 0.5
         last_purge = 0.0
         last_measure = 0.0
@@ -246,63 +253,14 @@ class OutboxRelay:
         except Exception:
             log.warning("outbox purge failed", exc_info=True)
 
-    async def _listen(self) -> None:
-        """LISTEN on a connection of its own; reconnect with backoff if it drops.
+    @property
+    def keepalives(self) -> int:
+        return self._listener.keepalives
 
-        The connection is a bare asyncpg one, outside SQLAlchemy and its pool, and runs
-        nothing but LISTEN and the keepalive, never inside a transaction. PostgreSQL
-        delivers a notification only to a session outside any transaction: a keepalive
-        ``SELECT 1`` on an SQLAlchemy connection autobegan one that never ended, every
-        NOTIFY after it waited in the server's queue (relays fell back to their poll),
-        and when that queue filled every transaction that notifies, so every outbox
-        write, failed.
-        """
-        channel = notify_channel(self._schema)
-        backoff = 0.5
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await self._connect_listener()
-                await conn.add_listener(channel, self._on_notify)
-                backoff = 0.5
-                self._wake.set()  # anything committed while we were away
-                while True:
-                    await asyncio.sleep(self._keepalive_interval)
-                    await self.keepalive(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("outbox LISTEN connection lost; polling meanwhile", exc_info=True)
-                await asyncio.sleep(backoff * (1 + random.random()))
-                backoff = min(backoff * 2, self._max_backoff)
-            finally:
-                if conn is not None:
-                    conn.terminate()  # no goodbye round trip: it may be dead already
-
-    async def _connect_listener(self) -> asyncpg.Connection:
-        # The engine's own connection arguments (host, socket, credentials, TLS),
-        # minus the options only SQLAlchemy's adapter understands.
-        cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
-        options = {k: v for k, v in cparams.items() if k not in _SQLALCHEMY_ONLY_OPTIONS}
-        async with asyncio.timeout(self._send_timeout):
-            return await asyncpg.connect(
-                *cargs,
-                **options,
-                server_settings={"application_name": self.listener_name},
-            )
+    @property
+    def notifications(self) -> int:
+        return self._listener.notifications
 
     async def keepalive(self, conn: asyncpg.Connection) -> None:
         """Notice a dead listening connection (a restarted server, a cut link)."""
-        async with asyncio.timeout(self._send_timeout):
-            await conn.execute("SELECT 1")
-        self.keepalives += 1
-
-    def _on_notify(self, *_: object) -> None:
-        self.notifications += 1
-        self._wake.set()
-
-
-# Keys SQLAlchemy's asyncpg dialect accepts in a URL that asyncpg.connect does not.
-_SQLALCHEMY_ONLY_OPTIONS = frozenset(
-    {"prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn"}
-)
+        await self._listener.keepalive(conn)

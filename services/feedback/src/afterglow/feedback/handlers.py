@@ -1,10 +1,23 @@
-"""Event handlers: each runs in one transaction with the inbox insert (exactly-once)."""
+"""Event handlers: one batch function for the survey, review, order, referral-link and
+erasure events, run in the consumer's transaction with the inbox claim (exactly once
+per event id); ticket events have theirs (afterglow.feedback.support).
+
+A batch is applied in sets (DESIGN.md, "Throughput"): the first survey requests and the
+orders of a run of events are collected and written with one statement per table; any
+other event (a reminder, a review request, a referral link, an erasure) first flushes
+what was collected, then is applied alone, so each event sees every earlier one's
+writes, as one by one. Surveys and orders touch different rows (one per request id, one
+per order id), so collecting them together changes no outcome."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent, ConsumerGroup, on
+from afterglow.events import CloudEvent, ConsumerGroup, on_batch
+from afterglow.events.batch import in_segments
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderPlaced,
@@ -46,11 +59,8 @@ async def order_placed(
     # buyers' reviews are verified purchases. Nothing here asks for anything: a
     # survey or review ask comes only from a journey, which a past order never starts.
     data = event.data
-    items = [
-        {"sku": li.sku, "product_id": li.product_id, "title": li.title} for li in data.line_items
-    ]
     await service.remember_order(
-        session, event.tenantid, event.subject, data.order_id, data.placed_at, items
+        session, event.tenantid, event.subject, data.order_id, data.placed_at, _items(data)
     )
 
 
@@ -70,6 +80,53 @@ async def erasure(
     await service.erase(session, event.tenantid, customer)
 
 
+ONE_BY_ONE: dict[type, Callable[[Runtime, AsyncSession, Any], Awaitable[None]]] = {
+    SurveyRequested: survey_requested,
+    ReviewRequested: review_requested,
+    OrderPlaced: order_placed,
+    ReferralCodeIssued: code_issued,
+    CustomerErasureRequested: erasure,
+}
+
+
+async def apply(runtime: Runtime, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+    now = runtime.clock.now()
+    settings = _settings(runtime)
+    surveys: list[CloudEvent[Any]] = []
+    orders: list[service.PlacedOrder] = []
+
+    def take(event: CloudEvent[Any]) -> bool:
+        data = event.data
+        if isinstance(data, SurveyRequested) and not data.reminder:
+            surveys.append(event)
+            return True
+        if isinstance(data, OrderPlaced):
+            orders.append(
+                service.PlacedOrder(
+                    event.tenantid, event.subject, data.order_id, data.placed_at, _items(data)
+                )
+            )
+            return True
+        return False
+
+    async def flush() -> None:
+        await service.remember_orders(session, orders)
+        await service.handle_survey_requests(session, runtime.outbox, settings, surveys, now)
+        orders.clear()
+        surveys.clear()
+
+    async def one(event: CloudEvent[Any]) -> None:
+        await ONE_BY_ONE[type(event.data)](runtime, session, event)
+
+    await in_segments(events, take=take, flush=flush, one=one)
+
+
+def _items(data: OrderPlaced) -> list[dict[str, str | None]]:
+    return [
+        {"sku": li.sku, "product_id": li.product_id, "title": li.title} for li in data.line_items
+    ]
+
+
 def _runtime(runtime: Runtime) -> Runtime:
     return runtime
 
@@ -77,13 +134,14 @@ def _runtime(runtime: Runtime) -> Runtime:
 CONSUMERS = (
     ConsumerGroup(
         "events",
-        on(SurveyRequested, survey_requested),
+        # One batch function for all five, so a batch's run of them is applied in sets.
+        on_batch(SurveyRequested, apply),
         # feedback owns the review link, so it requests the review message itself
-        on(ReviewRequested, review_requested),
-        on(OrderPlaced, order_placed),
+        on_batch(ReviewRequested, apply),
+        on_batch(OrderPlaced, apply),
         # the customer's referral code is linked in feedback's messages
-        on(ReferralCodeIssued, code_issued),
-        on(CustomerErasureRequested, erasure),
+        on_batch(ReferralCodeIssued, apply),
+        on_batch(CustomerErasureRequested, apply),
         *support.TICKET_SUBSCRIPTIONS,
         context=_runtime,
     ),

@@ -1,13 +1,21 @@
-"""Event handlers. Each runs in the consumer's inbox transaction, so a redelivered event
-is skipped and the state change commits with the events it causes."""
+"""Event handlers. A batch runs in the consumer's inbox transaction, so a redelivered
+event is skipped and the state change commits with the events it causes.
+
+Lock order: a batch first locks every code it may touch with one statement, ordered by
+(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events one by
+one in partition order, each locking its order row (one customer's, in this partition
+only). Codes are shared across partitions (an advocate's code, many referees): taken in
+whatever order the events came, two batches deadlocked on them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent, ConsumerGroup, on
+from afterglow.events import CloudEvent, ConsumerGroup, on_batch
+from afterglow.events.batch import each_in_order
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -98,18 +106,34 @@ def _service(runtime: Any) -> ReferralService:
     return svc
 
 
+ONE_BY_ONE: dict[type, Callable[[ReferralService, AsyncSession, Any], Awaitable[None]]] = {
+    ReferralInvited: invited,
+    OrderPlaced: placed,
+    OrderFulfilled: fulfilled,
+    OrderDelivered: delivered,
+    OrderRefunded: refunded,
+    OrderCancelled: cancelled,
+    CustomerErasureRequested: erasure,
+}
+
+
+async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+    codes: set[tuple[str, str]] = set()
+    advocates: set[tuple[str, str]] = set()
+    for e in events:
+        if isinstance(e.data, OrderPlaced) and not e.data.historical:
+            codes.update((e.tenantid, c) for c in e.data.discount_codes)
+            if e.data.referral_code:
+                codes.add((e.tenantid, e.data.referral_code))
+        elif isinstance(e.data, ReferralInvited):
+            advocates.add((e.tenantid, e.subject))
+    await svc.lock_codes(session, codes, advocates)
+    await each_in_order(session, events, lambda s, e: ONE_BY_ONE[type(e.data)](svc, s, e))
+
+
 # One consumer group for every topic: on the embedded broker each group costs seconds to
-# join at start-up, and ordering only matters within a partition anyway.
+# join at start-up, and ordering only matters within a partition anyway. One batch
+# function for every class, so a batch's codes are locked together, in order.
 CONSUMERS = (
-    ConsumerGroup(
-        "events",
-        on(ReferralInvited, invited),
-        on(OrderPlaced, placed),
-        on(OrderFulfilled, fulfilled),
-        on(OrderDelivered, delivered),
-        on(OrderRefunded, refunded),
-        on(OrderCancelled, cancelled),
-        on(CustomerErasureRequested, erasure),
-        context=_service,
-    ),
+    ConsumerGroup("events", *(on_batch(cls, apply) for cls in ONE_BY_ONE), context=_service),
 )

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, Text, column, func, or_, select, update, values
+from sqlalchemy import ColumnElement, Text, column, func, or_, select, tuple_, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -135,6 +135,33 @@ class ReferralService:
         return self._policy_of(tenant_id, row)
 
     # --- codes --------------------------------------------------------------------
+
+    async def lock_codes(
+        self,
+        session: AsyncSession,
+        codes: set[tuple[str, str]],
+        advocates: set[tuple[str, str]],
+    ) -> None:
+        """Lock, with one statement and in one order (tenant, then code id), every code a
+        batch may lock: those its orders carry (``codes``: tenant and raw code) and
+        those of the advocates it invites. Attributing locks its code, then the order;
+        two batches from different partitions that took one code each, then wanted the
+        other's, deadlocked (and the whole batch was retried)."""
+        wanted = {
+            (t, domain.normalize_code(c))
+            for t, c in codes
+            if domain.is_code_shaped(domain.normalize_code(c))
+        }
+        conds = []
+        if wanted:
+            conds.append(tuple_(Code.tenant_id, Code.code).in_(sorted(wanted)))
+        if advocates:
+            conds.append(tuple_(Code.tenant_id, Code.advocate_customer_id).in_(sorted(advocates)))
+        if not conds:
+            return
+        await session.execute(
+            select(Code.id).where(or_(*conds)).order_by(Code.tenant_id, Code.id).with_for_update()
+        )
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
