@@ -9,7 +9,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.ingest import api, bigcommerce, export, metrics, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
@@ -88,6 +88,7 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             api.rest,
             api.operators,
             api.admin,
+            metrics.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
