@@ -24,7 +24,9 @@ class ConsoleSettings(ServiceSettings):
         named = dict(
             part.split("=", 1) for part in self.service_urls.split(",") if "=" in part
         )
-        return {**DEV_URLS, **{k.strip(): v.strip().rstrip("/") for k, v in named.items()}}
+        given = {k.strip(): v.strip().rstrip("/") for k, v in named.items()}
+        # Only the services it calls (the launcher's list names the console too).
+        return {name: given.get(name, url) for name, url in DEV_URLS.items()}
 
     @property
     def secure_cookies(self) -> bool:
