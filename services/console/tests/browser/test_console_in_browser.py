@@ -80,7 +80,8 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
         shop: Tenant = await seed(http, await new_tenant(http, services))
         other: Tenant = await seed(http, await new_tenant(http, services))
     console = shop.urls["console"]
-    context = await browser.new_context(base_url=console)
+    # bypass_csp: the pages allow no script, and axe-core is injected as one.
+    context = await browser.new_context(base_url=console, bypass_csp=True)
     page = await context.new_page()
 
     # --- sign in (the key's announcement may still be on its way to the console) ---

@@ -25,6 +25,8 @@ NO_TESTS = 5
 ISOLATED = (
     "tests/integration/test_first_order_agreement.py",
     "tests/e2e/test_refunds_and_history.py",
+    # Runs every service as processes (the console reads them all), in their groups.
+    "services/console/tests",
 )
 
 
