@@ -184,3 +184,61 @@ class TestReviewQueue:
             headers=other_shop.auth(),
         )
         assert review.json()["status"] == "pending"
+
+
+BROKEN = """name: default
+trigger:
+  events: [order.placed]
+stages:
+  - name: onboarding
+    actions:
+      - type: message
+        kind: welcome
+        category: transactional
+  - name: check_in
+    wait: three days please
+    actions:
+      - type: message
+        kind: check_in
+"""
+
+
+class TestJourneys:
+    async def test_a_broken_definition_is_shown_at_its_line_then_fixed_simulated_activated(
+        self, shop: Tenant
+    ):
+        async with signed_in(shop.urls["console"], shop.keys["writer"]) as c:
+            listing = await c.get("/journeys")
+            assert listing.status_code == 200 and "/journeys/default" in listing.text
+            page = await c.get("/journeys/default")
+            assert page.status_code == 200 and "onboarding" in page.text
+            token = csrf_of(page.text)
+            bad = await c.post("/journeys/default", data={"csrf": token, "definition": BROKEN})
+            assert bad.status_code == 422
+            assert "Line 11:" in bad.text  # the wait of the second stage
+            assert "three days please" in bad.text  # the text is kept for fixing
+            fixed = BROKEN.replace("three days please", "P3D after order.delivered")
+            saved = await c.post("/journeys/default", data={"csrf": token, "definition": fixed})
+            assert saved.status_code == 303, saved.text
+            version = saved.headers["location"].rsplit("=", 1)[1]
+            sim = await c.post(
+                "/journeys/default/simulate", data={"csrf": token, "version": version}
+            )
+            assert sim.status_code == 200
+            assert "Simulated path" in sim.text and "welcome" in sim.text
+            act = await c.post(
+                "/journeys/default/activate", data={"csrf": token, "version": version}
+            )
+            assert act.status_code == 303
+            after = await c.get("/journeys")
+            assert f"v{version}</a> (active)" in after.text
+
+    async def test_a_read_only_key_has_no_editor_and_cannot_save(self, shop: Tenant):
+        async with signed_in(shop.urls["console"], shop.keys["reader"]) as c:
+            page = await c.get("/journeys/default")
+            assert page.status_code == 200
+            assert 'name="definition"' not in page.text
+            r = await c.post(
+                "/journeys/default", data={"csrf": csrf_of(page.text), "definition": BROKEN}
+            )
+            assert r.status_code == 403

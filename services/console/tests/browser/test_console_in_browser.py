@@ -134,6 +134,26 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
         r = await http.get(f"{shop.urls['feedback']}/v1/reviews/{shop.review_id}", headers=shop.auth())
     assert r.json()["status"] == "published"
 
+    # --- a journey: fix a broken definition from the error shown, simulate, activate ---
+    await page.get_by_role("link", name="Journeys").click()
+    await check_page(page, "journeys")
+    await page.get_by_role("link", name="default", exact=True).click()
+    editor = page.get_by_label("Definition")
+    good = await editor.input_value()
+    await editor.fill(good.replace("wait: P3D after", "wait: soonish after", 1))
+    await page.get_by_role("button", name="Save as a new version").click()
+    alert = page.get_by_role("alert")
+    assert "Line " in await alert.inner_text()
+    await check_page(page, "journey-error")
+    await editor.fill((await editor.input_value()).replace("soonish after", "P3D after", 1))
+    await page.get_by_role("button", name="Save as a new version").click()
+    assert "version=2" in page.url
+    await page.get_by_role("button", name="Simulate").click()
+    assert await page.locator("#simulation", has_text="welcome").count() == 1
+    await check_page(page, "journey")
+    await page.get_by_role("button", name="Activate version 2").click()
+    assert await page.get_by_role("heading", name="Journey default, version 2 (active)").count() == 1
+
     # --- sign out: the pages are closed again ---
     await page.get_by_role("button", name="Sign out").click()
     assert page.url.endswith("/sign-in")

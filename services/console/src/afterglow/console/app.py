@@ -11,6 +11,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from afterglow.console import journeys_pages
+from afterglow.console.backend import BackendError
 from afterglow.console.models import api_keys, tables
 from afterglow.console.pages import page, redirect, router
 from afterglow.console.sessions import BadCsrf, ReadOnly, SignInRequired
@@ -35,7 +37,7 @@ def create_app(settings: ConsoleSettings | None = None, clock: Clock | None = No
         api_keys_table=api_keys,
         title="Afterglow console",
         description="Dashboards, customer timelines, work queues and journeys, as web pages.",
-        routers=[router],
+        routers=[router, journeys_pages.router],
         clock=clock,
     )
     install_page_errors(app)
@@ -53,6 +55,12 @@ def install_page_errors(app: FastAPI) -> None:
         heading = "Read-only key" if isinstance(exc, ReadOnly) else "Form refused"
         return page(request, "notice.html", 403, heading=heading, text=str(exc))
 
+    async def backend_failed(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BackendError)
+        status = exc.status if exc.status in (403, 404, 409, 422) else 502
+        return page(request, "notice.html", status, heading="Not done", text=str(exc))
+
     app.add_exception_handler(SignInRequired, to_sign_in)
+    app.add_exception_handler(BackendError, backend_failed)
     app.add_exception_handler(ReadOnly, refused)
     app.add_exception_handler(BadCsrf, refused)
