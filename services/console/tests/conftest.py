@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # console_support is shared by the test dirs
 
-from console_support import services  # noqa: E402,F401 - the session fixture
+from console_support import services  # noqa: F401 - the session fixture

@@ -52,8 +52,11 @@ BOOK = [
     ("a", "o-a3", "2026-03-20T18:00:00Z", 2000),
 ]
 # NPS answers in the period: two promoters and a detractor, NPS (2 - 1) / 3 = 33.3.
-ANSWERS = [("a", 10, "2026-02-02T10:00:00Z"), ("b", 6, "2026-02-03T10:00:00Z"),
-           ("c", 9, "2026-03-02T10:00:00Z")]
+ANSWERS = [
+    ("a", 10, "2026-02-02T10:00:00Z"),
+    ("b", 6, "2026-02-03T10:00:00Z"),
+    ("c", 9, "2026-03-02T10:00:00Z"),
+]
 # One spam signal (a link) holds a review for a person to look at.
 HELD_REVIEW = {"rating": 4, "title": "Sturdy tent", "body": "Photos at https://example.com/tent"}
 
@@ -98,7 +101,9 @@ async def new_tenant(http: httpx.AsyncClient, svc: RunningServices) -> Tenant:
         ("no_console", [s for s in READ_SCOPES if not s.startswith("console:")]),
     ):
         r = await http.post(
-            f"{t.urls['ingest']}/admin/tenants/{t.id}/api-keys", headers=ADMIN, json={"scopes": scopes}
+            f"{t.urls['ingest']}/admin/tenants/{t.id}/api-keys",
+            headers=ADMIN,
+            json={"scopes": scopes},
         )
         assert r.status_code == 201, r.text
         t.keys[name] = r.json()["key"]
@@ -107,10 +112,10 @@ async def new_tenant(http: httpx.AsyncClient, svc: RunningServices) -> Tenant:
     for name, url in t.urls.items():
         if name == "console":
             continue  # it serves no API; signed_in waits for it
-        probe = "/v1/customers/nobody/export"
 
         async def answered(url: str = url) -> int:
-            return (await http.get(url + probe, headers=t.auth("reader"))).status_code
+            probe = url + "/v1/customers/nobody/export"
+            return (await http.get(probe, headers=t.auth("reader"))).status_code
 
         await eventually(answered, lambda s: s != 401, timeout=120)
     return t

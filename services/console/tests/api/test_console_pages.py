@@ -41,7 +41,12 @@ async def other_shop(http: httpx.AsyncClient, services: RunningServices) -> Tena
 class TestSignIn:
     async def test_pages_send_a_stranger_to_sign_in(self, shop: Tenant):
         async with httpx.AsyncClient(base_url=shop.urls["console"]) as c:
-            for path in ("/dashboard", "/customers", "/reviews", f"/customers/{shop.customer('a')}"):
+            for path in (
+                "/dashboard",
+                "/customers",
+                "/reviews",
+                f"/customers/{shop.customer('a')}",
+            ):
                 r = await c.get(path)
                 assert (r.status_code, r.headers["location"]) == (303, "/sign-in"), path
 
@@ -53,7 +58,8 @@ class TestSignIn:
             )
             assert r.status_code == 303, r.text
             cookie = next(
-                v for k, v in r.headers.multi_items()
+                v
+                for k, v in r.headers.multi_items()
                 if k == "set-cookie" and v.startswith("afterglow_console=")
             )
             attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
@@ -105,7 +111,7 @@ class TestDashboard:
         assert figure(html, "nps") == "33.3"
         # Each chart is an accessible SVG with its numbers in a table.
         assert html.count('<svg class="chart"') == 4  # orders, cohorts, NPS, CSAT
-        assert '<caption>Orders per day</caption>' in html
+        assert "<caption>Orders per day</caption>" in html
         assert '<th scope="row">2026-01</th><td class="n">2</td>' in html  # January: A and B
         assert "185.00" in html  # January's revenue per customer over three months
 

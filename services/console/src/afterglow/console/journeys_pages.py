@@ -18,24 +18,30 @@ from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.routing import service_router
 
-router = service_router(tags=["console"])
+# Pages for browsers, not an API: left out of the OpenAPI document (which lists the
+# operations only), and their contract is the browser test's.
+router = service_router(tags=["console"], include_in_schema=False)
 _PAGE = openapi.html(200, "A console page", "<!doctype html>...")
 
 
 def steps(definition: dict[str, Any]) -> list[dict[str, Any]]:
     """The stages in order with what each waits for and does: the journey's flow as
     a list a screen reader reads in order (splits and conditions named in words)."""
+
+    def kinds(actions: list[dict[str, Any]]) -> str:
+        return ", ".join(str(x.get("kind") or x.get("type", "")) for x in actions)
+
     out = []
     for stage in definition.get("stages") or []:
         actions = []
         for a in stage.get("actions") or []:
             if a.get("type") == "split":
                 branches = [
-                    f"if {b.get('when')}: {', '.join(x.get('kind') or x.get('type', '') for x in b.get('actions', []))}"
+                    f"if {b.get('when')}: {kinds(b.get('actions') or [])}"
                     for b in a.get("branches") or []
                 ]
-                other = ", ".join(x.get("kind") or x.get("type", "") for x in a.get("otherwise") or [])
-                actions.append("split: " + "; ".join([*branches, f"otherwise: {other}"]))
+                otherwise = kinds(a.get("otherwise") or [])
+                actions.append("split: " + "; ".join([*branches, f"otherwise: {otherwise}"]))
             else:
                 actions.append(" ".join(str(a.get(k)) for k in ("type", "kind") if a.get(k)))
         out.append(
@@ -76,7 +82,9 @@ async def _journey_page(
         return page(
             request, "notice.html", code, session=session, heading="Journey", text=exc.message
         )
-    versions = next((j["versions"] for j in listing["journeys"] if j["name"] == name), [])
+    versions: list[dict[str, Any]] = next(
+        (j["versions"] for j in listing["journeys"] if j["name"] == name), []
+    )
     if text is None:
         text = yaml.safe_dump(journey["definition"], sort_keys=False, allow_unicode=True)
     return page(

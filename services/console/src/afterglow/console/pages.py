@@ -24,7 +24,6 @@ from afterglow.console.sessions import (
     SIGNIN_COOKIE,
     BadCsrf,
     ConsoleSession,
-    ReadOnly,
     current_session,
     sign_in,
     sign_out,
@@ -37,7 +36,9 @@ from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.routing import read_body, service_router
 from afterglow.kit.text import clean_text
 
-router = service_router(tags=["console"])
+# Pages for browsers, not an API: left out of the OpenAPI document (which lists the
+# operations only), and their contract is the browser test's.
+router = service_router(tags=["console"], include_in_schema=False)
 Current = Annotated[ConsoleSession, Depends(current_session)]
 
 MAX_FORM_BYTES = 256 * 1024  # a journey's YAML is the largest field
@@ -65,7 +66,7 @@ def page(
 
 
 def settings_of(request: Request) -> ConsoleSettings:
-    s: ConsoleSettings = runtime_of(request).settings  # type: ignore[assignment]
+    s: ConsoleSettings = runtime_of(request).settings
     return s
 
 
@@ -281,8 +282,17 @@ async def customer(request: Request, session: Current, customer_id: str) -> HTML
 
 
 # The first of these a row has is when it happened (each table names its own).
-_WHEN = ("created_at", "at", "responded_at", "sent_at", "placed_at", "started_at",
-         "converted_at", "earned_at", "decided_at")
+_WHEN = (
+    "created_at",
+    "at",
+    "responded_at",
+    "sent_at",
+    "placed_at",
+    "started_at",
+    "converted_at",
+    "earned_at",
+    "decided_at",
+)
 # Rows that are state rather than events, shown by their own tables, not the timeline.
 _NOT_EVENTS = {"message_decisions", "message_contacts", "journey_timers", "accounts", "profiles"}
 
@@ -302,7 +312,11 @@ def timeline(records: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[s
                 when = next((row[k] for k in _WHEN if row.get(k)), None)
                 if when is None:
                     continue
-                entry = {"when": str(when), "service": service, "what": table.replace("_", " ")}
+                entry: dict[str, Any] = {
+                    "when": str(when),
+                    "service": service,
+                    "what": table.replace("_", " "),
+                }
                 entry["row"] = row
                 entry["decisions"] = decisions.get(row.get("id"), []) if table == "messages" else []
                 out.append(entry)

@@ -73,7 +73,7 @@ class ConsoleSession:
 
 async def sign_in(runtime: Runtime, presented: str) -> tuple[str, datetime] | None:
     """A new session for a valid key with ``console:read``: (cookie token, expiry)."""
-    settings: ConsoleSettings = runtime.settings  # type: ignore[assignment]
+    settings: ConsoleSettings = runtime.settings
     async with runtime.sessionmaker.begin() as s:
         principal = await runtime.api_keys.verify(s, presented.strip())
         if principal is None or not principal.allows(READ_SCOPE):
@@ -120,7 +120,7 @@ async def current_session(request: Request) -> ConsoleSession:
             raise SignInRequired
         if await runtime.api_keys.verify(s, row.api_key) is None:
             raise SignInRequired
-    settings: ConsoleSettings = runtime.settings  # type: ignore[assignment]
+    settings: ConsoleSettings = runtime.settings
     assert runtime.http is not None
     return ConsoleSession(
         tenant_id=row.tenant_id,

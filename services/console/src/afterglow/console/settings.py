@@ -21,9 +21,7 @@ class ConsoleSettings(ServiceSettings):
     console_session_ttl_s: int = 8 * 3600
 
     def urls(self) -> dict[str, str]:
-        named = dict(
-            part.split("=", 1) for part in self.service_urls.split(",") if "=" in part
-        )
+        named = dict(part.split("=", 1) for part in self.service_urls.split(",") if "=" in part)
         given = {k.strip(): v.strip().rstrip("/") for k, v in named.items()}
         # Only the services it calls (the launcher's list names the console too).
         return {name: given.get(name, url) for name, url in DEV_URLS.items()}

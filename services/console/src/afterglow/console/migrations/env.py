@@ -1,4 +1,4 @@
-from afterglow.kit.migrations import run_env
 from afterglow.console.models import Base
+from afterglow.kit.migrations import run_env
 
 run_env(Base.metadata)
