@@ -55,7 +55,9 @@ class TestOrderMetrics:
             await place(client, writer, customer, oid, at, total)
         other = f"{tenant_id}-x"
         await register(client, other)
-        await place(client, await api_key(client, other, "orders:write"), "a", "o-x", BOOK[1][2], 99)
+        await place(
+            client, await api_key(client, other, "orders:write"), "a", "o-x", BOOK[1][2], 99
+        )
 
         r = await metrics(client, reader, **{"from": "2026-01-01", "to": "2026-03-31"})
         assert r.status_code == 200, r.text

@@ -23,6 +23,7 @@ Each figure is one set-based statement over the tenant's orders; none loops per 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
@@ -189,7 +190,7 @@ def months_between(first: date, last: date) -> int:
 
 
 def pivot_cohorts(
-    rows: list[Any], period_end: date, months: int = COHORT_MONTHS
+    rows: Sequence[Any], period_end: date, months: int = COHORT_MONTHS
 ) -> list[Cohort]:
     """Rows (month, k, active, revenue) into one cohort each. Pure, so the arithmetic
     of revenue per customer is checked without a database."""
