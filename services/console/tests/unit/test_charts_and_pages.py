@@ -63,3 +63,41 @@ class TestSettings:
         assert s.urls()["ingest"] == "http://h:1"
         assert "console" not in s.urls()
         assert s.urls()["feedback"] == "http://127.0.0.1:8003"
+
+
+class TestJourneySteps:
+    def test_waits_and_conditions_read_as_words(self):
+        from afterglow.console.journeys_pages import compact, steps
+
+        definition = {
+            "stages": [
+                {
+                    "name": "check_in",
+                    "wait": {
+                        "delay": "P3D",
+                        "after": "afterglow.order.delivered.v1",
+                        "at": None,
+                        "fallback": {"delay": "P5D", "after": "afterglow.order.fulfilled.v1"},
+                    },
+                    "when": {"open_ticket": False, "tier": None},
+                    "actions": [{"type": "message", "kind": "check_in"}],
+                }
+            ]
+        }
+        [step] = steps(definition)
+        assert step["wait"] == "P3D after order.delivered, else P5D after order.fulfilled"
+        assert step["when"] == "open ticket False"
+        assert step["actions"] == ["message check_in"]
+        assert "at" not in compact(definition)["stages"][0]["wait"]
+
+
+class TestYamlLines:
+    def test_a_field_path_is_found_at_its_line(self):
+        from afterglow.console.yaml_lines import error_line, line_of
+
+        text = "name: x\nstages:\n  - name: a\n    wait:\n      delay: soon\n"
+        assert line_of(text, "stages[0].wait.delay") == 5
+        assert line_of(text, "stages[0].wait.delay.deeper") == 5  # the deepest that exists
+        assert line_of(text, "stages[3]") == 2  # no fourth stage: the stages key
+        assert line_of(text, "nothing") is None
+        assert error_line("a: [1,\n") is not None and error_line(text) is None

@@ -24,9 +24,52 @@ router = service_router(tags=["console"], include_in_schema=False)
 _PAGE = openapi.html(200, "A console page", "<!doctype html>...")
 
 
+def compact(value: Any) -> Any:
+    """The definition without its unset (null) fields: what a person would write."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    return value
+
+
+def _event(name: Any) -> str:
+    return str(name).removeprefix("afterglow.").removesuffix(".v1")
+
+
+def wait_text(wait: Any) -> str | None:
+    """``{"delay": "P3D", "after": ..., "fallback": {...}}`` as "P3D after
+    order.delivered, else P5D after order.fulfilled"."""
+    if not wait:
+        return None
+    if not isinstance(wait, dict):
+        return str(wait)
+    text = " ".join(
+        p
+        for p in (
+            wait.get("delay"),
+            "after" if wait.get("after") else None,
+            _event(wait["after"]) if wait.get("after") else None,
+            f"at {wait['at']}" if wait.get("at") else None,
+        )
+        if p
+    )
+    fallback = wait_text(wait.get("fallback"))
+    return f"{text}, else {fallback}" if fallback else text
+
+
+def condition_text(when: Any) -> str | None:
+    if not when:
+        return None
+    if not isinstance(when, dict):
+        return str(when)
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in compact(when).items()]
+    return " and ".join(parts) or None
+
+
 def steps(definition: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stages in order with what each waits for and does: the journey's flow as
-    a list a screen reader reads in order (splits and conditions named in words)."""
+    """The stages in order with what each waits for, its condition and what it does:
+    the journey's flow as a list a screen reader reads in order."""
 
     def kinds(actions: list[dict[str, Any]]) -> str:
         return ", ".join(str(x.get("kind") or x.get("type", "")) for x in actions)
@@ -37,18 +80,18 @@ def steps(definition: dict[str, Any]) -> list[dict[str, Any]]:
         for a in stage.get("actions") or []:
             if a.get("type") == "split":
                 branches = [
-                    f"if {b.get('when')}: {kinds(b.get('actions') or [])}"
+                    f"if {condition_text(b.get('when'))}: {kinds(b.get('actions') or [])}"
                     for b in a.get("branches") or []
                 ]
-                otherwise = kinds(a.get("otherwise") or [])
+                otherwise = kinds(a.get("otherwise") or []) or "nothing"
                 actions.append("split: " + "; ".join([*branches, f"otherwise: {otherwise}"]))
             else:
                 actions.append(" ".join(str(a.get(k)) for k in ("type", "kind") if a.get(k)))
         out.append(
             {
                 "name": stage.get("name"),
-                "wait": stage.get("wait"),
-                "when": stage.get("when") or stage.get("if"),
+                "wait": wait_text(stage.get("wait")),
+                "when": condition_text(stage.get("when") or stage.get("if")),
                 "actions": actions,
             }
         )
@@ -86,7 +129,7 @@ async def _journey_page(
         (j["versions"] for j in listing["journeys"] if j["name"] == name), []
     )
     if text is None:
-        text = yaml.safe_dump(journey["definition"], sort_keys=False, allow_unicode=True)
+        text = yaml.safe_dump(compact(journey["definition"]), sort_keys=False, allow_unicode=True)
     return page(
         request,
         "journey.html",
