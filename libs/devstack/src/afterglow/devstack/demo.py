@@ -987,7 +987,9 @@ def main() -> int:
             printer(f"stack and services ready in {time.monotonic() - t0:.0f} s")
             urls = {n: [p.url for p in procs] for n, procs in svc.processes.items()}
             ok = asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN))
-            print("(these services stop with the demo: run `make dev`, then `make demo`, to browse)")
+            print(
+                "(these services stop with the demo: run `make dev`, then `make demo`, to browse)"
+            )
     printer(f"demo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s")
     return 0 if ok else 1
 
