@@ -261,7 +261,15 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": meta(f"{name}-settings", labels(name, "service")),
-            "data": {"PUBLIC_BASE_URL": f"https://{name}.afterglow.example.com"},
+            "data": {
+                "PUBLIC_BASE_URL": f"https://{name}.afterglow.example.com",
+                # where the services it calls listen (their ClusterIP Services)
+                **(
+                    {"SERVICE_URLS": ",".join(f"{c}=http://{c}" for c in svc["calls"])}
+                    if svc.get("calls")
+                    else {}
+                ),
+            },
         },
         deployment(name, "api", list(svc.get("signing_secrets", []))),
         deployment(name, "worker", list(svc.get("signing_secrets", []))),
@@ -390,6 +398,8 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
             },
         }
     )
+    for callee in svc.get("calls", []):
+        docs += calls_docs(name, callee)
     if svc.get("internet_443"):
         docs.append(
             {
@@ -427,6 +437,37 @@ def service_docs(name: str, svc: Doc) -> list[Doc]:
             }
         )
     return docs
+
+
+def calls_docs(name: str, callee: str) -> list[Doc]:
+    """``name``'s pods may call ``callee``'s API pods, and those accept them: the console
+    reads and acts through the services' REST APIs, which otherwise only the ingress
+    controller reaches."""
+    peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}
+    target = {"podSelector": {"matchLabels": labels(callee, "api")}}
+    port = [{"protocol": "TCP", "port": HTTP_PORT}]
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta(f"{name}-to-{callee}", labels(name, "service")),
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [target], "ports": port}],
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta(f"{callee}-from-{name}", labels(callee, "api")),
+            "spec": {
+                **target,
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [peer], "ports": port}],
+            },
+        },
+    ]
 
 
 def migration_job(name: str) -> Doc:

@@ -136,10 +136,20 @@ def running_services(
     specs = discover_services(set(names) if names else None)
     running = RunningServices()
     env = {**os.environ, **stack.env(), "LOG_JSON": "false", **(extra_env or {})}
+    # Ports are chosen before any process starts, so that each one can be told where
+    # the others listen (SERVICE_URLS: the console calls the services' REST APIs).
+    ports = {
+        (name, i): spec.default_port if fixed_ports and i == 0 else free_port()
+        for name, spec in specs.items()
+        for i in range(instances)
+    }
+    env["SERVICE_URLS"] = ",".join(
+        f"{name}=http://127.0.0.1:{port}" for (name, i), port in ports.items() if i == 0
+    )
     try:
-        for name, spec in specs.items():
+        for name in specs:
             for i in range(instances):
-                port = spec.default_port if fixed_ports and i == 0 else free_port()
+                port = ports[(name, i)]
                 url = f"http://127.0.0.1:{port}"
                 log = log_dir / f"{name}-{i}.log"
                 argv = [

@@ -30,6 +30,8 @@ ISOLATED = (
     "tests/integration/test_first_order_agreement.py",
     "tests/e2e/test_refunds_and_history.py",
     "services/journey-orchestrator/tests/integration/test_killed_dispatcher.py",
+    # Runs every service as processes (the console reads them all), in their groups.
+    "services/console/tests",
 )
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from afterglow.events import catalog as c
-from afterglow.ingest import api, bigcommerce, escalations, export, processing
+from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
@@ -123,6 +123,7 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             api.operators,
             api.admin,
             discounts_api.router,
+            metrics.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,

@@ -144,7 +144,10 @@ class Order(Base):
     """What later webhooks (fulfilment, refund, tracking) need but do not carry."""
 
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_platform_id", "tenant_id", "platform_order_id"),)
+    __table_args__ = (
+        Index("ix_orders_platform_id", "tenant_id", "platform_order_id"),
+        Index("ix_orders_placed_at", "tenant_id", "placed_at"),
+    )
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     order_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -163,6 +166,9 @@ class Order(Base):
     # The sum of the refunds emitted so far (minor units of the order total's currency,
     # the shop's): refunds that together reach the total make the last one a full refund.
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the order was placed (its order.placed's placed_at): the order-book metrics
+    # (metrics.py) group by it. None for orders stored before it was kept.
+    placed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CustomerOrderCount(Base):
