@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import resource
 import tempfile
 import time
@@ -94,7 +96,8 @@ async def seed_pending(rt: Runtime, n: int) -> None:
                 " (id, tenant_id, customer_id, instance_id, kind, key, due_at, payload,"
                 "  state, created_at)"
                 " SELECT :t || '-' || g, :t, 'c' || g, 'i' || g, 'stage_due', '1:due',"
-                "  :far + g * interval '1 second', '{}'::jsonb, 'pending', :far"
+                "  CAST(:far AS timestamptz) + g * interval '1 second', '{}'::jsonb,"
+                "  'pending', :far"
                 " FROM generate_series(1, :n) g"
             ),
             {"t": tenant, "far": far, "n": n},
@@ -170,7 +173,7 @@ async def procrastinate_peer(database_url: str, n: int, concurrency: int = 16) -
     conninfo = database_url.replace("postgresql+asyncpg://", "postgresql://")
     app = procrastinate.App(
         connector=procrastinate.PsycopgConnector(
-            conninfo=conninfo, kwargs={"min_size": 2, "max_size": concurrency + 4}
+            conninfo=conninfo, min_size=2, max_size=concurrency + 4
         )
     )
 
@@ -330,14 +333,24 @@ def main() -> None:
     parser.add_argument(
         "--customers", type=int, default=0, help="only: fire N check-ins, print the wall time"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="print cProfile's top entries of the process"
+    )
     args = parser.parse_args()
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "journeys")
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), ephemeral=True) as stack:
         os.environ.update(stack.env())
         kafka = KafkaConfig(
             stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
         )
+        if profiler:
+            profiler.enable()
         asyncio.run(bench(args, stack.database_url, kafka))
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

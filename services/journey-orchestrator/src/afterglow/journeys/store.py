@@ -551,15 +551,18 @@ _INSERT_TIMERS = (
     .from_select(list(_TIMER_ROWS.c.keys()), select(*_TIMER_ROWS.c))
     .on_conflict_do_nothing()
 )
-_CANCEL_TIMERS = (
+# A stored timer's state moves by one UPDATE per kind of move, each guarded by the
+# state it was read in (the profile lock makes that state current).
+_MOVE_TIMERS = (
     update(_T)
-    .where(_T.c.id == func.any(bindparam("ids", type_=TEXTS)), _T.c.state == "pending")
-    .values(state="cancelled")
-)
-_MARK_FIRED = (
-    update(_T)
-    .where(_T.c.id == func.any(bindparam("ids", type_=TEXTS)), _T.c.state == "pending")
-    .values(state="fired", fired_at=bindparam("now", type_=TS))
+    .where(
+        _T.c.id == func.any(bindparam("ids", type_=TEXTS)),
+        _T.c.state == bindparam("from_state", type_=Text),
+    )
+    .values(
+        state=bindparam("to_state", type_=Text),
+        fired_at=func.coalesce(bindparam("fired_at", type_=TS), _T.c.fired_at),
+    )
 )
 
 
@@ -568,6 +571,10 @@ class TimerRow:
     instance_id: str
     state: str  # pending, fired, cancelled
     stored: bool  # in the table before this transaction (else inserted by it)
+    initial: str = ""  # the stored state as read
+
+    def __post_init__(self) -> None:
+        self.initial = self.initial or self.state
 
 
 async def timers_of(
@@ -645,8 +652,6 @@ class Changes:
     goals: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[Key, dict[str, Any]] = field(default_factory=dict)
     new_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cancelled: list[str] = field(default_factory=list)  # stored timers, pending before
-    fired: list[str] = field(default_factory=list)
 
     def step(
         self, tenant: str, customer: str, j: d.Journey, res: d.StepResult, profile: d.Profile
@@ -720,14 +725,15 @@ class Changes:
         wanted = {d.timer_id(s.id, t): t for t in d.timers_for(j, s, profile)}
         for tid, row in self.timers.items():
             if row.instance_id == s.id and row.state == "pending" and tid not in wanted:
-                row.state = "cancelled"
-                if row.stored:
-                    self.cancelled.append(tid)
-                else:
-                    self.new_timers[tid]["state"] = "cancelled"
+                self._move(tid, row, "cancelled")
         for tid, t in wanted.items():
-            if tid in self.timers:
-                continue  # pending already, or fired / cancelled: not re-armed
+            have = self.timers.get(tid)
+            if have is not None:
+                if have.state == "cancelled":
+                    # A pause cancelled it and the resume wants the same timer (same
+                    # step, same due time): armed again, or the stage would never come.
+                    self._move(tid, have, "pending")
+                continue  # pending already, or fired: a fired timer is not re-armed
             self.timers[tid] = TimerRow(s.id, "pending", False)
             self.new_timers[tid] = dict(
                 id=tid,
@@ -742,13 +748,17 @@ class Changes:
                 created_at=self.now.isoformat(),
             )
 
+    def _move(self, tid: str, row: TimerRow, state: str) -> None:
+        row.state = state
+        if not row.stored:
+            self.new_timers[tid]["state"] = state
+
     def fire(self, timer_id: str, instance_id: str) -> None:
         """A claimed timer fires: marked fired before its step runs (unless an earlier
         step of the round cancelled it; its step still runs and finds nothing due)."""
         row = self.timers.setdefault(timer_id, TimerRow(instance_id, "pending", True))
         if row.state == "pending":
-            row.state = "fired"
-            self.fired.append(timer_id)
+            self._move(timer_id, row, "fired")
 
     def goal(self, tenant: str, customer: str, inst: d.InstanceState, event_id: str) -> None:
         self.goals.append(
@@ -775,10 +785,20 @@ class Changes:
             await session.execute(_INSERT_TRANSITIONS, {"rows": self.transitions})
         if self.goals:
             await session.execute(_INSERT_GOALS, {"rows": self.goals})
-        if self.fired:
-            await session.execute(_MARK_FIRED, {"ids": self.fired, "now": self.now})
-        if self.cancelled:
-            await session.execute(_CANCEL_TIMERS, {"ids": self.cancelled})
+        moves: dict[tuple[str, str], list[str]] = {}
+        for tid, row in self.timers.items():
+            if row.stored and row.state != row.initial:
+                moves.setdefault((row.initial, row.state), []).append(tid)
+        for (from_state, to_state), ids in sorted(moves.items()):
+            await session.execute(
+                _MOVE_TIMERS,
+                {
+                    "ids": ids,
+                    "from_state": from_state,
+                    "to_state": to_state,
+                    "fired_at": self.now if to_state == "fired" else None,
+                },
+            )
         if self.new_timers:
             await session.execute(_INSERT_TIMERS, {"rows": list(self.new_timers.values())})
         if self.events:
