@@ -266,7 +266,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def engine_only() -> None:
+    """The journey engine's consumer and timer loop alone: messaging's consumer and
+    dispatcher (same service, same process) would otherwise share the CPU with it,
+    delivering the messages the timers request, and be what the figure measures."""
+    from afterglow.journeys.messaging import dispatcher, handlers
+
+    handlers.consumer_specs = lambda runtime: []  # type: ignore[assignment]
+    dispatcher.messaging_workers = lambda runtime: []  # type: ignore[assignment]
+
+
 async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig) -> None:
+    if not args.with_messaging:
+        engine_only()
+    print(
+        "one orchestrator instance: "
+        + ("engine and messaging" if args.with_messaging else "the engine alone (no messaging)")
+    )
     clock = ManualClock()
     settings = Settings(
         log_json=False,
@@ -290,13 +306,13 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
         n = args.timers
         floor = await timers_floor(rt, n, batch)
         rate = n / await fire_all(rt, clock, n)
-        peer = await procrastinate_peer(database_url, n)
+        peer = None if args.skip_peer else await procrastinate_peer(database_url, n)
         print(f"timers: {n} fired by one instance (batch {batch})")
         print(f"  engine      {rate:8.0f} timers/s")
         print(f"  floor       {floor:8.0f} timers/s  (claim SKIP LOCKED + mark fired, no engine)")
         print(f"  ratio engine/floor: {rate / floor:.4f}")
         if peer is None:
-            print("  peer        (procrastinate not installed: uv run --group bench ...)")
+            print("  peer        (skipped, or procrastinate not installed: --group bench)")
         else:
             print(
                 f"  peer        {peer:8.0f} jobs/s  (procrastinate, {n} due no-op jobs, 16 workers)"
@@ -333,6 +349,10 @@ def main() -> None:
     parser.add_argument(
         "--customers", type=int, default=0, help="only: fire N check-ins, print the wall time"
     )
+    parser.add_argument(
+        "--with-messaging", action="store_true", help="run messaging's consumer and dispatcher too"
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="do not run procrastinate")
     parser.add_argument(
         "--profile", action="store_true", help="print cProfile's top entries of the process"
     )
