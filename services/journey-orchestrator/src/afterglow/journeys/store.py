@@ -652,6 +652,7 @@ class Changes:
     goals: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[Key, dict[str, Any]] = field(default_factory=dict)
     new_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _by_instance: dict[str, list[str]] | None = None
 
     def step(
         self, tenant: str, customer: str, j: d.Journey, res: d.StepResult, profile: d.Profile
@@ -723,8 +724,9 @@ class Changes:
     ) -> None:
         """Make the pending timers equal to what the state needs (domain.timers_for)."""
         wanted = {d.timer_id(s.id, t): t for t in d.timers_for(j, s, profile)}
-        for tid, row in self.timers.items():
-            if row.instance_id == s.id and row.state == "pending" and tid not in wanted:
+        for tid in self._of_instance(s.id):
+            row = self.timers[tid]
+            if row.state == "pending" and tid not in wanted:
                 self._move(tid, row, "cancelled")
         for tid, t in wanted.items():
             have = self.timers.get(tid)
@@ -734,7 +736,9 @@ class Changes:
                     # step, same due time): armed again, or the stage would never come.
                     self._move(tid, have, "pending")
                 continue  # pending already, or fired: a fired timer is not re-armed
+            ids = self._of_instance(s.id)  # indexed before the row is added
             self.timers[tid] = TimerRow(s.id, "pending", False)
+            ids.append(tid)
             self.new_timers[tid] = dict(
                 id=tid,
                 tenant_id=tenant,
@@ -748,6 +752,15 @@ class Changes:
                 created_at=self.now.isoformat(),
             )
 
+    def _of_instance(self, instance_id: str) -> list[str]:
+        """The timer ids of one instance (an index: a scan of every timer of the batch
+        per step made a batch quadratic)."""
+        if self._by_instance is None:
+            self._by_instance = {}
+            for tid, row in self.timers.items():
+                self._by_instance.setdefault(row.instance_id, []).append(tid)
+        return self._by_instance.setdefault(instance_id, [])
+
     def _move(self, tid: str, row: TimerRow, state: str) -> None:
         row.state = state
         if not row.stored:
@@ -756,7 +769,11 @@ class Changes:
     def fire(self, timer_id: str, instance_id: str) -> None:
         """A claimed timer fires: marked fired before its step runs (unless an earlier
         step of the round cancelled it; its step still runs and finds nothing due)."""
-        row = self.timers.setdefault(timer_id, TimerRow(instance_id, "pending", True))
+        row = self.timers.get(timer_id)
+        if row is None:
+            ids = self._of_instance(instance_id)  # indexed before the row is added
+            row = self.timers[timer_id] = TimerRow(instance_id, "pending", True)
+            ids.append(timer_id)
         if row.state == "pending":
             self._move(timer_id, row, "fired")
 
