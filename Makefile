@@ -68,4 +68,4 @@ deploy-check: install ## render and validate deploy/ offline (kustomize, schemas
 
 .PHONY: bench
 bench: install ## benchmarks that print figures (see bench/README.md)
-	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run python $$b || exit 1; done
+	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run --group bench python $$b || exit 1; done

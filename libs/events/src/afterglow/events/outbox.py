@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import zlib
@@ -27,7 +28,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table, bindparam, text
+from sqlalchemy import LargeBinary, SmallInteger, Table, Text, bindparam, cast, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -60,34 +62,68 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode()) % OUTBOX_SHARDS
 
 
+def _insert_rows(table: Table) -> Any:
+    """``INSERT INTO outbox SELECT ... FROM unnest(:event_id, ..., :value)``: one
+    statement text for any number of events, so it is compiled and prepared once. A
+    ``VALUES`` list of N rows was a new statement for every N, and compiling it cost
+    more than the rest of a journey batch (SQLAlchemy builds a bind per cell)."""
+    cols = {
+        "event_id": Text,
+        "event_type": Text,
+        "topic": Text,
+        "key": Text,
+        "shard": SmallInteger,
+        "headers": Text,  # JSON text per row, cast below
+        "value": LargeBinary,
+    }
+    rows = (
+        func.unnest(*(bindparam(name, type_=ARRAY(t)) for name, t in cols.items()))
+        .table_valued(*cols)
+        .render_derived(name="rows")
+    )
+    return (
+        pg_insert(table)
+        .from_select(
+            list(cols),
+            # Rows come out of unnest in array order, so ids follow the events' order
+            # (the relay publishes a key's events in id order).
+            select(*(cast(rows.c[n], JSONB) if n == "headers" else rows.c[n] for n in cols)),
+        )
+        # A repeated event id is the same event: keep the first and say nothing.
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
 class Outbox:
     """Adds events to a service's outbox inside the caller's transaction."""
 
     def __init__(self, tables: EventTables) -> None:
         self._table: Table = tables.outbox
+        self._insert = _insert_rows(self._table)
 
     async def add(self, session: AsyncSession, *events: CloudEvent[Any]) -> None:
         if not events:
             return
-        rows = []
+        cols: dict[str, list[Any]] = {
+            "event_id": [],
+            "event_type": [],
+            "topic": [],
+            "key": [],
+            "shard": [],
+            "headers": [],
+            "value": [],
+        }
         for event in events:
             record = to_record(event)
-            rows.append(
-                {
-                    "event_id": event.id,
-                    "event_type": event.type,
-                    "topic": record.topic,
-                    "key": record.key.decode(),
-                    "shard": shard_of(record.key.decode()),
-                    "headers": [[k, v.decode()] for k, v in record.headers],
-                    "value": record.value,
-                }
-            )
-        # A repeated event id is the same event: keep the first and say nothing.
-        stmt = (
-            pg_insert(self._table).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
-        )
-        await session.execute(stmt)
+            key = record.key.decode()
+            cols["event_id"].append(event.id)
+            cols["event_type"].append(event.type)
+            cols["topic"].append(record.topic)
+            cols["key"].append(key)
+            cols["shard"].append(shard_of(key))
+            cols["headers"].append(json.dumps([[k, v.decode()] for k, v in record.headers]))
+            cols["value"].append(record.value)
+        await session.execute(self._insert, cols)
 
 
 class OutboxRelay:
