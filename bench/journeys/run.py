@@ -270,9 +270,12 @@ def engine_only() -> None:
     """The journey engine's consumer and timer loop alone: messaging's consumer and
     dispatcher (same service, same process) would otherwise share the CPU with it,
     delivering the messages the timers request, and be what the figure measures."""
-    from afterglow.journeys.messaging import dispatcher, handlers
+    import dataclasses
 
-    handlers.consumer_specs = lambda runtime: []  # type: ignore[assignment]
+    from afterglow.journeys import app, handlers
+    from afterglow.journeys.messaging import dispatcher
+
+    app.SPEC = dataclasses.replace(app.SPEC, consumers=handlers.CONSUMERS)
     dispatcher.messaging_workers = lambda runtime: []  # type: ignore[assignment]
 
 

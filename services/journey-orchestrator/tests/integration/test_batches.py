@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
 from afterglow.events.batch import apply_in_one_transaction, inbox_claim
-from afterglow.journeys.handlers import consumer_specs
+from afterglow.journeys.handlers import ENGINE as ENGINE_GROUP
 from afterglow.journeys.models import (
     CustomerProfile,
     JourneyInstance,
@@ -37,7 +37,7 @@ def event(orch: Orchestrator, tenant: str, customer: str, data: Any) -> CloudEve
 
 async def apply_batch(orch: Orchestrator, *events: CloudEvent[Any]) -> list[str]:
     """One partition batch through the consumer's transaction; the ids applied."""
-    handlers = next(s.handlers for s in consumer_specs(orch.runtime) if s.name == "engine")
+    handlers = ENGINE_GROUP.handlers(orch.runtime)
     claim = inbox_claim(orch.runtime.tables.inbox)
     async with orch.runtime.sessionmaker.begin() as s:
         done = await apply_in_one_transaction(
