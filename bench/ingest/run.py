@@ -17,7 +17,10 @@ registers a tenant, then, in one run:
 3. orders-ingest at a constant offered rate (wrk's delay() hook paces each thread):
    1,000/s (target p99 < 50 ms, no error) and 3,000/s (target: no 500; 503 with
    Retry-After allowed);
-4. orders-ingest again with ``--workers 2`` (what a second process adds on this machine).
+4. orders-ingest again with ``--workers 2`` (what a second process adds on this machine);
+5. orders-ingest as deployed (``--split``, on by default): an api process answering the
+   webhooks and a worker process normalizing, as fast as possible and at the constant
+   rates.
 
 After each ingest phase it waits until the stored deliveries are processed and the
 outbox is drained, and prints how long that took. Targets are printed, never asserted.
@@ -93,11 +96,22 @@ def process(cmd: list[str], env: dict[str, str], port: int, what: str) -> Iterat
         proc.wait(timeout=60)
 
 
-def ingest(env: dict[str, str], workers: int) -> contextlib.AbstractContextManager[str]:
+def ingest(
+    env: dict[str, str], workers: int, role: str = "all"
+) -> contextlib.AbstractContextManager[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "afterglow.kit.cli", "serve", "ingest", "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--workers", str(workers)]
-    return process(cmd, env, port, "orders-ingest")
+    return process(cmd, {**env, "SERVICE_ROLE": role}, port, f"orders-ingest ({role})")
+
+
+@contextlib.contextmanager
+def ingest_split(env: dict[str, str]) -> Iterator[str]:
+    """As deployed (deploy/README.md): one process answers the webhooks (role api), a
+    second one normalizes the stored deliveries (role worker), so the processing no
+    longer takes its CPU from the requests' event loop."""
+    with ingest(env, 1, "worker"), ingest(env, 1, "api") as url:
+        yield url
 
 
 def floor(secret: str) -> contextlib.AbstractContextManager[str]:
@@ -265,6 +279,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=60_000, help="signed bodies per phase")
     parser.add_argument("--workers", default="1,2", help="uvicorn worker counts to compare")
     parser.add_argument("--rates", default="1000,3000", help="constant offered rates (req/s)")
+    parser.add_argument(
+        "--split",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run orders-ingest as deployed: an api process and a worker process",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -327,6 +347,28 @@ def main() -> None:
                         f"  {'':<34} 5xx other than 503: {server_errors}; targets: "
                         + ("p99 < 50 ms, no error" if rate <= 1000 else "no 500")
                     )
+        if args.split:
+            with ingest_split(env) as url:
+                r = wrk(url, pool("split", args.pool), work, connections=conns, duration=secs)
+                stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                report_ingest("orders-ingest, api + worker procs", r, stored, settle_s)
+                print(
+                    f"  {'':<34} ratio to floor {r.ok / r.seconds / fl.rate:.3f} "
+                    "(target >= 0.40, zero lost)"
+                )
+                for rate in rates:
+                    r = wrk(
+                        url,
+                        pool(f"s{rate}", int(rate * secs * 1.2)),
+                        work,
+                        connections=max(conns, rate // 10),
+                        duration=secs,
+                        rate=rate,
+                    )
+                    stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                    report_ingest(f"api + worker at {rate}/s offered", r, stored, settle_s)
+                    server_errors = sum(c for s, c in r.statuses.items() if s >= 500 and s != 503)
+                    print(f"  {'':<34} 5xx other than 503: {server_errors}")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,41 @@ class TestShopifyContract:
         assert await outbox_count(runtime, tenant_id) == 0
 
 
+class TestShopifyFastPath:
+    """The Shopify route skips the router (fastpath.py): the app's middleware and error
+    rendering must still apply to it as to every other route."""
+
+    async def test_answers_carry_nosniff_and_are_measured_under_their_route(
+        self, client, tenant_id
+    ):
+        secrets = await register(client, tenant_id)
+        ok = await post_shopify(
+            client, tenant_id, secrets["shopify"], "orders/create", fixture("shopify_order"),
+            settle=False,
+        )  # fmt: skip
+        refused = await post_shopify(
+            client, tenant_id, "not-the-secret", "orders/create", fixture("shopify_order"),
+            settle=False,
+        )  # fmt: skip
+        assert ok.status_code == 200 and refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        for r in (ok, refused):
+            assert r.headers["x-content-type-options"] == "nosniff"
+        metrics = (await client.get("/metrics")).text
+        for status in ("200", "401"):
+            assert any(
+                line.startswith("afterglow_http_request_duration_seconds_count{")
+                and 'route="/webhooks/shopify"' in line
+                and f'status="{status}"' in line
+                for line in metrics.splitlines()
+            ), status
+
+    async def test_other_methods_still_reach_the_router(self, client):
+        r = await client.get("/webhooks/shopify")
+        assert r.status_code == 405
+        assert r.json()["error"]["code"] == "method_not_allowed"
+
+
 class TestConcurrentRetries:
     async def test_racing_copies_of_one_delivery_emit_once(self, client, runtime, tenant_id):
         import asyncio

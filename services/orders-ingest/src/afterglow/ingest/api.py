@@ -263,12 +263,13 @@ async def receive(
     # it (the worker cleans what it normalizes, the hot path need not do it twice).
     payload = parse_payload(body, platform) if route_reads_payload else parse_json(body)
     headers = kept_headers(request)
-    topic, dedupe_key = "", _body_key(body)
+    topic = ""
     try:
         with domain.normalization_errors():
             topic, dedupe_key = route(payload)
     except domain.NormalizationError as exc:
         # No dedupe key or topic: quarantined at once, the worker has nothing to add.
+        dedupe_key = _body_key(body)
         reason = intake.quarantine_reason(exc)
         delivery = NewDelivery(
             tenant_id, platform, topic, dedupe_key, headers, body, now,

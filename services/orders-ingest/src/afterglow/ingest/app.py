@@ -8,6 +8,7 @@ import logging
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
 from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
@@ -15,6 +16,7 @@ from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
 from afterglow.ingest.discounts.worker import discount_worker
+from afterglow.ingest.fastpath import ShopifyFastPath
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
@@ -90,11 +92,16 @@ async def _start_receiving(runtime: Runtime) -> None:
 
 
 def create_app(settings: IngestSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or IngestSettings()
     app = _create_app(settings, clock)
     # Overload is never a 500: a pool that ran dry (QueuePool timeout) or a database
     # out of reach is a 503 with Retry-After, which every sender retries.
     for exc in (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError):
         app.add_exception_handler(exc, _unavailable)
+    # Innermost of the app's middleware (metrics and nosniff still see every answer):
+    # the Shopify webhook skips the router's layers (see fastpath).
+    if settings.service_role in ("all", "api"):  # the webhook routes are mounted
+        app.user_middleware.append(Middleware(ShopifyFastPath, fastapi_app=app))
     return app
 
 
@@ -108,10 +115,10 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI:
+def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
     return create_service_app(
         SPEC,
-        settings or IngestSettings(),
+        settings,
         tables=tables,
         api_keys_table=api_keys,
         title="Afterglow orders-ingest",

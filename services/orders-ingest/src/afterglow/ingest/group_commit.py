@@ -18,6 +18,7 @@ stored, and each sender retries its own delivery.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import deque
@@ -58,8 +59,9 @@ class NewDelivery:
     next_attempt_at: datetime | None = None
     last_error: str | None = None
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        # Cached: a uuid5 read by the batch's dedupe, the row and the answer.
         return delivery_id_for(self.tenant_id, self.platform, self.dedupe_key)
 
     def row(self) -> tuple[Any, ...]:

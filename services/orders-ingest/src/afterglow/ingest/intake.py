@@ -211,8 +211,15 @@ async def add_refunded(session: AsyncSession, tenant_id: str, refund: c.OrderRef
 
 
 async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
-    days = await session.scalar(select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id))
-    return 30 if days is None else int(days)
+    # Read once per tenant and transaction: the processing worker applies a batch of
+    # one shop's deliveries in one transaction, and this was a round trip for each.
+    known: dict[str, int] = session.info.setdefault("late_order_days", {})
+    if tenant_id not in known:
+        days = await session.scalar(
+            select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id)
+        )
+        known[tenant_id] = 30 if days is None else int(days)
+    return known[tenant_id]
 
 
 async def order_id_by_platform_id(

@@ -68,29 +68,38 @@ async def processing_worker(runtime: Runtime) -> None:
     settings = _settings(runtime)
     wakeup = wakeup_of(runtime)
     while True:
-        await _answers_first(runtime, settings.ingest_process_defer_s)
+        busy = await _answers_first(runtime, settings.ingest_process_defer_s)
         wakeup.clear()  # before the round: a commit during it wakes the next one
-        claimed = await process_received(runtime, settings.ingest_process_batch)
+        # Requests still waiting after the deferral: a short round. A delivery costs
+        # ~10 ms of CPU here; a full round (200) between deferrals of 0.5 s took ~80%
+        # of the one event loop from the senders, who then waited (1,000/s offered:
+        # 620/s answered, p99 850 ms). The backlog is stored; it drains at full batches
+        # once the burst is over.
+        batch = settings.ingest_process_busy_batch if busy else settings.ingest_process_batch
+        claimed = await process_received(runtime, batch)
         if claimed == BUSY:
             await asyncio.sleep(BUSY_RETRY_S)
-        elif claimed < settings.ingest_process_batch:
+        elif claimed < batch:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.ingest_process_poll_s):
                     await wakeup.wait()
 
 
-async def _answers_first(runtime: Runtime, max_defer_s: float) -> None:
+async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
     """While webhook requests of this process wait for their commit, the round waits
     (at most ``max_defer_s``): the two share one CPU, and in a burst the senders'
-    answers matter more than events a moment sooner."""
+    answers matter more than events a moment sooner. True when requests still wait
+    (a burst under way)."""
     writer = runtime.extras.get("delivery_writer")
     if writer is None or max_defer_s <= 0:
-        return
+        return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_defer_s
     while True:
-        if getattr(writer, "waiting", 0) == 0 or loop.time() >= deadline:
-            return
+        if getattr(writer, "waiting", 0) == 0:
+            return False
+        if loop.time() >= deadline:
+            return True
         await asyncio.sleep(0.02)
 
 

@@ -45,6 +45,9 @@ class IngestSettings(ServiceSettings):
     # The processing worker: deliveries per transaction, and its poll (backstop of
     # the in-process wake-up, for deliveries another process stored).
     ingest_process_batch: int = 200
+    # Deliveries per transaction while this process's webhook requests keep waiting
+    # (a burst): short rounds, so the senders' answers keep most of the CPU.
+    ingest_process_busy_batch: int = 20
     ingest_process_poll_s: float = 1.0
     # How long a round may wait while this process's webhook requests wait for their
     # commit (answers first in a burst; 0 disables).
