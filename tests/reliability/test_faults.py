@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,11 +27,11 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from harness import ADMIN_TOKEN, Checker, Driver, Fault, report, sample_readiness
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
 from afterglow.devstack.demo import SERVICES, Receiver, Scenario
+from afterglow.devstack.faults import ADMIN_TOKEN, Checker, Driver, Fault, report, sample_readiness
 from afterglow.devstack.outages import PostgresOutage, start_kafka, stop_kafka
 from afterglow.devstack.services import RunningServices
 from afterglow.devstack.stack import Stack
@@ -45,6 +46,12 @@ POISON_KEY = b"faults:poison"
 # The services with consumer groups: a rebalance storm starts and stops more of them.
 CONSUMING = ("journeys", "loyalty", "feedback", "referrals")
 STORM_ROUNDS = 3
+# FAULTS="kill,poison" runs only the faults whose names contain one of those words.
+ONLY = [w.strip() for w in os.environ.get("FAULTS", "").split(",") if w.strip()]
+
+
+def chosen(fault: str) -> bool:
+    return not ONLY or any(word in fault for word in ONLY)
 
 
 async def test_outages_and_restarts_lose_nothing(
@@ -160,27 +167,38 @@ async def test_outages_and_restarts_lose_nothing(
                 faults.append(fault)
                 # Recovered before the next fault, so that its time-to-recover is its own.
                 await driver.settle()
-                await checker.until_complete(
-                    [o for o in driver.orders if o.fault == name], timeout=240
-                )
+                mine = [o for o in driver.orders if o.fault == name]
+                pending = await checker.until_complete(mine, timeout=240)
+                if pending:  # the final count says lost or doubled; this says where
+                    sample = await checker.counts(pending[0])
+                    print(
+                        f"faults: {name}: {len(pending)} of {len(mine)} orders not complete"
+                        f" after 240 s, e.g. {pending[0].order_id}: {sample}",
+                        flush=True,
+                    )
 
             t0 = time.monotonic()
-            for name in SERVICES:
-                await inject(f"kill -9 {name}", lambda n=name: kill(n))
-            await inject("postgres down 15s", postgres_down)
-            await inject("postgres down 60s", postgres_down_60s)
-            await inject("kafka down 30s", kafka_down)
-            await inject("rebalance storm", rebalance_storm)
-            await inject("connections exhausted", connections_exhausted)
-            await inject("poison records", poison)
+            plan: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                *((f"kill -9 {n}", lambda n=n: kill(n)) for n in SERVICES),
+                ("postgres down 15s", postgres_down),
+                ("postgres down 60s", postgres_down_60s),
+                ("kafka down 30s", kafka_down),
+                ("rebalance storm", rebalance_storm),
+                ("connections exhausted", connections_exhausted),
+                ("poison records", poison),
+            ]
+            for name, action in plan:
+                if chosen(name):
+                    await inject(name, action)
             await driver.settle()
             stop.set()
             await watcher
             await checker.final(driver.orders, timeout=300)
-            with contextlib.suppress(AssertionError):  # the assertion below says which
-                await dlq.wait_for_records(
-                    lambda r: r.key == POISON_KEY, count=len(TOPICS) + 1, timeout=60
-                )
+            if chosen("poison records"):
+                with contextlib.suppress(AssertionError):  # the assertion below says which
+                    await dlq.wait_for_records(
+                        lambda r: r.key == POISON_KEY, count=len(TOPICS) + 1, timeout=60
+                    )
             dead = [r for r in dlq.records if r.key == POISON_KEY]
     lines, failures = report(driver.orders, faults)
     print(f"\nfaults: {len(driver.orders)} orders in {time.monotonic() - t0:.0f}s")
@@ -189,7 +207,8 @@ async def test_outages_and_restarts_lose_nothing(
     print(f"faults: poison dead-lettered per topic: {dict(sorted(letters.items()))}")
     # Every topic has a consumer group somewhere, and each group dead-letters it.
     missing = [t.dlq for t in TOPICS if not letters[t.dlq]]
-    assert not missing, f"poison records not dead-lettered on {missing}"
+    if chosen("poison records"):
+        assert not missing, f"poison records not dead-lettered on {missing}"
     for outage in (f for f in faults if f.name.startswith(("postgres", "kafka"))):
         assert outage.unready, f"/readyz said 503 somewhere during {outage.name}"
     assert not failures, "\n".join(failures)

@@ -1,4 +1,5 @@
-"""The fault suite's driver (signed webhooks at a steady rate) and checker (public APIs).
+"""The fault suite's and the soak's driver (signed webhooks at a steady rate) and checker
+(public APIs).
 
 The driver sends ``orders/create`` webhooks as Shopify does: one webhook id per order,
 resent after any answer that is not 2xx or no answer at all, for as long as it takes.
@@ -29,7 +30,7 @@ import httpx
 from afterglow.devstack.demo import Scenario, b64hmac, now_iso
 from afterglow.kit.export import ExportIncomplete, gather_exports
 
-ADMIN_TOKEN = "faults-admin-token"
+ADMIN_TOKEN = "faults-admin-token"  # noqa: S105 (the suite's own stack, a test token)
 # effect -> (service, table of its export, which rows are "the" effect of an order)
 EFFECTS: dict[str, tuple[str, str, Callable[[dict[str, Any]], bool]]] = {
     "order": ("ingest", "orders", lambda row: True),
@@ -229,14 +230,16 @@ class Checker:
                 async with asyncio.timeout(0.5):
                     await stop.wait()
 
-    async def until_complete(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
-        """Wait (boundedly) for every accepted order of ``orders`` to be complete."""
+    async def until_complete(self, orders: list[Order], timeout: float) -> list[Order]:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order of ``orders`` to be complete;
+        returns those that were not."""
         deadline = time.monotonic() + timeout
         pending = [o for o in orders if o.accepted_at]
         while pending and time.monotonic() < deadline:
             pending = await self._note_complete(pending)
             if pending:
                 await asyncio.sleep(0.5)
+        return pending
 
     async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
         """Wait (boundedly) for every accepted order to be complete, then count all."""
