@@ -51,10 +51,11 @@ soak: install ## an hour at 5 orders/s on every service: memory, sessions, notif
 	@AFTERGLOW_SOAK=1 $(UV) run pytest tests/reliability/test_soak.py -p no:cacheprovider -s -q $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff (lint and format check) and mypy
+lint: install ## ruff (lint and format check), mypy and the import contracts (.importlinter)
 	@$(UV) run ruff check .
 	@$(UV) run ruff format --check .
 	@$(UV) run mypy libs/*/src services/*/src
+	@$(UV) run lint-imports --no-cache
 
 .PHONY: fmt
 fmt: install ## format and fix what ruff can
@@ -71,4 +72,4 @@ deploy-check: install ## render and validate deploy/ offline (kustomize, schemas
 
 .PHONY: bench
 bench: install ## benchmarks that print figures (see bench/README.md)
-	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run python $$b || exit 1; done
+	@for b in bench/*/run.py; do echo "== $$b"; $(UV) run --group bench python $$b || exit 1; done

@@ -11,6 +11,9 @@
 5. every topic of afterglow.events.topics and its DLQ has a KafkaTopic, every service has
    an api and a worker Deployment, every pod is hardened and probed, and every KEDA Kafka
    trigger authenticates as a KafkaUser;
+   the Kafka side matches each service's code (its ServiceSpec: consumer groups and the
+   classes it produces): a lag trigger for every group and topic it reads and no other,
+   and ACLs to read those topics and write the ones it produces;
 6. monitoring: every service has a ServiceMonitor selecting a Service that covers both of
    its Deployments on the metrics port and path; every PromQL expression of the
    PrometheusRules and of the Grafana dashboards (ConfigMaps labelled grafana_dashboard)
@@ -197,9 +200,9 @@ def expected_services() -> dict[str, str]:
 
     Names from the ``afterglow.services`` entry points without loading them (what
     afterglow.kit.registry.discover_services reads): a service whose import fails still
-    needs its Deployments, and the check stays fast."""
+    needs its Deployments."""
     found = {ep.name: "entry point" for ep in entry_points(group="afterglow.services")}
-    for name in generate.load_services():
+    for name in yaml.safe_load((DEPLOY / "services.yaml").read_text())["services"]:
         found.setdefault(name, "services.yaml")
     return found
 
@@ -226,6 +229,43 @@ def check_services(docs: list[Doc], services: dict[str, str], report: Report, wh
         for role in ("api", "worker"):
             if f"{name}-{role}" not in deployments:
                 report.fail(where, f"service {name} ({source}) has no Deployment {name}-{role}")
+
+
+def check_kafka_side(docs: list[Doc], services: dict[str, Doc], report: Report, where: str) -> None:
+    """The rendered triggers and ACLs against what each service's code declares
+    (generate.load_services). Stale base files are caught by check_generated already;
+    this catches an overlay that patches a trigger or an ACL away, which would leave a
+    consumer group unscaled, or a relay refused by the broker with its outbox piling up."""
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    for name, svc in services.items():
+        scaled = objects.get(("ScaledObject", f"{name}-worker"))
+        got = {
+            (t["metadata"].get("consumerGroup"), t["metadata"].get("topic"))
+            for t in (scaled["spec"]["triggers"] if scaled else [])
+            if t.get("type") == "kafka"
+        }
+        want = {
+            (f"{name}.{group}", t) for group, topics in svc["consumers"].items() for t in topics
+        }
+        label = f"{where} ScaledObject/{name}-worker"
+        for group, topic in sorted(want - got):
+            report.fail(label, f"no lag trigger for group {group} on {topic} (the code reads it)")
+        for group, topic in sorted(got - want):
+            report.fail(label, f"a lag trigger for group {group} on {topic}, which no code reads")
+        user = objects.get(("KafkaUser", name))
+        acls = {
+            (a["resource"]["type"], a["resource"]["name"], op)
+            for a in (user["spec"]["authorization"]["acls"] if user else [])
+            for op in a["operations"]
+        }
+        label = f"{where} KafkaUser/{name}"
+        for topic in sorted({t for ts in svc["consumers"].values() for t in ts}):
+            if ("topic", topic, "Read") not in acls:
+                report.fail(label, f"may not read {topic}, which its consumers read")
+        for topic in svc["produces"]:
+            if ("topic", topic, "Write") not in acls:
+                report.fail(label, f"may not write {topic}, where it produces events")
+        report.validated["services' Kafka side matches their code"] += 1
 
 
 def check_scaler_auth(docs: list[Doc], report: Report, where: str) -> None:
@@ -411,8 +451,8 @@ def check_promql(sources: list[tuple[str, str]], exported: set[str], report: Rep
         report.validated["PromQL expressions"] += 1
 
 
-def check_generated(report: Report) -> None:
-    for rel in generate.stale():
+def check_generated(report: Report, services: dict[str, Doc]) -> None:
+    for rel in generate.stale(services=services):
         report.fail(f"deploy/{rel}", "differs from deploy/generate.py: run it and commit")
 
 
@@ -434,7 +474,14 @@ def lint_dockerfile(report: Report, path: Path = ROOT / "Dockerfile") -> None:
 def run() -> Report:
     report = Report()
     schemas = load_crd_schemas(crds_dir())
-    check_generated(report)
+    # Each service's Kafka side, from its code, with services.yaml's half.
+    declared: dict[str, Doc] = {}
+    try:
+        declared = generate.load_services()
+    except ValueError as err:
+        report.fail("deploy/services.yaml", str(err))
+    else:
+        check_generated(report, declared)
     lint_dockerfile(report)
     services = expected_services()
     exported = load_exported()
@@ -447,6 +494,7 @@ def run() -> Report:
             report.validated["topics covered"] += check_topics(docs, report, overlay)
             check_services(docs, services, report, overlay)
             check_scaler_auth(docs, report, overlay)
+            check_kafka_side(docs, declared, report, overlay)
             check_monitoring(docs, services, report, overlay)
             check_promql(promql_sources(docs), exported, report)
     report.validated["services"] = len(services)

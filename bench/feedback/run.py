@@ -1,4 +1,13 @@
-"""NPS over 1M answers: the metrics query of the feedback service against a bare count.
+"""The feedback consumer's events/s, and NPS over 1M answers.
+
+Consumer (``--events N``, 0 to skip): the app in-process with its full lifespan on the
+embedded stack; N events, half ``survey.requested`` (a survey row, a message request and
+survey.sent in the outbox) and half ``order.placed`` with two line items, over 1,000
+customers; events/s until the inbox holds all N, next to the bare batch-consumer floor
+on the same records (bench/consumer_rate.py).
+
+Metrics (``--rows N``, 0 to skip): the metrics query of the feedback service against a
+bare count.
 
 Inserts 1,000,000 NPS answers (generate_series, one tenant, spread over a year, 10% of
 them superseded by a later change, plus 1M surveys sent and 200k rows of another tenant
@@ -9,7 +18,7 @@ of several runs, the plan summary and the ratio.
 Uses DATABASE_URL when set (it must already be migrated), else starts a throwaway
 embedded PostgreSQL and migrates it.
 
-    uv run python bench/feedback/run.py [--rows 1000000] [--runs 7]
+    uv run python bench/feedback/run.py [--events 4000] [--rows 1000000] [--runs 7]
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +39,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from afterglow.events import CloudEvent, KafkaConfig
+from afterglow.events.catalog import CustomerInfo, LineItem, Money, OrderPlaced, SurveyRequested
 from afterglow.feedback import metrics
 from afterglow.feedback.app import SPEC
 from afterglow.kit.migrations import upgrade
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from consumer_rate import floor_rate, report, service_consumer, service_rate
 
 TENANT = "bench-nps"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -161,12 +177,65 @@ async def bench(url: str, rows: int, runs: int) -> None:
     await engine.dispose()
 
 
+def feedback_events(tenant: str, n: int, customers: int = 1000) -> list[CloudEvent[Any]]:
+    now = datetime.now(UTC)
+    out: list[CloudEvent[Any]] = []
+    for i in range(n):
+        customer = f"c{i % customers}"
+        data: Any
+        if i % 2:
+            item = LineItem(
+                title="Mug", sku="MUG", quantity=1, unit_price=Money(amount=900, currency="USD")
+            )
+            data = OrderPlaced(
+                order_id=f"o{i}",
+                platform="api",
+                placed_at=now,
+                customer=CustomerInfo(email=f"{customer}@example.com"),
+                total=Money(amount=1800, currency="USD"),
+                line_items=[item, item],
+            )
+        else:
+            data = SurveyRequested(request_id=f"r{i}", kind="nps", requested_at=now)
+        out.append(CloudEvent.new(data, tenant_id=tenant, subject=customer, source="bench"))
+    return out
+
+
+async def consumer_bench(n: int) -> None:
+    from afterglow.feedback.app import create_app
+    from afterglow.feedback.settings import FeedbackSettings
+
+    app = create_app(FeedbackSettings(log_level="WARNING"))
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        settings = rt.settings
+        kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        name = service_consumer(rt, "events")
+        await service_rate(rt, name, feedback_events(f"warm-{tenant}", 200))
+        rate = await service_rate(rt, name, feedback_events(f"ev-{tenant}", n))
+        floor = await floor_rate(rt, kafka, feedback_events(f"floor-{tenant}", n))
+    report("feedback consumer (survey.requested + order.placed)", n, rate, floor)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=4000, help="0: skip the consumer")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="0: skip the metrics")
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL")
+    url = os.environ.get("DATABASE_URL")  # before the consumer's stack sets its own
+    if args.events:
+        from afterglow.devstack.stack import running_stack
+
+        os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "feedback")
+        with running_stack(
+            Path(".afterglow/bench-feedback"), ephemeral=True, services={"feedback"}
+        ) as stack:
+            os.environ.update(stack.env())
+            asyncio.run(consumer_bench(args.events))
+    if not args.rows:
+        return
     if url:
         asyncio.run(bench(url, args.rows, args.runs))
         return

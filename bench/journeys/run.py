@@ -1,24 +1,36 @@
 """Journey engine throughput on the embedded stack: timers fired per second and events
-consumed per second by ONE orchestrator instance, each next to a floor measured in the
-same run.
+consumed per second by ONE orchestrator instance, each next to a floor (and, for
+timers, a peer) measured in the same run.
 
-* timers/s: N customers wait for their check-in (timers seeded through the engine's own
-  write path), the ManualClock jumps 4 days, and the app's timer loop fires them all
-  (claim with SKIP LOCKED, engine step, state + transitions + outbox + next timer, in
-  one transaction per batch). Floor: the same claim query plus marking the rows fired,
-  nothing else, over as many rows.
+* timers/s: N customers wait for their check-in (state seeded in sets through the
+  engine's own write path, store.Changes), the ManualClock jumps 4 days, and the app's
+  timer loop fires them all (claim SKIP LOCKED, engine step, state + transitions +
+  outbox + next timer, one transaction per round, one statement per table). Floor: the
+  same claim query plus marking the rows fired, nothing else, over as many rows. Peer:
+  procrastinate (bench dependency group) firing as many due jobs on the same
+  PostgreSQL with 16 concurrent workers.
+* cost per timer with 10,000 and 200,000 pending timers in the table (the rest due in
+  ten years): the claim must not slow down as the table grows.
 * events/s: M order.placed events (M customers) published to the broker; the clock
   stops when M instances exist. Floor: a bare aiokafka consumer reading the same M
   records from the topic.
+* peak RSS of the process (the instance and this driver).
 
-    uv run python bench/journeys/run.py [--timers 3000] [--events 2000]
+    uv run --group bench python bench/journeys/run.py [--timers 3000] [--events 3000]
+        [--pending 10000,200000] [--customers 1000000]
+
+``--customers N`` (not run by make bench) seeds N customers waiting for their check-in
+and prints the wall time the instance takes to fire all N timers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
+import resource
 import tempfile
 import time
 import uuid
@@ -27,7 +39,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, text, update
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import running_stack
@@ -37,59 +49,106 @@ from afterglow.events.testing import eventually
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.app import create_app
-from afterglow.journeys.models import CustomerProfile, JourneyInstance, JourneyTimer
+from afterglow.journeys.models import JourneyInstance, JourneyTimer
 from afterglow.journeys.settings import Settings
-from afterglow.journeys.workers import claim_due
+from afterglow.journeys.workers import TIMERS_FIRED, claim_due
 from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
 
+SEED_CHUNK = 5000
+
 
 async def seed_waiting(rt: Runtime, clock: ManualClock, tenant: str, n: int) -> None:
+    """N customers whose order was delivered now: each waits for its check-in timer.
+    Their welcome events are left out (the state of waiting customers, not a replay)."""
     now = clock.now()
     j = d.DEFAULT_JOURNEY
     async with rt.sessionmaker.begin() as s:
         await store.ensure_default(s, tenant, now)
-    for start in range(0, n, 500):
+    for start in range(0, n, SEED_CHUNK):
+        idx = range(start, min(n, start + SEED_CHUNK))
         async with rt.sessionmaker.begin() as s:
-            for i in range(start, min(n, start + 500)):
-                cust, order = f"c{i}", f"o{i}"
+            keys = [(tenant, f"c{i}") for i in idx]
+            await store.lock_profiles(s, keys, now)
+            changes = store.Changes(rt.outbox, now)
+            for key, i in zip(keys, idx, strict=True):
+                order = f"o{i}"
                 prof = d.Profile(orders={order: {d.DELIVERED: now}})
-                occ = d.Occurrence(f"seed-{i}", d.PLACED, now, {"order_id": order})
+                occ = d.Occurrence(f"seed-{tenant}-{i}", d.PLACED, now, {"order_id": order})
                 prof = d.project(prof, occ)
                 res = d.start(j, 1, d.instance_id_for("default", occ.id), occ, prof, now)
-                await s.execute(
-                    insert(CustomerProfile).values(
-                        tenant_id=tenant,
-                        customer_id=cust,
-                        state=prof.model_dump(mode="json"),
-                        updated_at=now,
-                    )
-                )
-                await store.Writer(s, rt.outbox, tenant, cust, now).apply(j, res, prof)
+                changes.step(tenant, key[1], j, res, prof)
+                changes.profile(key, prof)
+            changes.events.clear()
+            await changes.write(s)
+
+
+async def seed_pending(rt: Runtime, n: int) -> None:
+    """N pending timers due in ten years (other tenants' future): the table's size."""
+    if n <= 0:
+        return
+    tenant = f"bg-{uuid.uuid4().hex[:6]}"
+    far = rt.clock.now() + timedelta(days=3650)
+    async with rt.sessionmaker.begin() as s:
+        await s.execute(
+            text(
+                "INSERT INTO journeys.journey_timers"
+                " (id, tenant_id, customer_id, instance_id, kind, key, due_at, payload,"
+                "  state, created_at)"
+                " SELECT :t || '-' || g, :t, 'c' || g, 'i' || g, 'stage_due', '1:due',"
+                "  CAST(:far AS timestamptz) + g * interval '1 second', '{}'::jsonb,"
+                "  'pending', :far"
+                " FROM generate_series(1, :n) g"
+            ),
+            {"t": tenant, "far": far, "n": n},
+        )
+
+
+async def pending_count(rt: Runtime) -> int:
+    async with rt.sessionmaker() as s:
+        q = select(func.count()).select_from(JourneyTimer).where(JourneyTimer.state == "pending")
+        return int(await s.scalar(q) or 0)
+
+
+def fired_total() -> float:
+    return float(TIMERS_FIRED._value.get())  # in-process counter: no query per poll
+
+
+async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> float:
+    """Seed n waiting customers, move the clock past their check-in, and return the
+    seconds the instance's timer loop takes to fire all n."""
+    tenant = f"bench-{uuid.uuid4().hex[:6]}"
+    await seed_waiting(rt, clock, tenant, n)
+    before = fired_total()
+    t0 = time.perf_counter()
+    clock.advance(timedelta(days=4))
+    while fired_total() - before < n:  # noqa: ASYNC110 - the loop is the thing timed
+        await asyncio.sleep(0.02)
+    # The counter moves inside the round's transaction: the last round commits next.
+    fired_q = (
+        select(func.count())
+        .select_from(JourneyTimer)
+        .where(JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired")
+    )
+    await eventually(lambda: count(rt, fired_q), lambda v: v >= n, timeout=60, interval=0.01)
+    return time.perf_counter() - t0
 
 
 async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
     tenant = f"floor-{uuid.uuid4().hex[:6]}"
     now = rt.clock.now()
-    far = now + timedelta(days=3650)
+    far = now + timedelta(days=3650 * 2)
     async with rt.sessionmaker.begin() as s:
         await s.execute(
-            insert(JourneyTimer),
-            [
-                dict(
-                    id=f"f{i}-{tenant}",
-                    tenant_id=tenant,
-                    customer_id=f"c{i}",
-                    instance_id=f"i{i}",
-                    kind="stage_due",
-                    key="1:due",
-                    due_at=far,
-                    payload={},
-                    state="pending",
-                    created_at=now,
-                )
-                for i in range(n)
-            ],
+            text(
+                "INSERT INTO journeys.journey_timers"
+                " (id, tenant_id, customer_id, instance_id, kind, key, due_at, payload,"
+                "  state, created_at)"
+                " SELECT :t || '-' || g, :t, 'c' || g, 'i' || g, 'stage_due', '1:due',"
+                "  :now, '{}'::jsonb, 'pending', :now"
+                " FROM generate_series(1, :n) g"
+            ),
+            {"t": tenant, "now": far - timedelta(days=1), "n": n},
         )
     t0 = time.perf_counter()
     done = 0
@@ -105,14 +164,36 @@ async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def roundtrip_floor(rt: Runtime, n: int = 300) -> float:
-    """One-statement transactions per second: what the database gives any per-item
-    work on this machine right now (the engine does ~10 statements per item)."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        async with rt.sessionmaker.begin() as s:
-            await s.execute(select(1))
-    return n / (time.perf_counter() - t0)
+async def procrastinate_peer(database_url: str, n: int, concurrency: int = 16) -> float | None:
+    """procrastinate firing n due jobs (a no-op task) on the same PostgreSQL."""
+    try:
+        import procrastinate
+    except ImportError:
+        return None
+    conninfo = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(
+            conninfo=conninfo, min_size=2, max_size=concurrency + 4
+        )
+    )
+
+    @app.task(name="bench_fire", queue="bench")
+    async def fire(i: int) -> None:
+        return None
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()  # the stack is ephemeral: fresh
+        for start in range(0, n, 1000):
+            await fire.batch_defer_async(*({"i": i} for i in range(start, min(n, start + 1000))))
+        t0 = time.perf_counter()
+        await app.run_worker_async(
+            queues=["bench"],
+            concurrency=concurrency,
+            wait=False,
+            listen_notify=False,
+            install_signal_handlers=False,
+        )
+        return n / (time.perf_counter() - t0)
 
 
 async def count(rt: Runtime, q: object) -> int:
@@ -120,7 +201,88 @@ async def count(rt: Runtime, q: object) -> int:
         return int(await s.scalar(q) or 0)  # type: ignore[call-overload]
 
 
-async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool) -> None:
+async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> float:
+    producer = build_producer(kafka)
+    await producer.start()
+    try:
+        tenant = f"bench-{uuid.uuid4().hex[:6]}"
+        inst_q = (
+            select(func.count())
+            .select_from(JourneyInstance)
+            .where(JourneyInstance.tenant_id == tenant)
+        )
+        records = []
+        for i in range(n):
+            ev = CloudEvent.new(
+                c.OrderPlaced(
+                    order_id=f"o{i}",
+                    platform="api",
+                    placed_at=clock.now(),
+                    customer=c.CustomerInfo(),
+                    total=c.Money(amount=1000, currency="USD"),
+                ),
+                tenant_id=tenant,
+                subject=f"c{i}",
+                source="bench",
+            )
+            records.append(to_record(ev))
+        t0 = time.perf_counter()
+        futures = [
+            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
+        ]
+        await asyncio.gather(*futures)
+        await eventually(lambda: count(rt, inst_q), lambda v: v >= n, timeout=600, interval=0.05)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+async def consumer_floor(bootstrap: str, n: int) -> float:
+    """A bare consumer (no DB, no handler) reading n records of the orders topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition("afterglow.orders", p)
+            for p in sorted(consumer.partitions_for_topic("afterglow.orders") or [])
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen = 0
+        # The clock includes the first fetch: with group_id None there is no join to
+        # leave out, and the records are all there already (one poll may hold them all).
+        t0 = time.perf_counter()
+        while seen < n:
+            batch_ = await consumer.getmany(timeout_ms=500, max_records=1000)
+            seen += sum(len(recs) for recs in batch_.values())
+        return seen / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def engine_only() -> None:
+    """The journey engine's consumer and timer loop alone: messaging's consumer and
+    dispatcher (same service, same process) would otherwise share the CPU with it,
+    delivering the messages the timers request, and be what the figure measures."""
+    from afterglow.journeys.messaging import dispatcher, handlers
+
+    handlers.consumer_specs = lambda runtime: []  # type: ignore[assignment]
+    dispatcher.messaging_workers = lambda runtime: []  # type: ignore[assignment]
+
+
+async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig) -> None:
+    if not args.with_messaging:
+        engine_only()
+    print(
+        "one orchestrator instance: "
+        + ("engine and messaging" if args.with_messaging else "the engine alone (no messaging)")
+    )
     clock = ManualClock()
     settings = Settings(
         log_json=False,
@@ -134,111 +296,81 @@ async def bench(n_timers: int, n_events: int, bootstrap: str, idempotence: bool)
         rt: Runtime = app.state.runtime
         batch = settings.journeys_timer_batch
 
-        floor = await timers_floor(rt, n_timers, batch)
-        tenant = f"bench-{uuid.uuid4().hex[:6]}"
-        await seed_waiting(rt, clock, tenant, n_timers)
-        fired_q = (
-            select(func.count())
-            .select_from(JourneyTimer)
-            .where(JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired")
-        )
-        t0 = time.perf_counter()
-        clock.advance(timedelta(days=4))
-        await eventually(
-            lambda: count(rt, fired_q), lambda v: v >= n_timers, timeout=600, interval=0.05
-        )
-        rate = n_timers / (time.perf_counter() - t0)
-        print(f"timers: {n_timers} fired by one instance (batch {batch})")
+        if args.customers:
+            elapsed = await fire_all(rt, clock, args.customers)
+            print(f"customers: {args.customers} check-in timers fired by one instance")
+            print(f"  wall time   {elapsed:8.1f} s  ({args.customers / elapsed:.0f} timers/s)")
+            print(f"  peak RSS    {peak_rss_mb():8.0f} MiB")
+            return
+
+        n = args.timers
+        floor = await timers_floor(rt, n, batch)
+        rate = n / await fire_all(rt, clock, n)
+        peer = None if args.skip_peer else await procrastinate_peer(database_url, n)
+        print(f"timers: {n} fired by one instance (batch {batch})")
         print(f"  engine      {rate:8.0f} timers/s")
         print(f"  floor       {floor:8.0f} timers/s  (claim SKIP LOCKED + mark fired, no engine)")
         print(f"  ratio engine/floor: {rate / floor:.4f}")
-        rtt = await roundtrip_floor(rt)
-        print(f"  round trips {rtt:8.0f} one-statement transactions/s (per-item floor)")
-        print(f"  ratio engine/round-trip: {rate / rtt:.3f}")
-
-        producer = build_producer(KafkaConfig(bootstrap, enable_idempotence=idempotence))
-        await producer.start()
-        try:
-            tenant = f"bench-{uuid.uuid4().hex[:6]}"
-            inst_q = (
-                select(func.count())
-                .select_from(JourneyInstance)
-                .where(JourneyInstance.tenant_id == tenant)
+        if peer is None:
+            print("  peer        (skipped, or procrastinate not installed: --group bench)")
+        else:
+            print(
+                f"  peer        {peer:8.0f} jobs/s  (procrastinate, {n} due no-op jobs, 16 workers)"
             )
-            records = []
-            for i in range(n_events):
-                ev = CloudEvent.new(
-                    c.OrderPlaced(
-                        order_id=f"o{i}",
-                        platform="api",
-                        placed_at=clock.now(),
-                        customer=c.CustomerInfo(),
-                        total=c.Money(amount=1000, currency="USD"),
-                    ),
-                    tenant_id=tenant,
-                    subject=f"c{i}",
-                    source="bench",
-                )
-                records.append(to_record(ev))
-            t0 = time.perf_counter()
-            futures = [
-                await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
-            ]
-            await asyncio.gather(*futures)
-            await eventually(
-                lambda: count(rt, inst_q), lambda v: v >= n_events, timeout=600, interval=0.1
-            )
-            ev_rate = n_events / (time.perf_counter() - t0)
-        finally:
-            await producer.stop()
+            print(f"  ratio engine/procrastinate: {rate / peer:.1f}")
 
-        # Floor: read the same records back with a bare consumer (no DB, no handler).
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            parts = [
-                TopicPartition("afterglow.orders", p)
-                for p in sorted(consumer.partitions_for_topic("afterglow.orders") or [])
-            ]
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            seen = 0
-            t0 = time.perf_counter()
-            while seen < n_events:
-                batch_ = await consumer.getmany(timeout_ms=500, max_records=1000)
-                for recs in batch_.values():
-                    seen += sum(
-                        1 for r in recs if r.key and r.key.decode().startswith(tenant + ":")
-                    )
-            raw_rate = n_events / (time.perf_counter() - t0)
-        finally:
-            await consumer.stop()
-        print(
-            f"events: {n_events} order.placed consumed by one instance (publish to instance rows)"
-        )
+        for target in args.pending:
+            await seed_pending(rt, target - await pending_count(rt))
+            k = args.pending_fire
+            per = await fire_all(rt, clock, k) / k
+            have = await pending_count(rt)
+            print(f"  cost per timer with {have:>7} pending: {per * 1e6:8.0f} us ({k} fired)")
+
+        ev_rate = await events_rate(rt, clock, args.events, kafka)
+        raw_rate = await consumer_floor(kafka.bootstrap_servers, args.events)
+        print(f"events: {args.events} order.placed consumed by one instance (publish to rows)")
         print(f"  engine      {ev_rate:8.0f} events/s")
         print(f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic)")
         print(f"  ratio engine/floor: {ev_rate / raw_rate:.4f}")
+        print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--timers", type=int, default=3000)
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument(
+        "--pending",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[10_000, 200_000],
+        help="table sizes (pending timers) to print the cost per timer at",
+    )
+    parser.add_argument("--pending-fire", type=int, default=2000)
+    parser.add_argument(
+        "--customers", type=int, default=0, help="only: fire N check-ins, print the wall time"
+    )
+    parser.add_argument(
+        "--with-messaging", action="store_true", help="run messaging's consumer and dispatcher too"
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="do not run procrastinate")
+    parser.add_argument(
+        "--profile", action="store_true", help="print cProfile's top entries of the process"
+    )
     args = parser.parse_args()
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "journeys")
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), ephemeral=True) as stack:
         os.environ.update(stack.env())
-        asyncio.run(
-            bench(
-                args.timers,
-                args.events,
-                stack.kafka_bootstrap_servers,
-                stack.kafka_enable_idempotence,
-            )
+        kafka = KafkaConfig(
+            stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
         )
+        if profiler:
+            profiler.enable()
+        asyncio.run(bench(args, stack.database_url, kafka))
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ its full lifespan. N ``order.placed`` events carrying referral codes are produce
 the broker; the figure is N / (time until all N referrals are recorded), i.e. broker ->
 consumer -> fraud checks -> referral row + outbox, committed.
 
-Floor: the same N records produced to a topic nobody consumes and read back by a bare
-aiokafka consumer (no database, no parsing): the broker's own round trip.
+Floors: the same N records produced to a topic nobody here consumes and
+  * applied by the bare batch consumer (no-op handlers: poll, parse, inbox claim,
+    commit; bench/consumer_rate.py), the events/s floor the consumer is judged against;
+  * read back by a bare aiokafka consumer (no database, no parsing): the broker's own
+    round trip.
 Usage: uv run python bench/referrals/run.py [--orders 2000] [--codes 200]
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -26,6 +30,9 @@ from sqlalchemy import func, select
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
 from afterglow.events.catalog import CustomerInfo, Money, OrderPlaced
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from consumer_rate import floor_rate
 
 FLOOR_TOPIC = "afterglow.support"  # not consumed by referrals
 
@@ -55,7 +62,7 @@ async def main(orders: int, codes: int) -> None:
                     send_invite=False,
                 )
                 code_list.append(code.code)
-        records = []
+        events = []
         for i in range(orders):
             data = OrderPlaced(
                 order_id=f"o-{i}",
@@ -68,8 +75,10 @@ async def main(orders: int, codes: int) -> None:
                 shipping_address_hash=uuid.uuid4().hex,
                 customer_orders_count=1,
             )
-            ev = CloudEvent.new(data, tenant_id=tenant, subject=f"ref-{i}", source="bench")
-            records.append(to_record(ev))
+            events.append(
+                CloudEvent.new(data, tenant_id=tenant, subject=f"ref-{i}", source="bench")
+            )
+        records = [to_record(ev) for ev in events]
 
         producer = build_producer(
             KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
@@ -115,13 +124,24 @@ async def main(orders: int, codes: int) -> None:
                 seen += sum(len(v) for v in batch.values())
             floor_s = time.perf_counter() - t0
             await consumer.stop()
+            # Fresh ids: the floor consumer's inbox is its own, but keep the runs apart.
+            batch_floor = await floor_rate(
+                rt,
+                KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence),
+                [
+                    CloudEvent.new(e.data, tenant_id=e.tenantid, subject=e.subject, source="bench")
+                    for e in events
+                ],
+            )
         finally:
             await producer.stop()
 
-    svc_rate, floor_rate = orders / service_s, orders / floor_s
+    svc_rate, broker_rate = orders / service_s, orders / floor_s
     print(f"referred orders attributed: {orders} in {service_s:.2f}s = {svc_rate:,.0f}/s")
-    print(f"floor (broker produce+consume only): {orders} in {floor_s:.2f}s = {floor_rate:,.0f}/s")
-    print(f"ratio service/floor: {svc_rate / floor_rate:.2f}")
+    print(f"floor (broker produce+consume only): {orders} in {floor_s:.2f}s = {broker_rate:,.0f}/s")
+    print(f"ratio service/floor: {svc_rate / broker_rate:.2f}")
+    print(f"floor (bare batch consumer, no-op handlers, same records): {batch_floor:,.0f} events/s")
+    print(f"ratio service/batch-consumer floor: {svc_rate / batch_floor:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ run on the committed manifests and on copies broken on purpose."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from afterglow.events import ConsumerGroup, on
+from afterglow.events import catalog as c
 from afterglow.events.topics import TOPICS
+from afterglow.kit.registry import discover_services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -312,3 +316,65 @@ def test_monitoring_objects_are_validated_against_their_crds(rendered, schemas) 
     text = "\n".join(report.problems)
     assert "ServiceMonitor/journeys: spec.endpoints" in text
     assert "PrometheusRule/afterglow: spec.groups.0" in text and "'name'" in text
+
+
+async def _noop(runtime: Any, session: Any, event: Any) -> None:
+    return None
+
+
+def test_deploy_check_fails_when_a_services_code_and_deploy_disagree(monkeypatch) -> None:
+    """The consumer groups and topics of deploy/ come from the services' code: a group
+    added in code (here loyalty reading tickets) and not regenerated fails the check,
+    with the files to regenerate and the trigger and ACL that are missing."""
+    crds_or_skip()
+    specs = discover_services()
+    loyalty = specs["loyalty"]
+    tickets = ConsumerGroup("tickets", on(c.TicketOpened, _noop), context=lambda runtime: runtime)
+    specs["loyalty"] = dataclasses.replace(loyalty, consumers=(*loyalty.consumers, tickets))
+    monkeypatch.setattr(check.generate, "discover_services", lambda: specs)
+    report = check.run()
+    stale = "differs from deploy/generate.py: run it and commit"
+    for overlay in ("dev", "prod"):
+        assert (
+            f"{overlay} ScaledObject/loyalty-worker: no lag trigger for group loyalty.tickets on "
+            "afterglow.tickets (the code reads it)"
+        ) in report.problems
+        assert (
+            f"{overlay} KafkaUser/loyalty: may not read afterglow.tickets, which its consumers read"
+        ) in report.problems
+    assert f"deploy/base/loyalty.yaml: {stale}" in report.problems
+    assert f"deploy/base/kafka-users.yaml: {stale}" in report.problems
+    assert len(report.problems) == 6
+
+
+def test_the_kafka_side_is_what_the_code_declares(rendered) -> None:
+    declared = generate.load_services()
+    # journeys' messaging announces an unsubscribe taken through its own link: its
+    # KafkaUser may write afterglow.customers (the hand copy had left it out).
+    assert "afterglow.customers" in declared["journeys"]["produces"]
+    assert set(declared["journeys"]["consumers"]) == {"tenants", "engine", "messaging"}
+    assert "afterglow.reviews" in declared["journeys"]["consumers"]["engine"]
+    for overlay in ("dev", "prod"):
+        report = check.Report()
+        check.check_kafka_side(rendered[overlay], declared, report, overlay)
+        assert report.problems == []
+    # An overlay patching a trigger away is caught on the rendered objects.
+    broken = copy.deepcopy(rendered["prod"])
+    triggers = _one(broken, "ScaledObject", "referrals-worker")["spec"]["triggers"]
+    gone = triggers.pop(0)["metadata"]
+    report = check.Report()
+    check.check_kafka_side(broken, declared, report, "prod")
+    assert report.problems == [
+        f"prod ScaledObject/referrals-worker: no lag trigger for group {gone['consumerGroup']} "
+        f"on {gone['topic']} (the code reads it)"
+    ]
+
+
+def test_services_yaml_may_not_repeat_the_kafka_side(tmp_path) -> None:
+    text = (ROOT / "deploy" / "services.yaml").read_text()
+    copy_path = tmp_path / "services.yaml"
+    copy_path.write_text(
+        text.replace("    dir: loyalty\n", "    dir: loyalty\n    consumers: {ledger: []}\n")
+    )
+    with pytest.raises(ValueError, match=r"loyalty\.consumers comes from the service's code"):
+        generate.load_services(copy_path)

@@ -112,7 +112,10 @@ async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
     try:
         async with (
             TopicTap(
-                stack.kafka_bootstrap_servers, "afterglow.loyalty", "afterglow.messages"
+                stack.kafka_bootstrap_servers,
+                "afterglow.loyalty",
+                "afterglow.messages",
+                "afterglow.discounts",
             ) as tap,
             serve_app(app) as client,
         ):

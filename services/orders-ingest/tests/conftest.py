@@ -31,6 +31,12 @@ def settings(stack: Stack) -> IngestSettings:
         # The worker stays quiet in tests; they trigger passes through the admin route.
         ingest_reconcile_interval_s=3600,
         ingest_reconcile_page_size=2,
+        # Reward codes: a quick worker, and a short call deadline so that a lost answer
+        # (the fake shop holding it) is retried within the test.
+        ingest_discount_poll_s=0.2,
+        ingest_discount_timeout_s=2.0,
+        ingest_discount_retry_base_s=0.2,
+        ingest_discount_retry_max_s=1.0,
         log_json=False,
         log_level="WARNING",
     )

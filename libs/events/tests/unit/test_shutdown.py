@@ -45,6 +45,16 @@ async def test_a_failing_stop_is_logged_not_raised(caplog) -> None:  # type: ign
     assert "producer failed to stop cleanly" in caplog.text
 
 
+async def test_a_stop_that_ends_cancelled_is_logged_not_raised(caplog) -> None:  # type: ignore[no-untyped-def]
+    # aiokafka's consumer stop cancels its fetch task, and that cancellation can escape
+    # stop(): it must not reach the caller (a test session's teardown failed on it).
+    async def stop_cancelled_from_inside() -> None:
+        raise asyncio.CancelledError
+
+    assert await stop_within(stop_cancelled_from_inside, timeout_s=1, what="tap") is True
+    assert "tap stop ended cancelled" in caplog.text
+
+
 async def test_a_task_that_swallowed_one_cancel_is_cancelled_again() -> None:
     swallowed = []
 

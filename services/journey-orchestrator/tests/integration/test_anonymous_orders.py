@@ -41,11 +41,8 @@ async def apply(orch: Orchestrator, tenant: str, subject: str, data: c.EventData
     event = CloudEvent.new(
         data, tenant_id=tenant, subject=subject, source="tests", time=orch.clock.now()
     )
-    on_placed = {
-        name: h
-        for spec in messaging.consumer_specs(orch.runtime)
-        for name, h in spec.handlers.items()
-    }["afterglow.order.placed.v1"]
+    on_placed = messaging.MESSAGING.handlers(orch.runtime)["afterglow.order.placed.v1"]
+    assert callable(on_placed)
     async with orch.runtime.sessionmaker.begin() as s:
         await handlers.apply_event(s, orch.runtime, event)
         if isinstance(data, c.OrderPlaced):

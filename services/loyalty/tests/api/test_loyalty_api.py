@@ -126,10 +126,20 @@ class TestRedemption:
         assert await loyalty.consistent(tenant_id, c) == (700, 0)
         redeemed = await loyalty.tap.wait_for(of(tenant_id, "points.redeemed.v1"))
         assert redeemed[0].data.reward_code == first.json()["code"]
-        msgs = await loyalty.tap.wait_for(
-            lambda e: of(tenant_id, "message.requested.v1")(e) and e.data.kind == "reward_code"
+        # The code is asked of the shop (orders-ingest), carrying its announcement: no
+        # message leaves loyalty before the code exists there.
+        [asked] = await loyalty.tap.wait_for(of(tenant_id, "discount.requested.v1"))
+        assert asked.subject == c
+        assert (asked.data.code, asked.data.value_kind) == (first.json()["code"], "fixed_amount")
+        assert asked.data.amount.amount == 500
+        assert asked.data.reference == redeemed[0].data.redemption_id
+        assert asked.data.announce.kind == "reward_code"
+        assert asked.data.announce.variables["reward_code"] == first.json()["code"]
+        mine = [e for e in await loyalty.tap.events(settle=0.2) if e.tenantid == tenant_id]
+        assert not any(
+            e.type == "afterglow.message.requested.v1" and e.data.kind == "reward_code"
+            for e in mine
         )
-        assert msgs[0].data.variables["reward_code"] == first.json()["code"]
 
     async def test_hundred_parallel_redemptions_succeed_exactly_ten_times(
         self, loyalty: Loyalty, tenant_id

@@ -72,6 +72,9 @@ class TestCustomerExport:
         assert deliveries[0]["payload"]["customer"]["email"] == "ada@example.com"
         assert deliveries[1]["payload"]["order_id"] == ada["id"]
         assert all(d["subjects"] == ["1001"] for d in deliveries)
+        # The contact linking Ada's helpdesk tickets to her: her email, not Bob's.
+        [link] = [x for x in records["customer_links"] if x["kind"] == "email"]
+        assert (link["subject"], link["email"]) == ("1001", "ada@example.com")
         # The sender's signature headers are not the customer's data.
         assert all("headers" not in d and "dedupe_key" not in d for d in deliveries)
         blob = r.text
@@ -97,7 +100,14 @@ class TestCustomerExport:
         r = await client.get(EXPORT.format("nobody-here"), headers=bearer(key))
 
         assert r.status_code == 200
-        assert r.json()["records"] == {"orders": [], "deliveries": []}
+        assert r.json()["records"] == {
+            "orders": [],
+            "customer_links": [],
+            "ticket_customers": [],
+            "escalations": [],
+            "deliveries": [],
+            "shop_discounts": [],
+        }
 
     async def test_after_a_redact_the_payloads_read_empty(self, client, tenant_id):
         secrets, ada, _ = await shop_with_orders(client, tenant_id)

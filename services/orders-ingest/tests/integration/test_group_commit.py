@@ -22,8 +22,10 @@ from hotpath_support import (
     until_processed,
 )
 from ingest_support import delivery_count, register, settled
+from sqlalchemy import func, select
 
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
+from afterglow.ingest.processing import APPLIER_LOCK
 
 
 class TestGroupCommit:
@@ -58,6 +60,25 @@ class TestGroupCommit:
         stored = first if first.json()["status"] == "received" else second
         done = await settled(client, tenant_id, stored)
         assert done.json()["status"] == "processed" and len(done.json()["events"]) == 1
+
+
+class TestOneApplier:
+    async def test_while_another_process_applies_this_one_only_stores(
+        self, client, stack, tenant_id
+    ):
+        # Two replicas each applying the oldest rows could commit an order's fulfilment
+        # before its placement: one applier at a time keeps the shop's order.
+        secret = (await register(client, tenant_id))["shopify"]
+        async with database(stack) as engine, engine.connect() as other:
+            await other.execute(select(func.pg_advisory_lock(APPLIER_LOCK)))
+            answers = [await post_order(client, tenant_id, secret, n) for n in range(3)]
+            assert {r.json()["status"] for r in answers} == {"received"}
+            await asyncio.sleep(1.0)  # rounds run (woken by the commit) and find it busy
+            state = await tenant_state(engine, tenant_id)
+            assert [s for s, _ in state["deliveries"].values()] == ["received"] * 3
+            await other.execute(select(func.pg_advisory_unlock(APPLIER_LOCK)))
+            state = await until_processed(engine, tenant_id, 3)
+        assert {s for s, _ in state["deliveries"].values()} == {"processed"}
 
 
 class TestOverload:

@@ -9,9 +9,6 @@ deliveries of the killed process and hide what these tests check.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,54 +19,24 @@ from ingest_support import ADMIN, register
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from afterglow.devstack.processes import free_port, spawn
-from afterglow.devstack.services import wait_ready
+from afterglow.devstack.services import KillableService, killable_services
 from afterglow.devstack.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 
-class Ingest:
-    """orders-ingest as ``afterglow serve`` runs it, on a free port."""
-
-    def __init__(self, stack: Stack, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            **stack.env(),
-            "INGEST_ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
-            "LOG_JSON": "false",
-            "LOG_LEVEL": "WARNING",
-            "INGEST_RECONCILE_INTERVAL_S": "3600",
-            "INGEST_PROCESS_POLL_S": "0.2",
-        }
-        args = [sys.executable, "-m", "afterglow.kit.cli", "serve", "ingest"]
-        args += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = spawn(args, log=log, env=env)
-
-    async def ready(self) -> None:
-        if not await asyncio.to_thread(wait_ready, self.url, 120, self.proc):
-            raise RuntimeError(f"orders-ingest did not start on {self.url}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+INGEST_ENV = {
+    "INGEST_ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
+    "LOG_LEVEL": "WARNING",
+    "INGEST_RECONCILE_INTERVAL_S": "3600",
+    "INGEST_PROCESS_POLL_S": "0.2",
+}
 
 
 @pytest.fixture
-def ingest_processes(stack: Stack, tmp_path: Path) -> Iterator[Callable[[], Ingest]]:
-    started: list[Ingest] = []
-
-    def start() -> Ingest:
-        p = Ingest(stack, tmp_path / f"ingest-{len(started)}.log")
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.proc.poll() is None:
-            p.kill()
+def ingest_processes(stack: Stack, tmp_path: Path) -> Iterator[Callable[[], KillableService]]:
+    with killable_services(stack, tmp_path) as start:
+        yield lambda: start("ingest", INGEST_ENV)
 
 
 class TestKilled:

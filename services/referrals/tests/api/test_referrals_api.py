@@ -12,14 +12,15 @@ from afterglow.events.testing import TopicTap
 from afterglow.referrals import domain
 
 REFERRALS = "afterglow.referrals"
-MESSAGES = "afterglow.messages"
+# The referee's reward is asked of the shop (orders-ingest), carrying its announcement.
+DISCOUNTS = "afterglow.discounts"
 
 
 def is_reward(event, tenant):
     return (
         event.tenantid == tenant
-        and event.type == "afterglow.message.requested.v1"
-        and event.data.kind == "referee_reward"
+        and event.type == "afterglow.discount.requested.v1"
+        and event.data.announce.kind == "referee_reward"
     )
 
 
@@ -294,7 +295,7 @@ class TestAttributions:
             lambda o: o.cancelled_at if history == "cancelled" else o.refunded_amount == refunded,
         )
         bootstrap = service.runtime.settings.kafka_bootstrap_servers
-        async with TopicTap(bootstrap, REFERRALS, MESSAGES) as tap:
+        async with TopicTap(bootstrap, REFERRALS, DISCOUNTS) as tap:
             r = await service.client.post(
                 "/v1/attributions",
                 json={"order_id": order.order_id, "code": code},

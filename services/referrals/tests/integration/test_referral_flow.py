@@ -15,6 +15,8 @@ from afterglow.referrals.models import Order
 
 REFERRALS = "afterglow.referrals"
 MESSAGES = "afterglow.messages"
+# Reward codes are asked of the shop (orders-ingest), carrying their announcement.
+DISCOUNTS = "afterglow.discounts"
 
 
 def of_tenant(tenant: str, type_: str):
@@ -58,7 +60,7 @@ class TestFullPath:
     async def test_invitation_to_confirmed_conversion(self, service, tenant_id):
         advocate, referee = "adv-1", "new-1"
         bootstrap = service.runtime.settings.kafka_bootstrap_servers
-        async with TopicTap(bootstrap, REFERRALS, MESSAGES) as tap:
+        async with TopicTap(bootstrap, REFERRALS, DISCOUNTS) as tap:
             await service.publish(service.invited(), tenant=tenant_id, subject=advocate)
             issued = await tap.wait_for(of_tenant(tenant_id, "afterglow.referral.code_issued.v1"))
             code = issued[0].data.code
@@ -70,12 +72,14 @@ class TestFullPath:
             reward = await tap.wait_for(
                 lambda e: (
                     e.tenantid == tenant_id
-                    and e.type == "afterglow.message.requested.v1"
-                    and e.data.kind == "referee_reward"
+                    and e.type == "afterglow.discount.requested.v1"
+                    and e.data.announce.kind == "referee_reward"
                 )
             )
             assert reward[0].subject == referee
-            assert reward[0].data.variables["reward_code"] == row["referee_reward_code"]
+            assert reward[0].data.code == row["referee_reward_code"]
+            assert (reward[0].data.value_kind, reward[0].data.percent) == ("percentage", 10)
+            assert reward[0].data.announce.variables["reward_code"] == row["referee_reward_code"]
 
             await service.publish(
                 service.fulfilled(order.order_id), tenant=tenant_id, subject=referee
@@ -109,7 +113,7 @@ class TestReturns:
         advocate, referee = "adv", "ref"
         code = await service.issue_code(tenant_id, advocate)
         bootstrap = service.runtime.settings.kafka_bootstrap_servers
-        async with TopicTap(bootstrap, REFERRALS) as tap:
+        async with TopicTap(bootstrap, REFERRALS, DISCOUNTS) as tap:
             order = service.placed(discount_codes=["WELCOME10", code])
             await service.publish(order, tenant=tenant_id, subject=referee)
             await service.publish(
@@ -131,6 +135,12 @@ class TestReturns:
         row = await service.wait_referral(tenant_id, advocate, order.order_id)
         assert (row["state"], row["reason"]) == ("rejected", "refunded")
         assert not [e for e in events if of_tenant(tenant_id, "afterglow.referral.converted.v1")(e)]
+        # The friend's code, issued with the conversion, is clawed back in the shop.
+        [clawback] = [
+            e for e in events if of_tenant(tenant_id, "afterglow.discount.revoke_requested.v1")(e)
+        ]
+        assert (clawback.subject, clawback.data.reason) == (referee, "clawback")
+        assert clawback.data.code == row["referee_reward_code"]
 
     async def test_partial_refund_keeps_the_conversion(self, service, tenant_id):
         code = await service.issue_code(tenant_id, "adv")
@@ -163,7 +173,7 @@ class TestDuplicates:
         code = await service.issue_code(tenant_id, "adv")
         order = service.placed(referral_code=code)
         bootstrap = service.runtime.settings.kafka_bootstrap_servers
-        async with TopicTap(bootstrap, MESSAGES) as tap:
+        async with TopicTap(bootstrap, DISCOUNTS) as tap:
             event = await service.publish(order, tenant=tenant_id, subject="ref")
             await service.send_record(to_record(event))  # the identical record again
             # The same order under a new event id (a platform's repeated webhook).
@@ -178,7 +188,13 @@ class TestDuplicates:
             events = await tap.events(settle=1.0)
         rows = await service.referrals(tenant_id, "adv")
         assert len(rows) == 1
-        rewards = [e for e in events if e.tenantid == tenant_id and e.data.kind == "referee_reward"]
+        rewards = [
+            e
+            for e in events
+            if e.tenantid == tenant_id
+            and e.type == "afterglow.discount.requested.v1"
+            and e.data.announce.kind == "referee_reward"
+        ]
         assert len(rewards) == 1
 
 

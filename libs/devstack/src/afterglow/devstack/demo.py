@@ -39,6 +39,7 @@ import httpx
 
 SERVICES = ("ingest", "journeys", "feedback", "loyalty", "referrals")
 DEV_PORTS = {"ingest": 8001, "journeys": 8002, "feedback": 8003, "loyalty": 8004, "referrals": 8005}
+CONSOLE_PORT = 8006
 DEMO_ADMIN_TOKEN = "demo-admin-token"  # noqa: S105 - only for the stack the demo starts itself
 
 # Settings that shorten the services' own polling so seconds-long delays are met on
@@ -931,7 +932,22 @@ async def _demo(urls: dict[str, list[str]], admin_token: str) -> bool:
                 ok = False
                 printer(f"STOPPED: {exc}")
             print_summary(await sc.summary(), time.monotonic() - t0)
+            show_console(urls, sc.key)
             return ok and not sc.problems
+
+
+def show_console(urls: dict[str, list[str]], key: str) -> None:
+    """Where to see it all as a shop owner would: the console, and a key to sign in
+    with (the demo tenant's, which has every scope)."""
+    console = (urls.get("console") or [f"http://127.0.0.1:{CONSOLE_PORT}"])[0]
+    try:
+        up = httpx.get(f"{console}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        up = False
+    if not up:
+        print(f"\nconsole: not running at {console} (`make dev` starts it)")
+        return
+    print(f"\nconsole: {console}/dashboard  (sign in with the API key {key})")
 
 
 def main() -> int:
@@ -962,7 +978,8 @@ def main() -> int:
             running_services(
                 stack,
                 state / "logs",
-                names=list(SERVICES),
+                # the console too, so the demo ends by showing where to look
+                names=[*SERVICES, "console"],
                 extra_env={**FAST_ENV, "INGEST_ADMIN_TOKEN": DEMO_ADMIN_TOKEN},
                 ready_timeout=300,
             ) as svc,
@@ -970,6 +987,9 @@ def main() -> int:
             printer(f"stack and services ready in {time.monotonic() - t0:.0f} s")
             urls = {n: [p.url for p in procs] for n, procs in svc.processes.items()}
             ok = asyncio.run(_demo(urls, DEMO_ADMIN_TOKEN))
+            print(
+                "(these services stop with the demo: run `make dev`, then `make demo`, to browse)"
+            )
     printer(f"demo {'done' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s")
     return 0 if ok else 1
 

@@ -3,12 +3,13 @@ end-to-end tests and the demo do: one place that knows how to start, wait and st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,60 @@ def wait_ready(url: str, timeout: float = 90, proc: subprocess.Popen[bytes] | No
     return False
 
 
+class KillableService:
+    """One service as ``afterglow serve`` runs it, on a free port, for a test that kills
+    it with SIGKILL mid-work (a node dying: no shutdown hook runs) and starts another in
+    its place. ``env`` adds to (or overrides) the stack's environment."""
+
+    def __init__(
+        self, stack: Stack, name: str, log: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.name, self.log = name, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "afterglow.kit.cli", "serve", name]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        proc_env = {
+            **os.environ,
+            **stack.env(),
+            "LOG_JSON": "false",
+            "PUBLIC_BASE_URL": self.url,
+            **(env or {}),
+        }
+        self.proc = spawn(argv, log=log, env=proc_env)
+
+    async def ready(self, timeout: float = 120) -> None:  # noqa: ASYNC109 - a startup bound
+        if not await asyncio.to_thread(wait_ready, self.url, timeout, self.proc):
+            tail = self.log.read_text()[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{self.name} did not start on {self.url}:\n{tail}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def killable_services(
+    stack: Stack, log_dir: Path
+) -> Iterator[Callable[[str, Mapping[str, str]], KillableService]]:
+    """``start(name, env)`` starts a ``KillableService`` (logs in ``log_dir``, numbered in
+    start order); whatever still runs at the end is killed, so a failed test leaves no
+    service behind to take the next test's work."""
+    started: list[KillableService] = []
+
+    def start(name: str, env: Mapping[str, str]) -> KillableService:
+        p = KillableService(stack, name, log_dir / f"{name}-{len(started)}.log", env)
+        started.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            if p.proc.poll() is None:
+                p.kill()
+
+
 @contextlib.contextmanager
 def running_services(
     stack: Stack,
@@ -100,10 +155,20 @@ def running_services(
     specs = discover_services(set(names) if names else None)
     running = RunningServices()
     env = {**os.environ, **stack.env(), "LOG_JSON": "false", **(extra_env or {})}
+    # Ports are chosen before any process starts, so that each one can be told where
+    # the others listen (SERVICE_URLS: the console calls the services' REST APIs).
+    ports = {
+        (name, i): spec.default_port if fixed_ports and i == 0 else free_port()
+        for name, spec in specs.items()
+        for i in range(instances)
+    }
+    env["SERVICE_URLS"] = ",".join(
+        f"{name}=http://127.0.0.1:{port}" for (name, i), port in ports.items() if i == 0
+    )
     try:
-        for name, spec in specs.items():
+        for name in specs:
             for i in range(instances):
-                port = spec.default_port if fixed_ports and i == 0 else free_port()
+                port = ports[(name, i)]
                 url = f"http://127.0.0.1:{port}"
                 log = log_dir / f"{name}-{i}.log"
                 argv = [

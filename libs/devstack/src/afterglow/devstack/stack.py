@@ -21,7 +21,7 @@ from pathlib import Path
 
 from afterglow.devstack.brokers import TansuBroker
 from afterglow.devstack.postgres import EmbeddedPostgres
-from afterglow.events.topics import ensure_topics
+from afterglow.events.topic_admin import ensure_topics
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
 

@@ -5,7 +5,8 @@ The end-to-end tests run every service as real processes in the services' own co
 groups, so they get a pytest process (and an embedded stack) of their own: an in-process
 test app still alive in the same session would share those groups with them. Without
 path arguments the suite runs without ``tests/e2e``, then
-``tests/e2e``, then each ``ISOLATED`` module alone; with paths, one run of just those.
+``tests/e2e``, then each ``ISOLATED`` module alone (paths from the repository root);
+with paths, one run of just those.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ NO_TESTS = 5
 # consumer groups. Next to another live member of the same groups (the suite's shared
 # orchestrator app, or the e2e processes of the module before) the embedded broker held
 # their group join past the test timeout, so each gets a pytest process of its own.
+# And modules that run a service as a process next to whose work the suite's in-process
+# app must not be: its messaging dispatcher would take the leased message a killed
+# journeys process left behind and hide what the module checks.
 ISOLATED = (
     "tests/integration/test_first_order_agreement.py",
     "tests/e2e/test_refunds_and_history.py",
+    "services/journey-orchestrator/tests/integration/test_killed_dispatcher.py",
+    # Runs every service as processes (the console reads them all), in their groups.
+    "services/console/tests",
 )
 
 

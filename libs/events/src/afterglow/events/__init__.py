@@ -28,14 +28,17 @@ from afterglow.events.failures import (
 from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
 from afterglow.events.outbox import Outbox, OutboxRelay
 from afterglow.events.shutdown import cancel_and_wait, stop_within
+from afterglow.events.subscriptions import ConsumerGroup, Subscription, on, on_batch
 from afterglow.events.tables import EventTables, event_tables
-from afterglow.events.topics import TOPICS, Topic, ensure_topics
+from afterglow.events.topic_admin import ensure_topics
+from afterglow.events.topics import TOPICS, Topic
 
 __all__ = [
     "EVENT_TYPES",
     "TOPICS",
     "BatchHandler",
     "CloudEvent",
+    "ConsumerGroup",
     "EventConsumer",
     "EventData",
     "EventHandler",
@@ -50,6 +53,7 @@ __all__ = [
     "OutboxRelay",
     "PermanentError",
     "RetryPolicy",
+    "Subscription",
     "Topic",
     "TransientError",
     "UnknownEventType",
@@ -63,6 +67,8 @@ __all__ = [
     "ensure_topics",
     "event_tables",
     "from_record",
+    "on",
+    "on_batch",
     "stop_within",
     "to_record",
     "topic_for",

@@ -133,3 +133,62 @@ def _runs(
         else:
             runs.append((handler, [event]))
     return runs
+
+
+async def in_segments(
+    events: Sequence[CloudEvent[Any]],
+    *,
+    take: Callable[[CloudEvent[Any]], bool],
+    flush: Callable[[], Awaitable[None]],
+    one: Callable[[CloudEvent[Any]], Awaitable[None]],
+) -> None:
+    """Apply a batch handler's events in order, the common ones as sets.
+
+    ``take(event)`` collects an event into the pending set and says whether it did;
+    ``flush()`` writes the pending set with one statement per table. An event ``take``
+    refuses (a rare type, or one that must see every earlier write: an erasure, a
+    reminder of a survey the same batch created) is applied alone by ``one(event)``,
+    after the pending set is flushed, so the outcome is that of event-by-event order.
+    """
+    for event in events:
+        if take(event):
+            continue
+        await flush()
+        with event_context(event.id, event.traceparent):
+            await one(event)
+    await flush()
+
+
+async def each_in_order(
+    session: AsyncSession,
+    events: Sequence[CloudEvent[Any]],
+    handle: Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]],
+) -> None:
+    """For a batch handler that prepared the batch in sets (locks taken in order, reads
+    cached) and then applies each event with per-event code: in order, each event seeing
+    the earlier ones' writes through fresh ORM objects, as the per-event form does."""
+    for event in events:
+        with event_context(event.id, event.traceparent):
+            await handle(session, event)
+        await session.flush()
+        session.expunge_all()
+
+
+def unnest_insert(table: Table, columns: Sequence[str]) -> Any:
+    """``INSERT INTO table (columns) SELECT ... FROM unnest(:c1, :c2, ...)``: a multi-row
+    insert that is ONE statement whatever the number of rows, so it is compiled and
+    prepared once (``insert().values([...])`` is a new statement, compiled again, for
+    every batch size; in a profile of the feedback consumer its compilation was the
+    largest cost). Execute it with one list per column, named after the column; add
+    ``on_conflict_do_nothing`` / ``returning`` as needed, once, where it is built."""
+    rows = (
+        func.unnest(*[bindparam(c, type_=ARRAY(table.c[c].type)) for c in columns])
+        .table_valued(*columns)
+        .render_derived(name="new_rows")
+    )
+    return pg_insert(table).from_select(list(columns), select(*[rows.c[c] for c in columns]))
+
+
+def as_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows as the per-column lists :func:`unnest_insert` takes."""
+    return {c: [r[c] for r in rows] for c in columns}

@@ -311,6 +311,12 @@ class TicketOpened(EventData):
     subject: str | None = Field(default=None, max_length=500)
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     order_id: str | None = None
+    channel: str | None = Field(
+        default=None,
+        max_length=50,
+        description="How the customer reached support (the helpdesk's own word: email, "
+        "web, chat, api...); support metrics are split by it",
+    )
 
 
 class TicketUpdated(EventData):
@@ -318,6 +324,11 @@ class TicketUpdated(EventData):
     ticket_id: str
     updated_at: AwareDatetime
     status: str
+    agent_replied_at: AwareDatetime | None = Field(
+        default=None,
+        description="Set when this update is an agent's public reply (the first one "
+        "ends the ticket's first-response time)",
+    )
 
 
 class TicketResolved(EventData):
@@ -629,6 +640,101 @@ class ReferralRejected(EventData):
     rejected_at: AwareDatetime
 
 
+# --- discounts (reward codes in the tenant's shop) ------------------------------------
+#
+# Loyalty and referrals issue reward codes; only orders-ingest holds the shop's API
+# credentials. So the issuer asks by event and ingest answers by event: no token is
+# copied into a second service. The code is the key of everything below.
+
+DiscountValueKind = Literal["fixed_amount", "percentage", "free_shipping"]
+# What every platform accepts as a code (Shopify: up to 255; WooCommerce lowercases it,
+# BigCommerce: 50 characters): letters, digits, dash and underscore.
+DISCOUNT_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{2,49}$"
+
+
+class DiscountRequested(EventData):
+    """Create the reward code ``code`` in the tenant's shop: usable once, by the subject
+    only, between ``starts_at`` and ``ends_at``. The code is the idempotency key: a
+    repeated request (or a retry after a timeout) never creates a second discount.
+
+    ``announce`` is the message that tells the customer about the code. orders-ingest
+    releases it in the transaction that records the discount as created, so no customer
+    is told of a code the checkout would refuse; on failure it is never sent."""
+
+    type: Literal["afterglow.discount.requested.v1"] = "afterglow.discount.requested.v1"
+    code: str = Field(pattern=DISCOUNT_CODE_PATTERN)
+    title: str = Field(min_length=1, max_length=255, description="Shown to the merchant")
+    value_kind: DiscountValueKind
+    amount: Money | None = Field(default=None, description="fixed_amount: off the order")
+    percent: int | None = Field(default=None, ge=1, le=100, description="percentage: off")
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime | None = None
+    reference: str = Field(max_length=200, description="The issuer's record (redemption id)")
+    announce: MessageRequested | None = None
+
+    @model_validator(mode="after")
+    def _value_is_complete(self) -> DiscountRequested:
+        if self.value_kind == "fixed_amount" and (self.amount is None or self.amount.amount <= 0):
+            raise ValueError("a fixed_amount discount needs a positive amount")
+        if self.value_kind == "percentage" and self.percent is None:
+            raise ValueError("a percentage discount needs percent")
+        if self.ends_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must come after starts_at")
+        return self
+
+
+class DiscountCreated(EventData):
+    """The code exists in the shop (created now, or found there after a retry)."""
+
+    type: Literal["afterglow.discount.created.v1"] = "afterglow.discount.created.v1"
+    code: str
+    reference: str
+    platform: Platform
+    platform_discount_id: str
+    created_at: AwareDatetime
+
+
+class DiscountFailed(EventData):
+    """The code could not be created (no shop connection, refused, retries exhausted);
+    its announcement was not sent."""
+
+    type: Literal["afterglow.discount.failed.v1"] = "afterglow.discount.failed.v1"
+    code: str
+    reference: str
+    reason: str = Field(max_length=500)
+    failed_at: AwareDatetime
+
+
+class DiscountRevokeRequested(EventData):
+    """Disable (or delete) a reward code in the shop: clawed back or withdrawn. A code
+    already spent stays spent."""
+
+    type: Literal["afterglow.discount.revoke_requested.v1"] = (
+        "afterglow.discount.revoke_requested.v1"
+    )
+    code: str = Field(pattern=DISCOUNT_CODE_PATTERN)
+    reason: Literal["clawback", "expired", "manual"]
+    requested_at: AwareDatetime
+
+
+class DiscountRevoked(EventData):
+    type: Literal["afterglow.discount.revoked.v1"] = "afterglow.discount.revoked.v1"
+    code: str
+    reference: str
+    reason: Literal["clawback", "expired", "manual"]
+    revoked_at: AwareDatetime
+
+
+class DiscountUsed(EventData):
+    """An order spent the reward code (from the order's ``discount_codes``)."""
+
+    type: Literal["afterglow.discount.used.v1"] = "afterglow.discount.used.v1"
+    code: str
+    reference: str
+    order_id: str
+    used_at: AwareDatetime
+
+
 ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     OrderPlaced, OrderFulfilled, OrderDelivered, OrderRefunded, OrderCancelled,
     TicketOpened, TicketUpdated, TicketResolved,
@@ -637,6 +743,8 @@ ALL_EVENT_MODELS: tuple[type[EventData], ...] = (
     SurveyRequested, SurveySent, SurveyResponded, ReviewRequested, ReviewSubmitted,
     ReviewPublished, PointsEarned, PointsRedeemed, PointsExpired, TierChanged,
     ReferralInvited, ReferralCodeIssued, ReferralConverted, ReferralRejected,
+    DiscountRequested, DiscountCreated, DiscountFailed, DiscountRevokeRequested,
+    DiscountRevoked, DiscountUsed,
 )  # fmt: skip
 
 # The discriminated union over the one list above, so a new type is added in one place.

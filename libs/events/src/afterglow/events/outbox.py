@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import zlib
@@ -27,11 +28,13 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table, bindparam, text
+from sqlalchemy import LargeBinary, SmallInteger, Table, Text, bindparam, cast, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events.envelope import CloudEvent, to_record
+from afterglow.events.listen import Listener
 from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
 
 log = logging.getLogger(__name__)
@@ -59,34 +62,68 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode()) % OUTBOX_SHARDS
 
 
+def _insert_rows(table: Table) -> Any:
+    """``INSERT INTO outbox SELECT ... FROM unnest(:event_id, ..., :value)``: one
+    statement text for any number of events, so it is compiled and prepared once. A
+    ``VALUES`` list of N rows was a new statement for every N, and compiling it cost
+    more than the rest of a journey batch (SQLAlchemy builds a bind per cell)."""
+    cols = {
+        "event_id": Text,
+        "event_type": Text,
+        "topic": Text,
+        "key": Text,
+        "shard": SmallInteger,
+        "headers": Text,  # JSON text per row, cast below
+        "value": LargeBinary,
+    }
+    rows = (
+        func.unnest(*(bindparam(name, type_=ARRAY(t)) for name, t in cols.items()))
+        .table_valued(*cols)
+        .render_derived(name="rows")
+    )
+    return (
+        pg_insert(table)
+        .from_select(
+            list(cols),
+            # Rows come out of unnest in array order, so ids follow the events' order
+            # (the relay publishes a key's events in id order).
+            select(*(cast(rows.c[n], JSONB) if n == "headers" else rows.c[n] for n in cols)),
+        )
+        # A repeated event id is the same event: keep the first and say nothing.
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
 class Outbox:
     """Adds events to a service's outbox inside the caller's transaction."""
 
     def __init__(self, tables: EventTables) -> None:
         self._table: Table = tables.outbox
+        self._insert = _insert_rows(self._table)
 
     async def add(self, session: AsyncSession, *events: CloudEvent[Any]) -> None:
         if not events:
             return
-        rows = []
+        cols: dict[str, list[Any]] = {
+            "event_id": [],
+            "event_type": [],
+            "topic": [],
+            "key": [],
+            "shard": [],
+            "headers": [],
+            "value": [],
+        }
         for event in events:
             record = to_record(event)
-            rows.append(
-                {
-                    "event_id": event.id,
-                    "event_type": event.type,
-                    "topic": record.topic,
-                    "key": record.key.decode(),
-                    "shard": shard_of(record.key.decode()),
-                    "headers": [[k, v.decode()] for k, v in record.headers],
-                    "value": record.value,
-                }
-            )
-        # A repeated event id is the same event: keep the first and say nothing.
-        stmt = (
-            pg_insert(self._table).values(rows).on_conflict_do_nothing(index_elements=["event_id"])
-        )
-        await session.execute(stmt)
+            key = record.key.decode()
+            cols["event_id"].append(event.id)
+            cols["event_type"].append(event.type)
+            cols["topic"].append(record.topic)
+            cols["key"].append(key)
+            cols["shard"].append(shard_of(key))
+            cols["headers"].append(json.dumps([[k, v.decode()] for k, v in record.headers]))
+            cols["value"].append(record.value)
+        await session.execute(self._insert, cols)
 
 
 class OutboxRelay:
@@ -114,12 +151,18 @@ class OutboxRelay:
         self._send_timeout = send_timeout_s
         self._max_backoff = max_backoff_s
         self._retention = sent_retention_s
-        self._keepalive_interval = keepalive_interval_s
         self._wake = asyncio.Event()
+        self._listener = Listener(
+            engine,
+            notify_channel(self._schema),
+            self._wake,
+            name=f"afterglow-outbox-listen:{self._schema}",
+            connect_timeout_s=send_timeout_s,
+            keepalive_interval_s=keepalive_interval_s,
+            max_backoff_s=max_backoff_s,
+        )
         # The listening connection's name in pg_stat_activity.
-        self.listener_name = f"afterglow-outbox-listen:{self._schema}"[:63]
-        self.keepalives = 0
-        self.notifications = 0
+        self.listener_name = self._listener.name
         # Namespaces the advisory locks per schema so services never contend.
         self._lock_ns = zlib.crc32(f"outbox:{self._schema}".encode()) & 0x7FFFFFFF
         self.last_success: float | None = None
@@ -188,7 +231,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled: woken by NOTIFY, or by a short poll as a fallback."""
-        listener = asyncio.create_task(self._listen(), name=f"outbox-listen-{self._schema}")
+        listener = asyncio.create_task(self._listener.run(), name=f"outbox-listen-{self._schema}")
         backoff = 0.5
         last_purge = 0.0
         last_measure = 0.0
@@ -246,63 +289,14 @@ class OutboxRelay:
         except Exception:
             log.warning("outbox purge failed", exc_info=True)
 
-    async def _listen(self) -> None:
-        """LISTEN on a connection of its own; reconnect with backoff if it drops.
+    @property
+    def keepalives(self) -> int:
+        return self._listener.keepalives
 
-        The connection is a bare asyncpg one, outside SQLAlchemy and its pool, and runs
-        nothing but LISTEN and the keepalive, never inside a transaction. PostgreSQL
-        delivers a notification only to a session outside any transaction: a keepalive
-        ``SELECT 1`` on an SQLAlchemy connection autobegan one that never ended, every
-        NOTIFY after it waited in the server's queue (relays fell back to their poll),
-        and when that queue filled every transaction that notifies, so every outbox
-        write, failed.
-        """
-        channel = notify_channel(self._schema)
-        backoff = 0.5
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await self._connect_listener()
-                await conn.add_listener(channel, self._on_notify)
-                backoff = 0.5
-                self._wake.set()  # anything committed while we were away
-                while True:
-                    await asyncio.sleep(self._keepalive_interval)
-                    await self.keepalive(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("outbox LISTEN connection lost; polling meanwhile", exc_info=True)
-                await asyncio.sleep(backoff * (1 + random.random()))
-                backoff = min(backoff * 2, self._max_backoff)
-            finally:
-                if conn is not None:
-                    conn.terminate()  # no goodbye round trip: it may be dead already
-
-    async def _connect_listener(self) -> asyncpg.Connection:
-        # The engine's own connection arguments (host, socket, credentials, TLS),
-        # minus the options only SQLAlchemy's adapter understands.
-        cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
-        options = {k: v for k, v in cparams.items() if k not in _SQLALCHEMY_ONLY_OPTIONS}
-        async with asyncio.timeout(self._send_timeout):
-            return await asyncpg.connect(
-                *cargs,
-                **options,
-                server_settings={"application_name": self.listener_name},
-            )
+    @property
+    def notifications(self) -> int:
+        return self._listener.notifications
 
     async def keepalive(self, conn: asyncpg.Connection) -> None:
         """Notice a dead listening connection (a restarted server, a cut link)."""
-        async with asyncio.timeout(self._send_timeout):
-            await conn.execute("SELECT 1")
-        self.keepalives += 1
-
-    def _on_notify(self, *_: object) -> None:
-        self.notifications += 1
-        self._wake.set()
-
-
-# Keys SQLAlchemy's asyncpg dialect accepts in a URL that asyncpg.connect does not.
-_SQLALCHEMY_ONLY_OPTIONS = frozenset(
-    {"prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn"}
-)
+        await self._listener.keepalive(conn)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from afterglow.events import catalog as c
 
@@ -165,4 +165,34 @@ def sample_events() -> list[c.EventData]:
             order_id="shopify:3",
             rejected_at=T,
         ),
+        c.DiscountRequested(
+            code="AG-7QK2M9XW4P3R",
+            title="Loyalty reward: $5 off",
+            value_kind="fixed_amount",
+            amount=money,
+            starts_at=T,
+            ends_at=T + timedelta(days=90),
+            reference="rd-1",
+            announce=c.MessageRequested(
+                request_id="loyalty:reward_code:rd-1",
+                kind="reward_code",
+                category="transactional",
+                variables={"reward_code": "AG-7QK2M9XW4P3R"},
+            ),
+        ),
+        c.DiscountCreated(
+            code="AG-7QK2M9XW4P3R",
+            reference="rd-1",
+            platform="shopify",
+            platform_discount_id="gid://shopify/DiscountCodeNode/1057371",
+            created_at=T,
+        ),
+        c.DiscountFailed(
+            code="AG-7QK2M9XW4P3R", reference="rd-1", reason="no shop connection", failed_at=T
+        ),
+        c.DiscountRevokeRequested(code="AG-7QK2M9XW4P3R", reason="clawback", requested_at=T),
+        c.DiscountRevoked(
+            code="AG-7QK2M9XW4P3R", reference="rd-1", reason="clawback", revoked_at=T
+        ),
+        c.DiscountUsed(code="AG-7QK2M9XW4P3R", reference="rd-1", order_id="shopify:4", used_at=T),
     ]

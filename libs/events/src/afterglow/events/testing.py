@@ -1,16 +1,18 @@
-"""Test helpers that talk to the real broker: read what a topic received."""
+"""Test helpers that talk to the real broker: read what a topic received, and send
+records together so that a consumer gets them in one batch."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from afterglow.events.envelope import CloudEvent, from_record
+from afterglow.events.envelope import CloudEvent, KafkaRecord, from_record, to_record
 from afterglow.events.shutdown import stop_within
 
 T = TypeVar("T")
@@ -123,3 +125,47 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
         await asyncio.sleep(interval)
+
+
+def poison_record(like: CloudEvent[Any]) -> KafkaRecord:
+    """A record the consumer cannot apply, on ``like``'s topic and key (so in its
+    partition, between its neighbours): ``like``'s headers under a fresh ``ce_id``,
+    and a body that fails the event type's schema. Its ``ce_id`` is the returned
+    record's ``poison_id`` header, for finding it in the DLQ."""
+    good = to_record(like)
+    poison_id = f"poison-{uuid.uuid4().hex}"
+    headers = [(k, poison_id.encode() if k == "ce_id" else v) for k, v in good.headers]
+    return KafkaRecord(good.topic, good.key, b'{"not": "this event"}', headers)
+
+
+def record_id(record: KafkaRecord) -> str:
+    return dict(record.headers)["ce_id"].decode()
+
+
+async def send_together(producer: Any, *items: CloudEvent[Any] | KafkaRecord) -> None:
+    """Send every item without waiting between them, then wait for all: they leave in
+    one producer batch, so the consumer most likely reads them in one ``getmany``."""
+    futures = []
+    for item in items:
+        r = to_record(item) if isinstance(item, CloudEvent) else item
+        futures.append(await producer.send(r.topic, r.value, key=r.key, headers=r.headers))
+    await asyncio.gather(*futures)
+
+
+async def wait_dead_letter(
+    tap: TopicTap,
+    event_id: str,
+    consumer: str,
+    *,
+    timeout: float = 60,  # noqa: ASYNC109
+) -> ConsumerRecord:
+    """The DLQ record of ``event_id`` that consumer group ``consumer`` dead-lettered."""
+
+    def match(r: ConsumerRecord) -> bool:
+        headers = dict(r.headers)
+        return (
+            headers.get("ce_id") == event_id.encode()
+            and headers.get("x-consumer") == consumer.encode()
+        )
+
+    return (await tap.wait_for_records(match, timeout=timeout))[0]

@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afterglow.events import (
+    ConsumerGroup,
     EventConsumer,
+    EventData,
     EventTables,
-    Handler,
     Outbox,
     OutboxRelay,
     RetryPolicy,
@@ -37,9 +38,11 @@ from afterglow.events import (
     cancel_and_wait,
     ensure_topics,
     stop_within,
+    topic_for,
 )
+from afterglow.events.subscriptions import type_of
 from afterglow.kit import openapi, secretbox
-from afterglow.kit.auth import ApiKeyStore
+from afterglow.kit.auth import API_KEYS, ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
 from afterglow.kit.errors import install_error_handlers
@@ -62,21 +65,31 @@ READY = Gauge("afterglow_ready", "1 if this pod's last /readyz answered ready, e
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """How the launcher, the CLI and the deploy check find a service."""
+    """How the launcher, the CLI and the deploy generator find a service, and what it
+    says about itself on Kafka.
+
+    ``consumers`` are the service's consumer groups (its handlers' ``CONSUMERS``; the
+    group id is ``<name>.<group>``; the "tenants" group, :data:`afterglow.kit.auth.API_KEYS`,
+    is added to every service); ``produces`` the catalog classes it emits (a contract
+    test checks it against the classes its code builds). deploy/generate.py derives the
+    consumer groups, KEDA triggers, topics and ACLs of deploy/base from both, so the
+    manifests cannot drift from the code.
+    """
 
     name: str  # also the consumer group prefix and the Kafka client id
     schema: str  # its PostgreSQL schema
     app_factory: str  # "module:function" returning a FastAPI app
     migrations: str  # Alembic script location, "package:folder"
     default_port: int
+    consumers: tuple[ConsumerGroup[Any], ...] = ()
+    produces: tuple[type[EventData], ...] = ()
 
+    def consumer_groups(self) -> tuple[ConsumerGroup[Any], ...]:
+        """Every consumer group the service runs, API_KEYS first."""
+        return (API_KEYS, *self.consumers)
 
-@dataclass(frozen=True)
-class ConsumerSpec:
-    """One consumer group: its name (group id suffix) and handlers by event type."""
-
-    name: str
-    handlers: dict[str, Handler]
+    def produced_topics(self) -> list[str]:
+        return sorted({topic_for(type_of(cls)) for cls in self.produces})
 
 
 @dataclass
@@ -117,7 +130,6 @@ def create_service_app(
     title: str,
     description: str,
     routers: Sequence[APIRouter] = (),
-    consumers: Callable[[Runtime], list[ConsumerSpec]] | None = None,
     workers: Callable[[Runtime], list[Worker]] | None = None,
     on_start: Callable[[Runtime], Awaitable[None]] | None = None,
     clock: Clock | None = None,
@@ -192,16 +204,14 @@ def create_service_app(
                     attempts=settings.consumer_retry_attempts,
                     base_delay_s=settings.consumer_retry_base_delay_s,
                 )
-                specs = [ConsumerSpec("tenants", runtime.api_keys.handlers())]
-                specs += consumers(runtime) if consumers else []
-                for cspec in specs:
+                for group in spec.consumer_groups():
                     runtime.consumers.append(
                         EventConsumer(
-                            name=f"{spec.name}.{cspec.name}",
+                            name=f"{spec.name}.{group.name}",
                             kafka=kafka,
                             sessionmaker=runtime.sessionmaker,
                             tables=tables,
-                            handlers=cspec.handlers,
+                            handlers=group.handlers(runtime),
                             dlq_producer=runtime.producer,
                             retry=retry,
                             recreate_topics=recreate_topics if settings.ensure_topics else None,

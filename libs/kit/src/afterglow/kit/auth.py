@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.catalog import ApiKeyIssued, ApiKeyRevoked
 from afterglow.events.envelope import CloudEvent
+from afterglow.events.subscriptions import ConsumerGroup, on
 from afterglow.kit import openapi
 from afterglow.kit.errors import Forbidden, Unauthorized
 
@@ -139,31 +140,40 @@ class ApiKeyStore:
             return None
         return Principal(tenant_id=row.tenant_id, key_id=row.key_id, scopes=frozenset(row.scopes))
 
-    def handlers(self) -> dict[str, Any]:
-        """Consumer handlers that keep this table in step with the tenant registry."""
+    # The handlers of the "tenants" consumer group (API_KEYS below): the table follows
+    # the tenant registry.
+    async def key_issued(self, session: AsyncSession, event: CloudEvent[ApiKeyIssued]) -> None:
+        data = event.data
+        await self.save(
+            session,
+            tenant_id=event.tenantid,
+            key_id=data.key_id,
+            key_hash=data.key_hash,
+            scopes=list(data.scopes),
+            issued_at=data.issued_at,
+            expires_at=data.expires_at,
+        )
 
-        async def issued(session: AsyncSession, event: CloudEvent[Any]) -> None:
-            data: ApiKeyIssued = event.data
-            await self.save(
-                session,
-                tenant_id=event.tenantid,
-                key_id=data.key_id,
-                key_hash=data.key_hash,
-                scopes=list(data.scopes),
-                issued_at=data.issued_at,
-                expires_at=data.expires_at,
-            )
+    async def key_revoked(self, session: AsyncSession, event: CloudEvent[ApiKeyRevoked]) -> None:
+        data = event.data
+        await self.revoke(
+            session, tenant_id=event.tenantid, key_id=data.key_id, revoked_at=data.revoked_at
+        )
 
-        async def revoked(session: AsyncSession, event: CloudEvent[Any]) -> None:
-            data: ApiKeyRevoked = event.data
-            await self.revoke(
-                session, tenant_id=event.tenantid, key_id=data.key_id, revoked_at=data.revoked_at
-            )
 
-        return {
-            "afterglow.tenant.api_key_issued.v1": issued,
-            "afterglow.tenant.api_key_revoked.v1": revoked,
-        }
+def _api_keys_of(runtime: Any) -> ApiKeyStore:
+    store: ApiKeyStore = runtime.api_keys
+    return store
+
+
+# Every service keeps its api_keys table with this group ("<service>.tenants"), which
+# afterglow.kit.app adds to the service's own CONSUMERS.
+API_KEYS = ConsumerGroup(
+    "tenants",
+    on(ApiKeyIssued, ApiKeyStore.key_issued),
+    on(ApiKeyRevoked, ApiKeyStore.key_revoked),
+    context=_api_keys_of,
+)
 
 
 def bearer_token(request: Request) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import func, or_, select
 
-from afterglow.feedback import domain, metrics, service
+from afterglow.feedback import domain, metrics, service, support
 from afterglow.feedback.models import Review, TenantSetting
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit import openapi
@@ -552,6 +552,54 @@ async def ces_metrics(
     sku: ShortText | None = None,
 ) -> dict[str, Any]:
     return await _metrics("ces", request, session, who, start, end, interval, sku)
+
+
+@router.get(
+    "/metrics/support",
+    tags=["metrics"],
+    responses=openapi.example(
+        200,
+        {
+            "from": "2026-02-09T00:00:00+00:00",
+            "to": "2026-03-09T00:00:00+00:00",
+            "weeks": [
+                {
+                    "week": "2026-02-09T00:00:00+00:00",
+                    "channel": "email",
+                    "tickets": 12,
+                    "first_response_s": {"count": 11, "median": 1800.0, "p90": 14400.0},
+                    "resolution_s": {"count": 9, "median": 86400.0, "p90": 259200.0},
+                }
+            ],
+            "csat_by_ticket": [
+                {
+                    "ticket_id": "zendesk:35436",
+                    "score": 5,
+                    "satisfied": True,
+                    "responded_at": "2026-02-12T10:00:00+00:00",
+                }
+            ],
+        },
+    ),
+)
+async def support_metrics(
+    request: Request,
+    session: Session,
+    who: Reader,
+    start: Instant | None = FromQ,
+    end: Instant | None = ToQ,
+) -> dict[str, Any]:
+    """Per ISO week (of the ticket's opening, UTC) and channel: first-response and
+    resolution times in seconds, their median and 90th percentile (null while no ticket
+    has one); next to the CSAT answer of each ticket answered in [from, to)."""
+    now = runtime_of(request).clock.now()
+    end = end or now
+    start = start or end - timedelta(days=30)
+    if start >= end:
+        raise Unprocessable("'from' must be before 'to'", field="from")
+    if (end - start).days > 7 * MAX_BUCKETS["week"]:
+        raise Unprocessable("the window is too long", field="from")
+    return await support.support_metrics(session, who.tenant_id, start, end)
 
 
 # --- tenant settings ------------------------------------------------------------------

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from afterglow.feedback import api, export, handlers, pages
+from afterglow.events import catalog as c
+from afterglow.feedback import api, export, handlers, pages, support
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
-from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, create_service_app
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 
@@ -17,11 +18,22 @@ SPEC = ServiceSpec(
     app_factory="afterglow.feedback.app:create_app",
     migrations="afterglow.feedback:migrations",
     default_port=8003,
+    consumers=handlers.CONSUMERS,
+    produces=(
+        # the CSAT after a solved ticket is requested here (afterglow.feedback.support),
+        # on the topic the journeys' requests and feedback's own survey events share
+        c.SurveyRequested,
+        c.SurveySent,
+        c.SurveyResponded,
+        c.ReviewSubmitted,
+        c.ReviewPublished,
+        c.MessageRequested,
+    ),
 )
 
 
-def _consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    return [ConsumerSpec("events", handlers.build_handlers(runtime))]
+def _workers(runtime: Runtime) -> list[Worker]:
+    return [support.csat_worker]  # CSAT surveys 24 h after a ticket is solved
 
 
 def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -37,6 +49,6 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
             api.router,
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
-        consumers=_consumers,
+        workers=_workers,
         clock=clock,
     )

@@ -172,3 +172,34 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(TS)
     moderated_at: Mapped[datetime | None] = mapped_column(TS)
     published_at: Mapped[datetime | None] = mapped_column(TS)
+
+
+class SupportTicket(Base):
+    """A helpdesk ticket as its events told it (afterglow.feedback.support): the times
+    its first-response and resolution metrics come from, and its CSAT survey.
+
+    ``csat_status``: None until the ticket is solved; ``due`` at ``csat_due_at``
+    (24 h after the solve, Zendesk's default); then ``sent`` or ``skipped`` with
+    ``csat_reason``. Once per ticket: a reopened and solved again ticket asks nothing
+    more."""
+
+    __tablename__ = "support_tickets"
+    __table_args__ = (
+        Index(
+            "ix_support_tickets_csat_due",
+            "csat_due_at",
+            postgresql_where=text("csat_status = 'due'"),
+        ),
+        Index("ix_support_tickets_opened", "tenant_id", "opened_at"),
+    )
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ticket_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text)
+    helpdesk: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime | None] = mapped_column(TS)
+    first_response_at: Mapped[datetime | None] = mapped_column(TS)
+    resolved_at: Mapped[datetime | None] = mapped_column(TS)
+    csat_status: Mapped[str | None] = mapped_column(Text)
+    csat_due_at: Mapped[datetime | None] = mapped_column(TS)
+    csat_reason: Mapped[str | None] = mapped_column(Text)

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events.batch import as_columns, unnest_insert
 from afterglow.events.catalog import (
     MessageRequested,
     ReviewPublished,
@@ -30,6 +31,7 @@ from afterglow.feedback.models import (
     ReferralLink,
     Response,
     Review,
+    SupportTicket,
     Survey,
     SurveyReminder,
     TenantSetting,
@@ -37,6 +39,34 @@ from afterglow.feedback.models import (
 from afterglow.feedback.settings import FeedbackSettings
 
 SOURCE = "feedback"
+
+# The consumer's multi-row inserts, built (and so compiled and prepared) once.
+SURVEY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "customer_id",
+    "request_id",
+    "kind",
+    "order_id",
+    "ticket_id",
+    "sent_at",
+    "expires_at",
+)
+# One survey per request id, whatever the journey repeats under a new event id; a
+# repeat within the same statement keeps the first row.
+NEW_SURVEYS = (
+    unnest_insert(Survey.__table__, SURVEY_COLUMNS)
+    .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
+    .returning(Survey.id)
+)
+ORDER_COLUMNS = ("tenant_id", "order_id", "customer_id", "placed_at")
+NEW_ORDERS = (
+    unnest_insert(Order.__table__, ORDER_COLUMNS)
+    .on_conflict_do_nothing()
+    .returning(Order.tenant_id, Order.order_id)
+)
+ITEM_COLUMNS = ("tenant_id", "order_id", "line_no", "sku", "product_id", "title")
+NEW_ITEMS = unnest_insert(OrderItem.__table__, ITEM_COLUMNS)
 DEFAULT_NAME = "our shop"
 DEFAULT_COLOR = "#3b5bdb"
 
@@ -49,7 +79,23 @@ class Branding:
 
 
 async def branding(session: AsyncSession, tenant_id: str) -> Branding:
-    row = await session.get(TenantSetting, tenant_id)
+    return _branding(await session.get(TenantSetting, tenant_id))
+
+
+async def brandings(session: AsyncSession, tenant_ids: set[str]) -> dict[str, Branding]:
+    """:func:`branding` of several tenants with one query."""
+    rows = {
+        r.tenant_id: r
+        for r in (
+            await session.execute(
+                select(TenantSetting).where(TenantSetting.tenant_id.in_(sorted(tenant_ids)))
+            )
+        ).scalars()
+    }
+    return {t: _branding(rows.get(t)) for t in tenant_ids}
+
+
+def _branding(row: TenantSetting | None) -> Branding:
     return Branding(
         name=(row.name if row and row.name else DEFAULT_NAME),
         color=(row.brand_color if row and row.brand_color else DEFAULT_COLOR),
@@ -84,7 +130,7 @@ async def handle_survey_requested(
     session: AsyncSession,
     outbox: Outbox,
     settings: FeedbackSettings,
-    event: CloudEvent[Any],
+    event: CloudEvent[SurveyRequested],
     now: datetime,
 ) -> None:
     data: SurveyRequested = event.data
@@ -127,6 +173,46 @@ async def handle_survey_requested(
     await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
 
 
+async def handle_survey_requests(
+    session: AsyncSession,
+    outbox: Outbox,
+    settings: FeedbackSettings,
+    events: list[CloudEvent[Any]],
+    now: datetime,
+) -> None:
+    """:func:`handle_survey_requested` for many first requests (no reminders) at once:
+    one insert for the surveys (a repeated request id keeps the first, in order), one
+    read of the tenants' branding, one outbox insert for every message and sent event."""
+    if not events:
+        return
+    validity = timedelta(days=settings.feedback_survey_validity_days)
+    surveys = [
+        Survey(
+            id=str(uuid.uuid4()),
+            tenant_id=e.tenantid,
+            customer_id=e.subject,
+            request_id=e.data.request_id,
+            kind=e.data.kind,
+            order_id=e.data.order_id,
+            ticket_id=e.data.ticket_id,
+            sent_at=now,
+            expires_at=now + validity,
+        )
+        for e in events
+    ]
+    rows = [{c: getattr(sv, c) for c in SURVEY_COLUMNS} for sv in surveys]
+    result = await session.execute(NEW_SURVEYS, as_columns(rows, SURVEY_COLUMNS))
+    inserted = set(result.scalars())
+    created = [sv for sv in surveys if sv.id in inserted]
+    if not created:
+        return
+    brands = await brandings(session, {sv.tenant_id for sv in created})
+    out: list[CloudEvent[Any]] = []
+    for sv in created:
+        out += _survey_events(settings, brands[sv.tenant_id], sv, sv.request_id, False, now)
+    await outbox.add(session, *out)
+
+
 async def _reviewed(session: AsyncSession, tenant: str, customer: str, order_id: str) -> bool:
     found = await session.scalar(
         select(Review.id)
@@ -142,7 +228,7 @@ async def handle_review_requested(
     session: AsyncSession,
     outbox: Outbox,
     settings: FeedbackSettings,
-    event: CloudEvent[Any],
+    event: CloudEvent[ReviewRequested],
     now: datetime,
 ) -> None:
     """The journey asks for a review; feedback owns the signed link, so it requests the
@@ -236,6 +322,18 @@ async def _send(
     now: datetime,
 ) -> None:
     brand = await branding(session, survey.tenant_id)
+    await outbox.add(session, *_survey_events(settings, brand, survey, request_id, reminder, now))
+
+
+def _survey_events(
+    settings: FeedbackSettings,
+    brand: Branding,
+    survey: Survey,
+    request_id: str,
+    reminder: bool,
+    now: datetime,
+) -> list[CloudEvent[Any]]:
+    """The message request that carries a survey's link, and the survey.sent event."""
     token = survey_token(settings, survey)
     scale = domain.SCALES[survey.kind]
     message = MessageRequested(
@@ -265,15 +363,14 @@ async def _send(
         reminder=reminder,
     )
     common = {"tenant_id": survey.tenant_id, "subject": survey.customer_id, "source": SOURCE}
-    await outbox.add(
-        session,
+    return [
         CloudEvent.new(
             message, id=derived_event_id(SOURCE, "message", survey.tenant_id, request_id), **common
         ),
         CloudEvent.new(
             sent, id=derived_event_id(SOURCE, "sent", survey.tenant_id, request_id), **common
         ),
-    )
+    ]
 
 
 class SurveyNotFound(Exception):
@@ -631,6 +728,45 @@ async def remember_order(
     )
 
 
+@dataclass(frozen=True)
+class PlacedOrder:
+    tenant_id: str
+    customer_id: str
+    order_id: str
+    placed_at: datetime
+    items: list[dict[str, str | None]]
+
+
+async def remember_orders(session: AsyncSession, orders: list[PlacedOrder]) -> None:
+    """:func:`remember_order` for many orders: one insert for the orders (an order seen
+    before, or twice in the list, keeps its first record) and one for the items of the
+    orders that were new."""
+    if not orders:
+        return
+    rows = [
+        {
+            "tenant_id": o.tenant_id,
+            "order_id": o.order_id,
+            "customer_id": o.customer_id,
+            "placed_at": o.placed_at,
+        }
+        for o in orders
+    ]
+    result = await session.execute(NEW_ORDERS, as_columns(rows, ORDER_COLUMNS))
+    new = {(r.tenant_id, r.order_id) for r in result}
+    items = []
+    for o in orders:
+        if (o.tenant_id, o.order_id) not in new:
+            continue
+        new.discard((o.tenant_id, o.order_id))  # a repeat in the list is not new again
+        items += [
+            {"tenant_id": o.tenant_id, "order_id": o.order_id, "line_no": i, **item}
+            for i, item in enumerate(o.items)
+        ]
+    if items:
+        await session.execute(NEW_ITEMS, as_columns(items, ITEM_COLUMNS))
+
+
 async def save_referral_link(
     session: AsyncSession, tenant_id: str, customer_id: str, code: str, url: str, at: datetime
 ) -> None:
@@ -668,6 +804,21 @@ async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None) 
     )
     await session.execute(update(Order).where(*who(Order)).values(customer_id=ERASED))
     await session.execute(ReferralLink.__table__.delete().where(*who(ReferralLink)))
+    # A ticket's times stay (support metrics); its CSAT is no longer asked of anyone.
+    await session.execute(
+        update(SupportTicket)
+        .where(*who(SupportTicket))
+        .values(
+            customer_id=ERASED,
+            csat_status=case(
+                (SupportTicket.csat_status == "due", "skipped"), else_=SupportTicket.csat_status
+            ),
+            csat_reason=case(
+                (SupportTicket.csat_status == "due", "the customer was erased"),
+                else_=SupportTicket.csat_reason,
+            ),
+        )
+    )
 
 
 async def reviewed_keys(session: AsyncSession, tenant_id: str, order_id: str) -> set[str]:

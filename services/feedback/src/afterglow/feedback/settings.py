@@ -17,5 +17,13 @@ class FeedbackSettings(ServiceSettings):
     # Form bodies larger than this are refused (413): a comment is short.
     feedback_max_form_bytes: int = 20_000
 
+    # Support tickets: the CSAT survey goes this long after a ticket is solved (Zendesk's
+    # default), unless the customer was surveyed within the fatigue window (the
+    # journey's survey rule too); the worker looks for due surveys this often.
+    feedback_csat_delay_hours: float = 24.0
+    feedback_survey_fatigue_days: int = 30
+    feedback_csat_poll_s: float = 1.0
+    feedback_csat_batch: int = 100
+
     def required_secrets(self) -> dict[str, str | None]:
         return {**super().required_secrets(), "FEEDBACK_TOKEN_SECRET": self.feedback_token_secret}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from afterglow.events import catalog as c
 from afterglow.journeys import api, export, handlers, workers
 from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import channel_api
@@ -12,7 +13,7 @@ from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
 from afterglow.journeys.messaging import handlers as messaging_handlers
 from afterglow.journeys.models import SCHEMA, api_keys, tables
 from afterglow.journeys.settings import Settings
-from afterglow.kit.app import ConsumerSpec, Runtime, ServiceSpec, Worker, create_service_app
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 
@@ -22,14 +23,24 @@ SPEC = ServiceSpec(
     app_factory="afterglow.journeys.app:create_app",
     migrations="afterglow.journeys:migrations",
     default_port=8002,
+    # The engine and messaging keep separate groups: a backlog of messages to queue
+    # must not hold up journeys, nor the other way round.
+    consumers=(*handlers.CONSUMERS, *messaging_handlers.CONSUMERS),
+    produces=(
+        c.JourneyStageChanged,
+        c.MessageRequested,
+        c.SurveyRequested,
+        c.ReviewRequested,
+        c.ReferralInvited,
+        c.SupportEscalationRequested,
+        # messaging announces an unsubscribe taken through its own link
+        c.CustomerUnsubscribed,
+    ),
 )
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
-
-    def consumers(runtime: Runtime) -> list[ConsumerSpec]:
-        return handlers.consumer_specs(runtime) + messaging_handlers.consumer_specs(runtime)
 
     def background(runtime: Runtime) -> list[Worker]:
         return workers.journey_workers(runtime) + messaging_dispatcher.messaging_workers(runtime)
@@ -48,7 +59,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             channel_api.router,
             export_router("journey-orchestrator", export.collect),
         ],
-        consumers=consumers,
         workers=background,
         clock=clock,
     )

@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from afterglow.events import catalog as c
 from afterglow.events.catalog import is_first_order
 
 # --- durations and event names ---------------------------------------------------------
@@ -96,27 +97,35 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 
-# Event types the engine can anchor on or wait for. Short names ("order.delivered") are
-# accepted and normalised to the catalog type.
+# The events the engine consumes: what a journey may be triggered by, anchor a wait on,
+# wait for, exit on or count as its goal, and what the dry run accepts. The one list:
+# the engine's consumer group subscribes to exactly these (handlers.py), so a journey
+# can never wait for an event that no handler delivers.
+ENGINE_EVENTS: tuple[type[c.EventData], ...] = (
+    c.OrderPlaced,
+    c.OrderFulfilled,
+    c.OrderDelivered,
+    c.OrderRefunded,
+    c.OrderCancelled,
+    c.TicketOpened,
+    c.TicketUpdated,
+    c.TicketResolved,
+    c.SurveySent,
+    c.SurveyResponded,
+    c.ReviewSubmitted,
+    c.ReviewPublished,
+    c.PointsEarned,
+    c.PointsRedeemed,
+    c.TierChanged,
+    c.ReferralCodeIssued,
+    c.ReferralConverted,
+    c.CustomerUnsubscribed,
+)
+
+# Short names ("order.delivered") are accepted and normalised to the catalog type.
 KNOWN_EVENTS = {
-    "order.placed",
-    "order.fulfilled",
-    "order.delivered",
-    "order.refunded",
-    "order.cancelled",
-    "ticket.opened",
-    "ticket.updated",
-    "ticket.resolved",
-    "survey.sent",
-    "survey.responded",
-    "review.submitted",
-    "review.published",
-    "points.earned",
-    "points.redeemed",
-    "tier.changed",
-    "referral.code_issued",
-    "referral.converted",
-    "customer.unsubscribed",
+    re.sub(r"\.v\d+$", "", cls.model_fields["type"].default.removeprefix("afterglow."))
+    for cls in ENGINE_EVENTS
 }
 
 
@@ -688,6 +697,9 @@ class InstanceState(BaseModel):
     anchors: dict[str, datetime] = Field(default_factory=dict)
     band: str | None = None
     score: int | None = None
+    # The NPS answer's comment and survey, carried into an escalation for the helpdesk.
+    comment: str | None = None
+    survey_id: str | None = None
     reminded: bool = False
     blocked: str | None = None  # the step key of the survey / wait_for being waited on
     exit_reason: str | None = None
@@ -979,6 +991,7 @@ def on_event(
         ):
             s.band = ev.data.get("band")
             s.score = ev.data.get("score")
+            s.comment, s.survey_id = ev.data.get("comment"), ev.data.get("survey_id")
             s.pc = _next_pc(_stage(j, s), s.pc)
             s.waiting_since = now
             s.reminded = False
@@ -993,6 +1006,7 @@ def on_event(
         # An answer that comes after the survey wait gave up still informs advocacy.
         s.band = ev.data.get("band")
         s.score = ev.data.get("score")
+        s.comment, s.survey_id = ev.data.get("comment"), ev.data.get("survey_id")
     if s.status == "paused" and ev.type == TICKET_RESOLVED and not profile.open_tickets:
         s.status = "running"
         res.transitions.append(
@@ -1191,6 +1205,8 @@ def _advance(j: Journey, res: StepResult, profile: Profile, cause: str, now: dat
                         "priority": action.priority,
                         "score": s.score,
                         "order_id": s.order_id,
+                        "comment": s.comment,
+                        "survey_id": s.survey_id,
                     },
                 )
             )

@@ -4,6 +4,7 @@ transaction the consumer runtime opens (with the inbox insert and the outbox row
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,35 +12,15 @@ from sqlalchemy import cast, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
-from afterglow.events.catalog import is_anonymous_subject
+from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch
+from afterglow.events.catalog import CustomerErasureRequested, is_anonymous_subject
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.models import CustomerProfile, JourneyInstance
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 
 # Merged into an erased customer's instance state (JSONB ||): their order and its dates.
 ERASED_STATE_FIELDS = cast({"order_id": None, "anchors": {}}, JSONB)
-
-JOURNEY_EVENTS = [
-    "afterglow.order.placed.v1",
-    "afterglow.order.fulfilled.v1",
-    "afterglow.order.delivered.v1",
-    "afterglow.order.refunded.v1",
-    "afterglow.order.cancelled.v1",
-    "afterglow.ticket.opened.v1",
-    "afterglow.ticket.updated.v1",
-    "afterglow.ticket.resolved.v1",
-    "afterglow.survey.sent.v1",
-    "afterglow.survey.responded.v1",
-    "afterglow.review.submitted.v1",
-    "afterglow.points.earned.v1",
-    "afterglow.points.redeemed.v1",
-    "afterglow.tier.changed.v1",
-    "afterglow.referral.code_issued.v1",
-    "afterglow.referral.converted.v1",
-    "afterglow.customer.unsubscribed.v1",
-]
 
 # The moment an event happened in the world (anchors use it, not the envelope time,
 # so a late delivery report still anchors the delay on the real delivery).
@@ -55,6 +36,7 @@ _WHEN_FIELDS = (
     "sent_at",
     "responded_at",
     "submitted_at",
+    "published_at",
     "earned_at",
     "redeemed_at",
     "changed_at",
@@ -75,30 +57,80 @@ def occurrence(event: CloudEvent[Any]) -> d.Occurrence:
     return d.Occurrence(event.id, event.type, at, data.model_dump(mode="json", exclude={"type"}))
 
 
-async def apply_event(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
-    if is_anonymous_subject(event.subject):
-        # An order without a customer (a POS sale: no id, email or phone): no profile,
-        # no journey, so no message to nobody on an assumed consent.
+async def apply_events(
+    session: AsyncSession, runtime: Runtime, events: Sequence[CloudEvent[Any]]
+) -> None:
+    """Apply a batch of events (partition order) in sets: one query per table loads
+    every profile, instance, timer and journey version the batch touches (profiles
+    locked in (tenant, customer) order, store.py), the pure engine runs in memory in
+    event order (two events of one customer see each other), and :class:`store.Changes`
+    writes each table with one statement."""
+    # An order without a customer (a POS sale: no id, email or phone): no profile,
+    # no journey, so no message to nobody on an assumed consent.
+    events = [e for e in events if not is_anonymous_subject(e.subject)]
+    if not events:
         return
     now = runtime.clock.now()
-    tenant, customer = event.tenantid, event.subject
-    await store.ensure_default(session, tenant, now)
-    profile = await store.lock_profile(session, tenant, customer, now)
-    assert profile is not None
-    instances = await store.customer_instances(session, tenant, customer)
-    journeys, active = await store.load_journeys_for(session, tenant, instances)
-    occ = occurrence(event)
-    outcome = d.handle_event(journeys, active, instances, profile, occ, now)
-    writer = store.Writer(session, runtime.outbox, tenant, customer, now)
-    for res in outcome.results:
-        await writer.apply(journeys[(res.state.journey, res.state.version)], res, outcome.profile)
-    by_id = {i.id: i for i in instances}
-    for iid in outcome.goals:
-        await writer.goal(by_id[iid], event.id)
-    await store.save_profile(session, tenant, customer, outcome.profile, now)
+    keys = sorted({(e.tenantid, e.subject) for e in events})
+    tenants = {k[0] for k in keys}
+    await store.ensure_defaults(session, tenants, now)
+    profiles = await store.lock_profiles(session, keys, now)
+    instances = await store.instances_of(session, keys)
+    journeys = await store.tenant_journeys(
+        session, tenants, ((k[0], i) for k, insts in instances.items() for i in insts)
+    )
+    changes = store.Changes(
+        runtime.outbox,
+        now,
+        await store.timers_of(
+            session, ((k[0], i.id) for k, insts in instances.items() for i in insts)
+        ),
+    )
+    for event in events:
+        key = (event.tenantid, event.subject)
+        tj = journeys[key[0]]
+        current = instances[key]
+        outcome = d.handle_event(
+            tj.journeys, tj.active, current, profiles[key], occurrence(event), now
+        )
+        for res in outcome.results:
+            changes.step(
+                key[0],
+                key[1],
+                tj.journeys[(res.state.journey, res.state.version)],
+                res,
+                outcome.profile,
+            )
+        by_id = {i.id: i for i in current}
+        for iid in outcome.goals:
+            changes.goal(key[0], key[1], by_id[iid], event.id)
+        profiles[key] = outcome.profile
+        instances[key] = _newest_first(current, [r.state for r in outcome.results])
+    for key in keys:
+        changes.profile(key, profiles[key])
+    await changes.write(session)
 
 
-async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+def _newest_first(
+    current: list[d.InstanceState], moved: list[d.InstanceState]
+) -> list[d.InstanceState]:
+    """The customer's instances after a step, as the next event of the batch would
+    read them from the table (newest first, at most store.INSTANCES_PER_CUSTOMER)."""
+    if not moved:
+        return current
+    by_id = {i.id: i for i in current}
+    by_id.update((s.id, s) for s in moved)
+    ordered = sorted(by_id.values(), key=lambda i: i.started_at, reverse=True)
+    return ordered[: store.INSTANCES_PER_CUSTOMER]
+
+
+async def apply_event(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any]) -> None:
+    await apply_events(session, runtime, [event])
+
+
+async def erase(
+    session: AsyncSession, runtime: Runtime, event: CloudEvent[CustomerErasureRequested]
+) -> None:
     """GDPR: wipe what describes the person and stop every journey (no more messages);
     counts and transitions (aggregates, no PII) remain."""
     now = runtime.clock.now()
@@ -140,13 +172,28 @@ async def erase(session: AsyncSession, runtime: Runtime, event: CloudEvent[Any])
         )
 
 
-def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
-    async def on_event(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        await apply_event(session, runtime, event)
+async def on_events(runtime: Runtime, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+    await apply_events(session, runtime, events)
 
-    async def on_erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        await erase(session, runtime, event)
 
-    handlers: dict[str, Any] = {t: on_event for t in JOURNEY_EVENTS}
-    handlers["afterglow.customer.erasure_requested.v1"] = on_erasure
-    return [ConsumerSpec("engine", handlers)]
+async def on_erasure(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+) -> None:
+    await erase(session, runtime, event)
+
+
+def _runtime(runtime: Runtime) -> Runtime:
+    return runtime
+
+
+# The engine's group: every event a journey can react to (domain.ENGINE_EVENTS), one
+# batch function for all of them, so the runtime hands it each run of consecutive
+# journey events of a partition batch, interleaved as they came; and erasures.
+ENGINE = ConsumerGroup(
+    "engine",
+    *(on_batch(cls, on_events) for cls in d.ENGINE_EVENTS),
+    on(CustomerErasureRequested, on_erasure),
+    context=_runtime,
+)
+
+CONSUMERS = (ENGINE,)

@@ -1,21 +1,46 @@
-"""Persistence of the journey engine: load what :mod:`domain` needs, write back what it
-decided (state, transitions, timers, outbox events) in the caller's transaction.
+"""Persistence of the journey engine, in sets: load what :mod:`domain` needs for a
+whole batch with one query per table, and write back what it decided (state,
+transitions, timers, outbox events, profiles) with one statement per table, in the
+caller's transaction.
 
-Handlers, the timer worker, and the migrate endpoint all go through here, so every
-path writes the same rows and emits the same events.
+Event handlers, the timer loop and the migrate endpoint all go through
+:class:`Changes`, so every path writes the same rows and emits the same events.
 
-Lock order (prevents deadlocks): profile row, then instance rows, then timer rows.
-Event handlers wait for locks; the timer worker never waits (``SKIP LOCKED`` on all
-three), so a handler and the worker cannot wait on each other in a cycle.
+Lock order (prevents deadlocks and lost updates): profile rows, then instance rows,
+then timer rows; within a table rows are locked sorted by (tenant, customer)
+(``ORDER BY ... FOR UPDATE`` locks in the sorted order). Event handlers wait for
+locks; the timer loop never waits (``SKIP LOCKED`` on profiles and instances, and it
+holds only timer rows before them), so a handler, the timer loop and a second replica
+can never wait on each other in a cycle, and a customer is only ever changed by the
+transaction that holds their profile row.
+
+Statements are built once at import: each is one SQL text whatever the batch size
+(rows travel as one JSON document unpacked by ``jsonb_to_recordset``, keys as
+``unnest`` arrays), so PostgreSQL and SQLAlchemy prepare and compile each once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    SmallInteger,
+    Text,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +48,7 @@ from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.journeys import domain as d
 from afterglow.journeys.models import (
+    SCHEMA,
     CustomerProfile,
     GoalConversion,
     JourneyDefinition,
@@ -33,6 +59,13 @@ from afterglow.journeys.models import (
 
 SOURCE = "journeys"
 MESSAGE_KINDS = set(c.MessageKind.__args__)  # type: ignore[attr-defined]
+# The most recent instances of a customer the engine sees (goals, re-entry); older
+# ones are finished history.
+INSTANCES_PER_CUSTOMER = 50
+
+Key = tuple[str, str]  # (tenant_id, customer_id)
+TS = DateTime(timezone=True)
+TEXTS = ARRAY(Text)
 
 
 # --- definitions -----------------------------------------------------------------------
@@ -42,30 +75,47 @@ _TENANTS_WITH_DEFINITIONS: set[str] = set()
 
 
 async def ensure_default(session: AsyncSession, tenant_id: str, now: datetime) -> None:
-    """Every tenant starts with DESIGN.md's journey as ``default`` v1, active.
+    """Every tenant starts with DESIGN.md's journey as ``default`` v1, active."""
+    await ensure_defaults(session, [tenant_id], now)
+
+
+async def ensure_defaults(session: AsyncSession, tenants: Iterable[str], now: datetime) -> None:
+    """:func:`ensure_default` for a set of tenants: one query for those not seen yet.
 
     Definitions are never deleted, so a tenant seen with one needs no further check
-    (saves a query per event)."""
-    if tenant_id in _TENANTS_WITH_DEFINITIONS:
+    (saves a query per batch)."""
+    unseen = sorted(set(tenants) - _TENANTS_WITH_DEFINITIONS)
+    if not unseen:
         return
-    exists = await session.scalar(
-        select(func.count())
-        .select_from(JourneyDefinition)
-        .where(JourneyDefinition.tenant_id == tenant_id)
+    have = set(
+        (
+            await session.scalars(
+                select(JourneyDefinition.tenant_id)
+                .where(JourneyDefinition.tenant_id.in_(unseen))
+                .distinct()
+            )
+        ).all()
     )
-    if exists:
-        _TENANTS_WITH_DEFINITIONS.add(tenant_id)
+    _TENANTS_WITH_DEFINITIONS.update(have)
+    missing = [t for t in unseen if t not in have]
+    if not missing:
         return
+    body = d.DEFAULT_JOURNEY.model_dump(mode="json")
     await session.execute(
         pg_insert(JourneyDefinition)
         .values(
-            tenant_id=tenant_id,
-            name="default",
-            version=1,
-            body=d.DEFAULT_JOURNEY.model_dump(mode="json"),
-            active=True,
-            created_at=now,
-            activated_at=now,
+            [
+                dict(
+                    tenant_id=t,
+                    name="default",
+                    version=1,
+                    body=body,
+                    active=True,
+                    created_at=now,
+                    activated_at=now,
+                )
+                for t in missing
+            ]
         )
         .on_conflict_do_nothing()
     )
@@ -74,20 +124,17 @@ async def ensure_default(session: AsyncSession, tenant_id: str, now: datetime) -
 async def active_journeys(
     session: AsyncSession, tenant_id: str
 ) -> dict[str, tuple[int, d.Journey]]:
-    # Names and versions only: a stored version never changes, so its body is read and
-    # validated once per process (journey_version), not once per event.
-    rows = await session.execute(
-        select(JourneyDefinition.name, JourneyDefinition.version).where(
-            JourneyDefinition.tenant_id == tenant_id, JourneyDefinition.active.is_(True)
-        )
-    )
-    return {
-        r.name: (r.version, await journey_version(session, tenant_id, r.name, r.version))
-        for r in rows.all()
-    }
+    return (await tenant_journeys(session, [tenant_id], []))[tenant_id].active_with_bodies()
 
 
 _VERSIONS: dict[tuple[str, str, int], d.Journey] = {}
+
+
+def _remember(key: tuple[str, str, int], body: Any) -> d.Journey:
+    if len(_VERSIONS) > 10_000:
+        _VERSIONS.clear()
+    _VERSIONS[key] = d.parse_journey(body)
+    return _VERSIONS[key]
 
 
 async def journey_version(
@@ -106,13 +153,208 @@ async def journey_version(
     )
     if body is None:
         raise LookupError(f"journey {name!r} v{version} is not stored")
-    if len(_VERSIONS) > 10_000:
-        _VERSIONS.clear()
-    _VERSIONS[key] = d.parse_journey(body)
-    return _VERSIONS[key]
+    return _remember(key, body)
 
 
-# --- profile ---------------------------------------------------------------------------
+@dataclass
+class TenantJourneys:
+    """A tenant's active versions and every version its loaded instances run on."""
+
+    journeys: dict[tuple[str, int], d.Journey]
+    active: dict[str, int]
+
+    def active_with_bodies(self) -> dict[str, tuple[int, d.Journey]]:
+        return {n: (v, self.journeys[(n, v)]) for n, v in self.active.items()}
+
+
+_ACTIVE = select(
+    JourneyDefinition.tenant_id, JourneyDefinition.name, JourneyDefinition.version
+).where(
+    JourneyDefinition.tenant_id == func.any(bindparam("tenants", type_=TEXTS)),
+    JourneyDefinition.active.is_(True),
+)
+_WANTED = (
+    func.unnest(
+        bindparam("t", type_=TEXTS),
+        bindparam("n", type_=TEXTS),
+        bindparam("v", type_=ARRAY(Integer)),
+    )
+    .table_valued("t", "n", "v")
+    .render_derived(name="wanted")
+)
+_BODIES = select(
+    JourneyDefinition.tenant_id,
+    JourneyDefinition.name,
+    JourneyDefinition.version,
+    JourneyDefinition.body,
+).join(
+    _WANTED,
+    (JourneyDefinition.tenant_id == _WANTED.c.t)
+    & (JourneyDefinition.name == _WANTED.c.n)
+    & (JourneyDefinition.version == _WANTED.c.v),
+)
+
+
+async def tenant_journeys(
+    session: AsyncSession, tenants: Iterable[str], instances: Iterable[tuple[str, d.InstanceState]]
+) -> dict[str, TenantJourneys]:
+    """Per tenant: its active versions (one query for all tenants, as the API may have
+    activated one since the last batch) and the bodies of those and of every version
+    an instance in ``instances`` (tenant, state) runs on (cached; the missing ones in
+    one more query)."""
+    tenants = sorted(set(tenants))
+    out = {t: TenantJourneys({}, {}) for t in tenants}
+    wanted: set[tuple[str, str, int]] = set()
+    for r in (await session.execute(_ACTIVE, {"tenants": tenants})).all():
+        out[r.tenant_id].active[r.name] = r.version
+        wanted.add((r.tenant_id, r.name, r.version))
+    for tenant, inst in instances:
+        wanted.add((tenant, inst.journey, inst.version))
+    missing = sorted(k for k in wanted if k not in _VERSIONS)
+    if missing:
+        rows = await session.execute(
+            _BODIES,
+            {
+                "t": [k[0] for k in missing],
+                "n": [k[1] for k in missing],
+                "v": [k[2] for k in missing],
+            },
+        )
+        for r in rows.all():
+            _remember((r.tenant_id, r.name, r.version), r.body)
+    for t, name, version in wanted:
+        key = (t, name, version)
+        if key not in _VERSIONS:
+            raise LookupError(f"journey {name!r} v{version} is not stored")
+        out.setdefault(t, TenantJourneys({}, {})).journeys[(name, version)] = _VERSIONS[key]
+    return out
+
+
+async def load_journeys_for(
+    session: AsyncSession, tenant_id: str, instances: list[d.InstanceState]
+) -> tuple[dict[tuple[str, int], d.Journey], dict[str, int]]:
+    tj = (await tenant_journeys(session, [tenant_id], [(tenant_id, i) for i in instances]))[
+        tenant_id
+    ]
+    return tj.journeys, tj.active
+
+
+# --- sets of rows in one parameter -------------------------------------------------------
+
+
+def _keys(rows: Any, *cols: str) -> Any:
+    """``unnest(:tenant_ids, :customer_ids) AS name(tenant_id, customer_id)``: keys
+    travel as two arrays, one statement text for any number of them."""
+    return (
+        func.unnest(*(bindparam(c_, type_=TEXTS) for c_ in cols))
+        .table_valued(*cols)
+        .render_derived(name=rows)
+    )
+
+
+def _recordset(name: str, **types: Any) -> Any:
+    """``jsonb_to_recordset(:rows) AS name(col type, ...)``: every row of a multi-row
+    write in one JSON parameter (a VALUES list would be a new statement per size)."""
+    return (
+        func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
+        .table_valued(*(column(k, t) for k, t in types.items()))
+        .render_derived(name=name, with_types=True)
+    )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+# --- profiles --------------------------------------------------------------------------
+
+
+_P = CustomerProfile.__table__
+_NEW_PROFILES = _keys("k", "tenant_id", "customer_id")
+_INSERT_PROFILES = (
+    pg_insert(_P)
+    .from_select(
+        ["tenant_id", "customer_id", "state", "updated_at"],
+        select(
+            _NEW_PROFILES.c.tenant_id,
+            _NEW_PROFILES.c.customer_id,
+            text("'{}'::jsonb"),
+            bindparam("now", type_=TS),
+        )
+        # Rows are created in the same order as they are locked below: two
+        # transactions creating the same customers never wait on each other in a cycle.
+        .order_by(_NEW_PROFILES.c.tenant_id, _NEW_PROFILES.c.customer_id),
+    )
+    .on_conflict_do_nothing()
+)
+_LOCK_KEYS = _keys("k", "tenant_id", "customer_id")
+
+
+def _lock_profiles(skip_locked: bool) -> Any:
+    return (
+        select(_P.c.tenant_id, _P.c.customer_id, _P.c.state)
+        .join(
+            _LOCK_KEYS,
+            (_P.c.tenant_id == _LOCK_KEYS.c.tenant_id)
+            & (_P.c.customer_id == _LOCK_KEYS.c.customer_id),
+        )
+        .order_by(_P.c.tenant_id, _P.c.customer_id)
+        .with_for_update(of=_P, skip_locked=skip_locked)
+    )
+
+
+_LOCK_PROFILES = {False: _lock_profiles(False), True: _lock_profiles(True)}
+_PROFILE_ROWS = _recordset(
+    "v",
+    tenant_id=Text,
+    customer_id=Text,
+    orders_count=Integer,
+    total_spent=BigInteger,
+    currency=Text,
+    first_order_at=TS,
+    last_order_at=TS,
+    open_tickets=Integer,
+    consent=Boolean,
+    timezone=Text,
+    tier=Text,
+    last_surveyed_at=TS,
+    last_nps=SmallInteger,
+    last_band=Text,
+    state=JSONB,
+    updated_at=TS,
+)
+_SAVE_PROFILES = (
+    update(_P)
+    .where(
+        _P.c.tenant_id == _PROFILE_ROWS.c.tenant_id,
+        _P.c.customer_id == _PROFILE_ROWS.c.customer_id,
+    )
+    .values(
+        {col.key: col for col in _PROFILE_ROWS.c if col.key not in ("tenant_id", "customer_id")}
+    )
+)
+
+
+def _split(keys: Sequence[Key]) -> dict[str, list[str]]:
+    return {"tenant_id": [k[0] for k in keys], "customer_id": [k[1] for k in keys]}
+
+
+async def lock_profiles(
+    session: AsyncSession, keys: Iterable[Key], now: datetime, *, skip_locked: bool = False
+) -> dict[Key, d.Profile]:
+    """Lock the profiles of ``keys`` in (tenant, customer) order, creating the missing
+    ones first. With ``skip_locked`` nothing is created and a profile another
+    transaction holds is left out, not waited for."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    params = _split(ordered)
+    if not skip_locked:
+        await session.execute(_INSERT_PROFILES, {**params, "now": now})
+    rows = await session.execute(_LOCK_PROFILES[skip_locked], params)
+    return {
+        (r.tenant_id, r.customer_id): d.Profile.model_validate(r.state or {}) for r in rows.all()
+    }
 
 
 async def lock_profile(
@@ -123,127 +365,340 @@ async def lock_profile(
     *,
     skip_locked: bool = False,
 ) -> d.Profile | None:
-    if not skip_locked:
-        await session.execute(
-            pg_insert(CustomerProfile)
-            .values(tenant_id=tenant_id, customer_id=customer_id, state={}, updated_at=now)
-            .on_conflict_do_nothing()
-        )
-    q = select(CustomerProfile.state).where(
-        CustomerProfile.tenant_id == tenant_id, CustomerProfile.customer_id == customer_id
+    got = await lock_profiles(session, [(tenant_id, customer_id)], now, skip_locked=skip_locked)
+    return got.get((tenant_id, customer_id))
+
+
+def profile_row(key: Key, p: d.Profile, now: datetime) -> dict[str, Any]:
+    return dict(
+        tenant_id=key[0],
+        customer_id=key[1],
+        orders_count=p.orders_count,
+        total_spent=p.total_spent,
+        currency=p.currency,
+        first_order_at=_iso(p.first_order_at),
+        last_order_at=_iso(p.last_order_at),
+        open_tickets=len(p.open_tickets),
+        consent=p.consent,
+        timezone=p.timezone,
+        tier=p.tier,
+        last_surveyed_at=_iso(p.last_surveyed_at),
+        last_nps=p.last_nps,
+        last_band=p.last_band,
+        state=p.model_dump(mode="json"),
+        updated_at=now.isoformat(),
     )
-    q = q.with_for_update(skip_locked=skip_locked)
-    rows = (await session.execute(q)).all()
-    if not rows:
-        return None
-    return d.Profile.model_validate(rows[0].state or {})
+
+
+async def save_profiles(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """One UPDATE for every profile of a batch (rows from :func:`profile_row`)."""
+    if rows:
+        await session.execute(_SAVE_PROFILES, {"rows": rows})
 
 
 async def save_profile(
     session: AsyncSession, tenant_id: str, customer_id: str, p: d.Profile, now: datetime
 ) -> None:
-    await session.execute(
-        update(CustomerProfile)
-        .where(CustomerProfile.tenant_id == tenant_id, CustomerProfile.customer_id == customer_id)
-        .values(
-            orders_count=p.orders_count,
-            total_spent=p.total_spent,
-            currency=p.currency,
-            first_order_at=p.first_order_at,
-            last_order_at=p.last_order_at,
-            open_tickets=len(p.open_tickets),
-            consent=p.consent,
-            timezone=p.timezone,
-            tier=p.tier,
-            last_surveyed_at=p.last_surveyed_at,
-            last_nps=p.last_nps,
-            last_band=p.last_band,
-            state=p.model_dump(mode="json"),
-            updated_at=now,
-        )
-    )
+    await save_profiles(session, [profile_row((tenant_id, customer_id), p, now)])
 
 
 # --- instances -------------------------------------------------------------------------
 
 
+_I = JourneyInstance.__table__
+# The newest instances of each customer, locked (FOR UPDATE inside the lateral
+# subquery: only instance rows are locked). Customers come sorted, so rows are locked
+# in (tenant, customer) order.
+_CUSTOMER_INSTANCES = {
+    skip: text(
+        f"""
+        SELECT k.tenant_id, k.customer_id, i.state
+        FROM unnest(CAST(:tenant_id AS text[]), CAST(:customer_id AS text[]))
+             WITH ORDINALITY AS k(tenant_id, customer_id, n)
+        CROSS JOIN LATERAL (
+            SELECT state, started_at FROM "{SCHEMA}".journey_instances j
+            WHERE j.tenant_id = k.tenant_id AND j.customer_id = k.customer_id
+            ORDER BY j.started_at DESC
+            LIMIT {INSTANCES_PER_CUSTOMER}
+            FOR UPDATE{" SKIP LOCKED" if skip else ""}
+        ) i
+        ORDER BY k.n, i.started_at DESC
+        """  # noqa: S608 - module constants only, no input
+    )
+    for skip in (False, True)
+}
+
+
+async def instances_of(
+    session: AsyncSession, keys: Iterable[Key], *, skip_locked: bool = False
+) -> dict[Key, list[d.InstanceState]]:
+    """The newest instances of each customer, newest first, locked; one query."""
+    ordered = sorted(set(keys))
+    out: dict[Key, list[d.InstanceState]] = {k: [] for k in ordered}
+    if not ordered:
+        return out
+    rows = await session.execute(_CUSTOMER_INSTANCES[skip_locked], _split(ordered))
+    for r in rows.all():
+        out[(r.tenant_id, r.customer_id)].append(d.InstanceState.model_validate(r.state))
+    return out
+
+
 async def customer_instances(
     session: AsyncSession, tenant_id: str, customer_id: str, *, skip_locked: bool = False
 ) -> list[d.InstanceState]:
-    q = (
-        select(JourneyInstance.state)
-        .where(JourneyInstance.tenant_id == tenant_id, JourneyInstance.customer_id == customer_id)
-        .order_by(JourneyInstance.started_at.desc())
-        .limit(50)
-        .with_for_update(skip_locked=skip_locked)
+    key = (tenant_id, customer_id)
+    return (await instances_of(session, [key], skip_locked=skip_locked))[key]
+
+
+_INSTANCE_KEYS = _keys("k", "tenant_id", "id")
+_INSTANCES_BY_ID = (
+    select(_I.c.tenant_id, _I.c.id, _I.c.state)
+    .join(
+        _INSTANCE_KEYS,
+        (_I.c.tenant_id == _INSTANCE_KEYS.c.tenant_id) & (_I.c.id == _INSTANCE_KEYS.c.id),
     )
-    return [d.InstanceState.model_validate(r.state) for r in await session.execute(q)]
+    .order_by(_I.c.tenant_id, _I.c.customer_id, _I.c.id)
+    .with_for_update(of=_I, skip_locked=True)
+)
+_EXISTING_BY_ID = select(_I.c.tenant_id, _I.c.id).join(
+    _INSTANCE_KEYS,
+    (_I.c.tenant_id == _INSTANCE_KEYS.c.tenant_id) & (_I.c.id == _INSTANCE_KEYS.c.id),
+)
 
 
 @dataclass
-class Writer:
-    """Writes one customer's engine results and their events."""
+class Loaded:
+    """An instance read for a timer round; ``state`` moves as its timers fire."""
 
-    session: AsyncSession
+    tenant: str
+    state: d.InstanceState
+
+
+async def instances_by_id(
+    session: AsyncSession, keys: Sequence[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], Loaded], set[tuple[str, str]]]:
+    """The instances (tenant, id) locked without waiting, and the ones that exist but
+    another transaction holds (their timers wait for the next round). An id in
+    neither is gone."""
+    if not keys:
+        return {}, set()
+    params = {"tenant_id": [k[0] for k in keys], "id": [k[1] for k in keys]}
+    rows = (await session.execute(_INSTANCES_BY_ID, params)).all()
+    got = {
+        (r.tenant_id, r.id): Loaded(r.tenant_id, d.InstanceState.model_validate(r.state))
+        for r in rows
+    }
+    held: set[tuple[str, str]] = set()
+    if len(got) < len(keys):
+        existing = (await session.execute(_EXISTING_BY_ID, params)).all()
+        held = {(r.tenant_id, r.id) for r in existing} - got.keys()
+    return got, held
+
+
+_INSTANCE_ROWS = _recordset(
+    "v",
+    id=Text,
+    tenant_id=Text,
+    customer_id=Text,
+    journey=Text,
+    version=Integer,
+    stage=Text,
+    status=Text,
+    order_id=Text,
+    anchors=JSONB,
+    state=JSONB,
+    started_at=TS,
+    updated_at=TS,
+    ended_at=TS,
+)
+_UPSERT_INSTANCES = pg_insert(_I).from_select(
+    list(_INSTANCE_ROWS.c.keys()), select(*_INSTANCE_ROWS.c)
+)
+_UPSERT_INSTANCES = _UPSERT_INSTANCES.on_conflict_do_update(
+    index_elements=["id"],
+    set_={
+        k: _UPSERT_INSTANCES.excluded[k]
+        for k in ("stage", "status", "anchors", "state", "updated_at", "ended_at", "version")
+    },
+)
+
+
+# --- timers ----------------------------------------------------------------------------
+
+
+_T = JourneyTimer.__table__
+_TIMER_KEYS = _keys("k", "tenant_id", "instance_id")
+_TIMERS_OF = select(_T.c.id, _T.c.instance_id, _T.c.state).join(
+    _TIMER_KEYS,
+    (_T.c.tenant_id == _TIMER_KEYS.c.tenant_id) & (_T.c.instance_id == _TIMER_KEYS.c.instance_id),
+)
+_TIMER_ROWS = _recordset(
+    "v",
+    id=Text,
+    tenant_id=Text,
+    customer_id=Text,
+    instance_id=Text,
+    kind=Text,
+    key=Text,
+    due_at=TS,
+    payload=JSONB,
+    state=Text,
+    created_at=TS,
+)
+# A timer id already fired (same step, same due time) is not re-armed.
+_INSERT_TIMERS = (
+    pg_insert(_T)
+    .from_select(list(_TIMER_ROWS.c.keys()), select(*_TIMER_ROWS.c))
+    .on_conflict_do_nothing()
+)
+# A stored timer's state moves by one UPDATE per kind of move, each guarded by the
+# state it was read in (the profile lock makes that state current).
+_MOVE_TIMERS = (
+    update(_T)
+    .where(
+        _T.c.id == func.any(bindparam("ids", type_=TEXTS)),
+        _T.c.state == bindparam("from_state", type_=Text),
+    )
+    .values(
+        state=bindparam("to_state", type_=Text),
+        fired_at=func.coalesce(bindparam("fired_at", type_=TS), _T.c.fired_at),
+    )
+)
+
+
+@dataclass
+class TimerRow:
+    instance_id: str
+    state: str  # pending, fired, cancelled
+    stored: bool  # in the table before this transaction (else inserted by it)
+    initial: str = ""  # the stored state as read
+
+    def __post_init__(self) -> None:
+        self.initial = self.initial or self.state
+
+
+async def timers_of(
+    session: AsyncSession, instances: Iterable[tuple[str, str]]
+) -> dict[str, TimerRow]:
+    """Every timer row of the (tenant, instance id)s, whatever its state: one query.
+    A fired or cancelled id must be known too, since arming it again is a no-op."""
+    ordered = sorted(set(instances))
+    if not ordered:
+        return {}
+    rows = await session.execute(
+        _TIMERS_OF,
+        {"tenant_id": [k[0] for k in ordered], "instance_id": [k[1] for k in ordered]},
+    )
+    return {r.id: TimerRow(r.instance_id, r.state, True) for r in rows.all()}
+
+
+# --- transitions, goals ----------------------------------------------------------------
+
+
+_TRANSITION_ROWS = _recordset(
+    "v",
+    tenant_id=Text,
+    customer_id=Text,
+    instance_id=Text,
+    journey=Text,
+    version=Integer,
+    kind=Text,
+    from_stage=Text,
+    to_stage=Text,
+    cause=Text,
+    reason=Text,
+    at=TS,
+)
+# Rows come out of the function in array order, so ids follow the steps' order.
+_INSERT_TRANSITIONS = pg_insert(JourneyTransition.__table__).from_select(
+    list(_TRANSITION_ROWS.c.keys()), select(*_TRANSITION_ROWS.c)
+)
+_GOAL_ROWS = _recordset(
+    "v",
+    tenant_id=Text,
+    instance_id=Text,
+    customer_id=Text,
+    journey=Text,
+    version=Integer,
+    event_id=Text,
+    converted_at=TS,
+)
+_INSERT_GOALS = (
+    pg_insert(GoalConversion.__table__)
+    .from_select(list(_GOAL_ROWS.c.keys()), select(*_GOAL_ROWS.c))
+    .on_conflict_do_nothing()
+)
+
+
+# --- the changes of a batch ----------------------------------------------------------------
+
+
+@dataclass
+class Changes:
+    """What a batch decided, gathered in memory in step order and written by
+    :meth:`write` with one statement per table.
+
+    ``timers`` must hold every timer row of the instances the steps touch that existed
+    before (:func:`timers_of`); timers armed, cancelled and fired by earlier steps of
+    the batch are tracked here, so each step diffs against what the database would
+    hold after the steps before it."""
+
     outbox: Outbox
-    tenant_id: str
-    customer_id: str
     now: datetime
+    timers: dict[str, TimerRow] = field(default_factory=dict)
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[CloudEvent[Any]] = field(default_factory=list)
+    goals: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    new_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _by_instance: dict[str, list[str]] | None = None
 
-    async def apply(
-        self, j: d.Journey, res: d.StepResult, profile: d.Profile, *, new: bool = False
+    def step(
+        self, tenant: str, customer: str, j: d.Journey, res: d.StepResult, profile: d.Profile
     ) -> None:
+        """One engine result of one instance: its row, transitions, events, timers."""
         s = res.state
-        values: dict[str, Any] = dict(
+        now = self.now
+        self.instances[s.id] = dict(
+            id=s.id,
+            tenant_id=tenant,
+            customer_id=customer,
+            journey=s.journey,
+            version=s.version,
             stage=s.stage,
             status=s.status,
+            order_id=s.order_id,
             anchors={k: v.isoformat() for k, v in s.anchors.items()},
             state=s.model_dump(mode="json"),
-            updated_at=self.now,
-            ended_at=self.now if s.status in ("exited", "completed", "skipped") else None,
-            version=s.version,
+            started_at=s.started_at.isoformat(),
+            updated_at=now.isoformat(),
+            ended_at=now.isoformat() if s.status in ("exited", "completed", "skipped") else None,
         )
-        stmt = pg_insert(JourneyInstance).values(
-            id=s.id,
-            tenant_id=self.tenant_id,
-            customer_id=self.customer_id,
-            journey=s.journey,
-            order_id=s.order_id,
-            started_at=s.started_at,
-            **values,
-        )
-        await self.session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
-        events: list[CloudEvent[Any]] = []
-        if res.transitions:
-            # One multi-row INSERT per step, not one per transition.
-            await self.session.execute(
-                insert(JourneyTransition),
-                [
-                    dict(
-                        tenant_id=self.tenant_id,
-                        customer_id=self.customer_id,
-                        instance_id=s.id,
-                        journey=s.journey,
-                        version=s.version,
-                        kind=t.kind,
-                        from_stage=t.from_stage,
-                        to_stage=t.to_stage,
-                        cause=t.cause,
-                        reason=t.reason,
-                        at=t.at,
-                    )
-                    for t in res.transitions
-                ],
-            )
         for t in res.transitions:
+            self.transitions.append(
+                dict(
+                    tenant_id=tenant,
+                    customer_id=customer,
+                    instance_id=s.id,
+                    journey=s.journey,
+                    version=s.version,
+                    kind=t.kind,
+                    from_stage=t.from_stage,
+                    to_stage=t.to_stage,
+                    cause=t.cause,
+                    reason=t.reason,
+                    at=t.at.isoformat(),
+                )
+            )
             if t.kind in ("stage", "exit", "complete"):
                 to = (
                     t.to_stage
                     if t.kind == "stage"
                     else ("exited" if t.kind == "exit" else "completed")
                 )
-                events.append(
-                    self._event(
+                self.events.append(
+                    _event(
                         c.JourneyStageChanged(
                             instance_id=s.id,
                             journey=s.journey,
@@ -254,151 +709,219 @@ class Writer:
                             changed_at=t.at,
                             order_id=s.order_id,
                         ),
-                        s.id,
-                        "stage",
-                        t.cause,
-                        t.kind,
-                        to or "",
+                        tenant,
+                        customer,
+                        now,
+                        (s.id, "stage", t.cause, t.kind, to or ""),
                     )
                 )
         for a in res.actions:
-            events.append(self._action_event(s, a, profile))
-        if events:
-            await self.outbox.add(self.session, *events)
-        await self.sync_timers(j, s, profile)
+            self.events.append(_action_event(tenant, customer, now, s, a))
+        self._sync_timers(tenant, customer, j, s, profile)
 
-    async def sync_timers(self, j: d.Journey, s: d.InstanceState, profile: d.Profile) -> None:
+    def _sync_timers(
+        self, tenant: str, customer: str, j: d.Journey, s: d.InstanceState, profile: d.Profile
+    ) -> None:
         """Make the pending timers equal to what the state needs (domain.timers_for)."""
         wanted = {d.timer_id(s.id, t): t for t in d.timers_for(j, s, profile)}
-        pending = set(
-            (
-                await self.session.scalars(
-                    select(JourneyTimer.id).where(
-                        JourneyTimer.tenant_id == self.tenant_id,
-                        JourneyTimer.instance_id == s.id,
-                        JourneyTimer.state == "pending",
-                    )
-                )
-            ).all()
-        )
-        stale = pending - wanted.keys()
-        if stale:
-            await self.session.execute(
-                update(JourneyTimer).where(JourneyTimer.id.in_(stale)).values(state="cancelled")
-            )
-        fresh = [
-            dict(
+        for tid in self._of_instance(s.id):
+            row = self.timers[tid]
+            if row.state == "pending" and tid not in wanted:
+                self._move(tid, row, "cancelled")
+        for tid, t in wanted.items():
+            have = self.timers.get(tid)
+            if have is not None:
+                if have.state == "cancelled":
+                    # A pause cancelled it and the resume wants the same timer (same
+                    # step, same due time): armed again, or the stage would never come.
+                    self._move(tid, have, "pending")
+                continue  # pending already, or fired: a fired timer is not re-armed
+            ids = self._of_instance(s.id)  # indexed before the row is added
+            self.timers[tid] = TimerRow(s.id, "pending", False)
+            ids.append(tid)
+            self.new_timers[tid] = dict(
                 id=tid,
-                tenant_id=self.tenant_id,
-                customer_id=self.customer_id,
+                tenant_id=tenant,
+                customer_id=customer,
                 instance_id=s.id,
                 kind=t.kind,
                 key=t.key,
-                due_at=t.due_at,
+                due_at=t.due_at.isoformat(),
                 payload={"journey": s.journey, "version": s.version},
                 state="pending",
-                created_at=self.now,
-            )
-            for tid, t in wanted.items()
-            if tid not in pending
-        ]
-        if fresh:
-            # A timer id already fired (same step, same due time) is not re-armed.
-            await self.session.execute(
-                pg_insert(JourneyTimer).values(fresh).on_conflict_do_nothing()
+                created_at=self.now.isoformat(),
             )
 
-    async def goal(self, inst: d.InstanceState, event_id: str) -> None:
-        await self.session.execute(
-            pg_insert(GoalConversion)
-            .values(
-                tenant_id=self.tenant_id,
+    def _of_instance(self, instance_id: str) -> list[str]:
+        """The timer ids of one instance (an index: a scan of every timer of the batch
+        per step made a batch quadratic)."""
+        if self._by_instance is None:
+            self._by_instance = {}
+            for tid, row in self.timers.items():
+                self._by_instance.setdefault(row.instance_id, []).append(tid)
+        return self._by_instance.setdefault(instance_id, [])
+
+    def _move(self, tid: str, row: TimerRow, state: str) -> None:
+        row.state = state
+        if not row.stored:
+            self.new_timers[tid]["state"] = state
+
+    def fire(self, timer_id: str, instance_id: str) -> None:
+        """A claimed timer fires: marked fired before its step runs (unless an earlier
+        step of the round cancelled it; its step still runs and finds nothing due)."""
+        row = self.timers.get(timer_id)
+        if row is None:
+            ids = self._of_instance(instance_id)  # indexed before the row is added
+            row = self.timers[timer_id] = TimerRow(instance_id, "pending", True)
+            ids.append(timer_id)
+        if row.state == "pending":
+            self._move(timer_id, row, "fired")
+
+    def goal(self, tenant: str, customer: str, inst: d.InstanceState, event_id: str) -> None:
+        self.goals.append(
+            dict(
+                tenant_id=tenant,
                 instance_id=inst.id,
-                customer_id=self.customer_id,
+                customer_id=customer,
                 journey=inst.journey,
                 version=inst.version,
                 event_id=event_id,
-                converted_at=self.now,
+                converted_at=self.now.isoformat(),
             )
-            .on_conflict_do_nothing()
         )
 
-    def _event(self, data: Any, *parts: str) -> CloudEvent[Any]:
-        return CloudEvent.new(
-            data,
-            tenant_id=self.tenant_id,
-            subject=self.customer_id,
-            source=SOURCE,
-            id=derived_event_id(SOURCE, self.tenant_id, *parts),
-            time=self.now,
+    def profile(self, key: Key, p: d.Profile) -> None:
+        self.profiles[key] = profile_row(key, p, self.now)
+
+    async def write(self, session: AsyncSession) -> None:
+        """One statement per table, in lock order (profiles, instances, timers)."""
+        await save_profiles(session, list(self.profiles.values()))
+        if self.instances:
+            await session.execute(_UPSERT_INSTANCES, {"rows": list(self.instances.values())})
+        if self.transitions:
+            await session.execute(_INSERT_TRANSITIONS, {"rows": self.transitions})
+        if self.goals:
+            await session.execute(_INSERT_GOALS, {"rows": self.goals})
+        moves: dict[tuple[str, str], list[str]] = {}
+        for tid, row in self.timers.items():
+            if row.stored and row.state != row.initial:
+                moves.setdefault((row.initial, row.state), []).append(tid)
+        for (from_state, to_state), ids in sorted(moves.items()):
+            await session.execute(
+                _MOVE_TIMERS,
+                {
+                    "ids": ids,
+                    "from_state": from_state,
+                    "to_state": to_state,
+                    "fired_at": self.now if to_state == "fired" else None,
+                },
+            )
+        if self.new_timers:
+            await session.execute(_INSERT_TIMERS, {"rows": list(self.new_timers.values())})
+        if self.events:
+            await self.outbox.add(session, *self.events)
+
+
+@dataclass
+class Writer:
+    """Writes one customer's engine results and their events, one result at a time
+    (the migrate endpoint and erasure; the hot paths use :class:`Changes` directly)."""
+
+    session: AsyncSession
+    outbox: Outbox
+    tenant_id: str
+    customer_id: str
+    now: datetime
+
+    async def apply(
+        self, j: d.Journey, res: d.StepResult, profile: d.Profile, *, new: bool = False
+    ) -> None:
+        changes = Changes(
+            self.outbox,
+            self.now,
+            await timers_of(self.session, [(self.tenant_id, res.state.id)]),
         )
+        changes.step(self.tenant_id, self.customer_id, j, res, profile)
+        await changes.write(self.session)
 
-    def _action_event(
-        self, s: d.InstanceState, a: d.ActionOut, profile: d.Profile
-    ) -> CloudEvent[Any]:
-        # The request id comes from the instance and the step: a retried transaction or a
-        # timer fired twice produces the same id, and the receiver de-duplicates.
-        request_id = derived_event_id("journey-step", s.id, a.step)
-        p = a.params
-        data: Any
-        if a.type == "message":
-            kind = p["kind"] if p["kind"] in MESSAGE_KINDS else "custom"
-            data = c.MessageRequested(
-                request_id=request_id,
-                kind=kind,
-                template=p.get("template") or (None if kind == p["kind"] else p["kind"]),
-                category=p["category"],
-                order_id=p.get("order_id"),
-                variables={"journey": s.journey, "stage": s.stage, "instance_id": s.id},
-            )
-        elif a.type == "survey":
-            reminder_of = p.get("reminder_of")
-            data = c.SurveyRequested(
-                request_id=request_id,
-                kind=p["kind"],
-                order_id=p.get("order_id"),
-                reminder=reminder_of is not None,
-                reminder_of=derived_event_id("journey-step", s.id, reminder_of)
-                if reminder_of
-                else None,
-                requested_at=self.now,
-            )
-        elif a.type == "request_review":
-            if not p.get("order_id"):
-                raise ValueError("a review is asked for an order; this instance has none")
-            data = c.ReviewRequested(
-                request_id=request_id,
-                order_id=p["order_id"],
-                requested_at=self.now,
-                reminder=bool(p.get("reminder")),
-            )
-        elif a.type == "invite_referral":
-            data = c.ReferralInvited(
-                invited_at=self.now,
-                reason="promoter",
-                score=p.get("score"),
-                journey_instance_id=s.id,
-            )
-        elif a.type == "escalate_support":
-            data = c.SupportEscalationRequested(
-                reason=p["reason"],
-                requested_at=self.now,
-                priority=p["priority"],
-                order_id=p.get("order_id"),
-                score=p.get("score"),
-            )
-        else:  # pragma: no cover - the domain emits only the types above
-            raise ValueError(f"unknown action {a.type}")
-        return self._event(data, s.id, a.step, a.type)
+    async def goal(self, inst: d.InstanceState, event_id: str) -> None:
+        changes = Changes(self.outbox, self.now)
+        changes.goal(self.tenant_id, self.customer_id, inst, event_id)
+        await changes.write(self.session)
 
 
-async def load_journeys_for(
-    session: AsyncSession, tenant_id: str, instances: list[d.InstanceState]
-) -> tuple[dict[tuple[str, int], d.Journey], dict[str, int]]:
-    active = await active_journeys(session, tenant_id)
-    journeys = {(name, v): j for name, (v, j) in active.items()}
-    for inst in instances:
-        key = (inst.journey, inst.version)
-        if key not in journeys:
-            journeys[key] = await journey_version(session, tenant_id, inst.journey, inst.version)
-    return journeys, {name: v for name, (v, _) in active.items()}
+# --- the events a step emits -------------------------------------------------------------
+
+
+def _event(
+    data: Any, tenant: str, customer: str, now: datetime, parts: tuple[str, ...]
+) -> CloudEvent[Any]:
+    return CloudEvent.new(
+        data,
+        tenant_id=tenant,
+        subject=customer,
+        source=SOURCE,
+        id=derived_event_id(SOURCE, tenant, *parts),
+        time=now,
+    )
+
+
+def _action_event(
+    tenant: str, customer: str, now: datetime, s: d.InstanceState, a: d.ActionOut
+) -> CloudEvent[Any]:
+    # The request id comes from the instance and the step: a retried transaction or a
+    # timer fired twice produces the same id, and the receiver de-duplicates.
+    request_id = derived_event_id("journey-step", s.id, a.step)
+    p = a.params
+    data: Any
+    if a.type == "message":
+        kind = p["kind"] if p["kind"] in MESSAGE_KINDS else "custom"
+        data = c.MessageRequested(
+            request_id=request_id,
+            kind=kind,
+            template=p.get("template") or (None if kind == p["kind"] else p["kind"]),
+            category=p["category"],
+            order_id=p.get("order_id"),
+            variables={"journey": s.journey, "stage": s.stage, "instance_id": s.id},
+        )
+    elif a.type == "survey":
+        reminder_of = p.get("reminder_of")
+        data = c.SurveyRequested(
+            request_id=request_id,
+            kind=p["kind"],
+            order_id=p.get("order_id"),
+            reminder=reminder_of is not None,
+            reminder_of=derived_event_id("journey-step", s.id, reminder_of)
+            if reminder_of
+            else None,
+            requested_at=now,
+        )
+    elif a.type == "request_review":
+        if not p.get("order_id"):
+            raise ValueError("a review is asked for an order; this instance has none")
+        data = c.ReviewRequested(
+            request_id=request_id,
+            order_id=p["order_id"],
+            requested_at=now,
+            reminder=bool(p.get("reminder")),
+        )
+    elif a.type == "invite_referral":
+        data = c.ReferralInvited(
+            invited_at=now,
+            reason="promoter",
+            score=p.get("score"),
+            journey_instance_id=s.id,
+        )
+    elif a.type == "escalate_support":
+        data = c.SupportEscalationRequested(
+            reason=p["reason"],
+            requested_at=now,
+            priority=p["priority"],
+            order_id=p.get("order_id"),
+            score=p.get("score"),
+            comment=p.get("comment"),
+            survey_id=p.get("survey_id"),
+        )
+    else:  # pragma: no cover - the domain emits only the types above
+        raise ValueError(f"unknown action {a.type}")
+    return _event(data, tenant, customer, now, (s.id, a.step, a.type))

@@ -1,7 +1,8 @@
 """Background loops of the journey engine: the durable timer loop.
 
 Each round claims due timers with ``FOR UPDATE SKIP LOCKED`` in one transaction, applies
-them through the same pure engine as the event handlers, marks them fired and commits.
+them through the same pure engine as the event handlers, marks them fired and commits,
+reading and writing in sets (one statement per table per round, not per timer).
 Two replicas never fire one timer twice (a claimed row is skipped by the other), and a
 replica killed mid-round loses nothing: its transaction dies, the locks go, and the
 timers are still pending for the next claimant.
@@ -11,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
-from afterglow.journeys.models import JourneyInstance, JourneyTimer
+from afterglow.journeys.models import JourneyTimer
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import Runtime, Worker
 
@@ -63,73 +63,52 @@ async def claim_due(
 
 
 async def fire_due_timers(runtime: Runtime, batch: int) -> int:
-    """One round: returns how many timers were fired."""
+    """One round, in sets: claim up to ``batch`` due timers (SKIP LOCKED), lock their
+    customers' profiles and instances without waiting (a customer a consumer holds is
+    skipped: its timers stay pending for the next round), load the timers and journey
+    versions of the whole round with one query each, fire in memory in due order, and
+    write each table once (store.Changes). Returns how many timers were fired."""
     now = runtime.clock.now()
     async with runtime.sessionmaker.begin() as session:
         rows = await claim_due(session, now, batch)
-        by_customer: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         for r in rows:
-            by_customer[(r.tenant_id, r.customer_id)].append((r.id, r.instance_id))
             TIMER_LATENESS.observe(max(0.0, (now - r.due_at).total_seconds()))
+        if not rows:
+            return 0
+        # Never wait here: a handler holding a customer wins.
+        profiles = await store.lock_profiles(
+            session, {(r.tenant_id, r.customer_id) for r in rows}, now, skip_locked=True
+        )
+        mine = [r for r in rows if (r.tenant_id, r.customer_id) in profiles]
+        wanted = sorted({(r.tenant_id, r.instance_id) for r in mine})
+        instances, held = await store.instances_by_id(session, wanted)
+        journeys = await store.tenant_journeys(
+            session, {t for t, _ in profiles}, ((i.tenant, i.state) for i in instances.values())
+        )
+        changes = store.Changes(
+            runtime.outbox, now, await store.timers_of(session, instances.keys())
+        )
         fired = 0
-        for (tenant, customer), timers in by_customer.items():
-            fired += await _fire_for_customer(session, runtime, tenant, customer, timers, now)
+        for r in mine:  # due order (claim_due)
+            key = (r.tenant_id, r.customer_id)
+            ikey = (r.tenant_id, r.instance_id)
+            if ikey in held:
+                continue  # held by someone else this instant: next round
+            changes.fire(r.id, r.instance_id)
+            fired += 1
+            TIMERS_FIRED.inc()
+            loaded = instances.get(ikey)
+            if loaded is None:
+                continue  # its instance is gone: nothing to move
+            j = journeys[r.tenant_id].journeys[(loaded.state.journey, loaded.state.version)]
+            res = d.on_timer(j, loaded.state, profiles[key], r.id, now)
+            profiles[key] = d.note_actions(profiles[key], [res], now)
+            loaded.state = res.state
+            changes.step(r.tenant_id, r.customer_id, j, res, profiles[key])
+        for key, profile in profiles.items():
+            changes.profile(key, profile)
+        await changes.write(session)
         return fired
-
-
-async def _fire_for_customer(
-    session: AsyncSession,
-    runtime: Runtime,
-    tenant: str,
-    customer: str,
-    timers: list[tuple[str, str]],
-    now: datetime,
-) -> int:
-    # Never wait here: a handler holding this customer wins, and the timers stay pending
-    # (released when this transaction ends) for the next round.
-    profile = await store.lock_profile(session, tenant, customer, now, skip_locked=True)
-    if profile is None:
-        return 0
-    ids = sorted({iid for _, iid in timers})
-    instances = {
-        r.state["id"]: d.InstanceState.model_validate(r.state)
-        for r in await session.execute(
-            select(JourneyInstance.state)
-            .where(JourneyInstance.tenant_id == tenant, JourneyInstance.id.in_(ids))
-            .with_for_update(skip_locked=True)
-        )
-    }
-    existing = set(
-        (
-            await session.scalars(
-                select(JourneyInstance.id).where(
-                    JourneyInstance.tenant_id == tenant, JourneyInstance.id.in_(ids)
-                )
-            )
-        ).all()
-    )
-    writer = store.Writer(session, runtime.outbox, tenant, customer, now)
-    fired = 0
-    for timer_id, iid in timers:
-        inst = instances.get(iid)
-        if inst is None and iid in existing:
-            continue  # held by someone else this instant: next round
-        await session.execute(
-            update(JourneyTimer)
-            .where(JourneyTimer.id == timer_id, JourneyTimer.state == "pending")
-            .values(state="fired", fired_at=now)
-        )
-        fired += 1
-        TIMERS_FIRED.inc()
-        if inst is None:
-            continue
-        j = await store.journey_version(session, tenant, inst.journey, inst.version)
-        res = d.on_timer(j, inst, profile, timer_id, now)
-        profile = d.note_actions(profile, [res], now)
-        instances[iid] = res.state
-        await writer.apply(j, res, profile)
-    await store.save_profile(session, tenant, customer, profile, now)
-    return fired
 
 
 def journey_workers(runtime: Runtime) -> list[Worker]:

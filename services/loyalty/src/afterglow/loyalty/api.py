@@ -24,7 +24,7 @@ from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmount
-from afterglow.loyalty import domain, store
+from afterglow.loyalty import domain, rewards, store
 from afterglow.loyalty.models import (
     Account,
     EntryRow,
@@ -416,10 +416,12 @@ async def redeem_reward(
             "points": reward.points_price,
         },
     )
+    # The code is created in the shop first; ingest then releases ``msg`` (rewards.py).
+    discount = rewards.shop_discount(code, reward, rules.currency, redemption_id, now, msg)
     await outbox.add(
         session,
         store.account_event(account, redeemed, redemption_id),
-        store.account_event(account, msg, msg.request_id),
+        store.account_event(account, discount, msg.request_id),
     )
     return result, False
 

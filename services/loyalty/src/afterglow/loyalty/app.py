@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from afterglow.events import catalog as c
 from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
+from afterglow.loyalty import rewards
 from afterglow.loyalty.api import router
 from afterglow.loyalty.export import collect
-from afterglow.loyalty.handlers import consumers
+from afterglow.loyalty.handlers import CONSUMERS
 from afterglow.loyalty.models import api_keys, tables
 from afterglow.loyalty.settings import LoyaltySettings
 from afterglow.loyalty.worker import workers
@@ -20,6 +22,16 @@ SPEC = ServiceSpec(
     app_factory="afterglow.loyalty.app:create_app",
     migrations="afterglow.loyalty:migrations",
     default_port=8004,
+    # The ledger's groups, and the shop's answers about reward codes.
+    consumers=(*CONSUMERS, rewards.REWARDS),
+    produces=(
+        c.PointsEarned,
+        c.PointsRedeemed,
+        c.PointsExpired,
+        c.TierChanged,
+        c.MessageRequested,
+        c.DiscountRequested,
+    ),
 )
 
 
@@ -32,7 +44,6 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         title="Afterglow loyalty",
         description="Points ledger, tiers and rewards.",
         routers=[router, export_router(SPEC.name, collect)],
-        consumers=consumers,
         workers=workers,
         clock=clock,
     )

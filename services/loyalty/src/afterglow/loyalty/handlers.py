@@ -4,13 +4,15 @@ re-sent business event with a new id change nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
+from afterglow.events import CloudEvent, ConsumerGroup, on_batch
+from afterglow.events.batch import each_in_order
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     Money,
@@ -25,7 +27,7 @@ from afterglow.events.catalog import (
     is_anonymous_subject,
 )
 from afterglow.events.privacy import pseudonym
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import (
     Account,
@@ -150,7 +152,7 @@ class Handlers:
             session, self.rt.outbox, rules, account, now, event.id, notify=not historical
         )
 
-    async def order_placed(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_placed(self, session: AsyncSession, event: CloudEvent[OrderPlaced]) -> None:
         data: OrderPlaced = event.data
         if is_anonymous_subject(event.subject):
             # An order without a customer (no id, email or phone): no points account
@@ -224,7 +226,9 @@ class Handlers:
         entry = wallet.note_unpriced(order_id, reason, now)
         await store.persist(session, self.rt.outbox, account, wallet, [entry], now)
 
-    async def order_fulfilled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_fulfilled(
+        self, session: AsyncSession, event: CloudEvent[OrderFulfilled]
+    ) -> None:
         data: OrderFulfilled = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -232,7 +236,9 @@ class Handlers:
         order.fulfilled_at = order.fulfilled_at or data.fulfilled_at
         await self._order_step(session, event, order, "fulfilled")
 
-    async def order_delivered(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_delivered(
+        self, session: AsyncSession, event: CloudEvent[OrderDelivered]
+    ) -> None:
         data: OrderDelivered = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -260,7 +266,7 @@ class Handlers:
         await store.persist(session, self.rt.outbox, account, wallet, entries, now)
         await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
 
-    async def order_refunded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_refunded(self, session: AsyncSession, event: CloudEvent[OrderRefunded]) -> None:
         data: OrderRefunded = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None:
@@ -305,7 +311,9 @@ class Handlers:
         )
         await self._note_unpriced(session, account, rules, order.order_id, reason, now)
 
-    async def order_cancelled(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def order_cancelled(
+        self, session: AsyncSession, event: CloudEvent[OrderCancelled]
+    ) -> None:
         data: OrderCancelled = event.data
         order = await self._order(session, event.tenantid, data.order_id)
         if order is None or order.cancelled:
@@ -341,26 +349,34 @@ class Handlers:
         if rules.tier_basis == "points":
             await store.refresh_tier(session, self.rt.outbox, rules, account, now, event.id)
 
-    async def review_submitted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def review_submitted(
+        self, session: AsyncSession, event: CloudEvent[ReviewSubmitted]
+    ) -> None:
         data: ReviewSubmitted = event.data
         rules = await store.load_rules(session, event.tenantid)
         # data.rating is deliberately not read: no incentive may depend on it (FTC).
         await self._bonus(session, event, "review", data.review_id, domain.review_bonus(rules))
 
-    async def survey_responded(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def survey_responded(
+        self, session: AsyncSession, event: CloudEvent[SurveyResponded]
+    ) -> None:
         data: SurveyResponded = event.data
         rules = await store.load_rules(session, event.tenantid)
         # Once per survey: an updated answer (is_update) finds the lot already there.
         await self._bonus(session, event, "survey", data.survey_id, rules.bonuses.survey)
 
-    async def referral_converted(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def referral_converted(
+        self, session: AsyncSession, event: CloudEvent[ReferralConverted]
+    ) -> None:
         data: ReferralConverted = event.data
         rules = await store.load_rules(session, event.tenantid)
         # The subject is the advocate: the referrals service held the conversion until
         # its own checks passed, so the bonus is available at once.
         await self._bonus(session, event, "referral", data.referral_id, rules.bonuses.referral)
 
-    async def erasure_requested(self, session: AsyncSession, event: CloudEvent[Any]) -> None:
+    async def erasure_requested(
+        self, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+    ) -> None:
         data: CustomerErasureRequested = event.data
         tenant = event.tenantid
         if data.scope == "tenant":
@@ -401,21 +417,39 @@ async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> Non
     )
 
 
-def consumers(runtime: Runtime) -> list[ConsumerSpec]:
-    h = Handlers(runtime)
-    return [
-        ConsumerSpec(
-            "ledger",
-            {
-                "afterglow.order.placed.v1": h.order_placed,
-                "afterglow.order.fulfilled.v1": h.order_fulfilled,
-                "afterglow.order.delivered.v1": h.order_delivered,
-                "afterglow.order.refunded.v1": h.order_refunded,
-                "afterglow.order.cancelled.v1": h.order_cancelled,
-                "afterglow.review.submitted.v1": h.review_submitted,
-                "afterglow.survey.responded.v1": h.survey_responded,
-                "afterglow.referral.converted.v1": h.referral_converted,
-                "afterglow.customer.erasure_requested.v1": h.erasure_requested,
-            },
+ONE_BY_ONE: dict[type, Callable[[Handlers, AsyncSession, Any], Awaitable[None]]] = {
+    OrderPlaced: Handlers.order_placed,
+    OrderFulfilled: Handlers.order_fulfilled,
+    OrderDelivered: Handlers.order_delivered,
+    OrderRefunded: Handlers.order_refunded,
+    OrderCancelled: Handlers.order_cancelled,
+    ReviewSubmitted: Handlers.review_submitted,
+    SurveyResponded: Handlers.survey_responded,
+    ReferralConverted: Handlers.referral_converted,
+    CustomerErasureRequested: Handlers.erasure_requested,
+}
+
+
+async def apply(h: Handlers, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+    """Lock order: the batch's existing accounts first, by (tenant, customer), in one
+    statement; then each event in partition order. The rules are read once per tenant
+    per batch."""
+    session.info[store.RULES_CACHE] = {}
+    try:
+        await store.lock_accounts(
+            session, {(e.tenantid, e.subject) for e in events if not _tenant_wide(e)}
         )
-    ]
+        await each_in_order(session, events, lambda s, e: ONE_BY_ONE[type(e.data)](h, s, e))
+    finally:
+        session.info.pop(store.RULES_CACHE, None)
+
+
+def _tenant_wide(event: CloudEvent[Any]) -> bool:
+    return isinstance(event.data, CustomerErasureRequested) and event.data.scope == "tenant"
+
+
+# One group for every topic: on the embedded broker each group costs seconds to join.
+# One batch function for every class, so the batch's accounts are locked together.
+CONSUMERS = (
+    ConsumerGroup("ledger", *(on_batch(cls, apply) for cls in ONE_BY_ONE), context=Handlers),
+)

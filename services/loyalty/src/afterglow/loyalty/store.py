@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,9 +31,35 @@ from afterglow.loyalty.models import (
 SOURCE = "loyalty"
 
 
+# session.info key: a batch of the consumer reads (and validates) each tenant's rules
+# once, not two or three times per event. Set only by the consumer's batch handler.
+RULES_CACHE = "loyalty.rules"
+
+
 async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRules:
+    cache: dict[str, domain.ProgramRules] | None = session.info.get(RULES_CACHE)
+    if cache is not None and tenant_id in cache:
+        return cache[tenant_id]
     row = await session.get(ProgramRulesRow, tenant_id)
-    return domain.ProgramRules.model_validate(row.rules) if row else domain.ProgramRules()
+    rules = domain.ProgramRules.model_validate(row.rules) if row else domain.ProgramRules()
+    if cache is not None:
+        cache[tenant_id] = rules
+    return rules
+
+
+async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> None:
+    """Lock the existing accounts of ``keys`` (tenant, customer) with one statement, in
+    that order. A batch holds its accounts until it commits, and one account is reached
+    from several partitions (an advocate's orders and their referral bonuses): locked
+    in event order, two batches could each hold one and wait for the other's."""
+    if not keys:
+        return
+    await session.execute(
+        select(Account.tenant_id)
+        .where(tuple_(Account.tenant_id, Account.customer_id).in_(sorted(keys)))
+        .order_by(Account.tenant_id, Account.customer_id)
+        .with_for_update()
+    )
 
 
 async def load_rates(

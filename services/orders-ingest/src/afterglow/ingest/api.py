@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from starlette.requests import ClientDisconnect
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
-from afterglow.ingest import bigcommerce, domain, intake, registry
+from afterglow.ingest import bigcommerce, domain, escalations, identity, intake, registry
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import RECEIVED, DeliveryWriter, NewDelivery
 from afterglow.ingest.models import Delivery, IdempotencyKey
@@ -576,6 +576,11 @@ async def aftership_webhook(request: Request, tenant_id: TenantPath) -> JSONResp
 # --- internal REST ------------------------------------------------------------------
 
 
+class RequesterIn(BaseModel):
+    email: Annotated[str, StringConstraints(max_length=320), NoControls] | None = None
+    phone: Annotated[str, StringConstraints(max_length=32), NoControls] | None = None
+
+
 class CanonicalEventIn(BaseModel):
     """An order or ticket event in Afterglow's canonical shape."""
 
@@ -597,7 +602,15 @@ class CanonicalEventIn(BaseModel):
         }
     )
     type: str = Field(description="order.placed, order.fulfilled, ticket.opened...")
-    customer_id: Id = Field(description="The envelope subject")
+    customer_id: Id | None = Field(
+        default=None,
+        description="The envelope subject. A ticket event may name its requester instead",
+    )
+    requester: RequesterIn | None = Field(
+        default=None,
+        description="Ticket events: the requester, resolved to the customer whose orders "
+        "carried this email or phone (when customer_id is not given)",
+    )
     data: JsonObject = Field(description="The catalog model's fields")
 
 
@@ -983,6 +996,8 @@ async def replay_delivery(
     status = "archived"
     if normalized.known_topic:
         status = "processed"
+        # A ticket replays to the customer it was resolved to (pinned); orders relink.
+        await identity.link_and_resolve(session, [(d.tenant_id, normalized)], d.received_at)
         emitted = await intake.emit(
             session,
             rt.outbox,
@@ -1259,6 +1274,85 @@ async def set_connection(
         access_token=body.access_token,
     )
     return {"tenant_id": tenant_id, "platform": platform}
+
+
+class HelpdeskIn(BaseModel):
+    """Where escalations open tickets. Zendesk: ``username`` is the agent's email and
+    ``secret`` an API token; Gorgias: the API username and key; webhook: ``secret``
+    signs a Standard Webhook (``whsec_...``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "zendesk",
+                    "api_base_url": "https://acme.zendesk.com",
+                    "username": "agent@acme.com",
+                    "secret": "zd-api-token",
+                }
+            ]
+        }
+    )
+    kind: Literal["zendesk", "gorgias", "webhook"]
+    api_base_url: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
+    username: Annotated[str, StringConstraints(min_length=1, max_length=320), NoControls] | None = (
+        None
+    )
+    secret: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
+
+
+@admin.put(
+    "/tenants/{tenant_id}/helpdesk",
+    summary="Set the helpdesk that detractors' escalations open tickets in",
+    responses=openapi.example(200, {"tenant_id": "acme", "kind": "zendesk"}),
+)
+async def set_helpdesk(
+    request: Request, session: Session, tenant_id: TenantPath, body: HelpdeskIn
+) -> dict[str, Any]:
+    if body.kind in ("zendesk", "gorgias") and not body.username:
+        raise Unprocessable(f"{body.kind} needs the API username", field="username")
+    try:
+        await check_destination(
+            body.api_base_url,
+            allow_private=runtime_of(request).settings.outbound_allow_private,
+        )
+    except ForbiddenDestination as exc:
+        raise Unprocessable(f"api_base_url {exc}", field="api_base_url") from exc
+    await registry.get_tenant(session, tenant_id)
+    await escalations.set_connection(
+        session,
+        tenant_id=tenant_id,
+        kind=body.kind,
+        api_base_url=body.api_base_url.rstrip("/"),
+        username=body.username,
+        secret=body.secret,
+    )
+    return {"tenant_id": tenant_id, "kind": body.kind}
+
+
+@admin.get(
+    "/tenants/{tenant_id}/escalations",
+    summary="Escalations sent to the helpdesk, with their status and last error",
+    responses=openapi.example(
+        200,
+        {
+            "escalations": [
+                {
+                    "escalation_id": "0b6c...",
+                    "customer_id": "cus_42",
+                    "status": "created",
+                    "helpdesk": "zendesk",
+                    "ticket": "zendesk:35436",
+                    "attempts": 1,
+                    "last_error": None,
+                }
+            ]
+        },
+    ),
+)
+async def get_escalations(session: Session, tenant_id: TenantPath) -> dict[str, Any]:
+    await registry.get_tenant(session, tenant_id)
+    return {"escalations": await escalations.list_escalations(session, tenant_id)}
 
 
 @admin.post(

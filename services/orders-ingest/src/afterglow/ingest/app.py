@@ -9,8 +9,12 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from afterglow.ingest import api, bigcommerce, export, processing
+from afterglow.events import catalog as c
+from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
 from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest.discounts import api as discounts_api
+from afterglow.ingest.discounts import handlers as discounts_handlers
+from afterglow.ingest.discounts.worker import discount_worker
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
@@ -28,11 +32,41 @@ SPEC = ServiceSpec(
     app_factory="afterglow.ingest.app:create_app",
     migrations="afterglow.ingest:migrations",
     default_port=8001,
+    # Where the world's events come in; it also consumes reward-code requests (it holds
+    # the shop credentials), for spent codes orders, and escalations to open as helpdesk
+    # tickets (it holds the helpdesk credentials too).
+    consumers=(*discounts_handlers.CONSUMERS, escalations.ESCALATIONS),
+    produces=(
+        c.OrderPlaced,
+        c.OrderFulfilled,
+        c.OrderDelivered,
+        c.OrderRefunded,
+        c.OrderCancelled,
+        c.TicketOpened,
+        c.TicketUpdated,
+        c.TicketResolved,
+        c.CustomerErasureRequested,
+        c.CustomerUnsubscribed,
+        c.ApiKeyIssued,
+        c.ApiKeyRevoked,
+        c.DiscountCreated,
+        c.DiscountFailed,
+        c.DiscountUsed,
+        c.DiscountRevoked,
+        # a reward code's announcement, released once the code exists
+        c.MessageRequested,
+    ),
 )
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [reconciliation_worker, bigcommerce.fetch_worker, processing.processing_worker]
+    return [
+        reconciliation_worker,
+        bigcommerce.fetch_worker,
+        processing.processing_worker,
+        discount_worker,
+        escalations.escalation_worker,
+    ]
 
 
 async def _start_receiving(runtime: Runtime) -> None:
@@ -88,6 +122,8 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             api.rest,
             api.operators,
             api.admin,
+            discounts_api.router,
+            metrics.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
@@ -98,6 +134,10 @@ def _create_app(settings: IngestSettings | None, clock: Clock | None) -> FastAPI
             {"name": "orders and support events", "description": "Internal REST (API keys)"},
             {"name": "deliveries", "description": "Stored deliveries, for operators"},
             {"name": "admin", "description": "Tenant registry (admin token)"},
+            {
+                "name": "platform actions",
+                "description": "Reward codes created and disabled in the tenant's shop",
+            },
             {"name": "privacy", "description": "A customer's data export (customers:export)"},
         ],
     )

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest import domain, intake
+from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.models import Delivery, PlatformConnection
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
@@ -273,6 +273,7 @@ async def _apply(runtime: Runtime, claim: Claim, normalized: domain.Normalized) 
         if d is None:
             log.info("fetch result dropped: lease lost", extra={"delivery": claim.id})
             return
+        await identity.link_and_resolve(session, [(d.tenant_id, normalized)], d.received_at)
         emitted = await intake.emit(
             session,
             runtime.outbox,

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from afterglow.events import catalog as c
 from afterglow.events.envelope import MAX_SUBJECT_LENGTH
 from afterglow.events.money import currency_exponent
+from afterglow.ingest.customers import Requester, escalation_of
 from afterglow.kit.text import clean_text, has_control_chars
 
 # --- errors -------------------------------------------------------------------------
@@ -454,6 +455,9 @@ class Normalized:
     # Stored instead of the raw body: the customers/redact request without the contact
     # data it asks us to forget (a data export would otherwise hand it back).
     stored_body: bytes | None = None
+    # A ticket event: who asked, for the caller to resolve to a customer
+    # (afterglow.ingest.customers.resolve), which then sets the emits' subjects.
+    requester: Requester | None = None
 
 
 def fact_key(data: c.EventData) -> str | None:
@@ -1035,18 +1039,35 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
     ticket_id = f"zendesk:{require(detail, 'id', 'detail.')}"
     when = parse_time(p.get("time") or detail.get("updated_at"), "time")
     requester = detail.get("requester") or {}
+    if not isinstance(requester, Mapping):
+        requester = {}
+    external_id = str(detail["external_id"]) if detail.get("external_id") else None
+    email = requester.get("email")
     subject = (
-        str(detail["external_id"])
-        if detail.get("external_id")
-        else customer_subject(None, requester.get("email"), "")
-        if requester.get("email")
+        external_id
+        if external_id and escalation_of(external_id) is None
+        else customer_subject(None, email, "")
+        if normalize_email(email)
         else f"zendesk:{require(detail, 'requester_id', 'detail.')}"
+    )
+    who = Requester(
+        ticket_id=ticket_id,
+        fallback_subject=subject,
+        customer_id=external_id if escalation_of(external_id) is None else None,
+        email_hash=email_hash(email),
+        phone_hash=phone_hash(requester.get("phone")),
+        escalation_id=escalation_of(external_id),
     )
     status = str(detail.get("status") or "").lower()
     event = p.get("event") or {}
     current = str(event.get("current") or "").lower()
     priority = str(detail.get("priority") or "normal").lower()
-    out = Normalized()
+    via = detail.get("via")
+    channel = (
+        str(via.get("channel"))[:50] if isinstance(via, Mapping) and via.get("channel") else None
+    )
+    out = Normalized(requester=who)
+    replied = when if kind == "ticket.comment_added" and _agent_public_reply(event) else None
     if kind == "ticket.created":
         out.emits.append(
             Emit(
@@ -1059,6 +1080,7 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
                     priority=priority
                     if priority in ("low", "normal", "high", "urgent")
                     else "normal",
+                    channel=channel,
                 ),
                 subject,
             )
@@ -1068,11 +1090,27 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
     else:
         out.emits.append(
             Emit(
-                c.TicketUpdated(ticket_id=ticket_id, updated_at=when, status=current or status),
+                c.TicketUpdated(
+                    ticket_id=ticket_id,
+                    updated_at=when,
+                    status=current or status,
+                    agent_replied_at=replied,
+                ),
                 subject,
             )
         )
     return out
+
+
+def _agent_public_reply(event: Any) -> bool:
+    """A ``ticket.comment_added`` by an agent, public: the first one ends the ticket's
+    first-response time (a customer's comment or an internal note does not)."""
+    comment = event.get("comment") if isinstance(event, Mapping) else None
+    if not isinstance(comment, Mapping):
+        return False
+    author = comment.get("author")
+    staff = isinstance(author, Mapping) and author.get("is_staff") is True
+    return staff and comment.get("is_public", True) is not False
 
 
 # --- AfterShip ----------------------------------------------------------------------
@@ -1441,18 +1479,46 @@ def normalize_canonical(p: Mapping[str, Any], allowed: frozenset[str], platform:
     etype = canonical_type(str(require(p, "type")))
     if etype not in allowed:
         return Normalized(known_topic=False)
-    subject = str(require(p, "customer_id"))
     data = p.get("data")
     if not isinstance(data, Mapping):
         raise MissingField("data")
+    who = canonical_requester(p, data) if etype in TICKET_TYPES else None
+    subject = who.fallback_subject if who is not None else str(require(p, "customer_id"))
     try:
         model = c.parse_data({**data, "type": etype})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"][1:] if x != etype) or "data"
         raise NormalizationError(f"data.{loc}: {err['msg']}", f"data.{loc}") from exc
-    out = Normalized(emits=[Emit(model, subject)])
+    out = Normalized(emits=[Emit(model, subject)], requester=who)
     if isinstance(model, c.OrderPlaced):
         platform_id = model.order_id.split(":", 1)[-1]
         out.order = OrderRecord(model.order_id, platform_id, subject, model.total)
     return out
+
+
+def canonical_requester(p: Mapping[str, Any], data: Mapping[str, Any]) -> Requester:
+    """A canonical ticket event names its customer (``customer_id``) or, when the
+    helpdesk does not know the shop's customer id, its requester
+    (``requester: {"email", "phone"}``), resolved through the orders' links."""
+    ticket_id = str(require(data, "ticket_id", "data."))
+    customer_id = p.get("customer_id")
+    requester = p.get("requester")
+    if not isinstance(requester, Mapping):
+        requester = {}
+    email, phone = requester.get("email"), requester.get("phone")
+    eh, ph = email_hash(email), phone_hash(phone)
+    if customer_id in (None, "") and not (eh or ph):
+        raise MissingField("customer_id")
+    fallback = (
+        str(customer_id)
+        if customer_id not in (None, "")
+        else customer_subject(None, email, ticket_id, phone)
+    )
+    return Requester(
+        ticket_id=ticket_id,
+        fallback_subject=fallback,
+        customer_id=str(customer_id) if customer_id not in (None, "") else None,
+        email_hash=eh,
+        phone_hash=ph,
+    )

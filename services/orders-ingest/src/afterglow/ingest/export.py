@@ -1,4 +1,5 @@
-"""orders-ingest's share of a customer's data export: the order book and raw deliveries.
+"""orders-ingest's share of a customer's data export: the order book, raw deliveries
+and the reward codes created in the shop for them.
 
 Deliveries are found by the subjects they spoke about (recorded since migration 0003).
 Their headers are left out: signatures, webhook ids and the sender's user agent are
@@ -13,7 +14,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import Delivery, Order
+from afterglow.ingest.models import (
+    CustomerLink,
+    Delivery,
+    Escalation,
+    Order,
+    ShopDiscount,
+    TicketCustomer,
+)
 from afterglow.kit.export import Records, rows
 
 DELIVERY_COLUMNS_LEFT_OUT = ("headers", "dedupe_key")
@@ -22,6 +30,7 @@ DELIVERY_COLUMNS_LEFT_OUT = ("headers", "dedupe_key")
 async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
     orders = Order.__table__
     deliveries = Delivery.__table__
+    discounts = ShopDiscount.__table__
     return {
         "orders": await rows(
             session,
@@ -30,6 +39,11 @@ async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Re
             orders.c.subject == customer_id,
             order_by=["order_id"],
         ),
+        # Support: the contacts linking them to helpdesk tickets, those tickets, and the
+        # escalations (their survey comment) sent to the helpdesk.
+        "customer_links": await _of(session, CustomerLink, tenant_id, customer_id),
+        "ticket_customers": await _of(session, TicketCustomer, tenant_id, customer_id),
+        "escalations": await _of(session, Escalation, tenant_id, customer_id),
         "deliveries": [
             _with_payload(row)
             for row in await rows(
@@ -41,7 +55,30 @@ async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Re
                 order_by=["received_at", "id"],
             )
         ],
+        # Reward codes created in the shop for them (the announcement left out: it is
+        # the issuer's message, cleared once released).
+        "shop_discounts": await rows(
+            session,
+            discounts,
+            discounts.c.tenant_id == tenant_id,
+            discounts.c.customer_id == customer_id,
+            exclude=("announce",),
+            order_by=["created_at", "code"],
+        ),
     }
+
+
+async def _of(
+    session: AsyncSession, model: Any, tenant_id: str, customer_id: str
+) -> list[dict[str, Any]]:
+    table = model.__table__
+    return await rows(
+        session,
+        table,
+        table.c.tenant_id == tenant_id,
+        table.c.subject == customer_id,
+        order_by=[c.name for c in table.primary_key.columns],
+    )
 
 
 def _with_payload(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
-from afterglow.ingest import domain
+from afterglow.ingest import domain, identity
 from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
 
 SOURCE = "afterglow/orders-ingest"
@@ -254,6 +254,14 @@ async def emit(
     fetch's "placed" at position 0."""
     if normalized.order is not None:
         o = normalized.order
+        placed_at = next(
+            (
+                e.data.placed_at
+                for e in normalized.emits
+                if isinstance(e.data, c.OrderPlaced) and e.data.order_id == o.order_id
+            ),
+            None,
+        )
         stmt = pg_insert(Order).values(
             tenant_id=tenant_id,
             order_id=o.order_id,
@@ -263,8 +271,18 @@ async def emit(
             currency=o.total.currency if o.total else None,
             presentment_amount=o.presentment.amount if o.presentment else None,
             presentment_currency=o.presentment.currency if o.presentment else None,
+            placed_at=placed_at,
         )
-        await session.execute(stmt.on_conflict_do_nothing())
+        # An order first seen through a later event (fulfilled before placed arrived)
+        # learns its placing time when order.placed comes.
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Order.tenant_id, Order.order_id],
+                set_={"placed_at": func.coalesce(Order.placed_at, stmt.excluded.placed_at)},
+            )
+            if placed_at is not None
+            else stmt.on_conflict_do_nothing()
+        )
     events: list[CloudEvent[Any]] = []
     subjects: list[str] = []  # also those of facts already stated by an earlier delivery
     emits = normalized.emits
@@ -371,6 +389,7 @@ async def accept(
     )
     if did is None:
         return Outcome(delivery_id_for(tenant_id, platform, dedupe_key), "duplicate")
+    await identity.link_and_resolve(session, [(tenant_id, normalized)], received_at)
     return await apply(
         session,
         outbox,
@@ -487,6 +506,7 @@ async def forget_customer_payloads(
         .where(Delivery.tenant_id == tenant_id, Delivery.id != keep, or_(*about, *carries))
         .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
     )
+    await identity.forget(session, tenant_id, subjects, emails)
 
 
 async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: str) -> None:
@@ -501,6 +521,7 @@ async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: st
     await session.execute(
         delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
     )
+    await identity.forget_tenant(session, tenant_id)
 
 
 async def finish(

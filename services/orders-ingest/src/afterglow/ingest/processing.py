@@ -9,6 +9,13 @@ killed midway leaves its deliveries ``received`` and they are claimed again. A p
 that cannot be normalized turns the delivery ``quarantined`` here, with the reason,
 as the receivers did before.
 
+One process at a time applies deliveries (a transaction-level advisory lock, tried,
+not waited for): with two ingest replicas each claiming the oldest rows, one could
+commit an order's fulfilment before the other committed the order itself, and the
+fulfilled event would reach the journeys before the placed one (an e2e run with two
+instances left a customer in onboarding for good). A batch is a set, so one applier
+is not the bottleneck; the webhook path stays parallel.
+
 The writer wakes the worker after each commit (an in-process event); a poll is the
 backstop for deliveries stored by another process, or left by a crash.
 
@@ -27,11 +34,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest import domain, intake
+from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
@@ -42,6 +49,10 @@ from afterglow.kit.errors import AppError
 log = logging.getLogger(__name__)
 
 FAILED = "failed"
+# The advisory lock key of "applying stored deliveries" (any 64-bit constant of ours).
+APPLIER_LOCK = 0x61676C6F77_01  # "aglow" 1
+BUSY = -1  # a round found another process applying
+BUSY_RETRY_S = 0.05  # ... and tries again this soon: what this process stored waits
 
 
 def wakeup_of(runtime: Runtime) -> asyncio.Event:
@@ -60,7 +71,9 @@ async def processing_worker(runtime: Runtime) -> None:
         await _answers_first(runtime, settings.ingest_process_defer_s)
         wakeup.clear()  # before the round: a commit during it wakes the next one
         claimed = await process_received(runtime, settings.ingest_process_batch)
-        if claimed < settings.ingest_process_batch:
+        if claimed == BUSY:
+            await asyncio.sleep(BUSY_RETRY_S)
+        elif claimed < settings.ingest_process_batch:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.ingest_process_poll_s):
                     await wakeup.wait()
@@ -83,12 +96,13 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> None:
 
 async def process_received(runtime: Runtime, batch: int) -> int:
     """One round: claim up to ``batch`` received deliveries and apply them in one
-    transaction. Returns how many were claimed."""
+    transaction. Returns how many were claimed, or ``BUSY``."""
     try:
         async with runtime.sessionmaker.begin() as session:
+            if not await _applier(session):
+                return BUSY  # another process is applying
             rows = await _claim(session, batch)
-            for row in rows:
-                await _apply_one(runtime, session, row)
+            await _apply_rows(runtime, session, rows)
         return len(rows)
     except DBAPIError as exc:
         if not _is_conflict(exc):
@@ -97,6 +111,11 @@ async def process_received(runtime: Runtime, batch: int) -> int:
     except Exception:
         log.exception("a batch of deliveries failed; applying them one by one")
     return await _one_by_one(runtime, batch)
+
+
+async def _applier(session: AsyncSession) -> bool:
+    """Whether this transaction is the one applier now (released at its end)."""
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(APPLIER_LOCK))))
 
 
 async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
@@ -119,13 +138,31 @@ async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
     return list(rows.all())  # type: ignore[arg-type]
 
 
-async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> None:
+async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[Any]]) -> None:
+    """Normalize the claimed deliveries, record the customer links their orders show
+    and resolve their tickets to customers (one statement per table for the whole
+    batch), then apply each in order."""
+    ready: list[tuple[Row[Any], domain.Normalized]] = []
+    for row in rows:
+        normalized = await _normalize_one(session, row)
+        if normalized is not None:
+            ready.append((row, normalized))
+    await identity.link_and_resolve(
+        session,
+        [(str(row._mapping["tenant_id"]), n) for row, n in ready],
+        runtime.clock.now(),
+    )
+    for row, normalized in ready:
+        await _apply_one(runtime, session, row, normalized)
+
+
+async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normalized | None:
+    """The delivery's normalized content; None when it was quarantined instead."""
     d = row._mapping
     did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
-    received_at: datetime = d["received_at"]
     try:
         payload = parse_payload(bytes(d["body"]), platform)
-        normalized = await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
+        return await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
     except (domain.NormalizationError, AppError) as exc:
         reason = (
             intake.quarantine_reason(exc)
@@ -138,7 +175,15 @@ async def _apply_one(runtime: Runtime, session: AsyncSession, row: Row[Any]) -> 
             .values(status=intake.QUARANTINED, last_error=reason[:1000])
         )
         intake.QUARANTINED_TOTAL.labels(platform).inc()
-        return
+        return None
+
+
+async def _apply_one(
+    runtime: Runtime, session: AsyncSession, row: Row[Any], normalized: domain.Normalized
+) -> None:
+    d = row._mapping
+    did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
+    received_at: datetime = d["received_at"]
     if normalized.stored_body is not None:
         # customers/redact: kept without the contact data it asks us to forget.
         await session.execute(
@@ -163,11 +208,11 @@ async def _one_by_one(runtime: Runtime, batch: int) -> int:
         row = None
         try:
             async with runtime.sessionmaker.begin() as session:
-                rows = await _claim(session, 1)
+                rows = await _claim(session, 1) if await _applier(session) else []
                 if not rows:
                     return done
                 row = rows[0]
-                await _apply_one(runtime, session, row)
+                await _apply_rows(runtime, session, rows)
         except DBAPIError as exc:
             if not _is_conflict(exc):
                 raise

@@ -49,3 +49,24 @@ class IngestSettings(ServiceSettings):
     # How long a round may wait while this process's webhook requests wait for their
     # commit (answers first in a burst; 0 disables).
     ingest_process_defer_s: float = 0.5
+    # Reward codes in shops (discounts/): how often the worker looks for due platform
+    # calls, how many it takes at once, the deadline of one call (a lost answer is then
+    # retried, and the retry looks the code up before creating), and the retries: attempt
+    # n waits base * 2**(n-1) s, capped; 12 attempts from 5 s to 15 min span about 1.5 h
+    # of shop API outage before a code fails and its issuer is told (discount.failed).
+    ingest_discount_poll_s: float = 1.0
+    ingest_discount_batch: int = 16
+    ingest_discount_timeout_s: float = 15.0
+    ingest_discount_max_attempts: int = 12
+    ingest_discount_retry_base_s: float = 5.0
+    ingest_discount_retry_max_s: float = 900.0
+    # Escalations to the tenant's helpdesk (afterglow.ingest.escalations): how often
+    # the worker looks for due ones, how many it sends at once, the deadline of one
+    # call, and the retries (attempt n waits base * 2**(n-1) s, capped): 12 attempts
+    # from 10 s to 30 min cover about two hours of helpdesk outage.
+    ingest_helpdesk_poll_s: float = 1.0
+    ingest_helpdesk_batch: int = 16
+    ingest_helpdesk_timeout_s: float = 10.0
+    ingest_helpdesk_max_attempts: int = 12
+    ingest_helpdesk_retry_base_s: float = 10.0
+    ingest_helpdesk_retry_max_s: float = 1800.0

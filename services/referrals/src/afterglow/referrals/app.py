@@ -6,12 +6,13 @@ import asyncio
 
 from fastapi import FastAPI
 
+from afterglow.events import catalog as c
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 from afterglow.referrals.api import router, share_links
 from afterglow.referrals.export import collect
-from afterglow.referrals.handlers import consumers
+from afterglow.referrals.handlers import CONSUMERS
 from afterglow.referrals.models import api_keys, tables
 from afterglow.referrals.service import ReferralService
 from afterglow.referrals.settings import ReferralsSettings
@@ -22,6 +23,15 @@ SPEC = ServiceSpec(
     app_factory="afterglow.referrals.app:create_app",
     migrations="afterglow.referrals:migrations",
     default_port=8005,
+    consumers=CONSUMERS,
+    produces=(
+        c.ReferralCodeIssued,
+        c.ReferralConverted,
+        c.ReferralRejected,
+        c.MessageRequested,
+        c.DiscountRequested,
+        c.DiscountRevokeRequested,
+    ),
 )
 
 
@@ -56,7 +66,6 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         title="Afterglow referrals",
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
         routers=[router, share_links, export_router(SPEC.name, collect)],
-        consumers=consumers,
         workers=_workers,
         on_start=_on_start,
         clock=clock,

@@ -1,13 +1,21 @@
-"""Event handlers. Each runs in the consumer's inbox transaction, so a redelivered event
-is skipped and the state change commits with the events it causes."""
+"""Event handlers. A batch runs in the consumer's inbox transaction, so a redelivered
+event is skipped and the state change commits with the events it causes.
+
+Lock order: a batch first locks every code it may touch with one statement, ordered by
+(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events one by
+one in partition order, each locking its order row (one customer's, in this partition
+only). Codes are shared across partitions (an advocate's code, many referees): taken in
+whatever order the events came, two batches deadlocked on them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent
+from afterglow.events import CloudEvent, ConsumerGroup, on_batch
+from afterglow.events.batch import each_in_order
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -17,80 +25,115 @@ from afterglow.events.catalog import (
     OrderRefunded,
     ReferralInvited,
 )
-from afterglow.kit.app import ConsumerSpec, Runtime
 from afterglow.referrals.service import ReferralService
 
 
-def consumers(runtime: Runtime) -> list[ConsumerSpec]:
+async def invited(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[ReferralInvited]
+) -> None:
+    data = event.data
+    await svc.issue_code(
+        session,
+        event.tenantid,
+        event.subject,
+        invited_at=data.invited_at,
+        source="invited",
+        cause_id=event.id,
+        send_invite=True,
+    )
+
+
+async def placed(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderPlaced]
+) -> None:
+    data = event.data
+    # Every order is remembered, referred or not: it is how a later referee is
+    # recognised as an existing customer, or as the advocate in disguise.
+    order = await svc.remember_order(session, event.tenantid, event.subject, data)
+    if data.historical:
+        # A past order (history import, late delivery) is remembered, so a later
+        # referee is still recognised as an existing customer, but it converts no
+        # referral: rewarding an advocate, and messaging both sides, for an order
+        # from years ago (or one the import found with a code) is not a referral.
+        return
+    found = await svc.code_for_order(session, event.tenantid, data)
+    if found is None:
+        return
+    code, via = found
+    await svc.attribute(
+        session, code, order, via=via, platform_orders_count=data.customer_orders_count
+    )
+
+
+async def fulfilled(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderFulfilled]
+) -> None:
+    data = event.data
+    await svc.order_fulfilled(session, event.tenantid, data.order_id, data.fulfilled_at)
+
+
+async def delivered(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderDelivered]
+) -> None:
+    # Some platforms report the delivery and never the fulfilment; a delivered order
+    # was fulfilled by then, so its return window starts at the latest there.
+    data = event.data
+    await svc.order_fulfilled(session, event.tenantid, data.order_id, data.delivered_at)
+
+
+async def refunded(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderRefunded]
+) -> None:
+    await svc.order_refunded(session, event.tenantid, event.data)
+
+
+async def cancelled(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderCancelled]
+) -> None:
+    await svc.order_cancelled(session, event.tenantid, event.data)
+
+
+async def erasure(
+    svc: ReferralService, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+) -> None:
+    customer = None if event.data.scope == "tenant" else event.subject
+    await svc.erase(session, event.tenantid, customer)
+
+
+def _service(runtime: Any) -> ReferralService:
+    """The service object the app's start-up built (afterglow.referrals.app)."""
     svc: ReferralService = runtime.extras["referrals"]
+    return svc
 
-    async def invited(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: ReferralInvited = event.data
-        await svc.issue_code(
-            session,
-            event.tenantid,
-            event.subject,
-            invited_at=data.invited_at,
-            source="invited",
-            cause_id=event.id,
-            send_invite=True,
-        )
 
-    async def placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: OrderPlaced = event.data
-        # Every order is remembered, referred or not: it is how a later referee is
-        # recognised as an existing customer, or as the advocate in disguise.
-        order = await svc.remember_order(session, event.tenantid, event.subject, data)
-        if data.historical:
-            # A past order (history import, late delivery) is remembered, so a later
-            # referee is still recognised as an existing customer, but it converts no
-            # referral: rewarding an advocate, and messaging both sides, for an order
-            # from years ago (or one the import found with a code) is not a referral.
-            return
-        found = await svc.code_for_order(session, event.tenantid, data)
-        if found is None:
-            return
-        code, via = found
-        await svc.attribute(
-            session, code, order, via=via, platform_orders_count=data.customer_orders_count
-        )
+ONE_BY_ONE: dict[type, Callable[[ReferralService, AsyncSession, Any], Awaitable[None]]] = {
+    ReferralInvited: invited,
+    OrderPlaced: placed,
+    OrderFulfilled: fulfilled,
+    OrderDelivered: delivered,
+    OrderRefunded: refunded,
+    OrderCancelled: cancelled,
+    CustomerErasureRequested: erasure,
+}
 
-    async def fulfilled(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: OrderFulfilled = event.data
-        await svc.order_fulfilled(session, event.tenantid, data.order_id, data.fulfilled_at)
 
-    async def delivered(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        # Some platforms report the delivery and never the fulfilment; a delivered order
-        # was fulfilled by then, so its return window starts at the latest there.
-        data: OrderDelivered = event.data
-        await svc.order_fulfilled(session, event.tenantid, data.order_id, data.delivered_at)
+async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+    codes: set[tuple[str, str]] = set()
+    advocates: set[tuple[str, str]] = set()
+    for e in events:
+        if isinstance(e.data, OrderPlaced) and not e.data.historical:
+            codes.update((e.tenantid, c) for c in e.data.discount_codes)
+            if e.data.referral_code:
+                codes.add((e.tenantid, e.data.referral_code))
+        elif isinstance(e.data, ReferralInvited):
+            advocates.add((e.tenantid, e.subject))
+    await svc.lock_codes(session, codes, advocates)
+    await each_in_order(session, events, lambda s, e: ONE_BY_ONE[type(e.data)](svc, s, e))
 
-    async def refunded(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: OrderRefunded = event.data
-        await svc.order_refunded(session, event.tenantid, data)
 
-    async def cancelled(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: OrderCancelled = event.data
-        await svc.order_cancelled(session, event.tenantid, data)
-
-    async def erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: CustomerErasureRequested = event.data
-        customer = None if data.scope == "tenant" else event.subject
-        await svc.erase(session, event.tenantid, customer)
-
-    # One consumer group for every topic: on the embedded broker each group costs
-    # seconds to join at start-up, and ordering only matters within a partition anyway.
-    return [
-        ConsumerSpec(
-            "events",
-            {
-                "afterglow.referral.invited.v1": invited,
-                "afterglow.order.placed.v1": placed,
-                "afterglow.order.fulfilled.v1": fulfilled,
-                "afterglow.order.delivered.v1": delivered,
-                "afterglow.order.refunded.v1": refunded,
-                "afterglow.order.cancelled.v1": cancelled,
-                "afterglow.customer.erasure_requested.v1": erasure,
-            },
-        )
-    ]
+# One consumer group for every topic: on the embedded broker each group costs seconds to
+# join at start-up, and ordering only matters within a partition anyway. One batch
+# function for every class, so a batch's codes are locked together, in order.
+CONSUMERS = (
+    ConsumerGroup("events", *(on_batch(cls, apply) for cls in ONE_BY_ONE), context=_service),
+)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, Text, column, func, or_, select, update, values
+from sqlalchemy import ColumnElement, Text, column, func, or_, select, tuple_, update, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -31,7 +31,7 @@ from afterglow.events.catalog import (
 )
 from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.kit.clock import Clock
-from afterglow.referrals import domain
+from afterglow.referrals import domain, rewards
 from afterglow.referrals.models import Code, Order, Referral, TenantSettings
 from afterglow.referrals.settings import ReferralsSettings
 
@@ -135,6 +135,33 @@ class ReferralService:
         return self._policy_of(tenant_id, row)
 
     # --- codes --------------------------------------------------------------------
+
+    async def lock_codes(
+        self,
+        session: AsyncSession,
+        codes: set[tuple[str, str]],
+        advocates: set[tuple[str, str]],
+    ) -> None:
+        """Lock, with one statement and in one order (tenant, then code id), every code a
+        batch may lock: those its orders carry (``codes``: tenant and raw code) and
+        those of the advocates it invites. Attributing locks its code, then the order;
+        two batches from different partitions that took one code each, then wanted the
+        other's, deadlocked (and the whole batch was retried)."""
+        wanted = {
+            (t, domain.normalize_code(c))
+            for t, c in codes
+            if domain.is_code_shaped(domain.normalize_code(c))
+        }
+        conds = []
+        if wanted:
+            conds.append(tuple_(Code.tenant_id, Code.code).in_(sorted(wanted)))
+        if advocates:
+            conds.append(tuple_(Code.tenant_id, Code.advocate_customer_id).in_(sorted(advocates)))
+        if not conds:
+            return
+        await session.execute(
+            select(Code.id).where(or_(*conds)).order_by(Code.tenant_id, Code.id).with_for_update()
+        )
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
@@ -447,21 +474,24 @@ class ReferralService:
 
     async def _reward_referee(self, session: AsyncSession, referral: Referral) -> None:
         """The referee's half of a double-sided reward: a discount code for their next
-        order, requested as a message. The discount itself is created in the tenant's
-        shop by their integration, which receives the code in the message variables."""
+        order, created in the tenant's shop by orders-ingest, which then sends the
+        message announcing it (rewards.py)."""
         referral.referee_reward_code = "RF" + domain.generate_code(8)
         await session.flush()
+        announce = MessageRequested(
+            request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
+            kind="referee_reward",
+            variables={
+                "reward_code": referral.referee_reward_code,
+                "referral_code": referral.code,
+            },
+            order_id=referral.order_id,
+        )
         await self.outbox.add(
             session,
             self._event(
-                MessageRequested(
-                    request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
-                    kind="referee_reward",
-                    variables={
-                        "reward_code": referral.referee_reward_code,
-                        "referral_code": referral.code,
-                    },
-                    order_id=referral.order_id,
+                rewards.referee_discount(
+                    referral.referee_reward_code, referral.id, self.clock.now(), announce
                 ),
                 tenant_id=referral.tenant_id,
                 subject=referral.referee_customer_id,
@@ -489,6 +519,17 @@ class ReferralService:
                 id=derived_event_id(SOURCE, "rejected", referral.id),
             ),
         )
+        if referral.referee_reward_code:
+            # The friend's code was issued with the conversion: it goes with it.
+            await self.outbox.add(
+                session,
+                self._event(
+                    rewards.clawback(referral.referee_reward_code, self.clock.now()),
+                    tenant_id=referral.tenant_id,
+                    subject=referral.referee_customer_id,
+                    id=derived_event_id(SOURCE, "referee_reward_clawback", referral.id),
+                ),
+            )
 
     # --- lifecycle after attribution ------------------------------------------------
     #

@@ -13,6 +13,11 @@ Why it looks like this:
   slots until the deadline, never the loop nor the other tenants' slots:
   the loop keeps claiming for free slots, and a failing message's next try is its own
   ``next_attempt_at``, so other customers' messages are never queued behind it.
+* No poll sets the pace: the loop waits on a wake-up, set by a NOTIFY when a message
+  is queued (a trigger on the messages table, a LISTEN connection of its own) and by
+  every send that ends, so a message leaves within milliseconds when nothing is queued
+  and one tenant is sent to at its provider's rate, ``per_tenant_concurrency`` in
+  flight. ``poll_interval_s`` is only the fallback (retries and deferrals falling due).
 * Every policy time decision reads the injected clock; only the signature timestamp is
   wall time, because the receiver compares it with its own clock.
 * The claim reads each tenant's channel settings (credentials opened then, so a rotated
@@ -23,6 +28,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from datetime import datetime, timedelta
@@ -32,6 +38,7 @@ from prometheus_client import Counter as Metric
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events.listen import Listener
 from afterglow.events.shutdown import cancel_and_wait
 from afterglow.events.topics import TOPICS_BY_NOUN
 from afterglow.journeys.messaging import policy, store
@@ -51,6 +58,8 @@ from afterglow.kit.app import Runtime, Worker
 log = logging.getLogger(__name__)
 
 DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
+# NOTIFYed on every INSERT into journeys.messages (migration 0007_message_notify).
+NOTIFY_CHANNEL = "afterglow_messages_journeys"
 PENDING = ("queued", "deferred")
 __all__ = ["Dispatcher", "Job", "Outcome", "messaging_workers"]
 
@@ -90,6 +99,7 @@ class Dispatcher:
         self.rt = runtime
         self.inflight: set[asyncio.Task[None]] = set()
         self.tenant_inflight: Counter[str] = Counter()
+        self._wake = asyncio.Event()
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
 
     @property
@@ -98,27 +108,35 @@ class Dispatcher:
         return messaging_settings(self.rt)
 
     async def run(self) -> None:
+        # Woken by a queued message (NOTIFY from the messages table's trigger) and by
+        # every send that ends (a slot frees up): a tenant at its per-tenant cap used
+        # to wait out the whole poll interval, which capped it near cap / interval
+        # messages a second (8/s) however fast its provider answered. The poll stays
+        # as the fallback for what no NOTIFY announces (a retry or a deferral falling
+        # due, a lost LISTEN connection).
+        listener = Listener(
+            self.rt.engine, NOTIFY_CHANNEL, self._wake, name="afterglow-dispatcher-listen"
+        )
+        listening = asyncio.create_task(listener.run(), name="dispatcher-listen")
         try:
             while True:
+                self._wake.clear()
                 free = self.s.concurrency - len(self.inflight)
-                full_batch = False
                 if free > 0:
                     limit = min(free, self.s.batch_size)
                     seen, jobs = await self.claim(limit)
                     for job in jobs:
                         self._start(job)
-                    full_batch = seen == limit
-                if full_batch:
-                    continue
-                if self.inflight and free <= 0:
-                    await asyncio.wait(
-                        self.inflight,
-                        timeout=self.s.poll_interval_s,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                else:
-                    await asyncio.sleep(self.s.poll_interval_s)
+                    if seen == limit:
+                        continue  # a backlog: claim on while slots are free
+                # asyncio.timeout, not wait_for: see afterglow.events.shutdown.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.s.poll_interval_s):
+                        await self._wake.wait()
         finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
             self.smtp_pool.close()
@@ -133,6 +151,7 @@ class Dispatcher:
             self.tenant_inflight[job.tenant_id] -= 1
             if self.tenant_inflight[job.tenant_id] <= 0:
                 del self.tenant_inflight[job.tenant_id]
+            self._wake.set()  # a slot is free: claim for it now
 
         task.add_done_callback(done)
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent, to_record
+from afterglow.events import CloudEvent, ConsumerGroup, on, to_record
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     CustomerUnsubscribed,
@@ -19,65 +19,77 @@ from afterglow.events.catalog import (
 )
 from afterglow.journeys.messaging import store
 from afterglow.journeys.messaging.models import Message
-from afterglow.kit.app import ConsumerSpec, Runtime
+from afterglow.kit.app import Runtime
 
 
-def consumer_specs(runtime: Runtime) -> list[ConsumerSpec]:
-    clock = runtime.clock
-
-    async def message_requested(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        await accept_request(session, event, clock.now())
-
-    async def order_placed(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: OrderPlaced = event.data
-        if is_anonymous_subject(event.subject):
-            return  # an order without a customer: no contact to keep
-        c = data.customer
-        await store.upsert_contact(
-            session,
-            event.tenantid,
-            event.subject,
-            clock.now(),
-            email=c.email,
-            phone=c.phone,
-            first_name=c.first_name,
-            locale=c.locale,
-            timezone=c.timezone,
-            accepts_marketing=c.accepts_marketing,
-        )
-        await store.record_order(session, event.tenantid, event.subject, data)
-
-    async def unsubscribed(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: CustomerUnsubscribed = event.data
-        await store.unsubscribe(
-            session,
-            runtime.outbox,
-            tenant_id=event.tenantid,
-            customer_id=event.subject,
-            channel=data.channel,
-            at=data.unsubscribed_at,
-            emit=False,  # it is already the event
-        )
-
-    async def erasure(session: AsyncSession, event: CloudEvent[Any]) -> None:
-        data: CustomerErasureRequested = event.data
-        customer = None if data.scope == "tenant" else event.subject
-        await store.erase(session, event.tenantid, customer, clock.now())
-
-    return [
-        ConsumerSpec(
-            "messaging",
-            {
-                "afterglow.message.requested.v1": message_requested,
-                "afterglow.order.placed.v1": order_placed,
-                "afterglow.customer.unsubscribed.v1": unsubscribed,
-                "afterglow.customer.erasure_requested.v1": erasure,
-            },
-        )
-    ]
+async def message_requested(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[MessageRequested]
+) -> None:
+    await accept_request(session, event, runtime.clock.now())
 
 
-async def accept_request(session: AsyncSession, event: CloudEvent[Any], now: Any) -> bool:
+async def order_placed(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[OrderPlaced]
+) -> None:
+    data = event.data
+    if is_anonymous_subject(event.subject):
+        return  # an order without a customer: no contact to keep
+    c = data.customer
+    await store.upsert_contact(
+        session,
+        event.tenantid,
+        event.subject,
+        runtime.clock.now(),
+        email=c.email,
+        phone=c.phone,
+        first_name=c.first_name,
+        locale=c.locale,
+        timezone=c.timezone,
+        accepts_marketing=c.accepts_marketing,
+    )
+    await store.record_order(session, event.tenantid, event.subject, data)
+
+
+async def unsubscribed(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[CustomerUnsubscribed]
+) -> None:
+    data = event.data
+    await store.unsubscribe(
+        session,
+        runtime.outbox,
+        tenant_id=event.tenantid,
+        customer_id=event.subject,
+        channel=data.channel,
+        at=data.unsubscribed_at,
+        emit=False,  # it is already the event
+    )
+
+
+async def erasure(
+    runtime: Runtime, session: AsyncSession, event: CloudEvent[CustomerErasureRequested]
+) -> None:
+    customer = None if event.data.scope == "tenant" else event.subject
+    await store.erase(session, event.tenantid, customer, runtime.clock.now())
+
+
+def _runtime(runtime: Runtime) -> Runtime:
+    return runtime
+
+
+MESSAGING = ConsumerGroup(
+    "messaging",
+    on(MessageRequested, message_requested),
+    on(OrderPlaced, order_placed),
+    on(CustomerUnsubscribed, unsubscribed),
+    on(CustomerErasureRequested, erasure),
+    context=_runtime,
+)
+CONSUMERS = (MESSAGING,)
+
+
+async def accept_request(
+    session: AsyncSession, event: CloudEvent[MessageRequested], now: Any
+) -> bool:
     """Queue a requested message; a repeated request id (per tenant) is a no-op.
     Policy is applied when the message falls due, not here: consent and caps must be
     judged at send time, which may be days later."""

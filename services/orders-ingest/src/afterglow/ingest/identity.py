@@ -1,0 +1,169 @@
+"""One customer across platform and helpdesk: the statements, one per table per batch.
+
+Before a batch of normalized deliveries is applied, :func:`link_and_resolve` records
+the links its orders show (one multi-row upsert) and resolves its ticket events to
+customers (one read per table, one multi-row insert of the new tickets' resolutions),
+rewriting those events' subjects. The rules are :mod:`afterglow.ingest.customers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import case, delete, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.ingest import customers, domain
+from afterglow.ingest.models import CustomerLink, Escalation, TicketCustomer
+
+# (tenant id, normalized delivery): the unit a batch is made of.
+Item = tuple[str, domain.Normalized]
+
+
+async def link_and_resolve(session: AsyncSession, items: Sequence[Item], now: datetime) -> None:
+    """Record the batch's links, then resolve its tickets (in place: the emits'
+    subjects become the resolved customer). Items are in the order they apply."""
+    await record_links(session, items, now)
+    await resolve_tickets(session, items, now)
+
+
+async def record_links(session: AsyncSession, items: Sequence[Item], now: datetime) -> None:
+    rows = []
+    for tenant_id in sorted({t for t, _ in items}):
+        emits = [(e.data, e.subject) for t, n in items if t == tenant_id for e in n.emits]
+        for link in customers.links_from(emits, domain.email_hash, domain.phone_hash):
+            rows.append(
+                {
+                    "tenant_id": tenant_id,
+                    "kind": link.kind,
+                    "value_hash": link.value_hash,
+                    "subject": link.subject,
+                    "email": link.email,
+                    "seen_at": now,
+                }
+            )
+    if not rows:
+        return
+    stmt = pg_insert(CustomerLink).values(rows)
+    new, old = stmt.excluded, CustomerLink
+    # customers.preferred, in SQL: a guest hash never replaces a platform customer id.
+    guest_new = new.subject.like("email:%") | new.subject.like("phone:%")
+    guest_old = old.subject.like("email:%") | old.subject.like("phone:%")
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "kind", "value_hash"],
+            set_={
+                "subject": case((guest_new & ~guest_old, old.subject), else_=new.subject),
+                "email": case((new.email.is_(None), old.email), else_=new.email),
+                "seen_at": new.seen_at,
+            },
+        )
+    )
+
+
+async def resolve_tickets(session: AsyncSession, items: Sequence[Item], now: datetime) -> None:
+    asking = [(t, n, n.requester) for t, n in items if n.requester is not None and n.emits]
+    if not asking:
+        return
+    ticket_keys = sorted({(t, r.ticket_id) for t, _, r in asking})
+    known = await session.scalars(
+        select(TicketCustomer).where(
+            tuple_(TicketCustomer.tenant_id, TicketCustomer.ticket_id).in_(ticket_keys)
+        )
+    )
+    pinned = {
+        (row.tenant_id, row.ticket_id): customers.Resolution(
+            row.subject, row.resolved_by, row.reason
+        )
+        for row in known
+    }
+    esc_keys = sorted({(t, r.escalation_id) for t, _, r in asking if r.escalation_id})
+    escalations: dict[tuple[str, str], str] = {}
+    if esc_keys:
+        result = await session.execute(
+            select(Escalation.tenant_id, Escalation.escalation_id, Escalation.subject).where(
+                tuple_(Escalation.tenant_id, Escalation.escalation_id).in_(esc_keys)
+            )
+        )
+        escalations = {(r.tenant_id, r.escalation_id): r.subject for r in result}
+    link_keys = sorted(
+        {(t, "email", r.email_hash) for t, _, r in asking if r.email_hash}
+        | {(t, "phone", r.phone_hash) for t, _, r in asking if r.phone_hash}
+    )
+    links: dict[tuple[str, str, str], str] = {}
+    if link_keys:
+        result = await session.execute(
+            select(
+                CustomerLink.tenant_id,
+                CustomerLink.kind,
+                CustomerLink.value_hash,
+                CustomerLink.subject,
+            ).where(
+                tuple_(CustomerLink.tenant_id, CustomerLink.kind, CustomerLink.value_hash).in_(
+                    link_keys
+                )
+            )
+        )
+        links = {(r.tenant_id, r.kind, r.value_hash): r.subject for r in result}
+    new_rows: dict[tuple[str, str], dict[str, object]] = {}
+    for tenant_id, normalized, r in asking:
+        key = (tenant_id, r.ticket_id)
+        resolution = customers.resolve(
+            r,
+            pinned=pinned.get(key),
+            escalations={e: s for (t, e), s in escalations.items() if t == tenant_id},
+            links={(k, h): s for (t, k, h), s in links.items() if t == tenant_id},
+        )
+        if key not in pinned:
+            # Pinned for the rest of the batch too: a ticket's created and solved events
+            # in one batch go to one customer.
+            pinned[key] = resolution
+            new_rows[key] = {
+                "tenant_id": tenant_id,
+                "ticket_id": r.ticket_id,
+                "subject": resolution.subject,
+                "resolved_by": resolution.resolved_by,
+                "reason": resolution.reason,
+                "first_seen_at": now,
+            }
+        normalized.emits = [domain.Emit(e.data, resolution.subject) for e in normalized.emits]
+    if new_rows:
+        await session.execute(
+            pg_insert(TicketCustomer)
+            .values([new_rows[k] for k in sorted(new_rows)])
+            .on_conflict_do_nothing()
+        )
+
+
+async def forget(
+    session: AsyncSession, tenant_id: str, subjects: Sequence[str], emails: Sequence[str]
+) -> None:
+    """An erasure: the links to these customers and those of these emails go."""
+    hashes = [h for h in (domain.email_hash(e) for e in emails) if h]
+    conditions = []
+    if subjects:
+        conditions.append(CustomerLink.subject.in_(list(subjects)))
+    if hashes:
+        conditions.append((CustomerLink.kind == "email") & CustomerLink.value_hash.in_(hashes))
+    if not conditions:
+        return
+    await session.execute(
+        delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id, or_(*conditions))
+    )
+    if subjects:
+        # What the customer wrote in their survey answer, copied for the helpdesk.
+        await session.execute(
+            update(Escalation)
+            .where(Escalation.tenant_id == tenant_id, Escalation.subject.in_(list(subjects)))
+            .values(comment=None)
+        )
+
+
+async def forget_tenant(session: AsyncSession, tenant_id: str) -> None:
+    await session.execute(delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id))
+    await session.execute(delete(TicketCustomer).where(TicketCustomer.tenant_id == tenant_id))
+    await session.execute(
+        update(Escalation).where(Escalation.tenant_id == tenant_id).values(comment=None)
+    )
