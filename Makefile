@@ -46,6 +46,10 @@ test-kafka: install ## the broker-facing suite against Apache Kafka (KRaft) from
 test-faults: install ## kill -9 each service, stop PostgreSQL 15 s and Kafka 30 s under load; nothing lost or doubled (~7 min)
 	@AFTERGLOW_FAULTS=1 $(UV) run pytest tests/reliability -p no:cacheprovider -s -q $(PYTEST_ARGS)
 
+.PHONY: soak
+soak: install ## an hour at 5 orders/s on every service: memory, sessions, notify queue, table sizes at start and end; nothing lost (SOAK_MINUTES, SOAK_RATE)
+	@AFTERGLOW_SOAK=1 $(UV) run pytest tests/reliability/test_soak.py -p no:cacheprovider -s -q $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff (lint and format check), mypy and the import contracts (.importlinter)
 	@$(UV) run ruff check .

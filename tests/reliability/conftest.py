@@ -1,15 +1,14 @@
 """The fault suite's stack: Apache Kafka (KRaft) with its own storage, which survives a
 restart, the embedded PostgreSQL, and every service as a process of its own.
 
-Runs only under ``make test-faults`` (``AFTERGLOW_FAULTS=1``): it takes minutes and
-stops the broker and the database on purpose.
+The fault suite runs only under ``make test-faults`` (``AFTERGLOW_FAULTS=1``), the soak
+only under ``make soak`` (``AFTERGLOW_SOAK=1``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,23 +16,28 @@ import pytest
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
 from afterglow.devstack.demo import FAST_ENV, SERVICES
+from afterglow.devstack.faults import ADMIN_TOKEN
 from afterglow.devstack.kafka_suite import DEFAULT_KAFKA_VERSION, _repo_root, fetch_jars
 from afterglow.devstack.services import RunningServices, running_services
 from afterglow.devstack.stack import Stack, running_stack
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # harness.py, for the test module
-
-from harness import ADMIN_TOKEN  # noqa: E402
+# Each module runs only when asked for by its make target: they take minutes (the soak an
+# hour) and stop the broker and the database on purpose.
+GATES = {
+    "test_faults.py": ("AFTERGLOW_FAULTS", "make test-faults"),
+    "test_soak.py": ("AFTERGLOW_SOAK", "make soak"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("AFTERGLOW_FAULTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="the fault suite runs under make test-faults")
     for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(skip)
+        path = Path(str(item.fspath))
+        if HERE not in path.parents:
+            continue
+        variable, target = GATES.get(path.name, ("AFTERGLOW_FAULTS", "make test-faults"))
+        if os.environ.get(variable) != "1":
+            item.add_marker(pytest.mark.skip(reason=f"runs under {target}"))
 
 
 @pytest.fixture(scope="session")

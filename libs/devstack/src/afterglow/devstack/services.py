@@ -49,6 +49,25 @@ class RunningServices:
         if not wait_ready(p.url, timeout=ready_timeout, proc=p.proc):
             raise RuntimeError(f"{name} at {p.url} did not become ready again: {p.log}")
 
+    def add_instance(self, name: str, ready_timeout: float = 300) -> int:
+        """One more process of a service, on a free port with the first one's settings
+        (joining its consumer groups: a rebalance); returns its instance number."""
+        first = self.processes[name][0]
+        url = f"http://127.0.0.1:{free_port()}"
+        argv = [*first.argv[:-1], url.rsplit(":", 1)[1]]  # same command, its own port
+        env = {**first.env, "PUBLIC_BASE_URL": url}
+        log = first.log.with_name(f"{name}-{len(self.processes[name])}.log")
+        p = ServiceProcess(name, url, log, spawn(argv, log=log, env=env), argv, env)
+        self.processes[name].append(p)
+        if not wait_ready(p.url, timeout=ready_timeout, proc=p.proc):
+            raise RuntimeError(f"{name} at {p.url} did not become ready: {p.log}")
+        return len(self.processes[name]) - 1
+
+    def remove_instance(self, name: str, instance: int) -> None:
+        """Stop an instance gracefully (it leaves its groups: another rebalance)."""
+        p = self.processes[name].pop(instance)
+        stop(p.proc, timeout=25)
+
 
 def wait_ready(url: str, timeout: float = 90, proc: subprocess.Popen[bytes] | None = None) -> bool:
     deadline = time.monotonic() + timeout

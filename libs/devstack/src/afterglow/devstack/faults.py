@@ -1,4 +1,5 @@
-"""The fault suite's driver (signed webhooks at a steady rate) and checker (public APIs).
+"""The fault suite's and the soak's driver (signed webhooks at a steady rate) and checker
+(public APIs).
 
 The driver sends ``orders/create`` webhooks as Shopify does: one webhook id per order,
 resent after any answer that is not 2xx or no answer at all, for as long as it takes.
@@ -6,8 +7,10 @@ An order counts as accepted when one of its deliveries was answered 2xx.
 
 The checker reconciles each accepted order through every service's customer export
 (the public ``/v1/customers/{id}/export``): exactly one order in ingest, one journey
-instance in journeys, one points lot for the order in loyalty (a first order also earns
-a first-order bonus lot, a cause of its own). Zero is a loss, two a double.
+instance and one welcome message in journeys, one points lot for the order in loyalty (a
+first order also earns a first-order bonus lot, a cause of its own), one survey in
+feedback. Each order is a new customer, so "one per customer" is "one per order". Zero
+is a loss, two a double.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import httpx
 from afterglow.devstack.demo import Scenario, b64hmac, now_iso
 from afterglow.kit.export import ExportIncomplete, gather_exports
 
-ADMIN_TOKEN = "faults-admin-token"
-# service -> (table of its export, which rows are "the" effect of an order)
-EFFECTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
-    "ingest": ("orders", lambda row: True),
-    "journeys": ("journey_instances", lambda row: True),
-    "loyalty": ("lots", lambda row: row.get("source") == "order"),
+ADMIN_TOKEN = "faults-admin-token"  # noqa: S105 (the suite's own stack, a test token)
+# effect -> (service, table of its export, which rows are "the" effect of an order)
+EFFECTS: dict[str, tuple[str, str, Callable[[dict[str, Any]], bool]]] = {
+    "order": ("ingest", "orders", lambda row: True),
+    "journey": ("journeys", "journey_instances", lambda row: True),
+    "welcome": ("journeys", "messages", lambda row: row.get("kind") == "welcome"),
+    "points": ("loyalty", "lots", lambda row: row.get("source") == "order"),
+    "survey": ("feedback", "surveys", lambda row: True),
 }
 
 
@@ -122,6 +127,8 @@ class Driver:
                 await asyncio.gather(*list(self._tasks))
 
     async def _deliver(self, order: Order) -> None:
+        """The order's placement, then (as a shop ships it) its fulfilment and delivery,
+        which start the journey's check-in and survey waits."""
         payload = {
             "id": order.order_id,
             "name": f"#{order.order_id % 1_000_000}",
@@ -141,12 +148,29 @@ class Driver:
                 {"sku": "MUG-1", "product_id": 42, "title": "Mug", "quantity": 1, "price": "50.00"}
             ],
         }
+        await self._send(order, "orders/create", payload, order.webhook_id)
+        order.accepted_at = time.monotonic()
+        fulfilment = {
+            "id": order.order_id + 7,
+            "order_id": order.order_id,
+            "created_at": now_iso(),
+            "updated_at": now_iso(),
+            "status": "success",
+            "tracking_company": "UPS",
+            "tracking_number": f"1Z{order.order_id}",
+        }
+        await self._send(order, "fulfillments/create", fulfilment, str(uuid.uuid4()))
+        delivered = {**fulfilment, "shipment_status": "delivered", "updated_at": now_iso()}
+        await self._send(order, "fulfillments/update", delivered, str(uuid.uuid4()))
+
+    async def _send(self, order: Order, topic: str, payload: Any, webhook_id: str) -> None:
+        """One webhook, resent as Shopify does until it is answered 2xx."""
         raw = json.dumps(payload).encode()
         headers = {
             "Content-Type": "application/json",
-            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Topic": topic,
             "X-Shopify-Shop-Domain": self.sc.shop_domain,
-            "X-Shopify-Webhook-Id": order.webhook_id,
+            "X-Shopify-Webhook-Id": webhook_id,
             "X-Shopify-Hmac-Sha256": b64hmac(self.sc.shopify_secret, raw),
             "X-Shopify-API-Version": "2025-01",
         }
@@ -158,7 +182,6 @@ class Driver:
                     f"{self.sc.url('ingest')}/webhooks/shopify", content=raw, headers=headers
                 )
                 if 200 <= r.status_code < 300:
-                    order.accepted_at = time.monotonic()
                     return
                 order.non_2xx[r.status_code] += 1
             except httpx.HTTPError:
@@ -172,14 +195,7 @@ class Checker:
 
     def __init__(self, scenario: Scenario) -> None:
         self.sc = scenario
-        self.urls = {
-            name: scenario.url(service)
-            for service, name in (
-                ("ingest", "ingest"),
-                ("journeys", "journeys"),
-                ("loyalty", "loyalty"),
-            )
-        }
+        self.urls = {service: scenario.url(service) for service, _, _ in EFFECTS.values()}
 
     async def counts(self, order: Order) -> dict[str, int] | None:
         try:
@@ -187,8 +203,8 @@ class Checker:
         except (ExportIncomplete, httpx.HTTPError):
             return None  # a service is down: ask again later
         return {
-            service: sum(1 for row in merged["services"][service].get(table, []) if effect(row))
-            for service, (table, effect) in EFFECTS.items()
+            name: sum(1 for row in merged["services"][service].get(table, []) if effect(row))
+            for name, (service, table, effect) in EFFECTS.items()
         }
 
     async def _note_complete(self, orders: list[Order]) -> list[Order]:
@@ -214,14 +230,16 @@ class Checker:
                 async with asyncio.timeout(0.5):
                     await stop.wait()
 
-    async def until_complete(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
-        """Wait (boundedly) for every accepted order of ``orders`` to be complete."""
+    async def until_complete(self, orders: list[Order], timeout: float) -> list[Order]:  # noqa: ASYNC109
+        """Wait (boundedly) for every accepted order of ``orders`` to be complete;
+        returns those that were not."""
         deadline = time.monotonic() + timeout
         pending = [o for o in orders if o.accepted_at]
         while pending and time.monotonic() < deadline:
             pending = await self._note_complete(pending)
             if pending:
                 await asyncio.sleep(0.5)
+        return pending
 
     async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
         """Wait (boundedly) for every accepted order to be complete, then count all."""
