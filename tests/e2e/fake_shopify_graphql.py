@@ -14,16 +14,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from afterglow.devstack.serving import serving
 
 # The part of Shopify's schema the import may ask for: type -> field -> field type
 # (None: a scalar). Anything else is an error, so the import cannot rely on a field
@@ -385,26 +383,8 @@ def _decode(cursor: str) -> int:
         raise GraphQLError("Invalid cursor") from exc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running(fake: FakeShopifyGraphQL) -> Iterator[FakeShopifyGraphQL]:
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    with serving(fake.app()) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)

@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from afterglow.devstack.serving import serving
 
 
 class FakePlatforms:
@@ -156,27 +155,9 @@ class FakePlatforms:
         return sum(r.startswith(f"{token} ") for r in self.bc_requests)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_fake() -> Iterator[FakePlatforms]:
     fake = FakePlatforms()
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    with serving(fake.app) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
