@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import asyncpg
+import pytest
 from fastapi import Depends
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from afterglow.devstack.pytest_plugin import serve_app
@@ -14,13 +17,16 @@ from afterglow.events import event_tables
 from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.auth import Principal, api_keys_table, require_scope
 from afterglow.kit.db import Session, service_metadata
+from afterglow.kit.errors import database_unreachable
 from afterglow.kit.routing import service_router
 from afterglow.kit.settings import ServiceSettings
 
 # Nothing listens on port 1: every connection is refused at once.
 UNREACHABLE = "postgresql+asyncpg://postgres@127.0.0.1:1/afterglow"
+# A server on a Unix socket that is gone (stopped): connect raises FileNotFoundError,
+# which is an OSError but no ConnectionError (it answered 500 in the fault suite).
+SOCKET_GONE = "postgresql+asyncpg://postgres@/afterglow?host=/nonexistent/afterglow-socket"
 
-metadata = service_metadata("probe")
 router = service_router()
 
 
@@ -36,10 +42,11 @@ async def public(session: Session) -> dict[str, int]:
     return {"one": int(await session.scalar(select(1)) or 0)}
 
 
-def app() -> object:
+def app(database_url: str = UNREACHABLE) -> object:
+    metadata = service_metadata("probe")  # a fresh one: each app defines its tables
     return create_service_app(
         ServiceSpec("probe", "probe", "tests:app", "tests:migrations", 8999),
-        ServiceSettings(database_url=UNREACHABLE, service_role="api", log_json=False),
+        ServiceSettings(database_url=database_url, service_role="api", log_json=False),
         tables=event_tables(metadata),
         api_keys_table=api_keys_table(metadata),
         title="probe",
@@ -49,8 +56,9 @@ def app() -> object:
 
 
 class TestDatabaseUnreachable:
-    async def test_routes_answer_503_with_retry_after(self, stack: Stack) -> None:
-        async with serve_app(app()) as client:  # type: ignore[arg-type]
+    @pytest.mark.parametrize("url", [UNREACHABLE, SOCKET_GONE], ids=["refused", "socket-gone"])
+    async def test_routes_answer_503_with_retry_after(self, stack: Stack, url: str) -> None:
+        async with serve_app(app(url)) as client:  # type: ignore[arg-type]
             authenticated = await client.get(
                 "/v1/probe", headers={"Authorization": "Bearer agk_abc_secret"}
             )
@@ -62,3 +70,26 @@ class TestDatabaseUnreachable:
             assert r.json()["error"]["code"] == "unavailable"
         for path in ("/v1/probe", "/v1/public"):
             assert "503" in openapi["paths"][path]["get"]["responses"]
+
+
+class TestWhatCountsAsUnreachable:
+    @pytest.mark.parametrize(
+        "exc",
+        [
+            FileNotFoundError(2, "No such file or directory"),
+            ConnectionRefusedError(),
+            asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+            asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+            sa_exc.OperationalError(
+                "connect", {}, asyncpg.exceptions.TooManyConnectionsError("too many")
+            ),
+        ],
+        ids=["socket-gone", "refused", "no-slots", "starting-up", "no-slots-wrapped"],
+    )
+    def test_an_environment_that_is_away_is_a_503(self, exc: BaseException) -> None:
+        assert database_unreachable(exc)
+
+    def test_a_bug_stays_a_500(self) -> None:
+        violation = sa_exc.IntegrityError("insert", {}, asyncpg.exceptions.UniqueViolationError())
+        assert not database_unreachable(violation)
+        assert not database_unreachable(ValueError("bad"))

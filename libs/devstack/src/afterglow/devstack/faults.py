@@ -273,6 +273,10 @@ def report(orders: list[Order], faults: list[Fault]) -> tuple[list[str], list[st
         )
         for service, reason in sorted(fault.unready.items()):
             lines.append(f"{'':<24} /readyz 503 at {service}: {reason[:150]}")
+        # A signed webhook is never answered 500: an outage is a 503 with Retry-After.
+        errors = {status: n for status, n in non_2xx.items() if status >= 500 and status != 503}
+        if errors:
+            failures.append(f"{fault.name}: webhooks answered {errors} (only 503 may be)")
         for o in lost[:5]:
             failures.append(f"{fault.name}: order {o.order_id} lost: {o.counts}")
         for o in doubled[:5]:

@@ -7,9 +7,9 @@ the same classes to retry or dead-letter (a 4xx-class error is permanent).
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -125,7 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    for cls in (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, socket.gaierror):
+    for cls in (sa_exc.TimeoutError, sa_exc.DBAPIError, OSError, *_DRIVER_UNAVAILABLE):
         app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(StarletteHTTPException)
@@ -141,10 +141,23 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+# asyncpg's own "not now": the server is starting or shutting down, or every connection
+# slot is taken. SQLAlchemy hands them on as they are at connect, or wrapped (``orig``).
+_DRIVER_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """True for the failures that say "no database right now", which a retry may cure:
     the pool waited in vain (sqlalchemy TimeoutError), a connection was refused or
-    dropped. A constraint violation or a bad statement is a bug and stays a 500."""
-    if isinstance(exc, sa_exc.TimeoutError | ConnectionError | socket.gaierror):
-        return True
+    dropped, the server's socket is gone (an OSError such as FileNotFoundError on a Unix
+    socket: a 15 s outage answered webhooks 500 for it), the server is starting up or
+    out of connection slots. A constraint violation or a bad statement is a bug and
+    stays a 500."""
+    for candidate in (exc, getattr(exc, "orig", None)):
+        if isinstance(candidate, (sa_exc.TimeoutError, OSError, *_DRIVER_UNAVAILABLE)):
+            return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
