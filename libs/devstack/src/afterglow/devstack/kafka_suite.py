@@ -30,7 +30,7 @@ from types import FrameType
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
 from afterglow.devstack.processes import _die_with_parent, pid_alive
-from afterglow.devstack.suite import phases
+from afterglow.devstack.suite import NOT_BROKER_FACING, phases
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
 _COMPLETE = ".complete"
@@ -123,7 +123,7 @@ def run(pytest_args: list[str]) -> int:
             "AFTERGLOW_BROKER": "kafka",
         }
         worst = 0
-        for phase in phases(pytest_args, root):
+        for phase in phases(pytest_args, root, leave_out=NOT_BROKER_FACING):
             # Unit tests never reach a broker: running them again here would prove nothing.
             args = [sys.executable, "-m", "pytest", "--ignore-glob=*/tests/unit/*", *phase]
             t0 = time.monotonic()
