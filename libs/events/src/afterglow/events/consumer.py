@@ -396,6 +396,13 @@ class EventConsumer:
     ) -> None:
         """After the batch's transactions committed; a crash before this re-reads the
         batch, and the inbox drops what it applied (the crash tests stop here)."""
+        # A partition revoked while its batch was applied is the new owner's to commit
+        # (it re-reads the records; the inbox drops them): committing it here is an
+        # IllegalStateError, which would read as a broker problem.
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
             self._broker_problem = None

@@ -221,7 +221,14 @@ def create_service_app(
                 # Joining a group takes seconds and the groups are independent: join at once.
                 await asyncio.gather(*(c.start() for c in runtime.consumers))
                 for consumer in runtime.consumers:
-                    runtime.tasks.append(asyncio.create_task(consumer.run(), name=consumer.name))
+                    # Supervised like the workers: an exception out of the poll loop (aiokafka
+                    # asserting on a partition revoked mid-rebalance did) would otherwise
+                    # leave the group without this member for the life of the process.
+                    runtime.tasks.append(
+                        asyncio.create_task(
+                            _supervise(_consuming(consumer), runtime), name=consumer.name
+                        )
+                    )
                 for worker in workers(runtime) if workers else []:
                     runtime.tasks.append(
                         asyncio.create_task(
@@ -260,6 +267,14 @@ def create_service_app(
     return app
 
 
+def _consuming(consumer: EventConsumer) -> Worker:
+    async def consume(runtime: Runtime) -> None:
+        await consumer.run()  # stops its client when it ends; the next run() starts anew
+
+    consume.__name__ = f"consumer {consumer.name}"
+    return consume
+
+
 async def _supervise(worker: Worker, runtime: Runtime) -> None:
     """Restart a background loop that crashed, with a bounded backoff."""
     backoff = 0.5
@@ -270,7 +285,10 @@ async def _supervise(worker: Worker, runtime: Runtime) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("background worker crashed; restarting")
+            log.exception(
+                "background loop crashed; restarting",
+                extra={"loop": getattr(worker, "__name__", "worker")},
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30)
 
