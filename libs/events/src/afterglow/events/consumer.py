@@ -96,6 +96,15 @@ from afterglow.events.topics import DLQ_SUFFIX
 
 log = logging.getLogger(__name__)
 
+# A poll that has not returned after this long is stuck (see EventConsumer.run): well
+# above a rebalance's own bounds (our revoke listener waits at most 60 s for a batch).
+STUCK_AFTER_S = 180.0
+
+
+class ConsumerStuck(RuntimeError):
+    """The poll loop is stuck in the client; ending the run lets a fresh client rejoin."""
+
+
 EVENTS = Counter(
     "afterglow_events_consumed_total", "Events seen by a consumer", ["consumer", "outcome"]
 )
@@ -240,6 +249,7 @@ class EventConsumer:
         offset_check_interval_s: float = 10.0,
         recreate_topics: Callable[[], Awaitable[object]] | None = None,
         max_records: int | None = None,
+        stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
@@ -256,6 +266,7 @@ class EventConsumer:
         self._recreate_topics = recreate_topics
         # Records per getmany over all partitions: bounds a transaction and its locks.
         self._max_records = max_records or kafka.max_poll_records
+        self._stuck_after_s = stuck_after_s
         self._consumer: AIOKafkaConsumer | None = None
         # Held while a batch is in flight; a rebalance waits for it, so the batch's
         # offsets are committed before its partitions move to another member.
@@ -328,10 +339,22 @@ class EventConsumer:
         try:
             while True:
                 self._resume_due(consumer)
-                batch = await consumer.getmany(
-                    timeout_ms=self._poll_timeout(),
-                    max_records=self._max_records,
-                )
+                timeout_ms = self._poll_timeout()
+                try:
+                    # aiokafka's getmany waits, without a bound, for a reassignment in
+                    # progress to finish. A rebalance storm left one whose coordinator
+                    # never finished it: the member polled nothing for the rest of the
+                    # run while the group counted it in. Past the bound, this run ends;
+                    # the service's supervisor starts a fresh client, which rejoins.
+                    async with asyncio.timeout(timeout_ms / 1000 + self._stuck_after_s):
+                        batch = await consumer.getmany(
+                            timeout_ms=timeout_ms, max_records=self._max_records
+                        )
+                except TimeoutError:
+                    raise ConsumerStuck(
+                        f"{self.name}: no poll returned in {self._stuck_after_s:.0f} s"
+                        " (a reassignment never finished); restarting the client"
+                    ) from None
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
                 observe_lag(self.name, consumer, batch)  # afterglow.events.lag: no I/O
