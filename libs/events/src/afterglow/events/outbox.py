@@ -22,11 +22,17 @@ import json
 import logging
 import random
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 from prometheus_client import Counter, Gauge
 from sqlalchemy import LargeBinary, SmallInteger, Table, Text, bindparam, cast, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -35,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events.envelope import CloudEvent, to_record
 from afterglow.events.listen import Listener
+from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,18 @@ class Outbox:
         await session.execute(self._insert, cols)
 
 
+# An idempotent producer whose sequence state the broker no longer accepts (a broker
+# that restarted and lost or rolled back its producer state answers
+# OutOfOrderSequenceNumber to every send after): that producer never recovers, and a
+# relay that kept it left 449 rows unsent for good in the fault suite. A new one does.
+PRODUCER_STATE_LOST = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in order per key and marks them sent."""
 
@@ -141,11 +160,14 @@ class OutboxRelay:
         max_backoff_s: float = 30.0,
         sent_retention_s: float = 86_400.0,
         keepalive_interval_s: float = 30.0,
+        renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self._engine = engine
         self._tables = tables
         self._schema = tables.schema
         self._producer = producer
+        # Builds and starts a producer to replace one whose state the broker refuses.
+        self._renew_producer = renew_producer
         self._batch_size = batch_size
         self._poll_interval = poll_interval_s
         self._send_timeout = send_timeout_s
@@ -249,6 +271,10 @@ class OutboxRelay:
                     LAST_PUBLISH.labels(self._schema).set_to_current_time()
                 except asyncio.CancelledError:
                     raise
+                except PRODUCER_STATE_LOST as exc:
+                    PUBLISH_FAILURES.labels(self._schema).inc()
+                    await self._renew(exc)
+                    continue
                 except Exception:
                     PUBLISH_FAILURES.labels(self._schema).inc()
                     log.exception("outbox relay batch failed; rows stay pending")
@@ -269,6 +295,27 @@ class OutboxRelay:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def _renew(self, cause: BaseException) -> None:
+        """Replace the producer (the rows stay pending and go out through the new one,
+        in order: they were not marked sent)."""
+        if self._renew_producer is None:
+            log.error("outbox producer refused by the broker (%s); rows stay pending", cause)
+            await asyncio.sleep(self._max_backoff)
+            return
+        log.warning("outbox producer refused by the broker (%r); starting a new one", cause)
+        try:
+            fresh = await self._renew_producer()
+        except Exception:  # the broker away again: the next failure tries again
+            log.warning("a new outbox producer could not start", exc_info=True)
+            await asyncio.sleep(self._max_backoff * random.random())
+            return
+        old, self._producer = self._producer, fresh
+        await stop_within(old.stop, timeout_s=10, what="refused outbox producer")
 
     async def measure_backlog(self) -> None:
         """Set the backlog gauges; a failure leaves them as they were (the relay's own

@@ -189,14 +189,32 @@ def create_service_app(
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()
             runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+
+            async def relay_producer() -> AIOKafkaProducer:
+                producer = build_producer(kafka)
+                await producer.start()
+                return producer
+
+            # The relay's own producer, which it replaces when the broker refuses its
+            # state (afterglow.events.outbox.PRODUCER_STATE_LOST); the consumers' DLQ
+            # producer is not swapped from under them.
             runtime.relay = OutboxRelay(
                 engine,
                 tables,
-                runtime.producer,
+                await relay_producer(),
                 poll_interval_s=settings.relay_poll_interval_s,
                 send_timeout_s=kafka.send_timeout_s,
+                renew_producer=relay_producer,
             )
-            runtime.tasks.append(asyncio.create_task(runtime.relay.run(), name="outbox-relay"))
+            relay = runtime.relay
+
+            async def relaying(runtime: Runtime) -> None:
+                await relay.run()
+
+            # Supervised: the relay ending on an unexpected error would stop every event.
+            runtime.tasks.append(
+                asyncio.create_task(_supervise(relaying, runtime), name="outbox-relay")
+            )
             if on_start is not None:
                 await on_start(runtime)
             if runs_workers:
@@ -242,6 +260,8 @@ def create_service_app(
             await cancel_and_wait(runtime.tasks, timeout_s=30, what="service shutdown")
             if runtime.producer is not None:
                 await stop_within(runtime.producer.stop, timeout_s=10, what="producer")
+            if runtime.relay is not None:
+                await stop_within(runtime.relay.producer.stop, timeout_s=10, what="relay producer")
             if runtime.http is not None:
                 await runtime.http.aclose()
             await engine.dispose()
