@@ -72,6 +72,18 @@ class TestDatabaseUnreachable:
             assert "503" in openapi["paths"][path]["get"]["responses"]
 
 
+def _checkout_failure() -> BaseException:
+    """What a pool checkout raised while PostgreSQL was shutting down (the fault suite):
+    the adapter's own error class, its cause the driver's."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+
+    cause = asyncpg.exceptions.CannotConnectNowError("the database system is shutting down")
+    try:
+        raise AsyncAdapt_asyncpg_dbapi.Error(str(cause)) from cause
+    except AsyncAdapt_asyncpg_dbapi.Error as exc:
+        return exc
+
+
 class TestWhatCountsAsUnreachable:
     @pytest.mark.parametrize(
         "exc",
@@ -83,8 +95,16 @@ class TestWhatCountsAsUnreachable:
             sa_exc.OperationalError(
                 "connect", {}, asyncpg.exceptions.TooManyConnectionsError("too many")
             ),
+            _checkout_failure(),
         ],
-        ids=["socket-gone", "refused", "no-slots", "starting-up", "no-slots-wrapped"],
+        ids=[
+            "socket-gone",
+            "refused",
+            "no-slots",
+            "starting-up",
+            "no-slots-wrapped",
+            "shutting-down-at-checkout",
+        ],
     )
     def test_an_environment_that_is_away_is_a_503(self, exc: BaseException) -> None:
         assert database_unreachable(exc)

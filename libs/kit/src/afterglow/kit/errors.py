@@ -125,7 +125,15 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    for cls in (sa_exc.TimeoutError, sa_exc.DBAPIError, OSError, *_DRIVER_UNAVAILABLE):
+    for cls in (
+        sa_exc.TimeoutError,
+        sa_exc.DBAPIError,
+        # a failed pool checkout surfaces as the driver adapter's own error class
+        # (an EmulatedDBAPIException), not wrapped in DBAPIError
+        sa_exc.EmulatedDBAPIException,
+        OSError,
+        *_DRIVER_UNAVAILABLE,
+    ):
         app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(StarletteHTTPException)
@@ -156,8 +164,9 @@ def database_unreachable(exc: BaseException) -> bool:
     dropped, the server's socket is gone (an OSError such as FileNotFoundError on a Unix
     socket: a 15 s outage answered webhooks 500 for it), the server is starting up or
     out of connection slots. A constraint violation or a bad statement is a bug and
-    stays a 500."""
-    for candidate in (exc, getattr(exc, "orig", None)):
+    stays a 500. The driver's error may come as it is, wrapped (``orig``) or as the
+    cause of the adapter's own error (a failed pool checkout)."""
+    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
         if isinstance(candidate, (sa_exc.TimeoutError, OSError, *_DRIVER_UNAVAILABLE)):
             return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
