@@ -96,6 +96,7 @@ class TestWhatCountsAsUnreachable:
                 "connect", {}, asyncpg.exceptions.TooManyConnectionsError("too many")
             ),
             _checkout_failure(),
+            sa_exc.OperationalError("connect", {}, _checkout_failure()),
         ],
         ids=[
             "socket-gone",
@@ -104,6 +105,7 @@ class TestWhatCountsAsUnreachable:
             "starting-up",
             "no-slots-wrapped",
             "shutting-down-at-checkout",
+            "shutting-down-at-checkout-wrapped",
         ],
     )
     def test_an_environment_that_is_away_is_a_503(self, exc: BaseException) -> None:

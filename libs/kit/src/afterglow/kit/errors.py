@@ -158,6 +158,20 @@ _DRIVER_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def _chain(exc: BaseException, depth: int = 5) -> list[BaseException]:
+    """The error, what it wraps (``orig``) and what caused it, a few levels down:
+    SQLAlchemy wraps the adapter's error, whose cause is the driver's."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < depth * 2:
+        current = todo.pop(0)
+        if current is None or current in seen:
+            continue
+        seen.append(current)
+        todo += [getattr(current, "orig", None), current.__cause__]
+    return seen
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """True for the failures that say "no database right now", which a retry may cure:
     the pool waited in vain (sqlalchemy TimeoutError), a connection was refused or
@@ -166,7 +180,7 @@ def database_unreachable(exc: BaseException) -> bool:
     out of connection slots. A constraint violation or a bad statement is a bug and
     stays a 500. The driver's error may come as it is, wrapped (``orig``) or as the
     cause of the adapter's own error (a failed pool checkout)."""
-    for candidate in (exc, getattr(exc, "orig", None), exc.__cause__):
+    for candidate in _chain(exc):
         if isinstance(candidate, (sa_exc.TimeoutError, OSError, *_DRIVER_UNAVAILABLE)):
             return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
