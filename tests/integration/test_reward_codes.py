@@ -28,7 +28,6 @@ from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
 from afterglow.events.testing import TopicTap
 from afterglow.ingest.app import create_app as ingest_app
-from afterglow.ingest.settings import IngestSettings
 from afterglow.loyalty.app import create_app as loyalty_app
 from afterglow.loyalty.settings import LoyaltySettings
 
@@ -60,18 +59,11 @@ def shops() -> Iterator[FakeShops]:
 
 
 @pytest.fixture(scope="module")
-async def apps(stack: Stack, shops: FakeShops) -> AsyncIterator[Apps]:
+async def apps(stack: Stack, ingest_settings: Any, shops: FakeShops) -> AsyncIterator[Apps]:
     ingest = ingest_app(
-        IngestSettings(
-            database_url=stack.database_url,
-            kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
-            kafka_enable_idempotence=stack.kafka_enable_idempotence,
-            ingest_admin_token=ADMIN,
-            relay_poll_interval_s=0.1,
-            ingest_reconcile_interval_s=3600,
+        ingest_settings(
+            ADMIN,
             ingest_discount_poll_s=0.2,
-            log_json=False,
-            log_level="WARNING",
         )
     )
     loyalty = loyalty_app(LoyaltySettings(relay_poll_interval_s=0.1, log_json=False))

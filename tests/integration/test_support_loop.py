@@ -37,7 +37,6 @@ from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record 
 from afterglow.events import catalog as c  # noqa: E402
 from afterglow.events.testing import TopicTap, eventually  # noqa: E402
 from afterglow.ingest.app import create_app as ingest_app  # noqa: E402
-from afterglow.ingest.settings import IngestSettings  # noqa: E402
 from afterglow.journeys.app import create_app as journeys_app  # noqa: E402
 from afterglow.journeys.settings import Settings as JourneySettings  # noqa: E402
 from afterglow.kit.clock import ManualClock  # noqa: E402
@@ -68,19 +67,12 @@ def zendesk() -> Iterator[FakeHelpdesk]:
 
 # Module scope: the apps consume in their services' groups; they stop with the module.
 @pytest.fixture(scope="module")
-async def apps(stack: Stack, zendesk: FakeHelpdesk) -> AsyncIterator[Apps]:
+async def apps(stack: Stack, ingest_settings: Any, zendesk: FakeHelpdesk) -> AsyncIterator[Apps]:
     ingest = ingest_app(
-        IngestSettings(
-            database_url=stack.database_url,
-            kafka_bootstrap_servers=stack.kafka_bootstrap_servers,
-            kafka_enable_idempotence=stack.kafka_enable_idempotence,
-            ingest_admin_token=ADMIN,
-            relay_poll_interval_s=0.1,
-            ingest_reconcile_interval_s=3600,
+        ingest_settings(
+            ADMIN,
             ingest_helpdesk_poll_s=0.1,
             outbound_allow_private=True,  # the Zendesk stand-in is on 127.0.0.1
-            log_json=False,
-            log_level="WARNING",
         )
     )
     clock = ManualClock(datetime.now(UTC))
