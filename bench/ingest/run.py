@@ -3,7 +3,7 @@
 The load comes from ``wrk`` (a compiled load generator: a Python client saturates long
 before the service does and then measures itself). Install it with ``apt-get install
 wrk``. Every request is a distinct orders/create webhook (its own order id and webhook
-id), pre-signed here and replayed by ``webhooks.lua``.
+id), pre-signed and replayed by ``bench/webhooks.lua`` (``bench/wrkload.py``).
 
 Starts the real stack (embedded PostgreSQL and broker unless DATABASE_URL /
 KAFKA_BOOTSTRAP_SERVERS are set), runs orders-ingest under uvicorn in its own process,
@@ -32,22 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import copy
-import hashlib
-import hmac
-import json
+import functools
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -56,44 +48,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.devstack.stack import running_stack
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wrkload import THREADS, WrkResult, floor, free_port, process, require_wrk, write_pool
+from wrkload import wrk as run_wrk
+
 HERE = Path(__file__).parent
-FIXTURE = HERE.parents[1] / "services/orders-ingest/tests/fixtures/shopify_order.json"
 ADMIN_TOKEN = uuid.uuid4().hex  # a throwaway admin token for this run
 TENANT = f"bench-{uuid.uuid4().hex[:6]}"
 SHOP = f"{TENANT}.myshopify.com"
-THREADS = 2  # the machine has 2 cores; wrk's threads share them with the service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not start")
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str], port: int, what: str) -> Iterator[str]:
-    proc = subprocess.Popen(cmd, env={**os.environ, **env})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, what)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+wrk = functools.partial(run_wrk, shop=SHOP)
 
 
 def ingest(
@@ -112,102 +75,6 @@ def ingest_split(env: dict[str, str]) -> Iterator[str]:
     longer takes its CPU from the requests' event loop."""
     with ingest(env, 1, "worker"), ingest(env, 1, "api") as url:
         yield url
-
-
-def floor(secret: str) -> contextlib.AbstractContextManager[str]:
-    """The bare HMAC endpoint, under uvicorn with the settings ``afterglow serve`` uses."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "floor:create_app", "--factory"]
-    cmd += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "20"]
-    return process(cmd, {"FLOOR_SECRET": secret}, port, "floor endpoint")
-
-
-def write_pool(directory: Path, tag: str, secret: str, size: int, offset: int) -> str:
-    """``size`` signed orders/create bodies, split over the wrk threads' files; order
-    ids start at ``offset`` so no two phases share one."""
-    order = json.loads(FIXTURE.read_text())
-    prefix = str(directory / f"pool-{tag}")
-    files = [open(f"{prefix}-{t}.tsv", "w") for t in range(THREADS)]  # noqa: SIM115
-    try:
-        for i in range(size):
-            body = copy.deepcopy(order)
-            body["id"] = offset + i
-            body["order_number"] = offset + i
-            body["customer"]["id"] = 500_000 + i % 5000
-            raw = json.dumps(body, separators=(",", ":")).encode()
-            sig = base64.b64encode(hmac.new(secret.encode(), raw, hashlib.sha256).digest())
-            line = f"{tag}-{i}-{uuid.uuid4().hex[:8]}\t{sig.decode()}\t{raw.decode()}\n"
-            files[i % THREADS].write(line)
-    finally:
-        for f in files:
-            f.close()
-    return prefix
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    statuses: dict[int, int]
-    socket_errors: dict[str, int]
-    wrapped: int
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    ids: list[str]
-
-    @property
-    def ok(self) -> int:
-        return sum(c for s, c in self.statuses.items() if 200 <= s < 300)
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-    def line(self, label: str) -> str:
-        codes = " ".join(f"{s}:{c}" for s, c in sorted(self.statuses.items()))
-        errs = sum(self.socket_errors.values())
-        return (
-            f"  {label:<34} {self.rate:7.0f} req/s  p50 {self.p50_ms:6.1f} ms  "
-            f"p99 {self.p99_ms:7.1f} ms  max {self.max_ms:7.1f} ms  [{codes}]"
-            + (f"  socket errors {self.socket_errors}" if errs else "")
-            + (
-                f"  POOL WRAPPED {self.wrapped}x (ids repeated)"
-                if self.wrapped and not label.startswith("floor")
-                else ""
-            )
-        )
-
-
-def wrk(
-    url: str, pool: str, workdir: Path, *, connections: int, duration: int, rate: int = 0
-) -> WrkResult:
-    out = workdir / f"wrk-{uuid.uuid4().hex[:6]}.json"
-    env = {
-        **os.environ,
-        "WRK_POOL": pool,
-        "WRK_SHOP": SHOP,
-        "WRK_RATE": str(rate),
-        "WRK_THREADS": str(THREADS),
-        "WRK_OUT": str(out),
-    }
-    cmd = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
-    cmd += ["--latency", "-s", str(HERE / "webhooks.lua"), url]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    data = json.loads(out.read_text())
-    ids = Path(f"{out}.ids").read_text().split()
-    return WrkResult(
-        requests=data["requests"],
-        seconds=data["duration_us"] / 1e6,
-        statuses={int(k): v for k, v in data["statuses"].items()},
-        socket_errors={k: v for k, v in data["errors"].items() if v},
-        wrapped=data["wrapped"],
-        p50_ms=data["p50_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        max_ms=data["max_us"] / 1000,
-        ids=ids,
-    )
 
 
 async def settle(database_url: str, ids: list[str]) -> tuple[int, float | None]:
@@ -286,8 +153,7 @@ def main() -> None:
         help="also run orders-ingest as deployed: an api process and a worker process",
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
+    require_wrk()
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "ingest")
     workers = [int(w) for w in args.workers.split(",")]
     rates = [int(r) for r in args.rates.split(",") if r]

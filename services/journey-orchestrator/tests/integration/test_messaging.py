@@ -242,6 +242,18 @@ class TestDelivery:
             "delivered",
         ]
 
+    async def test_a_request_that_overtakes_its_order_leaves_when_the_contact_arrives(
+        self, tenant, receiver
+    ):
+        # The request is consumed before the order that carries the address (they are
+        # different topics): it waits for the contact, and the contact's arrival sends it
+        # at once, not at the 30 s recheck (the test's clock does not move).
+        await tenant.request("c-late", kind="welcome", category="transactional")
+        await tenant.wait("c-late", lambda ms: ms and ms[0]["reason"] == "waiting_for_contact")
+        await tenant.customer("c-late")
+        await tenant.wait("c-late", statuses("sent"))
+        assert len(receiver.of(tenant, "c-late")) == 1
+
     async def test_duplicate_requests_send_once(self, tenant, receiver):
         await tenant.customer("c-1")
         rid = await tenant.request("c-1", category="transactional")

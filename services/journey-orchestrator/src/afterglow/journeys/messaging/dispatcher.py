@@ -58,8 +58,7 @@ from afterglow.kit.app import Runtime, Worker
 log = logging.getLogger(__name__)
 
 DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
-# NOTIFYed on every INSERT into journeys.messages (migration 0007_message_notify).
-NOTIFY_CHANNEL = "afterglow_messages_journeys"
+NOTIFY_CHANNEL = store.NOTIFY_CHANNEL
 PENDING = ("queued", "deferred")
 __all__ = ["Dispatcher", "Job", "Outcome", "messaging_workers"]
 

@@ -47,6 +47,9 @@ async def order_placed(
         timezone=c.timezone,
         accepts_marketing=c.accepts_marketing,
     )
+    await store.wake_waiting_for_contact(
+        session, event.tenantid, event.subject, runtime.clock.now()
+    )
     await store.record_order(session, event.tenantid, event.subject, data)
 
 

@@ -29,6 +29,9 @@ from afterglow.journeys.messaging.policy import ContactFacts, PolicySettings, pa
 from afterglow.journeys.messaging.templates import Template, default_template
 
 SOURCE = "afterglow.journeys.messaging"
+# The dispatcher LISTENs here; every INSERT into journeys.messages NOTIFYs it (migration
+# 0007_message_notify), and so does anything that makes a waiting message due now.
+NOTIFY_CHANNEL = "afterglow_messages_journeys"
 
 
 async def tenant_settings(session: AsyncSession, tenant_id: str) -> MessagingTenantSettings | None:
@@ -183,6 +186,29 @@ async def upsert_contact(
         set_={**{k: stmt.excluded[k] for k in present}, "updated_at": at, "erased_at": None},
     )
     await session.execute(stmt)
+
+
+async def wake_waiting_for_contact(
+    session: AsyncSession, tenant_id: str, customer_id: str, now: datetime
+) -> None:
+    """A contact just arrived: the customer's messages deferred for want of one fall due
+    now, and the dispatcher is woken on commit. Orders and message requests travel on
+    different topics, so the welcome requested for an order often overtakes the order
+    that carries the address; without this it waited for the contact recheck (30 s)."""
+    woken = await session.execute(
+        update(Message)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.customer_id == customer_id,
+            Message.status == "deferred",
+            Message.reason == "waiting_for_contact",
+            Message.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+        .returning(Message.id)
+    )
+    if woken.first() is not None:
+        await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 
 
 async def record_order(

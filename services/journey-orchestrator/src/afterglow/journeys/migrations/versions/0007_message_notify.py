@@ -14,7 +14,7 @@ down_revision = "0006_ses_topic"
 branch_labels = None
 depends_on = None
 
-# Kept in step with afterglow.journeys.messaging.dispatcher.NOTIFY_CHANNEL.
+# Kept in step with afterglow.journeys.messaging.store.NOTIFY_CHANNEL.
 CHANNEL = "afterglow_messages_journeys"
 
 

@@ -1,9 +1,11 @@
--- wrk script of the ingest bench: every request is a distinct signed webhook.
+-- wrk script of the ingest and system benches: every request is a distinct signed
+-- webhook.
 --
--- wrk's Lua has no HMAC, so run.py pre-signs a pool of bodies and writes one file per
+-- wrk's Lua has no HMAC, so wrkload.py pre-signs a pool of bodies and writes one file per
 -- thread (WRK_POOL-<thread>.tsv: webhook id, signature, body per line); a thread
 -- walks its own file, so no id is sent twice unless the pool runs out (counted as
--- "wrapped": the bench then says so). WRK_RATE > 0 paces the thread at its share of
+-- "wrapped": the bench then says so). WRK_ONCE=1 stops a thread once its file is sent
+-- (a burst of exactly the pool's size). WRK_RATE > 0 paces the thread at its share of
 -- that rate (requests/s) through the delay() hook instead of sending as fast as the
 -- connections allow. done() writes the status counts, wrk's latency percentiles and
 -- the delivery ids answered 2xx to WRK_OUT (JSON) and WRK_OUT.ids.
@@ -31,6 +33,7 @@ end
 local pool, n, i = {}, 0, 0
 statuses, ids, wrapped = {}, {}, 0
 local interval, next_at
+local once = os.getenv("WRK_ONCE") == "1"
 
 function init(args)
   local path = os.getenv("WRK_PATH") or "/webhooks/shopify"
@@ -82,6 +85,9 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  if once and i >= n then
+    wrk.thread:stop()
+  end
   if status >= 200 and status < 300 and body then
     local did = body:match('"delivery_id"%s*:%s*"([^"]+)"')
     if did then
