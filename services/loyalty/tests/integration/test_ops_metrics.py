@@ -166,3 +166,28 @@ async def test_a_stuck_outbox_raises_the_age_of_its_oldest_row(
     await eventually(
         lambda: sample(app.client, age, labels), lambda v: v is not None and v < 60, timeout=60
     )
+
+
+async def test_a_redemption_counts_once_and_its_replay_not_again(
+    app: Loyalty, tenant_id: str
+) -> None:
+    customer = new_id("c")
+    h = await app.key(tenant_id)
+    credit = await app.client.post(
+        f"/v1/accounts/{customer}/adjustments",
+        json={"points": 1_200, "reason": "goodwill"},
+        headers=h,
+    )
+    assert credit.status_code == 201, credit.text
+    kind = {"kind": "fixed_discount"}  # five-off: 500 points for 5.00 off
+    before = await sample(app.client, "afterglow_loyalty_redemptions_total", kind) or 0.0
+    points = await sample(app.client, "afterglow_loyalty_redeemed_points_total", kind) or 0.0
+    for _ in range(2):  # the second is a replay of the first (same Idempotency-Key)
+        r = await app.client.post(
+            f"/v1/accounts/{customer}/redemptions",
+            json={"reward_id": "five-off"},
+            headers={**h, "Idempotency-Key": "k1"},
+        )
+        assert r.status_code == 201, r.text
+    assert await sample(app.client, "afterglow_loyalty_redemptions_total", kind) == before + 1
+    assert await sample(app.client, "afterglow_loyalty_redeemed_points_total", kind) == points + 500
