@@ -1,10 +1,11 @@
 """The metrics the alerts and dashboards of deploy/ use are the ones the services export.
 
-Every service app is built by its factory (the ``afterglow.services`` entry points), its
-lifespan started on the real stack (consumers, relays, workers running), and its
-/metrics scraped over ASGI. The sample names found must cover every metric a rule or
-panel names, and must equal deploy/metrics-exported.txt (each name with the services
-serving it), the list `make deploy-check` reads offline. After adding or renaming a metric:
+Every service app is built by its factory (the ``afterglow.services`` entry points) in a
+process of its own, its lifespan started on the real stack (consumers, relays, workers
+running), and its /metrics scraped over ASGI. The sample names found must cover every
+metric a rule or panel names, and must equal deploy/metrics-exported.txt (each name with
+the services serving it), the list `make deploy-check` reads offline. After adding or
+renaming a metric:
 
     AFTERGLOW_WRITE_METRICS=1 uv run pytest tests/contract/test_metrics_exported.py
 """
