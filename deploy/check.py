@@ -17,8 +17,9 @@
 6. monitoring: every service has a ServiceMonitor selecting a Service that covers both of
    its Deployments on the metrics port and path; every PromQL expression of the
    PrometheusRules and of the Grafana dashboards (ConfigMaps labelled grafana_dashboard)
-   parses (promql-parser), and every metric it names is one a service exports, as listed
-   in deploy/metrics-exported.txt (kept equal to the services' /metrics by
+   parses (promql-parser), and every metric it names is one a service exports (the
+   service its ``job="..."`` matcher names, when it names one), as listed in
+   deploy/metrics-exported.txt (kept equal to the services' /metrics by
    tests/contract/test_metrics_exported.py).
 
 Exit status 1 with one line per problem.
@@ -61,7 +62,8 @@ CRD_FILES = {
     ("monitoring.coreos.com", "PrometheusRule"): "prometheus-prometheusrule.crd.yaml",
 }
 # The sample names the services serve at /metrics (a histogram's _bucket, _count, _sum;
-# a counter's _total), one a line; written by tests/contract/test_metrics_exported.py.
+# a counter's _total), one a line with the services serving it (``name svc,svc``);
+# written by tests/contract/test_metrics_exported.py.
 EXPORTED_METRICS = DEPLOY / "metrics-exported.txt"
 METRICS_PATH = "/metrics"
 Doc = dict[str, Any]
@@ -414,40 +416,69 @@ def dashboard_exprs(dashboard: Doc) -> list[tuple[str, str]]:
     return out
 
 
-def metric_names(expr: str) -> set[str | None]:
-    """The metric names an expression selects (None for a selector without one).
+def selectors(expr: str) -> set[tuple[str | None, str | None]]:
+    """(metric name, job) of every selector of an expression: the name None for a
+    selector without one, the job None unless the selector says ``job="<service>"``.
     Raises ValueError, with the parser's message, when the expression does not parse."""
-    names: set[str | None] = set()
+    found: set[tuple[str | None, str | None]] = set()
 
     def visit(node: Any) -> bool:
         if isinstance(node, promql_parser.VectorSelector):
-            names.add(node.name)
+            job = next(
+                (
+                    m.value
+                    for m in node.matchers.matchers
+                    if m.name == "job" and m.op == promql_parser.MatchOp.Equal
+                ),
+                None,
+            )
+            found.add((node.name, job))
         return True
 
     promql_parser.walk(promql_parser.parse(expr), visit)
-    return names
+    return found
 
 
-def load_exported(path: Path = EXPORTED_METRICS) -> set[str]:
+def metric_names(expr: str) -> set[str | None]:
+    """The metric names an expression selects (None for a selector without one)."""
+    return {name for name, _ in selectors(expr)}
+
+
+def load_exported(path: Path = EXPORTED_METRICS) -> dict[str, set[str]]:
+    """Sample name -> the services that export it, from lines ``<name> <svc>,<svc>``."""
     if not path.exists():
         raise CheckError(
             f"{path} is missing: run `uv run pytest tests/contract/test_metrics_exported.py` "
             "with AFTERGLOW_WRITE_METRICS=1"
         )
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    exported: dict[str, set[str]] = {}
+    for line in path.read_text().splitlines():
+        name, _, services = line.strip().partition(" ")
+        if name:
+            exported[name] = {s for s in services.split(",") if s}
+    return exported
 
 
-def check_promql(sources: list[tuple[str, str]], exported: set[str], report: Report) -> None:
+def check_promql(
+    sources: list[tuple[str, str]], exported: dict[str, set[str]], report: Report
+) -> None:
+    """Every expression parses, and every metric it selects is exported: by the service
+    a selector names with job="<service>" (a service's dashboard panel naming another
+    service's metric would draw nothing), else by any service."""
     for where, expr in sources:
         try:
-            names = metric_names(expr)
+            found = selectors(expr)
         except ValueError as err:
             report.fail(where, f"PromQL does not parse ({err}): {expr}")
             continue
-        if None in names:
+        if any(name is None for name, _ in found):
             report.fail(where, "a selector without a metric name cannot be checked")
-        for name in sorted(n for n in names if n is not None and n not in exported):
-            report.fail(where, f"metric {name} is exported by no service")
+        for name, job in sorted((n, j or "") for n, j in found if n is not None):
+            if name not in exported:
+                report.fail(where, f"metric {name} is exported by no service")
+            elif job and job not in exported[name]:
+                by = ", ".join(sorted(exported[name])) or "no service"
+                report.fail(where, f"metric {name} is not exported by {job} (only by {by})")
         report.validated["PromQL expressions"] += 1
 
 

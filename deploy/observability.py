@@ -48,11 +48,11 @@ ALERTS: list[Doc] = [
     ),
     _alert(
         "AfterglowDeadLettered",
-        'sum by (namespace, consumer) (increase(afterglow_events_consumed_total{outcome="'
+        'sum by (namespace, consumer, topic) (increase(afterglow_events_consumed_total{outcome="'
         'dead_lettered"}[10m])) > 0',
         "0m",
         "warning",
-        "{{ $labels.consumer }} sent records to a .dlq topic",
+        "{{ $labels.consumer }} sent records of {{ $labels.topic }} to its .dlq topic",
         "A record could not be applied (malformed, unknown type, or a permanent error after "
         "retries) and was published to <topic>.dlq, so its effect is missing. Check first: "
         "the consumer's log line 'dead-lettered' (error and offset), then the record in the "
@@ -224,6 +224,17 @@ def _common_panels(job: str) -> list[Doc]:
             "ops",
         ),
         _panel(
+            "Batch apply latency p95 by consumer",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le, consumer) "
+                    f"(rate(afterglow_consumer_batch_apply_seconds_bucket{{{sel}}}[{RATE}])))",
+                    "{{consumer}}",
+                )
+            ],
+            "s",
+        ),
+        _panel(
             "Consumer lag (records)",
             [
                 (
@@ -291,6 +302,17 @@ def _common_panels(job: str) -> list[Doc]:
 def _ingest_panels(sel: str) -> list[Doc]:
     return [
         _panel(
+            "Webhook deliveries by platform and status",
+            [
+                (
+                    "sum by (platform, status) (rate(afterglow_ingest_webhook_deliveries_total"
+                    f"{{{sel}}}[{RATE}]))",
+                    "{{platform}} {{status}}",
+                )
+            ],
+            "reqps",
+        ),
+        _panel(
             "Quarantined deliveries by platform",
             [
                 (
@@ -299,7 +321,7 @@ def _ingest_panels(sel: str) -> list[Doc]:
                     "{{platform}}",
                 )
             ],
-        )
+        ),
     ]
 
 
@@ -359,8 +381,36 @@ def _journeys_panels(sel: str) -> list[Doc]:
     ]
 
 
+def _loyalty_panels(sel: str) -> list[Doc]:
+    return [
+        _panel(
+            "Redemptions by reward kind (1h)",
+            [
+                (
+                    f"sum by (kind) (increase(afterglow_loyalty_redemptions_total{{{sel}}}[1h]))",
+                    "{{kind}}",
+                )
+            ],
+        ),
+        _panel(
+            "Points redeemed by reward kind (1h)",
+            [
+                (
+                    "sum by (kind) (increase(afterglow_loyalty_redeemed_points_total"
+                    f"{{{sel}}}[1h]))",
+                    "{{kind}}",
+                )
+            ],
+        ),
+    ]
+
+
 # Panels only one service has, by the service's name in services.yaml.
-EXTRA_PANELS = {"ingest": _ingest_panels, "journeys": _journeys_panels}
+EXTRA_PANELS = {
+    "ingest": _ingest_panels,
+    "journeys": _journeys_panels,
+    "loyalty": _loyalty_panels,
+}
 
 
 def service_dashboard(name: str) -> Doc:
@@ -397,12 +447,12 @@ def overview_dashboard() -> Doc:
                 [("sum by (job) (afterglow_consumer_lag_records)", "{{job}}")],
             ),
             _panel(
-                "Dead-lettered records by consumer (1h)",
+                "Dead-lettered records by consumer and topic (1h)",
                 [
                     (
-                        'sum by (consumer) (increase(afterglow_events_consumed_total{outcome="'
-                        'dead_lettered"}[1h]))',
-                        "{{consumer}}",
+                        "sum by (consumer, topic) (increase(afterglow_events_consumed_total"
+                        '{outcome="dead_lettered"}[1h]))',
+                        "{{consumer}} {{topic}}",
                     )
                 ],
             ),
@@ -438,6 +488,17 @@ def overview_dashboard() -> Doc:
                     )
                 ],
                 "percentunit",
+            ),
+            _panel(
+                "Webhook deliveries by status",
+                [
+                    (
+                        "sum by (status) (rate(afterglow_ingest_webhook_deliveries_total"
+                        f"[{RATE}]))",
+                        "{{status}}",
+                    )
+                ],
+                "reqps",
             ),
             _panel(
                 "Worst tenant complaint rate / quarantined deliveries (1h)",

@@ -277,6 +277,32 @@ def test_a_panel_naming_a_metric_no_service_exports_fails(rendered) -> None:
     ]
 
 
+def test_a_service_panel_naming_another_services_metric_fails(rendered) -> None:
+    """Exported somewhere is not enough for a panel of job="loyalty": only what loyalty
+    serves draws a line there."""
+    docs = copy.deepcopy(rendered["dev"])
+    dashboard_map = _one(docs, "ConfigMap", "grafana-dashboard-loyalty")
+    key = next(iter(dashboard_map["data"]))
+    dashboard = json.loads(dashboard_map["data"][key])
+    dashboard["panels"][0]["title"] = "Borrowed"
+    dashboard["panels"][0]["targets"][0]["expr"] = (
+        'sum(rate(afterglow_journey_timers_fired_total{job="loyalty"}[5m]))'
+    )
+    dashboard_map["data"][key] = json.dumps(dashboard)
+    report = check.Report()
+    check.check_promql(check.promql_sources(docs), check.load_exported(), report)
+    assert report.problems == [
+        f"ConfigMap/grafana-dashboard-loyalty {key} panel 'Borrowed': metric "
+        "afterglow_journey_timers_fired_total is not exported by loyalty (only by journeys)"
+    ]
+
+
+def test_selectors_name_their_job() -> None:
+    assert check.selectors(
+        'sum(rate(a_total{job="loyalty", x="y"}[5m])) / sum(b{job=~"l.*"}) + c{job!="z"}'
+    ) == {("a_total", "loyalty"), ("b", None), ("c", None)}
+
+
 def test_metric_names_are_read_from_the_whole_expression() -> None:
     assert check.metric_names(
         "histogram_quantile(0.99, sum by (le) (rate(a_bucket[5m]))) > 300"

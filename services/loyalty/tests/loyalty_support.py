@@ -3,6 +3,7 @@ with a ManualClock the tests move. Tests isolate themselves by tenant id."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -89,20 +90,20 @@ class Loyalty:
         return acc.available, acc.pending
 
 
-# Module scope: an app left running would keep consuming in its service's consumer
-# groups while later tests (other services, the e2e processes) use the same groups.
-@pytest.fixture(scope="module")
-async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
+@contextlib.asynccontextmanager
+async def running_loyalty(stack: Stack, **settings: Any) -> AsyncIterator[Loyalty]:
+    """A loyalty app on the stack (relay, consumers, worker) with fast loops; keyword
+    arguments override its settings."""
     clock = ManualClock(START)
-    settings = LoyaltySettings(
-        relay_poll_interval_s=0.2,
-        consumer_retry_attempts=2,
-        consumer_retry_base_delay_s=0.05,
-        loyalty_worker_interval_s=0.2,
-        log_json=False,
-        db_pool_size=20,
-    )
-    app = create_app(settings, clock)
+    defaults: dict[str, Any] = {
+        "relay_poll_interval_s": 0.2,
+        "consumer_retry_attempts": 2,
+        "consumer_retry_base_delay_s": 0.05,
+        "loyalty_worker_interval_s": 0.2,
+        "log_json": False,
+        "db_pool_size": 20,
+    }
+    app = create_app(LoyaltySettings(**{**defaults, **settings}), clock)
     producer = build_producer(
         KafkaConfig(
             stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
@@ -122,6 +123,14 @@ async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
             yield Loyalty(client, app.state.runtime, clock, producer, tap)
     finally:
         await producer.stop()
+
+
+# Module scope: an app left running would keep consuming in its service's consumer
+# groups while later tests (other services, the e2e processes) use the same groups.
+@pytest.fixture(scope="module")
+async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
+    async with running_loyalty(stack) as app:
+        yield app
 
 
 def new_id(prefix: str) -> str:

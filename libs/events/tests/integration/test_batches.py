@@ -236,7 +236,7 @@ class TestCrashBetweenCommits:
         async with running(consumer.run()):
             # It joins once the dead member's session has expired, then re-reads.
             replayed = await eventually(
-                lambda: asyncio.sleep(0, _duplicates(group)),
+                lambda: asyncio.sleep(0, _duplicates(group, to_record(events[0]).topic)),
                 lambda n: n >= len(first),
                 timeout=120,
             )
@@ -249,15 +249,11 @@ class TestCrashBetweenCommits:
         assert replayed >= len(first), "the new member read the crashed batch again"
 
 
-def _duplicates(group: str) -> float:
+def _duplicates(group: str, topic: str) -> float:
     from prometheus_client import REGISTRY
 
-    return (
-        REGISTRY.get_sample_value(
-            "afterglow_events_consumed_total", {"consumer": group, "outcome": "duplicate"}
-        )
-        or 0.0
-    )
+    labels = {"consumer": group, "topic": topic, "outcome": "duplicate"}
+    return REGISTRY.get_sample_value("afterglow_events_consumed_total", labels) or 0.0
 
 
 class TestReplicas:

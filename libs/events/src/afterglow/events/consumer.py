@@ -68,7 +68,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from afterglow.events.batch import (
@@ -105,8 +105,19 @@ class ConsumerStuck(RuntimeError):
     """The poll loop is stuck in the client; ending the run lets a fresh client rejoin."""
 
 
+# Per group and topic: the DLQ alert names the topic whose records were parked.
 EVENTS = Counter(
-    "afterglow_events_consumed_total", "Events seen by a consumer", ["consumer", "outcome"]
+    "afterglow_events_consumed_total",
+    "Events seen by a consumer, by outcome (applied, duplicate, ignored, dead_lettered...)",
+    ["consumer", "topic", "outcome"],
+)
+# One observation per transaction of applied records (a partition's span of a poll),
+# not per event: a slow handler or a database under load shows here first.
+BATCH_APPLY = Histogram(
+    "afterglow_consumer_batch_apply_seconds",
+    "Time to apply one batch of records in one transaction (inbox claim and handlers)",
+    ["consumer"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 LAST_POLL = Gauge("afterglow_consumer_last_poll_timestamp", "Unix time of last poll", ["consumer"])
 LAST_COMMIT = Gauge(
@@ -480,12 +491,12 @@ class EventConsumer:
                 event = from_record(record.key, record.value, record.headers)
             except MalformedEvent as exc:
                 # Poison on its own: the batch goes on without it.
-                EVENTS.labels(self.name, "malformed").inc()
+                EVENTS.labels(self.name, record.topic, "malformed").inc()
                 dead.append(_Dead(record, exc, attempts=0))
                 continue
             handler = self._handlers.get(event.type)
             if handler is None:
-                EVENTS.labels(self.name, "ignored").inc()
+                EVENTS.labels(self.name, record.topic, "ignored").inc()
                 continue
             work.append(_Item(record, event, handler))
         try:
@@ -555,19 +566,24 @@ class EventConsumer:
                     exc, verdict = again, classify(again)
                     if verdict is Verdict.TRANSIENT:
                         return (item.record.offset, exc)
-        EVENTS.labels(self.name, "rejected" if verdict is Verdict.POISON else "exhausted").inc()
+        outcome = "rejected" if verdict is Verdict.POISON else "exhausted"
+        EVENTS.labels(self.name, item.record.topic, outcome).inc()
         dead.append(_Dead(item.record, exc, attempts=attempt))
         return None
 
     async def _apply(self, items: list[_Item]) -> None:
-        """One transaction: the inbox claim of ``items`` and their handlers."""
+        """One transaction: the inbox claim of ``items`` and their handlers. The items
+        are of one partition (see _process_partition), so of one topic."""
+        started = time.perf_counter()
         async with self._sessionmaker.begin() as session:
             claimed = await apply_in_one_transaction(
                 session, self._claim, self.name, [(i.event, i.handler) for i in items]
             )
-        EVENTS.labels(self.name, "applied").inc(len(claimed.applied))
+        BATCH_APPLY.labels(self.name).observe(time.perf_counter() - started)
+        topic = items[0].record.topic
+        EVENTS.labels(self.name, topic, "applied").inc(len(claimed.applied))
         if claimed.duplicates:
-            EVENTS.labels(self.name, "duplicate").inc(claimed.duplicates)
+            EVENTS.labels(self.name, topic, "duplicate").inc(claimed.duplicates)
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
         topic = record.topic + DLQ_SUFFIX
@@ -595,7 +611,7 @@ class EventConsumer:
             "event dead-lettered",
             extra={"dlq": topic, "error": error, "offset": record.offset},
         )
-        EVENTS.labels(self.name, "dead_lettered").inc()
+        EVENTS.labels(self.name, record.topic, "dead_lettered").inc()
 
     async def check_offsets(self) -> set[TopicPartition]:
         """Reset partitions whose position or committed offset is past the log end.

@@ -216,6 +216,12 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def shard_lock_namespace(self) -> int:
+        """The first key of the advisory locks a batch takes on its shards: whoever
+        holds (ns, shard) keeps every relay of this schema off that shard."""
+        return self._lock_ns
+
     async def publish_once(self) -> int:
         """Claim, publish and mark one batch. Returns how many rows were published."""
         async with self._engine.begin() as conn:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request, Response
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -263,6 +264,17 @@ def _reward_code() -> str:
     return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
 
 
+# Redemptions made (a replayed Idempotency-Key is not one), by reward kind. Counted as
+# the route returns, just before the transaction commits: a commit that fails (a 5xx,
+# rare) is counted too, which an operator's rate does not notice.
+REDEMPTIONS = Counter(
+    "afterglow_loyalty_redemptions_total", "Rewards redeemed, by reward kind", ["kind"]
+)
+REDEEMED_POINTS = Counter(
+    "afterglow_loyalty_redeemed_points_total", "Points spent on rewards, by reward kind", ["kind"]
+)
+
+
 @router.post(
     "/accounts/{customer}/redemptions",
     status_code=201,
@@ -325,6 +337,10 @@ async def redeem(
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        kind = str(result["reward"]["kind"])
+        REDEMPTIONS.labels(kind).inc()
+        REDEEMED_POINTS.labels(kind).inc(int(result["points"]))
     return result
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -58,6 +59,22 @@ TENANT_RE = TENANT_ID_PATTERN.pattern
 # Headers worth keeping with the raw body (for operators and replay).
 _DROP_HEADERS = {"authorization", "cookie"}
 ARCHIVED = "archived"
+
+# Every signed delivery a receiver answered, by what became of it: received (the worker
+# normalizes it), quarantined, archived, fetch_pending, duplicate; and unauthorized for
+# a signature that did not verify (a rotated secret left on one side shows as a jump).
+# Deliveries the worker quarantines later are afterglow_ingest_quarantined_total.
+WEBHOOK_DELIVERIES = Counter(
+    "afterglow_ingest_webhook_deliveries_total",
+    "Webhook deliveries answered, by platform and status",
+    ["platform", "status"],
+)
+UNAUTHORIZED = "unauthorized"
+
+
+def signature_refused(platform: str) -> Unauthorized:
+    WEBHOOK_DELIVERIES.labels(platform, UNAUTHORIZED).inc()
+    return Unauthorized(BAD_SIGNATURE)
 
 
 def settings_of(request: Request) -> IngestSettings:
@@ -257,7 +274,7 @@ async def receive(
     now = rt.clock.now()
     secrets = await directory_of(request).active_secrets(tenant_id, platform, now)
     if not secrets or not verify(secrets, body):
-        raise Unauthorized(BAD_SIGNATURE)
+        raise signature_refused(platform)
     assert tenant_id is not None
     # Parsed for the 400 on a body that is not JSON; cleaned only when the route reads
     # it (the worker cleans what it normalizes, the hot path need not do it twice).
@@ -302,7 +319,9 @@ async def store(request: Request, delivery: NewDelivery) -> JSONResponse:
     """The raw delivery, committed with the other requests in flight; the answer only
     once it is committed (a 2xx means stored)."""
     if not await writer_of(request).store(delivery):
+        WEBHOOK_DELIVERIES.labels(delivery.platform, "duplicate").inc()
         return JSONResponse(intake.Outcome(delivery.id, "duplicate").body(), status_code=200)
+    WEBHOOK_DELIVERIES.labels(delivery.platform, delivery.status).inc()
     if delivery.status == intake.QUARANTINED:
         intake.QUARANTINED_TOTAL.labels(delivery.platform).inc()
     outcome = intake.Outcome(delivery.id, delivery.status)
@@ -1481,7 +1500,7 @@ async def bigcommerce_webhook(request: Request, tenant_id: TenantPath) -> JSONRe
     for secret in secrets:
         ok |= hmac.compare_digest(secret.encode(), presented.encode())
     if not ok:
-        raise Unauthorized(BAD_SIGNATURE)
+        raise signature_refused("bigcommerce")
     payload = parse_payload(body, "bigcommerce")
     headers = kept_headers(request)
     scope, dedupe_key = "", _body_key(body)
