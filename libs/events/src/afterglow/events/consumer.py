@@ -93,6 +93,7 @@ from afterglow.events.lag import observe_lag
 from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
+from afterglow.events.tracing import batch_span
 
 log = logging.getLogger(__name__)
 
@@ -560,11 +561,19 @@ class EventConsumer:
         return None
 
     async def _apply(self, items: list[_Item]) -> None:
-        """One transaction: the inbox claim of ``items`` and their handlers."""
-        async with self._sessionmaker.begin() as session:
-            claimed = await apply_in_one_transaction(
-                session, self._claim, self.name, [(i.event, i.handler) for i in items]
-            )
+        """One transaction: the inbox claim of ``items`` and their handlers (a span when
+        tracing is on, which each event's span links to)."""
+        attributes = {
+            "messaging.consumer.group.name": self.name,
+            "messaging.destination.name": items[0].record.topic,
+            "messaging.destination.partition.id": str(items[0].record.partition),
+            "messaging.batch.message_count": len(items),
+        }
+        with batch_span(f"apply {items[0].record.topic}", attributes):
+            async with self._sessionmaker.begin() as session:
+                claimed = await apply_in_one_transaction(
+                    session, self._claim, self.name, [(i.event, i.handler) for i in items]
+                )
         EVENTS.labels(self.name, "applied").inc(len(claimed.applied))
         if claimed.duplicates:
             EVENTS.labels(self.name, "duplicate").inc(claimed.duplicates)
