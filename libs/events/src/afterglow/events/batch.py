@@ -34,6 +34,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
+from afterglow.events import tracing
+from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent
 from afterglow.events.tracing import continued, linked
 
@@ -134,6 +136,9 @@ async def apply_in_one_transaction(
 def event_span(event: CloudEvent[Any]) -> contextlib.AbstractContextManager[None]:
     """Applying one event: a span child of the event's traceparent (when tracing is on),
     and the event's id and trace on the log lines and the events it causes."""
+    if not tracing.enabled():
+        # The hot path with tracing off: not even the span's name and attributes.
+        return event_context(event.id, event.traceparent)
     return continued(
         f"apply {event.type}",
         event.traceparent,

@@ -563,13 +563,16 @@ class EventConsumer:
     async def _apply(self, items: list[_Item]) -> None:
         """One transaction: the inbox claim of ``items`` and their handlers (a span when
         tracing is on, which each event's span links to)."""
-        attributes = {
-            "messaging.consumer.group.name": self.name,
-            "messaging.destination.name": items[0].record.topic,
-            "messaging.destination.partition.id": str(items[0].record.partition),
-            "messaging.batch.message_count": len(items),
-        }
-        with batch_span(f"apply {items[0].record.topic}", attributes):
+        first = items[0].record
+        with batch_span(
+            f"apply {first.topic}",
+            lambda: {
+                "messaging.consumer.group.name": self.name,
+                "messaging.destination.name": first.topic,
+                "messaging.destination.partition.id": str(first.partition),
+                "messaging.batch.message_count": len(items),
+            },
+        ):
             async with self._sessionmaker.begin() as session:
                 claimed = await apply_in_one_transaction(
                     session, self._claim, self.name, [(i.event, i.handler) for i in items]

@@ -24,7 +24,7 @@ fires days after what scheduled it starts a trace of its own with a link to that
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -169,14 +169,20 @@ def linked(
 
 
 @contextlib.contextmanager
-def batch_span(name: str, attributes: Attributes | None = None) -> Iterator[None]:
+def batch_span(
+    name: str, attributes: Callable[[], Attributes] | Attributes | None = None
+) -> Iterator[None]:
     """A span around one transaction of a batch (a consumer's partition batch, a round
-    of stored deliveries); the spans of its events link to it. Nothing when off."""
+    of stored deliveries); the spans of its events link to it. Nothing when off (pass
+    ``attributes`` as a function and they are not even built then)."""
     if _tracer is None:
         yield
         return
     with _tracer.start_as_current_span(
-        name, context=Context(), kind=SpanKind.INTERNAL, attributes=attributes
+        name,
+        context=Context(),
+        kind=SpanKind.INTERNAL,
+        attributes=attributes() if callable(attributes) else attributes,
     ):
         yield
 

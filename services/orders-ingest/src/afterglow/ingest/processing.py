@@ -38,7 +38,8 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events.tracing import batch_span, continued
+from afterglow.events import tracing
+from afterglow.events.context import event_context
 from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
@@ -155,7 +156,7 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
     batch), then apply each in order."""
     if not rows:
         return
-    with batch_span("apply deliveries", {"afterglow.deliveries": len(rows)}):
+    with tracing.batch_span("apply deliveries", lambda: {"afterglow.deliveries": len(rows)}):
         ready: list[tuple[Row[Any], domain.Normalized]] = []
         for row in rows:
             normalized = await _normalize_one(session, row)
@@ -167,17 +168,20 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
             runtime.clock.now(),
         )
         for row, normalized in ready:
-            d = row._mapping
             # The webhook's trace goes on: the events emitted here carry it.
-            with continued(
-                f"apply delivery {d['platform']} {d['topic']}",
-                d["traceparent"],
-                attributes={
-                    "afterglow.delivery.id": str(d["id"]),
-                    "afterglow.tenant": str(d["tenant_id"]),
-                },
-            ):
+            with _delivery_span(row):
                 await _apply_one(runtime, session, row, normalized)
+
+
+def _delivery_span(row: Row[Any]) -> contextlib.AbstractContextManager[None]:
+    d = row._mapping
+    if not tracing.enabled():
+        return event_context(None, d["traceparent"])  # off: no span, its name unbuilt
+    return tracing.continued(
+        f"apply delivery {d['platform']} {d['topic']}",
+        d["traceparent"],
+        attributes={"afterglow.delivery.id": str(d["id"]), "afterglow.tenant": str(d["tenant_id"])},
+    )
 
 
 async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normalized | None:
