@@ -3,13 +3,13 @@
 orders-ingest and the journey orchestrator run in this process on the session's stack,
 with tracing on through an in-memory exporter. A signed Shopify ``orders/create`` is
 stored by the webhook (its request's trace goes with the stored delivery), applied by
-ingest's processing worker, published by the relay as ``order.placed`` with
-``ce_traceparent``, applied by the journey engine (which asks for the welcome message:
-``message.requested``, relayed in turn), stored by the messaging consumer and sent by
-the dispatcher to a local receiver. The send span must be in the webhook's trace, its
-parents leading back to the request's span. The journey's next stage waits an hour:
-the clock moves, the timer fires in a trace of its own, with a link to the webhook's,
-and the check-in it asks for carries the timer's trace.
+ingest's processing worker, published by the relay (a span per send) as
+``order.placed`` with ``ce_traceparent``, applied by the journey engine (which asks for
+the welcome message: ``message.requested``, relayed in turn), stored by the messaging
+consumer and sent by the dispatcher to a local receiver. The send span must be in the
+webhook's trace, its parents leading back to the request's span. The journey's next
+stage waits an hour: the clock moves, the timer fires in a trace of its own, with a
+link to the webhook's, and the check-in it asks for carries the timer's trace.
 """
 
 from __future__ import annotations
@@ -234,7 +234,9 @@ class TestOneTrace:
         # Parent by parent, through every service and hop, back to the request.
         spans = [s for s in traced.spans.get_finished_spans() if trace_of(s) == trace_of(send)]
         assert ancestry(send, spans) == [
+            "publish afterglow.messages",  # the journeys relay sent the request
             "apply afterglow.order.placed.v1",  # the journey engine, which asked for it
+            "publish afterglow.orders",  # ingest's relay
             "apply delivery shopify orders/create",  # ingest's processing worker
             "POST /webhooks/shopify",
         ]

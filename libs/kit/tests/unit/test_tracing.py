@@ -102,6 +102,18 @@ class TestTracingOn:
         ]
         assert event.traceparent == tracing.format_traceparent(span.context)
 
+    def test_the_relays_send_is_a_span_the_header_then_names(
+        self, spans: InMemorySpanExporter
+    ) -> None:
+        headers = [("ce_id", b"e1"), ("ce_traceparent", A.encode()), ("ce_type", b"t")]
+        span, sent = tracing.publishing("afterglow.orders", headers)
+        span.end()
+        [finished] = spans.get_finished_spans()
+        assert finished.context is not None and finished.parent is not None
+        assert finished.parent.span_id == 0x00F067AA0BA902B7
+        assert [k for k, _ in sent] == ["ce_id", "ce_type", "ce_traceparent"]
+        assert dict(sent)["ce_traceparent"].decode() == tracing.format_traceparent(finished.context)
+
     def test_a_malformed_traceparent_starts_a_new_trace(self, spans: InMemorySpanExporter) -> None:
         with tracing.continued("apply", "00-nonsense-01-01"):
             built()

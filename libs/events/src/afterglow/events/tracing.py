@@ -15,6 +15,8 @@ here set it, whether tracing is on or not:
   traceparent current, so what the work causes is that span's child.
 
 Work caused by one event or request is a child of its traceparent (:func:`continued`);
+the relay's send of an outbox row is a span too, which the ``ce_traceparent`` it sends
+names (:func:`publishing`), so the hop through the broker shows in the trace;
 a batch that applies the events of many traces in one transaction is a span of its
 own, linked from the events' spans (:func:`batch_span`, :func:`linked`); a timer that
 fires days after what scheduled it starts a trace of its own with a link to that one
@@ -44,6 +46,7 @@ __all__ = [
     "format_traceparent",
     "linked",
     "parse_traceparent",
+    "publishing",
     "server_span",
 ]
 
@@ -205,6 +208,30 @@ def server_span(
         event_context(None, format_traceparent(span.get_span_context())),
     ):
         yield span
+
+
+def publishing(
+    topic: str, headers: list[tuple[str, bytes]]
+) -> tuple[trace.Span, list[tuple[str, bytes]]]:
+    """The relay's send of one outbox row (tracing on): a PRODUCER span, child of the
+    row's ``ce_traceparent``, and the headers with that header now naming this span, so
+    the consumers' spans are its children and the hop through the broker shows in the
+    trace. The caller ends the span once the broker acknowledged the send."""
+    assert _tracer is not None, "publishing is only used with tracing on"
+    stored = next((v for k, v in headers if k == "ce_traceparent"), None)
+    event_id = next((v for k, v in headers if k == "ce_id"), b"")
+    span = _tracer.start_span(
+        f"publish {topic}",
+        context=_parent(stored.decode(errors="replace") if stored else None),
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.destination.name": topic,
+            "messaging.message.id": event_id.decode(errors="replace"),
+        },
+    )
+    traceparent = format_traceparent(span.get_span_context()).encode()
+    rest = [(k, v) for k, v in headers if k != "ce_traceparent"]
+    return span, [*rest, ("ce_traceparent", traceparent)]
 
 
 def current() -> str | None:
