@@ -3,8 +3,10 @@ from the environment; the trace and span ids on log lines."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from afterglow.events import CloudEvent, tracing
 from afterglow.events.catalog import CustomerUnsubscribed
 from afterglow.kit.logs import JsonFormatter
-from afterglow.kit.tracing import configure_tracing
+from afterglow.kit.tracing import configure_tracing, flush_spans
 
 A = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 B = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -132,13 +134,38 @@ class TestSetupFromEnvironment:
         assert configure_tracing("loyalty", env) is False
         assert not tracing.enabled()
 
-    def test_an_endpoint_turns_it_on(self) -> None:
+    def test_an_endpoint_turns_it_on_and_spans_reach_it_over_otlp_http(self) -> None:
+        received: list[tuple[str, bytes]] = []
+
+        class Collector(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
         try:
-            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
             assert configure_tracing("loyalty", env) is True
             assert tracing.enabled()
+            with tracing.continued("apply afterglow.order.placed.v1", A):
+                pass
+            assert flush_spans(timeout_s=10)
         finally:
             tracing.disable()
+            server.shutdown()
+        [(path, body)] = received
+        assert path == "/v1/traces"
+        # OTLP protobuf: the resource's service.name and the span's name, as bytes.
+        assert b"loyalty" in body and b"apply afterglow.order.placed.v1" in body
+        assert bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736") in body  # the trace id
 
 
 def log_line() -> dict[str, object]:

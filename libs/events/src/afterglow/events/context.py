@@ -20,4 +20,3 @@ def event_context(event_id: str | None, traceparent: str | None) -> Iterator[Non
     finally:
         current_event_id.reset(t1)
         current_traceparent.reset(t2)
-

@@ -49,7 +49,7 @@ from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
 from afterglow.kit.routing import service_router, unbounded_routes
 from afterglow.kit.settings import ServiceSettings, missing_secrets
-from afterglow.kit.tracing import TracingMiddleware, configure_tracing
+from afterglow.kit.tracing import TracingMiddleware, configure_tracing, flush_spans
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,9 @@ def create_service_app(
             if runtime.http is not None:
                 await runtime.http.aclose()
             await engine.dispose()
+            if tracing_on:
+                # The last batch's spans (a rolling restart would lose them otherwise).
+                await asyncio.to_thread(flush_spans)
             log.info("service stopped")
 
     app = FastAPI(

@@ -2,8 +2,8 @@
 
 OpenTelemetry's own variables decide: with ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) set, spans are batched and exported over
-OTLP/HTTP (the exporter reads the endpoint, headers and timeout variables itself; the
-SDK reads ``OTEL_TRACES_SAMPLER``); ``service.name`` is the service's name unless
+OTLP/HTTP (the exporter reads the headers and timeout variables itself; the SDK reads
+``OTEL_TRACES_SAMPLER``); ``service.name`` is the service's name unless
 ``OTEL_SERVICE_NAME`` says otherwise. Unset (or ``OTEL_SDK_DISABLED=true``): no
 provider, no middleware, the SDK is not even imported; the trace context still rides
 on every event (:mod:`afterglow.events.tracing`).
@@ -14,12 +14,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afterglow.events import tracing
 
 log = logging.getLogger(__name__)
+
+# The SDK provider this module installed (None while tracing is off or set up by others).
+_provider: Any = None
 
 
 def configure_tracing(service: str, env: Mapping[str, str] | None = None) -> bool:
@@ -29,8 +33,12 @@ def configure_tracing(service: str, env: Mapping[str, str] | None = None) -> boo
     env = os.environ if env is None else env
     if tracing.enabled():
         return True
-    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    # As the OTLP spec says: the traces endpoint is used as it is, the general one gets
+    # the signal's path. Passed to the exporter, which would read os.environ instead.
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        base.rstrip("/") + "/v1/traces"
+        if (base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        else None
     )
     if not endpoint or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
@@ -45,11 +53,21 @@ def configure_tracing(service: str, env: Mapping[str, str] | None = None) -> boo
     provider = TracerProvider(resource=resource)  # flushed at exit (shutdown_on_exit)
     # BatchSpanProcessor: the request never waits for the collector; a collector away
     # drops spans (bounded queue), never slows or fails the work.
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)  # for instrumentations that use the global one
     tracing.enable(provider)
+    global _provider
+    _provider = provider
     log.info("tracing on", extra={"otlp_endpoint": endpoint})
     return True
+
+
+def flush_spans(timeout_s: float = 5.0) -> bool:
+    """Export the spans still queued (a service stopping; a test); False if it timed
+    out. Nothing to do while tracing is off."""
+    if _provider is None:
+        return True
+    return bool(_provider.force_flush(int(timeout_s * 1000)))
 
 
 class TracingMiddleware:
