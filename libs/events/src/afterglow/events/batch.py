@@ -23,6 +23,7 @@ Two handler forms, both run inside that transaction, in partition order:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
+from afterglow.events import tracing
 from afterglow.events.context import event_context
 from afterglow.events.envelope import CloudEvent
+from afterglow.events.tracing import continued, linked
 
 EventHandler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
 BatchHandlerFn = Callable[[AsyncSession, list[CloudEvent[Any]]], Awaitable[None]]
@@ -109,17 +112,39 @@ async def apply_in_one_transaction(
     fresh = [(e, h) for e, h in unique.values() if e.id in new_ids]
     for handler, run in _runs(fresh):
         if isinstance(handler, BatchHandler):
-            first = run[0]
-            with event_context(first.id, first.traceparent):
+            # The run's events may be of as many traces: one span linked to each; the
+            # handler opens a span per event where it works per event (each_in_order,
+            # in_segments' one, the journey engine's loop), so what an event causes
+            # there joins that event's trace. What a set-based write emits for many
+            # events at once is in the run's span, linked to their traces.
+            with linked(
+                f"apply {len(run)} events",
+                (e.traceparent for e in run),
+                event_id=run[0].id if len(run) == 1 else None,
+            ):
                 await handler.apply(session, run)
             continue
         for event in run:
-            with event_context(event.id, event.traceparent):
+            with event_span(event):
                 await handler(session, event)
             # The next event sees this one's writes, through fresh ORM objects.
             await session.flush()
             session.expunge_all()
     return Claimed([e for e, _ in fresh], duplicates + len(unique) - len(fresh))
+
+
+def event_span(event: CloudEvent[Any]) -> contextlib.AbstractContextManager[None]:
+    """Applying one event: a span child of the event's traceparent (when tracing is on),
+    and the event's id and trace on the log lines and the events it causes."""
+    if not tracing.enabled():
+        # The hot path with tracing off: not even the span's name and attributes.
+        return event_context(event.id, event.traceparent)
+    return continued(
+        f"apply {event.type}",
+        event.traceparent,
+        event_id=event.id,
+        attributes={"messaging.message.id": event.id, "afterglow.tenant": event.tenantid},
+    )
 
 
 def _runs(
@@ -154,7 +179,7 @@ async def in_segments(
         if take(event):
             continue
         await flush()
-        with event_context(event.id, event.traceparent):
+        with event_span(event):
             await one(event)
     await flush()
 
@@ -168,7 +193,7 @@ async def each_in_order(
     cached) and then applies each event with per-event code: in order, each event seeing
     the earlier ones' writes through fresh ORM objects, as the per-event form does."""
     for event in events:
-        with event_context(event.id, event.traceparent):
+        with event_span(event):
             await handle(session, event)
         await session.flush()
         session.expunge_all()

@@ -93,6 +93,7 @@ from afterglow.events.lag import observe_lag
 from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import EventTables
 from afterglow.events.topics import DLQ_SUFFIX
+from afterglow.events.tracing import batch_span
 
 log = logging.getLogger(__name__)
 
@@ -572,15 +573,26 @@ class EventConsumer:
         return None
 
     async def _apply(self, items: list[_Item]) -> None:
-        """One transaction: the inbox claim of ``items`` and their handlers. The items
-        are of one partition (see _process_partition), so of one topic."""
+        """One transaction: the inbox claim of ``items`` and their handlers (a span when
+        tracing is on, which each event's span links to). The items are of one partition
+        (see _process_partition), so of one topic."""
+        first = items[0].record
+        topic = first.topic
         started = time.perf_counter()
-        async with self._sessionmaker.begin() as session:
-            claimed = await apply_in_one_transaction(
-                session, self._claim, self.name, [(i.event, i.handler) for i in items]
-            )
+        with batch_span(
+            f"apply {topic}",
+            lambda: {
+                "messaging.consumer.group.name": self.name,
+                "messaging.destination.name": topic,
+                "messaging.destination.partition.id": str(first.partition),
+                "messaging.batch.message_count": len(items),
+            },
+        ):
+            async with self._sessionmaker.begin() as session:
+                claimed = await apply_in_one_transaction(
+                    session, self._claim, self.name, [(i.event, i.handler) for i in items]
+                )
         BATCH_APPLY.labels(self.name).observe(time.perf_counter() - started)
-        topic = items[0].record.topic
         EVENTS.labels(self.name, topic, "applied").inc(len(claimed.applied))
         if claimed.duplicates:
             EVENTS.labels(self.name, topic, "duplicate").inc(claimed.duplicates)

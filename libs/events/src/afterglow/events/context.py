@@ -1,4 +1,5 @@
-"""Context variables that put the event and trace ids on every log line."""
+"""Context variables that put the event and trace ids on every log line, and the
+traceparent on every event built (:mod:`afterglow.events.tracing` sets them)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,3 @@ def event_context(event_id: str | None, traceparent: str | None) -> Iterator[Non
     finally:
         current_event_id.reset(t1)
         current_traceparent.reset(t2)
-
-
-def trace_id() -> str | None:
-    """The W3C trace id of the current traceparent (``00-<trace>-<span>-<flags>``)."""
-    tp = current_traceparent.get()
-    if tp and tp.count("-") == 3:
-        return tp.split("-")[1]
-    return None

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from afterglow.events.catalog import EVENT_TYPES, CatalogEvent, EventData, parse_data, topic_for
+from afterglow.events.context import current_traceparent
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -93,7 +94,13 @@ class CloudEvent(BaseModel, Generic[D]):
     ) -> CloudEvent[D]:
         """Build an event. Pass ``id`` when the cause has a stable id of its own (a
         webhook delivery, an inbound event), so that a retried cause yields the same id
-        and downstream inboxes drop the repeat."""
+        and downstream inboxes drop the repeat.
+
+        ``traceparent`` defaults to that of the work in progress (the request, event or
+        timer being handled: :mod:`afterglow.events.tracing`), so every event a cause
+        leads to joins its trace without each call site passing it on."""
+        if traceparent is None:
+            traceparent = current_traceparent.get()
         return CloudEvent[D](
             id=id or str(uuid.uuid4()),
             source=source,

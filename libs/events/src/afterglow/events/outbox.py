@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from afterglow.events import tracing
 from afterglow.events.envelope import CloudEvent, to_record
 from afterglow.events.listen import Listener
 from afterglow.events.shutdown import stop_within
@@ -245,17 +246,31 @@ class OutboxRelay:
 
     async def _publish(self, rows: Iterable[Any]) -> None:
         futures = []
+        spans = []
+        traced = tracing.enabled()
         for row in rows:
             headers = [(k, v.encode()) for k, v in row.headers]
+            if traced:
+                # A span per send, child of the row's trace; the header names it.
+                span, headers = tracing.publishing(row.topic, headers)
+                spans.append(span)
             futures.append(
                 await self._producer.send(
                     row.topic, value=row.value, key=row.key.encode(), headers=headers
                 )
             )
-        # Every send has a deadline: a dead broker must not hold the shard locks forever.
-        # asyncio.timeout, not wait_for: see afterglow.events.shutdown.
-        async with asyncio.timeout(self._send_timeout):
-            await asyncio.gather(*futures)
+        try:
+            # Every send has a deadline: a dead broker must not hold the shard locks
+            # forever. asyncio.timeout, not wait_for: see afterglow.events.shutdown.
+            async with asyncio.timeout(self._send_timeout):
+                await asyncio.gather(*futures)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+            raise
+        finally:
+            for span in spans:
+                span.end()
 
     async def run(self) -> None:
         """Publish until cancelled: woken by NOTIFY, or by a short poll as a fallback."""

@@ -49,6 +49,7 @@ from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
 from afterglow.kit.routing import service_router, unbounded_routes
 from afterglow.kit.settings import ServiceSettings, missing_secrets
+from afterglow.kit.tracing import TracingMiddleware, configure_tracing, flush_spans
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def create_service_app(
             f"bodies are then parsed within bounds): {', '.join(unbounded)}"
         )
     configure_logging(spec.name, settings.log_level, settings.log_json)
+    tracing_on = configure_tracing(spec.name)
     runs_api = settings.service_role in ("all", "api")
     runs_workers = settings.service_role in ("all", "worker")
 
@@ -265,6 +267,9 @@ def create_service_app(
             if runtime.http is not None:
                 await runtime.http.aclose()
             await engine.dispose()
+            if tracing_on:
+                # The last batch's spans (a rolling restart would lose them otherwise).
+                await asyncio.to_thread(flush_spans)
             log.info("service stopped")
 
     app = FastAPI(
@@ -278,6 +283,9 @@ def create_service_app(
     install_error_handlers(app)
     openapi.install(app)
     _install_metrics_middleware(app, spec.name)
+    if tracing_on:
+        # Outside the metrics and error handling: the span covers the whole answer.
+        app.add_middleware(TracingMiddleware)
     # Added last, so outermost: every response, the error handlers' included.
     app.add_middleware(NoSniffMiddleware)
     app.include_router(_ops_router(settings))

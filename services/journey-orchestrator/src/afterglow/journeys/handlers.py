@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch
+from afterglow.events.batch import event_span
 from afterglow.events.catalog import CustomerErasureRequested, is_anonymous_subject
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
@@ -87,25 +88,28 @@ async def apply_events(
         ),
     )
     for event in events:
-        key = (event.tenantid, event.subject)
-        tj = journeys[key[0]]
-        current = instances[key]
-        outcome = d.handle_event(
-            tj.journeys, tj.active, current, profiles[key], occurrence(event), now
-        )
-        for res in outcome.results:
-            changes.step(
-                key[0],
-                key[1],
-                tj.journeys[(res.state.journey, res.state.version)],
-                res,
-                outcome.profile,
+        # Per event, in the batch: the messages, events and timers this event causes
+        # carry its trace (afterglow.events.tracing), not the batch's.
+        with event_span(event):
+            key = (event.tenantid, event.subject)
+            tj = journeys[key[0]]
+            current = instances[key]
+            outcome = d.handle_event(
+                tj.journeys, tj.active, current, profiles[key], occurrence(event), now
             )
-        by_id = {i.id: i for i in current}
-        for iid in outcome.goals:
-            changes.goal(key[0], key[1], by_id[iid], event.id)
-        profiles[key] = outcome.profile
-        instances[key] = _newest_first(current, [r.state for r in outcome.results])
+            for res in outcome.results:
+                changes.step(
+                    key[0],
+                    key[1],
+                    tj.journeys[(res.state.journey, res.state.version)],
+                    res,
+                    outcome.profile,
+                )
+            by_id = {i.id: i for i in current}
+            for iid in outcome.goals:
+                changes.goal(key[0], key[1], by_id[iid], event.id)
+            profiles[key] = outcome.profile
+            instances[key] = _newest_first(current, [r.state for r in outcome.results])
     for key in keys:
         changes.profile(key, profiles[key])
     await changes.write(session)

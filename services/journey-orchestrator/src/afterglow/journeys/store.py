@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
+from afterglow.events.tracing import current
 from afterglow.journeys import domain as d
 from afterglow.journeys.models import (
     SCHEMA,
@@ -630,6 +631,14 @@ _INSERT_GOALS = (
 )
 
 
+def _timer_payload(s: d.InstanceState) -> dict[str, Any]:
+    payload: dict[str, Any] = {"journey": s.journey, "version": s.version}
+    if (traceparent := current()) is not None:
+        # What scheduled it: its firing links to that trace (workers.fire_due_timers).
+        payload["traceparent"] = traceparent
+    return payload
+
+
 # --- the changes of a batch ----------------------------------------------------------------
 
 
@@ -747,7 +756,7 @@ class Changes:
                 kind=t.kind,
                 key=t.key,
                 due_at=t.due_at.isoformat(),
-                payload={"journey": s.journey, "version": s.version},
+                payload=_timer_payload(s),
                 state="pending",
                 created_at=self.now.isoformat(),
             )

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events.tracing import linked
 from afterglow.journeys import domain as d
 from afterglow.journeys import store
 from afterglow.journeys.models import JourneyTimer
@@ -51,6 +52,8 @@ async def claim_due(
             JourneyTimer.customer_id,
             JourneyTimer.instance_id,
             JourneyTimer.due_at,
+            JourneyTimer.kind,
+            JourneyTimer.payload["traceparent"].astext.label("traceparent"),
         )
         .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
         .order_by(JourneyTimer.due_at)
@@ -100,11 +103,19 @@ async def fire_due_timers(runtime: Runtime, batch: int) -> int:
             loaded = instances.get(ikey)
             if loaded is None:
                 continue  # its instance is gone: nothing to move
-            j = journeys[r.tenant_id].journeys[(loaded.state.journey, loaded.state.version)]
-            res = d.on_timer(j, loaded.state, profiles[key], r.id, now)
-            profiles[key] = d.note_actions(profiles[key], [res], now)
-            loaded.state = res.state
-            changes.step(r.tenant_id, r.customer_id, j, res, profiles[key])
+            # A trace of its own (days after its cause), linked to what scheduled it;
+            # the messages and events of this step are in it.
+            with linked(
+                f"fire timer {r.kind}",
+                [r.traceparent],
+                new_trace=True,
+                attributes={"afterglow.timer.id": r.id, "afterglow.tenant": r.tenant_id},
+            ):
+                j = journeys[r.tenant_id].journeys[(loaded.state.journey, loaded.state.version)]
+                res = d.on_timer(j, loaded.state, profiles[key], r.id, now)
+                profiles[key] = d.note_actions(profiles[key], [res], now)
+                loaded.state = res.state
+                changes.step(r.tenant_id, r.customer_id, j, res, profiles[key])
         for key, profile in profiles.items():
             changes.profile(key, profile)
         await changes.write(session)

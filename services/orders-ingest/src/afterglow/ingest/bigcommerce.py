@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events import tracing
 from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.models import Delivery, PlatformConnection
 from afterglow.ingest.settings import IngestSettings
@@ -49,6 +50,7 @@ class Claim:
     body: bytes
     attempts: int
     lease_until: datetime
+    traceparent: str | None = None  # the webhook's trace, continued by the fetch
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,13 @@ async def claim_due(
     still uses up an attempt."""
     rows = (
         await session.execute(
-            select(Delivery.id, Delivery.tenant_id, Delivery.body, Delivery.attempts)
+            select(
+                Delivery.id,
+                Delivery.tenant_id,
+                Delivery.body,
+                Delivery.attempts,
+                Delivery.traceparent,
+            )
             .where(Delivery.status == FETCH_PENDING, Delivery.next_attempt_at <= now)
             .order_by(Delivery.next_attempt_at)
             .limit(batch)
@@ -145,15 +153,24 @@ async def claim_due(
         .values(attempts=Delivery.attempts + 1, next_attempt_at=lease_until)
         .execution_options(synchronize_session=False)
     )
-    return [Claim(r.id, r.tenant_id, r.body, r.attempts + 1, lease_until) for r in rows]
+    return [
+        Claim(r.id, r.tenant_id, r.body, r.attempts + 1, lease_until, r.traceparent) for r in rows
+    ]
 
 
 async def _process(runtime: Runtime, claim: Claim) -> None:
-    outcome = await _fetch_and_normalize(runtime, claim)
-    if isinstance(outcome, FetchFailure):
-        await _record_failure(runtime, claim, outcome)
-    else:
-        await _apply(runtime, claim, outcome)
+    # The webhook's trace goes on through the fetch: the events applied carry it.
+    with tracing.continued(
+        "fetch delivery bigcommerce",
+        claim.traceparent,
+        kind=tracing.SpanKind.INTERNAL,
+        attributes={"afterglow.delivery.id": claim.id, "afterglow.tenant": claim.tenant_id},
+    ):
+        outcome = await _fetch_and_normalize(runtime, claim)
+        if isinstance(outcome, FetchFailure):
+            await _record_failure(runtime, claim, outcome)
+        else:
+            await _apply(runtime, claim, outcome)
 
 
 async def _fetch_and_normalize(runtime: Runtime, claim: Claim) -> domain.Normalized | FetchFailure:

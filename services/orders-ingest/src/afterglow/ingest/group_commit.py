@@ -23,13 +23,14 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from afterglow.events.tracing import current as current_traceparent
 from afterglow.ingest.intake import delivery_id_for, stored_key
 from afterglow.kit.errors import AppError
 
@@ -58,6 +59,9 @@ class NewDelivery:
     status: str = RECEIVED
     next_attempt_at: datetime | None = None
     last_error: str | None = None
+    # The receiving request's trace (afterglow.events.tracing), taken where the
+    # delivery is built, inside the request: the writer task that stores it is not.
+    traceparent: str | None = field(default_factory=current_traceparent)
 
     @functools.cached_property
     def id(self) -> str:
@@ -78,6 +82,7 @@ class NewDelivery:
             self.body,
             self.next_attempt_at,
             self.last_error,
+            self.traceparent,
         )
 
 
@@ -102,23 +107,24 @@ _COLUMNS = (
     "body",
     "next_attempt_at",
     "last_error",
+    "traceparent",
 )
 _INSERT = text(
     """
     INSERT INTO ingest.deliveries (id, tenant_id, platform, topic, dedupe_key, status,
         received_at, headers, body, event_ids, subjects, replays, attempts,
-        next_attempt_at, last_error)
+        next_attempt_at, last_error, traceparent)
     SELECT id, tenant_id, platform, topic, dedupe_key, status, received_at,
         CAST(headers AS jsonb), body, CAST(ARRAY[] AS text[]), CAST(ARRAY[] AS text[]),
-        0, 0, next_attempt_at, last_error
+        0, 0, next_attempt_at, last_error, traceparent
     FROM unnest(
         CAST(:id AS text[]), CAST(:tenant_id AS text[]), CAST(:platform AS text[]),
         CAST(:topic AS text[]), CAST(:dedupe_key AS text[]), CAST(:status AS text[]),
         CAST(:received_at AS timestamptz[]), CAST(:headers AS text[]),
         CAST(:body AS bytea[]), CAST(:next_attempt_at AS timestamptz[]),
-        CAST(:last_error AS text[])
+        CAST(:last_error AS text[]), CAST(:traceparent AS text[])
     ) AS t(id, tenant_id, platform, topic, dedupe_key, status, received_at, headers,
-        body, next_attempt_at, last_error)
+        body, next_attempt_at, last_error, traceparent)
     ON CONFLICT DO NOTHING
     RETURNING id
     """

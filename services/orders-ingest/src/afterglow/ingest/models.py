@@ -125,6 +125,9 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The W3C trace context of the request that delivered it: the processing worker
+    # continues that trace, so the events it emits join the webhook's trace.
+    traceparent: Mapped[str | None] = mapped_column(Text)
 
 
 class OrderFact(Base):

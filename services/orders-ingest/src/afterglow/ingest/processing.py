@@ -38,6 +38,8 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events import tracing
+from afterglow.events.context import event_context
 from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
@@ -138,6 +140,7 @@ async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
             Delivery.dedupe_key,
             Delivery.body,
             Delivery.received_at,
+            Delivery.traceparent,
         )
         .where(Delivery.status == RECEIVED)
         .order_by(Delivery.received_at, Delivery.id)
@@ -151,18 +154,34 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
     """Normalize the claimed deliveries, record the customer links their orders show
     and resolve their tickets to customers (one statement per table for the whole
     batch), then apply each in order."""
-    ready: list[tuple[Row[Any], domain.Normalized]] = []
-    for row in rows:
-        normalized = await _normalize_one(session, row)
-        if normalized is not None:
-            ready.append((row, normalized))
-    await identity.link_and_resolve(
-        session,
-        [(str(row._mapping["tenant_id"]), n) for row, n in ready],
-        runtime.clock.now(),
+    if not rows:
+        return
+    with tracing.batch_span("apply deliveries", lambda: {"afterglow.deliveries": len(rows)}):
+        ready: list[tuple[Row[Any], domain.Normalized]] = []
+        for row in rows:
+            normalized = await _normalize_one(session, row)
+            if normalized is not None:
+                ready.append((row, normalized))
+        await identity.link_and_resolve(
+            session,
+            [(str(row._mapping["tenant_id"]), n) for row, n in ready],
+            runtime.clock.now(),
+        )
+        for row, normalized in ready:
+            # The webhook's trace goes on: the events emitted here carry it.
+            with _delivery_span(row):
+                await _apply_one(runtime, session, row, normalized)
+
+
+def _delivery_span(row: Row[Any]) -> contextlib.AbstractContextManager[None]:
+    d = row._mapping
+    if not tracing.enabled():
+        return event_context(None, d["traceparent"])  # off: no span, its name unbuilt
+    return tracing.continued(
+        f"apply delivery {d['platform']} {d['topic']}",
+        d["traceparent"],
+        attributes={"afterglow.delivery.id": str(d["id"]), "afterglow.tenant": str(d["tenant_id"])},
     )
-    for row, normalized in ready:
-        await _apply_one(runtime, session, row, normalized)
 
 
 async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normalized | None:

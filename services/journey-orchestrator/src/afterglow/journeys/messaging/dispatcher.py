@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events.listen import Listener
 from afterglow.events.shutdown import cancel_and_wait
 from afterglow.events.topics import TOPICS_BY_NOUN
+from afterglow.events.tracing import SpanKind, continued
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.channels import Job, Outcome, Route, Senders, channel_for
 from afterglow.journeys.messaging.channels.rate import take
@@ -357,6 +358,7 @@ class Dispatcher:
             channel=channel,
             route=route,
             payload=payload,
+            traceparent=next((v for k, v in m.request_headers if k == "ce_traceparent"), None),
         )
 
     async def _set(
@@ -403,8 +405,21 @@ class Dispatcher:
 
     async def deliver(self, job: Job) -> None:
         try:
-            outcome = await self.send(job)
-            await self.settle(job, outcome)
+            with continued(
+                f"send {job.payload.get('kind')}",
+                job.traceparent,
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "afterglow.message.id": job.message_id,
+                    "afterglow.message.kind": str(job.payload.get("kind")),
+                    "afterglow.message.channel": job.channel,
+                    "afterglow.message.provider": job.route.provider,
+                    "afterglow.message.attempt": job.attempt,
+                    "afterglow.tenant": job.tenant_id,
+                },
+            ):
+                outcome = await self.send(job)
+                await self.settle(job, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -34,6 +34,9 @@ class Job:
     route: Route
     # The message as the webhook carries it: to, subject, html, text, headers, shop_name...
     payload: Mapping[str, Any]
+    # The trace of the request that asked for the message (its ce_traceparent): the
+    # send is a span of that trace.
+    traceparent: str | None = None
 
     @property
     def to(self) -> str:
