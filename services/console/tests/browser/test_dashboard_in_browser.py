@@ -8,8 +8,10 @@ Hand-computed figures of the seed (SEED below):
   (its goal: another order within 30 days) and, the journey restarting on a new order,
   starts a third: started 3, reached the goal 1, goal revenue 45.00 (p2's total);
 - NPS answers 10, 9, 3: (2 - 1) / 3 = 33.3; reviews 5 and 3: 2 reviews, average 4.00;
-- referrals: p's code used by q (a referral, not rejected) and by p itself (rejected as
-  a self-referral): 1 advocate invited, 1 rejected for self_referral.
+- referrals: p's code used by q (a referral, pending) and by p itself (rejected as a
+  self-referral): 1 advocate invited, 2 referred orders, 1 rejected for self_referral;
+- loyalty: the page shows what loyalty's own endpoint answers (its figures are
+  hand-computed in loyalty's tests; here points are still pending, in the return window).
 
 Each chart is checked for its number of marks (one per value), the tables for the
 numbers, the page at 1280 and 390 px (screenshots) and with axe-core."""
@@ -103,9 +105,11 @@ async def seed_today(http: httpx.AsyncClient, t: Tenant) -> Tenant:
 
     await eventually(
         settled,
-        lambda jrl: any(v["converted"] for v in jrl[0].get("versions", []))
-        and jrl[1].get("rejected") == 1
-        and sum(o["orders"] for o in jrl[2].get("orders_by_currency", [])) == 3,
+        lambda jrl: (
+            any(v["converted"] for v in jrl[0].get("versions", []))
+            and jrl[1].get("rejected") == 1
+            and sum(o["orders"] for o in jrl[2].get("orders_by_currency", [])) == 3
+        ),
         timeout=120,
     )
     return t
@@ -126,7 +130,13 @@ async def test_the_dashboard_shows_every_seeded_figure_with_its_chart(
 ) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         shop = await seed_today(http, await new_tenant(http, services))
-        loyalty = (await http.get(shop.urls["loyalty"] + "/v1/metrics", headers=shop.auth())).json()
+        loyalty = (
+            await http.get(
+                shop.urls["loyalty"] + "/v1/metrics/points",
+                params={**period(), "interval": "week"},
+                headers=shop.auth(),
+            )
+        ).json()
     context = await browser.new_context(base_url=shop.urls["console"], bypass_csp=True)
     page = await context.new_page()
 
@@ -160,9 +170,10 @@ async def test_the_dashboard_shows_every_seeded_figure_with_its_chart(
     assert await marks("cohorts-section").count() == 1  # the +0 cell
     row = page.locator("#clv-table tbody tr").first
     assert cells(await row.locator("td").all_inner_texts())[0] == "2"
-    # A cohort of this month: too young for 6 and 12 months (no bar), 3 months so far.
-    assert cells(await row.locator("td").all_inner_texts())[2:] == ["–", "–"]
-    assert await marks("clv-section").count() == 1
+    # A cohort of this month is too young for any of 3, 6, 12 months: a dash, no bar
+    # (the figures of an older cohort are checked by the page test, on ingest's book).
+    assert cells(await row.locator("td").all_inner_texts())[1:] == ["\u2013"] * 3
+    assert await marks("clv-section").count() == 0
 
     # --- the default journey, version 1 ---
     jn = page.locator("#journeys-section")
@@ -185,14 +196,14 @@ async def test_the_dashboard_shows_every_seeded_figure_with_its_chart(
 
     # --- loyalty: the table says what loyalty says; a bar per figure ---
     lt = page.locator("#loyalty-table")
-    assert await lt.locator("[data-figure=points_issued]").inner_text() == str(
-        loyalty["points_issued"]
-    )
+    for figure, name in (("points_issued", "issued"), ("points_outstanding", "outstanding")):
+        assert await lt.locator(f"[data-figure={figure}]").inner_text() == str(loyalty[name])
     assert await marks("loyalty-section").count() == 4
 
     # --- referrals: one rejected for self-referral ---
     rf = page.locator("#referrals-section")
     assert await rf.locator("[data-figure=referral_invited]").inner_text() == "1"
+    assert await rf.locator("[data-figure=referral_orders]").inner_text() == "2"  # q1, p2
     assert await rf.locator("[data-figure=referral_rejected]").inner_text() == "1"
     assert cells(await page.locator("#rejections-table tbody tr").all_inner_texts()) == [
         "self_referral\t1"

@@ -43,8 +43,8 @@ async def fetch(b: Backend, start: date, end: date, interval: str) -> dict[str, 
         "csat": b.get("feedback", "/v1/metrics/csat", interval=interval, **span),
         "reviews": b.get("feedback", "/v1/metrics/reviews", interval=interval, **days),
         "journeys": b.get("journeys", "/v1/metrics/journeys", **days),
-        "loyalty": b.get("loyalty", "/v1/metrics"),
-        "referrals": b.get("referrals", "/v1/metrics"),
+        "loyalty": b.get("loyalty", "/v1/metrics/points", interval=interval, **days),
+        "referrals": b.get("referrals", "/v1/metrics/referrals", **days),
     }
     results = await asyncio.gather(*(section(c) for c in calls.values()))
     return dict(zip(calls, results, strict=True))
@@ -128,12 +128,12 @@ def journey_charts(m: dict[str, Any]) -> list[dict[str, Any]]:
 def loyalty_chart(m: dict[str, Any]) -> Markup:
     return charts.bars(
         "points",
-        "Points issued, redeemed, expired and outstanding",
+        "Points issued, redeemed and expired in the period; outstanding now",
         [
-            ("issued", m["points_issued"]),
-            ("redeemed", m["points_redeemed"]),
-            ("expired", m["points_expired"]),
-            ("outstanding", m["points_outstanding"]),
+            ("issued", m["issued"]),
+            ("redeemed", m["redeemed"]),
+            ("expired", m["expired"]),
+            ("outstanding", m["outstanding"]),
         ],
         "points",
     )
@@ -143,7 +143,7 @@ def referral_chart(m: dict[str, Any]) -> Markup:
     return charts.hbars(
         "rejections",
         "Referrals rejected, by reason",
-        sorted(m["rejection_reasons"].items(), key=lambda kv: (-kv[1], kv[0])),
+        [(r["reason"], r["referrals"]) for r in m["rejection_reasons"]],
         "referrals",
     )
 
