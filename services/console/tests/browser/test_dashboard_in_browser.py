@@ -23,8 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+# The browser fixture and the page check (screenshots, axe) of the main browser test.
+from browser.test_console_in_browser import browser, check_page  # noqa: F401 - a fixture
 from console_support import Tenant, new_tenant
-from test_console_in_browser import browser, check_page  # noqa: F401 - the fixture
 
 from afterglow.devstack.services import RunningServices
 from afterglow.events.testing import eventually
@@ -149,8 +151,8 @@ async def test_the_dashboard_shows_every_seeded_figure_with_its_chart(
     await eventually(sign_in, lambda url: url.endswith("/dashboard"), timeout=120)
     # The period chooser: today only (the seed's day).
     today = period()["from"]
-    await page.get_by_label("From").fill(today)
-    await page.get_by_label("To").fill(today)
+    await page.get_by_label("From", exact=True).fill(today)
+    await page.get_by_label("To", exact=True).fill(today)
     await page.get_by_role("button", name="Show").click()
     assert f"from={today}" in page.url
 
