@@ -77,7 +77,10 @@ class JourneyDefinition(Base):
 
 class JourneyInstance(Base):
     __tablename__ = "journey_instances"
-    __table_args__ = (Index("ix_journey_instances_customer", "tenant_id", "customer_id", "status"),)
+    __table_args__ = (
+        Index("ix_journey_instances_customer", "tenant_id", "customer_id", "status"),
+        Index("ix_journey_instances_started", "tenant_id", "started_at"),
+    )
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Text)
     customer_id: Mapped[str] = mapped_column(Text)
