@@ -110,7 +110,9 @@ class TestDashboard:
         assert figure(html, "revenue") == "530.00"
         assert figure(html, "nps") == "33.3"
         # Each chart is an accessible SVG with its numbers in a table.
-        assert html.count('<svg class="chart"') == 4  # orders, cohorts, NPS, CSAT
+        # orders, cohorts, CLV, NPS, CSAT, reviews, rating, points; no journey started in
+        # the period (the book is older than the journeys), no referral was rejected.
+        assert html.count('<svg class="chart"') == 8
         assert "<caption>Orders per day</caption>" in html
         assert '<th scope="row">2026-01</th><td class="n">2</td>' in html  # January: A and B
         assert "185.00" in html  # January's revenue per customer over three months

@@ -80,7 +80,7 @@ def bars(chart_id: str, title: str, points: Sequence[tuple[str, float]], unit: s
         x = PAD_L + slot * i + (slot - width) / 2
         xs.append(x + width / 2)
         rects.append(
-            f'<rect x="{x:.1f}" y="{PAD_T + inner_h - h:.1f}" width="{width:.1f}" '
+            f'<rect class="mark" x="{x:.1f}" y="{PAD_T + inner_h - h:.1f}" width="{width:.1f}" '
             f'height="{h:.1f}" fill="{BRAND}"><title>{escape(label)}: {value:g} {escape(unit)}'
             "</title></rect>"
         )
@@ -113,7 +113,7 @@ def line(
         y = PAD_T + inner_h * (1 - (value - low) / top)
         segments[-1].append(f"{x:.1f},{y:.1f}")
         dots.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{BRAND}">'
+            f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{BRAND}">'
             f"<title>{escape(label)}: {value:g} {escape(unit)}</title></circle>"
         )
     paths = "".join(
@@ -158,9 +158,81 @@ def cohort_grid(
             ink = "#fff" if share > 0.55 else INK
             x = 110 + cell_w * k
             out.append(
-                f'<rect x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" height="{cell_h - 2}" '
+                f'<rect class="mark" x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" '
+                f'height="{cell_h - 2}" '
                 f'fill="{fill}"/><text x="{x + cell_w / 2 - 1:.1f}" y="{y + 17}" '
                 f'text-anchor="middle" font-size="11" fill="{ink}">{share:.0%}</text>'
             )
     desc = f"{len(rows)} cohorts by month of first order; each cell the share still buying."
     return _frame(chart_id, title, desc, "".join(out), height)
+
+
+def hbars(chart_id: str, title: str, points: Sequence[tuple[str, float]], unit: str) -> Markup:
+    """A horizontal bar per point (label, value), labels on the left: a funnel's stages
+    or rejection reasons, whose names are too long to sit under vertical bars at 390 px."""
+    top = _scale_max([v for _, v in points])
+    row_h, label_w = 28, 150
+    height = PAD_T + row_h * max(len(points), 1) + 8
+    inner_w = WIDTH - label_w - PAD_R - 60  # room for the value after the bar
+    out = []
+    for i, (label, value) in enumerate(points):
+        y = PAD_T + row_h * i
+        w = inner_w * value / top
+        short = label if len(label) <= 22 else label[:21] + "…"
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 18}" text-anchor="end" font-size="12" '
+            f'fill="{INK}">{escape(short)}</text>'
+            f'<rect class="mark" x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" '
+            f'fill="{BRAND}"><title>{escape(label)}: {value:g} {escape(unit)}</title></rect>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 18}" font-size="12" fill="{INK}">'
+            f"{value:g}</text>"
+        )
+    desc = f"{len(points)} bars; the table beside it has every value."
+    return _frame(chart_id, title, desc, "".join(out), height)
+
+
+# Distinguishable without colour vision (blue, orange, dark grey) and 3:1 against white.
+SERIES_COLOURS = ("#3b5bdb", "#c2410c", "#4b5563")
+
+
+def grouped_bars(
+    chart_id: str,
+    title: str,
+    groups: Sequence[tuple[str, Sequence[float | None]]],
+    series: Sequence[str],
+    unit: str,
+) -> Markup:
+    """Per group (label, one value per series) a bar for each series; a None value (a
+    cohort too young to have a 12-month figure) draws no bar. A legend names the series."""
+    values = [v for _, vs in groups for v in vs if v is not None]
+    top = _scale_max(values)
+    inner_w = WIDTH - PAD_L - PAD_R
+    inner_h = HEIGHT - PAD_T - PAD_B
+    slot = inner_w / max(len(groups), 1)
+    width = max(slot * 0.8 / max(len(series), 1), 1)
+    rects, xs = [], []
+    for i, (label, vs) in enumerate(groups):
+        left = PAD_L + slot * i + slot * 0.1
+        xs.append(left + width * len(series) / 2)
+        for k, value in enumerate(vs):
+            if value is None:
+                continue
+            h = inner_h * value / top
+            rects.append(
+                f'<rect class="mark" x="{left + width * k:.1f}" y="{PAD_T + inner_h - h:.1f}" '
+                f'width="{width:.1f}" height="{h:.1f}" fill="{SERIES_COLOURS[k % 3]}">'
+                f"<title>{escape(label)}, {escape(series[k])}: {value:g} {escape(unit)}</title>"
+                "</rect>"
+            )
+    legend = "".join(
+        f'<rect x="{PAD_L + 110 * k}" y="2" width="10" height="10" '
+        f'fill="{SERIES_COLOURS[k % 3]}"/><text x="{PAD_L + 110 * k + 14}" y="11" '
+        f'font-size="11" fill="{INK}">{escape(name)}</text>'
+        for k, name in enumerate(series)
+    )
+    desc = (
+        f"{len(groups)} groups of {len(series)} bars ({', '.join(series)}); "
+        "the table beside it has every value."
+    )
+    body = _axis(top) + "".join(rects) + _x_labels([g for g, _ in groups], xs) + legend
+    return _frame(chart_id, title, desc, body)

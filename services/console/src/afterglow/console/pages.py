@@ -6,7 +6,6 @@ section, not as a broken page."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -17,7 +16,6 @@ from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from afterglow.console import charts
 from afterglow.console.backend import BackendError, segment
 from afterglow.console.sessions import (
     COOKIE,
@@ -175,57 +173,7 @@ def _iso(d: date, *, end: bool = False) -> str:
     return datetime.combine(d + timedelta(days=1) if end else d, time(), UTC).isoformat()
 
 
-@router.get("/dashboard", summary="The dashboard over a period", responses=_PAGE)
-async def dashboard(
-    request: Request,
-    session: Current,
-    start: Annotated[date | None, Query(alias="from")] = None,
-    end: Annotated[date | None, Query(alias="to")] = None,
-) -> HTMLResponse:
-    today = runtime_of(request).clock.now().date()
-    start, end = _period(start, end, today)
-    b = session.backend
-    span = {"from": _iso(start), "to": _iso(end, end=True)}
-    interval = "week" if (end - start).days <= 200 else "month"
-    orders, nps, csat, loyalty = await asyncio.gather(
-        section(b.get("ingest", "/v1/metrics/orders", **{"from": start, "to": end})),
-        section(b.get("feedback", "/v1/metrics/nps", interval=interval, **span)),
-        section(b.get("feedback", "/v1/metrics/csat", interval=interval, **span)),
-        section(b.get("loyalty", "/v1/metrics")),
-    )
-    figures: dict[str, Any] = {}
-    if orders["data"]:
-        m = orders["data"]
-        figures["orders_chart"] = charts.bars(
-            "orders", "Orders per day", [(d["day"][5:], d["orders"]) for d in m["days"]], "orders"
-        )
-        figures["cohort_chart"] = charts.cohort_grid(
-            "cohorts",
-            "Retention by month of first order",
-            [(c["month"][:7], c["customers"], c["active"]) for c in m["cohorts"]],
-        )
-        figures["cohort_months"] = max((len(c["active"]) for c in m["cohorts"]), default=0)
-    for name, sec, figure in (("nps", nps, "nps"), ("csat", csat, "csat")):
-        if sec["data"]:
-            figures[f"{name}_chart"] = charts.line(
-                name,
-                f"{name.upper()} per {interval}",
-                [(p["start"][5:10], p.get(figure)) for p in sec["data"]["series"]],
-                "points" if name == "nps" else "%",
-            )
-    return page(
-        request,
-        "dashboard.html",
-        session=session,
-        start=start,
-        end=end,
-        interval=interval,
-        orders=orders,
-        nps=nps,
-        csat=csat,
-        loyalty=loyalty,
-        **figures,
-    )
+# The dashboard's route is in dashboard.py.
 
 
 # --- customers ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.feedback import api, export, handlers, pages, support
+from afterglow.feedback import api, export, handlers, metrics_api, pages, support
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
@@ -47,6 +47,7 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
         routers=[
             pages.router,
             api.router,
+            metrics_api.router,
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
         workers=_workers,

@@ -151,3 +151,89 @@ async def series(session: AsyncSession, w: Window) -> dict[str, Any]:
         "total": _figures(w.kind, *totals),
         "series": points,
     }
+
+
+# --- reviews --------------------------------------------------------------------------
+#
+# Review volume and average rating per bucket of a period (the console's dashboard).
+# Counted: reviews submitted in the period (created_at), whatever their moderation.
+# The average leaves out rejected ones only (spam, abuse): a low rating is never left
+# out, since averaging only what was published would hide negative reviews (the FTC
+# rule on review suppression). Buckets with no review are rows with 0 and no average.
+
+_REVIEW_SERIES = text(
+    """
+    WITH buckets AS (
+        SELECT b AT TIME ZONE 'UTC' AS bucket
+        FROM generate_series(
+            date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
+            CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
+            CAST('1 ' || :interval AS interval)
+        ) AS b
+    ), received AS (
+        SELECT date_trunc(:interval, created_at, 'UTC') AS bucket,
+               count(*) AS reviews,
+               count(*) FILTER (WHERE status = 'published') AS published,
+               avg(rating) FILTER (WHERE status <> 'rejected') AS average_rating
+        FROM feedback.reviews
+        WHERE tenant_id = :tenant AND created_at >= :start AND created_at < :end
+        GROUP BY 1
+    )
+    SELECT b.bucket, coalesce(r.reviews, 0) AS reviews, coalesce(r.published, 0) AS published,
+           round(r.average_rating, 2)::float AS average_rating
+    FROM buckets b LEFT JOIN received r ON r.bucket = b.bucket
+    ORDER BY b.bucket
+    """
+)
+
+_REVIEW_TOTALS = text(
+    """
+    SELECT status, rating, count(*) AS reviews
+    FROM feedback.reviews
+    WHERE tenant_id = :tenant AND created_at >= :start AND created_at < :end
+    GROUP BY status, rating
+    """
+)
+
+
+def review_totals(rows: Any) -> dict[str, Any]:
+    """(status, rating, count) rows into the period's totals. Pure."""
+    by_status: dict[str, int] = {}
+    ratings = {str(k): 0 for k in range(1, 6)}
+    rated = weighted = 0
+    for r in rows:
+        n = int(r.reviews)
+        by_status[r.status] = by_status.get(r.status, 0) + n
+        if r.status != "rejected":
+            ratings[str(r.rating)] = ratings.get(str(r.rating), 0) + n
+            rated += n
+            weighted += n * int(r.rating)
+    return {
+        "reviews": sum(by_status.values()),
+        "published": by_status.get("published", 0),
+        "pending": by_status.get("pending", 0),
+        "rejected": by_status.get("rejected", 0),
+        "average_rating": round(weighted / rated, 2) if rated else None,
+        "ratings": ratings,
+    }
+
+
+async def review_series(
+    session: AsyncSession, tenant_id: str, start: datetime, end: datetime, interval: str
+) -> dict[str, Any]:
+    params = {"tenant": tenant_id, "start": start, "end": end, "interval": interval}
+    series_rows = (await session.execute(_REVIEW_SERIES, params)).all()
+    totals = review_totals((await session.execute(_REVIEW_TOTALS, params)).all())
+    return {
+        "interval": interval,
+        "total": totals,
+        "series": [
+            {
+                "start": r.bucket.date().isoformat(),
+                "reviews": int(r.reviews),
+                "published": int(r.published),
+                "average_rating": r.average_rating,
+            }
+            for r in series_rows
+        ],
+    }

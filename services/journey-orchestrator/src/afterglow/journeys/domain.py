@@ -1285,6 +1285,26 @@ def goal_reached(j: Journey, st: InstanceState, ev: Occurrence) -> bool:
     return st.started_at < ev.at <= st.started_at + g.within
 
 
+@dataclass(frozen=True)
+class GoalValue:
+    """What a goal conversion brought in: the converting order and its total, so the
+    revenue of goal orders is summed from the conversions alone (without it a goal's
+    revenue would need the order book of another service)."""
+
+    order_id: str | None
+    amount_minor: int | None
+    currency: str | None
+
+
+def goal_value(ev: Occurrence) -> GoalValue:
+    """The order and total of a goal event (None for a goal that is not an order, or an
+    order event that carries no total)."""
+    total = ev.data.get("total")
+    if isinstance(total, dict) and isinstance(total.get("amount"), int):
+        return GoalValue(ev.order_id, int(total["amount"]), str(total.get("currency") or ""))
+    return GoalValue(ev.order_id, None, None)
+
+
 @dataclass
 class Outcome:
     """Everything one input did to one customer: per instance, the new state."""

@@ -106,8 +106,10 @@ async def apply_events(
                     outcome.profile,
                 )
             by_id = {i.id: i for i in current}
-            for iid in outcome.goals:
-                changes.goal(key[0], key[1], by_id[iid], event.id)
+            if outcome.goals:
+                value = d.goal_value(occurrence(event))
+                for iid in outcome.goals:
+                    changes.goal(key[0], key[1], by_id[iid], event.id, value)
             profiles[key] = outcome.profile
             instances[key] = _newest_first(current, [r.state for r in outcome.results])
     for key in keys:

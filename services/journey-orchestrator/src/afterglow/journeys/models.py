@@ -77,7 +77,10 @@ class JourneyDefinition(Base):
 
 class JourneyInstance(Base):
     __tablename__ = "journey_instances"
-    __table_args__ = (Index("ix_journey_instances_customer", "tenant_id", "customer_id", "status"),)
+    __table_args__ = (
+        Index("ix_journey_instances_customer", "tenant_id", "customer_id", "status"),
+        Index("ix_journey_instances_started", "tenant_id", "started_at"),
+    )
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Text)
     customer_id: Mapped[str] = mapped_column(Text)
@@ -137,7 +140,10 @@ class JourneyTimer(Base):
 
 class GoalConversion(Base):
     __tablename__ = "goal_conversions"
-    __table_args__ = (Index("ix_goal_conversions_journey", "tenant_id", "journey", "version"),)
+    __table_args__ = (
+        Index("ix_goal_conversions_journey", "tenant_id", "journey", "version"),
+        Index("ix_goal_conversions_converted", "tenant_id", "converted_at"),
+    )
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     instance_id: Mapped[str] = mapped_column(Text, primary_key=True)
     customer_id: Mapped[str] = mapped_column(Text)
@@ -145,3 +151,7 @@ class GoalConversion(Base):
     version: Mapped[int] = mapped_column(Integer)
     event_id: Mapped[str] = mapped_column(Text)
     converted_at: Mapped[datetime] = mapped_column(TS)
+    # The converting order and its total (migration 0008): the revenue of goal orders.
+    order_id: Mapped[str | None] = mapped_column(Text)
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(Text)

@@ -623,6 +623,9 @@ _GOAL_ROWS = _recordset(
     version=Integer,
     event_id=Text,
     converted_at=TS,
+    order_id=Text,
+    amount_minor=BigInteger,
+    currency=Text,
 )
 _INSERT_GOALS = (
     pg_insert(GoalConversion.__table__)
@@ -786,7 +789,14 @@ class Changes:
         if row.state == "pending":
             self._move(timer_id, row, "fired")
 
-    def goal(self, tenant: str, customer: str, inst: d.InstanceState, event_id: str) -> None:
+    def goal(
+        self,
+        tenant: str,
+        customer: str,
+        inst: d.InstanceState,
+        event_id: str,
+        value: d.GoalValue | None = None,
+    ) -> None:
         self.goals.append(
             dict(
                 tenant_id=tenant,
@@ -796,6 +806,9 @@ class Changes:
                 version=inst.version,
                 event_id=event_id,
                 converted_at=self.now.isoformat(),
+                order_id=value.order_id if value else None,
+                amount_minor=value.amount_minor if value else None,
+                currency=value.currency if value else None,
             )
         )
 

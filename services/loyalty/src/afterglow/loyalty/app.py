@@ -8,7 +8,7 @@ from afterglow.events import catalog as c
 from afterglow.kit.app import ServiceSpec, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
-from afterglow.loyalty import rewards
+from afterglow.loyalty import metrics_api, rewards
 from afterglow.loyalty.api import router
 from afterglow.loyalty.export import collect
 from afterglow.loyalty.handlers import CONSUMERS
@@ -43,7 +43,7 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         api_keys_table=api_keys,
         title="Afterglow loyalty",
         description="Points ledger, tiers and rewards.",
-        routers=[router, export_router(SPEC.name, collect)],
+        routers=[router, metrics_api.router, export_router(SPEC.name, collect)],
         workers=workers,
         clock=clock,
     )

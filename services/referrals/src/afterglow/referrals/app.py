@@ -13,6 +13,7 @@ from afterglow.kit.export import export_router
 from afterglow.referrals.api import router, share_links
 from afterglow.referrals.export import collect
 from afterglow.referrals.handlers import CONSUMERS
+from afterglow.referrals.metrics_api import router as metrics_router
 from afterglow.referrals.models import api_keys, tables
 from afterglow.referrals.service import ReferralService
 from afterglow.referrals.settings import ReferralsSettings
@@ -65,7 +66,7 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         api_keys_table=api_keys,
         title="Afterglow referrals",
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
-        routers=[router, share_links, export_router(SPEC.name, collect)],
+        routers=[router, metrics_router, share_links, export_router(SPEC.name, collect)],
         workers=_workers,
         on_start=_on_start,
         clock=clock,
