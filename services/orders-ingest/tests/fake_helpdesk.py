@@ -8,7 +8,9 @@ the ticket already created (``x-idempotency-lookup: hit``), with another body a 
 ``GET /api/v2/tickets?external_id=`` lists the tickets with that external id.
 Gorgias: basic auth with the API username and key, ``POST /api/tickets`` needs a
 customer (email or id) and at least one message with ``channel``, ``via``,
-``from_agent`` and, for an incoming one, a ``sender``.
+``from_agent`` and, for an incoming one, a ``sender``; it has no idempotency key (a
+repeated POST is a second ticket); ``GET /api/tickets?external_id=`` lists the tickets
+with that external id under ``data``.
 
 ``slow_once``: the next ticket is created, then its answer waits this many seconds (a
 client's timeout loses it: the case a retry must not turn into a second ticket).
@@ -152,7 +154,23 @@ class FakeHelpdesk:
                 "helpdesk": "gorgias",
             }
             self.tickets.append(ticket)
+            if self.slow_once:
+                delay, self.slow_once = self.slow_once, 0.0
+                await asyncio.sleep(delay)
             return JSONResponse(ticket, status_code=201)
+
+        @app.get("/api/tickets")
+        async def gorgias_list(request: Request, external_id: str | None = None) -> JSONResponse:
+            cred = _basic(request)
+            if cred is None or self.gorgias_keys.get(cred[0]) != cred[1]:
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
+            found = [
+                t
+                for t in self.tickets
+                if t["helpdesk"] == "gorgias"
+                and (external_id is None or t["external_id"] == external_id)
+            ]
+            return JSONResponse({"data": found, "meta": {"next_cursor": None}})
 
         return app
 

@@ -258,6 +258,33 @@ class TestEscalationOpensTicket:
         assert ticket["requester"] == {"email": "jon@example.com"}
         assert "Too late" in ticket["description"]
 
+    async def test_gorgias_lost_answer_is_retried_without_a_second_ticket(
+        self, app, producer, helpdesk, tenant_id
+    ):
+        # Gorgias takes no idempotency key: the retry must find the ticket by the
+        # external_id it carries, or the customer gets two tickets.
+        _, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        helpdesk.gorgias_keys[tenant_id] = "gorgias-key"
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "gorgias",
+                "api_base_url": helpdesk.url,
+                "username": tenant_id,
+                "secret": "gorgias-key",
+            },
+        )
+        helpdesk.slow_once = 3.0  # created, then the answer outlives ingest's 1 s deadline
+        esc_id = await escalate(producer, tenant_id, CUSTOMER)
+        row = await escalation_status(client, tenant_id, esc_id, "created")
+        assert row["attempts"] >= 2
+        mine = [t for t in helpdesk.tickets if (t["external_id"] or "").endswith(esc_id)]
+        assert len(mine) == 1
+        assert row["ticket"] == f"gorgias:{mine[0]['id']}"
+
     async def test_refused_credentials_fail_with_the_reason(
         self, app, producer, helpdesk, tenant_id
     ):

@@ -123,7 +123,14 @@ class TestHelpdeskCalls:
         assert body["customer"] == {"email": "jon@example.com"}
         [message] = body["messages"]
         assert (message["from_agent"], message["sender"]) == (False, body["customer"])
-        assert helpdesk.lookup_call(conn, DRAFT) is None
+        # No idempotency key at Gorgias: a retry first lists tickets by external_id.
+        lookup = helpdesk.lookup_call(conn, DRAFT)
+        assert lookup is not None
+        assert (lookup.method, lookup.url) == ("GET", "https://acme.gorgias.com/api/tickets")
+        assert lookup.params == {"external_id": "afterglow-escalation:esc-1"}
+        assert lookup.headers["Authorization"] == call.headers["Authorization"]
+        assert helpdesk.found_ticket(conn, {"data": [{"id": 7001}]}) == "gorgias:7001"
+        assert helpdesk.found_ticket(conn, {"data": []}) is None
 
     def test_generic_webhook_is_signed_with_the_escalation_as_its_id(self):
         conn = helpdesk.Connection("webhook", "https://hooks.example.com/x", None, "whsec_c2VjcmV0")
