@@ -141,9 +141,7 @@ async def configure(sc: Scenario, shops: FakeShops, zendesk: FakeHelpdesk) -> di
     return {"zendesk_secret": str(r.json()["secret"]), "shop_token": token}
 
 
-async def zendesk_webhook(
-    sc: Scenario, secret: str, kind: str, detail: dict[str, Any]
-) -> None:
+async def zendesk_webhook(sc: Scenario, secret: str, kind: str, detail: dict[str, Any]) -> None:
     """As Zendesk posts a ticket event: signed over timestamp + body, the requester by
     id only."""
     base = json.loads(ZENDESK_FIXTURE.read_text())

@@ -5,7 +5,9 @@ They check what the real ones check. Zendesk: API token auth (``Authorization: B
 of ``{email}/token:{token}``; 401 otherwise), ``POST /api/v2/tickets`` needs
 ``ticket.comment.body``; an ``Idempotency-Key`` repeated with the same body answers
 the ticket already created (``x-idempotency-lookup: hit``), with another body a 400;
-``GET /api/v2/tickets?external_id=`` lists the tickets with that external id.
+``GET /api/v2/tickets?external_id=`` lists the tickets with that external id;
+``GET /api/v2/users/{id}.json`` answers a user (``{"user": {"id", "email", ...}}``) with
+the same auth, 404 ``RecordNotFound`` for an unknown id.
 Gorgias: basic auth with the API username and key, ``POST /api/tickets`` needs a
 customer (email or id) and at least one message with ``channel``, ``via``,
 ``from_agent`` and, for an incoming one, a ``sender``; it has no idempotency key (a
@@ -48,6 +50,8 @@ class FakeHelpdesk:
         self.zendesk_tokens: dict[str, str] = {}
         self.gorgias_keys: dict[str, str] = {}
         self.tickets: list[dict[str, Any]] = []  # every ticket created, both helpdesks
+        self.zendesk_users: dict[str, dict[str, Any]] = {}  # user id -> user
+        self.user_lookups: list[str] = []  # user ids asked for (authenticated)
         self.posts = 0  # ticket creations asked for (answered or not)
         self.slow_once: float = 0.0
         self._idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -121,6 +125,18 @@ class FakeHelpdesk:
                 and (external_id is None or t["external_id"] == external_id)
             ]
             return JSONResponse({"tickets": found, "count": len(found)})
+
+        @app.get("/api/v2/users/{user_id}.json")
+        async def zendesk_user(request: Request, user_id: str) -> JSONResponse:
+            if zendesk_agent(request) is None:
+                return JSONResponse({"error": "Couldn't authenticate you"}, status_code=401)
+            self.user_lookups.append(user_id)
+            user = self.zendesk_users.get(user_id)
+            if user is None:
+                return JSONResponse(
+                    {"error": "RecordNotFound", "description": "Not found"}, status_code=404
+                )
+            return JSONResponse({"user": {"id": int(user_id), "role": "end-user", **user}})
 
         @app.post("/api/tickets")
         async def gorgias_create(request: Request) -> JSONResponse:

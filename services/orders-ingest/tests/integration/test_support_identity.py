@@ -178,6 +178,55 @@ class TestTicketResolvesToCustomer:
         [second] = await ticket_events(tap, tenant_id, "zendesk:504")
         assert second.subject == CUSTOMER
 
+    async def test_requester_known_by_id_only_is_looked_up_in_zendesk_once(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        # As Zendesk sends its ticket events: requester_id, no email. Two tickets of
+        # the same requester: both reach the customer, Zendesk is asked once.
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await connect_zendesk(client, helpdesk, tenant_id)
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": "JON@example.com", "name": "Jon"}
+        for ticket in ("511", "512"):
+            detail = {"id": ticket, "requester_id": user}
+            await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+            [opened] = await ticket_events(tap, tenant_id, f"zendesk:{ticket}")
+            assert opened.subject == CUSTOMER
+            row = await resolution(runtime, tenant_id, f"zendesk:{ticket}")
+            assert (row.resolved_by, row.reason) == ("email", None)
+        assert helpdesk.user_lookups.count(user) == 1
+
+    async def test_a_refused_lookup_is_the_reason_and_touches_no_journey(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "zendesk",
+                "api_base_url": helpdesk.url,
+                "username": "nobody@example.com",
+                "secret": "wrong",
+            },
+        )
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": EMAIL}
+        detail = {"id": "513", "requester_id": user}
+        await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+        [opened] = await ticket_events(tap, tenant_id, "zendesk:513")
+        assert opened.subject == f"zendesk:{user}"
+        row = await resolution(runtime, tenant_id, "zendesk:513")
+        assert row.resolved_by == "unresolved"
+        assert row.reason.startswith(
+            "the requester's email could not be looked up: zendesk answered 401"
+        )
+        assert user not in helpdesk.user_lookups  # refused at the door
+
     async def test_an_erased_customer_is_no_longer_linked(self, app, tap, tenant_id):
         runtime, client = app
         secrets = await register(client, tenant_id)

@@ -185,6 +185,33 @@ def lookup_call(conn: Connection, t: TicketDraft) -> HttpCall | None:
     )
 
 
+def user_call(conn: Connection, user_id: str) -> HttpCall | None:
+    """Zendesk's ``GET /api/v2/users/{id}.json`` with the tenant's API token: its ticket
+    events name the requester by ``requester_id`` only. None for other helpdesks."""
+    if conn.kind != "zendesk" or not user_id.isdigit():
+        return None
+    return HttpCall(
+        "GET",
+        f"{conn.api_base_url.rstrip('/')}/api/v2/users/{user_id}.json",
+        {
+            "Accept": "application/json",
+            "Authorization": _basic(f"{conn.username}/token", conn.secret),
+        },
+    )
+
+
+def user_contact(answer: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The email and phone of a Zendesk user answer (``{"user": {...}}``)."""
+    user = answer.get("user")
+    if not isinstance(user, Mapping):
+        return None, None
+    email, phone = user.get("email"), user.get("phone")
+    return (
+        email if isinstance(email, str) and email else None,
+        phone if isinstance(phone, str) and phone else None,
+    )
+
+
 def found_ticket(conn: Connection, answer: Mapping[str, Any]) -> str | None:
     """The ticket id in a lookup's answer, if one was found (Zendesk lists them under
     ``tickets``, Gorgias under ``data``)."""

@@ -38,7 +38,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest import domain, identity, intake
+from afterglow.ingest import domain, identity, intake, requesters
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
@@ -106,6 +106,9 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
 async def process_received(runtime: Runtime, batch: int) -> int:
     """One round: claim up to ``batch`` received deliveries and apply them in one
     transaction. Returns how many were claimed, or ``BUSY``."""
+    # Zendesk requesters known by id only are looked up first, outside the round's
+    # transaction (afterglow.ingest.requesters): a slow helpdesk holds no lock.
+    await requesters.prefetch(runtime, batch)
     try:
         async with runtime.sessionmaker.begin() as session:
             if not await _applier(session):
@@ -156,6 +159,7 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
         normalized = await _normalize_one(session, row)
         if normalized is not None:
             ready.append((row, normalized))
+    requesters.enrich(runtime, [(str(row._mapping["tenant_id"]), n) for row, n in ready])
     await identity.link_and_resolve(
         session,
         [(str(row._mapping["tenant_id"]), n) for row, n in ready],
