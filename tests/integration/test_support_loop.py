@@ -282,7 +282,7 @@ class TestSupportLoop:
         await journey(apps, shop, customer, lambda i: i["status"] == "paused")
         await zendesk_webhook(apps, shop, "ticket.status_changed", requester | {"status": "SOLVED"})
         await journey(apps, shop, customer, lambda i: i["status"] == "running")
-        assert apps.zendesk.user_lookups.count(user) == 1  # the solve used the pinned customer
+        assert apps.zendesk.user_lookups.count(user) == 1  # cached: the solve asked nothing more
 
     async def test_a_detractors_ticket_holds_the_review_ask_until_it_is_solved(
         self, apps: Apps, tenant_id: str
