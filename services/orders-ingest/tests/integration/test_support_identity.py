@@ -227,6 +227,30 @@ class TestTicketResolvesToCustomer:
         )
         assert user not in helpdesk.user_lookups  # refused at the door
 
+    async def test_the_requester_lookup_goes_through_the_outbound_guard(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        # In production (no private addresses) the Zendesk stand-in on 127.0.0.1 is
+        # refused before any request: the ticket says so and Zendesk is never asked.
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await connect_zendesk(client, helpdesk, tenant_id)
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": EMAIL}
+        allowed = runtime.settings
+        runtime.settings = allowed.model_copy(update={"outbound_allow_private": False})
+        try:
+            detail = {"id": "514", "requester_id": user}
+            await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+            [opened] = await ticket_events(tap, tenant_id, "zendesk:514")
+        finally:
+            runtime.settings = allowed
+        assert opened.subject == f"zendesk:{user}"
+        row = await resolution(runtime, tenant_id, "zendesk:514")
+        assert row.reason and "127.0.0.1 is not a public address" in row.reason
+        assert user not in helpdesk.user_lookups
+
     async def test_an_erased_customer_is_no_longer_linked(self, app, tap, tenant_id):
         runtime, client = app
         secrets = await register(client, tenant_id)
@@ -353,6 +377,28 @@ class TestEscalationOpensTicket:
         row = await escalation_status(client, tenant_id, esc_id, "failed")
         assert row["last_error"].startswith("zendesk answered 401")
         assert not [t for t in helpdesk.tickets if t["external_id"].endswith(esc_id)]
+
+    async def test_gorgias_refuses_a_wrong_api_key_and_no_ticket_is_opened(
+        self, app, producer, helpdesk, tenant_id
+    ):
+        _, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        helpdesk.gorgias_keys[tenant_id] = "gorgias-key"
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "gorgias",
+                "api_base_url": helpdesk.url,
+                "username": tenant_id,
+                "secret": "not-the-key",
+            },
+        )
+        esc_id = await escalate(producer, tenant_id, CUSTOMER)
+        row = await escalation_status(client, tenant_id, esc_id, "failed")
+        assert row["last_error"].startswith("gorgias answered 401")
+        assert not [t for t in helpdesk.tickets if (t["external_id"] or "").endswith(esc_id)]
 
     async def test_private_addresses_are_refused_in_production(
         self, app, producer, helpdesk, tenant_id
