@@ -35,6 +35,7 @@ import httpx
 from sqlalchemy import select
 
 from afterglow.ingest import domain, helpdesk
+from afterglow.ingest.customers import Requester
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery, HelpdeskConnection
 from afterglow.ingest.settings import IngestSettings
@@ -137,6 +138,9 @@ async def prefetch(runtime: Runtime, batch: int) -> None:
     found = await asyncio.gather(*(_look_up(runtime, conns[t], u) for t, u in asking))
     for key, contact in zip(asking, found, strict=True):
         cache.put(key, contact)
+    # Seen, with nothing to ask (no Zendesk connection): known, so not held back.
+    for key in keys - set(asking):
+        cache.put(key, Contact(None, None, None, time.monotonic() + FAILED_TTL_S))
 
 
 async def _look_up(runtime: Runtime, conn: helpdesk.Connection, user_id: str) -> Contact:
@@ -169,16 +173,37 @@ def _failed(error: str) -> Contact:
     return Contact(None, None, error[:300], time.monotonic() + FAILED_TTL_S)
 
 
+def _by_id_only(r: Requester | None) -> str | None:
+    """The helpdesk user id of a requester nothing else names, else None."""
+    if r is None or r.helpdesk_user_id is None:
+        return None
+    if r.email_hash or r.phone_hash or r.customer_id or r.escalation_id:
+        return None
+    return r.helpdesk_user_id
+
+
+def first_unseen(runtime: Runtime, items: Sequence[tuple[str, domain.Normalized]]) -> int | None:
+    """The index of the first item (never the first of all) whose requester the
+    prefetch has not seen: stored after it ran, while its calls were in flight. The
+    round applies the items before it and leaves the rest for the next round, which
+    looks it up first; the first item always applies, so nothing can stall on it."""
+    cache = cache_of(runtime)
+    for i, (tenant_id, normalized) in enumerate(items):
+        user_id = _by_id_only(normalized.requester)
+        if i > 0 and user_id is not None and cache.get((tenant_id, user_id)) is None:
+            return i
+    return None
+
+
 def enrich(runtime: Runtime, items: Sequence[tuple[str, domain.Normalized]]) -> None:
     """Give requesters known by id only the contact the lookup found (cache only)."""
     cache = cache_of(runtime)
     for tenant_id, normalized in items:
         r = normalized.requester
-        if r is None or r.helpdesk_user_id is None:
+        user_id = _by_id_only(r)
+        if r is None or user_id is None:
             continue
-        if r.email_hash or r.phone_hash or r.customer_id or r.escalation_id:
-            continue
-        contact = cache.get((tenant_id, r.helpdesk_user_id))
+        contact = cache.get((tenant_id, user_id))
         if contact is None:
             continue
         normalized.requester = dataclasses.replace(
