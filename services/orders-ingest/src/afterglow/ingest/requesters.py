@@ -15,6 +15,8 @@ BigCommerce fetch avoids it the same way). Inside the round, :func:`enrich` only
 the cache and gives the requester its email hash and phone hash; afterglow.ingest
 .customers then resolves the ticket by the orders' links as for any email. A requester
 the lookup could not name is resolved to nobody with the lookup's error as the reason.
+A Zendesk event stored while the lookups ran (so not looked up) is left, with what
+follows it, for the next round (:func:`first_unseen`), which looks it up first.
 
 Tenants without a Zendesk API connection are not looked up (the reason stays "names
 no email"). Escalation tickets and tickets with an external id need no lookup.
