@@ -8,16 +8,27 @@ are compressed through the tenant's journey definition, not through code paths.
 Parametrized with one and with two instances of every service: with two, each consumer
 group shares the partitions and the dispatcher replicas share the message table, and
 every message must still reach the merchant's ESP exactly once.
+
+On the same running services, a second tenant's loops with the outside world
+(tests/e2e/shop_and_helpdesk_loops.py): a loyalty reward created in a Shopify stand-in
+and spent at checkout, and a detractor's ticket through a Zendesk stand-in. Same
+processes, so no second start-up of every service.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the loops' steps, next to this module
+
+from shop_and_helpdesk_loops import run_loops
 
 from afterglow.devstack.demo import (
     FAST_ENV,
@@ -50,7 +61,13 @@ def services(
         logs,
         names=list(SERVICES),
         instances=instances,
-        extra_env={**FAST_ENV, "INGEST_ADMIN_TOKEN": ADMIN_TOKEN},
+        extra_env={
+            **FAST_ENV,
+            "INGEST_ADMIN_TOKEN": ADMIN_TOKEN,
+            # The ticket and discount workers poll as fast as the relay: seconds are days.
+            "INGEST_HELPDESK_POLL_S": "0.2",
+            "INGEST_DISCOUNT_POLL_S": "0.2",
+        },
         # A loaded CI machine can take minutes to import and join every consumer group.
         ready_timeout=300,
     ) as svc:
@@ -111,6 +128,16 @@ async def test_customer_journey_end_to_end(
         if receiver.rejected:
             failures.append(f"{receiver.rejected} messages with a bad signature")
     assert not failures, "\n".join(f"- {f}" for f in failures)
+
+
+async def test_a_reward_spent_at_checkout_and_a_detractors_ticket_loop(
+    services: RunningServices,
+) -> None:
+    urls = {n: [p.url for p in procs] for n, procs in services.processes.items()}
+    try:
+        await run_loops(urls, ADMIN_TOKEN)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nservice errors:\n{log_tails(services)}") from exc
 
 
 async def _check_final_state(sc: Scenario, receiver: Receiver, failures: list[str]) -> None:

@@ -267,6 +267,23 @@ class TestSupportLoop:
         await zendesk_webhook(apps, shop, "ticket.status_changed", requester | {"status": "SOLVED"})
         await journey(apps, shop, customer, lambda i: i["status"] == "running")
 
+    async def test_a_zendesk_ticket_naming_its_requester_by_id_only_pauses_the_journey(
+        self, apps: Apps, tenant_id: str
+    ) -> None:
+        # As Zendesk really sends ticket events: requester_id, no email. Ingest asks
+        # Zendesk who that is (with the shop's API token) and finds the customer.
+        shop = await open_shop(apps, tenant_id)
+        customer = await place_and_fulfil(apps, shop, 61_003, 91_003)
+        await journey(apps, shop, customer, lambda i: i["status"] == "running" and fulfilled(i))
+        user = str(uuid.uuid4().int % 10**12)
+        apps.zendesk.zendesk_users[user] = {"email": EMAIL, "name": "Jon"}
+        requester = {"id": "7003", "requester_id": user}
+        await zendesk_webhook(apps, shop, "ticket.created", requester)
+        await journey(apps, shop, customer, lambda i: i["status"] == "paused")
+        await zendesk_webhook(apps, shop, "ticket.status_changed", requester | {"status": "SOLVED"})
+        await journey(apps, shop, customer, lambda i: i["status"] == "running")
+        assert apps.zendesk.user_lookups.count(user) == 1  # cached: the solve asked nothing more
+
     async def test_a_detractors_ticket_holds_the_review_ask_until_it_is_solved(
         self, apps: Apps, tenant_id: str
     ) -> None:

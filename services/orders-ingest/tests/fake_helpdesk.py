@@ -5,10 +5,14 @@ They check what the real ones check. Zendesk: API token auth (``Authorization: B
 of ``{email}/token:{token}``; 401 otherwise), ``POST /api/v2/tickets`` needs
 ``ticket.comment.body``; an ``Idempotency-Key`` repeated with the same body answers
 the ticket already created (``x-idempotency-lookup: hit``), with another body a 400;
-``GET /api/v2/tickets?external_id=`` lists the tickets with that external id.
+``GET /api/v2/tickets?external_id=`` lists the tickets with that external id;
+``GET /api/v2/users/{id}.json`` answers a user (``{"user": {"id", "email", ...}}``) with
+the same auth, 404 ``RecordNotFound`` for an unknown id.
 Gorgias: basic auth with the API username and key, ``POST /api/tickets`` needs a
 customer (email or id) and at least one message with ``channel``, ``via``,
-``from_agent`` and, for an incoming one, a ``sender``.
+``from_agent`` and, for an incoming one, a ``sender``; it has no idempotency key (a
+repeated POST is a second ticket); ``GET /api/tickets?external_id=`` lists the tickets
+with that external id under ``data``.
 
 ``slow_once``: the next ticket is created, then its answer waits this many seconds (a
 client's timeout loses it: the case a retry must not turn into a second ticket).
@@ -46,6 +50,8 @@ class FakeHelpdesk:
         self.zendesk_tokens: dict[str, str] = {}
         self.gorgias_keys: dict[str, str] = {}
         self.tickets: list[dict[str, Any]] = []  # every ticket created, both helpdesks
+        self.zendesk_users: dict[str, dict[str, Any]] = {}  # user id -> user
+        self.user_lookups: list[str] = []  # user ids asked for (authenticated)
         self.posts = 0  # ticket creations asked for (answered or not)
         self.slow_once: float = 0.0
         self._idempotency: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -120,6 +126,18 @@ class FakeHelpdesk:
             ]
             return JSONResponse({"tickets": found, "count": len(found)})
 
+        @app.get("/api/v2/users/{user_id}.json")
+        async def zendesk_user(request: Request, user_id: str) -> JSONResponse:
+            if zendesk_agent(request) is None:
+                return JSONResponse({"error": "Couldn't authenticate you"}, status_code=401)
+            self.user_lookups.append(user_id)
+            user = self.zendesk_users.get(user_id)
+            if user is None:
+                return JSONResponse(
+                    {"error": "RecordNotFound", "description": "Not found"}, status_code=404
+                )
+            return JSONResponse({"user": {"id": int(user_id), "role": "end-user", **user}})
+
         @app.post("/api/tickets")
         async def gorgias_create(request: Request) -> JSONResponse:
             cred = _basic(request)
@@ -152,7 +170,23 @@ class FakeHelpdesk:
                 "helpdesk": "gorgias",
             }
             self.tickets.append(ticket)
+            if self.slow_once:
+                delay, self.slow_once = self.slow_once, 0.0
+                await asyncio.sleep(delay)
             return JSONResponse(ticket, status_code=201)
+
+        @app.get("/api/tickets")
+        async def gorgias_list(request: Request, external_id: str | None = None) -> JSONResponse:
+            cred = _basic(request)
+            if cred is None or self.gorgias_keys.get(cred[0]) != cred[1]:
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
+            found = [
+                t
+                for t in self.tickets
+                if t["helpdesk"] == "gorgias"
+                and (external_id is None or t["external_id"] == external_id)
+            ]
+            return JSONResponse({"data": found, "meta": {"next_cursor": None}})
 
         return app
 

@@ -178,6 +178,79 @@ class TestTicketResolvesToCustomer:
         [second] = await ticket_events(tap, tenant_id, "zendesk:504")
         assert second.subject == CUSTOMER
 
+    async def test_requester_known_by_id_only_is_looked_up_in_zendesk_once(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        # As Zendesk sends its ticket events: requester_id, no email. Two tickets of
+        # the same requester: both reach the customer, Zendesk is asked once.
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await connect_zendesk(client, helpdesk, tenant_id)
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": "JON@example.com", "name": "Jon"}
+        for ticket in ("511", "512"):
+            detail = {"id": ticket, "requester_id": user}
+            await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+            [opened] = await ticket_events(tap, tenant_id, f"zendesk:{ticket}")
+            assert opened.subject == CUSTOMER
+            row = await resolution(runtime, tenant_id, f"zendesk:{ticket}")
+            assert (row.resolved_by, row.reason) == ("email", None)
+        assert helpdesk.user_lookups.count(user) == 1
+
+    async def test_a_refused_lookup_is_the_reason_and_touches_no_journey(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "zendesk",
+                "api_base_url": helpdesk.url,
+                "username": "nobody@example.com",
+                "secret": "wrong",
+            },
+        )
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": EMAIL}
+        detail = {"id": "513", "requester_id": user}
+        await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+        [opened] = await ticket_events(tap, tenant_id, "zendesk:513")
+        assert opened.subject == f"zendesk:{user}"
+        row = await resolution(runtime, tenant_id, "zendesk:513")
+        assert row.resolved_by == "unresolved"
+        assert row.reason.startswith(
+            "the requester's email could not be looked up: zendesk answered 401"
+        )
+        assert user not in helpdesk.user_lookups  # refused at the door
+
+    async def test_the_requester_lookup_goes_through_the_outbound_guard(
+        self, app, tap, helpdesk, tenant_id
+    ):
+        # In production (no private addresses) the Zendesk stand-in on 127.0.0.1 is
+        # refused before any request: the ticket says so and Zendesk is never asked.
+        runtime, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        await connect_zendesk(client, helpdesk, tenant_id)
+        user = str(uuid.uuid4().int % 10**12)
+        helpdesk.zendesk_users[user] = {"email": EMAIL}
+        allowed = runtime.settings
+        runtime.settings = allowed.model_copy(update={"outbound_allow_private": False})
+        try:
+            detail = {"id": "514", "requester_id": user}
+            await zendesk(client, tenant_id, secrets["zendesk"], "ticket.created", detail)
+            [opened] = await ticket_events(tap, tenant_id, "zendesk:514")
+        finally:
+            runtime.settings = allowed
+        assert opened.subject == f"zendesk:{user}"
+        row = await resolution(runtime, tenant_id, "zendesk:514")
+        assert row.reason and "127.0.0.1 is not a public address" in row.reason
+        assert user not in helpdesk.user_lookups
+
     async def test_an_erased_customer_is_no_longer_linked(self, app, tap, tenant_id):
         runtime, client = app
         secrets = await register(client, tenant_id)
@@ -258,6 +331,33 @@ class TestEscalationOpensTicket:
         assert ticket["requester"] == {"email": "jon@example.com"}
         assert "Too late" in ticket["description"]
 
+    async def test_gorgias_lost_answer_is_retried_without_a_second_ticket(
+        self, app, producer, helpdesk, tenant_id
+    ):
+        # Gorgias takes no idempotency key: the retry must find the ticket by the
+        # external_id it carries, or the customer gets two tickets.
+        _, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        helpdesk.gorgias_keys[tenant_id] = "gorgias-key"
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "gorgias",
+                "api_base_url": helpdesk.url,
+                "username": tenant_id,
+                "secret": "gorgias-key",
+            },
+        )
+        helpdesk.slow_once = 3.0  # created, then the answer outlives ingest's 1 s deadline
+        esc_id = await escalate(producer, tenant_id, CUSTOMER)
+        row = await escalation_status(client, tenant_id, esc_id, "created")
+        assert row["attempts"] >= 2
+        mine = [t for t in helpdesk.tickets if (t["external_id"] or "").endswith(esc_id)]
+        assert len(mine) == 1
+        assert row["ticket"] == f"gorgias:{mine[0]['id']}"
+
     async def test_refused_credentials_fail_with_the_reason(
         self, app, producer, helpdesk, tenant_id
     ):
@@ -277,6 +377,28 @@ class TestEscalationOpensTicket:
         row = await escalation_status(client, tenant_id, esc_id, "failed")
         assert row["last_error"].startswith("zendesk answered 401")
         assert not [t for t in helpdesk.tickets if t["external_id"].endswith(esc_id)]
+
+    async def test_gorgias_refuses_a_wrong_api_key_and_no_ticket_is_opened(
+        self, app, producer, helpdesk, tenant_id
+    ):
+        _, client = app
+        secrets = await register(client, tenant_id)
+        await shopify_order(client, tenant_id, secrets["shopify"])
+        helpdesk.gorgias_keys[tenant_id] = "gorgias-key"
+        await put_helpdesk(
+            client,
+            tenant_id,
+            {
+                "kind": "gorgias",
+                "api_base_url": helpdesk.url,
+                "username": tenant_id,
+                "secret": "not-the-key",
+            },
+        )
+        esc_id = await escalate(producer, tenant_id, CUSTOMER)
+        row = await escalation_status(client, tenant_id, esc_id, "failed")
+        assert row["last_error"].startswith("gorgias answered 401")
+        assert not [t for t in helpdesk.tickets if (t["external_id"] or "").endswith(esc_id)]
 
     async def test_private_addresses_are_refused_in_production(
         self, app, producer, helpdesk, tenant_id

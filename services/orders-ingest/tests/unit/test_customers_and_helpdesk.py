@@ -83,6 +83,21 @@ class TestResolve:
         bare = resolve(Requester("t", "zendesk:9"), pinned=None, escalations={}, links={})
         assert bare.reason and "names no customer id, email or phone" in bare.reason
 
+    def test_a_failed_requester_lookup_is_the_reason(self):
+        r = Requester("t", "zendesk:9", helpdesk_user_id="9", lookup_error="zendesk answered 503")
+        got = resolve(r, pinned=None, escalations={}, links={})
+        assert (got.resolved_by, got.reason) == (
+            "unresolved",
+            "the requester's email could not be looked up: zendesk answered 503",
+        )
+
+    def test_zendesk_events_carry_the_requester_id_as_a_path_safe_id(self):
+        assert domain.zendesk_user_id("8447388090494") == "8447388090494"
+        assert domain.zendesk_user_id(42) == "42"
+        assert [domain.zendesk_user_id(v) for v in ("../admin", "", None, True, "1" * 21)] == [
+            None
+        ] * 5
+
 
 DRAFT = helpdesk.TicketDraft(
     escalation_id="esc-1",
@@ -123,7 +138,31 @@ class TestHelpdeskCalls:
         assert body["customer"] == {"email": "jon@example.com"}
         [message] = body["messages"]
         assert (message["from_agent"], message["sender"]) == (False, body["customer"])
-        assert helpdesk.lookup_call(conn, DRAFT) is None
+        # No idempotency key at Gorgias: a retry first lists tickets by external_id.
+        lookup = helpdesk.lookup_call(conn, DRAFT)
+        assert lookup is not None
+        assert (lookup.method, lookup.url) == ("GET", "https://acme.gorgias.com/api/tickets")
+        assert lookup.params == {"external_id": "afterglow-escalation:esc-1"}
+        assert lookup.headers["Authorization"] == call.headers["Authorization"]
+        assert helpdesk.found_ticket(conn, {"data": [{"id": 7001}]}) == "gorgias:7001"
+        assert helpdesk.found_ticket(conn, {"data": []}) is None
+
+    def test_zendesk_user_lookup_uses_the_api_token(self):
+        conn = helpdesk.Connection("zendesk", "https://acme.zendesk.com/", "agent@acme.com", "tok")
+        call = helpdesk.user_call(conn, "8447388090494")
+        assert call is not None
+        assert (call.method, call.url) == (
+            "GET",
+            "https://acme.zendesk.com/api/v2/users/8447388090494.json",
+        )
+        user = base64.b64decode(call.headers["Authorization"].removeprefix("Basic ")).decode()
+        assert user == "agent@acme.com/token:tok"
+        assert helpdesk.user_call(conn, "1/../../tickets") is None
+        gorgias = helpdesk.Connection("gorgias", "https://acme.gorgias.com", "u", "k")
+        assert helpdesk.user_call(gorgias, "1") is None
+        answer = {"user": {"id": 1, "email": "jon@example.com", "phone": None}}
+        assert helpdesk.user_contact(answer) == ("jon@example.com", None)
+        assert helpdesk.user_contact({"error": "RecordNotFound"}) == (None, None)
 
     def test_generic_webhook_is_signed_with_the_escalation_as_its_id(self):
         conn = helpdesk.Connection("webhook", "https://hooks.example.com/x", None, "whsec_c2VjcmV0")

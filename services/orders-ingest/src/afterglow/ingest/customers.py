@@ -12,7 +12,9 @@ A ticket is then resolved, in this order (:func:`resolve`):
    :data:`ESCALATION_EXTERNAL_ID_PREFIX` in its ``external_id``);
 3. the customer id the sender names (the helpdesk's ``external_id``, or
    ``customer_id`` of a canonical event);
-4. the customer its requester's email, else phone, was linked to by an order;
+4. the customer its requester's email, else phone, was linked to by an order (a
+   Zendesk requester known by id only is first looked up in Zendesk:
+   afterglow.ingest.requesters);
 5. else nobody: the ticket keeps a subject of its own (``email:<hash>`` or
    ``zendesk:<requester id>``) that no journey is keyed by, and the reason is recorded.
 """
@@ -109,6 +111,11 @@ class Requester:
     email_hash: str | None = None
     phone_hash: str | None = None
     escalation_id: str | None = None
+    # The helpdesk's id of the requester (Zendesk's ``requester_id``): its events name
+    # the requester by id only, so the email is looked up (afterglow.ingest.requesters).
+    helpdesk_user_id: str | None = None
+    # Why that lookup gave nothing (refused credentials, helpdesk down): said as the reason.
+    lookup_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ def resolve(
         return Resolution(links[("phone", r.phone_hash)], "phone")
     if r.email_hash or r.phone_hash:
         reason = "no order links the requester's email or phone to a customer"
+    elif r.lookup_error:
+        reason = f"the requester's email could not be looked up: {r.lookup_error}"[:500]
     else:
         reason = "the ticket names no customer id, email or phone of its requester"
     return Resolution(r.fallback_subject, "unresolved", reason)

@@ -1057,6 +1057,7 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
         email_hash=email_hash(email),
         phone_hash=phone_hash(requester.get("phone")),
         escalation_id=escalation_of(external_id),
+        helpdesk_user_id=zendesk_user_id(detail.get("requester_id")),
     )
     status = str(detail.get("status") or "").lower()
     event = p.get("event") or {}
@@ -1100,6 +1101,12 @@ def normalize_zendesk(p: Mapping[str, Any]) -> Normalized:
             )
         )
     return out
+
+
+def zendesk_user_id(value: Any) -> str | None:
+    """A Zendesk user id (digits), or None: it goes into an API path, so nothing else."""
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    return text if text.isdigit() and len(text) <= 20 else None
 
 
 def _agent_public_reply(event: Any) -> bool:

@@ -14,7 +14,8 @@ with a timeout, and records the ticket, or the error with a retry time: transien
 failures (transport, 408/409/429/5xx) retry with backoff, a refusal fails at once.
 
 A retry never opens a second ticket: Zendesk gets the same ``Idempotency-Key`` and,
-first, a lookup by ``external_id``; a generic receiver gets the same ``webhook-id``.
+first, a lookup by ``external_id``; Gorgias (no idempotency key) the same lookup by
+``external_id``; a generic receiver gets the same ``webhook-id``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ and an ``Idempotency-Key`` (Zendesk answers a repeat with the ticket it already
 created); before a retry the ticket is also looked up by its ``external_id``
 (``GET /api/v2/tickets?external_id=``), which outlives the key's expiry.
 Gorgias: ``POST /api/tickets`` with basic auth (username and API key), a customer
-email and one incoming message. Generic: a Standard Webhook whose ``webhook-id`` is
+email and one incoming message; Gorgias takes no idempotency key, so before a retry
+the ticket is looked up by its ``external_id`` (``GET /api/tickets?external_id=``).
+Generic: a Standard Webhook whose ``webhook-id`` is
 the escalation id, which receivers de-duplicate on.
 
 Every ticket carries ``external_id`` = ``afterglow-escalation:<escalation id>`` and the
@@ -162,23 +164,58 @@ def create_call(conn: Connection, t: TicketDraft, now_s: int) -> HttpCall:
 
 def lookup_call(conn: Connection, t: TicketDraft) -> HttpCall | None:
     """The request that finds a ticket an earlier attempt may have created (its answer
-    lost to a timeout), or None where the helpdesk offers no such lookup."""
-    if conn.kind != "zendesk":
+    lost to a timeout), or None where the helpdesk offers no such lookup (a generic
+    receiver de-duplicates on the webhook id instead)."""
+    base = conn.api_base_url.rstrip("/")
+    if conn.kind == "zendesk":
+        auth = _basic(f"{conn.username}/token", conn.secret)
+        path = "/api/v2/tickets"
+    elif conn.kind == "gorgias":
+        # Without this a retry after a timeout would open a second ticket: Gorgias
+        # has no Idempotency-Key, but lists tickets by the external_id we set.
+        auth = _basic(conn.username or "", conn.secret)
+        path = "/api/tickets"
+    else:
         return None
     return HttpCall(
         "GET",
-        f"{conn.api_base_url.rstrip('/')}/api/v2/tickets",
-        {
-            "Accept": "application/json",
-            "Authorization": _basic(f"{conn.username}/token", conn.secret),
-        },
+        base + path,
+        {"Accept": "application/json", "Authorization": auth},
         params={"external_id": t.external_id},
     )
 
 
+def user_call(conn: Connection, user_id: str) -> HttpCall | None:
+    """Zendesk's ``GET /api/v2/users/{id}.json`` with the tenant's API token: its ticket
+    events name the requester by ``requester_id`` only. None for other helpdesks."""
+    if conn.kind != "zendesk" or not user_id.isdigit():
+        return None
+    return HttpCall(
+        "GET",
+        f"{conn.api_base_url.rstrip('/')}/api/v2/users/{user_id}.json",
+        {
+            "Accept": "application/json",
+            "Authorization": _basic(f"{conn.username}/token", conn.secret),
+        },
+    )
+
+
+def user_contact(answer: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The email and phone of a Zendesk user answer (``{"user": {...}}``)."""
+    user = answer.get("user")
+    if not isinstance(user, Mapping):
+        return None, None
+    email, phone = user.get("email"), user.get("phone")
+    return (
+        email if isinstance(email, str) and email else None,
+        phone if isinstance(phone, str) and phone else None,
+    )
+
+
 def found_ticket(conn: Connection, answer: Mapping[str, Any]) -> str | None:
-    """The ticket id in a lookup's answer, if one was found."""
-    tickets = answer.get("tickets")
+    """The ticket id in a lookup's answer, if one was found (Zendesk lists them under
+    ``tickets``, Gorgias under ``data``)."""
+    tickets = answer.get("data" if conn.kind == "gorgias" else "tickets")
     if isinstance(tickets, list) and tickets and isinstance(tickets[0], Mapping):
         ref = tickets[0].get("id")
         return f"{conn.kind}:{ref}" if ref is not None else None

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import tracing
 from afterglow.events.context import event_context
-from afterglow.ingest import domain, identity, intake
+from afterglow.ingest import domain, identity, intake, requesters
 from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
@@ -108,6 +108,9 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
 async def process_received(runtime: Runtime, batch: int) -> int:
     """One round: claim up to ``batch`` received deliveries and apply them in one
     transaction. Returns how many were claimed, or ``BUSY``."""
+    # Zendesk requesters known by id only are looked up first, outside the round's
+    # transaction (afterglow.ingest.requesters): a slow helpdesk holds no lock.
+    await requesters.prefetch(runtime, batch)
     try:
         async with runtime.sessionmaker.begin() as session:
             if not await _applier(session):
@@ -162,11 +165,15 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
             normalized = await _normalize_one(session, row)
             if normalized is not None:
                 ready.append((row, normalized))
-        await identity.link_and_resolve(
-            session,
-            [(str(row._mapping["tenant_id"]), n) for row, n in ready],
-            runtime.clock.now(),
-        )
+        items = [(str(row._mapping["tenant_id"]), n) for row, n in ready]
+        cut = requesters.first_unseen(runtime, items)
+        if cut is not None:
+            # A Zendesk ticket stored while the lookups ran: it and what follows stay
+            # received (in order) for the next round, at once, which looks it up first.
+            ready, items = ready[:cut], items[:cut]
+            wakeup_of(runtime).set()
+        requesters.enrich(runtime, items)
+        await identity.link_and_resolve(session, items, runtime.clock.now())
         for row, normalized in ready:
             # The webhook's trace goes on: the events emitted here carry it.
             with _delivery_span(row):
