@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.models import JourneyTimer
 from afterglow.journeys.settings import Settings
