@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
-from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
+from afterglow.ingest import bigcommerce, escalations, export, metrics, processing
+from afterglow.ingest.api import admin, operators, rest, webhooks
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
@@ -125,10 +126,10 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
         description="Signed webhooks from commerce platforms, helpdesks and trackers, and "
         "internal REST calls, become canonical order and ticket events.",
         routers=[
-            api.webhooks,
-            api.rest,
-            api.operators,
-            api.admin,
+            webhooks.router,
+            rest.router,
+            operators.router,
+            admin.router,
             discounts_api.router,
             metrics.router,
             export_router("orders-ingest", export.collect),
