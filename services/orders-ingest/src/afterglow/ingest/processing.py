@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.ingest import domain, identity, intake
+from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
 from afterglow.ingest.payloads import parse_payload  # the receivers' parsing and cleaning
@@ -57,9 +58,7 @@ BUSY_RETRY_S = 0.05  # ... and tries again this soon: what this process stored w
 
 def wakeup_of(runtime: Runtime) -> asyncio.Event:
     """Set by the writer after a commit; awaited by the worker between rounds."""
-    event = runtime.extras.setdefault("processing_wakeup", asyncio.Event())
-    assert isinstance(event, asyncio.Event)
-    return event
+    return deps_of(runtime).processing_wakeup
 
 
 async def processing_worker(runtime: Runtime) -> None:
@@ -90,8 +89,8 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
     (at most ``max_defer_s``): the two share one CPU, and in a burst the senders'
     answers matter more than events a moment sooner. True when requests still wait
     (a burst under way)."""
-    writer = runtime.extras.get("delivery_writer")
-    if writer is None or max_defer_s <= 0:
+    writer = deps_of(runtime).writer
+    if max_defer_s <= 0:
         return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_defer_s

@@ -14,10 +14,10 @@ from starlette.requests import ClientDisconnect
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
 from afterglow.ingest import domain
+from afterglow.ingest.deps import get_deps
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.settings import IngestSettings
-from afterglow.kit.app import runtime_of
 from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -28,22 +28,19 @@ BAD_SIGNATURE = "the webhook signature could not be verified"
 TENANT_RE = TENANT_ID_PATTERN.pattern
 
 
+# Read from the service's typed deps (afterglow.ingest.deps). The webhook routes take
+# only the request, not Depends(get_deps): the Shopify fast path calls its route
+# function directly, without FastAPI's dependency machinery.
 def settings_of(request: Request) -> IngestSettings:
-    s = runtime_of(request).settings
-    assert isinstance(s, IngestSettings)
-    return s
+    return get_deps(request).settings
 
 
 def writer_of(request: Request) -> DeliveryWriter:
-    writer = runtime_of(request).extras["delivery_writer"]
-    assert isinstance(writer, DeliveryWriter)
-    return writer
+    return get_deps(request).writer
 
 
 def directory_of(request: Request) -> TenantDirectory:
-    directory = runtime_of(request).extras["tenant_directory"]
-    assert isinstance(directory, TenantDirectory)
-    return directory
+    return get_deps(request).directory
 
 
 class ClientLeft(AppError):
