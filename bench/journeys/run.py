@@ -46,7 +46,7 @@ from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
 from afterglow.events import catalog as c
 from afterglow.events.testing import eventually
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.app import create_app
 from afterglow.journeys.models import JourneyInstance, JourneyTimer

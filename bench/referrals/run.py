@@ -39,6 +39,7 @@ FLOOR_TOPIC = "afterglow.support"  # not consumed by referrals
 
 async def main(orders: int, codes: int) -> None:
     from afterglow.referrals.app import create_app
+    from afterglow.referrals.deps import deps_of
     from afterglow.referrals.models import Referral
     from afterglow.referrals.settings import ReferralsSettings
 
@@ -47,7 +48,7 @@ async def main(orders: int, codes: int) -> None:
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     async with app.router.lifespan_context(app):
         rt = app.state.runtime
-        svc = rt.extras["referrals"]
+        svc = deps_of(rt).referrals
         now = datetime.now(UTC)
         code_list = []
         async with rt.sessionmaker.begin() as s:

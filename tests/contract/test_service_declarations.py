@@ -14,6 +14,7 @@ import pytest
 from afterglow.events.catalog import ALL_EVENT_MODELS
 from afterglow.kit.app import ServiceSpec
 from afterglow.kit.registry import discover_services
+from afterglow.referrals.deps import ReferralsDeps
 
 SPECS = discover_services()
 CATALOG = {cls.__name__: cls for cls in ALL_EVENT_MODELS}
@@ -75,4 +76,4 @@ class _Runtime:
     """Enough of afterglow.kit's Runtime for the groups' contexts to be built."""
 
     api_keys = object()
-    extras = {"referrals": object()}
+    deps = ReferralsDeps(referrals=object())  # type: ignore[arg-type]

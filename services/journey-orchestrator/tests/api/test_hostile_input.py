@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from afterglow.journeys.deps import messaging_settings
 from afterglow.journeys.messaging import policy
 from afterglow.journeys.messaging.models import MessageContact
-from afterglow.journeys.messaging.settings import messaging_settings
 
 from ..conftest import Orchestrator, new_customer
 

@@ -41,6 +41,7 @@ from afterglow.devstack.mailcatcher import MailCatcher
 from afterglow.devstack.pytest_plugin import new_id
 from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.testing import TopicTap, eventually
+from afterglow.journeys.deps import deps_of
 from afterglow.journeys.messaging.channels.provider_events import twilio_signature
 from afterglow.journeys.messaging.models import MessageContact
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
@@ -763,12 +764,12 @@ def fake_sns() -> Iterator[FakeSns]:
 @pytest.fixture
 def ses(mail: Tenant, fake_sns: FakeSns) -> Iterator[Tenant]:
     """The mail tenant, with this run's SNS standing in for AWS's hosts."""
-    extras = mail.runtime.extras
-    previous = extras["messaging_settings"]
+    deps = deps_of(mail.runtime)
+    previous = deps.messaging
     prefix = re.escape(fake_sns.base) + "/"
-    extras["messaging_settings"] = previous.model_copy(update={"sns_url_prefix": prefix})
+    deps.messaging = previous.model_copy(update={"sns_url_prefix": prefix})
     yield mail
-    extras["messaging_settings"] = previous
+    deps.messaging = previous
 
 
 class TestSesThroughSns:

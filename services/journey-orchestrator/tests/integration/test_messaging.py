@@ -30,6 +30,7 @@ from afterglow.events.catalog import (
     OrderPlaced,
 )
 from afterglow.events.testing import TopicTap, eventually
+from afterglow.journeys.deps import deps_of
 from afterglow.journeys.messaging.models import MessageContact, MessageOrder
 from afterglow.journeys.messaging.receiver import headers_of, read_body, respond
 from afterglow.journeys.messaging.settings import MessagingSettings
@@ -116,16 +117,13 @@ async def service(orch) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
     """The suite's one orchestrator app: a second app here would run a second dispatcher
     on the same tables with another clock. Its messaging settings are swapped for this
     module's (the dispatcher reads them at every use) and restored afterwards."""
-    extras = orch.runtime.extras
-    previous = extras.get("messaging_settings")
-    extras["messaging_settings"] = TEST_SETTINGS
+    deps = deps_of(orch.runtime)
+    previous = deps.messaging
+    deps.messaging = TEST_SETTINGS
     try:
         yield orch.runtime, orch.client
     finally:
-        if previous is None:
-            extras.pop("messaging_settings", None)
-        else:
-            extras["messaging_settings"] = previous
+        deps.messaging = previous
 
 
 class Tenant:
@@ -353,8 +351,8 @@ class TestPace:
         # bound is loose on purpose (5/s): the shared 2-core test machine, busy, still
         # delivered 86 within 10 s; idle, the pace is the receiver's.
         runtime, _ = service
-        extras = runtime.extras
-        extras["messaging_settings"] = TEST_SETTINGS.model_copy(
+        deps = deps_of(runtime)
+        deps.messaging = TEST_SETTINGS.model_copy(
             update={"poll_interval_s": 30.0, "per_tenant_concurrency": 8}
         )
         try:
@@ -381,7 +379,7 @@ class TestPace:
             # The bound starts at the first delivery.
             await eventually(delivered, lambda n: n >= 100, timeout=20, interval=0.05)
         finally:
-            extras["messaging_settings"] = TEST_SETTINGS
+            deps.messaging = TEST_SETTINGS
             # The dispatcher may be waiting out the 30 s poll: the next test's message
             # wakes it (NOTIFY); a retry falling due would wait, so wake it now.
             async with runtime.engine.begin() as conn:
@@ -539,8 +537,8 @@ class TestPolicy:
         # goes out through the third meanwhile. Without the per-tenant cap it would wait
         # for a hanging send to end.
         runtime, client = service
-        extras = runtime.extras
-        extras["messaging_settings"] = TEST_SETTINGS.model_copy(
+        deps = deps_of(runtime)
+        deps.messaging = TEST_SETTINGS.model_copy(
             update={"concurrency": 3, "per_tenant_concurrency": 2, "request_timeout_s": 10}
         )
         try:
@@ -562,7 +560,7 @@ class TestPolicy:
             assert all(m["status"] == "queued" for m in log)
             assert sorted(m["attempts"] for m in log) == [0, 0, 0, 1, 1]
         finally:
-            extras["messaging_settings"] = TEST_SETTINGS
+            deps.messaging = TEST_SETTINGS
 
     async def test_no_endpoint_defers_then_gives_up(self, service, tenant_id, clock):
         runtime, client = service

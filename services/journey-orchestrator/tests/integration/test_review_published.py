@@ -1,5 +1,5 @@
 """A journey may wait for ``review.published``: the engine's consumer subscribes to every
-event a definition accepts (domain.ENGINE_EVENTS), so such a wait ends when the review is
+event a definition accepts (engine.ENGINE_EVENTS), so such a wait ends when the review is
 published, not only at its timeout."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from afterglow.events import catalog as c
 from afterglow.events.catalog import MessageRequested
-from afterglow.journeys import domain, handlers
+from afterglow.journeys import engine, handlers
 from afterglow.journeys.handlers import ENGINE
 
 from ..conftest import Orchestrator, new_customer, order_placed
@@ -27,7 +27,7 @@ AWAIT_REVIEW: dict[str, Any] = {
 
 
 def test_the_engine_consumes_every_event_a_definition_accepts() -> None:
-    accepted = {domain.event_type(name) for name in domain.KNOWN_EVENTS}
+    accepted = {engine.event_type(name) for name in engine.KNOWN_EVENTS}
     assert accepted <= set(ENGINE.event_types)
     assert "afterglow.review.published.v1" in accepted
 
@@ -35,7 +35,7 @@ def test_the_engine_consumes_every_event_a_definition_accepts() -> None:
 def test_every_engine_event_says_when_it_happened() -> None:
     # Anchors use the moment in the world, not the envelope's time: a late delivery
     # report still anchors a delay on the real delivery.
-    for cls in domain.ENGINE_EVENTS:
+    for cls in engine.ENGINE_EVENTS:
         assert set(cls.model_fields) & set(handlers._WHEN_FIELDS), cls.__name__
 
 

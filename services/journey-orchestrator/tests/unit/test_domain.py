@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -337,7 +338,7 @@ class TestConditionsAndTime:
         stt = d.InstanceState(id="i", journey="x", version=1, started_at=T0, waiting_since=T0)
         due = d.stage_due(j, j.stages[0], stt, prof)
         assert due is not None
-        assert due.astimezone(d.ZoneInfo("America/New_York")).time() == time(10, 0)
+        assert due.astimezone(ZoneInfo("America/New_York")).time() == time(10, 0)
         assert due >= T0 + timedelta(days=1)
 
     def test_conditions_are_rechecked_before_each_action(self) -> None:

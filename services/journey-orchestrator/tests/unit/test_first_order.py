@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from afterglow.events.catalog import is_first_order
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

@@ -24,6 +24,7 @@ from hotpath_support import (
 from ingest_support import delivery_count, register, settled
 from sqlalchemy import func, select
 
+from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
 from afterglow.ingest.processing import APPLIER_LOCK
 
@@ -86,7 +87,7 @@ class TestOverload:
         self, client, runtime, tenant_id
     ):
         secret = (await register(client, tenant_id))["shopify"]
-        writer = runtime.extras["delivery_writer"]
+        writer = deps_of(runtime).writer
         bound = writer.max_waiting
         writer.max_waiting = 0  # the bound reached: every webhook is turned away
         try:

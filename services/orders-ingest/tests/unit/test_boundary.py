@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
+from afterglow.ingest.platforms import aftership, shopify, woocommerce, zendesk
+from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.kit.text import has_control_chars
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -91,15 +93,15 @@ def normalize(kind: str, topic: str, payload: dict[str, Any]) -> domain.Normaliz
     payload = domain.clean_payload(payload, html_encoded=platform in domain.HTML_ENCODED_PLATFORMS)
     with domain.normalization_errors():
         if platform == "shopify":
-            out = domain.normalize_shopify(topic, payload)
+            out = shopify.normalize_shopify(topic, payload)
         elif platform == "woocommerce":
-            out = domain.normalize_woocommerce(topic, payload)
+            out = woocommerce.normalize_woocommerce(topic, payload)
         elif platform == "zendesk":
-            out = domain.normalize_zendesk(payload)
+            out = zendesk.normalize_zendesk(payload)
         elif platform == "aftership":
-            out, _ = domain.normalize_aftership(payload)
+            out, _ = aftership.normalize_aftership(payload)
         else:
-            out = domain.normalize_bigcommerce_order(payload, payload.get("_products") or [])
+            out = bc.normalize_bigcommerce_order(payload, payload.get("_products") or [])
     return domain.check_subjects(out)
 
 
@@ -191,10 +193,10 @@ class TestCleaning:
         assert info.first_name == "A" * 100 and info.email is None
 
     def test_fit_drops_an_optional_value_of_the_wrong_shape(self):
-        kept = domain.normalize_shopify("orders/create", load("shopify_order"))
+        kept = shopify.normalize_shopify("orders/create", load("shopify_order"))
         order = load("shopify_order")
         order["shipping_address"]["country_code"] = "USA"
-        out = domain.normalize_shopify("orders/create", order)
+        out = shopify.normalize_shopify("orders/create", order)
         assert out.emits[0].data.shipping_country is None
         assert kept.emits[0].data.shipping_country == "US"
 

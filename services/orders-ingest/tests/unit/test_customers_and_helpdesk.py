@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from afterglow.events import catalog as c
 from afterglow.ingest import domain, helpdesk
 from afterglow.ingest.customers import Link, Requester, Resolution, merge, preferred, resolve
+from afterglow.ingest.platforms import zendesk
 from afterglow.kit import standard_webhooks
 
 H = "a" * 64
@@ -92,9 +93,9 @@ class TestResolve:
         )
 
     def test_zendesk_events_carry_the_requester_id_as_a_path_safe_id(self):
-        assert domain.zendesk_user_id("8447388090494") == "8447388090494"
-        assert domain.zendesk_user_id(42) == "42"
-        assert [domain.zendesk_user_id(v) for v in ("../admin", "", None, True, "1" * 21)] == [
+        assert zendesk.zendesk_user_id("8447388090494") == "8447388090494"
+        assert zendesk.zendesk_user_id(42) == "42"
+        assert [zendesk.zendesk_user_id(v) for v in ("../admin", "", None, True, "1" * 21)] == [
             None
         ] * 5
 

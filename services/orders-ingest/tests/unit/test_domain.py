@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from afterglow.events import catalog as c
 from afterglow.events.money import currency_exponent
 from afterglow.ingest import domain
+from afterglow.ingest.platforms import bigcommerce as bc
+from afterglow.ingest.platforms import shopify, woocommerce, zendesk
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -82,19 +84,19 @@ class TestShopifyNormalization:
         for li in order["line_items"]:
             li["price"] = "1990"
         order["subtotal_price"] = "3880"
-        out = domain.normalize_shopify("orders/create", order)
+        out = shopify.normalize_shopify("orders/create", order)
         data = out.emits[0].data
         assert isinstance(data, c.OrderPlaced)
         assert data.total == c.Money(amount=4030, currency="JPY")
         assert data.line_items[0].unit_price.amount == 1990
 
     def test_unknown_topic(self):
-        assert not domain.normalize_shopify("products/update", {}).known_topic
+        assert not shopify.normalize_shopify("products/update", {}).known_topic
 
     def test_guest_checkout_subject_is_email_hash(self):
         order = load("shopify_order")
         order["customer"] = None
-        out = domain.normalize_shopify("orders/create", order)
+        out = shopify.normalize_shopify("orders/create", order)
         assert out.emits[0].subject == "email:" + domain.email_hash("jon@example.com")[:32]
 
     @pytest.mark.parametrize(
@@ -120,42 +122,42 @@ class TestShopifyNormalization:
         order["customer"] = {k: v for k, v in order["customer"].items() if k != "accepts_marketing"}
         order["customer"] |= customer
         del order["buyer_accepts_marketing"]  # the order-level box: see the next test
-        out = domain.normalize_shopify("orders/create", order)
+        out = shopify.normalize_shopify("orders/create", order)
         assert out.emits[0].data.customer.accepts_marketing is accepts
 
     @pytest.mark.parametrize(("buyer", "accepts"), [(True, True), (False, None), (None, None)])
     def test_buyer_accepts_marketing_is_the_checkout_box(self, buyer, accepts):
         order = load("shopify_order") | {"buyer_accepts_marketing": buyer}
         order["customer"] = {"id": 7, "accepts_marketing": False}
-        out = domain.normalize_shopify("orders/create", order)
+        out = shopify.normalize_shopify("orders/create", order)
         assert out.emits[0].data.customer.accepts_marketing is accepts
 
     def test_in_transit_fulfilment_update_is_not_delivery(self):
         f = load("shopify_fulfillment") | {"shipment_status": "in_transit"}
-        out = domain.normalize_shopify("fulfillments/update", f)
+        out = shopify.normalize_shopify("fulfillments/update", f)
         assert [type(e.data) for e in out.emits] == [c.OrderFulfilled]
 
     def test_a_refund_without_money_is_no_event(self):
         refund = load("shopify_refund") | {"transactions": []}
-        out = domain.normalize_shopify("refunds/create", refund)
+        out = shopify.normalize_shopify("refunds/create", refund)
         assert out.known_topic and out.emits == []
 
     def test_full_refund_when_it_covers_the_total(self):
-        out = domain.normalize_shopify("refunds/create", load("shopify_refund"))
+        out = shopify.normalize_shopify("refunds/create", load("shopify_refund"))
         data = domain.complete_refund(out.emits[0].data, c.Money(amount=19900, currency="USD"))
         assert isinstance(data, c.OrderRefunded) and data.full
 
 
 class TestWooNormalization:
     def test_pending_emits_nothing(self):
-        out = domain.normalize_woocommerce(
+        out = woocommerce.normalize_woocommerce(
             "order.created", load("woocommerce_order") | {"status": "pending"}
         )
         assert out.known_topic and out.emits == []
 
     def test_dedupe_key_ignores_delivery(self):
         order = load("woocommerce_order")
-        assert domain.woo_dedupe_key(order) == "727@2026-03-02T15:30:12"
+        assert woocommerce.woo_dedupe_key(order) == "727@2026-03-02T15:30:12"
 
 
 class TestFacts:
@@ -176,17 +178,17 @@ class TestFacts:
 class TestBigCommerce:
     def test_order_ref_names_the_missing_field(self):
         hook = load("bigcommerce_order_created")
-        assert domain.bigcommerce_order_ref(hook) == "250"
+        assert bc.bigcommerce_order_ref(hook) == "250"
         for bad in ({}, {"data": "250"}, {"data": {"type": "order"}}, {"data": {"id": ""}}):
             with pytest.raises(domain.NormalizationError) as err:
-                domain.bigcommerce_order_ref(bad)
+                bc.bigcommerce_order_ref(bad)
             assert err.value.field == "data.id"
 
     def test_order_normalization_error_names_the_field(self):
         order = load("bigcommerce_order")
         del order["total_inc_tax"]
         with pytest.raises(domain.NormalizationError) as err:
-            domain.normalize_bigcommerce_order(order, order["_products"])
+            bc.normalize_bigcommerce_order(order, order["_products"])
         assert err.value.field == "total_inc_tax"
 
     def test_fetch_retry_delay_doubles_up_to_the_cap(self):
@@ -204,7 +206,7 @@ class TestZendesk:
             "detail": created["detail"] | {"status": "PENDING"},
             "event": {"current": "PENDING", "previous": "OPEN"},
         }
-        [emit] = domain.normalize_zendesk(pending).emits
+        [emit] = zendesk.normalize_zendesk(pending).emits
         assert isinstance(emit.data, c.TicketUpdated)
         assert (emit.data.ticket_id, emit.data.status) == ("zendesk:35436", "pending")
         assert emit.subject == "zendesk:8447388090494"
@@ -215,10 +217,10 @@ class TestZendesk:
             "type": "zen:event-type:ticket.status_changed",
             "event": {"current": "CLOSED", "previous": "SOLVED"},
         }
-        [emit] = domain.normalize_zendesk(closed).emits
+        [emit] = zendesk.normalize_zendesk(closed).emits
         assert isinstance(emit.data, c.TicketResolved)
         user = created | {"type": "zen:event-type:user.created"}
-        assert not domain.normalize_zendesk(user).known_topic
+        assert not zendesk.normalize_zendesk(user).known_topic
 
 
 def woo_with_refunds(*refunds: tuple[int, str], status: str = "completed") -> dict:
@@ -235,7 +237,7 @@ def refunds_of(out: domain.Normalized) -> list[c.OrderRefunded]:
 
 class TestWooRefunds:
     def test_each_refund_entry_is_one_event_keyed_by_its_id(self):
-        out = domain.normalize_woocommerce(
+        out = woocommerce.normalize_woocommerce(
             "order.updated", woo_with_refunds((727, "-9.00"), (726, "-10.00"))
         )
         refunds = refunds_of(out)
@@ -249,13 +251,15 @@ class TestWooRefunds:
         assert [type(e.data) for e in out.emits][:2] == [c.OrderPlaced, c.OrderFulfilled]
 
     def test_the_refund_that_reaches_the_total_is_full(self):
-        out = domain.normalize_woocommerce(
+        out = woocommerce.normalize_woocommerce(
             "order.updated", woo_with_refunds((726, "-10.00"), (727, "-9.00"), (731, "-20.00"))
         )
         assert [r.full for r in refunds_of(out)] == [False, False, True]
 
     def test_refunded_status_without_entries_is_one_full_refund(self):
-        out = domain.normalize_woocommerce("order.updated", woo_with_refunds(status="refunded"))
+        out = woocommerce.normalize_woocommerce(
+            "order.updated", woo_with_refunds(status="refunded")
+        )
         (refund,) = refunds_of(out)
         assert (refund.refund_id, refund.amount.amount, refund.full) == ("full", 3900, True)
 
@@ -263,7 +267,7 @@ class TestWooRefunds:
         order = woo_with_refunds((726, "-10.00"))
         del order["refunds"][0]["total"]
         with pytest.raises(domain.MissingField) as err:
-            domain.normalize_woocommerce("order.updated", order)
+            woocommerce.normalize_woocommerce("order.updated", order)
         assert err.value.field == "refunds.0.total"
 
     def test_earlier_refunds_count_towards_full(self):
@@ -286,7 +290,7 @@ class TestBigCommerceRefunds:
             {"id": 2, "created": "2026-03-03T10:00:00Z", "total_amount": 9.0},
             {"id": 1, "created": "2026-03-02T10:00:00Z", "total_amount": 30.0},
         ]
-        out = domain.normalize_bigcommerce_order(order, order["_products"], refunds)
+        out = bc.normalize_bigcommerce_order(order, order["_products"], refunds)
         assert [(r.refund_id, r.amount.amount, r.full) for r in refunds_of(out)] == [
             ("1", 3000, False),
             ("2", 900, True),
@@ -299,7 +303,7 @@ class TestHistoricalMarks:
             "status": "completed",
             "date_created_gmt": when.replace(tzinfo=None).isoformat(),
         }
-        return domain.normalize_woocommerce("order.updated", order).emits
+        return woocommerce.normalize_woocommerce("order.updated", order).emits
 
     def test_an_old_order_arriving_live_is_late_with_its_reason(self):
         emits = domain.mark_late(self.placed_at(datetime(2024, 3, 1, tzinfo=UTC)), NOW, 30)
@@ -372,13 +376,13 @@ GRAPHQL_ORDER = {
 
 class TestShopifyGraphQLOrders:
     def test_a_graphql_order_normalizes_like_its_webhook(self):
-        order = domain.shopify_graphql_order(GRAPHQL_ORDER)
-        deliveries = domain.shopify_order_deliveries(order, "import")
+        order = shopify.shopify_graphql_order(GRAPHQL_ORDER)
+        deliveries = shopify.shopify_order_deliveries(order, "import")
         assert [(t, k) for t, k, _ in deliveries] == [
             ("orders/fulfilled", "import:450789469@2024-05-09T10:00:00Z"),
             ("refunds/create", "import:refund:509562969"),
         ]
-        out = domain.normalize_shopify("orders/fulfilled", deliveries[0][2])
+        out = shopify.normalize_shopify("orders/fulfilled", deliveries[0][2])
         placed = out.emits[0].data
         assert isinstance(placed, c.OrderPlaced)
         assert placed.order_id == "shopify:450789469"
@@ -389,7 +393,7 @@ class TestShopifyGraphQLOrders:
         assert placed.discount_codes == ["SPRING"]
         assert placed.shipping_country == "FR"
         assert out.order is not None and out.order.subject == "207119551"
-        refund = domain.normalize_shopify("refunds/create", deliveries[1][2]).emits[0].data
+        refund = shopify.normalize_shopify("refunds/create", deliveries[1][2]).emits[0].data
         assert isinstance(refund, c.OrderRefunded)
         assert (refund.refund_id, refund.amount.amount) == ("509562969", 1000)
 
@@ -407,12 +411,12 @@ class TestShopifyGraphQLOrders:
                 }
             }
         }
-        cost = domain.ShopifyCost.of(body)
+        cost = shopify.ShopifyCost.of(body)
         assert cost is not None and cost.wait_s() == pytest.approx(2.0)
         body["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] = 900
-        assert domain.ShopifyCost.of(body).wait_s() == 0.0
+        assert shopify.ShopifyCost.of(body).wait_s() == 0.0
 
     def test_throttled_is_an_error_code(self):
-        assert domain.shopify_throttled({"errors": [{"extensions": {"code": "THROTTLED"}}]})
-        assert not domain.shopify_throttled({"errors": [{"message": "Field 'x' doesn't exist"}]})
-        assert not domain.shopify_throttled({"data": {}})
+        assert shopify.shopify_throttled({"errors": [{"extensions": {"code": "THROTTLED"}}]})
+        assert not shopify.shopify_throttled({"errors": [{"message": "Field 'x' doesn't exist"}]})
+        assert not shopify.shopify_throttled({"data": {}})

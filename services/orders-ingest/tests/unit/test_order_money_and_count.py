@@ -11,6 +11,8 @@ import pytest
 
 from afterglow.events import catalog as c
 from afterglow.ingest import domain
+from afterglow.ingest.platforms import bigcommerce as bc
+from afterglow.ingest.platforms import shopify, woocommerce
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -45,33 +47,33 @@ def refund(amount: int, currency: str, **kw: object) -> c.OrderRefunded:
 
 class TestShopifyMoney:
     def test_a_money_bag_gives_shop_and_presentment_money(self):
-        shop, presentment = domain.shopify_money_set(
+        shop, presentment = shopify.shopify_money_set(
             pln_shop_eur_customer()["total_price_set"], "total_price_set"
         )
         assert shop == c.Money(amount=211929, currency="PLN")
         assert presentment == c.Money(amount=49700, currency="EUR")
 
     def test_an_order_carries_both_currencies(self):
-        data, record = domain.shopify_order_placed(pln_shop_eur_customer())
+        data, record = shopify.shopify_order_placed(pln_shop_eur_customer())
         assert data.total == data.shop_total == c.Money(amount=211929, currency="PLN")
         assert data.presentment_total == c.Money(amount=49700, currency="EUR")
         assert record.presentment == data.presentment_total
 
     def test_without_a_money_bag_the_shop_currency_is_the_customers_when_equal(self):
-        data, _ = domain.shopify_order_placed(load("shopify_order"))
+        data, _ = shopify.shopify_order_placed(load("shopify_order"))
         assert data.shop_total == data.presentment_total == data.total
 
     def test_without_a_money_bag_another_presentment_currency_is_left_unknown(self):
         order = pln_shop_eur_customer()
         del order["total_price_set"]
-        data, _ = domain.shopify_order_placed(order)
+        data, _ = shopify.shopify_order_placed(order)
         assert data.shop_total == c.Money(amount=211929, currency="PLN")
         assert data.presentment_total is None  # never 2119.29 EUR
 
     def test_the_platform_count_is_kept_as_the_platforms(self):
         order = load("shopify_order")
         order["customer"]["orders_count"] = 0
-        data, _ = domain.shopify_order_placed(order)
+        data, _ = shopify.shopify_order_placed(order)
         assert data.platform_orders_count == 0
         assert data.customer_orders_count is None  # set by the intake from the book
 
@@ -82,13 +84,13 @@ class TestOrderCount:
         [(0, 1, 1), (1, 1, 1), (5, 1, 5), (None, 1, 1), (0, 3, 3), (2, 4, 4)],
     )
     def test_the_book_or_the_larger_platform_count(self, platform, book, count):
-        data, _ = domain.shopify_order_placed(load("shopify_order"))
+        data, _ = shopify.shopify_order_placed(load("shopify_order"))
         data = data.model_copy(update={"platform_orders_count": platform})
         out = domain.with_order_count(data, book)
         assert (out.customer_orders_count, out.platform_orders_count) == (count, platform)
 
     def test_a_canonical_senders_count_is_the_platforms(self):
-        data, _ = domain.shopify_order_placed(load("shopify_order"))
+        data, _ = shopify.shopify_order_placed(load("shopify_order"))
         data = data.model_copy(update={"platform_orders_count": None, "customer_orders_count": 7})
         out = domain.with_order_count(data, 2)
         assert (out.customer_orders_count, out.platform_orders_count) == (7, 7)
@@ -117,7 +119,7 @@ class TestCompleteRefund:
 
 class TestStatedCurrencies:
     def test_woocommerce_states_the_orders_currency(self):
-        out = domain.normalize_woocommerce("order.created", load("woocommerce_order"))
+        out = woocommerce.normalize_woocommerce("order.created", load("woocommerce_order"))
         data = out.emits[0].data
         assert isinstance(data, c.OrderPlaced)
         assert data.presentment_total == data.total == c.Money(amount=2935, currency="EUR")
@@ -125,11 +127,11 @@ class TestStatedCurrencies:
 
     def test_bigcommerce_shop_money_only_when_the_store_currency_is_the_orders(self):
         order = load("bigcommerce_order")
-        same = domain.normalize_bigcommerce_order(order, order["_products"]).emits[0].data
+        same = bc.normalize_bigcommerce_order(order, order["_products"]).emits[0].data
         assert isinstance(same, c.OrderPlaced)
         assert same.shop_total == same.presentment_total == same.total
         foreign = order | {"currency_code": "PLN", "store_default_currency_code": "USD"}
-        other = domain.normalize_bigcommerce_order(foreign, order["_products"]).emits[0].data
+        other = bc.normalize_bigcommerce_order(foreign, order["_products"]).emits[0].data
         assert isinstance(other, c.OrderPlaced)
         assert other.presentment_total == c.Money(amount=2200, currency="PLN")
         assert other.shop_total is None  # no rate is guessed

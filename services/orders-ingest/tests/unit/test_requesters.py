@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from afterglow.ingest import domain, requesters
@@ -21,10 +20,6 @@ def by_id(user_id: str, ticket: str = "zendesk:1") -> domain.Normalized:
     return domain.Normalized(
         requester=Requester(ticket, f"zendesk:{user_id}", helpdesk_user_id=user_id)
     )
-
-
-def runtime() -> Any:
-    return SimpleNamespace(extras={})
 
 
 def later(s: float = 60.0) -> float:
@@ -44,26 +39,25 @@ class TestWanted:
 
 class TestRound:
     def test_the_first_event_unseen_by_the_prefetch_waits_for_the_next_round(self):
-        rt = runtime()
-        requesters.cache_of(rt).put(("t", "1"), Contact("a@b.c", None, None, later()))
+        cache = RequesterCache()
+        cache.put(("t", "1"), Contact("a@b.c", None, None, later()))
         items = [
             ("t", by_id("1")),
             ("t", domain.Normalized()),
             ("t", by_id("2")),
             ("t", by_id("1")),
         ]
-        assert requesters.first_unseen(rt, items) == 2
+        assert requesters.first_unseen(cache, items) == 2
 
     def test_the_first_event_always_applies(self):
-        assert requesters.first_unseen(runtime(), [("t", by_id("2"))]) is None
+        assert requesters.first_unseen(RequesterCache(), [("t", by_id("2"))]) is None
 
     def test_the_found_email_is_the_requesters_and_a_failure_is_said(self):
-        rt = runtime()
-        cache = requesters.cache_of(rt)
+        cache = RequesterCache()
         cache.put(("t", "1"), Contact("Jon@Example.com", None, None, later()))
         cache.put(("t", "2"), Contact(None, None, "zendesk answered 503", later()))
         found, failed, other_tenant = by_id("1"), by_id("2"), by_id("1")
-        requesters.enrich(rt, [("t", found), ("t", failed), ("u", other_tenant)])
+        requesters.enrich(cache, [("t", found), ("t", failed), ("u", other_tenant)])
         assert found.requester is not None and failed.requester is not None
         assert found.requester.email_hash == domain.email_hash("jon@example.com")
         assert failed.requester.lookup_error == "zendesk answered 503"

@@ -11,6 +11,7 @@ from afterglow.events import to_record
 from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.events.testing import TopicTap, eventually
+from afterglow.referrals.deps import deps_of
 from afterglow.referrals.models import Order
 
 REFERRALS = "afterglow.referrals"
@@ -395,7 +396,7 @@ class TestErasure:
         # The order is remembered and attributed in one transaction: seen means decided.
         await service.wait_order_seen(tenant, carrying.order_id)
         async with service.runtime.sessionmaker() as s:
-            svc = service.runtime.extras["referrals"]
+            svc = deps_of(service.runtime).referrals
             assert await svc.referral_for_order(s, tenant, carrying.order_id) is None
         r = await service.client.post(
             "/v1/attributions",

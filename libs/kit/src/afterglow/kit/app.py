@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -110,7 +110,11 @@ class Runtime:
     relay: OutboxRelay | None = None
     consumers: list[EventConsumer] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The service's own typed dependencies (its ``Deps`` dataclass: typed settings,
+    # service objects, caches, wake-up events), built by ``build_deps`` in the lifespan.
+    # Read through the service's ``deps_of``/``get_deps``, never by a string key: a
+    # string lookup was typed Any and failed only at run time when a key was misspelt.
+    deps: Any = None
 
 
 Worker = Callable[[Runtime], Awaitable[None]]
@@ -120,6 +124,19 @@ def runtime_of(request: Request) -> Runtime:
     """The running service's clients, for a route (the lifespan put them on the app)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+D = TypeVar("D")
+
+
+def deps_as(runtime: Runtime, cls: type[D]) -> D:
+    """The service's typed dependencies, checked to be ``cls`` (a service's ``deps_of``
+    is this with its own class). Raises RuntimeError when the lifespan did not build
+    them (a runtime assembled by hand, as a CLI does, has none)."""
+    deps = runtime.deps
+    if not isinstance(deps, cls):
+        raise RuntimeError(f"{runtime.spec.name}: no {cls.__name__} on this runtime")
+    return deps
 
 
 def create_service_app(
@@ -132,6 +149,7 @@ def create_service_app(
     description: str,
     routers: Sequence[APIRouter] = (),
     workers: Callable[[Runtime], list[Worker]] | None = None,
+    build_deps: Callable[[Runtime], Any] | None = None,
     on_start: Callable[[Runtime], Awaitable[None]] | None = None,
     clock: Clock | None = None,
     version: str = "0.1.0",
@@ -141,7 +159,12 @@ def create_service_app(
     service needs is missing (:func:`afterglow.kit.settings.missing_secrets`, also on
     ``app.state.missing_secrets``); building it does not, so its OpenAPI document can be
     read anywhere. Raises TypeError when a router was not built with
-    :func:`afterglow.kit.routing.service_router`."""
+    :func:`afterglow.kit.routing.service_router`.
+
+    ``build_deps`` builds the service's typed dependencies (its ``Deps`` dataclass) from
+    the runtime once its clients exist, before ``on_start``, the consumers and the
+    workers; they are ``runtime.deps``, read through the service's ``deps_of`` (see
+    :func:`deps_as`) and, in routes, its ``get_deps`` dependency."""
     missing = missing_secrets(spec.name, settings.required_secrets())
     unbounded = unbounded_routes(list(routers))
     if unbounded:
@@ -217,6 +240,9 @@ def create_service_app(
             runtime.tasks.append(
                 asyncio.create_task(_supervise(relaying, runtime), name="outbox-relay")
             )
+            # Before on_start, the consumers and the workers: they all read them.
+            if build_deps is not None:
+                runtime.deps = build_deps(runtime)
             if on_start is not None:
                 await on_start(runtime)
             if runs_workers:

@@ -11,7 +11,7 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.models import (
     CustomerProfile,

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from afterglow.events import catalog as c
 from afterglow.journeys import api, export, handlers, metrics_api, workers
+from afterglow.journeys.deps import build_deps
 from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import channel_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
@@ -61,5 +62,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             export_router("journey-orchestrator", export.collect),
         ],
         workers=background,
+        build_deps=build_deps,
         clock=clock,
     )

@@ -1,5 +1,5 @@
 """Journey event handlers: every event first updates the customer's profile, then moves
-the customer's instances through the pure engine (domain.handle_event), in the one
+the customer's instances through the pure engine (engine.handle_event), in the one
 transaction the consumer runtime opens (with the inbox insert and the outbox rows)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch
 from afterglow.events.batch import event_span
 from afterglow.events.catalog import CustomerErasureRequested, is_anonymous_subject
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.models import CustomerProfile, JourneyInstance
 from afterglow.kit.app import Runtime
@@ -162,14 +162,14 @@ async def erase(
             if inst.status not in ("running", "paused"):
                 continue
             res = d.StepResult(inst.model_copy(deep=True))
-            d._exit(res, event.id, "erasure requested", now)
+            d.exit_instance(res, event.id, "erasure requested", now)
             j = await store.journey_version(session, tenant, inst.journey, inst.version)
             await writer.apply(j, res, profile)
         await store.save_profile(session, tenant, customer, d.erase(profile), now)
         await session.execute(
             update(JourneyInstance)
             .where(JourneyInstance.tenant_id == tenant, JourneyInstance.customer_id == customer)
-            # The state keeps its own copy of both (domain.InstanceState): wiped too.
+            # The state keeps its own copy of both (engine.InstanceState): wiped too.
             .values(
                 order_id=None,
                 anchors={},
@@ -192,7 +192,7 @@ def _runtime(runtime: Runtime) -> Runtime:
     return runtime
 
 
-# The engine's group: every event a journey can react to (domain.ENGINE_EVENTS), one
+# The engine's group: every event a journey can react to (engine.ENGINE_EVENTS), one
 # batch function for all of them, so the runtime hands it each run of consecutive
 # journey events of a partition batch, interleaved as they came; and erasures.
 ENGINE = ConsumerGroup(

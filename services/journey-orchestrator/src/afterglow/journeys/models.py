@@ -30,7 +30,7 @@ TS = DateTime(timezone=True)
 
 class CustomerProfile(Base):
     """The projection the conditions read. The columns are for humans and SQL; ``state``
-    is the domain's full :class:`~afterglow.journeys.domain.Profile` (incl. per-order
+    is the engine's full :class:`~afterglow.journeys.engine.Profile` (incl. per-order
     anchors kept for out-of-order events)."""
 
     __tablename__ = "customer_profiles"
@@ -90,7 +90,7 @@ class JourneyInstance(Base):
     status: Mapped[str] = mapped_column(Text)  # running, paused, exited, completed, skipped
     order_id: Mapped[str | None] = mapped_column(Text)
     anchors: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
-    state: Mapped[dict[str, Any]] = mapped_column(JSONB)  # domain.InstanceState
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)  # engine.InstanceState
     started_at: Mapped[datetime] = mapped_column(TS)
     updated_at: Mapped[datetime] = mapped_column(TS)
     ended_at: Mapped[datetime | None] = mapped_column(TS)
@@ -125,7 +125,7 @@ class JourneyTimer(Base):
         Index("ix_journey_timers_due", "due_at", postgresql_where=text("state = 'pending'")),
         Index("ix_journey_timers_instance", "tenant_id", "instance_id", "state"),
     )
-    id: Mapped[str] = mapped_column(Text, primary_key=True)  # domain.timer_id: stable
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # engine.timer_id: stable
     tenant_id: Mapped[str] = mapped_column(Text)
     customer_id: Mapped[str] = mapped_column(Text)
     instance_id: Mapped[str] = mapped_column(Text)

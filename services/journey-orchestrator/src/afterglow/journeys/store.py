@@ -1,4 +1,4 @@
-"""Persistence of the journey engine, in sets: load what :mod:`domain` needs for a
+"""Persistence of the journey engine, in sets: load what :mod:`engine` needs for a
 whole batch with one query per table, and write back what it decided (state,
 transitions, timers, outbox events, profiles) with one statement per table, in the
 caller's transaction.
@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.events.tracing import current
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys.models import (
     SCHEMA,
     CustomerProfile,
@@ -734,7 +734,7 @@ class Changes:
     def _sync_timers(
         self, tenant: str, customer: str, j: d.Journey, s: d.InstanceState, profile: d.Profile
     ) -> None:
-        """Make the pending timers equal to what the state needs (domain.timers_for)."""
+        """Make the pending timers equal to what the state needs (engine.timers_for)."""
         wanted = {d.timer_id(s.id, t): t for t in d.timers_for(j, s, profile)}
         for tid in self._of_instance(s.id):
             row = self.timers[tid]
@@ -944,6 +944,6 @@ def _action_event(
             comment=p.get("comment"),
             survey_id=p.get("survey_id"),
         )
-    else:  # pragma: no cover - the domain emits only the types above
+    else:  # pragma: no cover - the engine emits only the types above
         raise ValueError(f"unknown action {a.type}")
     return _event(data, tenant, customer, now, (s.id, a.step, a.type))

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.tracing import linked
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.models import JourneyTimer
 from afterglow.journeys.settings import Settings

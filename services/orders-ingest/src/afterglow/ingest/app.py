@@ -11,13 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
-from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
-from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest import bigcommerce, escalations, export, metrics, processing
+from afterglow.ingest.api import admin, operators, rest, webhooks
+from afterglow.ingest.deps import build_deps, deps_of
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
 from afterglow.ingest.discounts.worker import discount_worker
 from afterglow.ingest.fastpath import ShopifyFastPath
-from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.models import api_keys, tables
 from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
@@ -72,22 +72,11 @@ def _workers(runtime: Runtime) -> list[Worker]:
 
 
 async def _start_receiving(runtime: Runtime) -> None:
-    """The webhook hot path's group commit (writer tasks) and tenant cache. The writer
-    wakes this process's processing worker after each commit."""
-    settings = runtime.settings
-    assert isinstance(settings, IngestSettings)
-    writer = DeliveryWriter(
-        runtime.engine,
-        max_waiting=settings.ingest_intake_max_waiting,
-        max_batch=settings.ingest_intake_max_batch,
-        retry_after_s=settings.ingest_intake_retry_after_s,
-        on_commit=processing.wakeup_of(runtime).set,
-    )
-    runtime.extras["delivery_writer"] = writer
-    runtime.extras["tenant_directory"] = TenantDirectory(
-        runtime.sessionmaker, settings.ingest_directory_ttl_s
-    )
-    for n in range(settings.ingest_intake_writers):
+    """The webhook hot path's group commit writer tasks (the writer wakes this
+    process's processing worker after each commit: deps.build_deps)."""
+    deps = deps_of(runtime)
+    writer = deps.writer
+    for n in range(deps.settings.ingest_intake_writers):
         runtime.tasks.append(asyncio.create_task(writer.run(), name=f"delivery-writer-{n}"))
 
 
@@ -125,15 +114,16 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
         description="Signed webhooks from commerce platforms, helpdesks and trackers, and "
         "internal REST calls, become canonical order and ticket events.",
         routers=[
-            api.webhooks,
-            api.rest,
-            api.operators,
-            api.admin,
+            webhooks.router,
+            rest.router,
+            operators.router,
+            admin.router,
             discounts_api.router,
             metrics.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
+        build_deps=build_deps,
         on_start=_start_receiving,
         clock=clock,
         openapi_tags=[

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import tracing
 from afterglow.ingest import domain, identity, intake
 from afterglow.ingest.models import Delivery, PlatformConnection
+from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import check_destination
@@ -176,7 +177,7 @@ async def _process(runtime: Runtime, claim: Claim) -> None:
 async def _fetch_and_normalize(runtime: Runtime, claim: Claim) -> domain.Normalized | FetchFailure:
     settings = _settings(runtime)
     try:
-        order_id = domain.bigcommerce_order_ref(_stored_payload(claim.body))
+        order_id = bc.bigcommerce_order_ref(_stored_payload(claim.body))
         async with asyncio.timeout(settings.ingest_fetch_timeout_s):
             order, products, refunds = await fetch_bigcommerce_order(
                 runtime, claim.tenant_id, order_id
@@ -184,7 +185,7 @@ async def _fetch_and_normalize(runtime: Runtime, claim: Claim) -> domain.Normali
         # The same cleaning and error mapping as a webhook's payload: an order of the
         # wrong shape fails for good, naming why, instead of being retried as an outage.
         with domain.normalization_errors():
-            normalized = domain.normalize_bigcommerce_order(
+            normalized = bc.normalize_bigcommerce_order(
                 domain.clean_payload(order),
                 domain.clean_payload(products),
                 domain.clean_payload(refunds),

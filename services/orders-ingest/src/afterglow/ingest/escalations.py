@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, ConsumerGroup, on_batch
 from afterglow.events.catalog import SupportEscalationRequested
 from afterglow.ingest import helpdesk
+from afterglow.ingest.deps import deps_of
 from afterglow.ingest.models import CustomerLink, Escalation, HelpdeskConnection
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
@@ -50,7 +51,7 @@ async def record(
     runtime: Runtime, session: AsyncSession, events: list[CloudEvent[SupportEscalationRequested]]
 ) -> None:
     await record_escalations(session, events, runtime.clock.now())
-    runtime.extras.setdefault("escalation_wakeup", asyncio.Event()).set()
+    deps_of(runtime).escalation_wakeup.set()
 
 
 def _runtime(runtime: Runtime) -> Runtime:
@@ -148,7 +149,7 @@ class Result:
 async def escalation_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=)."""
     settings = _settings(runtime)
-    wakeup = runtime.extras.setdefault("escalation_wakeup", asyncio.Event())
+    wakeup = deps_of(runtime).escalation_wakeup
     while True:
         wakeup.clear()
         claimed = await send_due(runtime)

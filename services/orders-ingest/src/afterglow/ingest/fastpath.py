@@ -5,7 +5,7 @@ router, the route's request/response wrapper, the exception middleware and the
 dependency machinery each add coroutine frames that are resumed on every await of the
 request (read the body, wait for the group commit). :class:`ShopifyFastPath` sits
 inside the app's own middleware (metrics, nosniff, server errors: unchanged for this
-route) and runs the same handler, :func:`afterglow.ingest.api.shopify_webhook`, for
+route) and runs the same handler, :func:`afterglow.ingest.api.webhooks.shopify_webhook`, for
 ``POST /webhooks/shopify`` directly. Its exceptions are rendered by the app's own
 exception handlers, looked up as Starlette does (by the exception's class hierarchy),
 so every answer (401, 400, 413, 503 with Retry-After...) is the same JSON as through
@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from afterglow.ingest.api import shopify_webhook, webhooks
+from afterglow.ingest.api.webhooks import router as webhooks
+from afterglow.ingest.api.webhooks import shopify_webhook
 
 PATH = "/webhooks/shopify"
 

@@ -38,6 +38,8 @@ import httpx
 
 from afterglow.ingest import bigcommerce, domain, intake
 from afterglow.ingest.models import PlatformConnection
+from afterglow.ingest.platforms import bigcommerce as bc
+from afterglow.ingest.platforms import shopify, woocommerce
 from afterglow.kit.app import Runtime
 from afterglow.kit.errors import NotFound, Unprocessable
 from afterglow.kit.outbound import check_destination
@@ -55,7 +57,7 @@ Sleep = Callable[[float], Awaitable[None]]
 # One page: (topic, dedupe key, payload) per delivery the page's orders amount to.
 Page = list[tuple[str, str, dict[str, Any]]]
 
-# The fields the import reads from Shopify (domain.shopify_graphql_order maps them).
+# The fields the import reads from Shopify (shopify.shopify_graphql_order maps them).
 SHOPIFY_ORDERS_QUERY = """
 query HistoryOrders($first: Int!, $after: String, $query: String) {
   orders(first: $first, after: $after, query: $query, sortKey: CREATED_AT) {
@@ -231,7 +233,7 @@ async def _normalize(
     session: Any, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
 ) -> domain.Normalized:
     if platform == "bigcommerce":
-        return domain.normalize_bigcommerce_order(
+        return bc.normalize_bigcommerce_order(
             payload, payload.get("_products") or [], payload.get("_refunds") or []
         )
     return await intake.normalize(session, tenant_id, platform, topic, payload)
@@ -262,14 +264,14 @@ async def _shopify_pages(
         orders = ((body.get("data") or {}).get("orders")) or {}
         page: Page = []
         for node in orders.get("nodes") or []:
-            page += domain.shopify_order_deliveries(domain.shopify_graphql_order(node), "import")
+            page += shopify.shopify_order_deliveries(shopify.shopify_graphql_order(node), "import")
         yield page
         info = orders.get("pageInfo") or {}
         if not info.get("hasNextPage") or not info.get("endCursor"):
             return
         variables = {**variables, "after": info["endCursor"]}
         # Respect the bucket before asking again: the next page costs what this one did.
-        cost = domain.ShopifyCost.of(body)
+        cost = shopify.ShopifyCost.of(body)
         wait = cost.wait_s() if cost else 0.0
         if wait > 0:
             result.throttled_waits += 1
@@ -291,8 +293,8 @@ async def _shopify_query(
         )
         resp.raise_for_status()
         body: dict[str, Any] = resp.json()
-        if domain.shopify_throttled(body):
-            cost = domain.ShopifyCost.of(body)
+        if shopify.shopify_throttled(body):
+            cost = shopify.ShopifyCost.of(body)
             result.throttled_waits += 1
             await sleep(cost.wait_s() if cost and cost.wait_s() > 0 else 1.0)
             continue
@@ -334,7 +336,7 @@ async def _woocommerce_pages(
         resp.raise_for_status()
         orders = resp.json()
         # The webhook's key: an import and a re-sent webhook of the same version meet.
-        yield [("order.updated", domain.woo_dedupe_key(o), o) for o in orders]
+        yield [("order.updated", woocommerce.woo_dedupe_key(o), o) for o in orders]
         if page >= int(resp.headers.get("x-wp-totalpages", "1") or 1) or not orders:
             return
 

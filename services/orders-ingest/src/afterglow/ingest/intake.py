@@ -23,6 +23,7 @@ from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.ingest import domain, identity
 from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
+from afterglow.ingest.platforms import aftership, canonical, shopify, woocommerce, zendesk
 
 SOURCE = "afterglow/orders-ingest"
 QUARANTINED = "quarantined"
@@ -556,17 +557,17 @@ async def _normalize(
     session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
 ) -> domain.Normalized:
     if platform == "shopify":
-        return domain.normalize_shopify(topic, payload)
+        return shopify.normalize_shopify(topic, payload)
     if platform == "woocommerce":
-        return domain.normalize_woocommerce(topic, payload)
+        return woocommerce.normalize_woocommerce(topic, payload)
     if platform in ("standard", "api"):
-        return domain.normalize_canonical(
-            payload, domain.ORDER_TYPES | domain.TICKET_TYPES, platform
+        return canonical.normalize_canonical(
+            payload, canonical.ORDER_TYPES | canonical.TICKET_TYPES, platform
         )
     if platform == "zendesk":
-        return domain.normalize_zendesk(payload)
+        return zendesk.normalize_zendesk(payload)
     if platform == "aftership":
-        out, platform_order_id = domain.normalize_aftership(payload)
+        out, platform_order_id = aftership.normalize_aftership(payload)
         if platform_order_id and out.emits:
             # Trackers know the shop's order id, not ours: find the order we stored.
             order_id = await order_id_by_platform_id(session, tenant_id, platform_order_id)

@@ -41,9 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import tracing
 from afterglow.events.context import event_context
 from afterglow.ingest import domain, identity, intake, requesters
-from afterglow.ingest.api import parse_payload  # the receivers' parsing and cleaning
+from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery
+from afterglow.ingest.payloads import parse_payload
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.errors import AppError
@@ -59,9 +60,7 @@ BUSY_RETRY_S = 0.05  # ... and tries again this soon: what this process stored w
 
 def wakeup_of(runtime: Runtime) -> asyncio.Event:
     """Set by the writer after a commit; awaited by the worker between rounds."""
-    event = runtime.extras.setdefault("processing_wakeup", asyncio.Event())
-    assert isinstance(event, asyncio.Event)
-    return event
+    return deps_of(runtime).processing_wakeup
 
 
 async def processing_worker(runtime: Runtime) -> None:
@@ -92,8 +91,8 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
     (at most ``max_defer_s``): the two share one CPU, and in a burst the senders'
     answers matter more than events a moment sooner. True when requests still wait
     (a burst under way)."""
-    writer = runtime.extras.get("delivery_writer")
-    if writer is None or max_defer_s <= 0:
+    writer = deps_of(runtime).writer
+    if max_defer_s <= 0:
         return False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_defer_s
@@ -110,7 +109,7 @@ async def process_received(runtime: Runtime, batch: int) -> int:
     transaction. Returns how many were claimed, or ``BUSY``."""
     # Zendesk requesters known by id only are looked up first, outside the round's
     # transaction (afterglow.ingest.requesters): a slow helpdesk holds no lock.
-    await requesters.prefetch(runtime, batch)
+    await requesters.prefetch(runtime, deps_of(runtime).requester_cache, batch)
     try:
         async with runtime.sessionmaker.begin() as session:
             if not await _applier(session):
@@ -166,13 +165,14 @@ async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[An
             if normalized is not None:
                 ready.append((row, normalized))
         items = [(str(row._mapping["tenant_id"]), n) for row, n in ready]
-        cut = requesters.first_unseen(runtime, items)
+        cache = deps_of(runtime).requester_cache
+        cut = requesters.first_unseen(cache, items)
         if cut is not None:
             # A Zendesk ticket stored while the lookups ran: it and what follows stay
             # received (in order) for the next round, at once, which looks it up first.
             ready, items = ready[:cut], items[:cut]
             wakeup_of(runtime).set()
-        requesters.enrich(runtime, items)
+        requesters.enrich(cache, items)
         await identity.link_and_resolve(session, items, runtime.clock.now())
         for row, normalized in ready:
             # The webhook's trace goes on: the events emitted here carry it.

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from afterglow.ingest import domain, intake
 from afterglow.ingest.models import PlatformConnection
+from afterglow.ingest.platforms import shopify, woocommerce
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import check_destination
@@ -170,7 +171,7 @@ async def _shopify(
         for order in resp.json().get("orders", []):
             changed = domain.parse_time(order.get("updated_at"), "updated_at")
             for i, (topic, key, payload) in enumerate(
-                domain.shopify_order_deliveries(order, "reconcile")
+                shopify.shopify_order_deliveries(order, "reconcile")
             ):
                 yield topic, key, payload, changed if i == 0 else None
         # Cursor pagination: the next page's URL (with page_info) is in the Link header.
@@ -203,6 +204,6 @@ async def _woocommerce(
                 order.get("date_modified_gmt") or order.get("date_modified"), "date_modified"
             )
             # Same key as the webhook's: a retried webhook and a poll meet here.
-            yield "order.updated", domain.woo_dedupe_key(order), order, changed
+            yield "order.updated", woocommerce.woo_dedupe_key(order), order, changed
         if page >= int(resp.headers.get("x-wp-totalpages", "1") or 1) or not orders:
             return

@@ -40,6 +40,7 @@ from afterglow.ingest import domain, helpdesk
 from afterglow.ingest.customers import Requester
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.models import Delivery, HelpdeskConnection
+from afterglow.ingest.platforms import zendesk
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
@@ -80,12 +81,6 @@ class RequesterCache:
             self._entries.popitem(last=False)
 
 
-def cache_of(runtime: Runtime) -> RequesterCache:
-    cache = runtime.extras.setdefault("zendesk_requesters", RequesterCache())
-    assert isinstance(cache, RequesterCache)
-    return cache
-
-
 def wanted(body: bytes) -> str | None:
     """The requester id of a stored Zendesk ticket event that names no email, phone or
     external id (the only ones a lookup can help), else None."""
@@ -99,12 +94,12 @@ def wanted(body: bytes) -> str | None:
     requester = detail.get("requester")
     if isinstance(requester, dict) and (requester.get("email") or requester.get("phone")):
         return None
-    return domain.zendesk_user_id(detail.get("requester_id"))
+    return zendesk.zendesk_user_id(detail.get("requester_id"))
 
 
-async def prefetch(runtime: Runtime, batch: int) -> None:
-    """Look up the requesters of the next ``batch`` Zendesk deliveries to apply."""
-    cache = cache_of(runtime)
+async def prefetch(runtime: Runtime, cache: RequesterCache, batch: int) -> None:
+    """Look up the requesters of the next ``batch`` Zendesk deliveries to apply, into
+    ``cache`` (the process's, in IngestDeps)."""
     # The rows the round will claim (the same order and limit), of which only the
     # Zendesk ones: a backlog of shop orders is not scanned for the few tickets.
     window = (
@@ -184,12 +179,13 @@ def _by_id_only(r: Requester | None) -> str | None:
     return r.helpdesk_user_id
 
 
-def first_unseen(runtime: Runtime, items: Sequence[tuple[str, domain.Normalized]]) -> int | None:
+def first_unseen(
+    cache: RequesterCache, items: Sequence[tuple[str, domain.Normalized]]
+) -> int | None:
     """The index of the first item (never the first of all) whose requester the
     prefetch has not seen: stored after it ran, while its calls were in flight. The
     round applies the items before it and leaves the rest for the next round, which
     looks it up first; the first item always applies, so nothing can stall on it."""
-    cache = cache_of(runtime)
     for i, (tenant_id, normalized) in enumerate(items):
         user_id = _by_id_only(normalized.requester)
         if i > 0 and user_id is not None and cache.get((tenant_id, user_id)) is None:
@@ -197,9 +193,8 @@ def first_unseen(runtime: Runtime, items: Sequence[tuple[str, domain.Normalized]
     return None
 
 
-def enrich(runtime: Runtime, items: Sequence[tuple[str, domain.Normalized]]) -> None:
+def enrich(cache: RequesterCache, items: Sequence[tuple[str, domain.Normalized]]) -> None:
     """Give requesters known by id only the contact the lookup found (cache only)."""
-    cache = cache_of(runtime)
     for tenant_id, normalized in items:
         r = normalized.requester
         user_id = _by_id_only(r)

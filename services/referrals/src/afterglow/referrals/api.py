@@ -6,7 +6,7 @@ import html
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import distinct, func, select
@@ -19,6 +19,7 @@ from afterglow.kit.errors import Conflict, NotFound
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 from afterglow.referrals import domain
+from afterglow.referrals.deps import ReferralsDeps, get_deps
 from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.service import ReferralService
 
@@ -31,9 +32,8 @@ CustomerId = Id
 CodeParam = Annotated[str, StringConstraints(min_length=1, max_length=40), NoControls]
 
 
-def _svc(request: Request) -> ReferralService:
-    svc: ReferralService = request.app.state.runtime.extras["referrals"]
-    return svc
+def _svc(deps: Annotated[ReferralsDeps, Depends(get_deps)]) -> ReferralService:
+    return deps.referrals
 
 
 Svc = Annotated[ReferralService, Depends(_svc)]

@@ -11,11 +11,11 @@ from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 from afterglow.referrals.api import router, share_links
+from afterglow.referrals.deps import build_deps, deps_of
 from afterglow.referrals.export import collect
 from afterglow.referrals.handlers import CONSUMERS
 from afterglow.referrals.metrics_api import router as metrics_router
 from afterglow.referrals.models import api_keys, tables
-from afterglow.referrals.service import ReferralService
 from afterglow.referrals.settings import ReferralsSettings
 
 SPEC = ServiceSpec(
@@ -36,16 +36,10 @@ SPEC = ServiceSpec(
 )
 
 
-async def _on_start(runtime: Runtime) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, ReferralsSettings)
-    runtime.extras["referrals"] = ReferralService(settings, runtime.outbox, runtime.clock)
-
-
 async def confirm_conversions(runtime: Runtime) -> None:
     """Confirm conversions whose return window has passed. Time comes from the runtime's
     clock, so tests move a ManualClock instead of waiting 30 days."""
-    svc: ReferralService = runtime.extras["referrals"]
+    svc = deps_of(runtime).referrals
     settings = svc.settings
     while True:
         async with runtime.sessionmaker.begin() as session:
@@ -68,6 +62,6 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
         routers=[router, metrics_router, share_links, export_router(SPEC.name, collect)],
         workers=_workers,
-        on_start=_on_start,
+        build_deps=build_deps,
         clock=clock,
     )

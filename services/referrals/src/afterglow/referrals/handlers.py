@@ -25,6 +25,8 @@ from afterglow.events.catalog import (
     OrderRefunded,
     ReferralInvited,
 )
+from afterglow.kit.app import Runtime
+from afterglow.referrals.deps import deps_of
 from afterglow.referrals.service import ReferralService
 
 
@@ -100,10 +102,9 @@ async def erasure(
     await svc.erase(session, event.tenantid, customer)
 
 
-def _service(runtime: Any) -> ReferralService:
-    """The service object the app's start-up built (afterglow.referrals.app)."""
-    svc: ReferralService = runtime.extras["referrals"]
-    return svc
+def _service(runtime: Runtime) -> ReferralService:
+    """The service object the lifespan built (afterglow.referrals.deps)."""
+    return deps_of(runtime).referrals
 
 
 ONE_BY_ONE: dict[type, Callable[[ReferralService, AsyncSession, Any], Awaitable[None]]] = {

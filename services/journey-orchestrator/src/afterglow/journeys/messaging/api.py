@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from afterglow.events import CloudEvent, derived_event_id
 from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
+from afterglow.journeys.deps import messaging_settings
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.models import (
     Message,
@@ -31,7 +32,6 @@ from afterglow.journeys.messaging.models import (
     MessageTemplate,
     MessagingTenantSettings,
 )
-from afterglow.journeys.messaging.settings import messaging_settings
 from afterglow.journeys.messaging.templates import (
     SAMPLE_CUSTOMER,
     SAMPLE_ORDER,

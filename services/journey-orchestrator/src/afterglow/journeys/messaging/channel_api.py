@@ -33,13 +33,13 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import select
 
+from afterglow.journeys.deps import messaging_settings
 from afterglow.journeys.messaging import store
 from afterglow.journeys.messaging.channels import provider_events as pe
 from afterglow.journeys.messaging.channels import sns
 from afterglow.journeys.messaging.channels.sms_text import e164
 from afterglow.journeys.messaging.channels.twilio import DEFAULT_API
 from afterglow.journeys.messaging.models import MessagingChannel, MessagingTenantSettings
-from afterglow.journeys.messaging.settings import messaging_settings
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope

@@ -42,6 +42,7 @@ from afterglow.events.listen import Listener
 from afterglow.events.shutdown import cancel_and_wait
 from afterglow.events.topics import TOPICS_BY_NOUN
 from afterglow.events.tracing import SpanKind, continued
+from afterglow.journeys.deps import messaging_settings
 from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.channels import Job, Outcome, Route, Senders, channel_for
 from afterglow.journeys.messaging.channels.rate import take
@@ -52,7 +53,7 @@ from afterglow.journeys.messaging.models import (
     MessagingChannel,
     MessagingTenantSettings,
 )
-from afterglow.journeys.messaging.settings import MessagingSettings, messaging_settings
+from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
 
@@ -104,7 +105,7 @@ class Dispatcher:
 
     @property
     def s(self) -> MessagingSettings:
-        # Read at every use, not once: settings live on the runtime (runtime.extras).
+        # Read at every use, not once: settings live on the runtime (afterglow.journeys.deps).
         return messaging_settings(self.rt)
 
     async def run(self) -> None:

@@ -1,12 +1,9 @@
-"""Messaging settings (env: MESSAGING_*), read once per running app by the wiring."""
+"""Messaging settings (env: MESSAGING_*), read once per running app into its deps
+(afterglow.journeys.deps)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from afterglow.kit.app import Runtime
 
 
 class MessagingSettings(BaseSettings):
@@ -48,11 +45,3 @@ class MessagingSettings(BaseSettings):
     # regions have the first form). Tests serve their own.
     sns_url_prefix: str = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
     sns_timeout_s: float = 5.0
-
-
-def messaging_settings(runtime: Runtime) -> MessagingSettings:
-    settings: Any = runtime.extras.get("messaging_settings")
-    if settings is None:
-        settings = MessagingSettings()
-        runtime.extras["messaging_settings"] = settings
-    return settings

@@ -18,8 +18,8 @@ import httpx
 
 from afterglow.ingest.discounts import domain
 from afterglow.ingest.discounts.domain import Discount, PlatformError, ShopBucket
-from afterglow.ingest.domain import shopify_throttled
 from afterglow.ingest.models import PlatformConnection
+from afterglow.ingest.platforms.shopify import shopify_throttled
 from afterglow.ingest.reconcile import SHOPIFY_API_VERSION
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 

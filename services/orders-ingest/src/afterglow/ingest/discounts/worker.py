@@ -24,6 +24,7 @@ from afterglow.events.catalog import (
     DiscountRevoked,
     MessageRequested,
 )
+from afterglow.ingest.deps import deps_of
 from afterglow.ingest.discounts import domain, store
 from afterglow.ingest.discounts.domain import PlatformError
 from afterglow.ingest.discounts.platforms import Shops
@@ -37,13 +38,7 @@ log = logging.getLogger(__name__)
 
 def shops_of(runtime: Runtime) -> Shops:
     """This process's platform caller (one bucket per shop, shared by every round)."""
-    shops = runtime.extras.get("discount_shops")
-    if shops is None:
-        assert runtime.http is not None
-        shops = Shops(runtime.http, allow_private=runtime.settings.outbound_allow_private)
-        runtime.extras["discount_shops"] = shops
-    assert isinstance(shops, Shops)
-    return shops
+    return deps_of(runtime).discount_shops
 
 
 async def discount_worker(runtime: Runtime) -> None:

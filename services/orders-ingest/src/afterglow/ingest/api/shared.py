@@ -1,0 +1,112 @@
+"""What several router modules use: the request's settings and receiving objects, the
+tenant path parameter, the body reader and the answer model of a delivery."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
+
+from afterglow.events.envelope import TENANT_ID_PATTERN
+from afterglow.ingest import domain
+from afterglow.ingest.deps import get_deps
+from afterglow.ingest.directory import TenantDirectory
+from afterglow.ingest.group_commit import DeliveryWriter
+from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized
+
+log = logging.getLogger(__name__)
+
+# One answer for every authentication failure: which part failed is no business of
+# whoever is probing (unknown tenant, missing header, wrong secret, stale timestamp).
+BAD_SIGNATURE = "the webhook signature could not be verified"
+TENANT_RE = TENANT_ID_PATTERN.pattern
+
+
+# Read from the service's typed deps (afterglow.ingest.deps). The webhook routes take
+# only the request, not Depends(get_deps): the Shopify fast path calls its route
+# function directly, without FastAPI's dependency machinery.
+def settings_of(request: Request) -> IngestSettings:
+    return get_deps(request).settings
+
+
+def writer_of(request: Request) -> DeliveryWriter:
+    return get_deps(request).writer
+
+
+def directory_of(request: Request) -> TenantDirectory:
+    return get_deps(request).directory
+
+
+class ClientLeft(AppError):
+    """The sender closed the connection before its body was complete: nothing was
+    stored and nobody reads this answer (the sender retries)."""
+
+    status_code, code = 400, "client_disconnected"
+
+
+# ASCII digits only: str.isdigit() also accepts "²", which int() then refuses (a 500).
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused past ``limit`` before it is all read or parsed."""
+    declared = request.headers.get("content-length", "")
+    if _CONTENT_LENGTH.fullmatch(declared) and int(declared) > limit:
+        raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+    buf = bytearray()
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+    except ClientDisconnect:
+        # A sender timing out mid-body is routine under load, not a server error: it
+        # was logged with a full traceback at error level, once per disconnect.
+        log.info("client disconnected before its body was complete (%d bytes read)", len(buf))
+        raise ClientLeft("the client disconnected before the body was complete") from None
+    return bytes(buf)
+
+
+def refuse_malformed_auth_headers(request: Request, names: Iterable[str]) -> None:
+    """First thing every receiver does: a signature, timestamp or token header that is
+    not printable ASCII of sane length is refused as unauthenticated, before any of it
+    is parsed ("²" or 5,000 nines in a timestamp answered 500)."""
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and not domain.well_formed_header(value):
+            raise Unauthorized(BAD_SIGNATURE)
+
+
+TenantPath = Annotated[str, Path(pattern=TENANT_RE, examples=["acme"])]
+
+
+class DeliveryOutcome(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "delivery_id": "6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11",
+                    "status": "processed",
+                    "events": ["0b6e7c0e-9a0f-5b6c-8c71-3f1d2e4a5b6c"],
+                }
+            ]
+        }
+    )
+    delivery_id: str
+    status: str = Field(
+        description="Webhooks: received (stored; normalized and its events emitted in "
+        "the background: follow it with GET /v1/deliveries/{id}), duplicate, quarantined "
+        "(stored, not normalizable: see the delivery's last_error), or fetch_pending "
+        "(BigCommerce: the order is fetched from the store's API in the background). "
+        "REST and replay: processed or archived (unknown topic)."
+    )
+    events: list[str] = Field(
+        description="Ids of the events emitted by this call (REST, replay); a webhook's "
+        "events are listed on its delivery once processed"
+    )
