@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from afterglow.journeys import domain as d
+from afterglow.journeys import engine as d
 
 AT = datetime(2026, 3, 2, tzinfo=UTC)
 
