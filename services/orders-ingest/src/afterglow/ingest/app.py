@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
-from afterglow.ingest import api, bigcommerce, escalations, export, metrics, processing
+from afterglow.ingest import (
+    api,
+    bigcommerce,
+    customer_lookup,
+    escalations,
+    export,
+    metrics,
+    processing,
+)
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
@@ -131,6 +139,7 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
             api.admin,
             discounts_api.router,
             metrics.router,
+            customer_lookup.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,
