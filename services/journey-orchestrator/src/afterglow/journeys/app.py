@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.journeys import api, export, handlers, workers
+from afterglow.journeys import api, export, handlers, step_counts, workers
 from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import channel_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         "door out for customer messages.",
         routers=[
             api.router,
+            step_counts.router,
             messaging_api.router,
             channel_api.router,
             export_router("journey-orchestrator", export.collect),
