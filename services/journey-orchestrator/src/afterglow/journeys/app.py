@@ -11,6 +11,7 @@ from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import channel_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
 from afterglow.journeys.messaging import handlers as messaging_handlers
+from afterglow.journeys.messaging import redeliver as messaging_redeliver
 from afterglow.journeys.models import SCHEMA, api_keys, tables
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             api.router,
             step_counts.router,
             messaging_api.router,
+            messaging_redeliver.router,
             channel_api.router,
             export_router("journey-orchestrator", export.collect),
         ],
