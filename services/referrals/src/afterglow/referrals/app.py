@@ -10,6 +10,7 @@ from afterglow.events import catalog as c
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
+from afterglow.referrals import review_queue
 from afterglow.referrals.api import router, share_links
 from afterglow.referrals.export import collect
 from afterglow.referrals.handlers import CONSUMERS
@@ -65,7 +66,7 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         api_keys_table=api_keys,
         title="Afterglow referrals",
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
-        routers=[router, share_links, export_router(SPEC.name, collect)],
+        routers=[router, review_queue.router, share_links, export_router(SPEC.name, collect)],
         workers=_workers,
         on_start=_on_start,
         clock=clock,
