@@ -11,6 +11,7 @@ from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from afterglow.kit import openapi
 from afterglow.kit.db import Session
 from afterglow.kit.routing import service_router
 from afterglow.referrals.api import Reader, ReferralOut
@@ -23,7 +24,35 @@ class ReferralList(BaseModel):
     referrals: list[ReferralOut]
 
 
-@router.get("/referrals", summary="Referrals in a state (held: waiting for a review)")
+_HELD = {
+    "referrals": [
+        {
+            "id": "r_01",
+            "code": "ADA7K2",
+            "advocate_customer_id": "cus_1",
+            "referee_customer_id": "cus_2",
+            "order_id": "1001",
+            "order_total": 5000,
+            "currency": "USD",
+            "placed_at": "2026-03-02T14:30:00Z",
+            "via": "referral_code",
+            "state": "held",
+            "reason": "velocity_review",
+            "detail": None,
+            "referee_reward_code": None,
+            "fulfilled_at": None,
+            "confirm_due_at": None,
+            "decided_at": None,
+        }
+    ]
+}
+
+
+@router.get(
+    "/referrals",
+    summary="Referrals in a state (held: waiting for a review)",
+    responses=openapi.example(200, _HELD),
+)
 async def referrals_in_state(
     principal: Reader,
     session: Session,

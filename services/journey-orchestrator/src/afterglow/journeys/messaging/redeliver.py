@@ -81,6 +81,7 @@ async def failed_messages(
     "/v1/messages/{message_id}/redeliver",
     summary="Queue a failed message again",
     responses=openapi.errors(
+        openapi.example(200, {**_FAILED["messages"][0], "status": "queued", "attempts": 0}),
         openapi.error(404, "No such message", "not_found", "no such message", field="message_id"),
         openapi.error(409, "Not failed", "conflict", "only a failed message is redelivered"),
     ),
