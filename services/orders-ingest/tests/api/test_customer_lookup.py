@@ -68,3 +68,29 @@ class TestCustomerLookup:
             headers={"Authorization": f"Bearer {key}"},
         )
         assert r.status_code == 403
+
+    async def test_an_order_posted_over_rest_links_its_email_too(self, client, tenant_id):
+        await register(client, tenant_id)
+        key = await api_key(client, tenant_id, "orders:write", "orders:read")
+        r = await client.post(
+            "/v1/orders",
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "rest-1"},
+            json={
+                "type": "order.placed",
+                "customer_id": "cus_rest",
+                "data": {
+                    "order_id": "rest-1",
+                    "platform": "api",
+                    "placed_at": "2026-03-01T10:00:00Z",
+                    "customer": {"email": "Rest@Example.com"},
+                    "total": {"amount": 1000, "currency": "USD"},
+                },
+            },
+        )
+        assert r.status_code == 201, r.text
+        found = await client.get(
+            LOOKUP,
+            params={"email_hash": email_hash("rest@example.com")},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert found.json() == {"customer_ids": ["cus_rest"]}

@@ -658,6 +658,9 @@ async def _canonical_post(
         raise Unprocessable(str(exc), field=exc.field) from exc
     if not normalized.known_topic:
         raise Unprocessable(f"type must be one of {', '.join(sorted(allowed))}", field="type")
+    # As for a webhook's order (processing.py): the email and phone it shows link to its
+    # customer, so a helpdesk ticket or the console's search by email finds them.
+    await identity.record_links(session, [(tenant, normalized)], now)
     outcome = await intake.accept(
         session,
         rt.outbox,
