@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,10 @@ async def seed(http: httpx.AsyncClient, t: Tenant) -> Tenant:
                     "order_id": oid,
                     "platform": "api",
                     "placed_at": at,
-                    "customer": {},
+                    # "a" said no to marketing: a marketing message to her is suppressed.
+                    "customer": {"email": EMAIL_OF_A, "accepts_marketing": False}
+                    if role == "a"
+                    else {},
                     "total": {"amount": total, "currency": "USD"},
                 },
             },
@@ -185,7 +188,6 @@ async def seed_held_referral(http: httpx.AsyncClient, t: Tenant) -> str:
     )
     assert r.status_code in (200, 201), r.text
     code = r.json()["code"]
-    now = datetime.now(UTC)
     states = []
     for i in range(4):
         oid = f"ref-{i}-{uuid.uuid4().hex[:6]}"
@@ -198,7 +200,8 @@ async def seed_held_referral(http: httpx.AsyncClient, t: Tenant) -> str:
                 "data": {
                     "order_id": oid,
                     "platform": "api",
-                    "placed_at": (now - timedelta(minutes=10 - i)).isoformat(),
+                    # After the code was issued (its window opens then), within the hour.
+                    "placed_at": datetime.now(UTC).isoformat(),
                     "customer": {},
                     "total": {"amount": 5000, "currency": "USD"},
                 },
@@ -216,9 +219,9 @@ async def seed_held_referral(http: httpx.AsyncClient, t: Tenant) -> str:
         # 404 until referrals has seen the order's event.
         r = await eventually(attribute, lambda r: r.status_code != 404, timeout=120)
         assert r.status_code == 201, r.text
-        states.append((r.json()["state"], r.json()["id"]))
-    assert [s for s, _ in states] == ["pending"] * 3 + ["held"], states
-    return states[-1][1]
+        states.append((r.json()["state"], r.json()["reason"], r.json()["id"]))
+    assert [s for s, _, _ in states] == ["pending"] * 3 + ["held"], states
+    return states[-1][2]
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
