@@ -149,10 +149,10 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
 
     # --- the work queues and the settings, read ---
     await page.get_by_role("link", name="Queues").click()
-    assert await page.get_by_role("heading", name="Referrals held for review").is_visible()
+    await page.get_by_role("heading", name="Referrals held for review").wait_for()
     await check_page(page, "queues")
     await page.get_by_role("link", name="Settings").click()
-    assert await page.get_by_label("Quiet hours start (HH:MM)").is_visible()
+    await page.get_by_label("Quiet hours start (HH:MM)").wait_for()
     await check_page(page, "settings")
 
     # --- a journey: its diagram; fix a broken definition from the error shown,
@@ -161,8 +161,8 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
     await check_page(page, "journeys")
     await page.get_by_role("link", name="default", exact=True).click()
     diagram = page.get_by_role("img", name="Flow of journey default")
-    assert await diagram.is_visible()
-    assert await diagram.locator("text", has_text="check_in").count() == 1
+    await diagram.wait_for(state="visible")  # the click's navigation may still be on its way
+    assert await diagram.get_by_text("check_in", exact=True).count() == 1  # its stage box
     editor = page.get_by_label("Definition")
     good = await editor.input_value()
     assert "delay: P3D" in good  # check_in's wait, as the stored definition spells it
