@@ -23,6 +23,7 @@ X0, BOX_W = 20, 600
 LINE = 18  # px per text line at font-size 13
 GAP = 26  # the arrow between two boxes
 CHAR_PX = 7.2  # a character at font-size 13, about: long texts are cut to fit
+SPLIT_AFTER = LINE  # below a split, before what follows it in its stage
 
 INK, BRAND, MUTED = "#1a1a1a", "#3b5bdb", "#4a4a4a"
 WAIT_FILL, STAGE_FILL, SPLIT_FILL = "#eef1fb", "#ffffff", "#f6f7f9"
@@ -175,7 +176,8 @@ def _split(c: _Canvas, action: dict[str, Any], top: float) -> float:
         c.text(x + 8, top + 2 * LINE, label, width=col_w - 16, bold=True)
         for j, a in enumerate(acts or [{"type": "nothing"}]):
             c.text(x + 8, top + (3 + j) * LINE, action_text(a), width=col_w - 16)
-    return height + 6
+    # Room for the next action's line below the branch boxes (its ascent touched them).
+    return height + SPLIT_AFTER
 
 
 def _stage_height(stage: dict[str, Any]) -> float:
@@ -189,7 +191,7 @@ def _stage_height(stage: dict[str, Any]) -> float:
                 )
                 or 1
             )
-            h += LINE * (rows + 2) + 14
+            h += LINE * (rows + 2) + 8 + SPLIT_AFTER
         else:
             h += LINE
     return h + 6
