@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,20 @@ READ_SCOPES = [
     "referrals:read",
     "messages:read",
     "customers:export",
+    "dlq:read",
 ]
-WRITE_SCOPES = [*READ_SCOPES, "console:write", "feedback:write", "journeys:write"]
+WRITE_SCOPES = [
+    *READ_SCOPES,
+    "console:write",
+    "feedback:write",
+    "journeys:write",
+    "referrals:write",
+    "messages:write",
+    "dlq:write",
+]
+# Customer "a" gives this email at every shop (each tenant's tests look it up): typed as
+# a person would, it must find this shop's "a" only.
+EMAIL_OF_A = "ada.lovelace@example.com"
 
 # (customer, order id, placed_at, total in cents): the book of ingest's metric test.
 BOOK = [
@@ -134,7 +147,10 @@ async def seed(http: httpx.AsyncClient, t: Tenant) -> Tenant:
                     "order_id": oid,
                     "platform": "api",
                     "placed_at": at,
-                    "customer": {},
+                    # "a" said no to marketing: a marketing message to her is suppressed.
+                    "customer": {"email": EMAIL_OF_A, "accepts_marketing": False}
+                    if role == "a"
+                    else {},
                     "total": {"amount": total, "currency": "USD"},
                 },
             },
@@ -162,6 +178,50 @@ async def seed(http: httpx.AsyncClient, t: Tenant) -> Tenant:
     assert r.json()["status"] == "pending", r.text
     t.review_id = str(r.json()["id"])
     return t
+
+
+async def seed_held_referral(http: httpx.AsyncClient, t: Tenant) -> str:
+    """Four first orders on one advocate's code within the hour: the fourth is held
+    for review (referrals' velocity rule, three per hour). Returns its referral id."""
+    r = await http.post(
+        f"{t.urls['referrals']}/v1/advocates/{t.customer('a')}/code", headers=t.auth(), json={}
+    )
+    assert r.status_code in (200, 201), r.text
+    code = r.json()["code"]
+    states = []
+    for i in range(4):
+        oid = f"ref-{i}-{uuid.uuid4().hex[:6]}"
+        r = await http.post(
+            t.urls["ingest"] + "/v1/orders",
+            headers={**t.auth(), "Idempotency-Key": oid},
+            json={
+                "type": "order.placed",
+                "customer_id": t.customer(f"referee{i}"),
+                "data": {
+                    "order_id": oid,
+                    "platform": "api",
+                    # After the code was issued (its window opens then), within the hour.
+                    "placed_at": datetime.now(UTC).isoformat(),
+                    "customer": {},
+                    "total": {"amount": 5000, "currency": "USD"},
+                },
+            },
+        )
+        assert r.status_code == 201, r.text
+
+        async def attribute(oid: str = oid) -> httpx.Response:
+            return await http.post(
+                t.urls["referrals"] + "/v1/attributions",
+                headers=t.auth(),
+                json={"order_id": oid, "code": code},
+            )
+
+        # 404 until referrals has seen the order's event.
+        r = await eventually(attribute, lambda r: r.status_code != 404, timeout=120)
+        assert r.status_code == 201, r.text
+        states.append((r.json()["state"], r.json()["reason"], r.json()["id"]))
+    assert [s for s, _, _ in states] == ["pending"] * 3 + ["held"], states
+    return states[-1][2]
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -206,3 +266,31 @@ def screenshots_dir() -> Path:
 
 def dump(obj: Any) -> str:
     return repr(obj)[:2000]
+
+
+async def seed_suppressed_message(http: httpx.AsyncClient, t: Tenant) -> dict[str, Any]:
+    """A marketing message to customer "a", who declined marketing: the orchestrator
+    suppresses it (no_marketing_consent). Returns the message once decided."""
+    customer = t.customer("a")
+    r = await http.post(
+        t.urls["journeys"] + "/v1/messages",
+        headers=t.auth(),
+        json={
+            "customer_id": customer,
+            "request_id": f"console-nudge-{customer}",
+            "kind": "check_in",
+            "category": "marketing",
+        },
+    )
+    assert r.status_code == 202, r.text
+
+    async def message() -> dict[str, Any]:
+        got = await http.get(
+            f"{t.urls['journeys']}/v1/customers/{customer}/messages", headers=t.auth()
+        )
+        return next(
+            (m for m in got.json()["messages"] if m["request_id"].startswith("console-nudge")),
+            {},
+        )
+
+    return await eventually(message, lambda m: m.get("status") == "suppressed", timeout=120)

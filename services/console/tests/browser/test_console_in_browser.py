@@ -1,8 +1,11 @@
 """The console in a real browser: Debian's chromium driven by Playwright, against every
 service on the real stack with a seeded tenant.
 
-Sign in, read the dashboard's charts and their tables, find a customer, approve a held
-review, sign out; another tenant's customer in the URL is a 404. Each page is saved as a
+Sign in, read the dashboard's charts and their tables, find a customer by email and read
+why a message to them was suppressed, approve a held review, look at the work queues and
+the settings, open a journey's diagram, fix a broken YAML from the error shown,
+simulate, activate, compare two versions, sign out; another tenant's customer in the
+URL is a 404. Each page is saved as a
 screenshot at 1280 and 390 px wide under ``.afterglow/screenshots/`` and checked with
 axe-core (vendored from npm, injected into the page): no serious or critical violation.
 
@@ -21,12 +24,14 @@ from typing import Any
 import httpx
 import pytest
 from console_support import (
+    EMAIL_OF_A,
     HELD_REVIEW,
     PERIOD,
     Tenant,
     new_tenant,
     screenshots_dir,
     seed,
+    seed_suppressed_message,
 )
 
 from afterglow.devstack.services import RunningServices
@@ -81,6 +86,7 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
     async with httpx.AsyncClient(timeout=30) as http:
         shop: Tenant = await seed(http, await new_tenant(http, services))
         other: Tenant = await seed(http, await new_tenant(http, services))
+        suppressed = await seed_suppressed_message(http, shop)
     console = shop.urls["console"]
     # bypass_csp: the pages allow no script, and axe-core is injected as one.
     context = await browser.new_context(base_url=console, bypass_csp=True)
@@ -111,13 +117,16 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
     assert await page.locator("#nps-section [data-figure=nps]").inner_text() == "33.3"
     await check_page(page, "dashboard")
 
-    # --- find a customer ---
+    # --- find a customer by email, and read why a message was suppressed ---
     await page.get_by_role("link", name="Customers").click()
     await check_page(page, "find-customer")
-    await page.get_by_label("Customer id").fill(shop.customer("a"))
+    await page.get_by_label("Customer id or email").fill(EMAIL_OF_A.upper())
     await page.get_by_role("button", name="Find").click()
     assert await page.get_by_role("heading", name=f"Customer {shop.customer('a')}").is_visible()
     assert await page.locator("#timeline", has_text="o-a3").count() == 1
+    why = page.locator("#timeline tr", has_text=suppressed["request_id"]).locator(".why")
+    assert await why.inner_text() == "Why suppressed: no marketing consent"
+    assert await page.get_by_role("link", name="Download all their data (JSON)").is_visible()
     await check_page(page, "customer")
 
     # --- another tenant's customer id in the URL ---
@@ -138,10 +147,22 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
         )
     assert r.json()["status"] == "published"
 
-    # --- a journey: fix a broken definition from the error shown, simulate, activate ---
+    # --- the work queues and the settings, read ---
+    await page.get_by_role("link", name="Queues").click()
+    await page.get_by_role("heading", name="Referrals held for review").wait_for()
+    await check_page(page, "queues")
+    await page.get_by_role("link", name="Settings").click()
+    await page.get_by_label("Quiet hours start (HH:MM)").wait_for()
+    await check_page(page, "settings")
+
+    # --- a journey: its diagram; fix a broken definition from the error shown,
+    # simulate, activate ---
     await page.get_by_role("link", name="Journeys").click()
     await check_page(page, "journeys")
     await page.get_by_role("link", name="default", exact=True).click()
+    diagram = page.get_by_role("img", name="Flow of journey default")
+    await diagram.wait_for(state="visible")  # the click's navigation may still be on its way
+    assert await diagram.get_by_text("check_in", exact=True).count() == 1  # its stage box
     editor = page.get_by_label("Definition")
     good = await editor.input_value()
     assert "delay: P3D" in good  # check_in's wait, as the stored definition spells it
@@ -160,6 +181,9 @@ async def test_a_marketer_signs_in_reads_finds_approves_and_signs_out(
     assert (
         await page.get_by_role("heading", name="Journey default, version 2 (active)").count() == 1
     )
+    await page.get_by_role("link", name="v1 beside v2").click()
+    assert await page.locator("#compare svg[role=img]").count() == 2
+    await check_page(page, "journey-compare")
 
     # --- sign out: the pages are closed again ---
     await page.get_by_role("button", name="Sign out").click()

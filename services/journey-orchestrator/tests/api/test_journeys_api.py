@@ -276,3 +276,54 @@ async def test_profile_spend_is_per_currency_and_spend_above_reads_its_own(
         {"currency": "USD", "amount": 5_000},
     ]
     assert [i for i in j["instances"] if i["journey"] == "vip"] == []
+
+
+async def test_step_counts_say_where_instances_are_per_version(
+    orch: Orchestrator, tenant_id: str
+) -> None:
+    h = await orch.headers(tenant_id)
+    await install_vip(orch, h)
+    waiting, moved_on = new_customer(), new_customer()
+    for cust in (waiting, moved_on):
+        await orch.publish(
+            tenant_id, cust, order_placed(f"o-{cust}", orch.clock.now(), amount=20000)
+        )
+    await orch.publish(
+        tenant_id,
+        moved_on,
+        c.OrderDelivered(
+            order_id=f"o-{moved_on}", delivered_at=orch.clock.now(), reported_by="api"
+        ),
+    )
+    await orch.until(
+        tenant_id, waiting, h, lambda j: bool(j) and j["instances"][0]["stage"] == "hello"
+    )
+    orch.clock.advance(timedelta(seconds=2))
+    await orch.until(
+        tenant_id, moved_on, h, lambda j: bool(j) and j["instances"][0]["stage"] == "wait_review"
+    )
+    # Another tenant's instances of a journey of the same name are not counted.
+    other = f"{tenant_id}-other"
+    await install_vip(orch, await orch.headers(other))
+    stranger = new_customer()
+    await orch.publish(other, stranger, order_placed(f"o-{stranger}", orch.clock.now(), 20000))
+    await orch.until(
+        other, stranger, await orch.headers(other), lambda j: bool(j) and j["instances"]
+    )
+
+    r = await orch.client.get("/v1/journeys/vip/step-counts", headers=h)
+
+    assert r.status_code == 200, r.text
+    [v1] = r.json()["versions"]
+    assert v1["version"] == 1
+    stages = v1["stages"]
+    # Both entered hello; one waits there (for its delivery), one moved on through gift.
+    assert stages["hello"] == {"now": {"running": 1}, "entered": 2}
+    assert stages["gift"] == {"now": {}, "entered": 1}
+    assert stages["wait_review"] == {"now": {"running": 1}, "entered": 1}
+    assert "thanks" not in stages
+    assert (v1["ended"], v1["goal_conversions"]) == ({}, 0)
+    reader = await orch.headers(tenant_id, ["journeys:write"])
+    assert (
+        await orch.client.get("/v1/journeys/vip/step-counts", headers=reader)
+    ).status_code == 403

@@ -339,6 +339,47 @@ class TestDelivery:
         assert headers["ce_type"] == b"afterglow.message.requested.v1"
         assert json.loads(record.value)["request_id"] == rid
 
+    async def test_a_failed_message_is_listed_and_redelivered_once(
+        self, tenant, receiver, clock, service
+    ):
+        rid = new_id("req")
+        receiver.plans[rid] = ["500", "500", "500"]  # then 200
+        await tenant.customer("c-again")
+        await tenant.request("c-again", request_id=rid, category="transactional")
+        for attempt in (1, 2):
+            await tenant.wait(
+                "c-again",
+                lambda ms, a=attempt: (
+                    ms
+                    and ms[0]["attempts"] == a
+                    and ms[0]["status"] == "queued"
+                    and (ms[0]["reason"] or "").startswith("retry")
+                ),
+            )
+            clock.advance(timedelta(hours=1))
+        [m] = await tenant.wait("c-again", statuses("failed"))
+        listed = await tenant.client.get("/v1/messages/failed", headers=tenant.auth)
+        assert listed.status_code == 200, listed.text
+        assert [x["id"] for x in listed.json()["messages"] if x["request_id"] == rid] == [m["id"]]
+        runtime, client = service
+        other = await registered_tenant(runtime, client, new_id("t"), receiver.url, clock)
+        # Another tenant's key neither sees it nor can send it.
+        theirs = await client.get("/v1/messages/failed", headers=other.auth)
+        assert rid not in {x["request_id"] for x in theirs.json()["messages"]}
+        r = await client.post(f"/v1/messages/{m['id']}/redeliver", headers=other.auth)
+        assert r.status_code == 404
+
+        r = await client.post(f"/v1/messages/{m['id']}/redeliver", headers=tenant.auth)
+
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "queued"
+        [sent] = await tenant.wait("c-again", statuses("sent"))
+        assert [d["decision"] for d in sent["decisions"]].count("redeliver") == 1
+        again = await client.post(f"/v1/messages/{m['id']}/redeliver", headers=tenant.auth)
+        assert again.status_code == 409
+        answers = [x["answer"] for x in receiver.of(tenant, "c-again")]
+        assert answers == ["500", "500", "500", "200"]  # delivered once after the redeliver
+
 
 class TestPace:
     async def test_one_tenant_is_sent_to_faster_than_its_slots_per_poll(

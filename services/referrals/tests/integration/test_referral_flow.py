@@ -341,6 +341,30 @@ class TestFraud:
         assert r.json()["state"] == "pending"
         assert r.json()["referee_reward_code"]
 
+    async def test_held_referrals_are_listed_for_review_until_decided(self, service, tenant_id):
+        code = await service.issue_code(tenant_id, "adv")
+        start = service.clock.now()
+        for i in range(4):
+            order = service.placed(referral_code=code, at=start + timedelta(minutes=i))
+            row = await self._attributed(service, tenant_id, "adv", f"ref-{i}", order)
+        assert row["state"] == "held"
+        headers = await service.headers(tenant_id)
+        queue = await service.client.get("/v1/referrals", params={"state": "held"}, headers=headers)
+        assert queue.status_code == 200, queue.text
+        assert [r["id"] for r in queue.json()["referrals"]] == [row["id"]]
+        elsewhere = await service.client.get(
+            "/v1/referrals", headers=await service.headers(f"{tenant_id}-other")
+        )
+        assert elsewhere.json()["referrals"] == []
+        r = await service.client.post(
+            f"/v1/referrals/{row['id']}/review", json={"decision": "approve"}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        after = await service.client.get("/v1/referrals", headers=headers)
+        assert after.json()["referrals"] == []
+        bad = await service.client.get("/v1/referrals", params={"state": "x"}, headers=headers)
+        assert bad.status_code == 422
+
 
 class TestErasure:
     async def test_erasure_wipes_hashes_and_keeps_counts(self, service, tenant_id):

@@ -45,6 +45,7 @@ from afterglow.kit import openapi, secretbox
 from afterglow.kit.auth import API_KEYS, ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
+from afterglow.kit.dlq_api import dlq_router
 from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
 from afterglow.kit.routing import service_router, unbounded_routes
@@ -318,6 +319,9 @@ def create_service_app(
     if runs_api:
         for router in routers:
             app.include_router(router)
+        # Every service's dead letters, for the console's DLQ queue (kit.dlq_api).
+        topics = sorted({t for g in spec.consumer_groups() for t in g.topics})
+        app.include_router(dlq_router(spec.name, topics, settings.kafka(client_id=spec.name)))
     return app
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from afterglow.console import dashboard, journeys_pages
+from afterglow.console import dashboard, journeys_pages, queues_pages, settings_pages
 from afterglow.console.backend import BackendError
 from afterglow.console.models import api_keys, tables
 from afterglow.console.pages import page, redirect, router
@@ -37,7 +37,13 @@ def create_app(settings: ConsoleSettings | None = None, clock: Clock | None = No
         api_keys_table=api_keys,
         title="Afterglow console",
         description="Dashboards, customer timelines, work queues and journeys, as web pages.",
-        routers=[router, dashboard.router, journeys_pages.router],
+        routers=[
+            router,
+            dashboard.router,
+            journeys_pages.router,
+            queues_pages.router,
+            settings_pages.router,
+        ],
         clock=clock,
     )
     install_page_errors(app)

@@ -4,6 +4,7 @@ through the orchestrator's ``/v1/journeys`` API with the session's key."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import yaml
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from afterglow.console import flow
 from afterglow.console.backend import BackendError, segment
 from afterglow.console.pages import Current, page, read_form, redirect, section
 from afterglow.console.yaml_lines import error_line, line_of
@@ -113,18 +115,27 @@ async def _journey_page(
     text: str | None = None,
     error: dict[str, Any] | None = None,
     simulation: dict[str, Any] | None = None,
+    migration: dict[str, Any] | None = None,
+    compare: int | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     b = session.backend
+    path = f"/v1/journeys/{segment(name)}"
     try:
         params = {"version": version} if version else {}
-        journey = await b.get("journeys", f"/v1/journeys/{segment(name)}", **params)
-        listing = await b.get("journeys", "/v1/journeys")
+        journey, listing, other = await asyncio.gather(
+            b.get("journeys", path, **params),
+            b.get("journeys", "/v1/journeys"),
+            b.get("journeys", path, version=compare) if compare else _none(),
+        )
     except BackendError as exc:
         code = exc.status if exc.status in (403, 404) else 502
         return page(
             request, "notice.html", code, session=session, heading="Journey", text=exc.message
         )
+    # The counts are a nicety: a key without them still gets the diagram, with a note.
+    counts = await section(b.get("journeys", f"{path}/step-counts"))
+    by_version = {v["version"]: v for v in (counts["data"] or {}).get("versions", [])}
     versions: list[dict[str, Any]] = next(
         (j["versions"] for j in listing["journeys"] if j["name"] == name), []
     )
@@ -138,10 +149,25 @@ async def _journey_page(
         journey=journey,
         versions=versions,
         steps=steps(journey["definition"]),
+        diagram=flow.diagram(journey["definition"], by_version.get(journey["version"])),
+        counts_error=counts["error"],
+        compared=None
+        if other is None
+        else {
+            "version": other["version"],
+            "active": other.get("active"),
+            "diagram": flow.diagram(other["definition"], by_version.get(other["version"])),
+            "steps": steps(other["definition"]),
+        },
         text=text,
         error=error,
         simulation=simulation,
+        migration=migration,
     )
+
+
+async def _none() -> None:
+    return None
 
 
 @router.get("/journeys/{name}", summary="A journey: steps, versions, editor", responses=_PAGE)
@@ -150,8 +176,9 @@ async def journey(
     session: Current,
     name: str,
     version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
+    compare: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> HTMLResponse:
-    return await _journey_page(request, session, name, version)
+    return await _journey_page(request, session, name, version, compare=compare)
 
 
 @router.post("/journeys/{name}", summary="Save the edited YAML as a new version")
@@ -211,3 +238,23 @@ async def activate(request: Request, session: Current, name: str) -> Response:
         json={"version": version} if version else {},
     )
     return redirect(f"/journeys/{segment(name)}")
+
+
+@router.post("/journeys/{name}/migrate", summary="Move waiting instances to the active version")
+async def migrate(request: Request, session: Current, name: str) -> Response:
+    """A dry run first (``dry_run=1``: the report only), then the move; instances whose
+    place has no equivalent in the active version stay, and the report says why."""
+    form = await read_form(request)
+    session.check_form(form)
+    # Even the dry run: the orchestrator's migrate API takes journeys:write for both.
+    session.require_write()
+    dry_run = form.get("dry_run") == "1"
+    try:
+        report = await session.backend.post(
+            "journeys", f"/v1/journeys/{segment(name)}/migrate", json={"dry_run": dry_run}
+        )
+    except BackendError as exc:
+        if exc.status not in (409, 422):
+            raise
+        report = {"error": exc.message}
+    return await _journey_page(request, session, name, migration=report)

@@ -6,6 +6,8 @@ section, not as a broken page."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Awaitable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from afterglow.console.sessions import (
 from afterglow.console.settings import ConsoleSettings
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
+from afterglow.kit.contact_hash import email_hash
 from afterglow.kit.export import ExportIncomplete, gather_exports
 from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.routing import read_body, service_router
@@ -179,22 +182,36 @@ def _iso(d: date, *, end: bool = False) -> str:
 # --- customers ------------------------------------------------------------------------
 
 
-@router.get("/customers", summary="Find a customer by id", responses=_PAGE)
+@router.get("/customers", summary="Find a customer by id or email", responses=_PAGE)
 async def find_customer(
-    request: Request, session: Current, q: Annotated[str, Query(max_length=200)] = ""
+    request: Request, session: Current, q: Annotated[str, Query(max_length=320)] = ""
 ) -> Response:
     q = clean_text(q).strip()
-    if q:
+    if not q:
+        return page(request, "find_customer.html", session=session)
+    hashed = email_hash(q) if "@" in q else None
+    if hashed is None:
         return redirect(f"/customers/{quote(q, safe='')}")
-    return page(request, "find_customer.html", session=session)
+    # The address is hashed here, as ingest hashes the ones it links: only the hash
+    # travels to ingest (and into its access log).
+    found = await section(session.backend.get("ingest", "/v1/customer-links", email_hash=hashed))
+    ids = found["data"]["customer_ids"] if found["data"] else []
+    if len(ids) == 1:
+        return redirect(f"/customers/{quote(ids[0], safe='')}")
+    return page(
+        request,
+        "find_customer.html",
+        404 if found["data"] and not ids else 200,
+        session=session,
+        q=q,
+        matches=ids,
+        error=found["error"] or (None if ids else "No customer of this shop has that email."),
+    )
 
 
-@router.get(
-    "/customers/{customer_id}",
-    summary="A customer's timeline across every service",
-    responses={**_PAGE, **openapi.html(404, "No service knows this customer", "...")},
-)
-async def customer(request: Request, session: Current, customer_id: str) -> HTMLResponse:
+async def _export(request: Request, session: ConsoleSession, customer_id: str) -> Any:
+    """Every service's export of the customer, or the page that says why not (a 502
+    naming the services that did not answer; a 404 when none knows the customer)."""
     b = session.backend
     try:
         export = await gather_exports(b.http, b.urls, b.api_key, customer_id)
@@ -207,8 +224,7 @@ async def customer(request: Request, session: Current, customer_id: str) -> HTML
             heading="Not every service answered",
             text=f"The timeline needs the customers:export scope and every service: {exc}",
         )
-    records = export["services"]
-    if not any(rows for tables in records.values() for rows in tables.values()):
+    if not any(rows for tables in export["services"].values() for rows in tables.values()):
         # Another tenant's customer is unknown to this key everywhere: the same answer
         # as a customer who does not exist, so ids cannot be probed.
         return page(
@@ -219,6 +235,39 @@ async def customer(request: Request, session: Current, customer_id: str) -> HTML
             heading="No such customer",
             text=f"No service holds anything about customer {customer_id}.",
         )
+    return export
+
+
+@router.get(
+    "/customers/{customer_id}/export.json",
+    summary="A customer's data from every service, as a JSON download",
+    responses={**_PAGE, **openapi.html(404, "No service knows this customer", "...")},
+)
+async def customer_export(request: Request, session: Current, customer_id: str) -> Response:
+    export = await _export(request, session, customer_id)
+    if isinstance(export, Response):
+        return export
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", customer_id)[:80]
+    return Response(
+        json.dumps(export, indent=2, default=str, ensure_ascii=False),
+        media_type="application/json",
+        headers={
+            **HEADERS,
+            "Content-Disposition": f'attachment; filename="customer-{safe_name}.json"',
+        },
+    )
+
+
+@router.get(
+    "/customers/{customer_id}",
+    summary="A customer's timeline across every service",
+    responses={**_PAGE, **openapi.html(404, "No service knows this customer", "...")},
+)
+async def customer(request: Request, session: Current, customer_id: str) -> Response:
+    export = await _export(request, session, customer_id)
+    if isinstance(export, Response):
+        return export
+    records = export["services"]
     return page(
         request,
         "customer.html",

@@ -6,12 +6,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.journeys import api, export, handlers, metrics_api, workers
+from afterglow.journeys import api, export, handlers, metrics_api, step_counts, workers
 from afterglow.journeys.deps import build_deps
 from afterglow.journeys.messaging import api as messaging_api
 from afterglow.journeys.messaging import channel_api
 from afterglow.journeys.messaging import dispatcher as messaging_dispatcher
 from afterglow.journeys.messaging import handlers as messaging_handlers
+from afterglow.journeys.messaging import redeliver as messaging_redeliver
 from afterglow.journeys.models import SCHEMA, api_keys, tables
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         routers=[
             api.router,
             metrics_api.router,
+            step_counts.router,
             messaging_api.router,
+            messaging_redeliver.router,
             channel_api.router,
             export_router("journey-orchestrator", export.collect),
         ],

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
-from afterglow.ingest import bigcommerce, escalations, export, metrics, processing
+from afterglow.ingest import bigcommerce, customer_lookup, escalations, export, metrics, processing
 from afterglow.ingest.api import admin, operators, rest, webhooks
 from afterglow.ingest.deps import build_deps, deps_of
 from afterglow.ingest.discounts import api as discounts_api
@@ -120,6 +120,7 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
             admin.router,
             discounts_api.router,
             metrics.router,
+            customer_lookup.router,
             export_router("orders-ingest", export.collect),
         ],
         workers=_workers,

@@ -26,6 +26,11 @@ from afterglow.events import catalog as c
 from afterglow.events.envelope import MAX_SUBJECT_LENGTH
 from afterglow.events.money import currency_exponent
 from afterglow.ingest.customers import Requester
+from afterglow.kit.contact_hash import (  # one definition, shared with the console
+    email_hash,
+    phone_hash,
+    sha256_hex,
+)
 from afterglow.kit.text import clean_text, has_control_chars
 
 # --- errors -------------------------------------------------------------------------
@@ -169,36 +174,6 @@ def with_order_count(data: c.OrderPlaced, book_count: int) -> c.OrderPlaced:
             "customer_orders_count": max(book_count, platform or 0),
         }
     )
-
-
-def normalize_email(email: str | None) -> str | None:
-    if not email or "@" not in email:
-        return None
-    return email.strip().lower()
-
-
-def normalize_phone(phone: str | None) -> str | None:
-    """E.164-ish: keep a leading + and the digits (no country guessing)."""
-    if not phone:
-        return None
-    digits = re.sub(r"\D", "", phone)
-    if len(digits) < 6:
-        return None
-    return ("+" if phone.strip().startswith("+") else "") + digits
-
-
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def email_hash(email: str | None) -> str | None:
-    n = normalize_email(email)
-    return sha256_hex(n) if n else None
-
-
-def phone_hash(phone: str | None) -> str | None:
-    n = normalize_phone(phone)
-    return sha256_hex(n) if n else None
 
 
 def address_hash(*parts: Any) -> str | None:

@@ -10,6 +10,7 @@ from afterglow.events import catalog as c
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
+from afterglow.referrals import review_queue
 from afterglow.referrals.api import router, share_links
 from afterglow.referrals.deps import build_deps, deps_of
 from afterglow.referrals.export import collect
@@ -60,7 +61,13 @@ def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = 
         api_keys_table=api_keys,
         title="Afterglow referrals",
         description="Referral codes, attribution, fraud checks and double-sided rewards.",
-        routers=[router, metrics_router, share_links, export_router(SPEC.name, collect)],
+        routers=[
+            router,
+            metrics_router,
+            review_queue.router,
+            share_links,
+            export_router(SPEC.name, collect),
+        ],
         workers=_workers,
         build_deps=build_deps,
         clock=clock,

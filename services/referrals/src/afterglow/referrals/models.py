@@ -98,6 +98,13 @@ class Referral(Base):
         UniqueConstraint("tenant_id", "order_id", name="uq_referrals_tenant_order"),
         Index("ix_referrals_advocate", "tenant_id", "advocate_customer_id", "placed_at"),
         Index("ix_referrals_code", "tenant_id", "code_id", "placed_at"),
+        # The review queue (review_queue.py): a tenant's few held referrals.
+        Index(
+            "ix_referrals_held",
+            "tenant_id",
+            "placed_at",
+            postgresql_where=text("state = 'held'"),
+        ),
         Index(
             "ix_referrals_due",
             "confirm_due_at",

@@ -11,7 +11,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from afterglow.ingest import domain, intake, store
+from afterglow.ingest import domain, identity, intake, store
 from afterglow.ingest.api.shared import DeliveryOutcome
 from afterglow.ingest.platforms import canonical
 from afterglow.kit.app import runtime_of
@@ -107,6 +107,9 @@ async def _canonical_post(
         raise Unprocessable(str(exc), field=exc.field) from exc
     if not normalized.known_topic:
         raise Unprocessable(f"type must be one of {', '.join(sorted(allowed))}", field="type")
+    # As for a webhook's order (processing.py): the email and phone it shows link to its
+    # customer, so a helpdesk ticket or the console's search by email finds them.
+    await identity.record_links(session, [(tenant, normalized)], now)
     outcome = await intake.accept(
         session,
         rt.outbox,
