@@ -69,7 +69,8 @@ class PollingWorker:
     """A background loop of rounds.
 
     ``round_fn(now)`` returns how many items it handled; a round is full when
-    ``full(handled)`` says so (by default: ``handled >= batch``), and a full round is
+    ``full(handled)`` says so (by default: ``handled >= batch``; never without a
+    ``batch``), and a full round is
     followed by the next after ``busy_interval`` (0: at once). Otherwise the worker
     waits ``interval`` seconds, or until ``wake`` is set (a NOTIFY, a slot freed).
     ``wake`` is cleared before each round, so a wake-up that arrives during a round
@@ -79,8 +80,9 @@ class PollingWorker:
     name: str
     round_fn: Round
     clock: Clock
-    interval: float
-    batch: int = 1
+    # A callable is read before each wait: for settings swapped under a running worker.
+    interval: float | Callable[[], float]
+    batch: int | None = None  # None: a round is never full (one pass per interval)
     busy_interval: float = 0.0
     wake: asyncio.Event | None = None
     max_backoff: float = 30.0
@@ -95,7 +97,9 @@ class PollingWorker:
         await self.run()
 
     def _is_full(self, handled: int) -> bool:
-        return self.full(handled) if self.full is not None else handled >= self.batch
+        if self.full is not None:
+            return self.full(handled)
+        return self.batch is not None and handled >= self.batch
 
     async def run_round(self) -> int:
         """One round, as the loop runs it (tests call it to step a worker)."""
@@ -136,10 +140,11 @@ class PollingWorker:
             await self._idle()
 
     async def _idle(self) -> None:
+        interval = self.interval() if callable(self.interval) else self.interval
         if self.wake is None:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(interval)
             return
         # asyncio.timeout, not wait_for: see afterglow.events.shutdown.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.interval):
+            async with asyncio.timeout(interval):
                 await self.wake.wait()
