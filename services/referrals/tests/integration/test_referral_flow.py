@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from referrals_support import new_id
 from sqlalchemy import select
 
 from afterglow.events import to_record
@@ -12,6 +11,8 @@ from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.referrals.models import Order
+
+from ..referrals_support import new_id
 
 REFERRALS = "afterglow.referrals"
 MESSAGES = "afterglow.messages"
