@@ -20,7 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-from console_support import (
+
+from afterglow.devstack.services import RunningServices
+from afterglow.events.testing import eventually
+
+from ..console_support import (
     HELD_REVIEW,
     PERIOD,
     Tenant,
@@ -28,9 +32,6 @@ from console_support import (
     screenshots_dir,
     seed,
 )
-
-from afterglow.devstack.services import RunningServices
-from afterglow.events.testing import eventually
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from ingest_support import (
+
+from afterglow.events.testing import TopicTap
+
+from ..ingest_support import (
     api_key,
     delivery_count,
     fixture,
@@ -14,8 +17,6 @@ from ingest_support import (
     post_shopify,
     register,
 )
-
-from afterglow.events.testing import TopicTap
 
 
 def of(tenant_id: str, type_suffix: str):  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from afterglow.devstack.stack import Stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.kit.app import Runtime
-from afterglow.kit.clock import ManualClock
+from afterglow.kit.clock import Clock, ManualClock
 from afterglow.kit.settings import ServiceSettings
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -40,7 +40,7 @@ class ServiceHarness:
 
     app: FastAPI
     client: httpx.AsyncClient
-    clock: ManualClock
+    clock: Any  # a ManualClock the tests move, unless the suite asked for another Clock
     producer: AIOKafkaProducer
     tap: TopicTap | None
 
@@ -90,7 +90,7 @@ async def running_service(
     settings: ServiceSettings,
     *,
     harness: type[H] = ServiceHarness,  # type: ignore[assignment]
-    clock: ManualClock | None = None,
+    clock: Clock | None = None,  # None: a ManualClock at ``start``
     start: datetime = START,
     topics: Sequence[str] = (),
     producer: AIOKafkaProducer | None = None,
