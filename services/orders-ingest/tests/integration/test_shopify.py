@@ -136,7 +136,7 @@ class TestShopifyContract:
     async def test_tampered_body_is_refused_and_nothing_stored(self, client, runtime, tenant_id):
         secrets = await register(client, tenant_id)
         raw = json.dumps(fixture("shopify_order")).encode()
-        from ingest_support import b64hmac
+        from ..ingest_support import b64hmac
 
         sig = b64hmac(secrets["shopify"], raw)
         tampered = raw.replace(b"403.00", b"4.00")
