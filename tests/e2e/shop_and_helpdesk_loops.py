@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-INGEST_TESTS = Path(__file__).parents[2] / "services/orders-ingest/tests"
-sys.path.insert(0, str(INGEST_TESTS))  # the shop and helpdesk stand-ins live there
-
-from fake_helpdesk import FakeHelpdesk, running_helpdesk  # noqa: E402
-from shop_fakes import FakeShops, running_shops  # noqa: E402
-
-from afterglow.devstack.demo import (  # noqa: E402
+from afterglow.devstack.demo import (
     SECONDS_PER_DAY,
     Receiver,
     Scenario,
@@ -43,6 +36,10 @@ from afterglow.devstack.demo import (  # noqa: E402
     instance,
 )
 
+from ..fakes.fake_helpdesk import FakeHelpdesk, running_helpdesk
+from ..fakes.shop_fakes import FakeShops, running_shops
+
+INGEST_TESTS = Path(__file__).parents[2] / "services/orders-ingest/tests"
 ZENDESK_FIXTURE = INGEST_TESTS / "fixtures/zendesk_ticket_created.json"
 
 

@@ -28,8 +28,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the loops' steps, next to this module
 
-from shop_and_helpdesk_loops import run_loops
-
 from afterglow.devstack.demo import (
     FAST_ENV,
     SERVICES,
@@ -44,6 +42,8 @@ from afterglow.devstack.stack import Stack
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.events.topics import TOPICS
 from afterglow.kit.export import ExportIncomplete, gather_exports
+
+from .shop_and_helpdesk_loops import run_loops
 
 ADMIN_TOKEN = "e2e-admin-token"
 

@@ -18,21 +18,15 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
-
-sys.path.insert(0, str(Path(__file__).parent))  # the fake Shopify GraphQL API
-
-from fake_shopify_graphql import FakeShopifyGraphQL, running
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
@@ -49,6 +43,7 @@ from afterglow.kit.app import Runtime
 from afterglow.loyalty.app import create_app as create_loyalty
 from afterglow.loyalty.models import Account, LotRow, OrderRow
 from afterglow.loyalty.settings import LoyaltySettings
+from tests.fakes.fake_shopify_graphql import FakeShopifyGraphQL, running
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

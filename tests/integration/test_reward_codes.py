@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,11 +29,9 @@ from afterglow.events.testing import TopicTap
 from afterglow.ingest.app import create_app as ingest_app
 from afterglow.loyalty.app import create_app as loyalty_app
 from afterglow.loyalty.settings import LoyaltySettings
+from tests.fakes.shop_fakes import FakeShops, running_shops
 
 INGEST_TESTS = Path(__file__).parents[2] / "services/orders-ingest/tests"
-sys.path.insert(0, str(INGEST_TESTS))  # the fake shops live with ingest's tests
-
-from shop_fakes import FakeShops, running_shops  # noqa: E402
 
 ADMIN = "admin-token-reward-codes"
 SHOPIFY_ORDER = INGEST_TESTS / "fixtures/shopify_order.json"

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,20 +25,18 @@ from typing import Any
 import httpx
 import pytest
 
+from afterglow.devstack.pytest_plugin import serve_app
+from afterglow.devstack.stack import Stack
+from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.events import catalog as c
+from afterglow.events.testing import TopicTap, eventually
+from afterglow.ingest.app import create_app as ingest_app
+from afterglow.journeys.app import create_app as journeys_app
+from afterglow.journeys.settings import Settings as JourneySettings
+from afterglow.kit.clock import ManualClock
+from tests.fakes.fake_helpdesk import FakeHelpdesk, running_helpdesk
+
 FIXTURES = Path(__file__).parents[2] / "services/orders-ingest/tests/fixtures"
-sys.path.insert(0, str(FIXTURES.parent))  # the Zendesk stand-in
-
-from fake_helpdesk import FakeHelpdesk, running_helpdesk  # noqa: E402
-
-from afterglow.devstack.pytest_plugin import serve_app  # noqa: E402
-from afterglow.devstack.stack import Stack  # noqa: E402
-from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record  # noqa: E402
-from afterglow.events import catalog as c  # noqa: E402
-from afterglow.events.testing import TopicTap, eventually  # noqa: E402
-from afterglow.ingest.app import create_app as ingest_app  # noqa: E402
-from afterglow.journeys.app import create_app as journeys_app  # noqa: E402
-from afterglow.journeys.settings import Settings as JourneySettings  # noqa: E402
-from afterglow.kit.clock import ManualClock  # noqa: E402
 
 ADMIN = "admin-token-support-loop"
 DAY = timedelta(days=1)

@@ -4,23 +4,16 @@ tests move (days pass in milliseconds). Tests isolate themselves by tenant id.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-import pytest
-
-from afterglow.devstack.pytest_plugin import serve_app
-from afterglow.devstack.stack import Stack
-from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.devstack.testing import ServiceHarness, service_fixture
+from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
-from afterglow.events.testing import TopicTap, eventually
+from afterglow.events.testing import eventually
 from afterglow.journeys.app import create_app
 from afterglow.journeys.settings import Settings
-from afterglow.kit.app import Runtime
-from afterglow.kit.clock import ManualClock
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 OUT_TOPICS = (
@@ -44,27 +37,17 @@ def make_settings(**over: Any) -> Settings:
     )
 
 
-@dataclass
-class Orchestrator:
-    client: httpx.AsyncClient
-    runtime: Runtime
-    clock: ManualClock
-    producer: Any
-    tap: TopicTap
+class Orchestrator(ServiceHarness):
+    default_scopes = ("journeys:read", "journeys:write")
 
-    async def headers(self, tenant: str, scopes: list[str] | None = None) -> dict[str, str]:
-        async with self.runtime.sessionmaker.begin() as s:
-            key = await self.runtime.api_keys.create(
-                s, tenant, scopes or ["journeys:read", "journeys:write"]
-            )
-        return {"Authorization": f"Bearer {key}"}
-
-    async def publish(self, tenant: str, customer: str, data: Any, id: str | None = None) -> str:
+    async def publish(  # type: ignore[override]
+        self, tenant: str, customer: str, data: Any, id: str | None = None
+    ) -> str:
+        """Publish catalog data as an event of ``tenant`` about ``customer``; its id."""
         event = CloudEvent.new(
             data, tenant_id=tenant, subject=customer, source="tests", id=id, time=self.clock.now()
         )
-        rec = to_record(event)
-        await self.producer.send_and_wait(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+        await super().publish(event)
         return event.id
 
     async def journey(self, tenant: str, customer: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -87,6 +70,7 @@ class Orchestrator:
     async def out(
         self, tenant: str, customer: str, pred: Callable[[CloudEvent[Any]], bool], count: int = 1
     ) -> list[CloudEvent[Any]]:
+        assert self.tap is not None
         return await self.tap.wait_for(
             lambda e: e.tenantid == tenant and e.subject == customer and pred(e), count=count
         )
@@ -94,6 +78,7 @@ class Orchestrator:
     def seen(self, tenant: str, customer: str) -> list[CloudEvent[Any]]:
         from afterglow.events import from_record
 
+        assert self.tap is not None
         out = []
         for r in self.tap.records:
             try:
@@ -108,27 +93,15 @@ class Orchestrator:
 # Package scope: one app for this service's tests, gone before other packages run, so
 # its consumers (and its ManualClock timer loop) never join the groups that later tests'
 # service processes use.
-@pytest.fixture(scope="package")
-async def orch(stack: Stack) -> AsyncIterator[Orchestrator]:
-    clock = ManualClock(START)
-    app = create_app(make_settings(), clock)
-    producer = build_producer(
-        KafkaConfig(
-            stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
-        )
-    )
-    await producer.start()
-    try:
-        async with (
-            TopicTap(stack.kafka_bootstrap_servers, *OUT_TOPICS) as tap,
-            serve_app(app) as client,
-        ):
-            await eventually(
-                lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60
-            )
-            yield Orchestrator(client, app.state.runtime, clock, producer, tap)
-    finally:
-        await producer.stop()
+orch = service_fixture(
+    create_app,
+    make_settings,
+    harness=Orchestrator,
+    scope="package",
+    start=START,
+    topics=OUT_TOPICS,
+    wait_ready=True,
+)
 
 
 def order_placed(order_id: str, at: datetime, amount: int = 5000, **kw: Any) -> c.OrderPlaced:

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-import pytest
 from sqlalchemy import func, select
 
-from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
-from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.devstack.testing import ServiceHarness, running_service, service_fixture
+from afterglow.events import CloudEvent
 from afterglow.events.catalog import Money, OrderPlaced
-from afterglow.events.testing import TopicTap, eventually
-from afterglow.kit.app import Runtime
-from afterglow.kit.clock import ManualClock
+from afterglow.events.testing import eventually
 from afterglow.loyalty.app import create_app
 from afterglow.loyalty.models import Account, EntryRow
 from afterglow.loyalty.settings import LoyaltySettings
@@ -28,27 +22,14 @@ from afterglow.loyalty.settings import LoyaltySettings
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
-@dataclass
-class Loyalty:
-    client: httpx.AsyncClient
-    runtime: Runtime
-    clock: ManualClock
-    producer: Any
-    tap: TopicTap
+class Loyalty(ServiceHarness):
+    default_scopes = ("loyalty:read", "loyalty:write")
 
     async def key(self, tenant: str, scopes: list[str] | None = None) -> dict[str, str]:
-        async with self.runtime.sessionmaker.begin() as s:
-            key = await self.runtime.api_keys.create(
-                s, tenant, scopes or ["loyalty:read", "loyalty:write"]
-            )
-        return {"Authorization": f"Bearer {key}"}
+        return await self.headers(tenant, scopes)
 
     def event(self, data: Any, tenant: str, customer: str, id: str | None = None) -> CloudEvent:
         return CloudEvent.new(data, tenant_id=tenant, subject=customer, source="tests", id=id)
-
-    async def publish(self, event: CloudEvent[Any]) -> None:
-        rec = to_record(event)
-        await self.producer.send_and_wait(rec.topic, rec.value, key=rec.key, headers=rec.headers)
 
     def order(self, order_id: str, total: int, **kw: Any) -> OrderPlaced:
         return OrderPlaced(
@@ -90,11 +71,8 @@ class Loyalty:
         return acc.available, acc.pending
 
 
-@contextlib.asynccontextmanager
-async def running_loyalty(stack: Stack, **settings: Any) -> AsyncIterator[Loyalty]:
-    """A loyalty app on the stack (relay, consumers, worker) with fast loops; keyword
-    arguments override its settings."""
-    clock = ManualClock(START)
+def _settings(**overrides: Any) -> LoyaltySettings:
+    """Fast loops for tests; keyword arguments override."""
     defaults: dict[str, Any] = {
         "relay_poll_interval_s": 0.2,
         "consumer_retry_attempts": 2,
@@ -103,34 +81,23 @@ async def running_loyalty(stack: Stack, **settings: Any) -> AsyncIterator[Loyalt
         "log_json": False,
         "db_pool_size": 20,
     }
-    app = create_app(LoyaltySettings(**{**defaults, **settings}), clock)
-    producer = build_producer(
-        KafkaConfig(
-            stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
-        )
+    return LoyaltySettings(**{**defaults, **overrides})
+
+
+TOPICS = ("afterglow.loyalty", "afterglow.messages", "afterglow.discounts")
+
+
+def running_loyalty(
+    stack: Stack, **settings: Any
+) -> contextlib.AbstractAsyncContextManager[Loyalty]:
+    """A loyalty app on the stack (relay, consumers, worker) with its own settings, for a
+    test that needs other settings than the module's app."""
+    return running_service(
+        stack, create_app, _settings(**settings), harness=Loyalty, start=START, topics=TOPICS
     )
-    await producer.start()
-    try:
-        async with (
-            TopicTap(
-                stack.kafka_bootstrap_servers,
-                "afterglow.loyalty",
-                "afterglow.messages",
-                "afterglow.discounts",
-            ) as tap,
-            serve_app(app) as client,
-        ):
-            yield Loyalty(client, app.state.runtime, clock, producer, tap)
-    finally:
-        await producer.stop()
 
 
-# Module scope: an app left running would keep consuming in its service's consumer
-# groups while later tests (other services, the e2e processes) use the same groups.
-@pytest.fixture(scope="module")
-async def loyalty(stack: Stack) -> AsyncIterator[Loyalty]:
-    async with running_loyalty(stack) as app:
-        yield app
+loyalty = service_fixture(create_app, _settings, harness=Loyalty, start=START, topics=TOPICS)
 
 
 def new_id(prefix: str) -> str:

@@ -1,21 +1,18 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # ingest_support: signing helpers
-
-from ingest_fakes import FakePlatforms, running_fake
-
-from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
+from afterglow.devstack.testing import running_service
 from afterglow.events.testing import TopicTap
 from afterglow.ingest.app import create_app
 from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.clock import SystemClock
+
+from .ingest_fakes import FakePlatforms, running_fake
 
 ADMIN_TOKEN = "admin-token-for-tests"
 
@@ -46,11 +43,12 @@ def settings(stack: Stack) -> IngestSettings:
 # groups while later tests (other services, the e2e processes) use the same groups.
 @pytest.fixture(scope="module")
 async def app_and_client(
-    settings: IngestSettings,
+    stack: Stack, settings: IngestSettings
 ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
-    app = create_app(settings)
-    async with serve_app(app) as client:
-        yield app, client
+    # The system clock: ingest's tests wait out real deadlines (fetch retries, leases);
+    # a module that paces them by hand overrides this fixture with a ManualClock.
+    async with running_service(stack, create_app, settings, clock=SystemClock()) as ingest:
+        yield ingest.app, ingest.client
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from ingest_support import b64hmac, dumps, fixture, shop_domain
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from afterglow.devstack.stack import Stack
+
+from .ingest_support import b64hmac, dumps, fixture, shop_domain
 
 ORDER = fixture("shopify_order")
 

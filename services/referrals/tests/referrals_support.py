@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
 from sqlalchemy import or_, select
 
-from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
-from afterglow.events import CloudEvent, KafkaConfig, KafkaRecord, build_producer, to_record
+from afterglow.devstack.testing import ServiceHarness, running_producer, running_service
+from afterglow.events import CloudEvent, KafkaRecord, to_record
 from afterglow.events.catalog import (
     CustomerInfo,
     Money,
@@ -30,7 +27,6 @@ from afterglow.events.catalog import (
     ReferralInvited,
 )
 from afterglow.events.testing import eventually
-from afterglow.kit.clock import ManualClock
 from afterglow.referrals.app import create_app
 from afterglow.referrals.models import Code, Order, Referral
 from afterglow.referrals.settings import ReferralsSettings
@@ -58,40 +54,22 @@ def fast_settings(**overrides: Any) -> ReferralsSettings:
 
 @pytest.fixture(scope="session")
 async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
-    p = build_producer(
-        KafkaConfig(
-            stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
-        )
-    )
-    await p.start()
-    yield p
-    await p.stop()
+    async with running_producer(stack) as p:
+        yield p
 
 
-@dataclass
-class Service:
-    app: FastAPI
-    client: httpx.AsyncClient
-    clock: ManualClock
-    producer: AIOKafkaProducer
-
-    @property
-    def runtime(self) -> Any:
-        return self.app.state.runtime
-
-    async def headers(self, tenant: str, scopes: list[str] | None = None) -> dict[str, str]:
-        async with self.runtime.sessionmaker.begin() as s:
-            key = await self.runtime.api_keys.create(
-                s, tenant, scopes or ["referrals:read", "referrals:write"]
-            )
-        return {"Authorization": f"Bearer {key}"}
+class Service(ServiceHarness):
+    default_scopes = ("referrals:read", "referrals:write")
 
     async def send_record(self, record: KafkaRecord) -> None:
         await self.producer.send_and_wait(
             record.topic, value=record.value, key=record.key, headers=record.headers
         )
 
-    async def publish(self, data: Any, *, tenant: str, subject: str) -> CloudEvent[Any]:
+    async def publish(  # type: ignore[override]
+        self, data: Any, *, tenant: str, subject: str
+    ) -> CloudEvent[Any]:
+        """Publish catalog data as an event of ``tenant`` about ``subject``."""
         event = CloudEvent.new(
             data, tenant_id=tenant, subject=subject, source="tests", time=self.clock.now()
         )
@@ -235,7 +213,7 @@ async def service(stack: Stack, producer: AIOKafkaProducer) -> AsyncIterator[Ser
     # session: a session-wide app would keep consuming in the "referrals.events" group
     # while later suites (e2e) run their own referrals with other settings and clocks.
     # Tests isolate by tenant; the clock only moves forward, so each test reads "now".
-    clock = ManualClock(START)
-    app = create_app(fast_settings(), clock=clock)
-    async with serve_app(app) as client:
-        yield Service(app=app, client=client, clock=clock, producer=producer)
+    async with running_service(
+        stack, create_app, fast_settings(), harness=Service, start=START, producer=producer
+    ) as svc:
+        yield svc

@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-sys.path.insert(0, str(Path(__file__).parent))  # schema.py is shared with worker.py
-
-import schema
-
 from afterglow.devstack.stack import Stack
 from afterglow.events import KafkaConfig, build_producer
+
+from . import schema  # shared with worker.py, which runs as a script
 
 
 @pytest.fixture(scope="session")

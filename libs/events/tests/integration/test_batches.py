@@ -13,13 +13,14 @@ import sys
 import uuid
 from collections import Counter
 
-from schema import applied_in_order, tally
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
 
 from afterglow.events import BatchHandler, PermanentError, to_record
 from afterglow.events.testing import TopicTap, eventually
+
+from .schema import applied_in_order, tally
+from .support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
 
 
 async def publish_together(producer, *records) -> None:

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import uuid
 
-from support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
-
 from afterglow.events import Outbox, OutboxRelay, PermanentError, RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
+
+from .support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
 
 
 class TestOutbox:

@@ -7,11 +7,12 @@ import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
-from support import applied_counts, make_consumer, running, ticket_event
 
 from afterglow.events import PermanentError, RetryPolicy, to_record
 from afterglow.events.dlq import DeadLetter, read_dead_letters, redrive
 from afterglow.events.testing import TopicTap, eventually
+
+from .support import applied_counts, make_consumer, running, ticket_event
 
 DLQ = "afterglow.tickets.dlq"
 

@@ -7,11 +7,12 @@ import asyncio
 import uuid
 
 import pytest
-from support import applied_counts, make_consumer, running, ticket_event
 
 from afterglow.devstack.outages import PostgresOutage
 from afterglow.events import RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
+
+from .support import applied_counts, make_consumer, running, ticket_event
 
 # Three tries was the whole budget of any failure before; outages must outlast it.
 RETRY = RetryPolicy(attempts=3, base_delay_s=0.02, max_delay_s=0.1, max_transient_delay_s=0.2)

@@ -12,10 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from support import EVENT_TYPE, applied_counts, running, ticket_event
 
 from afterglow.events import EventConsumer, RetryPolicy, to_record
 from afterglow.events.testing import eventually
+
+from .support import EVENT_TYPE, applied_counts, running, ticket_event
 
 
 async def commit(kafka, group: str, offsets: dict[TopicPartition, int]) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 from sqlalchemy import text
-from support import ticket_event
 
 from afterglow.events import Outbox, OutboxRelay
+
+from .support import ticket_event
 
 
 def _gauge(name: str, schema: str) -> float | None:

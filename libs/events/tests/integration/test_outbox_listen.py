@@ -9,10 +9,11 @@ notification queue grew until every outbox write failed.
 from __future__ import annotations
 
 from sqlalchemy import text
-from support import running, ticket_event
 
 from afterglow.events import Outbox, OutboxRelay
 from afterglow.events.testing import TopicTap, eventually
+
+from .support import running, ticket_event
 
 AN_HOUR_OF_KEEPALIVES = 120  # one each 30 s in production
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
+# Run as a script (python worker.py), so its own directory is already on sys.path.
 from schema import TABLES, applied
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 

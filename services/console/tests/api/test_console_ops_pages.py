@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from console_support import (
+
+from afterglow.devstack.services import RunningServices
+from afterglow.devstack.stack import Stack
+from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.events import catalog as c
+from afterglow.events.testing import TopicTap
+
+from ..console_support import (
     EMAIL_OF_A,
     Tenant,
     csrf_of,
@@ -19,12 +26,6 @@ from console_support import (
     seed_held_referral,
     signed_in,
 )
-
-from afterglow.devstack.services import RunningServices
-from afterglow.devstack.stack import Stack
-from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
-from afterglow.events import catalog as c
-from afterglow.events.testing import TopicTap
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

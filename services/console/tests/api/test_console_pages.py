@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from console_support import (
+
+from afterglow.devstack.services import RunningServices
+
+from ..console_support import (
     HELD_REVIEW,
     PERIOD,
     Tenant,
@@ -16,8 +19,6 @@ from console_support import (
     seed,
     signed_in,
 )
-
-from afterglow.devstack.services import RunningServices
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

@@ -23,7 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
-from console_support import (
+
+from afterglow.devstack.services import RunningServices
+from afterglow.events.testing import eventually
+
+from ..console_support import (
     EMAIL_OF_A,
     HELD_REVIEW,
     PERIOD,
@@ -33,9 +37,6 @@ from console_support import (
     seed,
     seed_suppressed_message,
 )
-
-from afterglow.devstack.services import RunningServices
-from afterglow.events.testing import eventually
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

@@ -24,12 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
-# The browser fixture and the page check (screenshots, axe) of the main browser test.
-from browser.test_console_in_browser import browser, check_page  # noqa: F401 - a fixture
-from console_support import Tenant, new_tenant
-
 from afterglow.devstack.services import RunningServices
 from afterglow.events.testing import eventually
+
+from ..console_support import Tenant, new_tenant
+
+# The browser fixture and the page check (screenshots, axe) of the main browser test.
+from .test_console_in_browser import browser, check_page  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 

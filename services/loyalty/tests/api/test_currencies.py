@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from loyalty_support import Loyalty, new_id
-
 from afterglow.events.catalog import Money, OrderPlaced, OrderRefunded
 from afterglow.events.testing import eventually
+
+from ..loyalty_support import Loyalty, new_id
 
 # The finding: a Polish shop's order of 2,119.29 PLN, paid in EUR by the customer.
 PLN_TOTAL = 211_929

@@ -3,7 +3,7 @@ changed ledger."""
 
 from __future__ import annotations
 
-from loyalty_support import Loyalty, new_id
+from ..loyalty_support import Loyalty, new_id
 
 
 class TestOddValues:

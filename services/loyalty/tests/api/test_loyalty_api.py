@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from loyalty_support import Loyalty, new_id
-
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     Money,
@@ -16,6 +14,8 @@ from afterglow.events.catalog import (
     ReviewSubmitted,
     SurveyResponded,
 )
+
+from ..loyalty_support import Loyalty, new_id
 
 
 def of(tenant: str, type_suffix: str):

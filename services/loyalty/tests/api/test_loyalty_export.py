@@ -7,7 +7,6 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from loyalty_support import START, Loyalty, new_id
 from sqlalchemy import func, select
 
 from afterglow.events.catalog import CustomerErasureRequested
@@ -16,6 +15,8 @@ from afterglow.events.testing import eventually
 from afterglow.kit.auth import KEY_PREFIX, hash_key
 from afterglow.kit.export import EXPORT_SCOPE
 from afterglow.loyalty.models import EntryRow
+
+from ..loyalty_support import START, Loyalty, new_id
 
 TABLES = {"accounts", "orders", "lots", "entries", "redemptions"}
 

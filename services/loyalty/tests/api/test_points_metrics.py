@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from loyalty_support import START, Loyalty, new_id
+from ..loyalty_support import START, Loyalty, new_id
 
 
 async def credit(loyalty: Loyalty, h: dict[str, str], customer: str, points: int) -> None:

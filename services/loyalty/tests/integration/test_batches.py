@@ -4,8 +4,6 @@ poison record in the middle goes alone to the DLQ."""
 
 from __future__ import annotations
 
-from loyalty_support import Loyalty, new_id
-
 from afterglow.events.catalog import Money, OrderRefunded
 from afterglow.events.testing import (
     TopicTap,
@@ -14,6 +12,8 @@ from afterglow.events.testing import (
     send_together,
     wait_dead_letter,
 )
+
+from ..loyalty_support import Loyalty, new_id
 
 CONSUMER = "loyalty.ledger"
 

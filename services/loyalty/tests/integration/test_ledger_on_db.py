@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loyalty_support import Loyalty
 
 from afterglow.events.catalog import Money, OrderFulfilled, OrderRefunded
 from afterglow.kit.errors import AppError
@@ -16,6 +15,8 @@ from afterglow.loyalty.api import redeem_reward
 from afterglow.loyalty.handlers import Handlers
 from afterglow.loyalty.models import Account
 from afterglow.loyalty.worker import process_account
+
+from ..loyalty_support import Loyalty
 
 op = st.one_of(
     st.tuples(st.just("order"), st.integers(0, 40_000)),

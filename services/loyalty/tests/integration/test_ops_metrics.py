@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from loyalty_support import Loyalty, new_id, running_loyalty
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
@@ -29,6 +28,8 @@ from afterglow.events.testing import (
     record_id,
     wait_dead_letter,
 )
+
+from ..loyalty_support import Loyalty, new_id, running_loyalty
 
 CONSUMER = "loyalty.ledger"
 ORDERS = "afterglow.orders"

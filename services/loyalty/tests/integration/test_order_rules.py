@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from loyalty_support import Loyalty
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -20,6 +19,8 @@ from afterglow.events.catalog import (
 from afterglow.loyalty.domain import ProgramRules
 from afterglow.loyalty.handlers import Handlers
 from afterglow.loyalty.models import Account, EntryRow, OrderRow, ProgramRulesRow
+
+from ..loyalty_support import Loyalty
 
 
 async def set_rules(loyalty: Loyalty, tenant: str, **changes) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 
-from loyalty_support import Loyalty, new_id
 from sqlalchemy import select
 
 from afterglow.events.catalog import DiscountFailed
 from afterglow.events.testing import eventually
+
+from ..loyalty_support import Loyalty, new_id
 
 
 class TestShopAnswers:

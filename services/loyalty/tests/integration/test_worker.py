@@ -6,13 +6,14 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from loyalty_support import Loyalty
 from sqlalchemy import func, select
 
 from afterglow.events.catalog import OrderFulfilled
 from afterglow.loyalty.handlers import Handlers
 from afterglow.loyalty.models import EntryRow
 from afterglow.loyalty.worker import process_account
+
+from ..loyalty_support import Loyalty
 
 
 class TestWorkerReplicas:

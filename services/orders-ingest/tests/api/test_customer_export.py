@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ingest_support import api_key, fixture, post_shopify, register
+from ..ingest_support import api_key, fixture, post_shopify, register
 
 EXPORT = "/v1/customers/{}/export"
 

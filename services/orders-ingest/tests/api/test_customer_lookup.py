@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from ingest_support import api_key, fixture, post_shopify, register
-
 from afterglow.kit.contact_hash import email_hash
+
+from ..ingest_support import api_key, fixture, post_shopify, register
 
 LOOKUP = "/v1/customer-links"
 

@@ -13,8 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-from ingest_fakes import FakePlatforms
-from ingest_support import (
+
+from afterglow.devstack.stack import Stack
+from afterglow.devstack.testing import running_service
+from afterglow.events.testing import eventually
+from afterglow.ingest.app import create_app
+from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.clock import ManualClock
+
+from ..ingest_fakes import FakePlatforms
+from ..ingest_support import (
     ADMIN,
     api_key,
     connect,
@@ -23,12 +31,6 @@ from ingest_support import (
     outbox_count,
     register,
 )
-
-from afterglow.devstack.pytest_plugin import serve_app
-from afterglow.events.testing import eventually
-from afterglow.ingest.app import create_app
-from afterglow.ingest.settings import IngestSettings
-from afterglow.kit.clock import ManualClock
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 RETRY_BASE_S = 60.0
@@ -45,7 +47,7 @@ def clock() -> ManualClock:
 # the worker polls often, so a retry happens as soon as a test moves the clock.
 @pytest.fixture(scope="module")
 async def app_and_client(
-    settings: IngestSettings, clock: ManualClock
+    stack: Stack, settings: IngestSettings, clock: ManualClock
 ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
     fast = settings.model_copy(
         update={
@@ -56,9 +58,8 @@ async def app_and_client(
             "ingest_fetch_retry_max_s": 600.0,
         }
     )
-    app = create_app(fast, clock)
-    async with serve_app(app) as client:
-        yield app, client
+    async with running_service(stack, create_app, fast, clock=clock) as ingest:
+        yield ingest.app, ingest.client
 
 
 @dataclass

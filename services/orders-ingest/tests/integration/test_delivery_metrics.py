@@ -6,8 +6,9 @@ their own status."""
 from __future__ import annotations
 
 import httpx
-from ingest_support import fixture, post_shopify, register
 from prometheus_client.parser import text_string_to_metric_families
+
+from ..ingest_support import fixture, post_shopify, register
 
 NAME = "afterglow_ingest_webhook_deliveries_total"
 STATUSES = ("received", "duplicate", "quarantined", "unauthorized")

@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from ingest_support import api_key, connect, register
-from shop_fakes import FakeShops, running_shops
 
 from afterglow.devstack.stack import Stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
@@ -23,6 +21,9 @@ from afterglow.events.catalog import (
     OrderPlaced,
 )
 from afterglow.events.testing import TopicTap, eventually
+from tests.fakes.shop_fakes import FakeShops, running_shops
+
+from ..ingest_support import api_key, connect, register
 
 CUSTOMER = "7390123"  # a Shopify customer id: ingest's subject for that customer
 LOYALTY = "afterglow/loyalty"

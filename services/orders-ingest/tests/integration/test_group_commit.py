@@ -13,7 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hotpath_support import (
+from sqlalchemy import func, select
+
+from afterglow.ingest.deps import deps_of
+from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
+from afterglow.ingest.processing import APPLIER_LOCK
+
+from ..hotpath_support import (
     database,
     headers,
     order_body,
@@ -21,12 +27,7 @@ from hotpath_support import (
     tenant_state,
     until_processed,
 )
-from ingest_support import delivery_count, register, settled
-from sqlalchemy import func, select
-
-from afterglow.ingest.deps import deps_of
-from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
-from afterglow.ingest.processing import APPLIER_LOCK
+from ..ingest_support import delivery_count, register, settled
 
 
 class TestGroupCommit:

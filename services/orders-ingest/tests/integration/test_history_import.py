@@ -10,10 +10,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest_support import ADMIN, connect, fixture, post_woo, register
-
 from afterglow.events import catalog as c
 from afterglow.ingest import cli
+
+from ..ingest_support import ADMIN, connect, fixture, post_woo, register
 
 
 def gmt(t: datetime) -> str:

@@ -12,7 +12,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ingest_support import (
+from sqlalchemy import select
+
+from afterglow.events.testing import TopicTap
+from afterglow.ingest import intake
+from afterglow.ingest.models import Delivery
+
+from ..ingest_support import (
     ADMIN,
     api_key,
     b64hmac,
@@ -27,11 +33,6 @@ from ingest_support import (
     standard_headers,
     zendesk_headers,
 )
-from sqlalchemy import select
-
-from afterglow.events.testing import TopicTap
-from afterglow.ingest import intake
-from afterglow.ingest.models import Delivery
 
 RECEIVERS = ("shopify", "woocommerce", "standard", "zendesk", "aftership", "bigcommerce")
 STORED = {"processed", "archived", "quarantined", "fetch_pending", "failed"}

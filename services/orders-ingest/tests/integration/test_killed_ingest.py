@@ -14,13 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hotpath_support import database, post_order, tenant_state, until_processed
-from ingest_support import ADMIN, register
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from afterglow.devstack.services import KillableService, killable_services
 from afterglow.devstack.stack import Stack
+
+from ..hotpath_support import database, post_order, tenant_state, until_processed
+from ..ingest_support import ADMIN, register
 
 pytestmark = pytest.mark.slow
 

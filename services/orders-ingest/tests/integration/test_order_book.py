@@ -8,10 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from ingest_support import api_key, fixture, post_shopify, register
 
 from afterglow.events import catalog as c
 from afterglow.events.testing import TopicTap
+
+from ..ingest_support import api_key, fixture, post_shopify, register
 
 
 def placed_of(tenant_id: str, order_id: str):  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import date
 
 import httpx
-from ingest_support import api_key, register
+
+from ..ingest_support import api_key, register
 
 # (customer, order id, placed_at, total in cents)
 BOOK = [

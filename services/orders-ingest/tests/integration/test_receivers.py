@@ -6,7 +6,7 @@ import base64
 import time
 import uuid
 
-from ingest_support import (
+from ..ingest_support import (
     ADMIN,
     api_key,
     b64hmac,

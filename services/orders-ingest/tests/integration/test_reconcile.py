@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest_support import (
+from ..ingest_support import (
     ADMIN,
     api_key,
     connect,

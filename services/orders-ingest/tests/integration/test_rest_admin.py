@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
-from ingest_support import ADMIN, api_key, fixture, outbox_count, post_shopify, register
 from sqlalchemy import text
+
+from ..ingest_support import ADMIN, api_key, fixture, outbox_count, post_shopify, register
 
 ORDER = {
     "type": "order.placed",

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from ingest_support import (
+
+from afterglow.events.testing import TopicTap
+
+from ..ingest_support import (
     api_key,
     delivery_count,
     fixture,
@@ -14,8 +17,6 @@ from ingest_support import (
     post_shopify,
     register,
 )
-
-from afterglow.events.testing import TopicTap
 
 
 def of(tenant_id: str, type_suffix: str):  # type: ignore[no-untyped-def]
@@ -135,7 +136,7 @@ class TestShopifyContract:
     async def test_tampered_body_is_refused_and_nothing_stored(self, client, runtime, tenant_id):
         secrets = await register(client, tenant_id)
         raw = json.dumps(fixture("shopify_order")).encode()
-        from ingest_support import b64hmac
+        from ..ingest_support import b64hmac
 
         sig = b64hmac(secrets["shopify"], raw)
         tampered = raw.replace(b"403.00", b"4.00")

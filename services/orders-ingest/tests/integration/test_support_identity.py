@@ -1,7 +1,7 @@
 """One customer across platform and helpdesk; escalations become helpdesk tickets.
 
 Signed Shopify and Zendesk webhooks in, ticket events out on the real broker; the
-escalation worker against local Zendesk and Gorgias stand-ins (tests/fake_helpdesk.py)
+escalation worker against local Zendesk and Gorgias stand-ins (tests/fakes/fake_helpdesk.py)
 that check their auth headers and required fields.
 """
 
@@ -14,15 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_helpdesk import FakeHelpdesk, running_helpdesk
-from ingest_support import (
-    ADMIN,
-    dumps,
-    fixture,
-    post_shopify,
-    register,
-    zendesk_headers,
-)
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import Stack
@@ -32,6 +23,16 @@ from afterglow.events.testing import eventually
 from afterglow.ingest.app import create_app
 from afterglow.ingest.models import TicketCustomer
 from afterglow.ingest.settings import IngestSettings
+from tests.fakes.fake_helpdesk import FakeHelpdesk, running_helpdesk
+
+from ..ingest_support import (
+    ADMIN,
+    dumps,
+    fixture,
+    post_shopify,
+    register,
+    zendesk_headers,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

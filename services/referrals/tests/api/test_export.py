@@ -7,14 +7,14 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from referrals_support import new_id
-
 from afterglow.events.catalog import CustomerErasureRequested
 from afterglow.events.privacy import pseudonym
 from afterglow.events.testing import eventually
 from afterglow.kit.export import EXPORT_SCOPE
 from afterglow.referrals.domain import contact_hash
 from afterglow.referrals.models import Referral
+
+from ..referrals_support import new_id
 
 EXPORT_ONLY = [EXPORT_SCOPE]
 REFERRAL_COLUMNS = set(Referral.__table__.c.keys())

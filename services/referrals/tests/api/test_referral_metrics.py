@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from referrals_support import START
+from ..referrals_support import START
 
 PERIOD = {"from": START.date().isoformat(), "to": (START + timedelta(days=40)).date().isoformat()}
 

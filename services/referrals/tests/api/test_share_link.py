@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from referrals_support import Service, fast_settings
-
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.referrals.app import create_app
+
+from ..referrals_support import Service, fast_settings
 
 
 def path_of(url: str) -> str:

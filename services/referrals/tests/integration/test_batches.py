@@ -4,8 +4,6 @@ change nothing, and a poison record in the middle goes alone to the DLQ."""
 
 from __future__ import annotations
 
-from referrals_support import new_id
-
 from afterglow.events import CloudEvent
 from afterglow.events.testing import (
     TopicTap,
@@ -14,6 +12,8 @@ from afterglow.events.testing import (
     send_together,
     wait_dead_letter,
 )
+
+from ..referrals_support import new_id
 
 CONSUMER = "referrals.events"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from referrals_support import new_id
 from sqlalchemy import select
 
 from afterglow.events import to_record
@@ -13,6 +12,8 @@ from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.events.testing import TopicTap, eventually
 from afterglow.referrals.deps import deps_of
 from afterglow.referrals.models import Order
+
+from ..referrals_support import new_id
 
 REFERRALS = "afterglow.referrals"
 MESSAGES = "afterglow.messages"

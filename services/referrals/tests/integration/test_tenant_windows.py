@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from referrals_support import new_id
-
 from afterglow.events.catalog import OrderPlaced
 from afterglow.events.testing import TopicTap
+
+from ..referrals_support import new_id
 
 REFERRALS = "afterglow.referrals"
 CONVERTED = "afterglow.referral.converted.v1"

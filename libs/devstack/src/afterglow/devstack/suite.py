@@ -30,9 +30,9 @@ ISOLATED = (
     "tests/integration/test_first_order_agreement.py",
     "tests/e2e/test_refunds_and_history.py",
     "services/journey-orchestrator/tests/integration/test_killed_dispatcher.py",
-    # A loyalty app inside the referrals suite: next to the loyalty suite's own app in
-    # the same group, the other member took the referral's event (CI saw a 404 account).
-    "services/referrals/tests/integration/test_with_loyalty.py",
+    # A loyalty app beside a referrals app: next to the loyalty suite's own app in the
+    # same group, the other member took the referral's event (CI saw a 404 account).
+    "tests/integration/test_referral_points.py",
     # Runs every service as processes (the console reads them all), in their groups.
     "services/console/tests",
 )
@@ -44,9 +44,9 @@ ISOLATED = (
 NOT_BROKER_FACING = (
     "services/console/tests",
     "services/journey-orchestrator/tests/integration/test_killed_dispatcher.py",
-    # A loyalty app inside the referrals suite: next to the loyalty suite's own app in
-    # the same group, the other member took the referral's event (CI saw a 404 account).
-    "services/referrals/tests/integration/test_with_loyalty.py",
+    # A loyalty app beside a referrals app: next to the loyalty suite's own app in the
+    # same group, the other member took the referral's event (CI saw a 404 account).
+    "tests/integration/test_referral_points.py",
 )
 
 

@@ -11,7 +11,6 @@ outcome with its reason.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from afterglow.feedback import service, tickets
 from afterglow.feedback.models import SupportTicket, Survey
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
+from afterglow.kit.polling import PollingWorker, TransactionalRound, in_one_transaction
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +96,27 @@ async def apply_ticket_events(
 async def csat_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=)."""
     settings = _settings(runtime)
-    while True:
-        claimed = await send_due_csat(runtime)
-        if claimed < settings.feedback_csat_batch:
-            await asyncio.sleep(settings.feedback_csat_poll_s)
+    await PollingWorker(
+        "feedback-csat",
+        in_one_transaction(runtime.sessionmaker, csat_round(runtime)),
+        runtime.clock,
+        settings.feedback_csat_poll_s,
+        batch=settings.feedback_csat_batch,
+    ).run()
 
 
 async def send_due_csat(runtime: Runtime) -> int:
+    """One round, as the worker runs it (tests step it)."""
+    send = in_one_transaction(runtime.sessionmaker, csat_round(runtime))
+    return await send(runtime.clock.now())
+
+
+def csat_round(runtime: Runtime) -> TransactionalRound:
     """One round in one transaction: the surveys and their outcomes commit together."""
     settings = _settings(runtime)
-    now = runtime.clock.now()
     fatigue = timedelta(days=settings.feedback_survey_fatigue_days)
-    async with runtime.sessionmaker.begin() as session:
+
+    async def send_round(session: AsyncSession, now: datetime) -> int:
         due = (
             await session.scalars(
                 select(SupportTicket)
@@ -150,6 +159,8 @@ async def send_due_csat(runtime: Runtime) -> int:
             )
         await session.execute(update(SupportTicket), outcomes)
         return len(due)
+
+    return send_round
 
 
 async def _ask(

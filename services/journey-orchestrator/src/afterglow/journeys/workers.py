@@ -10,7 +10,6 @@ timers are still pending for the next claimant.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from typing import Any
@@ -19,12 +18,14 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.events import Outbox
 from afterglow.events.tracing import linked
 from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.models import JourneyTimer
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import Runtime, Worker
+from afterglow.kit.polling import PollingWorker, TransactionalRound, in_one_transaction
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,19 @@ async def claim_due(
 
 
 async def fire_due_timers(runtime: Runtime, batch: int) -> int:
+    """One round in its own transaction (what the timer loop runs; tests step it)."""
+    fire = in_one_transaction(runtime.sessionmaker, timer_round(runtime.outbox, batch))
+    return await fire(runtime.clock.now())
+
+
+def timer_round(outbox: Outbox, batch: int) -> TransactionalRound:
     """One round, in sets: claim up to ``batch`` due timers (SKIP LOCKED), lock their
     customers' profiles and instances without waiting (a customer a consumer holds is
     skipped: its timers stay pending for the next round), load the timers and journey
     versions of the whole round with one query each, fire in memory in due order, and
     write each table once (store.Changes). Returns how many timers were fired."""
-    now = runtime.clock.now()
-    async with runtime.sessionmaker.begin() as session:
+
+    async def fire_round(session: AsyncSession, now: datetime) -> int:
         rows = await claim_due(session, now, batch)
         for r in rows:
             TIMER_LATENESS.observe(max(0.0, (now - r.due_at).total_seconds()))
@@ -88,9 +95,7 @@ async def fire_due_timers(runtime: Runtime, batch: int) -> int:
         journeys = await store.tenant_journeys(
             session, {t for t, _ in profiles}, ((i.tenant, i.state) for i in instances.values())
         )
-        changes = store.Changes(
-            runtime.outbox, now, await store.timers_of(session, instances.keys())
-        )
+        changes = store.Changes(outbox, now, await store.timers_of(session, instances.keys()))
         fired = 0
         for r in mine:  # due order (claim_due)
             key = (r.tenant_id, r.customer_id)
@@ -121,17 +126,20 @@ async def fire_due_timers(runtime: Runtime, batch: int) -> int:
         await changes.write(session)
         return fired
 
+    return fire_round
+
 
 def journey_workers(runtime: Runtime) -> list[Worker]:
     settings = runtime.settings
     interval = settings.journeys_timer_poll_interval_s if isinstance(settings, Settings) else 1.0
     batch = settings.journeys_timer_batch if isinstance(settings, Settings) else 200
 
-    async def timer_loop(rt: Runtime) -> None:
-        while True:
-            fired = await fire_due_timers(rt, batch)
-            if fired < batch:
-                await asyncio.sleep(interval)
-
-    timer_loop.__name__ = "journey-timers"
-    return [timer_loop]
+    return [
+        PollingWorker(
+            "journey-timers",
+            in_one_transaction(runtime.sessionmaker, timer_round(runtime.outbox, batch)),
+            runtime.clock,
+            interval,
+            batch=batch,
+        )
+    ]

@@ -7,8 +7,6 @@ the work, and an account busy with a redemption is simply picked up on the next 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import datetime
 
 from sqlalchemy import select, union
@@ -16,11 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import derived_event_id
 from afterglow.kit.app import Runtime, Worker
+from afterglow.kit.polling import PollingWorker
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import Account, LotRow
 from afterglow.loyalty.settings import LoyaltySettings
-
-log = logging.getLogger(__name__)
 
 
 async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
@@ -100,10 +97,14 @@ async def _unnotified(session: AsyncSession, ids: list[str]) -> set[str]:
     return set(rows.scalars())
 
 
-async def run_once(runtime: Runtime) -> int:
+async def run_once(runtime: Runtime, now: datetime | None = None) -> int:
+    """One pass over up to ``loyalty_worker_batch`` due accounts; how many it handled.
+
+    Not one transaction for the pass: each account has its own (process_account), so
+    a redemption waits for one account's pass, never for a whole round's."""
     settings = runtime.settings
     limit = settings.loyalty_worker_batch if isinstance(settings, LoyaltySettings) else 200
-    now = runtime.clock.now()
+    now = now or runtime.clock.now()
     async with runtime.sessionmaker() as session:
         due = await due_accounts(session, now, limit)
     done = 0
@@ -113,16 +114,11 @@ async def run_once(runtime: Runtime) -> int:
 
 
 def workers(runtime: Runtime) -> list[Worker]:
-    async def loyalty_worker(rt: Runtime) -> None:
-        settings = rt.settings
-        interval = (
-            settings.loyalty_worker_interval_s if isinstance(settings, LoyaltySettings) else 5.0
-        )
-        while True:
-            try:
-                await run_once(rt)
-            except Exception:
-                log.exception("loyalty worker pass failed")
-            await asyncio.sleep(interval)
+    settings = runtime.settings
+    interval = settings.loyalty_worker_interval_s if isinstance(settings, LoyaltySettings) else 5.0
+    batch = settings.loyalty_worker_batch if isinstance(settings, LoyaltySettings) else 200
 
-    return [loyalty_worker]
+    async def loyalty_round(now: datetime) -> int:
+        return await run_once(runtime, now)
+
+    return [PollingWorker("loyalty-worker", loyalty_round, runtime.clock, interval, batch=batch)]

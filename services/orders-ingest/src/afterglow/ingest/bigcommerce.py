@@ -34,6 +34,7 @@ from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import check_destination
+from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,18 @@ def requeue(delivery: Delivery, now: datetime) -> None:
 async def fetch_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=): rounds until nothing is due."""
     settings = _settings(runtime)
-    while True:
-        claimed = await fetch_due(runtime)
-        if claimed < settings.ingest_fetch_batch:
-            await asyncio.sleep(settings.ingest_fetch_poll_interval_s)
+
+    async def fetch_round(now: datetime) -> int:
+        return await fetch_due(runtime)
+
+    # Not one transaction: the fetches run between the claim's and the results'.
+    await PollingWorker(
+        "ingest-bigcommerce-fetch",
+        fetch_round,
+        runtime.clock,
+        settings.ingest_fetch_poll_interval_s,
+        batch=settings.ingest_fetch_batch,
+    ).run()
 
 
 async def fetch_due(runtime: Runtime) -> int:

@@ -40,6 +40,7 @@ from afterglow.ingest.models import CustomerLink, Escalation, HelpdeskConnection
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
+from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +151,19 @@ async def escalation_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=)."""
     settings = _settings(runtime)
     wakeup = deps_of(runtime).escalation_wakeup
-    while True:
-        wakeup.clear()
-        claimed = await send_due(runtime)
-        if claimed < settings.ingest_helpdesk_batch:
-            try:
-                async with asyncio.timeout(settings.ingest_helpdesk_poll_s):
-                    await wakeup.wait()
-            except TimeoutError:
-                pass
+
+    async def escalation_round(now: datetime) -> int:
+        return await send_due(runtime)
+
+    # Not one transaction: the helpdesks are called between the claim's and the results'.
+    await PollingWorker(
+        "ingest-escalations",
+        escalation_round,
+        runtime.clock,
+        settings.ingest_helpdesk_poll_s,
+        batch=settings.ingest_helpdesk_batch,
+        wake=wakeup,
+    ).run()
 
 
 async def send_due(runtime: Runtime) -> int:

@@ -5,7 +5,6 @@ so that a lost webhook still becomes exactly one event (and a late one, none mor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from afterglow.ingest.platforms import shopify, woocommerce
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import check_destination
+from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,34 @@ async def reconciliation_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=): every interval, every connection."""
     settings = runtime.settings
     assert isinstance(settings, IngestSettings)
-    while True:
-        async with runtime.sessionmaker() as session:
-            conns = (
-                await session.execute(
-                    select(PlatformConnection.tenant_id, PlatformConnection.platform).where(
-                        PlatformConnection.platform.in_(("shopify", "woocommerce"))
-                    )
+
+    async def reconcile_round(now: datetime) -> int:
+        return await reconcile_all(runtime)
+
+    # No batch: a round is every connection, so it is never "full"; the next waits an
+    # interval. Not one transaction: each platform call sits between short ones.
+    await PollingWorker(
+        "ingest-reconcile", reconcile_round, runtime.clock, settings.ingest_reconcile_interval_s
+    ).run()
+
+
+async def reconcile_all(runtime: Runtime) -> int:
+    """One round: reconcile every connection; one that fails does not stop the others.
+    Returns how many connections were tried."""
+    async with runtime.sessionmaker() as session:
+        conns = (
+            await session.execute(
+                select(PlatformConnection.tenant_id, PlatformConnection.platform).where(
+                    PlatformConnection.platform.in_(("shopify", "woocommerce"))
                 )
-            ).all()
-        for tenant_id, platform in conns:
-            try:
-                await reconcile(runtime, tenant_id, platform)
-            except Exception:
-                log.exception("reconciliation failed", extra={"tenant": tenant_id})
-        await asyncio.sleep(settings.ingest_reconcile_interval_s)
+            )
+        ).all()
+    for tenant_id, platform in conns:
+        try:
+            await reconcile(runtime, tenant_id, platform)
+        except Exception:
+            log.exception("reconciliation failed", extra={"tenant": tenant_id})
+    return len(conns)
 
 
 async def reconcile(runtime: Runtime, tenant_id: str, platform: str) -> dict[str, Any]:

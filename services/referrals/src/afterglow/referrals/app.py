@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import catalog as c
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
+from afterglow.kit.polling import PollingWorker, in_one_transaction
 from afterglow.referrals import review_queue
 from afterglow.referrals.api import router, share_links
 from afterglow.referrals.deps import build_deps, deps_of
@@ -42,11 +44,17 @@ async def confirm_conversions(runtime: Runtime) -> None:
     clock, so tests move a ManualClock instead of waiting 30 days."""
     svc = deps_of(runtime).referrals
     settings = svc.settings
-    while True:
-        async with runtime.sessionmaker.begin() as session:
-            confirmed = await svc.confirm_due(session, settings.referrals_confirm_batch)
-        if confirmed < settings.referrals_confirm_batch:  # else a backlog: keep draining
-            await asyncio.sleep(settings.referrals_confirm_interval_s)
+
+    async def confirm_round(session: AsyncSession, now: datetime) -> int:
+        return await svc.confirm_due(session, settings.referrals_confirm_batch)
+
+    await PollingWorker(
+        "referral-confirmations",
+        in_one_transaction(runtime.sessionmaker, confirm_round),
+        runtime.clock,
+        settings.referrals_confirm_interval_s,
+        batch=settings.referrals_confirm_batch,  # a full round: a backlog, keep draining
+    ).run()
 
 
 def _workers(runtime: Runtime) -> list[Worker]:

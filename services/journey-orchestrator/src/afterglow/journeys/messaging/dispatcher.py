@@ -56,6 +56,7 @@ from afterglow.journeys.messaging.models import (
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
+from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Dispatcher:
         self.inflight: set[asyncio.Task[None]] = set()
         self.tenant_inflight: Counter[str] = Counter()
         self._wake = asyncio.Event()
+        self._backlog = False  # the last claim filled its limit: claim again at once
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
 
     @property
@@ -119,21 +121,18 @@ class Dispatcher:
             self.rt.engine, NOTIFY_CHANNEL, self._wake, name="afterglow-dispatcher-listen"
         )
         listening = asyncio.create_task(listener.run(), name="dispatcher-listen")
+        # Not one transaction per round: the sends start after the claim commits, so a
+        # send never looks for a lease its claim has not committed yet.
+        polling = PollingWorker(
+            "messaging-dispatcher",
+            self._claim_round,
+            self.rt.clock,
+            lambda: self.s.poll_interval_s,
+            wake=self._wake,
+            full=lambda _: self._backlog,
+        )
         try:
-            while True:
-                self._wake.clear()
-                free = self.s.concurrency - len(self.inflight)
-                if free > 0:
-                    limit = min(free, self.s.batch_size)
-                    seen, jobs = await self.claim(limit)
-                    for job in jobs:
-                        self._start(job)
-                    if seen == limit:
-                        continue  # a backlog: claim on while slots are free
-                # asyncio.timeout, not wait_for: see afterglow.events.shutdown.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.s.poll_interval_s):
-                        await self._wake.wait()
+            await polling.run()
         finally:
             listening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,6 +140,19 @@ class Dispatcher:
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
             self.smtp_pool.close()
+
+    async def _claim_round(self, now: datetime) -> int:
+        """Claim for the free slots and start their sends; how many were started."""
+        free = self.s.concurrency - len(self.inflight)
+        if free <= 0:
+            self._backlog = False  # nothing to claim for: wait for a send to end
+            return 0
+        limit = min(free, self.s.batch_size)
+        seen, jobs = await self.claim(limit)
+        for job in jobs:
+            self._start(job)
+        self._backlog = seen == limit  # a backlog: claim on while slots are free
+        return len(jobs)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self.deliver(job), name=f"send-{job.message_id}")

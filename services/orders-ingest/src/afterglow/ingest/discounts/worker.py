@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from afterglow.events import CloudEvent, EventData, derived_event_id
@@ -32,6 +32,7 @@ from afterglow.ingest.intake import SOURCE
 from afterglow.ingest.models import PlatformConnection, ShopDiscount
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
+from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,18 @@ def shops_of(runtime: Runtime) -> Shops:
 async def discount_worker(runtime: Runtime) -> None:
     """Background loop (create_service_app workers=): rounds until nothing is due."""
     settings = _settings(runtime)
-    while True:
-        claimed = await run_due(runtime)
-        if claimed < settings.ingest_discount_batch:
-            await asyncio.sleep(settings.ingest_discount_poll_s)
+
+    async def discount_round(now: datetime) -> int:
+        return await run_due(runtime)
+
+    # Not one transaction: the shops' APIs are called between the claim's and the results'.
+    await PollingWorker(
+        "ingest-discounts",
+        discount_round,
+        runtime.clock,
+        settings.ingest_discount_poll_s,
+        batch=settings.ingest_discount_batch,
+    ).run()
 
 
 async def run_due(runtime: Runtime) -> int:
