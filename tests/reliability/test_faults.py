@@ -48,7 +48,7 @@ from afterglow.kit.registry import discover_services
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]
 
 RATE = 2.0  # orders per second
-LEAD_S, TAIL_S = 3.0, 5.0  # driving before and after each fault
+LEAD_S, TAIL_S = 2.0, 4.0  # driving before and after each fault
 POISON_KEY = b"faults:poison"
 WEEK_S = 7 * 24 * 3600
 # The services with consumer groups: a rebalance storm starts and stops more of them.
@@ -56,7 +56,8 @@ CONSUMING = ("journeys", "loyalty", "feedback", "referrals")
 STORM_ROUNDS = 3
 # A day of the compressed journey: an order is complete (surveyed) seven "days" after its
 # delivery, and each fault waits for its orders, so this is paid once per fault.
-SECONDS_PER_DAY = 1.0
+SECONDS_PER_DAY = 0.5
+SURVEY_AFTER_DAYS = 7  # the default journey's survey stage: P7D after order.delivered
 # FAULTS="kill,poison" runs only the faults whose names contain one of those words.
 ONLY = [w.strip() for w in os.environ.get("FAULTS", "").split(",") if w.strip()]
 
@@ -190,7 +191,10 @@ async def test_outages_and_restarts_lose_nothing(
         ):
             await sc.register_tenant()
             await sc.configure()
-            driver, checker = Driver(sc, rate=RATE), Checker(sc)
+            driver, checker = (
+                Driver(sc, rate=RATE),
+                Checker(sc, earliest_complete_s=SURVEY_AFTER_DAYS * SECONDS_PER_DAY),
+            )
             stop = asyncio.Event()
             watcher = asyncio.create_task(checker.watch(driver.orders, stop))
 

@@ -199,9 +199,12 @@ class Driver:
 class Checker:
     """Reconciles accepted orders through the services' public exports."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, earliest_complete_s: float = 0.0) -> None:
         self.sc = scenario
         self.urls = {service: scenario.url(service) for service, _, _ in EFFECTS.values()}
+        # No order can be complete sooner after it was accepted (the survey waits its
+        # journey's days): ``watch`` does not ask about it before.
+        self.earliest_complete_s = earliest_complete_s
 
     async def counts(self, order: Order) -> dict[str, int] | None:
         try:
@@ -239,7 +242,10 @@ class Checker:
         """Note when each accepted order is first complete (for time-to-recover), once a
         second: every round asks five services per order in flight, on the same cores."""
         while not stop.is_set():
-            await self._note_complete([o for o in orders if o.accepted_at and not o.complete_at])
+            ripe = time.monotonic() - self.earliest_complete_s
+            await self._note_complete(
+                [o for o in orders if o.accepted_at and o.accepted_at <= ripe and not o.complete_at]
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await stop.wait()
@@ -256,27 +262,25 @@ class Checker:
             pending = [o for o in pending if not o.complete_at]
         return pending
 
-    async def until_complete(self, orders: list[Order], timeout: float) -> list[Order]:  # noqa: ASYNC109
-        """Wait (boundedly) for every accepted order of ``orders`` to be complete;
-        returns those that were not."""
-        deadline = time.monotonic() + timeout
-        pending = [o for o in orders if o.accepted_at]
-        while pending and time.monotonic() < deadline:
-            pending = await self._note_complete(pending)
-            if pending:
-                await asyncio.sleep(0.5)
-        return pending
-
     async def final(self, orders: list[Order], timeout: float) -> None:  # noqa: ASYNC109
-        """Wait (boundedly) for every accepted order to be complete, then count all."""
-        await self.until_complete(orders, timeout)
+        """Count every accepted order once, and again (boundedly) those not complete
+        yet: one pass over all orders, where waiting for completion and then counting
+        asked every service about every order twice."""
         gate = asyncio.Semaphore(16)
 
-        async def count(order: Order) -> None:
+        async def count(order: Order) -> bool:
             async with gate:
                 order.counts = await self.counts(order) or {}
+            return bool(order.counts) and all(order.counts[name] >= 1 for name in EFFECTS)
 
-        await asyncio.gather(*(count(o) for o in orders if o.accepted_at))
+        deadline = time.monotonic() + timeout
+        pending = [o for o in orders if o.accepted_at]
+        while pending:
+            done = await asyncio.gather(*(count(o) for o in pending))
+            pending = [o for o, ok in zip(pending, done, strict=True) if not ok]
+            if not pending or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.5)
 
 
 def report(orders: list[Order], faults: list[Fault]) -> tuple[list[str], list[str]]:
