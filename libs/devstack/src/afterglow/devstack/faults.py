@@ -9,8 +9,9 @@ The checker reconciles each accepted order through every service's customer expo
 (the public ``/v1/customers/{id}/export``): exactly one order in ingest, one journey
 instance and one welcome message in journeys, one points lot for the order in loyalty (a
 first order also earns a first-order bonus lot, a cause of its own), one survey in
-feedback. Each order is a new customer, so "one per customer" is "one per order". Zero
-is a loss, two a double.
+feedback; and no message kind (welcome, check-in, ...) twice in journeys, which is how a
+timer fired twice shows. Each order is a new customer, so "one per customer" is "one per
+order". Zero is a loss, two a double.
 """
 
 from __future__ import annotations
