@@ -225,6 +225,15 @@ async def test_outages_and_restarts_lose_nothing(
                         f" after 240 s, e.g. {pending[0].order_id}: {sample}",
                         flush=True,
                     )
+                # As each fault ends, not only in the table: a run cut short by its
+                # timeout still says how long each fault it got through took.
+                done = [o.complete_at for o in mine if o.complete_at]
+                recovered = f"{max(done) - fault.ended:.1f}s" if done else "-"
+                print(
+                    f"faults: {name}: {len(mine)} orders, complete {len(done)}, recovered"
+                    f" {recovered} after the fault, {fault.finished - fault.began:.1f}s in all",
+                    flush=True,
+                )
 
             t0 = time.monotonic()
             plan: list[tuple[str, Callable[[], Awaitable[None]]]] = [
