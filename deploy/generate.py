@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from afterglow.events.topics import TOPICS, TOPICS_BY_NAME
+from afterglow.events.topics import TIMESTAMP_CONFIG, TOPICS, TOPICS_BY_NAME
 from afterglow.kit.app import ServiceSpec
 from afterglow.kit.registry import discover_services
 
@@ -590,6 +590,7 @@ def kafka_topics() -> list[Doc]:
                             "min.insync.replicas": 2,
                             "retention.ms": days * DAY_MS,
                             "cleanup.policy": "delete",
+                            **TIMESTAMP_CONFIG,
                         },
                     },
                 }

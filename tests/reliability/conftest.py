@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from afterglow.devstack.brokers import ApacheKafkaBroker
+from afterglow.devstack.clockjump import ServiceClock, ensure_libfaketime
 from afterglow.devstack.demo import FAST_ENV, SERVICES
 from afterglow.devstack.faults import ADMIN_TOKEN
 from afterglow.devstack.kafka_suite import DEFAULT_KAFKA_VERSION, _repo_root, fetch_jars
@@ -84,7 +85,15 @@ def stack(kafka_broker: ApacheKafkaBroker) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def services(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServices]:
+def service_clock(tmp_path_factory: pytest.TempPathFactory) -> ServiceClock:
+    """The services' wall clock, which the suite jumps (libfaketime in each process)."""
+    return ServiceClock(ensure_libfaketime(), tmp_path_factory.mktemp("clock") / "offset")
+
+
+@pytest.fixture(scope="session")
+def services(
+    stack: Stack, service_clock: ServiceClock, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServices]:
     with running_services(
         stack,
         tmp_path_factory.mktemp("service-logs"),
@@ -94,6 +103,7 @@ def services(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "INGEST_ADMIN_TOKEN": ADMIN_TOKEN,
             # Readiness must say when a consumer is stuck, within the run.
             "READINESS_MAX_POLL_AGE_S": "20",
+            **service_clock.env(),
         },
         ready_timeout=300,
     ) as svc:

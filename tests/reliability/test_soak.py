@@ -99,7 +99,7 @@ async def test_an_hour_at_a_steady_rate(services: RunningServices, stack: Stack)
                 run = Fault("soak")
                 start = await snapshot(services, engine)
                 show("start", start)
-                t0 = time.monotonic()
+                t0 = run.began = run.started = time.monotonic()
                 async with driver.drive("soak"):
                     while (elapsed := time.monotonic() - t0) < MINUTES * 60:
                         await asyncio.sleep(min(SAMPLE_MIN * 60, MINUTES * 60 - elapsed))
@@ -109,6 +109,7 @@ async def test_an_hour_at_a_steady_rate(services: RunningServices, stack: Stack)
                 run.ended = time.monotonic()
                 await driver.settle()
                 await checker.final(driver.orders, timeout=600)
+                run.finished = time.monotonic()
                 end = await snapshot(services, engine)
                 show("end", end)
     finally:

@@ -668,8 +668,16 @@ class EventConsumer:
         self._missing_topics = missing
         if missing and self._recreate_topics is not None:
             await self._recreate_topics()
-            # aiokafka refreshes metadata every few minutes: ask now, so that the
-            # group rebalances onto the new partitions without waiting for that.
+        # ``consumer.topics()`` reads fresh metadata apart from the client's own, which
+        # the group's assignment follows and aiokafka refreshes only every
+        # metadata_max_age_ms (5 min). A topic deleted and created again (by us just
+        # now, or by an operator) that the client still knows without partitions is
+        # one the member never fetches from: on Apache Kafka the refresh forced right
+        # after our create often came before the broker listed the new partitions,
+        # and the member then sat idle for minutes. Refresh until the client sees
+        # every subscribed topic the broker has.
+        unseen = [t for t in self._topics if not consumer._client.cluster.partitions_for_topic(t)]
+        if unseen:
             consumer._client.force_metadata_update()
 
     async def _reset_offsets_ahead(self, consumer: AIOKafkaConsumer) -> set[TopicPartition]:

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from afterglow.events.topics import TOPICS
+from afterglow.events.topics import TIMESTAMP_CONFIG, TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def ensure_topics(
                         topic.name,
                         partitions,
                         replication_factor,
-                        topic_configs={"retention.ms": retention},
+                        topic_configs={"retention.ms": retention, **TIMESTAMP_CONFIG},
                     )
                 )
             if topic.dlq not in existing:
@@ -54,7 +54,7 @@ async def ensure_topics(
                         topic.dlq,
                         1,
                         replication_factor,
-                        topic_configs={"retention.ms": str(30 * 86_400_000)},
+                        topic_configs={"retention.ms": str(30 * 86_400_000), **TIMESTAMP_CONFIG},
                     )
                 )
         if not wanted:

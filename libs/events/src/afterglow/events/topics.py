@@ -12,6 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DLQ_SUFFIX = ".dlq"
+# Every topic's records carry the broker's clock, not the producer's. With the default
+# (CreateTime), Apache Kafka 4 refuses a record stamped more than an hour ahead of its
+# own clock (log.message.timestamp.after.max.ms): a service whose clock jumped forward a
+# week had every outbox write refused (InvalidTimestampError) until its clock came back,
+# and retention would count from the wrong instant. Nothing of ours reads the record
+# timestamp; event time is the envelope's ``time``.
+TIMESTAMP_CONFIG = {"message.timestamp.type": "LogAppendTime"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import httpx
 
-from afterglow.devstack.demo.compress import compress_journey
+from afterglow.devstack.demo.compress import SECONDS_PER_DAY, compress_journey
 from afterglow.devstack.demo.esp import Received, Receiver
 
 
@@ -59,6 +59,8 @@ class DemoClient:
     tenant_id: str = field(default_factory=lambda: f"demo-{uuid.uuid4().hex[:8]}")
     say: Callable[[str], None] = lambda _: None
     timeout: float = 60.0
+    # How long a day of the compressed journey lasts (configure).
+    seconds_per_day: float = SECONDS_PER_DAY
     shopify_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     key: str = ""
     customers: dict[str, Customer] = field(default_factory=dict)
@@ -245,7 +247,7 @@ class DemoClient:
         # A compressed copy of the tenant's default journey: the same stages, conditions
         # and actions, with days turned into seconds.
         default = await self.call("GET", "journeys", "/v1/journeys/default")
-        self.journey_definition = compress_journey(default["definition"])
+        self.journey_definition = compress_journey(default["definition"], self.seconds_per_day)
         await self.call("PUT", "journeys", "/v1/journeys/default", json=self.journey_definition)
         await self.call("POST", "journeys", "/v1/journeys/default/activate", json={})
         # Points become available as soon as an order is fulfilled (return window 0).
