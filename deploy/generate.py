@@ -162,6 +162,11 @@ def container(
         "env": env(name, role, signing or []) if probes else env(name, None)[:1],
         "envFrom": [
             {"configMapRef": {"name": "afterglow-common"}},
+            # tracing (afterglow.kit.tracing): the OpenTelemetry SDK's OTEL_* variables,
+            # empty (off) unless an overlay merges OTEL_EXPORTER_OTLP_ENDPOINT into it;
+            # the collector's credentials (OTEL_EXPORTER_OTLP_HEADERS) in the Secret
+            {"configMapRef": {"name": "afterglow-tracing"}},
+            {"secretRef": {"name": "afterglow-tracing", "optional": True}},
             # service settings (<NAME>_*): plain ones in the ConfigMap, secret ones in
             # the Secret "<name>-settings" (see deploy/README.md), required where the
             # service has signing secrets
@@ -525,6 +530,9 @@ def common_docs() -> list[Doc]:
         egress("allow-dns", "kube-system", [53], {"k8s-app": "kube-dns"}),
         egress("allow-postgres", "postgres", [5432]),
         egress("allow-kafka", "kafka", [9092, 9093], {"strimzi.io/cluster": KAFKA_CLUSTER}),
+        # spans to an OpenTelemetry collector (OTLP gRPC 4317, HTTP 4318) in monitoring,
+        # once tracing is turned on (the afterglow-tracing ConfigMap)
+        egress("allow-otlp", "monitoring", [4317, 4318]),
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
@@ -705,7 +713,11 @@ def render(services: dict[str, Doc] | None = None) -> dict[str, str]:
                     # only the ingress controller can reach the pods (NetworkPolicy)
                     "FORWARDED_ALLOW_IPS=*",
                 ],
-            }
+            },
+            # empty: tracing off. An overlay turns it on by merging
+            # OTEL_EXPORTER_OTLP_ENDPOINT (and any OTEL_* the SDK reads) into it; the hash
+            # suffix rolls the pods, as for afterglow-common (deploy/README.md, Tracing)
+            {"name": "afterglow-tracing", "literals": []},
         ],
     }
     files["base/kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization, sort_keys=False)

@@ -404,3 +404,46 @@ def test_services_yaml_may_not_repeat_the_kafka_side(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match=r"loyalty\.consumers comes from the service's code"):
         generate.load_services(copy_path)
+
+
+def _tracing_maps(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], set[str]]:
+    """The afterglow-tracing ConfigMap's data, and the names of it every Deployment's
+    container reads (kustomize gives the map a hash suffix and rewrites the references)."""
+    [config] = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("afterglow-tracing-")
+    ]
+    read = set()
+    for d in docs:
+        if d["kind"] == "Deployment":
+            [container] = d["spec"]["template"]["spec"]["containers"]
+            refs = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
+            read.add(next((r for r in refs if r.startswith("afterglow-tracing")), "none"))
+    return {"name": config["metadata"]["name"], "data": config.get("data") or {}}, read
+
+
+def test_tracing_is_off_until_an_overlay_names_the_collector(rendered, tmp_path) -> None:
+    for overlay in ("dev", "prod"):
+        config, read = _tracing_maps(rendered[overlay])
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in config["data"]
+        assert read == {config["name"]}, f"{overlay}: a Deployment does not read it"
+    # What deploy/README.md tells an operator to write turns it on in every pod.
+    prod = os.path.relpath(ROOT / "deploy/overlays/prod", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        f"resources: [{prod}]\n"
+        "configMapGenerator:\n"
+        "  - name: afterglow-tracing\n"
+        "    behavior: merge\n"
+        "    literals: [OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector.monitoring:4318]\n"
+    )
+    config, read = _tracing_maps(check.render(tmp_path))
+    assert config["data"] == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.monitoring:4318"
+    }
+    assert read == {config["name"]}
+    # The pods may reach the collector's port.
+    allow = _one(rendered["prod"], "NetworkPolicy", "allow-otlp")["spec"]["egress"][0]
+    assert {"protocol": "TCP", "port": 4318} in allow["ports"]

@@ -7,7 +7,9 @@ ingest's processing worker, published by the relay (a span per send) as
 ``order.placed`` with ``ce_traceparent``, applied by the journey engine (which asks for
 the welcome message: ``message.requested``, relayed in turn), stored by the messaging
 consumer and sent by the dispatcher to a local receiver. The send span must be in the
-webhook's trace, its parents leading back to the request's span. The journey's next
+webhook's trace, its parents leading back to the request's span; the POST to the
+receiver is the send span's HTTP client child and each apply has its SQL statements as
+children (the SQLAlchemy and httpx instrumentations). The journey's next
 stage waits an hour: the clock moves, the timer fires in a trace of its own, with a
 link to the webhook's, and the check-in it asks for carries the timer's trace.
 """
@@ -210,14 +212,33 @@ async def one_span(t: Traced, match: Callable[[ReadableSpan], bool]) -> Readable
     return span
 
 
-def ancestry(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
-    """The names of ``span``'s ancestors, nearest first, as far as they were recorded."""
+def children(span: ReadableSpan, spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    assert span.context is not None
+    return [s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id]
+
+
+def statements(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
+    """The SQL the span's work ran, in the order it ended (the statement spans)."""
+    return [
+        str(attr(c, "db.statement"))
+        for c in children(span, spans)
+        if c.kind is SpanKind.CLIENT and attr(c, "db.system") == "postgresql"
+    ]
+
+
+def ancestors(span: ReadableSpan, spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    """``span``'s ancestors, nearest first, as far as they were recorded."""
     by_id = {s.context.span_id: s for s in spans if s.context is not None}
-    names = []
+    found = []
     while span.parent is not None and span.parent.span_id in by_id:
         span = by_id[span.parent.span_id]
-        names.append(span.name)
-    return names
+        found.append(span)
+    return found
+
+
+def ancestry(span: ReadableSpan, spans: list[ReadableSpan]) -> list[str]:
+    """The names of ``span``'s ancestors, nearest first, as far as they were recorded."""
+    return [s.name for s in ancestors(span, spans)]
 
 
 class TestOneTrace:
@@ -252,6 +273,45 @@ class TestOneTrace:
         ]
         # The messaging consumer that stored the request is in the trace too.
         assert any(s.name == "apply afterglow.message.requested.v1" for s in spans)
+
+        # The POST to the receiver is the send span's child, an HTTP client span (its
+        # other children are the statements that settle the message; the attributes
+        # have the instrumentation's default, pre-stable HTTP names).
+        [post] = [c for c in children(send, spans) if attr(c, "http.method")]
+        assert post.kind is SpanKind.CLIENT
+        assert post.name == "POST"
+        assert statements(send, spans), "the message was settled outside its send span"
+        assert str(attr(post, "http.url")).startswith(traced.receiver.url.rstrip("/"))
+        assert 200 <= attr(post, "http.status_code") < 300
+        # Each per-event apply ran its statements inside its span: ingest's processing
+        # worker (the delivery) and the messaging consumer (the request).
+        path = ancestors(send, spans)
+        for apply in [
+            next(s for s in path if s.name == "apply delivery shopify orders/create"),
+            *(s for s in spans if s.name == "apply afterglow.message.requested.v1"),
+        ]:
+            assert statements(apply, spans), f"{apply.name} ran no statement in its span"
+        # The journey engine works in sets: its event's span decides (no statement),
+        # the batch's writes are the statements of the run's span, linked to the event's
+        # cause (the ingest relay's send): the instance and the outbox row among them.
+        publish = next(s for s in path if s.name == "publish afterglow.orders")
+        assert publish.context is not None
+        everything = list(traced.spans.get_finished_spans())
+        runs = [
+            s
+            for s in everything
+            if s.name.endswith(" events")
+            and any(link.context.span_id == publish.context.span_id for link in s.links)
+        ]
+        written = [sql for run in runs for sql in statements(run, everything)]
+        assert any(sql.startswith("INSERT INTO journeys.outbox") for sql in written), written
+        # A statement outside any traced work (the relay's and the timers' polls) starts
+        # no trace of its own.
+        assert not [
+            s
+            for s in traced.spans.get_finished_spans()
+            if s.parent is None and attr(s, "db.system") == "postgresql"
+        ]
 
         # An hour on, the check-in's timer fires: a trace of its own, linked to the
         # webhook's (which scheduled it), and the check-in request carries that trace.

@@ -6,9 +6,12 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from afterglow.events import CloudEvent, tracing
 from afterglow.events.catalog import CustomerUnsubscribed
 from afterglow.kit.logs import JsonFormatter
-from afterglow.kit.tracing import configure_tracing, flush_spans
+from afterglow.kit.tracing import configure_tracing, flush_spans, instrument_http
 
 A = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 B = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -166,6 +169,75 @@ class TestSetupFromEnvironment:
         # OTLP protobuf: the resource's service.name and the span's name, as bytes.
         assert b"loyalty" in body and b"apply afterglow.order.placed.v1" in body
         assert bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736") in body  # the trace id
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """A local HTTP server that answers 204 and remembers the traceparent it got."""
+
+    traceparents: list[str | None] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        Echo.traceparents.append(self.headers.get("traceparent"))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    Echo.traceparents = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook"
+    finally:
+        server.shutdown()
+
+
+class TestInstrumentations:
+    async def test_an_outbound_call_is_a_client_span_under_the_work_and_names_it(
+        self, spans: InMemorySpanExporter, echo: str
+    ) -> None:
+        async with instrument_http(httpx.AsyncClient()) as client:
+            with tracing.continued("send welcome", A):
+                r = await client.post(echo, content=b"{}")
+        assert r.status_code == 204
+        [post, send] = spans.get_finished_spans()
+        assert send.context is not None and post.context is not None
+        assert post.name == "POST" and post.kind is tracing.SpanKind.CLIENT
+        assert post.parent is not None and post.parent.span_id == send.context.span_id
+        assert (post.attributes or {})["http.status_code"] == 204
+        # The receiver is told the call's span: one that traces continues the trace.
+        assert Echo.traceparents == [tracing.format_traceparent(post.context)]
+
+    async def test_a_call_outside_any_work_starts_no_trace(
+        self, spans: InMemorySpanExporter, echo: str
+    ) -> None:
+        async with instrument_http(httpx.AsyncClient()) as client:
+            r = await client.post(echo, content=b"{}")
+        assert r.status_code == 204
+        assert spans.get_finished_spans() == ()
+        assert Echo.traceparents == [None]
+
+    def test_off_the_instrumentations_are_not_even_imported(self) -> None:
+        # A process of its own: this one may have imported them for the tests above.
+        code = """
+import sys, httpx
+from afterglow.kit.db import create_engine
+from afterglow.kit.tracing import configure_tracing, instrument_engine, instrument_http
+assert configure_tracing("loyalty", {}) is False
+client = httpx.AsyncClient()
+assert instrument_http(client) is client
+instrument_engine(create_engine("postgresql+asyncpg://u@127.0.0.1/x", application_name="t"))
+loaded = [m for m in sys.modules if m.startswith("opentelemetry.instrumentation")]
+assert not loaded, loaded
+"""
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
 
 
 def log_line() -> dict[str, object]:

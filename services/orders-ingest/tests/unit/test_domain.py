@@ -16,6 +16,7 @@ from afterglow.events.money import currency_exponent
 from afterglow.ingest import domain
 from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.ingest.platforms import shopify, woocommerce, zendesk
+from afterglow.kit import contact_hash
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -50,7 +51,7 @@ class TestHashing:
         assert domain.email_hash("not-an-email") is None
 
     def test_phone_keeps_plus_and_digits(self):
-        assert domain.normalize_phone("+1 (613) 555-0123") == "+16135550123"
+        assert contact_hash.normalize_phone("+1 (613) 555-0123") == "+16135550123"
         assert domain.phone_hash("+1 613 555 0123") == domain.phone_hash("+1-613-555-0123")
 
     def test_referral_from_landing_site(self):

@@ -127,8 +127,10 @@ async def apply_in_one_transaction(
         for event in run:
             with event_span(event):
                 await handler(session, event)
-            # The next event sees this one's writes, through fresh ORM objects.
-            await session.flush()
+                # The next event sees this one's writes, through fresh ORM objects.
+                # Flushed inside the event's span: its INSERTs and UPDATEs are traced
+                # as its own, not as the batch's.
+                await session.flush()
             session.expunge_all()
     return Claimed([e for e, _ in fresh], duplicates + len(unique) - len(fresh))
 

@@ -46,29 +46,40 @@ __all__ = [
     "format_traceparent",
     "linked",
     "parse_traceparent",
+    "provider",
     "publishing",
     "server_span",
 ]
 
 _tracer: trace.Tracer | None = None
+# The provider the spans come from, for the instrumentations (statements, HTTP calls)
+# that make spans of their own in the same traces.
+_provider: TracerProvider | None = None
 
 Attributes = Mapping[str, str | int | float | bool]
 
 
 def enable(provider: TracerProvider) -> None:
     """Spans from now on, made by ``provider`` (its exporter decides where they go)."""
-    global _tracer
+    global _tracer, _provider
     _tracer = provider.get_tracer("afterglow")
+    _provider = provider
 
 
 def disable() -> None:
     """Back to no spans (tests that turned tracing on for themselves)."""
-    global _tracer
+    global _tracer, _provider
     _tracer = None
+    _provider = None
 
 
 def enabled() -> bool:
     return _tracer is not None
+
+
+def provider() -> TracerProvider | None:
+    """The provider given to :func:`enable`; None while tracing is off."""
+    return _provider
 
 
 def parse_traceparent(value: str | None) -> SpanContext | None:

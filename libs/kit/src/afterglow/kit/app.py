@@ -50,7 +50,13 @@ from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
 from afterglow.kit.routing import service_router, unbounded_routes
 from afterglow.kit.settings import ServiceSettings, missing_secrets
-from afterglow.kit.tracing import TracingMiddleware, configure_tracing, flush_spans
+from afterglow.kit.tracing import (
+    TracingMiddleware,
+    configure_tracing,
+    flush_spans,
+    instrument_engine,
+    instrument_http,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +195,7 @@ def create_service_app(
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
         )
+        instrument_engine(engine)  # nothing while tracing is off
         runtime = Runtime(
             spec=spec,
             settings=settings,
@@ -214,7 +221,9 @@ def create_service_app(
                 await recreate_topics()
             runtime.producer = build_producer(kafka)
             await runtime.producer.start()
-            runtime.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+            runtime.http = instrument_http(
+                httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+            )
 
             async def relay_producer() -> AIOKafkaProducer:
                 producer = build_producer(kafka)

@@ -7,18 +7,29 @@ OTLP/HTTP (the exporter reads the headers and timeout variables itself; the SDK 
 ``OTEL_SERVICE_NAME`` says otherwise. Unset (or ``OTEL_SDK_DISABLED=true``): no
 provider, no middleware, the SDK is not even imported; the trace context still rides
 on every event (:mod:`afterglow.events.tracing`).
+
+With tracing on, the database's statements (:func:`instrument_engine`) and the
+outbound HTTP calls (:func:`instrument_http`: a provider's API, a merchant's webhook)
+are spans too, children of the work that made them (the apply of an event, the send of
+a message); their instrumentations are imported only then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afterglow.events import tracing
+
+if TYPE_CHECKING:
+    import httpx
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +119,75 @@ class TracingMiddleware:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", status)
+
+
+class _ChildSpansOnly(trace.Tracer):
+    """A tracer that makes a span only inside another one. A statement or an HTTP call
+    outside any traced work (the relay's and the timers' polls, several a second) would
+    otherwise start a trace of its own each time: thousands of one-span traces an hour
+    that drown the ones an operator looks for and cost the export."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start_span(self, name: str, context: Any = None, *args: Any, **kwargs: Any) -> trace.Span:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            return trace.INVALID_SPAN
+        return self._tracer.start_span(name, context, *args, **kwargs)
+
+    # The API's own decorator returns a context manager that is also a decorator; the
+    # instrumentations only use it in a with statement.
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Any = None, *args: Any, **kwargs: Any
+    ) -> Iterator[trace.Span]:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            yield trace.INVALID_SPAN
+            return
+        with self._tracer.start_as_current_span(name, context, *args, **kwargs) as span:
+            yield span
+
+
+class _ChildSpansOnlyProvider(trace.TracerProvider):
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self._provider = provider
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _ChildSpansOnly(self._provider.get_tracer(*args, **kwargs))
+
+
+def _instrumentations_provider() -> trace.TracerProvider | None:
+    provider = tracing.provider()
+    return None if provider is None else _ChildSpansOnlyProvider(provider)
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """Each statement the engine runs a CLIENT span (``db.statement`` holds the SQL
+    with its ``$n`` placeholders, never the values), child of the span in progress.
+    Nothing while tracing is off. Per engine, not SQLAlchemy's global patching: several
+    services' engines share one process in the tests, and the instrumentor would take
+    only the first."""
+    provider = _instrumentations_provider()
+    if provider is None:
+        return
+    # Imported here: off, the instrumentation is never loaded.
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.metrics import get_meter
+
+    # EngineTracer counts pool connections on a meter; the global one (a no-op, we
+    # export metrics through Prometheus) takes them.
+    connections = get_meter(__name__).create_up_down_counter("db.client.connections.usage")
+    EngineTracer(provider.get_tracer(__name__), engine.sync_engine, connections)
+
+
+def instrument_http(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The client's requests as CLIENT spans, child of the span in progress, with the
+    ``traceparent`` header sent along (a receiver that traces continues the trace).
+    Returns the client; nothing while tracing is off."""
+    provider = _instrumentations_provider()
+    if provider is None:
+        return client
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    return client

@@ -48,6 +48,7 @@ from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized, Unproc
 from afterglow.kit.jsonbody import JsonBodyError, loads_bounded
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
+from afterglow.kit.tracing import instrument_http
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 
 router = service_router(tags=["messaging"])
@@ -694,7 +695,9 @@ async def _confirm(envelope: sns.Envelope, prefix: str, timeout_s: float) -> boo
     if not sns.subscribe_url_allowed(url, prefix):
         raise Unprocessable("SubscribeURL is not an SNS confirmation URL", field="SubscribeURL")
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+        async with instrument_http(
+            httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        ) as client:
             response = await client.get(url)
     except httpx.HTTPError as exc:
         raise SnsUnavailable("the subscription could not be confirmed with SNS") from exc

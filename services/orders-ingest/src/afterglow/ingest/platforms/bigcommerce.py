@@ -15,17 +15,14 @@ from afterglow.ingest.domain import (
     OrderRecord,
     address_hash,
     customer_subject,
-    email_hash,
     fit,
     money,
-    normalize_email,
-    normalize_phone,
     parse_time,
-    phone_hash,
     quantity,
     refund_minor,
     require,
 )
+from afterglow.kit.contact_hash import email_hash, normalize_email, normalize_phone, phone_hash
 
 BIGCOMMERCE_SCOPES = frozenset(
     {"store/order/created", "store/order/updated", "store/order/statusUpdated"}

@@ -16,10 +16,9 @@ from afterglow.ingest.domain import (
     Normalized,
     OrderRecord,
     customer_subject,
-    email_hash,
-    phone_hash,
     require,
 )
+from afterglow.kit.contact_hash import email_hash, phone_hash
 
 ORDER_TYPES = frozenset(
     {

@@ -18,19 +18,16 @@ from afterglow.ingest.domain import (
     address_hash,
     customer_subject,
     discount_codes,
-    email_hash,
     epoch_placeholder,
     fit,
     money,
-    normalize_email,
-    normalize_phone,
     parse_time,
-    phone_hash,
     quantity,
     referral_from_landing_site,
     require,
     to_minor,
 )
+from afterglow.kit.contact_hash import email_hash, normalize_email, normalize_phone, phone_hash
 
 
 def shopify_money_set(value: Any, field: str) -> tuple[c.Money | None, c.Money | None]:

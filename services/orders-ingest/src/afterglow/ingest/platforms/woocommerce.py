@@ -16,17 +16,14 @@ from afterglow.ingest.domain import (
     address_hash,
     customer_subject,
     discount_codes,
-    email_hash,
     fit,
     money,
-    normalize_email,
-    normalize_phone,
     parse_time,
-    phone_hash,
     quantity,
     refund_minor,
     require,
 )
+from afterglow.kit.contact_hash import email_hash, normalize_email, normalize_phone, phone_hash
 
 WOO_TOPICS = frozenset({"order.created", "order.updated"})
 # Statuses in which an order counts as placed (paid or committed to).

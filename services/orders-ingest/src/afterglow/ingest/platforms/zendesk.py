@@ -12,13 +12,11 @@ from afterglow.ingest.domain import (
     Emit,
     Normalized,
     customer_subject,
-    email_hash,
     fit,
-    normalize_email,
     parse_time,
-    phone_hash,
     require,
 )
+from afterglow.kit.contact_hash import email_hash, normalize_email, phone_hash
 
 _PRIORITIES = ("low", "normal", "high", "urgent")
 

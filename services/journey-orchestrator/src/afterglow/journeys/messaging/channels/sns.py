@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from afterglow.journeys.messaging.channels.provider_events import AddressEvent
+from afterglow.kit.tracing import instrument_http
 
 TOPIC_ARN = r"^arn:aws(-cn|-us-gov)?:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$"
 
@@ -182,7 +183,9 @@ class CertificateCache:
         if url in self._pems:
             return self._pems[url]
         try:
-            async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            async with instrument_http(
+                httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+            ) as client:
                 response = await client.get(url)
         except httpx.HTTPError:
             return None
