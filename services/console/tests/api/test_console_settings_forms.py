@@ -173,7 +173,7 @@ class TestChannels:
         assert r.status_code == 422, r.text
         field = input_tag(r.text, "channel-email-from_email")
         assert 'aria-invalid="true"' in field and 'value="not an address"' in field
-        assert 'id="channel-email-error"' in r.text
+        assert 'id="channel-email-error">from_email: ' in r.text  # the form's own name
         assert await read(http, shop, "journeys", "/v1/messaging/channels") == before
 
     async def test_an_unknown_channel_is_not_found(self, shop: Tenant):

@@ -108,7 +108,10 @@ async def _save(
     except BackendError as exc:
         if exc.status != 422:
             raise
-        error = {"form": form_name, "message": exc.message, "field": exc.field}
+        field, message = exc.field, exc.message
+        if field_prefix and field and field.startswith(field_prefix):
+            field, message = field.removeprefix(field_prefix), message.removeprefix(field_prefix)
+        error = {"form": form_name, "message": message, "field": field}
         return await _settings_page(request, session, status=422, error=error, typed=typed, **shown)
     return redirect(f"/settings?saved={form_name}")
 
