@@ -116,6 +116,71 @@ class TestLoyaltyProgram:
         assert await read(http, shop, "loyalty", "/v1/rules") == before
 
 
+def tier_form(*rows: tuple[str, str, str]) -> dict[str, str]:
+    return {
+        f"tiers.{i}.{part}": value
+        for i, row in enumerate(rows)
+        for part, value in zip(("name", "threshold", "multiplier"), row, strict=True)
+    }
+
+
+class TestLoyaltyTiers:
+    async def test_a_tier_is_added_in_the_blank_row_and_one_removed(
+        self, shop: Tenant, http: httpx.AsyncClient
+    ):
+        before = await read(http, shop, "loyalty", "/v1/rules")
+        async with signed_in(shop.urls["console"], shop.keys["writer"]) as c:
+            page = await c.get("/settings")
+            # The saved tiers, then a blank row for a new one.
+            n = len(before["tiers"])
+            assert (
+                input_tag(page.text, f"tier-{n - 1}-name").find(
+                    f'value="{before["tiers"][-1]["name"]}"'
+                )
+                > 0
+            )
+            assert 'value=""' in input_tag(page.text, f"tier-{n}-name")
+            form = tier_form(
+                ("bronze", "0", "1"),
+                ("", "100", "1"),  # name cleared: removed
+                ("silver", "20000", "1.25"),
+                ("platinum", "90000", "2"),  # typed in the blank row
+            )
+            r = await c.post("/settings/loyalty/tiers", data={"csrf": csrf_of(page.text), **form})
+        assert (r.status_code, r.headers["location"]) == (303, "/settings?saved=tiers")
+        now = await read(http, shop, "loyalty", "/v1/rules")
+        got = [(t["name"], t["threshold"], float(t["multiplier"])) for t in now["tiers"]]
+        assert got == [("bronze", 0, 1.0), ("silver", 20000, 1.25), ("platinum", 90000, 2.0)]
+        # The rest of the program is as it was.
+        assert {k: v for k, v in now.items() if k != "tiers"} == {
+            k: v for k, v in before.items() if k != "tiers"
+        }
+
+    async def test_a_bad_multiplier_is_shown_at_its_row_though_a_row_above_was_removed(
+        self, shop: Tenant, http: httpx.AsyncClient
+    ):
+        before = await read(http, shop, "loyalty", "/v1/rules")
+        form = tier_form(("bronze", "0", "1"), ("", "", ""), ("gold", "5000", "50"))
+        r = await post_form(shop, "writer", "/settings/loyalty/tiers", form)
+        assert r.status_code == 422, r.text
+        # Loyalty names tiers.1.multiplier: the second tier sent, the form's third row.
+        assert 'aria-invalid="true"' in input_tag(r.text, "tier-2-multiplier")
+        assert 'aria-invalid="true"' not in input_tag(r.text, "tier-1-multiplier")
+        assert 'value="50"' in input_tag(r.text, "tier-2-multiplier")  # kept
+        assert 'id="tiers-error"' in r.text
+        assert await read(http, shop, "loyalty", "/v1/rules") == before
+
+    async def test_tiers_out_of_order_are_refused_above_the_table(
+        self, shop: Tenant, http: httpx.AsyncClient
+    ):
+        before = await read(http, shop, "loyalty", "/v1/rules")
+        form = tier_form(("bronze", "0", "1"), ("gold", "9000", "2"), ("silver", "5000", "1.5"))
+        r = await post_form(shop, "writer", "/settings/loyalty/tiers", form)
+        assert r.status_code == 422, r.text
+        assert "strictly increasing" in r.text
+        assert await read(http, shop, "loyalty", "/v1/rules") == before
+
+
 class TestReferralSettings:
     async def test_the_share_url_and_windows_are_saved(self, shop: Tenant, http: httpx.AsyncClient):
         form = {
@@ -227,6 +292,7 @@ class TestTemplates:
 class TestReadOnlyKey:
     FORMS = {
         "/settings/loyalty": {"rules": "points_per_unit: 9\n"},
+        "/settings/loyalty/tiers": tier_form(("solo", "0", "1")),
         "/settings/referrals": {"return_window_days": "3"},
         "/settings/channels/email": {"provider": "webhook", "rate_per_s": "9"},
         "/settings/templates/save": {"kind": "welcome", "channel": "sms", "text": "Hi"},

@@ -72,6 +72,49 @@ def loyalty_rules(text: str) -> dict[str, Any]:
     return loaded
 
 
+TIER_PARTS = ("name", "threshold", "multiplier")
+
+
+def tiers(form: dict[str, str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The tier rows of the form (fields ``tiers.{row}.{part}``, rows in order) as the
+    program's tiers, and for each tier the form row it came from. A row with no name is
+    left out (how a tier is removed, and the blank row for a new one stays unused), so
+    the service's "tiers.2.threshold" may be the form's row 3: see ``tier_field``."""
+    out: list[dict[str, Any]] = []
+    rows: list[int] = []
+    row = 0
+    while f"tiers.{row}.name" in form:
+        name = form[f"tiers.{row}.name"].strip()
+        if name:
+            tier: dict[str, Any] = {"name": name}
+            tier["threshold"] = number(form.get(f"tiers.{row}.threshold", ""))
+            multiplier = form.get(f"tiers.{row}.multiplier", "").strip()
+            if multiplier:
+                tier["multiplier"] = multiplier  # a decimal: sent as text, never a float
+            out.append(tier)
+            rows.append(row)
+        row += 1
+    return out, rows
+
+
+def tier_rows(saved: list[dict[str, Any]], typed: dict[str, str] | None) -> list[dict[str, str]]:
+    """The rows the tiers form shows: as typed after a refusal (for correcting), else
+    the saved tiers and one blank row for a new tier."""
+    if typed is not None:
+        count = sum(1 for k in typed if k.startswith("tiers.") and k.endswith(".name"))
+        return [{p: typed.get(f"tiers.{i}.{p}", "") for p in TIER_PARTS} for i in range(count)]
+    rows = [{p: str(t.get(p, "")) for p in TIER_PARTS} for t in saved]
+    return [*rows, dict.fromkeys(TIER_PARTS, "")]
+
+
+def tier_field(field: str | None, rows: list[int]) -> str | None:
+    """The service's field of a tier ("tiers.2.threshold") as the form's input name."""
+    parts = (field or "").split(".")
+    if len(parts) == 3 and parts[0] == "tiers" and parts[1].isdigit() and int(parts[1]) < len(rows):
+        return f"tiers.{rows[int(parts[1])]}.{parts[2]}"
+    return field
+
+
 # Per channel kind: the providers it may use and each provider's form fields (secrets
 # last: an empty secret keeps the saved one, which the service does for the same
 # provider).

@@ -9,6 +9,7 @@ so a read-only key may use it; it is a post because a draft may be long."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -57,6 +58,10 @@ async def _settings_page(
         section(b.get("loyalty", "/v1/rules")),
         section(b.get("referrals", "/v1/settings")),
     )
+    tier_rows = forms.tier_rows(
+        (rules["data"] or {}).get("tiers", []),
+        typed if error and error["form"] == "tiers" else None,
+    )
     return page(
         request,
         "settings.html",
@@ -67,6 +72,9 @@ async def _settings_page(
         templates=templates,
         rules=rules,
         rules_yaml=as_yaml(rules["data"]) if rules["data"] else "",
+        tier_rows=tier_rows,
+        # The inputs of the tiers form: a 422 naming another field shows above it.
+        tier_fields=[f"tiers.{i}.{p}" for i in range(len(tier_rows)) for p in forms.TIER_PARTS],
         referrals=referrals,
         error=error,
         preview=preview,
@@ -94,6 +102,7 @@ async def _save(
     body: dict[str, Any] | FormError,
     typed: dict[str, str],
     field_prefix: str = "",
+    field_of: Callable[[str | None], str | None] | None = None,
     **shown: Any,
 ) -> Response:
     """Send one form's body to the service that owns it: saved, back to the page with
@@ -111,6 +120,8 @@ async def _save(
         field, message = exc.field, exc.message
         if field_prefix and field and field.startswith(field_prefix):
             field, message = field.removeprefix(field_prefix), message.removeprefix(field_prefix)
+        if field_of is not None:
+            field = field_of(field)
         error = {"form": form_name, "message": message, "field": field}
         return await _settings_page(request, session, status=422, error=error, typed=typed, **shown)
     return redirect(f"/settings?saved={form_name}")
@@ -175,6 +186,27 @@ async def save_loyalty(request: Request, session: Current) -> Response:
     except FormError as exc:
         body = exc
     return await _save(request, session, "loyalty", "PUT", "loyalty", "/v1/rules", body, form)
+
+
+@router.post("/settings/loyalty/tiers", summary="Save the loyalty tiers")
+async def save_tiers(request: Request, session: Current) -> Response:
+    """Loyalty has no tiers API of its own: the tiers are part of the program, so the
+    program is read and put back with the new tiers (its other rules as they are)."""
+    form = await _writer_form(request, session)
+    program = await session.backend.get("loyalty", "/v1/rules")
+    tiers, rows = forms.tiers(form)
+    body = {**program, "tiers": tiers}
+    return await _save(
+        request,
+        session,
+        "tiers",
+        "PUT",
+        "loyalty",
+        "/v1/rules",
+        body,
+        form,
+        field_of=lambda field: forms.tier_field(field, rows),
+    )
 
 
 @router.post("/settings/referrals", summary="Save the referral share URL and windows")
