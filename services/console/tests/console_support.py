@@ -45,6 +45,7 @@ WRITE_SCOPES = [
     "console:write",
     "feedback:write",
     "journeys:write",
+    "loyalty:write",
     "referrals:write",
     "messages:write",
     "dlq:write",
