@@ -4,6 +4,8 @@ announced, webhook secret rotation with the admin route's overlap."""
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
+
 from ..ingest_support import api_key, fixture, post_shopify, register
 
 KEYS = "/v1/api-keys"
@@ -12,6 +14,18 @@ EVENTS = "afterglow.tenant.api_key_{}.v1"
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def revocations(runtime, key_id: str) -> int:  # type: ignore[no-untyped-def]
+    """The key's revocation events written to the outbox (each one is published)."""
+    t = runtime.tables.outbox
+    async with runtime.sessionmaker() as s:
+        n = await s.scalar(
+            select(func.count())
+            .select_from(t)
+            .where(t.c.event_type == EVENTS.format("revoked"), t.c.key.endswith(key_id))
+        )
+    return int(n or 0)
 
 
 class TestIssue:
@@ -89,8 +103,8 @@ class TestIssue:
 
 
 class TestRevoke:
-    async def test_a_revoked_key_is_refused_and_the_revocation_announced(
-        self, client, tap, tenant_id
+    async def test_a_revoked_key_is_refused_and_the_revocation_announced_once(
+        self, client, tap, runtime, tenant_id
     ):
         await register(client, tenant_id)
         admin = await api_key(client, tenant_id, "keys:admin", "orders:read")
@@ -109,7 +123,14 @@ class TestRevoke:
         )
         assert revoked.type == EVENTS.format("revoked") and revoked.subject == victim_id
         listed = (await client.get(KEYS, headers=bearer(admin))).json()["api_keys"]
-        assert next(k for k in listed if k["key_id"] == victim_id)["revoked_at"] is not None
+        revoked_at = next(k for k in listed if k["key_id"] == victim_id)["revoked_at"]
+        assert revoked_at is not None
+        # Revoking it again changes nothing and announces nothing.
+        again = await client.delete(f"{KEYS}/{victim_id}", headers=bearer(admin))
+        assert again.status_code == 409 and "already revoked" in again.json()["error"]["message"]
+        listed = (await client.get(KEYS, headers=bearer(admin))).json()["api_keys"]
+        assert next(k for k in listed if k["key_id"] == victim_id)["revoked_at"] == revoked_at
+        assert await revocations(runtime, victim_id) == 1
 
     async def test_the_calling_key_cannot_revoke_itself(self, client, tenant_id):
         await register(client, tenant_id)

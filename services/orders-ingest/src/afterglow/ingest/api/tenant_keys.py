@@ -212,7 +212,7 @@ async def issue_api_key(
         openapi.error(404, "Not a key of this tenant", "not_found", "no such API key", "key_id"),
         openapi.error(
             409,
-            "The key making the request",
+            "The key making the request, or a key already revoked",
             "conflict",
             "key 3fa1c9d2e7b4 is the one making this request; revoke it with another key",
             field="key_id",
@@ -229,16 +229,21 @@ async def revoke_api_key(
         )
     rt = runtime_of(request)
     table = rt.api_keys.table
-    scopes = await session.scalar(
-        select(table.c.scopes).where(
-            table.c.key_id == key_id, table.c.tenant_id == caller.tenant_id
+    row = (
+        await session.execute(
+            select(table.c.scopes, table.c.revoked_at).where(
+                table.c.key_id == key_id, table.c.tenant_id == caller.tenant_id
+            )
         )
-    )
-    if scopes is None:
+    ).first()
+    if row is None:
         raise NotFound("no such API key", field="key_id")
+    # A form posted twice must not announce a second revocation (nor move its time).
+    if row.revoked_at is not None:
+        raise Conflict(f"key {key_id} is already revoked", field="key_id")
     # A key that could not have issued this one may not revoke it either: a narrow
     # keys:admin key must not be able to cut off the shop's integration keys.
-    refused = refused_scopes(caller, list(scopes))
+    refused = refused_scopes(caller, list(row.scopes))
     if refused:
         raise Forbidden(f"key {key_id} holds scopes this key does not: {refused}", field="key_id")
     event_id = await registry.revoke_api_key(
