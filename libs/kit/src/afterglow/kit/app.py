@@ -328,9 +328,11 @@ def create_service_app(
     if runs_api:
         for router in routers:
             app.include_router(router)
-        # Every service's dead letters, for the console's DLQ queue (kit.dlq_api).
+        # Every consuming service's dead letters, for the console's DLQ queue
+        # (kit.dlq_api); a service that consumes nothing (the console) has none.
         topics = sorted({t for g in spec.consumer_groups() for t in g.topics})
-        app.include_router(dlq_router(spec.name, topics, settings.kafka(client_id=spec.name)))
+        if topics:
+            app.include_router(dlq_router(spec.name, topics, settings.kafka(client_id=spec.name)))
     return app
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from afterglow.events import KafkaConfig
@@ -96,7 +96,11 @@ def dlq_router(service: str, topics: list[str], kafka: KafkaConfig) -> APIRouter
         ),
     )
     async def redrive_dead_letters(
-        topic: str,
+        # A Kafka topic name's own characters: anything else (a NUL, a slash) is a 422
+        # naming the topic, before the body is looked at.
+        topic: Annotated[
+            str, Path(pattern=r"^[A-Za-z0-9._-]{1,249}$", examples=["afterglow.orders"])
+        ],
         body: RedriveIn,
         principal: Principal = Depends(require_scope(WRITE_SCOPE)),
     ) -> dict[str, Any]:

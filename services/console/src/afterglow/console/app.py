@@ -11,7 +11,13 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from afterglow.console import dashboard, journeys_pages, queues_pages, settings_pages
+from afterglow.console import (
+    dashboard,
+    journeys_pages,
+    keys_pages,
+    queues_pages,
+    settings_pages,
+)
 from afterglow.console.backend import BackendError
 from afterglow.console.models import api_keys, tables
 from afterglow.console.pages import page, redirect, router
@@ -43,6 +49,7 @@ def create_app(settings: ConsoleSettings | None = None, clock: Clock | None = No
             journeys_pages.router,
             queues_pages.router,
             settings_pages.router,
+            keys_pages.router,
         ],
         clock=clock,
     )

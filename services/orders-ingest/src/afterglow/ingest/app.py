@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
 from afterglow.ingest import bigcommerce, customer_lookup, escalations, export, metrics, processing
-from afterglow.ingest.api import admin, operators, rest, webhooks
+from afterglow.ingest.api import admin, operators, rest, tenant_keys, webhooks
 from afterglow.ingest.deps import build_deps, deps_of
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
@@ -118,6 +118,7 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
             rest.router,
             operators.router,
             admin.router,
+            tenant_keys.router,
             discounts_api.router,
             metrics.router,
             customer_lookup.router,
@@ -132,6 +133,10 @@ def _create_app(settings: IngestSettings, clock: Clock | None) -> FastAPI:
             {"name": "orders and support events", "description": "Internal REST (API keys)"},
             {"name": "deliveries", "description": "Stored deliveries, for operators"},
             {"name": "admin", "description": "Tenant registry (admin token)"},
+            {
+                "name": "keys",
+                "description": "The tenant's own API keys and webhook secrets (keys:admin)",
+            },
             {
                 "name": "platform actions",
                 "description": "Reward codes created and disabled in the tenant's shop",

@@ -7,11 +7,19 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from afterglow.ingest import escalations, registry
-from afterglow.ingest.api.shared import TENANT_RE, TenantPath, directory_of, settings_of
+from afterglow.ingest.api.shared import (
+    TENANT_RE,
+    PlatformPath,
+    SecretIn,
+    TenantPath,
+    directory_of,
+    rotate_webhook_secret,
+    settings_of,
+)
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import bearer_token
@@ -42,14 +50,6 @@ def require_admin(request: Request) -> None:
 
 
 router.dependencies.append(Depends(require_admin))
-
-PlatformPath = Annotated[
-    str,
-    Path(
-        pattern="^(shopify|woocommerce|bigcommerce|standard|zendesk|aftership)$",
-        examples=["shopify"],
-    ),
-]
 
 
 class TenantIn(BaseModel):
@@ -124,16 +124,6 @@ async def create_tenant(request: Request, session: Session, body: TenantIn) -> d
     return {"tenant_id": body.tenant_id, "secrets": secrets}
 
 
-class SecretIn(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
-    secret: Annotated[str, StringConstraints(min_length=8, max_length=500), NoControls] | None = (
-        Field(
-            default=None,
-            description="The platform's secret (Shopify's app secret); omitted: generated",
-        )
-    )
-
-
 @router.post(
     "/tenants/{tenant_id}/secrets/{platform}",
     status_code=201,
@@ -149,18 +139,7 @@ async def rotate_secret(
     platform: PlatformPath,
     body: SecretIn,
 ) -> dict[str, Any]:
-    rt = runtime_of(request)
-    grace = settings_of(request).ingest_rotation_grace_s
-    secret = await registry.rotate_secret(
-        session,
-        tenant_id=tenant_id,
-        platform=platform,
-        secret=body.secret,
-        now=rt.clock.now(),
-        grace_s=grace,
-    )
-    directory_of(request).forget()
-    return {"platform": platform, "secret": secret, "previous_valid_for_s": grace}
+    return await rotate_webhook_secret(request, session, tenant_id, platform, body.secret)
 
 
 @router.delete(

@@ -6,19 +6,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
-from afterglow.ingest import domain
+from afterglow.ingest import domain, registry
 from afterglow.ingest.deps import get_deps
 from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.settings import IngestSettings
+from afterglow.kit.app import runtime_of
 from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized
+from afterglow.kit.types import NoControls
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,44 @@ def refuse_malformed_auth_headers(request: Request, names: Iterable[str]) -> Non
 
 
 TenantPath = Annotated[str, Path(pattern=TENANT_RE, examples=["acme"])]
+PlatformPath = Annotated[
+    str,
+    Path(
+        pattern="^(shopify|woocommerce|bigcommerce|standard|zendesk|aftership)$",
+        examples=["shopify"],
+    ),
+]
+
+
+class SecretIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"secret": None}]})
+    secret: Annotated[str, StringConstraints(min_length=8, max_length=500), NoControls] | None = (
+        Field(
+            default=None,
+            description="The platform's secret (Shopify's app secret); omitted: generated",
+        )
+    )
+
+
+async def rotate_webhook_secret(
+    request: Request, session: AsyncSession, tenant_id: str, platform: str, secret: str | None
+) -> dict[str, Any]:
+    """Make ``secret`` (or a generated one) the platform's current webhook secret; the
+    previous one keeps verifying for ``ingest_rotation_grace_s``, so deliveries the
+    platform signed before it switched are not refused mid-rotation. One code path for
+    the operators' admin route and the tenant's own (api.tenant_keys)."""
+    grace = settings_of(request).ingest_rotation_grace_s
+    value = await registry.rotate_secret(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        secret=secret,
+        now=runtime_of(request).clock.now(),
+        grace_s=grace,
+    )
+    # The receivers cache each tenant's secrets: read them again.
+    directory_of(request).forget()
+    return {"platform": platform, "secret": value, "previous_valid_for_s": grace}
 
 
 class DeliveryOutcome(BaseModel):
