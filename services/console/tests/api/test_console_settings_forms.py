@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from console_support import Tenant, csrf_of, new_tenant, signed_in
 
 from afterglow.devstack.services import RunningServices
+
+from ..console_support import Tenant, csrf_of, new_tenant, signed_in
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
