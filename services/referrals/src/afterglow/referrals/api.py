@@ -492,14 +492,17 @@ async def put_settings(
     body: SettingsIn, principal: Writer, session: Session, svc: Svc
 ) -> SettingsOut:
     """A window applies to due times and attribution decisions made from now on: a
-    pending conversion keeps the confirmation time computed when its order shipped."""
+    pending conversion keeps the confirmation time computed when its order shipped. A
+    referee reward applies to conversions from now on: a code already requested keeps
+    the value it was requested with."""
     changes = body.model_dump(include=body.model_fields_set - {REWARD_FIELD})
     if REWARD_FIELD in body.model_fields_set:
         # Checked before anything is written: a refused reward changes nothing else.
         reward = body.referee_reward.to_domain() if body.referee_reward else None
         changes.update(reward_columns(reward))
         if body.referee_reward is not None and body.referee_reward.valid_days is None:
-            changes["referee_valid_days"] = None  # follows the default's validity
+            # Not chosen: stored null, so it follows a later change of the default.
+            changes["referee_valid_days"] = None
     return _settings_out(await svc.update_settings(session, principal.tenant_id, changes))
 
 

@@ -55,8 +55,7 @@ REWARD_COLUMNS = (
 
 
 def reward_columns(reward: domain.RefereeReward | None) -> dict[str, Any]:
-    """A tenant's reward as its columns; None: every column null (the default reward).
-    A validity the tenant did not choose stays null, so it follows the default's."""
+    """A tenant's reward as its columns; None: every column null (the default reward)."""
     if reward is None:
         return dict.fromkeys(REWARD_COLUMNS)
     return {
