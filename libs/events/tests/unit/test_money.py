@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from afterglow.events.money import currency_exponent, format_money
+from afterglow.events.money import (
+    _EXPONENTS,
+    ISO_CURRENCIES,
+    currency_exponent,
+    format_money,
+    is_iso_currency,
+)
 
 
 @pytest.mark.parametrize(
@@ -24,3 +30,19 @@ def test_format_money(minor: int, currency: str, shown: str) -> None:
 
 def test_exponents() -> None:
     assert [currency_exponent(c) for c in ("EUR", "JPY", "BHD", "XYZ")] == [2, 0, 3, 2]
+
+
+@pytest.mark.parametrize("code", ["EUR", "USD", "JPY", "KWD", "XOF", "CHF"])
+def test_a_currency_of_iso_4217_is_one(code: str) -> None:
+    assert is_iso_currency(code)
+
+
+@pytest.mark.parametrize("code", ["ABC", "eur", "EURO", "", "XAU", "XXX", "XTS"])
+def test_a_made_up_code_a_metal_or_a_test_code_is_not_a_currency(code: str) -> None:
+    assert not is_iso_currency(code)
+
+
+def test_every_currency_with_another_exponent_is_an_iso_currency() -> None:
+    """The exponent table and the code list describe one standard: a code in one and
+    not the other is a typo in either."""
+    assert set(_EXPONENTS) <= ISO_CURRENCIES

@@ -211,6 +211,83 @@ class TestReferralSettings:
         assert after.index('id="referrals-error"') < after.index("</div>")
         assert await read(http, shop, "referrals", "/v1/settings") == before
 
+    async def test_the_referee_reward_is_saved_in_minor_units(
+        self, shop: Tenant, http: httpx.AsyncClient
+    ):
+        form = {
+            "referee_reward.kind": "fixed_amount",
+            "referee_reward.percent": "10",  # the other kind's value: not sent
+            "referee_reward.amount": "5.50",
+            "referee_reward.currency": "eur",
+            "referee_reward.valid_days": "45",
+        }
+        r = await post_form(shop, "writer", "/settings/referrals", form)
+        assert (r.status_code, r.headers["location"]) == (303, "/settings?saved=referrals")
+        now = await read(http, shop, "referrals", "/v1/settings")
+        assert now["referee_reward"] == {
+            "kind": "fixed_amount",
+            "percent": None,
+            "amount": 550,
+            "currency": "EUR",
+            "valid_days": 45,
+            "label": "5.50 EUR off",
+        }
+        assert now["sources"]["referee_reward"] == "tenant"
+        async with signed_in(shop.urls["console"], shop.keys["writer"]) as c:
+            page = (await c.get("/settings")).text
+        # The form shows the saved reward as typed: in the currency, not in cents.
+        assert 'value="5.50"' in input_tag(page, "referrals-referee_reward.amount")
+
+        r = await post_form(
+            shop, "writer", "/settings/referrals", {"referee_reward.kind": "default"}
+        )
+        assert r.status_code == 303, r.text
+        now = await read(http, shop, "referrals", "/v1/settings")
+        assert (now["referee_reward"]["label"], now["sources"]["referee_reward"]) == (
+            "10% off",
+            "default",
+        )
+
+    @pytest.mark.parametrize(
+        ("form", "field"),
+        [
+            # referrals' own 422, shown at the field it names
+            ({"referee_reward.kind": "percentage", "referee_reward.percent": "150"}, "percent"),
+            (
+                {
+                    "referee_reward.kind": "fixed_amount",
+                    "referee_reward.amount": "5",
+                    "referee_reward.currency": "ABC",
+                },
+                "currency",
+            ),
+            # the console's own: cents of a cent cannot become minor units
+            (
+                {
+                    "referee_reward.kind": "fixed_amount",
+                    "referee_reward.amount": "5.001",
+                    "referee_reward.currency": "EUR",
+                },
+                "amount",
+            ),
+        ],
+    )
+    async def test_a_bad_reward_is_shown_at_its_field_and_not_saved(
+        self, shop: Tenant, http: httpx.AsyncClient, form: dict[str, str], field: str
+    ):
+        before = await read(http, shop, "referrals", "/v1/settings")
+        r = await post_form(
+            shop, "writer", "/settings/referrals", {"return_window_days": "9", **form}
+        )
+        assert r.status_code == 422, r.text
+        input_id = f"referrals-referee_reward.{field}"
+        typed = htmllib.escape(form[f"referee_reward.{field}"])
+        tag = input_tag(r.text, input_id)
+        assert 'aria-invalid="true"' in tag and f'value="{typed}"' in tag
+        after = r.text[r.text.index(f'id="{input_id}"') :]
+        assert after.index('id="referrals-error"') < after.index("</div>")
+        assert await read(http, shop, "referrals", "/v1/settings") == before
+
 
 class TestChannels:
     async def test_sms_is_given_a_rate_and_journeys_keeps_it(

@@ -65,3 +65,35 @@ def test_what_is_not_a_program_is_refused_naming_the_rules(text: str, message: s
 
 def test_yaml_dates_are_sent_as_text():
     assert forms.loyalty_rules("since: 2026-01-01\n") == {"since": "2026-01-01"}
+
+
+def test_the_reward_sends_only_its_kinds_values_with_the_amount_in_minor_units():
+    form = {
+        "referee_reward.kind": "fixed_amount",
+        "referee_reward.percent": "15",
+        "referee_reward.amount": "5",
+        "referee_reward.currency": "kwd",
+        "referee_reward.valid_days": "",
+    }
+    assert forms.referral_settings(form) == {
+        "referee_reward": {"kind": "fixed_amount", "amount": 5000, "currency": "KWD"}
+    }
+    form["referee_reward.kind"] = "percentage"
+    assert forms.referral_settings(form)["referee_reward"] == {"kind": "percentage", "percent": 15}
+
+
+def test_the_default_kind_clears_the_reward_and_no_kind_keeps_it():
+    assert forms.referral_settings({"referee_reward.kind": "default"}) == {"referee_reward": None}
+    assert forms.referral_settings({"return_window_days": "7"}) == {"return_window_days": 7}
+
+
+@pytest.mark.parametrize(("typed", "sent"), [("10", 1000), ("10.5", 1050), ("ten", "ten")])
+def test_an_amount_is_sent_in_minor_units_or_as_typed(typed: str, sent: int | str):
+    assert forms.minor_units(typed, "EUR") == sent
+
+
+def test_an_amount_finer_than_the_currency_is_refused_at_the_amount():
+    with pytest.raises(forms.FormError) as caught:
+        forms.minor_units("100.5", "JPY")
+    assert caught.value.field == "referee_reward.amount"
+    assert "JPY has at most 0 decimals" in caught.value.message

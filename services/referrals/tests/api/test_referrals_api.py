@@ -100,10 +100,19 @@ class TestSettings:
             "share_base_url": f"{defaults.public_base_url}/r/{tenant_id}",
             "return_window_days": defaults.referrals_return_window_days,
             "attribution_window_days": defaults.referrals_attribution_days,
+            "referee_reward": {
+                "kind": "percentage",
+                "percent": 10,
+                "amount": None,
+                "currency": None,
+                "valid_days": 30,
+                "label": "10% off",
+            },
             "sources": {
                 "share_base_url": "default",
                 "return_window_days": "default",
                 "attribution_window_days": "default",
+                "referee_reward": "default",
             },
         }
 
@@ -124,7 +133,12 @@ class TestSettings:
         body = put.json()
         assert body["share_base_url"] == "https://shop.example/"  # not named: kept
         assert (body["return_window_days"], body["attribution_window_days"]) == (0, 14)
-        assert set(body["sources"].values()) == {"tenant"}
+        assert body["sources"] == {
+            "share_base_url": "tenant",
+            "return_window_days": "tenant",
+            "attribution_window_days": "tenant",
+            "referee_reward": "default",
+        }
         assert (await service.client.get("/v1/settings", headers=headers)).json() == body
 
         r = await service.client.put(
@@ -137,6 +151,7 @@ class TestSettings:
             "share_base_url": "tenant",
             "return_window_days": "default",
             "attribution_window_days": "tenant",
+            "referee_reward": "default",
         }
         assert body["attribution_window_days"] == 14
 

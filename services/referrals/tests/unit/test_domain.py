@@ -97,7 +97,43 @@ class TestPolicy:
             "share_base_url": "default",
             "return_window_days": "tenant",
             "attribution_window_days": "default",
+            "referee_reward": "default",
         }
+        assert policy.referee_reward == domain.DEFAULT_REFEREE_REWARD
+
+    def test_a_tenant_reward_replaces_the_default(self) -> None:
+        own = domain.RefereeReward(kind="fixed_amount", amount=500, currency="EUR", valid_days=7)
+        policy = self.DEFAULTS.overridden_by({"referee_reward": own})
+        assert policy.referee_reward == own
+        assert policy.sources["referee_reward"] == "tenant"
+
+    @pytest.mark.parametrize(
+        ("reward", "label"),
+        [
+            (domain.RefereeReward(kind="percentage", percent=15, valid_days=45), "15% off"),
+            (
+                domain.RefereeReward(
+                    kind="fixed_amount", amount=500, currency="EUR", valid_days=30
+                ),
+                "5.00 EUR off",
+            ),
+            # The currency's own minor unit: yen have none, dinars three.
+            (
+                domain.RefereeReward(
+                    kind="fixed_amount", amount=1000, currency="JPY", valid_days=30
+                ),
+                "1000 JPY off",
+            ),
+            (
+                domain.RefereeReward(
+                    kind="fixed_amount", amount=1500, currency="KWD", valid_days=30
+                ),
+                "1.500 KWD off",
+            ),
+        ],
+    )
+    def test_a_reward_is_labelled_in_its_currency(self, reward, label) -> None:
+        assert reward.label() == label
 
     def test_the_tenant_windows_drive_due_time_and_attribution(self) -> None:
         policy = self.DEFAULTS.overridden_by(

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+
+from afterglow.events.money import currency_exponent
 
 
 class FormError(ValueError):
@@ -40,15 +43,82 @@ def decimal_number(value: str) -> float | str:
 REFERRAL_FIELDS = ("share_base_url", "return_window_days", "attribution_window_days")
 
 
+# The referee's reward: inputs named as referrals names them in a 422, so the refusal is
+# shown at its input. The kind's choices: the service's default (the reward is cleared),
+# a percentage, a fixed amount; each kind sends only its own value fields.
+REWARD = "referee_reward"
+REWARD_KIND_CHOICES = ("default", "percentage", "fixed_amount")
+REWARD_VALUE_FIELDS = {"percentage": ("percent",), "fixed_amount": ("amount", "currency")}
+REWARD_FIELDS = tuple(
+    f"{REWARD}.{n}" for n in ("kind", "percent", "amount", "currency", "valid_days")
+)
+
+
 def referral_settings(form: dict[str, str]) -> dict[str, Any]:
     """PUT /v1/settings of referrals: an empty field is left out (kept as it is), since
-    the service changes only the fields a body names."""
+    the service changes only the fields a body names. The reward is sent whole when its
+    kind is chosen (referrals sets it as a whole)."""
     body: dict[str, Any] = {}
     for k in REFERRAL_FIELDS:
         value = form.get(k, "").strip()
         if value:
             body[k] = value if k == "share_base_url" else number(value)
+    kind = form.get(f"{REWARD}.kind", "").strip()
+    if kind == "default":
+        body[REWARD] = None
+    elif kind:
+        body[REWARD] = referee_reward(kind, form)
     return body
+
+
+def referee_reward(kind: str, form: dict[str, str]) -> dict[str, Any]:
+    """The reward of the form. The amount is typed in the currency ("5.00") and sent in
+    its minor units (500), which is what referrals and the shop's discount take."""
+
+    def typed(name: str) -> str:
+        return form.get(f"{REWARD}.{name}", "").strip()
+
+    reward: dict[str, Any] = {"kind": kind}
+    for name in REWARD_VALUE_FIELDS.get(kind, ()):
+        if not typed(name):
+            continue  # referrals names the missing value
+        if name == "percent":
+            reward[name] = number(typed(name))
+        elif name == "currency":
+            reward[name] = typed(name).upper()
+        else:
+            reward[name] = minor_units(typed("amount"), typed("currency").upper())
+    if typed("valid_days"):
+        reward["valid_days"] = number(typed("valid_days"))
+    return reward
+
+
+def minor_units(amount: str, currency: str) -> int | str:
+    """``"5.00", "EUR"`` -> ``500``. More decimals than the currency has cannot be sent as
+    minor units: refused here at the amount (rounding would change the gift). Anything
+    that is not a number is sent as typed, for referrals to name."""
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        return amount
+    if not value.is_finite():
+        return amount
+    minor = value.scaleb(currency_exponent(currency))
+    if minor != minor.to_integral_value():
+        raise FormError(
+            f"{REWARD}.amount: {currency or 'the currency'} has at most"
+            f" {currency_exponent(currency)} decimals",
+            f"{REWARD}.amount",
+        )
+    return int(minor)
+
+
+def reward_amount_shown(reward: dict[str, Any]) -> str | None:
+    """The saved amount as typed in the form: 500 EUR minor units -> "5.00"."""
+    if reward.get("amount") is None or not reward.get("currency"):
+        return None
+    exponent = currency_exponent(reward["currency"])
+    return f"{Decimal(reward['amount']).scaleb(-exponent):.{exponent}f}"
 
 
 def loyalty_rules(text: str) -> dict[str, Any]:

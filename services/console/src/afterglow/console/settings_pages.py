@@ -83,6 +83,12 @@ async def _settings_page(
         channel_form_fields=forms.CHANNEL_FORM_FIELDS,
         secret_fields=forms.SECRET_FIELDS,
         referral_fields=forms.REFERRAL_FIELDS,
+        # Every input of the referrals form: a 422 naming another shows above it.
+        referral_form_fields=(*forms.REFERRAL_FIELDS, *forms.REWARD_FIELDS),
+        reward_kinds=forms.REWARD_KIND_CHOICES,
+        reward_amount=forms.reward_amount_shown(
+            ((referrals["data"] or {}).get("referee_reward")) or {}
+        ),
         saved=request.query_params.get("saved"),
     )
 
@@ -209,10 +215,16 @@ async def save_tiers(request: Request, session: Current) -> Response:
     )
 
 
-@router.post("/settings/referrals", summary="Save the referral share URL and windows")
+@router.post(
+    "/settings/referrals", summary="Save the referral share URL, windows and referee reward"
+)
 async def save_referrals(request: Request, session: Current) -> Response:
     form = await _writer_form(request, session)
-    body = forms.referral_settings(form)
+    body: dict[str, Any] | FormError
+    try:
+        body = forms.referral_settings(form)
+    except FormError as exc:
+        body = exc
     return await _save(
         request, session, "referrals", "PUT", "referrals", "/v1/settings", body, form
     )

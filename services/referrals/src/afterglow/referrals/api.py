@@ -8,20 +8,22 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
+from afterglow.events.catalog import MAX_MINOR_UNITS
+from afterglow.events.money import is_iso_currency
 from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import Conflict, NotFound
+from afterglow.kit.errors import Conflict, NotFound, Unprocessable
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline
 from afterglow.referrals import domain
 from afterglow.referrals.deps import ReferralsDeps, get_deps
 from afterglow.referrals.models import Code, Order, Referral
-from afterglow.referrals.service import ReferralService
+from afterglow.referrals.service import ReferralService, reward_columns
 
 router = service_router(prefix="/v1", tags=["referrals"])
 
@@ -318,6 +320,75 @@ async def review(
     return _referral_out(referral)
 
 
+def _iso_currency(code: str) -> str:
+    if not is_iso_currency(code):
+        raise ValueError(f"{code} is not an ISO 4217 currency code")
+    return code
+
+
+REWARD_FIELD = "referee_reward"
+
+
+class RefereeRewardIn(BaseModel):
+    """The friend's reward: ``percentage`` names ``percent``; ``fixed_amount`` names
+    ``amount`` (minor units: 500 is 5.00 EUR) and ``currency``. Set as a whole."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"kind": "percentage", "percent": 15, "valid_days": 45},
+                {"kind": "fixed_amount", "amount": 500, "currency": "EUR", "valid_days": 30},
+            ]
+        },
+    )
+    kind: domain.RewardKind
+    percent: int | None = Field(
+        default=None, ge=domain.PERCENT_OFF[0], le=domain.PERCENT_OFF[1], strict=True
+    )
+    amount: int | None = Field(
+        default=None, ge=1, le=MAX_MINOR_UNITS, strict=True, description="Minor units"
+    )
+    currency: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_currency)]
+        | None
+    ) = None
+    valid_days: int | None = Field(
+        default=None,
+        ge=domain.REWARD_VALID_DAYS[0],
+        le=domain.REWARD_VALID_DAYS[1],
+        strict=True,
+        description="Days the code is usable; left out: the service default",
+    )
+
+    def to_domain(self) -> domain.RefereeReward:
+        """The reward, or a 422 naming the value its kind misses or must not have (a
+        fixed amount without its currency would fail every discount request later)."""
+        needs = {"percentage": ("percent",), "fixed_amount": ("amount", "currency")}[self.kind]
+        for name in ("percent", "amount", "currency"):
+            given = getattr(self, name) is not None
+            if given != (name in needs):
+                verb = "needs" if name in needs else "does not take"
+                field = f"{REWARD_FIELD}.{name}"
+                raise Unprocessable(f"{field}: a {self.kind} reward {verb} {name}", field=field)
+        return domain.RefereeReward(
+            kind=self.kind,
+            percent=self.percent,
+            amount=self.amount,
+            currency=self.currency,
+            valid_days=self.valid_days or domain.DEFAULT_REFEREE_REWARD.valid_days,
+        )
+
+
+class RefereeRewardOut(BaseModel):
+    kind: domain.RewardKind
+    percent: int | None
+    amount: int | None = Field(description="fixed_amount: minor units of currency")
+    currency: str | None
+    valid_days: int
+    label: str = Field(description='As the discount\'s title says it: "15% off"')
+
+
 class SettingsIn(BaseModel):
     """Fields left out keep their current value; ``null`` returns a field to the service
     default. Day counts must be JSON integers: "30" or 30.5 is a mistake, not a 30."""
@@ -325,7 +396,11 @@ class SettingsIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"share_base_url": "https://shop.example.com/", "return_window_days": 30}]
+            "examples": [
+                {"share_base_url": "https://shop.example.com/", "return_window_days": 30},
+                {"referee_reward": {"kind": "percentage", "percent": 15, "valid_days": 45}},
+                {"referee_reward": None},
+            ]
         },
     )
     share_base_url: (
@@ -346,6 +421,10 @@ class SettingsIn(BaseModel):
         strict=True,
         description="Days after the invitation during which an order counts",
     )
+    referee_reward: RefereeRewardIn | None = Field(
+        default=None,
+        description="The friend's discount for a converting order; null: 10% off, 30 days",
+    )
 
 
 class SettingsOut(BaseModel):
@@ -356,10 +435,19 @@ class SettingsOut(BaseModel):
                     "share_base_url": "https://shop.example.com/",
                     "return_window_days": 30,
                     "attribution_window_days": 90,
+                    "referee_reward": {
+                        "kind": "fixed_amount",
+                        "percent": None,
+                        "amount": 500,
+                        "currency": "EUR",
+                        "valid_days": 30,
+                        "label": "5.00 EUR off",
+                    },
                     "sources": {
                         "share_base_url": "tenant",
                         "return_window_days": "tenant",
                         "attribution_window_days": "default",
+                        "referee_reward": "tenant",
                     },
                 }
             ]
@@ -368,16 +456,26 @@ class SettingsOut(BaseModel):
     share_base_url: str
     return_window_days: int
     attribution_window_days: int
+    referee_reward: RefereeRewardOut
     sources: dict[str, domain.Source] = Field(
         description='Per field: "tenant" (set by the tenant) or "default" (the service\'s)'
     )
 
 
 def _settings_out(policy: domain.Policy) -> SettingsOut:
+    reward = policy.referee_reward
     return SettingsOut(
         share_base_url=policy.share_base_url,
         return_window_days=policy.return_window_days,
         attribution_window_days=policy.attribution_window_days,
+        referee_reward=RefereeRewardOut(
+            kind=reward.kind,
+            percent=reward.percent,
+            amount=reward.amount,
+            currency=reward.currency,
+            valid_days=reward.valid_days,
+            label=reward.label(),
+        ),
         sources=dict(policy.sources),
     )
 
@@ -387,13 +485,24 @@ async def get_settings(principal: Reader, session: Session, svc: Svc) -> Setting
     return _settings_out(await svc.policy(session, principal.tenant_id))
 
 
-@router.put("/settings", summary="Set the tenant's share base URL (its shop) and its windows")
+@router.put(
+    "/settings", summary="Set the tenant's share URL (its shop), windows and referee reward"
+)
 async def put_settings(
     body: SettingsIn, principal: Writer, session: Session, svc: Svc
 ) -> SettingsOut:
     """A window applies to due times and attribution decisions made from now on: a
-    pending conversion keeps the confirmation time computed when its order shipped."""
-    changes = body.model_dump(include=body.model_fields_set)
+    pending conversion keeps the confirmation time computed when its order shipped. A
+    referee reward applies to conversions from now on: a code already requested keeps
+    the value it was requested with."""
+    changes = body.model_dump(include=body.model_fields_set - {REWARD_FIELD})
+    if REWARD_FIELD in body.model_fields_set:
+        # Checked before anything is written: a refused reward changes nothing else.
+        reward = body.referee_reward.to_domain() if body.referee_reward else None
+        changes.update(reward_columns(reward))
+        if body.referee_reward is not None and body.referee_reward.valid_days is None:
+            # Not chosen: stored null, so it follows a later change of the default.
+            changes["referee_valid_days"] = None
     return _settings_out(await svc.update_settings(session, principal.tenant_id, changes))
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from afterglow.events.catalog import is_first_order
+from afterglow.events.money import format_money
 
 # No 0/O, 1/I/L: a code read aloud or copied from a printed card must survive.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -93,6 +94,37 @@ ATTRIBUTION_WINDOW_DAYS = (1, 365)
 
 Source = Literal["tenant", "default"]
 
+# The referee's reward a tenant may choose: bounds the discount request accepts
+# (DiscountRequested: percent 1-100, a positive amount), and at most a year of validity.
+RewardKind = Literal["percentage", "fixed_amount"]
+REWARD_KINDS: tuple[RewardKind, ...] = ("percentage", "fixed_amount")
+PERCENT_OFF = (1, 100)
+REWARD_VALID_DAYS = (1, 365)
+
+
+@dataclass(frozen=True)
+class RefereeReward:
+    """The friend's half of the double-sided reward: a percentage or a fixed amount
+    (minor units of ``currency``) off their next order, valid ``valid_days`` days."""
+
+    kind: RewardKind
+    valid_days: int
+    percent: int | None = None
+    amount: int | None = None
+    currency: str | None = None
+
+    def label(self) -> str:
+        """``"15% off"``, ``"5.00 EUR off"``: the discount's title and the message's."""
+        if self.kind == "fixed_amount":
+            assert self.amount is not None and self.currency is not None
+            return f"{format_money(self.amount, self.currency)} off"
+        return f"{self.percent}% off"
+
+
+# Percentage off the next order, for a month: ReferralCandy's and Friendbuy's common
+# default, and what a tenant that chose nothing gets.
+DEFAULT_REFEREE_REWARD = RefereeReward(kind="percentage", percent=10, valid_days=30)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -102,6 +134,7 @@ class Policy:
     share_base_url: str
     return_window_days: int
     attribution_window_days: int
+    referee_reward: RefereeReward = DEFAULT_REFEREE_REWARD
     sources: Mapping[str, Source] = field(default_factory=dict)
 
     def overridden_by(self, own: Mapping[str, Any]) -> Policy:

@@ -19,7 +19,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from afterglow.events import event_tables
 from afterglow.kit.auth import api_keys_table
 from afterglow.kit.db import service_metadata
-from afterglow.referrals.domain import ATTRIBUTION_WINDOW_DAYS, RETURN_WINDOW_DAYS
+from afterglow.referrals.domain import (
+    ATTRIBUTION_WINDOW_DAYS,
+    PERCENT_OFF,
+    RETURN_WINDOW_DAYS,
+    REWARD_VALID_DAYS,
+)
 
 SCHEMA = "referrals"
 
@@ -138,6 +143,19 @@ def _between(column: str, bounds: tuple[int, int]) -> CheckConstraint:
     return CheckConstraint(f"{column} BETWEEN {bounds[0]} AND {bounds[1]}", name=f"{column}_range")
 
 
+# A reward row the code would have to guess about (a percentage without its percent, an
+# amount without its currency) cannot be stored: the discount request built from it
+# would fail on every conversion.
+REFEREE_REWARD_COMPLETE = (
+    "(referee_reward_kind IS NULL AND referee_percent_off IS NULL AND referee_amount IS NULL"
+    " AND referee_currency IS NULL AND referee_valid_days IS NULL)"
+    " OR (referee_reward_kind = 'percentage' AND referee_percent_off IS NOT NULL"
+    " AND referee_amount IS NULL AND referee_currency IS NULL)"
+    " OR (referee_reward_kind = 'fixed_amount' AND referee_amount > 0"
+    " AND referee_currency IS NOT NULL AND referee_percent_off IS NULL)"
+)
+
+
 class TenantSettings(Base):
     """A tenant's own settings; a null column means the service's default applies, so a
     tenant that never chose a value follows a change of the default."""
@@ -146,12 +164,21 @@ class TenantSettings(Base):
     __table_args__ = (
         _between("return_window_days", RETURN_WINDOW_DAYS),
         _between("attribution_window_days", ATTRIBUTION_WINDOW_DAYS),
+        _between("referee_percent_off", PERCENT_OFF),
+        _between("referee_valid_days", REWARD_VALID_DAYS),
+        CheckConstraint(REFEREE_REWARD_COMPLETE, name="referee_reward_complete"),
     )
 
     tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
     share_base_url: Mapped[str | None] = mapped_column(Text)
     return_window_days: Mapped[int | None] = mapped_column(Integer)
     attribution_window_days: Mapped[int | None] = mapped_column(Integer)
+    # The referee's reward, set (or cleared) as a whole; a null kind: the default reward.
+    referee_reward_kind: Mapped[str | None] = mapped_column(Text)
+    referee_percent_off: Mapped[int | None] = mapped_column(Integer)
+    referee_amount: Mapped[int | None] = mapped_column(BigInteger)  # minor units
+    referee_currency: Mapped[str | None] = mapped_column(Text)
+    referee_valid_days: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(TS)
 
 

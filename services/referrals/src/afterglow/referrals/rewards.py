@@ -12,24 +12,35 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from afterglow.events.catalog import DiscountRequested, DiscountRevokeRequested, MessageRequested
-
-# The friend's half of the double-sided reward: a percentage off their next order, for
-# a month (ReferralCandy's and Friendbuy's common default).
-REFEREE_PERCENT_OFF = 10
-REFEREE_VALID_DAYS = 30
+from afterglow.events.catalog import (
+    DiscountRequested,
+    DiscountRevokeRequested,
+    MessageRequested,
+    Money,
+)
+from afterglow.referrals.domain import RefereeReward
 
 
 def referee_discount(
-    code: str, referral_id: str, now: datetime, announce: MessageRequested
+    code: str,
+    referral_id: str,
+    now: datetime,
+    announce: MessageRequested,
+    reward: RefereeReward,
 ) -> DiscountRequested:
+    """The tenant's reward (its settings, else domain.DEFAULT_REFEREE_REWARD) as the
+    request for the code."""
+    fixed = reward.kind == "fixed_amount"
     return DiscountRequested(
         code=code,
-        title=f"Referral reward: {REFEREE_PERCENT_OFF}% off",
-        value_kind="percentage",
-        percent=REFEREE_PERCENT_OFF,
+        title=f"Referral reward: {reward.label()}",
+        value_kind=reward.kind,
+        percent=None if fixed else reward.percent,
+        amount=Money(amount=reward.amount, currency=reward.currency)
+        if fixed and reward.amount is not None and reward.currency is not None
+        else None,
         starts_at=now,
-        ends_at=now + timedelta(days=REFEREE_VALID_DAYS),
+        ends_at=now + timedelta(days=reward.valid_days),
         reference=referral_id,
         announce=announce,
     )

@@ -43,6 +43,42 @@ CODE_ATTEMPTS = 8
 ERASE_BATCH = 1000
 # The columns of tenant_settings a tenant sets; each null one falls back to the default.
 TENANT_SETTINGS = ("share_base_url", "return_window_days", "attribution_window_days")
+# The columns of the referee's reward: written together (reward_columns), read as one
+# domain.RefereeReward.
+REWARD_COLUMNS = (
+    "referee_reward_kind",
+    "referee_percent_off",
+    "referee_amount",
+    "referee_currency",
+    "referee_valid_days",
+)
+
+
+def reward_columns(reward: domain.RefereeReward | None) -> dict[str, Any]:
+    """A tenant's reward as its columns; None: every column null (the default reward)."""
+    if reward is None:
+        return dict.fromkeys(REWARD_COLUMNS)
+    return {
+        "referee_reward_kind": reward.kind,
+        "referee_percent_off": reward.percent,
+        "referee_amount": reward.amount,
+        "referee_currency": reward.currency,
+        "referee_valid_days": reward.valid_days,
+    }
+
+
+def reward_of(row: TenantSettings) -> domain.RefereeReward | None:
+    """The tenant's own reward, or None when it chose none."""
+    if row.referee_reward_kind is None:
+        return None
+    assert row.referee_reward_kind in domain.REWARD_KINDS  # the table's check constraint
+    return domain.RefereeReward(
+        kind=row.referee_reward_kind,
+        percent=row.referee_percent_off,
+        amount=row.referee_amount,
+        currency=row.referee_currency,
+        valid_days=row.referee_valid_days or domain.DEFAULT_REFEREE_REWARD.valid_days,
+    )
 
 
 class CodeCollision(Exception):
@@ -92,7 +128,10 @@ class ReferralService:
         return f"{base}/r/{quote(tenant_id, safe='')}"
 
     def _policy_of(self, tenant_id: str, row: TenantSettings | None) -> domain.Policy:
-        own = {} if row is None else {n: getattr(row, n) for n in TENANT_SETTINGS}
+        own: dict[str, Any] = {}
+        if row is not None:
+            own = {n: getattr(row, n) for n in TENANT_SETTINGS}
+            own["referee_reward"] = reward_of(row)
         return self.defaults(tenant_id).overridden_by(own)
 
     async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
@@ -116,7 +155,7 @@ class ReferralService:
     ) -> domain.Policy:
         """Set the named fields (``None``: back to the service default), leave the others.
         An upsert, so two first writes of one tenant cannot collide on its row."""
-        unknown = set(changes) - set(TENANT_SETTINGS)
+        unknown = set(changes) - {*TENANT_SETTINGS, *REWARD_COLUMNS}
         if unknown:
             raise ValueError(f"not tenant settings: {sorted(unknown)}")
         if not changes:
@@ -458,7 +497,7 @@ class ReferralService:
             assert decision.reason is not None
             await self._emit_rejected(session, referral, decision.reason, decision.detail)
         elif state == "pending":
-            await self._reward_referee(session, referral)
+            await self._reward_referee(session, referral, policy.referee_reward)
         return Attribution(referral, created=True)
 
     async def referral_for_order(
@@ -472,10 +511,13 @@ class ReferralService:
             )
         ).first()
 
-    async def _reward_referee(self, session: AsyncSession, referral: Referral) -> None:
-        """The referee's half of a double-sided reward: a discount code for their next
-        order, created in the tenant's shop by orders-ingest, which then sends the
-        message announcing it (rewards.py)."""
+    async def _reward_referee(
+        self, session: AsyncSession, referral: Referral, reward: domain.RefereeReward
+    ) -> None:
+        """The referee's half of a double-sided reward (the tenant's, from the policy the
+        caller already read): a discount code for their next order, created in the
+        tenant's shop by orders-ingest, which then sends the message announcing it
+        (rewards.py)."""
         referral.referee_reward_code = "RF" + domain.generate_code(8)
         await session.flush()
         announce = MessageRequested(
@@ -484,6 +526,8 @@ class ReferralService:
             variables={
                 "reward_code": referral.referee_reward_code,
                 "referral_code": referral.code,
+                # For a template that names the gift ("15% off", "5.00 EUR off").
+                "reward": reward.label(),
             },
             order_id=referral.order_id,
         )
@@ -491,7 +535,7 @@ class ReferralService:
             session,
             self._event(
                 rewards.referee_discount(
-                    referral.referee_reward_code, referral.id, self.clock.now(), announce
+                    referral.referee_reward_code, referral.id, self.clock.now(), announce, reward
                 ),
                 tenant_id=referral.tenant_id,
                 subject=referral.referee_customer_id,
@@ -688,7 +732,8 @@ class ReferralService:
                 f"; approved: {note}" if note else "; approved"
             )
             await session.flush()
-            await self._reward_referee(session, referral)
+            reward = (await self.policy(session, referral.tenant_id)).referee_reward
+            await self._reward_referee(session, referral, reward)
         else:
             referral.state = "rejected"
             referral.decided_at = now
