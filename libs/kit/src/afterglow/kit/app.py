@@ -329,9 +329,10 @@ def create_service_app(
         for router in routers:
             app.include_router(router)
         # Every consuming service's dead letters, for the console's DLQ queue
-        # (kit.dlq_api); a service that consumes nothing (the console) has none.
+        # (kit.dlq_api). A service with no consumer group of its own (the console: only
+        # the kit's API-key group) serves pages, not this JSON API.
         topics = sorted({t for g in spec.consumer_groups() for t in g.topics})
-        if topics:
+        if spec.consumers:
             app.include_router(dlq_router(spec.name, topics, settings.kafka(client_id=spec.name)))
     return app
 
