@@ -20,7 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from afterglow.events import CloudEvent, tracing
 from afterglow.events.catalog import CustomerUnsubscribed
 from afterglow.kit.logs import JsonFormatter
-from afterglow.kit.tracing import configure_tracing, flush_spans, instrument_http
+from afterglow.kit.tracing import (
+    configure_tracing,
+    flush_spans,
+    instrument_http,
+    shutdown_tracing,
+)
 
 A = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 B = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -162,7 +167,7 @@ class TestSetupFromEnvironment:
                 pass
             assert flush_spans(timeout_s=10)
         finally:
-            tracing.disable()
+            shutdown_tracing()
             server.shutdown()
         [(path, body)] = received
         assert path == "/v1/traces"

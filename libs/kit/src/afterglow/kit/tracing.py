@@ -81,6 +81,18 @@ def flush_spans(timeout_s: float = 5.0) -> bool:
     return bool(_provider.force_flush(int(timeout_s * 1000)))
 
 
+def shutdown_tracing() -> None:
+    """Tracing off for good in this process: the exporter's queue flushed and its
+    thread stopped, no provider left for instrumentations. For a test that turned the
+    OTLP exporter on: left running, its exporter kept retrying a collector that was gone
+    for every later test in the session."""
+    global _provider
+    tracing.disable()
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
 class TracingMiddleware:
     """A SERVER span per HTTP request, child of the caller's ``traceparent`` header if
     any; inside it the request's traceparent is current, so the delivery or outbox row
