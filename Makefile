@@ -43,7 +43,7 @@ test-kafka: install ## the broker-facing suite against Apache Kafka (KRaft) from
 	@$(UV) run python -m afterglow.devstack.kafka_suite $(PYTEST_ARGS)
 
 .PHONY: test-faults
-test-faults: install ## kill -9, PostgreSQL down 15 s and 60 s, Kafka down 30 s, a rebalance storm, no connection slots, poison, the clock a week ahead; nothing lost or doubled (15-30 min; FAULTS="kill,clock" runs the faults whose names hold one of those words; CI runs one of each kind)
+test-faults: install ## kill -9, PostgreSQL down 15 s and 60 s, Kafka down 30 s, a rebalance storm, no connection slots, poison, the clock a week ahead; nothing lost or doubled (~12 min; FAULTS="kill,clock" runs the faults whose names hold one of those words; CI runs one of each kind)
 	@AFTERGLOW_FAULTS=1 $(UV) run pytest tests/reliability -p no:cacheprovider -s -q $(PYTEST_ARGS)
 
 .PHONY: soak
