@@ -12,7 +12,6 @@ import html as htmllib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -33,12 +32,6 @@ from ..console_support import (
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 SHOWN = re.compile(r'id="shown-value" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 async def admin_key(http: httpx.AsyncClient, t: Tenant, name: str, scopes: list[str]) -> str:

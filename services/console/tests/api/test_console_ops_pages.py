@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
-from afterglow.devstack.services import RunningServices
 from afterglow.devstack.stack import Stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
 from afterglow.events import catalog as c
@@ -21,29 +18,11 @@ from ..console_support import (
     EMAIL_OF_A,
     Tenant,
     csrf_of,
-    new_tenant,
-    seed,
     seed_held_referral,
     signed_in,
 )
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def shop(http: httpx.AsyncClient, services: RunningServices) -> Tenant:
-    return await seed(http, await new_tenant(http, services))
-
-
-@pytest.fixture(scope="module")
-async def other_shop(http: httpx.AsyncClient, services: RunningServices) -> Tenant:
-    return await seed(http, await new_tenant(http, services))
 
 
 class TestFindAndExport:

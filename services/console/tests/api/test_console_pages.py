@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-
-from afterglow.devstack.services import RunningServices
 
 from ..console_support import (
     HELD_REVIEW,
@@ -15,28 +11,10 @@ from ..console_support import (
     Tenant,
     csrf_of,
     figure,
-    new_tenant,
-    seed,
     signed_in,
 )
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def shop(http: httpx.AsyncClient, services: RunningServices) -> Tenant:
-    return await seed(http, await new_tenant(http, services))
-
-
-@pytest.fixture(scope="module")
-async def other_shop(http: httpx.AsyncClient, services: RunningServices) -> Tenant:
-    return await seed(http, await new_tenant(http, services))
 
 
 class TestSignIn:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,12 +20,6 @@ from afterglow.devstack.services import RunningServices
 from ..console_support import Tenant, csrf_of, new_tenant, signed_in
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -331,8 +331,8 @@ def create_service_app(
         # Every consuming service's dead letters, for the console's DLQ queue
         # (kit.dlq_api). A service with no consumer group of its own (the console: only
         # the kit's API-key group) serves pages, not this JSON API.
-        topics = sorted({t for g in spec.consumer_groups() for t in g.topics})
         if spec.consumers:
+            topics = sorted({t for g in spec.consumer_groups() for t in g.topics})
             app.include_router(dlq_router(spec.name, topics, settings.kafka(client_id=spec.name)))
     return app
 

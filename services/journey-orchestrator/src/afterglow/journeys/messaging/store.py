@@ -195,7 +195,8 @@ async def wake_waiting_for_contact(
     now, and the dispatcher is woken on commit. Orders and message requests travel on
     different topics, so the welcome requested for an order often overtakes the order
     that carries the address; without this it waited for the contact recheck (30 s)."""
-    woken = await session.execute(
+    # One statement per contact: the UPDATE, and the NOTIFY only when it woke something.
+    woken = (
         update(Message)
         .where(
             Message.tenant_id == tenant_id,
@@ -206,9 +207,11 @@ async def wake_waiting_for_contact(
         )
         .values(next_attempt_at=now)
         .returning(Message.id)
+        .cte("woken")
     )
-    if woken.first() is not None:
-        await session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+    await session.execute(
+        select(func.pg_notify(NOTIFY_CHANNEL, "")).where(select(woken.c.id).exists())
+    )
 
 
 async def record_order(
