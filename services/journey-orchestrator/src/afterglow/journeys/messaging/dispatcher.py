@@ -263,7 +263,17 @@ class Dispatcher:
         )
         if decision.action == "defer":
             assert decision.until is not None
-            await self._set(session, m, now, "deferred", decision.reason, decision.until)
+            until = decision.until
+            if decision.reason == "waiting_for_contact":
+                # Under the contact's lock: a contact committed since the claim read none
+                # makes the message due again now (judged in full on the next claim); one
+                # committed after this deferral finds it deferred and wakes it itself.
+                await store.lock_contact(session, m.tenant_id, m.customer_id)
+                arrived = await store.fresh_contact(session, m.tenant_id, m.customer_id)
+                if arrived is not None and (arrived.email or arrived.phone):
+                    until = now
+                    self._wake.set()
+            await self._set(session, m, now, "deferred", decision.reason, until)
             return None
         if decision.action == "suppress":
             await self._set(session, m, now, "suppressed", decision.reason)

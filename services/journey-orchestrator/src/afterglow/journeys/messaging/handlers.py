@@ -35,6 +35,8 @@ async def order_placed(
     if is_anonymous_subject(event.subject):
         return  # an order without a customer: no contact to keep
     c = data.customer
+    # Held to commit; the wake below then sees any deferral the dispatcher committed.
+    await store.lock_contact(session, event.tenantid, event.subject)
     await store.upsert_contact(
         session,
         event.tenantid,

@@ -7,7 +7,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -186,6 +186,31 @@ async def upsert_contact(
         set_={**{k: stmt.excluded[k] for k in present}, "updated_at": at, "erased_at": None},
     )
     await session.execute(stmt)
+
+
+async def lock_contact(session: AsyncSession, tenant_id: str, customer_id: str) -> None:
+    """Serialise a customer's contact arriving with the dispatcher deferring one of their
+    messages for want of it (held to commit). Without it the two crossed: the dispatcher
+    read no contact, the consumer stored one and woke nothing (the message was not yet
+    deferred), then the deferral committed and the message waited the whole recheck.
+    With it, whichever commits second sees what the first did."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+        {"k": f"msg-contact:{tenant_id}:{customer_id}"},
+    )
+
+
+async def fresh_contact(
+    session: AsyncSession, tenant_id: str, customer_id: str
+) -> MessageContact | None:
+    """The contact as committed now, not as this session first loaded it."""
+    return (
+        await session.execute(
+            select(MessageContact)
+            .where(MessageContact.tenant_id == tenant_id, MessageContact.customer_id == customer_id)
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
 
 
 async def wake_waiting_for_contact(
