@@ -462,6 +462,40 @@ def test_every_example_matches_its_schema() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def is_untyped(doc: dict[str, Any], schema: dict[str, Any]) -> bool:
+    """A schema that says nothing of its fields: none at all (a route answering a bare
+    JSONResponse), or any object (``-> dict[str, Any]``), or a list of those."""
+    if "$ref" in schema:
+        return is_untyped(doc, doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]])
+    if "anyOf" in schema or "oneOf" in schema:
+        return any(is_untyped(doc, s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
+    if schema.get("type") == "array":
+        return is_untyped(doc, schema.get("items", {}))
+    if schema.get("type") == "object" or not schema:
+        return "properties" not in schema and schema.get("additionalProperties") in (
+            None,
+            True,
+            {},
+        )
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTS))
+def test_every_json_answer_has_a_response_model(name: str) -> None:
+    """Every JSON answer of every operation is described field by field: a client
+    generated from the document gets a type, not a dict of anything."""
+    doc = DOCUMENTS[name]
+    untyped = []
+    for service, method, path, op in operations():
+        if service != name:
+            continue
+        for status, response in op["responses"].items():
+            media = response.get("content", {}).get("application/json")
+            if media is not None and is_untyped(doc, media.get("schema", {})):
+                untyped.append(f"{name} {method} {path} {status}")
+    assert not untyped, "\n".join(untyped)
+
+
 ERROR_REF = "#/components/schemas/ErrorBody"
 
 

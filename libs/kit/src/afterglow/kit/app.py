@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -434,6 +435,16 @@ _READY = {
 }
 
 
+class Readiness(BaseModel):
+    """What /readyz answers, ready (200) or not (503)."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Any] = Field(
+        description="database: ok or the error's type; each consumer group: its status "
+        "(ok, starting, stalled, blocked), problems and the ages of its last poll and commit"
+    )
+
+
 def _ops_router(settings: ServiceSettings) -> APIRouter:
     router = service_router(tags=["operations"])
 
@@ -450,11 +461,12 @@ def _ops_router(settings: ServiceSettings) -> APIRouter:
         "/readyz",
         summary="Readiness: database reachable and consumers progressing",
         responses=openapi.errors(
-            openapi.example(200, _READY),
+            openapi.example(200, _READY, model=Readiness),
             openapi.example(
                 503,
                 {**_READY, "status": "unavailable", "checks": {"database": "error: OSError"}},
                 "The database is unreachable or a consumer has not polled lately",
+                model=Readiness,
             ),
         ),
     )

@@ -51,6 +51,28 @@ class RedriveIn(BaseModel):
     offsets: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_OFFSETS)
 
 
+class LetterOut(BaseModel):
+    """One dead letter, as ``DeadLetter.summary`` reads it from its headers."""
+
+    offset: int
+    event_id: str | None = Field(description="The CloudEvent id (ce_id)")
+    type: str | None = Field(description="The CloudEvent type (ce_type)")
+    tenant: str | None
+    consumer: str | None = Field(description="The consumer group that gave up on it")
+    attempts: str | None = Field(description="How many times it was tried")
+    error: str | None = Field(description="The last error, as the consumer saw it")
+    topic: str | None = Field(description="The topic it came from, where a redrive sends it")
+
+
+class DeadLettersOut(BaseModel):
+    dlqs: dict[str, list[LetterOut]] = Field(description="DLQ topic -> this tenant's letters")
+
+
+class RedrivenOut(BaseModel):
+    dlq: str
+    redriven: list[LetterOut]
+
+
 def dlq_router(service: str, topics: list[str], kafka: KafkaConfig) -> APIRouter:
     """``GET /v1/dlq`` and ``POST /v1/dlq/{topic}/redrive`` for ``service``, whose
     consumers read ``topics``."""
@@ -73,19 +95,19 @@ def dlq_router(service: str, topics: list[str], kafka: KafkaConfig) -> APIRouter
     )
     async def list_dead_letters(
         principal: Principal = Depends(require_scope(READ_SCOPE)),
-    ) -> dict[str, Any]:
+    ) -> DeadLettersOut:
         keep = mine(principal.tenant_id)
 
-        async def letters_of(name: str) -> list[dict[str, object]]:
+        async def letters_of(name: str) -> list[LetterOut]:
             try:
                 letters = await read_dead_letters(kafka, name)
             except LookupError:
                 letters = []  # the topic was never created: no letter yet
-            return [d.summary() for d in letters if keep(d)]
+            return [LetterOut.model_validate(d.summary()) for d in letters if keep(d)]
 
         # Each DLQ's read waits for its end; side by side, the page waits for one.
         found = await asyncio.gather(*(letters_of(n) for n in dlqs))
-        return {"dlqs": dict(zip(dlqs, found, strict=True))}
+        return DeadLettersOut(dlqs=dict(zip(dlqs, found, strict=True)))
 
     @router.post(
         "/v1/dlq/{topic}/redrive",
@@ -103,7 +125,7 @@ def dlq_router(service: str, topics: list[str], kafka: KafkaConfig) -> APIRouter
         ],
         body: RedriveIn,
         principal: Principal = Depends(require_scope(WRITE_SCOPE)),
-    ) -> dict[str, Any]:
+    ) -> RedrivenOut:
         name = dlq_name(topic)
         if name not in dlqs:
             raise NotFound(f"{service} reads no topic whose DLQ is {name}", field="topic")
@@ -118,6 +140,8 @@ def dlq_router(service: str, topics: list[str], kafka: KafkaConfig) -> APIRouter
                 f"no dead letter of this tenant at offsets {sorted(missing)}", field="offsets"
             )
         report = await redrive(kafka, name, offsets=wanted, where=keep)
-        return {"dlq": name, "redriven": [d.summary() for d in report.redriven]}
+        return RedrivenOut(
+            dlq=name, redriven=[LetterOut.model_validate(d.summary()) for d in report.redriven]
+        )
 
     return router

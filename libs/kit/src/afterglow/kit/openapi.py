@@ -94,13 +94,20 @@ def error(
 
 
 def example(
-    status: int, body: Any, description: str | None = None
+    status: int,
+    body: Any,
+    description: str | None = None,
+    model: type[BaseModel] | None = None,
 ) -> dict[int | str, dict[str, Any]]:
-    """A success answer's example (its schema comes from the route's response model)."""
+    """An answer's example. Its schema is ``model`` when given, else the route's response
+    model (which FastAPI applies to the route's default status only: a second success
+    status, 201 beside 200, must name its model or is documented as any JSON)."""
     media: dict[str, Any] = {"example": body}
-    if status >= 400:  # not the error schema: the body is the route's own (readiness)
-        media["schema"] = {"type": "object"}
     response: dict[str, Any] = {"content": {"application/json": media}}
+    if model is not None:
+        response["model"] = model
+    elif status >= 400:  # not the error schema: the body is the route's own
+        media["schema"] = {"type": "object"}
     if description:
         response["description"] = description
     return {status: response}

@@ -151,7 +151,7 @@ class IssueCodeIn(BaseModel):
     "/advocates/{customer}/code",
     summary="Issue (or return) an advocate's code; idempotent",
     responses=openapi.errors(
-        openapi.example(201, _CODE_EXAMPLE, "Issued"),
+        openapi.example(201, _CODE_EXAMPLE, "Issued", model=CodeOut),
         openapi.example(200, _CODE_EXAMPLE, "Issued before: that code"),
     ),
 )

@@ -57,6 +57,7 @@ OUTCOMES: dict[int | str, dict[str, Any]] = {
         "fixed); or a duplicate of a stored delivery; BigCommerce: stored, fetch pending",
     },
     202: {
+        "model": DeliveryOutcome,
         "description": "Stored as quarantined at once: no dedupe key or topic could be "
         "read (the reason in last_error)",
         "content": {
