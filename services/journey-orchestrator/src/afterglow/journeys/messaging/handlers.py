@@ -4,12 +4,12 @@ contact book (addresses, time zone, consent) kept from orders, unsubscribes and 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent, ConsumerGroup, on, to_record
+from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch, to_record
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     CustomerUnsubscribed,
@@ -18,41 +18,44 @@ from afterglow.events.catalog import (
     is_anonymous_subject,
 )
 from afterglow.journeys.messaging import store
-from afterglow.journeys.messaging.models import Message
 from afterglow.kit.app import Runtime
 
 
-async def message_requested(
-    runtime: Runtime, session: AsyncSession, event: CloudEvent[MessageRequested]
+async def messages_requested(
+    runtime: Runtime, session: AsyncSession, events: list[CloudEvent[MessageRequested]]
 ) -> None:
-    await accept_request(session, event, runtime.clock.now())
+    await accept_requests(session, events, runtime.clock.now())
 
 
-async def order_placed(
-    runtime: Runtime, session: AsyncSession, event: CloudEvent[OrderPlaced]
+async def orders_placed(
+    runtime: Runtime, session: AsyncSession, events: list[CloudEvent[OrderPlaced]]
 ) -> None:
-    data = event.data
-    if is_anonymous_subject(event.subject):
-        return  # an order without a customer: no contact to keep
-    c = data.customer
+    """Keep a batch's contacts and orders: one statement per table for the batch."""
+    known = [e for e in events if not is_anonymous_subject(e.subject)]  # no customer
+    if not known:
+        return
+    now = runtime.clock.now()
+    # What the batch says of each customer; a later order's field wins, a field an
+    # order leaves out keeps what an earlier one (or the book) said.
+    contacts: dict[store.ContactKey, dict[str, object]] = {}
+    for e in known:
+        c = e.data.customer
+        said = {
+            "email": c.email,
+            "phone": c.phone,
+            "first_name": c.first_name,
+            "locale": c.locale,
+            "timezone": c.timezone,
+            "accepts_marketing": c.accepts_marketing,
+        }
+        contacts.setdefault((e.tenantid, e.subject), {}).update(
+            {k: v for k, v in said.items() if v is not None}
+        )
     # Held to commit; the wake below then sees any deferral the dispatcher committed.
-    await store.lock_contact(session, event.tenantid, event.subject)
-    await store.upsert_contact(
-        session,
-        event.tenantid,
-        event.subject,
-        runtime.clock.now(),
-        email=c.email,
-        phone=c.phone,
-        first_name=c.first_name,
-        locale=c.locale,
-        timezone=c.timezone,
-        accepts_marketing=c.accepts_marketing,
-    )
-    await store.wake_waiting_for_contact(
-        session, event.tenantid, event.subject, runtime.clock.now()
-    )
-    await store.record_order(session, event.tenantid, event.subject, data)
+    await store.lock_contacts(session, contacts)
+    await store.upsert_contacts(session, contacts, now)
+    await store.wake_waiting_for_contacts(session, contacts, now)
+    await store.record_orders(session, [((e.tenantid, e.subject), e.data) for e in known])
 
 
 async def unsubscribed(
@@ -83,8 +86,8 @@ def _runtime(runtime: Runtime) -> Runtime:
 
 MESSAGING = ConsumerGroup(
     "messaging",
-    on(MessageRequested, message_requested),
-    on(OrderPlaced, order_placed),
+    on_batch(MessageRequested, messages_requested),
+    on_batch(OrderPlaced, orders_placed),
     on(CustomerUnsubscribed, unsubscribed),
     on(CustomerErasureRequested, erasure),
     context=_runtime,
@@ -92,22 +95,23 @@ MESSAGING = ConsumerGroup(
 CONSUMERS = (MESSAGING,)
 
 
-async def accept_request(
-    session: AsyncSession, event: CloudEvent[MessageRequested], now: Any
-) -> bool:
-    """Queue a requested message; a repeated request id (per tenant) is a no-op.
-    Policy is applied when the message falls due, not here: consent and caps must be
-    judged at send time, which may be days later."""
-    data: MessageRequested = event.data
-    record = to_record(event)
-    message_id = str(
-        uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}")
-    )
-    waits = data.not_before is not None and data.not_before > now
-    due = data.not_before if waits else now
-    stmt = (
-        pg_insert(Message)
-        .values(
+async def accept_requests(
+    session: AsyncSession, events: list[CloudEvent[MessageRequested]], now: datetime
+) -> set[str]:
+    """Queue a batch of requested messages; a repeated request id (per tenant) is a
+    no-op. Policy is applied when a message falls due, not here: consent and caps must be
+    judged at send time, which may be days later. The ids newly queued."""
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        data: MessageRequested = event.data
+        message_id = str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}")
+        )
+        if message_id in rows:
+            continue  # the same request twice in one batch: the first one
+        record = to_record(event)
+        waits = data.not_before is not None and data.not_before > now
+        rows[message_id] = dict(
             id=message_id,
             tenant_id=event.tenantid,
             customer_id=event.subject,
@@ -123,24 +127,20 @@ async def accept_request(
             status="deferred" if waits else "queued",
             reason="not_before" if waits else None,
             attempts=0,
-            next_attempt_at=due,
+            next_attempt_at=data.not_before if waits else now,
             created_at=now,
             updated_at=now,
             request_key=record.key,
             request_value=record.value,
             request_headers=[[k, v.decode()] for k, v in record.headers],
         )
-        .on_conflict_do_nothing(constraint="uq_messages_tenant_request")
-        .returning(Message.id)
+    inserted = await store.insert_messages(session, list(rows.values()))
+    await store.record_all(
+        session,
+        [
+            (row["tenant_id"], message_id, now, row["status"], row["reason"])
+            for message_id, row in rows.items()
+            if message_id in inserted
+        ],
     )
-    inserted = (await session.execute(stmt)).scalar_one_or_none()
-    if inserted is not None:
-        await store.record(
-            session,
-            event.tenantid,
-            message_id,
-            now,
-            "deferred" if waits else "queued",
-            "not_before" if waits else None,
-        )
-    return inserted is not None
+    return inserted

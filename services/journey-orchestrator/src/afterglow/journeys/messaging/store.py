@@ -4,6 +4,7 @@ never commit: the entrypoint owns the transaction."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -173,19 +174,15 @@ async def unsubscribe(
     return changed
 
 
-async def upsert_contact(
-    session: AsyncSession, tenant_id: str, customer_id: str, at: datetime, **fields: object
-) -> None:
-    present = {k: v for k, v in fields.items() if v is not None}
-    stmt = pg_insert(MessageContact).values(
-        tenant_id=tenant_id, customer_id=customer_id, updated_at=at, **present
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["tenant_id", "customer_id"],
-        # A new order after an erasure is new data given anew: clear the erasure mark.
-        set_={**{k: stmt.excluded[k] for k in present}, "updated_at": at, "erased_at": None},
-    )
-    await session.execute(stmt)
+# The contact book, kept from order.placed a batch at a time (handlers.orders_placed):
+# one statement per table, whatever the batch holds.
+
+ContactKey = tuple[str, str]  # (tenant_id, customer_id)
+CONTACT_FIELDS = ("email", "phone", "first_name", "locale", "timezone", "accepts_marketing")
+
+
+def _contact_lock_key(tenant_id: str, customer_id: str) -> str:
+    return f"msg-contact:{tenant_id}:{customer_id}"
 
 
 async def lock_contact(session: AsyncSession, tenant_id: str, customer_id: str) -> None:
@@ -194,10 +191,22 @@ async def lock_contact(session: AsyncSession, tenant_id: str, customer_id: str) 
     read no contact, the consumer stored one and woke nothing (the message was not yet
     deferred), then the deferral committed and the message waited the whole recheck.
     With it, whichever commits second sees what the first did."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-        {"k": f"msg-contact:{tenant_id}:{customer_id}"},
-    )
+    await lock_contacts(session, [(tenant_id, customer_id)])
+
+
+async def lock_contacts(session: AsyncSession, keys: Iterable[ContactKey]) -> None:
+    """:func:`lock_contact` for a batch: one statement, the keys taken in sorted order,
+    so that two batches locking overlapping customers never wait on each other in a
+    cycle."""
+    wanted = sorted({_contact_lock_key(t, c) for t, c in keys})
+    if wanted:
+        await session.execute(
+            text(
+                "SELECT count(pg_advisory_xact_lock(hashtext(k)))"
+                " FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS sorted_keys"
+            ),
+            {"keys": wanted},
+        )
 
 
 async def fresh_contact(
@@ -213,19 +222,54 @@ async def fresh_contact(
     ).scalar_one_or_none()
 
 
-async def wake_waiting_for_contact(
-    session: AsyncSession, tenant_id: str, customer_id: str, now: datetime
+async def upsert_contacts(
+    session: AsyncSession, contacts: dict[ContactKey, dict[str, object]], at: datetime
 ) -> None:
-    """A contact just arrived: the customer's messages deferred for want of one fall due
-    now, and the dispatcher is woken on commit. Orders and message requests travel on
-    different topics, so the welcome requested for an order often overtakes the order
+    """Store what a batch says of its customers: ``contacts`` maps each to the fields it
+    gave (None: not said). A field not said keeps the stored value."""
+    if not contacts:
+        return
+    stmt = pg_insert(MessageContact).values(
+        [
+            {
+                "tenant_id": tenant_id,
+                "customer_id": customer_id,
+                "updated_at": at,
+                **{f: fields.get(f) for f in CONTACT_FIELDS},
+            }
+            for (tenant_id, customer_id), fields in sorted(contacts.items())
+        ]
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["tenant_id", "customer_id"],
+        set_={
+            **{
+                f: func.coalesce(stmt.excluded[f], getattr(MessageContact, f))
+                for f in CONTACT_FIELDS
+            },
+            "updated_at": at,
+            # A new order after an erasure is new data given anew: clear the erasure mark.
+            "erased_at": None,
+        },
+    )
+    await session.execute(stmt)
+
+
+async def wake_waiting_for_contacts(
+    session: AsyncSession, keys: Iterable[ContactKey], now: datetime
+) -> None:
+    """Contacts just arrived: their customers' messages deferred for want of one fall
+    due now, and the dispatcher is woken on commit. Orders and message requests travel
+    on different topics, so the welcome requested for an order often overtakes the order
     that carries the address; without this it waited for the contact recheck (30 s)."""
-    # One statement per contact: the UPDATE, and the NOTIFY only when it woke something.
+    wanted = sorted(set(keys))
+    if not wanted:
+        return
+    # One statement: the UPDATE, and the NOTIFY only when it woke something.
     woken = (
         update(Message)
         .where(
-            Message.tenant_id == tenant_id,
-            Message.customer_id == customer_id,
+            tuple_(Message.tenant_id, Message.customer_id).in_(wanted),
             Message.status == "deferred",
             Message.reason == "waiting_for_contact",
             Message.next_attempt_at > now,
@@ -239,38 +283,101 @@ async def wake_waiting_for_contact(
     )
 
 
-async def record_order(
-    session: AsyncSession, tenant_id: str, customer_id: str, order: OrderPlaced
+async def record_orders(
+    session: AsyncSession, orders: list[tuple[ContactKey, OrderPlaced]]
 ) -> None:
-    """Keep what templates show of an order, and count it once into the customer's
-    totals (a redelivered or repeated order.placed changes nothing)."""
-    inserted = await session.scalar(
-        pg_insert(MessageOrder)
-        .values(
-            tenant_id=tenant_id,
-            order_id=order.order_id,
-            customer_id=customer_id,
-            order_number=order.order_number,
-            total_minor=order.total.amount,
-            currency=order.total.currency,
-            placed_at=order.placed_at,
-            items=[
-                {"title": li.title, "quantity": li.quantity, "sku": li.sku}
-                for li in order.line_items
-            ],
-        )
-        .on_conflict_do_nothing()
-        .returning(MessageOrder.order_id)
-    )
-    if inserted is None:
+    """Keep what templates show of a batch's orders, and count each once into its
+    customer's totals (a redelivered or repeated order.placed changes nothing): one
+    insert, one read of the contacts it counts into, their updates flushed together."""
+    if not orders:
         return
-    contact = await session.get(MessageContact, (tenant_id, customer_id), with_for_update=True)
-    if contact is None:
-        return  # upsert_contact runs first; only an erased-and-gone contact lands here
-    contact.orders_count = (contact.orders_count or 0) + 1
-    if contact.currency in (None, order.total.currency):
-        contact.currency = order.total.currency
-        contact.total_spent_minor = (contact.total_spent_minor or 0) + order.total.amount
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for (tenant_id, customer_id), order in orders:
+        rows.setdefault(
+            (tenant_id, order.order_id),
+            {
+                "tenant_id": tenant_id,
+                "order_id": order.order_id,
+                "customer_id": customer_id,
+                "order_number": order.order_number,
+                "total_minor": order.total.amount,
+                "currency": order.total.currency,
+                "placed_at": order.placed_at,
+                "items": [
+                    {"title": li.title, "quantity": li.quantity, "sku": li.sku}
+                    for li in order.line_items
+                ],
+            },
+        )
+    inserted = {
+        (tenant_id, order_id)
+        for tenant_id, order_id in await session.execute(
+            pg_insert(MessageOrder)
+            .values(list(rows.values()))
+            .on_conflict_do_nothing()
+            .returning(MessageOrder.tenant_id, MessageOrder.order_id)
+        )
+    }
+    if not inserted:
+        return
+    counted = [
+        (key, order)
+        for key, order in orders
+        if (key[0], order.order_id) in inserted
+        and rows[(key[0], order.order_id)]["customer_id"] == key[1]
+    ]
+    keys = sorted({key for key, _ in counted})
+    contacts = {
+        (c.tenant_id, c.customer_id): c
+        for c in (
+            await session.execute(
+                select(MessageContact)
+                .where(tuple_(MessageContact.tenant_id, MessageContact.customer_id).in_(keys))
+                .order_by(MessageContact.tenant_id, MessageContact.customer_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        ).scalars()
+    }
+    seen: set[tuple[str, str]] = set()
+    for key, order in counted:  # in event order: the first order's currency is kept
+        if (key[0], order.order_id) in seen:
+            continue  # the same order twice in one batch counts once
+        seen.add((key[0], order.order_id))
+        contact = contacts.get(key)
+        if contact is None:
+            continue  # upsert_contacts runs first; only an erased-and-gone contact
+        contact.orders_count = (contact.orders_count or 0) + 1
+        if contact.currency in (None, order.total.currency):
+            contact.currency = order.total.currency
+            contact.total_spent_minor = (contact.total_spent_minor or 0) + order.total.amount
+
+
+async def insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """Queue a batch of requested messages; the ids inserted (a request id repeated, per
+    tenant, inserts nothing)."""
+    if not rows:
+        return set()
+    return set(
+        (
+            await session.execute(
+                pg_insert(Message)
+                .values(rows)
+                .on_conflict_do_nothing(constraint="uq_messages_tenant_request")
+                .returning(Message.id)
+            )
+        ).scalars()
+    )
+
+
+async def record_all(
+    session: AsyncSession, decisions: list[tuple[str, str, datetime, str, str | None]]
+) -> None:
+    """:func:`record` for a batch: (tenant_id, message_id, at, decision, reason)."""
+    session.add_all(
+        MessageDecision(tenant_id=t, message_id=m, at=at, decision=d, reason=r)
+        for t, m, at, d, r in decisions
+    )
 
 
 async def order_for_template(

@@ -1,0 +1,156 @@
+"""Messaging's consumer applies a partition batch in sets (messaging.handlers): what one
+batch holds is kept as if its events came one by one, in order, each once.
+
+The batches go through the consumer runtime's own transaction
+(:func:`afterglow.events.batch.apply_in_one_transaction`: the inbox claim and the
+group's registered handlers), so "in one batch" is certain rather than left to how the
+broker groups records."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from afterglow.events import CloudEvent
+from afterglow.events import catalog as c
+from afterglow.events.batch import apply_in_one_transaction, inbox_claim
+from afterglow.journeys.messaging.handlers import MESSAGING
+from afterglow.journeys.messaging.models import Message, MessageContact, MessageDecision
+
+from ..conftest import Orchestrator, new_customer
+
+INBOX = "journeys.messaging"
+
+
+def event(orch: Orchestrator, tenant: str, customer: str, data: Any) -> CloudEvent[Any]:
+    return CloudEvent.new(
+        data, tenant_id=tenant, subject=customer, source="tests", time=orch.clock.now()
+    )
+
+
+async def apply_batch(orch: Orchestrator, *events: CloudEvent[Any]) -> list[str]:
+    """One partition batch through the consumer's transaction; the ids applied."""
+    handlers = MESSAGING.handlers(orch.runtime)
+    claim = inbox_claim(orch.runtime.tables.inbox)
+    async with orch.runtime.sessionmaker.begin() as s:
+        done = await apply_in_one_transaction(
+            s, claim, INBOX, [(e, handlers[e.type]) for e in events]
+        )
+    return [e.id for e in done.applied]
+
+
+def order(order_id: str, orch: Orchestrator, amount: int, currency: str, **customer: Any) -> Any:
+    return c.OrderPlaced(
+        order_id=order_id,
+        platform="api",
+        placed_at=orch.clock.now(),
+        customer=c.CustomerInfo(**customer),
+        total=c.Money(amount=amount, currency=currency),
+    )
+
+
+async def contact(orch: Orchestrator, tenant: str, customer: str) -> MessageContact:
+    async with orch.runtime.sessionmaker() as s:
+        row = await s.get(MessageContact, (tenant, customer))
+        assert row is not None
+        return row
+
+
+class TestOrdersInOneBatch:
+    async def test_each_order_counts_once_and_a_later_order_fills_what_an_earlier_left_out(
+        self, orch: Orchestrator
+    ) -> None:
+        tenant, ada, bo = f"t-{uuid.uuid4().hex[:8]}", new_customer(), new_customer()
+        first = event(orch, tenant, ada, order("o-1", orch, 1000, "EUR", email="ada@x.test"))
+        again = event(orch, tenant, ada, first.data)  # the platform sent it twice
+        second = event(
+            orch,
+            tenant,
+            ada,
+            order("o-2", orch, 500, "EUR", phone="+14155550100", first_name="Ada"),
+        )
+        foreign = event(orch, tenant, ada, order("o-3", orch, 900, "USD"))
+        other = event(orch, tenant, bo, order("o-4", orch, 700, "USD", email="bo@x.test"))
+
+        applied = await apply_batch(orch, first, again, second, foreign, other)
+
+        assert len(applied) == 5  # five distinct events; two of them carry one order
+        a = await contact(orch, tenant, ada)
+        assert (a.email, a.phone, a.first_name) == ("ada@x.test", "+14155550100", "Ada")
+        # Three distinct orders; the total stays in the first order's currency.
+        assert (a.orders_count, a.currency, a.total_spent_minor) == (3, "EUR", 1500)
+        b = await contact(orch, tenant, bo)
+        assert (b.orders_count, b.currency, b.total_spent_minor) == (1, "USD", 700)
+
+        # The same order in a later batch, under a new event id: counted nowhere again.
+        await apply_batch(orch, event(orch, tenant, ada, first.data))
+        a = await contact(orch, tenant, ada)
+        assert (a.orders_count, a.total_spent_minor) == (3, 1500)
+
+    async def test_an_order_with_a_new_address_replaces_the_stored_one_and_unerases(
+        self, orch: Orchestrator
+    ) -> None:
+        tenant, ada = f"t-{uuid.uuid4().hex[:8]}", new_customer()
+        await apply_batch(
+            orch, event(orch, tenant, ada, order("o-1", orch, 100, "EUR", email="old@x.test"))
+        )
+        async with orch.runtime.sessionmaker.begin() as s:
+            row = await s.get(MessageContact, (tenant, ada))
+            assert row is not None
+            row.erased_at = orch.clock.now()
+        await apply_batch(
+            orch,
+            event(orch, tenant, ada, order("o-2", orch, 100, "EUR", email="mid@x.test")),
+            event(orch, tenant, ada, order("o-3", orch, 100, "EUR", email="new@x.test")),
+        )
+        a = await contact(orch, tenant, ada)
+        assert (a.email, a.erased_at, a.orders_count) == ("new@x.test", None, 3)
+
+
+class TestRequestsInOneBatch:
+    async def test_a_request_repeated_in_the_batch_is_queued_once_and_a_later_one_waits(
+        self, orch: Orchestrator
+    ) -> None:
+        tenant, ada = f"t-{uuid.uuid4().hex[:8]}", new_customer()
+        later = orch.clock.now() + timedelta(days=2)
+        welcome = c.MessageRequested(request_id="r-welcome", kind="welcome")
+        check_in = c.MessageRequested(request_id="r-check-in", kind="check_in", not_before=later)
+
+        await apply_batch(
+            orch,
+            event(orch, tenant, ada, welcome),
+            event(orch, tenant, ada, welcome),
+            event(orch, tenant, ada, check_in),
+        )
+
+        async with orch.runtime.sessionmaker() as s:
+            messages = {
+                m.request_id: m
+                for m in (await s.scalars(select(Message).where(Message.tenant_id == tenant)))
+            }
+            first_decisions = [
+                (message_id, decision)
+                for message_id, decision in await s.execute(
+                    select(MessageDecision.message_id, MessageDecision.decision)
+                    .where(MessageDecision.tenant_id == tenant)
+                    .order_by(MessageDecision.id)
+                )
+            ]
+        assert sorted(messages) == ["r-check-in", "r-welcome"]
+        assert messages["r-check-in"].status == "deferred"
+        assert messages["r-check-in"].reason == "not_before"
+        assert messages["r-check-in"].next_attempt_at == later
+        # Each message's first decision is recorded once: the repeat queued nothing.
+        firsts: dict[str, str] = {}
+        for message_id, decision in first_decisions:
+            firsts.setdefault(message_id, decision)
+        assert firsts == {
+            messages["r-welcome"].id: "queued",
+            messages["r-check-in"].id: "deferred",
+        }
+        assert [d for d in first_decisions if d[1] == "queued"] == [
+            (messages["r-welcome"].id, "queued")
+        ]
