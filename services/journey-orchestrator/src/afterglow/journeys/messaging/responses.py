@@ -6,9 +6,9 @@ ever ``secret_set``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from afterglow.journeys.messaging.models import (
     Message,
@@ -17,20 +17,6 @@ from afterglow.journeys.messaging.models import (
     MessagingTenantSettings,
 )
 from afterglow.journeys.messaging.templates import Template
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
-
-
-# Rendered as the routes always rendered them (datetime.isoformat: "+00:00"), not as
-# pydantic would ("Z"): typing the answers must not change a byte a client receives.
-Timestamp = Annotated[
-    datetime,
-    PlainSerializer(_iso, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-
 
 # --- templates ----------------------------------------------------------------------
 
@@ -44,7 +30,7 @@ class TemplateOut(BaseModel):
     source: Literal["tenant", "default"] = Field(
         description="tenant: saved by the tenant; default: the built-in one in effect"
     )
-    updated_at: Timestamp | None = Field(description="When the tenant saved it; null: a default")
+    updated_at: datetime | None = Field(description="When the tenant saved it; null: a default")
 
     @classmethod
     def of(
@@ -131,7 +117,7 @@ class MessageAcceptedOut(BaseModel):
 
 
 class DecisionOut(BaseModel):
-    at: Timestamp
+    at: datetime
     decision: str = Field(description="queued, deferred, suppressed, attempt, sent, failed...")
     reason: str | None
 
@@ -150,13 +136,13 @@ class LoggedMessageOut(BaseModel):
     status: str = Field(description="queued, deferred, sent, failed or suppressed")
     reason: str | None = Field(description="Why it stands where it does")
     attempts: int
-    created_at: Timestamp
-    next_attempt_at: Timestamp | None = Field(
+    created_at: datetime
+    next_attempt_at: datetime | None = Field(
         description="When it is judged again; only while queued or deferred"
     )
-    last_attempt_at: Timestamp | None
-    sent_at: Timestamp | None
-    updated_at: Timestamp
+    last_attempt_at: datetime | None
+    sent_at: datetime | None
+    updated_at: datetime
     decisions: list[DecisionOut] = Field(description="Every decision about it, oldest first")
 
     @classmethod
@@ -195,8 +181,8 @@ class FailedMessageOut(BaseModel):
     status: str = Field(description="failed; queued once redelivered")
     reason: str | None = Field(description="Why it failed (or, redelivered, by whom)")
     attempts: int
-    created_at: Timestamp
-    updated_at: Timestamp
+    created_at: datetime
+    updated_at: datetime
 
     @classmethod
     def of(cls, m: Message) -> FailedMessageOut:
@@ -234,7 +220,7 @@ class ChannelOut(BaseModel):
     secret_set: bool = Field(description="Whether a password or auth token is stored")
     dkim_key_set: bool = Field(description="Whether a DKIM private key is stored")
     rate_per_s: float | None = Field(description="Messages per second at most; null: no limit")
-    updated_at: Timestamp
+    updated_at: datetime
 
     @classmethod
     def of(cls, row: MessagingChannel) -> ChannelOut:
