@@ -7,7 +7,7 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Query, Request
@@ -20,35 +20,26 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import select
 
-from afterglow.events import CloudEvent, derived_event_id
 from afterglow.events.catalog import MESSAGE_VARIABLES, MessageKind, MessageRequested
 from afterglow.journeys.deps import messaging_settings
-from afterglow.journeys.messaging import policy, store
-from afterglow.journeys.messaging.models import (
-    Message,
-    MessageDecision,
-    MessageTemplate,
-    MessagingTenantSettings,
+from afterglow.journeys.messaging import policy, service, store
+from afterglow.journeys.messaging.responses import (
+    CustomerMessagesOut,
+    LoggedMessageOut,
+    MessageAcceptedOut,
+    PreviewOut,
+    SettingsOut,
+    TemplateDeletedOut,
+    TemplateOut,
+    TemplatesOut,
 )
-from afterglow.journeys.messaging.templates import (
-    SAMPLE_CUSTOMER,
-    SAMPLE_ORDER,
-    SAMPLE_VARIABLES,
-    Template,
-    TemplateRenderError,
-    all_kinds,
-    context,
-    default_template,
-    render,
-    validate,
-)
+from afterglow.journeys.messaging.templates import SAMPLE_ORDER, Template
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.errors import Unprocessable
 from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
 from afterglow.kit.routing import service_router
@@ -170,26 +161,6 @@ def _template(name: str, channel: str, body: TemplateIn) -> Template:
     return Template(channel=channel, text=body.text, subject=body.subject, html=body.html)
 
 
-def _render_error(name: str, channel: str, exc: TemplateRenderError) -> Unprocessable:
-    return Unprocessable(
-        f"template {name}/{channel} does not render: {exc}", field=exc.part, code="template_error"
-    )
-
-
-def _template_out(
-    name: str, channel: str, t: Template, source: str, updated_at: datetime | None = None
-) -> dict[str, Any]:
-    return {
-        "kind": name,
-        "channel": channel,
-        "subject": t.subject,
-        "html": t.html,
-        "text": t.text,
-        "source": source,
-        "updated_at": updated_at,
-    }
-
-
 _TEMPLATE_OUT = {
     "kind": "welcome",
     "channel": "email",
@@ -222,26 +193,11 @@ async def put_template(
     body: TemplateIn,
     session: Session,
     principal: Principal = Write,
-) -> dict[str, Any]:
+) -> TemplateOut:
     template = _template(kind, channel, body)
-    try:
-        validate(template, kind)
-    except TemplateRenderError as exc:
-        raise _render_error(kind, channel, exc) from exc
     now = datetime.now().astimezone()
-    row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
-    if row is None:
-        row = MessageTemplate(
-            tenant_id=principal.tenant_id, name=kind, channel=channel, updated_at=now
-        )
-        session.add(row)
-    row.subject, row.html, row.text, row.updated_at = (
-        template.subject,
-        template.html,
-        template.text,
-        now,
-    )
-    return _template_out(kind, channel, template, "tenant", now)
+    await service.save_template(session, principal.tenant_id, kind, template, now)
+    return TemplateOut.of(kind, template, "tenant", now)
 
 
 @router.delete(
@@ -251,11 +207,9 @@ async def put_template(
 )
 async def delete_template(
     kind: TemplateName, channel: Channel, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
-    row = await session.get(MessageTemplate, (principal.tenant_id, kind, channel))
-    if row is not None:
-        await session.delete(row)
-    return {"kind": kind, "channel": channel, "deleted": row is not None}
+) -> TemplateDeletedOut:
+    deleted = await store.delete_template(session, principal.tenant_id, kind, channel)
+    return TemplateDeletedOut(kind=kind, channel=channel, deleted=deleted)
 
 
 @router.get(
@@ -263,25 +217,11 @@ async def delete_template(
     summary="Effective templates: the tenant's and the defaults",
     responses=openapi.example(200, {"templates": [_TEMPLATE_OUT]}),
 )
-async def list_templates(session: Session, principal: Principal = Read) -> dict[str, Any]:
-    rows = (
-        await session.execute(
-            select(MessageTemplate).where(MessageTemplate.tenant_id == principal.tenant_id)
-        )
-    ).scalars()
-    own = {(r.name, r.channel): r for r in rows}
-    out = []
-    for kind in [k for k in all_kinds() if k != "custom"] + sorted(
-        {n for n, _ in own} - set(all_kinds())
-    ):
-        for channel in ("email", "sms"):
-            r = own.get((kind, channel))
-            if r is not None:
-                t = Template(channel=channel, text=r.text, subject=r.subject, html=r.html)
-                out.append(_template_out(kind, channel, t, "tenant", r.updated_at))
-            elif (d := default_template(kind, channel)) is not None:
-                out.append(_template_out(kind, channel, d, "default"))
-    return {"templates": out}
+async def list_templates(session: Session, principal: Principal = Read) -> TemplatesOut:
+    found = await service.effective_templates(session, principal.tenant_id)
+    return TemplatesOut(
+        templates=[TemplateOut.of(t.name, t.template, t.source, t.updated_at) for t in found]
+    )
 
 
 @router.post(
@@ -313,67 +253,21 @@ async def preview_template(
     body: PreviewIn,
     session: Session,
     principal: Principal = Read,
-) -> dict[str, Any]:
-    if body.template is not None:
-        template: Template | None = _template(kind, channel, body.template)
-    else:
-        template = await store.find_template(session, principal.tenant_id, kind, channel)
-    if template is None:
-        raise NotFound(f"no template {kind}/{channel}", field="kind")
-    settings = await store.tenant_settings(session, principal.tenant_id)
-    ctx = context(
-        {**SAMPLE_CUSTOMER, **body.customer},
-        {**SAMPLE_VARIABLES, **body.variables},
-        shop_name=settings.shop_name if settings else None,
-        unsubscribe_url="https://example.com/u/preview",
-        kind=kind,
+) -> PreviewOut:
+    draft = _template(kind, channel, body.template) if body.template is not None else None
+    rendered = await service.preview_template(
+        session,
+        principal.tenant_id,
+        kind,
+        channel,
+        draft,
+        customer=body.customer,
+        variables=body.variables,
         order=body.order,
     )
-    try:
-        rendered = render(template, ctx)
-    except TemplateRenderError as exc:
-        raise _render_error(kind, channel, exc) from exc
-    return {
-        "kind": kind,
-        "channel": channel,
-        "subject": rendered.subject,
-        "html": rendered.html,
-        "text": rendered.text,
-    }
-
-
-async def _settings_row(session: Any, tenant_id: str) -> MessagingTenantSettings:
-    row = await session.get(MessagingTenantSettings, tenant_id, with_for_update=True)
-    if row is None:
-        row = MessagingTenantSettings(
-            tenant_id=tenant_id,
-            quiet_hours_start="21:00",
-            quiet_hours_end="08:00",
-            frequency_cap=3,
-            frequency_window_days=7,
-            default_channel="email",
-            default_timezone="UTC",
-            updated_at=datetime.now().astimezone(),
-        )
-        session.add(row)
-    return row
-
-
-def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
-    if row is None:
-        return {"endpoint": None, **PolicyIn().model_dump()}
-    return {
-        "endpoint": {"url": row.endpoint_url, "secret_set": bool(row.endpoint_secret)}
-        if row.endpoint_url
-        else None,
-        "quiet_hours_start": row.quiet_hours_start,
-        "quiet_hours_end": row.quiet_hours_end,
-        "frequency_cap": row.frequency_cap,
-        "frequency_window_days": row.frequency_window_days,
-        "default_channel": row.default_channel,
-        "default_timezone": row.default_timezone,
-        "shop_name": row.shop_name,
-    }
+    return PreviewOut(
+        kind=kind, channel=channel, subject=rendered.subject, html=rendered.html, text=rendered.text
+    )
 
 
 @router.put(
@@ -383,16 +277,15 @@ def _settings_out(row: MessagingTenantSettings | None) -> dict[str, Any]:
 )
 async def put_endpoint(
     body: EndpointIn, request: Request, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
+) -> SettingsOut:
     settings = runtime_of(request).settings
     try:
         await check_destination(body.url, allow_private=settings.outbound_allow_private)
     except ForbiddenDestination as exc:
         raise Unprocessable(f"url {exc}", field="url") from exc
-    row = await _settings_row(session, principal.tenant_id)
-    row.endpoint_url, row.endpoint_secret = body.url, body.secret
-    row.updated_at = datetime.now().astimezone()
-    return _settings_out(row)
+    now = datetime.now().astimezone()
+    row = await service.save_endpoint(session, principal.tenant_id, body.url, body.secret, now)
+    return SettingsOut.of(row)
 
 
 @router.put(
@@ -402,12 +295,10 @@ async def put_endpoint(
 )
 async def put_settings(
     body: PolicyIn, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
-    row = await _settings_row(session, principal.tenant_id)
-    for key, value in body.model_dump().items():
-        setattr(row, key, value)
-    row.updated_at = datetime.now().astimezone()
-    return _settings_out(row)
+) -> SettingsOut:
+    now = datetime.now().astimezone()
+    row = await service.save_policy(session, principal.tenant_id, body.model_dump(), now)
+    return SettingsOut.of(row)
 
 
 @router.get(
@@ -415,8 +306,11 @@ async def put_settings(
     summary="This tenant's messaging settings (secret never shown)",
     responses=openapi.example(200, _SETTINGS_OUT),
 )
-async def get_settings(session: Session, principal: Principal = Read) -> dict[str, Any]:
-    return _settings_out(await session.get(MessagingTenantSettings, principal.tenant_id))
+async def get_settings(session: Session, principal: Principal = Read) -> SettingsOut:
+    row = await store.tenant_settings(session, principal.tenant_id)
+    if row is None:  # never set: the defaults apply
+        return SettingsOut(endpoint=None, **PolicyIn().model_dump())
+    return SettingsOut.of(row)
 
 
 class MessageIn(BaseModel):
@@ -468,21 +362,17 @@ class MessageIn(BaseModel):
 )
 async def request_message(
     body: MessageIn, request: Request, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
+) -> MessageAcceptedOut:
     """For callers outside the event bus (and ``make dev``): the request goes out as
     ``message.requested`` through the outbox, and comes back in through the same
     consumer as every service's requests, so it gets the same de-duplication and policy."""
-    runtime = runtime_of(request)
     data = MessageRequested(**body.model_dump(exclude={"customer_id"}))
-    event = CloudEvent.new(
-        data,
-        tenant_id=principal.tenant_id,
-        subject=body.customer_id,
-        source=store.SOURCE,
-        id=derived_event_id("message-api", principal.tenant_id, body.request_id),
+    await service.request_message(
+        session, runtime_of(request).outbox, principal.tenant_id, body.customer_id, data
     )
-    await runtime.outbox.add(session, event)
-    return {"request_id": body.request_id, "customer_id": body.customer_id, "status": "accepted"}
+    return MessageAcceptedOut(
+        request_id=body.request_id, customer_id=body.customer_id, status="accepted"
+    )
 
 
 @router.get(
@@ -521,56 +411,11 @@ async def customer_messages(
     session: Session,
     principal: Principal = Read,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
-    messages = list(
-        (
-            await session.execute(
-                select(Message)
-                .where(Message.tenant_id == principal.tenant_id, Message.customer_id == customer_id)
-                .order_by(Message.created_at.desc(), Message.id)
-                .limit(limit)
-            )
-        ).scalars()
+) -> CustomerMessagesOut:
+    log = await service.customer_log(session, principal.tenant_id, customer_id, limit)
+    return CustomerMessagesOut(
+        customer_id=customer_id, messages=[LoggedMessageOut.of(m, ds) for m, ds in log]
     )
-    ids = [m.id for m in messages]
-    decisions: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    if ids:
-        for d in (
-            await session.execute(
-                select(MessageDecision)
-                .where(
-                    MessageDecision.tenant_id == principal.tenant_id,
-                    MessageDecision.message_id.in_(ids),
-                )
-                .order_by(MessageDecision.id)
-            )
-        ).scalars():
-            decisions[d.message_id].append({"at": d.at, "decision": d.decision, "reason": d.reason})
-    return {
-        "customer_id": customer_id,
-        "messages": [
-            {
-                "id": m.id,
-                "request_id": m.request_id,
-                "kind": m.kind,
-                "category": m.category,
-                "priority": m.priority,
-                "channel": m.channel,
-                "status": m.status,
-                "reason": m.reason,
-                "attempts": m.attempts,
-                "created_at": m.created_at,
-                "next_attempt_at": m.next_attempt_at
-                if m.status in ("queued", "deferred")
-                else None,
-                "last_attempt_at": m.last_attempt_at,
-                "sent_at": m.sent_at,
-                "updated_at": m.updated_at,
-                "decisions": decisions[m.id],
-            }
-            for m in messages
-        ],
-    }
 
 
 _PAGE = (

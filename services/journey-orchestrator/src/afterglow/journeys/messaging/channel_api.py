@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import ssl
-from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -29,17 +28,23 @@ import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from fastapi import Depends, Request
 from fastapi.responses import Response
-from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from sqlalchemy import select
 
 from afterglow.journeys.deps import messaging_settings
-from afterglow.journeys.messaging import store
+from afterglow.journeys.messaging import service, store
 from afterglow.journeys.messaging.channels import provider_events as pe
 from afterglow.journeys.messaging.channels import sns
 from afterglow.journeys.messaging.channels.sms_text import e164
 from afterglow.journeys.messaging.channels.twilio import DEFAULT_API
-from afterglow.journeys.messaging.models import MessagingChannel, MessagingTenantSettings
+from afterglow.journeys.messaging.responses import (
+    ChannelOut,
+    ChannelsOut,
+    ConfirmedOut,
+    DefaultChannelOut,
+    ProviderEventsOut,
+    SuppressedOut,
+)
+from afterglow.journeys.messaging.service import Credential
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
@@ -57,21 +62,6 @@ Read = Depends(require_scope("messages:read"))
 ChannelKind = Literal["email", "sms"]
 MAX_EVENT_BODY = 1_000_000
 EMAIL = r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$"
-# The window of the complaint rate (mailbox providers judge about a month).
-COMPLAINT_WINDOW = timedelta(days=30)
-
-COMPLAINTS = Counter(
-    "afterglow_messaging_complaints_total", "Spam complaints reported by providers", ["tenant"]
-)
-BOUNCES = Counter(
-    "afterglow_messaging_hard_bounces_total", "Hard bounces reported by providers", ["tenant"]
-)
-COMPLAINT_RATE = Gauge(
-    "afterglow_messaging_complaint_rate",
-    "Complaints per email sent over the last 30 days (Gmail wants it under 0.003)",
-    ["tenant"],
-)
-
 
 _SMTP_EXAMPLE: dict[str, Any] = {
     "provider": "smtp",
@@ -263,22 +253,6 @@ class ProviderEventsIn(BaseModel):
         return value
 
 
-def channel_out(row: MessagingChannel) -> dict[str, Any]:
-    return {
-        "channel": row.channel,
-        "provider": row.provider,
-        "config": row.config,
-        "secret_set": row.secret is not None,
-        "dkim_key_set": row.dkim_key is not None,
-        "rate_per_s": row.rate_per_s,
-        "updated_at": row.updated_at,
-    }
-
-
-def _default_out(channel: str) -> dict[str, Any]:
-    return {"channel": channel, "provider": "webhook", "config": {}, "secret_set": False}
-
-
 @router.put(
     "/v1/messaging/channels/{channel}",
     summary="How this channel kind is delivered",
@@ -290,14 +264,12 @@ async def put_channel(
     request: Request,
     session: Session,
     principal: Principal = Write,
-) -> dict[str, Any]:
+) -> ChannelOut:
     runtime = runtime_of(request)
     allow_private = runtime.settings.outbound_allow_private
-    row = await session.get(MessagingChannel, (principal.tenant_id, channel), with_for_update=True)
-    same = row is not None and row.provider == body.provider
     config: dict[str, Any] = {}
-    secret: str | None = None
-    dkim_key: str | None = None
+    secret: Credential | None = None
+    dkim_key: Credential | None = None
     if isinstance(body, SmtpChannelIn):
         if channel != "email":
             raise Unprocessable("smtp delivers email only", field="provider")
@@ -310,14 +282,12 @@ async def put_channel(
         config = body.model_dump(exclude={"provider", "password", "dkim", "rate_per_s"})
         config = {k: v for k, v in config.items() if v is not None}
         if body.username:
-            secret = body.password or (row.secret if same and row else None)
-            if secret is None:
-                raise Unprocessable("a username needs a password", field="password")
+            secret = Credential(body.password, "password", "a username needs a password")
         if body.dkim is not None:
             config["dkim_domain"], config["dkim_selector"] = body.dkim.domain, body.dkim.selector
-            dkim_key = body.dkim.private_key or (row.dkim_key if same and row else None)
-            if dkim_key is None:
-                raise Unprocessable("dkim needs a private_key", field="dkim.private_key")
+            dkim_key = Credential(
+                body.dkim.private_key, "dkim.private_key", "dkim needs a private_key"
+            )
     elif isinstance(body, TwilioChannelIn):
         if channel != "sms":
             raise Unprocessable("twilio delivers sms only", field="provider")
@@ -331,20 +301,19 @@ async def put_channel(
             raise Unprocessable(f"api_base {exc}", field="api_base") from exc
         config = body.model_dump(exclude={"provider", "auth_token", "rate_per_s"})
         config = {k: v for k, v in config.items() if v is not None}
-        secret = body.auth_token or (row.secret if same and row else None)
-        if secret is None:
-            raise Unprocessable("twilio needs the auth_token", field="auth_token")
-    now = runtime.clock.now()
-    if row is None:
-        row = MessagingChannel(tenant_id=principal.tenant_id, channel=channel, tokens=0.0)
-        session.add(row)
-    row.provider, row.config, row.secret, row.dkim_key = body.provider, config, secret, dkim_key
-    if row.rate_per_s != body.rate_per_s:
-        row.tokens, row.tokens_at = 0.0, None  # a new rate starts with a full bucket
-    row.rate_per_s = body.rate_per_s
-    row.updated_at = now
-    await session.flush()
-    return channel_out(row)
+        secret = Credential(body.auth_token, "auth_token", "twilio needs the auth_token")
+    row = await service.save_channel(
+        session,
+        principal.tenant_id,
+        channel,
+        provider=body.provider,
+        config=config,
+        secret=secret,
+        dkim_key=dkim_key,
+        rate_per_s=body.rate_per_s,
+        at=runtime.clock.now(),
+    )
+    return ChannelOut.of(row)
 
 
 @router.get(
@@ -352,20 +321,14 @@ async def put_channel(
     summary="This tenant's channels (credentials never shown)",
     responses=openapi.example(200, {"channels": [_SMTP_OUT, _WEBHOOK_OUT]}),
 )
-async def list_channels(session: Session, principal: Principal = Read) -> dict[str, Any]:
-    rows = {
-        r.channel: r
-        for r in (
-            await session.execute(
-                select(MessagingChannel).where(MessagingChannel.tenant_id == principal.tenant_id)
-            )
-        ).scalars()
-    }
-    return {
-        "channels": [
-            channel_out(rows[c]) if c in rows else _default_out(c) for c in ("email", "sms")
+async def list_channels(session: Session, principal: Principal = Read) -> ChannelsOut:
+    rows = await store.tenant_channels(session, principal.tenant_id)
+    return ChannelsOut(
+        channels=[
+            ChannelOut.of(rows[c]) if c in rows else DefaultChannelOut.of(c)
+            for c in ("email", "sms")
         ]
-    }
+    )
 
 
 @router.delete(
@@ -375,11 +338,9 @@ async def list_channels(session: Session, principal: Principal = Read) -> dict[s
 )
 async def delete_channel(
     channel: ChannelKind, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
-    row = await session.get(MessagingChannel, (principal.tenant_id, channel))
-    if row is not None:
-        await session.delete(row)
-    return _default_out(channel)
+) -> DefaultChannelOut:
+    await store.delete_channel(session, principal.tenant_id, channel)
+    return DefaultChannelOut.of(channel)
 
 
 @router.put(
@@ -391,32 +352,24 @@ async def delete_channel(
 )
 async def put_provider_events(
     body: ProviderEventsIn, request: Request, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
+) -> ProviderEventsOut:
     if (body.postmark_username is None) != (body.postmark_password is None):
         raise Unprocessable("postmark needs both username and password", field="postmark_password")
-    row = await session.get(MessagingTenantSettings, principal.tenant_id, with_for_update=True)
-    if row is None:
-        row = MessagingTenantSettings(
-            tenant_id=principal.tenant_id,
-            quiet_hours_start="21:00",
-            quiet_hours_end="08:00",
-            frequency_cap=3,
-            frequency_window_days=7,
-            default_channel="email",
-            default_timezone="UTC",
-        )
-        session.add(row)
-    row.sendgrid_public_key = body.sendgrid_public_key
-    row.postmark_auth = (
-        f"{body.postmark_username}:{body.postmark_password}" if body.postmark_username else None
+    row = await service.save_provider_events(
+        session,
+        principal.tenant_id,
+        sendgrid_public_key=body.sendgrid_public_key,
+        postmark_auth=f"{body.postmark_username}:{body.postmark_password}"
+        if body.postmark_username
+        else None,
+        ses_topic_arn=body.ses_topic_arn,
+        at=runtime_of(request).clock.now(),
     )
-    row.ses_topic_arn = body.ses_topic_arn
-    row.updated_at = runtime_of(request).clock.now()
-    return {
-        "sendgrid_public_key": row.sendgrid_public_key,
-        "postmark_auth_set": row.postmark_auth is not None,
-        "ses_topic_arn": row.ses_topic_arn,
-    }
+    return ProviderEventsOut(
+        sendgrid_public_key=row.sendgrid_public_key,
+        postmark_auth_set=row.postmark_auth is not None,
+        ses_topic_arn=row.ses_topic_arn,
+    )
 
 
 async def _body(request: Request) -> bytes:
@@ -444,22 +397,13 @@ _POSTMARK_UNAUTHORIZED[401]["headers"] = {
 
 
 async def _apply_events(
-    request: Request, session: Any, tenant_id: str, events: list[pe.AddressEvent], source: str
-) -> dict[str, Any]:
+    request: Request, session: Session, tenant_id: str, events: list[pe.AddressEvent], source: str
+) -> SuppressedOut:
     now = runtime_of(request).clock.now()
-    count = await store.suppress(
-        session, tenant_id, "email", [(e.address, e.reason, e.detail) for e in events], source, now
+    report = await service.apply_provider_events(session, tenant_id, events, source, now)
+    return SuppressedOut(
+        suppressed=report.suppressed, hard_bounces=report.hard_bounces, complaints=report.complaints
     )
-    complaints = sum(e.reason == "complaint" for e in events)
-    bounces = sum(e.reason == "hard_bounce" for e in events)
-    if complaints:
-        COMPLAINTS.labels(tenant_id).inc(complaints)
-    if bounces:
-        BOUNCES.labels(tenant_id).inc(bounces)
-    if complaints:
-        reported, sent = await store.complaint_rate(session, tenant_id, now - COMPLAINT_WINDOW)
-        COMPLAINT_RATE.labels(tenant_id).set(reported / sent if sent else float(reported > 0))
-    return {"suppressed": count, "hard_bounces": bounces, "complaints": complaints}
 
 
 @router.post(
@@ -483,9 +427,9 @@ async def _apply_events(
         ),
     ),
 )
-async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
+async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> SuppressedOut:
     body = await _body(request)
-    settings = await session.get(MessagingTenantSettings, tenant_id)
+    settings = await store.tenant_settings(session, tenant_id)
     key = settings.sendgrid_public_key if settings else None
     if not key or not pe.verify_sendgrid(
         key,
@@ -521,9 +465,9 @@ async def sendgrid_events(tenant_id: Id, request: Request, session: Session) -> 
         ),
     ),
 )
-async def postmark_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
+async def postmark_events(tenant_id: Id, request: Request, session: Session) -> SuppressedOut:
     body = await _body(request)
-    settings = await session.get(MessagingTenantSettings, tenant_id)
+    settings = await store.tenant_settings(session, tenant_id)
     expected = settings.postmark_auth if settings else None
     if not expected or not pe.basic_auth_ok(request.headers.get("authorization"), expected):
         raise Unauthorized(NOT_VERIFIED, headers={"www-authenticate": 'Basic realm="events"'})
@@ -575,7 +519,7 @@ def _twiml(message: str | None = None) -> Response:
 )
 async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> Response:
     body = await _body(request)
-    row = await session.get(MessagingChannel, (tenant_id, "sms"))
+    row = await store.tenant_channel(session, tenant_id, "sms")
     token = row.secret if row is not None and row.provider == "twilio" else None
     # Twilio posts application/x-www-form-urlencoded; parsed here, with every pair kept
     # (the signature covers repeated names too).
@@ -601,25 +545,13 @@ async def twilio_inbound(tenant_id: Id, request: Request, session: Session) -> R
         return _twiml()
     now = runtime_of(request).clock.now()
     if word == "stop":
-        stop = [(sender, "sms_stop", "STOP")]
-        await store.suppress(session, tenant_id, "sms", stop, "twilio", now)
-        # The number's customers are unsubscribed from SMS as by a link, and the rest of
-        # the platform hears it (customer.unsubscribed, channel sms): a journey does not
-        # keep planning texts to someone who said STOP.
-        outbox = runtime_of(request).outbox
-        for customer_id in await store.customers_with_phone(session, tenant_id, sender):
-            await store.unsubscribe(
-                session, outbox, tenant_id=tenant_id, customer_id=customer_id,
-                channel="sms", at=now, emit=True,
-            )  # fmt: skip
+        await service.sms_stop(session, runtime_of(request).outbox, tenant_id, sender, now)
         # Twilio answers STOP itself (Advanced Opt-Out), and carriers allow one reply.
         return _twiml()
     if word == "start":
-        await store.unsuppress(session, tenant_id, "sms", sender, "sms_stop")
-        await store.resubscribe_sms(session, tenant_id, sender, now)
+        await service.sms_start(session, tenant_id, sender, now)
         return _twiml()
-    settings = await session.get(MessagingTenantSettings, tenant_id)
-    shop = (settings.shop_name if settings else None) or "us"
+    shop = await service.shop_name(session, tenant_id) or "us"
     return _twiml(f"Messages from {shop}. Reply STOP to unsubscribe, START to resubscribe.")
 
 
@@ -663,13 +595,15 @@ _CERTIFICATES = sns.CertificateCache()
         ),
     ),
 )
-async def ses_events(tenant_id: Id, request: Request, session: Session) -> dict[str, Any]:
+async def ses_events(
+    tenant_id: Id, request: Request, session: Session
+) -> SuppressedOut | ConfirmedOut:
     body = await _body(request)
     try:
         envelope = sns.parse_envelope(_json(body))
     except sns.EnvelopeError as exc:
         raise Unprocessable(str(exc), field=exc.field) from exc
-    tenant = await session.get(MessagingTenantSettings, tenant_id)
+    tenant = await store.tenant_settings(session, tenant_id)
     if tenant is None or not tenant.ses_topic_arn or envelope.topic_arn != tenant.ses_topic_arn:
         raise Unauthorized(NOT_VERIFIED)
     config = messaging_settings(runtime_of(request))
@@ -681,9 +615,10 @@ async def ses_events(tenant_id: Id, request: Request, session: Session) -> dict[
     if not sns.verify(envelope, pem):
         raise Unauthorized(NOT_VERIFIED)
     if envelope.kind == "SubscriptionConfirmation":
-        return {"confirmed": await _confirm(envelope, config.sns_url_prefix, config.sns_timeout_s)}
+        confirmed = await _confirm(envelope, config.sns_url_prefix, config.sns_timeout_s)
+        return ConfirmedOut(confirmed=confirmed)
     if envelope.kind == "UnsubscribeConfirmation":
-        return {"confirmed": False}
+        return ConfirmedOut(confirmed=False)
     events = sns.ses_events(envelope.message)
     return await _apply_events(request, session, tenant_id, events, "ses")
 

@@ -9,19 +9,17 @@ twice. Redriving its DLQ record instead would be dropped as a duplicate request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Query, Request
-from sqlalchemy import select
 
-from afterglow.journeys.messaging import store
+from afterglow.journeys.messaging import service, store
 from afterglow.journeys.messaging.api import Read, Write
-from afterglow.journeys.messaging.models import Message
+from afterglow.journeys.messaging.responses import FailedMessageOut, FailedMessagesOut
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal
 from afterglow.kit.db import Session
-from afterglow.kit.errors import Conflict, NotFound
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id
 
@@ -32,30 +30,18 @@ _FAILED = {
         {
             "id": "0f3a6c1e-51d2-4c7b-9a8e-6b2d1f0c3e47",
             "customer_id": "cus_42",
+            "request_id": "journeys:check_in:pos:1001",
             "kind": "check_in",
+            "category": "transactional",
             "channel": "email",
+            "status": "failed",
             "reason": "HTTP 500 after 6 attempts",
             "attempts": 6,
+            "created_at": "2026-02-28T09:00:00Z",
             "updated_at": "2026-03-02T14:30:02Z",
         }
     ]
 }
-
-
-def _out(m: Message) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "customer_id": m.customer_id,
-        "request_id": m.request_id,
-        "kind": m.kind,
-        "category": m.category,
-        "channel": m.channel,
-        "status": m.status,
-        "reason": m.reason,
-        "attempts": m.attempts,
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    }
 
 
 @router.get(
@@ -67,14 +53,9 @@ async def failed_messages(
     session: Session,
     principal: Principal = Read,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
-    rows = await session.scalars(
-        select(Message)
-        .where(Message.tenant_id == principal.tenant_id, Message.status == "failed")
-        .order_by(Message.updated_at.desc(), Message.id)
-        .limit(limit)
-    )
-    return {"messages": [_out(m) for m in rows]}
+) -> FailedMessagesOut:
+    rows = await store.failed_messages(session, principal.tenant_id, limit)
+    return FailedMessagesOut(messages=[FailedMessageOut.of(m) for m in rows])
 
 
 @router.post(
@@ -88,22 +69,7 @@ async def failed_messages(
 )
 async def redeliver(
     message_id: Id, request: Request, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
-    m = (
-        await session.scalars(
-            select(Message)
-            .where(Message.tenant_id == principal.tenant_id, Message.id == message_id)
-            .with_for_update()
-        )
-    ).first()
-    if m is None:
-        raise NotFound("no such message", field="message_id")
-    if m.status != "failed":
-        # A second click, or a message already back in the queue: one delivery only.
-        raise Conflict(f"only a failed message is redelivered; this one is {m.status}")
+) -> FailedMessageOut:
     now = runtime_of(request).clock.now()
-    reason = f"redelivered by key {principal.key_id} after: {m.reason}"
-    await store.record(session, m.tenant_id, m.id, now, "redeliver", reason)
-    m.status, m.reason, m.attempts = "queued", reason, 0
-    m.next_attempt_at = m.updated_at = now
-    return _out(m)
+    m = await service.redeliver(session, principal.tenant_id, message_id, principal.key_id, now)
+    return FailedMessageOut.of(m)

@@ -655,3 +655,141 @@ async def scrub_suppression_details(
             tuple_(MessageSuppression.channel, MessageSuppression.address_hash).in_(keys)
         )
     await session.execute(scrub.values(detail=None))
+
+
+# --- what the routes read and write ------------------------------------------------------
+
+
+async def tenant_templates(session: AsyncSession, tenant_id: str) -> list[MessageTemplate]:
+    """The tenant's own templates (every name and channel), in one query."""
+    rows = await session.execute(
+        select(MessageTemplate).where(MessageTemplate.tenant_id == tenant_id)
+    )
+    return list(rows.scalars())
+
+
+async def save_template(
+    session: AsyncSession, tenant_id: str, name: str, template: Template, at: datetime
+) -> None:
+    """Create or overwrite the tenant's template ``name`` for ``template.channel``."""
+    row = await session.get(MessageTemplate, (tenant_id, name, template.channel))
+    if row is None:
+        row = MessageTemplate(
+            tenant_id=tenant_id, name=name, channel=template.channel, updated_at=at
+        )
+        session.add(row)
+    row.subject, row.html, row.text, row.updated_at = (
+        template.subject,
+        template.html,
+        template.text,
+        at,
+    )
+
+
+async def delete_template(session: AsyncSession, tenant_id: str, name: str, channel: str) -> bool:
+    """Drop the tenant's template (the default applies again); whether there was one."""
+    row = await session.get(MessageTemplate, (tenant_id, name, channel))
+    if row is not None:
+        await session.delete(row)
+    return row is not None
+
+
+async def settings_for_update(
+    session: AsyncSession, tenant_id: str, at: datetime
+) -> MessagingTenantSettings:
+    """The tenant's settings row, locked to this transaction; created with the defaults
+    when the tenant has none (two first writes then wait for each other at the insert)."""
+    row = await session.get(MessagingTenantSettings, tenant_id, with_for_update=True)
+    if row is None:
+        row = MessagingTenantSettings(
+            tenant_id=tenant_id,
+            quiet_hours_start="21:00",
+            quiet_hours_end="08:00",
+            frequency_cap=3,
+            frequency_window_days=7,
+            default_channel="email",
+            default_timezone="UTC",
+            updated_at=at,
+        )
+        session.add(row)
+    return row
+
+
+async def customer_messages(
+    session: AsyncSession, tenant_id: str, customer_id: str, limit: int
+) -> list[Message]:
+    """The customer's message log, newest first."""
+    rows = await session.execute(
+        select(Message)
+        .where(Message.tenant_id == tenant_id, Message.customer_id == customer_id)
+        .order_by(Message.created_at.desc(), Message.id)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def decisions_of(
+    session: AsyncSession, tenant_id: str, message_ids: list[str]
+) -> dict[str, list[MessageDecision]]:
+    """message id -> its decisions in the order they were taken, for a page of messages
+    in one query (every id is a key, with no decision an empty list)."""
+    out: dict[str, list[MessageDecision]] = {i: [] for i in message_ids}
+    if not message_ids:
+        return out
+    rows = await session.execute(
+        select(MessageDecision)
+        .where(
+            MessageDecision.tenant_id == tenant_id,
+            MessageDecision.message_id.in_(message_ids),
+        )
+        .order_by(MessageDecision.id)
+    )
+    for d in rows.scalars():
+        out[d.message_id].append(d)
+    return out
+
+
+async def failed_messages(session: AsyncSession, tenant_id: str, limit: int) -> list[Message]:
+    """The tenant's messages that failed for good, newest first."""
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.tenant_id == tenant_id, Message.status == "failed")
+        .order_by(Message.updated_at.desc(), Message.id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def message_for_update(
+    session: AsyncSession, tenant_id: str, message_id: str
+) -> Message | None:
+    """One of the tenant's messages, locked: a redelivery and the dispatcher (or a
+    second click) do not both change it."""
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.tenant_id == tenant_id, Message.id == message_id)
+        .with_for_update()
+    )
+    return rows.first()
+
+
+async def tenant_channel(
+    session: AsyncSession, tenant_id: str, channel: str, *, for_update: bool = False
+) -> MessagingChannel | None:
+    """The tenant's settings of one channel kind (None: the signed webhook)."""
+    return await session.get(MessagingChannel, (tenant_id, channel), with_for_update=for_update)
+
+
+async def tenant_channels(session: AsyncSession, tenant_id: str) -> dict[str, MessagingChannel]:
+    """channel kind -> the tenant's settings of it (a kind without a row is absent)."""
+    rows = await session.execute(
+        select(MessagingChannel).where(MessagingChannel.tenant_id == tenant_id)
+    )
+    return {r.channel: r for r in rows.scalars()}
+
+
+async def delete_channel(session: AsyncSession, tenant_id: str, channel: str) -> None:
+    """Back to the signed webhook for this channel kind."""
+    row = await session.get(MessagingChannel, (tenant_id, channel))
+    if row is not None:
+        await session.delete(row)
