@@ -327,15 +327,13 @@ async def product_reviews(
     ``product`` is its SKU or its platform product id: a review may carry either (a
     variant without SKU, a review imported from a platform), and a shop asks by the one
     it has."""
-    counts = await store.published_rating_counts(session, who.tenant_id, product)
-    average, distribution, total = domain.rating_summary(counts)
-    rows = await store.published_reviews(session, who.tenant_id, product, limit, offset)
+    page = await service.product_reviews(session, who.tenant_id, product, limit, offset)
     return ProductReviews(
         product=product,
-        count=total,
-        average=average,
-        distribution=distribution,
-        reviews=[review_out(r) for r in rows],
+        count=page.total,
+        average=page.average,
+        distribution=page.distribution,
+        reviews=[review_out(r) for r in page.reviews],
     )
 
 

@@ -286,7 +286,7 @@ def _product_key(item: Any) -> str:
     return item.sku or item.product_id or f"line-{item.line_no}"
 
 
-async def _review_context(
+async def _linked_order(
     request: Request, session: Any, token: str
 ) -> tuple[list[str], list[Any]] | HTMLResponse:
     deps = get_deps(request)
@@ -345,7 +345,7 @@ async def _render_reviews(
     responses=openapi.errors(_REVIEWS, _NOT_FOUND, _EXPIRED),
 )
 async def review_form(request: Request, token: str, session: Session) -> HTMLResponse:
-    ctx = await _review_context(request, session, token)
+    ctx = await _linked_order(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx
     return await _render_reviews(session, request, *ctx)
@@ -378,7 +378,7 @@ async def review_form(request: Request, token: str, session: Session) -> HTMLRes
 async def review_submit(request: Request, token: str, session: Session) -> HTMLResponse:
     if (refused := _cross_site(request)) is not None:
         return refused
-    ctx = await _review_context(request, session, token)
+    ctx = await _linked_order(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx
     parts, items = ctx

@@ -526,6 +526,24 @@ def _published_event(review: Review, now: datetime) -> CloudEvent[Any]:
     )
 
 
+@dataclass(frozen=True)
+class ProductReviewPage:
+    total: int  # published reviews of the product, all pages
+    average: float | None
+    distribution: dict[str, int]
+    reviews: list[Review]
+
+
+async def product_reviews(
+    session: AsyncSession, tenant_id: str, product: str, limit: int, offset: int
+) -> ProductReviewPage:
+    """A page of a product's published reviews, with the summary of all of them."""
+    counts = await store.published_rating_counts(session, tenant_id, product)
+    average, distribution, total = domain.rating_summary(counts)
+    rows = await store.published_reviews(session, tenant_id, product, limit, offset)
+    return ProductReviewPage(total, average, distribution, rows)
+
+
 async def moderate_review(
     session: AsyncSession,
     outbox: Outbox,
