@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from afterglow.events import catalog as c
 from afterglow.feedback import api, export, handlers, metrics_api, pages, support
+from afterglow.feedback.deps import build_deps
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
@@ -51,5 +52,6 @@ def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = N
             export_router(SPEC.name, export.collect, erased=export.erased),
         ],
         workers=_workers,
+        build_deps=build_deps,
         clock=clock,
     )

@@ -26,14 +26,13 @@ from afterglow.events.catalog import (
     SurveyRequested,
 )
 from afterglow.feedback import service, support
+from afterglow.feedback.deps import deps_of
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 
 
 def _settings(runtime: Runtime) -> FeedbackSettings:
-    settings = runtime.settings
-    assert isinstance(settings, FeedbackSettings)
-    return settings
+    return deps_of(runtime).settings
 
 
 async def survey_requested(

@@ -18,9 +18,8 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from afterglow.feedback import domain, service
-from afterglow.feedback.settings import FeedbackSettings
+from afterglow.feedback.deps import get_deps
 from afterglow.kit import openapi
-from afterglow.kit.app import Runtime
 from afterglow.kit.db import Session
 from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
 from afterglow.kit.routing import service_router
@@ -92,16 +91,9 @@ def _expired() -> HTMLResponse:
     )
 
 
-def _runtime(request: Request) -> tuple[Runtime, FeedbackSettings]:
-    runtime: Runtime = request.app.state.runtime
-    assert isinstance(runtime.settings, FeedbackSettings)
-    return runtime, runtime.settings
-
-
 def _cross_site(request: Request) -> HTMLResponse | None:
     """A 403 page for a post from another site's page (kit.origin), else None."""
-    _, settings = _runtime(request)
-    refused = cross_site_post(request, settings.public_base_url)
+    refused = cross_site_post(request, get_deps(request).settings.public_base_url)
     if refused is None:
         return None
     return _notice(
@@ -174,11 +166,10 @@ async def survey_form(
         NoControls,
     ] = None,
 ) -> HTMLResponse:
-    runtime, settings = _runtime(request)
+    deps = get_deps(request)
+    settings = deps.settings
     try:
-        survey = await service.load_survey(
-            session, settings, token, runtime.clock.now(), lock=False
-        )
+        survey = await service.load_survey(session, settings, token, deps.clock.now(), lock=False)
     except domain.ExpiredToken:
         return _expired()
     except domain.BadToken:
@@ -240,8 +231,9 @@ def _score_on_scale(raw: str, scale: Any) -> int | None:
 async def survey_answer(request: Request, token: str, session: Session) -> HTMLResponse:
     if (refused := _cross_site(request)) is not None:
         return refused
-    runtime, settings = _runtime(request)
-    now = runtime.clock.now()
+    deps = get_deps(request)
+    settings = deps.settings
+    now = deps.clock.now()
     try:
         survey = await service.load_survey(session, settings, token, now, lock=True)
     except domain.ExpiredToken:
@@ -257,7 +249,7 @@ async def survey_answer(request: Request, token: str, session: Session) -> HTMLR
     try:
         score = int(raw)
         outcome = await service.answer_survey(
-            session, runtime.outbox, settings, survey, score, comment, now
+            session, deps.outbox, settings, survey, score, comment, now
         )
     except (ValueError, domain.InvalidScore):
         return _survey_page(
@@ -294,12 +286,13 @@ def _product_key(item: Any) -> str:
     return item.sku or item.product_id or f"line-{item.line_no}"
 
 
-async def _review_context(
+async def _linked_order(
     request: Request, session: Any, token: str
 ) -> tuple[list[str], list[Any]] | HTMLResponse:
-    runtime, settings = _runtime(request)
+    deps = get_deps(request)
+    settings = deps.settings
     try:
-        parts, _ = domain.verify(settings.feedback_token_secret, "r", token, runtime.clock.now())
+        parts, _ = domain.verify(settings.feedback_token_secret, "r", token, deps.clock.now())
     except domain.ExpiredToken:
         return _expired()
     except domain.BadToken:
@@ -352,7 +345,7 @@ async def _render_reviews(
     responses=openapi.errors(_REVIEWS, _NOT_FOUND, _EXPIRED),
 )
 async def review_form(request: Request, token: str, session: Session) -> HTMLResponse:
-    ctx = await _review_context(request, session, token)
+    ctx = await _linked_order(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx
     return await _render_reviews(session, request, *ctx)
@@ -385,11 +378,12 @@ async def review_form(request: Request, token: str, session: Session) -> HTMLRes
 async def review_submit(request: Request, token: str, session: Session) -> HTMLResponse:
     if (refused := _cross_site(request)) is not None:
         return refused
-    ctx = await _review_context(request, session, token)
+    ctx = await _linked_order(request, session, token)
     if isinstance(ctx, HTMLResponse):
         return ctx
     parts, items = ctx
-    runtime, settings = _runtime(request)
+    deps = get_deps(request)
+    settings = deps.settings
     form = await _form(request, settings.feedback_max_form_bytes)
     if form is None:
         return _notice(413, "That was a little long", "Please shorten your review.")
@@ -410,7 +404,7 @@ async def review_submit(request: Request, token: str, session: Session) -> HTMLR
     tenant, customer, order = parts
     await service.submit_review(
         session,
-        runtime.outbox,
+        deps.outbox,
         tenant,
         service.NewReview(
             customer_id=customer,
@@ -423,7 +417,7 @@ async def review_submit(request: Request, token: str, session: Session) -> HTMLR
             source="page",
             dedupe_key=f"page:{order}:{key}",
         ),
-        runtime.clock.now(),
+        deps.clock.now(),
     )
     return await _render_reviews(
         session, request, parts, items, notice="Thank you for your review!"

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, unnest_insert
 from afterglow.events.catalog import (
     MessageRequested,
     ReviewPublished,
@@ -24,49 +21,12 @@ from afterglow.events.catalog import (
     SurveyResponded,
     SurveySent,
 )
-from afterglow.feedback import domain
-from afterglow.feedback.models import (
-    Order,
-    OrderItem,
-    ReferralLink,
-    Response,
-    Review,
-    SupportTicket,
-    Survey,
-    SurveyReminder,
-    TenantSetting,
-)
+from afterglow.feedback import domain, store
+from afterglow.feedback.models import OrderItem, Response, Review, Survey, TenantSetting
 from afterglow.feedback.settings import FeedbackSettings
 
 SOURCE = "feedback"
 
-# The consumer's multi-row inserts, built (and so compiled and prepared) once.
-SURVEY_COLUMNS = (
-    "id",
-    "tenant_id",
-    "customer_id",
-    "request_id",
-    "kind",
-    "order_id",
-    "ticket_id",
-    "sent_at",
-    "expires_at",
-)
-# One survey per request id, whatever the journey repeats under a new event id; a
-# repeat within the same statement keeps the first row.
-NEW_SURVEYS = (
-    unnest_insert(Survey.__table__, SURVEY_COLUMNS)
-    .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
-    .returning(Survey.id)
-)
-ORDER_COLUMNS = ("tenant_id", "order_id", "customer_id", "placed_at")
-NEW_ORDERS = (
-    unnest_insert(Order.__table__, ORDER_COLUMNS)
-    .on_conflict_do_nothing()
-    .returning(Order.tenant_id, Order.order_id)
-)
-ITEM_COLUMNS = ("tenant_id", "order_id", "line_no", "sku", "product_id", "title")
-NEW_ITEMS = unnest_insert(OrderItem.__table__, ITEM_COLUMNS)
 DEFAULT_NAME = "our shop"
 DEFAULT_COLOR = "#3b5bdb"
 
@@ -79,19 +39,12 @@ class Branding:
 
 
 async def branding(session: AsyncSession, tenant_id: str) -> Branding:
-    return _branding(await session.get(TenantSetting, tenant_id))
+    return _branding(await store.tenant_setting(session, tenant_id))
 
 
 async def brandings(session: AsyncSession, tenant_ids: set[str]) -> dict[str, Branding]:
     """:func:`branding` of several tenants with one query."""
-    rows = {
-        r.tenant_id: r
-        for r in (
-            await session.execute(
-                select(TenantSetting).where(TenantSetting.tenant_id.in_(sorted(tenant_ids)))
-            )
-        ).scalars()
-    }
+    rows = await store.tenant_settings(session, tenant_ids)
     return {t: _branding(rows.get(t)) for t in tenant_ids}
 
 
@@ -150,25 +103,7 @@ async def handle_survey_requested(
         expires_at=now + timedelta(days=settings.feedback_survey_validity_days),
     )
     # One survey per request id, whatever the journey repeats under a new event id.
-    inserted = (
-        await session.execute(
-            pg_insert(Survey)
-            .values(
-                id=survey.id,
-                tenant_id=tenant,
-                customer_id=customer,
-                request_id=survey.request_id,
-                kind=survey.kind,
-                order_id=survey.order_id,
-                ticket_id=survey.ticket_id,
-                sent_at=survey.sent_at,
-                expires_at=survey.expires_at,
-            )
-            .on_conflict_do_nothing(constraint="uq_surveys_tenant_request")
-            .returning(Survey.id)
-        )
-    ).scalar_one_or_none()
-    if inserted is None:
+    if not await store.insert_survey(session, survey):
         return
     await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
 
@@ -200,9 +135,7 @@ async def handle_survey_requests(
         )
         for e in events
     ]
-    rows = [{c: getattr(sv, c) for c in SURVEY_COLUMNS} for sv in surveys]
-    result = await session.execute(NEW_SURVEYS, as_columns(rows, SURVEY_COLUMNS))
-    inserted = set(result.scalars())
+    inserted = await store.insert_surveys(session, surveys)
     created = [sv for sv in surveys if sv.id in inserted]
     if not created:
         return
@@ -211,17 +144,6 @@ async def handle_survey_requests(
     for sv in created:
         out += _survey_events(settings, brands[sv.tenant_id], sv, sv.request_id, False, now)
     await outbox.add(session, *out)
-
-
-async def _reviewed(session: AsyncSession, tenant: str, customer: str, order_id: str) -> bool:
-    found = await session.scalar(
-        select(Review.id)
-        .where(
-            Review.tenant_id == tenant, Review.customer_id == customer, Review.order_id == order_id
-        )
-        .limit(1)
-    )
-    return found is not None
 
 
 async def handle_review_requested(
@@ -235,7 +157,7 @@ async def handle_review_requested(
     message. Ids derive from the request, so a repeated request asks once."""
     data: ReviewRequested = event.data
     tenant, customer = event.tenantid, event.subject
-    if data.reminder and await _reviewed(session, tenant, customer, data.order_id):
+    if data.reminder and await store.has_review_of_order(session, tenant, customer, data.order_id):
         return  # a reminder to someone who already reviewed the order is noise
     brand = await branding(session, tenant)
     token, expires = review_token(settings, tenant, customer, data.order_id, now)
@@ -273,13 +195,7 @@ async def _remind(
     tenant = event.tenantid
     original = None
     if data.reminder_of:
-        original = (
-            await session.execute(
-                select(Survey)
-                .where(Survey.tenant_id == tenant, Survey.request_id == data.reminder_of)
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
+        original = await store.lock_survey_of_request(session, tenant, data.reminder_of)
     if original is None:
         # No survey to remind of (the original was lost or never requested): a reminder
         # is then a plain request; the customer still gets one survey.
@@ -291,21 +207,9 @@ async def _remind(
             now,
         )
         return
-    first = (
-        await session.execute(
-            pg_insert(SurveyReminder)
-            .values(
-                tenant_id=tenant,
-                request_id=data.request_id,
-                survey_id=original.id,
-                requested_at=now,
-            )
-            .on_conflict_do_nothing()
-            .returning(SurveyReminder.request_id)
-        )
-    ).scalar_one_or_none()
+    first = await store.insert_reminder(session, tenant, data.request_id, original.id, now)
     # Answered or expired surveys get no reminder: nagging someone who answered is noise.
-    if first is None or original.first_answered_at is not None or original.expires_at <= now:
+    if not first or original.first_answered_at is not None or original.expires_at <= now:
         return
     original.reminders_sent += 1
     await _send(session, outbox, settings, original, data.request_id, reminder=True, now=now)
@@ -385,10 +289,7 @@ async def load_survey(
     if len(parts) != 2:
         raise domain.BadToken("wrong shape")
     tenant, survey_id = parts
-    stmt = select(Survey).where(Survey.tenant_id == tenant, Survey.id == survey_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    survey = (await session.execute(stmt)).scalar_one_or_none()
+    survey = await store.survey(session, tenant, survey_id, lock=lock)
     if survey is None:
         raise domain.BadToken("unknown survey")
     if survey.expires_at <= now:
@@ -397,15 +298,7 @@ async def load_survey(
 
 
 async def current_answer(session: AsyncSession, survey: Survey) -> Response | None:
-    return (
-        await session.execute(
-            select(Response).where(
-                Response.tenant_id == survey.tenant_id,
-                Response.survey_id == survey.id,
-                Response.superseded.is_(False),
-            )
-        )
-    ).scalar_one_or_none()
+    return await store.current_response(session, survey)
 
 
 @dataclass(frozen=True)
@@ -437,8 +330,7 @@ async def answer_survey(
         raise domain.AnswerLocked("the answer can no longer be changed")
     is_update = previous is not None
     if previous is not None:
-        previous.superseded = True
-        await session.flush()
+        await store.supersede(session, previous)
     row = Response(
         tenant_id=survey.tenant_id,
         survey_id=survey.id,
@@ -450,11 +342,10 @@ async def answer_survey(
         source="page",
         responded_at=now,
     )
-    session.add(row)
     if survey.first_answered_at is None:
         survey.first_answered_at = now
     survey.last_answered_at = now
-    await session.flush()
+    await store.add(session, row)
     await outbox.add(
         session,
         CloudEvent.new(
@@ -479,7 +370,7 @@ async def answer_survey(
 
 
 async def referral_link(session: AsyncSession, tenant_id: str, customer_id: str) -> str | None:
-    row = await session.get(ReferralLink, (tenant_id, customer_id))
+    row = await store.referral_link(session, tenant_id, customer_id)
     return row.share_url if row else None
 
 
@@ -500,36 +391,19 @@ async def record_external(
     """Store an answer collected elsewhere; returns (response id, created). A repeated
     external id returns the first answer untouched."""
     band = domain.band(answer.kind, domain.check_score(answer.kind, answer.score))
-    new_id = (
-        await session.execute(
-            pg_insert(Response)
-            .values(
-                tenant_id=tenant_id,
-                customer_id=answer.customer_id,
-                kind=answer.kind,
-                score=answer.score,
-                comment=answer.comment,
-                order_id=answer.order_id,
-                source="api",
-                external_id=answer.external_id,
-                responded_at=answer.responded_at,
-            )
-            .on_conflict_do_nothing(
-                index_elements=["tenant_id", "external_id"],
-                index_where=Response.external_id.isnot(None),
-            )
-            .returning(Response.id)
-        )
-    ).scalar_one_or_none()
+    new_id = await store.insert_external_response(
+        session,
+        tenant_id,
+        external_id=answer.external_id,
+        customer_id=answer.customer_id,
+        kind=answer.kind,
+        score=answer.score,
+        comment=answer.comment,
+        order_id=answer.order_id,
+        responded_at=answer.responded_at,
+    )
     if new_id is None:
-        existing = (
-            await session.execute(
-                select(Response.id).where(
-                    Response.tenant_id == tenant_id, Response.external_id == answer.external_id
-                )
-            )
-        ).scalar_one()
-        return existing, False
+        return await store.external_response_id(session, tenant_id, answer.external_id), False
     await outbox.add(
         session,
         CloudEvent.new(
@@ -558,15 +432,10 @@ async def order_items(
     session: AsyncSession, tenant_id: str, customer_id: str, order_id: str
 ) -> list[OrderItem] | None:
     """The items of an order if it was seen for this customer, else None."""
-    order = await session.get(Order, (tenant_id, order_id))
+    order = await store.order(session, tenant_id, order_id)
     if order is None or order.customer_id != customer_id:
         return None
-    rows = await session.execute(
-        select(OrderItem)
-        .where(OrderItem.tenant_id == tenant_id, OrderItem.order_id == order_id)
-        .order_by(OrderItem.line_no)
-    )
-    return list(rows.scalars())
+    return await store.items_of_order(session, tenant_id, order_id)
 
 
 @dataclass(frozen=True)
@@ -587,13 +456,7 @@ async def submit_review(
 ) -> tuple[Review, bool]:
     """Moderate, store and announce a review; returns (review, created)."""
     if new.dedupe_key is not None:
-        existing = (
-            await session.execute(
-                select(Review).where(
-                    Review.tenant_id == tenant_id, Review.dedupe_key == new.dedupe_key
-                )
-            )
-        ).scalar_one_or_none()
+        existing = await store.review_by_dedupe_key(session, tenant_id, new.dedupe_key)
         if existing is not None:
             return existing, False
     verified = False
@@ -620,10 +483,9 @@ async def submit_review(
         moderated_at=now if verdict.status != "pending" else None,
         published_at=now if verdict.status == "published" else None,
     )
-    session.add(review)
     # A concurrent submission with the same dedupe key fails here on the unique index
     # and the whole transaction rolls back: no half-stored review.
-    await session.flush()
+    await store.add(session, review)
     events: list[CloudEvent[Any]] = [
         CloudEvent.new(
             ReviewSubmitted(
@@ -664,6 +526,24 @@ def _published_event(review: Review, now: datetime) -> CloudEvent[Any]:
     )
 
 
+@dataclass(frozen=True)
+class ProductReviewPage:
+    total: int  # published reviews of the product, all pages
+    average: float | None
+    distribution: dict[str, int]
+    reviews: list[Review]
+
+
+async def product_reviews(
+    session: AsyncSession, tenant_id: str, product: str, limit: int, offset: int
+) -> ProductReviewPage:
+    """A page of a product's published reviews, with the summary of all of them."""
+    counts = await store.published_rating_counts(session, tenant_id, product)
+    average, distribution, total = domain.rating_summary(counts)
+    rows = await store.published_reviews(session, tenant_id, product, limit, offset)
+    return ProductReviewPage(total, average, distribution, rows)
+
+
 async def moderate_review(
     session: AsyncSession,
     outbox: Outbox,
@@ -673,13 +553,7 @@ async def moderate_review(
     reason: str | None,
     now: datetime,
 ) -> Review | None:
-    review = (
-        await session.execute(
-            select(Review)
-            .where(Review.tenant_id == tenant_id, Review.id == review_id)
-            .with_for_update()
-        )
-    ).scalar_one_or_none()
+    review = await store.lock_review(session, tenant_id, review_id)
     if review is None:
         return None
     review.status = status
@@ -688,7 +562,7 @@ async def moderate_review(
     if status == "published" and review.published_at is None:
         review.published_at = now
         await outbox.add(session, _published_event(review, now))
-    await session.flush()
+    await store.flush(session)
     return review
 
 
@@ -703,29 +577,10 @@ async def remember_order(
     placed_at: datetime,
     items: list[dict[str, str | None]],
 ) -> None:
-    inserted = (
-        await session.execute(
-            pg_insert(Order)
-            .values(
-                tenant_id=tenant_id,
-                order_id=order_id,
-                customer_id=customer_id,
-                placed_at=placed_at,
-            )
-            .on_conflict_do_nothing()
-            .returning(Order.order_id)
-        )
-    ).scalar_one_or_none()
-    if inserted is None or not items:
+    inserted = await store.insert_order(session, tenant_id, order_id, customer_id, placed_at)
+    if not inserted or not items:
         return
-    await session.execute(
-        pg_insert(OrderItem).values(
-            [
-                {"tenant_id": tenant_id, "order_id": order_id, "line_no": i, **item}
-                for i, item in enumerate(items)
-            ]
-        )
-    )
+    await store.insert_order_items(session, tenant_id, order_id, items)
 
 
 @dataclass(frozen=True)
@@ -752,8 +607,7 @@ async def remember_orders(session: AsyncSession, orders: list[PlacedOrder]) -> N
         }
         for o in orders
     ]
-    result = await session.execute(NEW_ORDERS, as_columns(rows, ORDER_COLUMNS))
-    new = {(r.tenant_id, r.order_id) for r in result}
+    new = await store.insert_orders(session, rows)
     items = []
     for o in orders:
         if (o.tenant_id, o.order_id) not in new:
@@ -764,24 +618,16 @@ async def remember_orders(session: AsyncSession, orders: list[PlacedOrder]) -> N
             for i, item in enumerate(o.items)
         ]
     if items:
-        await session.execute(NEW_ITEMS, as_columns(items, ITEM_COLUMNS))
+        await store.insert_items(session, items)
 
 
 async def save_referral_link(
     session: AsyncSession, tenant_id: str, customer_id: str, code: str, url: str, at: datetime
 ) -> None:
-    stmt = pg_insert(ReferralLink).values(
-        tenant_id=tenant_id, customer_id=customer_id, code=code, share_url=url, issued_at=at
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "customer_id"],
-            set_={"code": code, "share_url": url, "issued_at": at},
-        )
-    )
+    await store.save_referral_link(session, tenant_id, customer_id, code, url, at)
 
 
-ERASED = "erased"
+ERASED = store.ERASED  # the customer id of erased rows
 
 
 async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None) -> None:
@@ -789,44 +635,8 @@ async def erase(session: AsyncSession, tenant_id: str, customer_id: str | None) 
     link between customer and rows); keep scores and ratings so aggregates stay true.
     ``customer_id=None`` erases the whole tenant."""
 
-    def who(model: Any) -> list[Any]:
-        conds = [model.tenant_id == tenant_id]
-        if customer_id is not None:
-            conds.append(model.customer_id == customer_id)
-        return conds
-
-    await session.execute(
-        update(Response).where(*who(Response)).values(comment=None, customer_id=ERASED)
-    )
-    await session.execute(update(Survey).where(*who(Survey)).values(customer_id=ERASED))
-    await session.execute(
-        update(Review).where(*who(Review)).values(title=None, body=None, customer_id=ERASED)
-    )
-    await session.execute(update(Order).where(*who(Order)).values(customer_id=ERASED))
-    await session.execute(ReferralLink.__table__.delete().where(*who(ReferralLink)))
-    # A ticket's times stay (support metrics); its CSAT is no longer asked of anyone.
-    await session.execute(
-        update(SupportTicket)
-        .where(*who(SupportTicket))
-        .values(
-            customer_id=ERASED,
-            csat_status=case(
-                (SupportTicket.csat_status == "due", "skipped"), else_=SupportTicket.csat_status
-            ),
-            csat_reason=case(
-                (SupportTicket.csat_status == "due", "the customer was erased"),
-                else_=SupportTicket.csat_reason,
-            ),
-        )
-    )
+    await store.erase(session, tenant_id, customer_id)
 
 
 async def reviewed_keys(session: AsyncSession, tenant_id: str, order_id: str) -> set[str]:
-    rows = await session.execute(
-        select(Review.dedupe_key).where(
-            Review.tenant_id == tenant_id,
-            Review.order_id == order_id,
-            Review.dedupe_key.startswith(f"page:{order_id}:", autoescape=True),
-        )
-    )
-    return {r for r in rows.scalars() if r}
+    return await store.reviewed_keys(session, tenant_id, order_id)

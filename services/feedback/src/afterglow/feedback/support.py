@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, on_batch
 from afterglow.events.catalog import SurveyRequested, TicketOpened, TicketResolved, TicketUpdated
 from afterglow.feedback import service, tickets
+from afterglow.feedback.deps import deps_of
 from afterglow.feedback.models import SupportTicket, Survey
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
@@ -265,6 +266,4 @@ async def support_metrics(
 
 
 def _settings(runtime: Runtime) -> FeedbackSettings:
-    settings = runtime.settings
-    assert isinstance(settings, FeedbackSettings)
-    return settings
+    return deps_of(runtime).settings
