@@ -89,6 +89,15 @@ class TestExternalAnswers:
         assert repeat.status_code == 200
         assert repeat.json() == {**answer, "created": False}
 
+    async def test_a_repeat_with_another_score_answers_the_first_answers_band(self, fb, tenant_id):
+        h = await fb.key(tenant_id)
+        ext = f"typeform-{uuid.uuid4().hex[:6]}"
+        body = {"external_id": ext, "customer_id": "c-1", "kind": "nps", "score": 9}
+        first = await fb.client.post("/v1/survey-responses", json=body, headers=h)
+        changed = await fb.client.post("/v1/survey-responses", json={**body, "score": 2}, headers=h)
+        assert first.status_code == 201 and changed.status_code == 200
+        assert changed.json() == {**first.json(), "created": False}  # promoter, not detractor
+
 
 class TestMetricsAnswers:
     async def test_keys_in_order_and_nulls_for_an_empty_window(self, fb, tenant_id):

@@ -110,7 +110,7 @@ async def record_response(
         domain.check_score(body.kind, body.score)
     except domain.InvalidScore as exc:
         raise Unprocessable(str(exc), field="score") from exc
-    response_id, created = await service.record_external(
+    response_id, band, created = await service.record_external(
         session,
         deps.outbox,
         who.tenant_id,
@@ -128,7 +128,7 @@ async def record_response(
     return ExternalResponseOut(
         id=response_id,
         external_id=body.external_id,
-        band=domain.band(body.kind, body.score),
+        band=band,
         created=created,
     )
 

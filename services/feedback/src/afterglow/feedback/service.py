@@ -387,9 +387,9 @@ class ExternalAnswer:
 
 async def record_external(
     session: AsyncSession, outbox: Outbox, tenant_id: str, answer: ExternalAnswer
-) -> tuple[int, bool]:
-    """Store an answer collected elsewhere; returns (response id, created). A repeated
-    external id returns the first answer untouched."""
+) -> tuple[int, str, bool]:
+    """Store an answer collected elsewhere; returns (response id, its band, created). A
+    repeated external id returns the first answer untouched, and that answer's band."""
     band = domain.band(answer.kind, domain.check_score(answer.kind, answer.score))
     new_id = await store.insert_external_response(
         session,
@@ -403,7 +403,10 @@ async def record_external(
         responded_at=answer.responded_at,
     )
     if new_id is None:
-        return await store.external_response_id(session, tenant_id, answer.external_id), False
+        first_id, kind, score = await store.external_response(
+            session, tenant_id, answer.external_id
+        )
+        return first_id, domain.band(kind, score), False
     await outbox.add(
         session,
         CloudEvent.new(
@@ -422,7 +425,7 @@ async def record_external(
             id=derived_event_id(SOURCE, "responded-ext", tenant_id, answer.external_id),
         ),
     )
-    return new_id, True
+    return new_id, band, True
 
 
 # --- reviews --------------------------------------------------------------------------

@@ -231,14 +231,18 @@ async def insert_external_response(
     ).scalar_one_or_none()
 
 
-async def external_response_id(session: AsyncSession, tenant_id: str, external_id: str) -> int:
-    return (
+async def external_response(
+    session: AsyncSession, tenant_id: str, external_id: str
+) -> tuple[int, str, int]:
+    """The stored answer of an external id: (response id, kind, score)."""
+    row = (
         await session.execute(
-            select(Response.id).where(
+            select(Response.id, Response.kind, Response.score).where(
                 Response.tenant_id == tenant_id, Response.external_id == external_id
             )
         )
-    ).scalar_one()
+    ).one()
+    return row.id, row.kind, row.score
 
 
 # --- reviews --------------------------------------------------------------------------
