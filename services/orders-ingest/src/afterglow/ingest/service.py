@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from afterglow.ingest import bigcommerce, domain, identity, intake, store
 from afterglow.ingest.payloads import parse_payload
 from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.kit.app import Runtime
-from afterglow.kit.db import Session
 from afterglow.kit.errors import NotFound, Unprocessable
 
 
@@ -21,7 +22,7 @@ class Replayed:
 
 
 async def replay_delivery(
-    session: Session, rt: Runtime, tenant_id: str, delivery_id: str
+    session: AsyncSession, rt: Runtime, tenant_id: str, delivery_id: str
 ) -> Replayed:
     """Normalize a stored delivery again and emit its events (with their derived ids,
     so services that applied them drop the repeat); a BigCommerce order delivery is
