@@ -1,6 +1,7 @@
-"""Every SQL statement of the referrals service, for its use cases (service.py) and its
-routes (api.py, review_queue.py). Nothing here commits: each function runs in the
-caller's transaction; the locks it takes are held until that transaction ends."""
+"""The SQL of the referrals service's use cases (service.py) and routes (api.py,
+review_queue.py); the period metrics keep their GROUP BYs in metrics.py and the data
+export reads through afterglow.kit.export. Nothing here commits: each function runs in
+the caller's transaction, and the locks it takes are held until that transaction ends."""
 
 from __future__ import annotations
 
