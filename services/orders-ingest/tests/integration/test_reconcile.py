@@ -80,6 +80,22 @@ class TestShopifyReconciliation:
         assert r.status_code == 200
         assert "401" in r.json()["error"]
 
+    async def test_without_a_connection_answers_the_reason_alone(self, client, tenant_id):
+        # Nothing polled, so no counts: the answer is the reason and nothing else (the
+        # documented model is counts or this reason, so no null counts may appear).
+        await register(client, tenant_id)
+        r = await client.post(f"/admin/tenants/{tenant_id}/reconcile/shopify", headers=ADMIN)
+        assert r.status_code == 200
+        assert r.json() == {"error": "no connection"}
+
+    async def test_counts_keep_a_null_error(self, client, fake, tenant_id):
+        await register(client, tenant_id)
+        await connect(client, tenant_id, "shopify", fake.url, tenant_id)
+        fake.shopify[tenant_id] = []
+        r = await client.post(f"/admin/tenants/{tenant_id}/reconcile/shopify", headers=ADMIN)
+        assert r.status_code == 200
+        assert r.json() == {"seen": 0, "new_deliveries": 0, "events": 0, "error": None}
+
     async def test_private_api_base_is_refused_in_production(
         self, client, runtime, fake, tenant_id
     ):

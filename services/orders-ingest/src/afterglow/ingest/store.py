@@ -1,17 +1,19 @@
-"""SQL of the internal REST API's Idempotency-Key store: a key is claimed with the
-request's digest in the request's transaction, and its answer recorded there too, so a
-retried request gets the first answer and a reused key with another body a 409."""
+"""SQL the routes need, out of the route modules: the internal REST API's
+Idempotency-Key store (a key is claimed with the request's digest in the request's
+transaction, and its answer recorded there too, so a retried request gets the first
+answer and a reused key with another body a 409), the operators' reads of stored
+deliveries, and a tenant's API keys for its own keys admin."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Row, Table, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import IdempotencyKey
+from afterglow.ingest.models import Delivery, IdempotencyKey
 
 
 async def claim_idempotency_key(
@@ -52,3 +54,79 @@ async def record_idempotent_answer(
         .where(IdempotencyKey.tenant_id == tenant, IdempotencyKey.key == key)
         .values(status_code=status_code, response=response)
     )
+
+
+# --- stored deliveries, for operators (api.operators) ---------------------------------
+
+
+async def page_of_deliveries(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    status: str | None,
+    topic: str | None,
+    platform: str | None,
+    received_from: datetime | None,
+    received_before: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Delivery]:
+    """Up to ``limit`` of the tenant's deliveries matching the filters, newest first
+    (receiving time, then id), those after ``after`` (a page's last (received_at, id))."""
+    q = select(Delivery).where(Delivery.tenant_id == tenant_id)
+    if status:
+        q = q.where(Delivery.status == status)
+    if topic:
+        q = q.where(Delivery.topic == topic)
+    if platform:
+        q = q.where(Delivery.platform == platform)
+    if received_from:
+        q = q.where(Delivery.received_at >= received_from)
+    if received_before:
+        q = q.where(Delivery.received_at < received_before)
+    if after:
+        at, did = after
+        q = q.where(
+            or_(Delivery.received_at < at, and_(Delivery.received_at == at, Delivery.id < did))
+        )
+    rows = await session.execute(
+        q.order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def delivery_of_tenant(
+    session: AsyncSession, tenant_id: str, delivery_id: str, *, lock: bool = False
+) -> Delivery | None:
+    """One of the tenant's deliveries; ``lock``: its row locked until the transaction
+    ends (a replay, so two replays of one delivery do not emit and count twice)."""
+    q = select(Delivery).where(Delivery.tenant_id == tenant_id, Delivery.id == delivery_id)
+    if lock:
+        q = q.with_for_update()
+    return (await session.execute(q)).scalar()
+
+
+# --- the tenant's API keys, for its own keys admin (api.tenant_keys) --------------------
+
+
+async def api_keys_of_tenant(session: AsyncSession, table: Table, tenant_id: str) -> list[Row[Any]]:
+    """Every key of the tenant (the hash table's rows), newest first, revoked ones too."""
+    rows = await session.execute(
+        select(table)
+        .where(table.c.tenant_id == tenant_id)
+        .order_by(table.c.issued_at.desc(), table.c.key_id)
+    )
+    return list(rows)
+
+
+async def api_key_scopes(
+    session: AsyncSession, table: Table, tenant_id: str, key_id: str
+) -> Row[Any, Any] | None:
+    """A key's ``scopes`` and ``revoked_at``; None when the tenant has no such key."""
+    return (
+        await session.execute(
+            select(table.c.scopes, table.c.revoked_at).where(
+                table.c.key_id == key_id, table.c.tenant_id == tenant_id
+            )
+        )
+    ).first()

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import distinct, func, select
 
 from afterglow.events import derived_event_id
 from afterglow.events.catalog import MAX_MINOR_UNITS
@@ -20,9 +19,9 @@ from afterglow.kit.db import Session
 from afterglow.kit.errors import Conflict, NotFound, Unprocessable
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline
-from afterglow.referrals import domain
+from afterglow.referrals import domain, store
 from afterglow.referrals.deps import ReferralsDeps, get_deps
-from afterglow.referrals.models import Code, Order, Referral
+from afterglow.referrals.models import Code, Referral
 from afterglow.referrals.service import ReferralService, reward_columns
 
 router = service_router(prefix="/v1", tags=["referrals"])
@@ -210,13 +209,7 @@ async def advocate_referrals(
 ) -> AdvocateReferralsOut:
     t = principal.tenant_id
     code = await svc.code_of_advocate(session, t, customer)
-    rows = (
-        await session.scalars(
-            select(Referral)
-            .where(Referral.tenant_id == t, Referral.advocate_customer_id == customer)
-            .order_by(Referral.placed_at)
-        )
-    ).all()
+    rows = await store.referrals_of_advocate(session, t, customer)
     if code is None and not rows:
         raise NotFound("this customer has no referral code", field="customer")
     return AdvocateReferralsOut(
@@ -265,7 +258,7 @@ async def attribute(
     code = await svc.find_code(session, t, body.code)
     if code is None:
         raise NotFound("no such referral code", field="code")
-    order = await session.get(Order, (t, body.order_id))
+    order = await store.order_of_tenant(session, t, body.order_id)
     if order is None:
         raise NotFound("no order.placed seen for this order yet", field="order_id")
     if await svc.referral_for_order(session, t, body.order_id) is not None:
@@ -305,13 +298,7 @@ async def review(
     session: Session,
     svc: Svc,
 ) -> ReferralOut:
-    referral = (
-        await session.scalars(
-            select(Referral)
-            .where(Referral.tenant_id == principal.tenant_id, Referral.id == referral_id)
-            .with_for_update()
-        )
-    ).first()
+    referral = await store.locked_referral(session, principal.tenant_id, referral_id)
     if referral is None:
         raise NotFound("no such referral", field="referral_id")
     if referral.state != "held":
@@ -539,55 +526,18 @@ class MetricsOut(BaseModel):
 
 @router.get("/metrics", summary="Program metrics")
 async def metrics(principal: Reader, session: Session) -> MetricsOut:
-    t = principal.tenant_id
-    invited = await session.scalar(select(func.count()).where(Code.tenant_id == t)) or 0
-    by_state: dict[str, int] = dict(
-        (
-            await session.execute(
-                select(Referral.state, func.count())
-                .where(Referral.tenant_id == t)
-                .group_by(Referral.state)
-            )
-        ).all()
-    )
-    converting = (
-        await session.scalar(
-            select(func.count(distinct(Referral.advocate_customer_id))).where(
-                Referral.tenant_id == t, Referral.state == "confirmed"
-            )
-        )
-        or 0
-    )
-    reasons: dict[str | None, int] = dict(
-        (
-            await session.execute(
-                select(Referral.reason, func.count())
-                .where(Referral.tenant_id == t, Referral.state == "rejected")
-                .group_by(Referral.reason)
-            )
-        ).all()
-    )
-    revenue: dict[str, dict[str, int]] = {"confirmed": {}, "open": {}}
-    for state, currency, amount in (
-        await session.execute(
-            select(Referral.state, Referral.currency, func.sum(Referral.order_total))
-            .where(Referral.tenant_id == t, Referral.state != "rejected")
-            .group_by(Referral.state, Referral.currency)
-        )
-    ).all():
-        bucket = revenue["confirmed" if state == "confirmed" else "open"]
-        bucket[currency] = bucket.get(currency, 0) + int(amount)
+    counts = await store.program_counts(session, principal.tenant_id)
     return MetricsOut(
-        invited=invited,
-        advocates_converting=converting,
-        conversions=by_state.get("confirmed", 0),
-        pending=by_state.get("pending", 0),
-        held=by_state.get("held", 0),
-        rejected=by_state.get("rejected", 0),
-        rejection_reasons={str(k): v for k, v in reasons.items()},
-        referral_rate=domain.referral_rate(converting, invited),
-        revenue=revenue["confirmed"],
-        pending_revenue=revenue["open"],
+        invited=counts.invited,
+        advocates_converting=counts.advocates_converting,
+        conversions=counts.by_state.get("confirmed", 0),
+        pending=counts.by_state.get("pending", 0),
+        held=counts.by_state.get("held", 0),
+        rejected=counts.by_state.get("rejected", 0),
+        rejection_reasons={str(k): v for k, v in counts.rejection_reasons.items()},
+        referral_rate=domain.referral_rate(counts.advocates_converting, counts.invited),
+        revenue=counts.revenue,
+        pending_revenue=counts.pending_revenue,
     )
 
 

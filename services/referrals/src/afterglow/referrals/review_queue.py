@@ -9,13 +9,12 @@ from typing import Annotated, Literal
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from afterglow.kit import openapi
 from afterglow.kit.db import Session
 from afterglow.kit.routing import service_router
+from afterglow.referrals import store
 from afterglow.referrals.api import Reader, ReferralOut
-from afterglow.referrals.models import Referral
 
 router = service_router(prefix="/v1", tags=["referrals"])
 
@@ -59,12 +58,7 @@ async def referrals_in_state(
     state: Literal["held"] = "held",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> ReferralList:
-    rows = await session.scalars(
-        select(Referral)
-        .where(Referral.tenant_id == principal.tenant_id, Referral.state == state)
-        .order_by(Referral.placed_at, Referral.id)
-        .limit(limit)
-    )
+    rows = await store.referrals_in_state(session, principal.tenant_id, state, limit)
     return ReferralList(
         referrals=[ReferralOut.model_validate(r, from_attributes=True) for r in rows]
     )

@@ -13,10 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, Text, column, func, or_, select, tuple_, update, values
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import (
@@ -29,15 +26,13 @@ from afterglow.events.catalog import (
     ReferralConverted,
     ReferralRejected,
 )
-from afterglow.events.privacy import is_pseudonym, pseudonym
+from afterglow.events.privacy import is_pseudonym
 from afterglow.kit.clock import Clock
-from afterglow.referrals import domain, rewards
+from afterglow.referrals import domain, rewards, store
 from afterglow.referrals.models import Code, Order, Referral, TenantSettings
 from afterglow.referrals.settings import ReferralsSettings
 
 SOURCE = "referrals"
-LIVE_STATES = ("pending", "held", "confirmed")
-OPEN_STATES = ("pending", "held")
 CODE_ATTEMPTS = 8
 # Customers pseudonymized per statement in a tenant-wide erasure (two binds each).
 ERASE_BATCH = 1000
@@ -135,13 +130,13 @@ class ReferralService:
         return self.defaults(tenant_id).overridden_by(own)
 
     async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
-        return self._policy_of(tenant_id, await session.get(TenantSettings, tenant_id))
+        return self._policy_of(tenant_id, await store.tenant_settings(session, tenant_id))
 
     async def landing_url(self, session: AsyncSession, tenant_id: str) -> str | None:
         """Where a friend who followed this service's share link goes: the shop URL the
         tenant set (links issued before it did still come here), else the operator's
         REFERRALS_SHOP_URL; None when neither is known."""
-        row = await session.get(TenantSettings, tenant_id)
+        row = await store.tenant_settings(session, tenant_id)
         own = row.share_base_url if row is not None else None
         if own and not own.startswith(self.own_share_base_url(tenant_id)):
             return own
@@ -160,17 +155,7 @@ class ReferralService:
             raise ValueError(f"not tenant settings: {sorted(unknown)}")
         if not changes:
             return await self.policy(session, tenant_id)
-        stmt = pg_insert(TenantSettings).values(
-            tenant_id=tenant_id, updated_at=self.clock.now(), **changes
-        )
-        row = await session.scalar(
-            stmt.on_conflict_do_update(
-                index_elements=["tenant_id"],
-                set_={name: stmt.excluded[name] for name in [*changes, "updated_at"]},
-            )
-            .returning(TenantSettings)
-            .execution_options(populate_existing=True)
-        )
+        row = await store.upsert_tenant_settings(session, tenant_id, changes, self.clock.now())
         return self._policy_of(tenant_id, row)
 
     # --- codes --------------------------------------------------------------------
@@ -191,39 +176,18 @@ class ReferralService:
             for t, c in codes
             if domain.is_code_shaped(domain.normalize_code(c))
         }
-        conds = []
-        if wanted:
-            conds.append(tuple_(Code.tenant_id, Code.code).in_(sorted(wanted)))
-        if advocates:
-            conds.append(tuple_(Code.tenant_id, Code.advocate_customer_id).in_(sorted(advocates)))
-        if not conds:
-            return
-        await session.execute(
-            select(Code.id).where(or_(*conds)).order_by(Code.tenant_id, Code.id).with_for_update()
-        )
+        await store.lock_codes(session, wanted, advocates)
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
     ) -> Code | None:
-        return (
-            await session.scalars(
-                select(Code).where(
-                    Code.tenant_id == tenant_id, Code.advocate_customer_id == advocate
-                )
-            )
-        ).first()
+        return await store.code_of_advocate(session, tenant_id, advocate)
 
     async def find_code(self, session: AsyncSession, tenant_id: str, raw: str) -> Code | None:
         code = domain.normalize_code(raw)
         if not domain.is_code_shaped(code):
             return None
-        return (
-            await session.scalars(
-                select(Code).where(
-                    Code.tenant_id == tenant_id, Code.code == code, Code.deactivated_at.is_(None)
-                )
-            )
-        ).first()
+        return await store.active_code(session, tenant_id, code)
 
     async def issue_code(
         self,
@@ -247,23 +211,18 @@ class ReferralService:
                 code = existing
                 break
             candidate = domain.generate_code(self.settings.referrals_code_length)
-            inserted = await session.scalar(
-                pg_insert(Code)
-                .values(
-                    id=str(uuid.uuid4()),
-                    tenant_id=tenant_id,
-                    advocate_customer_id=advocate,
-                    code=candidate,
-                    source=source,
-                    issued_at=self.clock.now(),
-                    invited_at=invited_at,
-                    invitations=1 if source == "invited" else 0,
-                )
-                .on_conflict_do_nothing()
-                .returning(Code.id)
+            inserted = await store.insert_code_if_free(
+                session,
+                tenant_id=tenant_id,
+                advocate=advocate,
+                code=candidate,
+                source=source,
+                issued_at=self.clock.now(),
+                invited_at=invited_at,
+                invitations=1 if source == "invited" else 0,
             )
             if inserted is not None:
-                code = await session.get_one(Code, inserted)
+                code = inserted
                 created = True
                 break
             # Either another transaction issued this advocate's code (found by the next
@@ -309,22 +268,7 @@ class ReferralService:
     async def remember_order(
         self, session: AsyncSession, tenant_id: str, customer_id: str, data: OrderPlaced
     ) -> Order:
-        await session.execute(
-            pg_insert(Order)
-            .values(
-                tenant_id=tenant_id,
-                order_id=data.order_id,
-                customer_id=customer_id,
-                placed_at=data.placed_at,
-                total_amount=data.total.amount,
-                currency=data.total.currency,
-                email_hash=data.customer.email_hash or domain.contact_hash(data.customer.email),
-                phone_hash=data.customer.phone_hash or domain.contact_hash(data.customer.phone),
-                shipping_address_hash=data.shipping_address_hash,
-            )
-            .on_conflict_do_nothing()
-        )
-        return await session.get_one(Order, (tenant_id, data.order_id))
+        return await store.remember_order(session, tenant_id, customer_id, data)
 
     async def code_for_order(
         self, session: AsyncSession, tenant_id: str, data: OrderPlaced
@@ -338,17 +282,7 @@ class ReferralService:
         candidates = {domain.normalize_code(c) for c in data.discount_codes}
         candidates = {c for c in candidates if domain.is_code_shaped(c)}
         if candidates:
-            found = (
-                await session.scalars(
-                    select(Code)
-                    .where(
-                        Code.tenant_id == tenant_id,
-                        Code.code.in_(candidates),
-                        Code.deactivated_at.is_(None),
-                    )
-                    .order_by(Code.code)
-                )
-            ).first()
+            found = await store.first_active_code_among(session, tenant_id, candidates)
             if found is not None:
                 return found, "discount_code"
         return None
@@ -356,13 +290,7 @@ class ReferralService:
     async def _identity(
         self, session: AsyncSession, tenant_id: str, customer: str
     ) -> domain.Identity:
-        rows = (
-            await session.execute(
-                select(Order.email_hash, Order.phone_hash, Order.shipping_address_hash).where(
-                    Order.tenant_id == tenant_id, Order.customer_id == customer
-                )
-            )
-        ).all()
+        rows = await store.contact_hashes_of_customer(session, tenant_id, customer)
         return domain.Identity(
             customer_id=customer,
             email_hashes=frozenset(r.email_hash for r in rows if r.email_hash),
@@ -380,37 +308,29 @@ class ReferralService:
         platform_orders_count: int | None,
     ) -> domain.Facts:
         t = code.tenant_id
-        same_person = _is_customer(Order.customer_id, t, order.customer_id)
-        if order.email_hash:
-            same_person = or_(same_person, Order.email_hash == order.email_hash)
-        earlier = await session.scalar(
-            select(func.count()).where(
-                Order.tenant_id == t,
-                same_person,
-                Order.order_id != order.order_id,
-                Order.placed_at < order.placed_at,
-            )
+        earlier = await store.count_earlier_orders(
+            session,
+            t,
+            customer_id=order.customer_id,
+            email_hash=order.email_hash,
+            order_id=order.order_id,
+            placed_at=order.placed_at,
         )
-        in_period = await session.scalar(
-            select(func.count()).where(
-                Referral.tenant_id == t,
-                _is_customer(Referral.advocate_customer_id, t, code.advocate_customer_id),
-                Referral.state.in_(LIVE_STATES),
-                Referral.order_id != order.order_id,
-                Referral.placed_at
-                > order.placed_at - timedelta(days=self.limits.advocate_cap_days),
-                Referral.placed_at <= order.placed_at,
-            )
+        in_period = await store.count_live_referrals_of_advocate(
+            session,
+            t,
+            code.advocate_customer_id,
+            other_than_order=order.order_id,
+            placed_after=order.placed_at - timedelta(days=self.limits.advocate_cap_days),
+            placed_until=order.placed_at,
         )
-        recent = await session.scalar(
-            select(func.count()).where(
-                Referral.tenant_id == t,
-                Referral.code_id == code.id,
-                Referral.state.in_(LIVE_STATES),
-                Referral.order_id != order.order_id,
-                Referral.placed_at > order.placed_at - self.limits.velocity_window,
-                Referral.placed_at <= order.placed_at,
-            )
+        recent = await store.count_live_referrals_of_code(
+            session,
+            t,
+            code.id,
+            other_than_order=order.order_id,
+            placed_after=order.placed_at - self.limits.velocity_window,
+            placed_until=order.placed_at,
         )
         referee = domain.Identity(
             customer_id=order.customer_id,
@@ -448,7 +368,7 @@ class ReferralService:
             return Attribution(existing, created=False)
         # Serialize attributions per code: the cap and velocity counts must see each
         # other, or two orders processed at once could both slip under a limit.
-        await session.execute(select(Code.id).where(Code.id == code.id).with_for_update())
+        await store.lock_code(session, code.id)
         # Then the order, as its fulfilment, refund and cancellation handlers do before
         # touching its referral: whichever commits first, the other sees its effect.
         order = await self._locked_order(session, order.tenant_id, order.order_id) or order
@@ -462,37 +382,32 @@ class ReferralService:
         # An order fulfilled before its attribution starts its return window at once.
         fulfilled_at = order.fulfilled_at if state != "rejected" else None
         referral_id = str(uuid.uuid4())
-        inserted = await session.scalar(
-            pg_insert(Referral)
-            .values(
-                id=referral_id,
-                tenant_id=code.tenant_id,
-                code_id=code.id,
-                code=code.code,
-                advocate_customer_id=code.advocate_customer_id,
-                referee_customer_id=order.customer_id,
-                order_id=order.order_id,
-                order_total=order.total_amount,
-                currency=order.currency,
-                placed_at=order.placed_at,
-                via=via,
-                state=state,
-                reason=decision.reason,
-                detail=decision.detail,
-                attributed_at=now,
-                decided_at=now if state == "rejected" else None,
-                fulfilled_at=fulfilled_at,
-                confirm_due_at=policy.confirmation_due(fulfilled_at) if fulfilled_at else None,
-                refunded_amount=order.refunded_amount,
-            )
-            .on_conflict_do_nothing()
-            .returning(Referral.id)
+        referral = await store.insert_referral_if_new(
+            session,
+            id=referral_id,
+            tenant_id=code.tenant_id,
+            code_id=code.id,
+            code=code.code,
+            advocate_customer_id=code.advocate_customer_id,
+            referee_customer_id=order.customer_id,
+            order_id=order.order_id,
+            order_total=order.total_amount,
+            currency=order.currency,
+            placed_at=order.placed_at,
+            via=via,
+            state=state,
+            reason=decision.reason,
+            detail=decision.detail,
+            attributed_at=now,
+            decided_at=now if state == "rejected" else None,
+            fulfilled_at=fulfilled_at,
+            confirm_due_at=policy.confirmation_due(fulfilled_at) if fulfilled_at else None,
+            refunded_amount=order.refunded_amount,
         )
-        if inserted is None:  # the same order attributed concurrently
+        if referral is None:  # the same order attributed concurrently
             again = await self.referral_for_order(session, code.tenant_id, order.order_id)
             assert again is not None
             return Attribution(again, created=False)
-        referral = await session.get_one(Referral, referral_id)
         if state == "rejected":
             assert decision.reason is not None
             await self._emit_rejected(session, referral, decision.reason, decision.detail)
@@ -503,13 +418,7 @@ class ReferralService:
     async def referral_for_order(
         self, session: AsyncSession, tenant_id: str, order_id: str
     ) -> Referral | None:
-        return (
-            await session.scalars(
-                select(Referral).where(
-                    Referral.tenant_id == tenant_id, Referral.order_id == order_id
-                )
-            )
-        ).first()
+        return await store.referral_for_order(session, tenant_id, order_id)
 
     async def _reward_referee(
         self, session: AsyncSession, referral: Referral, reward: domain.RefereeReward
@@ -583,14 +492,7 @@ class ReferralService:
     async def _locked_order(
         self, session: AsyncSession, tenant_id: str, order_id: str
     ) -> Order | None:
-        return (
-            await session.scalars(
-                select(Order)
-                .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-        ).first()
+        return await store.locked_order(session, tenant_id, order_id)
 
     async def order_fulfilled(
         self, session: AsyncSession, tenant_id: str, order_id: str, fulfilled_at: datetime
@@ -603,16 +505,7 @@ class ReferralService:
             order.fulfilled_at = fulfilled_at
             await session.flush()
         due = (await self.policy(session, tenant_id)).confirmation_due(fulfilled_at)
-        await session.execute(
-            update(Referral)
-            .where(
-                Referral.tenant_id == tenant_id,
-                Referral.order_id == order_id,
-                Referral.state.in_(OPEN_STATES),
-                Referral.fulfilled_at.is_(None),  # the first fulfilment starts the window
-            )
-            .values(fulfilled_at=fulfilled_at, confirm_due_at=due)
-        )
+        await store.start_return_window(session, tenant_id, order_id, fulfilled_at, due)
 
     async def order_refunded(
         self, session: AsyncSession, tenant_id: str, data: OrderRefunded
@@ -660,17 +553,7 @@ class ReferralService:
         """Reject an order's conversion that is not confirmed yet. A partial refund only
         accumulates; the conversion is rejected once refunds reach the order total. A
         confirmed conversion stays confirmed: its return window had passed."""
-        referral = (
-            await session.scalars(
-                select(Referral)
-                .where(
-                    Referral.tenant_id == tenant_id,
-                    Referral.order_id == order_id,
-                    Referral.state.in_(OPEN_STATES),
-                )
-                .with_for_update()
-            )
-        ).first()
+        referral = await store.locked_open_referral(session, tenant_id, order_id)
         if referral is None:
             return None
         referral.refunded_amount += refunded
@@ -688,19 +571,7 @@ class ReferralService:
         """Confirm conversions whose return window has passed; the advocate's reward is
         ``referral.converted``. Rows are claimed with SKIP LOCKED so replicas share."""
         now = self.clock.now()
-        due = (
-            await session.scalars(
-                select(Referral)
-                .where(
-                    Referral.state == "pending",
-                    Referral.confirm_due_at.is_not(None),
-                    Referral.confirm_due_at <= now,
-                )
-                .order_by(Referral.confirm_due_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+        due = await store.claim_due_referrals(session, now, limit)
         for referral in due:
             referral.state = "confirmed"
             referral.decided_at = now
@@ -754,57 +625,11 @@ class ReferralService:
 
     async def _customers(self, session: AsyncSession, tenant_id: str) -> list[str]:
         """Every customer id of the tenant not pseudonymized yet."""
-        ids = (
-            select(Order.customer_id.label("id"))
-            .where(Order.tenant_id == tenant_id)
-            .union(
-                select(Code.advocate_customer_id).where(Code.tenant_id == tenant_id),
-                select(Referral.advocate_customer_id).where(Referral.tenant_id == tenant_id),
-                select(Referral.referee_customer_id).where(Referral.tenant_id == tenant_id),
-            )
-            .subquery()
-        )
-        return [c for c in (await session.scalars(select(ids.c.id))) if not is_pseudonym(c)]
+        return [
+            c for c in await store.customer_ids_of_tenant(session, tenant_id) if not is_pseudonym(c)
+        ]
 
     async def _pseudonymize(
         self, session: AsyncSession, tenant_id: str, customers: list[str]
     ) -> None:
-        now = self.clock.now()
-        alias = values(column("id", Text), column("alias", Text), name="alias").data(
-            [(c, pseudonym(tenant_id, c)) for c in customers]
-        )
-        await session.execute(
-            update(Order)
-            .where(Order.tenant_id == tenant_id, Order.customer_id == alias.c.id)
-            .values(
-                customer_id=alias.c.alias,
-                email_hash=None,
-                phone_hash=None,
-                shipping_address_hash=None,
-                erased_at=now,
-            )
-        )
-        await session.execute(
-            update(Code)
-            .where(Code.tenant_id == tenant_id, Code.advocate_customer_id == alias.c.id)
-            .values(
-                advocate_customer_id=alias.c.alias,
-                deactivated_at=func.coalesce(Code.deactivated_at, now),
-            )
-        )
-        # A referral's detail can hold a reviewer's free-text note, which may name the
-        # person; the machine-readable reason (what the metrics count) stays.
-        for role in (Referral.advocate_customer_id, Referral.referee_customer_id):
-            await session.execute(
-                update(Referral)
-                .where(Referral.tenant_id == tenant_id, role == alias.c.id)
-                .values({role.key: alias.c.alias, "detail": None})
-            )
-
-
-def _is_customer(
-    col: InstrumentedAttribute[str], tenant_id: str, customer: str
-) -> ColumnElement[bool]:
-    """The customer's rows, including those pseudonymized by an earlier erasure: erasing
-    someone must not make them a "new customer" again, nor reset an advocate's cap."""
-    return col.in_((customer, pseudonym(tenant_id, customer)))
+        await store.pseudonymize(session, tenant_id, customers, self.clock.now())

@@ -5,7 +5,7 @@ history imports run now."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from afterglow.ingest import escalations, registry
 from afterglow.ingest.api.shared import (
     TENANT_RE,
+    NewApiKey,
     PlatformPath,
+    RevokedApiKey,
+    RotatedSecret,
     SecretIn,
     TenantPath,
     directory_of,
@@ -79,6 +82,23 @@ class TenantIn(BaseModel):
     )
 
 
+class TenantCreated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant_id": "acme",
+                    "secrets": {"shopify": "shpss_6c1f...", "aftership": "as_0b7e..."},
+                }
+            ]
+        }
+    )
+    tenant_id: str
+    secrets: dict[str, str] = Field(
+        description="A webhook secret per platform asked for, by platform (shown this once)"
+    )
+
+
 @router.post(
     "/tenants",
     status_code=201,
@@ -101,7 +121,7 @@ class TenantIn(BaseModel):
         ),
     ),
 )
-async def create_tenant(request: Request, session: Session, body: TenantIn) -> dict[str, Any]:
+async def create_tenant(request: Request, session: Session, body: TenantIn) -> TenantCreated:
     now = runtime_of(request).clock.now()
     await registry.create_tenant(
         session,
@@ -121,7 +141,7 @@ async def create_tenant(request: Request, session: Session, body: TenantIn) -> d
         )
     # The receivers' cache may hold "unknown" for this shop: read it again.
     directory_of(request).forget()
-    return {"tenant_id": body.tenant_id, "secrets": secrets}
+    return TenantCreated(tenant_id=body.tenant_id, secrets=secrets)
 
 
 @router.post(
@@ -138,8 +158,13 @@ async def rotate_secret(
     tenant_id: TenantPath,
     platform: PlatformPath,
     body: SecretIn,
-) -> dict[str, Any]:
+) -> RotatedSecret:
     return await rotate_webhook_secret(request, session, tenant_id, platform, body.secret)
+
+
+class PreviousSecretsExpired(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"expired": 1}]})
+    expired: int = Field(description="How many previous secrets stopped verifying now")
 
 
 @router.delete(
@@ -149,12 +174,12 @@ async def rotate_secret(
 )
 async def expire_previous(
     request: Request, session: Session, tenant_id: TenantPath, platform: PlatformPath
-) -> dict[str, Any]:
+) -> PreviousSecretsExpired:
     n = await registry.expire_previous_secrets(
         session, tenant_id=tenant_id, platform=platform, now=runtime_of(request).clock.now()
     )
     directory_of(request).forget()
-    return {"expired": n}
+    return PreviousSecretsExpired(expired=n)
 
 
 class ApiKeyIn(BaseModel):
@@ -181,9 +206,9 @@ class ApiKeyIn(BaseModel):
 )
 async def create_api_key(
     request: Request, session: Session, tenant_id: TenantPath, body: ApiKeyIn
-) -> dict[str, Any]:
+) -> NewApiKey:
     rt = runtime_of(request)
-    return await registry.issue_api_key(
+    issued = await registry.issue_api_key(
         session,
         rt.api_keys,
         rt.outbox,
@@ -192,6 +217,7 @@ async def create_api_key(
         now=rt.clock.now(),
         expires_at=body.expires_at,
     )
+    return NewApiKey(**issued)
 
 
 @router.delete(
@@ -208,12 +234,12 @@ async def create_api_key(
 )
 async def revoke_api_key(
     request: Request, session: Session, tenant_id: TenantPath, key_id: Id
-) -> dict[str, Any]:
+) -> RevokedApiKey:
     rt = runtime_of(request)
     event_id = await registry.revoke_api_key(
         session, rt.api_keys, rt.outbox, tenant_id=tenant_id, key_id=key_id, now=rt.clock.now()
     )
-    return {"key_id": key_id, "revoked": True, "event_id": event_id}
+    return RevokedApiKey(key_id=key_id, revoked=True, event_id=event_id)
 
 
 class ConnectionIn(BaseModel):
@@ -228,6 +254,14 @@ class ConnectionIn(BaseModel):
     access_token: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
 
 
+class ConnectionSet(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"tenant_id": "acme", "platform": "shopify"}]}
+    )
+    tenant_id: str
+    platform: str
+
+
 @router.put(
     "/tenants/{tenant_id}/connections/{platform}",
     summary="Set the platform API credentials used by reconciliation and BigCommerce",
@@ -239,7 +273,7 @@ async def set_connection(
     tenant_id: TenantPath,
     platform: PlatformPath,
     body: ConnectionIn,
-) -> dict[str, Any]:
+) -> ConnectionSet:
     try:
         await check_destination(
             body.api_base_url,
@@ -254,7 +288,7 @@ async def set_connection(
         api_base_url=body.api_base_url.rstrip("/"),
         access_token=body.access_token,
     )
-    return {"tenant_id": tenant_id, "platform": platform}
+    return ConnectionSet(tenant_id=tenant_id, platform=platform)
 
 
 class HelpdeskIn(BaseModel):
@@ -282,6 +316,14 @@ class HelpdeskIn(BaseModel):
     secret: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControls]
 
 
+class HelpdeskSet(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"tenant_id": "acme", "kind": "zendesk"}]}
+    )
+    tenant_id: str
+    kind: Literal["zendesk", "gorgias", "webhook"]
+
+
 @router.put(
     "/tenants/{tenant_id}/helpdesk",
     summary="Set the helpdesk that detractors' escalations open tickets in",
@@ -289,7 +331,7 @@ class HelpdeskIn(BaseModel):
 )
 async def set_helpdesk(
     request: Request, session: Session, tenant_id: TenantPath, body: HelpdeskIn
-) -> dict[str, Any]:
+) -> HelpdeskSet:
     if body.kind in ("zendesk", "gorgias") and not body.username:
         raise Unprocessable(f"{body.kind} needs the API username", field="username")
     try:
@@ -308,7 +350,40 @@ async def set_helpdesk(
         username=body.username,
         secret=body.secret,
     )
-    return {"tenant_id": tenant_id, "kind": body.kind}
+    return HelpdeskSet(tenant_id=tenant_id, kind=body.kind)
+
+
+class EscalationOut(BaseModel):
+    escalation_id: str = Field(description="The escalation.requested event's id")
+    customer_id: str
+    status: str = Field(description="Where the ticket stands (created: opened in the helpdesk)")
+    helpdesk: str | None = Field(description="The helpdesk kind it went to")
+    ticket: str | None = Field(description="The helpdesk's ticket, as kind:id")
+    attempts: int
+    last_error: str | None = Field(description="Why the last attempt failed")
+
+
+class EscalationList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "escalations": [
+                        {
+                            "escalation_id": "0b6c...",
+                            "customer_id": "cus_42",
+                            "status": "created",
+                            "helpdesk": "zendesk",
+                            "ticket": "zendesk:35436",
+                            "attempts": 1,
+                            "last_error": None,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+    escalations: list[EscalationOut] = Field(description="Newest first, the last 200")
 
 
 @router.get(
@@ -331,9 +406,29 @@ async def set_helpdesk(
         },
     ),
 )
-async def get_escalations(session: Session, tenant_id: TenantPath) -> dict[str, Any]:
+async def get_escalations(session: Session, tenant_id: TenantPath) -> EscalationList:
     await registry.get_tenant(session, tenant_id)
-    return {"escalations": await escalations.list_escalations(session, tenant_id)}
+    rows = await escalations.list_escalations(session, tenant_id)
+    return EscalationList(escalations=[EscalationOut(**r) for r in rows])
+
+
+class ReconcileCounts(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"seen": 3, "new_deliveries": 1, "events": 1, "error": None}]
+        }
+    )
+    seen: int = Field(description="Orders the platform listed as changed since the watermark")
+    new_deliveries: int = Field(description="Of those, the ones no webhook had delivered")
+    events: int = Field(description="Events the new deliveries emitted")
+    error: str | None = Field(
+        description="Why the poll stopped early (the next pass resumes from the last good order)"
+    )
+
+
+class ReconcileNotRun(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": "no connection"}]})
+    error: str = Field(description="Why nothing was polled: no connection is set")
 
 
 @router.post(
@@ -351,10 +446,14 @@ async def get_escalations(session: Session, tenant_id: TenantPath) -> dict[str, 
 )
 async def reconcile_now(
     request: Request, tenant_id: TenantPath, platform: PlatformPath
-) -> dict[str, Any]:
+) -> ReconcileCounts | ReconcileNotRun:
     from afterglow.ingest.reconcile import reconcile
 
-    return await reconcile(runtime_of(request), tenant_id, platform)
+    result = await reconcile(runtime_of(request), tenant_id, platform)
+    # Without a connection the pass answers its reason alone, no counts.
+    if "seen" not in result:
+        return ReconcileNotRun(**result)
+    return ReconcileCounts(**result)
 
 
 class HistoryImportIn(BaseModel):
@@ -367,6 +466,41 @@ class HistoryImportIn(BaseModel):
         description="Whether loyalty credits the imported orders' points (never a "
         "first-order bonus); false: the orders count for spend and tiers only",
     )
+
+
+class HistoryImported(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "platform": "shopify",
+                    "since": "2024-01-01T00:00:00+00:00",
+                    "earn_points": False,
+                    "pages": 10,
+                    "orders": 500,
+                    "new_deliveries": 512,
+                    "events": 1012,
+                    "failed": 0,
+                    "throttled_waits": 1,
+                    "error": None,
+                    "failures": [],
+                }
+            ]
+        }
+    )
+    platform: str
+    since: str = Field(description="The moment asked for, ISO 8601")
+    earn_points: bool
+    pages: int = Field(description="Pages of orders read from the platform")
+    orders: int = Field(description="Orders read")
+    new_deliveries: int = Field(
+        description="Of the deliveries they made, the ones not stored before"
+    )
+    events: int = Field(description="Events emitted")
+    failed: int = Field(description="Orders that could not be imported")
+    throttled_waits: int = Field(description="Times the platform's rate limit made the import wait")
+    error: str | None = Field(description="Why the import stopped early")
+    failures: list[str] = Field(description="Why orders failed, the first 20")
 
 
 @router.post(
@@ -396,13 +530,13 @@ class HistoryImportIn(BaseModel):
 )
 async def import_history_now(
     request: Request, tenant_id: TenantPath, platform: PlatformPath, body: HistoryImportIn
-) -> dict[str, Any]:
+) -> HistoryImported:
     from afterglow.ingest.history import import_history
 
     result = await import_history(
         runtime_of(request), tenant_id, platform, body.since, earn_points=body.earn_points
     )
-    return result.body()
+    return HistoryImported(**result.body())
 
 
 class TenantSettingsIn(BaseModel):
@@ -415,6 +549,14 @@ class TenantSettingsIn(BaseModel):
     )
 
 
+class TenantSettingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"tenant_id": "acme", "late_order_days": 30}]}
+    )
+    tenant_id: str
+    late_order_days: int
+
+
 @router.patch(
     "/tenants/{tenant_id}",
     summary="Change a tenant's settings",
@@ -422,7 +564,7 @@ class TenantSettingsIn(BaseModel):
 )
 async def update_tenant(
     session: Session, tenant_id: TenantPath, body: TenantSettingsIn
-) -> dict[str, Any]:
+) -> TenantSettingsOut:
     tenant = await registry.get_tenant(session, tenant_id)
     tenant.late_order_days = body.late_order_days
-    return {"tenant_id": tenant_id, "late_order_days": tenant.late_order_days}
+    return TenantSettingsOut(tenant_id=tenant_id, late_order_days=tenant.late_order_days)

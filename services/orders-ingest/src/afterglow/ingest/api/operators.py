@@ -9,18 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
 
-from afterglow.ingest import bigcommerce, domain, identity, intake
+from afterglow.ingest import service, store
 from afterglow.ingest.api.shared import DeliveryOutcome
 from afterglow.ingest.models import Delivery
-from afterglow.ingest.payloads import parse_payload
-from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import BadRequest, NotFound, Unprocessable
+from afterglow.kit.errors import BadRequest, NotFound
 from afterglow.kit.routing import service_router
 from afterglow.kit.text import has_control_chars
 from afterglow.kit.types import Id, Instant, ShortText
@@ -119,28 +116,17 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[ShortText | None, Query()] = None,
 ) -> DeliveryPage:
-    q = select(Delivery).where(Delivery.tenant_id == principal.tenant_id)
-    if status:
-        q = q.where(Delivery.status == status)
-    if topic:
-        q = q.where(Delivery.topic == topic)
-    if platform:
-        q = q.where(Delivery.platform == platform)
-    if from_:
-        q = q.where(Delivery.received_at >= from_)
-    if to:
-        q = q.where(Delivery.received_at < to)
-    if cursor:
-        at, did = _uncursor(cursor)
-        q = q.where(
-            or_(Delivery.received_at < at, and_(Delivery.received_at == at, Delivery.id < did))
-        )
-    rows = list(
-        (
-            await session.execute(
-                q.order_by(Delivery.received_at.desc(), Delivery.id.desc()).limit(limit + 1)
-            )
-        ).scalars()
+    # One row past the page says whether there is a next one.
+    rows = await store.page_of_deliveries(
+        session,
+        principal.tenant_id,
+        status=status,
+        topic=topic,
+        platform=platform,
+        received_from=from_,
+        received_before=to,
+        after=_uncursor(cursor) if cursor else None,
+        limit=limit + 1,
     )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -187,13 +173,7 @@ async def get_delivery(
     delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:read")),
 ) -> DeliveryDetail:
-    d = (
-        await session.execute(
-            select(Delivery).where(
-                Delivery.tenant_id == principal.tenant_id, Delivery.id == delivery_id
-            )
-        )
-    ).scalar()
+    d = await store.delivery_of_tenant(session, principal.tenant_id, delivery_id)
     if d is None:
         raise NotFound("no such delivery", field="delivery_id")
     base = DeliveryOut.model_validate(d, from_attributes=True).model_dump()
@@ -217,52 +197,9 @@ async def replay_delivery(
     delivery_id: Annotated[Id, Path(examples=["6f1c2b7e-3a51-5a0c-9d8e-0c5b1f0e2a11"])],
     principal: Principal = Depends(require_scope("orders:write")),
 ) -> DeliveryOutcome:
-    rt = runtime_of(request)
-    d = (
-        await session.execute(
-            select(Delivery)
-            .where(Delivery.tenant_id == principal.tenant_id, Delivery.id == delivery_id)
-            .with_for_update()
-        )
-    ).scalar()
-    if d is None:
-        raise NotFound("no such delivery", field="delivery_id")
-    if d.platform == bigcommerce.PLATFORM and d.topic in bc.BIGCOMMERCE_SCOPES:
-        # The body holds only ids: the replay is a new fetch, done by the worker.
-        bigcommerce.requeue(d, rt.clock.now())
-        d.replays += 1
-        return DeliveryOutcome(delivery_id=d.id, status=d.status, events=[])
-    try:
-        normalized = await intake.normalize(
-            session, d.tenant_id, d.platform, d.topic, parse_payload(d.body, d.platform)
-        )
-    except domain.NormalizationError as exc:
-        raise Unprocessable(str(exc), field=exc.field) from exc
-    # A quarantined delivery never emitted: its facts go through the fact table like a
-    # first delivery's, so an order another delivery placed meanwhile is not placed twice.
-    first_time = d.status == intake.QUARANTINED
-    ids: list[str] = []
-    status = "archived"
-    if normalized.known_topic:
-        status = "processed"
-        # A ticket replays to the customer it was resolved to (pinned); orders relink.
-        await identity.link_and_resolve(session, [(d.tenant_id, normalized)], d.received_at)
-        emitted = await intake.emit(
-            session,
-            rt.outbox,
-            rt.tables,
-            tenant_id=d.tenant_id,
-            delivery_id=d.id,
-            platform=d.platform,
-            dedupe_key=d.dedupe_key,
-            normalized=normalized,
-            received_at=d.received_at,
-            replay=not first_time,
-        )
-        ids = emitted.ids
-        d.subjects = intake.merge_subjects(d.subjects, emitted.subjects)
-    d.status = status
-    d.event_ids = ids
-    d.last_error = None
-    d.replays += 1
-    return DeliveryOutcome(delivery_id=d.id, status=status, events=ids)
+    replayed = await service.replay_delivery(
+        session, runtime_of(request), principal.tenant_id, delivery_id
+    )
+    return DeliveryOutcome(
+        delivery_id=replayed.delivery_id, status=replayed.status, events=replayed.events
+    )

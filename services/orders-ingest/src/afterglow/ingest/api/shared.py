@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect
 
 from afterglow.events.envelope import TENANT_ID_PATTERN
@@ -20,6 +19,7 @@ from afterglow.ingest.directory import TenantDirectory
 from afterglow.ingest.group_commit import DeliveryWriter
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import runtime_of
+from afterglow.kit.db import Session
 from afterglow.kit.errors import AppError, PayloadTooLarge, Unauthorized
 from afterglow.kit.types import NoControls
 
@@ -106,9 +106,62 @@ class SecretIn(BaseModel):
     )
 
 
+# The answers shown once (a key, a secret) and a revocation's: one model each for the
+# operators' admin routes and the tenant's own (api.tenant_keys), which answer alike.
+class NewApiKey(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key_id": "3fa1c9d2e7b4",
+                    "key": "agk_3fa1c9d2e7b4_Yk1...",
+                    "scopes": ["orders:write"],
+                    "event_id": "9c0d7a4e-2b1f-5e3c-8a6d-4f2e1b0c9d8e",
+                }
+            ]
+        }
+    )
+    key_id: str
+    key: str = Field(description="Shown this once: only its hash is kept")
+    scopes: list[str]
+    event_id: str = Field(description="The tenant.api_key_issued event announcing it")
+
+
+class RevokedApiKey(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key_id": "3fa1c9d2e7b4",
+                    "revoked": True,
+                    "event_id": "1e5b3c7a-0d9f-5a2e-b4c8-7f6e2d1a0b3c",
+                }
+            ]
+        }
+    )
+    key_id: str
+    revoked: bool
+    event_id: str = Field(description="The tenant.api_key_revoked event announcing it")
+
+
+class RotatedSecret(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"platform": "shopify", "secret": "shpss_9a2d...", "previous_valid_for_s": 3600}
+            ]
+        }
+    )
+    platform: str
+    secret: str = Field(description="Shown this once")
+    previous_valid_for_s: int = Field(
+        description="How long the secret it replaces keeps verifying deliveries"
+    )
+
+
 async def rotate_webhook_secret(
-    request: Request, session: AsyncSession, tenant_id: str, platform: str, secret: str | None
-) -> dict[str, Any]:
+    request: Request, session: Session, tenant_id: str, platform: str, secret: str | None
+) -> RotatedSecret:
     """Make ``secret`` (or a generated one) the platform's current webhook secret; the
     previous one keeps verifying for ``ingest_rotation_grace_s``, so deliveries the
     platform signed before it switched are not refused mid-rotation. One code path for
@@ -124,7 +177,7 @@ async def rotate_webhook_secret(
     )
     # The receivers cache each tenant's secrets: read them again.
     directory_of(request).forget()
-    return {"platform": platform, "secret": value, "previous_valid_for_s": grace}
+    return RotatedSecret(platform=platform, secret=value, previous_valid_for_s=grace)
 
 
 class DeliveryOutcome(BaseModel):

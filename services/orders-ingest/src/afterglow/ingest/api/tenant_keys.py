@@ -21,10 +21,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import select
 
-from afterglow.ingest import registry
-from afterglow.ingest.api.shared import PlatformPath, SecretIn, rotate_webhook_secret
+from afterglow.ingest import registry, store
+from afterglow.ingest.api.shared import (
+    NewApiKey,
+    PlatformPath,
+    RevokedApiKey,
+    RotatedSecret,
+    SecretIn,
+    rotate_webhook_secret,
+)
 from afterglow.kit import openapi
 from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import ALL_SCOPES, Principal, require_scope
@@ -80,57 +86,6 @@ class NewApiKeyIn(BaseModel):
     expires_at: Instant | None = None
 
 
-class NewApiKey(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "key_id": "3fa1c9d2e7b4",
-                    "key": "agk_3fa1c9d2e7b4_Yk1...",
-                    "scopes": ["orders:write"],
-                    "event_id": "9c0d7a4e-2b1f-5e3c-8a6d-4f2e1b0c9d8e",
-                }
-            ]
-        }
-    )
-    key_id: str
-    key: str = Field(description="Shown this once: only its hash is kept")
-    scopes: list[str]
-    event_id: str = Field(description="The tenant.api_key_issued event announcing it")
-
-
-class RevokedApiKey(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "key_id": "3fa1c9d2e7b4",
-                    "revoked": True,
-                    "event_id": "1e5b3c7a-0d9f-5a2e-b4c8-7f6e2d1a0b3c",
-                }
-            ]
-        }
-    )
-    key_id: str
-    revoked: bool
-    event_id: str = Field(description="The tenant.api_key_revoked event announcing it")
-
-
-class RotatedSecret(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"platform": "shopify", "secret": "shpss_9a2d...", "previous_valid_for_s": 3600}
-            ]
-        }
-    )
-    platform: str
-    secret: str = Field(description="Shown this once")
-    previous_valid_for_s: float = Field(
-        description="How long the secret it replaces keeps verifying deliveries"
-    )
-
-
 def refused_scopes(caller: Principal, wanted: list[str]) -> list[str]:
     """The requested scopes the caller may not grant (sorted, for the message)."""
     if ALL_SCOPES in caller.scopes:
@@ -145,11 +100,7 @@ def refused_scopes(caller: Principal, wanted: list[str]) -> list[str]:
 )
 async def list_api_keys(request: Request, session: Session, caller: KeysAdmin) -> ApiKeyList:
     table = runtime_of(request).api_keys.table
-    rows = await session.execute(
-        select(table)
-        .where(table.c.tenant_id == caller.tenant_id)
-        .order_by(table.c.issued_at.desc(), table.c.key_id)
-    )
+    rows = await store.api_keys_of_tenant(session, table, caller.tenant_id)
     return ApiKeyList(
         api_keys=[
             ApiKeyInfo(
@@ -228,14 +179,7 @@ async def revoke_api_key(
             field="key_id",
         )
     rt = runtime_of(request)
-    table = rt.api_keys.table
-    row = (
-        await session.execute(
-            select(table.c.scopes, table.c.revoked_at).where(
-                table.c.key_id == key_id, table.c.tenant_id == caller.tenant_id
-            )
-        )
-    ).first()
+    row = await store.api_key_scopes(session, rt.api_keys.table, caller.tenant_id, key_id)
     if row is None:
         raise NotFound("no such API key", field="key_id")
     # A form posted twice must not announce a second revocation (nor move its time).
@@ -272,5 +216,4 @@ async def rotate_secret(
     body: SecretIn | None = None,
 ) -> RotatedSecret:
     secret = body.secret if body else None
-    rotated = await rotate_webhook_secret(request, session, caller.tenant_id, platform, secret)
-    return RotatedSecret(**rotated)
+    return await rotate_webhook_secret(request, session, caller.tenant_id, platform, secret)

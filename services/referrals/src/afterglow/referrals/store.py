@@ -1,0 +1,516 @@
+"""The SQL of the referrals service's use cases (service.py) and routes (api.py,
+review_queue.py); the period metrics keep their GROUP BYs in metrics.py and the data
+export reads through afterglow.kit.export. Nothing here commits: each function runs in
+the caller's transaction, and the locks it takes are held until that transaction ends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Text,
+    column,
+    distinct,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+    values,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from afterglow.events.catalog import OrderPlaced
+from afterglow.events.privacy import pseudonym
+from afterglow.referrals import domain
+from afterglow.referrals.models import Code, Order, Referral, TenantSettings
+
+# A conversion that counts against the advocate's cap and the code's velocity.
+LIVE_STATES = ("pending", "held", "confirmed")
+# A conversion not decided yet: a refund or cancellation still rejects it.
+OPEN_STATES = ("pending", "held")
+
+
+def _is_customer(
+    col: InstrumentedAttribute[str], tenant_id: str, customer: str
+) -> ColumnElement[bool]:
+    """The customer's rows, including those pseudonymized by an earlier erasure: erasing
+    someone must not make them a "new customer" again, nor reset an advocate's cap."""
+    return col.in_((customer, pseudonym(tenant_id, customer)))
+
+
+# --- tenant settings --------------------------------------------------------------------
+
+
+async def tenant_settings(session: AsyncSession, tenant_id: str) -> TenantSettings | None:
+    return await session.get(TenantSettings, tenant_id)
+
+
+async def upsert_tenant_settings(
+    session: AsyncSession, tenant_id: str, changes: dict[str, Any], now: datetime
+) -> TenantSettings | None:
+    """Set the named columns, leave the others. An upsert, so two first writes of one
+    tenant cannot collide on its row."""
+    stmt = pg_insert(TenantSettings).values(tenant_id=tenant_id, updated_at=now, **changes)
+    return await session.scalar(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={name: stmt.excluded[name] for name in [*changes, "updated_at"]},
+        )
+        .returning(TenantSettings)
+        .execution_options(populate_existing=True)
+    )
+
+
+# --- codes ------------------------------------------------------------------------------
+
+
+async def lock_codes(
+    session: AsyncSession, codes: set[tuple[str, str]], advocates: set[tuple[str, str]]
+) -> None:
+    """Lock, with one statement and in one order (tenant, then code id), the codes named
+    by (tenant, normalized code) and those of the advocates (tenant, customer)."""
+    conds = []
+    if codes:
+        conds.append(tuple_(Code.tenant_id, Code.code).in_(sorted(codes)))
+    if advocates:
+        conds.append(tuple_(Code.tenant_id, Code.advocate_customer_id).in_(sorted(advocates)))
+    if not conds:
+        return
+    await session.execute(
+        select(Code.id).where(or_(*conds)).order_by(Code.tenant_id, Code.id).with_for_update()
+    )
+
+
+async def lock_code(session: AsyncSession, code_id: str) -> None:
+    await session.execute(select(Code.id).where(Code.id == code_id).with_for_update())
+
+
+async def code_of_advocate(session: AsyncSession, tenant_id: str, advocate: str) -> Code | None:
+    return (
+        await session.scalars(
+            select(Code).where(Code.tenant_id == tenant_id, Code.advocate_customer_id == advocate)
+        )
+    ).first()
+
+
+async def active_code(session: AsyncSession, tenant_id: str, code: str) -> Code | None:
+    """The code (normalized) if it still attributes."""
+    return (
+        await session.scalars(
+            select(Code).where(
+                Code.tenant_id == tenant_id, Code.code == code, Code.deactivated_at.is_(None)
+            )
+        )
+    ).first()
+
+
+async def first_active_code_among(
+    session: AsyncSession, tenant_id: str, codes: set[str]
+) -> Code | None:
+    """Of the (normalized) codes, the first in code order that still attributes."""
+    return (
+        await session.scalars(
+            select(Code)
+            .where(
+                Code.tenant_id == tenant_id,
+                Code.code.in_(codes),
+                Code.deactivated_at.is_(None),
+            )
+            .order_by(Code.code)
+        )
+    ).first()
+
+
+async def insert_code_if_free(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    advocate: str,
+    code: str,
+    source: str,
+    issued_at: datetime,
+    invited_at: datetime,
+    invitations: int,
+) -> Code | None:
+    """The new code; None when the advocate has one already or the code is taken (both
+    are unique per tenant)."""
+    inserted = await session.scalar(
+        pg_insert(Code)
+        .values(
+            id=str(uuid4()),
+            tenant_id=tenant_id,
+            advocate_customer_id=advocate,
+            code=code,
+            source=source,
+            issued_at=issued_at,
+            invited_at=invited_at,
+            invitations=invitations,
+        )
+        .on_conflict_do_nothing()
+        .returning(Code.id)
+    )
+    if inserted is None:
+        return None
+    return await session.get_one(Code, inserted)
+
+
+# --- orders -----------------------------------------------------------------------------
+
+
+async def remember_order(
+    session: AsyncSession, tenant_id: str, customer_id: str, data: OrderPlaced
+) -> Order:
+    """The order's row, recorded on its first order.placed (a repeat keeps the first)."""
+    await session.execute(
+        pg_insert(Order)
+        .values(
+            tenant_id=tenant_id,
+            order_id=data.order_id,
+            customer_id=customer_id,
+            placed_at=data.placed_at,
+            total_amount=data.total.amount,
+            currency=data.total.currency,
+            email_hash=data.customer.email_hash or domain.contact_hash(data.customer.email),
+            phone_hash=data.customer.phone_hash or domain.contact_hash(data.customer.phone),
+            shipping_address_hash=data.shipping_address_hash,
+        )
+        .on_conflict_do_nothing()
+    )
+    return await session.get_one(Order, (tenant_id, data.order_id))
+
+
+async def order_of_tenant(session: AsyncSession, tenant_id: str, order_id: str) -> Order | None:
+    return await session.get(Order, (tenant_id, order_id))
+
+
+async def locked_order(session: AsyncSession, tenant_id: str, order_id: str) -> Order | None:
+    """The order's row, locked and read afresh (another transaction may have changed it
+    since this session loaded it)."""
+    return (
+        await session.scalars(
+            select(Order)
+            .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+
+
+async def contact_hashes_of_customer(
+    session: AsyncSession, tenant_id: str, customer: str
+) -> Sequence[Row[Any, Any, Any]]:
+    """(email_hash, phone_hash, shipping_address_hash) of each of the customer's orders."""
+    return (
+        await session.execute(
+            select(Order.email_hash, Order.phone_hash, Order.shipping_address_hash).where(
+                Order.tenant_id == tenant_id, Order.customer_id == customer
+            )
+        )
+    ).all()
+
+
+async def count_earlier_orders(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    customer_id: str,
+    email_hash: str | None,
+    order_id: str,
+    placed_at: datetime,
+) -> int | None:
+    """The person's orders placed before this one: theirs by customer id (pseudonymized
+    ones too) or by email."""
+    same_person = _is_customer(Order.customer_id, tenant_id, customer_id)
+    if email_hash:
+        same_person = or_(same_person, Order.email_hash == email_hash)
+    return await session.scalar(
+        select(func.count()).where(
+            Order.tenant_id == tenant_id,
+            same_person,
+            Order.order_id != order_id,
+            Order.placed_at < placed_at,
+        )
+    )
+
+
+# --- referrals --------------------------------------------------------------------------
+
+
+async def count_live_referrals_of_advocate(
+    session: AsyncSession,
+    tenant_id: str,
+    advocate: str,
+    *,
+    other_than_order: str,
+    placed_after: datetime,
+    placed_until: datetime,
+) -> int | None:
+    return await session.scalar(
+        select(func.count()).where(
+            Referral.tenant_id == tenant_id,
+            _is_customer(Referral.advocate_customer_id, tenant_id, advocate),
+            Referral.state.in_(LIVE_STATES),
+            Referral.order_id != other_than_order,
+            Referral.placed_at > placed_after,
+            Referral.placed_at <= placed_until,
+        )
+    )
+
+
+async def count_live_referrals_of_code(
+    session: AsyncSession,
+    tenant_id: str,
+    code_id: str,
+    *,
+    other_than_order: str,
+    placed_after: datetime,
+    placed_until: datetime,
+) -> int | None:
+    return await session.scalar(
+        select(func.count()).where(
+            Referral.tenant_id == tenant_id,
+            Referral.code_id == code_id,
+            Referral.state.in_(LIVE_STATES),
+            Referral.order_id != other_than_order,
+            Referral.placed_at > placed_after,
+            Referral.placed_at <= placed_until,
+        )
+    )
+
+
+async def insert_referral_if_new(session: AsyncSession, **columns: Any) -> Referral | None:
+    """The new referral; None when the order was attributed meanwhile (one per order)."""
+    inserted = await session.scalar(
+        pg_insert(Referral).values(**columns).on_conflict_do_nothing().returning(Referral.id)
+    )
+    if inserted is None:
+        return None
+    return await session.get_one(Referral, inserted)
+
+
+async def referral_for_order(
+    session: AsyncSession, tenant_id: str, order_id: str
+) -> Referral | None:
+    return (
+        await session.scalars(
+            select(Referral).where(Referral.tenant_id == tenant_id, Referral.order_id == order_id)
+        )
+    ).first()
+
+
+async def locked_referral(
+    session: AsyncSession, tenant_id: str, referral_id: str
+) -> Referral | None:
+    """The referral, locked (a review: two reviewers of one referral decide once)."""
+    return (
+        await session.scalars(
+            select(Referral)
+            .where(Referral.tenant_id == tenant_id, Referral.id == referral_id)
+            .with_for_update()
+        )
+    ).first()
+
+
+async def locked_open_referral(
+    session: AsyncSession, tenant_id: str, order_id: str
+) -> Referral | None:
+    """The order's referral if it is not decided yet, locked."""
+    return (
+        await session.scalars(
+            select(Referral)
+            .where(
+                Referral.tenant_id == tenant_id,
+                Referral.order_id == order_id,
+                Referral.state.in_(OPEN_STATES),
+            )
+            .with_for_update()
+        )
+    ).first()
+
+
+async def start_return_window(
+    session: AsyncSession, tenant_id: str, order_id: str, fulfilled_at: datetime, due: datetime
+) -> None:
+    """The order's open referral starts its return window, unless an earlier fulfilment
+    started it (a due time once set is not recomputed)."""
+    await session.execute(
+        update(Referral)
+        .where(
+            Referral.tenant_id == tenant_id,
+            Referral.order_id == order_id,
+            Referral.state.in_(OPEN_STATES),
+            Referral.fulfilled_at.is_(None),  # the first fulfilment starts the window
+        )
+        .values(fulfilled_at=fulfilled_at, confirm_due_at=due)
+    )
+
+
+async def claim_due_referrals(
+    session: AsyncSession, now: datetime, limit: int
+) -> Sequence[Referral]:
+    """Pending referrals whose return window has passed, oldest due first, locked with
+    SKIP LOCKED so replicas share them."""
+    return (
+        await session.scalars(
+            select(Referral)
+            .where(
+                Referral.state == "pending",
+                Referral.confirm_due_at.is_not(None),
+                Referral.confirm_due_at <= now,
+            )
+            .order_by(Referral.confirm_due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def referrals_of_advocate(
+    session: AsyncSession, tenant_id: str, advocate: str
+) -> Sequence[Referral]:
+    return (
+        await session.scalars(
+            select(Referral)
+            .where(Referral.tenant_id == tenant_id, Referral.advocate_customer_id == advocate)
+            .order_by(Referral.placed_at)
+        )
+    ).all()
+
+
+async def referrals_in_state(
+    session: AsyncSession, tenant_id: str, state: str, limit: int
+) -> Sequence[Referral]:
+    """Up to ``limit`` of the tenant's referrals in the state, oldest order first."""
+    return (
+        await session.scalars(
+            select(Referral)
+            .where(Referral.tenant_id == tenant_id, Referral.state == state)
+            .order_by(Referral.placed_at, Referral.id)
+            .limit(limit)
+        )
+    ).all()
+
+
+@dataclass(frozen=True)
+class ProgramCounts:
+    invited: int
+    by_state: dict[str, int]
+    advocates_converting: int
+    rejection_reasons: dict[str | None, int]
+    # Referred orders' totals by currency, minor units: confirmed, and pending or held.
+    revenue: dict[str, int]
+    pending_revenue: dict[str, int]
+
+
+async def program_counts(session: AsyncSession, tenant_id: str) -> ProgramCounts:
+    """The tenant's program metrics, counted in the database."""
+    t = tenant_id
+    invited = await session.scalar(select(func.count()).where(Code.tenant_id == t)) or 0
+    by_state: dict[str, int] = dict(
+        (
+            await session.execute(
+                select(Referral.state, func.count())
+                .where(Referral.tenant_id == t)
+                .group_by(Referral.state)
+            )
+        ).all()
+    )
+    converting = (
+        await session.scalar(
+            select(func.count(distinct(Referral.advocate_customer_id))).where(
+                Referral.tenant_id == t, Referral.state == "confirmed"
+            )
+        )
+        or 0
+    )
+    reasons: dict[str | None, int] = dict(
+        (
+            await session.execute(
+                select(Referral.reason, func.count())
+                .where(Referral.tenant_id == t, Referral.state == "rejected")
+                .group_by(Referral.reason)
+            )
+        ).all()
+    )
+    revenue: dict[str, dict[str, int]] = {"confirmed": {}, "open": {}}
+    for state, currency, amount in (
+        await session.execute(
+            select(Referral.state, Referral.currency, func.sum(Referral.order_total))
+            .where(Referral.tenant_id == t, Referral.state != "rejected")
+            .group_by(Referral.state, Referral.currency)
+        )
+    ).all():
+        bucket = revenue["confirmed" if state == "confirmed" else "open"]
+        bucket[currency] = bucket.get(currency, 0) + int(amount)
+    return ProgramCounts(
+        invited=invited,
+        by_state=by_state,
+        advocates_converting=converting,
+        rejection_reasons=reasons,
+        revenue=revenue["confirmed"],
+        pending_revenue=revenue["open"],
+    )
+
+
+# --- erasure ----------------------------------------------------------------------------
+
+
+async def customer_ids_of_tenant(session: AsyncSession, tenant_id: str) -> list[str]:
+    """Every customer id in the tenant's rows (pseudonyms included)."""
+    ids = (
+        select(Order.customer_id.label("id"))
+        .where(Order.tenant_id == tenant_id)
+        .union(
+            select(Code.advocate_customer_id).where(Code.tenant_id == tenant_id),
+            select(Referral.advocate_customer_id).where(Referral.tenant_id == tenant_id),
+            select(Referral.referee_customer_id).where(Referral.tenant_id == tenant_id),
+        )
+        .subquery()
+    )
+    return list(await session.scalars(select(ids.c.id)))
+
+
+async def pseudonymize(
+    session: AsyncSession, tenant_id: str, customers: list[str], now: datetime
+) -> None:
+    """Each customer's id becomes its pseudonym in every row, in one statement per
+    table (and role); order hashes go and the advocate's code stops attributing."""
+    alias = values(column("id", Text), column("alias", Text), name="alias").data(
+        [(c, pseudonym(tenant_id, c)) for c in customers]
+    )
+    await session.execute(
+        update(Order)
+        .where(Order.tenant_id == tenant_id, Order.customer_id == alias.c.id)
+        .values(
+            customer_id=alias.c.alias,
+            email_hash=None,
+            phone_hash=None,
+            shipping_address_hash=None,
+            erased_at=now,
+        )
+    )
+    await session.execute(
+        update(Code)
+        .where(Code.tenant_id == tenant_id, Code.advocate_customer_id == alias.c.id)
+        .values(
+            advocate_customer_id=alias.c.alias,
+            deactivated_at=func.coalesce(Code.deactivated_at, now),
+        )
+    )
+    # A referral's detail can hold a reviewer's free-text note, which may name the
+    # person; the machine-readable reason (what the metrics count) stays.
+    for role in (Referral.advocate_customer_id, Referral.referee_customer_id):
+        await session.execute(
+            update(Referral)
+            .where(Referral.tenant_id == tenant_id, role == alias.c.id)
+            .values({role.key: alias.c.alias, "detail": None})
+        )
