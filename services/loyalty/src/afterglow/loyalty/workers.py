@@ -9,35 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, union
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from afterglow.events import derived_event_id
 from afterglow.kit.app import Runtime, Worker
 from afterglow.kit.polling import PollingWorker
 from afterglow.loyalty import domain, store
-from afterglow.loyalty.models import Account, LotRow
 from afterglow.loyalty.settings import LoyaltySettings
-
-
-async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
-    pending = select(LotRow.tenant_id, LotRow.customer_id).where(
-        LotRow.state == "pending", LotRow.available_at <= now
-    )
-    expiring = select(LotRow.tenant_id, LotRow.customer_id).where(
-        LotRow.state == "available", LotRow.remaining > 0, LotRow.expires_at <= now
-    )
-    # notify_at is fixed when the lot starts to expire, so an account is due for a
-    # notice only once, not on every pass until the lot expires.
-    notices = select(LotRow.tenant_id, LotRow.customer_id).where(
-        LotRow.state == "available",
-        LotRow.remaining > 0,
-        LotRow.expiry_notified_at.is_(None),
-        LotRow.notify_at <= now,
-    )
-    tiers = select(Account.tenant_id, Account.customer_id).where(Account.tier_review_at <= now)
-    rows = await session.execute(union(pending, expiring, notices, tiers).limit(limit))
-    return [(r[0], r[1]) for r in rows]
 
 
 async def process_account(runtime: Runtime, tenant: str, customer: str, now: datetime) -> bool:
@@ -56,7 +32,7 @@ async def process_account(runtime: Runtime, tenant: str, customer: str, now: dat
         entries += wallet.expire(now)
         await store.persist(session, runtime.outbox, account, wallet, entries, now)
         candidates = [lot for lot in wallet.lots if lot.notify_at and lot.notify_at <= now]
-        fresh = await _unnotified(session, [lot.id for lot in candidates])
+        fresh = await store.unnotified_lots(session, [lot.id for lot in candidates])
         soon = [
             lot
             for lot in candidates
@@ -90,13 +66,6 @@ async def process_account(runtime: Runtime, tenant: str, customer: str, now: dat
         return True
 
 
-async def _unnotified(session: AsyncSession, ids: list[str]) -> set[str]:
-    rows = await session.execute(
-        select(LotRow.id).where(LotRow.id.in_(ids), LotRow.expiry_notified_at.is_(None))
-    )
-    return set(rows.scalars())
-
-
 async def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     """One pass over up to ``loyalty_worker_batch`` due accounts; how many it handled.
 
@@ -106,14 +75,16 @@ async def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     limit = settings.loyalty_worker_batch if isinstance(settings, LoyaltySettings) else 200
     now = now or runtime.clock.now()
     async with runtime.sessionmaker() as session:
-        due = await due_accounts(session, now, limit)
+        due = await store.due_accounts(session, now, limit)
     done = 0
     for tenant, customer in due:
         done += await process_account(runtime, tenant, customer, now)
     return done
 
 
-def workers(runtime: Runtime) -> list[Worker]:
+async def release_and_expire(runtime: Runtime) -> None:
+    """The loop: a pass every ``loyalty_worker_interval_s``, at once again after a full
+    one (a backlog keeps draining)."""
     settings = runtime.settings
     interval = settings.loyalty_worker_interval_s if isinstance(settings, LoyaltySettings) else 5.0
     batch = settings.loyalty_worker_batch if isinstance(settings, LoyaltySettings) else 200
@@ -121,4 +92,8 @@ def workers(runtime: Runtime) -> list[Worker]:
     async def loyalty_round(now: datetime) -> int:
         return await run_once(runtime, now)
 
-    return [PollingWorker("loyalty-worker", loyalty_round, runtime.clock, interval, batch=batch)]
+    await PollingWorker("loyalty-worker", loyalty_round, runtime.clock, interval, batch=batch).run()
+
+
+# The service's background loops (app.py starts each, supervised, in the worker role).
+WORKERS: tuple[Worker, ...] = (release_and_expire,)
