@@ -18,7 +18,6 @@ from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmoun
 from afterglow.loyalty import domain
 from afterglow.loyalty.deps import Deps
 from afterglow.loyalty.metrics_api import Amount
-from afterglow.loyalty.models import ExchangeRateRow
 
 router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
@@ -488,18 +487,13 @@ _RATE_EXAMPLE: dict[str, Any] = {
 
 
 class ExchangeRateOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [_RATE_EXAMPLE]})
+    # Read from the stored row's attributes (ExchangeRateOut.model_validate(row)).
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_RATE_EXAMPLE]})
     currency: str
     quote: str = Field(description="The program currency the rate converts into")
     rate: Decimal
     as_of: date
     updated_at: datetime
-
-
-def _rate_out(r: ExchangeRateRow) -> ExchangeRateOut:
-    return ExchangeRateOut(
-        currency=r.currency, quote=r.quote, rate=r.rate, as_of=r.as_of, updated_at=r.updated_at
-    )
 
 
 class ExchangeRatesOut(BaseModel):
@@ -514,7 +508,9 @@ class ExchangeRatesOut(BaseModel):
 async def list_exchange_rates(principal: Reader, session: Session, deps: Deps) -> ExchangeRatesOut:
     """The tenant's rates into its program's currency."""
     currency, rows = await deps.loyalty.exchange_rates(session, principal.tenant_id)
-    return ExchangeRatesOut(program_currency=currency, rates=[_rate_out(r) for r in rows])
+    return ExchangeRatesOut(
+        program_currency=currency, rates=[ExchangeRateOut.model_validate(r) for r in rows]
+    )
 
 
 @router.put("/exchange-rates/{currency}", response_model=ExchangeRateOut)
@@ -531,7 +527,7 @@ async def put_exchange_rate(
     row = await deps.loyalty.set_exchange_rate(
         session, principal.tenant_id, currency, body.rate, body.as_of
     )
-    return _rate_out(row)
+    return ExchangeRateOut.model_validate(row)
 
 
 @router.delete(
