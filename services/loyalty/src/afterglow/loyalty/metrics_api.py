@@ -1,5 +1,5 @@
 """``GET /v1/metrics/points``: points issued, redeemed and expired over a period of
-whole UTC days, and the outstanding liability (definitions in :mod:`.metrics`)."""
+whole UTC days, and the outstanding liability (definitions in :func:`.store.points_series`)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import Outbox
+from afterglow.events import Outbox, derived_event_id
 from afterglow.events.catalog import (
     MessageRequested,
     Money,
@@ -33,7 +33,7 @@ from afterglow.events.catalog import (
 )
 from afterglow.kit.clock import Clock
 from afterglow.kit.errors import AppError, NotFound, Unprocessable
-from afterglow.loyalty import domain, metrics, rewards, store
+from afterglow.loyalty import domain, rewards, store
 from afterglow.loyalty.models import Account, EntryRow, ExchangeRateRow, OrderRow
 
 # The most unpriced orders an account shows (the latest ones).
@@ -297,7 +297,7 @@ class LoyaltyService:
     ) -> dict[str, Any]:
         """Points issued, redeemed, expired per bucket of [start, end); liability now."""
         rules = await store.load_rules(session, tenant)
-        return await metrics.points_series(
+        return await store.points_series(
             session, tenant, start, end, interval, rules.point_value_minor, rules.currency
         )
 
@@ -329,6 +329,61 @@ class LoyaltyService:
         rules = await store.load_rules(session, tenant)
         if not await store.delete_rate(session, tenant, currency, rules.currency):
             raise NotFound(f"no exchange rate for {currency}", field="currency")
+
+    # --- the background worker ------------------------------------------------------
+
+    async def catch_up(
+        self, session: AsyncSession, tenant: str, customer: str, now: datetime
+    ) -> bool:
+        """Bring one account up to ``now``: release pending points whose return window
+        ended, expire what is due, send the expiry notices due (once per lot) and review
+        the tier. False, doing nothing, when another transaction holds the account (the
+        worker's replicas share the due accounts: ``SKIP LOCKED``)."""
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(
+            session, tenant, customer, now, rules, create=False, skip_locked=True
+        )
+        if account is None:
+            return False
+        wallet = await store.load_wallet(session, account)
+        entries: list[domain.Entry] = []
+        for lot in list(wallet.lots):
+            entries += wallet.release(lot, rules, now)
+        entries += wallet.expire(now)
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        candidates = [lot for lot in wallet.lots if lot.notify_at and lot.notify_at <= now]
+        fresh = await store.unnotified_lots(session, [lot.id for lot in candidates])
+        soon = [
+            lot
+            for lot in candidates
+            if lot.id in fresh and lot.state == "available" and lot.remaining > 0
+        ]
+        if soon:
+            first = min(lot.expires_at for lot in soon if lot.expires_at)
+            # Derived from the lots, so a retried pass asks for the same message.
+            request_id = "loyalty:points_expiring:" + derived_event_id(
+                tenant, customer, *sorted(lot.id for lot in soon)
+            )
+            await self.outbox.add(
+                session,
+                store.message(
+                    account,
+                    "points_expiring",
+                    request_id,
+                    {
+                        "points_expiring": sum(lot.remaining for lot in soon),
+                        "expires_on": first.date().isoformat(),
+                        "expires_at": first.isoformat(),
+                        "points_balance": wallet.spendable,
+                    },
+                ),
+            )
+            await store.mark_notified(session, [lot.id for lot in soon], now)
+        if (account.tier_review_at is not None and account.tier_review_at <= now) or entries:
+            await store.refresh_tier(
+                session, self.outbox, rules, account, now, f"review:{now.isoformat()}"
+            )
+        return True
 
     # --- orders (events) ------------------------------------------------------------
 

@@ -9,61 +9,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from afterglow.events import derived_event_id
 from afterglow.kit.app import Runtime, Worker
 from afterglow.kit.polling import PollingWorker
-from afterglow.loyalty import domain, store
+from afterglow.loyalty import store
+from afterglow.loyalty.deps import deps_of
 from afterglow.loyalty.settings import LoyaltySettings
 
 
 async def process_account(runtime: Runtime, tenant: str, customer: str, now: datetime) -> bool:
-    """Bring one account up to ``now``. False when another replica holds it."""
+    """Bring one account up to ``now`` in its own transaction. False when another
+    replica holds it."""
     async with runtime.sessionmaker.begin() as session:
-        rules = await store.load_rules(session, tenant)
-        account = await store.lock_account(
-            session, tenant, customer, now, rules, create=False, skip_locked=True
-        )
-        if account is None:
-            return False
-        wallet = await store.load_wallet(session, account)
-        entries: list[domain.Entry] = []
-        for lot in list(wallet.lots):
-            entries += wallet.release(lot, rules, now)
-        entries += wallet.expire(now)
-        await store.persist(session, runtime.outbox, account, wallet, entries, now)
-        candidates = [lot for lot in wallet.lots if lot.notify_at and lot.notify_at <= now]
-        fresh = await store.unnotified_lots(session, [lot.id for lot in candidates])
-        soon = [
-            lot
-            for lot in candidates
-            if lot.id in fresh and lot.state == "available" and lot.remaining > 0
-        ]
-        if soon:
-            first = min(lot.expires_at for lot in soon if lot.expires_at)
-            # Derived from the lots, so a retried pass asks for the same message.
-            request_id = "loyalty:points_expiring:" + derived_event_id(
-                tenant, customer, *sorted(lot.id for lot in soon)
-            )
-            await runtime.outbox.add(
-                session,
-                store.message(
-                    account,
-                    "points_expiring",
-                    request_id,
-                    {
-                        "points_expiring": sum(lot.remaining for lot in soon),
-                        "expires_on": first.date().isoformat(),
-                        "expires_at": first.isoformat(),
-                        "points_balance": wallet.spendable,
-                    },
-                ),
-            )
-            await store.mark_notified(session, [lot.id for lot in soon], now)
-        if (account.tier_review_at is not None and account.tier_review_at <= now) or entries:
-            await store.refresh_tier(
-                session, runtime.outbox, rules, account, now, f"review:{now.isoformat()}"
-            )
-        return True
+        return await deps_of(runtime).loyalty.catch_up(session, tenant, customer, now)
 
 
 async def run_once(runtime: Runtime, now: datetime | None = None) -> int:
