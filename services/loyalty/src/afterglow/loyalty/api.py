@@ -325,18 +325,15 @@ class AdjustmentBalance(BaseModel):
     debt: int = Field(description="Points clawed back after they were spent; repaid first")
 
 
+_ADJUSTMENT_EXAMPLE: dict[str, Any] = {
+    "entry_id": "en_5c2e9a1f",
+    "points": 100,
+    "balance": {"available": 720, "pending": 65, "debt": 0},
+}
+
+
 class AdjustmentOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "entry_id": "en_5c2e9a1f",
-                    "points": 100,
-                    "balance": {"available": 720, "pending": 65, "debt": 0},
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_ADJUSTMENT_EXAMPLE]})
     entry_id: str = Field(description="The ledger entry the adjustment made")
     points: int = Field(description="As requested: positive credited, negative debited")
     balance: AdjustmentBalance
@@ -347,14 +344,7 @@ class AdjustmentOut(BaseModel):
     status_code=201,
     response_model=AdjustmentOut,
     responses=openapi.errors(
-        openapi.example(
-            201,
-            {
-                "entry_id": "en_5c2e9a1f",
-                "points": 100,
-                "balance": {"available": 720, "pending": 65, "debt": 0},
-            },
-        ),
+        openapi.example(201, _ADJUSTMENT_EXAMPLE),
         openapi.error(
             409,
             "A debit larger than the available points (an adjustment never overdraws)",
@@ -450,7 +440,11 @@ class ProgramMetricsOut(BaseModel):
     unpriced_orders: int = Field(description="Orders that earned nothing for want of a rate")
 
 
-@router.get("/metrics", response_model=ProgramMetricsOut)
+@router.get(
+    "/metrics",
+    response_model=ProgramMetricsOut,
+    responses=openapi.example(200, _METRICS_EXAMPLE),
+)
 async def metrics(principal: Reader, session: Session, deps: Deps) -> ProgramMetricsOut:
     """Program totals: issued (became spendable), redeemed, expired, clawed back, the
     outstanding balance and what it is worth (the merchant's liability)."""
@@ -496,15 +490,20 @@ class ExchangeRateOut(BaseModel):
     updated_at: datetime
 
 
+_RATES_EXAMPLE: dict[str, Any] = {"program_currency": "USD", "rates": [_RATE_EXAMPLE]}
+
+
 class ExchangeRatesOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"program_currency": "USD", "rates": [_RATE_EXAMPLE]}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_RATES_EXAMPLE]})
     program_currency: str = Field(description="The currency every rate converts into")
     rates: list[ExchangeRateOut] = Field(description="By currency code")
 
 
-@router.get("/exchange-rates", response_model=ExchangeRatesOut)
+@router.get(
+    "/exchange-rates",
+    response_model=ExchangeRatesOut,
+    responses=openapi.example(200, _RATES_EXAMPLE),
+)
 async def list_exchange_rates(principal: Reader, session: Session, deps: Deps) -> ExchangeRatesOut:
     """The tenant's rates into its program's currency."""
     currency, rows = await deps.loyalty.exchange_rates(session, principal.tenant_id)
