@@ -26,6 +26,7 @@ from afterglow.events.catalog import (
 from afterglow.kit.app import Runtime
 from afterglow.loyalty import store
 from afterglow.loyalty.deps import deps_of
+from afterglow.loyalty.service import LoyaltyService
 
 
 class Handlers:
@@ -33,7 +34,14 @@ class Handlers:
     the events it leads to derive their ids from."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.loyalty = deps_of(runtime).loyalty
+        self.rt = runtime
+
+    @property
+    def loyalty(self) -> LoyaltyService:
+        # Read when an event is handled, not when the group is built: a group's handlers
+        # are also built from a bare runtime to list what they read (the contract
+        # tests), with no deps on it.
+        return deps_of(self.rt).loyalty
 
     async def order_placed(self, session: AsyncSession, event: CloudEvent[OrderPlaced]) -> None:
         if is_anonymous_subject(event.subject):
