@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from afterglow.events.catalog import Money, OrderFulfilled, OrderRefunded
 from afterglow.kit.errors import AppError
-from afterglow.loyalty.api import redeem_reward
+from afterglow.loyalty.deps import deps_of
 from afterglow.loyalty.handlers import Handlers
 from afterglow.loyalty.models import Account
-from afterglow.loyalty.worker import process_account
+from afterglow.loyalty.workers import process_account
 
 from ..loyalty_support import Loyalty
 
@@ -68,7 +68,7 @@ class TestLedgerOnDatabase:
                 before = await loyalty.consistent(tenant, customer)
                 try:
                     async with rt.sessionmaker.begin() as s:
-                        await redeem_reward(s, rt.outbox, tenant, customer, step[1], f"k{i}", now)
+                        await deps_of(rt).loyalty.redeem(s, tenant, customer, step[1], f"k{i}", now)
                 except AppError as exc:
                     assert exc.status_code == 409
                     assert await loyalty.consistent(tenant, customer) == before

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from afterglow.events.catalog import OrderFulfilled
 from afterglow.loyalty.handlers import Handlers
 from afterglow.loyalty.models import EntryRow
-from afterglow.loyalty.worker import process_account
+from afterglow.loyalty.workers import process_account
 
 from ..loyalty_support import Loyalty
 

@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request, Response
+from fastapi import Depends, Header, Path, Query, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import case, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import Outbox
-from afterglow.events.catalog import MessageRequested, PointsRedeemed
 from afterglow.kit import openapi
-from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import AppError, NotFound, Unprocessable
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmount
-from afterglow.loyalty import domain, rewards, store
-from afterglow.loyalty.models import (
-    Account,
-    EntryRow,
-    ExchangeRateRow,
-    OrderRow,
-    ProgramRulesRow,
-    Redemption,
-)
+from afterglow.loyalty import domain
+from afterglow.loyalty.deps import Deps
+from afterglow.loyalty.metrics_api import Amount
 
 router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
 Writer = Annotated[Principal, Depends(require_scope("loyalty:write"))]
 Customer = Id
-
-
-class InsufficientPointsError(AppError):
-    status_code, code = 409, "insufficient_points"
 
 
 _NO_ACCOUNT = openapi.error(
@@ -123,28 +103,11 @@ class AccountOut(BaseModel):
 
 @router.get("/accounts/{customer}", response_model=AccountOut, responses=_NO_ACCOUNT)
 async def get_account(
-    customer: Customer, principal: Reader, session: Session, request: Request
+    customer: Customer, principal: Reader, session: Session, deps: Deps
 ) -> AccountOut:
     """Balances, tier and progress. 404 until the customer earns or is credited once."""
-    account = await session.get(Account, (principal.tenant_id, customer))
-    if account is None:
-        raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
-    rules = await store.load_rules(session, principal.tenant_id)
-    now = runtime_of(request).clock.now()
-    value, _ = await store.qualifying_value(session, rules, account, now)
-    p = domain.tier_progress(rules, value)
-    unpriced = (
-        await session.execute(
-            select(OrderRow)
-            .where(
-                OrderRow.tenant_id == principal.tenant_id,
-                OrderRow.customer_id == customer,
-                OrderRow.fx_factor.is_(None),
-            )
-            .order_by(OrderRow.placed_at.desc())
-            .limit(50)
-        )
-    ).scalars()
+    view = await deps.loyalty.account_summary(session, principal.tenant_id, customer)
+    account, rules, p = view.account, view.rules, view.progress
     return AccountOut(
         customer_id=customer,
         available=max(0, account.available),
@@ -169,7 +132,7 @@ async def get_account(
                 reason=o.unpriced_reason or "unpriced",
                 placed_at=o.placed_at,
             )
-            for o in unpriced
+            for o in view.unpriced
         ],
     )
 
@@ -218,20 +181,14 @@ async def history(
     customer: Customer,
     principal: Reader,
     session: Session,
+    deps: Deps,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> HistoryOut:
     """Newest first. ``next_cursor`` is opaque; pass it back to get the next page."""
-    stmt = select(EntryRow).where(
-        EntryRow.tenant_id == principal.tenant_id, EntryRow.customer_id == customer
+    rows, next_cursor = await deps.loyalty.history(
+        session, principal.tenant_id, customer, limit, cursor
     )
-    if cursor is not None:
-        stmt = stmt.where(EntryRow.seq < int(cursor))
-    rows = list(
-        (await session.execute(stmt.order_by(EntryRow.seq.desc()).limit(limit + 1))).scalars()
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
     return HistoryOut(
         entries=[
             EntryOut(
@@ -247,7 +204,7 @@ async def history(
             )
             for r in rows
         ],
-        next_cursor=str(rows[-1].seq) if more and rows else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -258,10 +215,41 @@ class RedemptionIn(BaseModel):
     reward_id: Annotated[str, StringConstraints(min_length=1, max_length=50), NoControls]
 
 
-def _reward_code() -> str:
-    # 12 characters of an unambiguous alphabet: about 60 bits, unique by constraint too.
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
+_REDEMPTION_EXAMPLE: dict[str, Any] = {
+    "redemption_id": "rd_91c4e2b7",
+    "reward": {
+        "id": "five-off",
+        "name": "$5 off",
+        "kind": "fixed_discount",
+        "points_price": 500,
+        "amount_minor": 500,
+        "percent": None,
+    },
+    "points": 500,
+    "code": "AG-7QK2M9XW4P3R",
+    "balance": {"available": 120, "pending": 65},
+    "redeemed_at": "2026-03-10T11:05:00+00:00",
+}
+
+
+class RedemptionBalance(BaseModel):
+    available: int = Field(description="Spendable points left after the redemption")
+    pending: int
+
+
+class RedemptionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_REDEMPTION_EXAMPLE]})
+    redemption_id: str
+    reward: domain.Reward = Field(description="The reward as the program defined it then")
+    points: int = Field(description="Points the reward cost")
+    code: str = Field(description="The reward code, usable at the shop's checkout")
+    balance: RedemptionBalance
+    # A string, not a datetime: a replayed answer is the first one as it was stored,
+    # byte for byte (a datetime would be re-rendered, "+00:00" becoming "Z").
+    redeemed_at: str = Field(
+        description="When the points were spent (ISO 8601)",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 # Redemptions made (a replayed Idempotency-Key is not one), by reward kind. Counted as
@@ -278,25 +266,9 @@ REDEEMED_POINTS = Counter(
 @router.post(
     "/accounts/{customer}/redemptions",
     status_code=201,
+    response_model=RedemptionOut,
     responses=openapi.errors(
-        openapi.example(
-            201,
-            {
-                "redemption_id": "rd_91c4e2b7",
-                "reward": {
-                    "id": "five-off",
-                    "name": "$5 off",
-                    "kind": "fixed_discount",
-                    "points_price": 500,
-                    "amount_minor": 500,
-                    "percent": None,
-                },
-                "points": 500,
-                "code": "AG-7QK2M9XW4P3R",
-                "balance": {"available": 120, "pending": 65},
-                "redeemed_at": "2026-03-10T11:05:00+00:00",
-            },
-        ),
+        openapi.example(201, _REDEMPTION_EXAMPLE),
         _NO_ACCOUNT,
         openapi.error(
             409,
@@ -319,127 +291,23 @@ async def redeem(
     body: RedemptionIn,
     principal: Writer,
     session: Session,
-    request: Request,
+    deps: Deps,
     response: Response,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
-) -> dict[str, Any]:
+) -> RedemptionOut:
     """Spend points on a reward. The same Idempotency-Key returns the same answer and
     deducts nothing twice; the same key with another body is a 422."""
-    rt = runtime_of(request)
-    result, replayed = await redeem_reward(
-        session,
-        rt.outbox,
-        principal.tenant_id,
-        customer,
-        body.reward_id,
-        idempotency_key,
-        rt.clock.now(),
+    loyalty = deps.loyalty
+    result, replayed = await loyalty.redeem(
+        session, principal.tenant_id, customer, body.reward_id, idempotency_key, loyalty.now()
     )
+    out = RedemptionOut.model_validate(result)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        kind = str(result["reward"]["kind"])
-        REDEMPTIONS.labels(kind).inc()
-        REDEEMED_POINTS.labels(kind).inc(int(result["points"]))
-    return result
-
-
-async def redeem_reward(
-    session: AsyncSession,
-    outbox: Outbox,
-    tenant: str,
-    customer: str,
-    reward_id: str,
-    idempotency_key: str,
-    now: datetime,
-) -> tuple[dict[str, Any], bool]:
-    """Redeem in the caller's transaction; returns (response body, replayed)."""
-    request_hash = hashlib.sha256(json.dumps({"reward_id": reward_id}).encode()).hexdigest()
-    rules = await store.load_rules(session, tenant)
-    account = await store.lock_account(session, tenant, customer, now, rules, create=False)
-    if account is None:
-        raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
-    # Checked after the lock: a concurrent request with the same key has committed by
-    # now, so we see its row instead of redeeming a second time.
-    prior = await session.scalar(
-        select(Redemption).where(
-            Redemption.tenant_id == tenant,
-            Redemption.customer_id == customer,
-            Redemption.idempotency_key == idempotency_key,
-        )
-    )
-    if prior is not None:
-        if prior.request_hash != request_hash:
-            raise Unprocessable(
-                "this Idempotency-Key was used with a different request body",
-                field="Idempotency-Key",
-                code="idempotency_key_reused",
-            )
-        return prior.response, True
-    reward = rules.reward(reward_id)
-    if reward is None:
-        raise Unprocessable(f"unknown reward {reward_id!r}", field="reward_id")
-    wallet = await store.load_wallet(session, account)
-    redemption_id = domain.new_id()
-    try:
-        entries = wallet.redeem(reward.points_price, now, redemption_id, f"reward {reward.id}")
-    except domain.InsufficientPoints as exc:
-        raise InsufficientPointsError(str(exc), field="reward_id") from exc
-    await store.persist(session, outbox, account, wallet, entries, now)
-    code = _reward_code()
-    result = {
-        "redemption_id": redemption_id,
-        "reward": reward.model_dump(mode="json"),
-        "points": reward.points_price,
-        "code": code,
-        "balance": {"available": wallet.spendable, "pending": wallet.pending},
-        "redeemed_at": now.isoformat(),
-    }
-    await session.execute(
-        pg_insert(Redemption).values(
-            id=redemption_id,
-            tenant_id=tenant,
-            customer_id=customer,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            reward_id=reward.id,
-            points=reward.points_price,
-            code=code,
-            response=result,
-            created_at=now,
-        )
-    )
-    redeemed = PointsRedeemed(
-        redemption_id=redemption_id,
-        points=reward.points_price,
-        reward_id=reward.id,
-        reward_code=code,
-        balance_available=wallet.spendable,
-        redeemed_at=now,
-    )
-    msg = MessageRequested(
-        request_id=f"loyalty:reward_code:{redemption_id}",
-        kind="reward_code",
-        category="transactional",
-        priority="high",
-        variables={
-            "reward_code": code,
-            "reward": reward.name,
-            "reward_kind": reward.kind,
-            "amount_minor": reward.amount_minor,
-            "percent": reward.percent,
-            "currency": rules.currency,
-            "points": reward.points_price,
-        },
-    )
-    # The code is created in the shop first; ingest then releases ``msg`` (rewards.py).
-    discount = rewards.shop_discount(code, reward, rules.currency, redemption_id, now, msg)
-    await outbox.add(
-        session,
-        store.account_event(account, redeemed, redemption_id),
-        store.account_event(account, discount, msg.request_id),
-    )
-    return result, False
+        REDEMPTIONS.labels(out.reward.kind).inc()
+        REDEEMED_POINTS.labels(out.reward.kind).inc(out.points)
+    return out
 
 
 class AdjustmentIn(BaseModel):
@@ -451,18 +319,32 @@ class AdjustmentIn(BaseModel):
     reason: Annotated[str, StringConstraints(min_length=1, max_length=500), NoControlsMultiline]
 
 
+class AdjustmentBalance(BaseModel):
+    available: int = Field(description="Spendable points (never negative)")
+    pending: int
+    debt: int = Field(description="Points clawed back after they were spent; repaid first")
+
+
+_ADJUSTMENT_EXAMPLE: dict[str, Any] = {
+    "entry_id": "en_5c2e9a1f",
+    "points": 100,
+    "balance": {"available": 720, "pending": 65, "debt": 0},
+}
+
+
+class AdjustmentOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ADJUSTMENT_EXAMPLE]})
+    entry_id: str = Field(description="The ledger entry the adjustment made")
+    points: int = Field(description="As requested: positive credited, negative debited")
+    balance: AdjustmentBalance
+
+
 @router.post(
     "/accounts/{customer}/adjustments",
     status_code=201,
+    response_model=AdjustmentOut,
     responses=openapi.errors(
-        openapi.example(
-            201,
-            {
-                "entry_id": "en_5c2e9a1f",
-                "points": 100,
-                "balance": {"available": 720, "pending": 65, "debt": 0},
-            },
-        ),
+        openapi.example(201, _ADJUSTMENT_EXAMPLE),
         openapi.error(
             409,
             "A debit larger than the available points (an adjustment never overdraws)",
@@ -473,26 +355,21 @@ class AdjustmentIn(BaseModel):
     ),
 )
 async def adjust(
-    customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, request: Request
-) -> dict[str, Any]:
-    if body.points == 0:
-        raise Unprocessable("points must not be zero", field="points")
-    rt = runtime_of(request)
-    now = rt.clock.now()
-    rules = await store.load_rules(session, principal.tenant_id)
-    account = await store.lock_account(session, principal.tenant_id, customer, now, rules)
-    assert account is not None
-    wallet = await store.load_wallet(session, account)
-    try:
-        entries = wallet.adjust(body.points, rules, now, body.reason, f"key:{principal.key_id}")
-    except domain.InsufficientPoints as exc:
-        raise InsufficientPointsError(str(exc), field="points") from exc
-    await store.persist(session, rt.outbox, account, wallet, entries, now)
-    return {
-        "entry_id": entries[0].id,
-        "points": body.points,
-        "balance": {"available": wallet.spendable, "pending": wallet.pending, "debt": wallet.debt},
-    }
+    customer: Customer, body: AdjustmentIn, principal: Writer, session: Session, deps: Deps
+) -> AdjustmentOut:
+    done = await deps.loyalty.adjust(
+        session,
+        principal.tenant_id,
+        customer,
+        body.points,
+        body.reason,
+        f"key:{principal.key_id}",
+    )
+    return AdjustmentOut(
+        entry_id=done.entry_id,
+        points=done.points,
+        balance=AdjustmentBalance(available=done.available, pending=done.pending, debt=done.debt),
+    )
 
 
 # The default program: what a tenant that never set one runs.
@@ -502,8 +379,8 @@ _RULES_EXAMPLE = domain.ProgramRules().model_dump(mode="json")
 @router.get(
     "/rules", response_model=domain.ProgramRules, responses=openapi.example(200, _RULES_EXAMPLE)
 )
-async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
-    return await store.load_rules(session, principal.tenant_id)
+async def get_rules(principal: Reader, session: Session, deps: Deps) -> domain.ProgramRules:
+    return await deps.loyalty.rules(session, principal.tenant_id)
 
 
 @router.put(
@@ -513,116 +390,66 @@ async def get_rules(principal: Reader, session: Session) -> domain.ProgramRules:
     openapi_extra={"requestBody": {"content": {"application/json": {"example": _RULES_EXAMPLE}}}},
 )
 async def put_rules(
-    body: domain.ProgramRules, principal: Writer, session: Session, request: Request
+    body: domain.ProgramRules, principal: Writer, session: Session, deps: Deps
 ) -> domain.ProgramRules:
     """Replace the program. Points already earned keep the rule that earned them."""
-    now = runtime_of(request).clock.now()
-    stmt = pg_insert(ProgramRulesRow).values(
-        tenant_id=principal.tenant_id, rules=body.model_dump(mode="json"), version=1, updated_at=now
+    return await deps.loyalty.replace_rules(session, principal.tenant_id, body)
+
+
+_METRICS_EXAMPLE: dict[str, Any] = {
+    "accounts": 412,
+    "points_issued": 181200,
+    "points_redeemed": 64500,
+    "points_expired": 9100,
+    "points_clawed_back": 1300,
+    "points_outstanding": 106300,
+    "points_pending": 22400,
+    "points_debt": 200,
+    "outstanding_liability": {"amount": 106300, "currency": "USD"},
+    "redemption_rate": 0.356,
+    "orders_by_currency": [
+        {"currency": "PLN", "orders": 37, "total_minor": 921300, "unpriced_orders": 2},
+        {"currency": "USD", "orders": 508, "total_minor": 3241800, "unpriced_orders": 0},
+    ],
+    "unpriced_orders": 2,
+}
+
+
+class CurrencyOrdersOut(BaseModel):
+    currency: str
+    orders: int
+    total_minor: int = Field(description="The orders' totals in this currency, never converted")
+    unpriced_orders: int = Field(description="Of them, orders with no price in the program")
+
+
+class ProgramMetricsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_METRICS_EXAMPLE]})
+    accounts: int
+    points_issued: int = Field(description="Points that became spendable (credits too)")
+    points_redeemed: int
+    points_expired: int
+    points_clawed_back: int = Field(description="Points taken back by refunds and cancellations")
+    points_outstanding: int = Field(description="Available balances now")
+    points_pending: int = Field(description="Earned, waiting for the return window to end")
+    points_debt: int = Field(description="Points clawed back after they were spent")
+    outstanding_liability: Amount = Field(description="outstanding x the point value, now")
+    redemption_rate: float = Field(description="redeemed / issued (0 when nothing was issued)")
+    orders_by_currency: list[CurrencyOrdersOut] = Field(
+        description="Order money per currency: each currency on its own row, never added up"
     )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id"],
-            set_={
-                "rules": stmt.excluded.rules,
-                "updated_at": now,
-                "version": ProgramRulesRow.version + 1,
-            },
-        )
-    )
-    return body
+    unpriced_orders: int = Field(description="Orders that earned nothing for want of a rate")
 
 
 @router.get(
     "/metrics",
-    responses=openapi.example(
-        200,
-        {
-            "accounts": 412,
-            "points_issued": 181200,
-            "points_redeemed": 64500,
-            "points_expired": 9100,
-            "points_clawed_back": 1300,
-            "points_outstanding": 106300,
-            "points_pending": 22400,
-            "points_debt": 200,
-            "outstanding_liability": {"amount": 106300, "currency": "USD"},
-            "redemption_rate": 0.356,
-        },
-    ),
+    response_model=ProgramMetricsOut,
+    responses=openapi.example(200, _METRICS_EXAMPLE),
 )
-async def metrics(principal: Reader, session: Session) -> dict[str, Any]:
+async def metrics(principal: Reader, session: Session, deps: Deps) -> ProgramMetricsOut:
     """Program totals: issued (became spendable), redeemed, expired, clawed back, the
     outstanding balance and what it is worth (the merchant's liability)."""
-    tenant = principal.tenant_id
-    rules = await store.load_rules(session, tenant)
-
-    def total(cond: Any) -> Any:
-        return func.coalesce(func.sum(case((cond, EntryRow.available_delta), else_=0)), 0)
-
-    row = (
-        await session.execute(
-            select(
-                total(
-                    (EntryRow.kind == "earn_available")
-                    | ((EntryRow.kind == "adjust") & (EntryRow.available_delta > 0))
-                ),
-                total(EntryRow.kind == "redeem"),
-                total(EntryRow.kind == "expire"),
-                total(EntryRow.kind == "clawback"),
-            ).where(EntryRow.tenant_id == tenant)
-        )
-    ).one()
-    issued, redeemed, expired, clawed = int(row[0]), -int(row[1]), -int(row[2]), -int(row[3])
-    acc = (
-        await session.execute(
-            select(
-                func.coalesce(func.sum(func.greatest(Account.available, 0)), 0),
-                func.coalesce(func.sum(func.greatest(-Account.available, 0)), 0),
-                func.coalesce(func.sum(Account.pending), 0),
-                func.count(),
-            ).where(Account.tenant_id == tenant)
-        )
-    ).one()
-    outstanding, debt, pending, accounts = (int(x) for x in acc)
-    liability = int(Decimal(outstanding) * rules.point_value_minor)
-    # Order money per currency: each currency on its own row, never added to another.
-    priced = OrderRow.fx_factor.is_not(None)
-    by_currency = (
-        await session.execute(
-            select(
-                OrderRow.currency,
-                func.count(),
-                func.coalesce(func.sum(OrderRow.total_minor), 0),
-                func.count().filter(~priced),
-            )
-            .where(OrderRow.tenant_id == tenant)
-            .group_by(OrderRow.currency)
-            .order_by(OrderRow.currency)
-        )
-    ).all()
-    return {
-        "accounts": accounts,
-        "points_issued": issued,
-        "points_redeemed": redeemed,
-        "points_expired": expired,
-        "points_clawed_back": clawed,
-        "points_outstanding": outstanding,
-        "points_pending": pending,
-        "points_debt": debt,
-        "outstanding_liability": {"amount": liability, "currency": rules.currency},
-        "redemption_rate": round(redeemed / issued, 4) if issued else 0.0,
-        "orders_by_currency": [
-            {
-                "currency": cur,
-                "orders": int(n),
-                "total_minor": int(total),
-                "unpriced_orders": int(unpriced),
-            }
-            for cur, n, total, unpriced in by_currency
-        ],
-        "unpriced_orders": sum(int(row[3]) for row in by_currency),
-    }
+    totals = await deps.loyalty.program_metrics(session, principal.tenant_id)
+    return ProgramMetricsOut.model_validate(totals)
 
 
 # --- exchange rates -----------------------------------------------------------------
@@ -654,7 +481,8 @@ _RATE_EXAMPLE: dict[str, Any] = {
 
 
 class ExchangeRateOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [_RATE_EXAMPLE]})
+    # Read from the stored row's attributes (ExchangeRateOut.model_validate(row)).
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_RATE_EXAMPLE]})
     currency: str
     quote: str = Field(description="The program currency the rate converts into")
     rate: Decimal
@@ -662,33 +490,26 @@ class ExchangeRateOut(BaseModel):
     updated_at: datetime
 
 
-def _rate_out(r: ExchangeRateRow) -> ExchangeRateOut:
-    return ExchangeRateOut(
-        currency=r.currency, quote=r.quote, rate=r.rate, as_of=r.as_of, updated_at=r.updated_at
-    )
+_RATES_EXAMPLE: dict[str, Any] = {"program_currency": "USD", "rates": [_RATE_EXAMPLE]}
+
+
+class ExchangeRatesOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_RATES_EXAMPLE]})
+    program_currency: str = Field(description="The currency every rate converts into")
+    rates: list[ExchangeRateOut] = Field(description="By currency code")
 
 
 @router.get(
     "/exchange-rates",
-    responses=openapi.example(200, {"program_currency": "USD", "rates": [_RATE_EXAMPLE]}),
+    response_model=ExchangeRatesOut,
+    responses=openapi.example(200, _RATES_EXAMPLE),
 )
-async def list_exchange_rates(principal: Reader, session: Session) -> dict[str, Any]:
+async def list_exchange_rates(principal: Reader, session: Session, deps: Deps) -> ExchangeRatesOut:
     """The tenant's rates into its program's currency."""
-    rules = await store.load_rules(session, principal.tenant_id)
-    rows = (
-        await session.execute(
-            select(ExchangeRateRow)
-            .where(
-                ExchangeRateRow.tenant_id == principal.tenant_id,
-                ExchangeRateRow.quote == rules.currency,
-            )
-            .order_by(ExchangeRateRow.currency)
-        )
-    ).scalars()
-    return {
-        "program_currency": rules.currency,
-        "rates": [_rate_out(r).model_dump(mode="json") for r in rows],
-    }
+    currency, rows = await deps.loyalty.exchange_rates(session, principal.tenant_id)
+    return ExchangeRatesOut(
+        program_currency=currency, rates=[ExchangeRateOut.model_validate(r) for r in rows]
+    )
 
 
 @router.put("/exchange-rates/{currency}", response_model=ExchangeRateOut)
@@ -697,34 +518,15 @@ async def put_exchange_rate(
     body: ExchangeRateIn,
     principal: Writer,
     session: Session,
-    request: Request,
+    deps: Deps,
 ) -> ExchangeRateOut:
     """Set the rate at which orders in ``currency`` are priced in the program's currency
     from now on. Orders already placed keep the price they were given (or stay unpriced:
     credit them by adjustment if they should earn)."""
-    rules = await store.load_rules(session, principal.tenant_id)
-    if currency == rules.currency:
-        raise Unprocessable(
-            f"{currency} is the program's currency: it needs no rate", field="currency"
-        )
-    now = runtime_of(request).clock.now()
-    stmt = pg_insert(ExchangeRateRow).values(
-        tenant_id=principal.tenant_id,
-        currency=currency,
-        quote=rules.currency,
-        rate=body.rate,
-        as_of=body.as_of,
-        updated_at=now,
+    row = await deps.loyalty.set_exchange_rate(
+        session, principal.tenant_id, currency, body.rate, body.as_of
     )
-    row = (
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["tenant_id", "currency", "quote"],
-                set_={"rate": body.rate, "as_of": body.as_of, "updated_at": now},
-            ).returning(ExchangeRateRow)
-        )
-    ).scalar_one()
-    return _rate_out(row)
+    return ExchangeRateOut.model_validate(row)
 
 
 @router.delete(
@@ -735,21 +537,8 @@ async def put_exchange_rate(
     ),
 )
 async def delete_exchange_rate(
-    currency: CurrencyCode, principal: Writer, session: Session
+    currency: CurrencyCode, principal: Writer, session: Session, deps: Deps
 ) -> Response:
     """Forget a rate: later orders in ``currency`` are recorded unpriced."""
-    rules = await store.load_rules(session, principal.tenant_id)
-    deleted = (
-        await session.execute(
-            delete(ExchangeRateRow)
-            .where(
-                ExchangeRateRow.tenant_id == principal.tenant_id,
-                ExchangeRateRow.currency == currency,
-                ExchangeRateRow.quote == rules.currency,
-            )
-            .returning(ExchangeRateRow.currency)
-        )
-    ).scalar()
-    if deleted is None:
-        raise NotFound(f"no exchange rate for {currency}", field="currency")
+    await deps.loyalty.delete_exchange_rate(session, principal.tenant_id, currency)
     return Response(status_code=204)

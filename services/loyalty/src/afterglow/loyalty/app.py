@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.kit.app import ServiceSpec, create_service_app
+from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 from afterglow.loyalty import metrics_api, rewards
 from afterglow.loyalty.api import router
+from afterglow.loyalty.deps import build_deps
 from afterglow.loyalty.export import collect
 from afterglow.loyalty.handlers import CONSUMERS
 from afterglow.loyalty.models import api_keys, tables
 from afterglow.loyalty.settings import LoyaltySettings
-from afterglow.loyalty.worker import workers
+from afterglow.loyalty.workers import WORKERS
 
 SPEC = ServiceSpec(
     name="loyalty",
@@ -35,6 +36,10 @@ SPEC = ServiceSpec(
 )
 
 
+def _workers(runtime: Runtime) -> list[Worker]:
+    return list(WORKERS)
+
+
 def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = None) -> FastAPI:
     return create_service_app(
         SPEC,
@@ -44,6 +49,7 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         title="Afterglow loyalty",
         description="Points ledger, tiers and rewards.",
         routers=[router, metrics_api.router, export_router(SPEC.name, collect)],
-        workers=workers,
+        workers=_workers,
+        build_deps=build_deps,
         clock=clock,
     )

@@ -17,8 +17,7 @@ credential; ``entries.actor`` names the API key id, never the key.
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from afterglow.kit.db import Session
 from afterglow.kit.export import Records, by_customer
 from afterglow.loyalty.models import Account, EntryRow, LotRow, OrderRow, Redemption
 
@@ -34,6 +33,6 @@ CUSTOMER_TABLES = (
 )
 
 
-async def collect(session: AsyncSession, tenant_id: str, customer_id: str) -> Records:
+async def collect(session: Session, tenant_id: str, customer_id: str) -> Records:
     """Every row loyalty holds about ``customer_id`` of ``tenant_id``, per table."""
     return await by_customer(session, tenant_id, customer_id, CUSTOMER_TABLES)

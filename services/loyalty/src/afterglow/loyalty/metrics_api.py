@@ -1,5 +1,5 @@
 """``GET /v1/metrics/points``: points issued, redeemed and expired over a period of
-whole UTC days, and the outstanding liability (definitions in :mod:`.metrics`)."""
+whole UTC days, and the outstanding liability (definitions in :func:`.store.points_series`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from afterglow.kit.db import Session
 from afterglow.kit.errors import Unprocessable
 from afterglow.kit.period import BAD_PERIOD, Period, period_query
 from afterglow.kit.routing import service_router
-from afterglow.loyalty import metrics, store
+from afterglow.loyalty.deps import Deps
 
 router = service_router(prefix="/v1/metrics", tags=["metrics"])
 
@@ -74,20 +74,14 @@ class PointsMetrics(BaseModel):
 )
 async def points_metrics(
     session: Session,
+    deps: Deps,
     period: Annotated[Period, Depends(period_query)],
     interval: Interval = "month",
     principal: Principal = Depends(require_scope("loyalty:read")),
 ) -> PointsMetrics:
     if interval == "day" and (period.last - period.first).days >= MAX_DAY_BUCKETS:
         raise Unprocessable("too many days: choose week or month", field="interval")
-    rules = await store.load_rules(session, principal.tenant_id)
-    data = await metrics.points_series(
-        session,
-        principal.tenant_id,
-        period.start,
-        period.end,
-        interval,
-        rules.point_value_minor,
-        rules.currency,
+    data = await deps.loyalty.points_metrics(
+        session, principal.tenant_id, period.start, period.end, interval
     )
     return PointsMetrics(from_=period.first, to=period.last, **data)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent
@@ -22,7 +21,6 @@ from afterglow.events.subscriptions import ConsumerGroup, on_batch
 from afterglow.kit.app import Runtime
 from afterglow.loyalty import store
 from afterglow.loyalty.domain import Reward
-from afterglow.loyalty.models import LotRow, Redemption
 
 # How long a reward code stays valid in the shop; past it, ingest disables it there.
 REWARD_VALID_DAYS = 365
@@ -75,11 +73,7 @@ class RewardAnswers:
     ) -> None:
         now = self.rt.clock.now()
         for e in events:
-            redemption = await session.scalar(
-                select(Redemption).where(
-                    Redemption.tenant_id == e.tenantid, Redemption.id == e.data.reference
-                )
-            )
+            redemption = await store.redemption_by_id(session, e.tenantid, e.data.reference)
             if redemption is None or redemption.code.upper() != e.data.code.upper():
                 continue  # another issuer's code (a referral reward)
             rules = await store.load_rules(session, e.tenantid)
@@ -89,7 +83,7 @@ class RewardAnswers:
             if account is None:
                 continue
             refund_lot = f"reward-refund:{redemption.id}"
-            if await session.get(LotRow, refund_lot) is not None:
+            if await store.lot_exists_by_id(session, refund_lot):
                 continue  # given back already (the same answer under another event id)
             wallet = await store.load_wallet(session, account)
             entries = wallet.adjust(

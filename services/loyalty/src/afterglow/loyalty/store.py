@@ -9,15 +9,17 @@ replicas share the due accounts without waiting on each other.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_, update
+from sqlalchemy import case, delete, func, or_, select, text, tuple_, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
+from afterglow.events.privacy import pseudonym
 from afterglow.loyalty import domain
 from afterglow.loyalty.models import (
     Account,
@@ -26,6 +28,7 @@ from afterglow.loyalty.models import (
     LotRow,
     OrderRow,
     ProgramRulesRow,
+    Redemption,
 )
 
 SOURCE = "loyalty"
@@ -62,19 +65,86 @@ async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> No
     )
 
 
+async def save_rules(
+    session: AsyncSession, tenant_id: str, rules: domain.ProgramRules, now: datetime
+) -> None:
+    """Replace the tenant's program (one upsert; the version counts the replacements)."""
+    stmt = pg_insert(ProgramRulesRow).values(
+        tenant_id=tenant_id, rules=rules.model_dump(mode="json"), version=1, updated_at=now
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={
+                "rules": stmt.excluded.rules,
+                "updated_at": now,
+                "version": ProgramRulesRow.version + 1,
+            },
+        )
+    )
+
+
+# --- exchange rates -----------------------------------------------------------------
+
+
 async def load_rates(
     session: AsyncSession, tenant_id: str, quote: str
 ) -> dict[str, domain.ExchangeRate]:
     """The tenant's rates into ``quote`` (the program currency), by currency: a handful
     of rows, read only for an order that states no amount in the program's currency."""
-    rows = (
-        await session.execute(
-            select(ExchangeRateRow).where(
-                ExchangeRateRow.tenant_id == tenant_id, ExchangeRateRow.quote == quote
-            )
-        )
-    ).scalars()
+    rows = await rate_rows(session, tenant_id, quote)
     return {r.currency: domain.ExchangeRate(r.currency, r.quote, r.rate, r.as_of) for r in rows}
+
+
+async def rate_rows(session: AsyncSession, tenant_id: str, quote: str) -> list[ExchangeRateRow]:
+    """The tenant's rates into ``quote``, by currency code (as the API lists them)."""
+    rows = await session.execute(
+        select(ExchangeRateRow)
+        .where(ExchangeRateRow.tenant_id == tenant_id, ExchangeRateRow.quote == quote)
+        .order_by(ExchangeRateRow.currency)
+    )
+    return list(rows.scalars())
+
+
+async def upsert_rate(
+    session: AsyncSession,
+    tenant_id: str,
+    currency: str,
+    quote: str,
+    rate: Decimal,
+    as_of: date,
+    now: datetime,
+) -> ExchangeRateRow:
+    """Set the rate of ``currency`` into ``quote``, replacing the one there was."""
+    stmt = pg_insert(ExchangeRateRow).values(
+        tenant_id=tenant_id,
+        currency=currency,
+        quote=quote,
+        rate=rate,
+        as_of=as_of,
+        updated_at=now,
+    )
+    row = await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "currency", "quote"],
+            set_={"rate": rate, "as_of": as_of, "updated_at": now},
+        ).returning(ExchangeRateRow)
+    )
+    return row.scalar_one()
+
+
+async def delete_rate(session: AsyncSession, tenant_id: str, currency: str, quote: str) -> bool:
+    """Forget the rate of ``currency`` into ``quote``; False when there was none."""
+    deleted = await session.execute(
+        delete(ExchangeRateRow)
+        .where(
+            ExchangeRateRow.tenant_id == tenant_id,
+            ExchangeRateRow.currency == currency,
+            ExchangeRateRow.quote == quote,
+        )
+        .returning(ExchangeRateRow.currency)
+    )
+    return deleted.scalar() is not None
 
 
 async def lock_account(
@@ -385,3 +455,304 @@ async def mark_notified(session: AsyncSession, lot_ids: list[str], now: datetime
     await session.execute(
         update(LotRow).where(LotRow.id.in_(lot_ids)).values(expiry_notified_at=now)
     )
+
+
+# --- accounts as the API shows them -------------------------------------------------
+
+
+async def get_account(session: AsyncSession, tenant_id: str, customer_id: str) -> Account | None:
+    """The account without a lock (a read for the API)."""
+    return await session.get(Account, (tenant_id, customer_id))
+
+
+async def unpriced_orders(
+    session: AsyncSession, tenant_id: str, customer_id: str, limit: int
+) -> list[OrderRow]:
+    """The customer's latest orders that could not be priced (no exchange rate)."""
+    rows = await session.execute(
+        select(OrderRow)
+        .where(
+            OrderRow.tenant_id == tenant_id,
+            OrderRow.customer_id == customer_id,
+            OrderRow.fx_factor.is_(None),
+        )
+        .order_by(OrderRow.placed_at.desc())
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def entries_before(
+    session: AsyncSession, tenant_id: str, customer_id: str, before_seq: int | None, limit: int
+) -> list[EntryRow]:
+    """Up to ``limit`` ledger entries of the customer, newest first, older than
+    ``before_seq`` when given (the history's cursor)."""
+    stmt = select(EntryRow).where(
+        EntryRow.tenant_id == tenant_id, EntryRow.customer_id == customer_id
+    )
+    if before_seq is not None:
+        stmt = stmt.where(EntryRow.seq < before_seq)
+    rows = await session.execute(stmt.order_by(EntryRow.seq.desc()).limit(limit))
+    return list(rows.scalars())
+
+
+# --- redemptions --------------------------------------------------------------------
+
+
+async def redemption_by_key(
+    session: AsyncSession, tenant_id: str, customer_id: str, idempotency_key: str
+) -> Redemption | None:
+    return await session.scalar(
+        select(Redemption).where(
+            Redemption.tenant_id == tenant_id,
+            Redemption.customer_id == customer_id,
+            Redemption.idempotency_key == idempotency_key,
+        )
+    )
+
+
+async def redemption_by_id(
+    session: AsyncSession, tenant_id: str, redemption_id: str
+) -> Redemption | None:
+    return await session.scalar(
+        select(Redemption).where(Redemption.tenant_id == tenant_id, Redemption.id == redemption_id)
+    )
+
+
+async def insert_redemption(session: AsyncSession, **values: Any) -> None:
+    """Record a redemption (its answer too, replayed for the same Idempotency-Key)."""
+    await session.execute(pg_insert(Redemption).values(**values))
+
+
+async def lot_exists_by_id(session: AsyncSession, lot_id: str) -> bool:
+    return await session.get(LotRow, lot_id) is not None
+
+
+# --- orders -------------------------------------------------------------------------
+
+
+async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> OrderRow | None:
+    """The order, locked and re-read (another event of the batch may have changed it)."""
+    return await session.get(
+        OrderRow, (tenant_id, order_id), with_for_update=True, populate_existing=True
+    )
+
+
+async def add_order(session: AsyncSession, order: OrderRow) -> None:
+    """Insert a new order now (flushed: the account's later reads of its orders see it)."""
+    session.add(order)
+    await session.flush()
+
+
+# --- erasure ------------------------------------------------------------------------
+
+
+async def live_customers(session: AsyncSession, tenant_id: str) -> list[str]:
+    """Every customer of the tenant whose account is not erased yet."""
+    rows = await session.execute(
+        select(Account.customer_id).where(Account.tenant_id == tenant_id, ~Account.erased)
+    )
+    return list(rows.scalars())
+
+
+async def pseudonymize(session: AsyncSession, tenant: str, customer: str) -> None:
+    """Replace the customer key everywhere with a one-way pseudonym; balances, entries and
+    metrics stay (aggregates survive erasure). Free-text reasons may name the person."""
+    alias = pseudonym(tenant, customer)
+    for model in (Account, LotRow, OrderRow, Redemption):
+        await session.execute(
+            update(model)
+            .where(model.tenant_id == tenant, model.customer_id == customer)
+            .values(customer_id=alias)
+        )
+    await session.execute(
+        update(EntryRow)
+        .where(EntryRow.tenant_id == tenant, EntryRow.customer_id == customer)
+        .values(customer_id=alias, reason=None)
+    )
+    await session.execute(
+        update(Account)
+        .where(Account.tenant_id == tenant, Account.customer_id == alias)
+        .values(erased=True)
+    )
+
+
+# --- program metrics ----------------------------------------------------------------
+
+
+async def ledger_totals(session: AsyncSession, tenant_id: str) -> tuple[int, int, int, int]:
+    """(issued, redeemed, expired, clawed back) over the tenant's whole ledger, as
+    positive numbers: issued is what became spendable (positive adjustments too)."""
+
+    def total(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, EntryRow.available_delta), else_=0)), 0)
+
+    row = (
+        await session.execute(
+            select(
+                total(
+                    (EntryRow.kind == "earn_available")
+                    | ((EntryRow.kind == "adjust") & (EntryRow.available_delta > 0))
+                ),
+                total(EntryRow.kind == "redeem"),
+                total(EntryRow.kind == "expire"),
+                total(EntryRow.kind == "clawback"),
+            ).where(EntryRow.tenant_id == tenant_id)
+        )
+    ).one()
+    return int(row[0]), -int(row[1]), -int(row[2]), -int(row[3])
+
+
+async def balance_totals(session: AsyncSession, tenant_id: str) -> tuple[int, int, int, int]:
+    """(outstanding available, debt, pending, accounts) summed over the tenant's accounts."""
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(func.greatest(Account.available, 0)), 0),
+                func.coalesce(func.sum(func.greatest(-Account.available, 0)), 0),
+                func.coalesce(func.sum(Account.pending), 0),
+                func.count(),
+            ).where(Account.tenant_id == tenant_id)
+        )
+    ).one()
+    outstanding, debt, pending, accounts = (int(x) for x in row)
+    return outstanding, debt, pending, accounts
+
+
+async def orders_by_currency(
+    session: AsyncSession, tenant_id: str
+) -> list[tuple[str, int, int, int]]:
+    """(currency, orders, total in minor units, unpriced orders) per order currency, by
+    code: each currency on its own row, never added to another."""
+    priced = OrderRow.fx_factor.is_not(None)
+    rows = await session.execute(
+        select(
+            OrderRow.currency,
+            func.count(),
+            func.coalesce(func.sum(OrderRow.total_minor), 0),
+            func.count().filter(~priced),
+        )
+        .where(OrderRow.tenant_id == tenant_id)
+        .group_by(OrderRow.currency)
+        .order_by(OrderRow.currency)
+    )
+    return [(cur, int(n), int(total), int(unpriced)) for cur, n, total, unpriced in rows]
+
+
+# --- the background worker's reads -------------------------------------------------
+
+
+async def due_accounts(session: AsyncSession, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """Up to ``limit`` accounts (tenant, customer) with work due at ``now``: pending
+    points to release, points to expire, an expiry notice to send, a tier to review."""
+    pending = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "pending", LotRow.available_at <= now
+    )
+    expiring = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "available", LotRow.remaining > 0, LotRow.expires_at <= now
+    )
+    # notify_at is fixed when the lot starts to expire, so an account is due for a
+    # notice only once, not on every pass until the lot expires.
+    notices = select(LotRow.tenant_id, LotRow.customer_id).where(
+        LotRow.state == "available",
+        LotRow.remaining > 0,
+        LotRow.expiry_notified_at.is_(None),
+        LotRow.notify_at <= now,
+    )
+    tiers = select(Account.tenant_id, Account.customer_id).where(Account.tier_review_at <= now)
+    rows = await session.execute(union(pending, expiring, notices, tiers).limit(limit))
+    return [(r[0], r[1]) for r in rows]
+
+
+async def unnotified_lots(session: AsyncSession, ids: list[str]) -> set[str]:
+    """Those of the lots ``ids`` whose expiry notice was not sent yet."""
+    rows = await session.execute(
+        select(LotRow.id).where(LotRow.id.in_(ids), LotRow.expiry_notified_at.is_(None))
+    )
+    return set(rows.scalars())
+
+
+# --- points over a period (GET /v1/metrics/points) ----------------------------------
+# Per bucket: issued, redeemed, expired (the console's dashboard), and the outstanding
+# balance with its liability in money now; one statement per figure (the series a GROUP
+# BY over the ledger's buckets).
+# Definitions (the same as the programme totals of ``GET /v1/metrics``):
+#
+# - issued: points that became spendable (``earn_available``, and positive
+#   adjustments), when they did; pending points are not issued until the return window
+#   passes, so a refunded order never counts;
+# - redeemed, expired: what redemptions and expiries took, as positive numbers;
+# - outstanding: the available balances now (a balance is a state, not a flow: it has no
+#   period), and the liability: outstanding times the programme's point value.
+
+_SERIES = text(
+    """
+    WITH buckets AS (
+        SELECT b AT TIME ZONE 'UTC' AS bucket
+        FROM generate_series(
+            date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
+            CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
+            CAST('1 ' || :interval AS interval)
+        ) AS b
+    ), flows AS (
+        SELECT date_trunc(:interval, created_at, 'UTC') AS bucket,
+               sum(available_delta) FILTER (
+                   WHERE kind = 'earn_available' OR (kind = 'adjust' AND available_delta > 0)
+               ) AS issued,
+               -sum(available_delta) FILTER (WHERE kind = 'redeem') AS redeemed,
+               -sum(available_delta) FILTER (WHERE kind = 'expire') AS expired
+        FROM loyalty.entries
+        WHERE tenant_id = :tenant AND created_at >= :start AND created_at < :end
+          AND kind IN ('earn_available', 'adjust', 'redeem', 'expire')
+        GROUP BY 1
+    )
+    SELECT b.bucket, coalesce(f.issued, 0)::bigint AS issued,
+           coalesce(f.redeemed, 0)::bigint AS redeemed, coalesce(f.expired, 0)::bigint AS expired
+    FROM buckets b LEFT JOIN flows f ON f.bucket = b.bucket
+    ORDER BY b.bucket
+    """
+)
+
+_OUTSTANDING = text(
+    """
+    SELECT coalesce(sum(greatest(available, 0)), 0)::bigint AS outstanding
+    FROM loyalty.accounts WHERE tenant_id = :tenant
+    """
+)
+
+
+async def points_series(
+    session: AsyncSession,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    interval: str,
+    point_value_minor: Decimal,
+    currency: str,
+) -> dict[str, Any]:
+    """The figures of ``GET /v1/metrics/points`` over [start, end), by ``interval``
+    (definitions above)."""
+    params = {"tenant": tenant_id, "start": start, "end": end, "interval": interval}
+    rows = (await session.execute(_SERIES, params)).all()
+    outstanding = int((await session.execute(_OUTSTANDING, {"tenant": tenant_id})).scalar_one())
+    series = [
+        {
+            "start": r.bucket.date(),
+            "issued": int(r.issued),
+            "redeemed": int(r.redeemed),
+            "expired": int(r.expired),
+        }
+        for r in rows
+    ]
+    return {
+        "interval": interval,
+        "issued": sum(p["issued"] for p in series),
+        "redeemed": sum(p["redeemed"] for p in series),
+        "expired": sum(p["expired"] for p in series),
+        "outstanding": outstanding,
+        "outstanding_liability": {
+            "amount": int(Decimal(outstanding) * point_value_minor),
+            "currency": currency,
+        },
+        "series": series,
+    }

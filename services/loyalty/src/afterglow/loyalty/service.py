@@ -1,0 +1,688 @@
+"""The loyalty use cases, shared by the routes (api.py, metrics_api.py) and the event
+handlers (handlers.py): redeem, adjust, earn from an order and take back on a refund or
+a cancellation, bonuses, erasure, the program's rules, exchange rates and metrics.
+
+Everything here runs in the caller's transaction (the request's session or the
+consumer's inbox transaction) and adds the events it causes to the outbox in that same
+transaction; nothing here commits. Every statement is in :mod:`.store`, every rule in
+:mod:`.domain`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterglow.events import Outbox, derived_event_id
+from afterglow.events.catalog import (
+    MessageRequested,
+    Money,
+    OrderCancelled,
+    OrderDelivered,
+    OrderFulfilled,
+    OrderPlaced,
+    OrderRefunded,
+    PointsRedeemed,
+)
+from afterglow.kit.clock import Clock
+from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.loyalty import domain, rewards, store
+from afterglow.loyalty.models import Account, EntryRow, ExchangeRateRow, OrderRow
+
+# The most unpriced orders an account shows (the latest ones).
+UNPRICED_SHOWN = 50
+
+
+class InsufficientPointsError(AppError):
+    status_code, code = 409, "insufficient_points"
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """An account as the API shows it: balances, the program, the tier's progress and
+    the latest orders that earned nothing for want of a price."""
+
+    account: Account
+    rules: domain.ProgramRules
+    progress: domain.TierProgress
+    unpriced: list[OrderRow]
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    entry_id: str
+    points: int
+    available: int
+    pending: int
+    debt: int
+
+
+def reward_code() -> str:
+    # 12 characters of an unambiguous alphabet: about 60 bits, unique by constraint too.
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def order_record(row: OrderRow) -> domain.OrderRecord:
+    return domain.OrderRecord(
+        order_id=row.order_id,
+        total_minor=row.total_minor,
+        currency=row.currency,
+        placed_at=row.placed_at,
+        refunded_minor=row.refunded_minor,
+        refund_ids=list(row.refund_ids or []),
+        fully_refunded=row.fully_refunded,
+        cancelled=row.cancelled,
+        fulfilled_at=row.fulfilled_at,
+        delivered_at=row.delivered_at,
+        fx_factor=row.fx_factor,
+    )
+
+
+def _pairs(amounts: list[Money]) -> list[tuple[str, int]]:
+    return [(m.currency, m.amount) for m in amounts]
+
+
+def _available_at(
+    rules: domain.ProgramRules, when: datetime, now: datetime, historical: bool
+) -> datetime:
+    """When an order's points become spendable: the return window after fulfilment.
+    For a past order (historical) not before now: its window ended long ago, and
+    expiry counts from availability, so the points would otherwise be credited,
+    released and expired in the same second."""
+    start = domain.available_at(rules, when)
+    return max(start, now) if historical else start
+
+
+class LoyaltyService:
+    def __init__(self, outbox: Outbox, clock: Clock) -> None:
+        self.outbox = outbox
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    # --- accounts -------------------------------------------------------------------
+
+    async def account_summary(
+        self, session: AsyncSession, tenant: str, customer: str
+    ) -> AccountSummary:
+        """Raises NotFound until the customer earns or is credited once."""
+        account = await store.get_account(session, tenant, customer)
+        if account is None:
+            raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+        rules = await store.load_rules(session, tenant)
+        value, _ = await store.qualifying_value(session, rules, account, self.now())
+        progress = domain.tier_progress(rules, value)
+        unpriced = await store.unpriced_orders(session, tenant, customer, UNPRICED_SHOWN)
+        return AccountSummary(account, rules, progress, unpriced)
+
+    async def history(
+        self, session: AsyncSession, tenant: str, customer: str, limit: int, cursor: str | None
+    ) -> tuple[list[EntryRow], str | None]:
+        """One page of the ledger, newest first, and the cursor of the next (None: the
+        last page). The cursor is the sequence number of the page's last entry."""
+        before = int(cursor) if cursor is not None else None
+        rows = await store.entries_before(session, tenant, customer, before, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, str(rows[-1].seq) if more and rows else None
+
+    # --- redemptions and adjustments ------------------------------------------------
+
+    async def redeem(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        customer: str,
+        reward_id: str,
+        idempotency_key: str,
+        now: datetime,
+    ) -> tuple[dict[str, Any], bool]:
+        """Redeem in the caller's transaction; returns (response body, replayed). The
+        same key returns the first answer and deducts nothing twice; the same key with
+        another reward is a 422."""
+        outbox = self.outbox
+        request_hash = hashlib.sha256(json.dumps({"reward_id": reward_id}).encode()).hexdigest()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, customer, now, rules, create=False)
+        if account is None:
+            raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+        # Checked after the lock: a concurrent request with the same key has committed by
+        # now, so we see its row instead of redeeming a second time.
+        prior = await store.redemption_by_key(session, tenant, customer, idempotency_key)
+        if prior is not None:
+            if prior.request_hash != request_hash:
+                raise Unprocessable(
+                    "this Idempotency-Key was used with a different request body",
+                    field="Idempotency-Key",
+                    code="idempotency_key_reused",
+                )
+            return prior.response, True
+        reward = rules.reward(reward_id)
+        if reward is None:
+            raise Unprocessable(f"unknown reward {reward_id!r}", field="reward_id")
+        wallet = await store.load_wallet(session, account)
+        redemption_id = domain.new_id()
+        try:
+            entries = wallet.redeem(reward.points_price, now, redemption_id, f"reward {reward.id}")
+        except domain.InsufficientPoints as exc:
+            raise InsufficientPointsError(str(exc), field="reward_id") from exc
+        await store.persist(session, outbox, account, wallet, entries, now)
+        code = reward_code()
+        result = {
+            "redemption_id": redemption_id,
+            "reward": reward.model_dump(mode="json"),
+            "points": reward.points_price,
+            "code": code,
+            "balance": {"available": wallet.spendable, "pending": wallet.pending},
+            "redeemed_at": now.isoformat(),
+        }
+        await store.insert_redemption(
+            session,
+            id=redemption_id,
+            tenant_id=tenant,
+            customer_id=customer,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            reward_id=reward.id,
+            points=reward.points_price,
+            code=code,
+            response=result,
+            created_at=now,
+        )
+        redeemed = PointsRedeemed(
+            redemption_id=redemption_id,
+            points=reward.points_price,
+            reward_id=reward.id,
+            reward_code=code,
+            balance_available=wallet.spendable,
+            redeemed_at=now,
+        )
+        msg = MessageRequested(
+            request_id=f"loyalty:reward_code:{redemption_id}",
+            kind="reward_code",
+            category="transactional",
+            priority="high",
+            variables={
+                "reward_code": code,
+                "reward": reward.name,
+                "reward_kind": reward.kind,
+                "amount_minor": reward.amount_minor,
+                "percent": reward.percent,
+                "currency": rules.currency,
+                "points": reward.points_price,
+            },
+        )
+        # The code is created in the shop first; ingest then releases ``msg`` (rewards.py).
+        discount = rewards.shop_discount(code, reward, rules.currency, redemption_id, now, msg)
+        await outbox.add(
+            session,
+            store.account_event(account, redeemed, redemption_id),
+            store.account_event(account, discount, msg.request_id),
+        )
+        return result, False
+
+    async def adjust(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        customer: str,
+        points: int,
+        reason: str,
+        actor: str,
+    ) -> Adjusted:
+        """Credit (points > 0) or debit an account by hand; a debit never overdraws."""
+        if points == 0:
+            raise Unprocessable("points must not be zero", field="points")
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, customer, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account)
+        try:
+            entries = wallet.adjust(points, rules, now, reason, actor)
+        except domain.InsufficientPoints as exc:
+            raise InsufficientPointsError(str(exc), field="points") from exc
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        return Adjusted(entries[0].id, points, wallet.spendable, wallet.pending, wallet.debt)
+
+    # --- the program ----------------------------------------------------------------
+
+    async def rules(self, session: AsyncSession, tenant: str) -> domain.ProgramRules:
+        return await store.load_rules(session, tenant)
+
+    async def replace_rules(
+        self, session: AsyncSession, tenant: str, rules: domain.ProgramRules
+    ) -> domain.ProgramRules:
+        """Points already earned keep the rule that earned them (snapshots on the lots)."""
+        await store.save_rules(session, tenant, rules, self.now())
+        return rules
+
+    async def program_metrics(self, session: AsyncSession, tenant: str) -> dict[str, Any]:
+        """Program totals: issued (became spendable), redeemed, expired, clawed back, the
+        outstanding balance and what it is worth (the merchant's liability)."""
+        rules = await store.load_rules(session, tenant)
+        issued, redeemed, expired, clawed = await store.ledger_totals(session, tenant)
+        outstanding, debt, pending, accounts = await store.balance_totals(session, tenant)
+        liability = int(Decimal(outstanding) * rules.point_value_minor)
+        by_currency = await store.orders_by_currency(session, tenant)
+        return {
+            "accounts": accounts,
+            "points_issued": issued,
+            "points_redeemed": redeemed,
+            "points_expired": expired,
+            "points_clawed_back": clawed,
+            "points_outstanding": outstanding,
+            "points_pending": pending,
+            "points_debt": debt,
+            "outstanding_liability": {"amount": liability, "currency": rules.currency},
+            "redemption_rate": round(redeemed / issued, 4) if issued else 0.0,
+            "orders_by_currency": [
+                {"currency": cur, "orders": n, "total_minor": total, "unpriced_orders": unpriced}
+                for cur, n, total, unpriced in by_currency
+            ],
+            "unpriced_orders": sum(row[3] for row in by_currency),
+        }
+
+    async def points_metrics(
+        self, session: AsyncSession, tenant: str, start: datetime, end: datetime, interval: str
+    ) -> dict[str, Any]:
+        """Points issued, redeemed, expired per bucket of [start, end); liability now."""
+        rules = await store.load_rules(session, tenant)
+        return await store.points_series(
+            session, tenant, start, end, interval, rules.point_value_minor, rules.currency
+        )
+
+    # --- exchange rates -------------------------------------------------------------
+
+    async def exchange_rates(
+        self, session: AsyncSession, tenant: str
+    ) -> tuple[str, list[ExchangeRateRow]]:
+        """The program's currency and the tenant's rates into it, by currency code."""
+        rules = await store.load_rules(session, tenant)
+        return rules.currency, await store.rate_rows(session, tenant, rules.currency)
+
+    async def set_exchange_rate(
+        self, session: AsyncSession, tenant: str, currency: str, rate: Decimal, as_of: date
+    ) -> ExchangeRateRow:
+        """Orders in ``currency`` are priced at ``rate`` from now on; orders already
+        placed keep the price they were given (or stay unpriced)."""
+        rules = await store.load_rules(session, tenant)
+        if currency == rules.currency:
+            raise Unprocessable(
+                f"{currency} is the program's currency: it needs no rate", field="currency"
+            )
+        return await store.upsert_rate(
+            session, tenant, currency, rules.currency, rate, as_of, self.now()
+        )
+
+    async def delete_exchange_rate(self, session: AsyncSession, tenant: str, currency: str) -> None:
+        """Later orders in ``currency`` are recorded unpriced. NotFound when no rate."""
+        rules = await store.load_rules(session, tenant)
+        if not await store.delete_rate(session, tenant, currency, rules.currency):
+            raise NotFound(f"no exchange rate for {currency}", field="currency")
+
+    # --- the background worker ------------------------------------------------------
+
+    async def catch_up(
+        self, session: AsyncSession, tenant: str, customer: str, now: datetime
+    ) -> bool:
+        """Bring one account up to ``now``: release pending points whose return window
+        ended, expire what is due, send the expiry notices due (once per lot) and review
+        the tier. False, doing nothing, when another transaction holds the account (the
+        worker's replicas share the due accounts: ``SKIP LOCKED``)."""
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(
+            session, tenant, customer, now, rules, create=False, skip_locked=True
+        )
+        if account is None:
+            return False
+        wallet = await store.load_wallet(session, account)
+        entries: list[domain.Entry] = []
+        for lot in list(wallet.lots):
+            entries += wallet.release(lot, rules, now)
+        entries += wallet.expire(now)
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        candidates = [lot for lot in wallet.lots if lot.notify_at and lot.notify_at <= now]
+        fresh = await store.unnotified_lots(session, [lot.id for lot in candidates])
+        soon = [
+            lot
+            for lot in candidates
+            if lot.id in fresh and lot.state == "available" and lot.remaining > 0
+        ]
+        if soon:
+            first = min(lot.expires_at for lot in soon if lot.expires_at)
+            # Derived from the lots, so a retried pass asks for the same message.
+            request_id = "loyalty:points_expiring:" + derived_event_id(
+                tenant, customer, *sorted(lot.id for lot in soon)
+            )
+            await self.outbox.add(
+                session,
+                store.message(
+                    account,
+                    "points_expiring",
+                    request_id,
+                    {
+                        "points_expiring": sum(lot.remaining for lot in soon),
+                        "expires_on": first.date().isoformat(),
+                        "expires_at": first.isoformat(),
+                        "points_balance": wallet.spendable,
+                    },
+                ),
+            )
+            await store.mark_notified(session, [lot.id for lot in soon], now)
+        if (account.tier_review_at is not None and account.tier_review_at <= now) or entries:
+            await store.refresh_tier(
+                session, self.outbox, rules, account, now, f"review:{now.isoformat()}"
+            )
+        return True
+
+    # --- orders (events) ------------------------------------------------------------
+
+    async def _earn_order(
+        self,
+        rules: domain.ProgramRules,
+        account: Account,
+        wallet: domain.Wallet,
+        order: OrderRow,
+        now: datetime,
+        historical: bool = False,
+    ) -> list[domain.Entry]:
+        """Credit an order's points (and the first-order bonus) as pending lots, at the
+        rate and tier multiplier in force now, on the order's amount net of the refunds
+        already recorded; the snapshot (rule and basis) goes on the lot."""
+        order.earned = True
+        rec = order_record(order)
+        multiplier = domain.tier_multiplier(rules, account.tier)
+        snapshot = {
+            **domain.rule_snapshot(rules, multiplier, account.tier),
+            **domain.earning_basis(rec),
+        }
+        when = order.fulfilled_at or order.delivered_at
+        start = _available_at(rules, when, now, historical) if when else None
+        entries: list[domain.Entry] = []
+        # Earned on the net amount in the program's currency (0 when the order is
+        # unpriced: its amount is never read as if it were in the program's currency).
+        lots = [("order", domain.order_points(rules, rec.net_value_minor, multiplier))]
+        if order.first_order and rules.bonuses.first_order:
+            lots.append(("first_order", rules.bonuses.first_order))
+        for source, points in lots:
+            lot = domain.Lot(
+                id=domain.new_id(),
+                source=source,
+                source_id=order.order_id,
+                order_id=order.order_id,
+                points=points,
+                earned_at=now,
+                available_at=start,
+                rule_snapshot=snapshot,
+            )
+            entries += wallet.add_lot(lot, rules, now, reason=f"order {order.order_id}")
+        return entries
+
+    async def _order_step(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        order: OrderRow,
+        status: str,
+        cause: str,
+        historical: bool,
+    ) -> None:
+        """Earn when the order reaches an earning status; start the pending clock once
+        the order is fulfilled (or delivered, when no fulfilment came)."""
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, order.customer_id, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account, order.order_id)
+        entries: list[domain.Entry] = []
+        if not order.earned and domain.earns_at(rules, status, order_record(order)):
+            entries += await self._earn_order(rules, account, wallet, order, now, historical)
+        when = order.fulfilled_at or order.delivered_at
+        if when is not None:
+            for lot in wallet.lots:
+                if lot.order_id == order.order_id and lot.state == "pending":
+                    wallet.schedule(lot, _available_at(rules, when, now, historical))
+                    entries += wallet.release(lot, rules, now)
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        # A past order may still move the tier (spend is spend), but says nothing to
+        # the customer: no tier-up message for history.
+        await store.refresh_tier(
+            session, self.outbox, rules, account, now, cause, notify=not historical
+        )
+
+    async def order_placed(
+        self, session: AsyncSession, tenant: str, customer: str, data: OrderPlaced, cause: str
+    ) -> None:
+        """Open the customer's account (if new), record the order priced in the program's
+        currency, and earn when "placed" is an earning status."""
+        if await store.lock_order(session, tenant, data.order_id) is not None:
+            return  # the same order announced twice
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, customer, now, rules)
+        assert account is not None
+        # The one rule, on the count ingest's order book set (catalog.is_first_order);
+        # journeys' welcome branch applies the same rule to the same field. A past order
+        # (history import, late delivery) is never a first order: the first-order bonus
+        # welcomes a new customer, not one who bought years ago.
+        first = not data.historical and data.is_first_order(
+            earlier_orders_seen=account.orders_count
+        )
+        account.orders_count += 1
+        amounts = _pairs(data.amounts())
+        rates = (
+            {}
+            if any(cur == rules.currency for cur, _ in amounts)
+            else await store.load_rates(session, tenant, rules.currency)
+        )
+        pricing = domain.price_order(rules.currency, amounts, rates)
+        other = next(((c, m) for c, m in amounts if c != pricing.source_currency), None)
+        order = OrderRow(
+            tenant_id=tenant,
+            order_id=data.order_id,
+            customer_id=customer,
+            total_minor=pricing.source_minor,
+            currency=pricing.source_currency,
+            other_currency=other[0] if other else None,
+            other_minor=other[1] if other else None,
+            value_currency=rules.currency,
+            fx_factor=pricing.factor,
+            fx_rate=pricing.rate,
+            fx_as_of=pricing.rate_as_of,
+            unpriced_reason=pricing.unpriced_reason,
+            placed_at=data.placed_at,
+            refunded_minor=0,
+            refund_ids=[],
+            fully_refunded=False,
+            cancelled=False,
+            # An imported order the tenant chose not to credit counts for spend and
+            # tiers only: its earning is settled (nothing), so no later status earns it.
+            earned=not data.earn_points,
+            first_order=first,
+        )
+        await store.add_order(session, order)
+        if pricing.unpriced_reason is not None:
+            await self._note_unpriced(session, account, data.order_id, pricing.unpriced_reason, now)
+        await self._order_step(session, tenant, order, "placed", cause, data.historical)
+
+    async def _note_unpriced(
+        self, session: AsyncSession, account: Account, order_id: str, reason: str, now: datetime
+    ) -> None:
+        """Record in the ledger (a zero entry) that an order or a refund could not be
+        priced, with the reason: visible in the account's history, never silent."""
+        wallet = await store.load_wallet(session, account)
+        entry = wallet.note_unpriced(order_id, reason, now)
+        await store.persist(session, self.outbox, account, wallet, [entry], now)
+
+    async def order_fulfilled(
+        self, session: AsyncSession, tenant: str, data: OrderFulfilled, cause: str
+    ) -> None:
+        order = await store.lock_order(session, tenant, data.order_id)
+        if order is None or order.cancelled:
+            return  # an order we never saw placed earns nothing
+        order.fulfilled_at = order.fulfilled_at or data.fulfilled_at
+        historical = bool(getattr(data, "historical", False))
+        await self._order_step(session, tenant, order, "fulfilled", cause, historical)
+
+    async def order_delivered(
+        self, session: AsyncSession, tenant: str, data: OrderDelivered, cause: str
+    ) -> None:
+        order = await store.lock_order(session, tenant, data.order_id)
+        if order is None or order.cancelled:
+            return
+        order.delivered_at = order.delivered_at or data.delivered_at
+        historical = bool(getattr(data, "historical", False))
+        await self._order_step(session, tenant, order, "delivered", cause, historical)
+
+    async def _claw_order(
+        self, session: AsyncSession, tenant: str, order: OrderRow, reason: str, cause: str
+    ) -> None:
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, order.customer_id, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account, order.order_id)
+        rec = order_record(order)
+        entries: list[domain.Entry] = []
+        for lot in wallet.lots:
+            if lot.order_id != order.order_id:
+                continue
+            # The lot's own points and the amount it was earned on: the rule that earned
+            # the points decides, whatever the rules say today.
+            target = domain.order_clawback_target(lot, rec)
+            entries += wallet.clawback(lot, target, now, reason)
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        await store.refresh_tier(session, self.outbox, rules, account, now, cause)
+
+    async def order_refunded(
+        self, session: AsyncSession, tenant: str, data: OrderRefunded, cause: str
+    ) -> None:
+        """Take back the refunded share of the order's points (once per refund id)."""
+        order = await store.lock_order(session, tenant, data.order_id)
+        if order is None:
+            return
+        rec = order_record(order)
+        other = (
+            (order.other_currency, order.other_minor)
+            if order.other_currency and order.other_minor is not None
+            else None
+        )
+        # The refund in the order's own currency: never a refund in one currency
+        # compared with a total in another.
+        refunded = domain.refund_in_order_currency(
+            order.currency, order.total_minor, other, _pairs(data.amounts())
+        )
+        if refunded is None and not data.full:
+            if data.refund_id not in rec.refund_ids:
+                await self._flag_unrelated_refund(session, tenant, order, data)
+            return
+        amount = refunded if refunded is not None else order.total_minor
+        if not rec.record_refund(data.refund_id, amount, data.full):
+            return  # this refund was already applied
+        order.refund_ids = rec.refund_ids
+        order.refunded_minor = rec.refunded_minor
+        order.fully_refunded = rec.fully_refunded
+        await self._claw_order(session, tenant, order, f"refund {data.refund_id}", cause)
+
+    async def _flag_unrelated_refund(
+        self, session: AsyncSession, tenant: str, order: OrderRow, data: OrderRefunded
+    ) -> None:
+        """A partial refund in a currency the order does not state: no share of the order
+        can be computed without guessing a rate, so nothing is clawed back; the refund is
+        remembered (applied once) and flagged in the ledger with the reason."""
+        order.refund_ids = [*(order.refund_ids or []), data.refund_id]
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, order.customer_id, now, rules)
+        assert account is not None
+        reason = (
+            f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
+            f" be related to the order's total in {order.currency}: no points taken back"
+        )
+        await self._note_unpriced(session, account, order.order_id, reason, now)
+
+    async def order_cancelled(
+        self, session: AsyncSession, tenant: str, data: OrderCancelled, cause: str
+    ) -> None:
+        order = await store.lock_order(session, tenant, data.order_id)
+        if order is None or order.cancelled:
+            return
+        order.cancelled = True
+        await self._claw_order(session, tenant, order, "order cancelled", cause)
+
+    # --- bonuses and erasure (events) -----------------------------------------------
+
+    async def bonus(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        customer: str,
+        source: str,
+        source_id: str,
+        points: int,
+        cause: str,
+    ) -> None:
+        """Credit a bonus lot, available at once; once per (source, source_id)."""
+        if points <= 0 or await store.lot_exists(session, tenant, source, source_id):
+            return
+        now = self.now()
+        rules = await store.load_rules(session, tenant)
+        account = await store.lock_account(session, tenant, customer, now, rules)
+        assert account is not None
+        wallet = await store.load_wallet(session, account)
+        lot = domain.Lot(
+            id=domain.new_id(),
+            source=source,
+            source_id=source_id,
+            points=points,
+            earned_at=now,
+            available_at=now,
+        )
+        entries = wallet.add_lot(lot, rules, now, reason=f"{source} bonus")
+        await store.persist(session, self.outbox, account, wallet, entries, now)
+        if rules.tier_basis == "points":
+            await store.refresh_tier(session, self.outbox, rules, account, now, cause)
+
+    async def review_bonus(
+        self, session: AsyncSession, tenant: str, customer: str, review_id: str, cause: str
+    ) -> None:
+        rules = await store.load_rules(session, tenant)
+        # The review's rating is deliberately not an argument: no incentive may depend
+        # on it (FTC).
+        points = domain.review_bonus(rules)
+        await self.bonus(session, tenant, customer, "review", review_id, points, cause)
+
+    async def survey_bonus(
+        self, session: AsyncSession, tenant: str, customer: str, survey_id: str, cause: str
+    ) -> None:
+        rules = await store.load_rules(session, tenant)
+        # Once per survey: an updated answer (is_update) finds the lot already there.
+        points = rules.bonuses.survey
+        await self.bonus(session, tenant, customer, "survey", survey_id, points, cause)
+
+    async def referral_bonus(
+        self, session: AsyncSession, tenant: str, advocate: str, referral_id: str, cause: str
+    ) -> None:
+        """The referrals service held the conversion until its own checks passed, so the
+        bonus is available at once."""
+        rules = await store.load_rules(session, tenant)
+        points = rules.bonuses.referral
+        await self.bonus(session, tenant, advocate, "referral", referral_id, points, cause)
+
+    async def erase(
+        self, session: AsyncSession, tenant: str, customer: str, *, whole_tenant: bool
+    ) -> None:
+        """Pseudonymize one customer, or every customer of the tenant not erased yet."""
+        customers = await store.live_customers(session, tenant) if whole_tenant else [customer]
+        for one in customers:
+            await store.pseudonymize(session, tenant, one)
