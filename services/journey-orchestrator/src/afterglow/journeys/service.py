@@ -20,9 +20,11 @@ from afterglow.events import Outbox
 from afterglow.journeys import engine as d
 from afterglow.journeys import schemas as out
 from afterglow.journeys import store, versions_store, views_store
+from afterglow.journeys.metrics import JourneyMetrics, assemble
 from afterglow.journeys.models import CustomerProfile, JourneyDefinition, JourneyInstance
 from afterglow.kit.clock import Clock
 from afterglow.kit.errors import NotFound, Unprocessable
+from afterglow.kit.period import Period
 
 
 def invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
@@ -302,6 +304,18 @@ class JourneyService:
             goal_conversions={str(v): n for v, n in counts.goals.items()},
             goal_conversions_total=sum(counts.goals.values()),
             exits=counts.exits,
+        )
+
+    async def metrics(
+        self, session: AsyncSession, tenant_id: str, period: Period
+    ) -> JourneyMetrics:
+        """Funnel, goal conversion and goal revenue per journey version, of the
+        instances started in the period (definitions in :mod:`.metrics`)."""
+        rows = await views_store.metrics_rows(session, tenant_id, period)
+        return JourneyMetrics(
+            from_=period.first,
+            to=period.last,
+            versions=assemble(rows.outcomes, rows.funnel, rows.revenue, rows.written),
         )
 
     async def step_counts(

@@ -1,5 +1,6 @@
 """What the read routes show, read in sets: a customer's journeys with their next timer
-and history, the funnel's counts over a period, and the live counts per step.
+and history, the funnel's counts over a period, the live counts per step, and the
+journey metrics of the instances started in a period.
 
 Each reader is a fixed number of statements whatever the number of rows (grouped in
 PostgreSQL, or one query for all of a customer's instances): none loops per row."""
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +23,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit.period import Period
 
 # --- a customer's journey ----------------------------------------------------------------
 
@@ -184,3 +186,83 @@ async def step_rows(session: AsyncSession, tenant_id: str, journey: str) -> Step
         .group_by(GoalConversion.version)
     )
     return StepRows(at_stage.all(), entered.all(), goals.all())
+
+
+# --- journey metrics over a period (definitions in :mod:`.metrics`) ---------------------------
+
+
+_STARTED = """
+    SELECT i.id, i.tenant_id, i.journey, i.version FROM journeys.journey_instances i
+    WHERE i.tenant_id = :tenant AND i.started_at >= :start AND i.started_at < :end
+      AND i.status <> 'skipped'
+"""
+
+# The f-strings below only splice in _STARTED, a constant: every value is a bind.
+_OUTCOMES = text(
+    f"""
+    WITH started AS ({_STARTED})
+    SELECT s.journey, s.version, count(*) AS started, count(g.instance_id) AS converted
+    FROM started s
+    LEFT JOIN journeys.goal_conversions g
+      ON g.tenant_id = s.tenant_id AND g.instance_id = s.id
+    GROUP BY s.journey, s.version ORDER BY s.journey, s.version
+    """  # noqa: S608
+)
+
+_FUNNEL = text(
+    f"""
+    WITH started AS ({_STARTED})
+    SELECT s.journey, s.version, t.to_stage AS stage, count(DISTINCT s.id) AS instances
+    FROM started s
+    JOIN journeys.journey_transitions t
+      ON t.tenant_id = s.tenant_id AND t.instance_id = s.id AND t.kind = 'stage'
+    GROUP BY s.journey, s.version, t.to_stage
+    """  # noqa: S608
+)
+
+_REVENUE = text(
+    f"""
+    WITH started AS ({_STARTED})
+    SELECT s.journey, s.version, g.currency, sum(g.amount_minor)::bigint AS amount,
+           count(*) AS orders
+    FROM started s
+    JOIN journeys.goal_conversions g ON g.tenant_id = s.tenant_id AND g.instance_id = s.id
+    WHERE g.amount_minor IS NOT NULL AND g.currency IS NOT NULL
+    GROUP BY s.journey, s.version, g.currency ORDER BY s.journey, s.version, g.currency
+    """  # noqa: S608
+)
+
+# The stages of each version in their written order (the funnel's order).
+_STAGES = text(
+    """
+    SELECT name AS journey, version,
+           jsonb_path_query_array(body, '$.stages[*].name') AS stages
+    FROM journeys.journey_definitions WHERE tenant_id = :tenant
+    """
+)
+
+
+@dataclass
+class MetricsRows:
+    # (journey, version, started, converted)
+    outcomes: Sequence[Any]
+    # (journey, version, stage, instances)
+    funnel: Sequence[Any]
+    # (journey, version, currency, amount, orders)
+    revenue: Sequence[Any]
+    # (journey, version) -> its stage names in written order
+    written: dict[tuple[str, int], list[str]]
+
+
+async def metrics_rows(session: AsyncSession, tenant_id: str, period: Period) -> MetricsRows:
+    """The instances started in the period: outcomes, stages reached and goal revenue
+    per journey version, and every version's stages in written order."""
+    params = {"tenant": tenant_id, **period.params()}
+    outcomes = (await session.execute(_OUTCOMES, params)).all()
+    funnel = (await session.execute(_FUNNEL, params)).all()
+    revenue = (await session.execute(_REVENUE, params)).all()
+    written = {
+        (r.journey, int(r.version)): [str(s) for s in (r.stages or [])]
+        for r in (await session.execute(_STAGES, {"tenant": tenant_id})).all()
+    }
+    return MetricsRows(outcomes, funnel, revenue, written)
