@@ -3,13 +3,13 @@ live engine, migration of waiting instances, and the funnel."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from afterglow.events import catalog as c
 from afterglow.events.catalog import MessageRequested
 
-from ..conftest import Orchestrator, new_customer, order_placed
+from ..conftest import DAY, Orchestrator, new_customer, order_placed
 
 VIP: dict[str, Any] = {
     "description": "Big spenders get a gift after delivery, then we wait for their review.",
@@ -327,3 +327,108 @@ async def test_step_counts_say_where_instances_are_per_version(
     assert (
         await orch.client.get("/v1/journeys/vip/step-counts", headers=reader)
     ).status_code == 403
+
+
+# A journey whose instances wait days at their first stage: each holds a pending timer,
+# and a repeat buyer runs two of them side by side.
+PATIENT: dict[str, Any] = {
+    "reentry": "parallel",
+    "stages": [
+        {"name": "hello", "actions": [{"type": "message", "kind": "patient_hello"}]},
+        {"name": "later", "wait": "P3D", "actions": [{"type": "message", "kind": "later"}]},
+    ],
+}
+
+
+async def install_only(orch: Orchestrator, h: dict[str, str], name: str, body: Any) -> int:
+    """``body`` as the tenant's one active journey (the default one switched off)."""
+    r = await orch.client.put(f"/v1/journeys/{name}", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    version = int(r.json()["version"])
+    r = await orch.client.post(
+        f"/v1/journeys/{name}/activate", json={"version": version}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert (await orch.client.post("/v1/journeys/default/deactivate", headers=h)).status_code == 200
+    return version
+
+
+def due(instance: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(instance["next_timer"]["due_at"])
+
+
+class TestCustomerJourney:
+    async def test_each_instance_shows_its_own_timer_and_history(
+        self, orch: Orchestrator, tenant_id: str
+    ) -> None:
+        h = await orch.headers(tenant_id)
+        await install_only(orch, h, "patient", PATIENT)
+        customer = new_customer()
+        first_at = orch.clock.now()
+        await orch.publish(tenant_id, customer, order_placed("first", first_at))
+        await orch.until(tenant_id, customer, h, lambda j: bool(j) and len(j["instances"]) == 1)
+        orch.clock.advance(DAY)
+        second_at = orch.clock.now()
+        await orch.publish(tenant_id, customer, order_placed("second", second_at))
+
+        j = await orch.until(tenant_id, customer, h, lambda j: len(j["instances"]) == 2)
+
+        newest, oldest = j["instances"]
+        assert (newest["order_id"], oldest["order_id"]) == ("second", "first")
+        for inst, entered_at in ((newest, second_at), (oldest, first_at)):
+            assert [(t["kind"], t["to_stage"]) for t in inst["history"]] == [("stage", "hello")]
+            assert inst["next_timer"]["kind"] == "stage_due"
+            assert due(inst) == entered_at + 3 * DAY
+        assert j["current"] == newest
+        # Instants are written as they always were (isoformat, "+00:00"), not "Z".
+        assert newest["next_timer"]["due_at"] == (second_at + 3 * DAY).isoformat()
+
+    async def test_unknown_customer_is_404(self, orch: Orchestrator, tenant_id: str) -> None:
+        h = await orch.headers(tenant_id)
+        r = await orch.client.get(f"/v1/customers/{new_customer()}/journey", headers=h)
+        assert r.status_code == 404
+        assert r.json()["error"]["field"] == "customer_id"
+
+
+async def test_migrate_moves_every_waiting_instance_at_once(
+    orch: Orchestrator, tenant_id: str
+) -> None:
+    h = await orch.headers(tenant_id)
+    await install_only(orch, h, "patient", PATIENT)
+    customers = [new_customer() for _ in range(3)]
+    entered_at = orch.clock.now()
+    for cust in customers:
+        await orch.publish(tenant_id, cust, order_placed(f"o-{cust}", entered_at))
+    for cust in customers:
+        await orch.until(
+            tenant_id, cust, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
+        )
+    slower = {**PATIENT, "stages": [PATIENT["stages"][0], {**PATIENT["stages"][1], "wait": "P5D"}]}
+    r = await orch.client.put("/v1/journeys/patient", json=slower, headers=h)
+    assert r.status_code == 201 and r.json()["version"] == 2
+    await orch.client.post("/v1/journeys/patient/activate", headers=h)
+
+    dry = await orch.client.post("/v1/journeys/patient/migrate", json={"dry_run": True}, headers=h)
+
+    assert dry.status_code == 200, dry.text
+    assert sorted(x["customer_id"] for x in dry.json()["instances"]) == sorted(customers)
+    assert {x["result"] for x in dry.json()["instances"]} == {"migrated"}
+    for cust in customers:  # a dry run moves nothing
+        assert (await orch.journey(tenant_id, cust, h))["instances"][0]["version"] == 1
+
+    r = await orch.client.post("/v1/journeys/patient/migrate", json={}, headers=h)
+
+    assert r.status_code == 200, r.text
+    assert r.json()["dry_run"] is False and r.json()["to_version"] == 2
+    assert {x["customer_id"]: x["to_version"] for x in r.json()["instances"]} == dict.fromkeys(
+        customers, 2
+    )
+    for cust in customers:
+        [inst] = (await orch.journey(tenant_id, cust, h))["instances"]
+        assert inst["version"] == 2
+        assert [t["kind"] for t in inst["history"]] == ["stage", "migrate"]
+        # The wait recomputed from the same start: five days now, not three.
+        assert due(inst) == entered_at + 5 * DAY
+    # Nothing left to move: a second run reports nothing.
+    again = await orch.client.post("/v1/journeys/patient/migrate", json={}, headers=h)
+    assert again.json()["instances"] == []

@@ -1,31 +1,32 @@
 """Journey routes: a customer's journey, definitions (versioned), dry runs, migration of
-running instances, and the funnel."""
+running instances, and the funnel. Each parses, checks the scope, calls a use case of
+:mod:`.service` and renders its model (:mod:`.schemas`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import yaml
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
 
 from afterglow.journeys import engine as d
-from afterglow.journeys import store
-from afterglow.journeys.models import (
-    CustomerProfile,
-    GoalConversion,
-    JourneyDefinition,
-    JourneyInstance,
-    JourneyTimer,
-    JourneyTransition,
+from afterglow.journeys.deps import JourneysDeps, get_deps
+from afterglow.journeys.schemas import (
+    ActivatedOut,
+    CustomerJourneyOut,
+    DeactivatedOut,
+    DefinitionOut,
+    FunnelOut,
+    JourneysOut,
+    MigrationOut,
+    SimulationOut,
+    StoredVersionOut,
 )
 from afterglow.kit import openapi
-from afterglow.kit.app import runtime_of
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
-from afterglow.kit.errors import AppError, NotFound, Unprocessable
+from afterglow.kit.errors import AppError
 from afterglow.kit.jsonbody import MAX_DEPTH, depth_exceeds
 from afterglow.kit.routing import parse_json, read_body, service_router
 from afterglow.kit.types import BigInt, Id, Instant, Int32, PositiveInt32
@@ -33,20 +34,38 @@ from afterglow.kit.types import BigInt, Id, Instant, Int32, PositiveInt32
 router = service_router(tags=["journeys"])
 Read = Depends(require_scope("journeys:read"))
 Write = Depends(require_scope("journeys:write"))
-
-
-def _now(request: Request) -> datetime:
-    now: datetime = runtime_of(request).clock.now()
-    return now
-
-
-def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
-    field = f"{prefix}{exc.path}" if exc.path else prefix.rstrip(".") or None
-    err = Unprocessable(f"{field}: {exc.message}" if field else exc.message, field=field)
-    return err
+Deps = Annotated[JourneysDeps, Depends(get_deps)]
 
 
 # --- customers -------------------------------------------------------------------------
+
+_INSTANCE_EXAMPLE = {
+    "id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
+    "journey": "default",
+    "version": 1,
+    "stage": "check_in",
+    "status": "running",
+    "order_id": "pos:1001",
+    "started_at": "2026-03-02T14:30:00+00:00",
+    "anchors": {"order.delivered": "2026-03-05T10:00:00+00:00"},
+    "band": None,
+    "exit_reason": None,
+    "next_timer": {
+        "id": "0b7e6a52-3c1d-5f08-9a4e-6d2c1b0f9e37",
+        "due_at": "2026-03-08T10:00:00+00:00",
+        "kind": "stage_due",
+    },
+    "history": [
+        {
+            "kind": "stage",
+            "from_stage": None,
+            "to_stage": "onboarding",
+            "cause": "afterglow.order.placed.v1",
+            "reason": None,
+            "at": "2026-03-02T14:30:00+00:00",
+        }
+    ],
+}
 
 
 @router.get(
@@ -60,44 +79,19 @@ def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
                 "profile": {
                     "orders_count": 1,
                     "total_spent": {"amount": 12999, "currency": "USD"},
-                    "first_order_at": "2026-03-02T14:30:00Z",
-                    "last_order_at": "2026-03-02T14:30:00Z",
+                    "spent_by_currency": [{"currency": "USD", "amount": 12999}],
+                    "first_order_at": "2026-03-02T14:30:00+00:00",
+                    "last_order_at": "2026-03-02T14:30:00+00:00",
                     "open_tickets": 0,
-                    "consent": {"email": "granted"},
+                    "consent": True,
                     "timezone": "America/New_York",
                     "tier": None,
                     "last_surveyed_at": None,
                     "last_nps": None,
                     "last_band": None,
                 },
-                "current": {
-                    "id": "5d1e0c9a-8b7f-4e21-9c3d-2a6b0f4e8d11",
-                    "journey": "default",
-                    "version": 1,
-                    "stage": "check_in",
-                    "status": "running",
-                    "order_id": "pos:1001",
-                    "started_at": "2026-03-02T14:30:00Z",
-                    "anchors": {"order.delivered": "2026-03-05T10:00:00Z"},
-                    "band": None,
-                    "exit_reason": None,
-                    "next_timer": {
-                        "id": 812,
-                        "due_at": "2026-03-08T10:00:00Z",
-                        "kind": "stage",
-                    },
-                    "history": [
-                        {
-                            "kind": "stage",
-                            "from_stage": None,
-                            "to_stage": "onboarding",
-                            "cause": "afterglow.order.placed.v1",
-                            "reason": None,
-                            "at": "2026-03-02T14:30:00Z",
-                        }
-                    ],
-                },
-                "instances": ["... every journey of the customer, newest first (as current)"],
+                "current": _INSTANCE_EXAMPLE,
+                "instances": [_INSTANCE_EXAMPLE],
             },
         ),
         openapi.error(
@@ -110,100 +104,9 @@ def _invalid(exc: d.DefinitionError, prefix: str = "") -> Unprocessable:
     ),
 )
 async def customer_journey(
-    customer_id: Id, session: Session, principal: Principal = Read
-) -> dict[str, Any]:
-    tenant = principal.tenant_id
-    prof = await session.get(CustomerProfile, (tenant, customer_id))
-    rows = (
-        await session.scalars(
-            select(JourneyInstance)
-            .where(JourneyInstance.tenant_id == tenant, JourneyInstance.customer_id == customer_id)
-            .order_by(JourneyInstance.started_at.desc(), JourneyInstance.id)
-        )
-    ).all()
-    if prof is None and not rows:
-        raise NotFound(f"customer {customer_id!r} has no journey", field="customer_id")
-    instances = []
-    for inst in rows:
-        timer = (
-            await session.execute(
-                select(JourneyTimer.due_at, JourneyTimer.kind, JourneyTimer.id)
-                .where(
-                    JourneyTimer.tenant_id == tenant,
-                    JourneyTimer.instance_id == inst.id,
-                    JourneyTimer.state == "pending",
-                )
-                .order_by(JourneyTimer.due_at)
-                .limit(1)
-            )
-        ).first()
-        history = (
-            await session.scalars(
-                select(JourneyTransition)
-                .where(
-                    JourneyTransition.tenant_id == tenant, JourneyTransition.instance_id == inst.id
-                )
-                .order_by(JourneyTransition.id)
-            )
-        ).all()
-        instances.append(
-            {
-                "id": inst.id,
-                "journey": inst.journey,
-                "version": inst.version,
-                "stage": inst.stage,
-                "status": inst.status,
-                "order_id": inst.order_id,
-                "started_at": inst.started_at,
-                "anchors": inst.anchors,
-                "band": inst.state.get("band"),
-                "exit_reason": inst.state.get("exit_reason"),
-                "next_timer": None
-                if timer is None
-                else {"id": timer.id, "due_at": timer.due_at, "kind": timer.kind},
-                "history": [
-                    {
-                        "kind": h.kind,
-                        "from_stage": h.from_stage,
-                        "to_stage": h.to_stage,
-                        "cause": h.cause,
-                        "reason": h.reason,
-                        "at": h.at,
-                    }
-                    for h in history
-                ],
-            }
-        )
-    current = next((i for i in instances if i["status"] in ("running", "paused")), None)
-    profile = None
-    if prof is not None:
-        projected = d.Profile.model_validate(prof.state or {})
-        spent = projected.spent or (
-            {projected.currency: projected.total_spent} if projected.currency else {}
-        )
-        profile = {
-            "orders_count": prof.orders_count,
-            "total_spent": {"amount": prof.total_spent, "currency": prof.currency},
-            # Every currency apart, never summed across currencies.
-            "spent_by_currency": [
-                {"currency": cur, "amount": amount} for cur, amount in sorted(spent.items())
-            ],
-            "first_order_at": prof.first_order_at,
-            "last_order_at": prof.last_order_at,
-            "open_tickets": prof.open_tickets,
-            "consent": prof.consent,
-            "timezone": prof.timezone,
-            "tier": prof.tier,
-            "last_surveyed_at": prof.last_surveyed_at,
-            "last_nps": prof.last_nps,
-            "last_band": prof.last_band,
-        }
-    return {
-        "customer_id": customer_id,
-        "profile": profile,
-        "current": current,
-        "instances": instances,
-    }
+    customer_id: Id, session: Session, deps: Deps, principal: Principal = Read
+) -> CustomerJourneyOut:
+    return await deps.journeys.customer_journey(session, principal.tenant_id, customer_id)
 
 
 # --- definitions -----------------------------------------------------------------------
@@ -220,32 +123,16 @@ async def customer_journey(
                     "name": "default",
                     "active_version": 2,
                     "versions": [
-                        {"version": 1, "active": False, "created_at": "2026-03-01T09:00:00Z"},
-                        {"version": 2, "active": True, "created_at": "2026-03-04T16:20:00Z"},
+                        {"version": 1, "active": False, "created_at": "2026-03-01T09:00:00+00:00"},
+                        {"version": 2, "active": True, "created_at": "2026-03-04T16:20:00+00:00"},
                     ],
                 }
             ]
         },
     ),
 )
-async def list_journeys(
-    request: Request, session: Session, principal: Principal = Read
-) -> dict[str, Any]:
-    await store.ensure_default(session, principal.tenant_id, _now(request))
-    rows = (
-        await session.scalars(
-            select(JourneyDefinition)
-            .where(JourneyDefinition.tenant_id == principal.tenant_id)
-            .order_by(JourneyDefinition.name, JourneyDefinition.version)
-        )
-    ).all()
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        j = out.setdefault(r.name, {"name": r.name, "active_version": None, "versions": []})
-        j["versions"].append({"version": r.version, "active": r.active, "created_at": r.created_at})
-        if r.active:
-            j["active_version"] = r.version
-    return {"journeys": list(out.values())}
+async def list_journeys(session: Session, deps: Deps, principal: Principal = Read) -> JourneysOut:
+    return await deps.journeys.journeys(session, principal.tenant_id)
 
 
 @router.get(
@@ -257,33 +144,12 @@ async def list_journeys(
 )
 async def get_journey(
     name: Id,
-    request: Request,
     session: Session,
+    deps: Deps,
     version: PositiveInt32 | None = None,
     principal: Principal = Read,
-) -> dict[str, Any]:
-    await store.ensure_default(session, principal.tenant_id, _now(request))
-    row = await _definition(session, principal.tenant_id, name, version)
-    return {"name": row.name, "version": row.version, "active": row.active, "definition": row.body}
-
-
-async def _definition(
-    session: Any, tenant: str, name: str, version: int | None
-) -> JourneyDefinition:
-    q = select(JourneyDefinition).where(
-        JourneyDefinition.tenant_id == tenant, JourneyDefinition.name == name
-    )
-    if version is not None:
-        q = q.where(JourneyDefinition.version == version)
-    else:
-        # The active version, else the latest.
-        q = q.order_by(JourneyDefinition.active.desc(), JourneyDefinition.version.desc())
-    row = (await session.scalars(q.limit(1))).first()
-    if row is None:
-        raise NotFound(
-            f"journey {name!r}" + (f" v{version}" if version else "") + " not found", field="name"
-        )
-    return row
+) -> DefinitionOut:
+    return await deps.journeys.definition(session, principal.tenant_id, name, version)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -323,15 +189,12 @@ _DEFINITION_EXAMPLE = d.DEFAULT_JOURNEY_BODY
     status_code=201,
     summary="Store a new version (JSON or YAML)",
     responses=openapi.errors(
-        {
-            201: {
-                "content": {
-                    "application/json": {
-                        "example": {"name": "default", "version": 4, "active": False}
-                    }
-                }
-            }
-        },
+        openapi.example(
+            201,
+            {"name": "default", "version": 4, "active": False},
+            "Stored as the next version, inactive",
+            model=StoredVersionOut,
+        ),
         openapi.error(
             400, "The body is neither JSON nor YAML", "bad_request", "body is not JSON: ..."
         ),
@@ -349,40 +212,10 @@ _DEFINITION_EXAMPLE = d.DEFAULT_JOURNEY_BODY
     },
 )
 async def put_journey(
-    name: Id, request: Request, session: Session, principal: Principal = Write
-) -> dict[str, Any]:
+    name: Id, request: Request, session: Session, deps: Deps, principal: Principal = Write
+) -> StoredVersionOut:
     body = await _body(request)
-    if isinstance(body, dict):
-        body.setdefault("name", name)
-    try:
-        j = d.parse_journey(body)
-        d.check_review_gating(j)
-    except d.DefinitionError as exc:
-        raise _invalid(exc) from exc
-    if j.name != name:
-        raise Unprocessable(f"name: {j.name!r} does not match the path {name!r}", field="name")
-    tenant = principal.tenant_id
-    now = _now(request)
-    await store.ensure_default(session, tenant, now)
-    # Serialise version numbering per journey name.
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{tenant}:{name}"))))
-    latest = await session.scalar(
-        select(func.max(JourneyDefinition.version)).where(
-            JourneyDefinition.tenant_id == tenant, JourneyDefinition.name == name
-        )
-    )
-    version = (latest or 0) + 1
-    session.add(
-        JourneyDefinition(
-            tenant_id=tenant,
-            name=name,
-            version=version,
-            body=j.model_dump(mode="json"),
-            active=False,
-            created_at=now,
-        )
-    )
-    return {"name": name, "version": version, "active": False}
+    return await deps.journeys.publish(session, principal.tenant_id, name, body)
 
 
 class ActivateIn(BaseModel):
@@ -397,34 +230,13 @@ class ActivateIn(BaseModel):
 )
 async def activate(
     name: Id,
-    request: Request,
     session: Session,
+    deps: Deps,
     body: ActivateIn | None = None,
     principal: Principal = Write,
-) -> dict[str, Any]:
-    tenant = principal.tenant_id
-    await store.ensure_default(session, tenant, _now(request))
+) -> ActivatedOut:
     version = body.version if body else None
-    if version is None:
-        version = await session.scalar(
-            select(func.max(JourneyDefinition.version)).where(
-                JourneyDefinition.tenant_id == tenant, JourneyDefinition.name == name
-            )
-        )
-    row = await _definition(session, tenant, name, version)
-    await session.execute(
-        update(JourneyDefinition)
-        .where(
-            JourneyDefinition.tenant_id == tenant,
-            JourneyDefinition.name == name,
-            JourneyDefinition.active,
-        )
-        .values(active=False)
-    )
-    await session.flush()
-    row.active = True
-    row.activated_at = _now(request)
-    return {"name": name, "version": row.version, "active": True}
+    return await deps.journeys.activate(session, principal.tenant_id, name, version)
 
 
 @router.post(
@@ -432,14 +244,10 @@ async def activate(
     summary="Stop new entries (running instances go on)",
     responses=openapi.example(200, {"name": "default", "active": False}),
 )
-async def deactivate(name: Id, session: Session, principal: Principal = Write) -> dict[str, Any]:
-    await _definition(session, principal.tenant_id, name, None)
-    await session.execute(
-        update(JourneyDefinition)
-        .where(JourneyDefinition.tenant_id == principal.tenant_id, JourneyDefinition.name == name)
-        .values(active=False)
-    )
-    return {"name": name, "active": False}
+async def deactivate(
+    name: Id, session: Session, deps: Deps, principal: Principal = Write
+) -> DeactivatedOut:
+    return await deps.journeys.deactivate(session, principal.tenant_id, name)
 
 
 class SimEventIn(d.SimEvent):
@@ -497,7 +305,7 @@ class SimulateIn(BaseModel):
                     "to_stage": "onboarding",
                     "cause": "afterglow.order.placed.v1",
                     "reason": None,
-                    "at": "2026-03-02T14:30:00Z",
+                    "at": "2026-03-02T14:30:00+00:00",
                 }
             ],
             "actions": [
@@ -505,7 +313,7 @@ class SimulateIn(BaseModel):
                     "instance_id": "sim-1",
                     "type": "message",
                     "step": "onboarding",
-                    "at": "2026-03-02T14:30:00Z",
+                    "at": "2026-03-02T14:30:00+00:00",
                     "kind": "welcome",
                 }
             ],
@@ -513,51 +321,17 @@ class SimulateIn(BaseModel):
     ),
 )
 async def simulate(
-    name: Id, body: SimulateIn, session: Session, principal: Principal = Read
-) -> dict[str, Any]:
-    if body.definition is not None:
-        try:
-            j = d.parse_journey({"name": name, **body.definition})
-            d.check_review_gating(j)
-        except d.DefinitionError as exc:
-            raise _invalid(exc, "definition.") from exc
-        version = body.version or 0
-    else:
-        row = await _definition(session, principal.tenant_id, name, body.version)
-        j, version = d.parse_journey(row.body), row.version
-    try:
-        records = d.simulate(j, body.events, version=version, profile=body.profile)
-    except OverflowError as exc:
-        # A delay that leaves datetime's range (an event late in 2199 and a long wait).
-        raise Unprocessable(
-            f"events: a step falls beyond year 9999 ({exc})", field="events"
-        ) from exc
-    transitions = []
-    actions = []
-    for r in records:
-        for t in r.transitions:
-            transitions.append(
-                {
-                    "instance_id": r.instance_id,
-                    "kind": t.kind,
-                    "from_stage": t.from_stage,
-                    "to_stage": t.to_stage,
-                    "cause": t.cause,
-                    "reason": t.reason,
-                    "at": t.at,
-                }
-            )
-        for a in r.actions:
-            actions.append(
-                {
-                    "instance_id": r.instance_id,
-                    "type": a.type,
-                    "step": a.step,
-                    "at": r.at,
-                    **a.params,
-                }
-            )
-    return {"journey": name, "version": version, "transitions": transitions, "actions": actions}
+    name: Id, body: SimulateIn, session: Session, deps: Deps, principal: Principal = Read
+) -> SimulationOut:
+    return await deps.journeys.simulate(
+        session,
+        principal.tenant_id,
+        name,
+        definition=body.definition,
+        version=body.version,
+        events=body.events,
+        profile=body.profile,
+    )
 
 
 class MigrateIn(BaseModel):
@@ -594,73 +368,20 @@ class MigrateIn(BaseModel):
 )
 async def migrate(
     name: Id,
-    request: Request,
     session: Session,
+    deps: Deps,
     body: MigrateIn | None = None,
     principal: Principal = Write,
-) -> dict[str, Any]:
+) -> MigrationOut:
     """Instances move only where their position means the same thing in the target:
     an instance waiting for stage S moves to S of the target (its delay recomputed
     from the same anchors); one in the middle of S's actions moves only if S exists
     with the same action at the same place. Otherwise it stays on its version and the
     report says why."""
     body = body or MigrateIn()
-    tenant = principal.tenant_id
-    now = _now(request)
-    row = await _definition(session, tenant, name, body.to_version)
-    if body.to_version is None and not row.active:
-        raise Unprocessable(
-            f"journey {name!r} has no active version; give to_version", field="to_version"
-        )
-    target = d.parse_journey(row.body)
-    rows = (
-        await session.scalars(
-            select(JourneyInstance)
-            .where(
-                JourneyInstance.tenant_id == tenant,
-                JourneyInstance.journey == name,
-                JourneyInstance.status.in_(["running", "paused"]),
-                JourneyInstance.version != row.version,
-            )
-            .order_by(JourneyInstance.customer_id)
-            .with_for_update()
-        )
-    ).all()
-    report = []
-    for inst in rows:
-        state = d.InstanceState.model_validate(inst.state)
-        old = await store.journey_version(session, tenant, name, state.version)
-        moved, outcome = d.migrate(old, target, row.version, state)
-        entry = {
-            "instance_id": inst.id,
-            "customer_id": inst.customer_id,
-            "from_version": state.version,
-        }
-        if moved is None:
-            report.append({**entry, "result": "kept", "reason": outcome})
-            continue
-        report.append({**entry, "result": "migrated", "to_version": row.version, "reason": outcome})
-        if body.dry_run:
-            continue
-        profile = d.Profile.model_validate(
-            (await session.get(CustomerProfile, (tenant, inst.customer_id))).state  # type: ignore[union-attr]
-        )
-        res = d.StepResult(
-            moved,
-            [
-                d.Transition(
-                    "migrate", state.stage, moved.stage, f"migrate:v{row.version}", outcome, now
-                )
-            ],
-        )
-        writer = store.Writer(session, runtime_of(request).outbox, tenant, inst.customer_id, now)
-        await writer.apply(target, res, profile)
-    return {
-        "journey": name,
-        "to_version": row.version,
-        "dry_run": body.dry_run,
-        "instances": report,
-    }
+    return await deps.journeys.migrate(
+        session, principal.tenant_id, name, body.to_version, body.dry_run
+    )
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -673,8 +394,8 @@ async def migrate(
         200,
         {
             "journey": "default",
-            "from": "2026-03-01T00:00:00Z",
-            "to": "2026-04-01T00:00:00Z",
+            "from": "2026-03-01T00:00:00+00:00",
+            "to": "2026-04-01T00:00:00+00:00",
             "stages": [
                 {
                     "stage": "onboarding",
@@ -697,87 +418,10 @@ async def migrate(
 )
 async def funnel(
     session: Session,
+    deps: Deps,
     from_: Annotated[Instant, Query(alias="from")],
     to: Annotated[Instant, Query()],
     journey: Id = "default",
     principal: Principal = Read,
-) -> dict[str, Any]:
-    tenant = principal.tenant_id
-    # Journeys (instances) and customers entering each stage: a repeat buyer's second
-    # journey is a second pass through the funnel, but the same customer.
-    counts = (
-        await session.execute(
-            select(
-                JourneyTransition.to_stage,
-                func.count(func.distinct(JourneyTransition.instance_id)),
-                func.count(func.distinct(JourneyTransition.customer_id)),
-            )
-            .where(
-                JourneyTransition.tenant_id == tenant,
-                JourneyTransition.journey == journey,
-                JourneyTransition.kind == "stage",
-                JourneyTransition.at >= from_,
-                JourneyTransition.at < to,
-            )
-            .group_by(JourneyTransition.to_stage)
-        )
-    ).all()
-    entered: dict[str | None, int] = {stage: n for stage, n, _ in counts}
-    customers: dict[str | None, int] = {stage: n for stage, _, n in counts}
-    row = (
-        await session.scalars(
-            select(JourneyDefinition)
-            .where(JourneyDefinition.tenant_id == tenant, JourneyDefinition.name == journey)
-            .order_by(JourneyDefinition.active.desc(), JourneyDefinition.version.desc())
-            .limit(1)
-        )
-    ).first()
-    order = [s["name"] for s in row.body["stages"]] if row else sorted(k for k in entered if k)
-    order += [k for k in entered if k and k not in order]
-    stages = []
-    prev: int | None = None
-    for name in order:
-        n = int(entered.get(name, 0))
-        stages.append(
-            {
-                "stage": name,
-                "entered": n,
-                "customers": int(customers.get(name, 0)),
-                "conversion_from_previous": None if not prev else round(n / prev, 4),
-            }
-        )
-        prev = n
-    goals = (
-        await session.execute(
-            select(GoalConversion.version, func.count())
-            .where(
-                GoalConversion.tenant_id == tenant,
-                GoalConversion.journey == journey,
-                GoalConversion.converted_at >= from_,
-                GoalConversion.converted_at < to,
-            )
-            .group_by(GoalConversion.version)
-        )
-    ).all()
-    exits = (
-        await session.execute(
-            select(JourneyTransition.reason, func.count())
-            .where(
-                JourneyTransition.tenant_id == tenant,
-                JourneyTransition.journey == journey,
-                JourneyTransition.kind == "exit",
-                JourneyTransition.at >= from_,
-                JourneyTransition.at < to,
-            )
-            .group_by(JourneyTransition.reason)
-        )
-    ).all()
-    return {
-        "journey": journey,
-        "from": from_,
-        "to": to,
-        "stages": stages,
-        "goal_conversions": {str(v): n for v, n in goals},
-        "goal_conversions_total": sum(n for _, n in goals),
-        "exits": {r: n for r, n in exits},
-    }
+) -> FunnelOut:
+    return await deps.journeys.funnel(session, principal.tenant_id, journey, from_, to)

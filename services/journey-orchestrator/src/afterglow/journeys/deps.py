@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from afterglow.journeys.messaging.settings import MessagingSettings
+from afterglow.journeys.service import JourneyService
 from afterglow.kit.app import Runtime, deps_as, runtime_of
 
 
@@ -17,10 +18,14 @@ class JourneysDeps:
     # Messaging's settings (env MESSAGING_*). The dispatcher reads them at every use,
     # not once, so a test may swap them on a running app.
     messaging: MessagingSettings
+    # The journey routes' use cases, on the runtime's outbox and clock.
+    journeys: JourneyService
 
 
 def build_deps(runtime: Runtime) -> JourneysDeps:
-    return JourneysDeps(messaging=MessagingSettings())
+    return JourneysDeps(
+        messaging=MessagingSettings(), journeys=JourneyService(runtime.outbox, runtime.clock)
+    )
 
 
 def deps_of(runtime: Runtime) -> JourneysDeps:

@@ -15,7 +15,9 @@ Definitions:
   currency (never added across currencies); a goal that is not an order, or a
   conversion recorded before migration 0008, counts as a conversion without revenue.
 
-One statement per figure, each a GROUP BY in PostgreSQL; nothing loops per row.
+One statement per figure, each a GROUP BY in PostgreSQL; nothing loops per row
+(:func:`.views_store.metrics_rows`); :func:`assemble` puts their rows together
+(:meth:`.service.JourneyService.metrics`).
 """
 
 from __future__ import annotations
@@ -25,60 +27,6 @@ from datetime import date
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from afterglow.kit.period import Period
-
-_STARTED = """
-    SELECT i.id, i.tenant_id, i.journey, i.version FROM journeys.journey_instances i
-    WHERE i.tenant_id = :tenant AND i.started_at >= :start AND i.started_at < :end
-      AND i.status <> 'skipped'
-"""
-
-# The f-strings below only splice in _STARTED, a constant: every value is a bind.
-_OUTCOMES = text(
-    f"""
-    WITH started AS ({_STARTED})
-    SELECT s.journey, s.version, count(*) AS started, count(g.instance_id) AS converted
-    FROM started s
-    LEFT JOIN journeys.goal_conversions g
-      ON g.tenant_id = s.tenant_id AND g.instance_id = s.id
-    GROUP BY s.journey, s.version ORDER BY s.journey, s.version
-    """  # noqa: S608
-)
-
-_FUNNEL = text(
-    f"""
-    WITH started AS ({_STARTED})
-    SELECT s.journey, s.version, t.to_stage AS stage, count(DISTINCT s.id) AS instances
-    FROM started s
-    JOIN journeys.journey_transitions t
-      ON t.tenant_id = s.tenant_id AND t.instance_id = s.id AND t.kind = 'stage'
-    GROUP BY s.journey, s.version, t.to_stage
-    """  # noqa: S608
-)
-
-_REVENUE = text(
-    f"""
-    WITH started AS ({_STARTED})
-    SELECT s.journey, s.version, g.currency, sum(g.amount_minor)::bigint AS amount,
-           count(*) AS orders
-    FROM started s
-    JOIN journeys.goal_conversions g ON g.tenant_id = s.tenant_id AND g.instance_id = s.id
-    WHERE g.amount_minor IS NOT NULL AND g.currency IS NOT NULL
-    GROUP BY s.journey, s.version, g.currency ORDER BY s.journey, s.version, g.currency
-    """  # noqa: S608
-)
-
-# The stages of each version in their written order (the funnel's order).
-_STAGES = text(
-    """
-    SELECT name AS journey, version,
-           jsonb_path_query_array(body, '$.stages[*].name') AS stages
-    FROM journeys.journey_definitions WHERE tenant_id = :tenant
-    """
-)
 
 
 class StageCount(BaseModel):
@@ -179,19 +127,3 @@ def assemble(
             )
         )
     return out
-
-
-async def journey_metrics(session: AsyncSession, tenant_id: str, period: Period) -> JourneyMetrics:
-    params = {"tenant": tenant_id, **period.params()}
-    outcomes = (await session.execute(_OUTCOMES, params)).all()
-    funnel = (await session.execute(_FUNNEL, params)).all()
-    revenue = (await session.execute(_REVENUE, params)).all()
-    written = {
-        (r.journey, int(r.version)): [str(s) for s in (r.stages or [])]
-        for r in (await session.execute(_STAGES, {"tenant": tenant_id})).all()
-    }
-    return JourneyMetrics(
-        from_=period.first,
-        to=period.last,
-        versions=assemble(outcomes, funnel, revenue, written),
-    )

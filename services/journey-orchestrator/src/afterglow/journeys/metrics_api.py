@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from afterglow.journeys.metrics import JourneyMetrics, journey_metrics
+from afterglow.journeys.deps import JourneysDeps, get_deps
+from afterglow.journeys.metrics import JourneyMetrics
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
 from afterglow.kit.period import BAD_PERIOD, Period, period_query
@@ -25,8 +26,9 @@ router = service_router(prefix="/v1/metrics", tags=["metrics"])
 async def get_journey_metrics(
     session: Session,
     period: Annotated[Period, Depends(period_query)],
+    deps: Annotated[JourneysDeps, Depends(get_deps)],
     principal: Principal = Depends(require_scope("journeys:read")),
 ) -> JourneyMetrics:
     """Instances started in [from, to] (UTC days), what stages they reached, how many
     reached the journey's goal and what the converting orders were worth."""
-    return await journey_metrics(session, principal.tenant_id, period)
+    return await deps.journeys.metrics(session, principal.tenant_id, period)
