@@ -18,6 +18,25 @@ from afterglow.kit.errors import Unprocessable
 
 MAX_PERIOD_DAYS = 731  # two years and a leap day
 
+# A period's buckets in SQL: ``buckets(bucket)``, every bucket start (UTC) from the one
+# holding ``:start`` to the last before ``:end``, for ``:interval`` day, week or month.
+# Every bucket is a row, so a bucket with nothing in it is a zero on the chart rather
+# than a missing bar.
+BUCKETS_CTE = """buckets AS (
+    SELECT b AT TIME ZONE 'UTC' AS bucket
+    FROM generate_series(
+        date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
+        CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
+        CAST('1 ' || :interval AS interval)
+    ) AS b
+)"""
+
+
+def with_buckets(ctes_and_select: str) -> str:
+    """A metric query over :data:`BUCKETS_CTE`: ``WITH buckets AS (...), <the rest>``."""
+    return f"WITH {BUCKETS_CTE}, {ctes_and_select}"
+
+
 BAD_PERIOD = openapi.error(
     422,
     "The period is reversed or longer than two years",

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.feedback import domain
+from afterglow.kit.period import with_buckets
 
 # (top band from, middle band from): the thresholds of domain.band, per kind.
 THRESHOLDS = {"nps": (9, 7), "csat": (4, 3), "ces": (5, 4)}
@@ -31,15 +32,8 @@ _SKU_SURVEYS = _SKU_RESPONSES.replace("r.", "s.")
 # then the few hundred day rows are rolled up into day/week/month buckets. Calling
 # date_trunc(..., 'UTC') on every row instead costs a time zone conversion per row and
 # made the query 6x slower over 1M answers (see bench/feedback/run.py).
-_QUERY = """
-WITH buckets AS (
-    SELECT b AT TIME ZONE 'UTC' AS bucket
-    FROM generate_series(
-        date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
-        CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
-        CAST('1 ' || :interval AS interval)
-    ) AS b
-), answer_days AS (
+_QUERY = with_buckets(
+    """answer_days AS (
     SELECT date_bin('1 day', r.responded_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS day,
            count(*) FILTER (WHERE r.score >= :top) AS top,
            count(*) FILTER (WHERE r.score >= :mid AND r.score < :top) AS mid,
@@ -75,6 +69,7 @@ LEFT JOIN answers a ON a.bucket = b.bucket
 LEFT JOIN sends s ON s.bucket = b.bucket
 ORDER BY b.bucket
 """
+)
 
 
 def query_text(with_sku: bool) -> str:
@@ -162,15 +157,8 @@ async def series(session: AsyncSession, w: Window) -> dict[str, Any]:
 # rule on review suppression). Buckets with no review are rows with 0 and no average.
 
 _REVIEW_SERIES = text(
-    """
-    WITH buckets AS (
-        SELECT b AT TIME ZONE 'UTC' AS bucket
-        FROM generate_series(
-            date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
-            CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
-            CAST('1 ' || :interval AS interval)
-        ) AS b
-    ), received AS (
+    with_buckets(
+        """received AS (
         SELECT date_trunc(:interval, created_at, 'UTC') AS bucket,
                count(*) AS reviews,
                count(*) FILTER (WHERE status = 'published') AS published,
@@ -184,6 +172,7 @@ _REVIEW_SERIES = text(
     FROM buckets b LEFT JOIN received r ON r.bucket = b.bucket
     ORDER BY b.bucket
     """
+    )
 )
 
 _REVIEW_TOTALS = text(

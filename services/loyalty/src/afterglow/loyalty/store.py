@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
 from afterglow.events.privacy import pseudonym
+from afterglow.kit.period import with_buckets
 from afterglow.loyalty import domain
 from afterglow.loyalty.models import (
     Account,
@@ -686,15 +687,8 @@ async def unnotified_lots(session: AsyncSession, ids: list[str]) -> set[str]:
 #   period), and the liability: outstanding times the programme's point value.
 
 _SERIES = text(
-    """
-    WITH buckets AS (
-        SELECT b AT TIME ZONE 'UTC' AS bucket
-        FROM generate_series(
-            date_trunc(:interval, CAST(:start AS timestamptz), 'UTC') AT TIME ZONE 'UTC',
-            CAST(:end AS timestamptz) AT TIME ZONE 'UTC' - interval '1 microsecond',
-            CAST('1 ' || :interval AS interval)
-        ) AS b
-    ), flows AS (
+    with_buckets(
+        """flows AS (
         SELECT date_trunc(:interval, created_at, 'UTC') AS bucket,
                sum(available_delta) FILTER (
                    WHERE kind = 'earn_available' OR (kind = 'adjust' AND available_delta > 0)
@@ -711,6 +705,7 @@ _SERIES = text(
     FROM buckets b LEFT JOIN flows f ON f.bucket = b.bucket
     ORDER BY b.bucket
     """
+    )
 )
 
 _OUTSTANDING = text(
