@@ -506,27 +506,6 @@ class HistoryImported(BaseModel):
 @router.post(
     "/tenants/{tenant_id}/import-history/{platform}",
     summary="Import the shop's past orders: order book and metrics, no journey, no message",
-    responses={
-        200: {
-            "content": {
-                "application/json": {
-                    "example": {
-                        "platform": "shopify",
-                        "since": "2024-01-01T00:00:00+00:00",
-                        "earn_points": False,
-                        "pages": 10,
-                        "orders": 500,
-                        "new_deliveries": 512,
-                        "events": 1012,
-                        "failed": 0,
-                        "throttled_waits": 1,
-                        "error": None,
-                        "failures": [],
-                    }
-                }
-            }
-        }
-    },
 )
 async def import_history_now(
     request: Request, tenant_id: TenantPath, platform: PlatformPath, body: HistoryImportIn
