@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
-from afterglow.events.batch import apply_in_one_transaction, inbox_claim
 from afterglow.journeys.handlers import ENGINE as ENGINE_GROUP
 from afterglow.journeys.models import (
     CustomerProfile,
@@ -23,27 +22,16 @@ from afterglow.journeys.models import (
     JourneyTransition,
 )
 
+from ..batch_support import apply_batch as apply_group_batch
+from ..batch_support import event
 from ..conftest import Orchestrator, new_customer, order_placed
 
 # The engine's inbox name: a batch applied here is one the live consumer skips.
 ENGINE = "journeys.engine"
 
 
-def event(orch: Orchestrator, tenant: str, customer: str, data: Any) -> CloudEvent[Any]:
-    return CloudEvent.new(
-        data, tenant_id=tenant, subject=customer, source="tests", time=orch.clock.now()
-    )
-
-
 async def apply_batch(orch: Orchestrator, *events: CloudEvent[Any]) -> list[str]:
-    """One partition batch through the consumer's transaction; the ids applied."""
-    handlers = ENGINE_GROUP.handlers(orch.runtime)
-    claim = inbox_claim(orch.runtime.tables.inbox)
-    async with orch.runtime.sessionmaker.begin() as s:
-        done = await apply_in_one_transaction(
-            s, claim, ENGINE, [(e, handlers[e.type]) for e in events]
-        )
-    return [e.id for e in done.applied]
+    return await apply_group_batch(orch, ENGINE_GROUP, ENGINE, *events)
 
 
 async def transitions(orch: Orchestrator, tenant: str, customer: str) -> list[tuple[str, str]]:

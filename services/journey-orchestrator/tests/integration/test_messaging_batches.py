@@ -16,30 +16,18 @@ from sqlalchemy import select
 
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
-from afterglow.events.batch import apply_in_one_transaction, inbox_claim
 from afterglow.journeys.messaging.handlers import MESSAGING
 from afterglow.journeys.messaging.models import Message, MessageContact, MessageDecision
 
+from ..batch_support import apply_batch as apply_group_batch
+from ..batch_support import event
 from ..conftest import Orchestrator, new_customer
 
 INBOX = "journeys.messaging"
 
 
-def event(orch: Orchestrator, tenant: str, customer: str, data: Any) -> CloudEvent[Any]:
-    return CloudEvent.new(
-        data, tenant_id=tenant, subject=customer, source="tests", time=orch.clock.now()
-    )
-
-
 async def apply_batch(orch: Orchestrator, *events: CloudEvent[Any]) -> list[str]:
-    """One partition batch through the consumer's transaction; the ids applied."""
-    handlers = MESSAGING.handlers(orch.runtime)
-    claim = inbox_claim(orch.runtime.tables.inbox)
-    async with orch.runtime.sessionmaker.begin() as s:
-        done = await apply_in_one_transaction(
-            s, claim, INBOX, [(e, handlers[e.type]) for e in events]
-        )
-    return [e.id for e in done.applied]
+    return await apply_group_batch(orch, MESSAGING, INBOX, *events)
 
 
 def order(order_id: str, orch: Orchestrator, amount: int, currency: str, **customer: Any) -> Any:
