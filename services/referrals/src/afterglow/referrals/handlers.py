@@ -51,6 +51,9 @@ async def invited(
 async def placed(
     svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderPlaced]
 ) -> None:
+    """One order.placed alone: the per-event rule. The consumer applies runs of them in
+    sets (ReferralService.orders_placed), which must end exactly as this applied to
+    each in order; tests/integration/test_placed_in_sets.py compares the two."""
     data = event.data
     # Every order is remembered, referred or not: it is how a later referee is
     # recognised as an existing customer, or as the advocate in disguise.
