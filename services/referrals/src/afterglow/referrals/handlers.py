@@ -2,10 +2,13 @@
 event is skipped and the state change commits with the events it causes.
 
 Lock order: a batch first locks every code it may touch with one statement, ordered by
-(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events one by
-one in partition order, each locking its order row (one customer's, in this partition
-only). Codes are shared across partitions (an advocate's code, many referees): taken in
-whatever order the events came, two batches deadlocked on them."""
+(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events in
+partition order: a run of consecutive order.placed events as one set
+(:meth:`ReferralService.orders_placed`, which locks the run's referred orders in
+(tenant, order id) order), every other event one by one, each locking its order row
+(one customer's, in this partition only). Codes are shared across partitions (an
+advocate's code, many referees): taken in whatever order the events came, two batches
+deadlocked on them."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on_batch
-from afterglow.events.batch import each_in_order
+from afterglow.events.batch import in_segments
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -48,6 +51,9 @@ async def invited(
 async def placed(
     svc: ReferralService, session: AsyncSession, event: CloudEvent[OrderPlaced]
 ) -> None:
+    """One order.placed alone: the per-event rule. The consumer applies runs of them in
+    sets (ReferralService.orders_placed), which must end exactly as this applied to
+    each in order; tests/integration/test_placed_in_sets.py compares the two."""
     data = event.data
     # Every order is remembered, referred or not: it is how a later referee is
     # recognised as an existing customer, or as the advocate in disguise.
@@ -129,7 +135,28 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
         elif isinstance(e.data, ReferralInvited):
             advocates.add((e.tenantid, e.subject))
     await svc.lock_codes(session, codes, advocates)
-    await each_in_order(session, events, lambda s, e: ONE_BY_ONE[type(e.data)](svc, s, e))
+    placed_run: list[tuple[str, str, OrderPlaced]] = []
+
+    def take(event: CloudEvent[Any]) -> bool:
+        # order.placed, the hot event, goes in sets: a run of them is one set-based
+        # use case (ReferralService.orders_placed); the rest one by one.
+        if isinstance(event.data, OrderPlaced):
+            placed_run.append((event.tenantid, event.subject, event.data))
+            return True
+        return False
+
+    async def flush() -> None:
+        if placed_run:
+            await svc.orders_placed(session, placed_run)
+            placed_run.clear()
+
+    async def one(event: CloudEvent[Any]) -> None:
+        await ONE_BY_ONE[type(event.data)](svc, session, event)
+        # The next event sees this one's writes through fresh ORM objects (each_in_order).
+        await session.flush()
+        session.expunge_all()
+
+    await in_segments(events, take=take, flush=flush, one=one)
 
 
 # One consumer group for every topic: on the embedded broker each group costs seconds to

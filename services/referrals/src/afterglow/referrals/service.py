@@ -8,6 +8,8 @@ transaction; nothing here commits.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ from afterglow.events.catalog import (
     ReferralConverted,
     ReferralRejected,
 )
-from afterglow.events.privacy import is_pseudonym
+from afterglow.events.privacy import is_pseudonym, pseudonym
 from afterglow.kit.clock import Clock
 from afterglow.referrals import domain, rewards, store
 from afterglow.referrals.models import Code, Order, Referral, TenantSettings
@@ -332,14 +334,7 @@ class ReferralService:
             placed_after=order.placed_at - self.limits.velocity_window,
             placed_until=order.placed_at,
         )
-        referee = domain.Identity(
-            customer_id=order.customer_id,
-            email_hashes=frozenset([order.email_hash] if order.email_hash else []),
-            phone_hashes=frozenset([order.phone_hash] if order.phone_hash else []),
-            address_hashes=frozenset(
-                [order.shipping_address_hash] if order.shipping_address_hash else []
-            ),
-        )
+        referee = referee_identity(order)
         return domain.Facts(
             invited_at=code.invited_at,
             placed_at=order.placed_at,
@@ -415,6 +410,188 @@ class ReferralService:
             await self._reward_referee(session, referral, policy.referee_reward)
         return Attribution(referral, created=True)
 
+    async def orders_placed(
+        self, session: AsyncSession, events: Sequence[tuple[str, str, OrderPlaced]]
+    ) -> None:
+        """A run of consecutive order.placed events, each (tenant, subject, data), in
+        partition order, applied in sets with the outcome of applying them one by one
+        (handlers.placed): every order remembered with one insert (the first event of an
+        order wins), then each referred order attributed in event order from state read
+        with one query per table, each attribution seeing the orders of the events up to
+        its own and the conversions decided before it, as it would one by one. The
+        batch's codes are locked already (lock_codes); this locks its referred orders,
+        in (tenant, order id) order."""
+        first: dict[tuple[str, str], int] = {}
+        rows = []
+        for i, (tenant, subject, data) in enumerate(events):
+            key = (tenant, data.order_id)
+            if key not in first:
+                first[key] = i
+                rows.append(store.order_row(tenant, subject, data))
+        created = await store.remember_orders(session, rows)
+        # From which event on an order exists: one this run created is not there yet for
+        # the events before it (one by one, an earlier order's checks never saw it).
+        since = {key: first[key] for key in created}
+
+        wanted = self._carried_codes(events)
+        codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
+        found: list[tuple[int, Any, str]] = []  # (event index, code row, via)
+        for i, (referral_code, discounts) in enumerate(wanted):
+            picked = self._pick_code(events[i][0], referral_code, discounts, codes)
+            if picked is not None:
+                found.append((i, *picked))
+        if not found:
+            return
+        keys = {(events[i][0], events[i][2].order_id) for i, _, _ in found}
+        orders = await store.locked_orders(session, keys)
+        attributed = await store.referred_orders(session, keys)
+        todo = []
+        for i, code, via in found:
+            key = (events[i][0], events[i][2].order_id)
+            if key in attributed:
+                continue  # one referral per order: a repeat, or attributed before
+            attributed.add(key)
+            todo.append((i, code, via, orders[key]))
+        if not todo:
+            return
+        await self._attribute_all(session, events, todo, since)
+
+    def _carried_codes(
+        self, events: Sequence[tuple[str, str, OrderPlaced]]
+    ) -> list[tuple[str | None, set[tuple[str, str]]]]:
+        """Per event: its referral code (normalized, if code-shaped) and every code it
+        may be attributed by, as (tenant, code); a historical order carries none."""
+        out: list[tuple[str | None, set[tuple[str, str]]]] = []
+        for tenant, _, data in events:
+            if data.historical:
+                out.append((None, set()))
+                continue
+            raw = [data.referral_code] if data.referral_code else []
+            shaped = {
+                c
+                for c in (domain.normalize_code(r) for r in [*raw, *data.discount_codes])
+                if domain.is_code_shaped(c)
+            }
+            ref = domain.normalize_code(raw[0]) if raw else None
+            out.append((ref if ref in shaped else None, {(tenant, c) for c in shaped}))
+        return out
+
+    @staticmethod
+    def _pick_code(
+        tenant: str,
+        referral_code: str | None,
+        carried: set[tuple[str, str]],
+        active: dict[tuple[str, str], Any],
+    ) -> tuple[Any, str] | None:
+        """As code_for_order: the referral code if it attributes, else the first of the
+        discount codes that attributes, in code order."""
+        if referral_code is not None and (tenant, referral_code) in active:
+            return active[(tenant, referral_code)], "referral_code"
+        ours = sorted(c for t, c in carried if (t, c) in active and c != referral_code)
+        if ours:
+            return active[(tenant, ours[0])], "discount_code"
+        return None
+
+    async def _attribute_all(
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, str, OrderPlaced]],
+        todo: list[tuple[int, Any, str, Any]],
+        since: dict[tuple[str, str], int],
+    ) -> None:
+        """Decide the attributions (event index, code row, via, locked order row) in
+        order, insert them with one statement and their events with one more."""
+        tenants = {o.tenant_id for _, _, _, o in todo}
+        settings = await store.tenant_settings_of(session, tenants)
+        policies = {t: self._policy_of(t, settings.get(t)) for t in tenants}
+        people: set[tuple[str, str]] = set()
+        emails: set[tuple[str, str]] = set()
+        advocates: set[tuple[str, str]] = set()
+        for _, code, _, order in todo:
+            t = order.tenant_id
+            people |= {(t, c) for c in _with_pseudonym(t, order.customer_id)}
+            people.add((t, code.advocate_customer_id))
+            advocates |= {(t, a) for a in _with_pseudonym(t, code.advocate_customer_id)}
+            if order.email_hash:
+                emails.add((t, order.email_hash))
+        seen = _Seen(await store.orders_of_people(session, people, emails), since)
+        reach = max(timedelta(days=self.limits.advocate_cap_days), self.limits.velocity_window)
+        live = _Live(
+            await store.live_referrals_of(
+                session,
+                advocates,
+                {(c.tenant_id, c.id) for _, c, _, _ in todo},
+                placed_after=min(o.placed_at for _, _, _, o in todo) - reach,
+                placed_until=max(o.placed_at for _, _, _, o in todo),
+            )
+        )
+        now = self.clock.now()
+        referrals: list[dict[str, Any]] = []
+        for i, code, via, order in todo:
+            t = order.tenant_id
+            facts = domain.Facts(
+                invited_at=code.invited_at,
+                placed_at=order.placed_at,
+                advocate=seen.identity(t, code.advocate_customer_id, i),
+                referee=referee_identity(order),
+                platform_orders_count=events[i][2].customer_orders_count,
+                earlier_orders_seen=seen.earlier(order, i),
+                advocate_conversions_in_period=live.of_advocate(
+                    t,
+                    code.advocate_customer_id,
+                    order,
+                    order.placed_at - timedelta(days=self.limits.advocate_cap_days),
+                ),
+                recent_from_code=live.of_code(
+                    t, code.id, order, order.placed_at - self.limits.velocity_window
+                ),
+                refunded_at=order.refunded_at,
+                cancelled_at=order.cancelled_at,
+            )
+            policy = policies[t]
+            decision = domain.evaluate(facts, policy.limits(self.limits))
+            state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
+            fulfilled_at = order.fulfilled_at if state != "rejected" else None
+            row = {
+                "id": str(uuid.uuid4()),
+                "tenant_id": t,
+                "code_id": code.id,
+                "code": code.code,
+                "advocate_customer_id": code.advocate_customer_id,
+                "referee_customer_id": order.customer_id,
+                "order_id": order.order_id,
+                "order_total": order.total_amount,
+                "currency": order.currency,
+                "placed_at": order.placed_at,
+                "via": via,
+                "state": state,
+                "reason": decision.reason,
+                "detail": decision.detail,
+                "referee_reward_code": (
+                    "RF" + domain.generate_code(8) if state == "pending" else None
+                ),
+                "attributed_at": now,
+                "decided_at": now if state == "rejected" else None,
+                "fulfilled_at": fulfilled_at,
+                "confirm_due_at": policy.confirmation_due(fulfilled_at) if fulfilled_at else None,
+                "refunded_amount": order.refunded_amount,
+            }
+            referrals.append(row)
+            if state != "rejected":
+                live.add(row)
+        inserted = await store.insert_referrals_if_new(session, referrals)
+        caused: list[CloudEvent[Any]] = []
+        for row in referrals:
+            if row["id"] not in inserted:
+                continue  # the order was attributed concurrently: that one stands
+            referral = Referral(**row)  # transient, never added: the events read it
+            if row["state"] == "rejected":
+                caused += self._rejected_events(referral, row["reason"], row["detail"])
+            elif row["state"] == "pending":
+                reward = policies[row["tenant_id"]].referee_reward
+                caused.append(self._referee_reward_event(referral, reward))
+        await self.outbox.add(session, *caused)
+
     async def referral_for_order(
         self, session: AsyncSession, tenant_id: str, order_id: str
     ) -> Referral | None:
@@ -429,6 +606,12 @@ class ReferralService:
         (rewards.py)."""
         referral.referee_reward_code = "RF" + domain.generate_code(8)
         await session.flush()
+        await self.outbox.add(session, self._referee_reward_event(referral, reward))
+
+    def _referee_reward_event(
+        self, referral: Referral, reward: domain.RefereeReward
+    ) -> CloudEvent[Any]:
+        assert referral.referee_reward_code is not None
         announce = MessageRequested(
             request_id=f"referee_reward:{referral.tenant_id}:{referral.id}",
             kind="referee_reward",
@@ -440,23 +623,24 @@ class ReferralService:
             },
             order_id=referral.order_id,
         )
-        await self.outbox.add(
-            session,
-            self._event(
-                rewards.referee_discount(
-                    referral.referee_reward_code, referral.id, self.clock.now(), announce, reward
-                ),
-                tenant_id=referral.tenant_id,
-                subject=referral.referee_customer_id,
-                id=derived_event_id(SOURCE, "referee_reward", referral.id),
+        return self._event(
+            rewards.referee_discount(
+                referral.referee_reward_code, referral.id, self.clock.now(), announce, reward
             ),
+            tenant_id=referral.tenant_id,
+            subject=referral.referee_customer_id,
+            id=derived_event_id(SOURCE, "referee_reward", referral.id),
         )
 
     async def _emit_rejected(
         self, session: AsyncSession, referral: Referral, reason: str, detail: str | None
     ) -> None:
-        await self.outbox.add(
-            session,
+        await self.outbox.add(session, *self._rejected_events(referral, reason, detail))
+
+    def _rejected_events(
+        self, referral: Referral, reason: str, detail: str | None
+    ) -> list[CloudEvent[Any]]:
+        events = [
             self._event(
                 ReferralRejected(
                     referral_id=referral.id,
@@ -470,19 +654,19 @@ class ReferralService:
                 tenant_id=referral.tenant_id,
                 subject=referral.advocate_customer_id,
                 id=derived_event_id(SOURCE, "rejected", referral.id),
-            ),
-        )
+            )
+        ]
         if referral.referee_reward_code:
             # The friend's code was issued with the conversion: it goes with it.
-            await self.outbox.add(
-                session,
+            events.append(
                 self._event(
                     rewards.clawback(referral.referee_reward_code, self.clock.now()),
                     tenant_id=referral.tenant_id,
                     subject=referral.referee_customer_id,
                     id=derived_event_id(SOURCE, "referee_reward_clawback", referral.id),
-                ),
+                )
             )
+        return events
 
     # --- lifecycle after attribution ------------------------------------------------
     #
@@ -633,3 +817,108 @@ class ReferralService:
         self, session: AsyncSession, tenant_id: str, customers: list[str]
     ) -> None:
         await store.pseudonymize(session, tenant_id, customers, self.clock.now())
+
+
+def referee_identity(order: Any) -> domain.Identity:
+    """The referee as the order shows them (an Order, or a row of the orders table)."""
+    return domain.Identity(
+        customer_id=order.customer_id,
+        email_hashes=frozenset([order.email_hash] if order.email_hash else []),
+        phone_hashes=frozenset([order.phone_hash] if order.phone_hash else []),
+        address_hashes=frozenset(
+            [order.shipping_address_hash] if order.shipping_address_hash else []
+        ),
+    )
+
+
+def _with_pseudonym(tenant_id: str, customer: str) -> tuple[str, str]:
+    """A customer's id and the pseudonym an erasure gave it (store._is_customer)."""
+    return customer, pseudonym(tenant_id, customer)
+
+
+class _Seen:
+    """The orders an attribution batch read (store.orders_of_people), answered as each
+    event saw them one by one: an order this run created exists from its event on."""
+
+    def __init__(self, rows: Sequence[Any], since: dict[tuple[str, str], int]) -> None:
+        self._since = since
+        self._by_customer: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        self._by_email: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for r in rows:
+            self._by_customer[(r.tenant_id, r.customer_id)].append(r)
+            if r.email_hash:
+                self._by_email[(r.tenant_id, r.email_hash)].append(r)
+
+    def _visible(self, row: Any, at: int) -> bool:
+        return self._since.get((row.tenant_id, row.order_id), -1) <= at
+
+    def earlier(self, order: Any, at: int) -> int:
+        """As store.count_earlier_orders: the person's other orders placed before."""
+        t = order.tenant_id
+        rows = [r for c in _with_pseudonym(t, order.customer_id) for r in self._by_customer[(t, c)]]
+        if order.email_hash:
+            rows += self._by_email[(t, order.email_hash)]
+        return len(
+            {
+                r.order_id
+                for r in rows
+                if r.order_id != order.order_id
+                and r.placed_at < order.placed_at
+                and self._visible(r, at)
+            }
+        )
+
+    def identity(self, tenant_id: str, customer: str, at: int) -> domain.Identity:
+        """As ReferralService._identity: every contact the customer's orders carry."""
+        rows = [r for r in self._by_customer[(tenant_id, customer)] if self._visible(r, at)]
+        return domain.Identity(
+            customer_id=customer,
+            email_hashes=frozenset(r.email_hash for r in rows if r.email_hash),
+            phone_hashes=frozenset(r.phone_hash for r in rows if r.phone_hash),
+            address_hashes=frozenset(
+                r.shipping_address_hash for r in rows if r.shipping_address_hash
+            ),
+        )
+
+
+class _Live:
+    """The live conversions an attribution batch read (store.live_referrals_of), plus
+    those it decided so far: what the cap and velocity checks count."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._by_advocate: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        self._by_code: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for r in rows:
+            self._put(r.tenant_id, r.advocate_customer_id, r.code_id, r.order_id, r.placed_at)
+
+    def _put(self, tenant: str, advocate: str, code_id: str, order_id: str, at: datetime) -> None:
+        self._by_advocate[(tenant, advocate)].append((order_id, at))
+        self._by_code[(tenant, code_id)].append((order_id, at))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._put(
+            row["tenant_id"],
+            row["advocate_customer_id"],
+            row["code_id"],
+            row["order_id"],
+            row["placed_at"],
+        )
+
+    @staticmethod
+    def _count(entries: list[tuple[str, datetime]], order: Any, after: datetime) -> int:
+        return sum(
+            1
+            for order_id, at in entries
+            if order_id != order.order_id and after < at <= order.placed_at
+        )
+
+    def of_advocate(self, tenant: str, advocate: str, order: Any, after: datetime) -> int:
+        """As store.count_live_referrals_of_advocate (pseudonymized ones too)."""
+        return sum(
+            self._count(self._by_advocate[(tenant, a)], order, after)
+            for a in _with_pseudonym(tenant, advocate)
+        )
+
+    def of_code(self, tenant: str, code_id: str, order: Any, after: datetime) -> int:
+        """As store.count_live_referrals_of_code."""
+        return self._count(self._by_code[(tenant, code_id)], order, after)

@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from afterglow.events.batch import as_columns, unnest_insert
 from afterglow.events.catalog import OrderPlaced
 from afterglow.events.privacy import pseudonym
 from afterglow.referrals import domain
@@ -130,6 +131,22 @@ async def first_active_code_among(
     ).first()
 
 
+async def active_codes_named(
+    session: AsyncSession, codes: set[tuple[str, str]]
+) -> dict[tuple[str, str], Row[Any]]:
+    """Of the (tenant, normalized code) pairs, those that still attribute, as plain rows
+    keyed by (tenant, code): the codes a batch of orders may carry, in one query."""
+    if not codes:
+        return {}
+    t = Code.__table__
+    rows = await session.execute(
+        select(t).where(
+            tuple_(t.c.tenant_id, t.c.code).in_(sorted(codes)), t.c.deactivated_at.is_(None)
+        )
+    )
+    return {(r.tenant_id, r.code): r for r in rows}
+
+
 async def insert_code_if_free(
     session: AsyncSession,
     *,
@@ -166,26 +183,110 @@ async def insert_code_if_free(
 # --- orders -----------------------------------------------------------------------------
 
 
+def order_row(tenant_id: str, customer_id: str, data: OrderPlaced) -> dict[str, Any]:
+    """The columns an order.placed records for its order."""
+    return {
+        "tenant_id": tenant_id,
+        "order_id": data.order_id,
+        "customer_id": customer_id,
+        "placed_at": data.placed_at,
+        "total_amount": data.total.amount,
+        "currency": data.total.currency,
+        "email_hash": data.customer.email_hash or domain.contact_hash(data.customer.email),
+        "phone_hash": data.customer.phone_hash or domain.contact_hash(data.customer.phone),
+        "shipping_address_hash": data.shipping_address_hash,
+    }
+
+
 async def remember_order(
     session: AsyncSession, tenant_id: str, customer_id: str, data: OrderPlaced
 ) -> Order:
     """The order's row, recorded on its first order.placed (a repeat keeps the first)."""
     await session.execute(
-        pg_insert(Order)
-        .values(
-            tenant_id=tenant_id,
-            order_id=data.order_id,
-            customer_id=customer_id,
-            placed_at=data.placed_at,
-            total_amount=data.total.amount,
-            currency=data.total.currency,
-            email_hash=data.customer.email_hash or domain.contact_hash(data.customer.email),
-            phone_hash=data.customer.phone_hash or domain.contact_hash(data.customer.phone),
-            shipping_address_hash=data.shipping_address_hash,
-        )
-        .on_conflict_do_nothing()
+        pg_insert(Order).values(**order_row(tenant_id, customer_id, data)).on_conflict_do_nothing()
     )
     return await session.get_one(Order, (tenant_id, data.order_id))
+
+
+ORDER_COLUMNS = (
+    "tenant_id",
+    "order_id",
+    "customer_id",
+    "placed_at",
+    "total_amount",
+    "currency",
+    "email_hash",
+    "phone_hash",
+    "shipping_address_hash",
+)
+# One statement for any number of orders, compiled once (batch.unnest_insert).
+_INSERT_ORDERS = (
+    unnest_insert(Order.__table__, ORDER_COLUMNS)
+    .on_conflict_do_nothing()
+    .returning(Order.__table__.c.tenant_id, Order.__table__.c.order_id)
+)
+
+
+async def remember_orders(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> set[tuple[str, str]]:
+    """Record each order on its first order.placed, with one statement (a repeat keeps
+    the first row; ``rows`` holds each (tenant, order) once, the first in event order).
+    Returns the (tenant, order id) of the rows this call created."""
+    if not rows:
+        return set()
+    result = await session.execute(_INSERT_ORDERS, as_columns(rows, ORDER_COLUMNS))
+    return {(r.tenant_id, r.order_id) for r in result}
+
+
+async def locked_orders(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Row[Any]]:
+    """The orders (tenant, order id), locked in (tenant, order id) order and read as
+    plain rows (no ORM object to go stale). Each is the order of one customer of this
+    partition: attribution locks its code first (lock_codes), then its order."""
+    if not keys:
+        return {}
+    t = Order.__table__
+    rows = await session.execute(
+        select(t)
+        .where(tuple_(t.c.tenant_id, t.c.order_id).in_(sorted(keys)))
+        .order_by(t.c.tenant_id, t.c.order_id)
+        .with_for_update()
+    )
+    return {(r.tenant_id, r.order_id): r for r in rows}
+
+
+async def orders_of_people(
+    session: AsyncSession,
+    customers: set[tuple[str, str]],
+    emails: set[tuple[str, str]],
+) -> Sequence[Row[Any, Any, Any, Any, Any, Any, Any]]:
+    """Every order of the (tenant, customer id) pairs or of the (tenant, email hash)
+    pairs, with its contact hashes and placing time, not locked: what the attribution
+    checks of a batch read (earlier orders of a referee, an advocate's contacts). The
+    caller lists pseudonyms itself when it wants them (:func:`_is_customer`)."""
+    conds = []
+    t = Order.__table__
+    if customers:
+        conds.append(tuple_(t.c.tenant_id, t.c.customer_id).in_(sorted(customers)))
+    if emails:
+        conds.append(tuple_(t.c.tenant_id, t.c.email_hash).in_(sorted(emails)))
+    if not conds:
+        return []
+    return (
+        await session.execute(
+            select(
+                t.c.tenant_id,
+                t.c.order_id,
+                t.c.customer_id,
+                t.c.email_hash,
+                t.c.phone_hash,
+                t.c.shipping_address_hash,
+                t.c.placed_at,
+            ).where(or_(*conds))
+        )
+    ).all()
 
 
 async def order_of_tenant(session: AsyncSession, tenant_id: str, order_id: str) -> Order | None:
@@ -295,6 +396,111 @@ async def insert_referral_if_new(session: AsyncSession, **columns: Any) -> Refer
     if inserted is None:
         return None
     return await session.get_one(Referral, inserted)
+
+
+async def referred_orders(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Of the (tenant, order id) pairs, those already attributed (one referral per order)."""
+    if not keys:
+        return set()
+    rows = await session.execute(
+        select(Referral.tenant_id, Referral.order_id).where(
+            tuple_(Referral.tenant_id, Referral.order_id).in_(sorted(keys))
+        )
+    )
+    return {(r.tenant_id, r.order_id) for r in rows}
+
+
+async def live_referrals_of(
+    session: AsyncSession,
+    advocates: set[tuple[str, str]],
+    codes: set[tuple[str, str]],
+    *,
+    placed_after: datetime,
+    placed_until: datetime,
+) -> Sequence[Row[Any, Any, Any, Any, Any]]:
+    """The live conversions of the (tenant, advocate) pairs or of the codes placed in
+    (``placed_after``, ``placed_until``]: what the cap and velocity checks of a batch
+    count, read once. ``codes``: (tenant, code id). The caller lists the advocates'
+    pseudonyms itself."""
+    conds = []
+    if advocates:
+        conds.append(
+            tuple_(Referral.tenant_id, Referral.advocate_customer_id).in_(sorted(advocates))
+        )
+    if codes:
+        conds.append(tuple_(Referral.tenant_id, Referral.code_id).in_(sorted(codes)))
+    if not conds:
+        return []
+    return (
+        await session.execute(
+            select(
+                Referral.tenant_id,
+                Referral.order_id,
+                Referral.advocate_customer_id,
+                Referral.code_id,
+                Referral.placed_at,
+            ).where(
+                or_(*conds),
+                Referral.state.in_(LIVE_STATES),
+                Referral.placed_at > placed_after,
+                Referral.placed_at <= placed_until,
+            )
+        )
+    ).all()
+
+
+REFERRAL_COLUMNS = (
+    "id",
+    "tenant_id",
+    "code_id",
+    "code",
+    "advocate_customer_id",
+    "referee_customer_id",
+    "order_id",
+    "order_total",
+    "currency",
+    "placed_at",
+    "via",
+    "state",
+    "reason",
+    "detail",
+    "referee_reward_code",
+    "attributed_at",
+    "decided_at",
+    "fulfilled_at",
+    "confirm_due_at",
+    "refunded_amount",
+)
+_INSERT_REFERRALS = (
+    unnest_insert(Referral.__table__, REFERRAL_COLUMNS)
+    .on_conflict_do_nothing()
+    .returning(Referral.__table__.c.id)
+)
+
+
+async def insert_referrals_if_new(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> set[str]:
+    """Insert the referrals with one statement; the ids of those inserted (an order
+    attributed meanwhile by another transaction keeps its referral: one per order)."""
+    if not rows:
+        return set()
+    result = await session.execute(_INSERT_REFERRALS, as_columns(rows, REFERRAL_COLUMNS))
+    return set(result.scalars())
+
+
+async def tenant_settings_of(
+    session: AsyncSession, tenant_ids: set[str]
+) -> dict[str, TenantSettings]:
+    """The settings rows of the tenants that have one, in one query."""
+    if not tenant_ids:
+        return {}
+    rows = await session.scalars(
+        select(TenantSettings).where(TenantSettings.tenant_id.in_(sorted(tenant_ids)))
+    )
+    return {r.tenant_id: r for r in rows}
 
 
 async def referral_for_order(
