@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import Outbox, derived_event_id
+from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.catalog import (
     MessageRequested,
     Money,
@@ -99,6 +99,95 @@ def _available_at(
     released and expired in the same second."""
     start = domain.available_at(rules, when)
     return max(start, now) if historical else start
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One order.placed event of a run: the customer's order and its event id (cause)."""
+
+    tenant: str
+    customer: str
+    data: OrderPlaced
+    cause: str
+
+
+def _needs_rates(rules: domain.ProgramRules, data: OrderPlaced) -> bool:
+    """The tenant's rates are read only for an order stating no amount in the program's
+    currency."""
+    return not any(m.currency == rules.currency for m in data.amounts())
+
+
+def _new_order(
+    rules: domain.ProgramRules,
+    account: Account,
+    data: OrderPlaced,
+    rates: dict[str, domain.ExchangeRate],
+) -> OrderRow:
+    """The order row (not added to a session) of a new order, priced in the program's
+    currency; counts it on the account."""
+    # The one rule, on the count ingest's order book set (catalog.is_first_order);
+    # journeys' welcome branch applies the same rule to the same field. A past order
+    # (history import, late delivery) is never a first order: the first-order bonus
+    # welcomes a new customer, not one who bought years ago.
+    first = not data.historical and data.is_first_order(earlier_orders_seen=account.orders_count)
+    account.orders_count += 1
+    amounts = _pairs(data.amounts())
+    pricing = domain.price_order(rules.currency, amounts, rates)
+    other = next(((c, m) for c, m in amounts if c != pricing.source_currency), None)
+    return OrderRow(
+        tenant_id=account.tenant_id,
+        order_id=data.order_id,
+        customer_id=account.customer_id,
+        total_minor=pricing.source_minor,
+        currency=pricing.source_currency,
+        other_currency=other[0] if other else None,
+        other_minor=other[1] if other else None,
+        value_currency=rules.currency,
+        fx_factor=pricing.factor,
+        fx_rate=pricing.rate,
+        fx_as_of=pricing.rate_as_of,
+        unpriced_reason=pricing.unpriced_reason,
+        placed_at=data.placed_at,
+        fulfilled_at=None,
+        delivered_at=None,
+        refunded_minor=0,
+        refund_ids=[],
+        fully_refunded=False,
+        cancelled=False,
+        # An imported order the tenant chose not to credit counts for spend and
+        # tiers only: its earning is settled (nothing), so no later status earns it.
+        earned=not data.earn_points,
+        first_order=first,
+    )
+
+
+def _with_order(
+    rules: domain.ProgramRules,
+    figure: tuple[int, datetime | None],
+    order: OrderRow,
+    new_lots: list[domain.Lot],
+    now: datetime,
+) -> tuple[int, datetime | None]:
+    """The account's tier figure (store.qualifying_value: value, oldest part) once a new
+    order and its new lots are added, as the SQL would count them after their insert."""
+    value, oldest = figure
+    since = domain.add_months(now, -rules.tier_window_months)
+    parts: list[tuple[int, datetime]] = []
+    if rules.tier_basis == "spend":
+        # A new order: nothing refunded or cancelled yet, priced in the program's currency.
+        if order.fx_factor is not None and order.placed_at > since:
+            spent = domain.convert_minor(order.total_minor, order.fx_factor)
+            parts.append((spent, order.placed_at))
+    else:
+        parts += [
+            (lot.points - lot.clawed, lot.earned_at)
+            for lot in new_lots
+            if lot.state != "void" and lot.source != "adjust" and lot.earned_at > since
+        ]
+    for points, at in parts:
+        value += points
+        oldest = at if oldest is None or at < oldest else oldest
+    return value, oldest
 
 
 class LoyaltyService:
@@ -471,49 +560,83 @@ class LoyaltyService:
         rules = await store.load_rules(session, tenant)
         account = await store.lock_account(session, tenant, customer, now, rules)
         assert account is not None
-        # The one rule, on the count ingest's order book set (catalog.is_first_order);
-        # journeys' welcome branch applies the same rule to the same field. A past order
-        # (history import, late delivery) is never a first order: the first-order bonus
-        # welcomes a new customer, not one who bought years ago.
-        first = not data.historical and data.is_first_order(
-            earlier_orders_seen=account.orders_count
-        )
-        account.orders_count += 1
         amounts = _pairs(data.amounts())
         rates = (
             {}
             if any(cur == rules.currency for cur, _ in amounts)
             else await store.load_rates(session, tenant, rules.currency)
         )
-        pricing = domain.price_order(rules.currency, amounts, rates)
-        other = next(((c, m) for c, m in amounts if c != pricing.source_currency), None)
-        order = OrderRow(
-            tenant_id=tenant,
-            order_id=data.order_id,
-            customer_id=customer,
-            total_minor=pricing.source_minor,
-            currency=pricing.source_currency,
-            other_currency=other[0] if other else None,
-            other_minor=other[1] if other else None,
-            value_currency=rules.currency,
-            fx_factor=pricing.factor,
-            fx_rate=pricing.rate,
-            fx_as_of=pricing.rate_as_of,
-            unpriced_reason=pricing.unpriced_reason,
-            placed_at=data.placed_at,
-            refunded_minor=0,
-            refund_ids=[],
-            fully_refunded=False,
-            cancelled=False,
-            # An imported order the tenant chose not to credit counts for spend and
-            # tiers only: its earning is settled (nothing), so no later status earns it.
-            earned=not data.earn_points,
-            first_order=first,
-        )
+        order = _new_order(rules, account, data, rates)
         await store.add_order(session, order)
-        if pricing.unpriced_reason is not None:
-            await self._note_unpriced(session, account, data.order_id, pricing.unpriced_reason, now)
+        if order.unpriced_reason is not None:
+            await self._note_unpriced(session, account, data.order_id, order.unpriced_reason, now)
         await self._order_step(session, tenant, order, "placed", cause, data.historical)
+
+    async def orders_placed(self, session: AsyncSession, placed: list[Placed]) -> None:
+        """:meth:`order_placed` for a run of events, in sets, with the outcome of calling
+        it for each in order: the run's orders, accounts, rates and tier figures are read
+        with one statement per table (per tenant for rates and tiers), the orders are
+        priced and earned in memory in event order, and each table is written with one
+        statement. The clock is read once: the run is one transaction.
+
+        An order earns only pending lots when it is placed (it has no fulfilment yet), and
+        adding a pending lot reads no other lot: the account's existing lots are not
+        loaded, its cached balances are the wallet."""
+        now = self.now()
+        seen = await store.known_orders(session, {(p.tenant, p.data.order_id) for p in placed})
+        fresh: list[Placed] = []
+        for p in placed:
+            if (p.tenant, p.data.order_id) not in seen:  # else announced twice
+                seen.add((p.tenant, p.data.order_id))
+                fresh.append(p)
+        if not fresh:
+            return
+        tenants = sorted({p.tenant for p in fresh})
+        rules = {t: await store.load_rules(session, t) for t in tenants}
+        keys = sorted({(p.tenant, p.customer) for p in fresh})
+        accounts = await store.open_accounts(
+            session, keys, {t: r.tiers[0].name for t, r in rules.items()}, now
+        )
+        rates: dict[str, dict[str, domain.ExchangeRate]] = {}
+        for t in tenants:
+            if any(_needs_rates(rules[t], p.data) for p in fresh if p.tenant == t):
+                rates[t] = await store.load_rates(session, t, rules[t].currency)
+        tier_figures = await store.qualifying_values(session, rules, keys, now)
+        wallets = {
+            k: domain.Wallet(available=a.available, pending=a.pending) for k, a in accounts.items()
+        }
+        orders: list[OrderRow] = []
+        lots: dict[str, dict[str, Any]] = {}
+        entries: list[dict[str, Any]] = []
+        events: list[CloudEvent[Any]] = []
+        for p in fresh:
+            key = (p.tenant, p.customer)
+            account, wallet, r = accounts[key], wallets[key], rules[p.tenant]
+            order = _new_order(r, account, p.data, rates.get(p.tenant, {}))
+            orders.append(order)
+            step: list[domain.Entry] = []
+            if order.unpriced_reason is not None:
+                note = [wallet.note_unpriced(order.order_id, order.unpriced_reason, now)]
+                events += store.settle(account, wallet, note, now)
+                step += note
+            earned: list[domain.Entry] = []
+            if not order.earned and domain.earns_at(r, "placed", order_record(order)):
+                earned = await self._earn_order(r, account, wallet, order, now, p.data.historical)
+            events += store.settle(account, wallet, earned, now)
+            step += earned
+            entries += [store.entry_row(p.tenant, p.customer, e) for e in step]
+            new_lots = [lot for lot in wallet.lots if lot.id in wallet.dirty]
+            wallet.dirty.clear()
+            lots.update({lot.id: store.lot_row(p.tenant, p.customer, lot) for lot in new_lots})
+            value, oldest = _with_order(r, tier_figures[key], order, new_lots, now)
+            tier_figures[key] = (value, oldest)
+            events += store.tier_events(
+                r, account, value, oldest, now, p.cause, notify=not p.data.historical
+            )
+        await store.insert_orders(session, orders)
+        await store.upsert_lots(session, list(lots.values()))
+        await store.insert_entries(session, entries)
+        await self.outbox.add(session, *events)
 
     async def _note_unpriced(
         self, session: AsyncSession, account: Account, order_id: str, reason: str, now: datetime
