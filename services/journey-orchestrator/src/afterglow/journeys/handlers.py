@@ -8,20 +8,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import cast, select, update
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch
 from afterglow.events.batch import event_span
 from afterglow.events.catalog import CustomerErasureRequested, is_anonymous_subject
 from afterglow.journeys import engine as d
-from afterglow.journeys import store
-from afterglow.journeys.models import CustomerProfile, JourneyInstance
+from afterglow.journeys import erasure_store, store
 from afterglow.kit.app import Runtime
-
-# Merged into an erased customer's instance state (JSONB ||): their order and its dates.
-ERASED_STATE_FIELDS = cast({"order_id": None, "anchors": {}}, JSONB)
 
 # The moment an event happened in the world (anchors use it, not the envelope time,
 # so a late delivery report still anchors the delay on the real delivery).
@@ -143,15 +137,7 @@ async def erase(
     tenant = event.tenantid
     whole_tenant = getattr(event.data, "scope", "customer") == "tenant"
     customers = (
-        list(
-            (
-                await session.scalars(
-                    select(CustomerProfile.customer_id).where(CustomerProfile.tenant_id == tenant)
-                )
-            ).all()
-        )
-        if whole_tenant
-        else [event.subject]
+        await erasure_store.tenant_customers(session, tenant) if whole_tenant else [event.subject]
     )
     for customer in customers:
         profile = await store.lock_profile(session, tenant, customer, now)
@@ -166,16 +152,7 @@ async def erase(
             j = await store.journey_version(session, tenant, inst.journey, inst.version)
             await writer.apply(j, res, profile)
         await store.save_profile(session, tenant, customer, d.erase(profile), now)
-        await session.execute(
-            update(JourneyInstance)
-            .where(JourneyInstance.tenant_id == tenant, JourneyInstance.customer_id == customer)
-            # The state keeps its own copy of both (engine.InstanceState): wiped too.
-            .values(
-                order_id=None,
-                anchors={},
-                state=JourneyInstance.state.op("||")(ERASED_STATE_FIELDS),
-            )
-        )
+        await erasure_store.wipe_instance_orders(session, tenant, customer)
 
 
 async def on_events(runtime: Runtime, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:

@@ -593,6 +593,31 @@ async def timers_of(
     return {r.id: TimerRow(r.instance_id, r.state, True) for r in rows.all()}
 
 
+async def claim_due_timers(
+    session: AsyncSession, now: datetime, batch: int, tenant_id: str | None = None
+) -> list[Any]:
+    """Lock up to ``batch`` due, pending timers; rows another transaction holds are
+    skipped, not waited for. The locks last until the caller's transaction ends."""
+    q = (
+        select(
+            JourneyTimer.id,
+            JourneyTimer.tenant_id,
+            JourneyTimer.customer_id,
+            JourneyTimer.instance_id,
+            JourneyTimer.due_at,
+            JourneyTimer.kind,
+            JourneyTimer.payload["traceparent"].astext.label("traceparent"),
+        )
+        .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
+        .order_by(JourneyTimer.due_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    if tenant_id is not None:
+        q = q.where(JourneyTimer.tenant_id == tenant_id)
+    return list((await session.execute(q)).all())
+
+
 # --- transitions, goals ----------------------------------------------------------------
 
 

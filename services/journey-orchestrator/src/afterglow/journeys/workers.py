@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import Outbox
 from afterglow.events.tracing import linked
 from afterglow.journeys import engine as d
 from afterglow.journeys import store
-from afterglow.journeys.models import JourneyTimer
 from afterglow.journeys.settings import Settings
 from afterglow.kit.app import Runtime, Worker
 from afterglow.kit.polling import PollingWorker, TransactionalRound, in_one_transaction
@@ -41,29 +38,9 @@ TIMER_LATENESS = Histogram(
 )
 
 
-async def claim_due(
-    session: AsyncSession, now: datetime, batch: int, tenant_id: str | None = None
-) -> list[Any]:
-    """Lock up to ``batch`` due, pending timers; rows another transaction holds are
-    skipped, not waited for. The locks last until the caller's transaction ends."""
-    q = (
-        select(
-            JourneyTimer.id,
-            JourneyTimer.tenant_id,
-            JourneyTimer.customer_id,
-            JourneyTimer.instance_id,
-            JourneyTimer.due_at,
-            JourneyTimer.kind,
-            JourneyTimer.payload["traceparent"].astext.label("traceparent"),
-        )
-        .where(JourneyTimer.state == "pending", JourneyTimer.due_at <= now)
-        .order_by(JourneyTimer.due_at)
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    )
-    if tenant_id is not None:
-        q = q.where(JourneyTimer.tenant_id == tenant_id)
-    return list((await session.execute(q)).all())
+# The claim is a store statement (store.claim_due_timers); the name stays here for the
+# tests and the bench that hold timers the way a round does.
+claim_due = store.claim_due_timers
 
 
 async def fire_due_timers(runtime: Runtime, batch: int) -> int:
@@ -80,7 +57,7 @@ def timer_round(outbox: Outbox, batch: int) -> TransactionalRound:
     write each table once (store.Changes). Returns how many timers were fired."""
 
     async def fire_round(session: AsyncSession, now: datetime) -> int:
-        rows = await claim_due(session, now, batch)
+        rows = await store.claim_due_timers(session, now, batch)
         for r in rows:
             TIMER_LATENESS.observe(max(0.0, (now - r.due_at).total_seconds()))
         if not rows:
@@ -97,7 +74,7 @@ def timer_round(outbox: Outbox, batch: int) -> TransactionalRound:
         )
         changes = store.Changes(outbox, now, await store.timers_of(session, instances.keys()))
         fired = 0
-        for r in mine:  # due order (claim_due)
+        for r in mine:  # due order (store.claim_due_timers)
             key = (r.tenant_id, r.customer_id)
             ikey = (r.tenant_id, r.instance_id)
             if ikey in held:

@@ -35,7 +35,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter as Metric
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.listen import Listener
@@ -49,7 +48,6 @@ from afterglow.journeys.messaging.channels.rate import take
 from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
 from afterglow.journeys.messaging.models import (
     Message,
-    MessageContact,
     MessagingChannel,
     MessagingTenantSettings,
 )
@@ -62,7 +60,6 @@ log = logging.getLogger(__name__)
 
 DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
 NOTIFY_CHANNEL = store.NOTIFY_CHANNEL
-PENDING = ("queued", "deferred")
 __all__ = ["Dispatcher", "Job", "Outcome", "messaging_workers"]
 
 SENDS = Metric(
@@ -175,21 +172,8 @@ class Dispatcher:
         cap = self.s.per_tenant_concurrency
         busy = dict(self.tenant_inflight)
         full = [t for t, n in busy.items() if n >= cap]
-        query = select(Message).where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
-        if full:
-            query = query.where(Message.tenant_id.not_in(full))
         async with self.rt.sessionmaker.begin() as session:
-            rows = (
-                (
-                    await session.execute(
-                        query.order_by(Message.next_attempt_at)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            rows = await store.claim_due_messages(session, now, limit, full)
             tenants: dict[str, MessagingTenantSettings | None] = {}
             channels = await store.channel_rows(session, {m.tenant_id for m in rows})
             contacts = await store.load_contacts(
@@ -228,28 +212,14 @@ class Dispatcher:
         suppressed: dict[str, str] | None = None,
     ) -> Job | None:
         rules = store.policy_settings(tenant, self.s.contact_wait_s, self.s.contact_recheck_s)
-        contact = await session.get(MessageContact, (m.tenant_id, m.customer_id))
+        contact = await store.contact_of(session, m.tenant_id, m.customer_id)
         counted: list[datetime] = []
         if m.category == "marketing":
             # Serialise one customer's cap checks across replicas: two dispatchers must
             # not both see "2 of 3" and send two more.
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                {"k": f"msg-cap:{m.tenant_id}:{m.customer_id}"},
-            )
-            counted = list(
-                (
-                    await session.execute(
-                        select(Message.counted_at).where(
-                            Message.tenant_id == m.tenant_id,
-                            Message.customer_id == m.customer_id,
-                            Message.category == "marketing",
-                            Message.id != m.id,
-                            Message.status.in_(("queued", "deferred", "sent")),
-                            Message.counted_at > now - rules.window,
-                        )
-                    )
-                ).scalars()
+            await store.lock_marketing_cap(session, m.tenant_id, m.customer_id)
+            counted = await store.marketing_counted(
+                session, m.tenant_id, m.customer_id, m.id, now - rules.window
             )
         facts = policy.MessageFacts(
             category=m.category,
@@ -466,7 +436,7 @@ class Dispatcher:
     async def settle(self, job: Job, outcome: Outcome) -> None:
         now = self.rt.clock.now()
         async with self.rt.sessionmaker.begin() as session:
-            m = await session.get(Message, job.message_id, with_for_update=True)
+            m = await store.message_to_settle(session, job.message_id)
             if m is None or m.status != "queued" or m.attempts != job.attempt:
                 return  # erased meanwhile, or a later lease took over
             if outcome.suppress:

@@ -254,8 +254,7 @@ async def save_channel(
     new_secret = resolve(secret, row.secret if row else None)
     new_dkim_key = resolve(dkim_key, row.dkim_key if row else None)
     if row is None:
-        row = MessagingChannel(tenant_id=tenant_id, channel=channel, tokens=0.0)
-        session.add(row)
+        row = store.add_channel(session, tenant_id, channel)
     row.provider, row.config, row.secret, row.dkim_key = provider, config, new_secret, new_dkim_key
     if row.rate_per_s != rate_per_s:
         row.tokens, row.tokens_at = 0.0, None  # a new rate starts with a full bucket

@@ -780,6 +780,14 @@ async def tenant_channel(
     return await session.get(MessagingChannel, (tenant_id, channel), with_for_update=for_update)
 
 
+def add_channel(session: AsyncSession, tenant_id: str, channel: str) -> MessagingChannel:
+    """A new channel row for the tenant, inserted at the next flush (the caller sets its
+    provider and config first); its rate bucket starts full."""
+    row = MessagingChannel(tenant_id=tenant_id, channel=channel, tokens=0.0)
+    session.add(row)
+    return row
+
+
 async def tenant_channels(session: AsyncSession, tenant_id: str) -> dict[str, MessagingChannel]:
     """channel kind -> the tenant's settings of it (a kind without a row is absent)."""
     rows = await session.execute(
@@ -793,3 +801,75 @@ async def delete_channel(session: AsyncSession, tenant_id: str, channel: str) ->
     row = await session.get(MessagingChannel, (tenant_id, channel))
     if row is not None:
         await session.delete(row)
+
+
+# --- the dispatcher's claim and settle --------------------------------------------------
+
+# A message waiting its turn: what a claim takes once its next_attempt_at is due.
+PENDING = ("queued", "deferred")
+
+
+async def claim_due_messages(
+    session: AsyncSession, now: datetime, limit: int, full_tenants: list[str]
+) -> list[Message]:
+    """Lock up to ``limit`` due, pending messages, the earliest due first, leaving out
+    the tenants whose send slots are all taken; rows another replica's claim holds are
+    skipped, not waited for (any number of dispatchers share the work)."""
+    query = select(Message).where(Message.status.in_(PENDING), Message.next_attempt_at <= now)
+    if full_tenants:
+        query = query.where(Message.tenant_id.not_in(full_tenants))
+    return list(
+        (
+            await session.execute(
+                query.order_by(Message.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def contact_of(
+    session: AsyncSession, tenant_id: str, customer_id: str
+) -> MessageContact | None:
+    """The customer's contact (from this session's identity map when a claim's
+    :func:`load_contacts` already read it)."""
+    return await session.get(MessageContact, (tenant_id, customer_id))
+
+
+async def lock_marketing_cap(session: AsyncSession, tenant_id: str, customer_id: str) -> None:
+    """Serialise one customer's frequency-cap checks (held to commit): without it two
+    dispatchers both saw "2 of 3" and sent two more."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+        {"k": f"msg-cap:{tenant_id}:{customer_id}"},
+    )
+
+
+async def marketing_counted(
+    session: AsyncSession, tenant_id: str, customer_id: str, other_than: str, since: datetime
+) -> list[datetime]:
+    """When the customer's other marketing messages (pending or sent) counted against
+    the cap, since ``since``: what the policy's frequency cap judges by."""
+    return list(
+        (
+            await session.execute(
+                select(Message.counted_at).where(
+                    Message.tenant_id == tenant_id,
+                    Message.customer_id == customer_id,
+                    Message.category == "marketing",
+                    Message.id != other_than,
+                    Message.status.in_(("queued", "deferred", "sent")),
+                    Message.counted_at > since,
+                )
+            )
+        ).scalars()
+    )
+
+
+async def message_to_settle(session: AsyncSession, message_id: str) -> Message | None:
+    """The message a send ended for, locked: its outcome and a redelivery (or a later
+    lease) do not both change it."""
+    return await session.get(Message, message_id, with_for_update=True)
