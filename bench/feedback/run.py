@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.events import CloudEvent, KafkaConfig
 from afterglow.events.catalog import CustomerInfo, LineItem, Money, OrderPlaced, SurveyRequested
-from afterglow.feedback import metrics
+from afterglow.feedback import metrics, metrics_store
 from afterglow.feedback.app import SPEC
 from afterglow.kit.migrations import upgrade
 
@@ -127,7 +127,7 @@ async def bench(url: str, rows: int, runs: int) -> None:
     print(f"seeded {rows:,} answers (+{rows:,} surveys, +{rows // 5:,} noise) in {seed_s:.1f}s")
 
     window = metrics.Window(TENANT, "nps", START, END, "week")
-    query = text(metrics.query_text(with_sku=False))
+    query = text(metrics_store.query_text(with_sku=False))
     floor = text(FLOOR)
 
     async def timed(stmt: Any, params: dict[str, Any]) -> tuple[float, Any]:
@@ -163,7 +163,7 @@ async def bench(url: str, rows: int, runs: int) -> None:
     async with engine.connect() as conn:
         raw = (
             await conn.execute(
-                text("EXPLAIN (ANALYZE, FORMAT JSON) " + metrics.query_text(with_sku=False)),
+                text("EXPLAIN (ANALYZE, FORMAT JSON) " + metrics_store.query_text(with_sku=False)),
                 window.params(),
             )
         ).scalar_one()

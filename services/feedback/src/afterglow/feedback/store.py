@@ -1,5 +1,6 @@
 """Every SQL statement of feedback's use cases and routes (the metrics queries live in
-:mod:`.metrics` and :mod:`.support`, the export's in :mod:`afterglow.kit.export`).
+:mod:`.metrics_store`, support's tickets and CSAT in :mod:`.support_store`, the export's
+in :mod:`afterglow.kit.export`).
 
 Each function runs in the caller's transaction and never commits (the entrypoint does:
 the HTTP session dependency or the consumer's batch, so the outbox and inbox stay

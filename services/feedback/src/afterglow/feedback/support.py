@@ -16,15 +16,13 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, on_batch
 from afterglow.events.catalog import SurveyRequested, TicketOpened, TicketResolved, TicketUpdated
-from afterglow.feedback import service, tickets
+from afterglow.feedback import service, support_store, tickets
 from afterglow.feedback.deps import deps_of
-from afterglow.feedback.models import SupportTicket, Survey
+from afterglow.feedback.models import SupportTicket
 from afterglow.feedback.settings import FeedbackSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.polling import PollingWorker, TransactionalRound, in_one_transaction
@@ -54,11 +52,7 @@ async def apply_ticket_events(
     session: AsyncSession, events: list[CloudEvent[Any]], csat_delay: timedelta
 ) -> None:
     keys = sorted({(e.tenantid, str(e.data.ticket_id)) for e in events})
-    known = await session.scalars(
-        select(SupportTicket).where(
-            tuple_(SupportTicket.tenant_id, SupportTicket.ticket_id).in_(keys)
-        )
-    )
+    known = await support_store.tickets_of(session, keys)
     state: dict[tuple[str, str], tickets.Ticket] = {
         (r.tenant_id, r.ticket_id): tickets.Ticket(
             r.tenant_id,
@@ -80,15 +74,7 @@ async def apply_ticket_events(
         state[key] = tickets.apply(
             state.get(key), e.type, e.data, e.tenantid, e.subject, csat_delay
         )
-    rows = [asdict(state[k]) for k in keys]
-    stmt = pg_insert(SupportTicket).values(rows)
-    columns = [c for c in rows[0] if c not in ("tenant_id", "ticket_id")]
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "ticket_id"],
-            set_={c: getattr(stmt.excluded, c) for c in columns},
-        )
-    )
+    await support_store.upsert_tickets(session, [asdict(state[k]) for k in keys])
 
 
 # --- the CSAT worker --------------------------------------------------------------------
@@ -118,31 +104,11 @@ def csat_round(runtime: Runtime) -> TransactionalRound:
     fatigue = timedelta(days=settings.feedback_survey_fatigue_days)
 
     async def send_round(session: AsyncSession, now: datetime) -> int:
-        due = (
-            await session.scalars(
-                select(SupportTicket)
-                .where(SupportTicket.csat_status == tickets.DUE, SupportTicket.csat_due_at <= now)
-                .order_by(
-                    SupportTicket.tenant_id, SupportTicket.customer_id, SupportTicket.csat_due_at
-                )
-                .limit(settings.feedback_csat_batch)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+        due = await support_store.lock_due_csat(session, now, settings.feedback_csat_batch)
         if not due:
             return 0
         customers = sorted({(t.tenant_id, t.customer_id) for t in due})
-        last = {
-            (r.tenant_id, r.customer_id): r.last
-            for r in await session.execute(
-                select(Survey.tenant_id, Survey.customer_id, func.max(Survey.sent_at).label("last"))
-                .where(
-                    tuple_(Survey.tenant_id, Survey.customer_id).in_(customers),
-                    Survey.sent_at > now - fatigue,
-                )
-                .group_by(Survey.tenant_id, Survey.customer_id)
-            )
-        }
+        last = await support_store.last_survey_sent(session, customers, now - fatigue)
         outcomes = []
         for t in due:
             who = (t.tenant_id, t.customer_id)
@@ -158,7 +124,7 @@ def csat_round(runtime: Runtime) -> TransactionalRound:
                     "csat_reason": reason,
                 }
             )
-        await session.execute(update(SupportTicket), outcomes)
+        await support_store.record_csat_outcomes(session, outcomes)
         return len(due)
 
     return send_round
@@ -182,44 +148,6 @@ async def _ask(
 
 
 # --- metrics --------------------------------------------------------------------------
-
-# Per ISO week (Monday, UTC) of the opening, and per channel: ticket count, median and
-# 90th percentile of first-response and resolution seconds (percentile_cont ignores
-# the tickets still waiting for either).
-_TIMES = text(
-    """
-SELECT date_trunc('week', t.opened_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS week,
-       coalesce(t.channel, 'unknown') AS channel,
-       count(*) AS tickets,
-       count(t.first_response_at) AS responded,
-       count(t.resolved_at) AS resolved,
-       percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM t.first_response_at - t.opened_at)) AS frt_median,
-       percentile_cont(0.9) WITHIN GROUP (
-           ORDER BY extract(epoch FROM t.first_response_at - t.opened_at)) AS frt_p90,
-       percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM t.resolved_at - t.opened_at)) AS res_median,
-       percentile_cont(0.9) WITHIN GROUP (
-           ORDER BY extract(epoch FROM t.resolved_at - t.opened_at)) AS res_p90
-FROM feedback.support_tickets t
-WHERE t.tenant_id = :tenant AND t.opened_at >= :start AND t.opened_at < :end
-GROUP BY 1, 2
-ORDER BY 1, 2
-"""
-)
-
-# The last answer to each ticket's CSAT survey.
-_CSAT = text(
-    """
-SELECT s.ticket_id, r.score, r.responded_at
-FROM feedback.surveys s
-JOIN feedback.responses r ON r.survey_id = s.id AND NOT r.superseded
-WHERE s.tenant_id = :tenant AND s.kind = 'csat' AND s.ticket_id IS NOT NULL
-  AND r.responded_at >= :start AND r.responded_at < :end
-ORDER BY r.responded_at
-LIMIT 1000
-"""
-)
 
 
 def _num(value: Any) -> float | None:
@@ -246,7 +174,7 @@ async def support_metrics(
                 "p90": _num(r.res_p90),
             },
         }
-        for r in await session.execute(_TIMES, params)
+        for r in await support_store.ticket_times(session, params)
     ]
     csat = [
         {
@@ -255,7 +183,7 @@ async def support_metrics(
             "satisfied": r.score >= 4,
             "responded_at": r.responded_at.isoformat(),
         }
-        for r in await session.execute(_CSAT, params)
+        for r in await support_store.csat_answers(session, params)
     ]
     return {
         "from": start.isoformat(),
