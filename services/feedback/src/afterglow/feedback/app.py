@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from afterglow.events import catalog as c
-from afterglow.feedback import api, export, handlers, metrics_api, pages, support
+from afterglow.feedback import api, export, handlers, metrics_api, pages
 from afterglow.feedback.deps import build_deps
 from afterglow.feedback.models import api_keys, tables
 from afterglow.feedback.settings import FeedbackSettings
+from afterglow.feedback.workers import WORKERS
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
@@ -34,7 +35,7 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [support.csat_worker]  # CSAT surveys 24 h after a ticket is solved
+    return list(WORKERS)
 
 
 def create_app(settings: FeedbackSettings | None = None, clock: Clock | None = None) -> FastAPI:

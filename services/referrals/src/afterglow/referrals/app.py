@@ -1,25 +1,22 @@
-"""The referrals service: app factory, consumers and the confirmation worker."""
+"""The referrals service: app factory, routes, consumers and workers."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import catalog as c
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
-from afterglow.kit.polling import PollingWorker, in_one_transaction
 from afterglow.referrals import review_queue
 from afterglow.referrals.api import router, share_links
-from afterglow.referrals.deps import build_deps, deps_of
+from afterglow.referrals.deps import build_deps
 from afterglow.referrals.export import collect
 from afterglow.referrals.handlers import CONSUMERS
 from afterglow.referrals.metrics_api import router as metrics_router
 from afterglow.referrals.models import api_keys, tables
 from afterglow.referrals.settings import ReferralsSettings
+from afterglow.referrals.workers import WORKERS
 
 SPEC = ServiceSpec(
     name="referrals",
@@ -39,26 +36,8 @@ SPEC = ServiceSpec(
 )
 
 
-async def confirm_conversions(runtime: Runtime) -> None:
-    """Confirm conversions whose return window has passed. Time comes from the runtime's
-    clock, so tests move a ManualClock instead of waiting 30 days."""
-    svc = deps_of(runtime).referrals
-    settings = svc.settings
-
-    async def confirm_round(session: AsyncSession, now: datetime) -> int:
-        return await svc.confirm_due(session, settings.referrals_confirm_batch)
-
-    await PollingWorker(
-        "referral-confirmations",
-        in_one_transaction(runtime.sessionmaker, confirm_round),
-        runtime.clock,
-        settings.referrals_confirm_interval_s,
-        batch=settings.referrals_confirm_batch,  # a full round: a backlog, keep draining
-    ).run()
-
-
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [confirm_conversions]
+    return list(WORKERS)
 
 
 def create_app(settings: ReferralsSettings | None = None, clock: Clock | None = None) -> FastAPI:
