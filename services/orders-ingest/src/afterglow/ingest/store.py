@@ -2,10 +2,12 @@
 Idempotency-Key store (a key is claimed with the request's digest in the request's
 transaction, and its answer recorded there too, so a retried request gets the first
 answer and a reused key with another body a 409), the operators' reads of stored
-deliveries, and a tenant's API keys for its own keys admin."""
+deliveries, a tenant's API keys for its own keys admin, and the Zendesk requesters'
+prefetch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy import Row, Table, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import Delivery, IdempotencyKey
+from afterglow.ingest.models import Delivery, HelpdeskConnection, IdempotencyKey
 
 
 async def claim_idempotency_key(
@@ -130,3 +132,42 @@ async def api_key_scopes(
             )
         )
     ).first()
+
+
+# --- Zendesk requesters' prefetch (requesters) --------------------------------------------
+
+
+async def zendesk_bodies_of_next_round(
+    session: AsyncSession, *, status: str, batch: int
+) -> list[Row[Any]]:
+    """(tenant id, body) of the Zendesk deliveries among the next ``batch`` in
+    ``status`` that a processing round will claim (the same order and limit), of which
+    only the Zendesk ones: a backlog of shop orders is not scanned for the few tickets."""
+    window = (
+        select(Delivery.tenant_id, Delivery.platform, Delivery.body)
+        .where(Delivery.status == status)
+        .order_by(Delivery.received_at, Delivery.id)
+        .limit(batch)
+        .subquery()
+    )
+    return list(
+        (
+            await session.execute(
+                select(window.c.tenant_id, window.c.body).where(window.c.platform == "zendesk")
+            )
+        ).all()
+    )
+
+
+async def zendesk_connections(
+    session: AsyncSession, tenants: Sequence[str]
+) -> Sequence[HelpdeskConnection]:
+    """These tenants' helpdesk connections that are Zendesk."""
+    return (
+        await session.scalars(
+            select(HelpdeskConnection).where(
+                HelpdeskConnection.tenant_id.in_(tenants),
+                HelpdeskConnection.kind == "zendesk",
+            )
+        )
+    ).all()
