@@ -1,5 +1,6 @@
 """Every SQL statement of the tenant registry (:mod:`afterglow.ingest.registry`):
-tenants, their webhook secrets and platform connections, and a tenant's API key rows.
+tenants, their webhook secrets and platform connections (with the reconciliation's
+watermark, :mod:`afterglow.ingest.reconcile`), and a tenant's API key rows.
 Never commits: the registry's caller owns the transaction."""
 
 from __future__ import annotations
@@ -138,6 +139,45 @@ async def upsert_connection(
             index_elements=["tenant_id", "platform"],
             set_={"api_base_url": api_base_url, "access_token": access_token},
         )
+    )
+
+
+async def connections_of_platforms(
+    session: AsyncSession, platforms: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """(tenant id, platform) of every connection to one of ``platforms``."""
+    rows = await session.execute(
+        select(PlatformConnection.tenant_id, PlatformConnection.platform).where(
+            PlatformConnection.platform.in_(platforms)
+        )
+    )
+    return [(tenant_id, platform) for tenant_id, platform in rows.all()]
+
+
+async def connection(
+    session: AsyncSession, tenant_id: str, platform: str
+) -> PlatformConnection | None:
+    return await session.get(PlatformConnection, (tenant_id, platform))
+
+
+async def record_reconcile_run(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    platform: str,
+    watermark: datetime | None,
+    ran_at: datetime,
+    error: str | None,
+) -> None:
+    """Where a reconciliation pass got to (the next one resumes there), when, and why
+    it stopped early if it did."""
+    await session.execute(
+        update(PlatformConnection)
+        .where(
+            PlatformConnection.tenant_id == tenant_id,
+            PlatformConnection.platform == platform,
+        )
+        .values(watermark=watermark, last_run_at=ran_at, last_error=error)
     )
 
 
