@@ -118,3 +118,19 @@ async def delete_tenant_identities(session: AsyncSession, tenant_id: str) -> Non
     await session.execute(
         update(Escalation).where(Escalation.tenant_id == tenant_id).values(comment=None)
     )
+
+
+async def subjects_of_email_hash(
+    session: AsyncSession, tenant_id: str, email_hash: str
+) -> list[str]:
+    """The customers the tenant has linked to this email hash, sorted."""
+    rows = await session.scalars(
+        select(CustomerLink.subject)
+        .where(
+            CustomerLink.tenant_id == tenant_id,
+            CustomerLink.kind == "email",
+            CustomerLink.value_hash == email_hash,
+        )
+        .order_by(CustomerLink.subject)
+    )
+    return list(rows)

@@ -125,6 +125,21 @@ async def unexpired_secrets(
     return list(rows.scalars())
 
 
+async def unexpired_secrets_with_expiry(
+    session: AsyncSession, tenant_id: str, platform: str, now: datetime
+) -> list[tuple[str, datetime | None]]:
+    """(secret, expires_at) of those not expired at ``now`` (a cache checks the expiry
+    again on every use)."""
+    rows = await session.execute(
+        select(WebhookSecret.secret, WebhookSecret.expires_at).where(
+            WebhookSecret.tenant_id == tenant_id,
+            WebhookSecret.platform == platform,
+            or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
+        )
+    )
+    return [(r.secret, r.expires_at) for r in rows]
+
+
 # --- platform connections -----------------------------------------------------------------
 
 
