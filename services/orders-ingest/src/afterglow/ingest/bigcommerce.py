@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import tracing
-from afterglow.ingest import domain, identity, intake
+from afterglow.ingest import domain, identity, intake, registry_store, store
 from afterglow.ingest.models import Delivery, PlatformConnection
 from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.ingest.settings import IngestSettings
@@ -139,30 +138,11 @@ async def claim_due(
     """Lease up to ``batch`` due deliveries; rows another transaction holds are skipped,
     not waited for. Counting the attempt here means a fetch that kills its process
     still uses up an attempt."""
-    rows = (
-        await session.execute(
-            select(
-                Delivery.id,
-                Delivery.tenant_id,
-                Delivery.body,
-                Delivery.attempts,
-                Delivery.traceparent,
-            )
-            .where(Delivery.status == FETCH_PENDING, Delivery.next_attempt_at <= now)
-            .order_by(Delivery.next_attempt_at)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
+    rows = await store.lock_due_deliveries(session, status=FETCH_PENDING, now=now, batch=batch)
     if not rows:
         return []
     lease_until = now + timedelta(seconds=lease_s)
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_([r.id for r in rows]))
-        .values(attempts=Delivery.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
+    await store.lease_deliveries(session, [r.id for r in rows], lease_until)
     return [
         Claim(r.id, r.tenant_id, r.body, r.attempts + 1, lease_until, r.traceparent) for r in rows
     ]
@@ -230,7 +210,7 @@ async def fetch_bigcommerce_order(
     order says some money went back, its refunds (each one a refund event)."""
     assert runtime.http is not None
     async with runtime.sessionmaker() as session:
-        conn = await session.get(PlatformConnection, (tenant_id, PLATFORM))
+        conn = await registry_store.connection(session, tenant_id, PLATFORM)
     if conn is None:
         raise LookupError("no BigCommerce connection for this tenant")
     # Checked before every request, not only when saved: a name may resolve elsewhere.
@@ -275,18 +255,13 @@ async def fetch_bigcommerce_refunds(
 async def _leased(session: AsyncSession, claim: Claim) -> Delivery | None:
     """The delivery, locked, if the lease is still ours: not replayed, not claimed again
     by another worker after our lease ran out."""
-    return (
-        await session.execute(
-            select(Delivery)
-            .where(
-                Delivery.id == claim.id,
-                Delivery.status == FETCH_PENDING,
-                Delivery.attempts == claim.attempts,
-                Delivery.next_attempt_at == claim.lease_until,
-            )
-            .with_for_update()
-        )
-    ).scalar()
+    return await store.delivery_if_leased(
+        session,
+        delivery_id=claim.id,
+        status=FETCH_PENDING,
+        attempts=claim.attempts,
+        lease_until=claim.lease_until,
+    )
 
 
 async def _apply(runtime: Runtime, claim: Claim, normalized: domain.Normalized) -> None:

@@ -13,9 +13,8 @@ from typing import Annotated
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import select
 
-from afterglow.ingest.models import CustomerLink
+from afterglow.ingest import identity_store
 from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -41,13 +40,5 @@ async def customers_of_email(
     email_hash: Annotated[str, Query(pattern=SHA256_HEX, description="sha256 hex")],
     principal: Principal = Depends(require_scope("orders:read")),
 ) -> CustomerMatches:
-    rows = await session.scalars(
-        select(CustomerLink.subject)
-        .where(
-            CustomerLink.tenant_id == principal.tenant_id,
-            CustomerLink.kind == "email",
-            CustomerLink.value_hash == email_hash,
-        )
-        .order_by(CustomerLink.subject)
-    )
-    return CustomerMatches(customer_ids=list(rows))
+    rows = await identity_store.subjects_of_email_hash(session, principal.tenant_id, email_hash)
+    return CustomerMatches(customer_ids=rows)

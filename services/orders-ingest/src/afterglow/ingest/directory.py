@@ -18,11 +18,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from afterglow.ingest import registry
-from afterglow.ingest.models import WebhookSecret
+from afterglow.ingest import registry, registry_store
 
 T = TypeVar("T")
 
@@ -61,14 +59,7 @@ class TenantDirectory:
             return []
 
         async def load(s: AsyncSession) -> list[tuple[str, datetime | None]]:
-            rows = await s.execute(
-                select(WebhookSecret.secret, WebhookSecret.expires_at).where(
-                    WebhookSecret.tenant_id == tenant_id,
-                    WebhookSecret.platform == platform,
-                    or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
-                )
-            )
-            return [(r.secret, r.expires_at) for r in rows]
+            return await registry_store.unexpired_secrets_with_expiry(s, tenant_id, platform, now)
 
         secrets = await self._cached(("secrets", tenant_id, platform), load)
         return [s for s, expires in secrets if expires is None or expires > now]

@@ -28,15 +28,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on_batch
 from afterglow.events.catalog import SupportEscalationRequested
-from afterglow.ingest import helpdesk
+from afterglow.ingest import escalations_store, helpdesk
 from afterglow.ingest.deps import deps_of
-from afterglow.ingest.models import CustomerLink, Escalation, HelpdeskConnection
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
 from afterglow.kit.outbound import ForbiddenDestination, check_destination
@@ -90,7 +87,7 @@ async def record_escalations(
             }
         )
     if rows:
-        await session.execute(pg_insert(Escalation).values(rows).on_conflict_do_nothing())
+        await escalations_store.insert_escalations(session, rows)
 
 
 async def set_connection(
@@ -103,17 +100,11 @@ async def set_connection(
     secret: str,
 ) -> None:
     values = {"kind": kind, "api_base_url": api_base_url, "username": username, "secret": secret}
-    stmt = pg_insert(HelpdeskConnection).values(tenant_id=tenant_id, **values)
-    await session.execute(stmt.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+    await escalations_store.upsert_helpdesk_connection(session, tenant_id, values)
 
 
 async def list_escalations(session: AsyncSession, tenant_id: str) -> list[dict[str, Any]]:
-    rows = await session.scalars(
-        select(Escalation)
-        .where(Escalation.tenant_id == tenant_id)
-        .order_by(Escalation.requested_at.desc())
-        .limit(200)
-    )
+    rows = await escalations_store.latest_escalations(session, tenant_id, limit=200)
     return [
         {
             "escalation_id": r.escalation_id,
@@ -188,45 +179,22 @@ async def claim_due(
     """Lease up to ``batch`` due escalations with their tenant's helpdesk and the
     requester's email (one query per table). The attempt is counted here, so a call
     that kills its process still uses one up."""
-    rows = (
-        await session.scalars(
-            select(Escalation)
-            .where(Escalation.status == PENDING, Escalation.next_attempt_at <= now)
-            .order_by(Escalation.next_attempt_at)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
+    rows = await escalations_store.lock_due_escalations(
+        session, status=PENDING, now=now, batch=batch
+    )
     if not rows:
         return []
     tenants = sorted({r.tenant_id for r in rows})
     conns = {
         c.tenant_id: helpdesk.Connection(c.kind, c.api_base_url, c.username, c.secret)
-        for c in await session.scalars(
-            select(HelpdeskConnection).where(HelpdeskConnection.tenant_id.in_(tenants))
-        )
+        for c in await escalations_store.helpdesk_connections(session, tenants)
     }
-    emails: dict[tuple[str, str], str] = {}
-    for link in await session.scalars(
-        select(CustomerLink)
-        .where(
-            CustomerLink.tenant_id.in_(tenants),
-            CustomerLink.subject.in_(sorted({r.subject for r in rows})),
-            CustomerLink.kind == "email",
-            CustomerLink.email.is_not(None),
-        )
-        .order_by(CustomerLink.seen_at)
-    ):
-        assert link.email is not None
-        emails[(link.tenant_id, link.subject)] = link.email  # the latest seen wins
+    emails = await escalations_store.emails_of_subjects(
+        session, tenants, sorted({r.subject for r in rows})
+    )
     lease_until = now + timedelta(seconds=lease_s)
     keys = [(r.tenant_id, r.escalation_id) for r in rows]
-    await session.execute(
-        update(Escalation)
-        .where(tuple_(Escalation.tenant_id, Escalation.escalation_id).in_(keys))
-        .values(attempts=Escalation.attempts + 1, next_attempt_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
+    await escalations_store.lease_escalations(session, keys, lease_until)
     claims = []
     for r in rows:
         draft = helpdesk.TicketDraft(
@@ -334,7 +302,7 @@ async def _record_all(
             row |= {"status": PENDING, "next_attempt_at": now + timedelta(seconds=delay)}
         rows.append(row)
     if rows:
-        await session.execute(update(Escalation), rows)
+        await escalations_store.record_outcomes(session, rows)
 
 
 def _settings(runtime: Runtime) -> IngestSettings:

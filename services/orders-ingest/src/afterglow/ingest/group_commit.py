@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from afterglow.events.tracing import current as current_traceparent
+from afterglow.ingest import intake_store
 from afterglow.ingest.intake import delivery_id_for, stored_key
 from afterglow.kit.errors import AppError
 
@@ -94,7 +94,8 @@ class _Waiting:
 
 # One statement text whatever the batch size: the columns travel as arrays and
 # unnest() turns them into rows. A multi-row VALUES list is a new statement for each
-# batch size (compiled, prepared and planned again: most of a commit's CPU).
+# batch size (compiled, prepared and planned again: most of a commit's CPU). The
+# statement is intake_store's; its binds are these names.
 _COLUMNS = (
     "id",
     "tenant_id",
@@ -108,26 +109,6 @@ _COLUMNS = (
     "next_attempt_at",
     "last_error",
     "traceparent",
-)
-_INSERT = text(
-    """
-    INSERT INTO ingest.deliveries (id, tenant_id, platform, topic, dedupe_key, status,
-        received_at, headers, body, event_ids, subjects, replays, attempts,
-        next_attempt_at, last_error, traceparent)
-    SELECT id, tenant_id, platform, topic, dedupe_key, status, received_at,
-        CAST(headers AS jsonb), body, CAST(ARRAY[] AS text[]), CAST(ARRAY[] AS text[]),
-        0, 0, next_attempt_at, last_error, traceparent
-    FROM unnest(
-        CAST(:id AS text[]), CAST(:tenant_id AS text[]), CAST(:platform AS text[]),
-        CAST(:topic AS text[]), CAST(:dedupe_key AS text[]), CAST(:status AS text[]),
-        CAST(:received_at AS timestamptz[]), CAST(:headers AS text[]),
-        CAST(:body AS bytea[]), CAST(:next_attempt_at AS timestamptz[]),
-        CAST(:last_error AS text[]), CAST(:traceparent AS text[])
-    ) AS t(id, tenant_id, platform, topic, dedupe_key, status, received_at, headers,
-        body, next_attempt_at, last_error, traceparent)
-    ON CONFLICT DO NOTHING
-    RETURNING id
-    """
 )
 
 
@@ -197,8 +178,7 @@ class DeliveryWriter:
             async with self._engine.begin() as conn:
                 rows = [w.delivery.row() for w in first.values()]
                 params = {name: [r[i] for r in rows] for i, name in enumerate(_COLUMNS)}
-                result = await conn.execute(_INSERT, params)
-                inserted = set(result.scalars())
+                inserted = await intake_store.insert_raw_deliveries(conn, params)
         except Exception:
             # Nothing of the batch is stored: every sender retries its own delivery.
             log.exception("storing %d deliveries failed; answered 503", len(batch))

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from afterglow.ingest import bigcommerce, domain, intake
+from afterglow.ingest import bigcommerce, domain, intake, registry_store
 from afterglow.ingest.models import PlatformConnection
 from afterglow.ingest.platforms import bigcommerce as bc
 from afterglow.ingest.platforms import shopify, woocommerce
@@ -152,7 +152,7 @@ async def import_history(
         raise Unprocessable("since needs a time zone", field="since")
     assert runtime.http is not None
     async with runtime.sessionmaker() as session:
-        conn = await session.get(PlatformConnection, (tenant_id, platform))
+        conn = await registry_store.connection(session, tenant_id, platform)
     if conn is None:
         raise NotFound(f"no {platform} connection for this tenant", field="platform")
     result = ImportResult(platform, since, earn_points)

@@ -1,4 +1,5 @@
-"""One customer across platform and helpdesk: the statements, one per table per batch.
+"""One customer across platform and helpdesk: one statement per table per batch (the
+statements are :mod:`afterglow.ingest.identity_store`).
 
 Before a batch of normalized deliveries is applied, :func:`link_and_resolve` records
 the links its orders show (one multi-row upsert) and resolves its ticket events to
@@ -11,12 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, delete, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest import customers, domain
-from afterglow.ingest.models import CustomerLink, Escalation, TicketCustomer
+from afterglow.ingest import customers, domain, identity_store
 
 # (tenant id, normalized delivery): the unit a batch is made of.
 Item = tuple[str, domain.Normalized]
@@ -46,21 +44,7 @@ async def record_links(session: AsyncSession, items: Sequence[Item], now: dateti
             )
     if not rows:
         return
-    stmt = pg_insert(CustomerLink).values(rows)
-    new, old = stmt.excluded, CustomerLink
-    # customers.preferred, in SQL: a guest hash never replaces a platform customer id.
-    guest_new = new.subject.like("email:%") | new.subject.like("phone:%")
-    guest_old = old.subject.like("email:%") | old.subject.like("phone:%")
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "kind", "value_hash"],
-            set_={
-                "subject": case((guest_new & ~guest_old, old.subject), else_=new.subject),
-                "email": case((new.email.is_(None), old.email), else_=new.email),
-                "seen_at": new.seen_at,
-            },
-        )
-    )
+    await identity_store.upsert_links(session, rows)
 
 
 async def resolve_tickets(session: AsyncSession, items: Sequence[Item], now: datetime) -> None:
@@ -68,11 +52,7 @@ async def resolve_tickets(session: AsyncSession, items: Sequence[Item], now: dat
     if not asking:
         return
     ticket_keys = sorted({(t, r.ticket_id) for t, _, r in asking})
-    known = await session.scalars(
-        select(TicketCustomer).where(
-            tuple_(TicketCustomer.tenant_id, TicketCustomer.ticket_id).in_(ticket_keys)
-        )
-    )
+    known = await identity_store.pinned_tickets(session, ticket_keys)
     pinned = {
         (row.tenant_id, row.ticket_id): customers.Resolution(
             row.subject, row.resolved_by, row.reason
@@ -82,31 +62,14 @@ async def resolve_tickets(session: AsyncSession, items: Sequence[Item], now: dat
     esc_keys = sorted({(t, r.escalation_id) for t, _, r in asking if r.escalation_id})
     escalations: dict[tuple[str, str], str] = {}
     if esc_keys:
-        result = await session.execute(
-            select(Escalation.tenant_id, Escalation.escalation_id, Escalation.subject).where(
-                tuple_(Escalation.tenant_id, Escalation.escalation_id).in_(esc_keys)
-            )
-        )
-        escalations = {(r.tenant_id, r.escalation_id): r.subject for r in result}
+        escalations = await identity_store.escalation_subjects(session, esc_keys)
     link_keys = sorted(
         {(t, "email", r.email_hash) for t, _, r in asking if r.email_hash}
         | {(t, "phone", r.phone_hash) for t, _, r in asking if r.phone_hash}
     )
     links: dict[tuple[str, str, str], str] = {}
     if link_keys:
-        result = await session.execute(
-            select(
-                CustomerLink.tenant_id,
-                CustomerLink.kind,
-                CustomerLink.value_hash,
-                CustomerLink.subject,
-            ).where(
-                tuple_(CustomerLink.tenant_id, CustomerLink.kind, CustomerLink.value_hash).in_(
-                    link_keys
-                )
-            )
-        )
-        links = {(r.tenant_id, r.kind, r.value_hash): r.subject for r in result}
+        links = await identity_store.linked_subjects(session, link_keys)
     new_rows: dict[tuple[str, str], dict[str, object]] = {}
     for tenant_id, normalized, r in asking:
         key = (tenant_id, r.ticket_id)
@@ -130,11 +93,7 @@ async def resolve_tickets(session: AsyncSession, items: Sequence[Item], now: dat
             }
         normalized.emits = [domain.Emit(e.data, resolution.subject) for e in normalized.emits]
     if new_rows:
-        await session.execute(
-            pg_insert(TicketCustomer)
-            .values([new_rows[k] for k in sorted(new_rows)])
-            .on_conflict_do_nothing()
-        )
+        await identity_store.pin_tickets(session, [new_rows[k] for k in sorted(new_rows)])
 
 
 async def forget(
@@ -142,28 +101,12 @@ async def forget(
 ) -> None:
     """An erasure: the links to these customers and those of these emails go."""
     hashes = [h for h in (domain.email_hash(e) for e in emails) if h]
-    conditions = []
-    if subjects:
-        conditions.append(CustomerLink.subject.in_(list(subjects)))
-    if hashes:
-        conditions.append((CustomerLink.kind == "email") & CustomerLink.value_hash.in_(hashes))
-    if not conditions:
+    if not subjects and not hashes:
         return
-    await session.execute(
-        delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id, or_(*conditions))
-    )
+    await identity_store.delete_links(session, tenant_id, subjects, hashes)
     if subjects:
-        # What the customer wrote in their survey answer, copied for the helpdesk.
-        await session.execute(
-            update(Escalation)
-            .where(Escalation.tenant_id == tenant_id, Escalation.subject.in_(list(subjects)))
-            .values(comment=None)
-        )
+        await identity_store.clear_escalation_comments(session, tenant_id, subjects)
 
 
 async def forget_tenant(session: AsyncSession, tenant_id: str) -> None:
-    await session.execute(delete(CustomerLink).where(CustomerLink.tenant_id == tenant_id))
-    await session.execute(delete(TicketCustomer).where(TicketCustomer.tenant_id == tenant_id))
-    await session.execute(
-        update(Escalation).where(Escalation.tenant_id == tenant_id).values(comment=None)
-    )
+    await identity_store.delete_tenant_identities(session, tenant_id)

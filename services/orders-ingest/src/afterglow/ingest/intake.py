@@ -15,14 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, EventTables, Outbox, derived_event_id
 from afterglow.events import catalog as c
-from afterglow.ingest import domain, identity
-from afterglow.ingest.models import CustomerOrderCount, Delivery, Order, OrderFact, Tenant
+from afterglow.ingest import domain, identity, intake_store
 from afterglow.ingest.platforms import aftership, canonical, shopify, woocommerce, zendesk
 
 SOURCE = "afterglow/orders-ingest"
@@ -96,28 +93,25 @@ async def store_delivery(
     A concurrent twin blocks on the unique index until the first commits, then finds
     it: two retries racing each other still emit once."""
     did = delivery_id_for(tenant_id, platform, dedupe_key)
-    stmt = (
-        pg_insert(Delivery)
-        .values(
-            id=did,
-            tenant_id=tenant_id,
-            platform=platform,
-            topic=topic,
-            dedupe_key=stored_key(dedupe_key),
-            status=status,
-            received_at=received_at,
-            headers=headers,
-            body=body,
-            event_ids=[],
-            replays=0,
-            attempts=0,
-            next_attempt_at=next_attempt_at,
-            last_error=last_error,
-        )
-        .on_conflict_do_nothing()
-        .returning(Delivery.id)
+    return await intake_store.insert_delivery(
+        session,
+        {
+            "id": did,
+            "tenant_id": tenant_id,
+            "platform": platform,
+            "topic": topic,
+            "dedupe_key": stored_key(dedupe_key),
+            "status": status,
+            "received_at": received_at,
+            "headers": headers,
+            "body": body,
+            "event_ids": [],
+            "replays": 0,
+            "attempts": 0,
+            "next_attempt_at": next_attempt_at,
+            "last_error": last_error,
+        },
     )
-    return (await session.execute(stmt)).scalar()
 
 
 @dataclass(frozen=True)
@@ -131,18 +125,7 @@ class KnownOrder:
 
 
 async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
-    row = (
-        await session.execute(
-            select(
-                Order.subject,
-                Order.total_amount,
-                Order.currency,
-                Order.presentment_amount,
-                Order.presentment_currency,
-                Order.refunded_amount,
-            ).where(Order.tenant_id == tenant_id, Order.order_id == order_id)
-        )
-    ).first()
+    row = await intake_store.known_order(session, tenant_id, order_id)
     if row is None:
         return KnownOrder()
     total = (
@@ -170,29 +153,11 @@ async def count_customer_order(
     both call themselves the first). The number is kept on the order, so a replay
     re-emits the same one instead of counting the order again."""
     if replay:
-        seq = (
-            await session.execute(
-                select(Order.customer_order_seq).where(
-                    Order.tenant_id == tenant_id, Order.order_id == order_id
-                )
-            )
-        ).scalar()
+        seq = await intake_store.customer_order_seq(session, tenant_id, order_id)
         if seq is not None:
             return int(seq)
-    bump = pg_insert(CustomerOrderCount).values(tenant_id=tenant_id, subject=subject, orders=1)
-    seq = (
-        await session.execute(
-            bump.on_conflict_do_update(
-                index_elements=["tenant_id", "subject"],
-                set_={"orders": CustomerOrderCount.orders + 1},
-            ).returning(CustomerOrderCount.orders)
-        )
-    ).scalar_one()
-    await session.execute(
-        update(Order)
-        .where(Order.tenant_id == tenant_id, Order.order_id == order_id)
-        .values(customer_order_seq=seq)
-    )
+    seq = await intake_store.bump_customer_order_count(session, tenant_id, subject)
+    await intake_store.set_customer_order_seq(session, tenant_id, order_id, seq)
     return int(seq)
 
 
@@ -200,14 +165,8 @@ async def add_refunded(session: AsyncSession, tenant_id: str, refund: c.OrderRef
     """Count an emitted refund towards its order's refunded sum, in the shop's money
     (the order total's currency; a refund with no amount in it is not counted)."""
     shop = refund.shop_amount or refund.amount
-    await session.execute(
-        update(Order)
-        .where(
-            Order.tenant_id == tenant_id,
-            Order.order_id == refund.order_id,
-            Order.currency == shop.currency,
-        )
-        .values(refunded_amount=Order.refunded_amount + shop.amount)
+    await intake_store.add_to_refunded(
+        session, tenant_id, refund.order_id, shop.currency, shop.amount
     )
 
 
@@ -216,9 +175,7 @@ async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
     # one shop's deliveries in one transaction, and this was a round trip for each.
     known: dict[str, int] = session.info.setdefault("late_order_days", {})
     if tenant_id not in known:
-        days = await session.scalar(
-            select(Tenant.late_order_days).where(Tenant.tenant_id == tenant_id)
-        )
+        days = await intake_store.tenant_late_order_days(session, tenant_id)
         known[tenant_id] = 30 if days is None else int(days)
     return known[tenant_id]
 
@@ -226,13 +183,7 @@ async def late_order_days(session: AsyncSession, tenant_id: str) -> int:
 async def order_id_by_platform_id(
     session: AsyncSession, tenant_id: str, platform_order_id: str
 ) -> str | None:
-    return (
-        await session.execute(
-            select(Order.order_id)
-            .where(Order.tenant_id == tenant_id, Order.platform_order_id == platform_order_id)
-            .limit(1)
-        )
-    ).scalar()
+    return await intake_store.order_id_of_platform_id(session, tenant_id, platform_order_id)
 
 
 async def emit(
@@ -270,26 +221,21 @@ async def emit(
             ),
             None,
         )
-        stmt = pg_insert(Order).values(
-            tenant_id=tenant_id,
-            order_id=o.order_id,
-            platform_order_id=o.platform_order_id,
-            subject=o.subject,
-            total_amount=o.total.amount if o.total else None,
-            currency=o.total.currency if o.total else None,
-            presentment_amount=o.presentment.amount if o.presentment else None,
-            presentment_currency=o.presentment.currency if o.presentment else None,
-            placed_at=placed_at,
-        )
         # An order first seen through a later event (fulfilled before placed arrived)
         # learns its placing time when order.placed comes.
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[Order.tenant_id, Order.order_id],
-                set_={"placed_at": func.coalesce(Order.placed_at, stmt.excluded.placed_at)},
-            )
-            if placed_at is not None
-            else stmt.on_conflict_do_nothing()
+        await intake_store.upsert_order(
+            session,
+            {
+                "tenant_id": tenant_id,
+                "order_id": o.order_id,
+                "platform_order_id": o.platform_order_id,
+                "subject": o.subject,
+                "total_amount": o.total.amount if o.total else None,
+                "currency": o.total.currency if o.total else None,
+                "presentment_amount": o.presentment.amount if o.presentment else None,
+                "presentment_currency": o.presentment.currency if o.presentment else None,
+                "placed_at": placed_at,
+            },
         )
     events: list[CloudEvent[Any]] = []
     subjects: list[str] = []  # also those of facts already stated by an earlier delivery
@@ -315,21 +261,15 @@ async def emit(
         part = fact if ids_by_fact and fact is not None else str(index)
         event_id = derived_event_id("ingest", tenant_id, platform, stored_key(dedupe_key), part)
         if fact is not None and not replay:
-            inserted = (
-                await session.execute(
-                    pg_insert(OrderFact)
-                    .values(
-                        tenant_id=tenant_id,
-                        fact_key=fact,
-                        event_id=event_id,
-                        delivery_id=delivery_id,
-                        created_at=received_at,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(OrderFact.fact_key)
-                )
-            ).scalar()
-            if inserted is None:
+            inserted = await intake_store.insert_order_fact(
+                session,
+                tenant_id=tenant_id,
+                fact_key=fact,
+                event_id=event_id,
+                delivery_id=delivery_id,
+                created_at=received_at,
+            )
+            if not inserted:
                 continue  # already said by an earlier delivery or reconciliation
             if isinstance(data, c.OrderRefunded):
                 await add_refunded(session, tenant_id, data)
@@ -362,11 +302,7 @@ async def requeue_sent(session: AsyncSession, tables: EventTables, ids: list[str
     inboxes drop what they already applied."""
     if not ids:
         return
-    await session.execute(
-        update(tables.outbox)
-        .where(tables.outbox.c.event_id.in_(ids), tables.outbox.c.sent_at.is_not(None))
-        .values(sent_at=None)
-    )
+    await intake_store.requeue_sent_events(session, tables.outbox, ids)
 
 
 async def accept(
@@ -504,42 +440,22 @@ async def forget_customer_payloads(
     customer: those that spoke about them (their subject) and those that carry their
     email anywhere, quarantined ones included (a scan of one tenant's rows, acceptable
     for a rare request)."""
-    about = [Delivery.subjects.overlap(subjects)] if subjects else []
-    carries = [
-        func.strpos(func.lower(func.convert_from(Delivery.body, "UTF8")), email) > 0
-        for email in emails
-    ]
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.tenant_id == tenant_id, Delivery.id != keep, or_(*about, *carries))
-        .values(body=b"{}", headers={"x-afterglow-redacted": "customers/redact"})
-    )
+    await intake_store.redact_customer_deliveries(session, tenant_id, emails, subjects, keep)
     await identity.forget(session, tenant_id, subjects, emails)
 
 
 async def forget_tenant_payloads(session: AsyncSession, tenant_id: str, keep: str) -> None:
     """shop/redact: the shop's raw deliveries hold its customers' personal data. Bodies
     and headers are blanked (the rows stay, as the record of what was received)."""
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.tenant_id == tenant_id, Delivery.id != keep)
-        .values(body=b"{}", headers={"x-afterglow-redacted": "shop/redact"})
-    )
-    await session.execute(delete(Order).where(Order.tenant_id == tenant_id))
-    await session.execute(
-        delete(CustomerOrderCount).where(CustomerOrderCount.tenant_id == tenant_id)
-    )
+    await intake_store.redact_tenant_deliveries(session, tenant_id, keep)
+    await intake_store.delete_tenant_order_book(session, tenant_id)
     await identity.forget_tenant(session, tenant_id)
 
 
 async def finish(
     session: AsyncSession, did: str, status: str, ids: list[str], subjects: Sequence[str] = ()
 ) -> None:
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.id == did)
-        .values(status=status, event_ids=ids, subjects=list(subjects))
-    )
+    await intake_store.set_delivery_outcome(session, did, status, ids, subjects)
 
 
 async def normalize(

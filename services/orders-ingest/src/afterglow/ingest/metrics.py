@@ -18,7 +18,8 @@ Definitions (written down because every tool defines them a little differently):
   its orders were placed in); None while the cohort is younger than that.
 
 Orders stored before ingest kept ``placed_at`` are left out (see migration 0009).
-Each figure is one set-based statement over the tenant's orders; none loops per row.
+Each figure is one set-based statement over the tenant's orders (in
+:mod:`afterglow.ingest.metrics_store`); none loops per row.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from afterglow.ingest import metrics_store
 from afterglow.kit import openapi
 from afterglow.kit.auth import Principal, require_scope
 from afterglow.kit.db import Session
@@ -106,77 +107,6 @@ class OrderMetrics(BaseModel):
     cohorts: list[Cohort]
 
 
-_SUMMARY = text(
-    """
-    WITH book AS (
-        SELECT subject, placed_at FROM ingest.orders
-        WHERE tenant_id = :tenant AND placed_at IS NOT NULL AND placed_at < :end
-    ), per_customer AS (
-        SELECT subject,
-               min(placed_at) AS first_at,
-               count(*) AS orders_to_end,
-               count(*) FILTER (WHERE placed_at >= :start) AS orders_in_period
-        FROM book GROUP BY subject
-    )
-    SELECT coalesce(sum(orders_in_period), 0) AS orders,
-           count(*) FILTER (WHERE orders_in_period > 0) AS customers,
-           count(*) FILTER (WHERE first_at >= :start) AS new_customers,
-           count(*) FILTER (WHERE orders_in_period > 0 AND orders_to_end >= 2) AS repeat_customers
-    FROM per_customer
-    """
-)
-
-_REVENUE = text(
-    """
-    SELECT currency, sum(total_amount - refunded_amount)::bigint AS amount, count(*) AS n
-    FROM ingest.orders
-    WHERE tenant_id = :tenant AND placed_at >= :start AND placed_at < :end
-      AND currency IS NOT NULL AND total_amount IS NOT NULL
-    GROUP BY currency ORDER BY n DESC, currency
-    """
-)
-
-_DAYS = text(
-    """
-    SELECT (placed_at AT TIME ZONE 'UTC')::date AS day,
-           count(*) AS orders, count(DISTINCT subject) AS customers
-    FROM ingest.orders
-    WHERE tenant_id = :tenant AND placed_at >= :start AND placed_at < :end
-    GROUP BY 1 ORDER BY 1
-    """
-)
-
-# One row per (cohort month, months since): customers active and revenue in the main
-# currency. The cohort is fixed by the first order ever, so a customer whose first order
-# predates the period belongs to no cohort of it.
-_COHORTS = text(
-    """
-    WITH book AS (
-        SELECT subject, placed_at, currency, total_amount - refunded_amount AS net
-        FROM ingest.orders
-        WHERE tenant_id = :tenant AND placed_at IS NOT NULL AND placed_at < :end
-    ), firsts AS (
-        SELECT subject, date_trunc('month', min(placed_at) AT TIME ZONE 'UTC') AS cohort
-        FROM book GROUP BY subject
-    ), cells AS (
-        SELECT f.cohort, f.subject, b.currency, b.net,
-               (extract(year FROM age(date_trunc('month', b.placed_at AT TIME ZONE 'UTC'),
-                                      f.cohort)) * 12
-                + extract(month FROM age(date_trunc('month', b.placed_at AT TIME ZONE 'UTC'),
-                                         f.cohort)))::int AS k
-        FROM firsts f JOIN book b USING (subject)
-        WHERE f.cohort >= CAST(:start_month AS timestamp)
-          AND f.cohort < CAST(:end_local AS timestamp)
-    )
-    SELECT cohort::date AS month, k,
-           count(DISTINCT subject) AS active,
-           coalesce(sum(net) FILTER (WHERE currency = :currency), 0)::bigint AS revenue
-    FROM cells WHERE k < :months
-    GROUP BY cohort, k ORDER BY cohort, k
-    """
-)
-
-
 def bounds(from_: date, to: date) -> tuple[datetime, datetime]:
     """The period's instants: from midnight UTC of ``from_`` to the midnight after ``to``."""
     return (
@@ -218,23 +148,20 @@ async def order_metrics(
     session: AsyncSession, tenant_id: str, from_: date, to: date
 ) -> OrderMetrics:
     start, end = bounds(from_, to)
-    params = {"tenant": tenant_id, "start": start, "end": end}
-    summary = (await session.execute(_SUMMARY, params)).one()
-    revenue = (await session.execute(_REVENUE, params)).all()
-    days = (await session.execute(_DAYS, params)).all()
+    summary = await metrics_store.order_summary(session, tenant_id, start, end)
+    revenue = await metrics_store.revenue_by_currency(session, tenant_id, start, end)
+    days = await metrics_store.orders_per_day(session, tenant_id, start, end)
     currency = revenue[0].currency if revenue else None
-    cohort_rows = (
-        await session.execute(
-            _COHORTS,
-            {
-                **params,
-                "currency": currency,
-                "months": COHORT_MONTHS,
-                "start_month": start.replace(day=1, tzinfo=None),
-                "end_local": end.replace(tzinfo=None),
-            },
-        )
-    ).all()
+    cohort_rows = await metrics_store.cohort_cells(
+        session,
+        tenant_id,
+        start,
+        end,
+        currency=currency,
+        months=COHORT_MONTHS,
+        start_month=start.replace(day=1, tzinfo=None),
+        end_local=end.replace(tzinfo=None),
+    )
     customers = int(summary.customers)
     repeat = int(summary.repeat_customers)
     return OrderMetrics(

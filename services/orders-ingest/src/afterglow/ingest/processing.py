@@ -34,16 +34,15 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import tracing
 from afterglow.events.context import event_context
-from afterglow.ingest import domain, identity, intake, requesters
+from afterglow.ingest import domain, identity, intake, intake_store, requesters
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import RECEIVED
-from afterglow.ingest.models import Delivery
 from afterglow.ingest.payloads import parse_payload
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
@@ -128,28 +127,12 @@ async def process_received(runtime: Runtime, batch: int) -> int:
 
 async def _applier(session: AsyncSession) -> bool:
     """Whether this transaction is the one applier now (released at its end)."""
-    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(APPLIER_LOCK))))
+    return await intake_store.try_lock_applier(session, APPLIER_LOCK)
 
 
 async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
     # Oldest first, so what a shop said first (order created) is applied first.
-    rows = await session.execute(
-        select(
-            Delivery.id,
-            Delivery.tenant_id,
-            Delivery.platform,
-            Delivery.topic,
-            Delivery.dedupe_key,
-            Delivery.body,
-            Delivery.received_at,
-            Delivery.traceparent,
-        )
-        .where(Delivery.status == RECEIVED)
-        .order_by(Delivery.received_at, Delivery.id)
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    )
-    return list(rows.all())  # type: ignore[arg-type]
+    return await intake_store.lock_oldest_in_status(session, RECEIVED, batch)
 
 
 async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[Any]]) -> None:
@@ -204,11 +187,7 @@ async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normali
             if isinstance(exc, domain.NormalizationError)
             else str(exc)
         )
-        await session.execute(
-            update(Delivery)
-            .where(Delivery.id == did)
-            .values(status=intake.QUARANTINED, last_error=reason[:1000])
-        )
+        await intake_store.set_delivery_status(session, did, intake.QUARANTINED, reason[:1000])
         intake.QUARANTINED_TOTAL.labels(platform).inc()
         return None
 
@@ -221,9 +200,7 @@ async def _apply_one(
     received_at: datetime = d["received_at"]
     if normalized.stored_body is not None:
         # customers/redact: kept without the contact data it asks us to forget.
-        await session.execute(
-            update(Delivery).where(Delivery.id == did).values(body=normalized.stored_body)
-        )
+        await intake_store.replace_delivery_body(session, did, normalized.stored_body)
     await intake.apply(
         session,
         runtime.outbox,
@@ -257,10 +234,12 @@ async def _one_by_one(runtime: Runtime, batch: int) -> int:
                 raise
             log.exception("a delivery could not be applied; marked failed")
             async with runtime.sessionmaker.begin() as session:
-                await session.execute(
-                    update(Delivery)
-                    .where(Delivery.id == row.id, Delivery.status == RECEIVED)
-                    .values(status=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:1000])
+                await intake_store.move_delivery_status(
+                    session,
+                    row.id,
+                    from_status=RECEIVED,
+                    to_status=FAILED,
+                    last_error=f"{type(exc).__name__}: {exc}"[:1000],
                 )
         done += 1
     return done

@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
 
-from afterglow.ingest import domain, intake
+from afterglow.ingest import domain, intake, registry_store
 from afterglow.ingest.models import PlatformConnection
 from afterglow.ingest.platforms import shopify, woocommerce
 from afterglow.ingest.settings import IngestSettings
@@ -49,13 +48,7 @@ async def reconcile_all(runtime: Runtime) -> int:
     """One round: reconcile every connection; one that fails does not stop the others.
     Returns how many connections were tried."""
     async with runtime.sessionmaker() as session:
-        conns = (
-            await session.execute(
-                select(PlatformConnection.tenant_id, PlatformConnection.platform).where(
-                    PlatformConnection.platform.in_(("shopify", "woocommerce"))
-                )
-            )
-        ).all()
+        conns = await registry_store.connections_of_platforms(session, ("shopify", "woocommerce"))
     for tenant_id, platform in conns:
         try:
             await reconcile(runtime, tenant_id, platform)
@@ -70,7 +63,7 @@ async def reconcile(runtime: Runtime, tenant_id: str, platform: str) -> dict[str
     assert isinstance(settings, IngestSettings)
     assert runtime.http is not None
     async with runtime.sessionmaker() as session:
-        conn = await session.get(PlatformConnection, (tenant_id, platform))
+        conn = await registry_store.connection(session, tenant_id, platform)
     if conn is None:
         return {"error": "no connection"}
     now = runtime.clock.now()
@@ -97,13 +90,13 @@ async def reconcile(runtime: Runtime, tenant_id: str, platform: str) -> dict[str
         error = f"{type(exc).__name__}: {exc}"[:500]
         log.warning("reconciliation poll failed", extra={"tenant": tenant_id, "error": error})
     async with runtime.sessionmaker.begin() as session:
-        await session.execute(
-            update(PlatformConnection)
-            .where(
-                PlatformConnection.tenant_id == tenant_id,
-                PlatformConnection.platform == platform,
-            )
-            .values(watermark=newest, last_run_at=now, last_error=error)
+        await registry_store.record_reconcile_run(
+            session,
+            tenant_id=tenant_id,
+            platform=platform,
+            watermark=newest,
+            ran_at=now,
+            error=error,
         )
     return {**counts, "error": error}
 

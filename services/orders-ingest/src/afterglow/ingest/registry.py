@@ -7,16 +7,15 @@ the transaction, so a key and its ``tenant.api_key_issued`` event commit togethe
 from __future__ import annotations
 
 import secrets as pysecrets
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox
 from afterglow.events.catalog import ApiKeyIssued, ApiKeyRevoked
-from afterglow.ingest.models import PlatformConnection, Tenant, WebhookSecret
+from afterglow.ingest import registry_store
+from afterglow.ingest.models import Tenant
 from afterglow.kit.auth import ApiKeyStore, generate_key
 from afterglow.kit.errors import Conflict, NotFound
 
@@ -43,41 +42,33 @@ async def create_tenant(
     bigcommerce_store_hash: str | None = None,
     now: datetime,
 ) -> Tenant:
-    stmt = (
-        pg_insert(Tenant)
-        .values(
-            tenant_id=tenant_id,
-            name=name,
-            shopify_shop_domain=shopify_shop_domain.lower() if shopify_shop_domain else None,
-            woocommerce_store_url=normalize_store_url(woocommerce_store_url)
-            if woocommerce_store_url
-            else None,
-            bigcommerce_store_hash=bigcommerce_store_hash,
-            created_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(Tenant.tenant_id)
+    inserted = await registry_store.insert_tenant(
+        session,
+        tenant_id=tenant_id,
+        name=name,
+        shopify_shop_domain=shopify_shop_domain.lower() if shopify_shop_domain else None,
+        woocommerce_store_url=normalize_store_url(woocommerce_store_url)
+        if woocommerce_store_url
+        else None,
+        bigcommerce_store_hash=bigcommerce_store_hash,
+        now=now,
     )
-    if (await session.execute(stmt)).scalar() is None:
+    if not inserted:
         raise Conflict("the tenant id or shop domain is already registered", field="tenant_id")
-    tenant = await session.get(Tenant, tenant_id)
+    tenant = await registry_store.tenant_row(session, tenant_id)
     assert tenant is not None
     return tenant
 
 
 async def get_tenant(session: AsyncSession, tenant_id: str) -> Tenant:
-    tenant = await session.get(Tenant, tenant_id)
+    tenant = await registry_store.tenant_row(session, tenant_id)
     if tenant is None:
         raise NotFound("no such tenant", field="tenant_id")
     return tenant
 
 
 async def tenant_by_shop_domain(session: AsyncSession, domain: str) -> str | None:
-    return (
-        await session.execute(
-            select(Tenant.tenant_id).where(Tenant.shopify_shop_domain == domain.strip().lower())
-        )
-    ).scalar()
+    return await registry_store.tenant_id_of_shop_domain(session, domain.strip().lower())
 
 
 def normalize_store_url(url: str) -> str:
@@ -86,11 +77,7 @@ def normalize_store_url(url: str) -> str:
 
 
 async def tenant_by_store_url(session: AsyncSession, url: str) -> str | None:
-    return (
-        await session.execute(
-            select(Tenant.tenant_id).where(Tenant.woocommerce_store_url == normalize_store_url(url))
-        )
-    ).scalar()
+    return await registry_store.tenant_id_of_store_url(session, normalize_store_url(url))
 
 
 async def rotate_secret(
@@ -105,24 +92,13 @@ async def rotate_secret(
     """Make ``secret`` (or a new one) current. The previous current secret stays valid
     for ``grace_s``; anything older expires now, so at most two are ever accepted."""
     await get_tenant(session, tenant_id)
-    mine = and_(WebhookSecret.tenant_id == tenant_id, WebhookSecret.platform == platform)
-    await session.execute(
-        update(WebhookSecret)
-        .where(mine, WebhookSecret.expires_at.is_not(None), WebhookSecret.expires_at > now)
-        .values(expires_at=now)
-    )
-    await session.execute(
-        update(WebhookSecret)
-        .where(mine, WebhookSecret.expires_at.is_(None))
-        .values(expires_at=now + timedelta(seconds=grace_s))
-    )
-    # Expired rows are kept a day for audits, then dropped.
-    await session.execute(
-        delete(WebhookSecret).where(mine, WebhookSecret.expires_at < now - timedelta(days=1))
+    await registry_store.age_secrets_for_rotation(
+        session, tenant_id=tenant_id, platform=platform, now=now, grace_s=grace_s
     )
     value = secret or new_secret(platform)
-    session.add(WebhookSecret(tenant_id=tenant_id, platform=platform, secret=value, created_at=now))
-    await session.flush()
+    await registry_store.add_current_secret(
+        session, tenant_id=tenant_id, platform=platform, secret=value, now=now
+    )
     return value
 
 
@@ -130,17 +106,9 @@ async def expire_previous_secrets(
     session: AsyncSession, *, tenant_id: str, platform: str, now: datetime
 ) -> int:
     """End a rotation early: only the current secret remains valid."""
-    result = await session.execute(
-        update(WebhookSecret)
-        .where(
-            WebhookSecret.tenant_id == tenant_id,
-            WebhookSecret.platform == platform,
-            WebhookSecret.expires_at.is_not(None),
-            WebhookSecret.expires_at > now,
-        )
-        .values(expires_at=now)
+    return await registry_store.expire_secrets_in_grace(
+        session, tenant_id=tenant_id, platform=platform, now=now
     )
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def active_secrets(
@@ -148,28 +116,19 @@ async def active_secrets(
 ) -> list[str]:
     if tenant_id is None:
         return []
-    rows = await session.execute(
-        select(WebhookSecret.secret).where(
-            WebhookSecret.tenant_id == tenant_id,
-            WebhookSecret.platform == platform,
-            or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
-        )
-    )
-    return list(rows.scalars())
+    return await registry_store.unexpired_secrets(session, tenant_id, platform, now)
 
 
 async def set_connection(
     session: AsyncSession, *, tenant_id: str, platform: str, api_base_url: str, access_token: str
 ) -> None:
     await get_tenant(session, tenant_id)
-    stmt = pg_insert(PlatformConnection).values(
-        tenant_id=tenant_id, platform=platform, api_base_url=api_base_url, access_token=access_token
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "platform"],
-            set_={"api_base_url": api_base_url, "access_token": access_token},
-        )
+    await registry_store.upsert_connection(
+        session,
+        tenant_id=tenant_id,
+        platform=platform,
+        api_base_url=api_base_url,
+        access_token=access_token,
     )
 
 
@@ -222,14 +181,9 @@ async def revoke_api_key(
     key_id: str,
     now: datetime,
 ) -> str:
-    row = (
-        await session.execute(
-            select(store.table.c.key_id).where(
-                store.table.c.key_id == key_id, store.table.c.tenant_id == tenant_id
-            )
-        )
-    ).first()
-    if row is None:
+    if not await registry_store.tenant_has_api_key(
+        session, store.table, tenant_id=tenant_id, key_id=key_id
+    ):
         raise NotFound("no such API key", field="key_id")
     await store.revoke(session, tenant_id=tenant_id, key_id=key_id, revoked_at=now)
     event = CloudEvent.new(

@@ -34,12 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
-from afterglow.ingest import domain, helpdesk
+from afterglow.ingest import domain, helpdesk, store
 from afterglow.ingest.customers import Requester
 from afterglow.ingest.group_commit import RECEIVED
-from afterglow.ingest.models import Delivery, HelpdeskConnection
 from afterglow.ingest.platforms import zendesk
 from afterglow.ingest.settings import IngestSettings
 from afterglow.kit.app import Runtime
@@ -100,21 +98,8 @@ def wanted(body: bytes) -> str | None:
 async def prefetch(runtime: Runtime, cache: RequesterCache, batch: int) -> None:
     """Look up the requesters of the next ``batch`` Zendesk deliveries to apply, into
     ``cache`` (the process's, in IngestDeps)."""
-    # The rows the round will claim (the same order and limit), of which only the
-    # Zendesk ones: a backlog of shop orders is not scanned for the few tickets.
-    window = (
-        select(Delivery.tenant_id, Delivery.platform, Delivery.body)
-        .where(Delivery.status == RECEIVED)
-        .order_by(Delivery.received_at, Delivery.id)
-        .limit(batch)
-        .subquery()
-    )
     async with runtime.sessionmaker() as session:
-        rows = (
-            await session.execute(
-                select(window.c.tenant_id, window.c.body).where(window.c.platform == "zendesk")
-            )
-        ).all()
+        rows = await store.zendesk_bodies_of_next_round(session, status=RECEIVED, batch=batch)
         keys = set()
         for tenant_id, body in rows:
             user_id = wanted(bytes(body))
@@ -124,12 +109,7 @@ async def prefetch(runtime: Runtime, cache: RequesterCache, batch: int) -> None:
             return
         conns = {
             c.tenant_id: helpdesk.Connection(c.kind, c.api_base_url, c.username, c.secret)
-            for c in await session.scalars(
-                select(HelpdeskConnection).where(
-                    HelpdeskConnection.tenant_id.in_(sorted({t for t, _ in keys})),
-                    HelpdeskConnection.kind == "zendesk",
-                )
-            )
+            for c in await store.zendesk_connections(session, sorted({t for t, _ in keys}))
         }
     asking = sorted(k for k in keys if k[0] in conns)
     found = await asyncio.gather(*(_look_up(runtime, conns[t], u) for t, u in asking))

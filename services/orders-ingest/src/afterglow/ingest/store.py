@@ -2,10 +2,13 @@
 Idempotency-Key store (a key is claimed with the request's digest in the request's
 transaction, and its answer recorded there too, so a retried request gets the first
 answer and a reused key with another body a 409), the operators' reads of stored
-deliveries, and a tenant's API keys for its own keys admin."""
+deliveries, a tenant's API keys for its own keys admin, the Zendesk requesters'
+prefetch, and the BigCommerce worker's queue of deliveries waiting for their order's
+fetch (claimed with SKIP LOCKED, leased by attempts and lease_until)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +16,7 @@ from sqlalchemy import Row, Table, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.ingest.models import Delivery, IdempotencyKey
+from afterglow.ingest.models import Delivery, HelpdeskConnection, IdempotencyKey
 
 
 async def claim_idempotency_key(
@@ -130,3 +133,95 @@ async def api_key_scopes(
             )
         )
     ).first()
+
+
+# --- Zendesk requesters' prefetch (requesters) --------------------------------------------
+
+
+async def zendesk_bodies_of_next_round(
+    session: AsyncSession, *, status: str, batch: int
+) -> Sequence[Row[Any, Any]]:
+    """(tenant id, body) of the Zendesk deliveries among the next ``batch`` in
+    ``status`` that a processing round will claim (the same order and limit), of which
+    only the Zendesk ones: a backlog of shop orders is not scanned for the few tickets."""
+    window = (
+        select(Delivery.tenant_id, Delivery.platform, Delivery.body)
+        .where(Delivery.status == status)
+        .order_by(Delivery.received_at, Delivery.id)
+        .limit(batch)
+        .subquery()
+    )
+    return (
+        await session.execute(
+            select(window.c.tenant_id, window.c.body).where(window.c.platform == "zendesk")
+        )
+    ).all()
+
+
+async def zendesk_connections(
+    session: AsyncSession, tenants: Sequence[str]
+) -> Sequence[HelpdeskConnection]:
+    """These tenants' helpdesk connections that are Zendesk."""
+    return (
+        await session.scalars(
+            select(HelpdeskConnection).where(
+                HelpdeskConnection.tenant_id.in_(tenants),
+                HelpdeskConnection.kind == "zendesk",
+            )
+        )
+    ).all()
+
+
+# --- deliveries waiting for a fetch of the order (bigcommerce) ----------------------------
+
+
+async def lock_due_deliveries(
+    session: AsyncSession, *, status: str, now: datetime, batch: int
+) -> Sequence[Row[Any, Any, Any, Any, Any]]:
+    """(id, tenant_id, body, attempts, traceparent) of up to ``batch`` deliveries in
+    ``status`` due by ``now``, earliest first, locked; rows another transaction holds
+    are skipped, not waited for."""
+    return (
+        await session.execute(
+            select(
+                Delivery.id,
+                Delivery.tenant_id,
+                Delivery.body,
+                Delivery.attempts,
+                Delivery.traceparent,
+            )
+            .where(Delivery.status == status, Delivery.next_attempt_at <= now)
+            .order_by(Delivery.next_attempt_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def lease_deliveries(session: AsyncSession, ids: list[str], lease_until: datetime) -> None:
+    """Count an attempt of each delivery and hide it until ``lease_until``: one statement."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids))
+        .values(attempts=Delivery.attempts + 1, next_attempt_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def delivery_if_leased(
+    session: AsyncSession, *, delivery_id: str, status: str, attempts: int, lease_until: datetime
+) -> Delivery | None:
+    """The delivery, locked, if it is still in ``status`` under this lease (attempts,
+    lease_until): not replayed, not claimed again by another worker after it ran out."""
+    return (
+        await session.execute(
+            select(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.status == status,
+                Delivery.attempts == attempts,
+                Delivery.next_attempt_at == lease_until,
+            )
+            .with_for_update()
+        )
+    ).scalar()
