@@ -11,16 +11,15 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from afterglow.events import catalog as c
-from afterglow.ingest import bigcommerce, customer_lookup, escalations, export, metrics, processing
+from afterglow.ingest import customer_lookup, escalations, export, metrics
 from afterglow.ingest.api import admin, operators, rest, tenant_keys, webhooks
 from afterglow.ingest.deps import build_deps, deps_of
 from afterglow.ingest.discounts import api as discounts_api
 from afterglow.ingest.discounts import handlers as discounts_handlers
-from afterglow.ingest.discounts.worker import discount_worker
 from afterglow.ingest.fastpath import ShopifyFastPath
 from afterglow.ingest.models import api_keys, tables
-from afterglow.ingest.reconcile import reconciliation_worker
 from afterglow.ingest.settings import IngestSettings
+from afterglow.ingest.workers import WORKERS
 from afterglow.kit.app import Runtime, ServiceSpec, Worker, create_service_app
 from afterglow.kit.clock import Clock
 from afterglow.kit.errors import error_response
@@ -62,13 +61,7 @@ SPEC = ServiceSpec(
 
 
 def _workers(runtime: Runtime) -> list[Worker]:
-    return [
-        reconciliation_worker,
-        bigcommerce.fetch_worker,
-        processing.processing_worker,
-        discount_worker,
-        escalations.escalation_worker,
-    ]
+    return list(WORKERS)
 
 
 async def _start_receiving(runtime: Runtime) -> None:
