@@ -11,44 +11,17 @@ Definitions:
 - revenue: of confirmed conversions, the order totals less refunds, per currency
   (never added across currencies); pending revenue likewise for pending and held.
 
-One statement per figure, each a GROUP BY in PostgreSQL.
+One statement per figure, each a GROUP BY in PostgreSQL (metrics_store).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.kit.period import Period
-
-_INVITED = text(
-    """
-    SELECT count(*) FROM referrals.codes
-    WHERE tenant_id = :tenant AND invited_at >= :start AND invited_at < :end
-    """
-)
-
-_BY_STATE = text(
-    """
-    SELECT state, currency, count(*) AS referrals,
-           sum(order_total - refunded_amount)::bigint AS revenue
-    FROM referrals.referrals
-    WHERE tenant_id = :tenant AND placed_at >= :start AND placed_at < :end
-    GROUP BY state, currency
-    """
-)
-
-_REASONS = text(
-    """
-    SELECT coalesce(reason, 'unknown') AS reason, count(*) AS referrals
-    FROM referrals.referrals
-    WHERE tenant_id = :tenant AND placed_at >= :start AND placed_at < :end
-      AND state = 'rejected'
-    GROUP BY 1 ORDER BY 2 DESC, 1
-    """
-)
+from afterglow.referrals import metrics_store
 
 
 def _per_currency(rows: list[Any], states: tuple[str, ...]) -> dict[str, int]:
@@ -61,9 +34,9 @@ def _per_currency(rows: list[Any], states: tuple[str, ...]) -> dict[str, int]:
 
 async def referral_metrics(session: AsyncSession, tenant_id: str, period: Period) -> dict[str, Any]:
     params = {"tenant": tenant_id, **period.params()}
-    invited = int((await session.execute(_INVITED, params)).scalar_one())
-    rows = list((await session.execute(_BY_STATE, params)).all())
-    reasons = (await session.execute(_REASONS, params)).all()
+    invited = await metrics_store.invited(session, params)
+    rows = await metrics_store.referrals_by_state(session, params)
+    reasons = await metrics_store.rejection_reasons(session, params)
     count: dict[str, int] = {}
     for r in rows:
         count[r.state] = count.get(r.state, 0) + int(r.referrals)
