@@ -44,6 +44,11 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.kafka_enable_idempotence else "false",
+            # Tests start and stop many apps on one broker: a consumer whose stop timed
+            # out stays a member that heartbeats but never rejoins, and every app joining
+            # its group after it waited the whole interval (120 s by default), which
+            # timed out the fixtures that started services later in the session.
+            "KAFKA_MAX_POLL_INTERVAL_MS": "30000",
             # Local receivers (the demo's, the tests') listen on 127.0.0.1.
             "OUTBOUND_ALLOW_PRIVATE": "true",
             # A fixed key for local databases only; production's comes from a Secret.

@@ -41,6 +41,11 @@ class ServiceSettings(BaseSettings):
     # Records per poll over all partitions; the records of one partition are applied in
     # one transaction, so this bounds a transaction's size and the locks it holds.
     consumer_max_records: int = Field(default=500, ge=1, le=10_000)
+    # A member that polls no more for this long leaves its group, and a rebalance waits
+    # at most this long for members to rejoin (aiokafka sends it as the rebalance
+    # timeout). Bounds how long a member left behind by a stop that timed out holds
+    # up every process joining its group.
+    kafka_max_poll_interval_ms: int = Field(default=120_000, ge=10_000)
     relay_poll_interval_s: float = 1.0
     # A consumer that has not polled for this long makes /readyz fail: a stuck
     # consumer is still a live process.
@@ -70,6 +75,7 @@ class ServiceSettings(BaseSettings):
             sasl_username=self.kafka_sasl_username,
             sasl_password=self.kafka_sasl_password,
             ssl_cafile=self.kafka_ssl_cafile,
+            max_poll_interval_ms=self.kafka_max_poll_interval_ms,
         )
 
 
