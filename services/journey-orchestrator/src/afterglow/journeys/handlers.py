@@ -147,7 +147,7 @@ async def erase(
         for inst in instances:
             if inst.status not in ("running", "paused"):
                 continue
-            res = d.StepResult(inst.model_copy(deep=True))
+            res = d.StepResult(inst.copied())
             d.exit_instance(res, event.id, "erasure requested", now)
             j = await store.journey_version(session, tenant, inst.journey, inst.version)
             await writer.apply(j, res, profile)

@@ -48,6 +48,17 @@ class Profile(BaseModel):
         # A profile projected before ``spent`` existed knows its first currency only.
         return self.total_spent if self.currency == currency else 0
 
+    def copied(self) -> Profile:
+        """A copy a projection may change (see InstanceState.copied: same reason)."""
+        return self.model_copy(
+            update={
+                "spent": dict(self.spent),
+                "open_tickets": list(self.open_tickets),
+                "resolved_tickets": list(self.resolved_tickets),
+                "orders": {k: dict(v) for k, v in self.orders.items()},
+            }
+        )
+
 
 MAX_REMEMBERED_TICKETS = 50
 MAX_REMEMBERED_ORDERS = 30
@@ -70,7 +81,7 @@ class Occurrence:
 
 def project(profile: Profile, ev: Occurrence) -> Profile:
     """Apply one event to the profile (pure; the inbox guarantees once per event id)."""
-    p = profile.model_copy(deep=True)
+    p = profile.copied()
     d = ev.data
     oid = ev.order_id
     if oid and ev.type.startswith("afterglow.order."):

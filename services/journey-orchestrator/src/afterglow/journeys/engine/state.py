@@ -44,6 +44,14 @@ class InstanceState(BaseModel):
     # same rule loyalty's first-order bonus applies. None: not started by an order.
     first_order: bool | None = None
 
+    def copied(self) -> InstanceState:
+        """A copy a step may change without touching this one: the lists and dicts are
+        copied, the rest is immutable. What ``model_copy(deep=True)`` gives, without
+        its generic deepcopy of every datetime (a third of a timer round's Python)."""
+        return self.model_copy(
+            update={"pc": None if self.pc is None else list(self.pc), "anchors": dict(self.anchors)}
+        )
+
 
 def first_order_of(ev: Occurrence, profile: Profile) -> bool | None:
     """The trigger's first-order decision: the one rule on the count ingest set.

@@ -90,7 +90,7 @@ def on_event(
     j: Journey, st: InstanceState, profile: Profile, ev: Occurrence, now: datetime
 ) -> StepResult:
     """Apply an event to a running or paused instance. ``profile`` already includes it."""
-    res = StepResult(st.model_copy(deep=True))
+    res = StepResult(st.copied())
     s = res.state
     if s.status in ("exited", "completed", "skipped"):
         return res
@@ -157,7 +157,7 @@ def on_timer(
     j: Journey, st: InstanceState, profile: Profile, timer: str, now: datetime
 ) -> StepResult:
     """A timer fired: move on if something is due (a stale timer changes nothing)."""
-    res = StepResult(st.model_copy(deep=True))
+    res = StepResult(st.copied())
     if res.state.status == "paused":
         res.transitions.append(
             Transition("deferred", res.state.stage, res.state.stage, timer, "due while paused", now)
