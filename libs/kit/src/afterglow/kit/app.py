@@ -42,7 +42,7 @@ from afterglow.events import (
     topic_for,
 )
 from afterglow.events.subscriptions import type_of
-from afterglow.kit import openapi, secretbox
+from afterglow.kit import heap, openapi, secretbox
 from afterglow.kit.auth import API_KEYS, ApiKeyStore
 from afterglow.kit.clock import Clock, SystemClock
 from afterglow.kit.db import create_engine, create_sessionmaker
@@ -292,6 +292,7 @@ def create_service_app(
                             _supervise(worker, runtime), name=getattr(worker, "__name__", "worker")
                         )
                     )
+            heap.settle()
             log.info("service started", extra={"role": settings.service_role})
             yield
         finally:
