@@ -34,8 +34,10 @@ from sqlalchemy import (
     SmallInteger,
     Text,
     bindparam,
+    cast,
     column,
     func,
+    literal,
     select,
     text,
     update,
@@ -593,11 +595,33 @@ async def timers_of(
     return {r.id: TimerRow(r.instance_id, r.state, True) for r in rows.all()}
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One of ``of`` timer loops running side by side in one process (Settings
+    ``journeys_timer_lanes``): lane ``index`` claims only the timers of the customers
+    whose (tenant, customer) hash falls to it. So while one lane's round waits on
+    PostgreSQL another computes, and two lanes never hold timers of one customer (a
+    round moves every timer of the instances it steps, so rounds sharing a customer
+    could each wait for a timer row the other claimed)."""
+
+    index: int = 0
+    of: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.of:
+            raise ValueError(f"lane {self.index} of {self.of}")
+
+
 async def claim_due_timers(
-    session: AsyncSession, now: datetime, batch: int, tenant_id: str | None = None
+    session: AsyncSession,
+    now: datetime,
+    batch: int,
+    tenant_id: str | None = None,
+    lane: Lane = Lane(),
 ) -> list[Any]:
-    """Lock up to ``batch`` due, pending timers; rows another transaction holds are
-    skipped, not waited for. The locks last until the caller's transaction ends."""
+    """Lock up to ``batch`` due, pending timers (of ``lane``'s customers); rows another
+    transaction holds are skipped, not waited for. The locks last until the caller's
+    transaction ends."""
     q = (
         select(
             JourneyTimer.id,
@@ -615,6 +639,10 @@ async def claim_due_timers(
     )
     if tenant_id is not None:
         q = q.where(JourneyTimer.tenant_id == tenant_id)
+    if lane.of > 1:
+        # hashtext is an int4; shifted to be non-negative before the modulo.
+        key = JourneyTimer.tenant_id + literal(":") + JourneyTimer.customer_id
+        q = q.where(func.mod(cast(func.hashtext(key), BigInteger) + 2**31, lane.of) == lane.index)
     return list((await session.execute(q)).all())
 
 

@@ -43,13 +43,13 @@ TIMER_LATENESS = Histogram(
 claim_due = store.claim_due_timers
 
 
-async def fire_due_timers(runtime: Runtime, batch: int) -> int:
+async def fire_due_timers(runtime: Runtime, batch: int, lane: store.Lane = store.Lane()) -> int:
     """One round in its own transaction (what the timer loop runs; tests step it)."""
-    fire = in_one_transaction(runtime.sessionmaker, timer_round(runtime.outbox, batch))
+    fire = in_one_transaction(runtime.sessionmaker, timer_round(runtime.outbox, batch, lane))
     return await fire(runtime.clock.now())
 
 
-def timer_round(outbox: Outbox, batch: int) -> TransactionalRound:
+def timer_round(outbox: Outbox, batch: int, lane: store.Lane = store.Lane()) -> TransactionalRound:
     """One round, in sets: claim up to ``batch`` due timers (SKIP LOCKED), lock their
     customers' profiles and instances without waiting (a customer a consumer holds is
     skipped: its timers stay pending for the next round), load the timers and journey
@@ -57,7 +57,7 @@ def timer_round(outbox: Outbox, batch: int) -> TransactionalRound:
     write each table once (store.Changes). Returns how many timers were fired."""
 
     async def fire_round(session: AsyncSession, now: datetime) -> int:
-        rows = await store.claim_due_timers(session, now, batch)
+        rows = await store.claim_due_timers(session, now, batch, lane=lane)
         for r in rows:
             TIMER_LATENESS.observe(max(0.0, (now - r.due_at).total_seconds()))
         if not rows:
@@ -110,13 +110,17 @@ def journey_workers(runtime: Runtime) -> list[Worker]:
     settings = runtime.settings
     interval = settings.journeys_timer_poll_interval_s if isinstance(settings, Settings) else 1.0
     batch = settings.journeys_timer_batch if isinstance(settings, Settings) else 200
+    lanes = settings.journeys_timer_lanes if isinstance(settings, Settings) else 1
 
     return [
         PollingWorker(
-            "journey-timers",
-            in_one_transaction(runtime.sessionmaker, timer_round(runtime.outbox, batch)),
+            "journey-timers" if lanes == 1 else f"journey-timers-{i}",
+            in_one_transaction(
+                runtime.sessionmaker, timer_round(runtime.outbox, batch, store.Lane(i, lanes))
+            ),
             runtime.clock,
             interval,
             batch=batch,
         )
+        for i in range(lanes)
     ]
