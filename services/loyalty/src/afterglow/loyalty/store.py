@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Text,
     bindparam,
     case,
@@ -236,6 +237,34 @@ async def load_wallet(
     return domain.Wallet(
         available=account.available, pending=account.pending, lots=[_to_lot(r) for r in rows]
     )
+
+
+async def load_run_lots(
+    session: AsyncSession,
+    accounts: list[tuple[str, str]],
+    orders: list[tuple[str, str]],
+    clawing: set[tuple[str, str]],
+) -> dict[tuple[str, str], list[domain.Lot]]:
+    """:func:`load_wallet`'s lots for a run of order events, in one statement, by
+    account (tenant, customer): every lot of the run's ``orders`` (tenant, order id),
+    and the live lots of the accounts in ``clawing`` (a clawback takes what its own lot
+    lacks from the account's other points). Earning and releasing read no other lot, so
+    an account with no clawback in the run does without its live lots."""
+    if not accounts:
+        return {}
+    live = or_(LotRow.state == "pending", (LotRow.state == "available") & (LotRow.remaining > 0))
+    cond: ColumnElement[bool] = tuple_(LotRow.tenant_id, LotRow.order_id).in_(sorted(orders))
+    if clawing:
+        cond = or_(cond, live & tuple_(LotRow.tenant_id, LotRow.customer_id).in_(sorted(clawing)))
+    rows = await session.scalars(
+        select(LotRow).where(
+            tuple_(LotRow.tenant_id, LotRow.customer_id).in_(sorted(accounts)), cond
+        )
+    )
+    out: dict[tuple[str, str], list[domain.Lot]] = {}
+    for row in rows:
+        out.setdefault((row.tenant_id, row.customer_id), []).append(_to_lot(row))
+    return out
 
 
 async def lot_exists(session: AsyncSession, tenant_id: str, source: str, source_id: str) -> bool:
@@ -653,6 +682,24 @@ async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> Or
     return await session.get(
         OrderRow, (tenant_id, order_id), with_for_update=True, populate_existing=True
     )
+
+
+async def lock_orders(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], OrderRow]:
+    """:func:`lock_order` for many orders (tenant, order id) in one statement, locked in
+    key order; an order never recorded is absent. The caller changes the rows and the
+    session's flush writes them."""
+    if not keys:
+        return {}
+    rows = await session.scalars(
+        select(OrderRow)
+        .where(tuple_(OrderRow.tenant_id, OrderRow.order_id).in_(sorted(keys)))
+        .order_by(OrderRow.tenant_id, OrderRow.order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {(o.tenant_id, o.order_id): o for o in rows}
 
 
 async def add_order(session: AsyncSession, order: OrderRow) -> None:
