@@ -889,14 +889,19 @@ class LoyaltyService:
         changes = [c for c in changes if (c.tenant, c.data.order_id) in orders]
         if not changes:
             return
-        owner = {c: (c.tenant, orders[(c.tenant, c.data.order_id)].customer_id) for c in changes}
+        # Each event's account: its order's customer (a pseudonym once erased).
+        owners = [(c.tenant, orders[(c.tenant, c.data.order_id)].customer_id) for c in changes]
         tenants = sorted({c.tenant for c in changes})
         rules = {t: await store.load_rules(session, t) for t in tenants}
-        keys = sorted(set(owner.values()))
+        keys = sorted(set(owners))
         accounts = await store.open_accounts(
             session, keys, {t: r.tiers[0].name for t, r in rules.items()}, now
         )
-        clawing = {owner[c] for c in changes if isinstance(c.data, OrderRefunded | OrderCancelled)}
+        clawing = {
+            key
+            for key, c in zip(owners, changes, strict=True)
+            if isinstance(c.data, OrderRefunded | OrderCancelled)
+        }
         lots = await store.load_run_lots(session, keys, sorted(orders), clawing)
         run = _Run(
             now=now,
@@ -909,13 +914,13 @@ class LoyaltyService:
             },
             figures=await store.qualifying_values(session, rules, keys, now),
         )
-        for c in changes:
+        for key, c in zip(owners, changes, strict=True):
             if isinstance(c.data, OrderRefunded):
-                self._refunded(run, owner[c], c)
+                self._refunded(run, key, c)
             elif isinstance(c.data, OrderCancelled):
-                self._cancelled(run, owner[c], c)
+                self._cancelled(run, key, c)
             else:
-                await self._progressed(run, owner[c], c)
+                await self._progressed(run, key, c)
         await store.upsert_lots(session, run.lot_rows())
         await store.insert_entries(session, run.entries)
         if run.recount:
