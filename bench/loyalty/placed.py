@@ -12,15 +12,18 @@ the statements are counted with SQLAlchemy's ``before_cursor_execute`` (an
 places the same orders (not timed, not counted), then times that event for each of them:
 ``fulfilled`` and ``delivered`` schedule the pending points (released at once with
 ``--return-window 0``), ``refunded`` (half of each order) and ``cancelled`` claw back.
+``--profile`` prints cProfile's top entries for the timed part.
 Usage: uv run python bench/loyalty/placed.py [--kind placed] [--orders 2000] [--batch 200]
-       [--customers 300] [--return-window 30]
+       [--customers 300] [--return-window 30] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import time
 import uuid
 from datetime import UTC, datetime
@@ -85,7 +88,9 @@ def events(kind: str, tenant: str, n: int, customers: int) -> list[CloudEvent[An
     ]
 
 
-async def main(kind: str, n: int, batch: int, customers: int, return_window: int) -> None:
+async def main(
+    kind: str, n: int, batch: int, customers: int, return_window: int, profile: bool
+) -> None:
     from afterglow.loyalty import domain
     from afterglow.loyalty.app import create_app
     from afterglow.loyalty.handlers import CONSUMERS
@@ -126,8 +131,13 @@ async def main(kind: str, n: int, batch: int, customers: int, return_window: int
         await run(events(kind, warm, min(n, 2 * batch), customers))
         bench = await tenant("bench")
         timed = events(kind, bench, n, customers)
+        profiler = cProfile.Profile() if profile else None
         event.listen(rt.engine.sync_engine, "before_cursor_execute", count)
+        if profiler:
+            profiler.enable()
         elapsed = await run(timed)
+        if profiler:
+            profiler.disable()
         event.remove(rt.engine.sync_engine, "before_cursor_execute", count)
     print(
         f"kind={kind} events={n} batch={batch} customers={customers} "
@@ -135,6 +145,9 @@ async def main(kind: str, n: int, batch: int, customers: int, return_window: int
     )
     print(f"statements per event (inbox claim and BEGIN/COMMIT included): {statements / n:.2f}")
     print(f"order.{kind} events/s through the group's batch handler: {n / elapsed:.1f}")
+    if profiler:
+        # The timed part only (the relay and the worker run in the same loop meanwhile).
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":
@@ -144,8 +157,13 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=200)
     p.add_argument("--customers", type=int, default=300)
     p.add_argument("--return-window", type=int, default=30, help="days; 0: released at once")
+    p.add_argument("--profile", action="store_true", help="cProfile the timed part")
     args = p.parse_args()
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "loyalty")
     with running_stack(Path(".afterglow/bench-loyalty"), ephemeral=True, services={"loyalty"}) as s:
         os.environ.update(s.env())
-        asyncio.run(main(args.kind, args.orders, args.batch, args.customers, args.return_window))
+        asyncio.run(
+            main(
+                args.kind, args.orders, args.batch, args.customers, args.return_window, args.profile
+            )
+        )
