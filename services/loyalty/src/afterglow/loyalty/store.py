@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
+    Boolean,
     Text,
     bindparam,
     case,
@@ -239,6 +239,41 @@ async def load_wallet(
     )
 
 
+def _unnest(name: str, **types: Any) -> Any:
+    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
+    column, so that a statement's text is the same for any number of them (an ``IN``
+    list is a new statement, prepared again, for every size a batch comes in)."""
+    return (
+        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*types)
+        .render_derived(name=name)
+    )
+
+
+_run_accounts = _unnest("a", tenant_id=Text, customer_id=Text, clawing=Boolean)
+_run_orders = _unnest("o", tenant_id=Text, order_id=Text)
+# See load_run_lots.
+RUN_LOTS = (
+    select(LotRow)
+    .join(
+        _run_accounts,
+        (LotRow.tenant_id == _run_accounts.c.tenant_id)
+        & (LotRow.customer_id == _run_accounts.c.customer_id),
+    )
+    .where(
+        or_(
+            tuple_(LotRow.tenant_id, LotRow.order_id).in_(
+                select(_run_orders.c.tenant_id, _run_orders.c.order_id)
+            ),
+            _run_accounts.c.clawing
+            & or_(
+                LotRow.state == "pending", (LotRow.state == "available") & (LotRow.remaining > 0)
+            ),
+        )
+    )
+)
+
+
 async def load_run_lots(
     session: AsyncSession,
     accounts: list[tuple[str, str]],
@@ -252,14 +287,15 @@ async def load_run_lots(
     an account with no clawback in the run does without its live lots."""
     if not accounts:
         return {}
-    live = or_(LotRow.state == "pending", (LotRow.state == "available") & (LotRow.remaining > 0))
-    cond: ColumnElement[bool] = tuple_(LotRow.tenant_id, LotRow.order_id).in_(sorted(orders))
-    if clawing:
-        cond = or_(cond, live & tuple_(LotRow.tenant_id, LotRow.customer_id).in_(sorted(clawing)))
     rows = await session.scalars(
-        select(LotRow).where(
-            tuple_(LotRow.tenant_id, LotRow.customer_id).in_(sorted(accounts)), cond
-        )
+        RUN_LOTS,
+        {
+            "a_tenant_id": [t for t, _ in accounts],
+            "a_customer_id": [c for _, c in accounts],
+            "a_clawing": [k in clawing for k in accounts],
+            "o_tenant_id": [t for t, _ in orders],
+            "o_order_id": [o for _, o in orders],
+        },
     )
     out: dict[tuple[str, str], list[domain.Lot]] = {}
     for row in rows:
@@ -684,6 +720,20 @@ async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> Or
     )
 
 
+_order_keys = _unnest("k", tenant_id=Text, order_id=Text)
+LOCK_ORDERS = (
+    select(OrderRow)
+    .join(
+        _order_keys,
+        (OrderRow.tenant_id == _order_keys.c.tenant_id)
+        & (OrderRow.order_id == _order_keys.c.order_id),
+    )
+    .order_by(OrderRow.tenant_id, OrderRow.order_id)
+    .with_for_update(of=OrderRow)
+    .execution_options(populate_existing=True)
+)
+
+
 async def lock_orders(
     session: AsyncSession, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], OrderRow]:
@@ -693,11 +743,7 @@ async def lock_orders(
     if not keys:
         return {}
     rows = await session.scalars(
-        select(OrderRow)
-        .where(tuple_(OrderRow.tenant_id, OrderRow.order_id).in_(sorted(keys)))
-        .order_by(OrderRow.tenant_id, OrderRow.order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        LOCK_ORDERS, {"k_tenant_id": [t for t, _ in keys], "k_order_id": [o for _, o in keys]}
     )
     return {(o.tenant_id, o.order_id): o for o in rows}
 
