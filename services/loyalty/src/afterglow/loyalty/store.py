@@ -67,6 +67,37 @@ async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRul
     return rules
 
 
+def _unnest(name: str, **types: Any) -> Any:
+    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
+    column, so that a statement's text is the same for any number of them (an ``IN``
+    list is a new statement, prepared again, for every size a batch comes in)."""
+    return (
+        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*types)
+        .render_derived(name=name)
+    )
+
+
+_locked_keys = _unnest("l", tenant_id=Text, customer_id=Text)
+# Accounts locked in (tenant, customer) order, the one order every lock of an account is
+# taken in: loaded (open_accounts), or only locked (lock_accounts).
+ACCOUNTS_FOR_UPDATE = (
+    select(Account)
+    .join(
+        _locked_keys,
+        (Account.tenant_id == _locked_keys.c.tenant_id)
+        & (Account.customer_id == _locked_keys.c.customer_id),
+    )
+    .order_by(Account.tenant_id, Account.customer_id)
+    .with_for_update(of=Account)
+)
+LOCK_ACCOUNTS = ACCOUNTS_FOR_UPDATE.with_only_columns(Account.tenant_id)
+
+
+def _account_params(keys: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"l_tenant_id": [t for t, _ in keys], "l_customer_id": [c for _, c in keys]}
+
+
 async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> None:
     """Lock the existing accounts of ``keys`` (tenant, customer) with one statement, in
     that order. A batch holds its accounts until it commits, and one account is reached
@@ -74,12 +105,7 @@ async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> No
     in event order, two batches could each hold one and wait for the other's."""
     if not keys:
         return
-    await session.execute(
-        select(Account.tenant_id)
-        .where(tuple_(Account.tenant_id, Account.customer_id).in_(sorted(keys)))
-        .order_by(Account.tenant_id, Account.customer_id)
-        .with_for_update()
-    )
+    await session.execute(LOCK_ACCOUNTS, _account_params(sorted(keys)))
 
 
 async def save_rules(
@@ -236,17 +262,6 @@ async def load_wallet(
     ).scalars()
     return domain.Wallet(
         available=account.available, pending=account.pending, lots=[_to_lot(r) for r in rows]
-    )
-
-
-def _unnest(name: str, **types: Any) -> Any:
-    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
-    column, so that a statement's text is the same for any number of them (an ``IN``
-    list is a new statement, prepared again, for every size a batch comes in)."""
-    return (
-        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
-        .table_valued(*types)
-        .render_derived(name=name)
     )
 
 
@@ -572,8 +587,9 @@ async def qualifying_values(
         value, oldest, customer, conds = _qualifying(rules[tenant], tenant, now)
         rows = await session.execute(
             select(customer, value, oldest)
-            .where(*conds, customer.in_(customers))
-            .group_by(customer)
+            .where(*conds, customer == func.any(bindparam("customers", type_=ARRAY(Text))))
+            .group_by(customer),
+            {"customers": customers},
         )
         for who, found, first in rows:
             out[(tenant, who)] = (int(found), first)
@@ -830,14 +846,10 @@ async def open_accounts(
             "at": now,
         },
     )
-    rows = await session.execute(
-        select(Account)
-        .where(tuple_(Account.tenant_id, Account.customer_id).in_(keys))
-        .order_by(Account.tenant_id, Account.customer_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    rows = await session.scalars(
+        ACCOUNTS_FOR_UPDATE.execution_options(populate_existing=True), _account_params(keys)
     )
-    return {(a.tenant_id, a.customer_id): a for a in rows.scalars()}
+    return {(a.tenant_id, a.customer_id): a for a in rows}
 
 
 # Every column of a new order but its refunds (none yet: an empty array, which unnest
