@@ -894,9 +894,12 @@ class LoyaltyService:
         tenants = sorted({c.tenant for c in changes})
         rules = {t: await store.load_rules(session, t) for t in tenants}
         keys = sorted(set(owners))
-        accounts = await store.open_accounts(
-            session, keys, {t: r.tiers[0].name for t, r in rules.items()}, now
-        )
+        # An order's account was opened with it: read, not created (a statement less).
+        accounts = await store.locked_accounts(session, keys)
+        if missing := [k for k in keys if k not in accounts]:
+            # Never seen: opened as the per-event path would (store.lock_account).
+            first_tier = {t: r.tiers[0].name for t, r in rules.items()}
+            accounts |= await store.open_accounts(session, missing, first_tier, now)
         clawing = {
             key
             for key, c in zip(owners, changes, strict=True)

@@ -846,6 +846,14 @@ async def open_accounts(
             "at": now,
         },
     )
+    return await locked_accounts(session, keys)
+
+
+async def locked_accounts(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Account]:
+    """The existing accounts of ``keys`` (tenant, customer, sorted), locked in that
+    order and re-read, in one statement."""
     rows = await session.scalars(
         ACCOUNTS_FOR_UPDATE.execution_options(populate_existing=True), _account_params(keys)
     )
