@@ -26,7 +26,7 @@ from afterglow.events.catalog import (
 from afterglow.kit.app import Runtime
 from afterglow.loyalty import store
 from afterglow.loyalty.deps import deps_of
-from afterglow.loyalty.service import LoyaltyService, Placed
+from afterglow.loyalty.service import Changed, LoyaltyService, Placed
 
 
 class Handlers:
@@ -64,6 +64,13 @@ class Handlers:
                 # See order_placed: no account for an order without a customer.
                 if not is_anonymous_subject(e.subject)
             ],
+        )
+
+    async def orders_changed(self, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
+        """A run of order.fulfilled, order.delivered, order.refunded and order.cancelled
+        events, in sets (what their handlers below do for each, in order)."""
+        await self.loyalty.orders_changed(
+            session, [Changed(e.tenantid, e.data, e.id) for e in events]
         )
 
     async def order_fulfilled(
@@ -127,26 +134,44 @@ ONE_BY_ONE: dict[type, Callable[[Handlers, AsyncSession, Any], Awaitable[None]]]
 }
 
 
+# The events applied in sets, by the batch function of their run: every order event
+# (the hot path: each order is placed, fulfilled or delivered, and some refunded).
+IN_SETS: dict[type, Callable[[Handlers, AsyncSession, list[Any]], Awaitable[None]]] = {
+    OrderPlaced: Handlers.orders_placed,
+    OrderFulfilled: Handlers.orders_changed,
+    OrderDelivered: Handlers.orders_changed,
+    OrderRefunded: Handlers.orders_changed,
+    OrderCancelled: Handlers.orders_changed,
+}
+
+
 async def apply(h: Handlers, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
     """Lock order: the batch's existing accounts first, by (tenant, customer), in one
     statement; then the events in partition order. Each run of consecutive order.placed
-    events (every order goes through it: the hot path) is applied in sets
-    (Handlers.orders_placed); the other events one by one. The rules are read once per
-    tenant per batch."""
+    events is applied in sets (Handlers.orders_placed), and so is each run of
+    consecutive other order events (Handlers.orders_changed); the other events one by
+    one. The rules are read once per tenant per batch."""
     session.info[store.RULES_CACHE] = {}
-    placed: list[CloudEvent[OrderPlaced]] = []
+    pending: list[CloudEvent[Any]] = []
 
     def take(event: CloudEvent[Any]) -> bool:
-        if isinstance(event.data, OrderPlaced):
-            placed.append(event)
+        if type(event.data) in IN_SETS:
+            pending.append(event)
             return True
         return False
 
     async def flush() -> None:
-        if placed:
-            run = list(placed)
-            placed.clear()
-            await h.orders_placed(session, run)
+        # Consecutive events of one batch function make a run; runs go in order, each
+        # seeing the writes of the one before.
+        runs: list[list[CloudEvent[Any]]] = []
+        for event in pending:
+            if runs and IN_SETS[type(runs[-1][0].data)] is IN_SETS[type(event.data)]:
+                runs[-1].append(event)
+            else:
+                runs.append([event])
+        pending.clear()
+        for run in runs:
+            await IN_SETS[type(run[0].data)](h, session, run)
             await _fresh(session)
 
     async def one(event: CloudEvent[Any]) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -188,6 +189,146 @@ def _with_order(
         value += points
         oldest = at if oldest is None or at < oldest else oldest
     return value, oldest
+
+
+@dataclass(frozen=True)
+class Changed:
+    """One event of a run about an order already placed (fulfilled, delivered, refunded
+    or cancelled) and its event id (cause)."""
+
+    tenant: str
+    data: OrderFulfilled | OrderDelivered | OrderRefunded | OrderCancelled
+    cause: str
+
+
+def _lots_of(wallet: domain.Wallet, order_id: str) -> list[domain.Lot]:
+    """The order's lots in the order they are released and clawed back: its own points,
+    then its first-order bonus. A fixed order, not the order rows came back in: which
+    lot repays a debt first, and which lots a clawback spends after the clawed one, then
+    do not depend on a query plan."""
+    return sorted(
+        (lot for lot in wallet.lots if lot.order_id == order_id),
+        key=lambda lot: (lot.earned_at, lot.source != "order", lot.id),
+    )
+
+
+def _refund_amount(order: OrderRow, data: OrderRefunded) -> int | None:
+    """The refund in the order's own currency (never a refund in one currency compared
+    with a total in another); None when it cannot be related to the order's total."""
+    other = (
+        (order.other_currency, order.other_minor)
+        if order.other_currency and order.other_minor is not None
+        else None
+    )
+    return domain.refund_in_order_currency(
+        order.currency, order.total_minor, other, _pairs(data.amounts())
+    )
+
+
+def _unrelated_refund_reason(order: OrderRow, data: OrderRefunded) -> str:
+    return (
+        f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
+        f" be related to the order's total in {order.currency}: no points taken back"
+    )
+
+
+def _tier_parts(
+    rules: domain.ProgramRules, order: OrderRow, lots: list[domain.Lot], now: datetime
+) -> list[tuple[int, datetime]]:
+    """What one order adds to its account's tier figure (store.qualifying_value), as
+    (amount, when) parts: its net spend in the program's currency, or the points of its
+    lots, with the same conditions as the SQL. Only an event about the order changes
+    them, so a run keeps each account's figure by adding the difference."""
+    since = domain.add_months(now, -rules.tier_window_months)
+    if rules.tier_basis == "spend":
+        counted = (
+            order.value_currency == rules.currency
+            and order.fx_factor is not None
+            and not order.cancelled
+            and not order.fully_refunded
+            and order.placed_at > since
+        )
+        if not counted or order.fx_factor is None:
+            return []
+        net = max(order.total_minor - order.refunded_minor, 0)
+        return [(domain.convert_minor(net, order.fx_factor), order.placed_at)]
+    return [
+        (lot.points - lot.clawed, lot.earned_at)
+        for lot in lots
+        if lot.order_id == order.order_id
+        and lot.state != "void"
+        and lot.source != "adjust"
+        and lot.earned_at > since
+    ]
+
+
+@dataclass
+class _Run:
+    """A run of order events in memory: what it read once (orders, accounts, their
+    wallets and tier figures) and what it writes once (entries, events; the lots from
+    the wallets, the orders and accounts by the session's flush)."""
+
+    now: datetime
+    rules: dict[str, domain.ProgramRules]
+    orders: dict[tuple[str, str], OrderRow]
+    accounts: dict[tuple[str, str], Account]
+    wallets: dict[tuple[str, str], domain.Wallet]
+    figures: dict[tuple[str, str], tuple[int, datetime | None]]
+    # Accounts whose tier figure lost a part that may have been its oldest: when the
+    # tier is next reviewed (tier_review_at) is read again once the run is written.
+    recount: set[tuple[str, str]] = field(default_factory=set)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    events: list[CloudEvent[Any]] = field(default_factory=list)
+
+    def order(self, c: Changed) -> OrderRow:
+        return self.orders[(c.tenant, c.data.order_id)]
+
+    def settle(self, key: tuple[str, str], entries: list[domain.Entry]) -> None:
+        """store.persist's entries, balances and events, kept for the run's writes."""
+        account, wallet = self.accounts[key], self.wallets[key]
+        self.entries += [
+            store.entry_row(account.tenant_id, account.customer_id, e) for e in entries
+        ]
+        self.events += store.settle(account, wallet, entries, self.now)
+
+    def parts(self, key: tuple[str, str], order: OrderRow) -> list[tuple[int, datetime]]:
+        """The order's part of its account's tier figure now (_tier_parts)."""
+        return _tier_parts(self.rules[key[0]], order, self.wallets[key].lots, self.now)
+
+    def retier(
+        self,
+        key: tuple[str, str],
+        before: list[tuple[int, datetime]],
+        order: OrderRow,
+        cause: str,
+        notify: bool,
+    ) -> None:
+        """store.refresh_tier after an event about ``order``, whose tier parts were
+        ``before``: the figure moves by the difference."""
+        rules, account = self.rules[key[0]], self.accounts[key]
+        after = self.parts(key, order)
+        value, oldest = self.figures[key]
+        value += sum(v for v, _ in after) - sum(v for v, _ in before)
+        gone = Counter(at for _, at in before) - Counter(at for _, at in after)
+        if oldest is not None and oldest in gone:
+            self.recount.add(key)
+        for _, at in after:
+            oldest = at if oldest is None or at < oldest else oldest
+        self.figures[key] = (value, oldest)
+        self.events += store.tier_events(
+            rules, account, value, oldest, self.now, cause, notify=notify
+        )
+
+    def lot_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for (tenant, customer), wallet in self.wallets.items():
+            rows += [
+                store.lot_row(tenant, customer, lot)
+                for lot in wallet.lots
+                if lot.id in wallet.dirty
+            ]
+            wallet.dirty.clear()
+        return rows
 
 
 class LoyaltyService:
@@ -538,8 +679,8 @@ class LoyaltyService:
             entries += await self._earn_order(rules, account, wallet, order, now, historical)
         when = order.fulfilled_at or order.delivered_at
         if when is not None:
-            for lot in wallet.lots:
-                if lot.order_id == order.order_id and lot.state == "pending":
+            for lot in _lots_of(wallet, order.order_id):
+                if lot.state == "pending":
                     wallet.schedule(lot, _available_at(rules, when, now, historical))
                     entries += wallet.release(lot, rules, now)
         await store.persist(session, self.outbox, account, wallet, entries, now)
@@ -677,9 +818,7 @@ class LoyaltyService:
         wallet = await store.load_wallet(session, account, order.order_id)
         rec = order_record(order)
         entries: list[domain.Entry] = []
-        for lot in wallet.lots:
-            if lot.order_id != order.order_id:
-                continue
+        for lot in _lots_of(wallet, order.order_id):
             # The lot's own points and the amount it was earned on: the rule that earned
             # the points decides, whatever the rules say today.
             target = domain.order_clawback_target(lot, rec)
@@ -695,16 +834,7 @@ class LoyaltyService:
         if order is None:
             return
         rec = order_record(order)
-        other = (
-            (order.other_currency, order.other_minor)
-            if order.other_currency and order.other_minor is not None
-            else None
-        )
-        # The refund in the order's own currency: never a refund in one currency
-        # compared with a total in another.
-        refunded = domain.refund_in_order_currency(
-            order.currency, order.total_minor, other, _pairs(data.amounts())
-        )
+        refunded = _refund_amount(order, data)
         if refunded is None and not data.full:
             if data.refund_id not in rec.refund_ids:
                 await self._flag_unrelated_refund(session, tenant, order, data)
@@ -728,10 +858,7 @@ class LoyaltyService:
         rules = await store.load_rules(session, tenant)
         account = await store.lock_account(session, tenant, order.customer_id, now, rules)
         assert account is not None
-        reason = (
-            f"refund {data.refund_id} of {data.amount.amount} {data.amount.currency} cannot"
-            f" be related to the order's total in {order.currency}: no points taken back"
-        )
+        reason = _unrelated_refund_reason(order, data)
         await self._note_unpriced(session, account, order.order_id, reason, now)
 
     async def order_cancelled(
@@ -742,6 +869,157 @@ class LoyaltyService:
             return
         order.cancelled = True
         await self._claw_order(session, tenant, order, "order cancelled", cause)
+
+    async def orders_changed(self, session: AsyncSession, changes: list[Changed]) -> None:
+        """:meth:`order_fulfilled`, :meth:`order_delivered`, :meth:`order_refunded` and
+        :meth:`order_cancelled` for a run of events, in sets, with the outcome of calling
+        them for each in order: the run's orders, accounts, lots and tier figures are
+        read with one statement per table (per tenant for tiers), the events run in
+        memory in order (each sees the earlier ones' changes to its order, account and
+        lots), and each table is written with one statement (orders and accounts by the
+        session's flush). The clock is read once: the run is one transaction.
+
+        Locks: the orders in (tenant, order id) order, then the accounts in (tenant,
+        customer) order, each in one statement; the batch handler locked the event
+        subjects' accounts before any of it."""
+        now = self.now()
+        orders = await store.lock_orders(session, {(c.tenant, c.data.order_id) for c in changes})
+        # An order never placed here (or placed without a customer) earns and loses
+        # nothing: its events change nothing, as one by one.
+        changes = [c for c in changes if (c.tenant, c.data.order_id) in orders]
+        if not changes:
+            return
+        # Each event's account: its order's customer (a pseudonym once erased).
+        owners = [(c.tenant, orders[(c.tenant, c.data.order_id)].customer_id) for c in changes]
+        tenants = sorted({c.tenant for c in changes})
+        rules = {t: await store.load_rules(session, t) for t in tenants}
+        keys = sorted(set(owners))
+        # An order's account was opened with it: read, not created (a statement less).
+        accounts = await store.locked_accounts(session, keys)
+        if missing := [k for k in keys if k not in accounts]:
+            # Never seen: opened as the per-event path would (store.lock_account).
+            first_tier = {t: r.tiers[0].name for t, r in rules.items()}
+            accounts |= await store.open_accounts(session, missing, first_tier, now)
+        clawing = {
+            key
+            for key, c in zip(owners, changes, strict=True)
+            if isinstance(c.data, OrderRefunded | OrderCancelled)
+        }
+        lots = await store.load_run_lots(session, keys, sorted(orders), clawing)
+        run = _Run(
+            now=now,
+            rules=rules,
+            orders=orders,
+            accounts=accounts,
+            wallets={
+                k: domain.Wallet(available=a.available, pending=a.pending, lots=lots.get(k, []))
+                for k, a in accounts.items()
+            },
+            figures=await store.qualifying_values(session, rules, keys, now),
+        )
+        for key, c in zip(owners, changes, strict=True):
+            if isinstance(c.data, OrderRefunded):
+                self._refunded(run, key, c)
+            elif isinstance(c.data, OrderCancelled):
+                self._cancelled(run, key, c)
+            else:
+                await self._progressed(run, key, c)
+        await store.upsert_lots(session, run.lot_rows())
+        await store.insert_entries(session, run.entries)
+        if run.recount:
+            # Read once the run's orders and lots are written (the select flushes the
+            # orders): an order cancelled, or a lot voided, may have been the oldest part.
+            figures = await store.qualifying_values(session, rules, sorted(run.recount), now)
+            for key, (_, oldest) in figures.items():
+                window = rules[key[0]].tier_window_months
+                accounts[key].tier_review_at = (
+                    domain.add_months(oldest, window) if oldest is not None else None
+                )
+        await self.outbox.add(session, *run.events)
+
+    async def _progressed(self, run: _Run, key: tuple[str, str], c: Changed) -> None:
+        """order_fulfilled / order_delivered and _order_step, in memory."""
+        order = run.order(c)
+        if order.cancelled:
+            return
+        if isinstance(c.data, OrderFulfilled):
+            order.fulfilled_at = order.fulfilled_at or c.data.fulfilled_at
+            status = "fulfilled"
+        else:
+            assert isinstance(c.data, OrderDelivered)
+            order.delivered_at = order.delivered_at or c.data.delivered_at
+            status = "delivered"
+        historical = c.data.historical
+        rules, account, wallet, now = (
+            run.rules[c.tenant],
+            run.accounts[key],
+            run.wallets[key],
+            run.now,
+        )
+        before = run.parts(key, order)
+        entries: list[domain.Entry] = []
+        if not order.earned and domain.earns_at(rules, status, order_record(order)):
+            entries += await self._earn_order(rules, account, wallet, order, now, historical)
+        when = order.fulfilled_at or order.delivered_at
+        if when is not None:
+            for lot in _lots_of(wallet, order.order_id):
+                if lot.state == "pending":
+                    wallet.schedule(lot, _available_at(rules, when, now, historical))
+                    entries += wallet.release(lot, rules, now)
+        run.settle(key, entries)
+        # A past order may still move the tier, but says nothing to the customer.
+        run.retier(key, before, order, c.cause, notify=not historical)
+
+    def _refunded(self, run: _Run, key: tuple[str, str], c: Changed) -> None:
+        """order_refunded, in memory."""
+        data = c.data
+        assert isinstance(data, OrderRefunded)
+        order = run.order(c)
+        before = run.parts(key, order)
+        rec = order_record(order)
+        refunded = _refund_amount(order, data)
+        if refunded is None and not data.full:
+            if data.refund_id not in rec.refund_ids:
+                # _flag_unrelated_refund: remembered once, flagged, nothing taken back.
+                order.refund_ids = [*(order.refund_ids or []), data.refund_id]
+                reason = _unrelated_refund_reason(order, data)
+                run.settle(key, [run.wallets[key].note_unpriced(order.order_id, reason, run.now)])
+            return
+        amount = refunded if refunded is not None else order.total_minor
+        if not rec.record_refund(data.refund_id, amount, data.full):
+            return  # this refund was already applied
+        order.refund_ids = rec.refund_ids
+        order.refunded_minor = rec.refunded_minor
+        order.fully_refunded = rec.fully_refunded
+        self._clawed(run, key, order, before, f"refund {data.refund_id}", c.cause)
+
+    def _cancelled(self, run: _Run, key: tuple[str, str], c: Changed) -> None:
+        """order_cancelled, in memory."""
+        order = run.order(c)
+        if order.cancelled:
+            return
+        before = run.parts(key, order)
+        order.cancelled = True
+        self._clawed(run, key, order, before, "order cancelled", c.cause)
+
+    def _clawed(
+        self,
+        run: _Run,
+        key: tuple[str, str],
+        order: OrderRow,
+        before: list[tuple[int, datetime]],
+        reason: str,
+        cause: str,
+    ) -> None:
+        """_claw_order, in memory: the order already carries its refund or cancellation;
+        ``before`` is its tier parts from before that."""
+        wallet = run.wallets[key]
+        rec = order_record(order)
+        entries: list[domain.Entry] = []
+        for lot in _lots_of(wallet, order.order_id):
+            entries += wallet.clawback(lot, domain.order_clawback_target(lot, rec), run.now, reason)
+        run.settle(key, entries)
+        run.retier(key, before, order, cause, notify=True)
 
     # --- bonuses and erasure (events) -----------------------------------------------
 

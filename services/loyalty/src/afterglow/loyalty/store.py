@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Text,
     bindparam,
     case,
@@ -66,6 +67,37 @@ async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRul
     return rules
 
 
+def _unnest(name: str, **types: Any) -> Any:
+    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
+    column, so that a statement's text is the same for any number of them (an ``IN``
+    list is a new statement, prepared again, for every size a batch comes in)."""
+    return (
+        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*types)
+        .render_derived(name=name)
+    )
+
+
+_locked_keys = _unnest("l", tenant_id=Text, customer_id=Text)
+# Accounts locked in (tenant, customer) order, the one order every lock of an account is
+# taken in: loaded (open_accounts), or only locked (lock_accounts).
+ACCOUNTS_FOR_UPDATE = (
+    select(Account)
+    .join(
+        _locked_keys,
+        (Account.tenant_id == _locked_keys.c.tenant_id)
+        & (Account.customer_id == _locked_keys.c.customer_id),
+    )
+    .order_by(Account.tenant_id, Account.customer_id)
+    .with_for_update(of=Account)
+)
+LOCK_ACCOUNTS = ACCOUNTS_FOR_UPDATE.with_only_columns(Account.tenant_id)
+
+
+def _account_params(keys: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"l_tenant_id": [t for t, _ in keys], "l_customer_id": [c for _, c in keys]}
+
+
 async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> None:
     """Lock the existing accounts of ``keys`` (tenant, customer) with one statement, in
     that order. A batch holds its accounts until it commits, and one account is reached
@@ -73,12 +105,7 @@ async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> No
     in event order, two batches could each hold one and wait for the other's."""
     if not keys:
         return
-    await session.execute(
-        select(Account.tenant_id)
-        .where(tuple_(Account.tenant_id, Account.customer_id).in_(sorted(keys)))
-        .order_by(Account.tenant_id, Account.customer_id)
-        .with_for_update()
-    )
+    await session.execute(LOCK_ACCOUNTS, _account_params(sorted(keys)))
 
 
 async def save_rules(
@@ -236,6 +263,59 @@ async def load_wallet(
     return domain.Wallet(
         available=account.available, pending=account.pending, lots=[_to_lot(r) for r in rows]
     )
+
+
+_run_accounts = _unnest("a", tenant_id=Text, customer_id=Text, clawing=Boolean)
+_run_orders = _unnest("o", tenant_id=Text, order_id=Text)
+# See load_run_lots.
+RUN_LOTS = (
+    select(LotRow)
+    .join(
+        _run_accounts,
+        (LotRow.tenant_id == _run_accounts.c.tenant_id)
+        & (LotRow.customer_id == _run_accounts.c.customer_id),
+    )
+    .where(
+        or_(
+            tuple_(LotRow.tenant_id, LotRow.order_id).in_(
+                select(_run_orders.c.tenant_id, _run_orders.c.order_id)
+            ),
+            _run_accounts.c.clawing
+            & or_(
+                LotRow.state == "pending", (LotRow.state == "available") & (LotRow.remaining > 0)
+            ),
+        )
+    )
+)
+
+
+async def load_run_lots(
+    session: AsyncSession,
+    accounts: list[tuple[str, str]],
+    orders: list[tuple[str, str]],
+    clawing: set[tuple[str, str]],
+) -> dict[tuple[str, str], list[domain.Lot]]:
+    """:func:`load_wallet`'s lots for a run of order events, in one statement, by
+    account (tenant, customer): every lot of the run's ``orders`` (tenant, order id),
+    and the live lots of the accounts in ``clawing`` (a clawback takes what its own lot
+    lacks from the account's other points). Earning and releasing read no other lot, so
+    an account with no clawback in the run does without its live lots."""
+    if not accounts:
+        return {}
+    rows = await session.scalars(
+        RUN_LOTS,
+        {
+            "a_tenant_id": [t for t, _ in accounts],
+            "a_customer_id": [c for _, c in accounts],
+            "a_clawing": [k in clawing for k in accounts],
+            "o_tenant_id": [t for t, _ in orders],
+            "o_order_id": [o for _, o in orders],
+        },
+    )
+    out: dict[tuple[str, str], list[domain.Lot]] = {}
+    for row in rows:
+        out.setdefault((row.tenant_id, row.customer_id), []).append(_to_lot(row))
+    return out
 
 
 async def lot_exists(session: AsyncSession, tenant_id: str, source: str, source_id: str) -> bool:
@@ -507,8 +587,9 @@ async def qualifying_values(
         value, oldest, customer, conds = _qualifying(rules[tenant], tenant, now)
         rows = await session.execute(
             select(customer, value, oldest)
-            .where(*conds, customer.in_(customers))
-            .group_by(customer)
+            .where(*conds, customer == func.any(bindparam("customers", type_=ARRAY(Text))))
+            .group_by(customer),
+            {"customers": customers},
         )
         for who, found, first in rows:
             out[(tenant, who)] = (int(found), first)
@@ -655,6 +736,34 @@ async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> Or
     )
 
 
+_order_keys = _unnest("k", tenant_id=Text, order_id=Text)
+LOCK_ORDERS = (
+    select(OrderRow)
+    .join(
+        _order_keys,
+        (OrderRow.tenant_id == _order_keys.c.tenant_id)
+        & (OrderRow.order_id == _order_keys.c.order_id),
+    )
+    .order_by(OrderRow.tenant_id, OrderRow.order_id)
+    .with_for_update(of=OrderRow)
+    .execution_options(populate_existing=True)
+)
+
+
+async def lock_orders(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], OrderRow]:
+    """:func:`lock_order` for many orders (tenant, order id) in one statement, locked in
+    key order; an order never recorded is absent. The caller changes the rows and the
+    session's flush writes them."""
+    if not keys:
+        return {}
+    rows = await session.scalars(
+        LOCK_ORDERS, {"k_tenant_id": [t for t, _ in keys], "k_order_id": [o for _, o in keys]}
+    )
+    return {(o.tenant_id, o.order_id): o for o in rows}
+
+
 async def add_order(session: AsyncSession, order: OrderRow) -> None:
     """Insert a new order now (flushed: the account's later reads of its orders see it)."""
     session.add(order)
@@ -737,14 +846,18 @@ async def open_accounts(
             "at": now,
         },
     )
-    rows = await session.execute(
-        select(Account)
-        .where(tuple_(Account.tenant_id, Account.customer_id).in_(keys))
-        .order_by(Account.tenant_id, Account.customer_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    return await locked_accounts(session, keys)
+
+
+async def locked_accounts(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Account]:
+    """The existing accounts of ``keys`` (tenant, customer, sorted), locked in that
+    order and re-read, in one statement."""
+    rows = await session.scalars(
+        ACCOUNTS_FOR_UPDATE.execution_options(populate_existing=True), _account_params(keys)
     )
-    return {(a.tenant_id, a.customer_id): a for a in rows.scalars()}
+    return {(a.tenant_id, a.customer_id): a for a in rows}
 
 
 # Every column of a new order but its refunds (none yet: an empty array, which unnest
