@@ -8,12 +8,14 @@ Retry-After; a client leaving mid-body is no server error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
@@ -62,6 +64,45 @@ class TestGroupCommit:
         stored = first if first.json()["status"] == "received" else second
         done = await settled(client, tenant_id, stored)
         assert done.json()["status"] == "processed" and len(done.json()["events"]) == 1
+
+
+class TestHeldConnection:
+    async def test_a_writer_whose_connection_was_killed_stores_the_next_batch(
+        self, stack, tenant_id
+    ):
+        # Each writer task keeps its connection between batches (no ping on checkout):
+        # one the server dropped meanwhile is replaced, the batch is stored, no 503.
+        name = f"writer-{tenant_id}"
+        writer_engine = create_async_engine(
+            stack.database_url, connect_args={"server_settings": {"application_name": name}}
+        )
+        now = datetime.now(UTC)
+        new = [
+            NewDelivery(tenant_id, "shopify", "orders/create", f"k{n}", {}, b"{}", now)
+            for n in range(2)
+        ]
+        writer = DeliveryWriter(writer_engine, max_waiting=10, max_batch=10, retry_after_s=1)
+        task = asyncio.ensure_future(writer.run())
+        try:
+            async with database(stack) as engine:
+                assert await writer.store(new[0]) is True
+                async with engine.connect() as conn:
+                    killed = await conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": name},
+                    )
+                    assert killed.scalars().all() == [True]
+                assert await writer.store(new[1]) is True
+                state = await tenant_state(engine, tenant_id)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await writer_engine.dispose()
+        assert set(state["deliveries"]) == {d.id for d in new}
 
 
 class TestOneApplier:
