@@ -135,6 +135,13 @@ class DeliveryWriter:
         self._queue: deque[_Waiting] = deque()
         self._ready = asyncio.Event()
         self.waiting = 0  # requests in store(): queued or in a commit under way
+        # When the last request came to store() (loop time): the processing worker
+        # keeps its rounds short while requests keep coming, not only while some wait.
+        self.last_arrival = float("-inf")
+
+    def arrived_within(self, seconds: float) -> bool:
+        """Whether a request came to :meth:`store` in the last ``seconds``."""
+        return asyncio.get_running_loop().time() - self.last_arrival < seconds
 
     def overloaded(self) -> Overloaded:
         return Overloaded(
@@ -148,9 +155,11 @@ class DeliveryWriter:
         at once (503), so memory and waiting time stay bounded under overload. A
         request cancelled meanwhile (the client left) may still be stored: the
         sender's retry is then answered as a duplicate."""
+        loop = asyncio.get_running_loop()
+        self.last_arrival = loop.time()
         if self.waiting >= self.max_waiting:
             raise self.overloaded()
-        waiting = _Waiting(delivery, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(delivery, loop.create_future())
         self.waiting += 1
         try:
             self._queue.append(waiting)
