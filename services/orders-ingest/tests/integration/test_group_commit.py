@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
-from afterglow.ingest.processing import APPLIER_LOCK
+from afterglow.ingest.processing import APPLIER_LOCK, QUIET_S, _answers_first
 
 from ..hotpath_support import (
     database,
@@ -122,6 +122,30 @@ class TestOneApplier:
             await other.execute(select(func.pg_advisory_unlock(APPLIER_LOCK)))
             state = await until_processed(engine, tenant_id, 3)
         assert {s for s, _ in state["deliveries"].values()} == {"processed"}
+
+
+class TestAnswersFirst:
+    """The processing worker shares the event loop with the webhook requests: while
+    they keep coming, its rounds are short (a full one held every request up)."""
+
+    async def test_a_webhook_received_is_noted_as_an_arrival(self, client, runtime, tenant_id):
+        secret = (await register(client, tenant_id))["shopify"]
+        before = asyncio.get_running_loop().time()
+        assert (await post_order(client, tenant_id, secret, 1)).status_code == 200
+        assert deps_of(runtime).writer.last_arrival >= before
+
+    async def test_while_webhooks_keep_arriving_a_round_is_short(self, runtime):
+        # Nobody waits for a commit (the writer is idle between two arrivals), yet
+        # one just arrived: a burst is under way.
+        writer = deps_of(runtime).writer
+        writer.last_arrival = asyncio.get_running_loop().time()
+        assert writer.waiting == 0
+        assert await _answers_first(runtime, 0.5) is True
+
+    async def test_once_the_webhooks_stop_a_round_is_full(self, runtime):
+        writer = deps_of(runtime).writer
+        writer.last_arrival = asyncio.get_running_loop().time() - 10 * QUIET_S
+        assert await _answers_first(runtime, 0.5) is False
 
 
 class TestOverload:
