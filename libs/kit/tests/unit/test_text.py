@@ -46,6 +46,20 @@ class TestLoadsBounded:
     def test_at_the_bound_is_taken(self):
         assert loads_bounded(b"[" * 64 + b"]" * 64) is not None
 
+    def test_wide_but_shallow_is_taken(self):
+        # More "{" and "[" than the bound, but side by side: the walk decides.
+        body = b'{"items": [' + b",".join([b'{"a": [1]}'] * 100) + b"]}"
+        assert len(loads_bounded(body)["items"]) == 100
+
+    def test_too_deep_among_many_siblings_is_refused(self):
+        body = b"[" + b"{}," * 100 + b"[" * 64 + b"]" * 64 + b"]"
+        with pytest.raises(JsonBodyError) as err:
+            loads_bounded(body)
+        assert err.value.code == "too_deep"
+
+    def test_brackets_inside_strings_change_nothing(self):
+        assert loads_bounded(b'{"note": "' + b"[{" * 100 + b'"}') == {"note": "[{" * 100}
+
     @pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b'{"n": ' + b"9" * 5000 + b"}"])
     def test_malformed_is_refused(self, body):
         with pytest.raises(JsonBodyError) as err:

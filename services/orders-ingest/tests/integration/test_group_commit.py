@@ -8,16 +8,18 @@ Retry-After; a client leaving mid-body is no server error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
-from afterglow.ingest.processing import APPLIER_LOCK
+from afterglow.ingest.processing import APPLIER_LOCK, QUIET_S, _answers_first
 
 from ..hotpath_support import (
     database,
@@ -64,6 +66,45 @@ class TestGroupCommit:
         assert done.json()["status"] == "processed" and len(done.json()["events"]) == 1
 
 
+class TestHeldConnection:
+    async def test_a_writer_whose_connection_was_killed_stores_the_next_batch(
+        self, stack, tenant_id
+    ):
+        # Each writer task keeps its connection between batches (no ping on checkout):
+        # one the server dropped meanwhile is replaced, the batch is stored, no 503.
+        name = f"writer-{tenant_id}"
+        writer_engine = create_async_engine(
+            stack.database_url, connect_args={"server_settings": {"application_name": name}}
+        )
+        now = datetime.now(UTC)
+        new = [
+            NewDelivery(tenant_id, "shopify", "orders/create", f"k{n}", {}, b"{}", now)
+            for n in range(2)
+        ]
+        writer = DeliveryWriter(writer_engine, max_waiting=10, max_batch=10, retry_after_s=1)
+        task = asyncio.ensure_future(writer.run())
+        try:
+            async with database(stack) as engine:
+                assert await writer.store(new[0]) is True
+                async with engine.connect() as conn:
+                    killed = await conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": name},
+                    )
+                    assert killed.scalars().all() == [True]
+                assert await writer.store(new[1]) is True
+                state = await tenant_state(engine, tenant_id)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await writer_engine.dispose()
+        assert set(state["deliveries"]) == {d.id for d in new}
+
+
 class TestOneApplier:
     async def test_while_another_process_applies_this_one_only_stores(
         self, client, stack, tenant_id
@@ -81,6 +122,30 @@ class TestOneApplier:
             await other.execute(select(func.pg_advisory_unlock(APPLIER_LOCK)))
             state = await until_processed(engine, tenant_id, 3)
         assert {s for s, _ in state["deliveries"].values()} == {"processed"}
+
+
+class TestAnswersFirst:
+    """The processing worker shares the event loop with the webhook requests: while
+    they keep coming, its rounds are short (a full one held every request up)."""
+
+    async def test_a_webhook_received_is_noted_as_an_arrival(self, client, runtime, tenant_id):
+        secret = (await register(client, tenant_id))["shopify"]
+        before = asyncio.get_running_loop().time()
+        assert (await post_order(client, tenant_id, secret, 1)).status_code == 200
+        assert deps_of(runtime).writer.last_arrival >= before
+
+    async def test_while_webhooks_keep_arriving_a_round_is_short(self, runtime):
+        # Nobody waits for a commit (the writer is idle between two arrivals), yet
+        # one just arrived: a burst is under way.
+        writer = deps_of(runtime).writer
+        writer.last_arrival = asyncio.get_running_loop().time()
+        assert writer.waiting == 0
+        assert await _answers_first(runtime, 0.5) is True
+
+    async def test_once_the_webhooks_stop_a_round_is_full(self, runtime):
+        writer = deps_of(runtime).writer
+        writer.last_arrival = asyncio.get_running_loop().time() - 10 * QUIET_S
+        assert await _answers_first(runtime, 0.5) is False
 
 
 class TestOverload:
