@@ -72,8 +72,13 @@ class GroupCommit(Generic[T, R]):
         max_waiting: int,
         max_batch: int,
         retry_after_s: int,
+        transient: Callable[[Exception], BaseException] | None = None,
     ) -> None:
+        """``transient``: what a request is answered when the database is briefly
+        away (by default :class:`Overloaded`, 503 with Retry-After; ``lambda exc:
+        exc`` hands the error itself to the app's error handlers)."""
         self._apply = apply
+        self._transient = transient
         self.name = name
         self.max_waiting = max_waiting
         self.max_batch = max_batch
@@ -103,8 +108,7 @@ class GroupCommit(Generic[T, R]):
         """Start ``writers`` writer tasks; the caller owns them (the app's lifespan
         cancels them on exit, which refuses what still waits with 503)."""
         return [
-            asyncio.create_task(self.run(), name=f"{self.name}-writer-{n}")
-            for n in range(writers)
+            asyncio.create_task(self.run(), name=f"{self.name}-writer-{n}") for n in range(writers)
         ]
 
     async def run(self) -> None:
@@ -157,7 +161,8 @@ class GroupCommit(Generic[T, R]):
     def _failed(self, w: _Waiting[T, R], exc: Exception) -> None:
         if classify(exc) is Verdict.TRANSIENT:
             log.warning("%s: answered 503: %s", self.name, type(exc).__name__)
-            self._settle(w, self.overloaded("the database is unavailable; retry shortly"))
+            unavailable = self.overloaded("the database is unavailable; retry shortly")
+            self._settle(w, self._transient(exc) if self._transient else unavailable)
         else:
             log.error("%s: a request failed", self.name, exc_info=exc)
             self._settle(w, exc)
@@ -170,4 +175,3 @@ class GroupCommit(Generic[T, R]):
             w.done.set_exception(outcome)
         else:
             w.done.set_result(outcome)
-
