@@ -195,3 +195,33 @@ def wrk(
         max_ms=data["max_us"] / 1000,
         ids=ids,
     )
+
+
+def wrk_script(
+    url: str,
+    script: Path,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    connections: int,
+    duration: int,
+) -> WrkResult:
+    """Run wrk with another Lua ``script`` whose done() writes the same JSON as
+    webhooks.lua to WRK_OUT (no delivery ids: ``ids`` is empty)."""
+    out = workdir / f"wrk-{uuid.uuid4().hex[:6]}.json"
+    cmd = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+    cmd += ["--latency", "-s", str(script), url]
+    run_env = {**os.environ, **env, "WRK_THREADS": str(THREADS), "WRK_OUT": str(out)}
+    subprocess.run(cmd, env=run_env, check=True, stdout=subprocess.DEVNULL)
+    data = json.loads(out.read_text())
+    return WrkResult(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        statuses={int(k): v for k, v in data["statuses"].items()},
+        socket_errors={k: v for k, v in data["errors"].items() if v},
+        wrapped=0,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        ids=[],
+    )

@@ -1,24 +1,42 @@
-"""Redemptions per second one loyalty instance sustains, against floors in the same run.
+"""Loyalty's throughput on the real stack, each figure next to its floor in the same run.
 
-Real stack (embedded PostgreSQL + broker via running_stack), the app in-process over
-ASGI with its full lifespan (relay publishing the redemption events, consumers, worker).
-Prints:
-  * events/s the ledger consumer applies (order.placed then order.fulfilled of many
-    customers), next to the bare batch-consumer floor on the same records
-    (bench/consumer_rate.py);
-  * redemptions/s spread over many accounts, and on one hot account (row lock serializes);
-  * floor 1: GET /healthz through the same client and concurrency (framework overhead);
-  * floor 2: a bare "BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT" loop on the same DB;
-  * the ratios.
-Usage: uv run python bench/loyalty/run.py [--events 4000] [--requests 2000] [--concurrency 20]
+Real stack (embedded PostgreSQL + broker via running_stack). Prints:
+
+* events/s the ledger consumer applies (order.placed then order.fulfilled of many
+  customers), the app in-process with its full lifespan, next to the bare
+  batch-consumer floor on the same records (bench/consumer_rate.py);
+* redemptions/s under ``wrk`` (a compiled load generator: a Python client saturates
+  near a few hundred requests/s and then measures itself; ``apt-get install wrk``)
+  against loyalty under uvicorn (``afterglow serve loyalty``), every request a distinct
+  redemption with its own Idempotency-Key (bench/loyalty/redemptions.lua), spread over
+  ``--accounts`` accounts and then all on one hot account (its row lock serializes
+  them), for ``--duration`` seconds at ``--connections`` connections:
+  - before: ``LOYALTY_REDEEM_GROUP_COMMIT=false``, one transaction per request (the
+    path before the group commit);
+  - after: the group commit (afterglow.loyalty.redemptions);
+  after each phase: the 201s answered against the redemptions stored, and the ledger
+  checked (no account below zero, every balance the sum of its entries);
+* floor 1: a bare endpoint at the same path (parses the same body, answers 201; no
+  auth lookup, no database: bench/loyalty/floor.py) under the same uvicorn settings and
+  the same wrk load;
+* floor 2: a bare "BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT" loop on the same DB,
+  spread over the same accounts.
+
+Targets (issue 18): >= 1,500 redemptions/s spread, >= 500/s on one hot account, never
+overdrawn. Printed, never asserted.
+
+Usage: uv run python bench/loyalty/run.py [--events 4000] [--duration 10]
+       [--connections 50] [--accounts 200] [--no-before]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,6 +44,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig
@@ -33,6 +52,11 @@ from afterglow.events.catalog import CustomerInfo, Money, OrderFulfilled, OrderP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from consumer_rate import floor_rate, report, service_consumer, service_rate
+from wrkload import THREADS, WrkResult, free_port, process, require_wrk, wrk_script
+
+HERE = Path(__file__).parent
+LUA = HERE / "redemptions.lua"
+PRICE = 500  # five-off, the reward every request redeems
 
 
 def ledger_events(tenant: str, n: int, customers: int = 1000) -> list[CloudEvent]:
@@ -60,7 +84,7 @@ def ledger_events(tenant: str, n: int, customers: int = 1000) -> list[CloudEvent
     return placed + fulfilled
 
 
-async def timed(n: int, concurrency: int, make) -> float:
+async def timed(n: int, concurrency: int, make) -> float:  # type: ignore[no-untyped-def]
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
@@ -72,98 +96,250 @@ async def timed(n: int, concurrency: int, make) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def main(events: int, requests: int, concurrency: int) -> None:
+async def consumer_figure(events: int) -> None:
+    """The ledger consumer in-process (its full lifespan), next to the bare consumer."""
     from afterglow.loyalty.app import create_app
     from afterglow.loyalty.settings import LoyaltySettings
 
-    app = create_app(LoyaltySettings(log_level="WARNING", db_pool_size=concurrency + 5))
+    app = create_app(LoyaltySettings(log_level="WARNING"))
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
-    accounts = 200
     async with app.router.lifespan_context(app):
         rt = app.state.runtime
-        if events:
-            settings = rt.settings
-            kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
-            ledger = service_consumer(rt, "ledger")
-            # Warm-up: plans, pool, the group's assignment.
-            await service_rate(rt, ledger, ledger_events(f"warm-{tenant}", 200))
-            rate = await service_rate(rt, ledger, ledger_events(f"ev-{tenant}", events))
-            floor = await floor_rate(rt, kafka, ledger_events(f"floor-{tenant}", events))
-            report("loyalty ledger consumer (order.placed + order.fulfilled)", events, rate, floor)
-        if not requests:
-            return
-        async with rt.sessionmaker.begin() as s:
-            key = await rt.api_keys.create(s, tenant, ["loyalty:read", "loyalty:write"])
-        h = {"Authorization": f"Bearer {key}"}
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            per = (requests // accounts + 2) * 500 * 2
-            for a in range(accounts):
-                r = await client.post(
-                    f"/v1/accounts/c{a}/adjustments",
-                    json={"points": per, "reason": "bench"},
-                    headers=h,
+        settings = rt.settings
+        kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        ledger = service_consumer(rt, "ledger")
+        # Warm-up: plans, pool, the group's assignment.
+        await service_rate(rt, ledger, ledger_events(f"warm-{tenant}", 200))
+        rate = await service_rate(rt, ledger, ledger_events(f"ev-{tenant}", events))
+        floor = await floor_rate(rt, kafka, ledger_events(f"floor-{tenant}", events))
+        report("loyalty ledger consumer (order.placed + order.fulfilled)", events, rate, floor)
+
+
+def loyalty(env: dict[str, str], grouped: bool) -> contextlib.AbstractContextManager[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "afterglow.kit.cli", "serve", "loyalty", "--port", str(port)]
+    cmd += ["--host", "127.0.0.1"]
+    flag = {"LOYALTY_REDEEM_GROUP_COMMIT": "true" if grouped else "false"}
+    return process(cmd, {**env, **flag}, port, "loyalty")
+
+
+def floor_endpoint() -> contextlib.AbstractContextManager[str]:
+    """bench/loyalty/floor.py under the uvicorn settings ``afterglow serve`` uses."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "floor:create_app", "--factory"]
+    cmd += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "20"]
+    return process(cmd, {}, port, "floor endpoint")
+
+
+async def new_key(database_url: str, tenant: str) -> str:
+    from afterglow.kit.auth import ApiKeyStore
+    from afterglow.loyalty.models import api_keys
+
+    engine = create_async_engine(database_url)
+    try:
+        async with AsyncSession(engine) as session, session.begin():
+            key = await ApiKeyStore(api_keys).create(
+                session, tenant, ["loyalty:read", "loyalty:write"]
+            )
+    finally:
+        await engine.dispose()
+    return key
+
+
+def credit(url: str, key: str, points: dict[str, int]) -> None:
+    h = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=h, timeout=30) as client:
+        for customer, amount in points.items():
+            r = client.post(
+                f"/v1/accounts/{customer}/adjustments", json={"points": amount, "reason": "bench"}
+            )
+            r.raise_for_status()
+
+
+async def ledger_check(database_url: str, tenant: str) -> tuple[int, int, int]:
+    """(redemptions stored, accounts below zero, accounts whose balance is not the sum
+    of their entries) of the tenant."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            stored = (
+                await conn.execute(
+                    text("SELECT count(*) FROM loyalty.redemptions WHERE tenant_id = :t"),
+                    {"t": tenant},
                 )
-                assert r.status_code == 201, r.text
-            r = await client.post(
-                "/v1/accounts/hot/adjustments",
-                json={"points": 500 * requests, "reason": "bench"},
-                headers=h,
+            ).scalar_one()
+            negative = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM loyalty.accounts WHERE tenant_id = :t"
+                        " AND available < 0"
+                    ),
+                    {"t": tenant},
+                )
+            ).scalar_one()
+            wrong = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM loyalty.accounts a WHERE a.tenant_id = :t"
+                        " AND a.available <> (SELECT coalesce(sum(e.available_delta), 0)"
+                        " FROM loyalty.entries e WHERE e.tenant_id = a.tenant_id"
+                        " AND e.customer_id = a.customer_id)"
+                    ),
+                    {"t": tenant},
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    return int(stored), int(negative), int(wrong)
+
+
+def redemption_phase(
+    url: str,
+    database_url: str,
+    work: Path,
+    label: str,
+    *,
+    accounts: int,
+    hot: bool,
+    connections: int,
+    duration: int,
+) -> WrkResult:
+    """One wrk run against a fresh tenant whose accounts hold more than the run can
+    spend, then the stored redemptions and the ledger checked."""
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    key = asyncio.run(new_key(database_url, tenant))
+    budget = 5_000 * duration * PRICE  # beyond what this machine redeems in the run
+    credit(
+        url, key, {"hot": budget} if hot else {f"c{a}": budget // accounts for a in range(accounts)}
+    )
+    env = {
+        "WRK_AUTH": f"Bearer {key}",
+        "WRK_TAG": uuid.uuid4().hex[:8],
+        "WRK_CUSTOMER": "hot" if hot else "",
+        "WRK_ACCOUNTS": str(accounts),
+    }
+    r = wrk_script(url, LUA, work, env, connections=connections, duration=duration)
+    stored, negative, wrong = asyncio.run(ledger_check(database_url, tenant))
+    print(r.line(label))
+    made = r.statuses.get(201, 0)
+    print(
+        f"  {'':<34} {made / r.seconds:7.0f} redemptions/s; answered 201 {made}, stored"
+        f" {stored}; accounts below zero {negative}, balance != sum of entries {wrong}"
+    )
+    return r
+
+
+async def bare_db_rate(database_url: str, accounts: int, n: int, concurrency: int) -> float:
+    """The floor under any redemption: lock an account, update it, commit."""
+    engine: AsyncEngine = create_async_engine(database_url, pool_size=concurrency)
+    tenant = f"bench-db-{uuid.uuid4().hex[:8]}"
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO loyalty.accounts (tenant_id, customer_id, available, pending,"
+                    " lifetime_earned, tier, orders_count, erased, created_at, updated_at)"
+                    " SELECT :t, 'c' || g, 0, 0, 0, 'bronze', 0, false, now(), now()"
+                    " FROM generate_series(0, :n - 1) g"
+                ),
+                {"t": tenant, "n": accounts},
             )
 
-            async def redeem(i: int, customer: str | None = None) -> None:
-                r = await client.post(
-                    f"/v1/accounts/{customer or f'c{i % accounts}'}/redemptions",
-                    json={"reward_id": "five-off"},
-                    headers={**h, "Idempotency-Key": f"b-{uuid.uuid4().hex}"},
-                )
-                assert r.status_code == 201, r.text
-
-            async def healthz(i: int) -> None:
-                assert (await client.get("/healthz")).status_code == 200
-
-            await timed(200, concurrency, redeem)  # warm-up: pool, plans
-            spread = await timed(requests, concurrency, redeem)
-            hot = await timed(requests // 2, concurrency, lambda i: redeem(i, "hot"))
-            floor_http = await timed(requests * 2, concurrency, healthz)
-
         async def bare(i: int) -> None:
-            async with rt.engine.begin() as conn:
+            async with engine.begin() as conn:
+                c = f"c{i % accounts}"
                 await conn.execute(
                     text(
                         "SELECT available FROM loyalty.accounts WHERE tenant_id=:t AND "
                         "customer_id=:c FOR UPDATE"
                     ),
-                    {"t": tenant, "c": f"c{i % accounts}"},
+                    {"t": tenant, "c": c},
                 )
                 await conn.execute(
                     text(
                         "UPDATE loyalty.accounts SET updated_at=now() WHERE tenant_id=:t "
                         "AND customer_id=:c"
                     ),
-                    {"t": tenant, "c": f"c{i % accounts}"},
+                    {"t": tenant, "c": c},
                 )
 
-        floor_db = await timed(requests, concurrency, bare)
+        await timed(200, concurrency, bare)  # warm-up
+        return await timed(n, concurrency, bare)
+    finally:
+        await engine.dispose()
 
-    print(
-        f"requests={requests} concurrency={concurrency} accounts={accounts} cpus={os.cpu_count()}"
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", type=int, default=4000, help="0: skip the consumer figure")
+    p.add_argument("--duration", type=int, default=10, help="s per wrk phase; 0: no redemptions")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--accounts", type=int, default=200)
+    p.add_argument(
+        "--before",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure one transaction per request (the group commit off)",
     )
-    print(f"redemptions/s (spread over {accounts} accounts): {spread:8.1f}")
-    print(f"redemptions/s (one hot account):              {hot:8.1f}")
-    print(f"floor: GET /healthz/s:                        {floor_http:8.1f}")
-    print(f"floor: bare lock+update transactions/s:       {floor_db:8.1f}")
-    print(f"ratio redemptions / healthz:   {spread / floor_http:6.3f}")
-    print(f"ratio redemptions / bare DB:   {spread / floor_db:6.3f}")
+    args = p.parse_args()
+    if args.duration:
+        require_wrk()
+    os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "loyalty")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_stack(Path(tmp), ephemeral=True, services={"loyalty"}) as stack,
+    ):
+        os.environ.update(stack.env())
+        if args.events:
+            asyncio.run(consumer_figure(args.events))
+        if not args.duration:
+            return
+        work = Path(tmp)
+        env = {**stack.env(), "LOG_LEVEL": "WARNING", "RELAY_POLL_INTERVAL_S": "0.2"}
+        conns, secs, accounts = args.connections, args.duration, args.accounts
+        print(
+            f"redemptions: wrk -t{THREADS} -c{conns} -d{secs}s, {accounts} accounts or one"
+            f" hot account, {os.cpu_count()} cores"
+        )
+        with floor_endpoint() as url:
+            floor = wrk_script(
+                url,
+                LUA,
+                work,
+                {"WRK_AUTH": "-", "WRK_TAG": "floor", "WRK_CUSTOMER": "", "WRK_ACCOUNTS": "200"},
+                connections=conns,
+                duration=secs,
+            )
+        print(floor.line("floor (bare endpoint)"))
+        rates: dict[tuple[bool, bool], float] = {}
+        for grouped in [False, True] if args.before else [True]:
+            name = "after (group commit)" if grouped else "before (txn per request)"
+            with loyalty(env, grouped) as url:
+                for hot in (False, True):
+                    label = f"{name}, {'hot account' if hot else 'spread'}"
+                    r = redemption_phase(
+                        url,
+                        stack.database_url,
+                        work,
+                        label,
+                        accounts=accounts,
+                        hot=hot,
+                        connections=conns,
+                        duration=secs,
+                    )
+                    rates[(grouped, hot)] = r.statuses.get(201, 0) / r.seconds
+        bare = asyncio.run(bare_db_rate(stack.database_url, accounts, 4000, 20))
+        print(f"  {'floor (bare lock+update txns)':<34} {bare:7.0f} txn/s")
+        print("summary (redemptions/s; targets >= 1,500 spread, >= 500 hot):")
+        for (grouped, hot), rate in rates.items():
+            name = "after " if grouped else "before"
+            what = "hot   " if hot else "spread"
+            print(
+                f"  {name} {what} {rate:7.0f}   / bare endpoint {rate / floor.rate:5.3f}"
+                f"   / bare DB {rate / bare:5.3f}"
+            )
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--events", type=int, default=4000, help="0: skip the consumer figure")
-    p.add_argument("--requests", type=int, default=2000, help="0: skip the redemptions")
-    p.add_argument("--concurrency", type=int, default=20)
-    args = p.parse_args()
-    os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "loyalty")
-    with running_stack(Path(".afterglow/bench-loyalty"), ephemeral=True, services={"loyalty"}) as s:
-        os.environ.update(s.env())
-        asyncio.run(main(args.events, args.requests, args.concurrency))
+    main()

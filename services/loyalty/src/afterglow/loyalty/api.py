@@ -18,6 +18,7 @@ from afterglow.kit.types import Id, NoControls, NoControlsMultiline, SignedAmoun
 from afterglow.loyalty import domain
 from afterglow.loyalty.deps import Deps
 from afterglow.loyalty.metrics_api import Amount
+from afterglow.loyalty.redemptions import RedeemRequest
 
 router = service_router(prefix="/v1", tags=["loyalty"])
 Reader = Annotated[Principal, Depends(require_scope("loyalty:read"))]
@@ -253,8 +254,7 @@ class RedemptionOut(BaseModel):
 
 
 # Redemptions made (a replayed Idempotency-Key is not one), by reward kind. Counted as
-# the route returns, just before the transaction commits: a commit that fails (a 5xx,
-# rare) is counted too, which an operator's rate does not notice.
+# the route returns, after the redemption committed.
 REDEMPTIONS = Counter(
     "afterglow_loyalty_redemptions_total", "Rewards redeemed, by reward kind", ["kind"]
 )
@@ -290,17 +290,15 @@ async def redeem(
     customer: Customer,
     body: RedemptionIn,
     principal: Writer,
-    session: Session,
     deps: Deps,
     response: Response,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
 ) -> RedemptionOut:
     """Spend points on a reward. The same Idempotency-Key returns the same answer and
-    deducts nothing twice; the same key with another body is a 422."""
-    loyalty = deps.loyalty
-    result, replayed = await loyalty.redeem(
-        session, principal.tenant_id, customer, body.reward_id, idempotency_key, loyalty.now()
-    )
+    deducts nothing twice; the same key with another body is a 422. Concurrent
+    requests share one transaction (503 with Retry-After when too many wait)."""
+    request = RedeemRequest(principal.tenant_id, customer, body.reward_id, idempotency_key)
+    result, replayed = await deps.redemptions.redeem(request)
     out = RedemptionOut.model_validate(result)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -10,7 +10,7 @@ from afterglow.kit.clock import Clock
 from afterglow.kit.export import export_router
 from afterglow.loyalty import metrics_api, rewards
 from afterglow.loyalty.api import router
-from afterglow.loyalty.deps import build_deps
+from afterglow.loyalty.deps import build_deps, deps_of
 from afterglow.loyalty.export import collect
 from afterglow.loyalty.handlers import CONSUMERS
 from afterglow.loyalty.models import api_keys, tables
@@ -40,6 +40,14 @@ def _workers(runtime: Runtime) -> list[Worker]:
     return list(WORKERS)
 
 
+async def _start_redeeming(runtime: Runtime) -> None:
+    """The redemptions' group commit writer tasks; the lifespan cancels them on exit
+    (what still waits is then answered 503)."""
+    redemptions = deps_of(runtime).redemptions
+    if redemptions.grouped:
+        runtime.tasks += redemptions.group.start(redemptions.writers)
+
+
 def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = None) -> FastAPI:
     return create_service_app(
         SPEC,
@@ -51,5 +59,6 @@ def create_app(settings: LoyaltySettings | None = None, clock: Clock | None = No
         routers=[router, metrics_api.router, export_router(SPEC.name, collect)],
         workers=_workers,
         build_deps=build_deps,
+        on_start=_start_redeeming,
         clock=clock,
     )

@@ -10,17 +10,25 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from afterglow.kit.app import Runtime, deps_as, runtime_of
+from afterglow.loyalty.redemptions import Redemptions
 from afterglow.loyalty.service import LoyaltyService
+from afterglow.loyalty.settings import LoyaltySettings
 
 
 @dataclass
 class LoyaltyDeps:
     # The use cases, with the outbox they write events to and the clock they read.
     loyalty: LoyaltyService
+    # Redemptions through their group commit (its writer tasks start in app.py).
+    redemptions: Redemptions
 
 
 def build_deps(runtime: Runtime) -> LoyaltyDeps:
-    return LoyaltyDeps(LoyaltyService(runtime.outbox, runtime.clock))
+    settings = runtime.settings
+    assert isinstance(settings, LoyaltySettings)
+    loyalty = LoyaltyService(runtime.outbox, runtime.clock)
+    redemptions = Redemptions(runtime.sessionmaker, loyalty, runtime.clock, settings)
+    return LoyaltyDeps(loyalty, redemptions)
 
 
 def deps_of(runtime: Runtime) -> LoyaltyDeps:

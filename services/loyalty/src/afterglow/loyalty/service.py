@@ -331,6 +331,109 @@ class _Run:
         return rows
 
 
+def no_account(customer: str) -> NotFound:
+    return NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+
+
+def key_reused() -> Unprocessable:
+    return Unprocessable(
+        "this Idempotency-Key was used with a different request body",
+        field="Idempotency-Key",
+        code="idempotency_key_reused",
+    )
+
+
+def unknown_reward(reward_id: str) -> Unprocessable:
+    return Unprocessable(f"unknown reward {reward_id!r}", field="reward_id")
+
+
+def redemption_request_hash(reward_id: str) -> str:
+    """What an Idempotency-Key is bound to: the request's body (its reward)."""
+    return hashlib.sha256(json.dumps({"reward_id": reward_id}).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RedemptionMade:
+    """A redemption decided (points taken from the wallet): its answer, its row's values
+    and its events (points.redeemed, and the shop's code asked of orders-ingest carrying
+    the announcement). Built the same way by the request path and the group commit."""
+
+    tenant: str
+    customer: str
+    idempotency_key: str
+    reward: domain.Reward
+    now: datetime
+    result: dict[str, Any]
+    events: list[CloudEvent[Any]]
+
+    def row(self, request_hash: str) -> dict[str, Any]:
+        """The redemptions row (its answer too, replayed for the same Idempotency-Key)."""
+        return {
+            "id": self.result["redemption_id"],
+            "tenant_id": self.tenant,
+            "customer_id": self.customer,
+            "idempotency_key": self.idempotency_key,
+            "request_hash": request_hash,
+            "reward_id": self.reward.id,
+            "points": self.reward.points_price,
+            "code": self.result["code"],
+            "response": self.result,
+            "created_at": self.now,
+        }
+
+
+def redemption_made(
+    tenant: str,
+    customer: str,
+    rules: domain.ProgramRules,
+    reward: domain.Reward,
+    redemption_id: str,
+    wallet: domain.Wallet,
+    now: datetime,
+    idempotency_key: str,
+) -> RedemptionMade:
+    """The answer and the events of a redemption the wallet has just paid for."""
+    code = reward_code()
+    result = {
+        "redemption_id": redemption_id,
+        "reward": reward.model_dump(mode="json"),
+        "points": reward.points_price,
+        "code": code,
+        "balance": {"available": wallet.spendable, "pending": wallet.pending},
+        "redeemed_at": now.isoformat(),
+    }
+    redeemed = PointsRedeemed(
+        redemption_id=redemption_id,
+        points=reward.points_price,
+        reward_id=reward.id,
+        reward_code=code,
+        balance_available=wallet.spendable,
+        redeemed_at=now,
+    )
+    msg = MessageRequested(
+        request_id=f"loyalty:reward_code:{redemption_id}",
+        kind="reward_code",
+        category="transactional",
+        priority="high",
+        variables={
+            "reward_code": code,
+            "reward": reward.name,
+            "reward_kind": reward.kind,
+            "amount_minor": reward.amount_minor,
+            "percent": reward.percent,
+            "currency": rules.currency,
+            "points": reward.points_price,
+        },
+    )
+    # The code is created in the shop first; ingest then releases ``msg`` (rewards.py).
+    discount = rewards.shop_discount(code, reward, rules.currency, redemption_id, now, msg)
+    events = [
+        store.customer_event(tenant, customer, redeemed, redemption_id),
+        store.customer_event(tenant, customer, discount, msg.request_id),
+    ]
+    return RedemptionMade(tenant, customer, idempotency_key, reward, now, result, events)
+
+
 class LoyaltyService:
     def __init__(self, outbox: Outbox, clock: Clock) -> None:
         self.outbox = outbox
@@ -380,25 +483,21 @@ class LoyaltyService:
         same key returns the first answer and deducts nothing twice; the same key with
         another reward is a 422."""
         outbox = self.outbox
-        request_hash = hashlib.sha256(json.dumps({"reward_id": reward_id}).encode()).hexdigest()
+        request_hash = redemption_request_hash(reward_id)
         rules = await store.load_rules(session, tenant)
         account = await store.lock_account(session, tenant, customer, now, rules, create=False)
         if account is None:
-            raise NotFound(f"no loyalty account for customer {customer!r}", field="customer")
+            raise no_account(customer)
         # Checked after the lock: a concurrent request with the same key has committed by
         # now, so we see its row instead of redeeming a second time.
         prior = await store.redemption_by_key(session, tenant, customer, idempotency_key)
         if prior is not None:
             if prior.request_hash != request_hash:
-                raise Unprocessable(
-                    "this Idempotency-Key was used with a different request body",
-                    field="Idempotency-Key",
-                    code="idempotency_key_reused",
-                )
+                raise key_reused()
             return prior.response, True
         reward = rules.reward(reward_id)
         if reward is None:
-            raise Unprocessable(f"unknown reward {reward_id!r}", field="reward_id")
+            raise unknown_reward(reward_id)
         wallet = await store.load_wallet(session, account)
         redemption_id = domain.new_id()
         try:
@@ -406,59 +505,12 @@ class LoyaltyService:
         except domain.InsufficientPoints as exc:
             raise InsufficientPointsError(str(exc), field="reward_id") from exc
         await store.persist(session, outbox, account, wallet, entries, now)
-        code = reward_code()
-        result = {
-            "redemption_id": redemption_id,
-            "reward": reward.model_dump(mode="json"),
-            "points": reward.points_price,
-            "code": code,
-            "balance": {"available": wallet.spendable, "pending": wallet.pending},
-            "redeemed_at": now.isoformat(),
-        }
-        await store.insert_redemption(
-            session,
-            id=redemption_id,
-            tenant_id=tenant,
-            customer_id=customer,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            reward_id=reward.id,
-            points=reward.points_price,
-            code=code,
-            response=result,
-            created_at=now,
+        made = redemption_made(
+            tenant, customer, rules, reward, redemption_id, wallet, now, idempotency_key
         )
-        redeemed = PointsRedeemed(
-            redemption_id=redemption_id,
-            points=reward.points_price,
-            reward_id=reward.id,
-            reward_code=code,
-            balance_available=wallet.spendable,
-            redeemed_at=now,
-        )
-        msg = MessageRequested(
-            request_id=f"loyalty:reward_code:{redemption_id}",
-            kind="reward_code",
-            category="transactional",
-            priority="high",
-            variables={
-                "reward_code": code,
-                "reward": reward.name,
-                "reward_kind": reward.kind,
-                "amount_minor": reward.amount_minor,
-                "percent": reward.percent,
-                "currency": rules.currency,
-                "points": reward.points_price,
-            },
-        )
-        # The code is created in the shop first; ingest then releases ``msg`` (rewards.py).
-        discount = rewards.shop_discount(code, reward, rules.currency, redemption_id, now, msg)
-        await outbox.add(
-            session,
-            store.account_event(account, redeemed, redemption_id),
-            store.account_event(account, discount, msg.request_id),
-        )
-        return result, False
+        await store.insert_redemption(session, **made.row(request_hash))
+        await outbox.add(session, *made.events)
+        return made.result, False
 
     async def adjust(
         self,

@@ -226,7 +226,8 @@ async def lock_account(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-def _to_lot(row: LotRow) -> domain.Lot:
+def to_lot(row: Any) -> domain.Lot:
+    """A lot of the domain from a stored row (a LotRow, or a Core row of its columns)."""
     return domain.Lot(
         id=row.id,
         source=row.source,
@@ -261,7 +262,7 @@ async def load_wallet(
         )
     ).scalars()
     return domain.Wallet(
-        available=account.available, pending=account.pending, lots=[_to_lot(r) for r in rows]
+        available=account.available, pending=account.pending, lots=[to_lot(r) for r in rows]
     )
 
 
@@ -314,7 +315,7 @@ async def load_run_lots(
     )
     out: dict[tuple[str, str], list[domain.Lot]] = {}
     for row in rows:
-        out.setdefault((row.tenant_id, row.customer_id), []).append(_to_lot(row))
+        out.setdefault((row.tenant_id, row.customer_id), []).append(to_lot(row))
     return out
 
 
@@ -499,12 +500,18 @@ def account_event(account: Account, data: Any, *cause: str) -> CloudEvent[Any]:
     The account is part of the id because causes such as a tier review at one instant
     are shared by many accounts; without it the outbox would keep only the first.
     """
+    return customer_event(account.tenant_id, account.customer_id, data, *cause)
+
+
+def customer_event(tenant: str, customer: str, data: Any, *cause: str) -> CloudEvent[Any]:
+    """:func:`account_event` for an account known by its key (a set-based path that
+    reads balances, not Account objects)."""
     return CloudEvent.new(
         data,
-        tenant_id=account.tenant_id,
-        subject=account.customer_id,
+        tenant_id=tenant,
+        subject=customer,
         source=SOURCE,
-        id=derived_event_id(SOURCE, data.type, account.tenant_id, account.customer_id, *cause),
+        id=derived_event_id(SOURCE, data.type, tenant, customer, *cause),
         time=getattr(data, "earned_at", None) or None,
     )
 

@@ -1,0 +1,237 @@
+"""Redemptions through their group commit (afterglow.loyalty.redemptions): concurrent
+requests share one transaction, and each still gets the answer it would get alone.
+Never overdrawn, an Idempotency-Key redeems once however many times it is sent at
+once, one request's business error never fails the others of its batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import func, select
+
+from afterglow.loyalty.deps import deps_of
+from afterglow.loyalty.models import EntryRow, Redemption
+from afterglow.loyalty.redemptions import RedeemRequest, redeem_batch
+from afterglow.loyalty.service import InsufficientPointsError
+
+from ..loyalty_support import Loyalty, new_id, running_loyalty
+
+REDEEMED = "afterglow.points.redeemed.v1"
+
+
+async def credit(loyalty: Loyalty, tenant: str, customer: str, points: int) -> None:
+    r = await loyalty.client.post(
+        f"/v1/accounts/{customer}/adjustments",
+        json={"points": points, "reason": "goodwill"},
+        headers=await loyalty.key(tenant),
+    )
+    assert r.status_code == 201, r.text
+
+
+async def redeem(
+    loyalty: Loyalty, tenant: str, customer: str, reward: str, key: str
+) -> tuple[int, dict[str, Any], bool]:
+    r = await loyalty.client.post(
+        f"/v1/accounts/{customer}/redemptions",
+        json={"reward_id": reward},
+        headers={**await loyalty.key(tenant), "Idempotency-Key": key},
+    )
+    return r.status_code, r.json(), r.headers.get("Idempotent-Replayed") == "true"
+
+
+async def stored(loyalty: Loyalty, tenant: str, customer: str) -> tuple[int, int, int]:
+    """(redemption rows, redeem entries, points.redeemed events in the outbox)."""
+    outbox = loyalty.runtime.tables.outbox
+    async with loyalty.runtime.sessionmaker() as s:
+        rows = await s.scalar(
+            select(func.count()).where(
+                Redemption.tenant_id == tenant, Redemption.customer_id == customer
+            )
+        )
+        entries = await s.scalar(
+            select(func.count()).where(
+                EntryRow.tenant_id == tenant,
+                EntryRow.customer_id == customer,
+                EntryRow.kind == "redeem",
+            )
+        )
+        events = await s.scalar(
+            select(func.count()).where(
+                outbox.c.key == f"{tenant}:{customer}",
+                outbox.c.event_type == REDEEMED,
+            )
+        )
+    return int(rows or 0), int(entries or 0), int(events or 0)
+
+
+class TestNeverOverdrawn:
+    async def test_hundred_parallel_redemptions_on_five_accounts_each_covering_two(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        customers = [new_id("c") for _ in range(5)]
+        for c in customers:
+            await credit(loyalty, tenant_id, c, 1_000)  # two five-off rewards at 500
+        answers = await asyncio.gather(
+            *(
+                redeem(loyalty, tenant_id, customers[i % 5], "five-off", f"par-{i}")
+                for i in range(100)
+            )
+        )
+        statuses = [s for s, _, _ in answers]
+        assert statuses.count(201) == 10 and statuses.count(409) == 90
+        refused = [body for s, body, _ in answers if s == 409]
+        assert {b["error"]["code"] for b in refused} == {"insufficient_points"}
+        made = [body for s, body, _ in answers if s == 201]
+        assert len({b["code"] for b in made}) == 10
+        # Each account's two answers saw the balance the other left: 500 then 0.
+        for n, c in enumerate(customers):
+            mine = [b for i, (s, b, _) in enumerate(answers) if s == 201 and i % 5 == n]
+            assert sorted(b["balance"]["available"] for b in mine) == [0, 500]
+            assert await loyalty.consistent(tenant_id, c) == (0, 0)
+            assert await stored(loyalty, tenant_id, c) == (2, 2, 2)
+
+    async def test_hundred_parallel_redemptions_against_a_balance_covering_ten(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        c = new_id("c")
+        await credit(loyalty, tenant_id, c, 5_000)
+        answers = await asyncio.gather(
+            *(redeem(loyalty, tenant_id, c, "five-off", f"hot-{i}") for i in range(100))
+        )
+        statuses = [s for s, _, _ in answers]
+        assert statuses.count(201) == 10 and statuses.count(409) == 90
+        left = sorted(b["balance"]["available"] for s, b, _ in answers if s == 201)
+        assert left == list(range(0, 5_000, 500))  # one after the other, none twice
+        assert await loyalty.consistent(tenant_id, c) == (0, 0)
+        assert await stored(loyalty, tenant_id, c) == (10, 10, 10)
+
+
+class TestIdempotencyUnderConcurrency:
+    async def test_the_same_key_sent_twenty_times_at_once_redeems_once(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        c = new_id("c")
+        await credit(loyalty, tenant_id, c, 1_200)
+        answers = await asyncio.gather(
+            *(redeem(loyalty, tenant_id, c, "five-off", "same-key") for _ in range(20))
+        )
+        assert {s for s, _, _ in answers} == {201}
+        bodies = [b for _, b, _ in answers]
+        assert all(b == bodies[0] for b in bodies)
+        assert [replayed for _, _, replayed in answers].count(False) == 1
+        assert bodies[0]["balance"]["available"] == 700
+        assert await loyalty.consistent(tenant_id, c) == (700, 0)
+        assert await stored(loyalty, tenant_id, c) == (1, 1, 1)
+
+
+class TestMixedBatch:
+    def mixed(self, tenant: str, rich: str, poor: str, reused: str) -> list[RedeemRequest]:
+        return [
+            RedeemRequest(tenant, rich, "five-off", "ok-1"),
+            RedeemRequest(tenant, rich, "no-such-reward", "bad-reward"),
+            RedeemRequest(tenant, new_id("nobody"), "five-off", "no-account"),
+            RedeemRequest(tenant, poor, "ten-percent", "too-dear"),
+            RedeemRequest(tenant, reused, "ten-percent", "used-before"),  # was five-off
+            RedeemRequest(tenant, rich, "five-off", "ok-1"),  # the first, again
+            RedeemRequest(tenant, rich, "free-shipping", "ok-2"),
+        ]
+
+    async def prepare(self, loyalty: Loyalty, tenant: str) -> tuple[str, str, str]:
+        rich, poor, reused = new_id("rich"), new_id("poor"), new_id("reused")
+        await credit(loyalty, tenant, rich, 2_000)
+        await credit(loyalty, tenant, poor, 300)
+        await credit(loyalty, tenant, reused, 2_000)
+        status, _, _ = await redeem(loyalty, tenant, reused, "five-off", "used-before")
+        assert status == 201
+        return rich, poor, reused
+
+    def check(self, outcomes: list[Any]) -> None:
+        first, bad_reward, no_account, too_dear, reused, again, second = outcomes
+        assert first[1] is False and first[0]["points"] == 500
+        assert first[0]["balance"] == {"available": 1_500, "pending": 0}
+        assert (bad_reward.status_code, bad_reward.field) == (422, "reward_id")
+        assert (no_account.status_code, no_account.field) == (404, "customer")
+        assert isinstance(too_dear, InsufficientPointsError) and too_dear.status_code == 409
+        assert (reused.status_code, reused.code) == (422, "idempotency_key_reused")
+        assert again == (first[0], True)  # the replay of the first, in the same batch
+        assert second[1] is False and second[0]["balance"]["available"] == 1_100
+
+    async def test_one_batch_answers_each_request_and_commits_only_the_valid_ones(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        rich, poor, reused = await self.prepare(loyalty, tenant_id)
+        runtime = loyalty.runtime
+        async with runtime.sessionmaker.begin() as session:
+            outcomes = await redeem_batch(
+                session,
+                runtime.outbox,
+                self.mixed(tenant_id, rich, poor, reused),
+                loyalty.clock.now(),
+            )
+        self.check(outcomes)
+        assert await loyalty.consistent(tenant_id, rich) == (1_100, 0)
+        assert await loyalty.consistent(tenant_id, poor) == (300, 0)
+        assert await loyalty.consistent(tenant_id, reused) == (1_500, 0)
+        assert await stored(loyalty, tenant_id, rich) == (2, 2, 2)
+        assert await stored(loyalty, tenant_id, poor) == (0, 0, 0)
+        assert await stored(loyalty, tenant_id, reused) == (1, 1, 1)
+        # Stored as answered: the replay through the API is the batch's answer.
+        status, body, replayed = await redeem(loyalty, tenant_id, rich, "five-off", "ok-1")
+        assert (status, body, replayed) == (201, outcomes[0][0], True)
+
+    async def test_sent_at_once_through_the_api_each_gets_its_own_answer(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        rich, poor, reused = await self.prepare(loyalty, tenant_id)
+        requests = self.mixed(tenant_id, rich, poor, reused)
+        answers = await asyncio.gather(
+            *(
+                redeem(loyalty, tenant_id, r.customer, r.reward_id, r.idempotency_key)
+                for r in requests
+            )
+        )
+        statuses = [s for s, _, _ in answers]
+        assert statuses == [201, 422, 404, 409, 422, 201, 201]
+        assert answers[1][1]["error"]["field"] == "reward_id"
+        assert answers[4][1]["error"]["code"] == "idempotency_key_reused"
+        assert answers[0][1] == answers[5][1]  # one redemption, its answer twice
+        assert [answers[0][2], answers[5][2]].count(True) == 1
+        assert await loyalty.consistent(tenant_id, rich) == (1_100, 0)
+        assert await stored(loyalty, tenant_id, rich) == (2, 2, 2)
+        assert await stored(loyalty, tenant_id, poor) == (0, 0, 0)
+
+
+class TestOverload:
+    async def test_past_the_bound_a_redemption_is_503_with_retry_after_and_deducts_nothing(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        c = new_id("c")
+        await credit(loyalty, tenant_id, c, 1_000)
+        group = deps_of(loyalty.runtime).redemptions.group
+        bound = group.max_waiting
+        group.max_waiting = 0  # the bound reached: every request is turned away
+        try:
+            status, body, _ = await redeem(loyalty, tenant_id, c, "five-off", "k")
+        finally:
+            group.max_waiting = bound
+        assert status == 503 and body["error"]["code"] == "overloaded"
+        assert await loyalty.consistent(tenant_id, c) == (1_000, 0)
+        assert await stored(loyalty, tenant_id, c) == (0, 0, 0)
+
+
+class TestOneTransactionPerRequest:
+    async def test_with_the_group_commit_off_the_answers_are_the_same(self, stack, tenant_id):
+        async with running_loyalty(stack, loyalty_redeem_group_commit=False) as loyalty:
+            assert not deps_of(loyalty.runtime).redemptions.grouped
+            c = new_id("c")
+            await credit(loyalty, tenant_id, c, 1_000)
+            first = await redeem(loyalty, tenant_id, c, "five-off", "k1")
+            again = await redeem(loyalty, tenant_id, c, "five-off", "k1")
+            other = await redeem(loyalty, tenant_id, c, "free-shipping", "k1")
+            dear = await redeem(loyalty, tenant_id, c, "ten-percent", "k2")
+            assert (first[0], first[2]) == (201, False)
+            assert again == (201, first[1], True)
+            assert other[1]["error"]["code"] == "idempotency_key_reused"
+            assert (dear[0], dear[1]["error"]["code"]) == (409, "insufficient_points")
+            assert await loyalty.consistent(tenant_id, c) == (500, 0)
