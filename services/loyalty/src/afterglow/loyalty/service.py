@@ -669,6 +669,29 @@ class LoyaltyService:
 
     # --- orders (events) ------------------------------------------------------------
 
+    async def _earn_and_start_clock(
+        self,
+        rules: domain.ProgramRules,
+        account: Account,
+        wallet: domain.Wallet,
+        order: OrderRow,
+        status: str,
+        now: datetime,
+        historical: bool,
+    ) -> list[domain.Entry]:
+        """An order's step on fulfilment or delivery, one by one or in a run: earn once
+        it reaches an earning status, then start its pending points' clock."""
+        entries: list[domain.Entry] = []
+        if not order.earned and domain.earns_at(rules, status, order_record(order)):
+            entries += await self._earn_order(rules, account, wallet, order, now, historical)
+        when = order.fulfilled_at or order.delivered_at
+        if when is not None:
+            for lot in _lots_of(wallet, order.order_id):
+                if lot.state == "pending":
+                    wallet.schedule(lot, _available_at(rules, when, now, historical))
+                    entries += wallet.release(lot, rules, now)
+        return entries
+
     async def _earn_order(
         self,
         rules: domain.ProgramRules,
@@ -726,15 +749,9 @@ class LoyaltyService:
         account = await store.lock_account(session, tenant, order.customer_id, now, rules)
         assert account is not None
         wallet = await store.load_wallet(session, account, order.order_id)
-        entries: list[domain.Entry] = []
-        if not order.earned and domain.earns_at(rules, status, order_record(order)):
-            entries += await self._earn_order(rules, account, wallet, order, now, historical)
-        when = order.fulfilled_at or order.delivered_at
-        if when is not None:
-            for lot in _lots_of(wallet, order.order_id):
-                if lot.state == "pending":
-                    wallet.schedule(lot, _available_at(rules, when, now, historical))
-                    entries += wallet.release(lot, rules, now)
+        entries = await self._earn_and_start_clock(
+            rules, account, wallet, order, status, now, historical
+        )
         await store.persist(session, self.outbox, account, wallet, entries, now)
         # A past order may still move the tier (spend is spend), but says nothing to
         # the customer: no tier-up message for history.
@@ -1009,15 +1026,9 @@ class LoyaltyService:
             run.now,
         )
         before = run.parts(key, order)
-        entries: list[domain.Entry] = []
-        if not order.earned and domain.earns_at(rules, status, order_record(order)):
-            entries += await self._earn_order(rules, account, wallet, order, now, historical)
-        when = order.fulfilled_at or order.delivered_at
-        if when is not None:
-            for lot in _lots_of(wallet, order.order_id):
-                if lot.state == "pending":
-                    wallet.schedule(lot, _available_at(rules, when, now, historical))
-                    entries += wallet.release(lot, rules, now)
+        entries = await self._earn_and_start_clock(
+            rules, account, wallet, order, status, now, historical
+        )
         run.settle(key, entries)
         # A past order may still move the tier, but says nothing to the customer.
         run.retier(key, before, order, c.cause, notify=not historical)
