@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, and_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Text, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.batch import as_columns, unnest_insert
@@ -28,37 +27,14 @@ _lots = LotRow.__table__
 _redemptions = Redemption.__table__
 
 
-def _keys(name: str, *columns: str) -> Any:
-    """``unnest(:c1, :c2, ...) AS name(c1, c2, ...)``: the batch's keys as rows."""
-    return (
-        func.unnest(*[bindparam(c, type_=ARRAY(Text)) for c in columns])
-        .table_valued(*columns)
-        .render_derived(name=name)
-    )
-
-
-def _params(keys: Iterable[tuple[str, ...]], *columns: str) -> dict[str, list[str]]:
-    rows = list(keys)
-    return {c: [k[i] for k in rows] for i, c in enumerate(columns)}
-
-
-_k = _keys("batch_accounts", "tenant_id", "customer_id")
 # Locked in (tenant, customer) order, the order every lock of an account is taken in
-# (store.lock_accounts): two batches, or a batch and the consumer, then wait for each
-# other instead of each holding one account the other needs (a deadlock).
-LOCK_ACCOUNTS = (
-    select(
-        _accounts.c.tenant_id, _accounts.c.customer_id, _accounts.c.available, _accounts.c.pending
-    )
-    .join(
-        _k,
-        and_(_accounts.c.tenant_id == _k.c.tenant_id, _accounts.c.customer_id == _k.c.customer_id),
-    )
-    .order_by(_accounts.c.tenant_id, _accounts.c.customer_id)
-    .with_for_update(of=_accounts)
+# (store.ACCOUNTS_FOR_UPDATE): two batches, or a batch and the consumer, then wait for
+# each other instead of each holding one account the other needs (a deadlock).
+LOCK_ACCOUNTS = store.ACCOUNTS_FOR_UPDATE.with_only_columns(
+    _accounts.c.tenant_id, _accounts.c.customer_id, _accounts.c.available, _accounts.c.pending
 )
 
-_r = _keys("batch_keys", "tenant_id", "customer_id", "idempotency_key")
+_r = store.unnest_keys("r", tenant_id=Text, customer_id=Text, idempotency_key=Text)
 PRIOR_REDEMPTIONS = select(
     _redemptions.c.tenant_id,
     _redemptions.c.customer_id,
@@ -74,7 +50,7 @@ PRIOR_REDEMPTIONS = select(
     ),
 )
 
-_l = _keys("batch_wallets", "tenant_id", "customer_id")
+_l = store.unnest_keys("l", tenant_id=Text, customer_id=Text)  # store.account_params
 # Spending reads only the lots with points left (Wallet.redeem consumes them FIFO);
 # the pending balance is the account's.
 SPENDABLE_LOTS = (
@@ -83,16 +59,8 @@ SPENDABLE_LOTS = (
     .where(_lots.c.state == "available", _lots.c.remaining > 0)
 )
 
-_b = (
-    func.unnest(
-        # Not named after the columns: an UPDATE reserves those names for its SET.
-        bindparam("b_tenant_id", type_=ARRAY(Text)),
-        bindparam("b_customer_id", type_=ARRAY(Text)),
-        bindparam("b_available", type_=ARRAY(BigInteger)),
-    )
-    .table_valued("tenant_id", "customer_id", "available")
-    .render_derived(name="balances")
-)
+# Not named after the columns (b_*): an UPDATE reserves those names for its SET.
+_b = store.unnest_keys("b", tenant_id=Text, customer_id=Text, available=BigInteger)
 # A redemption changes only the available balance (nothing earned, nothing pending).
 SET_BALANCES = (
     update(_accounts)
@@ -131,9 +99,7 @@ async def lock_balances(session: AsyncSession, keys: Iterable[Key]) -> dict[Key,
     """Lock the existing accounts of ``keys`` (one statement, in (tenant, customer)
     order) and return each one's balances as an empty wallet; a missing account is
     absent from the answer."""
-    rows = await session.execute(
-        LOCK_ACCOUNTS, _params(sorted(set(keys)), "tenant_id", "customer_id")
-    )
+    rows = await session.execute(LOCK_ACCOUNTS, store.account_params(sorted(set(keys))))
     return {(t, c): domain.Wallet(available=a, pending=p) for t, c, a, p in rows}
 
 
@@ -143,7 +109,11 @@ async def prior_redemptions(
     """The redemptions already made with these (tenant, customer, Idempotency-Key):
     their request hash and their answer. Read after the accounts are locked, so a
     concurrent request with the same key has committed by then."""
-    params = _params(set(keys), "tenant_id", "customer_id", "idempotency_key")
+    rows_of = list(set(keys))
+    params = {
+        f"r_{c}": [k[i] for k in rows_of]
+        for i, c in enumerate(("tenant_id", "customer_id", "idempotency_key"))
+    }
     rows = await session.execute(PRIOR_REDEMPTIONS, params)
     return {(t, c, k): (h, response) for t, c, k, h, response in rows}
 
@@ -152,7 +122,7 @@ async def load_spendable_lots(session: AsyncSession, wallets: dict[Key, domain.W
     """Put each wallet's lots with points left into it: one statement for all."""
     if not wallets:
         return
-    rows = await session.execute(SPENDABLE_LOTS, _params(wallets, "tenant_id", "customer_id"))
+    rows = await session.execute(SPENDABLE_LOTS, store.account_params(list(wallets)))
     for row in rows:
         wallets[(row.tenant_id, row.customer_id)].lots.append(store.to_lot(row))
 

@@ -212,6 +212,20 @@ def _lots_of(wallet: domain.Wallet, order_id: str) -> list[domain.Lot]:
     )
 
 
+def _record_refund(
+    order: OrderRow, rec: domain.OrderRecord, refunded: int | None, data: OrderRefunded
+) -> bool:
+    """Count the refund on the order (the whole order when its amount is unknown and
+    the refund is full); False when this refund id was applied already."""
+    amount = refunded if refunded is not None else order.total_minor
+    if not rec.record_refund(data.refund_id, amount, data.full):
+        return False
+    order.refund_ids = rec.refund_ids
+    order.refunded_minor = rec.refunded_minor
+    order.fully_refunded = rec.fully_refunded
+    return True
+
+
 def _refund_amount(order: OrderRow, data: OrderRefunded) -> int | None:
     """The refund in the order's own currency (never a refund in one currency compared
     with a total in another); None when it cannot be related to the order's total."""
@@ -908,12 +922,8 @@ class LoyaltyService:
             if data.refund_id not in rec.refund_ids:
                 await self._flag_unrelated_refund(session, tenant, order, data)
             return
-        amount = refunded if refunded is not None else order.total_minor
-        if not rec.record_refund(data.refund_id, amount, data.full):
+        if not _record_refund(order, rec, refunded, data):
             return  # this refund was already applied
-        order.refund_ids = rec.refund_ids
-        order.refunded_minor = rec.refunded_minor
-        order.fully_refunded = rec.fully_refunded
         await self._claw_order(session, tenant, order, f"refund {data.refund_id}", cause)
 
     async def _flag_unrelated_refund(
@@ -1048,12 +1058,8 @@ class LoyaltyService:
                 reason = _unrelated_refund_reason(order, data)
                 run.settle(key, [run.wallets[key].note_unpriced(order.order_id, reason, run.now)])
             return
-        amount = refunded if refunded is not None else order.total_minor
-        if not rec.record_refund(data.refund_id, amount, data.full):
+        if not _record_refund(order, rec, refunded, data):
             return  # this refund was already applied
-        order.refund_ids = rec.refund_ids
-        order.refunded_minor = rec.refunded_minor
-        order.fully_refunded = rec.fully_refunded
         self._clawed(run, key, order, before, f"refund {data.refund_id}", c.cause)
 
     def _cancelled(self, run: _Run, key: tuple[str, str], c: Changed) -> None:

@@ -67,7 +67,7 @@ async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRul
     return rules
 
 
-def _unnest(name: str, **types: Any) -> Any:
+def unnest_keys(name: str, **types: Any) -> Any:
     """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
     column, so that a statement's text is the same for any number of them (an ``IN``
     list is a new statement, prepared again, for every size a batch comes in)."""
@@ -78,7 +78,7 @@ def _unnest(name: str, **types: Any) -> Any:
     )
 
 
-_locked_keys = _unnest("l", tenant_id=Text, customer_id=Text)
+_locked_keys = unnest_keys("l", tenant_id=Text, customer_id=Text)
 # Accounts locked in (tenant, customer) order, the one order every lock of an account is
 # taken in: loaded (open_accounts), or only locked (lock_accounts).
 ACCOUNTS_FOR_UPDATE = (
@@ -94,7 +94,7 @@ ACCOUNTS_FOR_UPDATE = (
 LOCK_ACCOUNTS = ACCOUNTS_FOR_UPDATE.with_only_columns(Account.tenant_id)
 
 
-def _account_params(keys: list[tuple[str, str]]) -> dict[str, list[str]]:
+def account_params(keys: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"l_tenant_id": [t for t, _ in keys], "l_customer_id": [c for _, c in keys]}
 
 
@@ -105,7 +105,7 @@ async def lock_accounts(session: AsyncSession, keys: set[tuple[str, str]]) -> No
     in event order, two batches could each hold one and wait for the other's."""
     if not keys:
         return
-    await session.execute(LOCK_ACCOUNTS, _account_params(sorted(keys)))
+    await session.execute(LOCK_ACCOUNTS, account_params(sorted(keys)))
 
 
 async def save_rules(
@@ -266,8 +266,8 @@ async def load_wallet(
     )
 
 
-_run_accounts = _unnest("a", tenant_id=Text, customer_id=Text, clawing=Boolean)
-_run_orders = _unnest("o", tenant_id=Text, order_id=Text)
+_run_accounts = unnest_keys("a", tenant_id=Text, customer_id=Text, clawing=Boolean)
+_run_orders = unnest_keys("o", tenant_id=Text, order_id=Text)
 # See load_run_lots.
 RUN_LOTS = (
     select(LotRow)
@@ -743,7 +743,7 @@ async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> Or
     )
 
 
-_order_keys = _unnest("k", tenant_id=Text, order_id=Text)
+_order_keys = unnest_keys("k", tenant_id=Text, order_id=Text)
 LOCK_ORDERS = (
     select(OrderRow)
     .join(
@@ -862,7 +862,7 @@ async def locked_accounts(
     """The existing accounts of ``keys`` (tenant, customer, sorted), locked in that
     order and re-read, in one statement."""
     rows = await session.scalars(
-        ACCOUNTS_FOR_UPDATE.execution_options(populate_existing=True), _account_params(keys)
+        ACCOUNTS_FOR_UPDATE.execution_options(populate_existing=True), account_params(keys)
     )
     return {(a.tenant_id, a.customer_id): a for a in rows}
 
