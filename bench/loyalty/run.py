@@ -163,32 +163,21 @@ async def ledger_check(database_url: str, tenant: str) -> tuple[int, int, int]:
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as conn:
-            stored = (
-                await conn.execute(
-                    text("SELECT count(*) FROM loyalty.redemptions WHERE tenant_id = :t"),
-                    {"t": tenant},
-                )
-            ).scalar_one()
-            negative = (
+            # One statement for the three counts (once per phase, after the load).
+            stored, negative, wrong = (
                 await conn.execute(
                     text(
-                        "SELECT count(*) FROM loyalty.accounts WHERE tenant_id = :t"
-                        " AND available < 0"
+                        "SELECT (SELECT count(*) FROM loyalty.redemptions WHERE tenant_id = :t),"
+                        " (SELECT count(*) FROM loyalty.accounts WHERE tenant_id = :t"
+                        "  AND available < 0),"
+                        " (SELECT count(*) FROM loyalty.accounts a WHERE a.tenant_id = :t"
+                        "  AND a.available <> (SELECT coalesce(sum(e.available_delta), 0)"
+                        "  FROM loyalty.entries e WHERE e.tenant_id = a.tenant_id"
+                        "  AND e.customer_id = a.customer_id))"
                     ),
                     {"t": tenant},
                 )
-            ).scalar_one()
-            wrong = (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM loyalty.accounts a WHERE a.tenant_id = :t"
-                        " AND a.available <> (SELECT coalesce(sum(e.available_delta), 0)"
-                        " FROM loyalty.entries e WHERE e.tenant_id = a.tenant_id"
-                        " AND e.customer_id = a.customer_id)"
-                    ),
-                    {"t": tenant},
-                )
-            ).scalar_one()
+            ).one()
     finally:
         await engine.dispose()
     return int(stored), int(negative), int(wrong)
