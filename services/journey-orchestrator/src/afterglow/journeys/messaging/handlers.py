@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events import CloudEvent, ConsumerGroup, on, to_record
+from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch, to_record
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     CustomerUnsubscribed,
@@ -58,22 +58,6 @@ async def orders_placed(
     await store.record_orders(session, [((e.tenantid, e.subject), e.data) for e in known])
 
 
-# Registered one event at a time for now: with these two as batch handlers, the journeys
-# package's tests left a messaging group member behind (heartbeating, never rejoining),
-# and the next process joining the group waited out the rebalance timeout. The set
-# functions above are used as they are, with a batch of one.
-async def message_requested(
-    runtime: Runtime, session: AsyncSession, event: CloudEvent[MessageRequested]
-) -> None:
-    await messages_requested(runtime, session, [event])
-
-
-async def order_placed(
-    runtime: Runtime, session: AsyncSession, event: CloudEvent[OrderPlaced]
-) -> None:
-    await orders_placed(runtime, session, [event])
-
-
 async def unsubscribed(
     runtime: Runtime, session: AsyncSession, event: CloudEvent[CustomerUnsubscribed]
 ) -> None:
@@ -102,8 +86,8 @@ def _runtime(runtime: Runtime) -> Runtime:
 
 MESSAGING = ConsumerGroup(
     "messaging",
-    on(MessageRequested, message_requested),
-    on(OrderPlaced, order_placed),
+    on_batch(MessageRequested, messages_requested),
+    on_batch(OrderPlaced, orders_placed),
     on(CustomerUnsubscribed, unsubscribed),
     on(CustomerErasureRequested, erasure),
     context=_runtime,
