@@ -53,6 +53,7 @@ def make_consumer(
     group=None,
     retry=None,
     max_records=None,
+    parallel_partitions=4,
 ):
     group = group or f"test-{uuid.uuid4().hex[:8]}"
 
@@ -72,6 +73,7 @@ def make_consumer(
         dlq_producer=producer,
         retry=retry or RetryPolicy(attempts=3, base_delay_s=0.05),
         max_records=max_records,
+        parallel_partitions=parallel_partitions,
     )
 
 

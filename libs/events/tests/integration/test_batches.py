@@ -70,6 +70,45 @@ async def caught_up(consumer_sessionmaker, producer, tenant):
 
 
 class TestOneTransactionPerBatch:
+    async def test_partitions_of_one_poll_apply_at_most_the_bound_at_once(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        """Each partition's transaction holds a pooled connection: unbounded, one poll
+        over many partitions asked the pool for as many connections at once."""
+        inflight, most = 0, 0
+
+        async def slow(session, event):
+            nonlocal inflight, most
+            if event.tenantid != tenant_id:
+                return
+            inflight += 1
+            most = max(most, inflight)
+            try:
+                await asyncio.sleep(0.05)  # holds its transaction open meanwhile
+                await session.execute(
+                    applied.insert().values(
+                        event_id=event.id, tenant_id=tenant_id, consumer="bounded"
+                    )
+                )
+            finally:
+                inflight -= 1
+
+        consumer = make_consumer(
+            tenant_id, sessionmaker, tables, kafka, producer, applied,
+            handler=slow, parallel_partitions=2,
+        )  # fmt: skip
+        # Forty customers: their keys spread over every partition of the topic.
+        events = [ticket_event(tenant_id, f"c-{n}") for n in range(40)]
+        async with running(consumer.run()):
+            await publish_together(producer, *(to_record(e) for e in events))
+            counts = await eventually(
+                lambda: applied_counts(sessionmaker, applied, tenant_id),
+                lambda c: len(c) == len(events),
+                timeout=60,
+            )
+        assert counts == {e.id: 1 for e in events}
+        assert 1 <= most <= 2
+
     async def test_a_duplicate_in_the_batch_and_one_applied_before_are_applied_once(
         self, tenant_id, sessionmaker, tables, kafka, producer, applied
     ):

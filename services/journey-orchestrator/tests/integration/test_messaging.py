@@ -426,6 +426,34 @@ class TestPace:
             async with runtime.engine.begin() as conn:
                 await conn.execute(text("SELECT pg_notify('afterglow_messages_journeys', '')"))
         assert {m["body"]["request_id"] for m in receiver.of(tenant, "c-fast")} == tenant.mine
+        # Sends that end together are settled in one transaction: each message still
+        # ends sent, with one "sent" and one "delivered" decision of its own.
+        settled = await eventually(
+            lambda: _statuses(runtime, tenant.id, "c-fast", requests=tenant.mine),
+            lambda rows: len(rows) == 100 and all(st == "sent" for st, _ in rows.values()),
+            timeout=30,
+        )
+        assert {decisions for _, decisions in settled.values()} == {
+            ("attempt", "delivered", "queued", "sent")
+        }
+
+
+async def _statuses(
+    runtime: Runtime, tenant_id: str, customer: str, *, requests: set[str]
+) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """message id -> (status, its decisions sorted), for the messages of ``requests``."""
+    async with runtime.sessionmaker() as s:
+        rows = await s.execute(
+            text(
+                "SELECT m.id, m.status, array_agg(d.decision ORDER BY d.decision) AS decisions"
+                " FROM journeys.messages m JOIN journeys.message_decisions d"
+                " ON d.message_id = m.id AND d.tenant_id = m.tenant_id"
+                " WHERE m.tenant_id = :t AND m.customer_id = :c"
+                " AND m.request_id = ANY(CAST(:r AS text[])) GROUP BY m.id, m.status"
+            ),
+            {"t": tenant_id, "c": customer, "r": sorted(requests)},
+        )
+        return {r.id: (r.status, tuple(r.decisions)) for r in rows}
 
 
 class TestPolicy:

@@ -216,6 +216,18 @@ def unnest_insert(table: Table, columns: Sequence[str]) -> Any:
     return pg_insert(table).from_select(list(columns), select(*[rows.c[c] for c in columns]))
 
 
+def unnest_keys(name: str, **types: Any) -> Any:
+    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
+    column, to join against, so that a statement's text is the same for any number of
+    keys (an ``IN`` list is a new statement, prepared again, for every size a batch
+    comes in). Execute with ``{f"{name}_{col}": [...]}`` for each column."""
+    return (
+        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*types)
+        .render_derived(name=name)
+    )
+
+
 def as_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
     """Rows as the per-column lists :func:`unnest_insert` takes."""
     return {c: [r[c] for r in rows] for c in columns}

@@ -262,6 +262,7 @@ class EventConsumer:
         recreate_topics: Callable[[], Awaitable[object]] | None = None,
         max_records: int | None = None,
         stuck_after_s: float = STUCK_AFTER_S,
+        parallel_partitions: int = 4,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
@@ -279,6 +280,14 @@ class EventConsumer:
         # Records per getmany over all partitions: bounds a transaction and its locks.
         self._max_records = max_records or kafka.max_poll_records
         self._stuck_after_s = stuck_after_s
+        # Partitions of one poll applied at once, each in its own transaction and so on
+        # its own pooled connection. Unbounded, a poll spread over 30 partitions asked the
+        # pool for 30 connections at once: past the pool's size SQLAlchemy opens overflow
+        # connections and closes them on return, so every busy second opened new ones,
+        # each paying a connect, asyncpg's type introspection and a fresh prepare of
+        # every statement (a third of the journeys process's CPU in the system bench).
+        # Two cores gain nothing from more transactions in flight than a few.
+        self._parallel = asyncio.Semaphore(max(1, parallel_partitions))
         self._consumer: AIOKafkaConsumer | None = None
         # Held while a batch is in flight; a rebalance waits for it, so the batch's
         # offsets are committed before its partitions move to another member.
@@ -405,7 +414,7 @@ class EventConsumer:
     ) -> None:
         async with self._batch_lock:
             results = await asyncio.gather(
-                *(self._process_partition(tp, records) for tp, records in batch.items())
+                *(self._bounded(tp, records) for tp, records in batch.items())
             )
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for result in results:
@@ -425,6 +434,10 @@ class EventConsumer:
             STALLED.labels(self.name).set(len(self._stalls))
             if offsets:
                 await self._commit_offsets(consumer, offsets)
+
+    async def _bounded(self, tp: TopicPartition, records: list[ConsumerRecord]) -> _PartitionResult:
+        async with self._parallel:
+            return await self._process_partition(tp, records)
 
     async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]

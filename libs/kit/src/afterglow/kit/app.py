@@ -279,6 +279,7 @@ def create_service_app(
                             retry=retry,
                             recreate_topics=recreate_topics if settings.ensure_topics else None,
                             max_records=settings.consumer_max_records,
+                            parallel_partitions=settings.consumer_parallel_partitions,
                         )
                     )
                 # Joining a group takes seconds and the groups are independent: join at once.

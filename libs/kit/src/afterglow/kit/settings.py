@@ -41,6 +41,10 @@ class ServiceSettings(BaseSettings):
     # Records per poll over all partitions; the records of one partition are applied in
     # one transaction, so this bounds a transaction's size and the locks it holds.
     consumer_max_records: int = Field(default=500, ge=1, le=10_000)
+    # Partitions of one poll a consumer applies at once (each a transaction on its own
+    # pooled connection): keep it well under db_pool_size, which every consumer, worker
+    # and request of the process shares.
+    consumer_parallel_partitions: int = Field(default=4, ge=1, le=64)
     # A member that polls no more for this long leaves its group, and a rebalance waits
     # at most this long for members to rejoin (aiokafka sends it as the rebalance
     # timeout). Bounds how long a member left behind by a stop that timed out holds

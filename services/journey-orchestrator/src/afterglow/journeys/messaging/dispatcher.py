@@ -31,6 +31,8 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,12 +50,15 @@ from afterglow.journeys.messaging.channels.rate import take
 from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
 from afterglow.journeys.messaging.models import (
     Message,
+    MessageContact,
+    MessageTemplate,
     MessagingChannel,
     MessagingTenantSettings,
 )
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
+from afterglow.kit.group_commit import GroupCommit
 from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
@@ -93,6 +98,41 @@ def unsubscribe_url(
     return f"{base}/u/{token}"
 
 
+def _order_id(m: Message) -> str | None:
+    """The order a message is about: the request's, else its variables' (templates)."""
+    order_id = m.order_id or m.variables.get("order_id")
+    return str(order_id) if order_id else None
+
+
+@dataclass
+class _Claimed:
+    """What judging and rendering a claim's messages reads, one query per table for the
+    whole claim (a claim of a hundred messages made a round trip per message for its
+    template, its order and its tenant's settings)."""
+
+    tenants: dict[str, MessagingTenantSettings]
+    channels: dict[tuple[str, str], MessagingChannel]
+    contacts: dict[tuple[str, str], MessageContact]
+    suppressed: dict[tuple[str, str], dict[str, str]]
+    templates: dict[store.TemplateKey, MessageTemplate]
+    orders: dict[tuple[str, str], dict[str, Any]]
+
+    @classmethod
+    async def read(cls, session: AsyncSession, rows: list[Message]) -> _Claimed:
+        tenant_ids = {m.tenant_id for m in rows}
+        contacts = await store.load_contacts(session, {(m.tenant_id, m.customer_id) for m in rows})
+        orders = {(m.tenant_id, o) for m in rows if (o := _order_id(m))}
+        return cls(
+            tenants=await store.tenant_settings_rows(session, tenant_ids),
+            # Locked: the rate limit's token bucket is taken in this transaction.
+            channels=await store.channel_rows(session, tenant_ids),
+            contacts={(c.tenant_id, c.customer_id): c for c in contacts},
+            suppressed=await store.suppressions_for(session, contacts),
+            templates=await store.tenant_template_rows(session, tenant_ids),
+            orders=await store.orders_for_templates(session, orders),
+        )
+
+
 class Dispatcher:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -101,6 +141,14 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._backlog = False  # the last claim filled its limit: claim again at once
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
+        # Never past its bound: at most ``concurrency`` sends are in flight to wait here.
+        self._settles: GroupCommit[tuple[Job, Outcome], None] = GroupCommit(
+            self._settle_all,
+            name="message settle",
+            max_waiting=max(1, self.s.concurrency) * 2,
+            max_batch=max(1, self.s.concurrency),
+            retry_after_s=1,
+        )
 
     @property
     def s(self) -> MessagingSettings:
@@ -118,6 +166,7 @@ class Dispatcher:
             self.rt.engine, NOTIFY_CHANNEL, self._wake, name="afterglow-dispatcher-listen"
         )
         listening = asyncio.create_task(listener.run(), name="dispatcher-listen")
+        settling = self._settles.start(1)
         # Not one transaction per round: the sends start after the claim commits, so a
         # send never looks for a lease its claim has not committed yet.
         polling = PollingWorker(
@@ -136,6 +185,7 @@ class Dispatcher:
                 await listening
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
+            await cancel_and_wait(settling, timeout_s=10, what="dispatcher settles")
             self.smtp_pool.close()
 
     async def _claim_round(self, now: datetime) -> int:
@@ -174,45 +224,25 @@ class Dispatcher:
         full = [t for t, n in busy.items() if n >= cap]
         async with self.rt.sessionmaker.begin() as session:
             rows = await store.claim_due_messages(session, now, limit, full)
-            tenants: dict[str, MessagingTenantSettings | None] = {}
-            channels = await store.channel_rows(session, {m.tenant_id for m in rows})
-            contacts = await store.load_contacts(
-                session, {(m.tenant_id, m.customer_id) for m in rows}
-            )
-            suppressed = await store.suppressions_for(session, contacts)
+            claimed = await _Claimed.read(session, rows)
             jobs = []
             for message in rows:
                 if busy.get(message.tenant_id, 0) >= cap:
                     # Left as it is, still due: claimed again once a slot frees up.
                     continue
-                if message.tenant_id not in tenants:
-                    tenants[message.tenant_id] = await store.tenant_settings(
-                        session, message.tenant_id
-                    )
-                job = await self.evaluate(
-                    session,
-                    message,
-                    tenants[message.tenant_id],
-                    now,
-                    channels,
-                    suppressed.get((message.tenant_id, message.customer_id)),
-                )
+                job = await self.evaluate(session, message, claimed, now)
                 if job is not None:
                     jobs.append(job)
                     busy[job.tenant_id] = busy.get(job.tenant_id, 0) + 1
         return len(rows), jobs
 
     async def evaluate(
-        self,
-        session: AsyncSession,
-        m: Message,
-        tenant: MessagingTenantSettings | None,
-        now: datetime,
-        channels: dict[tuple[str, str], MessagingChannel] | None = None,
-        suppressed: dict[str, str] | None = None,
+        self, session: AsyncSession, m: Message, claimed: _Claimed, now: datetime
     ) -> Job | None:
+        tenant = claimed.tenants.get(m.tenant_id)
+        suppressed = claimed.suppressed.get((m.tenant_id, m.customer_id))
         rules = store.policy_settings(tenant, self.s.contact_wait_s, self.s.contact_recheck_s)
-        contact = await store.contact_of(session, m.tenant_id, m.customer_id)
+        contact = claimed.contacts.get((m.tenant_id, m.customer_id))
         counted: list[datetime] = []
         if m.category == "marketing":
             # Serialise one customer's cap checks across replicas: two dispatchers must
@@ -249,7 +279,7 @@ class Dispatcher:
             await self._set(session, m, now, "suppressed", decision.reason)
             return None
         assert contact is not None and decision.channel is not None
-        channel_row = (channels or {}).get((m.tenant_id, decision.channel))
+        channel_row = claimed.channels.get((m.tenant_id, decision.channel))
         route = route_of(tenant, channel_row)
         if route is None:
             # Bounded: a tenant that never sets up messaging must not keep every
@@ -261,7 +291,7 @@ class Dispatcher:
             await self._set(session, m, now, "deferred", "no_endpoint", recheck)
             return None
         channel = decision.channel
-        template = await store.find_template(session, m.tenant_id, m.template, channel)
+        template = store.claimed_template(claimed.templates, m.tenant_id, m.template, channel)
         if template is None:
             await self._fail(session, m, now, f"no template {m.template!r} for {channel}")
             return None
@@ -270,11 +300,11 @@ class Dispatcher:
             if m.category == "marketing"
             else None
         )
-        order_id = m.order_id or m.variables.get("order_id")
+        order_id = _order_id(m)
         extra: dict[str, Any] = {
             "kind": m.kind,
             "order_id": order_id,
-            "order": await store.order_for_template(session, m.tenant_id, order_id),
+            "order": claimed.orders.get((m.tenant_id, order_id)) if order_id else None,
         }
         if unsub:
             extra["unsubscribe_url"] = unsub
@@ -434,40 +464,53 @@ class Dispatcher:
         return outcome
 
     async def settle(self, job: Job, outcome: Outcome) -> None:
+        """Record a send's outcome. The sends that end together share one transaction
+        (:meth:`_settle_all`): a transaction per send took a pooled connection per
+        send in flight (``concurrency`` of them), and past the pool's size every
+        settle opened a connection of its own."""
+        await self._settles.submit((job, outcome))
+
+    async def _settle_all(self, ended: Sequence[tuple[Job, Outcome]]) -> list[None]:
         now = self.rt.clock.now()
         async with self.rt.sessionmaker.begin() as session:
-            m = await store.message_to_settle(session, job.message_id)
-            if m is None or m.status != "queued" or m.attempts != job.attempt:
-                return  # erased meanwhile, or a later lease took over
-            if outcome.suppress:
-                # The provider said the address is gone (or refused us): no later
-                # message to it is tried, whichever customer record carries it.
-                await store.suppress(
-                    session,
-                    m.tenant_id,
-                    job.channel,
-                    [(job.to, outcome.suppress, outcome.reason)],
-                    source=job.route.provider,
-                    at=now,
-                )
-            if outcome.ok:
-                m.sent_at = now
-                await self._set(session, m, now, "sent", None, decision="sent")
-                await store.record(session, m.tenant_id, m.id, now, "delivered", outcome.reason)
-                return
-            if not outcome.retryable:
-                await self._fail(session, m, now, f"rejected: {outcome.reason}")
-                return
-            if m.attempts >= self.s.max_attempts:
-                await self._fail(session, m, now, f"{outcome.reason} after {m.attempts} attempts")
-                return
-            if outcome.retry_after_s is not None:
-                delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
-            else:
-                delay = policy.backoff_delay(
-                    m.attempts, self.s.backoff_base_s, self.s.backoff_max_s
-                )
-            reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
-            await self._set(
-                session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry"
+            messages = await store.messages_to_settle(session, [job.message_id for job, _ in ended])
+            for job, outcome in ended:
+                m = messages.get(job.message_id)
+                if m is None or m.status != "queued" or m.attempts != job.attempt:
+                    continue  # erased meanwhile, or a later lease took over
+                await self._settle_one(session, m, job, outcome, now)
+        return [None] * len(ended)
+
+    async def _settle_one(
+        self, session: AsyncSession, m: Message, job: Job, outcome: Outcome, now: datetime
+    ) -> None:
+        if outcome.suppress:
+            # The provider said the address is gone (or refused us): no later
+            # message to it is tried, whichever customer record carries it.
+            await store.suppress(
+                session,
+                m.tenant_id,
+                job.channel,
+                [(job.to, outcome.suppress, outcome.reason)],
+                source=job.route.provider,
+                at=now,
             )
+        if outcome.ok:
+            m.sent_at = now
+            await self._set(session, m, now, "sent", None, decision="sent")
+            await store.record(session, m.tenant_id, m.id, now, "delivered", outcome.reason)
+            return
+        if not outcome.retryable:
+            await self._fail(session, m, now, f"rejected: {outcome.reason}")
+            return
+        if m.attempts >= self.s.max_attempts:
+            await self._fail(session, m, now, f"{outcome.reason} after {m.attempts} attempts")
+            return
+        if outcome.retry_after_s is not None:
+            delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
+        else:
+            delay = policy.backoff_delay(m.attempts, self.s.backoff_base_s, self.s.backoff_max_s)
+        reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
+        await self._set(
+            session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry"
+        )

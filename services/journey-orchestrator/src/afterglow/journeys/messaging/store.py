@@ -8,11 +8,13 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text, tuple_, update
+from sqlalchemy import Text, any_, bindparam, case, delete, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events.batch import unnest_keys
 from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
 from afterglow.events.money import format_money
 from afterglow.journeys.messaging.channels.sms_text import e164
@@ -77,13 +79,59 @@ def contact_facts(
     )
 
 
+TemplateKey = tuple[str, str, str]  # (tenant, template name, channel)
+
+
+async def tenant_template_rows(
+    session: AsyncSession, tenant_ids: set[str]
+) -> dict[TemplateKey, MessageTemplate]:
+    """Every template override of the claim's tenants, one query (a tenant has a
+    handful): a claim of a hundred messages looked each one up, a round trip each even
+    when there was none and the default applied."""
+    if not tenant_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(MessageTemplate).where(MessageTemplate.tenant_id.in_(sorted(tenant_ids)))
+        )
+    ).scalars()
+    return {(r.tenant_id, r.name, r.channel): r for r in rows}
+
+
 async def find_template(
     session: AsyncSession, tenant_id: str, name: str, channel: str
 ) -> Template | None:
+    """The tenant's saved ``name`` for ``channel``, else the default (one message)."""
     row = await session.get(MessageTemplate, (tenant_id, name, channel))
+    saved = {} if row is None else {(tenant_id, name, channel): row}
+    return claimed_template(saved, tenant_id, name, channel)
+
+
+def claimed_template(
+    overrides: dict[TemplateKey, MessageTemplate], tenant_id: str, name: str, channel: str
+) -> Template | None:
+    """The tenant's override of ``name`` for ``channel`` among ``overrides`` (read by
+    :func:`tenant_template_rows`), else the default."""
+    row = overrides.get((tenant_id, name, channel))
     if row is not None:
         return Template(channel=row.channel, text=row.text, subject=row.subject, html=row.html)
     return default_template(name, channel)
+
+
+async def tenant_settings_rows(
+    session: AsyncSession, tenant_ids: set[str]
+) -> dict[str, MessagingTenantSettings]:
+    """The claim's tenants' messaging settings, one query."""
+    if not tenant_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(MessagingTenantSettings).where(
+                MessagingTenantSettings.tenant_id.in_(sorted(tenant_ids))
+            )
+        )
+    ).scalars()
+    return {r.tenant_id: r for r in rows}
 
 
 async def record(
@@ -380,15 +428,33 @@ async def record_all(
     )
 
 
-async def order_for_template(
-    session: AsyncSession, tenant_id: str, order_id: str | None
-) -> dict[str, Any] | None:
-    """``order`` as templates see it, or None when the message is about no known order."""
-    if not order_id:
-        return None
-    row = await session.get(MessageOrder, (tenant_id, order_id))
-    if row is None:
-        return None
+_order_keys = unnest_keys("o", tenant_id=Text, order_id=Text)
+_ORDERS = select(MessageOrder).join(
+    _order_keys,
+    (MessageOrder.tenant_id == _order_keys.c.tenant_id)
+    & (MessageOrder.order_id == _order_keys.c.order_id),
+)
+
+
+async def orders_for_templates(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(tenant, order id) -> ``order`` as templates see it, for a claim's messages in
+    one query; an order messaging never saw is absent."""
+    if not keys:
+        return {}
+    ordered = sorted(keys)
+    rows = (
+        await session.execute(
+            _ORDERS,
+            {"o_tenant_id": [k[0] for k in ordered], "o_order_id": [k[1] for k in ordered]},
+        )
+    ).scalars()
+    return {(r.tenant_id, r.order_id): order_for_template(r) for r in rows}
+
+
+def order_for_template(row: MessageOrder) -> dict[str, Any]:
+    """``order`` as templates see it."""
     return {
         "id": row.order_id,
         "number": row.order_number or row.order_id,
@@ -831,14 +897,6 @@ async def claim_due_messages(
     )
 
 
-async def contact_of(
-    session: AsyncSession, tenant_id: str, customer_id: str
-) -> MessageContact | None:
-    """The customer's contact (from this session's identity map when a claim's
-    :func:`load_contacts` already read it)."""
-    return await session.get(MessageContact, (tenant_id, customer_id))
-
-
 async def lock_marketing_cap(session: AsyncSession, tenant_id: str, customer_id: str) -> None:
     """Serialise one customer's frequency-cap checks (held to commit): without it two
     dispatchers both saw "2 of 3" and sent two more."""
@@ -869,7 +927,16 @@ async def marketing_counted(
     )
 
 
-async def message_to_settle(session: AsyncSession, message_id: str) -> Message | None:
-    """The message a send ended for, locked: its outcome and a redelivery (or a later
-    lease) do not both change it."""
-    return await session.get(Message, message_id, with_for_update=True)
+_MESSAGES_TO_SETTLE = (
+    select(Message)
+    .where(Message.id == any_(bindparam("ids", type_=ARRAY(Text))))
+    .order_by(Message.id)
+    .with_for_update()
+)
+
+
+async def messages_to_settle(session: AsyncSession, message_ids: list[str]) -> dict[str, Message]:
+    """The messages sends ended for, locked in id order (one query, the same text for
+    any number): an outcome and a redelivery (or a later lease) do not both change one."""
+    rows = (await session.execute(_MESSAGES_TO_SETTLE, {"ids": sorted(set(message_ids))})).scalars()
+    return {m.id: m for m in rows}
