@@ -24,11 +24,12 @@ Two handler forms, both run inside that transaction, in partition order:
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, Text, bindparam, select
+from sqlalchemy import Table, Text, bindparam, cast, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -201,19 +202,24 @@ async def each_in_order(
         session.expunge_all()
 
 
-def unnest_insert(table: Table, columns: Sequence[str]) -> Any:
+def unnest_insert(table: Table, columns: Sequence[str], *, json_text: Sequence[str] = ()) -> Any:
     """``INSERT INTO table (columns) SELECT ... FROM unnest(:c1, :c2, ...)``: a multi-row
     insert that is ONE statement whatever the number of rows, so it is compiled and
     prepared once (``insert().values([...])`` is a new statement, compiled again, for
     every batch size; in a profile of the feedback consumer its compilation was the
     largest cost). Execute it with one list per column, named after the column; add
-    ``on_conflict_do_nothing`` / ``returning`` as needed, once, where it is built."""
-    rows = (
-        func.unnest(*[bindparam(c, type_=ARRAY(table.c[c].type)) for c in columns])
-        .table_valued(*columns)
-        .render_derived(name="new_rows")
-    )
-    return pg_insert(table).from_select(list(columns), select(*[rows.c[c] for c in columns]))
+    ``on_conflict_do_nothing`` / ``returning`` as needed, once, where it is built.
+
+    ``json_text``: JSON columns whose values are passed already serialised (a string per
+    row, see :func:`as_columns`) and cast back: SQLAlchemy reads a list inside an array
+    parameter as one more dimension of the array, so a JSON list value would not
+    arrive as one value."""
+    params = [
+        bindparam(c, type_=ARRAY(Text if c in json_text else table.c[c].type)) for c in columns
+    ]
+    rows = func.unnest(*params).table_valued(*columns).render_derived(name="new_rows")
+    values = [cast(rows.c[c], table.c[c].type) if c in json_text else rows.c[c] for c in columns]
+    return pg_insert(table).from_select(list(columns), select(*values))
 
 
 def unnest_keys(name: str, **types: Any) -> Any:
@@ -228,6 +234,9 @@ def unnest_keys(name: str, **types: Any) -> Any:
     )
 
 
-def as_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows as the per-column lists :func:`unnest_insert` takes."""
-    return {c: [r[c] for r in rows] for c in columns}
+def as_columns(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, json_text: Sequence[str] = ()
+) -> dict[str, list[Any]]:
+    """Rows as the per-column lists :func:`unnest_insert` takes (``json_text`` columns
+    serialised, as that insert was built with)."""
+    return {c: [json.dumps(r[c]) if c in json_text else r[c] for r in rows] for c in columns}

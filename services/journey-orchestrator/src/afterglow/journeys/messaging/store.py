@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import unnest_keys
+from afterglow.events.batch import as_columns, unnest_insert, unnest_keys
 from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
 from afterglow.events.money import format_money
 from afterglow.journeys.messaging.channels.sms_text import e164
@@ -270,6 +270,23 @@ async def fresh_contact(
     ).scalar_one_or_none()
 
 
+_CONTACT_COLUMNS = ("tenant_id", "customer_id", "updated_at", *CONTACT_FIELDS)
+_new_contacts = unnest_insert(MessageContact.__table__, _CONTACT_COLUMNS)
+# One statement for any number of contacts (compiled and prepared once).
+_UPSERT_CONTACTS = _new_contacts.on_conflict_do_update(
+    index_elements=["tenant_id", "customer_id"],
+    set_={
+        **{
+            f: func.coalesce(_new_contacts.excluded[f], getattr(MessageContact, f))
+            for f in CONTACT_FIELDS
+        },
+        "updated_at": _new_contacts.excluded.updated_at,
+        # A new order after an erasure is new data given anew: clear the erasure mark.
+        "erased_at": None,
+    },
+)
+
+
 async def upsert_contacts(
     session: AsyncSession, contacts: dict[ContactKey, dict[str, object]], at: datetime
 ) -> None:
@@ -277,30 +294,34 @@ async def upsert_contacts(
     gave (None: not said). A field not said keeps the stored value."""
     if not contacts:
         return
-    stmt = pg_insert(MessageContact).values(
-        [
-            {
-                "tenant_id": tenant_id,
-                "customer_id": customer_id,
-                "updated_at": at,
-                **{f: fields.get(f) for f in CONTACT_FIELDS},
-            }
-            for (tenant_id, customer_id), fields in sorted(contacts.items())
-        ]
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["tenant_id", "customer_id"],
-        set_={
-            **{
-                f: func.coalesce(stmt.excluded[f], getattr(MessageContact, f))
-                for f in CONTACT_FIELDS
-            },
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "customer_id": customer_id,
             "updated_at": at,
-            # A new order after an erasure is new data given anew: clear the erasure mark.
-            "erased_at": None,
-        },
+            **{f: fields.get(f) for f in CONTACT_FIELDS},
+        }
+        for (tenant_id, customer_id), fields in sorted(contacts.items())
+    ]
+    await session.execute(_UPSERT_CONTACTS, as_columns(rows, _CONTACT_COLUMNS))
+
+
+_waking = unnest_keys("w", tenant_id=Text, customer_id=Text)
+# One statement: the UPDATE, and the NOTIFY only when it woke something.
+_woken = (
+    update(Message)
+    .where(
+        Message.tenant_id == _waking.c.tenant_id,
+        Message.customer_id == _waking.c.customer_id,
+        Message.status == "deferred",
+        Message.reason == "waiting_for_contact",
+        Message.next_attempt_at > bindparam("now"),
     )
-    await session.execute(stmt)
+    .values(next_attempt_at=bindparam("now"))
+    .returning(Message.id)
+    .cte("woken")
+)
+_WAKE_WAITING = select(func.pg_notify(NOTIFY_CHANNEL, "")).where(select(_woken.c.id).exists())
 
 
 async def wake_waiting_for_contacts(
@@ -313,22 +334,43 @@ async def wake_waiting_for_contacts(
     wanted = sorted(set(keys))
     if not wanted:
         return
-    # One statement: the UPDATE, and the NOTIFY only when it woke something.
-    woken = (
-        update(Message)
-        .where(
-            tuple_(Message.tenant_id, Message.customer_id).in_(wanted),
-            Message.status == "deferred",
-            Message.reason == "waiting_for_contact",
-            Message.next_attempt_at > now,
-        )
-        .values(next_attempt_at=now)
-        .returning(Message.id)
-        .cte("woken")
-    )
     await session.execute(
-        select(func.pg_notify(NOTIFY_CHANNEL, "")).where(select(woken.c.id).exists())
+        _WAKE_WAITING,
+        {
+            "w_tenant_id": [k[0] for k in wanted],
+            "w_customer_id": [k[1] for k in wanted],
+            "now": now,
+        },
     )
+
+
+_ORDER_COLUMNS = (
+    "tenant_id",
+    "order_id",
+    "customer_id",
+    "order_number",
+    "total_minor",
+    "currency",
+    "placed_at",
+    "items",
+)
+_INSERT_ORDERS = (
+    unnest_insert(MessageOrder.__table__, _ORDER_COLUMNS, json_text=("items",))
+    .on_conflict_do_nothing()
+    .returning(MessageOrder.tenant_id, MessageOrder.order_id)
+)
+_counted_keys = unnest_keys("c", tenant_id=Text, customer_id=Text)
+_CONTACTS_FOR_UPDATE = (
+    select(MessageContact)
+    .join(
+        _counted_keys,
+        (MessageContact.tenant_id == _counted_keys.c.tenant_id)
+        & (MessageContact.customer_id == _counted_keys.c.customer_id),
+    )
+    .order_by(MessageContact.tenant_id, MessageContact.customer_id)
+    .with_for_update(of=MessageContact)
+    .execution_options(populate_existing=True)
+)
 
 
 async def record_orders(
@@ -360,10 +402,7 @@ async def record_orders(
     inserted = {
         (tenant_id, order_id)
         for tenant_id, order_id in await session.execute(
-            pg_insert(MessageOrder)
-            .values(list(rows.values()))
-            .on_conflict_do_nothing()
-            .returning(MessageOrder.tenant_id, MessageOrder.order_id)
+            _INSERT_ORDERS, as_columns(list(rows.values()), _ORDER_COLUMNS, json_text=("items",))
         )
     }
     if not inserted:
@@ -379,11 +418,8 @@ async def record_orders(
         (c.tenant_id, c.customer_id): c
         for c in (
             await session.execute(
-                select(MessageContact)
-                .where(tuple_(MessageContact.tenant_id, MessageContact.customer_id).in_(keys))
-                .order_by(MessageContact.tenant_id, MessageContact.customer_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
+                _CONTACTS_FOR_UPDATE,
+                {"c_tenant_id": [k[0] for k in keys], "c_customer_id": [k[1] for k in keys]},
             )
         ).scalars()
     }
@@ -401,21 +437,44 @@ async def record_orders(
             contact.total_spent_minor = (contact.total_spent_minor or 0) + order.total.amount
 
 
+_MESSAGE_COLUMNS = (
+    "id",
+    "tenant_id",
+    "customer_id",
+    "request_id",
+    "kind",
+    "template",
+    "category",
+    "priority",
+    "channel",
+    "variables",
+    "order_id",
+    "not_before",
+    "status",
+    "reason",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+    "request_key",
+    "request_value",
+    "request_headers",
+)
+_MESSAGE_JSON = ("variables", "request_headers")
+_INSERT_MESSAGES = (
+    unnest_insert(Message.__table__, _MESSAGE_COLUMNS, json_text=_MESSAGE_JSON)
+    .on_conflict_do_nothing(constraint="uq_messages_tenant_request")
+    .returning(Message.id)
+)
+
+
 async def insert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
     """Queue a batch of requested messages; the ids inserted (a request id repeated, per
     tenant, inserts nothing)."""
     if not rows:
         return set()
-    return set(
-        (
-            await session.execute(
-                pg_insert(Message)
-                .values(rows)
-                .on_conflict_do_nothing(constraint="uq_messages_tenant_request")
-                .returning(Message.id)
-            )
-        ).scalars()
-    )
+    columns = as_columns(rows, _MESSAGE_COLUMNS, json_text=_MESSAGE_JSON)
+    return set((await session.execute(_INSERT_MESSAGES, columns)).scalars())
 
 
 async def record_all(
