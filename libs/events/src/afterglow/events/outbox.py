@@ -34,12 +34,11 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 from prometheus_client import Counter, Gauge
-from sqlalchemy import LargeBinary, SmallInteger, Table, Text, bindparam, cast, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Table, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events import tracing
+from afterglow.events.batch import unnest_insert
 from afterglow.events.envelope import CloudEvent, to_record
 from afterglow.events.listen import Listener
 from afterglow.events.shutdown import stop_within
@@ -70,35 +69,18 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode()) % OUTBOX_SHARDS
 
 
+OUTBOX_COLUMNS = ("event_id", "event_type", "topic", "key", "shard", "headers", "value")
+
+
 def _insert_rows(table: Table) -> Any:
-    """``INSERT INTO outbox SELECT ... FROM unnest(:event_id, ..., :value)``: one
-    statement text for any number of events, so it is compiled and prepared once. A
-    ``VALUES`` list of N rows was a new statement for every N, and compiling it cost
-    more than the rest of a journey batch (SQLAlchemy builds a bind per cell)."""
-    cols = {
-        "event_id": Text,
-        "event_type": Text,
-        "topic": Text,
-        "key": Text,
-        "shard": SmallInteger,
-        "headers": Text,  # JSON text per row, cast below
-        "value": LargeBinary,
-    }
-    rows = (
-        func.unnest(*(bindparam(name, type_=ARRAY(t)) for name, t in cols.items()))
-        .table_valued(*cols)
-        .render_derived(name="rows")
-    )
-    return (
-        pg_insert(table)
-        .from_select(
-            list(cols),
-            # Rows come out of unnest in array order, so ids follow the events' order
-            # (the relay publishes a key's events in id order).
-            select(*(cast(rows.c[n], JSONB) if n == "headers" else rows.c[n] for n in cols)),
-        )
-        # A repeated event id is the same event: keep the first and say nothing.
-        .on_conflict_do_nothing(index_elements=["event_id"])
+    """One statement text for any number of events (:func:`unnest_insert`), so it is
+    compiled and prepared once: a ``VALUES`` list of N rows was a new statement for
+    every N, and compiling it cost more than the rest of a journey batch. Rows come
+    out of unnest in array order, so ids follow the events' order (the relay publishes
+    a key's events in id order). A repeated event id is the same event: the first is
+    kept and nothing is said."""
+    return unnest_insert(table, OUTBOX_COLUMNS, json_text=("headers",)).on_conflict_do_nothing(
+        index_elements=["event_id"]
     )
 
 
