@@ -46,3 +46,14 @@ async def test_private_allowed_when_the_operator_says_so() -> None:
     await check_destination("http://127.0.0.1:8025/messages", allow_private=True)
     with pytest.raises(ForbiddenDestination, match="http or https"):
         await check_destination("gopher://127.0.0.1/", allow_private=True)
+
+
+async def test_httpcore_finds_its_event_loop_without_searching_the_path() -> None:
+    """httpcore asks sniffio which loop runs, several times per request; without sniffio
+    installed every ask was a failed import that searched sys.path (~200 us each)."""
+    import sys
+
+    from httpcore._synchronization import current_async_library
+
+    assert current_async_library() == "asyncio"
+    assert "sniffio" in sys.modules  # imported once, so every later ask is a dict lookup
