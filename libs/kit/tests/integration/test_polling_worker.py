@@ -53,6 +53,10 @@ async def rows(stack: Stack) -> AsyncIterator[Rows]:
         await engine.dispose()
 
 
+async def _value(n: int) -> int:
+    return n
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -129,6 +133,30 @@ class TestPollingWorker:
                 *first,
                 later.isoformat(),
             ]
+        finally:
+            await _stop(task)
+
+    async def test_wake_ups_close_together_make_one_round_after_the_linger(
+        self, rows: Rows
+    ) -> None:
+        wake = asyncio.Event()
+        rounds = 0
+
+        async def count(_now: datetime) -> int:
+            nonlocal rounds
+            rounds += 1
+            return 0
+
+        worker = PollingWorker("lingering", count, ManualClock(), FOREVER, wake=wake, linger=0.5)
+        task = asyncio.create_task(worker.run())
+        try:
+            await eventually(lambda: _value(rounds), lambda n: n == 1)  # the first round
+            for _ in range(5):  # five sends ending within the linger
+                wake.set()
+                await asyncio.sleep(0.02)
+            await eventually(lambda: _value(rounds), lambda n: n >= 2)
+            await asyncio.sleep(0.6)  # a second round would have run by now
+            assert rounds == 2
         finally:
             await _stop(task)
 

@@ -176,6 +176,7 @@ class Dispatcher:
             lambda: self.s.poll_interval_s,
             wake=self._wake,
             full=lambda _: self._backlog,
+            linger=lambda: self.s.claim_linger_s,
         )
         try:
             await polling.run()

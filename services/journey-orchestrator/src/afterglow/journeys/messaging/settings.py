@@ -16,6 +16,10 @@ class MessagingSettings(BaseSettings):
     # Base of unsubscribe links (this service's public URL); default: PUBLIC_BASE_URL.
     public_url: str | None = None
     poll_interval_s: float = 1.0
+    # Woken (a message queued, a send ended), the dispatcher waits this long before it
+    # claims, so one claim takes what arrived meanwhile instead of one claim (seven
+    # statements) per message. Adds at most this much to a message's latency.
+    claim_linger_s: float = 0.02
     batch_size: int = 100
     # Sends in flight at once; a hanging endpoint holds one slot, not the dispatcher.
     concurrency: int = 32
