@@ -46,7 +46,14 @@ from afterglow.feedback.app import SPEC
 from afterglow.kit.migrations import upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from consumer_rate import floor_rate, report, service_consumer, service_rate
+from consumer_rate import (
+    floor_rate,
+    print_statements,
+    report,
+    service_consumer,
+    service_rate,
+    statements_of,
+)
 
 TENANT = "bench-nps"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -213,9 +220,12 @@ async def consumer_bench(n: int) -> None:
         kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
         name = service_consumer(rt, "events")
         await service_rate(rt, name, feedback_events(f"warm-{tenant}", 200))
-        rate = await service_rate(rt, name, feedback_events(f"ev-{tenant}", n))
+        with statements_of(rt) as seen:
+            rate = await service_rate(rt, name, feedback_events(f"ev-{tenant}", n))
         floor = await floor_rate(rt, kafka, feedback_events(f"floor-{tenant}", n))
     report("feedback consumer (survey.requested + order.placed)", n, rate, floor)
+    print(f"  target >= 2,000 events/s: {'met' if rate >= 2000 else 'NOT met'}")
+    print_statements(seen, n)
 
 
 def main() -> None:
