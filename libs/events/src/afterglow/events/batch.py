@@ -219,3 +219,24 @@ def unnest_insert(table: Table, columns: Sequence[str]) -> Any:
 def as_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
     """Rows as the per-column lists :func:`unnest_insert` takes."""
     return {c: [r[c] for r in rows] for c in columns}
+
+
+def unnest_keys(name: str, **types: Any) -> Any:
+    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
+    column (bind ``{name}_{col}``), to join a table against. The statement's text is the
+    same for any number of keys, so it is prepared once and planned cheaply; a row-wise
+    ``(a, b) IN ((..), (..), ...)`` is a new statement, prepared and planned again, for
+    every size a batch comes in, and PostgreSQL plans it as an OR of that many index
+    conditions."""
+    return (
+        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*types)
+        .render_derived(name=name)
+    )
+
+
+def key_params(
+    name: str, columns: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> dict[str, list[Any]]:
+    """The binds of :func:`unnest_keys` ``name`` for ``keys``, tuples in ``columns`` order."""
+    return {f"{name}_{c}": [k[i] for k in keys] for i, c in enumerate(columns)}
