@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,8 @@ from afterglow.events.catalog import (
     MessageRequested,
     Money,
     OrderCancelled,
+    OrderDelivered,
+    OrderFulfilled,
     OrderPlaced,
     OrderRefunded,
     ReferralCodeIssued,
@@ -76,6 +79,10 @@ def reward_of(row: TenantSettings) -> domain.RefereeReward | None:
         currency=row.referee_currency,
         valid_days=row.referee_valid_days or domain.DEFAULT_REFEREE_REWARD.valid_days,
     )
+
+
+# The order lifecycle events ReferralService.orders_changed applies in sets.
+Lifecycle = OrderFulfilled | OrderDelivered | OrderRefunded | OrderCancelled
 
 
 class CodeCollision(Exception):
@@ -584,7 +591,9 @@ class ReferralService:
         for row in referrals:
             if row["id"] not in inserted:
                 continue  # the order was attributed concurrently: that one stands
-            referral = Referral(**row)  # transient, never added: the events read it
+            # The events read it: a namespace, not a transient ORM object (whose
+            # instrumented construction was a tenth of the run's Python).
+            referral = SimpleNamespace(**row)
             if row["state"] == "rejected":
                 caused += self._rejected_events(referral, row["reason"], row["detail"])
             elif row["state"] == "pending":
@@ -609,7 +618,7 @@ class ReferralService:
         await self.outbox.add(session, self._referee_reward_event(referral, reward))
 
     def _referee_reward_event(
-        self, referral: Referral, reward: domain.RefereeReward
+        self, referral: Referral | SimpleNamespace, reward: domain.RefereeReward
     ) -> CloudEvent[Any]:
         assert referral.referee_reward_code is not None
         announce = MessageRequested(
@@ -638,7 +647,7 @@ class ReferralService:
         await self.outbox.add(session, *self._rejected_events(referral, reason, detail))
 
     def _rejected_events(
-        self, referral: Referral, reason: str, detail: str | None
+        self, referral: Referral | SimpleNamespace, reason: str, detail: str | None
     ) -> list[CloudEvent[Any]]:
         events = [
             self._event(
@@ -722,6 +731,78 @@ class ReferralService:
         await self.reject_open(
             session, tenant_id, data.order_id, "cancelled", data.reason, data.cancelled_at
         )
+
+    async def orders_changed(
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, Lifecycle]],
+    ) -> None:
+        """A run of consecutive order lifecycle events (fulfilled, delivered, refunded,
+        cancelled), each (tenant, data), in partition order, applied in sets with the
+        outcome of order_fulfilled, order_refunded and order_cancelled applied to each in
+        order: the run's orders locked with one statement, then their open referrals
+        with one more (the order the one-by-one path locks them in), the changes worked
+        out in memory in event order, and each table written with one statement, each
+        changed row once, with its final values."""
+        keys = {(t, d.order_id) for t, d in events}
+        locked = await store.locked_orders(session, keys)
+        orders = {k: dict(r._mapping) for k, r in locked.items()}
+        referrals = {
+            k: dict(r._mapping)
+            for k, r in (await store.locked_open_referrals(session, keys)).items()
+        }
+        tenants = {t for t, _ in events}
+        settings = await store.tenant_settings_of(session, tenants)
+        policies = {t: self._policy_of(t, settings.get(t)) for t in tenants}
+        changed_orders: dict[tuple[str, str], dict[str, Any]] = {}
+        changed_referrals: dict[tuple[str, str], dict[str, Any]] = {}
+        caused: list[CloudEvent[Any]] = []
+        for tenant, data in events:
+            key = (tenant, data.order_id)
+            order, referral = orders.get(key), referrals.get(key)
+            if isinstance(data, OrderFulfilled | OrderDelivered):
+                at = data.fulfilled_at if isinstance(data, OrderFulfilled) else data.delivered_at
+                if order is not None and order["fulfilled_at"] is None:
+                    order["fulfilled_at"] = at
+                    changed_orders[key] = order
+                # The first fulfilment starts the window (store.start_return_window).
+                if referral is not None and referral["fulfilled_at"] is None:
+                    referral["fulfilled_at"] = at
+                    referral["confirm_due_at"] = policies[tenant].confirmation_due(at)
+                    changed_referrals[key] = referral
+                continue
+            if isinstance(data, OrderRefunded):
+                if order is not None:
+                    order["refunded_amount"] += data.amount.amount
+                    full = data.full or order["refunded_amount"] >= order["total_amount"]
+                    if full and order["refunded_at"] is None:
+                        order["refunded_at"] = data.refunded_at
+                    changed_orders[key] = order
+                rejected = _rejected_open(
+                    referral,
+                    "refunded",
+                    f"refund {data.refund_id} inside the return window",
+                    data.refunded_at,
+                    refunded=data.amount.amount,
+                    full=data.full,
+                )
+            else:
+                if order is not None and order["cancelled_at"] is None:
+                    order["cancelled_at"] = data.cancelled_at
+                    changed_orders[key] = order
+                rejected = _rejected_open(referral, "cancelled", data.reason, data.cancelled_at)
+            if referral is not None:
+                changed_referrals[key] = referral
+            if rejected:
+                assert referral is not None
+                # No longer open: a later event of the run finds no referral to change.
+                del referrals[key]
+                caused += self._rejected_events(
+                    SimpleNamespace(**referral), referral["reason"], referral["detail"]
+                )
+        await store.update_orders(session, list(changed_orders.values()))
+        await store.update_referrals(session, list(changed_referrals.values()))
+        await self.outbox.add(session, *caused)
 
     async def reject_open(
         self,
@@ -817,6 +898,25 @@ class ReferralService:
         self, session: AsyncSession, tenant_id: str, customers: list[str]
     ) -> None:
         await store.pseudonymize(session, tenant_id, customers, self.clock.now())
+
+
+def _rejected_open(
+    referral: dict[str, Any] | None,
+    reason: str,
+    detail: str | None,
+    at: datetime,
+    refunded: int = 0,
+    full: bool = True,
+) -> bool:
+    """ReferralService.reject_open on an open referral read as a dict, in memory: True
+    when it is rejected now (the caller emits the rejection)."""
+    if referral is None:
+        return False
+    referral["refunded_amount"] += refunded
+    if not full and referral["refunded_amount"] < referral["order_total"]:
+        return False
+    referral.update(state="rejected", reason=reason, detail=detail, decided_at=at)
+    return True
 
 
 def referee_identity(order: Any) -> domain.Identity:
