@@ -137,14 +137,21 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
                 codes.add((e.tenantid, e.data.referral_code))
         elif isinstance(e.data, ReferralInvited):
             advocates.add((e.tenantid, e.subject))
-    await svc.lock_codes(session, codes, advocates)
+    # The codes of every order of the batch, as the lock read them: valid for a run of
+    # orders until an event applied alone may have changed a code (an invitation
+    # creates one, an erasure deactivates one); then the run reads them afresh.
+    active_codes: dict[tuple[str, str], Any] | None = await svc.lock_codes(
+        session, codes, advocates
+    )
     run: list[CloudEvent[Any]] = []
 
     async def flush() -> None:
         if not run:
             return
         if isinstance(run[0].data, OrderPlaced):
-            await svc.orders_placed(session, [(e.tenantid, e.subject, e.data) for e in run])
+            await svc.orders_placed(
+                session, [(e.tenantid, e.subject, e.data) for e in run], active_codes
+            )
         else:
             await svc.orders_changed(session, [(e.tenantid, e.data) for e in run])
         run.clear()
@@ -156,6 +163,7 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
         if kind is not None:
             run.append(event)
             continue
+        active_codes = None
         with event_span(event):
             await ONE_BY_ONE[type(event.data)](svc, session, event)
             # The next event sees this one's writes through fresh ORM objects.

@@ -174,18 +174,20 @@ class ReferralService:
         session: AsyncSession,
         codes: set[tuple[str, str]],
         advocates: set[tuple[str, str]],
-    ) -> None:
+    ) -> dict[tuple[str, str], Any]:
         """Lock, with one statement and in one order (tenant, then code id), every code a
         batch may lock: those its orders carry (``codes``: tenant and raw code) and
         those of the advocates it invites. Attributing locks its code, then the order;
         two batches from different partitions that took one code each, then wanted the
-        other's, deadlocked (and the whole batch was retried)."""
+        other's, deadlocked (and the whole batch was retried). Returns the codes that
+        still attribute, by (tenant, normalized code): what orders_placed reads, as long
+        as no event of the batch changed a code since (an invitation, an erasure)."""
         wanted = {
             (t, domain.normalize_code(c))
             for t, c in codes
             if domain.is_code_shaped(domain.normalize_code(c))
         }
-        await store.lock_codes(session, wanted, advocates)
+        return await store.lock_codes(session, wanted, advocates)
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
@@ -418,7 +420,10 @@ class ReferralService:
         return Attribution(referral, created=True)
 
     async def orders_placed(
-        self, session: AsyncSession, events: Sequence[tuple[str, str, OrderPlaced]]
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, str, OrderPlaced]],
+        active_codes: dict[tuple[str, str], Any] | None = None,
     ) -> None:
         """A run of consecutive order.placed events, each (tenant, subject, data), in
         partition order, applied in sets with the outcome of applying them one by one
@@ -427,7 +432,8 @@ class ReferralService:
         with one query per table, each attribution seeing the orders of the events up to
         its own and the conversions decided before it, as it would one by one. The
         batch's codes are locked already (lock_codes); this locks its referred orders,
-        in (tenant, order id) order."""
+        in (tenant, order id) order. ``active_codes``: what lock_codes returned, when
+        it covers every code of ``events`` and still holds; None: read them here."""
         first: dict[tuple[str, str], int] = {}
         rows = []
         for i, (tenant, subject, data) in enumerate(events):
@@ -441,7 +447,9 @@ class ReferralService:
         since = {key: first[key] for key in created}
 
         wanted = self._carried_codes(events)
-        codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
+        codes = active_codes
+        if codes is None:
+            codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
         found: list[tuple[int, Any, str]] = []  # (event index, code row, via)
         for i, (referral_code, discounts) in enumerate(wanted):
             picked = self._pick_code(events[i][0], referral_code, discounts, codes)

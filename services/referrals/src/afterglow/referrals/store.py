@@ -91,16 +91,18 @@ async def upsert_tenant_settings(
 
 async def lock_codes(
     session: AsyncSession, codes: set[tuple[str, str]], advocates: set[tuple[str, str]]
-) -> None:
+) -> dict[tuple[str, str], Row[Any]]:
     """Lock, with one statement and in one order (tenant, then code id), the codes named
-    by (tenant, normalized code) and those of the advocates (tenant, customer)."""
+    by (tenant, normalized code) and those of the advocates (tenant, customer). Returns
+    those that still attribute, as active_codes_named does, read under the lock."""
     if not codes and not advocates:
-        return
-    await session.execute(
+        return {}
+    rows = await session.execute(
         _LOCK_CODES,
         key_params("ck", ("tenant_id", "code"), sorted(codes))
         | key_params("ak", ("tenant_id", "customer_id"), sorted(advocates)),
     )
+    return {(r.tenant_id, r.code): r for r in rows if r.deactivated_at is None}
 
 
 _named = _codes.alias("named")
@@ -119,7 +121,7 @@ _wanted_codes = union(
     ),
 ).subquery("wanted")
 _LOCK_CODES = (
-    select(_codes.c.id)
+    select(_codes)
     .join(_wanted_codes, _codes.c.id == _wanted_codes.c.id)
     .order_by(_codes.c.tenant_id, _codes.c.id)
     .with_for_update(of=_codes)
