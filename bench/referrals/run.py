@@ -3,7 +3,9 @@
 Real stack (embedded PostgreSQL + broker via running_stack), the app in-process with
 its full lifespan. N ``order.placed`` events carrying referral codes are produced to
 the broker; the figure is N / (time until all N referrals are recorded), i.e. broker ->
-consumer -> fraud checks -> referral row + outbox, committed.
+consumer -> fraud checks -> referral row + outbox, committed. Then an ``order.fulfilled``
+for each of those orders (each referral's return window starts), timed until the
+service's inbox holds them all.
 
 Floors: the same N records produced to a topic nobody here consumes and
   * applied by the bare batch consumer (no-op handlers: poll, parse, inbox claim,
@@ -29,10 +31,17 @@ from sqlalchemy import text
 
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
-from afterglow.events.catalog import CustomerInfo, Money, OrderPlaced
+from afterglow.events.catalog import CustomerInfo, Money, OrderFulfilled, OrderPlaced
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from consumer_rate import BENCH_TAG, floor_rate, print_statements, statements_of
+from consumer_rate import (
+    BENCH_TAG,
+    floor_rate,
+    print_statements,
+    service_consumer,
+    service_rate,
+    statements_of,
+)
 
 FLOOR_TOPIC = "afterglow.support"  # not consumed by referrals
 
@@ -103,6 +112,19 @@ async def main(orders: int, codes: int) -> None:
                         break
                     await asyncio.sleep(0.05)
                 service_s = time.perf_counter() - t0
+            # Then each referred order fulfilled: the lifecycle events' run (the return
+            # window of each referral starts), timed until the inbox holds them all.
+            fulfilled = [
+                CloudEvent.new(
+                    OrderFulfilled(order_id=e.data.order_id, fulfilled_at=now + timedelta(days=1)),
+                    tenant_id=tenant,
+                    subject=e.subject,
+                    source="bench",
+                )
+                for e in events
+            ]
+            with statements_of(rt) as fulfilled_statements:
+                fulfilled_rate = await service_rate(rt, service_consumer(rt, "events"), fulfilled)
 
             # Floor: the broker round trip for the same records, nothing else.
             consumer = AIOKafkaConsumer(
@@ -149,6 +171,10 @@ async def main(orders: int, codes: int) -> None:
     print(f"ratio service/batch-consumer floor: {svc_rate / batch_floor:.3f}")
     print(f"target >= 2,000 events/s: {'met' if svc_rate >= 2000 else 'NOT met'}")
     print_statements(statements, orders, top=20)
+    print(f"order.fulfilled applied: {orders} at {fulfilled_rate:,.0f}/s")
+    print(f"ratio fulfilled/batch-consumer floor: {fulfilled_rate / batch_floor:.3f}")
+    print(f"target >= 2,000 events/s: {'met' if fulfilled_rate >= 2000 else 'NOT met'}")
+    print_statements(fulfilled_statements, orders, top=20)
 
 
 if __name__ == "__main__":
