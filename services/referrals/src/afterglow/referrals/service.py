@@ -459,8 +459,18 @@ class ReferralService:
         if not found:
             return
         keys = {(events[i][0], events[i][2].order_id) for i, _, _ in found}
-        orders = await store.locked_orders(session, keys)
-        attributed = await store.referred_orders(session, keys)
+        # An order this run created is known (its row is what was inserted) and locked
+        # (the inserter holds it), and has no referral (a referral is only ever made for
+        # an order already recorded, and orders are never deleted): only the orders seen
+        # before are read, locked, and looked up among the referrals. Two statements
+        # fewer under the codes' lock when every order is new, as most are.
+        seen_before = keys - created
+        orders: dict[tuple[str, str], Any] = await store.locked_orders(session, seen_before)
+        attributed = await store.referred_orders(session, seen_before)
+        for row in rows:
+            key = (row["tenant_id"], row["order_id"])
+            if key in keys and key in created:
+                orders[key] = store.created_order(row)
         todo = []
         for i, code, via in found:
             key = (events[i][0], events[i][2].order_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
@@ -281,6 +282,22 @@ async def remember_orders(
         return set()
     result = await session.execute(_INSERT_ORDERS, as_columns(rows, ORDER_COLUMNS))
     return {(r.tenant_id, r.order_id) for r in result}
+
+
+# The columns of a new order row that order_row does not set: their defaults.
+_NEW_ORDER_DEFAULTS = {
+    "erased_at": None,
+    "fulfilled_at": None,
+    "refunded_amount": 0,
+    "refunded_at": None,
+    "cancelled_at": None,
+}
+
+
+def created_order(row: dict[str, Any]) -> SimpleNamespace:
+    """An order remember_orders just created (``row`` from order_row), as locked_orders
+    would read it back."""
+    return SimpleNamespace(**row, **_NEW_ORDER_DEFAULTS)
 
 
 async def locked_orders(
