@@ -137,6 +137,9 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
                 codes.add((e.tenantid, e.data.referral_code))
         elif isinstance(e.data, ReferralInvited):
             advocates.add((e.tenantid, e.subject))
+    # The policies of the tenants whose orders may be attributed, read before the codes'
+    # lock: a statement less while other partitions' batches wait on it.
+    policies = await svc.policies(session, {t for t, _ in codes}) if codes else None
     # The codes of every order of the batch, as the lock read them: valid for a run of
     # orders until an event applied alone may have changed a code (an invitation
     # creates one, an erasure deactivates one); then the run reads them afresh.
@@ -150,7 +153,7 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
             return
         if isinstance(run[0].data, OrderPlaced):
             await svc.orders_placed(
-                session, [(e.tenantid, e.subject, e.data) for e in run], active_codes
+                session, [(e.tenantid, e.subject, e.data) for e in run], active_codes, policies
             )
         else:
             await svc.orders_changed(session, [(e.tenantid, e.data) for e in run])

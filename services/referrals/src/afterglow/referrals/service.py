@@ -139,6 +139,11 @@ class ReferralService:
             own["referee_reward"] = reward_of(row)
         return self.defaults(tenant_id).overridden_by(own)
 
+    async def policies(self, session: AsyncSession, tenants: set[str]) -> dict[str, domain.Policy]:
+        """:meth:`policy` of several tenants with one query."""
+        settings = await store.tenant_settings_of(session, tenants)
+        return {t: self._policy_of(t, settings.get(t)) for t in tenants}
+
     async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
         return self._policy_of(tenant_id, await store.tenant_settings(session, tenant_id))
 
@@ -425,6 +430,7 @@ class ReferralService:
         session: AsyncSession,
         events: Sequence[tuple[str, str, OrderPlaced]],
         active_codes: dict[tuple[str, str], Any] | None = None,
+        policies: dict[str, domain.Policy] | None = None,
     ) -> None:
         """A run of consecutive order.placed events, each (tenant, subject, data), in
         partition order, applied in sets with the outcome of applying them one by one
@@ -434,7 +440,9 @@ class ReferralService:
         its own and the conversions decided before it, as it would one by one. The
         batch's codes are locked already (lock_codes); this locks its referred orders,
         in (tenant, order id) order. ``active_codes``: what lock_codes returned, when
-        it covers every code of ``events`` and still holds; None: read them here."""
+        it covers every code of ``events`` and still holds; None: read them here.
+        ``policies``: the tenants' policies read earlier in the transaction (no event
+        changes them), else they are read here."""
         first: dict[tuple[str, str], int] = {}
         rows = []
         for i, (tenant, subject, data) in enumerate(events):
@@ -480,7 +488,7 @@ class ReferralService:
             todo.append((i, code, via, orders[key]))
         if not todo:
             return
-        await self._attribute_all(session, events, todo, since)
+        await self._attribute_all(session, events, todo, since, policies)
 
     def _carried_codes(
         self, events: Sequence[tuple[str, str, OrderPlaced]]
@@ -524,12 +532,13 @@ class ReferralService:
         events: Sequence[tuple[str, str, OrderPlaced]],
         todo: list[tuple[int, Any, str, Any]],
         since: dict[tuple[str, str], int],
+        policies: dict[str, domain.Policy] | None,
     ) -> None:
         """Decide the attributions (event index, code row, via, locked order row) in
         order, insert them with one statement and their events with one more."""
         tenants = {o.tenant_id for _, _, _, o in todo}
-        settings = await store.tenant_settings_of(session, tenants)
-        policies = {t: self._policy_of(t, settings.get(t)) for t in tenants}
+        if policies is None or not tenants <= policies.keys():
+            policies = await self.policies(session, tenants)
         people: set[tuple[str, str]] = set()
         emails: set[tuple[str, str]] = set()
         advocates: set[tuple[str, str]] = set()
@@ -770,9 +779,7 @@ class ReferralService:
             k: dict(r._mapping)
             for k, r in (await store.locked_open_referrals(session, keys)).items()
         }
-        tenants = {t for t, _ in events}
-        settings = await store.tenant_settings_of(session, tenants)
-        policies = {t: self._policy_of(t, settings.get(t)) for t in tenants}
+        policies = await self.policies(session, {t for t, _ in events})
         changed_orders: dict[tuple[str, str], dict[str, Any]] = {}
         changed_referrals: dict[tuple[str, str], dict[str, Any]] = {}
         caused: list[CloudEvent[Any]] = []
