@@ -15,18 +15,23 @@ measured in the same run. Shared by bench/loyalty, bench/referrals and bench/fee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from afterglow.events import CloudEvent, EventConsumer, KafkaConfig, to_record
 from afterglow.events.batch import BatchHandler
 from afterglow.kit.app import Runtime
 
 FLOOR_TOPIC = "afterglow.messages"  # not consumed by loyalty, referrals or feedback
+# Marks the bench's own progress polls, which statements_of does not count.
+BENCH_TAG = "/* bench */"
 
 
 async def _produce(rt: Runtime, events: Sequence[CloudEvent[Any]], topic: str | None) -> None:
@@ -43,7 +48,7 @@ async def _produce(rt: Runtime, events: Sequence[CloudEvent[Any]], topic: str | 
 async def _wait_inbox(rt: Runtime, consumer: str, ids: list[str], within_s: float) -> None:
     schema = rt.tables.inbox.schema
     stmt = text(
-        f"SELECT count(*) FROM {schema}.inbox "  # noqa: S608 - the schema is the service's
+        f"{BENCH_TAG} SELECT count(*) FROM {schema}.inbox "  # noqa: S608 - the schema is the service's
         "WHERE consumer = :c AND event_id = ANY(:ids)"
     )
     deadline = time.monotonic() + within_s
@@ -55,6 +60,72 @@ async def _wait_inbox(rt: Runtime, consumer: str, ids: list[str], within_s: floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"{consumer}: only {done} of {len(ids)} events within {within_s}s")
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class Statements:
+    """What statements_of saw: per kind of statement, how many and their milliseconds
+    from the driver's send to its answer (the round trip and PostgreSQL's work)."""
+
+    count: Counter[str] = field(default_factory=Counter)
+    ms: Counter[str] = field(default_factory=Counter)
+    # CPU seconds of this process meanwhile (the app, its relay and the bench's producer).
+    cpu_s: float = 0.0
+
+
+@contextlib.contextmanager
+def statements_of(rt: Runtime) -> Iterator[Statements]:
+    """Count and time the statements the app's engine runs meanwhile, by kind and table
+    (an ``executemany`` counts once: one round trip with asyncpg's pipelining). The
+    outbox relay shares the engine, so its statements are counted too: they are the
+    service's work as well. The bench's own polls (BENCH_TAG) are not."""
+    seen = Statements()
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        conn.info["bench_t0"] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        t0 = conn.info.pop("bench_t0", None)
+        if t0 is None or statement.startswith(BENCH_TAG):
+            return  # begun before the listener was, or the bench's own poll
+        what = _label(statement)
+        seen.count[what] += 1
+        seen.ms[what] += (time.perf_counter() - t0) * 1000
+
+    engine = rt.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    cpu0 = time.process_time()
+    try:
+        yield seen
+    finally:
+        seen.cpu_s = time.process_time() - cpu0
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+def _label(statement: str) -> str:
+    """A statement's kind and table: "INSERT x", "UPDATE x", "SELECT x FOR UPDATE"."""
+    words = statement.split()
+    verb = words[0].upper() if words else ""
+    table = ""
+    key = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM"}.get(verb, "FROM")
+    if key in words[:-1]:
+        table = words[words.index(key) + 1]
+    lock = " FOR UPDATE" if "FOR UPDATE" in statement else ""
+    return f"{verb} {table}{lock}".strip()
+
+
+def print_statements(seen: Statements, n: int, top: int = 8) -> None:
+    total = sum(seen.count.values())
+    ms = sum(seen.ms.values())
+    print(
+        f"  statements {total} = {total / n:.2f} per event, {ms:.0f} ms in them"
+        " (relay and inbox claim included)"
+    )
+    print(f"  CPU of the app's process: {seen.cpu_s * 1000 / n:.3f} ms per event")
+    for what, k in seen.count.most_common(top):
+        print(f"    {k:6d}  {seen.ms[what]:8.0f} ms  {what}")
 
 
 def service_consumer(rt: Runtime, suffix: str) -> str:

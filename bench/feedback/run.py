@@ -4,7 +4,8 @@ Consumer (``--events N``, 0 to skip): the app in-process with its full lifespan 
 embedded stack; N events, half ``survey.requested`` (a survey row, a message request and
 survey.sent in the outbox) and half ``order.placed`` with two line items, over 1,000
 customers; events/s until the inbox holds all N, next to the bare batch-consumer floor
-on the same records (bench/consumer_rate.py).
+on the same records (bench/consumer_rate.py). ``--reviews``: a third of them
+``review.requested`` instead (half of those reminders).
 
 Metrics (``--rows N``, 0 to skip): the metrics query of the feedback service against a
 bare count.
@@ -18,7 +19,7 @@ of several runs, the plan summary and the ratio.
 Uses DATABASE_URL when set (it must already be migrated), else starts a throwaway
 embedded PostgreSQL and migrates it.
 
-    uv run python bench/feedback/run.py [--events 4000] [--rows 1000000] [--runs 7]
+    uv run python bench/feedback/run.py [--events 4000] [--reviews] [--rows 1000000] [--runs 7]
 """
 
 from __future__ import annotations
@@ -40,13 +41,27 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.events import CloudEvent, KafkaConfig
-from afterglow.events.catalog import CustomerInfo, LineItem, Money, OrderPlaced, SurveyRequested
+from afterglow.events.catalog import (
+    CustomerInfo,
+    LineItem,
+    Money,
+    OrderPlaced,
+    ReviewRequested,
+    SurveyRequested,
+)
 from afterglow.feedback import metrics, metrics_store
 from afterglow.feedback.app import SPEC
 from afterglow.kit.migrations import upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from consumer_rate import floor_rate, report, service_consumer, service_rate
+from consumer_rate import (
+    floor_rate,
+    print_statements,
+    report,
+    service_consumer,
+    service_rate,
+    statements_of,
+)
 
 TENANT = "bench-nps"
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -177,13 +192,21 @@ async def bench(url: str, rows: int, runs: int) -> None:
     await engine.dispose()
 
 
-def feedback_events(tenant: str, n: int, customers: int = 1000) -> list[CloudEvent[Any]]:
+def feedback_events(
+    tenant: str, n: int, customers: int = 1000, reviews: bool = False
+) -> list[CloudEvent[Any]]:
+    """Half survey requests, half orders; with ``reviews``, every third event a review
+    request (a reminder every other time) instead."""
     now = datetime.now(UTC)
     out: list[CloudEvent[Any]] = []
     for i in range(n):
         customer = f"c{i % customers}"
         data: Any
-        if i % 2:
+        if reviews and i % 3 == 2:
+            data = ReviewRequested(
+                request_id=f"rv{i}", order_id=f"o{i - 1}", requested_at=now, reminder=i % 2 == 0
+            )
+        elif i % 2:
             item = LineItem(
                 title="Mug", sku="MUG", quantity=1, unit_price=Money(amount=900, currency="USD")
             )
@@ -201,7 +224,7 @@ def feedback_events(tenant: str, n: int, customers: int = 1000) -> list[CloudEve
     return out
 
 
-async def consumer_bench(n: int) -> None:
+async def consumer_bench(n: int, reviews: bool) -> None:
     from afterglow.feedback.app import create_app
     from afterglow.feedback.settings import FeedbackSettings
 
@@ -213,9 +236,13 @@ async def consumer_bench(n: int) -> None:
         kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
         name = service_consumer(rt, "events")
         await service_rate(rt, name, feedback_events(f"warm-{tenant}", 200))
-        rate = await service_rate(rt, name, feedback_events(f"ev-{tenant}", n))
-        floor = await floor_rate(rt, kafka, feedback_events(f"floor-{tenant}", n))
-    report("feedback consumer (survey.requested + order.placed)", n, rate, floor)
+        with statements_of(rt) as seen:
+            rate = await service_rate(rt, name, feedback_events(f"ev-{tenant}", n, reviews=reviews))
+        floor = await floor_rate(rt, kafka, feedback_events(f"floor-{tenant}", n, reviews=reviews))
+    mix = "survey.requested + order.placed" + (" + review.requested" if reviews else "")
+    report(f"feedback consumer ({mix})", n, rate, floor)
+    print(f"  target >= 2,000 events/s: {'met' if rate >= 2000 else 'NOT met'}")
+    print_statements(seen, n)
 
 
 def main() -> None:
@@ -223,6 +250,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=4000, help="0: skip the consumer")
     parser.add_argument("--rows", type=int, default=1_000_000, help="0: skip the metrics")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--reviews", action="store_true", help="a third of the events review requests"
+    )
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")  # before the consumer's stack sets its own
     if args.events:
@@ -233,7 +263,7 @@ def main() -> None:
             Path(".afterglow/bench-feedback"), ephemeral=True, services={"feedback"}
         ) as stack:
             os.environ.update(stack.env())
-            asyncio.run(consumer_bench(args.events))
+            asyncio.run(consumer_bench(args.events, args.reviews))
     if not args.rows:
         return
     if url:

@@ -222,11 +222,21 @@ def unnest_insert(table: Table, columns: Sequence[str], *, json_text: Sequence[s
     return pg_insert(table).from_select(list(columns), select(*values))
 
 
+def as_columns(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, json_text: Sequence[str] = ()
+) -> dict[str, list[Any]]:
+    """Rows as the per-column lists :func:`unnest_insert` takes (``json_text`` columns
+    serialised, as that insert was built with)."""
+    return {c: [json.dumps(r[c]) if c in json_text else r[c] for r in rows] for c in columns}
+
+
 def unnest_keys(name: str, **types: Any) -> Any:
     """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
-    column, to join against, so that a statement's text is the same for any number of
-    keys (an ``IN`` list is a new statement, prepared again, for every size a batch
-    comes in). Execute with ``{f"{name}_{col}": [...]}`` for each column."""
+    column (bind ``{name}_{col}``), to join a table against. The statement's text is the
+    same for any number of keys, so it is prepared once and planned cheaply; a row-wise
+    ``(a, b) IN ((..), (..), ...)`` is a new statement, prepared and planned again, for
+    every size a batch comes in, and PostgreSQL plans it as an OR of that many index
+    conditions."""
     return (
         func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
         .table_valued(*types)
@@ -234,9 +244,8 @@ def unnest_keys(name: str, **types: Any) -> Any:
     )
 
 
-def as_columns(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, json_text: Sequence[str] = ()
+def key_params(
+    name: str, columns: Sequence[str], keys: Sequence[Sequence[Any]]
 ) -> dict[str, list[Any]]:
-    """Rows as the per-column lists :func:`unnest_insert` takes (``json_text`` columns
-    serialised, as that insert was built with)."""
-    return {c: [json.dumps(r[c]) if c in json_text else r[c] for r in rows] for c in columns}
+    """The binds of :func:`unnest_keys` ``name`` for ``keys``, tuples in ``columns`` order."""
+    return {f"{name}_{c}": [k[i] for k in keys] for i, c in enumerate(columns)}

@@ -2,12 +2,13 @@
 erasure events, run in the consumer's transaction with the inbox claim (exactly once
 per event id); ticket events have theirs (afterglow.feedback.support).
 
-A batch is applied in sets (DESIGN.md, "Throughput"): the first survey requests and the
-orders of a run of events are collected and written with one statement per table; any
-other event (a reminder, a review request, a referral link, an erasure) first flushes
-what was collected, then is applied alone, so each event sees every earlier one's
-writes, as one by one. Surveys and orders touch different rows (one per request id, one
-per order id), so collecting them together changes no outcome."""
+A batch is applied in sets (DESIGN.md, "Throughput"): the first survey requests, the
+review requests and the orders of a run of events are collected and written with one
+statement per table (their messages in the events' order); any other event (a survey
+reminder, a referral link, an erasure) first flushes what was collected, then is
+applied alone, so each event sees every earlier one's writes, as one by one. Surveys,
+review asks and orders touch different rows (one per request id, none, one per order
+id), so collecting them together changes no outcome."""
 
 from __future__ import annotations
 
@@ -91,13 +92,15 @@ ONE_BY_ONE: dict[type, Callable[[Runtime, AsyncSession, Any], Awaitable[None]]] 
 async def apply(runtime: Runtime, session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
     now = runtime.clock.now()
     settings = _settings(runtime)
-    surveys: list[CloudEvent[Any]] = []
+    asks: list[CloudEvent[Any]] = []
     orders: list[service.PlacedOrder] = []
 
     def take(event: CloudEvent[Any]) -> bool:
         data = event.data
-        if isinstance(data, SurveyRequested) and not data.reminder:
-            surveys.append(event)
+        if isinstance(data, SurveyRequested | ReviewRequested) and not (
+            isinstance(data, SurveyRequested) and data.reminder
+        ):
+            asks.append(event)
             return True
         if isinstance(data, OrderPlaced):
             orders.append(
@@ -110,9 +113,9 @@ async def apply(runtime: Runtime, session: AsyncSession, events: list[CloudEvent
 
     async def flush() -> None:
         await service.remember_orders(session, orders)
-        await service.handle_survey_requests(session, runtime.outbox, settings, surveys, now)
+        await service.handle_asks(session, runtime.outbox, settings, asks, now)
         orders.clear()
-        surveys.clear()
+        asks.clear()
 
     async def one(event: CloudEvent[Any]) -> None:
         await ONE_BY_ONE[type(event.data)](runtime, session, event)

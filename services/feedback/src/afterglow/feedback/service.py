@@ -108,41 +108,55 @@ async def handle_survey_requested(
     await _send(session, outbox, settings, survey, data.request_id, reminder=False, now=now)
 
 
-async def handle_survey_requests(
+async def handle_asks(
     session: AsyncSession,
     outbox: Outbox,
     settings: FeedbackSettings,
     events: list[CloudEvent[Any]],
     now: datetime,
 ) -> None:
-    """:func:`handle_survey_requested` for many first requests (no reminders) at once:
-    one insert for the surveys (a repeated request id keeps the first, in order), one
-    read of the tenants' branding, one outbox insert for every message and sent event."""
+    """:func:`handle_survey_requested` (first requests, no reminders) and
+    :func:`handle_review_requested` for a run of them at once, with their outcome one
+    by one: one insert for the surveys (a repeated request id keeps the first, in
+    order), one read of which reminded orders were reviewed already, one read of the
+    tenants' branding, and one outbox insert for every message and survey.sent, in
+    the events' order. Reviews are written by the API, never by these events, so one
+    read before the run sees what each event would have seen."""
     if not events:
         return
     validity = timedelta(days=settings.feedback_survey_validity_days)
-    surveys = [
-        Survey(
-            id=str(uuid.uuid4()),
-            tenant_id=e.tenantid,
-            customer_id=e.subject,
-            request_id=e.data.request_id,
-            kind=e.data.kind,
-            order_id=e.data.order_id,
-            ticket_id=e.data.ticket_id,
-            sent_at=now,
-            expires_at=now + validity,
-        )
-        for e in events
-    ]
-    inserted = await store.insert_surveys(session, surveys)
-    created = [sv for sv in surveys if sv.id in inserted]
-    if not created:
-        return
-    brands = await brandings(session, {sv.tenant_id for sv in created})
+    surveys: dict[str, Survey] = {}  # by event id
+    reminded: set[tuple[str, str, str]] = set()
+    for e in events:
+        data = e.data
+        if isinstance(data, SurveyRequested):
+            surveys[e.id] = Survey(
+                id=str(uuid.uuid4()),
+                tenant_id=e.tenantid,
+                customer_id=e.subject,
+                request_id=data.request_id,
+                kind=data.kind,
+                order_id=data.order_id,
+                ticket_id=data.ticket_id,
+                sent_at=now,
+                expires_at=now + validity,
+            )
+        elif data.reminder:
+            reminded.add((e.tenantid, e.subject, data.order_id))
+    created = await store.insert_surveys(session, list(surveys.values())) if surveys else set()
+    reviewed = await store.reviewed_orders(session, reminded)
+    tenants = {e.tenantid for e in events if e.id not in surveys or surveys[e.id].id in created}
+    brands = await brandings(session, tenants) if tenants else {}
     out: list[CloudEvent[Any]] = []
-    for sv in created:
-        out += _survey_events(settings, brands[sv.tenant_id], sv, sv.request_id, False, now)
+    for e in events:
+        survey = surveys.get(e.id)
+        if survey is not None:
+            if survey.id in created:
+                out += _survey_events(
+                    settings, brands[e.tenantid], survey, survey.request_id, False, now
+                )
+        elif not (e.data.reminder and (e.tenantid, e.subject, e.data.order_id) in reviewed):
+            out.append(_review_message(settings, brands[e.tenantid], e, now))
     await outbox.add(session, *out)
 
 
@@ -160,6 +174,15 @@ async def handle_review_requested(
     if data.reminder and await store.has_review_of_order(session, tenant, customer, data.order_id):
         return  # a reminder to someone who already reviewed the order is noise
     brand = await branding(session, tenant)
+    await outbox.add(session, _review_message(settings, brand, event, now))
+
+
+def _review_message(
+    settings: FeedbackSettings, brand: Branding, event: CloudEvent[ReviewRequested], now: datetime
+) -> CloudEvent[Any]:
+    """The message request that carries a review link."""
+    data = event.data
+    tenant, customer = event.tenantid, event.subject
     token, expires = review_token(settings, tenant, customer, data.order_id, now)
     message = MessageRequested(
         request_id=f"feedback:review:{data.request_id}",
@@ -172,15 +195,12 @@ async def handle_review_requested(
         },
         order_id=data.order_id,
     )
-    await outbox.add(
-        session,
-        CloudEvent.new(
-            message,
-            id=derived_event_id(SOURCE, "review-message", tenant, data.request_id),
-            tenant_id=tenant,
-            subject=customer,
-            source=SOURCE,
-        ),
+    return CloudEvent.new(
+        message,
+        id=derived_event_id(SOURCE, "review-message", tenant, data.request_id),
+        tenant_id=tenant,
+        subject=customer,
+        source=SOURCE,
     )
 
 

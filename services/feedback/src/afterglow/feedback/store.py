@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import Text, and_, any_, bindparam, case, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events.batch import as_columns, unnest_insert
+from afterglow.events.batch import as_columns, key_params, unnest_insert, unnest_keys
 from afterglow.feedback.models import (
     Order,
     OrderItem,
@@ -70,10 +71,15 @@ async def tenant_setting(session: AsyncSession, tenant_id: str) -> TenantSetting
 
 async def tenant_settings(session: AsyncSession, tenant_ids: set[str]) -> dict[str, TenantSetting]:
     """The settings rows of several tenants (those that have one) with one query."""
-    rows = await session.execute(
-        select(TenantSetting).where(TenantSetting.tenant_id.in_(sorted(tenant_ids)))
-    )
+    rows = await session.execute(_TENANT_SETTINGS, {"tenants": sorted(tenant_ids)})
     return {r.tenant_id: r for r in rows.scalars()}
+
+
+# The tenants as an array: one statement text whatever their number (an IN list is a
+# new statement, prepared again, for each size).
+_TENANT_SETTINGS = select(TenantSetting).where(
+    TenantSetting.tenant_id == any_(bindparam("tenants", type_=ARRAY(Text)))
+)
 
 
 async def save_tenant_setting(
@@ -262,6 +268,35 @@ async def has_review_of_order(
         .limit(1)
     )
     return found is not None
+
+
+_review_keys = unnest_keys("rk", tenant_id=Text, customer_id=Text, order_id=Text)
+_REVIEWED_ORDERS = (
+    select(Review.tenant_id, Review.customer_id, Review.order_id)
+    .join(
+        _review_keys,
+        and_(
+            Review.tenant_id == _review_keys.c.tenant_id,
+            Review.customer_id == _review_keys.c.customer_id,
+            Review.order_id == _review_keys.c.order_id,
+        ),
+    )
+    .distinct()
+)
+
+
+async def reviewed_orders(
+    session: AsyncSession, keys: set[tuple[str, str, str]]
+) -> set[tuple[str, str, str]]:
+    """:func:`has_review_of_order` of many (tenant, customer, order id) with one query:
+    those the customer reviewed."""
+    if not keys:
+        return set()
+    rows = await session.execute(
+        _REVIEWED_ORDERS,
+        key_params("rk", ("tenant_id", "customer_id", "order_id"), sorted(keys)),
+    )
+    return {(r.tenant_id, r.customer_id, r.order_id) for r in rows}
 
 
 async def review_by_dedupe_key(

@@ -5,8 +5,11 @@ Lock order: a batch first locks every code it may touch with one statement, orde
 (tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events in
 partition order: a run of consecutive order.placed events as one set
 (:meth:`ReferralService.orders_placed`, which locks the run's referred orders in
-(tenant, order id) order), every other event one by one, each locking its order row
-(one customer's, in this partition only). Codes are shared across partitions (an
+(tenant, order id) order), a run of consecutive order lifecycle events (fulfilled,
+delivered, refunded, cancelled) as one set (:meth:`ReferralService.orders_changed`,
+which locks the run's orders, then their open referrals, each in (tenant, order id)
+order), every other event one by one, each locking its order row. An order's events
+are one customer's, in this partition only. Codes are shared across partitions (an
 advocate's code, many referees): taken in whatever order the events came, two batches
 deadlocked on them."""
 
@@ -18,7 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on_batch
-from afterglow.events.batch import in_segments
+from afterglow.events.batch import event_span
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     OrderCancelled,
@@ -134,29 +137,57 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
                 codes.add((e.tenantid, e.data.referral_code))
         elif isinstance(e.data, ReferralInvited):
             advocates.add((e.tenantid, e.subject))
-    await svc.lock_codes(session, codes, advocates)
-    placed_run: list[tuple[str, str, OrderPlaced]] = []
-
-    def take(event: CloudEvent[Any]) -> bool:
-        # order.placed, the hot event, goes in sets: a run of them is one set-based
-        # use case (ReferralService.orders_placed); the rest one by one.
-        if isinstance(event.data, OrderPlaced):
-            placed_run.append((event.tenantid, event.subject, event.data))
-            return True
-        return False
+    # The policies of the tenants whose orders may be attributed, read before the codes'
+    # lock: a statement less while other partitions' batches wait on it.
+    policies = await svc.policies(session, {t for t, _ in codes}) if codes else None
+    # The codes of every order of the batch, as the lock read them: valid for a run of
+    # orders until an event applied alone may have changed a code (an invitation
+    # creates one, an erasure deactivates one); then the run reads them afresh.
+    active_codes: dict[tuple[str, str], Any] | None = await svc.lock_codes(
+        session, codes, advocates
+    )
+    run: list[CloudEvent[Any]] = []
 
     async def flush() -> None:
-        if placed_run:
-            await svc.orders_placed(session, placed_run)
-            placed_run.clear()
+        if not run:
+            return
+        if isinstance(run[0].data, OrderPlaced):
+            await svc.orders_placed(
+                session, [(e.tenantid, e.subject, e.data) for e in run], active_codes, policies
+            )
+        else:
+            await svc.orders_changed(session, [(e.tenantid, e.data) for e in run])
+        run.clear()
 
-    async def one(event: CloudEvent[Any]) -> None:
-        await ONE_BY_ONE[type(event.data)](svc, session, event)
-        # The next event sees this one's writes through fresh ORM objects (each_in_order).
-        await session.flush()
+    for event in events:
+        kind = _set_kind(event)
+        if run and kind != _set_kind(run[0]):
+            await flush()  # a run ends where another kind of event comes
+        if kind is not None:
+            run.append(event)
+            continue
+        active_codes = None
+        with event_span(event):
+            await ONE_BY_ONE[type(event.data)](svc, session, event)
+            # The next event sees this one's writes through fresh ORM objects.
+            await session.flush()
         session.expunge_all()
+    await flush()
 
-    await in_segments(events, take=take, flush=flush, one=one)
+
+# The events that go in sets: a run of consecutive ones of a kind is one set-based use
+# case (ReferralService.orders_placed, ReferralService.orders_changed) that ends as the
+# per-event handlers above applied in order; every other event is applied alone, after
+# the run before it.
+LIFECYCLE = (OrderFulfilled, OrderDelivered, OrderRefunded, OrderCancelled)
+
+
+def _set_kind(event: CloudEvent[Any]) -> str | None:
+    if isinstance(event.data, OrderPlaced):
+        return "placed"
+    if isinstance(event.data, LIFECYCLE):
+        return "lifecycle"
+    return None
 
 
 # One consumer group for every topic: on the embedded broker each group costs seconds to

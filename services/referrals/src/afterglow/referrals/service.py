@@ -7,11 +7,13 @@ transaction; nothing here commits.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +24,8 @@ from afterglow.events.catalog import (
     MessageRequested,
     Money,
     OrderCancelled,
+    OrderDelivered,
+    OrderFulfilled,
     OrderPlaced,
     OrderRefunded,
     ReferralCodeIssued,
@@ -78,6 +82,10 @@ def reward_of(row: TenantSettings) -> domain.RefereeReward | None:
     )
 
 
+# The order lifecycle events ReferralService.orders_changed applies in sets.
+Lifecycle = OrderFulfilled | OrderDelivered | OrderRefunded | OrderCancelled
+
+
 class CodeCollision(Exception):
     """Every attempt at a fresh code collided: the code space of the tenant is crowded."""
 
@@ -131,6 +139,11 @@ class ReferralService:
             own["referee_reward"] = reward_of(row)
         return self.defaults(tenant_id).overridden_by(own)
 
+    async def policies(self, session: AsyncSession, tenants: set[str]) -> dict[str, domain.Policy]:
+        """:meth:`policy` of several tenants with one query."""
+        settings = await store.tenant_settings_of(session, tenants)
+        return {t: self._policy_of(t, settings.get(t)) for t in tenants}
+
     async def policy(self, session: AsyncSession, tenant_id: str) -> domain.Policy:
         return self._policy_of(tenant_id, await store.tenant_settings(session, tenant_id))
 
@@ -167,18 +180,20 @@ class ReferralService:
         session: AsyncSession,
         codes: set[tuple[str, str]],
         advocates: set[tuple[str, str]],
-    ) -> None:
+    ) -> dict[tuple[str, str], Any]:
         """Lock, with one statement and in one order (tenant, then code id), every code a
         batch may lock: those its orders carry (``codes``: tenant and raw code) and
         those of the advocates it invites. Attributing locks its code, then the order;
         two batches from different partitions that took one code each, then wanted the
-        other's, deadlocked (and the whole batch was retried)."""
+        other's, deadlocked (and the whole batch was retried). Returns the codes that
+        still attribute, by (tenant, normalized code): what orders_placed reads, as long
+        as no event of the batch changed a code since (an invitation, an erasure)."""
         wanted = {
             (t, domain.normalize_code(c))
             for t, c in codes
             if domain.is_code_shaped(domain.normalize_code(c))
         }
-        await store.lock_codes(session, wanted, advocates)
+        return await store.lock_codes(session, wanted, advocates)
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
@@ -411,7 +426,11 @@ class ReferralService:
         return Attribution(referral, created=True)
 
     async def orders_placed(
-        self, session: AsyncSession, events: Sequence[tuple[str, str, OrderPlaced]]
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, str, OrderPlaced]],
+        active_codes: dict[tuple[str, str], Any] | None = None,
+        policies: dict[str, domain.Policy] | None = None,
     ) -> None:
         """A run of consecutive order.placed events, each (tenant, subject, data), in
         partition order, applied in sets with the outcome of applying them one by one
@@ -420,7 +439,10 @@ class ReferralService:
         with one query per table, each attribution seeing the orders of the events up to
         its own and the conversions decided before it, as it would one by one. The
         batch's codes are locked already (lock_codes); this locks its referred orders,
-        in (tenant, order id) order."""
+        in (tenant, order id) order. ``active_codes``: what lock_codes returned, when
+        it covers every code of ``events`` and still holds; None: read them here.
+        ``policies``: the tenants' policies read earlier in the transaction (no event
+        changes them), else they are read here."""
         first: dict[tuple[str, str], int] = {}
         rows = []
         for i, (tenant, subject, data) in enumerate(events):
@@ -434,7 +456,9 @@ class ReferralService:
         since = {key: first[key] for key in created}
 
         wanted = self._carried_codes(events)
-        codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
+        codes = active_codes
+        if codes is None:
+            codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
         found: list[tuple[int, Any, str]] = []  # (event index, code row, via)
         for i, (referral_code, discounts) in enumerate(wanted):
             picked = self._pick_code(events[i][0], referral_code, discounts, codes)
@@ -443,8 +467,18 @@ class ReferralService:
         if not found:
             return
         keys = {(events[i][0], events[i][2].order_id) for i, _, _ in found}
-        orders = await store.locked_orders(session, keys)
-        attributed = await store.referred_orders(session, keys)
+        # An order this run created is known (its row is what was inserted) and locked
+        # (the inserter holds it), and has no referral (a referral is only ever made for
+        # an order already recorded, and orders are never deleted): only the orders seen
+        # before are read, locked, and looked up among the referrals. Two statements
+        # fewer under the codes' lock when every order is new, as most are.
+        seen_before = keys - created
+        orders: dict[tuple[str, str], Any] = await store.locked_orders(session, seen_before)
+        attributed = await store.referred_orders(session, seen_before)
+        for row in rows:
+            key = (row["tenant_id"], row["order_id"])
+            if key in keys and key in created:
+                orders[key] = store.created_order(row)
         todo = []
         for i, code, via in found:
             key = (events[i][0], events[i][2].order_id)
@@ -454,7 +488,7 @@ class ReferralService:
             todo.append((i, code, via, orders[key]))
         if not todo:
             return
-        await self._attribute_all(session, events, todo, since)
+        await self._attribute_all(session, events, todo, since, policies)
 
     def _carried_codes(
         self, events: Sequence[tuple[str, str, OrderPlaced]]
@@ -498,12 +532,13 @@ class ReferralService:
         events: Sequence[tuple[str, str, OrderPlaced]],
         todo: list[tuple[int, Any, str, Any]],
         since: dict[tuple[str, str], int],
+        policies: dict[str, domain.Policy] | None,
     ) -> None:
         """Decide the attributions (event index, code row, via, locked order row) in
         order, insert them with one statement and their events with one more."""
         tenants = {o.tenant_id for _, _, _, o in todo}
-        settings = await store.tenant_settings_of(session, tenants)
-        policies = {t: self._policy_of(t, settings.get(t)) for t in tenants}
+        if policies is None or not tenants <= policies.keys():
+            policies = await self.policies(session, tenants)
         people: set[tuple[str, str]] = set()
         emails: set[tuple[str, str]] = set()
         advocates: set[tuple[str, str]] = set()
@@ -584,7 +619,9 @@ class ReferralService:
         for row in referrals:
             if row["id"] not in inserted:
                 continue  # the order was attributed concurrently: that one stands
-            referral = Referral(**row)  # transient, never added: the events read it
+            # The events read it: a namespace, not a transient ORM object (whose
+            # instrumented construction was a tenth of the run's Python).
+            referral = SimpleNamespace(**row)
             if row["state"] == "rejected":
                 caused += self._rejected_events(referral, row["reason"], row["detail"])
             elif row["state"] == "pending":
@@ -609,7 +646,7 @@ class ReferralService:
         await self.outbox.add(session, self._referee_reward_event(referral, reward))
 
     def _referee_reward_event(
-        self, referral: Referral, reward: domain.RefereeReward
+        self, referral: Referral | SimpleNamespace, reward: domain.RefereeReward
     ) -> CloudEvent[Any]:
         assert referral.referee_reward_code is not None
         announce = MessageRequested(
@@ -638,7 +675,7 @@ class ReferralService:
         await self.outbox.add(session, *self._rejected_events(referral, reason, detail))
 
     def _rejected_events(
-        self, referral: Referral, reason: str, detail: str | None
+        self, referral: Referral | SimpleNamespace, reason: str, detail: str | None
     ) -> list[CloudEvent[Any]]:
         events = [
             self._event(
@@ -722,6 +759,76 @@ class ReferralService:
         await self.reject_open(
             session, tenant_id, data.order_id, "cancelled", data.reason, data.cancelled_at
         )
+
+    async def orders_changed(
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, Lifecycle]],
+    ) -> None:
+        """A run of consecutive order lifecycle events (fulfilled, delivered, refunded,
+        cancelled), each (tenant, data), in partition order, applied in sets with the
+        outcome of order_fulfilled, order_refunded and order_cancelled applied to each in
+        order: the run's orders locked with one statement, then their open referrals
+        with one more (the order the one-by-one path locks them in), the changes worked
+        out in memory in event order, and each table written with one statement, each
+        changed row once, with its final values."""
+        keys = {(t, d.order_id) for t, d in events}
+        locked = await store.locked_orders(session, keys)
+        orders = {k: dict(r._mapping) for k, r in locked.items()}
+        referrals = {
+            k: dict(r._mapping)
+            for k, r in (await store.locked_open_referrals(session, keys)).items()
+        }
+        policies = await self.policies(session, {t for t, _ in events})
+        changed_orders: dict[tuple[str, str], dict[str, Any]] = {}
+        changed_referrals: dict[tuple[str, str], dict[str, Any]] = {}
+        caused: list[CloudEvent[Any]] = []
+        for tenant, data in events:
+            key = (tenant, data.order_id)
+            order, referral = orders.get(key), referrals.get(key)
+            if isinstance(data, OrderFulfilled | OrderDelivered):
+                at = data.fulfilled_at if isinstance(data, OrderFulfilled) else data.delivered_at
+                if order is not None and order["fulfilled_at"] is None:
+                    order["fulfilled_at"] = at
+                    changed_orders[key] = order
+                # The first fulfilment starts the window (store.start_return_window).
+                if referral is not None and referral["fulfilled_at"] is None:
+                    referral["fulfilled_at"] = at
+                    referral["confirm_due_at"] = policies[tenant].confirmation_due(at)
+                    changed_referrals[key] = referral
+                continue
+            if isinstance(data, OrderRefunded):
+                if order is not None:
+                    order["refunded_amount"] += data.amount.amount
+                    full = data.full or order["refunded_amount"] >= order["total_amount"]
+                    if full and order["refunded_at"] is None:
+                        order["refunded_at"] = data.refunded_at
+                    changed_orders[key] = order
+                rejected = _rejected_open(
+                    referral,
+                    "refunded",
+                    f"refund {data.refund_id} inside the return window",
+                    data.refunded_at,
+                    refunded=data.amount.amount,
+                    full=data.full,
+                )
+            else:
+                if order is not None and order["cancelled_at"] is None:
+                    order["cancelled_at"] = data.cancelled_at
+                    changed_orders[key] = order
+                rejected = _rejected_open(referral, "cancelled", data.reason, data.cancelled_at)
+            if referral is not None:
+                changed_referrals[key] = referral
+            if rejected:
+                assert referral is not None
+                # No longer open: a later event of the run finds no referral to change.
+                del referrals[key]
+                caused += self._rejected_events(
+                    SimpleNamespace(**referral), referral["reason"], referral["detail"]
+                )
+        await store.update_orders(session, list(changed_orders.values()))
+        await store.update_referrals(session, list(changed_referrals.values()))
+        await self.outbox.add(session, *caused)
 
     async def reject_open(
         self,
@@ -819,6 +926,25 @@ class ReferralService:
         await store.pseudonymize(session, tenant_id, customers, self.clock.now())
 
 
+def _rejected_open(
+    referral: dict[str, Any] | None,
+    reason: str,
+    detail: str | None,
+    at: datetime,
+    refunded: int = 0,
+    full: bool = True,
+) -> bool:
+    """ReferralService.reject_open on an open referral read as a dict, in memory: True
+    when it is rejected now (the caller emits the rejection)."""
+    if referral is None:
+        return False
+    referral["refunded_amount"] += refunded
+    if not full and referral["refunded_amount"] < referral["order_total"]:
+        return False
+    referral.update(state="rejected", reason=reason, detail=detail, decided_at=at)
+    return True
+
+
 def referee_identity(order: Any) -> domain.Identity:
     """The referee as the order shows them (an Order, or a row of the orders table)."""
     return domain.Identity(
@@ -831,6 +957,7 @@ def referee_identity(order: Any) -> domain.Identity:
     )
 
 
+@functools.lru_cache(maxsize=65_536)  # a sha256 each; an attribution asks several times
 def _with_pseudonym(tenant_id: str, customer: str) -> tuple[str, str]:
     """A customer's id and the pseudonym an erasure gave it (store._is_customer)."""
     return customer, pseudonym(tenant_id, customer)
@@ -888,8 +1015,12 @@ class _Live:
     def __init__(self, rows: Sequence[Any]) -> None:
         self._by_advocate: dict[tuple[str, str], list[Any]] = defaultdict(list)
         self._by_code: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        for r in rows:
-            self._put(r.tenant_id, r.advocate_customer_id, r.code_id, r.order_id, r.placed_at)
+        by_advocate, by_code = self._by_advocate, self._by_code
+        # Unpacked in store.live_referrals_of's column order: a batch reads thousands.
+        for tenant, order_id, advocate, code_id, at in rows:
+            entry = (order_id, at)
+            by_advocate[(tenant, advocate)].append(entry)
+            by_code[(tenant, code_id)].append(entry)
 
     def _put(self, tenant: str, advocate: str, code_id: str, order_id: str, at: datetime) -> None:
         self._by_advocate[(tenant, advocate)].append((order_id, at))
@@ -905,20 +1036,22 @@ class _Live:
         )
 
     @staticmethod
-    def _count(entries: list[tuple[str, datetime]], order: Any, after: datetime) -> int:
-        return sum(
-            1
-            for order_id, at in entries
-            if order_id != order.order_id and after < at <= order.placed_at
-        )
+    def _count(entries: Sequence[tuple[str, datetime]], order: Any, after: datetime) -> int:
+        own, until = order.order_id, order.placed_at
+        n = 0
+        for order_id, at in entries:
+            if after < at <= until and order_id != own:
+                n += 1
+        return n
 
     def of_advocate(self, tenant: str, advocate: str, order: Any, after: datetime) -> int:
         """As store.count_live_referrals_of_advocate (pseudonymized ones too)."""
-        return sum(
-            self._count(self._by_advocate[(tenant, a)], order, after)
-            for a in _with_pseudonym(tenant, advocate)
+        name, alias = _with_pseudonym(tenant, advocate)
+        by_advocate = self._by_advocate
+        return self._count(by_advocate.get((tenant, name), ()), order, after) + self._count(
+            by_advocate.get((tenant, alias), ()), order, after
         )
 
     def of_code(self, tenant: str, code_id: str, order: Any, after: datetime) -> int:
         """As store.count_live_referrals_of_code."""
-        return self._count(self._by_code[(tenant, code_id)], order, after)
+        return self._count(self._by_code.get((tenant, code_id), ()), order, after)

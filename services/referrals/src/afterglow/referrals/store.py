@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
@@ -15,20 +16,24 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     Text,
+    and_,
+    any_,
+    bindparam,
     column,
     distinct,
     func,
     or_,
     select,
-    tuple_,
+    union,
     update,
     values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from afterglow.events.batch import as_columns, unnest_insert
+from afterglow.events.batch import as_columns, key_params, unnest_insert, unnest_keys
 from afterglow.events.catalog import OrderPlaced
 from afterglow.events.privacy import pseudonym
 from afterglow.referrals import domain
@@ -38,6 +43,17 @@ from afterglow.referrals.models import Code, Order, Referral, TenantSettings
 LIVE_STATES = ("pending", "held", "confirmed")
 # A conversion not decided yet: a refund or cancellation still rejects it.
 OPEN_STATES = ("pending", "held")
+
+# The statements a batch of events runs take their keys as arrays (batch.unnest_keys):
+# one statement text for any batch size, prepared and planned once.
+_codes = Code.__table__
+_orders = Order.__table__
+_referrals = Referral.__table__
+_code_keys = unnest_keys("ck", tenant_id=Text, code=Text)
+_advocate_keys = unnest_keys("ak", tenant_id=Text, customer_id=Text)
+_order_keys = unnest_keys("ok", tenant_id=Text, order_id=Text)
+_people_keys = unnest_keys("pk", tenant_id=Text, customer_id=Text)
+_email_keys = unnest_keys("ek", tenant_id=Text, email_hash=Text)
 
 
 def _is_customer(
@@ -76,19 +92,41 @@ async def upsert_tenant_settings(
 
 async def lock_codes(
     session: AsyncSession, codes: set[tuple[str, str]], advocates: set[tuple[str, str]]
-) -> None:
+) -> dict[tuple[str, str], Row[Any]]:
     """Lock, with one statement and in one order (tenant, then code id), the codes named
-    by (tenant, normalized code) and those of the advocates (tenant, customer)."""
-    conds = []
-    if codes:
-        conds.append(tuple_(Code.tenant_id, Code.code).in_(sorted(codes)))
-    if advocates:
-        conds.append(tuple_(Code.tenant_id, Code.advocate_customer_id).in_(sorted(advocates)))
-    if not conds:
-        return
-    await session.execute(
-        select(Code.id).where(or_(*conds)).order_by(Code.tenant_id, Code.id).with_for_update()
+    by (tenant, normalized code) and those of the advocates (tenant, customer). Returns
+    those that still attribute, as active_codes_named does, read under the lock."""
+    if not codes and not advocates:
+        return {}
+    rows = await session.execute(
+        _LOCK_CODES,
+        key_params("ck", ("tenant_id", "code"), sorted(codes))
+        | key_params("ak", ("tenant_id", "customer_id"), sorted(advocates)),
     )
+    return {(r.tenant_id, r.code): r for r in rows if r.deactivated_at is None}
+
+
+_named = _codes.alias("named")
+_of_advocate = _codes.alias("of_advocate")
+_wanted_codes = union(
+    select(_named.c.id).join(
+        _code_keys,
+        and_(_named.c.tenant_id == _code_keys.c.tenant_id, _named.c.code == _code_keys.c.code),
+    ),
+    select(_of_advocate.c.id).join(
+        _advocate_keys,
+        and_(
+            _of_advocate.c.tenant_id == _advocate_keys.c.tenant_id,
+            _of_advocate.c.advocate_customer_id == _advocate_keys.c.customer_id,
+        ),
+    ),
+).subquery("wanted")
+_LOCK_CODES = (
+    select(_codes)
+    .join(_wanted_codes, _codes.c.id == _wanted_codes.c.id)
+    .order_by(_codes.c.tenant_id, _codes.c.id)
+    .with_for_update(of=_codes)
+)
 
 
 async def lock_code(session: AsyncSession, code_id: str) -> None:
@@ -138,13 +176,20 @@ async def active_codes_named(
     keyed by (tenant, code): the codes a batch of orders may carry, in one query."""
     if not codes:
         return {}
-    t = Code.__table__
     rows = await session.execute(
-        select(t).where(
-            tuple_(t.c.tenant_id, t.c.code).in_(sorted(codes)), t.c.deactivated_at.is_(None)
-        )
+        _ACTIVE_CODES_NAMED, key_params("ck", ("tenant_id", "code"), sorted(codes))
     )
     return {(r.tenant_id, r.code): r for r in rows}
+
+
+_ACTIVE_CODES_NAMED = (
+    select(_codes)
+    .join(
+        _code_keys,
+        and_(_codes.c.tenant_id == _code_keys.c.tenant_id, _codes.c.code == _code_keys.c.code),
+    )
+    .where(_codes.c.deactivated_at.is_(None))
+)
 
 
 async def insert_code_if_free(
@@ -239,6 +284,22 @@ async def remember_orders(
     return {(r.tenant_id, r.order_id) for r in result}
 
 
+# The columns of a new order row that order_row does not set: their defaults.
+_NEW_ORDER_DEFAULTS = {
+    "erased_at": None,
+    "fulfilled_at": None,
+    "refunded_amount": 0,
+    "refunded_at": None,
+    "cancelled_at": None,
+}
+
+
+def created_order(row: dict[str, Any]) -> SimpleNamespace:
+    """An order remember_orders just created (``row`` from order_row), as locked_orders
+    would read it back."""
+    return SimpleNamespace(**row, **_NEW_ORDER_DEFAULTS)
+
+
 async def locked_orders(
     session: AsyncSession, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], Row[Any]]:
@@ -247,14 +308,26 @@ async def locked_orders(
     partition: attribution locks its code first (lock_codes), then its order."""
     if not keys:
         return {}
-    t = Order.__table__
-    rows = await session.execute(
-        select(t)
-        .where(tuple_(t.c.tenant_id, t.c.order_id).in_(sorted(keys)))
-        .order_by(t.c.tenant_id, t.c.order_id)
-        .with_for_update()
-    )
+    rows = await session.execute(_LOCK_ORDERS, _order_params(keys))
     return {(r.tenant_id, r.order_id): r for r in rows}
+
+
+def _order_params(keys: set[tuple[str, str]]) -> dict[str, list[str]]:
+    return key_params("ok", ("tenant_id", "order_id"), sorted(keys))
+
+
+_LOCK_ORDERS = (
+    select(_orders)
+    .join(
+        _order_keys,
+        and_(
+            _orders.c.tenant_id == _order_keys.c.tenant_id,
+            _orders.c.order_id == _order_keys.c.order_id,
+        ),
+    )
+    .order_by(_orders.c.tenant_id, _orders.c.order_id)
+    .with_for_update(of=_orders)
+)
 
 
 async def orders_of_people(
@@ -266,27 +339,44 @@ async def orders_of_people(
     pairs, with its contact hashes and placing time, not locked: what the attribution
     checks of a batch read (earlier orders of a referee, an advocate's contacts). The
     caller lists pseudonyms itself when it wants them (:func:`_is_customer`)."""
-    conds = []
-    t = Order.__table__
-    if customers:
-        conds.append(tuple_(t.c.tenant_id, t.c.customer_id).in_(sorted(customers)))
-    if emails:
-        conds.append(tuple_(t.c.tenant_id, t.c.email_hash).in_(sorted(emails)))
-    if not conds:
+    if not customers and not emails:
         return []
     return (
         await session.execute(
-            select(
-                t.c.tenant_id,
-                t.c.order_id,
-                t.c.customer_id,
-                t.c.email_hash,
-                t.c.phone_hash,
-                t.c.shipping_address_hash,
-                t.c.placed_at,
-            ).where(or_(*conds))
+            _ORDERS_OF_PEOPLE,
+            key_params("pk", ("tenant_id", "customer_id"), sorted(customers))
+            | key_params("ek", ("tenant_id", "email_hash"), sorted(emails)),
         )
     ).all()
+
+
+_ORDER_FACTS = (
+    _orders.c.tenant_id,
+    _orders.c.order_id,
+    _orders.c.customer_id,
+    _orders.c.email_hash,
+    _orders.c.phone_hash,
+    _orders.c.shipping_address_hash,
+    _orders.c.placed_at,
+)
+# A union (not an OR of two key lists): each half is a join on its own index, and an
+# order found both ways comes once.
+_ORDERS_OF_PEOPLE = union(
+    select(*_ORDER_FACTS).join(
+        _people_keys,
+        and_(
+            _orders.c.tenant_id == _people_keys.c.tenant_id,
+            _orders.c.customer_id == _people_keys.c.customer_id,
+        ),
+    ),
+    select(*_ORDER_FACTS).join(
+        _email_keys,
+        and_(
+            _orders.c.tenant_id == _email_keys.c.tenant_id,
+            _orders.c.email_hash == _email_keys.c.email_hash,
+        ),
+    ),
+)
 
 
 async def order_of_tenant(session: AsyncSession, tenant_id: str, order_id: str) -> Order | None:
@@ -404,12 +494,17 @@ async def referred_orders(
     """Of the (tenant, order id) pairs, those already attributed (one referral per order)."""
     if not keys:
         return set()
-    rows = await session.execute(
-        select(Referral.tenant_id, Referral.order_id).where(
-            tuple_(Referral.tenant_id, Referral.order_id).in_(sorted(keys))
-        )
-    )
+    rows = await session.execute(_REFERRED_ORDERS, _order_params(keys))
     return {(r.tenant_id, r.order_id) for r in rows}
+
+
+_REFERRED_ORDERS = select(_referrals.c.tenant_id, _referrals.c.order_id).join(
+    _order_keys,
+    and_(
+        _referrals.c.tenant_id == _order_keys.c.tenant_id,
+        _referrals.c.order_id == _order_keys.c.order_id,
+    ),
+)
 
 
 async def live_referrals_of(
@@ -424,31 +519,49 @@ async def live_referrals_of(
     (``placed_after``, ``placed_until``]: what the cap and velocity checks of a batch
     count, read once. ``codes``: (tenant, code id). The caller lists the advocates'
     pseudonyms itself."""
-    conds = []
-    if advocates:
-        conds.append(
-            tuple_(Referral.tenant_id, Referral.advocate_customer_id).in_(sorted(advocates))
-        )
-    if codes:
-        conds.append(tuple_(Referral.tenant_id, Referral.code_id).in_(sorted(codes)))
-    if not conds:
+    if not advocates and not codes:
         return []
     return (
         await session.execute(
-            select(
-                Referral.tenant_id,
-                Referral.order_id,
-                Referral.advocate_customer_id,
-                Referral.code_id,
-                Referral.placed_at,
-            ).where(
-                or_(*conds),
-                Referral.state.in_(LIVE_STATES),
-                Referral.placed_at > placed_after,
-                Referral.placed_at <= placed_until,
-            )
+            _LIVE_REFERRALS,
+            {"placed_after": placed_after, "placed_until": placed_until}
+            | key_params("ak", ("tenant_id", "customer_id"), sorted(advocates))
+            | key_params("ck", ("tenant_id", "code"), sorted(codes)),
         )
     ).all()
+
+
+def _live_referrals_joined(keys: Any, on: ColumnElement[bool]) -> Any:
+    r = _referrals
+    return (
+        select(r.c.tenant_id, r.c.order_id, r.c.advocate_customer_id, r.c.code_id, r.c.placed_at)
+        .join(keys, on)
+        .where(
+            r.c.state.in_(LIVE_STATES),
+            r.c.placed_at > bindparam("placed_after"),
+            r.c.placed_at <= bindparam("placed_until"),
+        )
+    )
+
+
+# A union, as _ORDERS_OF_PEOPLE; a conversion found both ways comes once. The codes'
+# keys are (tenant, code id) here.
+_LIVE_REFERRALS = union(
+    _live_referrals_joined(
+        _advocate_keys,
+        and_(
+            _referrals.c.tenant_id == _advocate_keys.c.tenant_id,
+            _referrals.c.advocate_customer_id == _advocate_keys.c.customer_id,
+        ),
+    ),
+    _live_referrals_joined(
+        _code_keys,
+        and_(
+            _referrals.c.tenant_id == _code_keys.c.tenant_id,
+            _referrals.c.code_id == _code_keys.c.code,
+        ),
+    ),
+)
 
 
 REFERRAL_COLUMNS = (
@@ -497,10 +610,13 @@ async def tenant_settings_of(
     """The settings rows of the tenants that have one, in one query."""
     if not tenant_ids:
         return {}
-    rows = await session.scalars(
-        select(TenantSettings).where(TenantSettings.tenant_id.in_(sorted(tenant_ids)))
-    )
+    rows = await session.scalars(_TENANT_SETTINGS_OF, {"tenants": sorted(tenant_ids)})
     return {r.tenant_id: r for r in rows}
+
+
+_TENANT_SETTINGS_OF = select(TenantSettings).where(
+    TenantSettings.tenant_id == any_(bindparam("tenants", type_=ARRAY(Text)))
+)
 
 
 async def referral_for_order(
@@ -558,6 +674,82 @@ async def start_return_window(
         )
         .values(fulfilled_at=fulfilled_at, confirm_due_at=due)
     )
+
+
+_LOCK_OPEN_REFERRALS = (
+    select(_referrals)
+    .join(
+        _order_keys,
+        and_(
+            _referrals.c.tenant_id == _order_keys.c.tenant_id,
+            _referrals.c.order_id == _order_keys.c.order_id,
+        ),
+    )
+    .where(_referrals.c.state.in_(OPEN_STATES))
+    .order_by(_referrals.c.tenant_id, _referrals.c.order_id)
+    .with_for_update(of=_referrals)
+)
+
+
+async def locked_open_referrals(
+    session: AsyncSession, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Row[Any]]:
+    """The open referrals of the orders (tenant, order id), locked after their orders
+    (locked_orders), in the same order, as plain rows keyed by (tenant, order id)."""
+    if not keys:
+        return {}
+    rows = await session.execute(_LOCK_OPEN_REFERRALS, _order_params(keys))
+    return {(r.tenant_id, r.order_id): r for r in rows}
+
+
+# What a run of order lifecycle events changes, written with one statement per table
+# (ReferralService.orders_changed): each changed row once, with its final values.
+ORDER_LIFECYCLE = ("fulfilled_at", "refunded_amount", "refunded_at", "cancelled_at")
+_order_changes = unnest_keys(
+    "oc",
+    tenant_id=Text,
+    order_id=Text,
+    **{c: _orders.c[c].type for c in ORDER_LIFECYCLE},
+)
+_UPDATE_ORDERS = (
+    update(_orders)
+    .where(
+        _orders.c.tenant_id == _order_changes.c.tenant_id,
+        _orders.c.order_id == _order_changes.c.order_id,
+    )
+    .values({c: _order_changes.c[c] for c in ORDER_LIFECYCLE})
+)
+REFERRAL_LIFECYCLE = (
+    "fulfilled_at",
+    "confirm_due_at",
+    "refunded_amount",
+    "state",
+    "reason",
+    "detail",
+    "decided_at",
+)
+_referral_changes = unnest_keys(
+    "rc", id=Text, **{c: _referrals.c[c].type for c in REFERRAL_LIFECYCLE}
+)
+_UPDATE_REFERRALS = (
+    update(_referrals)
+    .where(_referrals.c.id == _referral_changes.c.id)
+    .values({c: _referral_changes.c[c] for c in REFERRAL_LIFECYCLE})
+)
+
+
+async def update_orders(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the lifecycle columns (ORDER_LIFECYCLE) of the orders, one row each."""
+    if rows:
+        columns = ("tenant_id", "order_id", *ORDER_LIFECYCLE)
+        await session.execute(_UPDATE_ORDERS, {f"oc_{c}": [r[c] for r in rows] for c in columns})
+
+
+async def update_referrals(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the lifecycle columns (REFERRAL_LIFECYCLE) of the referrals, one row each."""
+    if rows:
+        columns = ("id", *REFERRAL_LIFECYCLE)
+        await session.execute(_UPDATE_REFERRALS, {f"rc_{c}": [r[c] for r in rows] for c in columns})
 
 
 async def claim_due_referrals(
