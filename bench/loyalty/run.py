@@ -142,16 +142,25 @@ def loyalty(env: dict[str, str], grouped: bool, workers: int = 1) -> Iterator[st
 def wait_for_workers(url: str, workers: int) -> None:
     """Until ``workers`` processes answer: /healthz answers as soon as the first has
     started, and a worker still in its start-up accepts no connection, so a phase
-    begun then would measure one worker. Each process's /metrics has its own
-    ``process_start_time_seconds``; fresh connections land on either process."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + 90
-    while len(seen) < workers:
+    begun then would measure one worker. Each process counts the /metrics requests it
+    answered before (its own registry): one process never reports the same count
+    twice, so a count seen ``workers`` times means as many processes answer (their
+    start times are no help: workers spawned together share one)."""
+    seen: dict[float, int] = {}
+    deadline = time.monotonic() + 180
+    while max(seen.values(), default=0) < workers:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(seen)} of {workers} loyalty workers answered")
-        text = httpx.get(f"{url}/metrics", timeout=5).text
-        seen.update(re.findall(r"^process_start_time_seconds (\S+)$", text, re.MULTILINE))
-        time.sleep(0.1)
+            raise RuntimeError(f"fewer than {workers} loyalty workers answered")
+        body = httpx.get(f"{url}/metrics", timeout=5).text  # a new connection each time
+        count = re.search(_METRICS_SERVED, body, re.MULTILINE)
+        n = float(count.group(1)) if count else 0.0
+        seen[n] = seen.get(n, 0) + 1
+        time.sleep(0.05)
+
+
+_METRICS_SERVED = (
+    r'^afterglow_http_request_duration_seconds_count\{[^}]*route="/metrics"[^}]*\} (\S+)$'
+)
 
 
 def floor_endpoint() -> contextlib.AbstractContextManager[str]:
