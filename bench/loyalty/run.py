@@ -13,7 +13,9 @@ Real stack (embedded PostgreSQL + broker via running_stack). Prints:
   them), for ``--duration`` seconds at ``--connections`` connections:
   - before: ``LOYALTY_REDEEM_GROUP_COMMIT=false``, one transaction per request (the
     path before the group commit);
-  - after: the group commit (afterglow.loyalty.redemptions);
+  - after: the group commit (afterglow.loyalty.redemptions), under ``--workers 1``
+    and then ``--workers 2`` (two uvicorn processes behind one port; the summary
+    prints what the second adds);
   after each phase: the 201s answered against the redemptions stored, and the ledger
   checked (no account below zero, every balance the sum of its entries);
 * floor 1: a bare endpoint at the same path (parses the same body, answers 201; no
@@ -26,7 +28,7 @@ Targets (issue 18): >= 1,500 redemptions/s spread, >= 500/s on one hot account, 
 overdrawn. Printed, never asserted.
 
 Usage: uv run python bench/loyalty/run.py [--events 4000] [--duration 10]
-       [--connections 50] [--accounts 200] [--no-before]
+       [--connections 50] [--accounts 200] [--no-before] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,7 +56,16 @@ from afterglow.events.catalog import CustomerInfo, Money, OrderFulfilled, OrderP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from consumer_rate import floor_rate, report, service_consumer, service_rate
-from wrkload import THREADS, WrkResult, free_port, process, require_wrk, wrk_script
+from wrkload import (
+    PIDS,
+    THREADS,
+    WrkResult,
+    cpu_seconds,
+    free_port,
+    process,
+    require_wrk,
+    wrk_script,
+)
 
 HERE = Path(__file__).parent
 LUA = HERE / "redemptions.lua"
@@ -115,12 +128,39 @@ async def consumer_figure(events: int) -> None:
         report("loyalty ledger consumer (order.placed + order.fulfilled)", events, rate, floor)
 
 
-def loyalty(env: dict[str, str], grouped: bool) -> contextlib.AbstractContextManager[str]:
+@contextlib.contextmanager
+def loyalty(env: dict[str, str], grouped: bool, workers: int = 1) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "afterglow.kit.cli", "serve", "loyalty", "--port", str(port)]
-    cmd += ["--host", "127.0.0.1"]
+    cmd += ["--host", "127.0.0.1", "--workers", str(workers)]
     flag = {"LOYALTY_REDEEM_GROUP_COMMIT": "true" if grouped else "false"}
-    return process(cmd, {**env, **flag}, port, "loyalty")
+    with process(cmd, {**env, **flag}, port, "loyalty") as url:
+        wait_for_workers(url, workers)
+        yield url
+
+
+def wait_for_workers(url: str, workers: int) -> None:
+    """Until ``workers`` processes answer: /healthz answers as soon as the first has
+    started, and a worker still in its start-up accepts no connection, so a phase
+    begun then would measure one worker. Each process counts the /metrics requests it
+    answered before (its own registry): one process never reports the same count
+    twice, so a count seen ``workers`` times means as many processes answer (their
+    start times are no help: workers spawned together share one)."""
+    seen: dict[float, int] = {}
+    deadline = time.monotonic() + 180
+    while max(seen.values(), default=0) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {workers} loyalty workers answered")
+        body = httpx.get(f"{url}/metrics", timeout=5).text  # a new connection each time
+        count = re.search(_METRICS_SERVED, body, re.MULTILINE)
+        n = float(count.group(1)) if count else 0.0
+        seen[n] = seen.get(n, 0) + 1
+        time.sleep(0.05)
+
+
+_METRICS_SERVED = (
+    r'^afterglow_http_request_duration_seconds_count\{[^}]*route="/metrics"[^}]*\} (\S+)$'
+)
 
 
 def floor_endpoint() -> contextlib.AbstractContextManager[str]:
@@ -208,7 +248,9 @@ def redemption_phase(
         "WRK_CUSTOMER": "hot" if hot else "",
         "WRK_ACCOUNTS": str(accounts),
     }
+    cpu = cpu_seconds(PIDS[url])
     r = wrk_script(url, LUA, work, env, connections=connections, duration=duration)
+    cpu = cpu_seconds(PIDS[url]) - cpu
     stored, negative, wrong = asyncio.run(ledger_check(database_url, tenant))
     print(r.line(label))
     made = r.statuses.get(201, 0)
@@ -216,6 +258,9 @@ def redemption_phase(
         f"  {'':<34} {made / r.seconds:7.0f} redemptions/s; answered 201 {made}, stored"
         f" {stored}; accounts below zero {negative}, balance != sum of entries {wrong}"
     )
+    # The service's CPU per answer: less sensitive to other load on the machine than
+    # the rate (which is what that load takes away).
+    print(f"  {'':<34} service CPU {1000 * cpu / max(r.requests, 1):.2f} ms per request")
     return r
 
 
@@ -271,6 +316,13 @@ def main() -> None:
         default=True,
         help="also measure one transaction per request (the group commit off)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="uvicorn worker processes of the group commit's runs, one run each",
+    )
     args = p.parse_args()
     if args.duration:
         require_wrk()
@@ -301,12 +353,15 @@ def main() -> None:
                 duration=secs,
             )
         print(floor.line("floor (bare endpoint)"))
-        rates: dict[tuple[bool, bool], float] = {}
-        for grouped in [False, True] if args.before else [True]:
-            name = "after (group commit)" if grouped else "before (txn per request)"
-            with loyalty(env, grouped) as url:
+        rates: dict[tuple[str, bool], float] = {}
+        runs = [(False, 1)] if args.before else []
+        runs += [(True, w) for w in args.workers]
+        for grouped, workers in runs:
+            name = f"group commit, {workers} worker" if grouped else "txn per request"
+            name += "s" if workers > 1 else ""
+            with loyalty(env, grouped, workers) as url:
                 for hot in (False, True):
-                    label = f"{name}, {'hot account' if hot else 'spread'}"
+                    label = f"{name}, {'hot' if hot else 'spread'}"
                     r = redemption_phase(
                         url,
                         stack.database_url,
@@ -317,17 +372,24 @@ def main() -> None:
                         connections=conns,
                         duration=secs,
                     )
-                    rates[(grouped, hot)] = r.statuses.get(201, 0) / r.seconds
+                    rates[(name, hot)] = r.statuses.get(201, 0) / r.seconds
         bare = asyncio.run(bare_db_rate(stack.database_url, accounts, 4000, 20))
         print(f"  {'floor (bare lock+update txns)':<34} {bare:7.0f} txn/s")
         print("summary (redemptions/s; targets >= 1,500 spread, >= 500 hot):")
-        for (grouped, hot), rate in rates.items():
-            name = "after " if grouped else "before"
+        for (name, hot), rate in rates.items():
             what = "hot   " if hot else "spread"
             print(
-                f"  {name} {what} {rate:7.0f}   / bare endpoint {rate / floor.rate:5.3f}"
-                f"   / bare DB {rate / bare:5.3f}"
+                f"  {name + ',':<30} {what} {rate:7.0f}   / bare endpoint"
+                f" {rate / floor.rate:5.3f}   / bare DB {rate / bare:5.3f}"
             )
+        one, two = "group commit, 1 worker", "group commit, 2 workers"
+        for hot in (False, True):
+            if (one, hot) in rates and (two, hot) in rates:
+                added = rates[(two, hot)] - rates[(one, hot)]
+                print(
+                    f"  the second worker adds {added:+7.0f}/s {'hot' if hot else 'spread'}"
+                    f" ({added / rates[(one, hot)]:+.0%})"
+                )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from afterglow.events import BatchHandler, PermanentError, to_record
+from afterglow.events.consumer import EVENTS
 from afterglow.events.testing import TopicTap, eventually
 
 from .schema import applied_in_order, tally
@@ -183,6 +184,49 @@ class TestOneTransactionPerBatch:
         assert dict(letter.headers)["ce_id"] == poison.id.encode()
         assert dict(letter.headers)["x-attempts"] == b"1", "poison is not retried"
         assert await applied_counts(sessionmaker, applied, tenant_id) == {}
+
+    async def test_a_catalog_type_the_group_does_not_handle_is_skipped_unparsed(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        """A topic carries types this group does not handle: they are skipped by their
+        ce_type header, before their body is parsed (a broken one included: the group
+        that handles the type judges it), and never dead-lettered here."""
+        group = f"test-{uuid.uuid4().hex[:8]}"
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=recording(tenant_id),
+            group=group,
+        )
+        first, last = ticket_event(tenant_id, "c-1"), ticket_event(tenant_id, "c-1")
+        r1, r2 = to_record(first), to_record(last)
+        outcomes = (
+            EVENTS.labels(consumer.name, r1.topic, "ignored"),
+            EVENTS.labels(consumer.name, r1.topic, "malformed"),
+        )
+        async with running(consumer.run()):
+            await caught_up(sessionmaker, producer, tenant_id)
+            ignored, malformed = (c._value.get() for c in outcomes)
+            await producer.send(r1.topic, r1.value, key=r1.key, headers=r1.headers)
+            await producer.send(
+                r1.topic,
+                b"{not json",
+                key=r1.key,
+                headers=[("ce_type", b"afterglow.points.redeemed.v1")],
+            )
+            await publish_together(producer, r2)
+            await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: last.id in {e for e, _ in rows},
+                timeout=60,
+            )
+        # Counted when the batch holding it was read, before the later event applied.
+        assert outcomes[0]._value.get() == ignored + 1
+        assert outcomes[1]._value.get() == malformed, "judged by a group that handles it"
 
     async def test_a_batch_handler_gets_the_new_events_as_one_list_in_order(
         self, tenant_id, sessionmaker, tables, kafka, producer, applied

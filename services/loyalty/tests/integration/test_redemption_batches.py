@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from afterglow.loyalty.deps import deps_of
 from afterglow.loyalty.models import EntryRow, Redemption
@@ -239,3 +239,48 @@ class TestOneTransactionPerRequest:
             assert other[1]["error"]["code"] == "idempotency_key_reused"
             assert (dear[0], dear[1]["error"]["code"]) == (409, "insufficient_points")
             assert await loyalty.consistent(tenant_id, c) == (500, 0)
+
+
+async def writer_backends(loyalty: Loyalty) -> list[int]:
+    """The server processes of the writers' pool (kit.db.writer_engine). Read in a
+    transaction of its own: pg_stat_activity is a snapshot per transaction."""
+    async with loyalty.runtime.engine.connect() as conn:
+        return list(
+            await conn.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name ="
+                    " 'loyalty-writers' AND datname = current_database()"
+                )
+            )
+        )
+
+
+class TestWritersReconnect:
+    async def test_a_writer_connection_lost_while_idle_costs_no_request(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        """The writers' pool has no ping on checkout (kit.db.writer_engine): a
+        connection the database dropped while it idled (a restart) fails its batch,
+        which is applied once more on a new connection; the client sees nothing."""
+        customer = new_id("c")
+        await credit(loyalty, tenant_id, customer, 1_000)
+        assert (await redeem(loyalty, tenant_id, customer, "five-off", "k-before"))[0] == 201
+        pids = await writer_backends(loyalty)
+        assert pids  # the key lookups' and the batches' connections, back in their pool
+        async with loyalty.runtime.engine.begin() as conn:
+            await conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:p AS int[])) pid"),
+                {"p": pids},
+            )
+        for _ in range(100):  # gone within a second or so; bounded, not a sleep
+            if not set(pids) & set(await writer_backends(loyalty)):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"backends {pids} still there")
+
+        status, body, replayed = await redeem(loyalty, tenant_id, customer, "five-off", "k-after")
+
+        assert (status, replayed) == (201, False), body
+        assert body["balance"]["available"] == 0
+        assert await stored(loyalty, tenant_id, customer) == (2, 2, 2)

@@ -45,7 +45,7 @@ from afterglow.events.subscriptions import type_of
 from afterglow.kit import heap, openapi, secretbox
 from afterglow.kit.auth import API_KEYS, ApiKeyStore, KeyVerifier, batched_verifier
 from afterglow.kit.clock import Clock, SystemClock
-from afterglow.kit.db import create_engine, create_sessionmaker
+from afterglow.kit.db import create_engine, create_sessionmaker, writer_engine
 from afterglow.kit.dlq_api import dlq_router
 from afterglow.kit.errors import install_error_handlers
 from afterglow.kit.logs import configure_logging
@@ -126,6 +126,16 @@ class Runtime:
     # The routes' API keys, verified in batches (auth.batched_verifier); None: one
     # lookup per request (a runtime assembled by hand).
     key_verifier: KeyVerifier | None = None
+    # The group commits' writers' own pool, no ping on checkout (kit.db.writer_engine);
+    # an API process has one, a worker-only one (or a runtime assembled by hand) not.
+    writer_engine: AsyncEngine | None = None
+
+    def writer_sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for a group commit's writer tasks: on :attr:`writer_engine` when
+        there is one, else the main pool's."""
+        if self.writer_engine is None:
+            return self.sessionmaker
+        return create_sessionmaker(self.writer_engine)
 
 
 Worker = Callable[[Runtime], Awaitable[None]]
@@ -212,7 +222,14 @@ def create_service_app(
         )
         app.state.runtime = runtime
         if runs_api:
-            runtime.key_verifier = batched_verifier(runtime.api_keys, runtime.sessionmaker)
+            runtime.writer_engine = writer_engine(
+                settings.database_url,
+                # Told apart from the main pool's in pg_stat_activity.
+                application_name=f"{spec.name}-writers",
+                pool_size=settings.db_writer_pool_size,
+            )
+            instrument_engine(runtime.writer_engine)
+            runtime.key_verifier = batched_verifier(runtime.api_keys, runtime.writer_engine)
             runtime.tasks += runtime.key_verifier.start(2)
         kafka = settings.kafka(client_id=spec.name)
 
@@ -312,6 +329,8 @@ def create_service_app(
             if runtime.http is not None:
                 await runtime.http.aclose()
             await engine.dispose()
+            if runtime.writer_engine is not None:
+                await runtime.writer_engine.dispose()
             if tracing_on:
                 # The last batch's spans (a rolling restart would lose them otherwise).
                 await asyncio.to_thread(flush_spans)

@@ -128,9 +128,22 @@ class GroupCommit(Generic[T, R]):
             while self._queue:
                 self._settle(self._queue.popleft(), self.overloaded("shutting down; retry"))
 
+    async def _apply_reconnecting(self, items: list[T]) -> Sequence[R | BaseException]:
+        try:
+            return await self._apply(items)
+        except Exception as exc:
+            if not getattr(exc, "connection_invalidated", False):
+                raise
+            # The pooled connection had died while idle (a database restart): writers'
+            # pools have no ping on checkout (afterglow.kit.db.writer_engine), so the
+            # batch runs once more on a new one, as the ping would have reconnected.
+            # Had the lost attempt committed, its idempotency keys answer the replay.
+            log.info("%s: connection lost; applying the batch once more", self.name)
+            return await self._apply(items)
+
     async def _commit(self, batch: list[_Waiting[T, R]]) -> None:
         try:
-            outcomes = await self._apply([w.item for w in batch])
+            outcomes = await self._apply_reconnecting([w.item for w in batch])
         except asyncio.CancelledError:
             # Stopping mid-batch: it may or may not have committed; a client retrying
             # with its idempotency key gets the replay if it did.

@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     log_json: bool = True
     db_pool_size: int = 10
     db_max_overflow: int = 10
+    # The group commits' writer tasks (redemptions, API-key lookups) have a pool of
+    # their own, without the ping on checkout (afterglow.kit.db.writer_engine).
+    db_writer_pool_size: int = Field(default=4, ge=1)
     consumer_retry_attempts: int = 5
     consumer_retry_base_delay_s: float = 0.2
     # Records per poll over all partitions; the records of one partition are applied in

@@ -131,11 +131,16 @@ class Redemptions:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
+        writer_sessionmaker: async_sessionmaker[AsyncSession],
         loyalty: LoyaltyService,
         clock: Clock,
         settings: LoyaltySettings,
     ) -> None:
+        """``writer_sessionmaker``: the batches' sessions (Runtime.writer_sessionmaker:
+        the writers' pool, no ping per batch); ``sessionmaker``: one transaction per
+        request."""
         self._sessionmaker = sessionmaker
+        self._writer_sessionmaker = writer_sessionmaker
         self._loyalty = loyalty
         self._clock = clock
         self.grouped = settings.loyalty_redeem_group_commit
@@ -164,5 +169,5 @@ class Redemptions:
             )
 
     async def _apply(self, requests: Sequence[RedeemRequest]) -> list[Redeemed | Exception]:
-        async with self._sessionmaker.begin() as session:
+        async with self._writer_sessionmaker.begin() as session:
             return await redeem_batch(session, self._loyalty.outbox, requests, self._clock.now())
