@@ -76,7 +76,7 @@ def period_of(first: date, last: date) -> Period:
     return Period(first, last)
 
 
-def period_query(
+async def period_query(
     from_: Annotated[date, Query(alias="from", examples=["2026-01-01"])],
     to: Annotated[date, Query(examples=["2026-03-31"])],
 ) -> Period:

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from afterglow.feedback import domain, service
-from afterglow.feedback.deps import get_deps
+from afterglow.feedback.deps import request_deps
 from afterglow.kit import openapi
 from afterglow.kit.db import Session
 from afterglow.kit.origin import REFERRER_POLICY, cross_site_post
@@ -93,7 +93,7 @@ def _expired() -> HTMLResponse:
 
 def _cross_site(request: Request) -> HTMLResponse | None:
     """A 403 page for a post from another site's page (kit.origin), else None."""
-    refused = cross_site_post(request, get_deps(request).settings.public_base_url)
+    refused = cross_site_post(request, request_deps(request).settings.public_base_url)
     if refused is None:
         return None
     return _notice(
@@ -166,7 +166,7 @@ async def survey_form(
         NoControls,
     ] = None,
 ) -> HTMLResponse:
-    deps = get_deps(request)
+    deps = request_deps(request)
     settings = deps.settings
     try:
         survey = await service.load_survey(session, settings, token, deps.clock.now(), lock=False)
@@ -231,7 +231,7 @@ def _score_on_scale(raw: str, scale: Any) -> int | None:
 async def survey_answer(request: Request, token: str, session: Session) -> HTMLResponse:
     if (refused := _cross_site(request)) is not None:
         return refused
-    deps = get_deps(request)
+    deps = request_deps(request)
     settings = deps.settings
     now = deps.clock.now()
     try:
@@ -289,7 +289,7 @@ def _product_key(item: Any) -> str:
 async def _linked_order(
     request: Request, session: Any, token: str
 ) -> tuple[list[str], list[Any]] | HTMLResponse:
-    deps = get_deps(request)
+    deps = request_deps(request)
     settings = deps.settings
     try:
         parts, _ = domain.verify(settings.feedback_token_secret, "r", token, deps.clock.now())
@@ -382,7 +382,7 @@ async def review_submit(request: Request, token: str, session: Session) -> HTMLR
     if isinstance(ctx, HTMLResponse):
         return ctx
     parts, items = ctx
-    deps = get_deps(request)
+    deps = request_deps(request)
     settings = deps.settings
     form = await _form(request, settings.feedback_max_form_bytes)
     if form is None:

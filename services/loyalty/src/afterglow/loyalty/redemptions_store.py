@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Text, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from afterglow.events.batch import as_columns, unnest_insert
+from afterglow.events.batch import as_columns, unnest_insert, unnest_keys
 from afterglow.loyalty import domain, store
 from afterglow.loyalty.models import Account, LotRow, ProgramRulesRow, Redemption
 
@@ -34,7 +34,7 @@ LOCK_ACCOUNTS = store.ACCOUNTS_FOR_UPDATE.with_only_columns(
     _accounts.c.tenant_id, _accounts.c.customer_id, _accounts.c.available, _accounts.c.pending
 )
 
-_r = store.unnest_keys("r", tenant_id=Text, customer_id=Text, idempotency_key=Text)
+_r = unnest_keys("r", tenant_id=Text, customer_id=Text, idempotency_key=Text)
 PRIOR_REDEMPTIONS = select(
     _redemptions.c.tenant_id,
     _redemptions.c.customer_id,
@@ -50,7 +50,7 @@ PRIOR_REDEMPTIONS = select(
     ),
 )
 
-_l = store.unnest_keys("l", tenant_id=Text, customer_id=Text)  # store.account_params
+_l = unnest_keys("l", tenant_id=Text, customer_id=Text)  # store.account_params
 # Spending reads only the lots with points left (Wallet.redeem consumes them FIFO);
 # the pending balance is the account's.
 SPENDABLE_LOTS = (
@@ -60,7 +60,7 @@ SPENDABLE_LOTS = (
 )
 
 # Not named after the columns (b_*): an UPDATE reserves those names for its SET.
-_b = store.unnest_keys("b", tenant_id=Text, customer_id=Text, available=BigInteger)
+_b = unnest_keys("b", tenant_id=Text, customer_id=Text, available=BigInteger)
 # A redemption changes only the available balance (nothing earned, nothing pending).
 SET_BALANCES = (
     update(_accounts)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, unnest_insert
+from afterglow.events.batch import as_columns, unnest_insert, unnest_keys
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
 from afterglow.events.privacy import pseudonym
 from afterglow.kit.period import with_buckets
@@ -65,17 +65,6 @@ async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRul
     if cache is not None:
         cache[tenant_id] = rules
     return rules
-
-
-def unnest_keys(name: str, **types: Any) -> Any:
-    """``unnest(:name_col, ...) AS name(col, ...)``: a set of keys as one array per
-    column, so that a statement's text is the same for any number of them (an ``IN``
-    list is a new statement, prepared again, for every size a batch comes in)."""
-    return (
-        func.unnest(*(bindparam(f"{name}_{c}", type_=ARRAY(t)) for c, t in types.items()))
-        .table_valued(*types)
-        .render_derived(name=name)
-    )
 
 
 _locked_keys = unnest_keys("l", tenant_id=Text, customer_id=Text)

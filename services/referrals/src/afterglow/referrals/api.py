@@ -33,7 +33,7 @@ CustomerId = Id
 CodeParam = Annotated[str, StringConstraints(min_length=1, max_length=40), NoControls]
 
 
-def _svc(deps: Annotated[ReferralsDeps, Depends(get_deps)]) -> ReferralService:
+async def _svc(deps: Annotated[ReferralsDeps, Depends(get_deps)]) -> ReferralService:
     return deps.referrals
 
 

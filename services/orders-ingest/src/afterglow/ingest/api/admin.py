@@ -44,7 +44,7 @@ router = service_router(prefix="/admin", tags=["admin"])
     ),
     security=openapi.bearer("adminToken", "The operators' token (INGEST_ADMIN_TOKEN)"),
 )
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     expected = settings_of(request).ingest_admin_token
     presented = bearer_token(request) or ""
     # An empty setting disables the admin API rather than accepting an empty token.
