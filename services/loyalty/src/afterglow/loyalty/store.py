@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, unnest_insert, unnest_keys
+from afterglow.events.batch import as_columns, locked_by_keys, unnest_insert, unnest_keys
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
 from afterglow.events.privacy import pseudonym
 from afterglow.kit.period import with_buckets
@@ -67,19 +67,9 @@ async def load_rules(session: AsyncSession, tenant_id: str) -> domain.ProgramRul
     return rules
 
 
-_locked_keys = unnest_keys("l", tenant_id=Text, customer_id=Text)
 # Accounts locked in (tenant, customer) order, the one order every lock of an account is
 # taken in: loaded (open_accounts), or only locked (lock_accounts).
-ACCOUNTS_FOR_UPDATE = (
-    select(Account)
-    .join(
-        _locked_keys,
-        (Account.tenant_id == _locked_keys.c.tenant_id)
-        & (Account.customer_id == _locked_keys.c.customer_id),
-    )
-    .order_by(Account.tenant_id, Account.customer_id)
-    .with_for_update(of=Account)
-)
+ACCOUNTS_FOR_UPDATE = locked_by_keys(Account, unnest_keys("l", tenant_id=Text, customer_id=Text))
 LOCK_ACCOUNTS = ACCOUNTS_FOR_UPDATE.with_only_columns(Account.tenant_id)
 
 
@@ -732,18 +722,9 @@ async def lock_order(session: AsyncSession, tenant_id: str, order_id: str) -> Or
     )
 
 
-_order_keys = unnest_keys("k", tenant_id=Text, order_id=Text)
-LOCK_ORDERS = (
-    select(OrderRow)
-    .join(
-        _order_keys,
-        (OrderRow.tenant_id == _order_keys.c.tenant_id)
-        & (OrderRow.order_id == _order_keys.c.order_id),
-    )
-    .order_by(OrderRow.tenant_id, OrderRow.order_id)
-    .with_for_update(of=OrderRow)
-    .execution_options(populate_existing=True)
-)
+LOCK_ORDERS = locked_by_keys(
+    OrderRow, unnest_keys("k", tenant_id=Text, order_id=Text)
+).execution_options(populate_existing=True)
 
 
 async def lock_orders(

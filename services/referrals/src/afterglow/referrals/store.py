@@ -33,7 +33,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from afterglow.events.batch import as_columns, key_params, unnest_insert, unnest_keys
+from afterglow.events.batch import (
+    as_columns,
+    key_params,
+    locked_by_keys,
+    unnest_insert,
+    unnest_keys,
+)
 from afterglow.events.catalog import OrderPlaced
 from afterglow.events.privacy import pseudonym
 from afterglow.referrals import domain
@@ -316,18 +322,7 @@ def _order_params(keys: set[tuple[str, str]]) -> dict[str, list[str]]:
     return key_params("ok", ("tenant_id", "order_id"), sorted(keys))
 
 
-_LOCK_ORDERS = (
-    select(_orders)
-    .join(
-        _order_keys,
-        and_(
-            _orders.c.tenant_id == _order_keys.c.tenant_id,
-            _orders.c.order_id == _order_keys.c.order_id,
-        ),
-    )
-    .order_by(_orders.c.tenant_id, _orders.c.order_id)
-    .with_for_update(of=_orders)
-)
+_LOCK_ORDERS = locked_by_keys(_orders, _order_keys)
 
 
 async def orders_of_people(
@@ -676,18 +671,8 @@ async def start_return_window(
     )
 
 
-_LOCK_OPEN_REFERRALS = (
-    select(_referrals)
-    .join(
-        _order_keys,
-        and_(
-            _referrals.c.tenant_id == _order_keys.c.tenant_id,
-            _referrals.c.order_id == _order_keys.c.order_id,
-        ),
-    )
-    .where(_referrals.c.state.in_(OPEN_STATES))
-    .order_by(_referrals.c.tenant_id, _referrals.c.order_id)
-    .with_for_update(of=_referrals)
+_LOCK_OPEN_REFERRALS = locked_by_keys(_referrals, _order_keys).where(
+    _referrals.c.state.in_(OPEN_STATES)
 )
 
 

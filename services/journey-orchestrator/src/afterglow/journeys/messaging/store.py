@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, unnest_insert, unnest_keys
+from afterglow.events.batch import as_columns, locked_by_keys, unnest_insert, unnest_keys
 from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
 from afterglow.events.money import format_money
 from afterglow.journeys.messaging.channels.sms_text import e164
@@ -359,18 +359,9 @@ _INSERT_ORDERS = (
     .on_conflict_do_nothing()
     .returning(MessageOrder.tenant_id, MessageOrder.order_id)
 )
-_counted_keys = unnest_keys("c", tenant_id=Text, customer_id=Text)
-_CONTACTS_FOR_UPDATE = (
-    select(MessageContact)
-    .join(
-        _counted_keys,
-        (MessageContact.tenant_id == _counted_keys.c.tenant_id)
-        & (MessageContact.customer_id == _counted_keys.c.customer_id),
-    )
-    .order_by(MessageContact.tenant_id, MessageContact.customer_id)
-    .with_for_update(of=MessageContact)
-    .execution_options(populate_existing=True)
-)
+_CONTACTS_FOR_UPDATE = locked_by_keys(
+    MessageContact, unnest_keys("c", tenant_id=Text, customer_id=Text)
+).execution_options(populate_existing=True)
 
 
 async def record_orders(
