@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import copy
+import cProfile
 import json
 import os
 import pstats
@@ -41,8 +41,7 @@ from sqlalchemy import event, text
 from afterglow.devstack.stack import running_stack
 
 FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "services/orders-ingest/tests/fixtures/shopify_order.json"
+    Path(__file__).resolve().parents[2] / "services/orders-ingest/tests/fixtures/shopify_order.json"
 )
 CLAIM_AND_MARK = text(
     """
@@ -140,7 +139,9 @@ async def main(args: argparse.Namespace) -> None:
         # Warm-up: statement caches, the prepared statements of one connection.
         await store(f"warm-{uuid.uuid4().hex[:6]}", 2 * args.batch, offset)
         offset += n
-        await timed("(warm-up)", 2 * args.batch, lambda: processing.process_received(rt, args.batch))
+        await timed(
+            "(warm-up)", 2 * args.batch, lambda: processing.process_received(rt, args.batch)
+        )
 
         await store(f"floor-{uuid.uuid4().hex[:6]}", n, offset)
         offset += n
