@@ -3,11 +3,12 @@
 The receivers store a verified delivery as ``received`` and answer (see
 :mod:`afterglow.ingest.group_commit`). This worker claims ``received`` deliveries with
 ``FOR UPDATE SKIP LOCKED`` (two processes never take the same one), normalizes them
-and applies each (order book, order facts, outbox events, final status) in one
-transaction per batch: the batch's work commits together or not at all, so a worker
-killed midway leaves its deliveries ``received`` and they are claimed again. A payload
-that cannot be normalized turns the delivery ``quarantined`` here, with the reason,
-as the receivers did before.
+in memory and applies them (order book, order facts, outbox events, final status) in
+one transaction per batch, in sets: one statement per table for the batch
+(:mod:`afterglow.ingest.batch`). The batch's work commits together or not at all, so a
+worker killed midway leaves its deliveries ``received`` and they are claimed again. A
+payload that cannot be normalized turns the delivery ``quarantined`` here, with the
+reason, as the receivers did before; the rest of its batch applies.
 
 One process at a time applies deliveries (a transaction-level advisory lock, tried,
 not waited for): with two ingest replicas each claiming the oldest rows, one could
@@ -21,6 +22,7 @@ backstop for deliveries stored by another process, or left by a crash.
 
 A batch that fails for an unexpected reason (a bug on one payload, a deadlock with a
 concurrent batch) is rolled back and its deliveries are applied one transaction each,
+with the one-by-one statements of :func:`afterglow.ingest.intake.apply`,
 so one bad delivery cannot hold back the others: that one is ``failed``, with the
 reason, for an operator to replay. A database error stops the round instead (the
 supervisor restarts the loop with backoff): an outage is not the deliveries' fault.
