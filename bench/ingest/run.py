@@ -20,12 +20,19 @@ registers a tenant, then, in one run:
 4. orders-ingest again with ``--workers 2`` (what a second process adds on this machine);
 5. orders-ingest as deployed (``--split``, on by default): an api process answering the
    webhooks and a worker process normalizing, as fast as possible and at the constant
-   rates.
+   rates;
+6. the drain (``--drain N``, 5,000 by default): N webhooks stored while the bench holds
+   the applier's advisory lock (the service answers and stores, but applies nothing),
+   then the lock released and the time until every one is processed: stored deliveries
+   processed per second. Its floor, in the same run: as many deliveries copied to
+   another tenant (the lock held again), claimed as the worker claims them (rounds of
+   200, ``FOR UPDATE SKIP LOCKED``) and marked processed, nothing else.
 
 After each ingest phase it waits until the stored deliveries are processed and the
 outbox is drained, and prints how long that took. Targets are printed, never asserted.
 
     uv run python bench/ingest/run.py [--duration 15] [--connections 50] [--workers 1,2]
+        [--rates 1000,3000] [--no-split] [--drain 5000]
 """
 
 from __future__ import annotations
@@ -39,12 +46,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from afterglow.devstack.stack import running_stack
 
@@ -112,6 +119,105 @@ async def settle(database_url: str, ids: list[str]) -> tuple[int, float | None]:
     return int(stored), None
 
 
+# What the processing worker's claim costs, with nothing applied: the drain's floor.
+_CLAIM_AND_MARK = text(
+    """
+    UPDATE ingest.deliveries SET status = 'processed'
+    WHERE id IN (
+        SELECT id FROM ingest.deliveries WHERE status = 'received' AND tenant_id = :t
+        ORDER BY received_at, id LIMIT 200 FOR UPDATE SKIP LOCKED
+    )
+    """
+)
+_COPY_BACKLOG = text(
+    """
+    INSERT INTO ingest.deliveries (id, tenant_id, platform, topic, dedupe_key, status,
+        received_at, headers, body, event_ids, subjects, replays, attempts)
+    SELECT 'floor-' || id, :floor, platform, topic, dedupe_key, 'received', received_at,
+        headers, body, event_ids, subjects, 0, 0
+    FROM ingest.deliveries WHERE id = ANY(:ids)
+    """
+)
+
+
+@contextlib.asynccontextmanager
+async def applier_held(database_url: str) -> AsyncIterator[AsyncConnection]:
+    """The processing worker's advisory lock held by the bench: every round of the
+    service finds another applier and applies nothing until it is released."""
+    from afterglow.ingest.processing import APPLIER_LOCK
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(select(func.pg_advisory_lock(APPLIER_LOCK)))
+            await conn.commit()
+            try:
+                yield conn
+            finally:
+                await conn.execute(select(func.pg_advisory_unlock(APPLIER_LOCK)))
+                await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+async def drained(database_url: str, ids: list[str]) -> tuple[int, float | None]:
+    """After the lock is released: how many of ``ids`` were waiting, and the seconds
+    until none is ``received`` (None: not within 180 s)."""
+    engine = create_async_engine(database_url)
+    query = text("SELECT count(*) FROM ingest.deliveries WHERE id = ANY(:ids) AND status = :s")
+    try:
+        async with engine.connect() as conn:
+            start = time.perf_counter()
+            while time.perf_counter() - start < 180:
+                left = (await conn.execute(query, {"ids": ids, "s": "received"})).scalar_one()
+                await conn.commit()
+                if left == 0:
+                    return len(ids), time.perf_counter() - start
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    return len(ids), None
+
+
+async def drain_floor(database_url: str, ids: list[str]) -> float:
+    """Deliveries/s claimed and marked processed (rounds of 200) on a copy of the
+    backlog in another tenant, the service kept away by the lock."""
+    floor_tenant = f"{TENANT}-floor"
+    async with applier_held(database_url) as conn:
+        await conn.execute(_COPY_BACKLOG, {"ids": ids, "floor": floor_tenant})
+        await conn.commit()
+        start = time.perf_counter()
+        while (await conn.execute(_CLAIM_AND_MARK, {"t": floor_tenant})).rowcount:
+            await conn.commit()
+        await conn.commit()
+        return len(ids) / (time.perf_counter() - start)
+
+
+def drain_phase(url: str, database_url: str, prefix: str, work: Path, conns: int) -> None:
+    async def store_then_drain() -> tuple[WrkResult, int, float | None]:
+        async with applier_held(database_url):
+            # Each thread stops once its share of the pool is sent (once=True).
+            r = await asyncio.to_thread(
+                wrk, url, prefix, work, connections=conns, duration=120, once=True
+            )
+        # Distinct: a connection's last requests may wrap to the pool's start once its
+        # thread stops, and are answered as duplicates of what is stored.
+        waiting, seconds = await drained(database_url, sorted(set(r.ids)))
+        return r, waiting, seconds
+
+    r, waiting, seconds = asyncio.run(store_then_drain())
+    floor_rate = asyncio.run(drain_floor(database_url, sorted(set(r.ids))))
+    if seconds is None:
+        print(f"  drain: {waiting} stored deliveries NOT processed within 180 s")
+        return
+    rate = waiting / seconds
+    print(
+        f"  {'drain: stored deliveries processed':<34} {rate:7.0f} /s   ({waiting} in "
+        f"{seconds:.1f} s)  floor (claim and mark) {floor_rate:7.0f} /s  "
+        f"ratio {rate / floor_rate:.3f}"
+    )
+
+
 def register(url: str) -> str:
     r = httpx.post(
         f"{url}/admin/tenants",
@@ -151,6 +257,9 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run orders-ingest as deployed: an api process and a worker process",
+    )
+    parser.add_argument(
+        "--drain", type=int, default=5000, help="stored deliveries to drain (0: no drain phase)"
     )
     args = parser.parse_args()
     require_wrk()
@@ -213,6 +322,9 @@ def main() -> None:
                         f"  {'':<34} 5xx other than 503: {server_errors}; targets: "
                         + ("p99 < 50 ms, no error" if rate <= 1000 else "no 500")
                     )
+        if args.drain:
+            with ingest(env, 1) as url:
+                drain_phase(url, stack.database_url, pool("drain", args.drain), work, conns)
         if args.split:
             with ingest_split(env) as url:
                 r = wrk(url, pool("split", args.pool), work, connections=conns, duration=secs)
