@@ -193,7 +193,29 @@ async def drain_floor(database_url: str, ids: list[str]) -> float:
         return len(ids) / (time.perf_counter() - start)
 
 
+async def backlog_left(database_url: str) -> int:
+    """Deliveries of earlier phases still ``received`` after waiting up to 180 s: the
+    drain claims oldest first, so it would be measured behind them."""
+    engine = create_async_engine(database_url)
+    query = text("SELECT count(*) FROM ingest.deliveries WHERE status = 'received'")
+    try:
+        async with engine.connect() as conn:
+            start = time.perf_counter()
+            while (left := (await conn.execute(query)).scalar_one()) and (
+                time.perf_counter() - start < 180
+            ):
+                await conn.commit()
+                await asyncio.sleep(0.5)
+            return int(left)
+    finally:
+        await engine.dispose()
+
+
 def drain_phase(url: str, database_url: str, prefix: str, work: Path, conns: int) -> None:
+    left = asyncio.run(backlog_left(database_url))
+    if left:
+        print(f"  drain: {left} deliveries of earlier phases still waiting; measured behind them")
+
     async def store_then_drain() -> tuple[WrkResult, int, float | None]:
         async with applier_held(database_url):
             # Each thread stops once its share of the pool is sent (once=True).
