@@ -458,6 +458,11 @@ async def finish(
     await intake_store.set_delivery_outcome(session, did, status, ids, subjects)
 
 
+# Platforms whose payload names the shop's order id, not ours: normalizing them reads
+# the order book (:func:`normalize`), so a batch applies them alone, in order.
+READS_ORDER_BOOK = frozenset({"aftership"})
+
+
 async def normalize(
     session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
 ) -> domain.Normalized:
@@ -465,25 +470,7 @@ async def normalize(
     payload of the wrong shape included, is a NormalizationError (the caller
     quarantines the delivery); every subject fits an envelope."""
     with domain.normalization_errors():
-        out = await _normalize(session, tenant_id, platform, topic, payload)
-    return domain.check_subjects(out)
-
-
-async def _normalize(
-    session: AsyncSession, tenant_id: str, platform: str, topic: str, payload: dict[str, Any]
-) -> domain.Normalized:
-    if platform == "shopify":
-        return shopify.normalize_shopify(topic, payload)
-    if platform == "woocommerce":
-        return woocommerce.normalize_woocommerce(topic, payload)
-    if platform in ("standard", "api"):
-        return canonical.normalize_canonical(
-            payload, canonical.ORDER_TYPES | canonical.TICKET_TYPES, platform
-        )
-    if platform == "zendesk":
-        return zendesk.normalize_zendesk(payload)
-    if platform == "aftership":
-        out, platform_order_id = aftership.normalize_aftership(payload)
+        out, platform_order_id = _normalize_payload(platform, topic, payload)
         if platform_order_id and out.emits:
             # Trackers know the shop's order id, not ours: find the order we stored.
             order_id = await order_id_by_platform_id(session, tenant_id, platform_order_id)
@@ -492,5 +479,34 @@ async def _normalize(
                 domain.Emit(e.data.model_copy(update={"order_id": order_id}), e.subject)
                 for e in out.emits
             ]
-        return out
-    return domain.Normalized(known_topic=False)
+    return domain.check_subjects(out)
+
+
+def normalize_offline(platform: str, topic: str, payload: dict[str, Any]) -> domain.Normalized:
+    """:func:`normalize` without I/O, for a platform not in :data:`READS_ORDER_BOOK`
+    (the processing worker normalizes a whole batch before it reads anything)."""
+    assert platform not in READS_ORDER_BOOK, platform
+    with domain.normalization_errors():
+        out, _ = _normalize_payload(platform, topic, payload)
+    return domain.check_subjects(out)
+
+
+def _normalize_payload(
+    platform: str, topic: str, payload: dict[str, Any]
+) -> tuple[domain.Normalized, str | None]:
+    """The normalized payload, and the shop's order id a tracker names (to be mapped
+    to ours), else None."""
+    if platform == "shopify":
+        return shopify.normalize_shopify(topic, payload), None
+    if platform == "woocommerce":
+        return woocommerce.normalize_woocommerce(topic, payload), None
+    if platform in ("standard", "api"):
+        out = canonical.normalize_canonical(
+            payload, canonical.ORDER_TYPES | canonical.TICKET_TYPES, platform
+        )
+        return out, None
+    if platform == "zendesk":
+        return zendesk.normalize_zendesk(payload), None
+    if platform == "aftership":
+        return aftership.normalize_aftership(payload)
+    return domain.Normalized(known_topic=False), None

@@ -3,11 +3,12 @@
 The receivers store a verified delivery as ``received`` and answer (see
 :mod:`afterglow.ingest.group_commit`). This worker claims ``received`` deliveries with
 ``FOR UPDATE SKIP LOCKED`` (two processes never take the same one), normalizes them
-and applies each (order book, order facts, outbox events, final status) in one
-transaction per batch: the batch's work commits together or not at all, so a worker
-killed midway leaves its deliveries ``received`` and they are claimed again. A payload
-that cannot be normalized turns the delivery ``quarantined`` here, with the reason,
-as the receivers did before.
+in memory and applies them (order book, order facts, outbox events, final status) in
+one transaction per batch, in sets: one statement per table for the batch
+(:mod:`afterglow.ingest.batch`). The batch's work commits together or not at all, so a
+worker killed midway leaves its deliveries ``received`` and they are claimed again. A
+payload that cannot be normalized turns the delivery ``quarantined`` here, with the
+reason, as the receivers did before; the rest of its batch applies.
 
 One process at a time applies deliveries (a transaction-level advisory lock, tried,
 not waited for): with two ingest replicas each claiming the oldest rows, one could
@@ -21,6 +22,7 @@ backstop for deliveries stored by another process, or left by a crash.
 
 A batch that fails for an unexpected reason (a bug on one payload, a deadlock with a
 concurrent batch) is rolled back and its deliveries are applied one transaction each,
+with the one-by-one statements of :func:`afterglow.ingest.intake.apply`,
 so one bad delivery cannot hold back the others: that one is ``failed``, with the
 reason, for an operator to replay. A database error stops the round instead (the
 supervisor restarts the loop with backoff): an outage is not the deliveries' fault.
@@ -31,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row
@@ -39,8 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import tracing
-from afterglow.events.context import event_context
-from afterglow.ingest import domain, identity, intake, intake_store, requesters
+from afterglow.ingest import batch, domain, identity, intake, intake_store, requesters
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import RECEIVED
 from afterglow.ingest.payloads import parse_payload
@@ -58,6 +58,7 @@ BUSY_RETRY_S = 0.05  # ... and tries again this soon: what this process stored w
 # No webhook request arrived for this long: the burst is over, a full round may run.
 QUIET_S = 0.05
 DEFER_STEP_S = 0.02  # how often a deferred round looks again
+YIELD_EVERY = 20  # deliveries normalized between two turns of the event loop
 
 
 def wakeup_of(runtime: Runtime) -> asyncio.Event:
@@ -78,11 +79,11 @@ async def processing_worker(runtime: Runtime) -> None:
         # of 0.5 s took ~80% of the one event loop from the senders, who then waited
         # (1,000/s offered: 620/s answered, p99 850 ms). The backlog is stored; it
         # drains at full batches once the burst is over.
-        batch = settings.ingest_process_busy_batch if busy else settings.ingest_process_batch
-        claimed = await process_received(runtime, batch)
+        size = settings.ingest_process_busy_batch if busy else settings.ingest_process_batch
+        claimed = await process_received(runtime, size)
         if claimed == BUSY:
             await asyncio.sleep(BUSY_RETRY_S)
-        elif claimed < batch:
+        elif claimed < size:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.ingest_process_poll_s):
                     await wakeup.wait()
@@ -108,26 +109,28 @@ async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
     return writer.arrived_within(QUIET_S)
 
 
-async def process_received(runtime: Runtime, batch: int) -> int:
-    """One round: claim up to ``batch`` received deliveries and apply them in one
+async def process_received(runtime: Runtime, size: int) -> int:
+    """One round: claim up to ``size`` received deliveries and apply them in one
     transaction. Returns how many were claimed, or ``BUSY``."""
     # Zendesk requesters known by id only are looked up first, outside the round's
     # transaction (afterglow.ingest.requesters): a slow helpdesk holds no lock.
-    await requesters.prefetch(runtime, deps_of(runtime).requester_cache, batch)
+    await requesters.prefetch(runtime, deps_of(runtime).requester_cache, size)
     try:
         async with runtime.sessionmaker.begin() as session:
             if not await _applier(session):
                 return BUSY  # another process is applying
-            rows = await _claim(session, batch)
+            rows = await _claim(session, size)
             await _apply_rows(runtime, session, rows)
         return len(rows)
     except DBAPIError as exc:
         if not _is_conflict(exc):
             raise
         log.info("a batch met a concurrent one (%s); applying one by one", type(exc).__name__)
+    except batch.ConcurrentOrder:
+        log.info("an order of the batch was inserted concurrently; applying one by one")
     except Exception:
         log.exception("a batch of deliveries failed; applying them one by one")
-    return await _one_by_one(runtime, batch)
+    return await process_one_by_one(runtime, size)
 
 
 async def _applier(session: AsyncSession) -> bool:
@@ -140,88 +143,118 @@ async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
     return await intake_store.lock_oldest_in_status(session, RECEIVED, batch)
 
 
-async def _apply_rows(runtime: Runtime, session: AsyncSession, rows: list[Row[Any]]) -> None:
-    """Normalize the claimed deliveries, record the customer links their orders show
-    and resolve their tickets to customers (one statement per table for the whole
-    batch), then apply each in order."""
+async def _apply_rows(
+    runtime: Runtime, session: AsyncSession, rows: list[Row[Any]], *, in_sets: bool = True
+) -> None:
+    """Normalize the claimed deliveries in memory, record the customer links their
+    orders show and resolve their tickets to customers (one statement per table for
+    the whole batch), then apply them in order: in sets (:mod:`afterglow.ingest.batch`),
+    or with ``in_sets`` False each with its own statements (the fallback's path)."""
     if not rows:
         return
     with tracing.batch_span("apply deliveries", lambda: {"afterglow.deliveries": len(rows)}):
-        ready: list[tuple[Row[Any], domain.Normalized]] = []
-        for row in rows:
-            normalized = await _normalize_one(session, row)
-            if normalized is not None:
-                ready.append((row, normalized))
-        items = [(str(row._mapping["tenant_id"]), n) for row, n in ready]
+        claimed = []
+        for n, row in enumerate(rows, 1):
+            claimed.append(_normalized(batch.Delivery.of(row)))
+            if n % YIELD_EVERY == 0:
+                # Normalizing is pure CPU (~0.4 ms a delivery): a full round's would hold
+                # this process's webhook requests for ~80 ms at once.
+                await asyncio.sleep(0)
+        normalized = [d for d in claimed if d.normalized is not None]
+        items = [(d.tenant_id, d.normalized) for d in normalized if d.normalized is not None]
         cache = deps_of(runtime).requester_cache
         cut = requesters.first_unseen(cache, items)
         if cut is not None:
             # A Zendesk ticket stored while the lookups ran: it and what follows stay
             # received (in order) for the next round, at once, which looks it up first.
-            ready, items = ready[:cut], items[:cut]
+            # Those quarantined are recorded wherever they are, as before.
+            at = claimed.index(normalized[cut])
+            claimed = claimed[:at] + [d for d in claimed[at:] if d.quarantine_reason]
+            items = items[:cut]
             wakeup_of(runtime).set()
         requesters.enrich(cache, items)
         await identity.link_and_resolve(session, items, runtime.clock.now())
-        for row, normalized in ready:
-            # The webhook's trace goes on: the events emitted here carry it.
-            with _delivery_span(row):
-                await _apply_one(runtime, session, row, normalized)
+        if in_sets:
+            await _apply_in_sets(runtime, session, claimed)
+            return
+        for d in claimed:
+            await _apply_alone(runtime, session, d)
 
 
-def _delivery_span(row: Row[Any]) -> contextlib.AbstractContextManager[None]:
-    d = row._mapping
-    if not tracing.enabled():
-        return event_context(None, d["traceparent"])  # off: no span, its name unbuilt
-    return tracing.continued(
-        f"apply delivery {d['platform']} {d['topic']}",
-        d["traceparent"],
-        attributes={"afterglow.delivery.id": str(d["id"]), "afterglow.tenant": str(d["tenant_id"])},
-    )
-
-
-async def _normalize_one(session: AsyncSession, row: Row[Any]) -> domain.Normalized | None:
-    """The delivery's normalized content; None when it was quarantined instead."""
-    d = row._mapping
-    did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
+def _normalized(d: batch.Delivery) -> batch.Delivery:
+    """Normalized in memory, or quarantined with the reason; a tracker's update (whose
+    normalizing reads the order book) is left for its turn."""
+    if d.platform in intake.READS_ORDER_BOOK:
+        return d
     try:
-        payload = parse_payload(bytes(d["body"]), platform)
-        return await intake.normalize(session, tenant_id, platform, str(d["topic"]), payload)
+        payload = parse_payload(d.body, d.platform)
+        d.normalized = intake.normalize_offline(d.platform, d.topic, payload)
     except (domain.NormalizationError, AppError) as exc:
-        reason = (
-            intake.quarantine_reason(exc)
-            if isinstance(exc, domain.NormalizationError)
-            else str(exc)
-        )
-        await intake_store.set_delivery_status(session, did, intake.QUARANTINED, reason[:1000])
-        intake.QUARANTINED_TOTAL.labels(platform).inc()
-        return None
+        d.quarantine_reason = _reason(exc)
+        intake.QUARANTINED_TOTAL.labels(d.platform).inc()
+    return d
 
 
-async def _apply_one(
-    runtime: Runtime, session: AsyncSession, row: Row[Any], normalized: domain.Normalized
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, domain.NormalizationError):
+        return intake.quarantine_reason(exc)
+    return str(exc)
+
+
+async def _apply_in_sets(
+    runtime: Runtime, session: AsyncSession, deliveries: list[batch.Delivery]
 ) -> None:
-    d = row._mapping
-    did, tenant_id, platform = str(d["id"]), str(d["tenant_id"]), str(d["platform"])
-    received_at: datetime = d["received_at"]
-    if normalized.stored_body is not None:
-        # customers/redact: kept without the contact data it asks us to forget.
-        await intake_store.replace_delivery_body(session, did, normalized.stored_body)
-    await intake.apply(
-        session,
-        runtime.outbox,
-        runtime.tables,
-        tenant_id=tenant_id,
-        delivery_id=did,
-        platform=platform,
-        dedupe_key=str(d["dedupe_key"]),
-        normalized=normalized,
-        received_at=received_at,
-    )
+    """Runs of common deliveries as sets; any other alone, in its place, after the
+    set before it is written (it must see that set's writes, as one by one)."""
+    run: list[batch.Delivery] = []
+    for d in deliveries:
+        if batch.is_common(d):
+            run.append(d)
+            continue
+        await batch.apply_set(session, runtime.outbox, run)
+        run = []
+        await _apply_alone(runtime, session, d)
+    await batch.apply_set(session, runtime.outbox, run)
 
 
-async def _one_by_one(runtime: Runtime, batch: int) -> int:
+async def _apply_alone(runtime: Runtime, session: AsyncSession, d: batch.Delivery) -> None:
+    """One delivery with the one-by-one statements of :func:`intake.apply`."""
+    if d.normalized is None and d.quarantine_reason is None:
+        try:
+            payload = parse_payload(d.body, d.platform)
+            d.normalized = await intake.normalize(
+                session, d.tenant_id, d.platform, d.topic, payload
+            )
+        except (domain.NormalizationError, AppError) as exc:
+            d.quarantine_reason = _reason(exc)
+            intake.QUARANTINED_TOTAL.labels(d.platform).inc()
+    if d.normalized is None:
+        reason = (d.quarantine_reason or "")[:1000]
+        await intake_store.set_delivery_status(session, d.id, intake.QUARANTINED, reason)
+        return
+    with batch.delivery_span(d):
+        if d.normalized.stored_body is not None:
+            # customers/redact: kept without the contact data it asks us to forget.
+            await intake_store.replace_delivery_body(session, d.id, d.normalized.stored_body)
+        await intake.apply(
+            session,
+            runtime.outbox,
+            runtime.tables,
+            tenant_id=d.tenant_id,
+            delivery_id=d.id,
+            platform=d.platform,
+            dedupe_key=d.dedupe_key,
+            normalized=d.normalized,
+            received_at=d.received_at,
+        )
+
+
+async def process_one_by_one(runtime: Runtime, size: int) -> int:
+    """Up to ``size`` received deliveries, one transaction each, with the one-by-one
+    statements (the fallback of a batch that failed: a delivery that still fails is
+    ``failed``, the others apply). Returns how many were claimed."""
     done = 0
-    for _ in range(batch):
+    for _ in range(size):
         row = None
         try:
             async with runtime.sessionmaker.begin() as session:
@@ -229,7 +262,7 @@ async def _one_by_one(runtime: Runtime, batch: int) -> int:
                 if not rows:
                     return done
                 row = rows[0]
-                await _apply_rows(runtime, session, rows)
+                await _apply_rows(runtime, session, rows, in_sets=False)
         except DBAPIError as exc:
             if not _is_conflict(exc):
                 raise
