@@ -133,17 +133,7 @@ class BookOrder:
     changed: bool = False
 
     def known(self) -> intake.KnownOrder:
-        total = (
-            c.Money(amount=self.total_amount, currency=self.currency)
-            if self.total_amount is not None and self.currency
-            else None
-        )
-        presentment = (
-            c.Money(amount=self.presentment_amount, currency=self.presentment_currency)
-            if self.presentment_amount is not None and self.presentment_currency
-            else None
-        )
-        return intake.KnownOrder(self.subject, total, presentment, self.refunded_amount)
+        return intake.known_order_from(self)
 
 
 Key = tuple[str, str]  # (tenant id, order id) or (tenant id, fact key)

@@ -126,8 +126,12 @@ class KnownOrder:
 
 async def resolve_order(session: AsyncSession, tenant_id: str, order_id: str) -> KnownOrder:
     row = await intake_store.known_order(session, tenant_id, order_id)
-    if row is None:
-        return KnownOrder()
+    return KnownOrder() if row is None else known_order_from(row)
+
+
+def known_order_from(row: Any) -> KnownOrder:
+    """An order-book row (or a batch's in-memory copy of one: batch.py) as normalizing
+    reads it."""
     total = (
         c.Money(amount=row.total_amount, currency=row.currency)
         if row.total_amount is not None and row.currency
