@@ -426,8 +426,9 @@ class TestPace:
             async with runtime.engine.begin() as conn:
                 await conn.execute(text("SELECT pg_notify('afterglow_messages_journeys', '')"))
         assert {m["body"]["request_id"] for m in receiver.of(tenant, "c-fast")} == tenant.mine
-        # Sends that end together are settled in one transaction: each message still
-        # ends sent, with one "sent" and one "delivered" decision of its own.
+        # A hundred sends ending close together, their settles bounded to a few at
+        # once: each message ends sent, with each of its decisions once (queued,
+        # attempt, sent, delivered).
         settled = await eventually(
             lambda: _statuses(runtime, tenant.id, "c-fast", requests=tenant.mine),
             lambda rows: len(rows) == 100 and all(st == "sent" for st, _ in rows.values()),

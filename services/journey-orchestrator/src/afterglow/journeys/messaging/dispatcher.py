@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,7 +57,6 @@ from afterglow.journeys.messaging.models import (
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
-from afterglow.kit.group_commit import GroupCommit
 from afterglow.kit.polling import PollingWorker
 
 log = logging.getLogger(__name__)
@@ -66,6 +64,9 @@ log = logging.getLogger(__name__)
 DLQ_TOPIC = TOPICS_BY_NOUN["message"].dlq
 NOTIFY_CHANNEL = store.NOTIFY_CHANNEL
 __all__ = ["Dispatcher", "Job", "Outcome", "messaging_workers"]
+
+# Settle transactions at once (see Dispatcher.settle): well under the pool's size.
+SETTLE_PARALLEL = 4
 
 SENDS = Metric(
     "afterglow_messages_sends_total",
@@ -141,14 +142,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._backlog = False  # the last claim filled its limit: claim again at once
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
-        # Never past its bound: at most ``concurrency`` sends are in flight to wait here.
-        self._settles: GroupCommit[tuple[Job, Outcome], None] = GroupCommit(
-            self._settle_all,
-            name="message settle",
-            max_waiting=max(1, self.s.concurrency) * 2,
-            max_batch=max(1, self.s.concurrency),
-            retry_after_s=1,
-        )
+        self._settling = asyncio.Semaphore(SETTLE_PARALLEL)
 
     @property
     def s(self) -> MessagingSettings:
@@ -166,7 +160,6 @@ class Dispatcher:
             self.rt.engine, NOTIFY_CHANNEL, self._wake, name="afterglow-dispatcher-listen"
         )
         listening = asyncio.create_task(listener.run(), name="dispatcher-listen")
-        settling = self._settles.start(1)
         # Not one transaction per round: the sends start after the claim commits, so a
         # send never looks for a lease its claim has not committed yet.
         polling = PollingWorker(
@@ -186,7 +179,6 @@ class Dispatcher:
                 await listening
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
-            await cancel_and_wait(settling, timeout_s=10, what="dispatcher settles")
             self.smtp_pool.close()
 
     async def _claim_round(self, now: datetime) -> int:
@@ -465,22 +457,17 @@ class Dispatcher:
         return outcome
 
     async def settle(self, job: Job, outcome: Outcome) -> None:
-        """Record a send's outcome. The sends that end together share one transaction
-        (:meth:`_settle_all`): a transaction per send took a pooled connection per
-        send in flight (``concurrency`` of them), and past the pool's size every
-        settle opened a connection of its own."""
-        await self._settles.submit((job, outcome))
-
-    async def _settle_all(self, ended: Sequence[tuple[Job, Outcome]]) -> list[None]:
+        """Record a send's outcome in a transaction of its own, inside the send's span
+        (its statements are the send's in the message's trace). At most
+        ``SETTLE_PARALLEL`` at once: each holds a pooled connection, and with a
+        transaction per send in flight (``concurrency`` of them) past the pool's size
+        every settle opened a connection of its own."""
         now = self.rt.clock.now()
-        async with self.rt.sessionmaker.begin() as session:
-            messages = await store.messages_to_settle(session, [job.message_id for job, _ in ended])
-            for job, outcome in ended:
-                m = messages.get(job.message_id)
-                if m is None or m.status != "queued" or m.attempts != job.attempt:
-                    continue  # erased meanwhile, or a later lease took over
-                await self._settle_one(session, m, job, outcome, now)
-        return [None] * len(ended)
+        async with self._settling, self.rt.sessionmaker.begin() as session:
+            m = (await store.messages_to_settle(session, [job.message_id])).get(job.message_id)
+            if m is None or m.status != "queued" or m.attempts != job.attempt:
+                return  # erased meanwhile, or a later lease took over
+            await self._settle_one(session, m, job, outcome, now)
 
     async def _settle_one(
         self, session: AsyncSession, m: Message, job: Job, outcome: Outcome, now: datetime

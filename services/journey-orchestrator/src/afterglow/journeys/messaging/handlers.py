@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, ConsumerGroup, on, on_batch, to_record
+from afterglow.events.batch import event_span
 from afterglow.events.catalog import (
     CustomerErasureRequested,
     CustomerUnsubscribed,
@@ -103,37 +104,42 @@ async def accept_requests(
     judged at send time, which may be days later. The ids newly queued."""
     rows: dict[str, dict[str, Any]] = {}
     for event in events:
-        data: MessageRequested = event.data
-        message_id = str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}")
-        )
-        if message_id in rows:
-            continue  # the same request twice in one batch: the first one
-        record = to_record(event)
-        waits = data.not_before is not None and data.not_before > now
-        rows[message_id] = dict(
-            id=message_id,
-            tenant_id=event.tenantid,
-            customer_id=event.subject,
-            request_id=data.request_id,
-            kind=data.kind,
-            template=data.template or data.kind,
-            category=data.category,
-            priority=data.priority,
-            channel=data.channel,
-            variables=data.variables,
-            order_id=data.order_id,
-            not_before=data.not_before,
-            status="deferred" if waits else "queued",
-            reason="not_before" if waits else None,
-            attempts=0,
-            next_attempt_at=data.not_before if waits else now,
-            created_at=now,
-            updated_at=now,
-            request_key=record.key,
-            request_value=record.value,
-            request_headers=[[k, v.decode()] for k, v in record.headers],
-        )
+        # A span per request in its own trace (the batch is one span linked to all):
+        # the send that follows continues that trace, and shows where it was queued.
+        with event_span(event):
+            data: MessageRequested = event.data
+            message_id = str(
+                uuid.uuid5(
+                    uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}"
+                )
+            )
+            if message_id in rows:
+                continue  # the same request twice in one batch: the first one
+            record = to_record(event)
+            waits = data.not_before is not None and data.not_before > now
+            rows[message_id] = dict(
+                id=message_id,
+                tenant_id=event.tenantid,
+                customer_id=event.subject,
+                request_id=data.request_id,
+                kind=data.kind,
+                template=data.template or data.kind,
+                category=data.category,
+                priority=data.priority,
+                channel=data.channel,
+                variables=data.variables,
+                order_id=data.order_id,
+                not_before=data.not_before,
+                status="deferred" if waits else "queued",
+                reason="not_before" if waits else None,
+                attempts=0,
+                next_attempt_at=data.not_before if waits else now,
+                created_at=now,
+                updated_at=now,
+                request_key=record.key,
+                request_value=record.value,
+                request_headers=[[k, v.decode()] for k, v in record.headers],
+            )
     inserted = await store.insert_messages(session, list(rows.values()))
     await store.record_all(
         session,
