@@ -464,7 +464,7 @@ class Dispatcher:
         every settle opened a connection of its own."""
         now = self.rt.clock.now()
         async with self._settling, self.rt.sessionmaker.begin() as session:
-            m = (await store.messages_to_settle(session, [job.message_id])).get(job.message_id)
+            m = await store.message_to_settle(session, job.message_id)
             if m is None or m.status != "queued" or m.attempts != job.attempt:
                 return  # erased meanwhile, or a later lease took over
             await self._settle_one(session, m, job, outcome, now)

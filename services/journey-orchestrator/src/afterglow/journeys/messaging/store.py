@@ -8,8 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, any_, bindparam, case, delete, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Text, bindparam, case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -977,16 +976,7 @@ async def marketing_counted(
     )
 
 
-_MESSAGES_TO_SETTLE = (
-    select(Message)
-    .where(Message.id == any_(bindparam("ids", type_=ARRAY(Text))))
-    .order_by(Message.id)
-    .with_for_update()
-)
-
-
-async def messages_to_settle(session: AsyncSession, message_ids: list[str]) -> dict[str, Message]:
-    """The messages sends ended for, locked in id order (one query, the same text for
-    any number): an outcome and a redelivery (or a later lease) do not both change one."""
-    rows = (await session.execute(_MESSAGES_TO_SETTLE, {"ids": sorted(set(message_ids))})).scalars()
-    return {m.id: m for m in rows}
+async def message_to_settle(session: AsyncSession, message_id: str) -> Message | None:
+    """The message a send ended for, locked: its outcome and a redelivery (or a later
+    lease) do not both change it."""
+    return await session.get(Message, message_id, with_for_update=True)
