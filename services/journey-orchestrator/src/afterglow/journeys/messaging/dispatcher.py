@@ -467,38 +467,35 @@ class Dispatcher:
             m = await store.message_to_settle(session, job.message_id)
             if m is None or m.status != "queued" or m.attempts != job.attempt:
                 return  # erased meanwhile, or a later lease took over
-            await self._settle_one(session, m, job, outcome, now)
-
-    async def _settle_one(
-        self, session: AsyncSession, m: Message, job: Job, outcome: Outcome, now: datetime
-    ) -> None:
-        if outcome.suppress:
-            # The provider said the address is gone (or refused us): no later
-            # message to it is tried, whichever customer record carries it.
-            await store.suppress(
-                session,
-                m.tenant_id,
-                job.channel,
-                [(job.to, outcome.suppress, outcome.reason)],
-                source=job.route.provider,
-                at=now,
+            if outcome.suppress:
+                # The provider said the address is gone (or refused us): no later
+                # message to it is tried, whichever customer record carries it.
+                await store.suppress(
+                    session,
+                    m.tenant_id,
+                    job.channel,
+                    [(job.to, outcome.suppress, outcome.reason)],
+                    source=job.route.provider,
+                    at=now,
+                )
+            if outcome.ok:
+                m.sent_at = now
+                await self._set(session, m, now, "sent", None, decision="sent")
+                await store.record(session, m.tenant_id, m.id, now, "delivered", outcome.reason)
+                return
+            if not outcome.retryable:
+                await self._fail(session, m, now, f"rejected: {outcome.reason}")
+                return
+            if m.attempts >= self.s.max_attempts:
+                await self._fail(session, m, now, f"{outcome.reason} after {m.attempts} attempts")
+                return
+            if outcome.retry_after_s is not None:
+                delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
+            else:
+                delay = policy.backoff_delay(
+                    m.attempts, self.s.backoff_base_s, self.s.backoff_max_s
+                )
+            reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
+            await self._set(
+                session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry"
             )
-        if outcome.ok:
-            m.sent_at = now
-            await self._set(session, m, now, "sent", None, decision="sent")
-            await store.record(session, m.tenant_id, m.id, now, "delivered", outcome.reason)
-            return
-        if not outcome.retryable:
-            await self._fail(session, m, now, f"rejected: {outcome.reason}")
-            return
-        if m.attempts >= self.s.max_attempts:
-            await self._fail(session, m, now, f"{outcome.reason} after {m.attempts} attempts")
-            return
-        if outcome.retry_after_s is not None:
-            delay = min(outcome.retry_after_s, self.s.retry_after_max_s)
-        else:
-            delay = policy.backoff_delay(m.attempts, self.s.backoff_base_s, self.s.backoff_max_s)
-        reason = f"retry: {outcome.reason} (attempt {m.attempts} of {self.s.max_attempts})"
-        await self._set(
-            session, m, now, "queued", reason, now + timedelta(seconds=delay), decision="retry"
-        )
