@@ -19,7 +19,13 @@ Printed, each phase in one table:
    welcome was received;
 4. per phase, CPU milliseconds per order of each service's processes, PostgreSQL and
    the broker (from /proc), net of what each burns idle (measured for 10 s first), and
-   the sum.
+   the sum;
+5. per phase, where a welcome's latency goes, hop by hop (p50/p99 of each hop over the
+   phase's rows, from the timestamps the stack already keeps): a delivery waiting for
+   ingest's processing worker, each outbox row waiting for its relay (``created_at`` to
+   ``sent_at``), each event waiting in the broker and the consumer's queue (the outbox's
+   ``sent_at`` to the inbox's ``received_at`` of each consumer group), a message waiting
+   for the dispatcher and its send.
 
 Targets (issue: Throughput), printed next to the figures, never asserted: >= 200 orders/s
 sustained end to end; welcome p99 < 1 s at 50 orders/s; a 1,000-order burst absorbed in
@@ -41,6 +47,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
@@ -149,6 +156,7 @@ class Phase:
     last_welcome: float | None
     latencies_ms: list[float]
     cpu_ms_per_order: dict[str, float]  # net of what each process burns idle
+    hops: list[tuple[str, list[float]]]
 
     @property
     def end_to_end_rate(self) -> float:
@@ -230,6 +238,7 @@ async def run_phase(
         seen = welcomes.of(customers)
     cpu1, seconds = cpu_by_owner(services, work), time.monotonic() - t0
     accepted = max(len(customers), 1)
+    hops = await hop_latencies(database_url, started - 1.0, time.time())
     return Phase(
         label=label,
         load=load,
@@ -244,7 +253,95 @@ async def run_phase(
             / accepted
             for who in sorted(cpu1)
         },
+        hops=hops,
     )
+
+
+# The hops of a welcome that are not outbox-to-inbox, as SQL over the timestamps the
+# stack keeps. Each yields one row per item that made the hop inside the phase's
+# window, in milliseconds. The timestamps are each transaction's now(), so a hop ends
+# when the next step's transaction began (a batch's apply time shows in the hop after).
+FIXED_HOPS: list[tuple[str, str]] = [
+    (
+        "ingest: delivery stored -> processed (order.placed in outbox)",
+        "SELECT (extract(epoch FROM o.created_at - d.received_at) * 1000) AS ms"
+        "  FROM ingest.deliveries d JOIN ingest.outbox o ON o.event_id = ANY(d.event_ids)"
+        " WHERE d.received_at BETWEEN :t0 AND :t1 AND o.event_type LIKE '%.order.placed.%'",
+    ),
+    (
+        "messaging: message created -> claimed by the dispatcher",
+        "SELECT (extract(epoch FROM last_attempt_at - created_at) * 1000) AS ms"
+        "  FROM journeys.messages"
+        " WHERE created_at BETWEEN :t0 AND :t1 AND sent_at IS NOT NULL",
+    ),
+    (
+        "messaging: claimed -> the send's outcome settling (sent_at)",
+        "SELECT (extract(epoch FROM sent_at - last_attempt_at) * 1000) AS ms"
+        "  FROM journeys.messages"
+        " WHERE created_at BETWEEN :t0 AND :t1 AND sent_at IS NOT NULL",
+    ),
+]
+
+
+async def hop_latencies(database_url: str, t0: float, t1: float) -> list[tuple[str, list[float]]]:
+    """(hop, sorted milliseconds) for every hop a row made between ``t0`` and ``t1``
+    (epoch seconds). Outboxes and inboxes are found in every schema that has them, so a
+    consumer group added later shows up without touching this."""
+    engine = create_async_engine(database_url)
+    window = {"t0": datetime.fromtimestamp(t0, UTC), "t1": datetime.fromtimestamp(t1, UTC)}
+    out: dict[str, list[float]] = {}
+    try:
+        async with engine.connect() as conn:
+            schemas = [
+                r[0]
+                for r in await conn.execute(
+                    text(
+                        "SELECT table_schema FROM information_schema.tables"
+                        " WHERE table_name = 'outbox' ORDER BY 1"
+                    )
+                )
+            ]
+            for label, sql in FIXED_HOPS:
+                rows = await conn.execute(text(sql), window)
+                out[label] = [float(r[0]) for r in rows]
+            for schema in schemas:  # names from the catalogue, not from input
+                rows = await conn.execute(
+                    text(
+                        f"SELECT event_type, extract(epoch FROM sent_at - created_at) * 1000"  # noqa: S608
+                        f"  FROM {schema}.outbox WHERE created_at BETWEEN :t0 AND :t1"
+                        f"   AND sent_at IS NOT NULL"
+                    ),
+                    window,
+                )
+                for event_type, ms in rows:
+                    key = f"{schema}: outbox {event_type} created -> relayed"
+                    out.setdefault(key, []).append(float(ms))
+                for inbox_schema in schemas:
+                    rows = await conn.execute(
+                        text(
+                            f"SELECT i.consumer, o.event_type,"  # noqa: S608
+                            f"       extract(epoch FROM i.received_at - o.sent_at) * 1000"
+                            f"  FROM {schema}.outbox o JOIN {inbox_schema}.inbox i"
+                            f"    ON i.event_id = o.event_id"
+                            f" WHERE o.created_at BETWEEN :t0 AND :t1"
+                        ),
+                        window,
+                    )
+                    for consumer, event_type, ms in rows:
+                        key = f"{schema} {event_type} -> {consumer}: relayed -> batch began"
+                        out.setdefault(key, []).append(float(ms))
+    finally:
+        await engine.dispose()
+    return [(k, sorted(v)) for k, v in out.items() if v]
+
+
+def print_hops(hops: list[tuple[str, list[float]]]) -> None:
+    def pct(v: list[float], q: float) -> float:
+        return v[min(int(q * len(v)), len(v) - 1)]
+
+    print(f"  {'':<22} where the time goes (p50 / p99 ms, rows):")
+    for label, v in hops:
+        print(f"  {'':<24} {pct(v, 0.5):8.0f} {pct(v, 0.99):8.0f} {len(v):7d}  {label}")
 
 
 def print_phase(p: Phase, floor_rate: float) -> None:
@@ -266,6 +363,7 @@ def print_phase(p: Phase, floor_rate: float) -> None:
     cpu = "  ".join(f"{k} {v:.1f}" for k, v in p.cpu_ms_per_order.items())
     total = sum(p.cpu_ms_per_order.values())
     print(f"  {'':<22} CPU ms/order, net of idle: {cpu}  = {total:.1f} (target <= 10)")
+    print_hops(p.hops)
 
 
 async def idle_cpu(services: RunningServices, work: Path, seconds: float) -> dict[str, float]:

@@ -51,11 +51,12 @@ TEST_SETTINGS = MessagingSettings(
 
 class Receiver:
     """A real HTTP server in a thread. ``plans[request_id]`` lists the answers to give
-    that request's deliveries in turn ("200", "500", "429:<retry-after>", "hang");
-    afterwards it answers 200."""
+    that request's deliveries in turn ("200", "500", "429:<retry-after>", "hang",
+    "gate": 200 once ``gate`` is set); afterwards it answers 200."""
 
     def __init__(self) -> None:
         self.plans: dict[str, list[str]] = {}
+        self.gate = threading.Event()
         self.received: list[dict[str, Any]] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -77,6 +78,10 @@ class Receiver:
             await respond(send, 401)
         elif answer == "hang":
             await asyncio.sleep(6)  # beyond the dispatcher's deadline
+            await respond(send, 200)
+        elif answer == "gate":
+            # A threading.Event: the test sets it from another thread and loop.
+            await asyncio.to_thread(self.gate.wait, 30)
             await respond(send, 200)
         elif answer.startswith("429"):
             await respond(send, 429, {"retry-after": answer.split(":")[1]})
@@ -632,6 +637,50 @@ class TestPolicy:
         finally:
             deps.messaging = TEST_SETTINGS
 
+    async def test_a_tenant_slot_is_free_once_the_provider_answered(
+        self, service, tenant, receiver
+    ):
+        # One slot for the tenant. The first message's settle is held up (the test
+        # locks its row once the receiver has it, then lets the receiver answer): the
+        # second message still goes out, because the slot bounds requests at the
+        # tenant's provider, not our settling. Held through the settle, a tenant got
+        # cap / (request + settle) messages a second, and welcomes queued for seconds.
+        runtime, _ = service
+        deps = deps_of(runtime)
+        deps.messaging = TEST_SETTINGS.model_copy(
+            update={"per_tenant_concurrency": 1, "request_timeout_s": 10}
+        )
+        receiver.gate.clear()
+        try:
+            await tenant.customer("c-slot")
+            first = new_id("req")
+            receiver.plans[first] = ["gate"]
+            await tenant.request("c-slot", request_id=first, category="transactional")
+            await eventually(
+                lambda: _arrived(receiver, tenant, "c-slot"), lambda got: first in got, timeout=20
+            )
+            async with runtime.sessionmaker.begin() as held:
+                [m] = [m for m in await tenant.messages("c-slot") if m["request_id"] == first]
+                await held.execute(
+                    text("SELECT 1 FROM journeys.messages WHERE id = :id FOR UPDATE"),
+                    {"id": m["id"]},
+                )
+                receiver.gate.set()
+                second = await tenant.request("c-slot", category="transactional")
+                got = await eventually(
+                    lambda: _arrived(receiver, tenant, "c-slot"),
+                    lambda got: second in got,
+                    timeout=20,
+                )
+                assert got == [first, second]
+                # The first is still settling behind the lock, not sent.
+                [m] = [m for m in await tenant.messages("c-slot") if m["request_id"] == first]
+                assert m["status"] == "queued"
+            await tenant.wait("c-slot", statuses("sent", "sent"))
+        finally:
+            receiver.gate.set()
+            deps.messaging = TEST_SETTINGS
+
     async def test_no_endpoint_defers_then_gives_up(self, service, tenant_id, clock):
         runtime, client = service
         async with runtime.sessionmaker.begin() as session:
@@ -834,3 +883,8 @@ class TestPrivateDestinations:
         [m] = await tenant.wait("c-ssrf", statuses("failed"))
         assert "127.0.0.1 is not a public address" in m["reason"]
         assert receiver.of(tenant, "c-ssrf") == []
+
+
+async def _arrived(receiver: Receiver, tenant: Tenant, customer: str) -> list[str]:
+    """The request ids the receiver has had for a customer, in arrival order."""
+    return [r["body"]["request_id"] for r in receiver.of(tenant, customer)]

@@ -25,6 +25,8 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 3000
     max_poll_interval_ms: int = 120000
     max_poll_records: int = 500
+    # See afterglow.kit.settings (KAFKA_FETCH_MAX_WAIT_MS): what an idle fetch may wait.
+    fetch_max_wait_ms: int = 100
     # PLAINTEXT locally; SASL_SSL with SCRAM-SHA-512 against Strimzi KafkaUsers.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -73,5 +75,6 @@ def build_consumer(config: KafkaConfig, *topics: str, group_id: str) -> AIOKafka
         heartbeat_interval_ms=config.heartbeat_interval_ms,
         max_poll_interval_ms=config.max_poll_interval_ms,
         max_poll_records=config.max_poll_records,
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
         request_timeout_ms=config.request_timeout_ms,
     )
