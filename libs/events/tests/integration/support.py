@@ -54,6 +54,7 @@ def make_consumer(
     retry=None,
     max_records=None,
     parallel_partitions=4,
+    coalesce_below=0,
 ):
     group = group or f"test-{uuid.uuid4().hex[:8]}"
 
@@ -74,6 +75,7 @@ def make_consumer(
         retry=retry or RetryPolicy(attempts=3, base_delay_s=0.05),
         max_records=max_records,
         parallel_partitions=parallel_partitions,
+        coalesce_below=coalesce_below,
     )
 
 

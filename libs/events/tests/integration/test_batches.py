@@ -301,6 +301,91 @@ def _spawn(script, *args):
     )
 
 
+async def publish_spread(producer, events) -> set[int]:
+    """Publish ``events`` in one produce request; the partitions they landed on."""
+    sent = []
+    for e in events:
+        r = to_record(e)
+        sent.append(await producer.send(r.topic, r.value, key=r.key, headers=r.headers))
+    await producer.flush()
+    return {(await f).partition for f in sent}
+
+
+class TestSmallPollsTogether:
+    """A small poll over several partitions is applied as one transaction; a failure
+    in it is judged partition by partition, as without it."""
+
+    async def test_a_small_poll_over_many_partitions_takes_few_transactions(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        consumer = make_consumer(
+            tenant_id, sessionmaker, tables, kafka, producer, applied,
+            handler=recording(tenant_id), coalesce_below=100,
+        )  # fmt: skip
+        # Thirty customers, two events each: their keys spread over many partitions.
+        events = [ticket_event(tenant_id, f"c-{n % 30}") for n in range(60)]
+        async with running(consumer.run()):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            partitions = await publish_spread(producer, events)
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: len(rows) == len(events) + 1,
+                timeout=60,
+            )
+        assert len(partitions) >= 5
+        assert Counter(e for e, _ in rows) == {e.id: 1 for e in [marker, *events]}
+        # Each customer's two events in the order they were published.
+        position = {e: i for i, (e, _) in enumerate(rows)}
+        for first, second in zip(events[:30], events[30:], strict=True):
+            assert position[first.id] < position[second.id]
+        # One transaction per partition would be one per partition touched; the poll
+        # (or the two or three the fetches split it into) took fewer.
+        transactions = {tx for e, tx in rows if e != marker.id}
+        assert len(transactions) < len(partitions) / 2, (len(transactions), len(partitions))
+
+    async def test_a_poison_record_in_a_small_poll_alone_reaches_the_dlq(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        group = f"test-{uuid.uuid4().hex[:8]}"
+        consumer = make_consumer(
+            tenant_id, sessionmaker, tables, kafka, producer, applied,
+            handler=recording(tenant_id, poison_status="poison"), group=group,
+            coalesce_below=100,
+        )  # fmt: skip
+        before = [ticket_event(tenant_id, f"c-{n}") for n in range(20)]
+        poison = ticket_event(tenant_id, "c-3", status="poison")
+        after = [ticket_event(tenant_id, f"c-{n}") for n in range(20)]
+        async with (
+            TopicTap(kafka.bootstrap_servers, "afterglow.tickets.dlq") as dlq,
+            running(consumer.run()),
+        ):
+            marker = await caught_up(sessionmaker, producer, tenant_id)
+            partitions = await publish_spread(producer, [*before, poison, *after])
+            rows = await eventually(
+                lambda: in_order(sessionmaker, tenant_id),
+                lambda rows: len(rows) == 1 + len(before) + len(after),
+                timeout=60,
+            )
+            # The topic's history holds other tests' malformed records, which this new
+            # group reads and dead-letters too: only ours count.
+            ours = {e.id.encode() for e in [*before, poison, *after]}
+            [letter] = await dlq.wait_for_records(
+                lambda r: (
+                    dict(r.headers).get("x-consumer") == group.encode()
+                    and dict(r.headers).get("ce_id") in ours
+                ),
+                timeout=30,
+            )
+        assert len(partitions) >= 5
+        assert dict(letter.headers)["ce_id"] == poison.id.encode()
+        assert dict(letter.headers)["x-attempts"] == b"1", "poison is not retried"
+        applied_ids = [e for e, _ in rows]
+        assert Counter(applied_ids) == {e.id: 1 for e in [marker, *before, *after]}
+        position = {e: i for i, e in enumerate(applied_ids)}
+        for first, second in zip(before, after, strict=True):
+            assert position[first.id] < position[second.id]
+
+
 class TestCrashBetweenCommits:
     async def test_a_batch_committed_but_not_its_offsets_is_read_again_and_applied_once(
         self, tenant_id, sessionmaker, tables, kafka, producer, applied, worker_script

@@ -44,6 +44,14 @@ applied: at-least-once delivery, exactly-once effect.
 A batch is at most ``max_records`` records (default ``KafkaConfig.max_poll_records``),
 which bounds both the transaction's size and the locks it holds.
 
+A small poll (at most ``coalesce_below`` records over several partitions: a steady
+trickle spread over many partitions) is first applied as ONE transaction, the
+partitions one after another in it, each in its own order: at 50 orders a second a
+poll held a record or two per partition, and a transaction per partition cost its
+BEGIN, inbox claim, statements and COMMIT per event. If that transaction fails for any
+reason, nothing of it was applied, and the poll is applied partition by partition as
+above (splitting, stalling, dead-lettering exactly as always).
+
 Offsets ahead of the log (a broker that came back empty, a topic deleted and created
 again) would make the consumer wait for records that already exist below its
 position, silently. :meth:`EventConsumer.check_offsets` catches them after each
@@ -61,6 +69,7 @@ import contextlib
 import logging
 import time
 import traceback
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -277,6 +286,7 @@ class EventConsumer:
         max_records: int | None = None,
         stuck_after_s: float = STUCK_AFTER_S,
         parallel_partitions: int = 4,
+        coalesce_below: int = 0,
     ) -> None:
         if not handlers:
             raise ValueError("a consumer needs at least one handler")
@@ -302,6 +312,9 @@ class EventConsumer:
         # every statement (a third of the journeys process's CPU in the system bench).
         # Two cores gain nothing from more transactions in flight than a few.
         self._parallel = asyncio.Semaphore(max(1, parallel_partitions))
+        # A poll of at most this many records is tried as one transaction first (see the
+        # module's docstring); 0: never.
+        self._coalesce_below = coalesce_below
         self._consumer: AIOKafkaConsumer | None = None
         # Held while a batch is in flight; a rebalance waits for it, so the batch's
         # offsets are committed before its partitions move to another member.
@@ -427,9 +440,12 @@ class EventConsumer:
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
         async with self._batch_lock:
-            results = await asyncio.gather(
-                *(self._bounded(tp, records) for tp, records in batch.items())
-            )
+            parsed = {tp: self._parse(records) for tp, records in batch.items()}
+            results = await self._apply_together(batch, parsed)
+            if results is None:
+                results = await asyncio.gather(
+                    *(self._bounded(tp, records, *parsed[tp]) for tp, records in batch.items())
+                )
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for result in results:
                 offsets[result.tp] = OffsetAndMetadata(result.next_offset, "")
@@ -449,9 +465,39 @@ class EventConsumer:
             if offsets:
                 await self._commit_offsets(consumer, offsets)
 
-    async def _bounded(self, tp: TopicPartition, records: list[ConsumerRecord]) -> _PartitionResult:
+    async def _bounded(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        work: list[_Item],
+        dead: list[_Dead],
+    ) -> _PartitionResult:
         async with self._parallel:
-            return await self._process_partition(tp, records)
+            return await self._process_partition(tp, records, work, dead)
+
+    async def _apply_together(
+        self,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        parsed: dict[TopicPartition, tuple[list[_Item], list[_Dead]]],
+    ) -> list[_PartitionResult] | None:
+        """A small poll over several partitions in one transaction; None when it is not
+        small, or when the transaction failed (it rolled back whole, and the caller
+        applies the poll partition by partition, where a failure is judged)."""
+        works = [parsed[tp][0] for tp in sorted(batch) if parsed[tp][0]]
+        size = sum(len(w) for w in works)
+        if len(works) < 2 or size > self._coalesce_below:
+            return None
+        try:
+            await self._apply([item for work in works for item in work])
+        except Exception as exc:  # judged again partition by partition
+            log.info(
+                "a poll applied as one transaction failed; applying it partition by partition",
+                extra={"records": size, "error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+            return None
+        return [
+            await self._finish(tp, records, parsed[tp][1], None) for tp, records in batch.items()
+        ]
 
     async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
@@ -506,12 +552,9 @@ class EventConsumer:
             },
         )
 
-    async def _process_partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord]
-    ) -> _PartitionResult:
-        """Apply the records of one partition in one transaction (split on failure),
-        then dead-letter the poison ones; the offset to commit stops at the first
-        record that is neither applied nor parked in the DLQ."""
+    def _parse(self, records: list[ConsumerRecord]) -> tuple[list[_Item], list[_Dead]]:
+        """The records of one partition as work for a transaction, and the malformed
+        ones to dead-letter."""
         work: list[_Item] = []
         dead: list[_Dead] = []
         for record in records:
@@ -534,11 +577,35 @@ class EventConsumer:
                 EVENTS.labels(self.name, record.topic, "ignored").inc()
                 continue
             work.append(_Item(record, event, handler))
+        return work, dead
+
+    async def _process_partition(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        work: list[_Item],
+        dead: list[_Dead],
+    ) -> _PartitionResult:
+        """Apply the records of one partition in one transaction (split on failure),
+        then dead-letter the poison ones; the offset to commit stops at the first
+        record that is neither applied nor parked in the DLQ."""
+        dead = list(dead)  # _apply_span adds the records it gives up on
         try:
             retry = await self._apply_span(work, dead)
         except Exception as exc:  # a bug of ours: read it again rather than skip it
             log.exception("could not apply a batch; will re-read it")
             retry = (records[0].offset, exc)
+        return await self._finish(tp, records, dead, retry)
+
+    async def _finish(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        dead: list[_Dead],
+        retry: tuple[int, BaseException] | None,
+    ) -> _PartitionResult:
+        """Dead-letter a partition's poison records up to where it stalls (or all of
+        them); the offset to commit."""
         limit = retry[0] if retry is not None else records[-1].offset + 1
         for letter in sorted(dead, key=lambda d: d.record.offset):
             if letter.record.offset >= limit:
@@ -609,16 +676,17 @@ class EventConsumer:
     async def _apply(self, items: list[_Item]) -> None:
         """One transaction: the inbox claim of ``items`` and their handlers (a span when
         tracing is on, which each event's span links to). The items are of one partition
-        (see _process_partition), so of one topic."""
-        first = items[0].record
-        topic = first.topic
+        (see _process_partition), or of a small poll's partitions one after another
+        (_apply_together)."""
+        topics = sorted({i.record.topic for i in items})
+        partitions = sorted({i.record.partition for i in items})
         started = time.perf_counter()
         with batch_span(
-            f"apply {topic}",
+            f"apply {topics[0]}" if len(topics) == 1 else f"apply {len(topics)} topics",
             lambda: {
                 "messaging.consumer.group.name": self.name,
-                "messaging.destination.name": topic,
-                "messaging.destination.partition.id": str(first.partition),
+                "messaging.destination.name": ",".join(topics),
+                "messaging.destination.partition.id": ",".join(map(str, partitions)),
                 "messaging.batch.message_count": len(items),
             },
         ):
@@ -627,9 +695,13 @@ class EventConsumer:
                     session, self._claim, self.name, [(i.event, i.handler) for i in items]
                 )
         BATCH_APPLY.labels(self.name).observe(time.perf_counter() - started)
-        EVENTS.labels(self.name, topic, "applied").inc(len(claimed.applied))
-        if claimed.duplicates:
-            EVENTS.labels(self.name, topic, "duplicate").inc(claimed.duplicates)
+        fresh = {e.id for e in claimed.applied}
+        outcomes: Tally[tuple[str, str]] = Tally()
+        for i in items:  # a repeated id: its first record is the one applied
+            outcomes[i.record.topic, "applied" if i.event.id in fresh else "duplicate"] += 1
+            fresh.discard(i.event.id)
+        for (topic, outcome), n in outcomes.items():
+            EVENTS.labels(self.name, topic, outcome).inc(n)
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException, attempts: int) -> None:
         topic = record.topic + DLQ_SUFFIX

@@ -297,6 +297,7 @@ def create_service_app(
                             recreate_topics=recreate_topics if settings.ensure_topics else None,
                             max_records=settings.consumer_max_records,
                             parallel_partitions=settings.consumer_parallel_partitions,
+                            coalesce_below=settings.consumer_coalesce_records,
                         )
                     )
                 # Joining a group takes seconds and the groups are independent: join at once.

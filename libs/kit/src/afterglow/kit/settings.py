@@ -48,6 +48,10 @@ class ServiceSettings(BaseSettings):
     # pooled connection): keep it well under db_pool_size, which every consumer, worker
     # and request of the process shares.
     consumer_parallel_partitions: int = Field(default=4, ge=1, le=64)
+    # A poll of at most this many records over several partitions is applied in one
+    # transaction (afterglow.events.consumer): a steady trickle over many partitions
+    # otherwise cost a transaction per record or two. 0: a transaction per partition.
+    consumer_coalesce_records: int = Field(default=100, ge=0, le=10_000)
     # A member that polls no more for this long leaves its group, and a rebalance waits
     # at most this long for members to rejoin (aiokafka sends it as the rebalance
     # timeout). Bounds how long a member left behind by a stop that timed out holds
