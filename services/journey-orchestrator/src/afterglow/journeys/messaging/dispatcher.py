@@ -478,6 +478,10 @@ class Dispatcher:
         transaction per send in flight (``concurrency`` of them) past the pool's size
         every settle opened a connection of its own."""
         now = self.rt.clock.now()
+        if outcome.ok and not outcome.suppress:  # the common case, in one statement
+            async with self._settling, self.rt.sessionmaker.begin() as session:
+                await store.settle_sent(session, job.message_id, job.attempt, now, outcome.reason)
+            return
         async with self._settling, self.rt.sessionmaker.begin() as session:
             m = await store.message_to_settle(session, job.message_id)
             if m is None or m.status != "queued" or m.attempts != job.attempt:

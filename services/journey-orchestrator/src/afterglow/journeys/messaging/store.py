@@ -976,6 +976,37 @@ async def marketing_counted(
     )
 
 
+# A send the provider accepted, settled in one statement: the message (still on the
+# lease that sent it: queued, same attempt) becomes sent, and its two decisions are
+# recorded in order. The ORM way (lock and load it, flush the change, insert the
+# decisions) took four round trips and most of a settle's CPU, once per message sent.
+_SETTLE_SENT = text(
+    f"WITH settled AS ("  # noqa: S608 - table names from the models
+    f" UPDATE {Message.__table__.fullname}"
+    f"    SET status = 'sent', reason = NULL, sent_at = :at, updated_at = :at"
+    f"  WHERE id = :id AND status = 'queued' AND attempts = :attempt"
+    f" RETURNING tenant_id, id)"
+    f" INSERT INTO {MessageDecision.__table__.fullname}"
+    f" (tenant_id, message_id, at, decision, reason)"
+    f" SELECT s.tenant_id, s.id, :at, d.decision, d.reason"
+    f"   FROM settled s,"
+    f"        (VALUES (1, 'sent', NULL::text), (2, 'delivered', CAST(:reason AS text)))"
+    f"        AS d(n, decision, reason)"
+    f"  ORDER BY d.n"
+)
+
+
+async def settle_sent(
+    session: AsyncSession, message_id: str, attempt: int, at: datetime, reason: str | None
+) -> bool:
+    """Mark a message sent by the send of ``attempt``; False when that lease is no
+    longer its own (erased meanwhile, or a later lease took over)."""
+    result = await session.execute(
+        _SETTLE_SENT, {"id": message_id, "attempt": attempt, "at": at, "reason": reason}
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def message_to_settle(session: AsyncSession, message_id: str) -> Message | None:
     """The message a send ended for, locked: its outcome and a redelivery (or a later
     lease) do not both change it."""
