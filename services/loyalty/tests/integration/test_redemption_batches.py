@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from afterglow.loyalty.deps import deps_of
 from afterglow.loyalty.models import EntryRow, Redemption
@@ -284,3 +284,71 @@ class TestWritersReconnect:
         assert (status, replayed) == (201, False), body
         assert body["balance"]["available"] == 0
         assert await stored(loyalty, tenant_id, customer) == (2, 2, 2)
+
+
+async def batch_statements(
+    loyalty: Loyalty, requests: list[RedeemRequest]
+) -> tuple[list[Any], list[str]]:
+    """Apply ``requests`` in one transaction: their outcomes, and the SQL statements it
+    sent (BEGIN and COMMIT are not statements here: the driver sends them itself)."""
+    runtime = loyalty.runtime
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    async with runtime.sessionmaker.begin() as session:
+        # This transaction's connection only (the relay shares the engine).
+        conn = (await session.connection()).sync_connection
+        event.listen(conn, "before_cursor_execute", record)
+        try:
+            outcomes = await redeem_batch(session, runtime.outbox, requests, loyalty.clock.now())
+        finally:
+            event.remove(conn, "before_cursor_execute", record)
+    return outcomes, sent
+
+
+class TestRoundTrips:
+    """A batch is three statements whatever its size (redemptions_store): the lock,
+    the reads it guards, the writes. A statement per table was eleven round trips in
+    sequence per batch, which capped the redemptions below 1,000 a second."""
+
+    async def apply(self, loyalty: Loyalty, requests: list[RedeemRequest]) -> list[str]:
+        outcomes, sent = await batch_statements(loyalty, requests)
+        assert all(isinstance(o, tuple) and o[1] is False for o in outcomes), outcomes
+        return sent
+
+    async def test_three_statements_for_a_batch_of_two_or_of_forty(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        customers = [new_id("c") for _ in range(20)]
+        for c in customers:
+            await credit(loyalty, tenant_id, c, 5_000)
+        small = await self.apply(loyalty, [RedeemRequest(tenant_id, customers[0], "five-off", "a")])
+        large = await self.apply(
+            loyalty,
+            [
+                RedeemRequest(tenant_id, c, reward, f"b-{reward}")
+                for c in customers
+                for reward in ("five-off", "free-shipping")
+            ],
+        )
+        assert len(small) == len(large) == 3, large
+        assert large[0].lstrip().startswith("WITH locked AS")
+        assert large[2].lstrip().startswith("WITH lots AS")
+        # What the one write statement wrote: every row of the batch, once.
+        for c in customers[1:]:  # five-off at 500, free-shipping at 400
+            assert await loyalty.consistent(tenant_id, c) == (5_000 - 500 - 400, 0)
+            assert await stored(loyalty, tenant_id, c) == (2, 2, 2)
+        assert await loyalty.consistent(tenant_id, customers[0]) == (5_000 - 1_400, 0)
+        assert await stored(loyalty, tenant_id, customers[0]) == (3, 3, 3)
+
+    async def test_a_batch_that_makes_nothing_writes_nothing(self, loyalty: Loyalty, tenant_id):
+        c = new_id("c")
+        await credit(loyalty, tenant_id, c, 300)
+        outcomes, sent = await batch_statements(
+            loyalty, [RedeemRequest(tenant_id, c, "five-off", "k")]
+        )
+        assert isinstance(outcomes[0], InsufficientPointsError)
+        assert len(sent) == 2  # the lock, the guarded reads; no write
+        assert await stored(loyalty, tenant_id, c) == (0, 0, 0)
