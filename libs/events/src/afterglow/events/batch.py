@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 from sqlalchemy.sql.elements import BindParameter, ColumnClause
-from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.sql.selectable import Select, TableValuedAlias
 from sqlalchemy.sql.visitors import replacement_traverse
 
 from afterglow.events import tracing
@@ -287,10 +287,10 @@ def writes_in_one_statement(**writes: Any) -> Any:
     foreign keys and unique constraints are still checked. A write given no rows
     (empty arrays) writes nothing."""
 
-    def renamed(name: str) -> Callable[[Any], Any]:
+    def renamed(name: str) -> Any:
         keys: dict[Any, Any] = {}  # unnest_keys, renamed once each
 
-        def rename(element: Any) -> Any:
+        def rename(element: Any, **kw: Any) -> Any:
             if isinstance(element, BindParameter):
                 return bindparam(f"{name}_{element.key}", type_=element.type)
             if isinstance(element, ColumnClause) and isinstance(element.table, TableValuedAlias):
@@ -304,7 +304,7 @@ def writes_in_one_statement(**writes: Any) -> Any:
         return rename
 
     ctes = [replacement_traverse(w, {}, renamed(name)).cte(name) for name, w in writes.items()]
-    statement = select(literal_column("1")).add_cte(*ctes)
+    statement: Select[Any] = select(literal_column("1")).add_cte(*ctes)
     # A bind the renaming missed would be shared by two writes, or left unbound.
     prefixes = tuple(f"{name}_" for name in writes)
     stray = [
