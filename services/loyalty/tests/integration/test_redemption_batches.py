@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from afterglow.loyalty.deps import deps_of
-from afterglow.loyalty.models import EntryRow, Redemption
+from afterglow.loyalty.models import EntryRow, LotRow, Redemption
 from afterglow.loyalty.redemptions import RedeemRequest, redeem_batch
 from afterglow.loyalty.service import InsufficientPointsError
 
@@ -284,3 +284,174 @@ class TestWritersReconnect:
         assert (status, replayed) == (201, False), body
         assert body["balance"]["available"] == 0
         assert await stored(loyalty, tenant_id, customer) == (2, 2, 2)
+
+
+async def batch_statements(
+    loyalty: Loyalty, requests: list[RedeemRequest]
+) -> tuple[list[Any], list[str]]:
+    """Apply ``requests`` in one transaction: their outcomes, and the SQL statements it
+    sent (BEGIN and COMMIT are not statements here: the driver sends them itself)."""
+    runtime = loyalty.runtime
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    async with runtime.sessionmaker.begin() as session:
+        # This transaction's connection only (the relay shares the engine).
+        conn = (await session.connection()).sync_connection
+        event.listen(conn, "before_cursor_execute", record)
+        try:
+            outcomes = await redeem_batch(session, runtime.outbox, requests, loyalty.clock.now())
+        finally:
+            event.remove(conn, "before_cursor_execute", record)
+    return outcomes, sent
+
+
+class TestRoundTrips:
+    """A batch is three statements whatever its size (redemptions_store): the lock,
+    the reads it guards, the writes. A statement per table was eleven round trips in
+    sequence per batch, which capped the redemptions below 1,000 a second."""
+
+    async def apply(self, loyalty: Loyalty, requests: list[RedeemRequest]) -> list[str]:
+        outcomes, sent = await batch_statements(loyalty, requests)
+        assert all(isinstance(o, tuple) and o[1] is False for o in outcomes), outcomes
+        return sent
+
+    async def test_three_statements_for_a_batch_of_two_or_of_forty(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        customers = [new_id("c") for _ in range(20)]
+        for c in customers:
+            await credit(loyalty, tenant_id, c, 5_000)
+        small = await self.apply(loyalty, [RedeemRequest(tenant_id, customers[0], "five-off", "a")])
+        large = await self.apply(
+            loyalty,
+            [
+                RedeemRequest(tenant_id, c, reward, f"b-{reward}")
+                for c in customers
+                for reward in ("five-off", "free-shipping")
+            ],
+        )
+        assert len(small) == len(large) == 3, large
+        assert large[0].lstrip().startswith("WITH locked AS")
+        assert large[2].lstrip().startswith("WITH lots AS")
+        # What the one write statement wrote: every row of the batch, once.
+        for c in customers[1:]:  # five-off at 500, free-shipping at 400
+            assert await loyalty.consistent(tenant_id, c) == (5_000 - 500 - 400, 0)
+            assert await stored(loyalty, tenant_id, c) == (2, 2, 2)
+        assert await loyalty.consistent(tenant_id, customers[0]) == (5_000 - 1_400, 0)
+        assert await stored(loyalty, tenant_id, customers[0]) == (3, 3, 3)
+
+    async def test_a_batch_that_makes_nothing_writes_nothing(self, loyalty: Loyalty, tenant_id):
+        c = new_id("c")
+        await credit(loyalty, tenant_id, c, 300)
+        outcomes, sent = await batch_statements(
+            loyalty, [RedeemRequest(tenant_id, c, "five-off", "k")]
+        )
+        assert isinstance(outcomes[0], InsufficientPointsError)
+        assert len(sent) == 2  # the lock, the guarded reads; no write
+        assert await stored(loyalty, tenant_id, c) == (0, 0, 0)
+
+
+async def spendable_in_lots(loyalty: Loyalty, tenant: str, customer: str) -> int:
+    """What the account's available lots still hold (the balance, when the lots were
+    spent from what the last batch left, not from an older snapshot)."""
+    async with loyalty.runtime.sessionmaker() as s:
+        total = await s.scalar(
+            select(func.coalesce(func.sum(LotRow.remaining), 0)).where(
+                LotRow.tenant_id == tenant,
+                LotRow.customer_id == customer,
+                LotRow.state == "available",
+            )
+        )
+    return int(total or 0)
+
+
+async def waits_on_a_lock(loyalty: Loyalty, pid: int) -> bool:
+    async with loyalty.runtime.engine.connect() as conn:
+        waiting = await conn.scalar(
+            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    return bool(waiting)
+
+
+class TestTwoBatchesInFlight:
+    """The group commit's writers (loyalty_redeem_writers, 2 by default) apply two
+    batches at once: the second gathers and starts while the first commits. On the
+    accounts they share, the second waits for the first's commit and then sees all it
+    did: its balances, its lots, its Idempotency-Keys."""
+
+    async def test_the_second_waits_for_the_first_and_spends_what_it_left(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        x, y = new_id("x"), new_id("y")
+        await credit(loyalty, tenant_id, x, 1_500)
+        await credit(loyalty, tenant_id, y, 500)
+        runtime, now = loyalty.runtime, loyalty.clock.now()
+        first = [
+            RedeemRequest(tenant_id, x, "five-off", "a1"),
+            RedeemRequest(tenant_id, y, "five-off", "a2"),
+            RedeemRequest(tenant_id, x, "five-off", "shared"),
+        ]
+        # The same accounts in the other order of arrival, the same key once.
+        second = [
+            RedeemRequest(tenant_id, y, "five-off", "b1"),
+            RedeemRequest(tenant_id, x, "five-off", "shared"),
+            RedeemRequest(tenant_id, x, "five-off", "b2"),
+        ]
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def apply_second() -> list[Any]:
+            async with runtime.sessionmaker.begin() as session:
+                pid.set_result(int(await session.scalar(text("SELECT pg_backend_pid()")) or 0))
+                return await redeem_batch(session, runtime.outbox, second, now)
+
+        async with runtime.sessionmaker.begin() as session:
+            answers_first = await redeem_batch(session, runtime.outbox, first, now)
+            later = asyncio.create_task(apply_second())
+            second_pid = await pid
+            for _ in range(200):  # bounded: until it waits on the first's locks
+                if await waits_on_a_lock(loyalty, second_pid):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the second batch never waited on the first's locks")
+        answers_second = await later
+
+        assert [a[0]["balance"]["available"] for a in answers_first] == [1_000, 0, 500]
+        no_points, replay, last = answers_second
+        assert isinstance(no_points, InsufficientPointsError)
+        assert replay == (answers_first[2][0], True)
+        assert last[1] is False and last[0]["balance"]["available"] == 0
+        for c, redemptions in ((x, 3), (y, 1)):
+            assert await loyalty.consistent(tenant_id, c) == (0, 0)
+            assert await spendable_in_lots(loyalty, tenant_id, c) == 0
+            assert await stored(loyalty, tenant_id, c) == (redemptions,) * 3
+
+    async def test_batches_crossing_the_same_accounts_in_any_order_never_deadlock(
+        self, loyalty: Loyalty, tenant_id
+    ):
+        customers = [new_id("c") for _ in range(6)]
+        for c in customers:
+            await credit(loyalty, tenant_id, c, 2_000)  # four five-offs each
+        runtime, now = loyalty.runtime, loyalty.clock.now()
+
+        async def batch(n: int) -> list[Any]:
+            # Each batch in its own order of arrival, over every account.
+            order = customers[n % 6 :] + customers[: n % 6]
+            order = order if n % 2 else order[::-1]
+            requests = [RedeemRequest(tenant_id, c, "five-off", f"k{n}-{c}") for c in order]
+            async with runtime.sessionmaker.begin() as session:
+                return await redeem_batch(session, runtime.outbox, requests, now)
+
+        # Six batches of six at once: 36 asked, 24 covered. A deadlock would fail one
+        # of them (PostgreSQL aborts one of the cycle).
+        outcomes = [o for answers in await asyncio.gather(*map(batch, range(6))) for o in answers]
+        assert sum(isinstance(o, tuple) for o in outcomes) == 24
+        assert sum(isinstance(o, InsufficientPointsError) for o in outcomes) == 12
+        for c in customers:
+            assert await loyalty.consistent(tenant_id, c) == (0, 0)
+            assert await spendable_in_lots(loyalty, tenant_id, c) == 0
+            assert await stored(loyalty, tenant_id, c) == (4, 4, 4)

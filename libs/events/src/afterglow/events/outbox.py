@@ -94,6 +94,17 @@ class Outbox:
     async def add(self, session: AsyncSession, *events: CloudEvent[Any]) -> None:
         if not events:
             return
+        await session.execute(self._insert, self.params(*events))
+
+    @property
+    def insert(self) -> Any:
+        """The insert :meth:`add` executes, for a caller that sends it with its other
+        writes in one statement (afterglow.events.batch.writes_in_one_statement); bind
+        it with :meth:`params`."""
+        return self._insert
+
+    def params(self, *events: CloudEvent[Any]) -> dict[str, list[Any]]:
+        """The binds of :attr:`insert` for ``events`` (none: no row)."""
         cols: dict[str, list[Any]] = {
             "event_id": [],
             "event_type": [],
@@ -113,7 +124,7 @@ class Outbox:
             cols["shard"].append(shard_of(key))
             cols["headers"].append(json.dumps([[k, v.decode()] for k, v in record.headers]))
             cols["value"].append(record.value)
-        await session.execute(self._insert, cols)
+        return cols
 
 
 # An idempotent producer whose sequence state the broker no longer accepts (a broker

@@ -65,10 +65,15 @@ class Adjusted:
     debt: int
 
 
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # unambiguous; 32 characters
+
+
 def reward_code() -> str:
-    # 12 characters of an unambiguous alphabet: about 60 bits, unique by constraint too.
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "AG-" + "".join(secrets.choice(alphabet) for _ in range(12))
+    # 12 characters of an unambiguous alphabet: 60 bits, unique by constraint too. One
+    # read of the system's randomness, not one per character (secrets.choice twelve
+    # times was ~2% of a redemption's CPU); 256 is a multiple of 32, so ``b % 32``
+    # picks every character with the same chance.
+    return "AG-" + "".join(_CODE_ALPHABET[b % 32] for b in secrets.token_bytes(12))
 
 
 def order_record(row: OrderRow) -> domain.OrderRecord:
