@@ -34,7 +34,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, locked_by_keys, unnest_insert, unnest_keys
+from afterglow.events.batch import (
+    as_columns,
+    key_params,
+    locked_by_keys,
+    unnest_insert,
+    unnest_keys,
+)
 from afterglow.events.catalog import MessageRequested, PointsEarned, PointsExpired, TierChanged
 from afterglow.events.privacy import pseudonym
 from afterglow.kit.period import with_buckets
@@ -748,14 +754,21 @@ async def add_order(session: AsyncSession, order: OrderRow) -> None:
     await session.flush()
 
 
+_known_keys = unnest_keys("kn", tenant_id=Text, order_id=Text)
+# The same text for any number of keys, so prepared once: a row-wise IN list is a new
+# statement, prepared and planned again, for every size a batch comes in.
+KNOWN_ORDERS = select(OrderRow.tenant_id, OrderRow.order_id).join(
+    _known_keys,
+    (OrderRow.tenant_id == _known_keys.c.tenant_id) & (OrderRow.order_id == _known_keys.c.order_id),
+)
+
+
 async def known_orders(session: AsyncSession, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """Those of the orders ``keys`` (tenant, order id) already recorded: one statement."""
     if not keys:
         return set()
     rows = await session.execute(
-        select(OrderRow.tenant_id, OrderRow.order_id).where(
-            tuple_(OrderRow.tenant_id, OrderRow.order_id).in_(sorted(keys))
-        )
+        KNOWN_ORDERS, key_params("kn", ("tenant_id", "order_id"), sorted(keys))
     )
     return {(r[0], r[1]) for r in rows}
 
