@@ -27,8 +27,8 @@ from .test_placed_in_sets import apply_batch, referral_state
 
 
 def placed(service: Service, tenant: str, n: int, code: str, hours: int) -> CloudEvent[Any]:
-    """Referee ``n``'s order with ``code``, ``hours`` after now (2 h apart: clear of the
-    velocity limit, so only the advocate cap can reject)."""
+    """Referee ``n``'s order with ``code``, ``hours`` after now (an hour apart: each alone
+    in the velocity window, so only the advocate cap can reject)."""
     data = service.placed(
         order_id=f"o{n}", referral_code=code, at=service.clock.now() + timedelta(hours=hours)
     )
@@ -52,9 +52,13 @@ class TestCodesLockedLate:
     async def test_two_batches_on_one_code_never_both_slip_under_the_cap(self, service):
         tenant = f"t-{uuid.uuid4().hex[:10]}"
         code = await service.issue_code(tenant, "adv1")
-        # Three orders each, six referees: the cap (4 in the test settings) lets four in.
-        first = [placed(service, tenant, n, code, 2 * n) for n in range(3)]
-        second = [placed(service, tenant, n, code, 2 * n) for n in range(3, 6)]
+        # Three orders each, interleaved in time, six referees. The cap (4 in the test
+        # settings) counts the conversions placed before an order: whichever batch
+        # decides second, one of its orders has four before it (A then B: o5 sees o0-o4;
+        # B then A: o4 sees o0-o3) and is rejected. Two batches counting at once would
+        # each see only their own orders and accept all six.
+        first = [placed(service, tenant, n, code, n) for n in (0, 2, 4)]
+        second = [placed(service, tenant, n, code, n) for n in (1, 3, 5)]
         async with service.runtime.sessionmaker.begin() as holder:
             await holder.execute(select(Code.id).where(Code.tenant_id == tenant).with_for_update())
             both = asyncio.gather(apply_batch(service, first), apply_batch(service, second))
@@ -64,7 +68,7 @@ class TestCodesLockedLate:
 
         got = await referral_state(service, tenant)
         states = sorted((r[0], r[1]) for r in got.values())
-        assert states == [("pending", None)] * 4 + [("rejected", "advocate_cap")] * 2
+        assert states == [("pending", None)] * 5 + [("rejected", "advocate_cap")]
 
     async def test_a_code_deactivated_before_the_lock_attributes_nothing(self, service):
         tenant = f"t-{uuid.uuid4().hex[:10]}"
