@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -125,12 +126,14 @@ def _needs_rates(rules: domain.ProgramRules, data: OrderPlaced) -> bool:
 
 def _new_order(
     rules: domain.ProgramRules,
-    account: Account,
+    account: Any,
     data: OrderPlaced,
     rates: dict[str, domain.ExchangeRate],
-) -> OrderRow:
-    """The order row (not added to a session) of a new order, priced in the program's
-    currency; counts it on the account."""
+) -> Any:
+    """The order row of a new order as plain attributes (every column of OrderRow; an
+    ORM object is ``OrderRow(**vars(it))``), priced in the program's currency; counts
+    it on the account. Plain: a run of order.placed events builds thousands, and the
+    ORM's instrumented construction was the largest cost of that run's Python."""
     # The one rule, on the count ingest's order book set (catalog.is_first_order);
     # journeys' welcome branch applies the same rule to the same field. A past order
     # (history import, late delivery) is never a first order: the first-order bonus
@@ -140,7 +143,7 @@ def _new_order(
     amounts = _pairs(data.amounts())
     pricing = domain.price_order(rules.currency, amounts, rates)
     other = next(((c, m) for c, m in amounts if c != pricing.source_currency), None)
-    return OrderRow(
+    return SimpleNamespace(
         tenant_id=account.tenant_id,
         order_id=data.order_id,
         customer_id=account.customer_id,
@@ -795,7 +798,7 @@ class LoyaltyService:
             if any(cur == rules.currency for cur, _ in amounts)
             else await store.load_rates(session, tenant, rules.currency)
         )
-        order = _new_order(rules, account, data, rates)
+        order = OrderRow(**vars(_new_order(rules, account, data, rates)))
         await store.add_order(session, order)
         if order.unpriced_reason is not None:
             await self._note_unpriced(session, account, data.order_id, order.unpriced_reason, now)
@@ -823,7 +826,7 @@ class LoyaltyService:
         tenants = sorted({p.tenant for p in fresh})
         rules = {t: await store.load_rules(session, t) for t in tenants}
         keys = sorted({(p.tenant, p.customer) for p in fresh})
-        accounts = await store.open_accounts(
+        accounts = await store.open_account_rows(
             session, keys, {t: r.tiers[0].name for t, r in rules.items()}, now
         )
         rates: dict[str, dict[str, domain.ExchangeRate]] = {}
@@ -834,7 +837,7 @@ class LoyaltyService:
         wallets = {
             k: domain.Wallet(available=a.available, pending=a.pending) for k, a in accounts.items()
         }
-        orders: list[OrderRow] = []
+        orders: list[Any] = []
         lots: dict[str, dict[str, Any]] = {}
         entries: list[dict[str, Any]] = []
         events: list[CloudEvent[Any]] = []
@@ -863,6 +866,7 @@ class LoyaltyService:
                 r, account, value, oldest, now, p.cause, notify=not p.data.historical
             )
         await store.insert_orders(session, orders)
+        await store.update_account_rows(session, list(accounts.values()))
         await store.upsert_lots(session, list(lots.values()))
         await store.insert_entries(session, entries)
         await self.outbox.add(session, *events)

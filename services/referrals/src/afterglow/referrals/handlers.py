@@ -1,17 +1,19 @@
 """Event handlers. A batch runs in the consumer's inbox transaction, so a redelivered
 event is skipped and the state change commits with the events it causes.
 
-Lock order: a batch first locks every code it may touch with one statement, ordered by
-(tenant, code id) (:meth:`ReferralService.lock_codes`), then applies its events in
-partition order: a run of consecutive order.placed events as one set
-(:meth:`ReferralService.orders_placed`, which locks the run's referred orders in
-(tenant, order id) order), a run of consecutive order lifecycle events (fulfilled,
-delivered, refunded, cancelled) as one set (:meth:`ReferralService.orders_changed`,
-which locks the run's orders, then their open referrals, each in (tenant, order id)
-order), every other event one by one, each locking its order row. An order's events
-are one customer's, in this partition only. Codes are shared across partitions (an
-advocate's code, many referees): taken in whatever order the events came, two batches
-deadlocked on them."""
+Lock order: a batch applies its events in partition order: a run of consecutive
+order.placed events as one set (:meth:`ReferralService.orders_placed`, which locks the
+run's referred orders in (tenant, order id) order, then, if it attributes any, every
+code of the batch in (tenant, code id) order, with one statement, held to the commit:
+:class:`~afterglow.referrals.service.BatchCodes`), a run of consecutive order lifecycle
+events (fulfilled, delivered, refunded, cancelled) as one set
+(:meth:`ReferralService.orders_changed`, which locks the run's orders, then their open
+referrals, each in (tenant, order id) order), every other event one by one, each
+locking its order row; a batch holding such an event locks all its codes first. An
+order's events are one customer's, in this partition only. Codes are shared across
+partitions (an advocate's code, many referees): taken in whatever order the events
+came, two batches deadlocked on them; taken at the start of every batch, the
+partitions' batches queued on them."""
 
 from __future__ import annotations
 
@@ -137,15 +139,14 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
                 codes.add((e.tenantid, e.data.referral_code))
         elif isinstance(e.data, ReferralInvited):
             advocates.add((e.tenantid, e.subject))
-    # The policies of the tenants whose orders may be attributed, read before the codes'
-    # lock: a statement less while other partitions' batches wait on it.
     policies = await svc.policies(session, {t for t, _ in codes}) if codes else None
-    # The codes of every order of the batch, as the lock read them: valid for a run of
-    # orders until an event applied alone may have changed a code (an invitation
-    # creates one, an erasure deactivates one); then the run reads them afresh.
-    active_codes: dict[tuple[str, str], Any] | None = await svc.lock_codes(
-        session, codes, advocates
-    )
+    # The codes of every order of the batch: read without a lock, locked all at once
+    # when a run first attributes an order (BatchCodes). A batch with an event applied
+    # alone (an invitation, an erasure: they change codes, and lock them as they go)
+    # locks them all at its start instead, so its locks are still taken in one order.
+    batch_codes = svc.batch_codes(codes, advocates)
+    if any(_set_kind(e) is None for e in events):
+        await batch_codes.lock(session)
     run: list[CloudEvent[Any]] = []
 
     async def flush() -> None:
@@ -153,7 +154,7 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
             return
         if isinstance(run[0].data, OrderPlaced):
             await svc.orders_placed(
-                session, [(e.tenantid, e.subject, e.data) for e in run], active_codes, policies
+                session, [(e.tenantid, e.subject, e.data) for e in run], batch_codes, policies
             )
         else:
             await svc.orders_changed(session, [(e.tenantid, e.data) for e in run])
@@ -166,7 +167,7 @@ async def apply(svc: ReferralService, session: AsyncSession, events: list[CloudE
         if kind is not None:
             run.append(event)
             continue
-        active_codes = None
+        batch_codes.forget()
         with event_span(event):
             await ONE_BY_ONE[type(event.data)](svc, session, event)
             # The next event sees this one's writes through fresh ORM objects.

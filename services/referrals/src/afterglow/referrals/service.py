@@ -96,6 +96,55 @@ class Attribution:
     created: bool
 
 
+class BatchCodes:
+    """The referral codes one consumer batch may touch, read once and locked once.
+
+    Attributing an order holds its code's row lock until the transaction commits: the
+    advocate cap and the velocity limit count the code's conversions, and two
+    transactions counting at once could both slip under a limit. Taken at the start
+    of the batch, the lock was held for the batch's whole length, and as an advocate's
+    code is carried by orders in every partition, the partitions' batches queued on
+    the same rows and ran one after the other (order.placed at ~1,750/s, a third of
+    the time waiting on the codes' lock).
+
+    So a batch of orders reads its codes without a lock (:meth:`read`), does what does
+    not depend on them being held, and locks them (:meth:`lock`) just before the
+    conversions the limits count are read: every code of the batch in one statement,
+    in (tenant, code id) order, the one order the codes are ever locked in, so two
+    batches never wait on each other in a cycle. Whoever locks compares what the
+    lock read with what it decided from (orders_placed). A batch that changes codes
+    one event at a time (an invitation, an erasure) locks them all at its start, as
+    before (handlers.apply)."""
+
+    def __init__(self, wanted: set[tuple[str, str]], advocates: set[tuple[str, str]]) -> None:
+        self.wanted = wanted  # (tenant, normalized code)
+        self.advocates = advocates  # (tenant, customer): the codes of these advocates too
+        self.locked = False
+        self._active: dict[tuple[str, str], Any] | None = None
+
+    async def read(self, session: AsyncSession) -> dict[tuple[str, str], Any]:
+        """The codes that attribute, by (tenant, normalized code): the lock's read when
+        the batch holds it, else read without a lock (once per batch)."""
+        if self._active is None:
+            self._active = await store.active_codes_named(session, self.wanted)
+        return self._active
+
+    async def lock(self, session: AsyncSession) -> dict[tuple[str, str], Any]:
+        """Lock every code of the batch (once) and return those that attribute, as
+        the lock read them."""
+        if not self.locked:
+            self._active = await store.lock_codes(session, self.wanted, self.advocates)
+            self.locked = True
+        assert self._active is not None
+        return self._active
+
+    def forget(self) -> None:
+        """An event applied alone may have changed a code (an invitation issues one, an
+        erasure deactivates one): the next run reads and locks them again."""
+        self._active = None
+        self.locked = False
+
+
 class ReferralService:
     def __init__(self, settings: ReferralsSettings, outbox: Outbox, clock: Clock) -> None:
         self.settings = settings
@@ -175,25 +224,18 @@ class ReferralService:
 
     # --- codes --------------------------------------------------------------------
 
-    async def lock_codes(
-        self,
-        session: AsyncSession,
-        codes: set[tuple[str, str]],
-        advocates: set[tuple[str, str]],
-    ) -> dict[tuple[str, str], Any]:
-        """Lock, with one statement and in one order (tenant, then code id), every code a
-        batch may lock: those its orders carry (``codes``: tenant and raw code) and
-        those of the advocates it invites. Attributing locks its code, then the order;
-        two batches from different partitions that took one code each, then wanted the
-        other's, deadlocked (and the whole batch was retried). Returns the codes that
-        still attribute, by (tenant, normalized code): what orders_placed reads, as long
-        as no event of the batch changed a code since (an invitation, an erasure)."""
+    def batch_codes(
+        self, codes: set[tuple[str, str]], advocates: set[tuple[str, str]]
+    ) -> BatchCodes:
+        """The codes a batch may touch: those its orders carry (``codes``: tenant and
+        raw code) and those of the advocates it invites (``advocates``: tenant and
+        customer). See :class:`BatchCodes`."""
         wanted = {
             (t, domain.normalize_code(c))
             for t, c in codes
             if domain.is_code_shaped(domain.normalize_code(c))
         }
-        return await store.lock_codes(session, wanted, advocates)
+        return BatchCodes(wanted, advocates)
 
     async def code_of_advocate(
         self, session: AsyncSession, tenant_id: str, advocate: str
@@ -429,7 +471,7 @@ class ReferralService:
         self,
         session: AsyncSession,
         events: Sequence[tuple[str, str, OrderPlaced]],
-        active_codes: dict[tuple[str, str], Any] | None = None,
+        codes: BatchCodes | None = None,
         policies: dict[str, domain.Policy] | None = None,
     ) -> None:
         """A run of consecutive order.placed events, each (tenant, subject, data), in
@@ -437,10 +479,13 @@ class ReferralService:
         (handlers.placed): every order remembered with one insert (the first event of an
         order wins), then each referred order attributed in event order from state read
         with one query per table, each attribution seeing the orders of the events up to
-        its own and the conversions decided before it, as it would one by one. The
-        batch's codes are locked already (lock_codes); this locks its referred orders,
-        in (tenant, order id) order. ``active_codes``: what lock_codes returned, when
-        it covers every code of ``events`` and still holds; None: read them here.
+        its own and the conversions decided before it, as it would one by one.
+
+        Locks: the run's referred orders in (tenant, order id) order, then (when any
+        order is attributed and the batch has not yet) every code of the batch
+        (``codes``, :class:`BatchCodes`), just before the conversions the cap and the
+        velocity limit count are read: the codes are held for the end of the batch
+        only, not for its whole length. ``codes``: the batch's; None: the run's own.
         ``policies``: the tenants' policies read earlier in the transaction (no event
         changes them), else they are read here."""
         first: dict[tuple[str, str], int] = {}
@@ -456,22 +501,52 @@ class ReferralService:
         since = {key: first[key] for key in created}
 
         wanted = self._carried_codes(events)
-        codes = active_codes
+        names = {c for cs in wanted for c in cs[1]}
         if codes is None:
-            codes = await store.active_codes_named(session, {c for cs in wanted for c in cs[1]})
+            codes = BatchCodes(names, set())
+        active = await codes.read(session)
+        todo = await self._todo(session, events, rows, created, wanted, active)
+        if not todo:
+            return
+        # The orders of the people involved are not guarded by the codes' lock (other
+        # partitions write them whatever it holds): read before it is taken.
+        seen = await self._seen(session, todo, since)
+        if not codes.locked:
+            locked = await codes.lock(session)
+            if _attributing(locked, names) != _attributing(active, names):
+                # A code changed between the read and the lock (deactivated, issued, its
+                # advocate erased): decide from what the lock read, as if it came first.
+                todo = await self._todo(session, events, rows, created, wanted, locked)
+                if not todo:
+                    return
+                seen = await self._seen(session, todo, since)
+        await self._attribute_all(session, events, todo, seen, policies)
+
+    async def _todo(
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[str, str, OrderPlaced]],
+        rows: list[dict[str, Any]],
+        created: set[tuple[str, str]],
+        wanted: list[tuple[str | None, set[tuple[str, str]]]],
+        codes: dict[tuple[str, str], Any],
+    ) -> list[tuple[int, Any, str, Any]]:
+        """The orders of the run to attribute, in event order, each (event index, code
+        row, via, order row), given the codes that attribute (``codes``). Reads only:
+        run again when the codes turn out changed under their lock."""
         found: list[tuple[int, Any, str]] = []  # (event index, code row, via)
         for i, (referral_code, discounts) in enumerate(wanted):
             picked = self._pick_code(events[i][0], referral_code, discounts, codes)
             if picked is not None:
                 found.append((i, *picked))
         if not found:
-            return
+            return []
         keys = {(events[i][0], events[i][2].order_id) for i, _, _ in found}
         # An order this run created is known (its row is what was inserted) and locked
         # (the inserter holds it), and has no referral (a referral is only ever made for
         # an order already recorded, and orders are never deleted): only the orders seen
         # before are read, locked, and looked up among the referrals. Two statements
-        # fewer under the codes' lock when every order is new, as most are.
+        # fewer when every order is new, as most are.
         seen_before = keys - created
         orders: dict[tuple[str, str], Any] = await store.locked_orders(session, seen_before)
         attributed = await store.referred_orders(session, seen_before)
@@ -486,9 +561,7 @@ class ReferralService:
                 continue  # one referral per order: a repeat, or attributed before
             attributed.add(key)
             todo.append((i, code, via, orders[key]))
-        if not todo:
-            return
-        await self._attribute_all(session, events, todo, since, policies)
+        return todo
 
     def _carried_codes(
         self, events: Sequence[tuple[str, str, OrderPlaced]]
@@ -526,30 +599,43 @@ class ReferralService:
             return active[(tenant, ours[0])], "discount_code"
         return None
 
+    async def _seen(
+        self,
+        session: AsyncSession,
+        todo: list[tuple[int, Any, str, Any]],
+        since: dict[tuple[str, str], int],
+    ) -> _Seen:
+        """The orders of the referees and advocates of ``todo`` (customer id or
+        pseudonym, or the referee's email), as each event of the run sees them."""
+        people: set[tuple[str, str]] = set()
+        emails: set[tuple[str, str]] = set()
+        for _, code, _, order in todo:
+            t = order.tenant_id
+            people |= {(t, c) for c in _with_pseudonym(t, order.customer_id)}
+            people.add((t, code.advocate_customer_id))
+            if order.email_hash:
+                emails.add((t, order.email_hash))
+        return _Seen(await store.orders_of_people(session, people, emails), since)
+
     async def _attribute_all(
         self,
         session: AsyncSession,
         events: Sequence[tuple[str, str, OrderPlaced]],
         todo: list[tuple[int, Any, str, Any]],
-        since: dict[tuple[str, str], int],
+        seen: _Seen,
         policies: dict[str, domain.Policy] | None,
     ) -> None:
         """Decide the attributions (event index, code row, via, locked order row) in
-        order, insert them with one statement and their events with one more."""
+        order, insert them with one statement and their events with one more. The
+        codes are locked: the conversions read here are what the cap and the velocity
+        limit count, and no other transaction adds one to these codes meanwhile."""
         tenants = {o.tenant_id for _, _, _, o in todo}
         if policies is None or not tenants <= policies.keys():
             policies = await self.policies(session, tenants)
-        people: set[tuple[str, str]] = set()
-        emails: set[tuple[str, str]] = set()
         advocates: set[tuple[str, str]] = set()
-        for _, code, _, order in todo:
-            t = order.tenant_id
-            people |= {(t, c) for c in _with_pseudonym(t, order.customer_id)}
-            people.add((t, code.advocate_customer_id))
+        for _, code, _, _ in todo:
+            t = code.tenant_id
             advocates |= {(t, a) for a in _with_pseudonym(t, code.advocate_customer_id)}
-            if order.email_hash:
-                emails.add((t, order.email_hash))
-        seen = _Seen(await store.orders_of_people(session, people, emails), since)
         reach = max(timedelta(days=self.limits.advocate_cap_days), self.limits.velocity_window)
         live = _Live(
             await store.live_referrals_of(
@@ -943,6 +1029,14 @@ def _rejected_open(
         return False
     referral.update(state="rejected", reason=reason, detail=detail, decided_at=at)
     return True
+
+
+def _attributing(
+    codes: dict[tuple[str, str], Any], names: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Of ``codes`` (tenant, normalized code -> row), those named ``names``, as plain
+    values: two reads of the codes compare equal when a run would decide the same."""
+    return {k: tuple(r) for k, r in codes.items() if k in names}
 
 
 def referee_identity(order: Any) -> domain.Identity:
