@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from afterglow.events import (
     EVENT_TYPES,
@@ -10,10 +14,12 @@ from afterglow.events import (
     InvalidEventData,
     MalformedEvent,
     UnknownEventType,
+    derived_event_id,
     from_record,
     to_record,
 )
 from afterglow.events.catalog import OrderPlaced
+from afterglow.events.envelope import url_uuid5
 from afterglow.events.samples import sample_events
 
 
@@ -119,3 +125,27 @@ class TestMessageVariables:
             variables={"referral_url": "u", "referral_code": "A"},
         )
         assert ok.kind == "referral_invite"
+
+
+class TestDerivedIds:
+    """url_uuid5 builds the UUIDv5 text itself (faster than the uuid module): ids already
+    stored (instances, timers, derived events) must come out the same."""
+
+    @given(st.text(max_size=120))
+    def test_same_text_as_the_uuid_module(self, name):
+        assert url_uuid5(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+    def test_derived_event_id_is_unchanged(self):
+        expected = uuid.uuid5(uuid.NAMESPACE_URL, "afterglow:journeys\x1facme\x1fi-1\x1fstage")
+        assert derived_event_id("journeys", "acme", "i-1", "stage") == str(expected)
+
+
+class TestSubject:
+    @pytest.mark.parametrize("bad", ["a\x00b", "tab\there", "line\nbreak", "\x1f"])
+    def test_control_characters_are_refused(self, bad):
+        with pytest.raises(ValidationError, match="control characters"):
+            _event(sample_events()[0], subject=bad)
+
+    @pytest.mark.parametrize("fine", ["cust-1", "émile@example.com", "a b", "\x7f-del"])
+    def test_printable_subjects_pass(self, fine):
+        assert _event(sample_events()[0], subject=fine).subject == fine

@@ -47,7 +47,21 @@ def holds(cond: Condition | None, profile: Profile, st: InstanceState, now: date
     return not (cond.consent is not None and cond.consent != profile.consent)
 
 
+# id(condition) -> (condition, its text). A definition's conditions never change (frozen
+# models, definitions cached per version), and every split a journey runs describes the
+# branch it took: a model_dump per step was ~2% of the engine consumer's Python. The
+# condition is kept in the value so that its id cannot be reused while cached.
+_DESCRIBED: dict[int, tuple[Condition, str]] = {}
+
+
 def describe(cond: Condition | None) -> str:
     if cond is None:
         return "always"
-    return ", ".join(f"{k}={v}" for k, v in cond.model_dump(exclude_none=True, mode="json").items())
+    hit = _DESCRIBED.get(id(cond))
+    if hit is not None and hit[0] is cond:
+        return hit[1]
+    text = ", ".join(f"{k}={v}" for k, v in cond.model_dump(exclude_none=True, mode="json").items())
+    if len(_DESCRIBED) > 10_000:
+        _DESCRIBED.clear()
+    _DESCRIBED[id(cond)] = (cond, text)
+    return text

@@ -32,6 +32,8 @@ def note_actions(profile: Profile, results: list[StepResult], now: datetime) -> 
 def triggers(j: Journey, profile: Profile, ev: Occurrence, now: datetime) -> bool:
     if ev.type not in j.trigger.events:
         return False
+    if j.trigger.filter is None:
+        return True  # what holds() answers for no condition, without building the probe
     probe = InstanceState(
         id="-", journey=j.name, version=0, started_at=now, first_order=first_order_of(ev, profile)
     )

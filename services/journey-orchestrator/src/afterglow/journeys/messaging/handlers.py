@@ -3,7 +3,6 @@ contact book (addresses, time zone, consent) kept from orders, unsubscribes and 
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from afterglow.events.catalog import (
     OrderPlaced,
     is_anonymous_subject,
 )
+from afterglow.events.envelope import url_uuid5
 from afterglow.journeys.messaging import store
 from afterglow.kit.app import Runtime
 
@@ -108,11 +108,7 @@ async def accept_requests(
         # the send that follows continues that trace, and shows where it was queued.
         with event_span(event):
             data: MessageRequested = event.data
-            message_id = str(
-                uuid.uuid5(
-                    uuid.NAMESPACE_URL, f"afterglow:message:{event.tenantid}:{data.request_id}"
-                )
-            )
+            message_id = url_uuid5(f"afterglow:message:{event.tenantid}:{data.request_id}")
             if message_id in rows:
                 continue  # the same request twice in one batch: the first one
             record = to_record(event)
