@@ -209,7 +209,8 @@ async def tenant_journeys(
     tenants = sorted(set(tenants))
     out = {t: TenantJourneys({}, {}) for t in tenants}
     wanted: set[tuple[str, str, int]] = set()
-    for r in (await session.execute(_ACTIVE, {"tenants": tenants})).all():
+    # No tenants: only the versions the instances run on (a timer round), no query.
+    for r in (await session.execute(_ACTIVE, {"tenants": tenants})).all() if tenants else []:
         out[r.tenant_id].active[r.name] = r.version
         wanted.add((r.tenant_id, r.name, r.version))
     for tenant, inst in instances:
