@@ -627,6 +627,13 @@ async def claim_due_timers(
     """Lock up to ``batch`` due, pending timers (of ``lane``'s customers); rows another
     transaction holds are skipped, not waited for. The locks last until the caller's
     transaction ends."""
+    return list((await session.execute(claim_statement(now, batch, tenant_id, lane))).all())
+
+
+def claim_statement(
+    now: datetime, batch: int, tenant_id: str | None = None, lane: Lane = Lane()
+) -> Any:
+    """The SELECT of :func:`claim_due_timers` (a test reads its plan)."""
     q = (
         select(
             JourneyTimer.id,
@@ -653,7 +660,7 @@ async def claim_due_timers(
         # hashtext is an int4; shifted to be non-negative before the modulo.
         key = JourneyTimer.tenant_id + literal(":") + JourneyTimer.customer_id
         q = q.where(func.mod(cast(func.hashtext(key), BigInteger) + 2**31, lane.of) == lane.index)
-    return list((await session.execute(q)).all())
+    return q
 
 
 # --- transitions, goals ----------------------------------------------------------------
