@@ -457,7 +457,10 @@ async def customer_instances(
 
 _INSTANCE_KEYS = _keys("k", "tenant_id", "id")
 _INSTANCES_BY_ID = (
-    select(_I.c.tenant_id, _I.c.id, _I.c.state)
+    # The state as text, parsed and validated in one pass by pydantic
+    # (model_validate_json): decoding to dicts first and validating those was 5% of
+    # a timer round.
+    select(_I.c.tenant_id, _I.c.id, cast(_I.c.state, Text).label("state"))
     .join(
         _INSTANCE_KEYS,
         (_I.c.tenant_id == _INSTANCE_KEYS.c.tenant_id) & (_I.c.id == _INSTANCE_KEYS.c.id),
@@ -490,7 +493,7 @@ async def instances_by_id(
     params = {"tenant_id": [k[0] for k in keys], "id": [k[1] for k in keys]}
     rows = (await session.execute(_INSTANCES_BY_ID, params)).all()
     got = {
-        (r.tenant_id, r.id): Loaded(r.tenant_id, d.InstanceState.model_validate(r.state))
+        (r.tenant_id, r.id): Loaded(r.tenant_id, d.InstanceState.model_validate_json(r.state))
         for r in rows
     }
     held: set[tuple[str, str]] = set()
