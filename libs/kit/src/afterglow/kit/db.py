@@ -7,9 +7,10 @@ consumer runtime) begin and commit; domain and repository code may flush, never 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from pydantic_core import to_json
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -43,6 +44,16 @@ def declarative_base(schema: str) -> type[DeclarativeBase]:
     return Base
 
 
+def _json_text(value: Any) -> str:
+    """JSONB parameters are encoded by pydantic-core (Rust), not the stdlib ``json``:
+    the set-based writes send a whole batch's rows as one JSON document
+    (``jsonb_to_recordset``), and ``json.dumps`` of it was the largest single entry of a
+    journey timer round's profile (6% of the process; 2.5 ms for 200 profile rows,
+    0.6 ms here). PostgreSQL parses both the same; the only difference is that values
+    the stdlib refuses (a datetime, a set) are encoded instead of raising."""
+    return to_json(value).decode()
+
+
 def create_engine(
     url: str,
     *,
@@ -58,6 +69,7 @@ def create_engine(
         max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
         pool_timeout=10,
+        json_serializer=_json_text,
         connect_args={
             "server_settings": {"application_name": application_name},
             "command_timeout": 30,

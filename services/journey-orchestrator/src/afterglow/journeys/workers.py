@@ -69,10 +69,13 @@ def timer_round(outbox: Outbox, batch: int, lane: store.Lane = store.Lane()) -> 
         mine = [r for r in rows if (r.tenant_id, r.customer_id) in profiles]
         wanted = sorted({(r.tenant_id, r.instance_id) for r in mine})
         instances, held = await store.instances_by_id(session, wanted)
+        # A timer moves an instance on the version it runs; which version is active
+        # does not matter here, so that query is left out (no tenants passed).
         journeys = await store.tenant_journeys(
-            session, {t for t, _ in profiles}, ((i.tenant, i.state) for i in instances.values())
+            session, (), ((i.tenant, i.state) for i in instances.values())
         )
         changes = store.Changes(outbox, now, await store.timers_of(session, instances.keys()))
+        locked = dict(profiles)
         fired = 0
         for r in mine:  # due order (store.claim_due_timers)
             key = (r.tenant_id, r.customer_id)
@@ -99,7 +102,12 @@ def timer_round(outbox: Outbox, batch: int, lane: store.Lane = store.Lane()) -> 
                 loaded.state = res.state
                 changes.step(r.tenant_id, r.customer_id, j, res, profiles[key])
         for key, profile in profiles.items():
-            changes.profile(key, profile)
+            # Only what a step changed is written (note_actions returns the profile it
+            # was given when nothing changed): a reminder or a timeout leaves the
+            # profile as it was, and rewriting ~1 KB of JSON per customer cost more
+            # than the step.
+            if profile is not locked[key]:
+                changes.profile(key, profile)
         await changes.write(session)
         return fired
 
