@@ -26,7 +26,7 @@ class KafkaConfig:
     max_poll_interval_ms: int = 120000
     max_poll_records: int = 500
     # See afterglow.kit.settings (KAFKA_FETCH_MAX_WAIT_MS): what an idle fetch may wait.
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 500
     # PLAINTEXT locally; SASL_SSL with SCRAM-SHA-512 against Strimzi KafkaUsers.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None

@@ -59,9 +59,10 @@ class ServiceSettings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(default=120_000, ge=10_000)
     # How long the broker may hold a consumer's fetch when it has nothing new. Kafka
     # answers as soon as a record arrives; the embedded Tansu broker holds the fetch
-    # to its end, so every hop of an event cost ~130 ms at aiokafka's 500 and ~30 ms at
-    # 100 (the price: an idle consumer asks ten times a second).
-    kafka_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    # to its end, so every hop of an event costs ~130 ms at aiokafka's 500 and ~30 ms
+    # at 100. Not lowered by default: at 100 the broker's idle CPU tripled (44 to 140
+    # ms/s) and a rebalance on Tansu outlasted 20 s in the journeys suite, every run.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_s: float = 1.0
     # A consumer that has not polled for this long makes /readyz fail: a stuck
     # consumer is still a live process.
