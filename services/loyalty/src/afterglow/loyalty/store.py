@@ -828,6 +828,15 @@ async def open_accounts(
     keys = sorted(keys)
     if not keys:
         return {}
+    await _create_missing(session, keys, first_tier, now)
+    return await locked_accounts(session, keys)
+
+
+async def _create_missing(
+    session: AsyncSession, keys: list[tuple[str, str]], first_tier: dict[str, str], now: datetime
+) -> None:
+    """Insert the accounts of ``keys`` (sorted) that do not exist, in their tenant's
+    first tier; the ones that do are left as they are."""
     await session.execute(
         NEW_ACCOUNTS,
         {
@@ -837,7 +846,6 @@ async def open_accounts(
             "at": now,
         },
     )
-    return await locked_accounts(session, keys)
 
 
 async def locked_accounts(
@@ -895,15 +903,7 @@ async def open_account_rows(
     keys = sorted(keys)
     if not keys:
         return {}
-    await session.execute(
-        NEW_ACCOUNTS,
-        {
-            "tenant_id": [t for t, _ in keys],
-            "customer_id": [c for _, c in keys],
-            "tier": [first_tier[t] for t, _ in keys],
-            "at": now,
-        },
-    )
+    await _create_missing(session, keys, first_tier, now)
     rows = await session.execute(_ACCOUNT_ROWS_FOR_UPDATE, account_params(keys))
     return {(r.tenant_id, r.customer_id): SimpleNamespace(**r._mapping) for r in rows}
 
