@@ -13,7 +13,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
-from afterglow.events.batch import as_columns, locked_by_keys, unnest_insert, unnest_keys
+from afterglow.events.batch import (
+    as_columns,
+    key_params,
+    locked_by_keys,
+    unnest_insert,
+    unnest_keys,
+)
 from afterglow.events.catalog import CustomerUnsubscribed, OrderPlaced
 from afterglow.events.money import format_money
 from afterglow.journeys.messaging.channels.sms_text import e164
@@ -592,19 +598,36 @@ def address_key(channel: str, address: str | None) -> str | None:
     return hashlib.sha256(normal.encode()).hexdigest() if normal else None
 
 
+# A claim's contacts and their suppressed addresses, joined against its keys as
+# arrays: one statement text for any claim size. A row-wise (a, b) IN (...) list was
+# built anew by SQLAlchemy at every claim (~11% of a claim's CPU) and was a new
+# statement for PostgreSQL at every size.
+_CONTACT_KEYS = unnest_keys("ck", tenant_id=Text, customer_id=Text)
+_CONTACTS = select(MessageContact).join(
+    _CONTACT_KEYS,
+    (MessageContact.tenant_id == _CONTACT_KEYS.c.tenant_id)
+    & (MessageContact.customer_id == _CONTACT_KEYS.c.customer_id),
+)
+_ADDRESS_KEYS = unnest_keys("ak", tenant_id=Text, channel=Text, address_hash=Text)
+_SUPPRESSIONS = select(
+    MessageSuppression.tenant_id,
+    MessageSuppression.channel,
+    MessageSuppression.address_hash,
+    MessageSuppression.reason,
+).join(
+    _ADDRESS_KEYS,
+    (MessageSuppression.tenant_id == _ADDRESS_KEYS.c.tenant_id)
+    & (MessageSuppression.channel == _ADDRESS_KEYS.c.channel)
+    & (MessageSuppression.address_hash == _ADDRESS_KEYS.c.address_hash),
+)
+
+
 async def load_contacts(session: AsyncSession, keys: set[tuple[str, str]]) -> list[MessageContact]:
     """One query for a batch's contacts; later ``session.get`` calls find them loaded."""
     if not keys:
         return []
-    return list(
-        (
-            await session.execute(
-                select(MessageContact).where(
-                    tuple_(MessageContact.tenant_id, MessageContact.customer_id).in_(sorted(keys))
-                )
-            )
-        ).scalars()
-    )
+    params = key_params("ck", ("tenant_id", "customer_id"), sorted(keys))
+    return list((await session.execute(_CONTACTS, params)).scalars())
 
 
 async def suppressions_for(
@@ -623,18 +646,7 @@ async def suppressions_for(
     if not wanted:
         return out
     rows = await session.execute(
-        select(
-            MessageSuppression.tenant_id,
-            MessageSuppression.channel,
-            MessageSuppression.address_hash,
-            MessageSuppression.reason,
-        ).where(
-            tuple_(
-                MessageSuppression.tenant_id,
-                MessageSuppression.channel,
-                MessageSuppression.address_hash,
-            ).in_(sorted(wanted))
-        )
+        _SUPPRESSIONS, key_params("ak", ("tenant_id", "channel", "address_hash"), sorted(wanted))
     )
     for tenant_id, channel, address, reason in rows:
         for key in wanted[(tenant_id, channel, address)]:
