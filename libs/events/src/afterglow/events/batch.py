@@ -249,18 +249,25 @@ def unnest_keys(name: str, **types: Any) -> Any:
     )
 
 
-def locked_by_keys(target: Any, keys: Any) -> Any:
-    """``SELECT target JOIN keys`` (an :func:`unnest_keys`) on the keys' columns, in key
-    order, ``FOR UPDATE OF target``: the rows of a batch's keys locked with one
-    statement, always in the same order (the one order every lock of those rows is
-    taken in, so two batches never wait on each other in a cycle). Add ``where`` and
-    execution options to taste."""
+def joined_to_keys(target: Any, keys: Any, *selected: Any) -> Any:
+    """``SELECT target (or ``selected``) JOIN keys`` (an :func:`unnest_keys`) on the
+    keys' columns, which ``target`` (a table or mapped class) names alike: the rows of
+    a batch's keys with one statement text for any number of keys."""
     columns = sa_inspect(target).columns
     names = list(keys.c.keys())  # the key columns' names
     on = [columns[name] == keys.c[name] for name in names]
+    return select(*(selected or (target,))).join(keys, and_(*on))
+
+
+def locked_by_keys(target: Any, keys: Any) -> Any:
+    """:func:`joined_to_keys` in key order, ``FOR UPDATE OF target``: the rows of a
+    batch's keys locked with one statement, always in the same order (the one order
+    every lock of those rows is taken in, so two batches never wait on each other in a
+    cycle). Add ``where`` and execution options to taste."""
+    columns = sa_inspect(target).columns
+    names = list(keys.c.keys())
     return (
-        select(target)
-        .join(keys, and_(*on))
+        joined_to_keys(target, keys)
         .order_by(*(columns[name] for name in names))
         .with_for_update(of=target)
     )

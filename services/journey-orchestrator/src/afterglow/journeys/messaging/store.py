@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.batch import (
     as_columns,
+    joined_to_keys,
     key_params,
     locked_by_keys,
     unnest_insert,
@@ -602,23 +603,14 @@ def address_key(channel: str, address: str | None) -> str | None:
 # arrays: one statement text for any claim size. A row-wise (a, b) IN (...) list was
 # built anew by SQLAlchemy at every claim (~11% of a claim's CPU) and was a new
 # statement for PostgreSQL at every size.
-_CONTACT_KEYS = unnest_keys("ck", tenant_id=Text, customer_id=Text)
-_CONTACTS = select(MessageContact).join(
-    _CONTACT_KEYS,
-    (MessageContact.tenant_id == _CONTACT_KEYS.c.tenant_id)
-    & (MessageContact.customer_id == _CONTACT_KEYS.c.customer_id),
-)
-_ADDRESS_KEYS = unnest_keys("ak", tenant_id=Text, channel=Text, address_hash=Text)
-_SUPPRESSIONS = select(
+_CONTACTS = joined_to_keys(MessageContact, unnest_keys("ck", tenant_id=Text, customer_id=Text))
+_SUPPRESSIONS = joined_to_keys(
+    MessageSuppression,
+    unnest_keys("ak", tenant_id=Text, channel=Text, address_hash=Text),
     MessageSuppression.tenant_id,
     MessageSuppression.channel,
     MessageSuppression.address_hash,
     MessageSuppression.reason,
-).join(
-    _ADDRESS_KEYS,
-    (MessageSuppression.tenant_id == _ADDRESS_KEYS.c.tenant_id)
-    & (MessageSuppression.channel == _ADDRESS_KEYS.c.channel)
-    & (MessageSuppression.address_hash == _ADDRESS_KEYS.c.address_hash),
 )
 
 
@@ -1010,13 +1002,12 @@ _SETTLE_SENT = text(
 
 async def settle_sent(
     session: AsyncSession, message_id: str, attempt: int, at: datetime, reason: str | None
-) -> bool:
-    """Mark a message sent by the send of ``attempt``; False when that lease is no
+) -> None:
+    """Mark a message sent by the send of ``attempt``; nothing when that lease is no
     longer its own (erased meanwhile, or a later lease took over)."""
-    result = await session.execute(
+    await session.execute(
         _SETTLE_SENT, {"id": message_id, "attempt": attempt, "at": at, "reason": reason}
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def message_to_settle(session: AsyncSession, message_id: str) -> Message | None:
