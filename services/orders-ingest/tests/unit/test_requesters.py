@@ -47,10 +47,22 @@ class TestRound:
             ("t", by_id("2")),
             ("t", by_id("1")),
         ]
-        assert requesters.first_unseen(cache, items) == 2
+        cache.lookup_due = False
+        assert requesters.first_unseen(cache, items, looked_up=True) == 2
+        assert cache.lookup_due  # the next round's prefetch looks it up
 
-    def test_the_first_event_always_applies(self):
-        assert requesters.first_unseen(RequesterCache(), [("t", by_id("2"))]) is None
+    def test_the_first_event_applies_after_its_rounds_lookups(self):
+        cache = RequesterCache()
+        cache.lookup_due = False
+        assert requesters.first_unseen(cache, [("t", by_id("2"))], looked_up=True) is None
+        assert not cache.lookup_due
+
+    def test_without_a_lookup_this_round_even_the_first_unseen_event_waits(self):
+        cache = RequesterCache()
+        cache.lookup_due = False
+        items = [("t", by_id("2")), ("t", domain.Normalized())]
+        assert requesters.first_unseen(cache, items, looked_up=False) == 0
+        assert cache.lookup_due
 
     def test_the_found_email_is_the_requesters_and_a_failure_is_said(self):
         cache = RequesterCache()

@@ -55,6 +55,9 @@ class IngestSettings(ServiceSettings):
     # 72 and 802 ms, alternated on a loaded machine).
     ingest_process_busy_batch: int = 25
     ingest_process_poll_s: float = 1.0
+    # After a wake-up, how long the worker waits for more deliveries before its round
+    # (a steady trickle then makes one round of several instead of one round each).
+    ingest_process_linger_s: float = 0.05
     # How long a round may wait while this process's webhook requests wait for their
     # commit (answers first in a burst; 0 disables).
     ingest_process_defer_s: float = 0.5
