@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from pydantic_core import to_json
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -96,6 +96,13 @@ def writer_engine(url: str, *, application_name: str, pool_size: int) -> AsyncEn
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def read_one_snapshot(session: AsyncSession) -> None:
+    """The rest of this transaction reads one snapshot, and writes nothing: a view made
+    of several queries then never mixes the states before and after a concurrent
+    commit. Must be the transaction's first statement (PostgreSQL refuses it later)."""
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
 
 
 @openapi.answers(openapi.UNAVAILABLE)

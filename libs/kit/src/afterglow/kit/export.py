@@ -24,12 +24,12 @@ import httpx
 from fastapi import APIRouter, Depends
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, FromClause, select, text
+from sqlalchemy import ColumnElement, FromClause, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from afterglow.events.privacy import is_pseudonym
 from afterglow.kit.auth import Principal, require_scope
-from afterglow.kit.db import Session
+from afterglow.kit.db import Session, read_one_snapshot
 from afterglow.kit.routing import service_router
 from afterglow.kit.types import Id
 
@@ -152,9 +152,9 @@ def export_router(
         principal: Annotated[Principal, Depends(require_scope(EXPORT_SCOPE))],
         session: Session,
     ) -> CustomerExport:
-        # One snapshot for every table, read only: an order arriving mid-export shows
-        # in all of its tables or in none.
-        await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        # One snapshot for every table: an order arriving mid-export shows in all of its
+        # tables or in none.
+        await read_one_snapshot(session)
         records = await collect(session, principal.tenant_id, customer_id)
         if erased(customer_id):
             # Erased rows carry the marker; asking for it must not bring them back.

@@ -23,6 +23,7 @@ from afterglow.journeys.models import (
     JourneyTimer,
     JourneyTransition,
 )
+from afterglow.kit.db import read_one_snapshot
 from afterglow.kit.period import Period
 
 # --- a customer's journey ----------------------------------------------------------------
@@ -42,7 +43,10 @@ class CustomerRows:
 async def customer_rows(session: AsyncSession, tenant_id: str, customer_id: str) -> CustomerRows:
     """The customer's profile and every instance, each with its next timer and history:
     four queries for any number of instances (one per instance each made the page of a
-    repeat buyer, polled by the console, grow with every order)."""
+    repeat buyer, polled by the console, grow with every order), in one snapshot: read
+    apart, a poll straddling the consumer's commit saw an exited instance and no
+    profile yet."""
+    await read_one_snapshot(session)
     profile = await session.get(CustomerProfile, (tenant_id, customer_id))
     instances = (
         await session.scalars(
