@@ -34,6 +34,7 @@ import resource
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -125,16 +126,73 @@ async def pending_count(rt: Runtime) -> int:
         return int(await s.scalar(q) or 0)
 
 
+@dataclass(frozen=True)
+class Fired:
+    """One measurement of the timer loop: wall time and CPU, this process's and
+    PostgreSQL's (every backend: the timer rounds', the relay's, this driver's polls)."""
+
+    n: int
+    seconds: float
+    python_cpu_s: float
+    postgres_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def cpu_per_timer(self) -> str:
+        return (
+            f"CPU per timer: this process {self.python_cpu_s / self.n * 1e6:.0f} us,"
+            f" PostgreSQL {self.postgres_cpu_s / self.n * 1e6:.0f} us"
+        )
+
+
+def process_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(stat: str) -> tuple[int, float]:
+    """(parent pid, CPU seconds of the process and of its reaped children)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), sum(int(x) for x in fields[11:15]) / _TICKS
+
+
+async def postgres_cpu_s(rt: Runtime) -> float:
+    """CPU of this stack's PostgreSQL: the postmaster (with the backends it reaped) and
+    its live children, from /proc (other stacks on the machine are left out)."""
+    async with rt.sessionmaker() as s:
+        data_dir = await s.scalar(text("SHOW data_directory"))
+    return _cpu_of_tree(Path(str(data_dir)) / "postmaster.pid")
+
+
+def _cpu_of_tree(pid_file: Path) -> float:
+    postmaster = int(pid_file.read_text().split()[0])
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid, cpu = _proc_cpu(stat.read_text())
+        except (OSError, IndexError, ValueError):
+            continue  # exited while listed
+        if ppid == postmaster or stat.parent.name == str(postmaster):
+            total += cpu
+    return total
+
+
 def fired_total() -> float:
     return float(TIMERS_FIRED._value.get())  # in-process counter: no query per poll
 
 
-async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> float:
-    """Seed n waiting customers, move the clock past their check-in, and return the
-    seconds the instance's timer loop takes to fire all n."""
+async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> Fired:
+    """Seed n waiting customers, move the clock past their check-in, and measure the
+    instance's timer loop firing all n."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
     await seed_waiting(rt, clock, tenant, n)
     before = fired_total()
+    pg0, py0 = await postgres_cpu_s(rt), process_cpu_s()
     t0 = time.perf_counter()
     clock.advance(timedelta(days=4))
     while fired_total() - before < n:  # noqa: ASYNC110 - the loop is the thing timed
@@ -146,7 +204,9 @@ async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> float:
         .where(JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired")
     )
     await eventually(lambda: count(rt, fired_q), lambda v: v >= n, timeout=60, interval=0.01)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    py1, pg1 = process_cpu_s(), await postgres_cpu_s(rt)
+    return Fired(n, seconds, py1 - py0, pg1 - pg0)
 
 
 async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
@@ -315,20 +375,23 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
         batch = settings.journeys_timer_batch
 
         if args.customers:
-            elapsed = await fire_all(rt, clock, args.customers)
+            fired = await fire_all(rt, clock, args.customers)
             print(f"customers: {args.customers} check-in timers fired by one instance")
-            print(f"  wall time   {elapsed:8.1f} s  ({args.customers / elapsed:.0f} timers/s)")
+            print(f"  wall time   {fired.seconds:8.1f} s  ({fired.rate:.0f} timers/s)")
+            print(f"  {fired.cpu_per_timer()}")
             print(f"  peak RSS    {peak_rss_mb():8.0f} MiB")
             return
 
         n = args.timers
         floor = await timers_floor(rt, n, batch)
-        rate = n / await fire_all(rt, clock, n)
+        fired = await fire_all(rt, clock, n)
+        rate = fired.rate
         peer = None if args.skip_peer else await procrastinate_peer(database_url, n)
         print(f"timers: {n} fired by one instance (batch {batch})")
         print(f"  engine      {rate:8.0f} timers/s")
         print(f"  floor       {floor:8.0f} timers/s  (claim SKIP LOCKED + mark fired, no engine)")
         print(f"  ratio engine/floor: {rate / floor:.4f}")
+        print(f"  {fired.cpu_per_timer()}")
         if peer is None:
             print("  peer        (skipped, or procrastinate not installed: --group bench)")
         else:
@@ -341,9 +404,12 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
             await seed_pending(rt, target - await pending_count(rt))
             await park_due_soon(rt, timedelta(days=30))
             k = args.pending_fire
-            per = await fire_all(rt, clock, k) / k
+            fired = await fire_all(rt, clock, k)
             have = await pending_count(rt)
-            print(f"  cost per timer with {have:>7} pending: {per * 1e6:8.0f} us ({k} fired)")
+            print(
+                f"  cost per timer with {have:>7} pending: {fired.seconds / k * 1e6:8.0f} us"
+                f" ({k} fired; {fired.cpu_per_timer()})"
+            )
 
         if args.events <= 0:
             print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
