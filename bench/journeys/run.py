@@ -2,13 +2,13 @@
 consumed per second by ONE orchestrator instance, each next to a floor (and, for
 timers, a peer) measured in the same run.
 
-* timers/s: N customers wait for their check-in (state seeded in sets through the
-  engine's own write path, store.Changes), the ManualClock jumps 4 days, and the app's
-  timer loop fires them all (claim SKIP LOCKED, engine step, state + transitions +
-  outbox + next timer, one transaction per round, one statement per table). Floor: the
-  same claim query plus marking the rows fired, nothing else, over as many rows. Peer:
-  procrastinate (bench dependency group) firing as many due jobs on the same
-  PostgreSQL with 16 concurrent workers.
+* timers/s: N customers wait for their check-in (one customer's rows built by the
+  engine's own write path, store.Changes, and copied N times by PostgreSQL), the
+  ManualClock jumps 4 days, and the app's timer loop fires them all (claim SKIP
+  LOCKED, engine step, state + transitions + outbox + next timer, one transaction per
+  round, one statement for the writes). Floor: the same claim query plus marking the
+  rows fired, nothing else, over as many rows. Peer: procrastinate (bench dependency
+  group) firing as many due jobs on the same PostgreSQL with 16 concurrent workers.
 * cost per timer with 10,000 and 200,000 pending timers in the table (the rest due in
   ten years): the claim must not slow down as the table grows.
 * events/s: M order.placed events (M customers) published to the broker; the clock
