@@ -2,13 +2,13 @@
 consumed per second by ONE orchestrator instance, each next to a floor (and, for
 timers, a peer) measured in the same run.
 
-* timers/s: N customers wait for their check-in (state seeded in sets through the
-  engine's own write path, store.Changes), the ManualClock jumps 4 days, and the app's
-  timer loop fires them all (claim SKIP LOCKED, engine step, state + transitions +
-  outbox + next timer, one transaction per round, one statement per table). Floor: the
-  same claim query plus marking the rows fired, nothing else, over as many rows. Peer:
-  procrastinate (bench dependency group) firing as many due jobs on the same
-  PostgreSQL with 16 concurrent workers.
+* timers/s: N customers wait for their check-in (one customer's rows built by the
+  engine's own write path, store.Changes, and copied N times by PostgreSQL), the
+  ManualClock jumps 4 days, and the app's timer loop fires them all (claim SKIP
+  LOCKED, engine step, state + transitions + outbox + next timer, one transaction per
+  round, one statement for the writes). Floor: the same claim query plus marking the
+  rows fired, nothing else, over as many rows. Peer: procrastinate (bench dependency
+  group) firing as many due jobs on the same PostgreSQL with 16 concurrent workers.
 * cost per timer with 10,000 and 200,000 pending timers in the table (the rest due in
   ten years): the claim must not slow down as the table grows.
 * events/s: M order.placed events (M customers) published to the broker; the clock
@@ -34,16 +34,19 @@ import resource
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from pydantic_core import to_json
 from sqlalchemy import func, select, text, update
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import running_stack
-from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
+from afterglow.events import CloudEvent, KafkaConfig, Outbox, build_producer, to_record
 from afterglow.events import catalog as c
 from afterglow.events.testing import eventually
 from afterglow.journeys import engine as d
@@ -55,32 +58,66 @@ from afterglow.journeys.workers import TIMERS_FIRED, claim_due
 from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
 
-SEED_CHUNK = 5000
+# Customers written per statement (and transaction) when seeding.
+SEED_CHUNK = 50_000
+# Placeholders in the template customer's rows, replaced per customer by PostgreSQL.
+_N, _TENANT = "@N@", "@TENANT@"
+
+
+def template_rows(outbox: Outbox, tenant: str, now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """The rows of ONE customer whose order was delivered now and who waits for the
+    check-in, built by the engine and its write path (store.Changes) as the consumer
+    would write them, with ``@N@`` where the customer's number goes. Their welcome
+    events are left out (the state of waiting customers, not a replay)."""
+    j = d.DEFAULT_JOURNEY
+    key = (tenant, f"c{_N}")
+    order = f"o{_N}"
+    prof = d.Profile(orders={order: {d.DELIVERED: now}})
+    occ = d.Occurrence(f"seed-{_TENANT}-{_N}", d.PLACED, now, {"order_id": order})
+    prof = d.project(prof, occ)
+    res = d.start(j, 1, f"i-{_TENANT}-{_N}", occ, prof, now)
+    changes = store.Changes(outbox, now)  # nothing is written: the rows are read
+    changes.step(tenant, key[1], j, res, prof)
+    changes.profile(key, prof)
+    timers = list(changes.new_timers.values())
+    for k, row in enumerate(timers):
+        row["id"] = f"t{k}-{_TENANT}-{_N}"  # the engine's id is a hash of the instance's
+    return {
+        "customer_profiles": list(changes.profiles.values()),
+        "journey_instances": list(changes.instances.values()),
+        "journey_transitions": changes.transitions,
+        "journey_timers": timers,
+    }
+
+
+def _replicate(table: str, row: dict[str, Any]) -> Any:
+    """``INSERT INTO table SELECT ... FROM generate_series(:lo, :hi)``: the template
+    row once per customer number, the placeholders replaced, typed by the table's own
+    record type (jsonb_populate_record)."""
+    cols = ", ".join(f'r."{c_}"' for c_ in row)
+    return text(
+        f"INSERT INTO journeys.{table} ({', '.join(row)}) SELECT {cols}"  # noqa: S608
+        " FROM generate_series(CAST(:lo AS int), CAST(:hi AS int)) g,"
+        f" jsonb_populate_record(NULL::journeys.{table},"
+        f" replace(replace(CAST(:row AS text), '{_N}', g::text), '{_TENANT}', :t)::jsonb) r"
+    )
 
 
 async def seed_waiting(rt: Runtime, clock: ManualClock, tenant: str, n: int) -> None:
     """N customers whose order was delivered now: each waits for its check-in timer.
-    Their welcome events are left out (the state of waiting customers, not a replay)."""
+    Written set-based (a million customers take about a minute and no memory): the
+    engine builds one customer's rows, PostgreSQL copies them N times."""
     now = clock.now()
-    j = d.DEFAULT_JOURNEY
     async with rt.sessionmaker.begin() as s:
         await store.ensure_default(s, tenant, now)
-    for start in range(0, n, SEED_CHUNK):
-        idx = range(start, min(n, start + SEED_CHUNK))
+    templates = template_rows(rt.outbox, tenant, now)
+    for lo in range(0, n, SEED_CHUNK):
+        hi = min(n, lo + SEED_CHUNK) - 1
         async with rt.sessionmaker.begin() as s:
-            keys = [(tenant, f"c{i}") for i in idx]
-            await store.lock_profiles(s, keys, now)
-            changes = store.Changes(rt.outbox, now)
-            for key, i in zip(keys, idx, strict=True):
-                order = f"o{i}"
-                prof = d.Profile(orders={order: {d.DELIVERED: now}})
-                occ = d.Occurrence(f"seed-{tenant}-{i}", d.PLACED, now, {"order_id": order})
-                prof = d.project(prof, occ)
-                res = d.start(j, 1, d.instance_id_for("default", occ.id), occ, prof, now)
-                changes.step(tenant, key[1], j, res, prof)
-                changes.profile(key, prof)
-            changes.events.clear()
-            await changes.write(s)
+            for table, rows in templates.items():
+                for row in rows:
+                    params = {"lo": lo, "hi": hi, "t": tenant, "row": to_json(row).decode()}
+                    await s.execute(_replicate(table, row), params)
 
 
 async def seed_pending(rt: Runtime, n: int) -> None:
@@ -125,16 +162,73 @@ async def pending_count(rt: Runtime) -> int:
         return int(await s.scalar(q) or 0)
 
 
+@dataclass(frozen=True)
+class Fired:
+    """One measurement of the timer loop: wall time and CPU, this process's and
+    PostgreSQL's (every backend: the timer rounds', the relay's, this driver's polls)."""
+
+    n: int
+    seconds: float
+    python_cpu_s: float
+    postgres_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def cpu_per_timer(self) -> str:
+        return (
+            f"CPU per timer: this process {self.python_cpu_s / self.n * 1e6:.0f} us,"
+            f" PostgreSQL {self.postgres_cpu_s / self.n * 1e6:.0f} us"
+        )
+
+
+def process_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(stat: str) -> tuple[int, float]:
+    """(parent pid, CPU seconds of the process and of its reaped children)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), sum(int(x) for x in fields[11:15]) / _TICKS
+
+
+async def postgres_cpu_s(rt: Runtime) -> float:
+    """CPU of this stack's PostgreSQL: the postmaster (with the backends it reaped) and
+    its live children, from /proc (other stacks on the machine are left out)."""
+    async with rt.sessionmaker() as s:
+        data_dir = await s.scalar(text("SHOW data_directory"))
+    return _cpu_of_tree(Path(str(data_dir)) / "postmaster.pid")
+
+
+def _cpu_of_tree(pid_file: Path) -> float:
+    postmaster = int(pid_file.read_text().split()[0])
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid, cpu = _proc_cpu(stat.read_text())
+        except (OSError, IndexError, ValueError):
+            continue  # exited while listed
+        if ppid == postmaster or stat.parent.name == str(postmaster):
+            total += cpu
+    return total
+
+
 def fired_total() -> float:
     return float(TIMERS_FIRED._value.get())  # in-process counter: no query per poll
 
 
-async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> float:
-    """Seed n waiting customers, move the clock past their check-in, and return the
-    seconds the instance's timer loop takes to fire all n."""
+async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> Fired:
+    """Seed n waiting customers, move the clock past their check-in, and measure the
+    instance's timer loop firing all n."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
     await seed_waiting(rt, clock, tenant, n)
     before = fired_total()
+    pg0, py0 = await postgres_cpu_s(rt), process_cpu_s()
     t0 = time.perf_counter()
     clock.advance(timedelta(days=4))
     while fired_total() - before < n:  # noqa: ASYNC110 - the loop is the thing timed
@@ -146,7 +240,19 @@ async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> float:
         .where(JourneyTimer.tenant_id == tenant, JourneyTimer.state == "fired")
     )
     await eventually(lambda: count(rt, fired_q), lambda v: v >= n, timeout=60, interval=0.01)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    py1, pg1 = process_cpu_s(), await postgres_cpu_s(rt)
+    # Every timer moved its instance (a timer whose instance the round cannot find is
+    # marked fired too, and counted, with no engine step: that would not be a figure).
+    stepped_q = (
+        select(func.count())
+        .select_from(JourneyInstance)
+        .where(JourneyInstance.tenant_id == tenant, JourneyInstance.updated_at >= clock.now())
+    )
+    stepped = await count(rt, stepped_q)
+    if stepped < n:
+        raise RuntimeError(f"{n} timers fired but {stepped} instances stepped")
+    return Fired(n, seconds, py1 - py0, pg1 - pg0)
 
 
 async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
@@ -315,20 +421,23 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
         batch = settings.journeys_timer_batch
 
         if args.customers:
-            elapsed = await fire_all(rt, clock, args.customers)
+            fired = await fire_all(rt, clock, args.customers)
             print(f"customers: {args.customers} check-in timers fired by one instance")
-            print(f"  wall time   {elapsed:8.1f} s  ({args.customers / elapsed:.0f} timers/s)")
+            print(f"  wall time   {fired.seconds:8.1f} s  ({fired.rate:.0f} timers/s)")
+            print(f"  {fired.cpu_per_timer()}")
             print(f"  peak RSS    {peak_rss_mb():8.0f} MiB")
             return
 
         n = args.timers
         floor = await timers_floor(rt, n, batch)
-        rate = n / await fire_all(rt, clock, n)
+        fired = await fire_all(rt, clock, n)
+        rate = fired.rate
         peer = None if args.skip_peer else await procrastinate_peer(database_url, n)
         print(f"timers: {n} fired by one instance (batch {batch})")
         print(f"  engine      {rate:8.0f} timers/s")
         print(f"  floor       {floor:8.0f} timers/s  (claim SKIP LOCKED + mark fired, no engine)")
         print(f"  ratio engine/floor: {rate / floor:.4f}")
+        print(f"  {fired.cpu_per_timer()}")
         if peer is None:
             print("  peer        (skipped, or procrastinate not installed: --group bench)")
         else:
@@ -341,9 +450,12 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
             await seed_pending(rt, target - await pending_count(rt))
             await park_due_soon(rt, timedelta(days=30))
             k = args.pending_fire
-            per = await fire_all(rt, clock, k) / k
+            fired = await fire_all(rt, clock, k)
             have = await pending_count(rt)
-            print(f"  cost per timer with {have:>7} pending: {per * 1e6:8.0f} us ({k} fired)")
+            print(
+                f"  cost per timer with {have:>7} pending: {fired.seconds / k * 1e6:8.0f} us"
+                f" ({k} fired; {fired.cpu_per_timer()})"
+            )
 
         if args.events <= 0:
             print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")

@@ -119,13 +119,17 @@ def journey_workers(runtime: Runtime) -> list[Worker]:
     interval = settings.journeys_timer_poll_interval_s if isinstance(settings, Settings) else 1.0
     batch = settings.journeys_timer_batch if isinstance(settings, Settings) else 200
     lanes = settings.journeys_timer_lanes if isinstance(settings, Settings) else 1
+    # Rounds run back to back under load, like the group commits' writers: on their
+    # pool, with no liveness ping on checkout (three round trips, BEGIN, a query and
+    # ROLLBACK, per round). A connection that died while idle fails its round as a
+    # transient error (connection invalidated), the pool drops it and the worker runs
+    # the round again on a new one; nothing of the failed round was committed.
+    sessions = runtime.writer_sessionmaker()
 
     return [
         PollingWorker(
             "journey-timers" if lanes == 1 else f"journey-timers-{i}",
-            in_one_transaction(
-                runtime.sessionmaker, timer_round(runtime.outbox, batch, store.Lane(i, lanes))
-            ),
+            in_one_transaction(sessions, timer_round(runtime.outbox, batch, store.Lane(i, lanes))),
             runtime.clock,
             interval,
             batch=batch,
