@@ -192,10 +192,13 @@ class Dispatcher:
             self._backlog = False  # nothing to claim for: wait for a send to end
             return 0
         limit = min(free, self.s.batch_size)
-        seen, jobs = await self.claim(limit)
+        judged, jobs = await self.claim(limit)
         for job in jobs:
             self._start(job)
-        self._backlog = seen == limit  # a backlog: claim on while slots are free
+        # A backlog its tenants have slots for: claim on at once. Rows left for want
+        # of a slot wait for a send to end (its wake-up, then the linger): claiming on
+        # at once made, at one tenant's cap, a claim (seven statements) per slot freed.
+        self._backlog = judged == limit
         return len(jobs)
 
     def _start(self, job: Job) -> None:
@@ -228,6 +231,8 @@ class Dispatcher:
     # --- claim and policy ------------------------------------------------------------
 
     async def claim(self, limit: int) -> tuple[int, list[Job]]:
+        """Claim up to ``limit`` due messages and judge those their tenants have free
+        slots for: (how many were judged, the sends to start)."""
         now = self.rt.clock.now()
         cap = self.s.per_tenant_concurrency
         full = [t for t, n in self.tenant_inflight.items() if n >= cap]
@@ -250,7 +255,7 @@ class Dispatcher:
                 job = await self.evaluate(session, message, claimed, now)
                 if job is not None:
                     jobs.append(job)
-        return len(rows), jobs
+        return len(judged), jobs
 
     async def evaluate(
         self, session: AsyncSession, m: Message, claimed: _Claimed, now: datetime
