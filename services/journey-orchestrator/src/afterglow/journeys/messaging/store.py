@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, bindparam, case, delete, func, select, text, tuple_, update
+from sqlalchemy import Text, any_, bindparam, case, delete, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,6 +88,21 @@ def contact_facts(
 
 TemplateKey = tuple[str, str, str]  # (tenant, template name, channel)
 
+# What a claim reads of its tenants, built once with the tenants bound as one array:
+# an ``in_()`` list was coerced and built anew by SQLAlchemy at every claim (about a
+# tenth of a claim's CPU).
+_claim_tenants = bindparam("tenant_ids", type_=ARRAY(Text))
+_TEMPLATES_OF = select(MessageTemplate).where(MessageTemplate.tenant_id == any_(_claim_tenants))
+_SETTINGS_OF = select(MessagingTenantSettings).where(
+    MessagingTenantSettings.tenant_id == any_(_claim_tenants)
+)
+_CHANNELS_OF = (
+    select(MessagingChannel)
+    .where(MessagingChannel.tenant_id == any_(_claim_tenants))
+    .order_by(MessagingChannel.tenant_id, MessagingChannel.channel)
+    .with_for_update()
+)
+
 
 async def tenant_template_rows(
     session: AsyncSession, tenant_ids: set[str]
@@ -96,11 +112,7 @@ async def tenant_template_rows(
     when there was none and the default applied."""
     if not tenant_ids:
         return {}
-    rows = (
-        await session.execute(
-            select(MessageTemplate).where(MessageTemplate.tenant_id.in_(sorted(tenant_ids)))
-        )
-    ).scalars()
+    rows = (await session.execute(_TEMPLATES_OF, {"tenant_ids": sorted(tenant_ids)})).scalars()
     return {(r.tenant_id, r.name, r.channel): r for r in rows}
 
 
@@ -130,13 +142,7 @@ async def tenant_settings_rows(
     """The claim's tenants' messaging settings, one query."""
     if not tenant_ids:
         return {}
-    rows = (
-        await session.execute(
-            select(MessagingTenantSettings).where(
-                MessagingTenantSettings.tenant_id.in_(sorted(tenant_ids))
-            )
-        )
-    ).scalars()
+    rows = (await session.execute(_SETTINGS_OF, {"tenant_ids": sorted(tenant_ids)})).scalars()
     return {r.tenant_id: r for r in rows}
 
 
@@ -653,14 +659,7 @@ async def channel_rows(
     bucket is taken in this transaction, so replicas share one budget per channel."""
     if not tenant_ids:
         return {}
-    rows = (
-        await session.execute(
-            select(MessagingChannel)
-            .where(MessagingChannel.tenant_id.in_(sorted(tenant_ids)))
-            .order_by(MessagingChannel.tenant_id, MessagingChannel.channel)
-            .with_for_update()
-        )
-    ).scalars()
+    rows = (await session.execute(_CHANNELS_OF, {"tenant_ids": sorted(tenant_ids)})).scalars()
     return {(r.tenant_id, r.channel): r for r in rows}
 
 
