@@ -12,10 +12,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
+from afterglow.journeys.messaging import store
 from afterglow.journeys.messaging.handlers import MESSAGING
 from afterglow.journeys.messaging.models import Message, MessageContact, MessageDecision
 
@@ -141,4 +142,73 @@ class TestRequestsInOneBatch:
         }
         assert [d for d in first_decisions if d[1] == "queued"] == [
             (messages["r-welcome"].id, "queued")
+        ]
+
+
+class TestSentSettledTogether:
+    async def test_only_sends_still_on_their_lease_become_sent_each_with_its_decisions_in_order(
+        self, orch: Orchestrator
+    ) -> None:
+        # The dispatcher settles every send the provider accepted meanwhile in one
+        # statement: a message still on the lease that sent it becomes sent; one a
+        # later lease took over (another attempt) or an erasure suppressed is left
+        # as it is, whichever other rows share the statement.
+        tenant, ada = f"t-{uuid.uuid4().hex[:8]}", new_customer()
+        requests = {
+            name: c.MessageRequested(request_id=f"r-{name}", kind="thank_you")
+            for name in ("sent", "taken_over", "erased")
+        }
+        await apply_batch(orch, *(event(orch, tenant, ada, r) for r in requests.values()))
+        leased_until = orch.clock.now() + timedelta(days=1)  # not due: no claim takes them
+        async with orch.runtime.sessionmaker.begin() as s:
+            ids = {
+                m.request_id.removeprefix("r-"): m.id
+                for m in await s.scalars(select(Message).where(Message.tenant_id == tenant))
+            }
+            await s.execute(
+                update(Message)
+                .where(Message.tenant_id == tenant)
+                .values(status="queued", reason="sending", attempts=2, next_attempt_at=leased_until)
+            )
+            await s.execute(
+                update(Message)
+                .where(Message.id == ids["erased"])
+                .values(status="suppressed", reason="erased")
+            )
+            before = await s.scalar(
+                select(func.max(MessageDecision.id)).where(MessageDecision.tenant_id == tenant)
+            )
+
+        at = orch.clock.now()
+        async with orch.runtime.sessionmaker.begin() as s:
+            await store.settle_sent(
+                s,
+                [
+                    (ids["taken_over"], 1, at, "HTTP 200"),  # an earlier attempt's send
+                    (ids["sent"], 2, at, "HTTP 202"),
+                    (ids["erased"], 2, at, "HTTP 200"),
+                ],
+            )
+
+        async with orch.runtime.sessionmaker() as s:
+            rows = {
+                m.id: (m.status, m.reason, m.sent_at)
+                for m in await s.scalars(select(Message).where(Message.tenant_id == tenant))
+            }
+            decided = [
+                (d.message_id, d.decision, d.reason, d.at)
+                for d in await s.scalars(
+                    select(MessageDecision)
+                    .where(MessageDecision.tenant_id == tenant, MessageDecision.id > before)
+                    .order_by(MessageDecision.id)
+                )
+            ]
+        assert rows == {
+            ids["sent"]: ("sent", None, at),
+            ids["taken_over"]: ("queued", "sending", None),
+            ids["erased"]: ("suppressed", "erased", None),
+        }
+        assert decided == [
+            (ids["sent"], "sent", None, at),
+            (ids["sent"], "delivered", "HTTP 202", at),
         ]

@@ -54,6 +54,7 @@ from afterglow.journeys.messaging.models import (
     MessagingChannel,
     MessagingTenantSettings,
 )
+from afterglow.journeys.messaging.sent_writer import SentWriter
 from afterglow.journeys.messaging.settings import MessagingSettings
 from afterglow.journeys.messaging.templates import TemplateRenderError, context, render
 from afterglow.kit.app import Runtime, Worker
@@ -144,6 +145,7 @@ class Dispatcher:
         self._backlog = False  # the last claim filled its limit: claim again at once
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
         self._settling = asyncio.Semaphore(SETTLE_PARALLEL)
+        self._sent = SentWriter(self._write_sent)
 
     @property
     def s(self) -> MessagingSettings:
@@ -180,6 +182,7 @@ class Dispatcher:
                 await listening
             # A send cut short leaves its lease to expire; another pass retries it.
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
+            await self._sent.close()
             self.smtp_pool.close()
 
     async def _claim_round(self, now: datetime) -> int:
@@ -189,10 +192,13 @@ class Dispatcher:
             self._backlog = False  # nothing to claim for: wait for a send to end
             return 0
         limit = min(free, self.s.batch_size)
-        seen, jobs = await self.claim(limit)
+        judged, jobs = await self.claim(limit)
         for job in jobs:
             self._start(job)
-        self._backlog = seen == limit  # a backlog: claim on while slots are free
+        # A backlog its tenants have slots for: claim on at once. Rows left for want
+        # of a slot wait for a send to end (its wake-up, then the linger): claiming on
+        # at once made, at one tenant's cap, a claim (seven statements) per slot freed.
+        self._backlog = judged == limit
         return len(jobs)
 
     def _start(self, job: Job) -> None:
@@ -225,23 +231,31 @@ class Dispatcher:
     # --- claim and policy ------------------------------------------------------------
 
     async def claim(self, limit: int) -> tuple[int, list[Job]]:
+        """Claim up to ``limit`` due messages and judge those their tenants have free
+        slots for: (how many were judged, the sends to start)."""
         now = self.rt.clock.now()
         cap = self.s.per_tenant_concurrency
-        busy = dict(self.tenant_inflight)
-        full = [t for t, n in busy.items() if n >= cap]
+        full = [t for t, n in self.tenant_inflight.items() if n >= cap]
         async with self.rt.sessionmaker.begin() as session:
             rows = await store.claim_due_messages(session, now, limit, full)
-            claimed = await _Claimed.read(session, rows)
-            jobs = []
+            # Judged and read for: as many of each tenant's messages as it has free
+            # slots. The rest are left as they are, still due, and claimed again once a
+            # slot frees up; reading their contacts, orders and suppressions too made a
+            # claim at a tenant's cap read for up to ``concurrency`` messages to start a
+            # handful.
+            room = {t: cap - n for t, n in self.tenant_inflight.items()}
+            judged = []
             for message in rows:
-                if busy.get(message.tenant_id, 0) >= cap:
-                    # Left as it is, still due: claimed again once a slot frees up.
-                    continue
+                if room.get(message.tenant_id, cap) > 0:
+                    judged.append(message)
+                    room[message.tenant_id] = room.get(message.tenant_id, cap) - 1
+            claimed = await _Claimed.read(session, judged)
+            jobs = []
+            for message in judged:
                 job = await self.evaluate(session, message, claimed, now)
                 if job is not None:
                     jobs.append(job)
-                    busy[job.tenant_id] = busy.get(job.tenant_id, 0) + 1
-        return len(rows), jobs
+        return len(judged), jobs
 
     async def evaluate(
         self, session: AsyncSession, m: Message, claimed: _Claimed, now: datetime
@@ -471,16 +485,21 @@ class Dispatcher:
         SENDS.labels(job.channel, job.route.provider, result).inc()
         return outcome
 
+    async def _write_sent(self, sends: list[store.SentSend]) -> None:
+        async with self._settling, self.rt.sessionmaker.begin() as session:
+            await store.settle_sent(session, sends)
+
     async def settle(self, job: Job, outcome: Outcome) -> None:
-        """Record a send's outcome in a transaction of its own, inside the send's span
-        (its statements are the send's in the message's trace). At most
-        ``SETTLE_PARALLEL`` at once: each holds a pooled connection, and with a
-        transaction per send in flight (``concurrency`` of them) past the pool's size
-        every settle opened a connection of its own."""
+        """Record a send's outcome: an accepted send with the others that ended
+        meanwhile (``SentWriter``, one transaction for them all), any other outcome in
+        a transaction of its own, inside the send's span (its statements are the
+        send's in the message's trace). At most ``SETTLE_PARALLEL`` transactions at
+        once: each holds a pooled connection, and with a transaction per send in flight
+        (``concurrency`` of them) past the pool's size every settle opened a
+        connection of its own."""
         now = self.rt.clock.now()
-        if outcome.ok and not outcome.suppress:  # the common case, in one statement
-            async with self._settling, self.rt.sessionmaker.begin() as session:
-                await store.settle_sent(session, job.message_id, job.attempt, now, outcome.reason)
+        if outcome.ok and not outcome.suppress:  # the common case: written with others
+            await self._sent.settle((job.message_id, job.attempt, now, outcome.reason))
             return
         async with self._settling, self.rt.sessionmaker.begin() as session:
             m = await store.message_to_settle(session, job.message_id)
