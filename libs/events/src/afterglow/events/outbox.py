@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import zlib
@@ -34,6 +33,7 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 from prometheus_client import Counter, Gauge
+from pydantic_core import to_json
 from sqlalchemy import Table, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -123,7 +123,9 @@ class Outbox:
             cols["topic"].append(event.topic)
             cols["key"].append(key)
             cols["shard"].append(shard_of(key))
-            cols["headers"].append(json.dumps([list(h) for h in header_texts(event)]))
+            # pydantic-core's encoder, not the stdlib's (~4% of the engine consumer's
+            # Python per event); PostgreSQL stores the same jsonb from either text.
+            cols["headers"].append(to_json(header_texts(event)).decode())
             cols["value"].append(body_bytes(event))
         return cols
 
