@@ -322,7 +322,11 @@ async def count(rt: Runtime, q: object) -> int:
         return int(await s.scalar(q) or 0)  # type: ignore[call-overload]
 
 
-async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> float:
+async def events_rate(
+    rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig
+) -> tuple[float, float]:
+    """Events/s from publishing to the last instance row, and the process's CPU
+    seconds over that window (the instance, and this driver's sends and polls)."""
     producer = build_producer(kafka)
     await producer.start()
     try:
@@ -347,13 +351,13 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
                 source="bench",
             )
             records.append(to_record(ev))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), process_cpu_s()
         futures = [
             await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
         ]
         await asyncio.gather(*futures)
         await eventually(lambda: count(rt, inst_q), lambda v: v >= n, timeout=600, interval=0.05)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), process_cpu_s() - cpu0
     finally:
         await producer.stop()
 
@@ -429,6 +433,9 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
             return
 
         n = args.timers
+        if n <= 0:  # --timers 0: the events alone
+            await events_phase(rt, clock, args, kafka)
+            return
         floor = await timers_floor(rt, n, batch)
         fired = await fire_all(rt, clock, n)
         rate = fired.rate
@@ -457,16 +464,26 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
                 f" ({k} fired; {fired.cpu_per_timer()})"
             )
 
-        if args.events <= 0:
-            print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
-            return
-        ev_rate = await events_rate(rt, clock, args.events, kafka)
+        await events_phase(rt, clock, args, kafka)
+
+
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def events_phase(
+    rt: Runtime, clock: ManualClock, args: argparse.Namespace, kafka: KafkaConfig
+) -> None:
+    if args.events > 0:
+        ev_rate, cpu_s = await events_rate(rt, clock, args.events, kafka)
+        cpu_us = cpu_s / args.events * 1e6  # steadier than the rate on a shared machine
         raw_rate = await consumer_floor(kafka.bootstrap_servers, args.events)
         print(f"events: {args.events} order.placed consumed by one instance (publish to rows)")
-        print(f"  engine      {ev_rate:8.0f} events/s")
+        print(f"  engine      {ev_rate:8.0f} events/s  ({cpu_us:.0f} us process CPU per event)")
         print(f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic)")
         print(f"  ratio engine/floor: {ev_rate / raw_rate:.4f}")
-        print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
+    print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
 
 
 def main() -> None:

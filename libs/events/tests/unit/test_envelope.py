@@ -56,6 +56,15 @@ class TestRoundTrip:
         parsed = from_record(record.key, json.dumps(body).encode(), record.headers)
         assert isinstance(parsed.data, OrderPlaced)
 
+    def test_a_type_in_the_body_yields_to_the_header(self):
+        # The body is read straight into the header type's model; a body naming another
+        # type is read the long way, where the header's type wins, as it always did.
+        record = to_record(_event(sample_events()[0]))
+        body = json.loads(record.value) | {"type": "afterglow.order.refunded.v1"}
+        parsed = from_record(record.key, json.dumps(body).encode(), record.headers)
+        assert isinstance(parsed.data, OrderPlaced)
+        assert parsed.type == parsed.data.type == "afterglow.order.placed.v1"
+
 
 class TestMalformed:
     def _record(self):
@@ -71,6 +80,11 @@ class TestMalformed:
         r = self._record()
         with pytest.raises(MalformedEvent, match="not JSON"):
             from_record(r.key, b"{nope", r.headers)
+
+    def test_body_not_an_object(self):
+        r = self._record()
+        with pytest.raises(MalformedEvent, match="JSON object"):
+            from_record(r.key, b"[1, 2]", r.headers)
 
     def test_unknown_type(self):
         r = self._record()
