@@ -467,11 +467,6 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
         await events_phase(rt, clock, args, kafka)
 
 
-def process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def events_phase(
     rt: Runtime, clock: ManualClock, args: argparse.Namespace, kafka: KafkaConfig
 ) -> None:
