@@ -26,6 +26,22 @@ def has_stage(stage: str) -> Any:
     return lambda j: bool(j) and j["instances"][0]["stage"] == stage
 
 
+async def placed_and_delivered(
+    orch: Orchestrator, tenant: str, customer: str, h: dict[str, str]
+) -> str:
+    """An order placed and delivered now, its check-in timer scheduled. Returns its id."""
+    order = f"o-{customer}"
+    now = orch.clock.now()
+    await orch.publish(tenant, customer, order_placed(order, now))
+    await orch.publish(
+        tenant, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
+    )
+    await orch.until(
+        tenant, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
+    )
+    return order
+
+
 async def run_to_survey(orch: Orchestrator, tenant: str, customer: str, h: dict[str, str]) -> str:
     """Placed -> welcome; delivered; +3d check-in; +4d survey request. Returns order id."""
     order = f"o-{customer}"
@@ -168,15 +184,8 @@ async def test_refund_exits_mid_delay_and_cancels_timers(
 ) -> None:
     customer = new_customer()
     h = await orch.headers(tenant_id)
-    order = f"o-{customer}"
+    order = await placed_and_delivered(orch, tenant_id, customer, h)
     now = orch.clock.now()
-    refund_id = await orch.publish(tenant_id, customer, order_placed(order, now))
-    await orch.publish(
-        tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
-    )
-    await orch.until(
-        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
-    )
     refund_id = await orch.publish(
         tenant_id,
         customer,

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from afterglow.events import catalog as c
-
-from ..conftest import DAY, Orchestrator, new_customer, order_placed
-from .test_default_journey import kind
+from ..conftest import DAY, Orchestrator, new_customer
+from .test_default_journey import kind, placed_and_delivered
 
 # The pool the timer rounds run on (kit.app: the writers' pool of a service with an API).
 TIMER_POOL = "journeys-writers"
@@ -20,15 +18,7 @@ async def test_a_timer_due_after_its_loops_connections_were_killed_still_fires(
 ) -> None:
     customer = new_customer()
     h = await orch.headers(tenant_id)
-    order = f"o-{customer}"
-    now = orch.clock.now()
-    await orch.publish(tenant_id, customer, order_placed(order, now))
-    await orch.publish(
-        tenant_id, customer, c.OrderDelivered(order_id=order, delivered_at=now, reported_by="api")
-    )
-    await orch.until(
-        tenant_id, customer, h, lambda j: bool(j) and j["instances"][0]["next_timer"] is not None
-    )
+    await placed_and_delivered(orch, tenant_id, customer, h)
     async with orch.runtime.engine.connect() as conn:
         killed = await conn.execute(
             text(
