@@ -21,6 +21,7 @@ Statements are built once at import: each is one SQL text whatever the batch siz
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -908,7 +909,7 @@ class Changes:
         self.profiles[key] = profile_row(key, p, self.now)
 
     async def write(self, session: AsyncSession) -> None:
-        """Every table's rows in ONE statement (:data:`_WRITES`): one round trip for
+        """Every table's rows in ONE statement (:func:`_writes`): one round trip for
         the batch's writes instead of one per table (the writes are independent: no
         row is written twice, none reads another's rows)."""
         moved = [
@@ -943,31 +944,23 @@ class Changes:
             **write_params("timers", {"rows": list(self.new_timers.values())}),
             **write_params("outbox", self.outbox.params(*self.events)),
         }
-        await session.execute(_writes(self.outbox), params)
+        await session.execute(_writes(self.outbox.insert), params)
 
 
-# By the outbox insert's id, which the entry keeps alive (so the id is never reused).
-_WRITES: dict[int, tuple[Any, Any]] = {}
-
-
-def _writes(outbox: Outbox) -> Any:
+@functools.cache
+def _writes(outbox_insert: Any) -> Any:
     """The writes of :meth:`Changes.write` as one statement, built once per outbox
-    (its table is the service's). Written in lock order (profiles, instances, timers)."""
-    key = id(outbox.insert)
-    if key not in _WRITES:
-        _WRITES[key] = (
-            outbox.insert,
-            writes_in_one_statement(
-                profiles=_SAVE_PROFILES,
-                instances=_UPSERT_INSTANCES,
-                transitions=_INSERT_TRANSITIONS,
-                goals=_INSERT_GOALS,
-                moves=_MOVE_TIMERS,
-                timers=_INSERT_TIMERS,
-                outbox=outbox.insert,
-            ),
-        )
-    return _WRITES[key][1]
+    insert (its table is the service's). Written in lock order (profiles, instances,
+    timers)."""
+    return writes_in_one_statement(
+        profiles=_SAVE_PROFILES,
+        instances=_UPSERT_INSTANCES,
+        transitions=_INSERT_TRANSITIONS,
+        goals=_INSERT_GOALS,
+        moves=_MOVE_TIMERS,
+        timers=_INSERT_TIMERS,
+        outbox=outbox_insert,
+    )
 
 
 @dataclass
