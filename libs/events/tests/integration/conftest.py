@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from afterglow.devstack.stack import Stack
+from afterglow.devstack.stack import Stack, kafka_config_from_env
 from afterglow.events import KafkaConfig, build_producer
 
 from . import schema  # shared with worker.py, which runs as a script
@@ -27,11 +27,8 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
 
 @pytest.fixture(scope="session")
 def kafka(stack: Stack) -> KafkaConfig:
-    return KafkaConfig(
-        stack.kafka_bootstrap_servers,
-        enable_idempotence=stack.kafka_enable_idempotence,
-        send_timeout_s=10,
-    )
+    # From the environment the stack fixture set, as the worker processes read it.
+    return kafka_config_from_env(send_timeout_s=10)
 
 
 @pytest.fixture(scope="session")

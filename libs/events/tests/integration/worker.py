@@ -16,14 +16,12 @@ import sys
 from schema import TABLES, applied
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from afterglow.devstack.stack import kafka_config_from_env
 from afterglow.events import EventConsumer, KafkaConfig, OutboxRelay, build_producer
 
 
 def kafka() -> KafkaConfig:
-    return KafkaConfig(
-        bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-        enable_idempotence=os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "true") == "true",
-    )
+    return kafka_config_from_env()
 
 
 class CrashBeforeOffsetCommit(EventConsumer):
