@@ -400,7 +400,11 @@ def profile_row(key: Key, p: d.Profile, now: datetime) -> dict[str, Any]:
         last_surveyed_at=_iso(p.last_surveyed_at),
         last_nps=p.last_nps,
         last_band=p.last_band,
-        state=p.model_dump(mode="json"),
+        # The model itself: the rows' JSON encoder (pydantic-core, afterglow.kit.db)
+        # writes the same text as model_dump(mode="json") then encoding the dicts, in
+        # half the time (no intermediate dicts). The engine never changes a profile it
+        # returned (every projection copies), so the row says what it said here.
+        state=p,
         updated_at=now.isoformat(),
     )
 
@@ -758,6 +762,10 @@ class Changes:
     profiles: dict[Key, dict[str, Any]] = field(default_factory=dict)
     new_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
     _by_instance: dict[str, list[str]] | None = None
+    _now_iso: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self._now_iso = self.now.isoformat()  # in every row: formatted once
 
     def step(
         self, tenant: str, customer: str, j: d.Journey, res: d.StepResult, profile: d.Profile
@@ -775,10 +783,13 @@ class Changes:
             status=s.status,
             order_id=s.order_id,
             anchors={k: v.isoformat() for k, v in s.anchors.items()},
-            state=s.model_dump(mode="json"),
+            # The model, encoded with the batch's rows (see profile_row): a step's
+            # result is not changed after it is written here (the next step of the
+            # instance works on a copy).
+            state=s,
             started_at=s.started_at.isoformat(),
-            updated_at=now.isoformat(),
-            ended_at=now.isoformat() if s.status in ("exited", "completed", "skipped") else None,
+            updated_at=self._now_iso,
+            ended_at=self._now_iso if s.status in ("exited", "completed", "skipped") else None,
         )
         for t in res.transitions:
             self.transitions.append(
@@ -793,7 +804,7 @@ class Changes:
                     to_stage=t.to_stage,
                     cause=t.cause,
                     reason=t.reason,
-                    at=t.at.isoformat(),
+                    at=self._now_iso if t.at is now else t.at.isoformat(),
                 )
             )
             if t.kind in ("stage", "exit", "complete"):
@@ -854,7 +865,7 @@ class Changes:
                 due_at=t.due_at.isoformat(),
                 payload=_timer_payload(s),
                 state="pending",
-                created_at=self.now.isoformat(),
+                created_at=self._now_iso,
             )
 
     def _of_instance(self, instance_id: str) -> list[str]:
@@ -898,7 +909,7 @@ class Changes:
                 journey=inst.journey,
                 version=inst.version,
                 event_id=event_id,
-                converted_at=self.now.isoformat(),
+                converted_at=self._now_iso,
                 order_id=value.order_id if value else None,
                 amount_minor=value.amount_minor if value else None,
                 currency=value.currency if value else None,
