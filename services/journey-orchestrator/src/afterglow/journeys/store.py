@@ -263,16 +263,17 @@ def _keys(rows: Any, *cols: str) -> Any:
 def _recordset(name: str, **types: Any) -> Any:
     """``jsonb_to_recordset(:rows) AS name(col type, ...)``: every row of a multi-row
     write in one JSON parameter (a VALUES list would be a new statement per size),
-    encoded by the engine's JSON serializer (pydantic-core: afterglow.kit.db)."""
+    encoded by the engine's JSON serializer (pydantic-core: afterglow.kit.db).
+
+    Rows hold datetimes and models as they are: the encoder writes an instant as ISO
+    8601 (``Z`` for UTC), which a timestamptz column reads as the same instant, and a
+    model as its JSON. ``isoformat()`` in Python was ~8 calls and 15 us per
+    order.placed (2-3 us each on datetimes pydantic parsed)."""
     return (
         func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
         .table_valued(*(column(k, t) for k, t in types.items()))
         .render_derived(name=name, with_types=True)
     )
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
 
 
 # --- profiles --------------------------------------------------------------------------
@@ -391,17 +392,21 @@ def profile_row(key: Key, p: d.Profile, now: datetime) -> dict[str, Any]:
         orders_count=p.orders_count,
         total_spent=p.total_spent,
         currency=p.currency,
-        first_order_at=_iso(p.first_order_at),
-        last_order_at=_iso(p.last_order_at),
+        first_order_at=p.first_order_at,
+        last_order_at=p.last_order_at,
         open_tickets=len(p.open_tickets),
         consent=p.consent,
         timezone=p.timezone,
         tier=p.tier,
-        last_surveyed_at=_iso(p.last_surveyed_at),
+        last_surveyed_at=p.last_surveyed_at,
         last_nps=p.last_nps,
         last_band=p.last_band,
-        state=p.model_dump(mode="json"),
-        updated_at=now.isoformat(),
+        # The model itself: the rows' JSON encoder (pydantic-core, afterglow.kit.db)
+        # writes the same text as model_dump(mode="json") then encoding the dicts, in
+        # half the time (no intermediate dicts). The engine never changes a profile it
+        # returned (every projection copies), so the row says what it said here.
+        state=p,
+        updated_at=now,
     )
 
 
@@ -774,11 +779,16 @@ class Changes:
             stage=s.stage,
             status=s.status,
             order_id=s.order_id,
+            # Text in a jsonb column, read back as it is (the export shows it): kept in
+            # isoformat's form, unlike the timestamptz columns below.
             anchors={k: v.isoformat() for k, v in s.anchors.items()},
-            state=s.model_dump(mode="json"),
-            started_at=s.started_at.isoformat(),
-            updated_at=now.isoformat(),
-            ended_at=now.isoformat() if s.status in ("exited", "completed", "skipped") else None,
+            # The model, encoded with the batch's rows (see profile_row): a step's
+            # result is not changed after it is written here (the next step of the
+            # instance works on a copy).
+            state=s,
+            started_at=s.started_at,
+            updated_at=now,
+            ended_at=now if s.status in ("exited", "completed", "skipped") else None,
         )
         for t in res.transitions:
             self.transitions.append(
@@ -793,7 +803,7 @@ class Changes:
                     to_stage=t.to_stage,
                     cause=t.cause,
                     reason=t.reason,
-                    at=t.at.isoformat(),
+                    at=t.at,
                 )
             )
             if t.kind in ("stage", "exit", "complete"):
@@ -851,10 +861,10 @@ class Changes:
                 instance_id=s.id,
                 kind=t.kind,
                 key=t.key,
-                due_at=t.due_at.isoformat(),
+                due_at=t.due_at,
                 payload=_timer_payload(s),
                 state="pending",
-                created_at=self.now.isoformat(),
+                created_at=self.now,
             )
 
     def _of_instance(self, instance_id: str) -> list[str]:
@@ -898,7 +908,7 @@ class Changes:
                 journey=inst.journey,
                 version=inst.version,
                 event_id=event_id,
-                converted_at=self.now.isoformat(),
+                converted_at=self.now,
                 order_id=value.order_id if value else None,
                 amount_minor=value.amount_minor if value else None,
                 currency=value.currency if value else None,
