@@ -87,7 +87,7 @@ def ping_when_idle(engine: AsyncEngine, after_s: float = PING_AFTER_IDLE_S) -> N
             return  # new (just connected), or in use a moment ago
         try:
             dialect.do_ping(dbapi_connection)
-        except Exception as exc:
+        except dialect.loaded_dbapi.Error as exc:  # what pool_pre_ping judges
             if dialect.is_disconnect(exc, dbapi_connection, None):
                 raise sa_exc.InvalidatePoolError() from exc
             raise
