@@ -18,6 +18,7 @@ import json
 import time
 
 import aiohttp
+import httpx
 
 from afterglow.journeys.messaging import policy
 from afterglow.journeys.messaging.channels.base import Job, Outcome, Senders
@@ -28,9 +29,13 @@ from afterglow.kit.tracing import http_client_span
 
 def webhook_session(connections: int) -> aiohttp.ClientSession:
     """The webhook sends' client: up to ``connections`` kept open (the dispatcher's
-    sends in flight), no cookies, no DNS cache, the deadline set per send."""
+    sends in flight), no cookies, no DNS cache, the deadline set per send, and the
+    certificates trusted as httpx trusts them (its context: certifi's bundle, or
+    SSL_CERT_FILE / SSL_CERT_DIR), as they were when httpx sent these."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, use_dns_cache=False),
+        connector=aiohttp.TCPConnector(
+            limit=connections, use_dns_cache=False, ssl=httpx.create_ssl_context()
+        ),
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None),
         trust_env=False,
