@@ -52,7 +52,8 @@ TEST_SETTINGS = MessagingSettings(
 class Receiver:
     """A real HTTP server in a thread. ``plans[request_id]`` lists the answers to give
     that request's deliveries in turn ("200", "500", "429:<retry-after>", "hang",
-    "gate": 200 once ``gate`` is set); afterwards it answers 200."""
+    "gate": 200 once ``gate`` is set, "redirect": a 302 back to itself); afterwards it
+    answers 200."""
 
     def __init__(self) -> None:
         self.plans: dict[str, list[str]] = {}
@@ -85,6 +86,8 @@ class Receiver:
             await respond(send, 200)
         elif answer.startswith("429"):
             await respond(send, 429, {"retry-after": answer.split(":")[1]})
+        elif answer == "redirect":
+            await respond(send, 302, {"location": self.url})
         else:
             await respond(send, int(answer))
 
@@ -305,6 +308,17 @@ class TestDelivery:
         clock.advance(timedelta(seconds=1))
         await tenant.wait("c-429", statuses("sent"))
         assert len(receiver.of(tenant, "c-429")) == 2
+
+    async def test_a_redirect_is_not_followed(self, tenant, receiver):
+        """A tenant's endpoint cannot send our signed POST elsewhere (a 3xx is its
+        answer, and not a retryable one)."""
+        rid = new_id("req")
+        receiver.plans[rid] = ["redirect"]
+        await tenant.customer("c-302")
+        await tenant.request("c-302", request_id=rid, category="transactional")
+        [m] = await tenant.wait("c-302", statuses("failed"))
+        assert m["reason"] == "rejected: HTTP 302"
+        assert [r["answer"] for r in receiver.of(tenant, "c-302")] == ["redirect"]
 
     async def test_hanging_endpoint_times_out_without_blocking_others(self, tenant, receiver):
         rid = new_id("req")

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -203,3 +204,38 @@ def instrument_http(client: httpx.AsyncClient) -> httpx.AsyncClient:
 
     HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
     return client
+
+
+@dataclass
+class HttpCall:
+    """One outbound HTTP call as :func:`http_client_span` traces it: the headers to
+    send along (the span's ``traceparent``), and the status once answered."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None
+
+
+@contextlib.contextmanager
+def http_client_span(method: str, url: str) -> Iterator[HttpCall]:
+    """An HTTP call made by a client other than httpx (the dispatcher's webhook sends)
+    traced as :func:`instrument_http` traces httpx's: a CLIENT span named by the
+    method, child of the span in progress (none outside one), with the
+    instrumentation's pre-stable attributes (``http.method``, ``http.url``,
+    ``http.status_code``) and the ``traceparent`` header naming it. An exception
+    raised inside is recorded on the span. Nothing while tracing is off."""
+    call = HttpCall()
+    provider = _instrumentations_provider()
+    if provider is None:
+        yield call
+        return
+    tracer = provider.get_tracer(__name__)
+    attributes = {"http.method": method, "http.url": url}
+    with tracer.start_as_current_span(
+        method, kind=trace.SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        context = span.get_span_context()
+        if context.is_valid:
+            call.headers["traceparent"] = tracing.format_traceparent(context)
+        yield call
+        if call.status is not None:
+            span.set_attribute("http.status_code", call.status)

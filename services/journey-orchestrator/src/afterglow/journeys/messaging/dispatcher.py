@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 from prometheus_client import Counter as Metric
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,6 +48,7 @@ from afterglow.journeys.messaging import policy, store
 from afterglow.journeys.messaging.channels import Job, Outcome, Route, Senders, channel_for
 from afterglow.journeys.messaging.channels.rate import take
 from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
+from afterglow.journeys.messaging.channels.webhook import webhook_session
 from afterglow.journeys.messaging.models import (
     Message,
     MessageContact,
@@ -144,6 +146,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._backlog = False  # the last claim filled its limit: claim again at once
         self.smtp_pool = SmtpPool(max_idle=self.s.per_tenant_concurrency)
+        # Opened by run(): a session belongs to the event loop it was made in.
+        self._webhooks: aiohttp.ClientSession | None = None
         self._settling = asyncio.Semaphore(SETTLE_PARALLEL)
         self._sent = SentWriter(self._write_sent)
 
@@ -159,6 +163,7 @@ class Dispatcher:
         # messages a second (8/s) however fast its provider answered. The poll stays
         # as the fallback for what no NOTIFY announces (a retry or a deferral falling
         # due, a lost LISTEN connection).
+        self._webhooks = webhook_session(self.s.concurrency)
         listener = Listener(
             self.rt.engine, NOTIFY_CHANNEL, self._wake, name="afterglow-dispatcher-listen"
         )
@@ -184,6 +189,7 @@ class Dispatcher:
             await cancel_and_wait(list(self.inflight), timeout_s=10, what="dispatcher")
             await self._sent.close()
             self.smtp_pool.close()
+            await self._webhooks.close()
 
     async def _claim_round(self, now: datetime) -> int:
         """Claim for the free slots and start their sends; how many were started."""
@@ -472,9 +478,10 @@ class Dispatcher:
             log.exception("settling a message failed", extra={"message_id": job.message_id})
 
     async def send(self, job: Job) -> Outcome:
-        assert self.rt.http is not None
+        assert self.rt.http is not None and self._webhooks is not None
         senders = Senders(
             http=self.rt.http,
+            webhooks=self._webhooks,
             allow_private=self.rt.settings.outbound_allow_private,
             timeout_s=self.s.request_timeout_s,
             now=self.rt.clock.now,

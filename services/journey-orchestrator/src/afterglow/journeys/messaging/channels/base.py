@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 
 from afterglow.journeys.messaging.channels.smtp_pool import SmtpPool
@@ -61,9 +62,11 @@ class Outcome:
 @dataclass(frozen=True)
 class Senders:
     """What channels may use, handed over by the dispatcher: the shared HTTP client,
-    the outbound rule, the total deadline of one send."""
+    the webhook sends' own client, the outbound rule, the total deadline of one send."""
 
     http: httpx.AsyncClient
+    # The signed webhooks' client, owned by the dispatcher (see WebhookChannel).
+    webhooks: aiohttp.ClientSession
     allow_private: bool
     timeout_s: float
     now: Callable[[], datetime]  # the injected clock (Retry-After dates)
