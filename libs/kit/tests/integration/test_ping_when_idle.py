@@ -5,7 +5,9 @@ anyone uses it, and one back in use at once is not pinged."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,39 +44,37 @@ def count_pings(engine: AsyncEngine) -> list[int]:
     return pings
 
 
+@pytest.fixture
+async def engine(stack: Stack) -> AsyncIterator[AsyncEngine]:
+    """A main pool of one connection, as every service builds it (kit.db)."""
+    engine = db.create_engine(stack.database_url, application_name=APP, pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
 class TestPingWhenIdle:
     async def test_a_connection_that_died_while_idle_is_replaced_on_checkout(
-        self, stack: Stack
+        self, stack: Stack, engine: AsyncEngine
     ) -> None:
-        engine = db.create_engine(stack.database_url, application_name=APP, pool_size=1)
-        try:
-            pid = await backend_pid(engine)
-            await terminate(stack, pid)
-            await asyncio.sleep(db.PING_AFTER_IDLE_S + 0.2)
-            # Idle past the bound: pinged, found dead, replaced; the statement runs.
-            assert await backend_pid(engine) != pid
-        finally:
-            await engine.dispose()
+        pid = await backend_pid(engine)
+        await terminate(stack, pid)
+        await asyncio.sleep(db.PING_AFTER_IDLE_S + 0.2)
+        # Idle past the bound: pinged, found dead, replaced; the statement runs.
+        assert await backend_pid(engine) != pid
 
-    async def test_a_connection_back_in_use_at_once_is_not_pinged(self, stack: Stack) -> None:
-        engine = db.create_engine(stack.database_url, application_name=APP, pool_size=1)
-        try:
-            pings = count_pings(engine)
-            first = await backend_pid(engine)
-            for _ in range(5):
-                assert await backend_pid(engine) == first
-            assert pings == []
-        finally:
-            await engine.dispose()
+    async def test_a_connection_back_in_use_at_once_is_not_pinged(
+        self, engine: AsyncEngine
+    ) -> None:
+        pings = count_pings(engine)
+        first = await backend_pid(engine)
+        for _ in range(5):
+            assert await backend_pid(engine) == first
+        assert pings == []
 
-    async def test_an_idle_connection_is_pinged_once_then_reused(self, stack: Stack) -> None:
-        engine = db.create_engine(stack.database_url, application_name=APP, pool_size=1)
-        try:
-            pings = count_pings(engine)
-            first = await backend_pid(engine)
-            await asyncio.sleep(db.PING_AFTER_IDLE_S + 0.2)
-            assert await backend_pid(engine) == first
-            assert await backend_pid(engine) == first
-            assert len(pings) == 1
-        finally:
-            await engine.dispose()
+    async def test_an_idle_connection_is_pinged_once_then_reused(self, engine: AsyncEngine) -> None:
+        pings = count_pings(engine)
+        first = await backend_pid(engine)
+        await asyncio.sleep(db.PING_AFTER_IDLE_S + 0.2)
+        assert await backend_pid(engine) == first
+        assert await backend_pid(engine) == first
+        assert len(pings) == 1

@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from afterglow.devstack.brokers import TansuBroker
@@ -25,6 +25,7 @@ from afterglow.events import KafkaConfig
 from afterglow.events.topic_admin import ensure_topics
 from afterglow.kit.migrations import upgrade
 from afterglow.kit.registry import discover_services
+from afterglow.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,10 @@ EMBEDDED_SESSION_TIMEOUT_MS = 6000
 
 def kafka_config_from_env(**overrides: object) -> KafkaConfig:
     """A client of the stack whose ``env()`` is in ``os.environ`` (a test session's, or
-    a worker process it started), with the group timings its services get."""
-    session_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", KafkaConfig.session_timeout_ms))
-    options: dict[str, object] = {
-        "bootstrap_servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-        "enable_idempotence": os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "true") == "true",
-        "session_timeout_ms": session_ms,
-        "heartbeat_interval_ms": session_ms // 5,
-        **overrides,
-    }
-    return KafkaConfig(**options)  # type: ignore[arg-type]
+    a worker process it started), built as the services build theirs
+    (``ServiceSettings.kafka``: the same group timings)."""
+    config = ServiceSettings().kafka(client_id="afterglow-tests")
+    return replace(config, **overrides)  # type: ignore[arg-type]
 
 
 DEV_SECRETS_KEY = "dev:" + base64.b64encode(b"afterglow-dev-key-not-for-prod!!").decode()
