@@ -636,13 +636,16 @@ class ReferralService:
         for _, code, _, _ in todo:
             t = code.tenant_id
             advocates |= {(t, a) for a in _with_pseudonym(t, code.advocate_customer_id)}
-        reach = max(timedelta(days=self.limits.advocate_cap_days), self.limits.velocity_window)
+        first_placed = min(o.placed_at for _, _, _, o in todo)
         live = _Live(
             await store.live_referrals_of(
                 session,
                 advocates,
                 {(c.tenant_id, c.id) for _, c, _, _ in todo},
-                placed_after=min(o.placed_at for _, _, _, o in todo) - reach,
+                # Each count over its own window: the cap's 30 days of the advocates,
+                # the velocity's hour of the codes.
+                advocates_after=first_placed - timedelta(days=self.limits.advocate_cap_days),
+                codes_after=first_placed - self.limits.velocity_window,
                 placed_until=max(o.placed_at for _, _, _, o in todo),
             )
         )
