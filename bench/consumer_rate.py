@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections import Counter
@@ -110,8 +111,11 @@ def _label(statement: str) -> str:
     verb = words[0].upper() if words else ""
     table = ""
     key = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM"}.get(verb, "FROM")
-    if key in words[:-1]:
-        table = words[words.index(key) + 1]
+    # The first table named after the key word rather than a function (a batch's unnest
+    # keys), if there is one.
+    named = [w for k, w in itertools.pairwise(words) if k == key]
+    if named:
+        table = next((w for w in named if "(" not in w), named[0])
     lock = " FOR UPDATE" if "FOR UPDATE" in statement else ""
     return f"{verb} {table}{lock}".strip()
 
@@ -163,7 +167,11 @@ async def floor_rate(
         handlers={e.type: noop for e in events},
         dlq_producer=rt.producer,
         topics=[FLOOR_TOPIC],
+        # Configured as the service's own consumers are (kit.app), so the floor polls and
+        # groups its transactions as they do.
         max_records=rt.settings.consumer_max_records,
+        parallel_partitions=rt.settings.consumer_parallel_partitions,
+        coalesce_below=rt.settings.consumer_coalesce_records,
     )
     await consumer.start()
     task = asyncio.create_task(consumer.run())

@@ -13,7 +13,11 @@ locking its order row; a batch holding such an event locks all its codes first. 
 order's events are one customer's, in this partition only. Codes are shared across
 partitions (an advocate's code, many referees): taken in whatever order the events
 came, two batches deadlocked on them; taken at the start of every batch, the
-partitions' batches queued on them."""
+partitions' batches queued on them. The consumer applies a whole poll, its partitions
+one after another, as one transaction (ReferralsSettings.consumer_coalesce_records), so
+an instance's partitions no longer wait on each other's codes; a second replica, and a
+poll applied partition by partition after that transaction failed, still lock them in
+the one order above."""
 
 from __future__ import annotations
 

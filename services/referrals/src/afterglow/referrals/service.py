@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from bisect import bisect_right, insort
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ def reward_of(row: TenantSettings) -> domain.RefereeReward | None:
 
 # The order lifecycle events ReferralService.orders_changed applies in sets.
 Lifecycle = OrderFulfilled | OrderDelivered | OrderRefunded | OrderCancelled
+
+
+# The state a conversion is recorded in, by the outcome of its checks.
+_STATE_OF = {"accept": "pending", "hold": "held", "reject": "rejected"}
 
 
 class CodeCollision(Exception):
@@ -430,7 +435,7 @@ class ReferralService:
             policy.limits(self.limits),
         )
         now = self.clock.now()
-        state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
+        state = _STATE_OF[decision.outcome]
         # An order fulfilled before its attribution starts its return window at once.
         fulfilled_at = order.fulfilled_at if state != "rejected" else None
         referral_id = str(uuid.uuid4())
@@ -636,17 +641,23 @@ class ReferralService:
         for _, code, _, _ in todo:
             t = code.tenant_id
             advocates |= {(t, a) for a in _with_pseudonym(t, code.advocate_customer_id)}
-        reach = max(timedelta(days=self.limits.advocate_cap_days), self.limits.velocity_window)
+        first_placed = min(o.placed_at for _, _, _, o in todo)
         live = _Live(
             await store.live_referrals_of(
                 session,
                 advocates,
                 {(c.tenant_id, c.id) for _, c, _, _ in todo},
-                placed_after=min(o.placed_at for _, _, _, o in todo) - reach,
+                # Each count over its own window: the cap's 30 days of the advocates,
+                # the velocity's hour of the codes.
+                advocates_after=first_placed - timedelta(days=self.limits.advocate_cap_days),
+                codes_after=first_placed - self.limits.velocity_window,
                 placed_until=max(o.placed_at for _, _, _, o in todo),
             )
         )
         now = self.clock.now()
+        cap_window = timedelta(days=self.limits.advocate_cap_days)
+        velocity_window = self.limits.velocity_window
+        limits = {t: policies[t].limits(self.limits) for t in tenants}
         referrals: list[dict[str, Any]] = []
         for i, code, via, order in todo:
             t = order.tenant_id
@@ -658,20 +669,15 @@ class ReferralService:
                 platform_orders_count=events[i][2].customer_orders_count,
                 earlier_orders_seen=seen.earlier(order, i),
                 advocate_conversions_in_period=live.of_advocate(
-                    t,
-                    code.advocate_customer_id,
-                    order,
-                    order.placed_at - timedelta(days=self.limits.advocate_cap_days),
+                    t, code.advocate_customer_id, order, order.placed_at - cap_window
                 ),
-                recent_from_code=live.of_code(
-                    t, code.id, order, order.placed_at - self.limits.velocity_window
-                ),
+                recent_from_code=live.of_code(t, code.id, order, order.placed_at - velocity_window),
                 refunded_at=order.refunded_at,
                 cancelled_at=order.cancelled_at,
             )
             policy = policies[t]
-            decision = domain.evaluate(facts, policy.limits(self.limits))
-            state = {"accept": "pending", "hold": "held", "reject": "rejected"}[decision.outcome]
+            decision = domain.evaluate(facts, limits[t])
+            state = _STATE_OF[decision.outcome]
             fulfilled_at = order.fulfilled_at if state != "rejected" else None
             row = {
                 "id": str(uuid.uuid4()),
@@ -1102,23 +1108,47 @@ class _Seen:
         )
 
 
+class _Placed:
+    """The placing times of one advocate's (or one code's) live conversions, sorted, so
+    that a count over a window is two bisections instead of a pass over all of them (a
+    batch counts each of its orders against every conversion of its advocate)."""
+
+    __slots__ = ("_at", "_of_order")
+
+    def __init__(self) -> None:
+        self._at: list[datetime] = []
+        self._of_order: dict[str, list[datetime]] = defaultdict(list)
+
+    def add(self, order_id: str, at: datetime) -> None:
+        insort(self._at, at)
+        self._of_order[order_id].append(at)
+
+    def count(self, after: datetime, until: datetime, other_than: str) -> int:
+        """Those placed in (``after``, ``until``], the order ``other_than``'s excepted."""
+        n = bisect_right(self._at, until) - bisect_right(self._at, after)
+        own = self._of_order.get(other_than)
+        if own:
+            n -= sum(1 for at in own if after < at <= until)
+        return n
+
+
+_NONE_PLACED = _Placed()
+
+
 class _Live:
     """The live conversions an attribution batch read (store.live_referrals_of), plus
     those it decided so far: what the cap and velocity checks count."""
 
     def __init__(self, rows: Sequence[Any]) -> None:
-        self._by_advocate: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        self._by_code: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        by_advocate, by_code = self._by_advocate, self._by_code
+        self._by_advocate: dict[tuple[str, str], _Placed] = defaultdict(_Placed)
+        self._by_code: dict[tuple[str, str], _Placed] = defaultdict(_Placed)
         # Unpacked in store.live_referrals_of's column order: a batch reads thousands.
         for tenant, order_id, advocate, code_id, at in rows:
-            entry = (order_id, at)
-            by_advocate[(tenant, advocate)].append(entry)
-            by_code[(tenant, code_id)].append(entry)
+            self._put(tenant, advocate, code_id, order_id, at)
 
     def _put(self, tenant: str, advocate: str, code_id: str, order_id: str, at: datetime) -> None:
-        self._by_advocate[(tenant, advocate)].append((order_id, at))
-        self._by_code[(tenant, code_id)].append((order_id, at))
+        self._by_advocate[(tenant, advocate)].add(order_id, at)
+        self._by_code[(tenant, code_id)].add(order_id, at)
 
     def add(self, row: dict[str, Any]) -> None:
         self._put(
@@ -1129,23 +1159,15 @@ class _Live:
             row["placed_at"],
         )
 
-    @staticmethod
-    def _count(entries: Sequence[tuple[str, datetime]], order: Any, after: datetime) -> int:
-        own, until = order.order_id, order.placed_at
-        n = 0
-        for order_id, at in entries:
-            if after < at <= until and order_id != own:
-                n += 1
-        return n
-
     def of_advocate(self, tenant: str, advocate: str, order: Any, after: datetime) -> int:
         """As store.count_live_referrals_of_advocate (pseudonymized ones too)."""
-        name, alias = _with_pseudonym(tenant, advocate)
-        by_advocate = self._by_advocate
-        return self._count(by_advocate.get((tenant, name), ()), order, after) + self._count(
-            by_advocate.get((tenant, alias), ()), order, after
+        by_advocate, own, until = self._by_advocate, order.order_id, order.placed_at
+        return sum(
+            by_advocate.get((tenant, a), _NONE_PLACED).count(after, until, own)
+            for a in _with_pseudonym(tenant, advocate)
         )
 
     def of_code(self, tenant: str, code_id: str, order: Any, after: datetime) -> int:
         """As store.count_live_referrals_of_code."""
-        return self._count(self._by_code.get((tenant, code_id), ()), order, after)
+        placed = self._by_code.get((tenant, code_id), _NONE_PLACED)
+        return placed.count(after, order.placed_at, order.order_id)
