@@ -138,6 +138,16 @@ class DeliveryWriter:
         # When the last request came to store() (loop time): the processing worker
         # keeps its rounds short while requests keep coming, not only while some wait.
         self.last_arrival = float("-inf")
+        # Deliveries this process stored so far: the processing worker sizes a round
+        # under a steady load by what was stored since its previous round began.
+        self.stored_total = 0
+        self._idle = asyncio.Event()  # set while no request waits
+        self._idle.set()
+
+    async def until_idle(self) -> None:
+        """Return at the first moment no request waits for its commit (at once if none
+        does now)."""
+        await self._idle.wait()
 
     def arrived_within(self, seconds: float) -> bool:
         """Whether a request came to :meth:`store` in the last ``seconds``."""
@@ -161,12 +171,15 @@ class DeliveryWriter:
             raise self.overloaded()
         waiting = _Waiting(delivery, loop.create_future())
         self.waiting += 1
+        self._idle.clear()
         try:
             self._queue.append(waiting)
             self._ready.set()
             return await waiting.stored
         finally:
             self.waiting -= 1
+            if self.waiting == 0:
+                self._idle.set()
 
     async def run(self) -> None:
         # Each writer task holds one connection across its batches: checked out of the
@@ -213,6 +226,7 @@ class DeliveryWriter:
                     w.stored.set_exception(self.overloaded())
             await held.drop()
             return
+        self.stored_total += len(inserted)
         for w in batch:
             if not w.stored.done():  # done: cancelled, its client left
                 w.stored.set_result(first[w.delivery.id] is w and w.delivery.id in inserted)
