@@ -158,9 +158,7 @@ class TestAnswersFirst:
 class TestRoundsKeepUp:
     """At a steady rate the rounds take what arrives; only a burst gets short rounds."""
 
-    async def test_a_round_at_a_steady_load_takes_twice_what_arrived_since_the_last(
-        self, runtime
-    ):
+    async def test_a_round_at_a_steady_load_takes_twice_what_arrived_since_the_last(self, runtime):
         settings = runtime.settings
         short, full = settings.ingest_process_busy_batch, settings.ingest_process_batch
         assert _round_size(settings, Pace.STEADY, stored=40) == 80
@@ -179,7 +177,9 @@ class TestRoundsKeepUp:
         async with database(stack) as engine, engine.connect() as other:
             await other.execute(text("LOCK TABLE ingest.deliveries IN EXCLUSIVE MODE"))
             posted = asyncio.create_task(post_order(client, tenant_id, secret, 1))
-            while writer.waiting == 0:
+            for _ in range(1000):  # until it waits for its commit
+                if writer.waiting:
+                    break
                 await asyncio.sleep(0.01)
             # The request waits for its commit all through the deferral: a burst.
             assert await _pace(runtime, 0.2) is Pace.BURST

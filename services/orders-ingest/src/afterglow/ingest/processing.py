@@ -154,9 +154,9 @@ async def process_received(runtime: Runtime, size: int) -> int:
     looked_up = await requesters.prefetch(runtime, deps_of(runtime).requester_cache, size)
     try:
         async with runtime.sessionmaker.begin() as session:
-            if not await _applier(session):
+            rows = await _claim_as_applier(session, size)
+            if rows is None:
                 return BUSY  # another process is applying
-            rows = await _claim(session, size)
             await _apply_rows(runtime, session, rows, looked_up=looked_up)
         return len(rows)
     except DBAPIError as exc:
@@ -170,14 +170,11 @@ async def process_received(runtime: Runtime, size: int) -> int:
     return await process_one_by_one(runtime, size)
 
 
-async def _applier(session: AsyncSession) -> bool:
-    """Whether this transaction is the one applier now (released at its end)."""
-    return await intake_store.try_lock_applier(session, APPLIER_LOCK)
-
-
-async def _claim(session: AsyncSession, batch: int) -> list[Row[Any]]:
-    # Oldest first, so what a shop said first (order created) is applied first.
-    return await intake_store.lock_oldest_in_status(session, RECEIVED, batch)
+async def _claim_as_applier(session: AsyncSession, batch: int) -> list[Row[Any]] | None:
+    """Up to ``batch`` received deliveries, oldest first (what a shop said first, order
+    created, is applied first), locked; None when this transaction is not the one
+    applier now (the applier's lock is released at the transaction's end)."""
+    return await intake_store.claim_as_applier(session, APPLIER_LOCK, RECEIVED, batch)
 
 
 async def _apply_rows(
@@ -303,7 +300,7 @@ async def process_one_by_one(runtime: Runtime, size: int) -> int:
         row = None
         try:
             async with runtime.sessionmaker.begin() as session:
-                rows = await _claim(session, 1) if await _applier(session) else []
+                rows = await _claim_as_applier(session, 1) or []
                 if not rows:
                     return done
                 row = rows[0]
