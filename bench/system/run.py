@@ -360,6 +360,11 @@ def print_phase(p: Phase, floor_rate: float) -> None:
             else ""
         )
     )
+    # The senders' side: how long a webhook waited for its answer (a 2xx means stored).
+    print(
+        f"  {'':<22} answer latency  p50 {p.load.p50_ms:8.0f} ms  p99 {p.load.p99_ms:8.0f} ms  "
+        f"max {p.load.max_ms:8.0f} ms"
+    )
     cpu = "  ".join(f"{k} {v:.1f}" for k, v in p.cpu_ms_per_order.items())
     total = sum(p.cpu_ms_per_order.values())
     print(f"  {'':<22} CPU ms/order, net of idle: {cpu}  = {total:.1f} (target <= 10)")

@@ -19,7 +19,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from afterglow.ingest.deps import deps_of
 from afterglow.ingest.group_commit import DeliveryWriter, NewDelivery, Overloaded
-from afterglow.ingest.processing import APPLIER_LOCK, QUIET_S, _answers_first
+from afterglow.ingest.processing import (
+    APPLIER_LOCK,
+    QUIET_S,
+    Pace,
+    _answers_first,
+    _pace,
+    _round_size,
+)
 
 from ..hotpath_support import (
     database,
@@ -146,6 +153,44 @@ class TestAnswersFirst:
         writer = deps_of(runtime).writer
         writer.last_arrival = asyncio.get_running_loop().time() - 10 * QUIET_S
         assert await _answers_first(runtime, 0.5) is False
+
+
+class TestRoundsKeepUp:
+    """At a steady rate the rounds take what arrives; only a burst gets short rounds."""
+
+    async def test_a_round_at_a_steady_load_takes_twice_what_arrived_since_the_last(self, runtime):
+        settings = runtime.settings
+        short, full = settings.ingest_process_busy_batch, settings.ingest_process_batch
+        assert _round_size(settings, Pace.STEADY, stored=40) == 80
+        assert _round_size(settings, Pace.STEADY, stored=1) == short
+        assert _round_size(settings, Pace.STEADY, stored=10 * full) == full
+        assert _round_size(settings, Pace.BURST, stored=10 * full) == short
+        assert _round_size(settings, Pace.QUIET, stored=0) == full
+
+    async def test_a_commit_that_ends_ends_the_deferral_at_once(
+        self, client, stack, runtime, tenant_id
+    ):
+        # A request in its commit defers the round; its answer lets the round run then,
+        # not at the next look.
+        secret = (await register(client, tenant_id))["shopify"]
+        writer = deps_of(runtime).writer
+        async with database(stack) as engine, engine.connect() as other:
+            await other.execute(text("LOCK TABLE ingest.deliveries IN EXCLUSIVE MODE"))
+            posted = asyncio.create_task(post_order(client, tenant_id, secret, 1))
+            for _ in range(1000):  # until it waits for its commit
+                if writer.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            # The request waits for its commit all through the deferral: a burst.
+            assert await _pace(runtime, 0.2) is Pace.BURST
+            deferral = asyncio.create_task(_pace(runtime, 30.0))
+            await asyncio.sleep(0.1)
+            assert not deferral.done()
+            await other.rollback()  # the table free: the request commits
+            assert (await posted).status_code == 200
+            # Over well before its 30 s: it ended with the commit, not at a deadline.
+            assert await asyncio.wait_for(deferral, 5.0) is not Pace.BURST
+        assert writer.waiting == 0
 
 
 class TestOverload:

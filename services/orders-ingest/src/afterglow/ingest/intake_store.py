@@ -98,32 +98,39 @@ async def redact_tenant_deliveries(session: AsyncSession, tenant_id: str, keep: 
 # --- applying stored deliveries (the processing worker, :mod:`afterglow.ingest.processing`)
 
 
-async def try_lock_applier(session: AsyncSession, key: int) -> bool:
-    """Whether this transaction took the advisory lock ``key`` (released at its end)."""
-    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(key))))
+# The applier's lock and its claim in one round trip: the lock is tried once (a
+# volatile function in a CTE is evaluated once), and the claim runs only if it was
+# taken. One row with ``applier`` false and no delivery: another process applies.
+_CLAIM_AS_APPLIER = text(
+    """
+    WITH lock AS (SELECT pg_try_advisory_xact_lock(:key) AS applier)
+    SELECT lock.applier, d.id, d.tenant_id, d.platform, d.topic, d.dedupe_key, d.body,
+        d.received_at, d.traceparent
+    FROM lock LEFT JOIN LATERAL (
+        SELECT id, tenant_id, platform, topic, dedupe_key, body, received_at, traceparent
+        FROM ingest.deliveries
+        WHERE lock.applier AND status = :status
+        ORDER BY received_at, id
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ) AS d ON true
+    """
+)
 
 
-async def lock_oldest_in_status(session: AsyncSession, status: str, batch: int) -> list[Row[Any]]:
+async def claim_as_applier(
+    session: AsyncSession, key: int, status: str, batch: int
+) -> list[Row[Any]] | None:
     """(id, tenant_id, platform, topic, dedupe_key, body, received_at, traceparent) of
-    up to ``batch`` deliveries in ``status``, oldest first, locked; rows another
-    transaction holds are skipped."""
-    rows = await session.execute(
-        select(
-            Delivery.id,
-            Delivery.tenant_id,
-            Delivery.platform,
-            Delivery.topic,
-            Delivery.dedupe_key,
-            Delivery.body,
-            Delivery.received_at,
-            Delivery.traceparent,
-        )
-        .where(Delivery.status == status)
-        .order_by(Delivery.received_at, Delivery.id)
-        .limit(batch)
-        .with_for_update(skip_locked=True)
-    )
-    return list(rows.all())  # type: ignore[arg-type]
+    up to ``batch`` deliveries in ``status``, oldest first, locked (rows another
+    transaction holds are skipped), once the transaction took the advisory lock
+    ``key`` (released at its end); None when another transaction holds it."""
+    rows = (
+        await session.execute(_CLAIM_AS_APPLIER, {"key": key, "status": status, "batch": batch})
+    ).all()
+    if not rows[0].applier:
+        return None
+    return [r for r in rows if r.id is not None]
 
 
 async def set_delivery_status(
