@@ -12,8 +12,9 @@ timers, a peer) measured in the same run.
 * cost per timer with 10,000 and 200,000 pending timers in the table (the rest due in
   ten years): the claim must not slow down as the table grows.
 * events/s: M order.placed events (M customers) published to the broker; the clock
-  stops when M instances exist. Floor: a bare aiokafka consumer reading the same M
-  records from the topic.
+  stops when M instances exist. Floor: a bare aiokafka consumer, in a process of its
+  own once the instance is idle, reading the same M records from the topic: the
+  median of several passes (see :func:`consumer_floor`).
 * peak RSS of the process (the instance and this driver).
 
     uv run --group bench python bench/journeys/run.py [--timers 3000] [--events 3000]
