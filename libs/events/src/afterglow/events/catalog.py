@@ -70,6 +70,19 @@ class CleanText(BaseModel):
         return value
 
 
+def is_clean(*values: Any) -> bool:
+    """Whether every value passes what :class:`CleanText` checks of a field (strings
+    without control characters, instants within EARLIEST..LATEST): for a producer that
+    builds a model without validating it (``model_construct``) from values it made
+    itself, save these, which came from elsewhere."""
+    try:
+        for value in values:
+            _check_item(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_item(item: Any) -> None:
     if isinstance(item, str):
         if _CONTROL.search(item):

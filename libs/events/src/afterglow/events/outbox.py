@@ -32,14 +32,16 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerFenced,
 )
+from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 from sqlalchemy import Table, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from afterglow.events import tracing
 from afterglow.events.batch import unnest_insert
 from afterglow.events.envelope import CloudEvent, body_bytes, header_texts
+from afterglow.events.kafka import KeyPartitioner
 from afterglow.events.listen import Listener
 from afterglow.events.shutdown import stop_within
 from afterglow.events.tables import OUTBOX_SHARDS, EventTables, notify_channel
@@ -166,6 +168,9 @@ class OutboxRelay:
         # Builds and starts a producer to replace one whose state the broker refuses.
         self._renew_producer = renew_producer
         self._batch_size = batch_size
+        # The producers' own partitioning (build_producer), applied here because the
+        # relay hands the producer whole batches for a partition it names.
+        self._partitioner = KeyPartitioner()
         self._poll_interval = poll_interval_s
         self._send_timeout = send_timeout_s
         self._max_backoff = max_backoff_s
@@ -196,7 +201,10 @@ class OutboxRelay:
         # sorted every unsent row, so a claim cost grew with the backlog (72 ms per
         # claim, half of PostgreSQL's CPU while a million timers fired).
         self._claim_rows = text(
-            f"SELECT o.id, o.topic, o.key, o.headers, o.value FROM {t} o "  # noqa: S608
+            # The headers as text, parsed by pydantic-core in _publish: the driver's
+            # jsonb codec (the stdlib's json.loads) had 25 samples to the relay's 185.
+            f"SELECT o.id, o.topic, o.key, CAST(o.headers AS text) AS headers, o.value"  # noqa: S608
+            f" FROM {t} o "
             # ARRAY(...): the ids are looked up by primary key; as ``IN (SELECT ...)``
             # the planner could hash-join them against every unsent row.
             "WHERE o.sent_at IS NULL AND o.id = ANY(ARRAY("
@@ -260,20 +268,43 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Iterable[Any]) -> None:
+        """Send the claimed rows as record batches, one per partition (more when one
+        fills up), and wait for the broker to acknowledge every batch.
+
+        A key's rows go to its partition (the partitioner every producer uses) in id
+        order, and a partition's batches are queued in order, so a key's events keep
+        their order. One ``send`` per row cost more than the rest of the relay: ~42%
+        of its samples, each record through the producer's accumulator with a future of
+        its own; a batch is built by aiokafka's compiled record builder and has one."""
+        producer = self._producer
+        partitions: dict[str, list[int]] = {}
+        batches: dict[tuple[str, int], BatchBuilder] = {}
         futures = []
         spans = []
         traced = tracing.enabled()
         for row in rows:
-            headers = [(k, v.encode()) for k, v in row.headers]
+            headers = [(k, v.encode()) for k, v in from_json(row.headers)]
             if traced:
                 # A span per send, child of the row's trace; the header names it.
                 span, headers = tracing.publishing(row.topic, headers)
                 spans.append(span)
-            futures.append(
-                await self._producer.send(
-                    row.topic, value=row.value, key=row.key.encode(), headers=headers
-                )
-            )
+            key = row.key.encode()
+            parts = partitions.get(row.topic)
+            if parts is None:
+                parts = partitions[row.topic] = sorted(await producer.partitions_for(row.topic))
+            tp = (row.topic, self._partitioner(key, parts, parts))
+            batch = batches.get(tp)
+            if batch is None:
+                batch = batches[tp] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=row.value, headers=headers) is None:
+                # Full: it goes now, and the row opens the partition's next batch (a
+                # batch's first record always fits, whatever its size).
+                futures.append(await producer.send_batch(batch, tp[0], partition=tp[1]))
+                batch = batches[tp] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=row.value, headers=headers)
+        for (topic, partition), batch in batches.items():
+            batch.close()  # complete: the sender need not linger for more records
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         try:
             # Every send has a deadline: a dead broker must not hold the shard locks
             # forever. asyncio.timeout, not wait_for: see afterglow.events.shutdown.

@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
 from afterglow.events.batch import write_params, writes_in_one_statement
+from afterglow.events.context import current_traceparent
 from afterglow.events.tracing import current
 from afterglow.journeys import engine as d
 from afterglow.journeys.models import (
@@ -814,7 +815,7 @@ class Changes:
                 )
                 self.events.append(
                     _event(
-                        c.JourneyStageChanged(
+                        _stage_changed(
                             instance_id=s.id,
                             journey=s.journey,
                             version=s.version,
@@ -1004,16 +1005,39 @@ class Writer:
 # --- the events a step emits -------------------------------------------------------------
 
 
+def _stage_changed(**fields: Any) -> c.JourneyStageChanged:
+    """The event of a transition, validated once: the engine's own values (the
+    instance's UUIDv5, the journey's and stages' names, which the definition's patterns
+    allow, its version) are not validated again (``model_construct``; the constructor
+    was ~4% of the engine consumer's apply). The values that came from outside are
+    checked as the model would check them: the cause (a consumed event's id, whose
+    envelope does not refuse control characters, or a timer's), the instant (a
+    consumed event's time) and the order id. One that fails goes through the
+    validating constructor, which refuses it as it always did."""
+    if c.is_clean(fields["cause"], fields["changed_at"], fields["order_id"]):
+        return c.JourneyStageChanged.model_construct(**fields)
+    return c.JourneyStageChanged(**fields)
+
+
 def _event(
     data: Any, tenant: str, customer: str, now: datetime, parts: tuple[str, ...]
 ) -> CloudEvent[Any]:
-    return CloudEvent.new(
-        data,
-        tenant_id=tenant,
-        subject=customer,
-        source=SOURCE,
+    """The envelope of an event a step emits, built without validating it again
+    (``model_construct``; CloudEvent.new validated each attribute, ~4% of the engine
+    consumer's apply for two or three events per order.placed). Every attribute is
+    valid already: the tenant and the customer are those of the consumed event (its
+    envelope passed the same validators when it was parsed) or of a row written from
+    one, the id is a UUIDv5, the source ours, the time the clock's (aware), and
+    ``data`` a catalog model its constructor validated."""
+    return CloudEvent.model_construct(
         id=derived_event_id(SOURCE, tenant, *parts),
+        source=SOURCE,
+        type=data.type,
         time=now,
+        subject=customer,
+        tenantid=tenant,
+        traceparent=current_traceparent.get(),
+        data=data,
     )
 
 
