@@ -23,7 +23,6 @@ from afterglow.ingest.processing import (
     APPLIER_LOCK,
     QUIET_S,
     Pace,
-    _answers_first,
     _pace,
     _round_size,
 )
@@ -147,12 +146,14 @@ class TestAnswersFirst:
         writer = deps_of(runtime).writer
         writer.last_arrival = asyncio.get_running_loop().time()
         assert writer.waiting == 0
-        assert await _answers_first(runtime, 0.5) is True
+        # A steady load, not a quiet moment: the round is sized to what arrived
+        # (TestRoundsKeepUp), not a full one.
+        assert await _pace(runtime, 0.5) is Pace.STEADY
 
     async def test_once_the_webhooks_stop_a_round_is_full(self, runtime):
         writer = deps_of(runtime).writer
         writer.last_arrival = asyncio.get_running_loop().time() - 10 * QUIET_S
-        assert await _answers_first(runtime, 0.5) is False
+        assert await _pace(runtime, 0.5) is Pace.QUIET
 
 
 class TestRoundsKeepUp:

@@ -140,12 +140,6 @@ async def _pace(runtime: Runtime, max_defer_s: float) -> Pace:
     return Pace.STEADY if writer.arrived_within(QUIET_S) else Pace.QUIET
 
 
-async def _answers_first(runtime: Runtime, max_defer_s: float) -> bool:
-    """Whether webhooks still wait or keep arriving once the round's deferral is
-    over (:func:`_pace` is not quiet): the round is then not a full one."""
-    return await _pace(runtime, max_defer_s) is not Pace.QUIET
-
-
 async def process_received(runtime: Runtime, size: int) -> int:
     """One round: claim up to ``size`` received deliveries and apply them in one
     transaction. Returns how many were claimed, or ``BUSY``."""
