@@ -168,6 +168,7 @@ class Phase:
     latencies_ms: list[float]
     welcome_times: list[float]  # the receiver's clock, sorted
     sending_ended: float  # when wrk returned
+    paced: bool  # a steady offered rate (not a burst, which wrk sends once, then idles)
     cpu_ms_per_order: dict[str, float]  # net of what each process burns idle
     hops: list[tuple[str, list[float]]]
 
@@ -281,6 +282,7 @@ async def run_phase(
         latencies_ms=sorted((seen[c] - stored[c]) * 1000 for c in seen),
         welcome_times=sorted(seen.values()),
         sending_ended=sending_ended,
+        paced=rate > 0,
         cpu_ms_per_order={
             who: (cpu1.get(who, 0.0) - cpu0.get(who, 0.0) - idle.get(who, 0.0) * seconds)
             * 1000
@@ -394,11 +396,12 @@ def print_phase(p: Phase, floor_rate: float) -> None:
             else ""
         )
     )
-    print(
-        f"  {'':<22} while loaded {p.in_load_rate:6.1f} welcomes/s "
-        f"(from {SETTLE_S:.0f} s after the first request to the last)  "
-        f"drained {p.drain_s:5.1f} s after the last request"
-    )
+    if p.paced:
+        print(
+            f"  {'':<22} while loaded {p.in_load_rate:6.1f} welcomes/s "
+            f"(from {SETTLE_S:.0f} s after the first request to the last)  "
+            f"drained {p.drain_s:5.1f} s after the last request"
+        )
     # The senders' side: how long a webhook waited for its answer (a 2xx means stored).
     print(
         f"  {'':<22} answer latency  p50 {p.load.p50_ms:8.0f} ms  p99 {p.load.p99_ms:8.0f} ms  "
@@ -509,11 +512,7 @@ async def story(
             best = max((q.end_to_end_rate for q in phases), default=0.0)
             # Sustained: the best paced phase the stack kept up with (drained within
             # KEPT_UP_DRAIN_S of its last request), at the rate it held while loaded.
-            held = [
-                q.in_load_rate
-                for q in phases
-                if q.label.startswith("steady") and q.drain_s <= KEPT_UP_DRAIN_S
-            ]
+            held = [q.in_load_rate for q in phases if q.paced and q.drain_s <= KEPT_UP_DRAIN_S]
             sustained = max(held, default=0.0)
             print(
                 f"  end to end (best phase, drain included): {best:.1f} orders/s "
