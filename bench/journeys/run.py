@@ -364,6 +364,29 @@ async def publish_orders(kafka: KafkaConfig, tenant: str, n: int, placed_at: dat
         await producer.stop()
 
 
+async def spawn_child(
+    flag: str, kafka: KafkaConfig, spec: dict[str, Any], **pipes: Any
+) -> asyncio.subprocess.Process:
+    """This script again as a child (``flag``: ``--publish-child`` or ``--floor-child``),
+    given the broker and ``spec`` as JSON (read back by :func:`child_args`); its stdout
+    is a pipe."""
+    kafka_spec = {"bootstrap": kafka.bootstrap_servers, "idempotence": kafka.enable_idempotence}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        flag,
+        to_json(kafka_spec | spec).decode(),
+        stdout=asyncio.subprocess.PIPE,
+        **pipes,
+    )
+
+
+def child_args(spec: str) -> tuple[dict[str, Any], KafkaConfig]:
+    """A child's spec (:func:`spawn_child`) and the broker it names."""
+    args = json.loads(spec)
+    return args, KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
+
+
 async def events_rate(
     rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig
 ) -> tuple[float, float]:
@@ -381,21 +404,11 @@ async def events_rate(
     inst_q = (
         select(func.count()).select_from(JourneyInstance).where(JourneyInstance.tenant_id == tenant)
     )
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
+    child = await spawn_child(
         "--publish-child",
-        to_json(
-            {
-                "bootstrap": kafka.bootstrap_servers,
-                "idempotence": kafka.enable_idempotence,
-                "tenant": tenant,
-                "n": n,
-                "placed_at": clock.now().isoformat(),
-            }
-        ).decode(),
+        kafka,
+        {"tenant": tenant, "n": n, "placed_at": clock.now().isoformat()},
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
     )
     assert child.stdin is not None and child.stdout is not None
     try:
@@ -417,8 +430,7 @@ async def events_rate(
 
 def publish_child(spec: str) -> None:
     """Entry point of the publishing child (``--publish-child JSON``)."""
-    args = json.loads(spec)
-    kafka = KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
+    args, kafka = child_args(spec)
     placed_at = datetime.fromisoformat(args["placed_at"])
     asyncio.run(publish_orders(kafka, args["tenant"], args["n"], placed_at))
 
@@ -469,8 +481,7 @@ async def floor_passes(kafka: KafkaConfig, n: int, passes: int) -> list[float]:
 
 def floor_child(spec: str) -> None:
     """Entry point of the floor's child (``--floor-child JSON``): prints its rates."""
-    args = json.loads(spec)
-    kafka = KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
+    args, kafka = child_args(spec)
     rates = asyncio.run(floor_passes(kafka, args["n"], args["passes"]))
     print(json.dumps(rates), flush=True)
 
@@ -489,19 +500,7 @@ async def consumer_floor(rt: Runtime, kafka: KafkaConfig, n: int) -> list[float]
         " WHERE sent_at IS NULL"
     )
     await eventually(lambda: count(rt, unsent), lambda v: v == 0, timeout=120, interval=0.05)
-    spec = {
-        "bootstrap": kafka.bootstrap_servers,
-        "idempotence": kafka.enable_idempotence,
-        "n": n,
-        "passes": FLOOR_PASSES,
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--floor-child",
-        to_json(spec).decode(),
-        stdout=asyncio.subprocess.PIPE,
-    )
+    child = await spawn_child("--floor-child", kafka, {"n": n, "passes": FLOOR_PASSES})
     out, _ = await child.communicate()
     if child.returncode != 0:
         raise RuntimeError(f"the floor's child failed ({child.returncode})")
