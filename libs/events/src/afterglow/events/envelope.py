@@ -95,6 +95,7 @@ class CloudEvent(BaseModel, Generic[D]):
         id: str | None = None,
         time: datetime | None = None,
         traceparent: str | None = None,
+        valid: bool = False,
     ) -> CloudEvent[D]:
         """Build an event. Pass ``id`` when the cause has a stable id of its own (a
         webhook delivery, an inbound event), so that a retried cause yields the same id
@@ -102,55 +103,29 @@ class CloudEvent(BaseModel, Generic[D]):
 
         ``traceparent`` defaults to that of the work in progress (the request, event or
         timer being handled: :mod:`afterglow.events.tracing`), so every event a cause
-        leads to joins its trace without each call site passing it on."""
+        leads to joins its trace without each call site passing it on.
+
+        ``valid``: every attribute is valid already, so they are not validated again
+        (``model_construct``): the tenant and subject those of a parsed event (its
+        envelope passed the same validators) or of a row written from one, the id
+        derived or random, the time aware, and ``data`` a catalog model its
+        constructor validated. The journey engine emits two or three events per
+        order.placed, and validating them was ~4% of its consumer's apply."""
+        attributes: dict[str, Any] = {
+            "id": id or str(uuid.uuid4()),
+            "source": source,
+            "type": data.type,
+            "time": time or datetime.now(UTC),
+            "subject": subject,
+            "tenantid": tenant_id,
+            "traceparent": current_traceparent.get() if traceparent is None else traceparent,
+            "data": data,
+        }
         # CloudEvent itself (what CloudEvent[D] resolves to, through a lookup in
         # pydantic's cache of generic classes on every call).
-        return CloudEvent(**_attributes(data, tenant_id, subject, source, id, time, traceparent))
-
-    @classmethod
-    def of_valid(
-        cls,
-        data: D,
-        *,
-        tenant_id: str,
-        subject: str,
-        source: str,
-        id: str | None = None,
-        time: datetime | None = None,
-        traceparent: str | None = None,
-    ) -> CloudEvent[D]:
-        """As :meth:`new`, without validating the attributes again
-        (``model_construct``), for a producer whose every attribute is valid already:
-        its tenant and subject those of a parsed event (its envelope passed the same
-        validators) or of a row written from one, its id derived or random, its time
-        aware, and ``data`` a catalog model its constructor validated. The journey
-        engine emits two or three events per order.placed, and ``new``'s validation was
-        ~4% of its consumer's apply."""
-        return CloudEvent.model_construct(
-            **_attributes(data, tenant_id, subject, source, id, time, traceparent)
-        )
-
-
-def _attributes(
-    data: Any,
-    tenant_id: str,
-    subject: str,
-    source: str,
-    id: str | None,
-    time: datetime | None,
-    traceparent: str | None,
-) -> dict[str, Any]:
-    """The attributes of a new event (:meth:`CloudEvent.new`)."""
-    return {
-        "id": id or str(uuid.uuid4()),
-        "source": source,
-        "type": data.type,
-        "time": time or datetime.now(UTC),
-        "subject": subject,
-        "tenantid": tenant_id,
-        "traceparent": current_traceparent.get() if traceparent is None else traceparent,
-        "data": data,
-    }
+        if valid:
+            return CloudEvent.model_construct(**attributes)
+        return CloudEvent(**attributes)
 
 
 # The class every parsed event is an instance of, resolved once: ``CloudEvent[...]``

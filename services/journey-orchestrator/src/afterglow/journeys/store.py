@@ -1025,13 +1025,14 @@ def _event(
     customer are those of the consumed event or of a row written from one, the id a
     UUIDv5, the time the clock's (aware), and ``data`` a catalog model its constructor
     validated (or :func:`_stage_changed` checked)."""
-    return CloudEvent.of_valid(
+    return CloudEvent.new(
         data,
         tenant_id=tenant,
         subject=customer,
         source=SOURCE,
         id=derived_event_id(SOURCE, tenant, *parts),
         time=now,
+        valid=True,
     )
 
 
