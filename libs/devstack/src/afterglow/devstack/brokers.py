@@ -167,9 +167,14 @@ class ApacheKafkaBroker:
 
 
 def _kafka_cluster_id() -> str:
+    """A random id as Kafka's own ``Uuid.randomUuid`` makes one: never starting with
+    '-', which the storage tool's command line reads as an option (format then fails,
+    one run in 64)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))[0] == "-":
+        pass
+    return cid
 
 
 _LOG4J = """Configuration:
