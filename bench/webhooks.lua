@@ -4,8 +4,9 @@
 -- wrk's Lua has no HMAC, so wrkload.py pre-signs a pool of bodies and writes one file per
 -- thread (WRK_POOL-<thread>.tsv: webhook id, signature, body per line); a thread
 -- walks its own file, so no id is sent twice unless the pool runs out (counted as
--- "wrapped": the bench then says so). WRK_ONCE=1 stops a thread once its file is sent
--- (a burst of exactly the pool's size). WRK_RATE > 0 paces the thread at its share of
+-- "wrapped": the bench then says so). WRK_ONCE=1 sends a thread's file once: past its
+-- last line a connection waits instead of sending (delay()), and the thread stops
+-- once every line is answered (a burst of exactly the pool's size). WRK_RATE > 0 paces the thread at its share of
 -- that rate (requests/s) through the delay() hook instead of sending as fast as the
 -- connections allow. done() writes the status counts, wrk's latency percentiles and
 -- the delivery ids answered 2xx to WRK_OUT (JSON) and WRK_OUT.ids.
@@ -30,7 +31,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local pool, n, i = {}, 0, 0
+local pool, n, i, answered = {}, 0, 0, 0
 statuses, ids, wrapped = {}, {}, 0
 local interval, next_at
 local once = os.getenv("WRK_ONCE") == "1"
@@ -67,7 +68,14 @@ function request()
   return pool[i]
 end
 
+-- Longer than any run: a connection that would send past the pool's end in once mode
+-- waits instead; the thread stops before it would wake.
+local PARKED_MS = 3600 * 1000
+
 function delay()
+  if once and i >= n then
+    return PARKED_MS
+  end
   if not interval then
     return 0
   end
@@ -85,7 +93,11 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
-  if once and i >= n then
+  answered = answered + 1
+  -- Stopping at the first answer after the last line was sent (as before) dropped the
+  -- requests still in flight on the thread's other connections: a burst of 1,000
+  -- stored 999.
+  if once and answered >= n then
     wrk.thread:stop()
   end
   if status >= 200 and status < 300 and body then

@@ -198,8 +198,9 @@ def wrk(
     once: bool = False,
 ) -> WrkResult:
     """Run wrk against ``url``/webhooks/shopify with the pool's bodies; ``rate`` > 0
-    paces it (requests/s over all threads); ``once`` stops each thread when its share
-    of the pool is sent (``duration`` is then an upper bound)."""
+    paces it (requests/s over all threads); ``once`` sends each thread's share of the pool
+    once and stops the thread when all of it is answered (``duration`` is then an
+    upper bound)."""
     out = workdir / f"wrk-{uuid.uuid4().hex[:6]}.json"
     env = {
         **os.environ,
