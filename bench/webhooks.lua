@@ -59,7 +59,16 @@ function init(args)
   end
 end
 
+-- wrk calls request() once on thread 0 before it opens any connection, to check the
+-- request it returns (script_verify_request in wrk 4.1); that call sends nothing, so
+-- it must not use up a line: in once mode the line was never sent.
+local verified = false
+
 function request()
+  if id == 0 and not verified then
+    verified = true
+    return pool[1]
+  end
   i = i + 1
   if i > n then
     i = 1
