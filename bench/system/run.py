@@ -179,14 +179,15 @@ class Phase:
         return self.welcomed / max(self.last_welcome - self.started, 1e-9)
 
     @property
-    def in_load_rate(self) -> float:
+    def in_load_rate(self) -> float | None:
         """Welcomes received per second while the load ran, from ``SETTLE_S`` after its
         first request to its last: the rate the stack holds in its steady state. The
         end-to-end rate above also counts the last order's own latency (the drain), so a
-        stack that keeps up with 200/s for 20 s reads ~190/s there."""
+        stack that keeps up with 200/s for 20 s reads ~190/s there. None for a phase
+        too short to have a steady state (under ``SETTLE_S`` + 1 s)."""
         lo, hi = self.started + SETTLE_S, self.sending_ended
         if hi - lo < 1.0:
-            return 0.0
+            return None
         times = self.welcome_times
         return (bisect.bisect_right(times, hi) - bisect.bisect_left(times, lo)) / (hi - lo)
 
@@ -397,8 +398,9 @@ def print_phase(p: Phase, floor_rate: float) -> None:
         )
     )
     if p.paced:
+        held = "   n/a" if p.in_load_rate is None else f"{p.in_load_rate:6.1f}"
         print(
-            f"  {'':<22} while loaded {p.in_load_rate:6.1f} welcomes/s "
+            f"  {'':<22} while loaded {held} welcomes/s "
             f"(from {SETTLE_S:.0f} s after the first request to the last)  "
             f"drained {p.drain_s:5.1f} s after the last request"
         )
@@ -512,15 +514,19 @@ async def story(
             best = max((q.end_to_end_rate for q in phases), default=0.0)
             # Sustained: the best paced phase the stack kept up with (drained within
             # KEPT_UP_DRAIN_S of its last request), at the rate it held while loaded.
-            held = [q.in_load_rate for q in phases if q.paced and q.drain_s <= KEPT_UP_DRAIN_S]
-            sustained = max(held, default=0.0)
+            held = [
+                r
+                for q in phases
+                if q.paced and q.drain_s <= KEPT_UP_DRAIN_S and (r := q.in_load_rate) is not None
+            ]
+            sustained = f"{max(held):.1f} orders/s" if held else "n/a (no phase long enough)"
             print(
                 f"  end to end (best phase, drain included): {best:.1f} orders/s "
                 f"({best / fl.rate:.4f} of the floor's {fl.rate:.0f}/s)"
             )
             print(
                 f"  sustained (best steady phase drained within {KEPT_UP_DRAIN_S:.0f} s, "
-                f"welcomes/s while loaded): {sustained:.1f} orders/s; target >= 200/s; "
+                f"welcomes/s while loaded): {sustained}; target >= 200/s; "
                 f"welcome p99 at 50/s target < 1,000 ms; burst target <= 15 s"
             )
 
