@@ -6,9 +6,9 @@
 -- walks its own file, so no id is sent twice unless the pool runs out (counted as
 -- "wrapped": the bench then says so). WRK_ONCE=1 sends a thread's file once: past its
 -- last line a connection waits instead of sending (delay()), and the thread stops
--- once every line is answered (a burst of exactly the pool's size). WRK_RATE > 0 paces the thread at its share of
--- that rate (requests/s) through the delay() hook instead of sending as fast as the
--- connections allow. done() writes the status counts, wrk's latency percentiles and
+-- once every line is answered (a burst of exactly the pool's size). WRK_RATE > 0
+-- paces the thread at its share of that rate (requests/s) through the delay() hook
+-- instead of sending as fast as the connections allow. done() writes the status counts, wrk's latency percentiles and
 -- the delivery ids answered 2xx to WRK_OUT (JSON) and WRK_OUT.ids.
 
 local ffi = require("ffi")
