@@ -169,22 +169,26 @@ async def pending_count(rt: Runtime) -> int:
 
 
 @dataclass(frozen=True)
-class Fired:
-    """One measurement of the timer loop: wall time and CPU, this process's and
-    PostgreSQL's (every backend: the timer rounds', the relay's, this driver's polls)."""
+class Window:
+    """One measured window (timers fired, events applied): n items, the wall time and
+    the CPU, this process's (the instance and this driver's polls) and PostgreSQL's
+    (every backend: the engine's, the relay's, this driver's polls)."""
 
     n: int
     seconds: float
     python_cpu_s: float
     postgres_cpu_s: float
+    # Every process on the machine (broker, publisher, other load), in cores; so a
+    # window held back by a full machine reads as such. Measured for events only.
+    busy_cores: float | None = None
 
     @property
     def rate(self) -> float:
         return self.n / self.seconds
 
-    def cpu_per_timer(self) -> str:
+    def cpu_per(self, item: str) -> str:
         return (
-            f"CPU per timer: this process {self.python_cpu_s / self.n * 1e6:.0f} us,"
+            f"CPU per {item}: this process {self.python_cpu_s / self.n * 1e6:.0f} us,"
             f" PostgreSQL {self.postgres_cpu_s / self.n * 1e6:.0f} us"
         )
 
@@ -228,7 +232,7 @@ def fired_total() -> float:
     return float(TIMERS_FIRED._value.get())  # in-process counter: no query per poll
 
 
-async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> Fired:
+async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> Window:
     """Seed n waiting customers, move the clock past their check-in, and measure the
     instance's timer loop firing all n."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
@@ -258,7 +262,7 @@ async def fire_all(rt: Runtime, clock: ManualClock, n: int) -> Fired:
     stepped = await count(rt, stepped_q)
     if stepped < n:
         raise RuntimeError(f"{n} timers fired but {stepped} instances stepped")
-    return Fired(n, seconds, py1 - py0, pg1 - pg0)
+    return Window(n, seconds, py1 - py0, pg1 - pg0)
 
 
 async def timers_floor(rt: Runtime, n: int, batch: int) -> float:
@@ -387,23 +391,13 @@ def child_args(spec: str) -> tuple[dict[str, Any], KafkaConfig]:
     return args, KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
 
 
-@dataclass(frozen=True)
-class EventsWindow:
-    """The events phase's window: its rate and what it cost, on the whole machine."""
-
-    rate: float
-    python_cpu_s: float  # the instance and this driver's polls
-    postgres_cpu_s: float
-    busy_cores: float  # every process on the machine (broker, publisher, other load)
-
-
 def machine_busy_s() -> float:
     """CPU seconds spent by every core so far, idle and iowait left out (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
 
 
-async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> EventsWindow:
+async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> Window:
     """Events/s from publishing to the last instance row, and the CPU spent over that
     window: by this process (the instance and this driver's polls), by PostgreSQL, and
     by the whole machine (so a window held back by a full machine reads as such).
@@ -438,7 +432,7 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
         pg, busy = await postgres_cpu_s(rt) - pg0, machine_busy_s() - busy0
         if (await child.stdout.readline()).strip() != b"sent":
             raise RuntimeError("the publishing child did not send every record")
-        return EventsWindow(n / seconds, cpu, pg, busy / seconds)
+        return Window(n, seconds, cpu, pg, busy / seconds)
     finally:
         if child.returncode is None:
             child.kill()
@@ -573,7 +567,7 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
             fired = await fire_all(rt, clock, args.customers)
             print(f"customers: {args.customers} check-in timers fired by one instance")
             print(f"  wall time   {fired.seconds:8.1f} s  ({fired.rate:.0f} timers/s)")
-            print(f"  {fired.cpu_per_timer()}")
+            print(f"  {fired.cpu_per('timer')}")
             print(f"  peak RSS    {peak_rss_mb():8.0f} MiB")
             return
 
@@ -589,7 +583,7 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
         print(f"  engine      {rate:8.0f} timers/s")
         print(f"  floor       {floor:8.0f} timers/s  (claim SKIP LOCKED + mark fired, no engine)")
         print(f"  ratio engine/floor: {rate / floor:.4f}")
-        print(f"  {fired.cpu_per_timer()}")
+        print(f"  {fired.cpu_per('timer')}")
         if peer is None:
             print("  peer        (skipped, or procrastinate not installed: --group bench)")
         else:
@@ -606,7 +600,7 @@ async def bench(args: argparse.Namespace, database_url: str, kafka: KafkaConfig)
             have = await pending_count(rt)
             print(
                 f"  cost per timer with {have:>7} pending: {fired.seconds / k * 1e6:8.0f} us"
-                f" ({k} fired; {fired.cpu_per_timer()})"
+                f" ({k} fired; {fired.cpu_per('timer')})"
             )
 
         await events_phase(rt, clock, args, kafka)
@@ -616,23 +610,20 @@ async def events_phase(
     rt: Runtime, clock: ManualClock, args: argparse.Namespace, kafka: KafkaConfig
 ) -> None:
     if args.events > 0:
+        # CPU per event is printed too: steadier than the rate on a shared machine.
         w = await events_rate(rt, clock, args.events, kafka)
-        ev_rate = w.rate
-        # CPU per event: steadier than the rate on a shared machine.
-        cpu_us = w.python_cpu_s / args.events * 1e6
-        pg_us = w.postgres_cpu_s / args.events * 1e6
         passes = sorted(await consumer_floor(rt, kafka, args.events))
         raw_rate = passes[len(passes) // 2]
         print(f"events: {args.events} order.placed consumed by one instance (publish to rows)")
         print(
-            f"  engine      {ev_rate:8.0f} events/s  (CPU per event: this process {cpu_us:.0f} us,"
-            f" PostgreSQL {pg_us:.0f} us; {w.busy_cores:.2f} of {os.cpu_count()} cores busy)"
+            f"  engine      {w.rate:8.0f} events/s  ({w.cpu_per('event')};"
+            f" {w.busy_cores:.2f} of {os.cpu_count()} cores busy)"
         )
         print(
             f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic: median"
             f" of {len(passes)} passes, {passes[0]:.0f} to {passes[-1]:.0f})"
         )
-        print(f"  ratio engine/floor: {ev_rate / raw_rate:.4f}")
+        print(f"  ratio engine/floor: {w.rate / raw_rate:.4f}")
     print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
 
 
