@@ -41,9 +41,18 @@ class ServiceSettings(BaseSettings):
     db_writer_pool_size: int = Field(default=4, ge=1)
     consumer_retry_attempts: int = 5
     consumer_retry_base_delay_s: float = 0.2
-    # Records per poll over all partitions; the records of one partition are applied in
-    # one transaction, so this bounds a transaction's size and the locks it holds.
-    consumer_max_records: int = Field(default=500, ge=1, le=10_000)
+    # Records per poll over all partitions. aiokafka fills a poll from one partition's
+    # fetched records before the next partition's, so a poll of 500 out of a backlog
+    # held one or two partitions: their transactions ran one or two at a time (however
+    # many consumer_parallel_partitions allows) and the process waited on PostgreSQL
+    # between them. A poll of 4,000 spans most partitions. A transaction holds one
+    # partition's share of a poll, at most one fetch of it (max_partition_fetch_bytes;
+    # 768 records at most in the journeys bench's polls), unless the poll is coalesced
+    # (consumer_coalesce_records). From a backlog, 500 -> 4,000: journeys order.placed
+    # 2,784-3,060 -> 3,201-3,660/s (15,000 events, three runs each); loyalty 2,452 and
+    # 2,283 -> 2,944 and 2,449/s; feedback 5,759 and 5,536 -> 7,070 and 6,449/s;
+    # referrals 3,279 and 2,216 -> 2,304 and 2,342/s (2,000 events: within its noise).
+    consumer_max_records: int = Field(default=4_000, ge=1, le=10_000)
     # Partitions of one poll a consumer applies at once (each a transaction on its own
     # pooled connection): keep it well under db_pool_size, which every consumer, worker
     # and request of the process shares.
