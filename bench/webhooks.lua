@@ -8,8 +8,9 @@
 -- last line a connection waits instead of sending (delay()), and the thread stops
 -- once every line is answered (a burst of exactly the pool's size). WRK_RATE > 0
 -- paces the thread at its share of that rate (requests/s) through the delay() hook
--- instead of sending as fast as the connections allow. done() writes the status counts, wrk's latency percentiles and
--- the delivery ids answered 2xx to WRK_OUT (JSON) and WRK_OUT.ids.
+-- instead of sending as fast as the connections allow. done() writes the status
+-- counts, wrk's latency percentiles and the delivery ids answered 2xx to WRK_OUT
+-- (JSON) and WRK_OUT.ids.
 
 local ffi = require("ffi")
 ffi.cdef [[

@@ -178,9 +178,10 @@ class Window:
     seconds: float
     python_cpu_s: float
     postgres_cpu_s: float
-    # Every process on the machine (broker, publisher, other load), in cores; so a
-    # window held back by a full machine reads as such. Measured for events only.
-    busy_cores: float | None = None
+    # Every process on the machine (this one, PostgreSQL, the broker, the publisher,
+    # the kernel); so a window held back by a full machine reads as such. Measured for
+    # events only.
+    machine_cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
@@ -199,6 +200,12 @@ def process_cpu_s() -> float:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds spent by every core so far, idle and iowait left out (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
 
 
 def _proc_cpu(stat: str) -> tuple[int, float]:
@@ -391,12 +398,6 @@ def child_args(spec: str) -> tuple[dict[str, Any], KafkaConfig]:
     return args, KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
 
 
-def machine_busy_s() -> float:
-    """CPU seconds spent by every core so far, idle and iowait left out (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
-
-
 async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> Window:
     """Events/s from publishing to the last instance row, and the CPU spent over that
     window: by this process (the instance and this driver's polls), by PostgreSQL, and
@@ -432,7 +433,7 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
         pg, busy = await postgres_cpu_s(rt) - pg0, machine_busy_s() - busy0
         if (await child.stdout.readline()).strip() != b"sent":
             raise RuntimeError("the publishing child did not send every record")
-        return Window(n, seconds, cpu, pg, busy / seconds)
+        return Window(n, seconds, cpu, pg, busy)
     finally:
         if child.returncode is None:
             child.kill()
@@ -612,29 +613,29 @@ async def events_phase(
     if args.events > 0:
         # CPU per event is printed too: steadier than the rate on a shared machine.
         w = await events_rate(rt, clock, args.events, kafka)
+        assert w.machine_cpu_s is not None  # events_rate measures it
+        cores = os.cpu_count() or 1
         passes = sorted(await consumer_floor(rt, kafka, args.events))
         raw_rate = passes[len(passes) // 2]
         print(f"events: {args.events} order.placed consumed by one instance (publish to rows)")
         print(
             f"  engine      {w.rate:8.0f} events/s  ({w.cpu_per('event')};"
-            f" {w.busy_cores:.2f} of {os.cpu_count()} cores busy)"
+            f" {w.machine_cpu_s / w.seconds:.2f} of {cores} cores busy)"
         )
         print(
             f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic: median"
             f" of {len(passes)} passes, {passes[0]:.0f} to {passes[-1]:.0f})"
         )
         print(f"  ratio engine/floor: {w.rate / raw_rate:.4f}")
-        if w.busy_cores is not None:
-            # The machine's CPU per event (this process, PostgreSQL, the broker, the
-            # publishing child, the kernel) bounds the rate on these cores, however
-            # the work is spread over them: the ceiling shows what a ratio needs.
-            machine_s = w.busy_cores * w.seconds / w.n
-            ceiling = (os.cpu_count() or 1) / machine_s
-            print(
-                f"  machine     {machine_s * 1e6:8.0f} us CPU per event, every process:"
-                f" {os.cpu_count()} cores hold at most {ceiling:.0f} events/s at that cost"
-                f" ({ceiling / raw_rate:.4f} of the floor)"
-            )
+        # The machine's CPU per event bounds the rate on these cores, however the work
+        # is spread over them: the ceiling shows what a ratio needs.
+        machine_s = w.machine_cpu_s / w.n
+        ceiling = cores / machine_s
+        print(
+            f"  machine     {machine_s * 1e6:8.0f} us CPU per event, every process:"
+            f" {cores} cores hold at most {ceiling:.0f} events/s at that cost"
+            f" ({ceiling / raw_rate:.4f} of the floor)"
+        )
     print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
 
 

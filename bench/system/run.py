@@ -398,7 +398,8 @@ def print_phase(p: Phase, floor_rate: float) -> None:
         )
     )
     if p.paced:
-        held = "   n/a" if p.in_load_rate is None else f"{p.in_load_rate:6.1f}"
+        in_load = p.in_load_rate
+        held = "   n/a" if in_load is None else f"{in_load:6.1f}"
         print(
             f"  {'':<22} while loaded {held} welcomes/s "
             f"(from {SETTLE_S:.0f} s after the first request to the last)  "
