@@ -24,17 +24,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     TypeAdapter,
     field_validator,
     model_validator,
 )
+from pydantic_core import CoreSchema
 
+from afterglow.events.native_checks import natively
 from afterglow.events.topics import TOPICS_BY_NOUN
 
 # C0 and C1 control characters and DEL; tab, newline and carriage return stay allowed
 # (comments are multi-line). The same rule as afterglow.kit.text, which depends on this
 # package and so cannot be imported here.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The same rule as a whole-string pattern, for pydantic-core's (Rust) regex.
+_ALLOWED_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+_TEXT_ERROR = "must not contain control characters"
 
 
 # Instants an event may carry: a timer or window computed from one (placed + 14 days,
@@ -42,6 +48,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # timestamptz. The same range as afterglow.kit.types (which cannot be imported here).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_INSTANT_ERROR = f"must lie between {EARLIEST.year} and {LATEST.year} (exclusive)"
 
 
 class CleanText(BaseModel):
@@ -69,6 +76,22 @@ class CleanText(BaseModel):
             _check_item(value)
         return value
 
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # The check above, run inside pydantic-core where the field's type allows it
+        # (afterglow.events.native_checks): same refusals, same errors.
+        return natively(
+            handler(source),
+            cls._no_control_characters,
+            allowed_text=_ALLOWED_TEXT,
+            text_error=_TEXT_ERROR,
+            earliest=EARLIEST,
+            latest=LATEST,
+            instant_error=_INSTANT_ERROR,
+        )
+
 
 def is_clean(*values: Any) -> bool:
     """Whether every value passes what :class:`CleanText` checks of a field (strings
@@ -86,9 +109,9 @@ def is_clean(*values: Any) -> bool:
 def _check_item(item: Any) -> None:
     if isinstance(item, str):
         if _CONTROL.search(item):
-            raise ValueError("must not contain control characters")
+            raise ValueError(_TEXT_ERROR)
     elif isinstance(item, datetime) and item.tzinfo and not EARLIEST <= item < LATEST:
-        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year} (exclusive)")
+        raise ValueError(_INSTANT_ERROR)
 
 
 class EventData(CleanText):
