@@ -1009,10 +1009,10 @@ def _stage_changed(**fields: Any) -> c.JourneyStageChanged:
     """The event of a transition, validated once: the engine's own values (the
     instance's UUIDv5, the journey's and stages' names, which the definition's patterns
     allow, its version) are not validated again (afterglow.events.trusted; the
-    constructor was ~4% of the engine consumer's apply). The values that came from outside are
-    checked as the model would check them: the cause (a consumed event's id, whose
-    envelope does not refuse control characters, or a timer's), the instant (a
-    consumed event's time) and the order id. One that fails goes through the
+    constructor was ~4% of the engine consumer's apply). The values that came from
+    outside are checked as the model would check them: the cause (a consumed event's
+    id, whose envelope does not refuse control characters, or a timer's), the instant
+    (a consumed event's time) and the order id. One that fails goes through the
     validating constructor, which refuses it as it always did."""
     if c.is_clean(fields["cause"], fields["changed_at"], fields["order_id"]):
         return construct(c.JourneyStageChanged, fields)
