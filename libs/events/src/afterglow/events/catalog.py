@@ -85,6 +85,7 @@ class CleanText(BaseModel):
         # (afterglow.events.native_checks): same refusals, same errors.
         return natively(
             handler(source),
+            cls,
             cls._no_control_characters,
             allowed_text=_ALLOWED_TEXT,
             text_error=_TEXT_ERROR,

@@ -40,6 +40,7 @@ class _Keep(Exception):
 
 def natively(
     schema: CoreSchema,
+    owner: type,
     check: Callable[..., Any],
     *,
     allowed_text: str,
@@ -48,8 +49,9 @@ def natively(
     latest: datetime,
     instant_error: str,
 ) -> CoreSchema:
-    """``schema`` with every call of ``check`` (an after validator) replaced by the same
-    checks in pydantic-core where the value's schema can express them."""
+    """``owner``'s ``schema`` with every call of ``check`` (an after validator on its
+    fields) replaced by the same checks in pydantic-core where the value's schema can
+    express them."""
 
     def checked(inner: dict[str, Any], rule: CoreSchema, error: str) -> CoreSchema:
         return cs.chain_schema(
@@ -103,6 +105,10 @@ def natively(
         if isinstance(node, tuple):
             return tuple(walk(n) for n in node)
         if not isinstance(node, dict):
+            return node
+        if node.get("type") == "model" and node.get("cls") is not owner:
+            # Another model (a field's type, or a definition): built through its own
+            # class, which rewrote its schema already if it is a CleanText.
             return node
         if node.get("type") == "function-after" and _calls(node, check):
             inner = walk(node["schema"])

@@ -22,12 +22,13 @@ ingest's event loop 140-160 ms twice in 10 s). Two moves:
   and 3 middle collections that walked the batches' live objects and freed almost
   nothing (~4,800 objects): 165-490 ms, 30-80 us per event. 100,000 held polls of 500
   records; polls of 4,000 (ServiceSettings.consumer_max_records) hold up to ~275,000
-  objects alive at once (four partitions' transactions in flight), and at 100,000 the engine
-  ran 27 young collections for 15,000 order.placed: 182 ms, ~12 us per event, freeing
-  4,400 objects. At 1,000,000: none in that window, the process's CPU per event 219 ->
-  202 us (three runs each, alternated). What it costs: garbage in cycles waits for that
-  many net allocations before it is found; the collections above found ~160 such
-  objects per 100,000 allocations, so ~1,600 objects, not a million, in practice.
+  objects alive at once (four partitions' transactions in flight), and at 100,000 the
+  engine ran 27 young collections for 15,000 order.placed: 182 ms, ~12 us per event,
+  freeing 4,400 objects. At 1,000,000: none in that window, the process's CPU per
+  event 219 -> 202 us (three runs each, alternated). What it costs: garbage in cycles
+  waits for that many net allocations before it is found; the collections above found
+  ~160 such objects per 100,000 allocations, so ~1,600 objects, not a million, in
+  practice.
 """
 
 from __future__ import annotations
