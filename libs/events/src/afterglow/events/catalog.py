@@ -37,9 +37,10 @@ from afterglow.events.topics import TOPICS_BY_NOUN
 # C0 and C1 control characters and DEL; tab, newline and carriage return stay allowed
 # (comments are multi-line). The same rule as afterglow.kit.text, which depends on this
 # package and so cannot be imported here.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 # The same rule as a whole-string pattern, for pydantic-core's (Rust) regex.
-_ALLOWED_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+_ALLOWED_TEXT = f"^[^{_CONTROL_CHARS}]*$"
 _TEXT_ERROR = "must not contain control characters"
 
 
