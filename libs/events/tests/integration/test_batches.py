@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -318,6 +319,24 @@ async def publish_spread(producer, events) -> set[int]:
     return {(await f).partition for f in sent}
 
 
+async def customers_over_every_partition(producer, tenant, count) -> list[str]:
+    """``count`` customers whose keys land round robin on every partition of the
+    tickets topic, by the producer's own partitioner. Keys hold the test's random
+    tenant id, so ``count`` names picked blindly can miss partitions: a CI run saw 20
+    land on 4 of 6, below what the test needs to be a poll over many partitions."""
+    topic = to_record(ticket_event(tenant)).topic
+    partitions = sorted(await producer.partitions_for(topic))
+    per_partition: dict[int, list[str]] = defaultdict(list)
+    n = 0
+    while min(len(per_partition[p]) for p in partitions) * len(partitions) < count:
+        customer = f"c-{n}"
+        key = to_record(ticket_event(tenant, customer)).key
+        per_partition[DefaultPartitioner()(key, partitions, partitions)].append(customer)
+        n += 1
+    rounds = zip(*(per_partition[p] for p in partitions), strict=False)
+    return [customer for one_round in rounds for customer in one_round][:count]
+
+
 class TestSmallPollsTogether:
     """A small poll over several partitions is applied as one transaction; a failure
     in it is judged partition by partition, as without it."""
@@ -329,8 +348,9 @@ class TestSmallPollsTogether:
             tenant_id, sessionmaker, tables, kafka, producer, applied,
             handler=recording(tenant_id), coalesce_below=100,
         )  # fmt: skip
-        # Thirty customers, two events each: their keys spread over many partitions.
-        events = [ticket_event(tenant_id, f"c-{n % 30}") for n in range(60)]
+        # Thirty customers, two events each, over every partition.
+        customers = await customers_over_every_partition(producer, tenant_id, 30)
+        events = [ticket_event(tenant_id, c) for c in customers * 2]
         async with running(consumer.run()):
             marker = await caught_up(sessionmaker, producer, tenant_id)
             # Stopped before the events are published: a running consumer's fetch is
@@ -366,9 +386,10 @@ class TestSmallPollsTogether:
             handler=recording(tenant_id, poison_status="poison"), group=group,
             coalesce_below=100,
         )  # fmt: skip
-        before = [ticket_event(tenant_id, f"c-{n}") for n in range(20)]
-        poison = ticket_event(tenant_id, "c-3", status="poison")
-        after = [ticket_event(tenant_id, f"c-{n}") for n in range(20)]
+        customers = await customers_over_every_partition(producer, tenant_id, 20)
+        before = [ticket_event(tenant_id, c) for c in customers]
+        poison = ticket_event(tenant_id, customers[3], status="poison")
+        after = [ticket_event(tenant_id, c) for c in customers]
         async with (
             TopicTap(kafka.bootstrap_servers, "afterglow.tickets.dlq") as dlq,
             running(consumer.run()),
