@@ -53,7 +53,7 @@ async def test_every_write_applied_by_one_statement(engine: AsyncEngine):
     try:
         await conn.execute(WRITES, params(["a", "b", "c"]))
         await conn.commit()
-        got = dict((await conn.execute(select(tickets.c.id, tickets.c.n))).tuples().all())
+        got = dict((await conn.execute(select(tickets.c.id, tickets.c.n))).all())
         assert got == {"old": 7, "t1": 10, "t2": 20}
         assert sorted(await conn.scalars(select(notes.c.id))) == ["a", "b", "c"]
     finally:
@@ -66,7 +66,7 @@ async def test_one_write_failing_applies_none(engine: AsyncEngine):
         with pytest.raises(IntegrityError):
             await conn.execute(WRITES, params(["a", "a"]))  # a note twice
         await conn.rollback()
-        got = dict((await conn.execute(select(tickets.c.id, tickets.c.n))).tuples().all())
+        got = dict((await conn.execute(select(tickets.c.id, tickets.c.n))).all())
         assert got == {"old": 1}
         assert list(await conn.scalars(select(notes.c.id))) == []
     finally:
