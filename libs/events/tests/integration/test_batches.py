@@ -11,14 +11,14 @@ import os
 import subprocess
 import sys
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 
-from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from afterglow.events import BatchHandler, PermanentError, to_record
 from afterglow.events.consumer import EVENTS
+from afterglow.events.kafka import KeyPartitioner
 from afterglow.events.testing import TopicTap, eventually
 
 from .schema import applied_in_order, tally
@@ -321,19 +321,19 @@ async def publish_spread(producer, events) -> set[int]:
 
 async def customers_over_every_partition(producer, tenant, count) -> list[str]:
     """``count`` customers whose keys land round robin on every partition of the
-    tickets topic, by the producer's own partitioner. Keys hold the test's random
+    tickets topic, by the partitioner our producers use. Keys hold the test's random
     tenant id, so ``count`` names picked blindly can miss partitions: a CI run saw 20
     land on 4 of 6, below what the test needs to be a poll over many partitions."""
-    topic = to_record(ticket_event(tenant)).topic
-    partitions = sorted(await producer.partitions_for(topic))
-    per_partition: dict[int, list[str]] = defaultdict(list)
+    partitions = sorted(await producer.partitions_for(ticket_event(tenant).topic))
+    partition_of = KeyPartitioner()
+    per_partition: dict[int, list[str]] = {p: [] for p in partitions}
     n = 0
-    while min(len(per_partition[p]) for p in partitions) * len(partitions) < count:
+    while min(map(len, per_partition.values())) * len(partitions) < count:
         customer = f"c-{n}"
-        key = to_record(ticket_event(tenant, customer)).key
-        per_partition[DefaultPartitioner()(key, partitions, partitions)].append(customer)
+        key = ticket_event(tenant, customer).key.encode()
+        per_partition[partition_of(key, partitions, partitions)].append(customer)
         n += 1
-    rounds = zip(*(per_partition[p] for p in partitions), strict=False)
+    rounds = zip(*per_partition.values(), strict=False)
     return [customer for one_round in rounds for customer in one_round][:count]
 
 
