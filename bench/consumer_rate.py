@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 import uuid
 from collections import Counter
@@ -89,7 +90,7 @@ def statements_of(rt: Runtime) -> Iterator[Statements]:
         t0 = conn.info.pop("bench_t0", None)
         if t0 is None or statement.startswith(BENCH_TAG):
             return  # begun before the listener was, or the bench's own poll
-        what = _label(statement)
+        what = statement_label(statement)
         seen.count[what] += 1
         seen.ms[what] += (time.perf_counter() - t0) * 1000
 
@@ -105,9 +106,16 @@ def statements_of(rt: Runtime) -> Iterator[Statements]:
         event.remove(engine, "after_cursor_execute", after)
 
 
-def _label(statement: str) -> str:
-    """A statement's kind and table: "INSERT x", "UPDATE x", "SELECT x FOR UPDATE"."""
+# The name of each ``name AS (`` a statement's WITH list opens (writes_in_one_statement).
+_CTE = re.compile(r"(\w+) AS\s*\(")
+
+
+def statement_label(statement: str) -> str:
+    """A statement's kind and table: "INSERT x", "UPDATE x", "SELECT x FOR UPDATE";
+    for a batch's writes sent as one statement, "WITH" and its writes' names."""
     words = statement.split()
+    if words and words[0].upper() == "WITH":
+        return "WITH " + "+".join(dict.fromkeys(_CTE.findall(statement)))
     verb = words[0].upper() if words else ""
     table = ""
     key = {"INSERT": "INTO", "UPDATE": "UPDATE", "DELETE": "FROM"}.get(verb, "FROM")

@@ -64,6 +64,9 @@ from afterglow.journeys.workers import TIMERS_FIRED, claim_due
 from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from consumer_rate import BENCH_TAG, statement_label
+
 # Customers written per statement (and transaction) when seeding.
 SEED_CHUNK = 50_000
 # Placeholders in the template customer's rows, replaced per customer by PostgreSQL.
@@ -182,6 +185,8 @@ class Window:
     # the kernel); so a window held back by a full machine reads as such. Measured for
     # events only.
     machine_cpu_s: float | None = None
+    # PostgreSQL's statements over the window (:func:`statements_since`), for events.
+    statements: list[Any] | None = None
 
     @property
     def rate(self) -> float:
@@ -398,6 +403,28 @@ def child_args(spec: str) -> tuple[dict[str, Any], KafkaConfig]:
     return args, KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
 
 
+async def reset_statements(rt: Runtime) -> None:
+    """Start pg_stat_statements' counts afresh (the embedded PostgreSQL preloads it)."""
+    async with rt.engine.begin() as conn:
+        await conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        await conn.execute(text("SELECT pg_stat_statements_reset()"))
+
+
+async def statements_since(rt: Runtime, top: int = 8) -> list[Any]:
+    """PostgreSQL's statements since :func:`reset_statements`, by execution time spent
+    in the server, most first: the instance's (its consumer, relay and timer loop), not
+    this driver's tagged polls. Timed by PostgreSQL, not by the client, whose clock
+    would include the waits of an event loop busy with the other partitions."""
+    q = text(
+        f"{BENCH_TAG} SELECT calls, rows, total_exec_time AS ms, query"  # noqa: S608 - a constant
+        " FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query NOT LIKE :tagged ORDER BY total_exec_time DESC LIMIT :top"
+    )
+    async with rt.engine.connect() as conn:
+        return list((await conn.execute(q, {"tagged": f"{BENCH_TAG}%", "top": top})).all())
+
+
 async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfig) -> Window:
     """Events/s from publishing to the last instance row, and the CPU spent over that
     window: by this process (the instance and this driver's polls), by PostgreSQL, and
@@ -411,9 +438,11 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
     and includes the sends; the child's CPU is its own (RUSAGE_SELF), on the same
     cores. The floor reads records that were all published before its clock."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
-    inst_q = (
-        select(func.count()).select_from(JourneyInstance).where(JourneyInstance.tenant_id == tenant)
-    )
+    # Tagged: statements_of leaves the driver's own polls out of the instance's.
+    inst_q = text(
+        f"{BENCH_TAG} SELECT count(*) FROM {JourneyInstance.__table__.fullname}"  # noqa: S608
+        " WHERE tenant_id = :t"
+    ).bindparams(t=tenant)
     child = await spawn_child(
         "--publish-child",
         kafka,
@@ -424,6 +453,7 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
     try:
         if (await child.stdout.readline()).strip() != b"ready":
             raise RuntimeError("the publishing child did not start")
+        await reset_statements(rt)
         pg0, busy0 = await postgres_cpu_s(rt), machine_busy_s()
         t0, cpu0 = time.perf_counter(), process_cpu_s()
         child.stdin.write(b"go\n")
@@ -431,9 +461,10 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
         await eventually(lambda: count(rt, inst_q), lambda v: v >= n, timeout=600, interval=0.05)
         seconds, cpu = time.perf_counter() - t0, process_cpu_s() - cpu0
         pg, busy = await postgres_cpu_s(rt) - pg0, machine_busy_s() - busy0
+        statements = await statements_since(rt)
         if (await child.stdout.readline()).strip() != b"sent":
             raise RuntimeError("the publishing child did not send every record")
-        return Window(n, seconds, cpu, pg, busy)
+        return Window(n, seconds, cpu, pg, busy, statements)
     finally:
         if child.returncode is None:
             child.kill()
@@ -636,6 +667,13 @@ async def events_phase(
             f" {cores} cores hold at most {ceiling:.0f} events/s at that cost"
             f" ({ceiling / raw_rate:.4f} of the floor)"
         )
+        if w.statements:
+            print("  PostgreSQL's time per event by statement (server-side, most first):")
+            for r in w.statements:
+                print(
+                    f"    {r.ms * 1000 / w.n:6.1f} us  {r.calls:5d} calls  {r.rows:7d} rows"
+                    f"  {statement_label(r.query)}"
+                )
     print(f"peak RSS      {peak_rss_mb():8.0f} MiB  (the instance and this driver)")
 
 

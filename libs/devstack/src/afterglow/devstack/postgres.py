@@ -38,6 +38,9 @@ class EmbeddedPostgres:
             "fsync": "off" if self.ephemeral else "on",
             "synchronous_commit": "off" if self.ephemeral else "on",
             "full_page_writes": "off" if self.ephemeral else "on",
+            # Loaded, so that a database that creates the extension sees which statements
+            # the server's time goes to (bench/journeys prints its window's).
+            "shared_preload_libraries": "pg_stat_statements",
         }
         current = {k: server.psql(f"SHOW {k};").split("\n")[2].strip() for k in wanted}
         if current != wanted:
