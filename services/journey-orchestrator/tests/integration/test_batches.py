@@ -8,12 +8,15 @@ broker groups records; the broker path is covered by test_ordering and test_repl
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import func, select
 
 from afterglow.events import CloudEvent
 from afterglow.events import catalog as c
+from afterglow.events.batch import apply_in_one_transaction, inbox_claim
+from afterglow.journeys import store
 from afterglow.journeys.handlers import ENGINE as ENGINE_GROUP
 from afterglow.journeys.models import (
     CustomerProfile,
@@ -117,6 +120,34 @@ class TestDuplicates:
         for cu in customers:
             assert (await profile_state(orch, tenant_id, cu))["orders_count"] == 1
             assert [r.stage for r in await instances(orch, tenant_id, cu)] == ["onboarding"]
+
+
+class TestANewTenant:
+    async def test_batches_of_two_partitions_do_not_wait_for_each_other(
+        self, orch: Orchestrator, tenant_id: str
+    ) -> None:
+        """The first batch of a tenant never seen before is still open when batches of
+        other partitions run, in this process and in one that never saw the tenant
+        (a second replica): each applies at once. The default journey the first batch
+        created was committed apart; inserted inside its transaction, the others'
+        inserts of it waited until that batch committed."""
+        now = orch.clock.now()
+        first, second, third = (new_customer() for _ in range(3))
+        opening = event(orch, tenant_id, first, order_placed(f"o-{first}", now))
+        handlers = ENGINE_GROUP.handlers(orch.runtime)
+        claim = inbox_claim(orch.runtime.tables.inbox)
+        async with orch.runtime.sessionmaker.begin() as held:
+            await apply_in_one_transaction(held, claim, ENGINE, [(opening, handlers[opening.type])])
+            for customer, replica in ((second, False), (third, True)):
+                if replica:
+                    store._TENANTS_WITH_DEFINITIONS.discard(tenant_id)
+                e = event(orch, tenant_id, customer, order_placed(f"o-{customer}", now))
+                async with asyncio.timeout(10):
+                    assert await apply_batch(orch, e) == [e.id]
+                assert [r.stage for r in await instances(orch, tenant_id, customer)] == [
+                    "onboarding"
+                ]
+        assert [r.stage for r in await instances(orch, tenant_id, first)] == ["onboarding"]
 
 
 class TestOneCustomerTwiceInABatch:

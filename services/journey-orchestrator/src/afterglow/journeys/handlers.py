@@ -68,7 +68,9 @@ async def apply_events(
     now = runtime.clock.now()
     keys = sorted({(e.tenantid, e.subject) for e in events})
     tenants = {k[0] for k in keys}
-    await store.ensure_defaults(session, tenants, now)
+    # A new tenant's default journey is committed apart (see ensure_defaults), so the
+    # batches of its other partitions do not wait on this one.
+    await store.ensure_defaults(session, tenants, now, apart=runtime.sessionmaker)
     profiles = await store.lock_profiles(session, keys, now)
     instances = await store.instances_of(session, keys)
     journeys = await store.tenant_journeys(

@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
@@ -87,11 +87,26 @@ async def ensure_default(session: AsyncSession, tenant_id: str, now: datetime) -
     await ensure_defaults(session, [tenant_id], now)
 
 
-async def ensure_defaults(session: AsyncSession, tenants: Iterable[str], now: datetime) -> None:
+async def ensure_defaults(
+    session: AsyncSession,
+    tenants: Iterable[str],
+    now: datetime,
+    *,
+    apart: async_sessionmaker[AsyncSession] | None = None,
+) -> None:
     """:func:`ensure_default` for a set of tenants: one query for those not seen yet.
 
     Definitions are never deleted, so a tenant seen with one needs no further check
-    (saves a query per batch)."""
+    (saves a query per batch).
+
+    ``apart`` (the consumer's batches): the missing defaults are inserted in a short
+    transaction of their own, committed before this returns; ``session`` reads them
+    at its next statement (read committed). Inserted in the batch's transaction, their
+    keys were held until the whole batch committed, and the batch of every other
+    partition of the same new tenant waited on them: a new shop's first poll was
+    applied one partition at a time (4 waits, 0.6 s of server time, in the bench's
+    15,000 order.placed). The defaults are the same whoever inserts them, so they stay
+    if the batch then rolls back."""
     unseen = sorted(set(tenants) - _TENANTS_WITH_DEFINITIONS)
     if not unseen:
         return
@@ -108,8 +123,18 @@ async def ensure_defaults(session: AsyncSession, tenants: Iterable[str], now: da
     missing = [t for t in unseen if t not in have]
     if not missing:
         return
+    insert = _insert_defaults(missing, now)
+    if apart is None:
+        await session.execute(insert)
+        return
+    async with apart.begin() as own:
+        await own.execute(insert)
+    _TENANTS_WITH_DEFINITIONS.update(missing)
+
+
+def _insert_defaults(tenants: list[str], now: datetime) -> Any:
     body = d.DEFAULT_JOURNEY.model_dump(mode="json")
-    await session.execute(
+    return (
         pg_insert(JourneyDefinition)
         .values(
             [
@@ -122,7 +147,7 @@ async def ensure_defaults(session: AsyncSession, tenants: Iterable[str], now: da
                     created_at=now,
                     activated_at=now,
                 )
-                for t in missing
+                for t in tenants
             ]
         )
         .on_conflict_do_nothing()
