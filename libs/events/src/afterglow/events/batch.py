@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, Text, and_, bindparam, cast, literal_column, select
+from sqlalchemy import Table, Text, and_, bindparam, cast, column, literal_column, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
@@ -233,6 +233,26 @@ def as_columns(
     """Rows as the per-column lists :func:`unnest_insert` takes (``json_text`` columns
     serialised, as that insert was built with)."""
     return {c: [json.dumps(r[c]) if c in json_text else r[c] for r in rows] for c in columns}
+
+
+def json_rows(name: str, **types: Any) -> Any:
+    """``jsonb_to_recordset(:rows) AS name(col type, ...)``: every row of a multi-row
+    write in one JSON parameter ``rows`` (a VALUES list would be a new statement per
+    size), encoded by the engine's JSON serializer (pydantic-core: afterglow.kit.db).
+    For an UPDATE of many rows with a value of their own each, or a row holding a list
+    (which an unnest of arrays cannot carry: a list inside an array parameter is read as
+    one more dimension).
+
+    Rows hold datetimes and models as they are: the encoder writes an instant as ISO
+    8601 (``Z`` for UTC), which a timestamptz column reads as the same instant, and a
+    model as its JSON; a JSON list becomes an array column's array. ``isoformat()`` in
+    Python was ~8 calls and 15 us per order.placed in the journey engine (2-3 us each on
+    datetimes pydantic parsed)."""
+    return (
+        func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
+        .table_valued(*(column(k, t) for k, t in types.items()))
+        .render_derived(name=name, with_types=True)
+    )
 
 
 def unnest_keys(name: str, **types: Any) -> Any:

@@ -37,7 +37,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    column,
     func,
     literal,
     literal_column,
@@ -51,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events import catalog as c
-from afterglow.events.batch import write_params, writes_in_one_statement
+from afterglow.events.batch import json_rows, write_params, writes_in_one_statement
 from afterglow.events.tracing import current
 from afterglow.events.trusted import construct
 from afterglow.journeys import engine as d
@@ -286,22 +285,6 @@ def _keys(rows: Any, *cols: str) -> Any:
     )
 
 
-def _recordset(name: str, **types: Any) -> Any:
-    """``jsonb_to_recordset(:rows) AS name(col type, ...)``: every row of a multi-row
-    write in one JSON parameter (a VALUES list would be a new statement per size),
-    encoded by the engine's JSON serializer (pydantic-core: afterglow.kit.db).
-
-    Rows hold datetimes and models as they are: the encoder writes an instant as ISO
-    8601 (``Z`` for UTC), which a timestamptz column reads as the same instant, and a
-    model as its JSON. ``isoformat()`` in Python was ~8 calls and 15 us per
-    order.placed (2-3 us each on datetimes pydantic parsed)."""
-    return (
-        func.jsonb_to_recordset(bindparam("rows", type_=JSONB))
-        .table_valued(*(column(k, t) for k, t in types.items()))
-        .render_derived(name=name, with_types=True)
-    )
-
-
 # --- profiles --------------------------------------------------------------------------
 
 
@@ -343,7 +326,7 @@ def _lock_profiles(skip_locked: bool) -> Any:
 
 
 _LOCK_PROFILES = {False: _lock_profiles(False), True: _lock_profiles(True)}
-_PROFILE_ROWS = _recordset(
+_PROFILE_ROWS = json_rows(
     "v",
     tenant_id=Text,
     customer_id=Text,
@@ -544,7 +527,7 @@ async def instances_by_id(
     return got, held
 
 
-_INSTANCE_ROWS = _recordset(
+_INSTANCE_ROWS = json_rows(
     "v",
     id=Text,
     tenant_id=Text,
@@ -581,7 +564,7 @@ _TIMERS_OF = select(_T.c.id, _T.c.instance_id, _T.c.state).join(
     _TIMER_KEYS,
     (_T.c.tenant_id == _TIMER_KEYS.c.tenant_id) & (_T.c.instance_id == _TIMER_KEYS.c.instance_id),
 )
-_TIMER_ROWS = _recordset(
+_TIMER_ROWS = json_rows(
     "v",
     id=Text,
     tenant_id=Text,
@@ -720,7 +703,7 @@ def claim_statement(
 # --- transitions, goals ----------------------------------------------------------------
 
 
-_TRANSITION_ROWS = _recordset(
+_TRANSITION_ROWS = json_rows(
     "v",
     tenant_id=Text,
     customer_id=Text,
@@ -738,7 +721,7 @@ _TRANSITION_ROWS = _recordset(
 _INSERT_TRANSITIONS = pg_insert(JourneyTransition.__table__).from_select(
     list(_TRANSITION_ROWS.c.keys()), select(*_TRANSITION_ROWS.c)
 )
-_GOAL_ROWS = _recordset(
+_GOAL_ROWS = json_rows(
     "v",
     tenant_id=Text,
     instance_id=Text,
