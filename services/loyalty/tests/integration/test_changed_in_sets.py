@@ -14,9 +14,10 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from afterglow.events import CloudEvent
+from afterglow.events.batch import apply_in_one_transaction, inbox_claim
 from afterglow.events.catalog import (
     Money,
     OrderCancelled,
@@ -26,12 +27,12 @@ from afterglow.events.catalog import (
     OrderRefunded,
 )
 from afterglow.loyalty.domain import Tier
-from afterglow.loyalty.handlers import Handlers
+from afterglow.loyalty.handlers import CONSUMERS, Handlers
 from afterglow.loyalty.models import LotRow
 
 from ..loyalty_support import Loyalty
 from .test_order_rules import refund, set_rules
-from .test_placed_in_sets import apply_batch, placed, state
+from .test_placed_in_sets import CONSUMER, apply_batch, placed, state
 
 Step = tuple[str, Any]  # (customer, event data)
 
@@ -281,3 +282,39 @@ class TestOrdersChangedInSets:
         assert acc["r"] == (0, 0, 0, "bronze")
 
         assert await repeated(loyalty, tenant, batch) == got
+
+
+class TestOrdersOfARun:
+    async def test_are_written_by_one_statement_whatever_their_number(self, loyalty: Loyalty):
+        """Twenty orders fulfilled in one batch: their rows are written by one UPDATE, not
+        one execution per order (left to the session's flush, they were an executemany
+        of twenty one-row UPDATEs, each planned and run apart by PostgreSQL)."""
+        tenant = f"t-{uuid.uuid4().hex[:12]}"
+        await set_rules(loyalty, tenant)
+        orders = [(f"c{i}", f"o-{i}") for i in range(20)]
+        await apply_batch(
+            loyalty, [loyalty.event(placed(loyalty, o, 10_000), tenant, c) for c, o in orders]
+        )
+        fulfilments = [loyalty.event(fulfilled(loyalty, o), tenant, c) for c, o in orders]
+        updates: list[tuple[bool, int]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool):
+            if statement.lstrip().startswith("UPDATE loyalty.orders"):
+                updates.append((many, len(params) if many else 1))
+
+        handlers = CONSUMERS[0].handlers(loyalty.runtime)
+        claim = inbox_claim(loyalty.runtime.tables.inbox)
+        async with loyalty.runtime.sessionmaker.begin() as s:
+            conn = (await s.connection()).sync_connection
+            assert conn is not None
+            event.listen(conn, "before_cursor_execute", record)
+            try:
+                await apply_in_one_transaction(
+                    s, claim, CONSUMER, [(e, handlers[e.type]) for e in fulfilments]
+                )
+            finally:
+                event.remove(conn, "before_cursor_execute", record)
+
+        assert updates == [(False, 1)]
+        rows = {o["order_id"]: o for o in (await state(loyalty, tenant))["orders"]}
+        assert all(rows[o]["fulfilled_at"] == loyalty.clock.now() for _, o in orders)

@@ -288,7 +288,7 @@ def _tier_parts(
 class _Run:
     """A run of order events in memory: what it read once (orders, accounts, their
     wallets and tier figures) and what it writes once (entries, events; the lots from
-    the wallets, the orders and accounts by the session's flush)."""
+    the wallets, the orders with store.save_orders, the accounts by the session's flush)."""
 
     now: datetime
     rules: dict[str, domain.ProgramRules]
@@ -964,7 +964,7 @@ class LoyaltyService:
         them for each in order: the run's orders, accounts, lots and tier figures are
         read with one statement per table (per tenant for tiers), the events run in
         memory in order (each sees the earlier ones' changes to its order, account and
-        lots), and each table is written with one statement (orders and accounts by the
+        lots), and each table is written with one statement (the accounts by the
         session's flush). The clock is read once: the run is one transaction.
 
         Locks: the orders in (tenant, order id) order, then the accounts in (tenant,
@@ -1012,11 +1012,12 @@ class LoyaltyService:
                 self._cancelled(run, key, c)
             else:
                 await self._progressed(run, key, c)
+        await store.save_orders(session, run.orders.values())
         await store.upsert_lots(session, run.lot_rows())
         await store.insert_entries(session, run.entries)
         if run.recount:
-            # Read once the run's orders and lots are written (the select flushes the
-            # orders): an order cancelled, or a lot voided, may have been the oldest part.
+            # Read once the run's orders and lots are written: an order cancelled, or a
+            # lot voided, may have been the oldest part.
             figures = await store.qualifying_values(session, rules, sorted(run.recount), now)
             for key, (_, oldest) in figures.items():
                 window = rules[key[0]].tier_window_months

@@ -9,6 +9,7 @@ replicas share the due accounts without waiting on each other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from afterglow.events import CloudEvent, Outbox, derived_event_id
 from afterglow.events.batch import (
     as_columns,
+    json_rows,
     key_params,
     locked_by_keys,
     unnest_insert,
@@ -738,14 +740,40 @@ async def lock_orders(
     session: AsyncSession, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], OrderRow]:
     """:func:`lock_order` for many orders (tenant, order id) in one statement, locked in
-    key order; an order never recorded is absent. The caller changes the rows and the
-    session's flush writes them."""
+    key order; an order never recorded is absent. The rows come detached from the
+    session: the caller changes them and writes them with :func:`save_orders`, one
+    statement for the lot. Left to the session's flush, a run of 2,000 fulfilments was
+    2,000 UPDATEs of one row each (an executemany), each executed and timed apart by
+    PostgreSQL: ~540-690 us of server time per event of the loyalty bench, more than
+    every other statement of the run together."""
     if not keys:
         return {}
-    rows = await session.scalars(
-        LOCK_ORDERS, {"k_tenant_id": [t for t, _ in keys], "k_order_id": [o for _, o in keys]}
+    rows = list(
+        await session.scalars(
+            LOCK_ORDERS, {"k_tenant_id": [t for t, _ in keys], "k_order_id": [o for _, o in keys]}
+        )
     )
+    for o in rows:
+        session.expunge(o)
     return {(o.tenant_id, o.order_id): o for o in rows}
+
+
+_ORDER_KEY = ("tenant_id", "order_id")
+# Every other column: what a run may change of an order is written back as it is.
+_ORDER_VALUES = [c for c in OrderRow.__table__.columns if c.name not in _ORDER_KEY]
+_order_rows = json_rows("v", **{c.name: c.type for c in OrderRow.__table__.columns})
+SAVE_ORDERS = (
+    update(OrderRow.__table__)
+    .where(*(OrderRow.__table__.c[k] == _order_rows.c[k] for k in _ORDER_KEY))
+    .values({c.name: _order_rows.c[c.name] for c in _ORDER_VALUES})
+)
+
+
+async def save_orders(session: AsyncSession, orders: Iterable[OrderRow]) -> None:
+    """Write orders :func:`lock_orders` read (and the caller changed) in one UPDATE."""
+    rows = [{c.name: getattr(o, c.name) for c in OrderRow.__table__.columns} for o in orders]
+    if rows:
+        await session.execute(SAVE_ORDERS, {"rows": rows})
 
 
 async def add_order(session: AsyncSession, order: OrderRow) -> None:
