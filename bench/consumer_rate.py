@@ -106,8 +106,9 @@ def statements_of(rt: Runtime) -> Iterator[Statements]:
         event.remove(engine, "after_cursor_execute", after)
 
 
-# The name of each ``name AS (`` a statement's WITH list opens (writes_in_one_statement).
-_CTE = re.compile(r"(\w+) AS\s*\(")
+# The name of each ``name AS (`` or ``name(col, ...) AS (`` a statement's WITH list
+# opens (writes_in_one_statement; asyncpg's type introspection, WITH RECURSIVE).
+_CTE = re.compile(r"(\w+)\s*(?:\([^()]*\))?\s+AS\s*\(")
 
 
 def statement_label(statement: str) -> str:
