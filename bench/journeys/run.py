@@ -438,7 +438,7 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
     and includes the sends; the child's CPU is its own (RUSAGE_SELF), on the same
     cores. The floor reads records that were all published before its clock."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
-    # Tagged: statements_of leaves the driver's own polls out of the instance's.
+    # Tagged: statements_since leaves the driver's own polls out of the instance's.
     inst_q = text(
         f"{BENCH_TAG} SELECT count(*) FROM {JourneyInstance.__table__.fullname}"  # noqa: S608
         " WHERE tenant_id = :t"

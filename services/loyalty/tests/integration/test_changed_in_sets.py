@@ -296,25 +296,35 @@ class TestOrdersOfARun:
             loyalty, [loyalty.event(placed(loyalty, o, 10_000), tenant, c) for c, o in orders]
         )
         fulfilments = [loyalty.event(fulfilled(loyalty, o), tenant, c) for c, o in orders]
-        updates: list[tuple[bool, int]] = []
 
-        def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool):
-            if statement.lstrip().startswith("UPDATE loyalty.orders"):
-                updates.append((many, len(params) if many else 1))
-
-        handlers = CONSUMERS[0].handlers(loyalty.runtime)
-        claim = inbox_claim(loyalty.runtime.tables.inbox)
-        async with loyalty.runtime.sessionmaker.begin() as s:
-            conn = (await s.connection()).sync_connection
-            assert conn is not None
-            event.listen(conn, "before_cursor_execute", record)
-            try:
-                await apply_in_one_transaction(
-                    s, claim, CONSUMER, [(e, handlers[e.type]) for e in fulfilments]
-                )
-            finally:
-                event.remove(conn, "before_cursor_execute", record)
-
-        assert updates == [(False, 1)]
+        assert await order_updates(loyalty, fulfilments) == [(False, 1)]
         rows = {o["order_id"]: o for o in (await state(loyalty, tenant))["orders"]}
         assert all(rows[o]["fulfilled_at"] == loyalty.clock.now() for _, o in orders)
+
+        # The same fulfilments announced again (new event ids): nothing to write.
+        again = [loyalty.event(fulfilled(loyalty, o), tenant, c) for c, o in orders]
+        assert await order_updates(loyalty, again) == []
+
+
+async def order_updates(loyalty: Loyalty, events: list[CloudEvent[Any]]) -> list[tuple[bool, int]]:
+    """Apply ``events`` as one batch; the UPDATEs of loyalty.orders it sent, each as
+    (an executemany?, its rows)."""
+    updates: list[tuple[bool, int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool):
+        if statement.lstrip().startswith("UPDATE loyalty.orders"):
+            updates.append((many, len(params) if many else 1))
+
+    handlers = CONSUMERS[0].handlers(loyalty.runtime)
+    claim = inbox_claim(loyalty.runtime.tables.inbox)
+    async with loyalty.runtime.sessionmaker.begin() as s:
+        conn = (await s.connection()).sync_connection
+        assert conn is not None
+        event.listen(conn, "before_cursor_execute", record)
+        try:
+            await apply_in_one_transaction(
+                s, claim, CONSUMER, [(e, handlers[e.type]) for e in events]
+            )
+        finally:
+            event.remove(conn, "before_cursor_execute", record)
+    return updates

@@ -22,6 +22,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    inspect,
     literal,
     or_,
     select,
@@ -770,10 +771,23 @@ SAVE_ORDERS = (
 
 
 async def save_orders(session: AsyncSession, orders: Iterable[OrderRow]) -> None:
-    """Write orders :func:`lock_orders` read (and the caller changed) in one UPDATE."""
-    rows = [{c.name: getattr(o, c.name) for c in OrderRow.__table__.columns} for o in orders]
+    """Write the orders :func:`lock_orders` read that the caller changed, in one UPDATE.
+    An order its events left as it was (a fulfilment announced again, an event about a
+    cancelled order) is not written, as the session's flush skipped it."""
+    rows = [
+        {c.name: getattr(o, c.name) for c in OrderRow.__table__.columns}
+        for o in orders
+        if _changed(o)
+    ]
     if rows:
         await session.execute(SAVE_ORDERS, {"rows": rows})
+
+
+def _changed(order: OrderRow) -> bool:
+    """A value differs from the one read (a detached row still keeps its history; an
+    attribute set to the value it had marks the row modified, but changes nothing)."""
+    state = inspect(order)
+    return state.modified and any(a.history.has_changes() for a in state.attrs)
 
 
 async def add_order(session: AsyncSession, order: OrderRow) -> None:
