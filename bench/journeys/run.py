@@ -653,6 +653,14 @@ async def events_phase(
             f"  engine      {w.rate:8.0f} events/s  ({w.cpu_per('event')};"
             f" {w.machine_cpu_s / w.seconds:.2f} of {cores} cores busy)"
         )
+        # The instance is one process and its event loop one thread: the nearer this is
+        # to a whole core, the more its Python sets the pace, and the less more
+        # transactions in flight can give (partitions pipelined across polls, tried at
+        # 0.76-0.82 of a core, gained nothing).
+        print(
+            f"  instance    {w.python_cpu_s / w.seconds:8.2f} of one core  (this process:"
+            " one event loop, one thread)"
+        )
         print(
             f"  floor       {raw_rate:8.0f} events/s  (bare consumer reading the topic: median"
             f" of {len(passes)} passes, {passes[0]:.0f} to {passes[-1]:.0f})"
