@@ -78,6 +78,58 @@ class TestTransientFailures:
         assert "stalled at offset" in problems_seen[-1][0]
         assert "ConnectionRefusedError" in problems_seen[-1][0]
 
+    async def test_a_stall_steps_aside_the_partitions_next_batch_already_in_flight(
+        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+    ):
+        """Polls overlap (a poll's batches start while the last poll's finish): when a
+        batch fails transiently, its partition's batch from the next poll, dispatched
+        already, must not be applied before the records that failed."""
+        group = f"test-{uuid.uuid4().hex[:8]}"
+        events = [ticket_event(tenant_id, "c-1") for _ in range(12)]  # one partition
+        slow_failure = events[2]
+        failed = False
+        calls: list[str] = []
+
+        async def fails_once_slowly(session, event):
+            nonlocal failed
+            if event.tenantid != tenant_id:
+                return
+            calls.append(event.id)
+            if event.id == slow_failure.id and not failed:
+                failed = True
+                # Long enough for the poll loop to read and dispatch the next poll.
+                await asyncio.sleep(0.5)
+                raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+            await session.execute(
+                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
+            )
+
+        consumer = make_consumer(
+            tenant_id,
+            sessionmaker,
+            tables,
+            kafka,
+            producer,
+            applied,
+            handler=fails_once_slowly,
+            group=group,
+            retry=RETRY,
+            max_records=4,  # a poll holds four of the twelve
+        )
+        await publish(producer, *events)
+        async with running(consumer.run()):
+            counts = await eventually(
+                lambda: applied_counts(sessionmaker, applied, tenant_id),
+                lambda c: len(c) == len(events),
+                timeout=60,
+            )
+        ids = [e.id for e in events]
+        assert failed
+        assert counts == dict.fromkeys(ids, 1)
+        # The failed attempt, then the partition from where it stalled, in order: the
+        # second poll's batch, in flight during the failure, was not applied first.
+        assert calls == ids[:3] + ids
+
     @pytest.mark.slow
     async def test_postgres_stopped_mid_stream_loses_nothing_and_applies_once(
         self, tenant_id, engine, sessionmaker, tables, kafka, producer, applied

@@ -2,7 +2,12 @@
 letters, offsets after commit.
 
 Every ``getmany`` returns records of several partitions; partitions are processed in
-parallel, and the records of one partition as ONE unit of work, in order:
+parallel, and the records of one partition as ONE unit of work, in order. Polls overlap:
+a poll's partitions start while the previous poll's are still being applied, each
+partition's batch after that partition's previous batch only, so a partition with many
+records does not hold the others back (with one poll at a time, a poll's last
+transactions ran one or two at once and the engine's event loop idled a quarter of the
+time). At most two polls are in flight, and their offsets are committed in poll order:
 
 1. each record is parsed on its own; a malformed record or an unknown type is poison
    and goes to ``<topic>.dlq`` without spoiling the rest of the batch; types this
@@ -174,11 +179,19 @@ __all__ = [
     "offset_ahead",
 ]
 
+# Polls applied at once (see the module's docstring): two let a poll's partitions start
+# while the last one's longest batches finish; more would only queue behind
+# ``parallel_partitions`` and hold more records in memory.
+POLLS_IN_FLIGHT = 2
 # How long stop() waits for aiokafka to commit and leave the group.
 STOP_TIMEOUT_S = 20.0
 # A partition counts against readiness from its second failure in a row: one deadlock
 # retried at once is a blip, a retry that fails too is an outage.
 UNREADY_AFTER_FAILURES = 2
+
+
+class _Abandoned(RuntimeError):
+    """A batch not applied because an earlier batch of its partition failed."""
 
 
 class _RetryLater(Exception):
@@ -316,9 +329,19 @@ class EventConsumer:
         # module's docstring); 0: never.
         self._coalesce_below = coalesce_below
         self._consumer: AIOKafkaConsumer | None = None
-        # Held while a batch is in flight; a rebalance waits for it, so the batch's
-        # offsets are committed before its partitions move to another member.
+        # Held while a poll is dispatched, and by whoever must first let the polls in
+        # flight finish and commit (a rebalance, an offset reset, stop): the batches'
+        # offsets are committed before their partitions move or are sought.
         self._batch_lock = asyncio.Lock()
+        # The polls in flight, oldest first: each commits its offsets after the one
+        # before it (see _settle).
+        self._polls: list[asyncio.Task[None]] = []
+        # Each partition's last batch dispatched: the next one of that partition starts
+        # after it, so a partition's records are applied in order.
+        self._tails: dict[TopicPartition, asyncio.Task[_PartitionResult | None]] = {}
+        # How many times each partition's position was moved back (a stall, an offset
+        # reset): a batch read before that holds records that come again, and is dropped.
+        self._seeks: Tally[TopicPartition] = Tally()
         self._stalls: dict[TopicPartition, _Stall] = {}
         self._resets: dict[TopicPartition, _Reset] = {}
         self._missing_topics: list[str] = []
@@ -365,7 +388,8 @@ class EventConsumer:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            async with self._batch_lock:  # let the batch in flight finish and commit
+            async with self._batch_lock:  # let the polls in flight finish and commit
+                await self._drain()
                 consumer, self._consumer = self._consumer, None
             # Not under the lock: stopping waits for aiokafka's coordination task, which
             # may be in our revoke listener waiting for that very lock (a rebalance).
@@ -403,6 +427,9 @@ class EventConsumer:
                         f"{self.name}: no poll returned in {self._stuck_after_s:.0f} s"
                         " (a reassignment never finished); restarting the client"
                     ) from None
+                # As the records were read: a partition sought back from here on (a
+                # stall of a batch in flight) has its records of this poll read again.
+                seeks = {tp: self._seeks[tp] for tp in batch}
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
                 observe_lag(self.name, consumer, batch)  # afterglow.events.lag: no I/O
@@ -412,11 +439,14 @@ class EventConsumer:
                     reset = await self.check_offsets()
                     batch = {tp: rs for tp, rs in batch.items() if tp not in reset}
                 if batch:
-                    await self._process_batch(consumer, batch)
+                    await self._dispatch(consumer, batch, seeks)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            # Cancelled or failed: the transactions in flight roll back, their records
+            # are read again from the last commit and the inbox drops what was applied.
+            await self._abandon()
             await self.stop()
 
     def _poll_timeout(self) -> int:
@@ -436,34 +466,134 @@ class EventConsumer:
                 if tp in assigned:
                     consumer.resume(tp)
 
-    async def _process_batch(
-        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+    async def _dispatch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        seeks: dict[TopicPartition, int],
     ) -> None:
+        """Start applying a poll, each partition after its batch in flight; return once
+        fewer than two polls are in flight (the oldest has committed its offsets). A
+        small poll over several partitions is applied whole, as one transaction, once
+        the polls in flight are done."""
         async with self._batch_lock:
             parsed = {tp: self._parse(records) for tp, records in batch.items()}
-            results = await self._apply_together(batch, parsed)
-            if results is None:
-                results = await asyncio.gather(
-                    *(self._bounded(tp, records, *parsed[tp]) for tp, records in batch.items())
+            if self._coalesces(parsed):
+                await self._drain()
+                # A partition a batch in flight stalled meanwhile was sought back: its
+                # records of this poll come again.
+                batch = {tp: rs for tp, rs in batch.items() if self._seeks[tp] == seeks[tp]}
+                parsed = {tp: parsed[tp] for tp in batch}
+                together = self._coalesces(parsed)
+                results = await self._apply_together(batch, parsed) if together else None
+                if results is not None:
+                    for result in results:
+                        self._judge(consumer, result)
+                    await self._commit_offsets(consumer, _offsets(results))
+                    return
+            tasks = [
+                self._start(consumer, tp, seeks[tp], records, *parsed[tp])
+                for tp, records in batch.items()
+            ]
+            previous = self._polls[-1] if self._polls else None
+            self._polls.append(
+                asyncio.create_task(
+                    self._settle(consumer, previous, tasks), name=f"{self.name}-poll"
                 )
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            for result in results:
-                offsets[result.tp] = OffsetAndMetadata(result.next_offset, "")
-                if result.retry is not None:
-                    self._stall(consumer, result.tp, *result.retry)
-                elif result.tp in self._stalls:
-                    stall = self._stalls.pop(result.tp)
-                    log.info(
-                        "partition recovered",
-                        extra={
-                            "partition": f"{result.tp.topic}[{result.tp.partition}]",
-                            "stalled_s": round(time.monotonic() - stall.since, 1),
-                            "failures": stall.failures,
-                        },
-                    )
-            STALLED.labels(self.name).set(len(self._stalls))
-            if offsets:
-                await self._commit_offsets(consumer, offsets)
+            )
+            while len(self._polls) >= POLLS_IN_FLIGHT:
+                oldest = self._polls[0]
+                await oldest  # what it raised ends the run (and its client): read again
+                self._polls.remove(oldest)
+
+    def _start(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        seeks: int,
+        records: list[ConsumerRecord],
+        work: list[_Item],
+        dead: list[_Dead],
+    ) -> asyncio.Task[_PartitionResult | None]:
+        task = asyncio.create_task(
+            self._in_turn(consumer, self._tails.get(tp), tp, seeks, records, work, dead),
+            name=f"{self.name}-{tp.topic}[{tp.partition}]",
+        )
+        self._tails[tp] = task
+        return task
+
+    async def _in_turn(
+        self,
+        consumer: AIOKafkaConsumer,
+        previous: asyncio.Task[_PartitionResult | None] | None,
+        tp: TopicPartition,
+        seeks: int,
+        records: list[ConsumerRecord],
+        work: list[_Item],
+        dead: list[_Dead],
+    ) -> _PartitionResult | None:
+        """A partition's batch, after the partition's previous one. None: not applied,
+        because the partition was sought back since these records were read (they come
+        again from where it was sought)."""
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled() or previous.exception() is not None:
+                # What failed it ends the run (its poll raises it) and the records are
+                # read again from the last commit: nothing after it is applied first.
+                raise _Abandoned(f"{tp.topic}[{tp.partition}]: an earlier batch failed")
+        if self._seeks[tp] != seeks:
+            return None
+        result = await self._bounded(tp, records, work, dead)
+        # At once, not when the poll settles: the partition's next batch, already
+        # dispatched, must see the stall and step aside.
+        self._judge(consumer, result)
+        return result
+
+    async def _settle(
+        self,
+        consumer: AIOKafkaConsumer,
+        previous: asyncio.Task[None] | None,
+        tasks: list[asyncio.Task[_PartitionResult | None]],
+    ) -> None:
+        """Commit a poll's offsets once its batches are applied and the poll before it
+        committed (a partition's offsets only move forward)."""
+        results = await asyncio.gather(*tasks)
+        if previous is not None:
+            await previous
+        offsets = _offsets([r for r in results if r is not None])
+        if offsets:
+            await self._commit_offsets(consumer, offsets)
+
+    async def _drain(self) -> None:
+        """Wait until every poll in flight is applied and committed (what one raised is
+        raised to the poll loop, which awaits it)."""
+        if self._polls:
+            await asyncio.wait(self._polls)
+
+    async def _abandon(self) -> None:
+        """Cancel the polls in flight: their transactions roll back, nothing commits."""
+        work = [*self._polls, *self._tails.values()]
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
+        self._polls.clear()
+        self._tails.clear()
+
+    def _judge(self, consumer: AIOKafkaConsumer, result: _PartitionResult) -> None:
+        """Stall a partition whose batch failed transiently; note one that recovered."""
+        if result.retry is not None:
+            self._stall(consumer, result.tp, *result.retry)
+        elif result.tp in self._stalls:
+            stall = self._stalls.pop(result.tp)
+            log.info(
+                "partition recovered",
+                extra={
+                    "partition": f"{result.tp.topic}[{result.tp.partition}]",
+                    "stalled_s": round(time.monotonic() - stall.since, 1),
+                    "failures": stall.failures,
+                },
+            )
+        STALLED.labels(self.name).set(len(self._stalls))
 
     async def _bounded(
         self,
@@ -475,18 +605,21 @@ class EventConsumer:
         async with self._parallel:
             return await self._process_partition(tp, records, work, dead)
 
+    def _coalesces(self, parsed: dict[TopicPartition, tuple[list[_Item], list[_Dead]]]) -> bool:
+        """A poll of at most ``coalesce_below`` records over several partitions."""
+        works = [work for work, _ in parsed.values() if work]
+        return len(works) >= 2 and sum(len(w) for w in works) <= self._coalesce_below
+
     async def _apply_together(
         self,
         batch: dict[TopicPartition, list[ConsumerRecord]],
         parsed: dict[TopicPartition, tuple[list[_Item], list[_Dead]]],
     ) -> list[_PartitionResult] | None:
-        """A small poll over several partitions in one transaction; None when it is not
-        small, or when the transaction failed (it rolled back whole, and the caller
-        applies the poll partition by partition, where a failure is judged)."""
+        """A small poll over several partitions in one transaction (see _coalesces);
+        None when the transaction failed (it rolled back whole, and the caller applies
+        the poll partition by partition, where a failure is judged)."""
         works = [parsed[tp][0] for tp in sorted(batch) if parsed[tp][0]]
         size = sum(len(w) for w in works)
-        if len(works) < 2 or size > self._coalesce_below:
-            return None
         try:
             await self._apply([item for work in works for item in work])
         except Exception as exc:  # judged again partition by partition
@@ -541,6 +674,7 @@ class EventConsumer:
         if tp in consumer.assignment():
             consumer.seek(tp, offset)  # the records after it in this batch come again
             consumer.pause(tp)
+        self._seeks[tp] += 1  # and those of later polls in flight
         log.warning(
             "transient failure; partition paused, will retry",
             extra={
@@ -822,7 +956,9 @@ class EventConsumer:
             OFFSET_RESETS.labels(self.name, tp.topic).inc()
             self.offset_resets += 1
             async with self._batch_lock:
+                await self._drain()
                 consumer.seek(tp, start)
+                self._seeks[tp] += 1
                 self._stalls.pop(tp, None)
                 await consumer.commit({tp: OffsetAndMetadata(start, "")})
             self._resets[tp] = _Reset(end=max(ends[tp], consumer.highwater(tp) or 0), detail=detail)
@@ -835,6 +971,11 @@ class EventConsumer:
         for tp in partitions:
             self._stalls.pop(tp, None)
             self._resets.pop(tp, None)
+            self._tails.pop(tp, None)
+
+
+def _offsets(results: Sequence[_PartitionResult]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {r.tp: OffsetAndMetadata(r.next_offset, "") for r in results}
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -842,11 +983,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # The batch in flight commits its offsets before it releases the lock.
+        # The polls in flight commit their offsets before the partitions move.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(60):
                 async with self._consumer._batch_lock:
-                    pass
+                    await self._consumer._drain()
         self._consumer._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
