@@ -342,6 +342,9 @@ class EventConsumer:
         # How many times each partition's position was moved back (a stall, an offset
         # reset): a batch read before that holds records that come again, and is dropped.
         self._seeks: Tally[TopicPartition] = Tally()
+        # The first offsets of each partition's batches dispatched and not yet applied
+        # (its lag counts them: afterglow.events.lag).
+        self._applying: dict[TopicPartition, list[int]] = {}
         self._stalls: dict[TopicPartition, _Stall] = {}
         self._resets: dict[TopicPartition, _Reset] = {}
         self._missing_topics: list[str] = []
@@ -432,7 +435,8 @@ class EventConsumer:
                 seeks = {tp: self._seeks[tp] for tp in batch}
                 self.last_poll = time.time()
                 LAST_POLL.labels(self.name).set(self.last_poll)
-                observe_lag(self.name, consumer, batch)  # afterglow.events.lag: no I/O
+                # afterglow.events.lag: no I/O
+                observe_lag(self.name, consumer, batch, self._unapplied_from())
                 if time.monotonic() >= self._next_offset_check:
                     # Before the batch: a batch read from a position that is about to
                     # be reset would be applied, then read again from the start.
@@ -520,7 +524,14 @@ class EventConsumer:
             name=f"{self.name}-{tp.topic}[{tp.partition}]",
         )
         self._tails[tp] = task
+        first = records[0].offset
+        self._applying.setdefault(tp, []).append(first)
+        task.add_done_callback(lambda _: self._applying[tp].remove(first))
         return task
+
+    def _unapplied_from(self) -> dict[TopicPartition, int]:
+        """Per partition, the first offset of its batches read and not yet applied."""
+        return {tp: min(firsts) for tp, firsts in self._applying.items() if firsts}
 
     async def _in_turn(
         self,

@@ -2,7 +2,8 @@
 
 Lag = the partition's high watermark minus the next offset this consumer will process.
 Both come without a round trip: aiokafka refreshes ``highwater(tp)`` with every fetch
-response, and the next offset is the last record of the batch just read plus one. A
+response, and the next offset is the last record of the batch just read plus one, or
+the first record of a batch read earlier and still being applied. A
 partition absent from the batch keeps the next offset seen before (the consumer did not
 move), so its lag still grows when its high watermark does; one never read since the
 assignment is left out until its first batch. KEDA scales on the group's lag as the
@@ -33,9 +34,17 @@ _next_offsets: dict[str, dict[TopicPartition, int]] = {}
 
 
 def observe_lag(
-    name: str, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Sequence[Any]]
+    name: str,
+    consumer: AIOKafkaConsumer,
+    batch: Mapping[TopicPartition, Sequence[Any]],
+    unapplied: Mapping[TopicPartition, int] | None = None,
 ) -> None:
-    """Update the lag gauge of every assigned partition after a poll (no I/O)."""
+    """Update the lag gauge of every assigned partition after a poll (no I/O).
+
+    ``unapplied``: per partition, the first offset of the batches read before and still
+    being applied. The consumer reads a poll ahead while the last one is applied (see
+    afterglow.events.consumer), and what it has read but not applied is lag too: a
+    consumer stuck on its database must not read as one poll less behind."""
     known = _next_offsets.setdefault(name, {})
     for tp, records in batch.items():
         if records:
@@ -47,7 +56,8 @@ def observe_lag(
         # two consumers of one name in a process (tests) may both let it go
         with contextlib.suppress(KeyError):
             LAG.remove(name, tp.topic, str(tp.partition))
-    for tp, position in known.items():
+    for tp, read in known.items():
+        position = min(read, unapplied.get(tp, read)) if unapplied else read
         highwater = consumer.highwater(tp)
         if highwater is not None:
             LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - position))
