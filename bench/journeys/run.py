@@ -655,8 +655,9 @@ async def events_phase(
         )
         # The instance is one process and its event loop one thread: the nearer this is
         # to a whole core, the more its Python sets the pace, and the less more
-        # transactions in flight can give (partitions pipelined across polls, tried at
-        # 0.76-0.82 of a core, gained nothing).
+        # transactions in flight can give. Below it, the loop waits on PostgreSQL: at
+        # 0.75-0.78 of a core that was the end of each poll, where a poll's largest
+        # partitions ran alone (polls now overlap: afterglow.events.consumer).
         print(
             f"  instance    {w.python_cpu_s / w.seconds:8.2f} of one core  (this process:"
             " one event loop, one thread)"
