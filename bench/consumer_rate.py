@@ -4,7 +4,8 @@ measured in the same run. Shared by bench/loyalty, bench/referrals and bench/fee
 * service: the records are produced to their real topics while the app (full lifespan,
   its consumers already joined) runs; the figure is N / (time from the first send until
   the service's inbox holds all N ids), i.e. broker -> consumer -> handlers -> rows and
-  outbox, committed.
+  outbox, committed. A child process sends them (bench/publisher.py), as other
+  services would: sent from the app's own event loop, they took its CPU in the window.
 * floor: the very same record bytes produced to FLOOR_TOPIC, which none of these
   services consumes (12 partitions, as many as the orders topic), and applied by an
   ``EventConsumer`` on the same database and inbox whose handlers do nothing: the poll,
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from publisher import publishing
 from sqlalchemy import event, text
 
 from afterglow.events import CloudEvent, EventConsumer, KafkaConfig, to_record
@@ -34,17 +36,6 @@ from afterglow.kit.app import Runtime
 FLOOR_TOPIC = "afterglow.messages"  # not consumed by loyalty, referrals or feedback
 # Marks the bench's own progress polls, which statements_of does not count.
 BENCH_TAG = "/* bench */"
-
-
-async def _produce(rt: Runtime, events: Sequence[CloudEvent[Any]], topic: str | None) -> None:
-    assert rt.producer is not None
-    futures = []
-    for e in events:
-        r = to_record(e)
-        futures.append(
-            await rt.producer.send(topic or r.topic, r.value, key=r.key, headers=r.headers)
-        )
-    await asyncio.gather(*futures)
 
 
 async def _wait_inbox(rt: Runtime, consumer: str, ids: list[str], within_s: float) -> None:
@@ -151,10 +142,12 @@ async def service_rate(
 ) -> float:
     """Events/s the app's ``consumer`` applies ``events`` at (their own topics)."""
     ids = [e.id for e in events]
-    t0 = time.perf_counter()
-    await _produce(rt, events, None)
-    await _wait_inbox(rt, consumer, ids, within_s)
-    return len(ids) / (time.perf_counter() - t0)
+    kafka = rt.settings.kafka("bench-publisher")
+    async with publishing(kafka, [to_record(e) for e in events]) as go:
+        t0 = time.perf_counter()
+        await go()
+        await _wait_inbox(rt, consumer, ids, within_s)
+        return len(ids) / (time.perf_counter() - t0)
 
 
 async def floor_rate(
@@ -190,10 +183,11 @@ async def floor_rate(
         # Warm: the group's first poll can return before its partitions are assigned.
         await asyncio.sleep(1.0)
         ids = [e.id for e in events]
-        t0 = time.perf_counter()
-        await _produce(rt, events, FLOOR_TOPIC)
-        await _wait_inbox(rt, name, ids, within_s)
-        return len(ids) / (time.perf_counter() - t0)
+        async with publishing(kafka, [to_record(e) for e in events], FLOOR_TOPIC) as go:
+            t0 = time.perf_counter()
+            await go()
+            await _wait_inbox(rt, name, ids, within_s)
+            return len(ids) / (time.perf_counter() - t0)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -52,7 +52,7 @@ from sqlalchemy import func, select, text, update
 
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import running_stack
-from afterglow.events import CloudEvent, KafkaConfig, Outbox, build_producer, to_record
+from afterglow.events import CloudEvent, KafkaConfig, KafkaRecord, Outbox, to_record
 from afterglow.events import catalog as c
 from afterglow.events.testing import eventually
 from afterglow.journeys import engine as d
@@ -66,6 +66,7 @@ from afterglow.kit.clock import ManualClock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from consumer_rate import BENCH_TAG, statement_label
+from publisher import publishing
 
 # Customers written per statement (and transaction) when seeding.
 SEED_CHUNK = 50_000
@@ -344,10 +345,8 @@ async def count(rt: Runtime, q: object) -> int:
         return int(await s.scalar(q) or 0)  # type: ignore[call-overload]
 
 
-async def publish_orders(kafka: KafkaConfig, tenant: str, n: int, placed_at: datetime) -> None:
-    """The publisher's side (``--publish-child``): n order.placed of ``tenant`` built and
-    the producer connected, then "ready" on stdout; on a line from stdin, every send,
-    then "sent". It runs in a process of its own (see :func:`events_rate`)."""
+def order_records(tenant: str, n: int, placed_at: datetime) -> list[KafkaRecord]:
+    """n order.placed of ``tenant``, as records (sent by bench/publisher.py's child)."""
     records = []
     for i in range(n):
         ev = CloudEvent.new(
@@ -363,29 +362,14 @@ async def publish_orders(kafka: KafkaConfig, tenant: str, n: int, placed_at: dat
             source="bench",
         )
         records.append(to_record(ev))
-    producer = build_producer(kafka)
-    await producer.start()
-    try:
-        # The topic's metadata is fetched before the clock starts, as a running
-        # publisher would have it.
-        await producer.partitions_for(records[0].topic)
-        print("ready", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        futures = [
-            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
-        ]
-        await asyncio.gather(*futures)
-        print("sent", flush=True)
-    finally:
-        await producer.stop()
+    return records
 
 
 async def spawn_child(
-    flag: str, kafka: KafkaConfig, spec: dict[str, Any], **pipes: Any
+    flag: str, kafka: KafkaConfig, spec: dict[str, Any]
 ) -> asyncio.subprocess.Process:
-    """This script again as a child (``flag``: ``--publish-child`` or ``--floor-child``),
-    given the broker and ``spec`` as JSON (read back by :func:`child_args`); its stdout
-    is a pipe."""
+    """This script again as a child (``flag``: ``--floor-child``), given the broker and
+    ``spec`` as JSON (read back by :func:`child_args`); its stdout is a pipe."""
     kafka_spec = {"bootstrap": kafka.bootstrap_servers, "idempotence": kafka.enable_idempotence}
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -393,7 +377,6 @@ async def spawn_child(
         flag,
         to_json(kafka_spec | spec).decode(),
         stdout=asyncio.subprocess.PIPE,
-        **pipes,
     )
 
 
@@ -430,52 +413,27 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
     window: by this process (the instance and this driver's polls), by PostgreSQL, and
     by the whole machine (so a window held back by a full machine reads as such).
 
-    The records are published by a child process (:func:`publish_orders`), as a shop's
-    webhooks reach the instance from another service: built and sent in this process,
-    they took ~10% of its CPU in the window (their construction, the producer's
-    batching and murmur2 per record) and shared its event loop with the consumer. The
-    clock starts when the child is ready to send (records built, producer connected)
-    and includes the sends; the child's CPU is its own (RUSAGE_SELF), on the same
-    cores. The floor reads records that were all published before its clock."""
+    The records are published by a child process (bench/publisher.py), as a shop's
+    webhooks reach the instance from another service. The clock starts when the child
+    is ready to send (records built, producer connected) and includes the sends; the
+    child's CPU is its own (RUSAGE_SELF), on the same cores. The floor reads records
+    that were all published before its clock."""
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
     # Tagged: statements_since leaves the driver's own polls out of the instance's.
     inst_q = text(
         f"{BENCH_TAG} SELECT count(*) FROM {JourneyInstance.__table__.fullname}"  # noqa: S608
         " WHERE tenant_id = :t"
     ).bindparams(t=tenant)
-    child = await spawn_child(
-        "--publish-child",
-        kafka,
-        {"tenant": tenant, "n": n, "placed_at": clock.now().isoformat()},
-        stdin=asyncio.subprocess.PIPE,
-    )
-    assert child.stdin is not None and child.stdout is not None
-    try:
-        if (await child.stdout.readline()).strip() != b"ready":
-            raise RuntimeError("the publishing child did not start")
+    async with publishing(kafka, order_records(tenant, n, clock.now())) as go:
         await reset_statements(rt)
         pg0, busy0 = await postgres_cpu_s(rt), machine_busy_s()
         t0, cpu0 = time.perf_counter(), process_cpu_s()
-        child.stdin.write(b"go\n")
-        await child.stdin.drain()
+        await go()
         await eventually(lambda: count(rt, inst_q), lambda v: v >= n, timeout=600, interval=0.05)
         seconds, cpu = time.perf_counter() - t0, process_cpu_s() - cpu0
         pg, busy = await postgres_cpu_s(rt) - pg0, machine_busy_s() - busy0
         statements = await statements_since(rt)
-        if (await child.stdout.readline()).strip() != b"sent":
-            raise RuntimeError("the publishing child did not send every record")
-        return Window(n, seconds, cpu, pg, busy, statements)
-    finally:
-        if child.returncode is None:
-            child.kill()
-        await child.wait()
-
-
-def publish_child(spec: str) -> None:
-    """Entry point of the publishing child (``--publish-child JSON``)."""
-    args, kafka = child_args(spec)
-    placed_at = datetime.fromisoformat(args["placed_at"])
-    asyncio.run(publish_orders(kafka, args["tenant"], args["n"], placed_at))
+    return Window(n, seconds, cpu, pg, busy, statements)
 
 
 # Timed passes of the floor over the same records (after one untimed pass): one pass of
@@ -707,12 +665,8 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print cProfile's top entries of the process"
     )
-    parser.add_argument("--publish-child", help=argparse.SUPPRESS)  # see events_rate
     parser.add_argument("--floor-child", help=argparse.SUPPRESS)  # see consumer_floor
     args = parser.parse_args()
-    if args.publish_child:
-        publish_child(args.publish_child)
-        return
     if args.floor_child:
         floor_child(args.floor_child)
         return

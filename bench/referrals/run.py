@@ -42,6 +42,7 @@ from consumer_rate import (
     service_rate,
     statements_of,
 )
+from publisher import publishing
 
 FLOOR_TOPIC = "afterglow.support"  # not consumed by referrals
 
@@ -89,29 +90,26 @@ async def main(orders: int, codes: int) -> None:
             )
         records = [to_record(ev) for ev in events]
 
-        producer = build_producer(
-            KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
-        )
+        kafka = KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        producer = build_producer(kafka)
         await producer.start()
         try:
             # The bench's own progress poll (tagged: not counted as the consumer's work).
             progress = text(
                 f"{BENCH_TAG} SELECT count(*) FROM referrals.referrals WHERE tenant_id = :t"  # noqa: S608
             )
-            with statements_of(rt) as statements:
-                t0 = time.perf_counter()
-                futures = [
-                    await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
-                while True:
-                    async with rt.engine.connect() as conn:
-                        done = (await conn.execute(progress, {"t": tenant})).scalar_one()
-                    if done >= orders:
-                        break
-                    await asyncio.sleep(0.05)
-                service_s = time.perf_counter() - t0
+            # Sent by a child process, as the orders service would (bench/publisher.py).
+            async with publishing(kafka, records) as go:
+                with statements_of(rt) as statements:
+                    t0 = time.perf_counter()
+                    await go()
+                    while True:
+                        async with rt.engine.connect() as conn:
+                            done = (await conn.execute(progress, {"t": tenant})).scalar_one()
+                        if done >= orders:
+                            break
+                        await asyncio.sleep(0.05)
+                    service_s = time.perf_counter() - t0
             # Then each referred order fulfilled: the lifecycle events' run (the return
             # window of each referral starts), timed until the inbox holds them all.
             fulfilled = [
@@ -154,7 +152,7 @@ async def main(orders: int, codes: int) -> None:
             # Fresh ids: the floor consumer's inbox is its own, but keep the runs apart.
             batch_floor = await floor_rate(
                 rt,
-                KafkaConfig(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence),
+                kafka,
                 [
                     CloudEvent.new(e.data, tenant_id=e.tenantid, subject=e.subject, source="bench")
                     for e in events

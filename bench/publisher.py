@@ -1,0 +1,98 @@
+"""Records published by a process of their own, as a service's events reach it from
+the other services. Shared by the consumer benches (bench/consumer_rate.py,
+bench/referrals, bench/journeys).
+
+Built and sent in the measured process, the records shared its event loop and its CPU
+with the consumer being measured: the producer's batching and murmur2 per record, and
+``to_record`` where it ran in the window, took ~10% of the journeys instance's CPU in
+its window and 11% of the referrals bench's samples. In a child, the records are built
+and pickled before the clock starts, the child connects and looks the topics up, then
+says ``ready``; the clock starts when it is told to go (the sends are in the window);
+its CPU is its own, on the same cores.
+
+Usage (the child's side, spawned by :func:`publishing`): ``python bench/publisher.py
+RECORDS_FILE SPEC_JSON``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pickle
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from afterglow.events import KafkaConfig, KafkaRecord, build_producer
+
+
+@contextlib.asynccontextmanager
+async def publishing(
+    kafka: KafkaConfig, records: Sequence[KafkaRecord], topic: str | None = None
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A child ready to send ``records`` (to ``topic`` if given, else each to its own).
+    Yields ``go``: it tells the child to send and returns at once (start the clock
+    just before it). On leaving, the child must have said it sent them all."""
+    with tempfile.NamedTemporaryFile(suffix=".records") as f:
+        pickle.dump(list(records), f)
+        f.flush()
+        spec = {
+            "bootstrap": kafka.bootstrap_servers,
+            "idempotence": kafka.enable_idempotence,
+            "topic": topic,
+        }
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            f.name,
+            json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+        try:
+            if (await stdout.readline()).strip() != b"ready":
+                raise RuntimeError("the publishing child did not start")
+
+            async def go() -> None:
+                stdin.write(b"go\n")
+                await stdin.drain()
+
+            yield go
+            if (await stdout.readline()).strip() != b"sent":
+                raise RuntimeError("the publishing child did not send every record")
+        finally:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+
+
+async def _publish(records: list[KafkaRecord], spec: dict[str, object]) -> None:
+    kafka = KafkaConfig(str(spec["bootstrap"]), enable_idempotence=bool(spec["idempotence"]))
+    fixed = spec["topic"]
+    producer = build_producer(kafka)
+    await producer.start()
+    try:
+        # Every topic's metadata before the clock, as a running publisher would have it.
+        for topic in {str(fixed)} if fixed else {r.topic for r in records}:
+            await producer.partitions_for(topic)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        futures = [
+            await producer.send(
+                str(fixed) if fixed else r.topic, r.value, key=r.key, headers=r.headers
+            )
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+        print("sent", flush=True)
+    finally:
+        await producer.stop()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "rb") as f:
+        records = pickle.load(f)  # noqa: S301 - written by publishing(), just before
+    asyncio.run(_publish(records, json.loads(sys.argv[2])))
