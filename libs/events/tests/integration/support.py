@@ -41,6 +41,14 @@ async def running(*coros_or_objects):
                 await t
 
 
+async def record_applied(session, applied, event, consumer: str) -> None:
+    """The row a test's handler writes for an event it applied, in the handler's
+    transaction (what :func:`applied_counts` counts)."""
+    await session.execute(
+        applied.insert().values(event_id=event.id, tenant_id=event.tenantid, consumer=consumer)
+    )
+
+
 def make_consumer(
     tenant,
     sessionmaker,
@@ -61,9 +69,7 @@ def make_consumer(
     async def record(session, event):
         if event.tenantid != tenant:
             return
-        await session.execute(
-            applied.insert().values(event_id=event.id, tenant_id=tenant, consumer=group)
-        )
+        await record_applied(session, applied, event, group)
 
     return EventConsumer(
         name=group,

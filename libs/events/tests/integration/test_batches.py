@@ -22,7 +22,14 @@ from afterglow.events.kafka import KeyPartitioner
 from afterglow.events.testing import TopicTap, eventually
 
 from .schema import applied_in_order, tally
-from .support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
+from .support import (
+    EVENT_TYPE,
+    applied_counts,
+    make_consumer,
+    record_applied,
+    running,
+    ticket_event,
+)
 
 
 async def publish_together(producer, *records) -> None:
@@ -87,11 +94,7 @@ class TestOneTransactionPerBatch:
             most = max(most, inflight)
             try:
                 await asyncio.sleep(0.05)  # holds its transaction open meanwhile
-                await session.execute(
-                    applied.insert().values(
-                        event_id=event.id, tenant_id=tenant_id, consumer="bounded"
-                    )
-                )
+                await record_applied(session, applied, event, "bounded")
             finally:
                 inflight -= 1
 

@@ -13,7 +13,14 @@ import uuid
 from afterglow.events import Outbox, OutboxRelay, PermanentError, RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
 
-from .support import EVENT_TYPE, applied_counts, make_consumer, running, ticket_event
+from .support import (
+    EVENT_TYPE,
+    applied_counts,
+    make_consumer,
+    record_applied,
+    running,
+    ticket_event,
+)
 
 
 class TestOutbox:
@@ -103,9 +110,7 @@ class TestConsumer:
             attempts.append(event.id)
             if len(attempts) < 3:
                 raise ConnectionError("the payment provider blinked")
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
         event = ticket_event(tenant_id)
         r = to_record(event)
@@ -139,9 +144,7 @@ class TestConsumer:
                 return
             if event.data.status == poison_status:
                 raise PermanentError("status cannot be applied")
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
         customer = "same-partition"
         before = ticket_event(tenant_id, customer)

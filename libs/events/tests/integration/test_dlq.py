@@ -12,7 +12,7 @@ from afterglow.events import PermanentError, RetryPolicy, to_record
 from afterglow.events.dlq import DeadLetter, read_dead_letters, redrive
 from afterglow.events.testing import TopicTap, eventually
 
-from .support import applied_counts, make_consumer, running, ticket_event
+from .support import applied_counts, make_consumer, record_applied, running, ticket_event
 
 DLQ = "afterglow.tickets.dlq"
 
@@ -40,11 +40,7 @@ class _Flaky:
             return
         if not self.fixed:
             raise PermanentError("the handler cannot apply this yet")
-        await session.execute(
-            self.applied.insert().values(
-                event_id=event.id, tenant_id=self.tenant, consumer=self.group
-            )
-        )
+        await record_applied(session, self.applied, event, self.group)
 
 
 async def send(producer, event) -> None:

@@ -12,7 +12,7 @@ from afterglow.devstack.outages import PostgresOutage
 from afterglow.events import RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
 
-from .support import applied_counts, make_consumer, running, ticket_event
+from .support import applied_counts, make_consumer, record_applied, running, ticket_event
 
 # Three tries was the whole budget of any failure before; outages must outlast it.
 RETRY = RetryPolicy(attempts=3, base_delay_s=0.02, max_delay_s=0.1, max_transient_delay_s=0.2)
@@ -44,9 +44,7 @@ class TestTransientFailures:
                 problems_seen.append(consumer.problems())
                 raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
             order.append(event.id)
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
         consumer = make_consumer(
             tenant_id,
@@ -100,9 +98,7 @@ class TestTransientFailures:
                 # Long enough for the poll loop to read and dispatch the next poll.
                 await asyncio.sleep(0.5)
                 raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
         consumer = make_consumer(
             tenant_id,
@@ -150,9 +146,7 @@ class TestTransientFailures:
         async def slow(session, event):
             if event.tenantid != tenant_id:
                 return
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant_id, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
             await asyncio.sleep(0.05)  # so that the stop lands mid-stream
 
         consumer = make_consumer(

@@ -37,6 +37,8 @@ from afterglow.events.catalog import TicketUpdated
 from afterglow.events.envelope import from_record
 from afterglow.events.testing import TopicTap, eventually
 
+from .support import record_applied
+
 pytestmark = pytest.mark.kafka_only
 
 TOPIC = "afterglow.tickets"
@@ -212,9 +214,7 @@ async def log_and_applied(
 
     async def record(session, event):
         if event.tenantid == tenant:
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
     consumer = EventConsumer(
         name=group,

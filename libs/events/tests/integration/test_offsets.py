@@ -16,7 +16,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from afterglow.events import EventConsumer, RetryPolicy, to_record
 from afterglow.events.testing import eventually
 
-from .support import EVENT_TYPE, applied_counts, running, ticket_event
+from .support import EVENT_TYPE, applied_counts, record_applied, running, ticket_event
 
 
 async def commit(kafka, group: str, offsets: dict[TopicPartition, int]) -> None:
@@ -34,9 +34,7 @@ async def commit(kafka, group: str, offsets: dict[TopicPartition, int]) -> None:
 def recording(tenant: str, applied, group: str):
     async def handler(session, event):
         if event.tenantid == tenant:
-            await session.execute(
-                applied.insert().values(event_id=event.id, tenant_id=tenant, consumer=group)
-            )
+            await record_applied(session, applied, event, group)
 
     return handler
 

@@ -15,6 +15,7 @@ import sys
 # Run as a script (python worker.py), so its own directory is already on sys.path.
 from schema import TABLES, applied
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from support import record_applied
 
 from afterglow.devstack.stack import kafka_config_from_env
 from afterglow.events import EventConsumer, KafkaConfig, OutboxRelay, build_producer
@@ -44,9 +45,7 @@ async def consume(group: str, tenant: str, delay: float, *, crash: bool = False)
     async def handle(session, event):
         if event.tenantid != tenant:
             return
-        await session.execute(
-            applied.insert().values(event_id=event.id, tenant_id=event.tenantid, consumer=group)
-        )
+        await record_applied(session, applied, event, group)
         await asyncio.sleep(delay)  # slow enough to be killed in the middle of a batch
         if crash:
             consumer.applied_ours = True  # type: ignore[attr-defined]
