@@ -40,7 +40,7 @@ class Next(Enum):
     HALT = "halt"  # blocked on a survey or a wait, or the instance exited: stop stepping
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as engine.state's values (one per action run)
 class Step:
     """The action's surroundings. ``key`` is stable for the instance and step, so a retry
     produces the same request id and downstream de-duplicates."""

@@ -64,7 +64,7 @@ MAX_REMEMBERED_TICKETS = 50
 MAX_REMEMBERED_ORDERS = 30
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as engine.state's values (one per event)
 class Occurrence:
     """An event as the engine sees it: ``at`` is when it happened in the world."""
 

@@ -65,7 +65,12 @@ def first_order_of(ev: Occurrence, profile: Profile) -> bool | None:
     )
 
 
-@dataclass(frozen=True)
+# The values a step builds (several per event: a transition per stage entered or action
+# skipped, an action out, a timer wanted) are plain slotted dataclasses, not frozen ones:
+# a frozen dataclass's __init__ sets each field through object.__setattr__, and they
+# were ~10% of handle_event for an order.placed (58 -> 52 us). Nothing changes one
+# after it is built.
+@dataclass(slots=True)
 class Transition:
     kind: str  # stage, skip, pause, resume, exit, complete, timeout, deferred
     from_stage: str | None
@@ -75,7 +80,7 @@ class Transition:
     at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActionOut:
     """An action to perform; ``step`` is stable for the instance and step, so a retry
     produces the same request id and downstream de-duplicates."""
@@ -85,7 +90,7 @@ class ActionOut:
     params: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TimerSpec:
     key: str
     kind: str  # stage_due, reminder, timeout
