@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -10,6 +12,7 @@ from afterglow.devstack.stack import Stack, kafka_config_from_env
 from afterglow.events import KafkaConfig, build_producer
 
 from . import schema  # shared with worker.py, which runs as a script
+from .support import make_consumer
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,13 @@ def applied():
 @pytest.fixture
 def worker_script() -> Path:
     return Path(__file__).parent / "worker.py"
+
+
+@pytest.fixture
+def consumer_for(tenant_id, sessionmaker, tables, kafka, producer, applied) -> Callable[..., Any]:
+    """:func:`support.make_consumer` for this test's tenant, database, broker and
+    ``applied`` table: a test passes only what is its own (handler, group, retry,
+    batch sizes)."""
+    return functools.partial(
+        make_consumer, tenant_id, sessionmaker, tables, kafka, producer, applied
+    )

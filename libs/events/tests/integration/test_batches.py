@@ -25,7 +25,6 @@ from .schema import applied_in_order, tally
 from .support import (
     EVENT_TYPE,
     applied_counts,
-    make_consumer,
     record_applied,
     running,
     ticket_event,
@@ -80,7 +79,7 @@ async def caught_up(consumer_sessionmaker, producer, tenant):
 
 class TestOneTransactionPerBatch:
     async def test_partitions_of_one_poll_apply_at_most_the_bound_at_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer, applied
     ):
         """Each partition's transaction holds a pooled connection: unbounded, one poll
         over many partitions asked the pool for as many connections at once."""
@@ -98,10 +97,10 @@ class TestOneTransactionPerBatch:
             finally:
                 inflight -= 1
 
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied,
-            handler=slow, parallel_partitions=2,
-        )  # fmt: skip
+        consumer = consumer_for(
+            handler=slow,
+            parallel_partitions=2,
+        )
         # Forty customers: their keys spread over every partition of the topic.
         events = [ticket_event(tenant_id, f"c-{n}") for n in range(40)]
         async with running(consumer.run()):
@@ -115,11 +114,9 @@ class TestOneTransactionPerBatch:
         assert 1 <= most <= 2
 
     async def test_a_duplicate_in_the_batch_and_one_applied_before_are_applied_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied, handler=recording(tenant_id)
-        )
+        consumer = consumer_for(handler=recording(tenant_id))
         a, b = ticket_event(tenant_id, "c-1"), ticket_event(tenant_id, "c-1")
         async with running(consumer.run()):
             marker = await caught_up(sessionmaker, producer, tenant_id)
@@ -138,16 +135,10 @@ class TestOneTransactionPerBatch:
         assert tx_marker != tx_a
 
     async def test_a_poison_record_in_the_middle_alone_reaches_the_dlq(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer, applied
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=recording(tenant_id, poison_status="poison"),
             group=group,
         )
@@ -197,19 +188,13 @@ class TestOneTransactionPerBatch:
         assert await applied_counts(sessionmaker, applied, tenant_id) == {}
 
     async def test_a_catalog_type_the_group_does_not_handle_is_skipped_unparsed(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
         """A topic carries types this group does not handle: they are skipped by their
         ce_type header, before their body is parsed (a broken one included: the group
         that handles the type judges it), and never dead-lettered here."""
         group = f"test-{uuid.uuid4().hex[:8]}"
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=recording(tenant_id),
             group=group,
         )
@@ -240,7 +225,7 @@ class TestOneTransactionPerBatch:
         assert outcomes[1]._value.get() == malformed, "judged by a group that handles it"
 
     async def test_a_batch_handler_gets_the_new_events_as_one_list_in_order(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
         calls: list[list[str]] = []
 
@@ -255,13 +240,7 @@ class TestOneTransactionPerBatch:
                 [dict(tenant_id=tenant_id, event_id=e.id, txid=txid) for e in ours],
             )
 
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=BatchHandler(apply_all),
         )
         a, b, c = (ticket_event(tenant_id, "c-1") for _ in range(3))
@@ -277,15 +256,9 @@ class TestOneTransactionPerBatch:
         assert calls[-1] == [a.id, b.id, c.id], "one call, repeats left out, in order"
 
     async def test_max_records_bounds_the_records_of_one_transaction(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=recording(tenant_id),
             max_records=2,
         )
@@ -345,12 +318,9 @@ class TestSmallPollsTogether:
     in it is judged partition by partition, as without it."""
 
     async def test_a_small_poll_over_many_partitions_takes_few_transactions(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied,
-            handler=recording(tenant_id), coalesce_below=100,
-        )  # fmt: skip
+        consumer = consumer_for(handler=recording(tenant_id), coalesce_below=100)
         # Thirty customers, two events each, over every partition.
         customers = await customers_over_every_partition(producer, tenant_id, 30)
         events = [ticket_event(tenant_id, c) for c in customers * 2]
@@ -381,14 +351,12 @@ class TestSmallPollsTogether:
         assert len(transactions) < len(partitions) / 2, (len(transactions), len(partitions))
 
     async def test_a_poison_record_in_a_small_poll_alone_reaches_the_dlq(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied,
-            handler=recording(tenant_id, poison_status="poison"), group=group,
-            coalesce_below=100,
-        )  # fmt: skip
+        consumer = consumer_for(
+            handler=recording(tenant_id, poison_status="poison"), group=group, coalesce_below=100
+        )
         customers = await customers_over_every_partition(producer, tenant_id, 20)
         before = [ticket_event(tenant_id, c) for c in customers]
         poison = ticket_event(tenant_id, customers[3], status="poison")
@@ -426,7 +394,7 @@ class TestSmallPollsTogether:
 
 class TestCrashBetweenCommits:
     async def test_a_batch_committed_but_not_its_offsets_is_read_again_and_applied_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied, worker_script
+        self, consumer_for, tenant_id, sessionmaker, producer, applied, worker_script
     ):
         events = [ticket_event(tenant_id, f"c-{i % 3}") for i in range(12)]
         await publish_together(producer, *(to_record(e) for e in events))
@@ -437,9 +405,7 @@ class TestCrashBetweenCommits:
         first = await applied_counts(sessionmaker, applied, tenant_id)
         assert first and set(first.values()) == {1}, "its transaction committed"
 
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied, group=group
-        )
+        consumer = consumer_for(group=group)
         async with running(consumer.run()):
             # It joins once the dead member's session has expired, then re-reads.
             replayed = await eventually(
@@ -465,7 +431,7 @@ def _duplicates(group: str, topic: str) -> float:
 
 class TestReplicas:
     async def test_two_members_of_one_group_lose_no_update_and_apply_each_event_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
 
@@ -495,13 +461,7 @@ class TestReplicas:
             )
 
         def replica():
-            return make_consumer(
-                tenant_id,
-                sessionmaker,
-                tables,
-                kafka,
-                producer,
-                applied,
+            return consumer_for(
                 handler=read_modify_write,
                 group=group,
             )

@@ -16,7 +16,6 @@ from afterglow.events.testing import TopicTap, eventually
 from .support import (
     EVENT_TYPE,
     applied_counts,
-    make_consumer,
     record_applied,
     running,
     ticket_event,
@@ -25,7 +24,7 @@ from .support import (
 
 class TestOutbox:
     async def test_committed_event_reaches_a_consumer_and_rolled_back_never_does(
-        self, tenant_id, engine, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, engine, sessionmaker, tables, producer, applied
     ):
         outbox = Outbox(tables)
         kept, dropped = ticket_event(tenant_id), ticket_event(tenant_id)
@@ -36,7 +35,7 @@ class TestOutbox:
                 await outbox.add(s, dropped)
                 raise RuntimeError("the business change failed")
         relay = OutboxRelay(engine, tables, producer, poll_interval_s=0.1)
-        consumer = make_consumer(tenant_id, sessionmaker, tables, kafka, producer, applied)
+        consumer = consumer_for()
         async with running(relay.run(), consumer.run()):
             counts = await eventually(
                 lambda: applied_counts(sessionmaker, applied, tenant_id), timeout=30
@@ -84,7 +83,7 @@ class TestOutbox:
 
 class TestConsumer:
     async def test_same_event_delivered_twice_is_applied_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer, applied
     ):
         event = ticket_event(tenant_id)
         record = to_record(event)
@@ -92,14 +91,14 @@ class TestConsumer:
             await producer.send_and_wait(
                 record.topic, record.value, key=record.key, headers=record.headers
             )
-        consumer = make_consumer(tenant_id, sessionmaker, tables, kafka, producer, applied)
+        consumer = consumer_for()
         async with running(consumer.run()):
             await eventually(lambda: applied_counts(sessionmaker, applied, tenant_id), timeout=30)
             await asyncio.sleep(1.0)
         assert await applied_counts(sessionmaker, applied, tenant_id) == {event.id: 1}
 
     async def test_transient_failure_is_retried_then_succeeds(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer, applied
     ):
         attempts: list[str] = []
         group = f"test-{uuid.uuid4().hex[:8]}"
@@ -115,13 +114,7 @@ class TestConsumer:
         event = ticket_event(tenant_id)
         r = to_record(event)
         await producer.send_and_wait(r.topic, r.value, key=r.key, headers=r.headers)
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=flaky,
             group=group,
             retry=RetryPolicy(attempts=5, base_delay_s=0.05),
@@ -134,7 +127,7 @@ class TestConsumer:
         assert attempts == [event.id] * 3
 
     async def test_poison_goes_to_dlq_and_the_partition_keeps_flowing(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer, applied
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
         poison_status = "poison"
@@ -165,13 +158,7 @@ class TestConsumer:
             await producer.send_and_wait(
                 records[2].topic, records[2].value, key=records[2].key, headers=records[2].headers
             )
-            consumer = make_consumer(
-                tenant_id,
-                sessionmaker,
-                tables,
-                kafka,
-                producer,
-                applied,
+            consumer = consumer_for(
                 handler=handler,
                 group=group,
             )
@@ -197,9 +184,7 @@ class TestConsumer:
         assert dict(poisoned.headers)["x-attempts"] == b"1", "poison is not retried"
         assert dict(poisoned.headers)["ce_id"] == poison.id.encode()
 
-    async def test_exhausted_retries_go_to_dlq(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
-    ):
+    async def test_exhausted_retries_go_to_dlq(self, consumer_for, tenant_id, kafka, producer):
         group = f"test-{uuid.uuid4().hex[:8]}"
 
         # An error the classifier cannot place (a handler bug): bounded retries, then the
@@ -213,13 +198,7 @@ class TestConsumer:
         r = to_record(event)
         async with TopicTap(kafka.bootstrap_servers, "afterglow.tickets.dlq") as dlq:
             await producer.send_and_wait(r.topic, r.value, key=r.key, headers=r.headers)
-            consumer = make_consumer(
-                tenant_id,
-                sessionmaker,
-                tables,
-                kafka,
-                producer,
-                applied,
+            consumer = consumer_for(
                 handler=always_down,
                 group=group,
                 retry=RetryPolicy(attempts=3, base_delay_s=0.01),
@@ -278,7 +257,16 @@ class TestCrashes:
         assert counts == {e.id: 1 for e in events}
 
     async def test_relay_killed_after_publishing_publishes_again_and_downstream_applies_once(
-        self, tenant_id, engine, sessionmaker, tables, kafka, producer, applied, worker_script
+        self,
+        consumer_for,
+        tenant_id,
+        engine,
+        sessionmaker,
+        tables,
+        kafka,
+        producer,
+        applied,
+        worker_script,
     ):
         event = ticket_event(tenant_id)
         async with sessionmaker.begin() as s:
@@ -289,7 +277,7 @@ class TestCrashes:
             assert crashed.returncode == 137, out.decode()
             await tap.wait_for(lambda e: e.id == event.id, timeout=30)
             relay = OutboxRelay(engine, tables, producer, poll_interval_s=0.1)
-            consumer = make_consumer(tenant_id, sessionmaker, tables, kafka, producer, applied)
+            consumer = consumer_for()
             async with running(relay.run(), consumer.run()):
                 twice = await tap.wait_for(lambda e: e.id == event.id, count=2, timeout=30)
                 counts = await eventually(

@@ -12,7 +12,7 @@ from afterglow.events import PermanentError, RetryPolicy, to_record
 from afterglow.events.dlq import DeadLetter, read_dead_letters, redrive
 from afterglow.events.testing import TopicTap, eventually
 
-from .support import applied_counts, make_consumer, record_applied, running, ticket_event
+from .support import applied_counts, record_applied, running, ticket_event
 
 DLQ = "afterglow.tickets.dlq"
 
@@ -54,14 +54,12 @@ def of_tenant(tenant: str):
 
 class TestRedrive:
     async def test_a_letter_not_applied_is_applied_once(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer, applied
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
         handler = _Flaky(tenant_id, applied, group)
         first, second = ticket_event(tenant_id, "c-r"), ticket_event(tenant_id, "c-r")
-        consumer = make_consumer(
-            tenant_id, sessionmaker, tables, kafka, producer, applied, handler=handler, group=group
-        )
+        consumer = consumer_for(handler=handler, group=group)
         async with running(consumer.run()):
             for e in (first, second):
                 await send(producer, e)
@@ -94,18 +92,12 @@ class TestRedrive:
             assert "x-consumer" not in names and "x-attempts" not in names
 
     async def test_a_letter_applied_meanwhile_has_no_second_effect(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer, applied
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
         handler = _Flaky(tenant_id, applied, group)
         event = ticket_event(tenant_id, "c-twice")
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=handler,
             group=group,
             retry=RetryPolicy(attempts=2, base_delay_s=0.01),

@@ -12,7 +12,7 @@ from afterglow.devstack.outages import PostgresOutage
 from afterglow.events import RetryPolicy, to_record
 from afterglow.events.testing import TopicTap, eventually
 
-from .support import applied_counts, make_consumer, record_applied, running, ticket_event
+from .support import applied_counts, record_applied, running, ticket_event
 
 # Three tries was the whole budget of any failure before; outages must outlast it.
 RETRY = RetryPolicy(attempts=3, base_delay_s=0.02, max_delay_s=0.1, max_transient_delay_s=0.2)
@@ -27,7 +27,7 @@ async def publish(producer, *events) -> None:
 
 class TestTransientFailures:
     async def test_connection_errors_past_the_attempt_limit_never_reach_the_dlq(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, kafka, producer, applied
     ):
         group = f"test-{uuid.uuid4().hex[:8]}"
         first, second = ticket_event(tenant_id, "c-1"), ticket_event(tenant_id, "c-1")
@@ -46,13 +46,7 @@ class TestTransientFailures:
             order.append(event.id)
             await record_applied(session, applied, event, group)
 
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=database_away,
             group=group,
             retry=RETRY,
@@ -77,7 +71,7 @@ class TestTransientFailures:
         assert "ConnectionRefusedError" in problems_seen[-1][0]
 
     async def test_a_stall_steps_aside_the_partitions_next_batch_already_in_flight(
-        self, tenant_id, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, sessionmaker, producer, applied
     ):
         """Polls overlap (a poll's batches start while the last poll's finish): when a
         batch fails transiently, its partition's batch from the next poll, dispatched
@@ -100,13 +94,7 @@ class TestTransientFailures:
                 raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
             await record_applied(session, applied, event, group)
 
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=fails_once_slowly,
             group=group,
             retry=RETRY,
@@ -135,7 +123,7 @@ class TestTransientFailures:
 
     @pytest.mark.slow
     async def test_postgres_stopped_mid_stream_loses_nothing_and_applies_once(
-        self, tenant_id, engine, sessionmaker, tables, kafka, producer, applied
+        self, consumer_for, tenant_id, engine, sessionmaker, kafka, producer, applied
     ):
         outage = await PostgresOutage.of(engine)
         if outage is None:
@@ -149,13 +137,7 @@ class TestTransientFailures:
             await record_applied(session, applied, event, group)
             await asyncio.sleep(0.05)  # so that the stop lands mid-stream
 
-        consumer = make_consumer(
-            tenant_id,
-            sessionmaker,
-            tables,
-            kafka,
-            producer,
-            applied,
+        consumer = consumer_for(
             handler=slow,
             group=group,
             retry=RETRY,
