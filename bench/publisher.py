@@ -71,19 +71,17 @@ async def publishing(
 
 async def _publish(records: list[KafkaRecord], spec: dict[str, object]) -> None:
     kafka = KafkaConfig(str(spec["bootstrap"]), enable_idempotence=bool(spec["idempotence"]))
-    fixed = spec["topic"]
+    fixed = str(spec["topic"]) if spec["topic"] else None
     producer = build_producer(kafka)
     await producer.start()
     try:
         # Every topic's metadata before the clock, as a running publisher would have it.
-        for topic in {str(fixed)} if fixed else {r.topic for r in records}:
+        for topic in {fixed} if fixed else {r.topic for r in records}:
             await producer.partitions_for(topic)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         futures = [
-            await producer.send(
-                str(fixed) if fixed else r.topic, r.value, key=r.key, headers=r.headers
-            )
+            await producer.send(fixed or r.topic, r.value, key=r.key, headers=r.headers)
             for r in records
         ]
         await asyncio.gather(*futures)

@@ -365,25 +365,17 @@ def order_records(tenant: str, n: int, placed_at: datetime) -> list[KafkaRecord]
     return records
 
 
-async def spawn_child(
-    flag: str, kafka: KafkaConfig, spec: dict[str, Any]
-) -> asyncio.subprocess.Process:
-    """This script again as a child (``flag``: ``--floor-child``), given the broker and
-    ``spec`` as JSON (read back by :func:`child_args`); its stdout is a pipe."""
+async def spawn_floor_child(kafka: KafkaConfig, spec: dict[str, Any]) -> asyncio.subprocess.Process:
+    """This script again as the floor's child (``--floor-child``), given the broker and
+    ``spec`` as JSON (read back by :func:`floor_child`); its stdout is a pipe."""
     kafka_spec = {"bootstrap": kafka.bootstrap_servers, "idempotence": kafka.enable_idempotence}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
-        flag,
+        "--floor-child",
         to_json(kafka_spec | spec).decode(),
         stdout=asyncio.subprocess.PIPE,
     )
-
-
-def child_args(spec: str) -> tuple[dict[str, Any], KafkaConfig]:
-    """A child's spec (:func:`spawn_child`) and the broker it names."""
-    args = json.loads(spec)
-    return args, KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
 
 
 async def reset_statements(rt: Runtime) -> None:
@@ -482,7 +474,8 @@ async def floor_passes(kafka: KafkaConfig, n: int, passes: int) -> list[float]:
 
 def floor_child(spec: str) -> None:
     """Entry point of the floor's child (``--floor-child JSON``): prints its rates."""
-    args, kafka = child_args(spec)
+    args = json.loads(spec)
+    kafka = KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
     rates = asyncio.run(floor_passes(kafka, args["n"], args["passes"]))
     print(json.dumps(rates), flush=True)
 
@@ -501,7 +494,7 @@ async def consumer_floor(rt: Runtime, kafka: KafkaConfig, n: int) -> list[float]
         " WHERE sent_at IS NULL"
     )
     await eventually(lambda: count(rt, unsent), lambda v: v == 0, timeout=120, interval=0.05)
-    child = await spawn_child("--floor-child", kafka, {"n": n, "passes": FLOOR_PASSES})
+    child = await spawn_floor_child(kafka, {"n": n, "passes": FLOOR_PASSES})
     out, _ = await child.communicate()
     if child.returncode != 0:
         raise RuntimeError(f"the floor's child failed ({child.returncode})")
