@@ -2,9 +2,10 @@ import random
 import ssl
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from afterglow.events import KafkaConfig
-from afterglow.events.kafka import KeyPartitioner
+from afterglow.events.kafka import KeyPartitioner, murmur2
 
 
 class TestKafkaConfig:
@@ -33,6 +34,13 @@ class TestKeyPartitioner:
         for parts in ([0], list(range(12)), list(range(7)), [2, 5, 9]):
             for key in keys + keys:  # the second time from its memory
                 assert ours(key, parts, parts) == default(key, parts, parts)
+
+    def test_murmur2_is_aiokafkas_for_every_length_and_byte(self):
+        rng = random.Random(7)
+        keys = [b"", b"\x00", b"\xff" * 9, "tenant-é:c1".encode()]
+        keys += [rng.randbytes(n) for n in range(40) for _ in range(25)]
+        for key in keys:
+            assert murmur2(key) == aiokafka_murmur2(key), key
 
     def test_no_key_goes_to_an_available_partition(self):
         assert KeyPartitioner()(None, [0, 1, 2], [1]) == 1
