@@ -122,6 +122,39 @@ class TestDuplicates:
             assert [r.stage for r in await instances(orch, tenant_id, cu)] == ["onboarding"]
 
 
+class TestNewAndKnownCustomers:
+    async def test_a_batch_of_new_and_known_customers_reads_the_known_ones_state(
+        self, orch: Orchestrator, tenant_id: str
+    ) -> None:
+        """The profiles a batch creates are new (no instance to read); the others are
+        read as stored: a known customer's repeat order, next to new customers in one
+        batch, still finds the instance of their first order and restarts it."""
+        now = orch.clock.now()
+        known, new_ones = new_customer(), [new_customer() for _ in range(3)]
+        first = event(orch, tenant_id, known, order_placed(f"o1-{known}", now))
+        await apply_batch(orch, first)
+        repeat = event(orch, tenant_id, known, order_placed(f"o2-{known}", now))
+        batch = [event(orch, tenant_id, cu, order_placed(f"o-{cu}", now)) for cu in new_ones]
+
+        assert await apply_batch(orch, batch[0], repeat, *batch[1:]) == [
+            batch[0].id,
+            repeat.id,
+            *(e.id for e in batch[1:]),
+        ]
+
+        assert (await profile_state(orch, tenant_id, known))["orders_count"] == 2
+        assert sorted((r.order_id, r.status) for r in await instances(orch, tenant_id, known)) == [
+            (f"o1-{known}", "exited"),
+            (f"o2-{known}", "running"),
+        ]
+        assert ("exit", repeat.id) in await transitions(orch, tenant_id, known)
+        for cu in new_ones:
+            assert (await profile_state(orch, tenant_id, cu))["orders_count"] == 1
+            assert [(r.stage, r.status) for r in await instances(orch, tenant_id, cu)] == [
+                ("onboarding", "running")
+            ]
+
+
 class TestANewTenant:
     async def test_batches_of_two_partitions_do_not_wait_for_each_other(
         self, orch: Orchestrator, tenant_id: str

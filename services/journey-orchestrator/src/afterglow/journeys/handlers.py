@@ -71,8 +71,10 @@ async def apply_events(
     # A new tenant's default journey is committed apart (see ensure_defaults), so the
     # batches of its other partitions do not wait on this one.
     await store.ensure_defaults(session, tenants, now, apart=runtime.sessionmaker)
-    profiles = await store.lock_profiles(session, keys, now)
-    instances = await store.instances_of(session, keys)
+    profiles, new = await store.claim_profiles(session, keys, now)
+    instances = {k: [] for k in new} | await store.instances_of(
+        session, (k for k in keys if k not in new)
+    )
     journeys = await store.tenant_journeys(
         session, tenants, ((k[0], i) for k, insts in instances.items() for i in insts)
     )

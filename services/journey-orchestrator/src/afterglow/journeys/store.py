@@ -305,6 +305,9 @@ _INSERT_PROFILES = (
         .order_by(_NEW_PROFILES.c.tenant_id, _NEW_PROFILES.c.customer_id),
     )
     .on_conflict_do_nothing()
+    # The rows created: this transaction's until it commits (invisible to the others,
+    # and a concurrent insert of the same customer waits on it), so they need no lock.
+    .returning(_P.c.tenant_id, _P.c.customer_id)
 )
 _LOCK_KEYS = _keys("k", "tenant_id", "customer_id")
 
@@ -361,19 +364,45 @@ def _split(keys: Sequence[Key]) -> dict[str, list[str]]:
     return {"tenant_id": [k[0] for k in keys], "customer_id": [k[1] for k in keys]}
 
 
+async def claim_profiles(
+    session: AsyncSession, keys: Iterable[Key], now: datetime
+) -> tuple[dict[Key, d.Profile], set[Key]]:
+    """The profiles of ``keys``, each held by this transaction: the missing ones
+    created, the others locked, both in (tenant, customer) order. Returns them and
+    the keys created here: a customer new to this transaction has no instance and no
+    timer yet (those are only written with the profile row held), so the caller need
+    not look for any."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}, set()
+    created = await session.execute(_INSERT_PROFILES, {**_split(ordered), "now": now})
+    # A new customer's profile is the empty one its row holds ('{}'), and the row is
+    # this transaction's already: only the customers who had one are locked and read.
+    # (Locking the rows just created cost a lock record each in PostgreSQL.)
+    profiles = {(r.tenant_id, r.customer_id): d.Profile() for r in created}
+    new = set(profiles)
+    if len(new) < len(ordered):
+        profiles |= await _locked_profiles(session, [k for k in ordered if k not in new], False)
+    return profiles, new
+
+
 async def lock_profiles(
     session: AsyncSession, keys: Iterable[Key], now: datetime, *, skip_locked: bool = False
 ) -> dict[Key, d.Profile]:
     """Lock the profiles of ``keys`` in (tenant, customer) order, creating the missing
     ones first. With ``skip_locked`` nothing is created and a profile another
     transaction holds is left out, not waited for."""
-    ordered = sorted(set(keys))
+    if not skip_locked:
+        return (await claim_profiles(session, keys, now))[0]
+    return await _locked_profiles(session, sorted(set(keys)), True)
+
+
+async def _locked_profiles(
+    session: AsyncSession, ordered: list[Key], skip_locked: bool
+) -> dict[Key, d.Profile]:
     if not ordered:
         return {}
-    params = _split(ordered)
-    if not skip_locked:
-        await session.execute(_INSERT_PROFILES, {**params, "now": now})
-    rows = await session.execute(_LOCK_PROFILES[skip_locked], params)
+    rows = await session.execute(_LOCK_PROFILES[skip_locked], _split(ordered))
     return {
         (r.tenant_id, r.customer_id): d.Profile.model_validate_json(
             "{}" if r.state in (None, "null") else r.state
