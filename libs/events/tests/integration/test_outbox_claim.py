@@ -1,8 +1,10 @@
-"""The relay's claim reads a batch's worth of rows per shard, however long the backlog:
+"""The relay's claim reads about a batch's worth of rows, however long the backlog:
 ``shard = ANY(:shards) ORDER BY id`` could not follow ix_outbox_unsent (shard, id)
 across shards, so every claim read and sorted every unsent row, and a relay draining a
 backlog of a million events spent more of PostgreSQL than the writers producing them.
-Which rows it claims is unchanged: the oldest ``limit`` unsent rows of the shards."""
+Each shard is read up to its share of the batch first (OutboxRelay.claim), and up to
+the whole batch when the backlog sits in a few shards. Whatever it claims is, per
+shard, that shard's oldest unsent rows, so a key's events still leave in order."""
 
 from __future__ import annotations
 
@@ -27,32 +29,69 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-async def test_a_claim_reads_a_batch_per_shard_not_the_whole_backlog(
+async def _unsent_by_shard(conn: Any, schema: str) -> dict[int, list[int]]:
+    rows = await conn.execute(
+        text(f'SELECT shard, id FROM "{schema}".outbox WHERE sent_at IS NULL ORDER BY id')  # noqa: S608
+    )
+    out: dict[int, list[int]] = {}
+    for shard, id_ in rows:
+        out.setdefault(shard, []).append(id_)
+    return out
+
+
+async def _drain(engine, tables, producer) -> None:
+    """Later tests see an empty outbox."""
+    drain = OutboxRelay(engine, tables, producer)
+    while await drain.publish_once():
+        pass
+
+
+async def test_a_claim_reads_a_share_per_shard_not_the_whole_backlog(
     tenant_id, engine, sessionmaker, tables, producer
 ):
     relay = OutboxRelay(engine, tables, producer, batch_size=LIMIT)
     events = [ticket_event(tenant_id, customer=f"c-{i}") for i in range(BACKLOG)]
     async with sessionmaker.begin() as s:
         await Outbox(tables).add(s, *events)
-    t = f'"{tables.schema}".outbox'
-    params = {"shards": list(range(OUTBOX_SHARDS)), "limit": LIMIT}
+    shards = list(range(OUTBOX_SHARDS))
+    share = relay.shard_share(OUTBOX_SHARDS)
     async with engine.connect() as conn:
-        oldest = await conn.execute(
-            text(f"SELECT id FROM {t} WHERE sent_at IS NULL ORDER BY id LIMIT :n"),  # noqa: S608
-            {"n": LIMIT},
-        )
-        oldest_ids = list(oldest.scalars())
-        claimed = [r.id for r in await conn.execute(relay.claim_statement, params)]
+        unsent = await _unsent_by_shard(conn, tables.schema)
+        claimed = [r.id for r in await relay.claim(conn, shards)]
         await conn.rollback()  # the claim's row locks
         explain = text("EXPLAIN (ANALYZE, FORMAT JSON) " + relay.claim_statement.text)
+        params = {"shards": shards, "limit": LIMIT, "per_shard": share}
         plan = (await conn.execute(explain, params)).scalar_one()
         await conn.rollback()
-    assert claimed == oldest_ids
+    assert len(claimed) == LIMIT
+    assert claimed == sorted(claimed)
+    for shard, ids in unsent.items():
+        mine = [i for i in claimed if i in set(ids)]
+        assert mine == ids[: len(mine)], f"shard {shard}: not its oldest rows"
     nodes = _nodes((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
     read = max(n["Actual Rows"] * n["Actual Loops"] for n in nodes)
-    # At most a batch per shard went through any node; the old claim read them all.
-    assert read <= OUTBOX_SHARDS * LIMIT, nodes
+    # At most a share per shard went through any node; the first claim read them all,
+    # the one after it a whole batch per shard.
+    assert read <= OUTBOX_SHARDS * share < OUTBOX_SHARDS * LIMIT, nodes
 
-    drain = OutboxRelay(engine, tables, producer)  # later tests see an empty outbox
-    while await drain.publish_once():
-        pass
+    await _drain(engine, tables, producer)
+
+
+async def test_a_backlog_in_one_shard_still_fills_the_batch(
+    tenant_id, engine, sessionmaker, tables, producer
+):
+    """One customer's events (one key, one shard) past the shard's share: the claim is
+    read again with the whole batch for that shard, oldest first."""
+    relay = OutboxRelay(engine, tables, producer, batch_size=LIMIT)
+    assert relay.shard_share(OUTBOX_SHARDS) < LIMIT
+    async with sessionmaker.begin() as s:
+        await Outbox(tables).add(
+            s, *(ticket_event(tenant_id, customer="c-busy") for _ in range(50))
+        )
+    async with engine.connect() as conn:
+        (ids,) = (await _unsent_by_shard(conn, tables.schema)).values()
+        claimed = [r.id for r in await relay.claim(conn, list(range(OUTBOX_SHARDS)))]
+        await conn.rollback()
+    assert claimed == ids[:LIMIT]
+
+    await _drain(engine, tables, producer)

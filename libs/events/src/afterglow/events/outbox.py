@@ -195,23 +195,24 @@ class OutboxRelay:
             "SELECT s FROM generate_series(0, :n - 1) AS s WHERE pg_try_advisory_xact_lock(:ns, s)"
         )
         # The oldest ``limit`` unsent rows of the shards held, read shard by shard
-        # through ix_outbox_unsent (shard, id): each shard yields at most ``limit`` ids
-        # in id order and the merge keeps the first ``limit``. ``shard = ANY(:shards)
-        # ORDER BY id`` could not use the index's order across shards: it read and
-        # sorted every unsent row, so a claim cost grew with the backlog (72 ms per
-        # claim, half of PostgreSQL's CPU while a million timers fired).
+        # through ix_outbox_unsent (shard, id): each shard yields at most ``per_shard``
+        # ids in id order (a prefix of its rows, so a key's rows still go in order) and
+        # the merge keeps the first ``limit``. ``shard = ANY(:shards) ORDER BY id``
+        # could not use the index's order across shards: it read and sorted every
+        # unsent row, so a claim cost grew with the backlog (72 ms per claim, half of
+        # PostgreSQL's CPU while a million timers fired). See :meth:`claim`.
         self._claim_rows = text(
             # The headers as text, parsed by pydantic-core in _publish: the driver's
             # jsonb codec (the stdlib's json.loads) had 25 samples to the relay's 185.
-            f"SELECT o.id, o.topic, o.key, CAST(o.headers AS text) AS headers, o.value"  # noqa: S608
-            f" FROM {t} o "
+            "SELECT o.id, o.topic, o.key, o.shard,"  # noqa: S608
+            f" CAST(o.headers AS text) AS headers, o.value FROM {t} o "
             # ARRAY(...): the ids are looked up by primary key; as ``IN (SELECT ...)``
             # the planner could hash-join them against every unsent row.
             "WHERE o.sent_at IS NULL AND o.id = ANY(ARRAY("
             " SELECT u.id FROM unnest(CAST(:shards AS int[])) AS s(shard)"
             " CROSS JOIN LATERAL ("
             f"  SELECT id FROM {t} WHERE sent_at IS NULL AND shard = s.shard"
-            "   ORDER BY id LIMIT :limit) u"
+            "   ORDER BY id LIMIT :per_shard) u"
             " ORDER BY u.id LIMIT :limit)) "
             "ORDER BY o.id FOR UPDATE SKIP LOCKED"
         )
@@ -236,8 +237,8 @@ class OutboxRelay:
 
     @property
     def claim_statement(self) -> Any:
-        """The SELECT that claims a batch (parameters ``shards`` and ``limit``; a test
-        reads its plan)."""
+        """The SELECT that claims a batch (parameters ``shards``, ``limit`` and
+        ``per_shard``; a test reads its plan)."""
         return self._claim_rows
 
     @property
@@ -257,15 +258,40 @@ class OutboxRelay:
             ]
             if not shards:
                 return 0
-            rows = (
-                await conn.execute(self._claim_rows, {"shards": shards, "limit": self._batch_size})
-            ).all()
+            rows = await self.claim(conn, shards)
             if not rows:
                 return 0
             await self._publish(rows)
             await conn.execute(self._mark_sent, {"ids": [r.id for r in rows]})
         PUBLISHED.labels(self._schema).inc(len(rows))
         return len(rows)
+
+    def shard_share(self, shards: int) -> int:
+        """How many rows a claim first reads from each of ``shards`` shards."""
+        return min(self._batch_size, 2 * -(-self._batch_size // shards))
+
+    async def claim(self, conn: Any, shards: list[int]) -> list[Any]:
+        """The oldest ``batch_size`` unsent rows of ``shards``, locked.
+
+        First with each shard read up to its even share of the batch (twice over): a
+        backlog spread over the shards fills the batch from that, and the claim reads
+        about two batches' worth of the index instead of one per shard. A shard that gave
+        its whole share and a batch left short means the backlog sits in a few shards:
+        the claim is read again with each shard up to the whole batch, as before.
+        (Measured on a 30,000-row backlog, 1,000-row claims: ~4.5 against ~9.5 us of
+        PostgreSQL per row claimed.)"""
+        limit = self._batch_size
+        share = self.shard_share(len(shards))
+        params = {"shards": shards, "limit": limit, "per_shard": share}
+        rows = (await conn.execute(self._claim_rows, params)).all()
+        if share < limit and len(rows) < limit:
+            per_shard: dict[int, int] = {}
+            for r in rows:
+                per_shard[r.shard] = per_shard.get(r.shard, 0) + 1
+            if max(per_shard.values(), default=0) >= share:
+                params["per_shard"] = limit
+                rows = (await conn.execute(self._claim_rows, params)).all()
+        return rows
 
     async def _publish(self, rows: Iterable[Any]) -> None:
         """Send the claimed rows as record batches, one per partition (more when one
