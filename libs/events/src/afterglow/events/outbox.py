@@ -194,7 +194,7 @@ class OutboxRelay:
         self._claim_shards = text(
             "SELECT s FROM generate_series(0, :n - 1) AS s WHERE pg_try_advisory_xact_lock(:ns, s)"
         )
-        # The oldest ``limit`` unsent rows of the shards held, read shard by shard
+        # Up to ``limit`` unsent rows of the shards held, read shard by shard
         # through ix_outbox_unsent (shard, id): each shard yields at most ``per_shard``
         # ids in id order (a prefix of its rows, so a key's rows still go in order) and
         # the merge keeps the first ``limit``. ``shard = ANY(:shards) ORDER BY id``
@@ -271,7 +271,8 @@ class OutboxRelay:
         return min(self._batch_size, 2 * -(-self._batch_size // shards))
 
     async def claim(self, conn: Any, shards: list[int]) -> list[Any]:
-        """The oldest ``batch_size`` unsent rows of ``shards``, locked.
+        """Up to ``batch_size`` unsent rows of ``shards``, locked: each shard's oldest,
+        the batch's the oldest of those.
 
         First with each shard read up to its even share of the batch (twice over): a
         backlog spread over the shards fills the batch from that, and the claim reads
