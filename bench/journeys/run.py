@@ -67,7 +67,7 @@ from afterglow.kit.app import Runtime
 from afterglow.kit.clock import ManualClock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from consumer_rate import statement_label
+from consumer_rate import BENCH_TAG, statement_label
 from publisher import publishing
 
 # Customers written per statement (and transaction) when seeding.
@@ -387,26 +387,19 @@ async def reset_statements(rt: Runtime) -> None:
         await conn.execute(text("SELECT pg_stat_statements_reset()"))
 
 
-# The driver's own polls are named by this column alias: pg_stat_statements keeps a
-# statement's text without its leading comment, so a BENCH_TAG comment did not keep
-# them out of the instance's statements (the count poll was listed as the instance's,
-# 6.7 us per event).
-DRIVER_POLL = "bench_driver_poll"
-
-
 async def statements_since(rt: Runtime, top: int = 8) -> list[Any]:
     """PostgreSQL's statements since :func:`reset_statements`, by execution time spent
     in the server, most first: the instance's (its consumer, relay and timer loop), not
     this driver's polls. Timed by PostgreSQL, not by the client, whose clock would
     include the waits of an event loop busy with the other partitions."""
     q = text(
-        f"SELECT calls, rows, total_exec_time AS ms, query, true AS {DRIVER_POLL}"  # noqa: S608
+        f"SELECT calls, rows, total_exec_time AS ms, query, true AS {BENCH_TAG}"  # noqa: S608
         " FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND query NOT LIKE :driver ORDER BY total_exec_time DESC LIMIT :top"
     )
     async with rt.engine.connect() as conn:
-        return list((await conn.execute(q, {"driver": f"%{DRIVER_POLL}%", "top": top})).all())
+        return list((await conn.execute(q, {"driver": f"%{BENCH_TAG}%", "top": top})).all())
 
 
 def last_of_each_partition(records: list[KafkaRecord], partitions: int) -> list[str]:
@@ -432,11 +425,11 @@ async def events_rate(rt: Runtime, clock: ManualClock, n: int, kafka: KafkaConfi
     tenant = f"bench-{uuid.uuid4().hex[:6]}"
     records = order_records(tenant, n, clock.now())
     last = last_of_each_partition(records, TOPICS_BY_NAME["afterglow.orders"].partitions)
-    # Named (DRIVER_POLL): statements_since leaves the driver's own polls out. While the
+    # Named (BENCH_TAG): statements_since leaves the driver's own polls out. While the
     # events flow, the poll looks up each partition's last customer (a dozen index
     # probes); a count of the whole tenant's instances, ~3% of PostgreSQL's time over
     # the window when it was the poll, only confirms the end.
-    instances = f"SELECT count(*) AS {DRIVER_POLL} FROM {JourneyInstance.__table__.fullname}"  # noqa: S608
+    instances = f"SELECT count(*) AS {BENCH_TAG} FROM {JourneyInstance.__table__.fullname}"  # noqa: S608
     last_q = text(f"{instances} WHERE tenant_id = :t AND customer_id = ANY(:last)").bindparams(
         t=tenant, last=last
     )

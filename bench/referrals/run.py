@@ -96,7 +96,7 @@ async def main(orders: int, codes: int) -> None:
         try:
             # The bench's own progress poll (tagged: not counted as the consumer's work).
             progress = text(
-                f"{BENCH_TAG} SELECT count(*) FROM referrals.referrals WHERE tenant_id = :t"  # noqa: S608
+                f"SELECT count(*) AS {BENCH_TAG} FROM referrals.referrals WHERE tenant_id = :t"  # noqa: S608
             )
             # Sent by a child process, as the orders service would (bench/publisher.py).
             async with publishing(kafka, records) as go:
