@@ -84,9 +84,8 @@ async def test_a_claim_reads_a_share_per_shard_not_the_whole_backlog(
         assert mine == ids[: len(mine)], f"shard {shard}: not its oldest rows"
     # At most a share per shard went through any node; the first claim read them all,
     # the one after it a whole batch per shard.
-    assert _most_rows_through_one_node(nodes) <= OUTBOX_SHARDS * share < OUTBOX_SHARDS * LIMIT, (
-        nodes
-    )
+    read = _most_rows_through_one_node(nodes)
+    assert read <= OUTBOX_SHARDS * share < OUTBOX_SHARDS * LIMIT, nodes
 
     await _drain(engine, tables, producer)
 
