@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from afterglow.events import Outbox, OutboxRelay
@@ -119,6 +120,10 @@ async def test_a_claim_follows_the_index_whatever_the_outbox_statistics_say(
     unsent rows and a sort: 20-92 ms a claim of 500 rows in the journeys bench, slower
     the longer the backlog, against ~3 ms in the index's order. The relay pins the plan
     for its transaction: a claim still reads a share per shard, in order."""
+    async with engine.connect() as conn:
+        version = int((await conn.execute(text("SHOW server_version_num"))).scalar_one())
+    if version < 180000:  # a DATABASE_URL of the developer's own
+        pytest.skip("clearing a table's statistics needs PostgreSQL 18")
     # The relay's own batch over a backlog the size of the bench's.
     batch, backlog = 500, 40_000
     relay = OutboxRelay(engine, tables, producer, batch_size=batch)
