@@ -94,7 +94,7 @@ async def main(orders: int, codes: int) -> None:
         producer = build_producer(kafka)
         await producer.start()
         try:
-            # The bench's own progress poll (tagged: not counted as the consumer's work).
+            # The bench's own progress poll (named BENCH_TAG: not counted as the consumer's work).
             progress = text(
                 f"SELECT count(*) AS {BENCH_TAG} FROM referrals.referrals WHERE tenant_id = :t"  # noqa: S608
             )

@@ -41,15 +41,13 @@ async def _unsent_by_shard(conn: Any, schema: str) -> dict[int, list[int]]:
 
 
 async def _claim_and_plan(
-    relay: OutboxRelay, conn: Any, shards: list[int], limit: int = LIMIT
+    relay: OutboxRelay, conn: Any, shards: list[int]
 ) -> tuple[list[int], list[dict[str, Any]]]:
-    """The ids one claim of a ``limit``-row relay takes, and the plan nodes of that claim's
-    statement, read in the claim's own transaction (where the relay pins its plan),
-    then rolled back."""
+    """The ids one claim takes, and the plan nodes of that claim's statement, read in
+    the claim's own transaction (where the relay pins its plan), then rolled back."""
     claimed = [r.id for r in await relay.claim(conn, shards)]
     explain = text("EXPLAIN (ANALYZE, FORMAT JSON) " + relay.claim_statement.text)
-    params = {"shards": shards, "limit": limit, "per_shard": relay.shard_share(len(shards))}
-    plan = (await conn.execute(explain, params)).scalar_one()
+    plan = (await conn.execute(explain, relay.claim_params(shards))).scalar_one()
     await conn.rollback()  # the claim's row locks and its plan settings
     return claimed, _nodes((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
 
@@ -137,15 +135,15 @@ async def test_a_claim_follows_the_index_whatever_the_outbox_statistics_say(
         # none (the table never analyzed). From 40,000 rows on, a shard is then
         # estimated at two unsent rows, and a bitmap scan looks the cheaper plan.
         await conn.execute(
-            text("SELECT pg_clear_relation_stats(:schema, 'outbox')"), {"schema": tables.schema}
+            text(
+                "SELECT pg_clear_relation_stats(:schema, 'outbox'), (SELECT"
+                " count(pg_clear_attribute_stats(:schema, 'outbox', c, false))"
+                " FROM unnest(CAST(:columns AS text[])) AS c)"
+            ),
+            {"schema": tables.schema, "columns": ["shard", "sent_at", "id"]},
         )
-        for column in ("shard", "sent_at", "id"):
-            await conn.execute(
-                text("SELECT pg_clear_attribute_stats(:schema, 'outbox', :column, false)"),
-                {"schema": tables.schema, "column": column},
-            )
         await conn.commit()
-        claimed, nodes = await _claim_and_plan(relay, conn, shards, batch)
+        claimed, nodes = await _claim_and_plan(relay, conn, shards)
     assert len(claimed) == batch
     assert not [n for n in nodes if n["Node Type"].startswith("Bitmap")], nodes
     share = relay.shard_share(OUTBOX_SHARDS)

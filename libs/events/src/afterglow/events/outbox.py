@@ -282,6 +282,11 @@ class OutboxRelay:
         PUBLISHED.labels(self._schema).inc(len(rows))
         return len(rows)
 
+    def claim_params(self, shards: list[int]) -> dict[str, Any]:
+        """The binds of :attr:`claim_statement`'s first read of ``shards``."""
+        share = self.shard_share(len(shards))
+        return {"shards": shards, "limit": self._batch_size, "per_shard": share}
+
     def shard_share(self, shards: int) -> int:
         """How many rows a claim first reads from each of ``shards`` shards."""
         return min(self._batch_size, 2 * -(-self._batch_size // shards))
@@ -300,7 +305,7 @@ class OutboxRelay:
         await conn.execute(self._plan_claim)
         limit = self._batch_size
         share = self.shard_share(len(shards))
-        params = {"shards": shards, "limit": limit, "per_shard": share}
+        params = self.claim_params(shards)
         rows = (await conn.execute(self._claim_rows, params)).all()
         if share < limit and len(rows) < limit:
             per_shard: dict[int, int] = {}
