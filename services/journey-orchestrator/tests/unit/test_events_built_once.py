@@ -103,3 +103,14 @@ def test_an_envelope_that_is_invalid_never_reaches_the_engine(tenant, customer):
     ]
     with pytest.raises(MalformedEvent):
         from_record(f"{tenant}:{customer}".encode(), good.value, headers)
+
+
+def test_the_engine_sees_an_events_data_as_json_values_without_its_type():
+    event = _placed(order_id="o-9")
+    occ = occurrence(event)
+    assert occ.data == event.data.model_dump(mode="json", exclude={"type"})
+    assert "type" not in occ.data
+    assert occ.data["order_id"] == "o-9"
+    assert occ.data["placed_at"] == "2026-03-01T12:00:00Z"  # JSON values, not datetimes
+    assert occ.at == NOW  # when it happened: the data's placed_at
+    assert (occ.id, occ.type) == (event.id, event.type)

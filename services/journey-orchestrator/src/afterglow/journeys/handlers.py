@@ -49,7 +49,12 @@ def occurrence(event: CloudEvent[Any]) -> d.Occurrence:
         if isinstance(value, datetime):
             at = value
             break
-    return d.Occurrence(event.id, event.type, at, data.model_dump(mode="json", exclude={"type"}))
+    # The data as JSON values, without its type (the occurrence has it). Dropped after
+    # the dump: ``exclude`` builds a filter per call, and dumping with it took twice as
+    # long as the dump alone (8.5 against 4.2 us for an order.placed).
+    fields = data.model_dump(mode="json")
+    fields.pop("type", None)
+    return d.Occurrence(event.id, event.type, at, fields)
 
 
 async def apply_events(
