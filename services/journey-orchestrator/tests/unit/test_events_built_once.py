@@ -1,6 +1,7 @@
 """The events a journey step emits are built without validating them a second time
-(store._event, store._stage_changed): they must be the events the validating
-constructors build, and what comes from outside must still be refused."""
+and straight into their outbox rows, without an envelope model (store._event,
+store._stage_changed, afterglow.events.outbox_row): they must be the rows of the events
+the validating constructors build, and what comes from outside must still be refused."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from pydantic_core import from_json
 from sqlalchemy import MetaData
 
 from afterglow.events import (
     CloudEvent,
+    KafkaRecord,
     MalformedEvent,
     Outbox,
+    OutboxRow,
     event_tables,
     from_record,
     to_record,
 )
 from afterglow.events import catalog as c
+from afterglow.events.context import current_traceparent
 from afterglow.journeys import engine as d
 from afterglow.journeys import store
 from afterglow.journeys.handlers import occurrence
@@ -48,13 +53,19 @@ def _placed(tenant: str = "shop-1", customer: str = "c-1", **data: Any) -> Cloud
     return from_record(r.key, r.value, r.headers)  # as the consumer hands it over
 
 
-def _emitted(event: CloudEvent[Any], occ: d.Occurrence | None = None) -> list[CloudEvent[Any]]:
+def _emitted(event: CloudEvent[Any], occ: d.Occurrence | None = None) -> list[OutboxRow]:
     changes = store.Changes(OUTBOX, NOW)
     occ = occ or occurrence(event)
     outcome = d.handle_event(JOURNEYS, ACTIVE, [], d.Profile(), occ, NOW)
     for res in outcome.results:
         changes.step(event.tenantid, event.subject, d.DEFAULT_JOURNEY, res, outcome.profile)
     return changes.events
+
+
+def _published(row: OutboxRow) -> KafkaRecord:
+    """The record the relay sends for ``row`` (OutboxRelay._publish)."""
+    headers = [(k, v.encode()) for k, v in from_json(row.headers)]
+    return KafkaRecord(topic=row.topic, key=row.key.encode(), value=row.value, headers=headers)
 
 
 def _validated(event: CloudEvent[Any]) -> CloudEvent[Any]:
@@ -66,11 +77,18 @@ def _validated(event: CloudEvent[Any]) -> CloudEvent[Any]:
 
 def test_the_events_of_a_step_are_those_the_validating_constructors_build():
     emitted = _emitted(_placed())
-    assert {e.type for e in emitted} >= {c.JourneyStageChanged.model_fields["type"].default}
-    for event in emitted:
-        again = _validated(event)
-        assert event == again
-        assert to_record(event) == to_record(again)  # the same bytes on the wire
+    assert {r.event_type for r in emitted} >= {
+        c.JourneyStageChanged.model_fields["type"].default,
+        c.MessageRequested.model_fields["type"].default,
+    }
+    for row in emitted:
+        record = _published(row)
+        # As a consumer reads it: every header and the data validated.
+        parsed = from_record(record.key, record.value, record.headers)
+        again = _validated(parsed)
+        assert parsed == again
+        assert OutboxRow.of(again) == row  # the row the validated envelope makes
+        assert to_record(again) == record  # the same bytes on the wire
 
 
 def test_a_cause_with_a_control_character_is_refused_as_before():
@@ -114,3 +132,18 @@ def test_the_engine_sees_an_events_data_as_json_values_without_its_type():
     assert occ.data["placed_at"] == "2026-03-01T12:00:00Z"  # JSON values, not datetimes
     assert occ.at == NOW  # when it happened: the data's placed_at
     assert (occ.id, occ.type) == (event.id, event.type)
+
+
+def test_the_events_of_a_step_carry_the_trace_of_the_event_that_caused_them():
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    token = current_traceparent.set(traceparent)
+    try:
+        emitted = _emitted(_placed())
+    finally:
+        current_traceparent.reset(token)
+    assert emitted
+    for row in emitted:
+        assert ("ce_traceparent", traceparent.encode()) in _published(row).headers
+    # Outside any trace, none.
+    for row in _emitted(_placed()):
+        assert "ce_traceparent" not in dict(_published(row).headers)

@@ -26,7 +26,7 @@ from afterglow.events.failures import (
     classify,
 )
 from afterglow.events.kafka import KafkaConfig, build_consumer, build_producer
-from afterglow.events.outbox import Outbox, OutboxRelay
+from afterglow.events.outbox import Outbox, OutboxRelay, OutboxRow, outbox_row
 from afterglow.events.shutdown import cancel_and_wait, stop_within
 from afterglow.events.subscriptions import ConsumerGroup, Subscription, on, on_batch
 from afterglow.events.tables import EventTables, event_tables
@@ -51,6 +51,7 @@ __all__ = [
     "Money",
     "Outbox",
     "OutboxRelay",
+    "OutboxRow",
     "PermanentError",
     "RetryPolicy",
     "Subscription",
@@ -69,6 +70,7 @@ __all__ = [
     "from_record",
     "on",
     "on_batch",
+    "outbox_row",
     "stop_within",
     "to_record",
     "topic_for",

@@ -48,7 +48,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from afterglow.events import CloudEvent, Outbox, derived_event_id
+from afterglow.events import Outbox, OutboxRow, derived_event_id, outbox_row
 from afterglow.events import catalog as c
 from afterglow.events.batch import json_rows, write_params, writes_in_one_statement
 from afterglow.events.tracing import current
@@ -796,7 +796,7 @@ class Changes:
     timers: dict[str, TimerRow] = field(default_factory=dict)
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     transitions: list[dict[str, Any]] = field(default_factory=list)
-    events: list[CloudEvent[Any]] = field(default_factory=list)
+    events: list[OutboxRow] = field(default_factory=list)
     goals: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[Key, dict[str, Any]] = field(default_factory=dict)
     new_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -1058,25 +1058,25 @@ def _stage_changed(**fields: Any) -> c.JourneyStageChanged:
 
 def _event(
     data: Any, tenant: str, customer: str, now: datetime, parts: tuple[str, ...]
-) -> CloudEvent[Any]:
-    """The envelope of an event a step emits, not validated again: the tenant and the
-    customer are those of the consumed event or of a row written from one, the id a
-    UUIDv5, the time the clock's (aware), and ``data`` a catalog model its constructor
-    validated (or :func:`_stage_changed` checked)."""
-    return CloudEvent.new(
+) -> OutboxRow:
+    """The outbox row of an event a step emits, built without an envelope model
+    (afterglow.events.outbox_row): the tenant and the customer are those of the
+    consumed event or of a row written from one, the id a UUIDv5, the time the clock's
+    (aware), and ``data`` a catalog model its constructor validated (or
+    :func:`_stage_changed` checked)."""
+    return outbox_row(
         data,
         tenant_id=tenant,
         subject=customer,
         source=SOURCE,
         id=derived_event_id(SOURCE, tenant, *parts),
         time=now,
-        valid=True,
     )
 
 
 def _action_event(
     tenant: str, customer: str, now: datetime, s: d.InstanceState, a: d.ActionOut
-) -> CloudEvent[Any]:
+) -> OutboxRow:
     # The request id comes from the instance and the step: a retried transaction or a
     # timer fired twice produces the same id, and the receiver de-duplicates.
     request_id = derived_event_id("journey-step", s.id, a.step)
