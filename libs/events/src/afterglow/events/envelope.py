@@ -78,7 +78,7 @@ class CloudEvent(BaseModel, Generic[D]):
 
     @property
     def key(self) -> str:
-        return f"{self.tenantid}:{self.subject}"
+        return record_key(self.tenantid, self.subject)
 
     @property
     def topic(self) -> str:
@@ -116,6 +116,11 @@ class CloudEvent(BaseModel, Generic[D]):
         # CloudEvent itself (what CloudEvent[D] resolves to, through a lookup in
         # pydantic's cache of generic classes on every call).
         return CloudEvent(**attributes)
+
+
+def record_key(tenant_id: str, subject: str) -> str:
+    """The record key of a customer's events: one customer's events share a partition."""
+    return f"{tenant_id}:{subject}"
 
 
 # The class every parsed event is an instance of, resolved once: ``CloudEvent[...]``

@@ -44,7 +44,7 @@ from afterglow.events import tracing
 from afterglow.events.batch import unnest_insert
 from afterglow.events.catalog import EventData, topic_for
 from afterglow.events.context import current_traceparent
-from afterglow.events.envelope import CloudEvent, data_bytes, headers_of
+from afterglow.events.envelope import CloudEvent, data_bytes, headers_of, record_key
 from afterglow.events.kafka import KeyPartitioner
 from afterglow.events.listen import Listener
 from afterglow.events.shutdown import stop_within
@@ -130,7 +130,7 @@ def outbox_row(
     if traceparent is None:
         traceparent = current_traceparent.get()
     event_type = data.type
-    key = f"{tenant_id}:{subject}"
+    key = record_key(tenant_id, subject)
     headers = headers_of(id, source, event_type, time, subject, tenant_id, traceparent)
     return OutboxRow(
         id,
@@ -361,9 +361,8 @@ class OutboxRelay:
         (Measured on a 30,000-row backlog, 1,000-row claims: ~4.5 against ~9.5 us of
         PostgreSQL per row claimed.)"""
         await conn.execute(self._plan_claim)
-        limit = self._batch_size
-        share = self.shard_share(len(shards))
         params = self.claim_params(shards)
+        limit, share = params["limit"], params["per_shard"]
         rows = (await conn.execute(self._claim_rows, params)).all()
         if share < limit and len(rows) < limit:
             per_shard: dict[int, int] = {}
