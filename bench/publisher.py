@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from afterglow.devstack import served_loop
 from afterglow.events import KafkaConfig, KafkaRecord, build_producer
 from afterglow.events.kafka import KeyPartitioner
 
@@ -133,4 +134,4 @@ async def _publish(records: list[KafkaRecord], spec: dict[str, object]) -> None:
 if __name__ == "__main__":
     with open(sys.argv[1], "rb") as f:
         records = pickle.load(f)  # noqa: S301 - written by publishing(), just before
-    asyncio.run(_publish(records, json.loads(sys.argv[2])))
+    served_loop.run(_publish(records, json.loads(sys.argv[2])))

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 from afterglow.events import (
     CloudEvent,
@@ -152,7 +153,7 @@ def main() -> None:
         kafka = KafkaConfig(
             stack.kafka_bootstrap_servers, enable_idempotence=stack.kafka_enable_idempotence
         )
-        asyncio.run(bench(stack.database_url, kafka, n))
+        served_loop.run(bench(stack.database_url, kafka, n))
 
 
 if __name__ == "__main__":

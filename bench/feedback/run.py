@@ -25,7 +25,6 @@ embedded PostgreSQL and migrates it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from afterglow.devstack import served_loop
 from afterglow.events import CloudEvent, KafkaConfig
 from afterglow.events.catalog import (
     CustomerInfo,
@@ -263,11 +263,11 @@ def main() -> None:
             Path(".afterglow/bench-feedback"), ephemeral=True, services={"feedback"}
         ) as stack:
             os.environ.update(stack.env())
-            asyncio.run(consumer_bench(args.events, args.reviews))
+            served_loop.run(consumer_bench(args.events, args.reviews))
     if not args.rows:
         return
     if url:
-        asyncio.run(bench(url, args.rows, args.runs))
+        served_loop.run(bench(url, args.rows, args.runs))
         return
     from afterglow.devstack.postgres import EmbeddedPostgres
 
@@ -276,7 +276,7 @@ def main() -> None:
         url = pg.start()
         try:
             upgrade(SPEC.migrations, url)
-            asyncio.run(bench(url, args.rows, args.runs))
+            served_loop.run(bench(url, args.rows, args.runs))
         finally:
             pg.stop()
 

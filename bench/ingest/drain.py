@@ -22,7 +22,6 @@ else: what a round costs before any normalization, order book or outbox work.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import cProfile
 import json
@@ -38,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 
 FIXTURE = (
@@ -178,7 +178,7 @@ def cli() -> None:
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "ingest")
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), ephemeral=True) as stack:
         os.environ.update(stack.env())
-        asyncio.run(main(args))
+        served_loop.run(main(args))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import httpx
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -213,7 +214,7 @@ async def backlog_left(database_url: str) -> int:
 
 
 def drain_phase(url: str, database_url: str, prefix: str, work: Path, conns: int) -> None:
-    left = asyncio.run(backlog_left(database_url))
+    left = served_loop.run(backlog_left(database_url))
     if left:
         print(f"  drain: {left} deliveries of earlier phases still waiting; measured behind them")
 
@@ -228,8 +229,8 @@ def drain_phase(url: str, database_url: str, prefix: str, work: Path, conns: int
         waiting, seconds = await drained(database_url, sorted(set(r.ids)))
         return r, waiting, seconds
 
-    r, waiting, seconds = asyncio.run(store_then_drain())
-    floor_rate = asyncio.run(drain_floor(database_url, sorted(set(r.ids))))
+    r, waiting, seconds = served_loop.run(store_then_drain())
+    floor_rate = served_loop.run(drain_floor(database_url, sorted(set(r.ids))))
     if seconds is None:
         print(f"  drain: {waiting} stored deliveries NOT processed within 180 s")
         return
@@ -328,7 +329,7 @@ def main() -> None:
 
         def max_rate(url: str, n: int) -> None:
             r = wrk(url, pool(f"w{n}", args.pool), work, connections=conns, duration=secs)
-            stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+            stored, settle_s = served_loop.run(settle(stack.database_url, r.ids))
             report_ingest(f"orders-ingest, {n} worker(s)", r, stored, settle_s)
             print(
                 f"  {'':<34} ratio to floor {r.ok / r.seconds / fl.rate:.3f} "
@@ -346,7 +347,7 @@ def main() -> None:
                     duration=secs,
                     rate=rate,
                 )
-                stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                stored, settle_s = served_loop.run(settle(stack.database_url, r.ids))
                 report_ingest(f"orders-ingest at {rate}/s offered", r, stored, settle_s)
                 server_errors = sum(c for s, c in r.statuses.items() if s >= 500 and s != 503)
                 print(
@@ -359,7 +360,7 @@ def main() -> None:
         if args.split:
             with ingest_split(env) as url:
                 r = wrk(url, pool("split", args.pool), work, connections=conns, duration=secs)
-                stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                stored, settle_s = served_loop.run(settle(stack.database_url, r.ids))
                 report_ingest("orders-ingest, api + worker procs", r, stored, settle_s)
                 print(
                     f"  {'':<34} ratio to floor {r.ok / r.seconds / fl.rate:.3f} "
@@ -374,7 +375,7 @@ def main() -> None:
                         duration=secs,
                         rate=rate,
                     )
-                    stored, settle_s = asyncio.run(settle(stack.database_url, r.ids))
+                    stored, settle_s = served_loop.run(settle(stack.database_url, r.ids))
                     report_ingest(f"api + worker at {rate}/s offered", r, stored, settle_s)
                     server_errors = sum(c for s, c in r.statuses.items() if s >= 500 and s != 503)
                     print(f"  {'':<34} 5xx other than 503: {server_errors}")

@@ -50,6 +50,7 @@ from aiokafka.structs import TopicPartition
 from pydantic_core import to_json
 from sqlalchemy import func, select, text, update
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.pytest_plugin import serve_app
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig, KafkaRecord, Outbox, to_record
@@ -497,7 +498,7 @@ def floor_child(spec: str) -> None:
     """Entry point of the floor's child (``--floor-child JSON``): prints its rates."""
     args = json.loads(spec)
     kafka = KafkaConfig(args["bootstrap"], enable_idempotence=args["idempotence"])
-    rates = asyncio.run(floor_passes(kafka, args["n"], args["passes"]))
+    rates = served_loop.run(floor_passes(kafka, args["n"], args["passes"]))
     print(json.dumps(rates), flush=True)
 
 
@@ -693,7 +694,7 @@ def main() -> None:
         )
         if profiler:
             profiler.enable()
-        asyncio.run(bench(args, stack.database_url, kafka))
+        served_loop.run(bench(args, stack.database_url, kafka))
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)

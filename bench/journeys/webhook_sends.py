@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from afterglow.devstack import served_loop
 from afterglow.journeys.messaging.channels.base import Job, Route, Senders
 from afterglow.journeys.messaging.channels.webhook import WebhookChannel, webhook_session
 
@@ -147,4 +148,4 @@ if __name__ == "__main__":
     parser.add_argument("--bursts", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.in_flight, args.bursts, args.rounds))
+    served_loop.run(main(args.in_flight, args.bursts, args.rounds))

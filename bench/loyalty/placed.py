@@ -20,7 +20,6 @@ Usage: uv run python bench/loyalty/placed.py [--kind placed] [--orders 2000] [--
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import os
 import pstats
@@ -32,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent
 from afterglow.events.batch import apply_in_one_transaction, inbox_claim
@@ -162,7 +162,7 @@ if __name__ == "__main__":
     os.environ.setdefault("AFTERGLOW_ONLY_SERVICES", "loyalty")
     with running_stack(Path(".afterglow/bench-loyalty"), ephemeral=True, services={"loyalty"}) as s:
         os.environ.update(s.env())
-        asyncio.run(
+        served_loop.run(
             main(
                 args.kind, args.orders, args.batch, args.customers, args.return_window, args.profile
             )

@@ -50,6 +50,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig
 from afterglow.events.catalog import CustomerInfo, Money, OrderFulfilled, OrderPlaced
@@ -237,7 +238,7 @@ def redemption_phase(
     """One wrk run against a fresh tenant whose accounts hold more than the run can
     spend, then the stored redemptions and the ledger checked."""
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
-    key = asyncio.run(new_key(database_url, tenant))
+    key = served_loop.run(new_key(database_url, tenant))
     budget = 5_000 * duration * PRICE  # beyond what this machine redeems in the run
     credit(
         url, key, {"hot": budget} if hot else {f"c{a}": budget // accounts for a in range(accounts)}
@@ -251,7 +252,7 @@ def redemption_phase(
     cpu = cpu_seconds(PIDS[url])
     r = wrk_script(url, LUA, work, env, connections=connections, duration=duration)
     cpu = cpu_seconds(PIDS[url]) - cpu
-    stored, negative, wrong = asyncio.run(ledger_check(database_url, tenant))
+    stored, negative, wrong = served_loop.run(ledger_check(database_url, tenant))
     print(r.line(label))
     made = r.statuses.get(201, 0)
     print(
@@ -333,7 +334,7 @@ def main() -> None:
     ):
         os.environ.update(stack.env())
         if args.events:
-            asyncio.run(consumer_figure(args.events))
+            served_loop.run(consumer_figure(args.events))
         if not args.duration:
             return
         work = Path(tmp)
@@ -373,7 +374,7 @@ def main() -> None:
                         duration=secs,
                     )
                     rates[(name, hot)] = r.statuses.get(201, 0) / r.seconds
-        bare = asyncio.run(bare_db_rate(stack.database_url, accounts, 4000, 20))
+        bare = served_loop.run(bare_db_rate(stack.database_url, accounts, 4000, 20))
         print(f"  {'floor (bare lock+update txns)':<34} {bare:7.0f} txn/s")
         print("summary (redemptions/s; targets >= 1,500 spread, >= 500 hot):")
         for (name, hot), rate in rates.items():

@@ -29,6 +29,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.stack import running_stack
 from afterglow.events import CloudEvent, KafkaConfig, build_producer, to_record
 from afterglow.events.catalog import CustomerInfo, Money, OrderFulfilled, OrderPlaced
@@ -184,4 +185,4 @@ if __name__ == "__main__":
     state = Path(os.environ.get("AFTERGLOW_BENCH_STATE", ".afterglow/bench-referrals"))
     with running_stack(state, ephemeral=True) as stack:
         os.environ.update(stack.env())
-        asyncio.run(main(args.orders, args.codes))
+        served_loop.run(main(args.orders, args.codes))

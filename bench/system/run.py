@@ -57,6 +57,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.demo import SERVICES, Received, Receiver, Scenario
 from afterglow.devstack.services import RunningServices, running_services
 from afterglow.devstack.stack import running_stack
@@ -558,7 +559,7 @@ def main() -> None:
             ) as services,
         ):
             urls = {n: [p.url for p in procs] for n, procs in services.processes.items()}
-            asyncio.run(story(args, urls, stack.database_url, services, work))
+            served_loop.run(story(args, urls, stack.database_url, services, work))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ sides, and wall time on a shared machine is mostly the neighbours'), the best of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.server
 import os
 import threading
@@ -30,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from afterglow.devstack import served_loop
 from afterglow.devstack.postgres import EmbeddedPostgres
 from afterglow.events import tracing
 from afterglow.kit.db import create_engine
@@ -151,7 +151,7 @@ if __name__ == "__main__":
             postgres = EmbeddedPostgres(Path(tmp) / "pgdata", ephemeral=True)
             database_url = postgres.start()
         try:
-            asyncio.run(main(database_url, url, args.statements, args.runs))
+            served_loop.run(main(database_url, url, args.statements, args.runs))
         finally:
             if postgres is not None:
                 postgres.stop()
