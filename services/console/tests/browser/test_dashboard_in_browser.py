@@ -11,7 +11,9 @@ Hand-computed figures of the seed (SEED below):
 - referrals: p's code used by q (a referral, pending) and by p itself (rejected as a
   self-referral): 1 advocate invited, 2 referred orders, 1 rejected for self_referral;
 - loyalty: the page shows what loyalty's own endpoint answers (its figures are
-  hand-computed in loyalty's tests; here points are still pending, in the return window).
+  hand-computed in loyalty's tests). The orders' points are still pending, in the return
+  window; what is issued is the engagement bonuses, available at once: two reviews and
+  three survey answers at the programme's bonuses (50 and 25 by default: 175).
 
 Each chart is checked for its number of marks (one per value), the tables for the
 numbers, the page at 1280 and 390 px (screenshots) and with axe-core."""
@@ -97,21 +99,32 @@ async def seed_today(http: httpx.AsyncClient, t: Tenant) -> Tenant:
         )
         assert r.status_code == 201 and r.json()["status"] == "published", r.text
 
-    # Everything downstream of the orders is applied by consumers: wait for the last.
-    async def settled() -> tuple[Any, Any, Any]:
+    # Everything downstream of the orders, answers and reviews is applied by consumers:
+    # wait for the last. Loyalty's bonuses for the answers and reviews come through
+    # feedback's events, apart from the orders, so its order count says nothing of them.
+    bonuses = (await http.get(t.urls["loyalty"] + "/v1/rules", headers=t.auth())).json()
+    issued = 2 * bonuses["bonuses"]["review"] + 3 * bonuses["bonuses"]["survey"]
+
+    async def settled() -> tuple[Any, Any, Any, Any]:
         journeys = await http.get(
             t.urls["journeys"] + "/v1/metrics/journeys", params=period(), headers=t.auth()
         )
         referrals = await http.get(t.urls["referrals"] + "/v1/metrics", headers=t.auth())
         loyalty = await http.get(t.urls["loyalty"] + "/v1/metrics", headers=t.auth())
-        return journeys.json(), referrals.json(), loyalty.json()
+        points = await http.get(
+            t.urls["loyalty"] + "/v1/metrics/points",
+            params={**period(), "interval": "week"},
+            headers=t.auth(),
+        )
+        return journeys.json(), referrals.json(), loyalty.json(), points.json()
 
     await eventually(
         settled,
-        lambda jrl: (
-            any(v["converted"] for v in jrl[0].get("versions", []))
-            and jrl[1].get("rejected") == 1
-            and sum(o["orders"] for o in jrl[2].get("orders_by_currency", [])) == 3
+        lambda jrlp: (
+            any(v["converted"] for v in jrlp[0].get("versions", []))
+            and jrlp[1].get("rejected") == 1
+            and sum(o["orders"] for o in jrlp[2].get("orders_by_currency", [])) == 3
+            and jrlp[3].get("issued") == issued
         ),
         timeout=120,
     )
