@@ -102,8 +102,8 @@ async def seed_today(http: httpx.AsyncClient, t: Tenant) -> Tenant:
     # Everything downstream of the orders, answers and reviews is applied by consumers:
     # wait for the last. Loyalty's bonuses for the answers and reviews come through
     # feedback's events, apart from the orders, so its order count says nothing of them.
-    bonuses = (await http.get(t.urls["loyalty"] + "/v1/rules", headers=t.auth())).json()
-    issued = 2 * bonuses["bonuses"]["review"] + 3 * bonuses["bonuses"]["survey"]
+    rules = (await http.get(t.urls["loyalty"] + "/v1/rules", headers=t.auth())).json()
+    issued = 2 * rules["bonuses"]["review"] + 3 * rules["bonuses"]["survey"]
 
     async def settled() -> tuple[Any, Any, Any, Any]:
         journeys = await http.get(

@@ -693,10 +693,7 @@ async def claim_due_timers(
     """Lock up to ``batch`` due, pending timers (of ``lane``'s customers); rows another
     transaction holds are skipped, not waited for. The locks last until the caller's
     transaction ends."""
-    binds: dict[str, Any] = {"now": now}
-    if tenant_id is not None:
-        binds["tenant_id"] = tenant_id
-    return list((await session.execute(_claim(batch, tenant_id is not None, lane), binds)).all())
+    return list((await session.execute(*_claim_with_binds(now, batch, tenant_id, lane))).all())
 
 
 def claim_statement(
@@ -704,10 +701,17 @@ def claim_statement(
 ) -> Any:
     """The SELECT of :func:`claim_due_timers` with its values bound (a test reads its
     plan)."""
+    statement, binds = _claim_with_binds(now, batch, tenant_id, lane)
+    return statement.params(binds)
+
+
+def _claim_with_binds(
+    now: datetime, batch: int, tenant_id: str | None, lane: Lane
+) -> tuple[Any, dict[str, Any]]:
     binds: dict[str, Any] = {"now": now}
     if tenant_id is not None:
         binds["tenant_id"] = tenant_id
-    return _claim(batch, tenant_id is not None, lane).params(binds)
+    return _claim(batch, tenant_id is not None, lane), binds
 
 
 @functools.cache
